@@ -1,0 +1,305 @@
+//! Conversions between [`baton_types`] and the `baton.v1` API messages.
+
+use baton_types::{
+    EventKind, FinishReason, Message, Role, SessionEvent, SessionStatus, ToolCall, Usage,
+};
+
+use crate::v1;
+
+pub fn role_to_proto(role: Role) -> v1::Role {
+    match role {
+        Role::System => v1::Role::System,
+        Role::User => v1::Role::User,
+        Role::Assistant => v1::Role::Assistant,
+        Role::Tool => v1::Role::Tool,
+    }
+}
+
+/// `None` for `ROLE_UNSPECIFIED` or an unknown value.
+pub fn role_from_proto(role: i32) -> Option<Role> {
+    match v1::Role::try_from(role).ok()? {
+        v1::Role::System => Some(Role::System),
+        v1::Role::User => Some(Role::User),
+        v1::Role::Assistant => Some(Role::Assistant),
+        v1::Role::Tool => Some(Role::Tool),
+        v1::Role::Unspecified => None,
+    }
+}
+
+pub fn status_to_proto(status: SessionStatus) -> v1::SessionStatus {
+    match status {
+        SessionStatus::Idle => v1::SessionStatus::Idle,
+        SessionStatus::Running => v1::SessionStatus::Running,
+        SessionStatus::Failed => v1::SessionStatus::Failed,
+    }
+}
+
+/// `Ok(None)` for `SESSION_STATUS_UNSPECIFIED`, `Err(value)` for an unknown value.
+pub fn status_from_proto(status: i32) -> Result<Option<SessionStatus>, i32> {
+    match v1::SessionStatus::try_from(status).map_err(|_| status)? {
+        v1::SessionStatus::Unspecified => Ok(None),
+        v1::SessionStatus::Idle => Ok(Some(SessionStatus::Idle)),
+        v1::SessionStatus::Running => Ok(Some(SessionStatus::Running)),
+        v1::SessionStatus::Failed => Ok(Some(SessionStatus::Failed)),
+    }
+}
+
+pub fn usage_to_proto(u: Usage) -> v1::Usage {
+    v1::Usage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+    }
+}
+
+pub fn usage_from_proto(u: Option<v1::Usage>) -> Usage {
+    u.map(|u| Usage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+    })
+    .unwrap_or_default()
+}
+
+pub fn message_to_proto(m: &Message) -> v1::Message {
+    v1::Message {
+        role: role_to_proto(m.role) as i32,
+        content: m.content.clone(),
+        tool_calls: m
+            .tool_calls
+            .iter()
+            .map(|c| v1::ToolCall {
+                id: c.id.clone(),
+                name: c.name.clone(),
+                arguments: c.arguments.clone(),
+            })
+            .collect(),
+        tool_call_id: m.tool_call_id.clone().unwrap_or_default(),
+    }
+}
+
+/// Messages with an unknown role are read as user messages' peers would be: the
+/// role is required, so `None` is returned for them.
+pub fn message_from_proto(m: v1::Message) -> Option<Message> {
+    Some(Message {
+        role: role_from_proto(m.role)?,
+        content: m.content,
+        tool_calls: m
+            .tool_calls
+            .into_iter()
+            .map(|c| ToolCall {
+                id: c.id,
+                name: c.name,
+                arguments: c.arguments,
+            })
+            .collect(),
+        tool_call_id: (!m.tool_call_id.is_empty()).then_some(m.tool_call_id),
+    })
+}
+
+pub fn event_to_proto(e: &SessionEvent) -> v1::SessionEvent {
+    use v1::session_event::Kind;
+    let kind = match &e.kind {
+        EventKind::SessionStarted {
+            route,
+            system_prompt,
+        } => Kind::SessionStarted(v1::SessionStarted {
+            route: route.clone(),
+            system_prompt: system_prompt.clone(),
+        }),
+        EventKind::TurnAccepted { turn, message } => Kind::TurnAccepted(v1::TurnAccepted {
+            turn: *turn,
+            message: Some(message_to_proto(message)),
+        }),
+        EventKind::ModelCallStarted {
+            turn,
+            attempt,
+            endpoint,
+            reason,
+        } => Kind::ModelCallStarted(v1::ModelCallStarted {
+            turn: *turn,
+            attempt: *attempt,
+            endpoint: endpoint.clone(),
+            reason: reason.clone(),
+        }),
+        EventKind::OutputDelta {
+            turn,
+            attempt,
+            text,
+        } => Kind::OutputDelta(v1::OutputDelta {
+            turn: *turn,
+            attempt: *attempt,
+            text: text.clone(),
+        }),
+        EventKind::AssistantMessage {
+            turn,
+            message,
+            usage,
+            endpoint,
+            model,
+            finish_reason,
+            latency_ms,
+        } => Kind::AssistantMessage(v1::AssistantMessage {
+            turn: *turn,
+            message: Some(message_to_proto(message)),
+            usage: Some(usage_to_proto(*usage)),
+            endpoint: endpoint.clone(),
+            model: model.clone(),
+            finish_reason: finish_reason.as_str().to_string(),
+            latency_ms: *latency_ms,
+        }),
+        EventKind::TurnCompleted { turn, usage } => Kind::TurnCompleted(v1::TurnCompleted {
+            turn: *turn,
+            usage: Some(usage_to_proto(*usage)),
+        }),
+        EventKind::TurnFailed { turn, reason } => Kind::TurnFailed(v1::TurnFailed {
+            turn: *turn,
+            reason: reason.clone(),
+        }),
+        EventKind::TurnCancelled { turn } => Kind::TurnCancelled(v1::TurnCancelled { turn: *turn }),
+        EventKind::SessionFailed { reason } => Kind::SessionFailed(v1::SessionFailed {
+            reason: reason.clone(),
+        }),
+    };
+    v1::SessionEvent {
+        session_id: e.session_id.to_string(),
+        seq: e.seq,
+        at_unix_ms: e.at_unix_ms,
+        kind: Some(kind),
+    }
+}
+
+/// Decode an API event back into the shared type (used by clients and tests).
+/// `None` when the event is malformed or of a kind this build does not know.
+pub fn event_from_proto(e: v1::SessionEvent) -> Option<SessionEvent> {
+    use v1::session_event::Kind;
+    let kind = match e.kind? {
+        Kind::SessionStarted(k) => EventKind::SessionStarted {
+            route: k.route,
+            system_prompt: k.system_prompt,
+        },
+        Kind::TurnAccepted(k) => EventKind::TurnAccepted {
+            turn: k.turn,
+            message: message_from_proto(k.message?)?,
+        },
+        Kind::ModelCallStarted(k) => EventKind::ModelCallStarted {
+            turn: k.turn,
+            attempt: k.attempt,
+            endpoint: k.endpoint,
+            reason: k.reason,
+        },
+        Kind::OutputDelta(k) => EventKind::OutputDelta {
+            turn: k.turn,
+            attempt: k.attempt,
+            text: k.text,
+        },
+        Kind::AssistantMessage(k) => EventKind::AssistantMessage {
+            turn: k.turn,
+            message: message_from_proto(k.message?)?,
+            usage: usage_from_proto(k.usage),
+            endpoint: k.endpoint,
+            model: k.model,
+            finish_reason: FinishReason::from_provider(&k.finish_reason),
+            latency_ms: k.latency_ms,
+        },
+        Kind::TurnCompleted(k) => EventKind::TurnCompleted {
+            turn: k.turn,
+            usage: usage_from_proto(k.usage),
+        },
+        Kind::TurnFailed(k) => EventKind::TurnFailed {
+            turn: k.turn,
+            reason: k.reason,
+        },
+        Kind::TurnCancelled(k) => EventKind::TurnCancelled { turn: k.turn },
+        Kind::SessionFailed(k) => EventKind::SessionFailed { reason: k.reason },
+    };
+    Some(SessionEvent {
+        session_id: e.session_id.parse().ok()?,
+        seq: e.seq,
+        at_unix_ms: e.at_unix_ms,
+        kind,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use baton_types::SessionId;
+
+    #[test]
+    fn events_round_trip_through_the_api_shape() {
+        let id = SessionId::new();
+        let events = vec![
+            EventKind::SessionStarted {
+                route: "echo".into(),
+                system_prompt: "be brief".into(),
+            },
+            EventKind::TurnAccepted {
+                turn: 1,
+                message: Message::user("hi"),
+            },
+            EventKind::ModelCallStarted {
+                turn: 1,
+                attempt: 1,
+                endpoint: "echo".into(),
+                reason: "turn".into(),
+            },
+            EventKind::OutputDelta {
+                turn: 1,
+                attempt: 1,
+                text: "h".into(),
+            },
+            EventKind::AssistantMessage {
+                turn: 1,
+                message: Message {
+                    role: Role::Assistant,
+                    content: String::new(),
+                    tool_calls: vec![ToolCall {
+                        id: "c1".into(),
+                        name: "f".into(),
+                        arguments: "{}".into(),
+                    }],
+                    tool_call_id: None,
+                },
+                usage: Usage {
+                    input_tokens: 3,
+                    output_tokens: 4,
+                },
+                endpoint: "echo".into(),
+                model: "m".into(),
+                finish_reason: FinishReason::ToolCalls,
+                latency_ms: 12,
+            },
+            EventKind::TurnCompleted {
+                turn: 1,
+                usage: Usage {
+                    input_tokens: 3,
+                    output_tokens: 4,
+                },
+            },
+            EventKind::TurnFailed {
+                turn: 2,
+                reason: "boom".into(),
+            },
+            EventKind::TurnCancelled { turn: 3 },
+            EventKind::SessionFailed {
+                reason: "bad".into(),
+            },
+        ];
+        for (i, kind) in events.into_iter().enumerate() {
+            let e = SessionEvent {
+                session_id: id,
+                seq: i as u64 + 1,
+                at_unix_ms: 7,
+                kind,
+            };
+            let back = event_from_proto(event_to_proto(&e)).expect("decodes");
+            assert_eq!(back, e);
+        }
+    }
+
+    #[test]
+    fn unknown_enum_values_are_rejected_not_guessed() {
+        assert_eq!(role_from_proto(99), None);
+        assert_eq!(status_from_proto(42), Err(42));
+        assert_eq!(status_from_proto(0), Ok(None));
+    }
+}

@@ -1,0 +1,590 @@
+//! Baton's actor runtime — the embedding API.
+//!
+//! Each session is a supervised `SessionActor` (ractor on tokio) whose state is
+//! journaled in RocksDB through [`baton_store`]; model calls go to per-endpoint
+//! executor pools from [`baton_models`]. The gRPC server is a thin layer over
+//! this same API, so a backend service can embed Baton directly:
+//!
+//! ```no_run
+//! use baton_runtime::{Runtime, RuntimeConfig, StartSession};
+//! use futures::StreamExt;
+//!
+//! # async fn demo() -> baton_runtime::Result<()> {
+//! let runtime = Runtime::builder(RuntimeConfig::with_data_dir("./baton-data")).start().await?;
+//! let session = runtime.start_session(StartSession::default()).await?;
+//! let mut events = runtime.send(session.id, "hello".into()).await?;
+//! while let Some(event) = events.next().await {
+//!     println!("{:?}", event?);
+//! }
+//! runtime.shutdown().await;
+//! # Ok(()) }
+//! ```
+//!
+//! Guarantees, as built (see docs/architecture.md):
+//! * a step is journaled before it is acknowledged or relied on; events reach
+//!   clients only once their record is durable;
+//! * every event has a per-session, strictly increasing, gap-free `seq`, and
+//!   [`RuntimeHandle::resume`] replays exactly what a client missed;
+//! * after a crash, unfinished turns resume: a model call with no recorded
+//!   answer is issued again, a recorded answer is never requested again;
+//! * idle sessions are passivated and rehydrated on their next message;
+//! * a failing session actor is restarted with backoff, then marked `failed`.
+
+mod config;
+mod error;
+mod session;
+mod state;
+mod supervisor;
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Instant;
+
+use baton_models::{Endpoint, ExecutorHandle, ModelRegistry};
+use baton_store::{Batch, SessionMeta, Store, StoreOptions};
+use baton_types::{EventKind, SessionEvent, SessionId, SessionStatus, now_unix_ms};
+use futures::Stream;
+use ractor::{Actor, ActorRef, RpcReplyPort};
+use tokio::sync::Mutex;
+
+pub use baton_store::{Durability, WriterStatsSnapshot};
+pub use config::{BusyPolicy, RuntimeConfig, SessionsConfig, StoreConfig, SupervisionConfig};
+pub use error::{Error, Result};
+pub use session::SessionView;
+pub use state::{CurrentTurn, SessionState};
+pub use supervisor::SupervisorStats;
+
+use session::{SessionMsg, Subscription};
+use supervisor::{SessionSupervisor, SupervisorMsg};
+
+/// Longest accepted idempotency key, in bytes.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
+/// Most metadata entries on a session.
+pub const MAX_METADATA_ENTRIES: usize = 64;
+/// Longest metadata key or value, in bytes.
+pub const MAX_METADATA_BYTES: usize = 1024;
+
+/// State shared by the supervisor, the session actors and the handle.
+pub(crate) struct Shared {
+    pub store: Store,
+    pub models: ModelRegistry,
+    pub config: RuntimeConfig,
+    epoch: Instant,
+}
+
+impl Shared {
+    pub fn elapsed_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}
+
+/// A stream of session events. It ends after the turn's last event (for
+/// [`RuntimeHandle::send`]) or when the client drops it (for
+/// [`RuntimeHandle::resume`]); an `Err` item ends it early (for example when a
+/// slow client fell too far behind: resume from the last seq it saw).
+pub type EventStream = Pin<Box<dyn Stream<Item = Result<SessionEvent>> + Send>>;
+
+/// Parameters of a new session.
+#[derive(Debug, Clone, Default)]
+pub struct StartSession {
+    /// The same key always yields the same session.
+    pub idempotency_key: Option<String>,
+    pub system_prompt: String,
+    /// Model endpoint (route) name; `None` or empty for the configured default.
+    pub route: Option<String>,
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The outcome of [`RuntimeHandle::start_session`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub id: SessionId,
+    pub status: SessionStatus,
+    /// False when an earlier call with the same idempotency key created it.
+    pub created: bool,
+}
+
+/// A filter and page of [`RuntimeHandle::list`].
+#[derive(Debug, Clone, Default)]
+pub struct ListQuery {
+    pub status: Option<SessionStatus>,
+    /// Default 50, at most 1000.
+    pub page_size: u32,
+    /// The `next_page_token` of the previous page.
+    pub page_token: Option<String>,
+}
+
+/// One session in a listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionSummary {
+    pub id: SessionId,
+    pub status: SessionStatus,
+    pub status_reason: String,
+    pub route: String,
+    pub created_at_unix_ms: u64,
+}
+
+/// A page of sessions.
+#[derive(Debug, Clone)]
+pub struct SessionList {
+    pub sessions: Vec<SessionSummary>,
+    /// `None` on the last page.
+    pub next_page_token: Option<String>,
+}
+
+/// Builds a [`RuntimeHandle`].
+pub struct Runtime;
+
+impl Runtime {
+    pub fn builder(config: RuntimeConfig) -> RuntimeBuilder {
+        RuntimeBuilder {
+            config,
+            endpoints: Vec::new(),
+        }
+    }
+}
+
+/// Options of a runtime before it starts.
+pub struct RuntimeBuilder {
+    config: RuntimeConfig,
+    endpoints: Vec<Endpoint>,
+}
+
+impl RuntimeBuilder {
+    /// Add an endpoint built in code (for example with a custom provider).
+    pub fn with_endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoints.push(endpoint);
+        self
+    }
+
+    /// Open the store, start the model executors and the supervisor, and
+    /// resume every session that has an unfinished turn.
+    pub async fn start(self) -> Result<RuntimeHandle> {
+        let mut config = self.config;
+        if config.models.is_empty() && !self.endpoints.is_empty() {
+            config.models = self.endpoints.iter().map(|e| e.config().clone()).collect();
+        }
+        config.validate()?;
+        let opts = StoreOptions::new(config.store.data_dir.clone(), config.store.durability);
+        let store = tokio::task::spawn_blocking(move || Store::open(opts))
+            .await
+            .map_err(|e| Error::Internal(format!("store open task failed: {e}")))??;
+        let custom: Vec<String> = self
+            .endpoints
+            .iter()
+            .map(|e| e.name().to_string())
+            .collect();
+        let configured = config
+            .effective_models()
+            .into_iter()
+            .filter(|m| !custom.contains(&m.name))
+            .collect();
+        let mut models = ModelRegistry::start(configured)
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?;
+        for endpoint in self.endpoints {
+            let h = ExecutorHandle::spawn(endpoint)
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?;
+            models.insert(h);
+        }
+        let shared = Arc::new(Shared {
+            store: store.clone(),
+            models,
+            config: config.clone(),
+            epoch: Instant::now(),
+        });
+        let (supervisor, _) = Actor::spawn(None, SessionSupervisor, shared.clone())
+            .await
+            .map_err(|e| Error::Internal(format!("cannot start the session supervisor: {e}")))?;
+        let handle = RuntimeHandle {
+            inner: Arc::new(HandleInner {
+                shared,
+                supervisor,
+                idempotency_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            }),
+        };
+        let unfinished = store.sessions_with_status(SessionStatus::Running).await?;
+        if !unfinished.is_empty() {
+            tracing::info!(
+                sessions = unfinished.len(),
+                "resuming sessions with unfinished turns"
+            );
+        }
+        for id in unfinished {
+            handle.route(id, SessionMsg::Wake)?;
+        }
+        Ok(handle)
+    }
+}
+
+struct HandleInner {
+    shared: Arc<Shared>,
+    supervisor: ActorRef<SupervisorMsg>,
+    idempotency_locks: Vec<Mutex<()>>,
+}
+
+/// The running runtime. Cheap to clone; every clone drives the same runtime.
+#[derive(Clone)]
+pub struct RuntimeHandle {
+    inner: Arc<HandleInner>,
+}
+
+impl std::fmt::Debug for RuntimeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeHandle")
+            .field("store", &self.inner.shared.store)
+            .finish()
+    }
+}
+
+impl RuntimeHandle {
+    /// The configuration in force.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.shared.config
+    }
+
+    /// Names of the configured model endpoints (routes).
+    pub fn routes(&self) -> Vec<String> {
+        self.inner.shared.models.names()
+    }
+
+    /// Counters of the store's group-commit writer.
+    pub fn writer_stats(&self) -> WriterStatsSnapshot {
+        self.inner.shared.store.writer_stats()
+    }
+
+    fn route(&self, id: SessionId, msg: SessionMsg) -> Result<()> {
+        self.inner
+            .supervisor
+            .cast(SupervisorMsg::Route(id, msg))
+            .map_err(|_| Error::Unavailable("the runtime is shutting down".into()))
+    }
+
+    async fn ask<T: Send + 'static>(
+        &self,
+        id: SessionId,
+        make: impl FnOnce(RpcReplyPort<Result<T>>) -> SessionMsg,
+    ) -> Result<T> {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        self.route(id, make(tx.into()))?;
+        let timeout = self.inner.shared.config.request_timeout();
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => Err(Error::DeadlineExceeded(format!(
+                "session {id} did not answer within {} ms",
+                timeout.as_millis()
+            ))),
+            Ok(Err(_)) => Err(Error::Unavailable(format!(
+                "session {id} restarted before answering; the request may or may not have been applied: check with GetSession or ResumeSession"
+            ))),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    /// `ask` for requests that change nothing: retried when the session's
+    /// actor restarted before answering (its mailbox is lost with it).
+    async fn ask_read<T: Send + 'static>(
+        &self,
+        id: SessionId,
+        make: impl Fn(RpcReplyPort<Result<T>>) -> SessionMsg,
+    ) -> Result<T> {
+        let mut tries = 0;
+        loop {
+            match self.ask(id, &make).await {
+                Err(Error::Unavailable(_)) if tries < 5 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20 << tries)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Create a session (or, with an idempotency key seen before, return the
+    /// session that key created). The session is durable when this returns.
+    pub async fn start_session(&self, req: StartSession) -> Result<SessionInfo> {
+        let shared = &self.inner.shared;
+        let route = match req.route.as_deref() {
+            None | Some("") => shared.config.sessions.default_route.clone(),
+            Some(r) => r.to_string(),
+        };
+        if shared.models.get(&route).is_none() {
+            return Err(Error::InvalidArgument(format!(
+                "route {route:?} is not a configured model endpoint (have: {})",
+                shared.models.names().join(", ")
+            )));
+        }
+        if req.system_prompt.len() > shared.config.sessions.max_system_prompt_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "system_prompt is {} bytes; the limit is {} (sessions.max_system_prompt_bytes)",
+                req.system_prompt.len(),
+                shared.config.sessions.max_system_prompt_bytes
+            )));
+        }
+        if req.metadata.len() > MAX_METADATA_ENTRIES {
+            return Err(Error::InvalidArgument(format!(
+                "metadata has {} entries; at most {MAX_METADATA_ENTRIES} are allowed",
+                req.metadata.len()
+            )));
+        }
+        if let Some((k, _)) = req.metadata.iter().find(|(k, v)| {
+            k.is_empty() || k.len() > MAX_METADATA_BYTES || v.len() > MAX_METADATA_BYTES
+        }) {
+            return Err(Error::InvalidArgument(format!(
+                "metadata key {k:?} is empty, or it or its value exceeds {MAX_METADATA_BYTES} bytes"
+            )));
+        }
+        let key = req.idempotency_key.filter(|k| !k.is_empty());
+        if let Some(k) = &key
+            && k.len() > MAX_IDEMPOTENCY_KEY_BYTES
+        {
+            return Err(Error::InvalidArgument(format!(
+                "idempotency_key is {} bytes; at most {MAX_IDEMPOTENCY_KEY_BYTES} are allowed",
+                k.len()
+            )));
+        }
+        // Serialise creations that share a key, so that exactly one creates.
+        let _guard = match &key {
+            Some(k) => {
+                let slot = fxhash(k.as_bytes()) % self.inner.idempotency_locks.len();
+                let guard = self.inner.idempotency_locks[slot].lock().await;
+                if let Some(id) = shared.store.find_idempotency(k.clone()).await? {
+                    let status = shared
+                        .store
+                        .load_meta(id)
+                        .await?
+                        .map(|m| m.status)
+                        .unwrap_or(SessionStatus::Idle);
+                    return Ok(SessionInfo {
+                        id,
+                        status,
+                        created: false,
+                    });
+                }
+                Some(guard)
+            }
+            None => None,
+        };
+        let id = SessionId::new();
+        let now = now_unix_ms();
+        let meta = SessionMeta {
+            created_at_unix_ms: now,
+            route: route.clone(),
+            system_prompt: req.system_prompt.clone(),
+            metadata: req.metadata,
+            idempotency_key: key.clone(),
+            status: SessionStatus::Idle,
+            status_reason: String::new(),
+            updated_at_unix_ms: now,
+        };
+        let mut batch = Batch::new();
+        batch.put_meta(&id, &meta, None);
+        batch.append(
+            &id,
+            1,
+            now,
+            &EventKind::SessionStarted {
+                route,
+                system_prompt: req.system_prompt,
+            },
+        );
+        if let Some(k) = &key {
+            batch.put_idempotency(k, &id);
+        }
+        shared.store.write(batch).await?;
+        Ok(SessionInfo {
+            id,
+            status: SessionStatus::Idle,
+            created: true,
+        })
+    }
+
+    /// Send a user message. The stream carries the turn's events, from
+    /// `TurnAccepted` (durable) to its completion, failure or cancellation.
+    pub async fn send(&self, id: SessionId, content: String) -> Result<EventStream> {
+        let limits = &self.inner.shared.config.sessions;
+        if content.trim().is_empty() {
+            return Err(Error::InvalidArgument("content is empty".into()));
+        }
+        if content.len() > limits.max_message_bytes {
+            return Err(Error::ResourceExhausted(format!(
+                "content is {} bytes; the limit is {} (sessions.max_message_bytes)",
+                content.len(),
+                limits.max_message_bytes
+            )));
+        }
+        let sub = self
+            .ask(id, |reply| SessionMsg::Send { content, reply })
+            .await?;
+        Ok(self.stream(id, sub))
+    }
+
+    /// Every event after `after_seq`, then live events until the stream is dropped.
+    pub async fn resume(&self, id: SessionId, after_seq: u64) -> Result<EventStream> {
+        let sub = self
+            .ask_read(id, |reply| SessionMsg::Subscribe { after_seq, reply })
+            .await?;
+        Ok(self.stream(id, sub))
+    }
+
+    fn stream(&self, id: SessionId, sub: Subscription) -> EventStream {
+        let store = self.inner.shared.store.clone();
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<SessionEvent>>(64);
+        tokio::spawn(async move {
+            let Subscription {
+                history_after,
+                history_upto,
+                mut rx,
+                lagged,
+                turn,
+            } = sub;
+            let mut last = history_after;
+            // History first, from the journal, in pages.
+            while last < history_upto {
+                let page = match store.read_journal(id, last, 512).await {
+                    Ok(p) => p,
+                    Err(e) => {
+                        let _ = tx.send(Err(e.into())).await;
+                        return;
+                    }
+                };
+                if page.is_empty() {
+                    break;
+                }
+                for e in page {
+                    if e.seq > history_upto {
+                        break;
+                    }
+                    last = e.seq;
+                    if tx.send(Ok(e)).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            // Then live events, which start right after `history_upto`.
+            while let Some(e) = rx.recv().await {
+                if e.seq <= last {
+                    continue;
+                }
+                last = e.seq;
+                let end = turn.is_some() && e.ends_turn();
+                if tx.send(Ok(e)).await.is_err() || end {
+                    return;
+                }
+            }
+            let err = if lagged.load(Ordering::Relaxed) {
+                Error::ResourceExhausted(format!(
+                    "the client fell too far behind session {id}; resume with after_seq = {last}"
+                ))
+            } else {
+                Error::Unavailable(format!(
+                    "session {id} stopped streaming (restart or shutdown); resume with after_seq = {last}"
+                ))
+            };
+            let _ = tx.send(Err(err)).await;
+        });
+        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+    }
+
+    /// The session as its actor holds it (rehydrating it if passivated).
+    pub async fn get(&self, id: SessionId) -> Result<SessionView> {
+        self.ask_read(id, |reply| SessionMsg::Get { reply }).await
+    }
+
+    /// A page of sessions, from storage (passivated sessions stay passivated).
+    pub async fn list(&self, q: ListQuery) -> Result<SessionList> {
+        let size = match q.page_size {
+            0 => 50,
+            n if n > 1000 => {
+                return Err(Error::InvalidArgument(format!(
+                    "page_size {n} exceeds the maximum of 1000"
+                )));
+            }
+            n => n as usize,
+        };
+        let after = match q.page_token.as_deref() {
+            None | Some("") => None,
+            Some(t) => Some(t.parse::<SessionId>().map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "page_token {t:?} is not a token this server issued"
+                ))
+            })?),
+        };
+        let page = self
+            .inner
+            .shared
+            .store
+            .list_sessions(q.status, after, size)
+            .await?;
+        Ok(SessionList {
+            sessions: page
+                .sessions
+                .into_iter()
+                .map(|(id, m)| SessionSummary {
+                    id,
+                    status: m.status,
+                    status_reason: m.status_reason,
+                    route: m.route,
+                    created_at_unix_ms: m.created_at_unix_ms,
+                })
+                .collect(),
+            next_page_token: page.next_after.map(|a| a.to_string()),
+        })
+    }
+
+    /// Cancel the running turn; returns its number, or `None` if none ran.
+    pub async fn cancel(&self, id: SessionId) -> Result<Option<u64>> {
+        self.ask(id, |reply| SessionMsg::Cancel { reply }).await
+    }
+
+    /// Delete a session and everything stored for it.
+    pub async fn delete(&self, id: SessionId) -> Result<()> {
+        self.ask(id, |reply| SessionMsg::Delete { reply }).await
+    }
+
+    /// Supervisor counters (live sessions, restarts, passivations).
+    pub async fn stats(&self) -> Result<SupervisorStats> {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        self.inner
+            .supervisor
+            .cast(SupervisorMsg::Stats(tx.into()))
+            .map_err(|_| Error::Unavailable("the runtime is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the supervisor did not answer".into()))
+    }
+
+    /// Make a session's actor fail, as a bug would (supervision tests, drills).
+    #[doc(hidden)]
+    pub fn inject_actor_fault(&self, id: SessionId) -> Result<()> {
+        self.route(id, SessionMsg::InjectFault)
+    }
+
+    /// Stop every actor and the executors, and flush the store. Unfinished
+    /// turns resume at the next start.
+    pub async fn shutdown(&self) {
+        self.inner.supervisor.stop(Some("shutdown".into()));
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while self.inner.supervisor.get_status() != ractor::ActorStatus::Stopped {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        self.inner.shared.models.stop().await;
+        self.inner.shared.store.close();
+    }
+}
+
+/// FNV-1a: a stable, dependency-free hash to pick a lock stripe.
+fn fxhash(b: &[u8]) -> usize {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for x in b {
+        h ^= *x as u64;
+        h = h.wrapping_mul(0x0100_0000_01b3);
+    }
+    h as usize
+}
+
+#[cfg(test)]
+mod tests;

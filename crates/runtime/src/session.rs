@@ -1,0 +1,770 @@
+//! The session actor: one per live session.
+//!
+//! It owns the session's state, assigns every journal record its `seq`, hands
+//! records to the store's group-commit writer, and releases the matching
+//! events to subscribers only once the record is durable. Model calls run in
+//! the endpoint's executor pool; their results come back as messages, so the
+//! actor never waits on a model and always answers `Get`, `Cancel` and
+//! `Subscribe` promptly.
+//!
+//! Write-ahead rules, as built:
+//! * `TurnAccepted` + `ModelCallStarted` are handed to the writer and the model
+//!   call is dispatched right away: its fsync overlaps the model call. If the
+//!   write fails the actor fails, and the answer is dropped with it.
+//! * `AssistantMessage` + `TurnCompleted` go out in one batch; the client sees
+//!   them only after that batch is durable — one fsync on the critical path
+//!   after the model answers.
+//! * Output deltas are provisional and written without an fsync of their own.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Instant;
+
+use baton_models::{Delta, ExecutorHandle, ModelJob, ModelRequest, ModelResponse};
+use baton_store::{Batch, SessionMeta};
+use baton_types::{EventKind, Message, SessionEvent, SessionId, SessionStatus, now_unix_ms};
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+
+use crate::Shared;
+use crate::config::BusyPolicy;
+use crate::state::SessionState;
+use crate::supervisor::SupervisorMsg;
+use crate::{Error, Result};
+
+/// Messages a session actor handles.
+pub(crate) enum SessionMsg {
+    Send {
+        content: String,
+        reply: RpcReplyPort<Result<Subscription>>,
+    },
+    Subscribe {
+        after_seq: u64,
+        reply: RpcReplyPort<Result<Subscription>>,
+    },
+    Get {
+        reply: RpcReplyPort<Result<SessionView>>,
+    },
+    Cancel {
+        reply: RpcReplyPort<Result<Option<u64>>>,
+    },
+    Delete {
+        reply: RpcReplyPort<Result<()>>,
+    },
+    /// Start (or resume) work; sent to sessions with unfinished turns at start-up.
+    Wake,
+    /// Sent by the supervisor: stop if idle, or decline.
+    Passivate,
+    /// Fail the actor (fault injection for supervision tests and drills).
+    InjectFault,
+    // Internal.
+    Written {
+        upto: u64,
+        result: baton_store::Result<()>,
+    },
+    ModelDelta {
+        call: u64,
+        delta: Delta,
+    },
+    ModelDone {
+        call: u64,
+        result: baton_models::Result<ModelResponse>,
+        latency_ms: u64,
+    },
+}
+
+/// A registration for live events, plus the history range the caller must
+/// read from the journal first: `(history_after, history_upto]`.
+pub struct Subscription {
+    pub(crate) history_after: u64,
+    pub(crate) history_upto: u64,
+    pub(crate) rx: mpsc::Receiver<SessionEvent>,
+    pub(crate) lagged: Arc<AtomicBool>,
+    /// Set for a `send`: the stream ends after this turn's last event.
+    pub(crate) turn: Option<u64>,
+}
+
+struct Subscriber {
+    tx: mpsc::Sender<SessionEvent>,
+    turn: Option<u64>,
+    lagged: Arc<AtomicBool>,
+}
+
+/// A session as its actor holds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionView {
+    pub id: SessionId,
+    pub status: SessionStatus,
+    pub status_reason: String,
+    pub route: String,
+    pub system_prompt: String,
+    pub metadata: std::collections::BTreeMap<String, String>,
+    pub created_at_unix_ms: u64,
+    pub messages: Vec<Message>,
+    /// The running turn (0 = none).
+    pub current_turn: u64,
+    pub queued_turns: u32,
+    pub usage: baton_types::Usage,
+    /// Seq of the last durable event.
+    pub last_seq: u64,
+    pub turns_completed: u64,
+    /// Whether the actor is in memory (always true when answered by the actor).
+    pub live: bool,
+}
+
+struct InFlight {
+    id: u64,
+    turn: u64,
+    cancel: CancellationToken,
+}
+
+pub(crate) struct SessionArgs {
+    pub id: SessionId,
+    pub shared: Arc<Shared>,
+    pub supervisor: ActorRef<SupervisorMsg>,
+    pub activity: Arc<AtomicU64>,
+}
+
+pub(crate) struct SessionActor;
+
+pub(crate) struct SessionCtx {
+    id: SessionId,
+    shared: Arc<Shared>,
+    supervisor: ActorRef<SupervisorMsg>,
+    activity: Arc<AtomicU64>,
+    found: bool,
+    state: SessionState,
+    meta: Option<SessionMeta>,
+    released_seq: u64,
+    pending: VecDeque<SessionEvent>,
+    subscribers: Vec<Subscriber>,
+    call: Option<InFlight>,
+    next_call: u64,
+    snapshot_seq: u64,
+}
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionCtx;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionCtx, ActorProcessingErr> {
+        // Kept trivial: the supervisor awaits pre_start, loading happens in post_start.
+        Ok(SessionCtx {
+            id: args.id,
+            state: SessionState::new(args.id),
+            shared: args.shared,
+            supervisor: args.supervisor,
+            activity: args.activity,
+            found: false,
+            meta: None,
+            released_seq: 0,
+            pending: VecDeque::new(),
+            subscribers: Vec::new(),
+            call: None,
+            next_call: 0,
+            snapshot_seq: 0,
+        })
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        ctx: &mut SessionCtx,
+    ) -> Result<(), ActorProcessingErr> {
+        ctx.load().await?;
+        if !ctx.found {
+            // Unknown (or deleted) session: answer what is queued, then go.
+            let _ = ctx.supervisor.cast(SupervisorMsg::RequestPassivate(ctx.id));
+        } else {
+            ctx.pump(&myself);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        ctx: &mut SessionCtx,
+    ) -> Result<(), ActorProcessingErr> {
+        ctx.touch();
+        match msg {
+            SessionMsg::Send { content, reply } => {
+                let r = ctx.send(&myself, content);
+                let _ = reply.send(r);
+            }
+            SessionMsg::Subscribe { after_seq, reply } => {
+                let _ = reply.send(ctx.subscribe(after_seq));
+            }
+            SessionMsg::Get { reply } => {
+                let r = if ctx.found {
+                    Ok(ctx.view())
+                } else {
+                    Err(Error::SessionNotFound(ctx.id))
+                };
+                let _ = reply.send(r);
+            }
+            SessionMsg::Cancel { reply } => {
+                let _ = reply.send(ctx.cancel(&myself));
+            }
+            SessionMsg::Delete { reply } => {
+                let r = ctx.delete().await;
+                let _ = reply.send(r);
+            }
+            SessionMsg::Wake => ctx.pump(&myself),
+            SessionMsg::Passivate => {
+                if ctx.is_idle() {
+                    ctx.write_snapshot().await?;
+                    myself.stop(Some("passivated".into()));
+                } else {
+                    let _ = ctx
+                        .supervisor
+                        .cast(SupervisorMsg::PassivateDeclined(ctx.id));
+                }
+            }
+            SessionMsg::InjectFault => {
+                return Err(format!("fault injected into session {}", ctx.id).into());
+            }
+            SessionMsg::Written { upto, result } => {
+                if let Err(e) = result {
+                    // The journal's state is unknown: restart from disk.
+                    return Err(format!("journal write of session {} failed: {e}", ctx.id).into());
+                }
+                ctx.release(upto);
+            }
+            SessionMsg::ModelDelta { call, delta } => ctx.on_delta(&myself, call, delta),
+            SessionMsg::ModelDone {
+                call,
+                result,
+                latency_ms,
+            } => {
+                ctx.on_done(&myself, call, result, latency_ms);
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        ctx: &mut SessionCtx,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(call) = ctx.call.take() {
+            call.cancel.cancel();
+        }
+        Ok(())
+    }
+}
+
+impl SessionCtx {
+    fn touch(&self) {
+        self.activity
+            .store(self.shared.elapsed_ms(), Ordering::Relaxed);
+    }
+
+    async fn load(&mut self) -> Result<(), ActorProcessingErr> {
+        let store = &self.shared.store;
+        // Writes a previous incarnation of this actor queued are applied first.
+        store.barrier().await?;
+        let meta = match store.load_meta(self.id).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_corruption() => {
+                tracing::error!(session = %self.id, error = %e, "session metadata unreadable");
+                self.found = true;
+                self.state.failed = Some(e.to_string());
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.found = true;
+        let (mut state, from) = match store.load_snapshot(self.id).await? {
+            Some(bytes) => match baton_store::snapshot::decode::<SessionState>(&bytes) {
+                Some((seq, st)) if st.id == self.id => (st, seq),
+                _ => {
+                    tracing::warn!(session = %self.id, "snapshot unreadable by this build; rebuilding from the journal");
+                    (SessionState::new(self.id), 0)
+                }
+            },
+            None => (SessionState::new(self.id), 0),
+        };
+        self.snapshot_seq = from;
+        let mut after = from;
+        let load_result = loop {
+            match store.read_journal(self.id, after, 1024).await {
+                Ok(events) if events.is_empty() => break Ok(()),
+                Ok(events) => {
+                    for e in &events {
+                        state.apply(e.seq, e.at_unix_ms, &e.kind);
+                    }
+                    after = state.last_seq;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        state.metadata = meta.metadata.clone();
+        if meta.status == SessionStatus::Failed && state.failed.is_none() {
+            state.failed = Some(meta.status_reason.clone());
+        }
+        self.state = state;
+        self.meta = Some(meta);
+        if let Err(e) = load_result {
+            if !e.is_corruption() {
+                return Err(e.into());
+            }
+            self.mark_corrupt(e).await?;
+        }
+        self.released_seq = self.state.last_seq;
+        Ok(())
+    }
+
+    /// An undecodable record: the session is failed for good, durably, with
+    /// the reason naming the seq. Other sessions are untouched.
+    async fn mark_corrupt(&mut self, err: baton_store::Error) -> Result<(), ActorProcessingErr> {
+        let reason = err.to_string();
+        tracing::error!(session = %self.id, %reason, "session journal unreadable; marking the session failed");
+        self.state.failed = Some(reason.clone());
+        let Some(meta) = &mut self.meta else {
+            return Ok(());
+        };
+        if meta.status == SessionStatus::Failed {
+            return Ok(());
+        }
+        let last = self.shared.store.last_seq(self.id).await?;
+        let prev = meta.status;
+        meta.status = SessionStatus::Failed;
+        meta.status_reason = reason.clone();
+        meta.updated_at_unix_ms = now_unix_ms();
+        let mut batch = Batch::new();
+        batch.append(
+            &self.id,
+            last + 1,
+            now_unix_ms(),
+            &EventKind::SessionFailed { reason },
+        );
+        batch.put_meta(&self.id, meta, Some(prev));
+        self.shared.store.write(batch).await?;
+        self.state.last_seq = last + 1;
+        Ok(())
+    }
+
+    fn is_idle(&mut self) -> bool {
+        self.subscribers.retain(|s| !s.tx.is_closed());
+        self.call.is_none()
+            && self.state.current.is_none()
+            && self.state.queued.is_empty()
+            && self.pending.is_empty()
+            && self.subscribers.is_empty()
+    }
+
+    async fn write_snapshot(&mut self) -> Result<(), ActorProcessingErr> {
+        if !self.found || self.state.last_seq <= self.snapshot_seq || self.state.failed.is_some() {
+            return Ok(());
+        }
+        let mut batch = Batch::unsynced();
+        batch.put_snapshot(
+            &self.id,
+            baton_store::snapshot::encode(self.state.last_seq, &self.state)?,
+        );
+        self.shared.store.write(batch).await?;
+        self.snapshot_seq = self.state.last_seq;
+        Ok(())
+    }
+
+    /// Assign seqs, apply to the state, and hand the records to the writer.
+    fn commit(&mut self, myself: &ActorRef<SessionMsg>, kinds: Vec<EventKind>, sync: bool) {
+        let mut batch = if sync {
+            Batch::new()
+        } else {
+            Batch::unsynced()
+        };
+        let now = now_unix_ms();
+        for kind in kinds {
+            let seq = self.state.last_seq + 1;
+            batch.append(&self.id, seq, now, &kind);
+            self.state.apply(seq, now, &kind);
+            self.pending.push_back(SessionEvent {
+                session_id: self.id,
+                seq,
+                at_unix_ms: now,
+                kind,
+            });
+        }
+        let status = self.state.status();
+        if let Some(meta) = &mut self.meta
+            && meta.status != status
+        {
+            let prev = meta.status;
+            meta.status = status;
+            meta.status_reason = self.state.failed.clone().unwrap_or_default();
+            meta.updated_at_unix_ms = now;
+            batch.put_meta(&self.id, meta, Some(prev));
+        }
+        if sync
+            && self.state.current.is_none()
+            && self.state.last_seq - self.snapshot_seq >= self.shared.config.sessions.snapshot_every
+            && let Ok(bytes) = baton_store::snapshot::encode(self.state.last_seq, &self.state)
+        {
+            batch.put_snapshot(&self.id, bytes);
+            self.snapshot_seq = self.state.last_seq;
+        }
+        let upto = self.state.last_seq;
+        let write = self.shared.store.write(batch);
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = write.await;
+            let _ = me.cast(SessionMsg::Written { upto, result });
+        });
+    }
+
+    /// Release durable events, in order, to subscribers.
+    fn release(&mut self, upto: u64) {
+        while self.pending.front().is_some_and(|e| e.seq <= upto) {
+            let Some(event) = self.pending.pop_front() else {
+                break;
+            };
+            self.released_seq = event.seq;
+            self.subscribers.retain(|s| {
+                if let Some(t) = s.turn
+                    && event.turn() != Some(t)
+                {
+                    return !s.tx.is_closed();
+                }
+                match s.tx.try_send(event.clone()) {
+                    Ok(()) => !(s.turn.is_some() && event.ends_turn()),
+                    Err(mpsc::error::TrySendError::Full(_)) => {
+                        s.lagged.store(true, Ordering::Relaxed);
+                        false
+                    }
+                    Err(mpsc::error::TrySendError::Closed(_)) => false,
+                }
+            });
+        }
+    }
+
+    fn subscriber(&mut self, turn: Option<u64>) -> (mpsc::Receiver<SessionEvent>, Arc<AtomicBool>) {
+        let (tx, rx) = mpsc::channel(self.shared.config.sessions.subscriber_buffer);
+        let lagged = Arc::new(AtomicBool::new(false));
+        self.subscribers.push(Subscriber {
+            tx,
+            turn,
+            lagged: lagged.clone(),
+        });
+        (rx, lagged)
+    }
+
+    fn send(&mut self, myself: &ActorRef<SessionMsg>, content: String) -> Result<Subscription> {
+        if !self.found {
+            return Err(Error::SessionNotFound(self.id));
+        }
+        if let Some(reason) = &self.state.failed {
+            return Err(Error::FailedPrecondition(format!(
+                "session {} has failed: {reason}",
+                self.id
+            )));
+        }
+        let busy = self.state.current.is_some() || !self.state.queued.is_empty();
+        let cfg = &self.shared.config.sessions;
+        if busy && cfg.busy_policy == BusyPolicy::Reject {
+            let running = self
+                .state
+                .current
+                .as_ref()
+                .map(|c| c.turn)
+                .unwrap_or_default();
+            return Err(Error::FailedPrecondition(format!(
+                "session {} is busy with turn {running} and busy_policy is reject; wait for it to finish or cancel it",
+                self.id
+            )));
+        }
+        if self.state.queued.len() >= cfg.max_queued_turns {
+            return Err(Error::ResourceExhausted(format!(
+                "session {} already has {} queued turns (sessions.max_queued_turns)",
+                self.id,
+                self.state.queued.len()
+            )));
+        }
+        let turn = self.state.last_turn + 1;
+        let (rx, lagged) = self.subscriber(Some(turn));
+        self.commit(
+            myself,
+            vec![EventKind::TurnAccepted {
+                turn,
+                message: Message::user(content),
+            }],
+            true,
+        );
+        self.pump(myself);
+        Ok(Subscription {
+            history_after: self.released_seq,
+            history_upto: self.released_seq,
+            rx,
+            lagged,
+            turn: Some(turn),
+        })
+    }
+
+    fn subscribe(&mut self, after_seq: u64) -> Result<Subscription> {
+        if !self.found {
+            return Err(Error::SessionNotFound(self.id));
+        }
+        if after_seq > self.state.last_seq {
+            return Err(Error::InvalidArgument(format!(
+                "after_seq {after_seq} is beyond the last seq {} of session {}",
+                self.state.last_seq, self.id
+            )));
+        }
+        let (rx, lagged) = self.subscriber(None);
+        Ok(Subscription {
+            history_after: after_seq,
+            history_upto: self.released_seq.max(after_seq),
+            rx,
+            lagged,
+            turn: None,
+        })
+    }
+
+    fn cancel(&mut self, myself: &ActorRef<SessionMsg>) -> Result<Option<u64>> {
+        if !self.found {
+            return Err(Error::SessionNotFound(self.id));
+        }
+        let Some(turn) = self.state.current.as_ref().map(|c| c.turn) else {
+            return Ok(None);
+        };
+        if let Some(call) = self.call.take() {
+            call.cancel.cancel();
+        }
+        self.commit(myself, vec![EventKind::TurnCancelled { turn }], true);
+        self.pump(myself);
+        Ok(Some(turn))
+    }
+
+    async fn delete(&mut self) -> Result<()> {
+        if !self.found {
+            return Err(Error::SessionNotFound(self.id));
+        }
+        let Some(meta) = self.meta.clone() else {
+            return Err(Error::Internal(format!(
+                "session {} has no metadata",
+                self.id
+            )));
+        };
+        if let Some(call) = self.call.take() {
+            call.cancel.cancel();
+        }
+        let mut batch = Batch::new();
+        batch.delete_session(&self.id, &meta);
+        self.shared.store.write(batch).await?;
+        self.found = false;
+        self.subscribers.clear();
+        self.pending.clear();
+        let _ = self
+            .supervisor
+            .cast(SupervisorMsg::RequestPassivate(self.id));
+        Ok(())
+    }
+
+    /// Start or resume work: finish a turn whose answer is recorded, re-issue
+    /// a call with no recorded answer, or start the next queued turn.
+    fn pump(&mut self, myself: &ActorRef<SessionMsg>) {
+        loop {
+            if self.call.is_some() || self.state.failed.is_some() || !self.found {
+                return;
+            }
+            let (turn, attempt, reason) = match &self.state.current {
+                Some(c) if c.response_recorded => {
+                    let (turn, usage) = (c.turn, c.usage);
+                    self.commit(myself, vec![EventKind::TurnCompleted { turn, usage }], true);
+                    continue;
+                }
+                Some(c) => (c.turn, c.attempt + 1, "recovery"),
+                None => match self.state.queued.front() {
+                    Some((t, _)) => (*t, 1, "turn"),
+                    None => return,
+                },
+            };
+            let route = self.state.route.clone();
+            let Some(exec) = self.shared.models.get(&route).cloned() else {
+                let reason = format!("route {route:?} is not a configured model endpoint");
+                self.commit(myself, vec![EventKind::TurnFailed { turn, reason }], true);
+                continue;
+            };
+            self.commit(
+                myself,
+                vec![EventKind::ModelCallStarted {
+                    turn,
+                    attempt,
+                    endpoint: exec.endpoint().name().to_string(),
+                    reason: reason.into(),
+                }],
+                true,
+            );
+            if let Err(e) = self.dispatch(myself, &exec, turn) {
+                self.commit(
+                    myself,
+                    vec![EventKind::TurnFailed {
+                        turn,
+                        reason: e.to_string(),
+                    }],
+                    true,
+                );
+                continue;
+            }
+            return;
+        }
+    }
+
+    fn dispatch(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        exec: &ExecutorHandle,
+        turn: u64,
+    ) -> baton_models::Result<()> {
+        self.next_call += 1;
+        let call = self.next_call;
+        let cancel = CancellationToken::new();
+        let (delta_tx, mut delta_rx) = mpsc::unbounded_channel();
+        let streams = exec.endpoint().config().stream;
+        let (reply_tx, mut reply_rx) = oneshot::channel();
+        let request = ModelRequest {
+            messages: self.state.model_messages(),
+            max_output_tokens: None,
+            temperature: None,
+        };
+        exec.submit(ModelJob {
+            request,
+            deltas: streams.then_some(delta_tx),
+            cancel: cancel.clone(),
+            reply: reply_tx,
+        })?;
+        self.call = Some(InFlight {
+            id: call,
+            turn,
+            cancel,
+        });
+        let me = myself.clone();
+        let started = Instant::now();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    biased;
+                    Some(delta) = delta_rx.recv() => {
+                        if me.cast(SessionMsg::ModelDelta { call, delta }).is_err() {
+                            return;
+                        }
+                    }
+                    reply = &mut reply_rx => {
+                        while let Ok(delta) = delta_rx.try_recv() {
+                            let _ = me.cast(SessionMsg::ModelDelta { call, delta });
+                        }
+                        let result = reply.unwrap_or_else(|_| Err(baton_models::Error::Cancelled));
+                        let latency_ms = started.elapsed().as_millis() as u64;
+                        let _ = me.cast(SessionMsg::ModelDone { call, result, latency_ms });
+                        return;
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    fn current_call(&self, call: u64) -> Option<u64> {
+        self.call.as_ref().filter(|c| c.id == call).map(|c| c.turn)
+    }
+
+    fn on_delta(&mut self, myself: &ActorRef<SessionMsg>, call: u64, delta: Delta) {
+        let Some(turn) = self.current_call(call) else {
+            return;
+        };
+        let Some(current) = self.state.current.as_ref() else {
+            return;
+        };
+        let kind = match delta {
+            Delta::Text(text) => EventKind::OutputDelta {
+                turn,
+                attempt: current.attempt,
+                text,
+            },
+            Delta::Restart => EventKind::ModelCallStarted {
+                turn,
+                attempt: current.attempt + 1,
+                endpoint: current.endpoint.clone(),
+                reason: "retry".into(),
+            },
+        };
+        self.commit(myself, vec![kind], false);
+    }
+
+    fn on_done(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        call: u64,
+        result: baton_models::Result<ModelResponse>,
+        latency_ms: u64,
+    ) {
+        let Some(turn) = self.current_call(call) else {
+            return;
+        };
+        self.call = None;
+        let endpoint = self
+            .state
+            .current
+            .as_ref()
+            .map(|c| c.endpoint.clone())
+            .unwrap_or_default();
+        let kinds = match result {
+            Ok(resp) => {
+                let mut message = resp.message;
+                message.role = baton_types::Role::Assistant;
+                vec![
+                    EventKind::AssistantMessage {
+                        turn,
+                        message,
+                        usage: resp.usage,
+                        endpoint,
+                        model: resp.model,
+                        finish_reason: resp.finish_reason,
+                        latency_ms,
+                    },
+                    EventKind::TurnCompleted {
+                        turn,
+                        usage: resp.usage,
+                    },
+                ]
+            }
+            Err(e) => vec![EventKind::TurnFailed {
+                turn,
+                reason: e.to_string(),
+            }],
+        };
+        self.commit(myself, kinds, true);
+        self.pump(myself);
+    }
+
+    fn view(&self) -> SessionView {
+        let s = &self.state;
+        SessionView {
+            id: self.id,
+            status: s.status(),
+            status_reason: s.failed.clone().unwrap_or_default(),
+            route: s.route.clone(),
+            system_prompt: s.system_prompt.clone(),
+            metadata: s.metadata.clone(),
+            created_at_unix_ms: s.created_at_unix_ms,
+            messages: s.messages.clone(),
+            current_turn: s.current.as_ref().map(|c| c.turn).unwrap_or(0),
+            queued_turns: s.queued.len() as u32,
+            usage: s.usage,
+            last_seq: self.released_seq,
+            turns_completed: s.turns_completed,
+            live: true,
+        }
+    }
+}

@@ -1,0 +1,336 @@
+//! The `SessionSupervisor`: spawns, routes to, passivates and restarts
+//! session actors.
+//!
+//! Every message for a session goes through here, so there is never more than
+//! one actor per session: while an actor is passivating, restarting after a
+//! failure, or being marked failed, messages for it wait in a queue here and
+//! go to its successor.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use baton_store::Batch;
+use baton_types::{EventKind, SessionId, SessionStatus, now_unix_ms};
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+
+use crate::Shared;
+use crate::session::{SessionActor, SessionArgs, SessionMsg};
+
+pub(crate) enum SupervisorMsg {
+    Route(SessionId, SessionMsg),
+    /// Spawn the session again (after a restart backoff, or once it is marked failed).
+    Respawn(SessionId),
+    /// Periodic: passivate sessions idle for longer than the configured time.
+    Sweep,
+    /// An actor asks to be passivated now (unknown or deleted session).
+    RequestPassivate(SessionId),
+    /// An actor was asked to passivate but had work.
+    PassivateDeclined(SessionId),
+    Stats(RpcReplyPort<SupervisorStats>),
+}
+
+/// Counters of the supervisor.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SupervisorStats {
+    /// Session actors in memory.
+    pub live_sessions: usize,
+    /// Sessions waiting for a restart.
+    pub restarting_sessions: usize,
+    /// Actor restarts since start.
+    pub restarts_total: u64,
+    /// Sessions passivated since start.
+    pub passivations_total: u64,
+    /// Sessions marked failed by supervision since start.
+    pub failed_total: u64,
+}
+
+struct Entry {
+    actor: ActorRef<SessionMsg>,
+    activity: Arc<AtomicU64>,
+    passivating: bool,
+    /// Messages that arrived while passivating; they go to the successor.
+    queue: Vec<SessionMsg>,
+}
+
+struct RestartTrack {
+    count: u32,
+    window_start: Instant,
+}
+
+pub(crate) struct SessionSupervisor;
+
+pub(crate) struct SupervisorState {
+    shared: Arc<Shared>,
+    live: HashMap<SessionId, Entry>,
+    by_actor: HashMap<ActorId, SessionId>,
+    /// Sessions between a failure and their respawn, with queued messages.
+    down: HashMap<SessionId, Vec<SessionMsg>>,
+    restarts: HashMap<SessionId, RestartTrack>,
+    stats: SupervisorStats,
+}
+
+impl Actor for SessionSupervisor {
+    type Msg = SupervisorMsg;
+    type State = SupervisorState;
+    type Arguments = Arc<Shared>;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        shared: Arc<Shared>,
+    ) -> Result<SupervisorState, ActorProcessingErr> {
+        let period = (shared.config.passivate_after() / 4)
+            .clamp(Duration::from_millis(50), Duration::from_secs(30));
+        myself.send_interval(period, || SupervisorMsg::Sweep);
+        Ok(SupervisorState {
+            shared,
+            live: HashMap::new(),
+            by_actor: HashMap::new(),
+            down: HashMap::new(),
+            restarts: HashMap::new(),
+            stats: SupervisorStats::default(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        msg: SupervisorMsg,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match msg {
+            SupervisorMsg::Route(id, msg) => st.route(&myself, id, msg).await,
+            SupervisorMsg::Respawn(id) => {
+                let queue = st.down.remove(&id).unwrap_or_default();
+                if st.live.contains_key(&id) {
+                    st.forward(id, queue);
+                } else {
+                    st.spawn(&myself, id, queue).await;
+                }
+            }
+            SupervisorMsg::Sweep => st.sweep(),
+            SupervisorMsg::RequestPassivate(id) => {
+                if let Some(e) = st.live.get_mut(&id)
+                    && !e.passivating
+                {
+                    e.passivating = true;
+                    let _ = e.actor.cast(SessionMsg::Passivate);
+                }
+            }
+            SupervisorMsg::PassivateDeclined(id) => {
+                if let Some(e) = st.live.get_mut(&id) {
+                    e.passivating = false;
+                    let queue = std::mem::take(&mut e.queue);
+                    st.forward(id, queue);
+                }
+            }
+            SupervisorMsg::Stats(reply) => {
+                let mut s = st.stats;
+                s.live_sessions = st.live.len();
+                s.restarting_sessions = st.down.len();
+                let _ = reply.send(s);
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupervisorMsg>,
+        evt: SupervisionEvent,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorTerminated(cell, _, reason) => {
+                let Some(id) = st.by_actor.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                let Some(entry) = st.live.remove(&id) else {
+                    return Ok(());
+                };
+                if reason.as_deref() == Some("passivated") {
+                    st.stats.passivations_total += 1;
+                }
+                if !entry.queue.is_empty() {
+                    st.spawn(&myself, id, entry.queue).await;
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let Some(id) = st.by_actor.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                let queue = st.live.remove(&id).map(|e| e.queue).unwrap_or_default();
+                st.on_failure(&myself, id, err.to_string(), queue);
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SupervisorMsg>,
+        st: &mut SupervisorState,
+    ) -> Result<(), ActorProcessingErr> {
+        for e in st.live.values() {
+            e.actor.stop(Some("shutdown".into()));
+        }
+        Ok(())
+    }
+}
+
+impl SupervisorState {
+    async fn route(&mut self, myself: &ActorRef<SupervisorMsg>, id: SessionId, msg: SessionMsg) {
+        if let Some(queue) = self.down.get_mut(&id) {
+            queue.push(msg);
+            return;
+        }
+        if let Some(entry) = self.live.get_mut(&id) {
+            if entry.passivating {
+                entry.queue.push(msg);
+                return;
+            }
+            if let Err(ractor::MessagingErr::SendErr(msg)) = entry.actor.send_message(msg) {
+                // The actor is stopping; its termination event will respawn it.
+                entry.passivating = true;
+                entry.queue.push(msg);
+            }
+            return;
+        }
+        self.spawn(myself, id, vec![msg]).await;
+    }
+
+    async fn spawn(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        id: SessionId,
+        queue: Vec<SessionMsg>,
+    ) {
+        let activity = Arc::new(AtomicU64::new(self.shared.elapsed_ms()));
+        let args = SessionArgs {
+            id,
+            shared: self.shared.clone(),
+            supervisor: myself.clone(),
+            activity: activity.clone(),
+        };
+        match Actor::spawn_linked(None, SessionActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.by_actor.insert(actor.get_id(), id);
+                self.live.insert(
+                    id,
+                    Entry {
+                        actor,
+                        activity,
+                        passivating: false,
+                        queue: Vec::new(),
+                    },
+                );
+                self.forward(id, queue);
+            }
+            Err(e) => {
+                tracing::error!(session = %id, error = %e, "cannot spawn session actor");
+                self.on_failure(myself, id, e.to_string(), queue);
+            }
+        }
+    }
+
+    fn forward(&mut self, id: SessionId, queue: Vec<SessionMsg>) {
+        let Some(entry) = self.live.get_mut(&id) else {
+            return;
+        };
+        for msg in queue {
+            if let Err(ractor::MessagingErr::SendErr(msg)) = entry.actor.send_message(msg) {
+                entry.passivating = true;
+                entry.queue.push(msg);
+            }
+        }
+    }
+
+    fn sweep(&mut self) {
+        let now = self.shared.elapsed_ms();
+        let idle_ms = self.shared.config.sessions.passivate_after_ms;
+        for entry in self.live.values_mut() {
+            if !entry.passivating
+                && now.saturating_sub(entry.activity.load(Ordering::Relaxed)) >= idle_ms
+            {
+                entry.passivating = true;
+                let _ = entry.actor.cast(SessionMsg::Passivate);
+            }
+        }
+    }
+
+    fn on_failure(
+        &mut self,
+        myself: &ActorRef<SupervisorMsg>,
+        id: SessionId,
+        reason: String,
+        queue: Vec<SessionMsg>,
+    ) {
+        let cfg = &self.shared.config.supervision;
+        let window = Duration::from_millis(cfg.restart_window_ms);
+        let track = self.restarts.entry(id).or_insert(RestartTrack {
+            count: 0,
+            window_start: Instant::now(),
+        });
+        if track.window_start.elapsed() > window {
+            track.count = 0;
+            track.window_start = Instant::now();
+        }
+        track.count += 1;
+        let count = track.count;
+        self.down.insert(id, queue);
+        if count > cfg.max_restarts {
+            tracing::error!(session = %id, %reason, restarts = count - 1, "session keeps failing; marking it failed");
+            self.stats.failed_total += 1;
+            self.restarts.remove(&id);
+            let shared = self.shared.clone();
+            let me = myself.clone();
+            let why = format!(
+                "session actor failed {} times within {} ms; last error: {reason}",
+                count, cfg.restart_window_ms
+            );
+            tokio::spawn(async move {
+                if let Err(e) = mark_failed(&shared, id, why).await {
+                    tracing::error!(session = %id, error = %e, "cannot mark session failed");
+                }
+                let _ = me.cast(SupervisorMsg::Respawn(id));
+            });
+            return;
+        }
+        self.stats.restarts_total += 1;
+        let backoff = cfg
+            .initial_backoff_ms
+            .saturating_mul(1u64 << (count - 1).min(20))
+            .min(cfg.max_backoff_ms);
+        tracing::warn!(session = %id, %reason, restart = count, backoff_ms = backoff, "session actor failed; restarting");
+        myself.send_after(Duration::from_millis(backoff), move || {
+            SupervisorMsg::Respawn(id)
+        });
+    }
+}
+
+/// Durably move a session to `failed`, with a `SessionFailed` record.
+async fn mark_failed(shared: &Shared, id: SessionId, reason: String) -> baton_store::Result<()> {
+    let store = &shared.store;
+    // Writes the failed actor queued land first, so the new record follows them.
+    store.barrier().await?;
+    let Some(mut meta) = store.load_meta(id).await? else {
+        return Ok(());
+    };
+    let last = store.last_seq(id).await?;
+    let prev = meta.status;
+    meta.status = SessionStatus::Failed;
+    meta.status_reason = reason.clone();
+    meta.updated_at_unix_ms = now_unix_ms();
+    let mut batch = Batch::new();
+    batch.append(
+        &id,
+        last + 1,
+        now_unix_ms(),
+        &EventKind::SessionFailed { reason },
+    );
+    batch.put_meta(&id, &meta, Some(prev));
+    store.write(batch).await
+}

@@ -1,0 +1,385 @@
+use std::time::Duration;
+
+use baton_models::{EndpointConfig, ProviderKind};
+use baton_types::{ErrorCode, Message};
+use futures::StreamExt;
+
+use super::*;
+
+fn echo(name: &str, delay_ms: u64) -> EndpointConfig {
+    let mut c = EndpointConfig::new(name, ProviderKind::Echo);
+    c.echo.delay_ms = delay_ms;
+    c.stream = false;
+    c
+}
+
+fn config(dir: &std::path::Path) -> RuntimeConfig {
+    let mut c = RuntimeConfig::with_data_dir(dir);
+    c.models = vec![echo("echo", 0), echo("slow", 60_000)];
+    c
+}
+
+async fn collect(mut s: EventStream) -> Vec<SessionEvent> {
+    let mut out = Vec::new();
+    while let Some(e) = s.next().await {
+        out.push(e.unwrap());
+    }
+    out
+}
+
+fn names(events: &[SessionEvent]) -> Vec<&'static str> {
+    events.iter().map(|e| e.kind.name()).collect()
+}
+
+async fn wait_for<F: Fn() -> Fut, Fut: std::future::Future<Output = bool>>(f: F) {
+    for _ in 0..500 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("condition not reached within 5 s");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_streams_durable_events_in_seq_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder(config(dir.path())).start().await.unwrap();
+    let s = rt
+        .start_session(StartSession {
+            system_prompt: "be brief".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert!(s.created);
+    let events = collect(rt.send(s.id, "hello world".into()).await.unwrap()).await;
+    assert_eq!(
+        names(&events),
+        vec![
+            "turn_accepted",
+            "model_call_started",
+            "assistant_message",
+            "turn_completed"
+        ]
+    );
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![2, 3, 4, 5], "seq 1 is SessionStarted; no gaps");
+    match &events[2].kind {
+        EventKind::AssistantMessage {
+            message, endpoint, ..
+        } => {
+            assert_eq!(message.content, "hello world");
+            assert_eq!(endpoint, "echo");
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    let view = rt.get(s.id).await.unwrap();
+    assert_eq!(
+        view.messages,
+        vec![
+            Message::user("hello world"),
+            Message::assistant("hello world")
+        ]
+    );
+    assert_eq!(view.status, SessionStatus::Idle);
+    assert_eq!(view.last_seq, 5);
+    // Resume from 0 replays the whole journal, SessionStarted included.
+    let mut r = rt.resume(s.id, 0).await.unwrap();
+    let mut replay = Vec::new();
+    for _ in 0..5 {
+        replay.push(r.next().await.unwrap().unwrap());
+    }
+    assert_eq!(
+        replay.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3, 4, 5]
+    );
+    assert_eq!(&replay[1..], &events[..]);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_survives_a_restart_of_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let rt = Runtime::builder(config(dir.path())).start().await.unwrap();
+        let s = rt.start_session(StartSession::default()).await.unwrap();
+        collect(rt.send(s.id, "one".into()).await.unwrap()).await;
+        collect(rt.send(s.id, "two".into()).await.unwrap()).await;
+        rt.shutdown().await;
+        s.id
+    };
+    let rt = Runtime::builder(config(dir.path())).start().await.unwrap();
+    let view = rt.get(id).await.unwrap();
+    assert_eq!(view.messages.len(), 4);
+    assert_eq!(view.turns_completed, 2);
+    let events = collect(rt.send(id, "three".into()).await.unwrap()).await;
+    assert_eq!(
+        events[0].kind,
+        EventKind::TurnAccepted {
+            turn: 3,
+            message: Message::user("three")
+        }
+    );
+    rt.shutdown().await;
+}
+
+/// Recovery, from exactly what a crash leaves behind: a turn accepted and its
+/// model call started, with no recorded answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unfinished_turn_is_resumed_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let id = {
+        let rt = Runtime::builder(config(dir.path())).start().await.unwrap();
+        let s = rt.start_session(StartSession::default()).await.unwrap();
+        rt.shutdown().await;
+        s.id
+    };
+    {
+        let store = Store::open(StoreOptions::new(dir.path(), Durability::Sync)).unwrap();
+        let mut meta = store.load_meta(id).await.unwrap().unwrap();
+        let mut b = Batch::new();
+        b.append(
+            &id,
+            2,
+            1,
+            &EventKind::TurnAccepted {
+                turn: 1,
+                message: Message::user("lost?"),
+            },
+        );
+        b.append(
+            &id,
+            3,
+            1,
+            &EventKind::ModelCallStarted {
+                turn: 1,
+                attempt: 1,
+                endpoint: "echo".into(),
+                reason: "turn".into(),
+            },
+        );
+        meta.status = SessionStatus::Running;
+        b.put_meta(&id, &meta, Some(SessionStatus::Idle));
+        store.write(b).await.unwrap();
+        store.close();
+    }
+    let rt = Runtime::builder(config(dir.path())).start().await.unwrap();
+    let mut r = rt.resume(id, 3).await.unwrap();
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        got.push(r.next().await.unwrap().unwrap());
+    }
+    assert_eq!(
+        got[0].kind,
+        EventKind::ModelCallStarted {
+            turn: 1,
+            attempt: 2,
+            endpoint: "echo".into(),
+            reason: "recovery".into()
+        }
+    );
+    assert!(
+        matches!(&got[1].kind, EventKind::AssistantMessage { message, .. } if message.content == "lost?")
+    );
+    assert_eq!(got[2].kind.name(), "turn_completed");
+    let view = rt.get(id).await.unwrap();
+    assert_eq!(
+        view.messages.len(),
+        2,
+        "the user message exists exactly once"
+    );
+    assert_eq!(view.status, SessionStatus::Idle);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn queued_turns_run_one_after_another_and_reject_policy_refuses() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.models = vec![echo("echo", 100)];
+    let rt = Runtime::builder(cfg).start().await.unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    let a = rt.send(s.id, "first".into()).await.unwrap();
+    let b = rt.send(s.id, "second".into()).await.unwrap();
+    let (a, b) = tokio::join!(collect(a), collect(b));
+    let a_done = a.last().unwrap().seq;
+    assert!(
+        b.iter()
+            .filter(|e| e.kind.name() != "turn_accepted")
+            .all(|e| e.seq > a_done),
+        "turns interleaved"
+    );
+    assert_eq!(b.last().unwrap().kind.name(), "turn_completed");
+    rt.shutdown().await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.sessions.busy_policy = BusyPolicy::Reject;
+    cfg.sessions.default_route = "slow".into();
+    let rt = Runtime::builder(cfg).start().await.unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    let _running = rt.send(s.id, "first".into()).await.unwrap();
+    let err = rt.send(s.id, "second".into()).await.err().unwrap();
+    assert_eq!(err.code(), ErrorCode::FailedPrecondition);
+    assert!(err.to_string().contains("busy"), "{err}");
+    // Cancel frees the session; the cancelled call's answer is never recorded.
+    assert_eq!(rt.cancel(s.id).await.unwrap(), Some(1));
+    let view = rt.get(s.id).await.unwrap();
+    assert_eq!(view.status, SessionStatus::Idle);
+    assert_eq!(view.messages.len(), 1);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idempotency_keys_create_exactly_once_under_races() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder(config(dir.path())).start().await.unwrap();
+    let mut tasks = Vec::new();
+    for _ in 0..16 {
+        let rt = rt.clone();
+        tasks.push(tokio::spawn(async move {
+            rt.start_session(StartSession {
+                idempotency_key: Some("order-42".into()),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    let mut infos = Vec::new();
+    for t in tasks {
+        infos.push(t.await.unwrap());
+    }
+    assert_eq!(infos.iter().filter(|i| i.created).count(), 1);
+    assert!(infos.iter().all(|i| i.id == infos[0].id));
+    let all = rt.list(ListQuery::default()).await.unwrap();
+    assert_eq!(all.sessions.len(), 1);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_refused_with_the_right_code() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.sessions.max_message_bytes = 10;
+    let rt = Runtime::builder(cfg).start().await.unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    let code = |r: Result<EventStream>| r.err().map(|e| e.code());
+    assert_eq!(
+        code(rt.send(s.id, "  ".into()).await),
+        Some(ErrorCode::InvalidArgument)
+    );
+    assert_eq!(
+        code(rt.send(s.id, "x".repeat(11)).await),
+        Some(ErrorCode::ResourceExhausted)
+    );
+    assert_eq!(
+        code(rt.send(SessionId::new(), "hi".into()).await),
+        Some(ErrorCode::NotFound)
+    );
+    let err = rt
+        .start_session(StartSession {
+            route: Some("gpt-9".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    assert!(err.to_string().contains("gpt-9"));
+    assert_eq!(
+        rt.resume(s.id, 99).await.err().map(|e| e.code()),
+        Some(ErrorCode::InvalidArgument)
+    );
+    assert_eq!(
+        rt.get(s.id).await.unwrap().last_seq,
+        1,
+        "nothing was persisted by refused calls"
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_sessions_are_passivated_and_rehydrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.sessions.passivate_after_ms = 100;
+    let rt = Runtime::builder(cfg).start().await.unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    collect(rt.send(s.id, "remember me".into()).await.unwrap()).await;
+    assert_eq!(rt.stats().await.unwrap().live_sessions, 1);
+    wait_for(|| async { rt.stats().await.unwrap().live_sessions == 0 }).await;
+    assert!(rt.stats().await.unwrap().passivations_total >= 1);
+    // Rehydrated from its snapshot on the next message.
+    let view = rt.get(s.id).await.unwrap();
+    assert_eq!(view.messages[0], Message::user("remember me"));
+    let events = collect(rt.send(s.id, "again".into()).await.unwrap()).await;
+    assert_eq!(events[0].seq, 6);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_actor_is_restarted_then_marked_failed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.supervision.max_restarts = 2;
+    cfg.supervision.initial_backoff_ms = 10;
+    let rt = Runtime::builder(cfg).start().await.unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    let other = rt.start_session(StartSession::default()).await.unwrap();
+    collect(rt.send(s.id, "before".into()).await.unwrap()).await;
+
+    rt.inject_actor_fault(s.id).unwrap();
+    // Restarted from disk: state intact, still usable.
+    let view = rt.get(s.id).await.unwrap();
+    assert_eq!(view.messages.len(), 2);
+    assert_eq!(view.status, SessionStatus::Idle);
+    assert_eq!(rt.stats().await.unwrap().restarts_total, 1);
+
+    rt.inject_actor_fault(s.id).unwrap();
+    rt.get(s.id).await.unwrap();
+    rt.inject_actor_fault(s.id).unwrap();
+    let view = rt.get(s.id).await.unwrap();
+    assert_eq!(view.status, SessionStatus::Failed);
+    assert!(
+        view.status_reason.contains("failed 3 times"),
+        "{}",
+        view.status_reason
+    );
+    let err = rt.send(s.id, "after".into()).await.err().unwrap();
+    assert_eq!(err.code(), ErrorCode::FailedPrecondition);
+    let failed = rt
+        .list(ListQuery {
+            status: Some(SessionStatus::Failed),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(failed.sessions.len(), 1);
+    // The other session never noticed.
+    let events = collect(rt.send(other.id, "fine".into()).await.unwrap()).await;
+    assert_eq!(events.last().unwrap().kind.name(), "turn_completed");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deleted_sessions_are_gone() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder(config(dir.path())).start().await.unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    collect(rt.send(s.id, "x".into()).await.unwrap()).await;
+    rt.delete(s.id).await.unwrap();
+    assert_eq!(rt.get(s.id).await.unwrap_err().code(), ErrorCode::NotFound);
+    assert_eq!(
+        rt.delete(s.id).await.unwrap_err().code(),
+        ErrorCode::NotFound
+    );
+    assert!(
+        rt.list(ListQuery::default())
+            .await
+            .unwrap()
+            .sessions
+            .is_empty()
+    );
+    rt.shutdown().await;
+}

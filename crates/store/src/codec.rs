@@ -1,0 +1,517 @@
+//! Encoding of journal records and session metadata (protobuf, versioned).
+//!
+//! Message content larger than the inline limit is stored once in the
+//! `payloads` column family and referenced from the record, so journal records
+//! stay small and nothing is ever copied per turn.
+
+use std::collections::BTreeMap;
+
+use baton_proto::journal::v1 as pb;
+use baton_types::{
+    EventKind, FinishReason, Message, Role, SessionId, SessionStatus, ToolCall, Usage,
+};
+use prost::Message as _;
+
+use crate::keys;
+use crate::{Error, Result};
+
+/// The record format version written by this build.
+pub const RECORD_VERSION: u32 = 1;
+/// The metadata format version written by this build.
+pub const META_VERSION: u32 = 1;
+
+/// A session's metadata, stored in the `sessions` column family and updated in
+/// the same atomic batch as the journal records that change it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionMeta {
+    pub created_at_unix_ms: u64,
+    pub route: String,
+    pub system_prompt: String,
+    pub metadata: BTreeMap<String, String>,
+    pub idempotency_key: Option<String>,
+    pub status: SessionStatus,
+    pub status_reason: String,
+    pub updated_at_unix_ms: u64,
+}
+
+pub fn encode_meta(m: &SessionMeta) -> Vec<u8> {
+    pb::SessionMeta {
+        version: META_VERSION,
+        created_at_unix_ms: m.created_at_unix_ms,
+        route: m.route.clone(),
+        system_prompt: m.system_prompt.clone(),
+        metadata: m.metadata.clone().into_iter().collect(),
+        idempotency_key: m.idempotency_key.clone().unwrap_or_default(),
+        status: keys::status_byte(m.status) as u32,
+        status_reason: m.status_reason.clone(),
+        updated_at_unix_ms: m.updated_at_unix_ms,
+    }
+    .encode_to_vec()
+}
+
+pub fn decode_meta(session: SessionId, bytes: &[u8]) -> Result<SessionMeta> {
+    let corrupt = |reason: String| Error::CorruptMeta { session, reason };
+    let m = pb::SessionMeta::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if m.version != META_VERSION {
+        return Err(corrupt(format!("unknown metadata version {}", m.version)));
+    }
+    let status = keys::status_from_byte(m.status)
+        .ok_or_else(|| corrupt(format!("unknown status {}", m.status)))?;
+    Ok(SessionMeta {
+        created_at_unix_ms: m.created_at_unix_ms,
+        route: m.route,
+        system_prompt: m.system_prompt,
+        metadata: m.metadata.into_iter().collect(),
+        idempotency_key: (!m.idempotency_key.is_empty()).then_some(m.idempotency_key),
+        status,
+        status_reason: m.status_reason,
+        updated_at_unix_ms: m.updated_at_unix_ms,
+    })
+}
+
+/// An encoded record, plus the out-of-line payload it refers to, if any.
+pub struct EncodedRecord {
+    pub record: Vec<u8>,
+    pub payload: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+fn role_code(r: Role) -> u32 {
+    match r {
+        Role::System => 1,
+        Role::User => 2,
+        Role::Assistant => 3,
+        Role::Tool => 4,
+    }
+}
+
+fn role_from_code(c: u32) -> Option<Role> {
+    match c {
+        1 => Some(Role::System),
+        2 => Some(Role::User),
+        3 => Some(Role::Assistant),
+        4 => Some(Role::Tool),
+        _ => None,
+    }
+}
+
+fn usage_pb(u: &Usage) -> pb::Usage {
+    pb::Usage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+    }
+}
+
+fn usage_from(u: Option<pb::Usage>) -> Usage {
+    u.map(|u| Usage {
+        input_tokens: u.input_tokens,
+        output_tokens: u.output_tokens,
+    })
+    .unwrap_or_default()
+}
+
+struct MessageEncoder<'a> {
+    session: &'a SessionId,
+    seq: u64,
+    inline_limit: usize,
+    payload: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl MessageEncoder<'_> {
+    fn message(&mut self, m: &Message) -> pb::Message {
+        let (content, content_ref) = if m.content.len() > self.inline_limit {
+            let key = keys::journal_key(self.session, self.seq).to_vec();
+            let r = pb::PayloadRef {
+                key: key.clone(),
+                len: m.content.len() as u64,
+            };
+            self.payload = Some((key, m.content.as_bytes().to_vec()));
+            (String::new(), Some(r))
+        } else {
+            (m.content.clone(), None)
+        };
+        pb::Message {
+            role: role_code(m.role),
+            content,
+            tool_calls: m
+                .tool_calls
+                .iter()
+                .map(|c| pb::ToolCall {
+                    id: c.id.clone(),
+                    name: c.name.clone(),
+                    arguments: c.arguments.clone(),
+                })
+                .collect(),
+            tool_call_id: m.tool_call_id.clone().unwrap_or_default(),
+            content_ref,
+        }
+    }
+}
+
+/// Encode one journal record.
+pub fn encode_record(
+    session: &SessionId,
+    seq: u64,
+    at_unix_ms: u64,
+    kind: &EventKind,
+    inline_limit: usize,
+) -> EncodedRecord {
+    use pb::record::Kind;
+    let mut enc = MessageEncoder {
+        session,
+        seq,
+        inline_limit,
+        payload: None,
+    };
+    let kind = match kind {
+        EventKind::SessionStarted {
+            route,
+            system_prompt,
+        } => Kind::SessionCreated(pb::SessionCreated {
+            route: route.clone(),
+            system_prompt: system_prompt.clone(),
+            metadata: Default::default(),
+            idempotency_key: String::new(),
+        }),
+        EventKind::TurnAccepted { turn, message } => Kind::TurnAccepted(pb::TurnAccepted {
+            turn: *turn,
+            message: Some(enc.message(message)),
+        }),
+        EventKind::ModelCallStarted {
+            turn,
+            attempt,
+            endpoint,
+            reason,
+        } => Kind::ModelCallStarted(pb::ModelCallStarted {
+            turn: *turn,
+            attempt: *attempt,
+            endpoint: endpoint.clone(),
+            reason: reason.clone(),
+        }),
+        EventKind::OutputDelta {
+            turn,
+            attempt,
+            text,
+        } => Kind::OutputDelta(pb::OutputDelta {
+            turn: *turn,
+            attempt: *attempt,
+            text: text.clone(),
+        }),
+        EventKind::AssistantMessage {
+            turn,
+            message,
+            usage,
+            endpoint,
+            model,
+            finish_reason,
+            latency_ms,
+        } => Kind::ModelResponse(pb::ModelResponse {
+            turn: *turn,
+            message: Some(enc.message(message)),
+            usage: Some(usage_pb(usage)),
+            endpoint: endpoint.clone(),
+            model: model.clone(),
+            finish_reason: finish_reason.as_str().to_string(),
+            latency_ms: *latency_ms,
+        }),
+        EventKind::TurnCompleted { turn, usage } => Kind::TurnCompleted(pb::TurnCompleted {
+            turn: *turn,
+            usage: Some(usage_pb(usage)),
+        }),
+        EventKind::TurnFailed { turn, reason } => Kind::TurnFailed(pb::TurnFailed {
+            turn: *turn,
+            reason: reason.clone(),
+        }),
+        EventKind::TurnCancelled { turn } => Kind::TurnCancelled(pb::TurnCancelled { turn: *turn }),
+        EventKind::SessionFailed { reason } => Kind::SessionFailed(pb::SessionFailed {
+            reason: reason.clone(),
+        }),
+    };
+    let record = pb::Record {
+        version: RECORD_VERSION,
+        at_unix_ms,
+        kind: Some(kind),
+    }
+    .encode_to_vec();
+    EncodedRecord {
+        record,
+        payload: enc.payload,
+    }
+}
+
+/// Decode one journal record. `load_payload` fetches an out-of-line payload by key.
+pub fn decode_record(
+    session: SessionId,
+    seq: u64,
+    bytes: &[u8],
+    load_payload: &mut dyn FnMut(&[u8]) -> Result<Option<Vec<u8>>>,
+) -> Result<(u64, EventKind)> {
+    use pb::record::Kind;
+    let corrupt = |reason: String| Error::CorruptRecord {
+        session,
+        seq,
+        reason,
+    };
+    let r = pb::Record::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if r.version != RECORD_VERSION {
+        return Err(corrupt(format!(
+            "unknown record version {} (this build reads version {RECORD_VERSION})",
+            r.version
+        )));
+    }
+    let mut message = |m: Option<pb::Message>| -> Result<Message> {
+        let m = m.ok_or_else(|| corrupt("message missing".into()))?;
+        let role =
+            role_from_code(m.role).ok_or_else(|| corrupt(format!("unknown role {}", m.role)))?;
+        let content = match m.content_ref {
+            None => m.content,
+            Some(r) => {
+                let bytes = load_payload(&r.key)?.ok_or(Error::MissingPayload { session, seq })?;
+                if bytes.len() as u64 != r.len {
+                    return Err(corrupt(format!(
+                        "payload is {} bytes, the record says {}",
+                        bytes.len(),
+                        r.len
+                    )));
+                }
+                String::from_utf8(bytes).map_err(|_| corrupt("payload is not UTF-8".into()))?
+            }
+        };
+        Ok(Message {
+            role,
+            content,
+            tool_calls: m
+                .tool_calls
+                .into_iter()
+                .map(|c| ToolCall {
+                    id: c.id,
+                    name: c.name,
+                    arguments: c.arguments,
+                })
+                .collect(),
+            tool_call_id: (!m.tool_call_id.is_empty()).then_some(m.tool_call_id),
+        })
+    };
+    let kind = match r
+        .kind
+        .ok_or_else(|| corrupt("record has no kind (written by a newer version?)".into()))?
+    {
+        Kind::SessionCreated(k) => EventKind::SessionStarted {
+            route: k.route,
+            system_prompt: k.system_prompt,
+        },
+        Kind::TurnAccepted(k) => EventKind::TurnAccepted {
+            turn: k.turn,
+            message: message(k.message)?,
+        },
+        Kind::ModelCallStarted(k) => EventKind::ModelCallStarted {
+            turn: k.turn,
+            attempt: k.attempt,
+            endpoint: k.endpoint,
+            reason: k.reason,
+        },
+        Kind::OutputDelta(k) => EventKind::OutputDelta {
+            turn: k.turn,
+            attempt: k.attempt,
+            text: k.text,
+        },
+        Kind::ModelResponse(k) => EventKind::AssistantMessage {
+            turn: k.turn,
+            message: message(k.message)?,
+            usage: usage_from(k.usage),
+            endpoint: k.endpoint,
+            model: k.model,
+            finish_reason: FinishReason::from_provider(&k.finish_reason),
+            latency_ms: k.latency_ms,
+        },
+        Kind::TurnCompleted(k) => EventKind::TurnCompleted {
+            turn: k.turn,
+            usage: usage_from(k.usage),
+        },
+        Kind::TurnFailed(k) => EventKind::TurnFailed {
+            turn: k.turn,
+            reason: k.reason,
+        },
+        Kind::TurnCancelled(k) => EventKind::TurnCancelled { turn: k.turn },
+        Kind::SessionFailed(k) => EventKind::SessionFailed { reason: k.reason },
+    };
+    Ok((r.at_unix_ms, kind))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixed_session() -> SessionId {
+        SessionId::from_bytes([7; 16])
+    }
+
+    fn no_payloads(_: &[u8]) -> Result<Option<Vec<u8>>> {
+        Ok(None)
+    }
+
+    fn hex(b: &[u8]) -> String {
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    }
+
+    /// Golden bytes: these encodings are what every existing data directory
+    /// holds. If this test fails, an encoding changed: add a new field or a new
+    /// record version instead, and keep reading the old one.
+    #[test]
+    fn golden_bytes_of_journal_records() {
+        let s = fixed_session();
+        let cases: Vec<(EventKind, &str)> = vec![
+            (
+                EventKind::SessionStarted {
+                    route: "echo".into(),
+                    system_prompt: "be brief".into(),
+                },
+                "0801102a52100a046563686f12086265206272696566",
+            ),
+            (
+                EventKind::TurnAccepted {
+                    turn: 1,
+                    message: Message::user("hi"),
+                },
+                "0801102a5a0a08011206080212026869",
+            ),
+            (
+                EventKind::ModelCallStarted {
+                    turn: 1,
+                    attempt: 2,
+                    endpoint: "e".into(),
+                    reason: "recovery".into(),
+                },
+                "0801102a6211080110021a016522087265636f76657279",
+            ),
+            (
+                EventKind::AssistantMessage {
+                    turn: 3,
+                    message: Message::assistant("ok"),
+                    usage: Usage {
+                        input_tokens: 5,
+                        output_tokens: 6,
+                    },
+                    endpoint: "e".into(),
+                    model: "m".into(),
+                    finish_reason: FinishReason::Stop,
+                    latency_ms: 9,
+                },
+                "0801102a721e08031206080312026f6b1a04080510062201652a016d320473746f703809",
+            ),
+            (
+                EventKind::TurnCompleted {
+                    turn: 3,
+                    usage: Usage {
+                        input_tokens: 5,
+                        output_tokens: 6,
+                    },
+                },
+                "0801102a7a080803120408051006",
+            ),
+            (
+                EventKind::TurnFailed {
+                    turn: 4,
+                    reason: "x".into(),
+                },
+                "0801102a8201050804120178",
+            ),
+            (EventKind::TurnCancelled { turn: 5 }, "0801102a8a01020805"),
+            (
+                EventKind::SessionFailed { reason: "y".into() },
+                "0801102a9201030a0179",
+            ),
+        ];
+        for (kind, golden_prefix) in cases {
+            let enc = encode_record(&s, 1, 42, &kind, 1024);
+            let got = hex(&enc.record);
+            assert_eq!(got, golden_prefix, "encoding of {} changed", kind.name());
+            let (at, back) = decode_record(s, 1, &enc.record, &mut no_payloads).unwrap();
+            assert_eq!(at, 42);
+            assert_eq!(back, kind);
+        }
+    }
+
+    #[test]
+    fn golden_bytes_full_records() {
+        let s = fixed_session();
+        let enc = encode_record(
+            &s,
+            1,
+            42,
+            &EventKind::TurnAccepted {
+                turn: 1,
+                message: Message::user("hi"),
+            },
+            1024,
+        );
+        assert_eq!(
+            hex(&enc.record),
+            "0801102a5a0a080112060802120268 69".replace(' ', "")
+        );
+        let enc = encode_record(&s, 1, 42, &EventKind::TurnCancelled { turn: 5 }, 1024);
+        assert_eq!(hex(&enc.record), "0801102a8a01020805");
+    }
+
+    #[test]
+    fn golden_bytes_of_session_meta() {
+        let m = SessionMeta {
+            created_at_unix_ms: 1,
+            route: "r".into(),
+            system_prompt: String::new(),
+            metadata: BTreeMap::from([("k".to_string(), "v".to_string())]),
+            idempotency_key: Some("key".into()),
+            status: SessionStatus::Running,
+            status_reason: String::new(),
+            updated_at_unix_ms: 2,
+        };
+        let bytes = encode_meta(&m);
+        assert_eq!(
+            hex(&bytes),
+            "080110011a0172 2a060a016b120176 32036b6579 3802 4802".replace(' ', "")
+        );
+        assert_eq!(decode_meta(fixed_session(), &bytes).unwrap(), m);
+    }
+
+    #[test]
+    fn large_content_goes_out_of_line_and_comes_back() {
+        let s = fixed_session();
+        let big = "x".repeat(5000);
+        let kind = EventKind::TurnAccepted {
+            turn: 1,
+            message: Message::user(big.clone()),
+        };
+        let enc = encode_record(&s, 9, 1, &kind, 1024);
+        assert!(
+            enc.record.len() < 100,
+            "record must not hold the large content"
+        );
+        let (pkey, pval) = enc.payload.clone().expect("payload stored separately");
+        assert_eq!(pval.len(), 5000);
+        let mut load = |k: &[u8]| -> Result<Option<Vec<u8>>> {
+            Ok((k == pkey.as_slice()).then(|| pval.clone()))
+        };
+        let (_, back) = decode_record(s, 9, &enc.record, &mut load).unwrap();
+        assert_eq!(back, kind);
+        let err = decode_record(s, 9, &enc.record, &mut no_payloads).unwrap_err();
+        assert!(matches!(err, Error::MissingPayload { seq: 9, .. }));
+    }
+
+    #[test]
+    fn garbage_and_unknown_versions_name_session_and_seq() {
+        let s = fixed_session();
+        let err = decode_record(s, 17, &[0xff, 0xff, 0xff], &mut no_payloads).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("17") && msg.contains(&s.to_string()), "{msg}");
+        let future = pb::Record {
+            version: 99,
+            at_unix_ms: 0,
+            kind: None,
+        }
+        .encode_to_vec();
+        let err = decode_record(s, 3, &future, &mut no_payloads).unwrap_err();
+        assert!(
+            err.to_string().contains("unknown record version 99"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,53 @@
+use baton_types::{ErrorCode, SessionId};
+
+/// Errors of the storage layer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// RocksDB reported an error (I/O, corruption of its own files, ...).
+    #[error("storage error: {0}")]
+    Rocks(String),
+    /// A journal record exists but cannot be decoded.
+    #[error("journal record {seq} of session {session} cannot be decoded: {reason}")]
+    CorruptRecord {
+        session: SessionId,
+        seq: u64,
+        reason: String,
+    },
+    /// A session's metadata exists but cannot be decoded.
+    #[error("metadata of session {session} cannot be decoded: {reason}")]
+    CorruptMeta { session: SessionId, reason: String },
+    /// A record refers to a payload that is missing.
+    #[error("payload of journal record {seq} of session {session} is missing")]
+    MissingPayload { session: SessionId, seq: u64 },
+    /// The writer thread has stopped (the store is shutting down or crashed).
+    #[error("the store is closed")]
+    Closed,
+    /// The snapshot codec failed.
+    #[error("snapshot encoding failed: {0}")]
+    Snapshot(String),
+}
+
+impl Error {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Closed => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        }
+    }
+
+    /// True when the stored data itself is unreadable: retrying will not help.
+    pub fn is_corruption(&self) -> bool {
+        matches!(
+            self,
+            Error::CorruptRecord { .. } | Error::CorruptMeta { .. } | Error::MissingPayload { .. }
+        )
+    }
+}
+
+impl From<rocksdb::Error> for Error {
+    fn from(e: rocksdb::Error) -> Self {
+        Error::Rocks(e.into_string())
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

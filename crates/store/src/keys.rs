@@ -1,0 +1,95 @@
+//! Key layouts. All integers are big-endian so that keys sort numerically.
+//!
+//! | column family | key | value |
+//! |---|---|---|
+//! | `sessions` | session id (16) | `SessionMeta` (protobuf) |
+//! | `journal` | session id (16) ++ seq (8) | `Record` (protobuf) |
+//! | `payloads` | session id (16) ++ seq (8) | raw content bytes (UTF-8) |
+//! | `indexes` | `s` ++ status (1) ++ session id (16) | empty — sessions by status |
+//! | `indexes` | `i` ++ idempotency key | session id (16) |
+//! | `snapshots` | session id (16) | version (1) ++ seq (8) ++ bincode state |
+
+use baton_types::{SessionId, SessionStatus};
+
+pub const STATUS_PREFIX: u8 = b's';
+pub const IDEMPOTENCY_PREFIX: u8 = b'i';
+
+pub fn journal_key(session: &SessionId, seq: u64) -> [u8; 24] {
+    let mut k = [0u8; 24];
+    k[..16].copy_from_slice(session.as_bytes());
+    k[16..].copy_from_slice(&seq.to_be_bytes());
+    k
+}
+
+/// Splits a journal or payload key into session and seq.
+pub fn split_journal_key(key: &[u8]) -> Option<(SessionId, u64)> {
+    if key.len() != 24 {
+        return None;
+    }
+    let mut id = [0u8; 16];
+    id.copy_from_slice(&key[..16]);
+    let mut seq = [0u8; 8];
+    seq.copy_from_slice(&key[16..]);
+    Some((SessionId::from_bytes(id), u64::from_be_bytes(seq)))
+}
+
+pub fn status_byte(status: SessionStatus) -> u8 {
+    match status {
+        SessionStatus::Idle => 1,
+        SessionStatus::Running => 2,
+        SessionStatus::Failed => 3,
+    }
+}
+
+pub fn status_from_byte(b: u32) -> Option<SessionStatus> {
+    match b {
+        1 => Some(SessionStatus::Idle),
+        2 => Some(SessionStatus::Running),
+        3 => Some(SessionStatus::Failed),
+        _ => None,
+    }
+}
+
+pub fn status_index_key(status: SessionStatus, session: &SessionId) -> [u8; 18] {
+    let mut k = [0u8; 18];
+    k[0] = STATUS_PREFIX;
+    k[1] = status_byte(status);
+    k[2..].copy_from_slice(session.as_bytes());
+    k
+}
+
+pub fn status_index_prefix(status: SessionStatus) -> [u8; 2] {
+    [STATUS_PREFIX, status_byte(status)]
+}
+
+pub fn idempotency_key(key: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(1 + key.len());
+    k.push(IDEMPOTENCY_PREFIX);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
+pub fn session_from_slice(b: &[u8]) -> Option<SessionId> {
+    let arr: [u8; 16] = b.try_into().ok()?;
+    Some(SessionId::from_bytes(arr))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_keys_sort_by_seq_within_a_session() {
+        let s = SessionId::new();
+        let mut keys: Vec<_> = [300u64, 2, 1 << 40, 1]
+            .iter()
+            .map(|q| journal_key(&s, *q))
+            .collect();
+        keys.sort();
+        let seqs: Vec<u64> = keys
+            .iter()
+            .map(|k| split_journal_key(k).unwrap().1)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 300, 1 << 40]);
+    }
+}

@@ -1,0 +1,613 @@
+//! Baton's durable storage on RocksDB.
+//!
+//! The journal is the truth: a session's state is its latest snapshot plus the
+//! journal records after it. This crate owns the column families, the record
+//! encoding (protobuf, versioned, evolvable), snapshots (bincode, rebuildable),
+//! the indexes, and the group-commit writer thread. All RocksDB I/O happens on
+//! the writer thread or on tokio's blocking pool, never on an async worker.
+//!
+//! ```no_run
+//! # async fn demo() -> baton_store::Result<()> {
+//! use baton_store::{Batch, Durability, Store, StoreOptions};
+//! use baton_types::{EventKind, SessionId};
+//!
+//! let store = Store::open(StoreOptions::new("./baton-data", Durability::Sync))?;
+//! let session = SessionId::new();
+//! let mut batch = Batch::new();
+//! batch.append(&session, 1, 0, &EventKind::SessionStarted { route: "echo".into(), system_prompt: String::new() });
+//! store.write(batch).await?; // resolves once the record is fsynced
+//! let records = store.read_journal(session, 0, 100).await?;
+//! assert_eq!(records.len(), 1);
+//! # Ok(()) }
+//! ```
+
+mod codec;
+mod error;
+pub mod keys;
+pub mod snapshot;
+mod writer;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use baton_types::{EventKind, SessionEvent, SessionId, SessionStatus};
+use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options};
+use serde::{Deserialize, Serialize};
+use tokio::sync::oneshot;
+
+pub use codec::{META_VERSION, RECORD_VERSION, SessionMeta, decode_record, encode_record};
+pub use error::{Error, Result};
+pub use writer::{Op, WriterStats, WriterStatsSnapshot};
+
+pub const CF_SESSIONS: &str = "sessions";
+pub const CF_JOURNAL: &str = "journal";
+pub const CF_PAYLOADS: &str = "payloads";
+pub const CF_INDEXES: &str = "indexes";
+pub const CF_SNAPSHOTS: &str = "snapshots";
+/// Every column family Baton uses.
+pub const COLUMN_FAMILIES: [&str; 5] = [
+    CF_SESSIONS,
+    CF_JOURNAL,
+    CF_PAYLOADS,
+    CF_INDEXES,
+    CF_SNAPSHOTS,
+];
+
+/// Message content longer than this many bytes is stored once in the
+/// `payloads` column family and referenced from its journal record.
+pub const PAYLOAD_INLINE_LIMIT: usize = 16 * 1024;
+
+/// When a write is acknowledged.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// fsync (fdatasync) the WAL before acknowledging; concurrent writers share
+    /// one fsync through group commit. Survives power loss.
+    #[default]
+    Sync,
+    /// Write the WAL without fsync: survives a process crash, not a power loss.
+    Buffered,
+}
+
+/// How to open the store.
+#[derive(Debug, Clone)]
+pub struct StoreOptions {
+    pub path: PathBuf,
+    pub durability: Durability,
+}
+
+impl StoreOptions {
+    pub fn new(path: impl Into<PathBuf>, durability: Durability) -> Self {
+        Self {
+            path: path.into(),
+            durability,
+        }
+    }
+}
+
+/// A set of writes applied atomically (one RocksDB `WriteBatch` — possibly
+/// merged with other batches into one group commit).
+#[derive(Debug, Default)]
+pub struct Batch {
+    ops: Vec<Op>,
+    /// When false the batch is written to the WAL without waiting for an fsync
+    /// even in `sync` mode (provisional data such as output deltas).
+    sync: bool,
+}
+
+impl Batch {
+    /// A batch that must be durable before it is acknowledged.
+    pub fn new() -> Self {
+        Self {
+            ops: Vec::new(),
+            sync: true,
+        }
+    }
+
+    /// A batch acknowledged once it is in the WAL (no fsync of its own).
+    pub fn unsynced() -> Self {
+        Self {
+            sync: false,
+            ..Self::new()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn is_sync(&self) -> bool {
+        self.sync
+    }
+
+    /// Append journal record `seq` of `session`.
+    pub fn append(&mut self, session: &SessionId, seq: u64, at_unix_ms: u64, kind: &EventKind) {
+        let enc = codec::encode_record(session, seq, at_unix_ms, kind, PAYLOAD_INLINE_LIMIT);
+        if let Some((key, value)) = enc.payload {
+            self.ops.push(Op::Put {
+                cf: CF_PAYLOADS,
+                key,
+                value,
+            });
+        }
+        self.ops.push(Op::Put {
+            cf: CF_JOURNAL,
+            key: keys::journal_key(session, seq).to_vec(),
+            value: enc.record,
+        });
+    }
+
+    /// Write the session's metadata, moving its status index entry from
+    /// `previous` (if any) to the new status.
+    pub fn put_meta(
+        &mut self,
+        session: &SessionId,
+        meta: &SessionMeta,
+        previous: Option<SessionStatus>,
+    ) {
+        if let Some(prev) = previous
+            && prev != meta.status
+        {
+            self.ops.push(Op::Delete {
+                cf: CF_INDEXES,
+                key: keys::status_index_key(prev, session).to_vec(),
+            });
+        }
+        if previous != Some(meta.status) {
+            self.ops.push(Op::Put {
+                cf: CF_INDEXES,
+                key: keys::status_index_key(meta.status, session).to_vec(),
+                value: Vec::new(),
+            });
+        }
+        self.ops.push(Op::Put {
+            cf: CF_SESSIONS,
+            key: session.as_bytes().to_vec(),
+            value: codec::encode_meta(meta),
+        });
+    }
+
+    /// Map an idempotency key to a session.
+    pub fn put_idempotency(&mut self, key: &str, session: &SessionId) {
+        self.ops.push(Op::Put {
+            cf: CF_INDEXES,
+            key: keys::idempotency_key(key),
+            value: session.as_bytes().to_vec(),
+        });
+    }
+
+    /// Store a snapshot of a session's state as of `seq`.
+    pub fn put_snapshot(&mut self, session: &SessionId, encoded: Vec<u8>) {
+        self.ops.push(Op::Put {
+            cf: CF_SNAPSHOTS,
+            key: session.as_bytes().to_vec(),
+            value: encoded,
+        });
+    }
+
+    /// Remove every trace of a session.
+    pub fn delete_session(&mut self, session: &SessionId, meta: &SessionMeta) {
+        let from = keys::journal_key(session, 0).to_vec();
+        let to = keys::journal_key(session, u64::MAX).to_vec();
+        for cf in [CF_JOURNAL, CF_PAYLOADS] {
+            self.ops.push(Op::DeleteRange {
+                cf,
+                from: from.clone(),
+                to: to.clone(),
+            });
+        }
+        self.ops.push(Op::Delete {
+            cf: CF_SESSIONS,
+            key: session.as_bytes().to_vec(),
+        });
+        self.ops.push(Op::Delete {
+            cf: CF_SNAPSHOTS,
+            key: session.as_bytes().to_vec(),
+        });
+        self.ops.push(Op::Delete {
+            cf: CF_INDEXES,
+            key: keys::status_index_key(meta.status, session).to_vec(),
+        });
+        if let Some(k) = &meta.idempotency_key {
+            self.ops.push(Op::Delete {
+                cf: CF_INDEXES,
+                key: keys::idempotency_key(k),
+            });
+        }
+    }
+
+    /// A raw operation (tests and tools).
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+}
+
+struct Inner {
+    db: Arc<DB>,
+    writer: std::sync::Mutex<Option<std::sync::mpsc::Sender<writer::WriteReq>>>,
+    writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
+    stats: Arc<WriterStats>,
+    options: StoreOptions,
+}
+
+/// The store. Cheap to clone.
+#[derive(Clone)]
+pub struct Store {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.inner.options.path)
+            .finish()
+    }
+}
+
+/// One page of sessions.
+#[derive(Debug, Clone)]
+pub struct SessionPage {
+    pub sessions: Vec<(SessionId, SessionMeta)>,
+    /// Set when more sessions follow: pass it as `after` for the next page.
+    pub next_after: Option<SessionId>,
+}
+
+impl Store {
+    /// Open (or create) the store at `options.path`.
+    pub fn open(options: StoreOptions) -> Result<Store> {
+        let mut db_opts = Options::default();
+        db_opts.create_if_missing(true);
+        db_opts.create_missing_column_families(true);
+        // Reuse WAL files: an fsync of a preallocated, recycled file does not
+        // also have to persist file-size metadata.
+        db_opts.set_recycle_log_file_num(4);
+        db_opts.set_keep_log_file_num(8);
+        db_opts.increase_parallelism(2);
+        let cfs = COLUMN_FAMILIES
+            .iter()
+            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        let db = Arc::new(DB::open_cf_descriptors(&db_opts, &options.path, cfs)?);
+        let stats = Arc::new(WriterStats::default());
+        let (tx, rx) = std::sync::mpsc::channel();
+        let thread = {
+            let db = db.clone();
+            let stats = stats.clone();
+            let durability = options.durability;
+            std::thread::Builder::new()
+                .name("baton-store-writer".into())
+                .spawn(move || writer::run(db, rx, durability, stats))
+                .map_err(|e| Error::Rocks(format!("cannot start the writer thread: {e}")))?
+        };
+        Ok(Store {
+            inner: Arc::new(Inner {
+                db,
+                writer: std::sync::Mutex::new(Some(tx)),
+                writer_thread: std::sync::Mutex::new(Some(thread)),
+                stats,
+                options,
+            }),
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.inner.options.path
+    }
+
+    pub fn durability(&self) -> Durability {
+        self.inner.options.durability
+    }
+
+    /// The writer's counters.
+    pub fn writer_stats(&self) -> WriterStatsSnapshot {
+        self.inner.stats.snapshot()
+    }
+
+    /// Hand a batch to the group-commit writer. The returned future resolves
+    /// once the batch is durable (or, for unsynced batches and in `buffered`
+    /// mode, once it is in the WAL). The write happens even if the future is
+    /// dropped.
+    pub fn write(
+        &self,
+        batch: Batch,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
+        let (done, rx) = oneshot::channel();
+        let sent = match self.inner.writer.lock() {
+            Ok(guard) => match guard.as_ref() {
+                Some(tx) => tx
+                    .send(writer::WriteReq {
+                        ops: batch.ops,
+                        sync: batch.sync,
+                        done,
+                    })
+                    .is_ok(),
+                None => false,
+            },
+            Err(_) => false,
+        };
+        async move {
+            if !sent {
+                return Err(Error::Closed);
+            }
+            rx.await.map_err(|_| Error::Closed)?
+        }
+    }
+
+    /// Resolves once every write handed to the writer before this call is
+    /// applied (the writer is FIFO).
+    pub async fn barrier(&self) -> Result<()> {
+        self.write(Batch::unsynced()).await
+    }
+
+    /// Stop the writer thread after it has written everything queued.
+    pub fn close(&self) {
+        if let Ok(mut w) = self.inner.writer.lock() {
+            w.take();
+        }
+        if let Ok(mut t) = self.inner.writer_thread.lock()
+            && let Some(handle) = t.take()
+        {
+            let _ = handle.join();
+        }
+    }
+
+    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&DB) -> Result<T> + Send + 'static,
+    {
+        let db = self.inner.db.clone();
+        tokio::task::spawn_blocking(move || f(&db))
+            .await
+            .map_err(|e| Error::Rocks(format!("blocking read task failed: {e}")))?
+    }
+
+    /// A session's metadata.
+    pub async fn load_meta(&self, session: SessionId) -> Result<Option<SessionMeta>> {
+        self.blocking(move |db| load_meta_blocking(db, session))
+            .await
+    }
+
+    /// Journal records with `seq > after_seq`, at most `limit`, as events.
+    pub async fn read_journal(
+        &self,
+        session: SessionId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<SessionEvent>> {
+        self.blocking(move |db| read_journal_blocking(db, session, after_seq, u64::MAX, limit))
+            .await
+    }
+
+    /// Journal records with `after_seq < seq <= upto_seq`.
+    pub async fn read_journal_range(
+        &self,
+        session: SessionId,
+        after_seq: u64,
+        upto_seq: u64,
+    ) -> Result<Vec<SessionEvent>> {
+        self.blocking(move |db| read_journal_blocking(db, session, after_seq, upto_seq, usize::MAX))
+            .await
+    }
+
+    /// The highest seq in a session's journal (0 when it has none). Reads keys
+    /// only, so it works on a journal with undecodable records.
+    pub async fn last_seq(&self, session: SessionId) -> Result<u64> {
+        self.blocking(move |db| last_seq_blocking(db, session))
+            .await
+    }
+
+    /// The stored snapshot bytes of a session, if any.
+    pub async fn load_snapshot(&self, session: SessionId) -> Result<Option<Vec<u8>>> {
+        self.blocking(move |db| {
+            Ok(db.get_cf(writer::cf_handle(db, CF_SNAPSHOTS)?, session.as_bytes())?)
+        })
+        .await
+    }
+
+    /// The session an idempotency key maps to.
+    pub async fn find_idempotency(&self, key: String) -> Result<Option<SessionId>> {
+        self.blocking(move |db| {
+            let v = db.get_cf(
+                writer::cf_handle(db, CF_INDEXES)?,
+                keys::idempotency_key(&key),
+            )?;
+            Ok(v.and_then(|v| keys::session_from_slice(&v)))
+        })
+        .await
+    }
+
+    /// A page of sessions in id (= creation) order, optionally only those with
+    /// `status` (served from the status index, not a scan).
+    pub async fn list_sessions(
+        &self,
+        status: Option<SessionStatus>,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<SessionPage> {
+        self.blocking(move |db| list_sessions_blocking(db, status, after, limit))
+            .await
+    }
+
+    /// Every session with `status` (used at start-up to find unfinished turns).
+    pub async fn sessions_with_status(&self, status: SessionStatus) -> Result<Vec<SessionId>> {
+        self.blocking(move |db| {
+            let prefix = keys::status_index_prefix(status);
+            let cf = writer::cf_handle(db, CF_INDEXES)?;
+            let mut out = Vec::new();
+            for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+                let (k, _) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                if let Some(id) = keys::session_from_slice(&k[2..]) {
+                    out.push(id);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
+    /// Number of sessions (a scan of keys; for tools and benchmarks).
+    pub async fn count_sessions(&self) -> Result<u64> {
+        self.blocking(|db| {
+            let mut n = 0;
+            for item in db.iterator_cf(writer::cf_handle(db, CF_SESSIONS)?, IteratorMode::Start) {
+                item?;
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Create a consistent checkpoint (hard-linked copy) of the store at `dir`.
+    pub async fn checkpoint(&self, dir: PathBuf) -> Result<()> {
+        self.blocking(move |db| {
+            let cp = rocksdb::checkpoint::Checkpoint::new(db)?;
+            cp.create_checkpoint(&dir)?;
+            Ok(())
+        })
+        .await
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        if let Ok(mut w) = self.writer.lock() {
+            w.take();
+        }
+        if let Ok(mut t) = self.writer_thread.lock()
+            && let Some(handle) = t.take()
+        {
+            let _ = handle.join();
+        }
+    }
+}
+
+fn load_meta_blocking(db: &DB, session: SessionId) -> Result<Option<SessionMeta>> {
+    match db.get_cf(writer::cf_handle(db, CF_SESSIONS)?, session.as_bytes())? {
+        Some(bytes) => codec::decode_meta(session, &bytes).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn read_journal_blocking(
+    db: &DB,
+    session: SessionId,
+    after_seq: u64,
+    upto_seq: u64,
+    limit: usize,
+) -> Result<Vec<SessionEvent>> {
+    let cf = writer::cf_handle(db, CF_JOURNAL)?;
+    let payloads = writer::cf_handle(db, CF_PAYLOADS)?;
+    let start = keys::journal_key(&session, after_seq.saturating_add(1));
+    let mut out = Vec::new();
+    let mut load = |k: &[u8]| -> Result<Option<Vec<u8>>> { Ok(db.get_cf(payloads, k)?) };
+    for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+        if out.len() >= limit {
+            break;
+        }
+        let (k, v) = item?;
+        let Some((sid, seq)) = keys::split_journal_key(&k) else {
+            break;
+        };
+        if sid != session || seq > upto_seq {
+            break;
+        }
+        let (at, kind) = codec::decode_record(session, seq, &v, &mut load)?;
+        out.push(SessionEvent {
+            session_id: session,
+            seq,
+            at_unix_ms: at,
+            kind,
+        });
+    }
+    Ok(out)
+}
+
+fn last_seq_blocking(db: &DB, session: SessionId) -> Result<u64> {
+    let cf = writer::cf_handle(db, CF_JOURNAL)?;
+    let end = keys::journal_key(&session, u64::MAX);
+    if let Some(item) = db
+        .iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse))
+        .next()
+    {
+        let (k, _) = item?;
+        if let Some((sid, seq)) = keys::split_journal_key(&k)
+            && sid == session
+        {
+            return Ok(seq);
+        }
+    }
+    Ok(0)
+}
+
+fn list_sessions_blocking(
+    db: &DB,
+    status: Option<SessionStatus>,
+    after: Option<SessionId>,
+    limit: usize,
+) -> Result<SessionPage> {
+    let mut sessions = Vec::new();
+    let mut more = false;
+    match status {
+        None => {
+            let cf = writer::cf_handle(db, CF_SESSIONS)?;
+            let start = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
+            for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+                let (k, v) = item?;
+                let Some(id) = keys::session_from_slice(&k) else {
+                    continue;
+                };
+                if Some(id) == after {
+                    continue;
+                }
+                if sessions.len() == limit {
+                    more = true;
+                    break;
+                }
+                sessions.push((id, codec::decode_meta(id, &v)?));
+            }
+        }
+        Some(status) => {
+            let cf = writer::cf_handle(db, CF_INDEXES)?;
+            let prefix = keys::status_index_prefix(status);
+            let start = match after {
+                Some(a) => keys::status_index_key(status, &a).to_vec(),
+                None => prefix.to_vec(),
+            };
+            for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+                let (k, _) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                let Some(id) = keys::session_from_slice(&k[2..]) else {
+                    continue;
+                };
+                if Some(id) == after {
+                    continue;
+                }
+                if sessions.len() == limit {
+                    more = true;
+                    break;
+                }
+                if let Some(meta) = load_meta_blocking(db, id)? {
+                    sessions.push((id, meta));
+                }
+            }
+        }
+    }
+    let next_after = if more {
+        sessions.last().map(|(id, _)| *id)
+    } else {
+        None
+    };
+    Ok(SessionPage {
+        sessions,
+        next_after,
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,274 @@
+use std::collections::BTreeMap;
+
+use baton_types::{EventKind, Message, SessionId, SessionStatus, Usage};
+
+use super::*;
+
+fn open(dir: &Path, durability: Durability) -> Store {
+    Store::open(StoreOptions::new(dir, durability)).unwrap()
+}
+
+fn meta(status: SessionStatus) -> SessionMeta {
+    SessionMeta {
+        created_at_unix_ms: 1,
+        route: "echo".into(),
+        system_prompt: String::new(),
+        metadata: BTreeMap::new(),
+        idempotency_key: None,
+        status,
+        status_reason: String::new(),
+        updated_at_unix_ms: 1,
+    }
+}
+
+#[tokio::test]
+async fn records_survive_reopen_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = SessionId::new();
+    {
+        let store = open(dir.path(), Durability::Sync);
+        let mut b = Batch::new();
+        b.put_meta(&s, &meta(SessionStatus::Idle), None);
+        b.append(
+            &s,
+            1,
+            10,
+            &EventKind::SessionStarted {
+                route: "echo".into(),
+                system_prompt: "p".into(),
+            },
+        );
+        store.write(b).await.unwrap();
+        let mut b = Batch::new();
+        b.append(
+            &s,
+            2,
+            11,
+            &EventKind::TurnAccepted {
+                turn: 1,
+                message: Message::user("x".repeat(40_000)),
+            },
+        );
+        b.append(
+            &s,
+            3,
+            12,
+            &EventKind::TurnCompleted {
+                turn: 1,
+                usage: Usage::default(),
+            },
+        );
+        store.write(b).await.unwrap();
+        store.close();
+    }
+    let store = open(dir.path(), Durability::Sync);
+    let events = store.read_journal(s, 0, 100).await.unwrap();
+    assert_eq!(
+        events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+        vec![1, 2, 3]
+    );
+    match &events[1].kind {
+        EventKind::TurnAccepted { message, .. } => assert_eq!(message.content.len(), 40_000),
+        other => panic!("unexpected {other:?}"),
+    }
+    assert_eq!(store.read_journal(s, 1, 1).await.unwrap()[0].seq, 2);
+    assert_eq!(store.read_journal_range(s, 1, 2).await.unwrap().len(), 1);
+    assert_eq!(store.last_seq(s).await.unwrap(), 3);
+    assert_eq!(store.last_seq(SessionId::new()).await.unwrap(), 0);
+    assert_eq!(
+        store.load_meta(s).await.unwrap().unwrap().status,
+        SessionStatus::Idle
+    );
+}
+
+#[tokio::test]
+async fn concurrent_writers_share_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Durability::Sync);
+    let mut tasks = Vec::new();
+    for i in 0..400u64 {
+        let store = store.clone();
+        tasks.push(tokio::spawn(async move {
+            let s = SessionId::new();
+            let mut b = Batch::new();
+            b.append(&s, 1, i, &EventKind::TurnCancelled { turn: i });
+            store.write(b).await
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap().unwrap();
+    }
+    let stats = store.writer_stats();
+    assert_eq!(stats.requests, 400);
+    assert!(stats.groups < 400, "expected shared commits, got {stats:?}");
+    assert_eq!(stats.groups, stats.synced_groups);
+}
+
+#[tokio::test]
+async fn unsynced_batches_never_fsync_and_buffered_mode_never_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Durability::Sync);
+    let s = SessionId::new();
+    let mut b = Batch::unsynced();
+    b.append(
+        &s,
+        1,
+        0,
+        &EventKind::OutputDelta {
+            turn: 1,
+            attempt: 1,
+            text: "a".into(),
+        },
+    );
+    store.write(b).await.unwrap();
+    assert_eq!(store.writer_stats().synced_groups, 0);
+    drop(store);
+
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Durability::Buffered);
+    let mut b = Batch::new();
+    b.append(&s, 1, 0, &EventKind::TurnCancelled { turn: 1 });
+    store.write(b).await.unwrap();
+    assert_eq!(store.writer_stats().synced_groups, 0);
+    assert_eq!(store.read_journal(s, 0, 10).await.unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn listing_is_paged_and_filtered_by_the_status_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Durability::Buffered);
+    let mut ids = Vec::new();
+    let mut b = Batch::new();
+    for i in 0..25 {
+        let s = SessionId::new();
+        let status = if i % 5 == 0 {
+            SessionStatus::Running
+        } else {
+            SessionStatus::Idle
+        };
+        b.put_meta(&s, &meta(status), None);
+        ids.push((s, status));
+    }
+    store.write(b).await.unwrap();
+
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let page = store.list_sessions(None, after, 10).await.unwrap();
+        seen.extend(page.sessions.iter().map(|(id, _)| *id));
+        match page.next_after {
+            Some(a) => after = Some(a),
+            None => break,
+        }
+    }
+    assert_eq!(seen, ids.iter().map(|(id, _)| *id).collect::<Vec<_>>());
+
+    let running = store
+        .list_sessions(Some(SessionStatus::Running), None, 100)
+        .await
+        .unwrap();
+    assert_eq!(running.sessions.len(), 5);
+    assert!(running.next_after.is_none());
+    assert_eq!(
+        store
+            .sessions_with_status(SessionStatus::Running)
+            .await
+            .unwrap()
+            .len(),
+        5
+    );
+
+    // Moving a session's status moves its index entry.
+    let (first, _) = ids[0];
+    let mut b = Batch::new();
+    b.put_meta(
+        &first,
+        &meta(SessionStatus::Idle),
+        Some(SessionStatus::Running),
+    );
+    store.write(b).await.unwrap();
+    assert_eq!(
+        store
+            .sessions_with_status(SessionStatus::Running)
+            .await
+            .unwrap()
+            .len(),
+        4
+    );
+    assert_eq!(store.count_sessions().await.unwrap(), 25);
+}
+
+#[tokio::test]
+async fn deleting_a_session_removes_every_trace_and_nothing_else() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Durability::Sync);
+    let (a, b_id) = (SessionId::new(), SessionId::new());
+    let mut m = meta(SessionStatus::Idle);
+    m.idempotency_key = Some("k1".into());
+    let mut b = Batch::new();
+    for s in [a, b_id] {
+        b.put_meta(&s, &m, None);
+        b.append(
+            &s,
+            1,
+            0,
+            &EventKind::TurnAccepted {
+                turn: 1,
+                message: Message::user("y".repeat(20_000)),
+            },
+        );
+        b.put_snapshot(&s, vec![1, 2, 3]);
+    }
+    b.put_idempotency("k1", &a);
+    store.write(b).await.unwrap();
+    assert_eq!(store.find_idempotency("k1".into()).await.unwrap(), Some(a));
+
+    let mut b = Batch::new();
+    b.delete_session(&a, &m);
+    store.write(b).await.unwrap();
+    assert!(store.load_meta(a).await.unwrap().is_none());
+    assert!(store.read_journal(a, 0, 10).await.unwrap().is_empty());
+    assert!(store.load_snapshot(a).await.unwrap().is_none());
+    assert_eq!(store.find_idempotency("k1".into()).await.unwrap(), None);
+    // The other session is intact, payload included.
+    assert_eq!(store.read_journal(b_id, 0, 10).await.unwrap().len(), 1);
+    assert!(store.load_snapshot(b_id).await.unwrap().is_some());
+}
+
+#[tokio::test]
+async fn a_corrupt_record_is_reported_with_session_and_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Durability::Sync);
+    let s = SessionId::new();
+    let mut b = Batch::new();
+    b.append(&s, 1, 0, &EventKind::TurnCancelled { turn: 1 });
+    b.push(Op::Put {
+        cf: CF_JOURNAL,
+        key: keys::journal_key(&s, 2).to_vec(),
+        value: vec![0xde, 0xad, 0xbe, 0xef],
+    });
+    store.write(b).await.unwrap();
+    let err = store.read_journal(s, 0, 10).await.unwrap_err();
+    assert!(err.is_corruption());
+    assert!(
+        err.to_string()
+            .contains(&format!("journal record 2 of session {s}")),
+        "{err}"
+    );
+    // Reading up to the good record still works, and last_seq reads keys only.
+    assert_eq!(store.read_journal(s, 0, 1).await.unwrap().len(), 1);
+    assert_eq!(store.last_seq(s).await.unwrap(), 2);
+}
+
+#[tokio::test]
+async fn checkpoint_is_a_readable_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(&dir.path().join("db"), Durability::Sync);
+    let s = SessionId::new();
+    let mut b = Batch::new();
+    b.append(&s, 1, 0, &EventKind::TurnCancelled { turn: 1 });
+    store.write(b).await.unwrap();
+    store.checkpoint(dir.path().join("cp")).await.unwrap();
+    let copy = open(&dir.path().join("cp"), Durability::Sync);
+    assert_eq!(copy.read_journal(s, 0, 10).await.unwrap().len(), 1);
+}

@@ -1,0 +1,164 @@
+use serde::{Deserialize, Serialize};
+
+use crate::{FinishReason, Message, SessionId, Usage};
+
+/// A session's lifecycle status, as stored and reported to clients.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SessionStatus {
+    /// No turn is running or queued.
+    Idle,
+    /// A turn is running or queued.
+    Running,
+    /// The session was stopped for good (too many actor restarts, or an
+    /// unreadable journal); the reason is stored with it.
+    Failed,
+}
+
+impl SessionStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            SessionStatus::Idle => "idle",
+            SessionStatus::Running => "running",
+            SessionStatus::Failed => "failed",
+        }
+    }
+
+    /// Parse the lowercase name used in config, the CLI and the API.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "idle" => Some(SessionStatus::Idle),
+            "running" => Some(SessionStatus::Running),
+            "failed" => Some(SessionStatus::Failed),
+            _ => None,
+        }
+    }
+}
+
+/// How a turn ended.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TurnOutcome {
+    Completed,
+    Failed { reason: String },
+    Cancelled,
+}
+
+/// One event of a session. Every event is derived from exactly one journal
+/// record and carries that record's `seq`, so `seq` is per session, strictly
+/// increasing and gap-free: a client that saw events up to `seq = n` resumes
+/// with `after_seq = n` and misses nothing.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionEvent {
+    pub session_id: SessionId,
+    pub seq: u64,
+    /// Milliseconds since the Unix epoch when the record was written.
+    pub at_unix_ms: u64,
+    pub kind: EventKind,
+}
+
+impl SessionEvent {
+    /// The turn this event belongs to, if any.
+    pub fn turn(&self) -> Option<u64> {
+        self.kind.turn()
+    }
+
+    /// True for the last event of a turn (completed, failed or cancelled).
+    pub fn ends_turn(&self) -> bool {
+        matches!(
+            self.kind,
+            EventKind::TurnCompleted { .. }
+                | EventKind::TurnFailed { .. }
+                | EventKind::TurnCancelled { .. }
+        )
+    }
+}
+
+/// What happened.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum EventKind {
+    /// The session was created.
+    SessionStarted {
+        route: String,
+        system_prompt: String,
+    },
+    /// A user message was durably accepted as turn `turn` (it may wait
+    /// behind an earlier turn before it runs).
+    TurnAccepted {
+        turn: u64,
+        message: Message,
+    },
+    /// A model call for the turn was issued (attempt 1, or a re-issue after a
+    /// crash or a broken stream). Deltas of earlier attempts of the same turn
+    /// are void from here on.
+    ModelCallStarted {
+        turn: u64,
+        attempt: u32,
+        endpoint: String,
+        /// Why this call was issued: `turn` or `recovery`.
+        reason: String,
+    },
+    /// A piece of model output as it streamed in. Provisional: the
+    /// `AssistantMessage` event holds the authoritative text.
+    OutputDelta {
+        turn: u64,
+        attempt: u32,
+        text: String,
+    },
+    /// The model's answer, durably recorded.
+    AssistantMessage {
+        turn: u64,
+        message: Message,
+        usage: Usage,
+        endpoint: String,
+        model: String,
+        finish_reason: FinishReason,
+        latency_ms: u64,
+    },
+    TurnCompleted {
+        turn: u64,
+        usage: Usage,
+    },
+    TurnFailed {
+        turn: u64,
+        reason: String,
+    },
+    TurnCancelled {
+        turn: u64,
+    },
+    /// The session moved to `failed`.
+    SessionFailed {
+        reason: String,
+    },
+}
+
+impl EventKind {
+    pub fn turn(&self) -> Option<u64> {
+        match self {
+            EventKind::TurnAccepted { turn, .. }
+            | EventKind::ModelCallStarted { turn, .. }
+            | EventKind::OutputDelta { turn, .. }
+            | EventKind::AssistantMessage { turn, .. }
+            | EventKind::TurnCompleted { turn, .. }
+            | EventKind::TurnFailed { turn, .. }
+            | EventKind::TurnCancelled { turn } => Some(*turn),
+            EventKind::SessionStarted { .. } | EventKind::SessionFailed { .. } => None,
+        }
+    }
+
+    /// A short snake_case name of the kind, for logs and the CLI.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::SessionStarted { .. } => "session_started",
+            EventKind::TurnAccepted { .. } => "turn_accepted",
+            EventKind::ModelCallStarted { .. } => "model_call_started",
+            EventKind::OutputDelta { .. } => "output_delta",
+            EventKind::AssistantMessage { .. } => "assistant_message",
+            EventKind::TurnCompleted { .. } => "turn_completed",
+            EventKind::TurnFailed { .. } => "turn_failed",
+            EventKind::TurnCancelled { .. } => "turn_cancelled",
+            EventKind::SessionFailed { .. } => "session_failed",
+        }
+    }
+}

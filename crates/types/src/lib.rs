@@ -1,0 +1,35 @@
+//! Baton's shared vocabulary.
+//!
+//! Every other Baton crate speaks in these types: session ids, the normalised
+//! message / tool-call / usage shape that all model providers are mapped into,
+//! the events a session emits, and the error codes that the server maps onto
+//! gRPC status codes. The crate depends on little more than `serde` so that it
+//! can be used by embedders and tools without pulling in the runtime.
+//!
+//! ```
+//! use baton_types::{Message, SessionId};
+//!
+//! let id = SessionId::new();
+//! let parsed: SessionId = id.to_string().parse().unwrap();
+//! assert_eq!(id, parsed);
+//! let m = Message::user("hello");
+//! assert_eq!(m.text(), "hello");
+//! ```
+
+mod error;
+mod event;
+mod id;
+mod message;
+
+pub use error::ErrorCode;
+pub use event::{EventKind, SessionEvent, SessionStatus, TurnOutcome};
+pub use id::{ParseIdError, SessionId};
+pub use message::{FinishReason, Message, Role, ToolCall, Usage};
+
+/// Milliseconds since the Unix epoch, as stored in journal records and events.
+pub fn now_unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

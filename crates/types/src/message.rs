@@ -1,0 +1,170 @@
+use serde::{Deserialize, Serialize};
+
+/// Who wrote a message.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    System,
+    User,
+    Assistant,
+    Tool,
+}
+
+impl Role {
+    /// The lowercase wire name (`system`, `user`, `assistant`, `tool`).
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Role::System => "system",
+            Role::User => "user",
+            Role::Assistant => "assistant",
+            Role::Tool => "tool",
+        }
+    }
+}
+
+/// A tool call requested by a model, in the one shape Baton uses whatever the provider.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolCall {
+    /// The provider's call id, used to match the result to the call.
+    pub id: String,
+    /// The tool's name.
+    pub name: String,
+    /// The arguments as JSON text, exactly as the model produced them.
+    pub arguments: String,
+}
+
+/// A normalised chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    pub role: Role,
+    /// Text content; empty when an assistant message carries only tool calls.
+    pub content: String,
+    /// Tool calls requested by an assistant message.
+    #[serde(default)]
+    pub tool_calls: Vec<ToolCall>,
+    /// For `Role::Tool`: the id of the call this message answers.
+    #[serde(default)]
+    pub tool_call_id: Option<String>,
+}
+
+impl Message {
+    fn text_message(role: Role, content: impl Into<String>) -> Self {
+        Self {
+            role,
+            content: content.into(),
+            tool_calls: Vec::new(),
+            tool_call_id: None,
+        }
+    }
+
+    pub fn system(content: impl Into<String>) -> Self {
+        Self::text_message(Role::System, content)
+    }
+
+    pub fn user(content: impl Into<String>) -> Self {
+        Self::text_message(Role::User, content)
+    }
+
+    pub fn assistant(content: impl Into<String>) -> Self {
+        Self::text_message(Role::Assistant, content)
+    }
+
+    /// The text content.
+    pub fn text(&self) -> &str {
+        &self.content
+    }
+}
+
+/// Token usage of one model call (or a sum of calls).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+}
+
+impl Usage {
+    pub fn total(&self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
+
+    /// Add another usage to this one, saturating.
+    pub fn add(&mut self, other: Usage) {
+        self.input_tokens = self.input_tokens.saturating_add(other.input_tokens);
+        self.output_tokens = self.output_tokens.saturating_add(other.output_tokens);
+    }
+}
+
+/// Why a model stopped producing output, normalised across providers.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FinishReason {
+    /// A natural end of the answer.
+    Stop,
+    /// The output-token limit was reached.
+    Length,
+    /// The model asked for tool calls.
+    ToolCalls,
+    /// The provider's content filter stopped the output.
+    ContentFilter,
+    /// Anything else, with the provider's word for it.
+    Other(String),
+}
+
+impl FinishReason {
+    /// Map a provider's finish-reason string onto the normalised enum.
+    pub fn from_provider(s: &str) -> Self {
+        match s {
+            "stop" | "end_turn" | "stop_sequence" => FinishReason::Stop,
+            "length" | "max_tokens" => FinishReason::Length,
+            "tool_calls" | "tool_use" | "function_call" => FinishReason::ToolCalls,
+            "content_filter" | "refusal" => FinishReason::ContentFilter,
+            other => FinishReason::Other(other.to_string()),
+        }
+    }
+
+    pub fn as_str(&self) -> &str {
+        match self {
+            FinishReason::Stop => "stop",
+            FinishReason::Length => "length",
+            FinishReason::ToolCalls => "tool_calls",
+            FinishReason::ContentFilter => "content_filter",
+            FinishReason::Other(s) => s,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finish_reasons_from_different_providers_normalise() {
+        assert_eq!(FinishReason::from_provider("end_turn"), FinishReason::Stop);
+        assert_eq!(
+            FinishReason::from_provider("tool_use"),
+            FinishReason::ToolCalls
+        );
+        assert_eq!(
+            FinishReason::from_provider("max_tokens"),
+            FinishReason::Length
+        );
+        assert_eq!(
+            FinishReason::from_provider("weird"),
+            FinishReason::Other("weird".into())
+        );
+    }
+
+    #[test]
+    fn usage_adds_and_saturates() {
+        let mut u = Usage {
+            input_tokens: 3,
+            output_tokens: 4,
+        };
+        u.add(Usage {
+            input_tokens: 1,
+            output_tokens: u64::MAX,
+        });
+        assert_eq!(u.input_tokens, 4);
+        assert_eq!(u.output_tokens, u64::MAX);
+    }
+}

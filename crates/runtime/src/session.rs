@@ -664,7 +664,7 @@ impl SessionCtx {
                         while let Ok(delta) = delta_rx.try_recv() {
                             let _ = me.cast(SessionMsg::ModelDelta { call, delta });
                         }
-                        let result = reply.unwrap_or_else(|_| Err(baton_models::Error::Cancelled));
+                        let result = reply.unwrap_or(Err(baton_models::Error::Cancelled));
                         let latency_ms = started.elapsed().as_millis() as u64;
                         let _ = me.cast(SessionMsg::ModelDone { call, result, latency_ms });
                         return;

@@ -238,12 +238,15 @@ pub fn encode_record(
     }
 }
 
+/// Fetches an out-of-line payload by its key (`None` when it is missing).
+pub type PayloadLoader<'a> = dyn FnMut(&[u8]) -> Result<Option<Vec<u8>>> + 'a;
+
 /// Decode one journal record. `load_payload` fetches an out-of-line payload by key.
 pub fn decode_record(
     session: SessionId,
     seq: u64,
     bytes: &[u8],
-    load_payload: &mut dyn FnMut(&[u8]) -> Result<Option<Vec<u8>>>,
+    load_payload: &mut PayloadLoader<'_>,
 ) -> Result<(u64, EventKind)> {
     use pb::record::Kind;
     let corrupt = |reason: String| Error::CorruptRecord {

@@ -1,0 +1,268 @@
+//! `baton session …`: a client of the Sessions API.
+
+use anyhow::{Context, bail};
+use baton_proto::v1::{self, sessions_client::SessionsClient};
+use futures::StreamExt;
+use tonic::transport::Channel;
+
+use crate::print::{self, Printer};
+
+#[derive(Debug, clap::Args)]
+pub struct Conn {
+    /// Server address.
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_SERVER",
+        default_value = "http://127.0.0.1:50051"
+    )]
+    server: String,
+    /// Print JSON (one object per line) instead of readable text.
+    #[arg(long, global = true)]
+    json: bool,
+}
+
+#[derive(Debug, clap::Subcommand)]
+pub enum SessionCommand {
+    /// Create a session; prints its id.
+    Start {
+        /// Model endpoint / route (default: the server's default route).
+        #[arg(long, default_value = "")]
+        route: String,
+        #[arg(long, default_value = "")]
+        system_prompt: String,
+        /// A retried start with the same key returns the same session.
+        #[arg(long, default_value = "")]
+        idempotency_key: String,
+        /// Metadata entries, `key=value` (repeatable).
+        #[arg(long = "meta", value_parser = parse_kv)]
+        meta: Vec<(String, String)>,
+    },
+    /// Send a message and stream the turn's events.
+    Send {
+        session_id: String,
+        /// The message (words are joined with spaces).
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Stream events after a seq; with --follow, keep streaming live events.
+    Resume {
+        session_id: String,
+        #[arg(long, default_value_t = 0)]
+        after_seq: u64,
+        #[arg(long)]
+        follow: bool,
+    },
+    /// Show a session: status, messages, usage.
+    Get { session_id: String },
+    /// List sessions.
+    List {
+        /// idle, running or failed.
+        #[arg(long)]
+        status: Option<String>,
+        #[arg(long, default_value_t = 50)]
+        page_size: u32,
+        #[arg(long, default_value = "")]
+        page_token: String,
+    },
+    /// Cancel the running turn.
+    Cancel { session_id: String },
+    /// Delete a session and all its data.
+    Delete { session_id: String },
+}
+
+fn parse_kv(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .ok_or_else(|| format!("{s:?} is not key=value"))
+}
+
+fn rpc_error(status: tonic::Status) -> anyhow::Error {
+    anyhow::anyhow!("{:?}: {}", status.code(), status.message())
+}
+
+pub async fn run(conn: Conn, cmd: SessionCommand) -> anyhow::Result<()> {
+    let channel = Channel::from_shared(conn.server.clone())
+        .with_context(|| format!("bad server address {:?}", conn.server))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", conn.server))?;
+    let mut client = SessionsClient::new(channel);
+    let json = conn.json;
+    match cmd {
+        SessionCommand::Start {
+            route,
+            system_prompt,
+            idempotency_key,
+            meta,
+        } => {
+            let r = client
+                .start_session(v1::StartSessionRequest {
+                    idempotency_key,
+                    system_prompt,
+                    route,
+                    metadata: meta.into_iter().collect(),
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"session_id": r.session_id, "status": print::status_name(r.status), "created": r.created})
+                );
+            } else {
+                println!("{}", r.session_id);
+            }
+        }
+        SessionCommand::Send { session_id, text } => {
+            let stream = client
+                .send_message(v1::SendMessageRequest {
+                    session_id,
+                    content: text.join(" "),
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            print_stream(stream, json, None).await?;
+        }
+        SessionCommand::Resume {
+            session_id,
+            after_seq,
+            follow,
+        } => {
+            let until = if follow {
+                None
+            } else {
+                let s = client
+                    .get_session(v1::GetSessionRequest {
+                        session_id: session_id.clone(),
+                    })
+                    .await
+                    .map_err(rpc_error)?
+                    .into_inner();
+                if s.last_seq <= after_seq {
+                    return Ok(());
+                }
+                Some(s.last_seq)
+            };
+            let stream = client
+                .resume_session(v1::ResumeSessionRequest {
+                    session_id,
+                    after_seq,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            print_stream(stream, json, until).await?;
+        }
+        SessionCommand::Get { session_id } => {
+            let s = client
+                .get_session(v1::GetSessionRequest { session_id })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            print::session(&s, json);
+        }
+        SessionCommand::List {
+            status,
+            page_size,
+            page_token,
+        } => {
+            let status = match status.as_deref() {
+                None => 0,
+                Some(s) => match baton_types::SessionStatus::parse(s) {
+                    Some(st) => baton_proto::convert::status_to_proto(st) as i32,
+                    None => bail!("unknown status {s:?}: use idle, running or failed"),
+                },
+            };
+            let r = client
+                .list_sessions(v1::ListSessionsRequest {
+                    status,
+                    page_size,
+                    page_token,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            for s in &r.sessions {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"session_id": s.session_id, "status": print::status_name(s.status), "route": s.route,
+                            "created_at_unix_ms": s.created_at_unix_ms, "status_reason": s.status_reason})
+                    );
+                } else {
+                    let reason = if s.status_reason.is_empty() {
+                        String::new()
+                    } else {
+                        format!("  ({})", s.status_reason)
+                    };
+                    println!(
+                        "{}  {:<8} {}{reason}",
+                        s.session_id,
+                        print::status_name(s.status),
+                        s.route
+                    );
+                }
+            }
+            if !r.next_page_token.is_empty() {
+                if json {
+                    println!(
+                        "{}",
+                        serde_json::json!({"next_page_token": r.next_page_token})
+                    );
+                } else {
+                    println!("more: --page-token {}", r.next_page_token);
+                }
+            }
+        }
+        SessionCommand::Cancel { session_id } => {
+            let r = client
+                .cancel_turn(v1::CancelTurnRequest { session_id })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"cancelled": r.cancelled, "turn": r.turn})
+                );
+            } else if r.cancelled {
+                println!("cancelled turn {}", r.turn);
+            } else {
+                println!("no turn was running");
+            }
+        }
+        SessionCommand::Delete { session_id } => {
+            client
+                .delete_session(v1::DeleteSessionRequest {
+                    session_id: session_id.clone(),
+                })
+                .await
+                .map_err(rpc_error)?;
+            if !json {
+                println!("deleted {session_id}");
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn print_stream(
+    mut stream: tonic::Streaming<v1::SessionEvent>,
+    json: bool,
+    until: Option<u64>,
+) -> anyhow::Result<()> {
+    let mut printer = Printer::new(json);
+    while let Some(item) = stream.next().await {
+        let e = item.map_err(rpc_error)?;
+        let seq = e.seq;
+        printer.proto_event(e);
+        if until.is_some_and(|u| seq >= u) {
+            break;
+        }
+    }
+    printer.finish();
+    Ok(())
+}

@@ -1,0 +1,204 @@
+//! Readable (or JSON) rendering of session events and sessions.
+
+use std::io::Write;
+
+use baton_proto::convert;
+use baton_proto::v1;
+use baton_types::{EventKind, SessionEvent};
+
+/// Renders a stream of events; remembers whether a delta line is open.
+#[derive(Default)]
+pub struct Printer {
+    pub json: bool,
+    in_delta: bool,
+}
+
+impl Printer {
+    pub fn new(json: bool) -> Self {
+        Self {
+            json,
+            in_delta: false,
+        }
+    }
+
+    pub fn proto_event(&mut self, e: v1::SessionEvent) {
+        let seq = e.seq;
+        match convert::event_from_proto(e) {
+            Some(e) => self.event(&e),
+            None => println!("#{seq} (an event of a kind this client does not know)"),
+        }
+    }
+
+    pub fn event(&mut self, e: &SessionEvent) {
+        if self.json {
+            match serde_json::to_string(e) {
+                Ok(s) => println!("{s}"),
+                Err(err) => eprintln!("cannot render event {}: {err}", e.seq),
+            }
+            return;
+        }
+        if let EventKind::OutputDelta { text, .. } = &e.kind {
+            if !self.in_delta {
+                print!("   … ");
+                self.in_delta = true;
+            }
+            print!("{text}");
+            let _ = std::io::stdout().flush();
+            return;
+        }
+        if self.in_delta {
+            println!();
+            self.in_delta = false;
+        }
+        println!("{}", describe(e));
+    }
+
+    pub fn finish(&mut self) {
+        if self.in_delta {
+            println!();
+            self.in_delta = false;
+        }
+    }
+}
+
+/// One readable line for an event.
+pub fn describe(e: &SessionEvent) -> String {
+    let body = match &e.kind {
+        EventKind::SessionStarted {
+            route,
+            system_prompt,
+        } => {
+            if system_prompt.is_empty() {
+                format!("session started on route {route}")
+            } else {
+                format!(
+                    "session started on route {route}, system prompt: {}",
+                    one_line(system_prompt)
+                )
+            }
+        }
+        EventKind::TurnAccepted { turn, message } => {
+            format!("turn {turn} accepted  user: {}", one_line(&message.content))
+        }
+        EventKind::ModelCallStarted {
+            turn,
+            attempt,
+            endpoint,
+            reason,
+        } => {
+            format!("turn {turn} model call to {endpoint} (attempt {attempt}, {reason})")
+        }
+        EventKind::OutputDelta { turn, text, .. } => {
+            format!("turn {turn} delta: {}", one_line(text))
+        }
+        EventKind::AssistantMessage {
+            turn,
+            message,
+            usage,
+            endpoint,
+            model,
+            finish_reason,
+            latency_ms,
+        } => {
+            let mut s = format!(
+                "turn {turn} assistant [{endpoint}/{model}, {latency_ms} ms, {}→{} tokens, {}]: {}",
+                usage.input_tokens,
+                usage.output_tokens,
+                finish_reason.as_str(),
+                one_line(&message.content)
+            );
+            for c in &message.tool_calls {
+                s.push_str(&format!(
+                    "\n      tool call {} {}({})",
+                    c.id, c.name, c.arguments
+                ));
+            }
+            s
+        }
+        EventKind::TurnCompleted { turn, usage } => {
+            format!("turn {turn} completed ({} tokens)", usage.total())
+        }
+        EventKind::TurnFailed { turn, reason } => format!("turn {turn} FAILED: {reason}"),
+        EventKind::TurnCancelled { turn } => format!("turn {turn} cancelled"),
+        EventKind::SessionFailed { reason } => format!("session FAILED: {reason}"),
+    };
+    format!("#{:<4} {body}", e.seq)
+}
+
+fn one_line(s: &str) -> String {
+    let flat = s.replace('\n', " ⏎ ");
+    if flat.chars().count() > 200 {
+        format!("{}…", flat.chars().take(200).collect::<String>())
+    } else {
+        flat
+    }
+}
+
+pub fn status_name(status: i32) -> &'static str {
+    match convert::status_from_proto(status) {
+        Ok(Some(s)) => s.as_str(),
+        _ => "unknown",
+    }
+}
+
+pub fn session(s: &v1::Session, json: bool) {
+    let messages: Vec<_> = s
+        .messages
+        .iter()
+        .cloned()
+        .filter_map(convert::message_from_proto)
+        .collect();
+    if json {
+        let usage = convert::usage_from_proto(s.usage);
+        let v = serde_json::json!({
+            "session_id": s.session_id,
+            "status": status_name(s.status),
+            "status_reason": s.status_reason,
+            "route": s.route,
+            "system_prompt": s.system_prompt,
+            "metadata": s.metadata,
+            "created_at_unix_ms": s.created_at_unix_ms,
+            "messages": messages,
+            "current_turn": s.current_turn,
+            "queued_turns": s.queued_turns,
+            "usage": usage,
+            "last_seq": s.last_seq,
+            "turns_completed": s.turns_completed,
+            "live": s.live,
+        });
+        println!("{v}");
+        return;
+    }
+    println!("session   {}", s.session_id);
+    let reason = if s.status_reason.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", s.status_reason)
+    };
+    println!("status    {}{reason}", status_name(s.status));
+    println!("route     {}", s.route);
+    if !s.system_prompt.is_empty() {
+        println!("system    {}", one_line(&s.system_prompt));
+    }
+    for (k, v) in &s.metadata {
+        println!("meta      {k} = {v}");
+    }
+    let usage = convert::usage_from_proto(s.usage);
+    println!(
+        "turns     {} completed, current {}, {} queued; last seq {}; {} tokens in, {} out; {}",
+        s.turns_completed,
+        if s.current_turn == 0 {
+            "none".to_string()
+        } else {
+            s.current_turn.to_string()
+        },
+        s.queued_turns,
+        s.last_seq,
+        usage.input_tokens,
+        usage.output_tokens,
+        if s.live { "live" } else { "passivated" }
+    );
+    for m in messages {
+        println!("  {:>9}: {}", m.role.as_str(), one_line(&m.content));
+    }
+}

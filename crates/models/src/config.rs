@@ -1,0 +1,342 @@
+//! Endpoint configuration: the `[[models]]` tables of `baton.toml`.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use crate::{Error, Result};
+
+/// Which provider implementation an endpoint uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ProviderKind {
+    /// An OpenAI-compatible Chat Completions API.
+    Openai,
+    /// A deterministic local model that echoes the last user message; needs
+    /// no network and no key.
+    Echo,
+}
+
+impl ProviderKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            ProviderKind::Openai => "openai",
+            ProviderKind::Echo => "echo",
+        }
+    }
+}
+
+/// One model endpoint: a provider plus the policy used to call it.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EndpointConfig {
+    /// Unique endpoint name, referenced by sessions ("route").
+    pub name: String,
+    pub provider: ProviderKind,
+    /// Base URL of the API, e.g. `http://127.0.0.1:8080/v1`; required for `openai`.
+    #[serde(default)]
+    pub base_url: Option<String>,
+    /// Model name sent upstream (optional for `echo`).
+    #[serde(default)]
+    pub model: String,
+    /// Environment variable holding the api key.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// File holding the api key (surrounding whitespace is ignored).
+    #[serde(default)]
+    pub api_key_file: Option<PathBuf>,
+    /// Calls running at once.
+    #[serde(default = "default_max_concurrency")]
+    pub max_concurrency: usize,
+    /// Calls waiting beyond `max_concurrency`; more are refused as overloaded.
+    #[serde(default = "default_max_queue")]
+    pub max_queue: usize,
+    /// Time allowed for one attempt, start to end.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Time allowed to open a connection.
+    #[serde(default = "default_connect_timeout_ms")]
+    pub connect_timeout_ms: u64,
+    /// Use SSE streaming.
+    #[serde(default = "default_stream")]
+    pub stream: bool,
+    /// Default output-token limit, when a request sets none.
+    #[serde(default)]
+    pub max_output_tokens: Option<u32>,
+    #[serde(default)]
+    pub retry: RetryConfig,
+    #[serde(default)]
+    pub echo: EchoConfig,
+}
+
+fn default_max_concurrency() -> usize {
+    16
+}
+fn default_max_queue() -> usize {
+    4096
+}
+fn default_timeout_ms() -> u64 {
+    60_000
+}
+fn default_connect_timeout_ms() -> u64 {
+    10_000
+}
+fn default_stream() -> bool {
+    true
+}
+
+/// Retries of transient failures: exponential backoff with full jitter.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetryConfig {
+    /// Attempts in all, the first included (1 = no retries).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Upper bound of the first backoff; doubles per attempt.
+    #[serde(default = "default_initial_backoff_ms")]
+    pub initial_backoff_ms: u64,
+    /// Cap of any backoff, `Retry-After` included.
+    #[serde(default = "default_max_backoff_ms")]
+    pub max_backoff_ms: u64,
+}
+
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_initial_backoff_ms() -> u64 {
+    200
+}
+fn default_max_backoff_ms() -> u64 {
+    5000
+}
+
+impl Default for RetryConfig {
+    fn default() -> Self {
+        Self {
+            max_attempts: default_max_attempts(),
+            initial_backoff_ms: default_initial_backoff_ms(),
+            max_backoff_ms: default_max_backoff_ms(),
+        }
+    }
+}
+
+/// Settings of the `echo` provider.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EchoConfig {
+    /// Delay before answering.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Text put before the echoed message.
+    #[serde(default)]
+    pub prefix: String,
+    /// Characters per streamed delta; 0 streams the answer as one delta.
+    #[serde(default)]
+    pub chunk_chars: usize,
+}
+
+impl EndpointConfig {
+    /// A config with the given name and provider and every other field at its default.
+    pub fn new(name: impl Into<String>, provider: ProviderKind) -> Self {
+        Self {
+            name: name.into(),
+            provider,
+            base_url: None,
+            model: String::new(),
+            api_key_env: None,
+            api_key_file: None,
+            max_concurrency: default_max_concurrency(),
+            max_queue: default_max_queue(),
+            timeout_ms: default_timeout_ms(),
+            connect_timeout_ms: default_connect_timeout_ms(),
+            stream: default_stream(),
+            max_output_tokens: None,
+            retry: RetryConfig::default(),
+            echo: EchoConfig::default(),
+        }
+    }
+
+    /// A config for an OpenAI-compatible endpoint.
+    pub fn openai(
+        name: impl Into<String>,
+        base_url: impl Into<String>,
+        model: impl Into<String>,
+    ) -> Self {
+        Self {
+            base_url: Some(base_url.into()),
+            model: model.into(),
+            ..Self::new(name, ProviderKind::Openai)
+        }
+    }
+
+    fn field(&self, field: &str) -> String {
+        format!("models[{}].{field}", self.name)
+    }
+
+    /// Check the values serde cannot; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.trim().is_empty() {
+            return Err(Error::config("models[].name", "must not be empty"));
+        }
+        if self.name.chars().any(|c| c.is_control()) {
+            return Err(Error::config(
+                self.field("name"),
+                "must not contain control characters",
+            ));
+        }
+        match self.provider {
+            ProviderKind::Openai => {
+                let Some(url) = &self.base_url else {
+                    return Err(Error::config(
+                        self.field("base_url"),
+                        "required for provider openai",
+                    ));
+                };
+                if !(url.starts_with("http://") || url.starts_with("https://")) {
+                    return Err(Error::config(
+                        self.field("base_url"),
+                        format!("must start with http:// or https://, got {url:?}"),
+                    ));
+                }
+                if self.model.trim().is_empty() {
+                    return Err(Error::config(
+                        self.field("model"),
+                        "required for provider openai",
+                    ));
+                }
+            }
+            ProviderKind::Echo => {}
+        }
+        if self.api_key_env.is_some() && self.api_key_file.is_some() {
+            return Err(Error::config(
+                self.field("api_key_env"),
+                "set either api_key_env or api_key_file, not both",
+            ));
+        }
+        if self.max_concurrency == 0 {
+            return Err(Error::config(
+                self.field("max_concurrency"),
+                "must be at least 1",
+            ));
+        }
+        if self.timeout_ms == 0 {
+            return Err(Error::config(
+                self.field("timeout_ms"),
+                "must be at least 1",
+            ));
+        }
+        if self.connect_timeout_ms == 0 {
+            return Err(Error::config(
+                self.field("connect_timeout_ms"),
+                "must be at least 1",
+            ));
+        }
+        if self.max_output_tokens == Some(0) {
+            return Err(Error::config(
+                self.field("max_output_tokens"),
+                "must be at least 1",
+            ));
+        }
+        if self.retry.max_attempts == 0 {
+            return Err(Error::config(
+                self.field("retry.max_attempts"),
+                "must be at least 1",
+            ));
+        }
+        if self.retry.initial_backoff_ms > self.retry.max_backoff_ms {
+            return Err(Error::config(
+                self.field("retry.initial_backoff_ms"),
+                "must not exceed retry.max_backoff_ms",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The endpoint a server uses when none is configured: `echo`, which needs no
+/// key and no network.
+pub fn echo_default() -> EndpointConfig {
+    EndpointConfig::new("echo", ProviderKind::Echo)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn parse(json: serde_json::Value) -> std::result::Result<EndpointConfig, serde_json::Error> {
+        serde_json::from_value(json)
+    }
+
+    #[test]
+    fn defaults_apply_and_unknown_fields_are_refused() {
+        let cfg = parse(serde_json::json!({"name": "e", "provider": "echo"})).unwrap();
+        assert_eq!(cfg.max_concurrency, 16);
+        assert_eq!(cfg.max_queue, 4096);
+        assert_eq!(cfg.timeout_ms, 60_000);
+        assert_eq!(cfg.connect_timeout_ms, 10_000);
+        assert!(cfg.stream);
+        assert_eq!(cfg.retry, RetryConfig::default());
+        assert_eq!(cfg.retry.max_attempts, 3);
+        cfg.validate().unwrap();
+
+        let err = parse(serde_json::json!({"name": "e", "provider": "echo", "api_key": "x"}))
+            .unwrap_err();
+        assert!(err.to_string().contains("api_key"), "{err}");
+        let err = parse(serde_json::json!({
+            "name": "e", "provider": "echo", "retry": {"attempts": 2}
+        }))
+        .unwrap_err();
+        assert!(err.to_string().contains("attempts"), "{err}");
+        assert!(parse(serde_json::json!({"name": "e", "provider": "anthropic"})).is_err());
+    }
+
+    #[test]
+    fn validation_errors_name_the_field() {
+        let mut cfg = EndpointConfig::new("gpt", ProviderKind::Openai);
+        assert_eq!(
+            cfg.validate().unwrap_err().to_string(),
+            "models[gpt].base_url: required for provider openai"
+        );
+        cfg.base_url = Some("127.0.0.1:8080".into());
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("models[gpt].base_url")
+        );
+        cfg.base_url = Some("http://127.0.0.1:8080/v1".into());
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("models[gpt].model")
+        );
+        cfg.model = "m".into();
+        cfg.validate().unwrap();
+        cfg.max_concurrency = 0;
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("models[gpt].max_concurrency")
+        );
+        cfg.max_concurrency = 1;
+        cfg.retry.max_attempts = 0;
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("models[gpt].retry.max_attempts")
+        );
+    }
+
+    #[test]
+    fn echo_default_is_valid_and_needs_nothing() {
+        let cfg = echo_default();
+        assert_eq!(cfg.name, "echo");
+        assert_eq!(cfg.provider, ProviderKind::Echo);
+        assert!(cfg.base_url.is_none() && cfg.api_key_env.is_none());
+        cfg.validate().unwrap();
+    }
+}

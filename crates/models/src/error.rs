@@ -1,0 +1,200 @@
+use std::time::Duration;
+
+use baton_types::ErrorCode;
+
+/// Why one attempt against a provider failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ProviderErrorKind {
+    /// HTTP 429; `retry_after` is the provider's `Retry-After`, when it sent one.
+    RateLimited { retry_after: Option<Duration> },
+    /// HTTP 5xx (or an error reported inside an otherwise successful stream).
+    Server { status: u16 },
+    /// The connection could not be made or broke before the answer was complete.
+    Connection,
+    /// The attempt took longer than the endpoint's `timeout_ms`.
+    Timeout,
+    /// HTTP 4xx other than 401, 403 and 429: the request itself was refused.
+    Client { status: u16 },
+    /// The provider answered with something that is not a valid response.
+    Malformed,
+    /// HTTP 401 or 403: the api key is missing, wrong or not allowed.
+    Auth,
+}
+
+/// One failed attempt against a provider. Its message is meant for operators
+/// and clients and never contains the api key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub kind: ProviderErrorKind,
+    pub message: String,
+}
+
+impl ProviderError {
+    pub fn new(kind: ProviderErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+        }
+    }
+
+    /// True when the same request may succeed if tried again: rate limits,
+    /// server errors, broken connections and timeouts.
+    pub fn is_transient(&self) -> bool {
+        match self.kind {
+            ProviderErrorKind::RateLimited { .. }
+            | ProviderErrorKind::Connection
+            | ProviderErrorKind::Timeout => true,
+            ProviderErrorKind::Server { status } => status >= 500,
+            ProviderErrorKind::Client { .. }
+            | ProviderErrorKind::Malformed
+            | ProviderErrorKind::Auth => false,
+        }
+    }
+
+    /// The `Retry-After` the provider asked for, if any.
+    pub fn retry_after(&self) -> Option<Duration> {
+        match self.kind {
+            ProviderErrorKind::RateLimited { retry_after } => retry_after,
+            _ => None,
+        }
+    }
+}
+
+/// Errors of the model layer.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A `[[models]]` table is invalid; `field` names it, e.g. `models[gpt].base_url`.
+    #[error("{field}: {reason}")]
+    Config { field: String, reason: String },
+    /// The provider failed and retries (if any) did not help.
+    #[error("endpoint {endpoint}: {source} (after {attempts} attempt(s))")]
+    Provider {
+        endpoint: String,
+        attempts: u32,
+        #[source]
+        source: ProviderError,
+    },
+    /// The endpoint's queue is full.
+    #[error("endpoint {endpoint} is overloaded: too many calls queued")]
+    Overloaded { endpoint: String },
+    /// The caller cancelled the call.
+    #[error("model call cancelled")]
+    Cancelled,
+    /// The endpoint's executor was stopped before the call finished.
+    #[error("endpoint {endpoint} is stopped")]
+    Stopped { endpoint: String },
+    /// The worker running the call panicked; the pool replaced it.
+    #[error("endpoint {endpoint}: model worker failed: {reason}")]
+    WorkerFailed { endpoint: String, reason: String },
+    /// An executor's actors could not be started.
+    #[error("endpoint {endpoint}: cannot start executor: {reason}")]
+    Spawn { endpoint: String, reason: String },
+}
+
+impl Error {
+    pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Error::Config {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+
+    /// The client-facing kind of this error.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Config { .. } => ErrorCode::InvalidArgument,
+            Error::Provider { source, .. } => match source.kind {
+                ProviderErrorKind::Timeout => ErrorCode::DeadlineExceeded,
+                ProviderErrorKind::RateLimited { .. } => ErrorCode::ResourceExhausted,
+                ProviderErrorKind::Client {
+                    status: 400 | 413 | 422,
+                } => ErrorCode::InvalidArgument,
+                ProviderErrorKind::Client { .. } | ProviderErrorKind::Auth => {
+                    ErrorCode::FailedPrecondition
+                }
+                ProviderErrorKind::Server { .. }
+                | ProviderErrorKind::Connection
+                | ProviderErrorKind::Malformed => ErrorCode::Unavailable,
+            },
+            Error::Overloaded { .. } => ErrorCode::ResourceExhausted,
+            Error::Cancelled => ErrorCode::Cancelled,
+            Error::Stopped { .. } => ErrorCode::Unavailable,
+            Error::WorkerFailed { .. } | Error::Spawn { .. } => ErrorCode::Internal,
+        }
+    }
+
+    /// The provider error behind this error, if it is one.
+    pub fn provider_error(&self) -> Option<&ProviderError> {
+        match self {
+            Error::Provider { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+
+    /// How many attempts were made, for provider errors.
+    pub fn attempts(&self) -> Option<u32> {
+        match self {
+            Error::Provider { attempts, .. } => Some(*attempts),
+            _ => None,
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn provider(kind: ProviderErrorKind) -> Error {
+        Error::Provider {
+            endpoint: "e".into(),
+            attempts: 1,
+            source: ProviderError::new(kind, "boom"),
+        }
+    }
+
+    #[test]
+    fn transient_errors_are_exactly_the_retryable_kinds() {
+        let t = |k| ProviderError::new(k, "x").is_transient();
+        assert!(t(ProviderErrorKind::RateLimited { retry_after: None }));
+        assert!(t(ProviderErrorKind::Server { status: 503 }));
+        assert!(t(ProviderErrorKind::Connection));
+        assert!(t(ProviderErrorKind::Timeout));
+        assert!(!t(ProviderErrorKind::Client { status: 400 }));
+        assert!(!t(ProviderErrorKind::Auth));
+        assert!(!t(ProviderErrorKind::Malformed));
+    }
+
+    #[test]
+    fn codes_map_as_clients_expect() {
+        assert_eq!(
+            provider(ProviderErrorKind::Timeout).code(),
+            ErrorCode::DeadlineExceeded
+        );
+        assert_eq!(
+            provider(ProviderErrorKind::Client { status: 400 }).code(),
+            ErrorCode::InvalidArgument
+        );
+        assert_eq!(
+            provider(ProviderErrorKind::Client { status: 404 }).code(),
+            ErrorCode::FailedPrecondition
+        );
+        assert_eq!(
+            provider(ProviderErrorKind::Server { status: 502 }).code(),
+            ErrorCode::Unavailable
+        );
+        assert_eq!(
+            Error::Overloaded {
+                endpoint: "e".into()
+            }
+            .code(),
+            ErrorCode::ResourceExhausted
+        );
+        assert_eq!(Error::Cancelled.code(), ErrorCode::Cancelled);
+        let msg = provider(ProviderErrorKind::Connection).to_string();
+        assert!(msg.contains("boom") && msg.contains("endpoint e"), "{msg}");
+    }
+}

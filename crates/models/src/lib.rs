@@ -1,0 +1,103 @@
+//! Baton's model layer: calling language models reliably.
+//!
+//! An [`Endpoint`] is one configured model (`[[models]]` in `baton.toml`): a
+//! [`Provider`] that makes single attempts (an OpenAI-compatible HTTP API, or
+//! the local `echo` model) plus the policy around it — per-attempt timeouts,
+//! retries with exponential backoff and full jitter, `Retry-After`, and prompt
+//! cancellation. An [`ExecutorHandle`] runs an endpoint's calls on a pool of
+//! ractor worker actors, `max_concurrency` at a time with a bounded queue; a
+//! [`ModelRegistry`] holds the executors of all endpoints by name.
+//!
+//! ```
+//! use baton_models::{echo_default, Endpoint, ModelRequest};
+//! use baton_types::Message;
+//! use tokio_util::sync::CancellationToken;
+//!
+//! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
+//! let endpoint = Endpoint::from_config(echo_default()).unwrap();
+//! let req = ModelRequest::new(vec![Message::user("hello there")]);
+//! let resp = endpoint.call(&req, None, &CancellationToken::new()).await.unwrap();
+//! assert_eq!(resp.message.content, "hello there");
+//! assert_eq!(resp.usage.output_tokens, 2);
+//! # });
+//! ```
+
+mod config;
+mod endpoint;
+mod error;
+mod executor;
+pub mod providers;
+
+use baton_types::{FinishReason, Message, Usage};
+
+pub use config::{EchoConfig, EndpointConfig, ProviderKind, RetryConfig, echo_default};
+pub use endpoint::{Endpoint, backoff_delay};
+pub use error::{Error, ProviderError, ProviderErrorKind, Result};
+pub use executor::{ExecutorHandle, ModelJob, ModelRegistry};
+
+/// What to ask a model.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ModelRequest {
+    /// The conversation so far, system prompt first.
+    pub messages: Vec<Message>,
+    /// Output-token limit; the endpoint's `max_output_tokens` when `None`.
+    pub max_output_tokens: Option<u32>,
+    pub temperature: Option<f32>,
+}
+
+impl ModelRequest {
+    pub fn new(messages: Vec<Message>) -> Self {
+        Self {
+            messages,
+            max_output_tokens: None,
+            temperature: None,
+        }
+    }
+}
+
+/// A model's complete answer.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelResponse {
+    /// The answer, with role `Assistant`.
+    pub message: Message,
+    pub usage: Usage,
+    pub finish_reason: FinishReason,
+    /// The model that answered, as the provider reported it.
+    pub model: String,
+    /// Attempts it took, this one included.
+    pub attempts: u32,
+}
+
+/// A piece of streamed output.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Delta {
+    /// More answer text.
+    Text(String),
+    /// An attempt failed after emitting deltas and is being retried: the text
+    /// deltas so far are void.
+    Restart,
+}
+
+/// Where streamed deltas go.
+pub type DeltaSink = tokio::sync::mpsc::UnboundedSender<Delta>;
+
+/// One model provider: makes single attempts; [`Endpoint`] adds the policy.
+#[async_trait::async_trait]
+pub trait Provider: Send + Sync + std::fmt::Debug {
+    /// Short provider name, e.g. `openai`.
+    fn kind(&self) -> &'static str;
+
+    /// One attempt. Streams text deltas into `deltas` when given and the
+    /// endpoint streams. `attempts` of the response is set by the caller.
+    async fn complete(
+        &self,
+        req: &ModelRequest,
+        deltas: Option<&DeltaSink>,
+    ) -> Result<ModelResponse, ProviderError>;
+}
+
+/// Whitespace-separated words of `text`: the token estimate used by `echo`
+/// and the fake server.
+pub fn count_words(text: &str) -> u64 {
+    text.split_whitespace().count() as u64
+}

@@ -1,0 +1,90 @@
+//! Baton's gRPC server.
+//!
+//! Serves the `baton.v1.Sessions` service over a [`RuntimeHandle`], plus
+//! `grpc.health.v1.Health` and server reflection (`v1` and `v1alpha`, since
+//! common clients such as Python's grpcio-reflection still speak only
+//! v1alpha), so grpcurl and generic clients work with no proto files.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! use baton_runtime::{Runtime, RuntimeConfig};
+//! let runtime = Runtime::builder(RuntimeConfig::default()).start().await?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+//! baton_server::serve(runtime, listener, Default::default(), std::future::pending()).await?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod sessions;
+
+use std::future::Future;
+
+use baton_proto::v1::sessions_server::SessionsServer;
+use baton_runtime::RuntimeHandle;
+use baton_types::ErrorCode;
+use tokio::net::TcpListener;
+use tokio_stream::wrappers::TcpListenerStream;
+
+pub use config::{BatonConfig, ConfigError, ServerSection};
+pub use sessions::SessionsService;
+
+/// The one place error kinds become gRPC status codes.
+pub fn grpc_code(code: ErrorCode) -> tonic::Code {
+    match code {
+        ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
+        ErrorCode::NotFound => tonic::Code::NotFound,
+        ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
+        ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
+        ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+        ErrorCode::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+        ErrorCode::Cancelled => tonic::Code::Cancelled,
+        ErrorCode::Unavailable => tonic::Code::Unavailable,
+        ErrorCode::Internal => tonic::Code::Internal,
+    }
+}
+
+/// A runtime error as a gRPC status, message included.
+pub fn status(err: &baton_runtime::Error) -> tonic::Status {
+    tonic::Status::new(grpc_code(err.code()), err.to_string())
+}
+
+/// Errors of the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("grpc transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+}
+
+/// Serve until `shutdown` resolves; in-flight streams are cut, the runtime is
+/// left running (the caller shuts it down).
+pub async fn serve(
+    runtime: RuntimeHandle,
+    listener: TcpListener,
+    section: ServerSection,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<SessionsServer<SessionsService>>()
+        .await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let sessions = SessionsServer::new(SessionsService::new(runtime))
+        .max_decoding_message_size(section.max_request_bytes);
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(sessions)
+        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,180 @@
+//! The `baton.v1.Sessions` service: request validation and conversion over
+//! the runtime's embedding API.
+
+use std::pin::Pin;
+
+use baton_proto::convert;
+use baton_proto::v1::{self, sessions_server::Sessions};
+use baton_runtime::{EventStream, ListQuery, RuntimeHandle, SessionView, StartSession};
+use baton_types::SessionId;
+use futures::{Stream, StreamExt};
+use tonic::{Request, Response, Status};
+
+use crate::status;
+
+/// The Sessions service over a runtime.
+#[derive(Clone)]
+pub struct SessionsService {
+    runtime: RuntimeHandle,
+}
+
+impl SessionsService {
+    pub fn new(runtime: RuntimeHandle) -> Self {
+        Self { runtime }
+    }
+}
+
+type EventResultStream = Pin<Box<dyn Stream<Item = Result<v1::SessionEvent, Status>> + Send>>;
+
+fn session_id(field: &str, s: &str) -> Result<SessionId, Status> {
+    if s.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is required")));
+    }
+    s.parse()
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+fn to_grpc(stream: EventStream) -> EventResultStream {
+    Box::pin(stream.map(|item| match item {
+        Ok(e) => Ok(convert::event_to_proto(&e)),
+        Err(e) => Err(status(&e)),
+    }))
+}
+
+fn view_to_proto(v: SessionView) -> v1::Session {
+    v1::Session {
+        session_id: v.id.to_string(),
+        status: convert::status_to_proto(v.status) as i32,
+        status_reason: v.status_reason,
+        route: v.route,
+        system_prompt: v.system_prompt,
+        metadata: v.metadata.into_iter().collect(),
+        created_at_unix_ms: v.created_at_unix_ms,
+        messages: v.messages.iter().map(convert::message_to_proto).collect(),
+        current_turn: v.current_turn,
+        queued_turns: v.queued_turns,
+        usage: Some(convert::usage_to_proto(v.usage)),
+        last_seq: v.last_seq,
+        turns_completed: v.turns_completed,
+        live: v.live,
+    }
+}
+
+#[tonic::async_trait]
+impl Sessions for SessionsService {
+    async fn start_session(
+        &self,
+        req: Request<v1::StartSessionRequest>,
+    ) -> Result<Response<v1::StartSessionResponse>, Status> {
+        let r = req.into_inner();
+        let info = self
+            .runtime
+            .start_session(StartSession {
+                idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
+                system_prompt: r.system_prompt,
+                route: (!r.route.is_empty()).then_some(r.route),
+                metadata: r.metadata.into_iter().collect(),
+            })
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(v1::StartSessionResponse {
+            session_id: info.id.to_string(),
+            status: convert::status_to_proto(info.status) as i32,
+            created: info.created,
+        }))
+    }
+
+    type SendMessageStream = EventResultStream;
+
+    async fn send_message(
+        &self,
+        req: Request<v1::SendMessageRequest>,
+    ) -> Result<Response<Self::SendMessageStream>, Status> {
+        let r = req.into_inner();
+        let id = session_id("session_id", &r.session_id)?;
+        let stream = self
+            .runtime
+            .send(id, r.content)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(to_grpc(stream)))
+    }
+
+    type ResumeSessionStream = EventResultStream;
+
+    async fn resume_session(
+        &self,
+        req: Request<v1::ResumeSessionRequest>,
+    ) -> Result<Response<Self::ResumeSessionStream>, Status> {
+        let r = req.into_inner();
+        let id = session_id("session_id", &r.session_id)?;
+        let stream = self
+            .runtime
+            .resume(id, r.after_seq)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(to_grpc(stream)))
+    }
+
+    async fn get_session(
+        &self,
+        req: Request<v1::GetSessionRequest>,
+    ) -> Result<Response<v1::Session>, Status> {
+        let id = session_id("session_id", &req.into_inner().session_id)?;
+        let view = self.runtime.get(id).await.map_err(|e| status(&e))?;
+        Ok(Response::new(view_to_proto(view)))
+    }
+
+    async fn list_sessions(
+        &self,
+        req: Request<v1::ListSessionsRequest>,
+    ) -> Result<Response<v1::ListSessionsResponse>, Status> {
+        let r = req.into_inner();
+        let status_filter = convert::status_from_proto(r.status)
+            .map_err(|v| Status::invalid_argument(format!("status: unknown session status {v}")))?;
+        let list = self
+            .runtime
+            .list(ListQuery {
+                status: status_filter,
+                page_size: r.page_size,
+                page_token: (!r.page_token.is_empty()).then_some(r.page_token),
+            })
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(v1::ListSessionsResponse {
+            sessions: list
+                .sessions
+                .into_iter()
+                .map(|s| v1::SessionSummary {
+                    session_id: s.id.to_string(),
+                    status: convert::status_to_proto(s.status) as i32,
+                    route: s.route,
+                    created_at_unix_ms: s.created_at_unix_ms,
+                    status_reason: s.status_reason,
+                })
+                .collect(),
+            next_page_token: list.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    async fn cancel_turn(
+        &self,
+        req: Request<v1::CancelTurnRequest>,
+    ) -> Result<Response<v1::CancelTurnResponse>, Status> {
+        let id = session_id("session_id", &req.into_inner().session_id)?;
+        let turn = self.runtime.cancel(id).await.map_err(|e| status(&e))?;
+        Ok(Response::new(v1::CancelTurnResponse {
+            cancelled: turn.is_some(),
+            turn: turn.unwrap_or(0),
+        }))
+    }
+
+    async fn delete_session(
+        &self,
+        req: Request<v1::DeleteSessionRequest>,
+    ) -> Result<Response<v1::DeleteSessionResponse>, Status> {
+        let id = session_id("session_id", &req.into_inner().session_id)?;
+        self.runtime.delete(id).await.map_err(|e| status(&e))?;
+        Ok(Response::new(v1::DeleteSessionResponse {}))
+    }
+}

@@ -1,0 +1,119 @@
+//! The real `baton` binary as a child process, for crash tests.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use baton_proto::v1::sessions_client::SessionsClient;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::{Child, Command};
+use tonic::transport::Channel;
+
+/// A running `baton serve` child process.
+pub struct BatonProcess {
+    child: Child,
+    pub addr: SocketAddr,
+    stderr_path: PathBuf,
+}
+
+impl BatonProcess {
+    /// Run `bin serve --config <config> --listen 127.0.0.1:0` and wait until
+    /// it prints its address. stderr goes to `<config dir>/baton-<n>.log`.
+    pub async fn start(bin: &Path, config: &Path) -> anyhow::Result<BatonProcess> {
+        let dir = config.parent().unwrap_or(Path::new("."));
+        let stderr_path = (0..)
+            .map(|n| dir.join(format!("baton-{n}.log")))
+            .find(|p| !p.exists())
+            .context("no log file name")?;
+        let stderr = std::fs::File::create(&stderr_path)?;
+        let mut child = Command::new(bin)
+            .arg("serve")
+            .arg("--config")
+            .arg(config)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .env("RUST_LOG", "info,baton=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::from(stderr))
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("cannot run {}", bin.display()))?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let mut lines = BufReader::new(stdout).lines();
+        let addr = tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await? {
+                if let Some(a) = line.strip_prefix("baton listening on ") {
+                    return Ok::<_, anyhow::Error>(Some(a.trim().parse::<SocketAddr>()?));
+                }
+            }
+            Ok(None)
+        })
+        .await;
+        let addr = match addr {
+            Ok(Ok(Some(a))) => a,
+            other => {
+                let log = std::fs::read_to_string(&stderr_path).unwrap_or_default();
+                bail!("baton did not start ({other:?}); its log:\n{log}");
+            }
+        };
+        // Keep draining stdout so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Ok(BatonProcess {
+            child,
+            addr,
+            stderr_path,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub async fn client(&self) -> anyhow::Result<SessionsClient<Channel>> {
+        let channel = Channel::from_shared(self.url())?.connect().await?;
+        Ok(SessionsClient::new(channel))
+    }
+
+    /// SIGKILL the process and reap it: no shutdown code runs.
+    pub async fn kill9(mut self) -> anyhow::Result<()> {
+        self.child.start_kill()?;
+        let status = self.child.wait().await?;
+        anyhow::ensure!(
+            !status.success(),
+            "baton exited cleanly instead of being killed"
+        );
+        Ok(())
+    }
+
+    /// SIGTERM the process and wait for a graceful exit.
+    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+        let pid = self.child.id().context("process already gone")?;
+        let status = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .await?;
+        anyhow::ensure!(status.success(), "kill -TERM failed");
+        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr_path).unwrap_or_default()
+    }
+}
+
+/// Write a config file for a child process: a data dir and model endpoints
+/// as TOML text (for example `[[models]]` tables).
+pub fn write_config(dir: &Path, data_dir: &Path, extra_toml: &str) -> anyhow::Result<PathBuf> {
+    let path = dir.join("baton.toml");
+    let text = format!(
+        "[store]\ndata_dir = {:?}\n\n{extra_toml}\n",
+        data_dir.display().to_string()
+    );
+    std::fs::write(&path, text)?;
+    Ok(path)
+}

@@ -1,0 +1,501 @@
+//! The `openai` provider, through `Endpoint` and its retry policy, against
+//! the fake OpenAI server over real HTTP on loopback.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use baton_models::{
+    Delta, Endpoint, EndpointConfig, Error, ExecutorHandle, ModelRequest, ModelResponse,
+    ProviderErrorKind, RetryConfig,
+};
+use baton_testkit::fake_openai::{Behavior, FakeOpenAi, Fault, Reply};
+use baton_types::{ErrorCode, FinishReason, Message, ToolCall, Usage};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+fn config(server: &FakeOpenAi, stream: bool) -> EndpointConfig {
+    let mut cfg = EndpointConfig::openai("fake", server.base_url(), "fake-model");
+    cfg.stream = stream;
+    cfg.timeout_ms = 5_000;
+    cfg.retry = RetryConfig {
+        max_attempts: 3,
+        initial_backoff_ms: 10,
+        max_backoff_ms: 50,
+    };
+    cfg
+}
+
+fn endpoint(server: &FakeOpenAi, stream: bool) -> Endpoint {
+    Endpoint::from_config(config(server, stream)).unwrap()
+}
+
+fn request(text: &str) -> ModelRequest {
+    ModelRequest::new(vec![Message::system("be brief"), Message::user(text)])
+}
+
+async fn call(ep: &Endpoint, req: &ModelRequest) -> Result<ModelResponse, Error> {
+    ep.call(req, None, &CancellationToken::new()).await
+}
+
+/// Call with a delta sink; returns the result and every delta received.
+async fn call_streaming(
+    ep: &Endpoint,
+    req: &ModelRequest,
+) -> (Result<ModelResponse, Error>, Vec<Delta>) {
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let result = ep.call(req, Some(&tx), &CancellationToken::new()).await;
+    drop(tx);
+    let mut deltas = Vec::new();
+    while let Some(d) = rx.recv().await {
+        deltas.push(d);
+    }
+    (result, deltas)
+}
+
+fn text_of(deltas: &[Delta]) -> String {
+    deltas
+        .iter()
+        .map(|d| match d {
+            Delta::Text(t) => t.as_str(),
+            Delta::Restart => panic!("unexpected restart in {deltas:?}"),
+        })
+        .collect()
+}
+
+fn two_calls() -> Vec<ToolCall> {
+    vec![
+        ToolCall {
+            id: "call_1".into(),
+            name: "get_weather".into(),
+            arguments: r#"{"city":"Paris","unit":"celsius"}"#.into(),
+        },
+        ToolCall {
+            id: "call_2".into(),
+            name: "get_time".into(),
+            arguments: r#"{"tz":"Europe/Paris"}"#.into(),
+        },
+    ]
+}
+
+#[tokio::test]
+async fn non_streaming_text_with_usage_and_model() {
+    let server = FakeOpenAi::start().await.unwrap();
+    let ep = endpoint(&server, false);
+    let resp = call(&ep, &request("hello big world")).await.unwrap();
+    assert_eq!(resp.message, Message::assistant("echo: hello big world"));
+    assert_eq!(resp.finish_reason, FinishReason::Stop);
+    assert_eq!(resp.model, "fake-model");
+    assert_eq!(resp.attempts, 1);
+    // "be brief" + "hello big world" in, "echo: hello big world" out.
+    assert_eq!(
+        resp.usage,
+        Usage {
+            input_tokens: 5,
+            output_tokens: 4
+        }
+    );
+    let body = &server.received()[0];
+    assert_eq!(body["stream"], false);
+    assert_eq!(body["model"], "fake-model");
+    assert_eq!(body["messages"][0]["role"], "system");
+    assert_eq!(body["messages"][1]["content"], "hello big world");
+    assert_eq!(server.authorizations(), vec![None]);
+}
+
+#[tokio::test]
+async fn streaming_deltas_arrive_in_order_and_equal_the_final_text() {
+    let server = FakeOpenAi::start().await.unwrap();
+    let text = "The quick brown fox jumps over the lazy dog";
+    server.set_behavior(Behavior {
+        reply: Reply::Fixed(text.into()),
+        chunk_chars: 3,
+        chunk_delay: Duration::from_millis(1),
+        ..Behavior::default()
+    });
+    let ep = endpoint(&server, true);
+    let (resp, deltas) = call_streaming(&ep, &request("go")).await;
+    let resp = resp.unwrap();
+    assert_eq!(resp.message.content, text);
+    assert_eq!(deltas.len(), text.len().div_ceil(3));
+    assert_eq!(deltas[0], Delta::Text("The".into()));
+    assert_eq!(text_of(&deltas), text);
+    assert_eq!(
+        resp.usage,
+        Usage {
+            input_tokens: 3,
+            output_tokens: 9
+        }
+    );
+    assert_eq!(resp.finish_reason, FinishReason::Stop);
+    assert_eq!(resp.model, "fake-model");
+    let body = &server.received()[0];
+    assert_eq!(body["stream"], true);
+    assert_eq!(body["stream_options"]["include_usage"], true);
+}
+
+#[tokio::test]
+async fn tool_calls_streamed_and_not_two_in_one_response() {
+    let server = FakeOpenAi::start().await.unwrap();
+    for chunk_chars in [0, 4] {
+        server.set_behavior(Behavior {
+            reply: Reply::Fixed(String::new()),
+            tool_calls: two_calls(),
+            chunk_chars,
+            ..Behavior::default()
+        });
+        for stream in [false, true] {
+            let ep = endpoint(&server, stream);
+            let (resp, deltas) = call_streaming(&ep, &request("weather?")).await;
+            let resp = resp.unwrap();
+            assert_eq!(resp.message.tool_calls, two_calls(), "stream={stream}");
+            assert_eq!(resp.message.content, "");
+            assert_eq!(resp.finish_reason, FinishReason::ToolCalls);
+            assert!(deltas.is_empty(), "{deltas:?}");
+        }
+    }
+    // Text and tool calls together.
+    server.set_behavior(Behavior {
+        reply: Reply::Fixed("let me check".into()),
+        tool_calls: two_calls()[..1].to_vec(),
+        chunk_chars: 5,
+        ..Behavior::default()
+    });
+    let (resp, deltas) = call_streaming(&endpoint(&server, true), &request("x")).await;
+    let resp = resp.unwrap();
+    assert_eq!(resp.message.content, "let me check");
+    assert_eq!(text_of(&deltas), "let me check");
+    assert_eq!(resp.message.tool_calls, two_calls()[..1].to_vec());
+}
+
+#[tokio::test]
+async fn rate_limit_with_retry_after_is_retried_after_the_wait() {
+    let server = FakeOpenAi::start().await.unwrap();
+    server.push_fault(Fault::Status {
+        status: 429,
+        retry_after: Some(1),
+        body: r#"{"error":{"message":"rate limit reached"}}"#.into(),
+    });
+    let mut cfg = config(&server, true);
+    // Retry-After (1 s) is capped at max_backoff; jitter alone would stay under 10 ms.
+    cfg.retry.max_backoff_ms = 300;
+    let ep = Endpoint::from_config(cfg).unwrap();
+    let start = Instant::now();
+    let resp = call(&ep, &request("hi")).await.unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        start.elapsed()
+    );
+    assert_eq!(resp.attempts, 2);
+    assert_eq!(resp.message.content, "echo: hi");
+    assert_eq!(server.requests(), 2);
+}
+
+#[tokio::test]
+async fn server_error_then_success() {
+    let server = FakeOpenAi::start().await.unwrap();
+    for stream in [false, true] {
+        server.push_fault(Fault::Status {
+            status: 500,
+            retry_after: None,
+            body: "internal error".into(),
+        });
+        let resp = call(&endpoint(&server, stream), &request("hi"))
+            .await
+            .unwrap();
+        assert_eq!(resp.attempts, 2, "stream={stream}");
+    }
+    assert_eq!(server.requests(), 4);
+}
+
+#[tokio::test]
+async fn closed_connection_then_success() {
+    let server = FakeOpenAi::start().await.unwrap();
+    for stream in [false, true] {
+        server.push_fault(Fault::CloseConnection);
+        let resp = call(&endpoint(&server, stream), &request("hi"))
+            .await
+            .unwrap();
+        assert_eq!(resp.attempts, 2, "stream={stream}");
+        assert_eq!(resp.message.content, "echo: hi");
+    }
+}
+
+#[tokio::test]
+async fn closed_connection_is_a_connection_error() {
+    let server = FakeOpenAi::start().await.unwrap();
+    let mut cfg = config(&server, false);
+    cfg.retry.max_attempts = 1;
+    server.push_fault(Fault::CloseConnection);
+    let err = call(&Endpoint::from_config(cfg).unwrap(), &request("hi"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.provider_error().unwrap().kind,
+        ProviderErrorKind::Connection,
+        "{err}"
+    );
+    assert_eq!(err.code(), ErrorCode::Unavailable);
+}
+
+#[tokio::test]
+async fn client_error_is_not_retried_and_carries_the_provider_message() {
+    let server = FakeOpenAi::start().await.unwrap();
+    server.push_fault(Fault::Status {
+        status: 400,
+        retry_after: None,
+        body: r#"{"error":{"message":"The model `nope` does not exist","type":"invalid_request_error"}}"#
+            .into(),
+    });
+    let err = call(&endpoint(&server, true), &request("hi"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.attempts(), Some(1));
+    assert_eq!(server.requests(), 1);
+    assert!(
+        err.to_string().contains("The model `nope` does not exist"),
+        "{err}"
+    );
+    assert_eq!(
+        err.provider_error().unwrap().kind,
+        ProviderErrorKind::Client { status: 400 }
+    );
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+}
+
+#[tokio::test]
+async fn broken_stream_restarts_and_the_retry_succeeds() {
+    let server = FakeOpenAi::start().await.unwrap();
+    server.set_behavior(Behavior {
+        reply: Reply::Fixed("abcdefghij".into()),
+        chunk_chars: 2,
+        ..Behavior::default()
+    });
+    server.push_fault(Fault::BreakStreamAfter { chunks: 2 });
+    let (resp, deltas) = call_streaming(&endpoint(&server, true), &request("x")).await;
+    let resp = resp.unwrap();
+    assert_eq!(resp.attempts, 2);
+    assert_eq!(resp.message.content, "abcdefghij");
+    let restart = deltas.iter().position(|d| *d == Delta::Restart).unwrap();
+    assert_eq!(text_of(&deltas[..restart]), "abcd");
+    assert_eq!(text_of(&deltas[restart + 1..]), "abcdefghij");
+    assert_eq!(server.requests(), 2);
+}
+
+#[tokio::test]
+async fn broken_stream_without_finish_reason_is_never_a_complete_answer() {
+    let server = FakeOpenAi::start().await.unwrap();
+    let mut cfg = config(&server, true);
+    cfg.retry.max_attempts = 1;
+    server.set_behavior(Behavior {
+        reply: Reply::Fixed("abcdefghij".into()),
+        chunk_chars: 2,
+        ..Behavior::default()
+    });
+    server.push_fault(Fault::BreakStreamAfter { chunks: 3 });
+    let err = call(&Endpoint::from_config(cfg).unwrap(), &request("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.provider_error().unwrap().kind,
+        ProviderErrorKind::Connection,
+        "{err}"
+    );
+}
+
+#[tokio::test]
+async fn stream_ending_after_finish_reason_without_done_is_complete() {
+    let server = FakeOpenAi::start().await.unwrap();
+    server.set_behavior(Behavior {
+        reply: Reply::Fixed("abcdef".into()),
+        chunk_chars: 2,
+        ..Behavior::default()
+    });
+    // 3 text chunks + finish chunk + usage chunk, then a break instead of [DONE].
+    server.push_fault(Fault::BreakStreamAfter { chunks: 5 });
+    let resp = call(&endpoint(&server, true), &request("x")).await.unwrap();
+    assert_eq!(resp.attempts, 1);
+    assert_eq!(resp.message.content, "abcdef");
+    assert_eq!(resp.usage.output_tokens, 1);
+}
+
+#[tokio::test]
+async fn malformed_chunk_is_a_malformed_error() {
+    let server = FakeOpenAi::start().await.unwrap();
+    for stream in [true, false] {
+        server.push_fault(Fault::MalformedChunk);
+        let err = call(&endpoint(&server, stream), &request("x"))
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.provider_error().unwrap().kind,
+            ProviderErrorKind::Malformed,
+            "stream={stream}: {err}"
+        );
+        assert_eq!(err.attempts(), Some(1));
+    }
+}
+
+#[tokio::test]
+async fn exhausted_retries_report_max_attempts() {
+    let server = FakeOpenAi::start().await.unwrap();
+    for _ in 0..3 {
+        server.push_fault(Fault::Status {
+            status: 503,
+            retry_after: None,
+            body: r#"{"error":{"message":"overloaded"}}"#.into(),
+        });
+    }
+    let err = call(&endpoint(&server, true), &request("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.attempts(), Some(3));
+    assert_eq!(server.requests(), 3);
+    assert_eq!(
+        err.provider_error().unwrap().kind,
+        ProviderErrorKind::Server { status: 503 }
+    );
+    assert!(err.to_string().contains("overloaded"), "{err}");
+    assert_eq!(err.code(), ErrorCode::Unavailable);
+}
+
+#[tokio::test]
+async fn a_hung_attempt_times_out_and_is_retried() {
+    let server = FakeOpenAi::start().await.unwrap();
+    let mut cfg = config(&server, true);
+    cfg.timeout_ms = 300;
+    server.push_fault(Fault::Hang);
+    let start = Instant::now();
+    let resp = call(&Endpoint::from_config(cfg.clone()).unwrap(), &request("x"))
+        .await
+        .unwrap();
+    assert!(start.elapsed() >= Duration::from_millis(300));
+    assert_eq!(resp.attempts, 2);
+
+    cfg.retry.max_attempts = 1;
+    server.push_fault(Fault::Hang);
+    let err = call(&Endpoint::from_config(cfg).unwrap(), &request("x"))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        err.provider_error().unwrap().kind,
+        ProviderErrorKind::Timeout
+    );
+    assert_eq!(err.code(), ErrorCode::DeadlineExceeded);
+}
+
+#[tokio::test]
+async fn cancellation_aborts_the_call_promptly() {
+    let server = FakeOpenAi::start().await.unwrap();
+    let ep = endpoint(&server, true);
+
+    // While waiting for headers.
+    server.push_fault(Fault::Hang);
+    let cancel = CancellationToken::new();
+    let c = cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        c.cancel();
+    });
+    let start = Instant::now();
+    let err = ep.call(&request("x"), None, &cancel).await.unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert_eq!(err.code(), ErrorCode::Cancelled);
+    assert!(
+        start.elapsed() < Duration::from_secs(2),
+        "{:?}",
+        start.elapsed()
+    );
+
+    // Mid-stream, after the first delta.
+    server.set_behavior(Behavior {
+        reply: Reply::Fixed("a b c d e f g h".into()),
+        chunk_chars: 2,
+        chunk_delay: Duration::from_millis(500),
+        ..Behavior::default()
+    });
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let cancel = CancellationToken::new();
+    let task = {
+        let ep = ep.clone();
+        let cancel = cancel.clone();
+        tokio::spawn(async move { ep.call(&request("x"), Some(&tx), &cancel).await })
+    };
+    assert_eq!(rx.recv().await, Some(Delta::Text("a ".into())));
+    let start = Instant::now();
+    cancel.cancel();
+    let err = task.await.unwrap().unwrap_err();
+    assert!(matches!(err, Error::Cancelled), "{err}");
+    assert!(
+        start.elapsed() < Duration::from_millis(400),
+        "{:?}",
+        start.elapsed()
+    );
+    // No further deltas once cancelled.
+    assert_eq!(rx.recv().await, None);
+}
+
+#[tokio::test]
+async fn api_key_is_sent_as_bearer_and_never_shown() {
+    let server = FakeOpenAi::start().await.unwrap();
+    let secret = "sk-test-do-not-leak-4242";
+    let dir = tempfile::tempdir().unwrap();
+    let key_file = dir.path().join("key");
+    std::fs::write(&key_file, format!("{secret}\n")).unwrap();
+    let mut cfg = config(&server, false);
+    cfg.api_key_file = Some(key_file);
+    let ep = Endpoint::from_config(cfg).unwrap();
+
+    call(&ep, &request("x")).await.unwrap();
+    assert_eq!(
+        server.authorizations(),
+        vec![Some(format!("Bearer {secret}"))]
+    );
+
+    let debug = format!("{ep:?}");
+    assert!(!debug.contains(secret), "{debug}");
+    assert!(!format!("{:?}", ep.config()).contains(secret));
+
+    // Auth failures are not retried and do not echo the key either.
+    server.push_fault(Fault::Status {
+        status: 401,
+        retry_after: None,
+        body: r#"{"error":{"message":"invalid api key"}}"#.into(),
+    });
+    let err = call(&ep, &request("x")).await.unwrap_err();
+    assert_eq!(err.provider_error().unwrap().kind, ProviderErrorKind::Auth);
+    assert_eq!(err.attempts(), Some(1));
+    assert!(!err.to_string().contains(secret) && !format!("{err:?}").contains(secret));
+}
+
+#[tokio::test]
+async fn the_executor_serves_real_http_calls() {
+    let server = FakeOpenAi::start().await.unwrap();
+    server.set_behavior(Behavior {
+        delay: Duration::from_millis(50),
+        ..Behavior::default()
+    });
+    let mut cfg = config(&server, true);
+    cfg.max_concurrency = 2;
+    let ex = ExecutorHandle::spawn(Endpoint::from_config(cfg).unwrap())
+        .await
+        .unwrap();
+    let calls: Vec<_> = (0..6)
+        .map(|i| {
+            let ex = ex.clone();
+            tokio::spawn(async move {
+                ex.call(request(&format!("m{i}")), None, CancellationToken::new())
+                    .await
+            })
+        })
+        .collect();
+    for (i, c) in calls.into_iter().enumerate() {
+        assert_eq!(
+            c.await.unwrap().unwrap().message.content,
+            format!("echo: m{i}")
+        );
+    }
+    assert_eq!(server.requests(), 6);
+    ex.stop().await;
+}

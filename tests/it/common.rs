@@ -1,0 +1,85 @@
+use std::time::Duration;
+
+use baton::proto::convert;
+use baton::proto::v1::{self, sessions_client::SessionsClient};
+use baton::types::SessionEvent;
+use futures::StreamExt;
+use tonic::transport::Channel;
+
+pub type Client = SessionsClient<Channel>;
+
+pub fn bin() -> &'static std::path::Path {
+    std::path::Path::new(env!("CARGO_BIN_EXE_baton"))
+}
+
+pub async fn start(client: &mut Client, route: &str) -> String {
+    client
+        .start_session(v1::StartSessionRequest {
+            route: route.into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id
+}
+
+/// Read events until `stop` says so (or the stream ends), with a time limit.
+pub async fn read_until(
+    stream: &mut tonic::Streaming<v1::SessionEvent>,
+    mut stop: impl FnMut(&SessionEvent) -> bool,
+) -> Vec<SessionEvent> {
+    let mut out = Vec::new();
+    let read = async {
+        while let Some(item) = stream.next().await {
+            let e = convert::event_from_proto(item.unwrap()).expect("a known event");
+            let done = stop(&e);
+            out.push(e);
+            if done {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read)
+        .await
+        .expect("events within 30 s");
+    out
+}
+
+/// Send a message and read the turn to its end.
+pub async fn turn(client: &mut Client, session_id: &str, text: &str) -> Vec<SessionEvent> {
+    let mut s = client
+        .send_message(v1::SendMessageRequest {
+            session_id: session_id.into(),
+            content: text.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    read_until(&mut s, |e| e.ends_turn()).await
+}
+
+pub fn kinds(events: &[SessionEvent]) -> Vec<&'static str> {
+    events.iter().map(|e| e.kind.name()).collect()
+}
+
+pub async fn get(client: &mut Client, id: &str) -> v1::Session {
+    client
+        .get_session(v1::GetSessionRequest {
+            session_id: id.into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+}
+
+pub fn texts(s: &v1::Session) -> Vec<String> {
+    s.messages.iter().map(|m| m.content.clone()).collect()
+}
+
+/// A `[[models]]` table for the fake OpenAI server.
+pub fn fake_model_toml(base_url: &str, stream: bool) -> String {
+    format!(
+        "[sessions]\ndefault_route = \"fake\"\n\n[[models]]\nname = \"fake\"\nprovider = \"openai\"\nbase_url = {base_url:?}\nmodel = \"fake-model\"\nstream = {stream}\ntimeout_ms = 120000\n[models.retry]\ninitial_backoff_ms = 10\nmax_backoff_ms = 100\n"
+    )
+}

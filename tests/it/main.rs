@@ -1,0 +1,10 @@
+//! Integration tests: the real server (in-process on port 0, or the real
+//! binary as a child process) with a temporary RocksDB dir and a fake
+//! OpenAI-compatible model server speaking real HTTP on loopback.
+
+// Test helpers outside #[test] functions panic on purpose when a step fails.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+mod crash;
+mod grpc_api;

@@ -138,6 +138,9 @@ pub(crate) struct SessionCtx {
     state: SessionState,
     meta: Option<SessionMeta>,
     released_seq: u64,
+    /// Records applied to the state but not yet handed to the writer.
+    staged: Vec<SessionEvent>,
+    /// Records handed to the writer, not yet durable; released in order.
     pending: VecDeque<SessionEvent>,
     subscribers: Vec<Subscriber>,
     call: Option<InFlight>,
@@ -165,6 +168,7 @@ impl Actor for SessionActor {
             found: false,
             meta: None,
             released_seq: 0,
+            staged: Vec::new(),
             pending: VecDeque::new(),
             subscribers: Vec::new(),
             call: None,
@@ -361,6 +365,7 @@ impl SessionCtx {
             && self.state.current.is_none()
             && self.state.queued.is_empty()
             && self.pending.is_empty()
+            && self.staged.is_empty()
             && self.subscribers.is_empty()
     }
 
@@ -378,25 +383,42 @@ impl SessionCtx {
         Ok(())
     }
 
-    /// Assign seqs, apply to the state, and hand the records to the writer.
-    fn commit(&mut self, myself: &ActorRef<SessionMsg>, kinds: Vec<EventKind>, sync: bool) {
-        let mut batch = if sync {
-            Batch::new()
-        } else {
-            Batch::unsynced()
-        };
+    /// Assign the next seq to a record and apply it to the state; it is
+    /// written by the next [`Self::flush`] (records staged together share one
+    /// batch, so one fsync).
+    fn stage(&mut self, kind: EventKind) {
+        let seq = self.state.last_seq + 1;
         let now = now_unix_ms();
+        self.state.apply(seq, now, &kind);
+        self.staged.push(SessionEvent {
+            session_id: self.id,
+            seq,
+            at_unix_ms: now,
+            kind,
+        });
+    }
+
+    /// Stage records and write everything staged as one batch.
+    fn commit(&mut self, myself: &ActorRef<SessionMsg>, kinds: Vec<EventKind>, sync: bool) {
         for kind in kinds {
-            let seq = self.state.last_seq + 1;
-            batch.append(&self.id, seq, now, &kind);
-            self.state.apply(seq, now, &kind);
-            self.pending.push_back(SessionEvent {
-                session_id: self.id,
-                seq,
-                at_unix_ms: now,
-                kind,
-            });
+            self.stage(kind);
         }
+        self.flush(myself, sync);
+    }
+
+    /// Hand the staged records (plus a status change and, now and then, a
+    /// snapshot) to the writer as one batch; `Written` comes back when it is
+    /// durable (or, unsynced, in the WAL).
+    fn flush(&mut self, myself: &ActorRef<SessionMsg>, sync: bool) {
+        if self.staged.is_empty() {
+            return;
+        }
+        let mut batch = if sync { Batch::new() } else { Batch::unsynced() };
+        for e in self.staged.drain(..) {
+            batch.append(&self.id, e.seq, e.at_unix_ms, &e.kind);
+            self.pending.push_back(e);
+        }
+        let now = now_unix_ms();
         let status = self.state.status();
         if let Some(meta) = &mut self.meta
             && meta.status != status

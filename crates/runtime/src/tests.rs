@@ -53,7 +53,15 @@ async fn a_turn_streams_durable_events_in_seq_order() {
         .await
         .unwrap();
     assert!(s.created);
+    let before = rt.writer_stats();
     let events = collect(rt.send(s.id, "hello world".into()).await.unwrap()).await;
+    let after = rt.writer_stats();
+    assert_eq!(
+        after.requests - before.requests,
+        2,
+        "one batch for the input (TurnAccepted + ModelCallStarted), one for the answer"
+    );
+    assert!(after.synced_groups - before.synced_groups <= 2);
     assert_eq!(
         names(&events),
         vec![

@@ -413,7 +413,11 @@ impl SessionCtx {
         if self.staged.is_empty() {
             return;
         }
-        let mut batch = if sync { Batch::new() } else { Batch::unsynced() };
+        let mut batch = if sync {
+            Batch::new()
+        } else {
+            Batch::unsynced()
+        };
         for e in self.staged.drain(..) {
             batch.append(&self.id, e.seq, e.at_unix_ms, &e.kind);
             self.pending.push_back(e);
@@ -515,15 +519,15 @@ impl SessionCtx {
         }
         let turn = self.state.last_turn + 1;
         let (rx, lagged) = self.subscriber(Some(turn));
-        self.commit(
-            myself,
-            vec![EventKind::TurnAccepted {
-                turn,
-                message: Message::user(content),
-            }],
-            true,
-        );
+        // Staged, not written: when the session is idle, pump() stages the
+        // turn's ModelCallStarted and writes both as one batch (one fsync)
+        // just before the model call starts.
+        self.stage(EventKind::TurnAccepted {
+            turn,
+            message: Message::user(content),
+        });
         self.pump(myself);
+        self.flush(myself, true);
         Ok(Subscription {
             history_after: self.released_seq,
             history_upto: self.released_seq,

@@ -37,6 +37,27 @@ pub enum SessionCommand {
         /// Metadata entries, `key=value` (repeatable).
         #[arg(long = "meta", value_parser = parse_kv)]
         meta: Vec<(String, String)>,
+        /// Server-side tools the session may use: names or patterns (repeatable).
+        #[arg(long = "tool")]
+        tools: Vec<String>,
+        /// A JSON file with client-side tool definitions:
+        /// `[{"name", "description", "parameters": {JSON Schema}}]`.
+        #[arg(long)]
+        client_tools: Option<std::path::PathBuf>,
+        /// Most model calls per turn (0 = the server default).
+        #[arg(long, default_value_t = 0)]
+        max_steps: u32,
+    },
+    /// Answer a client-side tool call (or one that needs attention).
+    SubmitToolResult {
+        session_id: String,
+        call_id: String,
+        /// The tool's output.
+        #[arg(long, conflicts_with = "error", required_unless_present = "error")]
+        output: Option<String>,
+        /// Report a failure to the model instead.
+        #[arg(long)]
+        error: Option<String>,
     },
     /// Send a message and stream the turn's events.
     Send {
@@ -95,6 +116,9 @@ pub async fn run(conn: Conn, cmd: SessionCommand) -> anyhow::Result<()> {
             system_prompt,
             idempotency_key,
             meta,
+            tools,
+            client_tools,
+            max_steps,
         } => {
             let r = client
                 .start_session(v1::StartSessionRequest {
@@ -102,6 +126,12 @@ pub async fn run(conn: Conn, cmd: SessionCommand) -> anyhow::Result<()> {
                     system_prompt,
                     route,
                     metadata: meta.into_iter().collect(),
+                    allowed_tools: tools,
+                    client_tools: match client_tools {
+                        Some(path) => read_client_tools(&path)?,
+                        None => Vec::new(),
+                    },
+                    max_steps,
                 })
                 .await
                 .map_err(rpc_error)?
@@ -234,6 +264,33 @@ pub async fn run(conn: Conn, cmd: SessionCommand) -> anyhow::Result<()> {
                 println!("no turn was running");
             }
         }
+        SessionCommand::SubmitToolResult {
+            session_id,
+            call_id,
+            output,
+            error,
+        } => {
+            use v1::submit_tool_result_request::Outcome;
+            let outcome = match (output, error) {
+                (Some(o), _) => Outcome::Output(o),
+                (None, Some(e)) => Outcome::Error(e),
+                (None, None) => bail!("give --output or --error"),
+            };
+            let r = client
+                .submit_tool_result(v1::SubmitToolResultRequest {
+                    session_id,
+                    call_id,
+                    outcome: Some(outcome),
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json {
+                println!("{}", serde_json::json!({"seq": r.seq}));
+            } else {
+                println!("recorded as seq {}", r.seq);
+            }
+        }
         SessionCommand::Delete { session_id } => {
             client
                 .delete_session(v1::DeleteSessionRequest {
@@ -265,4 +322,29 @@ async fn print_stream(
     }
     printer.finish();
     Ok(())
+}
+
+fn read_client_tools(path: &std::path::Path) -> anyhow::Result<Vec<v1::ToolDefinition>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let items: Vec<serde_json::Value> = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not a JSON array of tool definitions", path.display()))?;
+    items
+        .into_iter()
+        .enumerate()
+        .map(|(i, t)| {
+            let name = t["name"]
+                .as_str()
+                .with_context(|| format!("{}: [{i}].name is missing", path.display()))?;
+            Ok(v1::ToolDefinition {
+                name: name.to_string(),
+                description: t["description"].as_str().unwrap_or_default().to_string(),
+                parameters_json: t
+                    .get("parameters")
+                    .cloned()
+                    .unwrap_or(serde_json::json!({"type": "object"}))
+                    .to_string(),
+            })
+        })
+        .collect()
 }

@@ -67,15 +67,25 @@ pub fn describe(e: &SessionEvent) -> String {
         EventKind::SessionStarted {
             route,
             system_prompt,
+            allowed_tools,
+            client_tools,
+            max_steps,
         } => {
-            if system_prompt.is_empty() {
-                format!("session started on route {route}")
-            } else {
-                format!(
-                    "session started on route {route}, system prompt: {}",
-                    one_line(system_prompt)
-                )
+            let mut d = format!("session started on route {route}");
+            if !system_prompt.is_empty() {
+                d.push_str(&format!(", system prompt: {}", one_line(system_prompt)));
             }
+            if !allowed_tools.is_empty() {
+                d.push_str(&format!(", tools: {}", allowed_tools.join(" ")));
+            }
+            if !client_tools.is_empty() {
+                let names: Vec<_> = client_tools.iter().map(|t| t.name.as_str()).collect();
+                d.push_str(&format!(", client tools: {}", names.join(" ")));
+            }
+            if *max_steps > 0 {
+                d.push_str(&format!(", max steps {max_steps}"));
+            }
+            d
         }
         EventKind::TurnAccepted { turn, message } => {
             format!("turn {turn} accepted  user: {}", one_line(&message.content))
@@ -118,7 +128,51 @@ pub fn describe(e: &SessionEvent) -> String {
         EventKind::TurnCompleted { turn, usage } => {
             format!("turn {turn} completed ({} tokens)", usage.total())
         }
-        EventKind::TurnFailed { turn, reason } => format!("turn {turn} FAILED: {reason}"),
+        EventKind::TurnFailed { turn, reason, code } => {
+            if code.is_empty() {
+                format!("turn {turn} FAILED: {reason}")
+            } else {
+                format!("turn {turn} FAILED [{code}]: {reason}")
+            }
+        }
+        EventKind::ToolCallRequested {
+            turn,
+            call_id,
+            name,
+            arguments,
+            client_side,
+        } => format!(
+            "turn {turn} tool call {call_id}: {name}({}){}",
+            one_line(arguments),
+            if *client_side {
+                "  [client-side: answer with submit-tool-result]"
+            } else {
+                ""
+            }
+        ),
+        EventKind::ToolCallStarted {
+            turn,
+            call_id,
+            name,
+            attempt,
+        } => format!("turn {turn} tool {name} running ({call_id}, attempt {attempt})"),
+        EventKind::ToolResult {
+            turn,
+            call_id,
+            name,
+            output,
+            is_error,
+            latency_ms,
+        } => format!(
+            "turn {turn} tool {name} {} ({call_id}, {latency_ms} ms): {}",
+            if *is_error { "ERROR" } else { "result" },
+            one_line(output)
+        ),
+        EventKind::NeedsAttention {
+            turn,
+            call_id,
+            reason,
+        } => format!("turn {turn} NEEDS ATTENTION at {call_id}: {reason}"),
         EventKind::TurnCancelled { turn } => format!("turn {turn} cancelled"),
         EventKind::SessionFailed { reason } => format!("session FAILED: {reason}"),
     };
@@ -165,6 +219,12 @@ pub fn session(s: &v1::Session, json: bool) {
             "last_seq": s.last_seq,
             "turns_completed": s.turns_completed,
             "live": s.live,
+            "pending_tool_calls": s.pending_tool_calls.iter().map(|t| serde_json::json!({
+                "call_id": t.call_id, "name": t.name, "arguments": t.arguments,
+                "client_side": t.client_side, "started": t.started, "needs_attention": t.needs_attention,
+            })).collect::<Vec<_>>(),
+            "allowed_tools": s.allowed_tools,
+            "max_steps": s.max_steps,
         });
         println!("{v}");
         return;
@@ -199,6 +259,35 @@ pub fn session(s: &v1::Session, json: bool) {
         if s.live { "live" } else { "passivated" }
     );
     for m in messages {
-        println!("  {:>9}: {}", m.role.as_str(), one_line(&m.content));
+        let mut line = one_line(&m.content);
+        for c in &m.tool_calls {
+            line.push_str(&format!(
+                " [calls {} {}({})]",
+                c.id,
+                c.name,
+                one_line(&c.arguments)
+            ));
+        }
+        if let Some(id) = &m.tool_call_id {
+            line = format!("[{id}] {line}");
+        }
+        println!("  {:>9}: {}", m.role.as_str(), line);
+    }
+    for t in &s.pending_tool_calls {
+        let state = if t.needs_attention {
+            "NEEDS ATTENTION"
+        } else if t.client_side {
+            "waiting for the client"
+        } else if t.started {
+            "running"
+        } else {
+            "queued"
+        };
+        println!(
+            "  pending  {} {}({}) — {state}",
+            t.call_id,
+            t.name,
+            one_line(&t.arguments)
+        );
     }
 }

@@ -15,6 +15,9 @@ pub enum ProviderKind {
     /// A deterministic local model that echoes the last user message; needs
     /// no network and no key.
     Echo,
+    /// Replays the answers of a script file (`script_file`), one step per
+    /// assistant turn; for demos and tests of tool-using agents.
+    Scripted,
 }
 
 impl ProviderKind {
@@ -22,6 +25,7 @@ impl ProviderKind {
         match self {
             ProviderKind::Openai => "openai",
             ProviderKind::Echo => "echo",
+            ProviderKind::Scripted => "scripted",
         }
     }
 }
@@ -67,6 +71,10 @@ pub struct EndpointConfig {
     pub retry: RetryConfig,
     #[serde(default)]
     pub echo: EchoConfig,
+    /// The script replayed by a `scripted` endpoint (a JSON array of steps);
+    /// required for `scripted`, refused for other providers.
+    #[serde(default)]
+    pub script_file: Option<PathBuf>,
 }
 
 fn default_max_concurrency() -> usize {
@@ -153,6 +161,7 @@ impl EndpointConfig {
             max_output_tokens: None,
             retry: RetryConfig::default(),
             echo: EchoConfig::default(),
+            script_file: None,
         }
     }
 
@@ -169,7 +178,15 @@ impl EndpointConfig {
         }
     }
 
-    fn field(&self, field: &str) -> String {
+    /// A config for a `scripted` endpoint replaying `script_file`.
+    pub fn scripted(name: impl Into<String>, script_file: impl Into<PathBuf>) -> Self {
+        Self {
+            script_file: Some(script_file.into()),
+            ..Self::new(name, ProviderKind::Scripted)
+        }
+    }
+
+    pub(crate) fn field(&self, field: &str) -> String {
         format!("models[{}].{field}", self.name)
     }
 
@@ -206,6 +223,23 @@ impl EndpointConfig {
                 }
             }
             ProviderKind::Echo => {}
+            ProviderKind::Scripted => {
+                if self.script_file.is_none() {
+                    return Err(Error::config(
+                        self.field("script_file"),
+                        "required for provider scripted",
+                    ));
+                }
+            }
+        }
+        if self.script_file.is_some() && self.provider != ProviderKind::Scripted {
+            return Err(Error::config(
+                self.field("script_file"),
+                format!(
+                    "only used by provider scripted, not {}",
+                    self.provider.as_str()
+                ),
+            ));
         }
         if self.api_key_env.is_some() && self.api_key_file.is_some() {
             return Err(Error::config(
@@ -328,6 +362,29 @@ mod tests {
                 .unwrap_err()
                 .to_string()
                 .starts_with("models[gpt].retry.max_attempts")
+        );
+    }
+
+    #[test]
+    fn scripted_needs_a_script_file_and_only_scripted_takes_one() {
+        let cfg = parse(serde_json::json!({
+            "name": "demo", "provider": "scripted", "script_file": "demo.json"
+        }))
+        .unwrap();
+        assert_eq!(cfg.provider, ProviderKind::Scripted);
+        assert_eq!(cfg.script_file, Some(PathBuf::from("demo.json")));
+        cfg.validate().unwrap();
+
+        let cfg = EndpointConfig::new("demo", ProviderKind::Scripted);
+        assert_eq!(
+            cfg.validate().unwrap_err().to_string(),
+            "models[demo].script_file: required for provider scripted"
+        );
+        let mut cfg = echo_default();
+        cfg.script_file = Some("demo.json".into());
+        assert_eq!(
+            cfg.validate().unwrap_err().to_string(),
+            "models[echo].script_file: only used by provider scripted, not echo"
         );
     }
 

@@ -7,7 +7,7 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::providers::{echo::EchoProvider, openai::OpenAiProvider};
+use crate::providers::{echo::EchoProvider, openai::OpenAiProvider, scripted::ScriptedProvider};
 use crate::{
     Delta, DeltaSink, EndpointConfig, Error, ModelRequest, ModelResponse, Provider, ProviderError,
     ProviderErrorKind, ProviderKind, Result, RetryConfig,
@@ -36,12 +36,13 @@ impl fmt::Debug for Endpoint {
 
 impl Endpoint {
     /// Validate `cfg`, read its api key (from `api_key_env` or `api_key_file`)
-    /// and build its provider.
+    /// or its script (`script_file`), and build its provider.
     pub fn from_config(cfg: EndpointConfig) -> Result<Endpoint> {
         cfg.validate()?;
         let provider: Arc<dyn Provider> = match cfg.provider {
             ProviderKind::Openai => Arc::new(OpenAiProvider::from_config(&cfg)?),
             ProviderKind::Echo => Arc::new(EchoProvider::new(&cfg)),
+            ProviderKind::Scripted => Arc::new(ScriptedProvider::from_config(&cfg)?),
         };
         Ok(Self::with_provider(cfg, provider))
     }

@@ -19,6 +19,10 @@ pub enum ProviderErrorKind {
     Malformed,
     /// HTTP 401 or 403: the api key is missing, wrong or not allowed.
     Auth,
+    /// The request cannot be made as it stands, found before anything was
+    /// sent: e.g. a tool definition whose parameters are not valid JSON, or a
+    /// conversation past the end of a `scripted` endpoint's script.
+    InvalidRequest,
 }
 
 /// One failed attempt against a provider. Its message is meant for operators
@@ -48,7 +52,8 @@ impl ProviderError {
             ProviderErrorKind::Server { status } => status >= 500,
             ProviderErrorKind::Client { .. }
             | ProviderErrorKind::Malformed
-            | ProviderErrorKind::Auth => false,
+            | ProviderErrorKind::Auth
+            | ProviderErrorKind::InvalidRequest => false,
         }
     }
 
@@ -109,7 +114,8 @@ impl Error {
                 ProviderErrorKind::RateLimited { .. } => ErrorCode::ResourceExhausted,
                 ProviderErrorKind::Client {
                     status: 400 | 413 | 422,
-                } => ErrorCode::InvalidArgument,
+                }
+                | ProviderErrorKind::InvalidRequest => ErrorCode::InvalidArgument,
                 ProviderErrorKind::Client { .. } | ProviderErrorKind::Auth => {
                     ErrorCode::FailedPrecondition
                 }
@@ -166,6 +172,7 @@ mod tests {
         assert!(!t(ProviderErrorKind::Client { status: 400 }));
         assert!(!t(ProviderErrorKind::Auth));
         assert!(!t(ProviderErrorKind::Malformed));
+        assert!(!t(ProviderErrorKind::InvalidRequest));
     }
 
     #[test]
@@ -192,6 +199,10 @@ mod tests {
             }
             .code(),
             ErrorCode::ResourceExhausted
+        );
+        assert_eq!(
+            provider(ProviderErrorKind::InvalidRequest).code(),
+            ErrorCode::InvalidArgument
         );
         assert_eq!(Error::Cancelled.code(), ErrorCode::Cancelled);
         let msg = provider(ProviderErrorKind::Connection).to_string();

@@ -1,11 +1,12 @@
 //! Baton's model layer: calling language models reliably.
 //!
 //! An [`Endpoint`] is one configured model (`[[models]]` in `baton.toml`): a
-//! [`Provider`] that makes single attempts (an OpenAI-compatible HTTP API, or
-//! the local `echo` model) plus the policy around it — per-attempt timeouts,
-//! retries with exponential backoff and full jitter, `Retry-After`, and prompt
-//! cancellation. An [`ExecutorHandle`] runs an endpoint's calls on a pool of
-//! ractor worker actors, `max_concurrency` at a time with a bounded queue; a
+//! [`Provider`] that makes single attempts (an OpenAI-compatible HTTP API, the
+//! local `echo` model, or a `scripted` replay of canned answers) plus the
+//! policy around it — per-attempt timeouts, retries with exponential backoff
+//! and full jitter, `Retry-After`, and prompt cancellation. An
+//! [`ExecutorHandle`] runs an endpoint's calls on a pool of ractor worker
+//! actors, `max_concurrency` at a time with a bounded queue; a
 //! [`ModelRegistry`] holds the executors of all endpoints by name.
 //!
 //! ```
@@ -28,7 +29,7 @@ mod error;
 mod executor;
 pub mod providers;
 
-use baton_types::{FinishReason, Message, Usage};
+use baton_types::{FinishReason, Message, ToolDefinition, Usage};
 
 pub use config::{EchoConfig, EndpointConfig, ProviderKind, RetryConfig, echo_default};
 pub use endpoint::{Endpoint, backoff_delay};
@@ -43,6 +44,8 @@ pub struct ModelRequest {
     /// Output-token limit; the endpoint's `max_output_tokens` when `None`.
     pub max_output_tokens: Option<u32>,
     pub temperature: Option<f32>,
+    /// Tools the model may call; none when empty.
+    pub tools: Vec<ToolDefinition>,
 }
 
 impl ModelRequest {
@@ -51,7 +54,14 @@ impl ModelRequest {
             messages,
             max_output_tokens: None,
             temperature: None,
+            tools: Vec::new(),
         }
+    }
+
+    /// The same request, offering `tools` to the model.
+    pub fn with_tools(mut self, tools: Vec<ToolDefinition>) -> Self {
+        self.tools = tools;
+        self
     }
 }
 

@@ -1,7 +1,8 @@
 //! Conversions between [`baton_types`] and the `baton.v1` API messages.
 
 use baton_types::{
-    EventKind, FinishReason, Message, Role, SessionEvent, SessionStatus, ToolCall, Usage,
+    EventKind, FinishReason, Message, Role, SessionEvent, SessionStatus, ToolCall, ToolDefinition,
+    Usage,
 };
 
 use crate::v1;
@@ -31,6 +32,7 @@ pub fn status_to_proto(status: SessionStatus) -> v1::SessionStatus {
         SessionStatus::Idle => v1::SessionStatus::Idle,
         SessionStatus::Running => v1::SessionStatus::Running,
         SessionStatus::Failed => v1::SessionStatus::Failed,
+        SessionStatus::NeedsAttention => v1::SessionStatus::NeedsAttention,
     }
 }
 
@@ -41,6 +43,7 @@ pub fn status_from_proto(status: i32) -> Result<Option<SessionStatus>, i32> {
         v1::SessionStatus::Idle => Ok(Some(SessionStatus::Idle)),
         v1::SessionStatus::Running => Ok(Some(SessionStatus::Running)),
         v1::SessionStatus::Failed => Ok(Some(SessionStatus::Failed)),
+        v1::SessionStatus::NeedsAttention => Ok(Some(SessionStatus::NeedsAttention)),
     }
 }
 
@@ -57,6 +60,22 @@ pub fn usage_from_proto(u: Option<v1::Usage>) -> Usage {
         output_tokens: u.output_tokens,
     })
     .unwrap_or_default()
+}
+
+pub fn tool_definition_to_proto(t: &ToolDefinition) -> v1::ToolDefinition {
+    v1::ToolDefinition {
+        name: t.name.clone(),
+        description: t.description.clone(),
+        parameters_json: t.parameters.clone(),
+    }
+}
+
+pub fn tool_definition_from_proto(t: v1::ToolDefinition) -> ToolDefinition {
+    ToolDefinition {
+        name: t.name,
+        description: t.description,
+        parameters: t.parameters_json,
+    }
 }
 
 pub fn message_to_proto(m: &Message) -> v1::Message {
@@ -101,9 +120,15 @@ pub fn event_to_proto(e: &SessionEvent) -> v1::SessionEvent {
         EventKind::SessionStarted {
             route,
             system_prompt,
+            allowed_tools,
+            client_tools,
+            max_steps,
         } => Kind::SessionStarted(v1::SessionStarted {
             route: route.clone(),
             system_prompt: system_prompt.clone(),
+            allowed_tools: allowed_tools.clone(),
+            client_tools: client_tools.iter().map(tool_definition_to_proto).collect(),
+            max_steps: *max_steps,
         }),
         EventKind::TurnAccepted { turn, message } => Kind::TurnAccepted(v1::TurnAccepted {
             turn: *turn,
@@ -150,8 +175,57 @@ pub fn event_to_proto(e: &SessionEvent) -> v1::SessionEvent {
             turn: *turn,
             usage: Some(usage_to_proto(*usage)),
         }),
-        EventKind::TurnFailed { turn, reason } => Kind::TurnFailed(v1::TurnFailed {
+        EventKind::TurnFailed { turn, reason, code } => Kind::TurnFailed(v1::TurnFailed {
             turn: *turn,
+            reason: reason.clone(),
+            code: code.clone(),
+        }),
+        EventKind::ToolCallRequested {
+            turn,
+            call_id,
+            name,
+            arguments,
+            client_side,
+        } => Kind::ToolCallRequested(v1::ToolCallRequested {
+            turn: *turn,
+            call_id: call_id.clone(),
+            name: name.clone(),
+            arguments: arguments.clone(),
+            client_side: *client_side,
+        }),
+        EventKind::ToolCallStarted {
+            turn,
+            call_id,
+            name,
+            attempt,
+        } => Kind::ToolCallStarted(v1::ToolCallStarted {
+            turn: *turn,
+            call_id: call_id.clone(),
+            name: name.clone(),
+            attempt: *attempt,
+        }),
+        EventKind::ToolResult {
+            turn,
+            call_id,
+            name,
+            output,
+            is_error,
+            latency_ms,
+        } => Kind::ToolResult(v1::ToolResult {
+            turn: *turn,
+            call_id: call_id.clone(),
+            name: name.clone(),
+            output: output.clone(),
+            is_error: *is_error,
+            latency_ms: *latency_ms,
+        }),
+        EventKind::NeedsAttention {
+            turn,
+            call_id,
+            reason,
+        } => Kind::NeedsAttention(v1::NeedsAttention {
+            turn: *turn,
+            call_id: call_id.clone(),
             reason: reason.clone(),
         }),
         EventKind::TurnCancelled { turn } => Kind::TurnCancelled(v1::TurnCancelled { turn: *turn }),
@@ -175,6 +249,13 @@ pub fn event_from_proto(e: v1::SessionEvent) -> Option<SessionEvent> {
         Kind::SessionStarted(k) => EventKind::SessionStarted {
             route: k.route,
             system_prompt: k.system_prompt,
+            allowed_tools: k.allowed_tools,
+            client_tools: k
+                .client_tools
+                .into_iter()
+                .map(tool_definition_from_proto)
+                .collect(),
+            max_steps: k.max_steps,
         },
         Kind::TurnAccepted(k) => EventKind::TurnAccepted {
             turn: k.turn,
@@ -207,6 +288,33 @@ pub fn event_from_proto(e: v1::SessionEvent) -> Option<SessionEvent> {
         Kind::TurnFailed(k) => EventKind::TurnFailed {
             turn: k.turn,
             reason: k.reason,
+            code: k.code,
+        },
+        Kind::ToolCallRequested(k) => EventKind::ToolCallRequested {
+            turn: k.turn,
+            call_id: k.call_id,
+            name: k.name,
+            arguments: k.arguments,
+            client_side: k.client_side,
+        },
+        Kind::ToolCallStarted(k) => EventKind::ToolCallStarted {
+            turn: k.turn,
+            call_id: k.call_id,
+            name: k.name,
+            attempt: k.attempt,
+        },
+        Kind::ToolResult(k) => EventKind::ToolResult {
+            turn: k.turn,
+            call_id: k.call_id,
+            name: k.name,
+            output: k.output,
+            is_error: k.is_error,
+            latency_ms: k.latency_ms,
+        },
+        Kind::NeedsAttention(k) => EventKind::NeedsAttention {
+            turn: k.turn,
+            call_id: k.call_id,
+            reason: k.reason,
         },
         Kind::TurnCancelled(k) => EventKind::TurnCancelled { turn: k.turn },
         Kind::SessionFailed(k) => EventKind::SessionFailed { reason: k.reason },
@@ -231,6 +339,39 @@ mod tests {
             EventKind::SessionStarted {
                 route: "echo".into(),
                 system_prompt: "be brief".into(),
+                allowed_tools: vec!["calc*".into()],
+                client_tools: vec![ToolDefinition {
+                    name: "lookup".into(),
+                    description: "d".into(),
+                    parameters: "{}".into(),
+                }],
+                max_steps: 7,
+            },
+            EventKind::ToolCallRequested {
+                turn: 1,
+                call_id: "c1".into(),
+                name: "lookup".into(),
+                arguments: "{}".into(),
+                client_side: true,
+            },
+            EventKind::ToolCallStarted {
+                turn: 1,
+                call_id: "c1".into(),
+                name: "calc".into(),
+                attempt: 2,
+            },
+            EventKind::ToolResult {
+                turn: 1,
+                call_id: "c1".into(),
+                name: "calc".into(),
+                output: "4".into(),
+                is_error: true,
+                latency_ms: 3,
+            },
+            EventKind::NeedsAttention {
+                turn: 1,
+                call_id: "c1".into(),
+                reason: "r".into(),
             },
             EventKind::TurnAccepted {
                 turn: 1,
@@ -278,6 +419,7 @@ mod tests {
             EventKind::TurnFailed {
                 turn: 2,
                 reason: "boom".into(),
+                code: "model_error".into(),
             },
             EventKind::TurnCancelled { turn: 3 },
             EventKind::SessionFailed {

@@ -4,8 +4,10 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
+use baton_mcp::McpServerConfig;
 use baton_models::EndpointConfig;
 use baton_store::Durability;
+use baton_tools::BuiltinToolsConfig;
 use serde::{Deserialize, Serialize};
 
 use crate::{Error, Result};
@@ -62,6 +64,9 @@ pub struct SessionsConfig {
     pub subscriber_buffer: usize,
     /// How long an API call waits for a session actor's reply.
     pub request_timeout_ms: u64,
+    /// Most model calls per turn (the agentic loop's steps) when a session
+    /// sets none; a turn that needs more fails with `max_steps_exceeded`.
+    pub max_steps: u32,
 }
 
 impl Default for SessionsConfig {
@@ -76,6 +81,7 @@ impl Default for SessionsConfig {
             snapshot_every: 256,
             subscriber_buffer: 1024,
             request_timeout_ms: 30_000,
+            max_steps: 16,
         }
     }
 }
@@ -103,6 +109,32 @@ impl Default for SupervisionConfig {
     }
 }
 
+/// Tools: built-ins, limits, defaults.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ToolsConfig {
+    /// Built-in tools; each is off unless enabled here.
+    pub builtin: BuiltinToolsConfig,
+    /// Tool calls of one model response that run at the same time.
+    pub max_parallel_calls: usize,
+    /// How long a client-side tool call waits for SubmitToolResult before it
+    /// becomes an error result the model sees.
+    pub client_tool_timeout_ms: u64,
+    /// Server-side tools a session may use when it names none (patterns).
+    pub default_allowed: Vec<String>,
+}
+
+impl Default for ToolsConfig {
+    fn default() -> Self {
+        Self {
+            builtin: BuiltinToolsConfig::default(),
+            max_parallel_calls: 4,
+            client_tool_timeout_ms: 600_000,
+            default_allowed: vec!["*".into()],
+        }
+    }
+}
+
 /// Everything the runtime needs.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
@@ -112,6 +144,9 @@ pub struct RuntimeConfig {
     pub supervision: SupervisionConfig,
     /// Model endpoints. Empty means the built-in `echo` endpoint only.
     pub models: Vec<EndpointConfig>,
+    pub tools: ToolsConfig,
+    /// MCP servers whose tools are exposed as `<server>.<tool>`.
+    pub mcp: Vec<McpServerConfig>,
 }
 
 impl RuntimeConfig {
@@ -144,6 +179,15 @@ impl RuntimeConfig {
             ("sessions.snapshot_every", s.snapshot_every),
             ("sessions.subscriber_buffer", s.subscriber_buffer as u64),
             ("sessions.request_timeout_ms", s.request_timeout_ms),
+            ("sessions.max_steps", s.max_steps as u64),
+            (
+                "tools.max_parallel_calls",
+                self.tools.max_parallel_calls as u64,
+            ),
+            (
+                "tools.client_tool_timeout_ms",
+                self.tools.client_tool_timeout_ms,
+            ),
             (
                 "supervision.restart_window_ms",
                 self.supervision.restart_window_ms,
@@ -165,6 +209,22 @@ impl RuntimeConfig {
         }
         if self.store.data_dir.as_os_str().is_empty() {
             return Err(Error::Config("store.data_dir: must not be empty".into()));
+        }
+        self.tools
+            .builtin
+            .validate()
+            .map_err(|e| Error::Config(e.to_string()))?;
+        baton_tools::ToolFilter::new(&self.tools.default_allowed)
+            .map_err(|e| Error::Config(format!("tools.default_allowed: {e}")))?;
+        let mut servers = std::collections::HashSet::new();
+        for m in &self.mcp {
+            m.validate().map_err(|e| Error::Config(e.to_string()))?;
+            if !servers.insert(m.name.as_str()) {
+                return Err(Error::Config(format!(
+                    "mcp[{}].name: duplicate server name",
+                    m.name
+                )));
+            }
         }
         let models = self.effective_models();
         let mut names = std::collections::HashSet::new();

@@ -7,6 +7,9 @@ pub enum Error {
     InvalidArgument(String),
     #[error("session {0} not found")]
     SessionNotFound(SessionId),
+    /// Something other than the session is missing (e.g. a tool call id).
+    #[error("{0}")]
+    NotFoundDetail(String),
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
@@ -27,7 +30,7 @@ impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
-            Error::SessionNotFound(_) => ErrorCode::NotFound,
+            Error::SessionNotFound(_) | Error::NotFoundDetail(_) => ErrorCode::NotFound,
             Error::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Error::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
             Error::Unavailable(_) => ErrorCode::Unavailable,

@@ -44,21 +44,26 @@ use std::time::Instant;
 
 use baton_models::{Endpoint, ExecutorHandle, ModelRegistry};
 use baton_store::{Batch, SessionMeta, Store, StoreOptions};
+use baton_tools::{Tool, ToolExecutor, ToolFilter, ToolRegistry};
 use baton_types::{EventKind, SessionEvent, SessionId, SessionStatus, now_unix_ms};
 use futures::Stream;
 use ractor::{Actor, ActorRef, RpcReplyPort};
 use tokio::sync::Mutex;
 
 pub use baton_store::{Durability, WriterStatsSnapshot};
-pub use config::{BusyPolicy, RuntimeConfig, SessionsConfig, StoreConfig, SupervisionConfig};
+pub use config::{
+    BusyPolicy, RuntimeConfig, SessionsConfig, StoreConfig, SupervisionConfig, ToolsConfig,
+};
 pub use error::{Error, Result};
 pub use session::SessionView;
-pub use state::{CurrentTurn, SessionState};
+pub use state::{CurrentTurn, PendingTool, SessionState};
 pub use supervisor::SupervisorStats;
 
 use session::{SessionMsg, Subscription};
 use supervisor::{SessionSupervisor, SupervisorMsg};
 
+/// Largest `max_steps` a session may ask for.
+pub const MAX_STEPS_LIMIT: u32 = 1000;
 /// Longest accepted idempotency key, in bytes.
 pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 256;
 /// Most metadata entries on a session.
@@ -66,10 +71,18 @@ pub const MAX_METADATA_ENTRIES: usize = 64;
 /// Longest metadata key or value, in bytes.
 pub const MAX_METADATA_BYTES: usize = 1024;
 
+/// The tools side of the runtime.
+pub(crate) struct ToolsRuntime {
+    pub registry: ToolRegistry,
+    pub executor: ToolExecutor,
+    pub mcp: Option<baton_mcp::McpManager>,
+}
+
 /// State shared by the supervisor, the session actors and the handle.
 pub(crate) struct Shared {
     pub store: Store,
     pub models: ModelRegistry,
+    pub tools: ToolsRuntime,
     pub config: RuntimeConfig,
     epoch: Instant,
 }
@@ -95,6 +108,14 @@ pub struct StartSession {
     /// Model endpoint (route) name; `None` or empty for the configured default.
     pub route: Option<String>,
     pub metadata: BTreeMap<String, String>,
+    /// Server-side tools this session may use (names or patterns such as
+    /// `"*"` or `"notes.*"`); empty for `tools.default_allowed`.
+    pub allowed_tools: Vec<String>,
+    /// Tools the client runs itself; answered with
+    /// [`RuntimeHandle::submit_tool_result`].
+    pub client_tools: Vec<baton_types::ToolDefinition>,
+    /// Most model calls per turn; 0 for `sessions.max_steps`.
+    pub max_steps: u32,
 }
 
 /// The outcome of [`RuntimeHandle::start_session`].
@@ -142,6 +163,7 @@ impl Runtime {
         RuntimeBuilder {
             config,
             endpoints: Vec::new(),
+            tools: Vec::new(),
         }
     }
 }
@@ -150,12 +172,19 @@ impl Runtime {
 pub struct RuntimeBuilder {
     config: RuntimeConfig,
     endpoints: Vec<Endpoint>,
+    tools: Vec<Arc<dyn Tool>>,
 }
 
 impl RuntimeBuilder {
     /// Add an endpoint built in code (for example with a custom provider).
     pub fn with_endpoint(mut self, endpoint: Endpoint) -> Self {
         self.endpoints.push(endpoint);
+        self
+    }
+
+    /// Add a server-side tool implemented in code.
+    pub fn with_tool(mut self, tool: Arc<dyn Tool>) -> Self {
+        self.tools.push(tool);
         self
     }
 
@@ -190,9 +219,38 @@ impl RuntimeBuilder {
                 .map_err(|e| Error::Config(e.to_string()))?;
             models.insert(h);
         }
+        let registry = ToolRegistry::default();
+        let builtins = config
+            .tools
+            .builtin
+            .tools()
+            .map_err(|e| Error::Config(format!("tools.builtin: {e}")))?;
+        for tool in builtins.into_iter().chain(self.tools) {
+            let name = tool.spec().name.clone();
+            registry
+                .register(tool)
+                .map_err(|e| Error::Config(format!("tool {name}: {e}")))?;
+        }
+        let mcp = if config.mcp.is_empty() {
+            None
+        } else {
+            Some(
+                baton_mcp::McpManager::start(config.mcp.clone(), registry.clone())
+                    .await
+                    .map_err(|e| Error::Config(e.to_string()))?,
+            )
+        };
+        let executor = ToolExecutor::spawn(registry.clone())
+            .await
+            .map_err(|e| Error::Internal(format!("cannot start the tool executor: {e}")))?;
         let shared = Arc::new(Shared {
             store: store.clone(),
             models,
+            tools: ToolsRuntime {
+                registry,
+                executor,
+                mcp,
+            },
             config: config.clone(),
             epoch: Instant::now(),
         });
@@ -336,6 +394,7 @@ impl RuntimeHandle {
                 "metadata key {k:?} is empty, or it or its value exceeds {MAX_METADATA_BYTES} bytes"
             )));
         }
+        self.validate_tools(&req)?;
         let key = req.idempotency_key.filter(|k| !k.is_empty());
         if let Some(k) = &key
             && k.len() > MAX_IDEMPOTENCY_KEY_BYTES
@@ -388,6 +447,9 @@ impl RuntimeHandle {
             &EventKind::SessionStarted {
                 route,
                 system_prompt: req.system_prompt,
+                allowed_tools: req.allowed_tools,
+                client_tools: req.client_tools,
+                max_steps: req.max_steps,
             },
         );
         if let Some(k) = &key {
@@ -399,6 +461,85 @@ impl RuntimeHandle {
             status: SessionStatus::Idle,
             created: true,
         })
+    }
+
+    fn validate_tools(&self, req: &StartSession) -> Result<()> {
+        let registry = &self.inner.shared.tools.registry;
+        if !req.allowed_tools.is_empty() {
+            ToolFilter::new(&req.allowed_tools)
+                .map_err(|e| Error::InvalidArgument(format!("allowed_tools: {e}")))?;
+        }
+        if req.max_steps > MAX_STEPS_LIMIT {
+            return Err(Error::InvalidArgument(format!(
+                "max_steps {} exceeds the limit of {MAX_STEPS_LIMIT}",
+                req.max_steps
+            )));
+        }
+        let mut names = std::collections::HashSet::new();
+        for (i, t) in req.client_tools.iter().enumerate() {
+            if t.name.is_empty() || t.name.len() > 64 {
+                return Err(Error::InvalidArgument(format!(
+                    "client_tools[{i}].name: must be 1 to 64 bytes"
+                )));
+            }
+            if !names.insert(t.name.as_str()) {
+                return Err(Error::InvalidArgument(format!(
+                    "client_tools[{i}].name: {:?} is declared twice",
+                    t.name
+                )));
+            }
+            if registry.get(&t.name).is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "client_tools[{i}].name: {:?} is already a server-side tool",
+                    t.name
+                )));
+            }
+            match serde_json::from_str::<serde_json::Value>(&t.parameters) {
+                Ok(v) if v.is_object() => {}
+                _ => {
+                    return Err(Error::InvalidArgument(format!(
+                        "client_tools[{i}].parameters: must be a JSON Schema object (JSON text)"
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Answer a client-side tool call (or a call that needs attention). The
+    /// returned seq is that of the recorded `ToolResult`, durable on return.
+    pub async fn submit_tool_result(
+        &self,
+        id: SessionId,
+        call_id: String,
+        outcome: std::result::Result<String, String>,
+    ) -> Result<u64> {
+        if call_id.is_empty() {
+            return Err(Error::InvalidArgument("call_id is required".into()));
+        }
+        let (output, is_error) = match outcome {
+            Ok(o) => (o, false),
+            Err(e) => (e, true),
+        };
+        let limit = self.inner.shared.config.sessions.max_message_bytes;
+        if output.len() > limit {
+            return Err(Error::ResourceExhausted(format!(
+                "tool result is {} bytes; the limit is {limit} (sessions.max_message_bytes)",
+                output.len()
+            )));
+        }
+        self.ask(id, |reply| SessionMsg::SubmitToolResult {
+            call_id,
+            output,
+            is_error,
+            reply,
+        })
+        .await
+    }
+
+    /// The registered server-side tools.
+    pub fn tools(&self) -> Vec<baton_tools::ToolSpec> {
+        self.inner.shared.tools.registry.specs()
     }
 
     /// Send a user message. The stream carries the turn's events, from
@@ -572,6 +713,10 @@ impl RuntimeHandle {
         })
         .await;
         self.inner.shared.models.stop().await;
+        self.inner.shared.tools.executor.stop().await;
+        if let Some(mcp) = &self.inner.shared.tools.mcp {
+            mcp.stop().await;
+        }
         self.inner.shared.store.close();
     }
 }

@@ -16,7 +16,7 @@
 //!   after the model answers.
 //! * Output deltas are provisional and written without an fsync of their own.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
@@ -30,9 +30,10 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::config::BusyPolicy;
-use crate::state::SessionState;
+use crate::state::{PendingTool, SessionState};
 use crate::supervisor::SupervisorMsg;
 use crate::{Error, Result};
+use baton_tools::{ToolError, ToolFilter};
 
 /// Messages a session actor handles.
 pub(crate) enum SessionMsg {
@@ -73,6 +74,34 @@ pub(crate) enum SessionMsg {
         result: baton_models::Result<ModelResponse>,
         latency_ms: u64,
     },
+    /// A client answers a client-side tool call (or one that needs attention).
+    SubmitToolResult {
+        call_id: String,
+        output: String,
+        is_error: bool,
+        reply: RpcReplyPort<Result<u64>>,
+    },
+    ToolDone {
+        turn: u64,
+        call_id: String,
+        attempt: u32,
+        result: Result<String, ToolError>,
+        latency_ms: u64,
+    },
+    ClientToolTimeout {
+        turn: u64,
+        call_id: String,
+    },
+}
+
+/// A server-side tool call this actor incarnation started (or will start
+/// once its `ToolCallStarted` record is durable).
+struct ToolRun {
+    start_after_seq: u64,
+    name: String,
+    attempt: u32,
+    /// Validated arguments; taken when the call is dispatched.
+    args: Option<serde_json::Value>,
 }
 
 /// A registration for live events, plus the history range the caller must
@@ -112,6 +141,11 @@ pub struct SessionView {
     pub turns_completed: u64,
     /// Whether the actor is in memory (always true when answered by the actor).
     pub live: bool,
+    /// Tool calls of the current step without a result yet.
+    pub pending_tools: Vec<PendingTool>,
+    pub allowed_tools: Vec<String>,
+    pub client_tools: Vec<baton_types::ToolDefinition>,
+    pub max_steps: u32,
 }
 
 struct InFlight {
@@ -146,6 +180,10 @@ pub(crate) struct SessionCtx {
     call: Option<InFlight>,
     next_call: u64,
     snapshot_seq: u64,
+    tool_runs: HashMap<String, ToolRun>,
+    client_timers: HashSet<String>,
+    /// Replies sent once the record at that seq is durable.
+    acks: Vec<(u64, RpcReplyPort<Result<u64>>)>,
 }
 
 impl Actor for SessionActor {
@@ -174,6 +212,9 @@ impl Actor for SessionActor {
             call: None,
             next_call: 0,
             snapshot_seq: 0,
+            tool_runs: HashMap::new(),
+            client_timers: HashSet::new(),
+            acks: Vec::new(),
         })
     }
 
@@ -242,6 +283,23 @@ impl Actor for SessionActor {
                     return Err(format!("journal write of session {} failed: {e}", ctx.id).into());
                 }
                 ctx.release(upto);
+                ctx.start_durable_tools(&myself, upto);
+            }
+            SessionMsg::SubmitToolResult {
+                call_id,
+                output,
+                is_error,
+                reply,
+            } => ctx.submit_tool_result(&myself, call_id, output, is_error, reply),
+            SessionMsg::ToolDone {
+                turn,
+                call_id,
+                attempt,
+                result,
+                latency_ms,
+            } => ctx.on_tool_done(&myself, turn, call_id, attempt, result, latency_ms),
+            SessionMsg::ClientToolTimeout { turn, call_id } => {
+                ctx.on_client_timeout(&myself, turn, call_id)
             }
             SessionMsg::ModelDelta { call, delta } => ctx.on_delta(&myself, call, delta),
             SessionMsg::ModelDone {
@@ -366,6 +424,7 @@ impl SessionCtx {
             && self.state.queued.is_empty()
             && self.pending.is_empty()
             && self.staged.is_empty()
+            && self.tool_runs.is_empty()
             && self.subscribers.is_empty()
     }
 
@@ -450,8 +509,16 @@ impl SessionCtx {
         });
     }
 
-    /// Release durable events, in order, to subscribers.
+    /// Release durable events, in order, to subscribers; answer requests
+    /// that waited for their record to be durable.
     fn release(&mut self, upto: u64) {
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.acks)
+            .into_iter()
+            .partition(|(seq, _)| *seq <= upto);
+        self.acks = waiting;
+        for (seq, reply) in ready {
+            let _ = reply.send(Ok(seq));
+        }
         while self.pending.front().is_some_and(|e| e.seq <= upto) {
             let Some(event) = self.pending.pop_front() else {
                 break;
@@ -567,6 +634,9 @@ impl SessionCtx {
         if let Some(call) = self.call.take() {
             call.cancel.cancel();
         }
+        // Results of tools still running are ignored when they arrive.
+        self.tool_runs.clear();
+        self.client_timers.clear();
         self.commit(myself, vec![EventKind::TurnCancelled { turn }], true);
         self.pump(myself);
         Ok(Some(turn))
@@ -597,54 +667,422 @@ impl SessionCtx {
         Ok(())
     }
 
-    /// Start or resume work: finish a turn whose answer is recorded, re-issue
-    /// a call with no recorded answer, or start the next queued turn.
+    /// Start or resume work, as far as it can go without waiting:
+    /// * a turn whose final answer is recorded gets its `TurnCompleted`;
+    /// * tool calls of the current step are validated, started (after their
+    ///   `ToolCallStarted` is durable), re-run (idempotent tools, after a
+    ///   crash) or paused (`NeedsAttention`: non-idempotent, after a crash);
+    /// * a model call with no recorded answer is issued again (`recovery`);
+    /// * once a step's tool results are in, the next model call is issued
+    ///   (`tool_results`), unless the turn reached `max_steps`;
+    /// * otherwise the next queued turn starts.
     fn pump(&mut self, myself: &ActorRef<SessionMsg>) {
         loop {
             if self.call.is_some() || self.state.failed.is_some() || !self.found {
                 return;
             }
-            let (turn, attempt, reason) = match &self.state.current {
-                Some(c) if c.response_recorded => {
-                    let (turn, usage) = (c.turn, c.usage);
-                    self.commit(myself, vec![EventKind::TurnCompleted { turn, usage }], true);
+            let Some(current) = self.state.current.as_ref() else {
+                // Idle: start the next queued turn.
+                let Some(turn) = self.state.queued.front().map(|(t, _)| *t) else {
+                    return;
+                };
+                if !self.start_model_call(myself, turn, 1, "turn") {
                     continue;
                 }
-                Some(c) => (c.turn, c.attempt + 1, "recovery"),
-                None => match self.state.queued.front() {
-                    Some((t, _)) => (*t, 1, "turn"),
-                    None => return,
-                },
+                return;
             };
-            let route = self.state.route.clone();
-            let Some(exec) = self.shared.models.get(&route).cloned() else {
-                let reason = format!("route {route:?} is not a configured model endpoint");
-                self.commit(myself, vec![EventKind::TurnFailed { turn, reason }], true);
+            let turn = current.turn;
+            if current.response_recorded {
+                let usage = current.usage;
+                self.commit(myself, vec![EventKind::TurnCompleted { turn, usage }], true);
                 continue;
+            }
+            if !current.tools.is_empty() {
+                if self.pump_tools(myself) {
+                    continue;
+                }
+                return;
+            }
+            let attempt = current.attempt + 1;
+            if current.model_call_open {
+                // Issued before a crash, never answered: issue it again.
+                if !self.start_model_call(myself, turn, attempt, "recovery") {
+                    continue;
+                }
+                return;
+            }
+            let max_steps = match self.state.max_steps {
+                0 => self.shared.config.sessions.max_steps,
+                n => n,
             };
-            self.commit(
-                myself,
-                vec![EventKind::ModelCallStarted {
-                    turn,
-                    attempt,
-                    endpoint: exec.endpoint().name().to_string(),
-                    reason: reason.into(),
-                }],
-                true,
-            );
-            if let Err(e) = self.dispatch(myself, &exec, turn) {
+            if current.steps >= max_steps {
+                let reason = format!(
+                    "max_steps_exceeded: turn {turn} made {} model calls without a final answer (max_steps = {max_steps})",
+                    current.steps
+                );
                 self.commit(
                     myself,
                     vec![EventKind::TurnFailed {
                         turn,
-                        reason: e.to_string(),
+                        reason,
+                        code: "max_steps_exceeded".into(),
                     }],
                     true,
                 );
                 continue;
             }
+            if !self.start_model_call(myself, turn, attempt, "tool_results") {
+                continue;
+            }
             return;
         }
+    }
+
+    /// Record `ModelCallStarted` (with anything staged) and dispatch the call.
+    /// False when the turn failed instead (unknown route, endpoint refused).
+    fn start_model_call(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        turn: u64,
+        attempt: u32,
+        reason: &str,
+    ) -> bool {
+        let route = self.state.route.clone();
+        let Some(exec) = self.shared.models.get(&route).cloned() else {
+            let reason = format!("route {route:?} is not a configured model endpoint");
+            self.commit(
+                myself,
+                vec![EventKind::TurnFailed {
+                    turn,
+                    reason,
+                    code: "unknown_route".into(),
+                }],
+                true,
+            );
+            return false;
+        };
+        self.commit(
+            myself,
+            vec![EventKind::ModelCallStarted {
+                turn,
+                attempt,
+                endpoint: exec.endpoint().name().to_string(),
+                reason: reason.into(),
+            }],
+            true,
+        );
+        if let Err(e) = self.dispatch(myself, &exec, turn) {
+            self.commit(
+                myself,
+                vec![EventKind::TurnFailed {
+                    turn,
+                    reason: e.to_string(),
+                    code: "model_error".into(),
+                }],
+                true,
+            );
+            return false;
+        }
+        true
+    }
+
+    /// The tool definitions offered to the model: allowed server-side tools
+    /// plus the session's client-side tools.
+    fn tool_definitions(&self) -> Vec<baton_types::ToolDefinition> {
+        let filter = self.tool_filter();
+        let mut defs = self.shared.tools.registry.definitions(&filter);
+        defs.extend(self.state.client_tools.iter().cloned());
+        defs
+    }
+
+    fn tool_filter(&self) -> ToolFilter {
+        let patterns = if self.state.allowed_tools.is_empty() {
+            &self.shared.config.tools.default_allowed
+        } else {
+            &self.state.allowed_tools
+        };
+        // Patterns were validated when the session started.
+        ToolFilter::new(patterns).unwrap_or_else(|_| ToolFilter::none())
+    }
+
+    /// Drive the current step's tool calls. True when every result is in
+    /// (the loop continues with the next model call).
+    fn pump_tools(&mut self, myself: &ActorRef<SessionMsg>) -> bool {
+        let Some(current) = self.state.current.as_ref() else {
+            return false;
+        };
+        let turn = current.turn;
+        let limit = self.shared.config.tools.max_parallel_calls.max(1);
+        let filter = self.tool_filter();
+        let registry = &self.shared.tools.registry;
+        let mut records = Vec::new();
+        let mut to_start = Vec::new();
+        let mut running = self.tool_runs.len();
+        let mut arm = Vec::new();
+        for t in current.tools.iter().filter(|t| t.result.is_none()) {
+            if t.attention.is_some() || self.tool_runs.contains_key(&t.call_id) {
+                continue;
+            }
+            if t.client_side {
+                if !self.client_timers.contains(&t.call_id) {
+                    arm.push((t.call_id.clone(), t.requested_at_unix_ms));
+                }
+                continue;
+            }
+            let tool = filter
+                .allows(&t.name)
+                .then(|| registry.get(&t.name))
+                .flatten();
+            let Some(tool) = tool else {
+                records.push(tool_error(
+                    turn,
+                    t,
+                    &ToolError::UnknownTool(t.name.clone()),
+                    0,
+                ));
+                continue;
+            };
+            if t.started && !tool.spec().idempotent {
+                records.push(EventKind::NeedsAttention {
+                    turn,
+                    call_id: t.call_id.clone(),
+                    reason: format!(
+                        "tool {} is not idempotent and its call {} started before a restart without a recorded result; \
+                         it may or may not have run: submit its result with SubmitToolResult, or cancel the turn",
+                        t.name, t.call_id
+                    ),
+                });
+                continue;
+            }
+            let args = match registry.validate(&t.name, &t.arguments) {
+                Ok(args) => args,
+                Err(e) => {
+                    records.push(tool_error(turn, t, &e, 0));
+                    continue;
+                }
+            };
+            if running >= limit {
+                continue;
+            }
+            running += 1;
+            records.push(EventKind::ToolCallStarted {
+                turn,
+                call_id: t.call_id.clone(),
+                name: t.name.clone(),
+                attempt: t.attempt + 1,
+            });
+            to_start.push((t.call_id.clone(), t.name.clone(), t.attempt + 1, args));
+        }
+        let timeout_ms = self.shared.config.tools.client_tool_timeout_ms;
+        for (call_id, requested_at) in arm {
+            let due = requested_at.saturating_add(timeout_ms);
+            let wait = std::time::Duration::from_millis(due.saturating_sub(now_unix_ms()));
+            let id = call_id.clone();
+            myself.send_after(wait, move || SessionMsg::ClientToolTimeout {
+                turn,
+                call_id: id,
+            });
+            self.client_timers.insert(call_id);
+        }
+        if records.is_empty() {
+            return false;
+        }
+        self.commit(myself, records, true);
+        // A tool runs only once its ToolCallStarted is durable: after a crash,
+        // "started, no result" then reliably means "may have run".
+        let upto = self.state.last_seq;
+        for (call_id, name, attempt, args) in to_start {
+            self.tool_runs.insert(
+                call_id.clone(),
+                ToolRun {
+                    start_after_seq: upto,
+                    name,
+                    attempt,
+                    args: Some(args),
+                },
+            );
+        }
+        self.state
+            .current
+            .as_ref()
+            .is_some_and(|c| c.tools.is_empty())
+    }
+
+    /// Run tools whose start record is now durable.
+    fn start_durable_tools(&mut self, myself: &ActorRef<SessionMsg>, upto: u64) {
+        let Some(turn) = self.state.current.as_ref().map(|c| c.turn) else {
+            return;
+        };
+        for (call_id, run) in self.tool_runs.iter_mut() {
+            if run.start_after_seq > upto {
+                continue;
+            }
+            let Some(args) = run.args.take() else {
+                continue;
+            };
+            let rx = self.shared.tools.executor.execute(run.name.clone(), args);
+            let me = myself.clone();
+            let (call_id, attempt, name) = (call_id.clone(), run.attempt, run.name.clone());
+            let started = Instant::now();
+            tokio::spawn(async move {
+                let result = rx.await.unwrap_or_else(|_| {
+                    Err(ToolError::Unavailable {
+                        tool: name,
+                        reason: "the tool executor stopped".into(),
+                    })
+                });
+                let latency_ms = started.elapsed().as_millis() as u64;
+                let _ = me.cast(SessionMsg::ToolDone {
+                    turn,
+                    call_id,
+                    attempt,
+                    result,
+                    latency_ms,
+                });
+            });
+        }
+    }
+
+    fn on_tool_done(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        turn: u64,
+        call_id: String,
+        attempt: u32,
+        result: Result<String, ToolError>,
+        latency_ms: u64,
+    ) {
+        if self
+            .tool_runs
+            .get(&call_id)
+            .is_none_or(|r| r.attempt != attempt)
+        {
+            return;
+        }
+        self.tool_runs.remove(&call_id);
+        let Some(t) = self
+            .state
+            .current
+            .as_ref()
+            .filter(|c| c.turn == turn)
+            .and_then(|c| {
+                c.tools
+                    .iter()
+                    .find(|t| t.call_id == call_id && t.result.is_none())
+            })
+        else {
+            return;
+        };
+        let record = match result {
+            Ok(output) => EventKind::ToolResult {
+                turn,
+                call_id: t.call_id.clone(),
+                name: t.name.clone(),
+                output,
+                is_error: false,
+                latency_ms,
+            },
+            Err(e) => tool_error(turn, t, &e, latency_ms),
+        };
+        self.commit(myself, vec![record], true);
+        self.pump(myself);
+    }
+
+    fn submit_tool_result(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        call_id: String,
+        output: String,
+        is_error: bool,
+        reply: RpcReplyPort<Result<u64>>,
+    ) {
+        let outcome = (|| {
+            if !self.found {
+                return Err(Error::SessionNotFound(self.id));
+            }
+            let pending = self.state.current.as_ref().and_then(|c| {
+                c.tools
+                    .iter()
+                    .find(|t| t.call_id == call_id)
+                    .map(|t| (c.turn, t))
+            });
+            let Some((turn, t)) = pending else {
+                if self.state.tool_call_answered(&call_id) {
+                    return Err(Error::FailedPrecondition(format!(
+                        "tool call {call_id} of session {} already has a result",
+                        self.id
+                    )));
+                }
+                return Err(Error::NotFoundDetail(format!(
+                    "session {} has no pending tool call {call_id:?}",
+                    self.id
+                )));
+            };
+            if t.result.is_some() {
+                return Err(Error::FailedPrecondition(format!(
+                    "tool call {call_id} of session {} already has a result",
+                    self.id
+                )));
+            }
+            if !t.client_side && t.attention.is_none() {
+                return Err(Error::FailedPrecondition(format!(
+                    "tool call {call_id} ({}) runs on the server; only client-side calls and calls that need attention accept a submitted result",
+                    t.name
+                )));
+            }
+            let latency_ms = now_unix_ms().saturating_sub(t.requested_at_unix_ms);
+            Ok(EventKind::ToolResult {
+                turn,
+                call_id: t.call_id.clone(),
+                name: t.name.clone(),
+                output,
+                is_error,
+                latency_ms,
+            })
+        })();
+        match outcome {
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+            Ok(record) => {
+                self.tool_runs.remove(&call_id);
+                self.commit(myself, vec![record], true);
+                // Acknowledged once the result is durable.
+                self.acks.push((self.state.last_seq, reply));
+                self.pump(myself);
+            }
+        }
+    }
+
+    fn on_client_timeout(&mut self, myself: &ActorRef<SessionMsg>, turn: u64, call_id: String) {
+        self.client_timers.remove(&call_id);
+        let timeout_ms = self.shared.config.tools.client_tool_timeout_ms;
+        let Some(t) = self
+            .state
+            .current
+            .as_ref()
+            .filter(|c| c.turn == turn)
+            .and_then(|c| {
+                c.tools
+                    .iter()
+                    .find(|t| t.call_id == call_id && t.result.is_none())
+            })
+        else {
+            return;
+        };
+        let record = EventKind::ToolResult {
+            turn,
+            call_id: t.call_id.clone(),
+            name: t.name.clone(),
+            output: format!(
+                "the client did not submit a result for {} within {timeout_ms} ms",
+                t.name
+            ),
+            is_error: true,
+            latency_ms: now_unix_ms().saturating_sub(t.requested_at_unix_ms),
+        };
+        self.commit(myself, vec![record], true);
+        self.pump(myself);
     }
 
     fn dispatch(
@@ -663,6 +1101,7 @@ impl SessionCtx {
             messages: self.state.model_messages(),
             max_output_tokens: None,
             temperature: None,
+            tools: self.tool_definitions(),
         };
         exec.submit(ModelJob {
             request,
@@ -749,25 +1188,49 @@ impl SessionCtx {
             Ok(resp) => {
                 let mut message = resp.message;
                 message.role = baton_types::Role::Assistant;
-                vec![
-                    EventKind::AssistantMessage {
+                normalise_call_ids(
+                    &mut message,
+                    turn,
+                    self.state.current.as_ref().map_or(0, |c| c.steps),
+                );
+                let calls: Vec<_> = message
+                    .tool_calls
+                    .iter()
+                    .map(|c| EventKind::ToolCallRequested {
                         turn,
-                        message,
-                        usage: resp.usage,
-                        endpoint,
-                        model: resp.model,
-                        finish_reason: resp.finish_reason,
-                        latency_ms,
-                    },
-                    EventKind::TurnCompleted {
-                        turn,
-                        usage: resp.usage,
-                    },
-                ]
+                        call_id: c.id.clone(),
+                        name: c.name.clone(),
+                        arguments: c.arguments.clone(),
+                        client_side: self.state.client_tools.iter().any(|t| t.name == c.name),
+                    })
+                    .collect();
+                let mut kinds = vec![EventKind::AssistantMessage {
+                    turn,
+                    message,
+                    usage: resp.usage,
+                    endpoint,
+                    model: resp.model,
+                    finish_reason: resp.finish_reason,
+                    latency_ms,
+                }];
+                if calls.is_empty() {
+                    let mut usage = self
+                        .state
+                        .current
+                        .as_ref()
+                        .map(|c| c.usage)
+                        .unwrap_or_default();
+                    usage.add(resp.usage);
+                    kinds.push(EventKind::TurnCompleted { turn, usage });
+                } else {
+                    kinds.extend(calls);
+                }
+                kinds
             }
             Err(e) => vec![EventKind::TurnFailed {
                 turn,
                 reason: e.to_string(),
+                code: "model_error".into(),
             }],
         };
         self.commit(myself, kinds, true);
@@ -791,6 +1254,44 @@ impl SessionCtx {
             last_seq: self.released_seq,
             turns_completed: s.turns_completed,
             live: true,
+            pending_tools: s
+                .current
+                .as_ref()
+                .map(|c| {
+                    c.tools
+                        .iter()
+                        .filter(|t| t.result.is_none())
+                        .cloned()
+                        .collect()
+                })
+                .unwrap_or_default(),
+            allowed_tools: s.allowed_tools.clone(),
+            client_tools: s.client_tools.clone(),
+            max_steps: s.max_steps,
+        }
+    }
+}
+
+/// The tool-error result the model sees for a call.
+fn tool_error(turn: u64, t: &PendingTool, e: &ToolError, latency_ms: u64) -> EventKind {
+    EventKind::ToolResult {
+        turn,
+        call_id: t.call_id.clone(),
+        name: t.name.clone(),
+        output: format!("error: {e}"),
+        is_error: true,
+        latency_ms,
+    }
+}
+
+/// Give every tool call a unique, non-empty id (providers usually do; a
+/// missing or repeated id would make results ambiguous).
+fn normalise_call_ids(message: &mut Message, turn: u64, step: u32) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in message.tool_calls.iter_mut().enumerate() {
+        if c.id.is_empty() || !seen.insert(c.id.clone()) {
+            c.id = format!("call_{turn}_{step}_{i}");
+            seen.insert(c.id.clone());
         }
     }
 }

@@ -6,8 +6,25 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use baton_types::{EventKind, Message, SessionId, SessionStatus, Usage};
+use baton_types::{EventKind, Message, Role, SessionId, SessionStatus, ToolDefinition, Usage};
 use serde::{Deserialize, Serialize};
+
+/// A tool call of the current step, from request to result.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingTool {
+    pub call_id: String,
+    pub name: String,
+    pub arguments: String,
+    pub client_side: bool,
+    pub requested_at_unix_ms: u64,
+    /// A `ToolCallStarted` is recorded (the tool may have run).
+    pub started: bool,
+    pub attempt: u32,
+    /// `(output, is_error)` once recorded.
+    pub result: Option<(String, bool)>,
+    /// Set while the call waits for a decision (`NeedsAttention`).
+    pub attention: Option<String>,
+}
 
 /// The turn whose model call has started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -16,10 +33,27 @@ pub struct CurrentTurn {
     /// The last journaled attempt number (`ModelCallStarted.attempt`).
     pub attempt: u32,
     pub endpoint: String,
-    /// Whether the model's answer is recorded (the turn then only needs its
-    /// completion record).
+    /// Whether the model's final answer (one without tool calls) is
+    /// recorded: the turn then only needs its completion record.
     pub response_recorded: bool,
     pub usage: Usage,
+    /// Model calls of this turn (steps of the agentic loop); retries and
+    /// recovery re-issues do not count.
+    pub steps: u32,
+    /// A `ModelCallStarted` without its answer yet.
+    pub model_call_open: bool,
+    /// Tool calls of the current step, in the model's order; emptied when
+    /// every result is recorded (the results then join `messages`).
+    pub tools: Vec<PendingTool>,
+}
+
+impl CurrentTurn {
+    /// The call waiting for a decision, if any.
+    pub fn attention(&self) -> Option<&PendingTool> {
+        self.tools
+            .iter()
+            .find(|t| t.attention.is_some() && t.result.is_none())
+    }
 }
 
 /// Everything a session's actor holds, rebuildable from the journal.
@@ -45,6 +79,12 @@ pub struct SessionState {
     pub failed: Option<String>,
     #[serde(default)]
     pub metadata: BTreeMap<String, String>,
+    /// Server-side tools this session may use (names or patterns).
+    pub allowed_tools: Vec<String>,
+    /// Tools the client runs (answered with SubmitToolResult).
+    pub client_tools: Vec<ToolDefinition>,
+    /// Most model calls per turn (0 = the configured default).
+    pub max_steps: u32,
 }
 
 impl SessionState {
@@ -65,12 +105,21 @@ impl SessionState {
             last_seq: 0,
             failed: None,
             metadata: BTreeMap::new(),
+            allowed_tools: Vec::new(),
+            client_tools: Vec::new(),
+            max_steps: 0,
         }
     }
 
     pub fn status(&self) -> SessionStatus {
         if self.failed.is_some() {
             SessionStatus::Failed
+        } else if self
+            .current
+            .as_ref()
+            .is_some_and(|c| c.attention().is_some())
+        {
+            SessionStatus::NeedsAttention
         } else if self.current.is_some() || !self.queued.is_empty() {
             SessionStatus::Running
         } else {
@@ -85,10 +134,16 @@ impl SessionState {
             EventKind::SessionStarted {
                 route,
                 system_prompt,
+                allowed_tools,
+                client_tools,
+                max_steps,
             } => {
                 self.route = route.clone();
                 self.system_prompt = system_prompt.clone();
                 self.created_at_unix_ms = at_unix_ms;
+                self.allowed_tools = allowed_tools.clone();
+                self.client_tools = client_tools.clone();
+                self.max_steps = *max_steps;
             }
             EventKind::TurnAccepted { turn, message } => {
                 self.last_turn = self.last_turn.max(*turn);
@@ -98,11 +153,15 @@ impl SessionState {
                 turn,
                 attempt,
                 endpoint,
-                ..
+                reason,
             } => match &mut self.current {
                 Some(c) if c.turn == *turn => {
                     c.attempt = *attempt;
                     c.endpoint = endpoint.clone();
+                    c.model_call_open = true;
+                    if reason == "turn" || reason == "tool_results" {
+                        c.steps += 1;
+                    }
                 }
                 _ => {
                     if let Some(pos) = self.queued.iter().position(|(t, _)| t == turn)
@@ -116,6 +175,9 @@ impl SessionState {
                         endpoint: endpoint.clone(),
                         response_recorded: false,
                         usage: Usage::default(),
+                        steps: 1,
+                        model_call_open: true,
+                        tools: Vec::new(),
                     });
                 }
             },
@@ -131,8 +193,79 @@ impl SessionState {
                 if let Some(c) = &mut self.current
                     && c.turn == *turn
                 {
-                    c.response_recorded = true;
+                    c.model_call_open = false;
+                    c.response_recorded = message.tool_calls.is_empty();
                     c.usage.add(*usage);
+                }
+            }
+            EventKind::ToolCallRequested {
+                turn,
+                call_id,
+                name,
+                arguments,
+                client_side,
+            } => {
+                if let Some(c) = self.current_turn_mut(*turn) {
+                    c.tools.push(PendingTool {
+                        call_id: call_id.clone(),
+                        name: name.clone(),
+                        arguments: arguments.clone(),
+                        client_side: *client_side,
+                        requested_at_unix_ms: at_unix_ms,
+                        started: false,
+                        attempt: 0,
+                        result: None,
+                        attention: None,
+                    });
+                }
+            }
+            EventKind::ToolCallStarted {
+                turn,
+                call_id,
+                attempt,
+                ..
+            } => {
+                if let Some(t) = self.pending_tool_mut(*turn, call_id) {
+                    t.started = true;
+                    t.attempt = *attempt;
+                }
+            }
+            EventKind::NeedsAttention {
+                turn,
+                call_id,
+                reason,
+            } => {
+                if let Some(t) = self.pending_tool_mut(*turn, call_id) {
+                    t.attention = Some(reason.clone());
+                }
+            }
+            EventKind::ToolResult {
+                turn,
+                call_id,
+                output,
+                is_error,
+                ..
+            } => {
+                if let Some(t) = self.pending_tool_mut(*turn, call_id) {
+                    t.result = Some((output.clone(), *is_error));
+                    t.attention = None;
+                }
+                // Every result in: they join the conversation in the
+                // model's call order, whatever order they finished in.
+                if let Some(c) = self.current_turn_mut(*turn)
+                    && !c.tools.is_empty()
+                    && c.tools.iter().all(|t| t.result.is_some())
+                {
+                    let tools = std::mem::take(&mut c.tools);
+                    for t in tools {
+                        let (content, _) = t.result.unwrap_or_default();
+                        self.messages.push(Message {
+                            role: Role::Tool,
+                            content,
+                            tool_calls: Vec::new(),
+                            tool_call_id: Some(t.call_id),
+                        });
+                    }
                 }
             }
             EventKind::TurnCompleted { turn, .. } => {
@@ -151,6 +284,32 @@ impl SessionState {
                 self.failed = Some(reason.clone());
             }
         }
+    }
+
+    fn current_turn_mut(&mut self, turn: u64) -> Option<&mut CurrentTurn> {
+        self.current.as_mut().filter(|c| c.turn == turn)
+    }
+
+    fn pending_tool_mut(&mut self, turn: u64, call_id: &str) -> Option<&mut PendingTool> {
+        self.current_turn_mut(turn)?
+            .tools
+            .iter_mut()
+            .find(|t| t.call_id == call_id)
+    }
+
+    /// Whether a tool call of this session already has a recorded result
+    /// (in the current step, or in the conversation).
+    pub fn tool_call_answered(&self, call_id: &str) -> bool {
+        let in_step = self.current.as_ref().is_some_and(|c| {
+            c.tools
+                .iter()
+                .any(|t| t.call_id == call_id && t.result.is_some())
+        });
+        in_step
+            || self
+                .messages
+                .iter()
+                .any(|m| m.role == Role::Tool && m.tool_call_id.as_deref() == Some(call_id))
     }
 
     fn end_turn(&mut self, turn: u64) {
@@ -199,6 +358,9 @@ mod tests {
             EventKind::SessionStarted {
                 route: "e".into(),
                 system_prompt: "sys".into(),
+                allowed_tools: vec![],
+                client_tools: vec![],
+                max_steps: 0,
             },
             EventKind::TurnAccepted {
                 turn: 1,
@@ -255,6 +417,9 @@ mod tests {
             EventKind::SessionStarted {
                 route: "e".into(),
                 system_prompt: String::new(),
+                allowed_tools: vec![],
+                client_tools: vec![],
+                max_steps: 0,
             },
             EventKind::TurnAccepted {
                 turn: 1,
@@ -288,5 +453,113 @@ mod tests {
             },
         ]);
         assert_eq!(s.status(), SessionStatus::Failed);
+    }
+
+    #[test]
+    fn tool_results_join_the_conversation_in_call_order() {
+        let mut s = fold(&[
+            EventKind::TurnAccepted {
+                turn: 1,
+                message: Message::user("a"),
+            },
+            started(1, 1),
+        ]);
+        let call = |id: &str| baton_types::ToolCall {
+            id: id.into(),
+            name: "t".into(),
+            arguments: "{}".into(),
+        };
+        let mut answer = Message::assistant("");
+        answer.tool_calls = vec![call("c1"), call("c2")];
+        let records = vec![
+            EventKind::AssistantMessage {
+                turn: 1,
+                message: answer,
+                usage: Usage::default(),
+                endpoint: "e".into(),
+                model: "m".into(),
+                finish_reason: baton_types::FinishReason::ToolCalls,
+                latency_ms: 1,
+            },
+            EventKind::ToolCallRequested {
+                turn: 1,
+                call_id: "c1".into(),
+                name: "t".into(),
+                arguments: "{}".into(),
+                client_side: false,
+            },
+            EventKind::ToolCallRequested {
+                turn: 1,
+                call_id: "c2".into(),
+                name: "t".into(),
+                arguments: "{}".into(),
+                client_side: true,
+            },
+            EventKind::ToolCallStarted {
+                turn: 1,
+                call_id: "c1".into(),
+                name: "t".into(),
+                attempt: 1,
+            },
+        ];
+        for (i, r) in records.iter().enumerate() {
+            s.apply(10 + i as u64, 0, r);
+        }
+        let c = s.current.as_ref().unwrap();
+        assert!(!c.response_recorded, "tool calls are not a final answer");
+        assert!(!c.model_call_open);
+        assert_eq!(c.tools.len(), 2);
+        assert!(c.tools[0].started && !c.tools[1].started);
+        // c2 answers first; c1 needs attention, then is answered.
+        let result = |id: &str, out: &str| EventKind::ToolResult {
+            turn: 1,
+            call_id: id.into(),
+            name: "t".into(),
+            output: out.into(),
+            is_error: false,
+            latency_ms: 0,
+        };
+        s.apply(20, 0, &result("c2", "two"));
+        s.apply(
+            21,
+            0,
+            &EventKind::NeedsAttention {
+                turn: 1,
+                call_id: "c1".into(),
+                reason: "r".into(),
+            },
+        );
+        assert_eq!(s.status(), SessionStatus::NeedsAttention);
+        assert!(s.tool_call_answered("c2"));
+        assert!(!s.tool_call_answered("c1"));
+        s.apply(22, 0, &result("c1", "one"));
+        assert_eq!(s.status(), SessionStatus::Running);
+        let c = s.current.as_ref().unwrap();
+        assert!(c.tools.is_empty(), "step complete");
+        let tail: Vec<_> = s.messages[2..]
+            .iter()
+            .map(|m| (m.role, m.content.as_str(), m.tool_call_id.as_deref()))
+            .collect();
+        assert_eq!(
+            tail,
+            vec![
+                (Role::Tool, "one", Some("c1")),
+                (Role::Tool, "two", Some("c2"))
+            ],
+            "results in the model's call order, not completion order"
+        );
+        assert!(s.tool_call_answered("c1"));
+        // The next model call is a new step.
+        s.apply(
+            23,
+            0,
+            &EventKind::ModelCallStarted {
+                turn: 1,
+                attempt: 2,
+                endpoint: "e".into(),
+                reason: "tool_results".into(),
+            },
+        );
+        assert_eq!(s.current.as_ref().unwrap().steps, 2);
     }
 }

@@ -6,8 +6,9 @@
 
 use std::path::{Path, PathBuf};
 
+use baton_mcp::McpServerConfig;
 use baton_models::EndpointConfig;
-use baton_runtime::{RuntimeConfig, SessionsConfig, StoreConfig, SupervisionConfig};
+use baton_runtime::{RuntimeConfig, SessionsConfig, StoreConfig, SupervisionConfig, ToolsConfig};
 use figment::Figment;
 use figment::providers::{Env, Format, Toml};
 use serde::Deserialize;
@@ -43,6 +44,8 @@ pub struct BatonConfig {
     pub sessions: SessionsConfig,
     pub supervision: SupervisionConfig,
     pub models: Vec<EndpointConfig>,
+    pub tools: ToolsConfig,
+    pub mcp: Vec<McpServerConfig>,
 }
 
 /// A config that could not be loaded; the message names the file and field.
@@ -106,6 +109,8 @@ impl BatonConfig {
             sessions: self.sessions.clone(),
             supervision: self.supervision.clone(),
             models: self.models.clone(),
+            tools: self.tools.clone(),
+            mcp: self.mcp.clone(),
         }
     }
 

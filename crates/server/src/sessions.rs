@@ -57,6 +57,25 @@ fn view_to_proto(v: SessionView) -> v1::Session {
         last_seq: v.last_seq,
         turns_completed: v.turns_completed,
         live: v.live,
+        pending_tool_calls: v
+            .pending_tools
+            .into_iter()
+            .map(|t| v1::PendingToolCall {
+                needs_attention: t.attention.is_some(),
+                call_id: t.call_id,
+                name: t.name,
+                arguments: t.arguments,
+                client_side: t.client_side,
+                started: t.started,
+            })
+            .collect(),
+        allowed_tools: v.allowed_tools,
+        client_tools: v
+            .client_tools
+            .iter()
+            .map(convert::tool_definition_to_proto)
+            .collect(),
+        max_steps: v.max_steps,
     }
 }
 
@@ -74,6 +93,13 @@ impl Sessions for SessionsService {
                 system_prompt: r.system_prompt,
                 route: (!r.route.is_empty()).then_some(r.route),
                 metadata: r.metadata.into_iter().collect(),
+                allowed_tools: r.allowed_tools,
+                client_tools: r
+                    .client_tools
+                    .into_iter()
+                    .map(convert::tool_definition_from_proto)
+                    .collect(),
+                max_steps: r.max_steps,
             })
             .await
             .map_err(|e| status(&e))?;
@@ -167,6 +193,29 @@ impl Sessions for SessionsService {
             cancelled: turn.is_some(),
             turn: turn.unwrap_or(0),
         }))
+    }
+
+    async fn submit_tool_result(
+        &self,
+        req: Request<v1::SubmitToolResultRequest>,
+    ) -> Result<Response<v1::SubmitToolResultResponse>, Status> {
+        let r = req.into_inner();
+        let id = session_id("session_id", &r.session_id)?;
+        let outcome = match r.outcome {
+            Some(v1::submit_tool_result_request::Outcome::Output(o)) => Ok(o),
+            Some(v1::submit_tool_result_request::Outcome::Error(e)) => Err(e),
+            None => {
+                return Err(Status::invalid_argument(
+                    "outcome is required: set output or error",
+                ));
+            }
+        };
+        let seq = self
+            .runtime
+            .submit_tool_result(id, r.call_id, outcome)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(v1::SubmitToolResultResponse { seq }))
     }
 
     async fn delete_session(

@@ -8,7 +8,8 @@ use std::collections::BTreeMap;
 
 use baton_proto::journal::v1 as pb;
 use baton_types::{
-    EventKind, FinishReason, Message, Role, SessionId, SessionStatus, ToolCall, Usage,
+    EventKind, FinishReason, Message, Role, SessionId, SessionStatus, ToolCall, ToolDefinition,
+    Usage,
 };
 use prost::Message as _;
 
@@ -166,11 +167,24 @@ pub fn encode_record(
         EventKind::SessionStarted {
             route,
             system_prompt,
+            allowed_tools,
+            client_tools,
+            max_steps,
         } => Kind::SessionCreated(pb::SessionCreated {
             route: route.clone(),
             system_prompt: system_prompt.clone(),
             metadata: Default::default(),
             idempotency_key: String::new(),
+            allowed_tools: allowed_tools.clone(),
+            client_tools: client_tools
+                .iter()
+                .map(|t| pb::ToolDefinition {
+                    name: t.name.clone(),
+                    description: t.description.clone(),
+                    parameters_json: t.parameters.clone(),
+                })
+                .collect(),
+            max_steps: *max_steps,
         }),
         EventKind::TurnAccepted { turn, message } => Kind::TurnAccepted(pb::TurnAccepted {
             turn: *turn,
@@ -217,8 +231,62 @@ pub fn encode_record(
             turn: *turn,
             usage: Some(usage_pb(usage)),
         }),
-        EventKind::TurnFailed { turn, reason } => Kind::TurnFailed(pb::TurnFailed {
+        EventKind::TurnFailed { turn, reason, code } => Kind::TurnFailed(pb::TurnFailed {
             turn: *turn,
+            reason: reason.clone(),
+            code: code.clone(),
+        }),
+        EventKind::ToolCallRequested {
+            turn,
+            call_id,
+            name,
+            arguments,
+            client_side,
+        } => Kind::ToolCallRequested(pb::ToolCallRequested {
+            turn: *turn,
+            call_id: call_id.clone(),
+            name: name.clone(),
+            arguments: arguments.clone(),
+            client_side: *client_side,
+        }),
+        EventKind::ToolCallStarted {
+            turn,
+            call_id,
+            name,
+            attempt,
+        } => Kind::ToolCallStarted(pb::ToolCallStarted {
+            turn: *turn,
+            call_id: call_id.clone(),
+            name: name.clone(),
+            attempt: *attempt,
+        }),
+        EventKind::ToolResult {
+            turn,
+            call_id,
+            name,
+            output,
+            is_error,
+            latency_ms,
+        } => Kind::ToolResult(pb::ToolResult {
+            turn: *turn,
+            call_id: call_id.clone(),
+            name: name.clone(),
+            output: Some(enc.message(&Message {
+                role: Role::Tool,
+                content: output.clone(),
+                tool_calls: Vec::new(),
+                tool_call_id: Some(call_id.clone()),
+            })),
+            is_error: *is_error,
+            latency_ms: *latency_ms,
+        }),
+        EventKind::NeedsAttention {
+            turn,
+            call_id,
+            reason,
+        } => Kind::NeedsAttention(pb::NeedsAttention {
+            turn: *turn,
+            call_id: call_id.clone(),
             reason: reason.clone(),
         }),
         EventKind::TurnCancelled { turn } => Kind::TurnCancelled(pb::TurnCancelled { turn: *turn }),
@@ -301,6 +369,17 @@ pub fn decode_record(
         Kind::SessionCreated(k) => EventKind::SessionStarted {
             route: k.route,
             system_prompt: k.system_prompt,
+            allowed_tools: k.allowed_tools,
+            client_tools: k
+                .client_tools
+                .into_iter()
+                .map(|t| ToolDefinition {
+                    name: t.name,
+                    description: t.description,
+                    parameters: t.parameters_json,
+                })
+                .collect(),
+            max_steps: k.max_steps,
         },
         Kind::TurnAccepted(k) => EventKind::TurnAccepted {
             turn: k.turn,
@@ -332,6 +411,33 @@ pub fn decode_record(
         },
         Kind::TurnFailed(k) => EventKind::TurnFailed {
             turn: k.turn,
+            reason: k.reason,
+            code: k.code,
+        },
+        Kind::ToolCallRequested(k) => EventKind::ToolCallRequested {
+            turn: k.turn,
+            call_id: k.call_id,
+            name: k.name,
+            arguments: k.arguments,
+            client_side: k.client_side,
+        },
+        Kind::ToolCallStarted(k) => EventKind::ToolCallStarted {
+            turn: k.turn,
+            call_id: k.call_id,
+            name: k.name,
+            attempt: k.attempt,
+        },
+        Kind::ToolResult(k) => EventKind::ToolResult {
+            turn: k.turn,
+            call_id: k.call_id,
+            name: k.name,
+            output: message(k.output)?.content,
+            is_error: k.is_error,
+            latency_ms: k.latency_ms,
+        },
+        Kind::NeedsAttention(k) => EventKind::NeedsAttention {
+            turn: k.turn,
+            call_id: k.call_id,
             reason: k.reason,
         },
         Kind::TurnCancelled(k) => EventKind::TurnCancelled { turn: k.turn },
@@ -367,6 +473,9 @@ mod tests {
                 EventKind::SessionStarted {
                     route: "echo".into(),
                     system_prompt: "be brief".into(),
+                    allowed_tools: vec![],
+                    client_tools: vec![],
+                    max_steps: 0,
                 },
                 "0801102a52100a046563686f12086265206272696566",
             ),
@@ -415,8 +524,47 @@ mod tests {
                 EventKind::TurnFailed {
                     turn: 4,
                     reason: "x".into(),
+                    code: String::new(),
                 },
                 "0801102a8201050804120178",
+            ),
+            (
+                EventKind::ToolCallRequested {
+                    turn: 1,
+                    call_id: "c".into(),
+                    name: "t".into(),
+                    arguments: "{}".into(),
+                    client_side: true,
+                },
+                "0801102a9a010e08011201631a017422027b7d2801",
+            ),
+            (
+                EventKind::ToolCallStarted {
+                    turn: 1,
+                    call_id: "c".into(),
+                    name: "t".into(),
+                    attempt: 2,
+                },
+                "0801102aa2010a08011201631a01742002",
+            ),
+            (
+                EventKind::ToolResult {
+                    turn: 1,
+                    call_id: "c".into(),
+                    name: "t".into(),
+                    output: "4".into(),
+                    is_error: true,
+                    latency_ms: 5,
+                },
+                "0801102aaa011608011201631a01742208080412013422016328013005",
+            ),
+            (
+                EventKind::NeedsAttention {
+                    turn: 1,
+                    call_id: "c".into(),
+                    reason: "r".into(),
+                },
+                "0801102ab2010808011201631a0172",
             ),
             (EventKind::TurnCancelled { turn: 5 }, "0801102a8a01020805"),
             (

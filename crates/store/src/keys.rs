@@ -38,6 +38,7 @@ pub fn status_byte(status: SessionStatus) -> u8 {
         SessionStatus::Idle => 1,
         SessionStatus::Running => 2,
         SessionStatus::Failed => 3,
+        SessionStatus::NeedsAttention => 4,
     }
 }
 
@@ -46,6 +47,7 @@ pub fn status_from_byte(b: u32) -> Option<SessionStatus> {
         1 => Some(SessionStatus::Idle),
         2 => Some(SessionStatus::Running),
         3 => Some(SessionStatus::Failed),
+        4 => Some(SessionStatus::NeedsAttention),
         _ => None,
     }
 }

@@ -14,7 +14,7 @@
 //! let store = Store::open(StoreOptions::new("./baton-data", Durability::Sync))?;
 //! let session = SessionId::new();
 //! let mut batch = Batch::new();
-//! batch.append(&session, 1, 0, &EventKind::SessionStarted { route: "echo".into(), system_prompt: String::new() });
+//! batch.append(&session, 1, 0, &EventKind::TurnCancelled { turn: 1 });
 //! store.write(batch).await?; // resolves once the record is fsynced
 //! let records = store.read_journal(session, 0, 100).await?;
 //! assert_eq!(records.len(), 1);

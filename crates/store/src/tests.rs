@@ -36,6 +36,9 @@ async fn records_survive_reopen_in_order() {
             &EventKind::SessionStarted {
                 route: "echo".into(),
                 system_prompt: "p".into(),
+                allowed_tools: vec![],
+                client_tools: vec![],
+                max_steps: 0,
             },
         );
         store.write(b).await.unwrap();

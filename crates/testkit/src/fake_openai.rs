@@ -3,8 +3,13 @@
 //! It listens on `127.0.0.1:0`, serves `POST /v1/chat/completions` both as
 //! JSON (`stream: false`) and as SSE (`stream: true`, usage in the final
 //! chunk when `stream_options.include_usage` is set, then `data: [DONE]`),
-//! and records every request body. Replies follow the current [`Behavior`];
-//! one-shot [`Fault`]s, consumed in FIFO order, take precedence. "Tokens" are
+//! and records every request body. Replies follow the current [`Behavior`],
+//! unless a [`ScriptedReply`] is queued: those are consumed in FIFO order, one
+//! per answered request, so a test can script "first request → tool calls,
+//! second → final text". One-shot [`Fault`]s, also consumed in FIFO order,
+//! take precedence over both; a request that meets a fault does not consume a
+//! scripted reply (a fault that sends part of an answer sends part of the next
+//! scripted reply), so the retry gets it. "Tokens" are
 //! whitespace-separated words: input over all message contents, output over
 //! the reply text.
 //!
@@ -16,6 +21,16 @@
 //! server.set_behavior(Behavior { reply: Reply::Fixed("hi there".into()), chunk_chars: 3, ..Behavior::default() });
 //! server.push_fault(Fault::Status { status: 503, retry_after: None, body: "busy".into() });
 //! // Point a client at server.base_url(): the first request gets 503, the next "hi there".
+//!
+//! use baton_testkit::fake_openai::ScriptedReply;
+//! use baton_types::ToolCall;
+//! server.push_reply(ScriptedReply::ToolCalls(vec![ToolCall {
+//!     id: "call_1".into(),
+//!     name: "calculator".into(),
+//!     arguments: r#"{"expression":"2+2"}"#.into(),
+//! }]));
+//! server.push_reply(ScriptedReply::Text("2 + 2 = 4".into()));
+//! // The next two answered requests get the tool call, then the text; later ones "hi there".
 //! # Ok(()) }
 //! ```
 
@@ -83,6 +98,16 @@ impl Default for Behavior {
     }
 }
 
+/// A one-shot reply for the next answered request, replacing the
+/// [`Behavior`]'s reply text and tool calls (its delays and chunking still apply).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ScriptedReply {
+    /// This text, no tool calls (finish reason `stop`).
+    Text(String),
+    /// These tool calls, no text (finish reason `tool_calls`).
+    ToolCalls(Vec<ToolCall>),
+}
+
 /// A one-shot failure for the next request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Fault {
@@ -122,6 +147,7 @@ impl std::fmt::Debug for FakeOpenAi {
 struct Shared {
     behavior: Mutex<Behavior>,
     faults: Mutex<VecDeque<Fault>>,
+    replies: Mutex<VecDeque<ScriptedReply>>,
     received: Mutex<Vec<Value>>,
     authorizations: Mutex<Vec<Option<String>>>,
     shutdown: CancellationToken,
@@ -140,6 +166,7 @@ impl FakeOpenAi {
         let shared = Arc::new(Shared {
             behavior: Mutex::new(Behavior::default()),
             faults: Mutex::new(VecDeque::new()),
+            replies: Mutex::new(VecDeque::new()),
             received: Mutex::new(Vec::new()),
             authorizations: Mutex::new(Vec::new()),
             shutdown: CancellationToken::new(),
@@ -180,6 +207,17 @@ impl FakeOpenAi {
     /// Queue a one-shot fault; faults are consumed in FIFO order, one per request.
     pub fn push_fault(&self, f: Fault) {
         lock(&self.shared.faults).push_back(f);
+    }
+
+    /// Queue a one-shot reply; replies are consumed in FIFO order, one per
+    /// request answered without a fault, before the [`Behavior`] applies.
+    pub fn push_reply(&self, r: ScriptedReply) {
+        lock(&self.shared.replies).push_back(r);
+    }
+
+    /// Scripted replies not yet consumed.
+    pub fn replies_left(&self) -> usize {
+        lock(&self.shared.replies).len()
     }
 
     /// Chat completion requests received so far.
@@ -512,7 +550,7 @@ async fn chat_completions(
             .unwrap_or_else(|| Value::String(String::from_utf8_lossy(&body).into_owned())),
     );
     let fault = lock(&shared.faults).pop_front();
-    let behavior = lock(&shared.behavior).clone();
+    let mut behavior = lock(&shared.behavior).clone();
     let Some(body) = parsed else {
         return openai_error(StatusCode::BAD_REQUEST, "request body is not valid json");
     };
@@ -550,6 +588,28 @@ async fn chat_completions(
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
         }
         _ => {}
+    }
+
+    // A scripted reply is consumed only by a request answered in full; one
+    // that meets a fault sends (part of) it but leaves it for the retry.
+    let reply = {
+        let mut replies = lock(&shared.replies);
+        if fault.is_none() {
+            replies.pop_front()
+        } else {
+            replies.front().cloned()
+        }
+    };
+    match reply {
+        Some(ScriptedReply::Text(text)) => {
+            behavior.reply = Reply::Fixed(text);
+            behavior.tool_calls = Vec::new();
+        }
+        Some(ScriptedReply::ToolCalls(calls)) => {
+            behavior.reply = Reply::Fixed(String::new());
+            behavior.tool_calls = calls;
+        }
+        None => {}
     }
 
     if !behavior.delay.is_zero() {

@@ -25,12 +25,34 @@ impl TestServer {
         Self::start_in(config, Some(dir)).await
     }
 
+    /// Start with `config` and extra server-side tools implemented in code.
+    pub async fn start_with_tools(
+        mut config: RuntimeConfig,
+        tools: Vec<std::sync::Arc<dyn baton_tools::Tool>>,
+    ) -> anyhow::Result<TestServer> {
+        let dir = tempfile::tempdir()?;
+        config.store.data_dir = dir.path().join("data");
+        Self::start_inner(config, tools, Some(dir)).await
+    }
+
     /// Start with `config` as given (its data dir is kept).
     pub async fn start_in(
         config: RuntimeConfig,
         dir: Option<tempfile::TempDir>,
     ) -> anyhow::Result<TestServer> {
-        let runtime = Runtime::builder(config).start().await?;
+        Self::start_inner(config, Vec::new(), dir).await
+    }
+
+    async fn start_inner(
+        config: RuntimeConfig,
+        tools: Vec<std::sync::Arc<dyn baton_tools::Tool>>,
+        dir: Option<tempfile::TempDir>,
+    ) -> anyhow::Result<TestServer> {
+        let mut builder = Runtime::builder(config);
+        for t in tools {
+            builder = builder.with_tool(t);
+        }
+        let runtime = builder.start().await?;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let (tx, rx) = oneshot::channel::<()>();

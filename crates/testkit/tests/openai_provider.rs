@@ -9,8 +9,9 @@ use baton_models::{
     Delta, Endpoint, EndpointConfig, Error, ExecutorHandle, ModelRequest, ModelResponse,
     ProviderErrorKind, RetryConfig,
 };
-use baton_testkit::fake_openai::{Behavior, FakeOpenAi, Fault, Reply};
-use baton_types::{ErrorCode, FinishReason, Message, ToolCall, Usage};
+use baton_testkit::fake_openai::{Behavior, FakeOpenAi, Fault, Reply, ScriptedReply};
+use baton_types::{ErrorCode, FinishReason, Message, Role, ToolCall, ToolDefinition, Usage};
+use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -135,7 +136,7 @@ async fn streaming_deltas_arrive_in_order_and_equal_the_final_text() {
 }
 
 #[tokio::test]
-async fn tool_calls_streamed_and_not_two_in_one_response() {
+async fn several_tool_calls_in_one_response_streamed_or_not() {
     let server = FakeOpenAi::start().await.unwrap();
     for chunk_chars in [0, 4] {
         server.set_behavior(Behavior {
@@ -498,4 +499,201 @@ async fn the_executor_serves_real_http_calls() {
     }
     assert_eq!(server.requests(), 6);
     ex.stop().await;
+}
+
+const CALCULATOR_SCHEMA: &str =
+    r#"{"type":"object","properties":{"expression":{"type":"string"}},"required":["expression"]}"#;
+
+fn tools() -> Vec<ToolDefinition> {
+    vec![
+        ToolDefinition {
+            name: "calculator".into(),
+            description: "Evaluates an arithmetic expression".into(),
+            parameters: CALCULATOR_SCHEMA.into(),
+        },
+        ToolDefinition {
+            name: "clock".into(),
+            description: "The current time".into(),
+            parameters: "{}".into(),
+        },
+    ]
+}
+
+fn calculator_call() -> ToolCall {
+    ToolCall {
+        id: "call_calc".into(),
+        name: "calculator".into(),
+        arguments: r#"{"expression":"2+2"}"#.into(),
+    }
+}
+
+#[tokio::test]
+async fn tools_are_sent_as_functions_and_omitted_when_there_are_none() {
+    let server = FakeOpenAi::start().await.unwrap();
+    for stream in [false, true] {
+        let ep = endpoint(&server, stream);
+        call(&ep, &request("2+2?").with_tools(tools()))
+            .await
+            .unwrap();
+        call(&ep, &request("2+2?")).await.unwrap();
+    }
+    let received = server.received();
+    assert_eq!(received.len(), 4);
+    let expected = json!([
+        {"type": "function", "function": {
+            "name": "calculator",
+            "description": "Evaluates an arithmetic expression",
+            "parameters": serde_json::from_str::<Value>(CALCULATOR_SCHEMA).unwrap(),
+        }},
+        {"type": "function", "function": {
+            "name": "clock", "description": "The current time", "parameters": {},
+        }},
+    ]);
+    for (i, body) in received.iter().enumerate() {
+        if i % 2 == 0 {
+            assert_eq!(body["tools"], expected, "request {i}");
+        } else {
+            assert!(body.get("tools").is_none(), "request {i}: {body}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_tool_with_invalid_parameters_is_refused_before_sending() {
+    let server = FakeOpenAi::start().await.unwrap();
+    let mut bad = tools();
+    bad[1].parameters = "{not json".into();
+    let err = call(&endpoint(&server, true), &request("x").with_tools(bad))
+        .await
+        .unwrap_err();
+    let source = err.provider_error().unwrap();
+    assert_eq!(source.kind, ProviderErrorKind::InvalidRequest, "{err}");
+    assert!(source.message.contains("\"clock\""), "{err}");
+    assert_eq!(err.attempts(), Some(1));
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    assert_eq!(server.requests(), 0);
+}
+
+#[tokio::test]
+async fn an_agentic_round_trip_sends_tool_calls_and_results_in_openai_shape() {
+    let server = FakeOpenAi::start().await.unwrap();
+    server.push_reply(ScriptedReply::ToolCalls(vec![calculator_call()]));
+    server.push_reply(ScriptedReply::Text("2 + 2 = 4".into()));
+    for stream in [false, true] {
+        let ep = endpoint(&server, stream);
+        let first = request("what is 2+2?").with_tools(tools());
+        let (resp, deltas) = call_streaming(&ep, &first).await;
+        let resp = resp.unwrap();
+        assert_eq!(
+            resp.finish_reason,
+            FinishReason::ToolCalls,
+            "stream={stream}"
+        );
+        assert_eq!(resp.message.tool_calls, vec![calculator_call()]);
+        assert!(deltas.is_empty(), "{deltas:?}");
+
+        // The loop appends the assistant's call and the tool's result.
+        let mut second = first.clone();
+        second.messages.push(resp.message);
+        second.messages.push(Message {
+            role: Role::Tool,
+            content: "4".into(),
+            tool_calls: vec![],
+            tool_call_id: Some("call_calc".into()),
+        });
+        let (resp, deltas) = call_streaming(&ep, &second).await;
+        let resp = resp.unwrap();
+        assert_eq!(resp.finish_reason, FinishReason::Stop);
+        assert_eq!(resp.message, Message::assistant("2 + 2 = 4"));
+        let streamed = if stream { "2 + 2 = 4" } else { "" };
+        assert_eq!(text_of(&deltas), streamed);
+
+        let body = server.received().pop().unwrap();
+        assert_eq!(body["tools"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            body["messages"][2],
+            json!({
+                "role": "assistant",
+                "content": null,
+                "tool_calls": [{
+                    "id": "call_calc",
+                    "type": "function",
+                    "function": {"name": "calculator", "arguments": r#"{"expression":"2+2"}"#},
+                }],
+            })
+        );
+        assert_eq!(
+            body["messages"][3],
+            json!({"role": "tool", "content": "4", "tool_call_id": "call_calc"})
+        );
+        // Queue the replies again for the streaming round.
+        server.push_reply(ScriptedReply::ToolCalls(vec![calculator_call()]));
+        server.push_reply(ScriptedReply::Text("2 + 2 = 4".into()));
+    }
+}
+
+#[tokio::test]
+async fn an_assistant_message_with_text_and_tool_calls_keeps_its_text() {
+    let server = FakeOpenAi::start().await.unwrap();
+    let mut assistant = Message::assistant("let me compute");
+    assistant.tool_calls = vec![calculator_call()];
+    let mut req = request("2+2?");
+    req.messages.push(assistant);
+    call(&endpoint(&server, false), &req).await.unwrap();
+    let body = &server.received()[0];
+    assert_eq!(body["messages"][2]["content"], "let me compute");
+    assert_eq!(body["messages"][2]["tool_calls"][0]["id"], "call_calc");
+    assert!(body["messages"][2].get("tool_call_id").is_none());
+}
+
+#[tokio::test]
+async fn scripted_replies_come_first_in_order_and_survive_faults() {
+    let server = FakeOpenAi::start().await.unwrap();
+    server.set_behavior(Behavior {
+        reply: Reply::Fixed("from behavior".into()),
+        tool_calls: two_calls(),
+        chunk_chars: 3,
+        ..Behavior::default()
+    });
+    server.push_reply(ScriptedReply::ToolCalls(vec![calculator_call()]));
+    server.push_reply(ScriptedReply::Text("first text".into()));
+    server.push_reply(ScriptedReply::Text("second text".into()));
+    assert_eq!(server.replies_left(), 3);
+    let ep = endpoint(&server, true);
+
+    let (resp, _) = call_streaming(&ep, &request("x")).await;
+    let resp = resp.unwrap();
+    assert_eq!(resp.message.tool_calls, vec![calculator_call()]);
+    assert_eq!(resp.message.content, "");
+    assert_eq!(resp.finish_reason, FinishReason::ToolCalls);
+
+    // A fault does not consume the next reply: the retry gets it.
+    server.push_fault(Fault::Status {
+        status: 503,
+        retry_after: None,
+        body: "busy".into(),
+    });
+    let (resp, deltas) = call_streaming(&ep, &request("x")).await;
+    let resp = resp.unwrap();
+    assert_eq!(resp.attempts, 2);
+    assert_eq!(resp.message, Message::assistant("first text"));
+    assert_eq!(resp.finish_reason, FinishReason::Stop);
+    assert_eq!(text_of(&deltas), "first text");
+
+    // Nor does a stream broken halfway: the attempt sent part of it, the retry all.
+    server.push_fault(Fault::BreakStreamAfter { chunks: 2 });
+    let (resp, deltas) = call_streaming(&ep, &request("x")).await;
+    let resp = resp.unwrap();
+    assert_eq!(resp.attempts, 2);
+    assert_eq!(resp.message.content, "second text");
+    let restart = deltas.iter().position(|d| *d == Delta::Restart).unwrap();
+    assert_eq!(text_of(&deltas[..restart]), "second");
+    assert_eq!(text_of(&deltas[restart + 1..]), "second text");
+    assert_eq!(server.replies_left(), 0);
+
+    // Then the behaviour again.
+    let resp = call(&ep, &request("x")).await.unwrap();
+    assert_eq!(resp.message.content, "from behavior");
+    assert_eq!(resp.message.tool_calls, two_calls());
+    assert_eq!(server.requests(), 6);
 }

@@ -1,6 +1,6 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{FinishReason, Message, SessionId, Usage};
+use crate::{FinishReason, Message, SessionId, ToolDefinition, Usage};
 
 /// A session's lifecycle status, as stored and reported to clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -13,6 +13,9 @@ pub enum SessionStatus {
     /// The session was stopped for good (too many actor restarts, or an
     /// unreadable journal); the reason is stored with it.
     Failed,
+    /// A turn is paused on a step that needs a decision: a non-idempotent
+    /// tool call that started but has no recorded result.
+    NeedsAttention,
 }
 
 impl SessionStatus {
@@ -21,6 +24,7 @@ impl SessionStatus {
             SessionStatus::Idle => "idle",
             SessionStatus::Running => "running",
             SessionStatus::Failed => "failed",
+            SessionStatus::NeedsAttention => "needs_attention",
         }
     }
 
@@ -30,6 +34,7 @@ impl SessionStatus {
             "idle" => Some(SessionStatus::Idle),
             "running" => Some(SessionStatus::Running),
             "failed" => Some(SessionStatus::Failed),
+            "needs_attention" => Some(SessionStatus::NeedsAttention),
             _ => None,
         }
     }
@@ -82,6 +87,15 @@ pub enum EventKind {
     SessionStarted {
         route: String,
         system_prompt: String,
+        /// Server-side tools the session may use (names or patterns).
+        #[serde(default)]
+        allowed_tools: Vec<String>,
+        /// Tools the client runs itself and answers with SubmitToolResult.
+        #[serde(default)]
+        client_tools: Vec<ToolDefinition>,
+        /// Most model calls per turn (0 = the configured default).
+        #[serde(default)]
+        max_steps: u32,
     },
     /// A user message was durably accepted as turn `turn` (it may wait
     /// behind an earlier turn before it runs).
@@ -116,13 +130,49 @@ pub enum EventKind {
         finish_reason: FinishReason,
         latency_ms: u64,
     },
+    /// The model asked for a tool call (one event per call, in the model's
+    /// order). `client_side` calls wait for `SubmitToolResult`.
+    ToolCallRequested {
+        turn: u64,
+        call_id: String,
+        name: String,
+        arguments: String,
+        client_side: bool,
+    },
+    /// A server-side tool call is about to run (durable before it runs).
+    ToolCallStarted {
+        turn: u64,
+        call_id: String,
+        name: String,
+        attempt: u32,
+    },
+    /// The result (or error) of a tool call, as the model will see it.
+    ToolResult {
+        turn: u64,
+        call_id: String,
+        name: String,
+        output: String,
+        is_error: bool,
+        latency_ms: u64,
+    },
+    /// The turn is paused at a call that needs a decision (answer it with
+    /// SubmitToolResult, or cancel the turn).
+    NeedsAttention {
+        turn: u64,
+        call_id: String,
+        reason: String,
+    },
     TurnCompleted {
         turn: u64,
         usage: Usage,
     },
+    /// `code` is a stable machine-readable kind, e.g. `max_steps_exceeded`,
+    /// `model_error`, `unknown_route`.
     TurnFailed {
         turn: u64,
         reason: String,
+        #[serde(default)]
+        code: String,
     },
     TurnCancelled {
         turn: u64,
@@ -140,6 +190,10 @@ impl EventKind {
             | EventKind::ModelCallStarted { turn, .. }
             | EventKind::OutputDelta { turn, .. }
             | EventKind::AssistantMessage { turn, .. }
+            | EventKind::ToolCallRequested { turn, .. }
+            | EventKind::ToolCallStarted { turn, .. }
+            | EventKind::ToolResult { turn, .. }
+            | EventKind::NeedsAttention { turn, .. }
             | EventKind::TurnCompleted { turn, .. }
             | EventKind::TurnFailed { turn, .. }
             | EventKind::TurnCancelled { turn } => Some(*turn),
@@ -155,6 +209,10 @@ impl EventKind {
             EventKind::ModelCallStarted { .. } => "model_call_started",
             EventKind::OutputDelta { .. } => "output_delta",
             EventKind::AssistantMessage { .. } => "assistant_message",
+            EventKind::ToolCallRequested { .. } => "tool_call_requested",
+            EventKind::ToolCallStarted { .. } => "tool_call_started",
+            EventKind::ToolResult { .. } => "tool_result",
+            EventKind::NeedsAttention { .. } => "needs_attention",
             EventKind::TurnCompleted { .. } => "turn_completed",
             EventKind::TurnFailed { .. } => "turn_failed",
             EventKind::TurnCancelled { .. } => "turn_cancelled",

@@ -24,7 +24,7 @@ mod message;
 pub use error::ErrorCode;
 pub use event::{EventKind, SessionEvent, SessionStatus, TurnOutcome};
 pub use id::{ParseIdError, SessionId};
-pub use message::{FinishReason, Message, Role, ToolCall, Usage};
+pub use message::{FinishReason, Message, Role, ToolCall, ToolDefinition, Usage};
 
 /// Milliseconds since the Unix epoch, as stored in journal records and events.
 pub fn now_unix_ms() -> u64 {

@@ -168,3 +168,13 @@ mod tests {
         assert_eq!(u.output_tokens, u64::MAX);
     }
 }
+
+/// A tool as offered to a model: name, description and the JSON Schema of
+/// its arguments (as JSON text, so this crate needs no JSON library).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ToolDefinition {
+    pub name: String,
+    pub description: String,
+    /// JSON Schema of the arguments object, as JSON text.
+    pub parameters: String,
+}

@@ -10,7 +10,8 @@ use crate::{
 };
 
 /// Replies `{prefix}{last user message}` after `delay_ms`, streaming it in
-/// chunks of `chunk_chars` characters. Usage counts whitespace-separated
+/// chunks of `chunk_chars` characters; never calls tools (the request's tool
+/// definitions are ignored). Usage counts whitespace-separated
 /// words: input over all messages, output over the reply.
 #[derive(Debug, Clone)]
 pub struct EchoProvider {
@@ -116,6 +117,17 @@ mod tests {
         assert_eq!(start.elapsed(), std::time::Duration::from_millis(250));
         let b = p.complete(&request(), None).await.unwrap();
         assert_eq!(a, b);
+        // Tools are ignored.
+        let tools = vec![baton_types::ToolDefinition {
+            name: "calculator".into(),
+            description: "adds".into(),
+            parameters: "not even json".into(),
+        }];
+        let c = p
+            .complete(&request().with_tools(tools), None)
+            .await
+            .unwrap();
+        assert_eq!(a, c);
         assert_eq!(a.message.role, Role::Assistant);
         assert_eq!(a.message.content, "you said: héllo wörld again");
         assert_eq!(a.model, "echo");

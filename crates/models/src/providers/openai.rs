@@ -3,14 +3,15 @@
 //! Sends `POST {base_url}/chat/completions`, with `Authorization: Bearer`
 //! when a key is configured, and reads either the JSON answer or, when the
 //! endpoint streams, the SSE stream (`stream_options.include_usage` asks for
-//! usage in the final chunk). Tool calls arriving in fragments are
-//! reassembled by their index.
+//! usage in the final chunk). The request's tool definitions go out as
+//! `tools: [{"type": "function", "function": {...}}]`; tool calls arriving in
+//! fragments are reassembled by their index.
 
 use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use baton_types::{FinishReason, Message, Role, ToolCall, Usage};
+use baton_types::{FinishReason, Message, Role, ToolCall, ToolDefinition, Usage};
 use futures::StreamExt;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
@@ -78,7 +79,8 @@ impl OpenAiProvider {
         })
     }
 
-    fn body(&self, req: &ModelRequest) -> Value {
+    /// The request body; an error when a tool definition cannot be sent.
+    fn body(&self, req: &ModelRequest) -> Result<Value, ProviderError> {
         let messages: Vec<Value> = req.messages.iter().map(wire_message).collect();
         let mut body = json!({
             "model": self.model,
@@ -94,7 +96,15 @@ impl OpenAiProvider {
         if let Some(t) = req.temperature {
             body["temperature"] = json!(t);
         }
-        body
+        if !req.tools.is_empty() {
+            let tools = req
+                .tools
+                .iter()
+                .map(wire_tool)
+                .collect::<Result<Vec<Value>, ProviderError>>()?;
+            body["tools"] = Value::Array(tools);
+        }
+        Ok(body)
     }
 
     async fn read_json(&self, resp: reqwest::Response) -> Result<ModelResponse, ProviderError> {
@@ -208,7 +218,7 @@ impl Provider for OpenAiProvider {
         req: &ModelRequest,
         deltas: Option<&DeltaSink>,
     ) -> Result<ModelResponse, ProviderError> {
-        let mut rb = self.client.post(&self.url).json(&self.body(req));
+        let mut rb = self.client.post(&self.url).json(&self.body(req)?);
         if let Some(key) = &self.api_key {
             rb = rb.bearer_auth(key.expose_secret());
         }
@@ -287,6 +297,32 @@ fn wire_message(m: &Message) -> Value {
         o["tool_call_id"] = json!(id);
     }
     o
+}
+
+/// A tool definition in the Chat Completions shape. Its parameters must be
+/// a JSON Schema object given as JSON text.
+fn wire_tool(tool: &ToolDefinition) -> Result<Value, ProviderError> {
+    let invalid = |reason: String| {
+        ProviderError::new(
+            ProviderErrorKind::InvalidRequest,
+            format!("tool {:?}: {reason}", tool.name),
+        )
+    };
+    let parameters: Value = serde_json::from_str(&tool.parameters)
+        .map_err(|e| invalid(format!("parameters are not valid JSON: {e}")))?;
+    if !parameters.is_object() {
+        return Err(invalid(
+            "parameters must be a JSON Schema object".to_string(),
+        ));
+    }
+    Ok(json!({
+        "type": "function",
+        "function": {
+            "name": tool.name,
+            "description": tool.description,
+            "parameters": parameters,
+        },
+    }))
 }
 
 fn assistant(content: String, tool_calls: Vec<ToolCall>) -> Message {
@@ -699,7 +735,7 @@ mod tests {
         };
         let mut req = ModelRequest::new(vec![Message::user("hi"), call, result]);
         req.temperature = Some(0.5);
-        let body = p.body(&req);
+        let body = p.body(&req).unwrap();
         assert_eq!(body["model"], "gpt-x");
         assert_eq!(body["stream"], true);
         assert_eq!(body["stream_options"]["include_usage"], true);
@@ -711,8 +747,62 @@ mod tests {
             "f"
         );
         assert_eq!(body["messages"][2]["tool_call_id"], "c1");
+        assert!(body.get("tools").is_none(), "{body}");
         req.max_output_tokens = Some(5);
-        assert_eq!(p.body(&req)["max_tokens"], 5);
+        assert_eq!(p.body(&req).unwrap()["max_tokens"], 5);
+    }
+
+    fn tool(name: &str, parameters: &str) -> ToolDefinition {
+        ToolDefinition {
+            name: name.into(),
+            description: format!("the {name} tool"),
+            parameters: parameters.into(),
+        }
+    }
+
+    #[test]
+    fn tools_are_sent_as_functions_with_parsed_parameters() {
+        let cfg = EndpointConfig::openai("e", "http://127.0.0.1:1/v1", "m");
+        let p = OpenAiProvider::new(&cfg, None).unwrap();
+        let schema = r#"{"type":"object","properties":{"expression":{"type":"string"}},"required":["expression"]}"#;
+        let req = ModelRequest::new(vec![Message::user("2+2?")])
+            .with_tools(vec![tool("calculator", schema), tool("clock", "{}")]);
+        let body = p.body(&req).unwrap();
+        assert_eq!(
+            body["tools"],
+            json!([
+                {"type": "function", "function": {
+                    "name": "calculator",
+                    "description": "the calculator tool",
+                    "parameters": serde_json::from_str::<Value>(schema).unwrap(),
+                }},
+                {"type": "function", "function": {
+                    "name": "clock", "description": "the clock tool", "parameters": {},
+                }},
+            ])
+        );
+    }
+
+    #[tokio::test]
+    async fn a_tool_with_invalid_parameters_fails_before_sending() {
+        // Port 1 on loopback: were anything sent, this would be a connection error.
+        let cfg = EndpointConfig::openai("e", "http://127.0.0.1:1/v1", "m");
+        let p = OpenAiProvider::new(&cfg, None).unwrap();
+        for (params, why) in [
+            ("{\"type\": ", "not valid JSON"),
+            ("", "not valid JSON"),
+            ("[1, 2]", "JSON Schema object"),
+        ] {
+            let req = ModelRequest::new(vec![Message::user("x")])
+                .with_tools(vec![tool("ok", "{}"), tool("broken_tool", params)]);
+            let err = p.complete(&req, None).await.unwrap_err();
+            assert_eq!(err.kind, ProviderErrorKind::InvalidRequest, "{err}");
+            assert!(!err.is_transient());
+            assert!(
+                err.message.contains("\"broken_tool\"") && err.message.contains(why),
+                "{err}"
+            );
+        }
     }
 
     #[test]

@@ -9,4 +9,5 @@ mod cli;
 mod common;
 mod crash;
 mod grpc_api;
+mod tool_crash;
 mod tools;

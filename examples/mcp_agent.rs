@@ -14,7 +14,7 @@ use serde_json::json;
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info,baton_mcp=info".into()))
+        .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn,baton_mcp=info".into()))
         .init();
 
     // Both examples land in target/<profile>/examples/.

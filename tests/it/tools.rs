@@ -467,3 +467,67 @@ async fn an_unanswered_client_tool_times_out_into_an_error_result() {
     assert_eq!(kinds(&events).last(), Some(&"turn_completed"));
     server.stop().await;
 }
+
+/// The example MCP server binary (`cargo test` builds examples next to the
+/// test binary's directory).
+fn example_mcp_server() -> std::path::PathBuf {
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    dir.join("examples").join("mcp_server")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_mcp_stdio_servers_tools_work_in_the_loop() {
+    let server_bin = example_mcp_server();
+    assert!(
+        server_bin.exists(),
+        "build the examples first: {}",
+        server_bin.display()
+    );
+    let fake = FakeOpenAi::start().await.unwrap();
+    fake.push_reply(ScriptedReply::ToolCalls(vec![
+        call("m1", "notes.add", json!({"a": 2, "b": 3})),
+        call("m2", "notes.fail", json!({})),
+    ]));
+    fake.push_reply(ScriptedReply::Text("2 + 3 = 5".into()));
+    let mut cfg = config(&fake);
+    cfg.mcp = vec![baton_mcp::McpServerConfig::stdio(
+        "notes",
+        server_bin.display().to_string(),
+        Vec::new(),
+    )];
+    let server = TestServer::start(cfg).await.unwrap();
+    for _ in 0..500 {
+        if server.runtime.tools().iter().any(|t| t.name == "notes.add") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let specs = server.runtime.tools();
+    let add = specs
+        .iter()
+        .find(|t| t.name == "notes.add")
+        .expect("the MCP server's tools are registered");
+    assert!(
+        add.idempotent,
+        "from the server's idempotentHint annotation"
+    );
+    let mut client = server.client().await.unwrap();
+    let id = start(&mut client, "").await;
+    let events = turn(&mut client, &id, "add 2 and 3").await;
+    assert_eq!(kinds(&events).last(), Some(&"turn_completed"));
+    let r = results(&events);
+    let (_, sum, err) = r.iter().find(|(c, _, _)| c == "m1").unwrap();
+    assert!(!err && sum.contains('5'), "{sum}");
+    let (_, fail, err) = r.iter().find(|(c, _, _)| c == "m2").unwrap();
+    assert!(
+        *err,
+        "an MCP isError result reaches the model as an error: {fail}"
+    );
+    let offered = fake.received()[0]["tools"].as_array().unwrap().len();
+    assert!(
+        offered >= 6,
+        "MCP tools are offered next to built-ins ({offered})"
+    );
+    server.stop().await;
+}

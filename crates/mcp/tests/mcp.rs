@@ -1,5 +1,6 @@
 //! baton-mcp against real MCP servers: the fixture binary as a child process
 //! over stdio, and the same fixture served over streamable HTTP on loopback.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 #[path = "../src/bin/fixture/server.rs"]
 mod fixture;

@@ -206,7 +206,7 @@ struct Misbehaving {
 }
 
 impl Misbehaving {
-    fn new(name: &str, timeout: Duration) -> Arc<dyn Tool> {
+    fn tool(name: &str, timeout: Duration) -> Arc<dyn Tool> {
         Arc::new(Misbehaving {
             spec: ToolSpec {
                 name: name.into(),
@@ -247,9 +247,9 @@ async fn panicking_hanging_and_failing_tools_give_error_results_and_the_session_
     ]));
     fake.push_reply(ScriptedReply::Text("recovered".into()));
     let tools = vec![
-        Misbehaving::new("panics", Duration::from_secs(5)),
-        Misbehaving::new("hangs", Duration::from_millis(200)),
-        Misbehaving::new("fails", Duration::from_secs(5)),
+        Misbehaving::tool("panics", Duration::from_secs(5)),
+        Misbehaving::tool("hangs", Duration::from_millis(200)),
+        Misbehaving::tool("fails", Duration::from_secs(5)),
     ];
     let server = TestServer::start_with_tools(config(&fake), tools)
         .await

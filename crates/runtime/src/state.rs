@@ -471,7 +471,7 @@ mod tests {
         };
         let mut answer = Message::assistant("");
         answer.tool_calls = vec![call("c1"), call("c2")];
-        let records = vec![
+        let records = [
             EventKind::AssistantMessage {
                 turn: 1,
                 message: answer,

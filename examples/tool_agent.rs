@@ -60,6 +60,7 @@ async fn main() -> anyhow::Result<()> {
         .send_message(v1::SendMessageRequest {
             session_id: session.session_id.clone(),
             content: "What do three items at 19.99 cost, and where is order 7?".into(),
+            review: false,
         })
         .await?
         .into_inner();

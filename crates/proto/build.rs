@@ -6,6 +6,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let out = std::path::PathBuf::from(std::env::var("OUT_DIR")?);
     let files = [
         root.join("baton/v1/sessions.proto"),
+        root.join("baton/v1/gates.proto"),
         root.join("baton/journal/v1/journal.proto"),
     ];
     for f in &files {

@@ -52,6 +52,7 @@ pub async fn turn(client: &mut Client, session_id: &str, text: &str) -> Vec<Sess
         .send_message(v1::SendMessageRequest {
             session_id: session_id.into(),
             content: text.into(),
+            review: false,
         })
         .await
         .unwrap()

@@ -40,6 +40,7 @@ async fn sigkill_during_a_slow_model_call_loses_and_duplicates_nothing() {
         .send_message(v1::SendMessageRequest {
             session_id: id.clone(),
             content: "second question".into(),
+            review: false,
         })
         .await
         .unwrap()
@@ -49,6 +50,7 @@ async fn sigkill_during_a_slow_model_call_loses_and_duplicates_nothing() {
         .send_message(v1::SendMessageRequest {
             session_id: id.clone(),
             content: "third question".into(),
+            review: false,
         })
         .await
         .unwrap()
@@ -210,6 +212,7 @@ async fn a_corrupted_record_fails_only_its_session_with_a_clear_reason() {
         .send_message(v1::SendMessageRequest {
             session_id: victim.clone(),
             content: "more".into(),
+            review: false,
         })
         .await
         .unwrap_err();

@@ -97,6 +97,7 @@ async fn bad_input_gets_the_right_status_and_touches_nothing() {
     let send = |content: String, session_id: String| v1::SendMessageRequest {
         session_id,
         content,
+        review: false,
     };
 
     let e = client
@@ -226,6 +227,7 @@ async fn busy_policy_enqueue_runs_turns_in_order_and_reject_refuses() {
         .send_message(v1::SendMessageRequest {
             session_id: id.clone(),
             content: "slow".into(),
+            review: false,
         })
         .await
         .unwrap()
@@ -235,6 +237,7 @@ async fn busy_policy_enqueue_runs_turns_in_order_and_reject_refuses() {
         .send_message(v1::SendMessageRequest {
             session_id: id.clone(),
             content: "impatient".into(),
+            review: false,
         })
         .await
         .unwrap_err();

@@ -119,6 +119,7 @@ async fn an_idempotent_tool_is_rerun_after_a_crash_and_a_recorded_result_never_i
         .send_message(v1::SendMessageRequest {
             session_id: id.clone(),
             content: "fetch the thing".into(),
+            review: false,
         })
         .await
         .unwrap()
@@ -212,6 +213,7 @@ async fn a_non_idempotent_tool_is_never_rerun_and_the_session_needs_attention() 
         .send_message(v1::SendMessageRequest {
             session_id: id.clone(),
             content: "refund order 7".into(),
+            review: false,
         })
         .await
         .unwrap()
@@ -311,6 +313,7 @@ async fn a_client_side_tool_call_waits_across_a_restart() {
         .send_message(v1::SendMessageRequest {
             session_id: id.clone(),
             content: "where is 7?".into(),
+            review: false,
         })
         .await
         .unwrap()

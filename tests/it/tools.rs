@@ -356,6 +356,7 @@ async fn client_side_tools_round_trip_and_bad_submissions_are_refused() {
         .send_message(v1::SendMessageRequest {
             session_id: id.clone(),
             content: "where is order 7?".into(),
+            review: false,
         })
         .await
         .unwrap()

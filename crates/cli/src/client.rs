@@ -16,10 +16,10 @@ pub struct Conn {
         env = "BATON_SERVER",
         default_value = "http://127.0.0.1:50051"
     )]
-    server: String,
+    pub(crate) server: String,
     /// Print JSON (one object per line) instead of readable text.
     #[arg(long, global = true)]
-    json: bool,
+    pub(crate) json: bool,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -65,6 +65,9 @@ pub enum SessionCommand {
         /// The message (words are joined with spaces).
         #[arg(required = true, num_args = 1..)]
         text: Vec<String>,
+        /// Hold the turn's final answer for a reviewer (see `baton gates`).
+        #[arg(long)]
+        review: bool,
     },
     /// Stream events after a seq; with --follow, keep streaming live events.
     Resume {
@@ -98,7 +101,7 @@ fn parse_kv(s: &str) -> Result<(String, String), String> {
         .ok_or_else(|| format!("{s:?} is not key=value"))
 }
 
-fn rpc_error(status: tonic::Status) -> anyhow::Error {
+pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
     anyhow::anyhow!("{:?}: {}", status.code(), status.message())
 }
 
@@ -145,11 +148,16 @@ pub async fn run(conn: Conn, cmd: SessionCommand) -> anyhow::Result<()> {
                 println!("{}", r.session_id);
             }
         }
-        SessionCommand::Send { session_id, text } => {
+        SessionCommand::Send {
+            session_id,
+            text,
+            review,
+        } => {
             let stream = client
                 .send_message(v1::SendMessageRequest {
                     session_id,
                     content: text.join(" "),
+                    review,
                 })
                 .await
                 .map_err(rpc_error)?

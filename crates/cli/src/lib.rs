@@ -4,10 +4,13 @@
 //!   on a RocksDB data dir, with the echo model by default.
 //! * `baton session start|send|resume|get|list|cancel|delete` — a client of a
 //!   running server that prints streamed events readably (`--json` for tools).
+//! * `baton gates list|show|approve|reject|edit` — review human-in-the-loop
+//!   gates of a running server.
 //! * `baton demo` — run a short conversation on an embedded runtime, no server.
 
 mod client;
 mod demo;
+mod gates;
 mod print;
 mod serve;
 
@@ -38,6 +41,13 @@ enum Command {
         #[command(subcommand)]
         command: client::SessionCommand,
     },
+    /// Review a running server's gates: list, show, approve, reject, edit.
+    Gates {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        command: gates::GateCommand,
+    },
     /// Run a short conversation on an embedded runtime (no server needed).
     Demo {
         /// Data directory (default: a temporary one, removed afterwards).
@@ -63,6 +73,7 @@ pub fn main() -> ExitCode {
         match cli.command {
             Command::Serve(args) => serve::run(args).await,
             Command::Session { conn, command } => client::run(conn, command).await,
+            Command::Gates { conn, command } => gates::run(conn, command).await,
             Command::Demo { data_dir } => demo::run(data_dir).await,
         }
     });

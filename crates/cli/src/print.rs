@@ -87,8 +87,20 @@ pub fn describe(e: &SessionEvent) -> String {
             }
             d
         }
-        EventKind::TurnAccepted { turn, message } => {
-            format!("turn {turn} accepted  user: {}", one_line(&message.content))
+        EventKind::TurnAccepted {
+            turn,
+            message,
+            review,
+        } => {
+            let review = if *review {
+                "  [answer held for review]"
+            } else {
+                ""
+            };
+            format!(
+                "turn {turn} accepted  user: {}{review}",
+                one_line(&message.content)
+            )
         }
         EventKind::ModelCallStarted {
             turn,
@@ -173,13 +185,107 @@ pub fn describe(e: &SessionEvent) -> String {
             call_id,
             reason,
         } => format!("turn {turn} NEEDS ATTENTION at {call_id}: {reason}"),
+        EventKind::GateOpened {
+            turn,
+            gate_id,
+            kind,
+            point,
+            policy,
+            reason,
+            reviewers,
+            subject,
+            call_id,
+            deadline_unix_ms,
+            on_timeout,
+        } => {
+            let mut d = format!(
+                "turn {turn} GATE OPENED {gate_id} ({kind} at {point}, policy {policy}) for {reviewers}: {}",
+                one_line(reason)
+            );
+            if !call_id.is_empty() {
+                d.push_str(&format!("\n      holds tool call {call_id}"));
+            }
+            if !subject.is_empty() {
+                d.push_str(&format!("\n      subject: {}", one_line(subject)));
+            }
+            if *deadline_unix_ms > 0 {
+                d.push_str(&format!(
+                    "\n      {on_timeout} {}",
+                    until(*deadline_unix_ms, baton_types::now_unix_ms())
+                ));
+            }
+            d.push_str(&format!(
+                "\n      decide with: baton gates approve|reject|edit {gate_id} --reviewer NAME"
+            ));
+            d
+        }
+        EventKind::GateDecided {
+            turn,
+            gate_id,
+            decision,
+            reviewer,
+            reason,
+            edited,
+            by_timeout,
+        } => {
+            let who = if *by_timeout {
+                "by timeout".to_string()
+            } else {
+                format!("by {reviewer}")
+            };
+            let mut d = format!("turn {turn} gate {gate_id} decided: {decision} {who}");
+            if !reason.is_empty() {
+                d.push_str(&format!(" ({})", one_line(reason)));
+            }
+            if !edited.is_empty() {
+                d.push_str(&format!("\n      edited: {}", one_line(edited)));
+            }
+            d
+        }
+        EventKind::GateEscalated {
+            turn,
+            gate_id,
+            reviewers,
+            deadline_unix_ms,
+            on_timeout,
+        } => {
+            let mut d = format!("turn {turn} gate {gate_id} ESCALATED to {reviewers}");
+            if *deadline_unix_ms > 0 {
+                d.push_str(&format!(
+                    "; {on_timeout} {}",
+                    until(*deadline_unix_ms, baton_types::now_unix_ms())
+                ));
+            }
+            d
+        }
         EventKind::TurnCancelled { turn } => format!("turn {turn} cancelled"),
         EventKind::SessionFailed { reason } => format!("session FAILED: {reason}"),
     };
     format!("#{:<4} {body}", e.seq)
 }
 
-fn one_line(s: &str) -> String {
+/// When a deadline falls, relative to `now`: "in 5m" or "5m ago".
+pub fn until(deadline_unix_ms: u64, now_unix_ms: u64) -> String {
+    if deadline_unix_ms >= now_unix_ms {
+        format!("in {}", duration(deadline_unix_ms - now_unix_ms))
+    } else {
+        format!("{} ago", duration(now_unix_ms - deadline_unix_ms))
+    }
+}
+
+/// A duration, short: `850ms`, `42s`, `5m`, `3h`, `2d`.
+pub fn duration(ms: u64) -> String {
+    let s = ms / 1000;
+    match s {
+        0 => format!("{ms}ms"),
+        1..60 => format!("{s}s"),
+        60..3600 => format!("{}m", s / 60),
+        3600..86_400 => format!("{}h", s / 3600),
+        _ => format!("{}d", s / 86_400),
+    }
+}
+
+pub fn one_line(s: &str) -> String {
     let flat = s.replace('\n', " ⏎ ");
     if flat.chars().count() > 200 {
         format!("{}…", flat.chars().take(200).collect::<String>())

@@ -4,7 +4,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-use crate::{Error, Result};
+use baton_types::Usage;
+
+use crate::{Error, ModelRequest, Result};
 
 /// Which provider implementation an endpoint uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -75,7 +77,21 @@ pub struct EndpointConfig {
     /// required for `scripted`, refused for other providers.
     #[serde(default)]
     pub script_file: Option<PathBuf>,
+    /// Ask an `openai` endpoint for token log-probabilities (`"logprobs":
+    /// true`), from which each response's `confidence` is computed.
+    #[serde(default)]
+    pub logprobs: bool,
+    /// Price of input (prompt) tokens, in USD per million tokens.
+    #[serde(default)]
+    pub price_input_per_mtok: Option<f64>,
+    /// Price of output (completion) tokens, in USD per million tokens.
+    #[serde(default)]
+    pub price_output_per_mtok: Option<f64>,
 }
+
+/// Output tokens assumed by [`EndpointConfig::estimate_cost_usd`] when
+/// neither the request nor the endpoint sets a limit.
+const DEFAULT_ESTIMATED_OUTPUT_TOKENS: u32 = 1024;
 
 fn default_max_concurrency() -> usize {
     16
@@ -162,6 +178,9 @@ impl EndpointConfig {
             retry: RetryConfig::default(),
             echo: EchoConfig::default(),
             script_file: None,
+            logprobs: false,
+            price_input_per_mtok: None,
+            price_output_per_mtok: None,
         }
     }
 
@@ -184,6 +203,54 @@ impl EndpointConfig {
             script_file: Some(script_file.into()),
             ..Self::new(name, ProviderKind::Scripted)
         }
+    }
+
+    /// What `usage` costs at this endpoint's prices, in USD: input tokens at
+    /// `price_input_per_mtok` plus output tokens at `price_output_per_mtok`.
+    /// `None` when neither price is set; when only one is, the other counts
+    /// as zero.
+    pub fn cost_usd(&self, usage: Usage) -> Option<f64> {
+        if self.price_input_per_mtok.is_none() && self.price_output_per_mtok.is_none() {
+            return None;
+        }
+        let per_token = |price: Option<f64>| price.unwrap_or(0.0) / 1_000_000.0;
+        Some(
+            usage.input_tokens as f64 * per_token(self.price_input_per_mtok)
+                + usage.output_tokens as f64 * per_token(self.price_output_per_mtok),
+        )
+    }
+
+    /// A worst-case estimate of what `req` will cost, in USD, before it is
+    /// sent; `None` when neither price is set (see [`Self::cost_usd`]).
+    ///
+    /// Input tokens are estimated as one per four characters (rounded up) of
+    /// all message contents and tool-call arguments, plus 4 per message for
+    /// the role and framing; tool definitions are not counted. Output tokens
+    /// are the most the model may produce: the request's
+    /// `max_output_tokens`, else the endpoint's, else 1024.
+    pub fn estimate_cost_usd(&self, req: &ModelRequest) -> Option<f64> {
+        let chars: u64 = req
+            .messages
+            .iter()
+            .map(|m| {
+                m.content.chars().count() as u64
+                    + m.tool_calls
+                        .iter()
+                        .map(|c| c.arguments.chars().count() as u64)
+                        .sum::<u64>()
+            })
+            .sum();
+        let input_tokens = chars
+            .div_ceil(4)
+            .saturating_add((req.messages.len() as u64).saturating_mul(4));
+        let output_tokens = req
+            .max_output_tokens
+            .or(self.max_output_tokens)
+            .unwrap_or(DEFAULT_ESTIMATED_OUTPUT_TOKENS);
+        self.cost_usd(Usage {
+            input_tokens,
+            output_tokens: u64::from(output_tokens),
+        })
     }
 
     pub(crate) fn field(&self, field: &str) -> String {
@@ -241,6 +308,15 @@ impl EndpointConfig {
                 ),
             ));
         }
+        if self.logprobs && self.provider != ProviderKind::Openai {
+            return Err(Error::config(
+                self.field("logprobs"),
+                format!(
+                    "only used by provider openai, not {}",
+                    self.provider.as_str()
+                ),
+            ));
+        }
         if self.api_key_env.is_some() && self.api_key_file.is_some() {
             return Err(Error::config(
                 self.field("api_key_env"),
@@ -282,6 +358,19 @@ impl EndpointConfig {
                 self.field("retry.initial_backoff_ms"),
                 "must not exceed retry.max_backoff_ms",
             ));
+        }
+        for (name, price) in [
+            ("price_input_per_mtok", self.price_input_per_mtok),
+            ("price_output_per_mtok", self.price_output_per_mtok),
+        ] {
+            if let Some(p) = price
+                && !(p.is_finite() && p >= 0.0)
+            {
+                return Err(Error::config(
+                    self.field(name),
+                    "must be a non-negative number",
+                ));
+            }
         }
         Ok(())
     }
@@ -395,5 +484,128 @@ mod tests {
         assert_eq!(cfg.provider, ProviderKind::Echo);
         assert!(cfg.base_url.is_none() && cfg.api_key_env.is_none());
         cfg.validate().unwrap();
+    }
+
+    #[test]
+    fn logprobs_and_prices_parse_and_default_to_off() {
+        let cfg = parse(serde_json::json!({"name": "e", "provider": "echo"})).unwrap();
+        assert!(!cfg.logprobs);
+        assert_eq!(cfg.price_input_per_mtok, None);
+        assert_eq!(cfg.price_output_per_mtok, None);
+        assert_eq!(
+            cfg.cost_usd(Usage {
+                input_tokens: 10,
+                output_tokens: 10
+            }),
+            None
+        );
+        assert_eq!(cfg.estimate_cost_usd(&ModelRequest::default()), None);
+
+        let cfg = parse(serde_json::json!({
+            "name": "gpt", "provider": "openai", "base_url": "http://127.0.0.1:1/v1",
+            "model": "m", "logprobs": true,
+            "price_input_per_mtok": 2.5, "price_output_per_mtok": 10,
+        }))
+        .unwrap();
+        cfg.validate().unwrap();
+        assert!(cfg.logprobs);
+        assert_eq!(cfg.price_input_per_mtok, Some(2.5));
+        assert_eq!(cfg.price_output_per_mtok, Some(10.0));
+
+        let mut echo = echo_default();
+        echo.logprobs = true;
+        assert_eq!(
+            echo.validate().unwrap_err().to_string(),
+            "models[echo].logprobs: only used by provider openai, not echo"
+        );
+    }
+
+    #[test]
+    fn prices_must_be_non_negative_finite_numbers() {
+        let mut cfg = echo_default();
+        cfg.price_input_per_mtok = Some(0.0);
+        cfg.price_output_per_mtok = Some(0.0);
+        cfg.validate().unwrap();
+        for bad in [-0.01, f64::NAN, f64::INFINITY, f64::NEG_INFINITY] {
+            let mut cfg = echo_default();
+            cfg.price_input_per_mtok = Some(bad);
+            assert_eq!(
+                cfg.validate().unwrap_err().to_string(),
+                "models[echo].price_input_per_mtok: must be a non-negative number",
+                "{bad}"
+            );
+            let mut cfg = echo_default();
+            cfg.price_input_per_mtok = Some(1.0);
+            cfg.price_output_per_mtok = Some(bad);
+            assert_eq!(
+                cfg.validate().unwrap_err().to_string(),
+                "models[echo].price_output_per_mtok: must be a non-negative number",
+                "{bad}"
+            );
+        }
+    }
+
+    fn close(a: Option<f64>, b: f64) -> bool {
+        a.is_some_and(|a| (a - b).abs() < 1e-12)
+    }
+
+    #[test]
+    fn cost_is_tokens_times_price_per_million() {
+        let mut cfg = echo_default();
+        cfg.price_input_per_mtok = Some(3.0);
+        cfg.price_output_per_mtok = Some(15.0);
+        let usage = Usage {
+            input_tokens: 2_000,
+            output_tokens: 500,
+        };
+        // 2000 * 3 / 1e6 + 500 * 15 / 1e6 = 0.006 + 0.0075
+        assert!(
+            close(cfg.cost_usd(usage), 0.0135),
+            "{:?}",
+            cfg.cost_usd(usage)
+        );
+        assert!(close(cfg.cost_usd(Usage::default()), 0.0));
+        // One price alone: the other counts as zero.
+        cfg.price_input_per_mtok = None;
+        assert!(close(cfg.cost_usd(usage), 0.0075));
+        cfg.price_input_per_mtok = Some(3.0);
+        cfg.price_output_per_mtok = None;
+        assert!(close(cfg.cost_usd(usage), 0.006));
+    }
+
+    #[test]
+    fn estimated_cost_counts_characters_messages_and_the_output_limit() {
+        use baton_types::{Message, ToolCall};
+        let mut cfg = echo_default();
+        cfg.price_input_per_mtok = Some(1_000_000.0); // $1 per input token
+        cfg.price_output_per_mtok = Some(0.0);
+        let mut call = Message::assistant("héllo"); // 5 chars
+        call.tool_calls = vec![ToolCall {
+            id: "c".into(),
+            name: "ignored_name".into(),
+            arguments: "{\"a\":1}".into(), // 7 chars
+        }];
+        let mut req = ModelRequest::new(vec![
+            Message::system("abcd"), // 4 chars
+            call,
+        ]);
+        // ceil(16 / 4) + 2 * 4 = 12 input tokens.
+        assert!(
+            close(cfg.estimate_cost_usd(&req), 12.0),
+            "{:?}",
+            cfg.estimate_cost_usd(&req)
+        );
+        req.messages.push(Message::user("x")); // 17 chars: ceil → 5, + 12
+        assert!(close(cfg.estimate_cost_usd(&req), 17.0));
+        assert!(close(cfg.estimate_cost_usd(&ModelRequest::default()), 0.0));
+
+        // Output: the request's limit, else the endpoint's, else 1024.
+        cfg.price_input_per_mtok = Some(0.0);
+        cfg.price_output_per_mtok = Some(1_000_000.0);
+        assert!(close(cfg.estimate_cost_usd(&req), 1024.0));
+        cfg.max_output_tokens = Some(300);
+        assert!(close(cfg.estimate_cost_usd(&req), 300.0));
+        req.max_output_tokens = Some(20);
+        assert!(close(cfg.estimate_cost_usd(&req), 20.0));
     }
 }

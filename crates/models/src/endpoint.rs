@@ -246,6 +246,7 @@ mod tests {
                     finish_reason: FinishReason::Stop,
                     model: "m".into(),
                     attempts: 0,
+                    confidence: None,
                 }),
             }
         }

@@ -548,6 +548,7 @@ mod tests {
                 finish_reason: FinishReason::Stop,
                 model: "gated".into(),
                 attempts: 0,
+                confidence: None,
             })
         }
     }

@@ -76,6 +76,12 @@ pub struct ModelResponse {
     pub model: String,
     /// Attempts it took, this one included.
     pub attempts: u32,
+    /// How sure the model was of its answer, in `[0, 1]`, when the provider
+    /// says: for `openai` endpoints with `logprobs = true`, the exponential
+    /// of the mean token log-probability of the answer text (the geometric
+    /// mean of its token probabilities); for `scripted`, the step's
+    /// `confidence`. `None` when the provider gives nothing to go on.
+    pub confidence: Option<f64>,
 }
 
 /// A piece of streamed output.

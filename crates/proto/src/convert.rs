@@ -130,9 +130,14 @@ pub fn event_to_proto(e: &SessionEvent) -> v1::SessionEvent {
             client_tools: client_tools.iter().map(tool_definition_to_proto).collect(),
             max_steps: *max_steps,
         }),
-        EventKind::TurnAccepted { turn, message } => Kind::TurnAccepted(v1::TurnAccepted {
+        EventKind::TurnAccepted {
+            turn,
+            message,
+            review,
+        } => Kind::TurnAccepted(v1::TurnAccepted {
             turn: *turn,
             message: Some(message_to_proto(message)),
+            review: *review,
         }),
         EventKind::ModelCallStarted {
             turn,
@@ -228,6 +233,61 @@ pub fn event_to_proto(e: &SessionEvent) -> v1::SessionEvent {
             call_id: call_id.clone(),
             reason: reason.clone(),
         }),
+        EventKind::GateOpened {
+            turn,
+            gate_id,
+            kind,
+            point,
+            policy,
+            reason,
+            reviewers,
+            subject,
+            call_id,
+            deadline_unix_ms,
+            on_timeout,
+        } => Kind::GateOpened(v1::GateOpened {
+            turn: *turn,
+            gate_id: gate_id.clone(),
+            kind: kind.clone(),
+            point: point.clone(),
+            policy: policy.clone(),
+            reason: reason.clone(),
+            reviewers: reviewers.clone(),
+            subject: subject.clone(),
+            call_id: call_id.clone(),
+            deadline_unix_ms: *deadline_unix_ms,
+            on_timeout: on_timeout.clone(),
+        }),
+        EventKind::GateDecided {
+            turn,
+            gate_id,
+            decision,
+            reviewer,
+            reason,
+            edited,
+            by_timeout,
+        } => Kind::GateDecided(v1::GateDecided {
+            turn: *turn,
+            gate_id: gate_id.clone(),
+            decision: decision.clone(),
+            reviewer: reviewer.clone(),
+            reason: reason.clone(),
+            edited: edited.clone(),
+            by_timeout: *by_timeout,
+        }),
+        EventKind::GateEscalated {
+            turn,
+            gate_id,
+            reviewers,
+            deadline_unix_ms,
+            on_timeout,
+        } => Kind::GateEscalated(v1::GateEscalated {
+            turn: *turn,
+            gate_id: gate_id.clone(),
+            reviewers: reviewers.clone(),
+            deadline_unix_ms: *deadline_unix_ms,
+            on_timeout: on_timeout.clone(),
+        }),
         EventKind::TurnCancelled { turn } => Kind::TurnCancelled(v1::TurnCancelled { turn: *turn }),
         EventKind::SessionFailed { reason } => Kind::SessionFailed(v1::SessionFailed {
             reason: reason.clone(),
@@ -260,6 +320,7 @@ pub fn event_from_proto(e: v1::SessionEvent) -> Option<SessionEvent> {
         Kind::TurnAccepted(k) => EventKind::TurnAccepted {
             turn: k.turn,
             message: message_from_proto(k.message?)?,
+            review: k.review,
         },
         Kind::ModelCallStarted(k) => EventKind::ModelCallStarted {
             turn: k.turn,
@@ -316,6 +377,35 @@ pub fn event_from_proto(e: v1::SessionEvent) -> Option<SessionEvent> {
             call_id: k.call_id,
             reason: k.reason,
         },
+        Kind::GateOpened(k) => EventKind::GateOpened {
+            turn: k.turn,
+            gate_id: k.gate_id,
+            kind: k.kind,
+            point: k.point,
+            policy: k.policy,
+            reason: k.reason,
+            reviewers: k.reviewers,
+            subject: k.subject,
+            call_id: k.call_id,
+            deadline_unix_ms: k.deadline_unix_ms,
+            on_timeout: k.on_timeout,
+        },
+        Kind::GateDecided(k) => EventKind::GateDecided {
+            turn: k.turn,
+            gate_id: k.gate_id,
+            decision: k.decision,
+            reviewer: k.reviewer,
+            reason: k.reason,
+            edited: k.edited,
+            by_timeout: k.by_timeout,
+        },
+        Kind::GateEscalated(k) => EventKind::GateEscalated {
+            turn: k.turn,
+            gate_id: k.gate_id,
+            reviewers: k.reviewers,
+            deadline_unix_ms: k.deadline_unix_ms,
+            on_timeout: k.on_timeout,
+        },
         Kind::TurnCancelled(k) => EventKind::TurnCancelled { turn: k.turn },
         Kind::SessionFailed(k) => EventKind::SessionFailed { reason: k.reason },
     };
@@ -325,6 +415,46 @@ pub fn event_from_proto(e: v1::SessionEvent) -> Option<SessionEvent> {
         at_unix_ms: e.at_unix_ms,
         kind,
     })
+}
+
+/// A gate decision as the journal names it (`approve`, `reject`, `edit`);
+/// `GATE_DECISION_UNSPECIFIED` for an undecided gate (`""`) or an unknown name.
+pub fn gate_decision_from_name(name: &str) -> v1::GateDecision {
+    match name {
+        "approve" => v1::GateDecision::Approve,
+        "reject" => v1::GateDecision::Reject,
+        "edit" => v1::GateDecision::Edit,
+        _ => v1::GateDecision::Unspecified,
+    }
+}
+
+/// The journal's name of an API gate decision; `None` for
+/// `GATE_DECISION_UNSPECIFIED` or an unknown value.
+pub fn gate_decision_name(decision: i32) -> Option<&'static str> {
+    match v1::GateDecision::try_from(decision).ok()? {
+        v1::GateDecision::Approve => Some("approve"),
+        v1::GateDecision::Reject => Some("reject"),
+        v1::GateDecision::Edit => Some("edit"),
+        v1::GateDecision::Unspecified => None,
+    }
+}
+
+/// `pending` or `decided`; `None` for `GATE_STATUS_UNSPECIFIED` or an unknown value.
+pub fn gate_status_name(status: i32) -> Option<&'static str> {
+    match v1::GateStatus::try_from(status).ok()? {
+        v1::GateStatus::Pending => Some("pending"),
+        v1::GateStatus::Decided => Some("decided"),
+        v1::GateStatus::Unspecified => None,
+    }
+}
+
+/// The API value of a gate status name (`pending`, `decided`).
+pub fn gate_status_from_name(name: &str) -> Option<v1::GateStatus> {
+    match name {
+        "pending" => Some(v1::GateStatus::Pending),
+        "decided" => Some(v1::GateStatus::Decided),
+        _ => None,
+    }
 }
 
 #[cfg(test)]
@@ -376,6 +506,7 @@ mod tests {
             EventKind::TurnAccepted {
                 turn: 1,
                 message: Message::user("hi"),
+                review: false,
             },
             EventKind::ModelCallStarted {
                 turn: 1,
@@ -443,5 +574,22 @@ mod tests {
         assert_eq!(role_from_proto(99), None);
         assert_eq!(status_from_proto(42), Err(42));
         assert_eq!(status_from_proto(0), Ok(None));
+    }
+
+    #[test]
+    fn gate_enums_map_by_name_and_reject_unknown_values() {
+        for name in ["approve", "reject", "edit"] {
+            let d = gate_decision_from_name(name) as i32;
+            assert_eq!(gate_decision_name(d), Some(name));
+        }
+        assert_eq!(gate_decision_from_name(""), v1::GateDecision::Unspecified);
+        assert_eq!(gate_decision_name(0), None);
+        assert_eq!(gate_decision_name(77), None);
+        for name in ["pending", "decided"] {
+            let st = gate_status_from_name(name).map(|s| s as i32);
+            assert_eq!(st.and_then(gate_status_name), Some(name));
+        }
+        assert_eq!(gate_status_from_name("open"), None);
+        assert_eq!(gate_status_name(9), None);
     }
 }

@@ -11,7 +11,7 @@
 //!
 //! ```
 //! use baton_proto::v1;
-//! let req = v1::SendMessageRequest { session_id: "x".into(), content: "hi".into() };
+//! let req = v1::SendMessageRequest { session_id: "x".into(), content: "hi".into(), ..Default::default() };
 //! assert_eq!(req.content, "hi");
 //! ```
 

@@ -147,6 +147,8 @@ pub struct RuntimeConfig {
     pub tools: ToolsConfig,
     /// MCP servers whose tools are exposed as `<server>.<tool>`.
     pub mcp: Vec<McpServerConfig>,
+    /// Human-in-the-loop gates: placement policies and defaults.
+    pub gates: crate::gates::GatesConfig,
 }
 
 impl RuntimeConfig {
@@ -225,6 +227,11 @@ impl RuntimeConfig {
                     m.name
                 )));
             }
+        }
+        if self.gates.timeout_scan_ms == 0 {
+            return Err(Error::Config(
+                "gates.timeout_scan_ms: must be greater than 0".into(),
+            ));
         }
         let models = self.effective_models();
         let mut names = std::collections::HashSet::new();

@@ -32,6 +32,7 @@
 
 mod config;
 mod error;
+pub mod gates;
 mod session;
 mod state;
 mod supervisor;
@@ -55,8 +56,9 @@ pub use config::{
     BusyPolicy, RuntimeConfig, SessionsConfig, StoreConfig, SupervisionConfig, ToolsConfig,
 };
 pub use error::{Error, Result};
+pub use gates::{GateDecision, GateList, GateQuery, GateRecord, GateStatus};
 pub use session::SessionView;
-pub use state::{CurrentTurn, PendingTool, SessionState};
+pub use state::{CurrentTurn, PendingGate, PendingTool, SessionState};
 pub use supervisor::SupervisorStats;
 
 use session::{SessionMsg, Subscription};
@@ -83,6 +85,9 @@ pub(crate) struct Shared {
     pub store: Store,
     pub models: ModelRegistry,
     pub tools: ToolsRuntime,
+    pub gate_policies: gates::Policies,
+    /// Gate records as they are opened, escalated and decided (durable).
+    pub gate_events: tokio::sync::broadcast::Sender<GateRecord>,
     pub config: RuntimeConfig,
     epoch: Instant,
 }
@@ -164,6 +169,7 @@ impl Runtime {
             config,
             endpoints: Vec::new(),
             tools: Vec::new(),
+            classifiers: Vec::new(),
         }
     }
 }
@@ -173,12 +179,23 @@ pub struct RuntimeBuilder {
     config: RuntimeConfig,
     endpoints: Vec<Endpoint>,
     tools: Vec<Arc<dyn Tool>>,
+    classifiers: Vec<(String, Arc<dyn gates::DataClassifier>)>,
 }
 
 impl RuntimeBuilder {
     /// Add an endpoint built in code (for example with a custom provider).
     pub fn with_endpoint(mut self, endpoint: Endpoint) -> Self {
         self.endpoints.push(endpoint);
+        self
+    }
+
+    /// Register a data classifier that `data_rule` gate policies can name.
+    pub fn with_classifier(
+        mut self,
+        name: impl Into<String>,
+        classifier: Arc<dyn gates::DataClassifier>,
+    ) -> Self {
+        self.classifiers.push((name.into(), classifier));
         self
     }
 
@@ -243,9 +260,13 @@ impl RuntimeBuilder {
         let executor = ToolExecutor::spawn(registry.clone())
             .await
             .map_err(|e| Error::Internal(format!("cannot start the tool executor: {e}")))?;
+        let gate_policies = gates::Policies::compile(&config.gates, &self.classifiers)?;
+        let (gate_events, _) = tokio::sync::broadcast::channel(1024);
         let shared = Arc::new(Shared {
             store: store.clone(),
             models,
+            gate_policies,
+            gate_events,
             tools: ToolsRuntime {
                 registry,
                 executor,
@@ -274,6 +295,7 @@ impl RuntimeBuilder {
         for id in unfinished {
             handle.route(id, SessionMsg::Wake)?;
         }
+        handle.spawn_gate_timeouts();
         Ok(handle)
     }
 }
@@ -542,9 +564,171 @@ impl RuntimeHandle {
         self.inner.shared.tools.registry.specs()
     }
 
+    /// Look for gates whose deadline passed and hand each to its session
+    /// (which applies the timeout action). Gates wait on disk, not in
+    /// memory: a passivated session is woken only when it has to act.
+    fn spawn_gate_timeouts(&self) {
+        let weak = Arc::downgrade(&self.inner);
+        let period =
+            std::time::Duration::from_millis(self.inner.shared.config.gates.timeout_scan_ms);
+        tokio::spawn(async move {
+            // (gate, deadline) pairs handed over lately: a session takes a
+            // moment to act; an escalated gate has a new deadline.
+            let mut recently: std::collections::HashMap<([u8; 16], u64), Instant> =
+                Default::default();
+            loop {
+                tokio::time::sleep(period).await;
+                let Some(inner) = weak.upgrade() else { return };
+                let handle = RuntimeHandle { inner };
+                if handle.inner.supervisor.get_status() != ractor::ActorStatus::Running {
+                    return;
+                }
+                let due = match handle
+                    .inner
+                    .shared
+                    .store
+                    .due_gates(now_unix_ms(), 512)
+                    .await
+                {
+                    Ok(d) => d,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "cannot scan gate deadlines");
+                        continue;
+                    }
+                };
+                recently.retain(|_, at| at.elapsed() < std::time::Duration::from_secs(5));
+                for g in due {
+                    if recently
+                        .insert((g.gate_id, g.deadline_unix_ms), Instant::now())
+                        .is_none()
+                    {
+                        let _ = handle.route(
+                            g.session,
+                            SessionMsg::GateTimeout {
+                                gate_id: gates::gate_id_text(&g.gate_id),
+                            },
+                        );
+                    }
+                }
+            }
+        });
+    }
+
+    /// A page of gates (by status, session, policy), from the gate indexes.
+    pub async fn list_gates(&self, q: GateQuery) -> Result<GateList> {
+        let size = match q.page_size {
+            0 => 50,
+            n if n > 1000 => {
+                return Err(Error::InvalidArgument(format!(
+                    "page_size {n} exceeds the maximum of 1000"
+                )));
+            }
+            n => n as usize,
+        };
+        let after = match q.page_token.as_deref() {
+            None | Some("") => None,
+            Some(t) => Some(gates::parse_gate_id(t).map_err(|_| {
+                Error::InvalidArgument(format!(
+                    "page_token {t:?} is not a token this server issued"
+                ))
+            })?),
+        };
+        let filter = baton_store::gates::GateFilter {
+            status: q.status,
+            session: q.session,
+            policy: q.policy.filter(|p| !p.is_empty()),
+        };
+        let page = self
+            .inner
+            .shared
+            .store
+            .list_gates(filter, after, size)
+            .await?;
+        Ok(GateList {
+            gates: page.gates,
+            next_page_token: page.next_after.map(|a| gates::gate_id_text(&a)),
+        })
+    }
+
+    /// One gate, and the session's recent conversation for the reviewer.
+    pub async fn get_gate(&self, gate_id: &str) -> Result<(GateRecord, Vec<baton_types::Message>)> {
+        let id = gates::parse_gate_id(gate_id)?;
+        let gate = self
+            .inner
+            .shared
+            .store
+            .get_gate(id)
+            .await?
+            .ok_or_else(|| Error::NotFoundDetail(format!("gate {gate_id} not found")))?;
+        let context = match self.inner.shared.store.load_meta(gate.session).await? {
+            Some(_) => {
+                let view = self.get(gate.session).await?;
+                let skip = view.messages.len().saturating_sub(20);
+                view.messages.into_iter().skip(skip).collect()
+            }
+            None => Vec::new(),
+        };
+        Ok((gate, context))
+    }
+
+    /// Decide a gate, once. The decision is durable on return; a second
+    /// decision gets FAILED_PRECONDITION naming the first.
+    pub async fn decide_gate(
+        &self,
+        gate_id: &str,
+        decision: GateDecision,
+        reviewer: String,
+        reason: String,
+    ) -> Result<GateRecord> {
+        let id = gates::parse_gate_id(gate_id)?;
+        if reviewer.trim().is_empty() {
+            return Err(Error::InvalidArgument(
+                "reviewer is required: decisions are recorded with who made them".into(),
+            ));
+        }
+        let gate = self
+            .inner
+            .shared
+            .store
+            .get_gate(id)
+            .await?
+            .ok_or_else(|| Error::NotFoundDetail(format!("gate {gate_id} not found")))?;
+        if gate.status == GateStatus::Decided {
+            return Err(Error::FailedPrecondition(format!(
+                "gate {gate_id} was already decided: {} by {}",
+                gate.decision, gate.reviewer
+            )));
+        }
+        let gate_id = gate_id.to_string();
+        self.ask(gate.session, |reply| SessionMsg::DecideGate {
+            gate_id,
+            decision,
+            reviewer,
+            reason,
+            reply,
+        })
+        .await
+    }
+
+    /// Gates as they open, escalate and are decided (after they are durable).
+    pub fn watch_gates(&self) -> tokio::sync::broadcast::Receiver<GateRecord> {
+        self.inner.shared.gate_events.subscribe()
+    }
+
     /// Send a user message. The stream carries the turn's events, from
     /// `TurnAccepted` (durable) to its completion, failure or cancellation.
     pub async fn send(&self, id: SessionId, content: String) -> Result<EventStream> {
+        self.send_with(id, content, false).await
+    }
+
+    /// Send a user message; with `review`, the turn's final answer is held
+    /// for a human decision (an explicit gate) before it is released.
+    pub async fn send_with(
+        &self,
+        id: SessionId,
+        content: String,
+        review: bool,
+    ) -> Result<EventStream> {
         let limits = &self.inner.shared.config.sessions;
         if content.trim().is_empty() {
             return Err(Error::InvalidArgument("content is empty".into()));
@@ -557,7 +741,11 @@ impl RuntimeHandle {
             )));
         }
         let sub = self
-            .ask(id, |reply| SessionMsg::Send { content, reply })
+            .ask(id, |reply| SessionMsg::Send {
+                content,
+                review,
+                reply,
+            })
             .await?;
         Ok(self.stream(id, sub))
     }
@@ -604,8 +792,17 @@ impl RuntimeHandle {
                     }
                 }
             }
-            // Then live events, which start right after `history_upto`.
-            while let Some(e) = rx.recv().await {
+            // Then live events, which start right after `history_upto`. When
+            // the client goes away, drop the receiver at once so the session
+            // sees it (an idle session with no listener can passivate).
+            loop {
+                let e = tokio::select! {
+                    _ = tx.closed() => return,
+                    e = rx.recv() => match e {
+                        Some(e) => e,
+                        None => break,
+                    },
+                };
                 if e.seq <= last {
                     continue;
                 }
@@ -731,5 +928,7 @@ fn fxhash(b: &[u8]) -> usize {
     h as usize
 }
 
+#[cfg(test)]
+mod gate_tests;
 #[cfg(test)]
 mod tests;

@@ -30,7 +30,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::Shared;
 use crate::config::BusyPolicy;
-use crate::state::{PendingTool, SessionState};
+use crate::gates::{GateDecision, GateRecord, GateStatus, GateTerms, TimeoutAction, builtin_terms};
+use crate::state::{PendingGate, PendingTool, SessionState};
 use crate::supervisor::SupervisorMsg;
 use crate::{Error, Result};
 use baton_tools::{ToolError, ToolFilter};
@@ -39,7 +40,19 @@ use baton_tools::{ToolError, ToolFilter};
 pub(crate) enum SessionMsg {
     Send {
         content: String,
+        review: bool,
         reply: RpcReplyPort<Result<Subscription>>,
+    },
+    DecideGate {
+        gate_id: String,
+        decision: GateDecision,
+        reviewer: String,
+        reason: String,
+        reply: RpcReplyPort<Result<GateRecord>>,
+    },
+    /// A gate's deadline passed (sent by the gate timeout scanner).
+    GateTimeout {
+        gate_id: String,
     },
     Subscribe {
         after_seq: u64,
@@ -184,6 +197,28 @@ pub(crate) struct SessionCtx {
     client_timers: HashSet<String>,
     /// Replies sent once the record at that seq is durable.
     acks: Vec<(u64, RpcReplyPort<Result<u64>>)>,
+    gate_acks: Vec<(u64, GateRecord, RpcReplyPort<Result<GateRecord>>)>,
+    /// Confidence of the last model answer (gates on it are decided in the
+    /// same batch as the answer, so it need not be journaled).
+    last_confidence: Option<f64>,
+    /// Gate records to write with the next flush: (new, previous).
+    staged_gates: Vec<(GateRecord, Option<GateRecord>)>,
+    /// Gate records written but not yet durable, released with their seq.
+    pending_gates: VecDeque<(u64, GateRecord)>,
+    /// Current records of this session's pending gates.
+    gate_records: HashMap<String, GateRecord>,
+    /// Gates this actor decided lately: (gate, decision, reviewer, reason).
+    /// A racing second decision may arrive before the first is durable.
+    recently_decided: VecDeque<(String, String, String, String)>,
+}
+
+/// A decision to record on a gate.
+struct Decided {
+    decision: String,
+    reviewer: String,
+    reason: String,
+    edited: String,
+    by_timeout: bool,
 }
 
 impl Actor for SessionActor {
@@ -215,6 +250,12 @@ impl Actor for SessionActor {
             tool_runs: HashMap::new(),
             client_timers: HashSet::new(),
             acks: Vec::new(),
+            gate_acks: Vec::new(),
+            last_confidence: None,
+            staged_gates: Vec::new(),
+            pending_gates: VecDeque::new(),
+            gate_records: HashMap::new(),
+            recently_decided: VecDeque::new(),
         })
     }
 
@@ -241,8 +282,12 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         ctx.touch();
         match msg {
-            SessionMsg::Send { content, reply } => {
-                let r = ctx.send(&myself, content);
+            SessionMsg::Send {
+                content,
+                review,
+                reply,
+            } => {
+                let r = ctx.send(&myself, content, review);
                 let _ = reply.send(r);
             }
             SessionMsg::Subscribe { after_seq, reply } => {
@@ -298,6 +343,17 @@ impl Actor for SessionActor {
                 result,
                 latency_ms,
             } => ctx.on_tool_done(&myself, turn, call_id, attempt, result, latency_ms),
+            SessionMsg::DecideGate {
+                gate_id,
+                decision,
+                reviewer,
+                reason,
+                reply,
+            } => {
+                ctx.decide_gate(&myself, gate_id, decision, reviewer, reason, reply)
+                    .await
+            }
+            SessionMsg::GateTimeout { gate_id } => ctx.gate_timeout(&myself, &gate_id),
             SessionMsg::ClientToolTimeout { turn, call_id } => {
                 ctx.on_client_timeout(&myself, turn, call_id)
             }
@@ -384,6 +440,12 @@ impl SessionCtx {
             self.mark_corrupt(e).await?;
         }
         self.released_seq = self.state.last_seq;
+        if let Some(c) = &self.state.current {
+            for g in &c.gates {
+                self.gate_records
+                    .insert(g.gate_id.clone(), pending_record(self.id, c.turn, g));
+            }
+        }
         Ok(())
     }
 
@@ -419,9 +481,17 @@ impl SessionCtx {
 
     fn is_idle(&mut self) -> bool {
         self.subscribers.retain(|s| !s.tx.is_closed());
+        // A turn parked on a human decision holds no memory while it waits:
+        // gate timeouts are found from the store, not by this actor.
+        let parked = self.state.current.as_ref().is_none_or(|c| {
+            (!c.gates.is_empty() || c.attention().is_some())
+                && !c.tools.iter().any(|t| t.client_side && t.result.is_none())
+        });
         self.call.is_none()
-            && self.state.current.is_none()
+            && parked
             && self.state.queued.is_empty()
+            && self.gate_acks.is_empty()
+            && self.acks.is_empty()
             && self.pending.is_empty()
             && self.staged.is_empty()
             && self.tool_runs.is_empty()
@@ -501,6 +571,10 @@ impl SessionCtx {
             self.snapshot_seq = self.state.last_seq;
         }
         let upto = self.state.last_seq;
+        for (record, previous) in self.staged_gates.drain(..) {
+            batch.put_gate(&record, previous.as_ref());
+            self.pending_gates.push_back((upto, record));
+        }
         let write = self.shared.store.write(batch);
         let me = myself.clone();
         tokio::spawn(async move {
@@ -518,6 +592,23 @@ impl SessionCtx {
         self.acks = waiting;
         for (seq, reply) in ready {
             let _ = reply.send(Ok(seq));
+        }
+        let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.gate_acks)
+            .into_iter()
+            .partition(|(seq, _, _)| *seq <= upto);
+        self.gate_acks = waiting;
+        for (_, record, reply) in ready {
+            let _ = reply.send(Ok(record));
+        }
+        while self
+            .pending_gates
+            .front()
+            .is_some_and(|(seq, _)| *seq <= upto)
+        {
+            if let Some((_, record)) = self.pending_gates.pop_front() {
+                // Nobody watching is fine.
+                let _ = self.shared.gate_events.send(record);
+            }
         }
         while self.pending.front().is_some_and(|e| e.seq <= upto) {
             let Some(event) = self.pending.pop_front() else {
@@ -553,7 +644,12 @@ impl SessionCtx {
         (rx, lagged)
     }
 
-    fn send(&mut self, myself: &ActorRef<SessionMsg>, content: String) -> Result<Subscription> {
+    fn send(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        content: String,
+        review: bool,
+    ) -> Result<Subscription> {
         if !self.found {
             return Err(Error::SessionNotFound(self.id));
         }
@@ -592,6 +688,7 @@ impl SessionCtx {
         self.stage(EventKind::TurnAccepted {
             turn,
             message: Message::user(content),
+            review,
         });
         self.pump(myself);
         self.flush(myself, true);
@@ -637,6 +734,26 @@ impl SessionCtx {
         // Results of tools still running are ignored when they arrive.
         self.tool_runs.clear();
         self.client_timers.clear();
+        // Its pending gates close with the turn.
+        let gates: Vec<String> = self
+            .state
+            .current
+            .as_ref()
+            .map(|c| c.gates.iter().map(|g| g.gate_id.clone()).collect())
+            .unwrap_or_default();
+        for gate_id in gates {
+            self.record_decision(
+                turn,
+                &gate_id,
+                Decided {
+                    decision: "reject".into(),
+                    reviewer: "system".into(),
+                    reason: "the turn was cancelled".into(),
+                    edited: String::new(),
+                    by_timeout: false,
+                },
+            );
+        }
         self.commit(myself, vec![EventKind::TurnCancelled { turn }], true);
         self.pump(myself);
         Ok(Some(turn))
@@ -657,6 +774,21 @@ impl SessionCtx {
         }
         let mut batch = Batch::new();
         batch.delete_session(&self.id, &meta);
+        let gates = self
+            .shared
+            .store
+            .list_gates(
+                baton_store::gates::GateFilter {
+                    session: Some(self.id),
+                    ..Default::default()
+                },
+                None,
+                usize::MAX,
+            )
+            .await?;
+        for g in &gates.gates {
+            batch.delete_gate(g);
+        }
         self.shared.store.write(batch).await?;
         self.found = false;
         self.subscribers.clear();
@@ -683,7 +815,7 @@ impl SessionCtx {
             }
             let Some(current) = self.state.current.as_ref() else {
                 // Idle: start the next queued turn.
-                let Some(turn) = self.state.queued.front().map(|(t, _)| *t) else {
+                let Some(turn) = self.state.queued.front().map(|(t, _, _)| *t) else {
                     return;
                 };
                 if !self.start_model_call(myself, turn, 1, "turn") {
@@ -692,7 +824,18 @@ impl SessionCtx {
                 return;
             };
             let turn = current.turn;
+            if current.gates.iter().any(|g| g.point != "tool_call") {
+                // Held at a model call or a final answer: wait for a decision.
+                return;
+            }
             if current.response_recorded {
+                if !current.is_approved("final_answer", "")
+                    && let Some((terms, subject)) = self.release_gate()
+                {
+                    self.open_gate(turn, terms, "final_answer", subject, String::new());
+                    self.flush(myself, true);
+                    return;
+                }
                 let usage = current.usage;
                 self.commit(myself, vec![EventKind::TurnCompleted { turn, usage }], true);
                 continue;
@@ -731,15 +874,122 @@ impl SessionCtx {
                 );
                 continue;
             }
-            if !self.start_model_call(myself, turn, attempt, "tool_results") {
+            let reason = if current.steps == 0 {
+                "turn"
+            } else if self
+                .state
+                .messages
+                .last()
+                .is_some_and(|m| m.role == baton_types::Role::User)
+            {
+                // A reviewer rejected the draft: the model revises it.
+                "review"
+            } else {
+                "tool_results"
+            };
+            if !self.start_model_call(myself, turn, attempt, reason) {
                 continue;
             }
             return;
         }
     }
 
-    /// Record `ModelCallStarted` (with anything staged) and dispatch the call.
-    /// False when the turn failed instead (unknown route, endpoint refused).
+    /// Whether the current turn's final answer must wait for a review:
+    /// the client asked for it, or a final_answer / data_rule / confidence
+    /// policy fires. Returns the gate terms and the subject (the draft).
+    fn release_gate(&self) -> Option<(GateTerms, String)> {
+        let current = self.state.current.as_ref()?;
+        let draft = self
+            .state
+            .messages
+            .iter()
+            .rev()
+            .find(|m| m.role == baton_types::Role::Assistant)
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        let subject =
+            serde_json::json!({ "draft": draft, "confidence": self.last_confidence }).to_string();
+        let cfg = &self.shared.config.gates;
+        if current.review {
+            let terms = builtin_terms(
+                &cfg.explicit,
+                "explicit",
+                "explicit",
+                "the client asked for this answer to be reviewed".into(),
+            );
+            return Some((terms, subject));
+        }
+        self.shared
+            .gate_policies
+            .before_release(&self.state.route, &draft, self.last_confidence)
+            .map(|t| (t, subject))
+    }
+
+    /// Open a gate: stage its record (journal + gate index) for the next flush.
+    fn open_gate(
+        &mut self,
+        turn: u64,
+        terms: GateTerms,
+        point: &str,
+        subject: String,
+        call_id: String,
+    ) {
+        let now = now_unix_ms();
+        let gate_id = uuid::Uuid::now_v7().to_string();
+        let deadline_unix_ms = if terms.timeout_ms > 0 {
+            now + terms.timeout_ms
+        } else {
+            0
+        };
+        tracing::info!(session = %self.id, turn, %gate_id, policy = %terms.policy, reviewers = %terms.reviewers, "gate opened: {}", terms.reason);
+        self.stage(EventKind::GateOpened {
+            turn,
+            gate_id: gate_id.clone(),
+            kind: terms.kind.into(),
+            point: point.into(),
+            policy: terms.policy,
+            reason: terms.reason,
+            reviewers: terms.reviewers,
+            subject,
+            call_id,
+            deadline_unix_ms,
+            on_timeout: terms.on_timeout.as_str().into(),
+        });
+        self.stage_gate_record(&gate_id, None);
+    }
+
+    /// Stage the gate's current record (from the state) for the next flush.
+    fn stage_gate_record(&mut self, gate_id: &str, decided: Option<Decided>) {
+        let Some(current) = self.state.current.as_ref() else {
+            return;
+        };
+        let pending = current.gates.iter().find(|g| g.gate_id == gate_id).cloned();
+        let previous = self.gate_records.get(gate_id).cloned();
+        let record = match (pending, previous.clone(), decided) {
+            (Some(g), _, None) => pending_record(self.id, current.turn, &g),
+            (_, Some(prev), Some(d)) => GateRecord {
+                status: GateStatus::Decided,
+                decision: d.decision,
+                reviewer: d.reviewer,
+                decision_reason: d.reason,
+                edited: d.edited,
+                decided_at_unix_ms: now_unix_ms(),
+                by_timeout: d.by_timeout,
+                ..prev
+            },
+            _ => return,
+        };
+        self.staged_gates.push((record.clone(), previous));
+        if record.status == GateStatus::Pending {
+            self.gate_records.insert(gate_id.to_string(), record);
+        } else {
+            self.gate_records.remove(gate_id);
+        }
+    }
+
+    /// Record `ModelCallStarted` (with anything staged) and dispatch the
+    /// call — unless a cost or input data-rule gate holds it. False when the
+    /// turn failed instead (unknown route, endpoint refused).
     fn start_model_call(
         &mut self,
         myself: &ActorRef<SessionMsg>,
@@ -761,6 +1011,42 @@ impl SessionCtx {
             );
             return false;
         };
+        let mut messages = self.state.model_messages();
+        let queued = self.state.current.as_ref().is_none_or(|c| c.turn != turn);
+        let mut input = None;
+        if queued && let Some((_, m, _)) = self.state.queued.iter().find(|(t, _, _)| *t == turn) {
+            input = Some(m.content.clone());
+            messages.push(m.clone());
+        }
+        let request = ModelRequest {
+            messages,
+            max_output_tokens: None,
+            temperature: None,
+            tools: self.tool_definitions(),
+        };
+        let approved = self
+            .state
+            .current
+            .as_ref()
+            .is_some_and(|c| c.turn == turn && c.is_approved("model_call", ""));
+        if reason != "recovery" && !approved {
+            let cost = exec.endpoint().config().estimate_cost_usd(&request);
+            if let Some(terms) =
+                self.shared
+                    .gate_policies
+                    .before_model_call(&route, input.as_deref(), cost)
+            {
+                let subject = serde_json::json!({
+                    "endpoint": exec.endpoint().name(),
+                    "estimated_cost_usd": cost,
+                    "input": input,
+                })
+                .to_string();
+                self.open_gate(turn, terms, "model_call", subject, String::new());
+                self.flush(myself, true);
+                return true;
+            }
+        }
         self.commit(
             myself,
             vec![EventKind::ModelCallStarted {
@@ -771,7 +1057,7 @@ impl SessionCtx {
             }],
             true,
         );
-        if let Err(e) = self.dispatch(myself, &exec, turn) {
+        if let Err(e) = self.dispatch(myself, &exec, turn, request) {
             self.commit(
                 myself,
                 vec![EventKind::TurnFailed {
@@ -819,8 +1105,13 @@ impl SessionCtx {
         let mut to_start = Vec::new();
         let mut running = self.tool_runs.len();
         let mut arm = Vec::new();
+        let mut gates = Vec::new();
+        let policies = &self.shared.gate_policies;
         for t in current.tools.iter().filter(|t| t.result.is_none()) {
-            if t.attention.is_some() || self.tool_runs.contains_key(&t.call_id) {
+            if t.attention.is_some()
+                || self.tool_runs.contains_key(&t.call_id)
+                || current.gates.iter().any(|g| g.call_id == t.call_id)
+            {
                 continue;
             }
             if t.client_side {
@@ -843,15 +1134,24 @@ impl SessionCtx {
                 continue;
             };
             if t.started && !tool.spec().idempotent {
+                let reason = format!(
+                    "tool {} is not idempotent and its call {} started before a restart without a recorded result; \
+                     it may or may not have run: decide its gate (approve runs it again, edit supplies its result, \
+                     reject gives the model an error), submit its result with SubmitToolResult, or cancel the turn",
+                    t.name, t.call_id
+                );
                 records.push(EventKind::NeedsAttention {
                     turn,
                     call_id: t.call_id.clone(),
-                    reason: format!(
-                        "tool {} is not idempotent and its call {} started before a restart without a recorded result; \
-                         it may or may not have run: submit its result with SubmitToolResult, or cancel the turn",
-                        t.name, t.call_id
-                    ),
+                    reason: reason.clone(),
                 });
+                let terms = builtin_terms(
+                    &self.shared.config.gates.needs_attention,
+                    "needs_attention",
+                    "needs_attention",
+                    reason,
+                );
+                gates.push((t.call_id.clone(), terms, tool_subject(t)));
                 continue;
             }
             let args = match registry.validate(&t.name, &t.arguments) {
@@ -861,6 +1161,12 @@ impl SessionCtx {
                     continue;
                 }
             };
+            if !current.is_approved("tool_call", &t.call_id)
+                && let Some(terms) = policies.before_tool(&self.state.route, &t.name)
+            {
+                gates.push((t.call_id.clone(), terms, tool_subject(t)));
+                continue;
+            }
             if running >= limit {
                 continue;
             }
@@ -884,10 +1190,16 @@ impl SessionCtx {
             });
             self.client_timers.insert(call_id);
         }
-        if records.is_empty() {
+        if records.is_empty() && gates.is_empty() {
             return false;
         }
-        self.commit(myself, records, true);
+        for r in records {
+            self.stage(r);
+        }
+        for (call_id, terms, subject) in gates {
+            self.open_gate(turn, terms, "tool_call", subject, call_id);
+        }
+        self.flush(myself, true);
         // A tool runs only once its ToolCallStarted is durable: after a crash,
         // "started, no result" then reliably means "may have run".
         let upto = self.state.last_seq;
@@ -1046,6 +1358,29 @@ impl SessionCtx {
             }
             Ok(record) => {
                 self.tool_runs.remove(&call_id);
+                let gate = self.state.current.as_ref().and_then(|c| {
+                    c.gates
+                        .iter()
+                        .find(|g| g.call_id == call_id)
+                        .map(|g| (c.turn, g.gate_id.clone()))
+                });
+                if let Some((turn, gate_id)) = gate {
+                    let edited = match &record {
+                        EventKind::ToolResult { output, .. } => output.clone(),
+                        _ => String::new(),
+                    };
+                    self.record_decision(
+                        turn,
+                        &gate_id,
+                        Decided {
+                            decision: "edit".into(),
+                            reviewer: "SubmitToolResult".into(),
+                            reason: "the result was submitted".into(),
+                            edited,
+                            by_timeout: false,
+                        },
+                    );
+                }
                 self.commit(myself, vec![record], true);
                 // Acknowledged once the result is durable.
                 self.acks.push((self.state.last_seq, reply));
@@ -1090,6 +1425,7 @@ impl SessionCtx {
         myself: &ActorRef<SessionMsg>,
         exec: &ExecutorHandle,
         turn: u64,
+        request: ModelRequest,
     ) -> baton_models::Result<()> {
         self.next_call += 1;
         let call = self.next_call;
@@ -1097,12 +1433,6 @@ impl SessionCtx {
         let (delta_tx, mut delta_rx) = mpsc::unbounded_channel();
         let streams = exec.endpoint().config().stream;
         let (reply_tx, mut reply_rx) = oneshot::channel();
-        let request = ModelRequest {
-            messages: self.state.model_messages(),
-            max_output_tokens: None,
-            temperature: None,
-            tools: self.tool_definitions(),
-        };
         exec.submit(ModelJob {
             request,
             deltas: streams.then_some(delta_tx),
@@ -1186,6 +1516,7 @@ impl SessionCtx {
             .unwrap_or_default();
         let kinds = match result {
             Ok(resp) => {
+                self.last_confidence = resp.confidence;
                 let mut message = resp.message;
                 message.role = baton_types::Role::Assistant;
                 normalise_call_ids(
@@ -1213,18 +1544,9 @@ impl SessionCtx {
                     finish_reason: resp.finish_reason,
                     latency_ms,
                 }];
-                if calls.is_empty() {
-                    let mut usage = self
-                        .state
-                        .current
-                        .as_ref()
-                        .map(|c| c.usage)
-                        .unwrap_or_default();
-                    usage.add(resp.usage);
-                    kinds.push(EventKind::TurnCompleted { turn, usage });
-                } else {
-                    kinds.extend(calls);
-                }
+                // A final answer completes the turn in pump(), in the same
+                // batch, unless a gate holds its release.
+                kinds.extend(calls);
                 kinds
             }
             Err(e) => vec![EventKind::TurnFailed {
@@ -1233,7 +1555,295 @@ impl SessionCtx {
                 code: "model_error".into(),
             }],
         };
-        self.commit(myself, kinds, true);
+        for k in kinds {
+            self.stage(k);
+        }
+        self.pump(myself);
+        self.flush(myself, true);
+    }
+
+    /// Stage a `GateDecided` and the gate's decided record.
+    fn record_decision(&mut self, turn: u64, gate_id: &str, d: Decided) {
+        // The record is built from the pending state, before the decision
+        // removes the gate from it.
+        let record = self.gate_records.get(gate_id).cloned();
+        self.stage(EventKind::GateDecided {
+            turn,
+            gate_id: gate_id.to_string(),
+            decision: d.decision.clone(),
+            reviewer: d.reviewer.clone(),
+            reason: d.reason.clone(),
+            edited: d.edited.clone(),
+            by_timeout: d.by_timeout,
+        });
+        self.recently_decided.push_back((
+            gate_id.to_string(),
+            d.decision.clone(),
+            d.reviewer.clone(),
+            d.reason.clone(),
+        ));
+        if self.recently_decided.len() > 256 {
+            self.recently_decided.pop_front();
+        }
+        if let Some(prev) = record {
+            let decided = GateRecord {
+                status: GateStatus::Decided,
+                decision: d.decision,
+                reviewer: d.reviewer,
+                decision_reason: d.reason,
+                edited: d.edited,
+                decided_at_unix_ms: now_unix_ms(),
+                by_timeout: d.by_timeout,
+                ..prev.clone()
+            };
+            self.gate_records.remove(gate_id);
+            self.staged_gates.push((decided, Some(prev)));
+        }
+    }
+
+    async fn decide_gate(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        gate_id: String,
+        decision: GateDecision,
+        reviewer: String,
+        reason: String,
+        reply: RpcReplyPort<Result<GateRecord>>,
+    ) {
+        let pending = self.state.current.as_ref().and_then(|c| {
+            c.gates
+                .iter()
+                .find(|g| g.gate_id == gate_id)
+                .map(|g| (c.turn, g.clone()))
+        });
+        let Some((turn, gate)) = pending else {
+            // Decided already (a race lost, or a repeat), or unknown.
+            if let Some((_, decision, by, why)) =
+                self.recently_decided.iter().find(|(g, ..)| *g == gate_id)
+            {
+                let _ = reply.send(Err(Error::FailedPrecondition(format!(
+                    "gate {gate_id} was already decided: {decision} by {by} ({})",
+                    if why.is_empty() {
+                        "no reason given"
+                    } else {
+                        why
+                    }
+                ))));
+                return;
+            }
+            let known = match crate::gates::parse_gate_id(&gate_id) {
+                Ok(id) => self.shared.store.get_gate(id).await,
+                Err(e) => {
+                    let _ = reply.send(Err(e));
+                    return;
+                }
+            };
+            let err = match known {
+                Ok(Some(g)) if g.status == GateStatus::Decided => {
+                    Error::FailedPrecondition(format!(
+                        "gate {gate_id} was already decided: {} by {} ({})",
+                        g.decision,
+                        g.reviewer,
+                        if g.decision_reason.is_empty() {
+                            "no reason given"
+                        } else {
+                            &g.decision_reason
+                        }
+                    ))
+                }
+                Ok(_) => Error::NotFoundDetail(format!(
+                    "session {} has no pending gate {gate_id}",
+                    self.id
+                )),
+                Err(e) => e.into(),
+            };
+            let _ = reply.send(Err(err));
+            return;
+        };
+        match self.decision_records(turn, &gate, &decision, &reviewer, &reason) {
+            Err(e) => {
+                let _ = reply.send(Err(e));
+            }
+            Ok(extra) => {
+                let edited = match &decision {
+                    GateDecision::Edit(p) => p.clone(),
+                    _ => String::new(),
+                };
+                self.record_decision(
+                    turn,
+                    &gate.gate_id,
+                    Decided {
+                        decision: decision.as_str().into(),
+                        reviewer,
+                        reason,
+                        edited,
+                        by_timeout: false,
+                    },
+                );
+                let decided = self.staged_gates.last().map(|(r, _)| r.clone());
+                for k in extra {
+                    self.stage(k);
+                }
+                self.flush(myself, true);
+                match decided {
+                    Some(r) => self.gate_acks.push((self.state.last_seq, r, reply)),
+                    None => {
+                        let _ = reply.send(Err(Error::Internal(format!(
+                            "gate {gate_id} has no record"
+                        ))));
+                    }
+                }
+                self.pump(myself);
+            }
+        }
+    }
+
+    /// Validate a decision against the gate's point and return the records
+    /// that carry out its effect (next to the `GateDecided` itself).
+    fn decision_records(
+        &self,
+        turn: u64,
+        gate: &PendingGate,
+        decision: &GateDecision,
+        reviewer: &str,
+        reason: &str,
+    ) -> Result<Vec<EventKind>> {
+        let why = if reason.is_empty() {
+            "no reason given".to_string()
+        } else {
+            reason.to_string()
+        };
+        let tool = || {
+            self.state
+                .current
+                .as_ref()
+                .and_then(|c| c.tools.iter().find(|t| t.call_id == gate.call_id))
+        };
+        let tool_result = |output: String, is_error: bool| -> Result<Vec<EventKind>> {
+            let t = tool().ok_or_else(|| {
+                Error::Internal(format!("gate {} holds an unknown tool call", gate.gate_id))
+            })?;
+            Ok(vec![EventKind::ToolResult {
+                turn,
+                call_id: t.call_id.clone(),
+                name: t.name.clone(),
+                output,
+                is_error,
+                latency_ms: now_unix_ms().saturating_sub(t.requested_at_unix_ms),
+            }])
+        };
+        if let GateDecision::Edit(p) = decision
+            && p.trim().is_empty()
+        {
+            return Err(Error::InvalidArgument(
+                "edited_payload is required for an edit".into(),
+            ));
+        }
+        match (gate.point.as_str(), decision) {
+            (_, GateDecision::Approve) => Ok(Vec::new()),
+            ("tool_call", GateDecision::Reject) => tool_result(
+                format!("error: a reviewer ({reviewer}) rejected this tool call: {why}"),
+                true,
+            ),
+            ("tool_call", GateDecision::Edit(payload)) if gate.kind == "needs_attention" => {
+                // The reviewer supplies the call's result.
+                tool_result(payload.clone(), false)
+            }
+            ("tool_call", GateDecision::Edit(payload)) => {
+                let t = tool().ok_or_else(|| {
+                    Error::Internal(format!("gate {} holds an unknown tool call", gate.gate_id))
+                })?;
+                self.shared
+                    .tools
+                    .registry
+                    .validate(&t.name, payload)
+                    .map_err(|e| Error::InvalidArgument(format!("edited_payload: {e}")))?;
+                Ok(Vec::new())
+            }
+            ("final_answer", _) => Ok(Vec::new()),
+            ("model_call", GateDecision::Reject) => Ok(vec![EventKind::TurnFailed {
+                turn,
+                reason: format!("a reviewer ({reviewer}) rejected the model call: {why}"),
+                code: "gate_rejected".into(),
+            }]),
+            ("model_call", GateDecision::Edit(_)) if gate.kind == "cost" => {
+                Err(Error::InvalidArgument(
+                    "a cost gate can be approved or rejected, not edited".into(),
+                ))
+            }
+            ("model_call", GateDecision::Edit(_)) => Ok(Vec::new()),
+            (point, _) => Err(Error::Internal(format!(
+                "gate {} has an unknown point {point:?}",
+                gate.gate_id
+            ))),
+        }
+    }
+
+    /// Apply a gate's timeout action, if its deadline has passed.
+    fn gate_timeout(&mut self, myself: &ActorRef<SessionMsg>, gate_id: &str) {
+        let pending = self.state.current.as_ref().and_then(|c| {
+            c.gates
+                .iter()
+                .find(|g| g.gate_id == gate_id)
+                .map(|g| (c.turn, g.clone()))
+        });
+        let Some((turn, gate)) = pending else { return };
+        if gate.deadline_unix_ms == 0 || gate.deadline_unix_ms > now_unix_ms() {
+            return;
+        }
+        let waited = gate.deadline_unix_ms.saturating_sub(gate.opened_at_unix_ms);
+        let action = TimeoutAction::parse(&gate.on_timeout);
+        if action == TimeoutAction::Escalate
+            && let Some((to, ms)) = self
+                .shared
+                .gate_policies
+                .escalation(&self.shared.config.gates, &gate.policy)
+        {
+            let deadline_unix_ms = if ms > 0 { now_unix_ms() + ms } else { 0 };
+            tracing::info!(session = %self.id, gate = %gate_id, to = %to, "gate escalated after its timeout");
+            let prev = self.gate_records.get(gate_id).cloned();
+            self.stage(EventKind::GateEscalated {
+                turn,
+                gate_id: gate_id.to_string(),
+                reviewers: to,
+                deadline_unix_ms,
+                on_timeout: "reject".into(),
+            });
+            if let Some(c) = &self.state.current
+                && let Some(g) = c.gates.iter().find(|g| g.gate_id == gate_id)
+            {
+                let record = pending_record(self.id, turn, g);
+                self.gate_records
+                    .insert(gate_id.to_string(), record.clone());
+                self.staged_gates.push((record, prev));
+            }
+            self.flush(myself, true);
+            return;
+        }
+        let decision = if action == TimeoutAction::Approve {
+            GateDecision::Approve
+        } else {
+            GateDecision::Reject
+        };
+        let reason = format!("no decision within {waited} ms");
+        let extra = self
+            .decision_records(turn, &gate, &decision, "timeout", &reason)
+            .unwrap_or_default();
+        self.record_decision(
+            turn,
+            gate_id,
+            Decided {
+                decision: decision.as_str().into(),
+                reviewer: "timeout".into(),
+                reason,
+                edited: String::new(),
+                by_timeout: true,
+            },
+        );
+        for k in extra {
+            self.stage(k);
+        }
+        self.flush(myself, true);
         self.pump(myself);
     }
 
@@ -1294,4 +1904,40 @@ fn normalise_call_ids(message: &mut Message, turn: u64, step: u32) {
             seen.insert(c.id.clone());
         }
     }
+}
+
+/// The index record of a pending gate.
+fn pending_record(session: SessionId, turn: u64, g: &PendingGate) -> GateRecord {
+    GateRecord {
+        gate_id: uuid::Uuid::parse_str(&g.gate_id)
+            .map(|u| *u.as_bytes())
+            .unwrap_or_default(),
+        session,
+        turn,
+        status: GateStatus::Pending,
+        kind: g.kind.clone(),
+        point: g.point.clone(),
+        policy: g.policy.clone(),
+        reason: g.reason.clone(),
+        reviewers: g.reviewers.clone(),
+        subject: g.subject.clone(),
+        call_id: g.call_id.clone(),
+        opened_at_unix_ms: g.opened_at_unix_ms,
+        deadline_unix_ms: g.deadline_unix_ms,
+        on_timeout: g.on_timeout.clone(),
+        decision: String::new(),
+        reviewer: String::new(),
+        decision_reason: String::new(),
+        edited: String::new(),
+        decided_at_unix_ms: 0,
+        by_timeout: false,
+        escalations: g.escalations,
+    }
+}
+
+/// What a tool-call gate shows the reviewer.
+fn tool_subject(t: &PendingTool) -> String {
+    let arguments: serde_json::Value = serde_json::from_str(&t.arguments)
+        .unwrap_or_else(|_| serde_json::Value::String(t.arguments.clone()));
+    serde_json::json!({ "tool": t.name, "call_id": t.call_id, "arguments": arguments }).to_string()
 }

@@ -26,6 +26,40 @@ pub struct PendingTool {
     pub attention: Option<String>,
 }
 
+/// A gate of the current turn waiting for a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PendingGate {
+    pub gate_id: String,
+    pub kind: String,
+    /// `tool_call`, `final_answer` or `model_call`.
+    pub point: String,
+    pub policy: String,
+    pub reason: String,
+    pub reviewers: String,
+    pub subject: String,
+    pub call_id: String,
+    pub opened_at_unix_ms: u64,
+    pub deadline_unix_ms: u64,
+    pub on_timeout: String,
+    pub escalations: u32,
+}
+
+impl PendingGate {
+    /// The point this gate holds, as an approval key.
+    pub fn key(&self, steps: u32) -> String {
+        gate_key(&self.point, &self.call_id, steps)
+    }
+}
+
+/// The approval key of a gate point: approving it lets that exact point pass.
+pub fn gate_key(point: &str, call_id: &str, steps: u32) -> String {
+    match point {
+        "tool_call" => format!("tool:{call_id}"),
+        "model_call" => format!("model:{}", steps + 1),
+        _ => format!("final:{steps}"),
+    }
+}
+
 /// The turn whose model call has started.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CurrentTurn {
@@ -45,9 +79,39 @@ pub struct CurrentTurn {
     /// Tool calls of the current step, in the model's order; emptied when
     /// every result is recorded (the results then join `messages`).
     pub tools: Vec<PendingTool>,
+    /// Gates waiting for a decision.
+    #[serde(default)]
+    pub gates: Vec<PendingGate>,
+    /// Gate points approved in this turn (see [`gate_key`]).
+    #[serde(default)]
+    pub approved: Vec<String>,
+    /// The client asked for the final answer to be reviewed.
+    #[serde(default)]
+    pub review: bool,
 }
 
 impl CurrentTurn {
+    fn new(turn: u64, review: bool) -> Self {
+        CurrentTurn {
+            turn,
+            attempt: 0,
+            endpoint: String::new(),
+            response_recorded: false,
+            usage: Usage::default(),
+            steps: 0,
+            model_call_open: false,
+            tools: Vec::new(),
+            gates: Vec::new(),
+            approved: Vec::new(),
+            review,
+        }
+    }
+
+    pub fn is_approved(&self, point: &str, call_id: &str) -> bool {
+        let key = gate_key(point, call_id, self.steps);
+        self.approved.contains(&key)
+    }
+
     /// The call waiting for a decision, if any.
     pub fn attention(&self) -> Option<&PendingTool> {
         self.tools
@@ -67,8 +131,8 @@ pub struct SessionState {
     pub messages: Vec<Message>,
     /// Highest accepted turn number.
     pub last_turn: u64,
-    /// Accepted turns waiting to start, in order.
-    pub queued: VecDeque<(u64, Message)>,
+    /// Accepted turns waiting to start, in order: (turn, message, review).
+    pub queued: VecDeque<(u64, Message, bool)>,
     pub current: Option<CurrentTurn>,
     pub usage: Usage,
     pub turns_completed: u64,
@@ -117,7 +181,7 @@ impl SessionState {
         } else if self
             .current
             .as_ref()
-            .is_some_and(|c| c.attention().is_some())
+            .is_some_and(|c| c.attention().is_some() || !c.gates.is_empty())
         {
             SessionStatus::NeedsAttention
         } else if self.current.is_some() || !self.queued.is_empty() {
@@ -145,42 +209,29 @@ impl SessionState {
                 self.client_tools = client_tools.clone();
                 self.max_steps = *max_steps;
             }
-            EventKind::TurnAccepted { turn, message } => {
+            EventKind::TurnAccepted {
+                turn,
+                message,
+                review,
+            } => {
                 self.last_turn = self.last_turn.max(*turn);
-                self.queued.push_back((*turn, message.clone()));
+                self.queued.push_back((*turn, message.clone(), *review));
             }
             EventKind::ModelCallStarted {
                 turn,
                 attempt,
                 endpoint,
                 reason,
-            } => match &mut self.current {
-                Some(c) if c.turn == *turn => {
+            } => {
+                if let Some(c) = self.promote(*turn) {
                     c.attempt = *attempt;
                     c.endpoint = endpoint.clone();
                     c.model_call_open = true;
-                    if reason == "turn" || reason == "tool_results" {
+                    if matches!(reason.as_str(), "turn" | "tool_results" | "review") {
                         c.steps += 1;
                     }
                 }
-                _ => {
-                    if let Some(pos) = self.queued.iter().position(|(t, _)| t == turn)
-                        && let Some((_, message)) = self.queued.remove(pos)
-                    {
-                        self.messages.push(message);
-                    }
-                    self.current = Some(CurrentTurn {
-                        turn: *turn,
-                        attempt: *attempt,
-                        endpoint: endpoint.clone(),
-                        response_recorded: false,
-                        usage: Usage::default(),
-                        steps: 1,
-                        model_call_open: true,
-                        tools: Vec::new(),
-                    });
-                }
-            },
+            }
             EventKind::OutputDelta { .. } => {}
             EventKind::AssistantMessage {
                 turn,
@@ -268,6 +319,62 @@ impl SessionState {
                     }
                 }
             }
+            EventKind::GateOpened {
+                turn,
+                gate_id,
+                kind,
+                point,
+                policy,
+                reason,
+                reviewers,
+                subject,
+                call_id,
+                deadline_unix_ms,
+                on_timeout,
+            } => {
+                if let Some(c) = self.promote(*turn) {
+                    c.gates.push(PendingGate {
+                        gate_id: gate_id.clone(),
+                        kind: kind.clone(),
+                        point: point.clone(),
+                        policy: policy.clone(),
+                        reason: reason.clone(),
+                        reviewers: reviewers.clone(),
+                        subject: subject.clone(),
+                        call_id: call_id.clone(),
+                        opened_at_unix_ms: at_unix_ms,
+                        deadline_unix_ms: *deadline_unix_ms,
+                        on_timeout: on_timeout.clone(),
+                        escalations: 0,
+                    });
+                }
+            }
+            EventKind::GateEscalated {
+                turn,
+                gate_id,
+                reviewers,
+                deadline_unix_ms,
+                on_timeout,
+            } => {
+                if let Some(g) = self
+                    .current_turn_mut(*turn)
+                    .and_then(|c| c.gates.iter_mut().find(|g| g.gate_id == *gate_id))
+                {
+                    g.reviewers = reviewers.clone();
+                    g.deadline_unix_ms = *deadline_unix_ms;
+                    g.on_timeout = on_timeout.clone();
+                    g.escalations += 1;
+                }
+            }
+            EventKind::GateDecided {
+                turn,
+                gate_id,
+                decision,
+                reviewer,
+                reason,
+                edited,
+                ..
+            } => self.apply_decision(*turn, gate_id, decision, reviewer, reason, edited),
             EventKind::TurnCompleted { turn, .. } => {
                 self.end_turn(*turn);
                 self.turns_completed += 1;
@@ -283,6 +390,94 @@ impl SessionState {
             EventKind::SessionFailed { reason } => {
                 self.failed = Some(reason.clone());
             }
+        }
+    }
+
+    /// The current turn, starting `turn` from the queue if it is not
+    /// current yet (its first record may be a model call or a gate).
+    fn promote(&mut self, turn: u64) -> Option<&mut CurrentTurn> {
+        if self.current.as_ref().is_none_or(|c| c.turn != turn)
+            && let Some(pos) = self.queued.iter().position(|(t, _, _)| *t == turn)
+            && let Some((_, message, review)) = self.queued.remove(pos)
+        {
+            self.messages.push(message);
+            self.current = Some(CurrentTurn::new(turn, review));
+        }
+        self.current_turn_mut(turn)
+    }
+
+    /// What a decision does to the state. Effects that need their own
+    /// records (a tool error result, a failed turn) are journaled by the
+    /// session next to the decision.
+    fn apply_decision(
+        &mut self,
+        turn: u64,
+        gate_id: &str,
+        decision: &str,
+        reviewer: &str,
+        reason: &str,
+        edited: &str,
+    ) {
+        let Some(c) = self.current_turn_mut(turn) else {
+            return;
+        };
+        let Some(pos) = c.gates.iter().position(|g| g.gate_id == gate_id) else {
+            return;
+        };
+        let gate = c.gates.remove(pos);
+        let key = gate.key(c.steps);
+        match (gate.point.as_str(), decision) {
+            (_, "approve") => {
+                c.approved.push(key);
+                if gate.kind == "needs_attention"
+                    && let Some(t) = c.tools.iter_mut().find(|t| t.call_id == gate.call_id)
+                {
+                    // Approved: run it again, knowing it may have run.
+                    t.attention = None;
+                    t.started = false;
+                }
+            }
+            ("tool_call", "edit") if gate.kind != "needs_attention" => {
+                c.approved.push(key);
+                if let Some(t) = c.tools.iter_mut().find(|t| t.call_id == gate.call_id) {
+                    t.arguments = edited.to_string();
+                }
+            }
+            ("final_answer", "edit") => {
+                c.approved.push(key);
+                if let Some(m) = self
+                    .messages
+                    .iter_mut()
+                    .rev()
+                    .find(|m| m.role == Role::Assistant)
+                {
+                    m.content = edited.to_string();
+                }
+            }
+            ("final_answer", "reject") => {
+                // The model gets the reviewer's reason and tries again.
+                c.response_recorded = false;
+                let why = if reason.is_empty() {
+                    "no reason given"
+                } else {
+                    reason
+                };
+                self.messages.push(Message::user(format!(
+                    "[review] {reviewer} rejected the draft answer: {why}. Revise it."
+                )));
+            }
+            ("model_call", "edit") => {
+                c.approved.push(key);
+                if let Some(m) = self
+                    .messages
+                    .iter_mut()
+                    .rev()
+                    .find(|m| m.role == Role::User)
+                {
+                    m.content = edited.to_string();
+                }
+            }
+            _ => {}
         }
     }
 
@@ -316,7 +511,7 @@ impl SessionState {
         if self.current.as_ref().is_some_and(|c| c.turn == turn) {
             self.current = None;
         } else {
-            self.queued.retain(|(t, _)| *t != turn);
+            self.queued.retain(|(t, _, _)| *t != turn);
         }
     }
 
@@ -365,10 +560,12 @@ mod tests {
             EventKind::TurnAccepted {
                 turn: 1,
                 message: Message::user("a"),
+                review: false,
             },
             EventKind::TurnAccepted {
                 turn: 2,
                 message: Message::user("b"),
+                review: false,
             },
         ]);
         assert_eq!(s.status(), SessionStatus::Running);
@@ -424,6 +621,7 @@ mod tests {
             EventKind::TurnAccepted {
                 turn: 1,
                 message: Message::user("a"),
+                review: false,
             },
             started(1, 1),
         ]);
@@ -447,6 +645,7 @@ mod tests {
             EventKind::TurnAccepted {
                 turn: 1,
                 message: Message::user("a"),
+                review: false,
             },
             EventKind::SessionFailed {
                 reason: "bad".into(),
@@ -461,6 +660,7 @@ mod tests {
             EventKind::TurnAccepted {
                 turn: 1,
                 message: Message::user("a"),
+                review: false,
             },
             started(1, 1),
         ]);

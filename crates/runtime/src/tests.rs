@@ -129,7 +129,8 @@ async fn state_survives_a_restart_of_the_runtime() {
         events[0].kind,
         EventKind::TurnAccepted {
             turn: 3,
-            message: Message::user("three")
+            message: Message::user("three"),
+            review: false,
         }
     );
     rt.shutdown().await;
@@ -157,6 +158,7 @@ async fn an_unfinished_turn_is_resumed_at_start() {
             &EventKind::TurnAccepted {
                 turn: 1,
                 message: Message::user("lost?"),
+                review: false,
             },
         );
         b.append(

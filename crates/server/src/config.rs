@@ -46,6 +46,7 @@ pub struct BatonConfig {
     pub models: Vec<EndpointConfig>,
     pub tools: ToolsConfig,
     pub mcp: Vec<McpServerConfig>,
+    pub gates: baton_runtime::gates::GatesConfig,
 }
 
 /// A config that could not be loaded; the message names the file and field.
@@ -111,6 +112,7 @@ impl BatonConfig {
             models: self.models.clone(),
             tools: self.tools.clone(),
             mcp: self.mcp.clone(),
+            gates: self.gates.clone(),
         }
     }
 

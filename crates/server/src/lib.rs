@@ -1,6 +1,7 @@
 //! Baton's gRPC server.
 //!
-//! Serves the `baton.v1.Sessions` service over a [`RuntimeHandle`], plus
+//! Serves the `baton.v1.Sessions` and `baton.v1.Gates` services over a
+//! [`RuntimeHandle`], plus
 //! `grpc.health.v1.Health` and server reflection (`v1` and `v1alpha`, since
 //! common clients such as Python's grpcio-reflection still speak only
 //! v1alpha), so grpcurl and generic clients work with no proto files.
@@ -15,17 +16,19 @@
 //! ```
 
 mod config;
+mod gates;
 mod sessions;
 
 use std::future::Future;
 
+use baton_proto::v1::gates_server::GatesServer;
 use baton_proto::v1::sessions_server::SessionsServer;
 use baton_runtime::RuntimeHandle;
 use baton_types::ErrorCode;
 use tokio::net::TcpListener;
-use tokio_stream::wrappers::TcpListenerStream;
 
 pub use config::{BatonConfig, ConfigError, ServerSection};
+pub use gates::{GatesService, gate_to_proto};
 pub use sessions::SessionsService;
 
 /// The one place error kinds become gRPC status codes.
@@ -69,6 +72,7 @@ pub async fn serve(
     health
         .set_serving::<SessionsServer<SessionsService>>()
         .await;
+    health.set_serving::<GatesServer<GatesService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -77,14 +81,29 @@ pub async fn serve(
         .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let sessions = SessionsServer::new(SessionsService::new(runtime))
+    let sessions = SessionsServer::new(SessionsService::new(runtime.clone()))
+        .max_decoding_message_size(section.max_request_bytes);
+    // Open gate watches would hold a graceful shutdown forever: end them
+    // when it starts.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    let gates = GatesServer::new(GatesService::with_shutdown(runtime, stopping))
         .max_decoding_message_size(section.max_request_bytes);
     tonic::transport::Server::builder()
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(sessions)
-        .serve_with_incoming_shutdown(TcpListenerStream::new(listener), shutdown)
+        .add_service(gates)
+        .serve_with_incoming_shutdown(
+            // TCP_NODELAY: a turn's events are small writes; Nagle's algorithm
+            // would hold each for milliseconds (measured in benches/load.rs).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
         .await?;
     Ok(())
 }

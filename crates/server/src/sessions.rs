@@ -120,7 +120,7 @@ impl Sessions for SessionsService {
         let id = session_id("session_id", &r.session_id)?;
         let stream = self
             .runtime
-            .send(id, r.content)
+            .send_with(id, r.content, r.review)
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(to_grpc(stream)))

@@ -186,9 +186,14 @@ pub fn encode_record(
                 .collect(),
             max_steps: *max_steps,
         }),
-        EventKind::TurnAccepted { turn, message } => Kind::TurnAccepted(pb::TurnAccepted {
+        EventKind::TurnAccepted {
+            turn,
+            message,
+            review,
+        } => Kind::TurnAccepted(pb::TurnAccepted {
             turn: *turn,
             message: Some(enc.message(message)),
+            review: *review,
         }),
         EventKind::ModelCallStarted {
             turn,
@@ -289,6 +294,61 @@ pub fn encode_record(
             call_id: call_id.clone(),
             reason: reason.clone(),
         }),
+        EventKind::GateOpened {
+            turn,
+            gate_id,
+            kind,
+            point,
+            policy,
+            reason,
+            reviewers,
+            subject,
+            call_id,
+            deadline_unix_ms,
+            on_timeout,
+        } => Kind::GateOpened(pb::GateOpened {
+            turn: *turn,
+            gate_id: gate_id.clone(),
+            kind: kind.clone(),
+            point: point.clone(),
+            policy: policy.clone(),
+            reason: reason.clone(),
+            reviewers: reviewers.clone(),
+            subject: subject.clone(),
+            call_id: call_id.clone(),
+            deadline_unix_ms: *deadline_unix_ms,
+            on_timeout: on_timeout.clone(),
+        }),
+        EventKind::GateDecided {
+            turn,
+            gate_id,
+            decision,
+            reviewer,
+            reason,
+            edited,
+            by_timeout,
+        } => Kind::GateDecided(pb::GateDecided {
+            turn: *turn,
+            gate_id: gate_id.clone(),
+            decision: decision.clone(),
+            reviewer: reviewer.clone(),
+            reason: reason.clone(),
+            edited: edited.clone(),
+            by_timeout: *by_timeout,
+        }),
+        EventKind::GateEscalated {
+            turn,
+            gate_id,
+            reviewers,
+            deadline_unix_ms,
+            on_timeout,
+        } => Kind::GateEscalated(pb::GateEscalated {
+            turn: *turn,
+            gate_id: gate_id.clone(),
+            reviewers: reviewers.clone(),
+            deadline_unix_ms: *deadline_unix_ms,
+            on_timeout: on_timeout.clone(),
+        }),
         EventKind::TurnCancelled { turn } => Kind::TurnCancelled(pb::TurnCancelled { turn: *turn }),
         EventKind::SessionFailed { reason } => Kind::SessionFailed(pb::SessionFailed {
             reason: reason.clone(),
@@ -384,6 +444,7 @@ pub fn decode_record(
         Kind::TurnAccepted(k) => EventKind::TurnAccepted {
             turn: k.turn,
             message: message(k.message)?,
+            review: k.review,
         },
         Kind::ModelCallStarted(k) => EventKind::ModelCallStarted {
             turn: k.turn,
@@ -440,6 +501,35 @@ pub fn decode_record(
             call_id: k.call_id,
             reason: k.reason,
         },
+        Kind::GateOpened(k) => EventKind::GateOpened {
+            turn: k.turn,
+            gate_id: k.gate_id,
+            kind: k.kind,
+            point: k.point,
+            policy: k.policy,
+            reason: k.reason,
+            reviewers: k.reviewers,
+            subject: k.subject,
+            call_id: k.call_id,
+            deadline_unix_ms: k.deadline_unix_ms,
+            on_timeout: k.on_timeout,
+        },
+        Kind::GateDecided(k) => EventKind::GateDecided {
+            turn: k.turn,
+            gate_id: k.gate_id,
+            decision: k.decision,
+            reviewer: k.reviewer,
+            reason: k.reason,
+            edited: k.edited,
+            by_timeout: k.by_timeout,
+        },
+        Kind::GateEscalated(k) => EventKind::GateEscalated {
+            turn: k.turn,
+            gate_id: k.gate_id,
+            reviewers: k.reviewers,
+            deadline_unix_ms: k.deadline_unix_ms,
+            on_timeout: k.on_timeout,
+        },
         Kind::TurnCancelled(k) => EventKind::TurnCancelled { turn: k.turn },
         Kind::SessionFailed(k) => EventKind::SessionFailed { reason: k.reason },
     };
@@ -483,6 +573,7 @@ mod tests {
                 EventKind::TurnAccepted {
                     turn: 1,
                     message: Message::user("hi"),
+                    review: false,
                 },
                 "0801102a5a0a08011206080212026869",
             ),
@@ -592,6 +683,7 @@ mod tests {
             &EventKind::TurnAccepted {
                 turn: 1,
                 message: Message::user("hi"),
+                review: false,
             },
             1024,
         );
@@ -630,6 +722,7 @@ mod tests {
         let kind = EventKind::TurnAccepted {
             turn: 1,
             message: Message::user(big.clone()),
+            review: false,
         };
         let enc = encode_record(&s, 9, 1, &kind, 1024);
         assert!(

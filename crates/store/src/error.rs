@@ -16,6 +16,9 @@ pub enum Error {
     /// A session's metadata exists but cannot be decoded.
     #[error("metadata of session {session} cannot be decoded: {reason}")]
     CorruptMeta { session: SessionId, reason: String },
+    /// A gate record exists but cannot be decoded.
+    #[error("gate {gate} cannot be decoded: {reason}")]
+    CorruptGate { gate: String, reason: String },
     /// A record refers to a payload that is missing.
     #[error("payload of journal record {seq} of session {session} is missing")]
     MissingPayload { session: SessionId, seq: u64 },
@@ -39,7 +42,10 @@ impl Error {
     pub fn is_corruption(&self) -> bool {
         matches!(
             self,
-            Error::CorruptRecord { .. } | Error::CorruptMeta { .. } | Error::MissingPayload { .. }
+            Error::CorruptRecord { .. }
+                | Error::CorruptMeta { .. }
+                | Error::MissingPayload { .. }
+                | Error::CorruptGate { .. }
         )
     }
 }

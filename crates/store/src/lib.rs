@@ -23,6 +23,7 @@
 
 mod codec;
 mod error;
+pub mod gates;
 pub mod keys;
 pub mod snapshot;
 mod writer;
@@ -45,12 +46,16 @@ pub const CF_PAYLOADS: &str = "payloads";
 pub const CF_INDEXES: &str = "indexes";
 pub const CF_SNAPSHOTS: &str = "snapshots";
 /// Every column family Baton uses.
-pub const COLUMN_FAMILIES: [&str; 5] = [
+/// Current state of each gate (see [`gates`]).
+pub const CF_GATES: &str = "gates";
+/// Every column family Baton uses.
+pub const COLUMN_FAMILIES: [&str; 6] = [
     CF_SESSIONS,
     CF_JOURNAL,
     CF_PAYLOADS,
     CF_INDEXES,
     CF_SNAPSHOTS,
+    CF_GATES,
 ];
 
 /// Message content longer than this many bytes is stored once in the
@@ -459,6 +464,33 @@ impl Store {
             Ok(n)
         })
         .await
+    }
+
+    /// A gate's current state.
+    pub async fn get_gate(&self, gate_id: [u8; 16]) -> Result<Option<gates::GateRecord>> {
+        self.blocking(move |db| gates::get_blocking(db, gate_id))
+            .await
+    }
+
+    /// A page of gates, served from the gate indexes.
+    pub async fn list_gates(
+        &self,
+        filter: gates::GateFilter,
+        after: Option<[u8; 16]>,
+        limit: usize,
+    ) -> Result<gates::GatePage> {
+        self.blocking(move |db| gates::list_blocking(db, &filter, after, limit))
+            .await
+    }
+
+    /// Pending gates whose deadline has passed.
+    pub async fn due_gates(
+        &self,
+        now_unix_ms: u64,
+        limit: usize,
+    ) -> Result<Vec<gates::GateRecord>> {
+        self.blocking(move |db| gates::due_blocking(db, now_unix_ms, limit))
+            .await
     }
 
     /// Create a consistent checkpoint (hard-linked copy) of the store at `dir`.

@@ -50,6 +50,7 @@ async fn records_survive_reopen_in_order() {
             &EventKind::TurnAccepted {
                 turn: 1,
                 message: Message::user("x".repeat(40_000)),
+                review: false,
             },
         );
         b.append(
@@ -218,6 +219,7 @@ async fn deleting_a_session_removes_every_trace_and_nothing_else() {
             &EventKind::TurnAccepted {
                 turn: 1,
                 message: Message::user("y".repeat(20_000)),
+                review: false,
             },
         );
         b.put_snapshot(&s, vec![1, 2, 3]);
@@ -274,4 +276,94 @@ async fn checkpoint_is_a_readable_copy() {
     store.checkpoint(dir.path().join("cp")).await.unwrap();
     let copy = open(&dir.path().join("cp"), Durability::Sync);
     assert_eq!(copy.read_journal(s, 0, 10).await.unwrap().len(), 1);
+}
+
+fn gate(n: u8, session: SessionId, policy: &str, status: gates::GateStatus, deadline: u64) -> gates::GateRecord {
+    let mut id = [0u8; 16];
+    id[15] = n;
+    gates::GateRecord {
+        gate_id: id,
+        session,
+        turn: 1,
+        status,
+        kind: "final_answer".into(),
+        point: "final_answer".into(),
+        policy: policy.into(),
+        reason: String::new(),
+        reviewers: "r".into(),
+        subject: "{}".into(),
+        call_id: String::new(),
+        opened_at_unix_ms: 1,
+        deadline_unix_ms: deadline,
+        on_timeout: "reject".into(),
+        decision: String::new(),
+        reviewer: String::new(),
+        decision_reason: String::new(),
+        edited: String::new(),
+        decided_at_unix_ms: 0,
+        by_timeout: false,
+        escalations: 0,
+    }
+}
+
+#[tokio::test]
+async fn gates_page_stably_by_any_filter_and_deadlines_are_found() {
+    use gates::{GateFilter, GateStatus::*};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Durability::Buffered);
+    let (s1, s2) = (SessionId::new(), SessionId::new());
+    // Interleaved statuses, policies and sessions.
+    let all = vec![
+        gate(1, s1, "a", Decided, 0),
+        gate(2, s2, "a", Pending, 50),
+        gate(3, s1, "b", Pending, 0),
+        gate(4, s2, "a", Decided, 0),
+        gate(5, s1, "a", Pending, 10),
+        gate(6, s2, "b", Decided, 0),
+    ];
+    let mut b = Batch::new();
+    for g in &all {
+        b.put_gate(g, None);
+    }
+    store.write(b).await.unwrap();
+    let walk = |filter: GateFilter| {
+        let store = store.clone();
+        async move {
+            let mut ids = Vec::new();
+            let mut after = None;
+            loop {
+                let page = store.list_gates(filter.clone(), after, 1).await.unwrap();
+                ids.extend(page.gates.iter().map(|g| g.gate_id[15]));
+                match page.next_after {
+                    Some(a) => after = Some(a),
+                    None => return ids,
+                }
+            }
+        }
+    };
+    assert_eq!(walk(GateFilter::default()).await, vec![1, 2, 3, 4, 5, 6]);
+    assert_eq!(walk(GateFilter { status: Some(Pending), ..Default::default() }).await, vec![2, 3, 5]);
+    assert_eq!(walk(GateFilter { policy: Some("a".into()), ..Default::default() }).await, vec![1, 2, 4, 5]);
+    assert_eq!(
+        walk(GateFilter { policy: Some("a".into()), status: Some(Decided), ..Default::default() }).await,
+        vec![1, 4]
+    );
+    assert_eq!(walk(GateFilter { session: Some(s1), ..Default::default() }).await, vec![1, 3, 5]);
+    assert_eq!(
+        walk(GateFilter { session: Some(s2), status: Some(Pending), ..Default::default() }).await,
+        vec![2]
+    );
+    // Deadlines: only pending gates with a deadline, oldest first.
+    let due: Vec<u8> = store.due_gates(100, 10).await.unwrap().iter().map(|g| g.gate_id[15]).collect();
+    assert_eq!(due, vec![5, 2]);
+    assert!(store.due_gates(20, 10).await.unwrap().len() == 1);
+    // Deciding gate 5 moves its index entries.
+    let mut decided = gate(5, s1, "a", Decided, 10);
+    decided.decision = "approve".into();
+    let mut b = Batch::new();
+    b.put_gate(&decided, Some(&all[4]));
+    store.write(b).await.unwrap();
+    assert_eq!(walk(GateFilter { status: Some(Pending), ..Default::default() }).await, vec![2, 3]);
+    assert_eq!(store.due_gates(100, 10).await.unwrap().len(), 1);
+    assert_eq!(store.get_gate(decided.gate_id).await.unwrap().unwrap(), decided);
 }

@@ -11,7 +11,10 @@
 //! scripted reply (a fault that sends part of an answer sends part of the next
 //! scripted reply), so the retry gets it. "Tokens" are
 //! whitespace-separated words: input over all message contents, output over
-//! the reply text.
+//! the reply text. When the request asks for `logprobs` and the
+//! [`Behavior`] sets a `logprob`, every content token (JSON: one per word of
+//! the reply; SSE: one per content chunk) carries that log-probability in
+//! `choices[0].logprobs.content`.
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
@@ -81,6 +84,10 @@ pub struct Behavior {
     pub chunk_delay: Duration,
     /// Tool calls to return with the reply (finish reason `tool_calls`).
     pub tool_calls: Vec<ToolCall>,
+    /// The log-probability of every content token, sent when the request
+    /// has `"logprobs": true`; none when `None`. A non-finite value is sent
+    /// as `null`.
+    pub logprob: Option<f64>,
 }
 
 impl Default for Behavior {
@@ -94,6 +101,7 @@ impl Default for Behavior {
             chunk_chars: 0,
             chunk_delay: Duration::ZERO,
             tool_calls: Vec::new(),
+            logprob: None,
         }
     }
 }
@@ -381,6 +389,8 @@ struct Answer {
     finish_reason: &'static str,
     input_tokens: u64,
     output_tokens: u64,
+    /// The logprob of each content token, when the request asked for them.
+    logprob: Option<f64>,
 }
 
 impl Answer {
@@ -429,6 +439,9 @@ impl Answer {
             tool_calls: behavior.tool_calls.clone(),
             finish_reason,
             input_tokens,
+            logprob: behavior
+                .logprob
+                .filter(|_| body["logprobs"].as_bool() == Some(true)),
         }
     }
 
@@ -438,6 +451,18 @@ impl Answer {
             "completion_tokens": self.output_tokens,
             "total_tokens": self.input_tokens + self.output_tokens,
         })
+    }
+
+    /// A choice's `logprobs` for these content tokens.
+    fn logprobs<'a>(lp: f64, tokens: impl Iterator<Item = &'a str>) -> Value {
+        let content: Vec<Value> = tokens
+            .map(|t| json!({"token": t, "logprob": lp, "bytes": t.as_bytes(), "top_logprobs": []}))
+            .collect();
+        if content.is_empty() {
+            json!({"content": null})
+        } else {
+            json!({"content": content})
+        }
     }
 
     fn json(&self) -> Value {
@@ -458,23 +483,41 @@ impl Answer {
                 message["content"] = Value::Null;
             }
         }
+        let mut choice =
+            json!({"index": 0, "message": message, "finish_reason": self.finish_reason});
+        if let Some(lp) = self.logprob {
+            choice["logprobs"] = Self::logprobs(lp, self.text.split_whitespace());
+        }
         json!({
             "id": self.id,
             "object": "chat.completion",
             "created": 0,
             "model": self.model,
-            "choices": [{"index": 0, "message": message, "finish_reason": self.finish_reason}],
+            "choices": [choice],
             "usage": self.usage(),
         })
     }
 
     fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Value {
+        self.chunk_with_logprobs(delta, finish_reason, None)
+    }
+
+    fn chunk_with_logprobs(
+        &self,
+        delta: Value,
+        finish_reason: Option<&str>,
+        logprobs: Option<Value>,
+    ) -> Value {
+        let mut choice = json!({"index": 0, "delta": delta, "finish_reason": finish_reason});
+        if let Some(lp) = logprobs {
+            choice["logprobs"] = lp;
+        }
         json!({
             "id": self.id,
             "object": "chat.completion.chunk",
             "created": 0,
             "model": self.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason}],
+            "choices": [choice],
         })
     }
 
@@ -486,12 +529,15 @@ impl Answer {
             events.push(self.chunk(json!({"role": "assistant", "content": ""}), None));
         }
         for (i, piece) in pieces.into_iter().enumerate() {
+            let logprobs = self
+                .logprob
+                .map(|lp| Self::logprobs(lp, std::iter::once(piece.as_str())));
             let delta = if i == 0 {
                 json!({"role": "assistant", "content": piece})
             } else {
                 json!({"content": piece})
             };
-            events.push(self.chunk(delta, None));
+            events.push(self.chunk_with_logprobs(delta, None, logprobs));
         }
         for (index, call) in self.tool_calls.iter().enumerate() {
             events.push(self.chunk(

@@ -697,3 +697,75 @@ async fn scripted_replies_come_first_in_order_and_survive_faults() {
     assert_eq!(resp.message.tool_calls, two_calls());
     assert_eq!(server.requests(), 6);
 }
+
+fn assert_confidence(resp: &ModelResponse, want: f64) {
+    let got = resp
+        .confidence
+        .unwrap_or_else(|| panic!("no confidence in {resp:?}"));
+    assert!((got - want).abs() < 1e-9, "confidence {got}, want {want}");
+}
+
+#[tokio::test]
+async fn logprobs_give_a_confidence_streamed_or_not() {
+    let server = FakeOpenAi::start().await.unwrap();
+    server.set_behavior(Behavior {
+        reply: Reply::Fixed("four words of text".into()),
+        chunk_chars: 3,
+        logprob: Some(-0.25),
+        ..Behavior::default()
+    });
+    for stream in [false, true] {
+        let mut cfg = config(&server, stream);
+        cfg.logprobs = true;
+        let ep = Endpoint::from_config(cfg).unwrap();
+        let (resp, deltas) = call_streaming(&ep, &request("go")).await;
+        let resp = resp.unwrap();
+        assert_eq!(
+            resp.message.content, "four words of text",
+            "stream={stream}"
+        );
+        if stream {
+            assert_eq!(text_of(&deltas), "four words of text");
+        }
+        assert_confidence(&resp, (-0.25f64).exp());
+        let body = server.received().pop().unwrap();
+        assert_eq!(body["logprobs"], true, "stream={stream}");
+        assert_eq!(body["stream"], stream);
+
+        // Not asked for: not sent, and no confidence.
+        let ep = endpoint(&server, stream);
+        let resp = call(&ep, &request("go")).await.unwrap();
+        assert_eq!(resp.confidence, None, "stream={stream}");
+        assert!(server.received().pop().unwrap().get("logprobs").is_none());
+    }
+    assert_eq!(server.requests(), 4);
+}
+
+#[tokio::test]
+async fn a_confidence_is_none_when_the_provider_sends_no_usable_logprobs() {
+    let server = FakeOpenAi::start().await.unwrap();
+    for (reply, tool_calls, logprob) in [
+        // Asked for, but the server sends none.
+        ("some text", vec![], None),
+        // Non-finite logprobs arrive as null: skipped, not fatal.
+        ("some text", vec![], Some(f64::NAN)),
+        // No content tokens at all.
+        ("", two_calls(), Some(-0.5)),
+    ] {
+        server.set_behavior(Behavior {
+            reply: Reply::Fixed(reply.into()),
+            tool_calls: tool_calls.clone(),
+            logprob,
+            ..Behavior::default()
+        });
+        for stream in [false, true] {
+            let mut cfg = config(&server, stream);
+            cfg.logprobs = true;
+            let ep = Endpoint::from_config(cfg).unwrap();
+            let resp = call(&ep, &request("go")).await.unwrap();
+            assert_eq!(resp.message.content, reply);
+            assert_eq!(resp.message.tool_calls, tool_calls);
+            assert_eq!(resp.confidence, None, "stream={stream} logprob={logprob:?}");
+        }
+    }
+}

@@ -102,6 +102,9 @@ pub enum EventKind {
     TurnAccepted {
         turn: u64,
         message: Message,
+        /// The client asked for this turn's final answer to be reviewed.
+        #[serde(default)]
+        review: bool,
     },
     /// A model call for the turn was issued (attempt 1, or a re-issue after a
     /// crash or a broken stream). Deltas of earlier attempts of the same turn
@@ -162,6 +165,52 @@ pub enum EventKind {
         call_id: String,
         reason: String,
     },
+    /// A human decision is required before the turn goes on.
+    GateOpened {
+        turn: u64,
+        gate_id: String,
+        /// The policy kind that fired: `before_tool`, `final_answer`,
+        /// `cost`, `confidence`, `data_rule`, `explicit`, `needs_attention`.
+        kind: String,
+        /// Where the turn waits: `tool_call`, `final_answer` or `model_call`.
+        point: String,
+        /// The policy's name.
+        policy: String,
+        /// Why it fired, readable.
+        reason: String,
+        /// The reviewer group the gate is for.
+        reviewers: String,
+        /// What waits for the decision, as JSON text (the tool call, the
+        /// draft answer, the estimated cost, ...).
+        subject: String,
+        /// The tool call a `tool_call` gate holds.
+        call_id: String,
+        /// When the timeout action applies (0: never).
+        deadline_unix_ms: u64,
+        /// `reject`, `approve` or `escalate`.
+        on_timeout: String,
+    },
+    /// The gate was decided (by a reviewer, or by its timeout).
+    GateDecided {
+        turn: u64,
+        gate_id: String,
+        /// `approve`, `reject` or `edit`.
+        decision: String,
+        reviewer: String,
+        reason: String,
+        /// The replacement payload of an `edit` (tool arguments, answer text,
+        /// user message or tool result).
+        edited: String,
+        by_timeout: bool,
+    },
+    /// The gate's timeout escalated it to another reviewer group.
+    GateEscalated {
+        turn: u64,
+        gate_id: String,
+        reviewers: String,
+        deadline_unix_ms: u64,
+        on_timeout: String,
+    },
     TurnCompleted {
         turn: u64,
         usage: Usage,
@@ -194,6 +243,9 @@ impl EventKind {
             | EventKind::ToolCallStarted { turn, .. }
             | EventKind::ToolResult { turn, .. }
             | EventKind::NeedsAttention { turn, .. }
+            | EventKind::GateOpened { turn, .. }
+            | EventKind::GateDecided { turn, .. }
+            | EventKind::GateEscalated { turn, .. }
             | EventKind::TurnCompleted { turn, .. }
             | EventKind::TurnFailed { turn, .. }
             | EventKind::TurnCancelled { turn } => Some(*turn),
@@ -213,6 +265,9 @@ impl EventKind {
             EventKind::ToolCallStarted { .. } => "tool_call_started",
             EventKind::ToolResult { .. } => "tool_result",
             EventKind::NeedsAttention { .. } => "needs_attention",
+            EventKind::GateOpened { .. } => "gate_opened",
+            EventKind::GateDecided { .. } => "gate_decided",
+            EventKind::GateEscalated { .. } => "gate_escalated",
             EventKind::TurnCompleted { .. } => "turn_completed",
             EventKind::TurnFailed { .. } => "turn_failed",
             EventKind::TurnCancelled { .. } => "turn_cancelled",

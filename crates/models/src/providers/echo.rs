@@ -84,6 +84,7 @@ impl Provider for EchoProvider {
             finish_reason: FinishReason::Stop,
             model: self.model.clone(),
             attempts: 1,
+            confidence: None,
         })
     }
 }
@@ -132,6 +133,7 @@ mod tests {
         assert_eq!(a.message.content, "you said: héllo wörld again");
         assert_eq!(a.model, "echo");
         assert_eq!(a.finish_reason, FinishReason::Stop);
+        assert_eq!(a.confidence, None);
         // 2 + 2 + 2 + 3 words in, 5 out.
         assert_eq!(
             a.usage,

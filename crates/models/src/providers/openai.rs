@@ -6,6 +6,13 @@
 //! usage in the final chunk). The request's tool definitions go out as
 //! `tools: [{"type": "function", "function": {...}}]`; tool calls arriving in
 //! fragments are reassembled by their index.
+//!
+//! With `logprobs = true` the request asks for token log-probabilities and
+//! the response's `confidence` is `exp(mean logprob)` over the entries of
+//! `choices[0].logprobs.content` (all chunks' when streaming). Entries whose
+//! `logprob` is missing or not a finite number are skipped; with none left
+//! the confidence is `None`. The bare `NaN`, `Infinity` and `-Infinity` that
+//! some servers write for such values (not JSON) are read as `null`.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -36,6 +43,7 @@ pub struct OpenAiProvider {
     api_key: Option<SecretString>,
     stream: bool,
     max_output_tokens: Option<u32>,
+    logprobs: bool,
 }
 
 impl fmt::Debug for OpenAiProvider {
@@ -45,6 +53,7 @@ impl fmt::Debug for OpenAiProvider {
             .field("model", &self.model)
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
             .field("stream", &self.stream)
+            .field("logprobs", &self.logprobs)
             .finish_non_exhaustive()
     }
 }
@@ -76,6 +85,7 @@ impl OpenAiProvider {
             api_key,
             stream: cfg.stream,
             max_output_tokens: cfg.max_output_tokens,
+            logprobs: cfg.logprobs,
         })
     }
 
@@ -96,6 +106,9 @@ impl OpenAiProvider {
         if let Some(t) = req.temperature {
             body["temperature"] = json!(t);
         }
+        if self.logprobs {
+            body["logprobs"] = json!(true);
+        }
         if !req.tools.is_empty() {
             let tools = req
                 .tools
@@ -112,12 +125,21 @@ impl OpenAiProvider {
             .bytes()
             .await
             .map_err(|e| transport_error(&e, "reading response"))?;
-        let parsed: ChatResponse = serde_json::from_slice(&bytes)
-            .map_err(|e| malformed(format!("malformed response body: {e}")))?;
+        self.parse_json(&bytes)
+    }
+
+    /// A whole (non-streamed) JSON answer.
+    fn parse_json(&self, bytes: &[u8]) -> Result<ModelResponse, ProviderError> {
+        let parsed: ChatResponse =
+            parse_lenient(bytes).map_err(|e| malformed(format!("malformed response body: {e}")))?;
         let choice = parsed
             .choices
             .and_then(|c| c.into_iter().next())
             .ok_or_else(|| malformed("response has no choices"))?;
+        let mut logprobs = LogprobMean::default();
+        if let Some(lp) = &choice.logprobs {
+            logprobs.add(lp);
+        }
         let message = choice.message.unwrap_or_default();
         let tool_calls = message
             .tool_calls
@@ -142,6 +164,7 @@ impl OpenAiProvider {
             finish_reason: FinishReason::from_provider(&finish_reason),
             model: parsed.model.unwrap_or_else(|| self.model.clone()),
             attempts: 1,
+            confidence: logprobs.confidence(),
         })
     }
 
@@ -438,6 +461,7 @@ struct StreamAccumulator {
     finish_reason: Option<String>,
     usage: Option<Usage>,
     model: Option<String>,
+    logprobs: LogprobMean,
 }
 
 impl StreamAccumulator {
@@ -447,7 +471,7 @@ impl StreamAccumulator {
         if data == "[DONE]" {
             return Ok(true);
         }
-        let chunk: ChatChunk = serde_json::from_str(data)
+        let chunk: ChatChunk = parse_lenient(data.as_bytes())
             .map_err(|e| malformed(format!("malformed stream chunk: {e}")))?;
         if let Some(err) = chunk.error {
             let detail = error_text(err.to_string().as_bytes()).unwrap_or_default();
@@ -480,6 +504,9 @@ impl StreamAccumulator {
                 for call in delta.tool_calls.unwrap_or_default() {
                     self.tool_call(call);
                 }
+            }
+            if let Some(lp) = &choice.logprobs {
+                self.logprobs.add(lp);
             }
             if let Some(reason) = choice.finish_reason {
                 self.finish_reason = Some(reason);
@@ -535,7 +562,93 @@ impl StreamAccumulator {
             finish_reason,
             model: self.model.unwrap_or_else(|| configured_model.to_string()),
             attempts: 1,
+            confidence: self.logprobs.confidence(),
         }
+    }
+}
+
+/// Parse JSON; if that fails, try again with the non-JSON literals `NaN`,
+/// `Infinity` and `-Infinity` (outside strings) read as `null`, and report
+/// the first error if that fails too.
+fn parse_lenient<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> serde_json::Result<T> {
+    match serde_json::from_slice(bytes) {
+        Ok(v) => Ok(v),
+        Err(first) => match non_finite_as_null(bytes) {
+            Some(fixed) => serde_json::from_slice(&fixed).map_err(|_| first),
+            None => Err(first),
+        },
+    }
+}
+
+/// `bytes` with `NaN`, `Infinity` and `-Infinity` outside strings replaced by
+/// `null`; `None` when there are none.
+fn non_finite_as_null(bytes: &[u8]) -> Option<Vec<u8>> {
+    const LITERALS: [&[u8]; 3] = [b"-Infinity", b"Infinity", b"NaN"];
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut replaced = false;
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if b == b'\\' {
+                escaped = true;
+            } else if b == b'"' {
+                in_string = false;
+            }
+        } else if b == b'"' {
+            in_string = true;
+        } else if let Some(lit) = LITERALS.iter().find(|l| bytes[i..].starts_with(l)) {
+            out.extend_from_slice(b"null");
+            replaced = true;
+            i += lit.len();
+            continue;
+        }
+        out.push(b);
+        i += 1;
+    }
+    replaced.then_some(out)
+}
+
+/// The running mean of token log-probabilities, for `confidence`.
+#[derive(Debug, Default, Clone, Copy)]
+struct LogprobMean {
+    sum: f64,
+    count: u64,
+}
+
+impl LogprobMean {
+    /// Take the `logprob` of each entry of a choice's `logprobs.content`;
+    /// anything else (null content, missing or non-numeric or non-finite
+    /// logprobs) is skipped.
+    fn add(&mut self, logprobs: &Value) {
+        let Some(entries) = logprobs.get("content").and_then(Value::as_array) else {
+            return;
+        };
+        for entry in entries {
+            if let Some(lp) = entry.get("logprob").and_then(Value::as_f64)
+                && lp.is_finite()
+            {
+                self.sum += lp;
+                self.count += 1;
+            }
+        }
+    }
+
+    /// `exp(mean logprob)` clamped to `[0, 1]`; `None` without any logprob
+    /// (or if the sum stopped being a number).
+    fn confidence(&self) -> Option<f64> {
+        if self.count == 0 {
+            return None;
+        }
+        let c = (self.sum / self.count as f64).exp();
+        if c.is_nan() {
+            return None;
+        }
+        Some(c.clamp(0.0, 1.0))
     }
 }
 
@@ -557,6 +670,9 @@ struct Choice {
     message: Option<WireMessage>,
     #[serde(default)]
     finish_reason: Option<String>,
+    /// Kept as JSON: odd values must not make the answer malformed.
+    #[serde(default)]
+    logprobs: Option<Value>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -620,6 +736,8 @@ struct ChunkChoice {
     delta: Option<ChunkDelta>,
     #[serde(default)]
     finish_reason: Option<String>,
+    #[serde(default)]
+    logprobs: Option<Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -846,5 +964,143 @@ mod tests {
             "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
         );
         assert_eq!(retry_after(&h), None);
+    }
+
+    fn provider(logprobs: bool) -> OpenAiProvider {
+        let mut cfg = EndpointConfig::openai("e", "http://127.0.0.1:1/v1", "m");
+        cfg.logprobs = logprobs;
+        cfg.stream = false;
+        OpenAiProvider::new(&cfg, None).unwrap()
+    }
+
+    fn assert_close(got: Option<f64>, want: f64) {
+        let got = got.unwrap_or_else(|| panic!("no confidence, want {want}"));
+        assert!((got - want).abs() < 1e-9, "confidence {got}, want {want}");
+    }
+
+    #[test]
+    fn logprobs_are_asked_for_only_when_configured() {
+        let req = ModelRequest::new(vec![Message::user("hi")]);
+        assert_eq!(provider(true).body(&req).unwrap()["logprobs"], true);
+        assert!(
+            provider(false)
+                .body(&req)
+                .unwrap()
+                .get("logprobs")
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn json_confidence_is_exp_of_the_mean_logprob() {
+        let p = provider(true);
+        let answer = |logprobs: Value| {
+            json!({
+                "model": "m",
+                "choices": [{"index": 0, "message": {"content": "a b c"},
+                             "finish_reason": "stop", "logprobs": logprobs}],
+            })
+            .to_string()
+        };
+        let entry =
+            |lp: Value| json!({"token": "t", "logprob": lp, "bytes": [116], "top_logprobs": []});
+        let body = answer(
+            json!({"content": [entry(json!(-0.1)), entry(json!(-0.5)), entry(json!(-0.3))]}),
+        );
+        let resp = p.parse_json(body.as_bytes()).unwrap();
+        assert_close(resp.confidence, (-0.3f64).exp());
+        assert_eq!(resp.message.content, "a b c");
+
+        // Odd entries are skipped, not fatal.
+        let body = answer(json!({"content": [
+            entry(json!(-1.0)), entry(Value::Null), entry(json!("-0.2")),
+            {"token": "x"}, 7, entry(json!(-3.0)),
+        ]}));
+        assert_close(
+            p.parse_json(body.as_bytes()).unwrap().confidence,
+            (-2.0f64).exp(),
+        );
+
+        // Nothing to go on: None.
+        for lp in [
+            Value::Null,
+            json!({"content": null}),
+            json!({"content": []}),
+            json!({"content": [entry(Value::Null)]}),
+            json!("garbage"),
+            json!([1, 2]),
+        ] {
+            let body = answer(lp.clone());
+            assert_eq!(
+                p.parse_json(body.as_bytes()).unwrap().confidence,
+                None,
+                "{lp}"
+            );
+        }
+        let bare = r#"{"choices":[{"message":{"content":"x"},"finish_reason":"stop"}]}"#;
+        assert_eq!(p.parse_json(bare.as_bytes()).unwrap().confidence, None);
+
+        // Out-of-range values stay within [0, 1].
+        let body = answer(json!({"content": [entry(json!(2.0))]}));
+        assert_close(p.parse_json(body.as_bytes()).unwrap().confidence, 1.0);
+        let body = answer(json!({"content": [entry(json!(-1e308)), entry(json!(-1e308))]}));
+        assert_close(p.parse_json(body.as_bytes()).unwrap().confidence, 0.0);
+        let body = answer(
+            json!({"content": [entry(json!(1e308)), entry(json!(1e308)), entry(json!(-1e308)), entry(json!(-1e308)), entry(json!(-1e308))]}),
+        );
+        let c = p.parse_json(body.as_bytes()).unwrap().confidence;
+        assert!(c.is_none_or(|c| (0.0..=1.0).contains(&c)), "{c:?}");
+    }
+
+    #[test]
+    fn streamed_confidence_spans_every_chunk_of_the_first_choice() {
+        let mut acc = StreamAccumulator::default();
+        let chunks = [
+            r#"{"choices":[{"index":0,"delta":{"role":"assistant","content":"a"},"logprobs":{"content":[{"token":"a","logprob":-0.2}]}}]}"#,
+            r#"{"choices":[{"index":1,"delta":{"content":"z"},"logprobs":{"content":[{"token":"z","logprob":-9.0}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":" b"},"logprobs":{"content":[{"token":" b","logprob":-0.4},{"token":"?","logprob":null}]}}]}"#,
+            r#"{"choices":[{"index":0,"delta":{"content":"!"},"logprobs":null}]}"#,
+            r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop","logprobs":{"content":[]}}]}"#,
+        ];
+        for c in chunks {
+            assert!(!acc.event(c, None).unwrap());
+        }
+        let resp = acc.finish("m");
+        assert_eq!(resp.message.content, "a b!");
+        assert_close(resp.confidence, (-0.3f64).exp());
+
+        let mut acc = StreamAccumulator::default();
+        acc.event(
+            r#"{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":"stop"}]}"#,
+            None,
+        )
+        .unwrap();
+        assert_eq!(acc.finish("m").confidence, None);
+    }
+
+    #[test]
+    fn non_json_non_finite_logprobs_are_read_as_null() {
+        let p = provider(true);
+        let body = r#"{"choices":[{"message":{"content":"NaN Infinity \"x\\"},"finish_reason":"stop",
+            "logprobs":{"content":[{"token":"NaN","logprob":NaN},{"token":"a","logprob":-Infinity},
+            {"token":"b","logprob":Infinity},{"token":"c","logprob":-0.5}]}}]}"#;
+        let resp = p.parse_json(body.as_bytes()).unwrap();
+        assert_eq!(resp.message.content, "NaN Infinity \"x\\");
+        assert_close(resp.confidence, (-0.5f64).exp());
+
+        let mut acc = StreamAccumulator::default();
+        acc.event(
+            r#"{"choices":[{"index":0,"delta":{"content":"Infinity"},"logprobs":{"content":[{"token":"Infinity","logprob":-Infinity}]}}]}"#,
+            None,
+        )
+        .unwrap();
+        let resp = acc.finish("m");
+        assert_eq!(resp.message.content, "Infinity");
+        assert_eq!(resp.confidence, None);
+
+        // Still malformed: the original error is reported.
+        let err = p.parse_json(b"{\"choices\": [NaN").unwrap_err();
+        assert_eq!(err.kind, ProviderErrorKind::Malformed);
+        assert_eq!(non_finite_as_null(br#"{"a":"NaN"}"#), None);
     }
 }

@@ -10,7 +10,8 @@
 //! ]
 //! ```
 //!
-//! A step has `text`, `tool_calls` or both, and optionally `delay_ms`. A tool
+//! A step has `text`, `tool_calls` or both, and optionally `delay_ms` and
+//! `confidence` (a number from 0 to 1, the response's confidence). A tool
 //! call has a `name`, `arguments` (a JSON object, or a string sent verbatim
 //! as the arguments text; `{}` when absent) and an optional `id` (by default
 //! `call_<step>_<index>`). Steps count from 0.
@@ -33,7 +34,7 @@ use crate::{
 };
 
 /// One answer of a script.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ScriptStep {
     /// Answer text; may be empty when there are tool calls.
     pub text: String,
@@ -41,6 +42,8 @@ pub struct ScriptStep {
     pub tool_calls: Vec<ToolCall>,
     /// Wait before answering.
     pub delay: Duration,
+    /// The response's confidence; a value outside `[0, 1]` is not reported.
+    pub confidence: Option<f64>,
 }
 
 /// Answers with step *n* of its script when the conversation holds *n*
@@ -106,6 +109,8 @@ struct WireStep {
     tool_calls: Option<Vec<WireCall>>,
     #[serde(default)]
     delay_ms: u64,
+    #[serde(default)]
+    confidence: Option<f64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -131,6 +136,13 @@ fn parse_script(text: &str) -> std::result::Result<Vec<ScriptStep>, String> {
             let calls = w.tool_calls.unwrap_or_default();
             if w.text.is_none() && calls.is_empty() {
                 return Err(format!("[{step}]: a step needs text or tool_calls"));
+            }
+            if let Some(c) = w.confidence
+                && !(0.0..=1.0).contains(&c)
+            {
+                return Err(format!(
+                    "[{step}].confidence: must be a number from 0 to 1, got {c}"
+                ));
             }
             let tool_calls = calls
                 .into_iter()
@@ -168,6 +180,7 @@ fn parse_script(text: &str) -> std::result::Result<Vec<ScriptStep>, String> {
                 text: w.text.unwrap_or_default(),
                 tool_calls,
                 delay: Duration::from_millis(w.delay_ms),
+                confidence: w.confidence,
             })
         })
         .collect()
@@ -253,6 +266,7 @@ impl Provider for ScriptedProvider {
             },
             model: self.model.clone(),
             attempts: 1,
+            confidence: step.confidence.filter(|c| (0.0..=1.0).contains(c)),
         })
     }
 }
@@ -412,6 +426,7 @@ mod tests {
                 text: "2 + 2 =  4, done.".into(),
                 tool_calls: vec![],
                 delay: Duration::ZERO,
+                confidence: None,
             }],
         );
         let (tx, mut rx) = mpsc::unbounded_channel();
@@ -491,5 +506,44 @@ mod tests {
         );
         let err = config_error(r#"[{"tool_calls": [{"name": "a", "args": {}}]}]"#);
         assert!(err.contains("unknown field `args`"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_step_may_carry_a_confidence() {
+        let s = script(
+            r#"[{"text": "sure", "confidence": 0.42}, {"text": "hm"}, {"text": "x", "confidence": 1}]"#,
+        );
+        let ep = Endpoint::from_config(s.cfg.clone()).unwrap();
+        assert_eq!(call(&ep, &at_step(0)).await.unwrap().confidence, Some(0.42));
+        assert_eq!(call(&ep, &at_step(1)).await.unwrap().confidence, None);
+        assert_eq!(call(&ep, &at_step(2)).await.unwrap().confidence, Some(1.0));
+
+        assert_eq!(
+            config_error(r#"[{"text": "a"}, {"text": "b", "confidence": 1.5}]"#),
+            "[1].confidence: must be a number from 0 to 1, got 1.5"
+        );
+        assert_eq!(
+            config_error(r#"[{"text": "a", "confidence": -0.1}]"#),
+            "[0].confidence: must be a number from 0 to 1, got -0.1"
+        );
+        let err = config_error(r#"[{"text": "a", "confidence": "high"}]"#);
+        assert!(err.starts_with("not a valid script: "), "{err}");
+
+        // Steps built in code are not validated: out-of-range values are dropped.
+        for bad in [f64::NAN, 2.0, -1.0] {
+            let p = ScriptedProvider::new(
+                "m",
+                vec![ScriptStep {
+                    text: "t".into(),
+                    tool_calls: vec![],
+                    delay: Duration::ZERO,
+                    confidence: Some(bad),
+                }],
+            );
+            assert_eq!(
+                p.complete(&at_step(0), None).await.unwrap().confidence,
+                None
+            );
+        }
     }
 }

@@ -1,0 +1,609 @@
+//! Human-in-the-loop gates: placement policies and the gate API.
+//!
+//! A gate pauses a session at a defined point until a decision: before a
+//! tool call runs, before a final answer is released, or before a model call
+//! is issued. Operators place gates with policies in config; clients can ask
+//! for one per turn (`review`); a non-idempotent tool call interrupted by a
+//! crash (`needs_attention`) becomes one too. Gates are journaled in their
+//! session and indexed in the store, so they survive restarts, list fast,
+//! and let their (passivated) sessions wait without holding memory.
+
+use std::sync::Arc;
+
+use baton_tools::ToolFilter;
+use serde::Deserialize;
+
+pub use baton_store::gates::{GateRecord, GateStatus};
+
+use crate::{Error, Result};
+
+/// What a gate policy watches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GatePolicyKind {
+    /// Before a server-side tool call whose name matches `tools` runs.
+    BeforeTool,
+    /// Before a final answer is released.
+    FinalAnswer,
+    /// Before a model call whose estimated cost exceeds `max_cost_usd`.
+    Cost,
+    /// Before a final answer whose confidence is below `min_confidence`.
+    Confidence,
+    /// When input or output matches `pattern` (a regex) or `classifier`.
+    DataRule,
+}
+
+impl GatePolicyKind {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GatePolicyKind::BeforeTool => "before_tool",
+            GatePolicyKind::FinalAnswer => "final_answer",
+            GatePolicyKind::Cost => "cost",
+            GatePolicyKind::Confidence => "confidence",
+            GatePolicyKind::DataRule => "data_rule",
+        }
+    }
+}
+
+/// What a data rule looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum DataRuleTarget {
+    /// The user's message, before the turn's first model call.
+    Input,
+    /// The final answer, before it is released.
+    Output,
+    #[default]
+    Both,
+}
+
+/// What happens when a gate's timeout passes without a decision.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum TimeoutAction {
+    #[default]
+    Reject,
+    Approve,
+    /// Hand the gate to `escalate_to` with a fresh timeout.
+    Escalate,
+}
+
+impl TimeoutAction {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            TimeoutAction::Reject => "reject",
+            TimeoutAction::Approve => "approve",
+            TimeoutAction::Escalate => "escalate",
+        }
+    }
+
+    pub fn parse(s: &str) -> TimeoutAction {
+        match s {
+            "approve" => TimeoutAction::Approve,
+            "escalate" => TimeoutAction::Escalate,
+            _ => TimeoutAction::Reject,
+        }
+    }
+}
+
+fn default_reviewers() -> String {
+    "reviewers".into()
+}
+
+/// One placement policy (`[[gates.policies]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatePolicy {
+    pub name: String,
+    pub kind: GatePolicyKind,
+    /// `before_tool`: tool names or patterns.
+    #[serde(default)]
+    pub tools: Vec<String>,
+    /// `cost`: the threshold, in USD, for one model call's estimated cost.
+    #[serde(default)]
+    pub max_cost_usd: Option<f64>,
+    /// `confidence`: answers below this (0..1) need review.
+    #[serde(default)]
+    pub min_confidence: Option<f64>,
+    /// `data_rule`: a regular expression.
+    #[serde(default)]
+    pub pattern: Option<String>,
+    /// `data_rule`: the name of a classifier registered by the embedder.
+    #[serde(default)]
+    pub classifier: Option<String>,
+    #[serde(default)]
+    pub applies_to: DataRuleTarget,
+    /// Only sessions on these routes (empty: all).
+    #[serde(default)]
+    pub routes: Vec<String>,
+    /// The reviewer group.
+    #[serde(default = "default_reviewers")]
+    pub reviewers: String,
+    /// 0: no timeout.
+    #[serde(default)]
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub on_timeout: TimeoutAction,
+    /// `escalate`: the next reviewer group.
+    #[serde(default)]
+    pub escalate_to: Option<String>,
+    /// `escalate`: the escalated gate's timeout (then rejected); 0: none.
+    #[serde(default)]
+    pub escalate_timeout_ms: u64,
+}
+
+/// Defaults of the built-in gates (`explicit`, `needs_attention`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct BuiltinGate {
+    pub reviewers: String,
+    pub timeout_ms: u64,
+    pub on_timeout: TimeoutAction,
+    pub escalate_to: Option<String>,
+    pub escalate_timeout_ms: u64,
+}
+
+impl Default for BuiltinGate {
+    fn default() -> Self {
+        Self {
+            reviewers: default_reviewers(),
+            timeout_ms: 0,
+            on_timeout: TimeoutAction::Reject,
+            escalate_to: None,
+            escalate_timeout_ms: 0,
+        }
+    }
+}
+
+/// `[gates]`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct GatesConfig {
+    pub policies: Vec<GatePolicy>,
+    /// Gates a client asks for with `SendMessage.review`.
+    pub explicit: BuiltinGate,
+    /// Gates for non-idempotent tool calls interrupted by a crash.
+    pub needs_attention: BuiltinGate,
+    /// How often due gate timeouts are looked for.
+    pub timeout_scan_ms: u64,
+}
+
+impl Default for GatesConfig {
+    fn default() -> Self {
+        Self {
+            policies: Vec::new(),
+            explicit: BuiltinGate::default(),
+            needs_attention: BuiltinGate::default(),
+            timeout_scan_ms: 1000,
+        }
+    }
+}
+
+/// Decides whether a text holds data that needs review: returns a reason.
+/// Register with `RuntimeBuilder::with_classifier`.
+pub trait DataClassifier: Send + Sync + std::fmt::Debug {
+    fn classify(&self, text: &str) -> Option<String>;
+}
+
+/// A policy ready to evaluate.
+#[derive(Debug)]
+pub(crate) struct CompiledPolicy {
+    pub policy: GatePolicy,
+    tools: Option<ToolFilter>,
+    pattern: Option<regex::Regex>,
+    classifier: Option<Arc<dyn DataClassifier>>,
+}
+
+/// The gate timing and routing settings carried by an opened gate.
+#[derive(Debug, Clone)]
+pub(crate) struct GateTerms {
+    pub kind: &'static str,
+    pub policy: String,
+    pub reason: String,
+    pub reviewers: String,
+    pub timeout_ms: u64,
+    pub on_timeout: TimeoutAction,
+}
+
+impl CompiledPolicy {
+    fn terms(&self, reason: String) -> GateTerms {
+        GateTerms {
+            kind: self.policy.kind.as_str(),
+            policy: self.policy.name.clone(),
+            reason,
+            reviewers: self.policy.reviewers.clone(),
+            timeout_ms: self.policy.timeout_ms,
+            on_timeout: self.policy.on_timeout,
+        }
+    }
+
+    fn applies_to_route(&self, route: &str) -> bool {
+        self.policy.routes.is_empty() || self.policy.routes.iter().any(|r| r == route)
+    }
+
+    fn data_match(&self, text: &str) -> Option<String> {
+        if let Some(re) = &self.pattern
+            && let Some(m) = re.find(text)
+        {
+            let shown: String = m.as_str().chars().take(40).collect();
+            return Some(format!(
+                "matches data rule {:?} ({shown:?})",
+                self.policy.name
+            ));
+        }
+        if let Some(c) = &self.classifier
+            && let Some(why) = c.classify(text)
+        {
+            return Some(format!(
+                "classifier of data rule {:?}: {why}",
+                self.policy.name
+            ));
+        }
+        None
+    }
+}
+
+/// All policies, compiled.
+#[derive(Debug, Default)]
+pub(crate) struct Policies {
+    list: Vec<CompiledPolicy>,
+}
+
+impl Policies {
+    pub fn compile(
+        cfg: &GatesConfig,
+        classifiers: &[(String, Arc<dyn DataClassifier>)],
+    ) -> Result<Policies> {
+        let mut list = Vec::new();
+        let mut names = std::collections::HashSet::new();
+        for p in &cfg.policies {
+            let field = |f: &str| format!("gates.policies[{}].{f}", p.name);
+            if p.name.is_empty() || !names.insert(p.name.clone()) {
+                return Err(Error::Config(format!(
+                    "{}: empty or duplicate policy name",
+                    field("name")
+                )));
+            }
+            let mut tools = None;
+            let mut pattern = None;
+            let mut classifier = None;
+            match p.kind {
+                GatePolicyKind::BeforeTool => {
+                    if p.tools.is_empty() {
+                        return Err(Error::Config(format!(
+                            "{}: required for kind before_tool",
+                            field("tools")
+                        )));
+                    }
+                    tools = Some(
+                        ToolFilter::new(&p.tools)
+                            .map_err(|e| Error::Config(format!("{}: {e}", field("tools"))))?,
+                    );
+                }
+                GatePolicyKind::Cost => match p.max_cost_usd {
+                    Some(c) if c.is_finite() && c >= 0.0 => {}
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "{}: required for kind cost, a non-negative number",
+                            field("max_cost_usd")
+                        )));
+                    }
+                },
+                GatePolicyKind::Confidence => match p.min_confidence {
+                    Some(c) if (0.0..=1.0).contains(&c) => {}
+                    _ => {
+                        return Err(Error::Config(format!(
+                            "{}: required for kind confidence, between 0 and 1",
+                            field("min_confidence")
+                        )));
+                    }
+                },
+                GatePolicyKind::DataRule => {
+                    if let Some(pat) = &p.pattern {
+                        pattern = Some(regex::Regex::new(pat).map_err(|e| {
+                            Error::Config(format!("{}: invalid regex: {e}", field("pattern")))
+                        })?);
+                    }
+                    if let Some(name) = &p.classifier {
+                        classifier = Some(
+                            classifiers
+                                .iter()
+                                .find(|(n, _)| n == name)
+                                .map(|(_, c)| c.clone())
+                                .ok_or_else(|| {
+                                    Error::Config(format!(
+                                        "{}: no classifier named {name:?} is registered",
+                                        field("classifier")
+                                    ))
+                                })?,
+                        );
+                    }
+                    if pattern.is_none() && classifier.is_none() {
+                        return Err(Error::Config(format!(
+                            "{}: a data_rule needs a pattern or a classifier",
+                            field("pattern")
+                        )));
+                    }
+                }
+                GatePolicyKind::FinalAnswer => {}
+            }
+            if p.on_timeout == TimeoutAction::Escalate && p.escalate_to.is_none() {
+                return Err(Error::Config(format!(
+                    "{}: required when on_timeout = escalate",
+                    field("escalate_to")
+                )));
+            }
+            list.push(CompiledPolicy {
+                policy: p.clone(),
+                tools,
+                pattern,
+                classifier,
+            });
+        }
+        Ok(Policies { list })
+    }
+
+    /// The first `before_tool` policy for this tool.
+    pub fn before_tool(&self, route: &str, tool: &str) -> Option<GateTerms> {
+        self.list
+            .iter()
+            .filter(|p| p.policy.kind == GatePolicyKind::BeforeTool && p.applies_to_route(route))
+            .find(|p| p.tools.as_ref().is_some_and(|f| f.allows(tool)))
+            .map(|p| {
+                p.terms(format!(
+                    "tool {tool} needs approval (policy {:?})",
+                    p.policy.name
+                ))
+            })
+    }
+
+    /// Policies that hold a model call: input data rules (first call of a
+    /// turn only) and cost.
+    pub fn before_model_call(
+        &self,
+        route: &str,
+        input: Option<&str>,
+        estimated_cost_usd: Option<f64>,
+    ) -> Option<GateTerms> {
+        for p in self.list.iter().filter(|p| p.applies_to_route(route)) {
+            match p.policy.kind {
+                GatePolicyKind::DataRule if p.policy.applies_to != DataRuleTarget::Output => {
+                    if let Some(text) = input
+                        && let Some(why) = p.data_match(text)
+                    {
+                        return Some(p.terms(format!("the user's message {why}")));
+                    }
+                }
+                GatePolicyKind::Cost => {
+                    if let (Some(cost), Some(max)) = (estimated_cost_usd, p.policy.max_cost_usd)
+                        && cost > max
+                    {
+                        return Some(p.terms(format!(
+                            "the next model call is estimated at ${cost:.4}, above ${max:.4} (policy {:?})",
+                            p.policy.name
+                        )));
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// Policies that hold a final answer.
+    pub fn before_release(
+        &self,
+        route: &str,
+        answer: &str,
+        confidence: Option<f64>,
+    ) -> Option<GateTerms> {
+        for p in self.list.iter().filter(|p| p.applies_to_route(route)) {
+            match p.policy.kind {
+                GatePolicyKind::FinalAnswer => {
+                    return Some(p.terms(format!(
+                        "final answers need review (policy {:?})",
+                        p.policy.name
+                    )));
+                }
+                GatePolicyKind::DataRule if p.policy.applies_to != DataRuleTarget::Input => {
+                    if let Some(why) = p.data_match(answer) {
+                        return Some(p.terms(format!("the draft answer {why}")));
+                    }
+                }
+                GatePolicyKind::Confidence => {
+                    if let (Some(c), Some(min)) = (confidence, p.policy.min_confidence)
+                        && c < min
+                    {
+                        return Some(p.terms(format!(
+                            "the model's confidence {c:.2} is below {min:.2} (policy {:?})",
+                            p.policy.name
+                        )));
+                    }
+                }
+                _ => {}
+            }
+        }
+        None
+    }
+
+    /// The escalation target of a policy (by name), for timeouts.
+    pub fn escalation(&self, cfg: &GatesConfig, policy: &str) -> Option<(String, u64)> {
+        let builtin = |b: &BuiltinGate| b.escalate_to.clone().map(|t| (t, b.escalate_timeout_ms));
+        match policy {
+            "explicit" => builtin(&cfg.explicit),
+            "needs_attention" => builtin(&cfg.needs_attention),
+            name => self
+                .list
+                .iter()
+                .find(|p| p.policy.name == name)
+                .and_then(|p| {
+                    p.policy
+                        .escalate_to
+                        .clone()
+                        .map(|t| (t, p.policy.escalate_timeout_ms))
+                }),
+        }
+    }
+}
+
+pub(crate) fn builtin_terms(
+    b: &BuiltinGate,
+    kind: &'static str,
+    policy: &str,
+    reason: String,
+) -> GateTerms {
+    GateTerms {
+        kind,
+        policy: policy.into(),
+        reason,
+        reviewers: b.reviewers.clone(),
+        timeout_ms: b.timeout_ms,
+        on_timeout: b.on_timeout,
+    }
+}
+
+/// A reviewer's decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GateDecision {
+    Approve,
+    Reject,
+    /// Replace the held payload (tool arguments as JSON, the answer text, the
+    /// user message, or a tool result), then continue.
+    Edit(String),
+}
+
+impl GateDecision {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            GateDecision::Approve => "approve",
+            GateDecision::Reject => "reject",
+            GateDecision::Edit(_) => "edit",
+        }
+    }
+}
+
+/// A filter and page of [`crate::RuntimeHandle::list_gates`].
+#[derive(Debug, Clone, Default)]
+pub struct GateQuery {
+    pub status: Option<GateStatus>,
+    pub session: Option<baton_types::SessionId>,
+    pub policy: Option<String>,
+    /// Default 50, at most 1000.
+    pub page_size: u32,
+    pub page_token: Option<String>,
+}
+
+/// A page of gates.
+#[derive(Debug, Clone)]
+pub struct GateList {
+    pub gates: Vec<GateRecord>,
+    pub next_page_token: Option<String>,
+}
+
+/// A gate id as text (a UUID).
+pub fn gate_id_text(id: &[u8; 16]) -> String {
+    uuid::Uuid::from_bytes(*id).to_string()
+}
+
+/// Parse a gate id; errors name the field.
+pub fn parse_gate_id(s: &str) -> Result<[u8; 16]> {
+    uuid::Uuid::parse_str(s.trim())
+        .map(|u| *u.as_bytes())
+        .map_err(|_| {
+            Error::InvalidArgument(format!(
+                "gate_id: malformed gate id {:?}",
+                s.chars().take(64).collect::<String>()
+            ))
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(toml_text: &str) -> GatesConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn policies_fire_where_they_should() {
+        let cfg = policy(
+            r#"
+            [[policies]]
+            name = "payments"
+            kind = "before_tool"
+            tools = ["http_post", "pay.*"]
+            [[policies]]
+            name = "pii"
+            kind = "data_rule"
+            pattern = "(?i)\\biban\\b"
+            [[policies]]
+            name = "spend"
+            kind = "cost"
+            max_cost_usd = 0.5
+            [[policies]]
+            name = "unsure"
+            kind = "confidence"
+            min_confidence = 0.7
+            "#,
+        );
+        let p = Policies::compile(&cfg, &[]).unwrap();
+        assert_eq!(p.before_tool("r", "pay.refund").unwrap().policy, "payments");
+        assert!(p.before_tool("r", "calculator").is_none());
+        assert_eq!(
+            p.before_model_call("r", Some("my IBAN is"), None)
+                .unwrap()
+                .policy,
+            "pii"
+        );
+        assert!(p.before_model_call("r", Some("hello"), Some(0.1)).is_none());
+        assert_eq!(
+            p.before_model_call("r", None, Some(0.9)).unwrap().policy,
+            "spend"
+        );
+        assert_eq!(
+            p.before_release("r", "fine", Some(0.2)).unwrap().policy,
+            "unsure"
+        );
+        assert!(p.before_release("r", "fine", Some(0.9)).is_none());
+        assert_eq!(
+            p.before_release("r", "iban: x", None).unwrap().kind,
+            "data_rule"
+        );
+    }
+
+    #[test]
+    fn bad_policies_are_named() {
+        let bad = [
+            (
+                "name = \"x\"\nkind = \"before_tool\"",
+                "gates.policies[x].tools",
+            ),
+            (
+                "name = \"x\"\nkind = \"cost\"",
+                "gates.policies[x].max_cost_usd",
+            ),
+            (
+                "name = \"x\"\nkind = \"confidence\"\nmin_confidence = 2.0",
+                "gates.policies[x].min_confidence",
+            ),
+            (
+                "name = \"x\"\nkind = \"data_rule\"\npattern = \"(\"",
+                "gates.policies[x].pattern",
+            ),
+            (
+                "name = \"x\"\nkind = \"data_rule\"\nclassifier = \"nope\"",
+                "gates.policies[x].classifier",
+            ),
+            (
+                "name = \"x\"\nkind = \"final_answer\"\non_timeout = \"escalate\"",
+                "gates.policies[x].escalate_to",
+            ),
+        ];
+        for (text, field) in bad {
+            let cfg = policy(&format!("[[policies]]\n{text}\n"));
+            let err = Policies::compile(&cfg, &[]).unwrap_err().to_string();
+            assert!(err.contains(field), "{err} should name {field}");
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! Gate records and their indexes.
+//!
+//! The journal of the gate's session is the truth; the `gates` column family
+//! holds each gate's current state, written in the same batch as the journal
+//! record that changes it, so that gates can be listed and found by id
+//! without reading any journal. Index keys (in `indexes`):
+//!
+//! | key | for |
+//! |---|---|
+//! | `gp` ++ gate id | pending gates, oldest first |
+//! | `gd` ++ gate id | decided gates |
+//! | `gs` ++ session id ++ gate id | a session's gates |
+//! | `gP` ++ policy ++ 0 ++ status ++ gate id | gates by policy and status |
+//! | `gQ` ++ policy ++ 0 ++ gate id | gates by policy |
+//! | `gt` ++ deadline (u64 BE) ++ gate id | deadlines of pending gates |
+
+use baton_proto::journal::v1 as pb;
+use baton_types::SessionId;
+use prost::Message as _;
+use rocksdb::{DB, Direction, IteratorMode};
+
+use crate::writer::{Op, cf_handle};
+use crate::{Batch, CF_GATES, CF_INDEXES, Error, Result};
+
+/// A gate's status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum GateStatus {
+    Pending,
+    Decided,
+}
+
+impl GateStatus {
+    fn byte(self) -> u8 {
+        match self {
+            GateStatus::Pending => 1,
+            GateStatus::Decided => 2,
+        }
+    }
+
+    fn prefix(self) -> &'static [u8] {
+        match self {
+            GateStatus::Pending => b"gp",
+            GateStatus::Decided => b"gd",
+        }
+    }
+}
+
+/// A gate's current state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GateRecord {
+    /// UUID v7 (16 bytes): gate ids sort by creation time.
+    pub gate_id: [u8; 16],
+    pub session: SessionId,
+    pub turn: u64,
+    pub status: GateStatus,
+    pub kind: String,
+    pub point: String,
+    pub policy: String,
+    pub reason: String,
+    pub reviewers: String,
+    pub subject: String,
+    pub call_id: String,
+    pub opened_at_unix_ms: u64,
+    pub deadline_unix_ms: u64,
+    pub on_timeout: String,
+    pub decision: String,
+    pub reviewer: String,
+    pub decision_reason: String,
+    pub edited: String,
+    pub decided_at_unix_ms: u64,
+    pub by_timeout: bool,
+    pub escalations: u32,
+}
+
+const GATE_VERSION: u32 = 1;
+
+pub(crate) fn encode(r: &GateRecord) -> Vec<u8> {
+    pb::GateRecord {
+        version: GATE_VERSION,
+        session_id: r.session.as_bytes().to_vec(),
+        turn: r.turn,
+        status: r.status.byte() as u32,
+        kind: r.kind.clone(),
+        point: r.point.clone(),
+        policy: r.policy.clone(),
+        reason: r.reason.clone(),
+        reviewers: r.reviewers.clone(),
+        subject: r.subject.clone(),
+        call_id: r.call_id.clone(),
+        opened_at_unix_ms: r.opened_at_unix_ms,
+        deadline_unix_ms: r.deadline_unix_ms,
+        on_timeout: r.on_timeout.clone(),
+        decision: r.decision.clone(),
+        reviewer: r.reviewer.clone(),
+        decision_reason: r.decision_reason.clone(),
+        edited: r.edited.clone(),
+        decided_at_unix_ms: r.decided_at_unix_ms,
+        by_timeout: r.by_timeout,
+        escalations: r.escalations,
+    }
+    .encode_to_vec()
+}
+
+pub(crate) fn decode(gate_id: [u8; 16], bytes: &[u8]) -> Result<GateRecord> {
+    let corrupt = |reason: String| Error::CorruptGate {
+        gate: uuid_text(&gate_id),
+        reason,
+    };
+    let g = pb::GateRecord::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
+    if g.version != GATE_VERSION {
+        return Err(corrupt(format!(
+            "unknown gate record version {}",
+            g.version
+        )));
+    }
+    let session = crate::keys::session_from_slice(&g.session_id)
+        .ok_or_else(|| corrupt("bad session id".into()))?;
+    let status = match g.status {
+        1 => GateStatus::Pending,
+        2 => GateStatus::Decided,
+        s => return Err(corrupt(format!("unknown gate status {s}"))),
+    };
+    Ok(GateRecord {
+        gate_id,
+        session,
+        turn: g.turn,
+        status,
+        kind: g.kind,
+        point: g.point,
+        policy: g.policy,
+        reason: g.reason,
+        reviewers: g.reviewers,
+        subject: g.subject,
+        call_id: g.call_id,
+        opened_at_unix_ms: g.opened_at_unix_ms,
+        deadline_unix_ms: g.deadline_unix_ms,
+        on_timeout: g.on_timeout,
+        decision: g.decision,
+        reviewer: g.reviewer,
+        decision_reason: g.decision_reason,
+        edited: g.edited,
+        decided_at_unix_ms: g.decided_at_unix_ms,
+        by_timeout: g.by_timeout,
+        escalations: g.escalations,
+    })
+}
+
+fn uuid_text(id: &[u8; 16]) -> String {
+    SessionId::from_bytes(*id).to_string()
+}
+
+fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
+    let mut k = prefix.to_vec();
+    for p in parts {
+        k.extend_from_slice(p);
+    }
+    k
+}
+
+fn index_keys(r: &GateRecord) -> Vec<Vec<u8>> {
+    let mut keys = vec![
+        key(r.status.prefix(), &[&r.gate_id]),
+        key(b"gs", &[r.session.as_bytes(), &r.gate_id]),
+        key(
+            b"gP",
+            &[r.policy.as_bytes(), &[0, r.status.byte()], &r.gate_id],
+        ),
+        key(b"gQ", &[r.policy.as_bytes(), &[0], &r.gate_id]),
+    ];
+    if r.status == GateStatus::Pending && r.deadline_unix_ms > 0 {
+        keys.push(key(b"gt", &[&r.deadline_unix_ms.to_be_bytes(), &r.gate_id]));
+    }
+    keys
+}
+
+impl Batch {
+    /// Write a gate's state, moving its index entries from `previous`.
+    pub fn put_gate(&mut self, record: &GateRecord, previous: Option<&GateRecord>) {
+        let new_keys = index_keys(record);
+        if let Some(prev) = previous {
+            for k in index_keys(prev) {
+                if !new_keys.contains(&k) {
+                    self.push(Op::Delete {
+                        cf: CF_INDEXES,
+                        key: k,
+                    });
+                }
+            }
+        }
+        for k in new_keys {
+            self.push(Op::Put {
+                cf: CF_INDEXES,
+                key: k,
+                value: record.session.as_bytes().to_vec(),
+            });
+        }
+        self.push(Op::Put {
+            cf: CF_GATES,
+            key: record.gate_id.to_vec(),
+            value: encode(record),
+        });
+    }
+
+    /// Remove a gate and its index entries (when its session is deleted).
+    pub fn delete_gate(&mut self, record: &GateRecord) {
+        for k in index_keys(record) {
+            self.push(Op::Delete {
+                cf: CF_INDEXES,
+                key: k,
+            });
+        }
+        self.push(Op::Delete {
+            cf: CF_GATES,
+            key: record.gate_id.to_vec(),
+        });
+    }
+}
+
+/// Which gates to list.
+#[derive(Debug, Clone, Default)]
+pub struct GateFilter {
+    pub status: Option<GateStatus>,
+    pub session: Option<SessionId>,
+    pub policy: Option<String>,
+}
+
+/// One page of gates.
+#[derive(Debug, Clone)]
+pub struct GatePage {
+    pub gates: Vec<GateRecord>,
+    /// Pass as `after` for the next page.
+    pub next_after: Option<[u8; 16]>,
+}
+
+pub(crate) fn get_blocking(db: &DB, gate_id: [u8; 16]) -> Result<Option<GateRecord>> {
+    match db.get_cf(cf_handle(db, CF_GATES)?, gate_id)? {
+        Some(v) => decode(gate_id, &v).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// Walk the most selective index from `after`. Every index ends with the
+/// gate id and is ordered by it within its prefix (and with no filter, the
+/// gates column family itself is keyed by id), so pages are stable.
+pub(crate) fn list_blocking(
+    db: &DB,
+    filter: &GateFilter,
+    after: Option<[u8; 16]>,
+    limit: usize,
+) -> Result<GatePage> {
+    let (cf, prefix): (&str, Vec<u8>) = if let Some(s) = &filter.session {
+        (CF_INDEXES, key(b"gs", &[s.as_bytes()]))
+    } else if let Some(p) = &filter.policy {
+        match filter.status {
+            Some(st) => (CF_INDEXES, key(b"gP", &[p.as_bytes(), &[0, st.byte()]])),
+            None => (CF_INDEXES, key(b"gQ", &[p.as_bytes(), &[0]])),
+        }
+    } else {
+        match filter.status {
+            Some(st) => (CF_INDEXES, st.prefix().to_vec()),
+            None => (CF_GATES, Vec::new()),
+        }
+    };
+    let start = match after {
+        Some(a) => key(&prefix, &[&a]),
+        None => prefix.clone(),
+    };
+    let mut gates = Vec::new();
+    let mut more = false;
+    for item in db.iterator_cf(
+        cf_handle(db, cf)?,
+        IteratorMode::From(&start, Direction::Forward),
+    ) {
+        let (k, _) = item?;
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        if k.len() != prefix.len() + 16 {
+            continue;
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&k[prefix.len()..]);
+        if after.is_some_and(|a| id <= a) {
+            continue;
+        }
+        let Some(g) = get_blocking(db, id)? else {
+            continue;
+        };
+        if filter.status.is_some_and(|s| s != g.status)
+            || filter.policy.as_ref().is_some_and(|p| *p != g.policy)
+        {
+            continue;
+        }
+        if gates.len() == limit {
+            more = true;
+            break;
+        }
+        gates.push(g);
+    }
+    let next_after = if more {
+        gates.last().map(|g| g.gate_id)
+    } else {
+        None
+    };
+    Ok(GatePage { gates, next_after })
+}
+
+/// Pending gates whose deadline is at or before `now`, oldest deadline first.
+pub(crate) fn due_blocking(db: &DB, now_unix_ms: u64, limit: usize) -> Result<Vec<GateRecord>> {
+    let cf = cf_handle(db, CF_INDEXES)?;
+    let mut out = Vec::new();
+    for item in db.iterator_cf(cf, IteratorMode::From(b"gt", Direction::Forward)) {
+        let (k, _) = item?;
+        if !k.starts_with(b"gt") || k.len() != 2 + 8 + 16 || out.len() >= limit {
+            break;
+        }
+        let mut deadline = [0u8; 8];
+        deadline.copy_from_slice(&k[2..10]);
+        if u64::from_be_bytes(deadline) > now_unix_ms {
+            break;
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&k[10..]);
+        if let Some(g) = get_blocking(db, id)? {
+            out.push(g);
+        }
+    }
+    Ok(out)
+}

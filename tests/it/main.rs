@@ -8,6 +8,7 @@
 mod cli;
 mod common;
 mod crash;
+mod gate_crash;
 mod gates_api;
 mod grpc_api;
 mod tool_crash;

@@ -597,3 +597,96 @@ async fn sessions_waiting_on_gates_passivate_and_wake_for_the_decision() {
     assert_eq!(s.rt.get(g.session).await.unwrap().turns_completed, 1);
     s.rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_pending_gates_list_in_pages_while_their_sessions_sleep() {
+    const N: usize = 10_000;
+    let s = setup(json!([{"text": "draft"}]), FINAL, |c| {
+        c.store.durability = Durability::Buffered;
+        c.sessions.passivate_after_ms = 200;
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    let next = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    for _ in 0..64 {
+        let rt = s.rt.clone();
+        let next = next.clone();
+        tasks.spawn(async move {
+            while next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) < N {
+                let id = rt.start_session(StartSession::default()).await.unwrap().id;
+                let mut st = rt.send(id, "go".into()).await.unwrap();
+                until(&mut st, "gate_opened").await;
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    eprintln!("opened {N} gates in {:?}", started.elapsed());
+    // Every session waits on disk, not in memory.
+    for _ in 0..600 {
+        if s.rt.stats().await.unwrap().live_sessions == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(s.rt.stats().await.unwrap().live_sessions, 0);
+    let listed = std::time::Instant::now();
+    let mut seen = std::collections::HashSet::new();
+    let mut token = None;
+    let mut pages = 0;
+    loop {
+        let page =
+            s.rt.list_gates(GateQuery {
+                status: Some(GateStatus::Pending),
+                policy: Some("replies".into()),
+                page_size: 1000,
+                page_token: token.clone(),
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        pages += 1;
+        assert!(page.gates.len() <= 1000);
+        for g in &page.gates {
+            assert_eq!(g.status, GateStatus::Pending);
+            assert!(seen.insert(g.gate_id), "no gate twice");
+        }
+        match page.next_page_token {
+            Some(t) => token = Some(t),
+            None => break,
+        }
+    }
+    eprintln!(
+        "listed {} gates in {pages} pages in {:?}",
+        seen.len(),
+        listed.elapsed()
+    );
+    assert_eq!(seen.len(), N);
+    assert_eq!(
+        s.rt.stats().await.unwrap().live_sessions,
+        0,
+        "listing wakes no session"
+    );
+    // Deciding one wakes only its session.
+    let first =
+        s.rt.list_gates(GateQuery {
+            status: Some(GateStatus::Pending),
+            page_size: 1,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    let g = &first.gates[0];
+    s.rt.decide_gate(
+        &gates::gate_id_text(&g.gate_id),
+        GateDecision::Approve,
+        "ops".into(),
+        String::new(),
+    )
+    .await
+    .unwrap();
+    assert!(s.rt.stats().await.unwrap().live_sessions <= 1);
+    s.rt.shutdown().await;
+}

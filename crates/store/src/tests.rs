@@ -278,7 +278,13 @@ async fn checkpoint_is_a_readable_copy() {
     assert_eq!(copy.read_journal(s, 0, 10).await.unwrap().len(), 1);
 }
 
-fn gate(n: u8, session: SessionId, policy: &str, status: gates::GateStatus, deadline: u64) -> gates::GateRecord {
+fn gate(
+    n: u8,
+    session: SessionId,
+    policy: &str,
+    status: gates::GateStatus,
+    deadline: u64,
+) -> gates::GateRecord {
     let mut id = [0u8; 16];
     id[15] = n;
     gates::GateRecord {
@@ -342,19 +348,56 @@ async fn gates_page_stably_by_any_filter_and_deadlines_are_found() {
         }
     };
     assert_eq!(walk(GateFilter::default()).await, vec![1, 2, 3, 4, 5, 6]);
-    assert_eq!(walk(GateFilter { status: Some(Pending), ..Default::default() }).await, vec![2, 3, 5]);
-    assert_eq!(walk(GateFilter { policy: Some("a".into()), ..Default::default() }).await, vec![1, 2, 4, 5]);
     assert_eq!(
-        walk(GateFilter { policy: Some("a".into()), status: Some(Decided), ..Default::default() }).await,
+        walk(GateFilter {
+            status: Some(Pending),
+            ..Default::default()
+        })
+        .await,
+        vec![2, 3, 5]
+    );
+    assert_eq!(
+        walk(GateFilter {
+            policy: Some("a".into()),
+            ..Default::default()
+        })
+        .await,
+        vec![1, 2, 4, 5]
+    );
+    assert_eq!(
+        walk(GateFilter {
+            policy: Some("a".into()),
+            status: Some(Decided),
+            ..Default::default()
+        })
+        .await,
         vec![1, 4]
     );
-    assert_eq!(walk(GateFilter { session: Some(s1), ..Default::default() }).await, vec![1, 3, 5]);
     assert_eq!(
-        walk(GateFilter { session: Some(s2), status: Some(Pending), ..Default::default() }).await,
+        walk(GateFilter {
+            session: Some(s1),
+            ..Default::default()
+        })
+        .await,
+        vec![1, 3, 5]
+    );
+    assert_eq!(
+        walk(GateFilter {
+            session: Some(s2),
+            status: Some(Pending),
+            ..Default::default()
+        })
+        .await,
         vec![2]
     );
     // Deadlines: only pending gates with a deadline, oldest first.
-    let due: Vec<u8> = store.due_gates(100, 10).await.unwrap().iter().map(|g| g.gate_id[15]).collect();
+    let due: Vec<u8> = store
+        .due_gates(100, 10)
+        .await
+        .unwrap()
+        .iter()
+        .map(|g| g.gate_id[15])
+        .collect();
     assert_eq!(due, vec![5, 2]);
     assert!(store.due_gates(20, 10).await.unwrap().len() == 1);
     // Deciding gate 5 moves its index entries.
@@ -363,7 +406,17 @@ async fn gates_page_stably_by_any_filter_and_deadlines_are_found() {
     let mut b = Batch::new();
     b.put_gate(&decided, Some(&all[4]));
     store.write(b).await.unwrap();
-    assert_eq!(walk(GateFilter { status: Some(Pending), ..Default::default() }).await, vec![2, 3]);
+    assert_eq!(
+        walk(GateFilter {
+            status: Some(Pending),
+            ..Default::default()
+        })
+        .await,
+        vec![2, 3]
+    );
     assert_eq!(store.due_gates(100, 10).await.unwrap().len(), 1);
-    assert_eq!(store.get_gate(decided.gate_id).await.unwrap().unwrap(), decided);
+    assert_eq!(
+        store.get_gate(decided.gate_id).await.unwrap().unwrap(),
+        decided
+    );
 }

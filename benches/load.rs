@@ -1524,7 +1524,7 @@ fn render(r: &Report, args: &Args) -> String {
         if let Some(w) = &c.baton.writer {
             let _ = writeln!(
                 s,
-                "{d}: group commit at {:.0}/s: {:.3} fsyncs per turn (3 synced batches per turn), {:.1} requests per group",
+                "{d}: group commit at {:.0}/s: {:.3} fsyncs per turn (2 synced batches per turn), {:.1} requests per group",
                 args.rate, w.fsyncs_per_turn, w.requests_per_group
             );
         }

@@ -1272,17 +1272,7 @@ impl SessionCtx {
             return;
         }
         self.tool_runs.remove(&call_id);
-        let Some(t) = self
-            .state
-            .current
-            .as_ref()
-            .filter(|c| c.turn == turn)
-            .and_then(|c| {
-                c.tools
-                    .iter()
-                    .find(|t| t.call_id == call_id && t.result.is_none())
-            })
-        else {
+        let Some(t) = self.state.unanswered_tool(turn, &call_id) else {
             return;
         };
         let record = match result {
@@ -1392,17 +1382,7 @@ impl SessionCtx {
     fn on_client_timeout(&mut self, myself: &ActorRef<SessionMsg>, turn: u64, call_id: String) {
         self.client_timers.remove(&call_id);
         let timeout_ms = self.shared.config.tools.client_tool_timeout_ms;
-        let Some(t) = self
-            .state
-            .current
-            .as_ref()
-            .filter(|c| c.turn == turn)
-            .and_then(|c| {
-                c.tools
-                    .iter()
-                    .find(|t| t.call_id == call_id && t.result.is_none())
-            })
-        else {
+        let Some(t) = self.state.unanswered_tool(turn, &call_id) else {
             return;
         };
         let record = EventKind::ToolResult {
@@ -1610,12 +1590,7 @@ impl SessionCtx {
         reason: String,
         reply: RpcReplyPort<Result<GateRecord>>,
     ) {
-        let pending = self.state.current.as_ref().and_then(|c| {
-            c.gates
-                .iter()
-                .find(|g| g.gate_id == gate_id)
-                .map(|g| (c.turn, g.clone()))
-        });
+        let pending = self.state.pending_gate(&gate_id);
         let Some((turn, gate)) = pending else {
             // Decided already (a race lost, or a repeat), or unknown.
             if let Some((_, decision, by, why)) =
@@ -1781,12 +1756,7 @@ impl SessionCtx {
 
     /// Apply a gate's timeout action, if its deadline has passed.
     fn gate_timeout(&mut self, myself: &ActorRef<SessionMsg>, gate_id: &str) {
-        let pending = self.state.current.as_ref().and_then(|c| {
-            c.gates
-                .iter()
-                .find(|g| g.gate_id == gate_id)
-                .map(|g| (c.turn, g.clone()))
-        });
+        let pending = self.state.pending_gate(&gate_id);
         let Some((turn, gate)) = pending else { return };
         if gate.deadline_unix_ms == 0 || gate.deadline_unix_ms > now_unix_ms() {
             return;

@@ -492,6 +492,25 @@ impl SessionState {
             .find(|t| t.call_id == call_id)
     }
 
+    /// A tool call of `turn` (the current turn) still without a result.
+    pub fn unanswered_tool(&self, turn: u64, call_id: &str) -> Option<&PendingTool> {
+        self.current
+            .as_ref()
+            .filter(|c| c.turn == turn)?
+            .tools
+            .iter()
+            .find(|t| t.call_id == call_id && t.result.is_none())
+    }
+
+    /// A pending gate of the current turn, with the turn.
+    pub fn pending_gate(&self, gate_id: &str) -> Option<(u64, PendingGate)> {
+        let c = self.current.as_ref()?;
+        c.gates
+            .iter()
+            .find(|g| g.gate_id == gate_id)
+            .map(|g| (c.turn, g.clone()))
+    }
+
     /// Whether a tool call of this session already has a recorded result
     /// (in the current step, or in the conversation).
     pub fn tool_call_answered(&self, call_id: &str) -> bool {

@@ -1756,7 +1756,7 @@ impl SessionCtx {
 
     /// Apply a gate's timeout action, if its deadline has passed.
     fn gate_timeout(&mut self, myself: &ActorRef<SessionMsg>, gate_id: &str) {
-        let pending = self.state.pending_gate(&gate_id);
+        let pending = self.state.pending_gate(gate_id);
         let Some((turn, gate)) = pending else { return };
         if gate.deadline_unix_ms == 0 || gate.deadline_unix_ms > now_unix_ms() {
             return;

@@ -46,9 +46,13 @@ pub async fn read_until(
     out
 }
 
-/// Send a message and read the turn to its end.
-pub async fn turn(client: &mut Client, session_id: &str, text: &str) -> Vec<SessionEvent> {
-    let mut s = client
+/// Send a message; the turn's event stream.
+pub async fn send(
+    client: &mut Client,
+    session_id: &str,
+    text: impl Into<String>,
+) -> tonic::Streaming<v1::SessionEvent> {
+    client
         .send_message(v1::SendMessageRequest {
             session_id: session_id.into(),
             content: text.into(),
@@ -56,7 +60,12 @@ pub async fn turn(client: &mut Client, session_id: &str, text: &str) -> Vec<Sess
         })
         .await
         .unwrap()
-        .into_inner();
+        .into_inner()
+}
+
+/// Send a message and read the turn to its end.
+pub async fn turn(client: &mut Client, session_id: &str, text: &str) -> Vec<SessionEvent> {
+    let mut s = send(client, session_id, text).await;
     read_until(&mut s, |e| e.ends_turn()).await
 }
 

@@ -36,25 +36,9 @@ async fn sigkill_during_a_slow_model_call_loses_and_duplicates_nothing() {
         delay: Duration::from_secs(600),
         ..Behavior::default()
     });
-    let mut s2 = client
-        .send_message(v1::SendMessageRequest {
-            session_id: id.clone(),
-            content: "second question".into(),
-            review: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s2 = send(&mut client, &id, "second question").await;
     let seen2 = read_until(&mut s2, |e| e.kind.name() == "model_call_started").await;
-    let mut s3 = client
-        .send_message(v1::SendMessageRequest {
-            session_id: id.clone(),
-            content: "third question".into(),
-            review: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s3 = send(&mut client, &id, "third question").await;
     let seen3 = read_until(&mut s3, |e| e.kind.name() == "turn_accepted").await;
     for _ in 0..500 {
         if fake.requests() == 2 {

@@ -64,15 +64,7 @@ async fn pending_gates_survive_sigkill_and_decisions_after_the_restart_resume_th
     let mut sessions = Vec::new();
     for text in ["a", "b", "c"] {
         let id = start(&mut client, "").await;
-        let mut s = client
-            .send_message(v1::SendMessageRequest {
-                session_id: id.clone(),
-                content: text.into(),
-                review: false,
-            })
-            .await
-            .unwrap()
-            .into_inner();
+        let mut s = send(&mut client, &id, text).await;
         let ev = read_until(&mut s, |e| e.kind.name() == "gate_opened").await;
         sessions.push((id, opened(&ev), ev.last().unwrap().seq));
     }
@@ -220,15 +212,7 @@ async fn a_needs_attention_call_becomes_a_gate_that_a_reviewer_can_approve_after
     let server = BatonProcess::start(bin(), &config).await.unwrap();
     let mut client = server.client().await.unwrap();
     let id = start(&mut client, "").await;
-    let mut s = client
-        .send_message(v1::SendMessageRequest {
-            session_id: id.clone(),
-            content: "fire the hook".into(),
-            review: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = send(&mut client, &id, "fire the hook").await;
     read_until(&mut s, |e| e.kind.name() == "tool_call_started").await;
     for _ in 0..500 {
         if hits.load(Ordering::SeqCst) == 1 {

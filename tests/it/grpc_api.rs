@@ -223,15 +223,7 @@ async fn busy_policy_enqueue_runs_turns_in_order_and_reject_refuses() {
     let server = TestServer::start(cfg).await.unwrap();
     let mut client = server.client().await.unwrap();
     let id = start(&mut client, "").await;
-    let mut first = client
-        .send_message(v1::SendMessageRequest {
-            session_id: id.clone(),
-            content: "slow".into(),
-            review: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut first = send(&mut client, &id, "slow").await;
     read_until(&mut first, |e| e.kind.name() == "model_call_started").await;
     let e = client
         .send_message(v1::SendMessageRequest {

@@ -115,15 +115,7 @@ async fn an_idempotent_tool_is_rerun_after_a_crash_and_a_recorded_result_never_i
     let server = BatonProcess::start(bin(), &config).await.unwrap();
     let mut client = server.client().await.unwrap();
     let id = start(&mut client, "").await;
-    let mut s = client
-        .send_message(v1::SendMessageRequest {
-            session_id: id.clone(),
-            content: "fetch the thing".into(),
-            review: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = send(&mut client, &id, "fetch the thing").await;
     let seen = read_until(&mut s, |e| e.kind.name() == "tool_call_started").await;
     wait_until("the tool to reach the service", || {
         svc.hits.load(Ordering::SeqCst) == 1
@@ -209,15 +201,7 @@ async fn a_non_idempotent_tool_is_never_rerun_and_the_session_needs_attention() 
     let server = BatonProcess::start(bin(), &config).await.unwrap();
     let mut client = server.client().await.unwrap();
     let id = start(&mut client, "").await;
-    let mut s = client
-        .send_message(v1::SendMessageRequest {
-            session_id: id.clone(),
-            content: "refund order 7".into(),
-            review: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = send(&mut client, &id, "refund order 7").await;
     let seen = read_until(&mut s, |e| e.kind.name() == "tool_call_started").await;
     wait_until("the post to reach the service", || {
         svc.hits.load(Ordering::SeqCst) == 1
@@ -309,15 +293,7 @@ async fn a_client_side_tool_call_waits_across_a_restart() {
         .unwrap()
         .into_inner()
         .session_id;
-    let mut s = client
-        .send_message(v1::SendMessageRequest {
-            session_id: id.clone(),
-            content: "where is 7?".into(),
-            review: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = send(&mut client, &id, "where is 7?").await;
     let seen = read_until(&mut s, |e| e.kind.name() == "tool_call_requested").await;
     server.kill9().await.unwrap();
 

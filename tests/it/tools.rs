@@ -352,15 +352,7 @@ async fn client_side_tools_round_trip_and_bad_submissions_are_refused() {
         .unwrap()
         .into_inner()
         .session_id;
-    let mut stream = client
-        .send_message(v1::SendMessageRequest {
-            session_id: id.clone(),
-            content: "where is order 7?".into(),
-            review: false,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut stream = send(&mut client, &id, "where is order 7?").await;
     let first = read_until(&mut stream, |e| e.kind.name() == "tool_call_requested").await;
     match &first.last().unwrap().kind {
         EventKind::ToolCallRequested {

@@ -616,23 +616,8 @@ impl RuntimeHandle {
 
     /// A page of gates (by status, session, policy), from the gate indexes.
     pub async fn list_gates(&self, q: GateQuery) -> Result<GateList> {
-        let size = match q.page_size {
-            0 => 50,
-            n if n > 1000 => {
-                return Err(Error::InvalidArgument(format!(
-                    "page_size {n} exceeds the maximum of 1000"
-                )));
-            }
-            n => n as usize,
-        };
-        let after = match q.page_token.as_deref() {
-            None | Some("") => None,
-            Some(t) => Some(gates::parse_gate_id(t).map_err(|_| {
-                Error::InvalidArgument(format!(
-                    "page_token {t:?} is not a token this server issued"
-                ))
-            })?),
-        };
+        let size = page_size(q.page_size)?;
+        let after = page_token(q.page_token.as_deref(), |t| gates::parse_gate_id(t).ok())?;
         let filter = baton_store::gates::GateFilter {
             status: q.status,
             session: q.session,
@@ -833,23 +818,8 @@ impl RuntimeHandle {
 
     /// A page of sessions, from storage (passivated sessions stay passivated).
     pub async fn list(&self, q: ListQuery) -> Result<SessionList> {
-        let size = match q.page_size {
-            0 => 50,
-            n if n > 1000 => {
-                return Err(Error::InvalidArgument(format!(
-                    "page_size {n} exceeds the maximum of 1000"
-                )));
-            }
-            n => n as usize,
-        };
-        let after = match q.page_token.as_deref() {
-            None | Some("") => None,
-            Some(t) => Some(t.parse::<SessionId>().map_err(|_| {
-                Error::InvalidArgument(format!(
-                    "page_token {t:?} is not a token this server issued"
-                ))
-            })?),
-        };
+        let size = page_size(q.page_size)?;
+        let after = page_token(q.page_token.as_deref(), |t| t.parse::<SessionId>().ok())?;
         let page = self
             .inner
             .shared
@@ -915,6 +885,29 @@ impl RuntimeHandle {
             mcp.stop().await;
         }
         self.inner.shared.store.close();
+    }
+}
+
+/// A page size: 0 means 50; more than 1,000 is refused.
+fn page_size(n: u32) -> Result<usize> {
+    match n {
+        0 => Ok(50),
+        n if n > 1000 => Err(Error::InvalidArgument(format!(
+            "page_size {n} exceeds the maximum of 1000"
+        ))),
+        n => Ok(n as usize),
+    }
+}
+
+/// A page token this server issued (empty: the first page).
+fn page_token<T>(token: Option<&str>, parse: impl Fn(&str) -> Option<T>) -> Result<Option<T>> {
+    match token {
+        None | Some("") => Ok(None),
+        Some(t) => parse(t).map(Some).ok_or_else(|| {
+            Error::InvalidArgument(format!(
+                "page_token {t:?} is not a token this server issued"
+            ))
+        }),
     }
 }
 

@@ -461,21 +461,8 @@ impl SessionCtx {
         if meta.status == SessionStatus::Failed {
             return Ok(());
         }
-        let last = self.shared.store.last_seq(self.id).await?;
-        let prev = meta.status;
-        meta.status = SessionStatus::Failed;
-        meta.status_reason = reason.clone();
-        meta.updated_at_unix_ms = now_unix_ms();
-        let mut batch = Batch::new();
-        batch.append(
-            &self.id,
-            last + 1,
-            now_unix_ms(),
-            &EventKind::SessionFailed { reason },
-        );
-        batch.put_meta(&self.id, meta, Some(prev));
-        self.shared.store.write(batch).await?;
-        self.state.last_seq = last + 1;
+        self.state.last_seq =
+            crate::supervisor::write_failed(&self.shared.store, self.id, meta, reason).await?;
         Ok(())
     }
 

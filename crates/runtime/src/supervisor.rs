@@ -319,7 +319,19 @@ async fn mark_failed(shared: &Shared, id: SessionId, reason: String) -> baton_st
     let Some(mut meta) = store.load_meta(id).await? else {
         return Ok(());
     };
-    let last = store.last_seq(id).await?;
+    write_failed(store, id, &mut meta, reason).await.map(|_| ())
+}
+
+/// Append `SessionFailed` after the journal's last record (read from keys
+/// only, so it works on an undecodable journal) and move the session's
+/// status to `failed`, in one batch. Returns the new record's seq.
+pub(crate) async fn write_failed(
+    store: &baton_store::Store,
+    id: SessionId,
+    meta: &mut baton_store::SessionMeta,
+    reason: String,
+) -> baton_store::Result<u64> {
+    let seq = store.last_seq(id).await? + 1;
     let prev = meta.status;
     meta.status = SessionStatus::Failed;
     meta.status_reason = reason.clone();
@@ -327,10 +339,11 @@ async fn mark_failed(shared: &Shared, id: SessionId, reason: String) -> baton_st
     let mut batch = Batch::new();
     batch.append(
         &id,
-        last + 1,
+        seq,
         now_unix_ms(),
         &EventKind::SessionFailed { reason },
     );
-    batch.put_meta(&id, &meta, Some(prev));
-    store.write(batch).await
+    batch.put_meta(&id, meta, Some(prev));
+    store.write(batch).await?;
+    Ok(seq)
 }

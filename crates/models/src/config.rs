@@ -20,6 +20,9 @@ pub enum ProviderKind {
     /// Replays the answers of a script file (`script_file`), one step per
     /// assistant turn; for demos and tests of tool-using agents.
     Scripted,
+    /// The Anthropic Messages API (`base_url` defaults to
+    /// `https://api.anthropic.com/v1`).
+    Anthropic,
 }
 
 impl ProviderKind {
@@ -28,6 +31,7 @@ impl ProviderKind {
             ProviderKind::Openai => "openai",
             ProviderKind::Echo => "echo",
             ProviderKind::Scripted => "scripted",
+            ProviderKind::Anthropic => "anthropic",
         }
     }
 }
@@ -39,7 +43,8 @@ pub struct EndpointConfig {
     /// Unique endpoint name, referenced by sessions ("route").
     pub name: String,
     pub provider: ProviderKind,
-    /// Base URL of the API, e.g. `http://127.0.0.1:8080/v1`; required for `openai`.
+    /// Base URL of the API, e.g. `http://127.0.0.1:8080/v1`; required for
+    /// `openai`, optional for `anthropic` (default `https://api.anthropic.com/v1`).
     #[serde(default)]
     pub base_url: Option<String>,
     /// Model name sent upstream (optional for `echo`).
@@ -87,6 +92,122 @@ pub struct EndpointConfig {
     /// Price of output (completion) tokens, in USD per million tokens.
     #[serde(default)]
     pub price_output_per_mtok: Option<f64>,
+    /// What the endpoint can do; a request that needs a capability is only
+    /// routed to endpoints that have it. Default: tools, json_schema, streaming.
+    #[serde(default = "default_capabilities")]
+    pub capabilities: Vec<Capability>,
+    /// The model's context window in tokens (input + output); `None` = unknown,
+    /// treated as unlimited by capability matching.
+    #[serde(default)]
+    pub context_window: Option<u32>,
+    /// Data classes (e.g. `pii`, `phi`) this endpoint is certified to receive.
+    /// A session or call labelled with a class only goes to endpoints listed
+    /// for it.
+    #[serde(default)]
+    pub data_classes: Vec<String>,
+    /// Time allowed from sending the request to the first streamed token (or
+    /// to the response headers when not streaming).
+    #[serde(default = "default_first_token_timeout_ms")]
+    pub first_token_timeout_ms: u64,
+    /// Longest silence allowed between two stream chunks: a stalled stream.
+    #[serde(default = "default_idle_timeout_ms")]
+    pub idle_timeout_ms: u64,
+    /// The endpoint's circuit breaker, shared by every session.
+    #[serde(default)]
+    pub breaker: BreakerConfig,
+}
+
+/// Something an endpoint can do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Capability {
+    /// Function / tool calling.
+    Tools,
+    /// Image input.
+    Vision,
+    /// Output constrained to a JSON Schema.
+    JsonSchema,
+    /// Streamed output.
+    Streaming,
+}
+
+impl Capability {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Capability::Tools => "tools",
+            Capability::Vision => "vision",
+            Capability::JsonSchema => "json_schema",
+            Capability::Streaming => "streaming",
+        }
+    }
+}
+
+fn default_capabilities() -> Vec<Capability> {
+    vec![
+        Capability::Tools,
+        Capability::JsonSchema,
+        Capability::Streaming,
+    ]
+}
+fn default_first_token_timeout_ms() -> u64 {
+    30_000
+}
+fn default_idle_timeout_ms() -> u64 {
+    30_000
+}
+
+/// A circuit breaker: closed -> open after `consecutive_failures` failures in
+/// a row, or when at least `min_calls` of the last `window` calls were made
+/// and more than `error_rate` of them failed; open for `open_ms`, then
+/// half-open, letting `half_open_probes` calls through; closed again when
+/// they all succeed, open again when one fails.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerConfig {
+    #[serde(default = "default_consecutive_failures")]
+    pub consecutive_failures: u32,
+    #[serde(default = "default_error_rate")]
+    pub error_rate: f64,
+    #[serde(default = "default_window")]
+    pub window: u32,
+    #[serde(default = "default_min_calls")]
+    pub min_calls: u32,
+    #[serde(default = "default_open_ms")]
+    pub open_ms: u64,
+    #[serde(default = "default_half_open_probes")]
+    pub half_open_probes: u32,
+}
+
+fn default_consecutive_failures() -> u32 {
+    5
+}
+fn default_error_rate() -> f64 {
+    0.5
+}
+fn default_window() -> u32 {
+    20
+}
+fn default_min_calls() -> u32 {
+    10
+}
+fn default_open_ms() -> u64 {
+    30_000
+}
+fn default_half_open_probes() -> u32 {
+    1
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        Self {
+            consecutive_failures: default_consecutive_failures(),
+            error_rate: default_error_rate(),
+            window: default_window(),
+            min_calls: default_min_calls(),
+            open_ms: default_open_ms(),
+            half_open_probes: default_half_open_probes(),
+        }
+    }
 }
 
 /// Output tokens assumed by [`EndpointConfig::estimate_cost_usd`] when
@@ -181,7 +302,18 @@ impl EndpointConfig {
             logprobs: false,
             price_input_per_mtok: None,
             price_output_per_mtok: None,
+            capabilities: default_capabilities(),
+            context_window: None,
+            data_classes: Vec::new(),
+            first_token_timeout_ms: default_first_token_timeout_ms(),
+            idle_timeout_ms: default_idle_timeout_ms(),
+            breaker: BreakerConfig::default(),
         }
+    }
+
+    /// True when the endpoint has `cap`.
+    pub fn has(&self, cap: Capability) -> bool {
+        self.capabilities.contains(&cap)
     }
 
     /// A config for an OpenAI-compatible endpoint.
@@ -289,6 +421,22 @@ impl EndpointConfig {
                     ));
                 }
             }
+            ProviderKind::Anthropic => {
+                if let Some(url) = &self.base_url
+                    && !(url.starts_with("http://") || url.starts_with("https://"))
+                {
+                    return Err(Error::config(
+                        self.field("base_url"),
+                        format!("must start with http:// or https://, got {url:?}"),
+                    ));
+                }
+                if self.model.trim().is_empty() {
+                    return Err(Error::config(
+                        self.field("model"),
+                        "required for provider anthropic",
+                    ));
+                }
+            }
             ProviderKind::Echo => {}
             ProviderKind::Scripted => {
                 if self.script_file.is_none() {
@@ -332,6 +480,36 @@ impl EndpointConfig {
         if self.timeout_ms == 0 {
             return Err(Error::config(
                 self.field("timeout_ms"),
+                "must be at least 1",
+            ));
+        }
+        for (name, v) in [
+            ("first_token_timeout_ms", self.first_token_timeout_ms),
+            ("idle_timeout_ms", self.idle_timeout_ms),
+            ("breaker.open_ms", self.breaker.open_ms),
+            (
+                "breaker.consecutive_failures",
+                u64::from(self.breaker.consecutive_failures),
+            ),
+            ("breaker.window", u64::from(self.breaker.window)),
+            (
+                "breaker.half_open_probes",
+                u64::from(self.breaker.half_open_probes),
+            ),
+        ] {
+            if v == 0 {
+                return Err(Error::config(self.field(name), "must be at least 1"));
+            }
+        }
+        if !(self.breaker.error_rate > 0.0 && self.breaker.error_rate <= 1.0) {
+            return Err(Error::config(
+                self.field("breaker.error_rate"),
+                "must be in (0, 1]",
+            ));
+        }
+        if self.context_window == Some(0) {
+            return Err(Error::config(
+                self.field("context_window"),
                 "must be at least 1",
             ));
         }
@@ -411,7 +589,38 @@ mod tests {
         }))
         .unwrap_err();
         assert!(err.to_string().contains("attempts"), "{err}");
-        assert!(parse(serde_json::json!({"name": "e", "provider": "anthropic"})).is_err());
+        assert!(parse(serde_json::json!({"name": "e", "provider": "bard"})).is_err());
+    }
+
+    #[test]
+    fn anthropic_needs_a_model_and_an_http_base_url_when_set() {
+        let cfg = parse(serde_json::json!({"name": "claude", "provider": "anthropic"})).unwrap();
+        assert_eq!(cfg.provider, ProviderKind::Anthropic);
+        assert_eq!(cfg.provider.as_str(), "anthropic");
+        assert_eq!(
+            cfg.validate().unwrap_err().to_string(),
+            "models[claude].model: required for provider anthropic"
+        );
+        let mut cfg = parse(serde_json::json!({
+            "name": "claude", "provider": "anthropic", "model": "claude-sonnet-4-5",
+            "api_key_env": "ANTHROPIC_API_KEY",
+        }))
+        .unwrap();
+        cfg.validate().unwrap(); // no base_url: the default API
+        cfg.base_url = Some("api.anthropic.com/v1".into());
+        assert!(
+            cfg.validate()
+                .unwrap_err()
+                .to_string()
+                .starts_with("models[claude].base_url: must start with http")
+        );
+        cfg.base_url = Some("http://127.0.0.1:8080/v1".into());
+        cfg.validate().unwrap();
+        cfg.logprobs = true;
+        assert_eq!(
+            cfg.validate().unwrap_err().to_string(),
+            "models[claude].logprobs: only used by provider openai, not anthropic"
+        );
     }
 
     #[test]

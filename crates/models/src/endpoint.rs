@@ -7,7 +7,10 @@ use std::time::Duration;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::providers::{echo::EchoProvider, openai::OpenAiProvider, scripted::ScriptedProvider};
+use crate::providers::{
+    anthropic::AnthropicProvider, echo::EchoProvider, openai::OpenAiProvider,
+    scripted::ScriptedProvider,
+};
 use crate::{
     Delta, DeltaSink, EndpointConfig, Error, ModelRequest, ModelResponse, Provider, ProviderError,
     ProviderErrorKind, ProviderKind, Result, RetryConfig,
@@ -43,6 +46,7 @@ impl Endpoint {
             ProviderKind::Openai => Arc::new(OpenAiProvider::from_config(&cfg)?),
             ProviderKind::Echo => Arc::new(EchoProvider::new(&cfg)),
             ProviderKind::Scripted => Arc::new(ScriptedProvider::from_config(&cfg)?),
+            ProviderKind::Anthropic => Arc::new(AnthropicProvider::from_config(&cfg)?),
         };
         Ok(Self::with_provider(cfg, provider))
     }
@@ -124,6 +128,36 @@ impl Endpoint {
                 _ = cancel.cancelled() => return Err(Error::Cancelled),
                 _ = tokio::time::sleep(delay) => {}
             }
+        }
+    }
+
+    /// Exactly one attempt under the endpoint's timeouts, no retries: what a
+    /// router uses, which does the retrying (and the failing over) itself.
+    /// `attempts` of the response is 1; a failure is `Error::Provider` with
+    /// `attempts: 1` and the provider error (kind, `Retry-After`) inside.
+    pub async fn attempt_once(
+        &self,
+        req: &ModelRequest,
+        deltas: Option<&DeltaSink>,
+        cancel: &CancellationToken,
+    ) -> Result<ModelResponse> {
+        // An endpoint configured not to stream answers at the end.
+        let deltas = deltas.filter(|_| self.inner.cfg.stream);
+        let (outcome, _) = tokio::select! {
+            biased;
+            _ = cancel.cancelled() => return Err(Error::Cancelled),
+            r = self.attempt(req, deltas) => r,
+        };
+        match outcome {
+            Ok(mut resp) => {
+                resp.attempts = 1;
+                Ok(resp)
+            }
+            Err(source) => Err(Error::Provider {
+                endpoint: self.inner.cfg.name.clone(),
+                attempts: 1,
+                source,
+            }),
         }
     }
 

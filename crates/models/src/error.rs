@@ -23,6 +23,16 @@ pub enum ProviderErrorKind {
     /// sent: e.g. a tool definition whose parameters are not valid JSON, or a
     /// conversation past the end of a `scripted` endpoint's script.
     InvalidRequest,
+    /// The conversation does not fit the model's context window. Not retried
+    /// on the same endpoint; a router moves it to a larger-context endpoint.
+    ContextLength,
+    /// The provider refused the content (a content-policy / safety filter).
+    /// Never retried; the provider's reason is propagated.
+    ContentPolicy,
+    /// No first token arrived within the endpoint's `first_token_timeout_ms`.
+    FirstTokenTimeout,
+    /// A stream went silent for longer than `idle_timeout_ms` between chunks.
+    StreamStalled,
 }
 
 /// One failed attempt against a provider. Its message is meant for operators
@@ -43,17 +53,44 @@ impl ProviderError {
     }
 
     /// True when the same request may succeed if tried again: rate limits,
-    /// server errors, broken connections and timeouts.
+    /// server errors, broken connections, timeouts of any phase, stalled
+    /// streams and malformed responses (a garbled stream is a transport
+    /// failure, not an answer).
     pub fn is_transient(&self) -> bool {
         match self.kind {
             ProviderErrorKind::RateLimited { .. }
             | ProviderErrorKind::Connection
-            | ProviderErrorKind::Timeout => true,
+            | ProviderErrorKind::Timeout
+            | ProviderErrorKind::FirstTokenTimeout
+            | ProviderErrorKind::StreamStalled
+            | ProviderErrorKind::Malformed => true,
             ProviderErrorKind::Server { status } => status >= 500,
             ProviderErrorKind::Client { .. }
-            | ProviderErrorKind::Malformed
             | ProviderErrorKind::Auth
-            | ProviderErrorKind::InvalidRequest => false,
+            | ProviderErrorKind::InvalidRequest
+            | ProviderErrorKind::ContextLength
+            | ProviderErrorKind::ContentPolicy => false,
+        }
+    }
+
+    /// A short, stable label of the kind, for metrics and journal records:
+    /// `rate_limited`, `server`, `connection`, `timeout`, `first_token_timeout`,
+    /// `stream_stalled`, `client`, `malformed`, `auth`, `invalid_request`,
+    /// `context_length`, `content_policy`.
+    pub fn class(&self) -> &'static str {
+        match self.kind {
+            ProviderErrorKind::RateLimited { .. } => "rate_limited",
+            ProviderErrorKind::Server { .. } => "server",
+            ProviderErrorKind::Connection => "connection",
+            ProviderErrorKind::Timeout => "timeout",
+            ProviderErrorKind::FirstTokenTimeout => "first_token_timeout",
+            ProviderErrorKind::StreamStalled => "stream_stalled",
+            ProviderErrorKind::Client { .. } => "client",
+            ProviderErrorKind::Malformed => "malformed",
+            ProviderErrorKind::Auth => "auth",
+            ProviderErrorKind::InvalidRequest => "invalid_request",
+            ProviderErrorKind::ContextLength => "context_length",
+            ProviderErrorKind::ContentPolicy => "content_policy",
         }
     }
 
@@ -110,7 +147,11 @@ impl Error {
         match self {
             Error::Config { .. } => ErrorCode::InvalidArgument,
             Error::Provider { source, .. } => match source.kind {
-                ProviderErrorKind::Timeout => ErrorCode::DeadlineExceeded,
+                ProviderErrorKind::Timeout
+                | ProviderErrorKind::FirstTokenTimeout
+                | ProviderErrorKind::StreamStalled => ErrorCode::DeadlineExceeded,
+                ProviderErrorKind::ContextLength => ErrorCode::InvalidArgument,
+                ProviderErrorKind::ContentPolicy => ErrorCode::FailedPrecondition,
                 ProviderErrorKind::RateLimited { .. } => ErrorCode::ResourceExhausted,
                 ProviderErrorKind::Client {
                     status: 400 | 413 | 422,
@@ -171,7 +212,11 @@ mod tests {
         assert!(t(ProviderErrorKind::Timeout));
         assert!(!t(ProviderErrorKind::Client { status: 400 }));
         assert!(!t(ProviderErrorKind::Auth));
-        assert!(!t(ProviderErrorKind::Malformed));
+        assert!(t(ProviderErrorKind::Malformed));
+        assert!(t(ProviderErrorKind::FirstTokenTimeout));
+        assert!(t(ProviderErrorKind::StreamStalled));
+        assert!(!t(ProviderErrorKind::ContextLength));
+        assert!(!t(ProviderErrorKind::ContentPolicy));
         assert!(!t(ProviderErrorKind::InvalidRequest));
     }
 

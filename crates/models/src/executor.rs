@@ -23,6 +23,10 @@ pub struct ModelJob {
     pub deltas: Option<DeltaSink>,
     pub cancel: CancellationToken,
     pub reply: oneshot::Sender<Result<ModelResponse>>,
+    /// Make exactly one attempt ([`Endpoint::attempt_once`]) instead of the
+    /// endpoint's own retry policy ([`Endpoint::call`]): set by the router,
+    /// which retries and fails over itself.
+    pub single_attempt: bool,
 }
 
 impl ModelJob {
@@ -39,6 +43,7 @@ impl ModelJob {
                 deltas,
                 cancel,
                 reply,
+                single_attempt: false,
             },
             rx,
         )
@@ -104,6 +109,7 @@ struct Assigned {
     deltas: Option<DeltaSink>,
     cancel: CancellationToken,
     reply: ReplyGuard,
+    single_attempt: bool,
 }
 
 enum PoolMsg {
@@ -139,6 +145,7 @@ impl PoolState {
                 request: job.request,
                 deltas: job.deltas,
                 cancel: job.cancel,
+                single_attempt: job.single_attempt,
                 reply: ReplyGuard {
                     tx: Some(job.reply),
                     counters: self.counters.clone(),
@@ -297,8 +304,17 @@ impl Actor for Worker {
             deltas,
             cancel,
             reply,
+            single_attempt,
         } = job;
-        let call = endpoint.call(&request, deltas.as_ref(), &cancel);
+        let call = async {
+            if single_attempt {
+                endpoint
+                    .attempt_once(&request, deltas.as_ref(), &cancel)
+                    .await
+            } else {
+                endpoint.call(&request, deltas.as_ref(), &cancel).await
+            }
+        };
         match AssertUnwindSafe(call).catch_unwind().await {
             Ok(result) => {
                 reply.send(result);

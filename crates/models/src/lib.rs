@@ -31,7 +31,9 @@ pub mod providers;
 
 use baton_types::{FinishReason, Message, ToolDefinition, Usage};
 
-pub use config::{EchoConfig, EndpointConfig, ProviderKind, RetryConfig, echo_default};
+pub use config::{
+    BreakerConfig, Capability, EchoConfig, EndpointConfig, ProviderKind, RetryConfig, echo_default,
+};
 pub use endpoint::{Endpoint, backoff_delay};
 pub use error::{Error, ProviderError, ProviderErrorKind, Result};
 pub use executor::{ExecutorHandle, ModelJob, ModelRegistry};
@@ -46,6 +48,11 @@ pub struct ModelRequest {
     pub temperature: Option<f32>,
     /// Tools the model may call; none when empty.
     pub tools: Vec<ToolDefinition>,
+    /// Constrain the answer to this JSON Schema (structured output), when
+    /// set. Providers pass it on (OpenAI `response_format` json_schema,
+    /// Anthropic as a forced tool); routing treats it as needing the
+    /// `json_schema` capability and cascade gates validate against it.
+    pub json_schema: Option<serde_json::Value>,
 }
 
 impl ModelRequest {
@@ -55,6 +62,7 @@ impl ModelRequest {
             max_output_tokens: None,
             temperature: None,
             tools: Vec::new(),
+            json_schema: None,
         }
     }
 

@@ -322,11 +322,13 @@ async fn stream_ending_after_finish_reason_without_done_is_complete() {
 }
 
 #[tokio::test]
-async fn malformed_chunk_is_a_malformed_error() {
+async fn malformed_chunk_is_a_malformed_error_and_retried() {
     let server = FakeOpenAi::start().await.unwrap();
     for stream in [true, false] {
+        let mut cfg = config(&server, stream);
+        cfg.retry.max_attempts = 1;
         server.push_fault(Fault::MalformedChunk);
-        let err = call(&endpoint(&server, stream), &request("x"))
+        let err = call(&Endpoint::from_config(cfg).unwrap(), &request("x"))
             .await
             .unwrap_err();
         assert_eq!(
@@ -335,6 +337,14 @@ async fn malformed_chunk_is_a_malformed_error() {
             "stream={stream}: {err}"
         );
         assert_eq!(err.attempts(), Some(1));
+
+        // A garbled answer is a transport failure: the retry gets a good one.
+        server.push_fault(Fault::MalformedChunk);
+        let resp = call(&endpoint(&server, stream), &request("x"))
+            .await
+            .unwrap();
+        assert_eq!(resp.attempts, 2, "stream={stream}");
+        assert_eq!(resp.message.content, "echo: x");
     }
 }
 

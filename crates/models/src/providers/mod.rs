@@ -1,9 +1,13 @@
-//! Provider implementations, one module each.
+//! Provider implementations, one module each; `http` holds what the HTTP
+//! providers share (timeouts, SSE reading, error helpers).
 
+pub mod anthropic;
 pub mod echo;
+mod http;
 pub mod openai;
 pub mod scripted;
 
+pub use anthropic::AnthropicProvider;
 pub use echo::EchoProvider;
 pub use openai::OpenAiProvider;
 pub use scripted::{ScriptStep, ScriptedProvider};

@@ -5,7 +5,26 @@
 //! endpoint streams, the SSE stream (`stream_options.include_usage` asks for
 //! usage in the final chunk). The request's tool definitions go out as
 //! `tools: [{"type": "function", "function": {...}}]`; tool calls arriving in
-//! fragments are reassembled by their index.
+//! fragments are reassembled by their index. A request with a `json_schema`
+//! asks for `response_format: {"type": "json_schema", "json_schema": {"name":
+//! "output", "schema": ..., "strict": true}}`.
+//!
+//! Timeouts are those of [`super::http`]: the first token is the first SSE
+//! data event (the response headers when not streaming). A stream is only a
+//! complete answer when it says so: `[DONE]`, or a chunk with a
+//! `finish_reason`. After the `finish_reason` the provider waits for the usage
+//! chunk (or `[DONE]`) at most `min(idle_timeout, 1 s)`, and returns as soon as
+//! both are in, so a server that never sends `[DONE]` costs no idle timeout.
+//! A stream that ends, breaks or stalls before any of that is an error, never
+//! a truncated answer.
+//!
+//! Errors: 429 → `RateLimited` (with `Retry-After`, seconds or HTTP-date);
+//! 401/403 → `Auth`; 5xx → `Server`; other 4xx → `ContextLength` when the
+//! error's `code`/`type` is `context_length_exceeded` or its message mentions
+//! the maximum context length, `ContentPolicy` when it is `content_filter` or
+//! `content_policy_violation` (the provider's message kept verbatim), else
+//! `Client`. A 200 answer whose `finish_reason` is `content_filter` is a
+//! `ContentPolicy` error too: the answer was cut by the provider's filter.
 //!
 //! With `logprobs = true` the request asks for token log-probabilities and
 //! the response's `confidence` is `exp(mean logprob)` over the entries of
@@ -19,19 +38,20 @@ use std::fmt;
 use std::time::Duration;
 
 use baton_types::{FinishReason, Message, Role, ToolCall, ToolDefinition, Usage};
-use futures::StreamExt;
-use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderMap, RETRY_AFTER};
+use reqwest::StatusCode;
+use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
+use tokio::time::Instant;
 
+use super::http::{
+    self, ByteStream, SseError, SseReader, Timeouts, Wait, error_text, malformed, read_api_key,
+};
 use crate::{
     Delta, DeltaSink, EndpointConfig, Error, ModelRequest, ModelResponse, Provider, ProviderError,
     ProviderErrorKind, Result,
 };
-
-/// Longest provider error text kept in an error message.
-const MAX_ERROR_TEXT: usize = 500;
 
 /// A client of one OpenAI-compatible endpoint. Its `Debug` output never
 /// shows the api key.
@@ -44,6 +64,7 @@ pub struct OpenAiProvider {
     stream: bool,
     max_output_tokens: Option<u32>,
     logprobs: bool,
+    timeouts: Timeouts,
 }
 
 impl fmt::Debug for OpenAiProvider {
@@ -54,6 +75,7 @@ impl fmt::Debug for OpenAiProvider {
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
             .field("stream", &self.stream)
             .field("logprobs", &self.logprobs)
+            .field("timeouts", &self.timeouts)
             .finish_non_exhaustive()
     }
 }
@@ -67,25 +89,22 @@ impl OpenAiProvider {
 
     /// Build from config with the given key (the config's key fields are ignored).
     pub fn new(cfg: &EndpointConfig, api_key: Option<SecretString>) -> Result<Self> {
-        let field = |f: &str| format!("models[{}].{f}", cfg.name);
-        let base = cfg
-            .base_url
-            .as_deref()
-            .ok_or_else(|| Error::config(field("base_url"), "required for provider openai"))?;
-        let client = reqwest::Client::builder()
-            .connect_timeout(Duration::from_millis(cfg.connect_timeout_ms))
-            .build()
-            .map_err(|e| {
-                Error::config(field("base_url"), format!("cannot build http client: {e}"))
-            })?;
+        let base = cfg.base_url.as_deref().ok_or_else(|| {
+            Error::config(
+                format!("models[{}].base_url", cfg.name),
+                "required for provider openai",
+            )
+        })?;
+        let timeouts = Timeouts::from_config(cfg);
         Ok(Self {
-            client,
+            client: http::client(cfg, timeouts)?,
             url: format!("{}/chat/completions", base.trim_end_matches('/')),
             model: cfg.model.clone(),
             api_key,
             stream: cfg.stream,
             max_output_tokens: cfg.max_output_tokens,
             logprobs: cfg.logprobs,
+            timeouts,
         })
     }
 
@@ -117,21 +136,22 @@ impl OpenAiProvider {
                 .collect::<Result<Vec<Value>, ProviderError>>()?;
             body["tools"] = Value::Array(tools);
         }
+        if let Some(schema) = &req.json_schema {
+            body["response_format"] = json!({
+                "type": "json_schema",
+                "json_schema": {"name": "output", "schema": schema, "strict": true},
+            });
+        }
         Ok(body)
-    }
-
-    async fn read_json(&self, resp: reqwest::Response) -> Result<ModelResponse, ProviderError> {
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| transport_error(&e, "reading response"))?;
-        self.parse_json(&bytes)
     }
 
     /// A whole (non-streamed) JSON answer.
     fn parse_json(&self, bytes: &[u8]) -> Result<ModelResponse, ProviderError> {
         let parsed: ChatResponse =
             parse_lenient(bytes).map_err(|e| malformed(format!("malformed response body: {e}")))?;
+        if let Some(err) = parsed.error.filter(|e| !e.is_null()) {
+            return Err(in_band_error(&err, "provider answered with an error"));
+        }
         let choice = parsed
             .choices
             .and_then(|c| c.into_iter().next())
@@ -158,72 +178,94 @@ impl OpenAiProvider {
         let finish_reason = choice
             .finish_reason
             .ok_or_else(|| malformed("response has no finish_reason"))?;
+        let finish_reason = checked_finish_reason(&finish_reason)?;
         Ok(ModelResponse {
             message: assistant(message.content.unwrap_or_default(), tool_calls),
             usage: parsed.usage.map(WireUsage::into_usage).unwrap_or_default(),
-            finish_reason: FinishReason::from_provider(&finish_reason),
-            model: parsed.model.unwrap_or_else(|| self.model.clone()),
+            finish_reason,
+            model: parsed
+                .model
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| self.model.clone()),
             attempts: 1,
             confidence: logprobs.confidence(),
         })
     }
 
+    /// An SSE answer. See the module docs for when it is complete.
     async fn read_stream(
         &self,
-        resp: reqwest::Response,
+        body: ByteStream,
         deltas: Option<&DeltaSink>,
+        first_token_deadline: Instant,
     ) -> Result<ModelResponse, ProviderError> {
-        let mut stream = resp.bytes_stream();
+        let t = self.timeouts;
+        let mut reader = SseReader::new(body);
         let mut acc = StreamAccumulator::default();
-        let mut buf: Vec<u8> = Vec::new();
-        let mut data = String::new();
+        // Set once the finish_reason is in: how long to wait for the rest.
+        let mut grace: Option<Instant> = None;
         loop {
-            match stream.next().await {
-                Some(Ok(bytes)) => {
-                    buf.extend_from_slice(&bytes);
-                    while let Some(pos) = buf.iter().position(|b| *b == b'\n') {
-                        let line: Vec<u8> = buf.drain(..=pos).collect();
-                        let line = std::str::from_utf8(&line)
-                            .map_err(|_| malformed("stream is not valid utf-8"))?
-                            .trim_end_matches(['\n', '\r']);
-                        if line.is_empty() {
-                            // A blank line ends an event.
-                            if !data.is_empty() {
-                                let event = std::mem::take(&mut data);
-                                if acc.event(&event, deltas)? {
-                                    return Ok(acc.finish(&self.model));
-                                }
-                            }
-                        } else if let Some(value) = line.strip_prefix("data:") {
-                            if !data.is_empty() {
-                                data.push('\n');
-                            }
-                            data.push_str(value.strip_prefix(' ').unwrap_or(value));
-                        }
-                        // Comments (":") and other fields are ignored.
+            let wait = match grace {
+                Some(at) => Wait::Until(at),
+                None if reader.events == 0 => Wait::Until(first_token_deadline),
+                None => Wait::Idle(t.idle),
+            };
+            let finished = acc.finish_reason.is_some();
+            match reader.next(wait).await {
+                Ok(Some(event)) => {
+                    let done = acc.event(&event.data, reader.events - 1, deltas)?;
+                    if done || (acc.finish_reason.is_some() && acc.usage.is_some()) {
+                        reader.drain(t.drain_budget()).await;
+                        return acc.finish(&self.model);
+                    }
+                    if acc.finish_reason.is_some() && grace.is_none() {
+                        grace = Some(Instant::now() + t.usage_grace());
                     }
                 }
-                Some(Err(e)) => {
-                    if acc.finish_reason.is_some() {
-                        // Only the usage chunk or [DONE] was lost: the answer is whole.
-                        return Ok(acc.finish(&self.model));
-                    }
-                    return Err(transport_error(
-                        &e,
-                        "stream broke before the model finished",
-                    ));
+                // The answer is whole; only the usage or [DONE] is missing.
+                Ok(None) | Err(SseError::TimedOut | SseError::Broken(_)) if finished => {
+                    return acc.finish(&self.model);
                 }
-                None => {
-                    if !data.is_empty() && acc.event(&data, deltas)? {
-                        return Ok(acc.finish(&self.model));
-                    }
-                    if acc.finish_reason.is_some() {
-                        return Ok(acc.finish(&self.model));
-                    }
+                Ok(None) => {
                     return Err(ProviderError::new(
                         ProviderErrorKind::Connection,
-                        "stream ended before the model finished",
+                        format!(
+                            "stream ended before the answer was complete: no finish_reason \
+                             and no [DONE] after {} chunks",
+                            reader.events
+                        ),
                     ));
+                }
+                Err(SseError::TimedOut) if reader.events == 0 => {
+                    return Err(ProviderError::new(
+                        ProviderErrorKind::FirstTokenTimeout,
+                        format!(
+                            "no first token within the first-token timeout of {} ms",
+                            t.first_token.as_millis()
+                        ),
+                    ));
+                }
+                Err(SseError::TimedOut) => {
+                    return Err(ProviderError::new(
+                        ProviderErrorKind::StreamStalled,
+                        format!(
+                            "stream stalled: no data for {} ms after {} chunks",
+                            t.idle.as_millis(),
+                            reader.events
+                        ),
+                    ));
+                }
+                Err(SseError::Broken(e)) => {
+                    return Err(ProviderError::new(
+                        ProviderErrorKind::Connection,
+                        format!("stream broken after {} chunks: {e}", reader.events),
+                    ));
+                }
+                Err(SseError::NotUtf8) => {
+                    return Err(malformed(format!(
+                        "stream is not valid utf-8 after {} chunks",
+                        reader.events
+                    )));
                 }
             }
         }
@@ -248,53 +290,28 @@ impl Provider for OpenAiProvider {
         if self.stream {
             rb = rb.header(ACCEPT, "text/event-stream");
         }
-        let resp = rb
-            .send()
-            .await
-            .map_err(|e| transport_error(&e, "sending request"))?;
+        let first_token_deadline = Instant::now() + self.timeouts.first_token;
+        let resp = http::send(rb, self.timeouts, first_token_deadline).await?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(status_error(resp).await);
+            let retry_after = http::retry_after(resp.headers());
+            let body = http::read_error_body(resp, self.timeouts.idle).await;
+            return Err(status_error(status.as_u16(), &body, retry_after));
         }
         let is_sse = resp
             .headers()
             .get(CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
             .is_some_and(|v| v.starts_with("text/event-stream"));
+        let body = http::byte_stream(resp);
         if is_sse {
-            self.read_stream(resp, deltas).await
+            self.read_stream(body, deltas, first_token_deadline).await
         } else {
             // Also covers servers that ignore `stream: true` and answer in JSON.
-            self.read_json(resp).await
+            let bytes = http::read_body(body, self.timeouts.idle).await?;
+            self.parse_json(&bytes)
         }
     }
-}
-
-fn read_api_key(cfg: &EndpointConfig) -> Result<Option<SecretString>> {
-    if let Some(var) = &cfg.api_key_env {
-        let field = format!("models[{}].api_key_env", cfg.name);
-        let key = std::env::var(var)
-            .map_err(|_| Error::config(&field, format!("environment variable {var} is not set")))?;
-        let key = key.trim();
-        if key.is_empty() {
-            return Err(Error::config(
-                field,
-                format!("environment variable {var} is empty"),
-            ));
-        }
-        return Ok(Some(SecretString::from(key.to_string())));
-    }
-    if let Some(path) = &cfg.api_key_file {
-        let field = format!("models[{}].api_key_file", cfg.name);
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::config(&field, format!("cannot read {}: {e}", path.display())))?;
-        let key = text.trim();
-        if key.is_empty() {
-            return Err(Error::config(field, format!("{} is empty", path.display())));
-        }
-        return Ok(Some(SecretString::from(key.to_string())));
-    }
-    Ok(None)
 }
 
 fn wire_message(m: &Message) -> Value {
@@ -357,92 +374,112 @@ fn assistant(content: String, tool_calls: Vec<ToolCall>) -> Message {
     }
 }
 
-fn malformed(message: impl Into<String>) -> ProviderError {
-    ProviderError::new(ProviderErrorKind::Malformed, message)
-}
-
-/// A reqwest failure as a provider error, with its cause chain (reqwest's own
-/// message alone is often just "error sending request").
-fn transport_error(e: &reqwest::Error, context: &str) -> ProviderError {
-    let mut message = format!("{context}: {e}");
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        message.push_str(": ");
-        message.push_str(&s.to_string());
-        source = s.source();
+/// A finish reason as the normalised enum; `content_filter` is an error: the
+/// provider's filter cut the answer.
+fn checked_finish_reason(reason: &str) -> Result<FinishReason, ProviderError> {
+    match FinishReason::from_provider(reason) {
+        FinishReason::ContentFilter => Err(ProviderError::new(
+            ProviderErrorKind::ContentPolicy,
+            format!("the provider's content filter stopped the answer (finish_reason {reason})"),
+        )),
+        other => Ok(other),
     }
-    let kind = if e.is_timeout() {
-        ProviderErrorKind::Timeout
-    } else {
-        ProviderErrorKind::Connection
-    };
-    ProviderError::new(kind, message)
 }
 
-fn retry_after(headers: &HeaderMap) -> Option<Duration> {
-    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(secs) = v.parse::<u64>() {
-        return Some(Duration::from_secs(secs));
+/// The strings labelling an OpenAI error object: its `code`, `type` and
+/// Azure's `innererror.code`.
+fn error_labels(err: &Value) -> Vec<&str> {
+    [&err["code"], &err["type"], &err["innererror"]["code"]]
+        .into_iter()
+        .filter_map(Value::as_str)
+        .collect()
+}
+
+/// `ContextLength` or `ContentPolicy` when an OpenAI error object (`{"code",
+/// "type", "message"}`) says so.
+fn refusal_kind(err: &Value, message: &str) -> Option<ProviderErrorKind> {
+    let labels = error_labels(err);
+    let lower = message.to_lowercase();
+    if labels.contains(&"context_length_exceeded")
+        || lower.contains("maximum context length")
+        || lower.contains("context_length_exceeded")
+    {
+        return Some(ProviderErrorKind::ContextLength);
     }
-    // HTTP-dates are not supported; fractional seconds are.
-    v.parse::<f64>()
-        .ok()
-        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    if labels.iter().any(|l| {
+        matches!(
+            *l,
+            "content_filter" | "content_policy_violation" | "ResponsibleAIPolicyViolation"
+        )
+    }) {
+        return Some(ProviderErrorKind::ContentPolicy);
+    }
+    None
 }
 
-async fn status_error(resp: reqwest::Response) -> ProviderError {
-    let status = resp.status();
-    let code = status.as_u16();
-    let retry_after = retry_after(resp.headers());
-    let body = resp.bytes().await.unwrap_or_default();
-    let detail = error_text(&body).unwrap_or_else(|| {
-        status
-            .canonical_reason()
+/// The provider error of a non-2xx answer.
+fn status_error(status: u16, body: &[u8], retry_after: Option<Duration>) -> ProviderError {
+    let detail = error_text(body).unwrap_or_else(|| {
+        StatusCode::from_u16(status)
+            .ok()
+            .and_then(|s| s.canonical_reason())
             .unwrap_or("no details")
             .to_string()
     });
-    let kind = match code {
+    let parsed: Value = serde_json::from_slice(body).unwrap_or(Value::Null);
+    let err = if parsed["error"].is_object() {
+        &parsed["error"]
+    } else {
+        &parsed
+    };
+    let kind = match status {
         429 => ProviderErrorKind::RateLimited { retry_after },
         401 | 403 => ProviderErrorKind::Auth,
-        400..=499 => ProviderErrorKind::Client { status: code },
-        500..=599 => ProviderErrorKind::Server { status: code },
+        400..=499 => refusal_kind(err, &detail).unwrap_or(ProviderErrorKind::Client { status }),
+        500..=599 => ProviderErrorKind::Server { status },
         _ => ProviderErrorKind::Malformed,
     };
-    ProviderError::new(kind, format!("provider returned http {code}: {detail}"))
+    ProviderError::new(kind.clone(), described(&kind, status, &detail))
 }
 
-/// The provider's error message from an error body: `{"error": {"message"}}`,
-/// `{"error": "..."}`, `{"message"}`, or the text itself.
-fn error_text(body: &[u8]) -> Option<String> {
-    let text = if let Ok(v) = serde_json::from_slice::<Value>(body) {
-        let found = [
-            &v["error"]["message"],
-            &v["error"],
-            &v["message"],
-            &v["detail"],
-        ]
-        .into_iter()
-        .find_map(|x| x.as_str().map(str::to_string));
-        found.unwrap_or_else(|| v.to_string())
-    } else {
-        String::from_utf8_lossy(body).trim().to_string()
-    };
-    if text.is_empty() {
-        return None;
-    }
-    Some(truncate(text, MAX_ERROR_TEXT))
-}
-
-fn truncate(mut s: String, max: usize) -> String {
-    if s.len() > max {
-        let mut cut = max;
-        while !s.is_char_boundary(cut) {
-            cut -= 1;
+/// The message of an http error of `kind`.
+fn described(kind: &ProviderErrorKind, status: u16, detail: &str) -> String {
+    match kind {
+        ProviderErrorKind::ContentPolicy => {
+            format!("provider refused the content (http {status}): {detail}")
         }
-        s.truncate(cut);
-        s.push('…');
+        ProviderErrorKind::ContextLength => {
+            format!(
+                "conversation too long for the model's context window (http {status}): {detail}"
+            )
+        }
+        _ => format!("provider returned http {status}: {detail}"),
     }
-    s
+}
+
+/// An `{"error": ...}` inside a 200 answer or a stream.
+fn in_band_error(err: &Value, context: &str) -> ProviderError {
+    let detail = err["message"]
+        .as_str()
+        .map(|s| http::truncate(s.to_string(), http::MAX_ERROR_TEXT))
+        .or_else(|| error_text(err.to_string().as_bytes()))
+        .unwrap_or_default();
+    let kind = refusal_kind(err, &detail).unwrap_or_else(|| {
+        let labels = error_labels(err);
+        if labels
+            .iter()
+            .any(|l| matches!(*l, "rate_limit_exceeded" | "rate_limit_error"))
+        {
+            ProviderErrorKind::RateLimited { retry_after: None }
+        } else {
+            ProviderErrorKind::Server { status: 502 }
+        }
+    });
+    let message = match kind {
+        ProviderErrorKind::ContentPolicy => format!("provider refused the content: {detail}"),
+        _ => format!("{context}: {detail}"),
+    };
+    ProviderError::new(kind, message)
 }
 
 #[derive(Debug, Default)]
@@ -465,24 +502,29 @@ struct StreamAccumulator {
 }
 
 impl StreamAccumulator {
-    /// Take one SSE event's data; true when it was `[DONE]`.
-    fn event(&mut self, data: &str, deltas: Option<&DeltaSink>) -> Result<bool, ProviderError> {
+    /// Take the data of SSE event number `index` (0-based); true when it was
+    /// `[DONE]`. A chunk that is not JSON, or not a chunk (an object with
+    /// `choices`, `usage` or `error`), is `Malformed`.
+    fn event(
+        &mut self,
+        data: &str,
+        index: usize,
+        deltas: Option<&DeltaSink>,
+    ) -> Result<bool, ProviderError> {
         let data = data.trim();
         if data == "[DONE]" {
             return Ok(true);
         }
         let chunk: ChatChunk = parse_lenient(data.as_bytes())
-            .map_err(|e| malformed(format!("malformed stream chunk: {e}")))?;
-        if let Some(err) = chunk.error {
-            let detail = error_text(err.to_string().as_bytes()).unwrap_or_default();
-            let detail = err["message"]
-                .as_str()
-                .map(str::to_string)
-                .unwrap_or(detail);
-            return Err(ProviderError::new(
-                ProviderErrorKind::Server { status: 502 },
-                format!("provider reported an error mid-stream: {detail}"),
-            ));
+            .map_err(|e| malformed(format!("malformed stream chunk {index}: {e}")))?;
+        if let Some(err) = chunk.error.filter(|e| !e.is_null()) {
+            return Err(in_band_error(&err, "provider reported an error mid-stream"));
+        }
+        if chunk.choices.is_none() && chunk.usage.is_none() {
+            return Err(malformed(format!(
+                "malformed stream chunk {index}: neither choices nor usage: {}",
+                http::truncate(data.to_string(), 200)
+            )));
         }
         if let Some(model) = chunk.model.filter(|m| !m.is_empty()) {
             self.model = Some(model);
@@ -538,7 +580,8 @@ impl StreamAccumulator {
         }
     }
 
-    fn finish(self, configured_model: &str) -> ModelResponse {
+    /// The answer; a `content_filter` finish is a `ContentPolicy` error.
+    fn finish(self, configured_model: &str) -> Result<ModelResponse, ProviderError> {
         let tool_calls = self
             .calls
             .into_iter()
@@ -553,17 +596,17 @@ impl StreamAccumulator {
             })
             .collect();
         let finish_reason = match self.finish_reason {
-            Some(r) => FinishReason::from_provider(&r),
+            Some(r) => checked_finish_reason(&r)?,
             None => FinishReason::Stop, // [DONE] without a finish_reason
         };
-        ModelResponse {
+        Ok(ModelResponse {
             message: assistant(self.text, tool_calls),
             usage: self.usage.unwrap_or_default(),
             finish_reason,
             model: self.model.unwrap_or_else(|| configured_model.to_string()),
             attempts: 1,
             confidence: self.logprobs.confidence(),
-        }
+        })
     }
 }
 
@@ -658,6 +701,8 @@ impl LogprobMean {
 struct ChatResponse {
     #[serde(default)]
     model: Option<String>,
+    #[serde(default)]
+    error: Option<Value>,
     #[serde(default)]
     choices: Option<Vec<Choice>>,
     #[serde(default)]
@@ -774,11 +819,11 @@ mod tests {
             r#"{"choices":[{"index":0,"delta":{},"finish_reason":"tool_calls"}]}"#,
             r#"{"choices":[],"usage":{"prompt_tokens":7,"completion_tokens":3}}"#,
         ];
-        for c in chunks {
-            assert!(!acc.event(c, None).unwrap());
+        for (i, c) in chunks.into_iter().enumerate() {
+            assert!(!acc.event(c, i, None).unwrap());
         }
-        assert!(acc.event("[DONE]", None).unwrap());
-        let resp = acc.finish("configured");
+        assert!(acc.event("[DONE]", 6, None).unwrap());
+        let resp = acc.finish("configured").unwrap();
         assert_eq!(resp.finish_reason, FinishReason::ToolCalls);
         assert_eq!(resp.model, "m1");
         assert_eq!(
@@ -808,26 +853,13 @@ mod tests {
     #[test]
     fn malformed_chunks_and_mid_stream_errors_are_errors() {
         let mut acc = StreamAccumulator::default();
-        let err = acc.event("{\"choices\": [", None).unwrap_err();
+        let err = acc.event("{\"choices\": [", 3, None).unwrap_err();
         assert_eq!(err.kind, ProviderErrorKind::Malformed);
         let err = acc
-            .event(r#"{"error":{"message":"overloaded"}}"#, None)
+            .event(r#"{"error":{"message":"overloaded"}}"#, 4, None)
             .unwrap_err();
         assert!(err.is_transient());
         assert!(err.message.contains("overloaded"), "{}", err.message);
-    }
-
-    #[test]
-    fn error_text_finds_the_provider_message() {
-        assert_eq!(
-            error_text(br#"{"error":{"message":"bad model","type":"invalid_request_error"}}"#),
-            Some("bad model".into())
-        );
-        assert_eq!(error_text(br#"{"error":"nope"}"#), Some("nope".into()));
-        assert_eq!(error_text(b"plain text\n"), Some("plain text".into()));
-        assert_eq!(error_text(b""), None);
-        let long = "é".repeat(400);
-        assert!(error_text(long.as_bytes()).unwrap().len() <= MAX_ERROR_TEXT + 3);
     }
 
     #[test]
@@ -951,21 +983,6 @@ mod tests {
         let _ = std::fs::remove_dir_all(dir);
     }
 
-    #[test]
-    fn retry_after_seconds_are_parsed() {
-        let mut h = HeaderMap::new();
-        assert_eq!(retry_after(&h), None);
-        h.insert(RETRY_AFTER, "2".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_secs(2)));
-        h.insert(RETRY_AFTER, "0.5".parse().unwrap());
-        assert_eq!(retry_after(&h), Some(Duration::from_millis(500)));
-        h.insert(
-            RETRY_AFTER,
-            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
-        );
-        assert_eq!(retry_after(&h), None);
-    }
-
     fn provider(logprobs: bool) -> OpenAiProvider {
         let mut cfg = EndpointConfig::openai("e", "http://127.0.0.1:1/v1", "m");
         cfg.logprobs = logprobs;
@@ -1062,20 +1079,21 @@ mod tests {
             r#"{"choices":[{"index":0,"delta":{"content":"!"},"logprobs":null}]}"#,
             r#"{"choices":[{"index":0,"delta":{},"finish_reason":"stop","logprobs":{"content":[]}}]}"#,
         ];
-        for c in chunks {
-            assert!(!acc.event(c, None).unwrap());
+        for (i, c) in chunks.into_iter().enumerate() {
+            assert!(!acc.event(c, i, None).unwrap());
         }
-        let resp = acc.finish("m");
+        let resp = acc.finish("m").unwrap();
         assert_eq!(resp.message.content, "a b!");
         assert_close(resp.confidence, (-0.3f64).exp());
 
         let mut acc = StreamAccumulator::default();
         acc.event(
             r#"{"choices":[{"index":0,"delta":{"content":"a"},"finish_reason":"stop"}]}"#,
+            0,
             None,
         )
         .unwrap();
-        assert_eq!(acc.finish("m").confidence, None);
+        assert_eq!(acc.finish("m").unwrap().confidence, None);
     }
 
     #[test]
@@ -1091,10 +1109,11 @@ mod tests {
         let mut acc = StreamAccumulator::default();
         acc.event(
             r#"{"choices":[{"index":0,"delta":{"content":"Infinity"},"logprobs":{"content":[{"token":"Infinity","logprob":-Infinity}]}}]}"#,
+            0,
             None,
         )
         .unwrap();
-        let resp = acc.finish("m");
+        let resp = acc.finish("m").unwrap();
         assert_eq!(resp.message.content, "Infinity");
         assert_eq!(resp.confidence, None);
 
@@ -1102,5 +1121,278 @@ mod tests {
         let err = p.parse_json(b"{\"choices\": [NaN").unwrap_err();
         assert_eq!(err.kind, ProviderErrorKind::Malformed);
         assert_eq!(non_finite_as_null(br#"{"a":"NaN"}"#), None);
+    }
+
+    fn streaming_provider(first_token_ms: u64, idle_ms: u64) -> OpenAiProvider {
+        let mut cfg = EndpointConfig::openai("e", "http://127.0.0.1:1/v1", "configured");
+        cfg.first_token_timeout_ms = first_token_ms;
+        cfg.idle_timeout_ms = idle_ms;
+        OpenAiProvider::new(&cfg, None).unwrap()
+    }
+
+    const TEXT_CHUNK: &str = r#"data: {"model":"m-reported","choices":[{"index":0,"delta":{"content":"hi"}}]}
+
+"#;
+    const FINISH_CHUNK: &str = r#"data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}
+
+"#;
+    const USAGE_CHUNK: &str = r#"data: {"choices":[],"usage":{"prompt_tokens":3,"completion_tokens":1}}
+
+"#;
+
+    /// Run `read_stream` over a hand-fed body; `feed` gets the sender.
+    async fn read_fed(
+        p: &OpenAiProvider,
+        feed: impl FnOnce(futures::channel::mpsc::UnboundedSender<Result<bytes::Bytes, String>>),
+    ) -> (Result<ModelResponse, ProviderError>, Duration) {
+        let (tx, body) = http::tests::channel_body();
+        feed(tx);
+        let start = Instant::now();
+        let deadline = start + p.timeouts.first_token;
+        let r = p.read_stream(body, None, deadline).await;
+        (r, start.elapsed())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn no_first_token_is_a_first_token_timeout() {
+        let p = streaming_provider(200, 1_000);
+        let mut keep = None;
+        let (r, took) = read_fed(&p, |tx| {
+            // A comment is not a token.
+            http::tests::send(&tx, ": keep-alive\n\n");
+            keep = Some(tx);
+        })
+        .await;
+        let err = r.unwrap_err();
+        assert_eq!(err.kind, ProviderErrorKind::FirstTokenTimeout, "{err}");
+        assert!(err.message.contains("200 ms"), "{err}");
+        assert_eq!(took, Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_after_some_chunks_is_a_stalled_stream() {
+        let p = streaming_provider(5_000, 300);
+        let mut keep = None;
+        let (r, took) = read_fed(&p, |tx| {
+            http::tests::send(&tx, TEXT_CHUNK);
+            http::tests::send(&tx, TEXT_CHUNK);
+            keep = Some(tx);
+        })
+        .await;
+        let err = r.unwrap_err();
+        assert_eq!(err.kind, ProviderErrorKind::StreamStalled, "{err}");
+        assert_eq!(
+            err.message,
+            "stream stalled: no data for 300 ms after 2 chunks"
+        );
+        assert_eq!(took, Duration::from_millis(300));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finish_and_usage_without_done_return_at_once() {
+        let p = streaming_provider(5_000, 30_000);
+        let mut keep = None;
+        let (r, took) = read_fed(&p, |tx| {
+            for c in [TEXT_CHUNK, FINISH_CHUNK, USAGE_CHUNK] {
+                http::tests::send(&tx, c);
+            }
+            keep = Some(tx); // the connection stays open
+        })
+        .await;
+        let resp = r.unwrap();
+        assert_eq!(resp.message.content, "hi");
+        assert_eq!(resp.model, "m-reported");
+        assert_eq!(resp.usage.input_tokens, 3);
+        // Only the short drain of the rest of the body.
+        assert!(took <= Duration::from_millis(50), "{took:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn finish_without_usage_waits_a_short_grace_only() {
+        let p = streaming_provider(5_000, 30_000);
+        let mut keep = None;
+        let (r, took) = read_fed(&p, |tx| {
+            http::tests::send(&tx, TEXT_CHUNK);
+            http::tests::send(&tx, FINISH_CHUNK);
+            keep = Some(tx);
+        })
+        .await;
+        let resp = r.unwrap();
+        assert_eq!(resp.message.content, "hi");
+        assert_eq!(resp.usage, Usage::default());
+        assert_eq!(took, Duration::from_secs(1));
+
+        // With a short idle timeout the grace is shorter still.
+        let p = streaming_provider(5_000, 200);
+        let mut keep = None;
+        let (r, took) = read_fed(&p, |tx| {
+            http::tests::send(&tx, FINISH_CHUNK);
+            keep = Some(tx);
+        })
+        .await;
+        assert!(r.is_ok());
+        assert_eq!(took, Duration::from_millis(200));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn incomplete_streams_are_errors_never_answers() {
+        let p = streaming_provider(5_000, 1_000);
+        // EOF without finish_reason or [DONE].
+        let (r, _) = read_fed(&p, |tx| {
+            http::tests::send(&tx, TEXT_CHUNK);
+        })
+        .await;
+        let err = r.unwrap_err();
+        assert_eq!(err.kind, ProviderErrorKind::Connection);
+        assert!(
+            err.message
+                .starts_with("stream ended before the answer was complete"),
+            "{err}"
+        );
+        // A read error mid-stream.
+        let (r, _) = read_fed(&p, |tx| {
+            http::tests::send(&tx, TEXT_CHUNK);
+            http::tests::send(&tx, TEXT_CHUNK);
+            tx.unbounded_send(Err("connection reset by peer".into()))
+                .unwrap();
+        })
+        .await;
+        let err = r.unwrap_err();
+        assert_eq!(err.kind, ProviderErrorKind::Connection);
+        assert_eq!(
+            err.message,
+            "stream broken after 2 chunks: connection reset by peer"
+        );
+        // ... but after the finish_reason the answer is whole.
+        let (r, _) = read_fed(&p, |tx| {
+            http::tests::send(&tx, TEXT_CHUNK);
+            http::tests::send(&tx, FINISH_CHUNK);
+            tx.unbounded_send(Err("connection reset by peer".into()))
+                .unwrap();
+        })
+        .await;
+        assert_eq!(r.unwrap().message.content, "hi");
+        // [DONE] alone completes it too.
+        let (r, _) = read_fed(&p, |tx| {
+            http::tests::send(&tx, TEXT_CHUNK);
+            http::tests::send(&tx, "data: [DONE]\n\n");
+        })
+        .await;
+        assert_eq!(r.unwrap().finish_reason, FinishReason::Stop);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn malformed_chunks_name_their_index() {
+        let p = streaming_provider(5_000, 1_000);
+        for (bad, why) in [
+            (
+                "data: {\"choices\": [{\"delta\"\n\n",
+                "malformed stream chunk 1: ",
+            ),
+            (
+                "data: {\"object\": \"x\"}\n\n",
+                "chunk 1: neither choices nor usage",
+            ),
+            ("data: [1, 2]\n\n", "malformed stream chunk 1: "),
+            (
+                "data: {\"choices\": [{\"delta\": {\"content\": 5}}]}\n\n",
+                "malformed stream chunk 1: ",
+            ),
+        ] {
+            let (r, _) = read_fed(&p, |tx| {
+                http::tests::send(&tx, TEXT_CHUNK);
+                http::tests::send(&tx, bad);
+            })
+            .await;
+            let err = r.unwrap_err();
+            assert_eq!(err.kind, ProviderErrorKind::Malformed, "{bad}: {err}");
+            assert!(err.message.contains(why), "{bad}: {err}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_content_filter_finish_is_a_content_policy_error() {
+        let p = streaming_provider(5_000, 1_000);
+        let (r, _) = read_fed(&p, |tx| {
+            http::tests::send(&tx, TEXT_CHUNK);
+            http::tests::send(
+                &tx,
+                "data: {\"choices\":[{\"index\":0,\"delta\":{},\"finish_reason\":\"content_filter\"}]}\n\n",
+            );
+            http::tests::send(&tx, "data: [DONE]\n\n");
+        })
+        .await;
+        let err = r.unwrap_err();
+        assert_eq!(err.kind, ProviderErrorKind::ContentPolicy, "{err}");
+        let body = r#"{"choices":[{"message":{"content":""},"finish_reason":"content_filter"}]}"#;
+        let err = provider(false).parse_json(body.as_bytes()).unwrap_err();
+        assert_eq!(err.kind, ProviderErrorKind::ContentPolicy, "{err}");
+        assert!(!err.is_transient());
+    }
+
+    #[test]
+    fn http_errors_are_classified_from_status_and_body() {
+        let secs = Some(Duration::from_secs(7));
+        let e = status_error(429, br#"{"error":{"message":"slow down"}}"#, secs);
+        assert_eq!(e.kind, ProviderErrorKind::RateLimited { retry_after: secs });
+        assert!(e.message.contains("slow down"), "{e}");
+        assert_eq!(status_error(401, b"", None).kind, ProviderErrorKind::Auth);
+        assert_eq!(status_error(403, b"no", None).kind, ProviderErrorKind::Auth);
+        assert_eq!(
+            status_error(503, b"", None).kind,
+            ProviderErrorKind::Server { status: 503 }
+        );
+        assert_eq!(
+            status_error(
+                404,
+                br#"{"error":{"message":"no such model","code":"model_not_found"}}"#,
+                None
+            )
+            .kind,
+            ProviderErrorKind::Client { status: 404 }
+        );
+        let ctx = br#"{"error":{"message":"This model's maximum context length is 8192 tokens. However, your messages resulted in 9000 tokens.","type":"invalid_request_error","param":"messages","code":"context_length_exceeded"}}"#;
+        let e = status_error(400, ctx, None);
+        assert_eq!(e.kind, ProviderErrorKind::ContextLength);
+        assert!(e.message.contains("maximum context length is 8192"), "{e}");
+        // By message alone (servers that send no code).
+        let e = status_error(
+            400,
+            br#"{"message":"This model's maximum context length is 4096 tokens"}"#,
+            None,
+        );
+        assert_eq!(e.kind, ProviderErrorKind::ContextLength);
+        let azure = br#"{"error":{"message":"The response was filtered due to the prompt triggering Azure OpenAI's content management policy.","type":null,"param":"prompt","code":"content_filter","status":400}}"#;
+        let e = status_error(400, azure, None);
+        assert_eq!(e.kind, ProviderErrorKind::ContentPolicy);
+        assert!(
+            e.message.ends_with(
+                "The response was filtered due to the prompt triggering Azure OpenAI's content management policy."
+            ),
+            "{e}"
+        );
+        let e = status_error(
+            400,
+            br#"{"error":{"message":"Your request was rejected as a result of our safety system.","type":"invalid_request_error","code":"content_policy_violation"}}"#,
+            None,
+        );
+        assert_eq!(e.kind, ProviderErrorKind::ContentPolicy);
+        assert_eq!(
+            status_error(422, b"{}", None).kind,
+            ProviderErrorKind::Client { status: 422 }
+        );
+    }
+
+    #[test]
+    fn json_schema_asks_for_a_strict_response_format() {
+        let p = provider(false);
+        let mut req = ModelRequest::new(vec![Message::user("hi")]);
+        assert!(p.body(&req).unwrap().get("response_format").is_none());
+        let schema = json!({"type": "object", "properties": {"a": {"type": "integer"}}});
+        req.json_schema = Some(schema.clone());
+        assert_eq!(
+            p.body(&req).unwrap()["response_format"],
+            json!({"type": "json_schema", "json_schema": {"name": "output", "schema": schema, "strict": true}})
+        );
     }
 }

@@ -1,0 +1,564 @@
+//! What the HTTP providers (`openai`, `anthropic`) share: api keys, the
+//! client, the phase timeouts, error classification helpers and an SSE
+//! reader that enforces the first-token and idle timeouts.
+//!
+//! Timeouts of one attempt, in the order they can fire:
+//! - connect (`connect_timeout_ms`, inside reqwest) → `Connection`, "connect
+//!   timed out after N ms";
+//! - first token (`first_token_timeout_ms`), from sending the request until
+//!   the response headers and, when streaming, the first event that carries
+//!   the answer → `FirstTokenTimeout`;
+//! - idle (`idle_timeout_ms`), the longest silence between two reads of the
+//!   body once the first token is in → `StreamStalled`;
+//! - total (`timeout_ms`), applied around the attempt by the endpoint →
+//!   `Timeout`.
+//!
+//! All waits use `tokio::time`, so they follow paused test time.
+
+use std::pin::Pin;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use futures::{Stream, StreamExt};
+use reqwest::header::{HeaderMap, RETRY_AFTER};
+use secrecy::SecretString;
+use serde_json::Value;
+use tokio::time::Instant;
+
+use crate::{EndpointConfig, Error, ProviderError, ProviderErrorKind, Result};
+
+/// Longest provider error text kept in an error message.
+pub(crate) const MAX_ERROR_TEXT: usize = 1000;
+
+/// Longest wait for a stream's terminator once the answer is complete but
+/// for its usage.
+const USAGE_GRACE: Duration = Duration::from_secs(1);
+
+/// Longest wait to read the rest of a finished body (so that the connection
+/// can be reused) before dropping it.
+const DRAIN_BUDGET: Duration = Duration::from_millis(50);
+
+/// The phase timeouts of one endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Timeouts {
+    pub connect: Duration,
+    pub first_token: Duration,
+    pub idle: Duration,
+}
+
+impl Timeouts {
+    pub(crate) fn from_config(cfg: &EndpointConfig) -> Self {
+        Self {
+            connect: Duration::from_millis(cfg.connect_timeout_ms),
+            first_token: Duration::from_millis(cfg.first_token_timeout_ms),
+            idle: Duration::from_millis(cfg.idle_timeout_ms),
+        }
+    }
+
+    /// How long to wait for the usage (or the terminator) once the answer
+    /// is complete: `min(idle, 1 s)`.
+    pub(crate) fn usage_grace(&self) -> Duration {
+        self.idle.min(USAGE_GRACE)
+    }
+
+    /// How long to read the rest of a finished body: `min(idle, 50 ms)`.
+    pub(crate) fn drain_budget(&self) -> Duration {
+        self.idle.min(DRAIN_BUDGET)
+    }
+}
+
+/// An http client with the endpoint's connect timeout.
+pub(crate) fn client(cfg: &EndpointConfig, timeouts: Timeouts) -> Result<reqwest::Client> {
+    reqwest::Client::builder()
+        .connect_timeout(timeouts.connect)
+        .build()
+        .map_err(|e| {
+            Error::config(
+                format!("models[{}].base_url", cfg.name),
+                format!("cannot build http client: {e}"),
+            )
+        })
+}
+
+/// The api key from `api_key_env` or `api_key_file`, if either is set.
+pub(crate) fn read_api_key(cfg: &EndpointConfig) -> Result<Option<SecretString>> {
+    if let Some(var) = &cfg.api_key_env {
+        let field = format!("models[{}].api_key_env", cfg.name);
+        let key = std::env::var(var)
+            .map_err(|_| Error::config(&field, format!("environment variable {var} is not set")))?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(Error::config(
+                field,
+                format!("environment variable {var} is empty"),
+            ));
+        }
+        return Ok(Some(SecretString::from(key.to_string())));
+    }
+    if let Some(path) = &cfg.api_key_file {
+        let field = format!("models[{}].api_key_file", cfg.name);
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| Error::config(&field, format!("cannot read {}: {e}", path.display())))?;
+        let key = text.trim();
+        if key.is_empty() {
+            return Err(Error::config(field, format!("{} is empty", path.display())));
+        }
+        return Ok(Some(SecretString::from(key.to_string())));
+    }
+    Ok(None)
+}
+
+/// Send the request; the response headers must arrive before
+/// `first_token_deadline`.
+pub(crate) async fn send(
+    rb: reqwest::RequestBuilder,
+    timeouts: Timeouts,
+    first_token_deadline: Instant,
+) -> Result<reqwest::Response, ProviderError> {
+    match tokio::time::timeout_at(first_token_deadline, rb.send()).await {
+        Ok(Ok(resp)) => Ok(resp),
+        Ok(Err(e)) => Err(transport_error(&e, timeouts, "sending request")),
+        Err(_) => Err(ProviderError::new(
+            ProviderErrorKind::FirstTokenTimeout,
+            format!(
+                "no response within the first-token timeout of {} ms",
+                timeouts.first_token.as_millis()
+            ),
+        )),
+    }
+}
+
+/// A reqwest error and its causes, as one line (reqwest's own message alone
+/// is often just "error sending request").
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut message = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let s_text = s.to_string();
+        if !message.ends_with(&s_text) {
+            message.push_str(": ");
+            message.push_str(&s_text);
+        }
+        source = s.source();
+    }
+    message
+}
+
+/// A reqwest failure as a provider error: connect failures (timed out or
+/// refused) and broken connections are `Connection`.
+pub(crate) fn transport_error(
+    e: &reqwest::Error,
+    timeouts: Timeouts,
+    context: &str,
+) -> ProviderError {
+    let chain = error_chain(e);
+    if e.is_connect() {
+        let message = if e.is_timeout() {
+            format!(
+                "{context}: connect timed out after {} ms: {chain}",
+                timeouts.connect.as_millis()
+            )
+        } else {
+            format!("{context}: cannot connect: {chain}")
+        };
+        return ProviderError::new(ProviderErrorKind::Connection, message);
+    }
+    let kind = if e.is_timeout() {
+        ProviderErrorKind::Timeout
+    } else {
+        ProviderErrorKind::Connection
+    };
+    ProviderError::new(kind, format!("{context}: {chain}"))
+}
+
+pub(crate) fn malformed(message: impl Into<String>) -> ProviderError {
+    ProviderError::new(ProviderErrorKind::Malformed, message)
+}
+
+/// `Retry-After` as a wait: delay-seconds (fractions accepted) or an
+/// HTTP-date (a date in the past is no wait).
+pub(crate) fn retry_after(headers: &HeaderMap) -> Option<Duration> {
+    retry_after_at(headers, SystemTime::now())
+}
+
+fn retry_after_at(headers: &HeaderMap, now: SystemTime) -> Option<Duration> {
+    let v = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(secs) = v.parse::<u64>() {
+        return Some(Duration::from_secs(secs));
+    }
+    if let Some(d) = v
+        .parse::<f64>()
+        .ok()
+        .and_then(|s| Duration::try_from_secs_f64(s).ok())
+    {
+        return Some(d);
+    }
+    let at = parse_http_date(v)?;
+    Some(at.duration_since(now).unwrap_or(Duration::ZERO))
+}
+
+/// An IMF-fixdate (`Sun, 06 Nov 1994 08:49:37 GMT`), the HTTP-date format
+/// servers send.
+fn parse_http_date(s: &str) -> Option<SystemTime> {
+    let rest = s.split_once(", ")?.1;
+    let parts: Vec<&str> = rest.split(' ').collect();
+    let [day, month, year, time, "GMT"] = parts.as_slice() else {
+        return None;
+    };
+    let day: u32 = day.parse().ok()?;
+    let month = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ]
+    .iter()
+    .position(|m| m == month)? as u32
+        + 1;
+    let year: i64 = year.parse().ok()?;
+    let hms: Vec<u64> = time
+        .split(':')
+        .map(str::parse)
+        .collect::<std::result::Result<_, _>>()
+        .ok()?;
+    let [h, m, sec] = hms.as_slice() else {
+        return None;
+    };
+    if !(1..=31).contains(&day) || *h > 23 || *m > 59 || *sec > 60 {
+        return None;
+    }
+    let days = days_from_civil(year, month, day);
+    let secs = days * 86_400 + (*h * 3600 + *m * 60 + *sec) as i64;
+    let secs = u64::try_from(secs).ok()?;
+    UNIX_EPOCH.checked_add(Duration::from_secs(secs))
+}
+
+/// Days since 1970-01-01 of a proleptic Gregorian date (Howard Hinnant's
+/// algorithm).
+fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let m = i64::from(m);
+    let mp = if m > 2 { m - 3 } else { m + 9 };
+    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// The provider's error message from an error body: `{"error": {"message"}}`
+/// (OpenAI, Anthropic), `{"error": "..."}`, `{"message"}`, `{"detail"}`, or
+/// the text itself.
+pub(crate) fn error_text(body: &[u8]) -> Option<String> {
+    let text = if let Ok(v) = serde_json::from_slice::<Value>(body) {
+        let found = [
+            &v["error"]["message"],
+            &v["error"],
+            &v["message"],
+            &v["detail"],
+        ]
+        .into_iter()
+        .find_map(|x| x.as_str().map(str::to_string));
+        found.unwrap_or_else(|| v.to_string())
+    } else {
+        String::from_utf8_lossy(body).trim().to_string()
+    };
+    if text.is_empty() {
+        return None;
+    }
+    Some(truncate(text, MAX_ERROR_TEXT))
+}
+
+pub(crate) fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut cut = max;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        s.truncate(cut);
+        s.push('…');
+    }
+    s
+}
+
+/// A response body as a stream of byte chunks; errors are their message.
+pub(crate) type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, String>> + Send>>;
+
+pub(crate) fn byte_stream(resp: reqwest::Response) -> ByteStream {
+    Box::pin(resp.bytes_stream().map(|r| r.map_err(|e| error_chain(&e))))
+}
+
+/// Read a whole (non-streamed) body, allowing at most `idle` between two
+/// reads: a body that goes silent is `StreamStalled`, one that breaks is
+/// `Connection`.
+pub(crate) async fn read_body(
+    mut stream: ByteStream,
+    idle: Duration,
+) -> Result<Vec<u8>, ProviderError> {
+    let mut body = Vec::new();
+    loop {
+        match tokio::time::timeout(idle, stream.next()).await {
+            Ok(Some(Ok(bytes))) => body.extend_from_slice(&bytes),
+            Ok(None) => return Ok(body),
+            Ok(Some(Err(e))) => {
+                return Err(ProviderError::new(
+                    ProviderErrorKind::Connection,
+                    format!("response body broken after {} bytes: {e}", body.len()),
+                ));
+            }
+            Err(_) => {
+                return Err(ProviderError::new(
+                    ProviderErrorKind::StreamStalled,
+                    format!(
+                        "response body stalled: no data for {} ms after {} bytes",
+                        idle.as_millis(),
+                        body.len()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// An error response's body, read for at most `idle` (an error body that
+/// never ends must not hold the attempt).
+pub(crate) async fn read_error_body(resp: reqwest::Response, idle: Duration) -> Bytes {
+    tokio::time::timeout(idle, resp.bytes())
+        .await
+        .ok()
+        .and_then(|r| r.ok())
+        .unwrap_or_default()
+}
+
+/// How long [`SseReader::next`] may wait.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Wait {
+    /// Until this instant, however much arrives meanwhile.
+    Until(Instant),
+    /// At most this long between two reads of the body.
+    Idle(Duration),
+}
+
+/// One server-sent event.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct SseEvent {
+    /// The `event:` field; empty when there was none.
+    pub event: String,
+    pub data: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SseError {
+    /// Nothing (more) arrived in time.
+    TimedOut,
+    /// The body broke: reset, read error.
+    Broken(String),
+    /// The stream is not text.
+    NotUtf8,
+}
+
+/// Reads server-sent events off a body. Comments (`: ...`) and fields other
+/// than `event` and `data` are skipped; events without data are dropped.
+pub(crate) struct SseReader {
+    stream: ByteStream,
+    buf: Vec<u8>,
+    event: String,
+    data: Option<String>,
+    eof: bool,
+    /// Events returned so far.
+    pub events: usize,
+}
+
+impl SseReader {
+    pub(crate) fn new(stream: ByteStream) -> Self {
+        Self {
+            stream,
+            buf: Vec::new(),
+            event: String::new(),
+            data: None,
+            eof: false,
+            events: 0,
+        }
+    }
+
+    /// The next event; `None` at the end of the body. Cancel-safe: dropping
+    /// the future loses nothing.
+    pub(crate) async fn next(&mut self, wait: Wait) -> Result<Option<SseEvent>, SseError> {
+        loop {
+            if let Some(event) = self.parse_buffered()? {
+                return Ok(Some(event));
+            }
+            if self.eof {
+                // A last event without its blank line still counts.
+                return Ok(self.dispatch());
+            }
+            let deadline = match wait {
+                Wait::Until(at) => at,
+                Wait::Idle(idle) => Instant::now() + idle,
+            };
+            match tokio::time::timeout_at(deadline, self.stream.next()).await {
+                Err(_) => return Err(SseError::TimedOut),
+                Ok(None) => self.eof = true,
+                Ok(Some(Ok(bytes))) => self.buf.extend_from_slice(&bytes),
+                Ok(Some(Err(e))) => return Err(SseError::Broken(e)),
+            }
+        }
+    }
+
+    /// Read on until the end of the body, for at most `budget`, ignoring
+    /// what comes: a body read to its end lets the connection be reused.
+    pub(crate) async fn drain(&mut self, budget: Duration) {
+        if self.eof {
+            return;
+        }
+        let deadline = Instant::now() + budget;
+        while let Ok(Some(Ok(_))) = tokio::time::timeout_at(deadline, self.stream.next()).await {}
+        self.eof = true;
+    }
+
+    fn parse_buffered(&mut self) -> Result<Option<SseEvent>, SseError> {
+        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+            let raw: Vec<u8> = self.buf.drain(..=pos).collect();
+            let line = std::str::from_utf8(&raw).map_err(|_| SseError::NotUtf8)?;
+            let line = line.trim_end_matches(['\n', '\r']);
+            if line.is_empty() {
+                if let Some(event) = self.dispatch() {
+                    return Ok(Some(event));
+                }
+                continue;
+            }
+            if line.starts_with(':') {
+                continue;
+            }
+            let (field, value) = line.split_once(':').unwrap_or((line, ""));
+            let value = value.strip_prefix(' ').unwrap_or(value);
+            match field {
+                "data" => match &mut self.data {
+                    Some(data) => {
+                        data.push('\n');
+                        data.push_str(value);
+                    }
+                    None => self.data = Some(value.to_string()),
+                },
+                "event" => self.event = value.to_string(),
+                _ => {}
+            }
+        }
+        Ok(None)
+    }
+
+    fn dispatch(&mut self) -> Option<SseEvent> {
+        let event = std::mem::take(&mut self.event);
+        let data = self.data.take()?;
+        self.events += 1;
+        Some(SseEvent { event, data })
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A body fed by hand: send chunks (or errors) through the sender;
+    /// dropping it ends the body.
+    pub(crate) fn channel_body() -> (
+        futures::channel::mpsc::UnboundedSender<Result<Bytes, String>>,
+        ByteStream,
+    ) {
+        let (tx, rx) = futures::channel::mpsc::unbounded();
+        (tx, Box::pin(rx))
+    }
+
+    pub(crate) fn send(
+        tx: &futures::channel::mpsc::UnboundedSender<Result<Bytes, String>>,
+        s: &str,
+    ) {
+        tx.unbounded_send(Ok(Bytes::from(s.to_string()))).unwrap();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn events_are_split_on_blank_lines_across_chunks() {
+        let (tx, body) = channel_body();
+        let mut r = SseReader::new(body);
+        send(&tx, ": comment\r\nevent: a\r\ndata: {\"x\"");
+        send(&tx, ":1}\r\n\r\ndata: one\ndata:two\n\nid: 7\n\n");
+        send(&tx, "data: last");
+        drop(tx);
+        let wait = Wait::Idle(Duration::from_secs(1));
+        assert_eq!(
+            r.next(wait).await.unwrap(),
+            Some(SseEvent {
+                event: "a".into(),
+                data: "{\"x\":1}".into()
+            })
+        );
+        assert_eq!(r.next(wait).await.unwrap().unwrap().data, "one\ntwo");
+        // "data: last" has no newline: an incomplete line is dropped at EOF.
+        assert_eq!(r.next(wait).await.unwrap(), None);
+        assert_eq!(r.events, 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn silence_times_out_and_breaks_are_reported() {
+        let (tx, body) = channel_body();
+        let mut r = SseReader::new(body);
+        let start = Instant::now();
+        let err = r.next(Wait::Idle(Duration::from_millis(300))).await;
+        assert_eq!(err, Err(SseError::TimedOut));
+        assert_eq!(start.elapsed(), Duration::from_millis(300));
+        tx.unbounded_send(Err("reset".into())).unwrap();
+        assert_eq!(
+            r.next(Wait::Until(Instant::now() + Duration::from_secs(1)))
+                .await,
+            Err(SseError::Broken("reset".into()))
+        );
+    }
+
+    #[test]
+    fn retry_after_takes_seconds_and_http_dates() {
+        let now = UNIX_EPOCH + Duration::from_secs(1_445_412_470); // 2015-10-21 07:27:50 UTC
+        let mut h = HeaderMap::new();
+        assert_eq!(retry_after_at(&h, now), None);
+        h.insert(RETRY_AFTER, "2".parse().unwrap());
+        assert_eq!(retry_after_at(&h, now), Some(Duration::from_secs(2)));
+        h.insert(RETRY_AFTER, "0.5".parse().unwrap());
+        assert_eq!(retry_after_at(&h, now), Some(Duration::from_millis(500)));
+        h.insert(
+            RETRY_AFTER,
+            "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap(),
+        );
+        assert_eq!(retry_after_at(&h, now), Some(Duration::from_secs(10)));
+        // In the past: no wait.
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(retry_after_at(&h, later), Some(Duration::ZERO));
+        h.insert(RETRY_AFTER, "soon".parse().unwrap());
+        assert_eq!(retry_after_at(&h, now), None);
+        assert_eq!(
+            parse_http_date("Thu, 01 Jan 1970 00:00:00 GMT"),
+            Some(UNIX_EPOCH)
+        );
+        assert_eq!(
+            parse_http_date("Tue, 29 Feb 2000 12:00:00 GMT"),
+            Some(UNIX_EPOCH + Duration::from_secs(951_825_600))
+        );
+        assert_eq!(parse_http_date("Tue, 29 Feb 2000 12:00:00 PST"), None);
+        assert_eq!(parse_http_date("Tue, 29 Foo 2000 12:00:00 GMT"), None);
+    }
+
+    #[test]
+    fn error_text_finds_the_provider_message() {
+        assert_eq!(
+            error_text(br#"{"error":{"message":"bad model","type":"invalid_request_error"}}"#),
+            Some("bad model".into())
+        );
+        assert_eq!(
+            error_text(
+                br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#
+            ),
+            Some("Overloaded".into())
+        );
+        assert_eq!(error_text(br#"{"error":"nope"}"#), Some("nope".into()));
+        assert_eq!(error_text(b"plain text\n"), Some("plain text".into()));
+        assert_eq!(error_text(b""), None);
+        let long = "é".repeat(MAX_ERROR_TEXT);
+        assert!(error_text(long.as_bytes()).unwrap().len() <= MAX_ERROR_TEXT + 3);
+    }
+}

@@ -1,0 +1,409 @@
+//! Baton's metrics: one process-wide registry, exposed by `baton serve` at
+//! `GET /metrics` in the Prometheus / OpenMetrics text format.
+//!
+//! Every crate records into [`metrics()`]; nothing here blocks or allocates
+//! on the hot path beyond the label lookup. Latencies are histograms in
+//! seconds, so P50/P95/P99 are derivable with `histogram_quantile`.
+//!
+//! | metric | labels | what |
+//! |---|---|---|
+//! | `baton_model_attempt_duration_seconds` | endpoint, outcome | one provider attempt, start to end |
+//! | `baton_model_time_to_first_token_seconds` | endpoint | attempt start to first streamed token |
+//! | `baton_route_call_duration_seconds` | route, outcome | a routed call, all attempts and backoff included |
+//! | `baton_model_attempts_total` | endpoint, route | attempts made |
+//! | `baton_model_errors_total` | endpoint, kind | failed attempts by error kind |
+//! | `baton_breaker_state` | endpoint | 0 closed, 1 half-open, 2 open |
+//! | `baton_breaker_transitions_total` | endpoint, to | breaker state changes |
+//! | `baton_model_tokens_total` | endpoint, direction | input / output tokens of successful attempts |
+//! | `baton_model_cost_usd_total` | endpoint, route | cost of successful attempts |
+//! | `baton_routing_decisions_total` | route, strategy, rule | routing decisions by the rule that fired |
+//! | `baton_budget_rejections_total` | scope | calls refused by a budget |
+//! | `baton_turns_total` | outcome | finished turns: completed, failed, cancelled |
+//! | `baton_turn_duration_seconds` | outcome | turn accepted to finished |
+//! | `baton_sessions_live` | | session actors in memory |
+//! | `baton_sessions_passivated_total` | | sessions passivated |
+//! | `baton_actor_restarts_total` | kind | actors restarted by a supervisor |
+//! | `baton_journal_append_duration_seconds` | | write request handed to the writer to durable |
+//! | `baton_journal_batch_requests` | | write requests per group commit |
+//! | `baton_journal_fsyncs_total` | | fsyncs made by the writer |
+//! | `baton_gates_pending` | | gates waiting for a decision |
+//! | `baton_tool_calls_total` | tool, outcome | tool calls |
+//! | `baton_tool_duration_seconds` | tool | tool call latency |
+
+use std::sync::OnceLock;
+use std::sync::atomic::AtomicU64;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Label values, in the order of the metric's label names.
+type L2 = [(&'static str, String); 2];
+type L1 = [(&'static str, String); 1];
+type L3 = [(&'static str, String); 3];
+
+fn latency_histogram() -> Histogram {
+    // 0.5 ms .. ~65 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 18))
+}
+
+fn size_histogram() -> Histogram {
+    Histogram::new(exponential_buckets(1.0, 2.0, 14))
+}
+
+/// Every metric Baton records.
+pub struct Metrics {
+    registry: Registry,
+    attempt_duration: Family<L2, Histogram, fn() -> Histogram>,
+    ttft: Family<L1, Histogram, fn() -> Histogram>,
+    route_duration: Family<L2, Histogram, fn() -> Histogram>,
+    attempts: Family<L2, Counter>,
+    errors: Family<L2, Counter>,
+    breaker_state: Family<L1, Gauge>,
+    breaker_transitions: Family<L2, Counter>,
+    tokens: Family<L2, Counter>,
+    cost: Family<L2, Counter<f64, AtomicU64>>,
+    decisions: Family<L3, Counter>,
+    budget_rejections: Family<L1, Counter>,
+    turns: Family<L1, Counter>,
+    turn_duration: Family<L1, Histogram, fn() -> Histogram>,
+    sessions_live: Gauge,
+    passivated: Counter,
+    restarts: Family<L1, Counter>,
+    journal_append: Histogram,
+    journal_batch: Histogram,
+    fsyncs: Counter,
+    gates_pending: Gauge,
+    tool_calls: Family<L2, Counter>,
+    tool_duration: Family<L1, Histogram, fn() -> Histogram>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Metrics").finish_non_exhaustive()
+    }
+}
+
+/// Breaker states as the `baton_breaker_state` gauge reports them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerGauge {
+    Closed = 0,
+    HalfOpen = 1,
+    Open = 2,
+}
+
+impl Metrics {
+    fn new() -> Self {
+        let mut registry = Registry::with_prefix("baton");
+        let m = Metrics {
+            attempt_duration: Family::new_with_constructor(latency_histogram),
+            ttft: Family::new_with_constructor(latency_histogram),
+            route_duration: Family::new_with_constructor(latency_histogram),
+            attempts: Family::default(),
+            errors: Family::default(),
+            breaker_state: Family::default(),
+            breaker_transitions: Family::default(),
+            tokens: Family::default(),
+            cost: Family::default(),
+            decisions: Family::default(),
+            budget_rejections: Family::default(),
+            turns: Family::default(),
+            turn_duration: Family::new_with_constructor(latency_histogram),
+            sessions_live: Gauge::default(),
+            passivated: Counter::default(),
+            restarts: Family::default(),
+            journal_append: latency_histogram(),
+            journal_batch: size_histogram(),
+            fsyncs: Counter::default(),
+            gates_pending: Gauge::default(),
+            tool_calls: Family::default(),
+            tool_duration: Family::new_with_constructor(latency_histogram),
+            registry: Registry::default(),
+        };
+        let r = &mut registry;
+        r.register(
+            "model_attempt_duration_seconds",
+            "One provider attempt, start to end",
+            m.attempt_duration.clone(),
+        );
+        r.register(
+            "model_time_to_first_token_seconds",
+            "Attempt start to the first streamed token",
+            m.ttft.clone(),
+        );
+        r.register(
+            "route_call_duration_seconds",
+            "A routed model call, every attempt and backoff included",
+            m.route_duration.clone(),
+        );
+        r.register("model_attempts", "Attempts made", m.attempts.clone());
+        r.register(
+            "model_errors",
+            "Failed attempts by error kind",
+            m.errors.clone(),
+        );
+        r.register(
+            "breaker_state",
+            "Circuit breaker state: 0 closed, 1 half-open, 2 open",
+            m.breaker_state.clone(),
+        );
+        r.register(
+            "breaker_transitions",
+            "Circuit breaker state changes",
+            m.breaker_transitions.clone(),
+        );
+        r.register(
+            "model_tokens",
+            "Tokens of successful attempts",
+            m.tokens.clone(),
+        );
+        r.register(
+            "model_cost_usd",
+            "Cost of successful attempts in USD",
+            m.cost.clone(),
+        );
+        r.register(
+            "routing_decisions",
+            "Routing decisions by the rule that fired",
+            m.decisions.clone(),
+        );
+        r.register(
+            "budget_rejections",
+            "Model calls refused by a budget",
+            m.budget_rejections.clone(),
+        );
+        r.register("turns", "Finished turns", m.turns.clone());
+        r.register(
+            "turn_duration_seconds",
+            "Turn accepted to finished",
+            m.turn_duration.clone(),
+        );
+        r.register(
+            "sessions_live",
+            "Session actors in memory",
+            m.sessions_live.clone(),
+        );
+        r.register(
+            "sessions_passivated",
+            "Sessions passivated",
+            m.passivated.clone(),
+        );
+        r.register(
+            "actor_restarts",
+            "Actors restarted by a supervisor",
+            m.restarts.clone(),
+        );
+        r.register(
+            "journal_append_duration_seconds",
+            "Journal write request handed to the writer until durable",
+            m.journal_append.clone(),
+        );
+        r.register(
+            "journal_batch_requests",
+            "Write requests per group commit",
+            m.journal_batch.clone(),
+        );
+        r.register(
+            "journal_fsyncs",
+            "fsyncs made by the journal writer",
+            m.fsyncs.clone(),
+        );
+        r.register(
+            "gates_pending",
+            "Gates waiting for a decision",
+            m.gates_pending.clone(),
+        );
+        r.register("tool_calls", "Tool calls", m.tool_calls.clone());
+        r.register(
+            "tool_duration_seconds",
+            "Tool call latency",
+            m.tool_duration.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// The whole registry in the OpenMetrics text format (which Prometheus
+    /// scrapes); serve it with [`CONTENT_TYPE`].
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        if encode(&mut out, &self.registry).is_err() {
+            out.clear();
+        }
+        out
+    }
+
+    pub fn model_attempt(&self, endpoint: &str, route: &str, outcome: &str, seconds: f64) {
+        self.attempt_duration
+            .get_or_create(&[("endpoint", endpoint.into()), ("outcome", outcome.into())])
+            .observe(seconds);
+        self.attempts
+            .get_or_create(&[("endpoint", endpoint.into()), ("route", route.into())])
+            .inc();
+    }
+
+    pub fn model_error(&self, endpoint: &str, kind: &str) {
+        self.errors
+            .get_or_create(&[("endpoint", endpoint.into()), ("kind", kind.into())])
+            .inc();
+    }
+
+    pub fn time_to_first_token(&self, endpoint: &str, seconds: f64) {
+        self.ttft
+            .get_or_create(&[("endpoint", endpoint.into())])
+            .observe(seconds);
+    }
+
+    pub fn route_call(&self, route: &str, outcome: &str, seconds: f64) {
+        self.route_duration
+            .get_or_create(&[("route", route.into()), ("outcome", outcome.into())])
+            .observe(seconds);
+    }
+
+    pub fn breaker(&self, endpoint: &str, state: BreakerGauge, transition: bool) {
+        self.breaker_state
+            .get_or_create(&[("endpoint", endpoint.into())])
+            .set(state as i64);
+        if transition {
+            let to = match state {
+                BreakerGauge::Closed => "closed",
+                BreakerGauge::HalfOpen => "half_open",
+                BreakerGauge::Open => "open",
+            };
+            self.breaker_transitions
+                .get_or_create(&[("endpoint", endpoint.into()), ("to", to.into())])
+                .inc();
+        }
+    }
+
+    pub fn usage(&self, endpoint: &str, route: &str, input: u64, output: u64, cost_usd: f64) {
+        self.tokens
+            .get_or_create(&[("endpoint", endpoint.into()), ("direction", "input".into())])
+            .inc_by(input);
+        self.tokens
+            .get_or_create(&[
+                ("endpoint", endpoint.into()),
+                ("direction", "output".into()),
+            ])
+            .inc_by(output);
+        if cost_usd > 0.0 {
+            self.cost
+                .get_or_create(&[("endpoint", endpoint.into()), ("route", route.into())])
+                .inc_by(cost_usd);
+        }
+    }
+
+    pub fn routing_decision(&self, route: &str, strategy: &str, rule: &str) {
+        self.decisions
+            .get_or_create(&[
+                ("route", route.into()),
+                ("strategy", strategy.into()),
+                ("rule", rule.into()),
+            ])
+            .inc();
+    }
+
+    pub fn budget_rejection(&self, scope: &str) {
+        self.budget_rejections
+            .get_or_create(&[("scope", scope.into())])
+            .inc();
+    }
+
+    pub fn turn_finished(&self, outcome: &str, seconds: f64) {
+        self.turns
+            .get_or_create(&[("outcome", outcome.into())])
+            .inc();
+        self.turn_duration
+            .get_or_create(&[("outcome", outcome.into())])
+            .observe(seconds);
+    }
+
+    pub fn sessions_live(&self, n: i64) {
+        self.sessions_live.set(n);
+    }
+
+    pub fn session_passivated(&self) {
+        self.passivated.inc();
+    }
+
+    pub fn actor_restart(&self, kind: &str) {
+        self.restarts.get_or_create(&[("kind", kind.into())]).inc();
+    }
+
+    pub fn journal_append(&self, seconds: f64) {
+        self.journal_append.observe(seconds);
+    }
+
+    pub fn journal_batch(&self, requests: usize, fsynced: bool) {
+        self.journal_batch.observe(requests as f64);
+        if fsynced {
+            self.fsyncs.inc();
+        }
+    }
+
+    pub fn gates_pending_add(&self, delta: i64) {
+        self.gates_pending.inc_by(delta);
+    }
+
+    pub fn gates_pending_set(&self, n: i64) {
+        self.gates_pending.set(n);
+    }
+
+    pub fn tool_call(&self, tool: &str, outcome: &str, seconds: f64) {
+        self.tool_calls
+            .get_or_create(&[("tool", tool.into()), ("outcome", outcome.into())])
+            .inc();
+        self.tool_duration
+            .get_or_create(&[("tool", tool.into())])
+            .observe(seconds);
+    }
+}
+
+/// The `Content-Type` of [`Metrics::render`]'s output.
+pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The process-wide metrics.
+pub fn metrics() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_recorded_values_with_labels() {
+        let m = metrics();
+        m.model_attempt("ep-a", "r1", "ok", 0.012);
+        m.model_error("ep-a", "rate_limited");
+        m.breaker("ep-a", BreakerGauge::Open, true);
+        m.usage("ep-a", "r1", 10, 5, 0.25);
+        let text = m.render();
+        assert!(
+            text.contains("baton_model_attempts_total{endpoint=\"ep-a\",route=\"r1\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_model_errors_total{endpoint=\"ep-a\",kind=\"rate_limited\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_breaker_state{endpoint=\"ep-a\"} 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_model_tokens_total{endpoint=\"ep-a\",direction=\"output\"} 5"),
+            "{text}"
+        );
+        assert!(
+            text.contains("baton_model_attempt_duration_seconds_bucket{le=\"0.016\",endpoint=\"ep-a\",outcome=\"ok\"} 1")
+                || text.contains("baton_model_attempt_duration_seconds_count{endpoint=\"ep-a\",outcome=\"ok\"} 1"),
+            "{text}"
+        );
+        assert!(text.ends_with("# EOF\n"), "{text}");
+    }
+}

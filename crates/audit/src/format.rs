@@ -1,0 +1,345 @@
+//! The on-disk encoding: record lines, the signed head, hex, and the strict
+//! checks that the writer, `verify` and `export` share.
+
+use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::AuditEvent;
+
+/// Name of the log file inside the audit directory.
+pub const LOG_FILE: &str = "audit.log";
+/// Name of the signed head file inside the audit directory.
+pub const HEAD_FILE: &str = "audit.head";
+/// `prev` of the first record: 32 zero bytes.
+pub const GENESIS: [u8; 32] = [0; 32];
+
+/// The JSON body of one record, in the field order in which it is written.
+#[derive(Debug, Serialize)]
+struct BodyOut<'a> {
+    seq: u64,
+    ts_unix_ms: u64,
+    kind: &'a str,
+    session_id: Option<&'a str>,
+    actor: Option<&'a str>,
+    data: &'a serde_json::Value,
+    prev: String,
+}
+
+/// The fields of a body that readers look at; `data` is only checked to be
+/// JSON.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct BodyIn {
+    pub seq: u64,
+    pub ts_unix_ms: u64,
+    #[allow(dead_code)]
+    pub kind: String,
+    pub session_id: Option<String>,
+    #[allow(dead_code)]
+    pub actor: Option<String>,
+    #[allow(dead_code)]
+    pub data: serde::de::IgnoredAny,
+    pub prev: String,
+}
+
+/// The JSON part of `audit.head`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub seq: u64,
+    pub hash: [u8; 32],
+    pub bytes: u64,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HeadJson {
+    seq: u64,
+    hash: String,
+    bytes: u64,
+}
+
+/// `sha256(prev || body)`.
+pub(crate) fn record_hash(prev: &[u8; 32], body: &[u8]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(prev);
+    h.update(body);
+    h.finalize().into()
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Lowercase hex.
+pub fn to_hex(bytes: &[u8]) -> String {
+    let mut s = String::with_capacity(bytes.len() * 2);
+    for b in bytes {
+        s.push(char::from(HEX[usize::from(b >> 4)]));
+        s.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+    s
+}
+
+fn nibble(c: u8) -> Option<u8> {
+    match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    }
+}
+
+/// Strict lowercase hex of exactly `N` bytes: uppercase is rejected so that
+/// every byte of a line has exactly one accepted value.
+pub fn from_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
+    if s.len() != N * 2 {
+        return None;
+    }
+    let mut out = [0u8; N];
+    for (i, pair) in s.chunks_exact(2).enumerate() {
+        out[i] = (nibble(pair[0])? << 4) | nibble(pair[1])?;
+    }
+    Some(out)
+}
+
+/// Encodes record `seq` of `event` (whose `ts_unix_ms` the writer has
+/// filled in) following a record whose hash is `prev`; returns the line with
+/// its trailing newline, and its hash.
+pub(crate) fn encode_record(
+    key: &SigningKey,
+    seq: u64,
+    prev: &[u8; 32],
+    ts_unix_ms: u64,
+    event: &AuditEvent,
+) -> Result<(Vec<u8>, [u8; 32]), serde_json::Error> {
+    let body = BodyOut {
+        seq,
+        ts_unix_ms,
+        kind: &event.kind,
+        session_id: event.session_id.as_deref(),
+        actor: event.actor.as_deref(),
+        data: &event.data,
+        prev: to_hex(prev),
+    };
+    let body_bytes = serde_json::to_vec(&body)?;
+    let hash = record_hash(prev, &body_bytes);
+    let sig = key.sign(&hash);
+    let mut line = body_bytes;
+    line.reserve(1 + 64 + 1 + 128 + 1);
+    line.push(b'\t');
+    line.extend_from_slice(to_hex(&hash).as_bytes());
+    line.push(b'\t');
+    line.extend_from_slice(to_hex(&sig.to_bytes()).as_bytes());
+    line.push(b'\n');
+    Ok((line, hash))
+}
+
+/// A record line that passed every check.
+#[derive(Debug)]
+pub(crate) struct GoodRecord<'a> {
+    pub body_bytes: &'a [u8],
+    pub body: BodyIn,
+    pub hash: [u8; 32],
+    pub sig_hex: &'a [u8],
+}
+
+/// Why a line failed, and the seq its body claims if it got that far.
+#[derive(Debug)]
+pub(crate) struct LineError {
+    pub seq: Option<u64>,
+    pub reason: String,
+}
+
+fn fail(seq: Option<u64>, reason: impl Into<String>) -> LineError {
+    LineError {
+        seq,
+        reason: reason.into(),
+    }
+}
+
+/// Checks one complete line (without its `\n`) as record `expected_seq`
+/// following a record whose hash is `prev`.
+pub(crate) fn check_line<'a>(
+    line: &'a [u8],
+    expected_seq: u64,
+    prev: &[u8; 32],
+    key: &VerifyingKey,
+) -> Result<GoodRecord<'a>, LineError> {
+    let mut parts = line.split(|&b| b == b'\t');
+    let (Some(body_bytes), Some(hash_hex), Some(sig_hex), None) =
+        (parts.next(), parts.next(), parts.next(), parts.next())
+    else {
+        return Err(fail(
+            None,
+            "malformed line: expected exactly <body>\\t<hash>\\t<sig>",
+        ));
+    };
+    let Some(stored_hash) = from_hex::<32>(hash_hex) else {
+        return Err(fail(None, "malformed hash: not 64 lowercase hex digits"));
+    };
+    let Some(sig_bytes) = from_hex::<64>(sig_hex) else {
+        return Err(fail(
+            None,
+            "malformed signature: not 128 lowercase hex digits",
+        ));
+    };
+    if body_bytes.first() != Some(&b'{') || body_bytes.last() != Some(&b'}') {
+        return Err(fail(
+            None,
+            "body is not a JSON object without surrounding space",
+        ));
+    }
+    let body: BodyIn = serde_json::from_slice(body_bytes)
+        .map_err(|e| fail(None, format!("body is not a valid record: {e}")))?;
+    let seq = Some(body.seq);
+    if body.seq != expected_seq {
+        return Err(fail(
+            seq,
+            format!(
+                "seq is {}, expected {expected_seq}: records were removed, reordered or duplicated",
+                body.seq
+            ),
+        ));
+    }
+    if body.prev.as_bytes() != to_hex(prev).as_bytes() {
+        return Err(fail(
+            seq,
+            "prev does not match the previous record's hash: a record before it was removed, reordered or altered",
+        ));
+    }
+    let hash = record_hash(prev, body_bytes);
+    if hash != stored_hash {
+        return Err(fail(seq, "hash mismatch: body or prev was altered"));
+    }
+    let sig = Signature::from_bytes(&sig_bytes);
+    if key.verify_strict(&hash, &sig).is_err() {
+        return Err(fail(
+            seq,
+            "signature invalid: forged, altered, or signed by another key",
+        ));
+    }
+    Ok(GoodRecord {
+        body_bytes,
+        body,
+        hash,
+        sig_hex,
+    })
+}
+
+/// The `prev` a line's body claims, if it parses that far; recovery uses it
+/// to check the record the head points at without reading the one before.
+pub(crate) fn claimed_prev(line: &[u8]) -> Option<[u8; 32]> {
+    let body_bytes = line.split(|&b| b == b'\t').next()?;
+    let body: BodyIn = serde_json::from_slice(body_bytes).ok()?;
+    from_hex::<32>(body.prev.as_bytes())
+}
+
+/// Encodes `audit.head`: `<json>\t<sig>\n`, the signature over the JSON bytes.
+pub(crate) fn encode_head(key: &SigningKey, head: &Head) -> Result<Vec<u8>, serde_json::Error> {
+    let json = serde_json::to_vec(&HeadJson {
+        seq: head.seq,
+        hash: to_hex(&head.hash),
+        bytes: head.bytes,
+    })?;
+    let sig = key.sign(&json);
+    let mut out = json;
+    out.push(b'\t');
+    out.extend_from_slice(to_hex(&sig.to_bytes()).as_bytes());
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// Parses and checks `audit.head`; the error is a reason for a report.
+pub(crate) fn decode_head(raw: &[u8], key: &VerifyingKey) -> Result<Head, String> {
+    let Some(content) = raw.strip_suffix(b"\n") else {
+        return Err("audit.head is malformed: no trailing newline".into());
+    };
+    let mut parts = content.split(|&b| b == b'\t');
+    let (Some(json), Some(sig_hex), None) = (parts.next(), parts.next(), parts.next()) else {
+        return Err("audit.head is malformed: expected <json>\\t<sig>".into());
+    };
+    let Some(sig_bytes) = from_hex::<64>(sig_hex) else {
+        return Err("audit.head is malformed: signature is not 128 lowercase hex digits".into());
+    };
+    if key
+        .verify_strict(json, &Signature::from_bytes(&sig_bytes))
+        .is_err()
+    {
+        return Err("audit.head signature invalid: altered, or signed by another key".into());
+    }
+    let parsed: HeadJson =
+        serde_json::from_slice(json).map_err(|e| format!("audit.head is malformed: {e}"))?;
+    let Some(hash) = from_hex::<32>(parsed.hash.as_bytes()) else {
+        return Err("audit.head is malformed: hash is not 64 lowercase hex digits".into());
+    };
+    Ok(Head {
+        seq: parsed.seq,
+        hash,
+        bytes: parsed.bytes,
+    })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use super::*;
+
+    fn key() -> SigningKey {
+        SigningKey::from_bytes(&[7; 32])
+    }
+
+    #[test]
+    fn hex_round_trip_is_strict() {
+        let bytes = [0x00, 0xab, 0xff, 0x10];
+        let s = to_hex(&bytes);
+        assert_eq!(s, "00abff10");
+        assert_eq!(from_hex::<4>(s.as_bytes()), Some(bytes));
+        assert_eq!(from_hex::<4>(b"00ABff10"), None, "uppercase is rejected");
+        assert_eq!(from_hex::<4>(b"00abff1"), None);
+        assert_eq!(from_hex::<4>(b"00abff1g"), None);
+    }
+
+    #[test]
+    fn encoded_record_checks_and_any_change_fails() {
+        let event = AuditEvent {
+            kind: "tool_call".into(),
+            session_id: Some("s1".into()),
+            actor: None,
+            data: serde_json::json!({"tool": "search", "n": 3}),
+            ts_unix_ms: None,
+        };
+        let (line, hash) = encode_record(&key(), 1, &GENESIS, 42, &event).unwrap();
+        let text = std::str::from_utf8(&line).unwrap();
+        assert!(text.starts_with(
+            r#"{"seq":1,"ts_unix_ms":42,"kind":"tool_call","session_id":"s1","actor":null,"data":{"n":3,"tool":"search"},"prev":"0000"#
+        ));
+        let vk = key().verifying_key();
+        let content = &line[..line.len() - 1];
+        let good = check_line(content, 1, &GENESIS, &vk).unwrap();
+        assert_eq!(good.hash, hash);
+        assert!(check_line(content, 2, &GENESIS, &vk).is_err());
+        assert!(check_line(content, 1, &[1; 32], &vk).is_err());
+        for i in 0..content.len() {
+            let mut bad = content.to_vec();
+            bad[i] ^= 0x01;
+            assert!(check_line(&bad, 1, &GENESIS, &vk).is_err(), "byte {i}");
+        }
+    }
+
+    #[test]
+    fn head_round_trip_and_tamper() {
+        let head = Head {
+            seq: 9,
+            hash: [3; 32],
+            bytes: 1234,
+        };
+        let raw = encode_head(&key(), &head).unwrap();
+        let vk = key().verifying_key();
+        assert_eq!(decode_head(&raw, &vk).unwrap(), head);
+        for i in 0..raw.len() {
+            let mut bad = raw.clone();
+            bad[i] ^= 0x04;
+            assert!(decode_head(&bad, &vk).is_err(), "byte {i}");
+        }
+        let other = SigningKey::from_bytes(&[8; 32]).verifying_key();
+        assert!(decode_head(&raw, &other).is_err());
+    }
+}

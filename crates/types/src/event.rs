@@ -96,6 +96,23 @@ pub enum EventKind {
         /// Most model calls per turn (0 = the configured default).
         #[serde(default)]
         max_steps: u32,
+        /// The session's budget in USD; `None`: no session budget.
+        #[serde(default)]
+        budget_usd: Option<f64>,
+        /// Data classes the session's content carries: its model calls only
+        /// go to endpoints certified for all of them.
+        #[serde(default)]
+        data_classes: Vec<String>,
+        /// A one-turn session (the OpenAI-compatible front door): the turn
+        /// ends with the model's answer, tool calls included.
+        #[serde(default)]
+        one_shot: bool,
+        /// Messages the conversation starts with.
+        #[serde(default)]
+        history: Vec<Message>,
+        /// For replay sessions: the session replayed.
+        #[serde(default)]
+        replay_of: Option<String>,
     },
     /// A user message was durably accepted as turn `turn` (it may wait
     /// behind an earlier turn before it runs).
@@ -132,6 +149,29 @@ pub enum EventKind {
         model: String,
         finish_reason: FinishReason,
         latency_ms: u64,
+        /// Cost of the call's billed attempts in USD, when priced.
+        #[serde(default)]
+        cost_usd: Option<f64>,
+        /// Attempts the routed call took.
+        #[serde(default)]
+        attempts: u32,
+    },
+    /// Which endpoint a model-call attempt went to, and why.
+    RoutingDecided {
+        turn: u64,
+        decision: crate::RoutingDecision,
+    },
+    /// An attempt of a model call failed (it may be retried or failed over).
+    AttemptFailed {
+        turn: u64,
+        failure: crate::AttemptFailure,
+    },
+    /// The turn's streamed output so far is void: the attempt that produced
+    /// it failed after streaming; the answer continues from `attempt`.
+    OutputRetracted {
+        turn: u64,
+        attempt: u32,
+        reason: String,
     },
     /// The model asked for a tool call (one event per call, in the model's
     /// order). `client_side` calls wait for `SubmitToolResult`.
@@ -246,6 +286,9 @@ impl EventKind {
             | EventKind::GateOpened { turn, .. }
             | EventKind::GateDecided { turn, .. }
             | EventKind::GateEscalated { turn, .. }
+            | EventKind::RoutingDecided { turn, .. }
+            | EventKind::AttemptFailed { turn, .. }
+            | EventKind::OutputRetracted { turn, .. }
             | EventKind::TurnCompleted { turn, .. }
             | EventKind::TurnFailed { turn, .. }
             | EventKind::TurnCancelled { turn } => Some(*turn),
@@ -268,6 +311,9 @@ impl EventKind {
             EventKind::GateOpened { .. } => "gate_opened",
             EventKind::GateDecided { .. } => "gate_decided",
             EventKind::GateEscalated { .. } => "gate_escalated",
+            EventKind::RoutingDecided { .. } => "routing_decided",
+            EventKind::AttemptFailed { .. } => "attempt_failed",
+            EventKind::OutputRetracted { .. } => "output_retracted",
             EventKind::TurnCompleted { .. } => "turn_completed",
             EventKind::TurnFailed { .. } => "turn_failed",
             EventKind::TurnCancelled { .. } => "turn_cancelled",

@@ -20,11 +20,13 @@ mod error;
 mod event;
 mod id;
 mod message;
+mod routing;
 
 pub use error::ErrorCode;
 pub use event::{EventKind, SessionEvent, SessionStatus, TurnOutcome};
 pub use id::{ParseIdError, SessionId};
 pub use message::{FinishReason, Message, Role, ToolCall, ToolDefinition, Usage};
+pub use routing::{AttemptFailure, RouteCandidate, RoutingDecision};
 
 /// Milliseconds since the Unix epoch, as stored in journal records and events.
 pub fn now_unix_ms() -> u64 {

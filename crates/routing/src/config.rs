@@ -1,0 +1,727 @@
+//! Route configuration: the `[[routes]]` tables of `baton.toml`, and their
+//! validation into the compiled form the router uses.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+
+use baton_models::ModelRegistry;
+use regex::Regex;
+use serde::Deserialize;
+
+/// A route: a name callers use instead of an endpoint name, and how calls on
+/// it are spread over its endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// Unique among routes and endpoints.
+    pub name: String,
+    #[serde(default)]
+    pub strategy: Strategy,
+    /// The endpoints, in fallback order; `cascade`: cheapest first;
+    /// `by_complexity`: tiers in ascending order of strength.
+    pub endpoints: Vec<String>,
+    /// `weighted`: one weight per endpoint.
+    #[serde(default)]
+    pub weights: Vec<u32>,
+    /// Attempts across the whole routed call, failovers included; default
+    /// `min(10, sum of the endpoints' retry.max_attempts)`.
+    #[serde(default)]
+    pub max_attempts: Option<u32>,
+    /// Overall deadline of one routed call, backoff included.
+    #[serde(default)]
+    pub deadline_ms: Option<u64>,
+    /// Spend limit of the route, all sessions together, in USD.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    #[serde(default)]
+    pub cascade: CascadeConfig,
+    #[serde(default)]
+    pub complexity: ComplexityConfig,
+    /// Weight of the newest sample in the endpoints' latency EWMA
+    /// (`least_latency`).
+    #[serde(default = "default_ewma_alpha")]
+    pub ewma_alpha: f64,
+}
+
+fn default_ewma_alpha() -> f64 {
+    0.3
+}
+
+impl RouteConfig {
+    /// A `fallback` route over `endpoints` with every other field at its default.
+    pub fn new(name: impl Into<String>, endpoints: Vec<String>) -> Self {
+        Self {
+            name: name.into(),
+            strategy: Strategy::default(),
+            endpoints,
+            weights: Vec::new(),
+            max_attempts: None,
+            deadline_ms: None,
+            budget_usd: None,
+            cascade: CascadeConfig::default(),
+            complexity: ComplexityConfig::default(),
+            ewma_alpha: default_ewma_alpha(),
+        }
+    }
+
+    /// The same route with another strategy.
+    pub fn with_strategy(mut self, strategy: Strategy) -> Self {
+        self.strategy = strategy;
+        self
+    }
+}
+
+/// How a route picks the endpoint of each attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strategy {
+    /// The first healthy endpoint in order.
+    #[default]
+    Fallback,
+    /// Random, in proportion to `weights`.
+    Weighted,
+    /// The endpoint with the lowest latency EWMA; unmeasured ones first.
+    LeastLatency,
+    /// Power of two choices on in-flight + queued calls.
+    LeastInflight,
+    /// Cheapest first; escalate while the answer fails a quality gate.
+    Cascade,
+    /// A tier chosen by a complexity score of the request.
+    ByComplexity,
+}
+
+impl Strategy {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Strategy::Fallback => "fallback",
+            Strategy::Weighted => "weighted",
+            Strategy::LeastLatency => "least_latency",
+            Strategy::LeastInflight => "least_inflight",
+            Strategy::Cascade => "cascade",
+            Strategy::ByComplexity => "by_complexity",
+        }
+    }
+}
+
+/// The quality gates of a `cascade` route, applied in this order to each
+/// answer but the last step's.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CascadeConfig {
+    /// Escalate when the answer's confidence is below this, in `[0, 1]`.
+    #[serde(default)]
+    pub min_confidence: Option<f64>,
+    /// Escalate unless the answer is JSON valid against this schema; when
+    /// unset, the request's `json_schema` (if any) is used.
+    #[serde(default)]
+    pub json_schema: Option<serde_json::Value>,
+    /// A route that grades the answer PASS or FAIL.
+    #[serde(default)]
+    pub evaluator: Option<String>,
+    /// The evaluator's prompt; `{question}` and `{answer}` are replaced by
+    /// the last user message and the answer (appended when absent).
+    #[serde(default)]
+    pub evaluator_prompt: Option<String>,
+    /// What `min_confidence` does with an answer that has no confidence.
+    #[serde(default)]
+    pub on_missing_confidence: MissingConfidence,
+}
+
+/// What to do with an answer without a confidence when `min_confidence` is set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MissingConfidence {
+    /// Accept it.
+    Pass,
+    /// Escalate to the next endpoint.
+    #[default]
+    Escalate,
+}
+
+/// How a `by_complexity` route scores a request.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ComplexityConfig {
+    /// `endpoints.len() - 1` ascending cut points in `[0, 1]`: tier `i` takes
+    /// scores `<= thresholds[i]`, the last tier the rest.
+    #[serde(default)]
+    pub thresholds: Vec<f64>,
+    /// Input tokens that alone make the score 1.
+    #[serde(default = "default_tokens_for_max")]
+    pub tokens_for_max: u64,
+    /// Patterns of the last user message that add to the score.
+    #[serde(default)]
+    pub signals: Vec<Signal>,
+    /// Added when the request offers tools.
+    #[serde(default = "default_tools_weight")]
+    pub tools_weight: f64,
+}
+
+fn default_tokens_for_max() -> u64 {
+    4000
+}
+fn default_tools_weight() -> f64 {
+    0.2
+}
+
+impl Default for ComplexityConfig {
+    fn default() -> Self {
+        Self {
+            thresholds: Vec::new(),
+            tokens_for_max: default_tokens_for_max(),
+            signals: Vec::new(),
+            tools_weight: default_tools_weight(),
+        }
+    }
+}
+
+/// A regex on the last user message and what a match adds to the score.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Signal {
+    pub pattern: String,
+    pub weight: f64,
+}
+
+/// An invalid `[[routes]]` table; `field` names it, e.g. `routes[fast].weights`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {reason}")]
+pub struct ConfigError {
+    pub field: String,
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+/// A validated route.
+#[derive(Debug)]
+pub(crate) struct Route {
+    pub cfg: RouteConfig,
+    /// One of the endpoints' own routes rather than a `[[routes]]` table.
+    pub implicit: bool,
+    pub max_attempts: u32,
+    pub signals: Vec<(Regex, f64)>,
+    pub schema: Option<Arc<jsonschema::Validator>>,
+}
+
+impl Route {
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+}
+
+/// Validate `routes` against the endpoints of `models` and add each
+/// endpoint's implicit route; the explicit routes first, in order, then the
+/// implicit ones sorted by name.
+pub(crate) fn compile(
+    routes: Vec<RouteConfig>,
+    models: &ModelRegistry,
+) -> Result<Vec<Route>, ConfigError> {
+    let endpoint_names = models.names();
+    let known: HashSet<&str> = endpoint_names.iter().map(String::as_str).collect();
+    let mut seen: HashSet<String> = HashSet::new();
+    for r in &routes {
+        if r.name.trim().is_empty() {
+            return Err(ConfigError::new("routes[].name", "must not be empty"));
+        }
+        if !seen.insert(r.name.clone()) {
+            return Err(ConfigError::new(
+                format!("routes[{}].name", r.name),
+                "duplicate route name",
+            ));
+        }
+        if known.contains(r.name.as_str()) {
+            return Err(ConfigError::new(
+                format!("routes[{}].name", r.name),
+                "is the name of an endpoint; routes and endpoints share one namespace",
+            ));
+        }
+    }
+    let all_routes: HashSet<&str> = routes
+        .iter()
+        .map(|r| r.name.as_str())
+        .chain(known.iter().copied())
+        .collect();
+    let mut compiled = Vec::with_capacity(routes.len() + endpoint_names.len());
+    for r in &routes {
+        compiled.push(validate(r.clone(), models, &known, &all_routes)?);
+    }
+    check_evaluator_cycles(&routes)?;
+    for name in &endpoint_names {
+        let cfg = RouteConfig::new(name.clone(), vec![name.clone()]);
+        let mut route = validate(cfg, models, &known, &all_routes)?;
+        route.implicit = true;
+        compiled.push(route);
+    }
+    Ok(compiled)
+}
+
+fn validate(
+    cfg: RouteConfig,
+    models: &ModelRegistry,
+    known: &HashSet<&str>,
+    all_routes: &HashSet<&str>,
+) -> Result<Route, ConfigError> {
+    let field = |f: &str| format!("routes[{}].{f}", cfg.name);
+    if cfg.endpoints.is_empty() {
+        return Err(ConfigError::new(field("endpoints"), "must not be empty"));
+    }
+    let mut listed = HashSet::new();
+    for e in &cfg.endpoints {
+        if !known.contains(e.as_str()) {
+            let mut names: Vec<&str> = known.iter().copied().collect();
+            names.sort_unstable();
+            return Err(ConfigError::new(
+                field("endpoints"),
+                format!("unknown endpoint {e:?} (known: {})", names.join(", ")),
+            ));
+        }
+        if !listed.insert(e.as_str()) {
+            return Err(ConfigError::new(
+                field("endpoints"),
+                format!("endpoint {e:?} is listed twice"),
+            ));
+        }
+    }
+    let n = cfg.endpoints.len();
+    if cfg.strategy == Strategy::Weighted {
+        if cfg.weights.len() != n {
+            return Err(ConfigError::new(
+                field("weights"),
+                format!(
+                    "needs one weight per endpoint: {} endpoints, {} weights",
+                    n,
+                    cfg.weights.len()
+                ),
+            ));
+        }
+        if cfg.weights.iter().map(|w| u64::from(*w)).sum::<u64>() == 0 {
+            return Err(ConfigError::new(field("weights"), "must not all be zero"));
+        }
+    } else if !cfg.weights.is_empty() {
+        return Err(ConfigError::new(
+            field("weights"),
+            "only used by strategy weighted",
+        ));
+    }
+    if cfg.max_attempts == Some(0) {
+        return Err(ConfigError::new(
+            field("max_attempts"),
+            "must be at least 1",
+        ));
+    }
+    if cfg.deadline_ms == Some(0) {
+        return Err(ConfigError::new(field("deadline_ms"), "must be at least 1"));
+    }
+    if let Some(b) = cfg.budget_usd
+        && !(b.is_finite() && b >= 0.0)
+    {
+        return Err(ConfigError::new(
+            field("budget_usd"),
+            "must be a non-negative number",
+        ));
+    }
+    if !(cfg.ewma_alpha > 0.0 && cfg.ewma_alpha <= 1.0) {
+        return Err(ConfigError::new(field("ewma_alpha"), "must be in (0, 1]"));
+    }
+
+    // Cascade.
+    let c = &cfg.cascade;
+    let mut schema = None;
+    if cfg.strategy == Strategy::Cascade {
+        if n < 2 {
+            return Err(ConfigError::new(
+                field("endpoints"),
+                "strategy cascade needs at least 2 endpoints",
+            ));
+        }
+        if let Some(m) = c.min_confidence
+            && !(m.is_finite() && (0.0..=1.0).contains(&m))
+        {
+            return Err(ConfigError::new(
+                field("cascade.min_confidence"),
+                "must be in [0, 1]",
+            ));
+        }
+        if let Some(s) = &c.json_schema {
+            let v = jsonschema::validator_for(s).map_err(|e| {
+                ConfigError::new(
+                    field("cascade.json_schema"),
+                    format!("invalid JSON Schema: {e}"),
+                )
+            })?;
+            schema = Some(Arc::new(v));
+        }
+        if let Some(ev) = &c.evaluator {
+            if ev == &cfg.name {
+                return Err(ConfigError::new(
+                    field("cascade.evaluator"),
+                    "must not be the route itself",
+                ));
+            }
+            if !all_routes.contains(ev.as_str()) {
+                return Err(ConfigError::new(
+                    field("cascade.evaluator"),
+                    format!("unknown route {ev:?}"),
+                ));
+            }
+        }
+        if c.evaluator_prompt.is_some() && c.evaluator.is_none() {
+            return Err(ConfigError::new(
+                field("cascade.evaluator_prompt"),
+                "set without cascade.evaluator",
+            ));
+        }
+    } else if c.min_confidence.is_some()
+        || c.json_schema.is_some()
+        || c.evaluator.is_some()
+        || c.evaluator_prompt.is_some()
+    {
+        return Err(ConfigError::new(
+            field("cascade"),
+            "only used by strategy cascade",
+        ));
+    }
+
+    // Complexity.
+    let x = &cfg.complexity;
+    let mut signals = Vec::new();
+    if cfg.strategy == Strategy::ByComplexity {
+        if x.thresholds.len() != n - 1 {
+            return Err(ConfigError::new(
+                field("complexity.thresholds"),
+                format!(
+                    "needs endpoints.len() - 1 = {} cut points, got {}",
+                    n - 1,
+                    x.thresholds.len()
+                ),
+            ));
+        }
+        for (i, t) in x.thresholds.iter().enumerate() {
+            if !(t.is_finite() && (0.0..=1.0).contains(t)) {
+                return Err(ConfigError::new(
+                    field("complexity.thresholds"),
+                    format!("{t} is not in [0, 1]"),
+                ));
+            }
+            if i > 0 && x.thresholds[i - 1] >= *t {
+                return Err(ConfigError::new(
+                    field("complexity.thresholds"),
+                    "must be strictly ascending",
+                ));
+            }
+        }
+        if x.tokens_for_max == 0 {
+            return Err(ConfigError::new(
+                field("complexity.tokens_for_max"),
+                "must be at least 1",
+            ));
+        }
+        if !x.tools_weight.is_finite() {
+            return Err(ConfigError::new(
+                field("complexity.tools_weight"),
+                "must be a finite number",
+            ));
+        }
+        for (i, s) in x.signals.iter().enumerate() {
+            let re = Regex::new(&s.pattern).map_err(|e| {
+                ConfigError::new(
+                    field(&format!("complexity.signals[{i}].pattern")),
+                    format!("invalid regex: {e}"),
+                )
+            })?;
+            if !s.weight.is_finite() {
+                return Err(ConfigError::new(
+                    field(&format!("complexity.signals[{i}].weight")),
+                    "must be a finite number",
+                ));
+            }
+            signals.push((re, s.weight));
+        }
+    } else if !x.thresholds.is_empty() || !x.signals.is_empty() {
+        return Err(ConfigError::new(
+            field("complexity"),
+            "only used by strategy by_complexity",
+        ));
+    }
+
+    let default_attempts: u32 = cfg
+        .endpoints
+        .iter()
+        .filter_map(|e| models.get(e))
+        .map(|h| h.endpoint().config().retry.max_attempts.max(1))
+        .fold(0u32, u32::saturating_add)
+        .clamp(1, 10);
+    Ok(Route {
+        max_attempts: cfg.max_attempts.unwrap_or(default_attempts),
+        cfg,
+        implicit: false,
+        signals,
+        schema,
+    })
+}
+
+/// Evaluator routes must not call back into the route they grade.
+fn check_evaluator_cycles(routes: &[RouteConfig]) -> Result<(), ConfigError> {
+    let next: HashMap<&str, &str> = routes
+        .iter()
+        .filter(|r| r.strategy == Strategy::Cascade)
+        .filter_map(|r| Some((r.name.as_str(), r.cascade.evaluator.as_deref()?)))
+        .collect();
+    for start in next.keys() {
+        let mut at = *start;
+        let mut path = vec![at];
+        while let Some(n) = next.get(at) {
+            if *n == *start {
+                path.push(n);
+                return Err(ConfigError::new(
+                    format!("routes[{start}].cascade.evaluator"),
+                    format!("evaluators form a cycle: {}", path.join(" -> ")),
+                ));
+            }
+            if path.contains(n) {
+                break;
+            }
+            path.push(n);
+            at = n;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use baton_models::echo_default;
+    use serde_json::json;
+
+    use super::*;
+
+    async fn registry(names: &[&str]) -> ModelRegistry {
+        let cfgs = names
+            .iter()
+            .map(|n| {
+                let mut c = echo_default();
+                c.name = (*n).to_string();
+                c
+            })
+            .collect();
+        ModelRegistry::start(cfgs).await.unwrap()
+    }
+
+    fn parse(v: serde_json::Value) -> RouteConfig {
+        serde_json::from_value(v).unwrap()
+    }
+
+    fn err(models: &ModelRegistry, routes: Vec<RouteConfig>) -> String {
+        compile(routes, models).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn parsing_applies_defaults_and_refuses_unknown_fields() {
+        let r = parse(json!({"name": "r", "endpoints": ["a"]}));
+        assert_eq!(r.strategy, Strategy::Fallback);
+        assert_eq!(r.ewma_alpha, 0.3);
+        assert_eq!(r.complexity.tokens_for_max, 4000);
+        assert_eq!(r.complexity.tools_weight, 0.2);
+        assert_eq!(r.cascade.on_missing_confidence, MissingConfidence::Escalate);
+        let r = parse(json!({"name": "r", "endpoints": ["a"], "strategy": "least_inflight"}));
+        assert_eq!(r.strategy, Strategy::LeastInflight);
+        for bad in [
+            json!({"name": "r", "endpoints": ["a"], "retries": 2}),
+            json!({"name": "r", "endpoints": ["a"], "strategy": "random"}),
+            json!({"name": "r", "endpoints": ["a"], "cascade": {"threshold": 1}}),
+            json!({"name": "r", "endpoints": ["a"], "complexity": {"signals": [{"pattern": "x"}]}}),
+        ] {
+            assert!(
+                serde_json::from_value::<RouteConfig>(bad.clone()).is_err(),
+                "{bad}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn validation_errors_name_the_field() {
+        let m = registry(&["a", "b", "c"]).await;
+        let r = |v: serde_json::Value| vec![parse(v)];
+        let cases: Vec<(Vec<RouteConfig>, &str)> = vec![
+            (
+                r(json!({"name": " ", "endpoints": ["a"]})),
+                "routes[].name: must not be empty",
+            ),
+            (
+                vec![
+                    parse(json!({"name": "x", "endpoints": ["a"]})),
+                    parse(json!({"name": "x", "endpoints": ["b"]})),
+                ],
+                "routes[x].name: duplicate route name",
+            ),
+            (
+                r(json!({"name": "a", "endpoints": ["b"]})),
+                "routes[a].name: is the name of an endpoint",
+            ),
+            (
+                r(json!({"name": "x", "endpoints": []})),
+                "routes[x].endpoints: must not be empty",
+            ),
+            (
+                r(json!({"name": "x", "endpoints": ["a", "zz"]})),
+                "routes[x].endpoints: unknown endpoint \"zz\" (known: a, b, c)",
+            ),
+            (
+                r(json!({"name": "x", "endpoints": ["a", "a"]})),
+                "routes[x].endpoints: endpoint \"a\" is listed twice",
+            ),
+            (
+                r(
+                    json!({"name": "x", "strategy": "weighted", "endpoints": ["a", "b"], "weights": [1]}),
+                ),
+                "routes[x].weights: needs one weight per endpoint",
+            ),
+            (
+                r(
+                    json!({"name": "x", "strategy": "weighted", "endpoints": ["a", "b"], "weights": [0, 0]}),
+                ),
+                "routes[x].weights: must not all be zero",
+            ),
+            (
+                r(json!({"name": "x", "endpoints": ["a"], "weights": [1]})),
+                "routes[x].weights: only used by strategy weighted",
+            ),
+            (
+                r(
+                    json!({"name": "x", "strategy": "by_complexity", "endpoints": ["a", "b", "c"], "complexity": {"thresholds": [0.5]}}),
+                ),
+                "routes[x].complexity.thresholds: needs endpoints.len() - 1 = 2 cut points, got 1",
+            ),
+            (
+                r(
+                    json!({"name": "x", "strategy": "by_complexity", "endpoints": ["a", "b", "c"], "complexity": {"thresholds": [0.6, 0.4]}}),
+                ),
+                "routes[x].complexity.thresholds: must be strictly ascending",
+            ),
+            (
+                r(
+                    json!({"name": "x", "strategy": "by_complexity", "endpoints": ["a", "b"], "complexity": {"thresholds": [1.5]}}),
+                ),
+                "routes[x].complexity.thresholds: 1.5 is not in [0, 1]",
+            ),
+            (
+                r(
+                    json!({"name": "x", "strategy": "by_complexity", "endpoints": ["a", "b"], "complexity": {"thresholds": [0.5], "signals": [{"pattern": "(", "weight": 0.1}]}}),
+                ),
+                "routes[x].complexity.signals[0].pattern: invalid regex",
+            ),
+            (
+                r(json!({"name": "x", "endpoints": ["a"], "complexity": {"thresholds": [0.5]}})),
+                "routes[x].complexity: only used by strategy by_complexity",
+            ),
+            (
+                r(json!({"name": "x", "strategy": "cascade", "endpoints": ["a"]})),
+                "routes[x].endpoints: strategy cascade needs at least 2 endpoints",
+            ),
+            (
+                r(
+                    json!({"name": "x", "strategy": "cascade", "endpoints": ["a", "b"], "cascade": {"evaluator": "nope"}}),
+                ),
+                "routes[x].cascade.evaluator: unknown route \"nope\"",
+            ),
+            (
+                r(
+                    json!({"name": "x", "strategy": "cascade", "endpoints": ["a", "b"], "cascade": {"evaluator": "x"}}),
+                ),
+                "routes[x].cascade.evaluator: must not be the route itself",
+            ),
+            (
+                vec![
+                    parse(
+                        json!({"name": "x", "strategy": "cascade", "endpoints": ["a", "b"], "cascade": {"evaluator": "y"}}),
+                    ),
+                    parse(
+                        json!({"name": "y", "strategy": "cascade", "endpoints": ["b", "c"], "cascade": {"evaluator": "x"}}),
+                    ),
+                ],
+                "cascade.evaluator: evaluators form a cycle",
+            ),
+            (
+                r(
+                    json!({"name": "x", "strategy": "cascade", "endpoints": ["a", "b"], "cascade": {"json_schema": {"type": "nonsense"}}}),
+                ),
+                "routes[x].cascade.json_schema: invalid JSON Schema",
+            ),
+            (
+                r(
+                    json!({"name": "x", "strategy": "cascade", "endpoints": ["a", "b"], "cascade": {"min_confidence": 1.2}}),
+                ),
+                "routes[x].cascade.min_confidence: must be in [0, 1]",
+            ),
+            (
+                r(json!({"name": "x", "endpoints": ["a"], "cascade": {"min_confidence": 0.5}})),
+                "routes[x].cascade: only used by strategy cascade",
+            ),
+            (
+                r(json!({"name": "x", "endpoints": ["a"], "budget_usd": -1.0})),
+                "routes[x].budget_usd: must be a non-negative number",
+            ),
+            (
+                r(json!({"name": "x", "endpoints": ["a"], "max_attempts": 0})),
+                "routes[x].max_attempts: must be at least 1",
+            ),
+            (
+                r(json!({"name": "x", "endpoints": ["a"], "deadline_ms": 0})),
+                "routes[x].deadline_ms: must be at least 1",
+            ),
+            (
+                r(json!({"name": "x", "endpoints": ["a"], "ewma_alpha": 0.0})),
+                "routes[x].ewma_alpha: must be in (0, 1]",
+            ),
+        ];
+        for (routes, expected) in cases {
+            let e = err(&m, routes);
+            assert!(e.contains(expected), "expected {expected:?}, got {e:?}");
+        }
+        // Non-finite budgets cannot come from TOML/JSON but can from code.
+        let mut nan = RouteConfig::new("x", vec!["a".into()]);
+        nan.budget_usd = Some(f64::NAN);
+        assert_eq!(
+            err(&m, vec![nan]),
+            "routes[x].budget_usd: must be a non-negative number"
+        );
+        m.stop().await;
+    }
+
+    #[tokio::test]
+    async fn valid_routes_compile_with_implicit_routes_and_default_attempts() {
+        let m = registry(&["b", "a"]).await;
+        let routes = vec![
+            parse(json!({"name": "main", "endpoints": ["a", "b"]})),
+            parse(
+                json!({"name": "judge", "strategy": "cascade", "endpoints": ["a", "b"],
+                "cascade": {"evaluator": "a", "min_confidence": 0.5, "json_schema": {"type": "object"}}}),
+            ),
+            parse(
+                json!({"name": "tiered", "strategy": "by_complexity", "endpoints": ["a", "b"],
+                "complexity": {"thresholds": [0.5], "signals": [{"pattern": "(?i)prove", "weight": 0.4}]}}),
+            ),
+            parse(json!({"name": "capped", "endpoints": ["a"], "max_attempts": 7})),
+        ];
+        let compiled = compile(routes, &m).unwrap();
+        let names: Vec<&str> = compiled.iter().map(Route::name).collect();
+        assert_eq!(names, vec!["main", "judge", "tiered", "capped", "a", "b"]);
+        // Default: min(10, sum of retry.max_attempts) = 3 + 3.
+        assert_eq!(compiled[0].max_attempts, 6);
+        assert_eq!(compiled[3].max_attempts, 7);
+        assert_eq!(compiled[4].max_attempts, 3);
+        assert!(compiled[4].implicit && !compiled[0].implicit);
+        assert!(compiled[1].schema.is_some());
+        assert_eq!(compiled[2].signals.len(), 1);
+        m.stop().await;
+    }
+}

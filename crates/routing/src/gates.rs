@@ -1,0 +1,181 @@
+//! The quality gates of a cascade: JSON Schema, confidence, evaluator.
+
+use baton_models::ModelResponse;
+use serde_json::Value;
+
+use crate::config::MissingConfidence;
+
+/// The default evaluator prompt; `{question}` and `{answer}` are replaced.
+pub const DEFAULT_EVALUATOR_PROMPT: &str = "You are grading an answer to a question.\n\n\
+Question:\n{question}\n\nAnswer:\n{answer}\n\n\
+Reply with exactly one word: PASS if the answer is correct, complete and follows the \
+question's instructions, FAIL otherwise.";
+
+/// The answer text as JSON: the whole text, or the inside of one Markdown
+/// code fence around it.
+pub fn answer_json(text: &str) -> Option<Value> {
+    let t = text.trim();
+    if let Ok(v) = serde_json::from_str(t) {
+        return Some(v);
+    }
+    let inner = t.strip_prefix("```")?.strip_suffix("```")?;
+    let inner = inner.strip_prefix("json").unwrap_or(inner);
+    serde_json::from_str(inner.trim()).ok()
+}
+
+/// Does the answer parse as JSON and validate against `schema`? The
+/// failure says why.
+pub fn schema_gate(schema: &jsonschema::Validator, text: &str) -> Result<(), String> {
+    let Some(v) = answer_json(text) else {
+        return Err("json_schema: the answer is not valid JSON".to_string());
+    };
+    let errors: Vec<String> = schema
+        .iter_errors(&v)
+        .take(3)
+        .map(|e| {
+            let path = e.instance_path().to_string();
+            let path = if path.is_empty() { "/".into() } else { path };
+            format!("{path}: {e}")
+        })
+        .collect();
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(format!(
+            "json_schema: the answer does not match the schema: {}",
+            errors.join("; ")
+        ))
+    }
+}
+
+/// The answer's confidence: the provider's, else a top-level numeric
+/// `confidence` of a JSON answer (self-reported), with where it came from.
+pub fn confidence_of(resp: &ModelResponse) -> Option<(f64, &'static str)> {
+    if let Some(c) = resp.confidence {
+        return Some((c, "confidence"));
+    }
+    let v = answer_json(&resp.message.content)?;
+    v.get("confidence")?
+        .as_f64()
+        .map(|c| (c, "self-reported confidence"))
+}
+
+/// `Ok(detail)` when the answer is confident enough, `Err(reason)` when not.
+pub fn confidence_gate(
+    min: f64,
+    resp: &ModelResponse,
+    missing: MissingConfidence,
+) -> Result<String, String> {
+    match confidence_of(resp) {
+        Some((c, what)) if c >= min => Ok(format!("{what} {c:.2} >= min_confidence {min:.2}")),
+        Some((c, what)) => Err(format!("{what} {c:.2} < min_confidence {min:.2}")),
+        None => match missing {
+            MissingConfidence::Pass => Ok("no confidence; on_missing_confidence = pass".into()),
+            MissingConfidence::Escalate => Err(format!(
+                "no confidence to compare with min_confidence {min:.2}; on_missing_confidence = escalate"
+            )),
+        },
+    }
+}
+
+/// The evaluator's prompt for `question` and `answer`.
+pub fn evaluator_prompt(template: Option<&str>, question: &str, answer: &str) -> String {
+    let template = template.unwrap_or(DEFAULT_EVALUATOR_PROMPT);
+    let mut prompt = template
+        .replace("{question}", question)
+        .replace("{answer}", answer);
+    if !template.contains("{question}") {
+        prompt.push_str("\n\nQuestion:\n");
+        prompt.push_str(question);
+    }
+    if !template.contains("{answer}") {
+        prompt.push_str("\n\nAnswer:\n");
+        prompt.push_str(answer);
+    }
+    prompt
+}
+
+/// An evaluator's verdict passes when it starts with PASS (case-insensitive,
+/// trimmed); anything else fails.
+pub fn evaluator_passes(verdict: &str) -> bool {
+    verdict
+        .trim()
+        .get(..4)
+        .is_some_and(|w| w.eq_ignore_ascii_case("pass"))
+}
+
+/// An answer rendered for the evaluator: its text, and its tool calls.
+pub fn render_answer(resp: &ModelResponse) -> String {
+    let mut out = resp.message.content.clone();
+    for c in &resp.message.tool_calls {
+        if !out.is_empty() {
+            out.push('\n');
+        }
+        out.push_str(&format!("[tool call] {}({})", c.name, c.arguments));
+    }
+    out
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use baton_types::{FinishReason, Message, Usage};
+    use serde_json::json;
+
+    use super::*;
+
+    fn resp(text: &str, confidence: Option<f64>) -> ModelResponse {
+        ModelResponse {
+            message: Message::assistant(text),
+            usage: Usage::default(),
+            finish_reason: FinishReason::Stop,
+            model: "m".into(),
+            attempts: 1,
+            confidence,
+        }
+    }
+
+    #[test]
+    fn schema_gate_needs_valid_matching_json() {
+        let schema = jsonschema::validator_for(&json!({
+            "type": "object", "required": ["answer"],
+            "properties": {"answer": {"type": "integer"}}
+        }))
+        .unwrap();
+        schema_gate(&schema, r#" {"answer": 4} "#).unwrap();
+        schema_gate(&schema, "```json\n{\"answer\": 4}\n```").unwrap();
+        let e = schema_gate(&schema, "four").unwrap_err();
+        assert_eq!(e, "json_schema: the answer is not valid JSON");
+        let e = schema_gate(&schema, r#"{"answer": "four"}"#).unwrap_err();
+        assert!(e.contains("/answer"), "{e}");
+        let e = schema_gate(&schema, r#"{}"#).unwrap_err();
+        assert!(e.contains("answer"), "{e}");
+    }
+
+    #[test]
+    fn confidence_comes_from_the_provider_then_the_answer_then_the_policy() {
+        let r = resp(r#"{"confidence": 0.2}"#, Some(0.9));
+        assert!(confidence_gate(0.7, &r, MissingConfidence::Escalate).is_ok());
+        let r = resp(r#"{"answer": 1, "confidence": 0.41}"#, None);
+        let e = confidence_gate(0.7, &r, MissingConfidence::Pass).unwrap_err();
+        assert_eq!(e, "self-reported confidence 0.41 < min_confidence 0.70");
+        let r = resp("no idea", None);
+        assert!(confidence_gate(0.7, &r, MissingConfidence::Escalate).is_err());
+        assert!(confidence_gate(0.7, &r, MissingConfidence::Pass).is_ok());
+    }
+
+    #[test]
+    fn evaluator_prompt_and_verdict() {
+        let p = evaluator_prompt(None, "what is 2+2?", "5");
+        assert!(p.contains("what is 2+2?") && p.contains("\n5\n"), "{p}");
+        let p = evaluator_prompt(Some("Grade it."), "q?", "a!");
+        assert_eq!(p, "Grade it.\n\nQuestion:\nq?\n\nAnswer:\na!");
+        let p = evaluator_prompt(Some("Is {answer} right for {question}?"), "q", "a");
+        assert_eq!(p, "Is a right for q?");
+        assert!(evaluator_passes(" pass."));
+        assert!(evaluator_passes("PASS"));
+        assert!(!evaluator_passes("FAIL"));
+        assert!(!evaluator_passes("I think it should pass"));
+        assert!(!evaluator_passes(""));
+    }
+}

@@ -123,7 +123,17 @@ pub fn event_to_proto(e: &SessionEvent) -> v1::SessionEvent {
             allowed_tools,
             client_tools,
             max_steps,
+            budget_usd,
+            data_classes,
+            one_shot,
+            history,
+            replay_of,
         } => Kind::SessionStarted(v1::SessionStarted {
+            budget_usd: *budget_usd,
+            data_classes: data_classes.clone(),
+            one_shot: *one_shot,
+            history_messages: history.len() as u32,
+            replay_of: replay_of.clone().unwrap_or_default(),
             route: route.clone(),
             system_prompt: system_prompt.clone(),
             allowed_tools: allowed_tools.clone(),
@@ -167,7 +177,11 @@ pub fn event_to_proto(e: &SessionEvent) -> v1::SessionEvent {
             model,
             finish_reason,
             latency_ms,
+            cost_usd,
+            attempts,
         } => Kind::AssistantMessage(v1::AssistantMessage {
+            cost_usd: *cost_usd,
+            attempts: *attempts,
             turn: *turn,
             message: Some(message_to_proto(message)),
             usage: Some(usage_to_proto(*usage)),
@@ -175,6 +189,43 @@ pub fn event_to_proto(e: &SessionEvent) -> v1::SessionEvent {
             model: model.clone(),
             finish_reason: finish_reason.as_str().to_string(),
             latency_ms: *latency_ms,
+        }),
+        EventKind::RoutingDecided { turn, decision } => Kind::RoutingDecided(v1::RoutingDecided {
+            turn: *turn,
+            route: decision.route.clone(),
+            strategy: decision.strategy.clone(),
+            candidates: decision
+                .candidates
+                .iter()
+                .map(|c| v1::RouteCandidate {
+                    endpoint: c.endpoint.clone(),
+                    eligible: c.eligible,
+                    score: c.score,
+                    note: c.note.clone(),
+                })
+                .collect(),
+            chosen: decision.chosen.clone(),
+            rule: decision.rule.clone(),
+            reason: decision.reason.clone(),
+            attempt: decision.attempt,
+        }),
+        EventKind::AttemptFailed { turn, failure } => Kind::AttemptFailed(v1::AttemptFailed {
+            turn: *turn,
+            endpoint: failure.endpoint.clone(),
+            attempt: failure.attempt,
+            kind: failure.kind.clone(),
+            message: failure.message.clone(),
+            retry_in_ms: failure.retry_in_ms,
+            retracted: failure.retracted,
+        }),
+        EventKind::OutputRetracted {
+            turn,
+            attempt,
+            reason,
+        } => Kind::OutputRetracted(v1::OutputRetracted {
+            turn: *turn,
+            attempt: *attempt,
+            reason: reason.clone(),
         }),
         EventKind::TurnCompleted { turn, usage } => Kind::TurnCompleted(v1::TurnCompleted {
             turn: *turn,
@@ -316,6 +367,12 @@ pub fn event_from_proto(e: v1::SessionEvent) -> Option<SessionEvent> {
                 .map(tool_definition_from_proto)
                 .collect(),
             max_steps: k.max_steps,
+            budget_usd: k.budget_usd,
+            data_classes: k.data_classes,
+            one_shot: k.one_shot,
+            // The API carries only the number of history messages.
+            history: Vec::new(),
+            replay_of: (!k.replay_of.is_empty()).then_some(k.replay_of),
         },
         Kind::TurnAccepted(k) => EventKind::TurnAccepted {
             turn: k.turn,
@@ -341,6 +398,45 @@ pub fn event_from_proto(e: v1::SessionEvent) -> Option<SessionEvent> {
             model: k.model,
             finish_reason: FinishReason::from_provider(&k.finish_reason),
             latency_ms: k.latency_ms,
+            cost_usd: k.cost_usd,
+            attempts: k.attempts,
+        },
+        Kind::RoutingDecided(k) => EventKind::RoutingDecided {
+            turn: k.turn,
+            decision: baton_types::RoutingDecision {
+                route: k.route,
+                strategy: k.strategy,
+                candidates: k
+                    .candidates
+                    .into_iter()
+                    .map(|c| baton_types::RouteCandidate {
+                        endpoint: c.endpoint,
+                        eligible: c.eligible,
+                        score: c.score,
+                        note: c.note,
+                    })
+                    .collect(),
+                chosen: k.chosen,
+                rule: k.rule,
+                reason: k.reason,
+                attempt: k.attempt,
+            },
+        },
+        Kind::AttemptFailed(k) => EventKind::AttemptFailed {
+            turn: k.turn,
+            failure: baton_types::AttemptFailure {
+                endpoint: k.endpoint,
+                attempt: k.attempt,
+                kind: k.kind,
+                message: k.message,
+                retry_in_ms: k.retry_in_ms,
+                retracted: k.retracted,
+            },
+        },
+        Kind::OutputRetracted(k) => EventKind::OutputRetracted {
+            turn: k.turn,
+            attempt: k.attempt,
+            reason: k.reason,
         },
         Kind::TurnCompleted(k) => EventKind::TurnCompleted {
             turn: k.turn,
@@ -476,6 +572,12 @@ mod tests {
                     parameters: "{}".into(),
                 }],
                 max_steps: 7,
+                budget_usd: Some(2.5),
+                data_classes: vec!["pii".into()],
+                one_shot: true,
+                // The API carries only the number of history messages.
+                history: Vec::new(),
+                replay_of: Some("src".into()),
             },
             EventKind::ToolCallRequested {
                 turn: 1,
@@ -539,6 +641,41 @@ mod tests {
                 model: "m".into(),
                 finish_reason: FinishReason::ToolCalls,
                 latency_ms: 12,
+                cost_usd: Some(0.001),
+                attempts: 2,
+            },
+            EventKind::RoutingDecided {
+                turn: 1,
+                decision: baton_types::RoutingDecision {
+                    route: "r".into(),
+                    strategy: "fallback".into(),
+                    candidates: vec![baton_types::RouteCandidate {
+                        endpoint: "echo".into(),
+                        eligible: true,
+                        score: None,
+                        note: String::new(),
+                    }],
+                    chosen: "echo".into(),
+                    rule: "first_healthy".into(),
+                    reason: String::new(),
+                    attempt: 1,
+                },
+            },
+            EventKind::AttemptFailed {
+                turn: 1,
+                failure: baton_types::AttemptFailure {
+                    endpoint: "echo".into(),
+                    attempt: 1,
+                    kind: "server".into(),
+                    message: "503".into(),
+                    retry_in_ms: Some(10),
+                    retracted: true,
+                },
+            },
+            EventKind::OutputRetracted {
+                turn: 1,
+                attempt: 2,
+                reason: "r".into(),
             },
             EventKind::TurnCompleted {
                 turn: 1,

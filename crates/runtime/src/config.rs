@@ -67,6 +67,12 @@ pub struct SessionsConfig {
     /// Most model calls per turn (the agentic loop's steps) when a session
     /// sets none; a turn that needs more fails with `max_steps_exceeded`.
     pub max_steps: u32,
+    /// Deadline of one turn's model calls (every call, retry and failover of
+    /// the turn together), from the turn's first model call; none if unset.
+    /// A turn past it fails with `deadline_exceeded`.
+    pub turn_deadline_ms: Option<u64>,
+    /// Budget (USD) of sessions that set none; none if unset.
+    pub default_budget_usd: Option<f64>,
 }
 
 impl Default for SessionsConfig {
@@ -82,6 +88,8 @@ impl Default for SessionsConfig {
             subscriber_buffer: 1024,
             request_timeout_ms: 30_000,
             max_steps: 16,
+            turn_deadline_ms: None,
+            default_budget_usd: None,
         }
     }
 }
@@ -144,6 +152,9 @@ pub struct RuntimeConfig {
     pub supervision: SupervisionConfig,
     /// Model endpoints. Empty means the built-in `echo` endpoint only.
     pub models: Vec<EndpointConfig>,
+    /// Routes over the endpoints (`[[routes]]`); every endpoint is also a
+    /// route of its own name.
+    pub routes: Vec<baton_routing::RouteConfig>,
     pub tools: ToolsConfig,
     /// MCP servers whose tools are exposed as `<server>.<tool>`.
     pub mcp: Vec<McpServerConfig>,

@@ -30,9 +30,11 @@
 //! * idle sessions are passivated and rehydrated on their next message;
 //! * a failing session actor is restarted with backoff, then marked `failed`.
 
+mod audit;
 mod config;
 mod error;
 pub mod gates;
+mod inspect;
 mod session;
 mod state;
 mod supervisor;
@@ -51,12 +53,14 @@ use futures::Stream;
 use ractor::{Actor, ActorRef, RpcReplyPort};
 use tokio::sync::Mutex;
 
+pub use audit::AuditSink;
 pub use baton_store::{Durability, WriterStatsSnapshot};
 pub use config::{
     BusyPolicy, RuntimeConfig, SessionsConfig, StoreConfig, SupervisionConfig, ToolsConfig,
 };
 pub use error::{Error, Result};
 pub use gates::{GateDecision, GateList, GateQuery, GateRecord, GateStatus};
+pub use inspect::{ActorNode, BackupInfo, Divergence, JournalPage, ReplayReport, StateView};
 pub use session::SessionView;
 pub use state::{CurrentTurn, PendingGate, PendingTool, SessionState};
 pub use supervisor::SupervisorStats;
@@ -84,15 +88,43 @@ pub(crate) struct ToolsRuntime {
 pub(crate) struct Shared {
     pub store: Store,
     pub models: ModelRegistry,
+    /// Routes every model call: strategies, retries, failover, breakers, budgets.
+    pub router: baton_routing::Router,
     pub tools: ToolsRuntime,
     pub gate_policies: gates::Policies,
     /// Gate records as they are opened, escalated and decided (durable).
     pub gate_events: tokio::sync::broadcast::Sender<GateRecord>,
     pub config: RuntimeConfig,
+    /// The audit trail, when one is plugged in.
+    pub audit: Option<Arc<dyn AuditSink>>,
+    /// Recordings that replay sessions are answered from.
+    replays: std::sync::Mutex<std::collections::HashMap<SessionId, Arc<inspect::ReplaySource>>>,
     epoch: Instant,
 }
 
 impl Shared {
+    pub(crate) fn replay_source(&self, id: SessionId) -> Option<Arc<inspect::ReplaySource>> {
+        self.replays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
+    pub(crate) fn replays_insert(&self, id: SessionId, source: Arc<inspect::ReplaySource>) {
+        self.replays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(id, source);
+    }
+
+    pub(crate) fn replays_remove(&self, id: SessionId) {
+        self.replays
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&id);
+    }
+
     pub fn elapsed_ms(&self) -> u64 {
         self.epoch.elapsed().as_millis() as u64
     }
@@ -121,6 +153,16 @@ pub struct StartSession {
     pub client_tools: Vec<baton_types::ToolDefinition>,
     /// Most model calls per turn; 0 for `sessions.max_steps`.
     pub max_steps: u32,
+    /// Session budget in USD; `None` for `sessions.default_budget_usd`.
+    pub budget_usd: Option<f64>,
+    /// Data classes the session's content carries (e.g. `pii`): its model
+    /// calls only go to endpoints certified for all of them.
+    pub data_classes: Vec<String>,
+    /// A one-turn session: the turn ends with the model's answer, tool
+    /// calls included (the OpenAI-compatible front door).
+    pub one_shot: bool,
+    /// Messages the conversation starts with (before the first turn).
+    pub history: Vec<baton_types::Message>,
 }
 
 /// The outcome of [`RuntimeHandle::start_session`].
@@ -170,6 +212,7 @@ impl Runtime {
             endpoints: Vec::new(),
             tools: Vec::new(),
             classifiers: Vec::new(),
+            audit: None,
         }
     }
 }
@@ -180,9 +223,16 @@ pub struct RuntimeBuilder {
     endpoints: Vec<Endpoint>,
     tools: Vec<Arc<dyn Tool>>,
     classifiers: Vec<(String, Arc<dyn gates::DataClassifier>)>,
+    audit: Option<Arc<dyn AuditSink>>,
 }
 
 impl RuntimeBuilder {
+    /// Report every durable decision and action to `sink` (the audit trail).
+    pub fn with_audit(mut self, sink: Arc<dyn AuditSink>) -> Self {
+        self.audit = Some(sink);
+        self
+    }
+
     /// Add an endpoint built in code (for example with a custom provider).
     pub fn with_endpoint(mut self, endpoint: Endpoint) -> Self {
         self.endpoints.push(endpoint);
@@ -236,6 +286,37 @@ impl RuntimeBuilder {
                 .map_err(|e| Error::Config(e.to_string()))?;
             models.insert(h);
         }
+        // Route spend is recorded with every settlement (an unsynced write;
+        // the journal's AssistantMessage records hold the exact costs) and
+        // read back here, so route budgets hold across restarts.
+        let spent = store.route_spends().await?;
+        let persist = store.clone();
+        let on_spend: baton_routing::OnSpend = Arc::new(move |route: &str, total: f64| {
+            let mut b = Batch::unsynced();
+            b.put_route_spend(route, total);
+            let write = persist.write(b);
+            tokio::spawn(async move {
+                if let Err(e) = write.await {
+                    tracing::warn!(error = %e, "cannot record route spend");
+                }
+            });
+        });
+        let budgets = baton_routing::BudgetLedger::new(spent, Some(on_spend));
+        let router =
+            match baton_routing::Router::new(config.routes.clone(), models.clone(), budgets) {
+                Ok(r) => r,
+                Err(e) => {
+                    models.stop().await;
+                    return Err(Error::Config(e.to_string()));
+                }
+            };
+        if !router.has_route(&config.sessions.default_route) {
+            models.stop().await;
+            return Err(Error::Config(format!(
+                "sessions.default_route: {:?} is not a configured route or endpoint",
+                config.sessions.default_route
+            )));
+        }
         let registry = ToolRegistry::default();
         let builtins = config
             .tools
@@ -265,6 +346,7 @@ impl RuntimeBuilder {
         let shared = Arc::new(Shared {
             store: store.clone(),
             models,
+            router,
             gate_policies,
             gate_events,
             tools: ToolsRuntime {
@@ -273,6 +355,8 @@ impl RuntimeBuilder {
                 mcp,
             },
             config: config.clone(),
+            audit: self.audit,
+            replays: Default::default(),
             epoch: Instant::now(),
         });
         let (supervisor, _) = Actor::spawn(None, SessionSupervisor, shared.clone())
@@ -328,7 +412,19 @@ impl RuntimeHandle {
 
     /// Names of the configured model endpoints (routes).
     pub fn routes(&self) -> Vec<String> {
-        self.inner.shared.models.names()
+        self.inner
+            .shared
+            .router
+            .routes()
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    }
+
+    /// The router: routes, breakers and endpoint statistics (inspection,
+    /// the HTTP front door).
+    pub fn router(&self) -> &baton_routing::Router {
+        &self.inner.shared.router
     }
 
     /// Counters of the store's group-commit writer.
@@ -390,10 +486,27 @@ impl RuntimeHandle {
             None | Some("") => shared.config.sessions.default_route.clone(),
             Some(r) => r.to_string(),
         };
-        if shared.models.get(&route).is_none() {
+        if !shared.router.has_route(&route) {
             return Err(Error::InvalidArgument(format!(
-                "route {route:?} is not a configured model endpoint (have: {})",
-                shared.models.names().join(", ")
+                "route {route:?} is not a configured route or model endpoint (have: {})",
+                self.routes().join(", ")
+            )));
+        }
+        if let Some(b) = req.budget_usd
+            && !(b.is_finite() && b >= 0.0)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "budget_usd must be a non-negative number, got {b}"
+            )));
+        }
+        if let Some((i, _)) = req
+            .data_classes
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.is_empty() || c.len() > 64)
+        {
+            return Err(Error::InvalidArgument(format!(
+                "data_classes[{i}]: must be 1 to 64 bytes"
             )));
         }
         if req.system_prompt.len() > shared.config.sessions.max_system_prompt_bytes {
@@ -460,6 +573,7 @@ impl RuntimeHandle {
             status_reason: String::new(),
             updated_at_unix_ms: now,
         };
+        let route_for_audit = route.clone();
         let mut batch = Batch::new();
         batch.put_meta(&id, &meta, None);
         batch.append(
@@ -472,12 +586,22 @@ impl RuntimeHandle {
                 allowed_tools: req.allowed_tools,
                 client_tools: req.client_tools,
                 max_steps: req.max_steps,
+                budget_usd: req.budget_usd.or(shared.config.sessions.default_budget_usd),
+                data_classes: req.data_classes,
+                one_shot: req.one_shot,
+                history: req.history,
+                replay_of: None,
             },
         );
         if let Some(k) = &key {
             batch.put_idempotency(k, &id);
         }
         shared.store.write(batch).await?;
+        self.audit_admin(
+            "start_session",
+            Some(id),
+            serde_json::json!({ "route": route_for_audit }),
+        );
         Ok(SessionInfo {
             id,
             status: SessionStatus::Idle,
@@ -714,20 +838,58 @@ impl RuntimeHandle {
         content: String,
         review: bool,
     ) -> Result<EventStream> {
-        let limits = &self.inner.shared.config.sessions;
         if content.trim().is_empty() {
             return Err(Error::InvalidArgument("content is empty".into()));
         }
-        if content.len() > limits.max_message_bytes {
+        self.send_message(id, baton_types::Message::user(content), review)
+            .await
+    }
+
+    /// Start a turn with `message`: a user message, or a tool result
+    /// (`Role::Tool` with the `tool_call_id` of a call in the conversation;
+    /// its content may be empty) — how the OpenAI-compatible front door
+    /// continues a conversation whose client ran the tools.
+    pub async fn send_message(
+        &self,
+        id: SessionId,
+        message: baton_types::Message,
+        review: bool,
+    ) -> Result<EventStream> {
+        let limits = &self.inner.shared.config.sessions;
+        match message.role {
+            baton_types::Role::User => {
+                if message.content.trim().is_empty() {
+                    return Err(Error::InvalidArgument("content is empty".into()));
+                }
+            }
+            baton_types::Role::Tool => {
+                if message.tool_call_id.as_deref().is_none_or(str::is_empty) {
+                    return Err(Error::InvalidArgument(
+                        "a tool message needs the tool_call_id of the call it answers".into(),
+                    ));
+                }
+            }
+            other => {
+                return Err(Error::InvalidArgument(format!(
+                    "a turn starts with a user or tool message, not {other:?}"
+                )));
+            }
+        }
+        if !message.tool_calls.is_empty() {
+            return Err(Error::InvalidArgument(
+                "a user or tool message carries no tool calls".into(),
+            ));
+        }
+        if message.content.len() > limits.max_message_bytes {
             return Err(Error::ResourceExhausted(format!(
                 "content is {} bytes; the limit is {} (sessions.max_message_bytes)",
-                content.len(),
+                message.content.len(),
                 limits.max_message_bytes
             )));
         }
         let sub = self
             .ask(id, |reply| SessionMsg::Send {
-                content,
+                message,
                 review,
                 reply,
             })
@@ -844,12 +1006,35 @@ impl RuntimeHandle {
 
     /// Cancel the running turn; returns its number, or `None` if none ran.
     pub async fn cancel(&self, id: SessionId) -> Result<Option<u64>> {
-        self.ask(id, |reply| SessionMsg::Cancel { reply }).await
+        let r = self.ask(id, |reply| SessionMsg::Cancel { reply }).await;
+        if let Ok(turn) = &r {
+            self.audit_admin("cancel_turn", Some(id), serde_json::json!({ "turn": turn }));
+        }
+        r
     }
 
     /// Delete a session and everything stored for it.
     pub async fn delete(&self, id: SessionId) -> Result<()> {
-        self.ask(id, |reply| SessionMsg::Delete { reply }).await
+        let r = self.ask(id, |reply| SessionMsg::Delete { reply }).await;
+        if r.is_ok() {
+            self.audit_admin("delete_session", Some(id), serde_json::json!({}));
+        }
+        r
+    }
+
+    /// Record an administrative action in the audit trail.
+    pub(crate) fn audit_admin(
+        &self,
+        action: &str,
+        session: Option<SessionId>,
+        mut data: serde_json::Value,
+    ) {
+        if let Some(audit) = &self.inner.shared.audit {
+            if let Some(o) = data.as_object_mut() {
+                o.insert("action".into(), action.into());
+            }
+            audit.record("admin_action", session, Some("api"), data);
+        }
     }
 
     /// Supervisor counters (live sessions, restarts, passivations).
@@ -923,5 +1108,8 @@ fn fxhash(b: &[u8]) -> usize {
 
 #[cfg(test)]
 mod gate_tests;
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod inspect_tests;
 #[cfg(test)]
 mod tests;

@@ -21,12 +21,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
-use baton_models::{Delta, ExecutorHandle, ModelJob, ModelRequest, ModelResponse};
+use baton_models::{Delta, ModelRequest};
 use baton_store::{Batch, SessionMeta};
 use baton_types::{EventKind, Message, SessionEvent, SessionId, SessionStatus, now_unix_ms};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::Shared;
 use crate::config::BusyPolicy;
@@ -39,7 +40,7 @@ use baton_tools::{ToolError, ToolFilter};
 /// Messages a session actor handles.
 pub(crate) enum SessionMsg {
     Send {
-        content: String,
+        message: Message,
         review: bool,
         reply: RpcReplyPort<Result<Subscription>>,
     },
@@ -60,6 +61,10 @@ pub(crate) enum SessionMsg {
     },
     Get {
         reply: RpcReplyPort<Result<SessionView>>,
+    },
+    /// The full state as this actor holds it (inspection).
+    GetState {
+        reply: RpcReplyPort<Result<crate::state::SessionState>>,
     },
     Cancel {
         reply: RpcReplyPort<Result<Option<u64>>>,
@@ -84,8 +89,13 @@ pub(crate) enum SessionMsg {
     },
     ModelDone {
         call: u64,
-        result: baton_models::Result<ModelResponse>,
+        result: Box<std::result::Result<baton_routing::Routed, baton_routing::RouteError>>,
         latency_ms: u64,
+    },
+    /// A routing decision or a failed attempt of the call in flight.
+    RouteEvent {
+        call: u64,
+        event: Box<baton_routing::RouteEvent>,
     },
     /// A client answers a client-side tool call (or one that needs attention).
     SubmitToolResult {
@@ -210,6 +220,11 @@ pub(crate) struct SessionCtx {
     /// Gates this actor decided lately: (gate, decision, reviewer, reason).
     /// A racing second decision may arrive before the first is durable.
     recently_decided: VecDeque<(String, String, String, String)>,
+    /// When the current turn's first model call started (turn deadline).
+    turn_started: Option<(u64, tokio::time::Instant)>,
+    /// The tracing span of the current turn (model, tool and gate spans are
+    /// its children); closed when the turn ends.
+    turn_span: Option<(u64, tracing::Span)>,
 }
 
 /// A decision to record on a gate.
@@ -256,6 +271,8 @@ impl Actor for SessionActor {
             pending_gates: VecDeque::new(),
             gate_records: HashMap::new(),
             recently_decided: VecDeque::new(),
+            turn_started: None,
+            turn_span: None,
         })
     }
 
@@ -283,11 +300,11 @@ impl Actor for SessionActor {
         ctx.touch();
         match msg {
             SessionMsg::Send {
-                content,
+                message,
                 review,
                 reply,
             } => {
-                let r = ctx.send(&myself, content, review);
+                let r = ctx.send(&myself, message, review);
                 let _ = reply.send(r);
             }
             SessionMsg::Subscribe { after_seq, reply } => {
@@ -296,6 +313,14 @@ impl Actor for SessionActor {
             SessionMsg::Get { reply } => {
                 let r = if ctx.found {
                     Ok(ctx.view())
+                } else {
+                    Err(Error::SessionNotFound(ctx.id))
+                };
+                let _ = reply.send(r);
+            }
+            SessionMsg::GetState { reply } => {
+                let r = if ctx.found {
+                    Ok(ctx.state.clone())
                 } else {
                     Err(Error::SessionNotFound(ctx.id))
                 };
@@ -358,12 +383,13 @@ impl Actor for SessionActor {
                 ctx.on_client_timeout(&myself, turn, call_id)
             }
             SessionMsg::ModelDelta { call, delta } => ctx.on_delta(&myself, call, delta),
+            SessionMsg::RouteEvent { call, event } => ctx.on_route_event(&myself, call, *event),
             SessionMsg::ModelDone {
                 call,
                 result,
                 latency_ms,
             } => {
-                ctx.on_done(&myself, call, result, latency_ms);
+                ctx.on_done(&myself, call, *result, latency_ms);
             }
         }
         Ok(())
@@ -602,6 +628,34 @@ impl SessionCtx {
                 break;
             };
             self.released_seq = event.seq;
+            if let Some(audit) = &self.shared.audit {
+                crate::audit::record_event(audit.as_ref(), &event);
+            }
+            match &event.kind {
+                EventKind::GateOpened { .. } => baton_metrics::metrics().gates_pending_add(1),
+                EventKind::GateDecided { .. } => baton_metrics::metrics().gates_pending_add(-1),
+                _ => {}
+            }
+            let outcome = match &event.kind {
+                EventKind::TurnCompleted { .. } => Some("completed"),
+                EventKind::TurnFailed { .. } => Some("failed"),
+                EventKind::TurnCancelled { .. } => Some("cancelled"),
+                _ => None,
+            };
+            if let Some(outcome) = outcome {
+                if self
+                    .turn_span
+                    .as_ref()
+                    .is_some_and(|(t, _)| event.turn() == Some(*t))
+                {
+                    self.turn_span = None;
+                }
+                let secs = self
+                    .turn_started
+                    .filter(|(t, _)| event.turn() == Some(*t))
+                    .map_or(0.0, |(_, at)| at.elapsed().as_secs_f64());
+                baton_metrics::metrics().turn_finished(outcome, secs);
+            }
             self.subscribers.retain(|s| {
                 if let Some(t) = s.turn
                     && event.turn() != Some(t)
@@ -634,7 +688,7 @@ impl SessionCtx {
     fn send(
         &mut self,
         myself: &ActorRef<SessionMsg>,
-        content: String,
+        message: Message,
         review: bool,
     ) -> Result<Subscription> {
         if !self.found {
@@ -674,7 +728,7 @@ impl SessionCtx {
         // just before the model call starts.
         self.stage(EventKind::TurnAccepted {
             turn,
-            message: Message::user(content),
+            message,
             review,
         });
         self.pump(myself);
@@ -985,8 +1039,8 @@ impl SessionCtx {
         reason: &str,
     ) -> bool {
         let route = self.state.route.clone();
-        let Some(exec) = self.shared.models.get(&route).cloned() else {
-            let reason = format!("route {route:?} is not a configured model endpoint");
+        if !self.shared.router.has_route(&route) {
+            let reason = format!("route {route:?} is not a configured route or model endpoint");
             self.commit(
                 myself,
                 vec![EventKind::TurnFailed {
@@ -997,7 +1051,7 @@ impl SessionCtx {
                 true,
             );
             return false;
-        };
+        }
         let mut messages = self.state.model_messages();
         let queued = self.state.current.as_ref().is_none_or(|c| c.turn != turn);
         let mut input = None;
@@ -1010,6 +1064,7 @@ impl SessionCtx {
             max_output_tokens: None,
             temperature: None,
             tools: self.tool_definitions(),
+            json_schema: None,
         };
         let approved = self
             .state
@@ -1017,14 +1072,14 @@ impl SessionCtx {
             .as_ref()
             .is_some_and(|c| c.turn == turn && c.is_approved("model_call", ""));
         if reason != "recovery" && !approved {
-            let cost = exec.endpoint().config().estimate_cost_usd(&request);
+            let cost = self.shared.router.estimate_cost_usd(&route, &request);
             if let Some(terms) =
                 self.shared
                     .gate_policies
                     .before_model_call(&route, input.as_deref(), cost)
             {
                 let subject = serde_json::json!({
-                    "endpoint": exec.endpoint().name(),
+                    "route": route,
                     "estimated_cost_usd": cost,
                     "input": input,
                 })
@@ -1034,28 +1089,21 @@ impl SessionCtx {
                 return true;
             }
         }
+        if self.turn_started.is_none_or(|(t, _)| t != turn) {
+            self.turn_started = Some((turn, tokio::time::Instant::now()));
+        }
+        self.turn_span(turn);
         self.commit(
             myself,
             vec![EventKind::ModelCallStarted {
                 turn,
                 attempt,
-                endpoint: exec.endpoint().name().to_string(),
+                endpoint: route,
                 reason: reason.into(),
             }],
             true,
         );
-        if let Err(e) = self.dispatch(myself, &exec, turn, request) {
-            self.commit(
-                myself,
-                vec![EventKind::TurnFailed {
-                    turn,
-                    reason: e.to_string(),
-                    code: "model_error".into(),
-                }],
-                true,
-            );
-            return false;
-        }
+        self.dispatch(myself, turn, request);
         true
     }
 
@@ -1219,26 +1267,84 @@ impl SessionCtx {
             let Some(args) = run.args.take() else {
                 continue;
             };
+            if self.state.replay_of.is_some() {
+                // A replay session: the recorded result, the tool is not run.
+                let result = match self
+                    .shared
+                    .replay_source(self.id)
+                    .and_then(|s| s.tools.get(call_id).cloned())
+                {
+                    Some((output, false)) => Ok(output),
+                    Some((output, true)) => Err(ToolError::Failed(
+                        output
+                            .strip_prefix("error: ")
+                            .unwrap_or(&output)
+                            .to_string(),
+                    )),
+                    None => Err(ToolError::Failed(format!(
+                        "replay: the recording has no result for tool call {call_id}"
+                    ))),
+                };
+                let _ = myself.cast(SessionMsg::ToolDone {
+                    turn,
+                    call_id: call_id.clone(),
+                    attempt: run.attempt,
+                    result,
+                    latency_ms: 0,
+                });
+                continue;
+            }
             let rx = self.shared.tools.executor.execute(run.name.clone(), args);
             let me = myself.clone();
             let (call_id, attempt, name) = (call_id.clone(), run.attempt, run.name.clone());
             let started = Instant::now();
-            tokio::spawn(async move {
-                let result = rx.await.unwrap_or_else(|_| {
-                    Err(ToolError::Unavailable {
-                        tool: name,
-                        reason: "the tool executor stopped".into(),
-                    })
-                });
-                let latency_ms = started.elapsed().as_millis() as u64;
-                let _ = me.cast(SessionMsg::ToolDone {
-                    turn,
-                    call_id,
-                    attempt,
-                    result,
-                    latency_ms,
-                });
-            });
+            let parent = self
+                .turn_span
+                .as_ref()
+                .filter(|(t, _)| *t == turn)
+                .map(|(_, s)| s.clone())
+                .unwrap_or_else(tracing::Span::current);
+            let span = tracing::info_span!(
+                parent: &parent,
+                "tool.call",
+                gen_ai.operation.name = "execute_tool",
+                gen_ai.tool.name = %name,
+                gen_ai.tool.call.id = %call_id,
+                baton.session.id = %self.id,
+                "error.type" = tracing::field::Empty,
+                otel.status_code = tracing::field::Empty,
+            );
+            let tool_metric_name = name.clone();
+            tokio::spawn(
+                async move {
+                    let result = rx.await.unwrap_or_else(|_| {
+                        Err(ToolError::Unavailable {
+                            tool: name,
+                            reason: "the tool executor stopped".into(),
+                        })
+                    });
+                    let latency_ms = started.elapsed().as_millis() as u64;
+                    let outcome = if result.is_ok() { "ok" } else { "error" };
+                    if let Err(e) = &result {
+                        let span = tracing::Span::current();
+                        span.record("error.type", e.to_string());
+                        span.record("otel.status_code", "error");
+                    }
+                    baton_metrics::metrics().tool_call(
+                        &tool_metric_name,
+                        outcome,
+                        started.elapsed().as_secs_f64(),
+                    );
+                    let _ = me.cast(SessionMsg::ToolDone {
+                        turn,
+                        call_id,
+                        attempt,
+                        result,
+                        latency_ms,
+                    });
+                }
+                .instrument(span),
+            );
         }
     }
 
@@ -1387,54 +1493,143 @@ impl SessionCtx {
         self.pump(myself);
     }
 
-    fn dispatch(
-        &mut self,
-        myself: &ActorRef<SessionMsg>,
-        exec: &ExecutorHandle,
-        turn: u64,
-        request: ModelRequest,
-    ) -> baton_models::Result<()> {
+    /// The tracing span of `turn`, opened on first use.
+    fn turn_span(&mut self, turn: u64) -> tracing::Span {
+        if let Some((t, span)) = &self.turn_span
+            && *t == turn
+        {
+            return span.clone();
+        }
+        let span = tracing::info_span!(
+            "turn",
+            baton.session.id = %self.id,
+            baton.turn = i64::try_from(turn).unwrap_or(i64::MAX),
+            baton.route = %self.state.route,
+        );
+        self.turn_span = Some((turn, span.clone()));
+        span
+    }
+
+    /// Hand the call to the router (strategies, retries, failover,
+    /// breakers, budgets) on a task of its own; its deltas, routing events
+    /// and result come back as messages.
+    fn dispatch(&mut self, myself: &ActorRef<SessionMsg>, turn: u64, request: ModelRequest) {
         self.next_call += 1;
         let call = self.next_call;
         let cancel = CancellationToken::new();
         let (delta_tx, mut delta_rx) = mpsc::unbounded_channel();
-        let streams = exec.endpoint().config().stream;
-        let (reply_tx, mut reply_rx) = oneshot::channel();
-        exec.submit(ModelJob {
-            request,
-            deltas: streams.then_some(delta_tx),
-            cancel: cancel.clone(),
-            reply: reply_tx,
-        })?;
+        let (event_tx, mut event_rx) = mpsc::unbounded_channel();
         self.call = Some(InFlight {
             id: call,
             turn,
-            cancel,
+            cancel: cancel.clone(),
         });
+        let deadline = self
+            .shared
+            .config
+            .sessions
+            .turn_deadline_ms
+            .zip(self.turn_started)
+            .map(|(ms, (_, at))| at + std::time::Duration::from_millis(ms));
+        let session_budget = self
+            .state
+            .budget_usd
+            .map(|limit_usd| baton_routing::SessionBudget {
+                scope: self.id.to_string(),
+                limit_usd,
+                spent_usd: self.state.cost_usd,
+            });
+        let route_call = baton_routing::RouteCall {
+            route: self.state.route.clone(),
+            request,
+            needs_vision: false,
+            data_classes: self.state.data_classes.clone(),
+            deltas: Some(delta_tx),
+            events: Some(event_tx),
+            cancel,
+            deadline,
+            session_budget,
+        };
+        if self.state.replay_of.is_some() {
+            // A replay session: answered from the recording, no model call.
+            let result = match self
+                .shared
+                .replay_source(self.id)
+                .and_then(|s| s.next_answer())
+            {
+                Some(a) => Ok(baton_routing::Routed {
+                    response: baton_models::ModelResponse {
+                        message: a.message,
+                        usage: a.usage,
+                        finish_reason: a.finish_reason,
+                        model: a.model,
+                        attempts: 1,
+                        confidence: None,
+                    },
+                    endpoint: a.endpoint,
+                    attempts: 1,
+                    cost_usd: a.cost_usd,
+                    decisions: Vec::new(),
+                    escalations: 0,
+                }),
+                None => Err(baton_routing::RouteError {
+                    kind: baton_routing::RouteErrorKind::Exhausted,
+                    message: "replay: the recording has no model answer for this call".into(),
+                    attempts: 0,
+                    endpoint: None,
+                    cost_usd: None,
+                }),
+            };
+            drop(route_call);
+            let _ = myself.cast(SessionMsg::ModelDone {
+                call,
+                result: Box::new(result),
+                latency_ms: 0,
+            });
+            return;
+        }
+        let router = self.shared.router.clone();
         let me = myself.clone();
         let started = Instant::now();
+        let span = self.turn_span(turn);
         tokio::spawn(async move {
+            let routed = router.call(route_call).instrument(span);
+            tokio::pin!(routed);
+            let mut deltas_open = true;
+            let mut events_open = true;
             loop {
                 tokio::select! {
                     biased;
-                    Some(delta) = delta_rx.recv() => {
-                        if me.cast(SessionMsg::ModelDelta { call, delta }).is_err() {
-                            return;
+                    e = event_rx.recv(), if events_open => match e {
+                        Some(event) => {
+                            if me.cast(SessionMsg::RouteEvent { call, event: Box::new(event) }).is_err() {
+                                return;
+                            }
                         }
-                    }
-                    reply = &mut reply_rx => {
+                        None => events_open = false,
+                    },
+                    d = delta_rx.recv(), if deltas_open => match d {
+                        Some(delta) => {
+                            if me.cast(SessionMsg::ModelDelta { call, delta }).is_err() {
+                                return;
+                            }
+                        }
+                        None => deltas_open = false,
+                    },
+                    result = &mut routed => {
+                        while let Ok(event) = event_rx.try_recv() {
+                            let _ = me.cast(SessionMsg::RouteEvent { call, event: Box::new(event) });
+                        }
                         while let Ok(delta) = delta_rx.try_recv() {
                             let _ = me.cast(SessionMsg::ModelDelta { call, delta });
                         }
-                        let result = reply.unwrap_or(Err(baton_models::Error::Cancelled));
                         let latency_ms = started.elapsed().as_millis() as u64;
-                        let _ = me.cast(SessionMsg::ModelDone { call, result, latency_ms });
+                        let _ = me.cast(SessionMsg::ModelDone { call, result: Box::new(result), latency_ms });
                         return;
                     }
                 }
             }
         });
-        Ok(())
     }
 
     fn current_call(&self, call: u64) -> Option<u64> {
@@ -1454,35 +1649,56 @@ impl SessionCtx {
                 attempt: current.attempt,
                 text,
             },
-            Delta::Restart => EventKind::ModelCallStarted {
+            Delta::Restart => EventKind::OutputRetracted {
                 turn,
                 attempt: current.attempt + 1,
-                endpoint: current.endpoint.clone(),
-                reason: "retry".into(),
+                reason: "the attempt that streamed this output failed; the answer continues from another attempt".into(),
             },
         };
         self.commit(myself, vec![kind], false);
+    }
+
+    fn on_route_event(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        call: u64,
+        event: baton_routing::RouteEvent,
+    ) {
+        let Some(turn) = self.current_call(call) else {
+            return;
+        };
+        let kind = match event {
+            baton_routing::RouteEvent::Decision(decision) => {
+                EventKind::RoutingDecided { turn, decision }
+            }
+            baton_routing::RouteEvent::AttemptFailed(failure) => {
+                EventKind::AttemptFailed { turn, failure }
+            }
+        };
+        // Written with the next batch (a delta or the answer): no write of
+        // its own on the hot path. A crash before that loses only the record
+        // of a call that is then issued again.
+        let _ = myself;
+        self.stage(kind);
     }
 
     fn on_done(
         &mut self,
         myself: &ActorRef<SessionMsg>,
         call: u64,
-        result: baton_models::Result<ModelResponse>,
+        result: std::result::Result<baton_routing::Routed, baton_routing::RouteError>,
         latency_ms: u64,
     ) {
         let Some(turn) = self.current_call(call) else {
             return;
         };
         self.call = None;
-        let endpoint = self
-            .state
-            .current
-            .as_ref()
-            .map(|c| c.endpoint.clone())
-            .unwrap_or_default();
         let kinds = match result {
-            Ok(resp) => {
+            Ok(routed) => {
+                let endpoint = routed.endpoint;
+                let cost_usd = routed.cost_usd;
+                let attempts = routed.attempts;
+                let resp = routed.response;
                 self.last_confidence = resp.confidence;
                 let mut message = resp.message;
                 message.role = baton_types::Role::Assistant;
@@ -1491,9 +1707,13 @@ impl SessionCtx {
                     turn,
                     self.state.current.as_ref().map_or(0, |c| c.steps),
                 );
+                // A one-shot session hands tool calls to its client (the
+                // front door's caller) instead of running them.
+                let one_shot = self.state.one_shot;
                 let calls: Vec<_> = message
                     .tool_calls
                     .iter()
+                    .filter(|_| !one_shot)
                     .map(|c| EventKind::ToolCallRequested {
                         turn,
                         call_id: c.id.clone(),
@@ -1510,6 +1730,8 @@ impl SessionCtx {
                     model: resp.model,
                     finish_reason: resp.finish_reason,
                     latency_ms,
+                    cost_usd,
+                    attempts,
                 }];
                 // A final answer completes the turn in pump(), in the same
                 // batch, unless a gate holds its release.
@@ -1518,8 +1740,8 @@ impl SessionCtx {
             }
             Err(e) => vec![EventKind::TurnFailed {
                 turn,
-                reason: e.to_string(),
-                code: "model_error".into(),
+                reason: e.message.clone(),
+                code: e.label().into(),
             }],
         };
         for k in kinds {
@@ -1531,6 +1753,27 @@ impl SessionCtx {
 
     /// Stage a `GateDecided` and the gate's decided record.
     fn record_decision(&mut self, turn: u64, gate_id: &str, d: Decided) {
+        let parent = self
+            .turn_span
+            .as_ref()
+            .filter(|(t, _)| *t == turn)
+            .map(|(_, s)| s.clone())
+            .unwrap_or_else(tracing::Span::current);
+        let kind = self
+            .gate_records
+            .get(gate_id)
+            .map(|r| r.kind.clone())
+            .unwrap_or_default();
+        tracing::info_span!(
+            parent: &parent,
+            "gate",
+            baton.session.id = %self.id,
+            baton.gate.id = %gate_id,
+            baton.gate.kind = %kind,
+            baton.gate.decision = %d.decision,
+            baton.gate.reviewer = %d.reviewer,
+        )
+        .in_scope(|| tracing::info!("gate decided"));
         // The record is built from the pending state, before the decision
         // removes the gate from it.
         let record = self.gate_records.get(gate_id).cloned();

@@ -61,7 +61,7 @@ pub fn gate_key(point: &str, call_id: &str, steps: u32) -> String {
 }
 
 /// The turn whose model call has started.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct CurrentTurn {
     pub turn: u64,
     /// The last journaled attempt number (`ModelCallStarted.attempt`).
@@ -88,6 +88,9 @@ pub struct CurrentTurn {
     /// The client asked for the final answer to be reviewed.
     #[serde(default)]
     pub review: bool,
+    /// Cost of this turn's model calls, in USD.
+    #[serde(default)]
+    pub cost_usd: f64,
 }
 
 impl CurrentTurn {
@@ -104,6 +107,7 @@ impl CurrentTurn {
             gates: Vec::new(),
             approved: Vec::new(),
             review,
+            cost_usd: 0.0,
         }
     }
 
@@ -121,7 +125,7 @@ impl CurrentTurn {
 }
 
 /// Everything a session's actor holds, rebuildable from the journal.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionState {
     pub id: SessionId,
     pub route: String,
@@ -149,6 +153,21 @@ pub struct SessionState {
     pub client_tools: Vec<ToolDefinition>,
     /// Most model calls per turn (0 = the configured default).
     pub max_steps: u32,
+    /// Session budget in USD.
+    #[serde(default)]
+    pub budget_usd: Option<f64>,
+    /// Cost of the session's model calls so far, in USD.
+    #[serde(default)]
+    pub cost_usd: f64,
+    /// Data classes the session's content carries.
+    #[serde(default)]
+    pub data_classes: Vec<String>,
+    /// A one-turn session: tool calls end the turn (the client runs them).
+    #[serde(default)]
+    pub one_shot: bool,
+    /// For replay sessions: the session replayed.
+    #[serde(default)]
+    pub replay_of: Option<String>,
 }
 
 impl SessionState {
@@ -172,6 +191,11 @@ impl SessionState {
             allowed_tools: Vec::new(),
             client_tools: Vec::new(),
             max_steps: 0,
+            budget_usd: None,
+            cost_usd: 0.0,
+            data_classes: Vec::new(),
+            one_shot: false,
+            replay_of: None,
         }
     }
 
@@ -201,7 +225,17 @@ impl SessionState {
                 allowed_tools,
                 client_tools,
                 max_steps,
+                budget_usd,
+                data_classes,
+                one_shot,
+                history,
+                replay_of,
             } => {
+                self.budget_usd = *budget_usd;
+                self.data_classes = data_classes.clone();
+                self.one_shot = *one_shot;
+                self.messages = history.clone();
+                self.replay_of = replay_of.clone();
                 self.route = route.clone();
                 self.system_prompt = system_prompt.clone();
                 self.created_at_unix_ms = at_unix_ms;
@@ -232,21 +266,32 @@ impl SessionState {
                     }
                 }
             }
-            EventKind::OutputDelta { .. } => {}
+            EventKind::OutputDelta { .. }
+            | EventKind::RoutingDecided { .. }
+            | EventKind::AttemptFailed { .. } => {}
+            EventKind::OutputRetracted { turn, attempt, .. } => {
+                if let Some(c) = self.current_turn_mut(*turn) {
+                    c.attempt = *attempt;
+                }
+            }
             EventKind::AssistantMessage {
                 turn,
                 message,
                 usage,
+                cost_usd,
                 ..
             } => {
                 self.messages.push(message.clone());
                 self.usage.add(*usage);
+                self.cost_usd += cost_usd.unwrap_or(0.0);
+                let one_shot = self.one_shot;
                 if let Some(c) = &mut self.current
                     && c.turn == *turn
                 {
                     c.model_call_open = false;
-                    c.response_recorded = message.tool_calls.is_empty();
+                    c.response_recorded = one_shot || message.tool_calls.is_empty();
                     c.usage.add(*usage);
+                    c.cost_usd += cost_usd.unwrap_or(0.0);
                 }
             }
             EventKind::ToolCallRequested {
@@ -575,6 +620,11 @@ mod tests {
                 allowed_tools: vec![],
                 client_tools: vec![],
                 max_steps: 0,
+                budget_usd: None,
+                data_classes: Vec::new(),
+                one_shot: false,
+                history: Vec::new(),
+                replay_of: None,
             },
             EventKind::TurnAccepted {
                 turn: 1,
@@ -607,6 +657,8 @@ mod tests {
                 model: "m".into(),
                 finish_reason: baton_types::FinishReason::Stop,
                 latency_ms: 1,
+                cost_usd: None,
+                attempts: 1,
             },
         );
         assert!(s2.current.as_ref().unwrap().response_recorded);
@@ -636,6 +688,11 @@ mod tests {
                 allowed_tools: vec![],
                 client_tools: vec![],
                 max_steps: 0,
+                budget_usd: None,
+                data_classes: Vec::new(),
+                one_shot: false,
+                history: Vec::new(),
+                replay_of: None,
             },
             EventKind::TurnAccepted {
                 turn: 1,
@@ -699,6 +756,8 @@ mod tests {
                 model: "m".into(),
                 finish_reason: baton_types::FinishReason::ToolCalls,
                 latency_ms: 1,
+                cost_usd: None,
+                attempts: 1,
             },
             EventKind::ToolCallRequested {
                 turn: 1,

@@ -29,6 +29,26 @@ pub(crate) enum SupervisorMsg {
     /// An actor was asked to passivate but had work.
     PassivateDeclined(SessionId),
     Stats(RpcReplyPort<SupervisorStats>),
+    /// The live session actors, for inspection.
+    Tree(RpcReplyPort<Vec<SessionNode>>),
+    /// The actor of a live session that is not passivating, if any.
+    Peek(SessionId, RpcReplyPort<Option<ActorRef<SessionMsg>>>),
+}
+
+/// A session actor as the supervisor sees it.
+#[derive(Debug, Clone)]
+pub struct SessionNode {
+    pub session: SessionId,
+    pub actor_id: String,
+    /// `running`, `passivating` or `restarting`.
+    pub status: &'static str,
+    pub uptime_ms: u64,
+    /// Restarts of this session's actor since the runtime started.
+    pub restarts: u32,
+    /// Messages held by the supervisor for it (while passivating or restarting).
+    pub held_messages: usize,
+    /// Milliseconds since its last activity.
+    pub idle_ms: u64,
 }
 
 /// Counters of the supervisor.
@@ -52,6 +72,7 @@ struct Entry {
     passivating: bool,
     /// Messages that arrived while passivating; they go to the successor.
     queue: Vec<SessionMsg>,
+    spawned_at: Instant,
 }
 
 struct RestartTrack {
@@ -68,6 +89,8 @@ pub(crate) struct SupervisorState {
     /// Sessions between a failure and their respawn, with queued messages.
     down: HashMap<SessionId, Vec<SessionMsg>>,
     restarts: HashMap<SessionId, RestartTrack>,
+    /// Restarts per session since start (for inspection).
+    restart_counts: HashMap<SessionId, u32>,
     stats: SupervisorStats,
 }
 
@@ -90,6 +113,7 @@ impl Actor for SessionSupervisor {
             by_actor: HashMap::new(),
             down: HashMap::new(),
             restarts: HashMap::new(),
+            restart_counts: HashMap::new(),
             stats: SupervisorStats::default(),
         })
     }
@@ -132,6 +156,45 @@ impl Actor for SessionSupervisor {
                 s.restarting_sessions = st.down.len();
                 let _ = reply.send(s);
             }
+            SupervisorMsg::Tree(reply) => {
+                let now = st.shared.elapsed_ms();
+                let mut nodes: Vec<SessionNode> = st
+                    .live
+                    .iter()
+                    .map(|(id, e)| SessionNode {
+                        session: *id,
+                        actor_id: e.actor.get_id().to_string(),
+                        status: if e.passivating {
+                            "passivating"
+                        } else {
+                            "running"
+                        },
+                        uptime_ms: e.spawned_at.elapsed().as_millis() as u64,
+                        restarts: st.restart_counts.get(id).copied().unwrap_or(0),
+                        held_messages: e.queue.len(),
+                        idle_ms: now.saturating_sub(e.activity.load(Ordering::Relaxed)),
+                    })
+                    .collect();
+                nodes.extend(st.down.iter().map(|(id, q)| SessionNode {
+                    session: *id,
+                    actor_id: String::new(),
+                    status: "restarting",
+                    uptime_ms: 0,
+                    restarts: st.restart_counts.get(id).copied().unwrap_or(0),
+                    held_messages: q.len(),
+                    idle_ms: 0,
+                }));
+                nodes.sort_by_key(|n| n.session);
+                let _ = reply.send(nodes);
+            }
+            SupervisorMsg::Peek(id, reply) => {
+                let actor = st
+                    .live
+                    .get(&id)
+                    .filter(|e| !e.passivating)
+                    .map(|e| e.actor.clone());
+                let _ = reply.send(actor);
+            }
         }
         Ok(())
     }
@@ -152,7 +215,9 @@ impl Actor for SessionSupervisor {
                 };
                 if reason.as_deref() == Some("passivated") {
                     st.stats.passivations_total += 1;
+                    baton_metrics::metrics().session_passivated();
                 }
+                baton_metrics::metrics().sessions_live(st.live.len() as i64);
                 if !entry.queue.is_empty() {
                     st.spawn(&myself, id, entry.queue).await;
                 }
@@ -162,6 +227,7 @@ impl Actor for SessionSupervisor {
                     return Ok(());
                 };
                 let queue = st.live.remove(&id).map(|e| e.queue).unwrap_or_default();
+                baton_metrics::metrics().sessions_live(st.live.len() as i64);
                 st.on_failure(&myself, id, err.to_string(), queue);
             }
             _ => {}
@@ -225,8 +291,10 @@ impl SupervisorState {
                         activity,
                         passivating: false,
                         queue: Vec::new(),
+                        spawned_at: Instant::now(),
                     },
                 );
+                baton_metrics::metrics().sessions_live(self.live.len() as i64);
                 self.forward(id, queue);
             }
             Err(e) => {
@@ -300,6 +368,8 @@ impl SupervisorState {
             return;
         }
         self.stats.restarts_total += 1;
+        *self.restart_counts.entry(id).or_insert(0) += 1;
+        baton_metrics::metrics().actor_restart("session");
         let backoff = cfg
             .initial_backoff_ms
             .saturating_mul(1u64 << (count - 1).min(20))

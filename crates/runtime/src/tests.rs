@@ -59,13 +59,25 @@ async fn a_turn_streams_durable_events_in_seq_order() {
         vec![
             "turn_accepted",
             "model_call_started",
+            "routing_decided",
             "assistant_message",
             "turn_completed"
         ]
     );
     let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
-    assert_eq!(seqs, vec![2, 3, 4, 5], "seq 1 is SessionStarted; no gaps");
+    assert_eq!(
+        seqs,
+        vec![2, 3, 4, 5, 6],
+        "seq 1 is SessionStarted; no gaps"
+    );
     match &events[2].kind {
+        EventKind::RoutingDecided { decision, .. } => {
+            assert_eq!(decision.chosen, "echo");
+            assert_eq!(decision.rule, "only_candidate");
+        }
+        other => panic!("expected a routing decision, got {other:?}"),
+    }
+    match &events[3].kind {
         EventKind::AssistantMessage {
             message, endpoint, ..
         } => {
@@ -83,27 +95,27 @@ async fn a_turn_streams_durable_events_in_seq_order() {
         ]
     );
     assert_eq!(view.status, SessionStatus::Idle);
-    assert_eq!(view.last_seq, 5);
+    assert_eq!(view.last_seq, 6);
     // Resume from 0 replays the whole journal, SessionStarted included.
     let mut r = rt.resume(s.id, 0).await.unwrap();
     let mut replay = Vec::new();
-    for _ in 0..5 {
+    for _ in 0..6 {
         replay.push(r.next().await.unwrap().unwrap());
     }
     assert_eq!(
         replay.iter().map(|e| e.seq).collect::<Vec<_>>(),
-        vec![1, 2, 3, 4, 5]
+        vec![1, 2, 3, 4, 5, 6]
     );
     assert_eq!(&replay[1..], &events[..]);
     // A warm session's turn is two write requests.
     let after = rt.writer_stats();
     let warm = collect(rt.send(s.id, "again".into()).await.unwrap()).await;
     let after2 = rt.writer_stats();
-    assert_eq!(names(&warm).len(), 4);
+    assert_eq!(names(&warm).len(), 5);
     assert_eq!(
         after2.requests - after.requests,
         2,
-        "one batch for the input (TurnAccepted + ModelCallStarted), one for the answer"
+        "one batch for the input (TurnAccepted + ModelCallStarted), one for the routing decision and the answer"
     );
     assert!(after2.synced_groups - after.synced_groups <= 2);
     rt.shutdown().await;
@@ -181,7 +193,10 @@ async fn an_unfinished_turn_is_resumed_at_start() {
     let mut r = rt.resume(id, 3).await.unwrap();
     let mut got = Vec::new();
     while got.len() < 3 {
-        got.push(r.next().await.unwrap().unwrap());
+        let e = r.next().await.unwrap().unwrap();
+        if !matches!(e.kind, EventKind::RoutingDecided { .. }) {
+            got.push(e);
+        }
     }
     assert_eq!(
         got[0].kind,
@@ -327,7 +342,7 @@ async fn idle_sessions_are_passivated_and_rehydrated() {
     let view = rt.get(s.id).await.unwrap();
     assert_eq!(view.messages[0], Message::user("remember me"));
     let events = collect(rt.send(s.id, "again".into()).await.unwrap()).await;
-    assert_eq!(events[0].seq, 6);
+    assert_eq!(events[0].seq, 7);
     rt.shutdown().await;
 }
 

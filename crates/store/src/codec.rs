@@ -170,7 +170,17 @@ pub fn encode_record(
             allowed_tools,
             client_tools,
             max_steps,
+            budget_usd,
+            data_classes,
+            one_shot,
+            history,
+            replay_of,
         } => Kind::SessionCreated(pb::SessionCreated {
+            budget_usd: *budget_usd,
+            data_classes: data_classes.clone(),
+            one_shot: *one_shot,
+            history: history.iter().map(|m| enc.message(m)).collect(),
+            replay_of: replay_of.clone().unwrap_or_default(),
             route: route.clone(),
             system_prompt: system_prompt.clone(),
             metadata: Default::default(),
@@ -223,7 +233,11 @@ pub fn encode_record(
             model,
             finish_reason,
             latency_ms,
+            cost_usd,
+            attempts,
         } => Kind::ModelResponse(pb::ModelResponse {
+            cost_usd: *cost_usd,
+            attempts: *attempts,
             turn: *turn,
             message: Some(enc.message(message)),
             usage: Some(usage_pb(usage)),
@@ -231,6 +245,43 @@ pub fn encode_record(
             model: model.clone(),
             finish_reason: finish_reason.as_str().to_string(),
             latency_ms: *latency_ms,
+        }),
+        EventKind::RoutingDecided { turn, decision } => Kind::RoutingDecided(pb::RoutingDecided {
+            turn: *turn,
+            route: decision.route.clone(),
+            strategy: decision.strategy.clone(),
+            candidates: decision
+                .candidates
+                .iter()
+                .map(|c| pb::RouteCandidate {
+                    endpoint: c.endpoint.clone(),
+                    eligible: c.eligible,
+                    score: c.score,
+                    note: c.note.clone(),
+                })
+                .collect(),
+            chosen: decision.chosen.clone(),
+            rule: decision.rule.clone(),
+            reason: decision.reason.clone(),
+            attempt: decision.attempt,
+        }),
+        EventKind::AttemptFailed { turn, failure } => Kind::AttemptFailed(pb::AttemptFailed {
+            turn: *turn,
+            endpoint: failure.endpoint.clone(),
+            attempt: failure.attempt,
+            kind: failure.kind.clone(),
+            message: failure.message.clone(),
+            retry_in_ms: failure.retry_in_ms,
+            retracted: failure.retracted,
+        }),
+        EventKind::OutputRetracted {
+            turn,
+            attempt,
+            reason,
+        } => Kind::OutputRetracted(pb::OutputRetracted {
+            turn: *turn,
+            attempt: *attempt,
+            reason: reason.clone(),
         }),
         EventKind::TurnCompleted { turn, usage } => Kind::TurnCompleted(pb::TurnCompleted {
             turn: *turn,
@@ -440,6 +491,15 @@ pub fn decode_record(
                 })
                 .collect(),
             max_steps: k.max_steps,
+            budget_usd: k.budget_usd,
+            data_classes: k.data_classes,
+            one_shot: k.one_shot,
+            history: k
+                .history
+                .into_iter()
+                .map(|m| message(Some(m)))
+                .collect::<Result<Vec<_>, _>>()?,
+            replay_of: (!k.replay_of.is_empty()).then_some(k.replay_of),
         },
         Kind::TurnAccepted(k) => EventKind::TurnAccepted {
             turn: k.turn,
@@ -465,6 +525,45 @@ pub fn decode_record(
             model: k.model,
             finish_reason: FinishReason::from_provider(&k.finish_reason),
             latency_ms: k.latency_ms,
+            cost_usd: k.cost_usd,
+            attempts: k.attempts,
+        },
+        Kind::RoutingDecided(k) => EventKind::RoutingDecided {
+            turn: k.turn,
+            decision: baton_types::RoutingDecision {
+                route: k.route,
+                strategy: k.strategy,
+                candidates: k
+                    .candidates
+                    .into_iter()
+                    .map(|c| baton_types::RouteCandidate {
+                        endpoint: c.endpoint,
+                        eligible: c.eligible,
+                        score: c.score,
+                        note: c.note,
+                    })
+                    .collect(),
+                chosen: k.chosen,
+                rule: k.rule,
+                reason: k.reason,
+                attempt: k.attempt,
+            },
+        },
+        Kind::AttemptFailed(k) => EventKind::AttemptFailed {
+            turn: k.turn,
+            failure: baton_types::AttemptFailure {
+                endpoint: k.endpoint,
+                attempt: k.attempt,
+                kind: k.kind,
+                message: k.message,
+                retry_in_ms: k.retry_in_ms,
+                retracted: k.retracted,
+            },
+        },
+        Kind::OutputRetracted(k) => EventKind::OutputRetracted {
+            turn: k.turn,
+            attempt: k.attempt,
+            reason: k.reason,
         },
         Kind::TurnCompleted(k) => EventKind::TurnCompleted {
             turn: k.turn,
@@ -566,6 +665,11 @@ mod tests {
                     allowed_tools: vec![],
                     client_tools: vec![],
                     max_steps: 0,
+                    budget_usd: None,
+                    data_classes: Vec::new(),
+                    one_shot: false,
+                    history: Vec::new(),
+                    replay_of: None,
                 },
                 "0801102a52100a046563686f12086265206272696566",
             ),
@@ -598,6 +702,8 @@ mod tests {
                     model: "m".into(),
                     finish_reason: FinishReason::Stop,
                     latency_ms: 9,
+                    cost_usd: None,
+                    attempts: 0,
                 },
                 "0801102a721e08031206080312026f6b1a04080510062201652a016d320473746f703809",
             ),
@@ -661,6 +767,80 @@ mod tests {
             (
                 EventKind::SessionFailed { reason: "y".into() },
                 "0801102a9201030a0179",
+            ),
+            (
+                EventKind::SessionStarted {
+                    route: "r".into(),
+                    system_prompt: String::new(),
+                    allowed_tools: vec![],
+                    client_tools: vec![],
+                    max_steps: 0,
+                    budget_usd: Some(0.5),
+                    data_classes: vec!["pii".into()],
+                    one_shot: true,
+                    history: vec![Message::user("h")],
+                    replay_of: Some("x".into()),
+                },
+                "0801102a521d0a017241000000000000e03f4a0370696950015a050802120168620178",
+            ),
+            (
+                EventKind::AssistantMessage {
+                    turn: 3,
+                    message: Message::assistant("ok"),
+                    usage: Usage {
+                        input_tokens: 5,
+                        output_tokens: 6,
+                    },
+                    endpoint: "e".into(),
+                    model: "m".into(),
+                    finish_reason: FinishReason::Stop,
+                    latency_ms: 9,
+                    cost_usd: Some(0.25),
+                    attempts: 2,
+                },
+                "0801102a722908031206080312026f6b1a04080510062201652a016d320473746f70380941000000000000d03f4802",
+            ),
+            (
+                EventKind::RoutingDecided {
+                    turn: 1,
+                    decision: baton_types::RoutingDecision {
+                        route: "r".into(),
+                        strategy: "fallback".into(),
+                        candidates: vec![baton_types::RouteCandidate {
+                            endpoint: "a".into(),
+                            eligible: false,
+                            score: Some(1.5),
+                            note: "breaker open".into(),
+                        }],
+                        chosen: "b".into(),
+                        rule: "failover".into(),
+                        reason: "why".into(),
+                        attempt: 2,
+                    },
+                },
+                "0801102ad2013f08011201721a0866616c6c6261636b221a0a016119000000000000f83f220c627265616b6572206f70656e2a016232086661696c6f7665723a037768794002",
+            ),
+            (
+                EventKind::AttemptFailed {
+                    turn: 1,
+                    failure: baton_types::AttemptFailure {
+                        endpoint: "a".into(),
+                        attempt: 1,
+                        kind: "server".into(),
+                        message: "503".into(),
+                        retry_in_ms: Some(200),
+                        retracted: true,
+                    },
+                },
+                "0801102ada01190801120161180122067365727665722a0335303330c8013801",
+            ),
+            (
+                EventKind::OutputRetracted {
+                    turn: 1,
+                    attempt: 2,
+                    reason: "x".into(),
+                },
+                "0801102ae20107080110021a0178",
             ),
         ];
         for (kind, golden_prefix) in cases {

@@ -13,6 +13,8 @@ use baton_types::{SessionId, SessionStatus};
 
 pub const STATUS_PREFIX: u8 = b's';
 pub const IDEMPOTENCY_PREFIX: u8 = b'i';
+/// `indexes` key prefix of a route's total spend (`b` ++ route name -> f64 BE).
+pub const ROUTE_SPEND_PREFIX: u8 = b'b';
 
 pub fn journal_key(session: &SessionId, seq: u64) -> [u8; 24] {
     let mut k = [0u8; 24];

@@ -173,6 +173,17 @@ impl Batch {
     }
 
     /// Map an idempotency key to a session.
+    /// Record `route`'s total spend in USD (route budgets survive restarts).
+    pub fn put_route_spend(&mut self, route: &str, total_usd: f64) {
+        let mut key = vec![keys::ROUTE_SPEND_PREFIX];
+        key.extend_from_slice(route.as_bytes());
+        self.push(Op::Put {
+            cf: CF_INDEXES,
+            key,
+            value: total_usd.to_be_bytes().to_vec(),
+        });
+    }
+
     pub fn put_idempotency(&mut self, key: &str, session: &SessionId) {
         self.ops.push(Op::Put {
             cf: CF_INDEXES,
@@ -323,6 +334,7 @@ impl Store {
                         ops: batch.ops,
                         sync: batch.sync,
                         done,
+                        queued_at: std::time::Instant::now(),
                     })
                     .is_ok(),
                 None => false,
@@ -417,6 +429,32 @@ impl Store {
                 keys::idempotency_key(&key),
             )?;
             Ok(v.and_then(|v| keys::session_from_slice(&v)))
+        })
+        .await
+    }
+
+    /// Every route's recorded total spend in USD.
+    pub async fn route_spends(&self) -> Result<std::collections::HashMap<String, f64>> {
+        self.blocking(|db| {
+            let cf = writer::cf_handle(db, CF_INDEXES)?;
+            let prefix = [keys::ROUTE_SPEND_PREFIX];
+            let mut out = std::collections::HashMap::new();
+            let iter = db.iterator_cf(
+                cf,
+                rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+            );
+            for item in iter {
+                let (k, v) = item?;
+                if k.first() != Some(&keys::ROUTE_SPEND_PREFIX) {
+                    break;
+                }
+                if let (Ok(name), Ok(bytes)) =
+                    (std::str::from_utf8(&k[1..]), <[u8; 8]>::try_from(&v[..]))
+                {
+                    out.insert(name.to_string(), f64::from_be_bytes(bytes));
+                }
+            }
+            Ok(out)
         })
         .await
     }

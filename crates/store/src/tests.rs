@@ -39,6 +39,11 @@ async fn records_survive_reopen_in_order() {
                 allowed_tools: vec![],
                 client_tools: vec![],
                 max_steps: 0,
+                budget_usd: None,
+                data_classes: Vec::new(),
+                one_shot: false,
+                history: Vec::new(),
+                replay_of: None,
             },
         );
         store.write(b).await.unwrap();

@@ -38,6 +38,8 @@ pub(crate) struct WriteReq {
     pub ops: Vec<Op>,
     pub sync: bool,
     pub done: oneshot::Sender<Result<()>>,
+    /// When the request was handed to the writer (append latency metric).
+    pub queued_at: Instant,
 }
 
 /// Counters of the writer, for metrics and benchmarks.
@@ -88,7 +90,12 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
-        let result = write_group(&db, &group, durability, &stats);
+        let (result, synced) = write_group(&db, &group, durability, &stats);
+        let m = baton_metrics::metrics();
+        m.journal_batch(group.len(), synced);
+        for req in &group {
+            m.journal_append(req.queued_at.elapsed().as_secs_f64());
+        }
         stats.groups.fetch_add(1, Ordering::Relaxed);
         stats
             .requests
@@ -106,6 +113,18 @@ fn write_group(
     group: &[WriteReq],
     durability: Durability,
     stats: &WriterStats,
+) -> (Result<()>, bool) {
+    let mut sync = false;
+    let r = write_group_inner(db, group, durability, stats, &mut sync);
+    (r, sync)
+}
+
+fn write_group_inner(
+    db: &DB,
+    group: &[WriteReq],
+    durability: Durability,
+    stats: &WriterStats,
+    synced: &mut bool,
 ) -> Result<()> {
     let mut batch = WriteBatch::default();
     let mut sync = false;
@@ -126,6 +145,7 @@ fn write_group(
     opts.set_sync(sync);
     let started = Instant::now();
     db.write_opt(batch, &opts)?;
+    *synced = sync;
     if sync {
         stats.synced_groups.fetch_add(1, Ordering::Relaxed);
         stats

@@ -1,0 +1,743 @@
+//! Inspection: the live actor tree, a session's state (live or rebuilt from
+//! disk), its journal, its state at any seq (time travel), and forks.
+//!
+//! Nothing here changes a session; reading the state of a passivated session
+//! folds its journal without waking it.
+
+use std::collections::BTreeMap;
+
+use baton_store::Batch;
+use baton_types::{EventKind, SessionEvent, SessionId, SessionStatus, now_unix_ms};
+
+use crate::session::SessionMsg;
+use crate::state::SessionState;
+use crate::supervisor::{SessionNode, SupervisorMsg};
+use crate::{Error, Result, RuntimeHandle, SessionInfo};
+
+/// One node of the actor tree.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ActorNode {
+    /// `runtime`, `session_supervisor`, `session`, `model_executor`,
+    /// `tool_executor`, `mcp_server`, `gate_scanner`, `journal_writer`.
+    pub kind: String,
+    pub id: String,
+    pub name: String,
+    pub status: String,
+    pub uptime_ms: u64,
+    pub restarts: u32,
+    /// Messages or calls waiting, where known.
+    pub queue_len: Option<u64>,
+    /// Kind-specific facts (in-flight calls, breaker state, idle time, ...).
+    pub detail: BTreeMap<String, String>,
+    pub children: Vec<ActorNode>,
+}
+
+impl ActorNode {
+    fn new(kind: &str, id: impl Into<String>, name: impl Into<String>, status: &str) -> Self {
+        Self {
+            kind: kind.into(),
+            id: id.into(),
+            name: name.into(),
+            status: status.into(),
+            uptime_ms: 0,
+            restarts: 0,
+            queue_len: None,
+            detail: BTreeMap::new(),
+            children: Vec::new(),
+        }
+    }
+}
+
+/// A session's state and where it came from.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct StateView {
+    pub state: SessionState,
+    pub status: SessionStatus,
+    /// True when read from the live actor; false when rebuilt from the journal.
+    pub live: bool,
+    /// The seq the state reflects.
+    pub at_seq: u64,
+}
+
+/// A page of journal records.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JournalPage {
+    pub events: Vec<SessionEvent>,
+    /// Pass as `after_seq` for the next page; `None` at the end.
+    pub next_after_seq: Option<u64>,
+    pub last_seq: u64,
+}
+
+impl RuntimeHandle {
+    /// The live actor tree: the runtime, its session supervisor with every
+    /// live (or restarting) session actor, the model executor pools, the tool
+    /// executor and the journal writer.
+    pub async fn actor_tree(&self) -> Result<ActorNode> {
+        let shared = &self.inner.shared;
+        let (tx, rx) = ractor::concurrency::oneshot();
+        self.inner
+            .supervisor
+            .cast(SupervisorMsg::Tree(tx.into()))
+            .map_err(|_| Error::Unavailable("the runtime is shutting down".into()))?;
+        let sessions: Vec<SessionNode> = rx
+            .await
+            .map_err(|_| Error::Unavailable("the supervisor did not answer".into()))?;
+        let stats = self.stats().await?;
+        let uptime = shared.elapsed_ms();
+
+        let mut root = ActorNode::new("runtime", "runtime", "baton", "running");
+        root.uptime_ms = uptime;
+
+        let mut sup = ActorNode::new(
+            "session_supervisor",
+            self.inner.supervisor.get_id().to_string(),
+            "sessions",
+            "running",
+        );
+        sup.uptime_ms = uptime;
+        sup.restarts = 0;
+        sup.detail
+            .insert("restarts_total".into(), stats.restarts_total.to_string());
+        sup.detail.insert(
+            "passivations_total".into(),
+            stats.passivations_total.to_string(),
+        );
+        sup.detail
+            .insert("failed_total".into(), stats.failed_total.to_string());
+        for n in sessions {
+            let mut node = ActorNode::new("session", n.actor_id, n.session.to_string(), n.status);
+            node.uptime_ms = n.uptime_ms;
+            node.restarts = n.restarts;
+            node.queue_len = Some(n.held_messages as u64);
+            node.detail.insert("idle_ms".into(), n.idle_ms.to_string());
+            sup.children.push(node);
+        }
+        sup.queue_len = Some(sup.children.len() as u64);
+        root.children.push(sup);
+
+        let mut models = ActorNode::new("model_executors", "models", "models", "running");
+        for name in shared.models.names() {
+            if let Some(h) = shared.models.get(&name) {
+                let cfg = h.endpoint().config();
+                let mut node = ActorNode::new("model_executor", name.clone(), name, "running");
+                node.uptime_ms = uptime;
+                node.queue_len = Some(h.queued() as u64);
+                node.detail
+                    .insert("in_flight".into(), h.in_flight().to_string());
+                node.detail
+                    .insert("max_concurrency".into(), cfg.max_concurrency.to_string());
+                node.detail
+                    .insert("provider".into(), cfg.provider.as_str().into());
+                node.detail.insert("model".into(), cfg.model.clone());
+                models.children.push(node);
+            }
+        }
+        for b in self.breaker_details() {
+            if let Some(node) = models.children.iter_mut().find(|n| n.name == b.0) {
+                node.detail.insert("breaker".into(), b.1);
+            }
+        }
+        root.children.push(models);
+
+        let mut tools = ActorNode::new("tool_executor", "tools", "tools", "running");
+        tools.uptime_ms = uptime;
+        tools.detail.insert(
+            "registered".into(),
+            shared.tools.registry.specs().len().to_string(),
+        );
+        root.children.push(tools);
+
+        let w = shared.store.writer_stats();
+        let mut writer = ActorNode::new("journal_writer", "writer", "journal writer", "running");
+        writer.uptime_ms = uptime;
+        writer
+            .detail
+            .insert("group_commits".into(), w.groups.to_string());
+        writer
+            .detail
+            .insert("fsyncs".into(), w.synced_groups.to_string());
+        writer
+            .detail
+            .insert("requests".into(), w.requests.to_string());
+        root.children.push(writer);
+        Ok(root)
+    }
+
+    /// Breaker state per endpoint, as text, for the actor tree.
+    fn breaker_details(&self) -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    /// The session's full state: from its live actor when it has one (no
+    /// session is woken for this), else rebuilt from its journal.
+    pub async fn session_state(&self, id: SessionId) -> Result<StateView> {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        self.inner
+            .supervisor
+            .cast(SupervisorMsg::Peek(id, tx.into()))
+            .map_err(|_| Error::Unavailable("the runtime is shutting down".into()))?;
+        if let Ok(Some(actor)) = rx.await {
+            let (tx, rx) = ractor::concurrency::oneshot();
+            if actor
+                .cast(SessionMsg::GetState { reply: tx.into() })
+                .is_ok()
+                && let Ok(Ok(state)) = rx.await
+            {
+                return Ok(StateView {
+                    status: state.status(),
+                    at_seq: state.last_seq,
+                    state,
+                    live: true,
+                });
+            }
+        }
+        self.state_at(id, u64::MAX).await.map(|mut v| {
+            v.live = false;
+            v
+        })
+    }
+
+    /// A page of the session's journal after `after_seq`, decoded.
+    pub async fn journal_page(
+        &self,
+        id: SessionId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<JournalPage> {
+        let store = &self.inner.shared.store;
+        if store.load_meta(id).await?.is_none() {
+            return Err(Error::SessionNotFound(id));
+        }
+        let limit = limit.clamp(1, 1000);
+        let last_seq = store.last_seq(id).await?;
+        let events = store.read_journal(id, after_seq, limit).await?;
+        let next_after_seq = events
+            .last()
+            .map(|e| e.seq)
+            .filter(|s| *s < last_seq && events.len() == limit);
+        Ok(JournalPage {
+            events,
+            next_after_seq,
+            last_seq,
+        })
+    }
+
+    /// The state rebuilt from the journal up to and including `seq` (time
+    /// travel); `u64::MAX` for the latest. A seq past the journal's end is
+    /// refused, naming the last seq.
+    pub async fn state_at(&self, id: SessionId, seq: u64) -> Result<StateView> {
+        let store = &self.inner.shared.store;
+        if store.load_meta(id).await?.is_none() {
+            return Err(Error::SessionNotFound(id));
+        }
+        let last_seq = store.last_seq(id).await?;
+        if seq == 0 {
+            return Err(Error::InvalidArgument(
+                "seq must be at least 1 (the SessionStarted record)".into(),
+            ));
+        }
+        if seq != u64::MAX && seq > last_seq {
+            return Err(Error::InvalidArgument(format!(
+                "seq {seq} is past the end of session {id}'s journal (last seq {last_seq})"
+            )));
+        }
+        let upto = seq.min(last_seq);
+        let mut state = SessionState::new(id);
+        let mut after = 0;
+        while after < upto {
+            let page = store.read_journal(id, after, 512).await?;
+            if page.is_empty() {
+                break;
+            }
+            for e in page {
+                if e.seq > upto {
+                    break;
+                }
+                state.apply(e.seq, e.at_unix_ms, &e.kind);
+                after = e.seq;
+            }
+        }
+        Ok(StateView {
+            status: state.status(),
+            at_seq: after,
+            state,
+            live: false,
+        })
+    }
+
+    /// A new session whose journal is a copy of `id`'s records 1..=`at_seq`:
+    /// it continues from exactly that point (an open model call is issued
+    /// again, queued turns run), with the current code and configuration.
+    /// Refused at a seq where a gate is pending or a tool call is running
+    /// (fork before the call or after its result). The fork's metadata
+    /// records `forked_from` = `<id>@<seq>`.
+    pub async fn fork(&self, id: SessionId, at_seq: u64) -> Result<SessionInfo> {
+        let view = self.state_at(id, at_seq).await?;
+        if view.at_seq != at_seq {
+            return Err(Error::InvalidArgument(format!(
+                "seq {at_seq} is not in session {id}'s journal"
+            )));
+        }
+        if let Some(c) = &view.state.current {
+            if !c.gates.is_empty() {
+                return Err(Error::FailedPrecondition(format!(
+                    "session {id} has a gate pending at seq {at_seq}; fork before the gate opened or after its decision"
+                )));
+            }
+            if c.tools.iter().any(|t| t.started && t.result.is_none()) {
+                return Err(Error::FailedPrecondition(format!(
+                    "session {id} has a tool call running at seq {at_seq}; fork before the call started or after its result"
+                )));
+            }
+        }
+        let store = &self.inner.shared.store;
+        let Some(src_meta) = store.load_meta(id).await? else {
+            return Err(Error::SessionNotFound(id));
+        };
+        let new_id = SessionId::new();
+        let now = now_unix_ms();
+        let status = view.state.status();
+        let mut metadata = src_meta.metadata.clone();
+        metadata.insert("forked_from".into(), format!("{id}@{at_seq}"));
+        let meta = baton_store::SessionMeta {
+            created_at_unix_ms: now,
+            route: view.state.route.clone(),
+            system_prompt: view.state.system_prompt.clone(),
+            metadata,
+            idempotency_key: None,
+            status,
+            status_reason: String::new(),
+            updated_at_unix_ms: now,
+        };
+        let mut batch = Batch::new();
+        batch.put_meta(&new_id, &meta, None);
+        let mut after = 0;
+        while after < at_seq {
+            let page = store.read_journal(id, after, 512).await?;
+            if page.is_empty() {
+                break;
+            }
+            for e in page {
+                if e.seq > at_seq {
+                    break;
+                }
+                batch.append(&new_id, e.seq, e.at_unix_ms, &e.kind);
+                after = e.seq;
+            }
+        }
+        store.write(batch).await?;
+        self.audit_admin(
+            "fork_session",
+            Some(new_id),
+            serde_json::json!({ "from": id.to_string(), "at_seq": at_seq }),
+        );
+        if status == SessionStatus::Running {
+            // Same as recovery at start-up: the fork picks up where the
+            // source was at `at_seq`.
+            let _ = self
+                .inner
+                .supervisor
+                .cast(SupervisorMsg::Route(new_id, SessionMsg::Wake));
+        }
+        Ok(SessionInfo {
+            id: new_id,
+            status,
+            created: true,
+        })
+    }
+}
+
+/// What [`RuntimeHandle::backup`] made.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct BackupInfo {
+    pub path: std::path::PathBuf,
+    /// Bytes of the backup's files.
+    pub bytes: u64,
+    pub files: u64,
+    pub took_ms: u64,
+    /// Sessions in the backup.
+    pub sessions: u64,
+}
+
+impl RuntimeHandle {
+    /// A consistent online backup at `dest` (which must not exist): a
+    /// RocksDB checkpoint of the store (hard links where the file system
+    /// allows, so it is fast and small) taken while sessions keep running,
+    /// plus a copy of the audit log directory when there is one. A backup
+    /// is itself a data dir: restoring is copying it into place (`baton
+    /// restore`) and starting the server on it.
+    pub async fn backup(&self, dest: std::path::PathBuf) -> Result<BackupInfo> {
+        let started = std::time::Instant::now();
+        if dest.exists() {
+            return Err(Error::InvalidArgument(format!(
+                "backup destination {} already exists",
+                dest.display()
+            )));
+        }
+        let shared = &self.inner.shared;
+        // Everything acknowledged so far is in the checkpoint.
+        shared.store.barrier().await?;
+        shared.store.checkpoint(dest.clone()).await?;
+        let audit_src = shared.config.store.data_dir.join("audit");
+        if let Some(hook) = &shared.audit {
+            hook.flush().await;
+        }
+        if audit_src.is_dir() {
+            let to = dest.join("audit");
+            tokio::task::spawn_blocking(move || copy_dir(&audit_src, &to))
+                .await
+                .map_err(|e| Error::Internal(format!("backup copy task failed: {e}")))?
+                .map_err(|e| Error::Internal(format!("cannot copy the audit log: {e}")))?;
+        }
+        let sessions = shared.store.count_sessions().await?;
+        self.audit_admin(
+            "backup",
+            None,
+            serde_json::json!({ "path": dest.display().to_string() }),
+        );
+        let (files, bytes) = {
+            let d = dest.clone();
+            tokio::task::spawn_blocking(move || dir_size(&d))
+                .await
+                .map_err(|e| Error::Internal(format!("backup size task failed: {e}")))?
+        };
+        Ok(BackupInfo {
+            path: dest,
+            bytes,
+            files,
+            took_ms: started.elapsed().as_millis() as u64,
+            sessions,
+        })
+    }
+}
+
+fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
+}
+
+fn dir_size(dir: &std::path::Path) -> (u64, u64) {
+    let mut files = 0;
+    let mut bytes = 0;
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            match e.file_type() {
+                Ok(t) if t.is_dir() => {
+                    let (f, b) = dir_size(&e.path());
+                    files += f;
+                    bytes += b;
+                }
+                Ok(_) => {
+                    files += 1;
+                    bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    (files, bytes)
+}
+
+/// Where a replay first differed from the recording.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Divergence {
+    /// Position among the compared records (0-based).
+    pub index: u64,
+    /// Seq of the recorded record there (None: the replay produced more).
+    pub source_seq: Option<u64>,
+    /// Seq of the replayed record there (None: the replay produced fewer).
+    pub replay_seq: Option<u64>,
+    /// The recorded record, as JSON.
+    pub expected: String,
+    /// The replayed record, as JSON.
+    pub actual: String,
+}
+
+/// The result of [`RuntimeHandle::replay`].
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ReplayReport {
+    pub source: SessionId,
+    /// The session the replay ran as (kept for inspection).
+    pub replay: SessionId,
+    pub turns: u64,
+    /// Records compared.
+    pub compared: u64,
+    pub divergence: Option<Divergence>,
+}
+
+/// What a replay session is answered with instead of models and tools:
+/// the recording's model answers in order and its tool results by call id.
+#[derive(Debug, Default)]
+pub(crate) struct ReplaySource {
+    pub answers: std::sync::Mutex<std::collections::VecDeque<RecordedAnswer>>,
+    pub tools: std::collections::HashMap<String, (String, bool)>,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct RecordedAnswer {
+    pub message: baton_types::Message,
+    pub usage: baton_types::Usage,
+    pub endpoint: String,
+    pub model: String,
+    pub finish_reason: baton_types::FinishReason,
+    pub cost_usd: Option<f64>,
+}
+
+impl ReplaySource {
+    pub(crate) fn next_answer(&self) -> Option<RecordedAnswer> {
+        self.answers
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .pop_front()
+    }
+}
+
+/// The part of a record that replay compares: what happened, without
+/// timings, attempts, endpoints chosen or streamed deltas (routing is
+/// re-decided live and deltas are provisional).
+fn normalized(kind: &EventKind) -> Option<serde_json::Value> {
+    use serde_json::json;
+    Some(match kind {
+        EventKind::SessionStarted { .. }
+        | EventKind::OutputDelta { .. }
+        | EventKind::RoutingDecided { .. }
+        | EventKind::AttemptFailed { .. }
+        | EventKind::OutputRetracted { .. } => return None,
+        EventKind::ModelCallStarted { turn, reason, .. } => {
+            json!({"type": "model_call_started", "turn": turn, "reason": reason})
+        }
+        EventKind::AssistantMessage {
+            turn,
+            message,
+            usage,
+            finish_reason,
+            ..
+        } => json!({"type": "assistant_message", "turn": turn, "message": message,
+                    "usage": usage, "finish_reason": finish_reason}),
+        EventKind::ToolResult {
+            turn,
+            call_id,
+            name,
+            output,
+            is_error,
+            ..
+        } => json!({"type": "tool_result", "turn": turn, "call_id": call_id, "name": name,
+                    "output": output, "is_error": is_error}),
+        EventKind::GateOpened {
+            turn, kind, point, ..
+        } => json!({"type": "gate_opened", "turn": turn, "kind": kind, "point": point}),
+        other => serde_json::to_value(other).unwrap_or_default(),
+    })
+}
+
+impl RuntimeHandle {
+    /// Re-run a recorded session deterministically: a new session (kept,
+    /// with `replay_of` set) gets the recording's user turns in order, its
+    /// model calls are answered with the recorded answers in order and its
+    /// tool calls with the recorded results — no model or tool is called.
+    /// The runtime's current code and configuration decide everything else
+    /// (steps, tool selection, gates, limits). The two journals are then
+    /// compared record by record (without timings, attempts, routing and
+    /// deltas) and the first difference is reported. Gate decisions are not
+    /// replayed: a replay stops at the first gate it opens.
+    pub async fn replay(&self, id: SessionId) -> Result<ReplayReport> {
+        let store = &self.inner.shared.store;
+        let Some(meta) = store.load_meta(id).await? else {
+            return Err(Error::SessionNotFound(id));
+        };
+        let source = read_all(store, id).await?;
+        let Some(first) = source.first() else {
+            return Err(Error::FailedPrecondition(format!(
+                "session {id} has an empty journal"
+            )));
+        };
+        let EventKind::SessionStarted {
+            route,
+            system_prompt,
+            allowed_tools,
+            client_tools,
+            max_steps,
+            budget_usd,
+            data_classes,
+            one_shot,
+            history,
+            ..
+        } = first.kind.clone()
+        else {
+            return Err(Error::FailedPrecondition(format!(
+                "session {id}'s journal does not start with SessionStarted"
+            )));
+        };
+        let mut answers = std::collections::VecDeque::new();
+        let mut tools = std::collections::HashMap::new();
+        let mut turns = Vec::new();
+        for e in &source {
+            match &e.kind {
+                EventKind::AssistantMessage {
+                    message,
+                    usage,
+                    endpoint,
+                    model,
+                    finish_reason,
+                    cost_usd,
+                    ..
+                } => answers.push_back(RecordedAnswer {
+                    message: message.clone(),
+                    usage: *usage,
+                    endpoint: endpoint.clone(),
+                    model: model.clone(),
+                    finish_reason: finish_reason.clone(),
+                    cost_usd: *cost_usd,
+                }),
+                EventKind::ToolResult {
+                    call_id,
+                    output,
+                    is_error,
+                    ..
+                } => {
+                    tools.insert(call_id.clone(), (output.clone(), *is_error));
+                }
+                EventKind::TurnAccepted {
+                    message, review, ..
+                } => {
+                    turns.push((message.content.clone(), *review));
+                }
+                _ => {}
+            }
+        }
+        // The replay session.
+        let replay_id = SessionId::new();
+        let now = now_unix_ms();
+        let mut metadata = meta.metadata.clone();
+        metadata.insert("replay_of".into(), id.to_string());
+        let replay_meta = baton_store::SessionMeta {
+            created_at_unix_ms: now,
+            route: route.clone(),
+            system_prompt: system_prompt.clone(),
+            metadata,
+            idempotency_key: None,
+            status: SessionStatus::Idle,
+            status_reason: String::new(),
+            updated_at_unix_ms: now,
+        };
+        let mut batch = Batch::new();
+        batch.put_meta(&replay_id, &replay_meta, None);
+        batch.append(
+            &replay_id,
+            1,
+            now,
+            &EventKind::SessionStarted {
+                route,
+                system_prompt,
+                allowed_tools,
+                client_tools,
+                max_steps,
+                budget_usd,
+                data_classes,
+                one_shot,
+                history,
+                replay_of: Some(id.to_string()),
+            },
+        );
+        self.inner.shared.replays_insert(
+            replay_id,
+            std::sync::Arc::new(ReplaySource {
+                answers: std::sync::Mutex::new(answers),
+                tools,
+            }),
+        );
+        let outcome = async {
+            store.write(batch).await?;
+            self.audit_admin(
+                "replay_session",
+                Some(replay_id),
+                serde_json::json!({ "source": id.to_string() }),
+            );
+            let mut replayed_turns = 0u64;
+            'turns: for (content, review) in turns {
+                let mut events = self.send_with(replay_id, content, review).await?;
+                replayed_turns += 1;
+                use futures::StreamExt;
+                loop {
+                    let next =
+                        tokio::time::timeout(std::time::Duration::from_secs(60), events.next())
+                            .await;
+                    match next {
+                        Ok(Some(Ok(e))) => {
+                            if matches!(e.kind, EventKind::GateOpened { .. }) {
+                                break 'turns;
+                            }
+                            if e.ends_turn() {
+                                break;
+                            }
+                        }
+                        Ok(Some(Err(e))) => return Err(e),
+                        Ok(None) => break,
+                        Err(_) => break 'turns,
+                    }
+                }
+            }
+            Ok::<u64, Error>(replayed_turns)
+        }
+        .await;
+        self.inner.shared.replays_remove(replay_id);
+        let replayed_turns = outcome?;
+        let replayed = read_all(store, replay_id).await?;
+        let a: Vec<_> = source
+            .iter()
+            .filter_map(|e| normalized(&e.kind).map(|v| (e.seq, v)))
+            .collect();
+        let b: Vec<_> = replayed
+            .iter()
+            .filter_map(|e| normalized(&e.kind).map(|v| (e.seq, v)))
+            .collect();
+        let mut divergence = None;
+        let n = a.len().max(b.len());
+        let mut compared = 0;
+        for i in 0..n {
+            let (x, y) = (a.get(i), b.get(i));
+            if x.map(|v| &v.1) == y.map(|v| &v.1) {
+                compared += 1;
+                continue;
+            }
+            divergence = Some(Divergence {
+                index: i as u64,
+                source_seq: x.map(|v| v.0),
+                replay_seq: y.map(|v| v.0),
+                expected: x.map(|v| v.1.to_string()).unwrap_or_default(),
+                actual: y.map(|v| v.1.to_string()).unwrap_or_default(),
+            });
+            break;
+        }
+        Ok(ReplayReport {
+            source: id,
+            replay: replay_id,
+            turns: replayed_turns,
+            compared,
+            divergence,
+        })
+    }
+}
+
+async fn read_all(store: &baton_store::Store, id: SessionId) -> Result<Vec<SessionEvent>> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    loop {
+        let page = store.read_journal(id, after, 512).await?;
+        let Some(last) = page.last() else {
+            break;
+        };
+        after = last.seq;
+        out.extend(page);
+    }
+    Ok(out)
+}

@@ -7,6 +7,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let files = [
         root.join("baton/v1/sessions.proto"),
         root.join("baton/v1/gates.proto"),
+        root.join("baton/v1/inspect.proto"),
         root.join("baton/journal/v1/journal.proto"),
     ];
     for f in &files {

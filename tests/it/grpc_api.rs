@@ -279,7 +279,8 @@ async fn idle_sessions_passivate_and_rehydrate_over_grpc() {
     assert_eq!(server.runtime.stats().await.unwrap().live_sessions, 0);
     // The next message rehydrates with the full conversation.
     let t = turn(&mut client, &ids[0], "and this").await;
-    assert_eq!(t[0].seq, 6);
+    // SessionStarted + 5 records of the first turn (with its routing decision).
+    assert_eq!(t[0].seq, 7);
     assert_eq!(
         texts(&get(&mut client, &ids[0]).await),
         vec!["keep this", "echo: keep this", "and this", "echo: and this"]

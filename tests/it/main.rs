@@ -8,8 +8,10 @@
 mod cli;
 mod common;
 mod crash;
+mod front_door;
 mod gate_crash;
 mod gates_api;
 mod grpc_api;
+mod inspect;
 mod tool_crash;
 mod tools;

@@ -160,7 +160,12 @@ async fn an_idempotent_tool_is_rerun_after_a_crash_and_a_recorded_result_never_i
     .await;
     assert_eq!(
         kinds(&after2),
-        vec!["model_call_started", "assistant_message", "turn_completed"]
+        vec![
+            "model_call_started",
+            "routing_decided",
+            "assistant_message",
+            "turn_completed"
+        ]
     );
     assert!(
         matches!(&after2[0].kind, EventKind::ModelCallStarted { reason, .. } if reason == "recovery")
@@ -325,6 +330,7 @@ async fn a_client_side_tool_call_waits_across_a_restart() {
         vec![
             "tool_result",
             "model_call_started",
+            "routing_decided",
             "assistant_message",
             "turn_completed"
         ]

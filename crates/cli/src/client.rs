@@ -47,6 +47,13 @@ pub enum SessionCommand {
         /// Most model calls per turn (0 = the server default).
         #[arg(long, default_value_t = 0)]
         max_steps: u32,
+        /// Budget of the session in USD (model calls beyond it are refused).
+        #[arg(long)]
+        budget_usd: Option<f64>,
+        /// A data class the session's content carries, e.g. `pii`
+        /// (repeatable): its calls only go to endpoints certified for it.
+        #[arg(long = "data-class")]
+        data_classes: Vec<String>,
     },
     /// Answer a client-side tool call (or one that needs attention).
     SubmitToolResult {
@@ -122,6 +129,8 @@ pub async fn run(conn: Conn, cmd: SessionCommand) -> anyhow::Result<()> {
             tools,
             client_tools,
             max_steps,
+            budget_usd,
+            data_classes,
         } => {
             let r = client
                 .start_session(v1::StartSessionRequest {
@@ -135,6 +144,8 @@ pub async fn run(conn: Conn, cmd: SessionCommand) -> anyhow::Result<()> {
                         None => Vec::new(),
                     },
                     max_steps,
+                    budget_usd,
+                    data_classes,
                 })
                 .await
                 .map_err(rpc_error)?

@@ -6,11 +6,21 @@
 //!   running server that prints streamed events readably (`--json` for tools).
 //! * `baton gates list|show|approve|reject|edit` — review human-in-the-loop
 //!   gates of a running server.
+//! * `baton inspect actors|session|journal|at|fork|replay` — look inside a
+//!   running server: its actor tree, a session's state and journal, time
+//!   travel, forks and replays.
+//! * `baton backup --to DIR` — an online backup taken by the running server;
+//!   `baton restore --from DIR --data-dir DIR` puts one in place, offline.
+//! * `baton audit verify|export|pubkey` — check a signed audit log offline,
+//!   export its records with their hashes and signatures, print its key.
 //! * `baton demo` — run a short conversation on an embedded runtime, no server.
 
+mod audit;
 mod client;
 mod demo;
 mod gates;
+mod inspect;
+mod ops;
 mod print;
 mod serve;
 
@@ -48,6 +58,44 @@ enum Command {
         #[command(subcommand)]
         command: gates::GateCommand,
     },
+    /// Look inside a running server: actors, state, journal, time travel,
+    /// forks, replays.
+    Inspect {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        command: inspect::InspectCommand,
+    },
+    /// Ask a running server for a consistent online backup.
+    Backup {
+        #[command(flatten)]
+        conn: client::Conn,
+        /// A directory that does not exist yet (on the server's machine).
+        #[arg(long)]
+        to: PathBuf,
+    },
+    /// Put a backup in place as a data dir (offline: no server on it).
+    Restore {
+        /// The backup directory (made by `baton backup`).
+        #[arg(long)]
+        from: PathBuf,
+        /// The data dir to restore into; it must be missing or empty
+        /// unless --force.
+        #[arg(long)]
+        data_dir: PathBuf,
+        /// Replace a non-empty data dir.
+        #[arg(long)]
+        force: bool,
+        /// Print JSON instead of readable text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify or export a signed audit log, or print its public key
+    /// (offline: reads the files, no server needed).
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// Run a short conversation on an embedded runtime (no server needed).
     Demo {
         /// Data directory (default: a temporary one, removed afterwards).
@@ -74,6 +122,15 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Session { conn, command } => client::run(conn, command).await,
             Command::Gates { conn, command } => gates::run(conn, command).await,
+            Command::Inspect { conn, command } => inspect::run(conn, command).await,
+            Command::Backup { conn, to } => ops::backup(conn, to).await,
+            Command::Restore {
+                from,
+                data_dir,
+                force,
+                json,
+            } => ops::restore(from, data_dir, force, json).await,
+            Command::Audit { command } => audit::run(command),
             Command::Demo { data_dir } => demo::run(data_dir).await,
         }
     });

@@ -70,8 +70,28 @@ pub fn describe(e: &SessionEvent) -> String {
             allowed_tools,
             client_tools,
             max_steps,
+            budget_usd,
+            data_classes,
+            one_shot,
+            history,
+            replay_of,
         } => {
             let mut d = format!("session started on route {route}");
+            if let Some(b) = budget_usd {
+                d.push_str(&format!(", budget ${b:.4}"));
+            }
+            if !data_classes.is_empty() {
+                d.push_str(&format!(", data classes: {}", data_classes.join(" ")));
+            }
+            if *one_shot {
+                d.push_str(", one-shot");
+            }
+            if !history.is_empty() {
+                d.push_str(&format!(", {} history messages", history.len()));
+            }
+            if let Some(src) = replay_of {
+                d.push_str(&format!(", replay of {src}"));
+            }
             if !system_prompt.is_empty() {
                 d.push_str(&format!(", system prompt: {}", one_line(system_prompt)));
             }
@@ -121,9 +141,17 @@ pub fn describe(e: &SessionEvent) -> String {
             model,
             finish_reason,
             latency_ms,
+            cost_usd,
+            attempts,
         } => {
+            let cost = cost_usd.map(|c| format!(", ${c:.6}")).unwrap_or_default();
+            let tries = if *attempts > 1 {
+                format!(", {attempts} attempts")
+            } else {
+                String::new()
+            };
             let mut s = format!(
-                "turn {turn} assistant [{endpoint}/{model}, {latency_ms} ms, {}→{} tokens, {}]: {}",
+                "turn {turn} assistant [{endpoint}/{model}, {latency_ms} ms, {}→{} tokens{cost}{tries}, {}]: {}",
                 usage.input_tokens,
                 usage.output_tokens,
                 finish_reason.as_str(),
@@ -260,6 +288,50 @@ pub fn describe(e: &SessionEvent) -> String {
         }
         EventKind::TurnCancelled { turn } => format!("turn {turn} cancelled"),
         EventKind::SessionFailed { reason } => format!("session FAILED: {reason}"),
+        EventKind::RoutingDecided { turn, decision } => {
+            let skipped: Vec<String> = decision
+                .candidates
+                .iter()
+                .filter(|c| !c.eligible)
+                .map(|c| format!("{} ({})", c.endpoint, c.note))
+                .collect();
+            let mut d = format!(
+                "turn {turn} routed attempt {} to {} [{} {}]",
+                decision.attempt, decision.chosen, decision.strategy, decision.rule
+            );
+            if !decision.reason.is_empty() {
+                d.push_str(&format!(": {}", one_line(&decision.reason)));
+            }
+            if !skipped.is_empty() {
+                d.push_str(&format!("; skipped {}", skipped.join(", ")));
+            }
+            d
+        }
+        EventKind::AttemptFailed { turn, failure } => {
+            let mut d = format!(
+                "turn {turn} attempt {} on {} failed [{}]: {}",
+                failure.attempt,
+                failure.endpoint,
+                failure.kind,
+                one_line(&failure.message)
+            );
+            if let Some(ms) = failure.retry_in_ms {
+                d.push_str(&format!(" (next in {ms} ms)"));
+            }
+            if failure.retracted {
+                d.push_str(" (streamed output retracted)");
+            }
+            d
+        }
+        EventKind::OutputRetracted {
+            turn,
+            attempt,
+            reason,
+        } => {
+            format!(
+                "turn {turn} output so far RETRACTED (continues as attempt {attempt}): {reason}"
+            )
+        }
     };
     format!("#{:<4} {body}", e.seq)
 }

@@ -13,6 +13,10 @@ pub struct ServeArgs {
     /// gRPC listen address (overrides server.listen); port 0 picks a free port.
     #[arg(long)]
     listen: Option<String>,
+    /// HTTP listen address for /metrics, /healthz and the OpenAI-compatible
+    /// API (overrides http.listen); port 0 picks a free port.
+    #[arg(long)]
+    http_listen: Option<String>,
     /// RocksDB directory (overrides store.data_dir).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -45,36 +49,126 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if let Some(l) = args.listen {
         config.server.listen = l;
     }
+    if let Some(l) = args.http_listen {
+        config.http.listen = l;
+    }
     if let Some(d) = args.data_dir {
         config.store.data_dir = d;
     }
     if let Some(d) = args.durability {
         config.store.durability = d;
     }
-    init_logging(config.server.json_logs);
+    if config.server.json_logs {
+        config.telemetry.json_logs = true;
+    }
+    let telemetry = baton_telemetry::init(&config.telemetry).context("telemetry")?;
 
-    let runtime = Runtime::builder(config.runtime()).start().await?;
+    let mut builder = Runtime::builder(config.runtime());
+    let audit = if config.audit.enabled {
+        let cfg = config.audit.resolve(&config.store.data_dir);
+        let dir = cfg.path.clone();
+        let log = tokio::task::spawn_blocking(move || baton_audit::AuditLog::open(cfg))
+            .await
+            .context("audit log open task")?
+            .with_context(|| format!("cannot open the audit log in {}", dir.display()))?;
+        tracing::info!(dir = %dir.display(), public_key = %log.public_key_hex(), "audit trail on");
+        let sink = baton_server::audit::SignedAudit(log.clone());
+        builder = builder.with_audit(std::sync::Arc::new(sink));
+        Some(log)
+    } else {
+        None
+    };
+    let runtime = builder.start().await?;
+    if let Some(log) = &audit {
+        log.append(
+            baton_audit::AuditEvent::new(
+                "admin_action",
+                serde_json::json!({
+                    "action": "server_started",
+                    "routes": runtime.routes(),
+                    "public_key": log.public_key_hex(),
+                }),
+            )
+            .actor("server"),
+        );
+    }
     let listener = tokio::net::TcpListener::bind(&config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
     let addr = listener.local_addr()?;
-    tracing::info!(%addr, data_dir = %config.store.data_dir.display(), durability = ?config.store.durability, routes = ?runtime.routes(), "baton serving");
-    // Scripts and tests read this line to learn the port.
+    let http_listener = if config.http.enabled {
+        match tokio::net::TcpListener::bind(&config.http.listen).await {
+            Ok(l) => Some(l),
+            Err(e) => {
+                runtime.shutdown().await;
+                return Err(anyhow::Error::new(e).context(format!(
+                    "cannot listen on {} (http.listen)",
+                    config.http.listen
+                )));
+            }
+        }
+    } else {
+        None
+    };
+    let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
+    tracing::info!(%addr, http = ?http_addr, data_dir = %config.store.data_dir.display(), durability = ?config.store.durability, routes = ?runtime.routes(), "baton serving");
+    // Scripts and tests read these lines to learn the ports; the gRPC line
+    // comes last.
+    if let Some(a) = http_addr {
+        println!("baton http listening on {a}");
+    }
     println!("baton listening on {addr}");
     std::io::stdout().flush()?;
 
     // On SIGTERM/Ctrl-C the runtime stops first: live event streams then end
-    // with UNAVAILABLE ("resume with after_seq = N"), so the server's graceful
-    // drain does not wait forever on ResumeSession streams.
+    // with UNAVAILABLE ("resume with after_seq = N"), so the servers' graceful
+    // drain does not wait forever on ResumeSession streams or SSE streams.
     let rt = runtime.clone();
+    let (stopped_tx, mut stopped_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
         rt.shutdown().await;
+        let _ = stopped_tx.send(true);
     };
-    baton_server::serve(runtime, listener, config.server.clone(), shutdown).await?;
+    let grpc = async {
+        baton_server::serve(runtime.clone(), listener, config.server.clone(), shutdown)
+            .await
+            .context("grpc server")
+    };
+    let http = async {
+        match http_listener {
+            Some(l) => {
+                let stopped = async move {
+                    let _ = stopped_rx.wait_for(|s| *s).await;
+                };
+                baton_server::serve_http(runtime.clone(), l, config.http.clone(), stopped)
+                    .await
+                    .context("http server")
+            }
+            None => Ok(()),
+        }
+    };
+    let served = tokio::try_join!(grpc, http);
+    if served.is_err() {
+        runtime.shutdown().await;
+    }
+    drop(runtime);
+    if let Some(log) = audit {
+        log.append(
+            baton_audit::AuditEvent::new(
+                "admin_action",
+                serde_json::json!({ "action": "server_stopped" }),
+            )
+            .actor("server"),
+        );
+        if let Err(e) = log.flush().await {
+            tracing::error!(error = %e, "audit log flush at shutdown failed");
+        }
+    }
     tracing::info!("stopped");
-    Ok(())
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    served.map(|_| ())
 }
 
 async fn shutdown_signal() {
@@ -96,17 +190,4 @@ async fn shutdown_signal() {
         _ = ctrl_c => {}
         _ = term => {}
     }
-}
-
-fn init_logging(json: bool) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = if json {
-        builder.json().try_init()
-    } else {
-        builder.try_init()
-    };
 }

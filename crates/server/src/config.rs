@@ -2,7 +2,8 @@
 //!
 //! Environment overrides name a section and a field separated by a double
 //! underscore: `BATON_STORE__DATA_DIR=/var/lib/baton`,
-//! `BATON_SESSIONS__BUSY_POLICY=reject`, `BATON_SERVER__LISTEN=0.0.0.0:50051`.
+//! `BATON_SESSIONS__BUSY_POLICY=reject`, `BATON_SERVER__LISTEN=0.0.0.0:50051`,
+//! `BATON_HTTP__LISTEN=0.0.0.0:8080`.
 
 use std::path::{Path, PathBuf};
 
@@ -35,18 +36,48 @@ impl Default for ServerSection {
     }
 }
 
+/// The `[http]` section: the HTTP server (`/metrics`, `/healthz` and the
+/// OpenAI-compatible front door).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpSection {
+    /// Serve HTTP at all.
+    pub enabled: bool,
+    /// HTTP listen address.
+    pub listen: String,
+    /// Largest request body accepted, in bytes; larger ones get 413.
+    pub max_request_bytes: usize,
+}
+
+impl Default for HttpSection {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen: "127.0.0.1:8080".into(),
+            max_request_bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
 /// Everything in `baton.toml`.
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct BatonConfig {
     pub server: ServerSection,
+    pub http: HttpSection,
     pub store: StoreConfig,
     pub sessions: SessionsConfig,
     pub supervision: SupervisionConfig,
     pub models: Vec<EndpointConfig>,
+    /// Routes over the endpoints (`[[routes]]`).
+    pub routes: Vec<baton_routing::RouteConfig>,
     pub tools: ToolsConfig,
     pub mcp: Vec<McpServerConfig>,
     pub gates: baton_runtime::gates::GatesConfig,
+    /// The signed audit trail (`[audit]`).
+    pub audit: crate::audit::AuditSection,
+    /// Logs, tracing spans and OTLP export (`[telemetry]`).
+    pub telemetry: baton_telemetry::TelemetryConfig,
 }
 
 /// A config that could not be loaded; the message names the file and field.
@@ -100,6 +131,35 @@ impl BatonConfig {
                 "{source}: server.max_request_bytes: must be greater than 0"
             )));
         }
+        config
+            .http
+            .listen
+            .parse::<std::net::SocketAddr>()
+            .map_err(|_| {
+                ConfigError(format!(
+                    "{source}: http.listen: {:?} is not an address such as 127.0.0.1:8080",
+                    config.http.listen
+                ))
+            })?;
+        if config.http.max_request_bytes == 0 {
+            return Err(ConfigError(format!(
+                "{source}: http.max_request_bytes: must be greater than 0"
+            )));
+        }
+        config
+            .telemetry
+            .validate()
+            .map_err(|e| ConfigError(format!("{source}: {e}")))?;
+        if config
+            .audit
+            .key_file
+            .as_ref()
+            .is_some_and(|k| k.as_os_str().is_empty())
+        {
+            return Err(ConfigError(format!(
+                "{source}: audit.key_file: must not be empty"
+            )));
+        }
         Ok(config)
     }
 
@@ -110,6 +170,7 @@ impl BatonConfig {
             sessions: self.sessions.clone(),
             supervision: self.supervision.clone(),
             models: self.models.clone(),
+            routes: self.routes.clone(),
             tools: self.tools.clone(),
             mcp: self.mcp.clone(),
             gates: self.gates.clone(),
@@ -152,6 +213,8 @@ mod tests {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/baton.toml");
         let c = BatonConfig::load(Some(&p)).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:50051");
+        assert_eq!(c.http.listen, "127.0.0.1:8080");
+        assert!(c.http.enabled);
         assert_eq!(c.sessions.default_route, "echo");
     }
 
@@ -178,6 +241,18 @@ mod tests {
         let p = write(dir.path(), "[server]\nlisten = \"nowhere\"\n");
         let err = BatonConfig::load(Some(&p)).unwrap_err().to_string();
         assert!(err.contains("server.listen"), "{err}");
+        let p = write(dir.path(), "[http]\nlisten = \"port 80\"\n");
+        let err = BatonConfig::load(Some(&p)).unwrap_err().to_string();
+        assert!(
+            err.contains("baton.toml") && err.contains("http.listen"),
+            "{err}"
+        );
+        let p = write(dir.path(), "[http]\nenabled = \"yes\"\n");
+        let err = BatonConfig::load(Some(&p)).unwrap_err().to_string();
+        assert!(err.contains("http.enabled"), "{err}");
+        let p = write(dir.path(), "[http]\nmax_request_bytes = 0\n");
+        let err = BatonConfig::load(Some(&p)).unwrap_err().to_string();
+        assert!(err.contains("http.max_request_bytes"), "{err}");
         let p = write(
             dir.path(),
             "[[models]]\nname = \"x\"\nprovider = \"openai\"\n[sessions]\ndefault_route = \"x\"\n",
@@ -194,7 +269,11 @@ mod tests {
             jail.set_env("BATON_SESSIONS__BUSY_POLICY", "reject");
             jail.set_env("BATON_STORE__DATA_DIR", "/tmp/elsewhere");
             jail.set_env("BATON_SERVER_URL", "http://ignored");
+            jail.set_env("BATON_HTTP__LISTEN", "0.0.0.0:9090");
+            jail.set_env("BATON_HTTP__ENABLED", "false");
             let c = BatonConfig::load(Some(Path::new("baton.toml"))).map_err(|e| e.0)?;
+            assert_eq!(c.http.listen, "0.0.0.0:9090");
+            assert!(!c.http.enabled);
             assert_eq!(c.sessions.busy_policy, baton_runtime::BusyPolicy::Reject);
             assert_eq!(c.store.data_dir, PathBuf::from("/tmp/elsewhere"));
             Ok(())

@@ -1,10 +1,12 @@
-//! Baton's gRPC server.
+//! Baton's gRPC and HTTP servers.
 //!
-//! Serves the `baton.v1.Sessions` and `baton.v1.Gates` services over a
-//! [`RuntimeHandle`], plus
+//! Serves the `baton.v1.Sessions`, `baton.v1.Gates` and `baton.v1.Inspect`
+//! services over a [`RuntimeHandle`], plus
 //! `grpc.health.v1.Health` and server reflection (`v1` and `v1alpha`, since
 //! common clients such as Python's grpcio-reflection still speak only
 //! v1alpha), so grpcurl and generic clients work with no proto files.
+//! [`serve_http`] serves `/metrics`, `/healthz` and an OpenAI-compatible
+//! front door ([`openai_compat`]) over the same runtime.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -15,20 +17,27 @@
 //! # Ok(()) }
 //! ```
 
+pub mod audit;
 mod config;
 mod gates;
+mod http;
+mod inspect;
+pub mod openai_compat;
 mod sessions;
 
 use std::future::Future;
 
 use baton_proto::v1::gates_server::GatesServer;
+use baton_proto::v1::inspect_server::InspectServer;
 use baton_proto::v1::sessions_server::SessionsServer;
 use baton_runtime::RuntimeHandle;
 use baton_types::ErrorCode;
 use tokio::net::TcpListener;
 
-pub use config::{BatonConfig, ConfigError, ServerSection};
+pub use config::{BatonConfig, ConfigError, HttpSection, ServerSection};
 pub use gates::{GatesService, gate_to_proto};
+pub use http::{router as http_router, serve_http};
+pub use inspect::{InspectService, actor_to_proto};
 pub use sessions::SessionsService;
 
 /// The one place error kinds become gRPC status codes.
@@ -46,6 +55,20 @@ pub fn grpc_code(code: ErrorCode) -> tonic::Code {
     }
 }
 
+/// The one place error kinds become HTTP statuses.
+pub fn http_status(code: ErrorCode) -> axum::http::StatusCode {
+    use axum::http::StatusCode;
+    match code {
+        ErrorCode::InvalidArgument | ErrorCode::FailedPrecondition => StatusCode::BAD_REQUEST,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::AlreadyExists => StatusCode::CONFLICT,
+        ErrorCode::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Cancelled | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
 /// A runtime error as a gRPC status, message included.
 pub fn status(err: &baton_runtime::Error) -> tonic::Status {
     tonic::Status::new(grpc_code(err.code()), err.to_string())
@@ -58,6 +81,8 @@ pub enum Error {
     Transport(#[from] tonic::transport::Error),
     #[error("reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("http server: {0}")]
+    Http(std::io::Error),
 }
 
 /// Serve until `shutdown` resolves; in-flight streams are cut, the runtime is
@@ -73,6 +98,7 @@ pub async fn serve(
         .set_serving::<SessionsServer<SessionsService>>()
         .await;
     health.set_serving::<GatesServer<GatesService>>().await;
+    health.set_serving::<InspectServer<InspectService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -90,6 +116,8 @@ pub async fn serve(
         shutdown.await;
         let _ = stopping_tx.send(true);
     };
+    let inspect = InspectServer::new(InspectService::new(runtime.clone()))
+        .max_decoding_message_size(section.max_request_bytes);
     let gates = GatesServer::new(GatesService::with_shutdown(runtime, stopping))
         .max_decoding_message_size(section.max_request_bytes);
     tonic::transport::Server::builder()
@@ -98,6 +126,7 @@ pub async fn serve(
         .add_service(reflection_v1alpha)
         .add_service(sessions)
         .add_service(gates)
+        .add_service(inspect)
         .serve_with_incoming_shutdown(
             // TCP_NODELAY: a turn's events are small writes; Nagle's algorithm
             // would hold each for milliseconds (measured in benches/load.rs).

@@ -100,6 +100,10 @@ impl Sessions for SessionsService {
                     .map(convert::tool_definition_from_proto)
                     .collect(),
                 max_steps: r.max_steps,
+                budget_usd: r.budget_usd,
+                data_classes: r.data_classes,
+                one_shot: false,
+                history: Vec::new(),
             })
             .await
             .map_err(|e| status(&e))?;

@@ -15,12 +15,15 @@ use tonic::transport::Channel;
 pub struct BatonProcess {
     child: Child,
     pub addr: SocketAddr,
+    /// The HTTP server's address (`/metrics`, the OpenAI-compatible API),
+    /// when `[http]` is enabled.
+    http_addr: Option<SocketAddr>,
     stderr_path: PathBuf,
 }
 
 impl BatonProcess {
-    /// Run `bin serve --config <config> --listen 127.0.0.1:0` and wait until
-    /// it prints its address. stderr goes to `<config dir>/baton-<n>.log`.
+    /// Run `bin serve --config <config> --listen 127.0.0.1:0 --http-listen
+    /// 127.0.0.1:0` and wait until it prints its addresses. stderr goes to `<config dir>/baton-<n>.log`.
     pub async fn start(bin: &Path, config: &Path) -> anyhow::Result<BatonProcess> {
         let dir = config.parent().unwrap_or(Path::new("."));
         let stderr_path = (0..)
@@ -34,6 +37,8 @@ impl BatonProcess {
             .arg(config)
             .arg("--listen")
             .arg("127.0.0.1:0")
+            .arg("--http-listen")
+            .arg("127.0.0.1:0")
             .env("RUST_LOG", "info,baton=debug")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -43,8 +48,13 @@ impl BatonProcess {
             .with_context(|| format!("cannot run {}", bin.display()))?;
         let stdout = child.stdout.take().context("no stdout")?;
         let mut lines = BufReader::new(stdout).lines();
+        // The HTTP address, when served, is printed before the gRPC one.
+        let mut http_addr = None;
         let addr = tokio::time::timeout(Duration::from_secs(60), async {
             while let Some(line) = lines.next_line().await? {
+                if let Some(a) = line.strip_prefix("baton http listening on ") {
+                    http_addr = Some(a.trim().parse::<SocketAddr>()?);
+                }
                 if let Some(a) = line.strip_prefix("baton listening on ") {
                     return Ok::<_, anyhow::Error>(Some(a.trim().parse::<SocketAddr>()?));
                 }
@@ -64,12 +74,26 @@ impl BatonProcess {
         Ok(BatonProcess {
             child,
             addr,
+            http_addr,
             stderr_path,
         })
     }
 
     pub fn url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+
+    /// The HTTP server's address, when `[http]` is enabled.
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    /// `http://ADDR` of the HTTP server (`/metrics`, `/v1/...`).
+    pub fn http_url(&self) -> anyhow::Result<String> {
+        let addr = self
+            .http_addr
+            .context("the HTTP server is not enabled ([http] enabled = false)")?;
+        Ok(format!("http://{addr}"))
     }
 
     pub async fn client(&self) -> anyhow::Result<SessionsClient<Channel>> {

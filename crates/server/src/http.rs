@@ -1,0 +1,106 @@
+//! Baton's HTTP server, beside the gRPC one: Prometheus metrics, a health
+//! check, and the OpenAI-compatible front door ([`crate::openai_compat`]).
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /metrics` | every metric, OpenMetrics text ([`baton_metrics::CONTENT_TYPE`]) |
+//! | `GET /healthz` | `ok` while the server runs |
+//! | `POST /v1/chat/completions` | OpenAI Chat Completions, one one-shot session per call |
+//! | `GET /v1/models`, `GET /v1/models/{model}` | the routes, as OpenAI models |
+
+use std::future::Future;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::serve::ListenerExt;
+use baton_runtime::RuntimeHandle;
+use tokio::net::TcpListener;
+
+use crate::config::HttpSection;
+use crate::openai_compat::{self, ApiError};
+
+/// The HTTP routes over a runtime; bodies larger than
+/// `section.max_request_bytes` get 413.
+pub fn router(runtime: RuntimeHandle, section: &HttpSection) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/v1/chat/completions", post(chat_completions))
+        .route("/v1/models", get(models))
+        .route("/v1/models/{model}", get(model))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(section.max_request_bytes))
+        .with_state(runtime)
+}
+
+/// Serve HTTP until `shutdown` resolves, then drain open requests (stop the
+/// runtime first: that ends open streams).
+pub async fn serve_http(
+    runtime: RuntimeHandle,
+    listener: TcpListener,
+    section: HttpSection,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), crate::Error> {
+    let app = router(runtime, &section);
+    // TCP_NODELAY: streamed chunks are small writes (as for gRPC).
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+        .map_err(crate::Error::Http)
+}
+
+async fn metrics() -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static(baton_metrics::CONTENT_TYPE),
+        )],
+        baton_metrics::metrics().render(),
+    )
+        .into_response()
+}
+
+async fn healthz() -> &'static str {
+    "ok"
+}
+
+async fn chat_completions(
+    State(runtime): State<RuntimeHandle>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    openai_compat::chat_completions(runtime, headers, body).await
+}
+
+async fn models(State(runtime): State<RuntimeHandle>) -> Response {
+    axum::Json(openai_compat::models(&runtime)).into_response()
+}
+
+async fn model(State(runtime): State<RuntimeHandle>, Path(model): Path<String>) -> Response {
+    let routes = runtime.routes();
+    if routes.contains(&model) {
+        axum::Json(openai_compat::model_json(&model)).into_response()
+    } else {
+        ApiError::model_not_found(&model, &routes).into_response()
+    }
+}
+
+async fn not_found(method: Method, uri: Uri) -> Response {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "invalid_request_error",
+        format!("no route for {method} {}", uri.path()),
+    )
+    .code("not_found")
+    .into_response()
+}

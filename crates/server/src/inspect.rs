@@ -1,0 +1,265 @@
+//! The `baton.v1.Inspect` service: the actor tree, session state and
+//! journal, time travel, forks, replays and online backups over the
+//! runtime's inspection API. States and records go out as JSON text.
+
+use std::path::PathBuf;
+
+use baton_proto::convert;
+use baton_proto::v1::{self, inspect_server::Inspect};
+use baton_runtime::{ActorNode, RuntimeHandle, StateView};
+use baton_types::SessionId;
+use tonic::{Request, Response, Status};
+
+use crate::status;
+
+/// Journal records per page when the request does not say.
+const DEFAULT_JOURNAL_PAGE: u32 = 100;
+/// The most journal records one page may ask for.
+const MAX_JOURNAL_PAGE: u32 = 1000;
+
+/// The Inspect service over a runtime.
+#[derive(Clone)]
+pub struct InspectService {
+    runtime: RuntimeHandle,
+}
+
+impl InspectService {
+    pub fn new(runtime: RuntimeHandle) -> Self {
+        Self { runtime }
+    }
+}
+
+fn session_id(field: &str, s: &str) -> Result<SessionId, Status> {
+    if s.is_empty() {
+        return Err(Status::invalid_argument(format!("{field} is required")));
+    }
+    s.parse()
+        .map_err(|e| Status::invalid_argument(format!("{field}: {e}")))
+}
+
+fn journal_page_size(n: u32) -> Result<usize, Status> {
+    match n {
+        0 => Ok(DEFAULT_JOURNAL_PAGE as usize),
+        n if n > MAX_JOURNAL_PAGE => Err(Status::invalid_argument(format!(
+            "page_size {n} exceeds the maximum of {MAX_JOURNAL_PAGE}"
+        ))),
+        n => Ok(n as usize),
+    }
+}
+
+fn to_json<T: serde::Serialize>(what: &str, v: &T) -> Result<String, Status> {
+    serde_json::to_string(v).map_err(|e| Status::internal(format!("cannot encode {what}: {e}")))
+}
+
+/// An actor node and its subtree as an API message.
+pub fn actor_to_proto(n: &ActorNode) -> v1::ActorNode {
+    v1::ActorNode {
+        kind: n.kind.clone(),
+        id: n.id.clone(),
+        name: n.name.clone(),
+        status: n.status.clone(),
+        uptime_ms: n.uptime_ms,
+        restarts: n.restarts,
+        queue_len: n.queue_len,
+        detail: n
+            .detail
+            .iter()
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect(),
+        children: n.children.iter().map(actor_to_proto).collect(),
+    }
+}
+
+fn view_to_proto(v: &StateView) -> Result<v1::SessionStateView, Status> {
+    Ok(v1::SessionStateView {
+        state_json: to_json("the session state", &v.state)?,
+        status: convert::status_to_proto(v.status) as i32,
+        live: v.live,
+        at_seq: v.at_seq,
+    })
+}
+
+#[tonic::async_trait]
+impl Inspect for InspectService {
+    async fn list_actors(
+        &self,
+        _req: Request<v1::ListActorsRequest>,
+    ) -> Result<Response<v1::ListActorsResponse>, Status> {
+        let root = self.runtime.actor_tree().await.map_err(|e| status(&e))?;
+        Ok(Response::new(v1::ListActorsResponse {
+            root: Some(actor_to_proto(&root)),
+        }))
+    }
+
+    async fn get_session_state(
+        &self,
+        req: Request<v1::GetSessionStateRequest>,
+    ) -> Result<Response<v1::SessionStateView>, Status> {
+        let id = session_id("session_id", &req.into_inner().session_id)?;
+        let view = self
+            .runtime
+            .session_state(id)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(view_to_proto(&view)?))
+    }
+
+    async fn get_journal(
+        &self,
+        req: Request<v1::GetJournalRequest>,
+    ) -> Result<Response<v1::GetJournalResponse>, Status> {
+        let r = req.into_inner();
+        let id = session_id("session_id", &r.session_id)?;
+        let limit = journal_page_size(r.page_size)?;
+        let page = self
+            .runtime
+            .journal_page(id, r.after_seq, limit)
+            .await
+            .map_err(|e| status(&e))?;
+        let records = page
+            .events
+            .iter()
+            .map(|e| {
+                Ok(v1::JournalRecord {
+                    seq: e.seq,
+                    at_unix_ms: e.at_unix_ms,
+                    kind: e.kind.name().to_string(),
+                    json: to_json("a journal record", e)?,
+                })
+            })
+            .collect::<Result<Vec<_>, Status>>()?;
+        Ok(Response::new(v1::GetJournalResponse {
+            records,
+            next_after_seq: page.next_after_seq.unwrap_or(0),
+            last_seq: page.last_seq,
+        }))
+    }
+
+    async fn get_state_at(
+        &self,
+        req: Request<v1::GetStateAtRequest>,
+    ) -> Result<Response<v1::SessionStateView>, Status> {
+        let r = req.into_inner();
+        let id = session_id("session_id", &r.session_id)?;
+        // The runtime reads u64::MAX as "the latest"; over the API a seq is
+        // always a position, and that one is past every journal's end.
+        if r.seq == u64::MAX {
+            let last = self
+                .runtime
+                .journal_page(id, u64::MAX - 1, 1)
+                .await
+                .map_err(|e| status(&e))?
+                .last_seq;
+            return Err(Status::invalid_argument(format!(
+                "seq {} is past the end of session {id}'s journal (last seq {last})",
+                r.seq
+            )));
+        }
+        let view = self
+            .runtime
+            .state_at(id, r.seq)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(view_to_proto(&view)?))
+    }
+
+    async fn fork_session(
+        &self,
+        req: Request<v1::ForkSessionRequest>,
+    ) -> Result<Response<v1::ForkSessionResponse>, Status> {
+        let r = req.into_inner();
+        let id = session_id("session_id", &r.session_id)?;
+        if r.at_seq == 0 {
+            return Err(Status::invalid_argument(
+                "at_seq is required: the seq the fork continues from (at least 1)",
+            ));
+        }
+        let info = self
+            .runtime
+            .fork(id, r.at_seq)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(v1::ForkSessionResponse {
+            session_id: info.id.to_string(),
+            status: convert::status_to_proto(info.status) as i32,
+        }))
+    }
+
+    async fn replay_session(
+        &self,
+        req: Request<v1::ReplaySessionRequest>,
+    ) -> Result<Response<v1::ReplaySessionResponse>, Status> {
+        let id = session_id("session_id", &req.into_inner().session_id)?;
+        let report = self.runtime.replay(id).await.map_err(|e| status(&e))?;
+        Ok(Response::new(v1::ReplaySessionResponse {
+            source: report.source.to_string(),
+            replay_session_id: report.replay.to_string(),
+            turns: report.turns,
+            compared: report.compared,
+            diverged: report.divergence.is_some(),
+            divergence: report.divergence.map(|d| v1::Divergence {
+                index: d.index,
+                source_seq: d.source_seq.unwrap_or(0),
+                replay_seq: d.replay_seq.unwrap_or(0),
+                expected: d.expected,
+                actual: d.actual,
+            }),
+        }))
+    }
+
+    async fn backup(
+        &self,
+        req: Request<v1::BackupRequest>,
+    ) -> Result<Response<v1::BackupResponse>, Status> {
+        let r = req.into_inner();
+        if r.dest_path.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "dest_path is required: a directory that does not exist yet",
+            ));
+        }
+        let dest = PathBuf::from(&r.dest_path);
+        if !dest.is_absolute() {
+            return Err(Status::invalid_argument(format!(
+                "dest_path {:?} must be absolute (it is a path on the server's machine)",
+                r.dest_path
+            )));
+        }
+        let info = self.runtime.backup(dest).await.map_err(|e| status(&e))?;
+        Ok(Response::new(v1::BackupResponse {
+            path: info.path.display().to_string(),
+            bytes: info.bytes,
+            files: info.files,
+            took_ms: info.took_ms,
+            sessions: info.sessions,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn page_sizes_default_and_are_capped_naming_the_field() {
+        assert_eq!(journal_page_size(0).ok(), Some(100));
+        assert_eq!(journal_page_size(1000).ok(), Some(1000));
+        let e = journal_page_size(1001)
+            .err()
+            .map(|s| s.message().to_string());
+        assert!(e.is_some_and(|m| m.starts_with("page_size 1001")));
+    }
+
+    #[test]
+    fn session_ids_are_required_and_parsed() {
+        let e = session_id("session_id", "").err();
+        assert_eq!(
+            e.map(|s| (s.code(), s.message().to_string())),
+            Some((
+                tonic::Code::InvalidArgument,
+                "session_id is required".into()
+            ))
+        );
+        let e = session_id("session_id", "nope").err();
+        assert!(e.is_some_and(|s| s.message().starts_with("session_id:")));
+    }
+}

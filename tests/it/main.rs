@@ -5,6 +5,7 @@
 // Test helpers outside #[test] functions panic on purpose when a step fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod audit;
 mod cli;
 mod common;
 mod crash;
@@ -13,5 +14,6 @@ mod gate_crash;
 mod gates_api;
 mod grpc_api;
 mod inspect;
+mod routing;
 mod tool_crash;
 mod tools;

@@ -29,9 +29,39 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug + 'static {
 /// Report a durable journal record to the audit trail, if it is one of the
 /// audited kinds: model calls, routing decisions, failed attempts, tool
 /// calls, gate openings (policy decisions) and decisions, failed turns.
-pub(crate) fn record_event(sink: &dyn AuditSink, e: &baton_types::SessionEvent) {
+pub(crate) fn record_event(sink: &dyn AuditSink, e: &baton_types::SessionEvent, recovered: bool) {
+    if let Some((kind, actor, mut data)) = audit_record(e) {
+        if recovered && let Some(o) = data.as_object_mut() {
+            // Appended again at start-up after a crash: the original may or
+            // may not have reached the log (same session and seq).
+            o.insert("recovered".into(), true.into());
+        }
+        sink.record(
+            kind,
+            Some(e.session_id),
+            Some(actor.unwrap_or("runtime")),
+            data,
+        );
+    }
+}
+
+/// True for the records that go to the audit trail.
+pub(crate) fn is_audited(kind: &baton_types::EventKind) -> bool {
     use baton_types::EventKind as K;
-    let session = Some(e.session_id);
+    !matches!(
+        kind,
+        K::ModelCallStarted { .. }
+            | K::OutputDelta { .. }
+            | K::ToolCallStarted { .. }
+            | K::TurnCompleted { .. }
+            | K::OutputRetracted { .. }
+    )
+}
+
+type Record<'a> = (&'static str, Option<&'a str>, serde_json::Value);
+
+fn audit_record(e: &baton_types::SessionEvent) -> Option<Record<'_>> {
+    use baton_types::EventKind as K;
     let (kind, actor, data) = match &e.kind {
         K::SessionStarted { route, .. } => (
             "session_started",
@@ -126,7 +156,93 @@ pub(crate) fn record_event(sink: &dyn AuditSink, e: &baton_types::SessionEvent) 
             None,
             serde_json::json!({ "seq": e.seq, "reason": reason }),
         ),
-        _ => return,
+        _ => return None,
     };
-    sink.record(kind, session, Some(actor.unwrap_or("runtime")), data);
+    Some((kind, actor, data))
+}
+
+/// Which journal records have been handed to the audit sink and not yet
+/// confirmed durable there, per session (the highest seq).
+#[derive(Debug, Default)]
+pub(crate) struct AuditCursor {
+    noted: std::sync::Mutex<std::collections::HashMap<SessionId, u64>>,
+}
+
+impl AuditCursor {
+    pub(crate) fn note(&self, session: SessionId, seq: u64) {
+        let mut m = self
+            .noted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let e = m.entry(session).or_insert(0);
+        *e = (*e).max(seq);
+    }
+
+    fn take(&self) -> std::collections::HashMap<SessionId, u64> {
+        std::mem::take(
+            &mut *self
+                .noted
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+}
+
+/// Flush the sink, then record that what was noted is in the audit trail.
+pub(crate) async fn confirm(
+    sink: &dyn AuditSink,
+    cursor: &AuditCursor,
+    store: &baton_store::Store,
+) -> baton_store::Result<()> {
+    let noted = cursor.take();
+    if noted.is_empty() {
+        return Ok(());
+    }
+    sink.flush().await;
+    let mut batch = baton_store::Batch::unsynced();
+    for (session, seq) in &noted {
+        batch.put_audit_done(session, *seq);
+    }
+    store.write(batch).await
+}
+
+/// At start-up: hand the audit sink every audited journal record that was
+/// durable in the journal but may not have reached the audit trail before a
+/// crash (at-least-once: such records carry `"recovered": true`), then
+/// confirm them. Returns how many records were appended again.
+pub(crate) async fn recover(
+    sink: &dyn AuditSink,
+    store: &baton_store::Store,
+) -> baton_store::Result<u64> {
+    let backlog = store.audit_backlog().await?;
+    let mut appended = 0;
+    let mut batch = baton_store::Batch::unsynced();
+    for (session, done, pending) in backlog {
+        let mut after = done;
+        while after < pending {
+            let page = store.read_journal(session, after, 512).await?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            for e in page.iter().filter(|e| e.seq <= pending) {
+                if is_audited(&e.kind) {
+                    record_event(sink, e, true);
+                    appended += 1;
+                }
+            }
+            after = last;
+        }
+        batch.put_audit_done(&session, pending);
+    }
+    if appended > 0 {
+        sink.flush().await;
+        tracing::warn!(
+            records = appended,
+            "audit trail: re-appended journal records a crash may have kept from it"
+        );
+    }
+    if !batch.is_empty() {
+        store.write(batch).await?;
+    }
+    Ok(appended)
 }

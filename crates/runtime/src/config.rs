@@ -255,16 +255,28 @@ impl RuntimeConfig {
                 )));
             }
         }
-        if !names.contains(s.default_route.as_str()) {
+        if !names.contains(s.default_route.as_str())
+            && !self.routes.iter().any(|r| r.name == s.default_route)
+        {
+            let mut have: Vec<&str> = self.routes.iter().map(|r| r.name.as_str()).collect();
+            have.extend(models.iter().map(|m| m.name.as_str()));
             return Err(Error::Config(format!(
-                "sessions.default_route: {:?} is not a configured model endpoint (have: {})",
+                "sessions.default_route: {:?} is not a configured route or model endpoint (have: {})",
                 s.default_route,
-                models
-                    .iter()
-                    .map(|m| m.name.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
+                have.join(", ")
             )));
+        }
+        if let Some(b) = s.default_budget_usd
+            && !(b.is_finite() && b >= 0.0)
+        {
+            return Err(Error::Config(
+                "sessions.default_budget_usd: must be a non-negative number".into(),
+            ));
+        }
+        if s.turn_deadline_ms == Some(0) {
+            return Err(Error::Config(
+                "sessions.turn_deadline_ms: must be at least 1".into(),
+            ));
         }
         Ok(())
     }

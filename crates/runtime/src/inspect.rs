@@ -132,6 +132,14 @@ impl RuntimeHandle {
                 models.children.push(node);
             }
         }
+        for st in self.inner.shared.router.endpoint_stats() {
+            if let Some(node) = models.children.iter_mut().find(|n| n.name == st.endpoint)
+                && let Some(ms) = st.ewma_latency_ms
+            {
+                node.detail
+                    .insert("ewma_latency_ms".into(), format!("{ms:.1}"));
+            }
+        }
         for b in self.breaker_details() {
             if let Some(node) = models.children.iter_mut().find(|n| n.name == b.0) {
                 node.detail.insert("breaker".into(), b.1);
@@ -165,7 +173,22 @@ impl RuntimeHandle {
 
     /// Breaker state per endpoint, as text, for the actor tree.
     fn breaker_details(&self) -> Vec<(String, String)> {
-        Vec::new()
+        self.inner
+            .shared
+            .router
+            .breakers()
+            .into_iter()
+            .map(|b| {
+                (
+                    b.endpoint.clone(),
+                    format!(
+                        "{:?} (consecutive failures {}, error rate {:.2})",
+                        b.state, b.consecutive_failures, b.error_rate
+                    )
+                    .to_lowercase(),
+                )
+            })
+            .collect()
     }
 
     /// The session's full state: from its live actor when it has one (no

@@ -214,7 +214,14 @@ async fn the_actor_tree_follows_passivation_and_restarts() {
     let node = find(&tree, &name).expect("a live session actor");
     assert_eq!(node.kind, "session");
     assert_eq!(node.restarts, 0);
-    assert!(find(&tree, "agent").is_some_and(|n| n.kind == "model_executor"));
+    let exec = find(&tree, "agent").expect("the model executor");
+    assert_eq!(exec.kind, "model_executor");
+    assert!(
+        exec.detail
+            .get("breaker")
+            .is_some_and(|b| b.starts_with("closed")),
+        "{exec:?}"
+    );
     // A crash: the supervisor restarts it and the tree says so.
     rt.inject_actor_fault(s.id).unwrap();
     let mut restarted = None;
@@ -242,5 +249,114 @@ async fn the_actor_tree_follows_passivation_and_restarts() {
     assert_eq!(view.state.messages.len(), 4);
     // Reading it did not wake it.
     assert!(find(&rt.actor_tree().await.unwrap(), &name).is_none());
+    rt.shutdown().await;
+}
+
+/// An audit sink that keeps what it gets, or (`lose`) drops it and never
+/// confirms a flush — as a crash between the journal and the audit log would.
+#[derive(Debug, Default)]
+struct Sink {
+    lose: bool,
+    records: std::sync::Mutex<Vec<(String, Option<SessionId>, serde_json::Value)>>,
+}
+
+impl AuditSink for Sink {
+    fn record(
+        &self,
+        kind: &str,
+        session: Option<SessionId>,
+        _actor: Option<&str>,
+        data: serde_json::Value,
+    ) {
+        if !self.lose {
+            self.records
+                .lock()
+                .unwrap()
+                .push((kind.to_string(), session, data));
+        }
+    }
+
+    fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+        let lose = self.lose;
+        Box::pin(async move {
+            if lose {
+                std::future::pending::<()>().await;
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_records_lost_before_a_crash_are_appended_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let lossy = Arc::new(Sink {
+        lose: true,
+        ..Default::default()
+    });
+    let rt = Runtime::builder(config(dir.path(), 16))
+        .with_audit(lossy.clone())
+        .start()
+        .await
+        .unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    run_turn(&rt, s.id, "what is 2 + 3?").await;
+    let last_seq = rt.session_state(s.id).await.unwrap().at_seq;
+    rt.shutdown().await;
+    drop(rt);
+
+    let sink = Arc::new(Sink::default());
+    let rt = Runtime::builder(config(dir.path(), 16))
+        .with_audit(sink.clone())
+        .start()
+        .await
+        .unwrap();
+    let records = sink.records.lock().unwrap().clone();
+    let mine: Vec<_> = records.iter().filter(|r| r.1 == Some(s.id)).collect();
+    let kinds: Vec<&str> = mine.iter().map(|r| r.0.as_str()).collect();
+    assert!(mine.iter().all(|r| r.2["recovered"] == true), "{mine:?}");
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "model_call").count(),
+        2,
+        "{kinds:?}"
+    );
+    for k in [
+        "session_started",
+        "model_input",
+        "routing_decision",
+        "tool_call",
+    ] {
+        assert!(kinds.contains(&k), "{k} missing from {kinds:?}");
+    }
+    let answers: Vec<&str> = mine
+        .iter()
+        .filter(|r| r.0 == "model_call")
+        .filter_map(|r| r.2["response"]["content"].as_str())
+        .collect();
+    assert!(answers.contains(&"It is 5."), "{answers:?}");
+    // Every record names its journal seq, all within the session's journal.
+    assert!(
+        mine.iter()
+            .all(|r| r.2["seq"].as_u64().is_some_and(|q| q >= 1 && q <= last_seq)),
+        "{mine:?}"
+    );
+    rt.shutdown().await;
+    drop(rt);
+
+    // Confirmed now: a third start appends nothing again.
+    let again = Arc::new(Sink::default());
+    let rt = Runtime::builder(config(dir.path(), 16))
+        .with_audit(again.clone())
+        .start()
+        .await
+        .unwrap();
+    assert!(
+        again
+            .records
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|r| r.1 != Some(s.id)),
+        "records appended twice"
+    );
     rt.shutdown().await;
 }

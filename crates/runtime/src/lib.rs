@@ -97,6 +97,8 @@ pub(crate) struct Shared {
     pub config: RuntimeConfig,
     /// The audit trail, when one is plugged in.
     pub audit: Option<Arc<dyn AuditSink>>,
+    /// Records handed to the audit trail, not yet confirmed in the store.
+    pub audit_cursor: audit::AuditCursor,
     /// Recordings that replay sessions are answered from.
     replays: std::sync::Mutex<std::collections::HashMap<SessionId, Arc<inspect::ReplaySource>>>,
     epoch: Instant,
@@ -356,6 +358,7 @@ impl RuntimeBuilder {
             },
             config: config.clone(),
             audit: self.audit,
+            audit_cursor: Default::default(),
             replays: Default::default(),
             epoch: Instant::now(),
         });
@@ -366,9 +369,32 @@ impl RuntimeBuilder {
             inner: Arc::new(HandleInner {
                 shared,
                 supervisor,
+                stop: tokio_util::sync::CancellationToken::new(),
                 idempotency_locks: (0..64).map(|_| Mutex::new(())).collect(),
             }),
         };
+        if let Some(sink) = &handle.inner.shared.audit {
+            audit::recover(sink.as_ref(), &store).await?;
+            let shared = Arc::downgrade(&handle.inner.shared);
+            let stop = handle.inner.stop.clone();
+            tokio::spawn(async move {
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+                    }
+                    let Some(shared) = shared.upgrade() else {
+                        return;
+                    };
+                    if let Some(sink) = &shared.audit
+                        && let Err(e) =
+                            audit::confirm(sink.as_ref(), &shared.audit_cursor, &shared.store).await
+                    {
+                        tracing::warn!(error = %e, "cannot record the audit cursor");
+                    }
+                }
+            });
+        }
         let unfinished = store.sessions_with_status(SessionStatus::Running).await?;
         if !unfinished.is_empty() {
             tracing::info!(
@@ -386,6 +412,8 @@ impl RuntimeBuilder {
 
 struct HandleInner {
     shared: Arc<Shared>,
+    /// Stops background tasks at shutdown.
+    stop: tokio_util::sync::CancellationToken,
     supervisor: ActorRef<SupervisorMsg>,
     idempotency_locks: Vec<Mutex<()>>,
 }
@@ -1068,6 +1096,21 @@ impl RuntimeHandle {
         self.inner.shared.tools.executor.stop().await;
         if let Some(mcp) = &self.inner.shared.tools.mcp {
             mcp.stop().await;
+        }
+        self.inner.stop.cancel();
+        if let Some(sink) = &self.inner.shared.audit {
+            let shared = &self.inner.shared;
+            let confirmed = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                audit::confirm(sink.as_ref(), &shared.audit_cursor, &shared.store),
+            )
+            .await;
+            if !matches!(confirmed, Ok(Ok(()))) {
+                tracing::warn!(
+                    "audit trail not confirmed at shutdown; the next start re-appends its last records"
+                );
+            }
+            let _ = shared.store.barrier().await;
         }
         self.inner.shared.store.close();
     }

@@ -560,9 +560,18 @@ impl SessionCtx {
         } else {
             Batch::unsynced()
         };
+        let mut audited = 0;
+        let auditing = self.shared.audit.is_some();
         for e in self.staged.drain(..) {
             batch.append(&self.id, e.seq, e.at_unix_ms, &e.kind);
+            if auditing && crate::audit::is_audited(&e.kind) {
+                audited = e.seq;
+            }
             self.pending.push_back(e);
+        }
+        if audited > 0 {
+            // With the records: a crash cannot leave them out of the audit trail.
+            batch.put_audit_pending(&self.id, audited);
         }
         let now = now_unix_ms();
         let status = self.state.status();
@@ -629,7 +638,10 @@ impl SessionCtx {
             };
             self.released_seq = event.seq;
             if let Some(audit) = &self.shared.audit {
-                crate::audit::record_event(audit.as_ref(), &event);
+                crate::audit::record_event(audit.as_ref(), &event, false);
+                if crate::audit::is_audited(&event.kind) {
+                    self.shared.audit_cursor.note(self.id, event.seq);
+                }
             }
             match &event.kind {
                 EventKind::GateOpened { .. } => baton_metrics::metrics().gates_pending_add(1),

@@ -13,6 +13,18 @@ use baton_types::{SessionId, SessionStatus};
 
 pub const STATUS_PREFIX: u8 = b's';
 pub const IDEMPOTENCY_PREFIX: u8 = b'i';
+/// `indexes` key prefix of a session's audit cursors: `ap` ++ session ->
+/// highest seq that must reach the audit trail, `au` ++ session -> highest seq
+/// known to be in it.
+pub const AUDIT_PREFIX: u8 = b'a';
+
+/// `indexes` key of a session's audit cursor (`p`ending or `u`p to).
+pub fn audit_key(which: u8, session: &SessionId) -> Vec<u8> {
+    let mut k = vec![AUDIT_PREFIX, which];
+    k.extend_from_slice(session.as_bytes());
+    k
+}
+
 /// `indexes` key prefix of a route's total spend (`b` ++ route name -> f64 BE).
 pub const ROUTE_SPEND_PREFIX: u8 = b'b';
 

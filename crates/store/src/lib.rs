@@ -173,6 +173,25 @@ impl Batch {
     }
 
     /// Map an idempotency key to a session.
+    /// The journal records of `session` up to `seq` must reach the audit
+    /// trail (written with those records, so a crash cannot separate them).
+    pub fn put_audit_pending(&mut self, session: &SessionId, seq: u64) {
+        self.push(Op::Put {
+            cf: CF_INDEXES,
+            key: keys::audit_key(b'p', session),
+            value: seq.to_be_bytes().to_vec(),
+        });
+    }
+
+    /// The audit trail holds `session`'s records up to `seq`.
+    pub fn put_audit_done(&mut self, session: &SessionId, seq: u64) {
+        self.push(Op::Put {
+            cf: CF_INDEXES,
+            key: keys::audit_key(b'u', session),
+            value: seq.to_be_bytes().to_vec(),
+        });
+    }
+
     /// Record `route`'s total spend in USD (route budgets survive restarts).
     pub fn put_route_spend(&mut self, route: &str, total_usd: f64) {
         let mut key = vec![keys::ROUTE_SPEND_PREFIX];
@@ -228,6 +247,12 @@ impl Batch {
             self.ops.push(Op::Delete {
                 cf: CF_INDEXES,
                 key: keys::idempotency_key(k),
+            });
+        }
+        for which in [b'p', b'u'] {
+            self.ops.push(Op::Delete {
+                cf: CF_INDEXES,
+                key: keys::audit_key(which, session),
             });
         }
     }
@@ -429,6 +454,46 @@ impl Store {
                 keys::idempotency_key(&key),
             )?;
             Ok(v.and_then(|v| keys::session_from_slice(&v)))
+        })
+        .await
+    }
+
+    /// Sessions whose journal has records the audit trail may lack:
+    /// `(session, audited up to, must be audited up to)` where the first is
+    /// below the second.
+    pub async fn audit_backlog(&self) -> Result<Vec<(SessionId, u64, u64)>> {
+        self.blocking(|db| {
+            let cf = writer::cf_handle(db, CF_INDEXES)?;
+            let read = |which: u8| -> Result<std::collections::HashMap<SessionId, u64>> {
+                let prefix = [keys::AUDIT_PREFIX, which];
+                let mut out = std::collections::HashMap::new();
+                let iter = db.iterator_cf(
+                    cf,
+                    rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+                );
+                for item in iter {
+                    let (k, v) = item?;
+                    if !k.starts_with(&prefix) {
+                        break;
+                    }
+                    if let (Some(id), Ok(bytes)) = (
+                        keys::session_from_slice(&k[2..]),
+                        <[u8; 8]>::try_from(&v[..]),
+                    ) {
+                        out.insert(id, u64::from_be_bytes(bytes));
+                    }
+                }
+                Ok(out)
+            };
+            let pending = read(b'p')?;
+            let done = read(b'u')?;
+            let mut out: Vec<_> = pending
+                .into_iter()
+                .map(|(id, p)| (id, done.get(&id).copied().unwrap_or(0), p))
+                .filter(|(_, d, p)| d < p)
+                .collect();
+            out.sort();
+            Ok(out)
         })
         .await
     }

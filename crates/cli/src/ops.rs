@@ -107,7 +107,7 @@ pub async fn restore(
         if dst.exists() {
             std::fs::remove_dir_all(&dst)?;
         }
-        copy_dir(&src, &dst)
+        baton_store::copy_dir(&src, &dst)
     })
     .await?;
     if let Err(e) = copied {
@@ -220,7 +220,7 @@ async fn check(dir: &Path) -> anyhow::Result<Restored> {
     drop(store);
     let (sessions, records) = result?;
     let d = dir.to_path_buf();
-    let (files, bytes) = tokio::task::spawn_blocking(move || dir_size(&d)).await?;
+    let (files, bytes) = tokio::task::spawn_blocking(move || baton_store::dir_size(&d)).await?;
     Ok(Restored {
         sessions,
         records,
@@ -228,42 +228,6 @@ async fn check(dir: &Path) -> anyhow::Result<Restored> {
         bytes,
         audit: dir.join("audit").is_dir(),
     })
-}
-
-fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
-}
-
-fn dir_size(dir: &Path) -> (u64, u64) {
-    let mut files = 0;
-    let mut bytes = 0;
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => {
-                    let (f, b) = dir_size(&e.path());
-                    files += f;
-                    bytes += b;
-                }
-                Ok(_) => {
-                    files += 1;
-                    bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
-                }
-                Err(_) => {}
-            }
-        }
-    }
-    (files, bytes)
 }
 
 /// `512 B`, `3.4 KiB`, `12.0 MiB`, `1.2 GiB`.

@@ -355,26 +355,11 @@ impl EndpointConfig {
     /// A worst-case estimate of what `req` will cost, in USD, before it is
     /// sent; `None` when neither price is set (see [`Self::cost_usd`]).
     ///
-    /// Input tokens are estimated as one per four characters (rounded up) of
-    /// all message contents and tool-call arguments, plus 4 per message for
-    /// the role and framing; tool definitions are not counted. Output tokens
+    /// Input tokens are [`ModelRequest::estimated_input_tokens`]. Output tokens
     /// are the most the model may produce: the request's
     /// `max_output_tokens`, else the endpoint's, else 1024.
     pub fn estimate_cost_usd(&self, req: &ModelRequest) -> Option<f64> {
-        let chars: u64 = req
-            .messages
-            .iter()
-            .map(|m| {
-                m.content.chars().count() as u64
-                    + m.tool_calls
-                        .iter()
-                        .map(|c| c.arguments.chars().count() as u64)
-                        .sum::<u64>()
-            })
-            .sum();
-        let input_tokens = chars
-            .div_ceil(4)
-            .saturating_add((req.messages.len() as u64).saturating_mul(4));
+        let input_tokens = req.estimated_input_tokens();
         let output_tokens = req
             .max_output_tokens
             .or(self.max_output_tokens)

@@ -66,6 +66,26 @@ impl ModelRequest {
         }
     }
 
+    /// Estimated input tokens: one per four characters (rounded up) of all
+    /// message contents and tool-call arguments, plus 4 per message for the
+    /// role and framing; tool definitions are not counted.
+    pub fn estimated_input_tokens(&self) -> u64 {
+        let chars: u64 = self
+            .messages
+            .iter()
+            .map(|m| {
+                m.content.chars().count() as u64
+                    + m.tool_calls
+                        .iter()
+                        .map(|c| c.arguments.chars().count() as u64)
+                        .sum::<u64>()
+            })
+            .sum();
+        chars
+            .div_ceil(4)
+            .saturating_add((self.messages.len() as u64).saturating_mul(4))
+    }
+
     /// The same request, offering `tools` to the model.
     pub fn with_tools(mut self, tools: Vec<ToolDefinition>) -> Self {
         self.tools = tools;

@@ -8,20 +8,7 @@ use regex::Regex;
 /// Estimated input tokens of a request: one token per 4 characters of the
 /// message contents and tool-call arguments, plus 4 per message.
 pub fn estimate_input_tokens(req: &ModelRequest) -> u64 {
-    let chars: u64 = req
-        .messages
-        .iter()
-        .map(|m| {
-            m.content.chars().count() as u64
-                + m.tool_calls
-                    .iter()
-                    .map(|c| c.arguments.chars().count() as u64)
-                    .sum::<u64>()
-        })
-        .sum();
-    chars
-        .div_ceil(4)
-        .saturating_add((req.messages.len() as u64).saturating_mul(4))
+    req.estimated_input_tokens()
 }
 
 /// The capabilities a request needs from an endpoint. Streaming is never a

@@ -267,18 +267,9 @@ impl RuntimeHandle {
         let upto = seq.min(last_seq);
         let mut state = SessionState::new(id);
         let mut after = 0;
-        while after < upto {
-            let page = store.read_journal(id, after, 512).await?;
-            if page.is_empty() {
-                break;
-            }
-            for e in page {
-                if e.seq > upto {
-                    break;
-                }
-                state.apply(e.seq, e.at_unix_ms, &e.kind);
-                after = e.seq;
-            }
+        for e in read_upto(store, id, upto).await? {
+            state.apply(e.seq, e.at_unix_ms, &e.kind);
+            after = e.seq;
         }
         Ok(StateView {
             status: state.status(),
@@ -334,19 +325,8 @@ impl RuntimeHandle {
         };
         let mut batch = Batch::new();
         batch.put_meta(&new_id, &meta, None);
-        let mut after = 0;
-        while after < at_seq {
-            let page = store.read_journal(id, after, 512).await?;
-            if page.is_empty() {
-                break;
-            }
-            for e in page {
-                if e.seq > at_seq {
-                    break;
-                }
-                batch.append(&new_id, e.seq, e.at_unix_ms, &e.kind);
-                after = e.seq;
-            }
+        for e in read_upto(store, id, at_seq).await? {
+            batch.append(&new_id, e.seq, e.at_unix_ms, &e.kind);
         }
         store.write(batch).await?;
         self.audit_admin(
@@ -407,7 +387,7 @@ impl RuntimeHandle {
         }
         if audit_src.is_dir() {
             let to = dest.join("audit");
-            tokio::task::spawn_blocking(move || copy_dir(&audit_src, &to))
+            tokio::task::spawn_blocking(move || baton_store::copy_dir(&audit_src, &to))
                 .await
                 .map_err(|e| Error::Internal(format!("backup copy task failed: {e}")))?
                 .map_err(|e| Error::Internal(format!("cannot copy the audit log: {e}")))?;
@@ -420,7 +400,7 @@ impl RuntimeHandle {
         );
         let (files, bytes) = {
             let d = dest.clone();
-            tokio::task::spawn_blocking(move || dir_size(&d))
+            tokio::task::spawn_blocking(move || baton_store::dir_size(&d))
                 .await
                 .map_err(|e| Error::Internal(format!("backup size task failed: {e}")))?
         };
@@ -432,42 +412,6 @@ impl RuntimeHandle {
             sessions,
         })
     }
-}
-
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(to)?;
-    for entry in std::fs::read_dir(from)? {
-        let entry = entry?;
-        let target = to.join(entry.file_name());
-        if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
-        } else {
-            std::fs::copy(entry.path(), target)?;
-        }
-    }
-    Ok(())
-}
-
-fn dir_size(dir: &std::path::Path) -> (u64, u64) {
-    let mut files = 0;
-    let mut bytes = 0;
-    if let Ok(rd) = std::fs::read_dir(dir) {
-        for e in rd.flatten() {
-            match e.file_type() {
-                Ok(t) if t.is_dir() => {
-                    let (f, b) = dir_size(&e.path());
-                    files += f;
-                    bytes += b;
-                }
-                Ok(_) => {
-                    files += 1;
-                    bytes += e.metadata().map(|m| m.len()).unwrap_or(0);
-                }
-                Err(_) => {}
-            }
-        }
-    }
-    (files, bytes)
 }
 
 /// Where a replay first differed from the recording.
@@ -752,15 +696,24 @@ impl RuntimeHandle {
 }
 
 async fn read_all(store: &baton_store::Store, id: SessionId) -> Result<Vec<SessionEvent>> {
+    read_upto(store, id, u64::MAX).await
+}
+
+/// The session's journal records with seq <= `upto`, in order.
+async fn read_upto(
+    store: &baton_store::Store,
+    id: SessionId,
+    upto: u64,
+) -> Result<Vec<SessionEvent>> {
     let mut out = Vec::new();
     let mut after = 0;
-    loop {
+    while after < upto {
         let page = store.read_journal(id, after, 512).await?;
-        let Some(last) = page.last() else {
+        let Some(last) = page.last().map(|e| e.seq) else {
             break;
         };
-        after = last.seq;
-        out.extend(page);
+        out.extend(page.into_iter().filter(|e| e.seq <= upto));
+        after = last;
     }
     Ok(out)
 }

@@ -211,8 +211,12 @@ mod tests {
     #[test]
     fn the_shipped_default_config_loads() {
         let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../config/baton.toml");
-        let c = BatonConfig::load(Some(&p)).unwrap();
+        // Not from the process environment, which another test changes.
+        let c =
+            BatonConfig::load_with_env(Some(&p), Env::prefixed("BATON_UNSET_IN_TESTS_")).unwrap();
         assert_eq!(c.server.listen, "127.0.0.1:50051");
+        assert!(c.audit.enabled);
+        assert!(c.telemetry.otlp_endpoint.is_none());
         assert_eq!(c.http.listen, "127.0.0.1:8080");
         assert!(c.http.enabled);
         assert_eq!(c.sessions.default_route, "echo");

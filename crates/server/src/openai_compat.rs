@@ -345,21 +345,8 @@ fn tool_calls(v: Option<&Value>, param: &str) -> Result<Vec<ToolCall>, ApiError>
                 ));
             }
         };
-        let Some(function) = obj.get("function").and_then(Value::as_object) else {
-            return Err(ApiError::invalid(
-                format!("{p}.function"),
-                "must be an object",
-            ));
-        };
-        let name = match function.get("name") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            _ => {
-                return Err(ApiError::invalid(
-                    format!("{p}.function.name"),
-                    "must be a non-empty string",
-                ));
-            }
-        };
+        let function = object(obj, "function", &format!("{p}.function"))?;
+        let name = non_empty_str(function, "name", &format!("{p}.function.name"))?;
         let arguments = optional(
             function,
             "arguments",
@@ -375,6 +362,29 @@ fn tool_calls(v: Option<&Value>, param: &str) -> Result<Vec<ToolCall>, ApiError>
         });
     }
     Ok(out)
+}
+
+/// `obj[key]` as a non-empty string; else an error naming `path`.
+fn non_empty_str(
+    obj: &serde_json::Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<String, ApiError> {
+    match obj.get(key) {
+        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(ApiError::invalid(path, "must be a non-empty string")),
+    }
+}
+
+/// `obj[key]` as an object; else an error naming `path`.
+fn object<'a>(
+    obj: &'a serde_json::Map<String, Value>,
+    key: &str,
+    path: &str,
+) -> Result<&'a serde_json::Map<String, Value>, ApiError> {
+    obj.get(key)
+        .and_then(Value::as_object)
+        .ok_or_else(|| ApiError::invalid(path, "must be an object"))
 }
 
 fn tools(v: Option<&Value>) -> Result<Vec<ToolDefinition>, ApiError> {
@@ -403,21 +413,8 @@ fn tools(v: Option<&Value>) -> Result<Vec<ToolDefinition>, ApiError> {
                 ));
             }
         }
-        let Some(function) = obj.get("function").and_then(Value::as_object) else {
-            return Err(ApiError::invalid(
-                format!("{p}.function"),
-                "must be an object",
-            ));
-        };
-        let name = match function.get("name") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            _ => {
-                return Err(ApiError::invalid(
-                    format!("{p}.function.name"),
-                    "must be a non-empty string",
-                ));
-            }
-        };
+        let function = object(obj, "function", &format!("{p}.function"))?;
+        let name = non_empty_str(function, "name", &format!("{p}.function.name"))?;
         let description = optional(
             function,
             "description",

@@ -359,7 +359,12 @@ impl EndpointConfig {
     /// are the most the model may produce: the request's
     /// `max_output_tokens`, else the endpoint's, else 1024.
     pub fn estimate_cost_usd(&self, req: &ModelRequest) -> Option<f64> {
-        let input_tokens = req.estimated_input_tokens();
+        self.estimate_cost_usd_for(req.estimated_input_tokens(), req)
+    }
+
+    /// [`Self::estimate_cost_usd`] with the input tokens already estimated
+    /// (a router pricing one request at many endpoints counts them once).
+    pub fn estimate_cost_usd_for(&self, input_tokens: u64, req: &ModelRequest) -> Option<f64> {
         let output_tokens = req
             .max_output_tokens
             .or(self.max_output_tokens)

@@ -257,6 +257,8 @@ enum Want {
 /// Per-call routing state, indexed like the route's endpoints.
 struct CallState<'r> {
     route: &'r Route,
+    /// The request's estimated input tokens, counted once per call.
+    input_tokens: u64,
     /// This call's preference order (by_complexity: the tier, higher tiers,
     /// then lower ones).
     order: Vec<usize>,
@@ -456,12 +458,13 @@ impl Router {
     /// estimates; `None` for an unknown route or when none is priced.
     pub fn estimate_cost_usd(&self, route: &str, req: &ModelRequest) -> Option<f64> {
         let route = self.inner.routes.get(route)?;
+        let tokens = req.estimated_input_tokens();
         route
             .cfg
             .endpoints
             .iter()
             .filter_map(|e| self.inner.models.get(e))
-            .filter_map(|h| h.endpoint().config().estimate_cost_usd(req))
+            .filter_map(|h| h.endpoint().config().estimate_cost_usd_for(tokens, req))
             .reduce(f64::max)
     }
 
@@ -607,6 +610,7 @@ impl Router {
         }
         CallState {
             route,
+            input_tokens,
             order,
             statics,
             excluded: vec![None; n],
@@ -637,7 +641,11 @@ impl Router {
                 let handle = self.inner.models.get(name);
                 let health = self.inner.health.get(name);
                 let estimate = handle
-                    .and_then(|h| h.endpoint().config().estimate_cost_usd(req))
+                    .and_then(|h| {
+                        h.endpoint()
+                            .config()
+                            .estimate_cost_usd_for(st.input_tokens, req)
+                    })
                     .unwrap_or(0.0);
                 let score = match route.cfg.strategy {
                     Strategy::Fallback => None,

@@ -220,7 +220,23 @@ pub(crate) async fn recover(
     for (session, done, pending) in backlog {
         let mut after = done;
         while after < pending {
-            let page = store.read_journal(session, after, 512).await?;
+            let page = match store.read_journal(session, after, 512).await {
+                Ok(p) => p,
+                Err(e) => {
+                    // An undecodable journal fails only its own session
+                    // (when it is next loaded); its audit backlog stays
+                    // pending and is retried at the next start.
+                    tracing::error!(session = %session, error = %e, "audit trail: cannot read the journal to recover its records");
+                    sink.record(
+                        "audit_recovery_failed",
+                        Some(session),
+                        Some("runtime"),
+                        serde_json::json!({ "after_seq": after, "upto_seq": pending, "reason": e.to_string() }),
+                    );
+                    after = u64::MAX;
+                    break;
+                }
+            };
             let Some(last) = page.last().map(|e| e.seq) else {
                 break;
             };
@@ -232,7 +248,9 @@ pub(crate) async fn recover(
             }
             after = last;
         }
-        batch.put_audit_done(&session, pending);
+        if after != u64::MAX {
+            batch.put_audit_done(&session, pending);
+        }
     }
     if appended > 0 {
         sink.flush().await;

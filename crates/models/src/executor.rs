@@ -19,7 +19,9 @@ use crate::{DeltaSink, Endpoint, EndpointConfig, Error, ModelRequest, ModelRespo
 /// One call for an executor: the request, where deltas go, how to cancel it
 /// and where the result goes.
 pub struct ModelJob {
-    pub request: ModelRequest,
+    /// Shared, not copied: a router retrying or failing over hands the same
+    /// request to several attempts.
+    pub request: Arc<ModelRequest>,
     pub deltas: Option<DeltaSink>,
     pub cancel: CancellationToken,
     pub reply: oneshot::Sender<Result<ModelResponse>>,
@@ -32,14 +34,14 @@ pub struct ModelJob {
 impl ModelJob {
     /// A job and the receiver of its result.
     pub fn new(
-        request: ModelRequest,
+        request: impl Into<Arc<ModelRequest>>,
         deltas: Option<DeltaSink>,
         cancel: CancellationToken,
     ) -> (ModelJob, oneshot::Receiver<Result<ModelResponse>>) {
         let (reply, rx) = oneshot::channel();
         (
             ModelJob {
-                request,
+                request: request.into(),
                 deltas,
                 cancel,
                 reply,
@@ -105,7 +107,7 @@ impl Drop for ReplyGuard {
 
 /// A job handed to a worker.
 struct Assigned {
-    request: ModelRequest,
+    request: Arc<ModelRequest>,
     deltas: Option<DeltaSink>,
     cancel: CancellationToken,
     reply: ReplyGuard,

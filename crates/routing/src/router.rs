@@ -36,7 +36,8 @@ use crate::select::{
 pub struct RouteCall {
     /// A route name, or an endpoint name (its implicit route).
     pub route: String,
-    pub request: ModelRequest,
+    /// Shared with every attempt of the call (not copied per attempt).
+    pub request: Arc<ModelRequest>,
     /// The request carries images.
     pub needs_vision: bool,
     /// The call may only go to endpoints certified for all of these.
@@ -55,10 +56,10 @@ pub struct RouteCall {
 
 impl RouteCall {
     /// A call of `route` with no streaming, events, deadline or budget.
-    pub fn new(route: impl Into<String>, request: ModelRequest) -> Self {
+    pub fn new(route: impl Into<String>, request: impl Into<Arc<ModelRequest>>) -> Self {
         Self {
             route: route.into(),
-            request,
+            request: request.into(),
             needs_vision: false,
             data_classes: Vec::new(),
             deltas: None,
@@ -1555,7 +1556,7 @@ impl Router {
     async fn run_attempt(
         &self,
         handle: &ExecutorHandle,
-        request: &ModelRequest,
+        request: &Arc<ModelRequest>,
         forward: Option<&DeltaSink>,
         cancel: &CancellationToken,
         deadline: Option<Instant>,
@@ -1686,7 +1687,7 @@ impl Router {
             });
             let eval_call = RouteCall {
                 route: evaluator.clone(),
-                request: ModelRequest::new(vec![Message::user(prompt)]),
+                request: Arc::new(ModelRequest::new(vec![Message::user(prompt)])),
                 needs_vision: false,
                 data_classes: call.data_classes.clone(),
                 deltas: None,

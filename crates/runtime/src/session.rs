@@ -1553,7 +1553,7 @@ impl SessionCtx {
             });
         let route_call = baton_routing::RouteCall {
             route: self.state.route.clone(),
-            request,
+            request: std::sync::Arc::new(request),
             needs_vision: false,
             data_classes: self.state.data_classes.clone(),
             deltas: Some(delta_tx),

@@ -251,36 +251,8 @@ impl AnthropicProvider {
                         ),
                     ));
                 }
-                Err(SseError::TimedOut) if !acc.started => {
-                    return Err(ProviderError::new(
-                        ProviderErrorKind::FirstTokenTimeout,
-                        format!(
-                            "no first token within the first-token timeout of {} ms",
-                            t.first_token.as_millis()
-                        ),
-                    ));
-                }
-                Err(SseError::TimedOut) => {
-                    return Err(ProviderError::new(
-                        ProviderErrorKind::StreamStalled,
-                        format!(
-                            "stream stalled: no data for {} ms after {} chunks",
-                            t.idle.as_millis(),
-                            reader.events
-                        ),
-                    ));
-                }
-                Err(SseError::Broken(e)) => {
-                    return Err(ProviderError::new(
-                        ProviderErrorKind::Connection,
-                        format!("stream broken after {} chunks: {e}", reader.events),
-                    ));
-                }
-                Err(SseError::NotUtf8) => {
-                    return Err(malformed(format!(
-                        "stream is not valid utf-8 after {} chunks",
-                        reader.events
-                    )));
+                Err(e) => {
+                    return Err(e.into_provider_error(&t, !acc.started, reader.events));
                 }
             }
         }

@@ -354,6 +354,43 @@ pub(crate) enum SseError {
     NotUtf8,
 }
 
+impl SseError {
+    /// What a stream failure before the answer was complete means, for
+    /// both providers: a timeout before the first token is
+    /// `FirstTokenTimeout`, after it `StreamStalled`; a broken body is a
+    /// transient connection error; non-text is malformed.
+    pub(crate) fn into_provider_error(
+        self,
+        t: &Timeouts,
+        before_first_token: bool,
+        chunks: usize,
+    ) -> ProviderError {
+        match self {
+            SseError::TimedOut if before_first_token => ProviderError::new(
+                ProviderErrorKind::FirstTokenTimeout,
+                format!(
+                    "no first token within the first-token timeout of {} ms",
+                    t.first_token.as_millis()
+                ),
+            ),
+            SseError::TimedOut => ProviderError::new(
+                ProviderErrorKind::StreamStalled,
+                format!(
+                    "stream stalled: no data for {} ms after {chunks} chunks",
+                    t.idle.as_millis()
+                ),
+            ),
+            SseError::Broken(e) => ProviderError::new(
+                ProviderErrorKind::Connection,
+                format!("stream broken after {chunks} chunks: {e}"),
+            ),
+            SseError::NotUtf8 => {
+                malformed(format!("stream is not valid utf-8 after {chunks} chunks"))
+            }
+        }
+    }
+}
+
 /// Reads server-sent events off a body. Comments (`: ...`) and fields other
 /// than `event` and `data` are skipped; events without data are dropped.
 pub(crate) struct SseReader {

@@ -236,36 +236,8 @@ impl OpenAiProvider {
                         ),
                     ));
                 }
-                Err(SseError::TimedOut) if reader.events == 0 => {
-                    return Err(ProviderError::new(
-                        ProviderErrorKind::FirstTokenTimeout,
-                        format!(
-                            "no first token within the first-token timeout of {} ms",
-                            t.first_token.as_millis()
-                        ),
-                    ));
-                }
-                Err(SseError::TimedOut) => {
-                    return Err(ProviderError::new(
-                        ProviderErrorKind::StreamStalled,
-                        format!(
-                            "stream stalled: no data for {} ms after {} chunks",
-                            t.idle.as_millis(),
-                            reader.events
-                        ),
-                    ));
-                }
-                Err(SseError::Broken(e)) => {
-                    return Err(ProviderError::new(
-                        ProviderErrorKind::Connection,
-                        format!("stream broken after {} chunks: {e}", reader.events),
-                    ));
-                }
-                Err(SseError::NotUtf8) => {
-                    return Err(malformed(format!(
-                        "stream is not valid utf-8 after {} chunks",
-                        reader.events
-                    )));
+                Err(e) => {
+                    return Err(e.into_provider_error(&t, reader.events == 0, reader.events));
                 }
             }
         }

@@ -2,9 +2,12 @@
 //!
 //! An [`Endpoint`] is one configured model (`[[models]]` in `baton.toml`): a
 //! [`Provider`] that makes single attempts (an OpenAI-compatible HTTP API, the
-//! local `echo` model, or a `scripted` replay of canned answers) plus the
-//! policy around it — per-attempt timeouts, retries with exponential backoff
-//! and full jitter, `Retry-After`, and prompt cancellation. An
+//! Anthropic Messages API, the local `echo` model, or a `scripted` replay of
+//! canned answers) plus the policy around it — connect, first-token, idle and
+//! total timeouts, retries with exponential backoff and full jitter,
+//! `Retry-After`, and prompt cancellation. Routing across endpoints
+//! (failover, breakers, budgets) is `baton-routing`'s, which makes single
+//! attempts ([`Endpoint::attempt_once`]). An
 //! [`ExecutorHandle`] runs an endpoint's calls on a pool of ractor worker
 //! actors, `max_concurrency` at a time with a bounded queue; a
 //! [`ModelRegistry`] holds the executors of all endpoints by name.

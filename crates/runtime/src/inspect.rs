@@ -116,8 +116,8 @@ impl RuntimeHandle {
         root.children.push(sup);
 
         let mut models = ActorNode::new("model_executors", "models", "models", "running");
-        for name in shared.models.names() {
-            if let Some(h) = shared.models.get(&name) {
+        for name in shared.router.models().names() {
+            if let Some(h) = shared.router.models().get(&name) {
                 let cfg = h.endpoint().config();
                 let mut node = ActorNode::new("model_executor", name.clone(), name, "running");
                 node.uptime_ms = uptime;

@@ -87,8 +87,7 @@ pub(crate) struct ToolsRuntime {
 /// State shared by the supervisor, the session actors and the handle.
 pub(crate) struct Shared {
     pub store: Store,
-    pub models: ModelRegistry,
-    /// Routes every model call: strategies, retries, failover, breakers, budgets.
+    /// Routes every model call (and holds the endpoints' executors): strategies, retries, failover, breakers, budgets.
     pub router: baton_routing::Router,
     pub tools: ToolsRuntime,
     pub gate_policies: gates::Policies,
@@ -347,7 +346,6 @@ impl RuntimeBuilder {
         let (gate_events, _) = tokio::sync::broadcast::channel(1024);
         let shared = Arc::new(Shared {
             store: store.clone(),
-            models,
             router,
             gate_policies,
             gate_events,
@@ -1092,7 +1090,7 @@ impl RuntimeHandle {
             }
         })
         .await;
-        self.inner.shared.models.stop().await;
+        self.inner.shared.router.models().stop().await;
         self.inner.shared.tools.executor.stop().await;
         if let Some(mcp) = &self.inner.shared.tools.mcp {
             mcp.stop().await;

@@ -396,6 +396,84 @@ async fn tool_calls_are_returned_to_the_caller_not_run() {
     assert_eq!(finish, Some("tool_calls"));
 }
 
+/// Sampling, limits, stop sequences, tool choice and structured output go
+/// upstream as the caller set them, and are journaled with the session.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_parameters_reach_the_upstream_and_the_journal() {
+    let fd = front_door(true, "").await;
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}},
+                        "required": ["city"], "additionalProperties": false});
+    let r = fd
+        .post(&json!({
+            "model": "fake",
+            "messages": [{"role": "user", "content": "where?"}],
+            "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+            "tool_choice": {"type": "function", "function": {"name": "lookup"}},
+            "temperature": 0.2,
+            "top_p": 0.9,
+            "max_completion_tokens": 64,
+            "stop": ["END", "STOP"],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
+        }))
+        .await;
+    assert_eq!(r.status(), 200);
+    let id = header(&r, "x-baton-session-id").unwrap();
+    let sent = &fd.fake.received()[0];
+    assert_eq!(sent["temperature"].to_string(), "0.2");
+    assert_eq!(sent["top_p"].to_string(), "0.9");
+    assert_eq!(sent["max_tokens"], 64);
+    assert_eq!(sent["stop"], json!(["END", "STOP"]));
+    assert_eq!(
+        sent["tool_choice"],
+        json!({"type": "function", "function": {"name": "lookup"}})
+    );
+    assert_eq!(sent["response_format"]["type"], "json_schema");
+    assert_eq!(sent["response_format"]["json_schema"]["schema"], schema);
+
+    // Without them, none is sent (the endpoint's defaults apply).
+    let r = fd
+        .post(&json!({"model": "fake", "messages": [{"role": "user", "content": "plain"}]}))
+        .await;
+    assert_eq!(r.status(), 200);
+    let plain = &fd.fake.received()[1];
+    for key in [
+        "temperature",
+        "top_p",
+        "max_tokens",
+        "stop",
+        "tool_choice",
+        "response_format",
+    ] {
+        assert!(plain.get(key).is_none(), "{key} sent: {plain}");
+    }
+
+    // The settings are part of the journal's first record.
+    let mut client = fd.baton.client().await.unwrap();
+    let mut events = client
+        .resume_session(v1::ResumeSessionRequest {
+            session_id: id,
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let journal = read_until(&mut events, |e| e.ends_turn()).await;
+    let EventKind::SessionStarted { generation, .. } = &journal[0].kind else {
+        panic!("{:?}", journal[0]);
+    };
+    assert_eq!(generation.temperature, Some(0.2));
+    assert_eq!(generation.top_p, Some(0.9));
+    assert_eq!(generation.max_output_tokens, Some(64));
+    assert_eq!(generation.stop, ["END", "STOP"]);
+    assert_eq!(
+        generation.tool_choice,
+        baton::types::ToolChoice::Tool("lookup".into())
+    );
+    let journaled: Value =
+        serde_json::from_str(generation.json_schema.as_deref().unwrap()).unwrap();
+    assert_eq!(journaled, schema);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_ending_with_tool_results_continues() {
     let fd = front_door(false, "").await;
@@ -535,6 +613,21 @@ async fn bad_requests_get_openai_style_errors_and_reach_no_model() {
             json!({"model": "fake", "messages": [{"role": "user", "content": "hi"}],
                    "tools": [{"type": "code_interpreter"}]}),
             "tools[0].type",
+        ),
+        (
+            json!({"model": "fake", "messages": [{"role": "user", "content": "hi"}],
+                   "temperature": 7}),
+            "temperature",
+        ),
+        (
+            json!({"model": "fake", "messages": [{"role": "user", "content": "hi"}],
+                   "tool_choice": {"type": "function", "function": {"name": "absent"}}}),
+            "tool_choice.function.name",
+        ),
+        (
+            json!({"model": "fake", "messages": [{"role": "user", "content": "hi"}],
+                   "response_format": {"type": "json_object"}}),
+            "response_format.type",
         ),
     ];
     for (body, param) in cases {

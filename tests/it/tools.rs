@@ -524,3 +524,131 @@ async fn an_mcp_stdio_servers_tools_work_in_the_loop() {
     );
     server.stop().await;
 }
+
+/// A session's generation settings apply to each of its model calls; a
+/// required tool binds only a turn's first call, so the loop can finish.
+/// Bad settings are refused with INVALID_ARGUMENT naming the field.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_settings_apply_to_every_call_and_a_forced_tool_only_to_the_first() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    fake.push_reply(ScriptedReply::ToolCalls(vec![call(
+        "a",
+        "calculator",
+        json!({"expression": "2 + 2"}),
+    )]));
+    fake.push_reply(ScriptedReply::Text("4".into()));
+    let server = TestServer::start(config(&fake)).await.unwrap();
+    let mut client = server.client().await.unwrap();
+    let generation = v1::Generation {
+        temperature: Some(0.3),
+        max_output_tokens: Some(100),
+        stop: vec!["END".into()],
+        tool_choice: "tool".into(),
+        tool_name: "calculator".into(),
+        ..Default::default()
+    };
+    let id = client
+        .start_session(v1::StartSessionRequest {
+            generation: Some(generation.clone()),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    let events = turn(&mut client, &id, "2 + 2?").await;
+    assert_eq!(kinds(&events).last(), Some(&"turn_completed"));
+    let received = fake.received();
+    assert_eq!(received.len(), 2);
+    assert_eq!(
+        received[0]["tool_choice"],
+        json!({"type": "function", "function": {"name": "calculator"}})
+    );
+    assert!(
+        received[1].get("tool_choice").is_none(),
+        "the call after the tool results is free to answer: {}",
+        received[1]
+    );
+    for r in &received {
+        assert_eq!(r["temperature"].to_string(), "0.3");
+        assert_eq!(r["max_tokens"], 100);
+        assert_eq!(r["stop"], json!(["END"]));
+    }
+
+    let before = fake.requests();
+    let bad = [
+        (
+            v1::Generation {
+                temperature: Some(3.0),
+                ..Default::default()
+            },
+            "generation.temperature",
+        ),
+        (
+            v1::Generation {
+                tool_choice: "sometimes".into(),
+                ..Default::default()
+            },
+            "generation.tool_choice",
+        ),
+        (
+            v1::Generation {
+                tool_choice: "tool".into(),
+                tool_name: "no_such_tool".into(),
+                ..Default::default()
+            },
+            "generation.tool_choice",
+        ),
+        (
+            v1::Generation {
+                tool_name: "calculator".into(),
+                ..Default::default()
+            },
+            "generation.tool_name",
+        ),
+        (
+            v1::Generation {
+                json_schema: "[1]".into(),
+                ..Default::default()
+            },
+            "generation.json_schema",
+        ),
+        (
+            v1::Generation {
+                max_output_tokens: Some(0),
+                ..Default::default()
+            },
+            "generation.max_output_tokens",
+        ),
+    ];
+    let listed = |c: &mut Client| {
+        let mut c = c.clone();
+        async move {
+            c.list_sessions(v1::ListSessionsRequest::default())
+                .await
+                .unwrap()
+                .into_inner()
+                .sessions
+                .len()
+        }
+    };
+    let sessions = listed(&mut client).await;
+    for (g, field) in bad {
+        let e = client
+            .start_session(v1::StartSessionRequest {
+                generation: Some(g.clone()),
+                ..Default::default()
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), tonic::Code::InvalidArgument, "{g:?}");
+        assert!(e.message().contains(field), "{g:?}: {}", e.message());
+    }
+    assert_eq!(
+        listed(&mut client).await,
+        sessions,
+        "no session was created"
+    );
+    assert_eq!(fake.requests(), before);
+    server.stop().await;
+}

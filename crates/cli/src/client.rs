@@ -54,6 +54,26 @@ pub enum SessionCommand {
         /// (repeatable): its calls only go to endpoints certified for it.
         #[arg(long = "data-class")]
         data_classes: Vec<String>,
+        /// Sampling temperature of every model call, 0 to 2.
+        #[arg(long)]
+        temperature: Option<f32>,
+        /// Nucleus sampling, 0 to 1.
+        #[arg(long)]
+        top_p: Option<f32>,
+        /// Output-token limit per model call.
+        #[arg(long)]
+        max_output_tokens: Option<u32>,
+        /// A stop sequence (repeatable, at most 4).
+        #[arg(long = "stop")]
+        stop: Vec<String>,
+        /// `auto`, `none`, `required`, or the name of the tool the first
+        /// model call of each turn must call.
+        #[arg(long, default_value = "")]
+        tool_choice: String,
+        /// A JSON file holding the JSON Schema every answer must satisfy
+        /// (structured output).
+        #[arg(long)]
+        json_schema: Option<std::path::PathBuf>,
     },
     /// Answer a client-side tool call (or one that needs attention).
     SubmitToolResult {
@@ -131,7 +151,36 @@ pub async fn run(conn: Conn, cmd: SessionCommand) -> anyhow::Result<()> {
             max_steps,
             budget_usd,
             data_classes,
+            temperature,
+            top_p,
+            max_output_tokens,
+            stop,
+            tool_choice,
+            json_schema,
         } => {
+            let json_schema = match json_schema {
+                Some(path) => {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read {}", path.display()))?;
+                    serde_json::from_str::<serde_json::Value>(&text)
+                        .with_context(|| format!("{} is not JSON", path.display()))?;
+                    text
+                }
+                None => String::new(),
+            };
+            let (tool_choice, tool_name) = match tool_choice.as_str() {
+                "" | "auto" | "none" | "required" => (tool_choice, String::new()),
+                _ => ("tool".to_string(), tool_choice),
+            };
+            let generation = v1::Generation {
+                temperature,
+                top_p,
+                max_output_tokens,
+                stop,
+                tool_choice,
+                tool_name,
+                json_schema,
+            };
             let r = client
                 .start_session(v1::StartSessionRequest {
                     idempotency_key,
@@ -146,6 +195,7 @@ pub async fn run(conn: Conn, cmd: SessionCommand) -> anyhow::Result<()> {
                     max_steps,
                     budget_usd,
                     data_classes,
+                    generation: Some(generation),
                 })
                 .await
                 .map_err(rpc_error)?

@@ -61,6 +61,34 @@ impl Printer {
     }
 }
 
+/// The settings that differ from the defaults, as ", name value" parts.
+fn describe_generation(g: &baton_types::Generation) -> String {
+    use baton_types::ToolChoice;
+    let mut d = String::new();
+    if let Some(t) = g.temperature {
+        d.push_str(&format!(", temperature {t}"));
+    }
+    if let Some(p) = g.top_p {
+        d.push_str(&format!(", top_p {p}"));
+    }
+    if let Some(m) = g.max_output_tokens {
+        d.push_str(&format!(", max output tokens {m}"));
+    }
+    if !g.stop.is_empty() {
+        d.push_str(&format!(", stop {:?}", g.stop));
+    }
+    match &g.tool_choice {
+        ToolChoice::Auto => {}
+        ToolChoice::None => d.push_str(", no tool calls"),
+        ToolChoice::Required => d.push_str(", a tool call required"),
+        ToolChoice::Tool(name) => d.push_str(&format!(", tool {name} required")),
+    }
+    if g.json_schema.is_some() {
+        d.push_str(", structured output (JSON Schema)");
+    }
+    d
+}
+
 /// One readable line for an event.
 pub fn describe(e: &SessionEvent) -> String {
     let body = match &e.kind {
@@ -74,9 +102,11 @@ pub fn describe(e: &SessionEvent) -> String {
             data_classes,
             one_shot,
             history,
+            generation,
             replay_of,
         } => {
             let mut d = format!("session started on route {route}");
+            d.push_str(&describe_generation(generation));
             if let Some(b) = budget_usd {
                 d.push_str(&format!(", budget ${b:.4}"));
             }

@@ -49,8 +49,14 @@ pub struct ModelRequest {
     /// Output-token limit; the endpoint's `max_output_tokens` when `None`.
     pub max_output_tokens: Option<u32>,
     pub temperature: Option<f32>,
+    /// Nucleus sampling.
+    pub top_p: Option<f32>,
+    /// Stop sequences; none when empty.
+    pub stop: Vec<String>,
     /// Tools the model may call; none when empty.
     pub tools: Vec<ToolDefinition>,
+    /// Whether and which tool the model must call (sent only with tools).
+    pub tool_choice: baton_types::ToolChoice,
     /// Constrain the answer to this JSON Schema (structured output), when
     /// set. Providers pass it on (OpenAI `response_format` json_schema,
     /// Anthropic as a forced tool); routing treats it as needing the
@@ -64,7 +70,10 @@ impl ModelRequest {
             messages,
             max_output_tokens: None,
             temperature: None,
+            top_p: None,
+            stop: Vec::new(),
             tools: Vec::new(),
+            tool_choice: baton_types::ToolChoice::Auto,
             json_schema: None,
         }
     }

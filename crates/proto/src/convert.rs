@@ -1,8 +1,8 @@
 //! Conversions between [`baton_types`] and the `baton.v1` API messages.
 
 use baton_types::{
-    EventKind, FinishReason, Message, Role, SessionEvent, SessionStatus, ToolCall, ToolDefinition,
-    Usage,
+    EventKind, FinishReason, Generation, Message, Role, SessionEvent, SessionStatus, ToolCall,
+    ToolChoice, ToolDefinition, Usage,
 };
 
 use crate::v1;
@@ -78,6 +78,74 @@ pub fn tool_definition_from_proto(t: v1::ToolDefinition) -> ToolDefinition {
     }
 }
 
+/// The API shape of a session's generation settings; `None` for defaults.
+pub fn generation_to_proto(g: &Generation) -> Option<v1::Generation> {
+    if g.is_default() {
+        return None;
+    }
+    let (choice, name) = match &g.tool_choice {
+        ToolChoice::Auto => ("", ""),
+        ToolChoice::None => ("none", ""),
+        ToolChoice::Required => ("required", ""),
+        ToolChoice::Tool(name) => ("tool", name.as_str()),
+    };
+    Some(v1::Generation {
+        temperature: g.temperature,
+        top_p: g.top_p,
+        max_output_tokens: g.max_output_tokens,
+        stop: g.stop.clone(),
+        tool_choice: choice.into(),
+        tool_name: name.into(),
+        json_schema: g.json_schema.clone().unwrap_or_default(),
+    })
+}
+
+/// Generation settings from the API shape. `Err((field, problem))` names the
+/// field at fault (`tool_choice`, `tool_name`); ranges are checked by
+/// [`Generation::validate`].
+pub fn generation_from_proto(
+    g: Option<v1::Generation>,
+) -> Result<Generation, (&'static str, String)> {
+    let Some(g) = g else {
+        return Ok(Generation::default());
+    };
+    let tool_choice = match g.tool_choice.as_str() {
+        "" | "auto" | "none" | "required" if !g.tool_name.is_empty() => {
+            return Err((
+                "tool_name",
+                format!(
+                    "is only allowed with tool_choice \"tool\", not {:?}",
+                    g.tool_choice
+                ),
+            ));
+        }
+        "" | "auto" => ToolChoice::Auto,
+        "none" => ToolChoice::None,
+        "required" => ToolChoice::Required,
+        "tool" if g.tool_name.is_empty() => {
+            return Err((
+                "tool_name",
+                "must name the tool tool_choice \"tool\" requires".into(),
+            ));
+        }
+        "tool" => ToolChoice::Tool(g.tool_name),
+        other => {
+            return Err((
+                "tool_choice",
+                format!("{other:?} is not one of \"auto\", \"none\", \"required\", \"tool\""),
+            ));
+        }
+    };
+    Ok(Generation {
+        temperature: g.temperature,
+        top_p: g.top_p,
+        max_output_tokens: g.max_output_tokens,
+        stop: g.stop,
+        tool_choice,
+        json_schema: (!g.json_schema.is_empty()).then_some(g.json_schema),
+    })
+}
+
 pub fn message_to_proto(m: &Message) -> v1::Message {
     v1::Message {
         role: role_to_proto(m.role) as i32,
@@ -127,8 +195,10 @@ pub fn event_to_proto(e: &SessionEvent) -> v1::SessionEvent {
             data_classes,
             one_shot,
             history,
+            generation,
             replay_of,
         } => Kind::SessionStarted(v1::SessionStarted {
+            generation: generation_to_proto(generation),
             budget_usd: *budget_usd,
             data_classes: data_classes.clone(),
             one_shot: *one_shot,
@@ -372,6 +442,7 @@ pub fn event_from_proto(e: v1::SessionEvent) -> Option<SessionEvent> {
             one_shot: k.one_shot,
             // The API carries only the number of history messages.
             history: Vec::new(),
+            generation: generation_from_proto(k.generation).ok()?,
             replay_of: (!k.replay_of.is_empty()).then_some(k.replay_of),
         },
         Kind::TurnAccepted(k) => EventKind::TurnAccepted {
@@ -577,6 +648,14 @@ mod tests {
                 one_shot: true,
                 // The API carries only the number of history messages.
                 history: Vec::new(),
+                generation: Generation {
+                    temperature: Some(0.5),
+                    top_p: None,
+                    max_output_tokens: Some(64),
+                    stop: vec!["END".into()],
+                    tool_choice: ToolChoice::Tool("lookup".into()),
+                    json_schema: Some("{}".into()),
+                },
                 replay_of: Some("src".into()),
             },
             EventKind::ToolCallRequested {

@@ -527,23 +527,22 @@ impl RuntimeHandle {
                 "session {id} has an empty journal"
             )));
         };
+        let mut started = first.kind.clone();
         let EventKind::SessionStarted {
             route,
             system_prompt,
-            allowed_tools,
-            client_tools,
-            max_steps,
-            budget_usd,
-            data_classes,
-            one_shot,
-            history,
+            replay_of,
             ..
-        } = first.kind.clone()
+        } = &mut started
         else {
             return Err(Error::FailedPrecondition(format!(
                 "session {id}'s journal does not start with SessionStarted"
             )));
         };
+        // Everything the recording started with, so fields added later
+        // carry over without a change here.
+        *replay_of = Some(id.to_string());
+        let (route, system_prompt) = (route.clone(), system_prompt.clone());
         let mut answers = std::collections::VecDeque::new();
         let mut tools = std::collections::HashMap::new();
         let mut turns = Vec::new();
@@ -598,23 +597,7 @@ impl RuntimeHandle {
         };
         let mut batch = Batch::new();
         batch.put_meta(&replay_id, &replay_meta, None);
-        batch.append(
-            &replay_id,
-            1,
-            now,
-            &EventKind::SessionStarted {
-                route,
-                system_prompt,
-                allowed_tools,
-                client_tools,
-                max_steps,
-                budget_usd,
-                data_classes,
-                one_shot,
-                history,
-                replay_of: Some(id.to_string()),
-            },
-        );
+        batch.append(&replay_id, 1, now, &started);
         self.inner.shared.replays_insert(
             replay_id,
             std::sync::Arc::new(ReplaySource {

@@ -164,6 +164,9 @@ pub struct StartSession {
     pub one_shot: bool,
     /// Messages the conversation starts with (before the first turn).
     pub history: Vec<baton_types::Message>,
+    /// How every model call of the session generates: sampling, output
+    /// limit, stop sequences, tool choice, structured output.
+    pub generation: baton_types::Generation,
 }
 
 /// The outcome of [`RuntimeHandle::start_session`].
@@ -616,6 +619,7 @@ impl RuntimeHandle {
                 data_classes: req.data_classes,
                 one_shot: req.one_shot,
                 history: req.history,
+                generation: req.generation,
                 replay_of: None,
             },
         );
@@ -647,6 +651,7 @@ impl RuntimeHandle {
                 req.max_steps
             )));
         }
+        self.validate_generation(req)?;
         let mut names = std::collections::HashSet::new();
         for (i, t) in req.client_tools.iter().enumerate() {
             if t.name.is_empty() || t.name.len() > 64 {
@@ -676,6 +681,69 @@ impl RuntimeHandle {
             }
         }
         Ok(())
+    }
+
+    /// Ranges and shapes of the generation settings, and that a tool choice
+    /// names a tool the session has.
+    fn validate_generation(&self, req: &StartSession) -> Result<()> {
+        let g = &req.generation;
+        g.validate().map_err(|(field, problem)| {
+            Error::InvalidArgument(format!("generation.{field}: {problem}"))
+        })?;
+        if let Some(schema) = &g.json_schema {
+            match serde_json::from_str::<serde_json::Value>(schema) {
+                Ok(v) if v.is_object() => {}
+                Ok(_) => {
+                    return Err(Error::InvalidArgument(
+                        "generation.json_schema: must be a JSON Schema object".into(),
+                    ));
+                }
+                Err(e) => {
+                    return Err(Error::InvalidArgument(format!(
+                        "generation.json_schema: is not valid JSON: {e}"
+                    )));
+                }
+            }
+        }
+        let needs_tools = matches!(
+            g.tool_choice,
+            baton_types::ToolChoice::Required | baton_types::ToolChoice::Tool(_)
+        );
+        if !needs_tools {
+            return Ok(());
+        }
+        let shared = &self.inner.shared;
+        let patterns = if req.allowed_tools.is_empty() {
+            &shared.config.tools.default_allowed
+        } else {
+            &req.allowed_tools
+        };
+        let filter = ToolFilter::new(patterns)
+            .map_err(|e| Error::InvalidArgument(format!("allowed_tools: {e}")))?;
+        let mut names: Vec<String> = shared
+            .tools
+            .registry
+            .definitions(&filter)
+            .into_iter()
+            .map(|d| d.name)
+            .collect();
+        names.extend(req.client_tools.iter().map(|t| t.name.clone()));
+        match &g.tool_choice {
+            baton_types::ToolChoice::Tool(name) if !names.contains(name) => {
+                Err(Error::InvalidArgument(format!(
+                    "generation.tool_choice: names {name:?}, which is not one of the session's tools ({})",
+                    if names.is_empty() {
+                        "it has none".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )))
+            }
+            _ if names.is_empty() => Err(Error::InvalidArgument(
+                "generation.tool_choice: requires a tool call, but the session has no tools".into(),
+            )),
+            _ => Ok(()),
+        }
     }
 
     /// Answer a client-side tool call (or a call that needs attention). The

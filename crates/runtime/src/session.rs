@@ -23,7 +23,9 @@ use std::time::Instant;
 
 use baton_models::{Delta, ModelRequest};
 use baton_store::{Batch, SessionMeta};
-use baton_types::{EventKind, Message, SessionEvent, SessionId, SessionStatus, now_unix_ms};
+use baton_types::{
+    EventKind, Message, SessionEvent, SessionId, SessionStatus, ToolChoice, now_unix_ms,
+};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -1071,12 +1073,31 @@ impl SessionCtx {
             input = Some(m.content.clone());
             messages.push(m.clone());
         }
+        let g = &self.state.generation;
+        // A required tool call applies to a turn's first model call only:
+        // after the tool results the model must be free to answer, or the
+        // loop would call tools until max_steps.
+        let first_step = messages
+            .last()
+            .is_some_and(|m| m.role == baton_types::Role::User);
+        let tool_choice = match &g.tool_choice {
+            ToolChoice::Required | ToolChoice::Tool(_) if !first_step => ToolChoice::Auto,
+            choice => choice.clone(),
+        };
+        // Validated as a JSON object when the session started.
+        let json_schema = g
+            .json_schema
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok());
         let request = ModelRequest {
             messages,
-            max_output_tokens: None,
-            temperature: None,
+            max_output_tokens: g.max_output_tokens,
+            temperature: g.temperature,
+            top_p: g.top_p,
+            stop: g.stop.clone(),
             tools: self.tool_definitions(),
-            json_schema: None,
+            tool_choice,
+            json_schema,
         };
         let approved = self
             .state

@@ -165,6 +165,9 @@ pub struct SessionState {
     /// A one-turn session: tool calls end the turn (the client runs them).
     #[serde(default)]
     pub one_shot: bool,
+    /// How the session's model calls generate.
+    #[serde(default)]
+    pub generation: baton_types::Generation,
     /// For replay sessions: the session replayed.
     #[serde(default)]
     pub replay_of: Option<String>,
@@ -195,6 +198,7 @@ impl SessionState {
             cost_usd: 0.0,
             data_classes: Vec::new(),
             one_shot: false,
+            generation: Default::default(),
             replay_of: None,
         }
     }
@@ -229,8 +233,10 @@ impl SessionState {
                 data_classes,
                 one_shot,
                 history,
+                generation,
                 replay_of,
             } => {
+                self.generation = generation.clone();
                 self.budget_usd = *budget_usd;
                 self.data_classes = data_classes.clone();
                 self.one_shot = *one_shot;
@@ -624,6 +630,7 @@ mod tests {
                 data_classes: Vec::new(),
                 one_shot: false,
                 history: Vec::new(),
+                generation: Default::default(),
                 replay_of: None,
             },
             EventKind::TurnAccepted {
@@ -692,6 +699,7 @@ mod tests {
                 data_classes: Vec::new(),
                 one_shot: false,
                 history: Vec::new(),
+                generation: Default::default(),
                 replay_of: None,
             },
             EventKind::TurnAccepted {

@@ -43,7 +43,8 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use baton_runtime::{EventStream, RuntimeHandle, StartSession};
 use baton_types::{
-    EventKind, FinishReason, Message, Role, SessionId, ToolCall, ToolDefinition, Usage,
+    EventKind, FinishReason, Generation, Message, Role, SessionId, ToolCall, ToolChoice,
+    ToolDefinition, Usage,
 };
 use futures::StreamExt;
 use serde_json::{Map, Value, json};
@@ -238,6 +239,9 @@ pub struct ChatRequest {
     pub metadata: BTreeMap<String, String>,
     pub budget_usd: Option<f64>,
     pub data_classes: Vec<String>,
+    /// `temperature`, `top_p`, `max_completion_tokens`/`max_tokens`,
+    /// `stop`, `tool_choice` and `response_format`.
+    pub generation: Generation,
 }
 
 fn type_name(v: &Value) -> &'static str {
@@ -385,6 +389,148 @@ fn object<'a>(
     obj.get(key)
         .and_then(Value::as_object)
         .ok_or_else(|| ApiError::invalid(path, "must be an object"))
+}
+
+/// The sampling, limit, tool-choice and output-format parameters, checked
+/// and named as OpenAI names them.
+fn generation(obj: &Map<String, Value>, tools: &[ToolDefinition]) -> Result<Generation, ApiError> {
+    let number = |field: &str, max: f64| -> Result<Option<f32>, ApiError> {
+        match optional(obj, field, field, "a number", Value::as_f64)? {
+            Some(x) if !(0.0..=max).contains(&x) => Err(ApiError::invalid(
+                field,
+                format!("{x} is not between 0 and {max}"),
+            )),
+            x => Ok(x.map(|x| x as f32)),
+        }
+    };
+    let temperature = number("temperature", 2.0)?;
+    let top_p = number("top_p", 1.0)?;
+    let mut max_output_tokens = None;
+    // The newer name wins when both are given.
+    for field in ["max_tokens", "max_completion_tokens"] {
+        if let Some(n) = optional(obj, field, field, "a positive integer", Value::as_u64)? {
+            if n == 0 {
+                return Err(ApiError::invalid(field, "must be at least 1"));
+            }
+            max_output_tokens = Some(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+    let stop = match obj.get("stop") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(a)) => a
+            .iter()
+            .enumerate()
+            .map(|(i, v)| {
+                v.as_str().map(str::to_string).ok_or_else(|| {
+                    ApiError::invalid(
+                        format!("stop[{i}]"),
+                        format!("must be a string, not {}", type_name(v)),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "stop",
+                format!(
+                    "must be a string or an array of strings, not {}",
+                    type_name(v)
+                ),
+            ));
+        }
+    };
+    let tool_choice = match obj.get("tool_choice") {
+        None | Some(Value::Null) => ToolChoice::Auto,
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => ToolChoice::Auto,
+            "none" => ToolChoice::None,
+            "required" => ToolChoice::Required,
+            other => {
+                return Err(ApiError::invalid(
+                    "tool_choice",
+                    format!(
+                        "{other:?} is not one of \"auto\", \"none\", \"required\" or a function"
+                    ),
+                ));
+            }
+        },
+        Some(Value::Object(o)) => {
+            match o.get("type").and_then(Value::as_str) {
+                Some("function") => {}
+                _ => {
+                    return Err(ApiError::invalid(
+                        "tool_choice.type",
+                        "must be \"function\"",
+                    ));
+                }
+            }
+            let function = object(o, "function", "tool_choice.function")?;
+            let name = non_empty_str(function, "name", "tool_choice.function.name")?;
+            ToolChoice::Tool(name)
+        }
+        Some(v) => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                format!("must be a string or an object, not {}", type_name(v)),
+            ));
+        }
+    };
+    match &tool_choice {
+        ToolChoice::Tool(name) if !tools.iter().any(|t| &t.name == name) => {
+            return Err(ApiError::invalid(
+                "tool_choice.function.name",
+                format!("{name:?} is not one of the request's tools"),
+            ));
+        }
+        ToolChoice::Required if tools.is_empty() => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "\"required\" needs tools, and the request has none",
+            ));
+        }
+        _ => {}
+    }
+    let json_schema = match optional(
+        obj,
+        "response_format",
+        "response_format",
+        "an object",
+        Value::as_object,
+    )? {
+        None => None,
+        Some(rf) => match rf.get("type").and_then(Value::as_str) {
+            Some("text") => None,
+            Some("json_schema") => {
+                let js = object(rf, "json_schema", "response_format.json_schema")?;
+                let schema = object(js, "schema", "response_format.json_schema.schema")?;
+                Some(Value::Object(schema.clone()).to_string())
+            }
+            Some("json_object") => {
+                return Err(ApiError::invalid(
+                    "response_format.type",
+                    "\"json_object\" is not supported; give a schema with \"json_schema\" (every endpoint then constrains its answer to it)",
+                ));
+            }
+            _ => {
+                return Err(ApiError::invalid(
+                    "response_format.type",
+                    "must be \"text\" or \"json_schema\"",
+                ));
+            }
+        },
+    };
+    let g = Generation {
+        temperature,
+        top_p,
+        max_output_tokens,
+        stop,
+        tool_choice,
+        json_schema,
+    };
+    g.validate()
+        .map_err(|(field, problem)| ApiError::invalid(field, problem))?;
+    Ok(g)
 }
 
 fn tools(v: Option<&Value>) -> Result<Vec<ToolDefinition>, ApiError> {
@@ -585,9 +731,8 @@ pub fn parse_request(body: &[u8], headers: &HeaderMap) -> Result<ChatRequest, Ap
             "only 1 choice per request is supported",
         ));
     }
-    for field in ["max_tokens", "max_completion_tokens"] {
-        optional(obj, field, field, "a non-negative integer", Value::as_u64)?;
-    }
+    let tools = tools(obj.get("tools"))?;
+    let generation = generation(obj, &tools)?;
     let mut metadata = BTreeMap::new();
     if let Some(user) = optional(obj, "user", "user", "a string", Value::as_str)?
         && !user.is_empty()
@@ -633,10 +778,11 @@ pub fn parse_request(body: &[u8], headers: &HeaderMap) -> Result<ChatRequest, Ap
         last,
         stream,
         include_usage,
-        tools: tools(obj.get("tools"))?,
+        tools,
         metadata,
         budget_usd,
         data_classes,
+        generation,
     })
 }
 
@@ -785,6 +931,7 @@ async fn complete(
             data_classes: req.data_classes,
             one_shot: true,
             history: req.history,
+            generation: req.generation,
         })
         .await
         .map_err(|e| runtime_error(&e))?;
@@ -1231,6 +1378,101 @@ mod tests {
         assert_eq!(r.tools[0].parameters, r#"{"type":"object"}"#);
         assert_eq!(r.metadata.get("user").map(String::as_str), Some("u-1"));
         assert_eq!(r.metadata.get("team").map(String::as_str), Some("support"));
+        assert_eq!(r.generation.temperature, Some(0.2));
+        assert_eq!(r.generation.max_output_tokens, Some(10));
+        assert_eq!(r.generation.tool_choice, ToolChoice::Auto);
+    }
+
+    #[test]
+    fn generation_parameters_are_parsed_and_checked() {
+        let tools = json!([{"type": "function", "function": {"name": "lookup"}}]);
+        let user = json!([{"role": "user", "content": "hi"}]);
+        let r = parse(json!({
+            "model": "m", "messages": user, "tools": tools,
+            "temperature": 0, "top_p": 0.5,
+            "max_tokens": 10, "max_completion_tokens": 20,
+            "stop": "END",
+            "tool_choice": {"type": "function", "function": {"name": "lookup"}},
+            "response_format": {"type": "json_schema", "json_schema": {
+                "name": "answer", "strict": true,
+                "schema": {"type": "object", "properties": {"a": {"type": "string"}}}}},
+        }))
+        .unwrap();
+        assert_eq!(
+            r.generation,
+            Generation {
+                temperature: Some(0.0),
+                top_p: Some(0.5),
+                max_output_tokens: Some(20),
+                stop: vec!["END".into()],
+                tool_choice: ToolChoice::Tool("lookup".into()),
+                json_schema: Some(
+                    r#"{"properties":{"a":{"type":"string"}},"type":"object"}"#.into()
+                ),
+            }
+        );
+        for (choice, want) in [
+            (json!("none"), ToolChoice::None),
+            (json!("required"), ToolChoice::Required),
+            (json!("auto"), ToolChoice::Auto),
+            (Value::Null, ToolChoice::Auto),
+        ] {
+            let r = parse(
+                json!({"model": "m", "messages": user, "tools": tools, "tool_choice": choice}),
+            )
+            .unwrap();
+            assert_eq!(r.generation.tool_choice, want);
+        }
+        let r = parse(json!({"model": "m", "messages": user, "stop": ["a", "b"],
+                             "response_format": {"type": "text"}}))
+        .unwrap();
+        assert_eq!(r.generation.stop, ["a", "b"]);
+        assert_eq!(r.generation.json_schema, None);
+
+        let cases = [
+            (json!({"temperature": 2.5}), "temperature"),
+            (json!({"temperature": "hot"}), "temperature"),
+            (json!({"top_p": -1}), "top_p"),
+            (json!({"max_tokens": 0}), "max_tokens"),
+            (
+                json!({"max_completion_tokens": -5}),
+                "max_completion_tokens",
+            ),
+            (json!({"stop": 5}), "stop"),
+            (json!({"stop": ["a", 1]}), "stop[1]"),
+            (json!({"stop": ["a", "b", "c", "d", "e"]}), "stop"),
+            (json!({"tool_choice": "always"}), "tool_choice"),
+            (json!({"tool_choice": "required"}), "tool_choice"),
+            (
+                json!({"tools": tools, "tool_choice": {"type": "function", "function": {"name": "other"}}}),
+                "tool_choice.function.name",
+            ),
+            (
+                json!({"tools": tools, "tool_choice": {"type": "x"}}),
+                "tool_choice.type",
+            ),
+            (
+                json!({"response_format": {"type": "json_object"}}),
+                "response_format.type",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema"}}),
+                "response_format.json_schema",
+            ),
+            (
+                json!({"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}}),
+                "response_format.json_schema.schema",
+            ),
+        ];
+        for (extra, param) in cases {
+            let mut body = json!({"model": "m", "messages": user});
+            for (k, v) in extra.as_object().unwrap() {
+                body[k] = v.clone();
+            }
+            let e = err(body.clone());
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(e.param.as_deref(), Some(param), "{body}: {}", e.message);
+        }
     }
 
     #[test]

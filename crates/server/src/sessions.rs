@@ -86,6 +86,10 @@ impl Sessions for SessionsService {
         req: Request<v1::StartSessionRequest>,
     ) -> Result<Response<v1::StartSessionResponse>, Status> {
         let r = req.into_inner();
+        let generation =
+            convert::generation_from_proto(r.generation).map_err(|(field, problem)| {
+                Status::invalid_argument(format!("generation.{field}: {problem}"))
+            })?;
         let info = self
             .runtime
             .start_session(StartSession {
@@ -104,6 +108,7 @@ impl Sessions for SessionsService {
                 data_classes: r.data_classes,
                 one_shot: false,
                 history: Vec::new(),
+                generation,
             })
             .await
             .map_err(|e| status(&e))?;

@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use baton_proto::journal::v1 as pb;
 use baton_types::{
-    EventKind, FinishReason, Message, Role, SessionId, SessionStatus, ToolCall, ToolDefinition,
-    Usage,
+    EventKind, FinishReason, Generation, Message, Role, SessionId, SessionStatus, ToolCall,
+    ToolChoice, ToolDefinition, Usage,
 };
 use prost::Message as _;
 
@@ -95,6 +95,46 @@ fn role_from_code(c: u32) -> Option<Role> {
     }
 }
 
+fn generation_pb(g: &Generation) -> pb::Generation {
+    let (choice, name) = match &g.tool_choice {
+        ToolChoice::Auto => ("", ""),
+        ToolChoice::None => ("none", ""),
+        ToolChoice::Required => ("required", ""),
+        ToolChoice::Tool(name) => ("tool", name.as_str()),
+    };
+    pb::Generation {
+        temperature: g.temperature,
+        top_p: g.top_p,
+        max_output_tokens: g.max_output_tokens,
+        stop: g.stop.clone(),
+        tool_choice: choice.into(),
+        tool_name: name.into(),
+        json_schema: g.json_schema.clone().unwrap_or_default(),
+    }
+}
+
+fn generation_from(g: pb::Generation) -> std::result::Result<Generation, String> {
+    let tool_choice = match g.tool_choice.as_str() {
+        "" | "auto" => ToolChoice::Auto,
+        "none" => ToolChoice::None,
+        "required" => ToolChoice::Required,
+        "tool" => ToolChoice::Tool(g.tool_name),
+        other => {
+            return Err(format!(
+                "unknown tool_choice {other:?} (written by a newer version?)"
+            ));
+        }
+    };
+    Ok(Generation {
+        temperature: g.temperature,
+        top_p: g.top_p,
+        max_output_tokens: g.max_output_tokens,
+        stop: g.stop,
+        tool_choice,
+        json_schema: (!g.json_schema.is_empty()).then_some(g.json_schema),
+    })
+}
+
 fn usage_pb(u: &Usage) -> pb::Usage {
     pb::Usage {
         input_tokens: u.input_tokens,
@@ -174,8 +214,10 @@ pub fn encode_record(
             data_classes,
             one_shot,
             history,
+            generation,
             replay_of,
         } => Kind::SessionCreated(pb::SessionCreated {
+            generation: (!generation.is_default()).then(|| generation_pb(generation)),
             budget_usd: *budget_usd,
             data_classes: data_classes.clone(),
             one_shot: *one_shot,
@@ -499,6 +541,12 @@ pub fn decode_record(
                 .into_iter()
                 .map(|m| message(Some(m)))
                 .collect::<Result<Vec<_>, _>>()?,
+            generation: k
+                .generation
+                .map(generation_from)
+                .transpose()
+                .map_err(corrupt)?
+                .unwrap_or_default(),
             replay_of: (!k.replay_of.is_empty()).then_some(k.replay_of),
         },
         Kind::TurnAccepted(k) => EventKind::TurnAccepted {
@@ -669,6 +717,7 @@ mod tests {
                     data_classes: Vec::new(),
                     one_shot: false,
                     history: Vec::new(),
+                    generation: Default::default(),
                     replay_of: None,
                 },
                 "0801102a52100a046563686f12086265206272696566",
@@ -779,9 +828,33 @@ mod tests {
                     data_classes: vec!["pii".into()],
                     one_shot: true,
                     history: vec![Message::user("h")],
+                    generation: Default::default(),
                     replay_of: Some("x".into()),
                 },
                 "0801102a521d0a017241000000000000e03f4a0370696950015a050802120168620178",
+            ),
+            (
+                EventKind::SessionStarted {
+                    route: "r".into(),
+                    system_prompt: String::new(),
+                    allowed_tools: vec![],
+                    client_tools: vec![],
+                    max_steps: 0,
+                    budget_usd: None,
+                    data_classes: Vec::new(),
+                    one_shot: false,
+                    history: Vec::new(),
+                    generation: Generation {
+                        temperature: Some(0.5),
+                        top_p: Some(1.0),
+                        max_output_tokens: Some(7),
+                        stop: vec!["E".into()],
+                        tool_choice: ToolChoice::Tool("t".into()),
+                        json_schema: Some("{}".into()),
+                    },
+                    replay_of: None,
+                },
+                "0801102a52210a01726a1c0d0000003f150000803f18072201452a04746f6f6c3201743a027b7d",
             ),
             (
                 EventKind::AssistantMessage {

@@ -43,6 +43,7 @@ async fn records_survive_reopen_in_order() {
                 data_classes: Vec::new(),
                 one_shot: false,
                 history: Vec::new(),
+                generation: Default::default(),
                 replay_of: None,
             },
         );

@@ -110,6 +110,10 @@ pub enum EventKind {
         /// Messages the conversation starts with.
         #[serde(default)]
         history: Vec<Message>,
+        /// How every model call of the session generates (sampling, limits,
+        /// tool choice, structured output).
+        #[serde(default)]
+        generation: crate::Generation,
         /// For replay sessions: the session replayed.
         #[serde(default)]
         replay_of: Option<String>,

@@ -18,12 +18,14 @@
 
 mod error;
 mod event;
+mod generation;
 mod id;
 mod message;
 mod routing;
 
 pub use error::ErrorCode;
 pub use event::{EventKind, SessionEvent, SessionStatus, TurnOutcome};
+pub use generation::{Generation, MAX_STOP_SEQUENCES, ToolChoice};
 pub use id::{ParseIdError, SessionId};
 pub use message::{FinishReason, Message, Role, ToolCall, ToolDefinition, Usage};
 pub use routing::{AttemptFailure, RouteCandidate, RoutingDecision};

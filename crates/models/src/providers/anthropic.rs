@@ -41,7 +41,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use baton_types::{FinishReason, Message, Role, ToolCall, ToolDefinition, Usage};
+use baton_types::{FinishReason, Message, Role, ToolCall, ToolChoice, ToolDefinition, Usage};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE, HeaderValue};
 use secrecy::{ExposeSecret, SecretString};
@@ -140,7 +140,13 @@ impl AnthropicProvider {
             body["system"] = json!(system.join("\n\n"));
         }
         if let Some(t) = req.temperature {
-            body["temperature"] = json!(t);
+            body["temperature"] = json!(http::wire_f32(t));
+        }
+        if let Some(p) = req.top_p {
+            body["top_p"] = json!(http::wire_f32(p));
+        }
+        if !req.stop.is_empty() {
+            body["stop_sequences"] = json!(req.stop);
         }
         let mut tools = req
             .tools
@@ -159,7 +165,18 @@ impl AnthropicProvider {
                 "description": "Give the answer as JSON matching this schema.",
                 "input_schema": schema,
             }));
+            // Structured output is a forced tool, which overrides the
+            // request's tool choice.
             body["tool_choice"] = json!({"type": "tool", "name": OUTPUT_TOOL});
+        } else if !tools.is_empty() {
+            match &req.tool_choice {
+                ToolChoice::Auto => {}
+                ToolChoice::None => body["tool_choice"] = json!({"type": "none"}),
+                ToolChoice::Required => body["tool_choice"] = json!({"type": "any"}),
+                ToolChoice::Tool(name) => {
+                    body["tool_choice"] = json!({"type": "tool", "name": name});
+                }
+            }
         }
         if !tools.is_empty() {
             body["tools"] = Value::Array(tools);
@@ -917,6 +934,32 @@ mod tests {
             json!([{"name": "clock", "description": "the time", "input_schema": {"type": "object"}}])
         );
         assert!(body.get("tool_choice").is_none());
+        assert!(body.get("top_p").is_none() && body.get("stop_sequences").is_none());
+        req.top_p = Some(0.5);
+        req.stop = vec!["END".into()];
+        let body = p.body(&req).unwrap();
+        assert_eq!(body["top_p"], 0.5);
+        assert_eq!(body["stop_sequences"], json!(["END"]));
+        for (choice, wire) in [
+            (ToolChoice::Auto, Value::Null),
+            (ToolChoice::None, json!({"type": "none"})),
+            (ToolChoice::Required, json!({"type": "any"})),
+            (
+                ToolChoice::Tool("clock".into()),
+                json!({"type": "tool", "name": "clock"}),
+            ),
+        ] {
+            req.tool_choice = choice.clone();
+            assert_eq!(p.body(&req).unwrap()["tool_choice"], wire, "{choice:?}");
+        }
+        // Structured output forces its own tool whatever the choice.
+        req.json_schema = Some(json!({"type": "object"}));
+        assert_eq!(
+            p.body(&req).unwrap()["tool_choice"],
+            json!({"type": "tool", "name": OUTPUT_TOOL})
+        );
+        req.json_schema = None;
+        req.tool_choice = ToolChoice::Auto;
         req.max_output_tokens = Some(9);
         assert_eq!(p.body(&req).unwrap()["max_tokens"], 9);
     }

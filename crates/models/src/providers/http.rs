@@ -171,6 +171,12 @@ pub(crate) fn transport_error(
     ProviderError::new(kind, format!("{context}: {chain}"))
 }
 
+/// A sampling parameter as the JSON number a person would write: an `f32`
+/// widened to `f64` as-is would send 0.2 as 0.20000000298023224.
+pub(crate) fn wire_f32(x: f32) -> f64 {
+    x.to_string().parse().unwrap_or(f64::from(x))
+}
+
 pub(crate) fn malformed(message: impl Into<String>) -> ProviderError {
     ProviderError::new(ProviderErrorKind::Malformed, message)
 }

@@ -37,7 +37,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Duration;
 
-use baton_types::{FinishReason, Message, Role, ToolCall, ToolDefinition, Usage};
+use baton_types::{FinishReason, Message, Role, ToolCall, ToolChoice, ToolDefinition, Usage};
 use reqwest::StatusCode;
 use reqwest::header::{ACCEPT, CONTENT_TYPE};
 use secrecy::{ExposeSecret, SecretString};
@@ -123,7 +123,13 @@ impl OpenAiProvider {
             body["max_tokens"] = json!(max);
         }
         if let Some(t) = req.temperature {
-            body["temperature"] = json!(t);
+            body["temperature"] = json!(http::wire_f32(t));
+        }
+        if let Some(p) = req.top_p {
+            body["top_p"] = json!(http::wire_f32(p));
+        }
+        if !req.stop.is_empty() {
+            body["stop"] = json!(req.stop);
         }
         if self.logprobs {
             body["logprobs"] = json!(true);
@@ -135,6 +141,14 @@ impl OpenAiProvider {
                 .map(wire_tool)
                 .collect::<Result<Vec<Value>, ProviderError>>()?;
             body["tools"] = Value::Array(tools);
+            match &req.tool_choice {
+                ToolChoice::Auto => {}
+                ToolChoice::None => body["tool_choice"] = json!("none"),
+                ToolChoice::Required => body["tool_choice"] = json!("required"),
+                ToolChoice::Tool(name) => {
+                    body["tool_choice"] = json!({"type": "function", "function": {"name": name}});
+                }
+            }
         }
         if let Some(schema) = &req.json_schema {
             body["response_format"] = json!({
@@ -872,6 +886,40 @@ mod tests {
         assert!(body.get("tools").is_none(), "{body}");
         req.max_output_tokens = Some(5);
         assert_eq!(p.body(&req).unwrap()["max_tokens"], 5);
+    }
+
+    #[test]
+    fn sampling_stop_and_tool_choice_are_sent() {
+        let p = provider(false);
+        let mut req = ModelRequest::new(vec![Message::user("hi")]);
+        req.top_p = Some(0.75);
+        req.temperature = Some(0.2);
+        req.stop = vec!["END".into(), "\n\n".into()];
+        req.tool_choice = ToolChoice::Required;
+        let body = p.body(&req).unwrap();
+        assert_eq!(body["top_p"], 0.75);
+        assert_eq!(
+            body["temperature"].to_string(),
+            "0.2",
+            "not 0.20000000298023224"
+        );
+        assert_eq!(body["stop"], json!(["END", "\n\n"]));
+        // No tools: no tool_choice (OpenAI refuses one without tools).
+        assert!(body.get("tool_choice").is_none(), "{body}");
+        req.tools = vec![tool("search", "{}")];
+        for (choice, wire) in [
+            (ToolChoice::Auto, Value::Null),
+            (ToolChoice::None, json!("none")),
+            (ToolChoice::Required, json!("required")),
+            (
+                ToolChoice::Tool("search".into()),
+                json!({"type": "function", "function": {"name": "search"}}),
+            ),
+        ] {
+            req.tool_choice = choice.clone();
+            let body = p.body(&req).unwrap();
+            assert_eq!(body["tool_choice"], wire, "{choice:?}");
+        }
     }
 
     fn tool(name: &str, parameters: &str) -> ToolDefinition {

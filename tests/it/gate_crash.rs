@@ -37,6 +37,20 @@ fn opened(events: &[SessionEvent]) -> String {
         .unwrap()
 }
 
+/// `baton_gates_pending` as `/metrics` shows it.
+async fn gates_pending_metric(server: &BatonProcess) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", server.http_url().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("baton_gates_pending "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no baton_gates_pending in {text}"))
+}
+
 async fn pending(gates: &mut GatesClient<Channel>) -> Vec<v1::Gate> {
     gates
         .list_gates(v1::ListGatesRequest {
@@ -77,6 +91,11 @@ async fn pending_gates_survive_sigkill_and_decisions_after_the_restart_resume_th
     let mut gates = gates_client(&server).await;
     let after = pending(&mut gates).await;
     assert_eq!(after.len(), 3, "pending gates survive the crash");
+    assert_eq!(
+        gates_pending_metric(&server).await,
+        3.0,
+        "the gauge counts gates pending from before the restart"
+    );
     assert!(
         after
             .iter()
@@ -149,6 +168,7 @@ async fn pending_gates_survive_sigkill_and_decisions_after_the_restart_resume_th
     assert_eq!(last(&get(&mut client, &sessions[1].0).await), "edited B");
     assert_eq!(last(&get(&mut client, &sessions[2].0).await), "revised C");
     assert!(pending(&mut gates).await.is_empty());
+    assert_eq!(gates_pending_metric(&server).await, 0.0);
     // A decided gate stays decided across another crash.
     server.kill9().await.unwrap();
     let server = BatonProcess::start(bin(), &config).await.unwrap();

@@ -294,6 +294,11 @@ impl RuntimeBuilder {
         // the journal's AssistantMessage records hold the exact costs) and
         // read back here, so route budgets hold across restarts.
         let spent = store.route_spends().await?;
+        // Gates pending from before this start count too: sessions open
+        // and decide gates from here on by +1/-1.
+        let pending = store.count_pending_gates().await?;
+        baton_metrics::metrics()
+            .gates_pending_set(i64::try_from(pending).unwrap_or(i64::MAX));
         let persist = store.clone();
         let on_spend: baton_routing::OnSpend = Arc::new(move |route: &str, total: f64| {
             let mut b = Batch::unsynced();

@@ -242,6 +242,25 @@ pub(crate) fn get_blocking(db: &DB, gate_id: [u8; 16]) -> Result<Option<GateReco
 /// Walk the most selective index from `after`. Every index ends with the
 /// gate id and is ordered by it within its prefix (and with no filter, the
 /// gates column family itself is keyed by id), so pages are stable.
+/// The number of pending gates (keys of the `gp` index; values not read).
+pub(crate) fn count_pending_blocking(db: &DB) -> Result<u64> {
+    let prefix = GateStatus::Pending.prefix();
+    let mut n = 0;
+    for item in db.iterator_cf(
+        cf_handle(db, CF_INDEXES)?,
+        IteratorMode::From(prefix, Direction::Forward),
+    ) {
+        let (k, _) = item?;
+        if !k.starts_with(prefix) {
+            break;
+        }
+        if k.len() == prefix.len() + 16 {
+            n += 1;
+        }
+    }
+    Ok(n)
+}
+
 pub(crate) fn list_blocking(
     db: &DB,
     filter: &GateFilter,

@@ -586,6 +586,11 @@ impl Store {
             .await
     }
 
+    /// How many gates are pending (for the `gates_pending` gauge at start).
+    pub async fn count_pending_gates(&self) -> Result<u64> {
+        self.blocking(gates::count_pending_blocking).await
+    }
+
     /// Pending gates whose deadline has passed.
     pub async fn due_gates(
         &self,

@@ -35,8 +35,9 @@ pub enum InspectCommand {
     At { session_id: String, seq: u64 },
     /// A new session continuing from record SEQ of this one.
     Fork { session_id: String, seq: u64 },
-    /// Re-run the session's turns against its recorded model and tool
-    /// outputs and compare the journals.
+    /// Re-run the session's turns against its recorded model answers, tool
+    /// results and gate decisions and compare the journals; a replay stops
+    /// at a gate or client tool call the recording has no answer for.
     Replay { session_id: String },
 }
 

@@ -360,3 +360,716 @@ async fn audit_records_lost_before_a_crash_are_appended_at_the_next_start() {
     );
     rt.shutdown().await;
 }
+
+// Replays through gates and client-side tools, on a fake OpenAI-compatible
+// model and a fake HTTP service that the `http_post` tool posts to: their
+// request counts say whether a replay called the model or ran the tool.
+
+use baton_testkit::fake_openai::{FakeOpenAi, ScriptedReply};
+use baton_testkit::server::openai_endpoint;
+use baton_types::ToolCall;
+
+use crate::gates::{GateDecision, GatePolicy, GateQuery};
+
+const PAYMENTS: &str = r#"
+[[policies]]
+name = "payments"
+kind = "before_tool"
+tools = ["http_post"]
+reviewers = "finance"
+"#;
+
+/// The model, the service the tool posts to and a data dir, so runtimes
+/// with different gate policies can be started on the same sessions.
+struct Rig {
+    model: FakeOpenAi,
+    service: FakeOpenAi,
+    dir: tempfile::TempDir,
+}
+
+impl Rig {
+    async fn new() -> Rig {
+        Rig {
+            model: FakeOpenAi::start().await.unwrap(),
+            service: FakeOpenAi::start().await.unwrap(),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    async fn runtime(
+        &self,
+        policies: &str,
+        tweak: impl FnOnce(&mut RuntimeConfig),
+    ) -> RuntimeHandle {
+        let mut cfg = RuntimeConfig::with_data_dir(self.dir.path().join("data"));
+        cfg.models = vec![openai_endpoint("agent", &self.model.base_url(), false)];
+        cfg.sessions.default_route = "agent".into();
+        cfg.tools.builtin.current_time = true;
+        cfg.tools.builtin.http_post = Some(baton_tools::HttpToolConfig {
+            allowed_hosts: vec![self.service.addr().to_string()],
+            max_response_bytes: 64 * 1024,
+            timeout_ms: 5_000,
+        });
+        cfg.gates.timeout_scan_ms = 20;
+        #[derive(serde::Deserialize)]
+        struct P {
+            #[serde(default)]
+            policies: Vec<GatePolicy>,
+        }
+        cfg.gates.policies = toml::from_str::<P>(policies).unwrap().policies;
+        tweak(&mut cfg);
+        Runtime::builder(cfg).start().await.unwrap()
+    }
+
+    /// The `http_post` arguments that post `text` to the service.
+    fn post_args(&self, text: &str) -> String {
+        let body = json!({"messages": [{"role": "user", "content": text}]}).to_string();
+        json!({"url": format!("{}/chat/completions", self.service.base_url()), "body": body})
+            .to_string()
+    }
+
+    /// A model answer calling `http_post` with [`Rig::post_args`].
+    fn post(&self, call_id: &str, text: &str) -> ScriptedReply {
+        ScriptedReply::ToolCalls(vec![ToolCall {
+            id: call_id.into(),
+            name: "http_post".into(),
+            arguments: self.post_args(text),
+        }])
+    }
+
+    /// Model and service requests so far.
+    fn calls(&self) -> (usize, usize) {
+        (self.model.requests(), self.service.requests())
+    }
+}
+
+fn text(t: &str) -> ScriptedReply {
+    ScriptedReply::Text(t.into())
+}
+
+/// Events until one named `what` or the turn's end.
+async fn until(stream: &mut EventStream, what: &str) -> Vec<SessionEvent> {
+    let mut out = Vec::new();
+    let read = async {
+        while let Some(e) = stream.next().await {
+            let e = e.unwrap();
+            let done = e.kind.name() == what || e.ends_turn();
+            out.push(e);
+            if done {
+                break;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), read)
+        .await
+        .expect("events in time");
+    out
+}
+
+fn opened_gate(events: &[SessionEvent]) -> String {
+    events
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::GateOpened { gate_id, .. } => Some(gate_id.clone()),
+            _ => None,
+        })
+        .expect("a gate opened")
+}
+
+async fn journal(rt: &RuntimeHandle, id: SessionId) -> Vec<SessionEvent> {
+    rt.journal_page(id, 0, 1000).await.unwrap().events
+}
+
+/// (decision, reviewer, reason, edited, by_timeout) of every GateDecided.
+fn decisions(events: &[SessionEvent]) -> Vec<(String, String, String, String, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::GateDecided {
+                decision,
+                reviewer,
+                reason,
+                edited,
+                by_timeout,
+                ..
+            } => Some((
+                decision.clone(),
+                reviewer.clone(),
+                reason.clone(),
+                edited.clone(),
+                *by_timeout,
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// (call_id, output, is_error) of every ToolResult.
+fn tool_results(events: &[SessionEvent]) -> Vec<(String, String, bool)> {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::ToolResult {
+                call_id,
+                output,
+                is_error,
+                ..
+            } => Some((call_id.clone(), output.clone(), *is_error)),
+            _ => None,
+        })
+        .collect()
+}
+
+fn count(events: &[SessionEvent], name: &str) -> usize {
+    events.iter().filter(|e| e.kind.name() == name).count()
+}
+
+/// Records a replay compares: all but the session start, deltas, routing,
+/// failed attempts, retractions and escalations.
+fn comparable(events: &[SessionEvent]) -> u64 {
+    let skipped = [
+        "session_started",
+        "output_delta",
+        "routing_decided",
+        "attempt_failed",
+        "output_retracted",
+        "gate_escalated",
+    ];
+    events
+        .iter()
+        .filter(|e| !skipped.contains(&e.kind.name()))
+        .count() as u64
+}
+
+async fn pending_gates(rt: &RuntimeHandle, session: SessionId) -> usize {
+    rt.list_gates(GateQuery {
+        status: Some(GateStatus::Pending),
+        session: Some(session),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .gates
+    .len()
+}
+
+fn d(
+    decision: &str,
+    reviewer: &str,
+    reason: &str,
+    edited: &str,
+) -> (String, String, String, String, bool) {
+    (
+        decision.into(),
+        reviewer.into(),
+        reason.into(),
+        edited.into(),
+        false,
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_goes_through_an_approved_gate_without_calling_model_or_tool() {
+    let rig = Rig::new().await;
+    let rt = rig.runtime(PAYMENTS, |_| {}).await;
+    rig.model.push_reply(rig.post("c1", "invoice 7"));
+    rig.model.push_reply(text("Paid invoice 7."));
+    rig.model.push_reply(text("You are welcome."));
+    let id = rt.start_session(StartSession::default()).await.unwrap().id;
+    let mut s = rt.send(id, "pay invoice 7".into()).await.unwrap();
+    let gate = opened_gate(&until(&mut s, "gate_opened").await);
+    rt.decide_gate(
+        &gate,
+        GateDecision::Approve,
+        "alice".into(),
+        "invoice checked".into(),
+    )
+    .await
+    .unwrap();
+    let rest = until(&mut s, "turn_completed").await;
+    assert_eq!(rest.last().unwrap().kind.name(), "turn_completed");
+    // More work after the gate: a second turn.
+    let t2 = run_turn(&rt, id, "thanks").await;
+    assert_eq!(t2.last().unwrap().kind.name(), "turn_completed");
+    assert_eq!(rig.calls(), (3, 1));
+
+    let report = rt.replay(id).await.unwrap();
+    assert!(report.divergence.is_none(), "{report:?}");
+    assert_eq!(report.turns, 2);
+    let source = journal(&rt, id).await;
+    let replayed = journal(&rt, report.replay).await;
+    assert_eq!(report.compared, comparable(&source));
+    assert_eq!(
+        rig.calls(),
+        (3, 1),
+        "the replay called the model or the tool"
+    );
+    // The replay's own gate, decided as the recording's was.
+    assert_eq!(
+        decisions(&replayed),
+        vec![d("approve", "alice", "invoice checked", "")]
+    );
+    assert_ne!(opened_gate(&replayed), gate);
+    assert_eq!(tool_results(&replayed), tool_results(&source));
+    assert_eq!(count(&replayed, "turn_completed"), 2);
+    let state = rt.session_state(report.replay).await.unwrap().state;
+    assert_eq!(state.messages.last().unwrap().content, "You are welcome.");
+    assert_eq!(pending_gates(&rt, report.replay).await, 0);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reproduces_rejected_and_edited_gates() {
+    let rig = Rig::new().await;
+    let rt = rig.runtime(PAYMENTS, |_| {}).await;
+    let id = rt.start_session(StartSession::default()).await.unwrap().id;
+    // Turn 1: the payment is rejected; the model hears why.
+    rig.model.push_reply(rig.post("c1", "invoice 7"));
+    rig.model.push_reply(text("Not paid."));
+    let mut s = rt.send(id, "pay invoice 7".into()).await.unwrap();
+    let gate = opened_gate(&until(&mut s, "gate_opened").await);
+    rt.decide_gate(
+        &gate,
+        GateDecision::Reject,
+        "bob".into(),
+        "not today".into(),
+    )
+    .await
+    .unwrap();
+    until(&mut s, "turn_completed").await;
+    // Turn 2: its arguments are edited, then it runs.
+    rig.model.push_reply(rig.post("c2", "invoice 8"));
+    rig.model.push_reply(text("Paid the corrected invoice."));
+    let edited = rig.post_args("invoice 8, corrected");
+    let mut s = rt.send(id, "pay invoice 8".into()).await.unwrap();
+    let gate = opened_gate(&until(&mut s, "gate_opened").await);
+    rt.decide_gate(
+        &gate,
+        GateDecision::Edit(edited.clone()),
+        "carol".into(),
+        "wrong amount".into(),
+    )
+    .await
+    .unwrap();
+    until(&mut s, "turn_completed").await;
+    // Turn 3: the client asks for review; the answer is edited.
+    rig.model.push_reply(text("draft"));
+    let mut s = rt.send_with(id, "summarise".into(), true).await.unwrap();
+    let gate = opened_gate(&until(&mut s, "gate_opened").await);
+    rt.decide_gate(
+        &gate,
+        GateDecision::Edit("Final: invoice 8 paid.".into()),
+        "dave".into(),
+        "tone".into(),
+    )
+    .await
+    .unwrap();
+    let rest = until(&mut s, "turn_completed").await;
+    assert_eq!(rest.last().unwrap().kind.name(), "turn_completed");
+    // Only the edited call reached the service.
+    assert_eq!(rig.calls(), (5, 1));
+    let sent = rig.service.received();
+    assert_eq!(
+        sent[0]["messages"][0]["content"], "invoice 8, corrected",
+        "{sent:?}"
+    );
+
+    let report = rt.replay(id).await.unwrap();
+    assert!(report.divergence.is_none(), "{report:?}");
+    assert_eq!(report.turns, 3);
+    assert_eq!(
+        rig.calls(),
+        (5, 1),
+        "the replay called the model or the tool"
+    );
+    let source = journal(&rt, id).await;
+    let replayed = journal(&rt, report.replay).await;
+    assert_eq!(report.compared, comparable(&source));
+    let expected = vec![
+        d("reject", "bob", "not today", ""),
+        d("edit", "carol", "wrong amount", &edited),
+        d("edit", "dave", "tone", "Final: invoice 8 paid."),
+    ];
+    assert_eq!(decisions(&source), expected);
+    assert_eq!(decisions(&replayed), expected);
+    // The rejection's effect: the same error result, naming the reviewer.
+    let results = tool_results(&replayed);
+    assert_eq!(results, tool_results(&source));
+    assert!(
+        results[0].2 && results[0].1.contains("bob") && results[0].1.contains("not today"),
+        "{results:?}"
+    );
+    let state = rt.session_state(report.replay).await.unwrap().state;
+    assert_eq!(
+        state.messages.last().unwrap().content,
+        "Final: invoice 8 paid."
+    );
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reproduces_a_gate_decided_by_its_timeout() {
+    const CLOCK: &str = r#"
+[[policies]]
+name = "clock"
+kind = "before_tool"
+tools = ["current_time"]
+timeout_ms = 1
+on_timeout = "reject"
+"#;
+    let rig = Rig::new().await;
+    let rt = rig.runtime(CLOCK, |_| {}).await;
+    rig.model
+        .push_reply(ScriptedReply::ToolCalls(vec![ToolCall {
+            id: "c1".into(),
+            name: "current_time".into(),
+            arguments: "{}".into(),
+        }]));
+    rig.model.push_reply(text("No clock for me."));
+    let id = rt.start_session(StartSession::default()).await.unwrap().id;
+    // Nobody decides: the timeout rejects.
+    let t = run_turn(&rt, id, "what time is it?").await;
+    assert_eq!(t.last().unwrap().kind.name(), "turn_completed");
+    let source = journal(&rt, id).await;
+    let recorded = decisions(&source);
+    assert_eq!(recorded.len(), 1);
+    let (decision, reviewer, reason, _, by_timeout) = recorded[0].clone();
+    assert_eq!(
+        (decision.as_str(), reviewer.as_str(), by_timeout),
+        ("reject", "timeout", true)
+    );
+    rt.shutdown().await;
+    drop(rt);
+
+    // The gate no longer times out: the replay must decide it itself.
+    let rt = rig
+        .runtime(&CLOCK.replace("timeout_ms = 1", "timeout_ms = 0"), |_| {})
+        .await;
+    let report = tokio::time::timeout(Duration::from_secs(30), rt.replay(id))
+        .await
+        .expect("the replay ends")
+        .unwrap();
+    assert!(report.divergence.is_none(), "{report:?}");
+    assert_eq!(report.compared, comparable(&source));
+    assert_eq!(rig.calls(), (2, 0));
+    let replayed = journal(&rt, report.replay).await;
+    assert_eq!(
+        decisions(&replayed),
+        vec![d("reject", "timeout", &reason, "")]
+    );
+    assert_eq!(tool_results(&replayed), tool_results(&source));
+    assert_eq!(count(&replayed, "turn_completed"), 1);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_stops_at_a_gate_the_recording_does_not_have() {
+    let rig = Rig::new().await;
+    let rt = rig.runtime("", |_| {}).await;
+    rig.model.push_reply(rig.post("c1", "invoice 7"));
+    rig.model.push_reply(text("Paid."));
+    let id = rt.start_session(StartSession::default()).await.unwrap().id;
+    let t = run_turn(&rt, id, "pay invoice 7").await;
+    assert_eq!(t.last().unwrap().kind.name(), "turn_completed");
+    rt.shutdown().await;
+    drop(rt);
+
+    // The change: payments now need approval.
+    let rt = rig.runtime(PAYMENTS, |_| {}).await;
+    let started = std::time::Instant::now();
+    let report = rt.replay(id).await.unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "took {:?}",
+        started.elapsed()
+    );
+    let div = report.divergence.expect("a divergence");
+    assert!(div.expected.contains("tool_call_started"), "{div:?}");
+    assert!(
+        div.actual.contains("gate_opened") && div.actual.contains("before_tool"),
+        "{div:?}"
+    );
+    assert_eq!(report.compared, div.index);
+    let replayed = journal(&rt, report.replay).await;
+    let at = replayed
+        .iter()
+        .find(|e| Some(e.seq) == div.replay_seq)
+        .unwrap();
+    assert!(matches!(at.kind, EventKind::GateOpened { .. }), "{at:?}");
+    // Nothing ran, and nobody is left to decide the replay's gate.
+    assert_eq!(rig.calls(), (2, 1));
+    assert_eq!(pending_gates(&rt, report.replay).await, 0);
+    let view = rt.session_state(report.replay).await.unwrap();
+    assert_eq!(view.status, SessionStatus::Idle);
+    assert_eq!(view.state.turns_cancelled, 1);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_without_the_gate_diverges_at_the_recorded_gate() {
+    let rig = Rig::new().await;
+    let rt = rig.runtime(PAYMENTS, |_| {}).await;
+    rig.model.push_reply(rig.post("c1", "invoice 7"));
+    rig.model.push_reply(text("Paid."));
+    let id = rt.start_session(StartSession::default()).await.unwrap().id;
+    let mut s = rt.send(id, "pay invoice 7".into()).await.unwrap();
+    let gate = opened_gate(&until(&mut s, "gate_opened").await);
+    rt.decide_gate(&gate, GateDecision::Approve, "alice".into(), String::new())
+        .await
+        .unwrap();
+    until(&mut s, "turn_completed").await;
+    rt.shutdown().await;
+    drop(rt);
+
+    // The change: the policy is gone.
+    let rt = rig.runtime("", |_| {}).await;
+    let report = tokio::time::timeout(Duration::from_secs(20), rt.replay(id))
+        .await
+        .expect("the replay ends")
+        .unwrap();
+    let div = report.divergence.expect("a divergence");
+    assert!(div.expected.contains("gate_opened"), "{div:?}");
+    assert!(div.actual.contains("tool_call_started"), "{div:?}");
+    let replayed = journal(&rt, report.replay).await;
+    assert!(decisions(&replayed).is_empty());
+    assert_eq!(count(&replayed, "turn_completed"), 1);
+    assert_eq!(rig.calls(), (2, 1));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_stops_at_a_gate_the_recording_left_pending() {
+    let rig = Rig::new().await;
+    let rt = rig.runtime(PAYMENTS, |_| {}).await;
+    rig.model.push_reply(rig.post("c1", "invoice 7"));
+    let id = rt.start_session(StartSession::default()).await.unwrap().id;
+    let mut s = rt.send(id, "pay invoice 7".into()).await.unwrap();
+    let gate = opened_gate(&until(&mut s, "gate_opened").await);
+    drop(s);
+
+    let report = tokio::time::timeout(Duration::from_secs(20), rt.replay(id))
+        .await
+        .expect("the replay ends")
+        .unwrap();
+    // Up to its end, the recording is reproduced: same gate, still open.
+    assert!(report.divergence.is_none(), "{report:?}");
+    let source = journal(&rt, id).await;
+    assert_eq!(report.compared, comparable(&source));
+    assert_eq!(source.last().unwrap().kind.name(), "gate_opened");
+    // The replay's turn was cancelled after the comparison; the recording's
+    // gate still waits for its reviewer.
+    assert_eq!(pending_gates(&rt, report.replay).await, 0);
+    let replayed = journal(&rt, report.replay).await;
+    assert_eq!(replayed.last().unwrap().kind.name(), "turn_cancelled");
+    let (g, _) = rt.get_gate(&gate).await.unwrap();
+    assert_eq!(g.status, GateStatus::Pending);
+    assert_eq!(rig.calls(), (1, 0));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_cancels_where_the_recording_cancelled_at_a_gate() {
+    let rig = Rig::new().await;
+    let rt = rig.runtime(PAYMENTS, |_| {}).await;
+    rig.model.push_reply(rig.post("c1", "invoice 7"));
+    rig.model.push_reply(text("Hello again."));
+    let id = rt.start_session(StartSession::default()).await.unwrap().id;
+    let mut s = rt.send(id, "pay invoice 7".into()).await.unwrap();
+    until(&mut s, "gate_opened").await;
+    assert_eq!(rt.cancel(id).await.unwrap(), Some(1));
+    let rest = until(&mut s, "turn_cancelled").await;
+    assert_eq!(rest.last().unwrap().kind.name(), "turn_cancelled");
+    let t = run_turn(&rt, id, "hello").await;
+    assert_eq!(t.last().unwrap().kind.name(), "turn_completed");
+
+    let report = rt.replay(id).await.unwrap();
+    assert!(report.divergence.is_none(), "{report:?}");
+    assert_eq!(report.turns, 2);
+    let source = journal(&rt, id).await;
+    let replayed = journal(&rt, report.replay).await;
+    assert_eq!(report.compared, comparable(&source));
+    assert_eq!(decisions(&replayed), decisions(&source));
+    assert_eq!(decisions(&replayed).len(), 1);
+    assert!(tool_results(&replayed).is_empty());
+    assert_eq!(count(&replayed, "turn_cancelled"), 1);
+    assert_eq!(count(&replayed, "turn_completed"), 1);
+    assert_eq!(rig.calls(), (2, 0));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_answers_client_tool_calls_with_the_recorded_results() {
+    let rig = Rig::new().await;
+    // Unanswered, a client call would fail after 5 s instead of the default
+    // ten minutes.
+    let rt = rig
+        .runtime("", |c| c.tools.client_tool_timeout_ms = 5_000)
+        .await;
+    let lookup = |id: &str, who: &str| {
+        ScriptedReply::ToolCalls(vec![ToolCall {
+            id: id.into(),
+            name: "lookup".into(),
+            arguments: json!({"customer": who}).to_string(),
+        }])
+    };
+    let id = rt
+        .start_session(StartSession {
+            client_tools: vec![baton_types::ToolDefinition {
+                name: "lookup".into(),
+                description: "look a customer up".into(),
+                parameters:
+                    json!({"type": "object", "properties": {"customer": {"type": "string"}}})
+                        .to_string(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .id;
+    // Turn 1 gets a result, turn 2 an error.
+    for (call, who, outcome, answer) in [
+        (
+            "c1",
+            "ada",
+            Ok("customer ada: since 2019".to_string()),
+            "Ada is a customer.",
+        ),
+        (
+            "c2",
+            "bob",
+            Err("no such customer".to_string()),
+            "Bob is not a customer.",
+        ),
+    ] {
+        rig.model.push_reply(lookup(call, who));
+        rig.model.push_reply(text(answer));
+        let mut s = rt.send(id, format!("who is {who}?")).await.unwrap();
+        let ev = until(&mut s, "tool_call_requested").await;
+        assert!(
+            matches!(
+                &ev.last().unwrap().kind,
+                EventKind::ToolCallRequested {
+                    client_side: true,
+                    ..
+                }
+            ),
+            "{ev:?}"
+        );
+        rt.submit_tool_result(id, call.into(), outcome)
+            .await
+            .unwrap();
+        let rest = until(&mut s, "turn_completed").await;
+        assert_eq!(rest.last().unwrap().kind.name(), "turn_completed");
+    }
+    assert_eq!(rig.calls(), (4, 0));
+
+    let report = tokio::time::timeout(Duration::from_secs(30), rt.replay(id))
+        .await
+        .expect("the replay ends")
+        .unwrap();
+    assert!(report.divergence.is_none(), "{report:?}");
+    assert_eq!(report.turns, 2);
+    let source = journal(&rt, id).await;
+    let replayed = journal(&rt, report.replay).await;
+    assert_eq!(report.compared, comparable(&source));
+    assert_eq!(
+        tool_results(&replayed),
+        vec![
+            (
+                "c1".to_string(),
+                "customer ada: since 2019".to_string(),
+                false
+            ),
+            ("c2".to_string(), "no such customer".to_string(), true),
+        ]
+    );
+    assert_eq!(rig.calls(), (4, 0));
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_decides_gates_in_the_recorded_order() {
+    let rig = Rig::new().await;
+    let rt = rig.runtime(PAYMENTS, |_| {}).await;
+    // One step, two gated calls: the second is approved (and runs) before
+    // the first is rejected.
+    let post = |call: &str, what: &str| ToolCall {
+        id: call.into(),
+        name: "http_post".into(),
+        arguments: rig.post_args(what),
+    };
+    rig.model.push_reply(ScriptedReply::ToolCalls(vec![
+        post("c1", "invoice 7"),
+        post("c2", "invoice 8"),
+    ]));
+    rig.model.push_reply(text("Paid invoice 8 only."));
+    let id = rt.start_session(StartSession::default()).await.unwrap().id;
+    let mut s = rt.send(id, "pay both".into()).await.unwrap();
+    let mut gates = BTreeMap::new();
+    while gates.len() < 2 {
+        for e in until(&mut s, "gate_opened").await {
+            if let EventKind::GateOpened {
+                gate_id, call_id, ..
+            } = e.kind
+            {
+                gates.insert(call_id, gate_id);
+            }
+        }
+    }
+    rt.decide_gate(
+        &gates["c2"],
+        GateDecision::Approve,
+        "alice".into(),
+        "ok".into(),
+    )
+    .await
+    .unwrap();
+    until(&mut s, "tool_result").await;
+    rt.decide_gate(
+        &gates["c1"],
+        GateDecision::Reject,
+        "alice".into(),
+        "paid already".into(),
+    )
+    .await
+    .unwrap();
+    let rest = until(&mut s, "turn_completed").await;
+    assert_eq!(rest.last().unwrap().kind.name(), "turn_completed");
+    assert_eq!(rig.calls(), (2, 1));
+
+    let report = rt.replay(id).await.unwrap();
+    assert!(report.divergence.is_none(), "{report:?}");
+    let source = journal(&rt, id).await;
+    let replayed = journal(&rt, report.replay).await;
+    assert_eq!(report.compared, comparable(&source));
+    let names = |events: &[SessionEvent]| -> Vec<&'static str> {
+        events
+            .iter()
+            .map(|e| e.kind.name())
+            .filter(|n| n.starts_with("gate_") || n.starts_with("tool_"))
+            .collect()
+    };
+    assert_eq!(
+        names(&replayed),
+        [
+            "tool_call_requested",
+            "tool_call_requested",
+            "gate_opened",
+            "gate_opened",
+            "gate_decided",
+            "tool_call_started",
+            "tool_result",
+            "gate_decided",
+            "tool_result",
+        ]
+    );
+    assert_eq!(
+        decisions(&replayed),
+        vec![
+            d("approve", "alice", "ok", ""),
+            d("reject", "alice", "paid already", "")
+        ]
+    );
+    assert_eq!(rig.calls(), (2, 1));
+    rt.shutdown().await;
+}

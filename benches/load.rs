@@ -657,6 +657,7 @@ impl Slot {
                         session_id: session.clone(),
                         content,
                         review: false,
+                        images: Vec::new(),
                     })
                     .await?
                     .into_inner();

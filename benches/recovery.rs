@@ -93,6 +93,7 @@ async fn round(o: &Opts) -> Result<Round> {
                 session_id: id.clone(),
                 content: format!("question {i}"),
                 review: false,
+                images: Vec::new(),
             })
             .await?
             .into_inner();

@@ -197,6 +197,7 @@ async fn main() -> anyhow::Result<()> {
                 session_id: session.session_id.clone(),
                 content: enquiry.text.into(),
                 review: false,
+                images: Vec::new(),
             })
             .await?
             .into_inner();

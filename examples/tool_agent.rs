@@ -61,6 +61,7 @@ async fn main() -> anyhow::Result<()> {
             session_id: session.session_id.clone(),
             content: "What do three items at 19.99 cost, and where is order 7?".into(),
             review: false,
+            images: Vec::new(),
         })
         .await?
         .into_inner();

@@ -57,6 +57,7 @@ pub async fn send(
             session_id: session_id.into(),
             content: text.into(),
             review: false,
+            images: Vec::new(),
         })
         .await
         .unwrap()

@@ -197,6 +197,7 @@ async fn a_corrupted_record_fails_only_its_session_with_a_clear_reason() {
             session_id: victim.clone(),
             content: "more".into(),
             review: false,
+            images: Vec::new(),
         })
         .await
         .unwrap_err();

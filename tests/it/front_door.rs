@@ -32,10 +32,12 @@ fn behavior(chunk_chars: usize) -> Behavior {
 }
 
 /// `baton serve` with the route `fake` (the fake upstream, priced) and the
-/// route `echo`; `extra` is more TOML.
+/// route `echo`; `extra` is more TOML, where `FAKE_BASE_URL` stands for the
+/// fake's base URL.
 async fn front_door(upstream_streams: bool, extra: &str) -> FrontDoor {
     let fake = FakeOpenAi::start().await.unwrap();
     fake.set_behavior(behavior(0));
+    let extra = extra.replace("FAKE_BASE_URL", &fake.base_url());
     let dir = tempfile::tempdir().unwrap();
     let toml = format!(
         r#"[sessions]
@@ -474,6 +476,134 @@ async fn generation_parameters_reach_the_upstream_and_the_journal() {
     assert_eq!(journaled, schema);
 }
 
+/// A message with an image only goes to an endpoint with the `vision`
+/// capability (the route's first endpoint lacks it), reaches it as image
+/// parts, and is journaled with its images: they survive a SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn images_route_to_vision_endpoints_and_are_journaled() {
+    let fd = front_door(
+        true,
+        r#"[[models]]
+name = "eyes"
+provider = "openai"
+base_url = "FAKE_BASE_URL"
+model = "fake-vision"
+capabilities = ["tools", "json_schema", "streaming", "vision"]
+
+[[routes]]
+name = "see"
+strategy = "fallback"
+endpoints = ["fake", "eyes"]
+"#,
+    )
+    .await;
+    let config = fd._dir.path().join("baton.toml");
+    let FrontDoor {
+        fake,
+        baton,
+        client: http,
+        http: base,
+        _dir,
+    } = fd;
+    let url = format!("{base}/v1/chat/completions");
+    let png = "data:image/png;base64,iVBORw0KGgo=";
+
+    let r = http
+        .post(&url)
+        .json(
+            &json!({"model": "see", "messages": [{"role": "user", "content": [
+                {"type": "text", "text": "what is in it?"},
+                {"type": "image_url", "image_url": {"url": png, "detail": "low"}},
+            ]}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "x-baton-endpoint").as_deref(), Some("eyes"));
+    let id = header(&r, "x-baton-session-id").unwrap();
+    let sent = fake.received().last().cloned().unwrap();
+    assert_eq!(sent["model"], "fake-vision");
+    assert_eq!(
+        sent["messages"][0]["content"],
+        json!([
+            {"type": "text", "text": "what is in it?"},
+            {"type": "image_url", "image_url": {"url": png, "detail": "low"}},
+        ])
+    );
+    // Without an image the route's first endpoint answers.
+    let r = http
+        .post(&url)
+        .json(&json!({"model": "see", "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "x-baton-endpoint").as_deref(), Some("fake"));
+
+    // Over gRPC: SendMessage with an image; the decision notes the exclusion.
+    let mut client = baton.client().await.unwrap();
+    let grpc_id = start(&mut client, "see").await;
+    let mut events = client
+        .send_message(v1::SendMessageRequest {
+            session_id: grpc_id.clone(),
+            content: "and this one?".into(),
+            review: false,
+            images: vec![v1::Image {
+                url: "https://example.com/b.jpg".into(),
+                detail: String::new(),
+            }],
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let turn = read_until(&mut events, |e| e.ends_turn()).await;
+    assert_eq!(turn.last().unwrap().kind.name(), "turn_completed");
+    let decision = turn
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::RoutingDecided { decision, .. } => Some(decision.clone()),
+            _ => None,
+        })
+        .expect("a routing decision");
+    assert_eq!(decision.chosen, "eyes");
+    let fake_note = decision
+        .candidates
+        .iter()
+        .find(|c| c.endpoint == "fake")
+        .map(|c| c.note.clone())
+        .unwrap_or_default();
+    assert!(fake_note.contains("vision"), "{decision:?}");
+    // A bad image is refused before anything is written.
+    let e = client
+        .send_message(v1::SendMessageRequest {
+            session_id: grpc_id.clone(),
+            content: "x".into(),
+            review: false,
+            images: vec![v1::Image {
+                url: "file:///etc/passwd".into(),
+                detail: String::new(),
+            }],
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("images[0]"), "{}", e.message());
+
+    // The images are in the journal: they survive a SIGKILL.
+    baton.kill9().await.unwrap();
+    let baton = BatonProcess::start(bin(), &config).await.unwrap();
+    let mut client = baton.client().await.unwrap();
+    let s = get(&mut client, &id).await;
+    assert_eq!(s.messages[0].images.len(), 1);
+    assert_eq!(s.messages[0].images[0].url, png);
+    assert_eq!(s.messages[0].images[0].detail, "low");
+    let s = get(&mut client, &grpc_id).await;
+    assert_eq!(s.turns_completed, 1, "no turn was added or re-run");
+    assert_eq!(s.messages.len(), 2);
+    assert_eq!(s.messages[0].images[0].url, "https://example.com/b.jpg");
+    assert_eq!(fake.requests(), 3, "nothing re-run after the restart");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conversation_ending_with_tool_results_continues() {
     let fd = front_door(false, "").await;
@@ -598,9 +728,15 @@ async fn bad_requests_get_openai_style_errors_and_reach_no_model() {
         (
             json!({"model": "fake", "messages": [{"role": "user", "content": [
                 {"type": "text", "text": "what is this?"},
-                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+                {"type": "input_audio", "input_audio": {"data": "", "format": "wav"}},
             ]}]}),
             "messages[0].content[1].type",
+        ),
+        (
+            json!({"model": "fake", "messages": [{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/bmp;base64,Qk0="}},
+            ]}]}),
+            "messages[0].content[0].image_url.url",
         ),
         (
             json!({"model": "fake", "messages": [

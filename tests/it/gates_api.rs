@@ -56,6 +56,7 @@ async fn send(client: &mut Client, id: &str, text: &str) -> tonic::Streaming<v1:
             session_id: id.into(),
             content: text.into(),
             review: false,
+            images: Vec::new(),
         })
         .await
         .unwrap()

@@ -98,6 +98,7 @@ async fn bad_input_gets_the_right_status_and_touches_nothing() {
         session_id,
         content,
         review: false,
+        images: Vec::new(),
     };
 
     let e = client
@@ -230,6 +231,7 @@ async fn busy_policy_enqueue_runs_turns_in_order_and_reject_refuses() {
             session_id: id.clone(),
             content: "impatient".into(),
             review: false,
+            images: Vec::new(),
         })
         .await
         .unwrap_err();

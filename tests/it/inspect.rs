@@ -371,6 +371,7 @@ async fn a_fork_continues_from_its_seq_and_diverges_alone() {
             session_id: held.clone(),
             content: "hold this".into(),
             review: true,
+            images: Vec::new(),
         })
         .await
         .unwrap()

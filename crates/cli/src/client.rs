@@ -95,6 +95,10 @@ pub enum SessionCommand {
         /// Hold the turn's final answer for a reviewer (see `baton gates`).
         #[arg(long)]
         review: bool,
+        /// An image to show the model (repeatable): an http(s) URL, a data
+        /// URL, or a .png/.jpg/.jpeg/.gif/.webp file (sent as a data URL).
+        #[arg(long = "image")]
+        images: Vec<String>,
     },
     /// Stream events after a seq; with --follow, keep streaming live events.
     Resume {
@@ -213,12 +217,18 @@ pub async fn run(conn: Conn, cmd: SessionCommand) -> anyhow::Result<()> {
             session_id,
             text,
             review,
+            images,
         } => {
+            let images = images
+                .iter()
+                .map(|i| image_arg(i))
+                .collect::<anyhow::Result<Vec<_>>>()?;
             let stream = client
                 .send_message(v1::SendMessageRequest {
                     session_id,
                     content: text.join(" "),
                     review,
+                    images,
                 })
                 .await
                 .map_err(rpc_error)?
@@ -393,6 +403,60 @@ async fn print_stream(
     Ok(())
 }
 
+/// `--image`: a URL as given, or a file read into a base64 data URL.
+fn image_arg(arg: &str) -> anyhow::Result<v1::Image> {
+    let url = if ["http://", "https://", "data:"]
+        .iter()
+        .any(|p| arg.starts_with(p))
+    {
+        arg.to_string()
+    } else {
+        let path = std::path::Path::new(arg);
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_ascii_lowercase)
+            .unwrap_or_default();
+        let media_type = match ext.as_str() {
+            "png" => "image/png",
+            "jpg" | "jpeg" => "image/jpeg",
+            "gif" => "image/gif",
+            "webp" => "image/webp",
+            _ => anyhow::bail!(
+                "--image {arg}: not a URL, and not a .png, .jpg, .jpeg, .gif or .webp file"
+            ),
+        };
+        let bytes = std::fs::read(path).with_context(|| format!("cannot read {arg}"))?;
+        format!("data:{media_type};base64,{}", base64(&bytes))
+    };
+    Ok(v1::Image {
+        url,
+        detail: String::new(),
+    })
+}
+
+/// Standard base64 with padding.
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            chunk.get(1).copied().unwrap_or(0),
+            chunk.get(2).copied().unwrap_or(0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
 fn read_client_tools(path: &std::path::Path) -> anyhow::Result<Vec<v1::ToolDefinition>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
@@ -416,4 +480,44 @@ fn read_client_tools(path: &std::path::Path) -> anyhow::Result<Vec<v1::ToolDefin
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn base64_matches_the_rfc_4648_vectors() {
+        let vectors = [
+            ("", ""),
+            ("f", "Zg=="),
+            ("fo", "Zm8="),
+            ("foo", "Zm9v"),
+            ("foob", "Zm9vYg=="),
+            ("fooba", "Zm9vYmE="),
+            ("foobar", "Zm9vYmFy"),
+        ];
+        for (plain, encoded) in vectors {
+            assert_eq!(base64(plain.as_bytes()), encoded, "{plain:?}");
+        }
+        assert_eq!(base64(&[0xff, 0xfe, 0xfd]), "//79");
+    }
+
+    #[test]
+    fn image_arguments_are_urls_or_image_files() {
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("dot.PNG");
+        std::fs::write(&png, [0x89, b'P', b'N', b'G']).unwrap();
+        let i = image_arg(png.to_str().unwrap()).unwrap();
+        assert_eq!(i.url, "data:image/png;base64,iVBORw==");
+        assert_eq!(
+            image_arg("https://example.com/a.png").unwrap().url,
+            "https://example.com/a.png"
+        );
+        let txt = dir.path().join("notes.txt");
+        std::fs::write(&txt, "x").unwrap();
+        let e = image_arg(txt.to_str().unwrap()).unwrap_err().to_string();
+        assert!(e.contains("notes.txt"), "{e}");
+        assert!(image_arg("/no/such/file.png").is_err());
+    }
 }

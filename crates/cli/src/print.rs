@@ -89,6 +89,19 @@ fn describe_generation(g: &baton_types::Generation) -> String {
     d
 }
 
+/// " [image URL]" per image; a data URL as its media type and size.
+fn images_note(images: &[baton_types::Image]) -> String {
+    images
+        .iter()
+        .map(|i| match i.data() {
+            Some((media_type, data)) => {
+                format!(" [image {media_type}, {} bytes base64]", data.len())
+            }
+            None => format!(" [image {}]", i.url),
+        })
+        .collect()
+}
+
 /// One readable line for an event.
 pub fn describe(e: &SessionEvent) -> String {
     let body = match &e.kind {
@@ -148,8 +161,9 @@ pub fn describe(e: &SessionEvent) -> String {
                 ""
             };
             format!(
-                "turn {turn} accepted  user: {}{review}",
-                one_line(&message.content)
+                "turn {turn} accepted  user: {}{}{review}",
+                one_line(&message.content),
+                images_note(&message.images)
             )
         }
         EventKind::ModelCallStarted {
@@ -479,6 +493,7 @@ pub fn session(s: &v1::Session, json: bool) {
         if let Some(id) = &m.tool_call_id {
             line = format!("[{id}] {line}");
         }
+        line.push_str(&images_note(&m.images));
         println!("  {:>9}: {}", m.role.as_str(), line);
     }
     for t in &s.pending_tool_calls {

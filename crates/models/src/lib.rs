@@ -64,6 +64,11 @@ pub struct ModelRequest {
     pub json_schema: Option<serde_json::Value>,
 }
 
+/// Input tokens an image is estimated at (routing and budget estimates):
+/// about what OpenAI bills a high-detail 1024×1024 image and Anthropic a
+/// ~0.75-megapixel one. Usage reported by the provider is what is billed.
+pub const TOKENS_PER_IMAGE: u64 = 1_000;
+
 impl ModelRequest {
     pub fn new(messages: Vec<Message>) -> Self {
         Self {
@@ -80,7 +85,8 @@ impl ModelRequest {
 
     /// Estimated input tokens: one per four characters (rounded up) of all
     /// message contents and tool-call arguments, plus 4 per message for the
-    /// role and framing; tool definitions are not counted.
+    /// role and framing, plus [`TOKENS_PER_IMAGE`] per image; tool
+    /// definitions are not counted.
     pub fn estimated_input_tokens(&self) -> u64 {
         let chars: u64 = self
             .messages
@@ -93,9 +99,11 @@ impl ModelRequest {
                         .sum::<u64>()
             })
             .sum();
+        let images: u64 = self.messages.iter().map(|m| m.images.len() as u64).sum();
         chars
             .div_ceil(4)
             .saturating_add((self.messages.len() as u64).saturating_mul(4))
+            .saturating_add(images.saturating_mul(TOKENS_PER_IMAGE))
     }
 
     /// The same request, offering `tools` to the model.

@@ -1,8 +1,8 @@
 //! Conversions between [`baton_types`] and the `baton.v1` API messages.
 
 use baton_types::{
-    EventKind, FinishReason, Generation, Message, Role, SessionEvent, SessionStatus, ToolCall,
-    ToolChoice, ToolDefinition, Usage,
+    EventKind, FinishReason, Generation, Image, Message, Role, SessionEvent, SessionStatus,
+    ToolCall, ToolChoice, ToolDefinition, Usage,
 };
 
 use crate::v1;
@@ -160,6 +160,23 @@ pub fn message_to_proto(m: &Message) -> v1::Message {
             })
             .collect(),
         tool_call_id: m.tool_call_id.clone().unwrap_or_default(),
+        images: m.images.iter().map(image_to_proto).collect(),
+    }
+}
+
+pub fn image_to_proto(i: &Image) -> v1::Image {
+    v1::Image {
+        url: i.url.clone(),
+        detail: i.detail.clone().unwrap_or_default(),
+    }
+}
+
+/// An image from the API shape (checked by [`Image::validate`] where it
+/// enters).
+pub fn image_from_proto(i: v1::Image) -> Image {
+    Image {
+        url: i.url,
+        detail: (!i.detail.is_empty()).then_some(i.detail),
     }
 }
 
@@ -179,6 +196,7 @@ pub fn message_from_proto(m: v1::Message) -> Option<Message> {
             })
             .collect(),
         tool_call_id: (!m.tool_call_id.is_empty()).then_some(m.tool_call_id),
+        images: m.images.into_iter().map(image_from_proto).collect(),
     })
 }
 
@@ -711,6 +729,7 @@ mod tests {
                         arguments: "{}".into(),
                     }],
                     tool_call_id: None,
+                    images: Vec::new(),
                 },
                 usage: Usage {
                     input_tokens: 3,

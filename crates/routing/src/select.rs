@@ -11,9 +11,12 @@ pub fn estimate_input_tokens(req: &ModelRequest) -> u64 {
     req.estimated_input_tokens()
 }
 
-/// The capabilities a request needs from an endpoint. Streaming is never a
-/// hard requirement: a non-streaming endpoint answers at the end.
+/// The capabilities a request needs from an endpoint: tools when it offers
+/// tools, json_schema for structured output, vision when a message carries
+/// an image (or the caller says so). Streaming is never a hard requirement:
+/// a non-streaming endpoint answers at the end.
 pub fn required_capabilities(req: &ModelRequest, needs_vision: bool) -> Vec<Capability> {
+    let needs_vision = needs_vision || req.messages.iter().any(|m| !m.images.is_empty());
     let mut caps = Vec::new();
     if !req.tools.is_empty() {
         caps.push(Capability::Tools);

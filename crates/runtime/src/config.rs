@@ -50,6 +50,12 @@ pub struct SessionsConfig {
     pub busy_policy: BusyPolicy,
     /// Largest accepted user message, in bytes.
     pub max_message_bytes: usize,
+    /// Most bytes of image URLs one message may carry (a base64 data URL
+    /// counts in full). Images are journaled inline with their message, so
+    /// the journal holds exactly what the model was shown.
+    pub max_image_bytes: usize,
+    /// Most images one message may carry.
+    pub max_images: usize,
     /// Largest accepted system prompt, in bytes.
     pub max_system_prompt_bytes: usize,
     /// Most turns waiting behind a running one (enqueue policy).
@@ -81,6 +87,8 @@ impl Default for SessionsConfig {
             default_route: "echo".into(),
             busy_policy: BusyPolicy::Enqueue,
             max_message_bytes: 256 * 1024,
+            max_image_bytes: 3 * 1024 * 1024,
+            max_images: 16,
             max_system_prompt_bytes: 64 * 1024,
             max_queued_turns: 32,
             passivate_after_ms: 300_000,
@@ -184,6 +192,8 @@ impl RuntimeConfig {
         let s = &self.sessions;
         let positive = [
             ("sessions.max_message_bytes", s.max_message_bytes as u64),
+            ("sessions.max_image_bytes", s.max_image_bytes as u64),
+            ("sessions.max_images", s.max_images as u64),
             (
                 "sessions.max_system_prompt_bytes",
                 s.max_system_prompt_bytes as u64,

@@ -137,6 +137,40 @@ impl Shared {
 /// slow client fell too far behind: resume from the last seq it saw).
 pub type EventStream = Pin<Box<dyn Stream<Item = Result<SessionEvent>> + Send>>;
 
+/// Images are for user messages, valid, and within the limits; errors name
+/// `field[i]`.
+fn check_images(m: &baton_types::Message, field: &str, limits: &SessionsConfig) -> Result<()> {
+    if m.images.is_empty() {
+        return Ok(());
+    }
+    if m.role != baton_types::Role::User {
+        return Err(Error::InvalidArgument(format!(
+            "{field}: only user messages carry images, not {} messages",
+            m.role.as_str()
+        )));
+    }
+    if m.images.len() > limits.max_images {
+        return Err(Error::InvalidArgument(format!(
+            "{field}: {} images; at most {} are allowed (sessions.max_images)",
+            m.images.len(),
+            limits.max_images
+        )));
+    }
+    for (i, image) in m.images.iter().enumerate() {
+        image
+            .validate()
+            .map_err(|problem| Error::InvalidArgument(format!("{field}[{i}]: {problem}")))?;
+    }
+    let bytes: usize = m.images.iter().map(|i| i.url.len()).sum();
+    if bytes > limits.max_image_bytes {
+        return Err(Error::ResourceExhausted(format!(
+            "{field}: {bytes} bytes of image URLs; the limit is {} (sessions.max_image_bytes)",
+            limits.max_image_bytes
+        )));
+    }
+    Ok(())
+}
+
 /// Parameters of a new session.
 #[derive(Debug, Clone, Default)]
 pub struct StartSession {
@@ -297,8 +331,7 @@ impl RuntimeBuilder {
         // Gates pending from before this start count too: sessions open
         // and decide gates from here on by +1/-1.
         let pending = store.count_pending_gates().await?;
-        baton_metrics::metrics()
-            .gates_pending_set(i64::try_from(pending).unwrap_or(i64::MAX));
+        baton_metrics::metrics().gates_pending_set(i64::try_from(pending).unwrap_or(i64::MAX));
         let persist = store.clone();
         let on_spend: baton_routing::OnSpend = Arc::new(move |route: &str, total: f64| {
             let mut b = Batch::unsynced();
@@ -564,6 +597,9 @@ impl RuntimeHandle {
             )));
         }
         self.validate_tools(&req)?;
+        for (i, m) in req.history.iter().enumerate() {
+            check_images(m, &format!("history[{i}].images"), &shared.config.sessions)?;
+        }
         let key = req.idempotency_key.filter(|k| !k.is_empty());
         if let Some(k) = &key
             && k.len() > MAX_IDEMPOTENCY_KEY_BYTES
@@ -957,7 +993,7 @@ impl RuntimeHandle {
         let limits = &self.inner.shared.config.sessions;
         match message.role {
             baton_types::Role::User => {
-                if message.content.trim().is_empty() {
+                if message.content.trim().is_empty() && message.images.is_empty() {
                     return Err(Error::InvalidArgument("content is empty".into()));
                 }
             }
@@ -979,6 +1015,7 @@ impl RuntimeHandle {
                 "a user or tool message carries no tool calls".into(),
             ));
         }
+        check_images(&message, "images", limits)?;
         if message.content.len() > limits.max_message_bytes {
             return Err(Error::ResourceExhausted(format!(
                 "content is {} bytes; the limit is {} (sessions.max_message_bytes)",

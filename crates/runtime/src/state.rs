@@ -366,6 +366,7 @@ impl SessionState {
                             content,
                             tool_calls: Vec::new(),
                             tool_call_id: Some(t.call_id),
+                            images: Vec::new(),
                         });
                     }
                 }

@@ -43,7 +43,7 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use baton_runtime::{EventStream, RuntimeHandle, StartSession};
 use baton_types::{
-    EventKind, FinishReason, Generation, Message, Role, SessionId, ToolCall, ToolChoice,
+    EventKind, FinishReason, Generation, Image, Message, Role, SessionId, ToolCall, ToolChoice,
     ToolDefinition, Usage,
 };
 use futures::StreamExt;
@@ -273,12 +273,25 @@ fn optional<'a, T>(
 
 /// A message's text: a string, or an array of `{"type": "text", "text"}` parts.
 fn content_text(content: Option<&Value>, param: &str, required: bool) -> Result<String, ApiError> {
+    content_parts(content, param, required, false).map(|(text, _)| text)
+}
+
+/// A message's text and images: a string, or an array of parts — `text`
+/// parts (joined by newlines) and, when `images` allows them, `image_url`
+/// parts (`{"url", "detail"}`: an http(s) or base64 data URL).
+fn content_parts(
+    content: Option<&Value>,
+    param: &str,
+    required: bool,
+    images: bool,
+) -> Result<(String, Vec<Image>), ApiError> {
     match content {
-        None | Some(Value::Null) if !required => Ok(String::new()),
+        None | Some(Value::Null) if !required => Ok((String::new(), Vec::new())),
         None | Some(Value::Null) => Err(ApiError::invalid(param, "is required")),
-        Some(Value::String(s)) => Ok(s.clone()),
+        Some(Value::String(s)) => Ok((s.clone(), Vec::new())),
         Some(Value::Array(parts)) => {
             let mut texts = Vec::with_capacity(parts.len());
+            let mut found = Vec::new();
             for (j, part) in parts.iter().enumerate() {
                 let p = format!("{param}[{j}]");
                 let Some(obj) = part.as_object() else {
@@ -291,23 +304,52 @@ fn content_text(content: Option<&Value>, param: &str, required: bool) -> Result<
                             return Err(ApiError::invalid(format!("{p}.text"), "must be a string"));
                         }
                     },
+                    Some("image_url") if images => {
+                        let image = match obj.get("image_url") {
+                            Some(Value::String(url)) => Image::url(url.clone()),
+                            Some(Value::Object(o)) => {
+                                let url = non_empty_str(o, "url", &format!("{p}.image_url.url"))?;
+                                let detail = optional(
+                                    o,
+                                    "detail",
+                                    &format!("{p}.image_url.detail"),
+                                    "a string",
+                                    |v| v.as_str().map(str::to_string),
+                                )?;
+                                Image { url, detail }
+                            }
+                            _ => {
+                                return Err(ApiError::invalid(
+                                    format!("{p}.image_url"),
+                                    "must be an object with a url",
+                                ));
+                            }
+                        };
+                        image
+                            .validate()
+                            .map_err(|e| ApiError::invalid(format!("{p}.image_url.url"), e))?;
+                        found.push(image);
+                    }
                     Some(other) => {
+                        let supported = if images {
+                            "only \"text\" and \"image_url\" parts are"
+                        } else {
+                            "only \"text\" parts are, here"
+                        };
                         return Err(ApiError::invalid(
                             format!("{p}.type"),
-                            format!(
-                                "content part type {other:?} is not supported; only \"text\" parts are"
-                            ),
+                            format!("content part type {other:?} is not supported; {supported}"),
                         ));
                     }
                     None => return Err(ApiError::invalid(format!("{p}.type"), "is required")),
                 }
             }
-            Ok(texts.join("\n"))
+            Ok((texts.join("\n"), found))
         }
         Some(v) => Err(ApiError::invalid(
             param,
             format!(
-                "must be a string or an array of text parts, not {}",
+                "must be a string or an array of content parts, not {}",
                 type_name(v)
             ),
         )),
@@ -661,11 +703,14 @@ pub fn parse_request(body: &[u8], headers: &HeaderMap) -> Result<ChatRequest, Ap
                 system.push(content_text(m.get("content"), &content_param, true)?);
             }
             "user" => {
-                let text = content_text(m.get("content"), &content_param, true)?;
-                if i == last_index && text.trim().is_empty() {
+                let (text, images) = content_parts(m.get("content"), &content_param, true, true)?;
+                if i == last_index && text.trim().is_empty() && images.is_empty() {
                     return Err(ApiError::invalid(content_param, "must not be empty"));
                 }
-                conversation.push(Message::user(text));
+                conversation.push(Message {
+                    images,
+                    ..Message::user(text)
+                });
             }
             "assistant" => {
                 let calls = tool_calls(m.get("tool_calls"), &format!("{p}.tool_calls"))?;
@@ -690,6 +735,7 @@ pub fn parse_request(body: &[u8], headers: &HeaderMap) -> Result<ChatRequest, Ap
                     content: content_text(m.get("content"), &content_param, true)?,
                     tool_calls: Vec::new(),
                     tool_call_id: Some(call_id),
+                    images: Vec::new(),
                 });
             }
             other => {
@@ -1384,6 +1430,34 @@ mod tests {
     }
 
     #[test]
+    fn user_messages_carry_image_parts() {
+        let r = parse(json!({"model": "m", "messages": [
+            {"role": "user", "content": [
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png", "detail": "low"}},
+            ]},
+            {"role": "assistant", "content": "a cat"},
+            {"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": "data:image/jpeg;base64,/9j/4AAQ"}},
+            ]},
+        ]}))
+        .unwrap();
+        assert_eq!(
+            r.history[0].images,
+            [Image {
+                url: "https://example.com/a.png".into(),
+                detail: Some("low".into())
+            }]
+        );
+        assert_eq!(r.history[0].content, "what is this?");
+        assert_eq!(r.last.content, "", "an image alone is a message");
+        assert_eq!(
+            r.last.images,
+            [Image::url("data:image/jpeg;base64,/9j/4AAQ")]
+        );
+    }
+
+    #[test]
     fn generation_parameters_are_parsed_and_checked() {
         let tools = json!([{"type": "function", "function": {"name": "lookup"}}]);
         let user = json!([{"role": "user", "content": "hi"}]);
@@ -1505,6 +1579,14 @@ mod tests {
             (json!({"model": "m", "messages": []}), "at least one"),
             (
                 json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "x"}}]}]}),
+                "messages[0].content[0].image_url.url",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "user", "content": [{"type": "input_audio", "input_audio": {}}]}]}),
+                "messages[0].content[0].type",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "system", "content": [{"type": "image_url", "image_url": {"url": "https://a.b/c.png"}}]}, {"role": "user", "content": "x"}]}),
                 "messages[0].content[0].type",
             ),
             (

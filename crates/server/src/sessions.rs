@@ -127,11 +127,18 @@ impl Sessions for SessionsService {
     ) -> Result<Response<Self::SendMessageStream>, Status> {
         let r = req.into_inner();
         let id = session_id("session_id", &r.session_id)?;
-        let stream = self
-            .runtime
-            .send_with(id, r.content, r.review)
-            .await
-            .map_err(|e| status(&e))?;
+        let stream = if r.images.is_empty() {
+            self.runtime.send_with(id, r.content, r.review).await
+        } else {
+            let mut message = baton_types::Message::user(r.content);
+            message.images = r
+                .images
+                .into_iter()
+                .map(convert::image_from_proto)
+                .collect();
+            self.runtime.send_message(id, message, r.review).await
+        }
+        .map_err(|e| status(&e))?;
         Ok(Response::new(to_grpc(stream)))
     }
 

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use baton_proto::journal::v1 as pb;
 use baton_types::{
-    EventKind, FinishReason, Generation, Message, Role, SessionId, SessionStatus, ToolCall,
+    EventKind, FinishReason, Generation, Image, Message, Role, SessionId, SessionStatus, ToolCall,
     ToolChoice, ToolDefinition, Usage,
 };
 use prost::Message as _;
@@ -184,6 +184,14 @@ impl MessageEncoder<'_> {
                 .collect(),
             tool_call_id: m.tool_call_id.clone().unwrap_or_default(),
             content_ref,
+            images: m
+                .images
+                .iter()
+                .map(|i| pb::Image {
+                    url: i.url.clone(),
+                    detail: i.detail.clone().unwrap_or_default(),
+                })
+                .collect(),
         }
     }
 }
@@ -374,6 +382,7 @@ pub fn encode_record(
                 content: output.clone(),
                 tool_calls: Vec::new(),
                 tool_call_id: Some(call_id.clone()),
+                images: Vec::new(),
             })),
             is_error: *is_error,
             latency_ms: *latency_ms,
@@ -513,6 +522,14 @@ pub fn decode_record(
                 })
                 .collect(),
             tool_call_id: (!m.tool_call_id.is_empty()).then_some(m.tool_call_id),
+            images: m
+                .images
+                .into_iter()
+                .map(|i| Image {
+                    url: i.url,
+                    detail: (!i.detail.is_empty()).then_some(i.detail),
+                })
+                .collect(),
         })
     };
     let kind = match r
@@ -855,6 +872,20 @@ mod tests {
                     replay_of: None,
                 },
                 "0801102a52210a01726a1c0d0000003f150000803f18072201452a04746f6f6c3201743a027b7d",
+            ),
+            (
+                EventKind::TurnAccepted {
+                    turn: 1,
+                    message: Message {
+                        images: vec![Image {
+                            url: "u".into(),
+                            detail: Some("low".into()),
+                        }],
+                        ..Message::user("hi")
+                    },
+                    review: false,
+                },
+                "0801102a5a140801121008021202686932080a017512036c6f77",
             ),
             (
                 EventKind::AssistantMessage {

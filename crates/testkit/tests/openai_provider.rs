@@ -610,6 +610,7 @@ async fn an_agentic_round_trip_sends_tool_calls_and_results_in_openai_shape() {
             content: "4".into(),
             tool_calls: vec![],
             tool_call_id: Some("call_calc".into()),
+            images: Vec::new(),
         });
         let (resp, deltas) = call_streaming(&ep, &second).await;
         let resp = resp.unwrap();

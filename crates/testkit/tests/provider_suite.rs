@@ -316,6 +316,7 @@ fn tool_result(id: &str, content: &str) -> Message {
         content: content.into(),
         tool_calls: vec![],
         tool_call_id: Some(id.into()),
+        images: Vec::new(),
     }
 }
 

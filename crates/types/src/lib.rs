@@ -27,7 +27,9 @@ pub use error::ErrorCode;
 pub use event::{EventKind, SessionEvent, SessionStatus, TurnOutcome};
 pub use generation::{Generation, MAX_STOP_SEQUENCES, ToolChoice};
 pub use id::{ParseIdError, SessionId};
-pub use message::{FinishReason, Message, Role, ToolCall, ToolDefinition, Usage};
+pub use message::{
+    FinishReason, IMAGE_MEDIA_TYPES, Image, Message, Role, ToolCall, ToolDefinition, Usage,
+};
 pub use routing::{AttemptFailure, RouteCandidate, RoutingDecision};
 
 /// Milliseconds since the Unix epoch, as stored in journal records and events.

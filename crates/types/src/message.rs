@@ -45,6 +45,81 @@ pub struct Message {
     /// For `Role::Tool`: the id of the call this message answers.
     #[serde(default)]
     pub tool_call_id: Option<String>,
+    /// Images a user message shows the model (after its text). A call whose
+    /// messages carry images needs an endpoint with the `vision` capability.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub images: Vec<Image>,
+}
+
+/// An image in a user message: an `https://` (or `http://`) URL the
+/// provider fetches, or a `data:image/...;base64,` URL carrying the bytes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Image {
+    pub url: String,
+    /// OpenAI's `detail` (`low`, `high`, `auto`); `None` for the provider's
+    /// default. Providers without it ignore it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+}
+
+/// Media types an image may have (what OpenAI and Anthropic both accept).
+pub const IMAGE_MEDIA_TYPES: [&str; 4] = ["image/png", "image/jpeg", "image/gif", "image/webp"];
+
+impl Image {
+    pub fn url(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            detail: None,
+        }
+    }
+
+    /// For a `data:` URL: its media type and base64 data.
+    pub fn data(&self) -> Option<(&str, &str)> {
+        let rest = self.url.strip_prefix("data:")?;
+        let (media_type, data) = rest.split_once(";base64,")?;
+        Some((media_type, data))
+    }
+
+    /// Check the URL, naming the problem: `http(s)://` with a host, or a
+    /// base64 `data:` URL of a supported media type.
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(rest) = self.url.strip_prefix("data:") {
+            let Some((media_type, data)) = self.data() else {
+                let head: String = rest.chars().take(40).collect();
+                return Err(format!(
+                    "data URL \"data:{head}…\" is not \"data:<media type>;base64,<data>\""
+                ));
+            };
+            if !IMAGE_MEDIA_TYPES.contains(&media_type) {
+                return Err(format!(
+                    "media type {media_type:?} is not one of {}",
+                    IMAGE_MEDIA_TYPES.join(", ")
+                ));
+            }
+            if data.is_empty()
+                || !data
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'+' | b'/' | b'='))
+            {
+                return Err("the data URL's data is not base64".into());
+            }
+        } else {
+            let host = self
+                .url
+                .strip_prefix("https://")
+                .or_else(|| self.url.strip_prefix("http://"));
+            if !host.is_some_and(|h| !h.is_empty() && !h.starts_with('/')) {
+                let head: String = self.url.chars().take(60).collect();
+                return Err(format!(
+                    "{head:?} is neither an http(s) URL nor a base64 data URL"
+                ));
+            }
+        }
+        match self.detail.as_deref() {
+            None | Some("low" | "high" | "auto") => Ok(()),
+            Some(d) => Err(format!("detail {d:?} is not one of low, high, auto")),
+        }
+    }
 }
 
 impl Message {
@@ -54,6 +129,7 @@ impl Message {
             content: content.into(),
             tool_calls: Vec::new(),
             tool_call_id: None,
+            images: Vec::new(),
         }
     }
 
@@ -136,6 +212,36 @@ impl FinishReason {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn image_urls_are_checked() {
+        let ok = [
+            "https://example.com/cat.png",
+            "http://10.0.0.1:8080/x.jpg",
+            "data:image/png;base64,iVBORw0KGgo=",
+        ];
+        for url in ok {
+            assert_eq!(Image::url(url).validate(), Ok(()), "{url}");
+        }
+        let png = Image::url("data:image/png;base64,iVBORw0KGgo=");
+        assert_eq!(png.data(), Some(("image/png", "iVBORw0KGgo=")));
+        let bad = [
+            ("ftp://example.com/a.png", "neither"),
+            ("https://", "neither"),
+            ("cat.png", "neither"),
+            ("data:image/png,raw", "not \"data:"),
+            ("data:image/tiff;base64,AAAA", "image/tiff"),
+            ("data:image/png;base64,not base64!", "not base64"),
+            ("data:image/png;base64,", "not base64"),
+        ];
+        for (url, problem) in bad {
+            let e = Image::url(url).validate().unwrap_err();
+            assert!(e.contains(problem), "{url}: {e}");
+        }
+        let mut d = Image::url("https://example.com/a.png");
+        d.detail = Some("ultra".into());
+        assert!(d.validate().unwrap_err().contains("ultra"));
+    }
 
     #[test]
     fn finish_reasons_from_different_providers_normalise() {

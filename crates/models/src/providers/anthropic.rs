@@ -342,7 +342,27 @@ fn wire_messages(messages: &[Message]) -> Result<Vec<Value>, ProviderError> {
     for m in messages {
         match m.role {
             Role::System => continue,
-            Role::User => out.push(json!({"role": "user", "content": m.content})),
+            Role::User if m.images.is_empty() => {
+                out.push(json!({"role": "user", "content": m.content}));
+            }
+            Role::User => {
+                // Text block, then one image block per image: a URL source,
+                // or base64 with its media type for a data URL.
+                let mut blocks = Vec::with_capacity(m.images.len() + 1);
+                if !m.content.is_empty() {
+                    blocks.push(json!({"type": "text", "text": m.content}));
+                }
+                for image in &m.images {
+                    let source = match image.data() {
+                        Some((media_type, data)) => {
+                            json!({"type": "base64", "media_type": media_type, "data": data})
+                        }
+                        None => json!({"type": "url", "url": image.url}),
+                    };
+                    blocks.push(json!({"type": "image", "source": source}));
+                }
+                out.push(json!({"role": "user", "content": blocks}));
+            }
             // Anthropic refuses empty turns; an empty answer adds nothing.
             Role::Assistant if m.tool_calls.is_empty() && m.content.is_empty() => {}
             Role::Assistant if m.tool_calls.is_empty() => {
@@ -520,6 +540,7 @@ impl Answer {
                 content,
                 tool_calls: self.calls,
                 tool_call_id: None,
+                images: Vec::new(),
             },
             usage,
             finish_reason,
@@ -867,6 +888,7 @@ mod tests {
             content: content.into(),
             tool_calls: vec![],
             tool_call_id: Some(id.into()),
+            images: Vec::new(),
         }
     }
 
@@ -962,6 +984,28 @@ mod tests {
         req.tool_choice = ToolChoice::Auto;
         req.max_output_tokens = Some(9);
         assert_eq!(p.body(&req).unwrap()["max_tokens"], 9);
+    }
+
+    #[test]
+    fn images_become_url_or_base64_blocks_after_the_text() {
+        let p = provider(false);
+        let mut m = Message::user("compare");
+        m.images = vec![
+            baton_types::Image::url("https://example.com/a.jpg"),
+            baton_types::Image {
+                url: "data:image/webp;base64,UklGRg==".into(),
+                detail: Some("high".into()),
+            },
+        ];
+        let body = p.body(&ModelRequest::new(vec![m])).unwrap();
+        assert_eq!(
+            body["messages"][0],
+            json!({"role": "user", "content": [
+                {"type": "text", "text": "compare"},
+                {"type": "image", "source": {"type": "url", "url": "https://example.com/a.jpg"}},
+                {"type": "image", "source": {"type": "base64", "media_type": "image/webp", "data": "UklGRg=="}},
+            ]})
+        );
     }
 
     #[test]

@@ -322,6 +322,21 @@ fn wire_message(m: &Message) -> Value {
     if let Some(id) = &m.tool_call_id {
         o["tool_call_id"] = json!(id);
     }
+    if !m.images.is_empty() {
+        // Content parts: the text, then each image.
+        let mut parts = Vec::with_capacity(m.images.len() + 1);
+        if !m.content.is_empty() {
+            parts.push(json!({"type": "text", "text": m.content}));
+        }
+        for image in &m.images {
+            let mut url = json!({"url": image.url});
+            if let Some(detail) = &image.detail {
+                url["detail"] = json!(detail);
+            }
+            parts.push(json!({"type": "image_url", "image_url": url}));
+        }
+        o["content"] = Value::Array(parts);
+    }
     o
 }
 
@@ -357,6 +372,7 @@ fn assistant(content: String, tool_calls: Vec<ToolCall>) -> Message {
         content,
         tool_calls,
         tool_call_id: None,
+        images: Vec::new(),
     }
 }
 
@@ -868,6 +884,7 @@ mod tests {
             content: "42".into(),
             tool_calls: vec![],
             tool_call_id: Some("c1".into()),
+            images: Vec::new(),
         };
         let mut req = ModelRequest::new(vec![Message::user("hi"), call, result]);
         req.temperature = Some(0.5);
@@ -886,6 +903,32 @@ mod tests {
         assert!(body.get("tools").is_none(), "{body}");
         req.max_output_tokens = Some(5);
         assert_eq!(p.body(&req).unwrap()["max_tokens"], 5);
+    }
+
+    #[test]
+    fn images_become_content_parts_after_the_text() {
+        let p = provider(false);
+        let mut m = Message::user("what is this?");
+        m.images = vec![
+            baton_types::Image::url("https://example.com/cat.png"),
+            baton_types::Image {
+                url: "data:image/png;base64,iVBORw0KGgo=".into(),
+                detail: Some("low".into()),
+            },
+        ];
+        let body = p.body(&ModelRequest::new(vec![m])).unwrap();
+        assert_eq!(
+            body["messages"][0]["content"],
+            json!([
+                {"type": "text", "text": "what is this?"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/cat.png"}},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,iVBORw0KGgo=", "detail": "low"}},
+            ])
+        );
+        let plain = p
+            .body(&ModelRequest::new(vec![Message::user("hi")]))
+            .unwrap();
+        assert_eq!(plain["messages"][0]["content"], "hi");
     }
 
     #[test]

@@ -254,6 +254,7 @@ impl Provider for ScriptedProvider {
                 content: step.text.clone(),
                 tool_calls: step.tool_calls.clone(),
                 tool_call_id: None,
+                images: Vec::new(),
             },
             usage: Usage {
                 input_tokens,
@@ -392,6 +393,7 @@ mod tests {
             content: "4".into(),
             tool_calls: vec![],
             tool_call_id: Some("call_0_0".into()),
+            images: Vec::new(),
         });
         req.messages.push(Message::user("and?"));
         assert_eq!(

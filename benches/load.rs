@@ -9,6 +9,11 @@
 //! See `--help` for the options and docs/performance.md for the method and
 //! the figures measured on the project's machine.
 
+/// The allocator the `baton` binary uses (see src/main.rs), so the figures
+/// are the binary's.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -663,7 +668,15 @@ impl Slot {
                     .into_inner();
                 while let Some(ev) = stream.message().await? {
                     match ev.kind {
-                        Some(Kind::TurnCompleted(_)) => return Ok(()),
+                        Some(Kind::TurnCompleted(_)) => {
+                            // Read to the stream's end (it ends right after
+                            // this event): dropping it here lets the end
+                            // arrive for a stream h2 has forgotten, a counted
+                            // reset; after 1,024 the client's connection
+                            // closes (`too_many_internal_resets`).
+                            while stream.message().await?.is_some() {}
+                            return Ok(());
+                        }
                         Some(Kind::TurnFailed(f)) => bail!("turn failed: {}", f.reason),
                         Some(Kind::TurnCancelled(_)) => bail!("turn cancelled"),
                         _ => {}
@@ -1633,6 +1646,14 @@ async fn run(args: Args, upstream: std::net::SocketAddr) -> Result<Report> {
 
 fn main() -> Result<()> {
     let args = Args::parse()?;
+    if let Ok(f) = std::env::var("LOAD_TRACE_FILE") {
+        let file = std::fs::File::create(f)?;
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_writer(std::sync::Mutex::new(file))
+            .with_ansi(false)
+            .init();
+    }
     if args.quick {
         eprintln!("[load] --quick: a smoke run; its figures are not meaningful");
     }

@@ -83,12 +83,7 @@ pub fn generation_to_proto(g: &Generation) -> Option<v1::Generation> {
     if g.is_default() {
         return None;
     }
-    let (choice, name) = match &g.tool_choice {
-        ToolChoice::Auto => ("", ""),
-        ToolChoice::None => ("none", ""),
-        ToolChoice::Required => ("required", ""),
-        ToolChoice::Tool(name) => ("tool", name.as_str()),
-    };
+    let (choice, name) = g.tool_choice.to_wire();
     Some(v1::Generation {
         temperature: g.temperature,
         top_p: g.top_p,
@@ -109,33 +104,7 @@ pub fn generation_from_proto(
     let Some(g) = g else {
         return Ok(Generation::default());
     };
-    let tool_choice = match g.tool_choice.as_str() {
-        "" | "auto" | "none" | "required" if !g.tool_name.is_empty() => {
-            return Err((
-                "tool_name",
-                format!(
-                    "is only allowed with tool_choice \"tool\", not {:?}",
-                    g.tool_choice
-                ),
-            ));
-        }
-        "" | "auto" => ToolChoice::Auto,
-        "none" => ToolChoice::None,
-        "required" => ToolChoice::Required,
-        "tool" if g.tool_name.is_empty() => {
-            return Err((
-                "tool_name",
-                "must name the tool tool_choice \"tool\" requires".into(),
-            ));
-        }
-        "tool" => ToolChoice::Tool(g.tool_name),
-        other => {
-            return Err((
-                "tool_choice",
-                format!("{other:?} is not one of \"auto\", \"none\", \"required\", \"tool\""),
-            ));
-        }
-    };
+    let tool_choice = ToolChoice::from_wire(&g.tool_choice, g.tool_name)?;
     Ok(Generation {
         temperature: g.temperature,
         top_p: g.top_p,

@@ -171,6 +171,34 @@ fn check_images(m: &baton_types::Message, field: &str, limits: &SessionsConfig) 
     Ok(())
 }
 
+/// A turn's event stream, ended the moment its last event is yielded rather
+/// than when the forwarding task has gone: an HTTP/2 server then sends the
+/// last message and the end of the stream in one flush, so a client that
+/// stops reading at the turn's end has seen the whole stream. (One that
+/// drops it before the trailers arrive makes its h2 count a reset for them;
+/// after 1,024 of those hyper closes the connection with GOAWAY
+/// `too_many_internal_resets`, failing every call multiplexed on it.)
+struct UntilTurnEnd {
+    inner: tokio_stream::wrappers::ReceiverStream<Result<SessionEvent>>,
+    ended: bool,
+}
+
+impl Stream for UntilTurnEnd {
+    type Item = Result<SessionEvent>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        if self.ended {
+            return std::task::Poll::Ready(None);
+        }
+        let item = std::task::ready!(std::pin::Pin::new(&mut self.inner).poll_next(cx));
+        self.ended = matches!(&item, Some(Ok(e)) if e.ends_turn());
+        std::task::Poll::Ready(item)
+    }
+}
+
 /// Parameters of a new session.
 #[derive(Debug, Clone, Default)]
 pub struct StartSession {
@@ -1043,6 +1071,7 @@ impl RuntimeHandle {
 
     fn stream(&self, id: SessionId, sub: Subscription) -> EventStream {
         let store = self.inner.shared.store.clone();
+        let ends_with_turn = sub.turn.is_some();
         let (tx, rx) = tokio::sync::mpsc::channel::<Result<SessionEvent>>(64);
         tokio::spawn(async move {
             let Subscription {
@@ -1106,7 +1135,14 @@ impl RuntimeHandle {
             };
             let _ = tx.send(Err(err)).await;
         });
-        Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx))
+        let events = tokio_stream::wrappers::ReceiverStream::new(rx);
+        if !ends_with_turn {
+            return Box::pin(events);
+        }
+        Box::pin(UntilTurnEnd {
+            inner: events,
+            ended: false,
+        })
     }
 
     /// The session as its actor holds it (rehydrating it if passivated).

@@ -411,3 +411,36 @@ async fn deleted_sessions_are_gone() {
     );
     rt.shutdown().await;
 }
+
+/// A turn's stream ends the instant its last event is read: no wait for
+/// the forwarding task. (An HTTP/2 server then flushes the last message and
+/// the stream's end together; a client that stops reading at TurnCompleted
+/// otherwise gets late trailers, which its h2 counts as resets and closes
+/// the connection after 1,024 of them.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_turn_stream_ends_right_after_its_last_event() {
+    use futures::FutureExt;
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder(config(dir.path())).start().await.unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    let mut late = 0;
+    for i in 0..200 {
+        let mut stream = rt.send(s.id, format!("turn {i}")).await.unwrap();
+        loop {
+            let e = stream.next().await.unwrap().unwrap();
+            if e.ends_turn() {
+                break;
+            }
+        }
+        match stream.next().now_or_never() {
+            Some(None) => {}
+            Some(Some(e)) => panic!("an event after the turn's end: {e:?}"),
+            None => late += 1,
+        }
+    }
+    assert_eq!(
+        late, 0,
+        "{late} of 200 streams were not over at their last event"
+    );
+    rt.shutdown().await;
+}

@@ -96,12 +96,7 @@ fn role_from_code(c: u32) -> Option<Role> {
 }
 
 fn generation_pb(g: &Generation) -> pb::Generation {
-    let (choice, name) = match &g.tool_choice {
-        ToolChoice::Auto => ("", ""),
-        ToolChoice::None => ("none", ""),
-        ToolChoice::Required => ("required", ""),
-        ToolChoice::Tool(name) => ("tool", name.as_str()),
-    };
+    let (choice, name) = g.tool_choice.to_wire();
     pb::Generation {
         temperature: g.temperature,
         top_p: g.top_p,
@@ -114,17 +109,10 @@ fn generation_pb(g: &Generation) -> pb::Generation {
 }
 
 fn generation_from(g: pb::Generation) -> std::result::Result<Generation, String> {
-    let tool_choice = match g.tool_choice.as_str() {
-        "" | "auto" => ToolChoice::Auto,
-        "none" => ToolChoice::None,
-        "required" => ToolChoice::Required,
-        "tool" => ToolChoice::Tool(g.tool_name),
-        other => {
-            return Err(format!(
-                "unknown tool_choice {other:?} (written by a newer version?)"
-            ));
-        }
-    };
+    let tool_choice =
+        ToolChoice::from_wire(&g.tool_choice, g.tool_name).map_err(|(field, problem)| {
+            format!("generation.{field}: {problem} (written by a newer version?)")
+        })?;
     Ok(Generation {
         temperature: g.temperature,
         top_p: g.top_p,

@@ -48,6 +48,42 @@ pub enum ToolChoice {
     Tool(String),
 }
 
+impl ToolChoice {
+    /// The stored and API form: (`""`/`"none"`/`"required"`/`"tool"`, the
+    /// tool's name or `""`).
+    pub fn to_wire(&self) -> (&'static str, &str) {
+        match self {
+            ToolChoice::Auto => ("", ""),
+            ToolChoice::None => ("none", ""),
+            ToolChoice::Required => ("required", ""),
+            ToolChoice::Tool(name) => ("tool", name.as_str()),
+        }
+    }
+
+    /// From the stored and API form; `Err((field, problem))` names
+    /// `tool_choice` or `tool_name`.
+    pub fn from_wire(choice: &str, name: String) -> Result<ToolChoice, (&'static str, String)> {
+        match choice {
+            "" | "auto" | "none" | "required" if !name.is_empty() => Err((
+                "tool_name",
+                format!("is only allowed with tool_choice \"tool\", not {choice:?}"),
+            )),
+            "" | "auto" => Ok(ToolChoice::Auto),
+            "none" => Ok(ToolChoice::None),
+            "required" => Ok(ToolChoice::Required),
+            "tool" if name.is_empty() => Err((
+                "tool_name",
+                "must name the tool tool_choice \"tool\" requires".into(),
+            )),
+            "tool" => Ok(ToolChoice::Tool(name)),
+            other => Err((
+                "tool_choice",
+                format!("{other:?} is not one of \"auto\", \"none\", \"required\", \"tool\""),
+            )),
+        }
+    }
+}
+
 /// Most stop sequences a session may set (OpenAI's limit).
 pub const MAX_STOP_SEQUENCES: usize = 4;
 
@@ -179,6 +215,31 @@ mod tests {
             json_schema: Some(r#"{"type":"object"}"#.into()),
         };
         assert_eq!(ok.validate(), Ok(()));
+        for choice in [
+            ToolChoice::Auto,
+            ToolChoice::None,
+            ToolChoice::Required,
+            ToolChoice::Tool("t".into()),
+        ] {
+            let (c, n) = choice.to_wire();
+            assert_eq!(ToolChoice::from_wire(c, n.to_string()), Ok(choice.clone()));
+        }
+        assert_eq!(
+            ToolChoice::from_wire("auto", String::new()),
+            Ok(ToolChoice::Auto)
+        );
+        assert_eq!(
+            ToolChoice::from_wire("tool", String::new()).map_err(|e| e.0),
+            Err("tool_name")
+        );
+        assert_eq!(
+            ToolChoice::from_wire("none", "t".into()).map_err(|e| e.0),
+            Err("tool_name")
+        );
+        assert_eq!(
+            ToolChoice::from_wire("any", String::new()).map_err(|e| e.0),
+            Err("tool_choice")
+        );
         assert!(!ok.is_default());
         assert!(Generation::default().is_default());
     }

@@ -8,12 +8,17 @@
 //! `tool_use` blocks (arguments parsed into `input`); tool results become
 //! `tool_result` blocks of a user message, consecutive results sharing one
 //! message; call ids are kept; empty assistant turns (no text, no calls) are
-//! left out, as Anthropic refuses them. Tools go out as `{name, description,
-//! input_schema}`. `max_tokens`, which Anthropic requires, is the request's,
-//! else the endpoint's `max_output_tokens`, else 4096. A request with a
-//! `json_schema` gets a forced tool `output` whose `input_schema` is the
-//! schema (`tool_choice: {"type": "tool", "name": "output"}`); the tool's
-//! input, as JSON text, is the answer (and what is streamed).
+//! left out, as Anthropic refuses them. A user message's images follow its
+//! text as `image` blocks: a `url` source, or `base64` with the media type for
+//! a data URL. Tools go out as `{name, description, input_schema}`, with the
+//! request's tool choice as `tool_choice` (`none`, `any` for required, `tool`
+//! with a name; nothing for auto). `max_tokens`, which Anthropic requires, is
+//! the request's, else the endpoint's `max_output_tokens`, else 4096;
+//! `temperature`, `top_p` and `stop_sequences` are the request's when set. A
+//! request with a `json_schema` gets a forced tool `output` whose
+//! `input_schema` is the schema (`tool_choice: {"type": "tool", "name":
+//! "output"}`, overriding the request's tool choice); the tool's input, as
+//! JSON text, is the answer (and what is streamed).
 //!
 //! Answers: text blocks make the text, `tool_use` blocks the tool calls
 //! (arguments = the JSON text of `input`); `stop_reason` `end_turn` and

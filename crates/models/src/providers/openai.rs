@@ -3,9 +3,14 @@
 //! Sends `POST {base_url}/chat/completions`, with `Authorization: Bearer`
 //! when a key is configured, and reads either the JSON answer or, when the
 //! endpoint streams, the SSE stream (`stream_options.include_usage` asks for
-//! usage in the final chunk). The request's tool definitions go out as
-//! `tools: [{"type": "function", "function": {...}}]`; tool calls arriving in
-//! fragments are reassembled by their index. A request with a `json_schema`
+//! usage in the final chunk). A user message with images is sent as content
+//! parts: its text, then one `image_url` part per image (with `detail` when
+//! set). The request's tool definitions go out as `tools: [{"type":
+//! "function", "function": {...}}]`, and its tool choice, when not auto, as
+//! `tool_choice` (`"none"`, `"required"` or `{"type": "function", "function":
+//! {"name"}}`, only with tools); `max_tokens`, `temperature`, `top_p` and
+//! `stop` are sent when set. Tool calls arriving in fragments are reassembled
+//! by their index. A request with a `json_schema`
 //! asks for `response_format: {"type": "json_schema", "json_schema": {"name":
 //! "output", "schema": ..., "strict": true}}`.
 //!

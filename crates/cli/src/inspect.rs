@@ -315,7 +315,8 @@ fn print_replay(
             out,
             "{}",
             serde_json::json!({"source": r.source, "replay_session_id": r.replay_session_id,
-                "turns": r.turns, "compared": r.compared, "diverged": r.diverged, "divergence": divergence})
+                "turns": r.turns, "compared": r.compared, "diverged": r.diverged, "divergence": divergence,
+                "stopped": (!r.stopped.is_empty()).then_some(&r.stopped)})
         )?;
         return Ok(());
     }
@@ -326,6 +327,9 @@ fn print_replay(
         r.turns, r.compared
     )?;
     writeln!(out, "replay session {}", r.replay_session_id)?;
+    if !r.stopped.is_empty() {
+        writeln!(out, "stopped early: {}", r.stopped)?;
+    }
     if let Some(d) = &r.divergence {
         let seq = |s: u64| {
             if s == 0 {

@@ -440,6 +440,10 @@ pub struct ReplayReport {
     /// Records compared.
     pub compared: u64,
     pub divergence: Option<Divergence>,
+    /// Why the replay ended before the recording's last turn, when it did:
+    /// a gate or client tool call the recording has no answer for, a
+    /// refused recorded decision, or a replay that went silent.
+    pub stopped: Option<String>,
 }
 
 /// What a replay session is answered with instead of models and tools:
@@ -1096,6 +1100,7 @@ impl RuntimeHandle {
             turns: replayed_turns,
             compared,
             divergence,
+            stopped,
         })
     }
 

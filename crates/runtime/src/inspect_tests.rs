@@ -71,6 +71,7 @@ async fn replay_of_an_unchanged_session_is_identical() {
     let report = rt.replay(id).await.unwrap();
     assert_eq!(report.turns, 2);
     assert!(report.divergence.is_none(), "{report:?}");
+    assert_eq!(report.stopped, None);
     // 2 turns x (accepted, 2 model calls, 2 answers, tool requested/started/result, completed)
     assert!(report.compared >= 18, "{report:?}");
     // The replay session holds the same conversation and says what it replays.
@@ -783,6 +784,11 @@ async fn replay_stops_at_a_gate_the_recording_does_not_have() {
         "took {:?}",
         started.elapsed()
     );
+    let why = report
+        .stopped
+        .clone()
+        .expect("the replay says why it stopped");
+    assert!(why.contains("does not have"), "{why}");
     let div = report.divergence.expect("a divergence");
     assert!(div.expected.contains("tool_call_started"), "{div:?}");
     assert!(
@@ -852,6 +858,11 @@ async fn replay_stops_at_a_gate_the_recording_left_pending() {
         .expect("the replay ends")
         .unwrap();
     // Up to its end, the recording is reproduced: same gate, still open.
+    let why = report
+        .stopped
+        .clone()
+        .expect("the replay says why it stopped");
+    assert!(why.contains("still pending"), "{why}");
     assert!(report.divergence.is_none(), "{report:?}");
     let source = journal(&rt, id).await;
     assert_eq!(report.compared, comparable(&source));

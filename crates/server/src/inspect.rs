@@ -204,6 +204,7 @@ impl Inspect for InspectService {
                 expected: d.expected,
                 actual: d.actual,
             }),
+            stopped: report.stopped.unwrap_or_default(),
         }))
     }
 

@@ -13,7 +13,9 @@ use crate::error::TelemetryError;
 /// [telemetry]
 /// log_filter = "info,baton_runtime=debug"   # RUST_LOG wins when set
 /// json_logs = true                          # JSON lines on stderr
-/// otlp_endpoint = "http://127.0.0.1:4317"   # OTLP/gRPC; unset = no span export
+/// otlp_endpoint = "http://127.0.0.1:4317"   # OTLP/gRPC; unset = no span export; https = TLS
+/// # otlp_ca_file = "/etc/baton/collector-ca.pem"   # https: trust this CA (PEM) too
+/// # otlp_headers = { "x-api-key" = "..." }         # gRPC metadata on every export
 /// service_name = "baton"
 /// sample_ratio = 0.25                       # of new traces; children follow their parent
 /// export_timeout_ms = 5000
@@ -27,9 +29,17 @@ pub struct TelemetryConfig {
     pub log_filter: String,
     /// Structured JSON lines on stderr instead of human-readable lines.
     pub json_logs: bool,
-    /// OTLP/gRPC collector endpoint, e.g. `"http://127.0.0.1:4317"` (plaintext HTTP/2; `https`
-    /// is refused). Span export is off when unset.
+    /// OTLP/gRPC collector endpoint: `"http://127.0.0.1:4317"` (plaintext HTTP/2) or
+    /// `"https://collector.example:4317"` (TLS, verified against the system's root
+    /// certificates and `otlp_ca_file`). Span export is off when unset.
     pub otlp_endpoint: Option<String>,
+    /// With an `https` endpoint: a PEM file of CA certificates to trust besides the system's
+    /// (a private collector's CA).
+    pub otlp_ca_file: Option<std::path::PathBuf>,
+    /// gRPC metadata sent with every export, e.g. an API key a hosted collector wants. Names
+    /// are ASCII header names (case-insensitive; `-bin` binary entries are not supported);
+    /// values visible ASCII. Values are never logged.
+    pub otlp_headers: std::collections::BTreeMap<String, String>,
     /// `service.name` resource attribute of exported spans.
     pub service_name: String,
     /// Fraction of new traces (root spans) that are sampled, in `[0, 1]`. Child spans follow
@@ -48,6 +58,8 @@ impl Default for TelemetryConfig {
             log_filter: "info".to_owned(),
             json_logs: false,
             otlp_endpoint: None,
+            otlp_ca_file: None,
+            otlp_headers: Default::default(),
             service_name: "baton".to_owned(),
             sample_ratio: 1.0,
             export_timeout_ms: 5_000,
@@ -61,6 +73,42 @@ impl TelemetryConfig {
         parse_filter(&self.log_filter).map_err(|reason| invalid("log_filter", reason))?;
         if let Some(endpoint) = &self.otlp_endpoint {
             validate_endpoint(endpoint).map_err(|reason| invalid("otlp_endpoint", reason))?;
+        }
+        if let Some(ca) = &self.otlp_ca_file
+            && !self
+                .otlp_endpoint
+                .as_deref()
+                .is_some_and(|e| e.starts_with("https://"))
+        {
+            return Err(invalid(
+                "otlp_ca_file",
+                format!(
+                    "{} is set, but otlp_endpoint is not an https endpoint",
+                    ca.display()
+                ),
+            ));
+        }
+        for (name, value) in &self.otlp_headers {
+            if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(name.as_bytes())
+                .is_err()
+                || name.ends_with("-bin")
+            {
+                return Err(invalid(
+                    "otlp_headers",
+                    format!(
+                        "{name:?} is not a valid gRPC metadata name (an ASCII header name, not -bin)"
+                    ),
+                ));
+            }
+            if tonic::metadata::MetadataValue::<tonic::metadata::Ascii>::try_from(value.as_str())
+                .is_err()
+            {
+                // The value may be a secret: name the header, not the value.
+                return Err(invalid(
+                    "otlp_headers",
+                    format!("the value of {name:?} is not visible ASCII"),
+                ));
+            }
         }
         if self.service_name.trim().is_empty() {
             return Err(invalid("service_name", "must not be empty"));
@@ -108,16 +156,10 @@ fn validate_endpoint(endpoint: &str) -> Result<(), String> {
         .parse()
         .map_err(|e| format!("invalid URI {endpoint:?}: {e}"))?;
     match uri.scheme_str() {
-        Some("http") => {}
-        Some("https") => {
-            return Err(format!(
-                "{endpoint:?} uses https, but Baton exports OTLP/gRPC in plaintext only; \
-                 point it at a local collector (e.g. http://127.0.0.1:4317)"
-            ));
-        }
+        Some("http" | "https") => {}
         Some(other) => {
             return Err(format!(
-                "{endpoint:?}: unsupported scheme {other:?}, use http"
+                "{endpoint:?}: unsupported scheme {other:?}, use http or https"
             ));
         }
         None => {
@@ -202,7 +244,6 @@ mod tests {
     fn bad_endpoints_name_the_field() {
         for bad in [
             "127.0.0.1:4317",
-            "https://collector.example:4317",
             "ftp://127.0.0.1:4317",
             "http://",
             "not a uri",
@@ -215,11 +256,42 @@ mod tests {
             let err = err_of(&cfg);
             assert!(err.starts_with("telemetry.otlp_endpoint: "), "{bad}: {err}");
         }
-        let cfg = TelemetryConfig {
-            otlp_endpoint: Some("http://localhost:4317".to_owned()),
+        for good in ["http://localhost:4317", "https://collector.example:4317"] {
+            let cfg = TelemetryConfig {
+                otlp_endpoint: Some(good.to_owned()),
+                ..TelemetryConfig::default()
+            };
+            cfg.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn tls_and_header_settings_are_checked() {
+        let with = |endpoint: &str, ca: Option<&str>, header: (&str, &str)| TelemetryConfig {
+            otlp_endpoint: Some(endpoint.to_owned()),
+            otlp_ca_file: ca.map(std::path::PathBuf::from),
+            otlp_headers: [(header.0.to_owned(), header.1.to_owned())].into(),
             ..TelemetryConfig::default()
         };
-        cfg.validate().unwrap();
+        with("https://c:4317", Some("/ca.pem"), ("x-api-key", "k"))
+            .validate()
+            .unwrap();
+        let err = err_of(&with("http://c:4317", Some("/ca.pem"), ("x-api-key", "k")));
+        assert!(err.starts_with("telemetry.otlp_ca_file: "), "{err}");
+        for (name, value) in [("x key", "k"), ("x-bin", "k"), ("", "k")] {
+            let err = err_of(&with("https://c:4317", None, (name, value)));
+            assert!(err.starts_with("telemetry.otlp_headers: "), "{err}");
+        }
+        let err = err_of(&with(
+            "https://c:4317",
+            None,
+            ("x-api-key", "secret\nvalue"),
+        ));
+        assert!(err.starts_with("telemetry.otlp_headers: "), "{err}");
+        assert!(
+            !err.contains("secret"),
+            "a header value is never shown: {err}"
+        );
     }
 
     #[test]

@@ -103,7 +103,7 @@ use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig as _;
+use opentelemetry_otlp::{WithExportConfig as _, WithTonicConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::{BatchSpanProcessor, Sampler, SdkTracerProvider};
 use tokio::sync::oneshot;
@@ -249,6 +249,40 @@ fn is_exporter_internal(target: &str) -> bool {
         .any(|prefix| target.starts_with(prefix))
 }
 
+/// TLS for an `https` endpoint: the system's roots, plus `otlp_ca_file`.
+fn tls_config(cfg: &TelemetryConfig) -> Result<tonic::transport::ClientTlsConfig> {
+    let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+    if let Some(path) = &cfg.otlp_ca_file {
+        let pem = std::fs::read(path).map_err(|e| TelemetryError::InvalidConfig {
+            field: "otlp_ca_file",
+            reason: format!("cannot read {}: {e}", path.display()),
+        })?;
+        if !String::from_utf8_lossy(&pem).contains("-----BEGIN CERTIFICATE-----") {
+            return Err(TelemetryError::InvalidConfig {
+                field: "otlp_ca_file",
+                reason: format!("{} holds no PEM certificate", path.display()),
+            });
+        }
+        tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+    }
+    Ok(tls)
+}
+
+/// `otlp_headers` as gRPC metadata (checked by `TelemetryConfig::validate`).
+fn metadata(cfg: &TelemetryConfig) -> Result<tonic::metadata::MetadataMap> {
+    let mut map = tonic::metadata::MetadataMap::new();
+    for (name, value) in &cfg.otlp_headers {
+        let bad = || TelemetryError::InvalidConfig {
+            field: "otlp_headers",
+            reason: format!("{name:?} is not a valid gRPC metadata entry"),
+        };
+        let key = tonic::metadata::MetadataKey::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+        let value = tonic::metadata::MetadataValue::try_from(value.as_str()).map_err(|_| bad())?;
+        map.insert(key, value);
+    }
+    Ok(map)
+}
+
 fn otlp_provider(cfg: &TelemetryConfig, endpoint: &str) -> Result<(SdkTracerProvider, IoThread)> {
     // tonic's channel spawns its connection tasks on the runtime current at build time; give it
     // one of its own, driven by a dedicated thread until the guard stops it.
@@ -258,12 +292,17 @@ fn otlp_provider(cfg: &TelemetryConfig, endpoint: &str) -> Result<(SdkTracerProv
         .map_err(TelemetryError::Io)?;
     let exporter = {
         let _in_runtime = runtime.enter();
-        opentelemetry_otlp::SpanExporter::builder()
+        let mut builder = opentelemetry_otlp::SpanExporter::builder()
             .with_tonic()
             .with_endpoint(endpoint)
-            .with_timeout(cfg.export_timeout())
-            .build()
-            .map_err(TelemetryError::Exporter)?
+            .with_timeout(cfg.export_timeout());
+        if endpoint.starts_with("https://") {
+            builder = builder.with_tls_config(tls_config(cfg)?);
+        }
+        if !cfg.otlp_headers.is_empty() {
+            builder = builder.with_metadata(metadata(cfg)?);
+        }
+        builder.build().map_err(TelemetryError::Exporter)?
     };
     let (stop, stopped) = oneshot::channel::<()>();
     let thread = std::thread::Builder::new()

@@ -8,7 +8,7 @@ mod common;
 use std::time::{Duration, Instant};
 
 use baton_telemetry::{TelemetryBuilder, TelemetryConfig, TelemetryGuard};
-use common::{FakeCollector, int, named, string};
+use common::{FakeCollector, TestPki, int, named, string};
 use opentelemetry_proto::tonic::trace::v1::span::SpanKind;
 use opentelemetry_proto::tonic::trace::v1::status::StatusCode;
 use tracing::Dispatch;
@@ -239,4 +239,71 @@ async fn silent_collector_does_not_block_shutdown() {
         "shutdown took {elapsed:?}"
     );
     accepting.abort();
+}
+
+/// An https collector with a private CA: spans arrive over TLS when the CA
+/// is trusted through `otlp_ca_file`, with the configured metadata; without
+/// it the certificate is refused and nothing is exported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exports_over_tls_to_a_collector_with_a_private_ca_and_sends_headers() {
+    let pki = TestPki::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    std::fs::write(&ca_file, &pki.ca_pem).unwrap();
+
+    let mut collector = FakeCollector::start_tls(&pki).await;
+    assert!(collector.endpoint.starts_with("https://localhost:"));
+    let mut cfg = config(&collector.endpoint);
+    cfg.otlp_ca_file = Some(ca_file.clone());
+    cfg.otlp_headers = [("x-api-key".to_owned(), "k-123".to_owned())].into();
+    let (dispatch, guard) = build(cfg);
+    tracing::dispatcher::with_default(&dispatch, emit_turn);
+    let (result, _) = shutdown(guard).await;
+    result.unwrap();
+    let spans = collector.spans();
+    assert!(
+        spans.iter().any(|r| r.span.name == "turn"),
+        "the turn span arrived over TLS: {spans:#?}"
+    );
+    let metadata = collector.metadata();
+    assert!(!metadata.is_empty());
+    assert!(
+        metadata
+            .iter()
+            .all(|m| m.get("x-api-key").and_then(|v| v.to_str().ok()) == Some("k-123")),
+        "{metadata:?}"
+    );
+
+    // The same collector, its CA not trusted: the handshake fails, nothing is
+    // exported, and shutdown still returns within the export timeout.
+    let mut untrusted = FakeCollector::start_tls(&pki).await;
+    let (dispatch, guard) = build(config(&untrusted.endpoint));
+    tracing::dispatcher::with_default(&dispatch, emit_turn);
+    let (_, took) = shutdown(guard).await;
+    assert!(
+        untrusted.spans().is_empty(),
+        "no span crosses an unverified TLS connection"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
+#[test]
+fn an_unreadable_or_empty_ca_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.pem");
+    std::fs::write(&empty, "not a certificate").unwrap();
+    for path in [dir.path().join("missing.pem"), empty] {
+        let mut cfg = config("https://localhost:4317");
+        cfg.otlp_ca_file = Some(path.clone());
+        let built = TelemetryBuilder::new(cfg)
+            .ignore_rust_log()
+            .writer(BoxMakeWriter::new(std::io::sink))
+            .build();
+        let Err(err) = built else {
+            panic!("a bad CA file is refused");
+        };
+        let err = err.to_string();
+        assert!(err.starts_with("telemetry.otlp_ca_file: "), "{err}");
+        assert!(err.contains(&path.display().to_string()), "{err}");
+    }
 }

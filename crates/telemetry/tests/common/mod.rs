@@ -15,7 +15,10 @@ use opentelemetry_proto::tonic::trace::v1::Span;
 use tokio::sync::{mpsc, oneshot};
 use tokio_stream::wrappers::TcpListenerStream;
 
-struct Service(mpsc::UnboundedSender<ExportTraceServiceRequest>);
+struct Service(
+    mpsc::UnboundedSender<ExportTraceServiceRequest>,
+    std::sync::Arc<std::sync::Mutex<Vec<tonic::metadata::MetadataMap>>>,
+);
 
 #[tonic::async_trait]
 impl TraceService for Service {
@@ -23,6 +26,7 @@ impl TraceService for Service {
         &self,
         request: tonic::Request<ExportTraceServiceRequest>,
     ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        self.1.lock().unwrap().push(request.metadata().clone());
         let _ = self.0.send(request.into_inner());
         Ok(tonic::Response::new(ExportTraceServiceResponse {
             partial_success: None,
@@ -41,28 +45,89 @@ pub struct Received {
 pub struct FakeCollector {
     pub endpoint: String,
     requests: mpsc::UnboundedReceiver<ExportTraceServiceRequest>,
+    metadata: std::sync::Arc<std::sync::Mutex<Vec<tonic::metadata::MetadataMap>>>,
     _stop: oneshot::Sender<()>,
 }
 
+/// A test CA and a certificate it issued for `localhost`, as PEM.
+pub struct TestPki {
+    pub ca_pem: String,
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl TestPki {
+    pub fn generate() -> Self {
+        let ca_key = rcgen::KeyPair::generate().unwrap();
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "baton test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_owned()])
+            .unwrap()
+            .signed_by(&key, &ca, &ca_key)
+            .unwrap();
+        Self {
+            ca_pem: ca.pem(),
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    }
+}
+
 impl FakeCollector {
-    /// Serves on 127.0.0.1, port 0, on the current Tokio runtime until dropped.
+    /// Serves plaintext on 127.0.0.1, port 0, on the current Tokio runtime until dropped.
     pub async fn start() -> Self {
+        Self::serve(None).await
+    }
+
+    /// Serves TLS with `pki`'s certificate on 127.0.0.1 (`https://localhost:PORT`).
+    pub async fn start_tls(pki: &TestPki) -> Self {
+        Self::serve(Some(pki)).await
+    }
+
+    async fn serve(pki: Option<&TestPki>) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, requests) = mpsc::unbounded_channel();
+        let metadata = std::sync::Arc::default();
         let (stop, stopped) = oneshot::channel::<()>();
+        let mut server = tonic::transport::Server::builder();
+        if let Some(pki) = pki {
+            server = server
+                .tls_config(tonic::transport::ServerTlsConfig::new().identity(
+                    tonic::transport::Identity::from_pem(&pki.cert_pem, &pki.key_pem),
+                ))
+                .unwrap();
+        }
         tokio::spawn(
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(Service(tx)))
+            server
+                .add_service(TraceServiceServer::new(Service(
+                    tx,
+                    std::sync::Arc::clone(&metadata),
+                )))
                 .serve_with_incoming_shutdown(TcpListenerStream::new(listener), async {
                     let _ = stopped.await;
                 }),
         );
+        let endpoint = match pki {
+            Some(_) => format!("https://localhost:{}", addr.port()),
+            None => format!("http://{addr}"),
+        };
         Self {
-            endpoint: format!("http://{addr}"),
+            endpoint,
             requests,
+            metadata,
             _stop: stop,
         }
+    }
+
+    /// The metadata of every export request received so far.
+    pub fn metadata(&self) -> Vec<tonic::metadata::MetadataMap> {
+        self.metadata.lock().unwrap().clone()
     }
 
     /// Every span received so far.

@@ -616,7 +616,8 @@ async fn a_conversation_ending_with_tool_results_continues() {
                 "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
             {"role": "tool", "tool_call_id": "call_7", "content": "sunny, 21C"},
         ], "tools": [{"type": "function", "function": {"name": "get_weather",
-            "parameters": {"type": "object"}}}]}))
+            "parameters": {"type": "object"}}}],
+           "tool_choice": "required"}))
         .await;
     assert_eq!(r.status(), 200);
     let id = header(&r, "x-baton-session-id").unwrap();
@@ -636,6 +637,9 @@ async fn a_conversation_ending_with_tool_results_continues() {
     assert_eq!(roles, vec!["user", "assistant", "tool"], "{sent}");
     assert_eq!(sent[2]["tool_call_id"], "call_7");
     assert_eq!(sent[2]["content"], "sunny, 21C");
+    // The caller runs the loop: its tool choice applies to this call too,
+    // even though the conversation ends with a tool result.
+    assert_eq!(fd.fake.received()[0]["tool_choice"], "required");
     let mut client = fd.baton.client().await.unwrap();
     assert_eq!(get(&mut client, &id).await.turns_completed, 1);
     // A tool message without its call id is refused before any model call.

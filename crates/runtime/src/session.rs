@@ -1076,10 +1076,13 @@ impl SessionCtx {
         let g = &self.state.generation;
         // A required tool call applies to a turn's first model call only:
         // after the tool results the model must be free to answer, or the
-        // loop would call tools until max_steps.
-        let first_step = messages
-            .last()
-            .is_some_and(|m| m.role == baton_types::Role::User);
+        // loop would call tools until max_steps. A one-shot session (the
+        // front door) makes exactly one call, whose caller runs the loop:
+        // its choice always applies.
+        let first_step = self.state.one_shot
+            || messages
+                .last()
+                .is_some_and(|m| m.role == baton_types::Role::User);
         let tool_choice = match &g.tool_choice {
             ToolChoice::Required | ToolChoice::Tool(_) if !first_step => ToolChoice::Auto,
             choice => choice.clone(),

@@ -15,6 +15,8 @@ use crate::error::TelemetryError;
 /// json_logs = true                          # JSON lines on stderr
 /// otlp_endpoint = "http://127.0.0.1:4317"   # OTLP/gRPC; unset = no span export; https = TLS
 /// # otlp_ca_file = "/etc/baton/collector-ca.pem"   # https: trust this CA (PEM) too
+/// # otlp_client_cert_file = "/etc/baton/otel-client.pem"   # https: mutual TLS
+/// # otlp_client_key_file = "/etc/baton/otel-client.key"
 /// # otlp_headers = { "x-api-key" = "..." }         # gRPC metadata on every export
 /// service_name = "baton"
 /// sample_ratio = 0.25                       # of new traces; children follow their parent
@@ -36,6 +38,11 @@ pub struct TelemetryConfig {
     /// With an `https` endpoint: a PEM file of CA certificates to trust besides the system's
     /// (a private collector's CA).
     pub otlp_ca_file: Option<std::path::PathBuf>,
+    /// With an `https` endpoint that wants mutual TLS: this client's certificate chain (PEM),
+    /// with `otlp_client_key_file`.
+    pub otlp_client_cert_file: Option<std::path::PathBuf>,
+    /// The private key (PEM) of `otlp_client_cert_file`.
+    pub otlp_client_key_file: Option<std::path::PathBuf>,
     /// gRPC metadata sent with every export, e.g. an API key a hosted collector wants. Names
     /// are ASCII header names (case-insensitive; `-bin` binary entries are not supported);
     /// values visible ASCII. Values are never logged.
@@ -59,6 +66,8 @@ impl Default for TelemetryConfig {
             json_logs: false,
             otlp_endpoint: None,
             otlp_ca_file: None,
+            otlp_client_cert_file: None,
+            otlp_client_key_file: None,
             otlp_headers: Default::default(),
             service_name: "baton".to_owned(),
             sample_ratio: 1.0,
@@ -74,19 +83,41 @@ impl TelemetryConfig {
         if let Some(endpoint) = &self.otlp_endpoint {
             validate_endpoint(endpoint).map_err(|reason| invalid("otlp_endpoint", reason))?;
         }
-        if let Some(ca) = &self.otlp_ca_file
-            && !self
-                .otlp_endpoint
-                .as_deref()
-                .is_some_and(|e| e.starts_with("https://"))
-        {
-            return Err(invalid(
-                "otlp_ca_file",
-                format!(
-                    "{} is set, but otlp_endpoint is not an https endpoint",
-                    ca.display()
-                ),
-            ));
+        let https = self
+            .otlp_endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("https://"));
+        for (field, file) in [
+            ("otlp_ca_file", &self.otlp_ca_file),
+            ("otlp_client_cert_file", &self.otlp_client_cert_file),
+            ("otlp_client_key_file", &self.otlp_client_key_file),
+        ] {
+            if let Some(file) = file
+                && !https
+            {
+                return Err(invalid(
+                    field,
+                    format!(
+                        "{} is set, but otlp_endpoint is not an https endpoint",
+                        file.display()
+                    ),
+                ));
+            }
+        }
+        match (&self.otlp_client_cert_file, &self.otlp_client_key_file) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    "otlp_client_key_file",
+                    "is required with otlp_client_cert_file",
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "otlp_client_cert_file",
+                    "is required with otlp_client_key_file",
+                ));
+            }
+            _ => {}
         }
         for (name, value) in &self.otlp_headers {
             if tonic::metadata::MetadataKey::<tonic::metadata::Ascii>::from_bytes(name.as_bytes())
@@ -278,6 +309,18 @@ mod tests {
             .unwrap();
         let err = err_of(&with("http://c:4317", Some("/ca.pem"), ("x-api-key", "k")));
         assert!(err.starts_with("telemetry.otlp_ca_file: "), "{err}");
+        let mut half = with("https://c:4317", None, ("x-api-key", "k"));
+        half.otlp_client_cert_file = Some("/client.pem".into());
+        let err = err_of(&half);
+        assert!(err.starts_with("telemetry.otlp_client_key_file: "), "{err}");
+        half.otlp_client_key_file = Some("/client.key".into());
+        half.validate().unwrap();
+        half.otlp_endpoint = Some("http://c:4317".into());
+        let err = err_of(&half);
+        assert!(
+            err.starts_with("telemetry.otlp_client_cert_file: "),
+            "{err}"
+        );
         for (name, value) in [("x key", "k"), ("x-bin", "k"), ("", "k")] {
             let err = err_of(&with("https://c:4317", None, (name, value)));
             assert!(err.starts_with("telemetry.otlp_headers: "), "{err}");

@@ -249,7 +249,8 @@ fn is_exporter_internal(target: &str) -> bool {
         .any(|prefix| target.starts_with(prefix))
 }
 
-/// TLS for an `https` endpoint: the system's roots, plus `otlp_ca_file`.
+/// TLS for an `https` endpoint: the system's roots, plus `otlp_ca_file`; a client identity
+/// for mutual TLS when `otlp_client_cert_file` and `otlp_client_key_file` are set.
 fn tls_config(cfg: &TelemetryConfig) -> Result<tonic::transport::ClientTlsConfig> {
     let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
     if let Some(path) = &cfg.otlp_ca_file {
@@ -264,6 +265,28 @@ fn tls_config(cfg: &TelemetryConfig) -> Result<tonic::transport::ClientTlsConfig
             });
         }
         tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+    }
+    if let (Some(cert), Some(key)) = (&cfg.otlp_client_cert_file, &cfg.otlp_client_key_file) {
+        let read = |field: &'static str, path: &std::path::Path, marker: &str| {
+            let pem = std::fs::read(path).map_err(|e| TelemetryError::InvalidConfig {
+                field,
+                reason: format!("cannot read {}: {e}", path.display()),
+            })?;
+            if !String::from_utf8_lossy(&pem).contains(marker) {
+                return Err(TelemetryError::InvalidConfig {
+                    field,
+                    reason: format!(
+                        "{} holds no PEM {}",
+                        path.display(),
+                        marker.trim_matches('-')
+                    ),
+                });
+            }
+            Ok(pem)
+        };
+        let cert = read("otlp_client_cert_file", cert, "-----BEGIN CERTIFICATE-----")?;
+        let key = read("otlp_client_key_file", key, "PRIVATE KEY-----")?;
+        tls = tls.identity(tonic::transport::Identity::from_pem(cert, key));
     }
     Ok(tls)
 }

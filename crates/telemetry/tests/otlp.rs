@@ -287,6 +287,47 @@ async fn exports_over_tls_to_a_collector_with_a_private_ca_and_sends_headers() {
     assert!(took < Duration::from_secs(10), "{took:?}");
 }
 
+/// A collector that requires client certificates receives spans only from
+/// a client configured with one its CA issued.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_tls_presents_the_configured_client_certificate() {
+    let pki = TestPki::generate();
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, pem: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, pem).unwrap();
+        path
+    };
+    let ca = write("ca.pem", &pki.ca_pem);
+    let cert = write("client.pem", &pki.client_cert_pem);
+    let key = write("client.key", &pki.client_key_pem);
+
+    let mut collector = FakeCollector::start_mtls(&pki).await;
+    let mut cfg = config(&collector.endpoint);
+    cfg.otlp_ca_file = Some(ca.clone());
+    cfg.otlp_client_cert_file = Some(cert);
+    cfg.otlp_client_key_file = Some(key);
+    let (dispatch, guard) = build(cfg);
+    tracing::dispatcher::with_default(&dispatch, emit_turn);
+    let (result, _) = shutdown(guard).await;
+    result.unwrap();
+    let spans = collector.spans();
+    assert!(spans.iter().any(|r| r.span.name == "turn"), "{spans:#?}");
+
+    // Without the client certificate the collector refuses the connection.
+    let mut refused = FakeCollector::start_mtls(&pki).await;
+    let mut cfg = config(&refused.endpoint);
+    cfg.otlp_ca_file = Some(ca);
+    let (dispatch, guard) = build(cfg);
+    tracing::dispatcher::with_default(&dispatch, emit_turn);
+    let (_, took) = shutdown(guard).await;
+    assert!(
+        refused.spans().is_empty(),
+        "no client certificate, no export"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+}
+
 #[test]
 fn an_unreadable_or_empty_ca_file_is_named() {
     let dir = tempfile::tempdir().unwrap();

@@ -54,6 +54,9 @@ pub struct TestPki {
     pub ca_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
+    /// A client certificate the CA issued (for mutual TLS).
+    pub client_cert_pem: String,
+    pub client_key_pem: String,
 }
 
 impl TestPki {
@@ -70,10 +73,17 @@ impl TestPki {
             .unwrap()
             .signed_by(&key, &ca, &ca_key)
             .unwrap();
+        let client_key = rcgen::KeyPair::generate().unwrap();
+        let client = rcgen::CertificateParams::new(vec!["baton".to_owned()])
+            .unwrap()
+            .signed_by(&client_key, &ca, &ca_key)
+            .unwrap();
         Self {
             ca_pem: ca.pem(),
             cert_pem: cert.pem(),
             key_pem: key.serialize_pem(),
+            client_cert_pem: client.pem(),
+            client_key_pem: client_key.serialize_pem(),
         }
     }
 }
@@ -81,15 +91,20 @@ impl TestPki {
 impl FakeCollector {
     /// Serves plaintext on 127.0.0.1, port 0, on the current Tokio runtime until dropped.
     pub async fn start() -> Self {
-        Self::serve(None).await
+        Self::serve(None, false).await
     }
 
     /// Serves TLS with `pki`'s certificate on 127.0.0.1 (`https://localhost:PORT`).
     pub async fn start_tls(pki: &TestPki) -> Self {
-        Self::serve(Some(pki)).await
+        Self::serve(Some(pki), false).await
     }
 
-    async fn serve(pki: Option<&TestPki>) -> Self {
+    /// Serves mutual TLS: clients must present a certificate `pki`'s CA issued.
+    pub async fn start_mtls(pki: &TestPki) -> Self {
+        Self::serve(Some(pki), true).await
+    }
+
+    async fn serve(pki: Option<&TestPki>, client_auth: bool) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let (tx, requests) = mpsc::unbounded_channel();
@@ -97,11 +112,13 @@ impl FakeCollector {
         let (stop, stopped) = oneshot::channel::<()>();
         let mut server = tonic::transport::Server::builder();
         if let Some(pki) = pki {
-            server = server
-                .tls_config(tonic::transport::ServerTlsConfig::new().identity(
-                    tonic::transport::Identity::from_pem(&pki.cert_pem, &pki.key_pem),
-                ))
-                .unwrap();
+            let mut tls = tonic::transport::ServerTlsConfig::new().identity(
+                tonic::transport::Identity::from_pem(&pki.cert_pem, &pki.key_pem),
+            );
+            if client_auth {
+                tls = tls.client_ca_root(tonic::transport::Certificate::from_pem(&pki.ca_pem));
+            }
+            server = server.tls_config(tls).unwrap();
         }
         tokio::spawn(
             server

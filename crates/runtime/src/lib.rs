@@ -626,7 +626,9 @@ impl RuntimeHandle {
         }
         self.validate_tools(&req)?;
         for (i, m) in req.history.iter().enumerate() {
-            check_images(m, &format!("history[{i}].images"), &shared.config.sessions)?;
+            if !m.images.is_empty() {
+                check_images(m, &format!("history[{i}].images"), &shared.config.sessions)?;
+            }
         }
         let key = req.idempotency_key.filter(|k| !k.is_empty());
         if let Some(k) = &key

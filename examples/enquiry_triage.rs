@@ -23,7 +23,7 @@ use std::collections::HashMap;
 
 use baton::proto::convert;
 use baton::proto::v1::{self, gates_client::GatesClient, sessions_client::SessionsClient};
-use baton::types::{EventKind, Role};
+use baton::types::{Decision, EventKind, ModelCallReason, Role};
 use baton::{Runtime, RuntimeConfig};
 use futures::StreamExt;
 use tonic::Streaming;
@@ -286,11 +286,11 @@ async fn main() -> anyhow::Result<()> {
                 })
                 .await?
                 .into_inner();
-            let verb = match convert::gate_decision_name(decided.decision) {
-                Some("approve") => "approved",
-                Some("reject") => "rejected",
-                Some("edit") => "edited",
-                _ => "decided",
+            let verb = match convert::decision_from_proto(decided.decision) {
+                Some(Decision::Approve) => "approved",
+                Some(Decision::Reject) => "rejected",
+                Some(Decision::Edit) => "edited",
+                None => "decided",
             };
             let line = format!(
                 "→ {verb} by {}: {}",
@@ -333,7 +333,10 @@ async fn follow(ticket: &mut Ticket) -> anyhow::Result<Outcome> {
             continue;
         };
         match event.kind {
-            EventKind::ModelCallStarted { reason, .. } if reason == "review" => {
+            EventKind::ModelCallStarted {
+                reason: ModelCallReason::Review,
+                ..
+            } => {
                 println!("  the model revises its draft");
             }
             EventKind::AssistantMessage { message, .. } if !message.content.is_empty() => {

@@ -85,7 +85,7 @@ async fn sigkill_during_a_slow_model_call_loses_and_duplicates_nothing() {
             turn: 2,
             attempt: 2,
             endpoint: "fake".into(),
-            reason: "recovery".into()
+            reason: baton_types::ModelCallReason::Recovery
         }
     );
     let turns_completed: Vec<u64> = rest

@@ -31,7 +31,7 @@ fn opened(events: &[SessionEvent]) -> String {
     events
         .iter()
         .find_map(|e| match &e.kind {
-            EventKind::GateOpened { gate_id, .. } => Some(gate_id.clone()),
+            EventKind::GateOpened { gate_id, .. } => Some(gate_id.to_string()),
             _ => None,
         })
         .unwrap()

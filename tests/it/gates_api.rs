@@ -65,7 +65,7 @@ async fn send(client: &mut Client, id: &str, text: &str) -> tonic::Streaming<v1:
 
 fn opened_gate(events: &[SessionEvent]) -> String {
     match events.last().map(|e| &e.kind) {
-        Some(EventKind::GateOpened { gate_id, .. }) => gate_id.clone(),
+        Some(EventKind::GateOpened { gate_id, .. }) => gate_id.to_string(),
         other => panic!("expected gate_opened, got {other:?}"),
     }
 }

@@ -176,7 +176,7 @@ async fn a_failover_survives_sigkill_and_every_decision_is_journaled_once() {
     );
     assert!(
         rest.iter().any(|e| matches!(&e.kind,
-            EventKind::ModelCallStarted { reason, .. } if reason == "recovery")),
+            EventKind::ModelCallStarted { reason, .. } if reason.as_str() == "recovery")),
         "{rest:?}"
     );
 
@@ -232,7 +232,7 @@ async fn budgets_refuse_calls_and_route_spend_survives_a_restart() {
     let t = turn(&mut client, &poor, "hello").await;
     match &t.last().unwrap().kind {
         EventKind::TurnFailed { code, reason, .. } => {
-            assert_eq!(code, "budget_exhausted", "{reason}");
+            assert_eq!(code.as_str(), "budget_exhausted", "{reason}");
             assert!(reason.contains("session"), "{reason}");
         }
         other => panic!("expected a budget failure, got {other:?}"),
@@ -263,7 +263,7 @@ async fn budgets_refuse_calls_and_route_spend_survives_a_restart() {
         match &t.last().unwrap().kind {
             EventKind::TurnCompleted { .. } => completed += 1,
             EventKind::TurnFailed { code, reason, .. } => {
-                assert_eq!(code, "budget_exhausted", "{reason}");
+                assert_eq!(code.as_str(), "budget_exhausted", "{reason}");
                 refused = Some(reason.clone());
                 break;
             }
@@ -282,7 +282,7 @@ async fn budgets_refuse_calls_and_route_spend_survives_a_restart() {
     let mut client = server.client().await.unwrap();
     let t = turn(&mut client, &id, "one more").await;
     assert!(
-        matches!(&t.last().unwrap().kind, EventKind::TurnFailed { code, .. } if code == "budget_exhausted"),
+        matches!(&t.last().unwrap().kind, EventKind::TurnFailed { code, .. } if code.as_str() == "budget_exhausted"),
         "{t:?}"
     );
     assert_eq!(primary.requests(), calls, "no call past the budget");

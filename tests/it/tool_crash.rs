@@ -168,7 +168,7 @@ async fn an_idempotent_tool_is_rerun_after_a_crash_and_a_recorded_result_never_i
         ]
     );
     assert!(
-        matches!(&after2[0].kind, EventKind::ModelCallStarted { reason, .. } if reason == "recovery")
+        matches!(&after2[0].kind, EventKind::ModelCallStarted { reason, .. } if reason.as_str() == "recovery")
     );
     assert_eq!(
         svc.hits.load(Ordering::SeqCst),

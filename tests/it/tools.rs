@@ -314,7 +314,7 @@ async fn a_turn_that_keeps_calling_tools_stops_at_max_steps() {
     let events = turn(&mut client, &id, "loop forever").await;
     match &events.last().unwrap().kind {
         EventKind::TurnFailed { code, reason, .. } => {
-            assert_eq!(code, "max_steps_exceeded");
+            assert_eq!(code.as_str(), "max_steps_exceeded");
             assert!(reason.contains("max_steps = 3"), "{reason}");
         }
         other => panic!("expected max_steps_exceeded, got {other:?}"),

@@ -3,6 +3,7 @@
 use anyhow::{Context, bail};
 use baton_proto::convert;
 use baton_proto::v1::{self, gates_client::GatesClient};
+use baton_types::GateStatus;
 use tonic::transport::Channel;
 
 use crate::client::{Conn, rpc_error};
@@ -85,9 +86,9 @@ pub async fn run(conn: Conn, cmd: GateCommand) -> anyhow::Result<()> {
         } => {
             let status = match status.as_deref() {
                 None => v1::GateStatus::Unspecified,
-                Some(s) => match convert::gate_status_from_name(s) {
-                    Some(st) => st,
-                    None => bail!("unknown gate status {s:?}: use pending or decided"),
+                Some(s) => match GateStatus::parse(s) {
+                    Ok(st) => convert::gate_status_to_proto(st),
+                    Err(e) => bail!("{e}"),
                 },
             };
             let r = client
@@ -183,7 +184,15 @@ pub async fn run(conn: Conn, cmd: GateCommand) -> anyhow::Result<()> {
 }
 
 fn status_name(status: i32) -> &'static str {
-    convert::gate_status_name(status).unwrap_or("unknown")
+    match convert::gate_status_from_proto(status) {
+        Ok(Some(s)) => s.as_str(),
+        _ => "unknown",
+    }
+}
+
+/// The decision of a decided gate, by its wire name.
+fn decision_name(decision: i32) -> Option<&'static str> {
+    convert::decision_from_proto(decision).map(|d| d.as_str())
 }
 
 /// A gate as one JSON object; the subject is embedded as JSON when it is.
@@ -211,7 +220,7 @@ fn gate_json(g: &v1::Gate) -> serde_json::Value {
         "opened_at_unix_ms": g.opened_at_unix_ms,
         "deadline_unix_ms": g.deadline_unix_ms,
         "on_timeout": g.on_timeout,
-        "decision": convert::gate_decision_name(g.decision).unwrap_or_default(),
+        "decision": decision_name(g.decision).unwrap_or_default(),
         "reviewer": g.reviewer,
         "decision_reason": g.decision_reason,
         "edited": g.edited,
@@ -255,7 +264,7 @@ fn print_list(r: &v1::ListGatesResponse, json: bool) {
         .gates
         .iter()
         .map(|g| {
-            let status = match convert::gate_decision_name(g.decision) {
+            let status = match decision_name(g.decision) {
                 Some(d) => format!("{}:{d}", status_name(g.status)),
                 None => status_name(g.status).to_string(),
             };
@@ -309,7 +318,7 @@ fn print_list(r: &v1::ListGatesResponse, json: bool) {
 fn print_gate(g: &v1::Gate) {
     let now = baton_types::now_unix_ms();
     println!("gate        {}", g.gate_id);
-    match convert::gate_decision_name(g.decision) {
+    match decision_name(g.decision) {
         Some(d) => {
             let who = if g.by_timeout {
                 "by timeout".to_string()
@@ -337,7 +346,7 @@ fn print_gate(g: &v1::Gate) {
     println!("reason      {}", one_line(&g.reason));
     println!("reviewers   {}", g.reviewers);
     println!("opened      {} ago", age(g.opened_at_unix_ms, now));
-    if g.deadline_unix_ms > 0 && convert::gate_decision_name(g.decision).is_none() {
+    if g.deadline_unix_ms > 0 && decision_name(g.decision).is_none() {
         println!(
             "timeout     {} {}",
             g.on_timeout,

@@ -213,7 +213,7 @@ pub fn describe(e: &SessionEvent) -> String {
             format!("turn {turn} completed ({} tokens)", usage.total())
         }
         EventKind::TurnFailed { turn, reason, code } => {
-            if code.is_empty() {
+            if *code == baton_types::TurnFailureCode::Unspecified {
                 format!("turn {turn} FAILED: {reason}")
             } else {
                 format!("turn {turn} FAILED [{code}]: {reason}")

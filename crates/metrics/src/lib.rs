@@ -79,6 +79,8 @@ pub struct Metrics {
     gates_pending: Gauge,
     tool_calls: Family<L2, Counter>,
     tool_duration: Family<L1, Histogram, fn() -> Histogram>,
+    rehydrations: Family<L1, Counter>,
+    records_replayed: Counter,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -121,6 +123,8 @@ impl Metrics {
             gates_pending: Gauge::default(),
             tool_calls: Family::default(),
             tool_duration: Family::new_with_constructor(latency_histogram),
+            rehydrations: Family::default(),
+            records_replayed: Counter::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -221,6 +225,16 @@ impl Metrics {
             "tool_duration_seconds",
             "Tool call latency",
             m.tool_duration.clone(),
+        );
+        r.register(
+            "session_rehydrations",
+            "Session actors loaded from storage, by what their state started from (snapshot or journal)",
+            m.rehydrations.clone(),
+        );
+        r.register(
+            "session_records_replayed",
+            "Journal records applied when loading session actors (those after the snapshot)",
+            m.records_replayed.clone(),
         );
         Metrics { registry, ..m }
     }
@@ -349,6 +363,15 @@ impl Metrics {
 
     pub fn gates_pending_set(&self, n: i64) {
         self.gates_pending.set(n);
+    }
+
+    /// A session actor loaded its state: `from` is `snapshot` or `journal`,
+    /// `replayed` the journal records applied on top.
+    pub fn session_rehydrated(&self, from: &str, replayed: u64) {
+        self.rehydrations
+            .get_or_create(&[("from", from.into())])
+            .inc();
+        self.records_replayed.inc_by(replayed);
     }
 
     pub fn tool_call(&self, tool: &str, outcome: &str, seconds: f64) {

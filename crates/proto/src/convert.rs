@@ -1,8 +1,9 @@
 //! Conversions between [`baton_types`] and the `baton.v1` API messages.
 
 use baton_types::{
-    EventKind, FinishReason, Generation, Image, Message, Role, SessionEvent, SessionStatus,
-    ToolCall, ToolChoice, ToolDefinition, Usage,
+    AttemptFailure, Decision, FinishReason, GateId, GateKind, GatePoint, GateStatus, Generation,
+    Image, Message, ModelCallReason, Role, RouteCandidate, RoutingDecision, SessionEvent,
+    SessionStatus, TimeoutAction, ToolCall, ToolChoice, ToolDefinition, TurnFailureCode, Usage,
 };
 
 use crate::v1;
@@ -169,452 +170,295 @@ pub fn message_from_proto(m: v1::Message) -> Option<Message> {
     })
 }
 
-pub fn event_to_proto(e: &SessionEvent) -> v1::SessionEvent {
-    use v1::session_event::Kind;
-    let kind = match &e.kind {
-        EventKind::SessionStarted {
-            route,
-            system_prompt,
-            allowed_tools,
-            client_tools,
-            max_steps,
-            budget_usd,
-            data_classes,
-            one_shot,
-            history,
-            generation,
-            replay_of,
-        } => Kind::SessionStarted(v1::SessionStarted {
-            generation: generation_to_proto(generation),
-            budget_usd: *budget_usd,
-            data_classes: data_classes.clone(),
-            one_shot: *one_shot,
-            history_messages: history.len() as u32,
-            replay_of: replay_of.clone().unwrap_or_default(),
-            route: route.clone(),
-            system_prompt: system_prompt.clone(),
-            allowed_tools: allowed_tools.clone(),
-            client_tools: client_tools.iter().map(tool_definition_to_proto).collect(),
-            max_steps: *max_steps,
-        }),
-        EventKind::TurnAccepted {
-            turn,
-            message,
-            review,
-        } => Kind::TurnAccepted(v1::TurnAccepted {
-            turn: *turn,
-            message: Some(message_to_proto(message)),
-            review: *review,
-        }),
-        EventKind::ModelCallStarted {
-            turn,
-            attempt,
-            endpoint,
-            reason,
-        } => Kind::ModelCallStarted(v1::ModelCallStarted {
-            turn: *turn,
-            attempt: *attempt,
-            endpoint: endpoint.clone(),
-            reason: reason.clone(),
-        }),
-        EventKind::OutputDelta {
-            turn,
-            attempt,
-            text,
-        } => Kind::OutputDelta(v1::OutputDelta {
-            turn: *turn,
-            attempt: *attempt,
-            text: text.clone(),
-        }),
-        EventKind::AssistantMessage {
-            turn,
-            message,
-            usage,
-            endpoint,
-            model,
-            finish_reason,
-            latency_ms,
-            cost_usd,
-            attempts,
-        } => Kind::AssistantMessage(v1::AssistantMessage {
-            cost_usd: *cost_usd,
-            attempts: *attempts,
-            turn: *turn,
-            message: Some(message_to_proto(message)),
-            usage: Some(usage_to_proto(*usage)),
-            endpoint: endpoint.clone(),
-            model: model.clone(),
-            finish_reason: finish_reason.as_str().to_string(),
-            latency_ms: *latency_ms,
-        }),
-        EventKind::RoutingDecided { turn, decision } => Kind::RoutingDecided(v1::RoutingDecided {
-            turn: *turn,
-            route: decision.route.clone(),
-            strategy: decision.strategy.clone(),
-            candidates: decision
+/// A field of an API event: how a domain value becomes its wire field and
+/// back. `dec` fails (`Malformed`) on values this build does not know.
+trait ApiField<W>: Sized {
+    fn enc(&self, cx: &mut ()) -> W;
+    fn dec(w: W, cx: &mut ()) -> Result<Self, Malformed>;
+}
+
+/// An API event this build cannot read (unknown enum value, missing message).
+#[derive(Debug)]
+struct Malformed;
+
+macro_rules! same {
+    ($($t:ty),*) => {$(
+        impl ApiField<$t> for $t {
+            fn enc(&self, _: &mut ()) -> $t {
+                self.clone()
+            }
+            fn dec(w: $t, _: &mut ()) -> Result<Self, Malformed> {
+                Ok(w)
+            }
+        }
+    )*};
+}
+same!(u64, u32, bool, String, Option<f64>, Vec<String>);
+
+macro_rules! wire_strings {
+    ($($t:ty),*) => {$(
+        impl ApiField<String> for $t {
+            fn enc(&self, _: &mut ()) -> String {
+                self.as_str().to_string()
+            }
+            fn dec(w: String, _: &mut ()) -> Result<Self, Malformed> {
+                <$t>::parse(&w).map_err(|_| Malformed)
+            }
+        }
+    )*};
+}
+wire_strings!(
+    GateKind,
+    GatePoint,
+    TimeoutAction,
+    Decision,
+    ModelCallReason,
+    TurnFailureCode
+);
+
+impl ApiField<String> for Option<String> {
+    fn enc(&self, _: &mut ()) -> String {
+        self.clone().unwrap_or_default()
+    }
+    fn dec(w: String, _: &mut ()) -> Result<Self, Malformed> {
+        Ok((!w.is_empty()).then_some(w))
+    }
+}
+
+impl ApiField<String> for GateId {
+    fn enc(&self, _: &mut ()) -> String {
+        self.to_string()
+    }
+    fn dec(w: String, _: &mut ()) -> Result<Self, Malformed> {
+        w.parse().map_err(|_| Malformed)
+    }
+}
+
+impl ApiField<String> for FinishReason {
+    fn enc(&self, _: &mut ()) -> String {
+        self.as_str().to_string()
+    }
+    fn dec(w: String, _: &mut ()) -> Result<Self, Malformed> {
+        Ok(FinishReason::from_provider(&w))
+    }
+}
+
+impl ApiField<Option<v1::Message>> for Message {
+    fn enc(&self, _: &mut ()) -> Option<v1::Message> {
+        Some(message_to_proto(self))
+    }
+    fn dec(w: Option<v1::Message>, _: &mut ()) -> Result<Self, Malformed> {
+        w.and_then(message_from_proto).ok_or(Malformed)
+    }
+}
+
+impl ApiField<Option<v1::Usage>> for Usage {
+    fn enc(&self, _: &mut ()) -> Option<v1::Usage> {
+        Some(usage_to_proto(*self))
+    }
+    fn dec(w: Option<v1::Usage>, _: &mut ()) -> Result<Self, Malformed> {
+        Ok(usage_from_proto(w))
+    }
+}
+
+impl ApiField<Option<v1::Generation>> for Generation {
+    fn enc(&self, _: &mut ()) -> Option<v1::Generation> {
+        generation_to_proto(self)
+    }
+    fn dec(w: Option<v1::Generation>, _: &mut ()) -> Result<Self, Malformed> {
+        generation_from_proto(w).map_err(|_| Malformed)
+    }
+}
+
+impl ApiField<Vec<v1::ToolDefinition>> for Vec<ToolDefinition> {
+    fn enc(&self, _: &mut ()) -> Vec<v1::ToolDefinition> {
+        self.iter().map(tool_definition_to_proto).collect()
+    }
+    fn dec(w: Vec<v1::ToolDefinition>, _: &mut ()) -> Result<Self, Malformed> {
+        Ok(w.into_iter().map(tool_definition_from_proto).collect())
+    }
+}
+
+/// `SessionStarted.history`: the API carries only the number of messages.
+mod history_count {
+    use super::*;
+    pub(super) fn enc(h: &[Message], w: &mut v1::SessionStarted, _: &mut ()) {
+        w.history_messages = u32::try_from(h.len()).unwrap_or(u32::MAX);
+    }
+    pub(super) fn dec(_: &mut v1::SessionStarted, _: &mut ()) -> Result<Vec<Message>, Malformed> {
+        Ok(Vec::new())
+    }
+}
+
+/// `RoutingDecided.decision`: flattened into the wire message.
+mod routing_decision {
+    use super::*;
+    pub(super) fn enc(d: &RoutingDecision, w: &mut v1::RoutingDecided, _: &mut ()) {
+        w.route = d.route.clone();
+        w.strategy = d.strategy.clone();
+        w.candidates = d
+            .candidates
+            .iter()
+            .map(|c| v1::RouteCandidate {
+                endpoint: c.endpoint.clone(),
+                eligible: c.eligible,
+                score: c.score,
+                note: c.note.clone(),
+            })
+            .collect();
+        w.chosen = d.chosen.clone();
+        w.rule = d.rule.clone();
+        w.reason = d.reason.clone();
+        w.attempt = d.attempt;
+    }
+    pub(super) fn dec(
+        w: &mut v1::RoutingDecided,
+        _: &mut (),
+    ) -> Result<RoutingDecision, Malformed> {
+        let w = std::mem::take(w);
+        Ok(RoutingDecision {
+            route: w.route,
+            strategy: w.strategy,
+            candidates: w
                 .candidates
-                .iter()
-                .map(|c| v1::RouteCandidate {
-                    endpoint: c.endpoint.clone(),
+                .into_iter()
+                .map(|c| RouteCandidate {
+                    endpoint: c.endpoint,
                     eligible: c.eligible,
                     score: c.score,
-                    note: c.note.clone(),
+                    note: c.note,
                 })
                 .collect(),
-            chosen: decision.chosen.clone(),
-            rule: decision.rule.clone(),
-            reason: decision.reason.clone(),
-            attempt: decision.attempt,
-        }),
-        EventKind::AttemptFailed { turn, failure } => Kind::AttemptFailed(v1::AttemptFailed {
-            turn: *turn,
-            endpoint: failure.endpoint.clone(),
-            attempt: failure.attempt,
-            kind: failure.kind.clone(),
-            message: failure.message.clone(),
-            retry_in_ms: failure.retry_in_ms,
-            retracted: failure.retracted,
-        }),
-        EventKind::OutputRetracted {
-            turn,
-            attempt,
-            reason,
-        } => Kind::OutputRetracted(v1::OutputRetracted {
-            turn: *turn,
-            attempt: *attempt,
-            reason: reason.clone(),
-        }),
-        EventKind::TurnCompleted { turn, usage } => Kind::TurnCompleted(v1::TurnCompleted {
-            turn: *turn,
-            usage: Some(usage_to_proto(*usage)),
-        }),
-        EventKind::TurnFailed { turn, reason, code } => Kind::TurnFailed(v1::TurnFailed {
-            turn: *turn,
-            reason: reason.clone(),
-            code: code.clone(),
-        }),
-        EventKind::ToolCallRequested {
-            turn,
-            call_id,
-            name,
-            arguments,
-            client_side,
-        } => Kind::ToolCallRequested(v1::ToolCallRequested {
-            turn: *turn,
-            call_id: call_id.clone(),
-            name: name.clone(),
-            arguments: arguments.clone(),
-            client_side: *client_side,
-        }),
-        EventKind::ToolCallStarted {
-            turn,
-            call_id,
-            name,
-            attempt,
-        } => Kind::ToolCallStarted(v1::ToolCallStarted {
-            turn: *turn,
-            call_id: call_id.clone(),
-            name: name.clone(),
-            attempt: *attempt,
-        }),
-        EventKind::ToolResult {
-            turn,
-            call_id,
-            name,
-            output,
-            is_error,
-            latency_ms,
-        } => Kind::ToolResult(v1::ToolResult {
-            turn: *turn,
-            call_id: call_id.clone(),
-            name: name.clone(),
-            output: output.clone(),
-            is_error: *is_error,
-            latency_ms: *latency_ms,
-        }),
-        EventKind::NeedsAttention {
-            turn,
-            call_id,
-            reason,
-        } => Kind::NeedsAttention(v1::NeedsAttention {
-            turn: *turn,
-            call_id: call_id.clone(),
-            reason: reason.clone(),
-        }),
-        EventKind::GateOpened {
-            turn,
-            gate_id,
-            kind,
-            point,
-            policy,
-            reason,
-            reviewers,
-            subject,
-            call_id,
-            deadline_unix_ms,
-            on_timeout,
-        } => Kind::GateOpened(v1::GateOpened {
-            turn: *turn,
-            gate_id: gate_id.clone(),
-            kind: kind.clone(),
-            point: point.clone(),
-            policy: policy.clone(),
-            reason: reason.clone(),
-            reviewers: reviewers.clone(),
-            subject: subject.clone(),
-            call_id: call_id.clone(),
-            deadline_unix_ms: *deadline_unix_ms,
-            on_timeout: on_timeout.clone(),
-        }),
-        EventKind::GateDecided {
-            turn,
-            gate_id,
-            decision,
-            reviewer,
-            reason,
-            edited,
-            by_timeout,
-        } => Kind::GateDecided(v1::GateDecided {
-            turn: *turn,
-            gate_id: gate_id.clone(),
-            decision: decision.clone(),
-            reviewer: reviewer.clone(),
-            reason: reason.clone(),
-            edited: edited.clone(),
-            by_timeout: *by_timeout,
-        }),
-        EventKind::GateEscalated {
-            turn,
-            gate_id,
-            reviewers,
-            deadline_unix_ms,
-            on_timeout,
-        } => Kind::GateEscalated(v1::GateEscalated {
-            turn: *turn,
-            gate_id: gate_id.clone(),
-            reviewers: reviewers.clone(),
-            deadline_unix_ms: *deadline_unix_ms,
-            on_timeout: on_timeout.clone(),
-        }),
-        EventKind::TurnCancelled { turn } => Kind::TurnCancelled(v1::TurnCancelled { turn: *turn }),
-        EventKind::SessionFailed { reason } => Kind::SessionFailed(v1::SessionFailed {
-            reason: reason.clone(),
-        }),
-    };
+            chosen: w.chosen,
+            rule: w.rule,
+            reason: w.reason,
+            attempt: w.attempt,
+        })
+    }
+}
+
+/// `AttemptFailed.failure`: flattened into the wire message.
+mod attempt_failure {
+    use super::*;
+    pub(super) fn enc(f: &AttemptFailure, w: &mut v1::AttemptFailed, _: &mut ()) {
+        w.endpoint = f.endpoint.clone();
+        w.attempt = f.attempt;
+        w.kind = f.kind.clone();
+        w.message = f.message.clone();
+        w.retry_in_ms = f.retry_in_ms;
+        w.retracted = f.retracted;
+    }
+    pub(super) fn dec(w: &mut v1::AttemptFailed, _: &mut ()) -> Result<AttemptFailure, Malformed> {
+        let w = std::mem::take(w);
+        Ok(AttemptFailure {
+            endpoint: w.endpoint,
+            attempt: w.attempt,
+            kind: w.kind,
+            message: w.message,
+            retry_in_ms: w.retry_in_ms,
+            retracted: w.retracted,
+        })
+    }
+}
+
+use v1::session_event::Kind as ApiKind;
+
+crate::event_codec! {
+    field = ApiField, wire = v1, kind = ApiKind, error = Malformed,
+    encode = encode_kind(()), decode = decode_kind(()),
+    {
+        SessionStarted => SessionStarted {
+            route, system_prompt, allowed_tools, client_tools, max_steps, budget_usd,
+            data_classes, one_shot, history via history_count, generation, replay_of,
+        },
+        TurnAccepted => TurnAccepted { turn, message, review },
+        ModelCallStarted => ModelCallStarted { turn, attempt, endpoint, reason },
+        OutputDelta => OutputDelta { turn, attempt, text },
+        AssistantMessage => AssistantMessage {
+            turn, message, usage, endpoint, model, finish_reason, latency_ms, cost_usd, attempts,
+        },
+        RoutingDecided => RoutingDecided { turn, decision via routing_decision },
+        AttemptFailed => AttemptFailed { turn, failure via attempt_failure },
+        OutputRetracted => OutputRetracted { turn, attempt, reason },
+        ToolCallRequested => ToolCallRequested { turn, call_id, name, arguments, client_side },
+        ToolCallStarted => ToolCallStarted { turn, call_id, name, attempt },
+        ToolResult => ToolResult { turn, call_id, name, output, is_error, latency_ms },
+        NeedsAttention => NeedsAttention { turn, call_id, reason },
+        GateOpened => GateOpened {
+            turn, gate_id, kind, point, policy, reason, reviewers, subject, call_id,
+            deadline_unix_ms, on_timeout,
+        },
+        GateDecided => GateDecided { turn, gate_id, decision, reviewer, reason, edited, by_timeout },
+        GateEscalated => GateEscalated { turn, gate_id, reviewers, deadline_unix_ms, on_timeout },
+        TurnCompleted => TurnCompleted { turn, usage },
+        TurnFailed => TurnFailed { turn, reason, code },
+        TurnCancelled => TurnCancelled { turn },
+        SessionFailed => SessionFailed { reason },
+    }
+}
+
+pub fn event_to_proto(e: &SessionEvent) -> v1::SessionEvent {
     v1::SessionEvent {
         session_id: e.session_id.to_string(),
         seq: e.seq,
         at_unix_ms: e.at_unix_ms,
-        kind: Some(kind),
+        kind: Some(encode_kind(&e.kind, &mut ())),
     }
 }
 
 /// Decode an API event back into the shared type (used by clients and tests).
 /// `None` when the event is malformed or of a kind this build does not know.
 pub fn event_from_proto(e: v1::SessionEvent) -> Option<SessionEvent> {
-    use v1::session_event::Kind;
-    let kind = match e.kind? {
-        Kind::SessionStarted(k) => EventKind::SessionStarted {
-            route: k.route,
-            system_prompt: k.system_prompt,
-            allowed_tools: k.allowed_tools,
-            client_tools: k
-                .client_tools
-                .into_iter()
-                .map(tool_definition_from_proto)
-                .collect(),
-            max_steps: k.max_steps,
-            budget_usd: k.budget_usd,
-            data_classes: k.data_classes,
-            one_shot: k.one_shot,
-            // The API carries only the number of history messages.
-            history: Vec::new(),
-            generation: generation_from_proto(k.generation).ok()?,
-            replay_of: (!k.replay_of.is_empty()).then_some(k.replay_of),
-        },
-        Kind::TurnAccepted(k) => EventKind::TurnAccepted {
-            turn: k.turn,
-            message: message_from_proto(k.message?)?,
-            review: k.review,
-        },
-        Kind::ModelCallStarted(k) => EventKind::ModelCallStarted {
-            turn: k.turn,
-            attempt: k.attempt,
-            endpoint: k.endpoint,
-            reason: k.reason,
-        },
-        Kind::OutputDelta(k) => EventKind::OutputDelta {
-            turn: k.turn,
-            attempt: k.attempt,
-            text: k.text,
-        },
-        Kind::AssistantMessage(k) => EventKind::AssistantMessage {
-            turn: k.turn,
-            message: message_from_proto(k.message?)?,
-            usage: usage_from_proto(k.usage),
-            endpoint: k.endpoint,
-            model: k.model,
-            finish_reason: FinishReason::from_provider(&k.finish_reason),
-            latency_ms: k.latency_ms,
-            cost_usd: k.cost_usd,
-            attempts: k.attempts,
-        },
-        Kind::RoutingDecided(k) => EventKind::RoutingDecided {
-            turn: k.turn,
-            decision: baton_types::RoutingDecision {
-                route: k.route,
-                strategy: k.strategy,
-                candidates: k
-                    .candidates
-                    .into_iter()
-                    .map(|c| baton_types::RouteCandidate {
-                        endpoint: c.endpoint,
-                        eligible: c.eligible,
-                        score: c.score,
-                        note: c.note,
-                    })
-                    .collect(),
-                chosen: k.chosen,
-                rule: k.rule,
-                reason: k.reason,
-                attempt: k.attempt,
-            },
-        },
-        Kind::AttemptFailed(k) => EventKind::AttemptFailed {
-            turn: k.turn,
-            failure: baton_types::AttemptFailure {
-                endpoint: k.endpoint,
-                attempt: k.attempt,
-                kind: k.kind,
-                message: k.message,
-                retry_in_ms: k.retry_in_ms,
-                retracted: k.retracted,
-            },
-        },
-        Kind::OutputRetracted(k) => EventKind::OutputRetracted {
-            turn: k.turn,
-            attempt: k.attempt,
-            reason: k.reason,
-        },
-        Kind::TurnCompleted(k) => EventKind::TurnCompleted {
-            turn: k.turn,
-            usage: usage_from_proto(k.usage),
-        },
-        Kind::TurnFailed(k) => EventKind::TurnFailed {
-            turn: k.turn,
-            reason: k.reason,
-            code: k.code,
-        },
-        Kind::ToolCallRequested(k) => EventKind::ToolCallRequested {
-            turn: k.turn,
-            call_id: k.call_id,
-            name: k.name,
-            arguments: k.arguments,
-            client_side: k.client_side,
-        },
-        Kind::ToolCallStarted(k) => EventKind::ToolCallStarted {
-            turn: k.turn,
-            call_id: k.call_id,
-            name: k.name,
-            attempt: k.attempt,
-        },
-        Kind::ToolResult(k) => EventKind::ToolResult {
-            turn: k.turn,
-            call_id: k.call_id,
-            name: k.name,
-            output: k.output,
-            is_error: k.is_error,
-            latency_ms: k.latency_ms,
-        },
-        Kind::NeedsAttention(k) => EventKind::NeedsAttention {
-            turn: k.turn,
-            call_id: k.call_id,
-            reason: k.reason,
-        },
-        Kind::GateOpened(k) => EventKind::GateOpened {
-            turn: k.turn,
-            gate_id: k.gate_id,
-            kind: k.kind,
-            point: k.point,
-            policy: k.policy,
-            reason: k.reason,
-            reviewers: k.reviewers,
-            subject: k.subject,
-            call_id: k.call_id,
-            deadline_unix_ms: k.deadline_unix_ms,
-            on_timeout: k.on_timeout,
-        },
-        Kind::GateDecided(k) => EventKind::GateDecided {
-            turn: k.turn,
-            gate_id: k.gate_id,
-            decision: k.decision,
-            reviewer: k.reviewer,
-            reason: k.reason,
-            edited: k.edited,
-            by_timeout: k.by_timeout,
-        },
-        Kind::GateEscalated(k) => EventKind::GateEscalated {
-            turn: k.turn,
-            gate_id: k.gate_id,
-            reviewers: k.reviewers,
-            deadline_unix_ms: k.deadline_unix_ms,
-            on_timeout: k.on_timeout,
-        },
-        Kind::TurnCancelled(k) => EventKind::TurnCancelled { turn: k.turn },
-        Kind::SessionFailed(k) => EventKind::SessionFailed { reason: k.reason },
-    };
     Some(SessionEvent {
         session_id: e.session_id.parse().ok()?,
         seq: e.seq,
         at_unix_ms: e.at_unix_ms,
-        kind,
+        kind: decode_kind(e.kind?, &mut ()).ok()?,
     })
 }
 
-/// A gate decision as the journal names it (`approve`, `reject`, `edit`);
-/// `GATE_DECISION_UNSPECIFIED` for an undecided gate (`""`) or an unknown name.
-pub fn gate_decision_from_name(name: &str) -> v1::GateDecision {
-    match name {
-        "approve" => v1::GateDecision::Approve,
-        "reject" => v1::GateDecision::Reject,
-        "edit" => v1::GateDecision::Edit,
-        _ => v1::GateDecision::Unspecified,
+/// The API value of a gate decision; `GATE_DECISION_UNSPECIFIED` for none
+/// (an undecided gate).
+pub fn decision_to_proto(decision: Option<Decision>) -> v1::GateDecision {
+    match decision {
+        Some(Decision::Approve) => v1::GateDecision::Approve,
+        Some(Decision::Reject) => v1::GateDecision::Reject,
+        Some(Decision::Edit) => v1::GateDecision::Edit,
+        None => v1::GateDecision::Unspecified,
     }
 }
 
-/// The journal's name of an API gate decision; `None` for
-/// `GATE_DECISION_UNSPECIFIED` or an unknown value.
-pub fn gate_decision_name(decision: i32) -> Option<&'static str> {
+/// A gate decision from its API value; `None` for `GATE_DECISION_UNSPECIFIED`
+/// or an unknown value.
+pub fn decision_from_proto(decision: i32) -> Option<Decision> {
     match v1::GateDecision::try_from(decision).ok()? {
-        v1::GateDecision::Approve => Some("approve"),
-        v1::GateDecision::Reject => Some("reject"),
-        v1::GateDecision::Edit => Some("edit"),
+        v1::GateDecision::Approve => Some(Decision::Approve),
+        v1::GateDecision::Reject => Some(Decision::Reject),
+        v1::GateDecision::Edit => Some(Decision::Edit),
         v1::GateDecision::Unspecified => None,
     }
 }
 
-/// `pending` or `decided`; `None` for `GATE_STATUS_UNSPECIFIED` or an unknown value.
-pub fn gate_status_name(status: i32) -> Option<&'static str> {
-    match v1::GateStatus::try_from(status).ok()? {
-        v1::GateStatus::Pending => Some("pending"),
-        v1::GateStatus::Decided => Some("decided"),
-        v1::GateStatus::Unspecified => None,
+pub fn gate_status_to_proto(status: GateStatus) -> v1::GateStatus {
+    match status {
+        GateStatus::Pending => v1::GateStatus::Pending,
+        GateStatus::Decided => v1::GateStatus::Decided,
     }
 }
 
-/// The API value of a gate status name (`pending`, `decided`).
-pub fn gate_status_from_name(name: &str) -> Option<v1::GateStatus> {
-    match name {
-        "pending" => Some(v1::GateStatus::Pending),
-        "decided" => Some(v1::GateStatus::Decided),
-        _ => None,
+/// `Ok(None)` for `GATE_STATUS_UNSPECIFIED`, `Err(value)` for an unknown value.
+pub fn gate_status_from_proto(status: i32) -> Result<Option<GateStatus>, i32> {
+    match v1::GateStatus::try_from(status).map_err(|_| status)? {
+        v1::GateStatus::Unspecified => Ok(None),
+        v1::GateStatus::Pending => Ok(Some(GateStatus::Pending)),
+        v1::GateStatus::Decided => Ok(Some(GateStatus::Decided)),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_types::SessionId;
+    use baton_types::{EventKind, SessionId};
 
     #[test]
     fn events_round_trip_through_the_api_shape() {
@@ -680,7 +524,7 @@ mod tests {
                 turn: 1,
                 attempt: 1,
                 endpoint: "echo".into(),
-                reason: "turn".into(),
+                reason: ModelCallReason::Turn,
             },
             EventKind::OutputDelta {
                 turn: 1,
@@ -754,7 +598,36 @@ mod tests {
             EventKind::TurnFailed {
                 turn: 2,
                 reason: "boom".into(),
-                code: "model_error".into(),
+                code: TurnFailureCode::ModelError,
+            },
+            EventKind::GateOpened {
+                turn: 2,
+                gate_id: GateId::new(),
+                kind: GateKind::BeforeTool,
+                point: GatePoint::ToolCall,
+                policy: "payments".into(),
+                reason: "r".into(),
+                reviewers: "finance".into(),
+                subject: "{}".into(),
+                call_id: "c9".into(),
+                deadline_unix_ms: 99,
+                on_timeout: TimeoutAction::Escalate,
+            },
+            EventKind::GateDecided {
+                turn: 2,
+                gate_id: GateId::new(),
+                decision: Decision::Edit,
+                reviewer: "ana".into(),
+                reason: "fixed".into(),
+                edited: "{\"a\":1}".into(),
+                by_timeout: false,
+            },
+            EventKind::GateEscalated {
+                turn: 2,
+                gate_id: GateId::new(),
+                reviewers: "leads".into(),
+                deadline_unix_ms: 5,
+                on_timeout: TimeoutAction::Reject,
             },
             EventKind::TurnCancelled { turn: 3 },
             EventKind::SessionFailed {
@@ -781,19 +654,37 @@ mod tests {
     }
 
     #[test]
-    fn gate_enums_map_by_name_and_reject_unknown_values() {
-        for name in ["approve", "reject", "edit"] {
-            let d = gate_decision_from_name(name) as i32;
-            assert_eq!(gate_decision_name(d), Some(name));
+    fn gate_enums_map_and_reject_unknown_values() {
+        for d in [Decision::Approve, Decision::Reject, Decision::Edit] {
+            let v = decision_to_proto(Some(d)) as i32;
+            assert_eq!(decision_from_proto(v), Some(d));
         }
-        assert_eq!(gate_decision_from_name(""), v1::GateDecision::Unspecified);
-        assert_eq!(gate_decision_name(0), None);
-        assert_eq!(gate_decision_name(77), None);
-        for name in ["pending", "decided"] {
-            let st = gate_status_from_name(name).map(|s| s as i32);
-            assert_eq!(st.and_then(gate_status_name), Some(name));
+        assert_eq!(decision_to_proto(None), v1::GateDecision::Unspecified);
+        assert_eq!(decision_from_proto(0), None);
+        assert_eq!(decision_from_proto(77), None);
+        for st in [GateStatus::Pending, GateStatus::Decided] {
+            let v = gate_status_to_proto(st) as i32;
+            assert_eq!(gate_status_from_proto(v), Ok(Some(st)));
         }
-        assert_eq!(gate_status_from_name("open"), None);
-        assert_eq!(gate_status_name(9), None);
+        assert_eq!(gate_status_from_proto(0), Ok(None));
+        assert_eq!(gate_status_from_proto(9), Err(9));
+    }
+
+    #[test]
+    fn an_event_with_an_unknown_vocabulary_value_is_refused() {
+        let mut e = event_to_proto(&SessionEvent {
+            session_id: SessionId::new(),
+            seq: 1,
+            at_unix_ms: 1,
+            kind: EventKind::TurnFailed {
+                turn: 1,
+                reason: "x".into(),
+                code: TurnFailureCode::Cancelled,
+            },
+        });
+        if let Some(ApiKind::TurnFailed(k)) = &mut e.kind {
+            k.code = "exploded".into();
+        }
+        assert_eq!(event_from_proto(e), None);
     }
 }

@@ -17,6 +17,7 @@
 
 #![allow(clippy::derive_partial_eq_without_eq)]
 
+pub mod codec;
 pub mod convert;
 
 /// The public API, package `baton.v1`.

@@ -31,6 +31,7 @@
 mod breaker;
 mod budget;
 mod config;
+mod failure;
 mod gates;
 mod router;
 pub mod select;

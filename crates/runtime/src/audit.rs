@@ -63,10 +63,29 @@ type Record<'a> = (&'static str, Option<&'a str>, serde_json::Value);
 fn audit_record(e: &baton_types::SessionEvent) -> Option<Record<'_>> {
     use baton_types::EventKind as K;
     let (kind, actor, data) = match &e.kind {
-        K::SessionStarted { route, .. } => (
+        K::SessionStarted {
+            route,
+            system_prompt,
+            allowed_tools,
+            client_tools,
+            max_steps,
+            budget_usd,
+            data_classes,
+            one_shot,
+            history,
+            generation,
+            replay_of,
+        } => (
             "session_started",
             None,
-            serde_json::json!({ "seq": e.seq, "route": route }),
+            serde_json::json!({
+                "seq": e.seq, "route": route, "system_prompt": system_prompt,
+                "allowed_tools": allowed_tools,
+                "client_tools": client_tools.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                "max_steps": max_steps, "budget_usd": budget_usd, "data_classes": data_classes,
+                "one_shot": one_shot, "history": history, "generation": generation,
+                "replay_of": replay_of,
+            }),
         ),
         K::TurnAccepted { turn, message, .. } => (
             "model_input",

@@ -9,6 +9,7 @@ use serde_json::json;
 
 use super::*;
 use crate::gates::{GateDecision, GatePolicy, GateQuery};
+use baton_types::{Decision, ModelCallReason, SessionStatus, TurnFailureCode};
 
 struct Setup {
     rt: RuntimeHandle,
@@ -69,7 +70,7 @@ fn gate_id(events: &[SessionEvent]) -> String {
     events
         .iter()
         .find_map(|e| match &e.kind {
-            EventKind::GateOpened { gate_id, .. } => Some(gate_id.clone()),
+            EventKind::GateOpened { gate_id, .. } => Some(gate_id.to_string()),
             _ => None,
         })
         .expect("a gate opened")
@@ -124,8 +125,8 @@ async fn a_before_tool_gate_holds_the_call_until_approved_rejected_or_edited() {
             .decide_gate(&gid, d, "alice".into(), "checked".into())
             .await
             .unwrap();
-        assert_eq!(decided.status, GateStatus::Decided);
-        assert_eq!(decided.reviewer, "alice");
+        assert_eq!(decided.status(), GateStatus::Decided);
+        assert_eq!(decided.outcome.as_ref().unwrap().reviewer, "alice");
         let rest = until(&mut stream, "turn_completed").await;
         assert_eq!(
             rest.last().unwrap().kind.name(),
@@ -242,7 +243,7 @@ async fn a_final_answer_gate_approves_edits_or_sends_the_draft_back() {
     .unwrap();
     let ev2 = until(&mut st, "gate_opened").await;
     assert!(ev2.iter().any(
-        |e| matches!(&e.kind, EventKind::ModelCallStarted { reason, .. } if reason == "review")
+        |e| matches!(&e.kind, EventKind::ModelCallStarted { reason, .. } if *reason == ModelCallReason::Review)
     ));
     let view = rt.get(id).await.unwrap();
     assert!(
@@ -312,7 +313,7 @@ async fn cost_confidence_data_rule_and_explicit_gates_fire_where_configured() {
     // confidence 0.3 < 0.7 holds the answer
     let ev = until(&mut st, "gate_opened").await;
     let (g, _) = rt.get_gate(&gate_id(&ev)).await.unwrap();
-    assert_eq!(g.kind, "confidence");
+    assert_eq!(g.kind, baton_types::GateKind::Confidence);
     assert!(g.reason.contains("0.30"), "{}", g.reason);
     rt.decide_gate(
         &gate_id(&ev),
@@ -331,7 +332,7 @@ async fn cost_confidence_data_rule_and_explicit_gates_fire_where_configured() {
     let mut st = rt.send(id, "word ".repeat(30_000)).await.unwrap();
     let ev = until(&mut st, "gate_opened").await;
     let (g, _) = rt.get_gate(&gate_id(&ev)).await.unwrap();
-    assert_eq!(g.kind, "cost");
+    assert_eq!(g.kind, baton_types::GateKind::Cost);
     assert!(g.subject.contains("estimated_cost_usd"));
     let err = rt
         .decide_gate(
@@ -354,7 +355,7 @@ async fn cost_confidence_data_rule_and_explicit_gates_fire_where_configured() {
     let end = until(&mut st, "turn_failed").await;
     match &end.last().unwrap().kind {
         EventKind::TurnFailed { code, reason, .. } => {
-            assert_eq!(code, "gate_rejected");
+            assert_eq!(*code, TurnFailureCode::GateRejected);
             assert!(reason.contains("too expensive"));
         }
         other => panic!("{other:?}"),
@@ -431,7 +432,7 @@ async fn racing_decisions_have_exactly_one_winner() {
         }
     }
     assert_eq!(wins.len(), 1, "exactly one decision wins");
-    let winner = &wins[0].reviewer;
+    let winner = &wins[0].outcome.as_ref().unwrap().reviewer;
     let err =
         s.rt.decide_gate(&gid, GateDecision::Approve, "late".into(), String::new())
             .await
@@ -476,9 +477,10 @@ async fn timeouts_apply_the_default_action_and_escalate() {
     let rest = until(&mut st, "turn_completed").await;
     assert_eq!(rest.last().unwrap().kind.name(), "turn_completed");
     let (g, _) = s.rt.get_gate(&gid).await.unwrap();
+    let o = g.outcome.unwrap();
     assert_eq!(
-        (g.decision.as_str(), g.reviewer.as_str(), g.by_timeout),
-        ("approve", "timeout", true)
+        (o.decision, o.reviewer.as_str(), o.by_timeout),
+        (Decision::Approve, "timeout", true)
     );
     s.rt.shutdown().await;
 
@@ -532,7 +534,8 @@ async fn timeouts_apply_the_default_action_and_escalate() {
     let after = until(&mut st, "gate_opened").await;
     assert!(names(&after).contains(&"gate_decided"));
     let (g, _) = s.rt.get_gate(&gid).await.unwrap();
-    assert_eq!((g.decision.as_str(), g.by_timeout), ("reject", true));
+    let o = g.outcome.unwrap();
+    assert_eq!((o.decision, o.by_timeout), (Decision::Reject, true));
     s.rt.shutdown().await;
 }
 
@@ -581,7 +584,7 @@ async fn sessions_waiting_on_gates_passivate_and_wake_for_the_decision() {
     );
     let g = &pending.gates[0];
     s.rt.decide_gate(
-        &gates::gate_id_text(&g.gate_id),
+        &g.gate_id.to_string(),
         GateDecision::Approve,
         "ops".into(),
         String::new(),
@@ -650,7 +653,7 @@ async fn ten_thousand_pending_gates_list_in_pages_while_their_sessions_sleep() {
         pages += 1;
         assert!(page.gates.len() <= 1000);
         for g in &page.gates {
-            assert_eq!(g.status, GateStatus::Pending);
+            assert_eq!(g.status(), GateStatus::Pending);
             assert!(seen.insert(g.gate_id), "no gate twice");
         }
         match page.next_page_token {
@@ -680,7 +683,7 @@ async fn ten_thousand_pending_gates_list_in_pages_while_their_sessions_sleep() {
         .unwrap();
     let g = &first.gates[0];
     s.rt.decide_gate(
-        &gates::gate_id_text(&g.gate_id),
+        &g.gate_id.to_string(),
         GateDecision::Approve,
         "ops".into(),
         String::new(),

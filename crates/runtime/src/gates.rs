@@ -13,9 +13,11 @@ use std::sync::Arc;
 use baton_tools::ToolFilter;
 use serde::Deserialize;
 
-pub use baton_store::gates::{GateRecord, GateStatus};
+pub use baton_types::{
+    Decision, GateId, GateKind, GateOutcome, GatePoint, GateRecord, GateStatus, TimeoutAction,
+};
 
-use crate::{Error, Result};
+use crate::error::{Error, Result};
 
 /// What a gate policy watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -34,13 +36,14 @@ pub enum GatePolicyKind {
 }
 
 impl GatePolicyKind {
-    pub fn as_str(&self) -> &'static str {
+    /// The kind of the gates this policy opens.
+    pub fn gate_kind(self) -> GateKind {
         match self {
-            GatePolicyKind::BeforeTool => "before_tool",
-            GatePolicyKind::FinalAnswer => "final_answer",
-            GatePolicyKind::Cost => "cost",
-            GatePolicyKind::Confidence => "confidence",
-            GatePolicyKind::DataRule => "data_rule",
+            GatePolicyKind::BeforeTool => GateKind::BeforeTool,
+            GatePolicyKind::FinalAnswer => GateKind::FinalAnswer,
+            GatePolicyKind::Cost => GateKind::Cost,
+            GatePolicyKind::Confidence => GateKind::Confidence,
+            GatePolicyKind::DataRule => GateKind::DataRule,
         }
     }
 }
@@ -55,35 +58,6 @@ pub enum DataRuleTarget {
     Output,
     #[default]
     Both,
-}
-
-/// What happens when a gate's timeout passes without a decision.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "snake_case")]
-pub enum TimeoutAction {
-    #[default]
-    Reject,
-    Approve,
-    /// Hand the gate to `escalate_to` with a fresh timeout.
-    Escalate,
-}
-
-impl TimeoutAction {
-    pub fn as_str(&self) -> &'static str {
-        match self {
-            TimeoutAction::Reject => "reject",
-            TimeoutAction::Approve => "approve",
-            TimeoutAction::Escalate => "escalate",
-        }
-    }
-
-    pub fn parse(s: &str) -> TimeoutAction {
-        match s {
-            "approve" => TimeoutAction::Approve,
-            "escalate" => TimeoutAction::Escalate,
-            _ => TimeoutAction::Reject,
-        }
-    }
 }
 
 fn default_reviewers() -> String {
@@ -197,7 +171,7 @@ pub(crate) struct CompiledPolicy {
 /// The gate timing and routing settings carried by an opened gate.
 #[derive(Debug, Clone)]
 pub(crate) struct GateTerms {
-    pub kind: &'static str,
+    pub kind: GateKind,
     pub policy: String,
     pub reason: String,
     pub reviewers: String,
@@ -208,7 +182,7 @@ pub(crate) struct GateTerms {
 impl CompiledPolicy {
     fn terms(&self, reason: String) -> GateTerms {
         GateTerms {
-            kind: self.policy.kind.as_str(),
+            kind: self.policy.kind.gate_kind(),
             policy: self.policy.name.clone(),
             reason,
             reviewers: self.policy.reviewers.clone(),
@@ -427,15 +401,20 @@ impl Policies {
     }
 
     /// The escalation target of a policy (by name), for timeouts.
-    pub fn escalation(&self, cfg: &GatesConfig, policy: &str) -> Option<(String, u64)> {
+    pub fn escalation(
+        &self,
+        cfg: &GatesConfig,
+        kind: GateKind,
+        policy: &str,
+    ) -> Option<(String, u64)> {
         let builtin = |b: &BuiltinGate| b.escalate_to.clone().map(|t| (t, b.escalate_timeout_ms));
-        match policy {
-            "explicit" => builtin(&cfg.explicit),
-            "needs_attention" => builtin(&cfg.needs_attention),
-            name => self
+        match kind {
+            GateKind::Explicit => builtin(&cfg.explicit),
+            GateKind::NeedsAttention => builtin(&cfg.needs_attention),
+            _ => self
                 .list
                 .iter()
-                .find(|p| p.policy.name == name)
+                .find(|p| p.policy.name == policy)
                 .and_then(|p| {
                     p.policy
                         .escalate_to
@@ -448,7 +427,7 @@ impl Policies {
 
 pub(crate) fn builtin_terms(
     b: &BuiltinGate,
-    kind: &'static str,
+    kind: GateKind,
     policy: &str,
     reason: String,
 ) -> GateTerms {
@@ -473,12 +452,17 @@ pub enum GateDecision {
 }
 
 impl GateDecision {
-    pub fn as_str(&self) -> &'static str {
+    /// The decision as journaled (an edit's payload goes into `edited`).
+    pub fn decision(&self) -> Decision {
         match self {
-            GateDecision::Approve => "approve",
-            GateDecision::Reject => "reject",
-            GateDecision::Edit(_) => "edit",
+            GateDecision::Approve => Decision::Approve,
+            GateDecision::Reject => Decision::Reject,
+            GateDecision::Edit(_) => Decision::Edit,
         }
+    }
+
+    pub fn as_str(&self) -> &'static str {
+        self.decision().as_str()
     }
 }
 
@@ -500,21 +484,10 @@ pub struct GateList {
     pub next_page_token: Option<String>,
 }
 
-/// A gate id as text (a UUID).
-pub fn gate_id_text(id: &[u8; 16]) -> String {
-    uuid::Uuid::from_bytes(*id).to_string()
-}
-
 /// Parse a gate id; errors name the field.
-pub fn parse_gate_id(s: &str) -> Result<[u8; 16]> {
-    uuid::Uuid::parse_str(s.trim())
-        .map(|u| *u.as_bytes())
-        .map_err(|_| {
-            Error::InvalidArgument(format!(
-                "gate_id: malformed gate id {:?}",
-                s.chars().take(64).collect::<String>()
-            ))
-        })
+pub fn parse_gate_id(s: &str) -> Result<GateId> {
+    s.parse()
+        .map_err(|e| Error::InvalidArgument(format!("gate_id: {e}")))
 }
 
 #[cfg(test)]
@@ -568,7 +541,7 @@ mod tests {
         assert!(p.before_release("r", "fine", Some(0.9)).is_none());
         assert_eq!(
             p.before_release("r", "iban: x", None).unwrap().kind,
-            "data_rule"
+            GateKind::DataRule
         );
     }
 

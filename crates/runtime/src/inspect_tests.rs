@@ -8,7 +8,11 @@ use baton_types::{EventKind, SessionEvent};
 use futures::StreamExt;
 use serde_json::json;
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
 use super::*;
+use baton_types::{ModelCallReason, SessionId, SessionStatus};
 
 fn script() -> serde_json::Value {
     json!([
@@ -104,7 +108,7 @@ async fn replay_reports_the_first_divergence_after_a_change() {
     let seq = d.source_seq.expect("the recording has a record there");
     let expected = journal.iter().find(|e| e.seq == seq).unwrap();
     assert!(
-        matches!(&expected.kind, EventKind::ModelCallStarted { reason, .. } if reason == "tool_results"),
+        matches!(&expected.kind, EventKind::ModelCallStarted { reason, .. } if *reason == ModelCallReason::ToolResults),
         "{expected:?}"
     );
     assert!(d.expected.contains("model_call_started"), "{d:?}");
@@ -471,7 +475,7 @@ fn opened_gate(events: &[SessionEvent]) -> String {
     events
         .iter()
         .find_map(|e| match &e.kind {
-            EventKind::GateOpened { gate_id, .. } => Some(gate_id.clone()),
+            EventKind::GateOpened { gate_id, .. } => Some(gate_id.to_string()),
             _ => None,
         })
         .expect("a gate opened")
@@ -494,7 +498,7 @@ fn decisions(events: &[SessionEvent]) -> Vec<(String, String, String, String, bo
                 by_timeout,
                 ..
             } => Some((
-                decision.clone(),
+                decision.to_string(),
                 reviewer.clone(),
                 reason.clone(),
                 edited.clone(),
@@ -873,7 +877,7 @@ async fn replay_stops_at_a_gate_the_recording_left_pending() {
     let replayed = journal(&rt, report.replay).await;
     assert_eq!(replayed.last().unwrap().kind.name(), "turn_cancelled");
     let (g, _) = rt.get_gate(&gate).await.unwrap();
-    assert_eq!(g.status, GateStatus::Pending);
+    assert_eq!(g.status(), GateStatus::Pending);
     assert_eq!(rig.calls(), (1, 0));
     rt.shutdown().await;
 }
@@ -1023,7 +1027,7 @@ async fn replay_decides_gates_in_the_recorded_order() {
                 gate_id, call_id, ..
             } = e.kind
             {
-                gates.insert(call_id, gate_id);
+                gates.insert(call_id, gate_id.to_string());
             }
         }
     }

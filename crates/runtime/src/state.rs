@@ -6,11 +6,14 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use baton_types::{EventKind, Message, Role, SessionId, SessionStatus, ToolDefinition, Usage};
+use baton_types::{
+    Decision, EventKind, GateId, GateKind, GatePoint, Message, Role, SessionId, SessionStatus,
+    TimeoutAction, ToolDefinition, Usage,
+};
 use serde::{Deserialize, Serialize};
 
 /// A tool call of the current step, from request to result.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct PendingTool {
     pub call_id: String,
     pub name: String,
@@ -27,12 +30,11 @@ pub struct PendingTool {
 }
 
 /// A gate of the current turn waiting for a decision.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct PendingGate {
-    pub gate_id: String,
-    pub kind: String,
-    /// `tool_call`, `final_answer` or `model_call`.
-    pub point: String,
+    pub gate_id: GateId,
+    pub kind: GateKind,
+    pub point: GatePoint,
     pub policy: String,
     pub reason: String,
     pub reviewers: String,
@@ -40,28 +42,28 @@ pub struct PendingGate {
     pub call_id: String,
     pub opened_at_unix_ms: u64,
     pub deadline_unix_ms: u64,
-    pub on_timeout: String,
+    pub on_timeout: TimeoutAction,
     pub escalations: u32,
 }
 
 impl PendingGate {
     /// The point this gate holds, as an approval key.
     pub fn key(&self, steps: u32) -> String {
-        gate_key(&self.point, &self.call_id, steps)
+        gate_key(self.point, &self.call_id, steps)
     }
 }
 
 /// The approval key of a gate point: approving it lets that exact point pass.
-pub fn gate_key(point: &str, call_id: &str, steps: u32) -> String {
+pub fn gate_key(point: GatePoint, call_id: &str, steps: u32) -> String {
     match point {
-        "tool_call" => format!("tool:{call_id}"),
-        "model_call" => format!("model:{}", steps + 1),
-        _ => format!("final:{steps}"),
+        GatePoint::ToolCall => format!("tool:{call_id}"),
+        GatePoint::ModelCall => format!("model:{}", steps + 1),
+        GatePoint::FinalAnswer => format!("final:{steps}"),
     }
 }
 
 /// The turn whose model call has started.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct CurrentTurn {
     pub turn: u64,
     /// The last journaled attempt number (`ModelCallStarted.attempt`).
@@ -111,7 +113,7 @@ impl CurrentTurn {
         }
     }
 
-    pub fn is_approved(&self, point: &str, call_id: &str) -> bool {
+    pub fn is_approved(&self, point: GatePoint, call_id: &str) -> bool {
         let key = gate_key(point, call_id, self.steps);
         self.approved.contains(&key)
     }
@@ -125,7 +127,7 @@ impl CurrentTurn {
 }
 
 /// Everything a session's actor holds, rebuildable from the journal.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct SessionState {
     pub id: SessionId,
     pub route: String,
@@ -267,7 +269,7 @@ impl SessionState {
                     c.attempt = *attempt;
                     c.endpoint = endpoint.clone();
                     c.model_call_open = true;
-                    if matches!(reason.as_str(), "turn" | "tool_results" | "review") {
+                    if reason.is_new_step() {
                         c.steps += 1;
                     }
                 }
@@ -386,9 +388,9 @@ impl SessionState {
             } => {
                 if let Some(c) = self.promote(*turn) {
                     c.gates.push(PendingGate {
-                        gate_id: gate_id.clone(),
-                        kind: kind.clone(),
-                        point: point.clone(),
+                        gate_id: *gate_id,
+                        kind: *kind,
+                        point: *point,
                         policy: policy.clone(),
                         reason: reason.clone(),
                         reviewers: reviewers.clone(),
@@ -396,7 +398,7 @@ impl SessionState {
                         call_id: call_id.clone(),
                         opened_at_unix_ms: at_unix_ms,
                         deadline_unix_ms: *deadline_unix_ms,
-                        on_timeout: on_timeout.clone(),
+                        on_timeout: *on_timeout,
                         escalations: 0,
                     });
                 }
@@ -414,7 +416,7 @@ impl SessionState {
                 {
                     g.reviewers = reviewers.clone();
                     g.deadline_unix_ms = *deadline_unix_ms;
-                    g.on_timeout = on_timeout.clone();
+                    g.on_timeout = *on_timeout;
                     g.escalations += 1;
                 }
             }
@@ -426,7 +428,7 @@ impl SessionState {
                 reason,
                 edited,
                 ..
-            } => self.apply_decision(*turn, gate_id, decision, reviewer, reason, edited),
+            } => self.apply_decision(*turn, *gate_id, *decision, reviewer, reason, edited),
             EventKind::TurnCompleted { turn, .. } => {
                 self.end_turn(*turn);
                 self.turns_completed += 1;
@@ -464,8 +466,8 @@ impl SessionState {
     fn apply_decision(
         &mut self,
         turn: u64,
-        gate_id: &str,
-        decision: &str,
+        gate_id: GateId,
+        decision: Decision,
         reviewer: &str,
         reason: &str,
         edited: &str,
@@ -478,10 +480,10 @@ impl SessionState {
         };
         let gate = c.gates.remove(pos);
         let key = gate.key(c.steps);
-        match (gate.point.as_str(), decision) {
-            (_, "approve") => {
+        match (gate.point, decision) {
+            (_, Decision::Approve) => {
                 c.approved.push(key);
-                if gate.kind == "needs_attention"
+                if gate.kind == GateKind::NeedsAttention
                     && let Some(t) = c.tools.iter_mut().find(|t| t.call_id == gate.call_id)
                 {
                     // Approved: run it again, knowing it may have run.
@@ -489,13 +491,13 @@ impl SessionState {
                     t.started = false;
                 }
             }
-            ("tool_call", "edit") if gate.kind != "needs_attention" => {
+            (GatePoint::ToolCall, Decision::Edit) if gate.kind != GateKind::NeedsAttention => {
                 c.approved.push(key);
                 if let Some(t) = c.tools.iter_mut().find(|t| t.call_id == gate.call_id) {
                     t.arguments = edited.to_string();
                 }
             }
-            ("final_answer", "edit") => {
+            (GatePoint::FinalAnswer, Decision::Edit) => {
                 c.approved.push(key);
                 if let Some(m) = self
                     .messages
@@ -506,7 +508,7 @@ impl SessionState {
                     m.content = edited.to_string();
                 }
             }
-            ("final_answer", "reject") => {
+            (GatePoint::FinalAnswer, Decision::Reject) => {
                 // The model gets the reviewer's reason and tries again.
                 c.response_recorded = false;
                 let why = if reason.is_empty() {
@@ -518,7 +520,7 @@ impl SessionState {
                     "[review] {reviewer} rejected the draft answer: {why}. Revise it."
                 )));
             }
-            ("model_call", "edit") => {
+            (GatePoint::ModelCall, Decision::Edit) => {
                 c.approved.push(key);
                 if let Some(m) = self
                     .messages
@@ -555,7 +557,7 @@ impl SessionState {
     }
 
     /// A pending gate of the current turn, with the turn.
-    pub fn pending_gate(&self, gate_id: &str) -> Option<(u64, PendingGate)> {
+    pub fn pending_gate(&self, gate_id: GateId) -> Option<(u64, PendingGate)> {
         let c = self.current.as_ref()?;
         c.gates
             .iter()
@@ -614,7 +616,7 @@ mod tests {
             turn,
             attempt,
             endpoint: "e".into(),
-            reason: "turn".into(),
+            reason: baton_types::ModelCallReason::Turn,
         }
     }
 
@@ -717,7 +719,7 @@ mod tests {
                 turn: 1,
                 attempt: 2,
                 endpoint: "e".into(),
-                reason: "recovery".into(),
+                reason: baton_types::ModelCallReason::Recovery,
             },
         );
         assert_eq!(s.messages.len(), 1, "the user message is not added twice");
@@ -844,7 +846,7 @@ mod tests {
                 turn: 1,
                 attempt: 2,
                 endpoint: "e".into(),
-                reason: "tool_results".into(),
+                reason: baton_types::ModelCallReason::ToolResults,
             },
         );
         assert_eq!(s.current.as_ref().unwrap().steps, 2);

@@ -11,12 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use baton_store::Batch;
-use baton_types::{EventKind, SessionId, SessionStatus, now_unix_ms};
+use baton_types::SessionId;
 use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
 
-use crate::Shared;
-use crate::session::{SessionActor, SessionArgs, SessionMsg};
+use crate::session::{Notice, Notify, SessionActor, SessionArgs, SessionMsg};
+use crate::shared::Shared;
 
 pub(crate) enum SupervisorMsg {
     Route(SessionId, SessionMsg),
@@ -275,10 +274,17 @@ impl SupervisorState {
         queue: Vec<SessionMsg>,
     ) {
         let activity = Arc::new(AtomicU64::new(self.shared.elapsed_ms()));
+        let me = myself.clone();
+        let notify: Notify = Arc::new(move |notice| {
+            let _ = me.cast(match notice {
+                Notice::Passivate(id) => SupervisorMsg::RequestPassivate(id),
+                Notice::PassivateDeclined(id) => SupervisorMsg::PassivateDeclined(id),
+            });
+        });
         let args = SessionArgs {
             id,
             shared: self.shared.clone(),
-            supervisor: myself.clone(),
+            notify,
             activity: activity.clone(),
         };
         match Actor::spawn_linked(None, SessionActor, args, myself.get_cell()).await {
@@ -360,7 +366,7 @@ impl SupervisorState {
                 count, cfg.restart_window_ms
             );
             tokio::spawn(async move {
-                if let Err(e) = mark_failed(&shared, id, why).await {
+                if let Err(e) = crate::failed::mark_failed(&shared.store, id, why).await {
                     tracing::error!(session = %id, error = %e, "cannot mark session failed");
                 }
                 let _ = me.cast(SupervisorMsg::Respawn(id));
@@ -379,41 +385,4 @@ impl SupervisorState {
             SupervisorMsg::Respawn(id)
         });
     }
-}
-
-/// Durably move a session to `failed`, with a `SessionFailed` record.
-async fn mark_failed(shared: &Shared, id: SessionId, reason: String) -> baton_store::Result<()> {
-    let store = &shared.store;
-    // Writes the failed actor queued land first, so the new record follows them.
-    store.barrier().await?;
-    let Some(mut meta) = store.load_meta(id).await? else {
-        return Ok(());
-    };
-    write_failed(store, id, &mut meta, reason).await.map(|_| ())
-}
-
-/// Append `SessionFailed` after the journal's last record (read from keys
-/// only, so it works on an undecodable journal) and move the session's
-/// status to `failed`, in one batch. Returns the new record's seq.
-pub(crate) async fn write_failed(
-    store: &baton_store::Store,
-    id: SessionId,
-    meta: &mut baton_store::SessionMeta,
-    reason: String,
-) -> baton_store::Result<u64> {
-    let seq = store.last_seq(id).await? + 1;
-    let prev = meta.status;
-    meta.status = SessionStatus::Failed;
-    meta.status_reason = reason.clone();
-    meta.updated_at_unix_ms = now_unix_ms();
-    let mut batch = Batch::new();
-    batch.append(
-        &id,
-        seq,
-        now_unix_ms(),
-        &EventKind::SessionFailed { reason },
-    );
-    batch.put_meta(&id, meta, Some(prev));
-    store.write(batch).await?;
-    Ok(seq)
 }

@@ -5,6 +5,8 @@ use baton_types::{ErrorCode, Message};
 use futures::StreamExt;
 
 use super::*;
+use baton_store::{Batch, Store, StoreOptions};
+use baton_types::{EventKind, SessionEvent, SessionId, SessionStatus};
 
 fn echo(name: &str, delay_ms: u64) -> EndpointConfig {
     let mut c = EndpointConfig::new(name, ProviderKind::Echo);
@@ -181,7 +183,7 @@ async fn an_unfinished_turn_is_resumed_at_start() {
                 turn: 1,
                 attempt: 1,
                 endpoint: "echo".into(),
-                reason: "turn".into(),
+                reason: baton_types::ModelCallReason::Turn,
             },
         );
         meta.status = SessionStatus::Running;
@@ -204,7 +206,7 @@ async fn an_unfinished_turn_is_resumed_at_start() {
             turn: 1,
             attempt: 2,
             endpoint: "echo".into(),
-            reason: "recovery".into()
+            reason: baton_types::ModelCallReason::Recovery
         }
     );
     assert!(

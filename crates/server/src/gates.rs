@@ -6,7 +6,7 @@ use std::pin::Pin;
 use baton_proto::convert;
 use baton_proto::v1::{self, gates_server::Gates};
 use baton_runtime::RuntimeHandle;
-use baton_runtime::gates::{GateDecision, GateQuery, GateRecord, GateStatus, gate_id_text};
+use baton_runtime::gates::{GateDecision, GateQuery, GateRecord, GateStatus};
 use baton_types::{Message, SessionId};
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
@@ -57,16 +57,14 @@ type GateResultStream = Pin<Box<dyn Stream<Item = Result<v1::Gate, Status>> + Se
 
 /// A gate's state as an API message; `context` is filled by GetGate only.
 pub fn gate_to_proto(g: &GateRecord, context: &[Message]) -> v1::Gate {
+    let o = g.outcome.as_ref();
     v1::Gate {
-        gate_id: gate_id_text(&g.gate_id),
+        gate_id: g.gate_id.to_string(),
         session_id: g.session.to_string(),
         turn: g.turn,
-        status: match g.status {
-            GateStatus::Pending => v1::GateStatus::Pending,
-            GateStatus::Decided => v1::GateStatus::Decided,
-        } as i32,
-        kind: g.kind.clone(),
-        point: g.point.clone(),
+        status: convert::gate_status_to_proto(g.status()) as i32,
+        kind: g.kind.as_str().into(),
+        point: g.point.as_str().into(),
         policy: g.policy.clone(),
         reason: g.reason.clone(),
         reviewers: g.reviewers.clone(),
@@ -74,13 +72,13 @@ pub fn gate_to_proto(g: &GateRecord, context: &[Message]) -> v1::Gate {
         call_id: g.call_id.clone(),
         opened_at_unix_ms: g.opened_at_unix_ms,
         deadline_unix_ms: g.deadline_unix_ms,
-        on_timeout: g.on_timeout.clone(),
-        decision: convert::gate_decision_from_name(&g.decision) as i32,
-        reviewer: g.reviewer.clone(),
-        decision_reason: g.decision_reason.clone(),
-        edited: g.edited.clone(),
-        decided_at_unix_ms: g.decided_at_unix_ms,
-        by_timeout: g.by_timeout,
+        on_timeout: g.on_timeout.as_str().into(),
+        decision: convert::decision_to_proto(o.map(|o| o.decision)) as i32,
+        reviewer: o.map(|o| o.reviewer.clone()).unwrap_or_default(),
+        decision_reason: o.map(|o| o.reason.clone()).unwrap_or_default(),
+        edited: o.map(|o| o.edited.clone()).unwrap_or_default(),
+        decided_at_unix_ms: o.map(|o| o.decided_at_unix_ms).unwrap_or_default(),
+        by_timeout: o.is_some_and(|o| o.by_timeout),
         escalations: g.escalations,
         context: context.iter().map(convert::message_to_proto).collect(),
     }
@@ -88,14 +86,8 @@ pub fn gate_to_proto(g: &GateRecord, context: &[Message]) -> v1::Gate {
 
 /// `Ok(None)` for `GATE_STATUS_UNSPECIFIED` (any status).
 fn status_filter(value: i32) -> Result<Option<GateStatus>, Status> {
-    match v1::GateStatus::try_from(value) {
-        Ok(v1::GateStatus::Unspecified) => Ok(None),
-        Ok(v1::GateStatus::Pending) => Ok(Some(GateStatus::Pending)),
-        Ok(v1::GateStatus::Decided) => Ok(Some(GateStatus::Decided)),
-        Err(_) => Err(Status::invalid_argument(format!(
-            "status: unknown gate status {value}"
-        ))),
-    }
+    convert::gate_status_from_proto(value)
+        .map_err(|v| Status::invalid_argument(format!("status: unknown gate status {v}")))
 }
 
 fn gate_id(s: &str) -> Result<&str, Status> {

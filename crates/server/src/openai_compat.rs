@@ -1066,7 +1066,7 @@ async fn json_response(
             EventKind::TurnCompleted { usage, .. } => break usage,
             EventKind::TurnFailed { reason, code, .. } => {
                 guard.disarm();
-                return Err(turn_failed_error(&code, &reason));
+                return Err(turn_failed_error(code.as_str(), &reason));
             }
             EventKind::TurnCancelled { .. } => {
                 guard.disarm();
@@ -1282,7 +1282,10 @@ impl Chunks {
                 return Step::end(frames);
             }
             EventKind::TurnFailed { reason, code, .. } => {
-                return Step::end(vec![error_frame(&turn_failed_error(&code, &reason))]);
+                return Step::end(vec![error_frame(&turn_failed_error(
+                    code.as_str(),
+                    &reason,
+                ))]);
             }
             EventKind::TurnCancelled { .. } => {
                 return Step::end(vec![error_frame(&cancelled_error())]);
@@ -1315,7 +1318,7 @@ async fn stream_response(
         match event.kind {
             EventKind::TurnFailed { reason, code, .. } => {
                 guard.disarm();
-                return Err(turn_failed_error(&code, &reason));
+                return Err(turn_failed_error(code.as_str(), &reason));
             }
             EventKind::TurnCancelled { .. } => {
                 guard.disarm();

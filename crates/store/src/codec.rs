@@ -8,8 +8,9 @@ use std::collections::BTreeMap;
 
 use baton_proto::journal::v1 as pb;
 use baton_types::{
-    EventKind, FinishReason, Generation, Image, Message, Role, SessionId, SessionStatus, ToolCall,
-    ToolChoice, ToolDefinition, Usage,
+    AttemptFailure, Decision, EventKind, FinishReason, GateId, GateKind, GatePoint, Generation,
+    Image, Message, ModelCallReason, Role, RouteCandidate, RoutingDecision, SessionId,
+    SessionStatus, TimeoutAction, ToolCall, ToolChoice, ToolDefinition, TurnFailureCode, Usage,
 };
 use prost::Message as _;
 
@@ -95,57 +96,15 @@ fn role_from_code(c: u32) -> Option<Role> {
     }
 }
 
-fn generation_pb(g: &Generation) -> pb::Generation {
-    let (choice, name) = g.tool_choice.to_wire();
-    pb::Generation {
-        temperature: g.temperature,
-        top_p: g.top_p,
-        max_output_tokens: g.max_output_tokens,
-        stop: g.stop.clone(),
-        tool_choice: choice.into(),
-        tool_name: name.into(),
-        json_schema: g.json_schema.clone().unwrap_or_default(),
-    }
-}
-
-fn generation_from(g: pb::Generation) -> std::result::Result<Generation, String> {
-    let tool_choice =
-        ToolChoice::from_wire(&g.tool_choice, g.tool_name).map_err(|(field, problem)| {
-            format!("generation.{field}: {problem} (written by a newer version?)")
-        })?;
-    Ok(Generation {
-        temperature: g.temperature,
-        top_p: g.top_p,
-        max_output_tokens: g.max_output_tokens,
-        stop: g.stop,
-        tool_choice,
-        json_schema: (!g.json_schema.is_empty()).then_some(g.json_schema),
-    })
-}
-
-fn usage_pb(u: &Usage) -> pb::Usage {
-    pb::Usage {
-        input_tokens: u.input_tokens,
-        output_tokens: u.output_tokens,
-    }
-}
-
-fn usage_from(u: Option<pb::Usage>) -> Usage {
-    u.map(|u| Usage {
-        input_tokens: u.input_tokens,
-        output_tokens: u.output_tokens,
-    })
-    .unwrap_or_default()
-}
-
-struct MessageEncoder<'a> {
+/// What encoding a record needs: where large content goes.
+struct Enc<'a> {
     session: &'a SessionId,
     seq: u64,
     inline_limit: usize,
     payload: Option<(Vec<u8>, Vec<u8>)>,
 }
 
-impl MessageEncoder<'_> {
+impl Enc<'_> {
     fn message(&mut self, m: &Message) -> pb::Message {
         let (content, content_ref) = if m.content.len() > self.inline_limit {
             let key = keys::journal_key(self.session, self.seq).to_vec();
@@ -184,317 +143,42 @@ impl MessageEncoder<'_> {
     }
 }
 
-/// Encode one journal record.
-pub fn encode_record(
-    session: &SessionId,
-    seq: u64,
-    at_unix_ms: u64,
-    kind: &EventKind,
-    inline_limit: usize,
-) -> EncodedRecord {
-    use pb::record::Kind;
-    let mut enc = MessageEncoder {
-        session,
-        seq,
-        inline_limit,
-        payload: None,
-    };
-    let kind = match kind {
-        EventKind::SessionStarted {
-            route,
-            system_prompt,
-            allowed_tools,
-            client_tools,
-            max_steps,
-            budget_usd,
-            data_classes,
-            one_shot,
-            history,
-            generation,
-            replay_of,
-        } => Kind::SessionCreated(pb::SessionCreated {
-            generation: (!generation.is_default()).then(|| generation_pb(generation)),
-            budget_usd: *budget_usd,
-            data_classes: data_classes.clone(),
-            one_shot: *one_shot,
-            history: history.iter().map(|m| enc.message(m)).collect(),
-            replay_of: replay_of.clone().unwrap_or_default(),
-            route: route.clone(),
-            system_prompt: system_prompt.clone(),
-            metadata: Default::default(),
-            idempotency_key: String::new(),
-            allowed_tools: allowed_tools.clone(),
-            client_tools: client_tools
-                .iter()
-                .map(|t| pb::ToolDefinition {
-                    name: t.name.clone(),
-                    description: t.description.clone(),
-                    parameters_json: t.parameters.clone(),
-                })
-                .collect(),
-            max_steps: *max_steps,
-        }),
-        EventKind::TurnAccepted {
-            turn,
-            message,
-            review,
-        } => Kind::TurnAccepted(pb::TurnAccepted {
-            turn: *turn,
-            message: Some(enc.message(message)),
-            review: *review,
-        }),
-        EventKind::ModelCallStarted {
-            turn,
-            attempt,
-            endpoint,
-            reason,
-        } => Kind::ModelCallStarted(pb::ModelCallStarted {
-            turn: *turn,
-            attempt: *attempt,
-            endpoint: endpoint.clone(),
-            reason: reason.clone(),
-        }),
-        EventKind::OutputDelta {
-            turn,
-            attempt,
-            text,
-        } => Kind::OutputDelta(pb::OutputDelta {
-            turn: *turn,
-            attempt: *attempt,
-            text: text.clone(),
-        }),
-        EventKind::AssistantMessage {
-            turn,
-            message,
-            usage,
-            endpoint,
-            model,
-            finish_reason,
-            latency_ms,
-            cost_usd,
-            attempts,
-        } => Kind::ModelResponse(pb::ModelResponse {
-            cost_usd: *cost_usd,
-            attempts: *attempts,
-            turn: *turn,
-            message: Some(enc.message(message)),
-            usage: Some(usage_pb(usage)),
-            endpoint: endpoint.clone(),
-            model: model.clone(),
-            finish_reason: finish_reason.as_str().to_string(),
-            latency_ms: *latency_ms,
-        }),
-        EventKind::RoutingDecided { turn, decision } => Kind::RoutingDecided(pb::RoutingDecided {
-            turn: *turn,
-            route: decision.route.clone(),
-            strategy: decision.strategy.clone(),
-            candidates: decision
-                .candidates
-                .iter()
-                .map(|c| pb::RouteCandidate {
-                    endpoint: c.endpoint.clone(),
-                    eligible: c.eligible,
-                    score: c.score,
-                    note: c.note.clone(),
-                })
-                .collect(),
-            chosen: decision.chosen.clone(),
-            rule: decision.rule.clone(),
-            reason: decision.reason.clone(),
-            attempt: decision.attempt,
-        }),
-        EventKind::AttemptFailed { turn, failure } => Kind::AttemptFailed(pb::AttemptFailed {
-            turn: *turn,
-            endpoint: failure.endpoint.clone(),
-            attempt: failure.attempt,
-            kind: failure.kind.clone(),
-            message: failure.message.clone(),
-            retry_in_ms: failure.retry_in_ms,
-            retracted: failure.retracted,
-        }),
-        EventKind::OutputRetracted {
-            turn,
-            attempt,
-            reason,
-        } => Kind::OutputRetracted(pb::OutputRetracted {
-            turn: *turn,
-            attempt: *attempt,
-            reason: reason.clone(),
-        }),
-        EventKind::TurnCompleted { turn, usage } => Kind::TurnCompleted(pb::TurnCompleted {
-            turn: *turn,
-            usage: Some(usage_pb(usage)),
-        }),
-        EventKind::TurnFailed { turn, reason, code } => Kind::TurnFailed(pb::TurnFailed {
-            turn: *turn,
-            reason: reason.clone(),
-            code: code.clone(),
-        }),
-        EventKind::ToolCallRequested {
-            turn,
-            call_id,
-            name,
-            arguments,
-            client_side,
-        } => Kind::ToolCallRequested(pb::ToolCallRequested {
-            turn: *turn,
-            call_id: call_id.clone(),
-            name: name.clone(),
-            arguments: arguments.clone(),
-            client_side: *client_side,
-        }),
-        EventKind::ToolCallStarted {
-            turn,
-            call_id,
-            name,
-            attempt,
-        } => Kind::ToolCallStarted(pb::ToolCallStarted {
-            turn: *turn,
-            call_id: call_id.clone(),
-            name: name.clone(),
-            attempt: *attempt,
-        }),
-        EventKind::ToolResult {
-            turn,
-            call_id,
-            name,
-            output,
-            is_error,
-            latency_ms,
-        } => Kind::ToolResult(pb::ToolResult {
-            turn: *turn,
-            call_id: call_id.clone(),
-            name: name.clone(),
-            output: Some(enc.message(&Message {
-                role: Role::Tool,
-                content: output.clone(),
-                tool_calls: Vec::new(),
-                tool_call_id: Some(call_id.clone()),
-                images: Vec::new(),
-            })),
-            is_error: *is_error,
-            latency_ms: *latency_ms,
-        }),
-        EventKind::NeedsAttention {
-            turn,
-            call_id,
-            reason,
-        } => Kind::NeedsAttention(pb::NeedsAttention {
-            turn: *turn,
-            call_id: call_id.clone(),
-            reason: reason.clone(),
-        }),
-        EventKind::GateOpened {
-            turn,
-            gate_id,
-            kind,
-            point,
-            policy,
-            reason,
-            reviewers,
-            subject,
-            call_id,
-            deadline_unix_ms,
-            on_timeout,
-        } => Kind::GateOpened(pb::GateOpened {
-            turn: *turn,
-            gate_id: gate_id.clone(),
-            kind: kind.clone(),
-            point: point.clone(),
-            policy: policy.clone(),
-            reason: reason.clone(),
-            reviewers: reviewers.clone(),
-            subject: subject.clone(),
-            call_id: call_id.clone(),
-            deadline_unix_ms: *deadline_unix_ms,
-            on_timeout: on_timeout.clone(),
-        }),
-        EventKind::GateDecided {
-            turn,
-            gate_id,
-            decision,
-            reviewer,
-            reason,
-            edited,
-            by_timeout,
-        } => Kind::GateDecided(pb::GateDecided {
-            turn: *turn,
-            gate_id: gate_id.clone(),
-            decision: decision.clone(),
-            reviewer: reviewer.clone(),
-            reason: reason.clone(),
-            edited: edited.clone(),
-            by_timeout: *by_timeout,
-        }),
-        EventKind::GateEscalated {
-            turn,
-            gate_id,
-            reviewers,
-            deadline_unix_ms,
-            on_timeout,
-        } => Kind::GateEscalated(pb::GateEscalated {
-            turn: *turn,
-            gate_id: gate_id.clone(),
-            reviewers: reviewers.clone(),
-            deadline_unix_ms: *deadline_unix_ms,
-            on_timeout: on_timeout.clone(),
-        }),
-        EventKind::TurnCancelled { turn } => Kind::TurnCancelled(pb::TurnCancelled { turn: *turn }),
-        EventKind::SessionFailed { reason } => Kind::SessionFailed(pb::SessionFailed {
-            reason: reason.clone(),
-        }),
-    };
-    let record = pb::Record {
-        version: RECORD_VERSION,
-        at_unix_ms,
-        kind: Some(kind),
-    }
-    .encode_to_vec();
-    EncodedRecord {
-        record,
-        payload: enc.payload,
-    }
-}
-
-/// Fetches an out-of-line payload by its key (`None` when it is missing).
-pub type PayloadLoader<'a> = dyn FnMut(&[u8]) -> Result<Option<Vec<u8>>> + 'a;
-
-/// Decode one journal record. `load_payload` fetches an out-of-line payload by key.
-pub fn decode_record(
+/// What decoding a record needs: who it belongs to (for errors) and where
+/// out-of-line payloads are.
+struct Dec<'a, 'b> {
     session: SessionId,
     seq: u64,
-    bytes: &[u8],
-    load_payload: &mut PayloadLoader<'_>,
-) -> Result<(u64, EventKind)> {
-    use pb::record::Kind;
-    let corrupt = |reason: String| Error::CorruptRecord {
-        session,
-        seq,
-        reason,
-    };
-    let r = pb::Record::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
-    if r.version != RECORD_VERSION {
-        return Err(corrupt(format!(
-            "unknown record version {} (this build reads version {RECORD_VERSION})",
-            r.version
-        )));
+    load_payload: &'a mut PayloadLoader<'b>,
+}
+
+impl Dec<'_, '_> {
+    fn corrupt(&self, reason: impl Into<String>) -> Error {
+        Error::CorruptRecord {
+            session: self.session,
+            seq: self.seq,
+            reason: reason.into(),
+        }
     }
-    let mut message = |m: Option<pb::Message>| -> Result<Message> {
-        let m = m.ok_or_else(|| corrupt("message missing".into()))?;
-        let role =
-            role_from_code(m.role).ok_or_else(|| corrupt(format!("unknown role {}", m.role)))?;
+
+    fn message(&mut self, m: Option<pb::Message>) -> Result<Message> {
+        let m = m.ok_or_else(|| self.corrupt("message missing"))?;
+        let role = role_from_code(m.role)
+            .ok_or_else(|| self.corrupt(format!("unknown role {}", m.role)))?;
         let content = match m.content_ref {
             None => m.content,
             Some(r) => {
-                let bytes = load_payload(&r.key)?.ok_or(Error::MissingPayload { session, seq })?;
+                let bytes = (self.load_payload)(&r.key)?.ok_or(Error::MissingPayload {
+                    session: self.session,
+                    seq: self.seq,
+                })?;
                 if bytes.len() as u64 != r.len {
-                    return Err(corrupt(format!(
+                    return Err(self.corrupt(format!(
                         "payload is {} bytes, the record says {}",
                         bytes.len(),
                         r.len
                     )));
                 }
-                String::from_utf8(bytes).map_err(|_| corrupt("payload is not UTF-8".into()))?
+                String::from_utf8(bytes).map_err(|_| self.corrupt("payload is not UTF-8"))?
             }
         };
         Ok(Message {
@@ -519,172 +203,347 @@ pub fn decode_record(
                 })
                 .collect(),
         })
-    };
-    let kind = match r
-        .kind
-        .ok_or_else(|| corrupt("record has no kind (written by a newer version?)".into()))?
-    {
-        Kind::SessionCreated(k) => EventKind::SessionStarted {
-            route: k.route,
-            system_prompt: k.system_prompt,
-            allowed_tools: k.allowed_tools,
-            client_tools: k
-                .client_tools
+    }
+}
+
+/// A field of a journal record: how a domain value becomes its wire field
+/// and back. `dec` refuses what this build cannot read, naming the record.
+trait JournalField<W>: Sized {
+    fn enc(&self, cx: &mut Enc<'_>) -> W;
+    fn dec(w: W, cx: &mut Dec<'_, '_>) -> Result<Self>;
+}
+
+macro_rules! same {
+    ($($t:ty),*) => {$(
+        impl JournalField<$t> for $t {
+            fn enc(&self, _: &mut Enc<'_>) -> $t {
+                self.clone()
+            }
+            fn dec(w: $t, _: &mut Dec<'_, '_>) -> Result<Self> {
+                Ok(w)
+            }
+        }
+    )*};
+}
+same!(u64, u32, bool, String, Option<f64>, Vec<String>);
+
+macro_rules! wire_strings {
+    ($($t:ty),*) => {$(
+        impl JournalField<String> for $t {
+            fn enc(&self, _: &mut Enc<'_>) -> String {
+                self.as_str().to_string()
+            }
+            fn dec(w: String, cx: &mut Dec<'_, '_>) -> Result<Self> {
+                <$t>::parse(&w).map_err(|e| cx.corrupt(format!("{e} (written by a newer version?)")))
+            }
+        }
+    )*};
+}
+wire_strings!(
+    GateKind,
+    GatePoint,
+    TimeoutAction,
+    Decision,
+    ModelCallReason,
+    TurnFailureCode
+);
+
+impl JournalField<String> for Option<String> {
+    fn enc(&self, _: &mut Enc<'_>) -> String {
+        self.clone().unwrap_or_default()
+    }
+    fn dec(w: String, _: &mut Dec<'_, '_>) -> Result<Self> {
+        Ok((!w.is_empty()).then_some(w))
+    }
+}
+
+impl JournalField<String> for GateId {
+    fn enc(&self, _: &mut Enc<'_>) -> String {
+        self.to_string()
+    }
+    fn dec(w: String, cx: &mut Dec<'_, '_>) -> Result<Self> {
+        w.parse().map_err(|e| cx.corrupt(format!("{e}")))
+    }
+}
+
+impl JournalField<String> for FinishReason {
+    fn enc(&self, _: &mut Enc<'_>) -> String {
+        self.as_str().to_string()
+    }
+    fn dec(w: String, _: &mut Dec<'_, '_>) -> Result<Self> {
+        Ok(FinishReason::from_provider(&w))
+    }
+}
+
+impl JournalField<Option<pb::Message>> for Message {
+    fn enc(&self, cx: &mut Enc<'_>) -> Option<pb::Message> {
+        Some(cx.message(self))
+    }
+    fn dec(w: Option<pb::Message>, cx: &mut Dec<'_, '_>) -> Result<Self> {
+        cx.message(w)
+    }
+}
+
+impl JournalField<Vec<pb::Message>> for Vec<Message> {
+    fn enc(&self, cx: &mut Enc<'_>) -> Vec<pb::Message> {
+        self.iter().map(|m| cx.message(m)).collect()
+    }
+    fn dec(w: Vec<pb::Message>, cx: &mut Dec<'_, '_>) -> Result<Self> {
+        w.into_iter().map(|m| cx.message(Some(m))).collect()
+    }
+}
+
+impl JournalField<Option<pb::Usage>> for Usage {
+    fn enc(&self, _: &mut Enc<'_>) -> Option<pb::Usage> {
+        Some(pb::Usage {
+            input_tokens: self.input_tokens,
+            output_tokens: self.output_tokens,
+        })
+    }
+    fn dec(w: Option<pb::Usage>, _: &mut Dec<'_, '_>) -> Result<Self> {
+        Ok(w.map(|u| Usage {
+            input_tokens: u.input_tokens,
+            output_tokens: u.output_tokens,
+        })
+        .unwrap_or_default())
+    }
+}
+
+impl JournalField<Option<pb::Generation>> for Generation {
+    /// Absent for the defaults (journals from before generation settings).
+    fn enc(&self, _: &mut Enc<'_>) -> Option<pb::Generation> {
+        if self.is_default() {
+            return None;
+        }
+        let (choice, name) = self.tool_choice.to_wire();
+        Some(pb::Generation {
+            temperature: self.temperature,
+            top_p: self.top_p,
+            max_output_tokens: self.max_output_tokens,
+            stop: self.stop.clone(),
+            tool_choice: choice.into(),
+            tool_name: name.into(),
+            json_schema: self.json_schema.clone().unwrap_or_default(),
+        })
+    }
+    fn dec(w: Option<pb::Generation>, cx: &mut Dec<'_, '_>) -> Result<Self> {
+        let Some(g) = w else {
+            return Ok(Generation::default());
+        };
+        let tool_choice =
+            ToolChoice::from_wire(&g.tool_choice, g.tool_name).map_err(|(field, problem)| {
+                cx.corrupt(format!(
+                    "generation.{field}: {problem} (written by a newer version?)"
+                ))
+            })?;
+        Ok(Generation {
+            temperature: g.temperature,
+            top_p: g.top_p,
+            max_output_tokens: g.max_output_tokens,
+            stop: g.stop,
+            tool_choice,
+            json_schema: (!g.json_schema.is_empty()).then_some(g.json_schema),
+        })
+    }
+}
+
+impl JournalField<Vec<pb::ToolDefinition>> for Vec<ToolDefinition> {
+    fn enc(&self, _: &mut Enc<'_>) -> Vec<pb::ToolDefinition> {
+        self.iter()
+            .map(|t| pb::ToolDefinition {
+                name: t.name.clone(),
+                description: t.description.clone(),
+                parameters_json: t.parameters.clone(),
+            })
+            .collect()
+    }
+    fn dec(w: Vec<pb::ToolDefinition>, _: &mut Dec<'_, '_>) -> Result<Self> {
+        Ok(w.into_iter()
+            .map(|t| ToolDefinition {
+                name: t.name,
+                description: t.description,
+                parameters: t.parameters_json,
+            })
+            .collect())
+    }
+}
+
+/// `ToolResult.output`: stored as a tool-role message, so a large result
+/// goes out of line like any large content. Encoded after `call_id`.
+mod tool_output {
+    use super::*;
+    pub(super) fn enc(output: &str, w: &mut pb::ToolResult, cx: &mut Enc<'_>) {
+        w.output = Some(cx.message(&Message {
+            role: Role::Tool,
+            content: output.to_string(),
+            tool_calls: Vec::new(),
+            tool_call_id: Some(w.call_id.clone()),
+            images: Vec::new(),
+        }));
+    }
+    pub(super) fn dec(w: &mut pb::ToolResult, cx: &mut Dec<'_, '_>) -> Result<String> {
+        Ok(cx.message(w.output.take())?.content)
+    }
+}
+
+/// `RoutingDecided.decision`: flattened into the record.
+mod routing_decision {
+    use super::*;
+    pub(super) fn enc(d: &RoutingDecision, w: &mut pb::RoutingDecided, _: &mut Enc<'_>) {
+        w.route = d.route.clone();
+        w.strategy = d.strategy.clone();
+        w.candidates = d
+            .candidates
+            .iter()
+            .map(|c| pb::RouteCandidate {
+                endpoint: c.endpoint.clone(),
+                eligible: c.eligible,
+                score: c.score,
+                note: c.note.clone(),
+            })
+            .collect();
+        w.chosen = d.chosen.clone();
+        w.rule = d.rule.clone();
+        w.reason = d.reason.clone();
+        w.attempt = d.attempt;
+    }
+    pub(super) fn dec(w: &mut pb::RoutingDecided, _: &mut Dec<'_, '_>) -> Result<RoutingDecision> {
+        let w = std::mem::take(w);
+        Ok(RoutingDecision {
+            route: w.route,
+            strategy: w.strategy,
+            candidates: w
+                .candidates
                 .into_iter()
-                .map(|t| ToolDefinition {
-                    name: t.name,
-                    description: t.description,
-                    parameters: t.parameters_json,
+                .map(|c| RouteCandidate {
+                    endpoint: c.endpoint,
+                    eligible: c.eligible,
+                    score: c.score,
+                    note: c.note,
                 })
                 .collect(),
-            max_steps: k.max_steps,
-            budget_usd: k.budget_usd,
-            data_classes: k.data_classes,
-            one_shot: k.one_shot,
-            history: k
-                .history
-                .into_iter()
-                .map(|m| message(Some(m)))
-                .collect::<Result<Vec<_>, _>>()?,
-            generation: k
-                .generation
-                .map(generation_from)
-                .transpose()
-                .map_err(corrupt)?
-                .unwrap_or_default(),
-            replay_of: (!k.replay_of.is_empty()).then_some(k.replay_of),
+            chosen: w.chosen,
+            rule: w.rule,
+            reason: w.reason,
+            attempt: w.attempt,
+        })
+    }
+}
+
+/// `AttemptFailed.failure`: flattened into the record.
+mod attempt_failure {
+    use super::*;
+    pub(super) fn enc(f: &AttemptFailure, w: &mut pb::AttemptFailed, _: &mut Enc<'_>) {
+        w.endpoint = f.endpoint.clone();
+        w.attempt = f.attempt;
+        w.kind = f.kind.clone();
+        w.message = f.message.clone();
+        w.retry_in_ms = f.retry_in_ms;
+        w.retracted = f.retracted;
+    }
+    pub(super) fn dec(w: &mut pb::AttemptFailed, _: &mut Dec<'_, '_>) -> Result<AttemptFailure> {
+        let w = std::mem::take(w);
+        Ok(AttemptFailure {
+            endpoint: w.endpoint,
+            attempt: w.attempt,
+            kind: w.kind,
+            message: w.message,
+            retry_in_ms: w.retry_in_ms,
+            retracted: w.retracted,
+        })
+    }
+}
+
+use pb::record::Kind;
+
+// The journal's table: one line per record kind (domain event => record).
+baton_proto::event_codec! {
+    field = JournalField, wire = pb, kind = Kind, error = Error,
+    encode = encode_kind(Enc<'_>), decode = decode_kind(Dec<'_, '_>),
+    {
+        SessionStarted => SessionCreated {
+            route, system_prompt, allowed_tools, client_tools, max_steps, budget_usd,
+            data_classes, one_shot, history, generation, replay_of,
         },
-        Kind::TurnAccepted(k) => EventKind::TurnAccepted {
-            turn: k.turn,
-            message: message(k.message)?,
-            review: k.review,
+        TurnAccepted => TurnAccepted { turn, message, review },
+        ModelCallStarted => ModelCallStarted { turn, attempt, endpoint, reason },
+        OutputDelta => OutputDelta { turn, attempt, text },
+        AssistantMessage => ModelResponse {
+            turn, message, usage, endpoint, model, finish_reason, latency_ms, cost_usd, attempts,
         },
-        Kind::ModelCallStarted(k) => EventKind::ModelCallStarted {
-            turn: k.turn,
-            attempt: k.attempt,
-            endpoint: k.endpoint,
-            reason: k.reason,
+        RoutingDecided => RoutingDecided { turn, decision via routing_decision },
+        AttemptFailed => AttemptFailed { turn, failure via attempt_failure },
+        OutputRetracted => OutputRetracted { turn, attempt, reason },
+        ToolCallRequested => ToolCallRequested { turn, call_id, name, arguments, client_side },
+        ToolCallStarted => ToolCallStarted { turn, call_id, name, attempt },
+        ToolResult => ToolResult { turn, call_id, name, output via tool_output, is_error, latency_ms },
+        NeedsAttention => NeedsAttention { turn, call_id, reason },
+        GateOpened => GateOpened {
+            turn, gate_id, kind, point, policy, reason, reviewers, subject, call_id,
+            deadline_unix_ms, on_timeout,
         },
-        Kind::OutputDelta(k) => EventKind::OutputDelta {
-            turn: k.turn,
-            attempt: k.attempt,
-            text: k.text,
-        },
-        Kind::ModelResponse(k) => EventKind::AssistantMessage {
-            turn: k.turn,
-            message: message(k.message)?,
-            usage: usage_from(k.usage),
-            endpoint: k.endpoint,
-            model: k.model,
-            finish_reason: FinishReason::from_provider(&k.finish_reason),
-            latency_ms: k.latency_ms,
-            cost_usd: k.cost_usd,
-            attempts: k.attempts,
-        },
-        Kind::RoutingDecided(k) => EventKind::RoutingDecided {
-            turn: k.turn,
-            decision: baton_types::RoutingDecision {
-                route: k.route,
-                strategy: k.strategy,
-                candidates: k
-                    .candidates
-                    .into_iter()
-                    .map(|c| baton_types::RouteCandidate {
-                        endpoint: c.endpoint,
-                        eligible: c.eligible,
-                        score: c.score,
-                        note: c.note,
-                    })
-                    .collect(),
-                chosen: k.chosen,
-                rule: k.rule,
-                reason: k.reason,
-                attempt: k.attempt,
-            },
-        },
-        Kind::AttemptFailed(k) => EventKind::AttemptFailed {
-            turn: k.turn,
-            failure: baton_types::AttemptFailure {
-                endpoint: k.endpoint,
-                attempt: k.attempt,
-                kind: k.kind,
-                message: k.message,
-                retry_in_ms: k.retry_in_ms,
-                retracted: k.retracted,
-            },
-        },
-        Kind::OutputRetracted(k) => EventKind::OutputRetracted {
-            turn: k.turn,
-            attempt: k.attempt,
-            reason: k.reason,
-        },
-        Kind::TurnCompleted(k) => EventKind::TurnCompleted {
-            turn: k.turn,
-            usage: usage_from(k.usage),
-        },
-        Kind::TurnFailed(k) => EventKind::TurnFailed {
-            turn: k.turn,
-            reason: k.reason,
-            code: k.code,
-        },
-        Kind::ToolCallRequested(k) => EventKind::ToolCallRequested {
-            turn: k.turn,
-            call_id: k.call_id,
-            name: k.name,
-            arguments: k.arguments,
-            client_side: k.client_side,
-        },
-        Kind::ToolCallStarted(k) => EventKind::ToolCallStarted {
-            turn: k.turn,
-            call_id: k.call_id,
-            name: k.name,
-            attempt: k.attempt,
-        },
-        Kind::ToolResult(k) => EventKind::ToolResult {
-            turn: k.turn,
-            call_id: k.call_id,
-            name: k.name,
-            output: message(k.output)?.content,
-            is_error: k.is_error,
-            latency_ms: k.latency_ms,
-        },
-        Kind::NeedsAttention(k) => EventKind::NeedsAttention {
-            turn: k.turn,
-            call_id: k.call_id,
-            reason: k.reason,
-        },
-        Kind::GateOpened(k) => EventKind::GateOpened {
-            turn: k.turn,
-            gate_id: k.gate_id,
-            kind: k.kind,
-            point: k.point,
-            policy: k.policy,
-            reason: k.reason,
-            reviewers: k.reviewers,
-            subject: k.subject,
-            call_id: k.call_id,
-            deadline_unix_ms: k.deadline_unix_ms,
-            on_timeout: k.on_timeout,
-        },
-        Kind::GateDecided(k) => EventKind::GateDecided {
-            turn: k.turn,
-            gate_id: k.gate_id,
-            decision: k.decision,
-            reviewer: k.reviewer,
-            reason: k.reason,
-            edited: k.edited,
-            by_timeout: k.by_timeout,
-        },
-        Kind::GateEscalated(k) => EventKind::GateEscalated {
-            turn: k.turn,
-            gate_id: k.gate_id,
-            reviewers: k.reviewers,
-            deadline_unix_ms: k.deadline_unix_ms,
-            on_timeout: k.on_timeout,
-        },
-        Kind::TurnCancelled(k) => EventKind::TurnCancelled { turn: k.turn },
-        Kind::SessionFailed(k) => EventKind::SessionFailed { reason: k.reason },
+        GateDecided => GateDecided { turn, gate_id, decision, reviewer, reason, edited, by_timeout },
+        GateEscalated => GateEscalated { turn, gate_id, reviewers, deadline_unix_ms, on_timeout },
+        TurnCompleted => TurnCompleted { turn, usage },
+        TurnFailed => TurnFailed { turn, reason, code },
+        TurnCancelled => TurnCancelled { turn },
+        SessionFailed => SessionFailed { reason },
+    }
+}
+
+/// Encode one journal record.
+pub fn encode_record(
+    session: &SessionId,
+    seq: u64,
+    at_unix_ms: u64,
+    kind: &EventKind,
+    inline_limit: usize,
+) -> EncodedRecord {
+    let mut cx = Enc {
+        session,
+        seq,
+        inline_limit,
+        payload: None,
     };
+    let kind = encode_kind(kind, &mut cx);
+    let record = pb::Record {
+        version: RECORD_VERSION,
+        at_unix_ms,
+        kind: Some(kind),
+    }
+    .encode_to_vec();
+    EncodedRecord {
+        record,
+        payload: cx.payload,
+    }
+}
+
+/// Fetches an out-of-line payload by its key (`None` when it is missing).
+pub type PayloadLoader<'a> = dyn FnMut(&[u8]) -> Result<Option<Vec<u8>>> + 'a;
+
+/// Decode one journal record. `load_payload` fetches an out-of-line payload by key.
+pub fn decode_record(
+    session: SessionId,
+    seq: u64,
+    bytes: &[u8],
+    load_payload: &mut PayloadLoader<'_>,
+) -> Result<(u64, EventKind)> {
+    let mut cx = Dec {
+        session,
+        seq,
+        load_payload,
+    };
+    let r = pb::Record::decode(bytes).map_err(|e| cx.corrupt(e.to_string()))?;
+    if r.version != RECORD_VERSION {
+        return Err(cx.corrupt(format!(
+            "unknown record version {} (this build reads version {RECORD_VERSION})",
+            r.version
+        )));
+    }
+    let kind = r
+        .kind
+        .ok_or_else(|| cx.corrupt("record has no kind (written by a newer version?)"))?;
+    let kind = decode_kind(kind, &mut cx)?;
     Ok((r.at_unix_ms, kind))
 }
 
@@ -698,6 +557,10 @@ mod tests {
 
     fn no_payloads(_: &[u8]) -> Result<Option<Vec<u8>>> {
         Ok(None)
+    }
+
+    fn gate_id() -> GateId {
+        "0190f5c2-7a5e-7cc0-8000-000000000001".parse().unwrap()
     }
 
     fn hex(b: &[u8]) -> String {
@@ -740,7 +603,7 @@ mod tests {
                     turn: 1,
                     attempt: 2,
                     endpoint: "e".into(),
-                    reason: "recovery".into(),
+                    reason: ModelCallReason::Recovery,
                 },
                 "0801102a6211080110021a016522087265636f76657279",
             ),
@@ -775,9 +638,55 @@ mod tests {
                 EventKind::TurnFailed {
                     turn: 4,
                     reason: "x".into(),
-                    code: String::new(),
+                    code: TurnFailureCode::Unspecified,
                 },
                 "0801102a8201050804120178",
+            ),
+            (
+                EventKind::TurnFailed {
+                    turn: 4,
+                    reason: "x".into(),
+                    code: TurnFailureCode::MaxStepsExceeded,
+                },
+                "0801102a82011908041201781a126d61785f73746570735f6578636565646564",
+            ),
+            (
+                EventKind::GateOpened {
+                    turn: 2,
+                    gate_id: gate_id(),
+                    kind: GateKind::BeforeTool,
+                    point: GatePoint::ToolCall,
+                    policy: "payments".into(),
+                    reason: "r".into(),
+                    reviewers: "finance".into(),
+                    subject: "{}".into(),
+                    call_id: "c".into(),
+                    deadline_unix_ms: 99,
+                    on_timeout: TimeoutAction::Escalate,
+                },
+                "0801102aba01690802122430313930663563322d376135652d376363302d383030302d3030303030303030303030311a0b6265666f72655f746f6f6c2209746f6f6c5f63616c6c2a087061796d656e74733201723a0766696e616e636542027b7d4a016350635a08657363616c617465",
+            ),
+            (
+                EventKind::GateDecided {
+                    turn: 2,
+                    gate_id: gate_id(),
+                    decision: Decision::Edit,
+                    reviewer: "ana".into(),
+                    reason: "fixed".into(),
+                    edited: "{}".into(),
+                    by_timeout: true,
+                },
+                "0801102ac201400802122430313930663563322d376135652d376363302d383030302d3030303030303030303030311a04656469742203616e612a05666978656432027b7d3801",
+            ),
+            (
+                EventKind::GateEscalated {
+                    turn: 2,
+                    gate_id: gate_id(),
+                    reviewers: "leads".into(),
+                    deadline_unix_ms: 5,
+                    on_timeout: TimeoutAction::Reject,
+                },
+                "0801102aca01390802122430313930663563322d376135652d376363302d383030302d3030303030303030303030311a056c6561647320052a0672656a656374",
             ),
             (
                 EventKind::ToolCallRequested {
@@ -1010,6 +919,29 @@ mod tests {
         assert_eq!(back, kind);
         let err = decode_record(s, 9, &enc.record, &mut no_payloads).unwrap_err();
         assert!(matches!(err, Error::MissingPayload { seq: 9, .. }));
+    }
+
+    #[test]
+    fn an_unknown_vocabulary_value_is_a_corrupt_record_naming_it() {
+        let s = fixed_session();
+        let record = pb::Record {
+            version: RECORD_VERSION,
+            at_unix_ms: 1,
+            kind: Some(Kind::ModelCallStarted(pb::ModelCallStarted {
+                turn: 1,
+                attempt: 1,
+                endpoint: "e".into(),
+                reason: "whim".into(),
+            })),
+        }
+        .encode_to_vec();
+        let err = decode_record(s, 4, &record, &mut no_payloads)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("unknown model call reason \"whim\"") && err.contains("4"),
+            "{err}"
+        );
     }
 
     #[test]

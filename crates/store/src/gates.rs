@@ -15,73 +15,42 @@
 //! | `gt` ++ deadline (u64 BE) ++ gate id | deadlines of pending gates |
 
 use baton_proto::journal::v1 as pb;
-use baton_types::SessionId;
+use baton_types::{
+    Decision, GateId, GateKind, GateOutcome, GatePoint, GateRecord, GateStatus, SessionId,
+    TimeoutAction,
+};
 use prost::Message as _;
 use rocksdb::{DB, Direction, IteratorMode};
 
 use crate::writer::{Op, cf_handle};
 use crate::{Batch, CF_GATES, CF_INDEXES, Error, Result};
 
-/// A gate's status.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum GateStatus {
-    Pending,
-    Decided,
-}
-
-impl GateStatus {
-    fn byte(self) -> u8 {
-        match self {
-            GateStatus::Pending => 1,
-            GateStatus::Decided => 2,
-        }
-    }
-
-    fn prefix(self) -> &'static [u8] {
-        match self {
-            GateStatus::Pending => b"gp",
-            GateStatus::Decided => b"gd",
-        }
+/// The status byte in index keys and records, and the status index prefix.
+fn status_byte(s: GateStatus) -> u8 {
+    match s {
+        GateStatus::Pending => 1,
+        GateStatus::Decided => 2,
     }
 }
 
-/// A gate's current state.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct GateRecord {
-    /// UUID v7 (16 bytes): gate ids sort by creation time.
-    pub gate_id: [u8; 16],
-    pub session: SessionId,
-    pub turn: u64,
-    pub status: GateStatus,
-    pub kind: String,
-    pub point: String,
-    pub policy: String,
-    pub reason: String,
-    pub reviewers: String,
-    pub subject: String,
-    pub call_id: String,
-    pub opened_at_unix_ms: u64,
-    pub deadline_unix_ms: u64,
-    pub on_timeout: String,
-    pub decision: String,
-    pub reviewer: String,
-    pub decision_reason: String,
-    pub edited: String,
-    pub decided_at_unix_ms: u64,
-    pub by_timeout: bool,
-    pub escalations: u32,
+fn status_prefix(s: GateStatus) -> &'static [u8] {
+    match s {
+        GateStatus::Pending => b"gp",
+        GateStatus::Decided => b"gd",
+    }
 }
 
 const GATE_VERSION: u32 = 1;
 
 pub(crate) fn encode(r: &GateRecord) -> Vec<u8> {
+    let o = r.outcome.as_ref();
     pb::GateRecord {
         version: GATE_VERSION,
         session_id: r.session.as_bytes().to_vec(),
         turn: r.turn,
-        status: r.status.byte() as u32,
-        kind: r.kind.clone(),
-        point: r.point.clone(),
+        status: status_byte(r.status()) as u32,
+        kind: r.kind.as_str().into(),
+        point: r.point.as_str().into(),
         policy: r.policy.clone(),
         reason: r.reason.clone(),
         reviewers: r.reviewers.clone(),
@@ -89,21 +58,21 @@ pub(crate) fn encode(r: &GateRecord) -> Vec<u8> {
         call_id: r.call_id.clone(),
         opened_at_unix_ms: r.opened_at_unix_ms,
         deadline_unix_ms: r.deadline_unix_ms,
-        on_timeout: r.on_timeout.clone(),
-        decision: r.decision.clone(),
-        reviewer: r.reviewer.clone(),
-        decision_reason: r.decision_reason.clone(),
-        edited: r.edited.clone(),
-        decided_at_unix_ms: r.decided_at_unix_ms,
-        by_timeout: r.by_timeout,
+        on_timeout: r.on_timeout.as_str().into(),
+        decision: o.map(|o| o.decision.as_str().into()).unwrap_or_default(),
+        reviewer: o.map(|o| o.reviewer.clone()).unwrap_or_default(),
+        decision_reason: o.map(|o| o.reason.clone()).unwrap_or_default(),
+        edited: o.map(|o| o.edited.clone()).unwrap_or_default(),
+        decided_at_unix_ms: o.map(|o| o.decided_at_unix_ms).unwrap_or_default(),
+        by_timeout: o.is_some_and(|o| o.by_timeout),
         escalations: r.escalations,
     }
     .encode_to_vec()
 }
 
-pub(crate) fn decode(gate_id: [u8; 16], bytes: &[u8]) -> Result<GateRecord> {
+pub(crate) fn decode(gate_id: GateId, bytes: &[u8]) -> Result<GateRecord> {
     let corrupt = |reason: String| Error::CorruptGate {
-        gate: uuid_text(&gate_id),
+        gate: gate_id.to_string(),
         reason,
     };
     let g = pb::GateRecord::decode(bytes).map_err(|e| corrupt(e.to_string()))?;
@@ -115,18 +84,26 @@ pub(crate) fn decode(gate_id: [u8; 16], bytes: &[u8]) -> Result<GateRecord> {
     }
     let session = crate::keys::session_from_slice(&g.session_id)
         .ok_or_else(|| corrupt("bad session id".into()))?;
-    let status = match g.status {
-        1 => GateStatus::Pending,
-        2 => GateStatus::Decided,
+    let newer =
+        |e: baton_types::UnknownValue| corrupt(format!("{e} (written by a newer version?)"));
+    let outcome = match g.status {
+        1 => None,
+        2 => Some(GateOutcome {
+            decision: Decision::parse(&g.decision).map_err(newer)?,
+            reviewer: g.reviewer,
+            reason: g.decision_reason,
+            edited: g.edited,
+            decided_at_unix_ms: g.decided_at_unix_ms,
+            by_timeout: g.by_timeout,
+        }),
         s => return Err(corrupt(format!("unknown gate status {s}"))),
     };
     Ok(GateRecord {
         gate_id,
         session,
         turn: g.turn,
-        status,
-        kind: g.kind,
-        point: g.point,
+        kind: GateKind::parse(&g.kind).map_err(newer)?,
+        point: GatePoint::parse(&g.point).map_err(newer)?,
         policy: g.policy,
         reason: g.reason,
         reviewers: g.reviewers,
@@ -134,19 +111,10 @@ pub(crate) fn decode(gate_id: [u8; 16], bytes: &[u8]) -> Result<GateRecord> {
         call_id: g.call_id,
         opened_at_unix_ms: g.opened_at_unix_ms,
         deadline_unix_ms: g.deadline_unix_ms,
-        on_timeout: g.on_timeout,
-        decision: g.decision,
-        reviewer: g.reviewer,
-        decision_reason: g.decision_reason,
-        edited: g.edited,
-        decided_at_unix_ms: g.decided_at_unix_ms,
-        by_timeout: g.by_timeout,
+        on_timeout: TimeoutAction::parse(&g.on_timeout).map_err(newer)?,
         escalations: g.escalations,
+        outcome,
     })
-}
-
-fn uuid_text(id: &[u8; 16]) -> String {
-    SessionId::from_bytes(*id).to_string()
 }
 
 fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
@@ -158,17 +126,16 @@ fn key(prefix: &[u8], parts: &[&[u8]]) -> Vec<u8> {
 }
 
 fn index_keys(r: &GateRecord) -> Vec<Vec<u8>> {
+    let id = r.gate_id.as_bytes();
+    let status = r.status();
     let mut keys = vec![
-        key(r.status.prefix(), &[&r.gate_id]),
-        key(b"gs", &[r.session.as_bytes(), &r.gate_id]),
-        key(
-            b"gP",
-            &[r.policy.as_bytes(), &[0, r.status.byte()], &r.gate_id],
-        ),
-        key(b"gQ", &[r.policy.as_bytes(), &[0], &r.gate_id]),
+        key(status_prefix(status), &[id]),
+        key(b"gs", &[r.session.as_bytes(), id]),
+        key(b"gP", &[r.policy.as_bytes(), &[0, status_byte(status)], id]),
+        key(b"gQ", &[r.policy.as_bytes(), &[0], id]),
     ];
-    if r.status == GateStatus::Pending && r.deadline_unix_ms > 0 {
-        keys.push(key(b"gt", &[&r.deadline_unix_ms.to_be_bytes(), &r.gate_id]));
+    if status == GateStatus::Pending && r.deadline_unix_ms > 0 {
+        keys.push(key(b"gt", &[&r.deadline_unix_ms.to_be_bytes(), id]));
     }
     keys
 }
@@ -196,7 +163,7 @@ impl Batch {
         }
         self.push(Op::Put {
             cf: CF_GATES,
-            key: record.gate_id.to_vec(),
+            key: record.gate_id.as_bytes().to_vec(),
             value: encode(record),
         });
     }
@@ -211,7 +178,7 @@ impl Batch {
         }
         self.push(Op::Delete {
             cf: CF_GATES,
-            key: record.gate_id.to_vec(),
+            key: record.gate_id.as_bytes().to_vec(),
         });
     }
 }
@@ -229,11 +196,11 @@ pub struct GateFilter {
 pub struct GatePage {
     pub gates: Vec<GateRecord>,
     /// Pass as `after` for the next page.
-    pub next_after: Option<[u8; 16]>,
+    pub next_after: Option<GateId>,
 }
 
-pub(crate) fn get_blocking(db: &DB, gate_id: [u8; 16]) -> Result<Option<GateRecord>> {
-    match db.get_cf(cf_handle(db, CF_GATES)?, gate_id)? {
+pub(crate) fn get_blocking(db: &DB, gate_id: GateId) -> Result<Option<GateRecord>> {
+    match db.get_cf(cf_handle(db, CF_GATES)?, gate_id.as_bytes())? {
         Some(v) => decode(gate_id, &v).map(Some),
         None => Ok(None),
     }
@@ -244,7 +211,7 @@ pub(crate) fn get_blocking(db: &DB, gate_id: [u8; 16]) -> Result<Option<GateReco
 /// gates column family itself is keyed by id), so pages are stable.
 /// The number of pending gates (keys of the `gp` index; values not read).
 pub(crate) fn count_pending_blocking(db: &DB) -> Result<u64> {
-    let prefix = GateStatus::Pending.prefix();
+    let prefix = status_prefix(GateStatus::Pending);
     let mut n = 0;
     for item in db.iterator_cf(
         cf_handle(db, CF_INDEXES)?,
@@ -264,24 +231,27 @@ pub(crate) fn count_pending_blocking(db: &DB) -> Result<u64> {
 pub(crate) fn list_blocking(
     db: &DB,
     filter: &GateFilter,
-    after: Option<[u8; 16]>,
+    after: Option<GateId>,
     limit: usize,
 ) -> Result<GatePage> {
     let (cf, prefix): (&str, Vec<u8>) = if let Some(s) = &filter.session {
         (CF_INDEXES, key(b"gs", &[s.as_bytes()]))
     } else if let Some(p) = &filter.policy {
         match filter.status {
-            Some(st) => (CF_INDEXES, key(b"gP", &[p.as_bytes(), &[0, st.byte()]])),
+            Some(st) => (
+                CF_INDEXES,
+                key(b"gP", &[p.as_bytes(), &[0, status_byte(st)]]),
+            ),
             None => (CF_INDEXES, key(b"gQ", &[p.as_bytes(), &[0]])),
         }
     } else {
         match filter.status {
-            Some(st) => (CF_INDEXES, st.prefix().to_vec()),
+            Some(st) => (CF_INDEXES, status_prefix(st).to_vec()),
             None => (CF_GATES, Vec::new()),
         }
     };
     let start = match after {
-        Some(a) => key(&prefix, &[&a]),
+        Some(a) => key(&prefix, &[a.as_bytes()]),
         None => prefix.clone(),
     };
     let mut gates = Vec::new();
@@ -297,15 +267,16 @@ pub(crate) fn list_blocking(
         if k.len() != prefix.len() + 16 {
             continue;
         }
-        let mut id = [0u8; 16];
-        id.copy_from_slice(&k[prefix.len()..]);
+        let mut bytes = [0u8; 16];
+        bytes.copy_from_slice(&k[prefix.len()..]);
+        let id = GateId::from_bytes(bytes);
         if after.is_some_and(|a| id <= a) {
             continue;
         }
         let Some(g) = get_blocking(db, id)? else {
             continue;
         };
-        if filter.status.is_some_and(|s| s != g.status)
+        if filter.status.is_some_and(|s| s != g.status())
             || filter.policy.as_ref().is_some_and(|p| *p != g.policy)
         {
             continue;
@@ -340,7 +311,7 @@ pub(crate) fn due_blocking(db: &DB, now_unix_ms: u64, limit: usize) -> Result<Ve
         }
         let mut id = [0u8; 16];
         id.copy_from_slice(&k[10..]);
-        if let Some(g) = get_blocking(db, id)? {
+        if let Some(g) = get_blocking(db, GateId::from_bytes(id))? {
             out.push(g);
         }
     }

@@ -31,7 +31,7 @@ mod writer;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use baton_types::{EventKind, SessionEvent, SessionId, SessionStatus};
+use baton_types::{EventKind, GateId, GateRecord, SessionEvent, SessionId, SessionStatus};
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
@@ -570,7 +570,7 @@ impl Store {
     }
 
     /// A gate's current state.
-    pub async fn get_gate(&self, gate_id: [u8; 16]) -> Result<Option<gates::GateRecord>> {
+    pub async fn get_gate(&self, gate_id: GateId) -> Result<Option<GateRecord>> {
         self.blocking(move |db| gates::get_blocking(db, gate_id))
             .await
     }
@@ -579,7 +579,7 @@ impl Store {
     pub async fn list_gates(
         &self,
         filter: gates::GateFilter,
-        after: Option<[u8; 16]>,
+        after: Option<GateId>,
         limit: usize,
     ) -> Result<gates::GatePage> {
         self.blocking(move |db| gates::list_blocking(db, &filter, after, limit))
@@ -592,11 +592,7 @@ impl Store {
     }
 
     /// Pending gates whose deadline has passed.
-    pub async fn due_gates(
-        &self,
-        now_unix_ms: u64,
-        limit: usize,
-    ) -> Result<Vec<gates::GateRecord>> {
+    pub async fn due_gates(&self, now_unix_ms: u64, limit: usize) -> Result<Vec<GateRecord>> {
         self.blocking(move |db| gates::due_blocking(db, now_unix_ms, limit))
             .await
     }

@@ -1,6 +1,9 @@
 use std::collections::BTreeMap;
 
-use baton_types::{EventKind, Message, SessionId, SessionStatus, Usage};
+use baton_types::{
+    Decision, EventKind, GateId, GateKind, GateOutcome, GatePoint, GateRecord, GateStatus, Message,
+    SessionId, SessionStatus, TimeoutAction, Usage,
+};
 
 use super::*;
 
@@ -284,22 +287,15 @@ async fn checkpoint_is_a_readable_copy() {
     assert_eq!(copy.read_journal(s, 0, 10).await.unwrap().len(), 1);
 }
 
-fn gate(
-    n: u8,
-    session: SessionId,
-    policy: &str,
-    status: gates::GateStatus,
-    deadline: u64,
-) -> gates::GateRecord {
+fn gate(n: u8, session: SessionId, policy: &str, status: GateStatus, deadline: u64) -> GateRecord {
     let mut id = [0u8; 16];
     id[15] = n;
-    gates::GateRecord {
-        gate_id: id,
+    GateRecord {
+        gate_id: GateId::from_bytes(id),
         session,
         turn: 1,
-        status,
-        kind: "final_answer".into(),
-        point: "final_answer".into(),
+        kind: GateKind::FinalAnswer,
+        point: GatePoint::FinalAnswer,
         policy: policy.into(),
         reason: String::new(),
         reviewers: "r".into(),
@@ -307,20 +303,23 @@ fn gate(
         call_id: String::new(),
         opened_at_unix_ms: 1,
         deadline_unix_ms: deadline,
-        on_timeout: "reject".into(),
-        decision: String::new(),
-        reviewer: String::new(),
-        decision_reason: String::new(),
-        edited: String::new(),
-        decided_at_unix_ms: 0,
-        by_timeout: false,
+        on_timeout: TimeoutAction::Reject,
         escalations: 0,
+        outcome: (status == GateStatus::Decided).then(|| GateOutcome {
+            decision: Decision::Approve,
+            reviewer: "ana".into(),
+            reason: "fine".into(),
+            edited: String::new(),
+            decided_at_unix_ms: 2,
+            by_timeout: false,
+        }),
     }
 }
 
 #[tokio::test]
 async fn gates_page_stably_by_any_filter_and_deadlines_are_found() {
-    use gates::{GateFilter, GateStatus::*};
+    use GateStatus::*;
+    use gates::GateFilter;
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), Durability::Buffered);
     let (s1, s2) = (SessionId::new(), SessionId::new());
@@ -345,7 +344,7 @@ async fn gates_page_stably_by_any_filter_and_deadlines_are_found() {
             let mut after = None;
             loop {
                 let page = store.list_gates(filter.clone(), after, 1).await.unwrap();
-                ids.extend(page.gates.iter().map(|g| g.gate_id[15]));
+                ids.extend(page.gates.iter().map(|g| g.gate_id.as_bytes()[15]));
                 match page.next_after {
                     Some(a) => after = Some(a),
                     None => return ids,
@@ -402,13 +401,12 @@ async fn gates_page_stably_by_any_filter_and_deadlines_are_found() {
         .await
         .unwrap()
         .iter()
-        .map(|g| g.gate_id[15])
+        .map(|g| g.gate_id.as_bytes()[15])
         .collect();
     assert_eq!(due, vec![5, 2]);
     assert!(store.due_gates(20, 10).await.unwrap().len() == 1);
     // Deciding gate 5 moves its index entries.
-    let mut decided = gate(5, s1, "a", Decided, 10);
-    decided.decision = "approve".into();
+    let decided = gate(5, s1, "a", Decided, 10);
     let mut b = Batch::new();
     b.put_gate(&decided, Some(&all[4]));
     store.write(b).await.unwrap();

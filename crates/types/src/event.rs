@@ -1,6 +1,9 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{FinishReason, Message, SessionId, ToolDefinition, Usage};
+use crate::{
+    Decision, FinishReason, GateId, GateKind, GatePoint, Message, ModelCallReason, SessionId,
+    TimeoutAction, ToolDefinition, TurnFailureCode, Usage,
+};
 
 /// A session's lifecycle status, as stored and reported to clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -134,8 +137,8 @@ pub enum EventKind {
         turn: u64,
         attempt: u32,
         endpoint: String,
-        /// Why this call was issued: `turn` or `recovery`.
-        reason: String,
+        /// Why this call was issued.
+        reason: ModelCallReason,
     },
     /// A piece of model output as it streamed in. Provisional: the
     /// `AssistantMessage` event holds the authoritative text.
@@ -212,12 +215,11 @@ pub enum EventKind {
     /// A human decision is required before the turn goes on.
     GateOpened {
         turn: u64,
-        gate_id: String,
-        /// The policy kind that fired: `before_tool`, `final_answer`,
-        /// `cost`, `confidence`, `data_rule`, `explicit`, `needs_attention`.
-        kind: String,
-        /// Where the turn waits: `tool_call`, `final_answer` or `model_call`.
-        point: String,
+        gate_id: GateId,
+        /// What placed the gate: a policy kind, the client or a crash.
+        kind: GateKind,
+        /// Where the turn waits.
+        point: GatePoint,
         /// The policy's name.
         policy: String,
         /// Why it fired, readable.
@@ -231,15 +233,13 @@ pub enum EventKind {
         call_id: String,
         /// When the timeout action applies (0: never).
         deadline_unix_ms: u64,
-        /// `reject`, `approve` or `escalate`.
-        on_timeout: String,
+        on_timeout: TimeoutAction,
     },
     /// The gate was decided (by a reviewer, or by its timeout).
     GateDecided {
         turn: u64,
-        gate_id: String,
-        /// `approve`, `reject` or `edit`.
-        decision: String,
+        gate_id: GateId,
+        decision: Decision,
         reviewer: String,
         reason: String,
         /// The replacement payload of an `edit` (tool arguments, answer text,
@@ -250,10 +250,10 @@ pub enum EventKind {
     /// The gate's timeout escalated it to another reviewer group.
     GateEscalated {
         turn: u64,
-        gate_id: String,
+        gate_id: GateId,
         reviewers: String,
         deadline_unix_ms: u64,
-        on_timeout: String,
+        on_timeout: TimeoutAction,
     },
     TurnCompleted {
         turn: u64,
@@ -265,7 +265,7 @@ pub enum EventKind {
         turn: u64,
         reason: String,
         #[serde(default)]
-        code: String,
+        code: TurnFailureCode,
     },
     TurnCancelled {
         turn: u64,

@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 
 /// Generation settings of a session. The default leaves everything to the
 /// endpoint and the provider.
+#[cfg_attr(feature = "bincode", derive(bincode::Encode, bincode::Decode))]
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Generation {
     /// Sampling temperature, 0–2.
@@ -34,6 +35,7 @@ pub struct Generation {
 }
 
 /// Whether and which tool the model must call.
+#[cfg_attr(feature = "bincode", derive(bincode::Encode, bincode::Decode))]
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ToolChoice {

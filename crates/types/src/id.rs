@@ -98,3 +98,25 @@ mod tests {
         assert!(err.to_string().contains("not-a-uuid"));
     }
 }
+
+#[cfg(feature = "bincode")]
+impl bincode::Encode for SessionId {
+    fn encode<E: bincode::enc::Encoder>(
+        &self,
+        encoder: &mut E,
+    ) -> Result<(), bincode::error::EncodeError> {
+        bincode::Encode::encode(self.as_bytes(), encoder)
+    }
+}
+
+#[cfg(feature = "bincode")]
+impl<C> bincode::Decode<C> for SessionId {
+    fn decode<D: bincode::de::Decoder<Context = C>>(
+        decoder: &mut D,
+    ) -> Result<Self, bincode::error::DecodeError> {
+        Ok(SessionId::from_bytes(bincode::Decode::decode(decoder)?))
+    }
+}
+
+#[cfg(feature = "bincode")]
+bincode::impl_borrow_decode!(SessionId);

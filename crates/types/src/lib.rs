@@ -18,19 +18,28 @@
 
 mod error;
 mod event;
+mod gate;
 mod generation;
 mod id;
 mod message;
 mod routing;
+mod turn;
+mod wire;
 
 pub use error::ErrorCode;
 pub use event::{EventKind, SessionEvent, SessionStatus, TurnOutcome};
+pub use gate::{
+    Decision, GateId, GateKind, GateOutcome, GatePoint, GateRecord, GateStatus, ParseGateIdError,
+    TimeoutAction,
+};
 pub use generation::{Generation, MAX_STOP_SEQUENCES, ToolChoice};
 pub use id::{ParseIdError, SessionId};
 pub use message::{
     FinishReason, IMAGE_MEDIA_TYPES, Image, Message, Role, ToolCall, ToolDefinition, Usage,
 };
 pub use routing::{AttemptFailure, RouteCandidate, RoutingDecision};
+pub use turn::{ModelCallReason, TurnFailureCode};
+pub use wire::{UnknownValue, WireEnum};
 
 /// Milliseconds since the Unix epoch, as stored in journal records and events.
 pub fn now_unix_ms() -> u64 {

@@ -1,6 +1,7 @@
 use serde::{Deserialize, Serialize};
 
 /// Who wrote a message.
+#[cfg_attr(feature = "bincode", derive(bincode::Encode, bincode::Decode))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Role {
@@ -23,6 +24,7 @@ impl Role {
 }
 
 /// A tool call requested by a model, in the one shape Baton uses whatever the provider.
+#[cfg_attr(feature = "bincode", derive(bincode::Encode, bincode::Decode))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolCall {
     /// The provider's call id, used to match the result to the call.
@@ -34,6 +36,7 @@ pub struct ToolCall {
 }
 
 /// A normalised chat message.
+#[cfg_attr(feature = "bincode", derive(bincode::Encode, bincode::Decode))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Message {
     pub role: Role,
@@ -53,6 +56,7 @@ pub struct Message {
 
 /// An image in a user message: an `https://` (or `http://`) URL the
 /// provider fetches, or a `data:image/...;base64,` URL carrying the bytes.
+#[cfg_attr(feature = "bincode", derive(bincode::Encode, bincode::Decode))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Image {
     pub url: String,
@@ -152,6 +156,7 @@ impl Message {
 }
 
 /// Token usage of one model call (or a sum of calls).
+#[cfg_attr(feature = "bincode", derive(bincode::Encode, bincode::Decode))]
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Usage {
     pub input_tokens: u64,
@@ -171,6 +176,7 @@ impl Usage {
 }
 
 /// Why a model stopped producing output, normalised across providers.
+#[cfg_attr(feature = "bincode", derive(bincode::Encode, bincode::Decode))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum FinishReason {
@@ -277,6 +283,7 @@ mod tests {
 
 /// A tool as offered to a model: name, description and the JSON Schema of
 /// its arguments (as JSON text, so this crate needs no JSON library).
+#[cfg_attr(feature = "bincode", derive(bincode::Encode, bincode::Decode))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ToolDefinition {
     pub name: String,

@@ -1,0 +1,97 @@
+//! The one table per format between domain events ([`baton_types::EventKind`])
+//! and their protobuf messages.
+//!
+//! Each format (the `baton.v1` API here, the `baton.journal.v1` journal in
+//! `baton-store`) declares its mapping once with [`event_codec!`]: a line per
+//! event kind naming the domain variant, the wire message and the fields. The
+//! macro writes both directions from that line, so a new event kind (or a
+//! new field) is added in one place per format, and the compiler refuses a
+//! table that forgets a variant or a domain field.
+//!
+//! A field converts through the format's field trait (`Field<W>`: `enc`
+//! from the domain value, `dec` back, given the format's context), found by
+//! the field's domain type and the wire field's type. A field whose wire
+//! shape is not one wire field of the same name (flattened, renamed, built
+//! from other fields) names a module with `via`: `module::enc(value, &mut
+//! wire, cx)` sets the wire fields and `module::dec(&mut wire, cx)` takes
+//! them back. Fields are encoded in table order, so a `via` encoder may read
+//! wire fields set before it.
+
+/// Declares `encode` and `decode` between [`baton_types::EventKind`] and a
+/// protobuf `oneof` (see the module docs).
+///
+/// ```text
+/// event_codec! {
+///     field = Field, wire = pb, kind = Kind, error = Error,
+///     encode = encode_kind(Enc<'_>), decode = decode_kind(Dec<'_>),
+///     {
+///         TurnAccepted => TurnAccepted { turn, message, review },
+///         ToolResult => ToolResult { turn, call_id, name, output via tool_output, is_error, latency_ms },
+///     }
+/// }
+/// ```
+#[macro_export]
+macro_rules! event_codec {
+    (
+        field = $Field:ident,
+        wire = $pb:ident,
+        kind = $Kind:ident,
+        error = $Err:ty,
+        encode = $enc:ident($EncCx:ty),
+        decode = $dec:ident($DecCx:ty),
+        {
+            $(
+                $V:ident => $W:ident { $( $f:ident $(via $via:ident)? ),* $(,)? }
+            ),* $(,)?
+        }
+    ) => {
+        /// The wire form of a domain event (one arm per kind, from the table).
+        #[allow(clippy::field_reassign_with_default, unused_variables)]
+        fn $enc(kind: &::baton_types::EventKind, cx: &mut $EncCx) -> $Kind {
+            match kind {
+                $(
+                    ::baton_types::EventKind::$V { $($f),* } => {
+                        let mut w = <$pb::$W>::default();
+                        $( $crate::__codec_enc!(w, cx, $Field, $f $(, $via)?); )*
+                        $Kind::$W(w)
+                    }
+                )*
+            }
+        }
+
+        /// The domain event of a wire form (one arm per kind, from the table).
+        #[allow(unused_mut, unused_variables)]
+        fn $dec(kind: $Kind, cx: &mut $DecCx) -> ::std::result::Result<::baton_types::EventKind, $Err> {
+            Ok(match kind {
+                $(
+                    $Kind::$W(mut w) => {
+                        $( let $f = $crate::__codec_dec!(w, cx, $Field, $f $(, $via)?); )*
+                        ::baton_types::EventKind::$V { $($f),* }
+                    }
+                )*
+            })
+        }
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __codec_enc {
+    ($w:ident, $cx:ident, $Field:ident, $f:ident) => {
+        $w.$f = $Field::enc($f, $cx)
+    };
+    ($w:ident, $cx:ident, $Field:ident, $f:ident, $via:ident) => {
+        $via::enc($f, &mut $w, $cx)
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __codec_dec {
+    ($w:ident, $cx:ident, $Field:ident, $f:ident) => {
+        $Field::dec(::std::mem::take(&mut $w.$f), $cx)?
+    };
+    ($w:ident, $cx:ident, $Field:ident, $f:ident, $via:ident) => {
+        $via::dec(&mut $w, $cx)?
+    };
+}

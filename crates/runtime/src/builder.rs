@@ -1,0 +1,246 @@
+//! Starting a runtime: [`Runtime::builder`] → [`RuntimeBuilder::start`].
+
+use std::sync::Arc;
+
+use baton_models::{Endpoint, ExecutorHandle, ModelRegistry};
+use baton_store::{Batch, Store, StoreOptions};
+use baton_tools::{Tool, ToolExecutor, ToolRegistry};
+use baton_types::SessionStatus;
+use ractor::Actor;
+use tokio::sync::Mutex;
+
+use crate::audit::{self, AuditSink};
+use crate::config::RuntimeConfig;
+use crate::error::{Error, Result};
+use crate::gates::{self, DataClassifier};
+use crate::handle::{HandleInner, RuntimeHandle};
+use crate::session::SessionMsg;
+use crate::shared::{Shared, ToolsRuntime};
+use crate::supervisor::SessionSupervisor;
+
+/// Builds a [`RuntimeHandle`].
+pub struct Runtime;
+
+impl Runtime {
+    pub fn builder(config: RuntimeConfig) -> RuntimeBuilder {
+        RuntimeBuilder {
+            config,
+            endpoints: Vec::new(),
+            tools: Vec::new(),
+            classifiers: Vec::new(),
+            audit: None,
+        }
+    }
+}
+
+/// Options of a runtime before it starts.
+pub struct RuntimeBuilder {
+    config: RuntimeConfig,
+    endpoints: Vec<Endpoint>,
+    tools: Vec<Arc<dyn Tool>>,
+    classifiers: Vec<(String, Arc<dyn DataClassifier>)>,
+    audit: Option<Arc<dyn AuditSink>>,
+}
+
+impl RuntimeBuilder {
+    /// Report every durable decision and action to `sink` (the audit trail).
+    pub fn with_audit(mut self, sink: Arc<dyn AuditSink>) -> Self {
+        self.audit = Some(sink);
+        self
+    }
+
+    /// Add an endpoint built in code (for example with a custom provider).
+    pub fn with_endpoint(mut self, endpoint: Endpoint) -> Self {
+        self.endpoints.push(endpoint);
+        self
+    }
+
+    /// Register a data classifier that `data_rule` gate policies can name.
+    pub fn with_classifier(
+        mut self,
+        name: impl Into<String>,
+        classifier: Arc<dyn DataClassifier>,
+    ) -> Self {
+        self.classifiers.push((name.into(), classifier));
+        self
+    }
+
+    /// Add a server-side tool implemented in code.
+    pub fn with_tool(mut self, tool: Arc<dyn Tool>) -> Self {
+        self.tools.push(tool);
+        self
+    }
+
+    /// Open the store, start the model executors and the supervisor, and
+    /// resume every session that has an unfinished turn.
+    pub async fn start(self) -> Result<RuntimeHandle> {
+        let mut config = self.config;
+        if config.models.is_empty() && !self.endpoints.is_empty() {
+            config.models = self.endpoints.iter().map(|e| e.config().clone()).collect();
+        }
+        config.validate()?;
+        let opts = StoreOptions::new(config.store.data_dir.clone(), config.store.durability);
+        let store = tokio::task::spawn_blocking(move || Store::open(opts))
+            .await
+            .map_err(|e| Error::Internal(format!("store open task failed: {e}")))??;
+        let models = start_models(&config, self.endpoints).await?;
+        let router = match start_router(&config, &store, models.clone()).await {
+            Ok(r) => r,
+            Err(e) => {
+                models.stop().await;
+                return Err(e);
+            }
+        };
+        let tools = start_tools(&config, self.tools).await?;
+        let gate_policies = gates::Policies::compile(&config.gates, &self.classifiers)?;
+        let shared = Arc::new(Shared::new(
+            store.clone(),
+            router,
+            tools,
+            gate_policies,
+            config,
+            self.audit,
+        ));
+        let (supervisor, _) = Actor::spawn(None, SessionSupervisor, shared.clone())
+            .await
+            .map_err(|e| Error::Internal(format!("cannot start the session supervisor: {e}")))?;
+        let handle = RuntimeHandle {
+            inner: Arc::new(HandleInner {
+                shared,
+                supervisor,
+                stop: tokio_util::sync::CancellationToken::new(),
+                idempotency_locks: (0..64).map(|_| Mutex::new(())).collect(),
+            }),
+        };
+        if let Some(sink) = &handle.inner.shared.audit {
+            audit::recover(sink.as_ref(), &store).await?;
+            spawn_audit_confirmer(&handle.inner.shared, handle.inner.stop.clone());
+        }
+        let unfinished = store.sessions_with_status(SessionStatus::Running).await?;
+        if !unfinished.is_empty() {
+            tracing::info!(
+                sessions = unfinished.len(),
+                "resuming sessions with unfinished turns"
+            );
+        }
+        for id in unfinished {
+            handle.route(id, SessionMsg::Wake)?;
+        }
+        handle.spawn_gate_timeouts();
+        Ok(handle)
+    }
+}
+
+/// The executor pools of the configured endpoints and those built in code.
+async fn start_models(config: &RuntimeConfig, endpoints: Vec<Endpoint>) -> Result<ModelRegistry> {
+    let custom: Vec<String> = endpoints.iter().map(|e| e.name().to_string()).collect();
+    let configured = config
+        .effective_models()
+        .into_iter()
+        .filter(|m| !custom.contains(&m.name))
+        .collect();
+    let mut models = ModelRegistry::start(configured)
+        .await
+        .map_err(|e| Error::Config(e.to_string()))?;
+    for endpoint in endpoints {
+        let h = ExecutorHandle::spawn(endpoint)
+            .await
+            .map_err(|e| Error::Config(e.to_string()))?;
+        models.insert(h);
+    }
+    Ok(models)
+}
+
+/// The router over `models`, with route spend read back from the store.
+async fn start_router(
+    config: &RuntimeConfig,
+    store: &Store,
+    models: ModelRegistry,
+) -> Result<baton_routing::Router> {
+    // Route spend is recorded with every settlement (an unsynced write;
+    // the journal's AssistantMessage records hold the exact costs) and
+    // read back here, so route budgets hold across restarts.
+    let spent = store.route_spends().await?;
+    // Gates pending from before this start count too: sessions open
+    // and decide gates from here on by +1/-1.
+    let pending = store.count_pending_gates().await?;
+    baton_metrics::metrics().gates_pending_set(i64::try_from(pending).unwrap_or(i64::MAX));
+    let persist = store.clone();
+    let on_spend: baton_routing::OnSpend = Arc::new(move |route: &str, total: f64| {
+        let mut b = Batch::unsynced();
+        b.put_route_spend(route, total);
+        let write = persist.write(b);
+        tokio::spawn(async move {
+            if let Err(e) = write.await {
+                tracing::warn!(error = %e, "cannot record route spend");
+            }
+        });
+    });
+    let budgets = baton_routing::BudgetLedger::new(spent, Some(on_spend));
+    let router = baton_routing::Router::new(config.routes.clone(), models, budgets)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    if !router.has_route(&config.sessions.default_route) {
+        return Err(Error::Config(format!(
+            "sessions.default_route: {:?} is not a configured route or endpoint",
+            config.sessions.default_route
+        )));
+    }
+    Ok(router)
+}
+
+/// The tool registry (built-ins, tools built in code, MCP servers) and the
+/// tool executor.
+async fn start_tools(config: &RuntimeConfig, tools: Vec<Arc<dyn Tool>>) -> Result<ToolsRuntime> {
+    let registry = ToolRegistry::default();
+    let builtins = config
+        .tools
+        .builtin
+        .tools()
+        .map_err(|e| Error::Config(format!("tools.builtin: {e}")))?;
+    for tool in builtins.into_iter().chain(tools) {
+        let name = tool.spec().name.clone();
+        registry
+            .register(tool)
+            .map_err(|e| Error::Config(format!("tool {name}: {e}")))?;
+    }
+    let mcp = if config.mcp.is_empty() {
+        None
+    } else {
+        Some(
+            baton_mcp::McpManager::start(config.mcp.clone(), registry.clone())
+                .await
+                .map_err(|e| Error::Config(e.to_string()))?,
+        )
+    };
+    let executor = ToolExecutor::spawn(registry.clone())
+        .await
+        .map_err(|e| Error::Internal(format!("cannot start the tool executor: {e}")))?;
+    Ok(ToolsRuntime {
+        registry,
+        executor,
+        mcp,
+    })
+}
+
+/// Every 200 ms: flush the audit sink, then record in the store which
+/// journal records are confirmed in the audit trail.
+fn spawn_audit_confirmer(shared: &Arc<Shared>, stop: tokio_util::sync::CancellationToken) {
+    let shared = Arc::downgrade(shared);
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(std::time::Duration::from_millis(200)) => {}
+            }
+            let Some(shared) = shared.upgrade() else {
+                return;
+            };
+            if let Some(sink) = &shared.audit
+                && let Err(e) =
+                    audit::confirm(sink.as_ref(), &shared.audit_cursor, &shared.store).await
+            {
+                tracing::warn!(error = %e, "cannot record the audit cursor");
+            }
+        }
+    });
+}

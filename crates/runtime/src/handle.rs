@@ -1,0 +1,192 @@
+//! The running runtime, reached through a cheap-to-clone [`RuntimeHandle`].
+//! Its API is spread over files by concern: sessions (`sessions`), event
+//! streams (`stream`), gates (`gate_api`), inspection (`inspect`), replay
+//! (`replay`); this file holds the handle and what they share.
+
+use std::sync::Arc;
+
+use baton_types::SessionId;
+use ractor::{ActorRef, RpcReplyPort};
+use tokio::sync::Mutex;
+
+use crate::audit;
+use crate::config::RuntimeConfig;
+use crate::error::{Error, Result};
+use crate::session::SessionMsg;
+use crate::shared::Shared;
+use crate::supervisor::{SupervisorMsg, SupervisorStats};
+
+pub(crate) struct HandleInner {
+    pub shared: Arc<Shared>,
+    /// Stops background tasks at shutdown.
+    pub stop: tokio_util::sync::CancellationToken,
+    pub supervisor: ActorRef<SupervisorMsg>,
+    /// Creations that share an idempotency key are serialised on a stripe.
+    pub idempotency_locks: Vec<Mutex<()>>,
+}
+
+/// The running runtime. Cheap to clone; every clone drives the same runtime.
+#[derive(Clone)]
+pub struct RuntimeHandle {
+    pub(crate) inner: Arc<HandleInner>,
+}
+
+impl std::fmt::Debug for RuntimeHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RuntimeHandle")
+            .field("store", &self.inner.shared.store)
+            .finish()
+    }
+}
+
+impl RuntimeHandle {
+    pub(crate) fn shared(&self) -> &Shared {
+        &self.inner.shared
+    }
+
+    /// The configuration in force.
+    pub fn config(&self) -> &RuntimeConfig {
+        &self.inner.shared.config
+    }
+
+    /// Names of the configured model endpoints (routes).
+    pub fn routes(&self) -> Vec<String> {
+        self.inner
+            .shared
+            .router
+            .routes()
+            .into_iter()
+            .map(|r| r.name)
+            .collect()
+    }
+
+    /// The router: routes, breakers and endpoint statistics (inspection,
+    /// the HTTP front door).
+    pub fn router(&self) -> &baton_routing::Router {
+        &self.inner.shared.router
+    }
+
+    /// Counters of the store's group-commit writer.
+    pub fn writer_stats(&self) -> baton_store::WriterStatsSnapshot {
+        self.inner.shared.store.writer_stats()
+    }
+
+    /// The registered server-side tools.
+    pub fn tools(&self) -> Vec<baton_tools::ToolSpec> {
+        self.inner.shared.tools.registry.specs()
+    }
+
+    /// Hand `msg` to the session's actor (through the supervisor).
+    pub(crate) fn route(&self, id: SessionId, msg: SessionMsg) -> Result<()> {
+        self.inner
+            .supervisor
+            .cast(SupervisorMsg::Route(id, msg))
+            .map_err(|_| Error::Unavailable("the runtime is shutting down".into()))
+    }
+
+    /// Ask the session's actor and wait for its answer (bounded by the
+    /// request timeout).
+    pub(crate) async fn ask<T: Send + 'static>(
+        &self,
+        id: SessionId,
+        make: impl FnOnce(RpcReplyPort<Result<T>>) -> SessionMsg,
+    ) -> Result<T> {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        self.route(id, make(tx.into()))?;
+        let timeout = self.inner.shared.config.request_timeout();
+        match tokio::time::timeout(timeout, rx).await {
+            Err(_) => Err(Error::DeadlineExceeded(format!(
+                "session {id} did not answer within {} ms",
+                timeout.as_millis()
+            ))),
+            Ok(Err(_)) => Err(Error::Unavailable(format!(
+                "session {id} restarted before answering; the request may or may not have been applied: check with GetSession or ResumeSession"
+            ))),
+            Ok(Ok(r)) => r,
+        }
+    }
+
+    /// `ask` for requests that change nothing: retried when the session's
+    /// actor restarted before answering (its mailbox is lost with it).
+    pub(crate) async fn ask_read<T: Send + 'static>(
+        &self,
+        id: SessionId,
+        make: impl Fn(RpcReplyPort<Result<T>>) -> SessionMsg,
+    ) -> Result<T> {
+        let mut tries = 0;
+        loop {
+            match self.ask(id, &make).await {
+                Err(Error::Unavailable(_)) if tries < 5 => {
+                    tries += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(20 << tries)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Record an administrative action in the audit trail.
+    pub(crate) fn audit_admin(
+        &self,
+        action: &str,
+        session: Option<SessionId>,
+        mut data: serde_json::Value,
+    ) {
+        if let Some(audit) = &self.inner.shared.audit {
+            if let Some(o) = data.as_object_mut() {
+                o.insert("action".into(), action.into());
+            }
+            audit.record("admin_action", session, Some("api"), data);
+        }
+    }
+
+    /// Supervisor counters (live sessions, restarts, passivations).
+    pub async fn stats(&self) -> Result<SupervisorStats> {
+        let (tx, rx) = ractor::concurrency::oneshot();
+        self.inner
+            .supervisor
+            .cast(SupervisorMsg::Stats(tx.into()))
+            .map_err(|_| Error::Unavailable("the runtime is shutting down".into()))?;
+        rx.await
+            .map_err(|_| Error::Unavailable("the supervisor did not answer".into()))
+    }
+
+    /// Make a session's actor fail, as a bug would (supervision tests, drills).
+    #[doc(hidden)]
+    pub fn inject_actor_fault(&self, id: SessionId) -> Result<()> {
+        self.route(id, SessionMsg::InjectFault)
+    }
+
+    /// Stop every actor and the executors, and flush the store. Unfinished
+    /// turns resume at the next start.
+    pub async fn shutdown(&self) {
+        self.inner.supervisor.stop(Some("shutdown".into()));
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+            while self.inner.supervisor.get_status() != ractor::ActorStatus::Stopped {
+                tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            }
+        })
+        .await;
+        let shared = &self.inner.shared;
+        shared.router.models().stop().await;
+        shared.tools.executor.stop().await;
+        if let Some(mcp) = &shared.tools.mcp {
+            mcp.stop().await;
+        }
+        self.inner.stop.cancel();
+        if let Some(sink) = &shared.audit {
+            let confirmed = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                audit::confirm(sink.as_ref(), &shared.audit_cursor, &shared.store),
+            )
+            .await;
+            if !matches!(confirmed, Ok(Ok(()))) {
+                tracing::warn!(
+                    "audit trail not confirmed at shutdown; the next start re-appends its last records"
+                );
+            }
+            let _ = shared.store.barrier().await;
+        }
+        shared.store.close();
+    }
+}

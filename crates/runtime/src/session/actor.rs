@@ -1,0 +1,160 @@
+//! The actor: its lifecycle and the dispatch of its messages.
+
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+
+use baton_types::SessionId;
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+
+use super::ctx::{Env, SessionCtx};
+use super::msg::{Notice, Notify, SessionMsg};
+use super::view::SessionView;
+use crate::shared::Shared;
+
+/// What a session actor is spawned with.
+pub(crate) struct SessionArgs {
+    pub id: SessionId,
+    pub shared: Arc<Shared>,
+    pub notify: Notify,
+    pub activity: Arc<AtomicU64>,
+}
+
+pub(crate) struct SessionActor;
+
+impl Actor for SessionActor {
+    type Msg = SessionMsg;
+    type State = SessionCtx;
+    type Arguments = SessionArgs;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        args: SessionArgs,
+    ) -> Result<SessionCtx, ActorProcessingErr> {
+        // Kept trivial: the supervisor awaits pre_start, loading happens in post_start.
+        Ok(SessionCtx::new(Env {
+            id: args.id,
+            shared: args.shared,
+            notify: args.notify,
+            activity: args.activity,
+        }))
+    }
+
+    async fn post_start(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        ctx: &mut SessionCtx,
+    ) -> Result<(), ActorProcessingErr> {
+        ctx.load().await?;
+        if !ctx.durable.found {
+            // Unknown (or deleted) session: answer what is queued, then go.
+            (ctx.env.notify)(Notice::Passivate(ctx.id()));
+        } else {
+            ctx.pump(&myself);
+        }
+        Ok(())
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SessionMsg>,
+        msg: SessionMsg,
+        ctx: &mut SessionCtx,
+    ) -> Result<(), ActorProcessingErr> {
+        ctx.touch();
+        match msg {
+            SessionMsg::Send {
+                message,
+                review,
+                reply,
+            } => {
+                let _ = reply.send(ctx.send(&myself, message, review));
+            }
+            SessionMsg::Subscribe { after_seq, reply } => {
+                let _ = reply.send(ctx.subscribe(after_seq));
+            }
+            SessionMsg::Get { reply } => {
+                let view = ctx.ensure_found().map(|()| {
+                    SessionView::of(ctx.id(), &ctx.durable.state, ctx.outbox.released_seq)
+                });
+                let _ = reply.send(view);
+            }
+            SessionMsg::GetState { reply } => {
+                let state = ctx.ensure_found().map(|()| ctx.durable.state.clone());
+                let _ = reply.send(state);
+            }
+            SessionMsg::Cancel { reply } => {
+                let _ = reply.send(ctx.cancel(&myself));
+            }
+            SessionMsg::Delete { reply } => {
+                let _ = reply.send(ctx.delete().await);
+            }
+            SessionMsg::Wake => ctx.pump(&myself),
+            SessionMsg::Passivate => {
+                if ctx.is_idle() {
+                    ctx.write_snapshot().await?;
+                    myself.stop(Some("passivated".into()));
+                } else {
+                    (ctx.env.notify)(Notice::PassivateDeclined(ctx.id()));
+                }
+            }
+            SessionMsg::InjectFault => {
+                return Err(format!("fault injected into session {}", ctx.id()).into());
+            }
+            SessionMsg::Written { upto, result } => {
+                if let Err(e) = result {
+                    // The journal's state is unknown: restart from disk.
+                    return Err(format!("journal write of session {} failed: {e}", ctx.id()).into());
+                }
+                ctx.on_written(upto);
+                ctx.start_durable_tools(&myself, upto);
+            }
+            SessionMsg::SubmitToolResult {
+                call_id,
+                output,
+                is_error,
+                reply,
+            } => ctx.submit_tool_result(&myself, call_id, output, is_error, reply),
+            SessionMsg::ToolDone {
+                turn,
+                call_id,
+                attempt,
+                result,
+                latency_ms,
+            } => ctx.on_tool_done(&myself, turn, call_id, attempt, result, latency_ms),
+            SessionMsg::DecideGate {
+                gate_id,
+                decision,
+                reviewer,
+                reason,
+                reply,
+            } => {
+                ctx.decide_gate(&myself, gate_id, decision, reviewer, reason, reply)
+                    .await
+            }
+            SessionMsg::GateTimeout { gate_id } => ctx.gate_timeout(&myself, gate_id),
+            SessionMsg::ClientToolTimeout { turn, call_id } => {
+                ctx.on_client_timeout(&myself, turn, call_id)
+            }
+            SessionMsg::ModelDelta { call, delta } => ctx.on_delta(&myself, call, delta),
+            SessionMsg::RouteEvent { call, event } => ctx.on_route_event(call, *event),
+            SessionMsg::ModelDone {
+                call,
+                result,
+                latency_ms,
+            } => ctx.on_done(&myself, call, *result, latency_ms),
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SessionMsg>,
+        ctx: &mut SessionCtx,
+    ) -> Result<(), ActorProcessingErr> {
+        if let Some(call) = ctx.model.call.take() {
+            call.cancel.cancel();
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,131 @@
+//! Loading (rehydrating) a session from storage, and passivating it.
+
+use baton_store::Batch;
+use baton_types::SessionStatus;
+use ractor::ActorProcessingErr;
+
+use super::ctx::{SessionCtx, pending_record};
+use crate::state::SessionState;
+
+impl SessionCtx {
+    /// Load the session: meta, then the snapshot if this build can read
+    /// it, then every journal record after the snapshot's seq.
+    pub async fn load(&mut self) -> Result<(), ActorProcessingErr> {
+        let id = self.env.id;
+        let store = self.env.shared.store.clone();
+        // Writes a previous incarnation of this actor queued are applied first.
+        store.barrier().await?;
+        let meta = match store.load_meta(id).await {
+            Ok(Some(m)) => m,
+            Ok(None) => return Ok(()),
+            Err(e) if e.is_corruption() => {
+                tracing::error!(session = %id, error = %e, "session metadata unreadable");
+                self.durable.found = true;
+                self.durable.state.failed = Some(e.to_string());
+                return Ok(());
+            }
+            Err(e) => return Err(e.into()),
+        };
+        self.durable.found = true;
+        let snapshot = match store.load_snapshot(id).await? {
+            Some(bytes) => match baton_store::snapshot::decode::<SessionState>(&bytes) {
+                Some((seq, st)) if st.id == id && st.last_seq == seq => Some((st, seq)),
+                _ => {
+                    tracing::warn!(session = %id, "snapshot unreadable by this build; rebuilding from the journal");
+                    None
+                }
+            },
+            None => None,
+        };
+        let from_snapshot = snapshot.is_some();
+        let (mut state, from) = snapshot.unwrap_or_else(|| (SessionState::new(id), 0));
+        self.durable.snapshot_seq = from;
+        let mut after = from;
+        let mut replayed = 0u64;
+        let load_result = loop {
+            match store.read_journal(id, after, 1024).await {
+                Ok(events) if events.is_empty() => break Ok(()),
+                Ok(events) => {
+                    for e in &events {
+                        state.apply(e.seq, e.at_unix_ms, &e.kind);
+                    }
+                    replayed += events.len() as u64;
+                    after = state.last_seq;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        baton_metrics::metrics()
+            .session_rehydrated(if from_snapshot { "snapshot" } else { "journal" }, replayed);
+        state.metadata = meta.metadata.clone();
+        if meta.status == SessionStatus::Failed && state.failed.is_none() {
+            state.failed = Some(meta.status_reason.clone());
+        }
+        self.durable.state = state;
+        self.durable.meta = Some(meta);
+        if let Err(e) = load_result {
+            if !e.is_corruption() {
+                return Err(e.into());
+            }
+            self.mark_corrupt(e).await?;
+        }
+        self.outbox.released_seq = self.durable.state.last_seq;
+        if let Some(c) = &self.durable.state.current {
+            for g in &c.gates {
+                self.gates
+                    .records
+                    .insert(g.gate_id, pending_record(id, c.turn, g));
+            }
+        }
+        Ok(())
+    }
+
+    /// An undecodable record: the session is failed for good, durably, with
+    /// the reason naming the seq. Other sessions are untouched.
+    async fn mark_corrupt(&mut self, err: baton_store::Error) -> Result<(), ActorProcessingErr> {
+        let reason = err.to_string();
+        let id = self.env.id;
+        tracing::error!(session = %id, %reason, "session journal unreadable; marking the session failed");
+        self.durable.state.failed = Some(reason.clone());
+        let Some(meta) = &mut self.durable.meta else {
+            return Ok(());
+        };
+        if meta.status == SessionStatus::Failed {
+            return Ok(());
+        }
+        self.durable.state.last_seq =
+            crate::failed::write_failed(&self.env.shared.store, id, meta, reason).await?;
+        Ok(())
+    }
+
+    /// Whether the actor can stop without losing anything in flight.
+    pub fn is_idle(&mut self) -> bool {
+        // A turn parked on a human decision holds no memory while it waits:
+        // gate timeouts are found from the store, not by this actor.
+        let parked = self.durable.state.current.as_ref().is_none_or(|c| {
+            (!c.gates.is_empty() || c.attention().is_some())
+                && !c.tools.iter().any(|t| t.client_side && t.result.is_none())
+        });
+        self.outbox.is_idle()
+            && self.model.call.is_none()
+            && parked
+            && self.durable.state.queued.is_empty()
+            && self.tools.runs.is_empty()
+    }
+
+    /// Write a snapshot of the state if it moved since the last one.
+    pub async fn write_snapshot(&mut self) -> Result<(), ActorProcessingErr> {
+        let d = &mut self.durable;
+        if !d.found || d.state.last_seq <= d.snapshot_seq || d.state.failed.is_some() {
+            return Ok(());
+        }
+        let mut batch = Batch::unsynced();
+        batch.put_snapshot(
+            &self.env.id,
+            baton_store::snapshot::encode(d.state.last_seq, &d.state)?,
+        );
+        self.env.shared.store.write(batch).await?;
+        d.snapshot_seq = d.state.last_seq;
+        Ok(())
+    }
+}

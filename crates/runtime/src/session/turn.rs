@@ -1,0 +1,454 @@
+//! The turn state machine and its model calls.
+
+use std::time::Instant;
+
+use baton_models::{Delta, ModelRequest};
+use baton_types::{
+    EventKind, GatePoint, Message, ModelCallReason, Role, ToolChoice, TurnFailureCode,
+};
+use ractor::ActorRef;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use super::ctx::{InFlight, SessionCtx};
+use super::msg::SessionMsg;
+
+impl SessionCtx {
+    /// Start or resume work, as far as it can go without waiting:
+    /// * a turn whose final answer is recorded gets its `TurnCompleted`
+    ///   (unless a gate holds its release);
+    /// * tool calls of the current step are validated, started (after their
+    ///   `ToolCallStarted` is durable), re-run (idempotent tools, after a
+    ///   crash) or paused (`NeedsAttention`: non-idempotent, after a crash);
+    /// * a model call with no recorded answer is issued again (`recovery`);
+    /// * once a step's tool results are in, the next model call is issued
+    ///   (`tool_results`), unless the turn reached `max_steps`;
+    /// * otherwise the next queued turn starts.
+    pub fn pump(&mut self, myself: &ActorRef<SessionMsg>) {
+        loop {
+            let state = &self.durable.state;
+            if self.model.call.is_some() || state.failed.is_some() || !self.durable.found {
+                return;
+            }
+            let Some(current) = state.current.as_ref() else {
+                // Idle: start the next queued turn.
+                let Some(turn) = state.queued.front().map(|(t, _, _)| *t) else {
+                    return;
+                };
+                if !self.start_model_call(myself, turn, 1, ModelCallReason::Turn) {
+                    continue;
+                }
+                return;
+            };
+            let turn = current.turn;
+            if current.gates.iter().any(|g| g.point != GatePoint::ToolCall) {
+                // Held at a model call or a final answer: wait for a decision.
+                return;
+            }
+            if current.response_recorded {
+                if !current.is_approved(GatePoint::FinalAnswer, "")
+                    && let Some((terms, subject)) = self.release_gate()
+                {
+                    self.open_gate(turn, terms, GatePoint::FinalAnswer, subject, String::new());
+                    self.flush(myself, true);
+                    return;
+                }
+                let usage = current.usage;
+                self.commit(myself, vec![EventKind::TurnCompleted { turn, usage }], true);
+                continue;
+            }
+            if !current.tools.is_empty() {
+                if self.pump_tools(myself) {
+                    continue;
+                }
+                return;
+            }
+            let attempt = current.attempt + 1;
+            if current.model_call_open {
+                // Issued before a crash, never answered: issue it again.
+                if !self.start_model_call(myself, turn, attempt, ModelCallReason::Recovery) {
+                    continue;
+                }
+                return;
+            }
+            let max_steps = match state.max_steps {
+                0 => self.env.shared.config.sessions.max_steps,
+                n => n,
+            };
+            if current.steps >= max_steps {
+                let reason = format!(
+                    "max_steps_exceeded: turn {turn} made {} model calls without a final answer (max_steps = {max_steps})",
+                    current.steps
+                );
+                self.commit(
+                    myself,
+                    vec![EventKind::TurnFailed {
+                        turn,
+                        reason,
+                        code: TurnFailureCode::MaxStepsExceeded,
+                    }],
+                    true,
+                );
+                continue;
+            }
+            let reason = if current.steps == 0 {
+                ModelCallReason::Turn
+            } else if state.messages.last().is_some_and(|m| m.role == Role::User) {
+                // A reviewer rejected the draft: the model revises it.
+                ModelCallReason::Review
+            } else {
+                ModelCallReason::ToolResults
+            };
+            if !self.start_model_call(myself, turn, attempt, reason) {
+                continue;
+            }
+            return;
+        }
+    }
+
+    /// The request of the next model call of `turn`, and the user's input
+    /// when the turn has not started yet (data rules look at it).
+    fn model_request(&self, turn: u64) -> (ModelRequest, Option<String>) {
+        let state = &self.durable.state;
+        let mut messages = state.model_messages();
+        let queued = state.current.as_ref().is_none_or(|c| c.turn != turn);
+        let mut input = None;
+        if queued && let Some((_, m, _)) = state.queued.iter().find(|(t, _, _)| *t == turn) {
+            input = Some(m.content.clone());
+            messages.push(m.clone());
+        }
+        let g = &state.generation;
+        // A required tool call applies to a turn's first model call only:
+        // after the tool results the model must be free to answer, or the
+        // loop would call tools until max_steps. A one-shot session (the
+        // front door) makes exactly one call, whose caller runs the loop:
+        // its choice always applies.
+        let first_step = state.one_shot || messages.last().is_some_and(|m| m.role == Role::User);
+        let tool_choice = match &g.tool_choice {
+            ToolChoice::Required | ToolChoice::Tool(_) if !first_step => ToolChoice::Auto,
+            choice => choice.clone(),
+        };
+        // Validated as a JSON object when the session started.
+        let json_schema = g
+            .json_schema
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok());
+        let request = ModelRequest {
+            messages,
+            max_output_tokens: g.max_output_tokens,
+            temperature: g.temperature,
+            top_p: g.top_p,
+            stop: g.stop.clone(),
+            tools: self.tool_definitions(),
+            tool_choice,
+            json_schema,
+        };
+        (request, input)
+    }
+
+    /// Record `ModelCallStarted` (with anything staged) and dispatch the
+    /// call — unless a cost or input data-rule gate holds it. False when the
+    /// turn failed instead (unknown route).
+    fn start_model_call(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        turn: u64,
+        attempt: u32,
+        reason: ModelCallReason,
+    ) -> bool {
+        let route = self.durable.state.route.clone();
+        let shared = self.env.shared.clone();
+        if !shared.router.has_route(&route) {
+            let reason = format!("route {route:?} is not a configured route or model endpoint");
+            self.commit(
+                myself,
+                vec![EventKind::TurnFailed {
+                    turn,
+                    reason,
+                    code: TurnFailureCode::UnknownRoute,
+                }],
+                true,
+            );
+            return false;
+        }
+        let (request, input) = self.model_request(turn);
+        let approved = self
+            .durable
+            .state
+            .current
+            .as_ref()
+            .is_some_and(|c| c.turn == turn && c.is_approved(GatePoint::ModelCall, ""));
+        if reason != ModelCallReason::Recovery && !approved {
+            let cost = shared.router.estimate_cost_usd(&route, &request);
+            if let Some(terms) =
+                shared
+                    .gate_policies
+                    .before_model_call(&route, input.as_deref(), cost)
+            {
+                let subject = serde_json::json!({
+                    "route": route,
+                    "estimated_cost_usd": cost,
+                    "input": input,
+                })
+                .to_string();
+                self.open_gate(turn, terms, GatePoint::ModelCall, subject, String::new());
+                self.flush(myself, true);
+                return true;
+            }
+        }
+        if self.model.turn_started.is_none_or(|(t, _)| t != turn) {
+            self.model.turn_started = Some((turn, tokio::time::Instant::now()));
+        }
+        self.turn_span(turn);
+        self.commit(
+            myself,
+            vec![EventKind::ModelCallStarted {
+                turn,
+                attempt,
+                endpoint: route,
+                reason,
+            }],
+            true,
+        );
+        self.dispatch(myself, turn, request);
+        true
+    }
+
+    /// The tracing span of `turn`, opened on first use.
+    pub fn turn_span(&mut self, turn: u64) -> tracing::Span {
+        if let Some((t, span)) = &self.model.turn_span
+            && *t == turn
+        {
+            return span.clone();
+        }
+        let span = tracing::info_span!(
+            "turn",
+            baton.session.id = %self.env.id,
+            baton.turn = i64::try_from(turn).unwrap_or(i64::MAX),
+            baton.route = %self.durable.state.route,
+        );
+        self.model.turn_span = Some((turn, span.clone()));
+        span
+    }
+
+    /// Hand the call to the session's source (the router: strategies,
+    /// retries, failover, breakers, budgets — or a recording) on a task of
+    /// its own; its deltas, routing events and result come back as messages.
+    fn dispatch(&mut self, myself: &ActorRef<SessionMsg>, turn: u64, request: ModelRequest) {
+        self.model.next_call += 1;
+        let call = self.model.next_call;
+        let cancel = CancellationToken::new();
+        let (delta_tx, mut delta_rx) = mpsc::unbounded_channel();
+        let (event_tx, mut event_rx) = mpsc::unbounded_channel();
+        self.model.call = Some(InFlight {
+            id: call,
+            turn,
+            cancel: cancel.clone(),
+        });
+        let state = &self.durable.state;
+        let deadline = self
+            .env
+            .shared
+            .config
+            .sessions
+            .turn_deadline_ms
+            .zip(self.model.turn_started)
+            .map(|(ms, (_, at))| at + std::time::Duration::from_millis(ms));
+        let session_budget = state
+            .budget_usd
+            .map(|limit_usd| baton_routing::SessionBudget {
+                scope: self.env.id.to_string(),
+                limit_usd,
+                spent_usd: state.cost_usd,
+            });
+        let route_call = baton_routing::RouteCall {
+            route: state.route.clone(),
+            request: std::sync::Arc::new(request),
+            needs_vision: false,
+            data_classes: state.data_classes.clone(),
+            deltas: Some(delta_tx),
+            events: Some(event_tx),
+            cancel,
+            deadline,
+            session_budget,
+        };
+        let answer = self.source().model_call(route_call);
+        let me = myself.clone();
+        let started = Instant::now();
+        let span = self.turn_span(turn);
+        tokio::spawn(async move {
+            let routed = answer.instrument(span);
+            tokio::pin!(routed);
+            let mut deltas_open = true;
+            let mut events_open = true;
+            loop {
+                tokio::select! {
+                    biased;
+                    e = event_rx.recv(), if events_open => match e {
+                        Some(event) => {
+                            if me.cast(SessionMsg::RouteEvent { call, event: Box::new(event) }).is_err() {
+                                return;
+                            }
+                        }
+                        None => events_open = false,
+                    },
+                    d = delta_rx.recv(), if deltas_open => match d {
+                        Some(delta) => {
+                            if me.cast(SessionMsg::ModelDelta { call, delta }).is_err() {
+                                return;
+                            }
+                        }
+                        None => deltas_open = false,
+                    },
+                    result = &mut routed => {
+                        while let Ok(event) = event_rx.try_recv() {
+                            let _ = me.cast(SessionMsg::RouteEvent { call, event: Box::new(event) });
+                        }
+                        while let Ok(delta) = delta_rx.try_recv() {
+                            let _ = me.cast(SessionMsg::ModelDelta { call, delta });
+                        }
+                        let latency_ms = started.elapsed().as_millis() as u64;
+                        let _ = me.cast(SessionMsg::ModelDone { call, result: Box::new(result), latency_ms });
+                        return;
+                    }
+                }
+            }
+        });
+    }
+
+    /// The turn of model call `call`, when it is the one in flight.
+    fn current_call(&self, call: u64) -> Option<u64> {
+        self.model
+            .call
+            .as_ref()
+            .filter(|c| c.id == call)
+            .map(|c| c.turn)
+    }
+
+    pub fn on_delta(&mut self, myself: &ActorRef<SessionMsg>, call: u64, delta: Delta) {
+        let Some(turn) = self.current_call(call) else {
+            return;
+        };
+        let Some(current) = self.durable.state.current.as_ref() else {
+            return;
+        };
+        let kind = match delta {
+            Delta::Text(text) => EventKind::OutputDelta {
+                turn,
+                attempt: current.attempt,
+                text,
+            },
+            Delta::Restart => EventKind::OutputRetracted {
+                turn,
+                attempt: current.attempt + 1,
+                reason: "the attempt that streamed this output failed; the answer continues from another attempt".into(),
+            },
+        };
+        self.commit(myself, vec![kind], false);
+    }
+
+    pub fn on_route_event(&mut self, call: u64, event: baton_routing::RouteEvent) {
+        let Some(turn) = self.current_call(call) else {
+            return;
+        };
+        let kind = match event {
+            baton_routing::RouteEvent::Decision(decision) => {
+                EventKind::RoutingDecided { turn, decision }
+            }
+            baton_routing::RouteEvent::AttemptFailed(failure) => {
+                EventKind::AttemptFailed { turn, failure }
+            }
+        };
+        // Written with the next batch (a delta or the answer): no write of
+        // its own on the hot path. A crash before that loses only the record
+        // of a call that is then issued again.
+        self.stage(kind);
+    }
+
+    pub fn on_done(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        call: u64,
+        result: Result<baton_routing::Routed, baton_routing::RouteError>,
+        latency_ms: u64,
+    ) {
+        let Some(turn) = self.current_call(call) else {
+            return;
+        };
+        self.model.call = None;
+        let kinds = match result {
+            Ok(routed) => self.answer_records(turn, routed, latency_ms),
+            Err(e) => vec![EventKind::TurnFailed {
+                turn,
+                reason: e.message.clone(),
+                code: e.failure_code(),
+            }],
+        };
+        for k in kinds {
+            self.stage(k);
+        }
+        // A final answer completes the turn in pump(), in the same batch,
+        // unless a gate holds its release.
+        self.pump(myself);
+        self.flush(myself, true);
+    }
+
+    /// The records of a model answer: the message, and a request per tool call.
+    fn answer_records(
+        &mut self,
+        turn: u64,
+        routed: baton_routing::Routed,
+        latency_ms: u64,
+    ) -> Vec<EventKind> {
+        let state = &self.durable.state;
+        let resp = routed.response;
+        self.model.last_confidence = resp.confidence;
+        let mut message = resp.message;
+        message.role = Role::Assistant;
+        normalise_call_ids(
+            &mut message,
+            turn,
+            state.current.as_ref().map_or(0, |c| c.steps),
+        );
+        // A one-shot session hands tool calls to its client (the front
+        // door's caller) instead of running them.
+        let calls: Vec<_> = message
+            .tool_calls
+            .iter()
+            .filter(|_| !state.one_shot)
+            .map(|c| EventKind::ToolCallRequested {
+                turn,
+                call_id: c.id.clone(),
+                name: c.name.clone(),
+                arguments: c.arguments.clone(),
+                client_side: state.client_tools.iter().any(|t| t.name == c.name),
+            })
+            .collect();
+        let mut kinds = vec![EventKind::AssistantMessage {
+            turn,
+            message,
+            usage: resp.usage,
+            endpoint: routed.endpoint,
+            model: resp.model,
+            finish_reason: resp.finish_reason,
+            latency_ms,
+            cost_usd: routed.cost_usd,
+            attempts: routed.attempts,
+        }];
+        kinds.extend(calls);
+        kinds
+    }
+}
+
+/// Give every tool call a unique, non-empty id (providers usually do; a
+/// missing or repeated id would make results ambiguous).
+fn normalise_call_ids(message: &mut Message, turn: u64, step: u32) {
+    let mut seen = std::collections::HashSet::new();
+    for (i, c) in message.tool_calls.iter_mut().enumerate() {
+        if c.id.is_empty() || !seen.insert(c.id.clone()) {
+            c.id = format!("call_{turn}_{step}_{i}");
+            seen.insert(c.id.clone());
+        }
+    }
+}

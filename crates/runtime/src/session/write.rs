@@ -1,0 +1,166 @@
+//! The write path: stage records, hand them to the group-commit writer in
+//! one batch, and release their events once they are durable.
+//!
+//! Write-ahead rules, as built:
+//! * `TurnAccepted` + `ModelCallStarted` are handed to the writer and the
+//!   model call is dispatched right away: its fsync overlaps the model call.
+//!   If the write fails the actor fails, and the answer is dropped with it.
+//! * `AssistantMessage` + `TurnCompleted` go out in one batch; the client
+//!   sees them only after that batch is durable — one fsync on the critical
+//!   path after the model answers.
+//! * Output deltas are provisional and written without an fsync of their own.
+
+use baton_store::Batch;
+use baton_types::{EventKind, SessionEvent, now_unix_ms};
+use ractor::ActorRef;
+
+use super::ctx::SessionCtx;
+use super::msg::SessionMsg;
+
+impl SessionCtx {
+    /// Assign the next seq to a record and apply it to the state; it is
+    /// written by the next [`Self::flush`] (records staged together share
+    /// one batch, so one fsync).
+    pub fn stage(&mut self, kind: EventKind) {
+        let state = &mut self.durable.state;
+        let seq = state.last_seq + 1;
+        let now = now_unix_ms();
+        state.apply(seq, now, &kind);
+        self.outbox.staged.push(SessionEvent {
+            session_id: self.env.id,
+            seq,
+            at_unix_ms: now,
+            kind,
+        });
+    }
+
+    /// Stage records and write everything staged as one batch.
+    pub fn commit(&mut self, myself: &ActorRef<SessionMsg>, kinds: Vec<EventKind>, sync: bool) {
+        for kind in kinds {
+            self.stage(kind);
+        }
+        self.flush(myself, sync);
+    }
+
+    /// Hand the staged records (plus a status change, the gate records and,
+    /// now and then, a snapshot) to the writer as one batch; `Written` comes
+    /// back when it is durable (or, unsynced, in the WAL).
+    pub fn flush(&mut self, myself: &ActorRef<SessionMsg>, sync: bool) {
+        if self.outbox.staged.is_empty() {
+            return;
+        }
+        let id = self.env.id;
+        let mut batch = if sync {
+            Batch::new()
+        } else {
+            Batch::unsynced()
+        };
+        let mut audited = 0;
+        let auditing = self.env.shared.audit.is_some();
+        for e in self.outbox.hand_over() {
+            batch.append(&id, e.seq, e.at_unix_ms, &e.kind);
+            if auditing && crate::audit::is_audited(&e.kind) {
+                audited = e.seq;
+            }
+        }
+        if audited > 0 {
+            // With the records: a crash cannot leave them out of the audit trail.
+            batch.put_audit_pending(&id, audited);
+        }
+        let durable = &mut self.durable;
+        let status = durable.state.status();
+        if let Some(meta) = &mut durable.meta
+            && meta.status != status
+        {
+            let prev = meta.status;
+            meta.status = status;
+            meta.status_reason = durable.state.failed.clone().unwrap_or_default();
+            meta.updated_at_unix_ms = now_unix_ms();
+            batch.put_meta(&id, meta, Some(prev));
+        }
+        let every = self.env.shared.config.sessions.snapshot_every;
+        if sync
+            && durable.state.current.is_none()
+            && durable.state.last_seq - durable.snapshot_seq >= every
+        {
+            match baton_store::snapshot::encode(durable.state.last_seq, &durable.state) {
+                Ok(bytes) => {
+                    batch.put_snapshot(&id, bytes);
+                    durable.snapshot_seq = durable.state.last_seq;
+                }
+                Err(e) => tracing::warn!(session = %id, error = %e, "cannot encode a snapshot"),
+            }
+        }
+        let upto = durable.state.last_seq;
+        for (record, previous) in self.gates.staged.drain(..) {
+            batch.put_gate(&record, previous.as_ref());
+            self.gates.pending.push_back((upto, record));
+        }
+        let write = self.env.shared.store.write(batch);
+        let me = myself.clone();
+        tokio::spawn(async move {
+            let result = write.await;
+            let _ = me.cast(SessionMsg::Written { upto, result });
+        });
+    }
+
+    /// Everything up to `upto` is durable: answer what waited for it,
+    /// publish the gate records, and release the events (audit trail,
+    /// metrics, subscribers), in order.
+    pub fn on_written(&mut self, upto: u64) {
+        let released = self.outbox.release(upto);
+        while self
+            .gates
+            .pending
+            .front()
+            .is_some_and(|(seq, _)| *seq <= upto)
+        {
+            if let Some((_, record)) = self.gates.pending.pop_front() {
+                // Nobody watching is fine.
+                let _ = self.env.shared.gate_events.send(record);
+            }
+        }
+        for event in released {
+            self.released(&event);
+            self.outbox.deliver(&event);
+        }
+    }
+
+    /// The side effects of one released event.
+    fn released(&mut self, event: &SessionEvent) {
+        let shared = &self.env.shared;
+        if let Some(audit) = &shared.audit {
+            crate::audit::record_event(audit.as_ref(), event, false);
+            if crate::audit::is_audited(&event.kind) {
+                shared.audit_cursor.note(self.env.id, event.seq);
+            }
+        }
+        let metrics = baton_metrics::metrics();
+        match &event.kind {
+            EventKind::GateOpened { .. } => metrics.gates_pending_add(1),
+            EventKind::GateDecided { .. } => metrics.gates_pending_add(-1),
+            _ => {}
+        }
+        let outcome = match &event.kind {
+            EventKind::TurnCompleted { .. } => "completed",
+            EventKind::TurnFailed { .. } => "failed",
+            EventKind::TurnCancelled { .. } => "cancelled",
+            _ => return,
+        };
+        let turn = event.turn();
+        if self
+            .model
+            .turn_span
+            .as_ref()
+            .is_some_and(|(t, _)| turn == Some(*t))
+        {
+            self.model.turn_span = None;
+        }
+        let secs = self
+            .model
+            .turn_started
+            .filter(|(t, _)| turn == Some(*t))
+            .map_or(0.0, |(_, at)| at.elapsed().as_secs_f64());
+        metrics.turn_finished(outcome, secs);
+    }
+}

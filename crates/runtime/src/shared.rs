@@ -1,0 +1,101 @@
+//! State shared by the supervisor, the session actors and the handle.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use baton_store::Store;
+use baton_tools::{ToolExecutor, ToolRegistry};
+use baton_types::{GateRecord, SessionId};
+
+use crate::audit::{AuditCursor, AuditSink};
+use crate::config::RuntimeConfig;
+use crate::gates::Policies;
+use crate::source::StepSource;
+
+/// The tools side of the runtime.
+pub(crate) struct ToolsRuntime {
+    pub registry: ToolRegistry,
+    pub executor: ToolExecutor,
+    pub mcp: Option<baton_mcp::McpManager>,
+}
+
+/// State shared by the supervisor, the session actors and the handle.
+pub(crate) struct Shared {
+    pub store: Store,
+    /// Routes every model call (and holds the endpoints' executors):
+    /// strategies, retries, failover, breakers, budgets.
+    pub router: baton_routing::Router,
+    pub tools: ToolsRuntime,
+    pub gate_policies: Policies,
+    /// Gate records as they are opened, escalated and decided (durable).
+    pub gate_events: tokio::sync::broadcast::Sender<GateRecord>,
+    pub config: RuntimeConfig,
+    /// The audit trail, when one is plugged in.
+    pub audit: Option<Arc<dyn AuditSink>>,
+    /// Records handed to the audit trail, not yet confirmed in the store.
+    pub audit_cursor: AuditCursor,
+    /// Where live sessions' model answers and tool results come from.
+    pub live: Arc<dyn StepSource>,
+    /// Recordings that replay sessions are answered from, by session.
+    replays: Mutex<HashMap<SessionId, Arc<dyn StepSource>>>,
+    epoch: Instant,
+}
+
+impl Shared {
+    pub(crate) fn new(
+        store: Store,
+        router: baton_routing::Router,
+        tools: ToolsRuntime,
+        gate_policies: Policies,
+        config: RuntimeConfig,
+        audit: Option<Arc<dyn AuditSink>>,
+    ) -> Self {
+        let (gate_events, _) = tokio::sync::broadcast::channel(1024);
+        let live = Arc::new(crate::source::Live {
+            router: router.clone(),
+            tools: tools.executor.clone(),
+        });
+        Shared {
+            store,
+            router,
+            tools,
+            gate_policies,
+            gate_events,
+            config,
+            audit,
+            audit_cursor: AuditCursor::default(),
+            live,
+            replays: Mutex::new(HashMap::new()),
+            epoch: Instant::now(),
+        }
+    }
+
+    /// The recording a replay session is answered from, if it is registered.
+    pub(crate) fn replay_source(&self, id: SessionId) -> Option<Arc<dyn StepSource>> {
+        self.replays
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&id)
+            .cloned()
+    }
+
+    pub(crate) fn replays_insert(&self, id: SessionId, source: Arc<dyn StepSource>) {
+        self.replays
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(id, source);
+    }
+
+    pub(crate) fn replays_remove(&self, id: SessionId) {
+        self.replays
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&id);
+    }
+
+    /// Milliseconds since the runtime started (activity clocks).
+    pub fn elapsed_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+}

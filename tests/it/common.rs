@@ -94,3 +94,19 @@ pub fn fake_model_toml(base_url: &str, stream: bool) -> String {
         "[sessions]\ndefault_route = \"fake\"\n\n[[models]]\nname = \"fake\"\nprovider = \"openai\"\nbase_url = {base_url:?}\nmodel = \"fake-model\"\nstream = {stream}\ntimeout_ms = 120000\n[models.retry]\ninitial_backoff_ms = 10\nmax_backoff_ms = 100\n"
     )
 }
+
+/// A metric of a child process as `/metrics` shows it, by the start of its
+/// line (name and labels, e.g. `baton_turns_total{outcome="completed"}`);
+/// 0 when the series does not exist yet.
+pub async fn metric(server: &baton_testkit::BatonProcess, series: &str) -> f64 {
+    let text = reqwest::get(format!("{}/metrics", server.http_url().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .map(|v| v.trim().parse().unwrap())
+        .unwrap_or(0.0)
+}

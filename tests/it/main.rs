@@ -15,5 +15,6 @@ mod gates_api;
 mod grpc_api;
 mod inspect;
 mod routing;
+mod snapshots;
 mod tool_crash;
 mod tools;

@@ -5,7 +5,7 @@ use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::AuditEvent;
+use crate::event::AuditEvent;
 
 /// Name of the log file inside the audit directory.
 pub const LOG_FILE: &str = "audit.log";

@@ -9,8 +9,8 @@ use std::path::{Path, PathBuf};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 
+use crate::error::{AuditError, Result};
 use crate::format::{from_hex, to_hex};
-use crate::{AuditError, Result};
 
 fn key_error(path: &Path, reason: impl Into<String>) -> AuditError {
     AuditError::Key {

@@ -93,118 +93,20 @@
 //! A log that is being written may be read mid-write; `verify` then reports a
 //! partial last line. Verify a closed log, or rerun.
 
+mod error;
+mod event;
+mod export_check;
 mod format;
 mod keys;
 mod verify;
 mod writer;
 
-use std::path::PathBuf;
-
 pub use ed25519_dalek::VerifyingKey;
 
+pub use crate::error::{AuditError, Result};
+pub use crate::event::AuditEvent;
+pub use crate::export_check::{ExportReport, verify_export};
 pub use crate::format::{HEAD_FILE, LOG_FILE};
 pub use crate::keys::{parse_public_key_hex, public_key_hex, public_key_path, read_public_key};
 pub use crate::verify::{BadRecord, ExportFilter, VerifyReport, export, verify};
 pub use crate::writer::{AuditConfig, AuditLog};
-
-/// One thing that happened, to be appended to the log.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AuditEvent {
-    /// What kind of event: `model_call`, `tool_call`, `gate_decision`, …
-    pub kind: String,
-    /// The session it belongs to, if any.
-    pub session_id: Option<String>,
-    /// Who did it: an agent, a user, an admin, if known.
-    pub actor: Option<String>,
-    /// The details.
-    pub data: serde_json::Value,
-    /// When it happened; `None` means when it is appended.
-    pub ts_unix_ms: Option<u64>,
-}
-
-impl AuditEvent {
-    /// An event of `kind` with `data`, no session or actor, stamped when
-    /// appended.
-    pub fn new(kind: impl Into<String>, data: serde_json::Value) -> Self {
-        Self {
-            kind: kind.into(),
-            session_id: None,
-            actor: None,
-            data,
-            ts_unix_ms: None,
-        }
-    }
-
-    /// Sets the session.
-    #[must_use]
-    pub fn session(mut self, session_id: impl Into<String>) -> Self {
-        self.session_id = Some(session_id.into());
-        self
-    }
-
-    /// Sets the actor.
-    #[must_use]
-    pub fn actor(mut self, actor: impl Into<String>) -> Self {
-        self.actor = Some(actor.into());
-        self
-    }
-
-    /// Sets the timestamp.
-    #[must_use]
-    pub fn at(mut self, ts_unix_ms: u64) -> Self {
-        self.ts_unix_ms = Some(ts_unix_ms);
-        self
-    }
-}
-
-/// Errors of the audit log.
-#[derive(Debug, thiserror::Error)]
-pub enum AuditError {
-    /// A file operation failed.
-    #[error("cannot {op} {}: {error}", path.display())]
-    Io {
-        /// What was being done.
-        op: &'static str,
-        /// To which file.
-        path: PathBuf,
-        /// Why it failed (in the message, so not also a `source`).
-        error: std::io::Error,
-    },
-    /// The key file (or its `.pub`) is unusable.
-    #[error("key file {}: {reason}", path.display())]
-    Key {
-        /// The file.
-        path: PathBuf,
-        /// What is wrong with it.
-        reason: String,
-    },
-    /// A public key given as hex is not valid.
-    #[error("invalid public key: {0}")]
-    PublicKey(String),
-    /// Another process (or another open handle) holds the log.
-    #[error("audit log in {} is in use by another process", dir.display())]
-    Locked {
-        /// The log directory.
-        dir: PathBuf,
-    },
-    /// The log failed verification.
-    #[error("audit log in {} failed verification: {report}", dir.display())]
-    Tampered {
-        /// The log directory.
-        dir: PathBuf,
-        /// The verification outcome, naming the first bad record.
-        report: String,
-    },
-    /// The writer thread has stopped.
-    #[error("audit log writer has stopped")]
-    WriterGone,
-    /// The writer could not write a batch; its events are lost.
-    #[error("audit log write failed: {0}")]
-    Write(String),
-    /// An event or head could not be encoded.
-    #[error("cannot encode audit record: {0}")]
-    Encode(serde_json::Error),
-}
-
-/// Result of this crate.
-pub type Result<T, E = AuditError> = std::result::Result<T, E>;

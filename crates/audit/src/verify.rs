@@ -9,8 +9,8 @@ use std::path::Path;
 
 use ed25519_dalek::VerifyingKey;
 
+use crate::error::{AuditError, Result};
 use crate::format::{self, GENESIS, GoodRecord, HEAD_FILE, Head, LOG_FILE};
-use crate::{AuditError, Result};
 
 /// The first record that failed verification.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,9 +14,11 @@ use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use crate::error::{AuditError, Result};
+use crate::event::AuditEvent;
 use crate::format::{self, GENESIS, HEAD_FILE, Head, LOG_FILE};
+use crate::keys;
 use crate::verify::{self, Cursor, WalkError};
-use crate::{AuditError, AuditEvent, Result, keys};
 
 /// At most this many events go into one write; the rest wait for the next.
 const MAX_BATCH: usize = 8192;

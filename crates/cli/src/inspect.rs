@@ -263,7 +263,7 @@ fn print_state(
             out,
             "{}",
             serde_json::json!({"session_id": session_id, "status": status_name(v.status),
-                "live": v.live, "at_seq": v.at_seq, "state": state})
+                "live": v.live, "at_seq": v.at_seq, "snapshot_seq": v.snapshot_seq, "state": state})
         )?;
         return Ok(());
     }
@@ -293,6 +293,16 @@ fn print_state(
         len("queued"),
     )?;
     writeln!(out, "messages  {}", len("messages"))?;
+    match v.snapshot_seq {
+        Some(seq) => writeln!(
+            out,
+            "snapshot  stored at seq {seq} (the session loads from it and the records after it)"
+        )?,
+        None => writeln!(
+            out,
+            "snapshot  none stored (the session loads from its whole journal)"
+        )?,
+    }
     writeln!(out, "state:")?;
     let pretty = serde_json::to_string_pretty(&state).unwrap_or_else(|_| v.state_json.clone());
     for l in pretty.lines() {

@@ -58,6 +58,9 @@ pub struct StateView {
     pub live: bool,
     /// The seq the state reflects.
     pub at_seq: u64,
+    /// The seq of the session's stored snapshot, when it has one this build
+    /// can read (loading the session applies only the records after it).
+    pub snapshot_seq: Option<u64>,
 }
 
 /// A page of journal records.
@@ -213,6 +216,7 @@ impl RuntimeHandle {
                     at_seq: state.last_seq,
                     state,
                     live: true,
+                    snapshot_seq: self.snapshot_seq(id).await?,
                 });
             }
         }
@@ -220,6 +224,13 @@ impl RuntimeHandle {
             v.live = false;
             v
         })
+    }
+
+    /// The seq of the session's stored snapshot, if this build can read it.
+    async fn snapshot_seq(&self, id: SessionId) -> Result<Option<u64>> {
+        let bytes = self.inner.shared.store.load_snapshot(id).await?;
+        Ok(bytes
+            .and_then(|b| baton_store::snapshot::decode::<SessionState>(&b).map(|(seq, _)| seq)))
     }
 
     /// A page of the session's journal after `after_seq`, decoded.
@@ -278,6 +289,7 @@ impl RuntimeHandle {
             at_seq: after,
             state,
             live: false,
+            snapshot_seq: self.snapshot_seq(id).await?,
         })
     }
 

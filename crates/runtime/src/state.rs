@@ -851,4 +851,157 @@ mod tests {
         );
         assert_eq!(s.current.as_ref().unwrap().steps, 2);
     }
+
+    /// A state with everything a snapshot must carry: history with an image,
+    /// generation settings, a user message with images, an answer with tool
+    /// calls, tool calls pending (one started), an open gate, usage and
+    /// cost, a queued turn, metadata.
+    fn realistic() -> SessionState {
+        let image = |url: &str, detail: Option<&str>| baton_types::Image {
+            url: url.into(),
+            detail: detail.map(Into::into),
+        };
+        let mut history_image = Message::user("what is in this picture?");
+        history_image.images = vec![image("https://example.com/cat.png", None)];
+        let mut with_images = Message::user("and these?");
+        with_images.images = vec![
+            image("data:image/png;base64,iVBORw0KGgo=", Some("low")),
+            image("https://example.com/dog.jpg", Some("high")),
+        ];
+        let mut answer = Message::assistant("let me look that up");
+        answer.tool_calls = vec![
+            baton_types::ToolCall {
+                id: "c1".into(),
+                name: "search".into(),
+                arguments: r#"{"q":"dogs"}"#.into(),
+            },
+            baton_types::ToolCall {
+                id: "c2".into(),
+                name: "pay".into(),
+                arguments: r#"{"amount":3}"#.into(),
+            },
+        ];
+        let mut s = fold(&[
+            EventKind::SessionStarted {
+                route: "chain".into(),
+                system_prompt: "be careful".into(),
+                allowed_tools: vec!["search".into(), "pay*".into()],
+                client_tools: vec![ToolDefinition {
+                    name: "lookup".into(),
+                    description: "d".into(),
+                    parameters: "{}".into(),
+                }],
+                max_steps: 5,
+                budget_usd: Some(1.25),
+                data_classes: vec!["pii".into()],
+                one_shot: false,
+                history: vec![history_image, Message::assistant("a cat")],
+                generation: baton_types::Generation {
+                    temperature: Some(0.3),
+                    top_p: Some(0.9),
+                    max_output_tokens: Some(256),
+                    stop: vec!["END".into()],
+                    tool_choice: baton_types::ToolChoice::Tool("search".into()),
+                    json_schema: Some(r#"{"type":"object"}"#.into()),
+                },
+                replay_of: None,
+            },
+            EventKind::TurnAccepted {
+                turn: 1,
+                message: with_images,
+                review: true,
+            },
+            started(1, 1),
+            EventKind::AssistantMessage {
+                turn: 1,
+                message: answer,
+                usage: Usage {
+                    input_tokens: 120,
+                    output_tokens: 17,
+                },
+                endpoint: "cheap".into(),
+                model: "m-1".into(),
+                finish_reason: baton_types::FinishReason::Other("weird".into()),
+                latency_ms: 80,
+                cost_usd: Some(0.002),
+                attempts: 2,
+            },
+            EventKind::ToolCallRequested {
+                turn: 1,
+                call_id: "c1".into(),
+                name: "search".into(),
+                arguments: r#"{"q":"dogs"}"#.into(),
+                client_side: false,
+            },
+            EventKind::ToolCallRequested {
+                turn: 1,
+                call_id: "c2".into(),
+                name: "pay".into(),
+                arguments: r#"{"amount":3}"#.into(),
+                client_side: false,
+            },
+            EventKind::ToolCallStarted {
+                turn: 1,
+                call_id: "c1".into(),
+                name: "search".into(),
+                attempt: 1,
+            },
+            EventKind::GateOpened {
+                turn: 1,
+                gate_id: baton_types::GateId::new(),
+                kind: GateKind::BeforeTool,
+                point: GatePoint::ToolCall,
+                policy: "payments".into(),
+                reason: "tool pay needs approval".into(),
+                reviewers: "finance".into(),
+                subject: r#"{"tool":"pay"}"#.into(),
+                call_id: "c2".into(),
+                deadline_unix_ms: 99,
+                on_timeout: TimeoutAction::Escalate,
+            },
+            EventKind::TurnAccepted {
+                turn: 2,
+                message: Message::user("next"),
+                review: false,
+            },
+        ]);
+        s.metadata.insert("tier".into(), "gold".into());
+        s.failed = None;
+        s
+    }
+
+    #[test]
+    fn a_realistic_state_round_trips_through_a_snapshot() {
+        let s = realistic();
+        let c = s.current.as_ref().unwrap();
+        assert_eq!((c.tools.len(), c.gates.len()), (2, 1));
+        assert!(c.tools[0].started && c.review);
+        assert_eq!(s.queued.len(), 1);
+        assert_eq!(s.messages[0].images.len(), 1);
+        assert!(s.messages[1].images.is_empty());
+        let bytes = baton_store::snapshot::encode(s.last_seq, &s).unwrap();
+        let (seq, back) = baton_store::snapshot::decode::<SessionState>(&bytes).unwrap();
+        assert_eq!(seq, s.last_seq);
+        assert_eq!(back, s);
+    }
+
+    #[test]
+    fn a_damaged_snapshot_of_a_realistic_state_is_refused_not_misread() {
+        let s = realistic();
+        let bytes = baton_store::snapshot::encode(s.last_seq, &s).unwrap();
+        for n in [0, 1, 9, 10, bytes.len() / 2, bytes.len() - 1] {
+            assert_eq!(
+                baton_store::snapshot::decode::<SessionState>(&bytes[..n]),
+                None,
+                "truncated to {n} bytes"
+            );
+        }
+        // Every 8-byte window set to a huge length: refused or decoded,
+        // never an allocation from it (which would abort the test).
+        for at in (9..bytes.len().saturating_sub(8)).step_by(3) {
+            let mut bad = bytes.clone();
+            bad[at..at + 8].copy_from_slice(&(1u64 << 50).to_be_bytes());
+            let _ = baton_store::snapshot::decode::<SessionState>(&bad);
+        }
+    }
 }

@@ -76,6 +76,7 @@ fn view_to_proto(v: &StateView) -> Result<v1::SessionStateView, Status> {
         status: convert::status_to_proto(v.status) as i32,
         live: v.live,
         at_seq: v.at_seq,
+        snapshot_seq: v.snapshot_seq,
     })
 }
 

@@ -1,9 +1,11 @@
 use serde::{Deserialize, Serialize};
 
-use crate::{
-    Decision, FinishReason, GateId, GateKind, GatePoint, Message, ModelCallReason, SessionId,
-    TimeoutAction, ToolDefinition, TurnFailureCode, Usage,
-};
+use crate::gate::{Decision, GateId, GateKind, GatePoint, TimeoutAction};
+use crate::generation::Generation;
+use crate::id::SessionId;
+use crate::message::{FinishReason, Message, ToolDefinition, Usage};
+use crate::routing::{AttemptFailure, RoutingDecision};
+use crate::turn::{ModelCallReason, TurnFailureCode};
 
 /// A session's lifecycle status, as stored and reported to clients.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -116,7 +118,7 @@ pub enum EventKind {
         /// How every model call of the session generates (sampling, limits,
         /// tool choice, structured output).
         #[serde(default)]
-        generation: crate::Generation,
+        generation: Generation,
         /// For replay sessions: the session replayed.
         #[serde(default)]
         replay_of: Option<String>,
@@ -166,12 +168,12 @@ pub enum EventKind {
     /// Which endpoint a model-call attempt went to, and why.
     RoutingDecided {
         turn: u64,
-        decision: crate::RoutingDecision,
+        decision: RoutingDecision,
     },
     /// An attempt of a model call failed (it may be retried or failed over).
     AttemptFailed {
         turn: u64,
-        failure: crate::AttemptFailure,
+        failure: AttemptFailure,
     },
     /// The turn's streamed output so far is void: the attempt that produced
     /// it failed after streaming; the answer continues from `attempt`.

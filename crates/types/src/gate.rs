@@ -7,7 +7,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
-use crate::SessionId;
+use crate::id::SessionId;
 use crate::wire::wire_enum;
 
 wire_enum! {
@@ -220,7 +220,7 @@ impl GateRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::WireEnum;
+    use crate::wire::WireEnum;
 
     fn round_trips<T: WireEnum + std::fmt::Debug + PartialEq + Serialize>() {
         for v in T::ALL {

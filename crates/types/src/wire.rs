@@ -82,7 +82,7 @@ macro_rules! wire_enum {
             $( $(#[$vmeta])* $variant ),+
         }
 
-        impl $crate::WireEnum for $name {
+        impl $crate::wire::WireEnum for $name {
             const WHAT: &'static str = $what;
             const ALL: &'static [Self] = &[$($name::$variant),+];
 
@@ -92,10 +92,10 @@ macro_rules! wire_enum {
                 }
             }
 
-            fn parse(s: &str) -> Result<Self, $crate::UnknownValue> {
+            fn parse(s: &str) -> Result<Self, $crate::wire::UnknownValue> {
                 match s {
                     $( $wire => Ok($name::$variant), )+
-                    other => Err($crate::UnknownValue {
+                    other => Err($crate::wire::UnknownValue {
                         what: $what,
                         value: other.chars().take(64).collect(),
                         expected: &[$($wire),+],
@@ -107,12 +107,12 @@ macro_rules! wire_enum {
         impl $name {
             /// The wire string.
             pub fn as_str(&self) -> &'static str {
-                <Self as $crate::WireEnum>::as_str(self)
+                <Self as $crate::wire::WireEnum>::as_str(self)
             }
 
             /// From the wire string; the error names the value and what is accepted.
-            pub fn parse(s: &str) -> Result<Self, $crate::UnknownValue> {
-                <Self as $crate::WireEnum>::parse(s)
+            pub fn parse(s: &str) -> Result<Self, $crate::wire::UnknownValue> {
+                <Self as $crate::wire::WireEnum>::parse(s)
             }
         }
 
@@ -123,7 +123,7 @@ macro_rules! wire_enum {
         }
 
         impl ::std::str::FromStr for $name {
-            type Err = $crate::UnknownValue;
+            type Err = $crate::wire::UnknownValue;
 
             fn from_str(s: &str) -> Result<Self, Self::Err> {
                 Self::parse(s)

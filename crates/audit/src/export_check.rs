@@ -78,7 +78,13 @@ impl fmt::Display for ExportReport {
 const SUFFIX_LEN: usize = 9 + 64 + 9 + 128 + 2;
 
 /// One export line split into the record's body bytes, hash and signature.
-fn split_line(line: &[u8]) -> Result<(Vec<u8>, [u8; 32], [u8; 64]), String> {
+struct Exported {
+    body: Vec<u8>,
+    hash: [u8; 32],
+    sig: [u8; 64],
+}
+
+fn split_line(line: &[u8]) -> Result<Exported, String> {
     if line.len() < SUFFIX_LEN + 2 {
         return Err("too short to be an exported record".into());
     }
@@ -96,7 +102,7 @@ fn split_line(line: &[u8]) -> Result<(Vec<u8>, [u8; 32], [u8; 64]), String> {
     let sig = from_hex::<64>(sig_hex).ok_or("sig is not 128 lowercase hex digits")?;
     let mut body = head.to_vec();
     body.push(b'}');
-    Ok((body, hash, sig))
+    Ok(Exported { body, hash, sig })
 }
 
 /// Checks an exported file against `public_key` (see the module docs).
@@ -112,20 +118,28 @@ pub fn verify_export(reader: impl BufRead, public_key: &VerifyingKey) -> ExportR
                 return report;
             }
         };
-        let checked = split_line(&line).and_then(|(body_bytes, hash, sig)| {
-            let body: BodyIn = serde_json::from_slice(&body_bytes)
-                .map_err(|e| format!("body is not a valid record: {e}"))?;
-            let prev = from_hex::<32>(body.prev.as_bytes())
-                .ok_or("prev is not 64 lowercase hex digits")?;
-            if format::record_hash(&prev, &body_bytes) != hash {
-                return Err("hash mismatch: body or prev was altered".into());
-            }
-            let sig = ed25519_dalek::Signature::from_bytes(&sig);
-            if public_key.verify_strict(&hash, &sig).is_err() {
-                return Err("signature invalid: forged, altered, or signed by another key".into());
-            }
-            Ok((body.seq, prev, hash))
-        });
+        let checked = split_line(&line).and_then(
+            |Exported {
+                 body: body_bytes,
+                 hash,
+                 sig,
+             }| {
+                let body: BodyIn = serde_json::from_slice(&body_bytes)
+                    .map_err(|e| format!("body is not a valid record: {e}"))?;
+                let prev = from_hex::<32>(body.prev.as_bytes())
+                    .ok_or("prev is not 64 lowercase hex digits")?;
+                if format::record_hash(&prev, &body_bytes) != hash {
+                    return Err("hash mismatch: body or prev was altered".into());
+                }
+                let sig = ed25519_dalek::Signature::from_bytes(&sig);
+                if public_key.verify_strict(&hash, &sig).is_err() {
+                    return Err(
+                        "signature invalid: forged, altered, or signed by another key".into(),
+                    );
+                }
+                Ok((body.seq, prev, hash))
+            },
+        );
         let (seq, prev, hash) = match checked {
             Ok(c) => c,
             Err(reason) => {

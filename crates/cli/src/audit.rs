@@ -9,12 +9,24 @@ use anyhow::{Context, bail};
 use baton_audit::{ExportFilter, VerifyingKey};
 use clap::{Args, Subcommand};
 
+use crate::settings::ConfigArgs;
+
 #[derive(Debug, Subcommand)]
 pub enum AuditCommand {
-    /// Check every record, the hash chain, the signatures and the signed head.
+    /// Check every record, the hash chain, the signatures and the signed
+    /// head; or, with --export, check an exported file.
     Verify {
         #[command(flatten)]
         log: LogArgs,
+        /// Check this exported file (from `baton audit export`) instead of
+        /// the log: every record's hash and signature, its order, and the
+        /// chain between adjacent records. Needs only the public key.
+        #[arg(long)]
+        export: Option<PathBuf>,
+        /// With --export: also require the whole log up to its last record
+        /// (seq 1 onwards, no gaps), as an unfiltered export has.
+        #[arg(long, requires = "export")]
+        complete: bool,
     },
     /// Verify the log and write its records as JSONL, each with its hash and
     /// signature so that others can re-check them.
@@ -36,45 +48,85 @@ pub enum AuditCommand {
     },
     /// Print the hex public key of a key file.
     Pubkey {
-        /// The signing key file.
-        #[arg(long, default_value = "./baton-data/audit/audit.key")]
-        key_file: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// The signing key file [default: audit.key_file of the config, else
+        /// audit.key in the audit directory].
+        #[arg(long)]
+        key_file: Option<PathBuf>,
     },
 }
 
+/// Where the log is: `--dir`, else the audit directory of the config `baton
+/// serve` uses (`audit.dir`, else `<store.data_dir>/audit`).
 #[derive(Debug, Args)]
 pub struct LogArgs {
-    /// The audit directory, holding audit.log and audit.head.
-    #[arg(long, default_value = "./baton-data/audit")]
-    dir: PathBuf,
+    #[command(flatten)]
+    config: ConfigArgs,
+    /// The audit directory, holding audit.log and audit.head [default: the
+    /// config's audit directory].
+    #[arg(long)]
+    dir: Option<PathBuf>,
     /// The public key, as 64 hex digits.
     #[arg(long, conflicts_with = "public_key_file")]
     public_key: Option<String>,
-    /// A file holding the public key [default: <dir>/audit.key.pub].
+    /// A file holding the public key [default: <dir>/audit.key.pub, or the
+    /// config's key file with `.pub` appended].
     #[arg(long)]
     public_key_file: Option<PathBuf>,
 }
 
 impl LogArgs {
+    fn dir(&self) -> anyhow::Result<PathBuf> {
+        match &self.dir {
+            Some(d) => Ok(d.clone()),
+            None => Ok(self.config.audit()?.path),
+        }
+    }
+
     fn key(&self) -> anyhow::Result<VerifyingKey> {
         if let Some(hex) = &self.public_key {
             return Ok(baton_audit::parse_public_key_hex(hex)?);
         }
-        let file = self
-            .public_key_file
-            .clone()
-            .unwrap_or_else(|| self.dir.join("audit.key.pub"));
+        let file = match (&self.public_key_file, &self.dir) {
+            (Some(f), _) => f.clone(),
+            (None, Some(dir)) => dir.join("audit.key.pub"),
+            (None, None) => baton_audit::public_key_path(&self.config.audit()?.key_file),
+        };
         Ok(baton_audit::read_public_key(&file)?)
     }
 }
 
 pub fn run(command: AuditCommand) -> anyhow::Result<()> {
     match command {
-        AuditCommand::Verify { log } => {
-            let report = baton_audit::verify(&log.dir, &log.key()?);
+        AuditCommand::Verify {
+            log,
+            export: Some(file),
+            complete,
+        } => {
+            let key = log.key()?;
+            let f = File::open(&file).with_context(|| format!("cannot open {}", file.display()))?;
+            let report = baton_audit::verify_export(io::BufReader::new(f), &key);
             println!("{report}");
             if !report.ok() {
-                bail!("audit log in {} failed verification", log.dir.display());
+                bail!("export {} failed verification", file.display());
+            }
+            if complete && !report.complete() {
+                bail!(
+                    "export {} is not the whole log: it starts at seq {} and has {} gaps",
+                    file.display(),
+                    report.first_seq.unwrap_or(0),
+                    report.gaps
+                );
+            }
+            Ok(())
+        }
+        AuditCommand::Verify { log, .. } => {
+            let dir = log.dir()?;
+            let report = baton_audit::verify(&dir, &log.key()?);
+            println!("{report}");
+            if !report.ok() {
+                bail!("audit log in {} failed verification", dir.display());
             }
             Ok(())
         }
@@ -85,6 +137,7 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             until,
             out,
         } => {
+            let dir = log.dir()?;
             let key = log.key()?;
             let filter = ExportFilter {
                 session_id: session,
@@ -92,9 +145,9 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
                 until_ms: until,
             };
             let count = match &out {
-                Some(path) => export_to_file(&log.dir, &key, &filter, path)?,
+                Some(path) => export_to_file(&dir, &key, &filter, path)?,
                 None => baton_audit::export(
-                    &log.dir,
+                    &dir,
                     &key,
                     &filter,
                     &mut BufWriter::new(io::stdout().lock()),
@@ -103,7 +156,11 @@ pub fn run(command: AuditCommand) -> anyhow::Result<()> {
             eprintln!("exported {count} records");
             Ok(())
         }
-        AuditCommand::Pubkey { key_file } => {
+        AuditCommand::Pubkey { config, key_file } => {
+            let key_file = match key_file {
+                Some(k) => k,
+                None => config.audit()?.key_file,
+            };
             let key = baton_audit::read_public_key(&key_file)?;
             println!("{}", baton_audit::public_key_hex(&key));
             Ok(())

@@ -23,6 +23,7 @@ mod inspect;
 mod ops;
 mod print;
 mod serve;
+mod settings;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -79,10 +80,11 @@ enum Command {
         /// The backup directory (made by `baton backup`).
         #[arg(long)]
         from: PathBuf,
-        /// The data dir to restore into; it must be missing or empty
-        /// unless --force.
-        #[arg(long)]
-        data_dir: PathBuf,
+        /// The config `baton serve` uses, for the data dir to restore into
+        /// (store.data_dir; `--data-dir` overrides it). It must be missing
+        /// or empty unless --force.
+        #[command(flatten)]
+        config: settings::ConfigArgs,
         /// Replace a non-empty data dir.
         #[arg(long)]
         force: bool,
@@ -126,10 +128,10 @@ pub fn main() -> ExitCode {
             Command::Backup { conn, to } => ops::backup(conn, to).await,
             Command::Restore {
                 from,
-                data_dir,
+                config,
                 force,
                 json,
-            } => ops::restore(from, data_dir, force, json).await,
+            } => ops::restore(from, config, force, json).await,
             Command::Audit { command } => audit::run(command),
             Command::Demo { data_dir } => demo::run(data_dir).await,
         }

@@ -56,10 +56,11 @@ struct Restored {
 /// restore leaves the old data dir as it was.
 pub async fn restore(
     from: PathBuf,
-    data_dir: PathBuf,
+    config: crate::settings::ConfigArgs,
     force: bool,
     json: bool,
 ) -> anyhow::Result<()> {
+    let data_dir = config.load()?.store.data_dir;
     if !from.join("CURRENT").is_file() {
         bail!(
             "{} is not a Baton backup (it has no RocksDB CURRENT file)",
@@ -175,10 +176,11 @@ pub async fn restore(
                 ""
             }
         );
-        println!(
-            "start it with: baton serve --data-dir {}",
-            data_dir.display()
-        );
+        match (&config.config, &config.data_dir) {
+            (_, Some(d)) => println!("start it with: baton serve --data-dir {}", d.display()),
+            (Some(c), None) => println!("start it with: baton serve --config {}", c.display()),
+            (None, None) => println!("start it with: baton serve"),
+        }
     }
     Ok(())
 }
@@ -257,12 +259,19 @@ mod tests {
         assert_eq!(bytes(12 * 1024 * 1024), "12.0 MiB");
     }
 
+    fn into(data_dir: PathBuf) -> crate::settings::ConfigArgs {
+        crate::settings::ConfigArgs {
+            config: None,
+            data_dir: Some(data_dir),
+        }
+    }
+
     #[tokio::test]
     async fn restore_refuses_a_non_empty_target_and_a_non_backup() {
         let dir = tempfile::tempdir().unwrap();
         let not_backup = dir.path().join("nb");
         std::fs::create_dir_all(&not_backup).unwrap();
-        let e = restore(not_backup.clone(), dir.path().join("t"), false, false)
+        let e = restore(not_backup.clone(), into(dir.path().join("t")), false, false)
             .await
             .err()
             .map(|e| e.to_string());
@@ -272,7 +281,7 @@ mod tests {
         let target = dir.path().join("target");
         std::fs::create_dir_all(&target).unwrap();
         std::fs::write(target.join("keep"), "x").unwrap();
-        let e = restore(not_backup, target.clone(), false, false)
+        let e = restore(not_backup, into(target.clone()), false, false)
             .await
             .err()
             .map(|e| e.to_string());

@@ -3,7 +3,6 @@ use std::path::PathBuf;
 
 use anyhow::Context;
 use baton_runtime::{Durability, Runtime};
-use baton_server::BatonConfig;
 
 #[derive(Debug, clap::Args)]
 pub struct ServeArgs {
@@ -35,17 +34,8 @@ fn parse_durability(s: &str) -> Result<Durability, String> {
     }
 }
 
-const DEFAULT_CONFIG: &str = "config/baton.toml";
-
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
-    let path = match args.config {
-        Some(p) => Some(p),
-        None => {
-            let p = PathBuf::from(DEFAULT_CONFIG);
-            p.exists().then_some(p)
-        }
-    };
-    let mut config = BatonConfig::load(path.as_deref())?;
+    let mut config = crate::settings::load(args.config.as_deref())?;
     if let Some(l) = args.listen {
         config.server.listen = l;
     }

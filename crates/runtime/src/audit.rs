@@ -150,16 +150,10 @@ fn audit_record(e: &baton_types::SessionEvent) -> Option<Record<'_>> {
                 "output": output, "is_error": is_error, "latency_ms": latency_ms,
             }),
         ),
-        K::GateOpened { .. } | K::GateEscalated { .. } | K::NeedsAttention { .. } => (
-            "policy_decision",
-            None,
-            serde_json::to_value(&e.kind).unwrap_or_default(),
-        ),
-        K::GateDecided { reviewer, .. } => (
-            "gate_decision",
-            Some(reviewer.as_str()),
-            serde_json::to_value(&e.kind).unwrap_or_default(),
-        ),
+        K::GateOpened { .. } | K::GateEscalated { .. } | K::NeedsAttention { .. } => {
+            ("policy_decision", None, with_seq(e))
+        }
+        K::GateDecided { reviewer, .. } => ("gate_decision", Some(reviewer.as_str()), with_seq(e)),
         K::TurnFailed { turn, reason, code } => (
             "turn_failed",
             None,
@@ -178,6 +172,15 @@ fn audit_record(e: &baton_types::SessionEvent) -> Option<Record<'_>> {
         _ => return None,
     };
     Some((kind, actor, data))
+}
+
+/// The record's JSON (its `type` and fields) with its `seq`.
+fn with_seq(e: &baton_types::SessionEvent) -> serde_json::Value {
+    let mut v = serde_json::to_value(&e.kind).unwrap_or_default();
+    if let Some(o) = v.as_object_mut() {
+        o.insert("seq".into(), e.seq.into());
+    }
+    v
 }
 
 /// Which journal records have been handed to the audit sink and not yet

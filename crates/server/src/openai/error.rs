@@ -1,0 +1,202 @@
+//! Errors in OpenAI's shape, and the one place failures become HTTP statuses.
+
+use axum::Json;
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use baton_types::SessionId;
+use serde_json::{Value, json};
+
+use super::headers::SESSION_HEADER;
+
+/// The message of the error event that ends a stream whose output was retracted.
+pub const RETRACTED_MESSAGE: &str = "the upstream stream failed after output was sent; the answer was retried — re-issue the request";
+
+/// An error in OpenAI's shape, with its HTTP status.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    /// OpenAI's `type`: `invalid_request_error`, `server_error`, ...
+    pub kind: &'static str,
+    pub param: Option<String>,
+    pub code: Option<String>,
+    /// The session the call created, when it got that far.
+    pub session: Option<SessionId>,
+}
+
+impl ApiError {
+    pub(crate) fn new(status: StatusCode, kind: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            message: message.into(),
+            kind,
+            param: None,
+            code: None,
+            session: None,
+        }
+    }
+
+    /// 400 `invalid_request_error` about `param`.
+    pub fn invalid(param: impl Into<String>, message: impl Into<String>) -> Self {
+        let param = param.into();
+        let message = message.into();
+        Self {
+            param: Some(param.clone()),
+            ..Self::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("{param}: {message}"),
+            )
+        }
+    }
+
+    pub(crate) fn code(mut self, code: &str) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    pub(super) fn param(mut self, param: &str) -> Self {
+        self.param = Some(param.into());
+        self
+    }
+
+    pub(super) fn status(mut self, status: StatusCode) -> Self {
+        self.status = status;
+        self
+    }
+
+    pub(super) fn in_session(mut self, id: SessionId) -> Self {
+        self.session = Some(id);
+        self
+    }
+
+    /// A 404 for a `model` that is no Baton route.
+    pub fn model_not_found(model: &str, routes: &[String]) -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            "invalid_request_error",
+            format!(
+                "the model {model:?} does not exist: it is not a Baton route (have: {})",
+                routes.join(", ")
+            ),
+        )
+        .param("model")
+        .code("model_not_found")
+    }
+
+    /// `{"error": {...}}`.
+    pub fn body(&self) -> Value {
+        json!({"error": {
+            "message": self.message,
+            "type": self.kind,
+            "param": self.param,
+            "code": self.code,
+        }})
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut resp = (self.status, Json(self.body())).into_response();
+        if let Some(id) = self.session
+            && let Ok(v) = HeaderValue::from_str(&id.to_string())
+        {
+            resp.headers_mut().insert(SESSION_HEADER, v);
+        }
+        resp
+    }
+}
+
+/// A runtime error as an OpenAI-style error (status from [`crate::http_status`]).
+pub fn runtime_error(err: &baton_runtime::Error) -> ApiError {
+    let code = err.code();
+    let status = crate::http_status(code);
+    let kind = match status.as_u16() {
+        429 => "rate_limit_error",
+        400..=499 => "invalid_request_error",
+        _ => "server_error",
+    };
+    ApiError::new(status, kind, err.to_string()).code(code.as_str())
+}
+
+/// A failed turn (`TurnFailed { code, reason }`) as an OpenAI-style error.
+pub fn turn_failed_error(code: &str, reason: &str) -> ApiError {
+    let e = |status, kind| ApiError::new(status, kind, reason).code(code);
+    match code {
+        "unknown_route" => e(StatusCode::NOT_FOUND, "invalid_request_error")
+            .param("model")
+            .code("model_not_found"),
+        "budget_exhausted" => {
+            e(StatusCode::TOO_MANY_REQUESTS, "insufficient_quota").code("insufficient_quota")
+        }
+        "content_policy" => {
+            e(StatusCode::BAD_REQUEST, "invalid_request_error").code("content_policy_violation")
+        }
+        "context_length" => e(StatusCode::BAD_REQUEST, "invalid_request_error")
+            .param("messages")
+            .code("context_length_exceeded"),
+        "invalid_request" => e(StatusCode::BAD_REQUEST, "invalid_request_error"),
+        "deadline_exceeded" => e(StatusCode::GATEWAY_TIMEOUT, "server_error"),
+        "no_eligible_endpoint" => e(StatusCode::SERVICE_UNAVAILABLE, "server_error"),
+        "model_error" => e(StatusCode::BAD_GATEWAY, "server_error"),
+        "" => e(StatusCode::INTERNAL_SERVER_ERROR, "server_error").code("turn_failed"),
+        _ => e(StatusCode::INTERNAL_SERVER_ERROR, "server_error"),
+    }
+}
+
+pub(super) fn cancelled_error() -> ApiError {
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "server_error",
+        "the turn was cancelled",
+    )
+    .code("cancelled")
+}
+
+pub(super) fn ended_early_error(id: SessionId) -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        "server_error",
+        format!("the event stream of session {id} ended before its turn did"),
+    )
+    .code("unavailable")
+}
+
+pub(super) fn retracted_error() -> ApiError {
+    ApiError::new(StatusCode::BAD_GATEWAY, "server_error", RETRACTED_MESSAGE)
+        .code("stream_retracted")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn turn_failures_map_to_openai_statuses() {
+        let e = turn_failed_error("budget_exhausted", "budget of session x exhausted");
+        assert_eq!(e.status, StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(e.kind, "insufficient_quota");
+        let e = turn_failed_error("content_policy", "flagged: violence");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert_eq!(e.code.as_deref(), Some("content_policy_violation"));
+        assert_eq!(e.message, "flagged: violence");
+        let e = turn_failed_error("context_length", "too long");
+        assert_eq!(e.code.as_deref(), Some("context_length_exceeded"));
+        assert_eq!(
+            turn_failed_error("deadline_exceeded", "").status,
+            StatusCode::GATEWAY_TIMEOUT
+        );
+        assert_eq!(
+            turn_failed_error("no_eligible_endpoint", "").status,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            turn_failed_error("model_error", "").status,
+            StatusCode::BAD_GATEWAY
+        );
+        assert_eq!(
+            turn_failed_error("max_steps_exceeded", "").status,
+            StatusCode::INTERNAL_SERVER_ERROR
+        );
+    }
+}

@@ -1,12 +1,15 @@
-//! Errors in OpenAI's shape, and the one place failures become HTTP statuses.
+//! Errors in OpenAI's shape, with their HTTP status, and the one place a
+//! failed turn's code becomes a status and an OpenAI error type
+//! ([`turn_failed_error`]).
 
 use axum::Json;
+use axum::extract::rejection::BytesRejection;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use baton_types::SessionId;
-use serde_json::{Value, json};
+use baton_types::{EventKind, SessionId};
 
 use super::headers::SESSION_HEADER;
+use super::types::{ErrorBody, ErrorObject};
 
 /// The message of the error event that ends a stream whose output was retracted.
 pub const RETRACTED_MESSAGE: &str = "the upstream stream failed after output was sent; the answer was retried — re-issue the request";
@@ -85,13 +88,15 @@ impl ApiError {
     }
 
     /// `{"error": {...}}`.
-    pub fn body(&self) -> Value {
-        json!({"error": {
-            "message": self.message,
-            "type": self.kind,
-            "param": self.param,
-            "code": self.code,
-        }})
+    pub fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: ErrorObject {
+                message: self.message.clone(),
+                kind: self.kind.into(),
+                param: self.param.clone(),
+                code: self.code.clone(),
+            },
+        }
     }
 }
 
@@ -144,7 +149,29 @@ pub fn turn_failed_error(code: &str, reason: &str) -> ApiError {
     }
 }
 
-pub(super) fn cancelled_error() -> ApiError {
+/// The error for an event that ends a turn without an answer
+/// (`TurnFailed`, `TurnCancelled`); `None` for any other event.
+pub(super) fn turn_ended_error(kind: &EventKind) -> Option<ApiError> {
+    match kind {
+        EventKind::TurnFailed { code, reason, .. } => Some(turn_failed_error(code, reason)),
+        EventKind::TurnCancelled { .. } => Some(cancelled_error()),
+        _ => None,
+    }
+}
+
+/// A body axum could not read: 413 `request_too_large` past
+/// `http.max_request_bytes`.
+pub(super) fn body_error(rejection: BytesRejection) -> ApiError {
+    let status = rejection.status();
+    let e = ApiError::new(status, "invalid_request_error", rejection.body_text());
+    if status == StatusCode::PAYLOAD_TOO_LARGE {
+        e.code("request_too_large")
+    } else {
+        e
+    }
+}
+
+fn cancelled_error() -> ApiError {
     ApiError::new(
         StatusCode::INTERNAL_SERVER_ERROR,
         "server_error",
@@ -198,5 +225,37 @@ mod tests {
             turn_failed_error("max_steps_exceeded", "").status,
             StatusCode::INTERNAL_SERVER_ERROR
         );
+    }
+
+    #[test]
+    fn the_body_has_openai_s_shape_with_null_for_unknowns() {
+        let v = serde_json::to_value(ApiError::invalid("n", "only 1").body()).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"error": {"message": "n: only 1", "type": "invalid_request_error",
+                                         "param": "n", "code": null}})
+        );
+        let v = serde_json::to_value(retracted_error().body()).unwrap();
+        assert_eq!(v["error"]["param"], serde_json::Value::Null);
+        assert_eq!(v["error"]["code"], "stream_retracted");
+    }
+
+    #[test]
+    fn only_turn_ending_events_are_errors() {
+        let failed = EventKind::TurnFailed {
+            turn: 1,
+            reason: "no route".into(),
+            code: "unknown_route".into(),
+        };
+        let e = turn_ended_error(&failed).unwrap();
+        assert_eq!(e.status, StatusCode::NOT_FOUND);
+        assert_eq!(e.param.as_deref(), Some("model"));
+        let e = turn_ended_error(&EventKind::TurnCancelled { turn: 1 }).unwrap();
+        assert_eq!(e.code.as_deref(), Some("cancelled"));
+        let completed = EventKind::TurnCompleted {
+            turn: 1,
+            usage: Default::default(),
+        };
+        assert_eq!(turn_ended_error(&completed), None);
     }
 }

@@ -4,16 +4,16 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::http::{HeaderMap, StatusCode};
+use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
 use baton_runtime::{RuntimeHandle, StartSession};
-use serde_json::{Value, json};
 
-use super::error::{ApiError, runtime_error};
+use super::error::{ApiError, body_error, runtime_error};
 use super::request::parse_request;
 use super::response::json_response;
 use super::stream::stream_response;
 use super::turn::{CancelOnDrop, Completion};
+use super::types::{Model, ModelList};
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
@@ -32,45 +32,13 @@ async fn complete(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|r| {
-        let status = r.status();
-        let e = ApiError::new(status, "invalid_request_error", r.body_text());
-        if status == StatusCode::PAYLOAD_TOO_LARGE {
-            e.code("request_too_large")
-        } else {
-            e
-        }
-    })?;
+    let body = body.map_err(body_error)?;
     let req = parse_request(&body, &headers)?;
     let routes = runtime.routes();
     if !routes.contains(&req.model) {
         return Err(ApiError::model_not_found(&req.model, &routes));
     }
-    let limits = &runtime.config().sessions;
-    if req.last.content.len() > limits.max_message_bytes {
-        return Err(ApiError::invalid(
-            "messages",
-            format!(
-                "the last message is {} bytes; the limit is {} (sessions.max_message_bytes)",
-                req.last.content.len(),
-                limits.max_message_bytes
-            ),
-        )
-        .status(StatusCode::PAYLOAD_TOO_LARGE)
-        .code("request_too_large"));
-    }
-    if req.system_prompt.len() > limits.max_system_prompt_bytes {
-        return Err(ApiError::invalid(
-            "messages",
-            format!(
-                "the system and developer messages are {} bytes; the limit is {} (sessions.max_system_prompt_bytes)",
-                req.system_prompt.len(),
-                limits.max_system_prompt_bytes
-            ),
-        )
-        .status(StatusCode::PAYLOAD_TOO_LARGE)
-        .code("request_too_large"));
-    }
+    req.check_limits(&runtime.config().sessions)?;
     let info = runtime
         .start_session(StartSession {
             idempotency_key: None,
@@ -115,12 +83,11 @@ fn unix_now() -> u64 {
 }
 
 /// `GET /v1/models`: every route, as a model.
-pub fn models(runtime: &RuntimeHandle) -> Value {
-    let data: Vec<Value> = runtime.routes().iter().map(|r| model_json(r)).collect();
-    json!({"object": "list", "data": data})
+pub fn models(runtime: &RuntimeHandle) -> ModelList {
+    ModelList::routes(runtime.routes())
 }
 
-/// One model (route) object.
-pub fn model_json(route: &str) -> Value {
-    json!({"id": route, "object": "model", "created": 0, "owned_by": "baton"})
+/// `GET /v1/models/{model}`: one route, as a model.
+pub fn model_json(route: &str) -> Model {
+    Model::route(route)
 }

@@ -41,6 +41,7 @@
 //! | `error.rs` | [`ApiError`] and the one mapping of failures onto HTTP statuses |
 //! | `turn.rs` | what the response and the stream share about a turn in flight |
 //! | `headers.rs` | Baton's request and response headers |
+//! | [`types`] | OpenAI's wire shapes as serde types |
 
 mod error;
 mod handlers;
@@ -49,6 +50,7 @@ mod request;
 mod response;
 mod stream;
 mod turn;
+pub mod types;
 
 pub use error::{ApiError, RETRACTED_MESSAGE, runtime_error, turn_failed_error};
 pub use handlers::{chat_completions, model_json, models};

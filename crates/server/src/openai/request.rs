@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 
 use axum::http::{HeaderMap, StatusCode};
+use baton_runtime::SessionsConfig;
 use baton_types::{Generation, Image, Message, Role, ToolCall, ToolChoice, ToolDefinition};
 use serde_json::{Map, Value};
 
@@ -31,6 +32,33 @@ pub struct ChatRequest {
     /// `temperature`, `top_p`, `max_completion_tokens`/`max_tokens`,
     /// `stop`, `tool_choice` and `response_format`.
     pub generation: Generation,
+}
+
+impl ChatRequest {
+    /// 413 `request_too_large` when the last message or the system prompt
+    /// exceeds the session limits.
+    pub fn check_limits(&self, limits: &SessionsConfig) -> Result<(), ApiError> {
+        let too_large = |message: String| {
+            ApiError::invalid("messages", message)
+                .status(StatusCode::PAYLOAD_TOO_LARGE)
+                .code("request_too_large")
+        };
+        if self.last.content.len() > limits.max_message_bytes {
+            return Err(too_large(format!(
+                "the last message is {} bytes; the limit is {} (sessions.max_message_bytes)",
+                self.last.content.len(),
+                limits.max_message_bytes
+            )));
+        }
+        if self.system_prompt.len() > limits.max_system_prompt_bytes {
+            return Err(too_large(format!(
+                "the system and developer messages are {} bytes; the limit is {} (sessions.max_system_prompt_bytes)",
+                self.system_prompt.len(),
+                limits.max_system_prompt_bytes
+            )));
+        }
+        Ok(())
+    }
 }
 
 fn type_name(v: &Value) -> &'static str {

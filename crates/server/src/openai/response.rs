@@ -4,66 +4,26 @@ use axum::Json;
 use axum::http::{HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use baton_runtime::EventStream;
-use baton_types::{EventKind, FinishReason, Message, SessionId, ToolCall, Usage};
-use futures::StreamExt;
-use serde_json::{Value, json};
+use baton_types::{EventKind, Message, SessionId, Usage};
 
-use super::error::{
-    ApiError, cancelled_error, ended_early_error, runtime_error, turn_failed_error,
-};
+use super::error::{ApiError, turn_ended_error};
 use super::headers::{ATTEMPTS_HEADER, COST_HEADER, ENDPOINT_HEADER, SESSION_HEADER};
-use super::turn::{CancelOnDrop, Completion, header_value};
+use super::turn::{CancelOnDrop, Completion, header_value, next_event};
+use super::types::{ChatCompletion, ChatCompletionObject, Choice, FinishReason, ResponseMessage};
 
-pub(super) fn usage_json(u: Usage) -> Value {
-    json!({
-        "prompt_tokens": u.input_tokens,
-        "completion_tokens": u.output_tokens,
-        "total_tokens": u.total(),
-    })
-}
-
-pub(super) fn tool_calls_json(calls: &[ToolCall], indexed: bool) -> Value {
-    Value::Array(
-        calls
-            .iter()
-            .enumerate()
-            .map(|(i, c)| {
-                let mut v = json!({
-                    "id": c.id,
-                    "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments},
-                });
-                if indexed {
-                    v["index"] = json!(i);
-                }
-                v
-            })
-            .collect(),
-    )
-}
-
-/// The finish reason as OpenAI names it (SDKs with typed enums reject others).
-pub(super) fn finish_reason(reason: &FinishReason, has_tool_calls: bool) -> &'static str {
-    if has_tool_calls {
-        return "tool_calls";
-    }
-    match reason {
-        FinishReason::Stop | FinishReason::Other(_) => "stop",
-        FinishReason::Length => "length",
-        FinishReason::ToolCalls => "tool_calls",
-        FinishReason::ContentFilter => "content_filter",
-    }
-}
 /// The recorded answer of a one-shot turn.
 struct Answer {
     message: Message,
     usage: Usage,
     endpoint: String,
     model: String,
-    finish_reason: FinishReason,
+    finish_reason: baton_types::FinishReason,
     cost_usd: Option<f64>,
     attempts: u32,
 }
+
+/// Wait for the turn to end; answer with the completion and Baton's headers
+/// (session, endpoint, attempts, cost), or with the turn's error.
 pub(super) async fn json_response(
     id: SessionId,
     mut events: EventStream,
@@ -72,18 +32,10 @@ pub(super) async fn json_response(
 ) -> Result<Response, ApiError> {
     let mut answer = None;
     let turn_usage = loop {
-        let event = match events.next().await {
-            None => {
-                guard.disarm();
-                return Err(ended_early_error(id));
-            }
-            Some(Err(e)) => {
-                guard.disarm();
-                return Err(runtime_error(&e));
-            }
-            Some(Ok(e)) => e,
-        };
-        match event.kind {
+        let kind = next_event(&mut events, id)
+            .await
+            .inspect_err(|_| guard.disarm())?;
+        match kind {
             EventKind::AssistantMessage {
                 message,
                 usage,
@@ -105,15 +57,12 @@ pub(super) async fn json_response(
                 });
             }
             EventKind::TurnCompleted { usage, .. } => break usage,
-            EventKind::TurnFailed { reason, code, .. } => {
-                guard.disarm();
-                return Err(turn_failed_error(&code, &reason));
+            kind => {
+                if let Some(e) = turn_ended_error(&kind) {
+                    guard.disarm();
+                    return Err(e);
+                }
             }
-            EventKind::TurnCancelled { .. } => {
-                guard.disarm();
-                return Err(cancelled_error());
-            }
-            _ => {}
         }
     };
     guard.disarm();
@@ -129,38 +78,24 @@ pub(super) async fn json_response(
     } else {
         turn_usage
     };
-    let has_calls = !a.message.tool_calls.is_empty();
-    let mut message = json!({
-        "role": "assistant",
-        "content": if a.message.content.is_empty() && has_calls {
-            Value::Null
+    let body = ChatCompletion {
+        id: completion.id,
+        object: ChatCompletionObject::ChatCompletion,
+        created: completion.created,
+        model: if a.model.is_empty() {
+            completion.model
         } else {
-            Value::String(a.message.content.clone())
+            a.model
         },
-        "refusal": null,
-    });
-    if has_calls {
-        message["tool_calls"] = tool_calls_json(&a.message.tool_calls, false);
-    }
-    let model = if a.model.is_empty() {
-        completion.model
-    } else {
-        a.model
-    };
-    let body = json!({
-        "id": completion.id,
-        "object": "chat.completion",
-        "created": completion.created,
-        "model": model,
-        "system_fingerprint": null,
-        "choices": [{
-            "index": 0,
-            "message": message,
-            "logprobs": null,
-            "finish_reason": finish_reason(&a.finish_reason, has_calls),
+        system_fingerprint: None,
+        choices: vec![Choice {
+            index: 0,
+            message: ResponseMessage::answer(&a.message),
+            logprobs: None,
+            finish_reason: FinishReason::of(&a.finish_reason, !a.message.tool_calls.is_empty()),
         }],
-        "usage": usage_json(usage),
-    });
+        usage: usage.into(),
+    };
     let mut resp = Json(body).into_response();
     let h = resp.headers_mut();
     if let Some(v) = header_value(&id.to_string()) {

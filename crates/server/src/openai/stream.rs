@@ -7,15 +7,12 @@ use axum::http::{HeaderValue, header};
 use axum::response::Response;
 use baton_runtime::EventStream;
 use baton_types::{EventKind, SessionId};
-use futures::StreamExt;
-use serde_json::{Value, json};
+use serde::Serialize;
 
-use super::error::{
-    ApiError, cancelled_error, ended_early_error, retracted_error, runtime_error, turn_failed_error,
-};
+use super::error::{ApiError, retracted_error, turn_ended_error};
 use super::headers::SESSION_HEADER;
-use super::response::{finish_reason, tool_calls_json, usage_json};
-use super::turn::{CancelOnDrop, Completion, header_value};
+use super::turn::{CancelOnDrop, Completion, header_value, next_event};
+use super::types::{ChatCompletionChunk, ChunkChoice, ChunkObject, Delta, FinishReason};
 
 /// Turns session events into `chat.completion.chunk` SSE frames.
 struct Chunks {
@@ -29,7 +26,7 @@ struct Chunks {
     sent: String,
     /// The attempt whose output was sent.
     sent_attempt: Option<u32>,
-    finish: &'static str,
+    finish: FinishReason,
 }
 
 /// What one event adds to the stream.
@@ -52,8 +49,18 @@ impl Step {
     }
 }
 
-fn frame(data: &Value) -> Bytes {
-    Bytes::from(format!("data: {data}\n\n"))
+/// `data: <json>` and the blank line that ends an event.
+fn frame(data: &impl Serialize) -> Bytes {
+    let mut buf = b"data: ".to_vec();
+    if let Err(e) = serde_json::to_writer(&mut buf, data) {
+        // Unreachable for these types (string keys only); never panic on it.
+        tracing::error!(error = %e, "cannot serialize a chat.completion.chunk");
+        return Bytes::from_static(
+            b"data: {\"error\": {\"message\": \"cannot serialize the chunk\", \"type\": \"server_error\", \"param\": null, \"code\": null}}\n\n",
+        );
+    }
+    buf.extend_from_slice(b"\n\n");
+    Bytes::from(buf)
 }
 
 /// The error event that ends a stream.
@@ -61,8 +68,11 @@ fn error_frame(e: &ApiError) -> Bytes {
     frame(&e.body())
 }
 
+/// The event that ends a complete stream.
+const DONE: &[u8] = b"data: [DONE]\n\n";
+
 impl Chunks {
-    pub(super) fn new(completion: Completion, include_usage: bool) -> Self {
+    fn new(completion: Completion, include_usage: bool) -> Self {
         Self {
             id: completion.id,
             created: completion.created,
@@ -71,40 +81,43 @@ impl Chunks {
             sent_role: false,
             sent: String::new(),
             sent_attempt: None,
-            finish: "stop",
+            finish: FinishReason::Stop,
         }
     }
 
-    fn chunk(&self, delta: Value, finish_reason: Option<&str>) -> Bytes {
-        frame(&json!({
-            "id": self.id,
-            "object": "chat.completion.chunk",
-            "created": self.created,
-            "model": self.model,
-            "system_fingerprint": null,
-            "choices": [{
-                "index": 0,
-                "delta": delta,
-                "logprobs": null,
-                "finish_reason": finish_reason,
-            }],
-        }))
+    /// A chunk of this stream with `choices`.
+    fn chunk(&self, choices: Vec<ChunkChoice>) -> ChatCompletionChunk {
+        ChatCompletionChunk {
+            id: self.id.clone(),
+            object: ChunkObject::ChatCompletionChunk,
+            created: self.created,
+            model: self.model.clone(),
+            system_fingerprint: None,
+            choices,
+            usage: None,
+        }
+    }
+
+    fn delta(&self, delta: Delta, finish_reason: Option<FinishReason>) -> Bytes {
+        frame(&self.chunk(vec![ChunkChoice {
+            index: 0,
+            delta,
+            logprobs: None,
+            finish_reason,
+        }]))
     }
 
     fn role(&mut self, frames: &mut Vec<Bytes>) {
         if !self.sent_role {
             self.sent_role = true;
-            frames.push(self.chunk(
-                json!({"role": "assistant", "content": "", "refusal": null}),
-                None,
-            ));
+            frames.push(self.delta(Delta::role(), None));
         }
     }
 
     fn text(&mut self, text: &str, frames: &mut Vec<Bytes>) {
         self.role(frames);
         self.sent.push_str(text);
-        frames.push(self.chunk(json!({"content": text}), None));
+        frames.push(self.delta(Delta::content(text), None));
     }
 
     fn retracted(&self) -> Step {
@@ -150,42 +163,34 @@ impl Chunks {
                 }
                 if !message.tool_calls.is_empty() {
                     self.role(&mut frames);
-                    frames.push(self.chunk(
-                        json!({"tool_calls": tool_calls_json(&message.tool_calls, true)}),
-                        None,
-                    ));
+                    frames.push(self.delta(Delta::tool_calls(&message.tool_calls), None));
                 }
-                self.finish = finish_reason(&reason, !message.tool_calls.is_empty());
+                self.finish = FinishReason::of(&reason, !message.tool_calls.is_empty());
             }
             EventKind::TurnCompleted { usage, .. } => {
                 self.role(&mut frames);
-                frames.push(self.chunk(json!({}), Some(self.finish)));
+                frames.push(self.delta(Delta::default(), Some(self.finish)));
                 if self.include_usage {
-                    frames.push(frame(&json!({
-                        "id": self.id,
-                        "object": "chat.completion.chunk",
-                        "created": self.created,
-                        "model": self.model,
-                        "system_fingerprint": null,
-                        "choices": [],
-                        "usage": usage_json(usage),
-                    })));
+                    frames.push(frame(&ChatCompletionChunk {
+                        usage: Some(usage.into()),
+                        ..self.chunk(Vec::new())
+                    }));
                 }
-                frames.push(Bytes::from_static(b"data: [DONE]\n\n"));
+                frames.push(Bytes::from_static(DONE));
                 return Step::end(frames);
             }
-            EventKind::TurnFailed { reason, code, .. } => {
-                return Step::end(vec![error_frame(&turn_failed_error(&code, &reason))]);
+            kind => {
+                if let Some(e) = turn_ended_error(&kind) {
+                    return Step::end(vec![error_frame(&e)]);
+                }
             }
-            EventKind::TurnCancelled { .. } => {
-                return Step::end(vec![error_frame(&cancelled_error())]);
-            }
-            _ => {}
         }
         Step::more(frames)
     }
 }
 
+/// Answer with an event stream once the turn's first output is known; a
+/// failure before it is an HTTP error.
 pub(super) async fn stream_response(
     id: SessionId,
     mut events: EventStream,
@@ -194,34 +199,17 @@ pub(super) async fn stream_response(
     include_usage: bool,
 ) -> Result<Response, ApiError> {
     let mut chunks = Chunks::new(completion, include_usage);
-    // Wait for the first output: a failure before it is an HTTP error.
     let first = loop {
-        let event = match events.next().await {
-            None => {
-                guard.disarm();
-                return Err(ended_early_error(id));
-            }
-            Some(Err(e)) => {
-                guard.disarm();
-                return Err(runtime_error(&e));
-            }
-            Some(Ok(e)) => e,
-        };
-        match event.kind {
-            EventKind::TurnFailed { reason, code, .. } => {
-                guard.disarm();
-                return Err(turn_failed_error(&code, &reason));
-            }
-            EventKind::TurnCancelled { .. } => {
-                guard.disarm();
-                return Err(cancelled_error());
-            }
-            kind => {
-                let step = chunks.on_event(kind);
-                if !step.frames.is_empty() {
-                    break step;
-                }
-            }
+        let kind = next_event(&mut events, id)
+            .await
+            .inspect_err(|_| guard.disarm())?;
+        if let Some(e) = turn_ended_error(&kind) {
+            guard.disarm();
+            return Err(e);
+        }
+        let step = chunks.on_event(kind);
+        if !step.frames.is_empty() {
+            break step;
         }
     };
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Bytes, Infallible>>(32);
@@ -237,10 +225,9 @@ pub(super) async fn stream_response(
                 guard.disarm();
                 return;
             }
-            step = match events.next().await {
-                Some(Ok(e)) => chunks.on_event(e.kind),
-                Some(Err(e)) => Step::end(vec![error_frame(&runtime_error(&e))]),
-                None => Step::end(vec![error_frame(&ended_early_error(id))]),
+            step = match next_event(&mut events, id).await {
+                Ok(kind) => chunks.on_event(kind),
+                Err(e) => Step::end(vec![error_frame(&e)]),
             };
         }
     });
@@ -262,6 +249,7 @@ pub(super) async fn stream_response(
 #[cfg(test)]
 mod tests {
     use baton_types::{FinishReason, Message, ToolCall, Usage};
+    use serde_json::Value;
 
     use super::*;
     use crate::openai::error::RETRACTED_MESSAGE;

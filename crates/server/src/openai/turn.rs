@@ -1,8 +1,11 @@
 //! What the response and the stream share about a turn in flight.
 
 use axum::http::HeaderValue;
-use baton_runtime::RuntimeHandle;
-use baton_types::SessionId;
+use baton_runtime::{EventStream, RuntimeHandle};
+use baton_types::{EventKind, SessionId};
+use futures::StreamExt;
+
+use super::error::{ApiError, ended_early_error, runtime_error};
 
 /// What a `chat.completion` and each of its chunks say about the call.
 pub(super) struct Completion {
@@ -53,4 +56,17 @@ impl Drop for CancelOnDrop {
 
 pub(super) fn header_value(s: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(s).ok()
+}
+
+/// The next event of the turn: an error when the event stream fails or ends
+/// before the turn does.
+pub(super) async fn next_event(
+    events: &mut EventStream,
+    id: SessionId,
+) -> Result<EventKind, ApiError> {
+    match events.next().await {
+        Some(Ok(event)) => Ok(event.kind),
+        Some(Err(e)) => Err(runtime_error(&e)),
+        None => Err(ended_early_error(id)),
+    }
 }

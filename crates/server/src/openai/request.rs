@@ -1,15 +1,21 @@
-//! The request: the body of `POST /v1/chat/completions` and Baton's headers,
-//! parsed and checked into a [`ChatRequest`].
+//! The request: the body of `POST /v1/chat/completions` (a
+//! [`ChatCompletionRequest`]) and Baton's headers, checked into a
+//! [`ChatRequest`]. Each check names the parameter at fault as OpenAI
+//! does (`messages[2].content[0].image_url.url`), and the problem.
 
 use std::collections::BTreeMap;
 
 use axum::http::{HeaderMap, StatusCode};
 use baton_runtime::SessionsConfig;
 use baton_types::{Generation, Image, Message, Role, ToolCall, ToolChoice, ToolDefinition};
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use super::error::ApiError;
 use super::headers::{BUDGET_HEADER, DATA_CLASSES_HEADER};
+use super::types::{
+    ChatCompletionRequest, ChatMessage, ContentPart, ImageUrl, JsonKind, Lenient, MessageContent,
+    ResponseFormat, Stop, Tool, ToolCallParam, ToolChoiceMode, ToolChoiceOption, ToolType,
+};
 
 /// A chat completion request, parsed and checked.
 #[derive(Debug, Clone, PartialEq)]
@@ -61,403 +67,9 @@ impl ChatRequest {
     }
 }
 
-fn type_name(v: &Value) -> &'static str {
-    match v {
-        Value::Null => "null",
-        Value::Bool(_) => "a boolean",
-        Value::Number(_) => "a number",
-        Value::String(_) => "a string",
-        Value::Array(_) => "an array",
-        Value::Object(_) => "an object",
-    }
-}
-
-/// A field that must be absent, null or of the type `get` accepts.
-fn optional<'a, T>(
-    obj: &'a Map<String, Value>,
-    field: &str,
-    param: &str,
-    expected: &str,
-    get: impl Fn(&'a Value) -> Option<T>,
-) -> Result<Option<T>, ApiError> {
-    match obj.get(field) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => get(v).map(Some).ok_or_else(|| {
-            ApiError::invalid(param, format!("must be {expected}, not {}", type_name(v)))
-        }),
-    }
-}
-
-/// A message's text: a string, or an array of `{"type": "text", "text"}` parts.
-fn content_text(content: Option<&Value>, param: &str, required: bool) -> Result<String, ApiError> {
-    content_parts(content, param, required, false).map(|(text, _)| text)
-}
-
-/// A message's text and images: a string, or an array of parts — `text`
-/// parts (joined by newlines) and, when `images` allows them, `image_url`
-/// parts (`{"url", "detail"}`: an http(s) or base64 data URL).
-fn content_parts(
-    content: Option<&Value>,
-    param: &str,
-    required: bool,
-    images: bool,
-) -> Result<(String, Vec<Image>), ApiError> {
-    match content {
-        None | Some(Value::Null) if !required => Ok((String::new(), Vec::new())),
-        None | Some(Value::Null) => Err(ApiError::invalid(param, "is required")),
-        Some(Value::String(s)) => Ok((s.clone(), Vec::new())),
-        Some(Value::Array(parts)) => {
-            let mut texts = Vec::with_capacity(parts.len());
-            let mut found = Vec::new();
-            for (j, part) in parts.iter().enumerate() {
-                let p = format!("{param}[{j}]");
-                let Some(obj) = part.as_object() else {
-                    return Err(ApiError::invalid(p, "a content part must be an object"));
-                };
-                match obj.get("type").and_then(Value::as_str) {
-                    Some("text") => match obj.get("text") {
-                        Some(Value::String(t)) => texts.push(t.as_str()),
-                        _ => {
-                            return Err(ApiError::invalid(format!("{p}.text"), "must be a string"));
-                        }
-                    },
-                    Some("image_url") if images => {
-                        let image = match obj.get("image_url") {
-                            Some(Value::String(url)) => Image::url(url.clone()),
-                            Some(Value::Object(o)) => {
-                                let url = non_empty_str(o, "url", &format!("{p}.image_url.url"))?;
-                                let detail = optional(
-                                    o,
-                                    "detail",
-                                    &format!("{p}.image_url.detail"),
-                                    "a string",
-                                    |v| v.as_str().map(str::to_string),
-                                )?;
-                                Image { url, detail }
-                            }
-                            _ => {
-                                return Err(ApiError::invalid(
-                                    format!("{p}.image_url"),
-                                    "must be an object with a url",
-                                ));
-                            }
-                        };
-                        image
-                            .validate()
-                            .map_err(|e| ApiError::invalid(format!("{p}.image_url.url"), e))?;
-                        found.push(image);
-                    }
-                    Some(other) => {
-                        let supported = if images {
-                            "only \"text\" and \"image_url\" parts are"
-                        } else {
-                            "only \"text\" parts are, here"
-                        };
-                        return Err(ApiError::invalid(
-                            format!("{p}.type"),
-                            format!("content part type {other:?} is not supported; {supported}"),
-                        ));
-                    }
-                    None => return Err(ApiError::invalid(format!("{p}.type"), "is required")),
-                }
-            }
-            Ok((texts.join("\n"), found))
-        }
-        Some(v) => Err(ApiError::invalid(
-            param,
-            format!(
-                "must be a string or an array of content parts, not {}",
-                type_name(v)
-            ),
-        )),
-    }
-}
-
-fn tool_calls(v: Option<&Value>, param: &str) -> Result<Vec<ToolCall>, ApiError> {
-    let calls = match v {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(a)) => a,
-        Some(v) => {
-            return Err(ApiError::invalid(
-                param,
-                format!("must be an array, not {}", type_name(v)),
-            ));
-        }
-    };
-    let mut out = Vec::with_capacity(calls.len());
-    for (k, call) in calls.iter().enumerate() {
-        let p = format!("{param}[{k}]");
-        let Some(obj) = call.as_object() else {
-            return Err(ApiError::invalid(p, "must be an object"));
-        };
-        match obj.get("type").and_then(Value::as_str) {
-            None | Some("function") => {}
-            Some(other) => {
-                return Err(ApiError::invalid(
-                    format!("{p}.type"),
-                    format!("tool call type {other:?} is not supported; only \"function\" is"),
-                ));
-            }
-        }
-        let id = match obj.get("id") {
-            Some(Value::String(s)) if !s.is_empty() => s.clone(),
-            _ => {
-                return Err(ApiError::invalid(
-                    format!("{p}.id"),
-                    "must be a non-empty string",
-                ));
-            }
-        };
-        let function = object(obj, "function", &format!("{p}.function"))?;
-        let name = non_empty_str(function, "name", &format!("{p}.function.name"))?;
-        let arguments = optional(
-            function,
-            "arguments",
-            &format!("{p}.function.arguments"),
-            "a string",
-            |v| v.as_str().map(str::to_string),
-        )?
-        .unwrap_or_default();
-        out.push(ToolCall {
-            id,
-            name,
-            arguments,
-        });
-    }
-    Ok(out)
-}
-
-/// `obj[key]` as a non-empty string; else an error naming `path`.
-fn non_empty_str(
-    obj: &serde_json::Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<String, ApiError> {
-    match obj.get(key) {
-        Some(Value::String(s)) if !s.is_empty() => Ok(s.clone()),
-        _ => Err(ApiError::invalid(path, "must be a non-empty string")),
-    }
-}
-
-/// `obj[key]` as an object; else an error naming `path`.
-fn object<'a>(
-    obj: &'a serde_json::Map<String, Value>,
-    key: &str,
-    path: &str,
-) -> Result<&'a serde_json::Map<String, Value>, ApiError> {
-    obj.get(key)
-        .and_then(Value::as_object)
-        .ok_or_else(|| ApiError::invalid(path, "must be an object"))
-}
-
-/// The sampling, limit, tool-choice and output-format parameters, checked
-/// and named as OpenAI names them.
-fn generation(obj: &Map<String, Value>, tools: &[ToolDefinition]) -> Result<Generation, ApiError> {
-    let number = |field: &str, max: f64| -> Result<Option<f32>, ApiError> {
-        match optional(obj, field, field, "a number", Value::as_f64)? {
-            Some(x) if !(0.0..=max).contains(&x) => Err(ApiError::invalid(
-                field,
-                format!("{x} is not between 0 and {max}"),
-            )),
-            x => Ok(x.map(|x| x as f32)),
-        }
-    };
-    let temperature = number("temperature", 2.0)?;
-    let top_p = number("top_p", 1.0)?;
-    let mut max_output_tokens = None;
-    // The newer name wins when both are given.
-    for field in ["max_tokens", "max_completion_tokens"] {
-        if let Some(n) = optional(obj, field, field, "a positive integer", Value::as_u64)? {
-            if n == 0 {
-                return Err(ApiError::invalid(field, "must be at least 1"));
-            }
-            max_output_tokens = Some(u32::try_from(n).unwrap_or(u32::MAX));
-        }
-    }
-    let stop = match obj.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(a)) => a
-            .iter()
-            .enumerate()
-            .map(|(i, v)| {
-                v.as_str().map(str::to_string).ok_or_else(|| {
-                    ApiError::invalid(
-                        format!("stop[{i}]"),
-                        format!("must be a string, not {}", type_name(v)),
-                    )
-                })
-            })
-            .collect::<Result<_, _>>()?,
-        Some(v) => {
-            return Err(ApiError::invalid(
-                "stop",
-                format!(
-                    "must be a string or an array of strings, not {}",
-                    type_name(v)
-                ),
-            ));
-        }
-    };
-    let tool_choice = match obj.get("tool_choice") {
-        None | Some(Value::Null) => ToolChoice::Auto,
-        Some(Value::String(s)) => match s.as_str() {
-            "auto" => ToolChoice::Auto,
-            "none" => ToolChoice::None,
-            "required" => ToolChoice::Required,
-            other => {
-                return Err(ApiError::invalid(
-                    "tool_choice",
-                    format!(
-                        "{other:?} is not one of \"auto\", \"none\", \"required\" or a function"
-                    ),
-                ));
-            }
-        },
-        Some(Value::Object(o)) => {
-            match o.get("type").and_then(Value::as_str) {
-                Some("function") => {}
-                _ => {
-                    return Err(ApiError::invalid(
-                        "tool_choice.type",
-                        "must be \"function\"",
-                    ));
-                }
-            }
-            let function = object(o, "function", "tool_choice.function")?;
-            let name = non_empty_str(function, "name", "tool_choice.function.name")?;
-            ToolChoice::Tool(name)
-        }
-        Some(v) => {
-            return Err(ApiError::invalid(
-                "tool_choice",
-                format!("must be a string or an object, not {}", type_name(v)),
-            ));
-        }
-    };
-    match &tool_choice {
-        ToolChoice::Tool(name) if !tools.iter().any(|t| &t.name == name) => {
-            return Err(ApiError::invalid(
-                "tool_choice.function.name",
-                format!("{name:?} is not one of the request's tools"),
-            ));
-        }
-        ToolChoice::Required if tools.is_empty() => {
-            return Err(ApiError::invalid(
-                "tool_choice",
-                "\"required\" needs tools, and the request has none",
-            ));
-        }
-        _ => {}
-    }
-    let json_schema = match optional(
-        obj,
-        "response_format",
-        "response_format",
-        "an object",
-        Value::as_object,
-    )? {
-        None => None,
-        Some(rf) => match rf.get("type").and_then(Value::as_str) {
-            Some("text") => None,
-            Some("json_schema") => {
-                let js = object(rf, "json_schema", "response_format.json_schema")?;
-                let schema = object(js, "schema", "response_format.json_schema.schema")?;
-                Some(Value::Object(schema.clone()).to_string())
-            }
-            Some("json_object") => {
-                return Err(ApiError::invalid(
-                    "response_format.type",
-                    "\"json_object\" is not supported; give a schema with \"json_schema\" (every endpoint then constrains its answer to it)",
-                ));
-            }
-            _ => {
-                return Err(ApiError::invalid(
-                    "response_format.type",
-                    "must be \"text\" or \"json_schema\"",
-                ));
-            }
-        },
-    };
-    let g = Generation {
-        temperature,
-        top_p,
-        max_output_tokens,
-        stop,
-        tool_choice,
-        json_schema,
-    };
-    g.validate()
-        .map_err(|(field, problem)| ApiError::invalid(field, problem))?;
-    Ok(g)
-}
-
-fn tools(v: Option<&Value>) -> Result<Vec<ToolDefinition>, ApiError> {
-    let list = match v {
-        None | Some(Value::Null) => return Ok(Vec::new()),
-        Some(Value::Array(a)) => a,
-        Some(v) => {
-            return Err(ApiError::invalid(
-                "tools",
-                format!("must be an array, not {}", type_name(v)),
-            ));
-        }
-    };
-    let mut out = Vec::with_capacity(list.len());
-    for (i, tool) in list.iter().enumerate() {
-        let p = format!("tools[{i}]");
-        let Some(obj) = tool.as_object() else {
-            return Err(ApiError::invalid(p, "must be an object"));
-        };
-        match obj.get("type").and_then(Value::as_str) {
-            None | Some("function") => {}
-            Some(other) => {
-                return Err(ApiError::invalid(
-                    format!("{p}.type"),
-                    format!("tool type {other:?} is not supported; only \"function\" tools are"),
-                ));
-            }
-        }
-        let function = object(obj, "function", &format!("{p}.function"))?;
-        let name = non_empty_str(function, "name", &format!("{p}.function.name"))?;
-        let description = optional(
-            function,
-            "description",
-            &format!("{p}.function.description"),
-            "a string",
-            |v| v.as_str().map(str::to_string),
-        )?
-        .unwrap_or_default();
-        let parameters = optional(
-            function,
-            "parameters",
-            &format!("{p}.function.parameters"),
-            "a JSON Schema object",
-            |v| v.is_object().then(|| v.to_string()),
-        )?
-        .unwrap_or_else(|| r#"{"type":"object","properties":{}}"#.into());
-        out.push(ToolDefinition {
-            name,
-            description,
-            parameters,
-        });
-    }
-    Ok(out)
-}
-
-fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
-    match headers.get(name) {
-        None => Ok(None),
-        Some(v) => v
-            .to_str()
-            .map(|s| Some(s.trim()))
-            .map_err(|_| ApiError::invalid(name, "must be visible ASCII")),
-    }
-}
-
 /// Parse and check a request body and its Baton headers.
 pub fn parse_request(body: &[u8], headers: &HeaderMap) -> Result<ChatRequest, ApiError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
+    let req: Lenient<ChatCompletionRequest> = serde_json::from_slice(body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
             "invalid_request_error",
@@ -465,128 +77,62 @@ pub fn parse_request(body: &[u8], headers: &HeaderMap) -> Result<ChatRequest, Ap
         )
         .code("invalid_json")
     })?;
-    let Some(obj) = value.as_object() else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            format!(
-                "the request body must be a JSON object, not {}",
-                type_name(&value)
-            ),
-        ));
+    let req = match req {
+        Lenient::Valid(req) => req,
+        not_an_object => {
+            let kind = not_an_object.kind().unwrap_or(JsonKind::Null);
+            return Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("the request body must be a JSON object, not {kind}"),
+            ));
+        }
     };
-    let model = match obj.get("model") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        None | Some(Value::Null) => return Err(ApiError::invalid("model", "is required")),
-        Some(_) => return Err(ApiError::invalid("model", "must be a non-empty string")),
+    check(&req, headers)
+}
+
+/// The checks, in the order they report: model, messages (in order), stream
+/// options, `n`, tools, generation parameters, user and metadata, headers.
+fn check(req: &ChatCompletionRequest, headers: &HeaderMap) -> Result<ChatRequest, ApiError> {
+    let model = match &req.model {
+        Lenient::Valid(s) if !s.is_empty() => s.clone(),
+        Lenient::Absent => return Err(ApiError::invalid("model", "is required")),
+        _ => return Err(ApiError::invalid("model", "must be a non-empty string")),
     };
-    let messages = match obj.get("messages") {
-        Some(Value::Array(a)) if !a.is_empty() => a,
-        Some(Value::Array(_)) => {
+    let messages = match &req.messages {
+        Lenient::Valid(m) if !m.is_empty() => m,
+        Lenient::Valid(_) => {
             return Err(ApiError::invalid(
                 "messages",
                 "must hold at least one message",
             ));
         }
-        None | Some(Value::Null) => return Err(ApiError::invalid("messages", "is required")),
-        Some(v) => {
+        Lenient::Absent => return Err(ApiError::invalid("messages", "is required")),
+        Lenient::Invalid(kind) => {
             return Err(ApiError::invalid(
                 "messages",
-                format!("must be an array, not {}", type_name(v)),
+                format!("must be an array, not {kind}"),
             ));
         }
     };
-    let mut system = Vec::new();
-    let mut conversation = Vec::with_capacity(messages.len());
-    let last_index = messages.len() - 1;
-    for (i, m) in messages.iter().enumerate() {
-        let p = format!("messages[{i}]");
-        let Some(m) = m.as_object() else {
-            return Err(ApiError::invalid(p, "must be an object"));
-        };
-        let role = match m.get("role") {
-            Some(Value::String(s)) => s.as_str(),
-            _ => return Err(ApiError::invalid(format!("{p}.role"), "must be a string")),
-        };
-        let content_param = format!("{p}.content");
-        if i == last_index && !matches!(role, "user" | "tool") {
-            return Err(ApiError::invalid(
-                format!("{p}.role"),
-                format!("the last message must be a user or tool message, not {role:?}"),
-            ));
-        }
-        match role {
-            "system" | "developer" => {
-                system.push(content_text(m.get("content"), &content_param, true)?);
-            }
-            "user" => {
-                let (text, images) = content_parts(m.get("content"), &content_param, true, true)?;
-                if i == last_index && text.trim().is_empty() && images.is_empty() {
-                    return Err(ApiError::invalid(content_param, "must not be empty"));
-                }
-                conversation.push(Message {
-                    images,
-                    ..Message::user(text)
-                });
-            }
-            "assistant" => {
-                let calls = tool_calls(m.get("tool_calls"), &format!("{p}.tool_calls"))?;
-                let text = content_text(m.get("content"), &content_param, false)?;
-                conversation.push(Message {
-                    tool_calls: calls,
-                    ..Message::assistant(text)
-                });
-            }
-            "tool" => {
-                let call_id = match m.get("tool_call_id") {
-                    Some(Value::String(s)) if !s.is_empty() => s.clone(),
-                    _ => {
-                        return Err(ApiError::invalid(
-                            format!("{p}.tool_call_id"),
-                            "must be a non-empty string",
-                        ));
-                    }
-                };
-                conversation.push(Message {
-                    role: Role::Tool,
-                    content: content_text(m.get("content"), &content_param, true)?,
-                    tool_calls: Vec::new(),
-                    tool_call_id: Some(call_id),
-                    images: Vec::new(),
-                });
-            }
-            other => {
-                return Err(ApiError::invalid(
-                    format!("{p}.role"),
-                    format!(
-                        "role {other:?} is not supported; use system, developer, user, assistant or tool"
-                    ),
-                ));
-            }
-        }
-    }
+    let (system, mut conversation) = conversation(messages)?;
     let Some(last) = conversation.pop() else {
         return Err(ApiError::invalid("messages", "must hold a user message"));
     };
-    let stream = optional(obj, "stream", "stream", "a boolean", Value::as_bool)?.unwrap_or(false);
-    let include_usage = match optional(
-        obj,
-        "stream_options",
-        "stream_options",
-        "an object",
-        Value::as_object,
-    )? {
+    let stream = optional(&req.stream, "stream", "a boolean")?
+        .copied()
+        .unwrap_or(false);
+    let include_usage = match optional(&req.stream_options, "stream_options", "an object")? {
         Some(o) => optional(
-            o,
-            "include_usage",
+            &o.include_usage,
             "stream_options.include_usage",
             "a boolean",
-            Value::as_bool,
         )?
+        .copied()
         .unwrap_or(false),
         None => false,
     };
-    if let Some(n) = optional(obj, "n", "n", "an integer", Value::as_u64)?
+    if let Some(&n) = optional(&req.n, "n", "an integer")?
         && n != 1
     {
         return Err(ApiError::invalid(
@@ -594,23 +140,24 @@ pub fn parse_request(body: &[u8], headers: &HeaderMap) -> Result<ChatRequest, Ap
             "only 1 choice per request is supported",
         ));
     }
-    let tools = tools(obj.get("tools"))?;
-    let generation = generation(obj, &tools)?;
+    let tools = tools(&req.tools)?;
+    let generation = generation(req, &tools)?;
     let mut metadata = BTreeMap::new();
-    if let Some(user) = optional(obj, "user", "user", "a string", Value::as_str)?
+    if let Some(user) = optional(&req.user, "user", "a string")?
         && !user.is_empty()
     {
-        metadata.insert("user".to_string(), user.to_string());
+        metadata.insert("user".to_string(), user.clone());
     }
-    if let Some(m) = optional(obj, "metadata", "metadata", "an object", Value::as_object)? {
+    if let Some(m) = optional(&req.metadata, "metadata", "an object")? {
         for (k, v) in m {
-            let Some(v) = v.as_str() else {
+            let Lenient::Valid(v) = v else {
+                let kind = v.kind().unwrap_or(JsonKind::Null);
                 return Err(ApiError::invalid(
                     format!("metadata.{k}"),
-                    format!("values must be strings, not {}", type_name(v)),
+                    format!("values must be strings, not {kind}"),
                 ));
             };
-            metadata.insert(k.clone(), v.to_string());
+            metadata.insert(k.clone(), v.clone());
         }
     }
     let budget_usd = match header_str(headers, BUDGET_HEADER)? {
@@ -647,6 +194,399 @@ pub fn parse_request(body: &[u8], headers: &HeaderMap) -> Result<ChatRequest, Ap
         data_classes,
         generation,
     })
+}
+
+/// The system and developer messages' texts, and the conversation (every
+/// other message, in order, ending with a user or tool message).
+fn conversation(
+    messages: &[Lenient<ChatMessage>],
+) -> Result<(Vec<String>, Vec<Message>), ApiError> {
+    let mut system = Vec::new();
+    let mut conversation = Vec::with_capacity(messages.len());
+    let last_index = messages.len().saturating_sub(1);
+    for (i, m) in messages.iter().enumerate() {
+        let p = format!("messages[{i}]");
+        let Lenient::Valid(m) = m else {
+            return Err(ApiError::invalid(p, "must be an object"));
+        };
+        let Some(role) = m.role() else {
+            return Err(ApiError::invalid(format!("{p}.role"), "must be a string"));
+        };
+        if i == last_index && !matches!(role, "user" | "tool") {
+            return Err(ApiError::invalid(
+                format!("{p}.role"),
+                format!("the last message must be a user or tool message, not {role:?}"),
+            ));
+        }
+        let content_param = format!("{p}.content");
+        match m {
+            ChatMessage::System(m) | ChatMessage::Developer(m) => {
+                system.push(content_text(&m.content, &content_param, true)?);
+            }
+            ChatMessage::User(m) => {
+                let (text, images) = content_parts(&m.content, &content_param, true, true)?;
+                if i == last_index && text.trim().is_empty() && images.is_empty() {
+                    return Err(ApiError::invalid(content_param, "must not be empty"));
+                }
+                conversation.push(Message {
+                    images,
+                    ..Message::user(text)
+                });
+            }
+            ChatMessage::Assistant(m) => {
+                let calls = tool_calls(&m.tool_calls, &format!("{p}.tool_calls"))?;
+                let text = content_text(&m.content, &content_param, false)?;
+                conversation.push(Message {
+                    tool_calls: calls,
+                    ..Message::assistant(text)
+                });
+            }
+            ChatMessage::Tool(m) => {
+                let call_id = non_empty(&m.tool_call_id, &format!("{p}.tool_call_id"))?;
+                conversation.push(Message {
+                    role: Role::Tool,
+                    content: content_text(&m.content, &content_param, true)?,
+                    tool_calls: Vec::new(),
+                    tool_call_id: Some(call_id),
+                    images: Vec::new(),
+                });
+            }
+            ChatMessage::Unsupported(_) => {
+                return Err(ApiError::invalid(
+                    format!("{p}.role"),
+                    format!(
+                        "role {role:?} is not supported; use system, developer, user, assistant or tool"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok((system, conversation))
+}
+
+/// A field's value, `None` when absent (missing or `null`); a value of
+/// another kind is an error naming `param`: "must be EXPECTED, not A KIND".
+fn optional<'a, T>(
+    field: &'a Lenient<T>,
+    param: &str,
+    expected: &str,
+) -> Result<Option<&'a T>, ApiError> {
+    field
+        .get()
+        .map_err(|kind| ApiError::invalid(param, format!("must be {expected}, not {kind}")))
+}
+
+/// A field that must be a non-empty string.
+fn non_empty(field: &Lenient<String>, param: &str) -> Result<String, ApiError> {
+    match field {
+        Lenient::Valid(s) if !s.is_empty() => Ok(s.clone()),
+        _ => Err(ApiError::invalid(param, "must be a non-empty string")),
+    }
+}
+
+/// A field that must be an object.
+fn object<'a, T>(field: &'a Lenient<T>, param: &str) -> Result<&'a T, ApiError> {
+    match field {
+        Lenient::Valid(v) => Ok(v),
+        _ => Err(ApiError::invalid(param, "must be an object")),
+    }
+}
+
+/// A message's text: a string, or an array of `{"type": "text", "text"}` parts.
+fn content_text(
+    content: &Lenient<MessageContent>,
+    param: &str,
+    required: bool,
+) -> Result<String, ApiError> {
+    content_parts(content, param, required, false).map(|(text, _)| text)
+}
+
+/// A message's text and images: a string, or an array of parts — `text`
+/// parts (joined by newlines) and, when `images` allows them, `image_url`
+/// parts (`{"url", "detail"}`: an http(s) or base64 data URL).
+fn content_parts(
+    content: &Lenient<MessageContent>,
+    param: &str,
+    required: bool,
+    images: bool,
+) -> Result<(String, Vec<Image>), ApiError> {
+    let parts = match content {
+        Lenient::Absent if !required => return Ok((String::new(), Vec::new())),
+        Lenient::Absent => return Err(ApiError::invalid(param, "is required")),
+        Lenient::Valid(MessageContent::Text(s)) => return Ok((s.clone(), Vec::new())),
+        Lenient::Valid(MessageContent::Parts(parts)) => parts,
+        Lenient::Invalid(kind) => {
+            return Err(ApiError::invalid(
+                param,
+                format!("must be a string or an array of content parts, not {kind}"),
+            ));
+        }
+    };
+    let mut texts = Vec::with_capacity(parts.len());
+    let mut found = Vec::new();
+    for (j, part) in parts.iter().enumerate() {
+        let p = format!("{param}[{j}]");
+        let Lenient::Valid(part) = part else {
+            return Err(ApiError::invalid(p, "a content part must be an object"));
+        };
+        match part {
+            ContentPart::Text(t) => match &t.text {
+                Lenient::Valid(text) => texts.push(text.as_str()),
+                _ => return Err(ApiError::invalid(format!("{p}.text"), "must be a string")),
+            },
+            ContentPart::ImageUrl(part) if images => {
+                let url_param = format!("{p}.image_url.url");
+                let image = match &part.image_url {
+                    Lenient::Valid(ImageUrl::Url(url)) => Image::url(url.clone()),
+                    Lenient::Valid(ImageUrl::Object(o)) => Image {
+                        url: non_empty(&o.url, &url_param)?,
+                        detail: optional(&o.detail, &format!("{p}.image_url.detail"), "a string")?
+                            .cloned(),
+                    },
+                    _ => {
+                        return Err(ApiError::invalid(
+                            format!("{p}.image_url"),
+                            "must be an object with a url",
+                        ));
+                    }
+                };
+                image
+                    .validate()
+                    .map_err(|e| ApiError::invalid(url_param, e))?;
+                found.push(image);
+            }
+            ContentPart::ImageUrl(_) => return Err(unsupported_part(&p, "image_url", images)),
+            ContentPart::Unsupported(part) => match &part.kind {
+                Lenient::Valid(kind) => return Err(unsupported_part(&p, kind, images)),
+                _ => return Err(ApiError::invalid(format!("{p}.type"), "is required")),
+            },
+        }
+    }
+    Ok((texts.join("\n"), found))
+}
+
+fn unsupported_part(p: &str, kind: &str, images: bool) -> ApiError {
+    let supported = if images {
+        "only \"text\" and \"image_url\" parts are"
+    } else {
+        "only \"text\" parts are, here"
+    };
+    ApiError::invalid(
+        format!("{p}.type"),
+        format!("content part type {kind:?} is not supported; {supported}"),
+    )
+}
+
+/// Whether a tool's or tool call's `type` is `function`; absent counts as
+/// `function`, and so (as before this was typed) does a type that is not a
+/// string.
+fn is_function(kind: &Lenient<ToolType>) -> Result<(), &str> {
+    match kind {
+        Lenient::Valid(ToolType::Other(other)) => Err(other),
+        _ => Ok(()),
+    }
+}
+
+fn tool_calls(
+    calls: &Lenient<Vec<Lenient<ToolCallParam>>>,
+    param: &str,
+) -> Result<Vec<ToolCall>, ApiError> {
+    let Some(calls) = optional(calls, param, "an array")? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(calls.len());
+    for (k, call) in calls.iter().enumerate() {
+        let p = format!("{param}[{k}]");
+        let call = object(call, &p)?;
+        is_function(&call.kind).map_err(|other| {
+            ApiError::invalid(
+                format!("{p}.type"),
+                format!("tool call type {other:?} is not supported; only \"function\" is"),
+            )
+        })?;
+        let id = non_empty(&call.id, &format!("{p}.id"))?;
+        let function = object(&call.function, &format!("{p}.function"))?;
+        let name = non_empty(&function.name, &format!("{p}.function.name"))?;
+        let arguments = optional(
+            &function.arguments,
+            &format!("{p}.function.arguments"),
+            "a string",
+        )?
+        .cloned()
+        .unwrap_or_default();
+        out.push(ToolCall {
+            id,
+            name,
+            arguments,
+        });
+    }
+    Ok(out)
+}
+
+fn tools(list: &Lenient<Vec<Lenient<Tool>>>) -> Result<Vec<ToolDefinition>, ApiError> {
+    let Some(list) = optional(list, "tools", "an array")? else {
+        return Ok(Vec::new());
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, tool) in list.iter().enumerate() {
+        let p = format!("tools[{i}]");
+        let tool = object(tool, &p)?;
+        is_function(&tool.kind).map_err(|other| {
+            ApiError::invalid(
+                format!("{p}.type"),
+                format!("tool type {other:?} is not supported; only \"function\" tools are"),
+            )
+        })?;
+        let function = object(&tool.function, &format!("{p}.function"))?;
+        let name = non_empty(&function.name, &format!("{p}.function.name"))?;
+        let description = optional(
+            &function.description,
+            &format!("{p}.function.description"),
+            "a string",
+        )?
+        .cloned()
+        .unwrap_or_default();
+        let parameters = optional(
+            &function.parameters,
+            &format!("{p}.function.parameters"),
+            "a JSON Schema object",
+        )?
+        .map(|schema| Value::Object(schema.clone()).to_string())
+        .unwrap_or_else(|| r#"{"type":"object","properties":{}}"#.into());
+        out.push(ToolDefinition {
+            name,
+            description,
+            parameters,
+        });
+    }
+    Ok(out)
+}
+
+/// The sampling, limit, tool-choice and output-format parameters, checked
+/// and named as OpenAI names them.
+fn generation(
+    req: &ChatCompletionRequest,
+    tools: &[ToolDefinition],
+) -> Result<Generation, ApiError> {
+    let number = |field: &Lenient<f64>, name: &str, max: f64| -> Result<Option<f32>, ApiError> {
+        match optional(field, name, "a number")? {
+            Some(&x) if !(0.0..=max).contains(&x) => Err(ApiError::invalid(
+                name,
+                format!("{x} is not between 0 and {max}"),
+            )),
+            x => Ok(x.map(|&x| x as f32)),
+        }
+    };
+    let temperature = number(&req.temperature, "temperature", 2.0)?;
+    let top_p = number(&req.top_p, "top_p", 1.0)?;
+    let mut max_output_tokens = None;
+    // The newer name wins when both are given.
+    for (field, name) in [
+        (&req.max_tokens, "max_tokens"),
+        (&req.max_completion_tokens, "max_completion_tokens"),
+    ] {
+        if let Some(&n) = optional(field, name, "a positive integer")? {
+            if n == 0 {
+                return Err(ApiError::invalid(name, "must be at least 1"));
+            }
+            max_output_tokens = Some(u32::try_from(n).unwrap_or(u32::MAX));
+        }
+    }
+    let stop = match optional(&req.stop, "stop", "a string or an array of strings")? {
+        None => Vec::new(),
+        Some(Stop::One(s)) => vec![s.clone()],
+        Some(Stop::Many(list)) => list
+            .iter()
+            .enumerate()
+            .map(|(i, s)| match s {
+                Lenient::Valid(s) => Ok(s.clone()),
+                not_a_string => Err(ApiError::invalid(
+                    format!("stop[{i}]"),
+                    format!(
+                        "must be a string, not {}",
+                        not_a_string.kind().unwrap_or(JsonKind::Null)
+                    ),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let tool_choice = match optional(&req.tool_choice, "tool_choice", "a string or an object")? {
+        None | Some(ToolChoiceOption::Mode(ToolChoiceMode::Auto)) => ToolChoice::Auto,
+        Some(ToolChoiceOption::Mode(ToolChoiceMode::None)) => ToolChoice::None,
+        Some(ToolChoiceOption::Mode(ToolChoiceMode::Required)) => ToolChoice::Required,
+        Some(ToolChoiceOption::Mode(ToolChoiceMode::Other(other))) => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                format!("{other:?} is not one of \"auto\", \"none\", \"required\" or a function"),
+            ));
+        }
+        Some(ToolChoiceOption::Function(named)) => {
+            if !matches!(named.kind, Lenient::Valid(ToolType::Function)) {
+                return Err(ApiError::invalid(
+                    "tool_choice.type",
+                    "must be \"function\"",
+                ));
+            }
+            let function = object(&named.function, "tool_choice.function")?;
+            ToolChoice::Tool(non_empty(&function.name, "tool_choice.function.name")?)
+        }
+    };
+    match &tool_choice {
+        ToolChoice::Tool(name) if !tools.iter().any(|t| &t.name == name) => {
+            return Err(ApiError::invalid(
+                "tool_choice.function.name",
+                format!("{name:?} is not one of the request's tools"),
+            ));
+        }
+        ToolChoice::Required if tools.is_empty() => {
+            return Err(ApiError::invalid(
+                "tool_choice",
+                "\"required\" needs tools, and the request has none",
+            ));
+        }
+        _ => {}
+    }
+    let json_schema = match optional(&req.response_format, "response_format", "an object")? {
+        None | Some(ResponseFormat::Text) => None,
+        Some(ResponseFormat::JsonSchema(format)) => {
+            let js = object(&format.json_schema, "response_format.json_schema")?;
+            let schema = object(&js.schema, "response_format.json_schema.schema")?;
+            Some(Value::Object(schema.clone()).to_string())
+        }
+        Some(ResponseFormat::JsonObject) => {
+            return Err(ApiError::invalid(
+                "response_format.type",
+                "\"json_object\" is not supported; give a schema with \"json_schema\" (every endpoint then constrains its answer to it)",
+            ));
+        }
+        Some(ResponseFormat::Unsupported(_)) => {
+            return Err(ApiError::invalid(
+                "response_format.type",
+                "must be \"text\" or \"json_schema\"",
+            ));
+        }
+    };
+    let g = Generation {
+        temperature,
+        top_p,
+        max_output_tokens,
+        stop,
+        tool_choice,
+        json_schema,
+    };
+    g.validate()
+        .map_err(|(field, problem)| ApiError::invalid(field, problem))?;
+    Ok(g)
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()))
+            .map_err(|_| ApiError::invalid(name, "must be visible ASCII")),
+    }
 }
 
 #[cfg(test)]
@@ -905,5 +845,271 @@ mod tests {
             assert_eq!(e.kind, "invalid_request_error");
             assert!(e.message.contains(needle), "{body}: {}", e.message);
         }
+    }
+
+    /// Where serde's own message would be vague (or, inside tagged enums,
+    /// placeless), the exact message names the parameter and the problem.
+    #[test]
+    fn fields_of_the_wrong_kind_are_named_precisely() {
+        let user = |content: Value| json!({"model": "m", "messages": [{"role": "user", "content": content}]});
+        let with = |field: &str, v: Value| {
+            let mut body = json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]});
+            body[field] = v;
+            body
+        };
+        let cases = [
+            (
+                json!({"model": 5, "messages": []}),
+                "model: must be a non-empty string",
+            ),
+            (
+                json!({"model": "m", "messages": {}}),
+                "messages: must be an array, not an object",
+            ),
+            (
+                json!({"model": "m", "messages": [["user", "hi"]]}),
+                "messages[0]: must be an object",
+            ),
+            (
+                json!({"model": "m", "messages": [null]}),
+                "messages[0]: must be an object",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": 0, "content": "hi"}]}),
+                "messages[0].role: must be a string",
+            ),
+            (
+                json!({"model": "m", "messages": [{"content": "hi"}]}),
+                "messages[0].role: must be a string",
+            ),
+            (
+                user(json!(5)),
+                "messages[0].content: must be a string or an array of content parts, not a number",
+            ),
+            (
+                user(json!([1])),
+                "messages[0].content[0]: a content part must be an object",
+            ),
+            (
+                user(json!([{"type": 0, "text": "x"}])),
+                "messages[0].content[0].type: is required",
+            ),
+            (
+                user(json!([{"type": "text", "text": 1}])),
+                "messages[0].content[0].text: must be a string",
+            ),
+            (
+                user(json!([{"type": "image_url", "image_url": ["https://a.b/c.png"]}])),
+                "messages[0].content[0].image_url: must be an object with a url",
+            ),
+            (
+                user(json!([{"type": "image_url", "image_url": {"url": 5}}])),
+                "messages[0].content[0].image_url.url: must be a non-empty string",
+            ),
+            (
+                user(
+                    json!([{"type": "image_url", "image_url": {"url": "https://a.b/c.png", "detail": 3}}]),
+                ),
+                "messages[0].content[0].image_url.detail: must be a string, not a number",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"id": "", "function": {"name": "f"}}]}, {"role": "user", "content": "x"}]}),
+                "messages[0].tool_calls[0].id: must be a non-empty string",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": [{"id": "c", "function": {"name": "f", "arguments": {}}}]}, {"role": "user", "content": "x"}]}),
+                "messages[0].tool_calls[0].function.arguments: must be a string, not an object",
+            ),
+            (
+                json!({"model": "m", "messages": [{"role": "assistant", "tool_calls": {}}, {"role": "user", "content": "x"}]}),
+                "messages[0].tool_calls: must be an array, not an object",
+            ),
+            (
+                with("stream_options", json!({"include_usage": "yes"})),
+                "stream_options.include_usage: must be a boolean, not a string",
+            ),
+            (
+                with("stream_options", json!([])),
+                "stream_options: must be an object, not an array",
+            ),
+            (with("n", json!("1")), "n: must be an integer, not a string"),
+            (
+                with("max_tokens", json!(-5)),
+                "max_tokens: must be a positive integer, not a number",
+            ),
+            (
+                with("stop", json!([null])),
+                "stop[0]: must be a string, not null",
+            ),
+            (
+                with("stop", json!({})),
+                "stop: must be a string or an array of strings, not an object",
+            ),
+            (
+                with("tools", json!({})),
+                "tools: must be an array, not an object",
+            ),
+            (
+                with(
+                    "tools",
+                    json!([{"function": {"name": "f", "parameters": "x"}}]),
+                ),
+                "tools[0].function.parameters: must be a JSON Schema object, not a string",
+            ),
+            (
+                with("tools", json!([{"type": "function"}])),
+                "tools[0].function: must be an object",
+            ),
+            (
+                with("tool_choice", json!(5)),
+                "tool_choice: must be a string or an object, not a number",
+            ),
+            (
+                with("tool_choice", json!({"type": "function", "function": "f"})),
+                "tool_choice.function: must be an object",
+            ),
+            (
+                with("response_format", json!({"type": 0})),
+                "response_format.type: must be \"text\" or \"json_schema\"",
+            ),
+            (
+                with("response_format", json!("json_object")),
+                "response_format: must be an object, not a string",
+            ),
+            (
+                with("user", json!(7)),
+                "user: must be a string, not a number",
+            ),
+            (
+                with("metadata", json!({"k": null})),
+                "metadata.k: values must be strings, not null",
+            ),
+        ];
+        for (body, message) in cases {
+            let e = err(body.clone());
+            assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
+            assert_eq!(e.message, message, "{body}");
+            let param = message.split(": ").next().unwrap();
+            assert_eq!(e.param.as_deref(), Some(param), "{body}");
+        }
+        for (body, message) in [
+            (
+                &b"null"[..],
+                "the request body must be a JSON object, not null",
+            ),
+            (
+                b"[1]",
+                "the request body must be a JSON object, not an array",
+            ),
+            (
+                b"\"hi\"",
+                "the request body must be a JSON object, not a string",
+            ),
+        ] {
+            let e = parse_request(body, &HeaderMap::new()).unwrap_err();
+            assert_eq!(
+                (e.status, e.message.as_str()),
+                (StatusCode::BAD_REQUEST, message)
+            );
+        }
+    }
+
+    /// Every value of an SDK-shaped request, replaced by values of every
+    /// kind (or removed): the request parses, or is refused with a 400
+    /// naming a parameter. Nothing panics.
+    #[test]
+    fn any_change_to_a_request_is_parsed_or_refused_naming_a_parameter() {
+        let base = json!({"model": "m", "messages": [
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": [
+                {"type": "text", "text": "what is"},
+                {"type": "image_url", "image_url": {"url": "https://a.b/c.png", "detail": "low"}},
+            ]},
+            {"role": "assistant", "content": null, "tool_calls": [
+                {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}},
+            ]},
+            {"role": "tool", "tool_call_id": "c1", "content": "4"},
+            {"role": "user", "content": "so?", "name": "ann"},
+        ],
+        "stream": true, "stream_options": {"include_usage": true}, "n": 1,
+        "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+        "tool_choice": {"type": "function", "function": {"name": "lookup"}},
+        "temperature": 0.2, "top_p": 0.5, "max_tokens": 10, "stop": ["a", "b"],
+        "response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {"type": "object"}}},
+        "user": "u", "metadata": {"team": "s"}, "seed": 1});
+        let replacements = [
+            Value::Null,
+            json!(true),
+            json!(0),
+            json!(-1),
+            json!(2.5),
+            json!(""),
+            json!("x"),
+            json!("function"),
+            json!("user"),
+            json!("image_url"),
+            json!("json_object"),
+            json!([]),
+            json!([null]),
+            json!(["a"]),
+            json!([{}]),
+            json!({}),
+            json!({"type": 0}),
+            json!({"role": 0}),
+            json!({"url": "https://a.b/c.png"}),
+        ];
+        fn paths(v: &Value, at: &mut Vec<Value>, out: &mut Vec<Vec<Value>>) {
+            out.push(at.clone());
+            let children: Vec<(Value, &Value)> = match v {
+                Value::Array(a) => a.iter().enumerate().map(|(i, x)| (json!(i), x)).collect(),
+                Value::Object(o) => o.iter().map(|(k, x)| (json!(k), x)).collect(),
+                _ => Vec::new(),
+            };
+            for (key, child) in children {
+                at.push(key);
+                paths(child, at, out);
+                at.pop();
+            }
+        }
+        fn at<'a>(v: &'a mut Value, path: &[Value]) -> &'a mut Value {
+            path.iter().fold(v, |v, key| match key {
+                Value::String(k) => &mut v[k.as_str()],
+                i => &mut v[i.as_u64().unwrap() as usize],
+            })
+        }
+        let mut all = Vec::new();
+        paths(&base, &mut Vec::new(), &mut all);
+        let (mut parsed, mut refused) = (0, 0);
+        for path in all.iter().filter(|p| !p.is_empty()) {
+            let mut bodies: Vec<Value> = replacements
+                .iter()
+                .map(|r| {
+                    let mut body = base.clone();
+                    *at(&mut body, path) = r.clone();
+                    body
+                })
+                .collect();
+            if let Some((Value::String(key), parent)) = path.split_last() {
+                let mut body = base.clone();
+                at(&mut body, parent).as_object_mut().unwrap().remove(key);
+                bodies.push(body);
+            }
+            for body in bodies {
+                match parse(body.clone()) {
+                    Ok(_) => parsed += 1,
+                    Err(e) => {
+                        refused += 1;
+                        assert_eq!(e.status, StatusCode::BAD_REQUEST, "{body}");
+                        assert_eq!(e.kind, "invalid_request_error", "{body}");
+                        let param = e.param.unwrap_or_else(|| panic!("no param: {body}"));
+                        assert!(e.message.starts_with(&format!("{param}: ")), "{body}");
+                    }
+                }
+            }
+        }
+        assert!(
+            parsed > 100 && refused > 500,
+            "{parsed} parsed, {refused} refused"
+        );
     }
 }

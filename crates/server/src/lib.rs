@@ -25,9 +25,6 @@ mod inspect;
 pub mod openai;
 mod sessions;
 
-/// The front door's former module name, kept for existing users.
-pub use openai as openai_compat;
-
 use std::future::Future;
 
 use baton_proto::v1::gates_server::GatesServer;
@@ -42,6 +39,9 @@ pub use gates::{GatesService, gate_to_proto};
 pub use http::{router as http_router, serve_http};
 pub use inspect::{InspectService, actor_to_proto};
 pub use sessions::SessionsService;
+
+/// The front door's former module name, kept for existing users.
+pub use openai as openai_compat;
 
 /// The one place error kinds become gRPC status codes.
 pub fn grpc_code(code: ErrorCode) -> tonic::Code {

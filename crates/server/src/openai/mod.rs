@@ -27,10 +27,20 @@
 //! (for example, a reviewer edited it at a gate). The session's turn still
 //! completes in Baton; its answer is in the journal.
 //!
+//! Requests, responses, chunks and errors are OpenAI's wire shapes as serde
+//! types ([`types`]). A request body is parsed into a
+//! [`types::ChatCompletionRequest`] whose fields Baton reads are
+//! [`types::Lenient`], so a field of the wrong kind does not fail the parse
+//! with serde's message; [`parse_request`] then checks every field and names
+//! the one at fault as OpenAI does (`messages[2].content[0].image_url.url:
+//! must be a non-empty string`). Fields Baton ignores, and unknown ones, are
+//! accepted.
+//!
 //! Errors have OpenAI's shape (`{"error": {"message", "type", "param",
-//! "code"}}`); [`turn_failed_error`] maps the runtime's failure codes onto
-//! HTTP statuses. A failure before any output is an HTTP error even when
-//! streaming; one after output was sent ends the stream with an error event.
+//! "code"}}`); [`turn_failed_error`] is the one place a failed turn's code
+//! becomes an HTTP status and error type. A failure before any output is an
+//! HTTP error even when streaming; one after output was sent ends the stream
+//! with an error event.
 //!
 //! | file | what |
 //! |---|---|

@@ -1,5 +1,5 @@
 //! Baton's HTTP server, beside the gRPC one: Prometheus metrics, a health
-//! check, and the OpenAI-compatible front door ([`crate::openai_compat`]).
+//! check, and the OpenAI-compatible front door ([`crate::openai`]).
 //!
 //! | route | what |
 //! |---|---|
@@ -22,7 +22,7 @@ use baton_runtime::RuntimeHandle;
 use tokio::net::TcpListener;
 
 use crate::config::HttpSection;
-use crate::openai_compat::{self, ApiError};
+use crate::openai::{self, ApiError};
 
 /// The HTTP routes over a runtime; bodies larger than
 /// `section.max_request_bytes` get 413.
@@ -79,17 +79,17 @@ async fn chat_completions(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    openai_compat::chat_completions(runtime, headers, body).await
+    openai::chat_completions(runtime, headers, body).await
 }
 
 async fn models(State(runtime): State<RuntimeHandle>) -> Response {
-    axum::Json(openai_compat::models(&runtime)).into_response()
+    axum::Json(openai::models(&runtime)).into_response()
 }
 
 async fn model(State(runtime): State<RuntimeHandle>, Path(model): Path<String>) -> Response {
     let routes = runtime.routes();
     if routes.contains(&model) {
-        axum::Json(openai_compat::model_json(&model)).into_response()
+        axum::Json(openai::model_json(&model)).into_response()
     } else {
         ApiError::model_not_found(&model, &routes).into_response()
     }

@@ -6,7 +6,7 @@
 //! common clients such as Python's grpcio-reflection still speak only
 //! v1alpha), so grpcurl and generic clients work with no proto files.
 //! [`serve_http`] serves `/metrics`, `/healthz` and an OpenAI-compatible
-//! front door ([`openai_compat`]) over the same runtime.
+//! front door ([`openai`]) over the same runtime.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -22,7 +22,7 @@ mod config;
 mod gates;
 mod http;
 mod inspect;
-pub mod openai_compat;
+pub mod openai;
 mod sessions;
 
 use std::future::Future;
@@ -39,6 +39,9 @@ pub use gates::{GatesService, gate_to_proto};
 pub use http::{router as http_router, serve_http};
 pub use inspect::{InspectService, actor_to_proto};
 pub use sessions::SessionsService;
+
+/// The front door's former module name, kept for existing users.
+pub use openai as openai_compat;
 
 /// The one place error kinds become gRPC status codes.
 pub fn grpc_code(code: ErrorCode) -> tonic::Code {

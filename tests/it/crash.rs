@@ -220,3 +220,51 @@ async fn a_corrupted_record_fails_only_its_session_with_a_clear_reason() {
         "no panic on corrupt data"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idempotency_key_holds_across_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path(), &dir.path().join("data"), "").unwrap();
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    let mut client = server.client().await.unwrap();
+    let req = v1::StartSessionRequest {
+        idempotency_key: "order-99".into(),
+        system_prompt: "be brief".into(),
+        ..Default::default()
+    };
+    let a = client
+        .start_session(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(a.created);
+    server.kill9().await.unwrap();
+
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    let mut client = server.client().await.unwrap();
+    let b = client
+        .start_session(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        (b.session_id.as_str(), b.created),
+        (a.session_id.as_str(), false)
+    );
+    let e = client
+        .start_session(v1::StartSessionRequest {
+            system_prompt: "be long".into(),
+            ..req
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::FailedPrecondition);
+    assert!(e.message().contains("order-99"), "{}", e.message());
+    let listed = client
+        .list_sessions(v1::ListSessionsRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions;
+    assert_eq!(listed.len(), 1, "exactly one session was created");
+}

@@ -376,9 +376,36 @@ async fn the_same_idempotency_key_yields_the_same_session() {
         .await
         .unwrap()
         .into_inner();
-    let b = client.start_session(req).await.unwrap().into_inner();
+    let b = client
+        .start_session(req.clone())
+        .await
+        .unwrap()
+        .into_inner();
     assert!(a.created && !b.created);
     assert_eq!(a.session_id, b.session_id);
+    // The same key with other parameters is refused, naming the key.
+    for other in [
+        v1::StartSessionRequest {
+            system_prompt: "something else".into(),
+            ..req.clone()
+        },
+        v1::StartSessionRequest {
+            max_steps: 3,
+            ..req.clone()
+        },
+        v1::StartSessionRequest {
+            metadata: [("k".to_string(), "v".to_string())].into(),
+            ..req.clone()
+        },
+    ] {
+        let e = client.start_session(other).await.unwrap_err();
+        assert_eq!(e.code(), tonic::Code::FailedPrecondition, "{e:?}");
+        assert!(
+            e.message().contains("ticket-7") && e.message().contains(&a.session_id),
+            "{}",
+            e.message()
+        );
+    }
     client
         .delete_session(v1::DeleteSessionRequest {
             session_id: a.session_id.clone(),

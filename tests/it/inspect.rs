@@ -736,6 +736,37 @@ async fn inspect_commands_print_the_tree_every_journal_seq_and_states() {
         texts(&get(&mut client, fork_id).await),
         ["hello", "echo: hello"]
     );
+    // --quiet prints the bare id, for ID=$(baton inspect fork … --quiet).
+    let out = baton(&[
+        "inspect",
+        "fork",
+        &id,
+        &t1c.to_string(),
+        "--quiet",
+        "--server",
+        &url,
+    ])
+    .await;
+    assert!(out.status.success(), "{out:?}");
+    let quiet_id = stdout(&out).trim().to_string();
+    assert!(quiet_id.parse::<SessionId>().is_ok(), "{quiet_id:?}");
+    assert_eq!(
+        texts(&get(&mut client, &quiet_id).await),
+        ["hello", "echo: hello"]
+    );
+
+    let out = baton(&["inspect", "actors", "--server", &url]).await;
+    assert!(out.status.success(), "{out:?}");
+    let text = stdout(&out);
+    let executors: Vec<&str> = text
+        .lines()
+        .filter(|l| l.trim_start().starts_with("model_executor"))
+        .collect();
+    assert!(!executors.is_empty(), "{text}");
+    assert!(
+        executors.iter().all(|l| !l.contains("uptime 0.0s")),
+        "model executors show how long they have run: {text}"
+    );
 
     let out = baton(&["inspect", "replay", &id, "--server", &url]).await;
     assert!(out.status.success(), "{out:?}");
@@ -845,6 +876,17 @@ async fn a_backup_under_load_restores_to_a_server_that_finishes_the_open_turns()
     let out = baton(&["backup", "--to", backup.to_str().unwrap(), "--server", &url]).await;
     assert!(!out.status.success());
     assert!(stderr(&out).contains("already exists"), "{out:?}");
+    // One whose parent directory is missing: INVALID_ARGUMENT naming it.
+    let orphan = dir.path().join("no/such/parent/backup");
+    let out = baton(&["backup", "--to", orphan.to_str().unwrap(), "--server", &url]).await;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("InvalidArgument")
+            && err.contains("parent directory")
+            && err.contains(&dir.path().join("no/such/parent").display().to_string()),
+        "{err}"
+    );
 
     // The load goes on a little, then stops; every client finishes its turn.
     let at_backup = completed.load(Ordering::Relaxed);

@@ -34,7 +34,13 @@ pub enum InspectCommand {
     /// The state as it was right after record SEQ (time travel).
     At { session_id: String, seq: u64 },
     /// A new session continuing from record SEQ of this one.
-    Fork { session_id: String, seq: u64 },
+    Fork {
+        session_id: String,
+        seq: u64,
+        /// Print only the new session's id (for `ID=$(baton inspect fork …)`).
+        #[arg(long, short)]
+        quiet: bool,
+    },
     /// Re-run the session's turns against its recorded model answers, tool
     /// results and gate decisions and compare the journals; a replay stops
     /// at a gate or client tool call the recording has no answer for.
@@ -147,7 +153,11 @@ async fn print(conn: Conn, cmd: InspectCommand, out: &mut impl Write) -> anyhow:
                 after = page.next_after_seq;
             }
         }
-        InspectCommand::Fork { session_id, seq } => {
+        InspectCommand::Fork {
+            session_id,
+            seq,
+            quiet,
+        } => {
             let r = client
                 .fork_session(v1::ForkSessionRequest {
                     session_id: session_id.clone(),
@@ -163,6 +173,8 @@ async fn print(conn: Conn, cmd: InspectCommand, out: &mut impl Write) -> anyhow:
                     serde_json::json!({"session_id": r.session_id, "status": status_name(r.status),
                         "forked_from": format!("{session_id}@{seq}")})
                 )?;
+            } else if quiet {
+                writeln!(out, "{}", r.session_id)?;
             } else {
                 writeln!(
                     out,

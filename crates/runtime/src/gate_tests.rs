@@ -417,29 +417,38 @@ async fn racing_decisions_have_exactly_one_winner() {
             } else {
                 GateDecision::Reject
             };
-            rt.decide_gate(&gid, d, format!("reviewer-{i}"), String::new())
+            rt.decide_gate(&gid, d, format!("reviewer-{i}"), format!("reason-{i}"))
                 .await
         }));
     }
     let mut wins = Vec::new();
+    let mut losses = Vec::new();
     for t in tasks {
         match t.await.unwrap() {
             Ok(g) => wins.push(g),
             Err(e) => {
                 assert_eq!(e.code(), ErrorCode::FailedPrecondition, "{e}");
                 assert!(e.to_string().contains("already decided"), "{e}");
+                losses.push(e.to_string());
             }
         }
     }
     assert_eq!(wins.len(), 1, "exactly one decision wins");
-    let winner = &wins[0].outcome.as_ref().unwrap().reviewer;
+    let first = wins[0].outcome.as_ref().unwrap();
+    let (winner, why) = (&first.reviewer, &first.reason);
+    for e in &losses {
+        assert!(
+            e.contains(winner.as_str()) && e.contains(why.as_str()),
+            "a losing decision names the first, with its reason: {e}"
+        );
+    }
     let err =
         s.rt.decide_gate(&gid, GateDecision::Approve, "late".into(), String::new())
             .await
             .unwrap_err();
     assert!(
-        err.to_string().contains(winner.as_str()),
-        "names the first decision: {err}"
+        err.to_string().contains(winner.as_str()) && err.to_string().contains(why.as_str()),
+        "names the first decision and its reason: {err}"
     );
     let decided: Vec<_> =
         s.rt.resume(id, 0)

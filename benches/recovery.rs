@@ -11,7 +11,14 @@
 //! * lost: acknowledged turns missing after the restart (RPO: must be 0);
 //! * duplicated: turns with more than one recorded answer (must be 0).
 //!
+//! With `--long-session RECORDS`, instead: how long loading one long
+//! session takes after a SIGKILL (its first request after the restart, a
+//! `GetSession`), from its snapshot plus the records after it, against the
+//! same session with its snapshot removed (the whole journal folded: what
+//! every load did before snapshots could be read), in the same run.
+//!
 //! Run with: cargo bench --bench recovery -- [--sessions N] [--rounds N] [--model-delay-ms N]
+//!           cargo bench --bench recovery -- --long-session 10000 [--rounds N]
 
 use std::time::{Duration, Instant};
 
@@ -25,6 +32,7 @@ struct Opts {
     sessions: usize,
     rounds: usize,
     model_delay_ms: u64,
+    long_session: Option<u64>,
 }
 
 fn opts() -> Result<Opts> {
@@ -32,6 +40,7 @@ fn opts() -> Result<Opts> {
         sessions: 100,
         rounds: 5,
         model_delay_ms: 200,
+        long_session: None,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -45,6 +54,7 @@ fn opts() -> Result<Opts> {
             "--sessions" => o.sessions = num("--sessions")? as usize,
             "--rounds" => o.rounds = num("--rounds")? as usize,
             "--model-delay-ms" => o.model_delay_ms = num("--model-delay-ms")?,
+            "--long-session" => o.long_session = Some(num("--long-session")?),
             "--bench" => {}
             other => bail!("unknown option {other}"),
         }
@@ -177,9 +187,148 @@ async fn round(o: &Opts) -> Result<Round> {
     })
 }
 
+/// Send `text` and read the turn to its end; the seq of its last event.
+async fn turn(
+    client: &mut v1::sessions_client::SessionsClient<tonic::transport::Channel>,
+    id: &str,
+    text: String,
+) -> Result<u64> {
+    let mut s = client
+        .send_message(v1::SendMessageRequest {
+            session_id: id.into(),
+            content: text,
+            review: false,
+            images: Vec::new(),
+        })
+        .await?
+        .into_inner();
+    while let Some(e) = s.next().await {
+        let e = e?;
+        if matches!(e.kind, Some(Kind::TurnCompleted(_))) {
+            return Ok(e.seq);
+        }
+    }
+    bail!("the turn did not complete")
+}
+
+/// Restart the server and time the session's first request (its load).
+async fn timed_load(
+    bin: &std::path::Path,
+    config: &std::path::Path,
+    id: &str,
+) -> Result<(BatonProcess, Duration, Option<u64>, u64)> {
+    let server = BatonProcess::start(bin, config).await?;
+    let mut client = server.client().await?;
+    let channel = tonic::transport::Channel::from_shared(server.url())?
+        .connect()
+        .await?;
+    let mut ins = v1::inspect_client::InspectClient::new(channel);
+    // Read from disk first (no actor is loaded by this): the snapshot's seq.
+    let disk = ins
+        .get_session_state(v1::GetSessionStateRequest {
+            session_id: id.into(),
+        })
+        .await?
+        .into_inner();
+    let started = Instant::now();
+    client
+        .get_session(v1::GetSessionRequest {
+            session_id: id.into(),
+        })
+        .await?;
+    Ok((server, started.elapsed(), disk.snapshot_seq, disk.at_seq))
+}
+
+async fn long_session(o: &Opts, records: u64) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    let data = dir.path().join("data");
+    // The built-in echo model; buffered writes only make building the
+    // journal faster, loading reads the same records.
+    let config = dir.path().join("baton.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[store]\ndata_dir = {:?}\ndurability = \"buffered\"\n",
+            data.display().to_string()
+        ),
+    )?;
+    let bin = std::path::Path::new(env!("CARGO_BIN_EXE_baton"));
+    let mut server = BatonProcess::start(bin, &config).await?;
+    let mut client = server.client().await?;
+    let id = client
+        .start_session(v1::StartSessionRequest::default())
+        .await?
+        .into_inner()
+        .session_id;
+    let built = Instant::now();
+    let mut last = 1;
+    let mut i = 0u64;
+    while last < records {
+        last = turn(&mut client, &id, format!("question number {i} of a long session")).await?;
+        i += 1;
+    }
+    eprintln!(
+        "built a session of {last} journal records ({i} turns) in {:.1} s",
+        built.elapsed().as_secs_f64()
+    );
+    let sid: baton::SessionId = id.parse()?;
+    let (mut with_snapshot, mut journal_only) = (Vec::new(), Vec::new());
+    for r in 0..o.rounds {
+        server.kill9().await?;
+        let (s, took, snapshot, at) = timed_load(bin, &config, &id).await?;
+        let tail = at - snapshot.context("no snapshot was stored")?;
+        with_snapshot.push(took);
+        s.kill9().await?;
+        // The same session without its snapshot.
+        let opts = baton_store::StoreOptions::new(data.clone(), baton_store::Durability::Sync);
+        let store = baton_store::Store::open(opts)?;
+        let snapshot_bytes = store.load_snapshot(sid).await?.map_or(0, |b| b.len());
+        let mut b = baton_store::Batch::new();
+        b.delete_snapshot(&sid);
+        store.write(b).await?;
+        store.close();
+        drop(store);
+        let (s, took_journal, none, at) = timed_load(bin, &config, &id).await?;
+        anyhow::ensure!(none.is_none(), "the snapshot was not removed");
+        journal_only.push(took_journal);
+        eprintln!(
+            "round {}: {at} records; load from the snapshot ({snapshot_bytes} bytes) + {tail} records: {:.1} ms; from the whole journal: {:.1} ms",
+            r + 1,
+            took.as_secs_f64() * 1e3,
+            took_journal.as_secs_f64() * 1e3
+        );
+        // A few more turns: the first writes a new snapshot (the loaded
+        // actor has none), the others are the tail the next round applies.
+        server = s;
+        let mut client = server.client().await?;
+        for k in 0..3 {
+            turn(&mut client, &id, format!("round {r} follow-up {k}")).await?;
+        }
+    }
+    server.terminate().await?;
+    with_snapshot.sort();
+    journal_only.sort();
+    let ms = |d: &Duration| d.as_secs_f64() * 1e3;
+    let (a, b) = (
+        ms(&with_snapshot[with_snapshot.len() / 2]),
+        ms(&journal_only[journal_only.len() / 2]),
+    );
+    println!(
+        "load of a {records}-record session after SIGKILL: from its snapshot median {a:.1} ms (max {:.1}); from the whole journal median {b:.1} ms (max {:.1}); {:.1}x faster, {} rounds",
+        ms(with_snapshot.last().context("no rounds")?),
+        ms(journal_only.last().context("no rounds")?),
+        b / a,
+        o.rounds
+    );
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> Result<()> {
     let o = opts()?;
+    if let Some(records) = o.long_session {
+        return long_session(&o, records).await;
+    }
     eprintln!(
         "recovery: {} sessions with a turn in flight, model answers in {} ms after the restart, {} rounds",
         o.sessions, o.model_delay_ms, o.rounds

@@ -220,6 +220,15 @@ impl Batch {
         });
     }
 
+    /// Drop a session's snapshot: its next load folds the whole journal
+    /// (benchmarks, and a snapshot an operator no longer trusts).
+    pub fn delete_snapshot(&mut self, session: &SessionId) {
+        self.ops.push(Op::Delete {
+            cf: CF_SNAPSHOTS,
+            key: session.as_bytes().to_vec(),
+        });
+    }
+
     /// Remove every trace of a session.
     pub fn delete_session(&mut self, session: &SessionId, meta: &SessionMeta) {
         let from = keys::journal_key(session, 0).to_vec();

@@ -87,8 +87,7 @@ pub(super) async fn run_attempt(
         }
         None => (None, None),
     };
-    let (mut job, reply) = ModelJob::new(request.clone(), tx, child.clone());
-    job.single_attempt = true;
+    let (job, reply) = ModelJob::new(request.clone(), tx, child.clone());
     if let Err(e) = handle.submit(job) {
         return AttemptOutcome {
             result: Err(AttemptError::from_model(e)),

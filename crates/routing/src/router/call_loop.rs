@@ -9,14 +9,14 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use baton_metrics::metrics;
-use baton_models::{Delta, EndpointConfig, ModelResponse, ProviderErrorKind, backoff_delay};
+use baton_models::{Delta, EndpointConfig, ModelResponse, ProviderErrorKind};
 use baton_types::{AttemptFailure, RoutingDecision};
 use tokio::time::Instant;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
 use super::attempt::{AttemptError, run_attempt};
-use super::backoff::sleep_or_cancel;
+use super::backoff::{backoff_delay, sleep_or_cancel};
 use super::candidates::{Cand, Candidates, Want};
 use super::cascade::{self, GateFailure};
 use super::context::CallContext;

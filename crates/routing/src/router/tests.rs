@@ -1,17 +1,19 @@
-//! The router's unit tests over `echo` endpoints, on paused time where
-//! timers matter.
+//! The router's unit tests over `echo` endpoints (and a scripted provider
+//! for the retry loop), on paused time where timers matter.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use baton_models::{
-    Capability, Delta, EndpointConfig, ModelJob, ModelRegistry, ModelRequest, echo_default,
+    Capability, Delta, DeltaSink, Endpoint, EndpointConfig, ExecutorHandle, ModelJob,
+    ModelRegistry, ModelRequest, ModelResponse, Provider, ProviderError, ProviderErrorKind,
+    RetryConfig, echo_default,
 };
-use baton_types::{ErrorCode, Message, ToolDefinition};
+use baton_types::{AttemptFailure, ErrorCode, FinishReason, Message, ToolDefinition, Usage};
 use serde_json::json;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
@@ -469,5 +471,250 @@ async fn streamed_calls_forward_deltas_and_report_decisions_as_events() {
     let routed = r.call(call).await.unwrap();
     assert_eq!(routed.response.message.content, "hello there");
     assert!(drx.try_recv().is_err());
+    r.models().stop().await;
+}
+
+// The retry loop on one endpoint, as production routes a call to an
+// endpoint's own route: a provider that fails as scripted, on paused time.
+
+/// Fails with the scripted errors, in order, then answers "ok". Emits one
+/// delta per attempt; a `Timeout` error hangs until the endpoint's timeout.
+#[derive(Debug)]
+struct Flaky {
+    failures: Mutex<Vec<ProviderError>>,
+    calls: AtomicU32,
+}
+
+impl Flaky {
+    fn new(mut failures: Vec<ProviderError>) -> Arc<Self> {
+        failures.reverse();
+        Arc::new(Self {
+            failures: Mutex::new(failures),
+            calls: AtomicU32::new(0),
+        })
+    }
+
+    fn calls(&self) -> u32 {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+#[async_trait::async_trait]
+impl Provider for Flaky {
+    fn kind(&self) -> &'static str {
+        "flaky"
+    }
+
+    async fn complete(
+        &self,
+        _req: &ModelRequest,
+        deltas: Option<&DeltaSink>,
+    ) -> Result<ModelResponse, ProviderError> {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        if let Some(d) = deltas {
+            let _ = d.send(Delta::Text(format!("part{n}")));
+        }
+        let failure = self.failures.lock().unwrap().pop();
+        match failure {
+            Some(e) if e.kind == ProviderErrorKind::Timeout => {
+                std::future::pending::<()>().await;
+                Err(e)
+            }
+            Some(e) => Err(e),
+            None => Ok(ModelResponse {
+                message: Message::assistant("ok"),
+                usage: Usage::default(),
+                finish_reason: FinishReason::Stop,
+                model: "m".into(),
+                attempts: 0,
+                confidence: None,
+            }),
+        }
+    }
+}
+
+fn retry(max_attempts: u32, initial: u64, max: u64) -> RetryConfig {
+    RetryConfig {
+        max_attempts,
+        initial_backoff_ms: initial,
+        max_backoff_ms: max,
+    }
+}
+
+/// A router over the one endpoint `flaky` (1 s attempt timeout), called
+/// through its own route.
+async fn flaky_router(provider: Arc<Flaky>, retry: RetryConfig) -> Router {
+    let mut cfg = echo("flaky");
+    cfg.retry = retry;
+    cfg.timeout_ms = 1_000;
+    let mut models = ModelRegistry::default();
+    models.insert(
+        ExecutorHandle::spawn(Endpoint::with_provider(cfg, provider))
+            .await
+            .unwrap(),
+    );
+    Router::new(vec![], models, BudgetLedger::default()).unwrap()
+}
+
+fn server_error() -> ProviderError {
+    ProviderError::new(ProviderErrorKind::Server { status: 503 }, "unavailable")
+}
+
+/// `call` of route `flaky`, with its events collected.
+fn flaky_call() -> (RouteCall, mpsc::UnboundedReceiver<RouteEvent>) {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let mut call = RouteCall::new("flaky", ask("hi"));
+    call.events = Some(tx);
+    (call, rx)
+}
+
+fn failures(rx: &mut mpsc::UnboundedReceiver<RouteEvent>) -> Vec<AttemptFailure> {
+    let mut out = Vec::new();
+    while let Ok(ev) = rx.try_recv() {
+        if let RouteEvent::AttemptFailed(f) = ev {
+            out.push(f);
+        }
+    }
+    out
+}
+
+#[tokio::test(start_paused = true)]
+async fn transient_errors_are_retried_on_the_same_endpoint_within_backoff_bounds() {
+    let p = Flaky::new(vec![server_error(), server_error()]);
+    let r = flaky_router(p.clone(), retry(3, 100, 10_000)).await;
+    let (call, mut events) = flaky_call();
+    let start = Instant::now();
+    let routed = r.call(call).await.unwrap();
+    let waited = start.elapsed();
+    assert_eq!((routed.attempts, routed.response.attempts), (3, 3));
+    assert_eq!(p.calls(), 3);
+    let rules: Vec<&str> = routed.decisions.iter().map(|d| d.rule.as_str()).collect();
+    assert_eq!(rules, vec!["only_candidate", "retry_same", "retry_same"]);
+    // Full jitter under the doubling ceiling: at most 100 ms, then 200 ms;
+    // the router waits exactly what it reports.
+    let waits: Vec<u64> = failures(&mut events)
+        .iter()
+        .map(|f| f.retry_in_ms.unwrap())
+        .collect();
+    assert_eq!(waits.len(), 2);
+    assert!(waits[0] <= 100 && waits[1] <= 200, "{waits:?}");
+    assert_eq!(waited, Duration::from_millis(waits[0] + waits[1]));
+    r.models().stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn retry_after_sets_the_wait_exactly() {
+    let limited = ProviderError::new(
+        ProviderErrorKind::RateLimited {
+            retry_after: Some(Duration::from_secs(3)),
+        },
+        "slow down",
+    );
+    let p = Flaky::new(vec![limited]);
+    let r = flaky_router(p, retry(3, 10, 60_000)).await;
+    let (call, mut events) = flaky_call();
+    let start = Instant::now();
+    let routed = r.call(call).await.unwrap();
+    assert_eq!(routed.attempts, 2);
+    assert_eq!(start.elapsed(), Duration::from_secs(3));
+    let f = failures(&mut events);
+    assert_eq!(
+        (f[0].kind.as_str(), f[0].retry_in_ms),
+        ("rate_limited", Some(3_000))
+    );
+    r.models().stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn non_transient_errors_are_not_retried() {
+    let bad = ProviderError::new(ProviderErrorKind::Client { status: 400 }, "bad request");
+    let p = Flaky::new(vec![bad]);
+    let r = flaky_router(p.clone(), retry(5, 10, 100)).await;
+    let (call, mut events) = flaky_call();
+    let e = r.call(call).await.unwrap_err();
+    assert_eq!(
+        (e.kind, e.code(), e.attempts),
+        (
+            RouteErrorKind::InvalidRequest,
+            ErrorCode::InvalidArgument,
+            1
+        )
+    );
+    assert_eq!(p.calls(), 1);
+    assert!(e.message.contains("bad request"), "{e}");
+    assert_eq!(failures(&mut events)[0].retry_in_ms, None);
+    r.models().stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn exhausted_retries_report_every_attempt() {
+    let p = Flaky::new(vec![server_error(), server_error(), server_error()]);
+    let r = flaky_router(p.clone(), retry(2, 10, 100)).await;
+    let e = r
+        .call(RouteCall::new("flaky", ask("hi")))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (e.kind, e.code(), e.attempts),
+        (RouteErrorKind::Exhausted, ErrorCode::Unavailable, 2)
+    );
+    assert_eq!(p.calls(), 2);
+    assert!(
+        e.message.contains("all 2 attempts failed") && e.message.contains("unavailable"),
+        "{e}"
+    );
+    r.models().stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_timed_out_attempt_is_retried_and_its_deltas_retracted() {
+    let timeout = ProviderError::new(ProviderErrorKind::Timeout, "never");
+    let p = Flaky::new(vec![timeout]);
+    let r = flaky_router(p, retry(2, 10, 100)).await;
+    let (mut call, mut events) = flaky_call();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    call.deltas = Some(tx);
+    let start = Instant::now();
+    let routed = r.call(call).await.unwrap();
+    assert_eq!(routed.attempts, 2);
+    assert!(start.elapsed() >= Duration::from_millis(1_000));
+    let mut got = Vec::new();
+    while let Ok(d) = rx.try_recv() {
+        got.push(d);
+    }
+    assert_eq!(
+        got,
+        vec![
+            Delta::Text("part0".into()),
+            Delta::Restart,
+            Delta::Text("part1".into())
+        ]
+    );
+    let f = failures(&mut events);
+    assert_eq!((f[0].kind.as_str(), f[0].retracted), ("timeout", true));
+    r.models().stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn cancellation_stops_a_retry_after_backoff() {
+    let limited = ProviderError::new(
+        ProviderErrorKind::RateLimited {
+            retry_after: Some(Duration::from_secs(60)),
+        },
+        "slow down",
+    );
+    let p = Flaky::new(vec![limited]);
+    let r = flaky_router(p.clone(), retry(3, 10, 120_000)).await;
+    let call = RouteCall::new("flaky", ask("hi"));
+    let cancel = call.cancel.clone();
+    tokio::spawn(async move {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        cancel.cancel();
+    });
+    let start = Instant::now();
+    let e = r.call(call).await.unwrap_err();
+    assert_eq!((e.kind, e.attempts), (RouteErrorKind::Cancelled, 1));
+    assert_eq!(start.elapsed(), Duration::from_secs(1));
+    assert_eq!(p.calls(), 1);
     r.models().stop().await;
 }

@@ -109,11 +109,10 @@ pub enum Error {
     /// A `[[models]]` table is invalid; `field` names it, e.g. `models[gpt].base_url`.
     #[error("{field}: {reason}")]
     Config { field: String, reason: String },
-    /// The provider failed and retries (if any) did not help.
-    #[error("endpoint {endpoint}: {source} (after {attempts} attempt(s))")]
+    /// An attempt failed at the provider.
+    #[error("endpoint {endpoint}: {source}")]
     Provider {
         endpoint: String,
-        attempts: u32,
         #[source]
         source: ProviderError,
     },
@@ -178,14 +177,6 @@ impl Error {
             _ => None,
         }
     }
-
-    /// How many attempts were made, for provider errors.
-    pub fn attempts(&self) -> Option<u32> {
-        match self {
-            Error::Provider { attempts, .. } => Some(*attempts),
-            _ => None,
-        }
-    }
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
@@ -198,7 +189,6 @@ mod tests {
     fn provider(kind: ProviderErrorKind) -> Error {
         Error::Provider {
             endpoint: "e".into(),
-            attempts: 1,
             source: ProviderError::new(kind, "boom"),
         }
     }

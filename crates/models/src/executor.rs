@@ -1,6 +1,6 @@
 //! The executor of one endpoint: a pool actor supervising `max_concurrency`
-//! linked worker actors, each running one model call at a time, with a
-//! bounded queue in front. A worker that panics is replaced and its caller
+//! linked worker actors, each making one attempt
+//! ([`Endpoint::attempt_once`]) at a time, with a bounded queue in front. A worker that panics is replaced and its caller
 //! gets [`Error::WorkerFailed`]; a call is never left without a reply.
 
 use std::collections::{HashMap, VecDeque};
@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::{DeltaSink, Endpoint, EndpointConfig, Error, ModelRequest, ModelResponse, Result};
 
-/// One call for an executor: the request, where deltas go, how to cancel it
-/// and where the result goes.
+/// One attempt for an executor: the request, where deltas go, how to cancel
+/// it and where the result goes. The executor never retries: the router does.
 pub struct ModelJob {
     /// Shared, not copied: a router retrying or failing over hands the same
     /// request to several attempts.
@@ -25,10 +25,6 @@ pub struct ModelJob {
     pub deltas: Option<DeltaSink>,
     pub cancel: CancellationToken,
     pub reply: oneshot::Sender<Result<ModelResponse>>,
-    /// Make exactly one attempt ([`Endpoint::attempt_once`]) instead of the
-    /// endpoint's own retry policy ([`Endpoint::call`]): set by the router,
-    /// which retries and fails over itself.
-    pub single_attempt: bool,
 }
 
 impl ModelJob {
@@ -45,7 +41,6 @@ impl ModelJob {
                 deltas,
                 cancel,
                 reply,
-                single_attempt: false,
             },
             rx,
         )
@@ -111,7 +106,6 @@ struct Assigned {
     deltas: Option<DeltaSink>,
     cancel: CancellationToken,
     reply: ReplyGuard,
-    single_attempt: bool,
 }
 
 enum PoolMsg {
@@ -147,7 +141,6 @@ impl PoolState {
                 request: job.request,
                 deltas: job.deltas,
                 cancel: job.cancel,
-                single_attempt: job.single_attempt,
                 reply: ReplyGuard {
                     tx: Some(job.reply),
                     counters: self.counters.clone(),
@@ -306,17 +299,8 @@ impl Actor for Worker {
             deltas,
             cancel,
             reply,
-            single_attempt,
         } = job;
-        let call = async {
-            if single_attempt {
-                endpoint
-                    .attempt_once(&request, deltas.as_ref(), &cancel)
-                    .await
-            } else {
-                endpoint.call(&request, deltas.as_ref(), &cancel).await
-            }
-        };
+        let call = endpoint.attempt_once(&request, deltas.as_ref(), &cancel);
         match AssertUnwindSafe(call).catch_unwind().await {
             Ok(result) => {
                 reply.send(result);
@@ -414,7 +398,7 @@ impl ExecutorHandle {
         Ok(())
     }
 
-    /// Submit and wait for the result.
+    /// Submit one attempt and wait for its result.
     pub async fn call(
         &self,
         request: ModelRequest,
@@ -579,7 +563,6 @@ mod tests {
         let mut cfg = echo_default();
         cfg.max_concurrency = concurrency;
         cfg.max_queue = queue;
-        cfg.retry.max_attempts = 1;
         ExecutorHandle::spawn(Endpoint::with_provider(cfg, provider))
             .await
             .unwrap()

@@ -1,16 +1,18 @@
-//! Baton's model layer: calling language models reliably.
+//! Baton's model layer: single attempts at language models.
 //!
 //! An [`Endpoint`] is one configured model (`[[models]]` in `baton.toml`): a
 //! [`Provider`] that makes single attempts (an OpenAI-compatible HTTP API, the
 //! Anthropic Messages API, the local `echo` model, or a `scripted` replay of
-//! canned answers) plus the policy around it — connect, first-token, idle and
-//! total timeouts, retries with exponential backoff and full jitter,
-//! `Retry-After`, and prompt cancellation. Routing across endpoints
-//! (failover, breakers, budgets) is `baton-routing`'s, which makes single
-//! attempts ([`Endpoint::attempt_once`]). An
-//! [`ExecutorHandle`] runs an endpoint's calls on a pool of ractor worker
-//! actors, `max_concurrency` at a time with a bounded queue; a
-//! [`ModelRegistry`] holds the executors of all endpoints by name.
+//! canned answers) plus the policy of one attempt — connect, first-token,
+//! idle and total timeouts, and prompt cancellation
+//! ([`Endpoint::attempt_once`]). A failed attempt is classified
+//! ([`ProviderErrorKind`]: transient or not, with the provider's
+//! `Retry-After`); what happens next — retries with exponential backoff and
+//! full jitter, failover, breakers, budgets — is `baton-routing`'s, which
+//! reads each endpoint's [`RetryConfig`]. An [`ExecutorHandle`] runs an
+//! endpoint's attempts on a pool of ractor worker actors, `max_concurrency`
+//! at a time with a bounded queue; a [`ModelRegistry`] holds the executors
+//! of all endpoints by name.
 //!
 //! ```
 //! use baton_models::{echo_default, Endpoint, ModelRequest};
@@ -20,9 +22,10 @@
 //! # tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(async {
 //! let endpoint = Endpoint::from_config(echo_default()).unwrap();
 //! let req = ModelRequest::new(vec![Message::user("hello there")]);
-//! let resp = endpoint.call(&req, None, &CancellationToken::new()).await.unwrap();
+//! let resp = endpoint.attempt_once(&req, None, &CancellationToken::new()).await.unwrap();
 //! assert_eq!(resp.message.content, "hello there");
 //! assert_eq!(resp.usage.output_tokens, 2);
+//! assert_eq!(resp.attempts, 1);
 //! # });
 //! ```
 
@@ -37,7 +40,7 @@ use baton_types::{FinishReason, Message, ToolDefinition, Usage};
 pub use config::{
     BreakerConfig, Capability, EchoConfig, EndpointConfig, ProviderKind, RetryConfig, echo_default,
 };
-pub use endpoint::{Endpoint, backoff_delay};
+pub use endpoint::Endpoint;
 pub use error::{Error, ProviderError, ProviderErrorKind, Result};
 pub use executor::{ExecutorHandle, ModelJob, ModelRegistry};
 
@@ -122,7 +125,8 @@ pub struct ModelResponse {
     pub finish_reason: FinishReason,
     /// The model that answered, as the provider reported it.
     pub model: String,
-    /// Attempts it took, this one included.
+    /// Attempts it took, this one included: 1 from an endpoint's single
+    /// attempt; a router sets the count of its whole call.
     pub attempts: u32,
     /// How sure the model was of its answer, in `[0, 1]`, when the provider
     /// says: for `openai` endpoints with `logprobs = true`, the exponential
@@ -137,8 +141,8 @@ pub struct ModelResponse {
 pub enum Delta {
     /// More answer text.
     Text(String),
-    /// An attempt failed after emitting deltas and is being retried: the text
-    /// deltas so far are void.
+    /// An attempt failed after emitting deltas and the call goes on (the
+    /// router retries or fails over): the text deltas so far are void.
     Restart,
 }
 

@@ -12,6 +12,12 @@
 //! [`baton_types::RoutingDecision`] and every failed attempt as a
 //! [`baton_types::AttemptFailure`].
 //!
+//! The router's call loop is Baton's only retry loop: `baton-models` makes
+//! single attempts ([`baton_models::Endpoint::attempt_once`]) and never
+//! retries; backoff with full jitter, `Retry-After` and each endpoint's
+//! `[models.retry]` are applied here (see docs/routing.md, "In the code",
+//! for the layout of the `router` module).
+//!
 //! ```
 //! use baton_models::{echo_default, ModelRegistry, ModelRequest};
 //! use baton_routing::{BudgetLedger, RouteCall, RouteConfig, Router};

@@ -1,7 +1,11 @@
-//! The `openai` provider, through `Endpoint` and its retry policy, against
-//! the fake OpenAI server over real HTTP on loopback.
+//! The `openai` provider against the fake OpenAI server over real HTTP on
+//! loopback: through single attempts of `Endpoint`, and, where a test is about
+//! retries, through a `Router` over that one endpoint (`common::routed`), as
+//! production calls it.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
 
 use std::time::{Duration, Instant};
 
@@ -9,11 +13,14 @@ use baton_models::{
     Delta, Endpoint, EndpointConfig, Error, ExecutorHandle, ModelRequest, ModelResponse,
     ProviderErrorKind, RetryConfig,
 };
+use baton_routing::RouteErrorKind;
 use baton_testkit::fake_openai::{Behavior, FakeOpenAi, Fault, Reply, ScriptedReply};
 use baton_types::{ErrorCode, FinishReason, Message, Role, ToolCall, ToolDefinition, Usage};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+
+use common::routed;
 
 fn config(server: &FakeOpenAi, stream: bool) -> EndpointConfig {
     let mut cfg = EndpointConfig::openai("fake", server.base_url(), "fake-model");
@@ -35,17 +42,20 @@ fn request(text: &str) -> ModelRequest {
     ModelRequest::new(vec![Message::system("be brief"), Message::user(text)])
 }
 
-async fn call(ep: &Endpoint, req: &ModelRequest) -> Result<ModelResponse, Error> {
-    ep.call(req, None, &CancellationToken::new()).await
+/// One attempt.
+async fn once(ep: &Endpoint, req: &ModelRequest) -> Result<ModelResponse, Error> {
+    ep.attempt_once(req, None, &CancellationToken::new()).await
 }
 
-/// Call with a delta sink; returns the result and every delta received.
-async fn call_streaming(
+/// One attempt with a delta sink; returns the result and every delta received.
+async fn once_streaming(
     ep: &Endpoint,
     req: &ModelRequest,
 ) -> (Result<ModelResponse, Error>, Vec<Delta>) {
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let result = ep.call(req, Some(&tx), &CancellationToken::new()).await;
+    let result = ep
+        .attempt_once(req, Some(&tx), &CancellationToken::new())
+        .await;
     drop(tx);
     let mut deltas = Vec::new();
     while let Some(d) = rx.recv().await {
@@ -83,7 +93,7 @@ fn two_calls() -> Vec<ToolCall> {
 async fn non_streaming_text_with_usage_and_model() {
     let server = FakeOpenAi::start().await.unwrap();
     let ep = endpoint(&server, false);
-    let resp = call(&ep, &request("hello big world")).await.unwrap();
+    let resp = once(&ep, &request("hello big world")).await.unwrap();
     assert_eq!(resp.message, Message::assistant("echo: hello big world"));
     assert_eq!(resp.finish_reason, FinishReason::Stop);
     assert_eq!(resp.model, "fake-model");
@@ -115,7 +125,7 @@ async fn streaming_deltas_arrive_in_order_and_equal_the_final_text() {
         ..Behavior::default()
     });
     let ep = endpoint(&server, true);
-    let (resp, deltas) = call_streaming(&ep, &request("go")).await;
+    let (resp, deltas) = once_streaming(&ep, &request("go")).await;
     let resp = resp.unwrap();
     assert_eq!(resp.message.content, text);
     assert_eq!(deltas.len(), text.len().div_ceil(3));
@@ -147,7 +157,7 @@ async fn several_tool_calls_in_one_response_streamed_or_not() {
         });
         for stream in [false, true] {
             let ep = endpoint(&server, stream);
-            let (resp, deltas) = call_streaming(&ep, &request("weather?")).await;
+            let (resp, deltas) = once_streaming(&ep, &request("weather?")).await;
             let resp = resp.unwrap();
             assert_eq!(resp.message.tool_calls, two_calls(), "stream={stream}");
             assert_eq!(resp.message.content, "");
@@ -162,7 +172,7 @@ async fn several_tool_calls_in_one_response_streamed_or_not() {
         chunk_chars: 5,
         ..Behavior::default()
     });
-    let (resp, deltas) = call_streaming(&endpoint(&server, true), &request("x")).await;
+    let (resp, deltas) = once_streaming(&endpoint(&server, true), &request("x")).await;
     let resp = resp.unwrap();
     assert_eq!(resp.message.content, "let me check");
     assert_eq!(text_of(&deltas), "let me check");
@@ -180,16 +190,18 @@ async fn rate_limit_with_retry_after_is_retried_after_the_wait() {
     let mut cfg = config(&server, true);
     // Retry-After (1 s) is capped at max_backoff; jitter alone would stay under 10 ms.
     cfg.retry.max_backoff_ms = 300;
-    let ep = Endpoint::from_config(cfg).unwrap();
     let start = Instant::now();
-    let resp = call(&ep, &request("hi")).await.unwrap();
+    let r = routed(cfg, &request("hi")).await;
+    assert_eq!(r.failures[0].kind, "rate_limited");
+    assert_eq!(r.failures[0].retry_in_ms, Some(300));
+    let routed = r.unwrap();
     assert!(
         start.elapsed() >= Duration::from_millis(300),
         "{:?}",
         start.elapsed()
     );
-    assert_eq!(resp.attempts, 2);
-    assert_eq!(resp.message.content, "echo: hi");
+    assert_eq!(routed.attempts, 2);
+    assert_eq!(routed.response.message.content, "echo: hi");
     assert_eq!(server.requests(), 2);
 }
 
@@ -202,10 +214,9 @@ async fn server_error_then_success() {
             retry_after: None,
             body: "internal error".into(),
         });
-        let resp = call(&endpoint(&server, stream), &request("hi"))
-            .await
-            .unwrap();
-        assert_eq!(resp.attempts, 2, "stream={stream}");
+        let r = routed(config(&server, stream), &request("hi")).await;
+        assert_eq!(r.failure_kinds(), vec!["server"], "stream={stream}");
+        assert_eq!(r.unwrap().attempts, 2, "stream={stream}");
     }
     assert_eq!(server.requests(), 4);
 }
@@ -215,21 +226,19 @@ async fn closed_connection_then_success() {
     let server = FakeOpenAi::start().await.unwrap();
     for stream in [false, true] {
         server.push_fault(Fault::CloseConnection);
-        let resp = call(&endpoint(&server, stream), &request("hi"))
-            .await
-            .unwrap();
-        assert_eq!(resp.attempts, 2, "stream={stream}");
-        assert_eq!(resp.message.content, "echo: hi");
+        let r = routed(config(&server, stream), &request("hi")).await;
+        assert_eq!(r.failure_kinds(), vec!["connection"], "stream={stream}");
+        let routed = r.unwrap();
+        assert_eq!(routed.attempts, 2, "stream={stream}");
+        assert_eq!(routed.response.message.content, "echo: hi");
     }
 }
 
 #[tokio::test]
 async fn closed_connection_is_a_connection_error() {
     let server = FakeOpenAi::start().await.unwrap();
-    let mut cfg = config(&server, false);
-    cfg.retry.max_attempts = 1;
     server.push_fault(Fault::CloseConnection);
-    let err = call(&Endpoint::from_config(cfg).unwrap(), &request("hi"))
+    let err = once(&endpoint(&server, false), &request("hi"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -249,11 +258,9 @@ async fn client_error_is_not_retried_and_carries_the_provider_message() {
         body: r#"{"error":{"message":"The model `nope` does not exist","type":"invalid_request_error"}}"#
             .into(),
     });
-    let err = call(&endpoint(&server, true), &request("hi"))
+    let err = once(&endpoint(&server, true), &request("hi"))
         .await
         .unwrap_err();
-    assert_eq!(err.attempts(), Some(1));
-    assert_eq!(server.requests(), 1);
     assert!(
         err.to_string().contains("The model `nope` does not exist"),
         "{err}"
@@ -261,6 +268,27 @@ async fn client_error_is_not_retried_and_carries_the_provider_message() {
     assert_eq!(
         err.provider_error().unwrap().kind,
         ProviderErrorKind::Client { status: 400 }
+    );
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+
+    // Routed with retries allowed: one attempt, the provider's message kept.
+    server.push_fault(Fault::Status {
+        status: 400,
+        retry_after: None,
+        body: r#"{"error":{"message":"The model `nope` does not exist","type":"invalid_request_error"}}"#
+            .into(),
+    });
+    let r = routed(config(&server, true), &request("hi")).await;
+    assert_eq!(r.failure_kinds(), vec!["client"]);
+    let err = r.unwrap_err();
+    assert_eq!(
+        (err.kind, err.attempts),
+        (RouteErrorKind::InvalidRequest, 1)
+    );
+    assert_eq!(server.requests(), 2);
+    assert!(
+        err.message.contains("The model `nope` does not exist"),
+        "{err}"
     );
     assert_eq!(err.code(), ErrorCode::InvalidArgument);
 }
@@ -274,10 +302,13 @@ async fn broken_stream_restarts_and_the_retry_succeeds() {
         ..Behavior::default()
     });
     server.push_fault(Fault::BreakStreamAfter { chunks: 2 });
-    let (resp, deltas) = call_streaming(&endpoint(&server, true), &request("x")).await;
-    let resp = resp.unwrap();
-    assert_eq!(resp.attempts, 2);
-    assert_eq!(resp.message.content, "abcdefghij");
+    let r = routed(config(&server, true), &request("x")).await;
+    assert_eq!(r.failures[0].kind, "connection");
+    assert!(r.failures[0].retracted);
+    let deltas = r.deltas.clone();
+    let routed = r.unwrap();
+    assert_eq!(routed.attempts, 2);
+    assert_eq!(routed.response.message.content, "abcdefghij");
     let restart = deltas.iter().position(|d| *d == Delta::Restart).unwrap();
     assert_eq!(text_of(&deltas[..restart]), "abcd");
     assert_eq!(text_of(&deltas[restart + 1..]), "abcdefghij");
@@ -287,15 +318,13 @@ async fn broken_stream_restarts_and_the_retry_succeeds() {
 #[tokio::test]
 async fn broken_stream_without_finish_reason_is_never_a_complete_answer() {
     let server = FakeOpenAi::start().await.unwrap();
-    let mut cfg = config(&server, true);
-    cfg.retry.max_attempts = 1;
     server.set_behavior(Behavior {
         reply: Reply::Fixed("abcdefghij".into()),
         chunk_chars: 2,
         ..Behavior::default()
     });
     server.push_fault(Fault::BreakStreamAfter { chunks: 3 });
-    let err = call(&Endpoint::from_config(cfg).unwrap(), &request("x"))
+    let err = once(&endpoint(&server, true), &request("x"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -315,7 +344,7 @@ async fn stream_ending_after_finish_reason_without_done_is_complete() {
     });
     // 3 text chunks + finish chunk + usage chunk, then a break instead of [DONE].
     server.push_fault(Fault::BreakStreamAfter { chunks: 5 });
-    let resp = call(&endpoint(&server, true), &request("x")).await.unwrap();
+    let resp = once(&endpoint(&server, true), &request("x")).await.unwrap();
     assert_eq!(resp.attempts, 1);
     assert_eq!(resp.message.content, "abcdef");
     assert_eq!(resp.usage.output_tokens, 1);
@@ -325,10 +354,8 @@ async fn stream_ending_after_finish_reason_without_done_is_complete() {
 async fn malformed_chunk_is_a_malformed_error_and_retried() {
     let server = FakeOpenAi::start().await.unwrap();
     for stream in [true, false] {
-        let mut cfg = config(&server, stream);
-        cfg.retry.max_attempts = 1;
         server.push_fault(Fault::MalformedChunk);
-        let err = call(&Endpoint::from_config(cfg).unwrap(), &request("x"))
+        let err = once(&endpoint(&server, stream), &request("x"))
             .await
             .unwrap_err();
         assert_eq!(
@@ -336,15 +363,14 @@ async fn malformed_chunk_is_a_malformed_error_and_retried() {
             ProviderErrorKind::Malformed,
             "stream={stream}: {err}"
         );
-        assert_eq!(err.attempts(), Some(1));
 
         // A garbled answer is a transport failure: the retry gets a good one.
         server.push_fault(Fault::MalformedChunk);
-        let resp = call(&endpoint(&server, stream), &request("x"))
-            .await
-            .unwrap();
-        assert_eq!(resp.attempts, 2, "stream={stream}");
-        assert_eq!(resp.message.content, "echo: x");
+        let r = routed(config(&server, stream), &request("x")).await;
+        assert_eq!(r.failure_kinds(), vec!["malformed"], "stream={stream}");
+        let routed = r.unwrap();
+        assert_eq!(routed.attempts, 2, "stream={stream}");
+        assert_eq!(routed.response.message.content, "echo: x");
     }
 }
 
@@ -358,16 +384,16 @@ async fn exhausted_retries_report_max_attempts() {
             body: r#"{"error":{"message":"overloaded"}}"#.into(),
         });
     }
-    let err = call(&endpoint(&server, true), &request("x"))
-        .await
-        .unwrap_err();
-    assert_eq!(err.attempts(), Some(3));
+    let r = routed(config(&server, true), &request("x")).await;
+    assert_eq!(r.failure_kinds(), vec!["server", "server", "server"]);
+    assert_eq!(r.failures[2].retry_in_ms, None, "no retry after the last");
+    let err = r.unwrap_err();
+    assert_eq!((err.kind, err.attempts), (RouteErrorKind::Exhausted, 3));
     assert_eq!(server.requests(), 3);
-    assert_eq!(
-        err.provider_error().unwrap().kind,
-        ProviderErrorKind::Server { status: 503 }
+    assert!(
+        err.message.contains("all 3 attempts failed") && err.message.contains("overloaded"),
+        "{err}"
     );
-    assert!(err.to_string().contains("overloaded"), "{err}");
     assert_eq!(err.code(), ErrorCode::Unavailable);
 }
 
@@ -378,15 +404,13 @@ async fn a_hung_attempt_times_out_and_is_retried() {
     cfg.timeout_ms = 300;
     server.push_fault(Fault::Hang);
     let start = Instant::now();
-    let resp = call(&Endpoint::from_config(cfg.clone()).unwrap(), &request("x"))
-        .await
-        .unwrap();
+    let r = routed(cfg.clone(), &request("x")).await;
+    assert_eq!(r.failure_kinds(), vec!["timeout"]);
     assert!(start.elapsed() >= Duration::from_millis(300));
-    assert_eq!(resp.attempts, 2);
+    assert_eq!(r.unwrap().attempts, 2);
 
-    cfg.retry.max_attempts = 1;
     server.push_fault(Fault::Hang);
-    let err = call(&Endpoint::from_config(cfg).unwrap(), &request("x"))
+    let err = once(&Endpoint::from_config(cfg).unwrap(), &request("x"))
         .await
         .unwrap_err();
     assert_eq!(
@@ -410,7 +434,10 @@ async fn cancellation_aborts_the_call_promptly() {
         c.cancel();
     });
     let start = Instant::now();
-    let err = ep.call(&request("x"), None, &cancel).await.unwrap_err();
+    let err = ep
+        .attempt_once(&request("x"), None, &cancel)
+        .await
+        .unwrap_err();
     assert!(matches!(err, Error::Cancelled), "{err}");
     assert_eq!(err.code(), ErrorCode::Cancelled);
     assert!(
@@ -431,7 +458,7 @@ async fn cancellation_aborts_the_call_promptly() {
     let task = {
         let ep = ep.clone();
         let cancel = cancel.clone();
-        tokio::spawn(async move { ep.call(&request("x"), Some(&tx), &cancel).await })
+        tokio::spawn(async move { ep.attempt_once(&request("x"), Some(&tx), &cancel).await })
     };
     assert_eq!(rx.recv().await, Some(Delta::Text("a ".into())));
     let start = Instant::now();
@@ -458,7 +485,7 @@ async fn api_key_is_sent_as_bearer_and_never_shown() {
     cfg.api_key_file = Some(key_file);
     let ep = Endpoint::from_config(cfg).unwrap();
 
-    call(&ep, &request("x")).await.unwrap();
+    once(&ep, &request("x")).await.unwrap();
     assert_eq!(
         server.authorizations(),
         vec![Some(format!("Bearer {secret}"))]
@@ -468,15 +495,24 @@ async fn api_key_is_sent_as_bearer_and_never_shown() {
     assert!(!debug.contains(secret), "{debug}");
     assert!(!format!("{:?}", ep.config()).contains(secret));
 
-    // Auth failures are not retried and do not echo the key either.
-    server.push_fault(Fault::Status {
+    // Auth failures do not echo the key either, and are not retried.
+    let unauthorized = || Fault::Status {
         status: 401,
         retry_after: None,
         body: r#"{"error":{"message":"invalid api key"}}"#.into(),
-    });
-    let err = call(&ep, &request("x")).await.unwrap_err();
+    };
+    server.push_fault(unauthorized());
+    let err = once(&ep, &request("x")).await.unwrap_err();
     assert_eq!(err.provider_error().unwrap().kind, ProviderErrorKind::Auth);
-    assert_eq!(err.attempts(), Some(1));
+    assert!(!err.to_string().contains(secret) && !format!("{err:?}").contains(secret));
+    server.push_fault(unauthorized());
+    let before = server.requests();
+    let r = routed(ep.config().clone(), &request("x")).await;
+    assert_eq!(r.failure_kinds(), vec!["auth"]);
+    assert!(!format!("{:?}", r.failures).contains(secret));
+    let err = r.unwrap_err();
+    assert_eq!(err.attempts, 1);
+    assert_eq!(server.requests(), before + 1);
     assert!(!err.to_string().contains(secret) && !format!("{err:?}").contains(secret));
 }
 
@@ -542,10 +578,10 @@ async fn tools_are_sent_as_functions_and_omitted_when_there_are_none() {
     let server = FakeOpenAi::start().await.unwrap();
     for stream in [false, true] {
         let ep = endpoint(&server, stream);
-        call(&ep, &request("2+2?").with_tools(tools()))
+        once(&ep, &request("2+2?").with_tools(tools()))
             .await
             .unwrap();
-        call(&ep, &request("2+2?")).await.unwrap();
+        once(&ep, &request("2+2?")).await.unwrap();
     }
     let received = server.received();
     assert_eq!(received.len(), 4);
@@ -573,13 +609,12 @@ async fn a_tool_with_invalid_parameters_is_refused_before_sending() {
     let server = FakeOpenAi::start().await.unwrap();
     let mut bad = tools();
     bad[1].parameters = "{not json".into();
-    let err = call(&endpoint(&server, true), &request("x").with_tools(bad))
+    let err = once(&endpoint(&server, true), &request("x").with_tools(bad))
         .await
         .unwrap_err();
     let source = err.provider_error().unwrap();
     assert_eq!(source.kind, ProviderErrorKind::InvalidRequest, "{err}");
     assert!(source.message.contains("\"clock\""), "{err}");
-    assert_eq!(err.attempts(), Some(1));
     assert_eq!(err.code(), ErrorCode::InvalidArgument);
     assert_eq!(server.requests(), 0);
 }
@@ -592,7 +627,7 @@ async fn an_agentic_round_trip_sends_tool_calls_and_results_in_openai_shape() {
     for stream in [false, true] {
         let ep = endpoint(&server, stream);
         let first = request("what is 2+2?").with_tools(tools());
-        let (resp, deltas) = call_streaming(&ep, &first).await;
+        let (resp, deltas) = once_streaming(&ep, &first).await;
         let resp = resp.unwrap();
         assert_eq!(
             resp.finish_reason,
@@ -612,7 +647,7 @@ async fn an_agentic_round_trip_sends_tool_calls_and_results_in_openai_shape() {
             tool_call_id: Some("call_calc".into()),
             images: Vec::new(),
         });
-        let (resp, deltas) = call_streaming(&ep, &second).await;
+        let (resp, deltas) = once_streaming(&ep, &second).await;
         let resp = resp.unwrap();
         assert_eq!(resp.finish_reason, FinishReason::Stop);
         assert_eq!(resp.message, Message::assistant("2 + 2 = 4"));
@@ -650,7 +685,7 @@ async fn an_assistant_message_with_text_and_tool_calls_keeps_its_text() {
     assistant.tool_calls = vec![calculator_call()];
     let mut req = request("2+2?");
     req.messages.push(assistant);
-    call(&endpoint(&server, false), &req).await.unwrap();
+    once(&endpoint(&server, false), &req).await.unwrap();
     let body = &server.received()[0];
     assert_eq!(body["messages"][2]["content"], "let me compute");
     assert_eq!(body["messages"][2]["tool_calls"][0]["id"], "call_calc");
@@ -672,7 +707,7 @@ async fn scripted_replies_come_first_in_order_and_survive_faults() {
     assert_eq!(server.replies_left(), 3);
     let ep = endpoint(&server, true);
 
-    let (resp, _) = call_streaming(&ep, &request("x")).await;
+    let (resp, _) = once_streaming(&ep, &request("x")).await;
     let resp = resp.unwrap();
     assert_eq!(resp.message.tool_calls, vec![calculator_call()]);
     assert_eq!(resp.message.content, "");
@@ -684,8 +719,9 @@ async fn scripted_replies_come_first_in_order_and_survive_faults() {
         retry_after: None,
         body: "busy".into(),
     });
-    let (resp, deltas) = call_streaming(&ep, &request("x")).await;
-    let resp = resp.unwrap();
+    let r = routed(config(&server, true), &request("x")).await;
+    let deltas = r.deltas.clone();
+    let resp = r.unwrap().response;
     assert_eq!(resp.attempts, 2);
     assert_eq!(resp.message, Message::assistant("first text"));
     assert_eq!(resp.finish_reason, FinishReason::Stop);
@@ -693,8 +729,9 @@ async fn scripted_replies_come_first_in_order_and_survive_faults() {
 
     // Nor does a stream broken halfway: the attempt sent part of it, the retry all.
     server.push_fault(Fault::BreakStreamAfter { chunks: 2 });
-    let (resp, deltas) = call_streaming(&ep, &request("x")).await;
-    let resp = resp.unwrap();
+    let r = routed(config(&server, true), &request("x")).await;
+    let deltas = r.deltas.clone();
+    let resp = r.unwrap().response;
     assert_eq!(resp.attempts, 2);
     assert_eq!(resp.message.content, "second text");
     let restart = deltas.iter().position(|d| *d == Delta::Restart).unwrap();
@@ -703,7 +740,7 @@ async fn scripted_replies_come_first_in_order_and_survive_faults() {
     assert_eq!(server.replies_left(), 0);
 
     // Then the behaviour again.
-    let resp = call(&ep, &request("x")).await.unwrap();
+    let resp = once(&ep, &request("x")).await.unwrap();
     assert_eq!(resp.message.content, "from behavior");
     assert_eq!(resp.message.tool_calls, two_calls());
     assert_eq!(server.requests(), 6);
@@ -729,7 +766,7 @@ async fn logprobs_give_a_confidence_streamed_or_not() {
         let mut cfg = config(&server, stream);
         cfg.logprobs = true;
         let ep = Endpoint::from_config(cfg).unwrap();
-        let (resp, deltas) = call_streaming(&ep, &request("go")).await;
+        let (resp, deltas) = once_streaming(&ep, &request("go")).await;
         let resp = resp.unwrap();
         assert_eq!(
             resp.message.content, "four words of text",
@@ -745,7 +782,7 @@ async fn logprobs_give_a_confidence_streamed_or_not() {
 
         // Not asked for: not sent, and no confidence.
         let ep = endpoint(&server, stream);
-        let resp = call(&ep, &request("go")).await.unwrap();
+        let resp = once(&ep, &request("go")).await.unwrap();
         assert_eq!(resp.confidence, None, "stream={stream}");
         assert!(server.received().pop().unwrap().get("logprobs").is_none());
     }
@@ -773,7 +810,7 @@ async fn a_confidence_is_none_when_the_provider_sends_no_usable_logprobs() {
             let mut cfg = config(&server, stream);
             cfg.logprobs = true;
             let ep = Endpoint::from_config(cfg).unwrap();
-            let resp = call(&ep, &request("go")).await.unwrap();
+            let resp = once(&ep, &request("go")).await.unwrap();
             assert_eq!(resp.message.content, reply);
             assert_eq!(resp.message.tool_calls, tool_calls);
             assert_eq!(resp.confidence, None, "stream={stream} logprob={logprob:?}");

@@ -1,13 +1,18 @@
 //! One provider test suite, run against every HTTP provider: `openai` against
 //! the fake OpenAI server and `anthropic` against the fake Anthropic server,
-//! both over real HTTP on loopback, through `baton_models::Endpoint`. Each
-//! scenario is an `async fn(Kind)`; `provider_suite!` makes a test of it per
-//! provider (`openai::<scenario>`, `anthropic::<scenario>`).
+//! both over real HTTP on loopback, through single attempts of
+//! `baton_models::Endpoint` — and, where a scenario is about what is retried,
+//! through a `Router` over that one endpoint (`common::routed`), as
+//! production calls it. Each scenario is an `async fn(Kind)`;
+//! `provider_suite!` makes a test of it per provider (`openai::<scenario>`,
+//! `anthropic::<scenario>`).
 //!
 //! Timeouts are short (hundreds of ms) to keep the suite fast; upper bounds
 //! on elapsed time are generous, to stay clear of a loaded machine.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
 
 use std::ops::Deref;
 use std::path::PathBuf;
@@ -17,11 +22,13 @@ use baton_models::{
     Delta, Endpoint, EndpointConfig, Error, ModelRequest, ModelResponse, ProviderError,
     ProviderErrorKind, ProviderKind, RetryConfig,
 };
+use baton_routing::RouteErrorKind;
 use baton_testkit::fake_model::FakeServer;
 use baton_testkit::{
     Behavior, FakeAnthropic, FakeOpenAi, Fault, Reply, ScriptedReply, fake_anthropic, fake_openai,
 };
 use baton_types::{FinishReason, Message, Role, ToolCall, ToolDefinition, Usage};
+use common::routed;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -127,7 +134,7 @@ impl Harness {
         }
     }
 
-    /// One attempt per call (no retries), short phase timeouts.
+    /// Short phase timeouts; no retries when routed.
     fn config(&self, stream: bool) -> EndpointConfig {
         let mut cfg = match self.kind {
             Kind::OpenAi => EndpointConfig::openai("fake", self.base_url(), MODEL),
@@ -157,9 +164,13 @@ impl Harness {
     }
 
     fn endpoint_with(&self, stream: bool, f: impl FnOnce(&mut EndpointConfig)) -> Endpoint {
+        Endpoint::from_config(self.config_with(stream, f)).unwrap()
+    }
+
+    fn config_with(&self, stream: bool, f: impl FnOnce(&mut EndpointConfig)) -> EndpointConfig {
         let mut cfg = self.config(stream);
         f(&mut cfg);
-        Endpoint::from_config(cfg).unwrap()
+        cfg
     }
 
     fn last_received(&self) -> Value {
@@ -729,22 +740,24 @@ async fn context_length_is_not_transient(kind: Kind) {
     };
     for stream in [false, true] {
         h.push_fault(Fault::ContextLength);
-        // With retries allowed: still a single attempt.
-        let ep = h.endpoint_with(stream, |cfg| cfg.retry.max_attempts = 3);
-        let before = h.requests();
-        let err = ep
-            .call(&request("x"), None, &CancellationToken::new())
-            .await
-            .unwrap_err();
-        assert_eq!(err.attempts(), Some(1));
-        assert_eq!(h.requests(), before + 1);
-        let err = err.provider_error().unwrap();
+        let err = fail(&h.endpoint(stream), &request("x")).await;
         assert_eq!(
             err.kind,
             ProviderErrorKind::ContextLength,
             "stream={stream}: {err}"
         );
         assert!(!err.is_transient());
+        assert!(err.message.contains(want), "{err}");
+
+        // Routed with retries allowed: still a single attempt.
+        h.push_fault(Fault::ContextLength);
+        let before = h.requests();
+        let cfg = h.config_with(stream, |cfg| cfg.retry.max_attempts = 3);
+        let r = routed(cfg, &request("x")).await;
+        assert_eq!(r.failure_kinds(), vec!["context_length"], "stream={stream}");
+        let err = r.unwrap_err();
+        assert_eq!((err.kind, err.attempts), (RouteErrorKind::ContextLength, 1));
+        assert_eq!(h.requests(), before + 1);
         assert!(err.message.contains(want), "{err}");
     }
 }
@@ -756,20 +769,24 @@ async fn content_policy_carries_the_provider_reason(kind: Kind) {
         Kind::Anthropic => fake_anthropic::CONTENT_POLICY_MESSAGE,
     };
     for stream in [false, true] {
-        let ep = h.endpoint_with(stream, |cfg| cfg.retry.max_attempts = 3);
+        let ep = h.endpoint(stream);
         h.push_fault(Fault::ContentPolicy);
-        let err = ep
-            .call(&request("x"), None, &CancellationToken::new())
-            .await
-            .unwrap_err();
-        assert_eq!(err.attempts(), Some(1));
-        let err = err.provider_error().unwrap();
+        let err = fail(&ep, &request("x")).await;
         assert_eq!(
             err.kind,
             ProviderErrorKind::ContentPolicy,
             "stream={stream}: {err}"
         );
         assert!(!err.is_transient());
+        assert!(err.message.contains(want), "{err}");
+
+        // Routed with retries allowed: propagated at once, with the reason.
+        h.push_fault(Fault::ContentPolicy);
+        let before = h.requests();
+        let cfg = h.config_with(stream, |cfg| cfg.retry.max_attempts = 3);
+        let err = routed(cfg, &request("x")).await.unwrap_err();
+        assert_eq!((err.kind, err.attempts), (RouteErrorKind::ContentPolicy, 1));
+        assert_eq!(h.requests(), before + 1);
         assert!(err.message.contains(want), "{err}");
 
         // A 200 answer cut by the filter is no answer either.
@@ -785,22 +802,30 @@ async fn content_policy_carries_the_provider_reason(kind: Kind) {
 
 async fn auth_failure_is_not_retried(kind: Kind) {
     let h = Harness::start(kind).await;
+    let unauthorized = || Fault::Status {
+        status: 401,
+        retry_after: None,
+        body: error_body(kind, "authentication_error", "invalid x-api-key"),
+    };
     for stream in [false, true] {
-        h.push_fault(Fault::Status {
-            status: 401,
-            retry_after: None,
-            body: error_body(kind, "authentication_error", "invalid x-api-key"),
-        });
-        let ep = h.endpoint_with(stream, |cfg| cfg.retry.max_attempts = 3);
-        let err = ep
-            .call(&request("x"), None, &CancellationToken::new())
-            .await
-            .unwrap_err();
-        assert_eq!(err.attempts(), Some(1));
-        assert!(!err.to_string().contains(SECRET));
-        let err = err.provider_error().unwrap();
+        h.push_fault(unauthorized());
+        let err = fail(&h.endpoint(stream), &request("x")).await;
         assert_eq!(err.kind, ProviderErrorKind::Auth, "stream={stream}");
+        assert!(!err.is_transient());
         assert!(err.message.contains("invalid x-api-key"), "{err}");
+
+        // Routed with retries allowed: one attempt, the endpoint excluded.
+        h.push_fault(unauthorized());
+        let before = h.requests();
+        let cfg = h.config_with(stream, |cfg| cfg.retry.max_attempts = 3);
+        let r = routed(cfg, &request("x")).await;
+        assert_eq!(r.failure_kinds(), vec!["auth"], "stream={stream}");
+        assert_eq!(r.failures[0].retry_in_ms, None);
+        let err = r.unwrap_err();
+        assert_eq!((err.kind, err.attempts), (RouteErrorKind::Exhausted, 1));
+        assert_eq!(h.requests(), before + 1);
+        assert!(err.message.contains("invalid x-api-key"), "{err}");
+        assert!(!err.to_string().contains(SECRET) && !format!("{err:?}").contains(SECRET));
     }
 }
 
@@ -839,7 +864,7 @@ async fn api_key_is_sent_and_never_shown(kind: Kind) {
 async fn retries_recover_and_restart_deltas(kind: Kind) {
     let h = Harness::start(kind).await;
     chunky(&h);
-    let ep = h.endpoint_with(true, |cfg| {
+    let cfg = h.config_with(true, |cfg| {
         cfg.retry.max_attempts = 4;
         cfg.idle_timeout_ms = 300;
     });
@@ -851,19 +876,17 @@ async fn retries_recover_and_restart_deltas(kind: Kind) {
         body: "busy".into(),
     });
     let before = h.requests();
-    let (tx, mut rx) = mpsc::unbounded_channel();
-    let resp = ep
-        .call(&request("x"), Some(&tx), &CancellationToken::new())
-        .await
-        .unwrap();
-    drop(tx);
-    assert_eq!(resp.attempts, 4);
-    assert_eq!(resp.message.content, "abcdefghijklmnop");
-    assert_eq!(h.requests(), before + 4);
-    let mut deltas = Vec::new();
-    while let Some(d) = rx.recv().await {
-        deltas.push(d);
+    let r = routed(cfg, &request("x")).await;
+    let kinds = r.failure_kinds();
+    assert_eq!(kinds.len(), 3, "{kinds:?}");
+    for k in ["connection", "stream_stalled", "server"] {
+        assert!(kinds.contains(&k), "{kinds:?}");
     }
+    let deltas = r.deltas.clone();
+    let routed = r.unwrap();
+    assert_eq!((routed.attempts, routed.response.attempts), (4, 4));
+    assert_eq!(routed.response.message.content, "abcdefghijklmnop");
+    assert_eq!(h.requests(), before + 4);
     // Two attempts emitted text before failing: two restarts, then the whole answer.
     let restarts: Vec<usize> = deltas
         .iter()

@@ -1,0 +1,190 @@
+//! The router's public data: a call ([`RouteCall`]), what it reports while
+//! it runs ([`RouteEvent`]), its answer ([`Routed`]) or error
+//! ([`RouteError`]), and the views of routes and endpoints that
+//! [`Router`](super::Router) lists.
+
+use std::sync::Arc;
+
+use baton_models::{DeltaSink, ModelRequest, ModelResponse};
+use baton_types::{AttemptFailure, ErrorCode, RoutingDecision};
+use serde::Serialize;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::breaker::BreakerState;
+use crate::budget::SessionBudget;
+
+/// One routed model call.
+#[derive(Debug, Clone)]
+pub struct RouteCall {
+    /// A route name, or an endpoint name (its implicit route).
+    pub route: String,
+    /// Shared with every attempt of the call (not copied per attempt).
+    pub request: Arc<ModelRequest>,
+    /// The request carries images.
+    pub needs_vision: bool,
+    /// The call may only go to endpoints certified for all of these.
+    pub data_classes: Vec<String>,
+    /// When set, text deltas are streamed here; see the crate docs for
+    /// [`Delta::Restart`](baton_models::Delta::Restart).
+    pub deltas: Option<DeltaSink>,
+    /// Decisions and failed attempts, as they happen.
+    pub events: Option<mpsc::UnboundedSender<RouteEvent>>,
+    pub cancel: CancellationToken,
+    /// The caller's deadline; the effective one is the earlier of this and
+    /// the route's `deadline_ms` from now.
+    pub deadline: Option<Instant>,
+    pub session_budget: Option<SessionBudget>,
+}
+
+impl RouteCall {
+    /// A call of `route` with no streaming, events, deadline or budget.
+    pub fn new(route: impl Into<String>, request: impl Into<Arc<ModelRequest>>) -> Self {
+        Self {
+            route: route.into(),
+            request: request.into(),
+            needs_vision: false,
+            data_classes: Vec::new(),
+            deltas: None,
+            events: None,
+            cancel: CancellationToken::new(),
+            deadline: None,
+            session_budget: None,
+        }
+    }
+
+    /// Report `ev` to the caller, if it listens.
+    pub(super) fn send_event(&self, ev: RouteEvent) {
+        if let Some(tx) = &self.events {
+            let _ = tx.send(ev);
+        }
+    }
+}
+
+/// What a routed call reports while it runs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RouteEvent {
+    Decision(RoutingDecision),
+    AttemptFailed(AttemptFailure),
+}
+
+/// A routed call's answer.
+#[derive(Debug, Clone)]
+pub struct Routed {
+    /// The accepted answer; `attempts` counts every attempt of the call.
+    pub response: ModelResponse,
+    /// The endpoint that gave it.
+    pub endpoint: String,
+    pub attempts: u32,
+    /// Cost of the billed (successful) attempts, cascade steps and evaluator
+    /// calls included; `None` when no endpoint involved has prices.
+    pub cost_usd: Option<f64>,
+    pub decisions: Vec<RoutingDecision>,
+    /// Cascade escalations made.
+    pub escalations: u32,
+}
+
+/// Why a routed call failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RouteErrorKind {
+    UnknownRoute,
+    NoEligibleEndpoint,
+    BudgetExhausted,
+    DeadlineExceeded,
+    ContentPolicy,
+    ContextLength,
+    InvalidRequest,
+    /// Transient failures used every attempt (or every candidate).
+    Exhausted,
+    Cancelled,
+}
+
+/// A routed call that failed.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{message}")]
+pub struct RouteError {
+    pub kind: RouteErrorKind,
+    pub message: String,
+    pub attempts: u32,
+    /// The endpoint of the last attempt, if any.
+    pub endpoint: Option<String>,
+    /// Cost billed before the call failed.
+    pub cost_usd: Option<f64>,
+}
+
+impl RouteError {
+    pub(super) fn new(kind: RouteErrorKind, message: impl Into<String>) -> Self {
+        Self {
+            kind,
+            message: message.into(),
+            attempts: 0,
+            endpoint: None,
+            cost_usd: None,
+        }
+    }
+
+    /// `route` is neither a route nor an endpoint.
+    pub(super) fn unknown_route(route: &str) -> Self {
+        Self::new(
+            RouteErrorKind::UnknownRoute,
+            format!("unknown route {route:?}"),
+        )
+    }
+
+    /// The client-facing kind.
+    pub fn code(&self) -> ErrorCode {
+        match self.kind {
+            RouteErrorKind::UnknownRoute => ErrorCode::NotFound,
+            RouteErrorKind::NoEligibleEndpoint => ErrorCode::FailedPrecondition,
+            RouteErrorKind::BudgetExhausted => ErrorCode::ResourceExhausted,
+            RouteErrorKind::DeadlineExceeded => ErrorCode::DeadlineExceeded,
+            RouteErrorKind::ContentPolicy => ErrorCode::FailedPrecondition,
+            RouteErrorKind::ContextLength | RouteErrorKind::InvalidRequest => {
+                ErrorCode::InvalidArgument
+            }
+            RouteErrorKind::Exhausted => ErrorCode::Unavailable,
+            RouteErrorKind::Cancelled => ErrorCode::Cancelled,
+        }
+    }
+
+    /// A short stable label: `unknown_route`, `no_eligible_endpoint`,
+    /// `budget_exhausted`, `deadline_exceeded`, `content_policy`,
+    /// `context_length`, `invalid_request`, `model_error`, `cancelled`.
+    pub fn label(&self) -> &'static str {
+        match self.kind {
+            RouteErrorKind::UnknownRoute => "unknown_route",
+            RouteErrorKind::NoEligibleEndpoint => "no_eligible_endpoint",
+            RouteErrorKind::BudgetExhausted => "budget_exhausted",
+            RouteErrorKind::DeadlineExceeded => "deadline_exceeded",
+            RouteErrorKind::ContentPolicy => "content_policy",
+            RouteErrorKind::ContextLength => "context_length",
+            RouteErrorKind::InvalidRequest => "invalid_request",
+            RouteErrorKind::Exhausted => "model_error",
+            RouteErrorKind::Cancelled => "cancelled",
+        }
+    }
+}
+
+/// A route as [`Router::routes`](super::Router::routes) lists it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RouteInfo {
+    pub name: String,
+    pub strategy: String,
+    pub endpoints: Vec<String>,
+    pub budget_usd: Option<f64>,
+    pub spent_usd: f64,
+    /// An endpoint's own route rather than a `[[routes]]` table.
+    pub implicit: bool,
+}
+
+/// An endpoint's routing state.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointStats {
+    pub endpoint: String,
+    /// EWMA of successful attempts' latency; `None` until one succeeded.
+    pub ewma_latency_ms: Option<f64>,
+    pub in_flight: usize,
+    pub queued: usize,
+    pub breaker: BreakerState,
+}

@@ -264,7 +264,12 @@ async fn long_session(o: &Opts, records: u64) -> Result<()> {
     let mut last = 1;
     let mut i = 0u64;
     while last < records {
-        last = turn(&mut client, &id, format!("question number {i} of a long session")).await?;
+        last = turn(
+            &mut client,
+            &id,
+            format!("question number {i} of a long session"),
+        )
+        .await?;
         i += 1;
     }
     eprintln!(

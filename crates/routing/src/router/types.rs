@@ -148,21 +148,10 @@ impl RouteError {
         }
     }
 
-    /// A short stable label: `unknown_route`, `no_eligible_endpoint`,
-    /// `budget_exhausted`, `deadline_exceeded`, `content_policy`,
-    /// `context_length`, `invalid_request`, `model_error`, `cancelled`.
+    /// A short stable label: the wire string of the turn failure code
+    /// (`unknown_route`, `budget_exhausted`, `model_error`, …).
     pub fn label(&self) -> &'static str {
-        match self.kind {
-            RouteErrorKind::UnknownRoute => "unknown_route",
-            RouteErrorKind::NoEligibleEndpoint => "no_eligible_endpoint",
-            RouteErrorKind::BudgetExhausted => "budget_exhausted",
-            RouteErrorKind::DeadlineExceeded => "deadline_exceeded",
-            RouteErrorKind::ContentPolicy => "content_policy",
-            RouteErrorKind::ContextLength => "context_length",
-            RouteErrorKind::InvalidRequest => "invalid_request",
-            RouteErrorKind::Exhausted => "model_error",
-            RouteErrorKind::Cancelled => "cancelled",
-        }
+        self.failure_code().as_str()
     }
 }
 

@@ -14,6 +14,7 @@ mod gate_crash;
 mod gates_api;
 mod grpc_api;
 mod inspect;
+mod layout;
 mod routing;
 mod snapshots;
 mod tool_crash;

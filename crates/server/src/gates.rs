@@ -13,7 +13,7 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::watch;
 use tonic::{Request, Response, Status};
 
-use crate::status;
+use crate::status::status;
 
 /// The Gates service over a runtime.
 #[derive(Clone)]

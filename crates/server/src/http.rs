@@ -45,7 +45,7 @@ pub async fn serve_http(
     listener: TcpListener,
     section: HttpSection,
     shutdown: impl Future<Output = ()> + Send + 'static,
-) -> Result<(), crate::Error> {
+) -> Result<(), crate::serve::Error> {
     let app = router(runtime, &section);
     // TCP_NODELAY: streamed chunks are small writes (as for gRPC).
     let listener = listener.tap_io(|tcp| {
@@ -56,7 +56,7 @@ pub async fn serve_http(
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
-        .map_err(crate::Error::Http)
+        .map_err(crate::serve::Error::Http)
 }
 
 async fn metrics() -> Response {

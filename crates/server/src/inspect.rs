@@ -10,7 +10,7 @@ use baton_runtime::{ActorNode, RuntimeHandle, StateView};
 use baton_types::SessionId;
 use tonic::{Request, Response, Status};
 
-use crate::status;
+use crate::status::status;
 
 /// Journal records per page when the request does not say.
 const DEFAULT_JOURNAL_PAGE: u32 = 100;

@@ -10,7 +10,7 @@ use baton_types::SessionId;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
-use crate::status;
+use crate::status::status;
 
 /// The Sessions service over a runtime.
 #[derive(Clone)]

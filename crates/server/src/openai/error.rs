@@ -112,10 +112,10 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// A runtime error as an OpenAI-style error (status from [`crate::http_status`]).
+/// A runtime error as an OpenAI-style error (status from [`crate::status::http_status`]).
 pub fn runtime_error(err: &baton_runtime::Error) -> ApiError {
     let code = err.code();
-    let status = crate::http_status(code);
+    let status = crate::status::http_status(code);
     let kind = match status.as_u16() {
         429 => "rate_limit_error",
         400..=499 => "invalid_request_error",

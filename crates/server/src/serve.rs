@@ -1,0 +1,77 @@
+//! Serving the gRPC services on a listener.
+
+use std::future::Future;
+
+use baton_proto::v1::gates_server::GatesServer;
+use baton_proto::v1::inspect_server::InspectServer;
+use baton_proto::v1::sessions_server::SessionsServer;
+use baton_runtime::RuntimeHandle;
+use tokio::net::TcpListener;
+
+use crate::config::ServerSection;
+use crate::gates::GatesService;
+use crate::inspect::InspectService;
+use crate::sessions::SessionsService;
+
+/// Errors of the server.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("grpc transport: {0}")]
+    Transport(#[from] tonic::transport::Error),
+    #[error("reflection: {0}")]
+    Reflection(#[from] tonic_reflection::server::Error),
+    #[error("http server: {0}")]
+    Http(std::io::Error),
+}
+
+/// Serve until `shutdown` resolves; in-flight streams are cut, the runtime is
+/// left running (the caller shuts it down).
+pub async fn serve(
+    runtime: RuntimeHandle,
+    listener: TcpListener,
+    section: ServerSection,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health
+        .set_serving::<SessionsServer<SessionsService>>()
+        .await;
+    health.set_serving::<GatesServer<GatesService>>().await;
+    health.set_serving::<InspectServer<InspectService>>().await;
+    let reflection_v1 = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    let reflection_v1alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
+    let sessions = SessionsServer::new(SessionsService::new(runtime.clone()))
+        .max_decoding_message_size(section.max_request_bytes);
+    // Open gate watches would hold a graceful shutdown forever: end them
+    // when it starts.
+    let (stopping_tx, stopping) = tokio::sync::watch::channel(false);
+    let shutdown = async move {
+        shutdown.await;
+        let _ = stopping_tx.send(true);
+    };
+    let inspect = InspectServer::new(InspectService::new(runtime.clone()))
+        .max_decoding_message_size(section.max_request_bytes);
+    let gates = GatesServer::new(GatesService::with_shutdown(runtime, stopping))
+        .max_decoding_message_size(section.max_request_bytes);
+    tonic::transport::Server::builder()
+        .add_service(health_service)
+        .add_service(reflection_v1)
+        .add_service(reflection_v1alpha)
+        .add_service(sessions)
+        .add_service(gates)
+        .add_service(inspect)
+        .serve_with_incoming_shutdown(
+            // TCP_NODELAY: a turn's events are small writes; Nagle's algorithm
+            // would hold each for milliseconds (measured in benches/load.rs).
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
+            shutdown,
+        )
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,37 @@
+//! The one place error kinds become gRPC status codes and HTTP statuses.
+
+use baton_types::ErrorCode;
+
+/// The one place error kinds become gRPC status codes.
+pub fn grpc_code(code: ErrorCode) -> tonic::Code {
+    match code {
+        ErrorCode::InvalidArgument => tonic::Code::InvalidArgument,
+        ErrorCode::NotFound => tonic::Code::NotFound,
+        ErrorCode::AlreadyExists => tonic::Code::AlreadyExists,
+        ErrorCode::FailedPrecondition => tonic::Code::FailedPrecondition,
+        ErrorCode::ResourceExhausted => tonic::Code::ResourceExhausted,
+        ErrorCode::DeadlineExceeded => tonic::Code::DeadlineExceeded,
+        ErrorCode::Cancelled => tonic::Code::Cancelled,
+        ErrorCode::Unavailable => tonic::Code::Unavailable,
+        ErrorCode::Internal => tonic::Code::Internal,
+    }
+}
+
+/// The one place error kinds become HTTP statuses.
+pub fn http_status(code: ErrorCode) -> axum::http::StatusCode {
+    use axum::http::StatusCode;
+    match code {
+        ErrorCode::InvalidArgument | ErrorCode::FailedPrecondition => StatusCode::BAD_REQUEST,
+        ErrorCode::NotFound => StatusCode::NOT_FOUND,
+        ErrorCode::AlreadyExists => StatusCode::CONFLICT,
+        ErrorCode::ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
+        ErrorCode::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+        ErrorCode::Cancelled | ErrorCode::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        ErrorCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+    }
+}
+
+/// A runtime error as a gRPC status, message included.
+pub fn status(err: &baton_runtime::Error) -> tonic::Status {
+    tonic::Status::new(grpc_code(err.code()), err.to_string())
+}

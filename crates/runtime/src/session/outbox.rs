@@ -69,11 +69,13 @@ impl Outbox {
         }
     }
 
-    /// Move the staged records to pending; they are returned for the batch.
-    pub fn hand_over(&mut self) -> Vec<SessionEvent> {
-        let staged = std::mem::take(&mut self.staged);
-        self.pending.extend(staged.iter().cloned());
-        staged
+    /// Move the staged records to pending, showing each to `write` (which
+    /// adds it to the batch) on the way.
+    pub fn hand_over(&mut self, mut write: impl FnMut(&SessionEvent)) {
+        for e in self.staged.drain(..) {
+            write(&e);
+            self.pending.push_back(e);
+        }
     }
 
     /// Answer `reply` with `seq` once the record at `seq` is durable.

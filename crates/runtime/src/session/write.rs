@@ -57,12 +57,12 @@ impl SessionCtx {
         };
         let mut audited = 0;
         let auditing = self.env.shared.audit.is_some();
-        for e in self.outbox.hand_over() {
+        self.outbox.hand_over(|e| {
             batch.append(&id, e.seq, e.at_unix_ms, &e.kind);
             if auditing && crate::audit::is_audited(&e.kind) {
                 audited = e.seq;
             }
-        }
+        });
         if audited > 0 {
             // With the records: a crash cannot leave them out of the audit trail.
             batch.put_audit_pending(&id, audited);

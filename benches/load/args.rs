@@ -1,0 +1,156 @@
+//! The load generator's command-line options.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow, bail};
+
+const HELP: &str = "\
+Baton load generator
+
+Run with: cargo bench --bench load -- [options]
+
+Options (default in brackets; --quick values in braces):
+  --quick                 small smoke run, well under 30 s
+  --json                  print the results as JSON on stdout (the report goes to stderr)
+  --sessions N            concurrent sessions of the latency runs [64] {16}
+  --concurrency N         sessions of the max-throughput runs [256] {64}
+  --rate N                open-loop offered rate, turns/s [1000] {200}
+  --duration-secs N       measured seconds per run [10] {0.5}
+  --warmup-secs N         unmeasured seconds before each run [2] {0.2}
+  --turns-per-session N   turns before a worker moves to a fresh session [32] {32}
+  --idle-sessions N       live idle sessions for the RSS measurement [10000] {500}
+  --persisted N           persisted sessions to create [100000] {2000}
+  --fsync-iters N         samples per fsync-floor test [2000] {200}
+  --data-dir PATH         where temporary data dirs go [system temp dir]
+  --child                 (internal) run as a memory phase's fresh child process
+  --phases LIST           comma-separated subset of fsync,latency,throughput,nodelay,rss,persisted [all]
+                          (nodelay: repeat the gRPC runs with TCP_NODELAY on the server's sockets)
+";
+
+#[derive(Debug, Clone)]
+pub(crate) struct Args {
+    pub(crate) quick: bool,
+    pub(crate) json: bool,
+    /// Run as the child process of a memory phase.
+    pub(crate) child: bool,
+    pub(crate) sessions: usize,
+    pub(crate) concurrency: usize,
+    pub(crate) rate: f64,
+    pub(crate) duration: Duration,
+    pub(crate) warmup: Duration,
+    pub(crate) turns_per_session: usize,
+    pub(crate) idle_sessions: usize,
+    pub(crate) persisted: usize,
+    pub(crate) fsync_iters: usize,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) phases: Vec<String>,
+}
+
+impl Args {
+    fn defaults(quick: bool) -> Self {
+        let mut a = Args {
+            quick,
+            json: false,
+            child: false,
+            sessions: 64,
+            concurrency: 256,
+            rate: 1000.0,
+            duration: Duration::from_secs(10),
+            warmup: Duration::from_secs(2),
+            turns_per_session: 32,
+            idle_sessions: 10_000,
+            persisted: 100_000,
+            fsync_iters: 2000,
+            data_dir: std::env::temp_dir(),
+            phases: [
+                "fsync",
+                "latency",
+                "throughput",
+                "nodelay",
+                "rss",
+                "persisted",
+            ]
+            .map(String::from)
+            .to_vec(),
+        };
+        if quick {
+            a.sessions = 16;
+            a.concurrency = 64;
+            a.rate = 200.0;
+            a.duration = Duration::from_millis(500);
+            a.warmup = Duration::from_millis(200);
+            a.idle_sessions = 500;
+            a.persisted = 2000;
+            a.fsync_iters = 200;
+        }
+        a
+    }
+
+    pub(crate) fn parse() -> Result<Args> {
+        let raw: Vec<String> = std::env::args().skip(1).collect();
+        let mut a = Args::defaults(raw.iter().any(|x| x == "--quick"));
+        let mut it = raw.into_iter();
+        while let Some(arg) = it.next() {
+            let (key, inline) = match arg.split_once('=') {
+                Some((k, v)) => (k.to_string(), Some(v.to_string())),
+                None => (arg, None),
+            };
+            let mut value = || -> Result<String> {
+                inline
+                    .clone()
+                    .or_else(|| it.next())
+                    .ok_or_else(|| anyhow!("{key} needs a value"))
+            };
+            match key.as_str() {
+                // `cargo bench` passes --bench to harness-less benches.
+                "--bench" | "--quick" => {}
+                "--json" => a.json = true,
+                "--child" => a.child = true,
+                "--sessions" => a.sessions = positive(&value()?, &key)?,
+                "--concurrency" => a.concurrency = positive(&value()?, &key)?,
+                "--rate" => a.rate = positive(&value()?, &key)? as f64,
+                "--duration-secs" => a.duration = secs(&value()?, &key)?,
+                "--warmup-secs" => a.warmup = secs(&value()?, &key)?,
+                "--turns-per-session" => a.turns_per_session = positive(&value()?, &key)?,
+                "--idle-sessions" => a.idle_sessions = positive(&value()?, &key)?,
+                "--persisted" => a.persisted = positive(&value()?, &key)?,
+                "--fsync-iters" => a.fsync_iters = positive(&value()?, &key)?,
+                "--data-dir" => a.data_dir = PathBuf::from(value()?),
+                "--phases" => {
+                    a.phases = value()?.split(',').map(|s| s.trim().to_string()).collect()
+                }
+                "-h" | "--help" => {
+                    print!("{HELP}");
+                    std::process::exit(0);
+                }
+                other => bail!("unknown option {other:?}; see --help"),
+            }
+        }
+        Ok(a)
+    }
+
+    pub(crate) fn has(&self, phase: &str) -> bool {
+        self.phases.iter().any(|p| p == phase)
+    }
+}
+
+fn positive(v: &str, key: &str) -> Result<usize> {
+    let n: usize = v
+        .parse()
+        .with_context(|| format!("{key}: {v:?} is not a number"))?;
+    if n == 0 {
+        bail!("{key}: must be greater than 0");
+    }
+    Ok(n)
+}
+
+fn secs(v: &str, key: &str) -> Result<Duration> {
+    let s: f64 = v
+        .parse()
+        .with_context(|| format!("{key}: {v:?} is not a number"))?;
+    if !(s.is_finite() && s >= 0.0) {
+        bail!("{key}: must be a non-negative number of seconds");
+    }
+    Ok(Duration::from_secs_f64(s))
+}

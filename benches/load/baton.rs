@@ -1,0 +1,107 @@
+//! A Baton instance: runtime + gRPC server on loopback.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Result;
+use baton_proto::v1::sessions_client::SessionsClient;
+use baton_runtime::{Durability, Runtime, RuntimeConfig, RuntimeHandle};
+use tonic::transport::Channel;
+
+use crate::traffic::Target;
+use crate::upstream::upstream_endpoint;
+
+pub(crate) struct Baton {
+    pub(crate) handle: RuntimeHandle,
+    addr: std::net::SocketAddr,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    server: tokio::task::JoinHandle<()>,
+    _dir: tempfile::TempDir,
+}
+
+pub(crate) fn data_dir(parent: &Path, what: &str) -> Result<tempfile::TempDir> {
+    Ok(tempfile::Builder::new()
+        .prefix(&format!("baton-load-{what}-"))
+        .tempdir_in(parent)?)
+}
+
+impl Baton {
+    pub(crate) async fn start(
+        parent: &Path,
+        durability: Durability,
+        upstream: std::net::SocketAddr,
+        server_nodelay: bool,
+    ) -> Result<Baton> {
+        let dir = data_dir(parent, durability_name(durability))?;
+        let mut cfg = RuntimeConfig::with_data_dir(dir.path());
+        cfg.store.durability = durability;
+        cfg.models = vec![upstream_endpoint(upstream)];
+        cfg.sessions.default_route = "upstream".into();
+        cfg.sessions.passivate_after_ms = 3_600_000;
+        let handle = Runtime::builder(cfg).start().await?;
+        let listener = if server_nodelay {
+            // Linux copies TCP_NODELAY from a listening socket to the sockets
+            // it accepts: the server then writes without Nagle's delay.
+            let socket = tokio::net::TcpSocket::new_v4()?;
+            socket.set_nodelay(true)?;
+            socket.bind(std::net::SocketAddr::from(([127, 0, 0, 1], 0)))?;
+            socket.listen(1024)?
+        } else {
+            tokio::net::TcpListener::bind("127.0.0.1:0").await?
+        };
+        let addr = listener.local_addr()?;
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn({
+            let handle = handle.clone();
+            async move {
+                let shutdown = async {
+                    let _ = stopped.await;
+                };
+                if let Err(e) =
+                    baton_server::serve(handle, listener, Default::default(), shutdown).await
+                {
+                    eprintln!("gRPC server stopped: {e}");
+                }
+            }
+        });
+        Ok(Baton {
+            handle,
+            addr,
+            stop: Some(stop),
+            server,
+            _dir: dir,
+        })
+    }
+
+    /// gRPC clients over `n` HTTP/2 connections; workers use them round-robin.
+    pub(crate) async fn grpc(&self, n: usize) -> Result<Target> {
+        let mut clients = Vec::with_capacity(n);
+        for _ in 0..n {
+            let ch = Channel::from_shared(format!("http://{}", self.addr))?
+                .tcp_nodelay(true)
+                .connect()
+                .await?;
+            clients.push(SessionsClient::new(ch));
+        }
+        Ok(Target::Grpc {
+            clients: Arc::new(clients),
+        })
+    }
+
+    pub(crate) async fn stop(mut self) -> Result<()> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.server).await;
+        self.handle.shutdown().await;
+        Ok(())
+    }
+}
+
+pub(crate) fn durability_name(d: Durability) -> &'static str {
+    match d {
+        Durability::Sync => "sync",
+        Durability::Buffered => "buffered",
+    }
+}

@@ -1,0 +1,307 @@
+//! The scenarios that drive Baton: latency and throughput against the direct
+//! baseline, RSS per live idle session, many persisted sessions, and the
+//! child process the memory phases run in.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use baton_runtime::{Durability, ListQuery, Runtime, RuntimeConfig, RuntimeHandle, StartSession};
+use futures::StreamExt;
+use serde_json::Value;
+
+use crate::args::Args;
+use crate::baton::{Baton, data_dir, durability_name};
+use crate::report::{IdleRss, Persisted, Report, compare, progress, writer_delta};
+use crate::sys::{dir_size, rss_kib};
+use crate::traffic::{RunSpec, Target, closed_loop, open_loop};
+
+// ---------------------------------------------------------------------------
+// 2 + 3. Latency (direct vs Baton) and throughput
+
+fn spec<'a>(
+    args: &Args,
+    label: String,
+    target: &'a Target,
+    durability: Option<&'static str>,
+    sessions: usize,
+    runtime: Option<&'a RuntimeHandle>,
+) -> RunSpec<'a> {
+    RunSpec {
+        label,
+        target,
+        durability,
+        sessions,
+        warmup: args.warmup,
+        duration: args.duration,
+        turns_per_session: args.turns_per_session,
+        runtime,
+    }
+}
+
+pub(crate) async fn latency_and_throughput(
+    args: &Args,
+    upstream: std::net::SocketAddr,
+    report: &mut Report,
+) -> Result<()> {
+    let direct = Target::Direct {
+        client: reqwest::Client::builder().tcp_nodelay(true).build()?,
+        url: format!("http://{upstream}/v1/chat/completions").into(),
+    };
+    let mut configs = vec![(Durability::Sync, false), (Durability::Buffered, false)];
+    if args.has("nodelay") {
+        configs.extend([(Durability::Sync, true), (Durability::Buffered, true)]);
+    }
+    for (durability, nodelay) in configs {
+        let dname = if nodelay {
+            match durability {
+                Durability::Sync => "sync+nodelay",
+                Durability::Buffered => "buffered+nodelay",
+            }
+        } else {
+            durability_name(durability)
+        };
+        let baton = Baton::start(&args.data_dir, durability, upstream, nodelay).await?;
+        let grpc = baton.grpc(4).await?;
+        if args.has("latency") {
+            // Open loop at the target rate: the added-latency comparison.
+            let n = args.sessions;
+            let label = format!("open {:.0}/s, {n} sessions", args.rate);
+            progress(&format!("direct {label}"));
+            let d = open_loop(
+                spec(args, format!("direct {label}"), &direct, None, n, None),
+                args.rate,
+            )
+            .await?;
+            progress(&format!("baton {dname} {label}"));
+            let b = open_loop(
+                spec(
+                    args,
+                    format!("baton {dname} {label}"),
+                    &grpc,
+                    Some(dname),
+                    n,
+                    Some(&baton.handle),
+                ),
+                args.rate,
+            )
+            .await?;
+            report.comparisons.push(compare(&label, d, b));
+
+            // Closed loop at the same session count.
+            let label = format!("closed, {n} sessions");
+            progress(&format!("direct {label}"));
+            let d = closed_loop(spec(
+                args,
+                format!("direct {label}"),
+                &direct,
+                None,
+                n,
+                None,
+            ))
+            .await?;
+            progress(&format!("baton {dname} {label}"));
+            let b = closed_loop(spec(
+                args,
+                format!("baton {dname} {label}"),
+                &grpc,
+                Some(dname),
+                n,
+                Some(&baton.handle),
+            ))
+            .await?;
+            report.comparisons.push(compare(&label, d, b));
+        }
+        if args.has("throughput") && durability == Durability::Sync {
+            let n = args.concurrency;
+            let label = format!("closed, {n} sessions");
+            progress(&format!("direct {label}"));
+            let d = closed_loop(spec(
+                args,
+                format!("direct {label}"),
+                &direct,
+                None,
+                n,
+                None,
+            ))
+            .await?;
+            progress(&format!("baton {dname} {label} (gRPC)"));
+            let b = closed_loop(spec(
+                args,
+                format!("baton {dname} {label}"),
+                &grpc,
+                Some(dname),
+                n,
+                Some(&baton.handle),
+            ))
+            .await?;
+            let embedded = Target::Embedded {
+                handle: baton.handle.clone(),
+            };
+            progress(&format!("baton {dname} {label} (embedded)"));
+            let e = closed_loop(spec(
+                args,
+                format!("baton-embedded {dname} {label}"),
+                &embedded,
+                Some(dname),
+                n,
+                Some(&baton.handle),
+            ))
+            .await?;
+            report.comparisons.push(compare(&label, d.clone(), b));
+            report
+                .comparisons
+                .push(compare(&format!("{label}, embedded API"), d, e));
+        }
+        baton.stop().await?;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// 4. RSS per live idle session
+
+async fn create_and_touch(h: &RuntimeHandle, n: usize, in_flight: usize) -> u64 {
+    futures::stream::iter(0..n)
+        .map(|i| {
+            let h = h.clone();
+            async move {
+                let s = h.start_session(StartSession::default()).await?;
+                let mut events = h.send(s.id, format!("hello {i}")).await?;
+                while let Some(ev) = events.next().await {
+                    if ev?.ends_turn() {
+                        break;
+                    }
+                }
+                Ok::<_, anyhow::Error>(())
+            }
+        })
+        .buffer_unordered(in_flight)
+        .filter(|r| std::future::ready(r.is_err()))
+        .count()
+        .await as u64
+}
+
+pub(crate) async fn idle_rss(args: &Args) -> Result<IdleRss> {
+    let dir = data_dir(&args.data_dir, "rss")?;
+    // The built-in echo endpoint: no HTTP client buffers in the figure.
+    let mut cfg = RuntimeConfig::with_data_dir(dir.path());
+    cfg.sessions.passivate_after_ms = 3_600_000;
+    let h = Runtime::builder(cfg).start().await?;
+    let m = args.idle_sessions;
+    let warm = (m / 10).clamp(1, 1000);
+    let in_flight = 256;
+    // Warm the allocator, the writer and the memtable first.
+    let mut errors = create_and_touch(&h, warm, in_flight).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let live_before = h.stats().await?.live_sessions;
+    let rss_before_kib = rss_kib()?;
+    let t = Instant::now();
+    errors += create_and_touch(&h, m, in_flight).await;
+    let create_and_turn_secs = t.elapsed().as_secs_f64();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let rss_after_kib = rss_kib()?;
+    let live_after = h.stats().await?.live_sessions;
+    h.shutdown().await;
+    Ok(IdleRss {
+        sessions: m,
+        warmup_sessions: warm,
+        create_and_turn_secs,
+        rss_before_kib,
+        rss_after_kib,
+        kib_per_session: (rss_after_kib as f64 - rss_before_kib as f64) / m as f64,
+        live_before,
+        live_after,
+        live_added_ok: live_after == live_before + m,
+        errors,
+    })
+}
+
+// ---------------------------------------------------------------------------
+// 5. Many persisted sessions
+
+pub(crate) async fn persisted(args: &Args) -> Result<Persisted> {
+    let dir = data_dir(&args.data_dir, "persisted")?;
+    let mut cfg = RuntimeConfig::with_data_dir(dir.path());
+    cfg.store.durability = Durability::Sync;
+    let h = Runtime::builder(cfg).start().await?;
+    let n = args.persisted;
+    let in_flight = 256;
+    let rss_before_kib = rss_kib()?;
+    let w0 = h.writer_stats();
+    let t = Instant::now();
+    let errors = futures::stream::iter(0..n)
+        .map(|_| {
+            let h = h.clone();
+            async move { h.start_session(StartSession::default()).await }
+        })
+        .buffer_unordered(in_flight)
+        .filter(|r| std::future::ready(r.is_err()))
+        .count()
+        .await as u64;
+    let secs = t.elapsed().as_secs_f64();
+    let writer = writer_delta(w0, h.writer_stats(), n as u64);
+    let rss_after_kib = rss_kib()?;
+    let live_sessions_after = h.stats().await?.live_sessions;
+    let t = Instant::now();
+    let mut listed = 0u64;
+    let mut list_pages = 0u64;
+    let mut token = None;
+    loop {
+        let page = h
+            .list(ListQuery {
+                status: None,
+                page_size: 1000,
+                page_token: token,
+            })
+            .await?;
+        listed += page.sessions.len() as u64;
+        list_pages += 1;
+        token = page.next_page_token;
+        if token.is_none() {
+            break;
+        }
+    }
+    let list_secs = t.elapsed().as_secs_f64();
+    let size = dir_size(dir.path())?;
+    h.shutdown().await;
+    Ok(Persisted {
+        sessions: n,
+        durability: "sync".into(),
+        in_flight,
+        errors,
+        secs,
+        sessions_per_sec: n as f64 / secs,
+        writer,
+        rss_before_kib,
+        rss_after_kib,
+        rss_kib_per_1000_sessions: (rss_after_kib as f64 - rss_before_kib as f64) * 1000.0
+            / n as f64,
+        live_sessions_after,
+        listed,
+        list_pages,
+        list_secs,
+        data_dir_bytes: size.bytes,
+        data_dir_allocated_bytes: size.allocated,
+        wal_bytes: size.wal,
+        sst_bytes: size.sst,
+    })
+}
+
+/// Run a memory phase in a fresh process of this bench, so that what the
+/// other phases allocated (and the allocator kept for reuse) neither hides
+/// nor inflates its RSS delta.
+pub(crate) async fn in_child(args: &Args, phase: &str) -> Result<Value> {
+    let out = tokio::process::Command::new(std::env::current_exe()?)
+        .args(["--child", "--json", "--phases", phase])
+        .args(["--idle-sessions", &args.idle_sessions.to_string()])
+        .args(["--persisted", &args.persisted.to_string()])
+        .arg("--data-dir")
+        .arg(&args.data_dir)
+        .stderr(std::process::Stdio::inherit())
+        .output()
+        .await?;
+    if !out.status.success() {
+        bail!("the {phase} child process failed: {}", out.status);
+    }
+    Ok(serde_json::from_slice(&out.stdout)?)
+}

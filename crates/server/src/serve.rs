@@ -68,7 +68,7 @@ pub async fn serve(
         .add_service(inspect)
         .serve_with_incoming_shutdown(
             // TCP_NODELAY: a turn's events are small writes; Nagle's algorithm
-            // would hold each for milliseconds (measured in benches/load.rs).
+            // would hold each for milliseconds (measured in benches/load/).
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )

@@ -375,71 +375,62 @@ impl EndpointConfig {
         })
     }
 
-    pub(crate) fn field(&self, field: &str) -> String {
-        format!("models[{}].{field}", self.name)
+    /// A config error on `field` of this endpoint.
+    pub(crate) fn invalid(&self, field: &str, reason: impl Into<String>) -> Error {
+        Error::config(&self.name, field, reason)
     }
 
-    /// Check the values serde cannot; errors name the field.
+    /// Check the values serde cannot. Errors name the key inside the entry
+    /// and the endpoint; [`Error::at_index`] places them in `[[models]]`.
     pub fn validate(&self) -> Result<()> {
         if self.name.trim().is_empty() {
-            return Err(Error::config("models[].name", "must not be empty"));
+            return Err(Error::config("", "name", "must not be empty"));
         }
         if self.name.chars().any(|c| c.is_control()) {
             return Err(Error::config(
-                self.field("name"),
-                "must not contain control characters",
+                "",
+                "name",
+                format!("{:?} contains control characters", self.name),
             ));
         }
         match self.provider {
             ProviderKind::Openai => {
                 let Some(url) = &self.base_url else {
-                    return Err(Error::config(
-                        self.field("base_url"),
-                        "required for provider openai",
-                    ));
+                    return Err(self.invalid("base_url", "required for provider openai"));
                 };
                 if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(Error::config(
-                        self.field("base_url"),
+                    return Err(self.invalid(
+                        "base_url",
                         format!("must start with http:// or https://, got {url:?}"),
                     ));
                 }
                 if self.model.trim().is_empty() {
-                    return Err(Error::config(
-                        self.field("model"),
-                        "required for provider openai",
-                    ));
+                    return Err(self.invalid("model", "required for provider openai"));
                 }
             }
             ProviderKind::Anthropic => {
                 if let Some(url) = &self.base_url
                     && !(url.starts_with("http://") || url.starts_with("https://"))
                 {
-                    return Err(Error::config(
-                        self.field("base_url"),
+                    return Err(self.invalid(
+                        "base_url",
                         format!("must start with http:// or https://, got {url:?}"),
                     ));
                 }
                 if self.model.trim().is_empty() {
-                    return Err(Error::config(
-                        self.field("model"),
-                        "required for provider anthropic",
-                    ));
+                    return Err(self.invalid("model", "required for provider anthropic"));
                 }
             }
             ProviderKind::Echo => {}
             ProviderKind::Scripted => {
                 if self.script_file.is_none() {
-                    return Err(Error::config(
-                        self.field("script_file"),
-                        "required for provider scripted",
-                    ));
+                    return Err(self.invalid("script_file", "required for provider scripted"));
                 }
             }
         }
         if self.script_file.is_some() && self.provider != ProviderKind::Scripted {
-            return Err(Error::config(
-                self.field("script_file"),
+            return Err(self.invalid(
+                "script_file",
                 format!(
                     "only used by provider scripted, not {}",
                     self.provider.as_str()
@@ -447,8 +438,8 @@ impl EndpointConfig {
             ));
         }
         if self.logprobs && self.provider != ProviderKind::Openai {
-            return Err(Error::config(
-                self.field("logprobs"),
+            return Err(self.invalid(
+                "logprobs",
                 format!(
                     "only used by provider openai, not {}",
                     self.provider.as_str()
@@ -456,22 +447,16 @@ impl EndpointConfig {
             ));
         }
         if self.api_key_env.is_some() && self.api_key_file.is_some() {
-            return Err(Error::config(
-                self.field("api_key_env"),
+            return Err(self.invalid(
+                "api_key_env",
                 "set either api_key_env or api_key_file, not both",
             ));
         }
         if self.max_concurrency == 0 {
-            return Err(Error::config(
-                self.field("max_concurrency"),
-                "must be at least 1",
-            ));
+            return Err(self.invalid("max_concurrency", "must be at least 1"));
         }
         if self.timeout_ms == 0 {
-            return Err(Error::config(
-                self.field("timeout_ms"),
-                "must be at least 1",
-            ));
+            return Err(self.invalid("timeout_ms", "must be at least 1"));
         }
         for (name, v) in [
             ("first_token_timeout_ms", self.first_token_timeout_ms),
@@ -488,42 +473,27 @@ impl EndpointConfig {
             ),
         ] {
             if v == 0 {
-                return Err(Error::config(self.field(name), "must be at least 1"));
+                return Err(self.invalid(name, "must be at least 1"));
             }
         }
         if !(self.breaker.error_rate > 0.0 && self.breaker.error_rate <= 1.0) {
-            return Err(Error::config(
-                self.field("breaker.error_rate"),
-                "must be in (0, 1]",
-            ));
+            return Err(self.invalid("breaker.error_rate", "must be in (0, 1]"));
         }
         if self.context_window == Some(0) {
-            return Err(Error::config(
-                self.field("context_window"),
-                "must be at least 1",
-            ));
+            return Err(self.invalid("context_window", "must be at least 1"));
         }
         if self.connect_timeout_ms == 0 {
-            return Err(Error::config(
-                self.field("connect_timeout_ms"),
-                "must be at least 1",
-            ));
+            return Err(self.invalid("connect_timeout_ms", "must be at least 1"));
         }
         if self.max_output_tokens == Some(0) {
-            return Err(Error::config(
-                self.field("max_output_tokens"),
-                "must be at least 1",
-            ));
+            return Err(self.invalid("max_output_tokens", "must be at least 1"));
         }
         if self.retry.max_attempts == 0 {
-            return Err(Error::config(
-                self.field("retry.max_attempts"),
-                "must be at least 1",
-            ));
+            return Err(self.invalid("retry.max_attempts", "must be at least 1"));
         }
         if self.retry.initial_backoff_ms > self.retry.max_backoff_ms {
-            return Err(Error::config(
-                self.field("retry.initial_backoff_ms"),
+            return Err(self.invalid(
+                "retry.initial_backoff_ms",
                 "must not exceed retry.max_backoff_ms",
             ));
         }
@@ -534,10 +504,7 @@ impl EndpointConfig {
             if let Some(p) = price
                 && !(p.is_finite() && p >= 0.0)
             {
-                return Err(Error::config(
-                    self.field(name),
-                    "must be a non-negative number",
-                ));
+                return Err(self.invalid(name, "must be a non-negative number"));
             }
         }
         Ok(())
@@ -589,7 +556,7 @@ mod tests {
         assert_eq!(cfg.provider.as_str(), "anthropic");
         assert_eq!(
             cfg.validate().unwrap_err().to_string(),
-            "models[claude].model: required for provider anthropic"
+            "model: required for provider anthropic (endpoint \"claude\")"
         );
         let mut cfg = parse(serde_json::json!({
             "name": "claude", "provider": "anthropic", "model": "claude-sonnet-4-5",
@@ -602,14 +569,14 @@ mod tests {
             cfg.validate()
                 .unwrap_err()
                 .to_string()
-                .starts_with("models[claude].base_url: must start with http")
+                .starts_with("base_url: must start with http")
         );
         cfg.base_url = Some("http://127.0.0.1:8080/v1".into());
         cfg.validate().unwrap();
         cfg.logprobs = true;
         assert_eq!(
             cfg.validate().unwrap_err().to_string(),
-            "models[claude].logprobs: only used by provider openai, not anthropic"
+            "logprobs: only used by provider openai, not anthropic (endpoint \"claude\")"
         );
     }
 
@@ -618,21 +585,21 @@ mod tests {
         let mut cfg = EndpointConfig::new("gpt", ProviderKind::Openai);
         assert_eq!(
             cfg.validate().unwrap_err().to_string(),
-            "models[gpt].base_url: required for provider openai"
+            "base_url: required for provider openai (endpoint \"gpt\")"
         );
         cfg.base_url = Some("127.0.0.1:8080".into());
         assert!(
             cfg.validate()
                 .unwrap_err()
                 .to_string()
-                .starts_with("models[gpt].base_url")
+                .starts_with("base_url:")
         );
         cfg.base_url = Some("http://127.0.0.1:8080/v1".into());
         assert!(
             cfg.validate()
                 .unwrap_err()
                 .to_string()
-                .starts_with("models[gpt].model")
+                .starts_with("model:")
         );
         cfg.model = "m".into();
         cfg.validate().unwrap();
@@ -641,7 +608,7 @@ mod tests {
             cfg.validate()
                 .unwrap_err()
                 .to_string()
-                .starts_with("models[gpt].max_concurrency")
+                .starts_with("max_concurrency:")
         );
         cfg.max_concurrency = 1;
         cfg.retry.max_attempts = 0;
@@ -649,7 +616,21 @@ mod tests {
             cfg.validate()
                 .unwrap_err()
                 .to_string()
-                .starts_with("models[gpt].retry.max_attempts")
+                .starts_with("retry.max_attempts:")
+        );
+    }
+
+    #[test]
+    fn errors_placed_in_the_models_array_name_the_index_and_the_endpoint() {
+        let cfg = EndpointConfig::new("gpt", ProviderKind::Openai);
+        assert_eq!(
+            cfg.validate().unwrap_err().at_index(1).to_string(),
+            "models[1].base_url: required for provider openai (endpoint \"gpt\")"
+        );
+        let cfg = EndpointConfig::new(" ", ProviderKind::Echo);
+        assert_eq!(
+            cfg.validate().unwrap_err().at_index(0).to_string(),
+            "models[0].name: must not be empty"
         );
     }
 
@@ -666,13 +647,13 @@ mod tests {
         let cfg = EndpointConfig::new("demo", ProviderKind::Scripted);
         assert_eq!(
             cfg.validate().unwrap_err().to_string(),
-            "models[demo].script_file: required for provider scripted"
+            "script_file: required for provider scripted (endpoint \"demo\")"
         );
         let mut cfg = echo_default();
         cfg.script_file = Some("demo.json".into());
         assert_eq!(
             cfg.validate().unwrap_err().to_string(),
-            "models[echo].script_file: only used by provider scripted, not echo"
+            "script_file: only used by provider scripted, not echo (endpoint \"echo\")"
         );
     }
 
@@ -715,7 +696,7 @@ mod tests {
         echo.logprobs = true;
         assert_eq!(
             echo.validate().unwrap_err().to_string(),
-            "models[echo].logprobs: only used by provider openai, not echo"
+            "logprobs: only used by provider openai, not echo (endpoint \"echo\")"
         );
     }
 
@@ -730,7 +711,7 @@ mod tests {
             cfg.price_input_per_mtok = Some(bad);
             assert_eq!(
                 cfg.validate().unwrap_err().to_string(),
-                "models[echo].price_input_per_mtok: must be a non-negative number",
+                "price_input_per_mtok: must be a non-negative number (endpoint \"echo\")",
                 "{bad}"
             );
             let mut cfg = echo_default();
@@ -738,7 +719,7 @@ mod tests {
             cfg.price_output_per_mtok = Some(bad);
             assert_eq!(
                 cfg.validate().unwrap_err().to_string(),
-                "models[echo].price_output_per_mtok: must be a non-negative number",
+                "price_output_per_mtok: must be a non-negative number (endpoint \"echo\")",
                 "{bad}"
             );
         }

@@ -106,9 +106,18 @@ impl ProviderError {
 /// Errors of the model layer.
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    /// A `[[models]]` table is invalid; `field` names it, e.g. `models[gpt].base_url`.
-    #[error("{field}: {reason}")]
-    Config { field: String, reason: String },
+    /// A `[[models]]` entry is invalid. `field` is the key inside the entry
+    /// (e.g. `base_url`), `endpoint` the entry's name, and `index` its place
+    /// in the `[[models]]` array when known: the message then names the key
+    /// as in the file, `models[1].base_url: required for provider openai
+    /// (endpoint "gpt")`.
+    #[error("{}: {reason}{}", config_path(.index, .field), entry_name(.endpoint))]
+    Config {
+        index: Option<usize>,
+        endpoint: String,
+        field: String,
+        reason: String,
+    },
     /// An attempt failed at the provider.
     #[error("endpoint {endpoint}: {source}")]
     Provider {
@@ -133,11 +142,54 @@ pub enum Error {
     Spawn { endpoint: String, reason: String },
 }
 
+/// `models[i].field`, or the bare field when the entry's place is unknown.
+fn config_path(index: &Option<usize>, field: &str) -> String {
+    match index {
+        Some(i) => format!("models[{i}].{field}"),
+        None => field.to_string(),
+    }
+}
+
+/// ` (endpoint "name")`, or nothing for an entry without a name.
+fn entry_name(endpoint: &str) -> String {
+    if endpoint.is_empty() {
+        String::new()
+    } else {
+        format!(" (endpoint {endpoint:?})")
+    }
+}
+
 impl Error {
-    pub(crate) fn config(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// A config error on `field` of the endpoint named `endpoint`.
+    pub(crate) fn config(
+        endpoint: impl Into<String>,
+        field: impl Into<String>,
+        reason: impl Into<String>,
+    ) -> Self {
         Error::Config {
+            index: None,
+            endpoint: endpoint.into(),
             field: field.into(),
             reason: reason.into(),
+        }
+    }
+
+    /// The same error, placed at `models[index]` when it is a config error.
+    #[must_use]
+    pub fn at_index(self, index: usize) -> Self {
+        match self {
+            Error::Config {
+                endpoint,
+                field,
+                reason,
+                ..
+            } => Error::Config {
+                index: Some(index),
+                endpoint,
+                field,
+                reason,
+            },
+            other => other,
         }
     }
 

@@ -442,14 +442,11 @@ impl ModelRegistry {
     /// Build every endpoint and start its executor. Names must be unique.
     pub async fn start(configs: Vec<EndpointConfig>) -> Result<ModelRegistry> {
         let mut endpoints = Vec::with_capacity(configs.len());
-        for cfg in configs {
+        for (i, cfg) in configs.into_iter().enumerate() {
             if endpoints.iter().any(|e: &Endpoint| e.name() == cfg.name) {
-                return Err(Error::config(
-                    format!("models[{}].name", cfg.name),
-                    "duplicate endpoint name",
-                ));
+                return Err(Error::config(&cfg.name, "name", "duplicate endpoint name").at_index(i));
             }
-            endpoints.push(Endpoint::from_config(cfg)?);
+            endpoints.push(Endpoint::from_config(cfg).map_err(|e| e.at_index(i))?);
         }
         let mut registry = ModelRegistry::default();
         for endpoint in endpoints {
@@ -748,7 +745,7 @@ mod tests {
             .unwrap_err();
         assert_eq!(
             err.to_string(),
-            "models[other].name: duplicate endpoint name"
+            "models[1].name: duplicate endpoint name (endpoint \"other\")"
         );
     }
 }

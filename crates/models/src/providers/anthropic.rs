@@ -57,7 +57,7 @@ use super::http::{
     self, ByteStream, SseError, SseReader, Timeouts, Wait, error_text, malformed, read_api_key,
 };
 use crate::{
-    Delta, DeltaSink, EndpointConfig, Error, ModelRequest, ModelResponse, Provider, ProviderError,
+    Delta, DeltaSink, EndpointConfig, ModelRequest, ModelResponse, Provider, ProviderError,
     ProviderErrorKind, Result,
 };
 
@@ -106,10 +106,7 @@ impl AnthropicProvider {
     pub fn new(cfg: &EndpointConfig, api_key: Option<SecretString>) -> Result<Self> {
         let base = cfg.base_url.as_deref().unwrap_or(DEFAULT_BASE_URL);
         if cfg.model.trim().is_empty() {
-            return Err(Error::config(
-                format!("models[{}].model", cfg.name),
-                "required for provider anthropic",
-            ));
+            return Err(cfg.invalid("model", "required for provider anthropic"));
         }
         let timeouts = Timeouts::from_config(cfg);
         Ok(Self {

@@ -25,7 +25,7 @@ use secrecy::SecretString;
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::{EndpointConfig, Error, ProviderError, ProviderErrorKind, Result};
+use crate::{EndpointConfig, ProviderError, ProviderErrorKind, Result};
 
 /// Longest provider error text kept in an error message.
 pub(crate) const MAX_ERROR_TEXT: usize = 1000;
@@ -72,36 +72,28 @@ pub(crate) fn client(cfg: &EndpointConfig, timeouts: Timeouts) -> Result<reqwest
     reqwest::Client::builder()
         .connect_timeout(timeouts.connect)
         .build()
-        .map_err(|e| {
-            Error::config(
-                format!("models[{}].base_url", cfg.name),
-                format!("cannot build http client: {e}"),
-            )
-        })
+        .map_err(|e| cfg.invalid("base_url", format!("cannot build http client: {e}")))
 }
 
 /// The api key from `api_key_env` or `api_key_file`, if either is set.
 pub(crate) fn read_api_key(cfg: &EndpointConfig) -> Result<Option<SecretString>> {
     if let Some(var) = &cfg.api_key_env {
-        let field = format!("models[{}].api_key_env", cfg.name);
+        let field = "api_key_env";
         let key = std::env::var(var)
-            .map_err(|_| Error::config(&field, format!("environment variable {var} is not set")))?;
+            .map_err(|_| cfg.invalid(field, format!("environment variable {var} is not set")))?;
         let key = key.trim();
         if key.is_empty() {
-            return Err(Error::config(
-                field,
-                format!("environment variable {var} is empty"),
-            ));
+            return Err(cfg.invalid(field, format!("environment variable {var} is empty")));
         }
         return Ok(Some(SecretString::from(key.to_string())));
     }
     if let Some(path) = &cfg.api_key_file {
-        let field = format!("models[{}].api_key_file", cfg.name);
+        let field = "api_key_file";
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::config(&field, format!("cannot read {}: {e}", path.display())))?;
+            .map_err(|e| cfg.invalid(field, format!("cannot read {}: {e}", path.display())))?;
         let key = text.trim();
         if key.is_empty() {
-            return Err(Error::config(field, format!("{} is empty", path.display())));
+            return Err(cfg.invalid(field, format!("{} is empty", path.display())));
         }
         return Ok(Some(SecretString::from(key.to_string())));
     }

@@ -54,7 +54,7 @@ use super::http::{
     self, ByteStream, SseError, SseReader, Timeouts, Wait, error_text, malformed, read_api_key,
 };
 use crate::{
-    Delta, DeltaSink, EndpointConfig, Error, ModelRequest, ModelResponse, Provider, ProviderError,
+    Delta, DeltaSink, EndpointConfig, ModelRequest, ModelResponse, Provider, ProviderError,
     ProviderErrorKind, Result,
 };
 
@@ -94,12 +94,10 @@ impl OpenAiProvider {
 
     /// Build from config with the given key (the config's key fields are ignored).
     pub fn new(cfg: &EndpointConfig, api_key: Option<SecretString>) -> Result<Self> {
-        let base = cfg.base_url.as_deref().ok_or_else(|| {
-            Error::config(
-                format!("models[{}].base_url", cfg.name),
-                "required for provider openai",
-            )
-        })?;
+        let base = cfg
+            .base_url
+            .as_deref()
+            .ok_or_else(|| cfg.invalid("base_url", "required for provider openai"))?;
         let timeouts = Timeouts::from_config(cfg);
         Ok(Self {
             client: http::client(cfg, timeouts)?,
@@ -1028,7 +1026,11 @@ mod tests {
         let mut cfg = EndpointConfig::openai("e", "http://127.0.0.1:1/v1", "m");
         cfg.api_key_env = Some("BATON_MODELS_TEST_SURELY_UNSET_VAR".into());
         let err = read_api_key(&cfg).unwrap_err().to_string();
-        assert!(err.starts_with("models[e].api_key_env"), "{err}");
+        assert!(
+            err.starts_with("api_key_env: environment variable")
+                && err.ends_with("(endpoint \"e\")"),
+            "{err}"
+        );
 
         let dir = std::env::temp_dir().join(format!("baton-models-key-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

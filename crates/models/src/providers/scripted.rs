@@ -29,7 +29,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::{
-    Delta, DeltaSink, EndpointConfig, Error, ModelRequest, ModelResponse, Provider, ProviderError,
+    Delta, DeltaSink, EndpointConfig, ModelRequest, ModelResponse, Provider, ProviderError,
     ProviderErrorKind, Result, count_words,
 };
 
@@ -62,15 +62,14 @@ impl ScriptedProvider {
     /// Load and check `cfg.script_file`; errors name the field, the file and
     /// what is wrong with it.
     pub fn from_config(cfg: &EndpointConfig) -> Result<Self> {
-        let field = cfg.field("script_file");
+        let field = "script_file";
         let Some(path) = &cfg.script_file else {
-            return Err(Error::config(field, "required for provider scripted"));
+            return Err(cfg.invalid(field, "required for provider scripted"));
         };
         let shown = path.display().to_string();
         let text = std::fs::read_to_string(path)
-            .map_err(|e| Error::config(&field, format!("cannot read {shown}: {e}")))?;
-        let steps =
-            parse_script(&text).map_err(|e| Error::config(&field, format!("{shown}: {e}")))?;
+            .map_err(|e| cfg.invalid(field, format!("cannot read {shown}: {e}")))?;
+        let steps = parse_script(&text).map_err(|e| cfg.invalid(field, format!("{shown}: {e}")))?;
         Ok(Self {
             steps: steps.into(),
             model: model_name(cfg),
@@ -309,14 +308,12 @@ mod tests {
     fn config_error(text: &str) -> String {
         let s = script(text);
         let err = Endpoint::from_config(s.cfg.clone()).unwrap_err();
-        assert!(matches!(err, Error::Config { .. }), "{err:?}");
+        assert!(matches!(err, crate::Error::Config { .. }), "{err:?}");
         let msg = err.to_string();
-        let prefix = format!(
-            "models[demo].script_file: {}: ",
-            s.cfg.script_file.unwrap().display()
-        );
-        assert!(msg.starts_with(&prefix), "{msg}");
-        msg[prefix.len()..].to_string()
+        let prefix = format!("script_file: {}: ", s.cfg.script_file.unwrap().display());
+        let suffix = " (endpoint \"demo\")";
+        assert!(msg.starts_with(&prefix) && msg.ends_with(suffix), "{msg}");
+        msg[prefix.len()..msg.len() - suffix.len()].to_string()
     }
 
     /// A conversation holding `assistants` assistant messages.
@@ -478,7 +475,7 @@ mod tests {
         let missing = EndpointConfig::scripted("demo", "/nonexistent/baton/script.json");
         let err = Endpoint::from_config(missing).unwrap_err().to_string();
         assert!(
-            err.starts_with("models[demo].script_file: cannot read /nonexistent/baton/script.json"),
+            err.starts_with("script_file: cannot read /nonexistent/baton/script.json"),
             "{err}"
         );
 

@@ -1,10 +1,10 @@
 //! Route configuration: the `[[routes]]` tables of `baton.toml`, and their
 //! validation into the compiled form the router uses.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
-use baton_models::ModelRegistry;
+use baton_models::{EndpointConfig, ModelRegistry};
 use regex::Regex;
 use serde::Deserialize;
 
@@ -183,21 +183,50 @@ pub struct Signal {
     pub weight: f64,
 }
 
-/// An invalid `[[routes]]` table; `field` names it, e.g. `routes[fast].weights`.
+/// An invalid `[[routes]]` table. `field` names the key as in the file,
+/// with the route's index in `[[routes]]` (e.g. `routes[1].weights`), and
+/// `route` the route's name: `routes[1].weights: must not all be zero
+/// (route "fast")`.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{field}: {reason}")]
+#[error("{field}: {reason}{}", route_name(.route))]
 pub struct ConfigError {
     pub field: String,
     pub reason: String,
+    pub route: String,
+}
+
+/// ` (route "name")`, or nothing for a route without a name.
+fn route_name(route: &str) -> String {
+    if route.trim().is_empty() {
+        String::new()
+    } else {
+        format!(" (route {route:?})")
+    }
 }
 
 impl ConfigError {
-    fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+    /// An error on `key` of `routes[index]`, the route named `route`.
+    fn at(index: usize, route: &str, key: &str, reason: impl Into<String>) -> Self {
         Self {
-            field: field.into(),
+            field: format!("routes[{index}].{key}"),
             reason: reason.into(),
+            route: route.to_string(),
         }
     }
+}
+
+/// Check `routes` against `endpoints` exactly as [`crate::Router::new`] will,
+/// without starting anything: errors name the key, e.g.
+/// `routes[0].endpoints: unknown endpoint "gtp" (known: claude, gpt)`.
+pub fn validate_routes(
+    routes: &[RouteConfig],
+    endpoints: &[EndpointConfig],
+) -> Result<(), ConfigError> {
+    let attempts = endpoints
+        .iter()
+        .map(|e| (e.name.clone(), e.retry.max_attempts))
+        .collect();
+    compile_over(routes.to_vec(), &attempts).map(|_| ())
 }
 
 /// A validated route.
@@ -224,22 +253,36 @@ pub(crate) fn compile(
     routes: Vec<RouteConfig>,
     models: &ModelRegistry,
 ) -> Result<Vec<Route>, ConfigError> {
-    let endpoint_names = models.names();
-    let known: HashSet<&str> = endpoint_names.iter().map(String::as_str).collect();
-    let mut seen: HashSet<String> = HashSet::new();
-    for r in &routes {
+    let attempts = models
+        .names()
+        .into_iter()
+        .filter_map(|name| {
+            let attempts = models.get(&name)?.endpoint().config().retry.max_attempts;
+            Some((name, attempts))
+        })
+        .collect();
+    compile_over(routes, &attempts)
+}
+
+/// [`compile`] over the endpoints' names and `retry.max_attempts`.
+fn compile_over(
+    routes: Vec<RouteConfig>,
+    attempts: &BTreeMap<String, u32>,
+) -> Result<Vec<Route>, ConfigError> {
+    let known: HashSet<&str> = attempts.keys().map(String::as_str).collect();
+    let mut seen: HashSet<&str> = HashSet::new();
+    for (i, r) in routes.iter().enumerate() {
         if r.name.trim().is_empty() {
-            return Err(ConfigError::new("routes[].name", "must not be empty"));
+            return Err(ConfigError::at(i, "", "name", "must not be empty"));
         }
-        if !seen.insert(r.name.clone()) {
-            return Err(ConfigError::new(
-                format!("routes[{}].name", r.name),
-                "duplicate route name",
-            ));
+        if !seen.insert(r.name.as_str()) {
+            return Err(ConfigError::at(i, &r.name, "name", "duplicate route name"));
         }
         if known.contains(r.name.as_str()) {
-            return Err(ConfigError::new(
-                format!("routes[{}].name", r.name),
+            return Err(ConfigError::at(
+                i,
+                &r.name,
+                "name",
                 "is the name of an endpoint; routes and endpoints share one namespace",
             ));
         }
@@ -249,43 +292,57 @@ pub(crate) fn compile(
         .map(|r| r.name.as_str())
         .chain(known.iter().copied())
         .collect();
-    let mut compiled = Vec::with_capacity(routes.len() + endpoint_names.len());
-    for r in &routes {
-        compiled.push(validate(r.clone(), models, &known, &all_routes)?);
+    let mut compiled = Vec::with_capacity(routes.len() + attempts.len());
+    for (i, r) in routes.iter().enumerate() {
+        compiled.push(validate(i, r.clone(), attempts, &known, &all_routes)?);
     }
     check_evaluator_cycles(&routes)?;
-    for name in &endpoint_names {
-        let cfg = RouteConfig::new(name.clone(), vec![name.clone()]);
-        let mut route = validate(cfg, models, &known, &all_routes)?;
-        route.implicit = true;
-        compiled.push(route);
+    // An endpoint's own route: one endpoint, defaults for everything else.
+    for (name, max_attempts) in attempts {
+        compiled.push(Route {
+            cfg: RouteConfig::new(name.clone(), vec![name.clone()]),
+            implicit: true,
+            max_attempts: (*max_attempts).clamp(1, 10),
+            signals: Vec::new(),
+            schema: None,
+        });
     }
     Ok(compiled)
 }
 
 fn validate(
+    index: usize,
     cfg: RouteConfig,
-    models: &ModelRegistry,
+    attempts: &BTreeMap<String, u32>,
     known: &HashSet<&str>,
     all_routes: &HashSet<&str>,
 ) -> Result<Route, ConfigError> {
-    let field = |f: &str| format!("routes[{}].{f}", cfg.name);
+    let name = cfg.name.clone();
     if cfg.endpoints.is_empty() {
-        return Err(ConfigError::new(field("endpoints"), "must not be empty"));
+        return Err(ConfigError::at(
+            index,
+            &name,
+            "endpoints",
+            "must not be empty",
+        ));
     }
     let mut listed = HashSet::new();
     for e in &cfg.endpoints {
         if !known.contains(e.as_str()) {
             let mut names: Vec<&str> = known.iter().copied().collect();
             names.sort_unstable();
-            return Err(ConfigError::new(
-                field("endpoints"),
+            return Err(ConfigError::at(
+                index,
+                &name,
+                "endpoints",
                 format!("unknown endpoint {e:?} (known: {})", names.join(", ")),
             ));
         }
         if !listed.insert(e.as_str()) {
-            return Err(ConfigError::new(
-                field("endpoints"),
+            return Err(ConfigError::at(
+                index,
+                &name,
+                "endpoints",
                 format!("endpoint {e:?} is listed twice"),
             ));
         }
@@ -293,8 +350,10 @@ fn validate(
     let n = cfg.endpoints.len();
     if cfg.strategy == Strategy::Weighted {
         if cfg.weights.len() != n {
-            return Err(ConfigError::new(
-                field("weights"),
+            return Err(ConfigError::at(
+                index,
+                &name,
+                "weights",
                 format!(
                     "needs one weight per endpoint: {} endpoints, {} weights",
                     n,
@@ -303,33 +362,54 @@ fn validate(
             ));
         }
         if cfg.weights.iter().map(|w| u64::from(*w)).sum::<u64>() == 0 {
-            return Err(ConfigError::new(field("weights"), "must not all be zero"));
+            return Err(ConfigError::at(
+                index,
+                &name,
+                "weights",
+                "must not all be zero",
+            ));
         }
     } else if !cfg.weights.is_empty() {
-        return Err(ConfigError::new(
-            field("weights"),
+        return Err(ConfigError::at(
+            index,
+            &name,
+            "weights",
             "only used by strategy weighted",
         ));
     }
     if cfg.max_attempts == Some(0) {
-        return Err(ConfigError::new(
-            field("max_attempts"),
+        return Err(ConfigError::at(
+            index,
+            &name,
+            "max_attempts",
             "must be at least 1",
         ));
     }
     if cfg.deadline_ms == Some(0) {
-        return Err(ConfigError::new(field("deadline_ms"), "must be at least 1"));
+        return Err(ConfigError::at(
+            index,
+            &name,
+            "deadline_ms",
+            "must be at least 1",
+        ));
     }
     if let Some(b) = cfg.budget_usd
         && !(b.is_finite() && b >= 0.0)
     {
-        return Err(ConfigError::new(
-            field("budget_usd"),
+        return Err(ConfigError::at(
+            index,
+            &name,
+            "budget_usd",
             "must be a non-negative number",
         ));
     }
     if !(cfg.ewma_alpha > 0.0 && cfg.ewma_alpha <= 1.0) {
-        return Err(ConfigError::new(field("ewma_alpha"), "must be in (0, 1]"));
+        return Err(ConfigError::at(
+            index,
+            &name,
+            "ewma_alpha",
+            "must be in (0, 1]",
+        ));
     }
 
     // Cascade.
@@ -337,23 +417,29 @@ fn validate(
     let mut schema = None;
     if cfg.strategy == Strategy::Cascade {
         if n < 2 {
-            return Err(ConfigError::new(
-                field("endpoints"),
+            return Err(ConfigError::at(
+                index,
+                &name,
+                "endpoints",
                 "strategy cascade needs at least 2 endpoints",
             ));
         }
         if let Some(m) = c.min_confidence
             && !(m.is_finite() && (0.0..=1.0).contains(&m))
         {
-            return Err(ConfigError::new(
-                field("cascade.min_confidence"),
+            return Err(ConfigError::at(
+                index,
+                &name,
+                "cascade.min_confidence",
                 "must be in [0, 1]",
             ));
         }
         if let Some(s) = &c.json_schema {
             let v = jsonschema::validator_for(s).map_err(|e| {
-                ConfigError::new(
-                    field("cascade.json_schema"),
+                ConfigError::at(
+                    index,
+                    &name,
+                    "cascade.json_schema",
                     format!("invalid JSON Schema: {e}"),
                 )
             })?;
@@ -361,21 +447,27 @@ fn validate(
         }
         if let Some(ev) = &c.evaluator {
             if ev == &cfg.name {
-                return Err(ConfigError::new(
-                    field("cascade.evaluator"),
+                return Err(ConfigError::at(
+                    index,
+                    &name,
+                    "cascade.evaluator",
                     "must not be the route itself",
                 ));
             }
             if !all_routes.contains(ev.as_str()) {
-                return Err(ConfigError::new(
-                    field("cascade.evaluator"),
+                return Err(ConfigError::at(
+                    index,
+                    &name,
+                    "cascade.evaluator",
                     format!("unknown route {ev:?}"),
                 ));
             }
         }
         if c.evaluator_prompt.is_some() && c.evaluator.is_none() {
-            return Err(ConfigError::new(
-                field("cascade.evaluator_prompt"),
+            return Err(ConfigError::at(
+                index,
+                &name,
+                "cascade.evaluator_prompt",
                 "set without cascade.evaluator",
             ));
         }
@@ -384,8 +476,10 @@ fn validate(
         || c.evaluator.is_some()
         || c.evaluator_prompt.is_some()
     {
-        return Err(ConfigError::new(
-            field("cascade"),
+        return Err(ConfigError::at(
+            index,
+            &name,
+            "cascade",
             "only used by strategy cascade",
         ));
     }
@@ -395,8 +489,10 @@ fn validate(
     let mut signals = Vec::new();
     if cfg.strategy == Strategy::ByComplexity {
         if x.thresholds.len() != n - 1 {
-            return Err(ConfigError::new(
-                field("complexity.thresholds"),
+            return Err(ConfigError::at(
+                index,
+                &name,
+                "complexity.thresholds",
                 format!(
                     "needs endpoints.len() - 1 = {} cut points, got {}",
                     n - 1,
@@ -406,48 +502,62 @@ fn validate(
         }
         for (i, t) in x.thresholds.iter().enumerate() {
             if !(t.is_finite() && (0.0..=1.0).contains(t)) {
-                return Err(ConfigError::new(
-                    field("complexity.thresholds"),
+                return Err(ConfigError::at(
+                    index,
+                    &name,
+                    "complexity.thresholds",
                     format!("{t} is not in [0, 1]"),
                 ));
             }
             if i > 0 && x.thresholds[i - 1] >= *t {
-                return Err(ConfigError::new(
-                    field("complexity.thresholds"),
+                return Err(ConfigError::at(
+                    index,
+                    &name,
+                    "complexity.thresholds",
                     "must be strictly ascending",
                 ));
             }
         }
         if x.tokens_for_max == 0 {
-            return Err(ConfigError::new(
-                field("complexity.tokens_for_max"),
+            return Err(ConfigError::at(
+                index,
+                &name,
+                "complexity.tokens_for_max",
                 "must be at least 1",
             ));
         }
         if !x.tools_weight.is_finite() {
-            return Err(ConfigError::new(
-                field("complexity.tools_weight"),
+            return Err(ConfigError::at(
+                index,
+                &name,
+                "complexity.tools_weight",
                 "must be a finite number",
             ));
         }
         for (i, s) in x.signals.iter().enumerate() {
             let re = Regex::new(&s.pattern).map_err(|e| {
-                ConfigError::new(
-                    field(&format!("complexity.signals[{i}].pattern")),
+                ConfigError::at(
+                    index,
+                    &name,
+                    &format!("complexity.signals[{i}].pattern"),
                     format!("invalid regex: {e}"),
                 )
             })?;
             if !s.weight.is_finite() {
-                return Err(ConfigError::new(
-                    field(&format!("complexity.signals[{i}].weight")),
+                return Err(ConfigError::at(
+                    index,
+                    &name,
+                    &format!("complexity.signals[{i}].weight"),
                     "must be a finite number",
                 ));
             }
             signals.push((re, s.weight));
         }
     } else if !x.thresholds.is_empty() || !x.signals.is_empty() {
-        return Err(ConfigError::new(
-            field("complexity"),
+        return Err(ConfigError::at(
+            index,
+            &name,
+            "complexity",
             "only used by strategy by_complexity",
         ));
     }
@@ -455,8 +565,8 @@ fn validate(
     let default_attempts: u32 = cfg
         .endpoints
         .iter()
-        .filter_map(|e| models.get(e))
-        .map(|h| h.endpoint().config().retry.max_attempts.max(1))
+        .filter_map(|e| attempts.get(e))
+        .map(|a| (*a).max(1))
         .fold(0u32, u32::saturating_add)
         .clamp(1, 10);
     Ok(Route {
@@ -475,14 +585,17 @@ fn check_evaluator_cycles(routes: &[RouteConfig]) -> Result<(), ConfigError> {
         .filter(|r| r.strategy == Strategy::Cascade)
         .filter_map(|r| Some((r.name.as_str(), r.cascade.evaluator.as_deref()?)))
         .collect();
-    for start in next.keys() {
-        let mut at = *start;
+    // In file order, so the first route of a cycle is the one named.
+    for (i, start) in routes.iter().map(|r| r.name.as_str()).enumerate() {
+        let mut at = start;
         let mut path = vec![at];
         while let Some(n) = next.get(at) {
-            if *n == *start {
+            if *n == start {
                 path.push(n);
-                return Err(ConfigError::new(
-                    format!("routes[{start}].cascade.evaluator"),
+                return Err(ConfigError::at(
+                    i,
+                    start,
+                    "cascade.evaluator",
                     format!("evaluators form a cycle: {}", path.join(" -> ")),
                 ));
             }
@@ -554,90 +667,90 @@ mod tests {
         let cases: Vec<(Vec<RouteConfig>, &str)> = vec![
             (
                 r(json!({"name": " ", "endpoints": ["a"]})),
-                "routes[].name: must not be empty",
+                "routes[0].name: must not be empty",
             ),
             (
                 vec![
                     parse(json!({"name": "x", "endpoints": ["a"]})),
                     parse(json!({"name": "x", "endpoints": ["b"]})),
                 ],
-                "routes[x].name: duplicate route name",
+                "routes[1].name: duplicate route name (route \"x\")",
             ),
             (
                 r(json!({"name": "a", "endpoints": ["b"]})),
-                "routes[a].name: is the name of an endpoint",
+                "routes[0].name: is the name of an endpoint",
             ),
             (
                 r(json!({"name": "x", "endpoints": []})),
-                "routes[x].endpoints: must not be empty",
+                "routes[0].endpoints: must not be empty",
             ),
             (
                 r(json!({"name": "x", "endpoints": ["a", "zz"]})),
-                "routes[x].endpoints: unknown endpoint \"zz\" (known: a, b, c)",
+                "routes[0].endpoints: unknown endpoint \"zz\" (known: a, b, c)",
             ),
             (
                 r(json!({"name": "x", "endpoints": ["a", "a"]})),
-                "routes[x].endpoints: endpoint \"a\" is listed twice",
+                "routes[0].endpoints: endpoint \"a\" is listed twice",
             ),
             (
                 r(
                     json!({"name": "x", "strategy": "weighted", "endpoints": ["a", "b"], "weights": [1]}),
                 ),
-                "routes[x].weights: needs one weight per endpoint",
+                "routes[0].weights: needs one weight per endpoint",
             ),
             (
                 r(
                     json!({"name": "x", "strategy": "weighted", "endpoints": ["a", "b"], "weights": [0, 0]}),
                 ),
-                "routes[x].weights: must not all be zero",
+                "routes[0].weights: must not all be zero",
             ),
             (
                 r(json!({"name": "x", "endpoints": ["a"], "weights": [1]})),
-                "routes[x].weights: only used by strategy weighted",
+                "routes[0].weights: only used by strategy weighted",
             ),
             (
                 r(
                     json!({"name": "x", "strategy": "by_complexity", "endpoints": ["a", "b", "c"], "complexity": {"thresholds": [0.5]}}),
                 ),
-                "routes[x].complexity.thresholds: needs endpoints.len() - 1 = 2 cut points, got 1",
+                "routes[0].complexity.thresholds: needs endpoints.len() - 1 = 2 cut points, got 1",
             ),
             (
                 r(
                     json!({"name": "x", "strategy": "by_complexity", "endpoints": ["a", "b", "c"], "complexity": {"thresholds": [0.6, 0.4]}}),
                 ),
-                "routes[x].complexity.thresholds: must be strictly ascending",
+                "routes[0].complexity.thresholds: must be strictly ascending",
             ),
             (
                 r(
                     json!({"name": "x", "strategy": "by_complexity", "endpoints": ["a", "b"], "complexity": {"thresholds": [1.5]}}),
                 ),
-                "routes[x].complexity.thresholds: 1.5 is not in [0, 1]",
+                "routes[0].complexity.thresholds: 1.5 is not in [0, 1]",
             ),
             (
                 r(
                     json!({"name": "x", "strategy": "by_complexity", "endpoints": ["a", "b"], "complexity": {"thresholds": [0.5], "signals": [{"pattern": "(", "weight": 0.1}]}}),
                 ),
-                "routes[x].complexity.signals[0].pattern: invalid regex",
+                "routes[0].complexity.signals[0].pattern: invalid regex",
             ),
             (
                 r(json!({"name": "x", "endpoints": ["a"], "complexity": {"thresholds": [0.5]}})),
-                "routes[x].complexity: only used by strategy by_complexity",
+                "routes[0].complexity: only used by strategy by_complexity",
             ),
             (
                 r(json!({"name": "x", "strategy": "cascade", "endpoints": ["a"]})),
-                "routes[x].endpoints: strategy cascade needs at least 2 endpoints",
+                "routes[0].endpoints: strategy cascade needs at least 2 endpoints",
             ),
             (
                 r(
                     json!({"name": "x", "strategy": "cascade", "endpoints": ["a", "b"], "cascade": {"evaluator": "nope"}}),
                 ),
-                "routes[x].cascade.evaluator: unknown route \"nope\"",
+                "routes[0].cascade.evaluator: unknown route \"nope\"",
             ),
             (
                 r(
                     json!({"name": "x", "strategy": "cascade", "endpoints": ["a", "b"], "cascade": {"evaluator": "x"}}),
                 ),
-                "routes[x].cascade.evaluator: must not be the route itself",
+                "routes[0].cascade.evaluator: must not be the route itself",
             ),
             (
                 vec![
@@ -648,39 +761,39 @@ mod tests {
                         json!({"name": "y", "strategy": "cascade", "endpoints": ["b", "c"], "cascade": {"evaluator": "x"}}),
                     ),
                 ],
-                "cascade.evaluator: evaluators form a cycle",
+                "routes[0].cascade.evaluator: evaluators form a cycle: x -> y -> x (route \"x\")",
             ),
             (
                 r(
                     json!({"name": "x", "strategy": "cascade", "endpoints": ["a", "b"], "cascade": {"json_schema": {"type": "nonsense"}}}),
                 ),
-                "routes[x].cascade.json_schema: invalid JSON Schema",
+                "routes[0].cascade.json_schema: invalid JSON Schema",
             ),
             (
                 r(
                     json!({"name": "x", "strategy": "cascade", "endpoints": ["a", "b"], "cascade": {"min_confidence": 1.2}}),
                 ),
-                "routes[x].cascade.min_confidence: must be in [0, 1]",
+                "routes[0].cascade.min_confidence: must be in [0, 1]",
             ),
             (
                 r(json!({"name": "x", "endpoints": ["a"], "cascade": {"min_confidence": 0.5}})),
-                "routes[x].cascade: only used by strategy cascade",
+                "routes[0].cascade: only used by strategy cascade",
             ),
             (
                 r(json!({"name": "x", "endpoints": ["a"], "budget_usd": -1.0})),
-                "routes[x].budget_usd: must be a non-negative number",
+                "routes[0].budget_usd: must be a non-negative number",
             ),
             (
                 r(json!({"name": "x", "endpoints": ["a"], "max_attempts": 0})),
-                "routes[x].max_attempts: must be at least 1",
+                "routes[0].max_attempts: must be at least 1",
             ),
             (
                 r(json!({"name": "x", "endpoints": ["a"], "deadline_ms": 0})),
-                "routes[x].deadline_ms: must be at least 1",
+                "routes[0].deadline_ms: must be at least 1",
             ),
             (
                 r(json!({"name": "x", "endpoints": ["a"], "ewma_alpha": 0.0})),
-                "routes[x].ewma_alpha: must be in (0, 1]",
+                "routes[0].ewma_alpha: must be in (0, 1]",
             ),
         ];
         for (routes, expected) in cases {
@@ -692,9 +805,26 @@ mod tests {
         nan.budget_usd = Some(f64::NAN);
         assert_eq!(
             err(&m, vec![nan]),
-            "routes[x].budget_usd: must be a non-negative number"
+            "routes[0].budget_usd: must be a non-negative number (route \"x\")"
         );
         m.stop().await;
+    }
+
+    #[test]
+    fn validate_routes_checks_configs_as_the_router_does_without_starting_anything() {
+        let endpoints: Vec<EndpointConfig> = ["a", "b"]
+            .iter()
+            .map(|n| EndpointConfig::new(*n, baton_models::ProviderKind::Echo))
+            .collect();
+        let ok = parse(json!({"name": "main", "endpoints": ["a", "b"]}));
+        validate_routes(std::slice::from_ref(&ok), &endpoints).unwrap();
+        let typo = parse(json!({"name": "fast", "endpoints": ["a", "zz"]}));
+        assert_eq!(
+            validate_routes(&[ok, typo], &endpoints)
+                .unwrap_err()
+                .to_string(),
+            "routes[1].endpoints: unknown endpoint \"zz\" (known: a, b) (route \"fast\")"
+        );
     }
 
     #[tokio::test]

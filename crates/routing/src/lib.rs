@@ -48,6 +48,7 @@ pub use budget::{
 };
 pub use config::{
     CascadeConfig, ComplexityConfig, ConfigError, MissingConfidence, RouteConfig, Signal, Strategy,
+    validate_routes,
 };
 pub use gates::DEFAULT_EVALUATOR_PROMPT;
 pub use router::{

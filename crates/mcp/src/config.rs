@@ -148,9 +148,11 @@ impl McpServerConfig {
     }
 
     /// Checks every field; the error names the first bad one, as
-    /// `mcp[<name>].<field>: <reason>`.
+    /// `<field>: <reason> (server "<name>")` ([`Error::at_index`] places it
+    /// in `[[mcp]]`).
     pub fn validate(&self) -> Result<()> {
         let invalid = |field: &'static str, reason: &str| Error::InvalidConfig {
+            index: None,
             server: self.name.clone(),
             field,
             reason: reason.to_owned(),
@@ -248,6 +250,7 @@ impl TryFrom<RawMcpServerConfig> for McpServerConfig {
     fn try_from(raw: RawMcpServerConfig) -> Result<Self> {
         let name = raw.name;
         let not_for = |field: &'static str, transport: &str| Error::InvalidConfig {
+            index: None,
             server: name.clone(),
             field,
             reason: format!("not allowed for transport {transport}"),
@@ -259,6 +262,7 @@ impl TryFrom<RawMcpServerConfig> for McpServerConfig {
                 }
                 let Some(command) = raw.command else {
                     return Err(Error::InvalidConfig {
+                        index: None,
                         server: name,
                         field: "command",
                         reason: "required for transport stdio".to_owned(),
@@ -284,6 +288,7 @@ impl TryFrom<RawMcpServerConfig> for McpServerConfig {
                 }
                 let Some(url) = raw.url else {
                     return Err(Error::InvalidConfig {
+                        index: None,
                         server: name,
                         field: "url",
                         reason: "required for transport http".to_owned(),
@@ -371,35 +376,35 @@ mod tests {
         let cases = [
             (
                 "name = \"notes\"\ntransport = \"stdio\"",
-                "mcp[notes].command: required for transport stdio",
+                "command: required for transport stdio",
             ),
             (
                 "name = \"web\"\ntransport = \"http\"",
-                "mcp[web].url: required for transport http",
+                "url: required for transport http",
             ),
             (
                 "name = \"web\"\ntransport = \"http\"\nurl = \"http://x\"\ncommand = \"y\"",
-                "mcp[web].command: not allowed for transport http",
+                "command: not allowed for transport http",
             ),
             (
                 "name = \"n\"\ntransport = \"stdio\"\ncommand = \"c\"\nurl = \"http://x\"",
-                "mcp[n].url: not allowed for transport stdio",
+                "url: not allowed for transport stdio",
             ),
             (
                 "name = \"web\"\ntransport = \"http\"\nurl = \"ftp://x\"",
-                "mcp[web].url: must be an http:// or https:// url",
+                "url: must be an http:// or https:// url",
             ),
             (
                 "name = \"a.b\"\ntransport = \"stdio\"\ncommand = \"c\"",
-                "mcp[a.b].name: may contain only",
+                "name: may contain only",
             ),
             (
                 "name = \"n\"\ntransport = \"stdio\"\ncommand = \"c\"\ntimeout_ms = 0",
-                "mcp[n].timeout_ms: must be greater than 0",
+                "timeout_ms: must be greater than 0",
             ),
             (
                 "name = \"n\"\ntransport = \"stdio\"\ncommand = \"c\"\nrestart = { initial_backoff_ms = 500, max_backoff_ms = 100 }",
-                "mcp[n].restart.max_backoff_ms: must be at least",
+                "restart.max_backoff_ms: must be at least",
             ),
             (
                 "name = \"n\"\ntransport = \"stdio\"\ncommand = \"c\"\ncomand = \"typo\"",
@@ -430,16 +435,19 @@ mod tests {
         let err = McpServerConfig::stdio("ok", " ", vec![])
             .validate()
             .unwrap_err();
-        assert_eq!(err.to_string(), "mcp[ok].command: must not be empty");
+        assert_eq!(
+            err.to_string(),
+            "command: must not be empty (server \"ok\")"
+        );
         let err = McpServerConfig::http("", "http://x")
             .validate()
             .unwrap_err();
-        assert_eq!(err.to_string(), "mcp[].name: must not be empty");
+        assert_eq!(err.to_string(), "name: must not be empty");
         let mut config = McpServerConfig::stdio("ok", "cmd", vec![]);
         config.restart.initial_backoff_ms = 0;
         assert_eq!(
             config.validate().unwrap_err().to_string(),
-            "mcp[ok].restart.initial_backoff_ms: must be greater than 0"
+            "restart.initial_backoff_ms: must be greater than 0 (server \"ok\")"
         );
     }
 }

@@ -120,10 +120,13 @@ impl McpManager {
         registry: ToolRegistry,
     ) -> Result<McpManager> {
         let mut names = HashSet::new();
-        for config in &configs {
-            config.validate()?;
+        for (index, config) in configs.iter().enumerate() {
+            config.validate().map_err(|e| e.at_index(index))?;
             if !names.insert(config.name.clone()) {
-                return Err(Error::DuplicateServer(config.name.clone()));
+                return Err(Error::DuplicateServer {
+                    index,
+                    server: config.name.clone(),
+                });
             }
         }
         let cancel = CancellationToken::new();

@@ -360,14 +360,14 @@ async fn invalid_configs_are_rejected_naming_the_field() {
     .unwrap_err();
     assert_eq!(
         err.to_string(),
-        "mcp[web].url: must be an http:// or https:// url"
+        "mcp[0].url: must be an http:// or https:// url (server \"web\")"
     );
 
     let err = McpManager::start(vec![fixture("a"), fixture("a")], registry.clone())
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, Error::DuplicateServer(name) if name == "a"),
+        matches!(&err, Error::DuplicateServer { index: 1, server } if server == "a"),
         "{err}"
     );
 
@@ -375,7 +375,7 @@ async fn invalid_configs_are_rejected_naming_the_field() {
         .unwrap_err()
         .to_string();
     assert!(
-        err.contains("mcp[notes].command: required for transport stdio"),
+        err.contains("command: required for transport stdio (server \"notes\")"),
         "{err}"
     );
 }

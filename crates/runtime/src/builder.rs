@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use baton_models::{Endpoint, ExecutorHandle, ModelRegistry};
+use baton_models::{Endpoint, EndpointConfig, ExecutorHandle, ModelRegistry};
 use baton_store::{Batch, Store, StoreOptions};
 use baton_tools::{Tool, ToolExecutor, ToolRegistry};
 use baton_types::SessionStatus;
@@ -71,14 +71,20 @@ impl RuntimeBuilder {
         self
     }
 
-    /// Open the store, start the model executors and the supervisor, and
-    /// resume every session that has an unfinished turn.
+    /// Check the config (as [`RuntimeConfig::validate`] does, with the
+    /// endpoints and classifiers registered here), open the store, start the
+    /// model executors and the supervisor, and resume every session that has
+    /// an unfinished turn.
     pub async fn start(self) -> Result<RuntimeHandle> {
         let mut config = self.config;
-        if config.models.is_empty() && !self.endpoints.is_empty() {
-            config.models = self.endpoints.iter().map(|e| e.config().clone()).collect();
+        let in_code: Vec<EndpointConfig> =
+            self.endpoints.iter().map(|e| e.config().clone()).collect();
+        if config.models.is_empty() && !in_code.is_empty() {
+            config.models = in_code.clone();
         }
-        config.validate()?;
+        config.validate_with(&in_code, &self.classifiers)?;
+        // Sessions that name no route read this: the resolved name, never "".
+        config.sessions.default_route = config.resolve_default_route_with(&in_code)?;
         let opts = StoreOptions::new(config.store.data_dir.clone(), config.store.durability);
         let store = tokio::task::spawn_blocking(move || Store::open(opts))
             .await
@@ -134,14 +140,23 @@ impl RuntimeBuilder {
 /// The executor pools of the configured endpoints and those built in code.
 async fn start_models(config: &RuntimeConfig, endpoints: Vec<Endpoint>) -> Result<ModelRegistry> {
     let custom: Vec<String> = endpoints.iter().map(|e| e.name().to_string()).collect();
-    let configured = config
+    // Each configured endpoint with its index in `[[models]]`, for errors.
+    let (indices, configured): (Vec<usize>, Vec<EndpointConfig>) = config
         .effective_models()
         .into_iter()
-        .filter(|m| !custom.contains(&m.name))
-        .collect();
-    let mut models = ModelRegistry::start(configured)
-        .await
-        .map_err(|e| Error::Config(e.to_string()))?;
+        .enumerate()
+        .filter(|(_, m)| !custom.contains(&m.name))
+        .unzip();
+    let mut models = ModelRegistry::start(configured).await.map_err(|e| {
+        let e = match &e {
+            baton_models::Error::Config { index: Some(i), .. } => match indices.get(*i) {
+                Some(&index) => e.at_index(index),
+                None => e,
+            },
+            _ => e,
+        };
+        Error::Config(e.to_string())
+    })?;
     for endpoint in endpoints {
         let h = ExecutorHandle::spawn(endpoint)
             .await
@@ -177,15 +192,9 @@ async fn start_router(
         });
     });
     let budgets = baton_routing::BudgetLedger::new(spent, Some(on_spend));
-    let router = baton_routing::Router::new(config.routes.clone(), models, budgets)
-        .map_err(|e| Error::Config(e.to_string()))?;
-    if !router.has_route(&config.sessions.default_route) {
-        return Err(Error::Config(format!(
-            "sessions.default_route: {:?} is not a configured route or endpoint",
-            config.sessions.default_route
-        )));
-    }
-    Ok(router)
+    // The routes and the default route were checked with the config.
+    baton_routing::Router::new(config.routes.clone(), models, budgets)
+        .map_err(|e| Error::Config(e.to_string()))
 }
 
 /// The tool registry (built-ins, tools built in code, MCP servers) and the

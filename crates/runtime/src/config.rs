@@ -1,7 +1,9 @@
 //! Runtime configuration: serde structs with `deny_unknown_fields`, defaults
 //! for everything, and [`RuntimeConfig::validate`] whose errors name the field.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use baton_mcp::McpServerConfig;
@@ -10,7 +12,8 @@ use baton_store::Durability;
 use baton_tools::BuiltinToolsConfig;
 use serde::{Deserialize, Serialize};
 
-use crate::{Error, Result};
+use crate::error::ConfigError;
+use crate::gates::DataClassifier;
 
 /// What a `SendMessage` does while another turn of the same session runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -45,7 +48,9 @@ impl Default for StoreConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct SessionsConfig {
-    /// Route (model endpoint) used when a session names none.
+    /// Route (or model endpoint) used when a session names none. Empty (the
+    /// default) means the only route or endpoint there is; see
+    /// [`RuntimeConfig::resolve_default_route`].
     pub default_route: String,
     pub busy_policy: BusyPolicy,
     /// Largest accepted user message, in bytes.
@@ -84,7 +89,7 @@ pub struct SessionsConfig {
 impl Default for SessionsConfig {
     fn default() -> Self {
         Self {
-            default_route: "echo".into(),
+            default_route: String::new(),
             busy_policy: BusyPolicy::Enqueue,
             max_message_bytes: 256 * 1024,
             max_image_bytes: 3 * 1024 * 1024,
@@ -187,8 +192,95 @@ impl RuntimeConfig {
         }
     }
 
-    /// Check the config; errors name the field.
-    pub fn validate(&self) -> Result<()> {
+    /// The endpoints a runtime over this config has: the configured ones
+    /// (the built-in echo endpoint when none are), with `in_code` (endpoints
+    /// built in code, see `RuntimeBuilder::with_endpoint`) replacing those of
+    /// the same name, or alone when no endpoint is configured.
+    fn endpoints_with(&self, in_code: &[EndpointConfig]) -> Vec<EndpointConfig> {
+        if self.models.is_empty() && !in_code.is_empty() {
+            return in_code.to_vec();
+        }
+        let mut all: Vec<EndpointConfig> = self
+            .effective_models()
+            .into_iter()
+            .filter(|m| !in_code.iter().any(|c| c.name == m.name))
+            .collect();
+        all.extend(in_code.iter().cloned());
+        all
+    }
+
+    /// The route of sessions that name none: `sessions.default_route` when
+    /// set (it must be a route or an endpoint), else the only route or
+    /// endpoint there is: the single `[[models]]` entry, or the built-in
+    /// `echo` endpoint when there are no models and no routes. With several
+    /// to choose from, the error lists them.
+    pub fn resolve_default_route(&self) -> Result<String, ConfigError> {
+        self.resolve_default_route_with(&[])
+    }
+
+    /// [`Self::resolve_default_route`] with endpoints built in code as well.
+    pub(crate) fn resolve_default_route_with(
+        &self,
+        in_code: &[EndpointConfig],
+    ) -> Result<String, ConfigError> {
+        let field = "sessions.default_route";
+        let mut candidates: Vec<String> = self
+            .endpoints_with(in_code)
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        candidates.extend(self.routes.iter().map(|r| r.name.clone()));
+        let set = self.sessions.default_route.as_str();
+        if !set.is_empty() {
+            if candidates.iter().any(|c| c == set) {
+                return Ok(set.to_string());
+            }
+            return Err(ConfigError::new(
+                field,
+                format!(
+                    "{set:?} is not a configured route or model endpoint (have: {})",
+                    candidates.join(", ")
+                ),
+            ));
+        }
+        match candidates.as_slice() {
+            [only] => Ok(only.clone()),
+            _ => {
+                let cause = if self.models.is_empty() {
+                    "routes"
+                } else {
+                    "models"
+                };
+                Err(ConfigError::new(
+                    field,
+                    format!(
+                        "not set, and there are {} routes and endpoints ({}): set it to the one sessions that name none should use",
+                        candidates.len(),
+                        candidates.join(", ")
+                    ),
+                )
+                .related(cause))
+            }
+        }
+    }
+
+    /// Check the config as a runtime with nothing registered in code (no
+    /// endpoints built in code, no data classifiers) will, `baton serve`'s
+    /// case: every section, the `[[models]]`, `[[routes]]` and
+    /// `[[gates.policies]]` entries and the default route. Errors name the
+    /// key as in the file, e.g. `models[1].base_url: required for provider
+    /// openai (endpoint "gpt")`. `RuntimeBuilder::start` runs the same checks.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.validate_with(&[], &[])
+    }
+
+    /// [`Self::validate`] with the endpoints and data classifiers registered
+    /// in code.
+    pub(crate) fn validate_with(
+        &self,
+        in_code: &[EndpointConfig],
+        classifiers: &[(String, Arc<dyn DataClassifier>)],
+    ) -> Result<(), ConfigError> {
         let s = &self.sessions;
         let positive = [
             ("sessions.max_message_bytes", s.max_message_bytes as u64),
@@ -219,75 +311,81 @@ impl RuntimeConfig {
                 "supervision.max_backoff_ms",
                 self.supervision.max_backoff_ms,
             ),
+            ("gates.timeout_scan_ms", self.gates.timeout_scan_ms),
         ];
         for (field, v) in positive {
             if v == 0 {
-                return Err(Error::Config(format!("{field}: must be greater than 0")));
+                return Err(ConfigError::new(field, "must be greater than 0"));
             }
         }
         if self.supervision.initial_backoff_ms > self.supervision.max_backoff_ms {
-            return Err(Error::Config(
-                "supervision.initial_backoff_ms: must not exceed supervision.max_backoff_ms".into(),
+            return Err(ConfigError::new(
+                "supervision.initial_backoff_ms",
+                "must not exceed supervision.max_backoff_ms",
             ));
         }
         if self.store.data_dir.as_os_str().is_empty() {
-            return Err(Error::Config("store.data_dir: must not be empty".into()));
-        }
-        self.tools
-            .builtin
-            .validate()
-            .map_err(|e| Error::Config(e.to_string()))?;
-        baton_tools::ToolFilter::new(&self.tools.default_allowed)
-            .map_err(|e| Error::Config(format!("tools.default_allowed: {e}")))?;
-        let mut servers = std::collections::HashSet::new();
-        for m in &self.mcp {
-            m.validate().map_err(|e| Error::Config(e.to_string()))?;
-            if !servers.insert(m.name.as_str()) {
-                return Err(Error::Config(format!(
-                    "mcp[{}].name: duplicate server name",
-                    m.name
-                )));
-            }
-        }
-        if self.gates.timeout_scan_ms == 0 {
-            return Err(Error::Config(
-                "gates.timeout_scan_ms: must be greater than 0".into(),
-            ));
-        }
-        let models = self.effective_models();
-        let mut names = std::collections::HashSet::new();
-        for m in &models {
-            m.validate().map_err(|e| Error::Config(e.to_string()))?;
-            if !names.insert(m.name.as_str()) {
-                return Err(Error::Config(format!(
-                    "models[{}].name: duplicate endpoint name",
-                    m.name
-                )));
-            }
-        }
-        if !names.contains(s.default_route.as_str())
-            && !self.routes.iter().any(|r| r.name == s.default_route)
-        {
-            let mut have: Vec<&str> = self.routes.iter().map(|r| r.name.as_str()).collect();
-            have.extend(models.iter().map(|m| m.name.as_str()));
-            return Err(Error::Config(format!(
-                "sessions.default_route: {:?} is not a configured route or model endpoint (have: {})",
-                s.default_route,
-                have.join(", ")
-            )));
+            return Err(ConfigError::new("store.data_dir", "must not be empty"));
         }
         if let Some(b) = s.default_budget_usd
             && !(b.is_finite() && b >= 0.0)
         {
-            return Err(Error::Config(
-                "sessions.default_budget_usd: must be a non-negative number".into(),
+            return Err(ConfigError::new(
+                "sessions.default_budget_usd",
+                "must be a non-negative number",
             ));
         }
         if s.turn_deadline_ms == Some(0) {
-            return Err(Error::Config(
-                "sessions.turn_deadline_ms: must be at least 1".into(),
+            return Err(ConfigError::new(
+                "sessions.turn_deadline_ms",
+                "must be at least 1",
             ));
         }
+        self.tools.builtin.validate().map_err(|e| match &e {
+            baton_tools::Error::Config { field, .. } => {
+                ConfigError::from_message(field.clone(), &e)
+            }
+            _ => ConfigError::new("tools.builtin", e.to_string()),
+        })?;
+        baton_tools::ToolFilter::new(&self.tools.default_allowed)
+            .map_err(|e| ConfigError::new("tools.default_allowed", e.to_string()))?;
+        let mut servers = HashSet::new();
+        for (i, m) in self.mcp.iter().enumerate() {
+            m.validate().map_err(|e| {
+                let field = match &e {
+                    baton_mcp::Error::InvalidConfig { field, .. } => format!("mcp[{i}].{field}"),
+                    _ => format!("mcp[{i}]"),
+                };
+                ConfigError::from_message(field, e.at_index(i))
+            })?;
+            if !servers.insert(m.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("mcp[{i}].name"),
+                    format!("duplicate server name {:?}", m.name),
+                ));
+            }
+        }
+        let mut names = HashSet::new();
+        for (i, m) in self.models.iter().enumerate() {
+            m.validate().map_err(|e| {
+                let field = match &e {
+                    baton_models::Error::Config { field, .. } => format!("models[{i}].{field}"),
+                    _ => format!("models[{i}]"),
+                };
+                ConfigError::from_message(field, e.at_index(i))
+            })?;
+            if !names.insert(m.name.as_str()) {
+                return Err(ConfigError::new(
+                    format!("models[{i}].name"),
+                    format!("duplicate endpoint name {:?}", m.name),
+                ));
+            }
+        }
+        let endpoints = self.endpoints_with(in_code);
+        baton_routing::validate_routes(&self.routes, &endpoints)
+            .map_err(|e| ConfigError::from_message(e.field.clone(), &e))?;
+        crate::gates::Policies::compile(&self.gates, classifiers)?;
+        self.resolve_default_route_with(in_code)?;
         Ok(())
     }
 
@@ -309,6 +407,86 @@ mod tests {
         let c = RuntimeConfig::default();
         c.validate().unwrap();
         assert_eq!(c.effective_models()[0].name, "echo");
+        assert_eq!(c.sessions.default_route, "");
+        assert_eq!(c.resolve_default_route().unwrap(), "echo");
+    }
+
+    fn with_models(toml_text: &str) -> RuntimeConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    #[test]
+    fn an_unset_default_route_is_the_only_route_or_endpoint() {
+        // One [[models]] entry: it is the default, echo is not there.
+        let c = with_models("[[models]]\nname = \"gpt\"\nprovider = \"echo\"\n");
+        c.validate().unwrap();
+        assert_eq!(c.resolve_default_route().unwrap(), "gpt");
+
+        // Several: the error says which key to set and lists the candidates,
+        // endpoints then routes, in file order.
+        let c = with_models(
+            "[[models]]\nname = \"fast\"\nprovider = \"echo\"\n\
+             [[models]]\nname = \"smart\"\nprovider = \"echo\"\n\
+             [[routes]]\nname = \"chain\"\nendpoints = [\"fast\", \"smart\"]\n",
+        );
+        let err = c.resolve_default_route().unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "sessions.default_route: not set, and there are 3 routes and endpoints (fast, smart, chain): set it to the one sessions that name none should use"
+        );
+        assert_eq!(err.related.as_deref(), Some("models"));
+        assert_eq!(c.validate().unwrap_err(), err);
+
+        // Set: it must exist.
+        let mut c = c;
+        c.sessions.default_route = "chain".into();
+        c.validate().unwrap();
+        assert_eq!(c.resolve_default_route().unwrap(), "chain");
+        c.sessions.default_route = "chian".into();
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "sessions.default_route: \"chian\" is not a configured route or model endpoint (have: fast, smart, chain)"
+        );
+    }
+
+    #[test]
+    fn entries_are_named_by_index_and_checked_like_at_start() {
+        let c = with_models(
+            "[[models]]\nname = \"echo\"\nprovider = \"echo\"\n\
+             [[models]]\nname = \"gpt\"\nprovider = \"openai\"\n",
+        );
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "models[1].base_url: required for provider openai (endpoint \"gpt\")"
+        );
+        // Routes and gate policies are checked too, not only when the
+        // runtime starts.
+        let c = with_models(
+            "[sessions]\ndefault_route = \"echo\"\n\
+             [[routes]]\nname = \"main\"\nendpoints = [\"echo\"]\n\
+             [[routes]]\nname = \"fast\"\nendpoints = [\"gtp\"]\n",
+        );
+        let err = c.validate().unwrap_err();
+        assert_eq!(err.field, "routes[1].endpoints");
+        assert_eq!(
+            err.problem,
+            "unknown endpoint \"gtp\" (known: echo) (route \"fast\")"
+        );
+        let c = with_models(
+            "[[gates.policies]]\nname = \"pay\"\nkind = \"before_tool\"\nreviewers = \"finance\"\n",
+        );
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "gates.policies[0].tools: required for kind before_tool (policy \"pay\")"
+        );
+        let c = with_models(
+            "[[mcp]]\nname = \"ok\"\ntransport = \"stdio\"\ncommand = \"x\"\n\
+             [[mcp]]\nname = \"ok\"\ntransport = \"stdio\"\ncommand = \"y\"\n",
+        );
+        assert_eq!(
+            c.validate().unwrap_err().to_string(),
+            "mcp[1].name: duplicate server name \"ok\""
+        );
     }
 
     #[test]

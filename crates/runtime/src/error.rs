@@ -43,3 +43,52 @@ impl Error {
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// An invalid configuration value, found before anything starts: `field`
+/// names the key as in the file, arrays by index (`models[1].base_url`,
+/// `gates.policies[0].reviewers`, `sessions.max_steps`), and `problem` says
+/// what is wrong, naming the entry where it helps (`required for provider
+/// openai (endpoint "gpt")`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field}: {problem}")]
+pub struct ConfigError {
+    pub field: String,
+    pub problem: String,
+    /// When `field` itself is not set, the key whose value made it invalid
+    /// (e.g. `models` for an unset `sessions.default_route` with several
+    /// endpoints to choose from), so that a loader can say where that came from.
+    pub related: Option<String>,
+}
+
+impl ConfigError {
+    pub fn new(field: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            problem: problem.into(),
+            related: None,
+        }
+    }
+
+    /// An error of another crate whose message reads `field: problem`.
+    pub(crate) fn from_message(field: String, err: impl std::fmt::Display) -> Self {
+        let text = err.to_string();
+        let problem = match text.strip_prefix(&format!("{field}: ")) {
+            Some(problem) => problem.to_owned(),
+            None => text,
+        };
+        Self::new(field, problem)
+    }
+
+    /// The same error, caused by the value of `key`.
+    #[must_use]
+    pub(crate) fn related(mut self, key: impl Into<String>) -> Self {
+        self.related = Some(key.into());
+        self
+    }
+}
+
+impl From<ConfigError> for Error {
+    fn from(e: ConfigError) -> Self {
+        Error::Config(e.to_string())
+    }
+}

@@ -175,6 +175,7 @@ const FINAL: &str = r#"
 [[policies]]
 name = "replies"
 kind = "final_answer"
+reviewers = "ops"
 "#;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -272,15 +273,18 @@ async fn cost_confidence_data_rule_and_explicit_gates_fire_where_configured() {
         [[policies]]
         name = "budget"
         kind = "cost"
+        reviewers = "ops"
         max_cost_usd = 0.05
         [[policies]]
         name = "pii"
         kind = "data_rule"
+        reviewers = "ops"
         pattern = "(?i)iban"
         applies_to = "input"
         [[policies]]
         name = "unsure"
         kind = "confidence"
+        reviewers = "ops"
         min_confidence = 0.7
     "#;
     let script = json!([{"text": "maybe", "confidence": 0.3}]);
@@ -471,6 +475,7 @@ async fn timeouts_apply_the_default_action_and_escalate() {
         [[policies]]
         name = "auto"
         kind = "final_answer"
+        reviewers = "ops"
         routes = ["agent"]
         timeout_ms = 150
         on_timeout = "approve"

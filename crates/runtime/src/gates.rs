@@ -17,7 +17,7 @@ pub use baton_types::{
     Decision, GateId, GateKind, GateOutcome, GatePoint, GateRecord, GateStatus, TimeoutAction,
 };
 
-use crate::error::{Error, Result};
+use crate::error::{ConfigError, Error, Result};
 
 /// What a gate policy watches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -60,6 +60,7 @@ pub enum DataRuleTarget {
     Both,
 }
 
+/// The reviewer group of the built-in gates when their section sets none.
 fn default_reviewers() -> String {
     "reviewers".into()
 }
@@ -90,8 +91,8 @@ pub struct GatePolicy {
     /// Only sessions on these routes (empty: all).
     #[serde(default)]
     pub routes: Vec<String>,
-    /// The reviewer group.
-    #[serde(default = "default_reviewers")]
+    /// The reviewer group whose members decide this policy's gates; required
+    /// (a policy is only useful if someone reviews what it holds).
     pub reviewers: String,
     /// 0: no timeout.
     #[serde(default)]
@@ -106,7 +107,8 @@ pub struct GatePolicy {
     pub escalate_timeout_ms: u64,
 }
 
-/// Defaults of the built-in gates (`explicit`, `needs_attention`).
+/// Defaults of the built-in gates (`explicit`, `needs_attention`); their
+/// reviewer group is `reviewers` unless set.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct BuiltinGate {
@@ -224,19 +226,35 @@ pub(crate) struct Policies {
 }
 
 impl Policies {
+    /// Check and compile `[[gates.policies]]`; errors name the key as
+    /// `gates.policies[i].key` and the policy. `RuntimeConfig::validate`
+    /// runs this too, so a config is checked before anything starts.
     pub fn compile(
         cfg: &GatesConfig,
         classifiers: &[(String, Arc<dyn DataClassifier>)],
-    ) -> Result<Policies> {
+    ) -> Result<Policies, ConfigError> {
         let mut list = Vec::new();
         let mut names = std::collections::HashSet::new();
-        for p in &cfg.policies {
-            let field = |f: &str| format!("gates.policies[{}].{f}", p.name);
-            if p.name.is_empty() || !names.insert(p.name.clone()) {
-                return Err(Error::Config(format!(
-                    "{}: empty or duplicate policy name",
-                    field("name")
-                )));
+        for (i, p) in cfg.policies.iter().enumerate() {
+            let err = |f: &str, problem: String| {
+                let named = if p.name.is_empty() {
+                    problem
+                } else {
+                    format!("{problem} (policy {:?})", p.name)
+                };
+                ConfigError::new(format!("gates.policies[{i}].{f}"), named)
+            };
+            if p.name.trim().is_empty() {
+                return Err(err("name", "must not be empty".into()));
+            }
+            if !names.insert(p.name.clone()) {
+                return Err(err("name", "duplicate policy name".into()));
+            }
+            if p.reviewers.trim().is_empty() {
+                return Err(err(
+                    "reviewers",
+                    "must name the reviewer group that decides this policy's gates".into(),
+                ));
             }
             let mut tools = None;
             let mut pattern = None;
@@ -244,39 +262,35 @@ impl Policies {
             match p.kind {
                 GatePolicyKind::BeforeTool => {
                     if p.tools.is_empty() {
-                        return Err(Error::Config(format!(
-                            "{}: required for kind before_tool",
-                            field("tools")
-                        )));
+                        return Err(err("tools", "required for kind before_tool".into()));
                     }
-                    tools = Some(
-                        ToolFilter::new(&p.tools)
-                            .map_err(|e| Error::Config(format!("{}: {e}", field("tools"))))?,
-                    );
+                    tools =
+                        Some(ToolFilter::new(&p.tools).map_err(|e| err("tools", e.to_string()))?);
                 }
                 GatePolicyKind::Cost => match p.max_cost_usd {
                     Some(c) if c.is_finite() && c >= 0.0 => {}
                     _ => {
-                        return Err(Error::Config(format!(
-                            "{}: required for kind cost, a non-negative number",
-                            field("max_cost_usd")
-                        )));
+                        return Err(err(
+                            "max_cost_usd",
+                            "required for kind cost, a non-negative number".into(),
+                        ));
                     }
                 },
                 GatePolicyKind::Confidence => match p.min_confidence {
                     Some(c) if (0.0..=1.0).contains(&c) => {}
                     _ => {
-                        return Err(Error::Config(format!(
-                            "{}: required for kind confidence, between 0 and 1",
-                            field("min_confidence")
-                        )));
+                        return Err(err(
+                            "min_confidence",
+                            "required for kind confidence, between 0 and 1".into(),
+                        ));
                     }
                 },
                 GatePolicyKind::DataRule => {
                     if let Some(pat) = &p.pattern {
-                        pattern = Some(regex::Regex::new(pat).map_err(|e| {
-                            Error::Config(format!("{}: invalid regex: {e}", field("pattern")))
-                        })?);
+                        pattern = Some(
+                            regex::Regex::new(pat)
+                                .map_err(|e| err("pattern", format!("invalid regex: {e}")))?,
+                        );
                     }
                     if let Some(name) = &p.classifier {
                         classifier = Some(
@@ -285,27 +299,27 @@ impl Policies {
                                 .find(|(n, _)| n == name)
                                 .map(|(_, c)| c.clone())
                                 .ok_or_else(|| {
-                                    Error::Config(format!(
-                                        "{}: no classifier named {name:?} is registered",
-                                        field("classifier")
-                                    ))
+                                    err(
+                                        "classifier",
+                                        format!("no classifier named {name:?} is registered"),
+                                    )
                                 })?,
                         );
                     }
                     if pattern.is_none() && classifier.is_none() {
-                        return Err(Error::Config(format!(
-                            "{}: a data_rule needs a pattern or a classifier",
-                            field("pattern")
-                        )));
+                        return Err(err(
+                            "pattern",
+                            "a data_rule needs a pattern or a classifier".into(),
+                        ));
                     }
                 }
                 GatePolicyKind::FinalAnswer => {}
             }
             if p.on_timeout == TimeoutAction::Escalate && p.escalate_to.is_none() {
-                return Err(Error::Config(format!(
-                    "{}: required when on_timeout = escalate",
-                    field("escalate_to")
-                )));
+                return Err(err(
+                    "escalate_to",
+                    "required when on_timeout = escalate".into(),
+                ));
             }
             list.push(CompiledPolicy {
                 policy: p.clone(),
@@ -504,18 +518,22 @@ mod tests {
             r#"
             [[policies]]
             name = "payments"
+            reviewers = "ops"
             kind = "before_tool"
             tools = ["http_post", "pay.*"]
             [[policies]]
             name = "pii"
+            reviewers = "ops"
             kind = "data_rule"
             pattern = "(?i)\\biban\\b"
             [[policies]]
             name = "spend"
+            reviewers = "ops"
             kind = "cost"
             max_cost_usd = 0.5
             [[policies]]
             name = "unsure"
+            reviewers = "ops"
             kind = "confidence"
             min_confidence = 0.7
             "#,
@@ -549,34 +567,67 @@ mod tests {
     fn bad_policies_are_named() {
         let bad = [
             (
-                "name = \"x\"\nkind = \"before_tool\"",
-                "gates.policies[x].tools",
+                "name = \"x\"\nreviewers = \"r\"\nkind = \"before_tool\"",
+                "gates.policies[0].tools",
             ),
             (
-                "name = \"x\"\nkind = \"cost\"",
-                "gates.policies[x].max_cost_usd",
+                "name = \"x\"\nreviewers = \"r\"\nkind = \"cost\"",
+                "gates.policies[0].max_cost_usd",
             ),
             (
-                "name = \"x\"\nkind = \"confidence\"\nmin_confidence = 2.0",
-                "gates.policies[x].min_confidence",
+                "name = \"x\"\nreviewers = \"r\"\nkind = \"confidence\"\nmin_confidence = 2.0",
+                "gates.policies[0].min_confidence",
             ),
             (
-                "name = \"x\"\nkind = \"data_rule\"\npattern = \"(\"",
-                "gates.policies[x].pattern",
+                "name = \"x\"\nreviewers = \"r\"\nkind = \"data_rule\"\npattern = \"(\"",
+                "gates.policies[0].pattern",
             ),
             (
-                "name = \"x\"\nkind = \"data_rule\"\nclassifier = \"nope\"",
-                "gates.policies[x].classifier",
+                "name = \"x\"\nreviewers = \"r\"\nkind = \"data_rule\"\nclassifier = \"nope\"",
+                "gates.policies[0].classifier",
             ),
             (
-                "name = \"x\"\nkind = \"final_answer\"\non_timeout = \"escalate\"",
-                "gates.policies[x].escalate_to",
+                "name = \"x\"\nreviewers = \"r\"\nkind = \"final_answer\"\non_timeout = \"escalate\"",
+                "gates.policies[0].escalate_to",
             ),
         ];
         for (text, field) in bad {
             let cfg = policy(&format!("[[policies]]\n{text}\n"));
             let err = Policies::compile(&cfg, &[]).unwrap_err().to_string();
-            assert!(err.contains(field), "{err} should name {field}");
+            assert!(
+                err.starts_with(&format!("{field}: ")) && err.ends_with("(policy \"x\")"),
+                "{err} should name {field} and the policy"
+            );
         }
+        // The index is the policy's place in the array.
+        let cfg = policy(
+            "[[policies]]\nname = \"a\"\nreviewers = \"r\"\nkind = \"final_answer\"\n\
+             [[policies]]\nname = \"a\"\nreviewers = \"r\"\nkind = \"final_answer\"\n",
+        );
+        assert_eq!(
+            Policies::compile(&cfg, &[]).unwrap_err().to_string(),
+            "gates.policies[1].name: duplicate policy name (policy \"a\")"
+        );
+    }
+
+    #[test]
+    fn policies_need_reviewers_and_builtin_gates_default_them() {
+        let err = toml::from_str::<GatesConfig>(
+            "[[policies]]\nname = \"pay\"\nkind = \"final_answer\"\n",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("missing field `reviewers`"),
+            "{err}"
+        );
+        let cfg =
+            policy("[[policies]]\nname = \"pay\"\nkind = \"final_answer\"\nreviewers = \" \"\n");
+        assert_eq!(
+            Policies::compile(&cfg, &[]).unwrap_err().to_string(),
+            "gates.policies[0].reviewers: must name the reviewer group that decides this policy's gates (policy \"pay\")"
+        );
+        let cfg = policy("[explicit]\ntimeout_ms = 5\n");
+        assert_eq!(cfg.explicit.reviewers, "reviewers");
+        assert_eq!(cfg.needs_attention.reviewers, "reviewers");
     }
 }

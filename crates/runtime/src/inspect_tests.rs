@@ -718,6 +718,7 @@ async fn replay_reproduces_a_gate_decided_by_its_timeout() {
 [[policies]]
 name = "clock"
 kind = "before_tool"
+reviewers = "ops"
 tools = ["current_time"]
 timeout_ms = 1
 on_timeout = "reject"

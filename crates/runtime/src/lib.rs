@@ -55,7 +55,7 @@ pub use builder::{Runtime, RuntimeBuilder};
 pub use config::{
     BusyPolicy, RuntimeConfig, SessionsConfig, StoreConfig, SupervisionConfig, ToolsConfig,
 };
-pub use error::{Error, Result};
+pub use error::{ConfigError, Error, Result};
 pub use gates::{GateDecision, GateList, GateQuery, GateRecord, GateStatus};
 pub use handle::RuntimeHandle;
 pub use inspect::{ActorNode, BackupInfo, JournalPage, StateView};

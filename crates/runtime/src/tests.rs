@@ -18,6 +18,7 @@ fn echo(name: &str, delay_ms: u64) -> EndpointConfig {
 fn config(dir: &std::path::Path) -> RuntimeConfig {
     let mut c = RuntimeConfig::with_data_dir(dir);
     c.models = vec![echo("echo", 0), echo("slow", 60_000)];
+    c.sessions.default_route = "echo".into();
     c
 }
 
@@ -445,4 +446,29 @@ async fn a_turn_stream_ends_right_after_its_last_event() {
         "{late} of 200 streams were not over at their last event"
     );
     rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_that_name_no_route_use_the_resolved_default_route() {
+    // One endpoint and no sessions.default_route: that endpoint.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = RuntimeConfig::with_data_dir(dir.path());
+    cfg.models = vec![echo("solo", 0)];
+    let rt = Runtime::builder(cfg).start().await.unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    let events = collect(rt.send(s.id, "hi".into()).await.unwrap()).await;
+    assert_eq!(events.last().unwrap().kind.name(), "turn_completed");
+    let listed = rt.list(ListQuery::default()).await.unwrap();
+    assert_eq!(listed.sessions[0].route, "solo");
+    rt.shutdown().await;
+
+    // Several and none chosen: the runtime does not start, and says why.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = RuntimeConfig::with_data_dir(dir.path());
+    cfg.models = vec![echo("a", 0), echo("b", 0)];
+    let err = Runtime::builder(cfg).start().await.err().unwrap();
+    assert_eq!(
+        err.to_string(),
+        "invalid configuration: sessions.default_route: not set, and there are 2 routes and endpoints (a, b): set it to the one sessions that name none should use"
+    );
 }

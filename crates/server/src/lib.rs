@@ -19,6 +19,7 @@
 
 pub mod audit;
 mod config;
+mod config_origin;
 mod gates;
 mod http;
 mod inspect;

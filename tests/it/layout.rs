@@ -127,8 +127,7 @@ fn cycles(src: &Path) -> Vec<String> {
         let deps = edges.entry(me.clone()).or_default();
         let mut add = |start: Vec<String>, path: &str| {
             let mut cur = start;
-            let mut rest = path.split("::").filter(|s| !s.is_empty()).peekable();
-            while let Some(seg) = rest.next() {
+            for seg in path.split("::").filter(|s| !s.is_empty()) {
                 let mut next = cur.clone();
                 next.push(seg.to_string());
                 if modules.contains_key(&next) {

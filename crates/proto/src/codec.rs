@@ -95,3 +95,92 @@ macro_rules! __codec_dec {
         $via::dec(&mut $w, $cx)?
     };
 }
+
+/// The `via` modules `routing_decision` and `attempt_failure`, for a format
+/// whose `RoutingDecided` and `AttemptFailed` messages hold the fields of
+/// [`baton_types::RoutingDecision`] and [`baton_types::AttemptFailure`]
+/// flattened (both the API and the journal do).
+#[macro_export]
+macro_rules! flattened_routing {
+    (wire = $pb:ident, enc = $Enc:ty, dec = $Dec:ty, error = $Err:ty) => {
+        /// `RoutingDecided.decision`: flattened into the wire message.
+        mod routing_decision {
+            use super::*;
+            use ::baton_types::{RouteCandidate, RoutingDecision};
+
+            pub(super) fn enc(d: &RoutingDecision, w: &mut $pb::RoutingDecided, _: &mut $Enc) {
+                w.route = d.route.clone();
+                w.strategy = d.strategy.clone();
+                w.candidates = d
+                    .candidates
+                    .iter()
+                    .map(|c| $pb::RouteCandidate {
+                        endpoint: c.endpoint.clone(),
+                        eligible: c.eligible,
+                        score: c.score,
+                        note: c.note.clone(),
+                    })
+                    .collect();
+                w.chosen = d.chosen.clone();
+                w.rule = d.rule.clone();
+                w.reason = d.reason.clone();
+                w.attempt = d.attempt;
+            }
+
+            pub(super) fn dec(
+                w: &mut $pb::RoutingDecided,
+                _: &mut $Dec,
+            ) -> ::std::result::Result<RoutingDecision, $Err> {
+                let w = ::std::mem::take(w);
+                Ok(RoutingDecision {
+                    route: w.route,
+                    strategy: w.strategy,
+                    candidates: w
+                        .candidates
+                        .into_iter()
+                        .map(|c| RouteCandidate {
+                            endpoint: c.endpoint,
+                            eligible: c.eligible,
+                            score: c.score,
+                            note: c.note,
+                        })
+                        .collect(),
+                    chosen: w.chosen,
+                    rule: w.rule,
+                    reason: w.reason,
+                    attempt: w.attempt,
+                })
+            }
+        }
+
+        /// `AttemptFailed.failure`: flattened into the wire message.
+        mod attempt_failure {
+            use super::*;
+            use ::baton_types::AttemptFailure;
+
+            pub(super) fn enc(f: &AttemptFailure, w: &mut $pb::AttemptFailed, _: &mut $Enc) {
+                w.endpoint = f.endpoint.clone();
+                w.attempt = f.attempt;
+                w.kind = f.kind.clone();
+                w.message = f.message.clone();
+                w.retry_in_ms = f.retry_in_ms;
+                w.retracted = f.retracted;
+            }
+
+            pub(super) fn dec(
+                w: &mut $pb::AttemptFailed,
+                _: &mut $Dec,
+            ) -> ::std::result::Result<AttemptFailure, $Err> {
+                let w = ::std::mem::take(w);
+                Ok(AttemptFailure {
+                    endpoint: w.endpoint,
+                    attempt: w.attempt,
+                    kind: w.kind,
+                    message: w.message,
+                    retry_in_ms: w.retry_in_ms,
+                    retracted: w.retracted,
+                })
+            }
+        }
+    };
+}

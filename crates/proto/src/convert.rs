@@ -1,9 +1,9 @@
 //! Conversions between [`baton_types`] and the `baton.v1` API messages.
 
 use baton_types::{
-    AttemptFailure, Decision, FinishReason, GateId, GateKind, GatePoint, GateStatus, Generation,
-    Image, Message, ModelCallReason, Role, RouteCandidate, RoutingDecision, SessionEvent,
-    SessionStatus, TimeoutAction, ToolCall, ToolChoice, ToolDefinition, TurnFailureCode, Usage,
+    Decision, FinishReason, GateId, GateKind, GatePoint, GateStatus, Generation, Image, Message,
+    ModelCallReason, Role, SessionEvent, SessionStatus, TimeoutAction, ToolCall, ToolChoice,
+    ToolDefinition, TurnFailureCode, Usage,
 };
 
 use crate::v1;
@@ -290,76 +290,7 @@ mod history_count {
     }
 }
 
-/// `RoutingDecided.decision`: flattened into the wire message.
-mod routing_decision {
-    use super::*;
-    pub(super) fn enc(d: &RoutingDecision, w: &mut v1::RoutingDecided, _: &mut ()) {
-        w.route = d.route.clone();
-        w.strategy = d.strategy.clone();
-        w.candidates = d
-            .candidates
-            .iter()
-            .map(|c| v1::RouteCandidate {
-                endpoint: c.endpoint.clone(),
-                eligible: c.eligible,
-                score: c.score,
-                note: c.note.clone(),
-            })
-            .collect();
-        w.chosen = d.chosen.clone();
-        w.rule = d.rule.clone();
-        w.reason = d.reason.clone();
-        w.attempt = d.attempt;
-    }
-    pub(super) fn dec(
-        w: &mut v1::RoutingDecided,
-        _: &mut (),
-    ) -> Result<RoutingDecision, Malformed> {
-        let w = std::mem::take(w);
-        Ok(RoutingDecision {
-            route: w.route,
-            strategy: w.strategy,
-            candidates: w
-                .candidates
-                .into_iter()
-                .map(|c| RouteCandidate {
-                    endpoint: c.endpoint,
-                    eligible: c.eligible,
-                    score: c.score,
-                    note: c.note,
-                })
-                .collect(),
-            chosen: w.chosen,
-            rule: w.rule,
-            reason: w.reason,
-            attempt: w.attempt,
-        })
-    }
-}
-
-/// `AttemptFailed.failure`: flattened into the wire message.
-mod attempt_failure {
-    use super::*;
-    pub(super) fn enc(f: &AttemptFailure, w: &mut v1::AttemptFailed, _: &mut ()) {
-        w.endpoint = f.endpoint.clone();
-        w.attempt = f.attempt;
-        w.kind = f.kind.clone();
-        w.message = f.message.clone();
-        w.retry_in_ms = f.retry_in_ms;
-        w.retracted = f.retracted;
-    }
-    pub(super) fn dec(w: &mut v1::AttemptFailed, _: &mut ()) -> Result<AttemptFailure, Malformed> {
-        let w = std::mem::take(w);
-        Ok(AttemptFailure {
-            endpoint: w.endpoint,
-            attempt: w.attempt,
-            kind: w.kind,
-            message: w.message,
-            retry_in_ms: w.retry_in_ms,
-            retracted: w.retracted,
-        })
-    }
-}
+crate::flattened_routing! { wire = v1, enc = (), dec = (), error = Malformed }
 
 use v1::session_event::Kind as ApiKind;
 

@@ -8,9 +8,9 @@ use std::collections::BTreeMap;
 
 use baton_proto::journal::v1 as pb;
 use baton_types::{
-    AttemptFailure, Decision, EventKind, FinishReason, GateId, GateKind, GatePoint, Generation,
-    Image, Message, ModelCallReason, Role, RouteCandidate, RoutingDecision, SessionId,
-    SessionStatus, TimeoutAction, ToolCall, ToolChoice, ToolDefinition, TurnFailureCode, Usage,
+    Decision, EventKind, FinishReason, GateId, GateKind, GatePoint, Generation, Image, Message,
+    ModelCallReason, Role, SessionId, SessionStatus, TimeoutAction, ToolCall, ToolChoice,
+    ToolDefinition, TurnFailureCode, Usage,
 };
 use prost::Message as _;
 
@@ -386,73 +386,7 @@ mod tool_output {
     }
 }
 
-/// `RoutingDecided.decision`: flattened into the record.
-mod routing_decision {
-    use super::*;
-    pub(super) fn enc(d: &RoutingDecision, w: &mut pb::RoutingDecided, _: &mut Enc<'_>) {
-        w.route = d.route.clone();
-        w.strategy = d.strategy.clone();
-        w.candidates = d
-            .candidates
-            .iter()
-            .map(|c| pb::RouteCandidate {
-                endpoint: c.endpoint.clone(),
-                eligible: c.eligible,
-                score: c.score,
-                note: c.note.clone(),
-            })
-            .collect();
-        w.chosen = d.chosen.clone();
-        w.rule = d.rule.clone();
-        w.reason = d.reason.clone();
-        w.attempt = d.attempt;
-    }
-    pub(super) fn dec(w: &mut pb::RoutingDecided, _: &mut Dec<'_, '_>) -> Result<RoutingDecision> {
-        let w = std::mem::take(w);
-        Ok(RoutingDecision {
-            route: w.route,
-            strategy: w.strategy,
-            candidates: w
-                .candidates
-                .into_iter()
-                .map(|c| RouteCandidate {
-                    endpoint: c.endpoint,
-                    eligible: c.eligible,
-                    score: c.score,
-                    note: c.note,
-                })
-                .collect(),
-            chosen: w.chosen,
-            rule: w.rule,
-            reason: w.reason,
-            attempt: w.attempt,
-        })
-    }
-}
-
-/// `AttemptFailed.failure`: flattened into the record.
-mod attempt_failure {
-    use super::*;
-    pub(super) fn enc(f: &AttemptFailure, w: &mut pb::AttemptFailed, _: &mut Enc<'_>) {
-        w.endpoint = f.endpoint.clone();
-        w.attempt = f.attempt;
-        w.kind = f.kind.clone();
-        w.message = f.message.clone();
-        w.retry_in_ms = f.retry_in_ms;
-        w.retracted = f.retracted;
-    }
-    pub(super) fn dec(w: &mut pb::AttemptFailed, _: &mut Dec<'_, '_>) -> Result<AttemptFailure> {
-        let w = std::mem::take(w);
-        Ok(AttemptFailure {
-            endpoint: w.endpoint,
-            attempt: w.attempt,
-            kind: w.kind,
-            message: w.message,
-            retry_in_ms: w.retry_in_ms,
-            retracted: w.retracted,
-        })
-    }
-}
+baton_proto::flattened_routing! { wire = pb, enc = Enc<'_>, dec = Dec<'_, '_>, error = Error }
 
 use pb::record::Kind;
 

@@ -1,8 +1,8 @@
 use serde::{Deserialize, Serialize};
 
-use crate::gate::{Decision, GateId, GateKind, GatePoint, TimeoutAction};
+use crate::gate::{Decision, GateKind, GatePoint, TimeoutAction};
 use crate::generation::Generation;
-use crate::id::SessionId;
+use crate::id::{GateId, SessionId};
 use crate::message::{FinishReason, Message, ToolDefinition, Usage};
 use crate::routing::{AttemptFailure, RoutingDecision};
 use crate::turn::{ModelCallReason, TurnFailureCode};

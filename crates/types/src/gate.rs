@@ -1,13 +1,9 @@
 //! The gate vocabulary: what placed a gate, where its turn waits, what its
 //! timeout does, how it was decided, and a gate's current record.
 
-use std::fmt;
-use std::str::FromStr;
-
 use serde::{Deserialize, Serialize};
-use uuid::Uuid;
 
-use crate::id::SessionId;
+use crate::id::{GateId, SessionId};
 use crate::wire::wire_enum;
 
 wire_enum! {
@@ -74,94 +70,6 @@ wire_enum! {
         Decided = "decided",
     }
 }
-
-/// Identifier of a gate: a UUID v7, so gate ids sort by creation time.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub struct GateId(Uuid);
-
-impl GateId {
-    /// A new, time-ordered id.
-    pub fn new() -> Self {
-        Self(Uuid::now_v7())
-    }
-
-    /// The id's 16 bytes, as used in storage keys.
-    pub fn as_bytes(&self) -> &[u8; 16] {
-        self.0.as_bytes()
-    }
-
-    /// Rebuild an id from its 16 storage bytes.
-    pub fn from_bytes(bytes: [u8; 16]) -> Self {
-        Self(Uuid::from_bytes(bytes))
-    }
-}
-
-impl Default for GateId {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl fmt::Display for GateId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl fmt::Debug for GateId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "GateId({})", self.0)
-    }
-}
-
-/// The text was not a valid gate id.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ParseGateIdError {
-    /// What was given (truncated to 64 characters).
-    pub input: String,
-}
-
-impl fmt::Display for ParseGateIdError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "malformed gate id {:?}", self.input)
-    }
-}
-
-impl std::error::Error for ParseGateIdError {}
-
-impl FromStr for GateId {
-    type Err = ParseGateIdError;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        Uuid::parse_str(s.trim())
-            .map(GateId)
-            .map_err(|_| ParseGateIdError {
-                input: s.chars().take(64).collect(),
-            })
-    }
-}
-
-#[cfg(feature = "bincode")]
-impl bincode::Encode for GateId {
-    fn encode<E: bincode::enc::Encoder>(
-        &self,
-        encoder: &mut E,
-    ) -> Result<(), bincode::error::EncodeError> {
-        bincode::Encode::encode(self.as_bytes(), encoder)
-    }
-}
-
-#[cfg(feature = "bincode")]
-impl<C> bincode::Decode<C> for GateId {
-    fn decode<D: bincode::de::Decoder<Context = C>>(
-        decoder: &mut D,
-    ) -> Result<Self, bincode::error::DecodeError> {
-        Ok(GateId::from_bytes(bincode::Decode::decode(decoder)?))
-    }
-}
-
-#[cfg(feature = "bincode")]
-bincode::impl_borrow_decode!(GateId);
 
 /// How a decided gate was decided.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -28,12 +28,9 @@ mod wire;
 
 pub use error::ErrorCode;
 pub use event::{EventKind, SessionEvent, SessionStatus, TurnOutcome};
-pub use gate::{
-    Decision, GateId, GateKind, GateOutcome, GatePoint, GateRecord, GateStatus, ParseGateIdError,
-    TimeoutAction,
-};
+pub use gate::{Decision, GateKind, GateOutcome, GatePoint, GateRecord, GateStatus, TimeoutAction};
 pub use generation::{Generation, MAX_STOP_SEQUENCES, ToolChoice};
-pub use id::{ParseIdError, SessionId};
+pub use id::{GateId, ParseIdError, SessionId};
 pub use message::{
     FinishReason, IMAGE_MEDIA_TYPES, Image, Message, Role, ToolCall, ToolDefinition, Usage,
 };

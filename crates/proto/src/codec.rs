@@ -184,3 +184,76 @@ macro_rules! flattened_routing {
         }
     };
 }
+
+/// The field conversions every format shares, as impls of the format's
+/// field trait (see [`event_codec!`]): plain values as themselves, the
+/// vocabulary enums, `GateId`s and finish reasons as their wire strings, an
+/// optional string as a string that is empty for `None`. `malformed` turns
+/// a problem (text) into the format's error, given the decode context.
+#[macro_export]
+macro_rules! common_fields {
+    (
+        field = $Field:ident, enc = $Enc:ty, dec = $Dec:ty, error = $Err:ty,
+        malformed = |$cx:ident, $reason:ident| $err:expr $(,)?
+    ) => {
+        $crate::common_fields!(@same $Field, $Enc, $Dec, $Err; u64, u32, bool, String, Option<f64>, Vec<String>);
+        $crate::common_fields!(@wire $Field, $Enc, $Dec, $Err, |$cx, $reason| $err;
+            ::baton_types::GateKind, ::baton_types::GatePoint, ::baton_types::TimeoutAction,
+            ::baton_types::Decision, ::baton_types::ModelCallReason, ::baton_types::TurnFailureCode);
+
+        impl $Field<String> for Option<String> {
+            fn enc(&self, _: &mut $Enc) -> String {
+                self.clone().unwrap_or_default()
+            }
+            fn dec(w: String, _: &mut $Dec) -> ::std::result::Result<Self, $Err> {
+                Ok((!w.is_empty()).then_some(w))
+            }
+        }
+
+        impl $Field<String> for ::baton_types::GateId {
+            fn enc(&self, _: &mut $Enc) -> String {
+                self.to_string()
+            }
+            #[allow(unused_variables)]
+            fn dec(w: String, $cx: &mut $Dec) -> ::std::result::Result<Self, $Err> {
+                w.parse().map_err(|e: ::baton_types::ParseIdError| {
+                    let $reason = e.to_string();
+                    $err
+                })
+            }
+        }
+
+        impl $Field<String> for ::baton_types::FinishReason {
+            fn enc(&self, _: &mut $Enc) -> String {
+                self.as_str().to_string()
+            }
+            fn dec(w: String, _: &mut $Dec) -> ::std::result::Result<Self, $Err> {
+                Ok(::baton_types::FinishReason::from_provider(&w))
+            }
+        }
+    };
+    (@same $Field:ident, $Enc:ty, $Dec:ty, $Err:ty; $($t:ty),*) => {$(
+        impl $Field<$t> for $t {
+            fn enc(&self, _: &mut $Enc) -> $t {
+                self.clone()
+            }
+            fn dec(w: $t, _: &mut $Dec) -> ::std::result::Result<Self, $Err> {
+                Ok(w)
+            }
+        }
+    )*};
+    (@wire $Field:ident, $Enc:ty, $Dec:ty, $Err:ty, |$cx:ident, $reason:ident| $err:expr; $($t:ty),*) => {$(
+        impl $Field<String> for $t {
+            fn enc(&self, _: &mut $Enc) -> String {
+                self.as_str().to_string()
+            }
+            #[allow(unused_variables)]
+            fn dec(w: String, $cx: &mut $Dec) -> ::std::result::Result<Self, $Err> {
+                <$t>::parse(&w).map_err(|e| {
+                    let $reason = format!("{e} (written by a newer version?)");
+                    $err
+                })
+            }
+        }
+    )*};
+}

@@ -1,9 +1,8 @@
 //! Conversions between [`baton_types`] and the `baton.v1` API messages.
 
 use baton_types::{
-    Decision, FinishReason, GateId, GateKind, GatePoint, GateStatus, Generation, Image, Message,
-    ModelCallReason, Role, SessionEvent, SessionStatus, TimeoutAction, ToolCall, ToolChoice,
-    ToolDefinition, TurnFailureCode, Usage,
+    Decision, GateStatus, Generation, Image, Message, Role, SessionEvent, SessionStatus, ToolCall,
+    ToolChoice, ToolDefinition, Usage,
 };
 
 use crate::v1;
@@ -181,66 +180,9 @@ trait ApiField<W>: Sized {
 #[derive(Debug)]
 struct Malformed;
 
-macro_rules! same {
-    ($($t:ty),*) => {$(
-        impl ApiField<$t> for $t {
-            fn enc(&self, _: &mut ()) -> $t {
-                self.clone()
-            }
-            fn dec(w: $t, _: &mut ()) -> Result<Self, Malformed> {
-                Ok(w)
-            }
-        }
-    )*};
-}
-same!(u64, u32, bool, String, Option<f64>, Vec<String>);
-
-macro_rules! wire_strings {
-    ($($t:ty),*) => {$(
-        impl ApiField<String> for $t {
-            fn enc(&self, _: &mut ()) -> String {
-                self.as_str().to_string()
-            }
-            fn dec(w: String, _: &mut ()) -> Result<Self, Malformed> {
-                <$t>::parse(&w).map_err(|_| Malformed)
-            }
-        }
-    )*};
-}
-wire_strings!(
-    GateKind,
-    GatePoint,
-    TimeoutAction,
-    Decision,
-    ModelCallReason,
-    TurnFailureCode
-);
-
-impl ApiField<String> for Option<String> {
-    fn enc(&self, _: &mut ()) -> String {
-        self.clone().unwrap_or_default()
-    }
-    fn dec(w: String, _: &mut ()) -> Result<Self, Malformed> {
-        Ok((!w.is_empty()).then_some(w))
-    }
-}
-
-impl ApiField<String> for GateId {
-    fn enc(&self, _: &mut ()) -> String {
-        self.to_string()
-    }
-    fn dec(w: String, _: &mut ()) -> Result<Self, Malformed> {
-        w.parse().map_err(|_| Malformed)
-    }
-}
-
-impl ApiField<String> for FinishReason {
-    fn enc(&self, _: &mut ()) -> String {
-        self.as_str().to_string()
-    }
-    fn dec(w: String, _: &mut ()) -> Result<Self, Malformed> {
-        Ok(FinishReason::from_provider(&w))
-    }
+crate::common_fields! {
+    field = ApiField, enc = (), dec = (), error = Malformed,
+    malformed = |cx, reason| Malformed,
 }
 
 impl ApiField<Option<v1::Message>> for Message {
@@ -389,7 +331,10 @@ pub fn gate_status_from_proto(status: i32) -> Result<Option<GateStatus>, i32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use baton_types::{EventKind, SessionId};
+    use baton_types::{
+        EventKind, FinishReason, GateId, GateKind, GatePoint, ModelCallReason, SessionId,
+        TimeoutAction, TurnFailureCode,
+    };
 
     #[test]
     fn events_round_trip_through_the_api_shape() {

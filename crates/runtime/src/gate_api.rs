@@ -6,7 +6,7 @@ use std::time::Instant;
 use baton_types::{GateId, GateRecord, Message, now_unix_ms};
 
 use crate::error::{Error, Result};
-use crate::gates::{GateDecision, GateList, GateQuery, parse_gate_id};
+use crate::gates::{GateDecision, GateList, GateQuery, already_decided, parse_gate_id};
 use crate::handle::RuntimeHandle;
 use crate::paging::{page_size, page_token};
 use crate::session::SessionMsg;
@@ -70,16 +70,7 @@ impl RuntimeHandle {
             .await?
             .ok_or_else(|| Error::NotFoundDetail(format!("gate {id} not found")))?;
         if let Some(o) = &gate.outcome {
-            return Err(Error::FailedPrecondition(format!(
-                "gate {id} was already decided: {} by {} ({})",
-                o.decision,
-                o.reviewer,
-                if o.reason.is_empty() {
-                    "no reason given"
-                } else {
-                    &o.reason
-                }
-            )));
+            return Err(already_decided(id, o));
         }
         self.ask(gate.session, |reply| SessionMsg::DecideGate {
             gate_id: id,

@@ -498,6 +498,20 @@ pub struct GateList {
     pub next_page_token: Option<String>,
 }
 
+/// The error for a decision on a gate that was decided already: it names
+/// the first decision, who took it, and why.
+pub(crate) fn already_decided(gate_id: GateId, o: &GateOutcome) -> Error {
+    let why = if o.reason.is_empty() {
+        "no reason given"
+    } else {
+        &o.reason
+    };
+    Error::FailedPrecondition(format!(
+        "gate {gate_id} was already decided: {} by {} ({why})",
+        o.decision, o.reviewer
+    ))
+}
+
 /// Parse a gate id; errors name the field.
 pub fn parse_gate_id(s: &str) -> Result<GateId> {
     s.parse()

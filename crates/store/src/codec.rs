@@ -8,9 +8,8 @@ use std::collections::BTreeMap;
 
 use baton_proto::journal::v1 as pb;
 use baton_types::{
-    Decision, EventKind, FinishReason, GateId, GateKind, GatePoint, Generation, Image, Message,
-    ModelCallReason, Role, SessionId, SessionStatus, TimeoutAction, ToolCall, ToolChoice,
-    ToolDefinition, TurnFailureCode, Usage,
+    EventKind, Generation, Image, Message, Role, SessionId, SessionStatus, ToolCall, ToolChoice,
+    ToolDefinition, Usage,
 };
 use prost::Message as _;
 
@@ -213,66 +212,9 @@ trait JournalField<W>: Sized {
     fn dec(w: W, cx: &mut Dec<'_, '_>) -> Result<Self>;
 }
 
-macro_rules! same {
-    ($($t:ty),*) => {$(
-        impl JournalField<$t> for $t {
-            fn enc(&self, _: &mut Enc<'_>) -> $t {
-                self.clone()
-            }
-            fn dec(w: $t, _: &mut Dec<'_, '_>) -> Result<Self> {
-                Ok(w)
-            }
-        }
-    )*};
-}
-same!(u64, u32, bool, String, Option<f64>, Vec<String>);
-
-macro_rules! wire_strings {
-    ($($t:ty),*) => {$(
-        impl JournalField<String> for $t {
-            fn enc(&self, _: &mut Enc<'_>) -> String {
-                self.as_str().to_string()
-            }
-            fn dec(w: String, cx: &mut Dec<'_, '_>) -> Result<Self> {
-                <$t>::parse(&w).map_err(|e| cx.corrupt(format!("{e} (written by a newer version?)")))
-            }
-        }
-    )*};
-}
-wire_strings!(
-    GateKind,
-    GatePoint,
-    TimeoutAction,
-    Decision,
-    ModelCallReason,
-    TurnFailureCode
-);
-
-impl JournalField<String> for Option<String> {
-    fn enc(&self, _: &mut Enc<'_>) -> String {
-        self.clone().unwrap_or_default()
-    }
-    fn dec(w: String, _: &mut Dec<'_, '_>) -> Result<Self> {
-        Ok((!w.is_empty()).then_some(w))
-    }
-}
-
-impl JournalField<String> for GateId {
-    fn enc(&self, _: &mut Enc<'_>) -> String {
-        self.to_string()
-    }
-    fn dec(w: String, cx: &mut Dec<'_, '_>) -> Result<Self> {
-        w.parse().map_err(|e| cx.corrupt(format!("{e}")))
-    }
-}
-
-impl JournalField<String> for FinishReason {
-    fn enc(&self, _: &mut Enc<'_>) -> String {
-        self.as_str().to_string()
-    }
-    fn dec(w: String, _: &mut Dec<'_, '_>) -> Result<Self> {
-        Ok(FinishReason::from_provider(&w))
-    }
+baton_proto::common_fields! {
+    field = JournalField, enc = Enc<'_>, dec = Dec<'_, '_>, error = Error,
+    malformed = |cx, reason| cx.corrupt(reason),
 }
 
 impl JournalField<Option<pb::Message>> for Message {
@@ -484,6 +426,10 @@ pub fn decode_record(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use baton_types::{
+        Decision, FinishReason, GateId, GateKind, GatePoint, ModelCallReason, TimeoutAction,
+        TurnFailureCode,
+    };
 
     fn fixed_session() -> SessionId {
         SessionId::from_bytes([7; 16])

@@ -10,7 +10,7 @@ use ractor::{ActorRef, RpcReplyPort};
 use super::ctx::{RECENT_DECISIONS, SessionCtx, pending_record};
 use super::msg::SessionMsg;
 use crate::error::{Error, Result};
-use crate::gates::{GateDecision, GateTerms, builtin_terms};
+use crate::gates::{GateDecision, GateTerms, already_decided, builtin_terms};
 use crate::state::PendingGate;
 
 /// "why", or that none was given.
@@ -20,16 +20,6 @@ fn why(reason: &str) -> &str {
     } else {
         reason
     }
-}
-
-/// The error for a second decision, naming the first and its reason.
-fn already_decided(gate_id: GateId, o: &GateOutcome) -> Error {
-    Error::FailedPrecondition(format!(
-        "gate {gate_id} was already decided: {} by {} ({})",
-        o.decision,
-        o.reviewer,
-        why(&o.reason)
-    ))
 }
 
 impl SessionCtx {

@@ -170,6 +170,9 @@ impl SessionCtx {
 
     /// Run tools whose start record is now durable.
     pub fn start_durable_tools(&mut self, myself: &ActorRef<SessionMsg>, upto: u64) {
+        if self.tools.runs.is_empty() {
+            return;
+        }
         let Some(turn) = self.durable.state.current.as_ref().map(|c| c.turn) else {
             return;
         };

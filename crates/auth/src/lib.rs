@@ -8,6 +8,11 @@
 //!   [`keys::classify`] tells an API key from a JWT, [`keys::parse`] checks
 //!   and hashes a key and [`keys::hash_matches`] compares hashes in constant
 //!   time.
+//! - [`jwt`]: JWTs from an external identity provider. [`jwt::JwtVerifier`]
+//!   loads the provider's JWKS (file or URL, refreshed), verifies signature,
+//!   algorithm, issuer, audience and expiry, maps claims to a
+//!   [`Principal`](baton_types::Principal), and caches verified tokens until
+//!   they expire.
 //! - [`error`]: [`AuthError`], whose variant tells the server the status to
 //!   answer with (`Missing`, `Malformed`, `Invalid`: unauthenticated;
 //!   `Config`: startup or internal; `Unavailable`: retry later).
@@ -26,13 +31,14 @@
 //!         // Look the stored hash up by `presented.id`, then:
 //!         assert!(keys::hash_matches(&issued.hash, &presented.hash));
 //!     }
-//!     Credential::Jwt(_jwt) => { /* a JWT: verify it */ }
+//!     Credential::Jwt(_jwt) => { /* jwt::JwtVerifier::verify(_jwt).await */ }
 //! }
 //! # Ok(())
 //! # }
 //! ```
 
 pub mod error;
+pub mod jwt;
 pub mod keys;
 
 pub use error::{AuthError, Result};

@@ -13,6 +13,8 @@
 //!   algorithm, issuer, audience and expiry, maps claims to a
 //!   [`Principal`](baton_types::Principal), and caches verified tokens until
 //!   they expire.
+//! - [`tls`]: rustls and tonic server TLS configurations from PEM files,
+//!   mutual TLS with a client CA, and principals from client certificates.
 //! - [`error`]: [`AuthError`], whose variant tells the server the status to
 //!   answer with (`Missing`, `Malformed`, `Invalid`: unauthenticated;
 //!   `Config`: startup or internal; `Unavailable`: retry later).
@@ -40,5 +42,6 @@
 pub mod error;
 pub mod jwt;
 pub mod keys;
+pub mod tls;
 
 pub use error::{AuthError, Result};

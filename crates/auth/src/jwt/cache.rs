@@ -3,7 +3,7 @@
 //!
 //! Signature verification is far over the 20 µs an authentication may add:
 //! in release builds here about 60 µs for EdDSA and 450 µs for ES256
-//! (RustCrypto's P-256), RSA in between, and more in debug builds; a client
+//! (RustCrypto's P-256; RSA not measured), more in debug builds; a client
 //! sends the same token with every request until it expires. Entries are
 //! keyed by the SHA-256 of the whole token (a hit means the very same bytes
 //! were verified), hold the principal and the token's `exp`, and are served

@@ -50,6 +50,8 @@ fn api_error(e: baton::Error) -> ApiError {
     let status = match e.code() {
         InvalidArgument => StatusCode::BAD_REQUEST,
         NotFound => StatusCode::NOT_FOUND,
+        Unauthenticated => StatusCode::UNAUTHORIZED,
+        PermissionDenied => StatusCode::FORBIDDEN,
         AlreadyExists | FailedPrecondition => StatusCode::CONFLICT,
         ResourceExhausted => StatusCode::TOO_MANY_REQUESTS,
         DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,

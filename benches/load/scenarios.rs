@@ -250,6 +250,7 @@ pub(crate) async fn persisted(args: &Args) -> Result<Persisted> {
         let page = h
             .list(ListQuery {
                 status: None,
+                tenant: None,
                 page_size: 1000,
                 page_token: token,
             })

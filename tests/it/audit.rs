@@ -331,7 +331,8 @@ async fn the_trail_holds_what_the_docs_list() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let toml = format!(
-        "{}\n[tools.builtin]\ncalculator = true\ncurrent_time = true\n\n[[gates.policies]]\nname = \"review_math\"\nkind = \"before_tool\"\ntools = [\"calculator\"]\nreviewers = \"ops\"\n",
+        "backup_dir = {:?}\n{}\n[tools.builtin]\ncalculator = true\ncurrent_time = true\n\n[[gates.policies]]\nname = \"review_math\"\nkind = \"before_tool\"\ntools = [\"calculator\"]\nreviewers = \"ops\"\n",
+        dir.path().display().to_string(),
         fake_model_toml(&fake.base_url(), false)
     );
     let config = write_config(dir.path(), &data, &toml).unwrap();
@@ -463,6 +464,29 @@ async fn the_trail_holds_what_the_docs_list() {
         .delete_session(v1::DeleteSessionRequest {
             session_id: b.clone(),
         })
+        .await
+        .unwrap();
+    // An API key made and revoked.
+    let mut admin = v1::admin_client::AdminClient::new(
+        tonic::transport::Channel::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let key = admin
+        .create_key(v1::CreateKeyRequest {
+            tenant: "acme".into(),
+            roles: vec!["client".into()],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .key
+        .unwrap();
+    admin
+        .revoke_key(v1::RevokeKeyRequest { id: key.id })
         .await
         .unwrap();
 

@@ -182,7 +182,7 @@ async fn pending_gates_survive_sigkill_and_decisions_after_the_restart_resume_th
         .into_inner();
     assert_eq!(
         (g.decision, g.reviewer.as_str(), g.edited.as_str()),
-        (v1::GateDecision::Edit as i32, "alice", "edited B")
+        (v1::GateDecision::Edit as i32, "local:alice", "edited B")
     );
     let e = gates
         .decide_gate(decide(&sessions[1].1, v1::GateDecision::Approve, "", ""))

@@ -827,7 +827,18 @@ async fn a_backup_under_load_restores_to_a_server_that_finishes_the_open_turns()
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     // Slow enough that most sessions are mid-turn at any moment.
-    let config = write_config(dir.path(), &data, &echo_toml(150)).unwrap();
+    // Backups over the API go inside store.backup_dir (the line lands in [store]).
+    // The audit signing key lives outside the data dir (backups leave it out).
+    let key = format!(
+        "[audit]\nkey_file = {:?}\n",
+        dir.path().join("audit.key").display().to_string()
+    );
+    let extra = format!(
+        "backup_dir = {:?}\n{}\n{key}",
+        dir.path().display().to_string(),
+        echo_toml(150)
+    );
+    let config = write_config(dir.path(), &data, &extra).unwrap();
     let server = BatonProcess::start(bin(), &config).await.unwrap();
     let url = server.url();
     let mut client = server.client().await.unwrap();
@@ -997,7 +1008,7 @@ async fn a_backup_under_load_restores_to_a_server_that_finishes_the_open_turns()
     // turns that were open at the backup complete.
     let cfg_dir = dir.path().join("second");
     std::fs::create_dir_all(&cfg_dir).unwrap();
-    let config2 = write_config(&cfg_dir, &restored, &echo_toml(0)).unwrap();
+    let config2 = write_config(&cfg_dir, &restored, &format!("{}\n{key}", echo_toml(0))).unwrap();
     let server2 = BatonProcess::start(bin(), &config2).await.unwrap();
     let mut client2 = server2.client().await.unwrap();
     for id in &ids {

@@ -5,6 +5,7 @@
 // Test helpers outside #[test] functions panic on purpose when a step fails.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod access;
 mod audit;
 mod cli;
 mod common;

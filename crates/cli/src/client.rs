@@ -20,6 +20,47 @@ pub struct Conn {
     /// Print JSON (one object per line) instead of readable text.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+    /// The API key (or JWT) to call with, sent as `authorization: Bearer`;
+    /// needed when the server has `[auth] enabled = true`.
+    #[arg(long, global = true, env = "BATON_API_KEY", hide_env_values = true)]
+    pub(crate) api_key: Option<String>,
+}
+
+/// Adds `authorization: Bearer <key>` to every call.
+#[derive(Clone)]
+pub(crate) struct Bearer(Option<tonic::metadata::MetadataValue<tonic::metadata::Ascii>>);
+
+impl tonic::service::Interceptor for Bearer {
+    fn call(&mut self, mut req: tonic::Request<()>) -> Result<tonic::Request<()>, tonic::Status> {
+        if let Some(v) = &self.0 {
+            req.metadata_mut().insert("authorization", v.clone());
+        }
+        Ok(req)
+    }
+}
+
+/// A connection to the server, with the caller's credentials.
+pub(crate) type Authed = tonic::service::interceptor::InterceptedService<Channel, Bearer>;
+
+/// Connect to the server `conn` names.
+pub(crate) async fn connect(conn: &Conn) -> anyhow::Result<Authed> {
+    let bearer = match &conn.api_key {
+        Some(k) if !k.trim().is_empty() => {
+            Some(format!("Bearer {}", k.trim()).parse().map_err(|_| {
+                anyhow::anyhow!("--api-key (BATON_API_KEY) is not valid header text")
+            })?)
+        }
+        _ => None,
+    };
+    let channel = Channel::from_shared(conn.server.clone())
+        .with_context(|| format!("bad server address {:?}", conn.server))?
+        .connect()
+        .await
+        .with_context(|| format!("cannot connect to {}", conn.server))?;
+    Ok(tonic::service::interceptor::InterceptedService::new(
+        channel,
+        Bearer(bearer),
+    ))
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -137,12 +178,7 @@ pub(crate) fn rpc_error(status: tonic::Status) -> anyhow::Error {
 }
 
 pub async fn run(conn: Conn, cmd: SessionCommand) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(conn.server.clone())
-        .with_context(|| format!("bad server address {:?}", conn.server))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", conn.server))?;
-    let mut client = SessionsClient::new(channel);
+    let mut client = SessionsClient::new(connect(&conn).await?);
     let json = conn.json;
     match cmd {
         SessionCommand::Start {

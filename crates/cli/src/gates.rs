@@ -4,7 +4,6 @@ use anyhow::{Context, bail};
 use baton_proto::convert;
 use baton_proto::v1::{self, gates_client::GatesClient};
 use baton_types::GateStatus;
-use tonic::transport::Channel;
 
 use crate::client::{Conn, rpc_error};
 use crate::print::{duration, one_line, until};
@@ -69,12 +68,7 @@ pub enum GateCommand {
 }
 
 pub async fn run(conn: Conn, cmd: GateCommand) -> anyhow::Result<()> {
-    let channel = Channel::from_shared(conn.server.clone())
-        .with_context(|| format!("bad server address {:?}", conn.server))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", conn.server))?;
-    let mut client = GatesClient::new(channel);
+    let mut client = GatesClient::new(crate::client::connect(&conn).await?);
     let json = conn.json;
     let (gate_id, decision, reviewer, reason, edited_payload) = match cmd {
         GateCommand::List {

@@ -6,7 +6,6 @@ use std::io::Write;
 use anyhow::Context;
 use baton_proto::v1::{self, inspect_client::InspectClient};
 use baton_types::SessionEvent;
-use tonic::transport::Channel;
 
 use crate::client::{Conn, rpc_error};
 use crate::print::{describe, one_line, status_name};
@@ -48,12 +47,8 @@ pub enum InspectCommand {
 }
 
 /// A channel to the server `conn` names.
-pub(crate) async fn channel(conn: &Conn) -> anyhow::Result<Channel> {
-    Channel::from_shared(conn.server.clone())
-        .with_context(|| format!("bad server address {:?}", conn.server))?
-        .connect()
-        .await
-        .with_context(|| format!("cannot connect to {}", conn.server))
+pub(crate) async fn channel(conn: &Conn) -> anyhow::Result<crate::client::Authed> {
+    crate::client::connect(conn).await
 }
 
 pub async fn run(conn: Conn, cmd: InspectCommand) -> anyhow::Result<()> {

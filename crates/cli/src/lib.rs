@@ -20,6 +20,7 @@ mod client;
 mod demo;
 mod gates;
 mod inspect;
+mod keys;
 mod ops;
 mod print;
 mod serve;
@@ -67,11 +68,19 @@ enum Command {
         #[command(subcommand)]
         command: inspect::InspectCommand,
     },
+    /// API keys: create, list, revoke, rotate.
+    Keys {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        command: keys::KeyCommand,
+    },
     /// Ask a running server for a consistent online backup.
     Backup {
         #[command(flatten)]
         conn: client::Conn,
-        /// A directory that does not exist yet (on the server's machine).
+        /// A directory that does not exist yet, inside the server's store.backup_dir
+        /// (a relative path is taken relative to it).
         #[arg(long)]
         to: PathBuf,
     },
@@ -125,6 +134,7 @@ pub fn main() -> ExitCode {
             Command::Session { conn, command } => client::run(conn, command).await,
             Command::Gates { conn, command } => gates::run(conn, command).await,
             Command::Inspect { conn, command } => inspect::run(conn, command).await,
+            Command::Keys { conn, command } => keys::run(conn, command).await,
             Command::Backup { conn, to } => ops::backup(conn, to).await,
             Command::Restore {
                 from,

@@ -102,6 +102,15 @@ fn images_note(images: &[baton_types::Image]) -> String {
         .collect()
 }
 
+/// `  (by api_key:bk_…)` when a principal is named.
+fn by_note(by: &str) -> String {
+    if by.is_empty() {
+        String::new()
+    } else {
+        format!("  (by {by})")
+    }
+}
+
 /// One readable line for an event.
 pub fn describe(e: &SessionEvent) -> String {
     let body = match &e.kind {
@@ -117,8 +126,13 @@ pub fn describe(e: &SessionEvent) -> String {
             history,
             generation,
             replay_of,
+            tenant,
+            by,
         } => {
             let mut d = format!("session started on route {route}");
+            if !tenant.is_empty() && tenant != baton_types::DEFAULT_TENANT {
+                d.push_str(&format!(", tenant {tenant}"));
+            }
             d.push_str(&describe_generation(generation));
             if let Some(b) = budget_usd {
                 d.push_str(&format!(", budget ${b:.4}"));
@@ -148,12 +162,14 @@ pub fn describe(e: &SessionEvent) -> String {
             if *max_steps > 0 {
                 d.push_str(&format!(", max steps {max_steps}"));
             }
+            d.push_str(&by_note(by));
             d
         }
         EventKind::TurnAccepted {
             turn,
             message,
             review,
+            by,
         } => {
             let review = if *review {
                 "  [answer held for review]"
@@ -161,9 +177,10 @@ pub fn describe(e: &SessionEvent) -> String {
                 ""
             };
             format!(
-                "turn {turn} accepted  user: {}{}{review}",
+                "turn {turn} accepted  user: {}{}{review}{}",
                 one_line(&message.content),
-                images_note(&message.images)
+                images_note(&message.images),
+                by_note(by)
             )
         }
         EventKind::ModelCallStarted {
@@ -247,10 +264,12 @@ pub fn describe(e: &SessionEvent) -> String {
             output,
             is_error,
             latency_ms,
+            by,
         } => format!(
-            "turn {turn} tool {name} {} ({call_id}, {latency_ms} ms): {}",
+            "turn {turn} tool {name} {} ({call_id}, {latency_ms} ms): {}{}",
             if *is_error { "ERROR" } else { "result" },
-            one_line(output)
+            one_line(output),
+            by_note(by)
         ),
         EventKind::NeedsAttention {
             turn,
@@ -330,7 +349,7 @@ pub fn describe(e: &SessionEvent) -> String {
             }
             d
         }
-        EventKind::TurnCancelled { turn } => format!("turn {turn} cancelled"),
+        EventKind::TurnCancelled { turn, by } => format!("turn {turn} cancelled{}", by_note(by)),
         EventKind::SessionFailed { reason } => format!("session FAILED: {reason}"),
         EventKind::RoutingDecided { turn, decision } => {
             let skipped: Vec<String> = decision

@@ -22,6 +22,38 @@ pub struct ServeArgs {
     /// `sync` or `buffered` (overrides store.durability).
     #[arg(long, value_parser = parse_durability)]
     durability: Option<Durability>,
+    /// Serve without authentication on a non-loopback address (sets
+    /// auth.allow_unauthenticated_remote). Anyone who reaches the port then
+    /// controls everything: for isolated networks only.
+    #[arg(long)]
+    allow_unauthenticated: bool,
+}
+
+/// Without authentication only loopback addresses may be served: anyone
+/// reaching another address would control everything.
+fn check_exposure(config: &baton_server::BatonConfig) -> anyhow::Result<()> {
+    if config.auth.enabled || config.auth.allow_unauthenticated_remote {
+        return Ok(());
+    }
+    let mut listens = vec![("server.listen", config.server.listen.as_str())];
+    if config.http.enabled {
+        listens.push(("http.listen", config.http.listen.as_str()));
+    }
+    for (field, listen) in listens {
+        let loopback = listen
+            .parse::<std::net::SocketAddr>()
+            .map(|a| a.ip().is_loopback())
+            .unwrap_or(false);
+        if !loopback {
+            anyhow::bail!(
+                "refusing to serve {listen} ({field}) without authentication: anyone who reaches it \
+                 would control every session. Set [auth] enabled = true and create keys with \
+                 `baton keys create` (see docs/security.md), or pass --allow-unauthenticated \
+                 (auth.allow_unauthenticated_remote) on an isolated network"
+            );
+        }
+    }
+    Ok(())
 }
 
 fn parse_durability(s: &str) -> Result<Durability, String> {
@@ -51,6 +83,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     if config.server.json_logs {
         config.telemetry.json_logs = true;
     }
+    if args.allow_unauthenticated {
+        config.auth.allow_unauthenticated_remote = true;
+    }
+    check_exposure(&config)?;
     let telemetry = baton_telemetry::init(&config.telemetry).context("telemetry")?;
 
     let mut builder = Runtime::builder(config.runtime());
@@ -82,6 +118,13 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .actor("server"),
         );
     }
+    let auth = match baton_server::Authenticator::new(runtime.clone(), &config.auth).await {
+        Ok(a) => a,
+        Err(e) => {
+            runtime.shutdown().await;
+            anyhow::bail!(e);
+        }
+    };
     let listener = tokio::net::TcpListener::bind(&config.server.listen)
         .await
         .with_context(|| format!("cannot listen on {}", config.server.listen))?;
@@ -101,7 +144,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         None
     };
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
-    tracing::info!(%addr, http = ?http_addr, data_dir = %config.store.data_dir.display(), durability = ?config.store.durability, routes = ?runtime.routes(), "baton serving");
+    tracing::info!(auth = auth.enabled(), %addr, http = ?http_addr, data_dir = %config.store.data_dir.display(), durability = ?config.store.durability, routes = ?runtime.routes(), "baton serving");
     // Scripts and tests read these lines to learn the ports; the gRPC line
     // comes last.
     if let Some(a) = http_addr {
@@ -122,9 +165,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         let _ = stopped_tx.send(true);
     };
     let grpc = async {
-        baton_server::serve(runtime.clone(), listener, config.server.clone(), shutdown)
-            .await
-            .context("grpc server")
+        baton_server::serve_with(
+            runtime.clone(),
+            listener,
+            config.server.clone(),
+            auth.clone(),
+            shutdown,
+        )
+        .await
+        .context("grpc server")
     };
     let http = async {
         match http_listener {
@@ -132,9 +181,15 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 let stopped = async move {
                     let _ = stopped_rx.wait_for(|s| *s).await;
                 };
-                baton_server::serve_http(runtime.clone(), l, config.http.clone(), stopped)
-                    .await
-                    .context("http server")
+                baton_server::serve_http(
+                    runtime.clone(),
+                    l,
+                    config.http.clone(),
+                    auth.clone(),
+                    stopped,
+                )
+                .await
+                .context("http server")
             }
             None => Ok(()),
         }

@@ -242,9 +242,9 @@ crate::event_codec! {
     {
         SessionStarted => SessionStarted {
             route, system_prompt, allowed_tools, client_tools, max_steps, budget_usd,
-            data_classes, one_shot, history via history_count, generation, replay_of,
+            data_classes, one_shot, history via history_count, generation, replay_of, tenant, by,
         },
-        TurnAccepted => TurnAccepted { turn, message, review },
+        TurnAccepted => TurnAccepted { turn, message, review, by },
         ModelCallStarted => ModelCallStarted { turn, attempt, endpoint, reason },
         OutputDelta => OutputDelta { turn, attempt, text },
         AssistantMessage => AssistantMessage {
@@ -255,7 +255,7 @@ crate::event_codec! {
         OutputRetracted => OutputRetracted { turn, attempt, reason },
         ToolCallRequested => ToolCallRequested { turn, call_id, name, arguments, client_side },
         ToolCallStarted => ToolCallStarted { turn, call_id, name, attempt },
-        ToolResult => ToolResult { turn, call_id, name, output, is_error, latency_ms },
+        ToolResult => ToolResult { turn, call_id, name, output, is_error, latency_ms, by },
         NeedsAttention => NeedsAttention { turn, call_id, reason },
         GateOpened => GateOpened {
             turn, gate_id, kind, point, policy, reason, reviewers, subject, call_id,
@@ -265,7 +265,7 @@ crate::event_codec! {
         GateEscalated => GateEscalated { turn, gate_id, reviewers, deadline_unix_ms, on_timeout },
         TurnCompleted => TurnCompleted { turn, usage },
         TurnFailed => TurnFailed { turn, reason, code },
-        TurnCancelled => TurnCancelled { turn },
+        TurnCancelled => TurnCancelled { turn, by },
         SessionFailed => SessionFailed { reason },
     }
 }
@@ -341,6 +341,8 @@ mod tests {
         let id = SessionId::new();
         let events = vec![
             EventKind::SessionStarted {
+                by: String::new(),
+                tenant: baton_types::DEFAULT_TENANT.into(),
                 route: "echo".into(),
                 system_prompt: "be brief".into(),
                 allowed_tools: vec!["calc*".into()],
@@ -379,6 +381,7 @@ mod tests {
                 attempt: 2,
             },
             EventKind::ToolResult {
+                by: String::new(),
                 turn: 1,
                 call_id: "c1".into(),
                 name: "calc".into(),
@@ -392,6 +395,7 @@ mod tests {
                 reason: "r".into(),
             },
             EventKind::TurnAccepted {
+                by: String::new(),
                 turn: 1,
                 message: Message::user("hi"),
                 review: false,
@@ -505,7 +509,10 @@ mod tests {
                 deadline_unix_ms: 5,
                 on_timeout: TimeoutAction::Reject,
             },
-            EventKind::TurnCancelled { turn: 3 },
+            EventKind::TurnCancelled {
+                by: String::new(),
+                turn: 3,
+            },
             EventKind::SessionFailed {
                 reason: "bad".into(),
             },

@@ -60,6 +60,11 @@ pub(crate) fn is_audited(kind: &baton_types::EventKind) -> bool {
 
 type Record<'a> = (&'static str, Option<&'a str>, serde_json::Value);
 
+/// The principal a record names as its actor (none for the runtime's own).
+fn actor(by: &str) -> Option<&str> {
+    (!by.is_empty()).then_some(by)
+}
+
 fn audit_record(e: &baton_types::SessionEvent) -> Option<Record<'_>> {
     use baton_types::EventKind as K;
     let (kind, actor, data) = match &e.kind {
@@ -75,21 +80,25 @@ fn audit_record(e: &baton_types::SessionEvent) -> Option<Record<'_>> {
             history,
             generation,
             replay_of,
+            tenant,
+            by,
         } => (
             "session_started",
-            None,
+            actor(by),
             serde_json::json!({
                 "seq": e.seq, "route": route, "system_prompt": system_prompt,
                 "allowed_tools": allowed_tools,
                 "client_tools": client_tools.iter().map(|t| &t.name).collect::<Vec<_>>(),
                 "max_steps": max_steps, "budget_usd": budget_usd, "data_classes": data_classes,
                 "one_shot": one_shot, "history": history, "generation": generation,
-                "replay_of": replay_of,
+                "replay_of": replay_of, "tenant": tenant,
             }),
         ),
-        K::TurnAccepted { turn, message, .. } => (
+        K::TurnAccepted {
+            turn, message, by, ..
+        } => (
             "model_input",
-            None,
+            actor(by),
             serde_json::json!({ "seq": e.seq, "turn": turn, "message": message }),
         ),
         K::AssistantMessage {
@@ -142,9 +151,10 @@ fn audit_record(e: &baton_types::SessionEvent) -> Option<Record<'_>> {
             output,
             is_error,
             latency_ms,
+            by,
         } => (
             "tool_call",
-            None,
+            actor(by),
             serde_json::json!({
                 "seq": e.seq, "turn": turn, "call_id": call_id, "name": name,
                 "output": output, "is_error": is_error, "latency_ms": latency_ms,
@@ -159,9 +169,9 @@ fn audit_record(e: &baton_types::SessionEvent) -> Option<Record<'_>> {
             None,
             serde_json::json!({ "seq": e.seq, "turn": turn, "reason": reason, "code": code }),
         ),
-        K::TurnCancelled { turn } => (
+        K::TurnCancelled { turn, by } => (
             "turn_cancelled",
-            None,
+            actor(by),
             serde_json::json!({ "seq": e.seq, "turn": turn }),
         ),
         K::SessionFailed { reason } => (

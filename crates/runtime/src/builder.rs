@@ -99,6 +99,7 @@ impl RuntimeBuilder {
         };
         let tools = start_tools(&config, self.tools).await?;
         let gate_policies = gates::Policies::compile(&config.gates, &self.classifiers)?;
+        let keys = crate::apikeys::KeyRing::load(&store).await?;
         let shared = Arc::new(Shared::new(
             store.clone(),
             router,
@@ -106,6 +107,7 @@ impl RuntimeBuilder {
             gate_policies,
             config,
             self.audit,
+            keys,
         ));
         let (supervisor, _) = Actor::spawn(None, SessionSupervisor, shared.clone())
             .await

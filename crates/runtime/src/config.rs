@@ -34,6 +34,18 @@ pub struct StoreConfig {
     /// `sync` (fsync before acknowledging, group commit) or `buffered`
     /// (WAL written, not fsynced: survives a process crash, not a power loss).
     pub durability: Durability,
+    /// Where backups taken over the API are written: a backup's
+    /// destination must be inside it (a relative destination is taken
+    /// relative to it). Unset: backups over the API are refused.
+    pub backup_dir: Option<PathBuf>,
+    /// The audit trail's directory, copied into backups (set by the server
+    /// from `[audit]`; default `<data_dir>/audit`).
+    #[serde(skip)]
+    pub audit_dir: Option<PathBuf>,
+    /// The audit signing key, never copied into a backup (set by the
+    /// server from `[audit]`).
+    #[serde(skip)]
+    pub audit_key_file: Option<PathBuf>,
 }
 
 impl Default for StoreConfig {
@@ -41,6 +53,9 @@ impl Default for StoreConfig {
         Self {
             data_dir: PathBuf::from("./baton-data"),
             durability: Durability::Sync,
+            backup_dir: None,
+            audit_dir: None,
+            audit_key_file: None,
         }
     }
 }
@@ -173,6 +188,10 @@ pub struct RuntimeConfig {
     pub mcp: Vec<McpServerConfig>,
     /// Human-in-the-loop gates: placement policies and defaults.
     pub gates: crate::gates::GatesConfig,
+    /// Tenants (`[[tenants]]`) and their limits.
+    pub tenants: Vec<crate::access::TenantConfig>,
+    /// Ceilings on what any request may ask (`[limits]`).
+    pub limits: crate::access::LimitsConfig,
 }
 
 impl RuntimeConfig {
@@ -386,6 +405,10 @@ impl RuntimeConfig {
             .map_err(|e| ConfigError::from_message(e.field.clone(), &e))?;
         crate::gates::Policies::compile(&self.gates, classifiers)?;
         self.resolve_default_route_with(in_code)?;
+        let mut route_names: Vec<String> = endpoints.iter().map(|e| e.name.clone()).collect();
+        route_names.extend(self.routes.iter().map(|r| r.name.clone()));
+        crate::access::validate_tenants(&self.tenants, &route_names)?;
+        crate::access::validate_limits(&self.limits)?;
         Ok(())
     }
 

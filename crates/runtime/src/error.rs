@@ -13,6 +13,11 @@ pub enum Error {
     #[error("{0}")]
     FailedPrecondition(String),
     #[error("{0}")]
+    AlreadyExists(String),
+    /// The caller is known but may not do this.
+    #[error("{0}")]
+    PermissionDenied(String),
+    #[error("{0}")]
     ResourceExhausted(String),
     #[error("{0}")]
     Unavailable(String),
@@ -32,6 +37,8 @@ impl Error {
             Error::InvalidArgument(_) => ErrorCode::InvalidArgument,
             Error::SessionNotFound(_) | Error::NotFoundDetail(_) => ErrorCode::NotFound,
             Error::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
+            Error::AlreadyExists(_) => ErrorCode::AlreadyExists,
+            Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
             Error::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,

@@ -21,10 +21,60 @@ impl RuntimeHandle {
             session: q.session,
             policy: q.policy.filter(|p| !p.is_empty()),
         };
-        let page = self.shared().store.list_gates(filter, after, size).await?;
+        let store = &self.shared().store;
+        if q.tenant.is_none() && q.groups.is_none() {
+            let page = store.list_gates(filter, after, size).await?;
+            return Ok(GateList {
+                gates: page.gates,
+                next_page_token: page.next_after.map(|a| a.to_string()),
+            });
+        }
+        // Filtered by tenant or group: read pages until this one is full.
+        let mut tenants: std::collections::HashMap<baton_types::SessionId, bool> =
+            Default::default();
+        let mut gates = Vec::new();
+        let mut cursor = after;
+        let next = loop {
+            let page = store.list_gates(filter.clone(), cursor, size).await?;
+            let mut last = None;
+            for g in page.gates {
+                last = Some(g.gate_id);
+                if gates.len() == size {
+                    break;
+                }
+                let group_ok = q
+                    .groups
+                    .as_ref()
+                    .is_none_or(|gs| g.reviewers.is_empty() || gs.contains(&g.reviewers));
+                let tenant_ok = match &q.tenant {
+                    None => true,
+                    Some(t) => match tenants.get(&g.session) {
+                        Some(ok) => *ok,
+                        None => {
+                            let ok = store
+                                .load_meta(g.session)
+                                .await?
+                                .is_some_and(|m| &m.tenant == t);
+                            tenants.insert(g.session, ok);
+                            ok
+                        }
+                    },
+                };
+                if group_ok && tenant_ok {
+                    gates.push(g);
+                }
+            }
+            if gates.len() == size {
+                break gates.last().map(|g| g.gate_id);
+            }
+            match page.next_after {
+                Some(n) => cursor = Some(last.unwrap_or(n)),
+                None => break None,
+            }
+        };
         Ok(GateList {
-            gates: page.gates,
-            next_page_token: page.next_after.map(|a| a.to_string()),
+            gates,
+            next_page_token: next.map(|a| a.to_string()),
         })
     }
 

@@ -486,6 +486,11 @@ pub struct GateQuery {
     pub status: Option<GateStatus>,
     pub session: Option<baton_types::SessionId>,
     pub policy: Option<String>,
+    /// Only gates of this tenant's sessions (a [`crate::Caller`] sets its own).
+    pub tenant: Option<String>,
+    /// Only gates for one of these reviewer groups (a reviewer's [`crate::Caller`]
+    /// sets its groups).
+    pub groups: Option<Vec<String>>,
     /// Default 50, at most 1000.
     pub page_size: u32,
     pub page_token: Option<String>,

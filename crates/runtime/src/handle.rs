@@ -131,12 +131,13 @@ impl RuntimeHandle {
         action: &str,
         session: Option<SessionId>,
         mut data: serde_json::Value,
+        by: &str,
     ) {
         if let Some(audit) = &self.inner.shared.audit {
             if let Some(o) = data.as_object_mut() {
                 o.insert("action".into(), action.into());
             }
-            audit.record("admin_action", session, Some("api"), data);
+            audit.record("admin_action", session, Some(by), data);
         }
     }
 

@@ -300,6 +300,17 @@ impl RuntimeHandle {
     /// (fork before the call or after its result). The fork's metadata
     /// records `forked_from` = `<id>@<seq>`.
     pub async fn fork(&self, id: SessionId, at_seq: u64) -> Result<SessionInfo> {
+        self.fork_by(id, at_seq, crate::sessions::embedded()).await
+    }
+
+    /// [`Self::fork`] by principal `by` (the fork stays in the source's
+    /// tenant).
+    pub(crate) async fn fork_by(
+        &self,
+        id: SessionId,
+        at_seq: u64,
+        by: String,
+    ) -> Result<SessionInfo> {
         let view = self.state_at(id, at_seq).await?;
         if view.at_seq != at_seq {
             return Err(Error::InvalidArgument(format!(
@@ -342,6 +353,8 @@ impl RuntimeHandle {
                 "fork_session",
                 serde_json::json!({ "from": id.to_string(), "at_seq": at_seq }),
             ),
+            tenant: src_meta.tenant.clone(),
+            by,
         })
         .await
     }
@@ -367,6 +380,11 @@ impl RuntimeHandle {
     /// is itself a data dir: restoring is copying it into place (`baton
     /// restore`) and starting the server on it.
     pub async fn backup(&self, dest: std::path::PathBuf) -> Result<BackupInfo> {
+        self.backup_by(dest, &crate::sessions::embedded()).await
+    }
+
+    /// [`Self::backup`] by principal `by`.
+    pub(crate) async fn backup_by(&self, dest: std::path::PathBuf, by: &str) -> Result<BackupInfo> {
         let started = std::time::Instant::now();
         if dest.as_os_str().is_empty() {
             return Err(Error::InvalidArgument(
@@ -395,22 +413,35 @@ impl RuntimeHandle {
         // Everything acknowledged so far is in the checkpoint.
         shared.store.barrier().await?;
         shared.store.checkpoint(dest.clone()).await?;
-        let audit_src = shared.config.store.data_dir.join("audit");
+        let audit_src = shared
+            .config
+            .store
+            .audit_dir
+            .clone()
+            .unwrap_or_else(|| shared.config.store.data_dir.join("audit"));
+        let key = shared.config.store.audit_key_file.clone();
+        let except: Vec<std::path::PathBuf> = key
+            .into_iter()
+            .chain(std::iter::once(audit_src.join("audit.key")))
+            .collect();
         if let Some(hook) = &shared.audit {
             hook.flush().await;
         }
         if audit_src.is_dir() {
             let to = dest.join("audit");
-            tokio::task::spawn_blocking(move || baton_store::copy_dir(&audit_src, &to))
-                .await
-                .map_err(|e| Error::Internal(format!("backup copy task failed: {e}")))?
-                .map_err(|e| Error::Internal(format!("cannot copy the audit log: {e}")))?;
+            tokio::task::spawn_blocking(move || {
+                baton_store::copy_dir_except(&audit_src, &to, &except)
+            })
+            .await
+            .map_err(|e| Error::Internal(format!("backup copy task failed: {e}")))?
+            .map_err(|e| Error::Internal(format!("cannot copy the audit log: {e}")))?;
         }
         let sessions = shared.store.count_sessions().await?;
         self.audit_admin(
             "backup",
             None,
             serde_json::json!({ "path": dest.display().to_string() }),
+            by,
         );
         let (files, bytes) = {
             let d = dest.clone();

@@ -30,6 +30,8 @@
 //! * idle sessions are passivated and rehydrated on their next message;
 //! * a failing session actor is restarted with backoff, then marked `failed`.
 
+mod access;
+mod apikeys;
 mod audit;
 mod builder;
 mod config;
@@ -49,6 +51,8 @@ mod state;
 mod stream;
 mod supervisor;
 
+pub use access::{Caller, LimitsConfig, TenantConfig};
+pub use apikeys::ApiKeyRecord;
 pub use audit::AuditSink;
 pub use baton_store::{Durability, WriterStatsSnapshot};
 pub use builder::{Runtime, RuntimeBuilder};

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use baton_store::{Batch, SessionMeta};
 use baton_tools::ToolFilter;
 use baton_types::{
-    EventKind, Generation, Message, Role, SessionEvent, SessionId, SessionStatus, ToolChoice,
-    ToolDefinition, now_unix_ms,
+    DEFAULT_TENANT, EventKind, Generation, Message, Principal, Role, SessionEvent, SessionId,
+    SessionStatus, ToolChoice, ToolDefinition, now_unix_ms,
 };
 
 use crate::audit;
@@ -73,6 +73,8 @@ pub struct SessionInfo {
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
     pub status: Option<SessionStatus>,
+    /// Only this tenant's sessions (a [`crate::Caller`] sets its own).
+    pub tenant: Option<String>,
     /// Default 50, at most 1000.
     pub page_size: u32,
     /// The `next_page_token` of the previous page.
@@ -111,6 +113,10 @@ pub(crate) struct NewSession {
     pub records: Vec<(u64, EventKind)>,
     /// The admin action it is audited as, with its data.
     pub audit: (&'static str, serde_json::Value),
+    /// The tenant it belongs to.
+    pub tenant: String,
+    /// The principal that created it ([`Principal::label`]).
+    pub by: String,
 }
 
 /// Images are for user messages, valid, and within the limits; errors name
@@ -163,13 +169,37 @@ impl RuntimeHandle {
     /// parameters with a used key get `FAILED_PRECONDITION` naming the
     /// key). The session is durable when this returns.
     pub async fn start_session(&self, req: StartSession) -> Result<SessionInfo> {
+        self.start_session_in(req, DEFAULT_TENANT, &Principal::embedded().label())
+            .await
+    }
+
+    /// [`Self::start_session`] in `tenant`, started by principal `by`:
+    /// the one path every way of starting a session takes (the embedding
+    /// API, [`crate::Caller`] for the servers). Idempotency keys are
+    /// scoped to the tenant.
+    pub(crate) async fn start_session_in(
+        &self,
+        req: StartSession,
+        tenant: &str,
+        by: &str,
+    ) -> Result<SessionInfo> {
         let shared = self.shared();
         let route = match req.route.as_deref() {
             None | Some("") => shared.config.sessions.default_route.clone(),
             Some(r) => r.to_string(),
         };
         self.validate_start(&req, &route)?;
-        let key = req.idempotency_key.clone().filter(|k| !k.is_empty());
+        let key = req
+            .idempotency_key
+            .clone()
+            .filter(|k| !k.is_empty())
+            .map(|k| {
+                if tenant == DEFAULT_TENANT {
+                    k
+                } else {
+                    format!("{tenant}\u{0}{k}")
+                }
+            });
         let started = EventKind::SessionStarted {
             route: route.clone(),
             system_prompt: req.system_prompt.clone(),
@@ -182,6 +212,8 @@ impl RuntimeHandle {
             history: req.history,
             generation: req.generation,
             replay_of: None,
+            tenant: tenant.to_string(),
+            by: by.to_string(),
         };
         // Serialise creations that share a key, so that exactly one creates.
         let _guard = match &key {
@@ -189,7 +221,10 @@ impl RuntimeHandle {
                 let slot = fnv1a(k.as_bytes()) % self.inner.idempotency_locks.len();
                 let guard = self.inner.idempotency_locks[slot].lock().await;
                 if let Some(id) = shared.store.find_idempotency(k.clone()).await? {
-                    return self.existing_session(k, id, &started, &req.metadata).await;
+                    let shown = req.idempotency_key.as_deref().unwrap_or_default();
+                    return self
+                        .existing_session(shown, id, &started, &req.metadata)
+                        .await;
                 }
                 Some(guard)
             }
@@ -203,6 +238,8 @@ impl RuntimeHandle {
             status: SessionStatus::Idle,
             records: vec![(now_unix_ms(), started)],
             audit: ("start_session", serde_json::json!({ "route": route })),
+            tenant: tenant.to_string(),
+            by: by.to_string(),
         })
         .await
     }
@@ -242,6 +279,7 @@ impl RuntimeHandle {
         let id = SessionId::new();
         let now = now_unix_ms();
         let meta = SessionMeta {
+            tenant: new.tenant,
             created_at_unix_ms: now,
             route: new.route,
             system_prompt: new.system_prompt,
@@ -281,7 +319,7 @@ impl RuntimeHandle {
         }
         shared.store.write(batch).await?;
         let (action, data) = new.audit;
-        self.audit_admin(action, Some(id), data);
+        self.audit_admin(action, Some(id), data, &new.by);
         if let (Some(seq), Some(sink)) = (audited, &shared.audit) {
             for e in &events {
                 audit::record_event(sink.as_ref(), e, false);
@@ -472,6 +510,18 @@ impl RuntimeHandle {
         call_id: String,
         outcome: std::result::Result<String, String>,
     ) -> Result<u64> {
+        self.submit_tool_result_by(id, call_id, outcome, embedded())
+            .await
+    }
+
+    /// [`Self::submit_tool_result`] by principal `by`.
+    pub(crate) async fn submit_tool_result_by(
+        &self,
+        id: SessionId,
+        call_id: String,
+        outcome: std::result::Result<String, String>,
+        by: String,
+    ) -> Result<u64> {
         if call_id.is_empty() {
             return Err(Error::InvalidArgument("call_id is required".into()));
         }
@@ -490,6 +540,7 @@ impl RuntimeHandle {
             call_id,
             output,
             is_error,
+            by,
             reply,
         })
         .await
@@ -524,6 +575,17 @@ impl RuntimeHandle {
         id: SessionId,
         message: Message,
         review: bool,
+    ) -> Result<EventStream> {
+        self.send_message_by(id, message, review, embedded()).await
+    }
+
+    /// [`Self::send_message`] by principal `by`.
+    pub(crate) async fn send_message_by(
+        &self,
+        id: SessionId,
+        message: Message,
+        review: bool,
+        by: String,
     ) -> Result<EventStream> {
         let limits = &self.shared().config.sessions;
         match message.role {
@@ -562,6 +624,7 @@ impl RuntimeHandle {
             .ask(id, |reply| SessionMsg::Send {
                 message,
                 review,
+                by,
                 reply,
             })
             .await?;
@@ -577,11 +640,11 @@ impl RuntimeHandle {
     pub async fn list(&self, q: ListQuery) -> Result<SessionList> {
         let size = page_size(q.page_size)?;
         let after = page_token(q.page_token.as_deref(), |t| t.parse::<SessionId>().ok())?;
-        let page = self
-            .shared()
-            .store
-            .list_sessions(q.status, after, size)
-            .await?;
+        let store = &self.shared().store;
+        let page = match q.tenant {
+            Some(t) => store.list_tenant_sessions(t, q.status, after, size).await?,
+            None => store.list_sessions(q.status, after, size).await?,
+        };
         Ok(SessionList {
             sessions: page
                 .sessions
@@ -600,19 +663,43 @@ impl RuntimeHandle {
 
     /// Cancel the running turn; returns its number, or `None` if none ran.
     pub async fn cancel(&self, id: SessionId) -> Result<Option<u64>> {
-        let r = self.ask(id, |reply| SessionMsg::Cancel { reply }).await;
+        self.cancel_by(id, embedded()).await
+    }
+
+    /// [`Self::cancel`] by principal `by`.
+    pub(crate) async fn cancel_by(&self, id: SessionId, by: String) -> Result<Option<u64>> {
+        let who = by.clone();
+        let r = self
+            .ask(id, |reply| SessionMsg::Cancel { by: who, reply })
+            .await;
         if let Ok(turn) = &r {
-            self.audit_admin("cancel_turn", Some(id), serde_json::json!({ "turn": turn }));
+            self.audit_admin(
+                "cancel_turn",
+                Some(id),
+                serde_json::json!({ "turn": turn }),
+                &by,
+            );
         }
         r
     }
 
     /// Delete a session and everything stored for it.
     pub async fn delete(&self, id: SessionId) -> Result<()> {
+        self.delete_by(id, &embedded()).await
+    }
+
+    /// [`Self::delete`] by principal `by`.
+    pub(crate) async fn delete_by(&self, id: SessionId, by: &str) -> Result<()> {
         let r = self.ask(id, |reply| SessionMsg::Delete { reply }).await;
         if r.is_ok() {
-            self.audit_admin("delete_session", Some(id), serde_json::json!({}));
+            self.audit_admin("delete_session", Some(id), serde_json::json!({}), by);
         }
         r
     }
+}
+
+/// The label of the embedding program, the principal of the plain
+/// [`RuntimeHandle`] methods.
+pub(crate) fn embedded() -> String {
+    Principal::embedded().label()
 }

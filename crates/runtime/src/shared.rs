@@ -40,6 +40,8 @@ pub(crate) struct Shared {
     /// Recordings that replay sessions are answered from, by session.
     replays: Mutex<HashMap<SessionId, Arc<dyn StepSource>>>,
     epoch: Instant,
+    /// API key records (see [`crate::apikeys`]).
+    pub keys: crate::apikeys::KeyRing,
 }
 
 impl Shared {
@@ -50,6 +52,7 @@ impl Shared {
         gate_policies: Policies,
         config: RuntimeConfig,
         audit: Option<Arc<dyn AuditSink>>,
+        keys: crate::apikeys::KeyRing,
     ) -> Self {
         let (gate_events, _) = tokio::sync::broadcast::channel(1024);
         let live = Arc::new(crate::source::Live {
@@ -68,6 +71,7 @@ impl Shared {
             live,
             replays: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
+            keys,
         }
     }
 

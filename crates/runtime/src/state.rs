@@ -173,11 +173,14 @@ pub struct SessionState {
     /// For replay sessions: the session replayed.
     #[serde(default)]
     pub replay_of: Option<String>,
+    /// The tenant the session belongs to.
+    pub tenant: String,
 }
 
 impl SessionState {
     pub fn new(id: SessionId) -> Self {
         Self {
+            tenant: baton_types::DEFAULT_TENANT.into(),
             id,
             route: String::new(),
             system_prompt: String::new(),
@@ -237,7 +240,14 @@ impl SessionState {
                 history,
                 generation,
                 replay_of,
+                tenant,
+                by: _,
             } => {
+                self.tenant = if tenant.is_empty() {
+                    baton_types::DEFAULT_TENANT.to_string()
+                } else {
+                    tenant.clone()
+                };
                 self.generation = generation.clone();
                 self.budget_usd = *budget_usd;
                 self.data_classes = data_classes.clone();
@@ -255,6 +265,7 @@ impl SessionState {
                 turn,
                 message,
                 review,
+                by: _,
             } => {
                 self.last_turn = self.last_turn.max(*turn);
                 self.queued.push_back((*turn, message.clone(), *review));
@@ -437,7 +448,7 @@ impl SessionState {
                 self.end_turn(*turn);
                 self.turns_failed += 1;
             }
-            EventKind::TurnCancelled { turn } => {
+            EventKind::TurnCancelled { turn, .. } => {
                 self.end_turn(*turn);
                 self.turns_cancelled += 1;
             }
@@ -624,6 +635,8 @@ mod tests {
     fn a_full_turn_moves_through_queue_current_and_messages() {
         let s = fold(&[
             EventKind::SessionStarted {
+                by: String::new(),
+                tenant: baton_types::DEFAULT_TENANT.into(),
                 route: "e".into(),
                 system_prompt: "sys".into(),
                 allowed_tools: vec![],
@@ -637,11 +650,13 @@ mod tests {
                 replay_of: None,
             },
             EventKind::TurnAccepted {
+                by: String::new(),
                 turn: 1,
                 message: Message::user("a"),
                 review: false,
             },
             EventKind::TurnAccepted {
+                by: String::new(),
                 turn: 2,
                 message: Message::user("b"),
                 review: false,
@@ -684,7 +699,14 @@ mod tests {
         assert_eq!(s2.queued.len(), 1);
         assert_eq!(s2.turns_completed, 1);
         assert_eq!(s2.usage.total(), 3);
-        s2.apply(7, 0, &EventKind::TurnCancelled { turn: 2 });
+        s2.apply(
+            7,
+            0,
+            &EventKind::TurnCancelled {
+                by: String::new(),
+                turn: 2,
+            },
+        );
         assert_eq!(s2.status(), SessionStatus::Idle);
         assert_eq!(s2.last_seq, 7);
     }
@@ -693,6 +715,8 @@ mod tests {
     fn a_reissued_call_keeps_the_turn_and_bumps_the_attempt() {
         let mut s = fold(&[
             EventKind::SessionStarted {
+                by: String::new(),
+                tenant: baton_types::DEFAULT_TENANT.into(),
                 route: "e".into(),
                 system_prompt: String::new(),
                 allowed_tools: vec![],
@@ -706,6 +730,7 @@ mod tests {
                 replay_of: None,
             },
             EventKind::TurnAccepted {
+                by: String::new(),
                 turn: 1,
                 message: Message::user("a"),
                 review: false,
@@ -730,6 +755,7 @@ mod tests {
     fn session_failed_wins_over_everything() {
         let s = fold(&[
             EventKind::TurnAccepted {
+                by: String::new(),
                 turn: 1,
                 message: Message::user("a"),
                 review: false,
@@ -745,6 +771,7 @@ mod tests {
     fn tool_results_join_the_conversation_in_call_order() {
         let mut s = fold(&[
             EventKind::TurnAccepted {
+                by: String::new(),
                 turn: 1,
                 message: Message::user("a"),
                 review: false,
@@ -801,6 +828,7 @@ mod tests {
         assert!(c.tools[0].started && !c.tools[1].started);
         // c2 answers first; c1 needs attention, then is answered.
         let result = |id: &str, out: &str| EventKind::ToolResult {
+            by: String::new(),
             turn: 1,
             call_id: id.into(),
             name: "t".into(),
@@ -883,6 +911,8 @@ mod tests {
         ];
         let mut s = fold(&[
             EventKind::SessionStarted {
+                by: String::new(),
+                tenant: baton_types::DEFAULT_TENANT.into(),
                 route: "chain".into(),
                 system_prompt: "be careful".into(),
                 allowed_tools: vec!["search".into(), "pay*".into()],
@@ -907,6 +937,7 @@ mod tests {
                 replay_of: None,
             },
             EventKind::TurnAccepted {
+                by: String::new(),
                 turn: 1,
                 message: with_images,
                 review: true,
@@ -960,6 +991,7 @@ mod tests {
                 on_timeout: TimeoutAction::Escalate,
             },
             EventKind::TurnAccepted {
+                by: String::new(),
                 turn: 2,
                 message: Message::user("next"),
                 review: false,

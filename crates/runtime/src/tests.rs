@@ -143,6 +143,7 @@ async fn state_survives_a_restart_of_the_runtime() {
     assert_eq!(
         events[0].kind,
         EventKind::TurnAccepted {
+            by: "embedded:embedded".into(),
             turn: 3,
             message: Message::user("three"),
             review: false,
@@ -171,6 +172,7 @@ async fn an_unfinished_turn_is_resumed_at_start() {
             2,
             1,
             &EventKind::TurnAccepted {
+                by: String::new(),
                 turn: 1,
                 message: Message::user("lost?"),
                 review: false,

@@ -80,6 +80,12 @@ pub struct BatonConfig {
     pub tools: ToolsConfig,
     pub mcp: Vec<McpServerConfig>,
     pub gates: baton_runtime::gates::GatesConfig,
+    /// Tenants and their limits (`[[tenants]]`).
+    pub tenants: Vec<baton_runtime::TenantConfig>,
+    /// Ceilings on what any request may ask (`[limits]`).
+    pub limits: baton_runtime::LimitsConfig,
+    /// Who may call (`[auth]`).
+    pub auth: crate::auth::AuthSection,
     /// The signed audit trail (`[audit]`).
     pub audit: crate::audit::AuditSection,
     /// Logs, tracing spans and OTLP export (`[telemetry]`).
@@ -212,8 +218,12 @@ impl BatonConfig {
 
     /// The runtime's part of the config.
     pub fn runtime(&self) -> RuntimeConfig {
+        let audit = self.audit.resolve(&self.store.data_dir);
+        let mut store = self.store.clone();
+        store.audit_dir = Some(audit.path);
+        store.audit_key_file = Some(audit.key_file);
         RuntimeConfig {
-            store: self.store.clone(),
+            store,
             sessions: self.sessions.clone(),
             supervision: self.supervision.clone(),
             models: self.models.clone(),
@@ -221,6 +231,8 @@ impl BatonConfig {
             tools: self.tools.clone(),
             mcp: self.mcp.clone(),
             gates: self.gates.clone(),
+            tenants: self.tenants.clone(),
+            limits: self.limits.clone(),
         }
     }
 

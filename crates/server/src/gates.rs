@@ -25,6 +25,11 @@ pub struct GatesService {
 }
 
 impl GatesService {
+    /// The runtime as the request's authenticated principal sees it.
+    fn caller<T>(&self, req: &Request<T>) -> Result<baton_runtime::Caller, Status> {
+        Ok(self.runtime.as_caller(crate::auth::principal(req)?))
+    }
+
     /// A service whose watches end only when their clients leave.
     pub fn new(runtime: RuntimeHandle) -> Self {
         Self {
@@ -131,6 +136,7 @@ impl Gates for GatesService {
         &self,
         req: Request<v1::ListGatesRequest>,
     ) -> Result<Response<v1::ListGatesResponse>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         let session = if r.session_id.is_empty() {
             None
@@ -141,12 +147,13 @@ impl Gates for GatesService {
                     .map_err(|e| Status::invalid_argument(format!("session_id: {e}")))?,
             )
         };
-        let list = self
-            .runtime
+        let list = caller
             .list_gates(GateQuery {
                 status: status_filter(r.status)?,
                 session,
                 policy: (!r.policy.is_empty()).then_some(r.policy),
+                tenant: None,
+                groups: None,
                 page_size: r.page_size,
                 page_token: (!r.page_token.is_empty()).then_some(r.page_token),
             })
@@ -162,9 +169,9 @@ impl Gates for GatesService {
         &self,
         req: Request<v1::GetGateRequest>,
     ) -> Result<Response<v1::Gate>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
-        let (gate, context) = self
-            .runtime
+        let (gate, context) = caller
             .get_gate(gate_id(&r.gate_id)?)
             .await
             .map_err(|e| status(&e))?;
@@ -175,17 +182,19 @@ impl Gates for GatesService {
         &self,
         req: Request<v1::DecideGateRequest>,
     ) -> Result<Response<v1::Gate>, Status> {
+        let mut who = crate::auth::principal(&req)?;
         let r = req.into_inner();
+        // The reviewer is the authenticated principal. Without
+        // authentication (loopback only) the caller may name itself; the
+        // name is recorded as `local:<name>`, self-declared.
+        if who.via == baton_types::AuthMethod::Local && !r.reviewer.trim().is_empty() {
+            who.id = r.reviewer.trim().to_string();
+        }
+        let caller = self.runtime.as_caller(who);
         let id = gate_id(&r.gate_id)?;
         let decision = decision(&r)?;
-        if r.reviewer.trim().is_empty() {
-            return Err(Status::invalid_argument(
-                "reviewer is required: decisions are recorded with who made them",
-            ));
-        }
-        let gate = self
-            .runtime
-            .decide_gate(id, decision, r.reviewer, r.reason)
+        let gate = caller
+            .decide_gate(id, decision, r.reason)
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(gate_to_proto(&gate, &[])))
@@ -197,6 +206,7 @@ impl Gates for GatesService {
         &self,
         req: Request<v1::WatchGatesRequest>,
     ) -> Result<Response<Self::WatchGatesStream>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         let rx = self.runtime.watch_gates();
         // The stream ends when the server shuts down or the runtime drops its
@@ -205,6 +215,7 @@ impl Gates for GatesService {
         let state = (rx, self.stopping.clone());
         let stream = futures::stream::unfold(state, move |(mut rx, mut stopping)| {
             let (policy, reviewers) = (r.policy.clone(), r.reviewers.clone());
+            let caller = caller.clone();
             async move {
                 loop {
                     let item = tokio::select! {
@@ -212,7 +223,7 @@ impl Gates for GatesService {
                         () = stopped(&mut stopping) => return None,
                     };
                     match item {
-                        Ok(g) if watched(&g, &policy, &reviewers) => {
+                        Ok(g) if watched(&g, &policy, &reviewers) && caller.sees_gate(&g).await => {
                             return Some((Ok(gate_to_proto(&g, &[])), (rx, stopping)));
                         }
                         Ok(_) => {}

@@ -10,6 +10,7 @@
 
 use std::future::Future;
 
+use axum::Extension;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -19,34 +20,39 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::serve::ListenerExt;
 use baton_runtime::RuntimeHandle;
+use baton_types::Principal;
 use tokio::net::TcpListener;
 
+use crate::auth::{Authenticator, http_auth};
 use crate::config::HttpSection;
 use crate::openai::{self, ApiError};
 
-/// The HTTP routes over a runtime; bodies larger than
+/// The HTTP routes over a runtime, each checked by `auth` against
+/// [`crate::auth::HTTP_ACCESS`]; bodies larger than
 /// `section.max_request_bytes` get 413.
-pub fn router(runtime: RuntimeHandle, section: &HttpSection) -> Router {
+pub fn router(runtime: RuntimeHandle, section: &HttpSection, auth: Authenticator) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/models", get(models))
         .route("/v1/models/{model}", get(model))
+        .route_layer(axum::middleware::from_fn_with_state(auth, http_auth))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(section.max_request_bytes))
         .with_state(runtime)
 }
 
 /// Serve HTTP until `shutdown` resolves, then drain open requests (stop the
-/// runtime first: that ends open streams).
+/// runtime first: that ends open streams). `auth` checks every route.
 pub async fn serve_http(
     runtime: RuntimeHandle,
     listener: TcpListener,
     section: HttpSection,
+    auth: Authenticator,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), crate::serve::Error> {
-    let app = router(runtime, &section);
+    let app = router(runtime, &section, auth);
     // TCP_NODELAY: streamed chunks are small writes (as for gRPC).
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
@@ -76,18 +82,26 @@ async fn healthz() -> &'static str {
 
 async fn chat_completions(
     State(runtime): State<RuntimeHandle>,
+    Extension(who): Extension<Principal>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    openai::chat_completions(runtime, headers, body).await
+    openai::chat_completions(runtime.as_caller(who), headers, body).await
 }
 
-async fn models(State(runtime): State<RuntimeHandle>) -> Response {
-    axum::Json(openai::models(&runtime)).into_response()
+async fn models(
+    State(runtime): State<RuntimeHandle>,
+    Extension(who): Extension<Principal>,
+) -> Response {
+    axum::Json(openai::models(&runtime.as_caller(who))).into_response()
 }
 
-async fn model(State(runtime): State<RuntimeHandle>, Path(model): Path<String>) -> Response {
-    let routes = runtime.routes();
+async fn model(
+    State(runtime): State<RuntimeHandle>,
+    Extension(who): Extension<Principal>,
+    Path(model): Path<String>,
+) -> Response {
+    let routes = runtime.as_caller(who).routes();
     if routes.contains(&model) {
         axum::Json(openai::model_json(&model)).into_response()
     } else {

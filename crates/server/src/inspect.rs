@@ -24,6 +24,11 @@ pub struct InspectService {
 }
 
 impl InspectService {
+    /// The runtime as the request's authenticated principal sees it.
+    fn caller<T>(&self, req: &Request<T>) -> Result<baton_runtime::Caller, Status> {
+        Ok(self.runtime.as_caller(crate::auth::principal(req)?))
+    }
+
     pub fn new(runtime: RuntimeHandle) -> Self {
         Self { runtime }
     }
@@ -96,12 +101,9 @@ impl Inspect for InspectService {
         &self,
         req: Request<v1::GetSessionStateRequest>,
     ) -> Result<Response<v1::SessionStateView>, Status> {
+        let caller = self.caller(&req)?;
         let id = session_id("session_id", &req.into_inner().session_id)?;
-        let view = self
-            .runtime
-            .session_state(id)
-            .await
-            .map_err(|e| status(&e))?;
+        let view = caller.session_state(id).await.map_err(|e| status(&e))?;
         Ok(Response::new(view_to_proto(&view)?))
     }
 
@@ -109,11 +111,11 @@ impl Inspect for InspectService {
         &self,
         req: Request<v1::GetJournalRequest>,
     ) -> Result<Response<v1::GetJournalResponse>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         let id = session_id("session_id", &r.session_id)?;
         let limit = journal_page_size(r.page_size)?;
-        let page = self
-            .runtime
+        let page = caller
             .journal_page(id, r.after_seq, limit)
             .await
             .map_err(|e| status(&e))?;
@@ -140,13 +142,13 @@ impl Inspect for InspectService {
         &self,
         req: Request<v1::GetStateAtRequest>,
     ) -> Result<Response<v1::SessionStateView>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         let id = session_id("session_id", &r.session_id)?;
         // The runtime reads u64::MAX as "the latest"; over the API a seq is
         // always a position, and that one is past every journal's end.
         if r.seq == u64::MAX {
-            let last = self
-                .runtime
+            let last = caller
                 .journal_page(id, u64::MAX - 1, 1)
                 .await
                 .map_err(|e| status(&e))?
@@ -156,11 +158,7 @@ impl Inspect for InspectService {
                 r.seq
             )));
         }
-        let view = self
-            .runtime
-            .state_at(id, r.seq)
-            .await
-            .map_err(|e| status(&e))?;
+        let view = caller.state_at(id, r.seq).await.map_err(|e| status(&e))?;
         Ok(Response::new(view_to_proto(&view)?))
     }
 
@@ -168,6 +166,7 @@ impl Inspect for InspectService {
         &self,
         req: Request<v1::ForkSessionRequest>,
     ) -> Result<Response<v1::ForkSessionResponse>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         let id = session_id("session_id", &r.session_id)?;
         if r.at_seq == 0 {
@@ -175,11 +174,7 @@ impl Inspect for InspectService {
                 "at_seq is required: the seq the fork continues from (at least 1)",
             ));
         }
-        let info = self
-            .runtime
-            .fork(id, r.at_seq)
-            .await
-            .map_err(|e| status(&e))?;
+        let info = caller.fork(id, r.at_seq).await.map_err(|e| status(&e))?;
         Ok(Response::new(v1::ForkSessionResponse {
             session_id: info.id.to_string(),
             status: convert::status_to_proto(info.status) as i32,
@@ -190,8 +185,9 @@ impl Inspect for InspectService {
         &self,
         req: Request<v1::ReplaySessionRequest>,
     ) -> Result<Response<v1::ReplaySessionResponse>, Status> {
+        let caller = self.caller(&req)?;
         let id = session_id("session_id", &req.into_inner().session_id)?;
-        let report = self.runtime.replay(id).await.map_err(|e| status(&e))?;
+        let report = caller.replay(id).await.map_err(|e| status(&e))?;
         Ok(Response::new(v1::ReplaySessionResponse {
             source: report.source.to_string(),
             replay_session_id: report.replay.to_string(),
@@ -213,20 +209,16 @@ impl Inspect for InspectService {
         &self,
         req: Request<v1::BackupRequest>,
     ) -> Result<Response<v1::BackupResponse>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         if r.dest_path.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "dest_path is required: a directory that does not exist yet",
             ));
         }
+        // Inside store.backup_dir (relative paths are taken relative to it).
         let dest = PathBuf::from(&r.dest_path);
-        if !dest.is_absolute() {
-            return Err(Status::invalid_argument(format!(
-                "dest_path {:?} must be absolute (it is a path on the server's machine)",
-                r.dest_path
-            )));
-        }
-        let info = self.runtime.backup(dest).await.map_err(|e| status(&e))?;
+        let info = caller.backup(dest).await.map_err(|e| status(&e))?;
         Ok(Response::new(v1::BackupResponse {
             path: info.path.display().to_string(),
             bytes: info.bytes,

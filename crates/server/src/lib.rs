@@ -17,7 +17,9 @@
 //! # Ok(()) }
 //! ```
 
+mod admin;
 pub mod audit;
+pub mod auth;
 mod config;
 mod config_origin;
 mod gates;
@@ -28,11 +30,13 @@ mod serve;
 mod sessions;
 mod status;
 
+pub use admin::{AdminService, key_to_proto, new_key, parse_roles};
+pub use auth::{AuthSection, Authenticator};
 pub use config::{BatonConfig, ConfigError, HttpSection, ServerSection};
 pub use gates::{GatesService, gate_to_proto};
 pub use http::{router as http_router, serve_http};
 pub use inspect::{InspectService, actor_to_proto};
-pub use serve::{Error, serve};
+pub use serve::{Error, serve, serve_with};
 pub use sessions::SessionsService;
 pub use status::{grpc_code, http_status, status};
 

@@ -2,12 +2,15 @@
 
 use std::future::Future;
 
+use baton_proto::v1::admin_server::AdminServer;
 use baton_proto::v1::gates_server::GatesServer;
 use baton_proto::v1::inspect_server::InspectServer;
 use baton_proto::v1::sessions_server::SessionsServer;
 use baton_runtime::RuntimeHandle;
 use tokio::net::TcpListener;
 
+use crate::admin::AdminService;
+use crate::auth::{Authenticator, GrpcAuthLayer};
 use crate::config::ServerSection;
 use crate::gates::GatesService;
 use crate::inspect::InspectService;
@@ -25,11 +28,24 @@ pub enum Error {
 }
 
 /// Serve until `shutdown` resolves; in-flight streams are cut, the runtime is
-/// left running (the caller shuts it down).
+/// left running (the caller shuts it down). No authentication: every caller
+/// is the local admin — for loopback listeners (see [`serve_with`]).
 pub async fn serve(
     runtime: RuntimeHandle,
     listener: TcpListener,
     section: ServerSection,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), Error> {
+    let auth = Authenticator::disabled(runtime.clone());
+    serve_with(runtime, listener, section, auth, shutdown).await
+}
+
+/// [`serve`] with `auth` checking every call (see [`crate::auth`]).
+pub async fn serve_with(
+    runtime: RuntimeHandle,
+    listener: TcpListener,
+    section: ServerSection,
+    auth: Authenticator,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let (health, health_service) = tonic_health::server::health_reporter();
@@ -38,6 +54,7 @@ pub async fn serve(
         .await;
     health.set_serving::<GatesServer<GatesService>>().await;
     health.set_serving::<InspectServer<InspectService>>().await;
+    health.set_serving::<AdminServer<AdminService>>().await;
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -57,15 +74,19 @@ pub async fn serve(
     };
     let inspect = InspectServer::new(InspectService::new(runtime.clone()))
         .max_decoding_message_size(section.max_request_bytes);
+    let admin = AdminServer::new(AdminService::new(runtime.clone()))
+        .max_decoding_message_size(section.max_request_bytes);
     let gates = GatesServer::new(GatesService::with_shutdown(runtime, stopping))
         .max_decoding_message_size(section.max_request_bytes);
     tonic::transport::Server::builder()
+        .layer(GrpcAuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection_v1)
         .add_service(reflection_v1alpha)
         .add_service(sessions)
         .add_service(gates)
         .add_service(inspect)
+        .add_service(admin)
         .serve_with_incoming_shutdown(
             // TCP_NODELAY: a turn's events are small writes; Nagle's algorithm
             // would hold each for milliseconds (measured in benches/load/).

@@ -19,6 +19,11 @@ pub struct SessionsService {
 }
 
 impl SessionsService {
+    /// The runtime as the request's authenticated principal sees it.
+    fn caller<T>(&self, req: &Request<T>) -> Result<baton_runtime::Caller, Status> {
+        Ok(self.runtime.as_caller(crate::auth::principal(req)?))
+    }
+
     pub fn new(runtime: RuntimeHandle) -> Self {
         Self { runtime }
     }
@@ -43,6 +48,7 @@ fn to_grpc(stream: EventStream) -> EventResultStream {
 
 fn view_to_proto(v: SessionView) -> v1::Session {
     v1::Session {
+        tenant: v.tenant.clone(),
         session_id: v.id.to_string(),
         status: convert::status_to_proto(v.status) as i32,
         status_reason: v.status_reason,
@@ -85,13 +91,13 @@ impl Sessions for SessionsService {
         &self,
         req: Request<v1::StartSessionRequest>,
     ) -> Result<Response<v1::StartSessionResponse>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         let generation =
             convert::generation_from_proto(r.generation).map_err(|(field, problem)| {
                 Status::invalid_argument(format!("generation.{field}: {problem}"))
             })?;
-        let info = self
-            .runtime
+        let info = caller
             .start_session(StartSession {
                 idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
                 system_prompt: r.system_prompt,
@@ -125,10 +131,11 @@ impl Sessions for SessionsService {
         &self,
         req: Request<v1::SendMessageRequest>,
     ) -> Result<Response<Self::SendMessageStream>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         let id = session_id("session_id", &r.session_id)?;
         let stream = if r.images.is_empty() {
-            self.runtime.send_with(id, r.content, r.review).await
+            caller.send_with(id, r.content, r.review).await
         } else {
             let mut message = baton_types::Message::user(r.content);
             message.images = r
@@ -136,7 +143,7 @@ impl Sessions for SessionsService {
                 .into_iter()
                 .map(convert::image_from_proto)
                 .collect();
-            self.runtime.send_message(id, message, r.review).await
+            caller.send_message(id, message, r.review).await
         }
         .map_err(|e| status(&e))?;
         Ok(Response::new(to_grpc(stream)))
@@ -148,10 +155,10 @@ impl Sessions for SessionsService {
         &self,
         req: Request<v1::ResumeSessionRequest>,
     ) -> Result<Response<Self::ResumeSessionStream>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         let id = session_id("session_id", &r.session_id)?;
-        let stream = self
-            .runtime
+        let stream = caller
             .resume(id, r.after_seq)
             .await
             .map_err(|e| status(&e))?;
@@ -162,8 +169,9 @@ impl Sessions for SessionsService {
         &self,
         req: Request<v1::GetSessionRequest>,
     ) -> Result<Response<v1::Session>, Status> {
+        let caller = self.caller(&req)?;
         let id = session_id("session_id", &req.into_inner().session_id)?;
-        let view = self.runtime.get(id).await.map_err(|e| status(&e))?;
+        let view = caller.get(id).await.map_err(|e| status(&e))?;
         Ok(Response::new(view_to_proto(view)))
     }
 
@@ -171,13 +179,14 @@ impl Sessions for SessionsService {
         &self,
         req: Request<v1::ListSessionsRequest>,
     ) -> Result<Response<v1::ListSessionsResponse>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         let status_filter = convert::status_from_proto(r.status)
             .map_err(|v| Status::invalid_argument(format!("status: unknown session status {v}")))?;
-        let list = self
-            .runtime
+        let list = caller
             .list(ListQuery {
                 status: status_filter,
+                tenant: None,
                 page_size: r.page_size,
                 page_token: (!r.page_token.is_empty()).then_some(r.page_token),
             })
@@ -203,8 +212,9 @@ impl Sessions for SessionsService {
         &self,
         req: Request<v1::CancelTurnRequest>,
     ) -> Result<Response<v1::CancelTurnResponse>, Status> {
+        let caller = self.caller(&req)?;
         let id = session_id("session_id", &req.into_inner().session_id)?;
-        let turn = self.runtime.cancel(id).await.map_err(|e| status(&e))?;
+        let turn = caller.cancel(id).await.map_err(|e| status(&e))?;
         Ok(Response::new(v1::CancelTurnResponse {
             cancelled: turn.is_some(),
             turn: turn.unwrap_or(0),
@@ -215,6 +225,7 @@ impl Sessions for SessionsService {
         &self,
         req: Request<v1::SubmitToolResultRequest>,
     ) -> Result<Response<v1::SubmitToolResultResponse>, Status> {
+        let caller = self.caller(&req)?;
         let r = req.into_inner();
         let id = session_id("session_id", &r.session_id)?;
         let outcome = match r.outcome {
@@ -226,8 +237,7 @@ impl Sessions for SessionsService {
                 ));
             }
         };
-        let seq = self
-            .runtime
+        let seq = caller
             .submit_tool_result(id, r.call_id, outcome)
             .await
             .map_err(|e| status(&e))?;
@@ -238,8 +248,9 @@ impl Sessions for SessionsService {
         &self,
         req: Request<v1::DeleteSessionRequest>,
     ) -> Result<Response<v1::DeleteSessionResponse>, Status> {
+        let caller = self.caller(&req)?;
         let id = session_id("session_id", &req.into_inner().session_id)?;
-        self.runtime.delete(id).await.map_err(|e| status(&e))?;
+        caller.delete(id).await.map_err(|e| status(&e))?;
         Ok(Response::new(v1::DeleteSessionResponse {}))
     }
 }

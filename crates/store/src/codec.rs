@@ -33,6 +33,9 @@ pub struct SessionMeta {
     pub status: SessionStatus,
     pub status_reason: String,
     pub updated_at_unix_ms: u64,
+    /// The tenant the session belongs to ([`baton_types::DEFAULT_TENANT`]
+    /// for sessions stored before tenants).
+    pub tenant: String,
 }
 
 pub fn encode_meta(m: &SessionMeta) -> Vec<u8> {
@@ -46,6 +49,7 @@ pub fn encode_meta(m: &SessionMeta) -> Vec<u8> {
         status: keys::status_byte(m.status) as u32,
         status_reason: m.status_reason.clone(),
         updated_at_unix_ms: m.updated_at_unix_ms,
+        tenant: m.tenant.clone(),
     }
     .encode_to_vec()
 }
@@ -67,6 +71,11 @@ pub fn decode_meta(session: SessionId, bytes: &[u8]) -> Result<SessionMeta> {
         status,
         status_reason: m.status_reason,
         updated_at_unix_ms: m.updated_at_unix_ms,
+        tenant: if m.tenant.is_empty() {
+            baton_types::DEFAULT_TENANT.to_string()
+        } else {
+            m.tenant
+        },
     })
 }
 
@@ -339,9 +348,9 @@ baton_proto::event_codec! {
     {
         SessionStarted => SessionCreated {
             route, system_prompt, allowed_tools, client_tools, max_steps, budget_usd,
-            data_classes, one_shot, history, generation, replay_of,
+            data_classes, one_shot, history, generation, replay_of, tenant, by,
         },
-        TurnAccepted => TurnAccepted { turn, message, review },
+        TurnAccepted => TurnAccepted { turn, message, review, by },
         ModelCallStarted => ModelCallStarted { turn, attempt, endpoint, reason },
         OutputDelta => OutputDelta { turn, attempt, text },
         AssistantMessage => ModelResponse {
@@ -352,7 +361,7 @@ baton_proto::event_codec! {
         OutputRetracted => OutputRetracted { turn, attempt, reason },
         ToolCallRequested => ToolCallRequested { turn, call_id, name, arguments, client_side },
         ToolCallStarted => ToolCallStarted { turn, call_id, name, attempt },
-        ToolResult => ToolResult { turn, call_id, name, output via tool_output, is_error, latency_ms },
+        ToolResult => ToolResult { turn, call_id, name, output via tool_output, is_error, latency_ms, by },
         NeedsAttention => NeedsAttention { turn, call_id, reason },
         GateOpened => GateOpened {
             turn, gate_id, kind, point, policy, reason, reviewers, subject, call_id,
@@ -362,7 +371,7 @@ baton_proto::event_codec! {
         GateEscalated => GateEscalated { turn, gate_id, reviewers, deadline_unix_ms, on_timeout },
         TurnCompleted => TurnCompleted { turn, usage },
         TurnFailed => TurnFailed { turn, reason, code },
-        TurnCancelled => TurnCancelled { turn },
+        TurnCancelled => TurnCancelled { turn, by },
         SessionFailed => SessionFailed { reason },
     }
 }
@@ -456,6 +465,8 @@ mod tests {
         let cases: Vec<(EventKind, &str)> = vec![
             (
                 EventKind::SessionStarted {
+                    by: String::new(),
+                    tenant: baton_types::DEFAULT_TENANT.into(),
                     route: "echo".into(),
                     system_prompt: "be brief".into(),
                     allowed_tools: vec![],
@@ -472,6 +483,7 @@ mod tests {
             ),
             (
                 EventKind::TurnAccepted {
+                    by: String::new(),
                     turn: 1,
                     message: Message::user("hi"),
                     review: false,
@@ -589,6 +601,7 @@ mod tests {
             ),
             (
                 EventKind::ToolResult {
+                    by: String::new(),
                     turn: 1,
                     call_id: "c".into(),
                     name: "t".into(),
@@ -606,13 +619,21 @@ mod tests {
                 },
                 "0801102ab2010808011201631a0172",
             ),
-            (EventKind::TurnCancelled { turn: 5 }, "0801102a8a01020805"),
+            (
+                EventKind::TurnCancelled {
+                    by: String::new(),
+                    turn: 5,
+                },
+                "0801102a8a01020805",
+            ),
             (
                 EventKind::SessionFailed { reason: "y".into() },
                 "0801102a9201030a0179",
             ),
             (
                 EventKind::SessionStarted {
+                    by: String::new(),
+                    tenant: baton_types::DEFAULT_TENANT.into(),
                     route: "r".into(),
                     system_prompt: String::new(),
                     allowed_tools: vec![],
@@ -629,6 +650,8 @@ mod tests {
             ),
             (
                 EventKind::SessionStarted {
+                    by: String::new(),
+                    tenant: baton_types::DEFAULT_TENANT.into(),
                     route: "r".into(),
                     system_prompt: String::new(),
                     allowed_tools: vec![],
@@ -652,6 +675,7 @@ mod tests {
             ),
             (
                 EventKind::TurnAccepted {
+                    by: String::new(),
                     turn: 1,
                     message: Message {
                         images: vec![Image {
@@ -742,6 +766,7 @@ mod tests {
             1,
             42,
             &EventKind::TurnAccepted {
+                by: String::new(),
                 turn: 1,
                 message: Message::user("hi"),
                 review: false,
@@ -752,13 +777,23 @@ mod tests {
             hex(&enc.record),
             "0801102a5a0a080112060802120268 69".replace(' ', "")
         );
-        let enc = encode_record(&s, 1, 42, &EventKind::TurnCancelled { turn: 5 }, 1024);
+        let enc = encode_record(
+            &s,
+            1,
+            42,
+            &EventKind::TurnCancelled {
+                by: String::new(),
+                turn: 5,
+            },
+            1024,
+        );
         assert_eq!(hex(&enc.record), "0801102a8a01020805");
     }
 
     #[test]
     fn golden_bytes_of_session_meta() {
         let m = SessionMeta {
+            tenant: baton_types::DEFAULT_TENANT.into(),
             created_at_unix_ms: 1,
             route: "r".into(),
             system_prompt: String::new(),
@@ -781,6 +816,7 @@ mod tests {
         let s = fixed_session();
         let big = "x".repeat(5000);
         let kind = EventKind::TurnAccepted {
+            by: String::new(),
             turn: 1,
             message: Message::user(big.clone()),
             review: false,

@@ -7,6 +7,8 @@
 //! | `payloads` | session id (16) ++ seq (8) | raw content bytes (UTF-8) |
 //! | `indexes` | `s` ++ status (1) ++ session id (16) | empty — sessions by status |
 //! | `indexes` | `i` ++ idempotency key | session id (16) |
+//! | `indexes` | `t` ++ tenant ++ 0 ++ session id (16) | empty — sessions by tenant |
+//! | `indexes` | `k` ++ key id | API key record (JSON) |
 //! | `snapshots` | session id (16) | version (1) ++ seq (8) ++ bincode state |
 
 use baton_types::{SessionId, SessionStatus};
@@ -89,6 +91,37 @@ pub fn session_from_slice(b: &[u8]) -> Option<SessionId> {
     let arr: [u8; 16] = b.try_into().ok()?;
     Some(SessionId::from_bytes(arr))
 }
+
+/// `indexes` key prefix of the sessions-by-tenant index.
+pub const TENANT_PREFIX: u8 = b't';
+
+/// `t` ++ tenant ++ 0: the prefix of one tenant's sessions.
+pub fn tenant_index_prefix(tenant: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(tenant.len() + 2);
+    k.push(TENANT_PREFIX);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k
+}
+
+pub fn tenant_index_key(tenant: &str, session: &SessionId) -> Vec<u8> {
+    let mut k = tenant_index_prefix(tenant);
+    k.extend_from_slice(session.as_bytes());
+    k
+}
+
+/// `indexes` key prefix of API key records.
+pub const API_KEY_PREFIX: u8 = b'k';
+
+pub fn api_key_key(id: &str) -> Vec<u8> {
+    let mut k = vec![API_KEY_PREFIX];
+    k.extend_from_slice(id.as_bytes());
+    k
+}
+
+/// `indexes` key marking that the tenant index covers every session
+/// (written once, by the first start that built it).
+pub const TENANT_INDEX_MARKER: &[u8] = b"~tenant-index-v1";
 
 #[cfg(test)]
 mod tests {

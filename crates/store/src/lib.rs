@@ -158,6 +158,13 @@ impl Batch {
                 key: keys::status_index_key(prev, session).to_vec(),
             });
         }
+        if previous.is_none() {
+            self.ops.push(Op::Put {
+                cf: CF_INDEXES,
+                key: keys::tenant_index_key(&meta.tenant, session),
+                value: Vec::new(),
+            });
+        }
         if previous != Some(meta.status) {
             self.ops.push(Op::Put {
                 cf: CF_INDEXES,
@@ -252,6 +259,10 @@ impl Batch {
             cf: CF_INDEXES,
             key: keys::status_index_key(meta.status, session).to_vec(),
         });
+        self.ops.push(Op::Delete {
+            cf: CF_INDEXES,
+            key: keys::tenant_index_key(&meta.tenant, session),
+        });
         if let Some(k) = &meta.idempotency_key {
             self.ops.push(Op::Delete {
                 cf: CF_INDEXES,
@@ -264,6 +275,15 @@ impl Batch {
                 key: keys::audit_key(which, session),
             });
         }
+    }
+
+    /// Store an API key record (JSON) under its key id.
+    pub fn put_api_key(&mut self, id: &str, record: Vec<u8>) {
+        self.ops.push(Op::Put {
+            cf: CF_INDEXES,
+            key: keys::api_key_key(id),
+            value: record,
+        });
     }
 
     /// A raw operation (tests and tools).
@@ -317,6 +337,7 @@ impl Store {
             .iter()
             .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
         let db = Arc::new(DB::open_cf_descriptors(&db_opts, &options.path, cfs)?);
+        build_tenant_index(&db)?;
         let stats = Arc::new(WriterStats::default());
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = {
@@ -545,6 +566,55 @@ impl Store {
             .await
     }
 
+    /// A page of `tenant`'s sessions in id (= creation) order, optionally
+    /// only those with `status` (served from the tenant index).
+    pub async fn list_tenant_sessions(
+        &self,
+        tenant: String,
+        status: Option<SessionStatus>,
+        after: Option<SessionId>,
+        limit: usize,
+    ) -> Result<SessionPage> {
+        self.blocking(move |db| list_tenant_blocking(db, &tenant, status, after, limit))
+            .await
+    }
+
+    /// Number of `tenant`'s sessions (a scan of its index keys).
+    pub async fn count_tenant_sessions(&self, tenant: String) -> Result<u64> {
+        self.blocking(move |db| {
+            let prefix = keys::tenant_index_prefix(&tenant);
+            let cf = writer::cf_handle(db, CF_INDEXES)?;
+            let mut n = 0;
+            for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+                let (k, _) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    /// Every stored API key record (JSON), by key id.
+    pub async fn api_keys(&self) -> Result<Vec<(String, Vec<u8>)>> {
+        self.blocking(|db| {
+            let cf = writer::cf_handle(db, CF_INDEXES)?;
+            let prefix = [keys::API_KEY_PREFIX];
+            let mut out = Vec::new();
+            for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+                let (k, v) = item?;
+                if k.first() != Some(&keys::API_KEY_PREFIX) {
+                    break;
+                }
+                out.push((String::from_utf8_lossy(&k[1..]).into_owned(), v.to_vec()));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Every session with `status` (used at start-up to find unfinished turns).
     pub async fn sessions_with_status(&self, status: SessionStatus) -> Result<Vec<SessionId>> {
         self.blocking(move |db| {
@@ -754,22 +824,111 @@ fn list_sessions_blocking(
     })
 }
 
+fn list_tenant_blocking(
+    db: &DB,
+    tenant: &str,
+    status: Option<SessionStatus>,
+    after: Option<SessionId>,
+    limit: usize,
+) -> Result<SessionPage> {
+    let cf = writer::cf_handle(db, CF_INDEXES)?;
+    let prefix = keys::tenant_index_prefix(tenant);
+    let start = match after {
+        Some(a) => keys::tenant_index_key(tenant, &a),
+        None => prefix.clone(),
+    };
+    let mut sessions = Vec::new();
+    let mut more = false;
+    for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+        let (k, _) = item?;
+        if !k.starts_with(&prefix) {
+            break;
+        }
+        let Some(id) = keys::session_from_slice(&k[prefix.len()..]) else {
+            continue;
+        };
+        if Some(id) == after {
+            continue;
+        }
+        let Some(meta) = load_meta_blocking(db, id)? else {
+            continue;
+        };
+        if status.is_some_and(|s| s != meta.status) {
+            continue;
+        }
+        if sessions.len() == limit {
+            more = true;
+            break;
+        }
+        sessions.push((id, meta));
+    }
+    let next_after = if more {
+        sessions.last().map(|(id, _)| *id)
+    } else {
+        None
+    };
+    Ok(SessionPage {
+        sessions,
+        next_after,
+    })
+}
+
+/// Sessions stored before tenants have no tenant index entry: add one for
+/// every session, once (a marker records that it was done).
+fn build_tenant_index(db: &DB) -> Result<()> {
+    let indexes = writer::cf_handle(db, CF_INDEXES)?;
+    if db.get_cf(indexes, keys::TENANT_INDEX_MARKER)?.is_some() {
+        return Ok(());
+    }
+    let mut batch = rocksdb::WriteBatch::default();
+    for item in db.iterator_cf(writer::cf_handle(db, CF_SESSIONS)?, IteratorMode::Start) {
+        let (k, v) = item?;
+        let Some(id) = keys::session_from_slice(&k) else {
+            continue;
+        };
+        let meta = codec::decode_meta(id, &v)?;
+        batch.put_cf(indexes, keys::tenant_index_key(&meta.tenant, &id), []);
+    }
+    batch.put_cf(indexes, keys::TENANT_INDEX_MARKER, []);
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts)?;
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests;
 
 /// Copy a directory tree (backups of the audit directory, restores).
 pub fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    copy_dir_except(from, to, &[])
+}
+
+/// [`copy_dir`] without the files at the paths in `except` (a secret such
+/// as the audit signing key stays out of backups).
+pub fn copy_dir_except(from: &Path, to: &Path, except: &[PathBuf]) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
+        let path = entry.path();
+        if except.iter().any(|e| same_file(e, &path)) {
+            continue;
+        }
         let target = to.join(entry.file_name());
         if entry.file_type()?.is_dir() {
-            copy_dir(&entry.path(), &target)?;
+            copy_dir_except(&path, &target, except)?;
         } else {
-            std::fs::copy(entry.path(), target)?;
+            std::fs::copy(&path, target)?;
         }
     }
     Ok(())
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (a.canonicalize(), b.canonicalize()) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
 }
 
 /// Files and bytes below `dir` (unreadable entries are skipped).

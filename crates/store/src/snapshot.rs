@@ -20,8 +20,9 @@ use bincode::config::{Configuration, standard};
 use crate::{Error, Result};
 
 /// Bumped whenever the snapshot layout changes incompatibly (version 1 was
-/// the serde encoding, which could not be read back).
-pub const SNAPSHOT_VERSION: u8 = 2;
+/// the serde encoding, which could not be read back; version 2 had no
+/// tenant).
+pub const SNAPSHOT_VERSION: u8 = 3;
 
 const HEADER: usize = 9;
 

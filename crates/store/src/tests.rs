@@ -13,6 +13,7 @@ fn open(dir: &Path, durability: Durability) -> Store {
 
 fn meta(status: SessionStatus) -> SessionMeta {
     SessionMeta {
+        tenant: baton_types::DEFAULT_TENANT.into(),
         created_at_unix_ms: 1,
         route: "echo".into(),
         system_prompt: String::new(),
@@ -37,6 +38,8 @@ async fn records_survive_reopen_in_order() {
             1,
             10,
             &EventKind::SessionStarted {
+                by: String::new(),
+                tenant: baton_types::DEFAULT_TENANT.into(),
                 route: "echo".into(),
                 system_prompt: "p".into(),
                 allowed_tools: vec![],
@@ -57,6 +60,7 @@ async fn records_survive_reopen_in_order() {
             2,
             11,
             &EventKind::TurnAccepted {
+                by: String::new(),
                 turn: 1,
                 message: Message::user("x".repeat(40_000)),
                 review: false,
@@ -104,7 +108,15 @@ async fn concurrent_writers_share_group_commits() {
         tasks.push(tokio::spawn(async move {
             let s = SessionId::new();
             let mut b = Batch::new();
-            b.append(&s, 1, i, &EventKind::TurnCancelled { turn: i });
+            b.append(
+                &s,
+                1,
+                i,
+                &EventKind::TurnCancelled {
+                    by: String::new(),
+                    turn: i,
+                },
+            );
             store.write(b).await
         }));
     }
@@ -140,7 +152,15 @@ async fn unsynced_batches_never_fsync_and_buffered_mode_never_fsyncs() {
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), Durability::Buffered);
     let mut b = Batch::new();
-    b.append(&s, 1, 0, &EventKind::TurnCancelled { turn: 1 });
+    b.append(
+        &s,
+        1,
+        0,
+        &EventKind::TurnCancelled {
+            by: String::new(),
+            turn: 1,
+        },
+    );
     store.write(b).await.unwrap();
     assert_eq!(store.writer_stats().synced_groups, 0);
     assert_eq!(store.read_journal(s, 0, 10).await.unwrap().len(), 1);
@@ -226,6 +246,7 @@ async fn deleting_a_session_removes_every_trace_and_nothing_else() {
             1,
             0,
             &EventKind::TurnAccepted {
+                by: String::new(),
                 turn: 1,
                 message: Message::user("y".repeat(20_000)),
                 review: false,
@@ -255,7 +276,15 @@ async fn a_corrupt_record_is_reported_with_session_and_seq() {
     let store = open(dir.path(), Durability::Sync);
     let s = SessionId::new();
     let mut b = Batch::new();
-    b.append(&s, 1, 0, &EventKind::TurnCancelled { turn: 1 });
+    b.append(
+        &s,
+        1,
+        0,
+        &EventKind::TurnCancelled {
+            by: String::new(),
+            turn: 1,
+        },
+    );
     b.push(Op::Put {
         cf: CF_JOURNAL,
         key: keys::journal_key(&s, 2).to_vec(),
@@ -280,7 +309,15 @@ async fn checkpoint_is_a_readable_copy() {
     let store = open(&dir.path().join("db"), Durability::Sync);
     let s = SessionId::new();
     let mut b = Batch::new();
-    b.append(&s, 1, 0, &EventKind::TurnCancelled { turn: 1 });
+    b.append(
+        &s,
+        1,
+        0,
+        &EventKind::TurnCancelled {
+            by: String::new(),
+            turn: 1,
+        },
+    );
     store.write(b).await.unwrap();
     store.checkpoint(dir.path().join("cp")).await.unwrap();
     let copy = open(&dir.path().join("cp"), Durability::Sync);

@@ -9,6 +9,10 @@ pub enum ErrorCode {
     InvalidArgument,
     NotFound,
     AlreadyExists,
+    /// Authenticated, but not allowed to do this.
+    PermissionDenied,
+    /// No valid credentials.
+    Unauthenticated,
     FailedPrecondition,
     ResourceExhausted,
     DeadlineExceeded,
@@ -23,6 +27,8 @@ impl ErrorCode {
             ErrorCode::InvalidArgument => "invalid_argument",
             ErrorCode::NotFound => "not_found",
             ErrorCode::AlreadyExists => "already_exists",
+            ErrorCode::PermissionDenied => "permission_denied",
+            ErrorCode::Unauthenticated => "unauthenticated",
             ErrorCode::FailedPrecondition => "failed_precondition",
             ErrorCode::ResourceExhausted => "resource_exhausted",
             ErrorCode::DeadlineExceeded => "deadline_exceeded",

@@ -122,6 +122,12 @@ pub enum EventKind {
         /// For replay sessions: the session replayed.
         #[serde(default)]
         replay_of: Option<String>,
+        /// The tenant the session belongs to.
+        #[serde(default = "default_tenant")]
+        tenant: String,
+        /// The principal that started it ([`crate::Principal::label`]).
+        #[serde(default)]
+        by: String,
     },
     /// A user message was durably accepted as turn `turn` (it may wait
     /// behind an earlier turn before it runs).
@@ -131,6 +137,9 @@ pub enum EventKind {
         /// The client asked for this turn's final answer to be reviewed.
         #[serde(default)]
         review: bool,
+        /// The principal that sent the message.
+        #[serde(default)]
+        by: String,
     },
     /// A model call for the turn was issued (attempt 1, or a re-issue after a
     /// crash or a broken stream). Deltas of earlier attempts of the same turn
@@ -206,6 +215,9 @@ pub enum EventKind {
         output: String,
         is_error: bool,
         latency_ms: u64,
+        /// The principal that submitted it (empty: a server-side tool ran).
+        #[serde(default)]
+        by: String,
     },
     /// The turn is paused at a call that needs a decision (answer it with
     /// SubmitToolResult, or cancel the turn).
@@ -271,6 +283,9 @@ pub enum EventKind {
     },
     TurnCancelled {
         turn: u64,
+        /// The principal that cancelled it (empty: the runtime).
+        #[serde(default)]
+        by: String,
     },
     /// The session moved to `failed`.
     SessionFailed {
@@ -297,7 +312,7 @@ impl EventKind {
             | EventKind::OutputRetracted { turn, .. }
             | EventKind::TurnCompleted { turn, .. }
             | EventKind::TurnFailed { turn, .. }
-            | EventKind::TurnCancelled { turn } => Some(*turn),
+            | EventKind::TurnCancelled { turn, .. } => Some(*turn),
             EventKind::SessionStarted { .. } | EventKind::SessionFailed { .. } => None,
         }
     }
@@ -326,4 +341,8 @@ impl EventKind {
             EventKind::SessionFailed { .. } => "session_failed",
         }
     }
+}
+
+fn default_tenant() -> String {
+    crate::DEFAULT_TENANT.to_string()
 }

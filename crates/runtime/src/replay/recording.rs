@@ -12,7 +12,8 @@ use crate::gates::GateDecision;
 /// timings, attempts, endpoints chosen or streamed deltas (routing is
 /// re-decided live and deltas are provisional). Gates are compared by what
 /// was decided and by whom, not by their random ids, deadlines or
-/// escalations (how long a gate waited is not replayed).
+/// escalations (how long a gate waited is not replayed), and not by the
+/// principal that sent a turn (the replayer sends them again).
 pub(super) fn normalized(kind: &EventKind) -> Option<serde_json::Value> {
     use serde_json::json;
     Some(match kind {
@@ -54,7 +55,14 @@ pub(super) fn normalized(kind: &EventKind) -> Option<serde_json::Value> {
             ..
         } => json!({"type": "gate_decided", "turn": turn, "decision": decision,
                     "reviewer": reviewer, "reason": reason, "edited": edited}),
-        other => serde_json::to_value(other).unwrap_or_default(),
+        other => {
+            let mut v = serde_json::to_value(other).unwrap_or_default();
+            // Who sent or cancelled a turn: in the replay, the replayer.
+            if let Some(o) = v.as_object_mut() {
+                o.remove("by");
+            }
+            v
+        }
     })
 }
 
@@ -243,7 +251,9 @@ fn closed_by_cancel(source: &[SessionEvent], i: usize) -> bool {
             .iter()
             .skip(i + 1)
             .find(|e| !matches!(e.kind, EventKind::GateDecided { .. }))
-            .is_some_and(|e| matches!(e.kind, EventKind::TurnCancelled { turn: t } if t == *turn))
+            .is_some_and(
+                |e| matches!(e.kind, EventKind::TurnCancelled { turn: t, .. } if t == *turn),
+            )
 }
 
 /// A recorded action aimed at the replay session.

@@ -37,6 +37,12 @@ impl RuntimeHandle {
     /// attempts, routing, deltas, gate ids and escalations) and the first
     /// difference is reported.
     pub async fn replay(&self, id: SessionId) -> Result<ReplayReport> {
+        self.replay_by(id, crate::sessions::embedded()).await
+    }
+
+    /// [`Self::replay`] by principal `by`: the replay session is started by
+    /// `by`, in the recording's tenant.
+    pub(crate) async fn replay_by(&self, id: SessionId, by: String) -> Result<ReplayReport> {
         let store = &self.inner.shared.store;
         let Some(meta) = store.load_meta(id).await? else {
             return Err(Error::SessionNotFound(id));
@@ -52,6 +58,7 @@ impl RuntimeHandle {
             route,
             system_prompt,
             replay_of,
+            by: started_by,
             ..
         } = &mut started
         else {
@@ -62,6 +69,7 @@ impl RuntimeHandle {
         // Everything the recording started with, so fields added later
         // carry over without a change here.
         *replay_of = Some(id.to_string());
+        *started_by = by.clone();
         let (route, system_prompt) = (route.clone(), system_prompt.clone());
         let turns: Vec<_> = source
             .iter()
@@ -89,6 +97,8 @@ impl RuntimeHandle {
                     "replay_session",
                     serde_json::json!({ "source": id.to_string() }),
                 ),
+                tenant: meta.tenant.clone(),
+                by,
             })
             .await?
             .id;

@@ -66,9 +66,10 @@ impl Actor for SessionActor {
             SessionMsg::Send {
                 message,
                 review,
+                by,
                 reply,
             } => {
-                let _ = reply.send(ctx.send(&myself, message, review));
+                let _ = reply.send(ctx.send(&myself, message, review, by));
             }
             SessionMsg::Subscribe { after_seq, reply } => {
                 let _ = reply.send(ctx.subscribe(after_seq));
@@ -83,8 +84,8 @@ impl Actor for SessionActor {
                 let state = ctx.ensure_found().map(|()| ctx.durable.state.clone());
                 let _ = reply.send(state);
             }
-            SessionMsg::Cancel { reply } => {
-                let _ = reply.send(ctx.cancel(&myself));
+            SessionMsg::Cancel { by, reply } => {
+                let _ = reply.send(ctx.cancel(&myself, by));
             }
             SessionMsg::Delete { reply } => {
                 let _ = reply.send(ctx.delete().await);
@@ -113,8 +114,9 @@ impl Actor for SessionActor {
                 call_id,
                 output,
                 is_error,
+                by,
                 reply,
-            } => ctx.submit_tool_result(&myself, call_id, output, is_error, reply),
+            } => ctx.submit_tool_result(&myself, call_id, output, is_error, by, reply),
             SessionMsg::ToolDone {
                 turn,
                 call_id,

@@ -245,6 +245,7 @@ impl SessionCtx {
         let tool_result = |output: String, is_error: bool| -> Result<Vec<EventKind>> {
             let t = tool()?;
             Ok(vec![EventKind::ToolResult {
+                by: String::new(),
                 turn,
                 call_id: t.call_id.clone(),
                 name: t.name.clone(),

@@ -18,6 +18,8 @@ pub(crate) enum SessionMsg {
     Send {
         message: Message,
         review: bool,
+        /// The principal that sent it ([`baton_types::Principal::label`]).
+        by: String,
         reply: RpcReplyPort<Result<Subscription>>,
     },
     DecideGate {
@@ -43,6 +45,7 @@ pub(crate) enum SessionMsg {
         reply: RpcReplyPort<Result<SessionState>>,
     },
     Cancel {
+        by: String,
         reply: RpcReplyPort<Result<Option<u64>>>,
     },
     Delete {
@@ -59,6 +62,7 @@ pub(crate) enum SessionMsg {
         call_id: String,
         output: String,
         is_error: bool,
+        by: String,
         reply: RpcReplyPort<Result<u64>>,
     },
     // Internal.

@@ -24,6 +24,7 @@ impl SessionCtx {
         myself: &ActorRef<SessionMsg>,
         message: Message,
         review: bool,
+        by: String,
     ) -> Result<Subscription> {
         self.ensure_found()?;
         let id = self.env.id;
@@ -56,6 +57,7 @@ impl SessionCtx {
             turn,
             message,
             review,
+            by,
         });
         self.pump(myself);
         self.flush(myself, true);
@@ -80,7 +82,7 @@ impl SessionCtx {
     }
 
     /// Cancel the running turn; its open gates close with it.
-    pub fn cancel(&mut self, myself: &ActorRef<SessionMsg>) -> Result<Option<u64>> {
+    pub fn cancel(&mut self, myself: &ActorRef<SessionMsg>, by: String) -> Result<Option<u64>> {
         self.ensure_found()?;
         let Some(turn) = self.durable.state.current.as_ref().map(|c| c.turn) else {
             return Ok(None);
@@ -112,7 +114,7 @@ impl SessionCtx {
                 },
             );
         }
-        self.commit(myself, vec![EventKind::TurnCancelled { turn }], true);
+        self.commit(myself, vec![EventKind::TurnCancelled { turn, by }], true);
         self.pump(myself);
         Ok(Some(turn))
     }

@@ -250,6 +250,7 @@ impl SessionCtx {
         };
         let record = match result {
             Ok(output) => EventKind::ToolResult {
+                by: String::new(),
                 turn,
                 call_id: t.call_id.clone(),
                 name: t.name.clone(),
@@ -264,7 +265,13 @@ impl SessionCtx {
     }
 
     /// The result a client submitted, checked against the call it answers.
-    fn submitted_result(&self, call_id: &str, output: String, is_error: bool) -> Result<EventKind> {
+    fn submitted_result(
+        &self,
+        call_id: &str,
+        output: String,
+        is_error: bool,
+        by: String,
+    ) -> Result<EventKind> {
         self.ensure_found()?;
         let id = self.env.id;
         let state = &self.durable.state;
@@ -296,6 +303,7 @@ impl SessionCtx {
             )));
         }
         Ok(EventKind::ToolResult {
+            by,
             turn,
             call_id: t.call_id.clone(),
             name: t.name.clone(),
@@ -313,9 +321,10 @@ impl SessionCtx {
         call_id: String,
         output: String,
         is_error: bool,
+        by: String,
         reply: RpcReplyPort<Result<u64>>,
     ) {
-        let record = match self.submitted_result(&call_id, output, is_error) {
+        let record = match self.submitted_result(&call_id, output, is_error, by) {
             Ok(r) => r,
             Err(e) => {
                 let _ = reply.send(Err(e));
@@ -359,6 +368,7 @@ impl SessionCtx {
             return;
         };
         let record = EventKind::ToolResult {
+            by: String::new(),
             turn,
             call_id: t.call_id.clone(),
             name: t.name.clone(),
@@ -377,6 +387,7 @@ impl SessionCtx {
 /// The tool-error result the model sees for a call.
 fn tool_error(turn: u64, t: &PendingTool, e: &ToolError, latency_ms: u64) -> EventKind {
     EventKind::ToolResult {
+        by: String::new(),
         turn,
         call_id: t.call_id.clone(),
         name: t.name.clone(),

@@ -12,6 +12,8 @@ pub struct SessionView {
     pub status_reason: String,
     pub route: String,
     pub system_prompt: String,
+    /// The tenant the session belongs to.
+    pub tenant: String,
     pub metadata: std::collections::BTreeMap<String, String>,
     pub created_at_unix_ms: u64,
     pub messages: Vec<Message>,
@@ -40,6 +42,7 @@ impl SessionView {
             status_reason: s.failed.clone().unwrap_or_default(),
             route: s.route.clone(),
             system_prompt: s.system_prompt.clone(),
+            tenant: s.tenant.clone(),
             metadata: s.metadata.clone(),
             created_at_unix_ms: s.created_at_unix_ms,
             messages: s.messages.clone(),

@@ -257,7 +257,11 @@ mod tests {
         let e = turn_ended_error(&failed).unwrap();
         assert_eq!(e.status, StatusCode::NOT_FOUND);
         assert_eq!(e.param.as_deref(), Some("model"));
-        let e = turn_ended_error(&EventKind::TurnCancelled { turn: 1 }).unwrap();
+        let e = turn_ended_error(&EventKind::TurnCancelled {
+            by: String::new(),
+            turn: 1,
+        })
+        .unwrap();
         assert_eq!(e.code.as_deref(), Some("cancelled"));
         let completed = EventKind::TurnCompleted {
             turn: 1,

@@ -6,7 +6,7 @@ use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
 use axum::http::HeaderMap;
 use axum::response::{IntoResponse, Response};
-use baton_runtime::{RuntimeHandle, StartSession};
+use baton_runtime::{Caller, StartSession};
 
 use super::error::{ApiError, body_error, runtime_error};
 use super::request::parse_request;
@@ -17,7 +17,7 @@ use super::types::{Model, ModelList};
 
 /// `POST /v1/chat/completions`.
 pub async fn chat_completions(
-    runtime: RuntimeHandle,
+    runtime: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
@@ -28,7 +28,7 @@ pub async fn chat_completions(
 }
 
 async fn complete(
-    runtime: RuntimeHandle,
+    runtime: Caller,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
@@ -38,7 +38,7 @@ async fn complete(
     if !routes.contains(&req.model) {
         return Err(ApiError::model_not_found(&req.model, &routes));
     }
-    req.check_limits(&runtime.config().sessions)?;
+    req.check_limits(&runtime.runtime().config().sessions)?;
     let info = runtime
         .start_session(StartSession {
             idempotency_key: None,
@@ -82,8 +82,8 @@ fn unix_now() -> u64 {
         .unwrap_or(0)
 }
 
-/// `GET /v1/models`: every route, as a model.
-pub fn models(runtime: &RuntimeHandle) -> ModelList {
+/// `GET /v1/models`: every route the caller may use, as a model.
+pub fn models(runtime: &Caller) -> ModelList {
     ModelList::routes(runtime.routes())
 }
 

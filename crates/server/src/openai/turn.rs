@@ -1,7 +1,7 @@
 //! What the response and the stream share about a turn in flight.
 
 use axum::http::HeaderValue;
-use baton_runtime::{EventStream, RuntimeHandle};
+use baton_runtime::{Caller, EventStream};
 use baton_types::{EventKind, SessionId};
 use futures::StreamExt;
 
@@ -21,13 +21,13 @@ pub(super) struct Completion {
 /// Cancels the session's turn when dropped armed: the client went away
 /// before the turn ended (as OpenAI stops generating).
 pub(super) struct CancelOnDrop {
-    runtime: Option<RuntimeHandle>,
+    runtime: Option<Caller>,
     id: SessionId,
 }
 
 impl CancelOnDrop {
     /// Armed: dropping it cancels the turn of session `id`.
-    pub(super) fn new(runtime: RuntimeHandle, id: SessionId) -> Self {
+    pub(super) fn new(runtime: Caller, id: SessionId) -> Self {
         Self {
             runtime: Some(runtime),
             id,

@@ -1,0 +1,428 @@
+//! Who may call, checked in one place.
+//!
+//! [`GRPC_ACCESS`] and [`HTTP_ACCESS`] declare what every RPC and every
+//! HTTP route requires; [`GrpcAuthLayer`] (around every gRPC service) and
+//! [`http_auth`] (around every HTTP route) authenticate the caller, check
+//! that requirement, and hand the handler the [`Principal`], which acts
+//! through a [`baton_runtime::Caller`] (tenant isolation, ceilings, and the
+//! principal recorded in the journal and the audit trail). A method or
+//! route without an entry is refused, so a new RPC cannot be reached
+//! before its requirement is declared (and a test fails until it is).
+//!
+//! Credentials: `authorization: Bearer <token>`, where the token is a Baton
+//! API key (`bk_...`) or a JWT from the configured identity provider; or a
+//! client certificate (mutual TLS on gRPC). With `[auth] enabled = false`
+//! (the default), which `baton serve` allows only on loopback addresses,
+//! every caller is the local admin ([`Principal::local`]).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use baton_runtime::RuntimeHandle;
+use baton_types::{AccessRole, AuthMethod, Principal};
+use http::{HeaderMap, Method, StatusCode, header};
+use serde::Deserialize;
+
+/// `[auth]`: who may call.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthSection {
+    /// Require credentials on every call but the public ones (health,
+    /// reflection). Off by default: a server on loopback stays zero-config.
+    pub enabled: bool,
+    /// Serve without authentication on a non-loopback address. Refused
+    /// unless set (or `baton serve --allow-unauthenticated`): anyone who
+    /// reaches the port would control everything.
+    pub allow_unauthenticated_remote: bool,
+}
+
+/// What a call requires.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Need {
+    /// Nothing: health checks, reflection.
+    Anyone,
+    /// An authenticated principal holding one of these roles (admins hold
+    /// every role).
+    AnyOf(&'static [AccessRole]),
+}
+
+use AccessRole::{Admin, Client, Operator, Reviewer};
+
+const CLIENT: Need = Need::AnyOf(&[Client]);
+const CLIENT_OR_OPERATOR: Need = Need::AnyOf(&[Client, Operator]);
+const REVIEWER: Need = Need::AnyOf(&[Reviewer]);
+const REVIEWER_OR_OPERATOR: Need = Need::AnyOf(&[Reviewer, Operator]);
+const OPERATOR: Need = Need::AnyOf(&[Operator]);
+const ADMIN: Need = Need::AnyOf(&[Admin]);
+
+/// Every gRPC method and what it requires. What a role may see within
+/// its tenant is the [`baton_runtime::Caller`]'s business.
+pub const GRPC_ACCESS: &[(&str, Need)] = &[
+    ("/baton.v1.Sessions/StartSession", CLIENT),
+    ("/baton.v1.Sessions/SendMessage", CLIENT),
+    ("/baton.v1.Sessions/ResumeSession", CLIENT_OR_OPERATOR),
+    ("/baton.v1.Sessions/GetSession", CLIENT_OR_OPERATOR),
+    ("/baton.v1.Sessions/ListSessions", CLIENT_OR_OPERATOR),
+    ("/baton.v1.Sessions/CancelTurn", CLIENT_OR_OPERATOR),
+    ("/baton.v1.Sessions/DeleteSession", CLIENT_OR_OPERATOR),
+    ("/baton.v1.Sessions/SubmitToolResult", CLIENT),
+    ("/baton.v1.Gates/ListGates", REVIEWER_OR_OPERATOR),
+    ("/baton.v1.Gates/GetGate", REVIEWER_OR_OPERATOR),
+    ("/baton.v1.Gates/DecideGate", REVIEWER),
+    ("/baton.v1.Gates/WatchGates", REVIEWER_OR_OPERATOR),
+    // The actor tree spans every tenant.
+    ("/baton.v1.Inspect/ListActors", ADMIN),
+    ("/baton.v1.Inspect/GetSessionState", OPERATOR),
+    ("/baton.v1.Inspect/GetJournal", OPERATOR),
+    ("/baton.v1.Inspect/GetStateAt", OPERATOR),
+    ("/baton.v1.Inspect/ForkSession", OPERATOR),
+    ("/baton.v1.Inspect/ReplaySession", OPERATOR),
+    ("/baton.v1.Inspect/Backup", ADMIN),
+    ("/baton.v1.Admin/CreateKey", ADMIN),
+    ("/baton.v1.Admin/ListKeys", ADMIN),
+    ("/baton.v1.Admin/RevokeKey", ADMIN),
+    ("/baton.v1.Admin/RotateKey", ADMIN),
+    ("/grpc.health.v1.Health/Check", Need::Anyone),
+    ("/grpc.health.v1.Health/Watch", Need::Anyone),
+    (
+        "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo",
+        Need::Anyone,
+    ),
+    (
+        "/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo",
+        Need::Anyone,
+    ),
+];
+
+/// Every HTTP route (method, path as routed) and what it requires.
+pub const HTTP_ACCESS: &[(&str, &str, Need)] = &[
+    ("GET", "/healthz", Need::Anyone),
+    // Usage and cost of every tenant.
+    ("GET", "/metrics", OPERATOR),
+    ("POST", "/v1/chat/completions", CLIENT),
+    ("GET", "/v1/models", CLIENT),
+    ("GET", "/v1/models/{model}", CLIENT),
+];
+
+/// The requirement of a gRPC method path (`/package.Service/Method`).
+pub fn grpc_need(path: &str) -> Option<Need> {
+    GRPC_ACCESS
+        .iter()
+        .find(|(p, _)| *p == path)
+        .map(|(_, n)| *n)
+}
+
+/// The requirement of an HTTP route.
+pub fn http_need(method: &Method, route: &str) -> Option<Need> {
+    HTTP_ACCESS
+        .iter()
+        .find(|(m, p, _)| *m == method.as_str() && *p == route)
+        .map(|(_, _, n)| *n)
+}
+
+/// Why a call is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Denied {
+    /// No valid credentials (UNAUTHENTICATED / 401).
+    Unauthenticated(String),
+    /// Valid credentials, not enough (PERMISSION_DENIED / 403).
+    Forbidden(String),
+}
+
+impl Denied {
+    pub fn status(&self) -> tonic::Status {
+        match self {
+            Denied::Unauthenticated(m) => tonic::Status::unauthenticated(m.clone()),
+            Denied::Forbidden(m) => tonic::Status::permission_denied(m.clone()),
+        }
+    }
+
+    fn http(&self) -> Response {
+        let (status, kind, code, message) = match self {
+            Denied::Unauthenticated(m) => (
+                StatusCode::UNAUTHORIZED,
+                "authentication_error",
+                "invalid_api_key",
+                m,
+            ),
+            Denied::Forbidden(m) => (
+                StatusCode::FORBIDDEN,
+                "permission_error",
+                "permission_denied",
+                m,
+            ),
+        };
+        let mut r = crate::openai::ApiError::new(status, kind, message.clone())
+            .code(code)
+            .into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            r.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                http::HeaderValue::from_static("Bearer"),
+            );
+        }
+        r
+    }
+}
+
+/// Authenticates callers: API keys (from the runtime's key records), JWTs
+/// (the configured identity provider), client certificates.
+#[derive(Clone)]
+pub struct Authenticator {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: RuntimeHandle,
+    enabled: bool,
+}
+
+impl std::fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("enabled", &self.inner.enabled)
+            .finish()
+    }
+}
+
+impl Authenticator {
+    /// From `[auth]` (loads the JWKS when JWTs are configured).
+    pub async fn new(runtime: RuntimeHandle, section: &AuthSection) -> Result<Self, String> {
+        Ok(Self {
+            inner: Arc::new(Inner {
+                runtime,
+                enabled: section.enabled,
+            }),
+        })
+    }
+
+    /// No authentication: every caller is the local admin (loopback only).
+    pub fn disabled(runtime: RuntimeHandle) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                runtime,
+                enabled: false,
+            }),
+        }
+    }
+
+    /// Whether credentials are required.
+    pub fn enabled(&self) -> bool {
+        self.inner.enabled
+    }
+
+    /// Who calls, from the `authorization` header or the client certificate.
+    pub async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        peer_cert: Option<&[u8]>,
+    ) -> Result<Principal, Denied> {
+        if !self.inner.enabled {
+            return Ok(Principal::local());
+        }
+        if let Some(value) = headers.get(header::AUTHORIZATION) {
+            let value = value.to_str().map_err(|_| {
+                Denied::Unauthenticated("the authorization header is not valid text".into())
+            })?;
+            let token = baton_auth::keys::bearer(value)
+                .map_err(|e| Denied::Unauthenticated(e.to_string()))?;
+            return match baton_auth::keys::classify(token)
+                .map_err(|e| Denied::Unauthenticated(e.to_string()))?
+            {
+                baton_auth::keys::Credential::ApiKey(key) => self.api_key(&key),
+                baton_auth::keys::Credential::Jwt(_) => Err(Denied::Unauthenticated(
+                    "a JWT was sent, but this server accepts none (no [auth.jwt] configured)"
+                        .into(),
+                )),
+            };
+        }
+        let _ = peer_cert;
+        Err(Denied::Unauthenticated(
+            "no credentials: send `authorization: Bearer <API key or JWT>`".into(),
+        ))
+    }
+
+    fn api_key(&self, key: &baton_auth::keys::PresentedKey) -> Result<Principal, Denied> {
+        let unknown = || Denied::Unauthenticated(format!("API key {} is not valid", key.id));
+        let record = self.inner.runtime.api_key(&key.id).ok_or_else(unknown)?;
+        let stored = hex_decode(&record.hash).ok_or_else(unknown)?;
+        if !baton_auth::keys::hash_matches(&stored, &key.hash) {
+            return Err(unknown());
+        }
+        record
+            .usable_at(baton_types::now_unix_ms())
+            .map_err(Denied::Unauthenticated)?;
+        Ok(Principal {
+            via: AuthMethod::ApiKey,
+            id: record.id,
+            tenant: record.tenant,
+            roles: record.roles,
+            groups: record.groups,
+        })
+    }
+
+    /// Whether `who` meets `need`.
+    pub fn check(need: Need, who: &Principal) -> Result<(), Denied> {
+        match need {
+            Need::Anyone => Ok(()),
+            Need::AnyOf(roles) if roles.iter().any(|r| who.has(*r)) => Ok(()),
+            Need::AnyOf(roles) => {
+                let names: Vec<&str> = roles.iter().map(|r| r.as_str()).collect();
+                let have: Vec<&str> = who.roles.iter().map(|r| r.as_str()).collect();
+                Err(Denied::Forbidden(format!(
+                    "{} has roles [{}]; this needs one of [{}]",
+                    who.label(),
+                    have.join(", "),
+                    names.join(", ")
+                )))
+            }
+        }
+    }
+}
+
+/// The SHA-256 of a key as stored (64 hex digits).
+pub fn hex_decode(s: &str) -> Option<[u8; 32]> {
+    if s.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (i, b) in out.iter_mut().enumerate() {
+        *b = u8::from_str_radix(s.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Lowercase hex.
+pub fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// The principal a handler runs as (put there by the auth layer).
+pub fn principal<T>(req: &tonic::Request<T>) -> Result<Principal, tonic::Status> {
+    req.extensions().get::<Principal>().cloned().ok_or_else(|| {
+        tonic::Status::unauthenticated(
+            "no authenticated principal: the service must be served with baton_server::serve (its auth layer)",
+        )
+    })
+}
+
+/// Authenticates and authorizes every gRPC call (see the module docs).
+#[derive(Clone, Debug)]
+pub struct GrpcAuthLayer {
+    auth: Authenticator,
+}
+
+impl GrpcAuthLayer {
+    pub fn new(auth: Authenticator) -> Self {
+        Self { auth }
+    }
+}
+
+impl<S> tower::Layer<S> for GrpcAuthLayer {
+    type Service = GrpcAuth<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        GrpcAuth {
+            inner,
+            auth: self.auth.clone(),
+        }
+    }
+}
+
+/// The service [`GrpcAuthLayer`] makes.
+#[derive(Clone, Debug)]
+pub struct GrpcAuth<S> {
+    inner: S,
+    auth: Authenticator,
+}
+
+type BoxFuture<T, E> = Pin<Box<dyn Future<Output = Result<T, E>> + Send>>;
+
+impl<S, B> tower::Service<http::Request<B>> for GrpcAuth<S>
+where
+    S: tower::Service<http::Request<B>, Response = http::Response<tonic::body::Body>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Send + 'static,
+    B: Send + 'static,
+{
+    type Response = http::Response<tonic::body::Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<Self::Response, Self::Error>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+        // The clone that was made ready serves this call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        let auth = self.auth.clone();
+        Box::pin(async move {
+            let path = req.uri().path().to_string();
+            let Some(need) = grpc_need(&path) else {
+                return Ok(tonic::Status::permission_denied(format!(
+                    "{path} has no declared access requirement; refusing it"
+                ))
+                .into_http());
+            };
+            let cert = peer_cert(&req);
+            if need != Need::Anyone {
+                let who = match auth.authenticate(req.headers(), cert.as_deref()).await {
+                    Ok(p) => p,
+                    Err(d) => return Ok(d.status().into_http()),
+                };
+                if let Err(d) = Authenticator::check(need, &who) {
+                    return Ok(d.status().into_http());
+                }
+                req.extensions_mut().insert(who);
+            }
+            inner.call(req).await
+        })
+    }
+}
+
+/// The client certificate of a mutual-TLS connection (its leaf, DER).
+fn peer_cert<B>(_req: &http::Request<B>) -> Option<Vec<u8>> {
+    None
+}
+
+/// Authenticates and authorizes every HTTP route (see the module docs);
+/// the handler finds the [`Principal`] in the request's extensions.
+pub async fn http_auth(
+    State(auth): State<Authenticator>,
+    mut req: Request,
+    next: Next,
+) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_default();
+    let Some(need) = http_need(req.method(), &route) else {
+        return Denied::Forbidden(format!(
+            "{} {route} has no declared access requirement; refusing it",
+            req.method()
+        ))
+        .http();
+    };
+    if need != Need::Anyone {
+        let who = match auth.authenticate(req.headers(), None).await {
+            Ok(p) => p,
+            Err(d) => return d.http(),
+        };
+        if let Err(d) = Authenticator::check(need, &who) {
+            return d.http();
+        }
+        req.extensions_mut().insert(who);
+    }
+    next.run(req).await
+}

@@ -1,0 +1,597 @@
+//! Identity, tenants and limits against the real binary: API keys that
+//! survive SIGKILL, revocation on the next call, every RPC and HTTP route's
+//! requirement (the matrix), tenant isolation, reviewers from the principal,
+//! and ceilings a request cannot widen.
+
+use std::path::Path;
+use std::time::Duration;
+
+use baton::proto::v1::{self, admin_client::AdminClient, gates_client::GatesClient};
+use baton_testkit::{BatonProcess, process::write_config};
+use tonic::Code;
+use tonic::transport::Channel;
+
+use crate::common::*;
+
+const TENANTS: &str = r#"
+[auth]
+enabled = true
+
+[gates.explicit]
+reviewers = "finance"
+
+[[tenants]]
+name = "acme"
+max_session_budget_usd = 5.0
+allowed_tools = ["http_get"]
+
+[[tenants]]
+name = "globex"
+max_sessions = 2
+"#;
+
+/// `baton keys create --offline` on a stopped server's data dir.
+fn offline_key(config: &Path, tenant: &str, roles: &[&str]) -> (String, String) {
+    let mut cmd = std::process::Command::new(bin());
+    cmd.args(["keys", "create", "--offline", "--json", "--tenant", tenant])
+        .arg("--config")
+        .arg(config);
+    for r in roles {
+        cmd.args(["--role", r]);
+    }
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "keys create: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    (
+        v["id"].as_str().unwrap().to_string(),
+        v["secret"].as_str().unwrap().to_string(),
+    )
+}
+
+fn with_key<T>(key: &str, msg: T) -> tonic::Request<T> {
+    let mut r = tonic::Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    r
+}
+
+async fn channel(server: &BatonProcess) -> Channel {
+    Channel::from_shared(server.url())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap()
+}
+
+async fn create_key(
+    admin: &mut AdminClient<Channel>,
+    admin_key: &str,
+    tenant: &str,
+    roles: &[&str],
+    groups: &[&str],
+    expires_at_unix_ms: u64,
+) -> (String, String) {
+    let c = admin
+        .create_key(with_key(
+            admin_key,
+            v1::CreateKeyRequest {
+                name: format!("{tenant} {roles:?}"),
+                tenant: tenant.into(),
+                roles: roles.iter().map(|s| s.to_string()).collect(),
+                groups: groups.iter().map(|s| s.to_string()).collect(),
+                expires_at_unix_ms,
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    (c.key.unwrap().id, c.secret)
+}
+
+async fn start_as(
+    client: &mut Client,
+    key: &str,
+    req: v1::StartSessionRequest,
+) -> Result<String, tonic::Status> {
+    client
+        .start_session(with_key(key, req))
+        .await
+        .map(|r| r.into_inner().session_id)
+}
+
+/// Every gRPC method the server offers (from its descriptor set) must have
+/// a declared requirement; one without fails here.
+#[test]
+fn every_rpc_has_a_declared_access_requirement() {
+    use prost::Message as _;
+    let set = prost_types::FileDescriptorSet::decode(baton::proto::FILE_DESCRIPTOR_SET).unwrap();
+    let mut n = 0;
+    for file in &set.file {
+        for service in &file.service {
+            for method in &service.method {
+                let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                assert!(
+                    baton_server::auth::grpc_need(&path).is_some(),
+                    "{path} has no entry in baton_server::auth::GRPC_ACCESS"
+                );
+                n += 1;
+            }
+        }
+    }
+    assert!(n >= 23, "only {n} methods found");
+}
+
+/// A raw call of any method with an empty message: the access layer
+/// answers before the message is read.
+async fn raw_call(channel: &Channel, path: &'static str, auth: Option<&str>) -> Code {
+    let mut grpc = tonic::client::Grpc::new(channel.clone());
+    grpc.ready().await.unwrap();
+    let mut req = tonic::Request::new(());
+    if let Some(a) = auth {
+        req.metadata_mut()
+            .insert("authorization", a.parse().unwrap());
+    }
+    let codec = tonic_prost::ProstCodec::<(), ()>::default();
+    let path = http::uri::PathAndQuery::from_static(path);
+    match grpc.unary(req, path, codec).await {
+        Ok(_) => Code::Ok,
+        Err(s) => s.code(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_roles_and_tenants_hold_on_every_rpc_and_route_and_survive_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let config = write_config(dir.path(), &data, TENANTS).unwrap();
+    // The first admin key, offline, before the server starts.
+    let (_, admin_key) = offline_key(&config, "default", &["admin"]);
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    let ch = channel(&server).await;
+    let mut admin = AdminClient::new(ch.clone());
+    let (_, acme_client) = create_key(&mut admin, &admin_key, "acme", &["client"], &[], 0).await;
+    let (_, acme_reviewer) = create_key(
+        &mut admin,
+        &admin_key,
+        "acme",
+        &["reviewer"],
+        &["finance"],
+        0,
+    )
+    .await;
+    let (_, acme_outsider) =
+        create_key(&mut admin, &admin_key, "acme", &["reviewer"], &["legal"], 0).await;
+    let (_, acme_operator) =
+        create_key(&mut admin, &admin_key, "acme", &["operator"], &[], 0).await;
+    let (_, globex_client) =
+        create_key(&mut admin, &admin_key, "globex", &["client"], &[], 0).await;
+    let (revoked_id, revoked) =
+        create_key(&mut admin, &admin_key, "acme", &["client"], &[], 0).await;
+    let soon = baton::types::now_unix_ms() + 1500;
+    let (_, expiring) = create_key(&mut admin, &admin_key, "acme", &["client"], &[], soon).await;
+
+    // Keys survive a SIGKILL.
+    server.kill9().await.unwrap();
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    let ch = channel(&server).await;
+    let mut admin = AdminClient::new(ch.clone());
+    let mut sessions = v1::sessions_client::SessionsClient::new(ch.clone());
+    let acme_session = start_as(&mut sessions, &acme_client, Default::default())
+        .await
+        .unwrap();
+    let globex_session = start_as(&mut sessions, &globex_client, Default::default())
+        .await
+        .unwrap();
+    assert!(
+        start_as(&mut sessions, &revoked, Default::default())
+            .await
+            .is_ok()
+    );
+    admin
+        .revoke_key(with_key(
+            &admin_key,
+            v1::RevokeKeyRequest {
+                id: revoked_id.clone(),
+            },
+        ))
+        .await
+        .unwrap();
+    // Revocation holds on the next call, and across another SIGKILL.
+    let e = start_as(&mut sessions, &revoked, Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    assert!(e.message().contains("revoked"), "{}", e.message());
+    server.kill9().await.unwrap();
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    let ch = channel(&server).await;
+    let mut sessions = v1::sessions_client::SessionsClient::new(ch.clone());
+    let e = start_as(&mut sessions, &revoked, Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::Unauthenticated, "{e:?}");
+    tokio::time::sleep_until(
+        tokio::time::Instant::now()
+            + Duration::from_millis(soon.saturating_sub(baton::types::now_unix_ms()) + 50),
+    )
+    .await;
+
+    // The matrix: every method, every kind of bad credential.
+    let client_bearer = format!("Bearer {acme_client}");
+    // Public: a health check answers without credentials.
+    assert_eq!(
+        raw_call(&ch, "/grpc.health.v1.Health/Check", None).await,
+        Code::Ok
+    );
+    for (path, need) in baton_server::auth::GRPC_ACCESS {
+        if *need == baton_server::auth::Need::Anyone {
+            // Health and reflection (their streams would not end here).
+            continue;
+        }
+        let anyone = false;
+        let cases: [(Option<String>, Code, &str); 5] = [
+            (None, Code::Unauthenticated, "no credentials"),
+            (Some("Bearer".into()), Code::Unauthenticated, "malformed"),
+            (
+                Some("Basic YTpi".into()),
+                Code::Unauthenticated,
+                "other scheme",
+            ),
+            (
+                Some(format!("Bearer {revoked}")),
+                Code::Unauthenticated,
+                "revoked",
+            ),
+            (
+                Some(format!("Bearer {expiring}")),
+                Code::Unauthenticated,
+                "expired",
+            ),
+        ];
+        for (auth, want, what) in cases {
+            let got = raw_call(&ch, path, auth.as_deref()).await;
+            if anyone {
+                assert_ne!(got, Code::Unauthenticated, "{path} ({what}) is public");
+            } else {
+                assert_eq!(got, want, "{path} with {what}");
+            }
+        }
+        // Too weak a role: an acme client may only start, drive and read.
+        let client_ok = match need {
+            baton_server::auth::Need::Anyone => true,
+            baton_server::auth::Need::AnyOf(roles) => {
+                roles.contains(&baton::types::AccessRole::Client)
+            }
+        };
+        let got = raw_call(&ch, path, Some(&client_bearer)).await;
+        if client_ok {
+            assert_ne!(got, Code::PermissionDenied, "{path} for a client");
+            assert_ne!(got, Code::Unauthenticated, "{path} for a client");
+        } else {
+            assert_eq!(got, Code::PermissionDenied, "{path} for a client");
+        }
+    }
+    // An unknown method is refused, not served.
+    assert_eq!(
+        raw_call(&ch, "/baton.v1.Sessions/Nope", Some(&client_bearer)).await,
+        Code::PermissionDenied
+    );
+
+    // Another tenant's session is NOT_FOUND, like an id that does not exist,
+    // and nothing of it changes.
+    let before = sessions
+        .get_session(with_key(
+            &globex_client,
+            v1::GetSessionRequest {
+                session_id: globex_session.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(before.tenant, "globex");
+    let missing = baton::types::SessionId::new().to_string();
+    for id in [&globex_session, &missing] {
+        let e = sessions
+            .get_session(with_key(
+                &acme_client,
+                v1::GetSessionRequest {
+                    session_id: id.clone(),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        assert_eq!(e.message(), format!("session {id} not found"));
+        let e = sessions
+            .delete_session(with_key(
+                &acme_client,
+                v1::DeleteSessionRequest {
+                    session_id: id.clone(),
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        let e = sessions
+            .send_message(with_key(
+                &acme_client,
+                v1::SendMessageRequest {
+                    session_id: id.clone(),
+                    content: "hi".into(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+        let mut inspect = v1::inspect_client::InspectClient::new(ch.clone());
+        let e = inspect
+            .get_journal(with_key(
+                &acme_operator,
+                v1::GetJournalRequest {
+                    session_id: id.clone(),
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), Code::NotFound);
+    }
+    let after = sessions
+        .get_session(with_key(
+            &globex_client,
+            v1::GetSessionRequest {
+                session_id: globex_session.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(after.last_seq, before.last_seq);
+    // Lists show only the caller's tenant.
+    let listed: Vec<String> = sessions
+        .list_sessions(with_key(&acme_client, v1::ListSessionsRequest::default()))
+        .await
+        .unwrap()
+        .into_inner()
+        .sessions
+        .into_iter()
+        .map(|s| s.session_id)
+        .collect();
+    assert!(listed.contains(&acme_session));
+    assert!(!listed.contains(&globex_session));
+
+    // The journal names the principal that started the session.
+    let mut inspect = v1::inspect_client::InspectClient::new(ch.clone());
+    let journal = inspect
+        .get_journal(with_key(
+            &acme_operator,
+            v1::GetJournalRequest {
+                session_id: acme_session.clone(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let first: baton::types::SessionEvent = serde_json::from_str(&journal.records[0].json).unwrap();
+    match first.kind {
+        baton::types::EventKind::SessionStarted { tenant, by, .. } => {
+            assert_eq!(tenant, "acme");
+            assert!(by.starts_with("api_key:bk_"), "{by}");
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // Gates: the reviewer is the principal; outside the gate's group, refused.
+    let mut turn = sessions
+        .send_message(with_key(
+            &acme_client,
+            v1::SendMessageRequest {
+                session_id: acme_session.clone(),
+                content: "check this".into(),
+                review: true,
+                images: Vec::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let events = read_until(&mut turn, |e| e.kind.name() == "gate_opened").await;
+    let gate_id = match &events.last().unwrap().kind {
+        baton::types::EventKind::GateOpened { gate_id, .. } => gate_id.to_string(),
+        other => panic!("{other:?}"),
+    };
+    let mut gates = GatesClient::new(ch.clone());
+    let decide = |key: &str, reviewer: &str| {
+        with_key(
+            key,
+            v1::DecideGateRequest {
+                gate_id: gate_id.clone(),
+                decision: v1::GateDecision::Approve as i32,
+                reviewer: reviewer.into(),
+                ..Default::default()
+            },
+        )
+    };
+    let e = gates
+        .decide_gate(decide(&acme_outsider, "finance-boss"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let e = gates
+        .decide_gate(decide(&globex_client, "x"))
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    let g = gates
+        .decide_gate(decide(&acme_reviewer, "someone-else"))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(g.reviewer.starts_with("api_key:bk_"), "{}", g.reviewer);
+
+    // Ceilings: budget, tools, sessions.
+    let e = start_as(
+        &mut sessions,
+        &acme_client,
+        v1::StartSessionRequest {
+            budget_usd: Some(50.0),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    assert!(e.message().contains("ceiling"), "{}", e.message());
+    let capped = start_as(&mut sessions, &acme_client, Default::default())
+        .await
+        .unwrap();
+    let s = sessions
+        .get_session(with_key(
+            &acme_client,
+            v1::GetSessionRequest { session_id: capped },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        !s.allowed_tools.iter().any(|t| t == "*"),
+        "{:?}",
+        s.allowed_tools
+    );
+    let e = start_as(
+        &mut sessions,
+        &acme_client,
+        v1::StartSessionRequest {
+            allowed_tools: vec!["http_post".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(e.code(), Code::PermissionDenied, "{e:?}");
+    start_as(&mut sessions, &globex_client, Default::default())
+        .await
+        .unwrap();
+    let e = start_as(&mut sessions, &globex_client, Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+
+    // HTTP: every route's requirement.
+    let http = server.http_url().unwrap();
+    let web = reqwest::Client::new();
+    for (method, route, need) in baton_server::auth::HTTP_ACCESS {
+        let url = format!("{http}{}", route.replace("{model}", "echo"));
+        let call = |auth: Option<String>| {
+            let mut r = web.request(method.parse().unwrap(), &url);
+            if let Some(a) = auth {
+                r = r.header("authorization", a);
+            }
+            if *method == "POST" {
+                r = r.json(&serde_json::json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}));
+            }
+            r.send()
+        };
+        let anyone = *need == baton_server::auth::Need::Anyone;
+        for auth in [
+            None,
+            Some("Bearer nope".to_string()),
+            Some(format!("Bearer {revoked}")),
+        ] {
+            let status = call(auth.clone()).await.unwrap().status().as_u16();
+            if anyone {
+                assert_eq!(status, 200, "{method} {route}");
+            } else {
+                assert_eq!(status, 401, "{method} {route} with {auth:?}");
+            }
+        }
+        let status = call(Some(format!("Bearer {acme_reviewer}")))
+            .await
+            .unwrap()
+            .status()
+            .as_u16();
+        if !anyone {
+            assert_eq!(status, 403, "{method} {route} as a reviewer");
+        }
+    }
+    let r = web
+        .post(format!("{http}/v1/chat/completions"))
+        .bearer_auth(&acme_client)
+        .json(
+            &serde_json::json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    server.terminate().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_loopback_address_without_authentication_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &dir.path().join("data"),
+        "[server]\nlisten = \"0.0.0.0:0\"\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["serve", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--allow-unauthenticated"), "{err}");
+    assert!(err.contains("server.listen"), "{err}");
+}
+
+/// docs/security.md's role table says what the code requires, for every
+/// RPC and route.
+#[test]
+fn the_security_doc_lists_every_requirement() {
+    let doc =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/security.md")).unwrap();
+    let row_roles = |name: &str| -> Option<String> {
+        doc.lines().find_map(|l| {
+            let cells: Vec<&str> = l.split('|').map(str::trim).collect();
+            (cells.len() >= 3 && cells[1].split(", ").any(|c| c == format!("`{name}`")))
+                .then(|| cells[2].to_string())
+        })
+    };
+    let wanted = |need: &baton_server::auth::Need| match need {
+        baton_server::auth::Need::Anyone => "anyone".to_string(),
+        baton_server::auth::Need::AnyOf(roles) => roles
+            .iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(", "),
+    };
+    for (path, need) in baton_server::auth::GRPC_ACCESS {
+        let Some(short) = path.strip_prefix("/baton.v1.") else {
+            assert_eq!(wanted(need), "anyone", "{path}");
+            continue;
+        };
+        assert_eq!(
+            row_roles(short).as_deref(),
+            Some(wanted(need).as_str()),
+            "{short}"
+        );
+    }
+    for (method, route, need) in baton_server::auth::HTTP_ACCESS {
+        let name = format!("{method} {route}");
+        assert_eq!(
+            row_roles(&name).as_deref(),
+            Some(wanted(need).as_str()),
+            "{name}"
+        );
+    }
+}

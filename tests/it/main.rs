@@ -18,5 +18,6 @@ mod inspect;
 mod layout;
 mod routing;
 mod snapshots;
+mod tls_auth;
 mod tool_crash;
 mod tools;

@@ -39,6 +39,12 @@ pub struct AuthSection {
     /// unless set (or `baton serve --allow-unauthenticated`): anyone who
     /// reaches the port would control everything.
     pub allow_unauthenticated_remote: bool,
+    /// JWT bearer tokens from an external identity provider (`[auth.jwt]`).
+    pub jwt: Option<baton_auth::jwt::JwtSettings>,
+    /// Principals of client certificates (mutual TLS on gRPC, with
+    /// `server.tls.client_ca_file`), by subject common name
+    /// (`[[auth.mtls_clients]]`: `subject`, `tenant`, `roles`, `groups`).
+    pub mtls_clients: Vec<baton_auth::tls::CertClient>,
 }
 
 /// What a call requires.
@@ -132,6 +138,8 @@ pub enum Denied {
     Unauthenticated(String),
     /// Valid credentials, not enough (PERMISSION_DENIED / 403).
     Forbidden(String),
+    /// Credentials that cannot be checked right now (UNAVAILABLE / 503).
+    Unavailable(String),
 }
 
 impl Denied {
@@ -139,6 +147,7 @@ impl Denied {
         match self {
             Denied::Unauthenticated(m) => tonic::Status::unauthenticated(m.clone()),
             Denied::Forbidden(m) => tonic::Status::permission_denied(m.clone()),
+            Denied::Unavailable(m) => tonic::Status::unavailable(m.clone()),
         }
     }
 
@@ -154,6 +163,12 @@ impl Denied {
                 StatusCode::FORBIDDEN,
                 "permission_error",
                 "permission_denied",
+                m,
+            ),
+            Denied::Unavailable(m) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "api_error",
+                "unavailable",
                 m,
             ),
         };
@@ -180,6 +195,8 @@ pub struct Authenticator {
 struct Inner {
     runtime: RuntimeHandle,
     enabled: bool,
+    jwt: Option<baton_auth::jwt::JwtVerifier>,
+    certs: Vec<baton_auth::tls::CertClient>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -193,10 +210,20 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// From `[auth]` (loads the JWKS when JWTs are configured).
     pub async fn new(runtime: RuntimeHandle, section: &AuthSection) -> Result<Self, String> {
+        let jwt = match &section.jwt {
+            Some(s) if section.enabled => Some(
+                baton_auth::jwt::JwtVerifier::new(s.clone())
+                    .await
+                    .map_err(|e| e.to_string())?,
+            ),
+            _ => None,
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 runtime,
                 enabled: section.enabled,
+                jwt,
+                certs: section.mtls_clients.clone(),
             }),
         })
     }
@@ -207,6 +234,8 @@ impl Authenticator {
             inner: Arc::new(Inner {
                 runtime,
                 enabled: false,
+                jwt: None,
+                certs: Vec::new(),
             }),
         }
     }
@@ -235,13 +264,20 @@ impl Authenticator {
                 .map_err(|e| Denied::Unauthenticated(e.to_string()))?
             {
                 baton_auth::keys::Credential::ApiKey(key) => self.api_key(&key),
-                baton_auth::keys::Credential::Jwt(_) => Err(Denied::Unauthenticated(
-                    "a JWT was sent, but this server accepts none (no [auth.jwt] configured)"
-                        .into(),
-                )),
+                baton_auth::keys::Credential::Jwt(jwt) => match &self.inner.jwt {
+                    Some(v) => v.verify(jwt).await.map_err(denied),
+                    None => Err(Denied::Unauthenticated(
+                        "a JWT was sent, but this server accepts none (no [auth.jwt] configured)"
+                            .into(),
+                    )),
+                },
             };
         }
-        let _ = peer_cert;
+        if let Some(der) = peer_cert
+            && !self.inner.certs.is_empty()
+        {
+            return baton_auth::tls::principal_from_cert(der, &self.inner.certs).map_err(denied);
+        }
         Err(Denied::Unauthenticated(
             "no credentials: send `authorization: Bearer <API key or JWT>`".into(),
         ))
@@ -391,8 +427,20 @@ where
 }
 
 /// The client certificate of a mutual-TLS connection (its leaf, DER).
-fn peer_cert<B>(_req: &http::Request<B>) -> Option<Vec<u8>> {
-    None
+fn peer_cert<B>(req: &http::Request<B>) -> Option<Vec<u8>> {
+    use tonic::transport::server::{TcpConnectInfo, TlsConnectInfo};
+    let info = req.extensions().get::<TlsConnectInfo<TcpConnectInfo>>()?;
+    let certs = info.peer_certs()?;
+    certs.first().map(|c| c.as_ref().to_vec())
+}
+
+/// An authentication failure as a refusal: the server's own trouble
+/// (no randomness, an identity provider out of reach) is not the caller's.
+fn denied(e: baton_auth::AuthError) -> Denied {
+    match e {
+        baton_auth::AuthError::Unavailable(m) => Denied::Unavailable(m),
+        other => Denied::Unauthenticated(other.to_string()),
+    }
 }
 
 /// Authenticates and authorizes every HTTP route (see the module docs);

@@ -30,6 +30,16 @@ pub struct ServerSection {
     pub max_request_bytes: usize,
     /// Emit logs as JSON lines.
     pub json_logs: bool,
+    /// TLS (`[server.tls]`: `cert_file`, `key_file`, and `client_ca_file`
+    /// for mutual TLS, which then requires a client certificate signed by
+    /// that CA on every connection).
+    pub tls: Option<baton_auth::tls::TlsSettings>,
+    /// Most concurrent streams (calls) on one HTTP/2 connection.
+    pub max_concurrent_streams: u32,
+    /// Ping idle connections this often (ms) and drop them when a ping is
+    /// not answered within `keepalive_timeout_ms`.
+    pub keepalive_interval_ms: u64,
+    pub keepalive_timeout_ms: u64,
 }
 
 impl Default for ServerSection {
@@ -38,6 +48,10 @@ impl Default for ServerSection {
             listen: "127.0.0.1:50051".into(),
             max_request_bytes: 4 * 1024 * 1024,
             json_logs: false,
+            tls: None,
+            max_concurrent_streams: 256,
+            keepalive_interval_ms: 30_000,
+            keepalive_timeout_ms: 10_000,
         }
     }
 }
@@ -53,6 +67,11 @@ pub struct HttpSection {
     pub listen: String,
     /// Largest request body accepted, in bytes; larger ones get 413.
     pub max_request_bytes: usize,
+    /// TLS (`[http.tls]`: `cert_file`, `key_file`).
+    pub tls: Option<baton_auth::tls::TlsSettings>,
+    /// A TLS handshake must finish within this (ms), so a client that
+    /// opens connections and stalls cannot hold them.
+    pub handshake_timeout_ms: u64,
 }
 
 impl Default for HttpSection {
@@ -61,6 +80,8 @@ impl Default for HttpSection {
             enabled: true,
             listen: "127.0.0.1:8080".into(),
             max_request_bytes: 4 * 1024 * 1024,
+            tls: None,
+            handshake_timeout_ms: 10_000,
         }
     }
 }

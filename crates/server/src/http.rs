@@ -53,6 +53,20 @@ pub async fn serve_http(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), crate::serve::Error> {
     let app = router(runtime, &section, auth);
+    if let Some(tls) = &section.tls {
+        let config = baton_auth::tls::rustls_server_config(tls, &[b"http/1.1"])
+            .map_err(|e| crate::serve::Error::Tls(format!("http.{e}")))?;
+        let listener = crate::tls_listener::TlsListener::new(
+            listener,
+            config,
+            std::time::Duration::from_millis(section.handshake_timeout_ms),
+        )
+        .map_err(crate::serve::Error::Http)?;
+        return axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await
+            .map_err(crate::serve::Error::Http);
+    }
     // TCP_NODELAY: streamed chunks are small writes (as for gRPC).
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {

@@ -29,6 +29,7 @@ pub mod openai;
 mod serve;
 mod sessions;
 mod status;
+mod tls_listener;
 
 pub use admin::{AdminService, key_to_proto, new_key, parse_roles};
 pub use auth::{AuthSection, Authenticator};

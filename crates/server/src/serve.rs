@@ -25,6 +25,8 @@ pub enum Error {
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("http server: {0}")]
     Http(std::io::Error),
+    #[error("{0}")]
+    Tls(String),
 }
 
 /// Serve until `shutdown` resolves; in-flight streams are cut, the runtime is
@@ -78,7 +80,20 @@ pub async fn serve_with(
         .max_decoding_message_size(section.max_request_bytes);
     let gates = GatesServer::new(GatesService::with_shutdown(runtime, stopping))
         .max_decoding_message_size(section.max_request_bytes);
-    tonic::transport::Server::builder()
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &section.tls {
+        let config = baton_auth::tls::tonic_tls_config(tls)
+            .map_err(|e| Error::Tls(format!("server.{e}")))?;
+        builder = builder.tls_config(config)?;
+    }
+    builder
+        .max_concurrent_streams(Some(section.max_concurrent_streams))
+        .http2_keepalive_interval(Some(std::time::Duration::from_millis(
+            section.keepalive_interval_ms,
+        )))
+        .http2_keepalive_timeout(Some(std::time::Duration::from_millis(
+            section.keepalive_timeout_ms,
+        )))
         .layer(GrpcAuthLayer::new(auth))
         .add_service(health_service)
         .add_service(reflection_v1)

@@ -49,7 +49,13 @@ pub fn encode_meta(m: &SessionMeta) -> Vec<u8> {
         status: keys::status_byte(m.status) as u32,
         status_reason: m.status_reason.clone(),
         updated_at_unix_ms: m.updated_at_unix_ms,
-        tenant: m.tenant.clone(),
+        // The default tenant is stored as absent: the bytes of such a
+        // session are those of a session stored before tenants.
+        tenant: if m.tenant == baton_types::DEFAULT_TENANT {
+            String::new()
+        } else {
+            m.tenant.clone()
+        },
     }
     .encode_to_vec()
 }
@@ -466,7 +472,7 @@ mod tests {
             (
                 EventKind::SessionStarted {
                     by: String::new(),
-                    tenant: baton_types::DEFAULT_TENANT.into(),
+                    tenant: String::new(),
                     route: "echo".into(),
                     system_prompt: "be brief".into(),
                     allowed_tools: vec![],
@@ -633,7 +639,7 @@ mod tests {
             (
                 EventKind::SessionStarted {
                     by: String::new(),
-                    tenant: baton_types::DEFAULT_TENANT.into(),
+                    tenant: String::new(),
                     route: "r".into(),
                     system_prompt: String::new(),
                     allowed_tools: vec![],
@@ -651,7 +657,7 @@ mod tests {
             (
                 EventKind::SessionStarted {
                     by: String::new(),
-                    tenant: baton_types::DEFAULT_TENANT.into(),
+                    tenant: String::new(),
                     route: "r".into(),
                     system_prompt: String::new(),
                     allowed_tools: vec![],

@@ -14,7 +14,8 @@
 //! let store = Store::open(StoreOptions::new("./baton-data", Durability::Sync))?;
 //! let session = SessionId::new();
 //! let mut batch = Batch::new();
-//! batch.append(&session, 1, 0, &EventKind::TurnCancelled { turn: 1 });
+//! let cancelled = EventKind::TurnCancelled { turn: 1, by: String::new() };
+//! batch.append(&session, 1, 0, &cancelled);
 //! store.write(batch).await?; // resolves once the record is fsynced
 //! let records = store.read_journal(session, 0, 100).await?;
 //! assert_eq!(records.len(), 1);

@@ -28,6 +28,11 @@ allowed_tools = ["http_get"]
 [[tenants]]
 name = "globex"
 max_sessions = 2
+
+[[tenants]]
+name = "throttled"
+key_requests_per_second = 0.2
+key_burst = 2
 "#;
 
 /// `baton keys create --offline` on a stopped server's data dir.
@@ -209,6 +214,7 @@ async fn keys_roles_and_tenants_hold_on_every_rpc_and_route_and_survive_sigkill(
     server.kill9().await.unwrap();
     let server = BatonProcess::start(bin(), &config).await.unwrap();
     let ch = channel(&server).await;
+    let mut admin = AdminClient::new(ch.clone());
     let mut sessions = v1::sessions_client::SessionsClient::new(ch.clone());
     let e = start_as(&mut sessions, &revoked, Default::default())
         .await
@@ -531,6 +537,37 @@ async fn keys_roles_and_tenants_hold_on_every_rpc_and_route_and_survive_sigkill(
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+
+    // Rate limits: a burst of 2, then RESOURCE_EXHAUSTED / 429 with
+    // retry-after, on gRPC and HTTP alike (one bucket per key).
+    let (_, slow) = create_key(&mut admin, &admin_key, "throttled", &["client"], &[], 0).await;
+    for _ in 0..2 {
+        start_as(&mut sessions, &slow, Default::default())
+            .await
+            .unwrap();
+    }
+    let e = start_as(&mut sessions, &slow, Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("rate limit"), "{}", e.message());
+    let retry: u64 = e
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=5).contains(&retry), "{retry}");
+    let r = web
+        .get(format!("{http}/v1/models"))
+        .bearer_auth(&slow)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 429);
+    assert!(r.headers().get("retry-after").is_some());
     server.terminate().await.unwrap();
 }
 

@@ -53,6 +53,14 @@ pub struct TenantConfig {
     pub max_session_budget_usd: Option<f64>,
     /// Most sessions it may have stored at once.
     pub max_sessions: Option<u64>,
+    /// Requests per second of the whole tenant (every RPC and HTTP route),
+    /// with up to `burst` saved up (default 1).
+    pub requests_per_second: Option<f64>,
+    pub burst: Option<u32>,
+    /// Requests per second of each of its principals (keys, JWT subjects,
+    /// certificates), with up to `key_burst` saved up (default 1).
+    pub key_requests_per_second: Option<f64>,
+    pub key_burst: Option<u32>,
 }
 
 /// Server-wide ceilings on what a request may ask (`[limits]`).
@@ -624,6 +632,19 @@ pub(crate) fn validate_tenants(
         }
         ToolFilter::new(&t.allowed_tools)
             .map_err(|e| crate::ConfigError::new(field("allowed_tools"), e.to_string()))?;
+        for (name, rate) in [
+            ("requests_per_second", t.requests_per_second),
+            ("key_requests_per_second", t.key_requests_per_second),
+        ] {
+            if let Some(r) = rate
+                && !(r.is_finite() && r > 0.0)
+            {
+                return Err(crate::ConfigError::new(
+                    field(name),
+                    "must be a positive number",
+                ));
+            }
+        }
     }
     Ok(())
 }

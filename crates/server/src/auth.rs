@@ -140,6 +140,9 @@ pub enum Denied {
     Forbidden(String),
     /// Credentials that cannot be checked right now (UNAVAILABLE / 503).
     Unavailable(String),
+    /// Over a rate limit (RESOURCE_EXHAUSTED / 429), with the seconds to
+    /// wait (`retry-after`).
+    Limited(String, u64),
 }
 
 impl Denied {
@@ -148,6 +151,13 @@ impl Denied {
             Denied::Unauthenticated(m) => tonic::Status::unauthenticated(m.clone()),
             Denied::Forbidden(m) => tonic::Status::permission_denied(m.clone()),
             Denied::Unavailable(m) => tonic::Status::unavailable(m.clone()),
+            Denied::Limited(m, secs) => {
+                let mut s = tonic::Status::resource_exhausted(format!("{m}; retry after {secs} s"));
+                if let Ok(v) = secs.to_string().parse() {
+                    s.metadata_mut().insert("retry-after", v);
+                }
+                s
+            }
         }
     }
 
@@ -171,6 +181,18 @@ impl Denied {
                 "unavailable",
                 m,
             ),
+            Denied::Limited(m, secs) => {
+                let mut r = crate::openai::ApiError::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "rate_limit_error",
+                    format!("{m}; retry after {secs} s"),
+                )
+                .code("rate_limit_exceeded")
+                .into_response();
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, http::HeaderValue::from(*secs));
+                return r;
+            }
         };
         let mut r = crate::openai::ApiError::new(status, kind, message.clone())
             .code(code)
@@ -194,6 +216,7 @@ pub struct Authenticator {
 
 struct Inner {
     runtime: RuntimeHandle,
+    limiter: crate::ratelimit::Limiter,
     enabled: bool,
     jwt: Option<baton_auth::jwt::JwtVerifier>,
     certs: Vec<baton_auth::tls::CertClient>,
@@ -220,6 +243,7 @@ impl Authenticator {
         };
         Ok(Self {
             inner: Arc::new(Inner {
+                limiter: Default::default(),
                 runtime,
                 enabled: section.enabled,
                 jwt,
@@ -232,6 +256,7 @@ impl Authenticator {
     pub fn disabled(runtime: RuntimeHandle) -> Self {
         Self {
             inner: Arc::new(Inner {
+                limiter: Default::default(),
                 runtime,
                 enabled: false,
                 jwt: None,
@@ -300,6 +325,14 @@ impl Authenticator {
             roles: record.roles,
             groups: record.groups,
         })
+    }
+
+    /// Admit one call of `who` under its tenant's rate limits.
+    pub fn admit(&self, who: &Principal) -> Result<(), Denied> {
+        self.inner
+            .limiter
+            .admit(&self.inner.runtime, who)
+            .map_err(|(msg, wait)| Denied::Limited(msg, crate::ratelimit::retry_after_secs(wait)))
     }
 
     /// Whether `who` meets `need`.
@@ -416,7 +449,7 @@ where
                     Ok(p) => p,
                     Err(d) => return Ok(d.status().into_http()),
                 };
-                if let Err(d) = Authenticator::check(need, &who) {
+                if let Err(d) = Authenticator::check(need, &who).and_then(|()| auth.admit(&who)) {
                     return Ok(d.status().into_http());
                 }
                 req.extensions_mut().insert(who);
@@ -467,7 +500,7 @@ pub async fn http_auth(
             Ok(p) => p,
             Err(d) => return d.http(),
         };
-        if let Err(d) = Authenticator::check(need, &who) {
+        if let Err(d) = Authenticator::check(need, &who).and_then(|()| auth.admit(&who)) {
             return d.http();
         }
         req.extensions_mut().insert(who);

@@ -26,6 +26,7 @@ mod gates;
 mod http;
 mod inspect;
 pub mod openai;
+mod ratelimit;
 mod serve;
 mod sessions;
 mod status;

@@ -83,6 +83,10 @@ pub struct SessionsConfig {
     /// A session with no activity for this long is passivated (its actor
     /// stops; its state stays on disk until the next message).
     pub passivate_after_ms: u64,
+    /// Most live session actors (0: no cap). Past it, the least recently
+    /// active idle sessions are passivated (down to 90% of the cap); busy
+    /// ones stay live.
+    pub max_live_sessions: usize,
     /// Write a snapshot after this many journal records.
     pub snapshot_every: u64,
     /// Events a slow stream may fall behind before it is cut (the client
@@ -112,6 +116,7 @@ impl Default for SessionsConfig {
             max_system_prompt_bytes: 64 * 1024,
             max_queued_turns: 32,
             passivate_after_ms: 300_000,
+            max_live_sessions: 100_000,
             snapshot_every: 256,
             subscriber_buffer: 1024,
             request_timeout_ms: 30_000,

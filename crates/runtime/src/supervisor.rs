@@ -302,6 +302,7 @@ impl SupervisorState {
                 );
                 baton_metrics::metrics().sessions_live(self.live.len() as i64);
                 self.forward(id, queue);
+                self.enforce_cap();
             }
             Err(e) => {
                 tracing::error!(session = %id, error = %e, "cannot spawn session actor");
@@ -318,6 +319,34 @@ impl SupervisorState {
             if let Err(ractor::MessagingErr::SendErr(msg)) = entry.actor.send_message(msg) {
                 entry.passivating = true;
                 entry.queue.push(msg);
+            }
+        }
+    }
+
+    /// Over `sessions.max_live_sessions`: ask the least recently active
+    /// sessions to passivate, down to 90% of the cap so that the scan is
+    /// rare; busy ones decline and stay live.
+    fn enforce_cap(&mut self) {
+        let cap = self.shared.config.sessions.max_live_sessions;
+        if cap == 0 {
+            return;
+        }
+        let active = self.live.values().filter(|e| !e.passivating).count();
+        if active <= cap {
+            return;
+        }
+        let target = cap - cap / 10;
+        let mut by_age: Vec<(u64, SessionId)> = self
+            .live
+            .iter()
+            .filter(|(_, e)| !e.passivating)
+            .map(|(id, e)| (e.activity.load(Ordering::Relaxed), *id))
+            .collect();
+        by_age.sort_unstable();
+        for (_, id) in by_age.into_iter().take(active - target) {
+            if let Some(e) = self.live.get_mut(&id) {
+                e.passivating = true;
+                let _ = e.actor.cast(SessionMsg::Passivate);
             }
         }
     }

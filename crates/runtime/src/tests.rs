@@ -333,6 +333,41 @@ async fn bad_input_is_refused_with_the_right_code() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_live_cap_the_least_recently_active_sessions_are_passivated() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.sessions.max_live_sessions = 3;
+    let rt = Runtime::builder(cfg).start().await.unwrap();
+    let mut ids = Vec::new();
+    for i in 0..8 {
+        let s = rt.start_session(StartSession::default()).await.unwrap();
+        collect(rt.send(s.id, format!("turn of {i}")).await.unwrap()).await;
+        ids.push(s.id);
+    }
+    wait_for(|| async { rt.stats().await.unwrap().live_sessions <= 3 }).await;
+    let stats = rt.stats().await.unwrap();
+    assert!(stats.passivations_total >= 5, "{stats:?}");
+    // The newest stayed live; the oldest were passivated and come back
+    // whole from storage.
+    let tree = rt.actor_tree().await.unwrap();
+    let live: Vec<String> = tree
+        .children
+        .iter()
+        .flat_map(|c| c.children.iter())
+        .filter(|n| n.kind == "session")
+        .map(|n| n.name.clone())
+        .collect();
+    assert!(live.contains(&ids[7].to_string()), "{live:?}");
+    assert!(!live.contains(&ids[0].to_string()), "{live:?}");
+    for (i, id) in ids.iter().enumerate() {
+        let view = rt.get(*id).await.unwrap();
+        assert_eq!(view.messages[0], Message::user(format!("turn of {i}")));
+        assert_eq!(view.turns_completed, 1);
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_sessions_are_passivated_and_rehydrated() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());

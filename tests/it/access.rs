@@ -632,3 +632,75 @@ fn the_security_doc_lists_every_requirement() {
         );
     }
 }
+
+/// A tenant's daily budget holds across SIGKILL: its spend is written with
+/// the priced records.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tenants_daily_budget_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = r#"
+[auth]
+enabled = true
+
+[[models]]
+name = "echo"
+provider = "echo"
+price_input_per_mtok = 1000000.0
+
+[[tenants]]
+name = "spender"
+daily_budget_usd = 5.0
+"#;
+    let config = write_config(dir.path(), &dir.path().join("data"), toml).unwrap();
+    let (_, admin_key) = offline_key(&config, "default", &["admin"]);
+    let (_, other) = offline_key(&config, "thrifty", &["client"]);
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    let ch = channel(&server).await;
+    let mut admin = AdminClient::new(ch.clone());
+    let (_, key) = create_key(&mut admin, &admin_key, "spender", &["client"], &[], 0).await;
+    let mut sessions = v1::sessions_client::SessionsClient::new(ch.clone());
+    let id = start_as(&mut sessions, &key, Default::default())
+        .await
+        .unwrap();
+    // Each turn costs a dollar per input token: a few turns spend it all.
+    let mut refused = None;
+    for n in 1..=10 {
+        match sessions
+            .send_message(with_key(
+                &key,
+                v1::SendMessageRequest {
+                    session_id: id.clone(),
+                    content: format!("turn {n}"),
+                    ..Default::default()
+                },
+            ))
+            .await
+        {
+            Ok(s) => {
+                let mut s = s.into_inner();
+                read_until(&mut s, |e| e.ends_turn()).await;
+            }
+            Err(e) => {
+                refused = Some((n, e));
+                break;
+            }
+        }
+    }
+    let (n, e) = refused.expect("the daily budget refuses a turn");
+    assert!(n > 1, "the first turn runs");
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("daily_budget_usd"), "{}", e.message());
+
+    server.kill9().await.unwrap();
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    let mut sessions = v1::sessions_client::SessionsClient::new(channel(&server).await);
+    let e = start_as(&mut sessions, &key, Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    // Another tenant is not held by it.
+    start_as(&mut sessions, &other, Default::default())
+        .await
+        .unwrap();
+    server.terminate().await.unwrap();
+}

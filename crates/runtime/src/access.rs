@@ -53,6 +53,12 @@ pub struct TenantConfig {
     pub max_session_budget_usd: Option<f64>,
     /// Most sessions it may have stored at once.
     pub max_sessions: Option<u64>,
+    /// Most it may spend per UTC day and per UTC month, in USD (kept across
+    /// restarts). Past either, new sessions and turns are refused
+    /// (RESOURCE_EXHAUSTED) until the period turns; a turn that started
+    /// before may finish.
+    pub daily_budget_usd: Option<f64>,
+    pub monthly_budget_usd: Option<f64>,
     /// Requests per second of the whole tenant (every RPC and HTTP route),
     /// with up to `burst` saved up (default 1).
     pub requests_per_second: Option<f64>,
@@ -178,9 +184,35 @@ impl Caller {
             .find(|t| t.name == self.who.tenant)
     }
 
+    /// Refused when the tenant has spent its day's or month's budget.
+    fn within_budget(&self) -> Result<()> {
+        let Some(t) = self.tenant() else {
+            return Ok(());
+        };
+        let [day, month] = crate::spend::periods(baton_types::now_unix_ms());
+        let spend = &self.rt.shared().tenant_spend;
+        for (limit, period, what) in [
+            (t.daily_budget_usd, &day, "daily_budget_usd"),
+            (t.monthly_budget_usd, &month, "monthly_budget_usd"),
+        ] {
+            if let Some(limit) = limit {
+                let spent = spend.spent(&t.name, period);
+                if spent >= limit {
+                    return Err(Error::ResourceExhausted(format!(
+                        "tenant {:?} has spent ${spent:.4} of its {what} of ${limit} ({}, UTC); new turns resume when it turns",
+                        t.name,
+                        &period[1..]
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Start a session in the caller's tenant, within its ceilings.
     pub async fn start_session(&self, mut req: StartSession) -> Result<SessionInfo> {
         self.require(AccessRole::Client)?;
+        self.within_budget()?;
         self.narrow(&mut req).await?;
         self.rt
             .start_session_in(req, &self.who.tenant, &self.label)
@@ -327,6 +359,7 @@ impl Caller {
     ) -> Result<EventStream> {
         self.require(AccessRole::Client)?;
         self.own(id).await?;
+        self.within_budget()?;
         self.rt
             .send_message_by(id, message, review, self.label.clone())
             .await
@@ -632,6 +665,19 @@ pub(crate) fn validate_tenants(
         }
         ToolFilter::new(&t.allowed_tools)
             .map_err(|e| crate::ConfigError::new(field("allowed_tools"), e.to_string()))?;
+        for (name, usd) in [
+            ("daily_budget_usd", t.daily_budget_usd),
+            ("monthly_budget_usd", t.monthly_budget_usd),
+        ] {
+            if let Some(b) = usd
+                && !(b.is_finite() && b >= 0.0)
+            {
+                return Err(crate::ConfigError::new(
+                    field(name),
+                    "must be a non-negative number",
+                ));
+            }
+        }
         for (name, rate) in [
             ("requests_per_second", t.requests_per_second),
             ("key_requests_per_second", t.key_requests_per_second),

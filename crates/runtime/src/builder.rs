@@ -100,6 +100,7 @@ impl RuntimeBuilder {
         let tools = start_tools(&config, self.tools).await?;
         let gate_policies = gates::Policies::compile(&config.gates, &self.classifiers)?;
         let keys = crate::apikeys::KeyRing::load(&store).await?;
+        let tenant_spend = crate::spend::TenantSpend::load(&store).await?;
         let shared = Arc::new(Shared::new(
             store.clone(),
             router,
@@ -108,6 +109,7 @@ impl RuntimeBuilder {
             config,
             self.audit,
             keys,
+            tenant_spend,
         ));
         let (supervisor, _) = Actor::spawn(None, SessionSupervisor, shared.clone())
             .await

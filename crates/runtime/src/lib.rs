@@ -47,6 +47,7 @@ mod session;
 mod sessions;
 mod shared;
 mod source;
+mod spend;
 mod state;
 mod stream;
 mod supervisor;

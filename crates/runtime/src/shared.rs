@@ -42,6 +42,8 @@ pub(crate) struct Shared {
     epoch: Instant,
     /// API key records (see [`crate::apikeys`]).
     pub keys: crate::apikeys::KeyRing,
+    /// Tenants' spend per day and month (see [`crate::spend`]).
+    pub tenant_spend: crate::spend::TenantSpend,
 }
 
 impl Shared {
@@ -53,6 +55,7 @@ impl Shared {
         config: RuntimeConfig,
         audit: Option<Arc<dyn AuditSink>>,
         keys: crate::apikeys::KeyRing,
+        tenant_spend: crate::spend::TenantSpend,
     ) -> Self {
         let (gate_events, _) = tokio::sync::broadcast::channel(1024);
         let live = Arc::new(crate::source::Live {
@@ -72,6 +75,7 @@ impl Shared {
             replays: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
             keys,
+            tenant_spend,
         }
     }
 

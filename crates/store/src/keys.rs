@@ -110,6 +110,22 @@ pub fn tenant_index_key(tenant: &str, session: &SessionId) -> Vec<u8> {
     k
 }
 
+/// `indexes` key prefix of tenants' spend: `T` ++ tenant ++ 0 ++ period
+/// ++ 0 ++ session id (16) -> that session's spend in the period (f64 BE).
+/// One key per session, written by its actor with the priced record, so
+/// totals are exact across crashes; a tenant's spend is their sum.
+pub const TENANT_SPEND_PREFIX: u8 = b'T';
+
+pub fn tenant_spend_key(tenant: &str, period: &str, session: &SessionId) -> Vec<u8> {
+    let mut k = vec![TENANT_SPEND_PREFIX];
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(period.as_bytes());
+    k.push(0);
+    k.extend_from_slice(session.as_bytes());
+    k
+}
+
 /// `indexes` key prefix of API key records.
 pub const API_KEY_PREFIX: u8 = b'k';
 

@@ -278,6 +278,22 @@ impl Batch {
         }
     }
 
+    /// Record `session`'s total spend in `period` for its tenant (written
+    /// with the record that priced it).
+    pub fn put_tenant_spend(
+        &mut self,
+        tenant: &str,
+        period: &str,
+        session: &SessionId,
+        total_usd: f64,
+    ) {
+        self.ops.push(Op::Put {
+            cf: CF_INDEXES,
+            key: keys::tenant_spend_key(tenant, period, session),
+            value: total_usd.to_be_bytes().to_vec(),
+        });
+    }
+
     /// Store an API key record (JSON) under its key id.
     pub fn put_api_key(&mut self, id: &str, record: Vec<u8>) {
         self.ops.push(Op::Put {
@@ -594,6 +610,43 @@ impl Store {
                 n += 1;
             }
             Ok(n)
+        })
+        .await
+    }
+
+    /// Every recorded tenant spend: (tenant, period, session, USD).
+    pub async fn tenant_spends(&self) -> Result<Vec<(String, String, SessionId, f64)>> {
+        self.blocking(|db| {
+            let cf = writer::cf_handle(db, CF_INDEXES)?;
+            let prefix = [keys::TENANT_SPEND_PREFIX];
+            let mut out = Vec::new();
+            for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+                let (k, v) = item?;
+                if k.first() != Some(&keys::TENANT_SPEND_PREFIX) {
+                    break;
+                }
+                let rest = &k[1..];
+                let Some(t) = rest.iter().position(|b| *b == 0) else {
+                    continue;
+                };
+                let after = &rest[t + 1..];
+                let Some(p) = after.iter().position(|b| *b == 0) else {
+                    continue;
+                };
+                let (Some(session), Ok(bytes)) = (
+                    keys::session_from_slice(&after[p + 1..]),
+                    <[u8; 8]>::try_from(&v[..]),
+                ) else {
+                    continue;
+                };
+                out.push((
+                    String::from_utf8_lossy(&rest[..t]).into_owned(),
+                    String::from_utf8_lossy(&after[..p]).into_owned(),
+                    session,
+                    f64::from_be_bytes(bytes),
+                ));
+            }
+            Ok(out)
         })
         .await
     }

@@ -56,8 +56,15 @@ impl SessionCtx {
             Batch::unsynced()
         };
         let mut audited = 0;
+        let mut priced = 0.0;
         let auditing = self.env.shared.audit.is_some();
         self.outbox.hand_over(|e| {
+            if let EventKind::AssistantMessage {
+                cost_usd: Some(c), ..
+            } = &e.kind
+            {
+                priced += c;
+            }
             batch.append(&id, e.seq, e.at_unix_ms, &e.kind);
             if auditing && crate::audit::is_audited(&e.kind) {
                 audited = e.seq;
@@ -66,6 +73,18 @@ impl SessionCtx {
         if audited > 0 {
             // With the records: a crash cannot leave them out of the audit trail.
             batch.put_audit_pending(&id, audited);
+        }
+        // A replay's answers are recorded ones: nothing was spent.
+        if priced > 0.0 && self.durable.state.replay_of.is_none() {
+            let tenant = &self.durable.state.tenant;
+            let totals = self
+                .env
+                .shared
+                .tenant_spend
+                .add(tenant, id, priced, now_unix_ms());
+            for (period, total) in totals {
+                batch.put_tenant_spend(tenant, &period, &id, total);
+            }
         }
         let durable = &mut self.durable;
         let status = durable.state.status();

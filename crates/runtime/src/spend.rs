@@ -1,0 +1,131 @@
+//! Tenants' spend per UTC day and month, for their budget ceilings
+//! (`daily_budget_usd`, `monthly_budget_usd`).
+//!
+//! Each session's spend in a period is written by its actor in the same
+//! batch as the priced `AssistantMessage` record, under its own key, so the
+//! totals survive SIGKILL exactly (a session's writes are ordered; the
+//! sum over sessions needs no cross-session ordering). Read back at start.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, PoisonError};
+
+use baton_store::Store;
+use baton_types::SessionId;
+
+use crate::error::Result;
+
+#[derive(Default)]
+struct Period {
+    total: f64,
+    sessions: HashMap<SessionId, f64>,
+}
+
+/// Spend by (tenant, period).
+#[derive(Default)]
+pub(crate) struct TenantSpend {
+    periods: Mutex<HashMap<(String, String), Period>>,
+}
+
+impl std::fmt::Debug for TenantSpend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TenantSpend")
+    }
+}
+
+/// The day (`d2026-12-03`) and month (`m2026-12`) of a time, UTC.
+pub(crate) fn periods(unix_ms: u64) -> [String; 2] {
+    let days = (unix_ms / 86_400_000) as i64;
+    // Days since 1970-01-01 to a civil date (proleptic Gregorian).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    [
+        format!("d{year:04}-{month:02}-{day:02}"),
+        format!("m{year:04}-{month:02}"),
+    ]
+}
+
+impl TenantSpend {
+    pub(crate) async fn load(store: &Store) -> Result<TenantSpend> {
+        let spend = TenantSpend::default();
+        {
+            let mut periods = spend.periods.lock().unwrap_or_else(PoisonError::into_inner);
+            for (tenant, period, session, usd) in store.tenant_spends().await? {
+                let p = periods.entry((tenant, period)).or_default();
+                p.total += usd;
+                p.sessions.insert(session, usd);
+            }
+        }
+        Ok(spend)
+    }
+
+    /// Add `usd` spent by `session` of `tenant` at `unix_ms`; its new
+    /// totals per period, to be written with the record.
+    pub(crate) fn add(
+        &self,
+        tenant: &str,
+        session: SessionId,
+        usd: f64,
+        unix_ms: u64,
+    ) -> Vec<(String, f64)> {
+        let mut table = self.periods.lock().unwrap_or_else(PoisonError::into_inner);
+        periods(unix_ms)
+            .into_iter()
+            .map(|period| {
+                let p = table
+                    .entry((tenant.to_string(), period.clone()))
+                    .or_default();
+                p.total += usd;
+                let s = p.sessions.entry(session).or_default();
+                *s += usd;
+                (period, *s)
+            })
+            .collect()
+    }
+
+    /// What `tenant` spent in `period`.
+    pub(crate) fn spent(&self, tenant: &str, period: &str) -> f64 {
+        self.periods
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&(tenant.to_string(), period.to_string()))
+            .map_or(0.0, |p| p.total)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods_are_utc_days_and_months() {
+        assert_eq!(periods(0), ["d1970-01-01".to_string(), "m1970-01".into()]);
+        // 2024-02-29T23:59:59.999Z and the next millisecond.
+        assert_eq!(periods(1_709_251_199_999)[0], "d2024-02-29");
+        assert_eq!(
+            periods(1_709_251_200_000),
+            ["d2024-03-01".to_string(), "m2024-03".into()]
+        );
+        assert_eq!(periods(1_796_256_000_000)[0], "d2026-12-03");
+    }
+
+    #[test]
+    fn totals_add_up_per_tenant_and_period() {
+        let s = TenantSpend::default();
+        let (a, b) = (SessionId::new(), SessionId::new());
+        let t = 1_796_256_000_000;
+        assert_eq!(s.add("acme", a, 1.5, t)[0].1, 1.5);
+        assert_eq!(s.add("acme", a, 1.0, t)[0].1, 2.5);
+        assert_eq!(s.add("acme", b, 0.5, t)[0].1, 0.5);
+        s.add("globex", b, 9.0, t);
+        assert_eq!(s.spent("acme", "d2026-12-03"), 3.0);
+        assert_eq!(s.spent("acme", "m2026-12"), 3.0);
+        assert_eq!(s.spent("acme", "d2026-12-04"), 0.0);
+    }
+}

@@ -108,8 +108,7 @@ impl RuntimeBuilder {
             gate_policies,
             config,
             self.audit,
-            keys,
-            tenant_spend,
+            crate::shared::Ledgers { keys, tenant_spend },
         ));
         let (supervisor, _) = Actor::spawn(None, SessionSupervisor, shared.clone())
             .await

@@ -46,6 +46,12 @@ pub(crate) struct Shared {
     pub tenant_spend: crate::spend::TenantSpend,
 }
 
+/// What the runtime reads back at start about principals and tenants.
+pub(crate) struct Ledgers {
+    pub keys: crate::apikeys::KeyRing,
+    pub tenant_spend: crate::spend::TenantSpend,
+}
+
 impl Shared {
     pub(crate) fn new(
         store: Store,
@@ -54,8 +60,7 @@ impl Shared {
         gate_policies: Policies,
         config: RuntimeConfig,
         audit: Option<Arc<dyn AuditSink>>,
-        keys: crate::apikeys::KeyRing,
-        tenant_spend: crate::spend::TenantSpend,
+        ledgers: Ledgers,
     ) -> Self {
         let (gate_events, _) = tokio::sync::broadcast::channel(1024);
         let live = Arc::new(crate::source::Live {
@@ -74,8 +79,8 @@ impl Shared {
             live,
             replays: Mutex::new(HashMap::new()),
             epoch: Instant::now(),
-            keys,
-            tenant_spend,
+            keys: ledgers.keys,
+            tenant_spend: ledgers.tenant_spend,
         }
     }
 

@@ -53,16 +53,15 @@ pub(crate) fn periods(unix_ms: u64) -> [String; 2] {
 
 impl TenantSpend {
     pub(crate) async fn load(store: &Store) -> Result<TenantSpend> {
-        let spend = TenantSpend::default();
-        {
-            let mut periods = spend.periods.lock().unwrap_or_else(PoisonError::into_inner);
-            for (tenant, period, session, usd) in store.tenant_spends().await? {
-                let p = periods.entry((tenant, period)).or_default();
-                p.total += usd;
-                p.sessions.insert(session, usd);
-            }
+        let mut table: HashMap<(String, String), Period> = HashMap::new();
+        for (tenant, period, session, usd) in store.tenant_spends().await? {
+            let p = table.entry((tenant, period)).or_default();
+            p.total += usd;
+            p.sessions.insert(session, usd);
         }
-        Ok(spend)
+        Ok(TenantSpend {
+            periods: Mutex::new(table),
+        })
     }
 
     /// Add `usd` spent by `session` of `tenant` at `unix_ms`; its new

@@ -36,7 +36,7 @@ key_burst = 2
 "#;
 
 /// `baton keys create --offline` on a stopped server's data dir.
-fn offline_key(config: &Path, tenant: &str, roles: &[&str]) -> (String, String) {
+pub(crate) fn offline_key(config: &Path, tenant: &str, roles: &[&str]) -> (String, String) {
     let mut cmd = std::process::Command::new(bin());
     cmd.args(["keys", "create", "--offline", "--json", "--tenant", tenant])
         .arg("--config")
@@ -95,6 +95,19 @@ async fn create_key(
         .unwrap()
         .into_inner();
     (c.key.unwrap().id, c.secret)
+}
+
+/// A key made over the Admin API of `server` with `admin_key`; its secret.
+pub(crate) async fn create_key_for(
+    server: &BatonProcess,
+    admin_key: &str,
+    tenant: &str,
+    roles: &[&str],
+) -> String {
+    let mut admin = AdminClient::new(channel(server).await);
+    create_key(&mut admin, admin_key, tenant, roles, &[], 0)
+        .await
+        .1
 }
 
 async fn start_as(

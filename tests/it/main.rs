@@ -16,6 +16,7 @@ mod gates_api;
 mod grpc_api;
 mod inspect;
 mod layout;
+mod python_clients;
 mod routing;
 mod snapshots;
 mod tls_auth;

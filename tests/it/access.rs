@@ -663,6 +663,10 @@ price_input_per_mtok = 1000000.0
 [[tenants]]
 name = "spender"
 daily_budget_usd = 5.0
+
+[[tenants]]
+name = "chatty"
+tokens_per_minute = 1
 "#;
     let config = write_config(dir.path(), &dir.path().join("data"), toml).unwrap();
     let (_, admin_key) = offline_key(&config, "default", &["admin"]);
@@ -703,6 +707,31 @@ daily_budget_usd = 5.0
     assert!(n > 1, "the first turn runs");
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("daily_budget_usd"), "{}", e.message());
+
+    // Tokens per minute: the first turn uses the minute's allowance.
+    let (_, chatty) = create_key(&mut admin, &admin_key, "chatty", &["client"], &[], 0).await;
+    let cid = start_as(&mut sessions, &chatty, Default::default())
+        .await
+        .unwrap();
+    let send = |text: &str| {
+        with_key(
+            &chatty,
+            v1::SendMessageRequest {
+                session_id: cid.clone(),
+                content: text.into(),
+                ..Default::default()
+            },
+        )
+    };
+    let mut s = sessions
+        .send_message(send("one"))
+        .await
+        .unwrap()
+        .into_inner();
+    read_until(&mut s, |e| e.ends_turn()).await;
+    let e = sessions.send_message(send("two")).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(e.message().contains("tokens_per_minute"), "{}", e.message());
 
     server.kill9().await.unwrap();
     let server = BatonProcess::start(bin(), &config).await.unwrap();

@@ -32,8 +32,10 @@ pub enum GateCommand {
     /// Let the held action go ahead.
     Approve {
         gate_id: String,
-        /// Who decides (recorded in the session's journal).
-        #[arg(long)]
+        /// Who decides, on a server without authentication (recorded as
+        /// `local:<name>`); with authentication the caller's key (or
+        /// token, or certificate) is the reviewer and this is ignored.
+        #[arg(long, default_value = "")]
         reviewer: String,
         #[arg(long, default_value = "")]
         reason: String,
@@ -41,7 +43,8 @@ pub enum GateCommand {
     /// Stop the held action; the reason is what the model (or flow) receives.
     Reject {
         gate_id: String,
-        #[arg(long)]
+        /// As for `approve`.
+        #[arg(long, default_value = "")]
         reviewer: String,
         #[arg(long)]
         reason: String,
@@ -50,7 +53,8 @@ pub enum GateCommand {
     /// and go ahead.
     Edit {
         gate_id: String,
-        #[arg(long)]
+        /// As for `approve`.
+        #[arg(long, default_value = "")]
         reviewer: String,
         /// The replacement payload.
         #[arg(

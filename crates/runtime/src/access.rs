@@ -59,6 +59,9 @@ pub struct TenantConfig {
     /// before may finish.
     pub daily_budget_usd: Option<f64>,
     pub monthly_budget_usd: Option<f64>,
+    /// Most tokens (input and output) its model calls may use per minute;
+    /// past it, new sessions and turns are refused until the window frees.
+    pub tokens_per_minute: Option<u64>,
     /// Requests per second of the whole tenant (every RPC and HTTP route),
     /// with up to `burst` saved up (default 1).
     pub requests_per_second: Option<f64>,
@@ -189,6 +192,20 @@ impl Caller {
         let Some(t) = self.tenant() else {
             return Ok(());
         };
+        if let Some(limit) = t.tokens_per_minute {
+            let (used, wait) = self
+                .rt
+                .shared()
+                .tenant_tokens
+                .used(&t.name, std::time::Instant::now());
+            if used >= limit {
+                return Err(Error::ResourceExhausted(format!(
+                    "tenant {:?} used {used} tokens in the last minute, its tokens_per_minute of {limit}; retry after {} s",
+                    t.name,
+                    wait.as_secs().max(1)
+                )));
+            }
+        }
         let [day, month] = crate::spend::periods(baton_types::now_unix_ms());
         let spend = &self.rt.shared().tenant_spend;
         for (limit, period, what) in [

@@ -44,6 +44,8 @@ pub(crate) struct Shared {
     pub keys: crate::apikeys::KeyRing,
     /// Tenants' spend per day and month (see [`crate::spend`]).
     pub tenant_spend: crate::spend::TenantSpend,
+    /// Tenants' tokens in the last minute.
+    pub tenant_tokens: crate::spend::TokenMeter,
 }
 
 /// What the runtime reads back at start about principals and tenants.
@@ -81,6 +83,7 @@ impl Shared {
             epoch: Instant::now(),
             keys: ledgers.keys,
             tenant_spend: ledgers.tenant_spend,
+            tenant_tokens: Default::default(),
         }
     }
 

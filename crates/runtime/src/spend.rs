@@ -98,6 +98,50 @@ impl TenantSpend {
     }
 }
 
+/// Tokens (input and output) each tenant's model calls used in the last
+/// minute, for `tokens_per_minute`. In memory: a restart forgets the last
+/// minute, which costs at most one minute's allowance.
+#[derive(Debug, Default)]
+pub(crate) struct TokenMeter {
+    windows: Mutex<HashMap<String, std::collections::VecDeque<(std::time::Instant, u64)>>>,
+}
+
+const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl TokenMeter {
+    pub(crate) fn add(&self, tenant: &str, tokens: u64, now: std::time::Instant) {
+        let mut w = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let q = w.entry(tenant.to_string()).or_default();
+        q.push_back((now, tokens));
+        while q
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) >= MINUTE)
+        {
+            q.pop_front();
+        }
+    }
+
+    /// Tokens used in the last minute, and when the oldest of them leaves
+    /// the window.
+    pub(crate) fn used(&self, tenant: &str, now: std::time::Instant) -> (u64, std::time::Duration) {
+        let mut w = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(q) = w.get_mut(tenant) else {
+            return (0, std::time::Duration::ZERO);
+        };
+        while q
+            .front()
+            .is_some_and(|(t, _)| now.duration_since(*t) >= MINUTE)
+        {
+            q.pop_front();
+        }
+        let total = q.iter().map(|(_, n)| n).sum();
+        let wait = q.front().map_or(std::time::Duration::ZERO, |(t, _)| {
+            MINUTE.saturating_sub(now.duration_since(*t))
+        });
+        (total, wait)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,6 +156,22 @@ mod tests {
             ["d2024-03-01".to_string(), "m2024-03".into()]
         );
         assert_eq!(periods(1_796_256_000_000)[0], "d2026-12-03");
+    }
+
+    #[test]
+    fn tokens_leave_the_window_after_a_minute() {
+        let m = TokenMeter::default();
+        let t0 = std::time::Instant::now();
+        m.add("acme", 100, t0);
+        m.add("acme", 50, t0 + std::time::Duration::from_secs(30));
+        let (used, wait) = m.used("acme", t0 + std::time::Duration::from_secs(40));
+        assert_eq!(used, 150);
+        assert_eq!(wait, std::time::Duration::from_secs(20));
+        assert_eq!(
+            m.used("acme", t0 + std::time::Duration::from_secs(61)).0,
+            50
+        );
+        assert_eq!(m.used("globex", t0).0, 0);
     }
 
     #[test]

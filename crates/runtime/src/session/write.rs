@@ -57,13 +57,15 @@ impl SessionCtx {
         };
         let mut audited = 0;
         let mut priced = 0.0;
+        let mut tokens = 0u64;
         let auditing = self.env.shared.audit.is_some();
         self.outbox.hand_over(|e| {
             if let EventKind::AssistantMessage {
-                cost_usd: Some(c), ..
+                cost_usd, usage, ..
             } = &e.kind
             {
-                priced += c;
+                priced += cost_usd.unwrap_or(0.0);
+                tokens += usage.input_tokens + usage.output_tokens;
             }
             batch.append(&id, e.seq, e.at_unix_ms, &e.kind);
             if auditing && crate::audit::is_audited(&e.kind) {
@@ -73,6 +75,13 @@ impl SessionCtx {
         if audited > 0 {
             // With the records: a crash cannot leave them out of the audit trail.
             batch.put_audit_pending(&id, audited);
+        }
+        if tokens > 0 && self.durable.state.replay_of.is_none() {
+            self.env.shared.tenant_tokens.add(
+                &self.durable.state.tenant,
+                tokens,
+                std::time::Instant::now(),
+            );
         }
         // A replay's answers are recorded ones: nothing was spent.
         if priced > 0.0 && self.durable.state.replay_of.is_none() {

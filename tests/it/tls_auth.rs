@@ -257,6 +257,29 @@ roles = ["client"]
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    // The baton CLI over mutual TLS.
+    let out = tokio::process::Command::new(bin())
+        .args(["session", "start", "--server"])
+        .arg(url.replace("http://127.0.0.1", "https://localhost"))
+        .arg("--ca-cert")
+        .arg(d.join("ca.pem"))
+        .arg("--client-cert")
+        .arg(write(d, "client.pem", &client_cert))
+        .arg("--client-key")
+        .arg(write(d, "client.key", &client_key))
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let started = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    assert!(
+        started.parse::<baton::types::SessionId>().is_ok(),
+        "{started}"
+    );
     let plain = reqwest::get(format!("{}/healthz", server.http_url().unwrap())).await;
     assert!(
         plain.is_err() || !plain.unwrap().status().is_success(),

@@ -24,6 +24,24 @@ pub struct Conn {
     /// needed when the server has `[auth] enabled = true`.
     #[arg(long, global = true, env = "BATON_API_KEY", hide_env_values = true)]
     pub(crate) api_key: Option<String>,
+    /// PEM CA certificate(s) to trust for a TLS server (`https://` address).
+    #[arg(long, global = true, env = "BATON_CA_CERT")]
+    pub(crate) ca_cert: Option<std::path::PathBuf>,
+    /// PEM client certificate and key, for a server that requires mutual TLS.
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_CLIENT_CERT",
+        requires = "client_key"
+    )]
+    pub(crate) client_cert: Option<std::path::PathBuf>,
+    #[arg(
+        long,
+        global = true,
+        env = "BATON_CLIENT_KEY",
+        requires = "client_cert"
+    )]
+    pub(crate) client_key: Option<std::path::PathBuf>,
 }
 
 /// Adds `authorization: Bearer <key>` to every call.
@@ -52,8 +70,24 @@ pub(crate) async fn connect(conn: &Conn) -> anyhow::Result<Authed> {
         }
         _ => None,
     };
-    let channel = Channel::from_shared(conn.server.clone())
-        .with_context(|| format!("bad server address {:?}", conn.server))?
+    let mut endpoint = Channel::from_shared(conn.server.clone())
+        .with_context(|| format!("bad server address {:?}", conn.server))?;
+    if conn.server.starts_with("https://") || conn.ca_cert.is_some() {
+        let read = |p: &std::path::Path| {
+            std::fs::read(p).with_context(|| format!("cannot read {}", p.display()))
+        };
+        let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+        if let Some(ca) = &conn.ca_cert {
+            tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(read(ca)?));
+        }
+        if let (Some(c), Some(k)) = (&conn.client_cert, &conn.client_key) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(read(c)?, read(k)?));
+        }
+        endpoint = endpoint
+            .tls_config(tls)
+            .context("TLS settings (--ca-cert, --client-cert, --client-key)")?;
+    }
+    let channel = endpoint
         .connect()
         .await
         .with_context(|| format!("cannot connect to {}", conn.server))?;

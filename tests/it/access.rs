@@ -733,6 +733,28 @@ tokens_per_minute = 1
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("tokens_per_minute"), "{}", e.message());
 
+    // Per-tenant series on /metrics (an operator's view: a bearer needed).
+    let text = reqwest::Client::new()
+        .get(format!("{}/metrics", server.http_url().unwrap()))
+        .bearer_auth(&admin_key)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map_or(0.0, |v| v.trim().parse().unwrap())
+    };
+    assert!(
+        value("baton_tenant_cost_usd_total{tenant=\"spender\"}") >= 5.0,
+        "{text}"
+    );
+    assert!(value("baton_tenant_turns_total{tenant=\"spender\",outcome=\"completed\"}") >= 1.0);
+    assert!(value("baton_tenant_tokens_total{tenant=\"chatty\",direction=\"input\"}") >= 1.0);
+
     server.kill9().await.unwrap();
     let server = BatonProcess::start(bin(), &config).await.unwrap();
     let mut sessions = v1::sessions_client::SessionsClient::new(channel(&server).await);

@@ -19,6 +19,9 @@
 //! | `baton_routing_decisions_total` | route, strategy, rule | routing decisions by the rule that fired |
 //! | `baton_budget_rejections_total` | scope | calls refused by a budget |
 //! | `baton_turns_total` | outcome | finished turns: completed, failed, cancelled |
+//! | `baton_tenant_turns_total` | tenant, outcome | finished turns per tenant |
+//! | `baton_tenant_tokens_total` | tenant, direction | input / output tokens of a tenant's model answers |
+//! | `baton_tenant_cost_usd_total` | tenant | cost of a tenant's model answers |
 //! | `baton_turn_duration_seconds` | outcome | turn accepted to finished |
 //! | `baton_sessions_live` | | session actors in memory |
 //! | `baton_sessions_passivated_total` | | sessions passivated |
@@ -69,6 +72,9 @@ pub struct Metrics {
     decisions: Family<L3, Counter>,
     budget_rejections: Family<L1, Counter>,
     turns: Family<L1, Counter>,
+    tenant_turns: Family<L2, Counter>,
+    tenant_tokens: Family<L2, Counter>,
+    tenant_cost: Family<L1, Counter<f64, AtomicU64>>,
     turn_duration: Family<L1, Histogram, fn() -> Histogram>,
     sessions_live: Gauge,
     passivated: Counter,
@@ -113,6 +119,9 @@ impl Metrics {
             decisions: Family::default(),
             budget_rejections: Family::default(),
             turns: Family::default(),
+            tenant_turns: Family::default(),
+            tenant_tokens: Family::default(),
+            tenant_cost: Family::default(),
             turn_duration: Family::new_with_constructor(latency_histogram),
             sessions_live: Gauge::default(),
             passivated: Counter::default(),
@@ -180,6 +189,21 @@ impl Metrics {
             m.budget_rejections.clone(),
         );
         r.register("turns", "Finished turns", m.turns.clone());
+        r.register(
+            "tenant_turns",
+            "Finished turns per tenant",
+            m.tenant_turns.clone(),
+        );
+        r.register(
+            "tenant_tokens",
+            "Tokens of a tenant's model answers",
+            m.tenant_tokens.clone(),
+        );
+        r.register(
+            "tenant_cost_usd",
+            "Cost of a tenant's model answers in USD",
+            m.tenant_cost.clone(),
+        );
         r.register(
             "turn_duration_seconds",
             "Turn accepted to finished",
@@ -325,13 +349,32 @@ impl Metrics {
             .inc();
     }
 
-    pub fn turn_finished(&self, outcome: &str, seconds: f64) {
+    pub fn turn_finished(&self, tenant: &str, outcome: &str, seconds: f64) {
         self.turns
             .get_or_create(&[("outcome", outcome.into())])
+            .inc();
+        self.tenant_turns
+            .get_or_create(&[("tenant", tenant.into()), ("outcome", outcome.into())])
             .inc();
         self.turn_duration
             .get_or_create(&[("outcome", outcome.into())])
             .observe(seconds);
+    }
+
+    /// What a tenant's model answers used.
+    pub fn tenant_usage(&self, tenant: &str, input: u64, output: u64, cost_usd: f64) {
+        for (direction, n) in [("input", input), ("output", output)] {
+            if n > 0 {
+                self.tenant_tokens
+                    .get_or_create(&[("tenant", tenant.into()), ("direction", direction.into())])
+                    .inc_by(n);
+            }
+        }
+        if cost_usd > 0.0 {
+            self.tenant_cost
+                .get_or_create(&[("tenant", tenant.into())])
+                .inc_by(cost_usd);
+        }
     }
 
     pub fn sessions_live(&self, n: i64) {

@@ -57,7 +57,7 @@ impl SessionCtx {
         };
         let mut audited = 0;
         let mut priced = 0.0;
-        let mut tokens = 0u64;
+        let (mut input, mut output) = (0u64, 0u64);
         let auditing = self.env.shared.audit.is_some();
         self.outbox.hand_over(|e| {
             if let EventKind::AssistantMessage {
@@ -65,7 +65,8 @@ impl SessionCtx {
             } = &e.kind
             {
                 priced += cost_usd.unwrap_or(0.0);
-                tokens += usage.input_tokens + usage.output_tokens;
+                input += usage.input_tokens;
+                output += usage.output_tokens;
             }
             batch.append(&id, e.seq, e.at_unix_ms, &e.kind);
             if auditing && crate::audit::is_audited(&e.kind) {
@@ -76,12 +77,13 @@ impl SessionCtx {
             // With the records: a crash cannot leave them out of the audit trail.
             batch.put_audit_pending(&id, audited);
         }
-        if tokens > 0 && self.durable.state.replay_of.is_none() {
-            self.env.shared.tenant_tokens.add(
-                &self.durable.state.tenant,
-                tokens,
-                std::time::Instant::now(),
-            );
+        if input + output > 0 && self.durable.state.replay_of.is_none() {
+            let tenant = &self.durable.state.tenant;
+            self.env
+                .shared
+                .tenant_tokens
+                .add(tenant, input + output, std::time::Instant::now());
+            baton_metrics::metrics().tenant_usage(tenant, input, output, priced);
         }
         // A replay's answers are recorded ones: nothing was spent.
         if priced > 0.0 && self.durable.state.replay_of.is_none() {
@@ -189,6 +191,6 @@ impl SessionCtx {
             .turn_started
             .filter(|(t, _)| turn == Some(*t))
             .map_or(0.0, |(_, at)| at.elapsed().as_secs_f64());
-        metrics.turn_finished(outcome, secs);
+        metrics.turn_finished(&self.durable.state.tenant, outcome, secs);
     }
 }

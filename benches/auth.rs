@@ -1,9 +1,10 @@
 //! What authentication and authorization add to one call on the server's
 //! hot path: the `authorization` header read, the API key parsed and hashed,
 //! its record found and compared in constant time, the role requirement
-//! checked and the rate limiter consulted — everything the access layer
-//! does before a handler runs (`Authenticator::authenticate`, `check`,
-//! `admit`), against a real runtime holding 1,000 keys. A JWT already seen
+//! checked, the rate limiter consulted and the call counted against the
+//! principal's open calls — everything the access layer does before a
+//! handler runs (`Authenticator::authenticate`, `check`, `admit`,
+//! `open_call`), against a real runtime holding 1,000 keys. A JWT already seen
 //! (cached) is measured too; the cost of a first-seen JWT is in
 //! `cargo bench -p baton-auth --bench verify`.
 //!
@@ -69,6 +70,8 @@ async fn main() -> Result<()> {
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
         Authenticator::check(need, &who).map_err(|e| anyhow::anyhow!("{e:?}"))?;
         auth.admit(&who).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        let call = auth.open_call(&who).map_err(|e| anyhow::anyhow!("{e:?}"))?;
+        drop(call);
         times.push(t.elapsed().as_nanos());
     }
     times.sort_unstable();

@@ -768,3 +768,66 @@ tokens_per_minute = 1
         .unwrap();
     server.terminate().await.unwrap();
 }
+
+/// One principal cannot hold more calls open than its cap; a closed stream
+/// frees its slot.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_principal_holds_at_most_its_cap_of_open_calls() {
+    let dir = tempfile::tempdir().unwrap();
+    let toml = "[auth]\nenabled = true\nmax_calls_per_principal = 2\n";
+    let config = write_config(dir.path(), &dir.path().join("data"), toml).unwrap();
+    let (_, key) = offline_key(&config, "default", &["client"]);
+    let (_, other) = offline_key(&config, "default", &["client"]);
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    let ch = channel(&server).await;
+    let mut sessions = v1::sessions_client::SessionsClient::new(ch.clone());
+    let id = start_as(&mut sessions, &key, Default::default())
+        .await
+        .unwrap();
+    let resume = || {
+        with_key(
+            &key,
+            v1::ResumeSessionRequest {
+                session_id: id.clone(),
+                after_seq: 0,
+            },
+        )
+    };
+    let first = sessions
+        .resume_session(resume())
+        .await
+        .unwrap()
+        .into_inner();
+    let _second = sessions
+        .resume_session(resume())
+        .await
+        .unwrap()
+        .into_inner();
+    let e = start_as(&mut sessions, &key, Default::default())
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("max_calls_per_principal"),
+        "{}",
+        e.message()
+    );
+    // Another principal is not held by it.
+    start_as(&mut sessions, &other, Default::default())
+        .await
+        .unwrap();
+    drop(first);
+    let mut freed = false;
+    for _ in 0..100 {
+        if start_as(&mut sessions, &key, Default::default())
+            .await
+            .is_ok()
+        {
+            freed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(freed, "a closed stream frees its slot");
+    server.terminate().await.unwrap();
+}

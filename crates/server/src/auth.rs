@@ -29,7 +29,7 @@ use http::{HeaderMap, Method, StatusCode, header};
 use serde::Deserialize;
 
 /// `[auth]`: who may call.
-#[derive(Debug, Clone, Deserialize, Default)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct AuthSection {
     /// Require credentials on every call but the public ones (health,
@@ -45,6 +45,21 @@ pub struct AuthSection {
     /// `server.tls.client_ca_file`), by subject common name
     /// (`[[auth.mtls_clients]]`: `subject`, `tenant`, `roles`, `groups`).
     pub mtls_clients: Vec<baton_auth::tls::CertClient>,
+    /// Most calls (streams included) one principal may hold open at once,
+    /// over every connection and both servers (0: no cap).
+    pub max_calls_per_principal: usize,
+}
+
+impl Default for AuthSection {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            allow_unauthenticated_remote: false,
+            jwt: None,
+            mtls_clients: Vec::new(),
+            max_calls_per_principal: 256,
+        }
+    }
 }
 
 /// What a call requires.
@@ -216,6 +231,9 @@ pub struct Authenticator {
 
 struct Inner {
     runtime: RuntimeHandle,
+    inflight: Arc<crate::inflight::InFlight>,
+    /// Most calls one principal may hold open (0: no cap).
+    max_calls: usize,
     limiter: crate::ratelimit::Limiter,
     enabled: bool,
     jwt: Option<baton_auth::jwt::JwtVerifier>,
@@ -244,6 +262,13 @@ impl Authenticator {
         Ok(Self {
             inner: Arc::new(Inner {
                 limiter: Default::default(),
+                inflight: Default::default(),
+                // Without authentication every caller is one principal.
+                max_calls: if section.enabled {
+                    section.max_calls_per_principal
+                } else {
+                    0
+                },
                 runtime,
                 enabled: section.enabled,
                 jwt,
@@ -257,6 +282,8 @@ impl Authenticator {
         Self {
             inner: Arc::new(Inner {
                 limiter: Default::default(),
+                inflight: Default::default(),
+                max_calls: 0,
                 runtime,
                 enabled: false,
                 jwt: None,
@@ -333,6 +360,23 @@ impl Authenticator {
             .limiter
             .admit(&self.inner.runtime, who)
             .map_err(|(msg, wait)| Denied::Limited(msg, crate::ratelimit::retry_after_secs(wait)))
+    }
+
+    /// Count one open call of `who` (until the guard drops).
+    pub fn open_call(&self, who: &Principal) -> Result<crate::inflight::CallGuard, Denied> {
+        let label = who.label();
+        self.inner
+            .inflight
+            .admit(&label, self.inner.max_calls)
+            .map_err(|n| {
+                Denied::Limited(
+                    format!(
+                        "{label} already has {n} calls open (auth.max_calls_per_principal); \
+                         finish or cancel one"
+                    ),
+                    1,
+                )
+            })
     }
 
     /// Whether `who` meets `need`.
@@ -449,10 +493,18 @@ where
                     Ok(p) => p,
                     Err(d) => return Ok(d.status().into_http()),
                 };
-                if let Err(d) = Authenticator::check(need, &who).and_then(|()| auth.admit(&who)) {
-                    return Ok(d.status().into_http());
-                }
+                let guard = match Authenticator::check(need, &who)
+                    .and_then(|()| auth.admit(&who))
+                    .and_then(|()| auth.open_call(&who))
+                {
+                    Ok(g) => g,
+                    Err(d) => return Ok(d.status().into_http()),
+                };
                 req.extensions_mut().insert(who);
+                let resp = inner.call(req).await?;
+                return Ok(
+                    resp.map(|b| tonic::body::Body::new(crate::inflight::Guarded::new(b, guard)))
+                );
             }
             inner.call(req).await
         })
@@ -500,10 +552,16 @@ pub async fn http_auth(
             Ok(p) => p,
             Err(d) => return d.http(),
         };
-        if let Err(d) = Authenticator::check(need, &who).and_then(|()| auth.admit(&who)) {
-            return d.http();
-        }
+        let guard = match Authenticator::check(need, &who)
+            .and_then(|()| auth.admit(&who))
+            .and_then(|()| auth.open_call(&who))
+        {
+            Ok(g) => g,
+            Err(d) => return d.http(),
+        };
         req.extensions_mut().insert(who);
+        let resp = next.run(req).await;
+        return resp.map(|b| axum::body::Body::new(crate::inflight::Guarded::new(b, guard)));
     }
     next.run(req).await
 }

@@ -24,6 +24,7 @@ mod config;
 mod config_origin;
 mod gates;
 mod http;
+mod inflight;
 mod inspect;
 pub mod openai;
 mod ratelimit;

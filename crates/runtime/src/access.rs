@@ -33,7 +33,7 @@ use crate::sessions::{ListQuery, SessionInfo, SessionList, StartSession};
 use crate::stream::EventStream;
 
 /// A tenant (`[[tenants]]`): an isolated environment with its own limits.
-#[derive(Debug, Clone, Deserialize, Default, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields, default)]
 pub struct TenantConfig {
     /// Its name, as API keys, JWT claims and certificates name it.
@@ -59,6 +59,9 @@ pub struct TenantConfig {
     /// before may finish.
     pub daily_budget_usd: Option<f64>,
     pub monthly_budget_usd: Option<f64>,
+    /// Its own gate policies (as `[[gates.policies]]`), for its sessions
+    /// only, on top of the server's.
+    pub gate_policies: Vec<crate::gates::GatePolicy>,
     /// Most tokens (input and output) its model calls may use per minute;
     /// past it, new sessions and turns are refused until the window frees.
     pub tokens_per_minute: Option<u64>,

@@ -408,7 +408,7 @@ impl RuntimeConfig {
         let endpoints = self.endpoints_with(in_code);
         baton_routing::validate_routes(&self.routes, &endpoints)
             .map_err(|e| ConfigError::from_message(e.field.clone(), &e))?;
-        crate::gates::Policies::compile(&self.gates, classifiers)?;
+        crate::gates::Policies::compile_all(&self.gates, &self.tenants, classifiers)?;
         self.resolve_default_route_with(in_code)?;
         let mut route_names: Vec<String> = endpoints.iter().map(|e| e.name.clone()).collect();
         route_names.extend(self.routes.iter().map(|r| r.name.clone()));

@@ -165,6 +165,9 @@ pub trait DataClassifier: Send + Sync + std::fmt::Debug {
 #[derive(Debug)]
 pub(crate) struct CompiledPolicy {
     pub policy: GatePolicy,
+    /// Set for a tenant's own policy (`[[tenants]] gate_policies`): it
+    /// applies to that tenant's sessions only.
+    tenant: Option<String>,
     tools: Option<ToolFilter>,
     pattern: Option<regex::Regex>,
     classifier: Option<Arc<dyn DataClassifier>>,
@@ -195,6 +198,11 @@ impl CompiledPolicy {
 
     fn applies_to_route(&self, route: &str) -> bool {
         self.policy.routes.is_empty() || self.policy.routes.iter().any(|r| r == route)
+    }
+
+    /// Whether it applies to a session of `tenant` on `route`.
+    fn applies(&self, tenant: &str, route: &str) -> bool {
+        self.tenant.as_deref().is_none_or(|t| t == tenant) && self.applies_to_route(route)
     }
 
     fn data_match(&self, text: &str) -> Option<String> {
@@ -323,6 +331,7 @@ impl Policies {
             }
             list.push(CompiledPolicy {
                 policy: p.clone(),
+                tenant: None,
                 tools,
                 pattern,
                 classifier,
@@ -331,11 +340,47 @@ impl Policies {
         Ok(Policies { list })
     }
 
+    /// The server's policies and every tenant's own (`[[tenants]]
+    /// gate_policies`), which apply to that tenant's sessions only. Policy
+    /// names are unique across all of them (a gate names its policy).
+    pub fn compile_all(
+        cfg: &GatesConfig,
+        tenants: &[crate::TenantConfig],
+        classifiers: &[(String, Arc<dyn DataClassifier>)],
+    ) -> Result<Policies, ConfigError> {
+        let mut all = Self::compile(cfg, classifiers)?;
+        for (ti, t) in tenants.iter().enumerate() {
+            let own = GatesConfig {
+                policies: t.gate_policies.clone(),
+                ..Default::default()
+            };
+            let compiled = Self::compile(&own, classifiers).map_err(|e| ConfigError {
+                field: e.field.replacen(
+                    "gates.policies",
+                    &format!("tenants[{ti}].gate_policies"),
+                    1,
+                ),
+                ..e
+            })?;
+            for (i, mut p) in compiled.list.into_iter().enumerate() {
+                if all.list.iter().any(|q| q.policy.name == p.policy.name) {
+                    return Err(ConfigError::new(
+                        format!("tenants[{ti}].gate_policies[{i}].name"),
+                        format!("{:?} is already the name of another policy", p.policy.name),
+                    ));
+                }
+                p.tenant = Some(t.name.clone());
+                all.list.push(p);
+            }
+        }
+        Ok(all)
+    }
+
     /// The first `before_tool` policy for this tool.
-    pub fn before_tool(&self, route: &str, tool: &str) -> Option<GateTerms> {
+    pub fn before_tool(&self, tenant: &str, route: &str, tool: &str) -> Option<GateTerms> {
         self.list
             .iter()
-            .filter(|p| p.policy.kind == GatePolicyKind::BeforeTool && p.applies_to_route(route))
+            .filter(|p| p.policy.kind == GatePolicyKind::BeforeTool && p.applies(tenant, route))
             .find(|p| p.tools.as_ref().is_some_and(|f| f.allows(tool)))
             .map(|p| {
                 p.terms(format!(
@@ -349,11 +394,12 @@ impl Policies {
     /// turn only) and cost.
     pub fn before_model_call(
         &self,
+        tenant: &str,
         route: &str,
         input: Option<&str>,
         estimated_cost_usd: Option<f64>,
     ) -> Option<GateTerms> {
-        for p in self.list.iter().filter(|p| p.applies_to_route(route)) {
+        for p in self.list.iter().filter(|p| p.applies(tenant, route)) {
             match p.policy.kind {
                 GatePolicyKind::DataRule if p.policy.applies_to != DataRuleTarget::Output => {
                     if let Some(text) = input
@@ -381,11 +427,12 @@ impl Policies {
     /// Policies that hold a final answer.
     pub fn before_release(
         &self,
+        tenant: &str,
         route: &str,
         answer: &str,
         confidence: Option<f64>,
     ) -> Option<GateTerms> {
-        for p in self.list.iter().filter(|p| p.applies_to_route(route)) {
+        for p in self.list.iter().filter(|p| p.applies(tenant, route)) {
             match p.policy.kind {
                 GatePolicyKind::FinalAnswer => {
                     return Some(p.terms(format!(
@@ -558,28 +605,66 @@ mod tests {
             "#,
         );
         let p = Policies::compile(&cfg, &[]).unwrap();
-        assert_eq!(p.before_tool("r", "pay.refund").unwrap().policy, "payments");
-        assert!(p.before_tool("r", "calculator").is_none());
         assert_eq!(
-            p.before_model_call("r", Some("my IBAN is"), None)
+            p.before_tool("t", "r", "pay.refund").unwrap().policy,
+            "payments"
+        );
+        assert!(p.before_tool("t", "r", "calculator").is_none());
+        assert_eq!(
+            p.before_model_call("t", "r", Some("my IBAN is"), None)
                 .unwrap()
                 .policy,
             "pii"
         );
-        assert!(p.before_model_call("r", Some("hello"), Some(0.1)).is_none());
+        assert!(
+            p.before_model_call("t", "r", Some("hello"), Some(0.1))
+                .is_none()
+        );
         assert_eq!(
-            p.before_model_call("r", None, Some(0.9)).unwrap().policy,
+            p.before_model_call("t", "r", None, Some(0.9))
+                .unwrap()
+                .policy,
             "spend"
         );
         assert_eq!(
-            p.before_release("r", "fine", Some(0.2)).unwrap().policy,
+            p.before_release("t", "r", "fine", Some(0.2))
+                .unwrap()
+                .policy,
             "unsure"
         );
-        assert!(p.before_release("r", "fine", Some(0.9)).is_none());
+        assert!(p.before_release("t", "r", "fine", Some(0.9)).is_none());
         assert_eq!(
-            p.before_release("r", "iban: x", None).unwrap().kind,
+            p.before_release("t", "r", "iban: x", None).unwrap().kind,
             GateKind::DataRule
         );
+
+        // A tenant's own policies apply to its sessions only.
+        let tenants: Vec<crate::TenantConfig> = vec![
+            toml::from_str(
+                r#"
+                name = "acme"
+                [[gate_policies]]
+                name = "acme_answers"
+                reviewers = "acme-leads"
+                kind = "final_answer"
+                "#,
+            )
+            .unwrap(),
+        ];
+        let p = Policies::compile_all(&cfg, &tenants, &[]).unwrap();
+        assert_eq!(
+            p.before_release("acme", "r", "fine", Some(0.9))
+                .unwrap()
+                .policy,
+            "acme_answers"
+        );
+        assert!(p.before_release("globex", "r", "fine", Some(0.9)).is_none());
+        let mut clash = tenants.clone();
+        clash[0].gate_policies[0].name = "payments".into();
+        let e = Policies::compile_all(&cfg, &clash, &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("tenants[0].gate_policies[0].name"), "{e}");
     }
 
     #[test]

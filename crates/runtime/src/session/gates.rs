@@ -50,7 +50,7 @@ impl SessionCtx {
         }
         shared
             .gate_policies
-            .before_release(&state.route, &draft, confidence)
+            .before_release(&state.tenant, &state.route, &draft, confidence)
             .map(|t| (t, subject))
     }
 

@@ -107,9 +107,11 @@ impl SessionCtx {
                 }
             };
             if !current.is_approved(GatePoint::ToolCall, &t.call_id)
-                && let Some(terms) = shared
-                    .gate_policies
-                    .before_tool(&self.durable.state.route, &t.name)
+                && let Some(terms) = shared.gate_policies.before_tool(
+                    &self.durable.state.tenant,
+                    &self.durable.state.route,
+                    &t.name,
+                )
             {
                 gates.push((t.call_id.clone(), terms, tool_subject(t)));
                 continue;

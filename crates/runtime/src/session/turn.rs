@@ -181,11 +181,12 @@ impl SessionCtx {
             .is_some_and(|c| c.turn == turn && c.is_approved(GatePoint::ModelCall, ""));
         if reason != ModelCallReason::Recovery && !approved {
             let cost = shared.router.estimate_cost_usd(&route, &request);
-            if let Some(terms) =
-                shared
-                    .gate_policies
-                    .before_model_call(&route, input.as_deref(), cost)
-            {
+            if let Some(terms) = shared.gate_policies.before_model_call(
+                &self.durable.state.tenant,
+                &route,
+                input.as_deref(),
+                cost,
+            ) {
                 let subject = serde_json::json!({
                     "route": route,
                     "estimated_cost_usd": cost,

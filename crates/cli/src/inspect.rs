@@ -370,18 +370,8 @@ fn print_replay(
 
 /// `2024-05-01 12:34:56.789` (UTC) for milliseconds since the Unix epoch.
 fn utc_time(unix_ms: u64) -> String {
-    let days = (unix_ms / 86_400_000) as i64;
     let ms_of_day = unix_ms % 86_400_000;
-    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = baton_types::utc_date(unix_ms);
     format!(
         "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}.{:03}",
         ms_of_day / 3_600_000,

@@ -560,9 +560,7 @@ impl RuntimeHandle {
         content: String,
         review: bool,
     ) -> Result<EventStream> {
-        if content.trim().is_empty() {
-            return Err(Error::InvalidArgument("content is empty".into()));
-        }
+        // send_message refuses an empty user message.
         self.send_message(id, Message::user(content), review).await
     }
 

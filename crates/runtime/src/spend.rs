@@ -34,17 +34,7 @@ impl std::fmt::Debug for TenantSpend {
 
 /// The day (`d2026-12-03`) and month (`m2026-12`) of a time, UTC.
 pub(crate) fn periods(unix_ms: u64) -> [String; 2] {
-    let days = (unix_ms / 86_400_000) as i64;
-    // Days since 1970-01-01 to a civil date (proleptic Gregorian).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let (year, month, day) = baton_types::utc_date(unix_ms);
     [
         format!("d{year:04}-{month:02}-{day:02}"),
         format!("m{year:04}-{month:02}"),

@@ -40,6 +40,21 @@ pub use routing::{AttemptFailure, RouteCandidate, RoutingDecision};
 pub use turn::{ModelCallReason, TurnFailureCode};
 pub use wire::{UnknownValue, WireEnum};
 
+/// The UTC calendar date `(year, month, day)` of milliseconds since the
+/// Unix epoch (Howard Hinnant's days-to-civil algorithm).
+pub fn utc_date(unix_ms: u64) -> (i64, i64, i64) {
+    let days = (unix_ms / 86_400_000) as i64;
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
 /// Milliseconds since the Unix epoch, as stored in journal records and events.
 pub fn now_unix_ms() -> u64 {
     std::time::SystemTime::now()

@@ -830,4 +830,15 @@ async fn a_principal_holds_at_most_its_cap_of_open_calls() {
     }
     assert!(freed, "a closed stream frees its slot");
     server.terminate().await.unwrap();
+    // The keys made offline are in the audit trail, with who made them.
+    let log = std::fs::read_to_string(dir.path().join("data/audit/audit.log")).unwrap();
+    let made: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("\"create_api_key\""))
+        .collect();
+    assert_eq!(made.len(), 2, "{log}");
+    assert!(
+        made.iter().all(|l| l.contains("\"actor\":\"cli:")),
+        "{made:?}"
+    );
 }

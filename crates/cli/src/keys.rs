@@ -207,7 +207,22 @@ async fn offline_create(
     let by = format!("cli:{}", whoami());
     let (record, secret) =
         baton_server::new_key(name, tenant, roles, groups, expires_at_unix_ms, by.clone())?;
-    let runtime = baton_runtime::Runtime::builder(config.runtime())
+    // The key's creation goes into the audit trail, as over the API.
+    let mut builder = baton_runtime::Runtime::builder(config.runtime());
+    let audit = if config.audit.enabled {
+        let cfg = config.audit.resolve(&config.store.data_dir);
+        let log = tokio::task::spawn_blocking(move || baton_audit::AuditLog::open(cfg))
+            .await
+            .context("audit log open task")?
+            .context("cannot open the audit log")?;
+        builder = builder.with_audit(std::sync::Arc::new(baton_server::audit::SignedAudit(
+            log.clone(),
+        )));
+        Some(log)
+    } else {
+        None
+    };
+    let runtime = builder
         .start()
         .await
         .with_context(|| {
@@ -218,6 +233,9 @@ async fn offline_create(
         })?;
     let added = runtime.add_api_key(record, &by).await;
     runtime.shutdown().await;
+    if let Some(log) = audit {
+        log.flush().await.context("audit log flush")?;
+    }
     let record = added?;
     print_created(
         &v1::CreatedKey {

@@ -98,8 +98,11 @@ impl RuntimeBuilder {
             }
         };
         let tools = start_tools(&config, self.tools).await?;
-        let gate_policies =
-            gates::Policies::compile_all(&config.gates, &config.tenants, &self.classifiers)?;
+        let gate_policies = gates::Policies::compile_all(
+            &config.gates,
+            &config.tenant_policies(),
+            &self.classifiers,
+        )?;
         let keys = crate::apikeys::KeyRing::load(&store).await?;
         let tenant_spend = crate::spend::TenantSpend::load(&store).await?;
         let shared = Arc::new(Shared::new(

@@ -408,13 +408,21 @@ impl RuntimeConfig {
         let endpoints = self.endpoints_with(in_code);
         baton_routing::validate_routes(&self.routes, &endpoints)
             .map_err(|e| ConfigError::from_message(e.field.clone(), &e))?;
-        crate::gates::Policies::compile_all(&self.gates, &self.tenants, classifiers)?;
+        crate::gates::Policies::compile_all(&self.gates, &self.tenant_policies(), classifiers)?;
         self.resolve_default_route_with(in_code)?;
         let mut route_names: Vec<String> = endpoints.iter().map(|e| e.name.clone()).collect();
         route_names.extend(self.routes.iter().map(|r| r.name.clone()));
         crate::access::validate_tenants(&self.tenants, &route_names)?;
         crate::access::validate_limits(&self.limits)?;
         Ok(())
+    }
+
+    /// Each tenant's name and own gate policies.
+    pub(crate) fn tenant_policies(&self) -> Vec<(&str, &[crate::gates::GatePolicy])> {
+        self.tenants
+            .iter()
+            .map(|t| (t.name.as_str(), t.gate_policies.as_slice()))
+            .collect()
     }
 
     pub(crate) fn passivate_after(&self) -> Duration {

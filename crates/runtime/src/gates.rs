@@ -343,15 +343,16 @@ impl Policies {
     /// The server's policies and every tenant's own (`[[tenants]]
     /// gate_policies`), which apply to that tenant's sessions only. Policy
     /// names are unique across all of them (a gate names its policy).
+    /// `tenants`: each tenant's name and policies, in `[[tenants]]` order.
     pub fn compile_all(
         cfg: &GatesConfig,
-        tenants: &[crate::TenantConfig],
+        tenants: &[(&str, &[GatePolicy])],
         classifiers: &[(String, Arc<dyn DataClassifier>)],
     ) -> Result<Policies, ConfigError> {
         let mut all = Self::compile(cfg, classifiers)?;
-        for (ti, t) in tenants.iter().enumerate() {
+        for (ti, (tenant, policies)) in tenants.iter().enumerate() {
             let own = GatesConfig {
-                policies: t.gate_policies.clone(),
+                policies: policies.to_vec(),
                 ..Default::default()
             };
             let compiled = Self::compile(&own, classifiers).map_err(|e| ConfigError {
@@ -369,7 +370,7 @@ impl Policies {
                         format!("{:?} is already the name of another policy", p.policy.name),
                     ));
                 }
-                p.tenant = Some(t.name.clone());
+                p.tenant = Some((*tenant).to_string());
                 all.list.push(p);
             }
         }
@@ -639,19 +640,15 @@ mod tests {
         );
 
         // A tenant's own policies apply to its sessions only.
-        let tenants: Vec<crate::TenantConfig> = vec![
-            toml::from_str(
-                r#"
-                name = "acme"
-                [[gate_policies]]
-                name = "acme_answers"
-                reviewers = "acme-leads"
-                kind = "final_answer"
-                "#,
-            )
-            .unwrap(),
-        ];
-        let p = Policies::compile_all(&cfg, &tenants, &[]).unwrap();
+        let own: GatePolicy = toml::from_str(
+            r#"
+            name = "acme_answers"
+            reviewers = "acme-leads"
+            kind = "final_answer"
+            "#,
+        )
+        .unwrap();
+        let p = Policies::compile_all(&cfg, &[("acme", std::slice::from_ref(&own))], &[]).unwrap();
         assert_eq!(
             p.before_release("acme", "r", "fine", Some(0.9))
                 .unwrap()
@@ -659,9 +656,9 @@ mod tests {
             "acme_answers"
         );
         assert!(p.before_release("globex", "r", "fine", Some(0.9)).is_none());
-        let mut clash = tenants.clone();
-        clash[0].gate_policies[0].name = "payments".into();
-        let e = Policies::compile_all(&cfg, &clash, &[])
+        let mut clash = own.clone();
+        clash.name = "payments".into();
+        let e = Policies::compile_all(&cfg, &[("acme", std::slice::from_ref(&clash))], &[])
             .unwrap_err()
             .to_string();
         assert!(e.starts_with("tenants[0].gate_policies[0].name"), "{e}");

@@ -842,3 +842,34 @@ async fn a_principal_holds_at_most_its_cap_of_open_calls() {
         "{made:?}"
     );
 }
+
+/// A client that sends its request headers too slowly loses the
+/// connection: it cannot hold it open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_http_client_cannot_hold_a_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(
+        dir.path(),
+        &dir.path().join("data"),
+        "[http]\nheader_read_timeout_ms = 300\n",
+    )
+    .unwrap();
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    let addr = server.http_addr().unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"GET /healthz HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    let mut buf = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut buf)).await;
+    assert!(read.is_ok(), "the connection was held open");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    // A whole request on a fresh connection is served.
+    let ok = reqwest::get(format!("{}/healthz", server.http_url().unwrap()))
+        .await
+        .unwrap();
+    assert_eq!(ok.status().as_u16(), 200);
+    server.terminate().await.unwrap();
+}

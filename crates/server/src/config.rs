@@ -72,6 +72,9 @@ pub struct HttpSection {
     /// A TLS handshake must finish within this (ms), so a client that
     /// opens connections and stalls cannot hold them.
     pub handshake_timeout_ms: u64,
+    /// A request's headers must arrive within this (ms); a slower
+    /// client's connection is closed.
+    pub header_read_timeout_ms: u64,
 }
 
 impl Default for HttpSection {
@@ -82,6 +85,7 @@ impl Default for HttpSection {
             max_request_bytes: 4 * 1024 * 1024,
             tls: None,
             handshake_timeout_ms: 10_000,
+            header_read_timeout_ms: 10_000,
         }
     }
 }

@@ -62,10 +62,8 @@ pub async fn serve_http(
             std::time::Duration::from_millis(section.handshake_timeout_ms),
         )
         .map_err(crate::serve::Error::Http)?;
-        return axum::serve(listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await
-            .map_err(crate::serve::Error::Http);
+        serve_connections(listener, app, &section, shutdown).await;
+        return Ok(());
     }
     // TCP_NODELAY: streamed chunks are small writes (as for gRPC).
     let listener = listener.tap_io(|tcp| {
@@ -73,10 +71,52 @@ pub async fn serve_http(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
     });
-    axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-        .map_err(crate::serve::Error::Http)
+    serve_connections(listener, app, &section, shutdown).await;
+    Ok(())
+}
+
+/// Serve each accepted connection with hyper, with a deadline for a
+/// request's headers (`http.header_read_timeout_ms`: a client that sends
+/// them slowly, or not at all, cannot hold a connection) — which
+/// `axum::serve` does not offer. On `shutdown`: stop accepting, then let
+/// open requests finish.
+async fn serve_connections<L>(
+    mut listener: L,
+    app: Router,
+    section: &HttpSection,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) where
+    L: axum::serve::Listener,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_millis(
+            section.header_read_timeout_ms,
+        ));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut shutdown = std::pin::pin!(shutdown);
+    loop {
+        tokio::select! {
+            (io, _addr) = listener.accept() => {
+                let service = hyper_util::service::TowerToHyperService::new(app.clone());
+                let conn = builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), service)
+                    .into_owned();
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "http connection ended with an error");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    graceful.shutdown().await;
 }
 
 async fn metrics() -> Response {

@@ -852,7 +852,7 @@ async fn a_slow_http_client_cannot_hold_a_connection() {
     let config = write_config(
         dir.path(),
         &dir.path().join("data"),
-        "[http]\nheader_read_timeout_ms = 300\n",
+        "[http]\nheader_read_timeout_ms = 300\nbody_read_timeout_ms = 300\n",
     )
     .unwrap();
     let server = BatonProcess::start(bin(), &config).await.unwrap();
@@ -866,6 +866,20 @@ async fn a_slow_http_client_cannot_hold_a_connection() {
     let read = tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut buf)).await;
     assert!(read.is_ok(), "the connection was held open");
     assert!(started.elapsed() < Duration::from_secs(5));
+    // One whose body stalls gets an answer (not a held connection).
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(
+        b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"model\"",
+    )
+    .await
+    .unwrap();
+    let mut buf = [0u8; 512];
+    let n = tokio::time::timeout(Duration::from_secs(5), tcp.read(&mut buf))
+        .await
+        .expect("an answer while the body stalls")
+        .unwrap();
+    let head = String::from_utf8_lossy(&buf[..n]).to_string();
+    assert!(head.is_empty() || head.starts_with("HTTP/1.1 4"), "{head}");
     // A whole request on a fresh connection is served.
     let ok = reqwest::get(format!("{}/healthz", server.http_url().unwrap()))
         .await

@@ -75,6 +75,9 @@ pub struct HttpSection {
     /// A request's headers must arrive within this (ms); a slower
     /// client's connection is closed.
     pub header_read_timeout_ms: u64,
+    /// A request body may stall at most this long (ms) between two pieces;
+    /// past it the request fails with 400.
+    pub body_read_timeout_ms: u64,
 }
 
 impl Default for HttpSection {
@@ -86,6 +89,7 @@ impl Default for HttpSection {
             tls: None,
             handshake_timeout_ms: 10_000,
             header_read_timeout_ms: 10_000,
+            body_read_timeout_ms: 10_000,
         }
     }
 }

@@ -40,6 +40,14 @@ pub fn router(runtime: RuntimeHandle, section: &HttpSection, auth: Authenticator
         .route_layer(axum::middleware::from_fn_with_state(auth, http_auth))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(section.max_request_bytes))
+        // A request body that stalls longer than this between two pieces
+        // fails (400) instead of holding the connection.
+        .layer(tower_http::map_request_body::MapRequestBodyLayer::new(
+            axum::body::Body::new,
+        ))
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            std::time::Duration::from_millis(section.body_read_timeout_ms),
+        ))
         .with_state(runtime)
 }
 

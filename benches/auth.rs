@@ -3,9 +3,8 @@
 //! its record found and compared in constant time, the role requirement
 //! checked, the rate limiter consulted and the call counted against the
 //! principal's open calls — everything the access layer does before a
-//! handler runs (`Authenticator::authenticate`, `check`, `admit`,
-//! `open_call`), against a real runtime holding 1,000 keys. A JWT already seen
-//! (cached) is measured too; the cost of a first-seen JWT is in
+//! handler runs (`Authenticator::authorize`), against a real runtime
+//! holding 1,000 keys. JWTs (cached and first-seen) are measured in
 //! `cargo bench -p baton-auth --bench verify`.
 //!
 //! Run with: cargo bench --bench auth -- [--calls N]
@@ -64,14 +63,11 @@ async fn main() -> Result<()> {
     let mut times = Vec::with_capacity(calls);
     for _ in 0..calls {
         let t = Instant::now();
-        let who = auth
-            .authenticate(&headers, None)
+        let admitted = auth
+            .authorize(need, &headers, None)
             .await
             .map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        Authenticator::check(need, &who).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        auth.admit(&who).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        let call = auth.open_call(&who).map_err(|e| anyhow::anyhow!("{e:?}"))?;
-        drop(call);
+        drop(admitted);
         times.push(t.elapsed().as_nanos());
     }
     times.sort_unstable();

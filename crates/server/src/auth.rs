@@ -354,6 +354,23 @@ impl Authenticator {
         })
     }
 
+    /// Everything a call that needs `need` goes through, in order: who
+    /// calls, whether its roles suffice, its rate limits, and its count of
+    /// open calls (held until the returned guard drops). The one sequence
+    /// both servers run.
+    pub async fn authorize(
+        &self,
+        need: Need,
+        headers: &HeaderMap,
+        peer_cert: Option<&[u8]>,
+    ) -> Result<(Principal, crate::inflight::CallGuard), Denied> {
+        let who = self.authenticate(headers, peer_cert).await?;
+        Self::check(need, &who)?;
+        self.admit(&who)?;
+        let guard = self.open_call(&who)?;
+        Ok((who, guard))
+    }
+
     /// Admit one call of `who` under its tenant's rate limits.
     pub fn admit(&self, who: &Principal) -> Result<(), Denied> {
         self.inner
@@ -489,15 +506,9 @@ where
             };
             let cert = peer_cert(&req);
             if need != Need::Anyone {
-                let who = match auth.authenticate(req.headers(), cert.as_deref()).await {
-                    Ok(p) => p,
-                    Err(d) => return Ok(d.status().into_http()),
-                };
-                let guard = match Authenticator::check(need, &who)
-                    .and_then(|()| auth.admit(&who))
-                    .and_then(|()| auth.open_call(&who))
+                let (who, guard) = match auth.authorize(need, req.headers(), cert.as_deref()).await
                 {
-                    Ok(g) => g,
+                    Ok(admitted) => admitted,
                     Err(d) => return Ok(d.status().into_http()),
                 };
                 req.extensions_mut().insert(who);
@@ -548,15 +559,8 @@ pub async fn http_auth(
         .http();
     };
     if need != Need::Anyone {
-        let who = match auth.authenticate(req.headers(), None).await {
-            Ok(p) => p,
-            Err(d) => return d.http(),
-        };
-        let guard = match Authenticator::check(need, &who)
-            .and_then(|()| auth.admit(&who))
-            .and_then(|()| auth.open_call(&who))
-        {
-            Ok(g) => g,
+        let (who, guard) = match auth.authorize(need, req.headers(), None).await {
+            Ok(admitted) => admitted,
             Err(d) => return d.http(),
         };
         req.extensions_mut().insert(who);

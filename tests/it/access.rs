@@ -667,6 +667,10 @@ daily_budget_usd = 5.0
 [[tenants]]
 name = "chatty"
 tokens_per_minute = 1
+
+[[tenants]]
+name = "metered"
+key_tokens_per_minute = 1
 "#;
     let config = write_config(dir.path(), &dir.path().join("data"), toml).unwrap();
     let (_, admin_key) = offline_key(&config, "default", &["admin"]);
@@ -707,6 +711,18 @@ tokens_per_minute = 1
     assert!(n > 1, "the first turn runs");
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("daily_budget_usd"), "{}", e.message());
+    let secs: u64 = e
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(
+        (1..=86_400).contains(&secs),
+        "until the UTC day turns: {secs}"
+    );
 
     // Tokens per minute: the first turn uses the minute's allowance.
     let (_, chatty) = create_key(&mut admin, &admin_key, "chatty", &["client"], &[], 0).await;
@@ -732,6 +748,83 @@ tokens_per_minute = 1
     let e = sessions.send_message(send("two")).await.unwrap_err();
     assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
     assert!(e.message().contains("tokens_per_minute"), "{}", e.message());
+    assert!(e.metadata().get("retry-after").is_some(), "{e:?}");
+
+    // Tokens per minute per key: one key's turn uses its allowance; another
+    // key of the same tenant is not held by it.
+    let (_, k1) = create_key(&mut admin, &admin_key, "metered", &["client"], &[], 0).await;
+    let (_, k2) = create_key(&mut admin, &admin_key, "metered", &["client"], &[], 0).await;
+    let m1 = start_as(&mut sessions, &k1, Default::default())
+        .await
+        .unwrap();
+    let msg = |id: &str, key: &str| {
+        with_key(
+            key,
+            v1::SendMessageRequest {
+                session_id: id.into(),
+                content: "hello".into(),
+                ..Default::default()
+            },
+        )
+    };
+    let mut s = sessions
+        .send_message(msg(&m1, &k1))
+        .await
+        .unwrap()
+        .into_inner();
+    read_until(&mut s, |e| e.ends_turn()).await;
+    let e = sessions.send_message(msg(&m1, &k1)).await.unwrap_err();
+    assert_eq!(e.code(), Code::ResourceExhausted, "{e:?}");
+    assert!(
+        e.message().contains("key_tokens_per_minute"),
+        "{}",
+        e.message()
+    );
+    let secs: u64 = e
+        .metadata()
+        .get("retry-after")
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&secs), "{secs}");
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/chat/completions",
+            server.http_url().unwrap()
+        ))
+        .bearer_auth(&k1)
+        .json(
+            &serde_json::json!({"model": "echo", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    let after: u64 = r.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=60).contains(&after), "{after}");
+    let m2 = start_as(&mut sessions, &k2, Default::default())
+        .await
+        .unwrap();
+    let mut s = sessions
+        .send_message(msg(&m2, &k2))
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(
+        read_until(&mut s, |e| e.ends_turn())
+            .await
+            .last()
+            .unwrap()
+            .kind
+            .name()
+            == "turn_completed"
+    );
 
     // Per-tenant series on /metrics (an operator's view: a bearer needed).
     let text = reqwest::Client::new()

@@ -174,8 +174,8 @@ async fn time_travel_rebuilds_the_state_at_each_seq_of_a_known_journal() {
         "turn 2 is queued"
     );
     assert_eq!(messages(&s), ["one", "echo: one"]);
-    assert_eq!(s["queued"][0][0], 2);
-    assert_eq!(s["queued"][0][1]["content"], "two");
+    assert_eq!(s["queued"][0]["turn"], 2);
+    assert_eq!(s["queued"][0]["message"]["content"], "two");
     assert_eq!(s["last_seq"], t2a);
 
     let t2m = seq_of(&records, "model_call_started", 2);

@@ -16,6 +16,7 @@ mod gates_api;
 mod grpc_api;
 mod inspect;
 mod layout;
+mod provider_keys;
 mod python_clients;
 mod routing;
 mod snapshots;

@@ -65,6 +65,70 @@ pub struct ModelRequest {
     /// Anthropic as a forced tool); routing treats it as needing the
     /// `json_schema` capability and cascade gates validate against it.
     pub json_schema: Option<serde_json::Value>,
+    /// The credential to send instead of the endpoint's own key: a tenant's
+    /// own provider key (bring your own key), set by the router for the one
+    /// endpoint it belongs to. Never printed, never journaled.
+    pub api_key: Option<ProviderKey>,
+}
+
+/// Read an api key from the environment variable `env` or the file `file`
+/// (trimmed; at most one of them is set), `None` when neither is. The error
+/// names the field (`api_key_env` or `api_key_file`) and the problem; it
+/// never contains the key.
+pub fn read_key(
+    env: Option<&str>,
+    file: Option<&std::path::Path>,
+) -> std::result::Result<Option<secrecy::SecretString>, (&'static str, String)> {
+    if let Some(var) = env {
+        let field = "api_key_env";
+        let key = std::env::var(var)
+            .map_err(|_| (field, format!("environment variable {var} is not set")))?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err((field, format!("environment variable {var} is empty")));
+        }
+        return Ok(Some(secrecy::SecretString::from(key.to_string())));
+    }
+    if let Some(path) = file {
+        let field = "api_key_file";
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| (field, format!("cannot read {}: {e}", path.display())))?;
+        let key = text.trim();
+        if key.is_empty() {
+            return Err((field, format!("{} is empty", path.display())));
+        }
+        return Ok(Some(secrecy::SecretString::from(key.to_string())));
+    }
+    Ok(None)
+}
+
+/// A provider api key handed to one call. Cheap to clone; its `Debug`
+/// output never shows the secret, and two keys compare equal only when
+/// they are the same key.
+#[derive(Clone)]
+pub struct ProviderKey(std::sync::Arc<secrecy::SecretString>);
+
+impl ProviderKey {
+    pub fn new(secret: secrecy::SecretString) -> Self {
+        Self(std::sync::Arc::new(secret))
+    }
+
+    /// The secret, for the request header.
+    pub fn expose(&self) -> &str {
+        secrecy::ExposeSecret::expose_secret(&*self.0)
+    }
+}
+
+impl std::fmt::Debug for ProviderKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ProviderKey([redacted])")
+    }
+}
+
+impl PartialEq for ProviderKey {
+    fn eq(&self, other: &Self) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0) || self.expose() == other.expose()
+    }
 }
 
 /// Input tokens an image is estimated at (routing and budget estimates):
@@ -83,6 +147,7 @@ impl ModelRequest {
             tools: Vec::new(),
             tool_choice: baton_types::ToolChoice::Auto,
             json_schema: None,
+            api_key: None,
         }
     }
 

@@ -52,5 +52,6 @@ pub use config::{
 };
 pub use gates::DEFAULT_EVALUATOR_PROMPT;
 pub use router::{
-    EndpointStats, RouteCall, RouteError, RouteErrorKind, RouteEvent, RouteInfo, Routed, Router,
+    EndpointStats, OwnKeys, RouteCall, RouteError, RouteErrorKind, RouteEvent, RouteInfo, Routed,
+    Router,
 };

@@ -73,6 +73,31 @@ pub struct TenantConfig {
     /// certificates), with up to `key_burst` saved up (default 1).
     pub key_requests_per_second: Option<f64>,
     pub key_burst: Option<u32>,
+    /// Most tokens (input and output) each of its principals' turns may use
+    /// per minute; past it, that principal's new sessions and turns are
+    /// refused until the window frees.
+    pub key_tokens_per_minute: Option<u64>,
+    /// Its own provider keys (bring your own key): its model calls on these
+    /// endpoints send its key instead of the server's; no other tenant's
+    /// calls ever do.
+    pub provider_keys: Vec<ProviderKeyConfig>,
+    /// Its model calls go only to endpoints it has a key for in
+    /// `provider_keys`, never on the server's keys.
+    pub own_keys_only: bool,
+}
+
+/// One of a tenant's own provider keys (`[[tenants.provider_keys]]`): the
+/// endpoint it is for and where to read it, as an endpoint's own key is
+/// read (exactly one of `api_key_env` and `api_key_file`), at start.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderKeyConfig {
+    /// A `[[models]]` endpoint name of provider `openai` or `anthropic`.
+    pub endpoint: String,
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    #[serde(default)]
+    pub api_key_file: Option<std::path::PathBuf>,
 }
 
 /// Server-wide ceilings on what a request may ask (`[limits]`).
@@ -195,34 +220,54 @@ impl Caller {
         let Some(t) = self.tenant() else {
             return Ok(());
         };
-        if let Some(limit) = t.tokens_per_minute {
-            let (used, wait) = self
-                .rt
-                .shared()
-                .tenant_tokens
-                .used(&t.name, std::time::Instant::now());
+        let shared = self.rt.shared();
+        let now = std::time::Instant::now();
+        let windows = [
+            (
+                t.tokens_per_minute,
+                &shared.tenant_tokens,
+                t.name.clone(),
+                format!("tenant {:?}", t.name),
+                "tokens_per_minute",
+            ),
+            (
+                t.key_tokens_per_minute,
+                &shared.principal_tokens,
+                crate::spend::principal_meter_key(&t.name, &self.label),
+                self.label.clone(),
+                "key_tokens_per_minute",
+            ),
+        ];
+        for (limit, meter, key, who, field) in windows {
+            let Some(limit) = limit else { continue };
+            let (used, wait) = meter.used(&key, now);
             if used >= limit {
-                return Err(Error::ResourceExhausted(format!(
-                    "tenant {:?} used {used} tokens in the last minute, its tokens_per_minute of {limit}; retry after {} s",
-                    t.name,
-                    wait.as_secs().max(1)
-                )));
+                return Err(Error::RateLimited {
+                    message: format!(
+                        "{who} used {used} tokens in the last minute, its limit of {limit} (tenants {:?}: {field})",
+                        t.name
+                    ),
+                    retry_after_secs: wait.as_secs().max(1),
+                });
             }
         }
-        let [day, month] = crate::spend::periods(baton_types::now_unix_ms());
-        let spend = &self.rt.shared().tenant_spend;
+        let now_ms = baton_types::now_unix_ms();
+        let [day, month] = crate::spend::periods(now_ms);
         for (limit, period, what) in [
             (t.daily_budget_usd, &day, "daily_budget_usd"),
             (t.monthly_budget_usd, &month, "monthly_budget_usd"),
         ] {
             if let Some(limit) = limit {
-                let spent = spend.spent(&t.name, period);
+                let spent = shared.tenant_spend.spent(&t.name, period);
                 if spent >= limit {
-                    return Err(Error::ResourceExhausted(format!(
-                        "tenant {:?} has spent ${spent:.4} of its {what} of ${limit} ({}, UTC); new turns resume when it turns",
-                        t.name,
-                        &period[1..]
-                    )));
+                    return Err(Error::RateLimited {
+                        message: format!(
+                            "tenant {:?} has spent ${spent:.4} of its {what} of ${limit} ({}, UTC); new turns resume when it turns",
+                            t.name,
+                            &period[1..]
+                        ),
+                        retry_after_secs: crate::spend::secs_until_next(period, now_ms),
+                    });
                 }
             }
         }
@@ -636,6 +681,7 @@ fn gate_not_found(gate_id: &str) -> Error {
 pub(crate) fn validate_tenants(
     tenants: &[TenantConfig],
     routes: &[String],
+    endpoints: &[baton_models::EndpointConfig],
 ) -> std::result::Result<(), crate::ConfigError> {
     let mut seen: HashMap<&str, usize> = HashMap::new();
     for (i, t) in tenants.iter().enumerate() {
@@ -709,8 +755,105 @@ pub(crate) fn validate_tenants(
                 ));
             }
         }
+        validate_provider_keys(t, i, endpoints)?;
     }
     Ok(())
+}
+
+/// A tenant's `provider_keys`: each names a keyed endpoint once, with
+/// exactly one source; `own_keys_only` needs at least one key.
+fn validate_provider_keys(
+    t: &TenantConfig,
+    i: usize,
+    endpoints: &[baton_models::EndpointConfig],
+) -> std::result::Result<(), crate::ConfigError> {
+    use baton_models::ProviderKind;
+    let mut seen: HashMap<&str, usize> = HashMap::new();
+    for (k, pk) in t.provider_keys.iter().enumerate() {
+        let field = |f: &str| format!("tenants[{i}].provider_keys[{k}].{f}");
+        let Some(e) = endpoints.iter().find(|e| e.name == pk.endpoint) else {
+            let names: Vec<&str> = endpoints.iter().map(|e| e.name.as_str()).collect();
+            return Err(crate::ConfigError::new(
+                field("endpoint"),
+                format!(
+                    "{:?} is not a model endpoint (have: {})",
+                    pk.endpoint,
+                    names.join(", ")
+                ),
+            ));
+        };
+        if !matches!(e.provider, ProviderKind::Openai | ProviderKind::Anthropic) {
+            return Err(crate::ConfigError::new(
+                field("endpoint"),
+                format!(
+                    "endpoint {:?} is of provider {}, which sends no key",
+                    pk.endpoint,
+                    e.provider.as_str()
+                ),
+            ));
+        }
+        if let Some(j) = seen.insert(&pk.endpoint, k) {
+            return Err(crate::ConfigError::new(
+                field("endpoint"),
+                format!("{:?} also has provider_keys[{j}]", pk.endpoint),
+            ));
+        }
+        match (&pk.api_key_env, &pk.api_key_file) {
+            (Some(_), Some(_)) => {
+                return Err(crate::ConfigError::new(
+                    field("api_key_env"),
+                    "set either api_key_env or api_key_file, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(crate::ConfigError::new(
+                    field("api_key_env"),
+                    "set api_key_env or api_key_file",
+                ));
+            }
+            _ => {}
+        }
+    }
+    if t.own_keys_only && t.provider_keys.is_empty() {
+        return Err(crate::ConfigError::new(
+            format!("tenants[{i}].own_keys_only"),
+            "needs at least one entry in provider_keys",
+        ));
+    }
+    Ok(())
+}
+
+/// Read every tenant's own provider keys (at start, as endpoint keys are).
+/// An unset variable or unreadable file is an error naming the field.
+pub(crate) fn read_provider_keys(
+    tenants: &[TenantConfig],
+) -> std::result::Result<HashMap<String, std::sync::Arc<baton_routing::OwnKeys>>, crate::ConfigError>
+{
+    let mut out = HashMap::new();
+    for (i, t) in tenants.iter().enumerate() {
+        if t.provider_keys.is_empty() {
+            continue;
+        }
+        let mut by_endpoint = HashMap::new();
+        for (k, pk) in t.provider_keys.iter().enumerate() {
+            let key = baton_models::read_key(pk.api_key_env.as_deref(), pk.api_key_file.as_deref())
+                .map_err(|(f, reason)| {
+                    crate::ConfigError::new(format!("tenants[{i}].provider_keys[{k}].{f}"), reason)
+                })?;
+            if let Some(key) = key {
+                by_endpoint.insert(pk.endpoint.clone(), baton_models::ProviderKey::new(key));
+            }
+        }
+        out.insert(
+            t.name.clone(),
+            std::sync::Arc::new(baton_routing::OwnKeys {
+                owner: format!("tenant {:?}", t.name),
+                by_endpoint,
+                only: t.own_keys_only,
+            }),
+        );
+    }
+    Ok(out)
 }
 
 /// Checks `[limits]`.

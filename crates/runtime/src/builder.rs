@@ -85,6 +85,7 @@ impl RuntimeBuilder {
         config.validate_with(&in_code, &self.classifiers)?;
         // Sessions that name no route read this: the resolved name, never "".
         config.sessions.default_route = config.resolve_default_route_with(&in_code)?;
+        let own_keys = crate::access::read_provider_keys(&config.tenants)?;
         let opts = StoreOptions::new(config.store.data_dir.clone(), config.store.durability);
         let store = tokio::task::spawn_blocking(move || Store::open(opts))
             .await
@@ -112,7 +113,11 @@ impl RuntimeBuilder {
             gate_policies,
             config,
             self.audit,
-            crate::shared::Ledgers { keys, tenant_spend },
+            crate::shared::Ledgers {
+                keys,
+                tenant_spend,
+                own_keys,
+            },
         ));
         let (supervisor, _) = Actor::spawn(None, SessionSupervisor, shared.clone())
             .await

@@ -412,7 +412,7 @@ impl RuntimeConfig {
         self.resolve_default_route_with(in_code)?;
         let mut route_names: Vec<String> = endpoints.iter().map(|e| e.name.clone()).collect();
         route_names.extend(self.routes.iter().map(|r| r.name.clone()));
-        crate::access::validate_tenants(&self.tenants, &route_names)?;
+        crate::access::validate_tenants(&self.tenants, &route_names, &endpoints)?;
         crate::access::validate_limits(&self.limits)?;
         Ok(())
     }
@@ -543,6 +543,64 @@ mod tests {
                 .to_string()
                 .contains("sessions.default_route")
         );
+    }
+
+    #[test]
+    fn tenants_provider_keys_are_checked_at_load_and_read_at_start() {
+        let base = "[[models]]\nname = \"gpt\"\nprovider = \"openai\"\nmodel = \"m\"\nbase_url = \"http://127.0.0.1:9/v1\"\n\
+                    [[models]]\nname = \"local\"\nprovider = \"echo\"\n\
+                    [sessions]\ndefault_route = \"gpt\"\n[[tenants]]\nname = \"acme\"\n";
+        let err = |extra: &str| {
+            with_models(&format!("{base}{extra}"))
+                .validate()
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            err("[[tenants.provider_keys]]\nendpoint = \"gtp\"\napi_key_env = \"K\"\n"),
+            "tenants[0].provider_keys[0].endpoint: \"gtp\" is not a model endpoint (have: gpt, local)"
+        );
+        assert_eq!(
+            err("[[tenants.provider_keys]]\nendpoint = \"local\"\napi_key_env = \"K\"\n"),
+            "tenants[0].provider_keys[0].endpoint: endpoint \"local\" is of provider echo, which sends no key"
+        );
+        assert_eq!(
+            err("[[tenants.provider_keys]]\nendpoint = \"gpt\"\n"),
+            "tenants[0].provider_keys[0].api_key_env: set api_key_env or api_key_file"
+        );
+        assert!(
+            err(
+                "[[tenants.provider_keys]]\nendpoint = \"gpt\"\napi_key_env = \"K\"\n\
+                 [[tenants.provider_keys]]\nendpoint = \"gpt\"\napi_key_env = \"L\"\n"
+            )
+            .starts_with("tenants[0].provider_keys[1].endpoint: \"gpt\" also has provider_keys[0]")
+        );
+        assert!(err("own_keys_only = true\n").starts_with("tenants[0].own_keys_only:"));
+
+        // Read at start: a missing file is named by its field, never echoed as a key.
+        let c = with_models(&format!(
+            "{base}[[tenants.provider_keys]]\nendpoint = \"gpt\"\napi_key_file = \"/nonexistent/acme.key\"\n"
+        ));
+        c.validate().unwrap();
+        let e = crate::access::read_provider_keys(&c.tenants).unwrap_err();
+        assert!(
+            e.to_string().starts_with(
+                "tenants[0].provider_keys[0].api_key_file: cannot read /nonexistent/acme.key"
+            ),
+            "{e}"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("acme.key");
+        std::fs::write(&path, "sk-acme\n").unwrap();
+        let c = with_models(&format!(
+            "{base}own_keys_only = true\n[[tenants.provider_keys]]\nendpoint = \"gpt\"\napi_key_file = {:?}\n",
+            path.display().to_string()
+        ));
+        let keys = crate::access::read_provider_keys(&c.tenants).unwrap();
+        let acme = &keys["acme"];
+        assert_eq!(acme.get("gpt").unwrap().expose(), "sk-acme");
+        assert!(acme.only && acme.get("local").is_none());
+        assert!(!format!("{acme:?}").contains("sk-acme"), "{acme:?}");
     }
 
     #[test]

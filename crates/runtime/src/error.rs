@@ -19,6 +19,14 @@ pub enum Error {
     PermissionDenied(String),
     #[error("{0}")]
     ResourceExhausted(String),
+    /// Over a limit that frees with time (tokens per minute, a daily or
+    /// monthly budget): RESOURCE_EXHAUSTED with the seconds to wait, which
+    /// the servers send as `retry-after`.
+    #[error("{message}; retry after {retry_after_secs} s")]
+    RateLimited {
+        message: String,
+        retry_after_secs: u64,
+    },
     #[error("{0}")]
     Unavailable(String),
     #[error("{0}")]
@@ -39,12 +47,22 @@ impl Error {
             Error::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Error::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
-            Error::ResourceExhausted(_) => ErrorCode::ResourceExhausted,
+            Error::ResourceExhausted(_) | Error::RateLimited { .. } => ErrorCode::ResourceExhausted,
             Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
             Error::Config(_) => ErrorCode::InvalidArgument,
             Error::Store(e) => e.code(),
             Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// Seconds until retrying may succeed, for a limit that frees with time.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Error::RateLimited {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            _ => None,
         }
     }
 }

@@ -70,7 +70,7 @@ pub use sessions::{
     ListQuery, MAX_IDEMPOTENCY_KEY_BYTES, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES,
     MAX_STEPS_LIMIT, SessionInfo, SessionList, SessionSummary, StartSession,
 };
-pub use state::{CurrentTurn, PendingGate, PendingTool, SessionState};
+pub use state::{CurrentTurn, PendingGate, PendingTool, QueuedTurn, SessionState};
 pub use stream::EventStream;
 pub use supervisor::SupervisorStats;
 

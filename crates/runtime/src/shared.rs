@@ -46,12 +46,17 @@ pub(crate) struct Shared {
     pub tenant_spend: crate::spend::TenantSpend,
     /// Tenants' tokens in the last minute.
     pub tenant_tokens: crate::spend::TokenMeter,
+    /// Principals' tokens in the last minute (by principal label).
+    pub principal_tokens: crate::spend::TokenMeter,
+    /// Tenants' own provider keys, by tenant name.
+    pub own_keys: HashMap<String, Arc<baton_routing::OwnKeys>>,
 }
 
 /// What the runtime reads back at start about principals and tenants.
 pub(crate) struct Ledgers {
     pub keys: crate::apikeys::KeyRing,
     pub tenant_spend: crate::spend::TenantSpend,
+    pub own_keys: HashMap<String, Arc<baton_routing::OwnKeys>>,
 }
 
 impl Shared {
@@ -84,6 +89,8 @@ impl Shared {
             keys: ledgers.keys,
             tenant_spend: ledgers.tenant_spend,
             tenant_tokens: Default::default(),
+            principal_tokens: Default::default(),
+            own_keys: ledgers.own_keys,
         }
     }
 

@@ -96,6 +96,25 @@ pub(crate) struct TokenMeter {
     windows: Mutex<HashMap<String, std::collections::VecDeque<(std::time::Instant, u64)>>>,
 }
 
+/// Seconds from `now_ms` until the period (`dYYYY-MM-DD` or `mYYYY-MM`,
+/// UTC, see [`periods`]) it falls in ends; at least 1.
+pub(crate) fn secs_until_next(period: &str, now_ms: u64) -> u64 {
+    const DAY_MS: u64 = 86_400_000;
+    let mut next = (now_ms / DAY_MS + 1) * DAY_MS;
+    if period.starts_with('m') {
+        // The next first of a month, at most 31 days on.
+        while baton_types::utc_date(next).2 != 1 {
+            next += DAY_MS;
+        }
+    }
+    (next - now_ms).div_ceil(1000).max(1)
+}
+
+/// The [`TokenMeter`] key of a principal (by its label) in a tenant.
+pub(crate) fn principal_meter_key(tenant: &str, label: &str) -> String {
+    format!("{tenant}\0{label}")
+}
+
 const MINUTE: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl TokenMeter {
@@ -146,6 +165,18 @@ mod tests {
             ["d2024-03-01".to_string(), "m2024-03".into()]
         );
         assert_eq!(periods(1_796_256_000_000)[0], "d2026-12-03");
+    }
+
+    #[test]
+    fn periods_end_at_the_next_utc_midnight_or_first_of_the_month() {
+        // 2024-02-29T23:00:00Z: an hour to the day's end and the month's.
+        let t = 1_709_247_600_000;
+        assert_eq!(secs_until_next("d2024-02-29", t), 3_600);
+        assert_eq!(secs_until_next("m2024-02", t), 3_600);
+        // 2024-02-01T00:00:00Z: a whole day, and 29 days (a leap year).
+        let t = 1_706_745_600_000;
+        assert_eq!(secs_until_next("d2024-02-01", t), 86_400);
+        assert_eq!(secs_until_next("m2024-02", t), 29 * 86_400);
     }
 
     #[test]

@@ -93,10 +93,13 @@ pub struct CurrentTurn {
     /// Cost of this turn's model calls, in USD.
     #[serde(default)]
     pub cost_usd: f64,
+    /// Who sent the turn (a principal label).
+    #[serde(default)]
+    pub by: String,
 }
 
 impl CurrentTurn {
-    fn new(turn: u64, review: bool) -> Self {
+    fn new(turn: u64, review: bool, by: String) -> Self {
         CurrentTurn {
             turn,
             attempt: 0,
@@ -110,6 +113,7 @@ impl CurrentTurn {
             approved: Vec::new(),
             review,
             cost_usd: 0.0,
+            by,
         }
     }
 
@@ -126,6 +130,17 @@ impl CurrentTurn {
     }
 }
 
+/// An accepted turn waiting to start.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+pub struct QueuedTurn {
+    pub turn: u64,
+    pub message: Message,
+    /// The client asked for the final answer to be reviewed.
+    pub review: bool,
+    /// Who sent it (a principal label, see `baton_types::Principal`).
+    pub by: String,
+}
+
 /// Everything a session's actor holds, rebuildable from the journal.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
 pub struct SessionState {
@@ -137,8 +152,8 @@ pub struct SessionState {
     pub messages: Vec<Message>,
     /// Highest accepted turn number.
     pub last_turn: u64,
-    /// Accepted turns waiting to start, in order: (turn, message, review).
-    pub queued: VecDeque<(u64, Message, bool)>,
+    /// Accepted turns waiting to start, in order.
+    pub queued: VecDeque<QueuedTurn>,
     pub current: Option<CurrentTurn>,
     pub usage: Usage,
     pub turns_completed: u64,
@@ -265,10 +280,15 @@ impl SessionState {
                 turn,
                 message,
                 review,
-                by: _,
+                by,
             } => {
                 self.last_turn = self.last_turn.max(*turn);
-                self.queued.push_back((*turn, message.clone(), *review));
+                self.queued.push_back(QueuedTurn {
+                    turn: *turn,
+                    message: message.clone(),
+                    review: *review,
+                    by: by.clone(),
+                });
             }
             EventKind::ModelCallStarted {
                 turn,
@@ -462,11 +482,11 @@ impl SessionState {
     /// current yet (its first record may be a model call or a gate).
     fn promote(&mut self, turn: u64) -> Option<&mut CurrentTurn> {
         if self.current.as_ref().is_none_or(|c| c.turn != turn)
-            && let Some(pos) = self.queued.iter().position(|(t, _, _)| *t == turn)
-            && let Some((_, message, review)) = self.queued.remove(pos)
+            && let Some(pos) = self.queued.iter().position(|q| q.turn == turn)
+            && let Some(q) = self.queued.remove(pos)
         {
-            self.messages.push(message);
-            self.current = Some(CurrentTurn::new(turn, review));
+            self.messages.push(q.message);
+            self.current = Some(CurrentTurn::new(turn, q.review, q.by));
         }
         self.current_turn_mut(turn)
     }
@@ -595,7 +615,7 @@ impl SessionState {
         if self.current.as_ref().is_some_and(|c| c.turn == turn) {
             self.current = None;
         } else {
-            self.queued.retain(|(t, _, _)| *t != turn);
+            self.queued.retain(|q| q.turn != turn);
         }
     }
 

@@ -197,16 +197,14 @@ impl Denied {
                 m,
             ),
             Denied::Limited(m, secs) => {
-                let mut r = crate::openai::ApiError::new(
+                return crate::openai::ApiError::new(
                     StatusCode::TOO_MANY_REQUESTS,
                     "rate_limit_error",
                     format!("{m}; retry after {secs} s"),
                 )
                 .code("rate_limit_exceeded")
+                .retry_after(*secs)
                 .into_response();
-                r.headers_mut()
-                    .insert(header::RETRY_AFTER, http::HeaderValue::from(*secs));
-                return r;
             }
         };
         let mut r = crate::openai::ApiError::new(status, kind, message.clone())

@@ -36,6 +36,13 @@ pub fn http_status(code: ErrorCode) -> axum::http::StatusCode {
 }
 
 /// A runtime error as a gRPC status, message included.
+/// A limit that frees with time carries `retry-after` (seconds) metadata.
 pub fn status(err: &baton_runtime::Error) -> tonic::Status {
-    tonic::Status::new(grpc_code(err.code()), err.to_string())
+    let mut s = tonic::Status::new(grpc_code(err.code()), err.to_string());
+    if let Some(secs) = err.retry_after_secs()
+        && let Ok(v) = secs.to_string().parse()
+    {
+        s.metadata_mut().insert("retry-after", v);
+    }
+    s
 }

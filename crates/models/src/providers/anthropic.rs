@@ -294,8 +294,14 @@ impl Provider for AnthropicProvider {
             .post(&self.url)
             .json(&self.body(req)?)
             .header("anthropic-version", API_VERSION);
-        if let Some(key) = &self.api_key {
-            let mut value = HeaderValue::from_str(key.expose_secret()).map_err(|_| {
+        // A tenant's own key, when the call carries one, replaces the endpoint's.
+        let key = match (&req.api_key, &self.api_key) {
+            (Some(own), _) => Some(own.expose()),
+            (None, Some(k)) => Some(k.expose_secret()),
+            (None, None) => None,
+        };
+        if let Some(key) = key {
+            let mut value = HeaderValue::from_str(key).map_err(|_| {
                 ProviderError::new(
                     ProviderErrorKind::Auth,
                     "the api key is not a valid http header value",

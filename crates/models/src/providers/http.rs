@@ -77,27 +77,8 @@ pub(crate) fn client(cfg: &EndpointConfig, timeouts: Timeouts) -> Result<reqwest
 
 /// The api key from `api_key_env` or `api_key_file`, if either is set.
 pub(crate) fn read_api_key(cfg: &EndpointConfig) -> Result<Option<SecretString>> {
-    if let Some(var) = &cfg.api_key_env {
-        let field = "api_key_env";
-        let key = std::env::var(var)
-            .map_err(|_| cfg.invalid(field, format!("environment variable {var} is not set")))?;
-        let key = key.trim();
-        if key.is_empty() {
-            return Err(cfg.invalid(field, format!("environment variable {var} is empty")));
-        }
-        return Ok(Some(SecretString::from(key.to_string())));
-    }
-    if let Some(path) = &cfg.api_key_file {
-        let field = "api_key_file";
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| cfg.invalid(field, format!("cannot read {}: {e}", path.display())))?;
-        let key = text.trim();
-        if key.is_empty() {
-            return Err(cfg.invalid(field, format!("{} is empty", path.display())));
-        }
-        return Ok(Some(SecretString::from(key.to_string())));
-    }
-    Ok(None)
+    crate::read_key(cfg.api_key_env.as_deref(), cfg.api_key_file.as_deref())
+        .map_err(|(field, reason)| cfg.invalid(field, reason))
 }
 
 /// Send the request; the response headers must arrive before

@@ -273,7 +273,10 @@ impl Provider for OpenAiProvider {
         deltas: Option<&DeltaSink>,
     ) -> Result<ModelResponse, ProviderError> {
         let mut rb = self.client.post(&self.url).json(&self.body(req)?);
-        if let Some(key) = &self.api_key {
+        // A tenant's own key, when the call carries one, replaces the endpoint's.
+        if let Some(key) = &req.api_key {
+            rb = rb.bearer_auth(key.expose());
+        } else if let Some(key) = &self.api_key {
             rb = rb.bearer_auth(key.expose_secret());
         }
         if self.stream {

@@ -146,7 +146,7 @@ impl Router {
         let Some(r) = self.inner.routes.get(route) else {
             return Err(RouteError::unknown_route(route));
         };
-        let st = Candidates::new(&self.inner, r, request, needs_vision, data_classes);
+        let st = Candidates::new(&self.inner, r, request, needs_vision, data_classes, None);
         let cands = st.evaluate(None, 0.0, &HashMap::new());
         let mut rng = fastrand::Rng::new();
         match st.choose(&cands, &Want::First, &mut rng, None) {

@@ -6,10 +6,11 @@
 //! a new pass over the candidates, or gives up.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use baton_metrics::metrics;
-use baton_models::{Delta, EndpointConfig, ModelResponse, ProviderErrorKind};
+use baton_models::{Delta, EndpointConfig, ModelRequest, ModelResponse, ProviderErrorKind};
 use baton_types::{AttemptFailure, RoutingDecision};
 use tokio::time::Instant;
 use tracing::field::Empty;
@@ -96,6 +97,8 @@ struct Attempted<'a> {
     /// Text deltas of the attempt reached the caller.
     emitted: bool,
     secs: f64,
+    /// The attempt sent the caller's own key, not the endpoint's.
+    own_key: bool,
 }
 
 /// One routed call in progress: its fixed context, the candidates as the
@@ -121,6 +124,7 @@ impl<'a> CallLoop<'a> {
             &call.request,
             call.needs_vision,
             &call.data_classes,
+            call.own_keys.as_deref(),
         );
         Self {
             ctx,
@@ -302,19 +306,32 @@ impl<'a> CallLoop<'a> {
             baton.route = %route.name(),
             baton.endpoint = %name,
             baton.attempt = i64::from(self.progress.attempt),
+            baton.credential = Empty,
             otel.kind = "client",
             otel.status_code = Empty,
             error.type = Empty,
         );
-        let outcome = run_attempt(
-            handle,
-            &call.request,
-            forward,
-            &call.cancel,
-            self.ctx.deadline,
-        )
-        .instrument(span.clone())
-        .await;
+        // The caller's own key for this endpoint goes on this attempt's copy
+        // of the request; the shared request keeps none.
+        let own_key = call.own_keys.as_ref().and_then(|k| k.get(&name));
+        span.record(
+            "baton.credential",
+            if own_key.is_some() { "own" } else { "endpoint" },
+        );
+        let keyed;
+        let request = match own_key {
+            Some(key) => {
+                keyed = Arc::new(ModelRequest {
+                    api_key: Some(key.clone()),
+                    ..(*call.request).clone()
+                });
+                &keyed
+            }
+            None => &call.request,
+        };
+        let outcome = run_attempt(handle, request, forward, &call.cancel, self.ctx.deadline)
+            .instrument(span.clone())
+            .await;
         let attempted = Attempted {
             idx,
             name,
@@ -325,6 +342,7 @@ impl<'a> CallLoop<'a> {
             last_step,
             emitted: outcome.emitted,
             secs: outcome.elapsed.as_secs_f64(),
+            own_key: own_key.is_some(),
         };
         match outcome.result {
             Ok(resp) => self.on_success(attempted, resp).await,
@@ -344,9 +362,13 @@ impl<'a> CallLoop<'a> {
         drop(a.reservation); // failed attempts are not billed
         let msg = err.message();
         self.progress.last_error = Some((name.clone(), format!("{class}: {msg}")));
-        // Breaker bookkeeping.
+        // Breaker bookkeeping. The breaker is the endpoint's, shared by every
+        // caller: an auth error with a caller's own key says nothing about the
+        // endpoint, only about that key.
         let counts = match &err {
-            AttemptError::Provider(e) => e.is_transient() || e.kind == ProviderErrorKind::Auth,
+            AttemptError::Provider(e) => {
+                e.is_transient() || (e.kind == ProviderErrorKind::Auth && !a.own_key)
+            }
             _ => false,
         };
         if counts {

@@ -11,7 +11,7 @@ use baton_types::{RouteCandidate, RoutingDecision};
 use tokio::time::Instant;
 
 use super::state::{Inner, lock};
-use super::types::{RouteError, RouteErrorKind};
+use super::types::{OwnKeys, RouteError, RouteErrorKind};
 use crate::budget::{BudgetRejection, ReserveRequest, SessionBudget};
 use crate::config::{Route, Strategy};
 use crate::select::{
@@ -84,6 +84,7 @@ impl<'r> Candidates<'r> {
         request: &'r ModelRequest,
         needs_vision: bool,
         data_classes: &[String],
+        own_keys: Option<&OwnKeys>,
     ) -> Self {
         let n = route.cfg.endpoints.len();
         let input_tokens = estimate_input_tokens(request);
@@ -93,6 +94,10 @@ impl<'r> Candidates<'r> {
             .endpoints
             .iter()
             .map(|e| match inner.models.get(e) {
+                Some(_) if own_keys.is_some_and(|k| k.only && k.get(e).is_none()) => Some(format!(
+                    "{} calls only with its own provider keys and has none for this endpoint",
+                    own_keys.map_or("", |k| k.owner.as_str())
+                )),
                 Some(h) => static_exclusion(
                     h.endpoint().config(),
                     request,

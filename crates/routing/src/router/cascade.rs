@@ -125,6 +125,7 @@ async fn ask_evaluator(
         cancel: call.cancel.clone(),
         deadline: ctx.deadline,
         session_budget,
+        own_keys: call.own_keys.clone(),
     };
     match ctx.router.call_boxed(eval_call).await {
         Ok(r) => {

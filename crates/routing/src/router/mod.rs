@@ -29,5 +29,5 @@ mod tests;
 
 pub use state::Router;
 pub use types::{
-    EndpointStats, RouteCall, RouteError, RouteErrorKind, RouteEvent, RouteInfo, Routed,
+    EndpointStats, OwnKeys, RouteCall, RouteError, RouteErrorKind, RouteEvent, RouteInfo, Routed,
 };

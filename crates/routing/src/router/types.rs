@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use baton_models::{DeltaSink, ModelRequest, ModelResponse};
+use baton_models::{DeltaSink, ModelRequest, ModelResponse, ProviderKey};
 use baton_types::{AttemptFailure, ErrorCode, RoutingDecision};
 use serde::Serialize;
 use tokio::sync::mpsc;
@@ -36,6 +36,40 @@ pub struct RouteCall {
     /// the route's `deadline_ms` from now.
     pub deadline: Option<Instant>,
     pub session_budget: Option<SessionBudget>,
+    /// The caller's own provider keys (a tenant's, bring your own key):
+    /// an attempt on an endpoint named here sends this key instead of the
+    /// endpoint's.
+    pub own_keys: Option<Arc<OwnKeys>>,
+}
+
+/// Provider keys that belong to one owner (a tenant), by endpoint name.
+/// Its `Debug` output names the endpoints, never the keys.
+#[derive(Clone, Default)]
+pub struct OwnKeys {
+    /// Who the keys belong to (a tenant name), for logs and traces.
+    pub owner: String,
+    pub by_endpoint: std::collections::HashMap<String, ProviderKey>,
+    /// Only endpoints with a key here may serve the call (the owner's
+    /// calls never spend on the server's keys).
+    pub only: bool,
+}
+
+impl OwnKeys {
+    pub fn get(&self, endpoint: &str) -> Option<&ProviderKey> {
+        self.by_endpoint.get(endpoint)
+    }
+}
+
+impl std::fmt::Debug for OwnKeys {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut endpoints: Vec<&String> = self.by_endpoint.keys().collect();
+        endpoints.sort();
+        f.debug_struct("OwnKeys")
+            .field("owner", &self.owner)
+            .field("endpoints", &endpoints)
+            .field("only", &self.only)
+            .finish()
+    }
 }
 
 impl RouteCall {
@@ -51,6 +85,7 @@ impl RouteCall {
             cancel: CancellationToken::new(),
             deadline: None,
             session_budget: None,
+            own_keys: None,
         }
     }
 

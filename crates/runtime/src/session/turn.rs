@@ -33,7 +33,7 @@ impl SessionCtx {
             }
             let Some(current) = state.current.as_ref() else {
                 // Idle: start the next queued turn.
-                let Some(turn) = state.queued.front().map(|(t, _, _)| *t) else {
+                let Some(turn) = state.queued.front().map(|q| q.turn) else {
                     return;
                 };
                 if !self.start_model_call(myself, turn, 1, ModelCallReason::Turn) {
@@ -114,7 +114,13 @@ impl SessionCtx {
         let mut messages = state.model_messages();
         let queued = state.current.as_ref().is_none_or(|c| c.turn != turn);
         let mut input = None;
-        if queued && let Some((_, m, _)) = state.queued.iter().find(|(t, _, _)| *t == turn) {
+        if queued
+            && let Some(m) = state
+                .queued
+                .iter()
+                .find(|q| q.turn == turn)
+                .map(|q| &q.message)
+        {
             input = Some(m.content.clone());
             messages.push(m.clone());
         }
@@ -143,6 +149,8 @@ impl SessionCtx {
             tools: self.tool_definitions(),
             tool_choice,
             json_schema,
+            // The router sets a tenant's own key per attempt.
+            api_key: None,
         };
         (request, input)
     }
@@ -273,6 +281,7 @@ impl SessionCtx {
             cancel,
             deadline,
             session_budget,
+            own_keys: self.env.shared.own_keys.get(&state.tenant).cloned(),
         };
         let answer = self.source().model_call(route_call);
         let me = myself.clone();

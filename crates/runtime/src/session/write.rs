@@ -23,6 +23,21 @@ impl SessionCtx {
     /// one batch, so one fsync).
     pub fn stage(&mut self, kind: EventKind) {
         let state = &mut self.durable.state;
+        // Tokens of an answer count against the principal who sent the turn
+        // (`key_tokens_per_minute`); a replay's answers are recorded ones.
+        if let EventKind::AssistantMessage { turn, usage, .. } = &kind
+            && state.replay_of.is_none()
+            && let Some(c) = state.current.as_ref().filter(|c| c.turn == *turn)
+        {
+            let tokens = usage.input_tokens + usage.output_tokens;
+            if tokens > 0 {
+                self.env.shared.principal_tokens.add(
+                    &crate::spend::principal_meter_key(&state.tenant, &c.by),
+                    tokens,
+                    std::time::Instant::now(),
+                );
+            }
+        }
         let seq = state.last_seq + 1;
         let now = now_unix_ms();
         state.apply(seq, now, &kind);

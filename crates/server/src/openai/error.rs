@@ -25,6 +25,9 @@ pub struct ApiError {
     pub code: Option<String>,
     /// The session the call created, when it got that far.
     pub session: Option<SessionId>,
+    /// Seconds to wait before retrying (sent as `Retry-After`); a
+    /// `NonZeroU32` keeps the error small (clippy's `result_large_err`).
+    pub retry_after_secs: Option<std::num::NonZeroU32>,
 }
 
 impl ApiError {
@@ -36,6 +39,7 @@ impl ApiError {
             param: None,
             code: None,
             session: None,
+            retry_after_secs: None,
         }
     }
 
@@ -51,6 +55,13 @@ impl ApiError {
                 format!("{param}: {message}"),
             )
         }
+    }
+
+    /// Retry after `secs` seconds (at least 1, at most `u32::MAX`).
+    pub(crate) fn retry_after(mut self, secs: u64) -> Self {
+        let secs = u32::try_from(secs).unwrap_or(u32::MAX);
+        self.retry_after_secs = std::num::NonZeroU32::new(secs.max(1));
+        self
     }
 
     pub(crate) fn code(mut self, code: &str) -> Self {
@@ -108,6 +119,10 @@ impl IntoResponse for ApiError {
         {
             resp.headers_mut().insert(SESSION_HEADER, v);
         }
+        if let Some(secs) = self.retry_after_secs {
+            resp.headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs.get()));
+        }
         resp
     }
 }
@@ -121,7 +136,11 @@ pub fn runtime_error(err: &baton_runtime::Error) -> ApiError {
         400..=499 => "invalid_request_error",
         _ => "server_error",
     };
-    ApiError::new(status, kind, err.to_string()).code(code.as_str())
+    let e = ApiError::new(status, kind, err.to_string()).code(code.as_str());
+    match err.retry_after_secs() {
+        Some(secs) => e.retry_after(secs),
+        None => e,
+    }
 }
 
 /// A failed turn (`TurnFailed { code, reason }`) as an OpenAI-style error:

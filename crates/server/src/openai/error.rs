@@ -120,8 +120,10 @@ impl IntoResponse for ApiError {
             resp.headers_mut().insert(SESSION_HEADER, v);
         }
         if let Some(secs) = self.retry_after_secs {
-            resp.headers_mut()
-                .insert(axum::http::header::RETRY_AFTER, HeaderValue::from(secs.get()));
+            resp.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                HeaderValue::from(secs.get()),
+            );
         }
         resp
     }

@@ -191,6 +191,15 @@ pub enum EventKind {
         attempt: u32,
         reason: String,
     },
+    /// Policies evaluated at `stage` for the turn, with every rule that
+    /// matched (kinds and positions, never the matched text). Recorded when
+    /// a rule matched; a blocking hit is followed by `TurnFailed`
+    /// (`policy_blocked`).
+    PolicyEvaluated {
+        turn: u64,
+        stage: crate::PolicyStage,
+        hits: Vec<crate::PolicyHit>,
+    },
     /// The model asked for a tool call (one event per call, in the model's
     /// order). `client_side` calls wait for `SubmitToolResult`.
     ToolCallRequested {
@@ -310,6 +319,7 @@ impl EventKind {
             | EventKind::RoutingDecided { turn, .. }
             | EventKind::AttemptFailed { turn, .. }
             | EventKind::OutputRetracted { turn, .. }
+            | EventKind::PolicyEvaluated { turn, .. }
             | EventKind::TurnCompleted { turn, .. }
             | EventKind::TurnFailed { turn, .. }
             | EventKind::TurnCancelled { turn, .. } => Some(*turn),
@@ -335,6 +345,7 @@ impl EventKind {
             EventKind::RoutingDecided { .. } => "routing_decided",
             EventKind::AttemptFailed { .. } => "attempt_failed",
             EventKind::OutputRetracted { .. } => "output_retracted",
+            EventKind::PolicyEvaluated { .. } => "policy_evaluated",
             EventKind::TurnCompleted { .. } => "turn_completed",
             EventKind::TurnFailed { .. } => "turn_failed",
             EventKind::TurnCancelled { .. } => "turn_cancelled",

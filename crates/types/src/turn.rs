@@ -54,5 +54,7 @@ wire_enum! {
         ModelError = "model_error",
         /// The call was cancelled.
         Cancelled = "cancelled",
+        /// A policy blocked the turn's message; nothing was sent upstream.
+        PolicyBlocked = "policy_blocked",
     }
 }

@@ -331,7 +331,7 @@ async fn the_trail_holds_what_the_docs_list() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let toml = format!(
-        "backup_dir = {:?}\n{}\n[tools.builtin]\ncalculator = true\ncurrent_time = true\n\n[[gates.policies]]\nname = \"review_math\"\nkind = \"before_tool\"\ntools = [\"calculator\"]\nreviewers = \"ops\"\n",
+        "backup_dir = {:?}\n{}\n[tools.builtin]\ncalculator = true\ncurrent_time = true\n\n[[gates.policies]]\nname = \"review_math\"\nkind = \"before_tool\"\ntools = [\"calculator\"]\nreviewers = \"ops\"\n\n[[policies]]\nname = \"pii\"\nstage = \"input\"\n[[policies.rules]]\nname = \"contacts\"\ndetect = [\"email\"]\noutcome = \"redact\"\n",
         dir.path().display().to_string(),
         fake_model_toml(&fake.base_url(), false)
     );
@@ -433,7 +433,7 @@ async fn the_trail_holds_what_the_docs_list() {
         ))
         .json(&serde_json::json!({"model": "fake", "messages": [
             {"role": "system", "content": "be brief"},
-            {"role": "user", "content": "hello front door"}]}))
+            {"role": "user", "content": "hello front door, I am jane@example.com"}]}))
         .send()
         .await
         .unwrap();
@@ -591,7 +591,7 @@ async fn the_trail_holds_what_the_docs_list() {
     assert!(
         records.iter().any(|r| r["session_id"] == fd["session_id"]
             && r["kind"] == "model_input"
-            && r["data"]["message"]["content"] == "hello front door"),
+            && r["data"]["message"]["content"] == "hello front door, I am jane@example.com"),
         "the front door's input is audited"
     );
     let out = baton(&["audit", "verify", "--config", config.to_str().unwrap()]);

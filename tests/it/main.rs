@@ -13,6 +13,7 @@ mod crash;
 mod front_door;
 mod gate_crash;
 mod gates_api;
+mod governance;
 mod grpc_api;
 mod inspect;
 mod layout;

@@ -395,6 +395,26 @@ pub fn describe(e: &SessionEvent) -> String {
                 "turn {turn} output so far RETRACTED (continues as attempt {attempt}): {reason}"
             )
         }
+        EventKind::PolicyEvaluated { turn, stage, hits } => {
+            let hits: Vec<String> = hits
+                .iter()
+                .map(|h| {
+                    let at: Vec<String> = h
+                        .matches
+                        .iter()
+                        .map(|m| format!("{} {}..{}", m.kind, m.start, m.end))
+                        .collect();
+                    format!(
+                        "{}/{} {} [{}]",
+                        h.policy,
+                        h.rule,
+                        h.outcome.as_str().to_uppercase(),
+                        at.join(", ")
+                    )
+                })
+                .collect();
+            format!("turn {turn} policies at {stage}: {}", hits.join("; "))
+        }
     };
     format!("#{:<4} {body}", e.seq)
 }

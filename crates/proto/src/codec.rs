@@ -96,6 +96,65 @@ macro_rules! __codec_dec {
     };
 }
 
+/// The `PolicyEvaluated.hits` field of a wire format (`wire` = the prost
+/// module) whose `PolicyHit` and `PolicyMatch` messages mirror
+/// [`baton_types::PolicyHit`] (both the API and the journal do). An unknown
+/// outcome is `malformed`.
+#[macro_export]
+macro_rules! policy_hits {
+    (
+        field = $Field:ident, wire = $pb:ident, enc = $Enc:ty, dec = $Dec:ty, error = $Err:ty,
+        malformed = |$cx:ident, $reason:ident| $err:expr $(,)?
+    ) => {
+        impl $Field<Vec<$pb::PolicyHit>> for Vec<::baton_types::PolicyHit> {
+            fn enc(&self, _: &mut $Enc) -> Vec<$pb::PolicyHit> {
+                self.iter()
+                    .map(|h| $pb::PolicyHit {
+                        policy: h.policy.clone(),
+                        rule: h.rule.clone(),
+                        outcome: h.outcome.as_str().to_string(),
+                        matches: h
+                            .matches
+                            .iter()
+                            .map(|m| $pb::PolicyMatch {
+                                kind: m.kind.clone(),
+                                start: m.start,
+                                end: m.end,
+                            })
+                            .collect(),
+                    })
+                    .collect()
+            }
+            #[allow(unused_variables)]
+            fn dec(w: Vec<$pb::PolicyHit>, $cx: &mut $Dec) -> ::std::result::Result<Self, $Err> {
+                w.into_iter()
+                    .map(|h| {
+                        let outcome =
+                            ::baton_types::PolicyOutcome::parse(&h.outcome).map_err(|e| {
+                                let $reason = format!("{e} (written by a newer version?)");
+                                $err
+                            })?;
+                        Ok(::baton_types::PolicyHit {
+                            policy: h.policy,
+                            rule: h.rule,
+                            outcome,
+                            matches: h
+                                .matches
+                                .into_iter()
+                                .map(|m| ::baton_types::PolicyMatch {
+                                    kind: m.kind,
+                                    start: m.start,
+                                    end: m.end,
+                                })
+                                .collect(),
+                        })
+                    })
+                    .collect()
+            }
+        }
+    };
+}
+
 /// The `via` modules `routing_decision` and `attempt_failure`, for a format
 /// whose `RoutingDecided` and `AttemptFailed` messages hold the fields of
 /// [`baton_types::RoutingDecision`] and [`baton_types::AttemptFailure`]
@@ -199,7 +258,8 @@ macro_rules! common_fields {
         $crate::common_fields!(@same $Field, $Enc, $Dec, $Err; u64, u32, bool, String, Option<f64>, Vec<String>);
         $crate::common_fields!(@wire $Field, $Enc, $Dec, $Err, |$cx, $reason| $err;
             ::baton_types::GateKind, ::baton_types::GatePoint, ::baton_types::TimeoutAction,
-            ::baton_types::Decision, ::baton_types::ModelCallReason, ::baton_types::TurnFailureCode);
+            ::baton_types::Decision, ::baton_types::ModelCallReason, ::baton_types::TurnFailureCode,
+            ::baton_types::PolicyStage);
 
         impl $Field<String> for Option<String> {
             fn enc(&self, _: &mut $Enc) -> String {

@@ -232,6 +232,11 @@ mod history_count {
     }
 }
 
+crate::policy_hits! {
+    field = ApiField, wire = v1, enc = (), dec = (), error = Malformed,
+    malformed = |cx, reason| Malformed,
+}
+
 crate::flattened_routing! { wire = v1, enc = (), dec = (), error = Malformed }
 
 use v1::session_event::Kind as ApiKind;
@@ -253,6 +258,7 @@ crate::event_codec! {
         RoutingDecided => RoutingDecided { turn, decision via routing_decision },
         AttemptFailed => AttemptFailed { turn, failure via attempt_failure },
         OutputRetracted => OutputRetracted { turn, attempt, reason },
+        PolicyEvaluated => PolicyEvaluated { turn, stage, hits },
         ToolCallRequested => ToolCallRequested { turn, call_id, name, arguments, client_side },
         ToolCallStarted => ToolCallStarted { turn, call_id, name, attempt },
         ToolResult => ToolResult { turn, call_id, name, output, is_error, latency_ms, by },

@@ -86,6 +86,7 @@ impl RuntimeBuilder {
         // Sessions that name no route read this: the resolved name, never "".
         config.sessions.default_route = config.resolve_default_route_with(&in_code)?;
         let own_keys = crate::access::read_provider_keys(&config.tenants)?;
+        let policies = Arc::new(config.compile_policies(&config.route_names_with(&in_code))?);
         let opts = StoreOptions::new(config.store.data_dir.clone(), config.store.durability);
         let store = tokio::task::spawn_blocking(move || Store::open(opts))
             .await
@@ -117,6 +118,7 @@ impl RuntimeBuilder {
                 keys,
                 tenant_spend,
                 own_keys,
+                policies,
             },
         ));
         let (supervisor, _) = Actor::spawn(None, SessionSupervisor, shared.clone())

@@ -197,6 +197,10 @@ pub struct RuntimeConfig {
     pub tenants: Vec<crate::access::TenantConfig>,
     /// Ceilings on what any request may ask (`[limits]`).
     pub limits: crate::access::LimitsConfig,
+    /// Governance policies (`[[policies]]`): rules on what reaches a model.
+    pub policies: Vec<baton_governance::PolicyConfig>,
+    /// Detector settings (`[governance]`).
+    pub governance: baton_governance::GovernanceConfig,
 }
 
 impl RuntimeConfig {
@@ -410,11 +414,46 @@ impl RuntimeConfig {
             .map_err(|e| ConfigError::from_message(e.field.clone(), &e))?;
         crate::gates::Policies::compile_all(&self.gates, &self.tenant_policies(), classifiers)?;
         self.resolve_default_route_with(in_code)?;
-        let mut route_names: Vec<String> = endpoints.iter().map(|e| e.name.clone()).collect();
-        route_names.extend(self.routes.iter().map(|r| r.name.clone()));
+        let route_names = self.route_names_with(in_code);
         crate::access::validate_tenants(&self.tenants, &route_names, &endpoints)?;
         crate::access::validate_limits(&self.limits)?;
+        self.compile_policies(&route_names)?;
         Ok(())
+    }
+
+    /// Every route name: the endpoints' implicit routes, then `[[routes]]`.
+    pub(crate) fn route_names_with(&self, in_code: &[EndpointConfig]) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .endpoints_with(in_code)
+            .iter()
+            .map(|e| e.name.clone())
+            .collect();
+        names.extend(self.routes.iter().map(|r| r.name.clone()));
+        names
+    }
+
+    /// `[[policies]]` compiled; their routes must exist.
+    pub(crate) fn compile_policies(
+        &self,
+        route_names: &[String],
+    ) -> Result<baton_governance::Policies, ConfigError> {
+        for (i, p) in self.policies.iter().enumerate() {
+            for (j, r) in p.routes.iter().enumerate() {
+                if !route_names.contains(r) {
+                    return Err(ConfigError::new(
+                        format!("policies[{i}].routes[{j}]"),
+                        format!(
+                            "{r:?} is not a route or model endpoint (have: {})",
+                            route_names.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        baton_governance::Policies::compile(&self.policies, &self.governance).map_err(|e| match e {
+            baton_governance::Error::Config { field, problem } => ConfigError::new(field, problem),
+            other => ConfigError::new("policies", other.to_string()),
+        })
     }
 
     /// Each tenant's name and own gate policies.

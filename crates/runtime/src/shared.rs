@@ -50,6 +50,8 @@ pub(crate) struct Shared {
     pub principal_tokens: crate::spend::TokenMeter,
     /// Tenants' own provider keys, by tenant name.
     pub own_keys: HashMap<String, Arc<baton_routing::OwnKeys>>,
+    /// Governance policies (`[[policies]]`), compiled.
+    pub policies: Arc<baton_governance::Policies>,
 }
 
 /// What the runtime reads back at start about principals and tenants.
@@ -57,6 +59,7 @@ pub(crate) struct Ledgers {
     pub keys: crate::apikeys::KeyRing,
     pub tenant_spend: crate::spend::TenantSpend,
     pub own_keys: HashMap<String, Arc<baton_routing::OwnKeys>>,
+    pub policies: Arc<baton_governance::Policies>,
 }
 
 impl Shared {
@@ -91,6 +94,7 @@ impl Shared {
             tenant_tokens: Default::default(),
             principal_tokens: Default::default(),
             own_keys: ledgers.own_keys,
+            policies: ledgers.policies,
         }
     }
 

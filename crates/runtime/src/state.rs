@@ -307,7 +307,8 @@ impl SessionState {
             }
             EventKind::OutputDelta { .. }
             | EventKind::RoutingDecided { .. }
-            | EventKind::AttemptFailed { .. } => {}
+            | EventKind::AttemptFailed { .. }
+            | EventKind::PolicyEvaluated { .. } => {}
             EventKind::OutputRetracted { turn, attempt, .. } => {
                 if let Some(c) = self.current_turn_mut(*turn) {
                     c.attempt = *attempt;
@@ -464,7 +465,19 @@ impl SessionState {
                 self.end_turn(*turn);
                 self.turns_completed += 1;
             }
-            EventKind::TurnFailed { turn, .. } => {
+            EventKind::TurnFailed { turn, code, .. } => {
+                // A blocked message never joins the conversation: no later
+                // model call may send it. It is blocked before the turn's
+                // first model call, so it is the last message.
+                if *code == baton_types::TurnFailureCode::PolicyBlocked
+                    && self
+                        .current
+                        .as_ref()
+                        .is_some_and(|c| c.turn == *turn && c.steps == 0)
+                    && self.messages.last().is_some_and(|m| m.role == Role::User)
+                {
+                    self.messages.pop();
+                }
                 self.end_turn(*turn);
                 self.turns_failed += 1;
             }

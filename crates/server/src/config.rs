@@ -113,6 +113,10 @@ pub struct BatonConfig {
     pub tenants: Vec<baton_runtime::TenantConfig>,
     /// Ceilings on what any request may ask (`[limits]`).
     pub limits: baton_runtime::LimitsConfig,
+    /// Governance policies (`[[policies]]`), see docs/governance.md.
+    pub policies: Vec<baton_governance::PolicyConfig>,
+    /// Detector settings (`[governance]`).
+    pub governance: baton_governance::GovernanceConfig,
     /// Who may call (`[auth]`).
     pub auth: crate::auth::AuthSection,
     /// The signed audit trail (`[audit]`).
@@ -262,6 +266,8 @@ impl BatonConfig {
             gates: self.gates.clone(),
             tenants: self.tenants.clone(),
             limits: self.limits.clone(),
+            policies: self.policies.clone(),
+            governance: self.governance.clone(),
         }
     }
 

@@ -343,6 +343,11 @@ mod tool_output {
     }
 }
 
+baton_proto::policy_hits! {
+    field = JournalField, wire = pb, enc = Enc<'_>, dec = Dec<'_, '_>, error = Error,
+    malformed = |cx, reason| cx.corrupt(reason),
+}
+
 baton_proto::flattened_routing! { wire = pb, enc = Enc<'_>, dec = Dec<'_, '_>, error = Error }
 
 use pb::record::Kind;
@@ -365,6 +370,7 @@ baton_proto::event_codec! {
         RoutingDecided => RoutingDecided { turn, decision via routing_decision },
         AttemptFailed => AttemptFailed { turn, failure via attempt_failure },
         OutputRetracted => OutputRetracted { turn, attempt, reason },
+        PolicyEvaluated => PolicyEvaluated { turn, stage, hits },
         ToolCallRequested => ToolCallRequested { turn, call_id, name, arguments, client_side },
         ToolCallStarted => ToolCallStarted { turn, call_id, name, attempt },
         ToolResult => ToolResult { turn, call_id, name, output via tool_output, is_error, latency_ms, by },

@@ -46,6 +46,10 @@ pub(crate) struct ModelWork {
     /// The tracing span of the current turn (model, tool and gate spans are
     /// its children); closed when the turn ends.
     pub turn_span: Option<(u64, tracing::Span)>,
+    /// Input-policy verdicts of texts this session sent, by a hash of the
+    /// text: the conversation is sent (and screened) on every call, each
+    /// message is evaluated once.
+    pub screened: super::policy::VerdictCache,
 }
 
 /// A model call this actor issued.
@@ -53,6 +57,8 @@ pub(crate) struct InFlight {
     pub id: u64,
     pub turn: u64,
     pub cancel: CancellationToken,
+    /// How its request was pseudonymised, when input policies redacted it.
+    pub redaction: Option<super::policy::Redaction>,
 }
 
 /// Tool calls this actor incarnation runs or waits for.

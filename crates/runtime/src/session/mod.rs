@@ -23,6 +23,7 @@ mod gates;
 mod load;
 mod msg;
 mod outbox;
+mod policy;
 mod requests;
 mod tools;
 mod turn;

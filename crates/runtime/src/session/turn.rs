@@ -180,7 +180,15 @@ impl SessionCtx {
             );
             return false;
         }
-        let (request, input) = self.model_request(turn);
+        let (mut request, input) = self.model_request(turn);
+        let (data_classes, redaction) =
+            match self.screen_input(myself, turn, &mut request, input.as_deref()) {
+                super::policy::Screened::Blocked => return false,
+                super::policy::Screened::Pass {
+                    data_classes,
+                    redaction,
+                } => (data_classes, redaction),
+            };
         let approved = self
             .durable
             .state
@@ -220,7 +228,7 @@ impl SessionCtx {
             }],
             true,
         );
-        self.dispatch(myself, turn, request);
+        self.dispatch(myself, turn, request, data_classes, redaction);
         true
     }
 
@@ -244,7 +252,14 @@ impl SessionCtx {
     /// Hand the call to the session's source (the router: strategies,
     /// retries, failover, breakers, budgets — or a recording) on a task of
     /// its own; its deltas, routing events and result come back as messages.
-    fn dispatch(&mut self, myself: &ActorRef<SessionMsg>, turn: u64, request: ModelRequest) {
+    fn dispatch(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        turn: u64,
+        request: ModelRequest,
+        found_classes: Vec<String>,
+        redaction: Option<super::policy::Redaction>,
+    ) {
         self.model.next_call += 1;
         let call = self.model.next_call;
         let cancel = CancellationToken::new();
@@ -254,6 +269,7 @@ impl SessionCtx {
             id: call,
             turn,
             cancel: cancel.clone(),
+            redaction,
         });
         let state = &self.durable.state;
         let deadline = self
@@ -275,7 +291,16 @@ impl SessionCtx {
             route: state.route.clone(),
             request: std::sync::Arc::new(request),
             needs_vision: false,
-            data_classes: state.data_classes.clone(),
+            data_classes: {
+                // The session's own classes, and those its content carries.
+                let mut classes = state.data_classes.clone();
+                for c in found_classes {
+                    if !classes.contains(&c) {
+                        classes.push(c);
+                    }
+                }
+                classes
+            },
             deltas: Some(delta_tx),
             events: Some(event_tx),
             cancel,
@@ -340,20 +365,35 @@ impl SessionCtx {
         let Some(turn) = self.current_call(call) else {
             return;
         };
-        let Some(current) = self.durable.state.current.as_ref() else {
+        let Some(attempt) = self.durable.state.current.as_ref().map(|c| c.attempt) else {
             return;
         };
+        let redaction = self.model.call.as_mut().and_then(|c| c.redaction.as_mut());
         let kind = match delta {
-            Delta::Text(text) => EventKind::OutputDelta {
+            Delta::Text(text) => {
+                let text = match redaction {
+                    Some(r) => r.delta(text),
+                    None => text,
+                };
+                if text.is_empty() {
+                    return;
+                }
+                EventKind::OutputDelta {
+                    turn,
+                    attempt,
+                    text,
+                }
+            }
+            Delta::Restart => {
+                if let Some(r) = redaction {
+                    r.restart();
+                }
+                EventKind::OutputRetracted {
                 turn,
-                attempt: current.attempt,
-                text,
-            },
-            Delta::Restart => EventKind::OutputRetracted {
-                turn,
-                attempt: current.attempt + 1,
+                attempt: attempt + 1,
                 reason: "the attempt that streamed this output failed; the answer continues from another attempt".into(),
-            },
+                }
+            }
         };
         self.commit(myself, vec![kind], false);
     }
@@ -386,9 +426,31 @@ impl SessionCtx {
         let Some(turn) = self.current_call(call) else {
             return;
         };
-        self.model.call = None;
+        let redaction = self.model.call.take().and_then(|c| c.redaction);
         let kinds = match result {
-            Ok(routed) => self.answer_records(turn, routed, latency_ms),
+            Ok(mut routed) => {
+                if let Some(mut r) = redaction {
+                    // Placeholders back to their values: the end of the
+                    // stream, the answer, and the tool calls' arguments.
+                    let tail = r.finish();
+                    if !tail.is_empty()
+                        && let Some(c) = self.durable.state.current.as_ref()
+                    {
+                        let attempt = c.attempt;
+                        self.stage(EventKind::OutputDelta {
+                            turn,
+                            attempt,
+                            text: tail,
+                        });
+                    }
+                    let m = &mut routed.response.message;
+                    m.content = r.restore(&m.content);
+                    for call in &mut m.tool_calls {
+                        call.arguments = r.restore(&call.arguments);
+                    }
+                }
+                self.answer_records(turn, routed, latency_ms)
+            }
             Err(e) => vec![EventKind::TurnFailed {
                 turn,
                 reason: e.message.clone(),

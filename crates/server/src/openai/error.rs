@@ -160,6 +160,8 @@ pub fn turn_failed_error(code: TurnFailureCode, reason: &str) -> ApiError {
         C::ContentPolicy => {
             e(StatusCode::BAD_REQUEST, "invalid_request_error").code("content_policy_violation")
         }
+        // The reason names the policy, the rule and what matched where.
+        C::PolicyBlocked => e(StatusCode::BAD_REQUEST, "invalid_request_error").param("messages"),
         C::ContextLength => e(StatusCode::BAD_REQUEST, "invalid_request_error")
             .param("messages")
             .code("context_length_exceeded"),

@@ -1,0 +1,202 @@
+//! Governance in a session: input policies on a turn's new message (its
+//! hits journaled, a block failing the turn before anything is sent), every
+//! model request pseudonymised, and the answer — streamed or not — restored
+//! for the client where the policy allows.
+
+use std::sync::Arc;
+
+use baton_governance::{Pseudonyms, Stage, StreamRestorer, Subject};
+use baton_models::ModelRequest;
+use baton_types::{EventKind, TurnFailureCode};
+use ractor::ActorRef;
+
+use super::ctx::SessionCtx;
+use super::msg::SessionMsg;
+
+/// How one model call's request was pseudonymised.
+pub(crate) struct Redaction {
+    names: Arc<Pseudonyms>,
+    stream: StreamRestorer,
+    /// Put the values back in what the client gets.
+    restore: bool,
+}
+
+impl Redaction {
+    /// A streamed piece of the answer as the client may see it.
+    pub(crate) fn delta(&mut self, text: String) -> String {
+        if self.restore {
+            self.stream.push(&text)
+        } else {
+            text
+        }
+    }
+
+    /// The attempt that streamed so far failed: drop what is held.
+    pub(crate) fn restart(&mut self) {
+        self.stream.reset();
+    }
+
+    /// What the stream still holds, at the end of the answer.
+    pub(crate) fn finish(&mut self) -> String {
+        if self.restore {
+            self.stream.finish()
+        } else {
+            String::new()
+        }
+    }
+
+    /// The answer's text (or a tool call's arguments) as the client and
+    /// the journal get it.
+    pub(crate) fn restore(&self, text: &str) -> String {
+        if self.restore {
+            self.names.restore(text)
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+/// Verdicts by a hash of the text evaluated (one session: its tenant,
+/// route and metadata, which select the policies, do not change).
+#[derive(Default)]
+pub(crate) struct VerdictCache {
+    by_hash: std::collections::HashMap<u64, Arc<baton_governance::Verdict>>,
+}
+
+/// Verdicts a session keeps; past it, the cache starts again (a
+/// conversation longer than this is screened afresh once).
+const VERDICT_CACHE_ENTRIES: usize = 1024;
+
+impl VerdictCache {
+    fn get_or_eval(
+        &mut self,
+        text: &str,
+        eval: impl FnOnce() -> baton_governance::Verdict,
+    ) -> Arc<baton_governance::Verdict> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        let key = h.finish();
+        if let Some(v) = self.by_hash.get(&key) {
+            return v.clone();
+        }
+        if self.by_hash.len() >= VERDICT_CACHE_ENTRIES {
+            self.by_hash.clear();
+        }
+        let v = Arc::new(eval());
+        self.by_hash.insert(key, v.clone());
+        v
+    }
+}
+
+/// What the input policies decided for a model call.
+pub(crate) enum Screened {
+    /// The turn failed (`policy_blocked`); nothing is sent.
+    Blocked,
+    /// Send the (pseudonymised) request, with these data classes added.
+    Pass {
+        data_classes: Vec<String>,
+        redaction: Option<Redaction>,
+    },
+}
+
+impl SessionCtx {
+    /// Apply the input policies to the next model call of `turn`. `input`
+    /// is the turn's new message when the turn has not started yet: its
+    /// hits are journaled (`PolicyEvaluated`, with the call's start record)
+    /// and a blocking rule fails the turn. Every message of `request` —
+    /// contents and tool-call arguments — is then pseudonymised, and the
+    /// data classes its hits carry are returned for routing.
+    pub(super) fn screen_input(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        turn: u64,
+        request: &mut ModelRequest,
+        input: Option<&str>,
+    ) -> Screened {
+        let policies = self.env.shared.policies.clone();
+        let state = &self.durable.state;
+        let (tenant, route, metadata) = (
+            state.tenant.clone(),
+            state.route.clone(),
+            state.metadata.clone(),
+        );
+        let subject = Subject {
+            tenant: &tenant,
+            route: &route,
+            metadata: &metadata,
+        };
+        let pass = Screened::Pass {
+            data_classes: Vec::new(),
+            redaction: None,
+        };
+        if !policies.applies(Stage::Input, &subject) {
+            return pass;
+        }
+        if let Some(text) = input {
+            let v = policies.evaluate(Stage::Input, &subject, text);
+            if !v.hits.is_empty() {
+                let record = EventKind::PolicyEvaluated {
+                    turn,
+                    stage: Stage::Input,
+                    hits: v.hits,
+                };
+                if let Some(b) = v.blocked {
+                    tracing::info!(
+                        session = %self.env.id, turn, policy = %b.policy, rule = %b.rule,
+                        "input blocked by policy"
+                    );
+                    self.commit(
+                        myself,
+                        vec![
+                            record,
+                            EventKind::TurnFailed {
+                                turn,
+                                reason: b.message,
+                                code: TurnFailureCode::PolicyBlocked,
+                            },
+                        ],
+                        true,
+                    );
+                    return Screened::Blocked;
+                }
+                self.stage(record);
+            }
+        }
+        let mut names = Pseudonyms::default();
+        let mut data_classes: Vec<String> = Vec::new();
+        let mut restore = true;
+        let mut cache = std::mem::take(&mut self.model.screened);
+        let mut screen = |text: &mut String| {
+            let v = cache.get_or_eval(text, || policies.evaluate(Stage::Input, &subject, text));
+            for c in &v.data_classes {
+                if !data_classes.contains(c) {
+                    data_classes.push(c.clone());
+                }
+            }
+            if !v.redact.is_empty() {
+                restore &= v.restore;
+                *text = names.redact(text, &v.redact);
+            }
+        };
+        for m in &mut request.messages {
+            screen(&mut m.content);
+            for call in &mut m.tool_calls {
+                screen(&mut call.arguments);
+            }
+        }
+        self.model.screened = cache;
+        let redaction = (!names.is_empty()).then(|| {
+            let names = Arc::new(names);
+            Redaction {
+                stream: names.streaming(),
+                names,
+                restore,
+            }
+        });
+        Screened::Pass {
+            data_classes,
+            redaction,
+        }
+    }
+}

@@ -1,0 +1,325 @@
+//! Input policies against the real binary and fake OpenAI servers that
+//! record every request body: redaction with pseudonyms restored for the
+//! client (streamed in pieces that split placeholders), data classes found
+//! in flight steering routing, blocks that send nothing upstream, rules
+//! selected by session metadata, the OpenAI front door on the same path,
+//! and a SIGKILL mid-call whose re-issued request is redacted too.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use baton::proto::v1;
+use baton::types::{EventKind, PolicyOutcome, PolicyStage, SessionEvent};
+use baton_testkit::fake_openai::{Behavior, FakeOpenAi, Fault, Reply};
+use baton_testkit::{BatonProcess, process::write_config};
+
+use crate::common::*;
+
+const EMAIL: &str = "jane.doe@example.com";
+const PHONE: &str = "+44 20 7946 0958";
+const IBAN: &str = "GB82WEST12345698765432";
+const SECRET: &str = "AKIAIOSFODNN7EXAMPLE";
+
+fn config(fake: &FakeOpenAi, vault: &FakeOpenAi) -> String {
+    format!(
+        r#"
+[sessions]
+default_route = "main"
+
+[[models]]
+name = "fake"
+provider = "openai"
+base_url = {fake:?}
+model = "fake-model"
+data_classes = ["pii"]
+timeout_ms = 120000
+
+[[models]]
+name = "vault"
+provider = "openai"
+base_url = {vault:?}
+model = "vault-model"
+data_classes = ["pii", "financial"]
+timeout_ms = 120000
+
+[[routes]]
+name = "main"
+endpoints = ["fake"]
+
+[[routes]]
+name = "secure"
+endpoints = ["fake", "vault"]
+
+[[policies]]
+name = "pii"
+stage = "input"
+[[policies.rules]]
+name = "contacts"
+detect = ["email", "phone"]
+outcome = "redact"
+[[policies.rules]]
+name = "money"
+detect = ["iban"]
+outcome = "tag"
+[[policies.rules]]
+name = "keys"
+detect = ["secret"]
+outcome = "block"
+
+[[policies]]
+name = "guests"
+stage = "input"
+when = {{ tier = "guest" }}
+[[policies.rules]]
+name = "short"
+max_chars = 60
+outcome = "block"
+message = "guests may send at most 60 characters"
+"#,
+        fake = fake.base_url(),
+        vault = vault.base_url(),
+    )
+}
+
+async fn start_with(c: &mut Client, route: &str, metadata: &[(&str, &str)]) -> String {
+    c.start_session(v1::StartSessionRequest {
+        route: route.into(),
+        metadata: metadata
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect::<HashMap<_, _>>(),
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .session_id
+}
+
+/// Everything every request to `fake` carried, as one string.
+fn sent(fake: &FakeOpenAi) -> String {
+    fake.received()
+        .iter()
+        .map(|b| b.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+fn answer(events: &[SessionEvent]) -> String {
+    events
+        .iter()
+        .rev()
+        .find_map(|e| match &e.kind {
+            EventKind::AssistantMessage { message, .. } => Some(message.content.clone()),
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
+fn streamed(events: &[SessionEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::OutputDelta { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
+}
+
+fn failure(events: &[SessionEvent]) -> (String, String) {
+    match events.last().map(|e| &e.kind) {
+        Some(EventKind::TurnFailed { reason, code, .. }) => {
+            (code.as_str().to_string(), reason.clone())
+        }
+        other => panic!("expected a failed turn, got {other:?}"),
+    }
+}
+
+fn policy_records(events: &[SessionEvent]) -> Vec<&EventKind> {
+    events
+        .iter()
+        .map(|e| &e.kind)
+        .filter(|k| matches!(k, EventKind::PolicyEvaluated { .. }))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn input_policies_redact_tag_and_block_on_every_path_and_through_sigkill() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let vault = FakeOpenAi::start().await.unwrap();
+    // Streamed three characters at a time: placeholders arrive split.
+    for f in [&fake, &vault] {
+        f.set_behavior(Behavior {
+            reply: Reply::Echo {
+                prefix: "noted: ".into(),
+            },
+            chunk_chars: 3,
+            ..Behavior::default()
+        });
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &dir.path().join("data"), &config(&fake, &vault)).unwrap();
+    let server = BatonProcess::start(bin(), &path).await.unwrap();
+    let mut c = server.client().await.unwrap();
+
+    // Redact: the model sees placeholders, the client the values.
+    let a = start_with(&mut c, "main", &[]).await;
+    let text = format!("Contact {EMAIL} or {PHONE} please");
+    let t = turn(&mut c, &a, &text).await;
+    assert_eq!(answer(&t), format!("noted: {text}"), "{:?}", kinds(&t));
+    assert_eq!(
+        streamed(&t),
+        answer(&t),
+        "the deltas add up to the restored answer"
+    );
+    let upstream = sent(&fake);
+    assert!(
+        upstream.contains("Contact <EMAIL_1> or <PHONE_1> please"),
+        "{upstream}"
+    );
+    let records = policy_records(&t);
+    assert_eq!(records.len(), 1, "{records:?}");
+    let EventKind::PolicyEvaluated { stage, hits, .. } = records[0] else {
+        unreachable!()
+    };
+    assert_eq!(*stage, PolicyStage::Input);
+    assert_eq!(
+        (hits[0].policy.as_str(), hits[0].rule.as_str()),
+        ("pii", "contacts")
+    );
+    assert_eq!(hits[0].outcome, PolicyOutcome::Redact);
+    let kinds_found: Vec<&str> = hits[0].matches.iter().map(|m| m.kind.as_str()).collect();
+    assert_eq!(kinds_found, ["email", "phone"]);
+    assert!(
+        !format!("{records:?}").contains("jane"),
+        "no matched text in the record"
+    );
+    // The next call sends the whole conversation: still no value leaves.
+    let t = turn(&mut c, &a, &format!("and my email is {EMAIL}, right?")).await;
+    assert_eq!(
+        answer(&t),
+        format!("noted: and my email is {EMAIL}, right?")
+    );
+    let upstream = sent(&fake);
+    for value in [EMAIL, PHONE, "7946"] {
+        assert!(
+            !upstream.contains(value),
+            "{value} reached the model: {upstream}"
+        );
+    }
+
+    // Tag: an IBAN makes the call financial; "fake" is not certified.
+    let before = fake.requests();
+    let t = turn(&mut c, &a, &format!("refund to {IBAN}")).await;
+    let (code, reason) = failure(&t);
+    assert_eq!(code, "no_eligible_endpoint", "{reason}");
+    assert!(
+        reason.contains("financial") && reason.contains("fake"),
+        "{reason}"
+    );
+    assert_eq!(fake.requests(), before, "nothing was sent");
+    let s = start_with(&mut c, "secure", &[]).await;
+    let t = turn(&mut c, &s, &format!("refund to {IBAN}")).await;
+    assert_eq!(answer(&t), format!("noted: refund to {IBAN}"));
+    assert_eq!(
+        fake.requests(),
+        before,
+        "the uncertified endpoint was passed over"
+    );
+    assert_eq!(vault.requests(), 1);
+
+    // Block: a secret never leaves, and never joins the conversation.
+    let b = start_with(&mut c, "main", &[]).await;
+    let before = fake.requests();
+    let t = turn(&mut c, &b, &format!("my key is {SECRET}")).await;
+    let (code, reason) = failure(&t);
+    assert_eq!(code, "policy_blocked");
+    assert_eq!(
+        reason,
+        "policy \"pii\" rule \"keys\" blocked the message: secret at 10..30"
+    );
+    assert_eq!(fake.requests(), before);
+    let t = turn(&mut c, &b, "hello again").await;
+    assert_eq!(answer(&t), "noted: hello again");
+    assert!(!sent(&fake).contains(SECRET));
+    assert!(
+        !texts(&get(&mut c, &b).await)
+            .iter()
+            .any(|m| m.contains("AKIA"))
+    );
+
+    // Rules chosen by metadata: guests are held to 60 characters.
+    let long = "a question that runs on for quite a bit longer than sixty characters";
+    let g = start_with(&mut c, "main", &[("tier", "guest")]).await;
+    let (code, reason) = failure(&turn(&mut c, &g, long).await);
+    assert_eq!(
+        (code.as_str(), reason.as_str()),
+        ("policy_blocked", "guests may send at most 60 characters")
+    );
+    let p = start_with(&mut c, "main", &[("tier", "platinum")]).await;
+    assert_eq!(
+        answer(&turn(&mut c, &p, long).await),
+        format!("noted: {long}")
+    );
+
+    // The OpenAI front door takes the same path.
+    let http = server.http_url().unwrap();
+    let post = |content: String| {
+        reqwest::Client::new()
+            .post(format!("{http}/v1/chat/completions"))
+            .json(&serde_json::json!({
+                "model": "main",
+                "messages": [{"role": "user", "content": content}],
+            }))
+            .send()
+    };
+    let r = post(format!("write to {EMAIL}")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        format!("noted: write to {EMAIL}")
+    );
+    assert!(!sent(&fake).contains(EMAIL));
+    let r = post(format!("key {SECRET}")).await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "policy_blocked", "{body}");
+
+    // SIGKILL while the model holds a redacted call: the re-issued request
+    // is redacted too, the answer restored, the evaluation recorded once.
+    let k = start_with(&mut c, "main", &[]).await;
+    fake.push_fault(Fault::Hang);
+    let hung = fake.requests() + 1;
+    let mut s = send(&mut c, &k, format!("call me on {PHONE}")).await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while fake.requests() < hung {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill9().await.unwrap();
+    drop(s.message().await);
+    let server = BatonProcess::start(bin(), &path).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    let mut resumed = c
+        .resume_session(v1::ResumeSessionRequest {
+            session_id: k.clone(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let all = read_until(&mut resumed, |e| {
+        matches!(e.kind, EventKind::TurnCompleted { .. })
+    })
+    .await;
+    assert_eq!(answer(&all), format!("noted: call me on {PHONE}"));
+    assert_eq!(policy_records(&all).len(), 1, "{:?}", kinds(&all));
+    assert_eq!(
+        fake.requests(),
+        hung + 1,
+        "asked once more after the restart"
+    );
+    assert!(!sent(&fake).contains("7946"));
+    server.terminate().await.unwrap();
+}

@@ -323,3 +323,187 @@ async fn input_policies_redact_tag_and_block_on_every_path_and_through_sigkill()
     assert!(!sent(&fake).contains("7946"));
     server.terminate().await.unwrap();
 }
+
+/// Output policies: an answer breaking a rule is withheld and revised (at
+/// most `max_revisions` times, a count that survives SIGKILL), blocked when
+/// its JSON breaks a numeric limit, and stripped of links to other hosts;
+/// no withheld text is ever streamed, on gRPC or the front door.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn output_policies_revise_block_and_mask_and_hold_through_sigkill() {
+    use baton_testkit::fake_openai::ScriptedReply;
+
+    let fake = FakeOpenAi::start().await.unwrap();
+    fake.set_behavior(Behavior {
+        chunk_chars: 4,
+        ..Behavior::default()
+    });
+    let toml = format!(
+        r#"
+[sessions]
+default_route = "fake"
+
+[[models]]
+name = "fake"
+provider = "openai"
+base_url = {url:?}
+model = "fake-model"
+timeout_ms = 120000
+
+[governance]
+max_revisions = 1
+
+[[policies]]
+name = "sales"
+stage = "output"
+[[policies.rules]]
+name = "no-guarantees"
+keywords = ["we guarantee"]
+outcome = "revise"
+message = "Do not promise guarantees."
+[[policies.rules]]
+name = "links"
+allowed_domains = ["example.com"]
+outcome = "redact"
+
+[[policies]]
+name = "quotes"
+stage = "output"
+when = {{ kind = "quote" }}
+[[policies.rules]]
+name = "margin"
+json_schema = {{ type = "object", properties = {{ discount = {{ type = "number", maximum = 15 }} }}, required = ["discount"] }}
+outcome = "block"
+"#,
+        url = fake.base_url()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &dir.path().join("data"), &toml).unwrap();
+    let server = BatonProcess::start(bin(), &path).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    let said = |events: &[SessionEvent]| format!("{events:?}");
+
+    // Revised once, then released; the draft never reaches the client.
+    let a = start_with(&mut c, "fake", &[]).await;
+    fake.push_reply(ScriptedReply::Text("We guarantee a refund.".into()));
+    fake.push_reply(ScriptedReply::Text(
+        "Refunds are possible within 30 days.".into(),
+    ));
+    let t = turn(&mut c, &a, "can I get a refund?").await;
+    assert_eq!(answer(&t), "Refunds are possible within 30 days.");
+    assert_eq!(streamed(&t), "", "held answers are not streamed");
+    assert!(!said(&t).to_lowercase().contains("we guarantee"), "{t:?}");
+    let revised = fake.received().last().unwrap().to_string();
+    assert!(
+        revised.contains("[policy] Do not promise guarantees. Revise your answer.")
+            && revised.contains("[answer withheld by policy sales/no-guarantees]")
+            && !revised.contains("We guarantee a refund"),
+        "{revised}"
+    );
+    let outputs: Vec<_> = policy_records(&t);
+    assert_eq!(outputs.len(), 1);
+
+    // Still breaking the rule after max_revisions: blocked.
+    fake.push_reply(ScriptedReply::Text("We guarantee it.".into()));
+    fake.push_reply(ScriptedReply::Text("We guarantee it, truly.".into()));
+    let t = turn(&mut c, &a, "promise?").await;
+    let (code, reason) = failure(&t);
+    assert_eq!(code, "policy_blocked");
+    assert_eq!(
+        reason,
+        "Do not promise guarantees. (still after 1 revisions)"
+    );
+    assert!(!said(&t).to_lowercase().contains("we guarantee"));
+
+    // Links to other hosts are removed from a released answer.
+    fake.push_reply(ScriptedReply::Text(
+        "See https://evil.test/offer and https://example.com/terms".into(),
+    ));
+    let t = turn(&mut c, &a, "links?").await;
+    assert_eq!(
+        answer(&t),
+        "See [removed: link_domain] and https://example.com/terms"
+    );
+
+    // A quote over the margin limit is blocked, naming the violation.
+    let q = start_with(&mut c, "fake", &[("kind", "quote")]).await;
+    fake.push_reply(ScriptedReply::Text(r#"{"discount": 25}"#.into()));
+    let (code, reason) = failure(&turn(&mut c, &q, "quote me").await);
+    assert_eq!(code, "policy_blocked");
+    assert!(
+        reason.contains("/discount") && reason.contains("15"),
+        "{reason}"
+    );
+    fake.push_reply(ScriptedReply::Text(r#"{"discount": 10}"#.into()));
+    assert_eq!(
+        answer(&turn(&mut c, &q, "again").await),
+        r#"{"discount": 10}"#
+    );
+
+    // The front door, streaming: only the released answer arrives.
+    fake.push_reply(ScriptedReply::Text("We guarantee delivery.".into()));
+    fake.push_reply(ScriptedReply::Text("Delivery takes 3 days.".into()));
+    let sse = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/chat/completions",
+            server.http_url().unwrap()
+        ))
+        .json(&serde_json::json!({
+            "model": "fake", "stream": true,
+            "messages": [{"role": "user", "content": "delivery?"}],
+        }))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let content: String = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|v| {
+            v["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(content, "Delivery takes 3 days.", "{sse}");
+
+    // SIGKILL while the revision call is out: the revision already made
+    // is durable, so the next breach blocks instead of revising again.
+    let k = start_with(&mut c, "fake", &[]).await;
+    fake.push_reply(ScriptedReply::Text("We guarantee it.".into()));
+    fake.push_fault(Fault::SlowFirstToken(Duration::from_millis(1)));
+    fake.push_fault(Fault::Hang);
+    let before = fake.requests();
+    let mut s = send(&mut c, &k, "sure?").await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while fake.requests() < before + 2 {
+        assert!(tokio::time::Instant::now() < deadline);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill9().await.unwrap();
+    drop(s.message().await);
+    let server = BatonProcess::start(bin(), &path).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    let mut resumed = c
+        .resume_session(v1::ResumeSessionRequest {
+            session_id: k.clone(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let all = read_until(&mut resumed, |e| e.ends_turn()).await;
+    let (code, reason) = failure(&all);
+    assert_eq!(code, "policy_blocked", "{:?}", kinds(&all));
+    assert!(reason.contains("still after 1 revisions"), "{reason}");
+    assert_eq!(
+        fake.requests(),
+        before + 3,
+        "one re-issued call after the restart"
+    );
+    assert_eq!(policy_records(&all).len(), 2, "{:?}", kinds(&all));
+    server.terminate().await.unwrap();
+}

@@ -16,6 +16,7 @@
 
 pub mod detect;
 mod error;
+pub mod json;
 pub mod policy;
 pub mod pseudonym;
 

@@ -52,6 +52,19 @@ pub struct RuleConfig {
     /// Matches a text longer than this many characters.
     #[serde(default)]
     pub max_chars: Option<usize>,
+    /// Output: a regular expression the answer must match (a required
+    /// disclaimer); the rule matches when it does not.
+    #[serde(default)]
+    pub require: Option<String>,
+    /// Output: a JSON Schema the answer (JSON, or JSON in one code fence)
+    /// must satisfy, numeric limits included (`"maximum": 15`); the rule
+    /// matches when it does not.
+    #[serde(default)]
+    pub json_schema: Option<serde_json::Value>,
+    /// Output: the only domains links may point to (subdomains included);
+    /// the rule matches each `http(s)` link to another host.
+    #[serde(default)]
+    pub allowed_domains: Vec<String>,
     pub outcome: Outcome,
     /// For `tag`: the data class to add (default: the detector's own,
     /// `pii`, `financial` or `secret`; custom patterns need one).
@@ -61,8 +74,8 @@ pub struct RuleConfig {
     /// (default true). False: the client sees the placeholders too.
     #[serde(default = "yes")]
     pub restore: bool,
-    /// For `block`: the message the client gets (default: names the
-    /// policy, the rule and what matched).
+    /// For `block`: the message the client gets; for `revise`: what the
+    /// model is told (default: names the policy, the rule and what matched).
     #[serde(default)]
     pub message: Option<String>,
 }
@@ -78,12 +91,16 @@ pub struct GovernanceConfig {
     /// The region (ISO 3166 alpha-2) of phone numbers written without an
     /// international prefix.
     pub phone_region: String,
+    /// Most times a turn's answer is sent back for revision (`revise`)
+    /// before the turn fails as blocked.
+    pub max_revisions: u32,
 }
 
 impl Default for GovernanceConfig {
     fn default() -> Self {
         GovernanceConfig {
             phone_region: "US".into(),
+            max_revisions: 2,
         }
     }
 }
@@ -104,6 +121,8 @@ pub struct Verdict {
     pub hits: Vec<PolicyHit>,
     /// The first blocking rule, with the message for the client.
     pub blocked: Option<Blocked>,
+    /// The first `revise` rule, with what the model is told.
+    pub revise: Option<Blocked>,
     /// Matches to pseudonymise, in order, without overlaps.
     pub redact: Vec<Finding>,
     /// Whether redacted values go back into the client's answer (false when
@@ -113,7 +132,7 @@ pub struct Verdict {
     pub data_classes: Vec<String>,
 }
 
-/// A blocking rule and what the client is told.
+/// A blocking (or revising) rule and what the client (or model) is told.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Blocked {
     pub policy: String,
@@ -125,6 +144,9 @@ struct Rule {
     name: String,
     kinds: Vec<Kind>,
     max_chars: Option<usize>,
+    require: Option<regex::Regex>,
+    schema: Option<std::sync::Arc<jsonschema::Validator>>,
+    allowed_domains: Vec<String>,
     outcome: Outcome,
     data_class: Option<String>,
     restore: bool,
@@ -169,15 +191,26 @@ impl std::fmt::Debug for Policies {
 
 /// The stages and outcomes built so far; others are refused at load
 /// rather than accepted and not enforced.
-pub const SUPPORTED: &[(Stage, &[Outcome])] = &[(
-    Stage::Input,
-    &[
-        Outcome::Allow,
-        Outcome::Redact,
-        Outcome::Block,
-        Outcome::Tag,
-    ],
-)];
+pub const SUPPORTED: &[(Stage, &[Outcome])] = &[
+    (
+        Stage::Input,
+        &[
+            Outcome::Allow,
+            Outcome::Redact,
+            Outcome::Block,
+            Outcome::Tag,
+        ],
+    ),
+    (
+        Stage::Output,
+        &[
+            Outcome::Allow,
+            Outcome::Redact,
+            Outcome::Block,
+            Outcome::Revise,
+        ],
+    ),
+];
 
 impl Policies {
     /// Check and compile `[[policies]]`; errors name the field
@@ -202,7 +235,7 @@ impl Policies {
                 return Err(bad(
                     "stage",
                     format!(
-                        "stage {} is not supported yet (supported: input)",
+                        "stage {} is not supported yet (supported: input, output)",
                         pc.stage.as_str()
                     ),
                 ));
@@ -256,10 +289,45 @@ impl Policies {
                     custom.push(CustomPattern::keywords(custom_name.clone(), &rc.keywords));
                     kinds.push(Kind::Custom(custom_name.clone()));
                 }
-                if kinds.is_empty() && rc.max_chars.is_none() {
+                let output_only = [
+                    ("require", rc.require.is_some()),
+                    ("json_schema", rc.json_schema.is_some()),
+                    ("allowed_domains", !rc.allowed_domains.is_empty()),
+                ];
+                if pc.stage != Stage::Output
+                    && let Some((key, _)) = output_only.iter().find(|(_, set)| *set)
+                {
+                    return Err(bad(&rf(key), "applies to stage output only".into()));
+                }
+                let require = match &rc.require {
+                    Some(re) => Some(
+                        regex::RegexBuilder::new(re)
+                            .size_limit(1 << 22)
+                            .build()
+                            .map_err(|e| bad(&rf("require"), e.to_string()))?,
+                    ),
+                    None => None,
+                };
+                let schema = match &rc.json_schema {
+                    Some(js) => Some(std::sync::Arc::new(
+                        jsonschema::validator_for(js)
+                            .map_err(|e| bad(&rf("json_schema"), e.to_string()))?,
+                    )),
+                    None => None,
+                };
+                if kinds.is_empty()
+                    && rc.max_chars.is_none()
+                    && output_only.iter().all(|(_, set)| !set)
+                {
                     return Err(bad(
                         &rf("detect"),
-                        "a rule needs detect, regex, keywords or max_chars".into(),
+                        "a rule needs detect, regex, keywords or max_chars (or, for output, require, json_schema or allowed_domains)".into(),
+                    ));
+                }
+                if rc.outcome == Outcome::Redact && (require.is_some() || schema.is_some()) {
+                    return Err(bad(
+                        &rf("outcome"),
+                        "require and json_schema cannot redact; use block or revise".into(),
                     ));
                 }
                 if rc.outcome == Outcome::Tag
@@ -281,6 +349,13 @@ impl Policies {
                     name: rc.name.clone(),
                     kinds,
                     max_chars: rc.max_chars,
+                    require,
+                    schema,
+                    allowed_domains: rc
+                        .allowed_domains
+                        .iter()
+                        .map(|d| d.trim().trim_start_matches('.').to_ascii_lowercase())
+                        .collect(),
                     outcome: rc.outcome,
                     data_class: rc.data_class.clone(),
                     restore: rc.restore,
@@ -362,34 +437,75 @@ impl Policies {
                 if let Some(max) = r.max_chars {
                     let n = *chars.get_or_insert_with(|| text.chars().count());
                     if n > max {
-                        matches.push(Finding {
-                            kind: Kind::Custom("max_chars".into()),
-                            start: 0,
-                            end: text.len(),
-                        });
+                        matches.push(whole("max_chars", text));
                     }
+                }
+                let mut detail = None;
+                if let Some(re) = &r.require
+                    && !re.is_match(text)
+                {
+                    matches.push(whole("require", text));
+                    detail = Some(format!("the answer must match {:?}", re.as_str()));
+                }
+                if let Some(schema) = &r.schema
+                    && let Err(why) = crate::json::schema_check(schema, text)
+                {
+                    matches.push(whole("json_schema", text));
+                    detail = Some(why);
+                }
+                if !r.allowed_domains.is_empty() {
+                    let links = crate::json::foreign_links(text, &r.allowed_domains);
+                    if !links.is_empty() {
+                        detail = Some(format!(
+                            "links may only point to {}",
+                            r.allowed_domains.join(", ")
+                        ));
+                    }
+                    matches.extend(links);
                 }
                 if matches.is_empty() {
                     continue;
                 }
+                let message = r.message.clone().unwrap_or_else(|| {
+                    let at: Vec<String> = matches
+                        .iter()
+                        .map(|m| format!("{} at {}..{}", m.kind.as_str(), m.start, m.end))
+                        .collect();
+                    let verb = match r.outcome {
+                        Outcome::Block => "blocked",
+                        Outcome::Revise => "sent back",
+                        Outcome::Redact => "redacted",
+                        Outcome::Tag => "tagged",
+                        Outcome::Gate => "held",
+                        Outcome::Allow => "noted",
+                    };
+                    let mut m = format!(
+                        "policy {:?} rule {:?} {verb} the {}: {}",
+                        p.name,
+                        r.name,
+                        stage_noun(stage),
+                        at.join(", ")
+                    );
+                    if let Some(d) = &detail {
+                        m.push_str(" (");
+                        m.push_str(d);
+                        m.push(')');
+                    }
+                    m
+                });
                 match r.outcome {
                     Outcome::Block if v.blocked.is_none() => {
-                        let what: Vec<String> = matches
-                            .iter()
-                            .map(|m| format!("{} at {}..{}", m.kind.as_str(), m.start, m.end))
-                            .collect();
                         v.blocked = Some(Blocked {
                             policy: p.name.clone(),
                             rule: r.name.clone(),
-                            message: r.message.clone().unwrap_or_else(|| {
-                                format!(
-                                    "policy {:?} rule {:?} blocked the {}: {}",
-                                    p.name,
-                                    r.name,
-                                    stage_noun(stage),
-                                    what.join(", ")
-                                )
-                            }),
+                            message: message.clone(),
+                        });
+                    }
+                    Outcome::Revise if v.revise.is_none() => {
+                        v.revise = Some(Blocked {
+                            policy: p.name.clone(),
+                            rule: r.name.clone(),
+                            message: message.clone(),
                         });
                     }
                     Outcome::Redact => {
@@ -415,6 +531,7 @@ impl Policies {
                     policy: p.name.clone(),
                     rule: r.name.clone(),
                     outcome: r.outcome,
+                    message,
                     matches: matches
                         .iter()
                         .map(|m| PolicyMatch {
@@ -429,6 +546,15 @@ impl Policies {
         v.redact.sort_by_key(|f| (f.start, f.end));
         v.redact.dedup();
         v
+    }
+}
+
+/// A match covering the whole text (a rule about the text as a whole).
+fn whole(kind: &str, text: &str) -> Finding {
+    Finding {
+        kind: Kind::Custom(kind.into()),
+        start: 0,
+        end: text.len(),
     }
 }
 
@@ -539,9 +665,9 @@ message = "messages from guests are limited to 30 characters"
         let err = |t: &str| compile(t).unwrap_err().to_string();
         assert_eq!(
             err(
-                "[[policies]]\nname = \"p\"\nstage = \"output\"\n[[policies.rules]]\nname = \"r\"\nkeywords = [\"x\"]\noutcome = \"block\"\n"
+                "[[policies]]\nname = \"p\"\nstage = \"tool_result\"\n[[policies.rules]]\nname = \"r\"\nkeywords = [\"x\"]\noutcome = \"block\"\n"
             ),
-            "policies[0].stage: stage output is not supported yet (supported: input)"
+            "policies[0].stage: stage tool_result is not supported yet (supported: input, output)"
         );
         assert_eq!(
             err(
@@ -553,12 +679,72 @@ message = "messages from guests are limited to 30 characters"
             err(
                 "[[policies]]\nname = \"p\"\nstage = \"input\"\n[[policies.rules]]\nname = \"r\"\noutcome = \"block\"\n"
             ),
-            "policies[0].rules[0].detect: a rule needs detect, regex, keywords or max_chars"
+            "policies[0].rules[0].detect: a rule needs detect, regex, keywords or max_chars (or, for output, require, json_schema or allowed_domains)"
         );
         assert!(
             err("[[policies]]\nname = \"p\"\nstage = \"input\"\n[[policies.rules]]\nname = \"r\"\nregex = \"(\"\noutcome = \"block\"\n")
                 .contains("p/r")
         );
         assert!(err("[[policies]]\nname = \"p\"\nstage = \"input\"\n[[policies.rules]]\nname = \"r\"\ndetect = [\"emial\"]\noutcome = \"block\"\n").contains("emial"));
+    }
+
+    #[test]
+    fn output_rules_require_validate_and_bound_links() {
+        let p = compile(
+            r#"
+[[policies]]
+name = "sales"
+stage = "output"
+[[policies.rules]]
+name = "no-guarantees"
+keywords = ["we guarantee"]
+outcome = "revise"
+message = "Do not promise guarantees."
+[[policies.rules]]
+name = "disclaimer"
+require = "(?i)not financial advice"
+outcome = "revise"
+[[policies.rules]]
+name = "quote"
+json_schema = { type = "object", properties = { discount = { type = "number", maximum = 15 } } }
+outcome = "block"
+[[policies.rules]]
+name = "links"
+allowed_domains = ["example.com"]
+outcome = "redact"
+"#,
+        )
+        .unwrap();
+        let none = BTreeMap::new();
+        let s = Subject {
+            tenant: "t",
+            route: "r",
+            metadata: &none,
+        };
+        let ok = "{\"discount\": 10, \"note\": \"not financial advice\"}";
+        let v = p.evaluate(Stage::Output, &s, ok);
+        assert!(v.hits.is_empty(), "{:?}", v.hits);
+        let v = p.evaluate(Stage::Output, &s, "{\"discount\": 25}");
+        let rules: Vec<&str> = v.hits.iter().map(|h| h.rule.as_str()).collect();
+        assert_eq!(rules, ["disclaimer", "quote"]);
+        assert!(v.blocked.unwrap().message.contains("/discount"));
+        let revise = v.revise.unwrap();
+        assert_eq!(revise.rule, "disclaimer");
+        assert!(revise.message.contains("must match"), "{}", revise.message);
+        let text = "We guarantee it; see https://evil.test/x. Not financial advice.";
+        let v = p.evaluate(Stage::Output, &s, text);
+        assert_eq!(v.revise.unwrap().message, "Do not promise guarantees.");
+        assert_eq!(v.redact.len(), 1);
+        assert_eq!(
+            &text[v.redact[0].start..v.redact[0].end],
+            "https://evil.test/x."
+        );
+        // Output-only keys are refused at input.
+        assert!(
+            compile("[[policies]]\nname = \"p\"\nstage = \"input\"\n[[policies.rules]]\nname = \"r\"\nrequire = \"x\"\noutcome = \"block\"\n")
+                .unwrap_err()
+                .to_string()
+                .contains("rules[0].require: applies to stage output only")
+        );
     }
 }

@@ -113,6 +113,7 @@ macro_rules! policy_hits {
                         policy: h.policy.clone(),
                         rule: h.rule.clone(),
                         outcome: h.outcome.as_str().to_string(),
+                        message: h.message.clone(),
                         matches: h
                             .matches
                             .iter()
@@ -138,6 +139,7 @@ macro_rules! policy_hits {
                             policy: h.policy,
                             rule: h.rule,
                             outcome,
+                            message: h.message,
                             matches: h
                                 .matches
                                 .into_iter()

@@ -96,6 +96,9 @@ pub struct CurrentTurn {
     /// Who sent the turn (a principal label).
     #[serde(default)]
     pub by: String,
+    /// Answers output policies sent back for revision in this turn.
+    #[serde(default)]
+    pub revisions: u32,
 }
 
 impl CurrentTurn {
@@ -114,6 +117,7 @@ impl CurrentTurn {
             review,
             cost_usd: 0.0,
             by,
+            revisions: 0,
         }
     }
 
@@ -305,6 +309,11 @@ impl SessionState {
                     }
                 }
             }
+            EventKind::PolicyEvaluated {
+                turn,
+                stage: baton_types::PolicyStage::Output,
+                hits,
+            } => self.apply_output_policy(*turn, hits),
             EventKind::OutputDelta { .. }
             | EventKind::RoutingDecided { .. }
             | EventKind::AttemptFailed { .. }
@@ -502,6 +511,37 @@ impl SessionState {
             self.current = Some(CurrentTurn::new(turn, q.review, q.by));
         }
         self.current_turn_mut(turn)
+    }
+
+    /// An answer output policies withheld (`block`, or `revise`): the
+    /// conversation keeps a marker in its place; a revision also asks the
+    /// model again with the rule's instruction.
+    fn apply_output_policy(&mut self, turn: u64, hits: &[baton_types::PolicyHit]) {
+        use baton_types::PolicyOutcome as O;
+        let withheld = hits
+            .iter()
+            .find(|h| h.outcome == O::Block)
+            .or_else(|| hits.iter().find(|h| h.outcome == O::Revise));
+        let Some(hit) = withheld else {
+            return;
+        };
+        if let Some(m) = self
+            .messages
+            .last_mut()
+            .filter(|m| m.role == Role::Assistant)
+        {
+            m.content = format!("[answer withheld by policy {}/{}]", hit.policy, hit.rule);
+        }
+        if hit.outcome == O::Revise
+            && let Some(c) = self.current_turn_mut(turn)
+        {
+            c.response_recorded = false;
+            c.revisions += 1;
+            self.messages.push(Message::user(format!(
+                "[policy] {} Revise your answer.",
+                hit.message
+            )));
+        }
     }
 
     /// What a decision does to the state. Effects that need their own

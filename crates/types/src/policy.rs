@@ -45,6 +45,11 @@ pub struct PolicyHit {
     pub policy: String,
     pub rule: String,
     pub outcome: PolicyOutcome,
+    /// What the rule says about it: the client's error for `block`, the
+    /// model's instruction for `revise` (the rule's `message`, or one that
+    /// names the policy, rule and match kinds and positions).
+    #[serde(default)]
+    pub message: String,
     pub matches: Vec<PolicyMatch>,
 }
 

@@ -59,6 +59,9 @@ pub(crate) struct InFlight {
     pub cancel: CancellationToken,
     /// How its request was pseudonymised, when input policies redacted it.
     pub redaction: Option<super::policy::Redaction>,
+    /// Output policies apply: no deltas are streamed, the answer is
+    /// released once checked.
+    pub hold_output: bool,
 }
 
 /// Tool calls this actor incarnation runs or waits for.

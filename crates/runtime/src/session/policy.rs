@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use baton_governance::{Pseudonyms, Stage, StreamRestorer, Subject};
+use baton_governance::{Finding, Outcome, Pseudonyms, Stage, StreamRestorer, Subject};
 use baton_models::ModelRequest;
 use baton_types::{EventKind, TurnFailureCode};
 use ractor::ActorRef;
@@ -56,6 +56,23 @@ impl Redaction {
     }
 }
 
+/// `text` with each of `found` (in order, without overlaps) replaced by
+/// `[removed: KIND]`.
+fn mask(text: &str, found: &[Finding]) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut at = 0;
+    for f in found {
+        if f.start < at || f.end > text.len() || !text.is_char_boundary(f.start) {
+            continue;
+        }
+        out.push_str(&text[at..f.start]);
+        out.push_str(&format!("[removed: {}]", f.kind.as_str()));
+        at = f.end;
+    }
+    out.push_str(&text[at..]);
+    out
+}
+
 /// Verdicts by a hash of the text evaluated (one session: its tenant,
 /// route and metadata, which select the policies, do not change).
 #[derive(Default)]
@@ -101,6 +118,102 @@ pub(crate) enum Screened {
 }
 
 impl SessionCtx {
+    /// The policies' view of this session: its tenant, route and metadata.
+    fn policy_subject(&self) -> (String, String, std::collections::BTreeMap<String, String>) {
+        let state = &self.durable.state;
+        (
+            state.tenant.clone(),
+            state.route.clone(),
+            state.metadata.clone(),
+        )
+    }
+
+    /// Whether output policies apply: then the answer is held until it is
+    /// checked (no deltas are streamed).
+    pub(super) fn holds_output(&self) -> bool {
+        let (tenant, route, metadata) = self.policy_subject();
+        self.env.shared.policies.applies(
+            Stage::Output,
+            &Subject {
+                tenant: &tenant,
+                route: &route,
+                metadata: &metadata,
+            },
+        )
+    }
+
+    /// Apply the output policies to a final answer (`kinds` starts with its
+    /// `AssistantMessage`): hits are journaled after it (`PolicyEvaluated`);
+    /// `redact` masks what matched; `block` withholds the answer and fails
+    /// the turn; `revise` withholds it and asks the model again with the
+    /// rule's instruction, at most `governance.max_revisions` times, then
+    /// blocks.
+    pub(super) fn screen_output(&mut self, turn: u64, kinds: &mut Vec<EventKind>) {
+        let Some(EventKind::AssistantMessage { message, .. }) = kinds.first_mut() else {
+            return;
+        };
+        if !message.tool_calls.is_empty() {
+            return;
+        }
+        let (tenant, route, metadata) = self.policy_subject();
+        let subject = Subject {
+            tenant: &tenant,
+            route: &route,
+            metadata: &metadata,
+        };
+        let shared = &self.env.shared;
+        if !shared.policies.applies(Stage::Output, &subject) {
+            return;
+        }
+        let v = shared
+            .policies
+            .evaluate(Stage::Output, &subject, &message.content);
+        if v.hits.is_empty() {
+            return;
+        }
+        let max = shared.config.governance.max_revisions;
+        let revisions = self
+            .durable
+            .state
+            .current
+            .as_ref()
+            .map_or(0, |c| c.revisions);
+        let mut hits = v.hits;
+        let end = if let Some(b) = v.blocked {
+            message.content.clear();
+            Some(b.message)
+        } else if let Some(r) = v.revise {
+            message.content.clear();
+            if revisions >= max {
+                let still = |m: &str| format!("{m} (still after {max} revisions)");
+                for h in hits.iter_mut().filter(|h| h.outcome == Outcome::Revise) {
+                    h.outcome = Outcome::Block;
+                    h.message = still(&h.message);
+                }
+                Some(still(&r.message))
+            } else {
+                None
+            }
+        } else {
+            if !v.redact.is_empty() {
+                message.content = mask(&message.content, &v.redact);
+            }
+            None
+        };
+        kinds.push(EventKind::PolicyEvaluated {
+            turn,
+            stage: Stage::Output,
+            hits,
+        });
+        if let Some(reason) = end {
+            kinds.push(EventKind::TurnFailed {
+                turn,
+                reason,
+                code: TurnFailureCode::PolicyBlocked,
+            });
+        }
+    }
+
     /// Apply the input policies to the next model call of `turn`. `input`
     /// is the turn's new message when the turn has not started yet: its
     /// hits are journaled (`PolicyEvaluated`, with the call's start record)

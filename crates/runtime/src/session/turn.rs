@@ -270,6 +270,7 @@ impl SessionCtx {
             turn,
             cancel: cancel.clone(),
             redaction,
+            hold_output: self.holds_output(),
         });
         let state = &self.durable.state;
         let deadline = self
@@ -368,6 +369,10 @@ impl SessionCtx {
         let Some(attempt) = self.durable.state.current.as_ref().map(|c| c.attempt) else {
             return;
         };
+        if self.model.call.as_ref().is_some_and(|c| c.hold_output) {
+            // The answer is released once the output policies passed it.
+            return;
+        }
         let redaction = self.model.call.as_mut().and_then(|c| c.redaction.as_mut());
         let kind = match delta {
             Delta::Text(text) => {
@@ -426,7 +431,11 @@ impl SessionCtx {
         let Some(turn) = self.current_call(call) else {
             return;
         };
-        let redaction = self.model.call.take().and_then(|c| c.redaction);
+        let (redaction, hold_output) = self
+            .model
+            .call
+            .take()
+            .map_or((None, false), |c| (c.redaction, c.hold_output));
         let kinds = match result {
             Ok(mut routed) => {
                 if let Some(mut r) = redaction {
@@ -434,6 +443,7 @@ impl SessionCtx {
                     // stream, the answer, and the tool calls' arguments.
                     let tail = r.finish();
                     if !tail.is_empty()
+                        && !hold_output
                         && let Some(c) = self.durable.state.current.as_ref()
                     {
                         let attempt = c.attempt;
@@ -449,7 +459,9 @@ impl SessionCtx {
                         call.arguments = r.restore(&call.arguments);
                     }
                 }
-                self.answer_records(turn, routed, latency_ms)
+                let mut kinds = self.answer_records(turn, routed, latency_ms);
+                self.screen_output(turn, &mut kinds);
+                kinds
             }
             Err(e) => vec![EventKind::TurnFailed {
                 turn,

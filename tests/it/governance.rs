@@ -507,3 +507,124 @@ outcome = "block"
     assert_eq!(policy_records(&all).len(), 2, "{:?}", kinds(&all));
     server.terminate().await.unwrap();
 }
+
+/// Tool stages: a call whose arguments break a rule never runs (the model
+/// gets an error naming the policy), and a client's tool result is masked
+/// before the model sees it; the records survive a SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_policies_block_arguments_and_mask_results_through_sigkill() {
+    use baton::types::ToolCall;
+    use baton_testkit::fake_openai::ScriptedReply;
+
+    let fake = FakeOpenAi::start().await.unwrap();
+    let toml = format!(
+        "{}\n[tools.builtin]\ncalculator = true\n\n\
+         [[policies]]\nname = \"tool-guard\"\nstage = \"tool_arguments\"\ntools = [\"calc*\"]\n\
+         [[policies.rules]]\nname = \"no-huge\"\nregex = \"9{{6,}}\"\noutcome = \"block\"\n\n\
+         [[policies]]\nname = \"results\"\nstage = \"tool_result\"\n\
+         [[policies.rules]]\nname = \"emails\"\ndetect = [\"email\"]\noutcome = \"redact\"\n",
+        fake_model_toml(&fake.base_url(), false)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &dir.path().join("data"), &toml).unwrap();
+    let server = BatonProcess::start(bin(), &path).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    let call = |id: &str, name: &str, args: &str| ToolCall {
+        id: id.into(),
+        name: name.into(),
+        arguments: args.into(),
+    };
+
+    // Blocked arguments: the calculator never runs.
+    let a = start_with(&mut c, "fake", &[]).await;
+    fake.push_reply(ScriptedReply::ToolCalls(vec![call(
+        "c1",
+        "calculator",
+        r#"{"expression":"9999999*2"}"#,
+    )]));
+    fake.push_reply(ScriptedReply::Text("I cannot compute that.".into()));
+    let t = turn(&mut c, &a, "compute").await;
+    assert_eq!(answer(&t), "I cannot compute that.");
+    assert!(!kinds(&t).contains(&"tool_call_started"), "{:?}", kinds(&t));
+    let result = t
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::ToolResult {
+                output, is_error, ..
+            } => Some((output.clone(), *is_error)),
+            _ => None,
+        })
+        .unwrap();
+    assert!(result.1, "an error result");
+    assert!(
+        result
+            .0
+            .starts_with("the call was not run: policy \"tool-guard\" rule \"no-huge\""),
+        "{}",
+        result.0
+    );
+    let sent_back = fake.received().last().unwrap().to_string();
+    assert!(sent_back.contains("the call was not run"), "{sent_back}");
+
+    // A client's result is masked before the model sees it.
+    let b = c
+        .start_session(v1::StartSessionRequest {
+            route: "fake".into(),
+            client_tools: vec![v1::ToolDefinition {
+                name: "lookup".into(),
+                description: "look a customer up".into(),
+                parameters_json: r#"{"type":"object"}"#.into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    fake.push_reply(ScriptedReply::ToolCalls(vec![call("q1", "lookup", "{}")]));
+    fake.push_reply(ScriptedReply::Text("Found them.".into()));
+    let mut s = send(&mut c, &b, "who is it?").await;
+    read_until(&mut s, |e| e.kind.name() == "tool_call_requested").await;
+    c.submit_tool_result(v1::SubmitToolResultRequest {
+        session_id: b.clone(),
+        call_id: "q1".into(),
+        outcome: Some(v1::submit_tool_result_request::Outcome::Output(format!(
+            "customer {EMAIL}, gold tier"
+        ))),
+    })
+    .await
+    .unwrap();
+    let t = read_until(&mut s, |e| e.ends_turn()).await;
+    assert_eq!(answer(&t), "Found them.");
+    assert!(!sent(&fake).contains(EMAIL));
+    assert!(sent(&fake).contains("customer [removed: email], gold tier"));
+
+    // Both sessions' records survive a SIGKILL, policy records included.
+    server.kill9().await.unwrap();
+    let server = BatonProcess::start(bin(), &path).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    for (id, stage) in [
+        (&a, PolicyStage::ToolArguments),
+        (&b, PolicyStage::ToolResult),
+    ] {
+        let mut r = c
+            .resume_session(v1::ResumeSessionRequest {
+                session_id: id.clone(),
+                after_seq: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let all = read_until(&mut r, |e| e.ends_turn()).await;
+        let stages: Vec<PolicyStage> = all
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::PolicyEvaluated { stage, .. } => Some(*stage),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(stages, [stage]);
+        assert!(!format!("{all:?}").contains(EMAIL));
+    }
+    server.terminate().await.unwrap();
+}

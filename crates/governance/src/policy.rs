@@ -31,6 +31,10 @@ pub struct PolicyConfig {
     /// (e.g. `when = { tier = "guest" }`); empty: every session.
     #[serde(default)]
     pub when: BTreeMap<String, String>,
+    /// Tool stages: the tools it applies to (names, or prefixes ending in
+    /// `*` such as `payments.*`); empty: every tool.
+    #[serde(default)]
+    pub tools: Vec<String>,
     pub rules: Vec<RuleConfig>,
 }
 
@@ -111,6 +115,8 @@ pub struct Subject<'a> {
     pub tenant: &'a str,
     pub route: &'a str,
     pub metadata: &'a BTreeMap<String, String>,
+    /// At the tool stages: the tool called.
+    pub tool: Option<&'a str>,
 }
 
 /// The result of one evaluation.
@@ -159,6 +165,7 @@ struct Policy {
     tenants: Vec<String>,
     routes: Vec<String>,
     when: BTreeMap<String, String>,
+    tools: Vec<String>,
     rules: Vec<Rule>,
 }
 
@@ -170,6 +177,13 @@ impl Policy {
                 .when
                 .iter()
                 .all(|(k, v)| s.metadata.get(k).is_some_and(|m| m == v))
+            && (self.tools.is_empty()
+                || s.tool.is_some_and(|tool| {
+                    self.tools.iter().any(|p| match p.strip_suffix('*') {
+                        Some(prefix) => tool.starts_with(prefix),
+                        None => tool == p,
+                    })
+                }))
     }
 }
 
@@ -210,6 +224,11 @@ pub const SUPPORTED: &[(Stage, &[Outcome])] = &[
             Outcome::Revise,
         ],
     ),
+    (Stage::ToolArguments, &[Outcome::Allow, Outcome::Block]),
+    (
+        Stage::ToolResult,
+        &[Outcome::Allow, Outcome::Redact, Outcome::Block],
+    ),
 ];
 
 impl Policies {
@@ -235,11 +254,18 @@ impl Policies {
                 return Err(bad(
                     "stage",
                     format!(
-                        "stage {} is not supported yet (supported: input, output)",
+                        "stage {} is not supported yet (supported: input, output, tool_arguments, tool_result)",
                         pc.stage.as_str()
                     ),
                 ));
             };
+            if !pc.tools.is_empty() && !matches!(pc.stage, Stage::ToolArguments | Stage::ToolResult)
+            {
+                return Err(bad(
+                    "tools",
+                    "applies to the stages tool_arguments and tool_result only".into(),
+                ));
+            }
             if pc.rules.is_empty() {
                 return Err(bad("rules", "a policy needs at least one rule".into()));
             }
@@ -368,6 +394,7 @@ impl Policies {
                 tenants: pc.tenants.clone(),
                 routes: pc.routes.clone(),
                 when: pc.when.clone(),
+                tools: pc.tools.clone(),
                 rules,
             });
         }
@@ -618,6 +645,7 @@ message = "messages from guests are limited to 30 characters"
             tenant,
             route: "default",
             metadata,
+            tool: None,
         };
         let text = "mail a@b.io, IBAN GB82WEST12345698765432";
         let v = p.evaluate(Stage::Input, &s("acme", &platinum), text);
@@ -665,9 +693,15 @@ message = "messages from guests are limited to 30 characters"
         let err = |t: &str| compile(t).unwrap_err().to_string();
         assert_eq!(
             err(
-                "[[policies]]\nname = \"p\"\nstage = \"tool_result\"\n[[policies.rules]]\nname = \"r\"\nkeywords = [\"x\"]\noutcome = \"block\"\n"
+                "[[policies]]\nname = \"p\"\nstage = \"input\"\ntools = [\"x\"]\n[[policies.rules]]\nname = \"r\"\nkeywords = [\"x\"]\noutcome = \"block\"\n"
             ),
-            "policies[0].stage: stage tool_result is not supported yet (supported: input, output)"
+            "policies[0].tools: applies to the stages tool_arguments and tool_result only"
+        );
+        assert_eq!(
+            err(
+                "[[policies]]\nname = \"p\"\nstage = \"tool_result\"\n[[policies.rules]]\nname = \"r\"\nkeywords = [\"x\"]\noutcome = \"revise\"\n"
+            ),
+            "policies[0].rules[0].outcome: outcome revise is not supported at stage tool_result yet"
         );
         assert_eq!(
             err(
@@ -720,6 +754,7 @@ outcome = "redact"
             tenant: "t",
             route: "r",
             metadata: &none,
+            tool: None,
         };
         let ok = "{\"discount\": 10, \"note\": \"not financial advice\"}";
         let v = p.evaluate(Stage::Output, &s, ok);

@@ -138,8 +138,104 @@ impl SessionCtx {
                 tenant: &tenant,
                 route: &route,
                 metadata: &metadata,
+                tool: None,
             },
         )
+    }
+
+    /// Tool-argument policies on the tool calls of a model answer (`kinds`,
+    /// its records): hits are journaled right after the call's
+    /// `ToolCallRequested`, and a blocked call gets its error result in the
+    /// same batch, so it never runs (nor reaches a client) and the model
+    /// sees why.
+    pub(super) fn screen_tool_calls(&self, turn: u64, kinds: &mut Vec<EventKind>) {
+        let policies = self.env.shared.policies.clone();
+        if policies.is_empty() {
+            return;
+        }
+        let (tenant, route, metadata) = self.policy_subject();
+        let mut out = Vec::with_capacity(kinds.len());
+        for k in kinds.drain(..) {
+            let mut extra = Vec::new();
+            if let EventKind::ToolCallRequested {
+                call_id,
+                name,
+                arguments,
+                ..
+            } = &k
+            {
+                let subject = Subject {
+                    tenant: &tenant,
+                    route: &route,
+                    metadata: &metadata,
+                    tool: Some(name),
+                };
+                let v = policies.evaluate(Stage::ToolArguments, &subject, arguments);
+                if !v.hits.is_empty() {
+                    extra.push(EventKind::PolicyEvaluated {
+                        turn,
+                        stage: Stage::ToolArguments,
+                        hits: v.hits,
+                    });
+                    if let Some(b) = v.blocked {
+                        extra.push(EventKind::ToolResult {
+                            by: String::new(),
+                            turn,
+                            call_id: call_id.clone(),
+                            name: name.clone(),
+                            output: format!("the call was not run: {}", b.message),
+                            is_error: true,
+                            latency_ms: 0,
+                        });
+                    }
+                }
+            }
+            out.push(k);
+            out.extend(extra);
+        }
+        *kinds = out;
+    }
+
+    /// Tool-result policies on a result before the model sees it: `block`
+    /// replaces it with an error naming the policy, `redact` masks what
+    /// matched. The record to journal before it, when a rule matched.
+    pub(super) fn screen_tool_result(&self, record: &mut EventKind) -> Option<EventKind> {
+        let EventKind::ToolResult {
+            turn,
+            name,
+            output,
+            is_error,
+            ..
+        } = record
+        else {
+            return None;
+        };
+        let policies = &self.env.shared.policies;
+        if policies.is_empty() {
+            return None;
+        }
+        let (tenant, route, metadata) = self.policy_subject();
+        let subject = Subject {
+            tenant: &tenant,
+            route: &route,
+            metadata: &metadata,
+            tool: Some(name),
+        };
+        let v = policies.evaluate(Stage::ToolResult, &subject, output);
+        if v.hits.is_empty() {
+            return None;
+        }
+        if let Some(b) = v.blocked {
+            *output = format!("the result was withheld: {}", b.message);
+            *is_error = true;
+        } else if !v.redact.is_empty() {
+            *output = mask(output, &v.redact);
+        }
+        Some(EventKind::PolicyEvaluated {
+            turn: *turn,
+            stage: Stage::ToolResult,
+            hits: v.hits,
+        })
     }
 
     /// Apply the output policies to a final answer (`kinds` starts with its
@@ -160,6 +256,7 @@ impl SessionCtx {
             tenant: &tenant,
             route: &route,
             metadata: &metadata,
+            tool: None,
         };
         let shared = &self.env.shared;
         if !shared.policies.applies(Stage::Output, &subject) {
@@ -238,6 +335,7 @@ impl SessionCtx {
             tenant: &tenant,
             route: &route,
             metadata: &metadata,
+            tool: None,
         };
         let pass = Screened::Pass {
             data_classes: Vec::new(),

@@ -250,7 +250,7 @@ impl SessionCtx {
         let Some(t) = self.durable.state.unanswered_tool(turn, &call_id) else {
             return;
         };
-        let record = match result {
+        let mut record = match result {
             Ok(output) => EventKind::ToolResult {
                 by: String::new(),
                 turn,
@@ -262,7 +262,8 @@ impl SessionCtx {
             },
             Err(e) => tool_error(turn, t, &e, latency_ms),
         };
-        self.commit(myself, vec![record], true);
+        let screened = self.screen_tool_result(&mut record);
+        self.commit(myself, screened.into_iter().chain([record]).collect(), true);
         self.pump(myself);
     }
 
@@ -326,13 +327,14 @@ impl SessionCtx {
         by: String,
         reply: RpcReplyPort<Result<u64>>,
     ) {
-        let record = match self.submitted_result(&call_id, output, is_error, by) {
+        let mut record = match self.submitted_result(&call_id, output, is_error, by) {
             Ok(r) => r,
             Err(e) => {
                 let _ = reply.send(Err(e));
                 return;
             }
         };
+        let screened = self.screen_tool_result(&mut record);
         self.tools.runs.remove(&call_id);
         let gate = self.durable.state.current.as_ref().and_then(|c| {
             c.gates
@@ -358,7 +360,7 @@ impl SessionCtx {
                 },
             );
         }
-        self.commit(myself, vec![record], true);
+        self.commit(myself, screened.into_iter().chain([record]).collect(), true);
         self.outbox.ack_at(self.durable.state.last_seq, reply);
         self.pump(myself);
     }

@@ -461,6 +461,7 @@ impl SessionCtx {
                 }
                 let mut kinds = self.answer_records(turn, routed, latency_ms);
                 self.screen_output(turn, &mut kinds);
+                self.screen_tool_calls(turn, &mut kinds);
                 kinds
             }
             Err(e) => vec![EventKind::TurnFailed {

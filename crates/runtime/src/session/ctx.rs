@@ -49,7 +49,7 @@ pub(crate) struct ModelWork {
     /// Input-policy verdicts of texts this session sent, by a hash of the
     /// text: the conversation is sent (and screened) on every call, each
     /// message is evaluated once.
-    pub screened: super::policy::VerdictCache,
+    pub screened: super::redaction::VerdictCache,
 }
 
 /// A model call this actor issued.
@@ -58,7 +58,7 @@ pub(crate) struct InFlight {
     pub turn: u64,
     pub cancel: CancellationToken,
     /// How its request was pseudonymised, when input policies redacted it.
-    pub redaction: Option<super::policy::Redaction>,
+    pub redaction: Option<super::redaction::Redaction>,
     /// Output policies apply: no deltas are streamed, the answer is
     /// released once checked.
     pub hold_output: bool,

@@ -24,6 +24,7 @@ mod load;
 mod msg;
 mod outbox;
 mod policy;
+mod redaction;
 mod requests;
 mod tools;
 mod turn;

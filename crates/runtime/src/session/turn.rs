@@ -258,7 +258,7 @@ impl SessionCtx {
         turn: u64,
         request: ModelRequest,
         found_classes: Vec<String>,
-        redaction: Option<super::policy::Redaction>,
+        redaction: Option<super::redaction::Redaction>,
     ) {
         self.model.next_call += 1;
         let call = self.model.next_call;

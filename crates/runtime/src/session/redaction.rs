@@ -1,0 +1,83 @@
+//! The per-call and per-session data of governance in a session: how a
+//! request was pseudonymised (to restore its answer), and the verdicts of
+//! texts already screened.
+
+use std::sync::Arc;
+
+use baton_governance::{Pseudonyms, StreamRestorer};
+
+/// How one model call's request was pseudonymised.
+pub(crate) struct Redaction {
+    pub(super) names: Arc<Pseudonyms>,
+    pub(super) stream: StreamRestorer,
+    /// Put the values back in what the client gets.
+    pub(super) restore: bool,
+}
+
+impl Redaction {
+    /// A streamed piece of the answer as the client may see it.
+    pub(crate) fn delta(&mut self, text: String) -> String {
+        if self.restore {
+            self.stream.push(&text)
+        } else {
+            text
+        }
+    }
+
+    /// The attempt that streamed so far failed: drop what is held.
+    pub(crate) fn restart(&mut self) {
+        self.stream.reset();
+    }
+
+    /// What the stream still holds, at the end of the answer.
+    pub(crate) fn finish(&mut self) -> String {
+        if self.restore {
+            self.stream.finish()
+        } else {
+            String::new()
+        }
+    }
+
+    /// The answer's text (or a tool call's arguments) as the client and
+    /// the journal get it.
+    pub(crate) fn restore(&self, text: &str) -> String {
+        if self.restore {
+            self.names.restore(text)
+        } else {
+            text.to_string()
+        }
+    }
+}
+
+/// Verdicts by a hash of the text evaluated (one session: its tenant,
+/// route and metadata, which select the policies, do not change).
+#[derive(Default)]
+pub(crate) struct VerdictCache {
+    by_hash: std::collections::HashMap<u64, Arc<baton_governance::Verdict>>,
+}
+
+/// Verdicts a session keeps; past it, the cache starts again (a
+/// conversation longer than this is screened afresh once).
+const VERDICT_CACHE_ENTRIES: usize = 1024;
+
+impl VerdictCache {
+    pub(super) fn get_or_eval(
+        &mut self,
+        text: &str,
+        eval: impl FnOnce() -> baton_governance::Verdict,
+    ) -> Arc<baton_governance::Verdict> {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        text.hash(&mut h);
+        let key = h.finish();
+        if let Some(v) = self.by_hash.get(&key) {
+            return v.clone();
+        }
+        if self.by_hash.len() >= VERDICT_CACHE_ENTRIES {
+            self.by_hash.clear();
+        }
+        let v = Arc::new(eval());
+        self.by_hash.insert(key, v.clone());
+        v
+    }
+}

@@ -24,7 +24,8 @@ Options (default in brackets; --quick values in braces):
   --fsync-iters N         samples per fsync-floor test [2000] {200}
   --data-dir PATH         where temporary data dirs go [system temp dir]
   --child                 (internal) run as a memory phase's fresh child process
-  --phases LIST           comma-separated subset of fsync,latency,throughput,nodelay,rss,persisted [all]
+  --phases LIST           comma-separated subset of fsync,latency,throughput,nodelay,rss,oneshot,persisted [all]
+                          (oneshot: the rss phase with one-shot sessions, as the front door makes)
                           (nodelay: repeat the gRPC runs with TCP_NODELAY on the server's sockets)
 ";
 
@@ -69,6 +70,7 @@ impl Args {
                 "throughput",
                 "nodelay",
                 "rss",
+                "oneshot",
                 "persisted",
             ]
             .map(String::from)

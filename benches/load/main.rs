@@ -50,9 +50,20 @@ async fn run(args: Args, upstream: std::net::SocketAddr) -> Result<Report> {
     if args.has("rss") {
         progress(&format!("RSS of {} live idle sessions", args.idle_sessions));
         report.idle_rss = Some(if args.child {
-            idle_rss(&args).await?
+            idle_rss(&args, false).await?
         } else {
             serde_json::from_value(in_child(&args, "rss").await?["idle_rss"].take())?
+        });
+    }
+    if args.has("oneshot") {
+        progress(&format!(
+            "RSS after {} one-shot sessions",
+            args.idle_sessions
+        ));
+        report.one_shot_rss = Some(if args.child {
+            idle_rss(&args, true).await?
+        } else {
+            serde_json::from_value(in_child(&args, "oneshot").await?["one_shot_rss"].take())?
         });
     }
     if args.has("persisted") {

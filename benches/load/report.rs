@@ -194,6 +194,8 @@ pub(crate) struct Report {
     pub(crate) comparisons: Vec<Comparison>,
     pub(crate) runs: Vec<RunResult>,
     pub(crate) idle_rss: Option<IdleRss>,
+    /// The same with one-shot sessions (front-door calls).
+    pub(crate) one_shot_rss: Option<IdleRss>,
     pub(crate) persisted: Option<Persisted>,
     pub(crate) total_secs: f64,
 }
@@ -317,6 +319,24 @@ pub(crate) fn render(r: &Report, args: &Args) -> String {
                 }
             }
         }
+    }
+    if let Some(i) = &r.one_shot_rss {
+        let _ = writeln!(
+            s,
+            "\n-- 4b. RSS after one-shot sessions (front-door calls) --"
+        );
+        let _ = writeln!(
+            s,
+            "{} one-shot sessions, one echo turn each, in {:.1} s ({} errors); RSS {} -> {} KiB: {:.2} KiB/session; live sessions {} -> {} (one-shot sessions leave memory when their turn ends)",
+            i.sessions,
+            i.create_and_turn_secs,
+            i.errors,
+            i.rss_before_kib,
+            i.rss_after_kib,
+            i.kib_per_session,
+            i.live_before,
+            i.live_after,
+        );
     }
     if let Some(i) = &r.idle_rss {
         let _ = writeln!(s, "\n-- 4. RSS per live idle session --");

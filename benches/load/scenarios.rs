@@ -160,12 +160,17 @@ pub(crate) async fn latency_and_throughput(
 // ---------------------------------------------------------------------------
 // 4. RSS per live idle session
 
-async fn create_and_touch(h: &RuntimeHandle, n: usize, in_flight: usize) -> u64 {
+async fn create_and_touch(h: &RuntimeHandle, n: usize, in_flight: usize, one_shot: bool) -> u64 {
     futures::stream::iter(0..n)
         .map(|i| {
             let h = h.clone();
             async move {
-                let s = h.start_session(StartSession::default()).await?;
+                let s = h
+                    .start_session(StartSession {
+                        one_shot,
+                        ..StartSession::default()
+                    })
+                    .await?;
                 let mut events = h.send(s.id, format!("hello {i}")).await?;
                 while let Some(ev) = events.next().await {
                     if ev?.ends_turn() {
@@ -181,7 +186,10 @@ async fn create_and_touch(h: &RuntimeHandle, n: usize, in_flight: usize) -> u64 
         .await as u64
 }
 
-pub(crate) async fn idle_rss(args: &Args) -> Result<IdleRss> {
+/// RSS per session after `--idle-sessions` sessions with one turn each:
+/// ordinary ones stay live (the idle timeout is an hour), one-shot ones
+/// (`one_shot`, what the front door makes) leave memory when their turn ends.
+pub(crate) async fn idle_rss(args: &Args, one_shot: bool) -> Result<IdleRss> {
     let dir = data_dir(&args.data_dir, "rss")?;
     // The built-in echo endpoint: no HTTP client buffers in the figure.
     let mut cfg = RuntimeConfig::with_data_dir(dir.path());
@@ -191,12 +199,12 @@ pub(crate) async fn idle_rss(args: &Args) -> Result<IdleRss> {
     let warm = (m / 10).clamp(1, 1000);
     let in_flight = 256;
     // Warm the allocator, the writer and the memtable first.
-    let mut errors = create_and_touch(&h, warm, in_flight).await;
+    let mut errors = create_and_touch(&h, warm, in_flight, one_shot).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     let live_before = h.stats().await?.live_sessions;
     let rss_before_kib = rss_kib()?;
     let t = Instant::now();
-    errors += create_and_touch(&h, m, in_flight).await;
+    errors += create_and_touch(&h, m, in_flight, one_shot).await;
     let create_and_turn_secs = t.elapsed().as_secs_f64();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let rss_after_kib = rss_kib()?;

@@ -192,6 +192,13 @@ async fn a_chat_completion_is_a_journaled_one_shot_session() {
     assert_eq!(sent[0]["content"], "be brief");
     assert_eq!(sent[3]["content"], question);
 
+    // The call's session left memory when its turn ended (the idle
+    // timeout is minutes away).
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while metric(&fd.baton, "baton_sessions_live").await > 0.0 {
+        assert!(std::time::Instant::now() < deadline, "still live");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The session is in Baton, with one completed turn.
     let mut client = fd.baton.client().await.unwrap();
     let s = get(&mut client, &id).await;

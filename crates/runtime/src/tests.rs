@@ -387,6 +387,37 @@ async fn idle_sessions_are_passivated_and_rehydrated() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_shot_sessions_leave_memory_when_their_turn_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.sessions.passivate_after_ms = 3_600_000;
+    let rt = Runtime::builder(cfg).start().await.unwrap();
+    let kept = rt.start_session(StartSession::default()).await.unwrap();
+    collect(rt.send(kept.id, "stay".into()).await.unwrap()).await;
+    let mut ids = Vec::new();
+    for i in 0..50 {
+        let s = rt
+            .start_session(StartSession {
+                one_shot: true,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        let events = collect(rt.send(s.id, format!("call {i}")).await.unwrap()).await;
+        assert_eq!(events.last().unwrap().kind.name(), "turn_completed");
+        ids.push(s.id);
+    }
+    // Only the ordinary session stays live (the idle timeout is an hour).
+    wait_for(|| async { rt.stats().await.unwrap().live_sessions == 1 }).await;
+    assert!(rt.stats().await.unwrap().passivations_total >= 50);
+    // Nothing was lost: a passivated one-shot session reads back whole.
+    let view = rt.get(ids[7]).await.unwrap();
+    assert_eq!(view.messages[0], Message::user("call 7"));
+    assert_eq!(view.messages.len(), 2);
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_actor_is_restarted_then_marked_failed() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());

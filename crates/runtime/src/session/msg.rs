@@ -101,7 +101,8 @@ pub(crate) enum SessionMsg {
 /// What a session actor tells its supervisor.
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Notice {
-    /// Passivate me now (an unknown or deleted session).
+    /// Passivate me now (an unknown or deleted session, or a one-shot
+    /// session whose turn ended).
     Passivate(SessionId),
     /// Asked to passivate, the actor had work.
     PassivateDeclined(SessionId),

@@ -152,6 +152,11 @@ impl Outbox {
             && self.gate_acks.is_empty()
     }
 
+    /// End every stream once it has read what it holds.
+    pub fn close_subscribers(&mut self) {
+        self.subscribers.clear();
+    }
+
     /// The session is gone: drop subscribers and what waits to be released.
     pub fn clear(&mut self) {
         self.subscribers.clear();

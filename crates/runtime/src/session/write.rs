@@ -165,9 +165,18 @@ impl SessionCtx {
                 let _ = self.env.shared.gate_events.send(record);
             }
         }
+        let turn_ended = released.iter().any(|e| e.ends_turn());
         for event in released {
             self.released(&event);
             self.outbox.deliver(&event);
+        }
+        // A one-shot session (a front-door call) has nothing left to do once
+        // its turn ended: its streams end after the events they hold, and it
+        // leaves memory now rather than after the idle timeout.
+        let state = &self.durable.state;
+        if turn_ended && state.one_shot && state.current.is_none() && state.queued.is_empty() {
+            self.outbox.close_subscribers();
+            (self.env.notify)(super::msg::Notice::Passivate(self.env.id));
         }
     }
 

@@ -417,6 +417,67 @@ async fn one_shot_sessions_leave_memory_when_their_turn_ends() {
     rt.shutdown().await;
 }
 
+/// An embedder tool that answers after a while.
+#[derive(Debug)]
+struct SlowTool(baton_tools::ToolSpec);
+
+#[async_trait::async_trait]
+impl baton_tools::Tool for SlowTool {
+    fn spec(&self) -> &baton_tools::ToolSpec {
+        &self.0
+    }
+    async fn call(&self, _: serde_json::Value) -> Result<String, baton_tools::ToolError> {
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        Ok("done late".into())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tool_that_finishes_after_delete_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("script.json");
+    std::fs::write(
+        &script,
+        serde_json::json!([
+            {"tool_calls": [{"id": "s1", "name": "slow", "arguments": {}}]},
+            {"text": "after the tool"}
+        ])
+        .to_string(),
+    )
+    .unwrap();
+    let mut cfg = RuntimeConfig::with_data_dir(dir.path().join("data"));
+    let mut model = EndpointConfig::scripted("agent", &script);
+    model.stream = false;
+    cfg.models = vec![model];
+    cfg.sessions.default_route = "agent".into();
+    let tool = std::sync::Arc::new(SlowTool(baton_tools::ToolSpec {
+        name: "slow".into(),
+        description: "answers after a while".into(),
+        parameters: serde_json::json!({"type": "object"}),
+        output_schema: None,
+        idempotent: true,
+        timeout: Duration::from_secs(10),
+    }));
+    let rt = Runtime::builder(cfg).with_tool(tool).start().await.unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    let mut events = rt.send(s.id, "go".into()).await.unwrap();
+    while let Some(e) = events.next().await {
+        if e.unwrap().kind.name() == "tool_call_started" {
+            break;
+        }
+    }
+    rt.delete(s.id).await.unwrap();
+    // The tool finishes after the delete: nothing of the session comes back.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let store = rt.shared().store.clone();
+    assert!(store.read_journal(s.id, 0, 100).await.unwrap().is_empty());
+    assert!(store.load_meta(s.id).await.unwrap().is_none());
+    assert_eq!(rt.get(s.id).await.unwrap_err().code(), ErrorCode::NotFound);
+    // Its actor left memory: the abandoned call holds nothing.
+    wait_for(|| async { rt.stats().await.unwrap().live_sessions == 0 }).await;
+    rt.shutdown().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failing_actor_is_restarted_then_marked_failed() {
     let dir = tempfile::tempdir().unwrap();

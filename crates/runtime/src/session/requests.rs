@@ -147,6 +147,11 @@ impl SessionCtx {
         }
         store.write(batch).await?;
         self.durable.found = false;
+        // Running tools and client-side waits end here: their results have
+        // no session to go to (and flush writes nothing for it).
+        self.tools.runs.clear();
+        self.tools.client_timers.clear();
+        self.durable.state = crate::state::SessionState::new(id);
         self.outbox.clear();
         (self.env.notify)(Notice::Passivate(id));
         Ok(())

@@ -64,6 +64,12 @@ impl SessionCtx {
         if self.outbox.staged.is_empty() {
             return;
         }
+        if !self.durable.found {
+            // Deleted (or never created): nothing may be written for it,
+            // whatever finishes late (a tool, a model answer).
+            self.outbox.staged.clear();
+            return;
+        }
         let id = self.env.id;
         let mut batch = if sync {
             Batch::new()

@@ -25,6 +25,7 @@
 //! | `baton_turn_duration_seconds` | outcome | turn accepted to finished |
 //! | `baton_sessions_live` | | session actors in memory |
 //! | `baton_sessions_passivated_total` | | sessions passivated |
+//! | `baton_sessions_expired_total` | | sessions deleted by retention |
 //! | `baton_actor_restarts_total` | kind | actors restarted by a supervisor |
 //! | `baton_journal_append_duration_seconds` | | write request handed to the writer to durable |
 //! | `baton_journal_batch_requests` | | write requests per group commit |
@@ -78,6 +79,7 @@ pub struct Metrics {
     turn_duration: Family<L1, Histogram, fn() -> Histogram>,
     sessions_live: Gauge,
     passivated: Counter,
+    expired: Counter,
     restarts: Family<L1, Counter>,
     journal_append: Histogram,
     journal_batch: Histogram,
@@ -125,6 +127,7 @@ impl Metrics {
             turn_duration: Family::new_with_constructor(latency_histogram),
             sessions_live: Gauge::default(),
             passivated: Counter::default(),
+            expired: Counter::default(),
             restarts: Family::default(),
             journal_append: latency_histogram(),
             journal_batch: size_histogram(),
@@ -218,6 +221,11 @@ impl Metrics {
             "sessions_passivated",
             "Sessions passivated",
             m.passivated.clone(),
+        );
+        r.register(
+            "sessions_expired",
+            "Sessions deleted by retention",
+            m.expired.clone(),
         );
         r.register(
             "actor_restarts",
@@ -383,6 +391,10 @@ impl Metrics {
 
     pub fn session_passivated(&self) {
         self.passivated.inc();
+    }
+
+    pub fn session_expired(&self) {
+        self.expired.inc();
     }
 
     pub fn actor_restart(&self, kind: &str) {

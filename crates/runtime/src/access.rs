@@ -84,6 +84,9 @@ pub struct TenantConfig {
     /// Its model calls go only to endpoints it has a key for in
     /// `provider_keys`, never on the server's keys.
     pub own_keys_only: bool,
+    /// Time-to-live of its sessions, counted from their last change (see
+    /// `[retention]`; the shortest TTL that applies wins).
+    pub session_ttl_secs: Option<u64>,
 }
 
 /// One of a tenant's own provider keys (`[[tenants.provider_keys]]`): the

@@ -147,6 +147,7 @@ impl RuntimeBuilder {
             handle.route(id, SessionMsg::Wake)?;
         }
         handle.spawn_gate_timeouts();
+        handle.spawn_retention();
         Ok(handle)
     }
 }

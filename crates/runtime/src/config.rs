@@ -201,6 +201,8 @@ pub struct RuntimeConfig {
     pub policies: Vec<baton_governance::PolicyConfig>,
     /// Detector settings (`[governance]`).
     pub governance: baton_governance::GovernanceConfig,
+    /// How long sessions are kept (`[retention]`).
+    pub retention: crate::retention::RetentionConfig,
 }
 
 impl RuntimeConfig {
@@ -418,6 +420,7 @@ impl RuntimeConfig {
         crate::access::validate_tenants(&self.tenants, &route_names, &endpoints)?;
         crate::access::validate_limits(&self.limits)?;
         self.compile_policies(&route_names)?;
+        crate::retention::validate(&self.retention, &route_names)?;
         Ok(())
     }
 

@@ -43,6 +43,7 @@ mod handle;
 mod inspect;
 mod paging;
 mod replay;
+mod retention;
 mod session;
 mod sessions;
 mod shared;
@@ -65,6 +66,7 @@ pub use gates::{GateDecision, GateList, GateQuery, GateRecord, GateStatus};
 pub use handle::RuntimeHandle;
 pub use inspect::{ActorNode, BackupInfo, JournalPage, StateView};
 pub use replay::{Divergence, ReplayReport};
+pub use retention::RetentionConfig;
 pub use session::SessionView;
 pub use sessions::{
     ListQuery, MAX_IDEMPOTENCY_KEY_BYTES, MAX_METADATA_BYTES, MAX_METADATA_ENTRIES,

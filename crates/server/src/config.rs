@@ -117,6 +117,8 @@ pub struct BatonConfig {
     pub policies: Vec<baton_governance::PolicyConfig>,
     /// Detector settings (`[governance]`).
     pub governance: baton_governance::GovernanceConfig,
+    /// How long sessions are kept (`[retention]`).
+    pub retention: baton_runtime::RetentionConfig,
     /// Who may call (`[auth]`).
     pub auth: crate::auth::AuthSection,
     /// The signed audit trail (`[audit]`).
@@ -268,6 +270,7 @@ impl BatonConfig {
             limits: self.limits.clone(),
             policies: self.policies.clone(),
             governance: self.governance.clone(),
+            retention: self.retention.clone(),
         }
     }
 

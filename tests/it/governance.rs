@@ -143,6 +143,43 @@ fn policy_records(events: &[SessionEvent]) -> Vec<&EventKind> {
         .collect()
 }
 
+/// Wait until `fake` has seen `requests` requests (the last one hanging),
+/// SIGKILL the server, and start it again on the same config.
+async fn kill_once_hung(
+    server: BatonProcess,
+    fake: &FakeOpenAi,
+    requests: usize,
+    stream: tonic::Streaming<v1::SessionEvent>,
+    path: &std::path::Path,
+) -> (BatonProcess, Client) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while fake.requests() < requests {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the call reached the fake"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    server.kill9().await.unwrap();
+    drop(stream);
+    let server = BatonProcess::start(bin(), path).await.unwrap();
+    let client = server.client().await.unwrap();
+    (server, client)
+}
+
+/// A session's whole journal up to the end of its (first unfinished) turn.
+async fn to_turn_end(c: &mut Client, id: &str) -> Vec<SessionEvent> {
+    let mut r = c
+        .resume_session(v1::ResumeSessionRequest {
+            session_id: id.into(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    read_until(&mut r, |e| e.ends_turn()).await
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_policies_redact_tag_and_block_on_every_path_and_through_sigkill() {
     let fake = FakeOpenAi::start().await.unwrap();
@@ -291,28 +328,9 @@ async fn input_policies_redact_tag_and_block_on_every_path_and_through_sigkill()
     let k = start_with(&mut c, "main", &[]).await;
     fake.push_fault(Fault::Hang);
     let hung = fake.requests() + 1;
-    let mut s = send(&mut c, &k, format!("call me on {PHONE}")).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while fake.requests() < hung {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    server.kill9().await.unwrap();
-    drop(s.message().await);
-    let server = BatonProcess::start(bin(), &path).await.unwrap();
-    let mut c = server.client().await.unwrap();
-    let mut resumed = c
-        .resume_session(v1::ResumeSessionRequest {
-            session_id: k.clone(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let all = read_until(&mut resumed, |e| {
-        matches!(e.kind, EventKind::TurnCompleted { .. })
-    })
-    .await;
+    let s = send(&mut c, &k, format!("call me on {PHONE}")).await;
+    let (server, mut c) = kill_once_hung(server, &fake, hung, s, &path).await;
+    let all = to_turn_end(&mut c, &k).await;
     assert_eq!(answer(&all), format!("noted: call me on {PHONE}"));
     assert_eq!(policy_records(&all).len(), 1, "{:?}", kinds(&all));
     assert_eq!(
@@ -477,25 +495,9 @@ outcome = "block"
     fake.push_fault(Fault::SlowFirstToken(Duration::from_millis(1)));
     fake.push_fault(Fault::Hang);
     let before = fake.requests();
-    let mut s = send(&mut c, &k, "sure?").await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while fake.requests() < before + 2 {
-        assert!(tokio::time::Instant::now() < deadline);
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    server.kill9().await.unwrap();
-    drop(s.message().await);
-    let server = BatonProcess::start(bin(), &path).await.unwrap();
-    let mut c = server.client().await.unwrap();
-    let mut resumed = c
-        .resume_session(v1::ResumeSessionRequest {
-            session_id: k.clone(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    let all = read_until(&mut resumed, |e| e.ends_turn()).await;
+    let s = send(&mut c, &k, "sure?").await;
+    let (server, mut c) = kill_once_hung(server, &fake, before + 2, s, &path).await;
+    let all = to_turn_end(&mut c, &k).await;
     let (code, reason) = failure(&all);
     assert_eq!(code, "policy_blocked", "{:?}", kinds(&all));
     assert!(reason.contains("still after 1 revisions"), "{reason}");
@@ -607,15 +609,7 @@ async fn tool_policies_block_arguments_and_mask_results_through_sigkill() {
         (&a, PolicyStage::ToolArguments),
         (&b, PolicyStage::ToolResult),
     ] {
-        let mut r = c
-            .resume_session(v1::ResumeSessionRequest {
-                session_id: id.clone(),
-                after_seq: 0,
-            })
-            .await
-            .unwrap()
-            .into_inner();
-        let all = read_until(&mut r, |e| e.ends_turn()).await;
+        let all = to_turn_end(&mut c, id).await;
         let stages: Vec<PolicyStage> = all
             .iter()
             .filter_map(|e| match &e.kind {

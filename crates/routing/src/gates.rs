@@ -1,7 +1,6 @@
 //! The quality gates of a cascade: JSON Schema, confidence, evaluator.
 
 use baton_models::ModelResponse;
-use serde_json::Value;
 
 use crate::config::MissingConfidence;
 
@@ -11,42 +10,10 @@ Question:\n{question}\n\nAnswer:\n{answer}\n\n\
 Reply with exactly one word: PASS if the answer is correct, complete and follows the \
 question's instructions, FAIL otherwise.";
 
-/// The answer text as JSON: the whole text, or the inside of one Markdown
-/// code fence around it.
-pub fn answer_json(text: &str) -> Option<Value> {
-    let t = text.trim();
-    if let Ok(v) = serde_json::from_str(t) {
-        return Some(v);
-    }
-    let inner = t.strip_prefix("```")?.strip_suffix("```")?;
-    let inner = inner.strip_prefix("json").unwrap_or(inner);
-    serde_json::from_str(inner.trim()).ok()
-}
-
-/// Does the answer parse as JSON and validate against `schema`? The
-/// failure says why.
-pub fn schema_gate(schema: &jsonschema::Validator, text: &str) -> Result<(), String> {
-    let Some(v) = answer_json(text) else {
-        return Err("json_schema: the answer is not valid JSON".to_string());
-    };
-    let errors: Vec<String> = schema
-        .iter_errors(&v)
-        .take(3)
-        .map(|e| {
-            let path = e.instance_path().to_string();
-            let path = if path.is_empty() { "/".into() } else { path };
-            format!("{path}: {e}")
-        })
-        .collect();
-    if errors.is_empty() {
-        Ok(())
-    } else {
-        Err(format!(
-            "json_schema: the answer does not match the schema: {}",
-            errors.join("; ")
-        ))
-    }
-}
+/// The answer text as JSON (the whole text, or one code fence's inside),
+/// and its check against a schema: one implementation, shared with the
+/// output policies of `baton-governance`.
+pub use baton_governance::json::{answer_json, schema_check as schema_gate};
 
 /// The answer's confidence: the provider's, else a top-level numeric
 /// `confidence` of a JSON answer (self-reported), with where it came from.

@@ -119,3 +119,85 @@ short = 2
     assert!(metric(&server, "baton_sessions_expired_total").await >= 1.0);
     server.terminate().await.unwrap();
 }
+
+/// Subject access: `baton export --subject` writes everything held about a
+/// subject — sessions found by a metadata value, each with its journal,
+/// gates and audit records — and nothing of anyone else, read offline from
+/// the data dir a SIGKILLed server left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subjects_data_exports_whole_and_alone_after_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &dir.path().join("data"), "").unwrap();
+    let server = BatonProcess::start(bin(), &path).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    let start_for = |customer: &'static str| {
+        let mut c = c.clone();
+        async move {
+            c.start_session(v1::StartSessionRequest {
+                metadata: [("customer_id".to_string(), customer.to_string())].into(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .session_id
+        }
+    };
+    let a1 = start_for("c-1").await;
+    let a2 = start_for("c-1").await;
+    let b = start_for("c-2").await;
+    turn(&mut c, &a1, "my address is 1 Main St").await;
+    turn(&mut c, &a2, "and my phone is 555-0100").await;
+    turn(&mut c, &b, "someone else entirely").await;
+    server.kill9().await.unwrap();
+
+    let export = |args: &[&str]| {
+        let out = std::process::Command::new(bin())
+            .arg("export")
+            .args(args)
+            .arg("--config")
+            .arg(&path)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let doc = export(&["--subject", "c-1", "--field", "customer_id"]);
+    let sessions = doc["sessions"].as_array().unwrap();
+    let mut ids: Vec<&str> = sessions
+        .iter()
+        .map(|s| s["session_id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut want = vec![a1.as_str(), a2.as_str()];
+    want.sort();
+    assert_eq!(ids, want);
+    let text = doc.to_string();
+    assert!(
+        text.contains("1 Main St") && text.contains("555-0100"),
+        "{text}"
+    );
+    assert!(!text.contains("someone else"), "another subject's data");
+    for s in sessions {
+        let journal = s["journal"].as_array().unwrap();
+        assert_eq!(
+            journal.first().unwrap()["kind"]["type"],
+            "session_started",
+            "{s}"
+        );
+        assert_eq!(journal.last().unwrap()["kind"]["type"], "turn_completed");
+        assert!(
+            !s["audit"].as_array().unwrap().is_empty(),
+            "audit records: {s}"
+        );
+        assert_eq!(s["metadata"]["customer_id"], "c-1");
+    }
+    // A session id works as the subject too.
+    let doc = export(&["--subject", &b]);
+    assert_eq!(doc["sessions"].as_array().unwrap().len(), 1);
+    assert!(doc.to_string().contains("someone else"));
+}

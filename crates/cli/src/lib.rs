@@ -13,11 +13,14 @@
 //!   `baton restore --from DIR --data-dir DIR` puts one in place, offline.
 //! * `baton audit verify|export|pubkey` — check a signed audit log offline,
 //!   export its records with their hashes and signatures, print its key.
+//! * `baton export --subject S [--field KEY]` — everything held about a data
+//!   subject as JSON (subject access), offline.
 //! * `baton demo` — run a short conversation on an embedded runtime, no server.
 
 mod audit;
 mod client;
 mod demo;
+mod export;
 mod gates;
 mod inspect;
 mod keys;
@@ -107,6 +110,10 @@ enum Command {
         #[command(subcommand)]
         command: audit::AuditCommand,
     },
+    /// Everything held about a data subject (a session, or every session
+    /// with a metadata value) as JSON: metadata, journal, gates and audit
+    /// records (offline: the server must be stopped).
+    Export(export::ExportArgs),
     /// Run a short conversation on an embedded runtime (no server needed).
     Demo {
         /// Data directory (default: a temporary one, removed afterwards).
@@ -143,6 +150,7 @@ pub fn main() -> ExitCode {
                 json,
             } => ops::restore(from, config, force, json).await,
             Command::Audit { command } => audit::run(command),
+            Command::Export(args) => export::run(args).await,
             Command::Demo { data_dir } => demo::run(data_dir).await,
         }
     });

@@ -8,6 +8,11 @@
 //! * two gate policies: drafts the model is less than 80% sure of wait for
 //!   `support-leads`, and drafts that mention a refund wait for `billing`;
 //!   every other draft is sent as soon as it is written;
+//! * governance policies: emails and phone numbers in an enquiry are
+//!   replaced with placeholders (`<EMAIL_1>`) before any model sees them and
+//!   restored in the reply; for guest customers (session metadata
+//!   `tier = "guest"`), links to sites other than the shop's are removed
+//!   from replies before they go out;
 //! * a small gRPC client that plays the helpdesk (one session per enquiry)
 //!   and then the review queue, with the `Gates` service: it lists pending
 //!   gates, reads each draft and its conversation, and approves one, edits
@@ -42,6 +47,8 @@ enum Review {
 struct Enquiry {
     id: &'static str,
     customer: &'static str,
+    /// The customer's tier (session metadata `tier`): output policies differ.
+    tier: &'static str,
     /// The scripted endpoint (a key of the script file) that answers it.
     endpoint: &'static str,
     text: &'static str,
@@ -53,13 +60,16 @@ const ENQUIRIES: &[Enquiry] = &[
     Enquiry {
         id: "E-1041",
         customer: "Priya",
+        tier: "platinum",
         endpoint: "order-status",
-        text: "Hi, where is my order #8812? It was supposed to arrive on Friday.",
+        text: "Hi, where is my order #8812? It was supposed to arrive on Friday. \
+               You can reach me on priya.shah@example.com or +44 20 7946 0958.",
         review: Review::Approve("looks right"),
     },
     Enquiry {
         id: "E-1042",
         customer: "Tom",
+        tier: "guest",
         endpoint: "faroe-islands",
         text: "Do you deliver to the Faroe Islands?",
         review: Review::Approve("checked the carrier list: correct"),
@@ -67,6 +77,7 @@ const ENQUIRIES: &[Enquiry] = &[
     Enquiry {
         id: "E-1043",
         customer: "Ana",
+        tier: "gold",
         endpoint: "cracked-lid",
         text: "My kettle arrived with a cracked lid. Can I get my money back?",
         review: Review::Edit {
@@ -80,6 +91,7 @@ const ENQUIRIES: &[Enquiry] = &[
     Enquiry {
         id: "E-1044",
         customer: "Marc",
+        tier: "gold",
         endpoint: "double-charge",
         text: "You charged me twice for order #8790!",
         review: Review::Reject(
@@ -152,6 +164,25 @@ async fn main() -> anyhow::Result<()> {
             "reviewers": "support-leads",
         },
     ]))?;
+    // The same as `[[policies]]` tables in baton.toml (docs/governance.md).
+    config.policies = serde_json::from_value(serde_json::json!([
+        {
+            "name": "pii",
+            "stage": "input",
+            "rules": [
+                {"name": "contacts", "detect": ["email", "phone"], "outcome": "redact"}
+            ]
+        },
+        {
+            "name": "guest-replies",
+            "stage": "output",
+            "when": {"tier": "guest"},
+            "rules": [
+                {"name": "own-links-only", "allowed_domains": ["kettleandco.example"],
+                 "outcome": "redact"}
+            ]
+        }
+    ]))?;
     let runtime = Runtime::builder(config).start().await?;
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;
@@ -187,7 +218,11 @@ async fn main() -> anyhow::Result<()> {
             .start_session(v1::StartSessionRequest {
                 system_prompt: SYSTEM_PROMPT.into(),
                 route: enquiry.endpoint.into(),
-                metadata: [("enquiry".to_string(), enquiry.id.to_string())].into(),
+                metadata: [
+                    ("enquiry".to_string(), enquiry.id.to_string()),
+                    ("tier".to_string(), enquiry.tier.to_string()),
+                ]
+                .into(),
                 ..Default::default()
             })
             .await?
@@ -362,6 +397,18 @@ async fn follow(ticket: &mut Ticket) -> anyhow::Result<Outcome> {
                 println!("  ⏸ queued for {reviewers} (policy {policy:?}{confidence})");
                 ticket.history.push(format!("queued for {reviewers}"));
                 return Ok(Outcome::Queued);
+            }
+            EventKind::PolicyEvaluated { stage, hits, .. } => {
+                for h in hits {
+                    let kinds: Vec<&str> = h.matches.iter().map(|m| m.kind.as_str()).collect();
+                    println!(
+                        "  policy {}/{} ({stage}): {} {}",
+                        h.policy,
+                        h.rule,
+                        h.outcome,
+                        kinds.join(", ")
+                    );
+                }
             }
             EventKind::TurnCompleted { .. } => return Ok(Outcome::Sent),
             EventKind::TurnFailed { reason, .. } => {

@@ -224,34 +224,35 @@ impl Caller {
             return Ok(());
         };
         let shared = self.rt.shared();
+        // Token windows: the key strings are built only for a limit that is set.
         let now = std::time::Instant::now();
-        let windows = [
-            (
-                t.tokens_per_minute,
-                &shared.tenant_tokens,
-                t.name.clone(),
-                format!("tenant {:?}", t.name),
-                "tokens_per_minute",
-            ),
-            (
-                t.key_tokens_per_minute,
-                &shared.principal_tokens,
-                crate::spend::principal_meter_key(&t.name, &self.label),
-                self.label.clone(),
-                "key_tokens_per_minute",
-            ),
-        ];
-        for (limit, meter, key, who, field) in windows {
-            let Some(limit) = limit else { continue };
-            let (used, wait) = meter.used(&key, now);
+        let over = |who: &str, used: u64, limit: u64, field: &str, wait: std::time::Duration| {
+            Error::RateLimited {
+                message: format!(
+                    "{who} used {used} tokens in the last minute, its limit of {limit} (tenants {:?}: {field})",
+                    t.name
+                ),
+                retry_after_secs: wait.as_secs().max(1),
+            }
+        };
+        if let Some(limit) = t.tokens_per_minute {
+            let (used, wait) = shared.tenant_tokens.used(&t.name, now);
             if used >= limit {
-                return Err(Error::RateLimited {
-                    message: format!(
-                        "{who} used {used} tokens in the last minute, its limit of {limit} (tenants {:?}: {field})",
-                        t.name
-                    ),
-                    retry_after_secs: wait.as_secs().max(1),
-                });
+                let who = format!("tenant {:?}", t.name);
+                return Err(over(&who, used, limit, "tokens_per_minute", wait));
+            }
+        }
+        if let Some(limit) = t.key_tokens_per_minute {
+            let key = crate::spend::principal_meter_key(&t.name, &self.label);
+            let (used, wait) = shared.principal_tokens.used(&key, now);
+            if used >= limit {
+                return Err(over(
+                    &self.label,
+                    used,
+                    limit,
+                    "key_tokens_per_minute",
+                    wait,
+                ));
             }
         }
         let now_ms = baton_types::now_unix_ms();

@@ -13,6 +13,7 @@ use ractor::ActorRef;
 use super::ctx::SessionCtx;
 use super::msg::SessionMsg;
 use super::redaction::Redaction;
+use crate::state::SessionState;
 
 /// What the input policies decided for a model call.
 pub(crate) enum Screened {
@@ -42,30 +43,25 @@ fn mask(text: &str, found: &[Finding]) -> String {
     out
 }
 
-impl SessionCtx {
-    /// The policies' view of this session: its tenant, route and metadata.
-    fn policy_subject(&self) -> (String, String, std::collections::BTreeMap<String, String>) {
-        let state = &self.durable.state;
-        (
-            state.tenant.clone(),
-            state.route.clone(),
-            state.metadata.clone(),
-        )
+/// The policies' view of a session: its tenant, route and metadata (and,
+/// at the tool stages, the tool), borrowed from its state.
+fn subject_of<'a>(state: &'a SessionState, tool: Option<&'a str>) -> Subject<'a> {
+    Subject {
+        tenant: &state.tenant,
+        route: &state.route,
+        metadata: &state.metadata,
+        tool,
     }
+}
 
+impl SessionCtx {
     /// Whether output policies apply: then the answer is held until it is
     /// checked (no deltas are streamed).
     pub(super) fn holds_output(&self) -> bool {
-        let (tenant, route, metadata) = self.policy_subject();
-        self.env.shared.policies.applies(
-            Stage::Output,
-            &Subject {
-                tenant: &tenant,
-                route: &route,
-                metadata: &metadata,
-                tool: None,
-            },
-        )
+        self.env
+            .shared
+            .policies
+            .applies(Stage::Output, &subject_of(&self.durable.state, None))
     }
 
     /// Tool-argument policies on the tool calls of a model answer (`kinds`,
@@ -74,11 +70,10 @@ impl SessionCtx {
     /// same batch, so it never runs (nor reaches a client) and the model
     /// sees why.
     pub(super) fn screen_tool_calls(&self, turn: u64, kinds: &mut Vec<EventKind>) {
-        let policies = self.env.shared.policies.clone();
+        let policies = &self.env.shared.policies;
         if policies.is_empty() {
             return;
         }
-        let (tenant, route, metadata) = self.policy_subject();
         let mut out = Vec::with_capacity(kinds.len());
         for k in kinds.drain(..) {
             let mut extra = Vec::new();
@@ -89,12 +84,7 @@ impl SessionCtx {
                 ..
             } = &k
             {
-                let subject = Subject {
-                    tenant: &tenant,
-                    route: &route,
-                    metadata: &metadata,
-                    tool: Some(name),
-                };
+                let subject = subject_of(&self.durable.state, Some(name));
                 let v = policies.evaluate(Stage::ToolArguments, &subject, arguments);
                 if !v.hits.is_empty() {
                     extra.push(EventKind::PolicyEvaluated {
@@ -139,13 +129,7 @@ impl SessionCtx {
         if policies.is_empty() {
             return None;
         }
-        let (tenant, route, metadata) = self.policy_subject();
-        let subject = Subject {
-            tenant: &tenant,
-            route: &route,
-            metadata: &metadata,
-            tool: Some(name),
-        };
+        let subject = subject_of(&self.durable.state, Some(name));
         let v = policies.evaluate(Stage::ToolResult, &subject, output);
         if v.hits.is_empty() {
             return None;
@@ -169,20 +153,14 @@ impl SessionCtx {
     /// the turn; `revise` withholds it and asks the model again with the
     /// rule's instruction, at most `governance.max_revisions` times, then
     /// blocks.
-    pub(super) fn screen_output(&mut self, turn: u64, kinds: &mut Vec<EventKind>) {
+    pub(super) fn screen_output(&self, turn: u64, kinds: &mut Vec<EventKind>) {
         let Some(EventKind::AssistantMessage { message, .. }) = kinds.first_mut() else {
             return;
         };
         if !message.tool_calls.is_empty() {
             return;
         }
-        let (tenant, route, metadata) = self.policy_subject();
-        let subject = Subject {
-            tenant: &tenant,
-            route: &route,
-            metadata: &metadata,
-            tool: None,
-        };
+        let subject = subject_of(&self.durable.state, None);
         let shared = &self.env.shared;
         if !shared.policies.applies(Stage::Output, &subject) {
             return;
@@ -250,34 +228,28 @@ impl SessionCtx {
         input: Option<&str>,
     ) -> Screened {
         let policies = self.env.shared.policies.clone();
-        let state = &self.durable.state;
-        let (tenant, route, metadata) = (
-            state.tenant.clone(),
-            state.route.clone(),
-            state.metadata.clone(),
-        );
-        let subject = Subject {
-            tenant: &tenant,
-            route: &route,
-            metadata: &metadata,
-            tool: None,
-        };
-        let pass = Screened::Pass {
-            data_classes: Vec::new(),
-            redaction: None,
-        };
-        if !policies.applies(Stage::Input, &subject) {
-            return pass;
+        if !policies.applies(Stage::Input, &subject_of(&self.durable.state, None)) {
+            return Screened::Pass {
+                data_classes: Vec::new(),
+                redaction: None,
+            };
         }
+        let mut cache = std::mem::take(&mut self.model.screened);
+        // The new message's verdict goes into the cache, so screening the
+        // whole request below does not evaluate it again.
         if let Some(text) = input {
-            let v = policies.evaluate(Stage::Input, &subject, text);
+            let state = &self.durable.state;
+            let v = cache.get_or_eval(text, || {
+                policies.evaluate(Stage::Input, &subject_of(state, None), text)
+            });
             if !v.hits.is_empty() {
                 let record = EventKind::PolicyEvaluated {
                     turn,
                     stage: Stage::Input,
-                    hits: v.hits,
+                    hits: v.hits.clone(),
                 };
-                if let Some(b) = v.blocked {
+                if let Some(b) = &v.blocked {
+                    self.model.screened = cache;
                     tracing::info!(
                         session = %self.env.id, turn, policy = %b.policy, rule = %b.rule,
                         "input blocked by policy"
@@ -288,7 +260,7 @@ impl SessionCtx {
                             record,
                             EventKind::TurnFailed {
                                 turn,
-                                reason: b.message,
+                                reason: b.message.clone(),
                                 code: TurnFailureCode::PolicyBlocked,
                             },
                         ],
@@ -299,10 +271,10 @@ impl SessionCtx {
                 self.stage(record);
             }
         }
+        let subject = subject_of(&self.durable.state, None);
         let mut names = Pseudonyms::default();
         let mut data_classes: Vec<String> = Vec::new();
         let mut restore = true;
-        let mut cache = std::mem::take(&mut self.model.screened);
         let mut screen = |text: &mut String| {
             let v = cache.get_or_eval(text, || policies.evaluate(Stage::Input, &subject, text));
             for c in &v.data_classes {

@@ -23,19 +23,24 @@ impl SessionCtx {
     /// one batch, so one fsync).
     pub fn stage(&mut self, kind: EventKind) {
         let state = &mut self.durable.state;
-        // Tokens of an answer count against the principal who sent the turn
-        // (`key_tokens_per_minute`); a replay's answers are recorded ones.
+        // Tokens of an answer count against the tenant (`tokens_per_minute`)
+        // and the principal who sent the turn (`key_tokens_per_minute`); a
+        // replay's answers are recorded ones.
         if let EventKind::AssistantMessage { turn, usage, .. } = &kind
             && state.replay_of.is_none()
-            && let Some(c) = state.current.as_ref().filter(|c| c.turn == *turn)
         {
             let tokens = usage.input_tokens + usage.output_tokens;
             if tokens > 0 {
-                self.env.shared.principal_tokens.add(
-                    &crate::spend::principal_meter_key(&state.tenant, &c.by),
-                    tokens,
-                    std::time::Instant::now(),
-                );
+                let shared = &self.env.shared;
+                let now = std::time::Instant::now();
+                shared.tenant_tokens.add(&state.tenant, tokens, now);
+                if let Some(c) = state.current.as_ref().filter(|c| c.turn == *turn) {
+                    shared.principal_tokens.add(
+                        &crate::spend::principal_meter_key(&state.tenant, &c.by),
+                        tokens,
+                        now,
+                    );
+                }
             }
         }
         let seq = state.last_seq + 1;
@@ -99,12 +104,12 @@ impl SessionCtx {
             batch.put_audit_pending(&id, audited);
         }
         if input + output > 0 && self.durable.state.replay_of.is_none() {
-            let tenant = &self.durable.state.tenant;
-            self.env
-                .shared
-                .tenant_tokens
-                .add(tenant, input + output, std::time::Instant::now());
-            baton_metrics::metrics().tenant_usage(tenant, input, output, priced);
+            baton_metrics::metrics().tenant_usage(
+                &self.durable.state.tenant,
+                input,
+                output,
+                priced,
+            );
         }
         // A replay's answers are recorded ones: nothing was spent.
         if priced > 0.0 && self.durable.state.replay_of.is_none() {

@@ -622,3 +622,288 @@ async fn tool_policies_block_arguments_and_mask_results_through_sigkill() {
     }
     server.terminate().await.unwrap();
 }
+
+/// Classifier and evaluator routes, refusals and gates, on a real binary
+/// with a fake main model and a fake "judge" model (both record what they
+/// got): an off-purpose message is refused without reaching the main model
+/// and its label is cached by content; the classifier sees pseudonyms, not
+/// values; an evaluator's FAIL sends the answer back with its reason; gate
+/// rules hold the input, the answer and a tool call for a reviewer; a
+/// SIGKILL while the classifier is out re-asks it and calls the main model
+/// once, and a gate pending at a SIGKILL is still there to be decided.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classifiers_evaluators_refusals_and_gates_through_sigkill() {
+    use baton::proto::v1::gates_client::GatesClient;
+    use baton::types::ToolCall;
+    use baton_testkit::fake_openai::ScriptedReply;
+
+    let fake = FakeOpenAi::start().await.unwrap();
+    let judge = FakeOpenAi::start().await.unwrap();
+    let toml = format!(
+        r#"
+[sessions]
+default_route = "main"
+
+[tools.builtin]
+calculator = true
+
+[[models]]
+name = "fake"
+provider = "openai"
+base_url = {fake:?}
+model = "fake-model"
+timeout_ms = 120000
+
+[[models]]
+name = "judge"
+provider = "openai"
+base_url = {judge:?}
+model = "judge-model"
+timeout_ms = 120000
+price_input_per_mtok = 1000.0
+price_output_per_mtok = 1000.0
+
+[[routes]]
+name = "main"
+endpoints = ["fake"]
+
+[[policies]]
+name = "pii"
+stage = "input"
+[[policies.rules]]
+name = "contacts"
+detect = ["email"]
+outcome = "redact"
+
+[[policies]]
+name = "purpose"
+stage = "input"
+[[policies.rules]]
+name = "intent"
+classifier_route = "judge"
+labels = ["billing", "orders", "other"]
+instructions = "billing: invoices and payments; orders: deliveries."
+allowed_labels = ["billing", "orders"]
+outcome = "refuse"
+message = "I can only help with billing and orders."
+[[policies.rules]]
+name = "legal"
+keywords = ["lawsuit"]
+outcome = "gate"
+reviewers = "legal"
+
+[[policies]]
+name = "grounding"
+stage = "output"
+[[policies.rules]]
+name = "judged"
+evaluator_route = "judge"
+outcome = "revise"
+
+[[policies]]
+name = "guests"
+stage = "output"
+when = {{ tier = "guest" }}
+[[policies.rules]]
+name = "refunds"
+keywords = ["refund"]
+outcome = "gate"
+reviewers = "support"
+
+[[policies]]
+name = "big-sums"
+stage = "tool_arguments"
+tools = ["calculator"]
+[[policies.rules]]
+name = "millions"
+regex = "[0-9]{{7,}}"
+outcome = "gate"
+reviewers = "finance"
+"#,
+        fake = fake.base_url(),
+        judge = judge.base_url(),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &dir.path().join("data"), &toml).unwrap();
+    let server = BatonProcess::start(bin(), &path).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    let approve = |gate_id: String| v1::DecideGateRequest {
+        gate_id,
+        decision: v1::GateDecision::Approve as i32,
+        reviewer: "rev".into(),
+        reason: String::new(),
+        edited_payload: String::new(),
+    };
+    let gate_of = |events: &[SessionEvent]| -> (String, String, String) {
+        match events.last().map(|e| &e.kind) {
+            Some(EventKind::GateOpened {
+                gate_id,
+                reviewers,
+                reason,
+                ..
+            }) => (gate_id.to_string(), reviewers.clone(), reason.clone()),
+            other => panic!("expected a gate, got {other:?}"),
+        }
+    };
+    let until_gate = |events: &SessionEvent| e_is_gate(events);
+
+    // On purpose: the classifier sees the placeholder, the evaluator
+    // passes the answer, and the checks' cost is journaled.
+    let a = start_with(&mut c, "main", &[]).await;
+    judge.push_reply(ScriptedReply::Text("billing".into()));
+    fake.push_reply(ScriptedReply::Text("Your invoice is paid.".into()));
+    judge.push_reply(ScriptedReply::Text("PASS".into()));
+    let t = turn(&mut c, &a, &format!("I am {EMAIL}; is my invoice paid?")).await;
+    assert_eq!(answer(&t), "Your invoice is paid.");
+    let asked = judge.received();
+    assert_eq!(asked.len(), 2, "one classifier and one evaluator call");
+    assert!(!sent(&judge).contains(EMAIL), "{}", sent(&judge));
+    assert!(asked[0].to_string().contains("<EMAIL_1>"), "{}", asked[0]);
+    assert!(
+        asked[0].to_string().contains("billing, orders, other"),
+        "{}",
+        asked[0]
+    );
+    let cost: f64 = t
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::PolicyEvaluated { cost_usd, .. } => *cost_usd,
+            _ => None,
+        })
+        .sum();
+    assert!(cost > 0.0, "{:?}", kinds(&t));
+
+    // Off purpose: refused, the main model never asked; the same text in
+    // another session is labelled from the cache.
+    let main_calls = fake.requests();
+    judge.push_reply(ScriptedReply::Text("other".into()));
+    let t = turn(&mut c, &a, "what is the weather in Paris?").await;
+    assert_eq!(answer(&t), "I can only help with billing and orders.");
+    assert_eq!(kinds(&t).last(), Some(&"turn_completed"));
+    assert_eq!(fake.requests(), main_calls);
+    let judged = judge.requests();
+    let b = start_with(&mut c, "main", &[]).await;
+    let t = turn(&mut c, &b, "what is the weather in Paris?").await;
+    assert_eq!(answer(&t), "I can only help with billing and orders.");
+    assert_eq!(judge.requests(), judged, "labelled from the cache");
+    assert_eq!(fake.requests(), main_calls);
+    let hit = policy_records(&t)
+        .into_iter()
+        .find_map(|k| match k {
+            EventKind::PolicyEvaluated { hits, .. } => hits.first().cloned(),
+            _ => None,
+        })
+        .unwrap();
+    assert_eq!(hit.outcome, PolicyOutcome::Refuse);
+    assert_eq!(hit.matches[0].kind, "classifier_route:judge");
+
+    // The evaluator fails the first answer: it is sent back with the reason.
+    judge.push_reply(ScriptedReply::Text("orders".into()));
+    fake.push_reply(ScriptedReply::Text("It shipped yesterday.".into()));
+    judge.push_reply(ScriptedReply::Text(
+        "FAIL: no shipping date is in the context".into(),
+    ));
+    fake.push_reply(ScriptedReply::Text("I cannot see a shipping date.".into()));
+    judge.push_reply(ScriptedReply::Text("PASS".into()));
+    let t = turn(&mut c, &a, "when did my order ship?").await;
+    assert_eq!(answer(&t), "I cannot see a shipping date.");
+    let revised = fake.received().last().unwrap().to_string();
+    assert!(
+        revised.contains("no shipping date is in the context")
+            && !revised.contains("It shipped yesterday"),
+        "{revised}"
+    );
+
+    // An input gate: nothing reaches the main model until approved.
+    let mut gates = GatesClient::new(
+        tonic::transport::Channel::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let main_calls = fake.requests();
+    judge.push_reply(ScriptedReply::Text("billing".into()));
+    let mut s = send(&mut c, &a, "is the lawsuit about my invoice?").await;
+    let (gate, reviewers, reason) = gate_of(&read_until(&mut s, until_gate).await);
+    assert_eq!(reviewers, "legal");
+    assert!(reason.contains("\"purpose\" rule \"legal\""), "{reason}");
+    assert_eq!(fake.requests(), main_calls);
+    fake.push_reply(ScriptedReply::Text("No lawsuit concerns it.".into()));
+    judge.push_reply(ScriptedReply::Text("PASS".into()));
+    gates.decide_gate(approve(gate)).await.unwrap();
+    let t = read_until(&mut s, |e| e.ends_turn()).await;
+    assert_eq!(answer(&t), "No lawsuit concerns it.");
+
+    // An output gate for guests, pending through a SIGKILL.
+    let g = start_with(&mut c, "main", &[("tier", "guest")]).await;
+    judge.push_reply(ScriptedReply::Text("billing".into()));
+    fake.push_reply(ScriptedReply::Text("You will get a refund.".into()));
+    judge.push_reply(ScriptedReply::Text("PASS".into()));
+    let mut s = send(&mut c, &g, "money back for my invoice?").await;
+    let (_, reviewers, _) = gate_of(&read_until(&mut s, until_gate).await);
+    assert_eq!(reviewers, "support");
+
+    // A tool call over the limit waits for finance.
+    let tc = start_with(&mut c, "main", &[]).await;
+    judge.push_reply(ScriptedReply::Text("billing".into()));
+    fake.push_reply(ScriptedReply::ToolCalls(vec![ToolCall {
+        id: "t1".into(),
+        name: "calculator".into(),
+        arguments: r#"{"expression":"12000000*2"}"#.into(),
+    }]));
+    let mut s2 = send(&mut c, &tc, "double my invoice total").await;
+    let (_, reviewers, _) = gate_of(&read_until(&mut s2, until_gate).await);
+    assert_eq!(reviewers, "finance");
+
+    // SIGKILL while the classifier is out, with both gates pending.
+    let judged = judge.requests();
+    judge.push_fault(Fault::Hang);
+    let k = start_with(&mut c, "main", &[]).await;
+    let s3 = send(&mut c, &k, "where is my order?").await;
+    drop(s);
+    drop(s2);
+    let (server, mut c) = kill_once_hung(server, &judge, judged + 1, s3, &path).await;
+    let mut gates = GatesClient::new(
+        tonic::transport::Channel::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let main_calls = fake.requests();
+    judge.push_reply(ScriptedReply::Text("orders".into()));
+    fake.push_reply(ScriptedReply::Text("It is on its way.".into()));
+    judge.push_reply(ScriptedReply::Text("PASS".into()));
+    let all = to_turn_end(&mut c, &k).await;
+    assert_eq!(answer(&all), "It is on its way.");
+    assert_eq!(fake.requests(), main_calls + 1, "the main model asked once");
+    // The gates survived: approve both; the held answer is released as
+    // it was, and the calculator runs.
+    let pending: Vec<v1::Gate> = gates
+        .list_gates(v1::ListGatesRequest {
+            status: v1::GateStatus::Pending as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .gates;
+    assert_eq!(pending.len(), 2, "{pending:?}");
+    fake.push_reply(ScriptedReply::Text("It is 24000000.".into()));
+    judge.push_reply(ScriptedReply::Text("PASS".into()));
+    for p in pending {
+        gates.decide_gate(approve(p.gate_id)).await.unwrap();
+    }
+    let t = to_turn_end(&mut c, &g).await;
+    assert_eq!(answer(&t), "You will get a refund.");
+    assert_eq!(kinds(&t).last(), Some(&"turn_completed"));
+    let t = to_turn_end(&mut c, &tc).await;
+    assert!(kinds(&t).contains(&"tool_call_started"), "{:?}", kinds(&t));
+    assert_eq!(answer(&t), "It is 24000000.");
+    server.terminate().await.unwrap();
+}
+
+fn e_is_gate(e: &SessionEvent) -> bool {
+    e.kind.name() == "gate_opened" || e.ends_turn()
+}

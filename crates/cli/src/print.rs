@@ -395,7 +395,12 @@ pub fn describe(e: &SessionEvent) -> String {
                 "turn {turn} output so far RETRACTED (continues as attempt {attempt}): {reason}"
             )
         }
-        EventKind::PolicyEvaluated { turn, stage, hits } => {
+        EventKind::PolicyEvaluated {
+            turn,
+            stage,
+            hits,
+            cost_usd,
+        } => {
             let hits: Vec<String> = hits
                 .iter()
                 .map(|h| {
@@ -413,7 +418,15 @@ pub fn describe(e: &SessionEvent) -> String {
                     )
                 })
                 .collect();
-            format!("turn {turn} policies at {stage}: {}", hits.join("; "))
+            let hits = if hits.is_empty() {
+                "no rule matched".to_string()
+            } else {
+                hits.join("; ")
+            };
+            match cost_usd {
+                Some(usd) => format!("turn {turn} policies at {stage}: {hits} (checks ${usd:.6})"),
+                None => format!("turn {turn} policies at {stage}: {hits}"),
+            }
         }
     };
     format!("#{:<4} {body}", e.seq)

@@ -10,10 +10,13 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
+use crate::check::{Answer, Check, Via};
 use crate::detect::{Builtin, CustomPattern, DetectorSet, Finding, Kind};
 use crate::error::{Error, Result};
 
-pub use baton_types::{PolicyHit, PolicyMatch, PolicyOutcome as Outcome, PolicyStage as Stage};
+pub use baton_types::{
+    PolicyHit, PolicyMatch, PolicyOutcome as Outcome, PolicyStage as Stage, TimeoutAction,
+};
 
 /// `[[policies]]`.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -79,9 +82,49 @@ pub struct RuleConfig {
     #[serde(default = "yes")]
     pub restore: bool,
     /// For `block`: the message the client gets; for `revise`: what the
-    /// model is told (default: names the policy, the rule and what matched).
+    /// model is told (default: names the policy, the rule and what matched);
+    /// for `refuse` (required): the answer the client gets instead of the
+    /// model's.
     #[serde(default)]
     pub message: Option<String>,
+    /// Input and output: a classifier the embedder registered
+    /// (`RuntimeBuilder::with_policy_classifier`) labels the text.
+    #[serde(default)]
+    pub classifier: Option<String>,
+    /// Input and output: a model route labels the text with one of
+    /// `labels` (results cached per content hash).
+    #[serde(default)]
+    pub classifier_route: Option<String>,
+    /// The labels a classifier chooses from (required for a route).
+    #[serde(default)]
+    pub labels: Vec<String>,
+    /// What a classifier route is told about the labels (e.g. the
+    /// application's purposes).
+    #[serde(default)]
+    pub instructions: Option<String>,
+    /// The rule matches when the label is one of these.
+    #[serde(default)]
+    pub match_labels: Vec<String>,
+    /// The rule matches when the label is none of these: an intent check
+    /// against the application's allowed purposes.
+    #[serde(default)]
+    pub allowed_labels: Vec<String>,
+    /// Output: a model route asked whether the answer passes (`PASS`, or
+    /// `FAIL: reason`); the rule matches on anything but PASS.
+    #[serde(default)]
+    pub evaluator_route: Option<String>,
+    /// The evaluator's prompt; `{question}` and `{answer}` are replaced.
+    #[serde(default)]
+    pub evaluator_prompt: Option<String>,
+    /// For `gate`: the reviewer group that decides the gate (required).
+    #[serde(default)]
+    pub reviewers: Option<String>,
+    /// For `gate`: how long the gate waits for a decision; 0: no limit.
+    #[serde(default)]
+    pub timeout_ms: u64,
+    /// For `gate`: what a timeout decides (`reject` or `approve`).
+    #[serde(default)]
+    pub on_timeout: TimeoutAction,
 }
 
 fn yes() -> bool {
@@ -136,6 +179,10 @@ pub struct Verdict {
     pub restore: bool,
     /// Data classes the text adds to the call.
     pub data_classes: Vec<String>,
+    /// The first `refuse` rule, with the answer the client gets.
+    pub refused: Option<Blocked>,
+    /// The first `gate` rule: a human decides before it goes on.
+    pub gate: Option<Held>,
 }
 
 /// A blocking (or revising) rule and what the client (or model) is told.
@@ -144,6 +191,35 @@ pub struct Blocked {
     pub policy: String,
     pub rule: String,
     pub message: String,
+}
+
+/// A `gate` rule that matched: who decides, and for how long.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Held {
+    pub policy: String,
+    pub rule: String,
+    /// Why, for the reviewer.
+    pub message: String,
+    pub gate: GateSpec,
+}
+
+/// The gate of a `gate` rule.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GateSpec {
+    pub reviewers: String,
+    pub timeout_ms: u64,
+    pub on_timeout: TimeoutAction,
+}
+
+/// How a rule reads the answer to its check.
+#[derive(Debug, Clone, PartialEq)]
+enum AnswerMatch {
+    /// The label is one of these.
+    In(Vec<String>),
+    /// The label is none of these.
+    NotIn(Vec<String>),
+    /// The evaluator failed the answer.
+    Fails,
 }
 
 struct Rule {
@@ -157,6 +233,9 @@ struct Rule {
     data_class: Option<String>,
     restore: bool,
     message: Option<String>,
+    /// The check it asks (an index into `Policies::checks`).
+    check: Option<(usize, AnswerMatch)>,
+    gate: Option<GateSpec>,
 }
 
 struct Policy {
@@ -193,6 +272,8 @@ pub struct Policies {
     policies: Vec<Policy>,
     /// One detector set per stage with policies.
     detectors: Vec<(Stage, DetectorSet)>,
+    /// Every distinct check the rules ask.
+    checks: Vec<Check>,
 }
 
 impl std::fmt::Debug for Policies {
@@ -213,6 +294,8 @@ pub const SUPPORTED: &[(Stage, &[Outcome])] = &[
             Outcome::Redact,
             Outcome::Block,
             Outcome::Tag,
+            Outcome::Gate,
+            Outcome::Refuse,
         ],
     ),
     (
@@ -222,9 +305,13 @@ pub const SUPPORTED: &[(Stage, &[Outcome])] = &[
             Outcome::Redact,
             Outcome::Block,
             Outcome::Revise,
+            Outcome::Gate,
         ],
     ),
-    (Stage::ToolArguments, &[Outcome::Allow, Outcome::Block]),
+    (
+        Stage::ToolArguments,
+        &[Outcome::Allow, Outcome::Block, Outcome::Gate],
+    ),
     (
         Stage::ToolResult,
         &[Outcome::Allow, Outcome::Redact, Outcome::Block],
@@ -233,8 +320,20 @@ pub const SUPPORTED: &[(Stage, &[Outcome])] = &[
 
 impl Policies {
     /// Check and compile `[[policies]]`; errors name the field
-    /// (`policies[0].rules[1].regex`).
+    /// (`policies[0].rules[1].regex`). Rules naming a `classifier` need
+    /// [`Self::compile_with`].
     pub fn compile(configs: &[PolicyConfig], settings: &GovernanceConfig) -> Result<Policies> {
+        Self::compile_with(configs, settings, &[])
+    }
+
+    /// [`Self::compile`], with the names of the classifiers the embedder
+    /// registered.
+    pub fn compile_with(
+        configs: &[PolicyConfig],
+        settings: &GovernanceConfig,
+        classifiers: &[&str],
+    ) -> Result<Policies> {
+        let mut checks: Vec<Check> = Vec::new();
         let mut policies = Vec::new();
         let mut patterns: BTreeMap<Stage, (Vec<Builtin>, Vec<CustomPattern>)> = BTreeMap::new();
         let mut names = std::collections::HashSet::new();
@@ -341,13 +440,67 @@ impl Policies {
                     )),
                     None => None,
                 };
-                if kinds.is_empty()
-                    && rc.max_chars.is_none()
-                    && output_only.iter().all(|(_, set)| !set)
-                {
+                let check = compile_check(pc.stage, rc, classifiers, &mut checks)
+                    .map_err(|(key, problem)| bad(&rf(key), problem))?;
+                let checks_text = !kinds.is_empty()
+                    || rc.max_chars.is_some()
+                    || output_only.iter().any(|(_, set)| *set);
+                if check.is_some() && checks_text {
+                    return Err(bad(
+                        &rf("classifier"),
+                        "a classifier or evaluator rule checks nothing else; put detectors and patterns in a rule of their own".into(),
+                    ));
+                }
+                if check.is_none() && !checks_text {
                     return Err(bad(
                         &rf("detect"),
-                        "a rule needs detect, regex, keywords or max_chars (or, for output, require, json_schema or allowed_domains)".into(),
+                        "a rule needs detect, regex, keywords, max_chars, classifier or classifier_route (or, for output, require, json_schema, allowed_domains or evaluator_route)".into(),
+                    ));
+                }
+                if check.is_some() && rc.outcome == Outcome::Redact {
+                    return Err(bad(
+                        &rf("outcome"),
+                        "a classifier or evaluator finds no positions to redact; use block, refuse, gate, tag or revise".into(),
+                    ));
+                }
+                let gate = match (&rc.reviewers, rc.outcome) {
+                    (Some(r), Outcome::Gate) if !r.trim().is_empty() => {
+                        if rc.on_timeout == TimeoutAction::Escalate {
+                            return Err(bad(
+                                &rf("on_timeout"),
+                                "a policy gate times out to reject or approve".into(),
+                            ));
+                        }
+                        Some(GateSpec {
+                            reviewers: r.clone(),
+                            timeout_ms: rc.timeout_ms,
+                            on_timeout: rc.on_timeout,
+                        })
+                    }
+                    (_, Outcome::Gate) => {
+                        return Err(bad(
+                            &rf("reviewers"),
+                            "a gate rule needs the reviewer group that decides its gates".into(),
+                        ));
+                    }
+                    (Some(_), _) => {
+                        return Err(bad(&rf("reviewers"), "applies to outcome gate only".into()));
+                    }
+                    (None, _) => None,
+                };
+                if gate.is_none() && (rc.timeout_ms > 0 || rc.on_timeout != TimeoutAction::Reject) {
+                    return Err(bad(
+                        &rf("timeout_ms"),
+                        "timeout_ms and on_timeout apply to outcome gate only".into(),
+                    ));
+                }
+                if rc.outcome == Outcome::Refuse
+                    && rc.message.as_deref().is_none_or(|m| m.trim().is_empty())
+                {
+                    return Err(bad(
+                        &rf("message"),
+                        "a refuse rule needs the message the client gets instead of an answer"
+                            .into(),
                     ));
                 }
                 if rc.outcome == Outcome::Redact && (require.is_some() || schema.is_some()) {
@@ -358,11 +511,14 @@ impl Policies {
                 }
                 if rc.outcome == Outcome::Tag
                     && rc.data_class.is_none()
-                    && (rc.regex.is_some() || !rc.keywords.is_empty() || rc.max_chars.is_some())
+                    && (rc.regex.is_some()
+                        || !rc.keywords.is_empty()
+                        || rc.max_chars.is_some()
+                        || check.is_some())
                 {
                     return Err(bad(
                         &rf("data_class"),
-                        "a tag rule with regex, keywords or max_chars needs a data_class".into(),
+                        "a tag rule with regex, keywords, max_chars or a classifier needs a data_class".into(),
                     ));
                 }
                 if rc.outcome == Outcome::Redact && rc.max_chars.is_some() {
@@ -386,6 +542,8 @@ impl Policies {
                     data_class: rc.data_class.clone(),
                     restore: rc.restore,
                     message: rc.message.clone(),
+                    check,
+                    gate,
                 });
             }
             policies.push(Policy {
@@ -419,7 +577,67 @@ impl Policies {
         Ok(Policies {
             policies,
             detectors,
+            checks,
         })
+    }
+
+    /// The checks (classifiers, evaluators) the rules of `stage` that apply
+    /// to `subject` ask, by id. `tags_only`: only those of `tag` rules (a
+    /// conversation's earlier messages, whose other outcomes were decided
+    /// when they were new).
+    pub fn checks(&self, stage: Stage, subject: &Subject<'_>, tags_only: bool) -> Vec<usize> {
+        let mut ids = Vec::new();
+        for p in self
+            .policies
+            .iter()
+            .filter(|p| p.stage == stage && p.applies(subject))
+        {
+            for r in &p.rules {
+                if let Some((id, _)) = &r.check
+                    && (!tags_only || r.outcome == Outcome::Tag)
+                    && !ids.contains(id)
+                {
+                    ids.push(*id);
+                }
+            }
+        }
+        ids
+    }
+
+    /// The check with this id.
+    pub fn check(&self, id: usize) -> Option<&Check> {
+        self.checks.get(id)
+    }
+
+    /// The gate of rule `rule` of policy `policy`, when it is a gate rule.
+    pub fn gate_of(&self, policy: &str, rule: &str) -> Option<&GateSpec> {
+        self.policies
+            .iter()
+            .find(|p| p.name == policy)?
+            .rules
+            .iter()
+            .find(|r| r.name == rule)?
+            .gate
+            .as_ref()
+    }
+
+    /// Routes the rules call (`classifier_route`, `evaluator_route`), with
+    /// the field naming each, for the runtime to check they exist.
+    pub fn routes_called(configs: &[PolicyConfig]) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (i, p) in configs.iter().enumerate() {
+            for (j, r) in p.rules.iter().enumerate() {
+                for (key, route) in [
+                    ("classifier_route", &r.classifier_route),
+                    ("evaluator_route", &r.evaluator_route),
+                ] {
+                    if let Some(route) = route {
+                        out.push((format!("policies[{i}].rules[{j}].{key}"), route.clone()));
+                    }
+                }
+            }
+        }
+        out
     }
 
     pub fn is_empty(&self) -> bool {
@@ -433,8 +651,22 @@ impl Policies {
             .any(|p| p.stage == stage && p.applies(subject))
     }
 
-    /// Evaluate `text` at `stage` for `subject`.
+    /// Evaluate `text` at `stage` for `subject`; rules that ask a check
+    /// (classifiers, evaluators) are left out.
     pub fn evaluate(&self, stage: Stage, subject: &Subject<'_>, text: &str) -> Verdict {
+        self.evaluate_with(stage, subject, text, &[])
+    }
+
+    /// Evaluate `text` at `stage` for `subject`, with the answers to the
+    /// checks asked of it (by check id); a rule whose check has no answer
+    /// here is left out.
+    pub fn evaluate_with(
+        &self,
+        stage: Stage,
+        subject: &Subject<'_>,
+        text: &str,
+        answers: &[(usize, Answer)],
+    ) -> Verdict {
         let mut v = Verdict {
             restore: true,
             ..Verdict::default()
@@ -490,6 +722,14 @@ impl Policies {
                     }
                     matches.extend(links);
                 }
+                if let Some((id, how)) = &r.check
+                    && let Some((_, answer)) = answers.iter().find(|(i, _)| i == id)
+                    && let Some(why) = answer_matches(answer, how)
+                {
+                    let kind = self.checks.get(*id).map(Check::kind).unwrap_or_default();
+                    matches.push(whole(&kind, text));
+                    detail = Some(why);
+                }
                 if matches.is_empty() {
                     continue;
                 }
@@ -504,6 +744,7 @@ impl Policies {
                         Outcome::Redact => "redacted",
                         Outcome::Tag => "tagged",
                         Outcome::Gate => "held",
+                        Outcome::Refuse => "refused",
                         Outcome::Allow => "noted",
                     };
                     let mut m = format!(
@@ -534,6 +775,23 @@ impl Policies {
                             rule: r.name.clone(),
                             message: message.clone(),
                         });
+                    }
+                    Outcome::Refuse if v.refused.is_none() => {
+                        v.refused = Some(Blocked {
+                            policy: p.name.clone(),
+                            rule: r.name.clone(),
+                            message: message.clone(),
+                        });
+                    }
+                    Outcome::Gate if v.gate.is_none() => {
+                        if let Some(g) = &r.gate {
+                            v.gate = Some(Held {
+                                policy: p.name.clone(),
+                                rule: r.name.clone(),
+                                message: message.clone(),
+                                gate: g.clone(),
+                            });
+                        }
                     }
                     Outcome::Redact => {
                         v.restore &= r.restore;
@@ -573,6 +831,142 @@ impl Policies {
         v.redact.sort_by_key(|f| (f.start, f.end));
         v.redact.dedup();
         v
+    }
+}
+
+/// Whether a check's answer makes its rule match, and why.
+fn answer_matches(answer: &Answer, how: &AnswerMatch) -> Option<String> {
+    match (answer, how) {
+        (Answer::Label(l), AnswerMatch::In(set)) => {
+            set.contains(l).then(|| format!("labelled {l:?}"))
+        }
+        (Answer::Label(l), AnswerMatch::NotIn(set)) => {
+            (!set.contains(l)).then(|| format!("labelled {l:?}, not one of {}", set.join(", ")))
+        }
+        (Answer::Fail(why), AnswerMatch::Fails) => Some(format!("the evaluator said: {why}")),
+        (Answer::Error(e), _) => Some(format!("the check failed, so the rule applies: {e}")),
+        _ => None,
+    }
+}
+
+/// The check a rule asks, validated and added to `checks` (shared with
+/// rules asking the same); errors name the key.
+fn compile_check(
+    stage: Stage,
+    rc: &RuleConfig,
+    classifiers: &[&str],
+    checks: &mut Vec<Check>,
+) -> std::result::Result<Option<(usize, AnswerMatch)>, (&'static str, String)> {
+    let via = match (&rc.classifier, &rc.classifier_route) {
+        (Some(_), Some(_)) => {
+            return Err((
+                "classifier_route",
+                "set either classifier or classifier_route, not both".into(),
+            ));
+        }
+        (Some(name), None) => {
+            if !classifiers.contains(&name.as_str()) {
+                return Err((
+                    "classifier",
+                    format!(
+                        "no policy classifier named {name:?} is registered (registered: {})",
+                        if classifiers.is_empty() {
+                            "none".to_string()
+                        } else {
+                            classifiers.join(", ")
+                        }
+                    ),
+                ));
+            }
+            Some(Via::Embedder(name.clone()))
+        }
+        (None, Some(route)) => Some(Via::Route(route.clone())),
+        (None, None) => None,
+    };
+    let on_checks = matches!(stage, Stage::Input | Stage::Output);
+    if let Some(via) = via {
+        if !on_checks {
+            return Err((
+                "classifier",
+                "classifiers apply at the stages input and output".into(),
+            ));
+        }
+        if rc.evaluator_route.is_some() {
+            return Err((
+                "evaluator_route",
+                "a rule asks a classifier or an evaluator, not both".into(),
+            ));
+        }
+        if matches!(via, Via::Route(_)) && rc.labels.len() < 2 {
+            return Err((
+                "labels",
+                "a classifier route needs at least two labels to choose from".into(),
+            ));
+        }
+        let how = match (rc.match_labels.is_empty(), rc.allowed_labels.is_empty()) {
+            (false, true) => AnswerMatch::In(rc.match_labels.clone()),
+            (true, false) => AnswerMatch::NotIn(rc.allowed_labels.clone()),
+            _ => {
+                return Err((
+                    "match_labels",
+                    "a classifier rule needs either match_labels or allowed_labels".into(),
+                ));
+            }
+        };
+        let (AnswerMatch::In(named) | AnswerMatch::NotIn(named)) = &how else {
+            unreachable!("built above as In or NotIn")
+        };
+        if !rc.labels.is_empty()
+            && let Some(l) = named.iter().find(|l| !rc.labels.contains(l))
+        {
+            return Err((
+                "match_labels",
+                format!("{l:?} is not one of the labels ({})", rc.labels.join(", ")),
+            ));
+        }
+        if rc.evaluator_prompt.is_some() {
+            return Err(("evaluator_prompt", "set without evaluator_route".into()));
+        }
+        let check = Check::Classify {
+            via,
+            labels: rc.labels.clone(),
+            instructions: rc.instructions.clone(),
+        };
+        return Ok(Some((intern(checks, check), how)));
+    }
+    let classifier_keys = [
+        ("labels", !rc.labels.is_empty()),
+        ("instructions", rc.instructions.is_some()),
+        ("match_labels", !rc.match_labels.is_empty()),
+        ("allowed_labels", !rc.allowed_labels.is_empty()),
+    ];
+    if let Some((key, _)) = classifier_keys.iter().find(|(_, set)| *set) {
+        return Err((key, "set without classifier or classifier_route".into()));
+    }
+    if let Some(route) = &rc.evaluator_route {
+        if stage != Stage::Output {
+            return Err(("evaluator_route", "applies to stage output only".into()));
+        }
+        let check = Check::Evaluate {
+            route: route.clone(),
+            prompt: rc.evaluator_prompt.clone(),
+        };
+        return Ok(Some((intern(checks, check), AnswerMatch::Fails)));
+    }
+    if rc.evaluator_prompt.is_some() {
+        return Err(("evaluator_prompt", "set without evaluator_route".into()));
+    }
+    Ok(None)
+}
+
+/// The id of `check`, added when new.
+fn intern(checks: &mut Vec<Check>, check: Check) -> usize {
+    match checks.iter().position(|c| *c == check) {
+        Some(i) => i,
+        None => {
+            checks.push(check);
+            checks.len() - 1
+        }
     }
 }
 
@@ -713,7 +1107,7 @@ message = "messages from guests are limited to 30 characters"
             err(
                 "[[policies]]\nname = \"p\"\nstage = \"input\"\n[[policies.rules]]\nname = \"r\"\noutcome = \"block\"\n"
             ),
-            "policies[0].rules[0].detect: a rule needs detect, regex, keywords or max_chars (or, for output, require, json_schema or allowed_domains)"
+            "policies[0].rules[0].detect: a rule needs detect, regex, keywords, max_chars, classifier or classifier_route (or, for output, require, json_schema, allowed_domains or evaluator_route)"
         );
         assert!(
             err("[[policies]]\nname = \"p\"\nstage = \"input\"\n[[policies.rules]]\nname = \"r\"\nregex = \"(\"\noutcome = \"block\"\n")
@@ -780,6 +1174,176 @@ outcome = "redact"
                 .unwrap_err()
                 .to_string()
                 .contains("rules[0].require: applies to stage output only")
+        );
+    }
+
+    #[test]
+    fn classifiers_evaluators_gates_and_refusals() {
+        let p = Policies::compile_with(
+            &toml::from_str::<std::collections::HashMap<String, Vec<PolicyConfig>>>(
+                r#"
+[[policies]]
+name = "purpose"
+stage = "input"
+[[policies.rules]]
+name = "intent"
+classifier_route = "cheap"
+labels = ["billing", "orders", "other"]
+allowed_labels = ["billing", "orders"]
+outcome = "refuse"
+message = "I can only help with billing and orders."
+[[policies.rules]]
+name = "health"
+classifier = "medical"
+match_labels = ["health"]
+outcome = "tag"
+data_class = "health"
+[[policies.rules]]
+name = "legal"
+keywords = ["lawsuit"]
+outcome = "gate"
+reviewers = "legal"
+timeout_ms = 60000
+
+[[policies]]
+name = "quality"
+stage = "output"
+[[policies.rules]]
+name = "grounded"
+evaluator_route = "cheap"
+outcome = "revise"
+[[policies.rules]]
+name = "same-intent"
+classifier_route = "cheap"
+labels = ["billing", "orders", "other"]
+allowed_labels = ["billing", "orders"]
+outcome = "gate"
+reviewers = "support"
+"#,
+            )
+            .unwrap()["policies"],
+            &GovernanceConfig::default(),
+            &["medical"],
+        )
+        .unwrap();
+        let none = BTreeMap::new();
+        let s = Subject {
+            tenant: "t",
+            route: "r",
+            metadata: &none,
+            tool: None,
+        };
+        // Input asks two checks; the output's classifier is the same
+        // question as the input's (one id), the evaluator another.
+        let input = p.checks(Stage::Input, &s, false);
+        assert_eq!(input.len(), 2);
+        let output = p.checks(Stage::Output, &s, false);
+        assert_eq!(output.len(), 2);
+        assert!(output.contains(&input[0]));
+        assert_eq!(p.checks(Stage::Input, &s, true), [input[1]]);
+        assert_eq!(p.check(input[0]).unwrap().kind(), "classifier_route:cheap");
+        // Without answers, check rules are left out.
+        let text = "what is the weather?";
+        assert!(p.evaluate(Stage::Input, &s, text).hits.is_empty());
+        let answers = [
+            (input[0], Answer::Label("other".into())),
+            (input[1], Answer::Label("health".into())),
+        ];
+        let v = p.evaluate_with(Stage::Input, &s, text, &answers);
+        assert_eq!(
+            v.refused.as_ref().unwrap().message,
+            "I can only help with billing and orders."
+        );
+        assert_eq!(v.data_classes, ["health"]);
+        assert_eq!(v.hits[0].matches[0].kind, "classifier_route:cheap");
+        // An allowed purpose passes; a failed classifier fails closed.
+        let ok = [(input[0], Answer::Label("billing".into()))];
+        assert!(
+            p.evaluate_with(Stage::Input, &s, text, &ok)
+                .refused
+                .is_none()
+        );
+        let down = [(input[0], Answer::Error("route cheap failed: 503".into()))];
+        let v = p.evaluate_with(Stage::Input, &s, text, &down);
+        assert!(v.refused.is_some());
+        assert!(v.hits[0].message.is_empty() || !v.hits[0].message.contains("weather"));
+        // A gate rule carries its reviewers.
+        let v = p.evaluate(Stage::Input, &s, "about the lawsuit");
+        let held = v.gate.unwrap();
+        assert_eq!(held.gate.reviewers, "legal");
+        assert_eq!(held.gate.timeout_ms, 60000);
+        assert_eq!(p.gate_of("purpose", "legal"), Some(&held.gate));
+        // The evaluator's FAIL revises, with its reason.
+        let evaluator = *output.iter().find(|i| **i != input[0]).unwrap();
+        let v = p.evaluate_with(
+            Stage::Output,
+            &s,
+            "answer",
+            &[(
+                evaluator,
+                Answer::Fail("not grounded in the context".into()),
+            )],
+        );
+        assert!(
+            v.revise
+                .unwrap()
+                .message
+                .contains("not grounded in the context"),
+        );
+        let v = p.evaluate_with(Stage::Output, &s, "answer", &[(evaluator, Answer::Pass)]);
+        assert!(v.hits.is_empty());
+    }
+
+    #[test]
+    fn bad_check_and_gate_rules_are_refused() {
+        let err = |rule: &str| {
+            compile(&format!(
+                "[[policies]]\nname = \"p\"\nstage = \"input\"\n[[policies.rules]]\nname = \"r\"\n{rule}"
+            ))
+            .unwrap_err()
+            .to_string()
+        };
+        assert_eq!(
+            err("classifier = \"x\"\nmatch_labels = [\"a\"]\noutcome = \"block\"\n"),
+            "policies[0].rules[0].classifier: no policy classifier named \"x\" is registered (registered: none)"
+        );
+        assert_eq!(
+            err("classifier_route = \"c\"\nlabels = [\"a\", \"b\"]\noutcome = \"block\"\n"),
+            "policies[0].rules[0].match_labels: a classifier rule needs either match_labels or allowed_labels"
+        );
+        assert_eq!(
+            err(
+                "classifier_route = \"c\"\nlabels = [\"a\", \"b\"]\nallowed_labels = [\"z\"]\noutcome = \"block\"\n"
+            ),
+            "policies[0].rules[0].match_labels: \"z\" is not one of the labels (a, b)"
+        );
+        assert_eq!(
+            err(
+                "classifier_route = \"c\"\nlabels = [\"a\", \"b\"]\nmatch_labels = [\"a\"]\noutcome = \"redact\"\n"
+            ),
+            "policies[0].rules[0].outcome: a classifier or evaluator finds no positions to redact; use block, refuse, gate, tag or revise"
+        );
+        assert_eq!(
+            err("evaluator_route = \"c\"\noutcome = \"block\"\n"),
+            "policies[0].rules[0].evaluator_route: applies to stage output only"
+        );
+        assert_eq!(
+            err("keywords = [\"x\"]\noutcome = \"gate\"\n"),
+            "policies[0].rules[0].reviewers: a gate rule needs the reviewer group that decides its gates"
+        );
+        assert_eq!(
+            err(
+                "keywords = [\"x\"]\noutcome = \"gate\"\nreviewers = \"r\"\non_timeout = \"escalate\"\n"
+            ),
+            "policies[0].rules[0].on_timeout: a policy gate times out to reject or approve"
+        );
+        assert_eq!(
+            err("keywords = [\"x\"]\noutcome = \"refuse\"\n"),
+            "policies[0].rules[0].message: a refuse rule needs the message the client gets instead of an answer"
+        );
+        assert_eq!(
+            err("keywords = [\"x\"]\nlabels = [\"a\"]\noutcome = \"block\"\n"),
+            "policies[0].rules[0].labels: set without classifier or classifier_route"
         );
     }
 }

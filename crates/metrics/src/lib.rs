@@ -33,6 +33,7 @@
 //! | `baton_gates_pending` | | gates waiting for a decision |
 //! | `baton_tool_calls_total` | tool, outcome | tool calls |
 //! | `baton_tool_duration_seconds` | tool | tool call latency |
+//! | `baton_policy_checks_total` | check, answer | classifier and evaluator calls of policies (`label`, `pass`, `fail`, `error`) |
 
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
@@ -86,6 +87,7 @@ pub struct Metrics {
     fsyncs: Counter,
     gates_pending: Gauge,
     tool_calls: Family<L2, Counter>,
+    policy_checks: Family<L2, Counter>,
     tool_duration: Family<L1, Histogram, fn() -> Histogram>,
     rehydrations: Family<L1, Counter>,
     records_replayed: Counter,
@@ -134,6 +136,7 @@ impl Metrics {
             fsyncs: Counter::default(),
             gates_pending: Gauge::default(),
             tool_calls: Family::default(),
+            policy_checks: Family::default(),
             tool_duration: Family::new_with_constructor(latency_histogram),
             rehydrations: Family::default(),
             records_replayed: Counter::default(),
@@ -253,6 +256,11 @@ impl Metrics {
             m.gates_pending.clone(),
         );
         r.register("tool_calls", "Tool calls", m.tool_calls.clone());
+        r.register(
+            "policy_checks",
+            "Classifier and evaluator calls of policies, by check and answer",
+            m.policy_checks.clone(),
+        );
         r.register(
             "tool_duration_seconds",
             "Tool call latency",
@@ -391,6 +399,13 @@ impl Metrics {
 
     pub fn session_passivated(&self) {
         self.passivated.inc();
+    }
+
+    /// A policy check (`classifier_route:NAME`, ...) answered.
+    pub fn policy_check(&self, check: &str, answer: &'static str) {
+        self.policy_checks
+            .get_or_create(&[("check", check.into()), ("answer", answer.into())])
+            .inc();
     }
 
     pub fn session_expired(&self) {

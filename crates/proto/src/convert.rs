@@ -258,7 +258,7 @@ crate::event_codec! {
         RoutingDecided => RoutingDecided { turn, decision via routing_decision },
         AttemptFailed => AttemptFailed { turn, failure via attempt_failure },
         OutputRetracted => OutputRetracted { turn, attempt, reason },
-        PolicyEvaluated => PolicyEvaluated { turn, stage, hits },
+        PolicyEvaluated => PolicyEvaluated { turn, stage, hits, cost_usd },
         ToolCallRequested => ToolCallRequested { turn, call_id, name, arguments, client_side },
         ToolCallStarted => ToolCallStarted { turn, call_id, name, attempt },
         ToolResult => ToolResult { turn, call_id, name, output, is_error, latency_ms, by },

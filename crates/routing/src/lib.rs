@@ -50,7 +50,7 @@ pub use config::{
     CascadeConfig, ComplexityConfig, ConfigError, MissingConfidence, RouteConfig, Signal, Strategy,
     validate_routes,
 };
-pub use gates::DEFAULT_EVALUATOR_PROMPT;
+pub use gates::{DEFAULT_EVALUATOR_PROMPT, evaluator_prompt};
 pub use router::{
     EndpointStats, OwnKeys, RouteCall, RouteError, RouteErrorKind, RouteEvent, RouteInfo, Routed,
     Router,

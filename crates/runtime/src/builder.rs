@@ -28,6 +28,7 @@ impl Runtime {
             endpoints: Vec::new(),
             tools: Vec::new(),
             classifiers: Vec::new(),
+            policy_classifiers: Vec::new(),
             audit: None,
         }
     }
@@ -39,6 +40,7 @@ pub struct RuntimeBuilder {
     endpoints: Vec<Endpoint>,
     tools: Vec<Arc<dyn Tool>>,
     classifiers: Vec<(String, Arc<dyn DataClassifier>)>,
+    policy_classifiers: Vec<(String, Arc<dyn baton_governance::Classifier>)>,
     audit: Option<Arc<dyn AuditSink>>,
 }
 
@@ -65,6 +67,19 @@ impl RuntimeBuilder {
         self
     }
 
+    /// Register a classifier that `[[policies.rules]]` can name
+    /// (`classifier = "NAME"`): it labels a message or an answer, and the
+    /// rule matches on the labels it names (`match_labels`) or on any other
+    /// (`allowed_labels`, an intent check).
+    pub fn with_policy_classifier(
+        mut self,
+        name: impl Into<String>,
+        classifier: Arc<dyn baton_governance::Classifier>,
+    ) -> Self {
+        self.policy_classifiers.push((name.into(), classifier));
+        self
+    }
+
     /// Add a server-side tool implemented in code.
     pub fn with_tool(mut self, tool: Arc<dyn Tool>) -> Self {
         self.tools.push(tool);
@@ -82,11 +97,18 @@ impl RuntimeBuilder {
         if config.models.is_empty() && !in_code.is_empty() {
             config.models = in_code.clone();
         }
-        config.validate_with(&in_code, &self.classifiers)?;
+        let policy_classifiers: Vec<&str> = self
+            .policy_classifiers
+            .iter()
+            .map(|(n, _)| n.as_str())
+            .collect();
+        config.validate_with(&in_code, &self.classifiers, &policy_classifiers)?;
         // Sessions that name no route read this: the resolved name, never "".
         config.sessions.default_route = config.resolve_default_route_with(&in_code)?;
         let own_keys = crate::access::read_provider_keys(&config.tenants)?;
-        let policies = Arc::new(config.compile_policies(&config.route_names_with(&in_code))?);
+        let policies = Arc::new(
+            config.compile_policies(&config.route_names_with(&in_code), &policy_classifiers)?,
+        );
         let opts = StoreOptions::new(config.store.data_dir.clone(), config.store.durability);
         let store = tokio::task::spawn_blocking(move || Store::open(opts))
             .await
@@ -119,6 +141,7 @@ impl RuntimeBuilder {
                 tenant_spend,
                 own_keys,
                 policies,
+                policy_classifiers: self.policy_classifiers.into_iter().collect(),
             },
         ));
         let (supervisor, _) = Actor::spawn(None, SessionSupervisor, shared.clone())

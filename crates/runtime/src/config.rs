@@ -301,7 +301,7 @@ impl RuntimeConfig {
     /// key as in the file, e.g. `models[1].base_url: required for provider
     /// openai (endpoint "gpt")`. `RuntimeBuilder::start` runs the same checks.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.validate_with(&[], &[])
+        self.validate_with(&[], &[], &[])
     }
 
     /// [`Self::validate`] with the endpoints and data classifiers registered
@@ -310,6 +310,7 @@ impl RuntimeConfig {
         &self,
         in_code: &[EndpointConfig],
         classifiers: &[(String, Arc<dyn DataClassifier>)],
+        policy_classifiers: &[&str],
     ) -> Result<(), ConfigError> {
         let s = &self.sessions;
         let positive = [
@@ -419,7 +420,7 @@ impl RuntimeConfig {
         let route_names = self.route_names_with(in_code);
         crate::access::validate_tenants(&self.tenants, &route_names, &endpoints)?;
         crate::access::validate_limits(&self.limits)?;
-        self.compile_policies(&route_names)?;
+        self.compile_policies(&route_names, policy_classifiers)?;
         crate::retention::validate(&self.retention, &route_names)?;
         Ok(())
     }
@@ -435,11 +436,24 @@ impl RuntimeConfig {
         names
     }
 
-    /// `[[policies]]` compiled; their routes must exist.
+    /// `[[policies]]` compiled; the routes they apply to and call must
+    /// exist, and the classifiers they name be registered.
     pub(crate) fn compile_policies(
         &self,
         route_names: &[String],
+        classifiers: &[&str],
     ) -> Result<baton_governance::Policies, ConfigError> {
+        for (field, route) in baton_governance::Policies::routes_called(&self.policies) {
+            if !route_names.contains(&route) {
+                return Err(ConfigError::new(
+                    field,
+                    format!(
+                        "{route:?} is not a route or model endpoint (have: {})",
+                        route_names.join(", ")
+                    ),
+                ));
+            }
+        }
         for (i, p) in self.policies.iter().enumerate() {
             for (j, r) in p.routes.iter().enumerate() {
                 if !route_names.contains(r) {
@@ -453,10 +467,13 @@ impl RuntimeConfig {
                 }
             }
         }
-        baton_governance::Policies::compile(&self.policies, &self.governance).map_err(|e| match e {
-            baton_governance::Error::Config { field, problem } => ConfigError::new(field, problem),
-            other => ConfigError::new("policies", other.to_string()),
-        })
+        baton_governance::Policies::compile_with(&self.policies, &self.governance, classifiers)
+            .map_err(|e| match e {
+                baton_governance::Error::Config { field, problem } => {
+                    ConfigError::new(field, problem)
+                }
+                other => ConfigError::new("policies", other.to_string()),
+            })
     }
 
     /// Each tenant's name and own gate policies.

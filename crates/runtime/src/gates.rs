@@ -227,6 +227,22 @@ impl CompiledPolicy {
     }
 }
 
+/// The terms of a gate a governance policy's `gate` rule opens.
+pub(crate) fn policy_terms(
+    policy: &str,
+    reason: &str,
+    spec: &baton_governance::GateSpec,
+) -> GateTerms {
+    GateTerms {
+        kind: GateKind::DataRule,
+        policy: policy.to_string(),
+        reason: reason.to_string(),
+        reviewers: spec.reviewers.clone(),
+        timeout_ms: spec.timeout_ms,
+        on_timeout: spec.on_timeout,
+    }
+}
+
 /// All policies, compiled.
 #[derive(Debug, Default)]
 pub(crate) struct Policies {

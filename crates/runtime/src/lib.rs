@@ -34,6 +34,7 @@ mod access;
 mod apikeys;
 mod audit;
 mod builder;
+mod checks;
 mod config;
 mod error;
 mod failed;
@@ -56,6 +57,7 @@ mod supervisor;
 pub use access::{Caller, LimitsConfig, TenantConfig};
 pub use apikeys::ApiKeyRecord;
 pub use audit::AuditSink;
+pub use baton_governance::{BoxFuture, Classifier as PolicyClassifier};
 pub use baton_store::{Durability, WriterStatsSnapshot};
 pub use builder::{Runtime, RuntimeBuilder};
 pub use config::{

@@ -52,6 +52,10 @@ pub(crate) struct Shared {
     pub own_keys: HashMap<String, Arc<baton_routing::OwnKeys>>,
     /// Governance policies (`[[policies]]`), compiled.
     pub policies: Arc<baton_governance::Policies>,
+    /// Classifiers the embedder registered for policies, by name.
+    pub policy_classifiers: HashMap<String, Arc<dyn baton_governance::Classifier>>,
+    /// Answers of policies' classifiers and evaluators, by content hash.
+    pub check_cache: crate::checks::CheckCache,
 }
 
 /// What the runtime reads back at start about principals and tenants.
@@ -60,6 +64,7 @@ pub(crate) struct Ledgers {
     pub tenant_spend: crate::spend::TenantSpend,
     pub own_keys: HashMap<String, Arc<baton_routing::OwnKeys>>,
     pub policies: Arc<baton_governance::Policies>,
+    pub policy_classifiers: HashMap<String, Arc<dyn baton_governance::Classifier>>,
 }
 
 impl Shared {
@@ -95,6 +100,8 @@ impl Shared {
             principal_tokens: Default::default(),
             own_keys: ledgers.own_keys,
             policies: ledgers.policies,
+            policy_classifiers: ledgers.policy_classifiers,
+            check_cache: Default::default(),
         }
     }
 

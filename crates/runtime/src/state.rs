@@ -99,6 +99,18 @@ pub struct CurrentTurn {
     /// Answers output policies sent back for revision in this turn.
     #[serde(default)]
     pub revisions: u32,
+    /// An output policy's `gate` rule holds the recorded answer's release.
+    #[serde(default)]
+    pub policy_gate: Option<PolicyGate>,
+}
+
+/// A `gate` rule of an output policy that matched the recorded answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, bincode::Encode, bincode::Decode)]
+pub struct PolicyGate {
+    pub policy: String,
+    pub rule: String,
+    /// Why, for the reviewer.
+    pub reason: String,
 }
 
 impl CurrentTurn {
@@ -118,6 +130,7 @@ impl CurrentTurn {
             cost_usd: 0.0,
             by,
             revisions: 0,
+            policy_gate: None,
         }
     }
 
@@ -311,13 +324,30 @@ impl SessionState {
             }
             EventKind::PolicyEvaluated {
                 turn,
-                stage: baton_types::PolicyStage::Output,
+                stage,
                 hits,
-            } => self.apply_output_policy(*turn, hits),
+                cost_usd,
+            } => {
+                let usd = cost_usd.unwrap_or(0.0);
+                self.cost_usd += usd;
+                let refused = *stage == baton_types::PolicyStage::Input
+                    && hits
+                        .iter()
+                        .any(|h| h.outcome == baton_types::PolicyOutcome::Refuse);
+                if refused {
+                    // The refusal answers the turn: it starts here.
+                    self.promote(*turn);
+                }
+                if let Some(c) = self.current_turn_mut(*turn) {
+                    c.cost_usd += usd;
+                }
+                if *stage == baton_types::PolicyStage::Output {
+                    self.apply_output_policy(*turn, hits);
+                }
+            }
             EventKind::OutputDelta { .. }
             | EventKind::RoutingDecided { .. }
-            | EventKind::AttemptFailed { .. }
-            | EventKind::PolicyEvaluated { .. } => {}
+            | EventKind::AttemptFailed { .. } => {}
             EventKind::OutputRetracted { turn, attempt, .. } => {
                 if let Some(c) = self.current_turn_mut(*turn) {
                     c.attempt = *attempt;
@@ -338,6 +368,7 @@ impl SessionState {
                     && c.turn == *turn
                 {
                     c.model_call_open = false;
+                    c.policy_gate = None;
                     c.response_recorded = one_shot || message.tool_calls.is_empty();
                     c.usage.add(*usage);
                     c.cost_usd += cost_usd.unwrap_or(0.0);
@@ -523,6 +554,15 @@ impl SessionState {
             .find(|h| h.outcome == O::Block)
             .or_else(|| hits.iter().find(|h| h.outcome == O::Revise));
         let Some(hit) = withheld else {
+            if let Some(h) = hits.iter().find(|h| h.outcome == O::Gate)
+                && let Some(c) = self.current_turn_mut(turn)
+            {
+                c.policy_gate = Some(PolicyGate {
+                    policy: h.policy.clone(),
+                    rule: h.rule.clone(),
+                    reason: h.message.clone(),
+                });
+            }
             return;
         };
         if let Some(m) = self

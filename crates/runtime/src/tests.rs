@@ -601,3 +601,108 @@ async fn sessions_that_name_no_route_use_the_resolved_default_route() {
         "invalid configuration: sessions.default_route: not set, and there are 2 routes and endpoints (a, b): set it to the one sessions that name none should use"
     );
 }
+
+/// A classifier registered in code, for policies: "medical" when the text
+/// talks of a diagnosis, an error when it says "unclassifiable".
+#[derive(Debug)]
+struct Topics;
+
+impl baton_governance::Classifier for Topics {
+    fn label<'a>(
+        &'a self,
+        text: &'a str,
+        _labels: &'a [String],
+    ) -> baton_governance::BoxFuture<'a, std::result::Result<String, String>> {
+        Box::pin(async move {
+            if text.contains("unclassifiable") {
+                Err("cannot tell".to_string())
+            } else if text.contains("diagnosis") {
+                Ok("medical".to_string())
+            } else {
+                Ok("general".to_string())
+            }
+        })
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedder_classifier_tags_the_call_and_fails_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    let mut certified = echo("certified", 0);
+    certified.data_classes = vec!["health".into()];
+    cfg.models = vec![echo("general", 0), certified];
+    cfg.routes = vec![
+        serde_json::from_value(serde_json::json!({
+            "name": "main", "strategy": "fallback", "endpoints": ["general", "certified"],
+        }))
+        .unwrap(),
+    ];
+    cfg.sessions.default_route = "main".into();
+    cfg.policies =
+        toml::from_str::<std::collections::HashMap<String, Vec<baton_governance::PolicyConfig>>>(
+            r#"
+[[policies]]
+name = "health"
+stage = "input"
+[[policies.rules]]
+name = "topic"
+classifier = "topics"
+labels = ["medical", "general"]
+match_labels = ["medical"]
+outcome = "tag"
+data_class = "health"
+"#,
+        )
+        .unwrap()
+        .remove("policies")
+        .unwrap();
+    // Not registered: refused at start, naming the rule.
+    let err = Runtime::builder(cfg.clone()).start().await.unwrap_err();
+    assert!(
+        err.to_string().contains("policies[0].rules[0].classifier")
+            && err.to_string().contains("\"topics\""),
+        "{err}"
+    );
+    let rt = Runtime::builder(cfg)
+        .with_policy_classifier("topics", std::sync::Arc::new(Topics))
+        .start()
+        .await
+        .unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    let endpoint = |events: &[SessionEvent]| {
+        events
+            .iter()
+            .find_map(|e| match &e.kind {
+                EventKind::AssistantMessage { endpoint, .. } => Some(endpoint.clone()),
+                _ => None,
+            })
+            .unwrap_or_default()
+    };
+    let general = collect(rt.send(s.id, "what are your hours?".into()).await.unwrap()).await;
+    assert_eq!(endpoint(&general), "general");
+    // Tagged health: only the certified endpoint may answer — this turn
+    // and the next (the earlier message still carries the class).
+    let medical = collect(rt.send(s.id, "about my diagnosis".into()).await.unwrap()).await;
+    assert_eq!(endpoint(&medical), "certified", "{:?}", names(&medical));
+    let next = collect(rt.send(s.id, "and then?".into()).await.unwrap()).await;
+    assert_eq!(endpoint(&next), "certified");
+    // A classifier that cannot answer fails closed: the rule applies.
+    let t = rt.start_session(StartSession::default()).await.unwrap();
+    let failed = collect(rt.send(t.id, "unclassifiable".into()).await.unwrap()).await;
+    assert_eq!(endpoint(&failed), "certified");
+    let hit = failed
+        .iter()
+        .find_map(|e| match &e.kind {
+            EventKind::PolicyEvaluated { hits, .. } => hits.first().cloned(),
+            _ => None,
+        })
+        .unwrap();
+    assert!(
+        hit.message.contains("the check failed") && hit.message.contains("cannot tell"),
+        "{}",
+        hit.message
+    );
+    assert_eq!(hit.matches[0].kind, "classifier:topics");
+    rt.shutdown().await;
+}

@@ -22,8 +22,8 @@ use crate::{Error, Result};
 /// Bumped whenever the snapshot layout changes incompatibly (version 1 was
 /// the serde encoding, which could not be read back; version 2 had no
 /// tenant; version 3 did not record who sent each turn; version 4 had no
-/// revision count).
-pub const SNAPSHOT_VERSION: u8 = 5;
+/// revision count; version 5 no output policy gate).
+pub const SNAPSHOT_VERSION: u8 = 6;
 
 const HEADER: usize = 9;
 

@@ -193,12 +193,14 @@ pub enum EventKind {
     },
     /// Policies evaluated at `stage` for the turn, with every rule that
     /// matched (kinds and positions, never the matched text). Recorded when
-    /// a rule matched; a blocking hit is followed by `TurnFailed`
-    /// (`policy_blocked`).
+    /// a rule matched or a classifier or evaluator call cost something; a
+    /// blocking hit is followed by `TurnFailed` (`policy_blocked`).
     PolicyEvaluated {
         turn: u64,
         stage: crate::PolicyStage,
         hits: Vec<crate::PolicyHit>,
+        /// What the policies' classifier and evaluator calls cost (USD).
+        cost_usd: Option<f64>,
     },
     /// The model asked for a tool call (one event per call, in the model's
     /// order). `client_side` calls wait for `SubmitToolResult`.

@@ -34,6 +34,9 @@ wire_enum! {
         Gate = "gate",
         /// Send the model the reason and ask again.
         Revise = "revise",
+        /// Answer with a configured refusal instead of asking the model
+        /// (an off-purpose request).
+        Refuse = "refuse",
     }
 }
 

@@ -145,6 +145,11 @@ impl Actor for SessionActor {
                 result,
                 latency_ms,
             } => ctx.on_done(&myself, call, *result, latency_ms),
+            SessionMsg::Checked {
+                turn,
+                answers,
+                cost_usd,
+            } => ctx.on_checked(&myself, turn, answers, cost_usd),
         }
         Ok(())
     }

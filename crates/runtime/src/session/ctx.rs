@@ -50,6 +50,16 @@ pub(crate) struct ModelWork {
     /// text: the conversation is sent (and screened) on every call, each
     /// message is evaluated once.
     pub screened: super::redaction::VerdictCache,
+    /// Answers of policies' classifiers for texts of this session.
+    pub answers: super::redaction::CheckAnswers,
+    /// The turn whose policy checks (classifiers, evaluators) are being
+    /// asked: nothing else starts meanwhile.
+    pub checking: Option<u64>,
+    /// A final answer waiting for its output checks.
+    pub held: Option<super::redaction::HeldAnswer>,
+    /// What checks cost that is not journaled yet (with the next
+    /// `PolicyEvaluated`).
+    pub check_cost_usd: f64,
 }
 
 /// A model call this actor issued.
@@ -62,6 +72,12 @@ pub(crate) struct InFlight {
     /// Output policies apply: no deltas are streamed, the answer is
     /// released once checked.
     pub hold_output: bool,
+    /// The request's last user message as sent (pseudonymised), when
+    /// output policies ask an evaluator: its question.
+    pub question: Option<String>,
+    /// The data classes the call was routed under (checks of its answer
+    /// are routed under them too).
+    pub data_classes: Vec<String>,
 }
 
 /// Tool calls this actor incarnation runs or waits for.

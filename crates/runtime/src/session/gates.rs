@@ -48,6 +48,12 @@ impl SessionCtx {
             );
             return Some((terms, subject));
         }
+        if let Some(g) = &current.policy_gate
+            && let Some(spec) = shared.policies.gate_of(&g.policy, &g.rule)
+        {
+            let terms = crate::gates::policy_terms(&g.policy, &g.reason, spec);
+            return Some((terms, subject));
+        }
         shared
             .gate_policies
             .before_release(&state.tenant, &state.route, &draft, confidence)

@@ -13,11 +13,14 @@
 //! `outbox` (pending events, subscribers, acknowledgements), `load`
 //! (rehydration from snapshot + journal, passivation), `requests` (send,
 //! subscribe, cancel, delete), `turn` (the turn state machine and model
-//! calls), `tools` (tool calls), `gates` (gates held by the session).
+//! calls), `tools` (tool calls), `gates` (gates held by the session),
+//! `policy` (governance at each stage), `checks` (policies' classifiers and
+//! evaluators), `redaction` (governance data: pseudonyms, caches).
 //!
 //! [`StepSource`]: crate::source::StepSource
 
 mod actor;
+mod checks;
 mod ctx;
 mod gates;
 mod load;

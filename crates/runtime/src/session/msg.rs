@@ -80,6 +80,12 @@ pub(crate) enum SessionMsg {
         result: Box<std::result::Result<baton_routing::Routed, baton_routing::RouteError>>,
         latency_ms: u64,
     },
+    /// The policy checks (classifiers, evaluators) of `turn` are answered.
+    Checked {
+        turn: u64,
+        answers: Vec<(crate::checks::Key, baton_governance::Answer)>,
+        cost_usd: f64,
+    },
     /// A routing decision or a failed attempt of the call in flight.
     RouteEvent {
         call: u64,

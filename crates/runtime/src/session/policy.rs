@@ -5,20 +5,24 @@
 
 use std::sync::Arc;
 
-use baton_governance::{Finding, Outcome, Pseudonyms, Stage, Subject};
+use baton_governance::{Finding, Outcome, Pseudonyms, Stage};
 use baton_models::ModelRequest;
-use baton_types::{EventKind, TurnFailureCode};
+use baton_types::{EventKind, FinishReason, GatePoint, Message, Role, TurnFailureCode, Usage};
 use ractor::ActorRef;
 
 use super::ctx::SessionCtx;
 use super::msg::SessionMsg;
-use super::redaction::Redaction;
-use crate::state::SessionState;
+use super::redaction::{Redaction, subject_of};
+use crate::gates::GateTerms;
 
 /// What the input policies decided for a model call.
 pub(crate) enum Screened {
     /// The turn failed (`policy_blocked`); nothing is sent.
     Blocked,
+    /// The turn was answered with a policy's refusal; nothing is sent.
+    Refused,
+    /// A policy's gate holds the call until a reviewer decides.
+    Held,
     /// Send the (pseudonymised) request, with these data classes added.
     Pass {
         data_classes: Vec<String>,
@@ -43,17 +47,6 @@ fn mask(text: &str, found: &[Finding]) -> String {
     out
 }
 
-/// The policies' view of a session: its tenant, route and metadata (and,
-/// at the tool stages, the tool), borrowed from its state.
-fn subject_of<'a>(state: &'a SessionState, tool: Option<&'a str>) -> Subject<'a> {
-    Subject {
-        tenant: &state.tenant,
-        route: &state.route,
-        metadata: &state.metadata,
-        tool,
-    }
-}
-
 impl SessionCtx {
     /// Whether output policies apply: then the answer is held until it is
     /// checked (no deltas are streamed).
@@ -62,6 +55,23 @@ impl SessionCtx {
             .shared
             .policies
             .applies(Stage::Output, &subject_of(&self.durable.state, None))
+    }
+
+    /// The gate a tool-argument policy's `gate` rule holds this call with.
+    pub(super) fn tool_policy_gate(&self, name: &str, arguments: &str) -> Option<GateTerms> {
+        let policies = &self.env.shared.policies;
+        if policies.is_empty() {
+            return None;
+        }
+        let subject = subject_of(&self.durable.state, Some(name));
+        let held = policies
+            .evaluate(Stage::ToolArguments, &subject, arguments)
+            .gate?;
+        Some(crate::gates::policy_terms(
+            &held.policy,
+            &held.message,
+            &held.gate,
+        ))
     }
 
     /// Tool-argument policies on the tool calls of a model answer (`kinds`,
@@ -91,6 +101,7 @@ impl SessionCtx {
                         turn,
                         stage: Stage::ToolArguments,
                         hits: v.hits,
+                        cost_usd: None,
                     });
                     if let Some(b) = v.blocked {
                         extra.push(EventKind::ToolResult {
@@ -144,31 +155,49 @@ impl SessionCtx {
             turn: *turn,
             stage: Stage::ToolResult,
             hits: v.hits,
+            cost_usd: None,
         })
     }
 
     /// Apply the output policies to a final answer (`kinds` starts with its
-    /// `AssistantMessage`): hits are journaled after it (`PolicyEvaluated`);
-    /// `redact` masks what matched; `block` withholds the answer and fails
-    /// the turn; `revise` withholds it and asks the model again with the
-    /// rule's instruction, at most `governance.max_revisions` times, then
-    /// blocks.
-    pub(super) fn screen_output(&self, turn: u64, kinds: &mut Vec<EventKind>) {
+    /// `AssistantMessage`; `question`: what its evaluators were asked
+    /// about): hits are journaled after it (`PolicyEvaluated`); `redact`
+    /// masks what matched; `block` withholds the answer and fails the turn;
+    /// `revise` withholds it and asks the model again with the rule's
+    /// instruction, at most `governance.max_revisions` times, then blocks;
+    /// `gate` holds its release for a reviewer (the state records it, and
+    /// `release_gate` opens the gate).
+    pub(super) fn screen_output(&mut self, turn: u64, kinds: &mut Vec<EventKind>, question: &str) {
         let Some(EventKind::AssistantMessage { message, .. }) = kinds.first_mut() else {
             return;
         };
         if !message.tool_calls.is_empty() {
             return;
         }
-        let subject = subject_of(&self.durable.state, None);
-        let shared = &self.env.shared;
-        if !shared.policies.applies(Stage::Output, &subject) {
+        let shared = self.env.shared.clone();
+        if !shared
+            .policies
+            .applies(Stage::Output, &subject_of(&self.durable.state, None))
+        {
             return;
         }
-        let v = shared
-            .policies
-            .evaluate(Stage::Output, &subject, &message.content);
+        let answers = self.answers_for(Stage::Output, &message.content, question, false);
+        let v = shared.policies.evaluate_with(
+            Stage::Output,
+            &subject_of(&self.durable.state, None),
+            &message.content,
+            &answers,
+        );
+        let cost_usd = self.take_check_cost();
         if v.hits.is_empty() {
+            if cost_usd.is_some() {
+                kinds.push(EventKind::PolicyEvaluated {
+                    turn,
+                    stage: Stage::Output,
+                    hits: Vec::new(),
+                    cost_usd,
+                });
+            }
             return;
         }
         let max = shared.config.governance.max_revisions;
@@ -204,6 +233,7 @@ impl SessionCtx {
             turn,
             stage: Stage::Output,
             hits,
+            cost_usd,
         });
         if let Some(reason) = end {
             kinds.push(EventKind::TurnFailed {
@@ -238,15 +268,18 @@ impl SessionCtx {
         // The new message's verdict goes into the cache, so screening the
         // whole request below does not evaluate it again.
         if let Some(text) = input {
+            let answers = self.answers_for(Stage::Input, text, "", false);
             let state = &self.durable.state;
-            let v = cache.get_or_eval(text, || {
-                policies.evaluate(Stage::Input, &subject_of(state, None), text)
+            let v = cache.get_or_eval(text, true, || {
+                policies.evaluate_with(Stage::Input, &subject_of(state, None), text, &answers)
             });
-            if !v.hits.is_empty() {
+            let cost_usd = self.take_check_cost();
+            if !v.hits.is_empty() || cost_usd.is_some() {
                 let record = EventKind::PolicyEvaluated {
                     turn,
                     stage: Stage::Input,
                     hits: v.hits.clone(),
+                    cost_usd,
                 };
                 if let Some(b) = &v.blocked {
                     self.model.screened = cache;
@@ -268,15 +301,93 @@ impl SessionCtx {
                     );
                     return Screened::Blocked;
                 }
+                if let Some(r) = &v.refused {
+                    self.model.screened = cache;
+                    tracing::info!(
+                        session = %self.env.id, turn, policy = %r.policy, rule = %r.rule,
+                        "input refused by policy"
+                    );
+                    // The refusal answers the turn; no model is asked.
+                    self.commit(
+                        myself,
+                        vec![
+                            record,
+                            EventKind::AssistantMessage {
+                                turn,
+                                message: Message {
+                                    role: Role::Assistant,
+                                    content: r.message.clone(),
+                                    tool_calls: Vec::new(),
+                                    tool_call_id: None,
+                                    images: Vec::new(),
+                                },
+                                usage: Usage::default(),
+                                endpoint: String::new(),
+                                model: String::new(),
+                                finish_reason: FinishReason::Stop,
+                                latency_ms: 0,
+                                cost_usd: None,
+                                attempts: 0,
+                            },
+                        ],
+                        true,
+                    );
+                    return Screened::Refused;
+                }
+                if let Some(h) = &v.gate {
+                    self.model.screened = cache;
+                    let terms = crate::gates::policy_terms(&h.policy, &h.message, &h.gate);
+                    let subject = serde_json::json!({
+                        "input": text,
+                        "policy": h.policy,
+                        "rule": h.rule,
+                    })
+                    .to_string();
+                    self.stage(record);
+                    self.open_gate(turn, terms, GatePoint::ModelCall, subject, String::new());
+                    self.flush(myself, true);
+                    return Screened::Held;
+                }
                 self.stage(record);
             }
+        }
+        // Data classes a classifier found in earlier messages keep applying
+        // (tag rules); their answers are cached by content.
+        let tagged: std::collections::HashMap<&str, Vec<(usize, baton_governance::Answer)>> =
+            request
+                .messages
+                .iter()
+                .filter(|m| m.role == Role::User && Some(m.content.as_str()) != input)
+                .map(|m| {
+                    (
+                        m.content.as_str(),
+                        self.answers_for(Stage::Input, &m.content, "", true),
+                    )
+                })
+                .filter(|(_, a)| !a.is_empty())
+                .collect();
+        let tagged: std::collections::HashMap<String, Vec<(usize, baton_governance::Answer)>> =
+            tagged
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v))
+                .collect();
+        if let Some(cost_usd) = self.take_check_cost() {
+            self.stage(EventKind::PolicyEvaluated {
+                turn,
+                stage: Stage::Input,
+                hits: Vec::new(),
+                cost_usd: Some(cost_usd),
+            });
         }
         let subject = subject_of(&self.durable.state, None);
         let mut names = Pseudonyms::default();
         let mut data_classes: Vec<String> = Vec::new();
         let mut restore = true;
-        let mut screen = |text: &mut String| {
-            let v = cache.get_or_eval(text, || policies.evaluate(Stage::Input, &subject, text));
+        let mut screen = |text: &mut String, user: bool| {
+            let v = cache.get_or_eval(text, user, || match tagged.get(text.as_str()) {
+                Some(answers) => policies.evaluate_with(Stage::Input, &subject, text, answers),
+                None => policies.evaluate(Stage::Input, &subject, text),
+            });
             for c in &v.data_classes {
                 if !data_classes.contains(c) {
                     data_classes.push(c.clone());
@@ -288,9 +399,9 @@ impl SessionCtx {
             }
         };
         for m in &mut request.messages {
-            screen(&mut m.content);
+            screen(&mut m.content, m.role == Role::User);
             for call in &mut m.tool_calls {
-                screen(&mut call.arguments);
+                screen(&mut call.arguments, false);
             }
         }
         self.model.screened = cache;

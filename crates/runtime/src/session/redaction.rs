@@ -1,10 +1,24 @@
 //! The per-call and per-session data of governance in a session: how a
-//! request was pseudonymised (to restore its answer), and the verdicts of
-//! texts already screened.
+//! request was pseudonymised (to restore its answer), the verdicts of texts
+//! already screened, the answers of policies' checks, and an answer held
+//! for its checks.
 
 use std::sync::Arc;
 
-use baton_governance::{Pseudonyms, StreamRestorer};
+use baton_governance::{Pseudonyms, StreamRestorer, Subject};
+
+use crate::state::SessionState;
+
+/// The policies' view of a session: its tenant, route and metadata (and,
+/// at the tool stages, the tool), borrowed from its state.
+pub(crate) fn subject_of<'a>(state: &'a SessionState, tool: Option<&'a str>) -> Subject<'a> {
+    Subject {
+        tenant: &state.tenant,
+        route: &state.route,
+        metadata: &state.metadata,
+        tool,
+    }
+}
 
 /// How one model call's request was pseudonymised.
 pub(crate) struct Redaction {
@@ -61,14 +75,19 @@ pub(crate) struct VerdictCache {
 const VERDICT_CACHE_ENTRIES: usize = 1024;
 
 impl VerdictCache {
+    /// The verdict of `text`; `user`: a user's message (whose verdict
+    /// may take classifiers' answers), cached apart from the same text
+    /// elsewhere.
     pub(super) fn get_or_eval(
         &mut self,
         text: &str,
+        user: bool,
         eval: impl FnOnce() -> baton_governance::Verdict,
     ) -> Arc<baton_governance::Verdict> {
         use std::hash::{Hash, Hasher};
         let mut h = std::collections::hash_map::DefaultHasher::new();
         text.hash(&mut h);
+        user.hash(&mut h);
         let key = h.finish();
         if let Some(v) = self.by_hash.get(&key) {
             return v.clone();
@@ -80,4 +99,35 @@ impl VerdictCache {
         self.by_hash.insert(key, v.clone());
         v
     }
+}
+
+/// Answers of policies' checks (classifiers, evaluators) by content hash,
+/// for one session (the runtime's shared cache backs it).
+#[derive(Default)]
+pub(crate) struct CheckAnswers {
+    by_key: std::collections::HashMap<crate::checks::Key, baton_governance::Answer>,
+}
+
+impl CheckAnswers {
+    pub(crate) fn get(&self, key: &crate::checks::Key) -> Option<&baton_governance::Answer> {
+        self.by_key.get(key)
+    }
+
+    pub(crate) fn insert(&mut self, key: crate::checks::Key, answer: baton_governance::Answer) {
+        if self.by_key.len() >= VERDICT_CACHE_ENTRIES {
+            self.by_key.clear();
+        }
+        self.by_key.insert(key, answer);
+    }
+}
+
+/// A final answer whose output checks are being asked: released (or
+/// withheld) when they are answered. Not journaled meanwhile: a crash
+/// loses it, and the model call is issued again.
+pub(crate) struct HeldAnswer {
+    pub(crate) turn: u64,
+    pub(crate) routed: baton_routing::Routed,
+    pub(crate) latency_ms: u64,
+    /// The question its evaluators were asked about (pseudonymised).
+    pub(crate) question: String,
 }

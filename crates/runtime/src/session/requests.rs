@@ -90,6 +90,9 @@ impl SessionCtx {
         if let Some(call) = self.model.call.take() {
             call.cancel.cancel();
         }
+        // Checks still being asked are ignored when they are answered.
+        self.model.checking = None;
+        self.model.held = None;
         // Results of tools still running are ignored when they arrive.
         self.tools.runs.clear();
         self.tools.client_timers.clear();
@@ -129,6 +132,8 @@ impl SessionCtx {
         if let Some(call) = self.model.call.take() {
             call.cancel.cancel();
         }
+        self.model.checking = None;
+        self.model.held = None;
         let store = &self.env.shared.store;
         let mut batch = baton_store::Batch::new();
         batch.delete_session(&id, &meta);

@@ -116,6 +116,12 @@ impl SessionCtx {
                 gates.push((t.call_id.clone(), terms, tool_subject(t)));
                 continue;
             }
+            if !current.is_approved(GatePoint::ToolCall, &t.call_id)
+                && let Some(terms) = self.tool_policy_gate(&t.name, &t.arguments)
+            {
+                gates.push((t.call_id.clone(), terms, tool_subject(t)));
+                continue;
+            }
             if running >= limit {
                 continue;
             }

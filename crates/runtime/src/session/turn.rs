@@ -28,7 +28,11 @@ impl SessionCtx {
     pub fn pump(&mut self, myself: &ActorRef<SessionMsg>) {
         loop {
             let state = &self.durable.state;
-            if self.model.call.is_some() || state.failed.is_some() || !self.durable.found {
+            if self.model.call.is_some()
+                || self.model.checking.is_some()
+                || state.failed.is_some()
+                || !self.durable.found
+            {
                 return;
             }
             let Some(current) = state.current.as_ref() else {
@@ -181,9 +185,16 @@ impl SessionCtx {
             return false;
         }
         let (mut request, input) = self.model_request(turn);
+        if !self.input_checks_ready(myself, turn, &request, input.as_deref()) {
+            // The call starts when the policies' classifiers answered.
+            return true;
+        }
         let (data_classes, redaction) =
             match self.screen_input(myself, turn, &mut request, input.as_deref()) {
-                super::policy::Screened::Blocked => return false,
+                super::policy::Screened::Blocked | super::policy::Screened::Refused => {
+                    return false;
+                }
+                super::policy::Screened::Held => return true,
                 super::policy::Screened::Pass {
                     data_classes,
                     redaction,
@@ -265,12 +276,39 @@ impl SessionCtx {
         let cancel = CancellationToken::new();
         let (delta_tx, mut delta_rx) = mpsc::unbounded_channel();
         let (event_tx, mut event_rx) = mpsc::unbounded_channel();
+        let state = &self.durable.state;
+        // The session's own classes, and those its content carries.
+        let mut data_classes = state.data_classes.clone();
+        for c in found_classes {
+            if !data_classes.contains(&c) {
+                data_classes.push(c);
+            }
+        }
+        let hold_output = self.holds_output();
+        let question = hold_output
+            .then(|| {
+                request
+                    .messages
+                    .iter()
+                    .rev()
+                    // Not the runtime's own notes to the model (a policy's
+                    // or a reviewer's request to revise): the user's question.
+                    .find(|m| {
+                        m.role == Role::User
+                            && !m.content.starts_with("[policy] ")
+                            && !m.content.starts_with("[review] ")
+                    })
+                    .map(|m| m.content.clone())
+            })
+            .flatten();
         self.model.call = Some(InFlight {
             id: call,
             turn,
             cancel: cancel.clone(),
             redaction,
-            hold_output: self.holds_output(),
+            hold_output,
+            question,
+            data_classes: data_classes.clone(),
         });
         let state = &self.durable.state;
         let deadline = self
@@ -292,16 +330,7 @@ impl SessionCtx {
             route: state.route.clone(),
             request: std::sync::Arc::new(request),
             needs_vision: false,
-            data_classes: {
-                // The session's own classes, and those its content carries.
-                let mut classes = state.data_classes.clone();
-                for c in found_classes {
-                    if !classes.contains(&c) {
-                        classes.push(c);
-                    }
-                }
-                classes
-            },
+            data_classes,
             deltas: Some(delta_tx),
             events: Some(event_tx),
             cancel,
@@ -431,13 +460,15 @@ impl SessionCtx {
         let Some(turn) = self.current_call(call) else {
             return;
         };
-        let (redaction, hold_output) = self
-            .model
-            .call
-            .take()
-            .map_or((None, false), |c| (c.redaction, c.hold_output));
+        let Some(done) = self.model.call.take() else {
+            return;
+        };
+        let (redaction, hold_output) = (done.redaction, done.hold_output);
         let kinds = match result {
             Ok(mut routed) => {
+                // As the model wrote it (pseudonymised): what routes that
+                // check it see.
+                let raw = routed.response.message.content.clone();
                 if let Some(mut r) = redaction {
                     // Placeholders back to their values: the end of the
                     // stream, the answer, and the tool calls' arguments.
@@ -459,10 +490,20 @@ impl SessionCtx {
                         call.arguments = r.restore(&call.arguments);
                     }
                 }
-                let mut kinds = self.answer_records(turn, routed, latency_ms);
-                self.screen_output(turn, &mut kinds);
-                self.screen_tool_calls(turn, &mut kinds);
-                kinds
+                let question = done.question.unwrap_or_default();
+                let Some(routed) = self.hold_for_checks(
+                    myself,
+                    turn,
+                    routed,
+                    latency_ms,
+                    raw,
+                    question.clone(),
+                    done.data_classes,
+                ) else {
+                    // Released when its output checks are answered.
+                    return;
+                };
+                self.answer_kinds(turn, routed, latency_ms, &question)
             }
             Err(e) => vec![EventKind::TurnFailed {
                 turn,
@@ -475,6 +516,46 @@ impl SessionCtx {
         }
         // A final answer completes the turn in pump(), in the same batch,
         // unless a gate holds its release.
+        self.pump(myself);
+        self.flush(myself, true);
+    }
+
+    /// The records of a model answer, screened by the output and
+    /// tool-argument policies (`question`: what evaluators were asked about).
+    fn answer_kinds(
+        &mut self,
+        turn: u64,
+        routed: baton_routing::Routed,
+        latency_ms: u64,
+        question: &str,
+    ) -> Vec<EventKind> {
+        let mut kinds = self.answer_records(turn, routed, latency_ms);
+        self.screen_output(turn, &mut kinds, question);
+        self.screen_tool_calls(turn, &mut kinds);
+        kinds
+    }
+
+    /// A final answer held for its output checks, now answered: screened
+    /// and recorded as if it had just arrived.
+    pub(super) fn release_answer(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        held: super::redaction::HeldAnswer,
+    ) {
+        let turn = held.turn;
+        if self
+            .durable
+            .state
+            .current
+            .as_ref()
+            .is_none_or(|c| c.turn != turn)
+        {
+            return;
+        }
+        let kinds = self.answer_kinds(turn, held.routed, held.latency_ms, &held.question);
+        for k in kinds {
+            self.stage(k);
+        }
         self.pump(myself);
         self.flush(myself, true);
     }

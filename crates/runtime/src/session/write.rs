@@ -94,6 +94,14 @@ impl SessionCtx {
                 input += usage.input_tokens;
                 output += usage.output_tokens;
             }
+            if let EventKind::PolicyEvaluated {
+                cost_usd: Some(usd),
+                ..
+            } = &e.kind
+            {
+                // Policies' classifier and evaluator calls are spent too.
+                priced += usd;
+            }
             batch.append(&id, e.seq, e.at_unix_ms, &e.kind);
             if auditing && crate::audit::is_audited(&e.kind) {
                 audited = e.seq;

@@ -19,6 +19,7 @@ mod inspect;
 mod layout;
 mod provider_keys;
 mod python_clients;
+mod quality;
 mod retention;
 mod routing;
 mod snapshots;

@@ -395,6 +395,24 @@ pub fn describe(e: &SessionEvent) -> String {
                 "turn {turn} output so far RETRACTED (continues as attempt {attempt}): {reason}"
             )
         }
+        EventKind::QualityScored {
+            turn,
+            endpoint,
+            model,
+            evaluator,
+            scores,
+            cost_usd,
+        } => {
+            let scores: Vec<String> = scores
+                .iter()
+                .map(|s| format!("{} {:.2} ({})", s.criterion, s.score, s.reason))
+                .collect();
+            let cost = cost_usd.map(|c| format!(", ${c:.6}")).unwrap_or_default();
+            format!(
+                "turn {turn} quality of {endpoint} ({model}) by {evaluator}{cost}: {}",
+                scores.join("; ")
+            )
+        }
         EventKind::PolicyEvaluated {
             turn,
             stage,

@@ -33,6 +33,9 @@
 //! | `baton_gates_pending` | | gates waiting for a decision |
 //! | `baton_tool_calls_total` | tool, outcome | tool calls |
 //! | `baton_tool_duration_seconds` | tool | tool call latency |
+//! | `baton_quality_scored_total` | route, endpoint, model, outcome | answers scored by the quality evaluator (`scored`, `invalid`, `failed`, `dropped`) |
+//! | `baton_quality_score` | route, endpoint, model, criterion | quality scores, 0 to 1 (histogram) |
+//! | `baton_quality_alerts_total` | endpoint, signal | drift alerts raised (`score`, `error_rate`, `latency_p95`) |
 //! | `baton_policy_checks_total` | check, answer | classifier and evaluator calls of policies (`label`, `pass`, `fail`, `error`) |
 
 use std::sync::OnceLock;
@@ -49,6 +52,12 @@ use prometheus_client::registry::Registry;
 type L2 = [(&'static str, String); 2];
 type L1 = [(&'static str, String); 1];
 type L3 = [(&'static str, String); 3];
+type L4 = [(&'static str, String); 4];
+
+fn score_histogram() -> Histogram {
+    // 0.1 .. 1.0
+    Histogram::new([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0])
+}
 
 fn latency_histogram() -> Histogram {
     // 0.5 ms .. ~65 s
@@ -88,6 +97,9 @@ pub struct Metrics {
     gates_pending: Gauge,
     tool_calls: Family<L2, Counter>,
     policy_checks: Family<L2, Counter>,
+    quality_scored: Family<L4, Counter>,
+    quality_score: Family<L4, Histogram, fn() -> Histogram>,
+    quality_alerts: Family<L2, Counter>,
     tool_duration: Family<L1, Histogram, fn() -> Histogram>,
     rehydrations: Family<L1, Counter>,
     records_replayed: Counter,
@@ -137,6 +149,9 @@ impl Metrics {
             gates_pending: Gauge::default(),
             tool_calls: Family::default(),
             policy_checks: Family::default(),
+            quality_scored: Family::default(),
+            quality_score: Family::new_with_constructor(score_histogram),
+            quality_alerts: Family::default(),
             tool_duration: Family::new_with_constructor(latency_histogram),
             rehydrations: Family::default(),
             records_replayed: Counter::default(),
@@ -256,6 +271,21 @@ impl Metrics {
             m.gates_pending.clone(),
         );
         r.register("tool_calls", "Tool calls", m.tool_calls.clone());
+        r.register(
+            "quality_scored",
+            "Answers scored by the quality evaluator, by outcome",
+            m.quality_scored.clone(),
+        );
+        r.register(
+            "quality_score",
+            "Quality scores of answers (0 to 1), by criterion",
+            m.quality_score.clone(),
+        );
+        r.register(
+            "quality_alerts",
+            "Quality drift alerts raised, by endpoint and signal",
+            m.quality_alerts.clone(),
+        );
         r.register(
             "policy_checks",
             "Classifier and evaluator calls of policies, by check and answer",
@@ -399,6 +429,46 @@ impl Metrics {
 
     pub fn session_passivated(&self) {
         self.passivated.inc();
+    }
+
+    /// An answer given to the quality evaluator: `scored`, `invalid` (no
+    /// scores in its answer), `failed` (the route failed) or `dropped`
+    /// (the queue was full).
+    pub fn quality_scored(&self, route: &str, endpoint: &str, model: &str, outcome: &str) {
+        self.quality_scored
+            .get_or_create(&[
+                ("route", route.into()),
+                ("endpoint", endpoint.into()),
+                ("model", model.into()),
+                ("outcome", outcome.into()),
+            ])
+            .inc();
+    }
+
+    /// One criterion's score of an answer.
+    pub fn quality_score(
+        &self,
+        route: &str,
+        endpoint: &str,
+        model: &str,
+        criterion: &str,
+        score: f64,
+    ) {
+        self.quality_score
+            .get_or_create(&[
+                ("route", route.into()),
+                ("endpoint", endpoint.into()),
+                ("model", model.into()),
+                ("criterion", criterion.into()),
+            ])
+            .observe(score);
+    }
+
+    /// A drift alert raised.
+    pub fn quality_alert(&self, endpoint: &str, signal: &str) {
+        self.quality_alerts
+            .get_or_create(&[("endpoint", endpoint.into()), ("signal", signal.into())])
+            .inc();
     }
 
     /// A policy check (`classifier_route:NAME`, ...) answered.

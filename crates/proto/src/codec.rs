@@ -157,6 +157,35 @@ macro_rules! policy_hits {
     };
 }
 
+/// The `QualityScored.scores` field of a wire format (`wire` = the prost
+/// module) whose `QualityScore` message mirrors
+/// [`baton_types::QualityScore`] (both the API and the journal do).
+#[macro_export]
+macro_rules! quality_scores {
+    (field = $Field:ident, wire = $pb:ident, enc = $Enc:ty, dec = $Dec:ty, error = $Err:ty $(,)?) => {
+        impl $Field<Vec<$pb::QualityScore>> for Vec<::baton_types::QualityScore> {
+            fn enc(&self, _: &mut $Enc) -> Vec<$pb::QualityScore> {
+                self.iter()
+                    .map(|s| $pb::QualityScore {
+                        criterion: s.criterion.clone(),
+                        score: s.score,
+                        reason: s.reason.clone(),
+                    })
+                    .collect()
+            }
+            fn dec(w: Vec<$pb::QualityScore>, _: &mut $Dec) -> ::std::result::Result<Self, $Err> {
+                Ok(w.into_iter()
+                    .map(|s| ::baton_types::QualityScore {
+                        criterion: s.criterion,
+                        score: s.score,
+                        reason: s.reason,
+                    })
+                    .collect())
+            }
+        }
+    };
+}
+
 /// The `via` modules `routing_decision` and `attempt_failure`, for a format
 /// whose `RoutingDecided` and `AttemptFailed` messages hold the fields of
 /// [`baton_types::RoutingDecision`] and [`baton_types::AttemptFailure`]

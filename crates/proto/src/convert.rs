@@ -237,6 +237,10 @@ crate::policy_hits! {
     malformed = |cx, reason| Malformed,
 }
 
+crate::quality_scores! {
+    field = ApiField, wire = v1, enc = (), dec = (), error = Malformed,
+}
+
 crate::flattened_routing! { wire = v1, enc = (), dec = (), error = Malformed }
 
 use v1::session_event::Kind as ApiKind;
@@ -259,6 +263,7 @@ crate::event_codec! {
         AttemptFailed => AttemptFailed { turn, failure via attempt_failure },
         OutputRetracted => OutputRetracted { turn, attempt, reason },
         PolicyEvaluated => PolicyEvaluated { turn, stage, hits, cost_usd },
+        QualityScored => QualityScored { turn, endpoint, model, evaluator, scores, cost_usd },
         ToolCallRequested => ToolCallRequested { turn, call_id, name, arguments, client_side },
         ToolCallStarted => ToolCallStarted { turn, call_id, name, attempt },
         ToolResult => ToolResult { turn, call_id, name, output, is_error, latency_ms, by },

@@ -52,6 +52,6 @@ pub use config::{
 };
 pub use gates::{DEFAULT_EVALUATOR_PROMPT, evaluator_prompt};
 pub use router::{
-    EndpointStats, OwnKeys, RouteCall, RouteError, RouteErrorKind, RouteEvent, RouteInfo, Routed,
-    Router,
+    AttemptObserver, AttemptSeen, EndpointStats, OwnKeys, RouteCall, RouteError, RouteErrorKind,
+    RouteEvent, RouteInfo, Routed, Router,
 };

@@ -166,6 +166,7 @@ fn audit_record(e: &baton_types::SessionEvent) -> Option<Record<'_>> {
         K::GateDecided { reviewer, .. } => ("gate_decision", Some(reviewer.as_str()), with_seq(e)),
         // Kinds and positions of what matched, never the matched text.
         K::PolicyEvaluated { .. } => ("policy_evaluation", None, with_seq(e)),
+        K::QualityScored { .. } => ("quality_score", None, with_seq(e)),
         K::TurnFailed { turn, reason, code } => (
             "turn_failed",
             None,

@@ -171,6 +171,7 @@ impl RuntimeBuilder {
         }
         handle.spawn_gate_timeouts();
         handle.spawn_retention();
+        handle.spawn_quality();
         Ok(handle)
     }
 }

@@ -203,6 +203,8 @@ pub struct RuntimeConfig {
     pub governance: baton_governance::GovernanceConfig,
     /// How long sessions are kept (`[retention]`).
     pub retention: crate::retention::RetentionConfig,
+    /// Quality scoring and drift alerts (`[quality]`).
+    pub quality: crate::quality::QualityConfig,
 }
 
 impl RuntimeConfig {
@@ -422,6 +424,7 @@ impl RuntimeConfig {
         crate::access::validate_limits(&self.limits)?;
         self.compile_policies(&route_names, policy_classifiers)?;
         crate::retention::validate(&self.retention, &route_names)?;
+        crate::quality::validate(&self.quality, &route_names)?;
         Ok(())
     }
 

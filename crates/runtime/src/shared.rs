@@ -56,6 +56,8 @@ pub(crate) struct Shared {
     pub policy_classifiers: HashMap<String, Arc<dyn baton_governance::Classifier>>,
     /// Answers of policies' classifiers and evaluators, by content hash.
     pub check_cache: crate::checks::CheckCache,
+    /// Quality scoring and drift watches (`[quality]`).
+    pub quality: Arc<crate::quality::Quality>,
 }
 
 /// What the runtime reads back at start about principals and tenants.
@@ -78,6 +80,11 @@ impl Shared {
         ledgers: Ledgers,
     ) -> Self {
         let (gate_events, _) = tokio::sync::broadcast::channel(1024);
+        let quality = Arc::new(crate::quality::Quality::new(config.quality.clone()));
+        if quality.watches() {
+            let q = quality.clone();
+            router.observe_attempts(Arc::new(move |a| q.observe_attempt(a)));
+        }
         let live = Arc::new(crate::source::Live {
             router: router.clone(),
             tools: tools.executor.clone(),
@@ -102,6 +109,7 @@ impl Shared {
             policies: ledgers.policies,
             policy_classifiers: ledgers.policy_classifiers,
             check_cache: Default::default(),
+            quality,
         }
     }
 

@@ -345,6 +345,13 @@ impl SessionState {
                     self.apply_output_policy(*turn, hits);
                 }
             }
+            EventKind::QualityScored { turn, cost_usd, .. } => {
+                let usd = cost_usd.unwrap_or(0.0);
+                self.cost_usd += usd;
+                if let Some(c) = self.current_turn_mut(*turn) {
+                    c.cost_usd += usd;
+                }
+            }
             EventKind::OutputDelta { .. }
             | EventKind::RoutingDecided { .. }
             | EventKind::AttemptFailed { .. } => {}

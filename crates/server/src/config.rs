@@ -119,6 +119,8 @@ pub struct BatonConfig {
     pub governance: baton_governance::GovernanceConfig,
     /// How long sessions are kept (`[retention]`).
     pub retention: baton_runtime::RetentionConfig,
+    /// Quality scoring and drift alerts (`[quality]`).
+    pub quality: baton_runtime::QualityConfig,
     /// Who may call (`[auth]`).
     pub auth: crate::auth::AuthSection,
     /// The signed audit trail (`[audit]`).
@@ -271,6 +273,7 @@ impl BatonConfig {
             policies: self.policies.clone(),
             governance: self.governance.clone(),
             retention: self.retention.clone(),
+            quality: self.quality.clone(),
         }
     }
 

@@ -348,6 +348,10 @@ baton_proto::policy_hits! {
     malformed = |cx, reason| cx.corrupt(reason),
 }
 
+baton_proto::quality_scores! {
+    field = JournalField, wire = pb, enc = Enc<'_>, dec = Dec<'_, '_>, error = Error,
+}
+
 baton_proto::flattened_routing! { wire = pb, enc = Enc<'_>, dec = Dec<'_, '_>, error = Error }
 
 use pb::record::Kind;
@@ -371,6 +375,7 @@ baton_proto::event_codec! {
         AttemptFailed => AttemptFailed { turn, failure via attempt_failure },
         OutputRetracted => OutputRetracted { turn, attempt, reason },
         PolicyEvaluated => PolicyEvaluated { turn, stage, hits, cost_usd },
+        QualityScored => QualityScored { turn, endpoint, model, evaluator, scores, cost_usd },
         ToolCallRequested => ToolCallRequested { turn, call_id, name, arguments, client_side },
         ToolCallStarted => ToolCallStarted { turn, call_id, name, attempt },
         ToolResult => ToolResult { turn, call_id, name, output via tool_output, is_error, latency_ms, by },

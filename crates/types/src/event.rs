@@ -202,6 +202,20 @@ pub enum EventKind {
         /// What the policies' classifier and evaluator calls cost (USD).
         cost_usd: Option<f64>,
     },
+    /// An answer of the turn was scored by the quality evaluator
+    /// (`[quality]`), off the turn's critical path: recorded after the
+    /// turn, whenever the score arrives.
+    QualityScored {
+        turn: u64,
+        /// The endpoint and model that wrote the answer.
+        endpoint: String,
+        model: String,
+        /// The evaluator route.
+        evaluator: String,
+        scores: Vec<crate::QualityScore>,
+        /// What the evaluator call cost (USD).
+        cost_usd: Option<f64>,
+    },
     /// The model asked for a tool call (one event per call, in the model's
     /// order). `client_side` calls wait for `SubmitToolResult`.
     ToolCallRequested {
@@ -322,6 +336,7 @@ impl EventKind {
             | EventKind::AttemptFailed { turn, .. }
             | EventKind::OutputRetracted { turn, .. }
             | EventKind::PolicyEvaluated { turn, .. }
+            | EventKind::QualityScored { turn, .. }
             | EventKind::TurnCompleted { turn, .. }
             | EventKind::TurnFailed { turn, .. }
             | EventKind::TurnCancelled { turn, .. } => Some(*turn),
@@ -348,6 +363,7 @@ impl EventKind {
             EventKind::AttemptFailed { .. } => "attempt_failed",
             EventKind::OutputRetracted { .. } => "output_retracted",
             EventKind::PolicyEvaluated { .. } => "policy_evaluated",
+            EventKind::QualityScored { .. } => "quality_scored",
             EventKind::TurnCompleted { .. } => "turn_completed",
             EventKind::TurnFailed { .. } => "turn_failed",
             EventKind::TurnCancelled { .. } => "turn_cancelled",

@@ -36,7 +36,7 @@ pub use id::{GateId, ParseIdError, SessionId};
 pub use message::{
     FinishReason, IMAGE_MEDIA_TYPES, Image, Message, Role, ToolCall, ToolDefinition, Usage,
 };
-pub use policy::{PolicyHit, PolicyMatch, PolicyOutcome, PolicyStage};
+pub use policy::{PolicyHit, PolicyMatch, PolicyOutcome, PolicyStage, QualityScore};
 pub use principal::{AccessRole, AuthMethod, DEFAULT_TENANT, Principal};
 pub use routing::{AttemptFailure, RouteCandidate, RoutingDecision};
 pub use turn::{ModelCallReason, TurnFailureCode};

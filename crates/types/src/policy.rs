@@ -65,3 +65,14 @@ pub struct PolicyMatch {
     pub start: u64,
     pub end: u64,
 }
+
+/// One criterion of an answer's quality score (`EventKind::QualityScored`):
+/// 0 to 1, with the evaluator's reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "bincode", derive(bincode::Encode, bincode::Decode))]
+pub struct QualityScore {
+    /// `factuality`, `relevance`, `coherence`, or a configured criterion.
+    pub criterion: String,
+    pub score: f64,
+    pub reason: String,
+}

@@ -51,8 +51,23 @@ impl Router {
                 models,
                 budgets,
                 health,
+                observer: std::sync::OnceLock::new(),
             }),
         })
+    }
+
+    /// Tell `observer` of every attempt settled from now on (its endpoint,
+    /// model, route, outcome and duration; cancelled attempts are not
+    /// told). Set once; false when an observer is set already.
+    pub fn observe_attempts(&self, observer: super::types::AttemptObserver) -> bool {
+        self.inner.observer.set(observer).is_ok()
+    }
+
+    /// Tell the observer of an attempt.
+    pub(super) fn observed(&self, attempt: &super::types::AttemptSeen<'_>) {
+        if let Some(o) = self.inner.observer.get() {
+            o(attempt);
+        }
     }
 
     pub fn models(&self) -> &ModelRegistry {

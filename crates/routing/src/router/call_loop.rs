@@ -359,6 +359,15 @@ impl<'a> CallLoop<'a> {
         a.span.record("otel.status_code", "error");
         metrics().model_attempt(&name, route.name(), class, a.secs);
         metrics().model_error(&name, class);
+        if class != "cancelled" {
+            self.ctx.router.observed(&super::types::AttemptSeen {
+                endpoint: &name,
+                model: &a.cfg.model,
+                route: route.name(),
+                ok: false,
+                secs: a.secs,
+            });
+        }
         drop(a.reservation); // failed attempts are not billed
         let msg = err.message();
         self.progress.last_error = Some((name.clone(), format!("{class}: {msg}")));
@@ -635,6 +644,13 @@ impl<'a> CallLoop<'a> {
             i64::try_from(resp.usage.output_tokens).unwrap_or(i64::MAX),
         );
         metrics().model_attempt(&a.name, route.name(), "ok", a.secs);
+        self.ctx.router.observed(&super::types::AttemptSeen {
+            endpoint: &a.name,
+            model: &a.cfg.model,
+            route: route.name(),
+            ok: true,
+            secs: a.secs,
+        });
         metrics().usage(
             &a.name,
             route.name(),

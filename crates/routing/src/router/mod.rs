@@ -29,5 +29,6 @@ mod tests;
 
 pub use state::Router;
 pub use types::{
-    EndpointStats, OwnKeys, RouteCall, RouteError, RouteErrorKind, RouteEvent, RouteInfo, Routed,
+    AttemptObserver, AttemptSeen, EndpointStats, OwnKeys, RouteCall, RouteError, RouteErrorKind,
+    RouteEvent, RouteInfo, Routed,
 };

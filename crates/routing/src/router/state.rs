@@ -49,6 +49,8 @@ pub(super) struct Inner {
     pub(super) models: ModelRegistry,
     pub(super) budgets: BudgetLedger,
     pub(super) health: HashMap<String, Arc<Health>>,
+    /// Told of every settled attempt (quality monitoring), once set.
+    pub(super) observer: std::sync::OnceLock<super::types::AttemptObserver>,
 }
 
 /// Routes model calls over endpoints. Cheap to clone; clones share

@@ -212,3 +212,18 @@ pub struct EndpointStats {
     pub queued: usize,
     pub breaker: BreakerState,
 }
+
+/// A settled attempt, as an [`AttemptObserver`] is told of it.
+#[derive(Debug, Clone, Copy)]
+pub struct AttemptSeen<'a> {
+    pub endpoint: &'a str,
+    /// The model the endpoint is configured with.
+    pub model: &'a str,
+    pub route: &'a str,
+    /// False for a failed attempt (of any class but `cancelled`).
+    pub ok: bool,
+    pub secs: f64,
+}
+
+/// Told of every settled attempt: see `Router::observe_attempts`.
+pub type AttemptObserver = Arc<dyn Fn(&AttemptSeen<'_>) + Send + Sync>;

@@ -22,6 +22,7 @@ pub(super) fn normalized(kind: &EventKind) -> Option<serde_json::Value> {
         | EventKind::RoutingDecided { .. }
         | EventKind::AttemptFailed { .. }
         | EventKind::OutputRetracted { .. }
+        | EventKind::QualityScored { .. }
         | EventKind::GateEscalated { .. } => return None,
         EventKind::ModelCallStarted { turn, reason, .. } => {
             json!({"type": "model_call_started", "turn": turn, "reason": reason})

@@ -90,6 +90,13 @@ impl Actor for SessionActor {
             SessionMsg::Delete { reply } => {
                 let _ = reply.send(ctx.delete().await);
             }
+            SessionMsg::Record { kind, reply } => {
+                let r = ctx.ensure_found();
+                if r.is_ok() {
+                    ctx.commit(&myself, vec![*kind], true);
+                }
+                let _ = reply.send(r);
+            }
             SessionMsg::Wake => ctx.pump(&myself),
             SessionMsg::Passivate => {
                 if ctx.is_idle() {

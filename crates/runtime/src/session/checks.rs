@@ -15,7 +15,7 @@ use tracing::Instrument;
 
 use super::ctx::SessionCtx;
 use super::msg::SessionMsg;
-use super::redaction::{HeldAnswer, subject_of};
+use super::redaction::{HeldAnswer, Sent, subject_of};
 use crate::checks::{Ask, CallTerms, key};
 
 /// The key of `check` asked of `text` (an evaluator: of the answer `text`
@@ -170,25 +170,22 @@ impl SessionCtx {
     /// yet: they are asked, and the answer is released when they are
     /// answered ([`Self::on_checked`]). Gives the answer back when it need
     /// not wait.
-    #[allow(clippy::too_many_arguments)]
     pub(super) fn hold_for_checks(
         &mut self,
         myself: &ActorRef<SessionMsg>,
         turn: u64,
         routed: baton_routing::Routed,
         latency_ms: u64,
-        raw: String,
-        question: String,
-        data_classes: Vec<String>,
-    ) -> Option<baton_routing::Routed> {
+        sent: Sent,
+    ) -> Option<(baton_routing::Routed, Sent)> {
         let message = &routed.response.message;
         if !self.asks_checks() || !message.tool_calls.is_empty() {
-            return Some(routed);
+            return Some((routed, sent));
         }
         let policies = self.env.shared.policies.clone();
         let ids = policies.checks(Stage::Output, &subject_of(&self.durable.state, None), false);
         if ids.is_empty() {
-            return Some(routed);
+            return Some((routed, sent));
         }
         let mut asks = Vec::new();
         let text = message.content.clone();
@@ -196,19 +193,19 @@ impl SessionCtx {
             Stage::Output,
             &ids,
             &text,
-            Some(&raw),
-            &question,
-            Some(&data_classes),
+            Some(&sent.raw),
+            &sent.question,
+            Some(&sent.data_classes),
             &mut asks,
         );
         if asks.is_empty() {
-            return Some(routed);
+            return Some((routed, sent));
         }
         self.model.held = Some(HeldAnswer {
             turn,
             routed,
             latency_ms,
-            question,
+            sent,
         });
         self.ask(myself, turn, asks);
         None

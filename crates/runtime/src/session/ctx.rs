@@ -72,9 +72,11 @@ pub(crate) struct InFlight {
     /// Output policies apply: no deltas are streamed, the answer is
     /// released once checked.
     pub hold_output: bool,
-    /// The request's last user message as sent (pseudonymised), when
-    /// output policies ask an evaluator: its question.
-    pub question: Option<String>,
+    /// The request's last user message as sent (pseudonymised): the
+    /// question evaluators and quality scoring are asked about.
+    pub question: String,
+    /// The request as sent.
+    pub request: std::sync::Arc<baton_models::ModelRequest>,
     /// The data classes the call was routed under (checks of its answer
     /// are routed under them too).
     pub data_classes: Vec<String>,

@@ -51,6 +51,11 @@ pub(crate) enum SessionMsg {
     Delete {
         reply: RpcReplyPort<Result<()>>,
     },
+    /// Journal a record that arrives after its turn (a quality score).
+    Record {
+        kind: Box<baton_types::EventKind>,
+        reply: RpcReplyPort<Result<()>>,
+    },
     /// Start (or resume) work; sent to sessions with unfinished turns at start-up.
     Wake,
     /// Sent by the supervisor: stop if idle, or decline.

@@ -128,6 +128,18 @@ pub(crate) struct HeldAnswer {
     pub(crate) turn: u64,
     pub(crate) routed: baton_routing::Routed,
     pub(crate) latency_ms: u64,
-    /// The question its evaluators were asked about (pseudonymised).
+    pub(crate) sent: Sent,
+}
+
+/// What a model call's answer was written for, as sent upstream
+/// (pseudonymised): for its checks and its quality score.
+pub(crate) struct Sent {
+    /// The answer as the model wrote it.
+    pub(crate) raw: String,
+    /// The user's question (the request's last user message that is not
+    /// the runtime's own note to the model).
     pub(crate) question: String,
+    pub(crate) request: Arc<baton_models::ModelRequest>,
+    /// The data classes the call was routed under.
+    pub(crate) data_classes: Vec<String>,
 }

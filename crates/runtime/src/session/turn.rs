@@ -285,22 +285,20 @@ impl SessionCtx {
             }
         }
         let hold_output = self.holds_output();
-        let question = hold_output
-            .then(|| {
-                request
-                    .messages
-                    .iter()
-                    .rev()
-                    // Not the runtime's own notes to the model (a policy's
-                    // or a reviewer's request to revise): the user's question.
-                    .find(|m| {
-                        m.role == Role::User
-                            && !m.content.starts_with("[policy] ")
-                            && !m.content.starts_with("[review] ")
-                    })
-                    .map(|m| m.content.clone())
+        let question = request
+            .messages
+            .iter()
+            .rev()
+            // Not the runtime's own notes to the model (a policy's or a
+            // reviewer's request to revise): the user's question.
+            .find(|m| {
+                m.role == Role::User
+                    && !m.content.starts_with("[policy] ")
+                    && !m.content.starts_with("[review] ")
             })
-            .flatten();
+            .map(|m| m.content.clone())
+            .unwrap_or_default();
+        let request = std::sync::Arc::new(request);
         self.model.call = Some(InFlight {
             id: call,
             turn,
@@ -308,6 +306,7 @@ impl SessionCtx {
             redaction,
             hold_output,
             question,
+            request: request.clone(),
             data_classes: data_classes.clone(),
         });
         let state = &self.durable.state;
@@ -328,7 +327,7 @@ impl SessionCtx {
             });
         let route_call = baton_routing::RouteCall {
             route: state.route.clone(),
-            request: std::sync::Arc::new(request),
+            request,
             needs_vision: false,
             data_classes,
             deltas: Some(delta_tx),
@@ -490,20 +489,19 @@ impl SessionCtx {
                         call.arguments = r.restore(&call.arguments);
                     }
                 }
-                let question = done.question.unwrap_or_default();
-                let Some(routed) = self.hold_for_checks(
-                    myself,
-                    turn,
-                    routed,
-                    latency_ms,
+                let sent = super::redaction::Sent {
                     raw,
-                    question.clone(),
-                    done.data_classes,
-                ) else {
+                    question: done.question,
+                    request: done.request,
+                    data_classes: done.data_classes,
+                };
+                let Some((routed, sent)) =
+                    self.hold_for_checks(myself, turn, routed, latency_ms, sent)
+                else {
                     // Released when its output checks are answered.
                     return;
                 };
-                self.answer_kinds(turn, routed, latency_ms, &question)
+                self.answer_kinds(turn, routed, latency_ms, &sent)
             }
             Err(e) => vec![EventKind::TurnFailed {
                 turn,
@@ -521,18 +519,63 @@ impl SessionCtx {
     }
 
     /// The records of a model answer, screened by the output and
-    /// tool-argument policies (`question`: what evaluators were asked about).
+    /// tool-argument policies; a final answer may be handed to quality
+    /// scoring (`sent`: what it was written for).
     fn answer_kinds(
         &mut self,
         turn: u64,
         routed: baton_routing::Routed,
         latency_ms: u64,
-        question: &str,
+        sent: &super::redaction::Sent,
     ) -> Vec<EventKind> {
         let mut kinds = self.answer_records(turn, routed, latency_ms);
-        self.screen_output(turn, &mut kinds, question);
+        self.screen_output(turn, &mut kinds, &sent.question);
         self.screen_tool_calls(turn, &mut kinds);
+        self.submit_for_scoring(turn, &kinds, sent);
         kinds
+    }
+
+    /// Hand a final answer to quality scoring when it is sampled or an
+    /// output policy flagged it; never waits.
+    fn submit_for_scoring(&self, turn: u64, kinds: &[EventKind], sent: &super::redaction::Sent) {
+        let shared = &self.env.shared;
+        let state = &self.durable.state;
+        if !shared.quality.scores() || state.replay_of.is_some() {
+            return;
+        }
+        let Some(EventKind::AssistantMessage {
+            message,
+            endpoint,
+            model,
+            ..
+        }) = kinds.first()
+        else {
+            return;
+        };
+        if !message.tool_calls.is_empty() {
+            return;
+        }
+        let flagged = kinds.iter().any(|k| {
+            matches!(k, EventKind::PolicyEvaluated { stage: baton_types::PolicyStage::Output, hits, .. } if !hits.is_empty())
+        });
+        if !shared
+            .quality
+            .wants(&state.route, self.env.id, turn, flagged)
+        {
+            return;
+        }
+        shared.quality.submit(crate::quality::ScoreJob {
+            session: self.env.id,
+            turn,
+            route: state.route.clone(),
+            endpoint: endpoint.clone(),
+            model: model.clone(),
+            request: sent.request.clone(),
+            question: sent.question.clone(),
+            answer: sent.raw.clone(),
+            data_classes: sent.data_classes.clone(),
+            own_keys: shared.own_keys.get(&state.tenant).cloned(),
+        });
     }
 
     /// A final answer held for its output checks, now answered: screened
@@ -552,7 +595,7 @@ impl SessionCtx {
         {
             return;
         }
-        let kinds = self.answer_kinds(turn, held.routed, held.latency_ms, &held.question);
+        let kinds = self.answer_kinds(turn, held.routed, held.latency_ms, &held.sent);
         for k in kinds {
             self.stage(k);
         }

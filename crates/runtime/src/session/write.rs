@@ -97,6 +97,10 @@ impl SessionCtx {
             if let EventKind::PolicyEvaluated {
                 cost_usd: Some(usd),
                 ..
+            }
+            | EventKind::QualityScored {
+                cost_usd: Some(usd),
+                ..
             } = &e.kind
             {
                 // Policies' classifier and evaluator calls are spent too.

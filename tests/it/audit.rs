@@ -328,12 +328,21 @@ async fn the_trail_holds_what_the_docs_list() {
     use baton_testkit::fake_model::{Fault, ScriptedReply};
 
     let fake = FakeOpenAi::start().await.unwrap();
+    // Scores every answer (quality_score records), on a server of its own.
+    let judge = FakeOpenAi::start().await.unwrap();
+    judge.set_behavior(baton_testkit::fake_model::Behavior {
+        reply: baton_testkit::fake_model::Reply::Fixed(
+            r#"{"factuality": 1, "relevance": 1, "coherence": 1}"#.into(),
+        ),
+        ..Default::default()
+    });
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let toml = format!(
-        "backup_dir = {:?}\n{}\n[tools.builtin]\ncalculator = true\ncurrent_time = true\n\n[[gates.policies]]\nname = \"review_math\"\nkind = \"before_tool\"\ntools = [\"calculator\"]\nreviewers = \"ops\"\n\n[[policies]]\nname = \"pii\"\nstage = \"input\"\n[[policies.rules]]\nname = \"contacts\"\ndetect = [\"email\"]\noutcome = \"redact\"\n",
+        "backup_dir = {:?}\n{}\n[[models]]\nname = \"judge\"\nprovider = \"openai\"\nbase_url = {:?}\nmodel = \"judge-model\"\n\n[quality]\nevaluator = \"judge\"\nsample = 1.0\n\n[tools.builtin]\ncalculator = true\ncurrent_time = true\n\n[[gates.policies]]\nname = \"review_math\"\nkind = \"before_tool\"\ntools = [\"calculator\"]\nreviewers = \"ops\"\n\n[[policies]]\nname = \"pii\"\nstage = \"input\"\n[[policies.rules]]\nname = \"contacts\"\ndetect = [\"email\"]\noutcome = \"redact\"\n",
         dir.path().display().to_string(),
-        fake_model_toml(&fake.base_url(), false)
+        fake_model_toml(&fake.base_url(), false),
+        judge.base_url(),
     );
     let config = write_config(dir.path(), &data, &toml).unwrap();
     let server = BatonProcess::start(bin(), &config).await.unwrap();

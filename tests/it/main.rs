@@ -17,6 +17,7 @@ mod governance;
 mod grpc_api;
 mod inspect;
 mod layout;
+mod privacy;
 mod provider_keys;
 mod python_clients;
 mod quality;

@@ -38,16 +38,24 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
     let config = args.config.load()?;
     let audit = config.audit.resolve(&config.store.data_dir);
     let dir = config.store.data_dir.clone();
-    let store =
-        tokio::task::spawn_blocking(move || Store::open(StoreOptions::new(dir, Durability::Sync)))
-            .await?
-            .with_context(|| {
-                format!(
-                    "cannot open the store in {} (stop the server that uses it first)",
-                    config.store.data_dir.display()
-                )
-            })?;
-    let result = collect(&store, &args, &audit).await;
+    // With [privacy] encryption, sealed content opens with the subject keys
+    // (an erased subject's does not).
+    let ring = baton_runtime::open_keyring(&config.privacy, &config.store.data_dir)
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let opener = ring.clone();
+    let store = tokio::task::spawn_blocking(move || {
+        let mut opts = StoreOptions::new(dir, Durability::Sync);
+        opts.keyring = opener;
+        Store::open(opts)
+    })
+    .await?
+    .with_context(|| {
+        format!(
+            "cannot open the store in {} (stop the server that uses it first)",
+            config.store.data_dir.display()
+        )
+    })?;
+    let result = collect(&store, &args, &audit, ring.as_deref()).await;
     store.close();
     let doc = result?;
     let text = serde_json::to_string_pretty(&doc)?;
@@ -63,6 +71,7 @@ async fn collect(
     store: &Store,
     args: &ExportArgs,
     audit: &baton_audit::AuditConfig,
+    ring: Option<&baton_store::seal::Keyring>,
 ) -> anyhow::Result<Value> {
     let ids = subject_sessions(store, args).await?;
     let key = baton_audit::read_public_key(&baton_audit::public_key_path(&audit.key_file)).ok();
@@ -108,6 +117,7 @@ async fn collect(
                 String::from_utf8_lossy(&out)
                     .lines()
                     .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+                    .map(|r| open_audit(r, id, ring))
                     .collect()
             }
             _ => Vec::new(),
@@ -132,6 +142,30 @@ async fn collect(
         "exported_at_unix_ms": baton_types::now_unix_ms(),
         "sessions": sessions,
     }))
+}
+
+/// An audit record whose data was sealed, opened with the subject's key;
+/// `{"erased": true}` when the key was destroyed.
+fn open_audit(
+    mut record: Value,
+    id: baton_types::SessionId,
+    ring: Option<&baton_store::seal::Keyring>,
+) -> Value {
+    use base64::Engine;
+    let (Some(ring), Some(sealed), Some(seq)) = (
+        ring,
+        record["data"]["sealed"].as_str().map(String::from),
+        record["data"]["seq"].as_u64(),
+    ) else {
+        return record;
+    };
+    let opened = base64::engine::general_purpose::STANDARD
+        .decode(sealed)
+        .ok()
+        .and_then(|b| ring.unseal(&baton_runtime::audit_aad(id, seq), &b).ok())
+        .and_then(|plain| serde_json::from_slice::<Value>(&plain).ok());
+    record["data"] = opened.unwrap_or_else(|| json!({ "seq": seq, "erased": true }));
+    record
 }
 
 /// The sessions of the subject: the one named, or every session whose

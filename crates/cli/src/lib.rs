@@ -78,6 +78,17 @@ enum Command {
         #[command(subcommand)]
         command: keys::KeyCommand,
     },
+    /// Erase a data subject by crypto-shredding (admin; needs [privacy]
+    /// encryption): its keys are destroyed, so its content cannot be read
+    /// anywhere again, then its live sessions are deleted.
+    Erase {
+        #[command(flatten)]
+        conn: client::Conn,
+        /// A value of [privacy] subject_field (e.g. a customer id), or
+        /// session:<id>.
+        #[arg(long)]
+        subject: String,
+    },
     /// Ask a running server for a consistent online backup.
     Backup {
         #[command(flatten)]
@@ -143,6 +154,7 @@ pub fn main() -> ExitCode {
             Command::Inspect { conn, command } => inspect::run(conn, command).await,
             Command::Keys { conn, command } => keys::run(conn, command).await,
             Command::Backup { conn, to } => ops::backup(conn, to).await,
+            Command::Erase { conn, subject } => ops::erase(conn, subject).await,
             Command::Restore {
                 from,
                 config,

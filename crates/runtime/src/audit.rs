@@ -29,12 +29,22 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug + 'static {
 /// Report a durable journal record to the audit trail, if it is one of the
 /// audited kinds: model calls, routing decisions, failed attempts, tool
 /// calls, gate openings (policy decisions) and decisions, failed turns.
-pub(crate) fn record_event(sink: &dyn AuditSink, e: &baton_types::SessionEvent, recovered: bool) {
+/// With `seal` (`[privacy]` encryption), the record's data is sealed under
+/// the session's subject key: the chain covers the sealed bytes.
+pub(crate) fn record_event(
+    sink: &dyn AuditSink,
+    e: &baton_types::SessionEvent,
+    recovered: bool,
+    seal: Option<&baton_store::seal::SealKey>,
+) {
     if let Some((kind, actor, mut data)) = audit_record(e) {
         if recovered && let Some(o) = data.as_object_mut() {
             // Appended again at start-up after a crash: the original may or
             // may not have reached the log (same session and seq).
             o.insert("recovered".into(), true.into());
+        }
+        if let Some(key) = seal {
+            data = crate::privacy::seal_audit(key, e.session_id, e.seq, data);
         }
         sink.record(
             kind,
@@ -248,11 +258,18 @@ pub(crate) async fn confirm(
 pub(crate) async fn recover(
     sink: &dyn AuditSink,
     store: &baton_store::Store,
+    privacy: &crate::privacy::PrivacyConfig,
 ) -> baton_store::Result<u64> {
     let backlog = store.audit_backlog().await?;
     let mut appended = 0;
     let mut batch = baton_store::Batch::unsynced();
     for (session, done, pending) in backlog {
+        // Sealed again under the session's subject key, as when it was new.
+        let seal = match store.load_meta(session).await? {
+            Some(meta) => crate::privacy::seal_key(store, privacy, session, &meta.metadata)
+                .map_err(|e| baton_store::Error::Keys(e.to_string()))?,
+            None => None,
+        };
         let mut after = done;
         while after < pending {
             let page = match store.read_journal(session, after, 512).await {
@@ -277,7 +294,7 @@ pub(crate) async fn recover(
             };
             for e in page.iter().filter(|e| e.seq <= pending) {
                 if is_audited(&e.kind) {
-                    record_event(sink, e, true);
+                    record_event(sink, e, true, seal.as_deref());
                     appended += 1;
                 }
             }

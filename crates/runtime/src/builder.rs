@@ -109,7 +109,13 @@ impl RuntimeBuilder {
         let policies = Arc::new(
             config.compile_policies(&config.route_names_with(&in_code), &policy_classifiers)?,
         );
-        let opts = StoreOptions::new(config.store.data_dir.clone(), config.store.durability);
+        let mut opts = StoreOptions::new(config.store.data_dir.clone(), config.store.durability);
+        opts.keyring = {
+            let (privacy, data_dir) = (config.privacy.clone(), config.store.data_dir.clone());
+            tokio::task::spawn_blocking(move || crate::privacy::open_keyring(&privacy, &data_dir))
+                .await
+                .map_err(|e| Error::Internal(format!("keystore open task failed: {e}")))??
+        };
         let store = tokio::task::spawn_blocking(move || Store::open(opts))
             .await
             .map_err(|e| Error::Internal(format!("store open task failed: {e}")))??;
@@ -156,7 +162,7 @@ impl RuntimeBuilder {
             }),
         };
         if let Some(sink) = &handle.inner.shared.audit {
-            audit::recover(sink.as_ref(), &store).await?;
+            audit::recover(sink.as_ref(), &store, &handle.inner.shared.config.privacy).await?;
             spawn_audit_confirmer(&handle.inner.shared, handle.inner.stop.clone());
         }
         let unfinished = store.sessions_with_status(SessionStatus::Running).await?;

@@ -205,6 +205,8 @@ pub struct RuntimeConfig {
     pub retention: crate::retention::RetentionConfig,
     /// Quality scoring and drift alerts (`[quality]`).
     pub quality: crate::quality::QualityConfig,
+    /// Encryption at rest by data subject and erasure (`[privacy]`).
+    pub privacy: crate::privacy::PrivacyConfig,
 }
 
 impl RuntimeConfig {
@@ -425,6 +427,7 @@ impl RuntimeConfig {
         self.compile_policies(&route_names, policy_classifiers)?;
         crate::retention::validate(&self.retention, &route_names)?;
         crate::quality::validate(&self.quality, &route_names)?;
+        crate::privacy::validate(&self.privacy, &self.store.data_dir)?;
         Ok(())
     }
 

@@ -8,6 +8,7 @@ use baton_types::{EventKind, SessionId, SessionStatus, now_unix_ms};
 /// every write its dead actor queued has landed (so the record follows them).
 pub(crate) async fn mark_failed(
     store: &Store,
+    privacy: &crate::privacy::PrivacyConfig,
     id: SessionId,
     reason: String,
 ) -> baton_store::Result<()> {
@@ -15,7 +16,11 @@ pub(crate) async fn mark_failed(
     let Some(mut meta) = store.load_meta(id).await? else {
         return Ok(());
     };
-    write_failed(store, id, &mut meta, reason).await.map(|_| ())
+    let seal = crate::privacy::seal_key(store, privacy, id, &meta.metadata)
+        .map_err(|e| baton_store::Error::Keys(e.to_string()))?;
+    write_failed(store, seal, id, &mut meta, reason)
+        .await
+        .map(|_| ())
 }
 
 /// Append `SessionFailed` after the journal's last record (read from keys
@@ -23,6 +28,7 @@ pub(crate) async fn mark_failed(
 /// status to `failed`, in one batch. Returns the new record's seq.
 pub(crate) async fn write_failed(
     store: &Store,
+    seal: Option<std::sync::Arc<baton_store::seal::SealKey>>,
     id: SessionId,
     meta: &mut SessionMeta,
     reason: String,
@@ -33,6 +39,7 @@ pub(crate) async fn write_failed(
     meta.status_reason = reason.clone();
     meta.updated_at_unix_ms = now_unix_ms();
     let mut batch = Batch::new();
+    batch.seal_with(seal);
     batch.append(
         &id,
         seq,

@@ -43,6 +43,7 @@ pub mod gates;
 mod handle;
 mod inspect;
 mod paging;
+mod privacy;
 mod quality;
 mod replay;
 mod retention;
@@ -68,6 +69,7 @@ pub use error::{ConfigError, Error, Result};
 pub use gates::{GateDecision, GateList, GateQuery, GateRecord, GateStatus};
 pub use handle::RuntimeHandle;
 pub use inspect::{ActorNode, BackupInfo, JournalPage, StateView};
+pub use privacy::{Erasure, PrivacyConfig, audit_aad, open_keyring};
 pub use quality::QualityConfig;
 pub use replay::{Divergence, ReplayReport};
 pub use retention::RetentionConfig;
@@ -79,6 +81,17 @@ pub use sessions::{
 pub use state::{CurrentTurn, PendingGate, PendingTool, QueuedTurn, SessionState};
 pub use stream::EventStream;
 pub use supervisor::SupervisorStats;
+
+/// A test hook: abort the process (as a SIGKILL would end it) when the
+/// environment variable `BATON_FAILPOINT` names this point. Used by the
+/// crash tests of multi-step operations (erasure); unset, it costs one
+/// environment lookup.
+pub(crate) fn failpoint(name: &str) {
+    if std::env::var("BATON_FAILPOINT").is_ok_and(|v| v == name) {
+        eprintln!("failpoint {name}: aborting");
+        std::process::abort();
+    }
+}
 
 #[cfg(test)]
 mod gate_tests;

@@ -300,7 +300,10 @@ impl RuntimeHandle {
                 kind,
             })
             .collect();
+        let seal =
+            crate::privacy::seal_key(&shared.store, &shared.config.privacy, id, &meta.metadata)?;
         let mut batch = Batch::new();
+        batch.seal_with(seal.clone());
         batch.put_meta(&id, &meta, None);
         for e in &events {
             batch.append(&id, e.seq, e.at_unix_ms, &e.kind);
@@ -322,7 +325,7 @@ impl RuntimeHandle {
         self.audit_admin(action, Some(id), data, &new.by);
         if let (Some(seq), Some(sink)) = (audited, &shared.audit) {
             for e in &events {
-                audit::record_event(sink.as_ref(), e, false);
+                audit::record_event(sink.as_ref(), e, false, seal.as_deref());
             }
             shared.audit_cursor.note(id, seq);
         }

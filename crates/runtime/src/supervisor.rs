@@ -395,7 +395,9 @@ impl SupervisorState {
                 count, cfg.restart_window_ms
             );
             tokio::spawn(async move {
-                if let Err(e) = crate::failed::mark_failed(&shared.store, id, why).await {
+                if let Err(e) =
+                    crate::failed::mark_failed(&shared.store, &shared.config.privacy, id, why).await
+                {
                     tracing::error!(session = %id, error = %e, "cannot mark session failed");
                 }
                 let _ = me.cast(SupervisorMsg::Respawn(id));

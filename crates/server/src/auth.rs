@@ -104,6 +104,7 @@ pub const GRPC_ACCESS: &[(&str, Need)] = &[
     ("/baton.v1.Inspect/ForkSession", OPERATOR),
     ("/baton.v1.Inspect/ReplaySession", OPERATOR),
     ("/baton.v1.Inspect/Backup", ADMIN),
+    ("/baton.v1.Inspect/EraseSubject", ADMIN),
     ("/baton.v1.Admin/CreateKey", ADMIN),
     ("/baton.v1.Admin/ListKeys", ADMIN),
     ("/baton.v1.Admin/RevokeKey", ADMIN),

@@ -121,6 +121,8 @@ pub struct BatonConfig {
     pub retention: baton_runtime::RetentionConfig,
     /// Quality scoring and drift alerts (`[quality]`).
     pub quality: baton_runtime::QualityConfig,
+    /// Encryption at rest by data subject and erasure (`[privacy]`).
+    pub privacy: baton_runtime::PrivacyConfig,
     /// Who may call (`[auth]`).
     pub auth: crate::auth::AuthSection,
     /// The signed audit trail (`[audit]`).
@@ -274,6 +276,7 @@ impl BatonConfig {
             governance: self.governance.clone(),
             retention: self.retention.clone(),
             quality: self.quality.clone(),
+            privacy: self.privacy.clone(),
         }
     }
 

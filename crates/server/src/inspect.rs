@@ -205,6 +205,27 @@ impl Inspect for InspectService {
         }))
     }
 
+    async fn erase_subject(
+        &self,
+        req: Request<v1::EraseSubjectRequest>,
+    ) -> Result<Response<v1::EraseSubjectResponse>, Status> {
+        let caller = self.caller(&req)?;
+        let r = req.into_inner();
+        if r.subject.trim().is_empty() {
+            return Err(Status::invalid_argument(
+                "subject is required: a value of [privacy] subject_field, or session:<id>",
+            ));
+        }
+        let e = caller
+            .erase_subject(&r.subject)
+            .await
+            .map_err(|e| status(&e))?;
+        Ok(Response::new(v1::EraseSubjectResponse {
+            keys_destroyed: e.keys_destroyed,
+            sessions_deleted: e.sessions_deleted,
+        }))
+    }
+
     async fn backup(
         &self,
         req: Request<v1::BackupRequest>,

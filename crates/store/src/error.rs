@@ -28,12 +28,21 @@ pub enum Error {
     /// The snapshot codec failed.
     #[error("snapshot encoding failed: {0}")]
     Snapshot(String),
+    /// Subject keys: a wrong master key, a value that does not open, a
+    /// keystore that cannot be used.
+    #[error("keys: {0}")]
+    Keys(String),
+    /// The value was sealed under a subject key that was erased: it cannot
+    /// be read again (crypto-shredding).
+    #[error("the data was erased (its subject key {0} was destroyed)")]
+    Erased(String),
 }
 
 impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
             Error::Closed => ErrorCode::Unavailable,
+            Error::Erased(_) => ErrorCode::FailedPrecondition,
             _ => ErrorCode::Internal,
         }
     }
@@ -46,6 +55,7 @@ impl Error {
                 | Error::CorruptMeta { .. }
                 | Error::MissingPayload { .. }
                 | Error::CorruptGate { .. }
+                | Error::Erased(_)
         )
     }
 }

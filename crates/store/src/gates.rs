@@ -161,10 +161,12 @@ impl Batch {
                 value: record.session.as_bytes().to_vec(),
             });
         }
+        let key = record.gate_id.as_bytes().to_vec();
+        let value = self.sealed(CF_GATES, &key, encode(record));
         self.push(Op::Put {
             cf: CF_GATES,
-            key: record.gate_id.as_bytes().to_vec(),
-            value: encode(record),
+            key,
+            value,
         });
     }
 
@@ -199,9 +201,19 @@ pub struct GatePage {
     pub next_after: Option<GateId>,
 }
 
-pub(crate) fn get_blocking(db: &DB, gate_id: GateId) -> Result<Option<GateRecord>> {
+/// A gate record; none when it is absent, or sealed under an erased
+/// subject key (an erased subject's gates are gone from every list).
+pub(crate) fn get_blocking(
+    db: &DB,
+    ring: Option<&crate::seal::Keyring>,
+    gate_id: GateId,
+) -> Result<Option<GateRecord>> {
     match db.get_cf(cf_handle(db, CF_GATES)?, gate_id.as_bytes())? {
-        Some(v) => decode(gate_id, &v).map(Some),
+        Some(v) => match crate::unseal(ring, CF_GATES, gate_id.as_bytes(), v) {
+            Ok(v) => decode(gate_id, &v).map(Some),
+            Err(Error::Erased(_)) => Ok(None),
+            Err(e) => Err(e),
+        },
         None => Ok(None),
     }
 }
@@ -230,6 +242,7 @@ pub(crate) fn count_pending_blocking(db: &DB) -> Result<u64> {
 
 pub(crate) fn list_blocking(
     db: &DB,
+    ring: Option<&crate::seal::Keyring>,
     filter: &GateFilter,
     after: Option<GateId>,
     limit: usize,
@@ -273,7 +286,7 @@ pub(crate) fn list_blocking(
         if after.is_some_and(|a| id <= a) {
             continue;
         }
-        let Some(g) = get_blocking(db, id)? else {
+        let Some(g) = get_blocking(db, ring, id)? else {
             continue;
         };
         if filter.status.is_some_and(|s| s != g.status())
@@ -296,7 +309,12 @@ pub(crate) fn list_blocking(
 }
 
 /// Pending gates whose deadline is at or before `now`, oldest deadline first.
-pub(crate) fn due_blocking(db: &DB, now_unix_ms: u64, limit: usize) -> Result<Vec<GateRecord>> {
+pub(crate) fn due_blocking(
+    db: &DB,
+    ring: Option<&crate::seal::Keyring>,
+    now_unix_ms: u64,
+    limit: usize,
+) -> Result<Vec<GateRecord>> {
     let cf = cf_handle(db, CF_INDEXES)?;
     let mut out = Vec::new();
     for item in db.iterator_cf(cf, IteratorMode::From(b"gt", Direction::Forward)) {
@@ -311,7 +329,7 @@ pub(crate) fn due_blocking(db: &DB, now_unix_ms: u64, limit: usize) -> Result<Ve
         }
         let mut id = [0u8; 16];
         id.copy_from_slice(&k[10..]);
-        if let Some(g) = get_blocking(db, GateId::from_bytes(id))? {
+        if let Some(g) = get_blocking(db, ring, GateId::from_bytes(id))? {
             out.push(g);
         }
     }

@@ -26,6 +26,7 @@ mod codec;
 mod error;
 pub mod gates;
 pub mod keys;
+pub mod seal;
 pub mod snapshot;
 mod writer;
 
@@ -80,6 +81,9 @@ pub enum Durability {
 pub struct StoreOptions {
     pub path: PathBuf,
     pub durability: Durability,
+    /// Subject keys, when values are sealed ([`seal`]): reads open sealed
+    /// values with it.
+    pub keyring: Option<Arc<seal::Keyring>>,
 }
 
 impl StoreOptions {
@@ -87,7 +91,31 @@ impl StoreOptions {
         Self {
             path: path.into(),
             durability,
+            keyring: None,
         }
+    }
+}
+
+/// What a sealed value stored at `key` of column family `cf` is bound to.
+pub(crate) fn seal_aad(cf: &str, key: &[u8]) -> Vec<u8> {
+    [cf.as_bytes(), &[0u8], key].concat()
+}
+
+/// A value as stored, opened when it is sealed.
+pub(crate) fn unseal(
+    ring: Option<&seal::Keyring>,
+    cf: &str,
+    key: &[u8],
+    value: Vec<u8>,
+) -> Result<Vec<u8>> {
+    if !seal::is_sealed(&value) {
+        return Ok(value);
+    }
+    match ring {
+        Some(r) => r.unseal(&seal_aad(cf, key), &value),
+        None => Err(Error::Keys(
+            "a sealed value, and no keyring configured ([privacy] encryption)".into(),
+        )),
     }
 }
 
@@ -99,6 +127,9 @@ pub struct Batch {
     /// When false the batch is written to the WAL without waiting for an fsync
     /// even in `sync` mode (provisional data such as output deltas).
     sync: bool,
+    /// Journal records, payloads, snapshots and gate records added while
+    /// set are sealed under this subject key.
+    seal: Option<Arc<seal::SealKey>>,
 }
 
 impl Batch {
@@ -107,6 +138,22 @@ impl Batch {
         Self {
             ops: Vec::new(),
             sync: true,
+            seal: None,
+        }
+    }
+
+    /// Seal the session content added from now on under `key` (none:
+    /// stored as is).
+    pub fn seal_with(&mut self, key: Option<Arc<seal::SealKey>>) -> &mut Self {
+        self.seal = key;
+        self
+    }
+
+    /// `value`, sealed when the batch seals, bound to where it is stored.
+    pub(crate) fn sealed(&self, cf: &str, key: &[u8], value: Vec<u8>) -> Vec<u8> {
+        match &self.seal {
+            Some(k) => k.seal(&seal_aad(cf, key), &value),
+            None => value,
         }
     }
 
@@ -130,16 +177,19 @@ impl Batch {
     pub fn append(&mut self, session: &SessionId, seq: u64, at_unix_ms: u64, kind: &EventKind) {
         let enc = codec::encode_record(session, seq, at_unix_ms, kind, PAYLOAD_INLINE_LIMIT);
         if let Some((key, value)) = enc.payload {
+            let value = self.sealed(CF_PAYLOADS, &key, value);
             self.ops.push(Op::Put {
                 cf: CF_PAYLOADS,
                 key,
                 value,
             });
         }
+        let key = keys::journal_key(session, seq).to_vec();
+        let value = self.sealed(CF_JOURNAL, &key, enc.record);
         self.ops.push(Op::Put {
             cf: CF_JOURNAL,
-            key: keys::journal_key(session, seq).to_vec(),
-            value: enc.record,
+            key,
+            value,
         });
     }
 
@@ -221,10 +271,12 @@ impl Batch {
 
     /// Store a snapshot of a session's state as of `seq`.
     pub fn put_snapshot(&mut self, session: &SessionId, encoded: Vec<u8>) {
+        let key = session.as_bytes().to_vec();
+        let value = self.sealed(CF_SNAPSHOTS, &key, encoded);
         self.ops.push(Op::Put {
             cf: CF_SNAPSHOTS,
-            key: session.as_bytes().to_vec(),
-            value: encoded,
+            key,
+            value,
         });
     }
 
@@ -463,8 +515,11 @@ impl Store {
         after_seq: u64,
         limit: usize,
     ) -> Result<Vec<SessionEvent>> {
-        self.blocking(move |db| read_journal_blocking(db, session, after_seq, u64::MAX, limit))
-            .await
+        let ring = self.inner.options.keyring.clone();
+        self.blocking(move |db| {
+            read_journal_blocking(db, ring.as_deref(), session, after_seq, u64::MAX, limit)
+        })
+        .await
     }
 
     /// Journal records with `after_seq < seq <= upto_seq`.
@@ -474,8 +529,18 @@ impl Store {
         after_seq: u64,
         upto_seq: u64,
     ) -> Result<Vec<SessionEvent>> {
-        self.blocking(move |db| read_journal_blocking(db, session, after_seq, upto_seq, usize::MAX))
-            .await
+        let ring = self.inner.options.keyring.clone();
+        self.blocking(move |db| {
+            read_journal_blocking(
+                db,
+                ring.as_deref(),
+                session,
+                after_seq,
+                upto_seq,
+                usize::MAX,
+            )
+        })
+        .await
     }
 
     /// The highest seq in a session's journal (0 when it has none). Reads keys
@@ -485,12 +550,21 @@ impl Store {
             .await
     }
 
-    /// The stored snapshot bytes of a session, if any.
+    /// The stored snapshot bytes of a session, if any (opened when sealed).
     pub async fn load_snapshot(&self, session: SessionId) -> Result<Option<Vec<u8>>> {
+        let ring = self.inner.options.keyring.clone();
         self.blocking(move |db| {
-            Ok(db.get_cf(writer::cf_handle(db, CF_SNAPSHOTS)?, session.as_bytes())?)
+            match db.get_cf(writer::cf_handle(db, CF_SNAPSHOTS)?, session.as_bytes())? {
+                Some(v) => unseal(ring.as_deref(), CF_SNAPSHOTS, session.as_bytes(), v).map(Some),
+                None => Ok(None),
+            }
         })
         .await
+    }
+
+    /// The subject keys values are sealed with, when configured.
+    pub fn keyring(&self) -> Option<&Arc<seal::Keyring>> {
+        self.inner.options.keyring.as_ref()
     }
 
     /// The session an idempotency key maps to.
@@ -704,7 +778,8 @@ impl Store {
 
     /// A gate's current state.
     pub async fn get_gate(&self, gate_id: GateId) -> Result<Option<GateRecord>> {
-        self.blocking(move |db| gates::get_blocking(db, gate_id))
+        let ring = self.inner.options.keyring.clone();
+        self.blocking(move |db| gates::get_blocking(db, ring.as_deref(), gate_id))
             .await
     }
 
@@ -715,7 +790,8 @@ impl Store {
         after: Option<GateId>,
         limit: usize,
     ) -> Result<gates::GatePage> {
-        self.blocking(move |db| gates::list_blocking(db, &filter, after, limit))
+        let ring = self.inner.options.keyring.clone();
+        self.blocking(move |db| gates::list_blocking(db, ring.as_deref(), &filter, after, limit))
             .await
     }
 
@@ -726,7 +802,8 @@ impl Store {
 
     /// Pending gates whose deadline has passed.
     pub async fn due_gates(&self, now_unix_ms: u64, limit: usize) -> Result<Vec<GateRecord>> {
-        self.blocking(move |db| gates::due_blocking(db, now_unix_ms, limit))
+        let ring = self.inner.options.keyring.clone();
+        self.blocking(move |db| gates::due_blocking(db, ring.as_deref(), now_unix_ms, limit))
             .await
     }
 
@@ -763,6 +840,7 @@ fn load_meta_blocking(db: &DB, session: SessionId) -> Result<Option<SessionMeta>
 
 fn read_journal_blocking(
     db: &DB,
+    ring: Option<&seal::Keyring>,
     session: SessionId,
     after_seq: u64,
     upto_seq: u64,
@@ -772,7 +850,12 @@ fn read_journal_blocking(
     let payloads = writer::cf_handle(db, CF_PAYLOADS)?;
     let start = keys::journal_key(&session, after_seq.saturating_add(1));
     let mut out = Vec::new();
-    let mut load = |k: &[u8]| -> Result<Option<Vec<u8>>> { Ok(db.get_cf(payloads, k)?) };
+    let mut load = |k: &[u8]| -> Result<Option<Vec<u8>>> {
+        match db.get_cf(payloads, k)? {
+            Some(v) => unseal(ring, CF_PAYLOADS, k, v).map(Some),
+            None => Ok(None),
+        }
+    };
     for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
         if out.len() >= limit {
             break;
@@ -784,6 +867,7 @@ fn read_journal_blocking(
         if sid != session || seq > upto_seq {
             break;
         }
+        let v = unseal(ring, CF_JOURNAL, &k, v.into_vec())?;
         let (at, kind) = codec::decode_record(session, seq, &v, &mut load)?;
         out.push(SessionEvent {
             session_id: session,

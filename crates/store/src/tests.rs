@@ -461,3 +461,98 @@ async fn gates_page_stably_by_any_filter_and_deadlines_are_found() {
         decided
     );
 }
+
+/// Every byte under the store's directory, as one buffer (a raw search).
+fn raw_bytes(dir: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let p = entry.unwrap().path();
+        if p.is_dir() {
+            out.extend(raw_bytes(&p));
+        } else {
+            out.extend(std::fs::read(&p).unwrap_or_default());
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn sealed_sessions_leave_no_plaintext_and_are_unreadable_once_erased() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = tempfile::tempdir().unwrap();
+    let master = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+    let ring = Arc::new(
+        seal::Keyring::open(
+            keys.path(),
+            seal::MasterKey::from_hex(master).unwrap(),
+            None,
+        )
+        .unwrap(),
+    );
+    let mut opts = StoreOptions::new(dir.path(), Durability::Sync);
+    opts.keyring = Some(ring.clone());
+    let store = Store::open(opts).unwrap();
+    let s = SessionId::new();
+    let marker = "MARKER-7f3a9c";
+    let big = format!("{marker} {}", "x".repeat(PAYLOAD_INLINE_LIMIT + 10));
+    let mut b = Batch::new();
+    b.seal_with(Some(ring.for_subject("cust-1").unwrap()));
+    b.put_meta(&s, &meta(SessionStatus::Idle), None);
+    b.append(
+        &s,
+        1,
+        10,
+        &EventKind::TurnAccepted {
+            turn: 1,
+            message: Message::user(format!("hello {marker}")),
+            review: false,
+            by: String::new(),
+        },
+    );
+    b.append(
+        &s,
+        2,
+        11,
+        &EventKind::TurnAccepted {
+            turn: 2,
+            message: Message::user(big.clone()),
+            review: false,
+            by: String::new(),
+        },
+    );
+    b.put_snapshot(&s, format!("snapshot {marker}").into_bytes());
+    store.write(b).await.unwrap();
+    let events = store.read_journal(s, 0, 10).await.unwrap();
+    assert_eq!(events.len(), 2);
+    assert!(format!("{:?}", events[1].kind).contains(&big));
+    assert_eq!(
+        store.load_snapshot(s).await.unwrap().unwrap(),
+        format!("snapshot {marker}").into_bytes()
+    );
+    store.close();
+    drop(store);
+    let raw = raw_bytes(dir.path());
+    assert!(
+        !raw.windows(marker.len()).any(|w| w == marker.as_bytes()),
+        "plaintext in the data directory"
+    );
+    // Erased: nothing of the session reads again.
+    assert!(ring.erase("cust-1").unwrap());
+    let mut opts = StoreOptions::new(dir.path(), Durability::Sync);
+    opts.keyring = Some(ring);
+    let store = Store::open(opts).unwrap();
+    assert!(matches!(
+        store.read_journal(s, 0, 10).await,
+        Err(Error::Erased(_))
+    ));
+    assert!(matches!(
+        store.load_snapshot(s).await,
+        Err(Error::Erased(_))
+    ));
+    // Without a keyring, a sealed store says why it cannot read.
+    store.close();
+    drop(store);
+    let store = open(dir.path(), Durability::Sync);
+    let err = store.read_journal(s, 0, 10).await.unwrap_err();
+    assert!(err.to_string().contains("no keyring"), "{err}");
+}

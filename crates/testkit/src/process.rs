@@ -25,6 +25,16 @@ impl BatonProcess {
     /// Run `bin serve --config <config> --listen 127.0.0.1:0 --http-listen
     /// 127.0.0.1:0` and wait until it prints its addresses. stderr goes to `<config dir>/baton-<n>.log`.
     pub async fn start(bin: &Path, config: &Path) -> anyhow::Result<BatonProcess> {
+        Self::start_with_env(bin, config, &[]).await
+    }
+
+    /// [`Self::start`] with extra environment variables (a failpoint, a
+    /// master key).
+    pub async fn start_with_env(
+        bin: &Path,
+        config: &Path,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<BatonProcess> {
         let dir = config.parent().unwrap_or(Path::new("."));
         let stderr_path = (0..)
             .map(|n| dir.join(format!("baton-{n}.log")))
@@ -40,6 +50,7 @@ impl BatonProcess {
             .arg("--http-listen")
             .arg("127.0.0.1:0")
             .env("RUST_LOG", "info,baton=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::from(stderr))

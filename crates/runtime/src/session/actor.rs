@@ -37,6 +37,7 @@ impl Actor for SessionActor {
             shared: args.shared,
             notify: args.notify,
             activity: args.activity,
+            seal: None,
         }))
     }
 

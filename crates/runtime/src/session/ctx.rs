@@ -21,6 +21,9 @@ pub(crate) struct Env {
     pub notify: Notify,
     /// Activity clock shared with the supervisor (idle sessions passivate).
     pub activity: Arc<AtomicU64>,
+    /// The subject key the session's content is sealed with (`[privacy]`
+    /// encryption), set when it loads.
+    pub seal: Option<Arc<baton_store::seal::SealKey>>,
 }
 
 /// The session's durable state as this actor holds it.

@@ -27,7 +27,15 @@ impl SessionCtx {
             Err(e) => return Err(e.into()),
         };
         self.durable.found = true;
-        let snapshot = match store.load_snapshot(id).await? {
+        self.env.seal =
+            crate::privacy::seal_key(&store, &self.env.shared.config.privacy, id, &meta.metadata)
+                .map_err(|e| ActorProcessingErr::from(e.to_string()))?;
+        let snapshot = match store.load_snapshot(id).await {
+            // Erased: the journal says so below, and the session fails.
+            Err(e) if e.is_corruption() => None,
+            other => other?,
+        };
+        let snapshot = match snapshot {
             Some(bytes) => match baton_store::snapshot::decode::<SessionState>(&bytes) {
                 Some((seq, st)) if st.id == id && st.last_seq == seq => Some((st, seq)),
                 _ => {
@@ -93,8 +101,14 @@ impl SessionCtx {
         if meta.status == SessionStatus::Failed {
             return Ok(());
         }
-        self.durable.state.last_seq =
-            crate::failed::write_failed(&self.env.shared.store, id, meta, reason).await?;
+        self.durable.state.last_seq = crate::failed::write_failed(
+            &self.env.shared.store,
+            self.env.seal.clone(),
+            id,
+            meta,
+            reason,
+        )
+        .await?;
         Ok(())
     }
 
@@ -120,6 +134,7 @@ impl SessionCtx {
             return Ok(());
         }
         let mut batch = Batch::unsynced();
+        batch.seal_with(self.env.seal.clone());
         batch.put_snapshot(
             &self.env.id,
             baton_store::snapshot::encode(d.state.last_seq, &d.state)?,

@@ -81,6 +81,7 @@ impl SessionCtx {
         } else {
             Batch::unsynced()
         };
+        batch.seal_with(self.env.seal.clone());
         let mut audited = 0;
         let mut priced = 0.0;
         let (mut input, mut output) = (0u64, 0u64);
@@ -207,7 +208,7 @@ impl SessionCtx {
     fn released(&mut self, event: &SessionEvent) {
         let shared = &self.env.shared;
         if let Some(audit) = &shared.audit {
-            crate::audit::record_event(audit.as_ref(), event, false);
+            crate::audit::record_event(audit.as_ref(), event, false, self.env.seal.as_deref());
             if crate::audit::is_audited(&event.kind) {
                 shared.audit_cursor.note(self.env.id, event.seq);
             }

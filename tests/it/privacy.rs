@@ -1,0 +1,205 @@
+//! Encryption at rest by data subject and erasure by crypto-shredding, on
+//! the real binary: no plaintext of a conversation anywhere on disk (data
+//! dir, audit log, backup); an erasure interrupted by SIGKILL right after
+//! the keys are destroyed, redone after the restart; the erased subject's
+//! sessions gone, its content unreadable in a backup taken before (restored
+//! next to the live keys), another subject untouched, and the audit chain
+//! still verifying, with the erasure in it.
+
+use baton::proto::v1;
+use baton_testkit::{BatonProcess, FakeOpenAi, process::write_config};
+
+use crate::common::*;
+
+const MASTER: &str = "8f1d2c3b4a5968778695a4b3c2d1e0f000112233445566778899aabbccddeeff";
+
+/// Every file under `dir` that contains `needle`.
+fn files_with(dir: &std::path::Path, needle: &str) -> Vec<String> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return hits;
+    };
+    for entry in entries.flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            hits.extend(files_with(&p, needle));
+        } else if std::fs::read(&p)
+            .unwrap_or_default()
+            .windows(needle.len())
+            .any(|w| w == needle.as_bytes())
+        {
+            hits.push(p.display().to_string());
+        }
+    }
+    hits
+}
+
+fn baton(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(bin())
+        .args(args)
+        .output()
+        .expect("run baton")
+}
+
+async fn session(c: &mut Client, customer: &str, text: &str) -> String {
+    let id = c
+        .start_session(v1::StartSessionRequest {
+            metadata: [("customer_id".to_string(), customer.to_string())].into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    let t = turn(c, &id, text).await;
+    assert_eq!(kinds(&t).last(), Some(&"turn_completed"));
+    id
+}
+
+async fn content(c: &mut Client, id: &str) -> Result<String, tonic::Status> {
+    c.get_session(v1::GetSessionRequest {
+        session_id: id.into(),
+    })
+    .await
+    .map(|r| format!("{:?}", r.into_inner()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_erased_subject_is_unreadable_everywhere_and_erasure_survives_sigkill() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let keys = dir.path().join("data.keys");
+    let backups = dir.path().join("backups");
+    std::fs::create_dir_all(&backups).unwrap();
+    let master = dir.path().join("master.key");
+    std::fs::write(&master, format!("{MASTER}\n")).unwrap();
+    let privacy = format!(
+        "[privacy]\nencryption = true\nmaster_key_file = {:?}\nsubject_field = \"customer_id\"\n",
+        master.display().to_string()
+    );
+    let toml = format!(
+        "backup_dir = {:?}\n{}\n{privacy}",
+        backups.display().to_string(),
+        fake_model_toml(&fake.base_url(), false),
+    );
+    let config = write_config(dir.path(), &data, &toml).unwrap();
+    let server =
+        BatonProcess::start_with_env(bin(), &config, &[("BATON_FAILPOINT", "erase_after_keys")])
+            .await
+            .unwrap();
+    let mut c = server.client().await.unwrap();
+
+    // Two sessions of customer 7, one of customer 9; the fake echoes the
+    // message, so answers carry the markers too.
+    let a = session(&mut c, "cust-7", "MARKER-7A my card is 4111").await;
+    let b = session(&mut c, "cust-7", "MARKER-7B second visit").await;
+    let other = session(&mut c, "cust-9", "MARKER-9 other customer").await;
+    assert!(content(&mut c, &a).await.unwrap().contains("MARKER-7A"));
+    let out = baton(&[
+        "backup",
+        "--to",
+        backups.join("before").to_str().unwrap(),
+        "--server",
+        &server.url(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    // Sealed at rest: no marker in any file of the data dir (audit log
+    // included), the backup, or the keystore.
+    for place in [&data, &backups, &keys] {
+        assert_eq!(
+            files_with(place, "MARKER-"),
+            Vec::<String>::new(),
+            "{}",
+            place.display()
+        );
+    }
+
+    // The erasure dies right after destroying the keys (a SIGKILL-like
+    // abort): the CLI sees the connection go.
+    let out = baton(&["erase", "--subject", "cust-7", "--server", &server.url()]);
+    assert!(!out.status.success(), "{out:?}");
+    drop(server);
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    // Not deleted yet, but nothing of it reads: the keys are gone.
+    let half = content(&mut c, &a).await.unwrap();
+    assert!(!half.contains("MARKER-7A"), "{half}");
+    assert!(half.contains("erased"), "{half}");
+    // Redone: the sessions go.
+    let out = baton(&[
+        "erase",
+        "--subject",
+        "cust-7",
+        "--json",
+        "--server",
+        &server.url(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["sessions_deleted"], 2, "{r}");
+    for id in [&a, &b] {
+        assert_eq!(
+            content(&mut c, id).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+    }
+    assert!(content(&mut c, &other).await.unwrap().contains("MARKER-9"));
+    let t = turn(&mut c, &other, "MARKER-9 again").await;
+    assert_eq!(kinds(&t).last(), Some(&"turn_completed"));
+    server.terminate().await.unwrap();
+
+    // The audit chain verifies, sealed records and all, with the erasure.
+    let audit = data.join("audit");
+    let out = baton(&["audit", "verify", "--dir", audit.to_str().unwrap()]);
+    assert!(out.status.success(), "{out:?}");
+    let log = std::fs::read_to_string(audit.join("audit.log")).unwrap();
+    assert_eq!(
+        log.matches("erase_subject").count(),
+        1,
+        "one completed erasure"
+    );
+    assert!(
+        !log.contains("cust-7"),
+        "the subject is named by its hash only"
+    );
+
+    // The backup taken before, restored next to the live keys: customer
+    // 7's sessions are there and unreadable, customer 9's read.
+    let restored = dir.path().join("restored");
+    let out = baton(&[
+        "restore",
+        "--from",
+        backups.join("before").to_str().unwrap(),
+        "--data-dir",
+        restored.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    // (The signing key is never in a backup: the restored server signs
+    // with the original one.)
+    let toml2 = format!(
+        "{}\n{privacy}keys_dir = {:?}\n\n[audit]\nkey_file = {:?}\n",
+        fake_model_toml(&fake.base_url(), false),
+        keys.display().to_string(),
+        audit.join("audit.key").display().to_string()
+    );
+    let dir2 = tempfile::tempdir().unwrap();
+    let config2 = write_config(dir2.path(), &restored, &toml2).unwrap();
+    let server = BatonProcess::start(bin(), &config2).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    let old = content(&mut c, &a).await.unwrap();
+    assert!(
+        !old.contains("MARKER-7A") && old.contains("erased"),
+        "{old}"
+    );
+    assert!(content(&mut c, &other).await.unwrap().contains("MARKER-9"));
+    server.terminate().await.unwrap();
+    for place in [&data, &backups, &keys, &restored] {
+        assert_eq!(
+            files_with(place, "MARKER-"),
+            Vec::<String>::new(),
+            "{}",
+            place.display()
+        );
+    }
+}

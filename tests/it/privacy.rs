@@ -95,6 +95,14 @@ async fn an_erased_subject_is_unreadable_everywhere_and_erasure_survives_sigkill
     let a = session(&mut c, "cust-7", "MARKER-7A my card is 4111").await;
     let b = session(&mut c, "cust-7", "MARKER-7B second visit").await;
     let other = session(&mut c, "cust-9", "MARKER-9 other customer").await;
+    // No customer: the session is its own subject, with a key of its own.
+    let solo = c
+        .start_session(v1::StartSessionRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    turn(&mut c, &solo, "MARKER-S alone").await;
     assert!(content(&mut c, &a).await.unwrap().contains("MARKER-7A"));
     let out = baton(&[
         "backup",
@@ -145,6 +153,13 @@ async fn an_erased_subject_is_unreadable_everywhere_and_erasure_survives_sigkill
         );
     }
     assert!(content(&mut c, &other).await.unwrap().contains("MARKER-9"));
+    // Deleting a session that is its own subject destroys its key too.
+    assert!(content(&mut c, &solo).await.unwrap().contains("MARKER-S"));
+    c.delete_session(v1::DeleteSessionRequest {
+        session_id: solo.clone(),
+    })
+    .await
+    .unwrap();
     let t = turn(&mut c, &other, "MARKER-9 again").await;
     assert_eq!(kinds(&t).last(), Some(&"turn_completed"));
     server.terminate().await.unwrap();
@@ -187,11 +202,10 @@ async fn an_erased_subject_is_unreadable_everywhere_and_erasure_survives_sigkill
     let config2 = write_config(dir2.path(), &restored, &toml2).unwrap();
     let server = BatonProcess::start(bin(), &config2).await.unwrap();
     let mut c = server.client().await.unwrap();
-    let old = content(&mut c, &a).await.unwrap();
-    assert!(
-        !old.contains("MARKER-7A") && old.contains("erased"),
-        "{old}"
-    );
+    for (id, marker) in [(&a, "MARKER-7A"), (&solo, "MARKER-S")] {
+        let old = content(&mut c, id).await.unwrap();
+        assert!(!old.contains(marker) && old.contains("erased"), "{old}");
+    }
     assert!(content(&mut c, &other).await.unwrap().contains("MARKER-9"));
     server.terminate().await.unwrap();
     for place in [&data, &backups, &keys, &restored] {

@@ -283,12 +283,13 @@ impl crate::handle::RuntimeHandle {
         }
         let mut sessions_deleted = 0;
         for id in doomed {
-            match self.delete_by(id, by).await {
+            match self.delete_uncompacted(id, by).await {
                 Ok(()) => sessions_deleted += 1,
                 Err(Error::SessionNotFound(_) | Error::NotFoundDetail(_)) => {}
                 Err(e) => return Err(e),
             }
         }
+        self.compact_keys().await?;
         self.audit_admin(
             "erase_subject",
             None,

@@ -168,7 +168,7 @@ impl RuntimeHandle {
                     .updated_at_unix_ms
                     .saturating_add(ttl.saturating_mul(1000));
                 if idle && expires <= now {
-                    match self.delete(*id).await {
+                    match self.delete_uncompacted(*id, "retention").await {
                         Ok(()) => {
                             deleted += 1;
                             baton_metrics::metrics().session_expired();
@@ -177,6 +177,10 @@ impl RuntimeHandle {
                         Err(e) => tracing::debug!(session = %id, error = %e, "not expired"),
                     }
                 }
+            }
+            if deleted > 0 {
+                // Deleted sessions' own keys leave the keystore's files.
+                self.compact_keys().await?;
             }
             match page.next_after {
                 Some(next) => after = Some(next),

@@ -691,11 +691,29 @@ impl RuntimeHandle {
 
     /// [`Self::delete`] by principal `by`.
     pub(crate) async fn delete_by(&self, id: SessionId, by: &str) -> Result<()> {
+        self.delete_uncompacted(id, by).await?;
+        self.compact_keys().await
+    }
+
+    /// [`Self::delete_by`], leaving the keystore's compaction (which makes
+    /// a deleted session's key gone from its files too) to the caller:
+    /// deleting many sessions, compact once.
+    pub(crate) async fn delete_uncompacted(&self, id: SessionId, by: &str) -> Result<()> {
         let r = self.ask(id, |reply| SessionMsg::Delete { reply }).await;
         if r.is_ok() {
             self.audit_admin("delete_session", Some(id), serde_json::json!({}), by);
         }
         r
+    }
+
+    /// Compact the keystore, when there is one (`[privacy]` encryption).
+    pub(crate) async fn compact_keys(&self) -> Result<()> {
+        if let Some(ring) = self.shared().store.keyring().cloned() {
+            tokio::task::spawn_blocking(move || ring.compact())
+                .await
+                .map_err(|e| Error::Internal(format!("keystore compaction task failed: {e}")))??;
+        }
+        Ok(())
     }
 }
 

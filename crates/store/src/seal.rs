@@ -390,6 +390,15 @@ impl Keyring {
     /// Destroy every key `subject` ever had: what they sealed cannot be
     /// read again. Durable when it returns; true when there was a key.
     pub fn erase(&self, subject: &str) -> Result<bool> {
+        let had = self.forget(subject)?;
+        self.compact()?;
+        Ok(had)
+    }
+
+    /// [`Self::erase`] without the compaction: the keys are gone for
+    /// Baton at once, and from the keystore's files at the next
+    /// [`Self::compact`] (many erasures, one compaction).
+    pub fn forget(&self, subject: &str) -> Result<bool> {
         let hash = subject_hash(subject);
         let ids = self.db.get(subject_key(&hash))?.unwrap_or_default();
         let mut batch = WriteBatch::default();
@@ -415,10 +424,14 @@ impl Keyring {
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .remove(&hash);
-        // No table file keeps the deleted entries.
+        Ok(!ids.is_empty())
+    }
+
+    /// Flush and compact the keystore: no table file keeps deleted keys.
+    pub fn compact(&self) -> Result<()> {
         self.db.flush()?;
         self.db.compact_range::<&[u8], &[u8]>(None, None);
-        Ok(!ids.is_empty())
+        Ok(())
     }
 
     /// Whether `subject` was erased (and has no key since).

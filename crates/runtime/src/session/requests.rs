@@ -151,6 +151,19 @@ impl SessionCtx {
             batch.delete_gate(g);
         }
         store.write(batch).await?;
+        // Sealed under a key of its own (the session is its own subject):
+        // the key goes too, so its audit records and any copy (backups)
+        // cannot be read either. A subject spanning sessions keeps its key
+        // until it is erased.
+        if let Some(ring) = store.keyring().cloned() {
+            let privacy = &self.env.shared.config.privacy;
+            let subject = privacy.subject(id, &meta.metadata);
+            if subject == privacy.subject_named(&format!("session:{id}")) {
+                tokio::task::spawn_blocking(move || ring.forget(&subject))
+                    .await
+                    .map_err(|e| Error::Internal(format!("key erasure task failed: {e}")))??;
+            }
+        }
         self.durable.found = false;
         // Running tools and client-side waits end here: their results have
         // no session to go to (and flush writes nothing for it).

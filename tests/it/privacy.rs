@@ -103,6 +103,38 @@ async fn an_erased_subject_is_unreadable_everywhere_and_erasure_survives_sigkill
         .into_inner()
         .session_id;
     turn(&mut c, &solo, "MARKER-S alone").await;
+    // Its fork has a key of its own, and goes with it when it is erased.
+    let mut inspect = baton::proto::v1::inspect_client::InspectClient::new(
+        tonic::transport::Channel::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let last = c
+        .get_session(v1::GetSessionRequest {
+            session_id: solo.clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .last_seq;
+    let fork = inspect
+        .fork_session(v1::ForkSessionRequest {
+            session_id: solo.clone(),
+            at_seq: last,
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    let doomed_by_delete = c
+        .start_session(v1::StartSessionRequest::default())
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    turn(&mut c, &doomed_by_delete, "MARKER-D deleted").await;
     assert!(content(&mut c, &a).await.unwrap().contains("MARKER-7A"));
     let out = baton(&[
         "backup",
@@ -153,10 +185,27 @@ async fn an_erased_subject_is_unreadable_everywhere_and_erasure_survives_sigkill
         );
     }
     assert!(content(&mut c, &other).await.unwrap().contains("MARKER-9"));
+    // A session that is its own subject, with its fork.
+    assert!(content(&mut c, &fork).await.unwrap().contains("MARKER-S"));
+    let out = baton(&[
+        "erase",
+        "--subject",
+        &format!("session:{solo}"),
+        "--json",
+        "--server",
+        &server.url(),
+    ]);
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["sessions_deleted"], 2, "{r}");
     // Deleting a session that is its own subject destroys its key too.
-    assert!(content(&mut c, &solo).await.unwrap().contains("MARKER-S"));
+    assert!(
+        content(&mut c, &doomed_by_delete)
+            .await
+            .unwrap()
+            .contains("MARKER-D")
+    );
     c.delete_session(v1::DeleteSessionRequest {
-        session_id: solo.clone(),
+        session_id: doomed_by_delete.clone(),
     })
     .await
     .unwrap();
@@ -171,8 +220,8 @@ async fn an_erased_subject_is_unreadable_everywhere_and_erasure_survives_sigkill
     let log = std::fs::read_to_string(audit.join("audit.log")).unwrap();
     assert_eq!(
         log.matches("erase_subject").count(),
-        1,
-        "one completed erasure"
+        2,
+        "two completed erasures"
     );
     assert!(
         !log.contains("cust-7"),
@@ -202,7 +251,12 @@ async fn an_erased_subject_is_unreadable_everywhere_and_erasure_survives_sigkill
     let config2 = write_config(dir2.path(), &restored, &toml2).unwrap();
     let server = BatonProcess::start(bin(), &config2).await.unwrap();
     let mut c = server.client().await.unwrap();
-    for (id, marker) in [(&a, "MARKER-7A"), (&solo, "MARKER-S")] {
+    for (id, marker) in [
+        (&a, "MARKER-7A"),
+        (&solo, "MARKER-S"),
+        (&fork, "MARKER-S"),
+        (&doomed_by_delete, "MARKER-D"),
+    ] {
         let old = content(&mut c, id).await.unwrap();
         assert!(!old.contains(marker) && old.contains("erased"), "{old}");
     }

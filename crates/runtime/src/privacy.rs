@@ -260,27 +260,59 @@ impl crate::handle::RuntimeHandle {
             .iter()
             .map(|b| format!("{b:02x}"))
             .collect();
-        let s = subject.clone();
-        let r = ring.clone();
-        let keys_destroyed = tokio::task::spawn_blocking(move || r.erase(&s))
-            .await
-            .map_err(|e| Error::Internal(format!("erasure task failed: {e}")))??;
-        crate::failpoint("erase_after_keys");
-        // Then its sessions: found by subject in their metadata.
+        // The subject's sessions, found by their metadata; a session that
+        // is its own subject brings its forks and replays (which have keys
+        // of their own), and theirs, along.
+        let mut all = Vec::new();
         let mut after = None;
-        let mut doomed = Vec::new();
         loop {
             let page = shared.store.list_sessions(None, after, 512).await?;
-            for (id, meta) in &page.sessions {
-                if cfg.subject(*id, &meta.metadata) == subject {
-                    doomed.push(*id);
-                }
-            }
+            all.extend(
+                page.sessions
+                    .iter()
+                    .map(|(id, m)| (*id, m.metadata.clone())),
+            );
             match page.next_after {
                 Some(n) => after = Some(n),
                 None => break,
             }
         }
+        let mut doomed: Vec<SessionId> = all
+            .iter()
+            .filter(|(id, m)| cfg.subject(*id, m) == subject)
+            .map(|(id, _)| *id)
+            .collect();
+        let mut subjects = vec![subject.clone()];
+        if let Some(root) = subject.strip_prefix("session:") {
+            let mut family = vec![root.to_string()];
+            while let Some(parent) = family.pop() {
+                for (id, m) in &all {
+                    let child = m
+                        .get("forked_from")
+                        .is_some_and(|f| f.split('@').next() == Some(parent.as_str()))
+                        || m.get("replay_of").is_some_and(|r| *r == parent);
+                    if child && !doomed.contains(id) {
+                        doomed.push(*id);
+                        family.push(id.to_string());
+                        subjects.push(cfg.subject(*id, m));
+                    }
+                }
+            }
+        }
+        // Keys first, durably: from here on nothing of them reads.
+        let r = ring.clone();
+        let forgotten = subjects.clone();
+        let keys_destroyed = tokio::task::spawn_blocking(move || {
+            let mut any = false;
+            for s in &forgotten {
+                any |= r.forget(s)?;
+            }
+            r.compact()?;
+            Ok::<bool, baton_store::Error>(any)
+        })
+        .await
+        .map_err(|e| Error::Internal(format!("erasure task failed: {e}")))??;
+        crate::failpoint("erase_after_keys");
         let mut sessions_deleted = 0;
         for id in doomed {
             match self.delete_uncompacted(id, by).await {

@@ -262,6 +262,33 @@ async fn an_erased_subject_is_unreadable_everywhere_and_erasure_survives_sigkill
     }
     assert!(content(&mut c, &other).await.unwrap().contains("MARKER-9"));
     server.terminate().await.unwrap();
+    // Subject access (offline) opens what is sealed: the journal and the
+    // audit records of customer 9; customer 7 has nothing left to export.
+    let export = |customer: &str| {
+        let out = baton(&[
+            "export",
+            "--subject",
+            customer,
+            "--field",
+            "customer_id",
+            "--config",
+            config2.to_str().unwrap(),
+        ]);
+        assert!(out.status.success(), "{out:?}");
+        serde_json::from_slice::<serde_json::Value>(&out.stdout).unwrap()
+    };
+    let nine = export("cust-9");
+    let s = &nine["sessions"][0];
+    assert!(s["journal"].to_string().contains("MARKER-9"), "{s}");
+    assert!(
+        s["audit"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["data"].to_string().contains("MARKER-9")),
+        "{}",
+        s["audit"]
+    );
     for place in [&data, &backups, &keys, &restored] {
         assert_eq!(
             files_with(place, "MARKER-"),

@@ -907,3 +907,102 @@ reviewers = "finance"
 fn e_is_gate(e: &SessionEvent) -> bool {
     e.kind.name() == "gate_opened" || e.ends_turn()
 }
+
+/// `[governance.no_eligible_gate]`: a message whose content carries a data
+/// class no endpoint is certified for waits for a reviewer instead of
+/// failing; the gate survives a SIGKILL; approval sends it (without the
+/// class), rejection fails the turn; nothing reaches the model before.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_eligible_endpoint_can_wait_for_a_reviewer_through_sigkill() {
+    use baton::proto::v1::gates_client::GatesClient;
+    use baton_testkit::fake_openai::ScriptedReply;
+
+    let fake = FakeOpenAi::start().await.unwrap();
+    let toml = format!(
+        "{}\n[governance.no_eligible_gate]\nreviewers = \"privacy\"\n\n\
+         [[policies]]\nname = \"money\"\nstage = \"input\"\n\
+         [[policies.rules]]\nname = \"iban\"\ndetect = [\"iban\"]\noutcome = \"tag\"\n",
+        fake_model_toml(&fake.base_url(), false)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &dir.path().join("data"), &toml).unwrap();
+    let server = BatonProcess::start(bin(), &path).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    let gates = |url: String| async move {
+        GatesClient::new(
+            tonic::transport::Channel::from_shared(url)
+                .unwrap()
+                .connect()
+                .await
+                .unwrap(),
+        )
+    };
+    let decide = |gate_id: String, decision: v1::GateDecision| v1::DecideGateRequest {
+        gate_id,
+        decision: decision as i32,
+        reviewer: "dpo".into(),
+        reason: "checked".into(),
+        edited_payload: String::new(),
+    };
+    let msg = format!("refund to {IBAN} please");
+
+    let a = start_with(&mut c, "fake", &[]).await;
+    let mut s = send(&mut c, &a, &msg).await;
+    let t = read_until(&mut s, |e| e.kind.name() == "gate_opened" || e.ends_turn()).await;
+    match &t.last().unwrap().kind {
+        EventKind::GateOpened {
+            reviewers,
+            reason,
+            policy,
+            ..
+        } => {
+            assert_eq!(reviewers, "privacy");
+            assert_eq!(policy, "no_eligible_endpoint");
+            assert!(reason.contains("financial"), "{reason}");
+        }
+        other => panic!("expected a gate, got {other:?}"),
+    }
+    assert_eq!(fake.requests(), 0, "nothing sent before a decision");
+
+    // The gate survives a SIGKILL; approved, the call goes out once.
+    drop(s);
+    server.kill9().await.unwrap();
+    let server = BatonProcess::start(bin(), &path).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    let mut g = gates(server.url()).await;
+    let pending = g
+        .list_gates(v1::ListGatesRequest {
+            status: v1::GateStatus::Pending as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .gates;
+    assert_eq!(pending.len(), 1);
+    fake.push_reply(ScriptedReply::Text("Refund queued.".into()));
+    g.decide_gate(decide(
+        pending[0].gate_id.clone(),
+        v1::GateDecision::Approve,
+    ))
+    .await
+    .unwrap();
+    let t = to_turn_end(&mut c, &a).await;
+    assert_eq!(answer(&t), "Refund queued.");
+    assert_eq!(fake.requests(), 1);
+
+    // Rejected: the turn fails, nothing sent.
+    let b = start_with(&mut c, "fake", &[]).await;
+    let mut s = send(&mut c, &b, &msg).await;
+    let opened = read_until(&mut s, |e| e.kind.name() == "gate_opened").await;
+    let EventKind::GateOpened { gate_id, .. } = &opened.last().unwrap().kind else {
+        panic!("no gate");
+    };
+    g.decide_gate(decide(gate_id.to_string(), v1::GateDecision::Reject))
+        .await
+        .unwrap();
+    let t = read_until(&mut s, |e| e.ends_turn()).await;
+    assert_eq!(failure(&t).0, "gate_rejected");
+    assert_eq!(fake.requests(), 1);
+    server.terminate().await.unwrap();
+}

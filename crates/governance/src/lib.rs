@@ -27,7 +27,7 @@ pub use check::{Answer, BoxFuture, Check, Classifier, Via};
 pub use detect::{Builtin, CustomPattern, DetectorSet, Finding, Kind};
 pub use error::{Error, Result};
 pub use policy::{
-    Blocked, GateSpec, GovernanceConfig, Held, Outcome, Policies, PolicyConfig, PolicyHit,
-    PolicyMatch, RuleConfig, Stage, Subject, Verdict,
+    Blocked, GateSpec, GovernanceConfig, Held, NoEligibleGate, Outcome, Policies, PolicyConfig,
+    PolicyHit, PolicyMatch, RuleConfig, Stage, Subject, Verdict,
 };
 pub use pseudonym::{Pseudonyms, StreamRestorer};

@@ -141,6 +141,24 @@ pub struct GovernanceConfig {
     /// Most times a turn's answer is sent back for revision (`revise`)
     /// before the turn fails as blocked.
     pub max_revisions: u32,
+    /// When no endpoint is certified for the data classes found in a
+    /// message's content: unset, the turn fails (`no_eligible_endpoint`);
+    /// set, a reviewer decides (approve: the call goes to the route's
+    /// endpoints without the classes found in flight; reject: it fails).
+    pub no_eligible_gate: Option<NoEligibleGate>,
+}
+
+/// `[governance.no_eligible_gate]`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct NoEligibleGate {
+    pub reviewers: String,
+    /// 0: no limit.
+    #[serde(default)]
+    pub timeout_ms: u64,
+    /// `reject` (default) or `approve`.
+    #[serde(default)]
+    pub on_timeout: TimeoutAction,
 }
 
 impl Default for GovernanceConfig {
@@ -148,6 +166,7 @@ impl Default for GovernanceConfig {
         GovernanceConfig {
             phone_region: "US".into(),
             max_revisions: 2,
+            no_eligible_gate: None,
         }
     }
 }
@@ -333,6 +352,20 @@ impl Policies {
         settings: &GovernanceConfig,
         classifiers: &[&str],
     ) -> Result<Policies> {
+        if let Some(g) = &settings.no_eligible_gate {
+            if g.reviewers.trim().is_empty() {
+                return Err(Error::Config {
+                    field: "governance.no_eligible_gate.reviewers".into(),
+                    problem: "must name the reviewer group that decides these gates".into(),
+                });
+            }
+            if g.on_timeout == TimeoutAction::Escalate {
+                return Err(Error::Config {
+                    field: "governance.no_eligible_gate.on_timeout".into(),
+                    problem: "times out to reject or approve".into(),
+                });
+            }
+        }
         let mut checks: Vec<Check> = Vec::new();
         let mut policies = Vec::new();
         let mut patterns: BTreeMap<Stage, (Vec<Builtin>, Vec<CustomPattern>)> = BTreeMap::new();

@@ -225,6 +225,14 @@ impl SessionCtx {
                 return true;
             }
         }
+        // A reviewer let this call go without the classes found in its
+        // content (no endpoint was certified for them): the session's own
+        // classes still apply.
+        let data_classes = if reason == ModelCallReason::Recovery && approved {
+            Vec::new()
+        } else {
+            data_classes
+        };
         if self.model.turn_started.is_none_or(|(t, _)| t != turn) {
             self.model.turn_started = Some((turn, tokio::time::Instant::now()));
         }
@@ -503,11 +511,16 @@ impl SessionCtx {
                 };
                 self.answer_kinds(turn, routed, latency_ms, &sent)
             }
-            Err(e) => vec![EventKind::TurnFailed {
-                turn,
-                reason: e.message.clone(),
-                code: e.failure_code(),
-            }],
+            Err(e) => {
+                if self.no_eligible_gate(myself, turn, &e, &done.data_classes) {
+                    return;
+                }
+                vec![EventKind::TurnFailed {
+                    turn,
+                    reason: e.message.clone(),
+                    code: e.failure_code(),
+                }]
+            }
         };
         for k in kinds {
             self.stage(k);
@@ -516,6 +529,55 @@ impl SessionCtx {
         // unless a gate holds its release.
         self.pump(myself);
         self.flush(myself, true);
+    }
+
+    /// No endpoint is certified for the classes found in the call's
+    /// content, and `[governance.no_eligible_gate]` is set: a reviewer
+    /// decides instead of the turn failing. True when the gate opened.
+    fn no_eligible_gate(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        turn: u64,
+        e: &baton_routing::RouteError,
+        call_classes: &[String],
+    ) -> bool {
+        let shared = self.env.shared.clone();
+        let Some(g) = &shared.config.governance.no_eligible_gate else {
+            return false;
+        };
+        let state = &self.durable.state;
+        let found: Vec<&String> = call_classes
+            .iter()
+            .filter(|c| !state.data_classes.contains(c))
+            .collect();
+        if e.failure_code() != TurnFailureCode::NoEligibleEndpoint || found.is_empty() {
+            return false;
+        }
+        let terms = crate::gates::GateTerms {
+            kind: baton_types::GateKind::DataRule,
+            policy: "no_eligible_endpoint".into(),
+            reason: format!(
+                "{}; approve to send it to the route's endpoints without the classes found in its content ({}), reject to fail the turn",
+                e.message,
+                found
+                    .iter()
+                    .map(|c| c.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            reviewers: g.reviewers.clone(),
+            timeout_ms: g.timeout_ms,
+            on_timeout: g.on_timeout,
+        };
+        let subject = serde_json::json!({
+            "route": state.route,
+            "found_classes": found,
+            "reason": e.message,
+        })
+        .to_string();
+        self.open_gate(turn, terms, GatePoint::ModelCall, subject, String::new());
+        self.flush(myself, true);
+        true
     }
 
     /// The records of a model answer, screened by the output and

@@ -1006,3 +1006,112 @@ async fn no_eligible_endpoint_can_wait_for_a_reviewer_through_sigkill() {
     assert_eq!(fake.requests(), 1);
     server.terminate().await.unwrap();
 }
+
+/// A `gate` rule at the tool_result stage: the model sees a flagged tool
+/// result only once a reviewer approves; the hold survives a SIGKILL; an
+/// edit is refused (approve or reject).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flagged_tool_result_waits_for_a_reviewer_through_sigkill() {
+    use baton::proto::v1::gates_client::GatesClient;
+    use baton::types::ToolCall;
+    use baton_testkit::fake_openai::ScriptedReply;
+
+    let fake = FakeOpenAi::start().await.unwrap();
+    let toml = format!(
+        "{}\n[[policies]]\nname = \"results\"\nstage = \"tool_result\"\n\
+         [[policies.rules]]\nname = \"confidential\"\nkeywords = [\"confidential\"]\n\
+         outcome = \"gate\"\nreviewers = \"ops\"\n",
+        fake_model_toml(&fake.base_url(), false)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &dir.path().join("data"), &toml).unwrap();
+    let server = BatonProcess::start(bin(), &path).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    let id = c
+        .start_session(v1::StartSessionRequest {
+            route: "fake".into(),
+            client_tools: vec![v1::ToolDefinition {
+                name: "lookup".into(),
+                description: "look a record up".into(),
+                parameters_json: r#"{"type":"object"}"#.into(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .session_id;
+    fake.push_reply(ScriptedReply::ToolCalls(vec![ToolCall {
+        id: "q1".into(),
+        name: "lookup".into(),
+        arguments: "{}".into(),
+    }]));
+    let mut s = send(&mut c, &id, "what does the record say?").await;
+    read_until(&mut s, |e| e.kind.name() == "tool_call_requested").await;
+    c.submit_tool_result(v1::SubmitToolResultRequest {
+        session_id: id.clone(),
+        call_id: "q1".into(),
+        outcome: Some(v1::submit_tool_result_request::Outcome::Output(
+            "CONFIDENTIAL: merger planned".into(),
+        )),
+    })
+    .await
+    .unwrap();
+    let t = read_until(&mut s, |e| e.kind.name() == "gate_opened" || e.ends_turn()).await;
+    let EventKind::GateOpened {
+        reviewers, point, ..
+    } = &t.last().unwrap().kind
+    else {
+        panic!("expected a gate: {:?}", kinds(&t));
+    };
+    assert_eq!(reviewers, "ops");
+    assert_eq!(point.as_str(), "model_call");
+    assert_eq!(fake.requests(), 1, "the model has not seen the result");
+
+    drop(s);
+    server.kill9().await.unwrap();
+    let server = BatonProcess::start(bin(), &path).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    let mut g = GatesClient::new(
+        tonic::transport::Channel::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let pending = g
+        .list_gates(v1::ListGatesRequest {
+            status: v1::GateStatus::Pending as i32,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .gates;
+    assert_eq!(pending.len(), 1);
+    let decide = |decision: v1::GateDecision, edited: &str| v1::DecideGateRequest {
+        gate_id: pending[0].gate_id.clone(),
+        decision: decision as i32,
+        reviewer: "ops-lead".into(),
+        reason: String::new(),
+        edited_payload: edited.into(),
+    };
+    let err = g
+        .decide_gate(decide(v1::GateDecision::Edit, "something else"))
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::InvalidArgument, "{err}");
+    fake.push_reply(ScriptedReply::Text("A merger is planned.".into()));
+    g.decide_gate(decide(v1::GateDecision::Approve, ""))
+        .await
+        .unwrap();
+    let t = to_turn_end(&mut c, &id).await;
+    assert_eq!(answer(&t), "A merger is planned.");
+    assert_eq!(fake.requests(), 2);
+    assert!(
+        fake.received()[1]
+            .to_string()
+            .contains("CONFIDENTIAL: merger planned")
+    );
+    server.terminate().await.unwrap();
+}

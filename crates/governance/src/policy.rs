@@ -333,7 +333,12 @@ pub const SUPPORTED: &[(Stage, &[Outcome])] = &[
     ),
     (
         Stage::ToolResult,
-        &[Outcome::Allow, Outcome::Redact, Outcome::Block],
+        &[
+            Outcome::Allow,
+            Outcome::Redact,
+            Outcome::Block,
+            Outcome::Gate,
+        ],
     ),
 ];
 

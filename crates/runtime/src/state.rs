@@ -102,6 +102,10 @@ pub struct CurrentTurn {
     /// An output policy's `gate` rule holds the recorded answer's release.
     #[serde(default)]
     pub policy_gate: Option<PolicyGate>,
+    /// A tool-result policy's `gate` rule holds the next model call (the
+    /// one that would see the result).
+    #[serde(default)]
+    pub result_gate: Option<PolicyGate>,
 }
 
 /// A `gate` rule of an output policy that matched the recorded answer.
@@ -131,6 +135,7 @@ impl CurrentTurn {
             by,
             revisions: 0,
             policy_gate: None,
+            result_gate: None,
         }
     }
 
@@ -317,6 +322,7 @@ impl SessionState {
                     c.attempt = *attempt;
                     c.endpoint = endpoint.clone();
                     c.model_call_open = true;
+                    c.result_gate = None;
                     if reason.is_new_step() {
                         c.steps += 1;
                     }
@@ -343,6 +349,19 @@ impl SessionState {
                 }
                 if *stage == baton_types::PolicyStage::Output {
                     self.apply_output_policy(*turn, hits);
+                }
+                if *stage == baton_types::PolicyStage::ToolResult
+                    && let Some(h) = hits
+                        .iter()
+                        .find(|h| h.outcome == baton_types::PolicyOutcome::Gate)
+                    && let Some(c) = self.current_turn_mut(*turn)
+                    && c.result_gate.is_none()
+                {
+                    c.result_gate = Some(PolicyGate {
+                        policy: h.policy.clone(),
+                        rule: h.rule.clone(),
+                        reason: h.message.clone(),
+                    });
                 }
             }
             EventKind::QualityScored { turn, cost_usd, .. } => {

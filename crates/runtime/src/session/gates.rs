@@ -300,6 +300,19 @@ impl SessionCtx {
                     "a cost gate can be approved or rejected, not edited".into(),
                 ))
             }
+            (GatePoint::ModelCall, GateDecision::Edit(_))
+                if self
+                    .durable
+                    .state
+                    .current
+                    .as_ref()
+                    .is_some_and(|c| c.result_gate.is_some())
+                    || gate.policy == "no_eligible_endpoint" =>
+            {
+                Err(Error::InvalidArgument(
+                    "this gate holds a model call (tool results a policy flagged, or data no endpoint is certified for): approve or reject it; edit is for a held user message".into(),
+                ))
+            }
             (GatePoint::ModelCall, GateDecision::Edit(_)) => Ok(Vec::new()),
         }
     }

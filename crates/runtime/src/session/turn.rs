@@ -96,6 +96,29 @@ impl SessionCtx {
                 );
                 continue;
             }
+            if let Some(g) = &current.result_gate
+                && !current.is_approved(GatePoint::ModelCall, "")
+                && let Some(spec) = self.env.shared.policies.gate_of(&g.policy, &g.rule)
+            {
+                // A tool result a policy holds: the model sees it once a
+                // reviewer approves.
+                let terms = crate::gates::policy_terms(&g.policy, &g.reason, spec);
+                let subject = serde_json::json!({
+                    "policy": g.policy,
+                    "rule": g.rule,
+                    "tool_results": state
+                        .messages
+                        .iter()
+                        .rev()
+                        .take_while(|m| m.role == Role::Tool)
+                        .map(|m| serde_json::json!({"call_id": m.tool_call_id, "output": m.content}))
+                        .collect::<Vec<_>>(),
+                })
+                .to_string();
+                self.open_gate(turn, terms, GatePoint::ModelCall, subject, String::new());
+                self.flush(myself, true);
+                return;
+            }
             let reason = if current.steps == 0 {
                 ModelCallReason::Turn
             } else if state.messages.last().is_some_and(|m| m.role == Role::User) {

@@ -110,3 +110,28 @@ pub async fn metric(server: &baton_testkit::BatonProcess, series: &str) -> f64 {
         .map(|v| v.trim().parse().unwrap())
         .unwrap_or(0.0)
 }
+
+/// A Gates client of a child process.
+pub async fn gates_client(
+    server: &baton_testkit::BatonProcess,
+) -> v1::gates_client::GatesClient<Channel> {
+    v1::gates_client::GatesClient::new(
+        Channel::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+}
+
+/// The pending gates, as listed by the Gates API.
+pub async fn pending_gates(g: &mut v1::gates_client::GatesClient<Channel>) -> Vec<v1::Gate> {
+    g.list_gates(v1::ListGatesRequest {
+        status: v1::GateStatus::Pending as i32,
+        ..Default::default()
+    })
+    .await
+    .unwrap()
+    .into_inner()
+    .gates
+}

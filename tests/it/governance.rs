@@ -633,7 +633,6 @@ async fn tool_policies_block_arguments_and_mask_results_through_sigkill() {
 /// once, and a gate pending at a SIGKILL is still there to be decided.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn classifiers_evaluators_refusals_and_gates_through_sigkill() {
-    use baton::proto::v1::gates_client::GatesClient;
     use baton::types::ToolCall;
     use baton_testkit::fake_openai::ScriptedReply;
 
@@ -815,13 +814,7 @@ reviewers = "finance"
     );
 
     // An input gate: nothing reaches the main model until approved.
-    let mut gates = GatesClient::new(
-        tonic::transport::Channel::from_shared(server.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut gates = gates_client(&server).await;
     let main_calls = fake.requests();
     judge.push_reply(ScriptedReply::Text("billing".into()));
     let mut s = send(&mut c, &a, "is the lawsuit about my invoice?").await;
@@ -864,13 +857,7 @@ reviewers = "finance"
     drop(s);
     drop(s2);
     let (server, mut c) = kill_once_hung(server, &judge, judged + 1, s3, &path).await;
-    let mut gates = GatesClient::new(
-        tonic::transport::Channel::from_shared(server.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
+    let mut gates = gates_client(&server).await;
     let main_calls = fake.requests();
     judge.push_reply(ScriptedReply::Text("orders".into()));
     fake.push_reply(ScriptedReply::Text("It is on its way.".into()));
@@ -880,15 +867,7 @@ reviewers = "finance"
     assert_eq!(fake.requests(), main_calls + 1, "the main model asked once");
     // The gates survived: approve both; the held answer is released as
     // it was, and the calculator runs.
-    let pending: Vec<v1::Gate> = gates
-        .list_gates(v1::ListGatesRequest {
-            status: v1::GateStatus::Pending as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .gates;
+    let pending: Vec<v1::Gate> = pending_gates(&mut gates).await;
     assert_eq!(pending.len(), 2, "{pending:?}");
     fake.push_reply(ScriptedReply::Text("It is 24000000.".into()));
     judge.push_reply(ScriptedReply::Text("PASS".into()));
@@ -914,7 +893,6 @@ fn e_is_gate(e: &SessionEvent) -> bool {
 /// class), rejection fails the turn; nothing reaches the model before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn no_eligible_endpoint_can_wait_for_a_reviewer_through_sigkill() {
-    use baton::proto::v1::gates_client::GatesClient;
     use baton_testkit::fake_openai::ScriptedReply;
 
     let fake = FakeOpenAi::start().await.unwrap();
@@ -928,15 +906,6 @@ async fn no_eligible_endpoint_can_wait_for_a_reviewer_through_sigkill() {
     let path = write_config(dir.path(), &dir.path().join("data"), &toml).unwrap();
     let server = BatonProcess::start(bin(), &path).await.unwrap();
     let mut c = server.client().await.unwrap();
-    let gates = |url: String| async move {
-        GatesClient::new(
-            tonic::transport::Channel::from_shared(url)
-                .unwrap()
-                .connect()
-                .await
-                .unwrap(),
-        )
-    };
     let decide = |gate_id: String, decision: v1::GateDecision| v1::DecideGateRequest {
         gate_id,
         decision: decision as i32,
@@ -969,16 +938,8 @@ async fn no_eligible_endpoint_can_wait_for_a_reviewer_through_sigkill() {
     server.kill9().await.unwrap();
     let server = BatonProcess::start(bin(), &path).await.unwrap();
     let mut c = server.client().await.unwrap();
-    let mut g = gates(server.url()).await;
-    let pending = g
-        .list_gates(v1::ListGatesRequest {
-            status: v1::GateStatus::Pending as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .gates;
+    let mut g = gates_client(&server).await;
+    let pending = pending_gates(&mut g).await;
     assert_eq!(pending.len(), 1);
     fake.push_reply(ScriptedReply::Text("Refund queued.".into()));
     g.decide_gate(decide(
@@ -1012,7 +973,6 @@ async fn no_eligible_endpoint_can_wait_for_a_reviewer_through_sigkill() {
 /// edit is refused (approve or reject).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_flagged_tool_result_waits_for_a_reviewer_through_sigkill() {
-    use baton::proto::v1::gates_client::GatesClient;
     use baton::types::ToolCall;
     use baton_testkit::fake_openai::ScriptedReply;
 
@@ -1072,22 +1032,8 @@ async fn a_flagged_tool_result_waits_for_a_reviewer_through_sigkill() {
     server.kill9().await.unwrap();
     let server = BatonProcess::start(bin(), &path).await.unwrap();
     let mut c = server.client().await.unwrap();
-    let mut g = GatesClient::new(
-        tonic::transport::Channel::from_shared(server.url())
-            .unwrap()
-            .connect()
-            .await
-            .unwrap(),
-    );
-    let pending = g
-        .list_gates(v1::ListGatesRequest {
-            status: v1::GateStatus::Pending as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .gates;
+    let mut g = gates_client(&server).await;
+    let pending = pending_gates(&mut g).await;
     assert_eq!(pending.len(), 1);
     let decide = |decision: v1::GateDecision, edited: &str| v1::DecideGateRequest {
         gate_id: pending[0].gate_id.clone(),

@@ -159,12 +159,16 @@ fn open_audit(
     ) else {
         return record;
     };
-    let opened = base64::engine::general_purpose::STANDARD
-        .decode(sealed)
-        .ok()
-        .and_then(|b| ring.unseal(&baton_runtime::audit_aad(id, seq), &b).ok())
-        .and_then(|plain| serde_json::from_slice::<Value>(&plain).ok());
-    record["data"] = opened.unwrap_or_else(|| json!({ "seq": seq, "erased": true }));
+    let opened = match base64::engine::general_purpose::STANDARD.decode(sealed) {
+        Ok(b) => match ring.unseal(&baton_runtime::audit_aad(id, seq), &b) {
+            Ok(plain) => serde_json::from_slice::<Value>(&plain)
+                .unwrap_or_else(|e| json!({ "seq": seq, "unreadable": e.to_string() })),
+            Err(baton_store::Error::Erased(_)) => json!({ "seq": seq, "erased": true }),
+            Err(e) => json!({ "seq": seq, "unreadable": e.to_string() }),
+        },
+        Err(e) => json!({ "seq": seq, "unreadable": e.to_string() }),
+    };
+    record["data"] = opened;
     record
 }
 

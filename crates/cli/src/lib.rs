@@ -88,6 +88,9 @@ enum Command {
         /// session:<id>.
         #[arg(long)]
         subject: String,
+        /// The tenant the subject belongs to [default: the default tenant].
+        #[arg(long, default_value = "")]
+        tenant: String,
     },
     /// Ask a running server for a consistent online backup.
     Backup {
@@ -154,7 +157,11 @@ pub fn main() -> ExitCode {
             Command::Inspect { conn, command } => inspect::run(conn, command).await,
             Command::Keys { conn, command } => keys::run(conn, command).await,
             Command::Backup { conn, to } => ops::backup(conn, to).await,
-            Command::Erase { conn, subject } => ops::erase(conn, subject).await,
+            Command::Erase {
+                conn,
+                subject,
+                tenant,
+            } => ops::erase(conn, subject, tenant).await,
             Command::Restore {
                 from,
                 config,

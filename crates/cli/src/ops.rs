@@ -11,11 +11,12 @@ use crate::client::{Conn, rpc_error};
 use crate::inspect::channel;
 
 /// Ask the running server to erase a data subject by crypto-shredding.
-pub async fn erase(conn: Conn, subject: String) -> anyhow::Result<()> {
+pub async fn erase(conn: Conn, subject: String, tenant: String) -> anyhow::Result<()> {
     let mut client = InspectClient::new(channel(&conn).await?);
     let r = client
         .erase_subject(v1::EraseSubjectRequest {
             subject: subject.clone(),
+            tenant,
         })
         .await
         .map_err(rpc_error)?
@@ -240,7 +241,7 @@ async fn check(dir: &Path) -> anyhow::Result<Restored> {
                         // Sealed ([privacy] encryption): the record is there
                         // (its key was read); the server opens it with the
                         // subject keys, which are never in a backup.
-                        Err(baton_store::Error::Keys(_) | baton_store::Error::Erased(_)) => {}
+                        Err(baton_store::Error::NoKeyring | baton_store::Error::Erased(_)) => {}
                         Err(e) => return Err(e.into()),
                     }
                 }

@@ -118,45 +118,47 @@ pub enum Answer {
 }
 
 /// The label a classifier route answered, among `labels`: the whole
-/// answer (trimmed of quotes, punctuation and case), else the one label
-/// it names as a word.
+/// answer (trimmed of quotes, punctuation and case), or its first word
+/// (a label followed by an explanation). Anything else is not a label —
+/// a sentence that merely mentions one ("not billing") is refused, so the
+/// rule fails closed. The error never quotes the answer.
 pub fn parse_label(answer: &str, labels: &[String]) -> Result<String, String> {
     let cleaned = answer
         .trim()
         .trim_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace())
         .to_lowercase();
-    if let Some(l) = labels.iter().find(|l| l.to_lowercase() == cleaned) {
-        return Ok(l.clone());
-    }
-    let words: Vec<&str> = cleaned
+    let first = cleaned
         .split(|c: char| !(c.is_alphanumeric() || c == '_' || c == '-'))
-        .filter(|w| !w.is_empty())
-        .collect();
-    let named: Vec<&String> = labels
+        .find(|w| !w.is_empty())
+        .unwrap_or_default();
+    labels
         .iter()
-        .filter(|l| words.contains(&l.to_lowercase().as_str()))
-        .collect();
-    match named.as_slice() {
-        [one] => Ok((*one).clone()),
-        _ => {
-            let short: String = answer.trim().chars().take(60).collect();
-            Err(format!(
-                "answered {short:?}, not one of the labels ({})",
+        .find(|l| {
+            let l = l.to_lowercase();
+            l == cleaned || l == first
+        })
+        .cloned()
+        .ok_or_else(|| {
+            format!(
+                "answered something that is not one of the labels ({})",
                 labels.join(", ")
-            ))
-        }
-    }
+            )
+        })
 }
 
 /// An evaluator's answer: `PASS`, or `FAIL` with the reason it gave.
 pub fn parse_verdict(answer: &str) -> Answer {
     let t = answer.trim();
-    let word = t.get(..4).unwrap_or(t);
+    // The first word, exactly: "Passable" is no PASS.
+    let end = t
+        .find(|c: char| !c.is_ascii_alphabetic())
+        .unwrap_or(t.len());
+    let word = &t[..end];
     if word.eq_ignore_ascii_case("pass") {
         return Answer::Pass;
     }
     let reason = if word.eq_ignore_ascii_case("fail") {
-        t[4..].trim_start_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace())
+        t[end..].trim_start_matches(|c: char| c.is_ascii_punctuation() || c.is_whitespace())
     } else {
         t
     };
@@ -178,13 +180,17 @@ mod tests {
         assert_eq!(parse_label(" Billing.", &labels).unwrap(), "billing");
         assert_eq!(parse_label("\"off_topic\"", &labels).unwrap(), "off_topic");
         assert_eq!(
-            parse_label("The label is: orders", &labels).unwrap(),
+            parse_label("orders - about a delivery", &labels).unwrap(),
             "orders"
         );
-        // Two labels named, or none: not a label.
-        assert!(parse_label("billing or orders", &labels).is_err());
-        let e = parse_label("weather", &labels).unwrap_err();
-        assert!(e.contains("not one of the labels"), "{e}");
+        // A sentence that mentions a label is not one: it fails closed.
+        assert!(parse_label("The label is: orders", &labels).is_err());
+        assert!(parse_label("not billing", &labels).is_err());
+        let e = parse_label("weather in Paris", &labels).unwrap_err();
+        assert!(
+            e.contains("not one of the labels") && !e.contains("Paris"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -202,5 +208,10 @@ mod tests {
             parse_verdict("It might pass"),
             Answer::Fail("It might pass".into())
         );
+        assert!(matches!(
+            parse_verdict("Passable, but FAIL"),
+            Answer::Fail(_)
+        ));
+        assert_eq!(parse_verdict("PASS."), Answer::Pass);
     }
 }

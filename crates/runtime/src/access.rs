@@ -617,9 +617,13 @@ impl Caller {
     /// The destination must be inside `store.backup_dir` (a relative one is
     /// taken relative to it); without a backup dir configured, refused.
     /// Erase a data subject (admins only): see `RuntimeHandle::erase_subject`.
-    pub async fn erase_subject(&self, subject: &str) -> Result<crate::privacy::Erasure> {
+    pub async fn erase_subject(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<crate::privacy::Erasure> {
         self.require(AccessRole::Admin)?;
-        self.rt.erase_subject_by(subject, &self.label).await
+        self.rt.erase_subject_by(tenant, subject, &self.label).await
     }
 
     pub async fn backup(&self, dest: std::path::PathBuf) -> Result<BackupInfo> {

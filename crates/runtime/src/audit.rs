@@ -266,8 +266,14 @@ pub(crate) async fn recover(
     for (session, done, pending) in backlog {
         // Sealed again under the session's subject key, as when it was new.
         let seal = match store.load_meta(session).await? {
-            Some(meta) => crate::privacy::seal_key(store, privacy, session, &meta.metadata)
-                .map_err(|e| baton_store::Error::Keys(e.to_string()))?,
+            Some(meta) => crate::privacy::existing_seal_key(
+                store,
+                privacy,
+                &meta.tenant,
+                session,
+                &meta.metadata,
+            )
+            .map_err(|e| baton_store::Error::Keys(e.to_string()))?,
             None => None,
         };
         let mut after = done;

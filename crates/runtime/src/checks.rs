@@ -19,6 +19,10 @@ use baton_types::Message;
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
+/// How long a check may take (its routed call, or a registered
+/// classifier); past it the check fails (closed).
+pub(crate) const CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// What an answer is cached under: a SHA-256 of the check and the content.
 pub(crate) type Key = [u8; 32];
 
@@ -138,13 +142,18 @@ async fn answer(shared: &Checker<'_>, ask: &Ask, terms: &CallTerms) -> (Answer, 
                     0.0,
                 );
             };
-            let answer = match c.label(&ask.text, labels).await {
-                Ok(l) if labels.is_empty() || labels.contains(&l) => Answer::Label(l),
-                Ok(l) => Answer::Error(format!(
-                    "classifier {name:?} answered {l:?}, not one of the labels ({})",
+            let answer = match tokio::time::timeout(CHECK_TIMEOUT, c.label(&ask.text, labels)).await
+            {
+                Ok(Ok(l)) if labels.is_empty() || labels.contains(&l) => Answer::Label(l),
+                Ok(Ok(_)) => Answer::Error(format!(
+                    "classifier {name:?} answered a label that is not one of {}",
                     labels.join(", ")
                 )),
-                Err(e) => Answer::Error(format!("classifier {name:?}: {e}")),
+                Ok(Err(e)) => Answer::Error(format!("classifier {name:?}: {e}")),
+                Err(_) => Answer::Error(format!(
+                    "classifier {name:?} did not answer within {} s",
+                    CHECK_TIMEOUT.as_secs()
+                )),
             };
             (answer, 0.0)
         }

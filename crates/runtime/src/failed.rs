@@ -16,7 +16,7 @@ pub(crate) async fn mark_failed(
     let Some(mut meta) = store.load_meta(id).await? else {
         return Ok(());
     };
-    let seal = crate::privacy::seal_key(store, privacy, id, &meta.metadata)
+    let seal = crate::privacy::existing_seal_key(store, privacy, &meta.tenant, id, &meta.metadata)
         .map_err(|e| baton_store::Error::Keys(e.to_string()))?;
     write_failed(store, seal, id, &mut meta, reason)
         .await

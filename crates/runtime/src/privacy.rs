@@ -68,6 +68,23 @@ impl PrivacyConfig {
             .unwrap_or_else(|| format!("session:{id}"))
     }
 
+    /// The subject of a session of `tenant`: a customer id names a subject
+    /// within its tenant only (two tenants' `cust-7` are two subjects).
+    pub fn tenant_subject(
+        &self,
+        tenant: &str,
+        id: SessionId,
+        metadata: &BTreeMap<String, String>,
+    ) -> String {
+        let s = self.subject(id, metadata);
+        if s.starts_with("subject:") && !tenant.is_empty() && tenant != baton_types::DEFAULT_TENANT
+        {
+            format!("{tenant}/{s}")
+        } else {
+            s
+        }
+    }
+
     /// The subject a caller names: a metadata value (`cust-7`), or a
     /// session (`session:<id>`).
     pub fn subject_named(&self, name: &str) -> String {
@@ -190,12 +207,31 @@ pub fn open_keyring(c: &PrivacyConfig, data_dir: &Path) -> Result<Option<Arc<Key
 pub(crate) fn seal_key(
     store: &baton_store::Store,
     cfg: &PrivacyConfig,
+    tenant: &str,
     id: SessionId,
     metadata: &BTreeMap<String, String>,
 ) -> Result<Option<Arc<SealKey>>> {
     match store.keyring() {
-        Some(ring) => Ok(Some(ring.for_subject(&cfg.subject(id, metadata))?)),
+        Some(ring) => Ok(Some(
+            ring.for_subject(&cfg.tenant_subject(tenant, id, metadata))?,
+        )),
         None => Ok(None),
+    }
+}
+
+/// The key of an existing session (loading it, failing it, recovering its
+/// audit records): [`seal_key`], except that an erased subject gets no new
+/// key (what is written for it then carries no content: a failure record).
+pub(crate) fn existing_seal_key(
+    store: &baton_store::Store,
+    cfg: &PrivacyConfig,
+    tenant: &str,
+    id: SessionId,
+    metadata: &BTreeMap<String, String>,
+) -> Result<Option<Arc<SealKey>>> {
+    match store.keyring() {
+        Some(ring) if ring.is_erased(&cfg.tenant_subject(tenant, id, metadata))? => Ok(None),
+        _ => seal_key(store, cfg, tenant, id, metadata),
     }
 }
 
@@ -240,10 +276,18 @@ impl crate::handle::RuntimeHandle {
     /// its keys are destroyed (durably, first), then its live sessions
     /// deleted. Idempotent: after a crash midway, erase again.
     pub async fn erase_subject(&self, name: &str) -> Result<Erasure> {
-        self.erase_subject_by(name, "embedded").await
+        self.erase_subject_by(baton_types::DEFAULT_TENANT, name, "embedded")
+            .await
     }
 
-    pub(crate) async fn erase_subject_by(&self, name: &str, by: &str) -> Result<Erasure> {
+    /// [`Self::erase_subject`] of a subject of `tenant` (a customer id
+    /// names a subject within its tenant), by principal `by`.
+    pub(crate) async fn erase_subject_by(
+        &self,
+        tenant: &str,
+        name: &str,
+        by: &str,
+    ) -> Result<Erasure> {
         let shared = self.inner.shared.clone();
         let Some(ring) = shared.store.keyring().cloned() else {
             return Err(Error::FailedPrecondition(
@@ -254,7 +298,17 @@ impl crate::handle::RuntimeHandle {
             return Err(Error::InvalidArgument("subject: must not be empty".into()));
         }
         let cfg = &shared.config.privacy;
+        let tenant = if tenant.is_empty() {
+            baton_types::DEFAULT_TENANT
+        } else {
+            tenant
+        };
         let subject = cfg.subject_named(name);
+        let subject = if subject.starts_with("subject:") && tenant != baton_types::DEFAULT_TENANT {
+            format!("{tenant}/{subject}")
+        } else {
+            subject
+        };
         use sha2::Digest;
         let hash: String = sha2::Sha256::digest(subject.as_bytes())
             .iter()
@@ -270,7 +324,7 @@ impl crate::handle::RuntimeHandle {
             all.extend(
                 page.sessions
                     .iter()
-                    .map(|(id, m)| (*id, m.metadata.clone())),
+                    .map(|(id, m)| (*id, m.tenant.clone(), m.metadata.clone())),
             );
             match page.next_after {
                 Some(n) => after = Some(n),
@@ -279,27 +333,47 @@ impl crate::handle::RuntimeHandle {
         }
         let mut doomed: Vec<SessionId> = all
             .iter()
-            .filter(|(id, m)| cfg.subject(*id, m) == subject)
-            .map(|(id, _)| *id)
+            .filter(|(id, t, m)| cfg.tenant_subject(t, *id, m) == subject)
+            .map(|(id, _, _)| *id)
             .collect();
         let mut subjects = vec![subject.clone()];
-        if let Some(root) = subject.strip_prefix("session:") {
+        // Only a session that is its own subject: one that names a subject
+        // (a customer) is erased with that subject, not by its id.
+        if let Some(root) = subject.strip_prefix("session:")
+            && !doomed.is_empty()
+        {
+            let own = |id: SessionId, m: &BTreeMap<String, String>| {
+                cfg.subject(id, m) == format!("session:{id}")
+            };
             let mut family = vec![root.to_string()];
             while let Some(parent) = family.pop() {
-                for (id, m) in &all {
+                for (id, _, m) in &all {
                     let child = m
                         .get("forked_from")
                         .is_some_and(|f| f.split('@').next() == Some(parent.as_str()))
                         || m.get("replay_of").is_some_and(|r| *r == parent);
-                    if child && !doomed.contains(id) {
+                    if child && own(*id, m) && !doomed.contains(id) {
                         doomed.push(*id);
                         family.push(id.to_string());
-                        subjects.push(cfg.subject(*id, m));
+                        subjects.push(format!("session:{id}"));
                     }
                 }
             }
         }
-        // Keys first, durably: from here on nothing of them reads.
+        // The sessions first, as DeleteSession deletes them (their gates
+        // and indexes with them, while their records still read), then
+        // the keys: everything left anywhere (backups, the audit log)
+        // becomes unreadable. A crash in between leaves the erasure to be
+        // redone: the sessions are gone, the keys not yet.
+        let mut sessions_deleted = 0;
+        for id in doomed {
+            match self.delete_uncompacted(id, by).await {
+                Ok(()) => sessions_deleted += 1,
+                Err(Error::SessionNotFound(_) | Error::NotFoundDetail(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        crate::failpoint("erase_after_sessions");
         let r = ring.clone();
         let forgotten = subjects.clone();
         let keys_destroyed = tokio::task::spawn_blocking(move || {
@@ -312,16 +386,6 @@ impl crate::handle::RuntimeHandle {
         })
         .await
         .map_err(|e| Error::Internal(format!("erasure task failed: {e}")))??;
-        crate::failpoint("erase_after_keys");
-        let mut sessions_deleted = 0;
-        for id in doomed {
-            match self.delete_uncompacted(id, by).await {
-                Ok(()) => sessions_deleted += 1,
-                Err(Error::SessionNotFound(_) | Error::NotFoundDetail(_)) => {}
-                Err(e) => return Err(e),
-            }
-        }
-        self.compact_keys().await?;
         self.audit_admin(
             "erase_subject",
             None,

@@ -477,8 +477,7 @@ impl Quality {
         };
         let Some(scores) = parse_scores(&routed.response.message.content, &self.cfg.criteria)
         else {
-            let short: String = routed.response.message.content.chars().take(80).collect();
-            tracing::warn!(target: "baton::quality", session = %job.session, turn = job.turn, answer = %short, "the quality evaluator answered no scores");
+            tracing::warn!(target: "baton::quality", session = %job.session, turn = job.turn, "the quality evaluator answered no scores");
             metrics.quality_scored(&job.route, &job.endpoint, &job.model, "invalid");
             return None;
         };

@@ -300,8 +300,13 @@ impl RuntimeHandle {
                 kind,
             })
             .collect();
-        let seal =
-            crate::privacy::seal_key(&shared.store, &shared.config.privacy, id, &meta.metadata)?;
+        let seal = crate::privacy::seal_key(
+            &shared.store,
+            &shared.config.privacy,
+            &meta.tenant,
+            id,
+            &meta.metadata,
+        )?;
         let mut batch = Batch::new();
         batch.seal_with(seal.clone());
         batch.put_meta(&id, &meta, None);

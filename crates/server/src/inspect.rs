@@ -217,7 +217,7 @@ impl Inspect for InspectService {
             ));
         }
         let e = caller
-            .erase_subject(&r.subject)
+            .erase_subject(&r.tenant, &r.subject)
             .await
             .map_err(|e| status(&e))?;
         Ok(Response::new(v1::EraseSubjectResponse {

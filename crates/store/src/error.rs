@@ -32,6 +32,9 @@ pub enum Error {
     /// keystore that cannot be used.
     #[error("keys: {0}")]
     Keys(String),
+    /// A sealed value, read by a store opened without the subject keys.
+    #[error("a sealed value, and no keyring configured ([privacy] encryption)")]
+    NoKeyring,
     /// The value was sealed under a subject key that was erased: it cannot
     /// be read again (crypto-shredding).
     #[error("the data was erased (its subject key {0} was destroyed)")]

@@ -113,9 +113,7 @@ pub(crate) fn unseal(
     }
     match ring {
         Some(r) => r.unseal(&seal_aad(cf, key), &value),
-        None => Err(Error::Keys(
-            "a sealed value, and no keyring configured ([privacy] encryption)".into(),
-        )),
+        None => Err(Error::NoKeyring),
     }
 }
 

@@ -206,6 +206,10 @@ pub struct Keyring {
     master: MasterKey,
     by_id: Mutex<HashMap<KeyId, Option<Arc<SealKey>>>>,
     by_subject: Mutex<HashMap<[u8; 32], Arc<SealKey>>>,
+    /// Held across a keystore read and the writes that depend on it
+    /// (creating, forgetting, caching a key): two first uses of a subject
+    /// create one key, and a key being forgotten is never cached again.
+    keystore: Mutex<()>,
 }
 
 impl std::fmt::Debug for Keyring {
@@ -243,6 +247,7 @@ impl Keyring {
             master,
             by_id: Mutex::new(HashMap::new()),
             by_subject: Mutex::new(HashMap::new()),
+            keystore: Mutex::new(()),
         };
         ring.check_and_rewrap(previous.as_ref())?;
         Ok(ring)
@@ -307,12 +312,21 @@ impl Keyring {
         {
             return Ok(k.clone());
         }
+        let _held = self.keystore.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(k) = self
+            .by_subject
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&hash)
+        {
+            return Ok(k.clone());
+        }
         let ids = self.db.get(subject_key(&hash))?.unwrap_or_default();
         let key = match ids.chunks_exact(KEY_ID_LEN).last() {
             Some(last) => {
                 let mut id = [0u8; KEY_ID_LEN];
                 id.copy_from_slice(last);
-                self.by_id(&id)?.ok_or_else(|| {
+                self.load_id(&id)?.ok_or_else(|| {
                     Error::Keys(format!("subject key {} is listed but missing", hex(&id)))
                 })?
             }
@@ -359,6 +373,12 @@ impl Keyring {
         {
             return Ok(k.clone());
         }
+        let _held = self.keystore.lock().unwrap_or_else(PoisonError::into_inner);
+        self.load_id(id)
+    }
+
+    /// [`Self::by_id`] from the keystore, with the keystore lock held.
+    fn load_id(&self, id: &KeyId) -> Result<Option<Arc<SealKey>>> {
         let key = match self.db.get(id_key(id))? {
             Some(v) => {
                 let mut raw = unwrap_key(&self.master, id, &v)?;
@@ -399,6 +419,7 @@ impl Keyring {
     /// Baton at once, and from the keystore's files at the next
     /// [`Self::compact`] (many erasures, one compaction).
     pub fn forget(&self, subject: &str) -> Result<bool> {
+        let _held = self.keystore.lock().unwrap_or_else(PoisonError::into_inner);
         let hash = subject_hash(subject);
         let ids = self.db.get(subject_key(&hash))?.unwrap_or_default();
         let mut batch = WriteBatch::default();

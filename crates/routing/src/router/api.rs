@@ -82,6 +82,21 @@ impl Router {
         self.inner.routes.contains_key(name)
     }
 
+    /// Whether some endpoint of `route` is certified for every one of
+    /// `classes` (data classes only: capabilities, health and budgets are
+    /// not considered).
+    pub fn certified_for(&self, route: &str, classes: &[String]) -> bool {
+        let Some(r) = self.inner.routes.get(route) else {
+            return false;
+        };
+        r.cfg.endpoints.iter().any(|e| {
+            self.inner.models.get(e).is_some_and(|m| {
+                let have = &m.endpoint().config().data_classes;
+                classes.iter().all(|c| have.contains(c))
+            })
+        })
+    }
+
     /// Every route, explicit ones first (in config order), then the
     /// endpoints' implicit routes by name.
     pub fn routes(&self) -> Vec<RouteInfo> {

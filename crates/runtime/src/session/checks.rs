@@ -139,6 +139,7 @@ impl SessionCtx {
         if !self.asks_checks() {
             return true;
         }
+        self.model.answers.trim();
         let policies = self.env.shared.policies.clone();
         let subject = subject_of(&self.durable.state, None);
         let all = policies.checks(Stage::Input, &subject, false);
@@ -187,6 +188,7 @@ impl SessionCtx {
         if ids.is_empty() {
             return Some((routed, sent));
         }
+        self.model.answers.trim();
         let mut asks = Vec::new();
         let text = message.content.clone();
         self.want(
@@ -225,20 +227,34 @@ impl SessionCtx {
                     limit_usd,
                     spent_usd: state.cost_usd + self.model.check_cost_usd,
                 }),
-            deadline: None,
+            deadline: Some(tokio::time::Instant::now() + crate::checks::CHECK_TIMEOUT),
             cancel: tokio_util::sync::CancellationToken::new(),
         };
         self.model.checking = Some(turn);
         let me = myself.clone();
         let span = self.turn_span(turn);
+        let keys: Vec<crate::checks::Key> = asks.iter().map(|a| a.key).collect();
         tokio::spawn(
             async move {
-                let checker = crate::checks::Checker {
-                    router: &shared.router,
-                    classifiers: &shared.policy_classifiers,
-                    cache: &shared.check_cache,
-                };
-                let (answers, cost_usd) = crate::checks::answer_all(&checker, asks, &terms).await;
+                let work = tokio::spawn(async move {
+                    let checker = crate::checks::Checker {
+                        router: &shared.router,
+                        classifiers: &shared.policy_classifiers,
+                        cache: &shared.check_cache,
+                    };
+                    crate::checks::answer_all(&checker, asks, &terms).await
+                });
+                // Whatever happens to the checks (a classifier that panics),
+                // the session hears back: failed checks fail closed.
+                let (answers, cost_usd) = work.await.unwrap_or_else(|e| {
+                    let why = format!("the check failed: {e}");
+                    (
+                        keys.into_iter()
+                            .map(|k| (k, Answer::Error(why.clone())))
+                            .collect(),
+                        0.0,
+                    )
+                });
                 let _ = me.cast(SessionMsg::Checked {
                     turn,
                     answers,

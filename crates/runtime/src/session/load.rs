@@ -27,9 +27,14 @@ impl SessionCtx {
             Err(e) => return Err(e.into()),
         };
         self.durable.found = true;
-        self.env.seal =
-            crate::privacy::seal_key(&store, &self.env.shared.config.privacy, id, &meta.metadata)
-                .map_err(|e| ActorProcessingErr::from(e.to_string()))?;
+        self.env.seal = crate::privacy::existing_seal_key(
+            &store,
+            &self.env.shared.config.privacy,
+            &meta.tenant,
+            id,
+            &meta.metadata,
+        )
+        .map_err(|e| ActorProcessingErr::from(e.to_string()))?;
         let snapshot = match store.load_snapshot(id).await {
             // Erased: the journal says so below, and the session fails.
             Err(e) if e.is_corruption() => None,

@@ -113,11 +113,20 @@ impl CheckAnswers {
         self.by_key.get(key)
     }
 
+    /// Add an answer. Nothing is evicted here: the answers a call was
+    /// asked for stay until it is screened (see [`Self::trim`]).
     pub(crate) fn insert(&mut self, key: crate::checks::Key, answer: baton_governance::Answer) {
+        self.by_key.insert(key, answer);
+    }
+
+    /// Before a call asks its checks: failed answers are dropped (asked
+    /// again), and past its bound the map starts again.
+    pub(crate) fn trim(&mut self) {
+        self.by_key
+            .retain(|_, a| !matches!(a, baton_governance::Answer::Error(_)));
         if self.by_key.len() >= VERDICT_CACHE_ENTRIES {
             self.by_key.clear();
         }
-        self.by_key.insert(key, answer);
     }
 }
 

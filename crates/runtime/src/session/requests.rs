@@ -150,11 +150,12 @@ impl SessionCtx {
         for g in &gates.gates {
             batch.delete_gate(g);
         }
-        store.write(batch).await?;
         // Sealed under a key of its own (the session is its own subject):
         // the key goes too, so its audit records and any copy (backups)
-        // cannot be read either. A subject spanning sessions keeps its key
-        // until it is erased.
+        // cannot be read either. First: a crash after it leaves an
+        // unreadable session to delete again, never a deleted session whose
+        // key stays. A subject spanning sessions keeps its key until it is
+        // erased.
         if let Some(ring) = store.keyring().cloned() {
             let privacy = &self.env.shared.config.privacy;
             let subject = privacy.subject(id, &meta.metadata);
@@ -164,6 +165,7 @@ impl SessionCtx {
                     .map_err(|e| Error::Internal(format!("key erasure task failed: {e}")))??;
             }
         }
+        store.write(batch).await?;
         self.durable.found = false;
         // Running tools and client-side waits end here: their results have
         // no session to go to (and flush writes nothing for it).

@@ -573,7 +573,15 @@ impl SessionCtx {
             .iter()
             .filter(|c| !state.data_classes.contains(c))
             .collect();
-        if e.failure_code() != TurnFailureCode::NoEligibleEndpoint || found.is_empty() {
+        // Only when the classes found in the content alone exclude every
+        // endpoint: not for a breaker, a budget or a capability.
+        if e.failure_code() != TurnFailureCode::NoEligibleEndpoint
+            || found.is_empty()
+            || shared.router.certified_for(&state.route, call_classes)
+            || !shared
+                .router
+                .certified_for(&state.route, &state.data_classes)
+        {
             return false;
         }
         let terms = crate::gates::GateTerms {

@@ -27,6 +27,9 @@ struct Chunks {
     /// The attempt whose output was sent.
     sent_attempt: Option<u32>,
     finish: FinishReason,
+    /// The recorded answer's text not streamed yet, and its tool calls:
+    /// sent when the turn completes (a gate may hold its release).
+    held: Option<(String, Vec<baton_types::ToolCall>)>,
 }
 
 /// What one event adds to the stream.
@@ -82,6 +85,7 @@ impl Chunks {
             sent: String::new(),
             sent_attempt: None,
             finish: FinishReason::Stop,
+            held: None,
         }
     }
 
@@ -157,17 +161,21 @@ impl Chunks {
                     // The recorded answer is not what was streamed.
                     return self.retracted();
                 };
-                if !rest.is_empty() {
-                    let rest = rest.to_string();
-                    self.text(&rest, &mut frames);
-                }
-                if !message.tool_calls.is_empty() {
-                    self.role(&mut frames);
-                    frames.push(self.delta(Delta::tool_calls(&message.tool_calls), None));
-                }
+                // Released with TurnCompleted: a gate may hold the answer
+                // (a reviewer may reject it, and the model revise it).
+                self.held = Some((rest.to_string(), message.tool_calls.clone()));
                 self.finish = FinishReason::of(&reason, !message.tool_calls.is_empty());
             }
             EventKind::TurnCompleted { usage, .. } => {
+                if let Some((rest, calls)) = self.held.take() {
+                    if !rest.is_empty() {
+                        self.text(&rest, &mut frames);
+                    }
+                    if !calls.is_empty() {
+                        self.role(&mut frames);
+                        frames.push(self.delta(Delta::tool_calls(&calls), None));
+                    }
+                }
                 self.role(&mut frames);
                 frames.push(self.delta(Delta::default(), Some(self.finish)));
                 if self.include_usage {
@@ -310,13 +318,8 @@ mod tests {
         assert!(c.on_event(retract.clone()).frames.is_empty());
         let s = c.on_event(delta("hel", 2));
         assert_eq!(s.frames.len(), 2, "role, then content");
-        let s = c.on_event(answer("hello", vec![]));
-        let d = data(&s.frames);
-        assert_eq!(d.len(), 1);
-        assert!(
-            d[0].contains(r#""content":"lo""#),
-            "the rest of the answer: {d:?}"
-        );
+        // The rest of the recorded answer comes with its completion.
+        assert!(c.on_event(answer("hello", vec![])).frames.is_empty());
         let s = c.on_event(EventKind::TurnCompleted {
             turn: 1,
             usage: Usage {
@@ -326,9 +329,13 @@ mod tests {
         });
         assert!(s.done);
         let d = data(&s.frames);
-        assert!(d[0].contains(r#""finish_reason":"stop""#) && d[0].contains("real-model"));
-        assert!(d[1].contains(r#""total_tokens":5"#));
-        assert_eq!(d[2], "[DONE]");
+        assert!(
+            d[0].contains(r#""content":"lo""#),
+            "the rest of the answer: {d:?}"
+        );
+        assert!(d[1].contains(r#""finish_reason":"stop""#) && d[1].contains("real-model"));
+        assert!(d[2].contains(r#""total_tokens":5"#));
+        assert_eq!(d[3], "[DONE]");
 
         // Output sent, then retracted: an error event, no [DONE].
         let mut c = chunks();
@@ -363,17 +370,39 @@ mod tests {
                 arguments: "{\"x\":1}".into(),
             },
         ];
-        let s = c.on_event(answer("", calls));
-        let d = data(&s.frames);
-        assert_eq!(d.len(), 2, "role, tool calls: {d:?}");
-        let v: Value = serde_json::from_str(&d[1]).unwrap();
-        let tc = &v["choices"][0]["delta"]["tool_calls"];
-        assert_eq!(tc[1]["index"], 1);
-        assert_eq!(tc[1]["function"]["arguments"], "{\"x\":1}");
+        assert!(c.on_event(answer("", calls)).frames.is_empty(), "held");
         let s = c.on_event(EventKind::TurnCompleted {
             turn: 1,
             usage: Usage::default(),
         });
-        assert!(data(&s.frames)[0].contains(r#""finish_reason":"tool_calls""#));
+        let d = data(&s.frames);
+        assert!(d.len() >= 3, "role, tool calls, finish: {d:?}");
+        let v: Value = serde_json::from_str(&d[1]).unwrap();
+        let tc = &v["choices"][0]["delta"]["tool_calls"];
+        assert_eq!(tc[1]["index"], 1);
+        assert_eq!(tc[1]["function"]["arguments"], "{\"x\":1}");
+        assert!(d[2].contains(r#""finish_reason":"tool_calls""#));
+    }
+
+    #[test]
+    fn a_recorded_answer_is_released_only_when_the_turn_completes() {
+        // A draft a gate holds, rejected, then the revision: only the
+        // revision reaches the client.
+        let mut c = chunks();
+        assert!(c.on_event(answer("a draft", Vec::new())).frames.is_empty());
+        assert!(
+            c.on_event(answer("the revision", Vec::new()))
+                .frames
+                .is_empty()
+        );
+        let s = c.on_event(EventKind::TurnCompleted {
+            turn: 1,
+            usage: Usage::default(),
+        });
+        let all = data(&s.frames).join("\n");
+        assert!(
+            all.contains("the revision") && !all.contains("a draft"),
+            "{all}"
+        );
     }
 }

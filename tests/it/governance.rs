@@ -1061,3 +1061,62 @@ async fn a_flagged_tool_result_waits_for_a_reviewer_through_sigkill() {
     );
     server.terminate().await.unwrap();
 }
+
+/// A conversation's earlier messages sent by the client (the front door's
+/// history, StartSession.history) are new to the policies on the first
+/// turn: a secret in an earlier message is blocked as in the last one, and
+/// a client's tool result is screened by the tool_result rules.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_history_is_screened_on_the_first_turn() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let vault = FakeOpenAi::start().await.unwrap();
+    let toml = format!(
+        "{}\n[[policies]]\nname = \"results\"\nstage = \"tool_result\"\n\
+         [[policies.rules]]\nname = \"emails\"\ndetect = [\"email\"]\noutcome = \"redact\"\n",
+        config(&fake, &vault)
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = write_config(dir.path(), &dir.path().join("data"), &toml).unwrap();
+    let server = BatonProcess::start(bin(), &path).await.unwrap();
+    let http = reqwest::Client::new();
+    let url = format!("{}/v1/chat/completions", server.http_url().unwrap());
+    let r = http
+        .post(&url)
+        .json(&serde_json::json!({
+            "model": "main",
+            "messages": [
+                {"role": "user", "content": format!("my key is {SECRET}")},
+                {"role": "assistant", "content": "noted"},
+                {"role": "user", "content": "go on"},
+            ],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "policy_blocked", "{body}");
+    assert_eq!(fake.requests(), 0, "nothing sent upstream");
+
+    // A tool result in the history: masked before the model sees it.
+    let r = http
+        .post(&url)
+        .json(&serde_json::json!({
+            "model": "main",
+            "messages": [
+                {"role": "user", "content": "who is it?"},
+                {"role": "assistant", "content": null, "tool_calls": [
+                    {"id": "c1", "type": "function", "function": {"name": "lookup", "arguments": "{}"}}
+                ]},
+                {"role": "tool", "tool_call_id": "c1", "content": format!("customer {EMAIL}")},
+            ],
+            "tools": [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object"}}}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{:?}", r.text().await);
+    assert!(!sent(&fake).contains(EMAIL), "{}", sent(&fake));
+    assert!(sent(&fake).contains("[removed: email]"), "{}", sent(&fake));
+    server.terminate().await.unwrap();
+}

@@ -151,13 +151,28 @@ impl SessionCtx {
         if let Some(text) = input {
             self.want(Stage::Input, &all, text, None, "", None, &mut asks);
         }
-        if !tags.is_empty() {
+        // Earlier user messages: on the first turn (history the client
+        // sent) every check, else those of tag rules.
+        let history = if input.is_some() && self.first_turn(turn) {
+            all.clone()
+        } else {
+            tags
+        };
+        if !history.is_empty() {
             for m in request
                 .messages
                 .iter()
                 .filter(|m| m.role == Role::User && Some(m.content.as_str()) != input)
             {
-                self.want(Stage::Input, &tags, &m.content, None, "", None, &mut asks);
+                self.want(
+                    Stage::Input,
+                    &history,
+                    &m.content,
+                    None,
+                    "",
+                    None,
+                    &mut asks,
+                );
             }
         }
         if asks.is_empty() {

@@ -57,6 +57,12 @@ impl SessionCtx {
             .applies(Stage::Output, &subject_of(&self.durable.state, None))
     }
 
+    /// Whether `turn` is the session's first: its history (sent by the
+    /// client) has not been screened as new yet.
+    pub(super) fn first_turn(&self, turn: u64) -> bool {
+        turn == 1 && !self.durable.state.messages.is_empty()
+    }
+
     /// The gate a tool-argument policy's `gate` rule holds this call with.
     pub(super) fn tool_policy_gate(&self, name: &str, arguments: &str) -> Option<GateTerms> {
         let policies = &self.env.shared.policies;
@@ -270,9 +276,92 @@ impl SessionCtx {
         if let Some(text) = input {
             let answers = self.answers_for(Stage::Input, text, "", false);
             let state = &self.durable.state;
-            let v = cache.get_or_eval(text, true, || {
+            let mut v: baton_governance::Verdict = (*cache.get_or_eval(text, true, || {
                 policies.evaluate_with(Stage::Input, &subject_of(state, None), text, &answers)
-            });
+            }))
+            .clone();
+            // A session's first turn: the history its client sent (a
+            // front-door conversation, StartSession.history) is new to the
+            // policies too — its user messages under every input rule, its
+            // tool results under the tool_result rules.
+            let mut result_hits = Vec::new();
+            if self.first_turn(turn) {
+                let mut history: Vec<(Role, String)> = state
+                    .messages
+                    .iter()
+                    .map(|m| (m.role, m.content.clone()))
+                    .collect();
+                // A conversation that ends with a tool result (the front
+                // door's next call after a tool call): that result too.
+                if let Some(q) = state.queued.iter().find(|q| q.turn == turn)
+                    && q.message.role == Role::Tool
+                {
+                    history.push((Role::Tool, q.message.content.clone()));
+                }
+                for (role, h) in history {
+                    match role {
+                        Role::User => {
+                            let answers = self.answers_for(Stage::Input, &h, "", false);
+                            let state = &self.durable.state;
+                            let hv = cache.get_or_eval(&h, true, || {
+                                policies.evaluate_with(
+                                    Stage::Input,
+                                    &subject_of(state, None),
+                                    &h,
+                                    &answers,
+                                )
+                            });
+                            v.hits.extend(hv.hits.iter().cloned());
+                            if v.blocked.is_none() {
+                                v.blocked = hv.blocked.clone();
+                            }
+                            if v.refused.is_none() {
+                                v.refused = hv.refused.clone();
+                            }
+                            if v.gate.is_none() {
+                                v.gate = hv.gate.clone();
+                            }
+                        }
+                        Role::Tool => {
+                            let tv = policies.evaluate(
+                                Stage::ToolResult,
+                                &subject_of(&self.durable.state, None),
+                                &h,
+                            );
+                            if tv.hits.is_empty() {
+                                continue;
+                            }
+                            let replaced = match &tv.blocked {
+                                Some(b) => Some(format!("the result was withheld: {}", b.message)),
+                                None if !tv.redact.is_empty() => Some(mask(&h, &tv.redact)),
+                                None => None,
+                            };
+                            if let Some(r) = replaced {
+                                for m in request
+                                    .messages
+                                    .iter_mut()
+                                    .filter(|m| m.role == Role::Tool && m.content == h)
+                                {
+                                    m.content = r.clone();
+                                }
+                            }
+                            if v.gate.is_none() {
+                                v.gate = tv.gate.clone();
+                            }
+                            result_hits.extend(tv.hits);
+                        }
+                        _ => {}
+                    }
+                }
+            }
+            if !result_hits.is_empty() {
+                self.stage(EventKind::PolicyEvaluated {
+                    turn,
+                    stage: Stage::ToolResult,
+                    hits: result_hits,
+                    cost_usd: None,
+                });
+            }
             let cost_usd = self.take_check_cost();
             if !v.hits.is_empty() || cost_usd.is_some() {
                 let record = EventKind::PolicyEvaluated {

@@ -601,6 +601,33 @@ async fn tool_policies_block_arguments_and_mask_results_through_sigkill() {
     assert!(!sent(&fake).contains(EMAIL));
     assert!(sent(&fake).contains("customer [removed: email], gold tier"));
 
+    // The front door hands tool calls to its client: blocked arguments
+    // fail the request instead, and the call never reaches the client.
+    fake.push_reply(ScriptedReply::ToolCalls(vec![call(
+        "f1",
+        "calc_client",
+        r#"{"expression":"9999999*2"}"#,
+    )]));
+    let r = reqwest::Client::new()
+        .post(format!(
+            "{}/v1/chat/completions",
+            server.http_url().unwrap()
+        ))
+        .json(&serde_json::json!({
+            "model": "fake",
+            "messages": [{"role": "user", "content": "compute"}],
+            "tools": [{"type": "function", "function": {"name": "calc_client", "parameters": {"type": "object"}}}],
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body = r.text().await.unwrap();
+    assert!(
+        body.contains("policy_blocked") && body.contains("tool-guard") && !body.contains("9999999"),
+        "{body}"
+    );
+
     // Both sessions' records survive a SIGKILL, policy records included.
     server.kill9().await.unwrap();
     let server = BatonProcess::start(bin(), &path).await.unwrap();

@@ -350,6 +350,21 @@ impl SessionState {
                 if *stage == baton_types::PolicyStage::Output {
                     self.apply_output_policy(*turn, hits);
                 }
+                // A one-shot session's tool calls go to its client: a gate
+                // on their arguments holds the answer's release.
+                if *stage == baton_types::PolicyStage::ToolArguments
+                    && self.one_shot
+                    && let Some(h) = hits
+                        .iter()
+                        .find(|h| h.outcome == baton_types::PolicyOutcome::Gate)
+                    && let Some(c) = self.current_turn_mut(*turn)
+                {
+                    c.policy_gate = Some(PolicyGate {
+                        policy: h.policy.clone(),
+                        rule: h.rule.clone(),
+                        reason: h.message.clone(),
+                    });
+                }
                 if *stage == baton_types::PolicyStage::ToolResult
                     && let Some(h) = hits
                         .iter()

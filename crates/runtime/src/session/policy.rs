@@ -128,6 +128,54 @@ impl SessionCtx {
         *kinds = out;
     }
 
+    /// Tool-argument policies on the tool calls a one-shot session (the
+    /// front door) hands to its client, which runs them: `block` withholds
+    /// the answer and fails the turn (`policy_blocked`); `gate` holds its
+    /// release for a reviewer (the state records it).
+    pub(super) fn screen_client_tool_calls(&self, turn: u64, kinds: &mut Vec<EventKind>) {
+        let state = &self.durable.state;
+        let policies = &self.env.shared.policies;
+        if !state.one_shot || policies.is_empty() {
+            return;
+        }
+        let Some(EventKind::AssistantMessage { message, .. }) = kinds.first_mut() else {
+            return;
+        };
+        let mut hits = Vec::new();
+        let mut blocked = None;
+        for call in &message.tool_calls {
+            let v = policies.evaluate(
+                Stage::ToolArguments,
+                &subject_of(state, Some(&call.name)),
+                &call.arguments,
+            );
+            hits.extend(v.hits);
+            if blocked.is_none() {
+                blocked = v.blocked;
+            }
+        }
+        if hits.is_empty() {
+            return;
+        }
+        if blocked.is_some() {
+            message.tool_calls.clear();
+            message.content.clear();
+        }
+        kinds.push(EventKind::PolicyEvaluated {
+            turn,
+            stage: Stage::ToolArguments,
+            hits,
+            cost_usd: None,
+        });
+        if let Some(b) = blocked {
+            kinds.push(EventKind::TurnFailed {
+                turn,
+                reason: b.message,
+                code: TurnFailureCode::PolicyBlocked,
+            });
+        }
+    }
+
     /// Tool-result policies on a result before the model sees it: `block`
     /// replaces it with an error naming the policy, `redact` masks what
     /// matched. The record to journal before it, when a rule matched.

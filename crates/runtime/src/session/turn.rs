@@ -624,6 +624,7 @@ impl SessionCtx {
         let mut kinds = self.answer_records(turn, routed, latency_ms);
         self.screen_output(turn, &mut kinds, &sent.question);
         self.screen_tool_calls(turn, &mut kinds);
+        self.screen_client_tool_calls(turn, &mut kinds);
         self.submit_for_scoring(turn, &kinds, sent);
         kinds
     }

@@ -242,6 +242,7 @@ impl SessionCtx {
             &message.content,
             &answers,
         );
+        self.model.answers.forget_errors();
         let cost_usd = self.take_check_cost();
         if v.hits.is_empty() {
             if cost_usd.is_some() {
@@ -436,6 +437,7 @@ impl SessionCtx {
                         ],
                         true,
                     );
+                    self.model.answers.forget_errors();
                     return Screened::Blocked;
                 }
                 if let Some(r) = &v.refused {
@@ -469,6 +471,7 @@ impl SessionCtx {
                         ],
                         true,
                     );
+                    self.model.answers.forget_errors();
                     return Screened::Refused;
                 }
                 if let Some(h) = &v.gate {
@@ -483,6 +486,7 @@ impl SessionCtx {
                     self.stage(record);
                     self.open_gate(turn, terms, GatePoint::ModelCall, subject, String::new());
                     self.flush(myself, true);
+                    self.model.answers.forget_errors();
                     return Screened::Held;
                 }
                 self.stage(record);
@@ -542,6 +546,7 @@ impl SessionCtx {
             }
         }
         self.model.screened = cache;
+        self.model.answers.forget_errors();
         let redaction = (!names.is_empty()).then(|| {
             let names = Arc::new(names);
             Redaction {

@@ -119,14 +119,19 @@ impl CheckAnswers {
         self.by_key.insert(key, answer);
     }
 
-    /// Before a call asks its checks: failed answers are dropped (asked
-    /// again), and past its bound the map starts again.
+    /// Before a call asks its checks: past its bound the map starts again.
     pub(crate) fn trim(&mut self) {
-        self.by_key
-            .retain(|_, a| !matches!(a, baton_governance::Answer::Error(_)));
         if self.by_key.len() >= VERDICT_CACHE_ENTRIES {
             self.by_key.clear();
         }
+    }
+
+    /// After a screening used them: failed answers are dropped, so the
+    /// next call asks again (each screening sees its own failures, and
+    /// fails closed on them).
+    pub(crate) fn forget_errors(&mut self) {
+        self.by_key
+            .retain(|_, a| !matches!(a, baton_governance::Answer::Error(_)));
     }
 }
 

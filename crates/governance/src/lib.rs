@@ -17,6 +17,7 @@
 //! them; this crate knows nothing of sessions or storage.
 
 pub mod check;
+mod config;
 pub mod detect;
 mod error;
 pub mod json;

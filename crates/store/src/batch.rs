@@ -1,0 +1,256 @@
+//! [`Batch`]: the writes of one atomic group (journal records and their
+//! payloads, metadata and its indexes, snapshots, spend, keys), sealed
+//! under a subject key when one is set.
+
+use std::sync::Arc;
+
+use baton_types::{EventKind, SessionId, SessionStatus};
+
+use crate::codec::{self, SessionMeta};
+use crate::writer::Op;
+use crate::{
+    CF_INDEXES, CF_JOURNAL, CF_PAYLOADS, CF_SESSIONS, CF_SNAPSHOTS, PAYLOAD_INLINE_LIMIT, keys,
+    seal, seal_aad,
+};
+
+/// A set of writes applied atomically (one RocksDB `WriteBatch` — possibly
+/// merged with other batches into one group commit).
+#[derive(Debug, Default)]
+pub struct Batch {
+    pub(crate) ops: Vec<Op>,
+    /// When false the batch is written to the WAL without waiting for an fsync
+    /// even in `sync` mode (provisional data such as output deltas).
+    pub(crate) sync: bool,
+    /// Journal records, payloads, snapshots and gate records added while
+    /// set are sealed under this subject key.
+    seal: Option<Arc<seal::SealKey>>,
+}
+
+impl Batch {
+    /// A batch that must be durable before it is acknowledged.
+    pub fn new() -> Self {
+        Self {
+            ops: Vec::new(),
+            sync: true,
+            seal: None,
+        }
+    }
+
+    /// Seal the session content added from now on under `key` (none:
+    /// stored as is).
+    pub fn seal_with(&mut self, key: Option<Arc<seal::SealKey>>) -> &mut Self {
+        self.seal = key;
+        self
+    }
+
+    /// `value`, sealed when the batch seals, bound to where it is stored.
+    pub(crate) fn sealed(&self, cf: &str, key: &[u8], value: Vec<u8>) -> Vec<u8> {
+        match &self.seal {
+            Some(k) => k.seal(&seal_aad(cf, key), &value),
+            None => value,
+        }
+    }
+
+    /// A batch acknowledged once it is in the WAL (no fsync of its own).
+    pub fn unsynced() -> Self {
+        Self {
+            sync: false,
+            ..Self::new()
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    pub fn is_sync(&self) -> bool {
+        self.sync
+    }
+
+    /// Append journal record `seq` of `session`.
+    pub fn append(&mut self, session: &SessionId, seq: u64, at_unix_ms: u64, kind: &EventKind) {
+        let enc = codec::encode_record(session, seq, at_unix_ms, kind, PAYLOAD_INLINE_LIMIT);
+        if let Some((key, value)) = enc.payload {
+            let value = self.sealed(CF_PAYLOADS, &key, value);
+            self.ops.push(Op::Put {
+                cf: CF_PAYLOADS,
+                key,
+                value,
+            });
+        }
+        let key = keys::journal_key(session, seq).to_vec();
+        let value = self.sealed(CF_JOURNAL, &key, enc.record);
+        self.ops.push(Op::Put {
+            cf: CF_JOURNAL,
+            key,
+            value,
+        });
+    }
+
+    /// Write the session's metadata, moving its status index entry from
+    /// `previous` (if any) to the new status.
+    pub fn put_meta(
+        &mut self,
+        session: &SessionId,
+        meta: &SessionMeta,
+        previous: Option<SessionStatus>,
+    ) {
+        if let Some(prev) = previous
+            && prev != meta.status
+        {
+            self.ops.push(Op::Delete {
+                cf: CF_INDEXES,
+                key: keys::status_index_key(prev, session).to_vec(),
+            });
+        }
+        if previous.is_none() {
+            self.ops.push(Op::Put {
+                cf: CF_INDEXES,
+                key: keys::tenant_index_key(&meta.tenant, session),
+                value: Vec::new(),
+            });
+        }
+        if previous != Some(meta.status) {
+            self.ops.push(Op::Put {
+                cf: CF_INDEXES,
+                key: keys::status_index_key(meta.status, session).to_vec(),
+                value: Vec::new(),
+            });
+        }
+        self.ops.push(Op::Put {
+            cf: CF_SESSIONS,
+            key: session.as_bytes().to_vec(),
+            value: codec::encode_meta(meta),
+        });
+    }
+
+    /// Map an idempotency key to a session.
+    /// The journal records of `session` up to `seq` must reach the audit
+    /// trail (written with those records, so a crash cannot separate them).
+    pub fn put_audit_pending(&mut self, session: &SessionId, seq: u64) {
+        self.push(Op::Put {
+            cf: CF_INDEXES,
+            key: keys::audit_key(b'p', session),
+            value: seq.to_be_bytes().to_vec(),
+        });
+    }
+
+    /// The audit trail holds `session`'s records up to `seq`.
+    pub fn put_audit_done(&mut self, session: &SessionId, seq: u64) {
+        self.push(Op::Put {
+            cf: CF_INDEXES,
+            key: keys::audit_key(b'u', session),
+            value: seq.to_be_bytes().to_vec(),
+        });
+    }
+
+    /// Record `route`'s total spend in USD (route budgets survive restarts).
+    pub fn put_route_spend(&mut self, route: &str, total_usd: f64) {
+        let mut key = vec![keys::ROUTE_SPEND_PREFIX];
+        key.extend_from_slice(route.as_bytes());
+        self.push(Op::Put {
+            cf: CF_INDEXES,
+            key,
+            value: total_usd.to_be_bytes().to_vec(),
+        });
+    }
+
+    pub fn put_idempotency(&mut self, key: &str, session: &SessionId) {
+        self.ops.push(Op::Put {
+            cf: CF_INDEXES,
+            key: keys::idempotency_key(key),
+            value: session.as_bytes().to_vec(),
+        });
+    }
+
+    /// Store a snapshot of a session's state as of `seq`.
+    pub fn put_snapshot(&mut self, session: &SessionId, encoded: Vec<u8>) {
+        let key = session.as_bytes().to_vec();
+        let value = self.sealed(CF_SNAPSHOTS, &key, encoded);
+        self.ops.push(Op::Put {
+            cf: CF_SNAPSHOTS,
+            key,
+            value,
+        });
+    }
+
+    /// Drop a session's snapshot: its next load folds the whole journal
+    /// (benchmarks, and a snapshot an operator no longer trusts).
+    pub fn delete_snapshot(&mut self, session: &SessionId) {
+        self.ops.push(Op::Delete {
+            cf: CF_SNAPSHOTS,
+            key: session.as_bytes().to_vec(),
+        });
+    }
+
+    /// Remove every trace of a session.
+    pub fn delete_session(&mut self, session: &SessionId, meta: &SessionMeta) {
+        let from = keys::journal_key(session, 0).to_vec();
+        let to = keys::journal_key(session, u64::MAX).to_vec();
+        for cf in [CF_JOURNAL, CF_PAYLOADS] {
+            self.ops.push(Op::DeleteRange {
+                cf,
+                from: from.clone(),
+                to: to.clone(),
+            });
+        }
+        self.ops.push(Op::Delete {
+            cf: CF_SESSIONS,
+            key: session.as_bytes().to_vec(),
+        });
+        self.ops.push(Op::Delete {
+            cf: CF_SNAPSHOTS,
+            key: session.as_bytes().to_vec(),
+        });
+        self.ops.push(Op::Delete {
+            cf: CF_INDEXES,
+            key: keys::status_index_key(meta.status, session).to_vec(),
+        });
+        self.ops.push(Op::Delete {
+            cf: CF_INDEXES,
+            key: keys::tenant_index_key(&meta.tenant, session),
+        });
+        if let Some(k) = &meta.idempotency_key {
+            self.ops.push(Op::Delete {
+                cf: CF_INDEXES,
+                key: keys::idempotency_key(k),
+            });
+        }
+        for which in [b'p', b'u'] {
+            self.ops.push(Op::Delete {
+                cf: CF_INDEXES,
+                key: keys::audit_key(which, session),
+            });
+        }
+    }
+
+    /// Record `session`'s total spend in `period` for its tenant (written
+    /// with the record that priced it).
+    pub fn put_tenant_spend(
+        &mut self,
+        tenant: &str,
+        period: &str,
+        session: &SessionId,
+        total_usd: f64,
+    ) {
+        self.ops.push(Op::Put {
+            cf: CF_INDEXES,
+            key: keys::tenant_spend_key(tenant, period, session),
+            value: total_usd.to_be_bytes().to_vec(),
+        });
+    }
+
+    /// Store an API key record (JSON) under its key id.
+    pub fn put_api_key(&mut self, id: &str, record: Vec<u8>) {
+        self.ops.push(Op::Put {
+            cf: CF_INDEXES,
+            key: keys::api_key_key(id),
+            value: record,
+        });
+    }
+
+    /// A raw operation (tests and tools).
+    pub fn push(&mut self, op: Op) {
+        self.ops.push(op);
+    }
+}

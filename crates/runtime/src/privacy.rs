@@ -76,13 +76,7 @@ impl PrivacyConfig {
         id: SessionId,
         metadata: &BTreeMap<String, String>,
     ) -> String {
-        let s = self.subject(id, metadata);
-        if s.starts_with("subject:") && !tenant.is_empty() && tenant != baton_types::DEFAULT_TENANT
-        {
-            format!("{tenant}/{s}")
-        } else {
-            s
-        }
+        in_tenant(tenant, self.subject(id, metadata))
     }
 
     /// The subject a caller names: a metadata value (`cust-7`), or a
@@ -93,6 +87,19 @@ impl PrivacyConfig {
         } else {
             format!("subject:{name}")
         }
+    }
+}
+
+/// A subject as its tenant knows it: a customer subject within its tenant
+/// (the default tenant's are unprefixed); a session is its own.
+fn in_tenant(tenant: &str, subject: String) -> String {
+    if subject.starts_with("subject:")
+        && !tenant.is_empty()
+        && tenant != baton_types::DEFAULT_TENANT
+    {
+        format!("{tenant}/{subject}")
+    } else {
+        subject
     }
 }
 
@@ -298,17 +305,7 @@ impl crate::handle::RuntimeHandle {
             return Err(Error::InvalidArgument("subject: must not be empty".into()));
         }
         let cfg = &shared.config.privacy;
-        let tenant = if tenant.is_empty() {
-            baton_types::DEFAULT_TENANT
-        } else {
-            tenant
-        };
-        let subject = cfg.subject_named(name);
-        let subject = if subject.starts_with("subject:") && tenant != baton_types::DEFAULT_TENANT {
-            format!("{tenant}/{subject}")
-        } else {
-            subject
-        };
+        let subject = in_tenant(tenant, cfg.subject_named(name));
         use sha2::Digest;
         let hash: String = sha2::Sha256::digest(subject.as_bytes())
             .iter()

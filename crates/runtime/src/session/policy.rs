@@ -494,23 +494,18 @@ impl SessionCtx {
         }
         // Data classes a classifier found in earlier messages keep applying
         // (tag rules); their answers are cached by content.
-        let tagged: std::collections::HashMap<&str, Vec<(usize, baton_governance::Answer)>> =
+        let tagged: std::collections::HashMap<String, Vec<(usize, baton_governance::Answer)>> =
             request
                 .messages
                 .iter()
                 .filter(|m| m.role == Role::User && Some(m.content.as_str()) != input)
                 .map(|m| {
                     (
-                        m.content.as_str(),
+                        m.content.clone(),
                         self.answers_for(Stage::Input, &m.content, "", true),
                     )
                 })
                 .filter(|(_, a)| !a.is_empty())
-                .collect();
-        let tagged: std::collections::HashMap<String, Vec<(usize, baton_governance::Answer)>> =
-            tagged
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), v))
                 .collect();
         if let Some(cost_usd) = self.take_check_cost() {
             self.stage(EventKind::PolicyEvaluated {

@@ -76,6 +76,41 @@ impl RuntimeHandle {
         self.inner.shared.tools.registry.specs()
     }
 
+    /// The store the runtime writes (flows keep their runs in it too).
+    pub fn store(&self) -> &baton_store::Store {
+        &self.inner.shared.store
+    }
+
+    /// The spec of server-side tool `name`.
+    pub fn tool_spec(&self, name: &str) -> Option<baton_tools::ToolSpec> {
+        self.inner
+            .shared
+            .tools
+            .registry
+            .get(name)
+            .map(|t| t.spec().clone())
+    }
+
+    /// Run server-side tool `name` once, outside any session (a flow's
+    /// `tool` step): the arguments are validated against its schema, the
+    /// call runs under the tool actors' supervision and timeout. The error
+    /// is the tool's error text.
+    pub async fn call_tool(
+        &self,
+        name: &str,
+        arguments: &serde_json::Value,
+    ) -> std::result::Result<String, String> {
+        let tools = &self.inner.shared.tools;
+        let args = tools
+            .registry
+            .validate(name, &arguments.to_string())
+            .map_err(|e| e.to_string())?;
+        match tools.executor.execute(name.to_string(), args).await {
+            Ok(r) => r.map_err(|e| e.to_string()),
+            Err(_) => Err("the tool executor stopped".into()),
+        }
+    }
+
     /// Hand `msg` to the session's actor (through the supervisor).
     pub(crate) fn route(&self, id: SessionId, msg: SessionMsg) -> Result<()> {
         self.inner

@@ -27,6 +27,7 @@ mod codec;
 mod error;
 pub mod gates;
 pub mod keys;
+pub mod runs;
 pub mod seal;
 pub mod snapshot;
 mod writer;
@@ -53,13 +54,16 @@ pub const CF_SNAPSHOTS: &str = "snapshots";
 /// Current state of each gate (see [`gates`]).
 pub const CF_GATES: &str = "gates";
 /// Every column family Baton uses.
-pub const COLUMN_FAMILIES: [&str; 6] = [
+pub const COLUMN_FAMILIES: [&str; 9] = [
     CF_SESSIONS,
     CF_JOURNAL,
     CF_PAYLOADS,
     CF_INDEXES,
     CF_SNAPSHOTS,
     CF_GATES,
+    runs::CF_RUNS,
+    runs::CF_RUN_JOURNAL,
+    runs::CF_RUN_INDEX,
 ];
 
 /// Message content longer than this many bytes is stored once in the
@@ -249,7 +253,7 @@ impl Store {
         }
     }
 
-    async fn blocking<T, F>(&self, f: F) -> Result<T>
+    pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
         F: FnOnce(&DB) -> Result<T> + Send + 'static,

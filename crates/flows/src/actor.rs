@@ -1,0 +1,666 @@
+//! Runs as actors: [`RunActor`] executes one run, [`RunSupervisor`] spawns,
+//! passivates and restarts them.
+//!
+//! A run's actor lives while the run has work: it executes passes (see
+//! [`crate::exec`]), takes signals and cancellations, and sleeps through
+//! short waits. When a pass suspends on a long wait, or the run ends or
+//! needs an operator, the actor writes the run's record and asks to be
+//! passivated; a passivated run costs its index entries only. A due timer,
+//! a signal, a finished child or a restart activates it again: a new actor
+//! folds the journal and runs a pass, which replays what is done.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use baton_types::now_unix_ms;
+use ractor::{Actor, ActorId, ActorProcessingErr, ActorRef, RpcReplyPort, SupervisionEvent};
+use serde_json::Value;
+
+use crate::deps::{Deps, RunCtx};
+use crate::error::{Error, Result};
+use crate::exec::{Exec, PassOutcome, Stop};
+use crate::log::RunLog;
+use crate::record::{RunEvent, RunId, RunStatus};
+
+/// Restarts of one run's actor before the run is marked failed.
+const MAX_RESTARTS: u32 = 3;
+/// Passes abandoned on store errors before the actor gives up (and is restarted).
+const MAX_PASS_ERRORS: u32 = 3;
+
+/// What a run's actor is told.
+pub enum RunMsg {
+    /// A pass ended (`generation` tells stale passes apart).
+    PassDone(u64, PassOutcome),
+    /// A timer is due or a child finished: run a pass.
+    Wake,
+    Signal {
+        name: String,
+        payload: Value,
+        by: String,
+        reply: RpcReplyPort<Result<u64>>,
+    },
+    /// An operator's answer to `needs_attention`: `retry` or `skip`.
+    Resolve {
+        action: String,
+        by: String,
+        reply: RpcReplyPort<Result<()>>,
+    },
+    Cancel {
+        by: String,
+        reason: String,
+        reply: RpcReplyPort<Result<()>>,
+    },
+    /// The supervisor agreed to passivate it.
+    Stop,
+}
+
+pub struct RunActor;
+
+pub struct RunArgs {
+    pub deps: Arc<Deps>,
+    pub run: RunId,
+    pub supervisor: ActorRef<SupMsg>,
+}
+
+pub struct RunState {
+    exec: Option<Arc<Exec>>,
+    supervisor: ActorRef<SupMsg>,
+    run: RunId,
+    deps: Arc<Deps>,
+    pass: Option<tokio::task::JoinHandle<()>>,
+    generation: u64,
+    /// A signal or wake-up came during a pass: run another one after it.
+    rerun: bool,
+    sleeper: Option<tokio::task::JoinHandle<()>>,
+    pass_errors: u32,
+    stopping: bool,
+}
+
+impl RunState {
+    fn start_pass(&mut self, myself: &ActorRef<RunMsg>) {
+        let Some(exec) = self.exec.clone() else {
+            return;
+        };
+        if let Some(s) = self.sleeper.take() {
+            s.abort();
+        }
+        self.generation += 1;
+        self.rerun = false;
+        // Work again: a passivation asked for before is declined.
+        self.stopping = false;
+        let generation = self.generation;
+        let me = myself.clone();
+        self.pass = Some(tokio::spawn(async move {
+            let outcome = exec.pass().await;
+            let _ = me.cast(RunMsg::PassDone(generation, outcome));
+        }));
+    }
+
+    fn passivate(&mut self) {
+        if !self.stopping {
+            self.stopping = true;
+            let _ = self.supervisor.cast(SupMsg::Passivate(self.run));
+        }
+    }
+
+    fn log(&self) -> Option<Arc<RunLog>> {
+        self.exec.as_ref().map(|e| e.log.clone())
+    }
+
+    /// The run ended: it no longer counts against its flow's limit, and a
+    /// waiting parent wakes.
+    async fn ended(&mut self) {
+        if let Some(log) = self.log()
+            && let Some(s) = self.deps.starter()
+        {
+            let meta = log.meta().await;
+            s.ended(&meta.flow);
+            if let Some((parent, _)) = meta.parent {
+                s.wake(parent);
+            }
+        }
+        self.passivate();
+    }
+}
+
+impl Actor for RunActor {
+    type Msg = RunMsg;
+    type State = RunState;
+    type Arguments = RunArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<RunMsg>,
+        args: RunArgs,
+    ) -> std::result::Result<RunState, ActorProcessingErr> {
+        let mut st = RunState {
+            exec: None,
+            supervisor: args.supervisor,
+            run: args.run,
+            deps: args.deps.clone(),
+            pass: None,
+            generation: 0,
+            rerun: false,
+            sleeper: None,
+            pass_errors: 0,
+            stopping: false,
+        };
+        let deps = args.deps;
+        let Some((meta, memo)) = RunLog::load(&deps.store, args.run).await? else {
+            st.passivate();
+            return Ok(st);
+        };
+        let Some(RunEvent::RunStarted {
+            flow,
+            version,
+            definition,
+            principal,
+            ..
+        }) = memo.started.clone()
+        else {
+            return Err(format!("run {} has no run_started record", args.run).into());
+        };
+        let status = meta.status;
+        let log = Arc::new(RunLog::new(
+            deps.store.clone(),
+            deps.watchers.clone(),
+            meta,
+            memo,
+        ));
+        let flow = deps.flow_of(&flow, &version, &definition)?;
+        st.exec = Some(Arc::new(Exec {
+            deps: deps.clone(),
+            ctx: RunCtx {
+                run: args.run,
+                principal,
+                flow,
+            },
+            log: log.clone(),
+        }));
+        match status {
+            // Only an operator's answer moves one that needs attention on.
+            s if s.is_terminal() || s == RunStatus::NeedsAttention => st.passivate(),
+            _ => {
+                mark_running(&log).await?;
+                st.start_pass(&myself);
+            }
+        }
+        Ok(st)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<RunMsg>,
+        msg: RunMsg,
+        st: &mut RunState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        let Some(log) = st.log() else {
+            // A run that does not exist: answer and go.
+            match msg {
+                RunMsg::Signal { reply, .. } => {
+                    let _ = reply.send(Err(Error::NotFound(format!("run {} not found", st.run))));
+                }
+                RunMsg::Resolve { reply, .. } | RunMsg::Cancel { reply, .. } => {
+                    let _ = reply.send(Err(Error::NotFound(format!("run {} not found", st.run))));
+                }
+                RunMsg::Stop => myself.stop(Some("passivated".into())),
+                _ => {}
+            }
+            return Ok(());
+        };
+        match msg {
+            RunMsg::Stop if !st.stopping => {
+                // Work started after the request: stay.
+                let _ = st.supervisor.cast(SupMsg::Declined(st.run));
+            }
+            RunMsg::Stop => {
+                if let Some(p) = st.pass.take() {
+                    p.abort();
+                }
+                if let Some(s) = st.sleeper.take() {
+                    s.abort();
+                }
+                myself.stop(Some("passivated".into()));
+            }
+            RunMsg::PassDone(generation, outcome) => {
+                if generation != st.generation {
+                    return Ok(());
+                }
+                st.pass = None;
+                self.pass_done(&myself, st, &log, outcome).await?;
+            }
+            RunMsg::Wake => {
+                let status = log.meta().await.status;
+                if status.is_terminal() || status == RunStatus::NeedsAttention {
+                    return Ok(());
+                }
+                if st.pass.is_some() {
+                    st.rerun = true;
+                } else {
+                    mark_running(&log).await?;
+                    st.start_pass(&myself);
+                }
+            }
+            RunMsg::Signal {
+                name,
+                payload,
+                by,
+                reply,
+            } => {
+                let status = log.meta().await.status;
+                if status.is_terminal() {
+                    let _ = reply.send(Err(Error::FailedPrecondition(format!(
+                        "run {} is {}: it takes no signals",
+                        st.run,
+                        status.as_str()
+                    ))));
+                    return Ok(());
+                }
+                let r = log
+                    .append(RunEvent::SignalReceived { name, payload, by }, true)
+                    .await;
+                let ok = r.is_ok();
+                let _ = reply.send(r);
+                if ok && status != RunStatus::NeedsAttention {
+                    if st.pass.is_some() {
+                        st.rerun = true;
+                    } else {
+                        mark_running(&log).await?;
+                        st.start_pass(&myself);
+                    }
+                }
+            }
+            RunMsg::Resolve { action, by, reply } => {
+                let memo = log.memo().await;
+                let Some(path) = memo.attention.clone() else {
+                    let _ = reply.send(Err(Error::FailedPrecondition(format!(
+                        "run {} does not need attention",
+                        st.run
+                    ))));
+                    return Ok(());
+                };
+                if action != "retry" && action != "skip" {
+                    let _ = reply.send(Err(Error::InvalidArgument(format!(
+                        "action {action:?}: retry or skip"
+                    ))));
+                    return Ok(());
+                }
+                let r = log
+                    .append_with(
+                        RunEvent::AttentionResolved { path, action, by },
+                        true,
+                        |m| {
+                            m.status = RunStatus::Running;
+                            m.reason.clear();
+                        },
+                    )
+                    .await
+                    .map(|_| ());
+                let ok = r.is_ok();
+                let _ = reply.send(r);
+                if ok {
+                    st.start_pass(&myself);
+                }
+            }
+            RunMsg::Cancel { by, reason, reply } => {
+                let status = log.meta().await.status;
+                if status.is_terminal() {
+                    let _ = reply.send(Err(Error::FailedPrecondition(format!(
+                        "run {} is already {}",
+                        st.run,
+                        status.as_str()
+                    ))));
+                    return Ok(());
+                }
+                if let Some(p) = st.pass.take() {
+                    p.abort();
+                }
+                if let Some(s) = st.sleeper.take() {
+                    s.abort();
+                }
+                st.generation += 1;
+                let r = log
+                    .append_with(
+                        RunEvent::RunCancelled {
+                            by,
+                            reason: reason.clone(),
+                        },
+                        true,
+                        |m| {
+                            m.status = RunStatus::Cancelled;
+                            m.reason = if reason.is_empty() {
+                                "cancelled".into()
+                            } else {
+                                reason
+                            };
+                            m.wake_at_unix_ms = 0;
+                        },
+                    )
+                    .await
+                    .map(|_| ());
+                let _ = reply.send(r);
+                st.ended().await;
+            }
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<RunMsg>,
+        st: &mut RunState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        if let Some(p) = st.pass.take() {
+            p.abort();
+        }
+        if let Some(s) = st.sleeper.take() {
+            s.abort();
+        }
+        Ok(())
+    }
+}
+
+impl RunActor {
+    async fn pass_done(
+        &self,
+        myself: &ActorRef<RunMsg>,
+        st: &mut RunState,
+        log: &Arc<RunLog>,
+        outcome: PassOutcome,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match outcome {
+            PassOutcome::Completed(output) => {
+                log.append_with(
+                    RunEvent::RunCompleted {
+                        output: output.clone(),
+                    },
+                    true,
+                    |m| {
+                        m.status = RunStatus::Completed;
+                        m.output = output;
+                        m.reason.clear();
+                    },
+                )
+                .await?;
+                st.ended().await;
+            }
+            PassOutcome::Stopped(Stop::Failed { path, error }) => {
+                let reason = format!("step {path:?}: {error}");
+                log.append_with(RunEvent::RunFailed { path, error }, true, |m| {
+                    m.status = RunStatus::Failed;
+                    m.reason = reason;
+                })
+                .await?;
+                st.ended().await;
+            }
+            PassOutcome::Stopped(Stop::Attention { reason, .. }) => {
+                log.update_meta(|m| {
+                    m.status = RunStatus::NeedsAttention;
+                    m.reason = reason;
+                })
+                .await?;
+                st.passivate();
+            }
+            PassOutcome::Stopped(Stop::Suspend { wake_at }) => {
+                if st.rerun {
+                    st.start_pass(myself);
+                    return Ok(());
+                }
+                let now = now_unix_ms();
+                match wake_at {
+                    Some(at) if at <= now.saturating_add(st.deps.config.inline_wait_ms) => {
+                        let me = myself.clone();
+                        st.sleeper = Some(tokio::spawn(async move {
+                            tokio::time::sleep(Duration::from_millis(at.saturating_sub(now))).await;
+                            let _ = me.cast(RunMsg::Wake);
+                        }));
+                    }
+                    _ => {
+                        log.update_meta(|m| {
+                            m.status = RunStatus::Waiting;
+                            m.wake_at_unix_ms = wake_at.unwrap_or(0);
+                        })
+                        .await?;
+                        st.passivate();
+                    }
+                }
+            }
+            PassOutcome::Stopped(Stop::Internal(e)) => {
+                st.pass_errors += 1;
+                tracing::warn!(run = %st.run, error = %e, "a run's pass was abandoned");
+                if st.pass_errors >= MAX_PASS_ERRORS {
+                    return Err(format!("run {}: {e}", st.run).into());
+                }
+                let me = myself.clone();
+                st.sleeper = Some(tokio::spawn(async move {
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    let _ = me.cast(RunMsg::Wake);
+                }));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the supervisor is told.
+pub enum SupMsg {
+    /// Deliver to the run's actor, activating the run when it is passivated.
+    Route(RunId, RunMsg),
+    /// Activate the run (a due timer, a finished child, recovery).
+    Activate(RunId),
+    /// The run's actor has nothing to do.
+    Passivate(RunId),
+    /// It was asked to stop but has work again.
+    Declined(RunId),
+    /// The runs in memory.
+    Live(RpcReplyPort<Vec<RunId>>),
+}
+
+struct Entry {
+    actor: ActorRef<RunMsg>,
+    passivating: bool,
+    /// Messages that came while it passivated: they go to its successor.
+    held: Vec<RunMsg>,
+}
+
+pub struct RunSupervisor;
+
+pub struct SupState {
+    deps: Arc<Deps>,
+    live: HashMap<RunId, Entry>,
+    by_actor: HashMap<ActorId, RunId>,
+    restarts: HashMap<RunId, u32>,
+}
+
+impl SupState {
+    async fn spawn(&mut self, myself: &ActorRef<SupMsg>, run: RunId, held: Vec<RunMsg>) {
+        let args = RunArgs {
+            deps: self.deps.clone(),
+            run,
+            supervisor: myself.clone(),
+        };
+        match Actor::spawn_linked(None, RunActor, args, myself.get_cell()).await {
+            Ok((actor, _)) => {
+                self.by_actor.insert(actor.get_id(), run);
+                for m in held {
+                    let _ = actor.cast(m);
+                }
+                self.live.insert(
+                    run,
+                    Entry {
+                        actor,
+                        passivating: false,
+                        held: Vec::new(),
+                    },
+                );
+            }
+            Err(e) => tracing::error!(run = %run, error = %e, "cannot start a run's actor"),
+        }
+    }
+}
+
+impl Actor for RunSupervisor {
+    type Msg = SupMsg;
+    type State = SupState;
+    type Arguments = Arc<Deps>;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<SupMsg>,
+        deps: Arc<Deps>,
+    ) -> std::result::Result<SupState, ActorProcessingErr> {
+        Ok(SupState {
+            deps,
+            live: HashMap::new(),
+            by_actor: HashMap::new(),
+            restarts: HashMap::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<SupMsg>,
+        msg: SupMsg,
+        st: &mut SupState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match msg {
+            SupMsg::Route(run, m) => match st.live.get_mut(&run) {
+                Some(e) if e.passivating => e.held.push(m),
+                Some(e) => {
+                    if let Err(ractor::MessagingErr::SendErr(m)) = e.actor.send_message(m) {
+                        e.held.push(m);
+                    }
+                }
+                None => st.spawn(&myself, run, vec![m]).await,
+            },
+            SupMsg::Activate(run) => match st.live.get_mut(&run) {
+                Some(e) if e.passivating => e.held.push(RunMsg::Wake),
+                Some(e) => {
+                    let _ = e.actor.cast(RunMsg::Wake);
+                }
+                None => st.spawn(&myself, run, Vec::new()).await,
+            },
+            SupMsg::Passivate(run) => {
+                if let Some(e) = st.live.get_mut(&run)
+                    && !e.passivating
+                {
+                    e.passivating = true;
+                    let _ = e.actor.cast(RunMsg::Stop);
+                }
+            }
+            SupMsg::Declined(run) => {
+                if let Some(e) = st.live.get_mut(&run) {
+                    e.passivating = false;
+                    for m in std::mem::take(&mut e.held) {
+                        let _ = e.actor.cast(m);
+                    }
+                }
+            }
+            SupMsg::Live(reply) => {
+                let _ = reply.send(st.live.keys().copied().collect());
+            }
+        }
+        Ok(())
+    }
+
+    async fn handle_supervisor_evt(
+        &self,
+        myself: ActorRef<SupMsg>,
+        evt: SupervisionEvent,
+        st: &mut SupState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        match evt {
+            SupervisionEvent::ActorTerminated(cell, _, _) => {
+                let Some(run) = st.by_actor.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                if let Some(e) = st.live.remove(&run)
+                    && !e.held.is_empty()
+                {
+                    st.spawn(&myself, run, e.held).await;
+                }
+            }
+            SupervisionEvent::ActorFailed(cell, err) => {
+                let Some(run) = st.by_actor.remove(&cell.get_id()) else {
+                    return Ok(());
+                };
+                let held = st.live.remove(&run).map(|e| e.held).unwrap_or_default();
+                let n = st.restarts.entry(run).or_default();
+                *n += 1;
+                tracing::warn!(run = %run, error = %err, restarts = *n, "a run's actor failed");
+                if *n <= MAX_RESTARTS {
+                    let me = myself.clone();
+                    let delay = Duration::from_millis(200 << *n);
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        let _ = me.cast(SupMsg::Activate(run));
+                    });
+                    // Messages held for it go to its successor.
+                    for m in held {
+                        let _ = myself.cast(SupMsg::Route(run, m));
+                    }
+                } else {
+                    st.restarts.remove(&run);
+                    fail_run(&st.deps, run, &err.to_string()).await;
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _myself: ActorRef<SupMsg>,
+        st: &mut SupState,
+    ) -> std::result::Result<(), ActorProcessingErr> {
+        for e in st.live.values() {
+            e.actor.stop(Some("shutdown".into()));
+        }
+        Ok(())
+    }
+}
+
+/// A waiting run that works again.
+async fn mark_running(log: &RunLog) -> Result<()> {
+    log.update_meta(|m| {
+        if m.status == RunStatus::Waiting {
+            m.status = RunStatus::Running;
+            m.wake_at_unix_ms = 0;
+        }
+    })
+    .await
+}
+
+/// Mark a run whose actor keeps failing as failed.
+async fn fail_run(deps: &Deps, run: RunId, error: &str) {
+    let r = async {
+        let Some((meta, memo)) = RunLog::load(&deps.store, run).await? else {
+            return Ok::<(), Error>(());
+        };
+        if meta.status.is_terminal() {
+            return Ok(());
+        }
+        let log = RunLog::new(deps.store.clone(), deps.watchers.clone(), meta, memo);
+        let reason = format!("the run's actor failed {MAX_RESTARTS} times; the last: {error}");
+        log.append_with(
+            RunEvent::RunFailed {
+                path: String::new(),
+                error: reason.clone(),
+            },
+            true,
+            |m| {
+                m.status = RunStatus::Failed;
+                m.reason = reason;
+                m.wake_at_unix_ms = 0;
+            },
+        )
+        .await?;
+        Ok(())
+    }
+    .await;
+    if let Err(e) = r {
+        tracing::error!(run = %run, error = %e, "cannot mark a failing run failed");
+    }
+}

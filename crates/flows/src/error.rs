@@ -1,0 +1,48 @@
+//! Errors of the flows crate.
+
+/// What went wrong in a flows operation.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// A definition that does not check; names where.
+    #[error("{}", definition_message(flow, step, field, problem))]
+    Definition {
+        flow: String,
+        step: String,
+        field: String,
+        problem: String,
+    },
+    /// A definition file that does not parse.
+    #[error("{0}")]
+    Parse(String),
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    FailedPrecondition(String),
+    /// A limit was reached; try again after the hint.
+    #[error("{message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after_secs: u64,
+    },
+    #[error("store: {0}")]
+    Store(#[from] baton_store::Error),
+    #[error("{0}")]
+    Runtime(#[from] baton_runtime::Error),
+    #[error("{0}")]
+    Internal(String),
+}
+
+fn definition_message(flow: &str, step: &str, field: &str, problem: &str) -> String {
+    let mut s = format!("flow {flow:?}");
+    if !step.is_empty() {
+        s.push_str(&format!(", step {step:?}"));
+    }
+    if !field.is_empty() {
+        s.push_str(&format!(", field {field:?}"));
+    }
+    format!("{s}: {problem}")
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;

@@ -1,0 +1,58 @@
+//! Baton's flows: durable multi-step pipelines.
+//!
+//! A flow is a list of steps — `model`, `agent`, `tool`, `http`,
+//! `transform`, `switch`, `parallel`, `map`, `retry`, `wait`, `call`,
+//! `emit` — written in TOML or YAML (or built in Rust with [`FlowBuilder`]),
+//! with jq expressions over the run's data. A run of a flow is an actor
+//! whose every step is journaled in the store: after a crash it resumes
+//! without running a completed step again, a step with an effect that may
+//! have run is re-run only when it is idempotent (otherwise the run needs
+//! an operator), and timers fire once. A waiting run is passivated.
+//!
+//! ```no_run
+//! # async fn demo(rt: baton_runtime::RuntimeHandle) -> baton_flows::Result<()> {
+//! use baton_flows::{Flow, Flows, FlowsConfig, StartRun};
+//! let triage = Flow::from_toml(r#"
+//!     name = "triage"
+//!     [[steps]]
+//!     id = "label"
+//!     kind = "transform"
+//!     expr = 'if (.input.text | test("invoice")) then "billing" else "other" end'
+//! "#)?;
+//! let flows = Flows::start(rt, FlowsConfig::default(), vec![triage]).await?;
+//! let by = baton_types::Principal::embedded();
+//! let run = flows
+//!     .start_run(StartRun { flow: "triage".into(), input: serde_json::json!({"text": "my invoice"}), ..Default::default() }, &by)
+//!     .await?;
+//! println!("started {}", run.id);
+//! # Ok(()) }
+//! ```
+
+mod actor;
+mod builder;
+mod catalog;
+mod config;
+mod def;
+mod deps;
+mod effects;
+mod error;
+mod exec;
+mod expr;
+mod index;
+mod log;
+mod manager;
+mod record;
+mod spec;
+
+pub use builder::{FlowBuilder, StepBuilder};
+pub use catalog::ReloadReport;
+pub use config::{FlowHttpConfig, FlowsConfig, SecretSource};
+pub use def::{Flow, Step, StepKind};
+pub use deps::{StartRun, Started};
+pub use error::{Error, Result};
+pub use expr::{Expr, Template};
+pub use manager::{FlowInfo, Flows, RunPage, RunQuery, RunView};
+pub use record::{RunEvent, RunId, RunMeta, RunRecord, RunStatus};
+pub use spec::{
+    BranchSpec, CaseSpec, EmitTarget, FlowSpec, JoinSpec, OnError, StepKindName, StepSpec,
+};

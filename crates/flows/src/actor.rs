@@ -615,9 +615,11 @@ impl Actor for RunSupervisor {
         _myself: ActorRef<SupMsg>,
         st: &mut SupState,
     ) -> std::result::Result<(), ActorProcessingErr> {
-        for e in st.live.values() {
-            e.actor.stop(Some("shutdown".into()));
-        }
+        let stopping = st.live.values().map(|e| {
+            e.actor
+                .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(5)))
+        });
+        futures::future::join_all(stopping).await;
         Ok(())
     }
 }

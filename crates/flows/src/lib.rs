@@ -56,3 +56,6 @@ pub use record::{RunEvent, RunId, RunMeta, RunRecord, RunStatus};
 pub use spec::{
     BranchSpec, CaseSpec, EmitTarget, FlowSpec, JoinSpec, OnError, StepKindName, StepSpec,
 };
+
+#[cfg(test)]
+mod tests;

@@ -252,7 +252,11 @@ impl Flows {
         {
             t.abort();
         }
-        self.inner.sup.stop(Some("shutdown".into()));
+        let _ = self
+            .inner
+            .sup
+            .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
+            .await;
     }
 
     /// Read the definitions directory again now.

@@ -1,0 +1,597 @@
+//! The engine over a real runtime and store: every step kind's control
+//! flow, durable timers and signals across a restart, child runs,
+//! idempotency, limits, attention after a crash, and inspection.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use baton_models::{EndpointConfig, ProviderKind};
+use baton_runtime::{Runtime, RuntimeConfig, RuntimeHandle};
+use baton_types::Principal;
+use futures::StreamExt;
+use serde_json::{Value, json};
+
+use crate::*;
+
+fn echo(name: &str) -> EndpointConfig {
+    let mut c = EndpointConfig::new(name, ProviderKind::Echo);
+    c.stream = false;
+    c
+}
+
+async fn runtime(dir: &std::path::Path) -> RuntimeHandle {
+    let mut c = RuntimeConfig::with_data_dir(dir);
+    c.models = vec![echo("echo")];
+    c.sessions.default_route = "echo".into();
+    Runtime::builder(c).start().await.expect("runtime")
+}
+
+fn config() -> FlowsConfig {
+    FlowsConfig {
+        inline_wait_ms: 0,
+        timer_poll_ms: 20,
+        ..FlowsConfig::default()
+    }
+}
+
+fn by() -> Principal {
+    Principal::embedded()
+}
+
+async fn start(flows: &Flows, flow: &str, input: Value) -> RunId {
+    flows
+        .start_run(
+            StartRun {
+                flow: flow.into(),
+                input,
+                ..StartRun::default()
+            },
+            &by(),
+        )
+        .await
+        .expect("start")
+        .id
+}
+
+/// Wait (up to 10 s) until the run is in `status`.
+async fn until_status(flows: &Flows, id: RunId, status: RunStatus) -> RunMeta {
+    for _ in 0..1000 {
+        let m = flows.meta(id, &by()).await.expect("meta");
+        if m.status == status {
+            return m;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let m = flows.meta(id, &by()).await.expect("meta");
+    panic!("run {id} is {:?} ({}), not {status:?}", m.status, m.reason);
+}
+
+async fn kinds(flows: &Flows, id: RunId) -> Vec<String> {
+    flows
+        .journal(id, 0, 10_000, &by())
+        .await
+        .expect("journal")
+        .into_iter()
+        .map(|r| match &r.event {
+            RunEvent::StepCompleted { path, .. } => format!("done:{path}"),
+            RunEvent::StepStarted { path, .. } => format!("start:{path}"),
+            RunEvent::StepFailed { path, .. } => format!("fail:{path}"),
+            e => e.type_name().to_string(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_flow_steps_compute_the_run_output() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path()).await;
+    let flow = Flow::from_yaml(
+        r#"
+name: calc
+output: "{sum: .steps.sum, route: .steps.route, fan: .steps.fan, first: .steps.first, fixed: .steps.fix, skipped: .steps.never}"
+steps:
+  - { id: doubled, kind: map, over: ".input.items", concurrency: 2,
+      steps: [{ id: twice, kind: transform, expr: ".item * 2" }] }
+  - { id: sum, kind: transform, expr: ".steps.doubled | add" }
+  - id: route
+    kind: switch
+    cases:
+      - when: ".steps.sum > 100"
+        steps: [{ id: big, kind: transform, expr: '"big"' }]
+      - when: ".steps.sum > 10"
+        steps: [{ id: mid, kind: transform, expr: '"mid"' }]
+    default: [{ id: small, kind: transform, expr: '"small"' }]
+  - id: fan
+    kind: parallel
+    branches:
+      - { name: a, steps: [{ id: a1, kind: transform, expr: ".steps.sum + 1" }] }
+      - { name: b, steps: [{ id: b1, kind: transform, expr: ".steps.sum - 1" }] }
+    merge: ".branches.a + .branches.b"
+  - id: first
+    kind: parallel
+    join: { first: 1 }
+    branches:
+      - { name: slow, steps: [{ id: s1, kind: wait, duration: "1h" }] }
+      - { name: fast, steps: [{ id: f1, kind: transform, expr: '"fast"' }] }
+  - id: fix
+    kind: retry
+    attempts: [{ route: cheap }, { route: strong }]
+    until: ".steps.draft.route == \"strong\""
+    steps: [{ id: draft, kind: transform, expr: "{route: .attempt.params.route, n: .attempt.n}" }]
+  - { id: never, kind: transform, expr: "1", if: ".input.items | length > 99" }
+"#,
+    )
+    .expect("flow");
+    let flows = Flows::start(rt.clone(), config(), vec![flow])
+        .await
+        .expect("flows");
+    let id = start(&flows, "calc", json!({"items": [1, 2, 3, 4]})).await;
+    let m = until_status(&flows, id, RunStatus::Completed).await;
+    assert_eq!(
+        m.output,
+        json!({
+            "sum": 20, "route": "mid", "fan": 40, "first": {"fast": "fast"},
+            "fixed": {"route": "strong", "n": 2}, "skipped": null
+        })
+    );
+    let k = kinds(&flows, id).await;
+    assert!(k.contains(&"done:doubled[3]/twice".to_string()), "{k:?}");
+    assert!(k.contains(&"fail:fix#1".to_string()), "{k:?}");
+    assert!(k.contains(&"done:fix#2/draft".to_string()), "{k:?}");
+    // The losing branch of `first 1` never completed its wait.
+    assert!(!k.contains(&"done:first/slow/s1".to_string()), "{k:?}");
+    assert_eq!(k.last().map(String::as_str), Some("run_completed"));
+
+    // Time travel: after the map and before the end.
+    let seq_sum = flows
+        .journal(id, 0, 1000, &by())
+        .await
+        .expect("journal")
+        .into_iter()
+        .find(|r| matches!(&r.event, RunEvent::StepCompleted { path, .. } if path == "sum"))
+        .expect("sum")
+        .seq;
+    let v = flows.get_run(id, Some(seq_sum), &by()).await.expect("get");
+    assert_eq!(v.steps.get("sum"), Some(&json!(20)));
+    assert!(!v.steps.contains_key("route"));
+    assert_eq!(v.status_at_seq, RunStatus::Running);
+    flows.shutdown().await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_step_fails_the_run_naming_it_unless_it_continues() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path()).await;
+    let flows = Flows::start(
+        rt.clone(),
+        config(),
+        vec![
+            FlowBuilder::new("boom")
+                .step(StepBuilder::transform("bad", ".input.x | error(\"no x\")"))
+                .build()
+                .expect("flow"),
+            FlowBuilder::new("soft")
+                .step(StepBuilder::transform("bad", "error(\"soft\")").on_error(OnError::Continue))
+                .build()
+                .expect("flow"),
+        ],
+    )
+    .await
+    .expect("flows");
+    let id = start(&flows, "boom", json!({"x": 1})).await;
+    let m = until_status(&flows, id, RunStatus::Failed).await;
+    assert!(
+        m.reason.contains("step \"bad\"") && m.reason.contains("no x"),
+        "{}",
+        m.reason
+    );
+    let id = start(&flows, "soft", json!({})).await;
+    let m = until_status(&flows, id, RunStatus::Completed).await;
+    assert!(
+        m.output["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("soft")),
+        "{}",
+        m.output
+    );
+    flows.shutdown().await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timers_passivate_the_run_survive_a_restart_and_fire_once() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = || {
+        FlowBuilder::new("sleepy")
+            .step(StepBuilder::wait_for("nap", "1s"))
+            .step(StepBuilder::transform("after", "\"woke\""))
+            .build()
+            .expect("flow")
+    };
+    let (id, wake_at) = {
+        let rt = runtime(dir.path()).await;
+        let flows = Flows::start(rt.clone(), config(), vec![flow()])
+            .await
+            .expect("flows");
+        let id = start(&flows, "sleepy", json!({})).await;
+        let m = until_status(&flows, id, RunStatus::Waiting).await;
+        assert!(m.wake_at_unix_ms > 0);
+        // Passivated: no actor holds it.
+        for _ in 0..100 {
+            if !flows.live_runs().await.expect("live").contains(&id) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(!flows.live_runs().await.expect("live").contains(&id));
+        flows.shutdown().await;
+        rt.shutdown().await;
+        (id, m.wake_at_unix_ms)
+    };
+    let rt = runtime(dir.path()).await;
+    let flows = Flows::start(rt.clone(), config(), vec![flow()])
+        .await
+        .expect("flows");
+    let m = until_status(&flows, id, RunStatus::Completed).await;
+    assert!(baton_types::now_unix_ms() >= wake_at);
+    assert_eq!(m.output, json!("woke"));
+    let fired = kinds(&flows, id)
+        .await
+        .into_iter()
+        .filter(|k| k == "done:nap")
+        .count();
+    assert_eq!(fired, 1);
+    flows.shutdown().await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signals_wake_a_waiting_run_and_are_kept_until_a_step_takes_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path()).await;
+    let flow = FlowBuilder::new("approve")
+        .step(StepBuilder::wait_signal("decision", "approval"))
+        .step(StepBuilder::wait_signal("second", "approval"))
+        .output("[.steps.decision.payload, .steps.second.payload]")
+        .build()
+        .expect("flow");
+    let flows = Flows::start(rt.clone(), config(), vec![flow])
+        .await
+        .expect("flows");
+    let id = start(&flows, "approve", json!({})).await;
+    until_status(&flows, id, RunStatus::Waiting).await;
+    // Two signals: the first wakes the first wait, the second is kept for the next.
+    flows
+        .signal(id, "approval", json!({"ok": 1}), &by())
+        .await
+        .expect("signal");
+    flows
+        .signal(id, "approval", json!({"ok": 2}), &by())
+        .await
+        .expect("signal");
+    let m = until_status(&flows, id, RunStatus::Completed).await;
+    assert_eq!(m.output, json!([{"ok": 1}, {"ok": 2}]));
+    let e = flows
+        .signal(id, "approval", json!(null), &by())
+        .await
+        .expect_err("ended");
+    assert!(matches!(e, Error::FailedPrecondition(_)), "{e}");
+    let e = flows
+        .signal(id, "Bad Name", json!(null), &by())
+        .await
+        .expect_err("bad");
+    assert!(matches!(e, Error::InvalidArgument(_)), "{e}");
+    flows.shutdown().await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn call_runs_a_child_and_takes_its_output_and_keys_start_one_run() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path()).await;
+    let child = FlowBuilder::new("child")
+        .step(StepBuilder::wait_for("pause", "300ms"))
+        .step(StepBuilder::transform("out", ".input.n * 10"))
+        .build()
+        .expect("child");
+    let parent = FlowBuilder::new("parent")
+        .step(StepBuilder::call("sub", "child").input("{n: .input.n}"))
+        .step(StepBuilder::transform("plus", ".steps.sub + 1"))
+        .max_active_runs(1)
+        .build()
+        .expect("parent");
+    let flows = Flows::start(rt.clone(), config(), vec![child, parent])
+        .await
+        .expect("flows");
+    let req = StartRun {
+        flow: "parent".into(),
+        input: json!({"n": 4}),
+        idempotency_key: Some("order-17".into()),
+        ..StartRun::default()
+    };
+    let a = flows.start_run(req.clone(), &by()).await.expect("start");
+    let b = flows.start_run(req.clone(), &by()).await.expect("again");
+    assert!(a.created && !b.created);
+    assert_eq!(a.id, b.id);
+    // One unfinished run of `parent` is its limit.
+    let e = flows
+        .start_run(
+            StartRun {
+                idempotency_key: None,
+                ..req.clone()
+            },
+            &by(),
+        )
+        .await
+        .expect_err("limited");
+    assert!(
+        matches!(
+            e,
+            Error::ResourceExhausted {
+                retry_after_secs: 1,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let m = until_status(&flows, a.id, RunStatus::Completed).await;
+    assert_eq!(m.output, json!(41));
+    // The limit frees when the run ends.
+    let c = flows
+        .start_run(
+            StartRun {
+                idempotency_key: None,
+                ..req
+            },
+            &by(),
+        )
+        .await
+        .expect("after");
+    until_status(&flows, c.id, RunStatus::Completed).await;
+    let wrong = flows
+        .start_run(
+            StartRun {
+                flow: "child".into(),
+                input: json!({"n": 1}),
+                idempotency_key: Some("order-17".into()),
+                ..StartRun::default()
+            },
+            &by(),
+        )
+        .await
+        .expect_err("other flow");
+    assert!(matches!(wrong, Error::FailedPrecondition(_)), "{wrong}");
+    flows.shutdown().await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn model_steps_run_as_sessions_and_check_their_schema() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path()).await;
+    let flows = Flows::start(
+        rt.clone(),
+        config(),
+        vec![
+            FlowBuilder::new("ask")
+                .step(StepBuilder::model("say", "hello {{ .input.name }}").route("echo"))
+                .build()
+                .expect("flow"),
+            FlowBuilder::new("strict")
+                .step(
+                    StepBuilder::model("say", "not json")
+                        .json_schema(json!({"type": "object"}))
+                        .retries(1),
+                )
+                .build()
+                .expect("flow"),
+        ],
+    )
+    .await
+    .expect("flows");
+    let id = start(&flows, "ask", json!({"name": "Ada"})).await;
+    let m = until_status(&flows, id, RunStatus::Completed).await;
+    assert!(
+        m.output.as_str().is_some_and(|s| s.contains("hello Ada")),
+        "{}",
+        m.output
+    );
+    // The step's session is an ordinary session, found by its metadata.
+    let sessions = rt
+        .list(baton_runtime::ListQuery::default())
+        .await
+        .expect("list");
+    assert_eq!(sessions.sessions.len(), 1);
+
+    let id = start(&flows, "strict", json!({})).await;
+    let m = until_status(&flows, id, RunStatus::Failed).await;
+    assert!(m.reason.contains("json_schema"), "{}", m.reason);
+    let fails = kinds(&flows, id)
+        .await
+        .into_iter()
+        .filter(|k| k == "fail:say")
+        .count();
+    assert_eq!(fails, 2, "one retry");
+    flows.shutdown().await;
+    rt.shutdown().await;
+}
+
+/// A tiny HTTP service: counts its calls; `/hang` never answers.
+async fn service() -> (String, Arc<AtomicU32>) {
+    let calls = Arc::new(AtomicU32::new(0));
+    let c = calls.clone();
+    let app = axum::Router::new()
+        .route(
+            "/echo",
+            axum::routing::post(move |body: axum::Json<Value>| {
+                let c = c.clone();
+                async move {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    axum::Json(json!({"got": body.0}))
+                }
+            }),
+        )
+        .route(
+            "/hang",
+            axum::routing::post(|| async {
+                tokio::time::sleep(Duration::from_secs(3600)).await;
+                "never"
+            }),
+        );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    (format!("127.0.0.1:{}", addr.port()), calls)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http_steps_reach_allowed_hosts_only_and_a_crash_mid_post_needs_attention() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (host, calls) = service().await;
+    let mut cfg = config();
+    cfg.http.allowed_hosts = vec![host.clone()];
+    let flow = || {
+        FlowBuilder::new("post")
+            .step(
+                StepBuilder::http(
+                    "send",
+                    "POST",
+                    format!("http://{host}/{{{{ .input.path }}}}"),
+                )
+                .body("{order: .input.order}"),
+            )
+            .build()
+            .expect("flow")
+    };
+    let denied = FlowBuilder::new("denied")
+        .step(StepBuilder::http("get", "GET", "http://10.255.255.1/x"))
+        .build()
+        .expect("flow");
+    let id = {
+        let rt = runtime(dir.path()).await;
+        let flows = Flows::start(rt.clone(), cfg.clone(), vec![flow(), denied])
+            .await
+            .expect("flows");
+        let ok = start(&flows, "post", json!({"path": "echo", "order": 7})).await;
+        let m = until_status(&flows, ok, RunStatus::Completed).await;
+        assert_eq!(
+            m.output,
+            json!({"status": 200, "body": {"got": {"order": 7}}})
+        );
+        assert_eq!(calls.load(Ordering::SeqCst), 1);
+        let no = start(&flows, "denied", json!({})).await;
+        let m = until_status(&flows, no, RunStatus::Failed).await;
+        assert!(
+            m.reason.contains("not in flows.http.allowed_hosts"),
+            "{}",
+            m.reason
+        );
+
+        // A POST that never answers, then the process goes away.
+        let id = start(&flows, "post", json!({"path": "hang", "order": 8})).await;
+        for _ in 0..500 {
+            if kinds(&flows, id).await.contains(&"start:send".to_string()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        flows.shutdown().await;
+        rt.shutdown().await;
+        id
+    };
+    let rt = runtime(dir.path()).await;
+    let flows = Flows::start(rt.clone(), cfg, vec![flow()])
+        .await
+        .expect("flows");
+    let m = until_status(&flows, id, RunStatus::NeedsAttention).await;
+    assert!(m.reason.contains("not idempotent"), "{}", m.reason);
+    flows.resolve(id, "skip", &by()).await.expect("skip");
+    let m = until_status(&flows, id, RunStatus::Completed).await;
+    assert_eq!(m.output, Value::Null);
+    // The POST was not sent again.
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    flows.shutdown().await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_records_in_order_and_ends_with_the_run_and_cancel_ends_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path()).await;
+    let flows = Flows::start(
+        rt.clone(),
+        config(),
+        vec![
+            FlowBuilder::new("slow")
+                .step(StepBuilder::wait_signal("go", "go"))
+                .step(StepBuilder::transform("end", "1"))
+                .build()
+                .expect("flow"),
+        ],
+    )
+    .await
+    .expect("flows");
+    let id = start(&flows, "slow", json!({})).await;
+    until_status(&flows, id, RunStatus::Waiting).await;
+    let watch = flows.watch(id, 0, &by()).await.expect("watch");
+    flows
+        .signal(id, "go", json!(1), &by())
+        .await
+        .expect("signal");
+    let recs: Vec<RunRecord> = watch.map(|r| r.expect("record")).collect().await;
+    let seqs: Vec<u64> = recs.iter().map(|r| r.seq).collect();
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    assert!(matches!(
+        recs.last().map(|r| &r.event),
+        Some(RunEvent::RunCompleted { .. })
+    ));
+    // Resume from the middle: only what follows.
+    let tail: Vec<RunRecord> = flows
+        .watch(id, 2, &by())
+        .await
+        .expect("watch")
+        .map(|r| r.expect("record"))
+        .collect()
+        .await;
+    assert_eq!(tail.first().map(|r| r.seq), Some(3));
+
+    let id = start(&flows, "slow", json!({})).await;
+    until_status(&flows, id, RunStatus::Waiting).await;
+    flows.cancel(id, "not needed", &by()).await.expect("cancel");
+    let m = until_status(&flows, id, RunStatus::Cancelled).await;
+    assert_eq!(m.reason, "not needed");
+    let other = Principal {
+        tenant: "other".into(),
+        roles: vec![baton_types::AccessRole::Client],
+        ..Principal::embedded()
+    };
+    assert!(matches!(
+        flows.get_run(id, None, &other).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(
+        flows
+            .list_runs(RunQuery::default(), &other)
+            .await
+            .expect("list")
+            .runs
+            .is_empty()
+    );
+    assert_eq!(
+        flows
+            .list_runs(RunQuery::default(), &by())
+            .await
+            .expect("list")
+            .runs
+            .len(),
+        2
+    );
+    flows.shutdown().await;
+    rt.shutdown().await;
+}

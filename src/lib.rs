@@ -23,6 +23,8 @@ pub use baton_runtime::*;
 pub use baton_types as types;
 pub use baton_types::{EventKind, Message, SessionEvent, SessionId, SessionStatus};
 
+/// Flows: durable multi-step pipelines and their triggers.
+pub use baton_flows as flows;
 /// The model layer: endpoints, providers, executors.
 pub use baton_models as models;
 /// The gRPC API's generated code.

@@ -9,6 +9,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         root.join("baton/v1/gates.proto"),
         root.join("baton/v1/inspect.proto"),
         root.join("baton/v1/admin.proto"),
+        root.join("baton/v1/flows.proto"),
         root.join("baton/journal/v1/journal.proto"),
     ];
     for f in &files {

@@ -344,6 +344,17 @@ async fn the_trail_holds_what_the_docs_list() {
         fake_model_toml(&fake.base_url(), false),
         judge.base_url(),
     );
+    let flows_dir = dir.path().join("flows");
+    std::fs::create_dir_all(&flows_dir).unwrap();
+    std::fs::write(
+        flows_dir.join("audited.toml"),
+        "name = \"audited\"\n[[steps]]\nid = \"double\"\nkind = \"transform\"\nexpr = \".input.n * 2\"\n[[steps]]\nid = \"ok\"\nkind = \"wait\"\nsignal = \"ok\"\n",
+    )
+    .unwrap();
+    let toml = format!(
+        "{toml}\n[flows]\ndir = {:?}\n",
+        flows_dir.display().to_string()
+    );
     let config = write_config(dir.path(), &data, &toml).unwrap();
     let server = BatonProcess::start(bin(), &config).await.unwrap();
     let mut client = server.client().await.unwrap();
@@ -499,6 +510,62 @@ async fn the_trail_holds_what_the_docs_list() {
         .await
         .unwrap();
 
+    // A flow run, started and signalled.
+    let mut flows = v1::flows_client::FlowsClient::new(
+        tonic::transport::Channel::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let run = flows
+        .start_run(v1::StartRunRequest {
+            flow: "audited".into(),
+            input_json: "{\"n\": 21}".into(),
+            idempotency_key: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .run_id;
+    let signalled = async {
+        loop {
+            let r = flows
+                .signal_run(v1::SignalRunRequest {
+                    run_id: run.clone(),
+                    name: "ok".into(),
+                    payload_json: "true".into(),
+                })
+                .await;
+            if r.is_ok() {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+    };
+    signalled.await;
+    let run_records: Vec<Value> = {
+        use futures::StreamExt;
+        let mut s = flows
+            .watch_run(v1::WatchRunRequest {
+                run_id: run.clone(),
+                after_seq: 0,
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let mut out = Vec::new();
+        while let Some(r) = s.next().await {
+            out.push(serde_json::from_str(&r.unwrap().record_json).unwrap());
+        }
+        out
+    };
+    assert_eq!(
+        run_records.last().unwrap()["type"],
+        "run_completed",
+        "{run_records:?}"
+    );
+
     // Every session's journal, before the server stops (B is deleted: its
     // records were read by the checks above only through the log).
     let mut journals = Vec::new();
@@ -590,6 +657,20 @@ async fn the_trail_holds_what_the_docs_list() {
             "session {id} has no session_started"
         );
     }
+    // Every record of the flow run is in the trail, with its seq; the
+    // signal's actor is who sent it.
+    for rec in &run_records {
+        assert!(
+            records.iter().any(|r| r["kind"] == "flow_run"
+                && r["data"]["run_id"] == run.as_str()
+                && r["data"]["seq"] == rec["seq"]
+                && r["data"]["event"] == rec["type"]),
+            "run {run}: record {rec} is not in the audit trail"
+        );
+    }
+    assert!(records.iter().any(|r| r["kind"] == "flow_run"
+        && r["data"]["event"] == "signal_received"
+        && r["actor"].as_str().is_some_and(|a| a.starts_with("local"))));
     // The front door's conversation: its system prompt and history are in
     // its session_started record, its last message in model_input.
     let fd = records

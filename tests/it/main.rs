@@ -10,6 +10,7 @@ mod audit;
 mod cli;
 mod common;
 mod crash;
+mod flows;
 mod front_door;
 mod gate_crash;
 mod gates_api;

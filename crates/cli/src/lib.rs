@@ -21,6 +21,7 @@ mod audit;
 mod client;
 mod demo;
 mod export;
+mod flows;
 mod gates;
 mod inspect;
 mod keys;
@@ -62,6 +63,14 @@ enum Command {
         conn: client::Conn,
         #[command(subcommand)]
         command: gates::GateCommand,
+    },
+    /// Flows and their runs: list, start, get, runs, watch, cancel, signal,
+    /// resolve, reload.
+    Flows {
+        #[command(flatten)]
+        conn: client::Conn,
+        #[command(subcommand)]
+        command: flows::FlowCommand,
     },
     /// Look inside a running server: actors, state, journal, time travel,
     /// forks, replays.
@@ -154,6 +163,7 @@ pub fn main() -> ExitCode {
             Command::Serve(args) => serve::run(args).await,
             Command::Session { conn, command } => client::run(conn, command).await,
             Command::Gates { conn, command } => gates::run(conn, command).await,
+            Command::Flows { conn, command } => flows::run(conn, command).await,
             Command::Inspect { conn, command } => inspect::run(conn, command).await,
             Command::Keys { conn, command } => keys::run(conn, command).await,
             Command::Backup { conn, to } => ops::backup(conn, to).await,

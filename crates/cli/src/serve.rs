@@ -118,6 +118,14 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .actor("server"),
         );
     }
+    let flows =
+        match baton_flows::Flows::start(runtime.clone(), config.flows.clone(), Vec::new()).await {
+            Ok(f) => f,
+            Err(e) => {
+                runtime.shutdown().await;
+                anyhow::bail!("flows: {e}");
+            }
+        };
     let auth = match baton_server::Authenticator::new(runtime.clone(), &config.auth).await {
         Ok(a) => a,
         Err(e) => {
@@ -157,16 +165,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // with UNAVAILABLE ("resume with after_seq = N"), so the servers' graceful
     // drain does not wait forever on ResumeSession streams or SSE streams.
     let rt = runtime.clone();
+    let fl = flows.clone();
     let (stopped_tx, mut stopped_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
+        fl.shutdown().await;
         rt.shutdown().await;
         let _ = stopped_tx.send(true);
     };
     let grpc = async {
         baton_server::serve_with(
             runtime.clone(),
+            Some(flows.clone()),
             listener,
             config.server.clone(),
             auth.clone(),
@@ -196,8 +207,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let served = tokio::try_join!(grpc, http);
     if served.is_err() {
+        flows.shutdown().await;
         runtime.shutdown().await;
     }
+    drop(flows);
     drop(runtime);
     if let Some(log) = audit {
         log.append(

@@ -165,6 +165,7 @@ impl Actor for RunActor {
         let log = Arc::new(RunLog::new(
             deps.store.clone(),
             deps.watchers.clone(),
+            Some(deps.rt.clone()),
             meta,
             memo,
         ));
@@ -644,7 +645,14 @@ async fn fail_run(deps: &Deps, run: RunId, error: &str) {
         if meta.status.is_terminal() {
             return Ok(());
         }
-        let log = RunLog::new(deps.store.clone(), deps.watchers.clone(), meta, memo);
+        let flow = meta.flow.clone();
+        let log = RunLog::new(
+            deps.store.clone(),
+            deps.watchers.clone(),
+            Some(deps.rt.clone()),
+            meta,
+            memo,
+        );
         let reason = format!("the run's actor failed {MAX_RESTARTS} times; the last: {error}");
         log.append_with(
             RunEvent::RunFailed {
@@ -659,6 +667,9 @@ async fn fail_run(deps: &Deps, run: RunId, error: &str) {
             },
         )
         .await?;
+        if let Some(s) = deps.starter() {
+            s.ended(&flow);
+        }
         Ok(())
     }
     .await;

@@ -46,3 +46,32 @@ fn definition_message(flow: &str, step: &str, field: &str, problem: &str) -> Str
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The kind of error, for the API's status codes.
+    pub fn code(&self) -> baton_types::ErrorCode {
+        use baton_types::ErrorCode;
+        match self {
+            Error::Definition { .. } | Error::Parse(_) | Error::InvalidArgument(_) => {
+                ErrorCode::InvalidArgument
+            }
+            Error::NotFound(_) => ErrorCode::NotFound,
+            Error::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
+            Error::ResourceExhausted { .. } => ErrorCode::ResourceExhausted,
+            Error::Store(e) => e.code(),
+            Error::Runtime(e) => e.code(),
+            Error::Internal(_) => ErrorCode::Internal,
+        }
+    }
+
+    /// Seconds until retrying may succeed, for a limit that frees with time.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            Error::ResourceExhausted {
+                retry_after_secs, ..
+            } => Some(*retry_after_secs),
+            Error::Runtime(e) => e.retry_after_secs(),
+            _ => None,
+        }
+    }
+}

@@ -137,6 +137,8 @@ struct Inner {
 pub struct RunLog {
     pub run: RunId,
     store: Store,
+    /// Where run records are audited (`flow_run`).
+    audit: Option<baton_runtime::RuntimeHandle>,
     watchers: Arc<Watchers>,
     inner: tokio::sync::Mutex<Inner>,
 }
@@ -149,10 +151,17 @@ impl std::fmt::Debug for RunLog {
 
 impl RunLog {
     /// The log of a run whose journal folds into `memo` and whose record is `meta`.
-    pub fn new(store: Store, watchers: Arc<Watchers>, meta: RunMeta, memo: Memo) -> RunLog {
+    pub fn new(
+        store: Store,
+        watchers: Arc<Watchers>,
+        audit: Option<baton_runtime::RuntimeHandle>,
+        meta: RunMeta,
+        memo: Memo,
+    ) -> RunLog {
         RunLog {
             run: meta.id,
             store,
+            audit,
             watchers,
             inner: tokio::sync::Mutex::new(Inner { memo, meta }),
         }
@@ -254,10 +263,68 @@ impl RunLog {
         }
         self.store.write(batch).await?;
         g.memo.apply(seq, &rec.event);
+        if let Some(rt) = &self.audit {
+            audit(rt, &meta, &rec);
+        }
         if changed {
             g.meta = meta;
         }
         self.watchers.publish(self.run, &rec);
         Ok(seq)
     }
+}
+
+/// Report a run journal record to the audit trail as `flow_run`: which
+/// run, flow, seq and record, the step's path and who acted — not the
+/// step's data, which stays in the run's journal.
+pub fn audit(rt: &baton_runtime::RuntimeHandle, meta: &RunMeta, rec: &RunRecord) {
+    let mut data = serde_json::json!({
+        "run_id": meta.id.to_string(),
+        "flow": meta.flow,
+        "version": meta.version,
+        "tenant": meta.tenant,
+        "seq": rec.seq,
+        "event": rec.event.type_name(),
+    });
+    let (path, actor) = match &rec.event {
+        RunEvent::RunStarted {
+            principal, trigger, ..
+        } => {
+            data["trigger"] = trigger.clone().into();
+            (None, principal.label())
+        }
+        RunEvent::StepStarted { path, attempt, .. } => {
+            data["attempt"] = (*attempt).into();
+            (Some(path), "runtime".to_string())
+        }
+        RunEvent::StepCompleted { path, .. }
+        | RunEvent::StepSkipped { path }
+        | RunEvent::TimerSet { path, .. }
+        | RunEvent::ChildStarted { path, .. } => (Some(path), "runtime".to_string()),
+        RunEvent::StepFailed { path, error, .. } | RunEvent::RunFailed { path, error } => {
+            data["error"] = error.clone().into();
+            (Some(path), "runtime".to_string())
+        }
+        RunEvent::NeedsAttention { path, reason } => {
+            data["reason"] = reason.clone().into();
+            (Some(path), "runtime".to_string())
+        }
+        RunEvent::SignalReceived { name, by, .. } => {
+            data["signal"] = name.clone().into();
+            (None, by.clone())
+        }
+        RunEvent::AttentionResolved { path, action, by } => {
+            data["action"] = action.clone().into();
+            (Some(path), by.clone())
+        }
+        RunEvent::RunCancelled { by, reason } => {
+            data["reason"] = reason.clone().into();
+            (None, by.clone())
+        }
+        RunEvent::RunCompleted { .. } => (None, "runtime".to_string()),
+    };
+    if let Some(p) = path {
+        data["path"] = p.clone().into();
+    }
+    rt.audit_record("flow_run", &actor, data);
 }

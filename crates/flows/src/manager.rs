@@ -777,6 +777,7 @@ impl Inner {
             self.ended(&flow.name);
             return Err(e.into());
         }
+        crate::log::audit(&self.deps.rt, &meta, &started);
         let _ = self.sup.cast(SupMsg::Activate(id));
         Ok(Started { id, created: true })
     }

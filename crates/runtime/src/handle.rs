@@ -160,6 +160,15 @@ impl RuntimeHandle {
         }
     }
 
+    /// Record `kind` (for example `flow_run`) by `actor` in the audit
+    /// trail, when one is configured: for the parts of Baton built on the
+    /// runtime (flows) that act outside any session.
+    pub fn audit_record(&self, kind: &str, actor: &str, data: serde_json::Value) {
+        if let Some(audit) = &self.inner.shared.audit {
+            audit.record(kind, None, Some(actor), data);
+        }
+    }
+
     /// Record an administrative action in the audit trail.
     pub(crate) fn audit_admin(
         &self,

@@ -129,6 +129,8 @@ pub struct BatonConfig {
     pub audit: crate::audit::AuditSection,
     /// Logs, tracing spans and OTLP export (`[telemetry]`).
     pub telemetry: baton_telemetry::TelemetryConfig,
+    /// Flow definitions and runs (`[flows]`), see docs/flows.md.
+    pub flows: baton_flows::FlowsConfig,
 }
 
 /// A config that could not be loaded. Every message reads `ORIGIN: FIELD:

@@ -22,6 +22,7 @@ pub mod audit;
 pub mod auth;
 mod config;
 mod config_origin;
+mod flows;
 mod gates;
 mod http;
 mod inflight;

@@ -2,7 +2,9 @@
 
 use std::future::Future;
 
+use baton_flows::Flows;
 use baton_proto::v1::admin_server::AdminServer;
+use baton_proto::v1::flows_server::FlowsServer;
 use baton_proto::v1::gates_server::GatesServer;
 use baton_proto::v1::inspect_server::InspectServer;
 use baton_proto::v1::sessions_server::SessionsServer;
@@ -12,6 +14,7 @@ use tokio::net::TcpListener;
 use crate::admin::AdminService;
 use crate::auth::{Authenticator, GrpcAuthLayer};
 use crate::config::ServerSection;
+use crate::flows::FlowsService;
 use crate::gates::GatesService;
 use crate::inspect::InspectService;
 use crate::sessions::SessionsService;
@@ -39,12 +42,14 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let auth = Authenticator::disabled(runtime.clone());
-    serve_with(runtime, listener, section, auth, shutdown).await
+    serve_with(runtime, None, listener, section, auth, shutdown).await
 }
 
-/// [`serve`] with `auth` checking every call (see [`crate::auth`]).
+/// [`serve`] with `auth` checking every call (see [`crate::auth`]), and
+/// the `baton.v1.Flows` service when `flows` is given.
 pub async fn serve_with(
     runtime: RuntimeHandle,
+    flows: Option<Flows>,
     listener: TcpListener,
     section: ServerSection,
     auth: Authenticator,
@@ -57,6 +62,12 @@ pub async fn serve_with(
     health.set_serving::<GatesServer<GatesService>>().await;
     health.set_serving::<InspectServer<InspectService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
+    let flows = flows.map(|f| {
+        FlowsServer::new(FlowsService::new(f)).max_decoding_message_size(section.max_request_bytes)
+    });
+    if flows.is_some() {
+        health.set_serving::<FlowsServer<FlowsService>>().await;
+    }
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
@@ -102,6 +113,7 @@ pub async fn serve_with(
         .add_service(gates)
         .add_service(inspect)
         .add_service(admin)
+        .add_optional_service(flows)
         .serve_with_incoming_shutdown(
             // TCP_NODELAY: a turn's events are small writes; Nagle's algorithm
             // would hold each for milliseconds (measured in benches/load/).

@@ -1,0 +1,310 @@
+//! The `baton.v1.Flows` service over [`baton_flows::Flows`].
+
+use std::pin::Pin;
+
+use baton_flows::{Flows, RunId, RunMeta, RunQuery, RunRecord, RunStatus, RunView, StartRun};
+use baton_proto::v1::{self, flows_server};
+use baton_types::Principal;
+use futures::{Stream, StreamExt};
+use serde_json::Value;
+use tonic::{Request, Response, Status};
+
+use crate::status::grpc_code;
+
+/// The Flows service.
+#[derive(Clone)]
+pub struct FlowsService {
+    flows: Flows,
+}
+
+impl FlowsService {
+    pub fn new(flows: Flows) -> Self {
+        Self { flows }
+    }
+}
+
+/// A flows error as a gRPC status, with `retry-after` for limits.
+pub fn flow_status(err: &baton_flows::Error) -> Status {
+    let mut s = Status::new(grpc_code(err.code()), err.to_string());
+    if let Some(secs) = err.retry_after_secs()
+        && let Ok(v) = secs.to_string().parse()
+    {
+        s.metadata_mut().insert("retry-after", v);
+    }
+    s
+}
+
+fn run_id(s: &str) -> Result<RunId, Status> {
+    if s.trim().is_empty() {
+        return Err(Status::invalid_argument("run_id is required"));
+    }
+    s.trim()
+        .parse()
+        .map_err(|e: baton_flows::Error| Status::invalid_argument(format!("run_id: {e}")))
+}
+
+/// JSON text of a field; empty is `null`.
+fn json_field(field: &str, text: &str) -> Result<Value, Status> {
+    if text.trim().is_empty() {
+        return Ok(Value::Null);
+    }
+    serde_json::from_str(text)
+        .map_err(|e| Status::invalid_argument(format!("{field}: not valid JSON: {e}")))
+}
+
+fn run_to_proto(m: &RunMeta) -> v1::Run {
+    v1::Run {
+        run_id: m.id.to_string(),
+        flow: m.flow.clone(),
+        version: m.version.clone(),
+        tenant: m.tenant.clone(),
+        started_by: m.by.clone(),
+        status: m.status.as_str().into(),
+        reason: m.reason.clone(),
+        created_at_unix_ms: m.created_at_unix_ms,
+        updated_at_unix_ms: m.updated_at_unix_ms,
+        wake_at_unix_ms: m.wake_at_unix_ms,
+        idempotency_key: m.idempotency_key.clone().unwrap_or_default(),
+        parent_run_id: m
+            .parent
+            .as_ref()
+            .map(|p| p.0.to_string())
+            .unwrap_or_default(),
+        parent_step: m.parent.as_ref().map(|p| p.1.clone()).unwrap_or_default(),
+        trigger: m.trigger.clone(),
+        output_json: if m.output.is_null() {
+            String::new()
+        } else {
+            m.output.to_string()
+        },
+        ..v1::Run::default()
+    }
+}
+
+fn view_to_proto(v: &RunView) -> v1::Run {
+    v1::Run {
+        seq: v.seq,
+        input_json: v.input.to_string(),
+        steps: v
+            .steps
+            .iter()
+            .map(|(path, out)| v1::StepOutput {
+                path: path.clone(),
+                output_json: out.to_string(),
+            })
+            .collect(),
+        in_flight: v.in_flight.keys().cloned().collect(),
+        timers: v.timers.clone().into_iter().collect(),
+        pending_signals: v.pending_signals.iter().map(|(_, n)| n.clone()).collect(),
+        status_at_seq: v.status_at_seq.as_str().into(),
+        ..run_to_proto(&v.meta)
+    }
+}
+
+/// A journal record as an API message.
+pub fn record_to_proto(r: &RunRecord) -> v1::RunRecord {
+    v1::RunRecord {
+        seq: r.seq,
+        at_unix_ms: r.at_unix_ms,
+        r#type: r.event.type_name().into(),
+        record_json: serde_json::to_string(r).unwrap_or_default(),
+    }
+}
+
+type RecordStream = Pin<Box<dyn Stream<Item = Result<v1::RunRecord, Status>> + Send>>;
+
+impl FlowsService {
+    async fn current(&self, id: RunId, who: &Principal) -> Result<v1::Run, Status> {
+        let v = self
+            .flows
+            .get_run(id, None, who)
+            .await
+            .map_err(|e| flow_status(&e))?;
+        Ok(view_to_proto(&v))
+    }
+}
+
+#[tonic::async_trait]
+impl flows_server::Flows for FlowsService {
+    async fn list_flows(
+        &self,
+        req: Request<v1::ListFlowsRequest>,
+    ) -> Result<Response<v1::ListFlowsResponse>, Status> {
+        crate::auth::principal(&req)?;
+        Ok(Response::new(v1::ListFlowsResponse {
+            flows: self
+                .flows
+                .list_flows()
+                .into_iter()
+                .map(|f| v1::FlowInfo {
+                    name: f.name,
+                    version: f.version,
+                    description: f.description,
+                    steps: f.steps as u32,
+                    max_active_runs: f.max_active_runs.unwrap_or(0),
+                    active_runs: f.active_runs,
+                })
+                .collect(),
+            errors: self.flows.definition_errors(),
+        }))
+    }
+
+    async fn start_run(
+        &self,
+        req: Request<v1::StartRunRequest>,
+    ) -> Result<Response<v1::StartRunResponse>, Status> {
+        let who = crate::auth::principal(&req)?;
+        let r = req.into_inner();
+        if r.flow.trim().is_empty() {
+            return Err(Status::invalid_argument("flow is required"));
+        }
+        let started = self
+            .flows
+            .start_run(
+                StartRun {
+                    flow: r.flow,
+                    input: json_field("input_json", &r.input_json)?,
+                    idempotency_key: (!r.idempotency_key.is_empty()).then_some(r.idempotency_key),
+                    trigger: "grpc".into(),
+                    ..StartRun::default()
+                },
+                &who,
+            )
+            .await
+            .map_err(|e| flow_status(&e))?;
+        Ok(Response::new(v1::StartRunResponse {
+            run_id: started.id.to_string(),
+            created: started.created,
+        }))
+    }
+
+    async fn get_run(&self, req: Request<v1::GetRunRequest>) -> Result<Response<v1::Run>, Status> {
+        let who = crate::auth::principal(&req)?;
+        let r = req.into_inner();
+        let id = run_id(&r.run_id)?;
+        let at = (r.at_seq > 0).then_some(r.at_seq);
+        let v = self
+            .flows
+            .get_run(id, at, &who)
+            .await
+            .map_err(|e| flow_status(&e))?;
+        Ok(Response::new(view_to_proto(&v)))
+    }
+
+    async fn list_runs(
+        &self,
+        req: Request<v1::ListRunsRequest>,
+    ) -> Result<Response<v1::ListRunsResponse>, Status> {
+        let who = crate::auth::principal(&req)?;
+        let r = req.into_inner();
+        let status = match r.status.as_str() {
+            "" => None,
+            s => Some(RunStatus::parse(s).ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "status {s:?}: running, waiting, needs_attention, completed, failed or cancelled"
+                ))
+            })?),
+        };
+        let page = self
+            .flows
+            .list_runs(
+                RunQuery {
+                    flow: (!r.flow.is_empty()).then_some(r.flow),
+                    status,
+                    page_size: r.page_size,
+                    page_token: (!r.page_token.is_empty()).then_some(r.page_token),
+                },
+                &who,
+            )
+            .await
+            .map_err(|e| flow_status(&e))?;
+        Ok(Response::new(v1::ListRunsResponse {
+            runs: page.runs.iter().map(run_to_proto).collect(),
+            next_page_token: page.next_page_token.unwrap_or_default(),
+        }))
+    }
+
+    type WatchRunStream = RecordStream;
+
+    async fn watch_run(
+        &self,
+        req: Request<v1::WatchRunRequest>,
+    ) -> Result<Response<RecordStream>, Status> {
+        let who = crate::auth::principal(&req)?;
+        let r = req.into_inner();
+        let id = run_id(&r.run_id)?;
+        let s = self
+            .flows
+            .watch(id, r.after_seq, &who)
+            .await
+            .map_err(|e| flow_status(&e))?;
+        Ok(Response::new(Box::pin(s.map(|r| match r {
+            Ok(rec) => Ok(record_to_proto(&rec)),
+            Err(e) => Err(flow_status(&e)),
+        }))))
+    }
+
+    async fn cancel_run(
+        &self,
+        req: Request<v1::CancelRunRequest>,
+    ) -> Result<Response<v1::Run>, Status> {
+        let who = crate::auth::principal(&req)?;
+        let r = req.into_inner();
+        let id = run_id(&r.run_id)?;
+        self.flows
+            .cancel(id, &r.reason, &who)
+            .await
+            .map_err(|e| flow_status(&e))?;
+        Ok(Response::new(self.current(id, &who).await?))
+    }
+
+    async fn signal_run(
+        &self,
+        req: Request<v1::SignalRunRequest>,
+    ) -> Result<Response<v1::SignalRunResponse>, Status> {
+        let who = crate::auth::principal(&req)?;
+        let r = req.into_inner();
+        let id = run_id(&r.run_id)?;
+        if r.name.trim().is_empty() {
+            return Err(Status::invalid_argument("name is required"));
+        }
+        let seq = self
+            .flows
+            .signal(
+                id,
+                &r.name,
+                json_field("payload_json", &r.payload_json)?,
+                &who,
+            )
+            .await
+            .map_err(|e| flow_status(&e))?;
+        Ok(Response::new(v1::SignalRunResponse { seq }))
+    }
+
+    async fn resolve_run(
+        &self,
+        req: Request<v1::ResolveRunRequest>,
+    ) -> Result<Response<v1::Run>, Status> {
+        let who = crate::auth::principal(&req)?;
+        let r = req.into_inner();
+        let id = run_id(&r.run_id)?;
+        self.flows
+            .resolve(id, &r.action, &who)
+            .await
+            .map_err(|e| flow_status(&e))?;
+        Ok(Response::new(self.current(id, &who).await?))
+    }
+
+    async fn reload_flows(
+        &self,
+        req: Request<v1::ReloadFlowsRequest>,
+    ) -> Result<Response<v1::ReloadFlowsResponse>, Status> {
+        crate::auth::principal(&req)?;
+        let r = self.flows.reload().map_err(|e| flow_status(&e))?;
+        Ok(Response::new(v1::ReloadFlowsResponse {
+            changed: r.changed,
+            removed: r.removed,
+            errors: r.errors,
+        }))
+    }
+}

@@ -194,6 +194,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 };
                 baton_server::serve_http(
                     runtime.clone(),
+                    Some(flows.clone()),
                     l,
                     config.http.clone(),
                     auth.clone(),

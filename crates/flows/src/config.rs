@@ -29,6 +29,16 @@ pub struct FlowsConfig {
     pub http: FlowHttpConfig,
     /// Secrets `http` steps may send as headers (`secret_headers`), by name.
     pub secrets: BTreeMap<String, SecretSource>,
+    /// Deployment values every expression sees as `.vars` (an ERP's base
+    /// URL, a margin floor): the same definition runs in every deployment.
+    pub vars: BTreeMap<String, serde_json::Value>,
+    /// Webhooks that start runs (`[[flows.webhooks]]`).
+    pub webhooks: Vec<WebhookConfig>,
+    /// Cron schedules that start runs (`[[flows.schedules]]`).
+    pub schedules: Vec<ScheduleConfig>,
+    /// Queues: consumed to start runs, and targets of `emit` steps
+    /// (`[[flows.queues]]`).
+    pub queues: Vec<QueueConfig>,
 }
 
 impl Default for FlowsConfig {
@@ -42,6 +52,10 @@ impl Default for FlowsConfig {
             max_activations: 256,
             http: FlowHttpConfig::default(),
             secrets: BTreeMap::new(),
+            vars: BTreeMap::new(),
+            webhooks: Vec::new(),
+            schedules: Vec::new(),
+            queues: Vec::new(),
         }
     }
 }
@@ -69,6 +83,122 @@ impl Default for FlowHttpConfig {
     }
 }
 
+fn default_tenant() -> String {
+    baton_types::DEFAULT_TENANT.to_string()
+}
+
+/// `[[flows.webhooks]]`: `POST /hooks/<name>` starts a run of `flow`.
+///
+/// The sender signs `<timestamp>.<body>` with HMAC-SHA256 under `secret`
+/// and sends `sha256=<hex>` in `signature_header`, the Unix time in
+/// seconds in `timestamp_header`, and a unique id in `delivery_header`: a
+/// bad or missing signature, or a time off by more than `tolerance_secs`,
+/// is refused (401) and starts nothing; a delivery id seen before answers
+/// with the run it started.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookConfig {
+    pub name: String,
+    pub flow: String,
+    pub secret: SecretSource,
+    #[serde(default = "default_signature_header")]
+    pub signature_header: String,
+    #[serde(default = "default_timestamp_header")]
+    pub timestamp_header: String,
+    #[serde(default = "default_delivery_header")]
+    pub delivery_header: String,
+    #[serde(default = "default_tolerance")]
+    pub tolerance_secs: u64,
+    /// The tenant its runs belong to.
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+    /// jq over `{body, headers}` giving the run's input (default `.body`).
+    #[serde(default)]
+    pub input: Option<String>,
+}
+
+fn default_signature_header() -> String {
+    "x-baton-signature".into()
+}
+fn default_timestamp_header() -> String {
+    "x-baton-timestamp".into()
+}
+fn default_delivery_header() -> String {
+    "x-baton-delivery".into()
+}
+fn default_tolerance() -> u64 {
+    300
+}
+
+/// What a schedule does about fires missed while the server was down.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Missed {
+    /// Nothing: the next fire is the next one from now.
+    #[default]
+    Skip,
+    /// One run, for the latest missed fire.
+    RunOnce,
+}
+
+/// `[[flows.schedules]]`: a run of `flow` at every fire of `cron`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleConfig {
+    pub name: String,
+    pub flow: String,
+    /// Five fields (minute hour day month weekday), or six with seconds first.
+    pub cron: String,
+    /// An IANA time zone (`Europe/Paris`); default UTC.
+    #[serde(default = "default_timezone")]
+    pub timezone: String,
+    /// The runs' input (`.input.fired_at` is added when it is an object).
+    #[serde(default)]
+    pub input: serde_json::Value,
+    #[serde(default)]
+    pub missed: Missed,
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+}
+
+fn default_timezone() -> String {
+    "UTC".into()
+}
+
+/// `[[flows.queues]]`: a Redis stream, consumed in a consumer group when
+/// `flow` is set, and a target of `emit` steps (`to.queue = "<name>"`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QueueConfig {
+    pub name: String,
+    /// `redis://host:port/db`.
+    pub url: String,
+    pub stream: String,
+    /// Start a run of this flow for every message.
+    #[serde(default)]
+    pub flow: Option<String>,
+    #[serde(default = "default_group")]
+    pub group: String,
+    #[serde(default = "default_group")]
+    pub consumer: String,
+    /// jq over `{id, fields, payload}` giving the run's input (default
+    /// `.payload`: the `payload` field, as JSON when it parses).
+    #[serde(default)]
+    pub input: Option<String>,
+    /// Most messages read at once.
+    #[serde(default = "default_batch")]
+    pub batch: usize,
+    #[serde(default = "default_tenant")]
+    pub tenant: String,
+}
+
+fn default_group() -> String {
+    "baton".into()
+}
+fn default_batch() -> usize {
+    16
+}
+
 /// Where a secret's value comes from (exactly one).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -82,26 +212,21 @@ pub struct SecretSource {
 }
 
 impl SecretSource {
-    /// Read the value; the error names the secret.
-    pub fn resolve(&self, name: &str) -> Result<SecretString> {
+    /// Read the value; errors name `field` (e.g. `flows.secrets.erp`).
+    pub fn resolve(&self, field: &str) -> Result<SecretString> {
         let v = match (&self.env, &self.file) {
             (Some(var), None) => std::env::var(var).map_err(|_| {
-                Error::InvalidArgument(format!(
-                    "flows.secrets.{name}: environment variable {var} is not set"
-                ))
+                Error::InvalidArgument(format!("{field}: environment variable {var} is not set"))
             })?,
             (None, Some(path)) => std::fs::read_to_string(path)
                 .map_err(|e| {
-                    Error::InvalidArgument(format!(
-                        "flows.secrets.{name}: cannot read {}: {e}",
-                        path.display()
-                    ))
+                    Error::InvalidArgument(format!("{field}: cannot read {}: {e}", path.display()))
                 })?
                 .trim_end_matches(['\n', '\r'])
                 .to_string(),
             _ => {
                 return Err(Error::InvalidArgument(format!(
-                    "flows.secrets.{name}: set exactly one of env and file"
+                    "{field}: set exactly one of env and file"
                 )));
             }
         };

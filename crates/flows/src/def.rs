@@ -588,11 +588,9 @@ fn compile_step(flow: &str, s: &StepSpec, ids: &mut HashSet<String>, depth: usiz
                 (None, Some(u), None) => {
                     EmitTo::Webhook(Template::parse(u).map_err(|p| bad("to.webhook", p))?)
                 }
-                (None, None, Some(_)) => {
-                    return Err(bad(
-                        "to.queue",
-                        "queue targets are not available yet: emit to a flow or a webhook".into(),
-                    ));
+                (None, None, Some(q)) => {
+                    check_name(q).map_err(|p| bad("to.queue", p))?;
+                    EmitTo::Queue(q.clone())
                 }
                 _ => {
                     return Err(bad("to", "exactly one of flow, webhook and queue".into()));

@@ -58,6 +58,10 @@ pub struct Deps {
     pub secrets: HashMap<String, SecretString>,
     pub watchers: Arc<Watchers>,
     pub starter: OnceLock<Weak<dyn Starter>>,
+    /// `[flows.vars]`, as the object expressions see as `.vars`.
+    pub vars: Value,
+    /// Queues `emit` steps publish to, by name.
+    pub queues: HashMap<String, Arc<dyn crate::queue::QueueSink>>,
     /// Compiled definitions by (name, version): runs of older versions
     /// compile theirs once.
     pub compiled: Mutex<HashMap<(String, String), Arc<Flow>>>,

@@ -29,7 +29,8 @@ pub fn idempotent(deps: &Deps, step: &Step) -> bool {
         StepKind::Http(h) => h.idempotent,
         // Started with an idempotency key of the run and step.
         StepKind::Call { .. } => true,
-        StepKind::Emit { target, .. } => !matches!(target, EmitTo::Webhook(_)),
+        // A second POST or XADD would deliver twice.
+        StepKind::Emit { target, .. } => matches!(target, EmitTo::Flow(_)),
         _ => true,
     }
 }
@@ -148,7 +149,18 @@ pub async fn perform(
         StepKind::Emit {
             target: EmitTo::Queue(q),
             ..
-        } => Err(format!("queue {q:?}: no queue producer is configured")),
+        } => {
+            let sink = deps
+                .queues
+                .get(q)
+                .ok_or_else(|| format!("queue {q:?} is not in [[flows.queues]]"))?;
+            let payload = input.get("payload").cloned().unwrap_or(Value::Null);
+            let id = sink
+                .publish(&payload, &format!("{}:{path}", ctx.run))
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok(Outcome::Done(json!({ "message_id": id })))
+        }
         other => Err(format!("{:?} is not an effect", other.name())),
     }
 }

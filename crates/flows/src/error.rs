@@ -18,6 +18,9 @@ pub enum Error {
     InvalidArgument(String),
     #[error("{0}")]
     NotFound(String),
+    /// A trigger's credentials (a webhook signature) do not check.
+    #[error("{0}")]
+    Unauthenticated(String),
     #[error("{0}")]
     FailedPrecondition(String),
     /// A limit was reached; try again after the hint.
@@ -56,6 +59,7 @@ impl Error {
                 ErrorCode::InvalidArgument
             }
             Error::NotFound(_) => ErrorCode::NotFound,
+            Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Error::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
             Error::ResourceExhausted { .. } => ErrorCode::ResourceExhausted,
             Error::Store(e) => e.code(),

@@ -10,7 +10,7 @@
 //! operator, or a suspension: a timer or a signal to wait for. The run's
 //! actor decides what happens next (see [`crate::actor`]).
 //!
-//! Scopes: the data of a step is `{input, steps, run}`, plus `item` and
+//! Scopes: the data of a step is `{input, vars, steps, run}`, plus `item` and
 //! `index` inside a `map`, and `attempt` inside a `retry`. Steps inside a
 //! branch, case, item or attempt see the outer steps' outputs and their
 //! own siblings'; outside it only the composite step's output is visible.
@@ -94,6 +94,7 @@ impl Exec {
             .await;
         let data = json!({
             "input": input,
+            "vars": self.deps.vars,
             "steps": {},
             "run": { "id": self.ctx.run.to_string(), "flow": self.ctx.flow.name },
         });

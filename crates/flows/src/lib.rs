@@ -41,21 +41,28 @@ mod expr;
 mod index;
 mod log;
 mod manager;
+mod queue;
 mod record;
+mod schedule;
 mod spec;
+mod webhook;
 
 pub use builder::{FlowBuilder, StepBuilder};
 pub use catalog::ReloadReport;
-pub use config::{FlowHttpConfig, FlowsConfig, SecretSource};
+pub use config::{
+    FlowHttpConfig, FlowsConfig, Missed, QueueConfig, ScheduleConfig, SecretSource, WebhookConfig,
+};
 pub use def::{Flow, Step, StepKind};
 pub use deps::{StartRun, Started};
 pub use error::{Error, Result};
 pub use expr::{Expr, Template};
 pub use manager::{FlowInfo, Flows, RunPage, RunQuery, RunView};
+pub use queue::{QueueMessage, QueueSink, QueueSource, RedisSink, RedisSource};
 pub use record::{RunEvent, RunId, RunMeta, RunRecord, RunStatus};
 pub use spec::{
     BranchSpec, CaseSpec, EmitTarget, FlowSpec, JoinSpec, OnError, StepKindName, StepSpec,
 };
+pub use webhook::sign as sign_webhook;
 
 #[cfg(test)]
 mod tests;

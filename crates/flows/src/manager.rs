@@ -12,6 +12,7 @@ use baton_types::{Principal, now_unix_ms};
 use futures::Stream;
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorRef, RpcReplyPort};
+use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -86,6 +87,7 @@ pub struct RunPage {
 struct Inner {
     deps: Arc<Deps>,
     catalog: Catalog,
+    hooks: HashMap<String, crate::webhook::Hook>,
     sup: ActorRef<SupMsg>,
     /// Unfinished runs per flow.
     active: Mutex<HashMap<String, u32>>,
@@ -130,8 +132,53 @@ impl Flows {
         let catalog = Catalog::open(config.dir.clone(), code)?;
         let mut secrets = HashMap::new();
         for (name, src) in &config.secrets {
-            secrets.insert(name.clone(), src.resolve(name)?);
+            secrets.insert(name.clone(), src.resolve(&format!("flows.secrets.{name}"))?);
         }
+        let needs_flow = |what: &str, name: &str, flow: &str| -> Result<()> {
+            if catalog.get(flow).is_none() {
+                return Err(Error::InvalidArgument(format!(
+                    "flows.{what}[{name}].flow: flow {flow:?} is not defined"
+                )));
+            }
+            Ok(())
+        };
+        let mut hooks = HashMap::new();
+        for h in &config.webhooks {
+            needs_flow("webhooks", &h.name, &h.flow)?;
+            let secret = h
+                .secret
+                .resolve(&format!("flows.webhooks[{}].secret", h.name))?;
+            let hook = crate::webhook::Hook::new(h.clone(), secret.expose_secret().as_bytes())?;
+            if hooks.insert(h.name.clone(), hook).is_some() {
+                return Err(Error::InvalidArgument(format!(
+                    "flows.webhooks: {:?} is defined twice",
+                    h.name
+                )));
+            }
+        }
+        let mut schedules = Vec::new();
+        for sc in &config.schedules {
+            needs_flow("schedules", &sc.name, &sc.flow)?;
+            schedules.push(crate::schedule::Schedule::new(sc.clone())?);
+        }
+        let mut sinks: HashMap<String, Arc<dyn crate::queue::QueueSink>> = HashMap::new();
+        let mut consumers = Vec::new();
+        for q in &config.queues {
+            check_name(&q.name).map_err(|p| {
+                Error::InvalidArgument(format!("flows.queues[{}].name: {p}", q.name))
+            })?;
+            sinks.insert(q.name.clone(), Arc::new(crate::queue::RedisSink::new(q)?));
+            if let Some(flow) = &q.flow {
+                needs_flow("queues", &q.name, flow)?;
+                let input = crate::expr::Expr::parse(q.input.as_deref().unwrap_or(".payload"))
+                    .map_err(|p| {
+                        Error::InvalidArgument(format!("flows.queues[{}].input: {p}", q.name))
+                    })?;
+                consumers.push((q.clone(), input));
+            }
+        }
+        let vars =
+            serde_json::to_value(&config.vars).map_err(|e| Error::Internal(e.to_string()))?;
         let deps = Arc::new(Deps {
             store: rt.store().clone(),
             rt,
@@ -143,6 +190,8 @@ impl Flows {
             secrets,
             watchers: Arc::new(Watchers::default()),
             starter: OnceLock::new(),
+            vars,
+            queues: sinks,
             compiled: Mutex::new(HashMap::new()),
         });
         for f in catalog.list() {
@@ -154,6 +203,7 @@ impl Flows {
         let inner = Arc::new(Inner {
             deps: deps.clone(),
             catalog,
+            hooks,
             sup,
             active: Mutex::new(HashMap::new()),
             stripes: (0..STRIPES).map(|_| tokio::sync::Mutex::new(())).collect(),
@@ -165,7 +215,54 @@ impl Flows {
         let flows = Flows { inner };
         flows.recover().await?;
         flows.spawn_loops();
+        let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(crate::schedule::run(deps.clone(), schedules)));
+        for (q, input) in consumers {
+            tasks.push(tokio::spawn(crate::queue::consume_redis(
+                deps.clone(),
+                q,
+                input,
+            )));
+        }
+        flows
+            .inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(tasks);
         Ok(flows)
+    }
+
+    /// A webhook delivery to `POST /hooks/<name>`: checked (signature,
+    /// time, delivery id) and turned into a run — the same run for a
+    /// delivery id seen before. Nothing starts when it does not check.
+    pub async fn webhook(
+        &self,
+        name: &str,
+        headers: &reqwest::header::HeaderMap,
+        body: &[u8],
+    ) -> Result<Started> {
+        let hook = self
+            .inner
+            .hooks
+            .get(name)
+            .ok_or_else(|| Error::NotFound(format!("no webhook {name:?}")))?;
+        let now = now_unix_ms() / 1000;
+        let d = hook.verify(headers, body, now)?;
+        let by = crate::schedule::trigger_principal("webhook", name, &hook.config.tenant);
+        self.inner
+            .start_run(
+                StartRun {
+                    flow: hook.config.flow.clone(),
+                    input: d.input,
+                    idempotency_key: None,
+                    trigger: format!("webhook:{name}"),
+                    parent: None,
+                    delivery: Some((format!("webhook:{name}"), d.id)),
+                },
+                &by,
+            )
+            .await
     }
 
     /// Count unfinished runs and activate those that were running.
@@ -238,7 +335,11 @@ impl Flows {
                 }
             }));
         }
-        *self.inner.tasks.lock().unwrap_or_else(|p| p.into_inner()) = tasks;
+        self.inner
+            .tasks
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(tasks);
     }
 
     /// Stop the loops and every run's actor (runs resume at the next start).

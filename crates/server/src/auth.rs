@@ -138,6 +138,8 @@ pub const HTTP_ACCESS: &[(&str, &str, Need)] = &[
     ("POST", "/v1/chat/completions", CLIENT),
     ("GET", "/v1/models", CLIENT),
     ("GET", "/v1/models/{model}", CLIENT),
+    // Checked by the delivery's HMAC signature instead (docs/flows.md).
+    ("POST", "/hooks/{name}", Need::Anyone),
 ];
 
 /// The requirement of a gRPC method path (`/package.Service/Method`).

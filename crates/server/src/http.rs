@@ -7,6 +7,7 @@
 //! | `GET /healthz` | `ok` while the server runs |
 //! | `POST /v1/chat/completions` | OpenAI Chat Completions, one one-shot session per call |
 //! | `GET /v1/models`, `GET /v1/models/{model}` | the routes, as OpenAI models |
+//! | `POST /hooks/{name}` | a webhook trigger of a flow (HMAC-signed; 202 with the run id) |
 
 use std::future::Future;
 
@@ -30,8 +31,14 @@ use crate::openai::{self, ApiError};
 /// The HTTP routes over a runtime, each checked by `auth` against
 /// [`crate::auth::HTTP_ACCESS`]; bodies larger than
 /// `section.max_request_bytes` get 413.
-pub fn router(runtime: RuntimeHandle, section: &HttpSection, auth: Authenticator) -> Router {
+pub fn router(
+    runtime: RuntimeHandle,
+    flows: Option<baton_flows::Flows>,
+    section: &HttpSection,
+    auth: Authenticator,
+) -> Router {
     Router::new()
+        .route("/hooks/{name}", post(hook))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
         .route("/v1/chat/completions", post(chat_completions))
@@ -39,6 +46,7 @@ pub fn router(runtime: RuntimeHandle, section: &HttpSection, auth: Authenticator
         .route("/v1/models/{model}", get(model))
         .route_layer(axum::middleware::from_fn_with_state(auth, http_auth))
         .fallback(not_found)
+        .layer(Extension(flows))
         .layer(DefaultBodyLimit::max(section.max_request_bytes))
         // A request body that stalls longer than this between two pieces
         // fails (400) instead of holding the connection.
@@ -55,12 +63,13 @@ pub fn router(runtime: RuntimeHandle, section: &HttpSection, auth: Authenticator
 /// runtime first: that ends open streams). `auth` checks every route.
 pub async fn serve_http(
     runtime: RuntimeHandle,
+    flows: Option<baton_flows::Flows>,
     listener: TcpListener,
     section: HttpSection,
     auth: Authenticator,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), crate::serve::Error> {
-    let app = router(runtime, &section, auth);
+    let app = router(runtime, flows, &section, auth);
     if let Some(tls) = &section.tls {
         let config = baton_auth::tls::rustls_server_config(tls, &[b"http/1.1"])
             .map_err(|e| crate::serve::Error::Tls(format!("http.{e}")))?;
@@ -168,6 +177,49 @@ async fn model(
         axum::Json(openai::model_json(&model)).into_response()
     } else {
         ApiError::model_not_found(&model, &routes).into_response()
+    }
+}
+
+/// `POST /hooks/{name}`: a webhook delivery; checked by its HMAC
+/// signature (not by an API key), 202 with the run it started.
+async fn hook(
+    Extension(flows): Extension<Option<baton_flows::Flows>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let error = |code: baton_types::ErrorCode, message: String, retry: Option<u64>| {
+        let mut r = (
+            crate::status::http_status(code),
+            axum::Json(
+                serde_json::json!({ "error": { "message": message, "code": code.as_str() } }),
+            ),
+        )
+            .into_response();
+        if let Some(secs) = retry {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        r
+    };
+    let Some(flows) = flows else {
+        return error(
+            baton_types::ErrorCode::NotFound,
+            format!("no webhook {name:?}: flows are not served here"),
+            None,
+        );
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(r) => return r.into_response(),
+    };
+    match flows.webhook(&name, &headers, &body).await {
+        Ok(s) => (
+            StatusCode::ACCEPTED,
+            axum::Json(serde_json::json!({ "run_id": s.id.to_string(), "created": s.created })),
+        )
+            .into_response(),
+        Err(e) => error(e.code(), e.to_string(), e.retry_after_secs()),
     }
 }
 

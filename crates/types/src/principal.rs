@@ -37,6 +37,9 @@ wire_enum! {
         Local = "local",
         /// The embedding program, calling the Rust API directly.
         Embedded = "embedded",
+        /// A flow trigger Baton checked itself: an HMAC-signed webhook, a
+        /// schedule, a queue (`trigger:webhook:<name>`).
+        Trigger = "trigger",
     }
 }
 

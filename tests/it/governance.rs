@@ -151,6 +151,7 @@ async fn kill_once_hung(
     requests: usize,
     stream: tonic::Streaming<v1::SessionEvent>,
     path: &std::path::Path,
+    before_restart: impl FnOnce(),
 ) -> (BatonProcess, Client) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while fake.requests() < requests {
@@ -162,6 +163,9 @@ async fn kill_once_hung(
     }
     server.kill9().await.unwrap();
     drop(stream);
+    // Script what the re-issued calls get before the restart re-issues
+    // them (recovery does not wait for the test).
+    before_restart();
     let server = BatonProcess::start(bin(), path).await.unwrap();
     let client = server.client().await.unwrap();
     (server, client)
@@ -329,7 +333,7 @@ async fn input_policies_redact_tag_and_block_on_every_path_and_through_sigkill()
     fake.push_fault(Fault::Hang);
     let hung = fake.requests() + 1;
     let s = send(&mut c, &k, format!("call me on {PHONE}")).await;
-    let (server, mut c) = kill_once_hung(server, &fake, hung, s, &path).await;
+    let (server, mut c) = kill_once_hung(server, &fake, hung, s, &path, || {}).await;
     let all = to_turn_end(&mut c, &k).await;
     assert_eq!(answer(&all), format!("noted: call me on {PHONE}"));
     assert_eq!(policy_records(&all).len(), 1, "{:?}", kinds(&all));
@@ -496,7 +500,7 @@ outcome = "block"
     fake.push_fault(Fault::Hang);
     let before = fake.requests();
     let s = send(&mut c, &k, "sure?").await;
-    let (server, mut c) = kill_once_hung(server, &fake, before + 2, s, &path).await;
+    let (server, mut c) = kill_once_hung(server, &fake, before + 2, s, &path, || {}).await;
     let all = to_turn_end(&mut c, &k).await;
     let (code, reason) = failure(&all);
     assert_eq!(code, "policy_blocked", "{:?}", kinds(&all));
@@ -883,12 +887,14 @@ reviewers = "finance"
     let s3 = send(&mut c, &k, "where is my order?").await;
     drop(s);
     drop(s2);
-    let (server, mut c) = kill_once_hung(server, &judge, judged + 1, s3, &path).await;
-    let mut gates = gates_client(&server).await;
     let main_calls = fake.requests();
-    judge.push_reply(ScriptedReply::Text("orders".into()));
-    fake.push_reply(ScriptedReply::Text("It is on its way.".into()));
-    judge.push_reply(ScriptedReply::Text("PASS".into()));
+    let (server, mut c) = kill_once_hung(server, &judge, judged + 1, s3, &path, || {
+        judge.push_reply(ScriptedReply::Text("orders".into()));
+        fake.push_reply(ScriptedReply::Text("It is on its way.".into()));
+        judge.push_reply(ScriptedReply::Text("PASS".into()));
+    })
+    .await;
+    let mut gates = gates_client(&server).await;
     let all = to_turn_end(&mut c, &k).await;
     assert_eq!(answer(&all), "It is on its way.");
     assert_eq!(fake.requests(), main_calls + 1, "the main model asked once");

@@ -61,7 +61,7 @@ pub struct Deps {
     /// `[flows.vars]`, as the object expressions see as `.vars`.
     pub vars: Value,
     /// Queues `emit` steps publish to, by name.
-    pub queues: HashMap<String, Arc<dyn crate::queue::QueueSink>>,
+    pub queues: HashMap<String, Arc<dyn crate::broker::QueueSink>>,
     /// Compiled definitions by (name, version): runs of older versions
     /// compile theirs once.
     pub compiled: Mutex<HashMap<(String, String), Arc<Flow>>>,

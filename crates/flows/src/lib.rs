@@ -29,6 +29,7 @@
 //! ```
 
 mod actor;
+mod broker;
 mod builder;
 mod catalog;
 mod config;
@@ -47,6 +48,7 @@ mod schedule;
 mod spec;
 mod webhook;
 
+pub use broker::{QueueMessage, QueueSink, QueueSource};
 pub use builder::{FlowBuilder, StepBuilder};
 pub use catalog::ReloadReport;
 pub use config::{
@@ -57,7 +59,7 @@ pub use deps::{StartRun, Started};
 pub use error::{Error, Result};
 pub use expr::{Expr, Template};
 pub use manager::{FlowInfo, Flows, RunPage, RunQuery, RunView};
-pub use queue::{QueueMessage, QueueSink, QueueSource, RedisSink, RedisSource};
+pub use queue::{RedisSink, RedisSource};
 pub use record::{RunEvent, RunId, RunMeta, RunRecord, RunStatus};
 pub use spec::{
     BranchSpec, CaseSpec, EmitTarget, FlowSpec, JoinSpec, OnError, StepKindName, StepSpec,

@@ -161,7 +161,7 @@ impl Flows {
             needs_flow("schedules", &sc.name, &sc.flow)?;
             schedules.push(crate::schedule::Schedule::new(sc.clone())?);
         }
-        let mut sinks: HashMap<String, Arc<dyn crate::queue::QueueSink>> = HashMap::new();
+        let mut sinks: HashMap<String, Arc<dyn crate::broker::QueueSink>> = HashMap::new();
         let mut consumers = Vec::new();
         for q in &config.queues {
             check_name(&q.name).map_err(|p| {

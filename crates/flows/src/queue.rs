@@ -20,43 +20,12 @@ use redis::aio::ConnectionManager;
 use redis::streams::StreamReadReply;
 use serde_json::{Value, json};
 
+use crate::broker::{QueueMessage, QueueSink, QueueSource};
 use crate::config::QueueConfig;
 use crate::deps::{Deps, StartRun};
 use crate::error::{Error, Result};
 use crate::expr::Expr;
 use crate::schedule::trigger_principal;
-
-/// One message of a queue.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct QueueMessage {
-    pub id: String,
-    pub fields: BTreeMap<String, String>,
-}
-
-/// Where a queue trigger reads messages.
-pub trait QueueSource: Send {
-    /// The next messages: first those delivered before and not
-    /// acknowledged, then new ones (waiting up to `block` for them).
-    fn fetch(&mut self, max: usize, block: Duration) -> BoxFuture<'_, Result<Vec<QueueMessage>>>;
-    /// The message's run is durably started: the broker may forget it.
-    fn ack<'a>(&'a mut self, id: &'a str) -> BoxFuture<'a, Result<()>>;
-    /// Keep a message no run can be started for, with the reason.
-    fn dead_letter<'a>(
-        &'a mut self,
-        msg: &'a QueueMessage,
-        error: &'a str,
-    ) -> BoxFuture<'a, Result<()>>;
-    /// Read the unacknowledged messages again from the first (after
-    /// backpressure or an error).
-    fn rewind(&mut self);
-}
-
-/// Where an `emit` step publishes.
-pub trait QueueSink: Send + Sync {
-    /// Publish `payload` with `key` (the run and step, for consumers to
-    /// recognise a message sent twice); the broker's message id.
-    fn publish<'a>(&'a self, payload: &'a Value, key: &'a str) -> BoxFuture<'a, Result<String>>;
-}
 
 fn broker(e: redis::RedisError) -> Error {
     Error::Internal(format!("redis: {e}"))

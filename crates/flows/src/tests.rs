@@ -595,3 +595,181 @@ async fn watch_streams_records_in_order_and_ends_with_the_run_and_cancel_ends_it
     flows.shutdown().await;
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tool_agent_emit_and_wait_until_steps() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut c = RuntimeConfig::with_data_dir(dir.path());
+    c.models = vec![echo("echo")];
+    c.sessions.default_route = "echo".into();
+    c.tools.builtin.calculator = true;
+    let rt = Runtime::builder(c).start().await.expect("runtime");
+    let (host, calls) = service().await;
+    let mut cfg = config();
+    cfg.http.allowed_hosts = vec![host.clone()];
+    cfg.vars
+        .insert("hook".into(), json!(format!("http://{host}/echo")));
+    let sink = FlowBuilder::new("sink")
+        .step(StepBuilder::transform("got", ".input"))
+        .build()
+        .expect("sink");
+    let flow = FlowBuilder::new("kinds")
+        .step(StepBuilder::tool("calc", "calculator").arguments("{expression: \"6*7\"}"))
+        .step(StepBuilder::agent("helper", "say {{ .steps.calc }}").tools(vec!["calculator".into()]).max_steps(2))
+        .step(StepBuilder::emit_flow("hand_off", "sink").payload("{answer: .steps.calc}"))
+        .step(StepBuilder::emit_webhook("notify", "{{ .vars.hook }}").payload("{answer: .steps.calc}"))
+        .step(StepBuilder::wait_until("soon", "now * 1000 + 50 | floor"))
+        .output("{calc: .steps.calc, helper: .steps.helper, child: .steps.hand_off.run_id, hook: .steps.notify.body}")
+        .build()
+        .expect("flow");
+    let flows = Flows::start(rt.clone(), cfg, vec![sink, flow])
+        .await
+        .expect("flows");
+    let id = start(&flows, "kinds", json!({})).await;
+    let m = until_status(&flows, id, RunStatus::Completed).await;
+    assert_eq!(m.output["calc"], json!(42));
+    assert!(
+        m.output["helper"]
+            .as_str()
+            .is_some_and(|s| s.contains("say 42")),
+        "{}",
+        m.output
+    );
+    assert_eq!(m.output["hook"], json!({"got": {"answer": 42}}));
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // The emitted run started and finished with the payload as input.
+    let child: RunId = m.output["child"]
+        .as_str()
+        .expect("child")
+        .parse()
+        .expect("id");
+    let cm = until_status(&flows, child, RunStatus::Completed).await;
+    assert_eq!(cm.output, json!({"answer": 42}));
+    assert_eq!(cm.trigger, format!("flow:{id}"));
+    // The agent's session got the tools it was given.
+    let sessions = rt
+        .list(baton_runtime::ListQuery::default())
+        .await
+        .expect("list");
+    let agent = sessions.sessions.iter().map(|s| s.id).collect::<Vec<_>>();
+    let mut found = false;
+    for s in agent {
+        let v = rt.get(s).await.expect("get");
+        if v.metadata.get("flow_step").map(String::as_str) == Some("helper") {
+            assert_eq!(v.allowed_tools, vec!["calculator".to_string()]);
+            assert_eq!(v.max_steps, 2);
+            found = true;
+        }
+    }
+    assert!(found);
+    flows.shutdown().await;
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_runs_wait_on_timers_passivated_and_each_fires_once() {
+    const RUNS: usize = 10_000;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path()).await;
+    let flow = FlowBuilder::new("later")
+        .step(StepBuilder::wait_until("pause", ".input.at"))
+        .step(StepBuilder::transform("done", ".input.n"))
+        .build()
+        .expect("flow");
+    let mut cfg = config();
+    cfg.max_activations = 1024;
+    let flows = Flows::start(rt.clone(), cfg, vec![flow])
+        .await
+        .expect("flows");
+    // One absolute wake-up time for every run, far enough ahead that all are
+    // started and passivated before the first fires.
+    let at = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_millis() as u64
+        + 20_000;
+    let started = std::time::Instant::now();
+    let ids: Vec<RunId> = futures::stream::iter(0..RUNS)
+        .map(|n| {
+            let flows = flows.clone();
+            async move { start(&flows, "later", json!({"n": n, "at": at})).await }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    // All waiting, none in memory.
+    let mut waiting = 0;
+    for _ in 0..3000 {
+        waiting = flows
+            .list_runs(
+                RunQuery {
+                    status: Some(RunStatus::Waiting),
+                    page_size: 1000,
+                    ..RunQuery::default()
+                },
+                &by(),
+            )
+            .await
+            .expect("list")
+            .runs
+            .len();
+        let live = flows.live_runs().await.expect("live").len();
+        if waiting == 1000 && live == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        started.elapsed() < Duration::from_secs(19),
+        "the check ran before the timers were due"
+    );
+    assert_eq!(waiting, 1000, "a full page of waiting runs");
+    assert_eq!(
+        flows.live_runs().await.expect("live").len(),
+        0,
+        "all passivated"
+    );
+    let info = flows.list_flows();
+    assert_eq!(info[0].active_runs as usize, RUNS);
+    // Every timer fires, once.
+    let mut completed = 0;
+    for _ in 0..3000 {
+        completed = 0;
+        let mut token = None;
+        loop {
+            let page = flows
+                .list_runs(
+                    RunQuery {
+                        status: Some(RunStatus::Completed),
+                        page_size: 1000,
+                        page_token: token,
+                        ..RunQuery::default()
+                    },
+                    &by(),
+                )
+                .await
+                .expect("list");
+            completed += page.runs.len();
+            match page.next_page_token {
+                Some(t) => token = Some(t),
+                None => break,
+            }
+        }
+        if completed == RUNS {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(completed, RUNS);
+    for id in ids.iter().step_by(997) {
+        let fired = kinds(&flows, *id)
+            .await
+            .iter()
+            .filter(|k| *k == "done:pause")
+            .count();
+        assert_eq!(fired, 1);
+    }
+    assert_eq!(flows.list_flows()[0].active_runs, 0);
+    flows.shutdown().await;
+    rt.shutdown().await;
+}

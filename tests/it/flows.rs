@@ -126,11 +126,11 @@ fn setup(dir: &std::path::Path, fake: &FakeOpenAi, erp: &Erp) -> std::path::Path
     .unwrap()
 }
 
-async fn flows_client(server: &BatonProcess) -> FlowsClient<Channel> {
+pub(crate) async fn flows_client(server: &BatonProcess) -> FlowsClient<Channel> {
     FlowsClient::connect(server.url()).await.unwrap()
 }
 
-async fn start_run(c: &mut FlowsClient<Channel>, flow: &str, input: Value) -> String {
+pub(crate) async fn start_run(c: &mut FlowsClient<Channel>, flow: &str, input: Value) -> String {
     c.start_run(v1::StartRunRequest {
         flow: flow.into(),
         input_json: input.to_string(),
@@ -142,7 +142,7 @@ async fn start_run(c: &mut FlowsClient<Channel>, flow: &str, input: Value) -> St
     .run_id
 }
 
-async fn get_run(c: &mut FlowsClient<Channel>, id: &str) -> v1::Run {
+pub(crate) async fn get_run(c: &mut FlowsClient<Channel>, id: &str) -> v1::Run {
     c.get_run(v1::GetRunRequest {
         run_id: id.into(),
         at_seq: 0,
@@ -152,7 +152,7 @@ async fn get_run(c: &mut FlowsClient<Channel>, id: &str) -> v1::Run {
     .into_inner()
 }
 
-async fn until_status(c: &mut FlowsClient<Channel>, id: &str, status: &str) -> v1::Run {
+pub(crate) async fn until_status(c: &mut FlowsClient<Channel>, id: &str, status: &str) -> v1::Run {
     for _ in 0..1500 {
         let r = get_run(c, id).await;
         if r.status == status {
@@ -164,7 +164,7 @@ async fn until_status(c: &mut FlowsClient<Channel>, id: &str, status: &str) -> v
     panic!("run {id} is {} ({}), not {status}", r.status, r.reason);
 }
 
-async fn records(c: &mut FlowsClient<Channel>, id: &str) -> Vec<(String, Value)> {
+pub(crate) async fn records(c: &mut FlowsClient<Channel>, id: &str) -> Vec<(String, Value)> {
     use futures::StreamExt;
     let mut s = c
         .watch_run(v1::WatchRunRequest {
@@ -182,7 +182,7 @@ async fn records(c: &mut FlowsClient<Channel>, id: &str) -> Vec<(String, Value)>
     out
 }
 
-async fn wait_until(what: &str, f: impl Fn() -> bool) {
+pub(crate) async fn wait_until(what: &str, f: impl Fn() -> bool) {
     for _ in 0..1500 {
         if f() {
             return;

@@ -707,3 +707,76 @@ async fn ten_thousand_pending_gates_list_in_pages_while_their_sessions_sleep() {
     assert!(s.rt.stats().await.unwrap().live_sessions <= 1);
     s.rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hold_session_turn_is_a_gate_and_never_calls_the_model() {
+    // The script would answer "never"; a hold turn must not ask it.
+    let s = setup(json!([{"text": "never"}]), "", |_| {}).await;
+    let rt = &s.rt;
+    let hold = |n: u32| StartSession {
+        idempotency_key: Some(format!("hold-{n}")),
+        one_shot: true,
+        hold: Some(crate::HoldTerms {
+            policy: format!("flow:test:{n}"),
+            reason: "a decision is needed".into(),
+            reviewers: "finance".into(),
+            timeout_ms: 0,
+            on_timeout: baton_types::TimeoutAction::Reject,
+        }),
+        ..Default::default()
+    };
+    for (n, decision) in [(1, "approve"), (2, "reject"), (3, "edit")] {
+        let id = rt.start_session(hold(n)).await.unwrap().id;
+        let mut stream = rt.send(id, "{\"amount\": 5}".into()).await.unwrap();
+        let before = until(&mut stream, "gate_opened").await;
+        assert_eq!(names(&before), vec!["turn_accepted", "gate_opened"]);
+        let gid = gate_id(&before);
+        let (gate, _) = rt.get_gate(&gid).await.unwrap();
+        assert_eq!(
+            (
+                gate.kind.as_str(),
+                gate.point.as_str(),
+                gate.policy.as_str()
+            ),
+            ("flow", "model_call", format!("flow:test:{n}").as_str())
+        );
+        assert_eq!(gate.subject, "{\"amount\": 5}");
+        let d = match decision {
+            "approve" => GateDecision::Approve,
+            "reject" => GateDecision::Reject,
+            _ => GateDecision::Edit("{\"amount\": 4}".into()),
+        };
+        rt.decide_gate(&gid, d, "alice".into(), "checked".into())
+            .await
+            .unwrap();
+        let rest = until(&mut stream, "turn_completed").await;
+        let end = rest.last().unwrap();
+        match decision {
+            "reject" => assert!(matches!(
+                end.kind,
+                EventKind::TurnFailed {
+                    code: TurnFailureCode::GateRejected,
+                    ..
+                }
+            )),
+            _ => assert_eq!(end.kind.name(), "turn_completed"),
+        }
+        assert!(
+            !names(&rest).contains(&"model_call_started"),
+            "{:?}",
+            names(&rest)
+        );
+    }
+    // Clients cannot mark a session as a hold session themselves.
+    let mut metadata = std::collections::BTreeMap::new();
+    metadata.insert(crate::HOLD_METADATA_KEY.to_string(), "{}".to_string());
+    let err = rt
+        .start_session(StartSession {
+            metadata,
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), ErrorCode::InvalidArgument);
+    assert!(err.to_string().contains("reserved"), "{err}");
+}

@@ -489,6 +489,8 @@ impl Policies {
         match kind {
             GateKind::Explicit => builtin(&cfg.explicit),
             GateKind::NeedsAttention => builtin(&cfg.needs_attention),
+            // A flow's gate step says what happens at its deadline.
+            GateKind::Flow => None,
             _ => self
                 .list
                 .iter()

@@ -58,6 +58,31 @@ pub struct StartSession {
     /// How every model call of the session generates: sampling, output
     /// limit, stop sequences, tool choice, structured output.
     pub generation: Generation,
+    /// A hold session (a flow's `gate` step): its turns make no model
+    /// call; each opens a gate on the turn's message with these terms and
+    /// completes when a reviewer approves (or edits) it. Kept in the
+    /// session's metadata under [`HOLD_METADATA_KEY`], which clients may
+    /// not set themselves.
+    pub hold: Option<HoldTerms>,
+}
+
+/// The metadata key that marks a hold session and carries its terms.
+pub const HOLD_METADATA_KEY: &str = "baton.hold";
+
+/// The gate a hold session's turns open.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HoldTerms {
+    /// The gate's policy name, shown to reviewers and used to filter
+    /// (a flow's gates are `flow:<run>:<step path>`).
+    pub policy: String,
+    /// Why it is asked, readable.
+    pub reason: String,
+    /// The reviewer group that decides.
+    pub reviewers: String,
+    /// 0: no deadline.
+    pub timeout_ms: u64,
+    /// `approve` or `reject` at the deadline.
+    pub on_timeout: baton_types::TimeoutAction,
 }
 
 /// The outcome of [`RuntimeHandle::start_session`].
@@ -189,6 +214,12 @@ impl RuntimeHandle {
             Some(r) => r.to_string(),
         };
         self.validate_start(&req, &route)?;
+        let mut req = req;
+        if let Some(h) = req.hold.take() {
+            let terms = serde_json::to_string(&h)
+                .map_err(|e| Error::Internal(format!("hold terms: {e}")))?;
+            req.metadata.insert(HOLD_METADATA_KEY.into(), terms);
+        }
         let key = req
             .idempotency_key
             .clone()
@@ -378,6 +409,18 @@ impl RuntimeHandle {
                 req.system_prompt.len(),
                 limits.max_system_prompt_bytes
             )));
+        }
+        if req.metadata.contains_key(HOLD_METADATA_KEY) {
+            return Err(Error::InvalidArgument(format!(
+                "metadata key {HOLD_METADATA_KEY:?} is reserved"
+            )));
+        }
+        if let Some(h) = &req.hold
+            && h.reviewers.trim().is_empty()
+        {
+            return Err(Error::InvalidArgument(
+                "hold.reviewers: required: the group that decides".into(),
+            ));
         }
         if req.metadata.len() > MAX_METADATA_ENTRIES {
             return Err(Error::InvalidArgument(format!(

@@ -115,6 +115,8 @@ impl Sessions for SessionsService {
                 one_shot: false,
                 history: Vec::new(),
                 generation,
+                // Hold sessions are for flows' gate steps, not clients.
+                hold: None,
             })
             .await
             .map_err(|e| status(&e))?;

@@ -23,6 +23,8 @@ wire_enum! {
         Explicit = "explicit",
         /// A non-idempotent tool call started before a crash without a result.
         NeedsAttention = "needs_attention",
+        /// A flow's `gate` step asks for a decision on its subject.
+        Flow = "flow",
     }
 }
 

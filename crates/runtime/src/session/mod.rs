@@ -14,6 +14,7 @@
 //! (rehydration from snapshot + journal, passivation), `requests` (send,
 //! subscribe, cancel, delete), `turn` (the turn state machine and model
 //! calls), `tools` (tool calls), `gates` (gates held by the session),
+//! `hold` (hold sessions: turns that are a gate, for flows' `gate` steps),
 //! `policy` (governance at each stage), `checks` (policies' classifiers and
 //! evaluators), `redaction` (governance data: pseudonyms, caches).
 //!
@@ -23,6 +24,7 @@ mod actor;
 mod checks;
 mod ctx;
 mod gates;
+mod hold;
 mod load;
 mod msg;
 mod outbox;

@@ -192,6 +192,9 @@ impl SessionCtx {
         attempt: u32,
         reason: ModelCallReason,
     ) -> bool {
+        if let Some(terms) = self.hold_terms() {
+            return self.hold_turn(myself, turn, terms);
+        }
         let route = self.durable.state.route.clone();
         let shared = self.env.shared.clone();
         if !shared.router.has_route(&route) {

@@ -53,6 +53,8 @@ async fn complete(
             one_shot: true,
             history: req.history,
             generation: req.generation,
+            // Hold sessions are for flows' gate steps, not clients.
+            hold: None,
         })
         .await
         .map_err(|e| runtime_error(&e))?;

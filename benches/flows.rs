@@ -12,6 +12,7 @@
 //!     measured directly, is reported and subtracted);
 //!   - `transform`: a pure step (one jq expression), journaled without
 //!     waiting for an fsync.
+//!
 //!   A run's time is from `start_run` to its `run_completed` record on
 //!   `watch`.
 //! * `starts`: `--starts` runs of a flow that waits an hour (each is
@@ -59,6 +60,12 @@ fn opts() -> Result<Opts> {
             "--starts" => o.starts = num("--starts")?,
             "--concurrency" => o.concurrency = num("--concurrency")?,
             "--bench" => {}
+            "--help" | "-h" => {
+                println!(
+                    "cargo bench --bench flows -- [--runs N (200)] [--steps N (20)] [--starts N (5000)] [--concurrency N (64)]"
+                );
+                std::process::exit(0);
+            }
             other => bail!(
                 "unknown option {other:?}; options: --runs N --steps N --starts N --concurrency N"
             ),

@@ -127,6 +127,21 @@ total_tolerance = 0.02
     .unwrap()
 }
 
+/// The first gate `req` lists, once there is one.
+async fn wait_for_gate(
+    gates: &mut v1::gates_client::GatesClient<tonic::transport::Channel>,
+    req: v1::ListGatesRequest,
+) -> v1::Gate {
+    for _ in 0..1500 {
+        let list = gates.list_gates(req.clone()).await.unwrap().into_inner();
+        if let Some(g) = list.gates.into_iter().next() {
+            return g;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no gate for {req:?}");
+}
+
 /// How many times each step path completed in the run's journal.
 async fn completions(
     c: &mut v1::flows_client::FlowsClient<tonic::transport::Channel>,
@@ -295,7 +310,7 @@ async fn enquiry_triage_auto_sends_across_sigkill_and_queues_sensitive_enquiries
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn document_processing_posts_clean_extractions_and_holds_uncertain_ones_for_a_reviewer_across_sigkill()
+async fn document_processing_posts_clean_extractions_and_gates_uncertain_ones_for_a_reviewer_across_sigkill()
  {
     let fake = FakeOpenAi::start().await.unwrap();
     let erp = Erp::start().await;
@@ -318,8 +333,8 @@ async fn document_processing_posts_clean_extractions_and_holds_uncertain_ones_fo
     assert_eq!(output(&run)["posted"], true);
     assert_eq!(erp.posted("documents").len(), 1);
 
-    // Uncertain: queued for review, the run waits (passivated) for the
-    // reviewer's signal; the process dies while it waits.
+    // Uncertain: a gate for the document-review group; the run waits
+    // (passivated) for the decision; the process dies while it waits.
     fake.push_reply(ScriptedReply::Text(
         json!({"vendor": "ACMF", "total": 12.0, "currency": "EUR", "confidence": 0.41}).to_string(),
     ));
@@ -330,28 +345,38 @@ async fn document_processing_posts_clean_extractions_and_holds_uncertain_ones_fo
     )
     .await;
     until_status(&mut c, &unsure, "waiting").await;
-    let queued = erp.posted("review-queue");
-    assert_eq!(queued.len(), 1);
-    assert_eq!(queued[0]["run_id"], unsure.as_str());
+    let pending = || v1::ListGatesRequest {
+        status: v1::GateStatus::Pending as i32,
+        policy: format!("flow:{unsure}:review/0/decision"),
+        ..Default::default()
+    };
+    let mut gates = gates_client(&server).await;
+    wait_for_gate(&mut gates, pending()).await;
     server.kill9().await.unwrap();
 
     let server = BatonProcess::start(bin(), &config).await.unwrap();
     let mut c = flows_client(&server).await;
-    let r = until_status(&mut c, &unsure, "waiting").await;
+    let mut gates = gates_client(&server).await;
+    let gate = wait_for_gate(&mut gates, pending()).await;
     assert_eq!(
-        r.wake_at_unix_ms > 0,
-        true,
-        "the review's timeout timer survived"
+        (gate.kind.as_str(), gate.reviewers.as_str()),
+        ("flow", "document-review")
     );
-    c.signal_run(v1::SignalRunRequest {
-        run_id: unsure.clone(),
-        name: "review".into(),
-        payload_json: json!({"approved": true, "extraction":
-            {"vendor": "ACME", "total": 120.0, "currency": "EUR"}})
-        .to_string(),
-    })
-    .await
-    .unwrap();
+    let subject: Value = serde_json::from_str(&gate.subject).unwrap();
+    assert_eq!(subject["extraction"]["vendor"], "ACMF");
+    // The reviewer corrects the extraction.
+    gates
+        .decide_gate(v1::DecideGateRequest {
+            gate_id: gate.gate_id.clone(),
+            decision: v1::GateDecision::Edit as i32,
+            reviewer: "ana".into(),
+            reason: "misread".into(),
+            edited_payload: json!({"document_id": "D-2", "extraction":
+                {"vendor": "ACME", "total": 120.0, "currency": "EUR"}})
+            .to_string(),
+        })
+        .await
+        .unwrap();
     let run = until_status(&mut c, &unsure, "completed").await;
     assert_eq!(output(&run)["posted"], true);
     let docs = erp.posted("documents");
@@ -361,19 +386,17 @@ async fn document_processing_posts_clean_extractions_and_holds_uncertain_ones_fo
         json!({"document_id": "D-2", "vendor": "ACME", "total": 120.0, "currency": "EUR"}),
         "the reviewer's correction was posted"
     );
-    assert_eq!(
-        erp.posted("review-queue").len(),
-        1,
-        "queued for review once"
-    );
     assert_eq!(fake.requests(), 2, "one extraction per document");
     let done = completions(&mut c, &unsure).await;
     assert!(done.values().all(|n| *n == 1), "{done:?}");
     let full = get_run(&mut c, &unsure).await;
-    assert!(
-        full.steps.iter().any(|s| s.path == "review/0/decision"),
-        "{:?}",
-        full.steps
-    );
+    let decision = full
+        .steps
+        .iter()
+        .find(|s| s.path == "review/0/decision")
+        .expect("the decision step");
+    let decision: Value = serde_json::from_str(&decision.output_json).unwrap();
+    assert_eq!(decision["decision"], "edit");
+    assert_eq!(decision["reviewer"], "local:ana");
     server.terminate().await.unwrap();
 }

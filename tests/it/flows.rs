@@ -209,6 +209,28 @@ async fn a_run_resumes_after_sigkill_without_rerunning_completed_steps() {
         erp.hits.load(Ordering::SeqCst) == 1
     })
     .await;
+    // The run's actor is live, under the runs' supervisor, in the actor tree.
+    let mut inspect = v1::inspect_client::InspectClient::connect(server.url())
+        .await
+        .unwrap();
+    let root = inspect
+        .list_actors(v1::ListActorsRequest {})
+        .await
+        .unwrap()
+        .into_inner()
+        .root
+        .unwrap();
+    let runs = root
+        .children
+        .iter()
+        .find(|n| n.kind == "run_supervisor")
+        .expect("a run_supervisor node");
+    assert!(
+        runs.children
+            .iter()
+            .any(|n| n.kind == "run" && n.name == id && n.status == "running"),
+        "{runs:?}"
+    );
     server.kill9().await.unwrap();
     erp.slow.store(false, Ordering::SeqCst);
 
@@ -243,6 +265,32 @@ async fn a_run_resumes_after_sigkill_without_rerunning_completed_steps() {
         (1..=seqs.len() as u64).collect::<Vec<_>>(),
         "gap-free"
     );
+    // A replay after the crash reproduces the run from its journal and
+    // sends nothing: no model call, no request to the ERP.
+    let replay = c
+        .replay_run(v1::ReplayRunRequest {
+            run_id: id.clone(),
+            current_version: false,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(!replay.diverged, "{}", replay.divergence);
+    assert_eq!((replay.compared, replay.status.as_str()), (3, "completed"));
+    assert_eq!(
+        serde_json::from_str::<Value>(&replay.output_json).unwrap(),
+        output
+    );
+    assert_eq!(fake.requests(), 1);
+    assert_eq!(erp.hits.load(Ordering::SeqCst), 3);
+    let bad = c
+        .replay_run(v1::ReplayRunRequest {
+            run_id: "nope".into(),
+            current_version: false,
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(bad.code(), tonic::Code::InvalidArgument, "{bad:?}");
     server.terminate().await.unwrap();
 }
 
@@ -412,5 +460,8 @@ async fn the_cli_lists_starts_signals_and_shows_runs() {
     assert_eq!(shown["status"], "completed");
     let runs = cli(&["runs", "--flow", "ask"]);
     assert!(runs.contains(&id), "{runs}");
+    let replayed: Value = serde_json::from_str(cli(&["replay", &id, "--json"]).trim()).unwrap();
+    assert_eq!(replayed["diverged"], false, "{replayed}");
+    assert_eq!(replayed["output"], json!({"yes": true}));
     server.terminate().await.unwrap();
 }

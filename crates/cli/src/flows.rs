@@ -67,6 +67,13 @@ pub enum FlowCommand {
     Resolve { run_id: String, action: String },
     /// Read the definitions directory again now (admin).
     Reload,
+    /// Replay a run over its recorded outcomes and compare (nothing is sent).
+    Replay {
+        run_id: String,
+        /// Over the flow's current version instead of the one it ran.
+        #[arg(long)]
+        current: bool,
+    },
 }
 
 fn run_json(r: &v1::Run) -> serde_json::Value {
@@ -316,6 +323,34 @@ pub async fn run(conn: Conn, cmd: FlowCommand) -> anyhow::Result<()> {
                 }
                 for e in &r.errors {
                     println!("error {e}");
+                }
+            }
+        }
+        FlowCommand::Replay { run_id, current } => {
+            let r = client
+                .replay_run(v1::ReplayRunRequest {
+                    run_id,
+                    current_version: current,
+                })
+                .await
+                .map_err(rpc_error)?
+                .into_inner();
+            if json {
+                println!(
+                    "{}",
+                    json!({"version": r.version, "compared": r.compared, "diverged": r.diverged,
+                           "divergence": r.divergence, "status": r.status,
+                           "output": serde_json::from_str::<serde_json::Value>(&r.output_json).ok()})
+                );
+            } else {
+                println!(
+                    "replayed over {}: {} step outputs compared, {}",
+                    r.version, r.compared, r.status
+                );
+                if r.diverged {
+                    println!("diverged: {}", r.divergence);
+                } else {
+                    println!("no divergence");
                 }
             }
         }

@@ -178,6 +178,7 @@ impl Actor for RunActor {
                 flow,
             },
             log: log.clone(),
+            replay: None,
         }));
         match status {
             // Only an operator's answer moves one that needs attention on.
@@ -455,11 +456,26 @@ pub enum SupMsg {
     /// It was asked to stop but has work again.
     Declined(RunId),
     /// The runs in memory.
-    Live(RpcReplyPort<Vec<RunId>>),
+    Live(RpcReplyPort<Vec<LiveRun>>),
+}
+
+/// A run whose actor is in memory, for inspection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LiveRun {
+    pub run: RunId,
+    pub actor_id: String,
+    /// `running`, or `passivating` (asked to stop; has nothing to do).
+    pub status: &'static str,
+    pub uptime_ms: u64,
+    /// Times its actor failed and was started again.
+    pub restarts: u32,
+    /// Messages held for it while it passivates.
+    pub held_messages: usize,
 }
 
 struct Entry {
     actor: ActorRef<RunMsg>,
+    started: std::time::Instant,
     passivating: bool,
     /// Messages that came while it passivated: they go to its successor.
     held: Vec<RunMsg>,
@@ -491,6 +507,7 @@ impl SupState {
                     run,
                     Entry {
                         actor,
+                        started: std::time::Instant::now(),
                         passivating: false,
                         held: Vec::new(),
                     },
@@ -559,7 +576,24 @@ impl Actor for RunSupervisor {
                 }
             }
             SupMsg::Live(reply) => {
-                let _ = reply.send(st.live.keys().copied().collect());
+                let mut runs: Vec<LiveRun> = st
+                    .live
+                    .iter()
+                    .map(|(run, e)| LiveRun {
+                        run: *run,
+                        actor_id: e.actor.get_id().to_string(),
+                        status: if e.passivating {
+                            "passivating"
+                        } else {
+                            "running"
+                        },
+                        uptime_ms: e.started.elapsed().as_millis() as u64,
+                        restarts: st.restarts.get(run).copied().unwrap_or(0),
+                        held_messages: e.held.len(),
+                    })
+                    .collect();
+                runs.sort_by_key(|r| r.run);
+                let _ = reply.send(runs);
             }
         }
         Ok(())

@@ -152,6 +152,13 @@ impl StepBuilder {
         s
     }
 
+    /// A human decision: a gate for reviewer group `reviewers`.
+    pub fn gate(id: impl Into<String>, reviewers: impl Into<String>) -> Self {
+        let mut s = Self::of(id, StepKindName::Gate);
+        s.spec.reviewers = Some(reviewers.into());
+        s
+    }
+
     /// A durable sleep, e.g. `"15m"`.
     pub fn wait_for(id: impl Into<String>, duration: impl Into<String>) -> Self {
         let mut s = Self::of(id, StepKindName::Wait);
@@ -265,6 +272,18 @@ impl StepBuilder {
 
     pub fn idempotent(mut self, b: bool) -> Self {
         self.spec.idempotent = Some(b);
+        self
+    }
+
+    /// `gate`: jq giving what the reviewer decides on.
+    pub fn subject(mut self, expr: impl Into<String>) -> Self {
+        self.spec.subject = Some(expr.into());
+        self
+    }
+
+    /// `gate`: `"approve"` or `"reject"` at the deadline (`timeout_ms`).
+    pub fn on_timeout(mut self, action: impl Into<String>) -> Self {
+        self.spec.on_timeout = Some(action.into());
         self
     }
 

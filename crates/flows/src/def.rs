@@ -83,6 +83,7 @@ pub enum StepKind {
         attempts: Vec<Value>,
     },
     Wait(WaitStep),
+    Gate(GateStep),
     Call {
         flow: String,
         input: Option<Expr>,
@@ -106,10 +107,23 @@ impl StepKind {
             StepKind::Map { .. } => StepKindName::Map,
             StepKind::Retry { .. } => StepKindName::Retry,
             StepKind::Wait(_) => StepKindName::Wait,
+            StepKind::Gate(_) => StepKindName::Gate,
             StepKind::Call { .. } => StepKindName::Call,
             StepKind::Emit { .. } => StepKindName::Emit,
         }
     }
+}
+
+/// A `gate` step: a reviewer decides on its subject.
+#[derive(Debug, Clone)]
+pub struct GateStep {
+    pub reviewers: String,
+    /// jq giving what the reviewer decides on (default: the run's input
+    /// and the steps' outputs so far).
+    pub subject: Option<Expr>,
+    /// 0: no deadline.
+    pub timeout_ms: u64,
+    pub on_timeout: baton_types::TimeoutAction,
 }
 
 /// A `model` or `agent` step.
@@ -529,11 +543,35 @@ fn compile_step(flow: &str, s: &StepSpec, ids: &mut HashSet<String>, depth: usiz
             }
         }
         StepKindName::Gate => {
-            return Err(bad(
-                "kind",
-                "gate steps are not available yet: use a wait step on a signal, decided with SignalRun"
-                    .into(),
-            ));
+            let reviewers = s.reviewers.clone().unwrap_or_default();
+            if reviewers.trim().is_empty() {
+                return Err(bad(
+                    "reviewers",
+                    "required: the reviewer group that decides".into(),
+                ));
+            }
+            let on_timeout = match s.on_timeout.as_deref() {
+                None | Some("reject") => baton_types::TimeoutAction::Reject,
+                Some("approve") => baton_types::TimeoutAction::Approve,
+                Some(other) => {
+                    return Err(bad(
+                        "on_timeout",
+                        format!("{other:?}: \"approve\" or \"reject\""),
+                    ));
+                }
+            };
+            if s.on_timeout.is_some() && s.timeout_ms.is_none() {
+                return Err(bad(
+                    "on_timeout",
+                    "applies at a deadline: set timeout_ms".into(),
+                ));
+            }
+            StepKind::Gate(GateStep {
+                reviewers,
+                subject: expr("subject", &s.subject)?,
+                timeout_ms: s.timeout_ms.unwrap_or(0),
+                on_timeout,
+            })
         }
         StepKindName::Wait => {
             let set = [s.duration.is_some(), s.until.is_some(), s.signal.is_some()]

@@ -62,6 +62,13 @@ pub fn prepare(step: &Step, data: &Value) -> Result<Value, String> {
                 "body": h.body.as_ref().map(|e| e.eval(data)).transpose()?,
             })
         }
+        StepKind::Gate(g) => json!({
+            "reviewers": g.reviewers,
+            "subject": match &g.subject {
+                Some(e) => e.eval(data)?,
+                None => json!({ "input": data.get("input"), "steps": data.get("steps") }),
+            },
+        }),
         StepKind::Call { flow, input }
         | StepKind::Emit {
             target: EmitTo::Flow(flow),
@@ -94,6 +101,9 @@ pub fn prepare(step: &Step, data: &Value) -> Result<Value, String> {
 /// What a performed step gives back.
 pub enum Outcome {
     Done(Value),
+    /// A gate waits for its decision; the step is looked at again when a
+    /// decision comes (or after `GATE_RECHECK_MS`).
+    Pending,
     /// A child run was started; the step waits for it.
     Child(crate::record::RunId),
 }
@@ -122,6 +132,7 @@ pub async fn perform(
             ))
         }
         StepKind::Http(h) => http(deps, Some(h), input).await.map(Outcome::Done),
+        StepKind::Gate(g) => gate(deps, ctx, g, path, attempt, input).await,
         StepKind::Call { .. } => {
             let started = start_child(deps, ctx, path, input, true).await?;
             Ok(Outcome::Child(started))
@@ -197,6 +208,97 @@ async fn start_child(
         .await
         .map(|s| s.id)
         .map_err(|e| e.to_string())
+}
+
+/// How often a run waiting on a gate looks at it again without being
+/// woken (a decision wakes it; this covers a missed wake-up).
+pub const GATE_RECHECK_MS: u64 = 300_000;
+
+/// The policy name of a flow's gate: `flow:<run>:<step path>`.
+pub fn gate_policy(run: crate::record::RunId, path: &str) -> String {
+    format!("flow:{run}:{path}")
+}
+
+/// A `gate` step: a hold session of the runtime (started with an
+/// idempotency key of the run, step and attempt) whose one turn is a gate
+/// on the subject; the step's output is the decision once there is one.
+async fn gate(
+    deps: &Deps,
+    ctx: &RunCtx,
+    g: &crate::def::GateStep,
+    path: &str,
+    attempt: u32,
+    input: &Value,
+) -> Result<Outcome, String> {
+    let caller = deps.rt.as_caller(ctx.principal.clone());
+    let subject = input.get("subject").cloned().unwrap_or(Value::Null);
+    let mut metadata = BTreeMap::new();
+    metadata.insert("flow".to_string(), ctx.flow.name.clone());
+    metadata.insert("flow_run".to_string(), ctx.run.to_string());
+    metadata.insert("flow_step".to_string(), path.to_string());
+    let req = StartSession {
+        idempotency_key: Some(format!("flow:{}:{path}:{attempt}", ctx.run)),
+        metadata,
+        one_shot: true,
+        hold: Some(baton_runtime::HoldTerms {
+            policy: gate_policy(ctx.run, path),
+            reason: format!(
+                "flow {:?}, step {path:?}: a decision is needed",
+                ctx.flow.name
+            ),
+            reviewers: g.reviewers.clone(),
+            timeout_ms: g.timeout_ms,
+            on_timeout: g.on_timeout,
+        }),
+        ..StartSession::default()
+    };
+    let info = caller.start_session(req).await.map_err(|e| e.to_string())?;
+    let view = caller.get(info.id).await.map_err(|e| e.to_string())?;
+    let sent = view.turns_completed > 0
+        || view.current_turn != 0
+        || view.queued_turns > 0
+        || !view.messages.is_empty();
+    if !sent {
+        // The turn is durable when this answers; its gate opens next.
+        drop(
+            caller
+                .send_with(info.id, subject.to_string(), false)
+                .await
+                .map_err(|e| e.to_string())?,
+        );
+        return Ok(Outcome::Pending);
+    }
+    let gates = deps
+        .rt
+        .list_gates(baton_runtime::GateQuery {
+            session: Some(info.id),
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let Some((gate, outcome)) = gates
+        .gates
+        .iter()
+        .find_map(|g| g.outcome.as_ref().map(|o| (g, o)))
+    else {
+        return Ok(Outcome::Pending);
+    };
+    let decision = outcome.decision.as_str();
+    let payload = if outcome.edited.is_empty() {
+        subject.clone()
+    } else {
+        serde_json::from_str(&outcome.edited).unwrap_or(Value::String(outcome.edited.clone()))
+    };
+    Ok(Outcome::Done(json!({
+        "approved": decision != "reject",
+        "decision": decision,
+        "reviewer": outcome.reviewer,
+        "reason": outcome.reason,
+        "by_timeout": outcome.by_timeout,
+        "gate_id": gate.gate_id.to_string(),
+        "subject": subject,
+        "payload": payload,
+    })))
 }
 
 async fn model(

@@ -26,7 +26,7 @@ use serde_json::{Value, json};
 use crate::def::{Step, StepKind, WaitStep};
 use crate::deps::{Deps, RunCtx};
 use crate::effects::{self, Outcome};
-use crate::log::RunLog;
+use crate::log::{Memo, RunLog};
 use crate::record::{RunEvent, RunId, RunMeta, RunStatus};
 use crate::spec::{JoinSpec, OnError};
 
@@ -60,6 +60,10 @@ pub struct Exec {
     pub deps: Arc<Deps>,
     pub ctx: RunCtx,
     pub log: Arc<RunLog>,
+    /// A replay: steps with an effect outside the run (and waits) take
+    /// their outcome from this fold of the recorded journal instead of
+    /// running; the others are computed again.
+    pub replay: Option<Arc<Memo>>,
 }
 
 fn internal(e: crate::error::Error) -> Stop {
@@ -185,6 +189,22 @@ impl Exec {
             } => {
                 self.retry(steps, until, *max_attempts, attempts, data, path)
                     .await
+            }
+            // A replay takes these from the recording.
+            StepKind::Wait(_)
+            | StepKind::Gate(_)
+            | StepKind::Model(_)
+            | StepKind::Agent(_)
+            | StepKind::Tool { .. }
+            | StepKind::Http(_)
+            | StepKind::Call { .. }
+            | StepKind::Emit { .. }
+                if self.replay.is_some() =>
+            {
+                let recording = self.replay.clone().unwrap_or_default();
+                return self
+                    .or_continue(step, path, self.recorded(&recording, step, path).await)
+                    .await;
             }
             // These journal their own outcome.
             StepKind::Wait(w) => {
@@ -469,6 +489,25 @@ impl Exec {
         Ok(t)
     }
 
+    /// A replay's outcome of a step with an effect or a wait: the recorded
+    /// output, the recorded failure, or the end of the recording.
+    async fn recorded(&self, recording: &Memo, step: &Step, path: &str) -> Res<Value> {
+        let kind = step.kind.name().as_str();
+        if let Some(v) = recording.completed.get(path) {
+            self.complete(path, kind, v.clone(), None, false).await?;
+            return Ok(v.clone());
+        }
+        let failures = recording.failures.get(path).copied().unwrap_or(0);
+        if failures > step.retries {
+            return Err(fail(
+                path,
+                format!("failed in the recording ({failures} attempts)"),
+            ));
+        }
+        // The recorded run had not finished this step.
+        Err(Stop::Suspend { wake_at: None })
+    }
+
     async fn wait(&self, w: &WaitStep, data: &Value, path: &str) -> Res<Value> {
         let now = now_unix_ms();
         match w {
@@ -570,19 +609,29 @@ impl Exec {
                     }
                 }
             }
-            self.log
-                .append(
-                    RunEvent::StepStarted {
-                        path: path.to_string(),
-                        kind: kind.to_string(),
-                        input: input.clone(),
-                        attempt,
-                    },
-                    !idempotent,
-                )
-                .await
-                .map_err(internal)?;
+            // A gate looked at again (woken, or after a restart) is still
+            // the same attempt.
+            let gate_again = in_flight.is_some() && matches!(step.kind, StepKind::Gate(_));
+            if !gate_again {
+                self.log
+                    .append(
+                        RunEvent::StepStarted {
+                            path: path.to_string(),
+                            kind: kind.to_string(),
+                            input: input.clone(),
+                            attempt,
+                        },
+                        !idempotent,
+                    )
+                    .await
+                    .map_err(internal)?;
+            }
             match effects::perform(&self.deps, &self.ctx, step, path, attempt, &input).await {
+                Ok(Outcome::Pending) => {
+                    return Err(Stop::Suspend {
+                        wake_at: Some(now_unix_ms().saturating_add(effects::GATE_RECHECK_MS)),
+                    });
+                }
                 Ok(Outcome::Done(v)) => {
                     self.complete(path, kind, v.clone(), None, !idempotent)
                         .await?;

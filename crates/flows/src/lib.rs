@@ -1,8 +1,8 @@
 //! Baton's flows: durable multi-step pipelines.
 //!
 //! A flow is a list of steps — `model`, `agent`, `tool`, `http`,
-//! `transform`, `switch`, `parallel`, `map`, `retry`, `wait`, `call`,
-//! `emit` — written in TOML or YAML (or built in Rust with [`FlowBuilder`]),
+//! `transform`, `switch`, `parallel`, `map`, `retry`, `gate`, `wait`,
+//! `call`, `emit` — written in TOML or YAML (or built in Rust with [`FlowBuilder`]),
 //! with jq expressions over the run's data. A run of a flow is an actor
 //! whose every step is journaled in the store: after a crash it resumes
 //! without running a completed step again, a step with an effect that may
@@ -44,10 +44,12 @@ mod log;
 mod manager;
 mod queue;
 mod record;
+mod replay;
 mod schedule;
 mod spec;
 mod webhook;
 
+pub use actor::LiveRun;
 pub use broker::{QueueMessage, QueueSink, QueueSource};
 pub use builder::{FlowBuilder, StepBuilder};
 pub use catalog::ReloadReport;
@@ -61,6 +63,7 @@ pub use expr::{Expr, Template};
 pub use manager::{FlowInfo, Flows, RunPage, RunQuery, RunView};
 pub use queue::{RedisSink, RedisSource};
 pub use record::{RunEvent, RunId, RunMeta, RunRecord, RunStatus};
+pub use replay::ReplayReport;
 pub use spec::{
     BranchSpec, CaseSpec, EmitTarget, FlowSpec, JoinSpec, OnError, StepKindName, StepSpec,
 };

@@ -136,7 +136,8 @@ struct Inner {
 /// and share group commits with every other writer of the store.
 pub struct RunLog {
     pub run: RunId,
-    store: Store,
+    /// None: a scratch log (a replay), held in memory only.
+    store: Option<Store>,
     /// Where run records are audited (`flow_run`).
     audit: Option<baton_runtime::RuntimeHandle>,
     watchers: Arc<Watchers>,
@@ -160,9 +161,20 @@ impl RunLog {
     ) -> RunLog {
         RunLog {
             run: meta.id,
-            store,
+            store: Some(store),
             audit,
             watchers,
+            inner: tokio::sync::Mutex::new(Inner { memo, meta }),
+        }
+    }
+
+    /// A log in memory only, written nowhere, audited to no one: a replay's.
+    pub fn scratch(meta: RunMeta, memo: Memo) -> RunLog {
+        RunLog {
+            run: meta.id,
+            store: None,
+            audit: None,
+            watchers: Arc::new(Watchers::default()),
             inner: tokio::sync::Mutex::new(Inner { memo, meta }),
         }
     }
@@ -215,10 +227,12 @@ impl RunLog {
         }
         meta.updated_at_unix_ms = now_unix_ms();
         meta.last_seq = g.memo.last_seq;
-        let mut batch = Batch::new();
-        index::update(&mut batch, Some(&before), &meta);
-        batch.put_run(&self.run.bytes(), record::encode(&meta));
-        self.store.write(batch).await?;
+        if let Some(store) = &self.store {
+            let mut batch = Batch::new();
+            index::update(&mut batch, Some(&before), &meta);
+            batch.put_run(&self.run.bytes(), record::encode(&meta));
+            store.write(batch).await?;
+        }
         g.meta = meta;
         Ok(())
     }
@@ -261,7 +275,9 @@ impl RunLog {
             index::update(&mut batch, Some(&before), &meta);
             batch.put_run(&self.run.bytes(), record::encode(&meta));
         }
-        self.store.write(batch).await?;
+        if let Some(store) = &self.store {
+            store.write(batch).await?;
+        }
         g.memo.apply(seq, &rec.event);
         if let Some(rt) = &self.audit {
             audit(rt, &meta, &rec);

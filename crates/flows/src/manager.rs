@@ -16,7 +16,7 @@ use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
-use crate::actor::{RunMsg, RunSupervisor, SupMsg};
+use crate::actor::{LiveRun, RunMsg, RunSupervisor, SupMsg};
 use crate::catalog::{Catalog, ReloadReport};
 use crate::config::FlowsConfig;
 use crate::def::{Flow, check_name};
@@ -25,6 +25,7 @@ use crate::error::{Error, Result};
 use crate::index;
 use crate::log::{Memo, Watchers};
 use crate::record::{self, RECORD_VERSION, RunEvent, RunId, RunMeta, RunRecord, RunStatus};
+use crate::replay::ReplayReport;
 
 /// Longest idempotency key or delivery id, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -216,6 +217,10 @@ impl Flows {
         flows.recover().await?;
         flows.spawn_loops();
         let mut tasks = Vec::new();
+        tasks.push(tokio::spawn(wake_on_gate_decisions(
+            deps.rt.watch_gates(),
+            flows.inner.sup.clone(),
+        )));
         tasks.push(tokio::spawn(crate::schedule::run(deps.clone(), schedules)));
         for (q, input) in consumers {
             tasks.push(tokio::spawn(crate::queue::consume_redis(
@@ -500,6 +505,43 @@ impl Flows {
             .collect()
     }
 
+    /// Replay a run (see [`crate::replay`]): over the version it ran, or
+    /// with `current` over the flow's current version.
+    pub async fn replay(&self, id: RunId, current: bool, by: &Principal) -> Result<ReplayReport> {
+        let meta = self.meta(id, by).await?;
+        let mut journal = Vec::new();
+        loop {
+            let after = journal.last().map_or(0, |r: &RunRecord| r.seq);
+            let page = self.journal(id, after, 1024, by).await?;
+            if page.is_empty() {
+                break;
+            }
+            journal.extend(page);
+        }
+        let flow = if current {
+            self.inner.catalog.get(&meta.flow).ok_or_else(|| {
+                Error::FailedPrecondition(format!(
+                    "flow {:?} is not loaded now: replay run {id} over the version it ran",
+                    meta.flow
+                ))
+            })?
+        } else {
+            let Some(RunEvent::RunStarted {
+                flow,
+                version,
+                definition,
+                ..
+            }) = journal.first().map(|r| &r.event)
+            else {
+                return Err(Error::Internal(format!(
+                    "run {id} has no run_started record"
+                )));
+            };
+            self.inner.deps.flow_of(flow, version, definition)?
+        };
+        Ok(crate::replay::replay(self.inner.deps.clone(), flow, meta, &journal).await)
+    }
+
     /// A page of the caller's tenant's runs, oldest first.
     pub async fn list_runs(&self, q: RunQuery, by: &Principal) -> Result<RunPage> {
         let size = match q.page_size {
@@ -709,8 +751,8 @@ impl Flows {
         .await
     }
 
-    /// The runs whose actors are in memory.
-    pub async fn live_runs(&self) -> Result<Vec<RunId>> {
+    /// The runs whose actors are in memory (`baton inspect actors`).
+    pub async fn live_runs(&self) -> Result<Vec<LiveRun>> {
         let (tx, rx) = ractor::concurrency::oneshot();
         self.inner
             .sup
@@ -727,6 +769,33 @@ fn reload(inner: &Inner) -> Result<ReloadReport> {
         inner.deps.remember(f);
     }
     Ok(r)
+}
+
+/// Wake the run of every flow gate decided (its `gate` step then takes
+/// the decision). A wake-up missed (a lagging subscriber) is covered by the
+/// step's own recheck.
+async fn wake_on_gate_decisions(
+    mut gates: tokio::sync::broadcast::Receiver<baton_types::GateRecord>,
+    sup: ActorRef<SupMsg>,
+) {
+    loop {
+        match gates.recv().await {
+            Ok(g) if g.outcome.is_some() && g.kind == baton_types::GateKind::Flow => {
+                let run = g
+                    .policy
+                    .strip_prefix("flow:")
+                    .and_then(|rest| rest.split(':').next())
+                    .and_then(|id| id.parse::<RunId>().ok());
+                if let Some(run) = run
+                    && sup.cast(SupMsg::Activate(run)).is_err()
+                {
+                    return;
+                }
+            }
+            Ok(_) | Err(RecvError::Lagged(_)) => {}
+            Err(RecvError::Closed) => return,
+        }
+    }
 }
 
 /// Activate the runs whose timers are due.

@@ -220,12 +220,25 @@ async fn timers_passivate_the_run_survive_a_restart_and_fire_once() {
         assert!(m.wake_at_unix_ms > 0);
         // Passivated: no actor holds it.
         for _ in 0..100 {
-            if !flows.live_runs().await.expect("live").contains(&id) {
+            if !flows
+                .live_runs()
+                .await
+                .expect("live")
+                .iter()
+                .any(|r| r.run == id)
+            {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        assert!(!flows.live_runs().await.expect("live").contains(&id));
+        assert!(
+            !flows
+                .live_runs()
+                .await
+                .expect("live")
+                .iter()
+                .any(|r| r.run == id)
+        );
         flows.shutdown().await;
         rt.shutdown().await;
         (id, m.wake_at_unix_ms)
@@ -772,4 +785,259 @@ async fn ten_thousand_runs_wait_on_timers_passivated_and_each_fires_once() {
     assert_eq!(flows.list_flows()[0].active_runs, 0);
     flows.shutdown().await;
     rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_reproduces_a_run_from_its_journal_and_shows_where_a_changed_definition_diverges() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let rt = runtime(dir.path()).await;
+    let defs = dir.path().join("flows");
+    std::fs::create_dir_all(&defs).expect("dir");
+    let v1 = r#"
+name = "grade"
+output = "{grade: .steps.route, answer: .steps.ask}"
+[[steps]]
+id = "ask"
+kind = "model"
+route = "echo"
+prompt = "score {{ .input.n }}"
+[[steps]]
+id = "score"
+kind = "transform"
+expr = ".input.n * 10"
+[[steps]]
+id = "route"
+kind = "switch"
+[[steps.cases]]
+when = ".steps.score >= 50"
+steps = [{ id = "high", kind = "transform", expr = '"high"' }]
+[steps.default]
+"#;
+    // `default` as an array of tables is awkward inline: write it plainly.
+    let v1 = v1.replace(
+        "[steps.default]\n",
+        "[[steps.default]]\nid = \"low\"\nkind = \"transform\"\nexpr = '\"low\"'\n",
+    );
+    std::fs::write(defs.join("grade.toml"), &v1).expect("write");
+    let cfg = FlowsConfig {
+        dir: Some(defs.clone()),
+        reload_interval_ms: 0,
+        ..config()
+    };
+    let flows = Flows::start(rt.clone(), cfg, Vec::new())
+        .await
+        .expect("flows");
+    let id = start(&flows, "grade", json!({"n": 6})).await;
+    let m = until_status(&flows, id, RunStatus::Completed).await;
+    assert_eq!(m.output["grade"], "high");
+    let sessions_before = rt
+        .list(baton_runtime::ListQuery::default())
+        .await
+        .expect("list")
+        .sessions
+        .len();
+
+    // Over its own version: identical, and nothing was asked again.
+    let r = flows.replay(id, false, &by()).await.expect("replay");
+    assert_eq!(r.status, "completed");
+    assert!(!r.diverged, "{}", r.divergence);
+    assert_eq!(r.compared, 4, "ask, score, route/0/high, route");
+    assert_eq!(r.output, m.output);
+    assert_eq!(r.version, m.version);
+    let sessions_after = rt
+        .list(baton_runtime::ListQuery::default())
+        .await
+        .expect("list")
+        .sessions
+        .len();
+    assert_eq!(sessions_after, sessions_before, "no model call in a replay");
+
+    // A changed definition: the same answers take the other branch.
+    std::fs::write(
+        defs.join("grade.toml"),
+        v1.replace(".input.n * 10", ".input.n * 5"),
+    )
+    .expect("write");
+    flows.reload().expect("reload");
+    let r = flows.replay(id, true, &by()).await.expect("replay");
+    assert!(r.diverged);
+    assert_ne!(r.version, m.version);
+    assert_eq!(r.divergence, "step \"score\": recorded 60, replayed 30");
+    assert_eq!(r.output["grade"], "low");
+    // Its own version still replays identically; the run is untouched.
+    assert!(
+        !flows
+            .replay(id, false, &by())
+            .await
+            .expect("replay")
+            .diverged
+    );
+    assert_eq!(
+        flows.meta(id, &by()).await.expect("meta").status,
+        RunStatus::Completed
+    );
+
+    // Another tenant's caller does not see the run.
+    let stranger = Principal {
+        tenant: "other".into(),
+        roles: vec![baton_types::AccessRole::Client],
+        ..by()
+    };
+    assert!(matches!(
+        flows.replay(id, false, &stranger).await,
+        Err(Error::NotFound(_))
+    ));
+    flows.shutdown().await;
+    rt.shutdown().await;
+}
+
+/// Pending gates, once `n` of them are open.
+async fn pending_gates(rt: &RuntimeHandle, n: usize) -> Vec<baton_runtime::GateRecord> {
+    for _ in 0..1000 {
+        let gates = rt
+            .list_gates(baton_runtime::GateQuery {
+                status: Some(baton_runtime::GateStatus::Pending),
+                ..Default::default()
+            })
+            .await
+            .expect("gates")
+            .gates;
+        if gates.len() >= n {
+            return gates;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("fewer than {n} gates opened");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gate_steps_hold_runs_for_reviewers_across_a_restart_and_take_their_decisions() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = || {
+        FlowBuilder::new("spend")
+            .step(StepBuilder::transform("amount", ".input.amount"))
+            .step(
+                StepBuilder::gate("review", "finance")
+                    .subject("{amount: .steps.amount, vendor: .input.vendor}"),
+            )
+            .step(StepBuilder::transform(
+                "result",
+                "if .steps.review.approved then .steps.review.payload else \"rejected: \" + .steps.review.reason end",
+            ))
+            .build()
+            .expect("flow")
+    };
+    let (edited, rejected) = {
+        let rt = runtime(dir.path()).await;
+        let flows = Flows::start(rt.clone(), config(), vec![flow()])
+            .await
+            .expect("flows");
+        let a = start(&flows, "spend", json!({"amount": 120, "vendor": "ACME"})).await;
+        let b = start(&flows, "spend", json!({"amount": 9000, "vendor": "Evil"})).await;
+        until_status(&flows, a, RunStatus::Waiting).await;
+        until_status(&flows, b, RunStatus::Waiting).await;
+        pending_gates(&rt, 2).await;
+        flows.shutdown().await;
+        rt.shutdown().await;
+        (a, b)
+    };
+    // After a restart the gates are still there, for the step's group,
+    // with the step's subject; no run holds an actor while it waits.
+    let rt = runtime(dir.path()).await;
+    let flows = Flows::start(rt.clone(), config(), vec![flow()])
+        .await
+        .expect("flows");
+    let gates = pending_gates(&rt, 2).await;
+    assert_eq!(gates.len(), 2);
+    let gate_of = |run: RunId| {
+        gates
+            .iter()
+            .find(|g| g.policy == format!("flow:{run}:review"))
+            .unwrap_or_else(|| panic!("no gate of run {run}: {gates:?}"))
+            .clone()
+    };
+    let ga = gate_of(edited);
+    assert_eq!(ga.kind, baton_types::GateKind::Flow);
+    assert_eq!(ga.reviewers, "finance");
+    let subject: Value = serde_json::from_str(&ga.subject).expect("subject");
+    assert_eq!(subject, json!({"amount": 120, "vendor": "ACME"}));
+    assert!(flows.live_runs().await.expect("live").is_empty());
+
+    rt.decide_gate(
+        &ga.gate_id.to_string(),
+        baton_runtime::GateDecision::Edit(json!({"amount": 100, "vendor": "ACME"}).to_string()),
+        "ana".into(),
+        "capped".into(),
+    )
+    .await
+    .expect("edit");
+    rt.decide_gate(
+        &gate_of(rejected).gate_id.to_string(),
+        baton_runtime::GateDecision::Reject,
+        "bo".into(),
+        "too much".into(),
+    )
+    .await
+    .expect("reject");
+    let m = until_status(&flows, edited, RunStatus::Completed).await;
+    assert_eq!(m.output, json!({"amount": 100, "vendor": "ACME"}));
+    let m = until_status(&flows, rejected, RunStatus::Completed).await;
+    assert_eq!(m.output, json!("rejected: too much"));
+    for run in [edited, rejected] {
+        let k = kinds(&flows, run).await;
+        let count = |s: &str| k.iter().filter(|x| *x == s).count();
+        assert_eq!(
+            (count("start:review"), count("done:review")),
+            (1, 1),
+            "{k:?}"
+        );
+    }
+    // Decided once.
+    assert!(
+        rt.decide_gate(
+            &ga.gate_id.to_string(),
+            baton_runtime::GateDecision::Approve,
+            "cy".into(),
+            String::new(),
+        )
+        .await
+        .is_err()
+    );
+
+    // A deadline decides by the step's rule.
+    let lazy = FlowBuilder::new("lazy")
+        .step(
+            StepBuilder::gate("review", "nobody")
+                .timeout_ms(100)
+                .on_timeout("approve"),
+        )
+        .build()
+        .expect("flow");
+    flows.shutdown().await;
+    let flows = Flows::start(rt.clone(), config(), vec![flow(), lazy])
+        .await
+        .expect("flows");
+    let c = start(&flows, "lazy", json!({"x": 1})).await;
+    let m = until_status(&flows, c, RunStatus::Completed).await;
+    assert_eq!(m.output["by_timeout"], true);
+    assert_eq!(m.output["approved"], true);
+    assert_eq!(m.output["payload"]["input"], json!({"x": 1}));
+    flows.shutdown().await;
+    rt.shutdown().await;
+}
+
+#[test]
+fn gate_steps_check_their_fields() {
+    let err = |toml: &str| Flow::from_toml(toml).expect_err("refused").to_string();
+    let base = "name = \"g\"\n[[steps]]\nid = \"r\"\nkind = \"gate\"\n";
+    assert!(err(base).contains("reviewers"), "{}", err(base));
+    let e = err(&format!(
+        "{base}reviewers = \"x\"\non_timeout = \"maybe\"\ntimeout_ms = 5\n"
+    ));
+    assert!(e.contains("on_timeout"), "{e}");
+    let e = err(&format!(
+        "{base}reviewers = \"x\"\non_timeout = \"approve\"\n"
+    ));
+    assert!(e.contains("timeout_ms"), "{e}");
+    Flow::from_toml(&format!("{base}reviewers = \"x\"\nsubject = \".input\"\n")).expect("valid");
 }

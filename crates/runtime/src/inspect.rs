@@ -19,7 +19,8 @@ use crate::supervisor::{SessionNode, SupervisorMsg};
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct ActorNode {
     /// `runtime`, `session_supervisor`, `session`, `model_executor`,
-    /// `tool_executor`, `mcp_server`, `gate_scanner`, `journal_writer`.
+    /// `tool_executor`, `mcp_server`, `gate_scanner`, `journal_writer`;
+    /// a server that serves flows adds `run_supervisor` and its `run`s.
     pub kind: String,
     pub id: String,
     pub name: String,

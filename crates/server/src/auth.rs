@@ -114,6 +114,7 @@ pub const GRPC_ACCESS: &[(&str, Need)] = &[
     ("/baton.v1.Flows/SignalRun", CLIENT_OR_OPERATOR),
     ("/baton.v1.Flows/ResolveRun", OPERATOR),
     ("/baton.v1.Flows/ReloadFlows", ADMIN),
+    ("/baton.v1.Flows/ReplayRun", CLIENT_OR_OPERATOR),
     ("/baton.v1.Admin/CreateKey", ADMIN),
     ("/baton.v1.Admin/ListKeys", ADMIN),
     ("/baton.v1.Admin/RevokeKey", ADMIN),

@@ -307,4 +307,30 @@ impl flows_server::Flows for FlowsService {
             errors: r.errors,
         }))
     }
+
+    async fn replay_run(
+        &self,
+        req: Request<v1::ReplayRunRequest>,
+    ) -> Result<Response<v1::ReplayRunResponse>, Status> {
+        let who = crate::auth::principal(&req)?;
+        let r = req.into_inner();
+        let id = run_id(&r.run_id)?;
+        let report = self
+            .flows
+            .replay(id, r.current_version, &who)
+            .await
+            .map_err(|e| flow_status(&e))?;
+        Ok(Response::new(v1::ReplayRunResponse {
+            version: report.version,
+            compared: report.compared as u32,
+            diverged: report.diverged,
+            divergence: report.divergence,
+            status: report.status,
+            output_json: if report.output.is_null() {
+                String::new()
+            } else {
+                report.output.to_string()
+            },
+        }))
+    }
 }

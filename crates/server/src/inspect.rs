@@ -21,6 +21,8 @@ const MAX_JOURNAL_PAGE: u32 = 1000;
 #[derive(Clone)]
 pub struct InspectService {
     runtime: RuntimeHandle,
+    /// Flows served beside the runtime: their live runs join the actor tree.
+    flows: Option<baton_flows::Flows>,
 }
 
 impl InspectService {
@@ -30,7 +32,16 @@ impl InspectService {
     }
 
     pub fn new(runtime: RuntimeHandle) -> Self {
-        Self { runtime }
+        Self {
+            runtime,
+            flows: None,
+        }
+    }
+
+    /// Show the runs of `flows` in the actor tree.
+    pub fn with_flows(mut self, flows: Option<baton_flows::Flows>) -> Self {
+        self.flows = flows;
+        self
     }
 }
 
@@ -54,6 +65,39 @@ fn journal_page_size(n: u32) -> Result<usize, Status> {
 
 fn to_json<T: serde::Serialize>(what: &str, v: &T) -> Result<String, Status> {
     serde_json::to_string(v).map_err(|e| Status::internal(format!("cannot encode {what}: {e}")))
+}
+
+/// The runs' supervisor and every run actor in memory (a passivated run
+/// has none).
+async fn runs_node(flows: &baton_flows::Flows, uptime_ms: u64) -> Result<ActorNode, Status> {
+    let runs = flows
+        .live_runs()
+        .await
+        .map_err(|e| crate::flows::flow_status(&e))?;
+    let node = |kind: &str, id: String, name: String, status: &str| ActorNode {
+        kind: kind.into(),
+        id,
+        name,
+        status: status.into(),
+        uptime_ms: 0,
+        restarts: 0,
+        queue_len: None,
+        detail: Default::default(),
+        children: Vec::new(),
+    };
+    let mut sup = node("run_supervisor", "runs".into(), "flows".into(), "running");
+    sup.uptime_ms = uptime_ms;
+    sup.queue_len = Some(runs.len() as u64);
+    sup.detail
+        .insert("flows".into(), flows.list_flows().len().to_string());
+    for r in runs {
+        let mut n = node("run", r.actor_id, r.run.to_string(), r.status);
+        n.uptime_ms = r.uptime_ms;
+        n.restarts = r.restarts;
+        n.queue_len = Some(r.held_messages as u64);
+        sup.children.push(n);
+    }
+    Ok(sup)
 }
 
 /// An actor node and its subtree as an API message.
@@ -91,7 +135,10 @@ impl Inspect for InspectService {
         &self,
         _req: Request<v1::ListActorsRequest>,
     ) -> Result<Response<v1::ListActorsResponse>, Status> {
-        let root = self.runtime.actor_tree().await.map_err(|e| status(&e))?;
+        let mut root = self.runtime.actor_tree().await.map_err(|e| status(&e))?;
+        if let Some(flows) = &self.flows {
+            root.children.push(runs_node(flows, root.uptime_ms).await?);
+        }
         Ok(Response::new(v1::ListActorsResponse {
             root: Some(actor_to_proto(&root)),
         }))

@@ -62,6 +62,7 @@ pub async fn serve_with(
     health.set_serving::<GatesServer<GatesService>>().await;
     health.set_serving::<InspectServer<InspectService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
+    let flows_for_inspect = flows.clone();
     let flows = flows.map(|f| {
         FlowsServer::new(FlowsService::new(f)).max_decoding_message_size(section.max_request_bytes)
     });
@@ -85,8 +86,9 @@ pub async fn serve_with(
         shutdown.await;
         let _ = stopping_tx.send(true);
     };
-    let inspect = InspectServer::new(InspectService::new(runtime.clone()))
-        .max_decoding_message_size(section.max_request_bytes);
+    let inspect =
+        InspectServer::new(InspectService::new(runtime.clone()).with_flows(flows_for_inspect))
+            .max_decoding_message_size(section.max_request_bytes);
     let admin = AdminServer::new(AdminService::new(runtime.clone()))
         .max_decoding_message_size(section.max_request_bytes);
     let gates = GatesServer::new(GatesService::with_shutdown(runtime, stopping))

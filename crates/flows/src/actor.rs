@@ -322,6 +322,17 @@ impl Actor for RunActor {
                     s.abort();
                 }
                 st.generation += 1;
+                // Steps in flight whose sessions may still hold a turn (a
+                // gate waiting for a reviewer, a model call): cancel them.
+                let in_flight = log.with_memo(|m| m.in_flight.clone()).await;
+                if let Some(exec) = st.exec.clone()
+                    && !in_flight.is_empty()
+                {
+                    let by = by.clone();
+                    tokio::spawn(async move {
+                        cancel_step_sessions(&exec, in_flight, by).await;
+                    });
+                }
                 let r = log
                     .append_with(
                         RunEvent::RunCancelled {
@@ -360,6 +371,28 @@ impl Actor for RunActor {
             s.abort();
         }
         Ok(())
+    }
+}
+
+/// Cancel the turns of the sessions that steps in flight started (keyed
+/// `flow:<run>:<path>:<attempt>`): a cancelled run leaves no gate pending
+/// for a reviewer and no model call running.
+async fn cancel_step_sessions(exec: &Exec, in_flight: HashMap<String, u32>, by: String) {
+    let rt = &exec.deps.rt;
+    let tenant = &exec.ctx.principal.tenant;
+    for (path, attempt) in in_flight {
+        let key = format!("flow:{}:{path}:{attempt}", exec.ctx.run);
+        match rt.session_by_key(tenant, &key).await {
+            Ok(Some(session)) => {
+                if let Err(e) = rt.cancel_by(session, by.clone()).await {
+                    tracing::warn!(run = %exec.ctx.run, %session, error = %e, "cannot cancel a cancelled run's step session");
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                tracing::warn!(run = %exec.ctx.run, error = %e, "cannot look up a cancelled run's step session")
+            }
+        }
     }
 }
 

@@ -1022,6 +1022,41 @@ async fn gate_steps_hold_runs_for_reviewers_across_a_restart_and_take_their_deci
     assert_eq!(m.output["by_timeout"], true);
     assert_eq!(m.output["approved"], true);
     assert_eq!(m.output["payload"]["input"], json!({"x": 1}));
+
+    // Cancelling a run takes its gate off the reviewers' list.
+    let d = start(&flows, "spend", json!({"amount": 1, "vendor": "X"})).await;
+    until_status(&flows, d, RunStatus::Waiting).await;
+    let policy = format!("flow:{d}:review");
+    for _ in 0..1000 {
+        if pending_gates(&rt, 0)
+            .await
+            .iter()
+            .any(|g| g.policy == policy)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    flows.cancel(d, "not needed", &by()).await.expect("cancel");
+    let mut outcome = None;
+    for _ in 0..1000 {
+        let gates = rt
+            .list_gates(baton_runtime::GateQuery {
+                policy: Some(policy.clone()),
+                ..Default::default()
+            })
+            .await
+            .expect("gates")
+            .gates;
+        outcome = gates.first().and_then(|g| g.outcome.clone());
+        if outcome.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let outcome = outcome.expect("the gate was decided by the cancellation");
+    assert_eq!(outcome.decision, baton_types::Decision::Reject);
+    assert_eq!(outcome.reason, "the turn was cancelled");
     flows.shutdown().await;
     rt.shutdown().await;
 }

@@ -224,13 +224,7 @@ impl RuntimeHandle {
             .idempotency_key
             .clone()
             .filter(|k| !k.is_empty())
-            .map(|k| {
-                if tenant == DEFAULT_TENANT {
-                    k
-                } else {
-                    format!("{tenant}\u{0}{k}")
-                }
-            });
+            .map(|k| scoped_key(tenant, k));
         let started = EventKind::SessionStarted {
             route: route.clone(),
             system_prompt: req.system_prompt.clone(),
@@ -715,8 +709,17 @@ impl RuntimeHandle {
         self.cancel_by(id, embedded()).await
     }
 
-    /// [`Self::cancel`] by principal `by`.
-    pub(crate) async fn cancel_by(&self, id: SessionId, by: String) -> Result<Option<u64>> {
+    /// The session an idempotency key created in `tenant`, if any.
+    pub async fn session_by_key(&self, tenant: &str, key: &str) -> Result<Option<SessionId>> {
+        Ok(self
+            .shared()
+            .store
+            .find_idempotency(scoped_key(tenant, key.to_string()))
+            .await?)
+    }
+
+    /// [`Self::cancel`] by principal `by` (its label, recorded and audited).
+    pub async fn cancel_by(&self, id: SessionId, by: String) -> Result<Option<u64>> {
         let who = by.clone();
         let r = self
             .ask(id, |reply| SessionMsg::Cancel { by: who, reply })
@@ -769,4 +772,14 @@ impl RuntimeHandle {
 /// [`RuntimeHandle`] methods.
 pub(crate) fn embedded() -> String {
     Principal::embedded().label()
+}
+
+/// An idempotency key as stored: scoped to its tenant (the default
+/// tenant's keys are stored as given).
+fn scoped_key(tenant: &str, key: String) -> String {
+    if tenant == DEFAULT_TENANT {
+        key
+    } else {
+        format!("{tenant}\u{0}{key}")
+    }
 }

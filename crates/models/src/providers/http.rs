@@ -67,10 +67,13 @@ impl Timeouts {
     }
 }
 
-/// An http client with the endpoint's connect timeout.
+/// An http client with the endpoint's connect timeout. It follows no
+/// redirect: a redirected request would carry the endpoint's key to
+/// whatever host the answer names; a 3xx is a provider error instead.
 pub(crate) fn client(cfg: &EndpointConfig, timeouts: Timeouts) -> Result<reqwest::Client> {
     reqwest::Client::builder()
         .connect_timeout(timeouts.connect)
+        .redirect(reqwest::redirect::Policy::none())
         .build()
         .map_err(|e| cfg.invalid("base_url", format!("cannot build http client: {e}")))
 }
@@ -124,7 +127,12 @@ pub(crate) fn transport_error(
     timeouts: Timeouts,
     context: &str,
 ) -> ProviderError {
-    let chain = error_chain(e);
+    let mut chain = error_chain(e);
+    if let Some(url) = e.url() {
+        // Errors are logged, journaled and shown to clients: never with
+        // the URL's credentials or query (some providers take keys there).
+        chain = chain.replace(url.as_str(), &redacted_url(url));
+    }
     if e.is_connect() {
         let message = if e.is_timeout() {
             format!(
@@ -142,6 +150,16 @@ pub(crate) fn transport_error(
         ProviderErrorKind::Connection
     };
     ProviderError::new(kind, format!("{context}: {chain}"))
+}
+
+/// `url` without user info, query or fragment.
+pub(crate) fn redacted_url(url: &reqwest::Url) -> String {
+    let mut u = url.clone();
+    let _ = u.set_username("");
+    let _ = u.set_password(None);
+    u.set_query(None);
+    u.set_fragment(None);
+    u.to_string()
 }
 
 /// A sampling parameter as the JSON number a person would write: an `f32`
@@ -472,6 +490,69 @@ impl SseReader {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 pub(crate) mod tests {
     use super::*;
+
+    fn endpoint() -> EndpointConfig {
+        EndpointConfig::new("e", crate::ProviderKind::Openai)
+    }
+
+    #[tokio::test]
+    async fn transport_errors_name_no_credentials_or_query() {
+        let cfg = endpoint();
+        let t = Timeouts::from_config(&cfg);
+        // A closed port on loopback: the connect is refused.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        drop(listener);
+        let url = format!("http://user:pa55@127.0.0.1:{port}/v1/chat?key=s3cret#frag");
+        let e = client(&cfg, t).unwrap().get(&url).send().await.unwrap_err();
+        let err = transport_error(&e, t, "sending request");
+        let text = err.to_string();
+        assert!(!text.contains("pa55") && !text.contains("s3cret"), "{text}");
+        assert!(
+            text.contains(&format!("127.0.0.1:{port}/v1/chat")),
+            "{text}"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_client_follows_no_redirect() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // Where a redirect would send the request (and its key): counts
+        // the connections it gets.
+        let elsewhere = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = elsewhere.local_addr().unwrap();
+        let hits = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let h = hits.clone();
+        tokio::spawn(async move {
+            while let Ok((_s, _)) = elsewhere.accept().await {
+                h.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            }
+        });
+        let upstream = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = upstream.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = upstream.accept().await {
+                let mut buf = [0u8; 4096];
+                let _ = s.read(&mut buf).await;
+                let answer = format!(
+                    "HTTP/1.1 307 Temporary Redirect\r\nlocation: http://{target}/v1/chat/completions\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+                );
+                let _ = s.write_all(answer.as_bytes()).await;
+            }
+        });
+        let cfg = endpoint();
+        let resp = client(&cfg, Timeouts::from_config(&cfg))
+            .unwrap()
+            .post(format!("http://{addr}/v1/chat/completions"))
+            .header("authorization", "Bearer sk-secret")
+            .body("{}")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 307);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert_eq!(hits.load(std::sync::atomic::Ordering::SeqCst), 0);
+    }
 
     /// A body fed by hand: send chunks (or errors) through the sender;
     /// dropping it ends the body.

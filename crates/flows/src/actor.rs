@@ -374,14 +374,14 @@ impl Actor for RunActor {
     }
 }
 
-/// Cancel the turns of the sessions that steps in flight started (keyed
-/// `flow:<run>:<path>:<attempt>`): a cancelled run leaves no gate pending
+/// Cancel the turns of the sessions that steps in flight started (found
+/// by their keys, [`crate::effects::step_session_key`]): a cancelled run leaves no gate pending
 /// for a reviewer and no model call running.
 async fn cancel_step_sessions(exec: &Exec, in_flight: HashMap<String, u32>, by: String) {
     let rt = &exec.deps.rt;
     let tenant = &exec.ctx.principal.tenant;
     for (path, attempt) in in_flight {
-        let key = format!("flow:{}:{path}:{attempt}", exec.ctx.run);
+        let key = crate::effects::step_session_key(exec.ctx.run, &path, attempt);
         match rt.session_by_key(tenant, &key).await {
             Ok(Some(session)) => {
                 if let Err(e) = rt.cancel_by(session, by.clone()).await {

@@ -219,6 +219,37 @@ pub fn gate_policy(run: crate::record::RunId, path: &str) -> String {
     format!("flow:{run}:{path}")
 }
 
+/// The run a flow gate's policy name ([`gate_policy`]) belongs to.
+pub fn gate_run(policy: &str) -> Option<crate::record::RunId> {
+    policy
+        .strip_prefix("flow:")?
+        .split(':')
+        .next()?
+        .parse()
+        .ok()
+}
+
+/// The idempotency key of the session a step's attempt runs in (`model`,
+/// `agent`, `gate`): after a crash the step finds its session by it, and a
+/// cancelled run finds the sessions to cancel.
+pub fn step_session_key(run: crate::record::RunId, path: &str, attempt: u32) -> String {
+    format!("flow:{run}:{path}:{attempt}")
+}
+
+/// What every step session starts with: its key, and metadata naming the
+/// flow, the run and the step.
+fn step_session(ctx: &RunCtx, path: &str, attempt: u32) -> StartSession {
+    let mut metadata = BTreeMap::new();
+    metadata.insert("flow".to_string(), ctx.flow.name.clone());
+    metadata.insert("flow_run".to_string(), ctx.run.to_string());
+    metadata.insert("flow_step".to_string(), path.to_string());
+    StartSession {
+        idempotency_key: Some(step_session_key(ctx.run, path, attempt)),
+        metadata,
+        ..StartSession::default()
+    }
+}
+
 /// A `gate` step: a hold session of the runtime (started with an
 /// idempotency key of the run, step and attempt) whose one turn is a gate
 /// on the subject; the step's output is the decision once there is one.
@@ -232,13 +263,7 @@ async fn gate(
 ) -> Result<Outcome, String> {
     let caller = deps.rt.as_caller(ctx.principal.clone());
     let subject = input.get("subject").cloned().unwrap_or(Value::Null);
-    let mut metadata = BTreeMap::new();
-    metadata.insert("flow".to_string(), ctx.flow.name.clone());
-    metadata.insert("flow_run".to_string(), ctx.run.to_string());
-    metadata.insert("flow_step".to_string(), path.to_string());
     let req = StartSession {
-        idempotency_key: Some(format!("flow:{}:{path}:{attempt}", ctx.run)),
-        metadata,
         one_shot: true,
         hold: Some(baton_runtime::HoldTerms {
             policy: gate_policy(ctx.run, path),
@@ -250,7 +275,7 @@ async fn gate(
             timeout_ms: g.timeout_ms,
             on_timeout: g.on_timeout,
         }),
-        ..StartSession::default()
+        ..step_session(ctx, path, attempt)
     };
     let info = caller.start_session(req).await.map_err(|e| e.to_string())?;
     let view = caller.get(info.id).await.map_err(|e| e.to_string())?;
@@ -313,15 +338,9 @@ async fn model(
     let caller = deps.rt.as_caller(ctx.principal.clone());
     let text = |k: &str| input.get(k).and_then(Value::as_str).map(str::to_string);
     let prompt = text("prompt").unwrap_or_default();
-    let mut metadata = BTreeMap::new();
-    metadata.insert("flow".to_string(), ctx.flow.name.clone());
-    metadata.insert("flow_run".to_string(), ctx.run.to_string());
-    metadata.insert("flow_step".to_string(), path.to_string());
     let req = StartSession {
-        idempotency_key: Some(format!("flow:{}:{path}:{attempt}", ctx.run)),
         system_prompt: text("system").unwrap_or_default(),
         route: text("route").filter(|r| !r.is_empty()),
-        metadata,
         allowed_tools: if agent { m.tools.clone() } else { Vec::new() },
         max_steps: m.max_steps,
         one_shot: !agent,
@@ -329,7 +348,7 @@ async fn model(
             json_schema: m.json_schema.as_ref().map(|(v, _)| v.to_string()),
             ..Generation::default()
         },
-        ..StartSession::default()
+        ..step_session(ctx, path, attempt)
     };
     let info = caller.start_session(req).await.map_err(|e| e.to_string())?;
     let view = caller.get(info.id).await.map_err(|e| e.to_string())?;

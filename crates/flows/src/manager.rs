@@ -495,6 +495,17 @@ impl Flows {
         by: &Principal,
     ) -> Result<Vec<RunRecord>> {
         self.meta(id, by).await?;
+        self.read_journal(id, after_seq, limit).await
+    }
+
+    /// Journal records of a run after `after_seq`, unchecked: the caller
+    /// has checked the run is the principal's.
+    async fn read_journal(
+        &self,
+        id: RunId,
+        after_seq: u64,
+        limit: usize,
+    ) -> Result<Vec<RunRecord>> {
         self.inner
             .deps
             .store
@@ -509,15 +520,27 @@ impl Flows {
     /// with `current` over the flow's current version.
     pub async fn replay(&self, id: RunId, current: bool, by: &Principal) -> Result<ReplayReport> {
         let meta = self.meta(id, by).await?;
-        let mut journal = Vec::new();
+        let mut journal: Vec<RunRecord> = Vec::new();
         loop {
-            let after = journal.last().map_or(0, |r: &RunRecord| r.seq);
-            let page = self.journal(id, after, 1024, by).await?;
+            let after = journal.last().map_or(0, |r| r.seq);
+            let page = self.read_journal(id, after, 1024).await?;
             if page.is_empty() {
                 break;
             }
             journal.extend(page);
         }
+        let Some(RunEvent::RunStarted {
+            flow,
+            version,
+            definition,
+            principal,
+            ..
+        }) = journal.first().map(|r| &r.event)
+        else {
+            return Err(Error::Internal(format!(
+                "run {id} has no run_started record"
+            )));
+        };
         let flow = if current {
             self.inner.catalog.get(&meta.flow).ok_or_else(|| {
                 Error::FailedPrecondition(format!(
@@ -526,20 +549,10 @@ impl Flows {
                 ))
             })?
         } else {
-            let Some(RunEvent::RunStarted {
-                flow,
-                version,
-                definition,
-                ..
-            }) = journal.first().map(|r| &r.event)
-            else {
-                return Err(Error::Internal(format!(
-                    "run {id} has no run_started record"
-                )));
-            };
             self.inner.deps.flow_of(flow, version, definition)?
         };
-        Ok(crate::replay::replay(self.inner.deps.clone(), flow, meta, &journal).await)
+        let principal = principal.clone();
+        Ok(crate::replay::replay(self.inner.deps.clone(), flow, meta, principal, &journal).await)
     }
 
     /// A page of the caller's tenant's runs, oldest first.
@@ -781,12 +794,7 @@ async fn wake_on_gate_decisions(
     loop {
         match gates.recv().await {
             Ok(g) if g.outcome.is_some() && g.kind == baton_types::GateKind::Flow => {
-                let run = g
-                    .policy
-                    .strip_prefix("flow:")
-                    .and_then(|rest| rest.split(':').next())
-                    .and_then(|id| id.parse::<RunId>().ok());
-                if let Some(run) = run
+                if let Some(run) = crate::effects::gate_run(&g.policy)
                     && sup.cast(SupMsg::Activate(run)).is_err()
                 {
                     return;

@@ -12,6 +12,7 @@
 
 use std::sync::Arc;
 
+use baton_types::Principal;
 use serde_json::Value;
 
 use crate::def::Flow;
@@ -39,11 +40,13 @@ pub struct ReplayReport {
 }
 
 /// Replay the run whose record is `meta` and whose journal is `journal`
-/// (in seq order), over `flow`.
+/// (in seq order, its `run_started` first, which `principal` is from),
+/// over `flow`.
 pub async fn replay(
     deps: Arc<Deps>,
     flow: Arc<Flow>,
     meta: RunMeta,
+    principal: Principal,
     journal: &[RunRecord],
 ) -> ReplayReport {
     let mut recording = Memo::default();
@@ -54,29 +57,12 @@ pub async fn replay(
             order.push(path.clone());
         }
     }
-    let Some(started) = recording.started.clone() else {
-        return ReplayReport {
-            version: flow.version.clone(),
-            compared: 0,
-            diverged: true,
-            divergence: "the recording has no run_started record".into(),
-            status: "stopped".into(),
-            output: Value::Null,
-        };
-    };
-    let RunEvent::RunStarted { principal, .. } = &started else {
-        return ReplayReport {
-            version: flow.version.clone(),
-            compared: 0,
-            diverged: true,
-            divergence: "the recording's first record is not run_started".into(),
-            status: "stopped".into(),
-            output: Value::Null,
-        };
-    };
-    let principal = principal.clone();
+    let recording = Arc::new(recording);
+    // The replay starts from the recorded input and nothing done.
     let mut scratch = Memo::default();
-    scratch.apply(1, &started);
+    if let Some(started) = &recording.started {
+        scratch.apply(1, started);
+    }
     let exec = Exec {
         deps,
         ctx: RunCtx {
@@ -85,7 +71,7 @@ pub async fn replay(
             flow: flow.clone(),
         },
         log: Arc::new(RunLog::scratch(meta.clone(), scratch)),
-        replay: Some(Arc::new(recording.clone())),
+        replay: Some(recording.clone()),
     };
     let outcome = exec.pass().await;
     let replayed = exec.log.memo().await;

@@ -35,7 +35,8 @@ pub struct ActorNode {
 }
 
 impl ActorNode {
-    fn new(kind: &str, id: impl Into<String>, name: impl Into<String>, status: &str) -> Self {
+    /// A node with no children, details or counters yet.
+    pub fn new(kind: &str, id: impl Into<String>, name: impl Into<String>, status: &str) -> Self {
         Self {
             kind: kind.into(),
             id: id.into(),

@@ -74,24 +74,13 @@ async fn runs_node(flows: &baton_flows::Flows, uptime_ms: u64) -> Result<ActorNo
         .live_runs()
         .await
         .map_err(|e| crate::flows::flow_status(&e))?;
-    let node = |kind: &str, id: String, name: String, status: &str| ActorNode {
-        kind: kind.into(),
-        id,
-        name,
-        status: status.into(),
-        uptime_ms: 0,
-        restarts: 0,
-        queue_len: None,
-        detail: Default::default(),
-        children: Vec::new(),
-    };
-    let mut sup = node("run_supervisor", "runs".into(), "flows".into(), "running");
+    let mut sup = ActorNode::new("run_supervisor", "runs", "flows", "running");
     sup.uptime_ms = uptime_ms;
     sup.queue_len = Some(runs.len() as u64);
     sup.detail
         .insert("flows".into(), flows.list_flows().len().to_string());
     for r in runs {
-        let mut n = node("run", r.actor_id, r.run.to_string(), r.status);
+        let mut n = ActorNode::new("run", r.actor_id, r.run.to_string(), r.status);
         n.uptime_ms = r.uptime_ms;
         n.restarts = r.restarts;
         n.queue_len = Some(r.held_messages as u64);

@@ -9,6 +9,7 @@
 //! command = "notes-mcp"
 //! args = ["--dir", "/var/notes"]
 //! env = { NOTES_TOKEN = "..." }  # values are secrets: never logged
+//! pass_env = ["HOME"]            # names passed through from Baton's environment
 //! cwd = "/var/notes"
 //! timeout_ms = 30000             # per tool call
 //! idempotent_tools = ["search"]
@@ -55,8 +56,12 @@ pub enum McpTransport {
     Stdio {
         command: String,
         args: Vec<String>,
-        /// Extra environment for the child. Values are secrets.
+        /// The child's environment besides `pass_env`. Values are secrets.
         env: BTreeMap<String, SecretString>,
+        /// Names of Baton's own environment variables the child also gets.
+        /// The child starts from an empty environment: nothing else of
+        /// Baton's (provider keys included) reaches it.
+        pass_env: Vec<String>,
         cwd: Option<PathBuf>,
     },
     /// Streamable HTTP at `url`.
@@ -71,12 +76,14 @@ impl fmt::Debug for McpTransport {
                 command,
                 args,
                 env,
+                pass_env,
                 cwd,
             } => f
                 .debug_struct("Stdio")
                 .field("command", command)
                 .field("args", args)
                 .field("env", &env.keys().collect::<Vec<_>>())
+                .field("pass_env", pass_env)
                 .field("cwd", cwd)
                 .finish(),
             McpTransport::Http { url } => f.debug_struct("Http").field("url", url).finish(),
@@ -122,6 +129,7 @@ impl McpServerConfig {
                 command: command.into(),
                 args,
                 env: BTreeMap::new(),
+                pass_env: Vec::new(),
                 cwd: None,
             },
         )
@@ -171,14 +179,26 @@ impl McpServerConfig {
             ));
         }
         match &self.transport {
-            McpTransport::Stdio { command, env, .. } => {
+            McpTransport::Stdio {
+                command,
+                env,
+                pass_env,
+                ..
+            } => {
                 if command.trim().is_empty() {
                     return Err(invalid("command", "must not be empty"));
                 }
-                if env.keys().any(|k| k.is_empty() || k.contains('=')) {
+                let bad_name = |k: &String| k.is_empty() || k.contains('=') || k.contains('\0');
+                if env.keys().any(bad_name) {
                     return Err(invalid(
                         "env",
-                        "variable names must be non-empty and contain no '='",
+                        "variable names must be non-empty and contain no '=' or NUL",
+                    ));
+                }
+                if pass_env.iter().any(bad_name) {
+                    return Err(invalid(
+                        "pass_env",
+                        "variable names must be non-empty and contain no '=' or NUL",
                     ));
                 }
             }
@@ -230,6 +250,7 @@ struct RawMcpServerConfig {
     command: Option<String>,
     args: Option<Vec<String>>,
     env: Option<BTreeMap<String, SecretString>>,
+    pass_env: Option<Vec<String>>,
     cwd: Option<PathBuf>,
     url: Option<String>,
     #[serde(default = "default_timeout_ms")]
@@ -272,6 +293,7 @@ impl TryFrom<RawMcpServerConfig> for McpServerConfig {
                     command,
                     args: raw.args.unwrap_or_default(),
                     env: raw.env.unwrap_or_default(),
+                    pass_env: raw.pass_env.unwrap_or_default(),
                     cwd: raw.cwd,
                 }
             }
@@ -280,6 +302,7 @@ impl TryFrom<RawMcpServerConfig> for McpServerConfig {
                     ("command", raw.command.is_some()),
                     ("args", raw.args.is_some()),
                     ("env", raw.env.is_some()),
+                    ("pass_env", raw.pass_env.is_some()),
                     ("cwd", raw.cwd.is_some()),
                 ] {
                     if present {

@@ -288,6 +288,38 @@ impl ChildGuard {
     }
 }
 
+/// The program to start for `command`: a bare name is looked up on Baton's
+/// own PATH (the child's environment may have none); a path, or a name not
+/// found, is used as given and fails at spawn with the OS's reason.
+fn resolve_program(command: &str) -> std::path::PathBuf {
+    let as_given = std::path::PathBuf::from(command);
+    if command.contains('/') {
+        return as_given;
+    }
+    let Some(path) = std::env::var_os("PATH") else {
+        return as_given;
+    };
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(command))
+        .find(|candidate| is_executable(candidate))
+        .unwrap_or(as_given)
+}
+
+fn is_executable(path: &std::path::Path) -> bool {
+    let Ok(meta) = std::fs::metadata(path) else {
+        return false;
+    };
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        meta.is_file() && meta.permissions().mode() & 0o111 != 0
+    }
+    #[cfg(not(unix))]
+    {
+        meta.is_file()
+    }
+}
+
 fn describe_exit(name: &str, status: ExitStatus) -> String {
     if let Some(code) = status.code() {
         return format!("mcp server {name} exited with status {code}");
@@ -430,10 +462,21 @@ impl Supervisor {
                 command,
                 args,
                 env,
+                pass_env,
                 cwd,
             } => {
-                let mut cmd = Command::new(command);
+                // The child starts from an empty environment: only the named
+                // variables of Baton's own and the configured ones reach it,
+                // so no provider key leaks into a tool server. The program is
+                // still found on Baton's PATH.
+                let mut cmd = Command::new(resolve_program(command));
                 cmd.args(args)
+                    .env_clear()
+                    .envs(
+                        pass_env
+                            .iter()
+                            .filter_map(|k| std::env::var_os(k).map(|v| (k, v))),
+                    )
                     .envs(env.iter().map(|(k, v)| (k, v.expose_secret())))
                     .stdin(Stdio::piped())
                     .stdout(Stdio::piped())
@@ -491,7 +534,9 @@ impl Supervisor {
                         tools_changed,
                     }),
                     Ok(Err(error)) => Err(format!(
-                        "mcp server {name} at {url} failed to initialize: {error}"
+                        "mcp server {name} at {} failed to initialize: {}",
+                        baton_types::redact_url(url),
+                        baton_types::redact_url_in(&error.to_string(), url)
                     )),
                     Err(_) => Err(timed_out()),
                 }

@@ -6,16 +6,18 @@
 mod fixture;
 
 use std::{
+    collections::BTreeMap,
     io::Write,
     sync::{Arc, Mutex, OnceLock},
     time::Duration,
 };
 
-use baton_mcp::{Error, McpManager, McpServerConfig, McpServerStatus, RestartConfig};
+use baton_mcp::{Error, McpManager, McpServerConfig, McpServerStatus, McpTransport, RestartConfig};
 use baton_tools::{ToolError, ToolRegistry};
 use rmcp::transport::streamable_http_server::{
     StreamableHttpServerConfig, StreamableHttpService, session::local::LocalSessionManager,
 };
+use secrecy::SecretString;
 use serde_json::{Value, json};
 use tokio_util::sync::CancellationToken;
 
@@ -109,6 +111,7 @@ async fn lists_tools_namespaced_with_schemas_and_idempotency() {
             "fx.add",
             "fx.add_tool",
             "fx.echo",
+            "fx.env",
             "fx.exit",
             "fx.fail",
             "fx.pid",
@@ -128,7 +131,7 @@ async fn lists_tools_namespaced_with_schemas_and_idempotency() {
     assert_eq!(add.timeout, Duration::from_millis(1_234));
 
     let s = status(&manager);
-    assert_eq!((s.name.as_str(), s.tools, s.restarts), ("fx", 7, 0));
+    assert_eq!((s.name.as_str(), s.tools, s.restarts), ("fx", 8, 0));
     assert_eq!(s.last_error, None);
 
     manager.stop().await;
@@ -186,6 +189,47 @@ async fn calls_return_text_structured_content_and_errors() {
     })
     .await;
     manager.stop().await;
+}
+
+/// A stdio server starts from an empty environment: Baton's own variables
+/// (provider keys among them) reach it only when `pass_env` names them.
+#[tokio::test]
+async fn stdio_servers_get_only_the_environment_config_names() {
+    let child_env = |config: McpServerConfig| async move {
+        let name = config.name.clone();
+        let (manager, registry) = start(vec![config]).await;
+        connected(&manager).await;
+        let text = call(&registry, &format!("{name}.env"), json!({}))
+            .await
+            .unwrap();
+        manager.stop().await;
+        serde_json::from_str::<BTreeMap<String, String>>(&text).unwrap()
+    };
+    let parent_path = std::env::var("PATH").expect("the test runs with a PATH");
+
+    let mut bare = fixture("bare");
+    let McpTransport::Stdio { env, .. } = &mut bare.transport else {
+        unreachable!()
+    };
+    env.insert("NOTES_TOKEN".into(), SecretString::from("hunter2"));
+    let seen = child_env(bare).await;
+    assert_eq!(
+        seen,
+        BTreeMap::from([("NOTES_TOKEN".to_owned(), "hunter2".to_owned())]),
+        "only the configured variable, nothing inherited"
+    );
+
+    let mut passing = fixture("passing");
+    let McpTransport::Stdio { pass_env, .. } = &mut passing.transport else {
+        unreachable!()
+    };
+    *pass_env = vec!["PATH".into(), "BATON_TEST_SURELY_UNSET_VARIABLE".into()];
+    let seen = child_env(passing).await;
+    assert_eq!(
+        seen,
+        BTreeMap::from([("PATH".to_owned(), parent_path)]),
+        "a named variable passes through; a named but unset one is skipped"
+    );
 }
 
 #[tokio::test]
@@ -325,7 +369,7 @@ async fn tools_list_changed_updates_the_registry() {
         call(&registry, "fx.extra", json!({})).await.unwrap(),
         "dynamic extra"
     );
-    assert_eq!(status(&manager).tools, 8);
+    assert_eq!(status(&manager).tools, 9);
     manager.stop().await;
 }
 
@@ -407,7 +451,7 @@ async fn streamable_http_server() {
     )])
     .await;
     connected(&manager).await;
-    assert_eq!(status(&manager).tools, 7);
+    assert_eq!(status(&manager).tools, 8);
     let sum: Value = serde_json::from_str(
         &call(&registry, "web.add", json!({"a": 1, "b": 2}))
             .await

@@ -398,24 +398,14 @@ impl EndpointConfig {
                 let Some(url) = &self.base_url else {
                     return Err(self.invalid("base_url", "required for provider openai"));
                 };
-                if !(url.starts_with("http://") || url.starts_with("https://")) {
-                    return Err(self.invalid(
-                        "base_url",
-                        format!("must start with http:// or https://, got {url:?}"),
-                    ));
-                }
+                check_base_url(url).map_err(|reason| self.invalid("base_url", reason))?;
                 if self.model.trim().is_empty() {
                     return Err(self.invalid("model", "required for provider openai"));
                 }
             }
             ProviderKind::Anthropic => {
-                if let Some(url) = &self.base_url
-                    && !(url.starts_with("http://") || url.starts_with("https://"))
-                {
-                    return Err(self.invalid(
-                        "base_url",
-                        format!("must start with http:// or https://, got {url:?}"),
-                    ));
+                if let Some(url) = &self.base_url {
+                    check_base_url(url).map_err(|reason| self.invalid("base_url", reason))?;
                 }
                 if self.model.trim().is_empty() {
                     return Err(self.invalid("model", "required for provider anthropic"));
@@ -517,6 +507,20 @@ pub fn echo_default() -> EndpointConfig {
     EndpointConfig::new("echo", ProviderKind::Echo)
 }
 
+/// A base URL a provider can be sent to: http(s) and parseable. The value is
+/// named in the reason only without user info or query (it may hold a key).
+fn check_base_url(url: &str) -> std::result::Result<(), String> {
+    let shown = baton_types::redact_url(url);
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(format!(
+            "must start with http:// or https://, got {shown:?}"
+        ));
+    }
+    reqwest::Url::parse(url)
+        .map(drop)
+        .map_err(|e| format!("{shown:?} is not a valid URL: {e}"))
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
@@ -594,6 +598,16 @@ mod tests {
                 .to_string()
                 .starts_with("base_url:")
         );
+        // A rejected URL is named without its credentials or query.
+        for bad in [
+            "user:s3cret@api.example.com/v1?key=s3cret",
+            "http://user:s3cret@[::1/v1?key=s3cret",
+        ] {
+            cfg.base_url = Some(bad.into());
+            let e = cfg.validate().unwrap_err().to_string();
+            assert!(e.starts_with("base_url:"), "{e}");
+            assert!(!e.contains("s3cret"), "credential echoed: {e}");
+        }
         cfg.base_url = Some("http://127.0.0.1:8080/v1".into());
         assert!(
             cfg.validate()

@@ -174,7 +174,7 @@ pub(crate) fn validate(c: &QualityConfig, route_names: &[String]) -> Result<(), 
             _ => {
                 return Err(ConfigError::new(
                     "quality.webhook",
-                    format!("{url:?} is not an http(s) URL"),
+                    format!("{:?} is not an http(s) URL", baton_types::redact_url(url)),
                 ));
             }
         }

@@ -26,6 +26,7 @@ mod policy;
 mod principal;
 mod routing;
 mod turn;
+mod url;
 mod wire;
 
 pub use error::ErrorCode;
@@ -40,6 +41,7 @@ pub use policy::{PolicyHit, PolicyMatch, PolicyOutcome, PolicyStage, QualityScor
 pub use principal::{AccessRole, AuthMethod, DEFAULT_TENANT, Principal};
 pub use routing::{AttemptFailure, RouteCandidate, RoutingDecision};
 pub use turn::{ModelCallReason, TurnFailureCode};
+pub use url::{redact_url, redact_url_in};
 pub use wire::{UnknownValue, WireEnum};
 
 /// The UTC calendar date `(year, month, day)` of milliseconds since the

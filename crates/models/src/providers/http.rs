@@ -131,7 +131,7 @@ pub(crate) fn transport_error(
     if let Some(url) = e.url() {
         // Errors are logged, journaled and shown to clients: never with
         // the URL's credentials or query (some providers take keys there).
-        chain = chain.replace(url.as_str(), &redacted_url(url));
+        chain = baton_types::redact_url_in(&chain, url.as_str());
     }
     if e.is_connect() {
         let message = if e.is_timeout() {
@@ -150,16 +150,6 @@ pub(crate) fn transport_error(
         ProviderErrorKind::Connection
     };
     ProviderError::new(kind, format!("{context}: {chain}"))
-}
-
-/// `url` without user info, query or fragment.
-pub(crate) fn redacted_url(url: &reqwest::Url) -> String {
-    let mut u = url.clone();
-    let _ = u.set_username("");
-    let _ = u.set_password(None);
-    u.set_query(None);
-    u.set_fragment(None);
-    u.to_string()
 }
 
 /// A sampling parameter as the JSON number a person would write: an `f32`

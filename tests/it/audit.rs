@@ -715,3 +715,151 @@ async fn journal_of(
         after = page.next_after_seq;
     }
 }
+
+/// A size-limited tmpfs mounted for one test (CI runs as root), unmounted
+/// when dropped.
+struct SmallDisk {
+    path: std::path::PathBuf,
+}
+
+impl SmallDisk {
+    fn mount(path: std::path::PathBuf, size: &str) -> SmallDisk {
+        std::fs::create_dir_all(&path).unwrap();
+        let out = std::process::Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(&path)
+            .output()
+            .expect("run mount");
+        assert!(
+            out.status.success(),
+            "this test mounts a size-limited tmpfs and needs root: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        SmallDisk { path }
+    }
+
+    /// Fill the disk to the last byte; the filler file's path.
+    fn fill(&self) -> std::path::PathBuf {
+        use std::io::Write;
+        let filler = self.path.join("filler");
+        let mut f = std::fs::File::create(&filler).unwrap();
+        let chunk = vec![0u8; 4096];
+        while f.write_all(&chunk).is_ok() {}
+        let _ = f.write_all(&[0u8; 1]);
+        filler
+    }
+}
+
+impl Drop for SmallDisk {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.path)
+            .status();
+    }
+}
+
+async fn healthz(server: &BatonProcess) -> (u16, String) {
+    let r = reqwest::get(format!("{}/healthz", server.http_url().unwrap()))
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// The audit directory's disk fills up under a running server with
+/// `audit.on_failure = "block"`: the failure is surfaced (health 503 naming
+/// the cause, metrics), new work is refused with UNAVAILABLE, nothing
+/// journaled goes missing from the trail; once space returns the server
+/// recovers by itself, appends what the trail missed, and serves again —
+/// and after a SIGKILL the chain still verifies with every answer in it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_audit_disk_is_surfaced_blocks_new_work_and_loses_nothing() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path().join("auditfs"), "256k");
+    let data = dir.path().join("data");
+    let toml = format!(
+        "{}\n[audit]\ndir = {:?}\non_failure = \"block\"\n",
+        fake_model_toml(&fake.base_url(), false),
+        disk.path.to_str().unwrap()
+    );
+    let config = write_config(dir.path(), &data, &toml).unwrap();
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    let mut client = server.client().await.unwrap();
+    let id = start(&mut client, "").await;
+    turn(&mut client, &id, "first").await;
+    assert_eq!(healthz(&server).await, (200, "ok".to_owned()));
+
+    // The disk fills; turns go on until their records cannot be written
+    // (the log's last partly used page still takes a few).
+    let filler = disk.fill();
+    let mut texts = vec!["first".to_owned()];
+    let mut health = healthz(&server).await;
+    for i in 0..20 {
+        let text = format!("second-{i}");
+        turn(&mut client, &id, &text).await;
+        texts.push(text);
+        for _ in 0..20 {
+            health = healthz(&server).await;
+            if health.0 == 503 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        if health.0 == 503 {
+            break;
+        }
+    }
+    assert_eq!(health.0, 503, "{health:?}");
+    assert!(health.1.contains("No space left"), "{health:?}");
+    assert_eq!(metric(&server, "baton_audit_failing").await, 1.0);
+    assert!(metric(&server, "baton_audit_write_failures_total").await >= 1.0);
+    let refused = client
+        .start_session(baton::proto::v1::StartSessionRequest::default())
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+    assert!(refused.message().contains("audit trail"), "{refused:?}");
+    let refused = client
+        .send_message(baton::proto::v1::SendMessageRequest {
+            session_id: id.clone(),
+            content: "third".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+
+    // Space returns: the server recovers by itself.
+    std::fs::remove_file(&filler).unwrap();
+    for _ in 0..200 {
+        if health.0 == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        health = healthz(&server).await;
+    }
+    assert_eq!(health, (200, "ok".to_owned()));
+    assert_eq!(metric(&server, "baton_audit_failing").await, 0.0);
+    turn(&mut client, &id, "third").await;
+    texts.push("third".into());
+
+    server.kill9().await.unwrap();
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    server.terminate().await.unwrap();
+    let audit_dir = disk.path.to_str().unwrap();
+    let out = baton(&["audit", "verify", "--dir", audit_dir]);
+    assert!(out.status.success(), "{out:?}");
+    let out = baton(&["audit", "export", "--dir", audit_dir, "--session", &id]);
+    assert!(out.status.success(), "{out:?}");
+    let answers: std::collections::BTreeSet<String> = String::from_utf8(out.stdout)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|r| r["kind"] == "model_call")
+        .filter_map(|r| r["data"]["response"]["content"].as_str().map(str::to_owned))
+        .collect();
+    let expected: std::collections::BTreeSet<String> =
+        texts.iter().map(|t| format!("echo: {t}")).collect();
+    assert_eq!(answers, expected, "every answer is in the trail");
+}

@@ -412,6 +412,9 @@ async fn generation_parameters_reach_the_upstream_and_the_journal() {
     let fd = front_door(true, "").await;
     let schema = json!({"type": "object", "properties": {"city": {"type": "string"}},
                         "required": ["city"], "additionalProperties": false});
+    // An answer in the shape asked for (any other would not be returned).
+    fd.fake
+        .push_reply(ScriptedReply::Text(r#"{"city": "Lyon"}"#.into()));
     let r = fd
         .post(&json!({
             "model": "fake",
@@ -481,6 +484,145 @@ async fn generation_parameters_reach_the_upstream_and_the_journal() {
     let journaled: Value =
         serde_json::from_str(generation.json_schema.as_deref().unwrap()).unwrap();
     assert_eq!(journaled, schema);
+}
+
+/// The events of session `id`'s journal up to the end of its first turn.
+async fn first_turn(baton: &BatonProcess, id: &str) -> Vec<baton::types::SessionEvent> {
+    let mut client = baton.client().await.unwrap();
+    let mut events = client
+        .resume_session(v1::ResumeSessionRequest {
+            session_id: id.into(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    read_until(&mut events, |e| e.ends_turn()).await
+}
+
+/// `response_format: json_schema` holds on a plain fallback route: an
+/// answer that does not match is never returned; each is journaled as a
+/// failed attempt (`schema_violation`) and retried or failed over, the
+/// accepted answer is journaled as validated, and when no endpoint answers
+/// in shape the caller gets an error naming the violation. The journal's
+/// record of it survives a SIGKILL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn structured_output_is_enforced_on_every_route_and_journaled() {
+    let second = FakeOpenAi::start().await.unwrap();
+    second.set_behavior(behavior(0));
+    let fd = front_door(
+        false,
+        &format!(
+            r#"[[models]]
+name = "second"
+provider = "openai"
+base_url = {:?}
+model = "second-model"
+[models.retry]
+max_attempts = 1
+
+[[routes]]
+name = "plain"
+endpoints = ["fake", "second"]
+"#,
+            second.base_url()
+        ),
+    )
+    .await;
+    let schema = json!({"type": "object", "properties": {"city": {"type": "string"}},
+                        "required": ["city"], "additionalProperties": false});
+    let ask = |stream: bool| {
+        json!({
+            "model": "plain",
+            "stream": stream,
+            "messages": [{"role": "user", "content": "where?"}],
+            "response_format": {"type": "json_schema", "json_schema": {"name": "place", "schema": schema}},
+        })
+    };
+
+    // The first endpoint answers prose ("echo: where?") on every attempt;
+    // the second answers in shape.
+    second.push_reply(ScriptedReply::Text(r#"{"city": "Lyon"}"#.into()));
+    let r = fd.post(&ask(false)).await;
+    assert_eq!(r.status(), 200);
+    let id = header(&r, "x-baton-session-id").unwrap();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["choices"][0]["message"]["content"],
+        r#"{"city": "Lyon"}"#
+    );
+    let tries = fd.fake.requests();
+    assert!(tries >= 1);
+    let journal = first_turn(&fd.baton, &id).await;
+    let violations = |journal: &[baton::types::SessionEvent]| {
+        journal
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::AttemptFailed { failure, .. } if failure.kind == "schema_violation" => {
+                    Some((failure.endpoint.clone(), failure.message.clone()))
+                }
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let validated = |journal: &[baton::types::SessionEvent]| {
+        journal
+            .iter()
+            .filter_map(|e| match &e.kind {
+                EventKind::AssistantMessage {
+                    endpoint,
+                    schema_validated,
+                    ..
+                } => Some((endpoint.clone(), *schema_validated)),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let seen = violations(&journal);
+    assert_eq!(
+        seen.len(),
+        tries,
+        "one journaled failure per answer: {seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .all(|(ep, m)| ep == "fake" && m.contains("json_schema: the answer is not valid JSON"))
+    );
+    assert_eq!(validated(&journal), [("second".to_owned(), true)]);
+
+    // Streaming: the stream carries only the validated answer (held until
+    // it is known to match: the first endpoint's prose never streams).
+    second.push_reply(ScriptedReply::Text(r#"{"city": "Nice"}"#.into()));
+    let r = fd.post(&ask(true)).await;
+    assert_eq!(r.status(), 200);
+    let data = sse_data(&r.text().await.unwrap());
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:?}");
+    assert_eq!(content_of(&parse_chunks(&data)), r#"{"city": "Nice"}"#);
+
+    // No endpoint answers in shape: an error naming the violation, both
+    // streaming and not.
+    let (status, err) = error_of(fd.post(&ask(false)).await).await;
+    assert_eq!(status, 502, "{err}");
+    assert_eq!(err["code"], "schema_violation");
+    let message = err["message"].as_str().unwrap();
+    assert!(
+        message.contains("json_schema: the answer is not valid JSON"),
+        "{message}"
+    );
+    let (status, err) = error_of(fd.post(&ask(true)).await).await;
+    assert_eq!(status, 502, "{err}");
+    assert_eq!(err["code"], "schema_violation");
+
+    // The journal's account survives a SIGKILL, and nothing is re-run.
+    let requests = (fd.fake.requests(), second.requests());
+    let config = fd._dir.path().join("baton.toml");
+    fd.baton.kill9().await.unwrap();
+    let baton = BatonProcess::start(bin(), &config).await.unwrap();
+    let journal = first_turn(&baton, &id).await;
+    assert_eq!(violations(&journal), seen);
+    assert_eq!(validated(&journal), [("second".to_owned(), true)]);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!((fd.fake.requests(), second.requests()), requests);
 }
 
 /// A message with an image only goes to an endpoint with the `vision`

@@ -149,6 +149,7 @@ impl AuditLog {
             cursor,
             sync: cfg.sync,
             poisoned: None,
+            unreported: None,
         };
         // Anchor whatever valid tail the last run left unanchored.
         if writer.sync {
@@ -408,6 +409,10 @@ struct Writer {
     /// Set when the log may no longer match `cursor` (a failed fsync or a
     /// failed rollback): every later batch fails with this.
     poisoned: Option<String>,
+    /// The first write failure since the last flush was answered: the next
+    /// flush reports it, so a batch lost between two flushes is never
+    /// confirmed as written.
+    unreported: Option<String>,
 }
 
 impl Writer {
@@ -438,7 +443,7 @@ impl Writer {
                     }
                 };
             }
-            let result = if events.is_empty() {
+            let mut result = if events.is_empty() {
                 self.poisoned.clone().map_or(Ok(()), Err)
             } else {
                 let count = events.len();
@@ -448,11 +453,19 @@ impl Writer {
                         dir = %self.dir.display(),
                         lost = count,
                         error = %msg,
-                        "audit log write failed; events lost"
+                        "audit log write failed; the batch was not written (the next flush reports it)"
                     );
                     msg
                 })
             };
+            if let Err(e) = &result {
+                self.unreported.get_or_insert_with(|| e.clone());
+            }
+            if !flushes.is_empty()
+                && let Some(e) = self.unreported.take()
+            {
+                result = Err(e);
+            }
             for reply in flushes {
                 // The flusher may have stopped waiting.
                 let _ = reply.send(result.clone());

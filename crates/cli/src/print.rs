@@ -204,6 +204,7 @@ pub fn describe(e: &SessionEvent) -> String {
             latency_ms,
             cost_usd,
             attempts,
+            schema_validated,
         } => {
             let cost = cost_usd.map(|c| format!(", ${c:.6}")).unwrap_or_default();
             let tries = if *attempts > 1 {
@@ -211,8 +212,9 @@ pub fn describe(e: &SessionEvent) -> String {
             } else {
                 String::new()
             };
+            let schema = if *schema_validated { ", schema ok" } else { "" };
             let mut s = format!(
-                "turn {turn} assistant [{endpoint}/{model}, {latency_ms} ms, {}→{} tokens{cost}{tries}, {}]: {}",
+                "turn {turn} assistant [{endpoint}/{model}, {latency_ms} ms, {}→{} tokens{cost}{tries}{schema}, {}]: {}",
                 usage.input_tokens,
                 usage.output_tokens,
                 finish_reason.as_str(),

@@ -99,7 +99,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .with_context(|| format!("cannot open the audit log in {}", dir.display()))?;
         tracing::info!(dir = %dir.display(), public_key = %log.public_key_hex(), "audit trail on");
         let sink = baton_server::audit::SignedAudit(log.clone());
-        builder = builder.with_audit(std::sync::Arc::new(sink));
+        builder = builder
+            .with_audit(std::sync::Arc::new(sink))
+            .audit_on_failure(config.audit.on_failure);
         Some(log)
     } else {
         None

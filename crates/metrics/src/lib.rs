@@ -30,6 +30,8 @@
 //! | `baton_journal_append_duration_seconds` | | write request handed to the writer to durable |
 //! | `baton_journal_batch_requests` | | write requests per group commit |
 //! | `baton_journal_fsyncs_total` | | fsyncs made by the writer |
+//! | `baton_audit_write_failures_total` | | failed flushes of the audit trail |
+//! | `baton_audit_failing` | | 1 while the audit trail cannot be written |
 //! | `baton_gates_pending` | | gates waiting for a decision |
 //! | `baton_tool_calls_total` | tool, outcome | tool calls |
 //! | `baton_tool_duration_seconds` | tool | tool call latency |
@@ -94,6 +96,8 @@ pub struct Metrics {
     journal_append: Histogram,
     journal_batch: Histogram,
     fsyncs: Counter,
+    audit_failures: Counter,
+    audit_failing: Gauge,
     gates_pending: Gauge,
     tool_calls: Family<L2, Counter>,
     policy_checks: Family<L2, Counter>,
@@ -146,6 +150,8 @@ impl Metrics {
             journal_append: latency_histogram(),
             journal_batch: size_histogram(),
             fsyncs: Counter::default(),
+            audit_failures: Counter::default(),
+            audit_failing: Gauge::default(),
             gates_pending: Gauge::default(),
             tool_calls: Family::default(),
             policy_checks: Family::default(),
@@ -264,6 +270,16 @@ impl Metrics {
             "journal_fsyncs",
             "fsyncs made by the journal writer",
             m.fsyncs.clone(),
+        );
+        r.register(
+            "audit_write_failures",
+            "Failed flushes of the audit trail",
+            m.audit_failures.clone(),
+        );
+        r.register(
+            "audit_failing",
+            "1 while the audit trail cannot be written",
+            m.audit_failing.clone(),
         );
         r.register(
             "gates_pending",
@@ -495,6 +511,14 @@ impl Metrics {
         if fsynced {
             self.fsyncs.inc();
         }
+    }
+
+    pub fn audit_write_failure(&self) {
+        self.audit_failures.inc();
+    }
+
+    pub fn audit_failing(&self, failing: bool) {
+        self.audit_failing.set(i64::from(failing));
     }
 
     pub fn gates_pending_add(&self, delta: i64) {

@@ -258,6 +258,7 @@ crate::event_codec! {
         OutputDelta => OutputDelta { turn, attempt, text },
         AssistantMessage => AssistantMessage {
             turn, message, usage, endpoint, model, finish_reason, latency_ms, cost_usd, attempts,
+            schema_validated,
         },
         RoutingDecided => RoutingDecided { turn, decision via routing_decision },
         AttemptFailed => AttemptFailed { turn, failure via attempt_failure },
@@ -445,6 +446,7 @@ mod tests {
                 latency_ms: 12,
                 cost_usd: Some(0.001),
                 attempts: 2,
+                schema_validated: true,
             },
             EventKind::RoutingDecided {
                 turn: 1,

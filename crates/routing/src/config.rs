@@ -41,6 +41,29 @@ pub struct RouteConfig {
     /// (`least_latency`).
     #[serde(default = "default_ewma_alpha")]
     pub ewma_alpha: f64,
+    /// What an attempt that timed out waiting for its first token leads to.
+    #[serde(default)]
+    pub first_token_timeout: FirstTokenTimeout,
+    /// Start a second attempt on another candidate when the first has
+    /// produced no output this long; the first with output wins and the
+    /// other is cancelled (both billed and journaled). Not for cascades.
+    #[serde(default)]
+    pub hedge_after_ms: Option<u64>,
+}
+
+/// What a route does when an endpoint accepts a request and sends nothing
+/// within its `first_token_timeout_ms`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FirstTokenTimeout {
+    /// Fail over to the next candidate at once when there is one (a silent
+    /// upstream is seldom cured by asking it again); retry the same endpoint
+    /// only when it is the last candidate standing.
+    #[default]
+    Failover,
+    /// Retry the same endpoint per its `retry` policy first, like any
+    /// transient failure.
+    Retry,
 }
 
 fn default_ewma_alpha() -> f64 {
@@ -61,6 +84,8 @@ impl RouteConfig {
             cascade: CascadeConfig::default(),
             complexity: ComplexityConfig::default(),
             ewma_alpha: default_ewma_alpha(),
+            first_token_timeout: FirstTokenTimeout::default(),
+            hedge_after_ms: None,
         }
     }
 
@@ -111,8 +136,9 @@ pub struct CascadeConfig {
     /// Escalate when the answer's confidence is below this, in `[0, 1]`.
     #[serde(default)]
     pub min_confidence: Option<f64>,
-    /// Escalate unless the answer is JSON valid against this schema; when
-    /// unset, the request's `json_schema` (if any) is used.
+    /// Escalate unless the answer is JSON valid against this schema (a gate
+    /// of the route's own: the request's `json_schema` holds on every route
+    /// and step whether this is set or not).
     #[serde(default)]
     pub json_schema: Option<serde_json::Value>,
     /// A route that grades the answer PASS or FAIL.
@@ -402,6 +428,24 @@ fn validate(
             "budget_usd",
             "must be a non-negative number",
         ));
+    }
+    if let Some(h) = cfg.hedge_after_ms {
+        if h == 0 {
+            return Err(ConfigError::at(
+                index,
+                &name,
+                "hedge_after_ms",
+                "must be greater than 0",
+            ));
+        }
+        if cfg.strategy == Strategy::Cascade {
+            return Err(ConfigError::at(
+                index,
+                &name,
+                "hedge_after_ms",
+                "does not apply to strategy cascade (its steps run one after another)",
+            ));
+        }
     }
     if !(cfg.ewma_alpha > 0.0 && cfg.ewma_alpha <= 1.0) {
         return Err(ConfigError::at(

@@ -18,6 +18,7 @@ impl RouteError {
             RouteErrorKind::InvalidRequest => TurnFailureCode::InvalidRequest,
             RouteErrorKind::Exhausted => TurnFailureCode::ModelError,
             RouteErrorKind::Cancelled => TurnFailureCode::Cancelled,
+            RouteErrorKind::SchemaViolation => TurnFailureCode::SchemaViolation,
         }
     }
 }
@@ -39,6 +40,7 @@ mod tests {
             InvalidRequest,
             Exhausted,
             Cancelled,
+            SchemaViolation,
         ]
         .into_iter()
         .map(|kind| {
@@ -52,7 +54,7 @@ mod tests {
             .failure_code()
         })
         .collect();
-        assert_eq!(codes.len(), 9);
+        assert_eq!(codes.len(), 10);
         assert!(!codes.contains(&TurnFailureCode::Unspecified));
     }
 }

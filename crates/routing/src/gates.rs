@@ -15,6 +15,16 @@ question's instructions, FAIL otherwise.";
 /// output policies of `baton-governance`.
 pub use baton_governance::json::{answer_json, schema_check as schema_gate};
 
+/// A request's `json_schema`, compiled; the error says why it is not a
+/// usable JSON Schema. Checked when a session starts, so a routed call
+/// never meets one it cannot enforce.
+pub fn compile_schema(schema: &serde_json::Value) -> Result<jsonschema::Validator, String> {
+    if !schema.is_object() {
+        return Err("must be a JSON Schema object".into());
+    }
+    jsonschema::validator_for(schema).map_err(|e| format!("is not a valid JSON Schema: {e}"))
+}
+
 /// The answer's confidence: the provider's, else a top-level numeric
 /// `confidence` of a JSON answer (self-reported), with where it came from.
 pub fn confidence_of(resp: &ModelResponse) -> Option<(f64, &'static str)> {

@@ -47,10 +47,10 @@ pub use budget::{
     BudgetLedger, BudgetRejection, BudgetScope, OnSpend, Reservation, ReserveRequest, SessionBudget,
 };
 pub use config::{
-    CascadeConfig, ComplexityConfig, ConfigError, MissingConfidence, RouteConfig, Signal, Strategy,
-    validate_routes,
+    CascadeConfig, ComplexityConfig, ConfigError, FirstTokenTimeout, MissingConfidence,
+    RouteConfig, Signal, Strategy, validate_routes,
 };
-pub use gates::{DEFAULT_EVALUATOR_PROMPT, evaluator_prompt};
+pub use gates::{DEFAULT_EVALUATOR_PROMPT, compile_schema, evaluator_prompt};
 pub use router::{
     AttemptObserver, AttemptSeen, EndpointStats, OwnKeys, RouteCall, RouteError, RouteErrorKind,
     RouteEvent, RouteInfo, Routed, Router,

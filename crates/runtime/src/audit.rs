@@ -22,8 +22,99 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug + 'static {
         data: serde_json::Value,
     );
 
-    /// Resolves once everything recorded before it is durable.
-    fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>>;
+    /// Resolves once everything recorded before it is durable; an error
+    /// (naming the cause: disk full, an I/O error) when some of it may not
+    /// be. The runtime then keeps the journal records it reported since
+    /// the last good flush pending, and appends them again once a flush
+    /// succeeds: nothing journaled goes missing from the trail.
+    fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+}
+
+/// What the runtime does while its audit trail cannot be written
+/// (`[audit] on_failure`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditOnFailure {
+    /// Keep serving; what the trail missed is appended again once it can
+    /// be written (the failure is logged, counted and shown by health).
+    #[default]
+    Continue,
+    /// Fail closed: refuse new sessions and messages (`UNAVAILABLE` naming
+    /// the cause) until the trail is written again. Turns already running
+    /// finish; their records are journaled and appended on recovery.
+    Block,
+}
+
+/// Whether the audit trail keeps up. A failed flush makes it failing until
+/// a later flush succeeds and every record the trail may have missed was
+/// appended again.
+#[derive(Debug, Default)]
+pub(crate) struct AuditHealth {
+    failing: std::sync::Mutex<Option<String>>,
+    pub(crate) on_failure: AuditOnFailure,
+}
+
+impl AuditHealth {
+    pub(crate) fn new(on_failure: AuditOnFailure) -> Self {
+        Self {
+            failing: std::sync::Mutex::new(None),
+            on_failure,
+        }
+    }
+
+    /// Why the trail is failing, while it is.
+    pub(crate) fn failing(&self) -> Option<String> {
+        self.failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    pub(crate) fn fail(&self, reason: String) {
+        baton_metrics::metrics().audit_write_failure();
+        baton_metrics::metrics().audit_failing(true);
+        let mut failing = self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if failing.is_none() {
+            tracing::error!(
+                error = %reason,
+                on_failure = ?self.on_failure,
+                "audit trail write failed: its records stay pending in the journal and are appended again once it can be written"
+            );
+        }
+        *failing = Some(reason);
+    }
+
+    fn clear(&self, reappended: u64) {
+        let was = self
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .take();
+        if was.is_some() {
+            baton_metrics::metrics().audit_failing(false);
+            tracing::warn!(
+                records = reappended,
+                "audit trail writable again; the records it missed were appended again"
+            );
+        }
+    }
+
+    /// `Err(Unavailable)` while the trail fails and `on_failure = block`:
+    /// the check every start of new work makes.
+    pub(crate) fn admit(&self) -> crate::Result<()> {
+        if self.on_failure != AuditOnFailure::Block {
+            return Ok(());
+        }
+        match self.failing() {
+            Some(reason) => Err(crate::Error::Unavailable(format!(
+                "the audit trail cannot be written ({reason}); audit.on_failure = block refuses new work until it can"
+            ))),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Report a durable journal record to the audit trail, if it is one of the
@@ -121,6 +212,7 @@ fn audit_record(e: &baton_types::SessionEvent) -> Option<Record<'_>> {
             latency_ms,
             cost_usd,
             attempts,
+            schema_validated,
         } => (
             "model_call",
             None,
@@ -128,6 +220,7 @@ fn audit_record(e: &baton_types::SessionEvent) -> Option<Record<'_>> {
                 "seq": e.seq, "turn": turn, "endpoint": endpoint, "model": model,
                 "response": message, "usage": usage, "finish_reason": finish_reason,
                 "latency_ms": latency_ms, "cost_usd": cost_usd, "attempts": attempts,
+                "schema_validated": schema_validated,
             }),
         ),
         K::RoutingDecided { turn, decision } => (
@@ -234,16 +327,35 @@ impl AuditCursor {
 }
 
 /// Flush the sink, then record that what was noted is in the audit trail.
+/// A failed flush confirms nothing (the records stay pending) and marks the
+/// trail failing; the next good flush appends every pending record again
+/// before anything is confirmed.
 pub(crate) async fn confirm(
     sink: &dyn AuditSink,
     cursor: &AuditCursor,
     store: &baton_store::Store,
+    health: &AuditHealth,
+    privacy: &crate::privacy::PrivacyConfig,
 ) -> baton_store::Result<()> {
     let noted = cursor.take();
-    if noted.is_empty() {
+    let failing = health.failing().is_some();
+    if noted.is_empty() && !failing {
         return Ok(());
     }
-    sink.flush().await;
+    if let Err(e) = sink.flush().await {
+        health.fail(e);
+        return Ok(());
+    }
+    if failing {
+        // Records handed over since the failure may be missing: the
+        // journal's backlog (everything not confirmed) is appended again.
+        match recover(sink, store, privacy).await {
+            Ok(n) => health.clear(n),
+            Err(RecoverError::Audit(e)) => health.fail(e),
+            Err(RecoverError::Store(e)) => return Err(e),
+        }
+        return Ok(());
+    }
     let mut batch = baton_store::Batch::unsynced();
     for (session, seq) in &noted {
         batch.put_audit_done(session, *seq);
@@ -251,15 +363,30 @@ pub(crate) async fn confirm(
     store.write(batch).await
 }
 
-/// At start-up: hand the audit sink every audited journal record that was
-/// durable in the journal but may not have reached the audit trail before a
-/// crash (at-least-once: such records carry `"recovered": true`), then
-/// confirm them. Returns how many records were appended again.
+/// Why the backlog could not be appended again.
+pub(crate) enum RecoverError {
+    /// The store could not be read or written.
+    Store(baton_store::Error),
+    /// The audit trail could not be written: nothing was confirmed.
+    Audit(String),
+}
+
+impl From<baton_store::Error> for RecoverError {
+    fn from(e: baton_store::Error) -> Self {
+        RecoverError::Store(e)
+    }
+}
+
+/// Hand the audit sink every audited journal record that is durable in the
+/// journal but not confirmed in the audit trail — after a crash (at start)
+/// or a failed write (once it can be written again); at-least-once: such
+/// records carry `"recovered": true` — then confirm them. Returns how many
+/// records were appended again.
 pub(crate) async fn recover(
     sink: &dyn AuditSink,
     store: &baton_store::Store,
     privacy: &crate::privacy::PrivacyConfig,
-) -> baton_store::Result<u64> {
+) -> Result<u64, RecoverError> {
     let backlog = store.audit_backlog().await?;
     let mut appended = 0;
     let mut batch = baton_store::Batch::unsynced();
@@ -311,7 +438,7 @@ pub(crate) async fn recover(
         }
     }
     if appended > 0 {
-        sink.flush().await;
+        sink.flush().await.map_err(RecoverError::Audit)?;
         tracing::warn!(
             records = appended,
             "audit trail: re-appended journal records a crash may have kept from it"

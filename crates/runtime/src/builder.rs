@@ -9,7 +9,7 @@ use baton_types::SessionStatus;
 use ractor::Actor;
 use tokio::sync::Mutex;
 
-use crate::audit::{self, AuditSink};
+use crate::audit::{self, AuditOnFailure, AuditSink};
 use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 use crate::gates::{self, DataClassifier};
@@ -30,6 +30,7 @@ impl Runtime {
             classifiers: Vec::new(),
             policy_classifiers: Vec::new(),
             audit: None,
+            audit_on_failure: AuditOnFailure::default(),
         }
     }
 }
@@ -42,12 +43,20 @@ pub struct RuntimeBuilder {
     classifiers: Vec<(String, Arc<dyn DataClassifier>)>,
     policy_classifiers: Vec<(String, Arc<dyn baton_governance::Classifier>)>,
     audit: Option<Arc<dyn AuditSink>>,
+    audit_on_failure: AuditOnFailure,
 }
 
 impl RuntimeBuilder {
     /// Report every durable decision and action to `sink` (the audit trail).
     pub fn with_audit(mut self, sink: Arc<dyn AuditSink>) -> Self {
         self.audit = Some(sink);
+        self
+    }
+
+    /// What to do while the audit trail cannot be written (default:
+    /// [`AuditOnFailure::Continue`]); see [`RuntimeHandle::audit_failing`].
+    pub fn audit_on_failure(mut self, on_failure: AuditOnFailure) -> Self {
+        self.audit_on_failure = on_failure;
         self
     }
 
@@ -141,7 +150,7 @@ impl RuntimeBuilder {
             tools,
             gate_policies,
             config,
-            self.audit,
+            (self.audit, self.audit_on_failure),
             crate::shared::Ledgers {
                 keys,
                 tenant_spend,
@@ -162,8 +171,15 @@ impl RuntimeBuilder {
             }),
         };
         if let Some(sink) = &handle.inner.shared.audit {
-            audit::recover(sink.as_ref(), &store, &handle.inner.shared.config.privacy).await?;
-            spawn_audit_confirmer(&handle.inner.shared, handle.inner.stop.clone());
+            let shared = &handle.inner.shared;
+            match audit::recover(sink.as_ref(), &store, &shared.config.privacy).await {
+                Ok(_) => {}
+                Err(audit::RecoverError::Store(e)) => return Err(e.into()),
+                // Retried by the confirmer; serving (or refusing, with
+                // on_failure = block) in the meantime.
+                Err(audit::RecoverError::Audit(e)) => shared.audit_health.fail(e),
+            }
+            spawn_audit_confirmer(shared, handle.inner.stop.clone());
         }
         let unfinished = store.sessions_with_status(SessionStatus::Running).await?;
         if !unfinished.is_empty() {
@@ -290,8 +306,14 @@ fn spawn_audit_confirmer(shared: &Arc<Shared>, stop: tokio_util::sync::Cancellat
                 return;
             };
             if let Some(sink) = &shared.audit
-                && let Err(e) =
-                    audit::confirm(sink.as_ref(), &shared.audit_cursor, &shared.store).await
+                && let Err(e) = audit::confirm(
+                    sink.as_ref(),
+                    &shared.audit_cursor,
+                    &shared.store,
+                    &shared.audit_health,
+                    &shared.config.privacy,
+                )
+                .await
             {
                 tracing::warn!(error = %e, "cannot record the audit cursor");
             }

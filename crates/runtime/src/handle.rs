@@ -185,6 +185,19 @@ impl RuntimeHandle {
         }
     }
 
+    /// Why the audit trail cannot be written, while it cannot (its last
+    /// failed write); `None` when it keeps up or there is none. Health
+    /// checks report it; with [`crate::AuditOnFailure::Block`] new sessions
+    /// and messages are refused meanwhile.
+    pub fn audit_failing(&self) -> Option<String> {
+        self.inner.shared.audit_health.failing()
+    }
+
+    /// What the runtime does while the audit trail cannot be written.
+    pub fn audit_on_failure(&self) -> crate::AuditOnFailure {
+        self.inner.shared.audit_health.on_failure
+    }
+
     /// Supervisor counters (live sessions, restarts, passivations).
     pub async fn stats(&self) -> Result<SupervisorStats> {
         let (tx, rx) = ractor::concurrency::oneshot();
@@ -222,10 +235,16 @@ impl RuntimeHandle {
         if let Some(sink) = &shared.audit {
             let confirmed = tokio::time::timeout(
                 std::time::Duration::from_secs(5),
-                audit::confirm(sink.as_ref(), &shared.audit_cursor, &shared.store),
+                audit::confirm(
+                    sink.as_ref(),
+                    &shared.audit_cursor,
+                    &shared.store,
+                    &shared.audit_health,
+                    &shared.config.privacy,
+                ),
             )
             .await;
-            if !matches!(confirmed, Ok(Ok(()))) {
+            if !matches!(confirmed, Ok(Ok(()))) || shared.audit_health.failing().is_some() {
                 tracing::warn!(
                     "audit trail not confirmed at shutdown; the next start re-appends its last records"
                 );

@@ -262,6 +262,9 @@ async fn the_actor_tree_follows_passivation_and_restarts() {
 #[derive(Debug, Default)]
 struct Sink {
     lose: bool,
+    /// Drops what it gets and fails every flush while set, as a full disk
+    /// would.
+    failing: std::sync::atomic::AtomicBool,
     records: std::sync::Mutex<Vec<(String, Option<SessionId>, serde_json::Value)>>,
 }
 
@@ -273,7 +276,7 @@ impl AuditSink for Sink {
         _actor: Option<&str>,
         data: serde_json::Value,
     ) {
-        if !self.lose {
+        if !self.lose && !self.failing.load(std::sync::atomic::Ordering::SeqCst) {
             self.records
                 .lock()
                 .unwrap()
@@ -281,12 +284,19 @@ impl AuditSink for Sink {
         }
     }
 
-    fn flush(&self) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + '_>> {
+    fn flush(
+        &self,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), String>> + Send + '_>> {
         let lose = self.lose;
+        let failing = self.failing.load(std::sync::atomic::Ordering::SeqCst);
         Box::pin(async move {
             if lose {
                 std::future::pending::<()>().await;
             }
+            if failing {
+                return Err("No space left on device (os error 28)".into());
+            }
+            Ok(())
         })
     }
 }
@@ -363,6 +373,88 @@ async fn audit_records_lost_before_a_crash_are_appended_at_the_next_start() {
             .all(|r| r.1 != Some(s.id)),
         "records appended twice"
     );
+    rt.shutdown().await;
+}
+
+/// A failed audit write confirms nothing: the trail is marked failing,
+/// `on_failure = block` refuses new sessions and messages with UNAVAILABLE
+/// naming the cause, and once it can be written every record it missed
+/// (journaled meanwhile) is appended again before anything is confirmed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_write_failures_lose_nothing_and_block_refuses_new_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(Sink::default());
+    let rt = Runtime::builder(config(dir.path(), 16))
+        .with_audit(sink.clone())
+        .audit_on_failure(AuditOnFailure::Block)
+        .start()
+        .await
+        .unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    run_turn(&rt, s.id, "what is 2 + 3?").await;
+    let calls = |sink: &Sink| -> Vec<serde_json::Value> {
+        sink.records
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|r| r.1 == Some(s.id) && r.0 == "model_call")
+            .map(|r| r.2.clone())
+            .collect()
+    };
+    let eventually = |what: &'static str, check: Box<dyn Fn() -> bool + Send>| async move {
+        for _ in 0..200 {
+            if check() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("{what} within 10 s");
+    };
+    eventually("the first turn confirmed", {
+        let (sink, rt) = (sink.clone(), rt.clone());
+        Box::new(move || sink.records.lock().unwrap().len() > 3 && rt.audit_failing().is_none())
+    })
+    .await;
+    assert_eq!(calls(&sink).len(), 2);
+
+    // The disk fills: the second turn's records never reach the trail.
+    sink.failing
+        .store(true, std::sync::atomic::Ordering::SeqCst);
+    run_turn(&rt, s.id, "and times 4?").await;
+    eventually("the failure noticed", {
+        let rt = rt.clone();
+        Box::new(move || rt.audit_failing().is_some())
+    })
+    .await;
+    assert!(rt.audit_failing().unwrap().contains("No space left"));
+    assert_eq!(calls(&sink).len(), 2, "nothing written while failing");
+    match rt.start_session(StartSession::default()).await {
+        Err(Error::Unavailable(m)) => assert!(m.contains("audit trail"), "{m}"),
+        other => panic!("expected UNAVAILABLE, got {other:?}"),
+    }
+    match rt.send(s.id, "more".into()).await {
+        Err(Error::Unavailable(m)) => assert!(m.contains("No space left"), "{m}"),
+        Err(e) => panic!("expected UNAVAILABLE, got {e:?}"),
+        Ok(_) => panic!("expected UNAVAILABLE, got a turn"),
+    }
+
+    // Space returns: what was missed is appended again, marked recovered.
+    sink.failing
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    eventually("the trail recovered", {
+        let rt = rt.clone();
+        Box::new(move || rt.audit_failing().is_none())
+    })
+    .await;
+    let recovered: Vec<_> = calls(&sink)
+        .into_iter()
+        .filter(|d| d["recovered"] == true)
+        .collect();
+    assert!(
+        recovered.iter().any(|d| d["turn"] == 2),
+        "the second turn's answers were appended again: {recovered:?}"
+    );
+    run_turn(&rt, s.id, "thanks").await;
     rt.shutdown().await;
 }
 

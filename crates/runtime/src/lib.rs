@@ -58,7 +58,7 @@ mod supervisor;
 
 pub use access::{Caller, LimitsConfig, TenantConfig};
 pub use apikeys::ApiKeyRecord;
-pub use audit::AuditSink;
+pub use audit::{AuditOnFailure, AuditSink};
 pub use baton_governance::{BoxFuture, Classifier as PolicyClassifier};
 pub use baton_store::{Durability, WriterStatsSnapshot};
 pub use builder::{Runtime, RuntimeBuilder};

@@ -209,6 +209,7 @@ impl RuntimeHandle {
         by: &str,
     ) -> Result<SessionInfo> {
         let shared = self.shared();
+        shared.audit_health.admit()?;
         let route = match req.route.as_deref() {
             None | Some("") => shared.config.sessions.default_route.clone(),
             Some(r) => r.to_string(),
@@ -497,11 +498,10 @@ impl RuntimeHandle {
         })?;
         if let Some(schema) = &g.json_schema {
             match serde_json::from_str::<serde_json::Value>(schema) {
-                Ok(v) if v.is_object() => {}
-                Ok(_) => {
-                    return Err(Error::InvalidArgument(
-                        "generation.json_schema: must be a JSON Schema object".into(),
-                    ));
+                Ok(v) => {
+                    baton_routing::compile_schema(&v).map_err(|e| {
+                        Error::InvalidArgument(format!("generation.json_schema: {e}"))
+                    })?;
                 }
                 Err(e) => {
                     return Err(Error::InvalidArgument(format!(
@@ -630,6 +630,7 @@ impl RuntimeHandle {
         review: bool,
         by: String,
     ) -> Result<EventStream> {
+        self.shared().audit_health.admit()?;
         let limits = &self.shared().config.sessions;
         match message.role {
             Role::User => {

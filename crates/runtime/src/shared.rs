@@ -8,7 +8,7 @@ use baton_store::Store;
 use baton_tools::{ToolExecutor, ToolRegistry};
 use baton_types::{GateRecord, SessionId};
 
-use crate::audit::{AuditCursor, AuditSink};
+use crate::audit::{AuditCursor, AuditHealth, AuditSink};
 use crate::config::RuntimeConfig;
 use crate::gates::Policies;
 use crate::source::StepSource;
@@ -35,6 +35,8 @@ pub(crate) struct Shared {
     pub audit: Option<Arc<dyn AuditSink>>,
     /// Records handed to the audit trail, not yet confirmed in the store.
     pub audit_cursor: AuditCursor,
+    /// Whether the audit trail keeps up, and what to do when it does not.
+    pub audit_health: AuditHealth,
     /// Where live sessions' model answers and tool results come from.
     pub live: Arc<dyn StepSource>,
     /// Recordings that replay sessions are answered from, by session.
@@ -76,9 +78,10 @@ impl Shared {
         tools: ToolsRuntime,
         gate_policies: Policies,
         config: RuntimeConfig,
-        audit: Option<Arc<dyn AuditSink>>,
+        audit: (Option<Arc<dyn AuditSink>>, crate::audit::AuditOnFailure),
         ledgers: Ledgers,
     ) -> Self {
+        let (audit, on_failure) = audit;
         let (gate_events, _) = tokio::sync::broadcast::channel(1024);
         let quality = Arc::new(crate::quality::Quality::new(config.quality.clone()));
         if quality.watches() {
@@ -98,6 +101,7 @@ impl Shared {
             config,
             audit,
             audit_cursor: AuditCursor::default(),
+            audit_health: AuditHealth::new(on_failure),
             live,
             replays: Mutex::new(HashMap::new()),
             epoch: Instant::now(),

@@ -838,6 +838,7 @@ mod tests {
                 latency_ms: 1,
                 cost_usd: None,
                 attempts: 1,
+                schema_validated: false,
             },
         );
         assert!(s2.current.as_ref().unwrap().response_recorded);
@@ -950,6 +951,7 @@ mod tests {
                 latency_ms: 1,
                 cost_usd: None,
                 attempts: 1,
+                schema_validated: false,
             },
             EventKind::ToolCallRequested {
                 turn: 1,
@@ -1110,6 +1112,7 @@ mod tests {
                 latency_ms: 80,
                 cost_usd: Some(0.002),
                 attempts: 2,
+                schema_validated: true,
             },
             EventKind::ToolCallRequested {
                 turn: 1,

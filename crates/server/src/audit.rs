@@ -25,6 +25,10 @@ pub struct AuditSection {
     /// fsync after every batch (default). Off loses the last records on a
     /// machine crash (not on a process crash).
     pub sync: bool,
+    /// While the trail cannot be written (disk full, I/O errors):
+    /// `continue` (default) keeps serving and appends what it missed once it
+    /// can; `block` refuses new sessions and messages meanwhile.
+    pub on_failure: baton_runtime::AuditOnFailure,
 }
 
 impl Default for AuditSection {
@@ -34,6 +38,7 @@ impl Default for AuditSection {
             dir: None,
             key_file: None,
             sync: true,
+            on_failure: baton_runtime::AuditOnFailure::Continue,
         }
     }
 }
@@ -73,11 +78,7 @@ impl AuditSink for SignedAudit {
         self.0.append(ev);
     }
 
-    fn flush(&self) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-        Box::pin(async move {
-            if let Err(e) = self.0.flush().await {
-                tracing::error!(error = %e, "audit log flush failed");
-            }
-        })
+    fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
+        Box::pin(async move { self.0.flush().await.map_err(|e| e.to_string()) })
     }
 }

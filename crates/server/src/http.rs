@@ -4,7 +4,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /metrics` | every metric, OpenMetrics text ([`baton_metrics::CONTENT_TYPE`]) |
-//! | `GET /healthz` | `ok` while the server runs |
+//! | `GET /healthz` | `ok` while the server runs; while the audit trail cannot be written, `audit trail failing: …` (200 with `audit.on_failure = continue`, 503 with `block`) |
 //! | `POST /v1/chat/completions` | OpenAI Chat Completions, one one-shot session per call |
 //! | `GET /v1/models`, `GET /v1/models/{model}` | the routes, as OpenAI models |
 //! | `POST /hooks/{name}` | a webhook trigger of a flow (HMAC-signed; 202 with the run id) |
@@ -147,8 +147,19 @@ async fn metrics() -> Response {
         .into_response()
 }
 
-async fn healthz() -> &'static str {
-    "ok"
+/// `ok`; while the audit trail cannot be written it says so, and with
+/// `audit.on_failure = block` (new work refused) it is 503.
+async fn healthz(State(runtime): State<RuntimeHandle>) -> Response {
+    match runtime.audit_failing() {
+        None => "ok".into_response(),
+        Some(reason) => {
+            let status = match runtime.audit_on_failure() {
+                baton_runtime::AuditOnFailure::Block => StatusCode::SERVICE_UNAVAILABLE,
+                baton_runtime::AuditOnFailure::Continue => StatusCode::OK,
+            };
+            (status, format!("audit trail failing: {reason}")).into_response()
+        }
+    }
 }
 
 async fn chat_completions(

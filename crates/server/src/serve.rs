@@ -45,6 +45,45 @@ pub async fn serve(
     serve_with(runtime, None, listener, section, auth, shutdown).await
 }
 
+/// While the audit trail cannot be written and `audit.on_failure = block`
+/// (new sessions and messages refused), Sessions (and Flows) report
+/// NOT_SERVING on the standard health service; SERVING again once it can.
+fn watch_audit_health(
+    runtime: RuntimeHandle,
+    health: tonic_health::server::HealthReporter,
+    flows: bool,
+) {
+    if runtime.audit_on_failure() != baton_runtime::AuditOnFailure::Block {
+        return;
+    }
+    tokio::spawn(async move {
+        let mut serving = true;
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let now = runtime.audit_failing().is_none();
+            if now == serving {
+                continue;
+            }
+            serving = now;
+            if serving {
+                health
+                    .set_serving::<SessionsServer<SessionsService>>()
+                    .await;
+                if flows {
+                    health.set_serving::<FlowsServer<FlowsService>>().await;
+                }
+            } else {
+                health
+                    .set_not_serving::<SessionsServer<SessionsService>>()
+                    .await;
+                if flows {
+                    health.set_not_serving::<FlowsServer<FlowsService>>().await;
+                }
+            }
+        }
+    });
+}
+
 /// [`serve`] with `auth` checking every call (see [`crate::auth`]), and
 /// the `baton.v1.Flows` service when `flows` is given.
 pub async fn serve_with(
@@ -69,6 +108,7 @@ pub async fn serve_with(
     if flows.is_some() {
         health.set_serving::<FlowsServer<FlowsService>>().await;
     }
+    watch_audit_health(runtime.clone(), health.clone(), flows.is_some());
     let reflection_v1 = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(baton_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)

@@ -370,6 +370,7 @@ baton_proto::event_codec! {
         OutputDelta => OutputDelta { turn, attempt, text },
         AssistantMessage => ModelResponse {
             turn, message, usage, endpoint, model, finish_reason, latency_ms, cost_usd, attempts,
+            schema_validated,
         },
         RoutingDecided => RoutingDecided { turn, decision via routing_decision },
         AttemptFailed => AttemptFailed { turn, failure via attempt_failure },
@@ -473,6 +474,25 @@ mod tests {
         b.iter().map(|x| format!("{x:02x}")).collect()
     }
 
+    #[test]
+    fn schema_validated_round_trips() {
+        let kind = EventKind::AssistantMessage {
+            turn: 3,
+            message: Message::assistant(r#"{"a": 1}"#),
+            usage: Usage::default(),
+            endpoint: "e".into(),
+            model: "m".into(),
+            finish_reason: FinishReason::Stop,
+            latency_ms: 9,
+            cost_usd: None,
+            attempts: 2,
+            schema_validated: true,
+        };
+        let enc = encode_record(&fixed_session(), 1, 42, &kind, 1 << 20);
+        let (_, back) = decode_record(fixed_session(), 1, &enc.record, &mut no_payloads).unwrap();
+        assert_eq!(back, kind);
+    }
+
     /// Golden bytes: these encodings are what every existing data directory
     /// holds. If this test fails, an encoding changed: add a new field or a new
     /// record version instead, and keep reading the old one.
@@ -530,6 +550,7 @@ mod tests {
                     latency_ms: 9,
                     cost_usd: None,
                     attempts: 0,
+                    schema_validated: false,
                 },
                 "0801102a721e08031206080312026f6b1a04080510062201652a016d320473746f703809",
             ),
@@ -719,6 +740,7 @@ mod tests {
                     latency_ms: 9,
                     cost_usd: Some(0.25),
                     attempts: 2,
+                    schema_validated: false,
                 },
                 "0801102a722908031206080312026f6b1a04080510062201652a016d320473746f70380941000000000000d03f4802",
             ),

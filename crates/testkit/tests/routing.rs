@@ -237,6 +237,171 @@ async fn rate_limits_wait_for_retry_after_or_back_off_without_it() {
     r.models().stop().await;
 }
 
+/// An endpoint that accepts the request and sends nothing is not asked
+/// again while another candidate can answer: one first-token timeout, then
+/// failover. A route with `first_token_timeout = "retry"` retries it first,
+/// and a lone endpoint is still retried.
+#[tokio::test]
+async fn a_first_token_timeout_fails_over_at_once_unless_the_route_says_retry() {
+    let (a, b) = (fake().await, fake().await);
+    a.set_behavior(Behavior {
+        delay: Duration::from_secs(3),
+        ..Behavior::default()
+    });
+    let mut silent = endpoint("a", &a);
+    silent.retry.max_attempts = 3;
+    silent.first_token_timeout_ms = 150;
+    // Its breaker stays closed throughout (it would open after five
+    // consecutive failures, and this test makes seven).
+    silent.breaker.consecutive_failures = 100;
+    silent.breaker.error_rate = 1.0;
+    let r = router(
+        vec![silent, endpoint("b", &b)],
+        vec![
+            route(json!({"name": "main", "endpoints": ["a", "b"]})),
+            route(json!({"name": "patient", "endpoints": ["a", "b"],
+                         "first_token_timeout": "retry"})),
+        ],
+    )
+    .await;
+    let (call, mut events) = call_with_events("main", ask("hi"));
+    let routed = r.call(call).await.unwrap();
+    assert_eq!(
+        (routed.endpoint.as_str(), a.requests(), b.requests()),
+        ("b", 1, 1)
+    );
+    assert_eq!(rules(&routed.decisions), vec!["first_healthy", "failover"]);
+    let f = failures(&drain(&mut events));
+    assert_eq!(f.len(), 1);
+    assert_eq!(f[0].kind, "first_token_timeout");
+
+    let routed = r.call(RouteCall::new("patient", ask("hi"))).await.unwrap();
+    assert_eq!(
+        (routed.endpoint.as_str(), a.requests(), b.requests()),
+        ("b", 4, 2),
+        "retried per a's policy (3 attempts) before failing over"
+    );
+
+    // Alone on its route (its implicit one), the endpoint is retried.
+    let err = r.call(RouteCall::new("a", ask("hi"))).await.unwrap_err();
+    assert_eq!(err.attempts, 3, "{err:?}");
+    assert_eq!(a.requests(), 7);
+    r.models().stop().await;
+}
+
+/// `hedge_after_ms`: an attempt with no output by then gets a second one on
+/// another candidate; the first with output wins, the other is cancelled,
+/// billed for its input and journaled as `hedge_lost`; only the winner's
+/// text reaches the caller. A fast attempt is never hedged, and a hedge that
+/// fails leaves the first attempt running.
+#[tokio::test]
+async fn a_slow_attempt_is_hedged_and_the_first_with_output_wins() {
+    let (a, b) = (fake().await, fake().await);
+    let slow = |server: &FakeOpenAi, text: &str, ms: u64| {
+        server.set_behavior(Behavior {
+            reply: Reply::Fixed(text.into()),
+            delay: Duration::from_millis(ms),
+            ..Behavior::default()
+        });
+    };
+    let priced = |mut cfg: EndpointConfig| {
+        cfg.price_input_per_mtok = Some(1.0);
+        cfg.price_output_per_mtok = Some(1.0);
+        cfg.stream = true;
+        cfg
+    };
+    let r = router(
+        vec![priced(endpoint("a", &a)), priced(endpoint("b", &b))],
+        vec![route(
+            json!({"name": "hedged", "endpoints": ["a", "b"], "hedge_after_ms": 100}),
+        )],
+    )
+    .await;
+    let hedged_call = || {
+        let (dtx, deltas) = mpsc::unbounded_channel();
+        let (mut call, events) = call_with_events("hedged", ask("hi there"));
+        call.deltas = Some(dtx);
+        (call, events, deltas)
+    };
+    let text_of = |deltas: &mut mpsc::UnboundedReceiver<Delta>| -> String {
+        drain(deltas)
+            .into_iter()
+            .map(|d| match d {
+                Delta::Text(t) => t,
+                Delta::Restart => panic!("nothing is retracted"),
+            })
+            .collect()
+    };
+
+    // a is silent for 3 s: b, started after 100 ms, answers.
+    slow(&a, "from a", 3_000);
+    fixed(&b, "from b");
+    let (call, mut events, mut deltas) = hedged_call();
+    let routed = r.call(call).await.unwrap();
+    assert_eq!(routed.endpoint, "b");
+    assert_eq!(rules(&routed.decisions), vec!["first_healthy", "hedge"]);
+    assert!(
+        routed.decisions[1]
+            .reason
+            .contains("no output within hedge_after_ms = 100"),
+        "{}",
+        routed.decisions[1].reason
+    );
+    let f = failures(&drain(&mut events));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(
+        (f[0].kind.as_str(), f[0].endpoint.as_str()),
+        ("hedge_lost", "a")
+    );
+    assert_eq!(text_of(&mut deltas), "from b");
+    // Billed: b's answer and a's estimated input.
+    let b_only =
+        (routed.response.usage.input_tokens + routed.response.usage.output_tokens) as f64 / 1e6;
+    assert!(routed.cost_usd.unwrap() > b_only, "{:?}", routed.cost_usd);
+    assert_eq!((a.requests(), b.requests()), (1, 1));
+
+    // a answers at 300 ms, b would take 3 s: a wins, b is cancelled.
+    slow(&a, "from a", 300);
+    slow(&b, "from b", 3_000);
+    let (call, mut events, mut deltas) = hedged_call();
+    let routed = r.call(call).await.unwrap();
+    assert_eq!(routed.endpoint, "a");
+    let f = failures(&drain(&mut events));
+    assert_eq!(
+        (f[0].kind.as_str(), f[0].endpoint.as_str()),
+        ("hedge_lost", "b")
+    );
+    assert_eq!(text_of(&mut deltas), "from a");
+
+    // A fast first attempt is never hedged.
+    fixed(&a, "quick");
+    let (call, mut events, mut deltas) = hedged_call();
+    let routed = r.call(call).await.unwrap();
+    assert_eq!(rules(&routed.decisions), vec!["first_healthy"]);
+    assert!(failures(&drain(&mut events)).is_empty());
+    assert_eq!(text_of(&mut deltas), "quick");
+
+    // The hedge fails at once: the first attempt goes on and answers.
+    slow(&a, "late but fine", 400);
+    b.push_fault(server_error());
+    let (call, mut events, mut deltas) = hedged_call();
+    let routed = r.call(call).await.unwrap();
+    assert_eq!(routed.endpoint, "a");
+    let f = failures(&drain(&mut events));
+    assert_eq!(f.len(), 1, "{f:?}");
+    assert_eq!(
+        (f[0].kind.as_str(), f[0].endpoint.as_str()),
+        ("server", "b")
+    );
+    assert!(
+        f[0].message.contains("the hedged attempt on a goes on"),
+        "{}",
+        f[0].message
+    );
+    assert_eq!(text_of(&mut deltas), "late but fine");
+    r.models().stop().await;
+}
+
 #[tokio::test]
 async fn a_retry_after_beyond_the_deadline_fails_over_at_once() {
     let (a, b) = (fake().await, fake().await);
@@ -574,6 +739,107 @@ async fn cascade_escalates_an_answer_that_is_not_valid_json() {
         vec![Delta::Text(r#"{"answer": 42}"#.into())]
     );
     r.models().stop().await;
+}
+
+/// The request's JSON Schema holds on every route, not only a cascade's
+/// gates: an answer that does not match is a quality failure, retried and
+/// failed over like a transient one, and when every answer fails the call
+/// fails with `SchemaViolation` naming the violation — never a success.
+#[tokio::test]
+async fn the_requests_json_schema_is_enforced_on_every_route() {
+    let (a, b) = (fake().await, fake().await);
+    fixed(&a, "The answer is 42.");
+    // A fenced answer is accepted, as cascade gates always did.
+    fixed(&b, "```json\n{\"answer\": 42}\n```");
+    let r = router(
+        vec![endpoint("a", &a), endpoint("b", &b)],
+        vec![route(json!({"name": "plain", "endpoints": ["a", "b"]}))],
+    )
+    .await;
+    let schema = json!({"type": "object", "required": ["answer"],
+                        "properties": {"answer": {"type": "integer"}}});
+    let structured = |text: &str| ModelRequest {
+        json_schema: Some(schema.clone()),
+        ..ask(text)
+    };
+
+    // Fallback route: a's prose is retried once (its retry policy), then
+    // b's JSON answers.
+    let (call, mut events) = call_with_events("plain", structured("six times seven?"));
+    let routed = r.call(call).await.unwrap();
+    assert_eq!(routed.endpoint, "b");
+    assert!(routed.schema_validated);
+    assert_eq!((a.requests(), b.requests()), (2, 1));
+    let f = failures(&drain(&mut events));
+    let kinds: Vec<(&str, &str)> = f
+        .iter()
+        .map(|f| (f.kind.as_str(), f.endpoint.as_str()))
+        .collect();
+    assert_eq!(
+        kinds,
+        [("schema_violation", "a"), ("schema_violation", "a")]
+    );
+    assert!(
+        f[0].message
+            .contains("json_schema: the answer is not valid JSON"),
+        "{}",
+        f[0].message
+    );
+
+    // Without a schema the same prose is a fine answer.
+    let routed = r
+        .call(RouteCall::new("plain", ask("prose?")))
+        .await
+        .unwrap();
+    assert_eq!(routed.endpoint, "a");
+    assert!(!routed.schema_validated);
+
+    // Every endpoint answers off-schema: an error naming the violation.
+    fixed(&b, r#"{"answer": "forty-two"}"#);
+    let err = r
+        .call(RouteCall::new("plain", structured("six times seven?")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, RouteErrorKind::SchemaViolation, "{err:?}");
+    assert_eq!(err.label(), "schema_violation");
+    assert!(err.message.contains("/answer"), "{}", err.message);
+    assert_eq!(err.attempts, 4);
+
+    // A cascade's last step no longer passes an off-schema answer, and no
+    // off-schema earlier step is held to fall back on.
+    let r2 = router(
+        vec![endpoint("cheap", &a), endpoint("strong", &b)],
+        vec![cascade_route(json!({}))],
+    )
+    .await;
+    let err = r2
+        .call(RouteCall::new("smart", structured("six times seven?")))
+        .await
+        .unwrap_err();
+    assert_eq!(err.kind, RouteErrorKind::SchemaViolation, "{err:?}");
+    fixed(&b, r#"{"answer": 42}"#);
+    let routed = r2
+        .call(RouteCall::new("smart", structured("six times seven?")))
+        .await
+        .unwrap();
+    assert_eq!(
+        (routed.endpoint.as_str(), routed.escalations),
+        ("strong", 1)
+    );
+    assert!(routed.schema_validated);
+
+    // A schema that is not one is refused before any request is made.
+    let before = (a.requests(), b.requests());
+    let bad = ModelRequest {
+        json_schema: Some(json!({"type": "nonsense"})),
+        ..ask("x")
+    };
+    let err = r.call(RouteCall::new("plain", bad)).await.unwrap_err();
+    assert_eq!(err.kind, RouteErrorKind::InvalidRequest, "{err:?}");
+    assert!(err.message.starts_with("json_schema: "), "{}", err.message);
+    assert_eq!((a.requests(), b.requests()), before);
+    r.models().stop().await;
+    r2.models().stop().await;
 }
 
 #[tokio::test]

@@ -173,6 +173,12 @@ pub enum EventKind {
         /// Attempts the routed call took.
         #[serde(default)]
         attempts: u32,
+        /// The answer's text was checked against the JSON Schema the
+        /// request asked for (`generation.json_schema`) and matches it. An
+        /// answer that does not match is never recorded as one: its
+        /// attempt fails with `schema_violation`.
+        #[serde(default)]
+        schema_validated: bool,
     },
     /// Which endpoint a model-call attempt went to, and why.
     RoutingDecided {

@@ -56,5 +56,8 @@ wire_enum! {
         Cancelled = "cancelled",
         /// A policy blocked the turn's message; nothing was sent upstream.
         PolicyBlocked = "policy_blocked",
+        /// Every answer the route gave failed the JSON Schema the request
+        /// asked for (retries and failover used up).
+        SchemaViolation = "schema_violation",
     }
 }

@@ -22,6 +22,10 @@ pub(super) enum AttemptError {
     WorkerFailed(String),
     Deadline,
     Cancelled,
+    /// The answer arrived (and was billed) but its text does not match the
+    /// JSON Schema the request asked for: a quality failure, retried and
+    /// failed over like a transient one.
+    Schema(String),
 }
 
 impl AttemptError {
@@ -33,6 +37,7 @@ impl AttemptError {
             AttemptError::WorkerFailed(_) => "worker_failed",
             AttemptError::Deadline => "timeout",
             AttemptError::Cancelled => "cancelled",
+            AttemptError::Schema(_) => "schema_violation",
         }
     }
 
@@ -41,7 +46,8 @@ impl AttemptError {
             AttemptError::Provider(e) => e.message.clone(),
             AttemptError::Overloaded(m)
             | AttemptError::Stopped(m)
-            | AttemptError::WorkerFailed(m) => m.clone(),
+            | AttemptError::WorkerFailed(m)
+            | AttemptError::Schema(m) => m.clone(),
             AttemptError::Deadline => "the routed call's deadline passed during the attempt".into(),
             AttemptError::Cancelled => "cancelled".into(),
         }

@@ -10,13 +10,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use baton_metrics::metrics;
-use baton_models::{Delta, EndpointConfig, ModelRequest, ModelResponse, ProviderErrorKind};
+use baton_models::{
+    Delta, DeltaSink, EndpointConfig, ExecutorHandle, ModelRequest, ModelResponse,
+    ProviderErrorKind,
+};
 use baton_types::{AttemptFailure, RoutingDecision};
 use tokio::time::Instant;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
-use super::attempt::{AttemptError, run_attempt};
+use super::attempt::{AttemptError, AttemptOutcome, run_attempt};
 use super::backoff::{backoff_delay, sleep_or_cancel};
 use super::candidates::{Cand, Candidates, Want};
 use super::cascade::{self, GateFailure};
@@ -25,13 +28,16 @@ use super::permit::Permit;
 use super::state::lock;
 use super::types::{RouteError, RouteErrorKind, RouteEvent, Routed};
 use crate::budget::{BudgetRejection, Reservation, ReserveRequest};
-use crate::config::Strategy;
+use crate::config::{FirstTokenTimeout, Strategy};
+use crate::gates;
 
 /// An answer the call may return, and whether its text was streamed.
-struct Answer {
+pub(super) struct Answer {
     response: ModelResponse,
     endpoint: String,
     emitted: bool,
+    /// Its text was checked against the request's JSON Schema and matches.
+    schema_validated: bool,
 }
 
 /// The accumulating facts of one routed call.
@@ -45,8 +51,11 @@ struct Progress {
     last_error: Option<(String, String)>,
     last_endpoint: Option<String>,
     escalations: u32,
-    /// A cascade answer that failed a gate, kept in case every later step fails.
+    /// A cascade answer that failed a gate, kept in case every later step
+    /// fails (never one that fails the request's JSON Schema).
     held: Option<Answer>,
+    /// The last failed attempt's answer did not match the request's schema.
+    last_schema_violation: bool,
 }
 
 impl Progress {
@@ -66,7 +75,7 @@ impl Progress {
 }
 
 /// What comes after a step of the loop.
-enum Step {
+pub(super) enum Step {
     /// Another attempt, for `want`, after `delay`.
     Next { want: Want, delay: Duration },
     /// The call is over.
@@ -75,7 +84,7 @@ enum Step {
 
 /// An endpoint picked for the next attempt, its breaker permit and budget
 /// reservation taken.
-struct Picked {
+pub(super) struct Picked {
     idx: usize,
     decision: RoutingDecision,
     permit: Permit,
@@ -85,8 +94,45 @@ struct Picked {
     last_step: bool,
 }
 
+/// An attempt about to be made: its decision recorded, its endpoint, span
+/// and request ready.
+pub(super) struct Prepared<'a> {
+    pub(super) idx: usize,
+    pub(super) name: String,
+    pub(super) handle: &'a ExecutorHandle,
+    pub(super) cfg: &'a EndpointConfig,
+    pub(super) span: Span,
+    permit: Permit,
+    reservation: Reservation,
+    pub(super) last_step: bool,
+    /// The call's request, with the caller's own key for this endpoint.
+    pub(super) request: Arc<ModelRequest>,
+    own_key: bool,
+    /// Its number among the call's attempts, from 1.
+    attempt: u32,
+}
+
+impl<'a> Prepared<'a> {
+    fn attempted(self, emitted: bool, elapsed: Duration) -> Attempted<'a> {
+        Attempted {
+            attempt: self.attempt,
+            idx: self.idx,
+            name: self.name,
+            cfg: self.cfg,
+            span: self.span,
+            permit: self.permit,
+            reservation: self.reservation,
+            last_step: self.last_step,
+            emitted,
+            secs: elapsed.as_secs_f64(),
+            own_key: self.own_key,
+        }
+    }
+}
+
 /// An attempt just made, with what its outcome settles.
 struct Attempted<'a> {
+    attempt: u32,
     idx: usize,
     name: String,
     cfg: &'a EndpointConfig,
@@ -104,8 +150,8 @@ struct Attempted<'a> {
 /// One routed call in progress: its fixed context, the candidates as the
 /// call sees them, and what happened so far.
 pub(super) struct CallLoop<'a> {
-    ctx: CallContext<'a>,
-    cands: Candidates<'a>,
+    pub(super) ctx: CallContext<'a>,
+    pub(super) cands: Candidates<'a>,
     progress: Progress,
     /// The pass over the candidates, from 1; a new one starts when every
     /// candidate failed transiently in the last.
@@ -113,6 +159,9 @@ pub(super) struct CallLoop<'a> {
     /// The endpoint of the previous attempt.
     last_idx: Option<usize>,
     rng: fastrand::Rng,
+    /// The JSON Schema the request asks for: every answer's text must match
+    /// it, on every route (see [`Self::on_success`]).
+    schema: Option<jsonschema::Validator>,
 }
 
 impl<'a> CallLoop<'a> {
@@ -137,15 +186,28 @@ impl<'a> CallLoop<'a> {
                 last_endpoint: None,
                 escalations: 0,
                 held: None,
+                last_schema_violation: false,
             },
             pass: 1,
             last_idx: None,
             rng: fastrand::Rng::new(),
+            schema: None,
         }
     }
 
     /// The whole routed call.
     pub(super) async fn run(mut self) -> Result<Routed, RouteError> {
+        if let Some(schema) = &self.ctx.call.request.json_schema {
+            match gates::compile_schema(schema) {
+                Ok(v) => self.schema = Some(v),
+                Err(e) => {
+                    return Err(RouteError::new(
+                        RouteErrorKind::InvalidRequest,
+                        format!("json_schema: {e}"),
+                    ));
+                }
+            }
+        }
         let (mut want, mut delay) = (Want::First, Duration::ZERO);
         let result = loop {
             match self.step(want, delay).await {
@@ -162,7 +224,7 @@ impl<'a> CallLoop<'a> {
         self.progress.cost.unwrap_or(0.0)
     }
 
-    fn give_up(&self, kind: RouteErrorKind, message: String) -> Step {
+    pub(super) fn give_up(&self, kind: RouteErrorKind, message: String) -> Step {
         Step::Done(Err(self.progress.error(RouteError::new(kind, message))))
     }
 
@@ -196,7 +258,7 @@ impl<'a> CallLoop<'a> {
 
     /// Pick an endpoint for `want` and take its breaker permit and budget;
     /// `Err` with the candidates as last seen when none can be had.
-    fn pick(&mut self, want: &Want) -> Result<Picked, Vec<Cand>> {
+    pub(super) fn pick(&mut self, want: &Want) -> Result<Picked, Vec<Cand>> {
         let (route, call) = (self.ctx.route, self.ctx.call);
         let mut skip: HashMap<usize, (String, Option<BudgetRejection>)> = HashMap::new();
         loop {
@@ -238,7 +300,9 @@ impl<'a> CallLoop<'a> {
                             .skip(1)
                             .any(|i| cands[*i].eligible);
                     let reason = if rule == "cascade_escalate" && last_step {
-                        format!("{reason}; last step: its answer is accepted even if a gate fails")
+                        format!(
+                            "{reason}; last step: its answer is accepted even if a quality gate fails (not the request's json_schema)"
+                        )
                     } else {
                         reason
                     };
@@ -261,8 +325,53 @@ impl<'a> CallLoop<'a> {
         }
     }
 
-    /// Record the decision and make the attempt.
+    /// Record the decision and make the attempt (hedged when the route
+    /// says so).
     async fn attempt(&mut self, picked: Picked) -> Step {
+        let p = match self.prepare(picked) {
+            Ok(p) => p,
+            Err(step) => return *step,
+        };
+        if let Some(after) = self.hedge_after(p.idx) {
+            return self.attempt_hedged(p, after).await;
+        }
+        let forward = self.forward(p.last_step);
+        let outcome = run_attempt(
+            p.handle,
+            &p.request,
+            forward,
+            &self.ctx.call.cancel,
+            self.ctx.deadline,
+        )
+        .instrument(p.span.clone())
+        .await;
+        self.settle(p, outcome).await
+    }
+
+    /// Where an attempt's text goes: to the caller when it streams and may
+    /// see it at once (not a cascade step that a later one may replace, not
+    /// a structured answer before it is validated: those reach it as one
+    /// delta from `finish`, so a client never sees text taken back).
+    pub(super) fn forward(&self, last_step: bool) -> Option<&'a DeltaSink> {
+        if last_step && self.schema.is_none() {
+            self.ctx.call.deltas.as_ref()
+        } else {
+            None
+        }
+    }
+
+    /// Settle a finished attempt: accept, gate, retry, fail over or give up.
+    pub(super) async fn settle(&mut self, p: Prepared<'a>, outcome: AttemptOutcome) -> Step {
+        let attempted = p.attempted(outcome.emitted, outcome.elapsed);
+        match outcome.result {
+            Ok(resp) => self.on_success(attempted, resp).await,
+            Err(err) => self.on_failure(attempted, err),
+        }
+    }
+
+    /// Record the decision of `picked` and ready its attempt; `Err` with
+    /// the step that follows when its endpoint is gone.
+    pub(super) fn prepare(&mut self, picked: Picked) -> Result<Prepared<'a>, Box<Step>> {
         let Picked {
             idx,
             decision,
@@ -284,15 +393,10 @@ impl<'a> CallLoop<'a> {
         self.progress.decisions.push(decision.clone());
         call.send_event(RouteEvent::Decision(decision));
         let Some(handle) = self.ctx.router.inner.models.get(&name) else {
-            return self.give_up(
+            return Err(Box::new(self.give_up(
                 RouteErrorKind::NoEligibleEndpoint,
                 format!("endpoint {name} is not running"),
-            );
-        };
-        let forward = if last_step {
-            call.deltas.as_ref()
-        } else {
-            None
+            )));
         };
         let cfg = handle.endpoint().config();
         let span = tracing::info_span!(
@@ -318,47 +422,103 @@ impl<'a> CallLoop<'a> {
             "baton.credential",
             if own_key.is_some() { "own" } else { "endpoint" },
         );
-        let keyed;
         let request = match own_key {
-            Some(key) => {
-                keyed = Arc::new(ModelRequest {
-                    api_key: Some(key.clone()),
-                    ..(*call.request).clone()
-                });
-                &keyed
-            }
-            None => &call.request,
+            Some(key) => Arc::new(ModelRequest {
+                api_key: Some(key.clone()),
+                ..(*call.request).clone()
+            }),
+            None => call.request.clone(),
         };
-        let outcome = run_attempt(handle, request, forward, &call.cancel, self.ctx.deadline)
-            .instrument(span.clone())
-            .await;
-        let attempted = Attempted {
+        Ok(Prepared {
             idx,
             name,
+            handle,
             cfg,
             span,
             permit,
             reservation,
             last_step,
-            emitted: outcome.emitted,
-            secs: outcome.elapsed.as_secs_f64(),
+            request,
             own_key: own_key.is_some(),
-        };
-        match outcome.result {
-            Ok(resp) => self.on_success(attempted, resp).await,
-            Err(err) => self.on_failure(attempted, err),
-        }
+            attempt: self.progress.attempt,
+        })
     }
 
     /// Settle a failed attempt and plan what follows.
     fn on_failure(&mut self, a: Attempted<'_>, err: AttemptError) -> Step {
-        let (route, call) = (self.ctx.route, self.ctx.call);
+        let (idx, emitted, attempt) = (a.idx, a.emitted, a.attempt);
+        let name = self.book_failure(a, &err);
+        self.settle_failure(idx, name, emitted, attempt, &err)
+    }
+
+    /// A hedged attempt failed while the other goes on: booked and told,
+    /// its endpoint out of this pass, nothing planned (the other attempt's
+    /// outcome decides what follows).
+    pub(super) fn failed_beside(
+        &mut self,
+        p: Prepared<'a>,
+        err: AttemptError,
+        elapsed: Duration,
+        other: &str,
+    ) {
+        let (idx, attempt) = (p.idx, p.attempt);
+        let name = self.book_failure(p.attempted(false, elapsed), &err);
+        let (class, msg) = (err.class(), err.message());
+        metrics().model_error(&name, class);
+        self.progress.last_error = Some((name.clone(), format!("{class}: {msg}")));
+        self.progress.last_schema_violation = false;
+        self.cands.failed[idx] = Some(format!("failed: {class}"));
+        tracing::info!(
+            route = %self.ctx.route.name(), endpoint = %name, attempt, kind = class,
+            "hedged model attempt failed; the attempt on {other} goes on: {msg}"
+        );
+        self.ctx
+            .call
+            .send_event(RouteEvent::AttemptFailed(AttemptFailure {
+                endpoint: name,
+                attempt,
+                kind: class.to_string(),
+                message: format!("{msg} (the hedged attempt on {other} goes on)"),
+                retry_in_ms: None,
+                retracted: false,
+            }));
+    }
+
+    /// A hedged attempt cancelled because the other produced output first:
+    /// not its endpoint's fault (breaker untouched), billed for the input
+    /// its provider had started on (estimated), journaled as `hedge_lost`.
+    pub(super) fn settle_lost(&mut self, p: Prepared<'a>, elapsed: Duration, winner: &str) {
+        let route = self.ctx.route;
+        metrics().model_attempt(&p.name, route.name(), "hedge_lost", elapsed.as_secs_f64());
+        p.span.record("error.type", "hedge_lost");
+        p.permit.neutral();
+        let input = crate::select::estimate_input_tokens(&p.request);
+        let cost = p.cfg.cost_usd(baton_types::Usage {
+            input_tokens: input,
+            output_tokens: 0,
+        });
+        p.reservation.settle(cost.unwrap_or(0.0));
+        self.progress.add_cost(cost);
+        self.ctx.call.send_event(RouteEvent::AttemptFailed(AttemptFailure {
+            endpoint: p.name,
+            attempt: p.attempt,
+            kind: "hedge_lost".into(),
+            message: format!(
+                "cancelled: {winner} produced output first; billed for its estimated {input} input tokens"
+            ),
+            retry_in_ms: None,
+            retracted: false,
+        }));
+    }
+
+    /// Metrics, breaker and reservation of a failed attempt; its endpoint's name.
+    fn book_failure(&mut self, a: Attempted<'_>, err: &AttemptError) -> String {
+        let route = self.ctx.route;
         let name = a.name;
         let class = err.class();
         a.span.record("error.type", class);
         a.span.record("otel.status_code", "error");
         metrics().model_attempt(&name, route.name(), class, a.secs);
-        metrics().model_error(&name, class);
         if class != "cancelled" {
             self.ctx.router.observed(&super::types::AttemptSeen {
                 endpoint: &name,
@@ -369,12 +529,10 @@ impl<'a> CallLoop<'a> {
             });
         }
         drop(a.reservation); // failed attempts are not billed
-        let msg = err.message();
-        self.progress.last_error = Some((name.clone(), format!("{class}: {msg}")));
         // Breaker bookkeeping. The breaker is the endpoint's, shared by every
         // caller: an auth error with a caller's own key says nothing about the
         // endpoint, only about that key.
-        let counts = match &err {
+        let counts = match err {
             AttemptError::Provider(e) => {
                 e.is_transient() || (e.kind == ProviderErrorKind::Auth && !a.own_key)
             }
@@ -385,27 +543,45 @@ impl<'a> CallLoop<'a> {
         } else {
             a.permit.neutral();
         }
-        if a.emitted
-            && let Some(sink) = &call.deltas
-        {
+        name
+    }
+
+    /// What follows a failed attempt (a transport or provider failure, or
+    /// an answer that fails the request's schema): its output retracted if
+    /// it streamed, the failure told, the next step planned.
+    fn settle_failure(
+        &mut self,
+        idx: usize,
+        name: String,
+        emitted: bool,
+        attempt: u32,
+        err: &AttemptError,
+    ) -> Step {
+        let (route, call) = (self.ctx.route, self.ctx.call);
+        let class = err.class();
+        let msg = err.message();
+        metrics().model_error(&name, class);
+        self.progress.last_error = Some((name.clone(), format!("{class}: {msg}")));
+        self.progress.last_schema_violation = matches!(err, AttemptError::Schema(_));
+        if emitted && let Some(sink) = &call.deltas {
             let _ = sink.send(Delta::Restart);
         }
-        let next = self.plan_after_failure(a.idx, &err);
+        let next = self.plan_after_failure(idx, err);
         let retry_in_ms = match &next {
             Step::Next { delay, .. } => Some(delay.as_millis() as u64),
             Step::Done(_) => None,
         };
         tracing::info!(
-            route = %route.name(), endpoint = %name, attempt = self.progress.attempt,
+            route = %route.name(), endpoint = %name, attempt,
             kind = class, retry_in_ms = ?retry_in_ms, "model attempt failed: {msg}"
         );
         call.send_event(RouteEvent::AttemptFailed(AttemptFailure {
             endpoint: name,
-            attempt: self.progress.attempt,
+            attempt,
             kind: class.to_string(),
             message: msg,
             retry_in_ms,
-            retracted: a.emitted,
+            retracted: emitted,
         }));
         next
     }
@@ -475,41 +651,21 @@ impl<'a> CallLoop<'a> {
                     }
                 }
                 _ => {
-                    // Transient: retry the same endpoint after a backoff, if
-                    // it has attempts left, the wait fits the deadline and
-                    // its breaker is still closed.
                     if let Some(ra) = e.retry_after() {
                         self.cands.pass_retry_after =
                             Some(self.cands.pass_retry_after.map_or(ra, |x| x.min(ra)));
                     }
-                    let retry = self
-                        .ctx
-                        .config(idx)
-                        .map(|c| c.retry.clone())
-                        .unwrap_or_default();
-                    let tries = self.cands.tries[idx];
-                    if tries < retry.max_attempts && self.progress.attempt < route.max_attempts {
-                        let delay = backoff_delay(&retry, tries, e.retry_after());
-                        let fits = self.ctx.fits(delay);
-                        let healthy = self
-                            .ctx
-                            .health(idx)
-                            .is_some_and(|h| lock(&h.breaker).would_admit(Instant::now()));
-                        if fits && healthy {
-                            return Step::Next {
-                                want: Want::Retry {
-                                    idx,
-                                    reason: format!(
-                                        "retry {} of {} on {name} after {}: {}",
-                                        tries + 1,
-                                        retry.max_attempts,
-                                        e.class(),
-                                        e.message
-                                    ),
-                                },
-                                delay,
-                            };
-                        }
+                    // A silent upstream fails over at once when another
+                    // candidate can take the call (unless the route says to
+                    // retry it first).
+                    let fail_over_now = e.kind == ProviderErrorKind::FirstTokenTimeout
+                        && route.cfg.first_token_timeout == FirstTokenTimeout::Failover
+                        && self.another_candidate(idx);
+                    if !fail_over_now
+                        && let Some(retry) =
+                            self.retry_same(idx, e.class(), &e.message, e.retry_after())
+                    {
+                        return retry;
                     }
                     self.cands.failed[idx] = Some(format!("failed: {}", e.class()));
                     Want::Failover {
@@ -517,6 +673,18 @@ impl<'a> CallLoop<'a> {
                     }
                 }
             },
+            AttemptError::Schema(m) => {
+                // A quality failure, retried and failed over like a
+                // transient one: another sample, or another model, may
+                // answer in the shape asked for.
+                if let Some(retry) = self.retry_same(idx, err.class(), m, None) {
+                    return retry;
+                }
+                self.cands.failed[idx] = Some(format!("failed: {}", err.class()));
+                Want::Failover {
+                    reason: format!("{name} failed: {} ({m})", err.class()),
+                }
+            }
             AttemptError::Stopped(m) => {
                 self.cands.excluded[idx] = Some("stopped".into());
                 Want::Failover {
@@ -539,6 +707,52 @@ impl<'a> CallLoop<'a> {
             };
         }
         self.after_no_candidate(&cands)
+    }
+
+    /// A transient failure of attempt `idx`: retry the same endpoint after
+    /// a backoff if it has attempts left, the wait fits the deadline and its
+    /// breaker is still closed; `None` to fail over instead.
+    fn retry_same(
+        &self,
+        idx: usize,
+        class: &str,
+        message: &str,
+        retry_after: Option<Duration>,
+    ) -> Option<Step> {
+        let name = self.ctx.name(idx);
+        let retry = self
+            .ctx
+            .config(idx)
+            .map(|c| c.retry.clone())
+            .unwrap_or_default();
+        let tries = self.cands.tries[idx];
+        if tries >= retry.max_attempts || self.progress.attempt >= self.ctx.route.max_attempts {
+            return None;
+        }
+        let delay = backoff_delay(&retry, tries, retry_after);
+        let healthy = self
+            .ctx
+            .health(idx)
+            .is_some_and(|h| lock(&h.breaker).would_admit(Instant::now()));
+        (self.ctx.fits(delay) && healthy).then(|| Step::Next {
+            want: Want::Retry {
+                idx,
+                reason: format!(
+                    "retry {} of {} on {name} after {class}: {message}",
+                    tries + 1,
+                    retry.max_attempts,
+                ),
+            },
+            delay,
+        })
+    }
+
+    /// A candidate other than `idx` is eligible now.
+    pub(super) fn another_candidate(&self, idx: usize) -> bool {
+        self.evaluate_now()
+            .iter()
+            .enumerate()
+            .any(|(i, c)| i != idx && c.eligible)
     }
 
     /// Every candidate as a selection would see it now.
@@ -659,8 +873,30 @@ impl<'a> CallLoop<'a> {
             cost.unwrap_or(0.0),
         );
 
+        let cascade_step = route.cfg.strategy == Strategy::Cascade && !a.last_step;
+        // The request's JSON Schema holds on every route: an answer that
+        // does not match is never returned. (A tool call is not an answer;
+        // the turn's next step is.)
+        let mut schema_validated = false;
+        if let Some(schema) = &self.schema
+            && resp.message.tool_calls.is_empty()
+        {
+            if let Err(reason) = gates::schema_gate(schema, &resp.message.content) {
+                if cascade_step {
+                    return self.escalate(a.idx, a.name, resp, reason, false);
+                }
+                return self.settle_failure(
+                    a.idx,
+                    a.name,
+                    a.emitted,
+                    a.attempt,
+                    &AttemptError::Schema(reason),
+                );
+            }
+            schema_validated = true;
+        }
         // Cascade gates.
-        if route.cfg.strategy == Strategy::Cascade && !a.last_step {
+        if cascade_step {
             let verdict = cascade::check(&self.ctx, &resp, self.session_extra()).await;
             self.progress.add_cost(verdict.cost_usd);
             match verdict.result {
@@ -669,7 +905,7 @@ impl<'a> CallLoop<'a> {
                     return self.give_up(RouteErrorKind::Cancelled, "call cancelled".into());
                 }
                 Err(GateFailure::Failed(reason)) => {
-                    return self.escalate(a.idx, a.name, resp, reason);
+                    return self.escalate(a.idx, a.name, resp, reason, schema_validated);
                 }
             }
         }
@@ -677,19 +913,32 @@ impl<'a> CallLoop<'a> {
             response: resp,
             endpoint: a.name,
             emitted: a.emitted,
+            schema_validated,
         }))
     }
 
-    /// A cascade step's answer failed gate `reason`: hold it and go on to
-    /// the next step.
-    fn escalate(&mut self, idx: usize, name: String, resp: ModelResponse, reason: String) -> Step {
+    /// A cascade step's answer failed gate `reason`: go on to the next
+    /// step, holding the answer (for when every later step fails) unless it
+    /// failed the request's JSON Schema, which nothing may return.
+    fn escalate(
+        &mut self,
+        idx: usize,
+        name: String,
+        resp: ModelResponse,
+        reason: String,
+        schema_ok: bool,
+    ) -> Step {
         self.progress.escalations += 1;
         self.cands.excluded[idx] = Some(format!("escalated: {reason}"));
-        self.progress.held = Some(Answer {
-            response: resp,
-            endpoint: name.clone(),
-            emitted: false,
-        });
+        let fails_request_schema = self.schema.is_some() && !schema_ok;
+        if !fails_request_schema {
+            self.progress.held = Some(Answer {
+                response: resp,
+                endpoint: name.clone(),
+                emitted: false,
+                schema_validated: schema_ok,
+            });
+        }
         self.ctx
             .call
             .send_event(RouteEvent::AttemptFailed(AttemptFailure {
@@ -714,12 +963,17 @@ impl<'a> CallLoop<'a> {
         let (route, call) = (self.ctx.route, self.ctx.call);
         let answer = match result {
             Ok(answer) => answer,
-            Err(e) => {
+            Err(mut e) => {
+                // Every answer failed the schema: say so, not "model error".
+                if e.kind == RouteErrorKind::Exhausted && self.progress.last_schema_violation {
+                    e.kind = RouteErrorKind::SchemaViolation;
+                }
                 // A cascade keeps the last answer that failed a gate for
                 // when every later step fails.
                 let keep = matches!(
                     e.kind,
                     RouteErrorKind::Exhausted
+                        | RouteErrorKind::SchemaViolation
                         | RouteErrorKind::NoEligibleEndpoint
                         | RouteErrorKind::BudgetExhausted
                         | RouteErrorKind::DeadlineExceeded
@@ -744,12 +998,14 @@ impl<'a> CallLoop<'a> {
             response: mut resp,
             endpoint,
             emitted,
+            schema_validated,
         } = answer;
-        // A cascade ran its steps without streaming: hand the accepted
-        // answer to a streaming caller at once. (An endpoint that does not
-        // stream answers through the final message only.)
+        // A cascade ran its steps without streaming, and a structured answer
+        // is held until validated: hand the accepted answer to a streaming
+        // caller at once. (An endpoint that does not stream answers through
+        // the final message only.)
         if !emitted
-            && route.cfg.strategy == Strategy::Cascade
+            && (route.cfg.strategy == Strategy::Cascade || self.schema.is_some())
             && let Some(sink) = &call.deltas
             && !resp.message.content.is_empty()
         {
@@ -763,6 +1019,7 @@ impl<'a> CallLoop<'a> {
             cost_usd: self.progress.cost,
             decisions: self.progress.decisions,
             escalations: self.progress.escalations,
+            schema_validated,
         })
     }
 

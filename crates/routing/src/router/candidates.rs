@@ -35,11 +35,27 @@ pub(super) struct Cand {
 #[derive(Debug, Clone)]
 pub(super) enum Want {
     First,
-    Retry { idx: usize, reason: String },
-    Failover { reason: String },
-    Upgrade { reason: String },
-    Escalate { reason: String },
-    NewPass { pass: u32 },
+    Retry {
+        idx: usize,
+        reason: String,
+    },
+    Failover {
+        reason: String,
+    },
+    Upgrade {
+        reason: String,
+    },
+    Escalate {
+        reason: String,
+    },
+    NewPass {
+        pass: u32,
+    },
+    /// A second, concurrent attempt on another endpoint while the first
+    /// has produced nothing (`hedge_after_ms`).
+    Hedge {
+        reason: String,
+    },
 }
 
 /// The route's endpoints as one call sees them, indexed like the route's
@@ -371,6 +387,7 @@ impl<'r> Candidates<'r> {
             Want::Failover { reason } | Want::Retry { reason, .. } => {
                 Some((idx, "failover", format!("{reason}; {detail}")))
             }
+            Want::Hedge { reason } => Some((idx, "hedge", format!("{reason}; {detail}"))),
             Want::Upgrade { .. } | Want::Escalate { .. } => None,
         }
     }

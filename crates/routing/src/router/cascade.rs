@@ -60,27 +60,13 @@ pub(super) async fn check(ctx: &CallContext<'_>, resp: &ModelResponse, spent_usd
 /// The gates that need no model: the JSON Schema, then the confidence
 /// threshold. `Ok` lists what passed.
 fn local_gates(ctx: &CallContext<'_>, resp: &ModelResponse) -> Result<Vec<String>, GateFailure> {
-    let (route, call) = (ctx.route, ctx.call);
+    let route = ctx.route;
     let c = &route.cfg.cascade;
     let mut passed = Vec::new();
     let has_text = resp.message.tool_calls.is_empty();
-    // 1. JSON Schema: the route's, else the request's.
-    let request_schema;
-    let schema = match (&route.schema, &call.request.json_schema) {
-        (Some(s), _) => Some(s.as_ref()),
-        (None, Some(s)) => match jsonschema::validator_for(s) {
-            Ok(v) => {
-                request_schema = v;
-                Some(&request_schema)
-            }
-            Err(e) => {
-                tracing::warn!(route = %route.name(), "request json_schema is invalid, not used as a gate: {e}");
-                None
-            }
-        },
-        (None, None) => None,
-    };
-    if let Some(schema) = schema
+    // 1. The route's JSON Schema. (The request's is checked before the
+    // gates, on every route and step: see `CallLoop::on_success`.)
+    if let Some(schema) = route.schema.as_deref()
         && has_text
     {
         gates::schema_gate(schema, &resp.message.content).map_err(GateFailure::Failed)?;

@@ -20,6 +20,7 @@ mod call_loop;
 mod candidates;
 mod cascade;
 mod context;
+mod hedge;
 mod permit;
 mod state;
 mod types;

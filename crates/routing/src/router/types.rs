@@ -118,6 +118,9 @@ pub struct Routed {
     pub decisions: Vec<RoutingDecision>,
     /// Cascade escalations made.
     pub escalations: u32,
+    /// The answer's text was validated against the request's JSON Schema
+    /// (and matches it: a routed call never returns one that does not).
+    pub schema_validated: bool,
 }
 
 /// Why a routed call failed.
@@ -133,6 +136,8 @@ pub enum RouteErrorKind {
     /// Transient failures used every attempt (or every candidate).
     Exhausted,
     Cancelled,
+    /// Every answer failed the JSON Schema the request asked for.
+    SchemaViolation,
 }
 
 /// A routed call that failed.
@@ -178,7 +183,7 @@ impl RouteError {
             RouteErrorKind::ContextLength | RouteErrorKind::InvalidRequest => {
                 ErrorCode::InvalidArgument
             }
-            RouteErrorKind::Exhausted => ErrorCode::Unavailable,
+            RouteErrorKind::Exhausted | RouteErrorKind::SchemaViolation => ErrorCode::Unavailable,
             RouteErrorKind::Cancelled => ErrorCode::Cancelled,
         }
     }

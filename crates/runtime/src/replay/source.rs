@@ -26,6 +26,7 @@ struct RecordedAnswer {
     model: String,
     finish_reason: FinishReason,
     cost_usd: Option<f64>,
+    schema_validated: bool,
 }
 
 impl ReplaySource {
@@ -42,6 +43,7 @@ impl ReplaySource {
                     model,
                     finish_reason,
                     cost_usd,
+                    schema_validated,
                     ..
                 } => answers.push_back(RecordedAnswer {
                     message: message.clone(),
@@ -50,6 +52,7 @@ impl ReplaySource {
                     model: model.clone(),
                     finish_reason: finish_reason.clone(),
                     cost_usd: *cost_usd,
+                    schema_validated: *schema_validated,
                 }),
                 EventKind::ToolResult {
                     call_id,
@@ -94,6 +97,7 @@ impl StepSource for ReplaySource {
                 cost_usd: a.cost_usd,
                 decisions: Vec::new(),
                 escalations: 0,
+                schema_validated: a.schema_validated,
             }),
             None => Err(unrecorded_answer()),
         };

@@ -467,6 +467,7 @@ impl SessionCtx {
                                 latency_ms: 0,
                                 cost_usd: None,
                                 attempts: 0,
+                                schema_validated: false,
                             },
                         ],
                         true,

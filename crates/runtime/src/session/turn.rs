@@ -741,6 +741,7 @@ impl SessionCtx {
             latency_ms,
             cost_usd: routed.cost_usd,
             attempts: routed.attempts,
+            schema_validated: routed.schema_validated,
         }];
         kinds.extend(calls);
         kinds

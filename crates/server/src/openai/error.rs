@@ -168,7 +168,7 @@ pub fn turn_failed_error(code: TurnFailureCode, reason: &str) -> ApiError {
         C::InvalidRequest => e(StatusCode::BAD_REQUEST, "invalid_request_error"),
         C::DeadlineExceeded => e(StatusCode::GATEWAY_TIMEOUT, "server_error"),
         C::NoEligibleEndpoint => e(StatusCode::SERVICE_UNAVAILABLE, "server_error"),
-        C::ModelError => e(StatusCode::BAD_GATEWAY, "server_error"),
+        C::ModelError | C::SchemaViolation => e(StatusCode::BAD_GATEWAY, "server_error"),
         C::Unspecified => e(StatusCode::INTERNAL_SERVER_ERROR, "server_error").code("turn_failed"),
         C::MaxStepsExceeded | C::GateRejected | C::Cancelled => {
             e(StatusCode::INTERNAL_SERVER_ERROR, "server_error")

@@ -298,6 +298,7 @@ mod tests {
             latency_ms: 0,
             cost_usd: None,
             attempts: 1,
+            schema_validated: false,
         }
     }
 

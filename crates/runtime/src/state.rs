@@ -1193,4 +1193,49 @@ mod tests {
             let _ = baton_store::snapshot::decode::<SessionState>(&bad);
         }
     }
+
+    fn cases() -> proptest::prelude::ProptestConfig {
+        let n = std::env::var("BATON_PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(256);
+        proptest::prelude::ProptestConfig::with_cases(n)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(cases())]
+
+        /// A snapshot damaged anywhere (bytes changed, cut, or inserted) is
+        /// refused or decoded, never a panic or a huge allocation.
+        #[test]
+        fn damaged_snapshots_never_panic(
+            edits in proptest::collection::vec(
+                (proptest::num::usize::ANY, proptest::num::u8::ANY, 0u8..3),
+                1..8,
+            ),
+        ) {
+            let s = realistic();
+            let mut bytes = baton_store::snapshot::encode(s.last_seq, &s).unwrap();
+            for (at, byte, how) in edits {
+                let at = at % (bytes.len() + 1);
+                match how {
+                    0 if at < bytes.len() => bytes[at] = byte,
+                    1 => bytes.truncate(at),
+                    _ => bytes.insert(at, byte),
+                }
+            }
+            let _ = baton_store::snapshot::decode::<SessionState>(&bytes);
+        }
+
+        /// Arbitrary bodies behind a valid header: the same.
+        #[test]
+        fn arbitrary_snapshot_bodies_never_panic(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..400),
+        ) {
+            let mut bytes = baton_store::snapshot::encode(7, &realistic()).unwrap();
+            bytes.truncate(9);
+            bytes.extend_from_slice(&body);
+            let _ = baton_store::snapshot::decode::<SessionState>(&bytes);
+        }
+    }
 }

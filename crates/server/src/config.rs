@@ -579,4 +579,63 @@ mod tests {
             Ok(())
         });
     }
+
+    use proptest::strategy::Strategy as _;
+
+    fn cases() -> proptest::prelude::ProptestConfig {
+        let n = std::env::var("BATON_PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(64);
+        proptest::prelude::ProptestConfig::with_cases(n)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(cases())]
+
+        /// Config files with known sections and keys holding any value:
+        /// loaded or refused with an error, never a panic.
+        #[test]
+        fn generated_config_files_load_or_fail_cleanly(
+            lines in proptest::collection::vec(
+                (
+                    proptest::prop_oneof![
+                        proptest::strategy::Just("[server]"), proptest::strategy::Just("[http]"),
+                        proptest::strategy::Just("[sessions]"), proptest::strategy::Just("[store]"),
+                        proptest::strategy::Just("[audit]"), proptest::strategy::Just("[[models]]"),
+                        proptest::strategy::Just("[[routes]]"), proptest::strategy::Just("[limits]"),
+                        proptest::strategy::Just("[privacy]"), proptest::strategy::Just("[flows]"),
+                        proptest::strategy::Just(""),
+                    ],
+                    proptest::prop_oneof![
+                        proptest::strategy::Just("name"), proptest::strategy::Just("listen"),
+                        proptest::strategy::Just("provider"), proptest::strategy::Just("endpoints"),
+                        proptest::strategy::Just("strategy"), proptest::strategy::Just("max_attempts"),
+                        proptest::strategy::Just("timeout_ms"), proptest::strategy::Just("hedge_after_ms"),
+                        proptest::strategy::Just("default_route"), proptest::strategy::Just("on_failure"),
+                        proptest::strategy::Just("base_url"), proptest::strategy::Just("weights"),
+                    ],
+                    proptest::prop_oneof![
+                        proptest::num::i64::ANY.prop_map(|n| n.to_string()),
+                        "\\PC{0,10}".prop_map(|s| format!("{s:?}")),
+                        proptest::strategy::Just("true".to_owned()),
+                        proptest::strategy::Just("[1, 2, 0]".to_owned()),
+                        proptest::strategy::Just("[\"a\", \"b\"]".to_owned()),
+                        proptest::strategy::Just("1e400".to_owned()),
+                        proptest::strategy::Just("-0.5".to_owned()),
+                        "[ -~]{0,8}",
+                    ],
+                ),
+                0..10,
+            ),
+        ) {
+            let text: String = lines
+                .iter()
+                .map(|(section, key, value)| format!("{section}\n{key} = {value}\n"))
+                .collect();
+            let dir = tempfile::tempdir().unwrap();
+            let p = write(dir.path(), &text);
+            let _ = BatonConfig::load_with_env(Some(&p), NO_ENV);
+        }
+    }
 }

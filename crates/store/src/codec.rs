@@ -917,4 +917,72 @@ mod tests {
             "{err}"
         );
     }
+
+    /// Cases per generated-input test: a bounded number in CI, more with
+    /// `BATON_PROPTEST_CASES` (see docs/architecture.md, "Tests").
+    fn cases() -> proptest::prelude::ProptestConfig {
+        let n = std::env::var("BATON_PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(256);
+        proptest::prelude::ProptestConfig::with_cases(n)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(cases())]
+
+        /// Whatever bytes a journal record holds, decoding gives a record
+        /// or an error naming the corruption, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..300)) {
+            let _ = decode_record(fixed_session(), 1, &bytes, &mut no_payloads);
+        }
+
+        /// Records of every shape the hot path writes come back as written.
+        #[test]
+        fn records_round_trip(
+            turn in proptest::num::u64::ANY,
+            attempt in proptest::num::u32::ANY,
+            text in "\\PC{0,80}",
+            input in proptest::num::u64::ANY,
+            output in proptest::num::u64::ANY,
+            cost in proptest::option::of(0.0f64..1e6),
+            validated in proptest::bool::ANY,
+            code in 0usize..4,
+        ) {
+            let code = [
+                TurnFailureCode::ModelError,
+                TurnFailureCode::SchemaViolation,
+                TurnFailureCode::PolicyBlocked,
+                TurnFailureCode::Unspecified,
+            ][code];
+            for kind in [
+                EventKind::OutputDelta { turn, attempt, text: text.clone() },
+                EventKind::TurnAccepted {
+                    turn,
+                    message: Message::user(text.clone()),
+                    review: validated,
+                    by: text.clone(),
+                },
+                EventKind::AssistantMessage {
+                    turn,
+                    message: Message::assistant(text.clone()),
+                    usage: Usage { input_tokens: input, output_tokens: output },
+                    endpoint: text.clone(),
+                    model: "m".into(),
+                    finish_reason: FinishReason::Stop,
+                    latency_ms: input,
+                    cost_usd: cost,
+                    attempts: attempt,
+                    schema_validated: validated,
+                },
+                EventKind::TurnFailed { turn, reason: text.clone(), code },
+            ] {
+                let enc = encode_record(&fixed_session(), 1, 42, &kind, 1 << 20);
+                let (at, back) = decode_record(fixed_session(), 1, &enc.record, &mut no_payloads).unwrap();
+                proptest::prop_assert_eq!(at, 42);
+                proptest::prop_assert_eq!(back, kind);
+            }
+        }
+    }
 }

@@ -30,6 +30,19 @@ use crate::{EndpointConfig, ProviderError, ProviderErrorKind, Result};
 /// Longest provider error text kept in an error message.
 pub(crate) const MAX_ERROR_TEXT: usize = 1000;
 
+/// The largest whole (non-streamed) response body read: a provider that
+/// sends more is malformed, not a reason to run out of memory.
+pub(crate) const MAX_RESPONSE_BYTES: usize = 16 << 20;
+
+/// The longest line of an event stream, and the most data one event may
+/// carry: a chunk is a few hundred bytes; past these the stream is malformed.
+pub(crate) const MAX_SSE_LINE: usize = 4 << 20;
+pub(crate) const MAX_SSE_EVENT: usize = 16 << 20;
+
+/// Of an error response's body only the start is read: its message is
+/// shown cut to [`MAX_ERROR_TEXT`] anyway.
+const MAX_ERROR_BODY: usize = 64 << 10;
+
 /// Longest wait for a stream's terminator once the answer is complete but
 /// for its usage.
 const USAGE_GRACE: Duration = Duration::from_secs(1);
@@ -282,7 +295,15 @@ pub(crate) async fn read_body(
     let mut body = Vec::new();
     loop {
         match tokio::time::timeout(idle, stream.next()).await {
-            Ok(Some(Ok(bytes))) => body.extend_from_slice(&bytes),
+            Ok(Some(Ok(bytes))) => {
+                if body.len() + bytes.len() > MAX_RESPONSE_BYTES {
+                    return Err(malformed(format!(
+                        "response body larger than {} MiB",
+                        MAX_RESPONSE_BYTES >> 20
+                    )));
+                }
+                body.extend_from_slice(&bytes);
+            }
             Ok(None) => return Ok(body),
             Ok(Some(Err(e))) => {
                 return Err(ProviderError::new(
@@ -304,14 +325,23 @@ pub(crate) async fn read_body(
     }
 }
 
-/// An error response's body, read for at most `idle` (an error body that
-/// never ends must not hold the attempt).
+/// The start of an error response's body (at most [`MAX_ERROR_BODY`]),
+/// read for at most `idle` (an error body that never ends must not hold the
+/// attempt, nor a huge one its memory).
 pub(crate) async fn read_error_body(resp: reqwest::Response, idle: Duration) -> Bytes {
-    tokio::time::timeout(idle, resp.bytes())
-        .await
-        .ok()
-        .and_then(|r| r.ok())
-        .unwrap_or_default()
+    let mut stream = resp.bytes_stream();
+    let mut body = Vec::new();
+    let read = async {
+        while let Some(Ok(bytes)) = stream.next().await {
+            let room = MAX_ERROR_BODY - body.len();
+            body.extend_from_slice(&bytes[..bytes.len().min(room)]);
+            if body.len() >= MAX_ERROR_BODY {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(idle, read).await;
+    Bytes::from(body)
 }
 
 /// How long [`SseReader::next`] may wait.
@@ -339,6 +369,8 @@ pub(crate) enum SseError {
     Broken(String),
     /// The stream is not text.
     NotUtf8,
+    /// A line or an event past [`MAX_SSE_LINE`] / [`MAX_SSE_EVENT`].
+    TooLarge(&'static str),
 }
 
 impl SseError {
@@ -374,15 +406,25 @@ impl SseError {
             SseError::NotUtf8 => {
                 malformed(format!("stream is not valid utf-8 after {chunks} chunks"))
             }
+            SseError::TooLarge(what) => {
+                malformed(format!("stream malformed after {chunks} chunks: {what}"))
+            }
         }
     }
 }
 
 /// Reads server-sent events off a body. Comments (`: ...`) and fields other
 /// than `event` and `data` are skipped; events without data are dropped.
+/// Linear in the body's size however it is split into chunks (each byte is
+/// scanned for a line end once), and bounded: a line past [`MAX_SSE_LINE`]
+/// or an event past [`MAX_SSE_EVENT`] is an error, not a growing buffer.
 pub(crate) struct SseReader {
     stream: ByteStream,
     buf: Vec<u8>,
+    /// `buf[..start]` is consumed (dropped when it is half the buffer).
+    start: usize,
+    /// `buf[start..scanned]` holds no line end.
+    scanned: usize,
     event: String,
     data: Option<String>,
     eof: bool,
@@ -395,6 +437,8 @@ impl SseReader {
         Self {
             stream,
             buf: Vec::new(),
+            start: 0,
+            scanned: 0,
             event: String::new(),
             data: None,
             eof: false,
@@ -437,11 +481,46 @@ impl SseReader {
         self.eof = true;
     }
 
+    /// The next complete line (without its line end), if one is buffered.
+    fn next_line(&mut self) -> Result<Option<std::ops::Range<usize>>, SseError> {
+        match self.buf[self.scanned..].iter().position(|b| *b == b'\n') {
+            Some(at) => {
+                let end = self.scanned + at;
+                let line = self.start..end;
+                self.start = end + 1;
+                self.scanned = self.start;
+                Ok(Some(line))
+            }
+            None => {
+                self.scanned = self.buf.len();
+                if self.buf.len() - self.start > MAX_SSE_LINE {
+                    return Err(SseError::TooLarge("a line longer than 4 MiB"));
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// Drop the consumed start of the buffer once it is half of it: each
+    /// byte is moved at most once more.
+    fn compact(&mut self) {
+        if self.start > 0 && self.start * 2 >= self.buf.len() {
+            self.buf.drain(..self.start);
+            self.scanned -= self.start;
+            self.start = 0;
+        }
+    }
+
     fn parse_buffered(&mut self) -> Result<Option<SseEvent>, SseError> {
-        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
-            let raw: Vec<u8> = self.buf.drain(..=pos).collect();
-            let line = std::str::from_utf8(&raw).map_err(|_| SseError::NotUtf8)?;
-            let line = line.trim_end_matches(['\n', '\r']);
+        let result = self.parse_lines();
+        self.compact();
+        result
+    }
+
+    fn parse_lines(&mut self) -> Result<Option<SseEvent>, SseError> {
+        while let Some(range) = self.next_line()? {
+            let line = std::str::from_utf8(&self.buf[range]).map_err(|_| SseError::NotUtf8)?;
+            let line = line.trim_end_matches('\r');
             if line.is_empty() {
                 if let Some(event) = self.dispatch() {
                     return Ok(Some(event));
@@ -454,13 +533,19 @@ impl SseReader {
             let (field, value) = line.split_once(':').unwrap_or((line, ""));
             let value = value.strip_prefix(' ').unwrap_or(value);
             match field {
-                "data" => match &mut self.data {
-                    Some(data) => {
-                        data.push('\n');
-                        data.push_str(value);
+                "data" => {
+                    let held = self.data.as_ref().map_or(0, String::len);
+                    if held + value.len() > MAX_SSE_EVENT {
+                        return Err(SseError::TooLarge("an event with more than 16 MiB of data"));
                     }
-                    None => self.data = Some(value.to_string()),
-                },
+                    match &mut self.data {
+                        Some(data) => {
+                            data.push('\n');
+                            data.push_str(value);
+                        }
+                        None => self.data = Some(value.to_string()),
+                    }
+                }
                 "event" => self.event = value.to_string(),
                 _ => {}
             }
@@ -581,6 +666,97 @@ pub(crate) mod tests {
         // "data: last" has no newline: an incomplete line is dropped at EOF.
         assert_eq!(r.next(wait).await.unwrap(), None);
         assert_eq!(r.events, 2);
+    }
+
+    /// Every event of `body` read when it arrives split at `cuts`.
+    fn events_of(body: &[u8], cuts: &[usize]) -> Result<Vec<SseEvent>, SseError> {
+        let (tx, stream) = channel_body();
+        let mut at = 0;
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+        cuts.sort_unstable();
+        for cut in cuts.into_iter().chain([body.len()]) {
+            if cut > at {
+                tx.unbounded_send(Ok(Bytes::copy_from_slice(&body[at..cut])))
+                    .unwrap();
+                at = cut;
+            }
+        }
+        drop(tx);
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut r = SseReader::new(stream);
+            let mut out = Vec::new();
+            while let Some(e) = r.next(Wait::Idle(Duration::from_secs(5))).await? {
+                out.push(e);
+            }
+            Ok(out)
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("BATON_PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256)
+        ))]
+
+        /// However a stream is cut into chunks, the same events come out,
+        /// and no input makes the reader panic.
+        #[test]
+        fn events_do_not_depend_on_chunking(
+            lines in proptest::collection::vec(
+                proptest::prop_oneof![
+                    "data: [a-z{}\":, ]{0,20}",
+                    "event: [a-z_]{0,10}",
+                    ": [ -~]{0,10}",
+                    "(id|retry): [0-9]{0,4}",
+                    proptest::strategy::Just(String::new()),
+                    "[ -~]{0,12}",
+                ],
+                0..24,
+            ),
+            crlf in proptest::bool::ANY,
+            cuts in proptest::collection::vec(0usize..4096, 0..12),
+        ) {
+            let end = if crlf { "\r\n" } else { "\n" };
+            let body: String = lines.iter().map(|l| format!("{l}{end}")).collect();
+            let whole = events_of(body.as_bytes(), &[]);
+            let split = events_of(body.as_bytes(), &cuts);
+            proptest::prop_assert_eq!(whole, split);
+        }
+
+        /// Arbitrary bytes: an error or events, never a panic.
+        #[test]
+        fn arbitrary_bytes_never_panic(
+            body in proptest::collection::vec(proptest::num::u8::ANY, 0..512),
+            cuts in proptest::collection::vec(0usize..512, 0..8),
+        ) {
+            let _ = events_of(&body, &cuts);
+        }
+    }
+
+    /// A line that never ends, or an event that never does, is an error
+    /// once past its cap, not a buffer growing without bound; reading is
+    /// linear however finely the body is cut.
+    #[test]
+    fn lines_and_events_are_capped() {
+        let long_line = vec![b'x'; MAX_SSE_LINE + 2];
+        let cuts: Vec<usize> = (1..64).map(|i| i * (MAX_SSE_LINE / 64)).collect();
+        assert!(matches!(
+            events_of(&long_line, &cuts),
+            Err(SseError::TooLarge(_))
+        ));
+        let line = format!("data: {}\n", "y".repeat(1 << 20));
+        let big_event = line.repeat(MAX_SSE_EVENT / (1 << 20) + 1);
+        assert!(matches!(
+            events_of(big_event.as_bytes(), &[]),
+            Err(SseError::TooLarge(_))
+        ));
+        // 64 Ki events of one byte each, delivered a byte at a time.
+        let many = "data: z\n\n".repeat(1 << 16);
+        let cuts: Vec<usize> = (0..many.len()).collect();
+        assert_eq!(events_of(many.as_bytes(), &cuts).unwrap().len(), 1 << 16);
     }
 
     #[tokio::test(start_paused = true)]

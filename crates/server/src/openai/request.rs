@@ -1112,4 +1112,96 @@ mod tests {
             "{parsed} parsed, {refused} refused"
         );
     }
+
+    /// Any JSON value, a few levels deep.
+    fn any_json() -> impl proptest::strategy::Strategy<Value = Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(Value::Null),
+            any::<bool>().prop_map(Value::from),
+            any::<i64>().prop_map(Value::from),
+            any::<f64>().prop_map(|f| json!(f)),
+            "\\PC{0,12}".prop_map(Value::from),
+            prop_oneof![
+                Just("user"),
+                Just("assistant"),
+                Just("system"),
+                Just("tool"),
+                Just("developer"),
+                Just("function"),
+                Just("text"),
+                Just("image_url"),
+                Just("json_schema"),
+            ]
+            .prop_map(Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+                proptest::collection::btree_map(
+                    prop_oneof![
+                        Just("role".to_owned()),
+                        Just("content".to_owned()),
+                        Just("type".to_owned()),
+                        Just("text".to_owned()),
+                        Just("tool_calls".to_owned()),
+                        Just("function".to_owned()),
+                        Just("name".to_owned()),
+                        Just("arguments".to_owned()),
+                        Just("url".to_owned()),
+                        Just("schema".to_owned()),
+                        "[a-z_]{1,8}",
+                    ],
+                    inner,
+                    0..4,
+                )
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+            ]
+        })
+    }
+
+    fn cases() -> proptest::prelude::ProptestConfig {
+        let n = std::env::var("BATON_PROPTEST_CASES")
+            .ok()
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(256);
+        proptest::prelude::ProptestConfig::with_cases(n)
+    }
+
+    proptest::proptest! {
+        #![proptest_config(cases())]
+
+        /// Any body: parsed, or a 400 naming the parameter; never a panic.
+        #[test]
+        fn arbitrary_bodies_are_parsed_or_refused_by_name(
+            bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..200),
+        ) {
+            if let Err(e) = parse_request(&bytes, &HeaderMap::new()) {
+                proptest::prop_assert_eq!(e.status, StatusCode::BAD_REQUEST);
+            }
+        }
+
+        /// Requests of the right outline with anything in their fields.
+        #[test]
+        fn generated_requests_are_parsed_or_refused_by_name(
+            messages in proptest::collection::vec(any_json(), 0..4),
+            tools in any_json(),
+            response_format in any_json(),
+            tool_choice in any_json(),
+            extra in any_json(),
+        ) {
+            let body = json!({
+                "model": "fast",
+                "messages": messages,
+                "tools": tools,
+                "response_format": response_format,
+                "tool_choice": tool_choice,
+                "temperature": extra,
+            });
+            if let Err(e) = parse(body.clone()) {
+                proptest::prop_assert_eq!(e.status, StatusCode::BAD_REQUEST, "{}", body);
+                proptest::prop_assert_eq!(e.kind, "invalid_request_error");
+            }
+        }
+    }
 }

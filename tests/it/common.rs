@@ -135,3 +135,16 @@ pub async fn pending_gates(g: &mut v1::gates_client::GatesClient<Channel>) -> Ve
     .into_inner()
     .gates
 }
+
+/// A session's whole journal up to the end of its (first unfinished) turn.
+pub async fn to_turn_end(c: &mut Client, id: &str) -> Vec<SessionEvent> {
+    let mut r = c
+        .resume_session(v1::ResumeSessionRequest {
+            session_id: id.into(),
+            after_seq: 0,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    read_until(&mut r, |e| e.ends_turn()).await
+}

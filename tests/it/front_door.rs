@@ -488,16 +488,7 @@ async fn generation_parameters_reach_the_upstream_and_the_journal() {
 
 /// The events of session `id`'s journal up to the end of its first turn.
 async fn first_turn(baton: &BatonProcess, id: &str) -> Vec<baton::types::SessionEvent> {
-    let mut client = baton.client().await.unwrap();
-    let mut events = client
-        .resume_session(v1::ResumeSessionRequest {
-            session_id: id.into(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    read_until(&mut events, |e| e.ends_turn()).await
+    to_turn_end(&mut baton.client().await.unwrap(), id).await
 }
 
 /// `response_format: json_schema` holds on a plain fallback route: an

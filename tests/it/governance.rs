@@ -171,19 +171,6 @@ async fn kill_once_hung(
     (server, client)
 }
 
-/// A session's whole journal up to the end of its (first unfinished) turn.
-async fn to_turn_end(c: &mut Client, id: &str) -> Vec<SessionEvent> {
-    let mut r = c
-        .resume_session(v1::ResumeSessionRequest {
-            session_id: id.into(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
-    read_until(&mut r, |e| e.ends_turn()).await
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn input_policies_redact_tag_and_block_on_every_path_and_through_sigkill() {
     let fake = FakeOpenAi::start().await.unwrap();

@@ -1194,17 +1194,7 @@ mod tests {
         }
     }
 
-    fn cases() -> proptest::prelude::ProptestConfig {
-        let n = std::env::var("BATON_PROPTEST_CASES")
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(256);
-        proptest::prelude::ProptestConfig::with_cases(n)
-    }
-
     proptest::proptest! {
-        #![proptest_config(cases())]
-
         /// A snapshot damaged anywhere (bytes changed, cut, or inserted) is
         /// refused or decoded, never a panic or a huge allocation.
         #[test]

@@ -582,17 +582,7 @@ mod tests {
 
     use proptest::strategy::Strategy as _;
 
-    fn cases() -> proptest::prelude::ProptestConfig {
-        let n = std::env::var("BATON_PROPTEST_CASES")
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(64);
-        proptest::prelude::ProptestConfig::with_cases(n)
-    }
-
     proptest::proptest! {
-        #![proptest_config(cases())]
-
         /// Config files with known sections and keys holding any value:
         /// loaded or refused with an error, never a panic.
         #[test]

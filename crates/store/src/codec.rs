@@ -918,19 +918,7 @@ mod tests {
         );
     }
 
-    /// Cases per generated-input test: a bounded number in CI, more with
-    /// `BATON_PROPTEST_CASES` (see docs/architecture.md, "Tests").
-    fn cases() -> proptest::prelude::ProptestConfig {
-        let n = std::env::var("BATON_PROPTEST_CASES")
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(256);
-        proptest::prelude::ProptestConfig::with_cases(n)
-    }
-
     proptest::proptest! {
-        #![proptest_config(cases())]
-
         /// Whatever bytes a journal record holds, decoding gives a record
         /// or an error naming the corruption, never a panic.
         #[test]

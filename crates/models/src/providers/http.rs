@@ -697,10 +697,6 @@ pub(crate) mod tests {
     }
 
     proptest::proptest! {
-        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
-            std::env::var("BATON_PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(256)
-        ))]
-
         /// However a stream is cut into chunks, the same events come out,
         /// and no input makes the reader panic.
         #[test]

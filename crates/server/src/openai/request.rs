@@ -1160,17 +1160,7 @@ mod tests {
         })
     }
 
-    fn cases() -> proptest::prelude::ProptestConfig {
-        let n = std::env::var("BATON_PROPTEST_CASES")
-            .ok()
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(256);
-        proptest::prelude::ProptestConfig::with_cases(n)
-    }
-
     proptest::proptest! {
-        #![proptest_config(cases())]
-
         /// Any body: parsed, or a 400 naming the parameter; never a panic.
         #[test]
         fn arbitrary_bodies_are_parsed_or_refused_by_name(

@@ -22,6 +22,7 @@ mod cascade;
 mod context;
 mod hedge;
 mod permit;
+mod plan;
 mod state;
 mod types;
 

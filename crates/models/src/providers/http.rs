@@ -221,7 +221,10 @@ fn parse_http_date(s: &str) -> Option<SystemTime> {
     let [h, m, sec] = hms.as_slice() else {
         return None;
     };
-    if !(1..=31).contains(&day) || *h > 23 || *m > 59 || *sec > 60 {
+    // Four-digit years only: the date arithmetic below stays far from
+    // overflow whatever the header says.
+    if !(1..=31).contains(&day) || !(1970..=9999).contains(&year) || *h > 23 || *m > 59 || *sec > 60
+    {
         return None;
     }
     let days = days_from_civil(year, month, day);
@@ -800,6 +803,26 @@ pub(crate) mod tests {
         );
         assert_eq!(parse_http_date("Tue, 29 Feb 2000 12:00:00 PST"), None);
         assert_eq!(parse_http_date("Tue, 29 Foo 2000 12:00:00 GMT"), None);
+        // Dates far off cannot overflow: years beyond four digits are not
+        // dates, and the latest one is a long (capped later) wait.
+        for year in ["99999999999999999", "-9223372036854775808", "1969", "10000"] {
+            let v = format!("Fri, 31 Dec {year} 23:59:59 GMT");
+            assert_eq!(parse_http_date(&v), None, "{v}");
+            h.insert(RETRY_AFTER, v.parse().unwrap());
+            assert_eq!(retry_after_at(&h, now), None, "{v}");
+        }
+        h.insert(
+            RETRY_AFTER,
+            "Fri, 31 Dec 9999 23:59:59 GMT".parse().unwrap(),
+        );
+        assert_eq!(
+            retry_after_at(&h, now),
+            Some(Duration::from_secs(253_402_300_799 - 1_445_412_470))
+        );
+        h.insert(RETRY_AFTER, u64::MAX.to_string().parse().unwrap());
+        assert_eq!(retry_after_at(&h, now), Some(Duration::from_secs(u64::MAX)));
+        h.insert(RETRY_AFTER, "1e300".parse().unwrap());
+        assert_eq!(retry_after_at(&h, now), None);
     }
 
     #[test]

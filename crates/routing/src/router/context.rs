@@ -58,6 +58,7 @@ impl<'a> CallContext<'a> {
 
     /// `wait` from now still ends before the deadline.
     pub(super) fn fits(&self, wait: Duration) -> bool {
-        self.deadline.is_none_or(|d| Instant::now() + wait < d)
+        self.deadline
+            .is_none_or(|d| Instant::now().checked_add(wait).is_some_and(|t| t < d))
     }
 }

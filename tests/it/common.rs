@@ -95,6 +95,24 @@ pub fn fake_model_toml(base_url: &str, stream: bool) -> String {
     )
 }
 
+/// The real binary started on `toml` (data under `dir`), with its HTTP
+/// address and a client for it.
+pub async fn serve_http(
+    dir: &std::path::Path,
+    toml: &str,
+) -> (baton_testkit::BatonProcess, String, reqwest::Client) {
+    let config = baton_testkit::process::write_config(dir, &dir.join("data"), toml).unwrap();
+    let baton = baton_testkit::BatonProcess::start(bin(), &config)
+        .await
+        .unwrap();
+    let http = baton.http_url().unwrap();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    (baton, http, client)
+}
+
 /// A metric of a child process as `/metrics` shows it, by the start of its
 /// line (name and labels, e.g. `baton_turns_total{outcome="completed"}`);
 /// 0 when the series does not exist yet.

@@ -27,6 +27,7 @@ mod quality;
 mod retention;
 mod routing;
 mod snapshots;
+mod stream_resume;
 mod tls_auth;
 mod tool_crash;
 mod tools;

@@ -205,6 +205,7 @@ pub fn describe(e: &SessionEvent) -> String {
             cost_usd,
             attempts,
             schema_validated,
+            output_resumed,
         } => {
             let cost = cost_usd.map(|c| format!(", ${c:.6}")).unwrap_or_default();
             let tries = if *attempts > 1 {
@@ -213,8 +214,12 @@ pub fn describe(e: &SessionEvent) -> String {
                 String::new()
             };
             let schema = if *schema_validated { ", schema ok" } else { "" };
+            let resumed = match output_resumed {
+                baton_types::OutputResume::None => String::new(),
+                r => format!(", stream resumed: {r}"),
+            };
             let mut s = format!(
-                "turn {turn} assistant [{endpoint}/{model}, {latency_ms} ms, {}→{} tokens{cost}{tries}{schema}, {}]: {}",
+                "turn {turn} assistant [{endpoint}/{model}, {latency_ms} ms, {}→{} tokens{cost}{tries}{schema}{resumed}, {}]: {}",
                 usage.input_tokens,
                 usage.output_tokens,
                 finish_reason.as_str(),
@@ -383,8 +388,8 @@ pub fn describe(e: &SessionEvent) -> String {
             if let Some(ms) = failure.retry_in_ms {
                 d.push_str(&format!(" (next in {ms} ms)"));
             }
-            if failure.retracted {
-                d.push_str(" (streamed output retracted)");
+            if failure.streamed {
+                d.push_str(" (after its text was streamed)");
             }
             d
         }

@@ -115,6 +115,43 @@ pub struct EndpointConfig {
     /// The endpoint's circuit breaker, shared by every session.
     #[serde(default)]
     pub breaker: BreakerConfig,
+    /// How the endpoint continues a partial answer, used when a stream broke
+    /// after its text reached the caller (see [`Continuation`]). Default:
+    /// `prefill` for `anthropic`, `none` otherwise.
+    #[serde(default)]
+    pub continuation: Option<Continuation>,
+}
+
+/// How an endpoint is asked to continue a partial answer: the text a
+/// caller already received from an attempt whose stream broke goes to the
+/// model as the start of its answer, and the model writes the rest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Continuation {
+    /// It cannot: a retry is asked for the whole answer again.
+    None,
+    /// `anthropic`: the partial answer as a final assistant message (a
+    /// prefill), sent without trailing whitespace as the API requires.
+    Prefill,
+    /// `openai`-compatible servers with vLLM's chat-template options: the
+    /// partial answer as a final assistant message with
+    /// `"continue_final_message": true, "add_generation_prompt": false`.
+    ContinueFinalMessage,
+    /// `openai`-compatible servers with a prefix-completion mode (DeepSeek,
+    /// Mistral): the partial answer as a final assistant message with
+    /// `"prefix": true`.
+    Prefix,
+}
+
+impl Continuation {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Continuation::None => "none",
+            Continuation::Prefill => "prefill",
+            Continuation::ContinueFinalMessage => "continue_final_message",
+            Continuation::Prefix => "prefix",
+        }
+    }
 }
 
 /// Something an endpoint can do.
@@ -308,7 +345,17 @@ impl EndpointConfig {
             first_token_timeout_ms: default_first_token_timeout_ms(),
             idle_timeout_ms: default_idle_timeout_ms(),
             breaker: BreakerConfig::default(),
+            continuation: None,
         }
+    }
+
+    /// How the endpoint continues a partial answer: as configured, else
+    /// `prefill` for `anthropic` and `none` for the others.
+    pub fn continuation(&self) -> Continuation {
+        self.continuation.unwrap_or(match self.provider {
+            ProviderKind::Anthropic => Continuation::Prefill,
+            _ => Continuation::None,
+        })
     }
 
     /// True when the endpoint has `cap`.
@@ -423,6 +470,28 @@ impl EndpointConfig {
                 "script_file",
                 format!(
                     "only used by provider scripted, not {}",
+                    self.provider.as_str()
+                ),
+            ));
+        }
+        let fits = match (self.continuation(), self.provider) {
+            (Continuation::None, _) => true,
+            (Continuation::Prefill, p) => p == ProviderKind::Anthropic,
+            (Continuation::ContinueFinalMessage | Continuation::Prefix, p) => {
+                p == ProviderKind::Openai
+            }
+        };
+        if !fits {
+            let allowed = match self.provider {
+                ProviderKind::Anthropic => "none or prefill",
+                ProviderKind::Openai => "none, continue_final_message or prefix",
+                _ => "none",
+            };
+            return Err(self.invalid(
+                "continuation",
+                format!(
+                    "{} is not available for provider {} (use {allowed})",
+                    self.continuation().as_str(),
                     self.provider.as_str()
                 ),
             ));

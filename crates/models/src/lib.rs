@@ -38,7 +38,8 @@ pub mod providers;
 use baton_types::{FinishReason, Message, ToolDefinition, Usage};
 
 pub use config::{
-    BreakerConfig, Capability, EchoConfig, EndpointConfig, ProviderKind, RetryConfig, echo_default,
+    BreakerConfig, Capability, Continuation, EchoConfig, EndpointConfig, ProviderKind, RetryConfig,
+    echo_default,
 };
 pub use endpoint::Endpoint;
 pub use error::{Error, ProviderError, ProviderErrorKind, Result};
@@ -69,6 +70,11 @@ pub struct ModelRequest {
     /// own provider key (bring your own key), set by the router for the one
     /// endpoint it belongs to. Never printed, never journaled.
     pub api_key: Option<ProviderKey>,
+    /// The start of the answer, already written: the model is asked to
+    /// continue it (the endpoint's [`Continuation`]) and answers with the
+    /// rest only. Set by the router to resume a stream that broke after its
+    /// text reached the caller; only for endpoints that can continue.
+    pub continue_from: Option<String>,
 }
 
 /// Read an api key from the environment variable `env` or the file `file`
@@ -148,6 +154,7 @@ impl ModelRequest {
             tool_choice: baton_types::ToolChoice::Auto,
             json_schema: None,
             api_key: None,
+            continue_from: None,
         }
     }
 

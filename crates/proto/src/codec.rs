@@ -254,7 +254,7 @@ macro_rules! flattened_routing {
                 w.kind = f.kind.clone();
                 w.message = f.message.clone();
                 w.retry_in_ms = f.retry_in_ms;
-                w.retracted = f.retracted;
+                w.streamed = f.streamed;
             }
 
             pub(super) fn dec(
@@ -268,7 +268,7 @@ macro_rules! flattened_routing {
                     kind: w.kind,
                     message: w.message,
                     retry_in_ms: w.retry_in_ms,
-                    retracted: w.retracted,
+                    streamed: w.streamed,
                 })
             }
         }
@@ -290,7 +290,7 @@ macro_rules! common_fields {
         $crate::common_fields!(@wire $Field, $Enc, $Dec, $Err, |$cx, $reason| $err;
             ::baton_types::GateKind, ::baton_types::GatePoint, ::baton_types::TimeoutAction,
             ::baton_types::Decision, ::baton_types::ModelCallReason, ::baton_types::TurnFailureCode,
-            ::baton_types::PolicyStage);
+            ::baton_types::PolicyStage, ::baton_types::OutputResume);
 
         impl $Field<String> for Option<String> {
             fn enc(&self, _: &mut $Enc) -> String {

@@ -258,7 +258,7 @@ crate::event_codec! {
         OutputDelta => OutputDelta { turn, attempt, text },
         AssistantMessage => AssistantMessage {
             turn, message, usage, endpoint, model, finish_reason, latency_ms, cost_usd, attempts,
-            schema_validated,
+            schema_validated, output_resumed,
         },
         RoutingDecided => RoutingDecided { turn, decision via routing_decision },
         AttemptFailed => AttemptFailed { turn, failure via attempt_failure },
@@ -447,6 +447,7 @@ mod tests {
                 cost_usd: Some(0.001),
                 attempts: 2,
                 schema_validated: true,
+                output_resumed: baton_types::OutputResume::None,
             },
             EventKind::RoutingDecided {
                 turn: 1,
@@ -473,7 +474,7 @@ mod tests {
                     kind: "server".into(),
                     message: "503".into(),
                     retry_in_ms: Some(10),
-                    retracted: true,
+                    streamed: true,
                 },
             },
             EventKind::OutputRetracted {

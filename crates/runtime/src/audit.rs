@@ -213,6 +213,7 @@ fn audit_record(e: &baton_types::SessionEvent) -> Option<Record<'_>> {
             cost_usd,
             attempts,
             schema_validated,
+            output_resumed,
         } => (
             "model_call",
             None,
@@ -221,6 +222,7 @@ fn audit_record(e: &baton_types::SessionEvent) -> Option<Record<'_>> {
                 "response": message, "usage": usage, "finish_reason": finish_reason,
                 "latency_ms": latency_ms, "cost_usd": cost_usd, "attempts": attempts,
                 "schema_validated": schema_validated,
+                "output_resumed": output_resumed.as_str(),
             }),
         ),
         K::RoutingDecided { turn, decision } => (

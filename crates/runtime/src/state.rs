@@ -839,6 +839,7 @@ mod tests {
                 cost_usd: None,
                 attempts: 1,
                 schema_validated: false,
+                output_resumed: baton_types::OutputResume::None,
             },
         );
         assert!(s2.current.as_ref().unwrap().response_recorded);
@@ -952,6 +953,7 @@ mod tests {
                 cost_usd: None,
                 attempts: 1,
                 schema_validated: false,
+                output_resumed: baton_types::OutputResume::None,
             },
             EventKind::ToolCallRequested {
                 turn: 1,
@@ -1113,6 +1115,7 @@ mod tests {
                 cost_usd: Some(0.002),
                 attempts: 2,
                 schema_validated: true,
+                output_resumed: baton_types::OutputResume::None,
             },
             EventKind::ToolCallRequested {
                 turn: 1,

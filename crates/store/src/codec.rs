@@ -370,7 +370,7 @@ baton_proto::event_codec! {
         OutputDelta => OutputDelta { turn, attempt, text },
         AssistantMessage => ModelResponse {
             turn, message, usage, endpoint, model, finish_reason, latency_ms, cost_usd, attempts,
-            schema_validated,
+            schema_validated, output_resumed,
         },
         RoutingDecided => RoutingDecided { turn, decision via routing_decision },
         AttemptFailed => AttemptFailed { turn, failure via attempt_failure },
@@ -487,6 +487,7 @@ mod tests {
             cost_usd: None,
             attempts: 2,
             schema_validated: true,
+            output_resumed: baton_types::OutputResume::Continuation,
         };
         let enc = encode_record(&fixed_session(), 1, 42, &kind, 1 << 20);
         let (_, back) = decode_record(fixed_session(), 1, &enc.record, &mut no_payloads).unwrap();
@@ -551,6 +552,7 @@ mod tests {
                     cost_usd: None,
                     attempts: 0,
                     schema_validated: false,
+                    output_resumed: baton_types::OutputResume::None,
                 },
                 "0801102a721e08031206080312026f6b1a04080510062201652a016d320473746f703809",
             ),
@@ -741,6 +743,7 @@ mod tests {
                     cost_usd: Some(0.25),
                     attempts: 2,
                     schema_validated: false,
+                    output_resumed: baton_types::OutputResume::None,
                 },
                 "0801102a722908031206080312026f6b1a04080510062201652a016d320473746f70380941000000000000d03f4802",
             ),
@@ -773,7 +776,7 @@ mod tests {
                         kind: "server".into(),
                         message: "503".into(),
                         retry_in_ms: Some(200),
-                        retracted: true,
+                        streamed: true,
                     },
                 },
                 "0801102ada01190801120161180122067365727665722a0335303330c8013801",
@@ -963,6 +966,7 @@ mod tests {
                     cost_usd: cost,
                     attempts: attempt,
                     schema_validated: validated,
+                    output_resumed: baton_types::OutputResume::None,
                 },
                 EventKind::TurnFailed { turn, reason: text.clone(), code },
             ] {

@@ -263,7 +263,13 @@ impl AnthropicAnswer {
             .filter(|m| m["role"] == "user")
             .find_map(|m| user_text(&m["content"]))
             .unwrap_or_default();
-        let answer = Answer::new(behavior, &last_user, body["max_tokens"].as_u64());
+        // A prefill: the final message is the assistant's.
+        let start = messages
+            .last()
+            .filter(|m| m["role"] == "assistant")
+            .map(|m| all_text(&m["content"]));
+        let answer = Answer::new(behavior, &last_user, body["max_tokens"].as_u64())
+            .continuing(start.as_deref());
         let mut stop_reason = match answer.finish {
             Finish::Stop => "end_turn",
             Finish::Length => "max_tokens",
@@ -467,7 +473,7 @@ async fn messages(
     let answer = AnthropicAnswer::new(&body, &behavior, shared.next_id(), refusal);
     if !stream {
         return match fault {
-            Some(Fault::MalformedChunk) => (
+            Some(Fault::MalformedChunk | Fault::MalformedChunkAfter { .. }) => (
                 [(header::CONTENT_TYPE, "application/json")],
                 "{\"id\": \"broken\", \"content\": [",
             )
@@ -497,9 +503,14 @@ async fn messages(
         .iter()
         .map(|(name, data)| sse_frame(name, &data.to_string()))
         .collect();
-    if fault == Some(Fault::MalformedChunk) {
+    let malformed_at = match fault {
+        Some(Fault::MalformedChunk) => Some(2),
+        Some(Fault::MalformedChunkAfter { chunks }) => Some(chunks),
+        _ => None,
+    };
+    if let Some(at) = malformed_at {
         frames.insert(
-            2.min(frames.len()),
+            at.min(frames.len()),
             sse_frame(
                 "content_block_delta",
                 "{\"type\": \"content_block_delta\", \"index\": 0, \"delta\": {\"type\": \"text_delta\", \"text\": ",

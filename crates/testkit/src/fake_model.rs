@@ -14,7 +14,10 @@
 //! counted, faulted or not. "Tokens" are whitespace-separated words: input
 //! over all message contents, output over the reply text; a request's output
 //! limit (`max_tokens`) is honoured in words, finishing with the provider's
-//! "length" reason.
+//! "length" reason. A request that asks to continue a partial answer (a
+//! final assistant message: Anthropic's prefill, OpenAI-compatible
+//! `"prefix": true` or `"continue_final_message": true`) gets the reply's
+//! text after that partial answer.
 
 use std::collections::VecDeque;
 use std::io;
@@ -116,6 +119,9 @@ pub enum Fault {
     BreakStreamAfter { chunks: usize },
     /// Send a chunk that is not valid JSON (JSON answers: a malformed body).
     MalformedChunk,
+    /// Send `chunks` SSE events of a normal answer, then a chunk that is not
+    /// valid JSON, then the rest (JSON answers: a malformed body).
+    MalformedChunkAfter { chunks: usize },
     /// Streams: send the headers at once and the first event after this
     /// delay. JSON answers: send the whole answer after the delay.
     SlowFirstToken(Duration),
@@ -554,6 +560,17 @@ impl Answer {
             tool_calls: behavior.tool_calls.clone(),
             finish,
         }
+    }
+
+    /// The answer to a request that asks to continue `start` (a partial
+    /// answer): the reply's text after `start` when it begins with it (as a
+    /// model continuing its own words would write), else the whole reply.
+    pub(crate) fn continuing(mut self, start: Option<&str>) -> Self {
+        if let Some(rest) = start.and_then(|s| self.text.strip_prefix(s)) {
+            self.text = rest.to_string();
+            self.output_tokens = words(&self.text);
+        }
+        self
     }
 }
 

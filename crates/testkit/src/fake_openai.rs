@@ -137,7 +137,16 @@ impl OpenAiAnswer {
         let limit = body["max_tokens"]
             .as_u64()
             .or_else(|| body["max_completion_tokens"].as_u64());
-        let answer = Answer::new(behavior, &last_user, limit);
+        // A partial answer to continue: the final assistant message, with
+        // `prefix` (DeepSeek, Mistral) or `continue_final_message` (vLLM).
+        let start = messages
+            .last()
+            .filter(|m| {
+                m["role"] == "assistant"
+                    && (m["prefix"] == true || body["continue_final_message"] == true)
+            })
+            .map(|m| content_text(&m["content"]));
+        let answer = Answer::new(behavior, &last_user, limit).continuing(start.as_deref());
         let finish_reason = match answer.finish {
             _ if refusal => "content_filter",
             Finish::Stop => "stop",
@@ -339,7 +348,7 @@ async fn chat_completions(
     let answer = OpenAiAnswer::new(&body, &behavior, shared.next_id(), refusal);
     if !stream {
         return match fault {
-            Some(Fault::MalformedChunk) => (
+            Some(Fault::MalformedChunk | Fault::MalformedChunkAfter { .. }) => (
                 [(header::CONTENT_TYPE, "application/json")],
                 "{\"id\": \"broken\", \"choices\": [",
             )
@@ -370,6 +379,12 @@ async fn chat_completions(
         Some(Fault::MalformedChunk) => {
             frames.insert(
                 1.min(frames.len()),
+                sse_frame("{\"choices\": [{\"delta\": {\"content\": "),
+            );
+        }
+        Some(Fault::MalformedChunkAfter { chunks }) => {
+            frames.insert(
+                chunks.min(frames.len()),
                 sse_frame("{\"choices\": [{\"delta\": {\"content\": "),
             );
         }

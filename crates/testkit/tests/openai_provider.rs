@@ -294,7 +294,7 @@ async fn client_error_is_not_retried_and_carries_the_provider_message() {
 }
 
 #[tokio::test]
-async fn broken_stream_restarts_and_the_retry_succeeds() {
+async fn a_broken_stream_is_resumed_by_the_retry_without_repeating_text() {
     let server = FakeOpenAi::start().await.unwrap();
     server.set_behavior(Behavior {
         reply: Reply::Fixed("abcdefghij".into()),
@@ -304,14 +304,16 @@ async fn broken_stream_restarts_and_the_retry_succeeds() {
     server.push_fault(Fault::BreakStreamAfter { chunks: 2 });
     let r = routed(config(&server, true), &request("x")).await;
     assert_eq!(r.failures[0].kind, "connection");
-    assert!(r.failures[0].retracted);
+    assert!(r.failures[0].streamed);
     let deltas = r.deltas.clone();
     let routed = r.unwrap();
     assert_eq!(routed.attempts, 2);
     assert_eq!(routed.response.message.content, "abcdefghij");
-    let restart = deltas.iter().position(|d| *d == Delta::Restart).unwrap();
-    assert_eq!(text_of(&deltas[..restart]), "abcd");
-    assert_eq!(text_of(&deltas[restart + 1..]), "abcdefghij");
+    // The retry re-wrote "abcd" (held back), then streamed the rest: no
+    // retraction, nothing repeated.
+    assert!(!deltas.contains(&Delta::Restart), "{deltas:?}");
+    assert_eq!(text_of(&deltas), "abcdefghij");
+    assert_eq!(routed.output_resumed, baton_types::OutputResume::Prefix);
     assert_eq!(server.requests(), 2);
 }
 
@@ -727,16 +729,16 @@ async fn scripted_replies_come_first_in_order_and_survive_faults() {
     assert_eq!(resp.finish_reason, FinishReason::Stop);
     assert_eq!(text_of(&deltas), "first text");
 
-    // Nor does a stream broken halfway: the attempt sent part of it, the retry all.
+    // Nor does a stream broken halfway: the attempt sent part of it, the
+    // retry all of it, and the caller got the rest once.
     server.push_fault(Fault::BreakStreamAfter { chunks: 2 });
     let r = routed(config(&server, true), &request("x")).await;
     let deltas = r.deltas.clone();
     let resp = r.unwrap().response;
     assert_eq!(resp.attempts, 2);
     assert_eq!(resp.message.content, "second text");
-    let restart = deltas.iter().position(|d| *d == Delta::Restart).unwrap();
-    assert_eq!(text_of(&deltas[..restart]), "second");
-    assert_eq!(text_of(&deltas[restart + 1..]), "second text");
+    assert!(!deltas.contains(&Delta::Restart), "{deltas:?}");
+    assert_eq!(text_of(&deltas), "second text");
     assert_eq!(server.replies_left(), 0);
 
     // Then the behaviour again.

@@ -18,7 +18,7 @@ use baton_routing::{
 };
 use baton_testkit::fake_openai::{CONTENT_POLICY_MESSAGE, CONTEXT_LENGTH_MESSAGE};
 use baton_testkit::{Behavior, FakeOpenAi, Fault, Reply};
-use baton_types::{AttemptFailure, ErrorCode, Message, RoutingDecision};
+use baton_types::{AttemptFailure, ErrorCode, Message, OutputResume, RoutingDecision};
 use serde_json::json;
 use tokio::sync::mpsc;
 
@@ -154,7 +154,7 @@ async fn server_errors_are_retried_then_fail_over_to_the_next_endpoint() {
     assert_eq!(f.len(), 2);
     assert!(
         f.iter()
-            .all(|f| f.endpoint == "a" && f.kind == "server" && !f.retracted)
+            .all(|f| f.endpoint == "a" && f.kind == "server" && !f.streamed)
     );
     assert!(f[0].retry_in_ms.unwrap() <= 5, "{:?}", f[0]);
     assert_eq!(f[1].retry_in_ms, Some(0), "failover is immediate");
@@ -1010,7 +1010,7 @@ async fn concurrent_calls_never_overspend_a_route_budget() {
 }
 
 #[tokio::test]
-async fn a_stream_broken_after_output_is_retracted_before_the_fallback_streams() {
+async fn a_fallback_that_says_something_else_retracts_the_text_sent() {
     let (a, b) = (fake().await, fake().await);
     a.set_behavior(Behavior {
         reply: Reply::Fixed("the first try that breaks".into()),
@@ -1057,8 +1057,9 @@ async fn a_stream_broken_after_output_is_retracted_before_the_fallback_streams()
     assert_eq!(text(&got[restart + 1..]), "the fallback answer");
     let f = failures(&drain(&mut events));
     assert_eq!(f.len(), 1);
-    assert!(f[0].retracted, "{:?}", f[0]);
+    assert!(f[0].streamed, "{:?}", f[0]);
     assert_eq!(f[0].endpoint, "a");
+    assert_eq!(routed.output_resumed, OutputResume::Retracted);
     r.models().stop().await;
 }
 

@@ -179,6 +179,10 @@ pub enum EventKind {
         /// attempt fails with `schema_violation`.
         #[serde(default)]
         schema_validated: bool,
+        /// How the streamed answer went on when an attempt failed after its
+        /// text reached the caller.
+        #[serde(default)]
+        output_resumed: crate::OutputResume,
     },
     /// Which endpoint a model-call attempt went to, and why.
     RoutingDecided {

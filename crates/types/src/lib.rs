@@ -39,7 +39,7 @@ pub use message::{
 };
 pub use policy::{PolicyHit, PolicyMatch, PolicyOutcome, PolicyStage, QualityScore};
 pub use principal::{AccessRole, AuthMethod, DEFAULT_TENANT, Principal};
-pub use routing::{AttemptFailure, RouteCandidate, RoutingDecision};
+pub use routing::{AttemptFailure, OutputResume, RouteCandidate, RoutingDecision};
 pub use turn::{ModelCallReason, TurnFailureCode};
 pub use url::{redact_url, redact_url_in};
 pub use wire::{UnknownValue, WireEnum};

@@ -4,6 +4,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use crate::wire::wire_enum;
+
 /// One endpoint the router considered.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RouteCandidate {
@@ -57,7 +59,30 @@ pub struct AttemptFailure {
     /// The wait before the next attempt, when there is one.
     #[serde(default)]
     pub retry_in_ms: Option<u64>,
-    /// The attempt had streamed output that is now void.
+    /// The attempt's text had reached the caller when it failed: the next
+    /// attempt resumes it (see [`OutputResume`]) or retracts it
+    /// (`OutputRetracted`).
     #[serde(default)]
-    pub retracted: bool,
+    pub streamed: bool,
+}
+
+wire_enum! {
+    /// How an answer went on after an attempt failed with its text already
+    /// streamed to the caller: the caller ends up with one answer, nothing
+    /// repeated and nothing missing, unless it was `Retracted`.
+    #[derive(Default)]
+    pub enum OutputResume: "output resume" {
+        /// Nothing to resume: no attempt failed after streaming.
+        #[default]
+        None = "",
+        /// The next answer began with exactly the text streamed; only the
+        /// rest was streamed.
+        Prefix = "prefix",
+        /// An endpoint that can continue a partial answer was asked to, and
+        /// its continuation was streamed after the text already sent.
+        Continuation = "continuation",
+        /// Neither: the text streamed was retracted (`OutputRetracted`) and
+        /// the answer streamed from its start.
+        Retracted = "retracted",
+    }
 }

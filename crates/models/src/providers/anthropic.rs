@@ -126,10 +126,22 @@ impl AnthropicProvider {
             .max_output_tokens
             .or(self.max_output_tokens)
             .unwrap_or(DEFAULT_MAX_TOKENS);
+        let mut messages = wire_messages(&req.messages)?;
+        if let Some(start) = &req.continue_from {
+            // A prefill: the model continues the final assistant message,
+            // which must not end in whitespace.
+            let start = start.trim_end();
+            if start.is_empty() {
+                return Err(invalid(
+                    "a continuation needs a non-blank answer to continue",
+                ));
+            }
+            messages.push(json!({"role": "assistant", "content": start}));
+        }
         let mut body = json!({
             "model": self.model,
             "max_tokens": max_tokens,
-            "messages": wire_messages(&req.messages)?,
+            "messages": messages,
             "stream": self.stream,
         });
         let system: Vec<&str> = req

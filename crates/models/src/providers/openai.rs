@@ -54,8 +54,8 @@ use super::http::{
     self, ByteStream, SseError, SseReader, Timeouts, Wait, error_text, malformed, read_api_key,
 };
 use crate::{
-    Delta, DeltaSink, EndpointConfig, ModelRequest, ModelResponse, Provider, ProviderError,
-    ProviderErrorKind, Result,
+    Continuation, Delta, DeltaSink, EndpointConfig, ModelRequest, ModelResponse, Provider,
+    ProviderError, ProviderErrorKind, Result,
 };
 
 /// A client of one OpenAI-compatible endpoint. Its `Debug` output never
@@ -69,6 +69,7 @@ pub struct OpenAiProvider {
     stream: bool,
     max_output_tokens: Option<u32>,
     logprobs: bool,
+    continuation: Continuation,
     timeouts: Timeouts,
 }
 
@@ -107,18 +108,40 @@ impl OpenAiProvider {
             stream: cfg.stream,
             max_output_tokens: cfg.max_output_tokens,
             logprobs: cfg.logprobs,
+            continuation: cfg.continuation(),
             timeouts,
         })
     }
 
     /// The request body; an error when a tool definition cannot be sent.
     fn body(&self, req: &ModelRequest) -> Result<Value, ProviderError> {
-        let messages: Vec<Value> = req.messages.iter().map(wire_message).collect();
+        let mut messages: Vec<Value> = req.messages.iter().map(wire_message).collect();
+        let mut continue_final = false;
+        if let Some(start) = &req.continue_from {
+            // The answer so far as the final assistant message, for the
+            // server to continue in the way the endpoint declares.
+            let mut m = json!({"role": "assistant", "content": start});
+            match self.continuation {
+                Continuation::Prefix => m["prefix"] = json!(true),
+                Continuation::ContinueFinalMessage => continue_final = true,
+                Continuation::None | Continuation::Prefill => {
+                    return Err(ProviderError::new(
+                        ProviderErrorKind::InvalidRequest,
+                        "this endpoint cannot continue a partial answer (continuation = none)",
+                    ));
+                }
+            }
+            messages.push(m);
+        }
         let mut body = json!({
             "model": self.model,
             "messages": messages,
             "stream": self.stream,
         });
+        if continue_final {
+            body["continue_final_message"] = json!(true);
+            body["add_generation_prompt"] = json!(false);
+        }
         if self.stream {
             body["stream_options"] = json!({"include_usage": true});
         }

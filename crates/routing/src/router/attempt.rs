@@ -74,11 +74,29 @@ pub(super) struct AttemptOutcome {
     pub(super) elapsed: Duration,
 }
 
+/// Where an attempt's text goes as it streams.
+pub(super) trait TextSink: Sync {
+    /// Pass `text` on; `true` when (some of) it reached the caller.
+    fn text(&self, text: String) -> bool;
+}
+
+impl TextSink for DeltaSink {
+    fn text(&self, text: String) -> bool {
+        self.send(Delta::Text(text)).is_ok()
+    }
+}
+
+impl TextSink for super::splice::Splice {
+    fn text(&self, text: String) -> bool {
+        self.push(text)
+    }
+}
+
 /// One attempt on `handle`, under the deadline, forwarding deltas.
 pub(super) async fn run_attempt(
     handle: &ExecutorHandle,
     request: &Arc<ModelRequest>,
-    forward: Option<&DeltaSink>,
+    forward: Option<&dyn TextSink>,
     cancel: &CancellationToken,
     deadline: Option<Instant>,
 ) -> AttemptOutcome {
@@ -104,12 +122,13 @@ pub(super) async fn run_attempt(
     let endpoint = handle.endpoint().name();
     let mut emitted = false;
     let pass_on = |d: Delta, emitted: &mut bool| {
-        if let (Delta::Text(t), Some(sink)) = (d, forward) {
+        if let (Delta::Text(t), Some(sink)) = (d, forward)
+            && sink.text(t)
+        {
             if !*emitted {
                 metrics().time_to_first_token(endpoint, started.elapsed().as_secs_f64());
             }
             *emitted = true;
-            let _ = sink.send(Delta::Text(t));
         }
     };
     let until_deadline = async {

@@ -11,20 +11,20 @@ use std::time::Duration;
 
 use baton_metrics::metrics;
 use baton_models::{
-    Delta, DeltaSink, EndpointConfig, ExecutorHandle, ModelRequest, ModelResponse,
-    ProviderErrorKind,
+    Continuation, EndpointConfig, ExecutorHandle, ModelRequest, ModelResponse, ProviderErrorKind,
 };
 use baton_types::{AttemptFailure, RoutingDecision};
 use tokio::time::Instant;
 use tracing::field::Empty;
 use tracing::{Instrument, Span};
 
-use super::attempt::{AttemptError, AttemptOutcome, run_attempt};
+use super::attempt::{AttemptError, AttemptOutcome, TextSink, run_attempt};
 use super::backoff::sleep_or_cancel;
 use super::candidates::{Cand, Candidates, Want};
 use super::cascade::{self, GateFailure};
 use super::context::CallContext;
 use super::permit::Permit;
+use super::splice::{Resume, Splice};
 use super::types::{RouteError, RouteErrorKind, RouteEvent, Routed};
 use crate::budget::{BudgetRejection, Reservation, ReserveRequest};
 use crate::config::Strategy;
@@ -34,6 +34,7 @@ use crate::gates;
 pub(super) struct Answer {
     response: ModelResponse,
     endpoint: String,
+    /// Its text reached the caller through the [`Splice`].
     emitted: bool,
     /// Its text was checked against the request's JSON Schema and matches.
     schema_validated: bool,
@@ -161,6 +162,13 @@ pub(super) struct CallLoop<'a> {
     /// The JSON Schema the request asks for: every answer's text must match
     /// it, on every route (see [`Self::on_success`]).
     schema: Option<jsonschema::Validator>,
+    /// What a streaming caller holds of the answer.
+    pub(super) splice: Option<Arc<Splice>>,
+    /// The endpoint of the attempt in flight or just made, when it was
+    /// asked to continue text the caller holds.
+    pub(super) continuing: Option<usize>,
+    /// Endpoints that refused to continue a partial answer in this call.
+    pub(super) no_continuation: Vec<usize>,
 }
 
 impl<'a> CallLoop<'a> {
@@ -191,6 +199,9 @@ impl<'a> CallLoop<'a> {
             last_idx: None,
             rng: fastrand::Rng::new(),
             schema: None,
+            splice: call.deltas.clone().map(|sink| Arc::new(Splice::new(sink))),
+            continuing: None,
+            no_continuation: Vec::new(),
         }
     }
 
@@ -331,14 +342,22 @@ impl<'a> CallLoop<'a> {
             Ok(p) => p,
             Err(step) => return *step,
         };
+        self.continuing = None;
         if let Some(after) = self.hedge_after(p.idx) {
+            if let Some(s) = self.forward(p.last_step) {
+                s.begin(Continuation::None);
+            }
             return self.attempt_hedged(p, after).await;
         }
+        let mut p = p;
         let forward = self.forward(p.last_step);
+        if let Some(splice) = &forward {
+            self.resume(splice, &mut p);
+        }
         let outcome = run_attempt(
             p.handle,
             &p.request,
-            forward,
+            forward.as_deref().map(|s| s as &dyn TextSink),
             &self.ctx.call.cancel,
             self.ctx.deadline,
         )
@@ -347,13 +366,44 @@ impl<'a> CallLoop<'a> {
         self.settle(p, outcome).await
     }
 
+    /// Ready attempt `p` to resume the text the caller holds, if any: a
+    /// continuation of it on an endpoint that can continue, else a retry
+    /// whose answer is matched against it (see [`Splice`]).
+    fn resume(&mut self, splice: &Splice, p: &mut Prepared<'a>) {
+        let continuation = if self.no_continuation.contains(&p.idx) {
+            Continuation::None
+        } else {
+            p.cfg.continuation()
+        };
+        match splice.begin(continuation) {
+            Resume::Fresh => {}
+            Resume::Prefix => tracing::info!(
+                route = %self.ctx.route.name(), endpoint = %p.name,
+                "resuming streamed text: asking for the whole answer again, streaming only what goes beyond the text sent"
+            ),
+            Resume::Continue(start) => {
+                tracing::info!(
+                    route = %self.ctx.route.name(), endpoint = %p.name,
+                    chars = start.chars().count(),
+                    "resuming streamed text: asking the endpoint to continue it ({})",
+                    continuation.as_str()
+                );
+                self.continuing = Some(p.idx);
+                p.request = Arc::new(ModelRequest {
+                    continue_from: Some(start),
+                    ..(*p.request).clone()
+                });
+            }
+        }
+    }
+
     /// Where an attempt's text goes: to the caller when it streams and may
     /// see it at once (not a cascade step that a later one may replace, not
-    /// a structured answer before it is validated: those reach it as one
-    /// delta from `finish`, so a client never sees text taken back).
-    pub(super) fn forward(&self, last_step: bool) -> Option<&'a DeltaSink> {
+    /// a structured answer before it is validated: those reach it from
+    /// `finish`, so a client never sees text taken back).
+    pub(super) fn forward(&self, last_step: bool) -> Option<Arc<Splice>> {
         if last_step && self.schema.is_none() {
-            self.ctx.call.deltas.as_ref()
+            self.splice.clone()
         } else {
             None
         }
@@ -479,7 +529,7 @@ impl<'a> CallLoop<'a> {
                 kind: class.to_string(),
                 message: format!("{msg} (the hedged attempt on {other} goes on)"),
                 retry_in_ms: None,
-                retracted: false,
+                streamed: false,
             }));
     }
 
@@ -506,7 +556,7 @@ impl<'a> CallLoop<'a> {
                 "cancelled: {winner} produced output first; billed for its estimated {input} input tokens"
             ),
             retry_in_ms: None,
-            retracted: false,
+            streamed: false,
         }));
     }
 
@@ -546,8 +596,9 @@ impl<'a> CallLoop<'a> {
     }
 
     /// What follows a failed attempt (a transport or provider failure, or
-    /// an answer that fails the request's schema): its output retracted if
-    /// it streamed, the failure told, the next step planned.
+    /// an answer that fails the request's schema): the failure told, the
+    /// next step planned (text it streamed stays with the caller, for the
+    /// next attempt to resume).
     fn settle_failure(
         &mut self,
         idx: usize,
@@ -562,9 +613,8 @@ impl<'a> CallLoop<'a> {
         metrics().model_error(&name, class);
         self.progress.last_error = Some((name.clone(), format!("{class}: {msg}")));
         self.progress.last_schema_violation = matches!(err, AttemptError::Schema(_));
-        if emitted && let Some(sink) = &call.deltas {
-            let _ = sink.send(Delta::Restart);
-        }
+        // Text the caller holds stays: the next attempt resumes it (see
+        // `Splice`).
         let next = self.plan_after_failure(idx, err);
         let retry_in_ms = match &next {
             Step::Next { delay, .. } => Some(delay.as_millis() as u64),
@@ -580,15 +630,21 @@ impl<'a> CallLoop<'a> {
             kind: class.to_string(),
             message: msg,
             retry_in_ms,
-            retracted: emitted,
+            streamed: emitted,
         }));
         next
     }
 
     /// Settle a successful attempt; gate it if it is a cascade step that is
     /// not the last.
-    async fn on_success(&mut self, a: Attempted<'_>, resp: ModelResponse) -> Step {
+    async fn on_success(&mut self, mut a: Attempted<'_>, mut resp: ModelResponse) -> Step {
         let route = self.ctx.route;
+        // The rest of a streamed answer goes to the caller, and the answer
+        // becomes the text the caller holds (with what a continuation
+        // continued).
+        if let Some(splice) = self.forward(a.last_step) {
+            a.emitted |= splice.answered(&mut resp.message.content);
+        }
         a.permit
             .health
             .record_latency(a.secs * 1000.0, route.cfg.ewma_alpha);
@@ -695,7 +751,7 @@ impl<'a> CallLoop<'a> {
                 kind: "quality_gate".into(),
                 message: reason.clone(),
                 retry_in_ms: Some(0),
-                retracted: false,
+                streamed: false,
             }));
         Step::Next {
             want: Want::Escalate {
@@ -708,7 +764,7 @@ impl<'a> CallLoop<'a> {
     /// The call's answer, or its error (a cascade falls back to an answer it
     /// held).
     fn finish(mut self, result: Result<Answer, RouteError>) -> Result<Routed, RouteError> {
-        let (route, call) = (self.ctx.route, self.ctx.call);
+        let route = self.ctx.route;
         let answer = match result {
             Ok(answer) => answer,
             Err(mut e) => {
@@ -754,10 +810,9 @@ impl<'a> CallLoop<'a> {
         // the final message only.)
         if !emitted
             && (route.cfg.strategy == Strategy::Cascade || self.schema.is_some())
-            && let Some(sink) = &call.deltas
-            && !resp.message.content.is_empty()
+            && let Some(splice) = &self.splice
         {
-            let _ = sink.send(Delta::Text(resp.message.content.clone()));
+            splice.deliver(&resp.message.content);
         }
         resp.attempts = self.progress.attempt;
         Ok(Routed {
@@ -768,6 +823,10 @@ impl<'a> CallLoop<'a> {
             decisions: self.progress.decisions,
             escalations: self.progress.escalations,
             schema_validated,
+            output_resumed: self
+                .splice
+                .as_ref()
+                .map_or(baton_types::OutputResume::None, |s| s.resumed()),
         })
     }
 

@@ -9,7 +9,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use baton_models::{Delta, DeltaSink};
+use baton_models::Delta;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
@@ -17,6 +17,7 @@ use tracing::Instrument;
 use super::attempt::{AttemptError, AttemptOutcome, run_attempt};
 use super::call_loop::{CallLoop, Prepared, Step};
 use super::candidates::Want;
+use super::splice::Splice;
 use crate::config::Strategy;
 
 type Running = Pin<Box<dyn Future<Output = AttemptOutcome> + Send>>;
@@ -42,8 +43,17 @@ impl<'a> Flight<'a> {
         let cancel = call_cancel.child_token();
         let (handle, request, token) = (p.handle.clone(), p.request.clone(), cancel.clone());
         let outcome = Box::pin(
-            async move { run_attempt(&handle, &request, Some(&tx), &token, deadline).await }
-                .instrument(p.span.clone()),
+            async move {
+                run_attempt(
+                    &handle,
+                    &request,
+                    Some(&tx as &dyn super::attempt::TextSink),
+                    &token,
+                    deadline,
+                )
+                .await
+            }
+            .instrument(p.span.clone()),
         );
         Flight {
             p,
@@ -55,15 +65,14 @@ impl<'a> Flight<'a> {
     }
 
     /// Pass `d` on to the caller (when it streams).
-    fn pass_on(&mut self, d: Delta, forward: Option<&DeltaSink>) {
-        if let (Delta::Text(t), Some(sink)) = (d, forward) {
-            self.forwarded = true;
-            let _ = sink.send(Delta::Text(t));
+    fn pass_on(&mut self, d: Delta, forward: Option<&Splice>) {
+        if let (Delta::Text(t), Some(splice)) = (d, forward) {
+            self.forwarded |= splice.push(t);
         }
     }
 
     /// Pass on whatever text is left after its outcome arrived.
-    fn drain(&mut self, forward: Option<&DeltaSink>) {
+    fn drain(&mut self, forward: Option<&Splice>) {
         while let Ok(d) = self.text.try_recv() {
             self.pass_on(d, forward);
         }
@@ -79,19 +88,24 @@ impl<'a> Flight<'a> {
 
 impl<'a> CallLoop<'a> {
     /// The hedge delay, when attempt `idx` is to be hedged: the route sets
-    /// one, is not a cascade (whose steps are sequential by design), and
-    /// another candidate could take the second attempt.
+    /// one, is not a cascade (whose steps are sequential by design), no
+    /// attempt is resuming text the caller already has, and another
+    /// candidate could take the second attempt.
     pub(super) fn hedge_after(&self, idx: usize) -> Option<Duration> {
         let ms = self.ctx.route.cfg.hedge_after_ms?;
-        (self.ctx.route.cfg.strategy != Strategy::Cascade && self.another_candidate(idx))
-            .then(|| Duration::from_millis(ms))
+        let resuming = self.splice.as_ref().is_some_and(|s| s.holds_text());
+        (self.ctx.route.cfg.strategy != Strategy::Cascade
+            && !resuming
+            && self.another_candidate(idx))
+        .then(|| Duration::from_millis(ms))
     }
 
     /// Make attempt `first`, hedged after `after`.
     pub(super) async fn attempt_hedged(&mut self, first: Prepared<'a>, after: Duration) -> Step {
         let call = self.ctx.call;
         let deadline = self.ctx.deadline;
-        let forward = self.forward(first.last_step);
+        let splice = self.forward(first.last_step);
+        let forward = splice.as_deref();
         let mut a = Flight::launch(first, &call.cancel, deadline);
 
         // Alone until its first text, its outcome, or the hedge delay.
@@ -156,7 +170,7 @@ impl<'a> CallLoop<'a> {
         mut done: Flight<'a>,
         outcome: AttemptOutcome,
         other: Flight<'a>,
-        forward: Option<&DeltaSink>,
+        forward: Option<&Splice>,
     ) -> Result<Step, Flight<'a>> {
         match outcome.result {
             Ok(_) => {
@@ -188,7 +202,7 @@ impl<'a> CallLoop<'a> {
     }
 
     /// Wait for `f` alone, passing its text on, and settle it.
-    async fn run_out(&mut self, mut f: Flight<'a>, forward: Option<&DeltaSink>) -> Step {
+    async fn run_out(&mut self, mut f: Flight<'a>, forward: Option<&Splice>) -> Step {
         loop {
             tokio::select! {
                 outcome = &mut f.outcome => return self.land(f, outcome, forward).await,
@@ -202,7 +216,7 @@ impl<'a> CallLoop<'a> {
         &mut self,
         mut f: Flight<'a>,
         outcome: AttemptOutcome,
-        forward: Option<&DeltaSink>,
+        forward: Option<&Splice>,
     ) -> Step {
         f.drain(forward);
         self.land_drained(f, outcome).await

@@ -23,6 +23,7 @@ mod context;
 mod hedge;
 mod permit;
 mod plan;
+mod splice;
 mod state;
 mod types;
 

@@ -22,6 +22,29 @@ impl CallLoop<'_> {
     pub(super) fn plan_after_failure(&mut self, idx: usize, err: &AttemptError) -> Step {
         let route = self.ctx.route;
         let name = self.ctx.name(idx).to_string();
+        // An endpoint that refused to continue the text the caller holds
+        // (its `continuation` setting does not fit the server) is asked
+        // again for the whole answer, matched against that text.
+        if self.continuing == Some(idx)
+            && let AttemptError::Provider(e) = err
+            && matches!(
+                e.kind,
+                ProviderErrorKind::InvalidRequest | ProviderErrorKind::Client { .. }
+            )
+            && self.progress.attempt < route.max_attempts
+        {
+            self.no_continuation.push(idx);
+            return Step::Next {
+                want: Want::Retry {
+                    idx,
+                    reason: format!(
+                        "{name} refused to continue the streamed text ({}); asking it for the whole answer",
+                        e.message
+                    ),
+                },
+                delay: Duration::ZERO,
+            };
+        }
         let want = match err {
             AttemptError::Cancelled => {
                 return self.give_up(RouteErrorKind::Cancelled, "call cancelled".into());

@@ -477,8 +477,9 @@ async fn streamed_calls_forward_deltas_and_report_decisions_as_events() {
 // The retry loop on one endpoint, as production routes a call to an
 // endpoint's own route: a provider that fails as scripted, on paused time.
 
-/// Fails with the scripted errors, in order, then answers "ok". Emits one
-/// delta per attempt; a `Timeout` error hangs until the endpoint's timeout.
+/// Fails with the scripted errors, in order, then answers. Streams one
+/// delta per attempt, `part{n}` (n counting attempts from 0), which is all
+/// of its answer; a `Timeout` error hangs until the endpoint's timeout.
 #[derive(Debug)]
 struct Flaky {
     failures: Mutex<Vec<ProviderError>>,
@@ -522,7 +523,7 @@ impl Provider for Flaky {
             }
             Some(e) => Err(e),
             None => Ok(ModelResponse {
-                message: Message::assistant("ok"),
+                message: Message::assistant(format!("part{n}")),
                 usage: Usage::default(),
                 finish_reason: FinishReason::Stop,
                 model: "m".into(),
@@ -691,7 +692,9 @@ async fn a_timed_out_attempt_is_retried_and_its_deltas_retracted() {
         ]
     );
     let f = failures(&mut events);
-    assert_eq!((f[0].kind.as_str(), f[0].retracted), ("timeout", true));
+    assert_eq!((f[0].kind.as_str(), f[0].streamed), ("timeout", true));
+    // The retry said something else: the text sent was retracted.
+    assert_eq!(routed.output_resumed, baton_types::OutputResume::Retracted);
     r.models().stop().await;
 }
 

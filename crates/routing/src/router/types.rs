@@ -121,6 +121,9 @@ pub struct Routed {
     /// The answer's text was validated against the request's JSON Schema
     /// (and matches it: a routed call never returns one that does not).
     pub schema_validated: bool,
+    /// How the streamed answer went on after an attempt failed with its
+    /// text already sent to the caller.
+    pub output_resumed: baton_types::OutputResume,
 }
 
 /// Why a routed call failed.

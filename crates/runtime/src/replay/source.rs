@@ -98,6 +98,7 @@ impl StepSource for ReplaySource {
                 decisions: Vec::new(),
                 escalations: 0,
                 schema_validated: a.schema_validated,
+                output_resumed: baton_types::OutputResume::None,
             }),
             None => Err(unrecorded_answer()),
         };

@@ -468,6 +468,7 @@ impl SessionCtx {
                                 cost_usd: None,
                                 attempts: 0,
                                 schema_validated: false,
+                                output_resumed: baton_types::OutputResume::None,
                             },
                         ],
                         true,

@@ -178,6 +178,7 @@ impl SessionCtx {
             json_schema,
             // The router sets a tenant's own key per attempt.
             api_key: None,
+            continue_from: None,
         };
         (request, input)
     }
@@ -742,6 +743,7 @@ impl SessionCtx {
             cost_usd: routed.cost_usd,
             attempts: routed.attempts,
             schema_validated: routed.schema_validated,
+            output_resumed: routed.output_resumed,
         }];
         kinds.extend(calls);
         kinds

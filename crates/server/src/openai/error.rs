@@ -12,7 +12,7 @@ use super::headers::SESSION_HEADER;
 use super::types::{ErrorBody, ErrorObject};
 
 /// The message of the error event that ends a stream whose output was retracted.
-pub const RETRACTED_MESSAGE: &str = "the upstream stream failed after output was sent; the answer was retried — re-issue the request";
+pub const RETRACTED_MESSAGE: &str = "the upstream stream failed after output was sent, and the answer that replaced it does not continue the text sent — re-issue the request";
 
 /// An error in OpenAI's shape, with its HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -17,9 +17,11 @@
 //! chunk, an index per call), a chunk with the finish reason, a usage chunk
 //! when `stream_options.include_usage` is set, then `data: [DONE]`.
 //!
-//! **Retraction.** Baton retries a model call whose stream broke, and its
-//! gRPC API tells clients to discard what the failed attempt streamed
-//! (`OutputRetracted`). The OpenAI stream format has no way to take text
+//! **Retraction.** A model call whose stream broke after its text was sent
+//! is resumed by the router (a continuation, or a retry whose answer begins
+//! with the text sent), invisibly to the client. When the new answer does
+//! not begin with the text sent, the gRPC API tells clients to discard it
+//! (`OutputRetracted`); the OpenAI stream format has no way to take text
 //! back, so when output was already sent to the client, the stream ends with
 //! an error event (`"code": "stream_retracted"`, "re-issue the request") and
 //! no `[DONE]`. When nothing was sent yet the retry is invisible. The same

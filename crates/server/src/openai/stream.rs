@@ -299,6 +299,7 @@ mod tests {
             cost_usd: None,
             attempts: 1,
             schema_validated: false,
+            output_resumed: baton_types::OutputResume::None,
         }
     }
 

@@ -154,15 +154,34 @@ pub async fn pending_gates(g: &mut v1::gates_client::GatesClient<Channel>) -> Ve
     .gates
 }
 
+/// A session's events after `after_seq`: the journal, then live.
+pub async fn resume(
+    c: &mut Client,
+    id: &str,
+    after_seq: u64,
+) -> tonic::Streaming<v1::SessionEvent> {
+    c.resume_session(v1::ResumeSessionRequest {
+        session_id: id.into(),
+        after_seq,
+    })
+    .await
+    .unwrap()
+    .into_inner()
+}
+
 /// A session's whole journal up to the end of its (first unfinished) turn.
 pub async fn to_turn_end(c: &mut Client, id: &str) -> Vec<SessionEvent> {
-    let mut r = c
-        .resume_session(v1::ResumeSessionRequest {
-            session_id: id.into(),
-            after_seq: 0,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut r = resume(c, id, 0).await;
     read_until(&mut r, |e| e.ends_turn()).await
+}
+
+/// The output text the events carry (`OutputDelta`s joined).
+pub fn streamed(events: &[SessionEvent]) -> String {
+    events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            baton::types::EventKind::OutputDelta { text, .. } => Some(text.as_str()),
+            _ => None,
+        })
+        .collect()
 }

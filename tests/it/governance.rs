@@ -116,16 +116,6 @@ fn answer(events: &[SessionEvent]) -> String {
         .unwrap_or_default()
 }
 
-fn streamed(events: &[SessionEvent]) -> String {
-    events
-        .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::OutputDelta { text, .. } => Some(text.as_str()),
-            _ => None,
-        })
-        .collect()
-}
-
 fn failure(events: &[SessionEvent]) -> (String, String) {
     match events.last().map(|e| &e.kind) {
         Some(EventKind::TurnFailed { reason, code, .. }) => {

@@ -20,6 +20,7 @@ mod governance;
 mod grpc_api;
 mod inspect;
 mod layout;
+mod output_records;
 mod privacy;
 mod provider_keys;
 mod python_clients;

@@ -92,6 +92,12 @@ pub struct SessionsConfig {
     /// Events a slow stream may fall behind before it is cut (the client
     /// then resumes from its last seq).
     pub subscriber_buffer: usize,
+    /// Model output streams to clients as it comes, and is journaled as one
+    /// `OutputDelta` record per this many milliseconds of output (0: one
+    /// record per delta, as the provider sent them).
+    pub output_record_ms: u64,
+    /// ... or per this many bytes of it, whichever comes first.
+    pub output_record_bytes: usize,
     /// How long an API call waits for a session actor's reply.
     pub request_timeout_ms: u64,
     /// Most model calls per turn (the agentic loop's steps) when a session
@@ -119,6 +125,8 @@ impl Default for SessionsConfig {
             max_live_sessions: 100_000,
             snapshot_every: 256,
             subscriber_buffer: 1024,
+            output_record_ms: 50,
+            output_record_bytes: 4096,
             request_timeout_ms: 30_000,
             max_steps: 16,
             turn_deadline_ms: None,
@@ -328,6 +336,7 @@ impl RuntimeConfig {
             ("sessions.passivate_after_ms", s.passivate_after_ms),
             ("sessions.snapshot_every", s.snapshot_every),
             ("sessions.subscriber_buffer", s.subscriber_buffer as u64),
+            ("sessions.output_record_bytes", s.output_record_bytes as u64),
             ("sessions.request_timeout_ms", s.request_timeout_ms),
             ("sessions.max_steps", s.max_steps as u64),
             (

@@ -43,7 +43,11 @@ impl Stream for UntilTurnEnd {
 }
 
 impl RuntimeHandle {
-    /// Every event after `after_seq`, then live events until the stream is dropped.
+    /// Every event after `after_seq`, then live events until the stream is
+    /// dropped. Live model output arrives chunk by chunk, several chunks in
+    /// a row sharing the seq of the `OutputDelta` record that holds their
+    /// text joined: to resume after seeing part of a record, pass the seq
+    /// before it and drop the text you have of it.
     pub async fn resume(&self, id: SessionId, after_seq: u64) -> Result<EventStream> {
         let sub = self
             .ask_read(id, |reply| SessionMsg::Subscribe { after_seq, reply })
@@ -66,6 +70,8 @@ impl RuntimeHandle {
                 turn,
             } = sub;
             let mut last = history_after;
+            // What a resumption starts after: the last record seen whole.
+            let mut complete = history_after;
             // History first, from the journal, in pages.
             while last < history_upto {
                 let page = match store.read_journal(id, last, 512).await {
@@ -83,6 +89,7 @@ impl RuntimeHandle {
                         break;
                     }
                     last = e.seq;
+                    complete = e.seq;
                     if tx.send(Ok(e)).await.is_err() {
                         return;
                     }
@@ -92,17 +99,20 @@ impl RuntimeHandle {
             // the client goes away, drop the receiver at once so the session
             // sees it (an idle session with no listener can passivate).
             loop {
-                let e = tokio::select! {
+                let (e, fragment) = tokio::select! {
                     _ = tx.closed() => return,
                     e = rx.recv() => match e {
                         Some(e) => e,
                         None => break,
                     },
                 };
-                if e.seq <= last {
+                // Fragments of one output record share its seq.
+                if e.seq < last || (e.seq == last && !fragment) {
                     continue;
                 }
                 last = e.seq;
+                // A record seen in part is read again whole on resumption.
+                complete = if fragment { e.seq - 1 } else { e.seq };
                 let end = turn.is_some() && e.ends_turn();
                 if tx.send(Ok(e)).await.is_err() || end {
                     return;
@@ -110,11 +120,11 @@ impl RuntimeHandle {
             }
             let err = if lagged.load(Ordering::Relaxed) {
                 Error::ResourceExhausted(format!(
-                    "the client fell too far behind session {id}; resume with after_seq = {last}"
+                    "the client fell too far behind session {id}; resume with after_seq = {complete}"
                 ))
             } else {
                 Error::Unavailable(format!(
-                    "session {id} stopped streaming (restart or shutdown); resume with after_seq = {last}"
+                    "session {id} stopped streaming (restart or shutdown); resume with after_seq = {complete}"
                 ))
             };
             let _ = tx.send(Err(err)).await;

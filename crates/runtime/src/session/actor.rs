@@ -147,6 +147,7 @@ impl Actor for SessionActor {
                 ctx.on_client_timeout(&myself, turn, call_id)
             }
             SessionMsg::ModelDelta { call, delta } => ctx.on_delta(&myself, call, delta),
+            SessionMsg::CloseOutput { seq } => ctx.on_close_output(&myself, seq),
             SessionMsg::RouteEvent { call, event } => ctx.on_route_event(call, *event),
             SessionMsg::ModelDone {
                 call,

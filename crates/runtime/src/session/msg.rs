@@ -80,6 +80,11 @@ pub(crate) enum SessionMsg {
         call: u64,
         delta: Delta,
     },
+    /// The model output streamed since the last output record (which will
+    /// have `seq`) is due to be journaled.
+    CloseOutput {
+        seq: u64,
+    },
     ModelDone {
         call: u64,
         result: Box<std::result::Result<baton_routing::Routed, baton_routing::RouteError>>,

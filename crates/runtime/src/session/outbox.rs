@@ -5,6 +5,14 @@
 //! writer says it is durable: only then do subscribers see its event and do
 //! requests waiting for it get their answer. The writer is FIFO, so a later
 //! acknowledgement implies every earlier write is done.
+//!
+//! Model output is the exception: its text streams to subscribers as it
+//! comes (*fragments*), while the journal keeps it as one `OutputDelta`
+//! record per stretch of output ([`LiveText`], closed every
+//! `sessions.output_record_ms` or `output_record_bytes`). Fragments carry
+//! the seq their record will have, and stay in order with the records
+//! around them. A subscriber gets each such record either as the fragments
+//! it was streamed as, or (when it joined mid-stretch) whole.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -21,16 +29,46 @@ use crate::error::Result;
 pub struct Subscription {
     pub(crate) history_after: u64,
     pub(crate) history_upto: u64,
-    pub(crate) rx: mpsc::Receiver<SessionEvent>,
+    /// Events, and whether each is a fragment of an output record (which
+    /// shares its seq with the fragments before it).
+    pub(crate) rx: mpsc::Receiver<(SessionEvent, bool)>,
     pub(crate) lagged: Arc<AtomicBool>,
     /// Set for a `send`: the stream ends after this turn's last event.
     pub(crate) turn: Option<u64>,
 }
 
 struct Subscriber {
-    tx: mpsc::Sender<SessionEvent>,
+    tx: mpsc::Sender<(SessionEvent, bool)>,
     turn: Option<u64>,
     lagged: Arc<AtomicBool>,
+    /// Output records from this seq on reach it as fragments; earlier ones
+    /// (streamed before it joined) whole.
+    fragments_from: u64,
+}
+
+/// Model output streamed live and not yet journaled: it becomes the
+/// `OutputDelta` record at `seq` (the next seq) when it is closed.
+pub(crate) struct LiveText {
+    pub turn: u64,
+    pub attempt: u32,
+    pub seq: u64,
+    pub text: String,
+}
+
+/// A record or a fragment on its way to the subscribers.
+enum Pending {
+    /// A record; `live` when its text was streamed as fragments.
+    Record {
+        event: SessionEvent,
+        live: bool,
+    },
+    Fragment(SessionEvent),
+}
+
+/// What [`Outbox::release`] hands back, in order.
+pub(crate) enum Released {
+    Record { event: SessionEvent, live: bool },
+    Fragment(SessionEvent),
 }
 
 /// Staged, pending and released records, the subscribers, and the replies
@@ -39,8 +77,13 @@ struct Subscriber {
 pub(crate) struct Outbox {
     /// Records applied to the state but not yet handed to the writer.
     pub staged: Vec<SessionEvent>,
-    /// Records handed to the writer, not yet durable; released in order.
-    pending: VecDeque<SessionEvent>,
+    /// Seqs of the staged records whose text was streamed as fragments.
+    pub staged_live: Vec<u64>,
+    /// Output streamed but not yet staged as a record.
+    pub live: Option<LiveText>,
+    /// Records handed to the writer, not yet durable, and the fragments
+    /// behind them; released in order.
+    pending: VecDeque<Pending>,
     /// Seq of the last released (durable) event.
     pub released_seq: u64,
     subscribers: Vec<Subscriber>,
@@ -50,15 +93,22 @@ pub(crate) struct Outbox {
 }
 
 impl Outbox {
-    /// Register a subscriber. Live events arrive on a channel of `buffer`
-    /// events; one that falls further behind is cut (and told so).
-    pub fn subscribe(&mut self, buffer: usize, turn: Option<u64>) -> Subscription {
+    /// Register a subscriber; `next_seq` is the seq the next record staged
+    /// will have. Live events arrive on a channel of `buffer` events; one
+    /// that falls further behind is cut (and told so).
+    pub fn subscribe(&mut self, buffer: usize, turn: Option<u64>, next_seq: u64) -> Subscription {
         let (tx, rx) = mpsc::channel(buffer);
         let lagged = Arc::new(AtomicBool::new(false));
+        // Output already streaming reaches it whole, as its record.
+        let fragments_from = match &self.live {
+            Some(l) => l.seq + 1,
+            None => next_seq,
+        };
         self.subscribers.push(Subscriber {
             tx,
             turn,
             lagged: lagged.clone(),
+            fragments_from,
         });
         Subscription {
             history_after: self.released_seq,
@@ -72,9 +122,28 @@ impl Outbox {
     /// Move the staged records to pending, showing each to `write` (which
     /// adds it to the batch) on the way.
     pub fn hand_over(&mut self, mut write: impl FnMut(&SessionEvent)) {
-        for e in self.staged.drain(..) {
-            write(&e);
-            self.pending.push_back(e);
+        for event in self.staged.drain(..) {
+            write(&event);
+            let live = self.staged_live.contains(&event.seq);
+            self.pending.push_back(Pending::Record { event, live });
+        }
+        self.staged_live.clear();
+    }
+
+    /// Drop what is staged (nothing may be written).
+    pub fn drop_staged(&mut self) {
+        self.staged.clear();
+        self.staged_live.clear();
+        self.live = None;
+    }
+
+    /// Stream a fragment of the output record at `event.seq`: now, or
+    /// after the records still ahead of it are released.
+    pub fn fragment(&mut self, event: SessionEvent) {
+        if self.pending.is_empty() {
+            self.deliver_fragment(&event);
+        } else {
+            self.pending.push_back(Pending::Fragment(event));
         }
     }
 
@@ -96,7 +165,7 @@ impl Outbox {
     /// Everything up to `upto` is durable: answer the requests that waited
     /// for it and return the events now released, in order (hand each to
     /// [`Outbox::deliver`] once its side effects are done).
-    pub fn release(&mut self, upto: u64) -> Vec<SessionEvent> {
+    pub fn release(&mut self, upto: u64) -> Vec<Released> {
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.acks)
             .into_iter()
             .partition(|(seq, _)| *seq <= upto);
@@ -112,25 +181,39 @@ impl Outbox {
             let _ = reply.send(Ok(record));
         }
         let mut released = Vec::new();
-        while self.pending.front().is_some_and(|e| e.seq <= upto) {
-            let Some(event) = self.pending.pop_front() else {
+        while let Some(p) = self.pending.front() {
+            if matches!(p, Pending::Record { event, .. } if event.seq > upto) {
                 break;
-            };
-            self.released_seq = event.seq;
-            released.push(event);
+            }
+            match self.pending.pop_front() {
+                Some(Pending::Record { event, live }) => {
+                    self.released_seq = event.seq;
+                    released.push(Released::Record { event, live });
+                }
+                Some(Pending::Fragment(event)) => released.push(Released::Fragment(event)),
+                None => break,
+            }
         }
         released
     }
 
-    /// Send a released event to the subscribers that want it.
-    pub fn deliver(&mut self, event: &SessionEvent) {
+    /// Send a released record to the subscribers that want it (a `live`
+    /// one only to those that did not get its fragments).
+    pub fn deliver(&mut self, event: &SessionEvent, live: bool) {
+        self.send(event, false, |s| !live || event.seq < s.fragments_from);
+    }
+
+    /// Send a fragment to the subscribers that stream its record's text.
+    pub fn deliver_fragment(&mut self, event: &SessionEvent) {
+        self.send(event, true, |s| event.seq >= s.fragments_from);
+    }
+
+    fn send(&mut self, event: &SessionEvent, fragment: bool, wants: impl Fn(&Subscriber) -> bool) {
         self.subscribers.retain(|s| {
-            if let Some(t) = s.turn
-                && event.turn() != Some(t)
-            {
+            if !wants(s) || s.turn.is_some_and(|t| event.turn() != Some(t)) {
                 return !s.tx.is_closed();
             }
-            match s.tx.try_send(event.clone()) {
+            match s.tx.try_send((event.clone(), fragment)) {
                 Ok(()) => !(s.turn.is_some() && event.ends_turn()),
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     s.lagged.store(true, Ordering::Relaxed);
@@ -147,6 +230,7 @@ impl Outbox {
         self.subscribers.retain(|s| !s.tx.is_closed());
         self.subscribers.is_empty()
             && self.staged.is_empty()
+            && self.live.is_none()
             && self.pending.is_empty()
             && self.acks.is_empty()
             && self.gate_acks.is_empty()
@@ -161,5 +245,6 @@ impl Outbox {
     pub fn clear(&mut self) {
         self.subscribers.clear();
         self.pending.clear();
+        self.live = None;
     }
 }

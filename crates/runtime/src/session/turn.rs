@@ -443,14 +443,10 @@ impl SessionCtx {
                     Some(r) => r.delta(text),
                     None => text,
                 };
-                if text.is_empty() {
-                    return;
+                if !text.is_empty() {
+                    self.stream_text(myself, turn, attempt, text);
                 }
-                EventKind::OutputDelta {
-                    turn,
-                    attempt,
-                    text,
-                }
+                return;
             }
             Delta::Restart => {
                 if let Some(r) = redaction {

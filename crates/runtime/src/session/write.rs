@@ -8,7 +8,14 @@
 //! * `AssistantMessage` + `TurnCompleted` go out in one batch; the client
 //!   sees them only after that batch is durable — one fsync on the critical
 //!   path after the model answers.
-//! * Output deltas are provisional and written without an fsync of their own.
+//! * Output deltas are provisional and written without an fsync of their
+//!   own. They stream to subscribers as they come, and are journaled as
+//!   one record per stretch of output (`sessions.output_record_ms` /
+//!   `output_record_bytes`): a turn costs a handful of records whatever the
+//!   answer's length. A crash loses at most the stretch not yet written,
+//!   which the interrupted turn's re-issued call replaces anyway.
+
+use std::time::Duration;
 
 use baton_store::Batch;
 use baton_types::{EventKind, SessionEvent, now_unix_ms};
@@ -16,12 +23,107 @@ use ractor::ActorRef;
 
 use super::ctx::SessionCtx;
 use super::msg::SessionMsg;
+use super::outbox::{LiveText, Released};
 
 impl SessionCtx {
+    /// Model output text of `turn`'s `attempt`: streamed to subscribers
+    /// now, journaled with the rest of its stretch.
+    pub fn stream_text(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        turn: u64,
+        attempt: u32,
+        text: String,
+    ) {
+        let cfg = &self.env.shared.config.sessions;
+        let (every_ms, max_bytes) = (cfg.output_record_ms, cfg.output_record_bytes);
+        if every_ms == 0 {
+            // Every delta its own record.
+            self.commit(
+                myself,
+                vec![EventKind::OutputDelta {
+                    turn,
+                    attempt,
+                    text,
+                }],
+                false,
+            );
+            return;
+        }
+        if self
+            .outbox
+            .live
+            .as_ref()
+            .is_some_and(|l| (l.turn, l.attempt) != (turn, attempt))
+        {
+            self.close_live_text();
+        }
+        // Records staged before this text are written (and released)
+        // ahead of it.
+        self.flush(myself, false);
+        let seq = self.durable.state.last_seq + 1;
+        let live = self.outbox.live.get_or_insert_with(|| {
+            let me = myself.clone();
+            me.send_after(Duration::from_millis(every_ms), move || {
+                SessionMsg::CloseOutput { seq }
+            });
+            LiveText {
+                turn,
+                attempt,
+                seq,
+                text: String::new(),
+            }
+        });
+        live.text.push_str(&text);
+        let full = live.text.len() >= max_bytes;
+        self.outbox.fragment(SessionEvent {
+            session_id: self.env.id,
+            seq,
+            at_unix_ms: now_unix_ms(),
+            kind: EventKind::OutputDelta {
+                turn,
+                attempt,
+                text,
+            },
+        });
+        if full {
+            self.close_live_text();
+            self.flush(myself, false);
+        }
+    }
+
+    /// The stretch of output at `seq` is due to be journaled (its timer).
+    pub fn on_close_output(&mut self, myself: &ActorRef<SessionMsg>, seq: u64) {
+        if self.outbox.live.as_ref().is_some_and(|l| l.seq == seq) {
+            self.close_live_text();
+            self.flush(myself, false);
+        }
+    }
+
+    /// Stage the output streamed since the last output record as one.
+    fn close_live_text(&mut self) {
+        let Some(live) = self.outbox.live.take() else {
+            return;
+        };
+        debug_assert_eq!(live.seq, self.durable.state.last_seq + 1);
+        self.stage_record(EventKind::OutputDelta {
+            turn: live.turn,
+            attempt: live.attempt,
+            text: live.text,
+        });
+        self.outbox.staged_live.push(live.seq);
+    }
+
     /// Assign the next seq to a record and apply it to the state; it is
     /// written by the next [`Self::flush`] (records staged together share
     /// one batch, so one fsync).
     pub fn stage(&mut self, kind: EventKind) {
+        // Output streamed before it comes first.
+        self.close_live_text();
+        self.stage_record(kind);
+    }
+
+    fn stage_record(&mut self, kind: EventKind) {
         let state = &mut self.durable.state;
         // Tokens of an answer count against the tenant (`tokens_per_minute`)
         // and the principal who sent the turn (`key_tokens_per_minute`); a
@@ -72,7 +174,7 @@ impl SessionCtx {
         if !self.durable.found {
             // Deleted (or never created): nothing may be written for it,
             // whatever finishes late (a tool, a model answer).
-            self.outbox.staged.clear();
+            self.outbox.drop_staged();
             return;
         }
         let id = self.env.id;
@@ -189,10 +291,17 @@ impl SessionCtx {
                 let _ = self.env.shared.gate_events.send(record);
             }
         }
-        let turn_ended = released.iter().any(|e| e.ends_turn());
-        for event in released {
-            self.released(&event);
-            self.outbox.deliver(&event);
+        let turn_ended = released
+            .iter()
+            .any(|r| matches!(r, Released::Record { event, .. } if event.ends_turn()));
+        for r in released {
+            match r {
+                Released::Record { event, live } => {
+                    self.released(&event);
+                    self.outbox.deliver(&event, live);
+                }
+                Released::Fragment(event) => self.outbox.deliver_fragment(&event),
+            }
         }
         // A one-shot session (a front-door call) has nothing left to do once
         // its turn ended: its streams end after the events they hold, and it

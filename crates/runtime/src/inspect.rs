@@ -280,15 +280,35 @@ impl RuntimeHandle {
             )));
         }
         let upto = seq.min(last_seq);
-        let mut state = SessionState::new(id);
-        let mut after = 0;
-        for e in read_upto(store, id, upto).await? {
-            state.apply(e.seq, e.at_unix_ms, &e.kind);
-            after = e.seq;
+        // From the snapshot when it is at or before `upto` (folding on from
+        // it arrives at the state the whole fold would), else from the
+        // start; the records a page at a time, never the whole journal.
+        let snapshot = match store.load_snapshot(id).await {
+            Err(e) if e.is_corruption() => None,
+            other => other?,
+        };
+        let mut state = snapshot
+            .and_then(|b| baton_store::snapshot::decode::<SessionState>(&b))
+            .filter(|(at, st)| st.id == id && st.last_seq == *at && *at <= upto)
+            .map(|(_, mut st)| {
+                // Kept by the live actor, not by the records.
+                st.metadata.clear();
+                st
+            })
+            .unwrap_or_else(|| SessionState::new(id));
+        while state.last_seq < upto {
+            let before = state.last_seq;
+            let page = store.read_journal(id, before, 512).await?;
+            for e in page.iter().take_while(|e| e.seq <= upto) {
+                state.apply(e.seq, e.at_unix_ms, &e.kind);
+            }
+            if state.last_seq == before {
+                break;
+            }
         }
         Ok(StateView {
             status: state.status(),
-            at_seq: after,
+            at_seq: state.last_seq,
             state,
             live: false,
             snapshot_seq: self.snapshot_seq(id).await?,

@@ -122,6 +122,32 @@ async fn replay_reports_the_first_divergence_after_a_change() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn time_travel_from_a_snapshot_equals_the_whole_fold_at_every_seq() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path(), 16);
+    cfg.sessions.snapshot_every = 4;
+    let rt = Runtime::builder(cfg).start().await.unwrap();
+    let id = recorded_session(&rt).await;
+    let journal = rt.journal_page(id, 0, 1000).await.unwrap();
+    let latest = rt.state_at(id, u64::MAX).await.unwrap();
+    let snapshot = latest.snapshot_seq.expect("a snapshot was written");
+    assert!(snapshot > 1 && snapshot <= journal.last_seq, "{snapshot}");
+    let mut fold = crate::state::SessionState::new(id);
+    for e in &journal.events {
+        fold.apply(e.seq, e.at_unix_ms, &e.kind);
+        let at = rt.state_at(id, e.seq).await.unwrap();
+        assert_eq!(at.at_seq, e.seq);
+        assert_eq!(
+            serde_json::to_value(&at.state).unwrap(),
+            serde_json::to_value(&fold).unwrap(),
+            "seq {} (snapshot at {snapshot})",
+            e.seq
+        );
+    }
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn time_travel_and_fork_from_a_known_journal() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::builder(config(dir.path(), 16))

@@ -92,6 +92,9 @@ pub struct SessionsConfig {
     /// Events a slow stream may fall behind before it is cut (the client
     /// then resumes from its last seq).
     pub subscriber_buffer: usize,
+    /// ... or this many bytes of events (as journaled; one larger event
+    /// still goes to a stream that has caught up).
+    pub subscriber_buffer_bytes: usize,
     /// Model output streams to clients as it comes, and is journaled as one
     /// `OutputDelta` record per this many milliseconds of output (0: one
     /// record per delta, as the provider sent them).
@@ -125,6 +128,7 @@ impl Default for SessionsConfig {
             max_live_sessions: 100_000,
             snapshot_every: 256,
             subscriber_buffer: 1024,
+            subscriber_buffer_bytes: 8 * 1024 * 1024,
             output_record_ms: 50,
             output_record_bytes: 4096,
             request_timeout_ms: 30_000,
@@ -336,6 +340,10 @@ impl RuntimeConfig {
             ("sessions.passivate_after_ms", s.passivate_after_ms),
             ("sessions.snapshot_every", s.snapshot_every),
             ("sessions.subscriber_buffer", s.subscriber_buffer as u64),
+            (
+                "sessions.subscriber_buffer_bytes",
+                s.subscriber_buffer_bytes as u64,
+            ),
             ("sessions.output_record_bytes", s.output_record_bytes as u64),
             ("sessions.request_timeout_ms", s.request_timeout_ms),
             ("sessions.max_steps", s.max_steps as u64),

@@ -5,11 +5,11 @@ use std::sync::atomic::Ordering;
 use std::task::{Context, Poll};
 
 use baton_types::{SessionEvent, SessionId};
-use futures::Stream;
+use futures::{Stream, StreamExt};
 
 use crate::error::{Error, Result};
 use crate::handle::RuntimeHandle;
-use crate::session::{SessionMsg, Subscription};
+use crate::session::{Queued, SessionMsg, Subscription};
 
 /// A stream of session events. It ends after the turn's last event (for
 /// [`RuntimeHandle::send`]) or when the client drops it (for
@@ -25,7 +25,7 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<SessionEvent>> + Send>>;
 /// after 1,024 of those hyper closes the connection with GOAWAY
 /// `too_many_internal_resets`, failing every call multiplexed on it.)
 struct UntilTurnEnd {
-    inner: tokio_stream::wrappers::ReceiverStream<Result<SessionEvent>>,
+    inner: EventStream,
     ended: bool,
 }
 
@@ -60,7 +60,10 @@ impl RuntimeHandle {
     pub(crate) fn stream(&self, id: SessionId, sub: Subscription) -> EventStream {
         let store = self.shared().store.clone();
         let ends_with_turn = sub.turn.is_some();
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<SessionEvent>>(64);
+        // Live events count against the subscriber's byte limit until the
+        // client takes them from this stream (the bytes ride along).
+        let (tx, rx) = tokio::sync::mpsc::channel::<(Result<SessionEvent>, usize)>(64);
+        let queued_bytes = sub.queued_bytes.clone();
         tokio::spawn(async move {
             let Subscription {
                 history_after,
@@ -68,6 +71,7 @@ impl RuntimeHandle {
                 mut rx,
                 lagged,
                 turn,
+                queued_bytes,
             } = sub;
             let mut last = history_after;
             // What a resumption starts after: the last record seen whole.
@@ -77,7 +81,7 @@ impl RuntimeHandle {
                 let page = match store.read_journal(id, last, 512).await {
                     Ok(p) => p,
                     Err(e) => {
-                        let _ = tx.send(Err(e.into())).await;
+                        let _ = tx.send((Err(e.into()), 0)).await;
                         return;
                     }
                 };
@@ -90,7 +94,7 @@ impl RuntimeHandle {
                     }
                     last = e.seq;
                     complete = e.seq;
-                    if tx.send(Ok(e)).await.is_err() {
+                    if tx.send((Ok(e), 0)).await.is_err() {
                         return;
                     }
                 }
@@ -99,7 +103,11 @@ impl RuntimeHandle {
             // the client goes away, drop the receiver at once so the session
             // sees it (an idle session with no listener can passivate).
             loop {
-                let (e, fragment) = tokio::select! {
+                let Queued {
+                    event: e,
+                    fragment,
+                    bytes,
+                } = tokio::select! {
                     _ = tx.closed() => return,
                     e = rx.recv() => match e {
                         Some(e) => e,
@@ -108,13 +116,14 @@ impl RuntimeHandle {
                 };
                 // Fragments of one output record share its seq.
                 if e.seq < last || (e.seq == last && !fragment) {
+                    queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
                     continue;
                 }
                 last = e.seq;
                 // A record seen in part is read again whole on resumption.
                 complete = if fragment { e.seq - 1 } else { e.seq };
                 let end = turn.is_some() && e.ends_turn();
-                if tx.send(Ok(e)).await.is_err() || end {
+                if tx.send((Ok(e), bytes)).await.is_err() || end {
                     return;
                 }
             }
@@ -127,14 +136,17 @@ impl RuntimeHandle {
                     "session {id} stopped streaming (restart or shutdown); resume with after_seq = {complete}"
                 ))
             };
-            let _ = tx.send(Err(err)).await;
+            let _ = tx.send((Err(err), 0)).await;
         });
-        let events = tokio_stream::wrappers::ReceiverStream::new(rx);
+        let events = tokio_stream::wrappers::ReceiverStream::new(rx).map(move |(item, bytes)| {
+            queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            item
+        });
         if !ends_with_turn {
             return Box::pin(events);
         }
         Box::pin(UntilTurnEnd {
-            inner: events,
+            inner: Box::pin(events),
             ended: false,
         })
     }

@@ -706,3 +706,48 @@ data_class = "health"
     assert_eq!(hit.matches[0].kind, "classifier:topics");
     rt.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_over_its_byte_limit_is_cut_and_resumes_without_a_gap() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.sessions.subscriber_buffer_bytes = 64 * 1024;
+    let rt = Runtime::builder(cfg).start().await.unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    // A watcher that reads nothing while three turns of 40 KB messages and
+    // their 40 KB answers pass: far fewer events than its count limit, far
+    // more bytes than its byte limit.
+    let mut watch = rt.resume(s.id, 0).await.unwrap();
+    let big = "x".repeat(40_000);
+    for i in 0..3 {
+        collect(rt.send(s.id, format!("{i}{big}")).await.unwrap()).await;
+    }
+    let last_seq = rt.get(s.id).await.unwrap().last_seq;
+    let mut seen = Vec::new();
+    let err = loop {
+        match tokio::time::timeout(Duration::from_secs(10), watch.next())
+            .await
+            .unwrap()
+        {
+            Some(Ok(e)) => seen.push(e),
+            Some(Err(e)) => break e,
+            None => panic!("the stream ended without an error after {seen:?}"),
+        }
+    };
+    let after = seen.last().map_or(0, |e| e.seq);
+    assert!(matches!(err, Error::ResourceExhausted(_)), "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("resume with after_seq = {after}")),
+        "{err}"
+    );
+    assert!(after < last_seq, "cut at {after} of {last_seq}");
+    // Resumed from where it was cut: the rest, nothing missing or repeated.
+    let mut rest = rt.resume(s.id, after).await.unwrap();
+    while seen.last().map_or(0, |e| e.seq) < last_seq {
+        seen.push(rest.next().await.unwrap().unwrap());
+    }
+    let seqs: Vec<u64> = seen.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=last_seq).collect::<Vec<_>>());
+    rt.shutdown().await;
+}

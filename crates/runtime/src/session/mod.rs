@@ -38,5 +38,5 @@ mod write;
 
 pub(crate) use actor::{SessionActor, SessionArgs};
 pub(crate) use msg::{Notice, Notify, SessionMsg};
-pub(crate) use outbox::Subscription;
+pub(crate) use outbox::{Queued, Subscription};
 pub use view::SessionView;

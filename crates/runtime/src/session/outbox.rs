@@ -16,7 +16,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use baton_types::{GateRecord, SessionEvent};
 use ractor::RpcReplyPort;
@@ -29,18 +29,29 @@ use crate::error::Result;
 pub struct Subscription {
     pub(crate) history_after: u64,
     pub(crate) history_upto: u64,
-    /// Events, and whether each is a fragment of an output record (which
-    /// shares its seq with the fragments before it).
-    pub(crate) rx: mpsc::Receiver<(SessionEvent, bool)>,
+    pub(crate) rx: mpsc::Receiver<Queued>,
     pub(crate) lagged: Arc<AtomicBool>,
+    /// Bytes of the events queued on `rx` (the reader takes off what it reads).
+    pub(crate) queued_bytes: Arc<AtomicUsize>,
     /// Set for a `send`: the stream ends after this turn's last event.
     pub(crate) turn: Option<u64>,
 }
 
+/// An event on its way to a subscriber's stream.
+pub(crate) struct Queued {
+    pub event: SessionEvent,
+    /// A fragment of an output record (sharing its seq with the fragments
+    /// before it).
+    pub fragment: bool,
+    /// What it counts against the subscriber's byte limit.
+    pub bytes: usize,
+}
+
 struct Subscriber {
-    tx: mpsc::Sender<(SessionEvent, bool)>,
+    tx: mpsc::Sender<Queued>,
     turn: Option<u64>,
     lagged: Arc<AtomicBool>,
+    queued_bytes: Arc<AtomicUsize>,
     /// Output records from this seq on reach it as fragments; earlier ones
     /// (streamed before it joined) whole.
     fragments_from: u64,
@@ -87,6 +98,8 @@ pub(crate) struct Outbox {
     /// Seq of the last released (durable) event.
     pub released_seq: u64,
     subscribers: Vec<Subscriber>,
+    /// Most bytes of events queued for one subscriber.
+    max_bytes: usize,
     /// Replies sent once the record at that seq is durable.
     acks: Vec<(u64, RpcReplyPort<Result<u64>>)>,
     gate_acks: Vec<(u64, GateRecord, RpcReplyPort<Result<GateRecord>>)>,
@@ -94,10 +107,17 @@ pub(crate) struct Outbox {
 
 impl Outbox {
     /// Register a subscriber; `next_seq` is the seq the next record staged
-    /// will have. Live events arrive on a channel of `buffer` events; one
-    /// that falls further behind is cut (and told so).
-    pub fn subscribe(&mut self, buffer: usize, turn: Option<u64>, next_seq: u64) -> Subscription {
+    /// will have. Live events arrive on a channel of `buffer` events and
+    /// `max_bytes` bytes; one that falls further behind is cut (and told so).
+    pub fn subscribe(
+        &mut self,
+        (buffer, max_bytes): (usize, usize),
+        turn: Option<u64>,
+        next_seq: u64,
+    ) -> Subscription {
         let (tx, rx) = mpsc::channel(buffer);
+        self.max_bytes = max_bytes;
+        let queued_bytes = Arc::new(AtomicUsize::new(0));
         let lagged = Arc::new(AtomicBool::new(false));
         // Output already streaming reaches it whole, as its record.
         let fragments_from = match &self.live {
@@ -108,6 +128,7 @@ impl Outbox {
             tx,
             turn,
             lagged: lagged.clone(),
+            queued_bytes: queued_bytes.clone(),
             fragments_from,
         });
         Subscription {
@@ -115,6 +136,7 @@ impl Outbox {
             history_upto: self.released_seq,
             rx,
             lagged,
+            queued_bytes,
             turn,
         }
     }
@@ -209,11 +231,27 @@ impl Outbox {
     }
 
     fn send(&mut self, event: &SessionEvent, fragment: bool, wants: impl Fn(&Subscriber) -> bool) {
+        let max_bytes = self.max_bytes;
+        let mut size = None;
         self.subscribers.retain(|s| {
             if !wants(s) || s.turn.is_some_and(|t| event.turn() != Some(t)) {
                 return !s.tx.is_closed();
             }
-            match s.tx.try_send((event.clone(), fragment)) {
+            let bytes = *size.get_or_insert_with(|| event_bytes(event));
+            // Over its byte limit: cut, as when over its count (a single
+            // event larger than the limit still goes to an empty queue).
+            let queued = s.queued_bytes.load(Ordering::Relaxed);
+            if queued > 0 && queued + bytes > max_bytes {
+                s.lagged.store(true, Ordering::Relaxed);
+                return false;
+            }
+            s.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+            let item = Queued {
+                event: event.clone(),
+                fragment,
+                bytes,
+            };
+            match s.tx.try_send(item) {
                 Ok(()) => !(s.turn.is_some() && event.ends_turn()),
                 Err(mpsc::error::TrySendError::Full(_)) => {
                     s.lagged.store(true, Ordering::Relaxed);
@@ -247,4 +285,11 @@ impl Outbox {
         self.pending.clear();
         self.live = None;
     }
+}
+
+/// What an event counts against a subscriber's byte limit: its size as
+/// journaled (protobuf), the payload's included.
+fn event_bytes(e: &SessionEvent) -> usize {
+    let enc = baton_store::encode_record(&e.session_id, e.seq, e.at_unix_ms, &e.kind, usize::MAX);
+    enc.record.len() + enc.payload.map_or(0, |(k, v)| k.len() + v.len())
 }

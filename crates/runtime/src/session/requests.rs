@@ -49,9 +49,11 @@ impl SessionCtx {
             )));
         }
         let turn = state.last_turn + 1;
-        let sub = self
-            .outbox
-            .subscribe(cfg.subscriber_buffer, Some(turn), state.last_seq + 1);
+        let sub = self.outbox.subscribe(
+            (cfg.subscriber_buffer, cfg.subscriber_buffer_bytes),
+            Some(turn),
+            state.last_seq + 1,
+        );
         // Staged, not written: when the session is idle, pump() stages the
         // turn's ModelCallStarted and writes both as one batch (one fsync)
         // just before the model call starts.
@@ -76,7 +78,8 @@ impl SessionCtx {
                 self.env.id
             )));
         }
-        let buffer = self.env.shared.config.sessions.subscriber_buffer;
+        let cfg = &self.env.shared.config.sessions;
+        let buffer = (cfg.subscriber_buffer, cfg.subscriber_buffer_bytes);
         let mut sub = self.outbox.subscribe(buffer, None, last + 1);
         sub.history_after = after_seq;
         sub.history_upto = sub.history_upto.max(after_seq);

@@ -38,6 +38,10 @@ pub(crate) const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// carry: a chunk is a few hundred bytes; past these the stream is malformed.
 pub(crate) const MAX_SSE_LINE: usize = 4 << 20;
 pub(crate) const MAX_SSE_EVENT: usize = 16 << 20;
+/// Most bytes of one streamed response: far above what any model writes in
+/// one answer (~200 bytes of SSE per token: 300,000 tokens), and a bound on
+/// what an answer's text and its deltas on their way to the session hold.
+pub(crate) const MAX_STREAM_BYTES: usize = 64 << 20;
 
 /// Of an error response's body only the start is read: its message is
 /// shown cut to [`MAX_ERROR_TEXT`] anyway.
@@ -431,6 +435,8 @@ pub(crate) struct SseReader {
     event: String,
     data: Option<String>,
     eof: bool,
+    /// Bytes read off the body so far.
+    read: usize,
     /// Events returned so far.
     pub events: usize,
 }
@@ -445,6 +451,7 @@ impl SseReader {
             event: String::new(),
             data: None,
             eof: false,
+            read: 0,
             events: 0,
         }
     }
@@ -467,7 +474,13 @@ impl SseReader {
             match tokio::time::timeout_at(deadline, self.stream.next()).await {
                 Err(_) => return Err(SseError::TimedOut),
                 Ok(None) => self.eof = true,
-                Ok(Some(Ok(bytes))) => self.buf.extend_from_slice(&bytes),
+                Ok(Some(Ok(bytes))) => {
+                    self.read += bytes.len();
+                    if self.read > MAX_STREAM_BYTES {
+                        return Err(SseError::TooLarge("the stream is over 64 MiB"));
+                    }
+                    self.buf.extend_from_slice(&bytes)
+                }
                 Ok(Some(Err(e))) => return Err(SseError::Broken(e)),
             }
         }
@@ -756,6 +769,20 @@ pub(crate) mod tests {
         let many = "data: z\n\n".repeat(1 << 16);
         let cuts: Vec<usize> = (0..many.len()).collect();
         assert_eq!(events_of(many.as_bytes(), &cuts).unwrap().len(), 1 << 16);
+        // A whole stream of well-formed events is capped too: what its
+        // answer and deltas hold stays bounded.
+        let event = format!("data: {}\n\n", "w".repeat((1 << 20) - 8));
+        let endless = event.repeat(MAX_STREAM_BYTES / (1 << 20) + 1);
+        let cut: Vec<usize> = (1..80).map(|i| i << 20).collect();
+        match events_of(endless.as_bytes(), &cut) {
+            Err(SseError::TooLarge(what)) => assert!(what.contains("64 MiB"), "{what}"),
+            other => panic!("{:?}", other.map(|e| e.len())),
+        }
+        let under = event.repeat(MAX_STREAM_BYTES / (1 << 20) - 1);
+        assert_eq!(
+            events_of(under.as_bytes(), &cut).unwrap().len(),
+            MAX_STREAM_BYTES / (1 << 20) - 1
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -77,6 +77,8 @@ pub struct AuditLog {
 
 struct Inner {
     tx: mpsc::Sender<Msg>,
+    /// Events appended and not yet taken by the writer thread.
+    queued: Arc<std::sync::atomic::AtomicU64>,
     thread: Option<JoinHandle<std::result::Result<(), String>>>,
     public_key: VerifyingKey,
     dir: PathBuf,
@@ -170,13 +172,16 @@ impl AuditLog {
             writer.write_batch(vec![event])?;
         }
         let (tx, rx) = mpsc::channel();
+        let queued = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let taken = queued.clone();
         let thread = std::thread::Builder::new()
             .name("baton-audit-writer".into())
-            .spawn(move || writer.run(&rx))
+            .spawn(move || writer.run(&rx, &taken))
             .map_err(|e| io_err("spawn the writer thread for", &dir, e))?;
         Ok(AuditLog {
             inner: Arc::new(Inner {
                 tx,
+                queued,
                 thread: Some(thread),
                 public_key,
                 dir,
@@ -190,7 +195,10 @@ impl AuditLog {
         if event.ts_unix_ms.is_none() {
             event.ts_unix_ms = Some(now_ms());
         }
+        let queued = &self.inner.queued;
+        queued.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         if let Err(mpsc::SendError(Msg::Event(lost))) = self.inner.tx.send(Msg::Event(event)) {
+            queued.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
             tracing::error!(
                 dir = %self.inner.dir.display(),
                 kind = %lost.kind,
@@ -211,6 +219,12 @@ impl AuditLog {
         rx.await
             .map_err(|_| AuditError::WriterGone)?
             .map_err(AuditError::Write)
+    }
+
+    /// Events appended and not yet taken by the writer: what callers
+    /// check to refuse new work while the log falls behind.
+    pub fn queued(&self) -> u64 {
+        self.inner.queued.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The public key that verifies this log, as 64 hex digits.
@@ -416,7 +430,11 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, rx: &mpsc::Receiver<Msg>) -> std::result::Result<(), String> {
+    fn run(
+        mut self,
+        rx: &mpsc::Receiver<Msg>,
+        queued: &std::sync::atomic::AtomicU64,
+    ) -> std::result::Result<(), String> {
         loop {
             let mut events = Vec::new();
             let mut flushes = Vec::new();
@@ -443,6 +461,7 @@ impl Writer {
                     }
                 };
             }
+            queued.fetch_sub(events.len() as u64, std::sync::atomic::Ordering::Relaxed);
             let mut result = if events.is_empty() {
                 self.poisoned.clone().map_or(Ok(()), Err)
             } else {

@@ -28,6 +28,13 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug + 'static {
     /// the last good flush pending, and appends them again once a flush
     /// succeeds: nothing journaled goes missing from the trail.
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
+
+    /// Events recorded and not yet taken for writing: past
+    /// `audit.max_queued`, new work is refused until the sink catches up.
+    /// Sinks that hold nothing back answer 0.
+    fn queued(&self) -> u64 {
+        0
+    }
 }
 
 /// What the runtime does while its audit trail cannot be written

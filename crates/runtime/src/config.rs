@@ -46,6 +46,12 @@ pub struct StoreConfig {
     /// server from `[audit]`).
     #[serde(skip)]
     pub audit_key_file: Option<PathBuf>,
+    /// Past this many bytes of writes queued for the journal writer, new
+    /// sessions and messages are refused (`UNAVAILABLE`) until it catches
+    /// up; work already running goes on.
+    pub max_backlog_bytes: u64,
+    /// The same for records queued for the audit trail.
+    pub max_audit_backlog: u64,
 }
 
 impl Default for StoreConfig {
@@ -56,6 +62,8 @@ impl Default for StoreConfig {
             backup_dir: None,
             audit_dir: None,
             audit_key_file: None,
+            max_backlog_bytes: 256 * 1024 * 1024,
+            max_audit_backlog: 100_000,
         }
     }
 }
@@ -340,6 +348,8 @@ impl RuntimeConfig {
             ("sessions.passivate_after_ms", s.passivate_after_ms),
             ("sessions.snapshot_every", s.snapshot_every),
             ("sessions.subscriber_buffer", s.subscriber_buffer as u64),
+            ("store.max_backlog_bytes", self.store.max_backlog_bytes),
+            ("store.max_audit_backlog", self.store.max_audit_backlog),
             (
                 "sessions.subscriber_buffer_bytes",
                 s.subscriber_buffer_bytes as u64,

@@ -292,6 +292,8 @@ struct Sink {
     /// would.
     failing: std::sync::atomic::AtomicBool,
     records: std::sync::Mutex<Vec<(String, Option<SessionId>, serde_json::Value)>>,
+    /// What it says it holds back.
+    queued: std::sync::atomic::AtomicU64,
 }
 
 impl AuditSink for Sink {
@@ -325,6 +327,44 @@ impl AuditSink for Sink {
             Ok(())
         })
     }
+
+    fn queued(&self) -> u64 {
+        self.queued.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// An audit sink further behind than `store.max_audit_backlog`: new
+/// sessions and messages are refused with UNAVAILABLE naming the limit,
+/// and admitted again once it catches up.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_work_waits_for_an_audit_trail_that_fell_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = Arc::new(Sink::default());
+    let mut cfg = config(dir.path(), 16);
+    cfg.store.max_audit_backlog = 1000;
+    let rt = Runtime::builder(cfg)
+        .with_audit(sink.clone())
+        .start()
+        .await
+        .unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    sink.queued.store(1001, std::sync::atomic::Ordering::SeqCst);
+    let behind = |e: Error| {
+        assert!(matches!(e, Error::Unavailable(_)), "{e}");
+        assert!(
+            e.to_string().contains("store.max_audit_backlog = 1000"),
+            "{e}"
+        );
+    };
+    behind(rt.start_session(StartSession::default()).await.unwrap_err());
+    behind(rt.send(s.id, "what is 2 + 3?".into()).await.err().unwrap());
+    sink.queued.store(1000, std::sync::atomic::Ordering::SeqCst);
+    let t = run_turn(&rt, s.id, "what is 2 + 3?").await;
+    assert!(matches!(
+        t.last().unwrap().kind,
+        EventKind::TurnCompleted { .. }
+    ));
+    rt.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -209,7 +209,7 @@ impl RuntimeHandle {
         by: &str,
     ) -> Result<SessionInfo> {
         let shared = self.shared();
-        shared.audit_health.admit()?;
+        shared.admit()?;
         let route = match req.route.as_deref() {
             None | Some("") => shared.config.sessions.default_route.clone(),
             Some(r) => r.to_string(),
@@ -630,7 +630,7 @@ impl RuntimeHandle {
         review: bool,
         by: String,
     ) -> Result<EventStream> {
-        self.shared().audit_health.admit()?;
+        self.shared().admit()?;
         let limits = &self.shared().config.sessions;
         match message.role {
             Role::User => {

@@ -72,6 +72,36 @@ pub(crate) struct Ledgers {
 }
 
 impl Shared {
+    /// The check every start of new work (a session, a message) makes:
+    /// refused with `UNAVAILABLE` naming the cause while the audit trail
+    /// fails under `audit.on_failure = block`, or while the journal writer
+    /// or the audit trail is further behind than `store.max_backlog_bytes`
+    /// / `store.max_audit_backlog` (work already running goes on; what it
+    /// writes is bounded by it).
+    pub(crate) fn admit(&self) -> crate::Result<()> {
+        self.audit_health.admit()?;
+        let cfg = &self.config.store;
+        let (writes, bytes) = self.store.backlog();
+        if bytes > cfg.max_backlog_bytes {
+            return Err(crate::Error::Unavailable(format!(
+                "the journal writer is behind: {writes} writes of {bytes} bytes queued \
+                 (store.max_backlog_bytes = {}); new work is refused until it catches up",
+                cfg.max_backlog_bytes
+            )));
+        }
+        if let Some(audit) = &self.audit {
+            let queued = audit.queued();
+            if queued > cfg.max_audit_backlog {
+                return Err(crate::Error::Unavailable(format!(
+                    "the audit trail is behind: {queued} records queued \
+                     (store.max_audit_backlog = {}); new work is refused until it catches up",
+                    cfg.max_audit_backlog
+                )));
+            }
+        }
+        Ok(())
+    }
+
     pub(crate) fn new(
         store: Store,
         router: baton_routing::Router,

@@ -751,3 +751,43 @@ async fn a_stream_over_its_byte_limit_is_cut_and_resumes_without_a_gap() {
     assert_eq!(seqs, (1..=last_seq).collect::<Vec<_>>());
     rt.shutdown().await;
 }
+
+/// A journal writer further behind than `store.max_backlog_bytes`: new
+/// sessions and messages are refused with UNAVAILABLE naming the limit
+/// until it catches up; nothing already accepted is touched.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_work_waits_for_a_journal_writer_that_fell_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = config(dir.path());
+    cfg.store.max_backlog_bytes = 1 << 20;
+    let rt = Runtime::builder(cfg).start().await.unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    // Four synced 16 MiB writes queued ahead (snapshots of a session that
+    // does not exist): the writer is behind.
+    let store = rt.inner.shared.store.clone();
+    let writes: Vec<_> = (0..4)
+        .map(|_| {
+            let mut b = Batch::new();
+            b.put_snapshot(&SessionId::new(), vec![7; 16 << 20]);
+            store.write(b)
+        })
+        .collect();
+    assert!(store.backlog().1 > 1 << 20);
+    let behind = |e: Error| {
+        assert!(matches!(e, Error::Unavailable(_)), "{e}");
+        assert!(
+            e.to_string().contains("store.max_backlog_bytes = 1048576"),
+            "{e}"
+        );
+    };
+    behind(rt.start_session(StartSession::default()).await.unwrap_err());
+    behind(rt.send(s.id, "hello".into()).await.err().unwrap());
+    for w in writes {
+        w.await.unwrap();
+    }
+    assert_eq!(store.backlog(), (0, 0));
+    let events = collect(rt.send(s.id, "hello".into()).await.unwrap()).await;
+    assert_eq!(events.last().unwrap().kind.name(), "turn_completed");
+    rt.start_session(StartSession::default()).await.unwrap();
+    rt.shutdown().await;
+}

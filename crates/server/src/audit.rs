@@ -81,4 +81,8 @@ impl AuditSink for SignedAudit {
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move { self.0.flush().await.map_err(|e| e.to_string()) })
     }
+
+    fn queued(&self) -> u64 {
+        self.0.queued()
+    }
 }

@@ -34,6 +34,7 @@ mod writer;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
 use baton_types::{GateId, GateRecord, SessionEvent, SessionId, SessionStatus};
 use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options};
@@ -213,6 +214,10 @@ impl Store {
         batch: Batch,
     ) -> impl std::future::Future<Output = Result<()>> + Send + 'static {
         let (done, rx) = oneshot::channel();
+        let bytes = batch.ops.iter().map(Op::bytes).sum();
+        let stats = &self.inner.stats;
+        stats.queued_bytes.fetch_add(bytes, Ordering::Relaxed);
+        stats.queued_requests.fetch_add(1, Ordering::Relaxed);
         let sent = match self.inner.writer.lock() {
             Ok(guard) => match guard.as_ref() {
                 Some(tx) => tx
@@ -221,18 +226,33 @@ impl Store {
                         sync: batch.sync,
                         done,
                         queued_at: std::time::Instant::now(),
+                        bytes,
                     })
                     .is_ok(),
                 None => false,
             },
             Err(_) => false,
         };
+        if !sent {
+            stats.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+            stats.queued_requests.fetch_sub(1, Ordering::Relaxed);
+        }
         async move {
             if !sent {
                 return Err(Error::Closed);
             }
             rx.await.map_err(|_| Error::Closed)?
         }
+    }
+
+    /// Writes handed to the writer and not yet written: (requests, bytes of
+    /// their keys and values).
+    pub fn backlog(&self) -> (u64, u64) {
+        let s = &self.inner.stats;
+        (
+            s.queued_requests.load(Ordering::Relaxed),
+            s.queued_bytes.load(Ordering::Relaxed),
+        )
     }
 
     /// Resolves once every write handed to the writer before this call is

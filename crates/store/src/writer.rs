@@ -34,12 +34,26 @@ pub enum Op {
     },
 }
 
+impl Op {
+    /// Bytes of its keys and value.
+    pub fn bytes(&self) -> u64 {
+        let n = match self {
+            Op::Put { key, value, .. } => key.len() + value.len(),
+            Op::Delete { key, .. } => key.len(),
+            Op::DeleteRange { from, to, .. } => from.len() + to.len(),
+        };
+        n as u64
+    }
+}
+
 pub(crate) struct WriteReq {
     pub ops: Vec<Op>,
     pub sync: bool,
     pub done: oneshot::Sender<Result<()>>,
     /// When the request was handed to the writer (append latency metric).
     pub queued_at: Instant,
+    /// Bytes of its keys and values (the writer's backlog).
+    pub bytes: u64,
 }
 
 /// Counters of the writer, for metrics and benchmarks.
@@ -50,6 +64,9 @@ pub struct WriterStats {
     pub synced_groups: AtomicU64,
     /// Sum of the time spent in synced writes, in microseconds.
     pub synced_write_micros: AtomicU64,
+    /// Requests handed to the writer and not yet written, and their bytes.
+    pub queued_requests: AtomicU64,
+    pub queued_bytes: AtomicU64,
 }
 
 /// A copy of the writer's counters at one moment.
@@ -100,6 +117,11 @@ pub(crate) fn run(
         stats
             .requests
             .fetch_add(group.len() as u64, Ordering::Relaxed);
+        let bytes: u64 = group.iter().map(|r| r.bytes).sum();
+        stats.queued_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        stats
+            .queued_requests
+            .fetch_sub(group.len() as u64, Ordering::Relaxed);
         for req in group.drain(..) {
             // The caller may have gone away; its write is done regardless.
             let _ = req.done.send(result.clone());

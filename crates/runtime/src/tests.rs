@@ -711,7 +711,8 @@ data_class = "health"
 async fn a_stream_over_its_byte_limit_is_cut_and_resumes_without_a_gap() {
     let dir = tempfile::tempdir().unwrap();
     let mut cfg = config(dir.path());
-    cfg.sessions.subscriber_buffer_bytes = 64 * 1024;
+    // Above one turn's events (its own stream must not be cut), below three.
+    cfg.sessions.subscriber_buffer_bytes = 100 * 1024;
     let rt = Runtime::builder(cfg).start().await.unwrap();
     let s = rt.start_session(StartSession::default()).await.unwrap();
     // A watcher that reads nothing while three turns of 40 KB messages and

@@ -7,6 +7,9 @@
 //! process is SIGKILLed and restarted on the same data dir. Measured:
 //! * `serving`: kill to the restarted server printing its listen address
 //!   (store open, recovery scan done, gRPC accepting);
+//! * `new work`: kill to the restarted server accepting a new session's
+//!   turn (its `TurnAccepted` durable and streamed back), while it recovers
+//!   the others;
 //! * `resumed`: kill to the last interrupted turn's `TurnCompleted`;
 //! * lost: acknowledged turns missing after the restart (RPO: must be 0);
 //! * duplicated: turns with more than one recorded answer (must be 0).
@@ -65,12 +68,13 @@ fn opts() -> Result<Opts> {
 
 fn model_toml(base_url: &str) -> String {
     format!(
-        "[sessions]\ndefault_route = \"fake\"\n\n[[models]]\nname = \"fake\"\nprovider = \"openai\"\nbase_url = {base_url:?}\nmodel = \"fake-model\"\nstream = false\ntimeout_ms = 120000\nmax_concurrency = 256\n"
+        "[server]\nmax_concurrent_streams = 65536\n\n[sessions]\ndefault_route = \"fake\"\n\n[[models]]\nname = \"fake\"\nprovider = \"openai\"\nbase_url = {base_url:?}\nmodel = \"fake-model\"\nstream = false\ntimeout_ms = 120000\nmax_concurrency = 16384\nmax_queue = 16384\n"
     )
 }
 
 struct Round {
     serving: Duration,
+    first: Duration,
     resumed: Duration,
     lost: usize,
     duplicated: usize,
@@ -140,9 +144,39 @@ async fn round(o: &Opts) -> Result<Round> {
     let server = BatonProcess::start(bin, &config).await?;
     let serving = killed.elapsed();
     let client = server.client().await?;
-    let mut waits = Vec::new();
-    for id in &ids {
+    // New work, accepted while the others recover.
+    let first = {
         let mut c = client.clone();
+        let id = c
+            .start_session(v1::StartSessionRequest::default())
+            .await?
+            .into_inner()
+            .session_id;
+        let mut s = c
+            .send_message(v1::SendMessageRequest {
+                session_id: id,
+                content: "a new question".into(),
+                review: false,
+                images: Vec::new(),
+            })
+            .await?
+            .into_inner();
+        loop {
+            let e = s.next().await.context("stream ended")??;
+            if matches!(e.kind, Some(Kind::TurnAccepted(_))) {
+                break;
+            }
+        }
+        killed.elapsed()
+    };
+    let mut waits = Vec::new();
+    // At most 500 streams to one connection, as clients spread out.
+    let mut clients = vec![client.clone()];
+    for _ in 1..ids.len().div_ceil(500) {
+        clients.push(server.client().await?);
+    }
+    for (i, id) in ids.iter().enumerate() {
+        let mut c = clients[i / 500].clone();
         let id = id.clone();
         waits.push(tokio::spawn(async move {
             let mut s = c
@@ -169,7 +203,18 @@ async fn round(o: &Opts) -> Result<Round> {
     let mut lost = 0;
     let mut duplicated = 0;
     for w in waits {
-        let (accepted, answers) = w.await??;
+        let (accepted, answers) = match w.await? {
+            Ok(x) => x,
+            Err(e) => {
+                let log = server.log();
+                let tail: Vec<&str> = log.lines().rev().take(20).collect();
+                eprintln!("the server's log ends with:");
+                for l in tail.iter().rev() {
+                    eprintln!("  {l}");
+                }
+                return Err(e);
+            }
+        };
         if accepted != 1 {
             lost += 1;
         }
@@ -182,6 +227,7 @@ async fn round(o: &Opts) -> Result<Round> {
     server.terminate().await?;
     Ok(Round {
         serving,
+        first,
         resumed,
         lost,
         duplicated,
@@ -350,30 +396,36 @@ async fn main() -> Result<()> {
         o.sessions, o.model_delay_ms, o.rounds
     );
     let mut serving = Vec::new();
+    let mut first = Vec::new();
     let mut resumed = Vec::new();
     let (mut lost, mut duplicated) = (0, 0);
     for r in 0..o.rounds {
         let x = round(&o).await?;
         eprintln!(
-            "round {}: serving after {:.0} ms, all turns answered after {:.0} ms, lost {}, duplicated {}",
+            "round {}: serving after {:.0} ms, new work accepted after {:.0} ms, all turns answered after {:.0} ms, lost {}, duplicated {}",
             r + 1,
             x.serving.as_secs_f64() * 1e3,
+            x.first.as_secs_f64() * 1e3,
             x.resumed.as_secs_f64() * 1e3,
             x.lost,
             x.duplicated
         );
         serving.push(x.serving);
+        first.push(x.first);
         resumed.push(x.resumed);
         lost += x.lost;
         duplicated += x.duplicated;
     }
     serving.sort();
+    first.sort();
     resumed.sort();
     let ms = |d: &Duration| d.as_secs_f64() * 1e3;
     println!(
-        "RTO serving: median {:.0} ms, max {:.0} ms | RTO turns resumed (incl. {} ms model time): median {:.0} ms, max {:.0} ms | RPO: {lost} acknowledged turns lost, {duplicated} answered twice, over {} turns",
+        "RTO serving: median {:.0} ms, max {:.0} ms | new work accepted: median {:.0} ms, max {:.0} ms | RTO turns resumed (incl. {} ms model time): median {:.0} ms, max {:.0} ms | RPO: {lost} acknowledged turns lost, {duplicated} answered twice, over {} turns",
         ms(&serving[serving.len() / 2]),
         ms(serving.last().context("no rounds")?),
+        ms(&first[first.len() / 2]),
+        ms(first.last().context("no rounds")?),
         o.model_delay_ms,
         ms(&resumed[resumed.len() / 2]),
         ms(resumed.last().context("no rounds")?),

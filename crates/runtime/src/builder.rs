@@ -5,7 +5,7 @@ use std::sync::Arc;
 use baton_models::{Endpoint, EndpointConfig, ExecutorHandle, ModelRegistry};
 use baton_store::{Batch, Store, StoreOptions};
 use baton_tools::{Tool, ToolExecutor, ToolRegistry};
-use baton_types::SessionStatus;
+use baton_types::{SessionId, SessionStatus};
 use ractor::Actor;
 use tokio::sync::Mutex;
 
@@ -183,13 +183,7 @@ impl RuntimeBuilder {
         }
         let unfinished = store.sessions_with_status(SessionStatus::Running).await?;
         if !unfinished.is_empty() {
-            tracing::info!(
-                sessions = unfinished.len(),
-                "resuming sessions with unfinished turns"
-            );
-        }
-        for id in unfinished {
-            handle.route(id, SessionMsg::Wake)?;
+            spawn_recovery(&handle, unfinished);
         }
         handle.spawn_gate_timeouts();
         handle.spawn_retention();
@@ -318,5 +312,56 @@ fn spawn_audit_confirmer(shared: &Arc<Shared>, stop: tokio_util::sync::Cancellat
                 tracing::warn!(error = %e, "cannot record the audit cursor");
             }
         }
+    });
+}
+
+/// Resume the sessions with unfinished turns in the background, serving
+/// meanwhile: at most `sessions.recovery_concurrency` of them load at once
+/// (each is woken, and the next waits until it has loaded and re-issued
+/// its work), so requests arriving during recovery queue behind a bounded
+/// number of loads instead of behind all of them.
+fn spawn_recovery(handle: &RuntimeHandle, ids: Vec<SessionId>) {
+    use futures::StreamExt;
+    let n = ids.len();
+    let at_once = handle.config().sessions.recovery_concurrency;
+    tracing::info!(
+        sessions = n,
+        at_once,
+        "resuming sessions with unfinished turns"
+    );
+    let weak = Arc::downgrade(&handle.inner);
+    let started = std::time::Instant::now();
+    tokio::spawn(async move {
+        let failed = futures::stream::iter(ids)
+            .map(|id| {
+                let weak = weak.clone();
+                async move {
+                    let Some(inner) = weak.upgrade() else {
+                        return Ok(());
+                    };
+                    let handle = RuntimeHandle { inner };
+                    handle.route(id, SessionMsg::Wake).map_err(|e| (id, e))?;
+                    // Answered once the actor has loaded and taken the wake.
+                    handle
+                        .ask(id, |reply| SessionMsg::Get { reply })
+                        .await
+                        .map(|_| ())
+                        .map_err(|e| (id, e))
+                }
+            })
+            .buffer_unordered(at_once)
+            .filter_map(|r: std::result::Result<(), (SessionId, Error)>| async move {
+                let (id, e) = r.err()?;
+                tracing::warn!(session = %id, error = %e, "recovery: the session did not resume");
+                Some(())
+            })
+            .count()
+            .await;
+        tracing::info!(
+            sessions = n,
+            failed,
+            took_ms = started.elapsed().as_millis() as u64,
+            "recovery: sessions with unfinished turns resumed"
+        );
     });
 }

@@ -103,6 +103,10 @@ pub struct SessionsConfig {
     /// ... or this many bytes of events (as journaled; one larger event
     /// still goes to a stream that has caught up).
     pub subscriber_buffer_bytes: usize,
+    /// Sessions with unfinished turns loading at once while they are
+    /// resumed after a restart (in the background: the runtime serves
+    /// meanwhile).
+    pub recovery_concurrency: usize,
     /// Model output streams to clients as it comes, and is journaled as one
     /// `OutputDelta` record per this many milliseconds of output (0: one
     /// record per delta, as the provider sent them).
@@ -137,6 +141,7 @@ impl Default for SessionsConfig {
             snapshot_every: 256,
             subscriber_buffer: 1024,
             subscriber_buffer_bytes: 8 * 1024 * 1024,
+            recovery_concurrency: 64,
             output_record_ms: 50,
             output_record_bytes: 4096,
             request_timeout_ms: 30_000,
@@ -355,6 +360,10 @@ impl RuntimeConfig {
                 s.subscriber_buffer_bytes as u64,
             ),
             ("sessions.output_record_bytes", s.output_record_bytes as u64),
+            (
+                "sessions.recovery_concurrency",
+                s.recovery_concurrency as u64,
+            ),
             ("sessions.request_timeout_ms", s.request_timeout_ms),
             ("sessions.max_steps", s.max_steps as u64),
             (

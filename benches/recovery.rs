@@ -98,27 +98,7 @@ async fn round(o: &Opts) -> Result<Round> {
     let mut ids = Vec::with_capacity(o.sessions);
     let mut streams = Vec::with_capacity(o.sessions);
     for i in 0..o.sessions {
-        let id = client
-            .start_session(v1::StartSessionRequest::default())
-            .await?
-            .into_inner()
-            .session_id;
-        let mut s = client
-            .send_message(v1::SendMessageRequest {
-                session_id: id.clone(),
-                content: format!("question {i}"),
-                review: false,
-                images: Vec::new(),
-            })
-            .await?
-            .into_inner();
-        // Acknowledged: the TurnAccepted record is durable.
-        loop {
-            let e = s.next().await.context("stream ended")??;
-            if matches!(e.kind, Some(Kind::TurnAccepted(_))) {
-                break;
-            }
-        }
+        let (id, s) = accepted(&mut client, format!("question {i}")).await?;
         ids.push(id);
         streams.push(s);
     }
@@ -146,27 +126,7 @@ async fn round(o: &Opts) -> Result<Round> {
     let client = server.client().await?;
     // New work, accepted while the others recover.
     let first = {
-        let mut c = client.clone();
-        let id = c
-            .start_session(v1::StartSessionRequest::default())
-            .await?
-            .into_inner()
-            .session_id;
-        let mut s = c
-            .send_message(v1::SendMessageRequest {
-                session_id: id,
-                content: "a new question".into(),
-                review: false,
-                images: Vec::new(),
-            })
-            .await?
-            .into_inner();
-        loop {
-            let e = s.next().await.context("stream ended")??;
-            if matches!(e.kind, Some(Kind::TurnAccepted(_))) {
-                break;
-            }
-        }
+        accepted(&mut client.clone(), "a new question".into()).await?;
         killed.elapsed()
     };
     let mut waits = Vec::new();
@@ -232,6 +192,34 @@ async fn round(o: &Opts) -> Result<Round> {
         lost,
         duplicated,
     })
+}
+
+/// A new session sent `text`, once its turn is acknowledged (its
+/// `TurnAccepted` durable and streamed back): its id and the turn's stream.
+async fn accepted(
+    client: &mut v1::sessions_client::SessionsClient<tonic::transport::Channel>,
+    text: String,
+) -> Result<(String, tonic::Streaming<v1::SessionEvent>)> {
+    let id = client
+        .start_session(v1::StartSessionRequest::default())
+        .await?
+        .into_inner()
+        .session_id;
+    let mut s = client
+        .send_message(v1::SendMessageRequest {
+            session_id: id.clone(),
+            content: text,
+            review: false,
+            images: Vec::new(),
+        })
+        .await?
+        .into_inner();
+    loop {
+        let e = s.next().await.context("stream ended")??;
+        if matches!(e.kind, Some(Kind::TurnAccepted(_))) {
+            return Ok((id, s));
+        }
+    }
 }
 
 /// Send `text` and read the turn to its end; the seq of its last event.

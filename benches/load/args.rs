@@ -24,7 +24,8 @@ Options (default in brackets; --quick values in braces):
   --fsync-iters N         samples per fsync-floor test [2000] {200}
   --data-dir PATH         where temporary data dirs go [system temp dir]
   --child                 (internal) run as a memory phase's fresh child process
-  --phases LIST           comma-separated subset of fsync,latency,throughput,nodelay,rss,oneshot,persisted [all]
+  --phases LIST           comma-separated subset of fsync,latency,throughput,frontdoor,nodelay,rss,oneshot,persisted [all]
+                          (frontdoor: the OpenAI front door against the direct client, 400/s and 32 clients)
                           (oneshot: the rss phase with one-shot sessions, as the front door makes)
                           (nodelay: repeat the gRPC runs with TCP_NODELAY on the server's sockets)
 ";
@@ -68,6 +69,7 @@ impl Args {
                 "fsync",
                 "latency",
                 "throughput",
+                "frontdoor",
                 "nodelay",
                 "rss",
                 "oneshot",

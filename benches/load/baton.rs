@@ -15,6 +15,8 @@ use crate::upstream::upstream_endpoint;
 pub(crate) struct Baton {
     pub(crate) handle: RuntimeHandle,
     addr: std::net::SocketAddr,
+    /// The HTTP server's (the OpenAI front door's) address.
+    http: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
     _dir: tempfile::TempDir,
@@ -51,10 +53,23 @@ impl Baton {
             tokio::net::TcpListener::bind("127.0.0.1:0").await?
         };
         let addr = listener.local_addr()?;
+        let http_listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let http = http_listener.local_addr()?;
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn({
             let handle = handle.clone();
             async move {
+                let (http_stop, http_stopped) = tokio::sync::oneshot::channel::<()>();
+                let front = tokio::spawn(baton_server::serve_http(
+                    handle.clone(),
+                    None,
+                    http_listener,
+                    Default::default(),
+                    baton_server::Authenticator::disabled(handle.clone()),
+                    async {
+                        let _ = http_stopped.await;
+                    },
+                ));
                 let shutdown = async {
                     let _ = stopped.await;
                 };
@@ -63,11 +78,14 @@ impl Baton {
                 {
                     eprintln!("gRPC server stopped: {e}");
                 }
+                let _ = http_stop.send(());
+                let _ = front.await;
             }
         });
         Ok(Baton {
             handle,
             addr,
+            http,
             stop: Some(stop),
             server,
             _dir: dir,
@@ -86,6 +104,15 @@ impl Baton {
         }
         Ok(Target::Grpc {
             clients: Arc::new(clients),
+        })
+    }
+
+    /// The OpenAI front door, to the route of the upstream endpoint.
+    pub(crate) fn front_door(&self) -> Result<Target> {
+        Ok(Target::FrontDoor {
+            client: reqwest::Client::builder().tcp_nodelay(true).build()?,
+            url: format!("http://{}/v1/chat/completions", self.http).into(),
+            model: "upstream".into(),
         })
     }
 

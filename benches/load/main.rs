@@ -44,7 +44,7 @@ async fn run(args: Args, upstream: std::net::SocketAddr) -> Result<Report> {
         let (dir, n) = (args.data_dir.clone(), args.fsync_iters);
         report.fsync = Some(tokio::task::spawn_blocking(move || fsync_floor(&dir, n)).await??);
     }
-    if args.has("latency") || args.has("throughput") {
+    if args.has("latency") || args.has("throughput") || args.has("frontdoor") {
         latency_and_throughput(&args, upstream, &mut report).await?;
     }
     if args.has("rss") {

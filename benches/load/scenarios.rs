@@ -152,6 +152,56 @@ pub(crate) async fn latency_and_throughput(
                 .comparisons
                 .push(compare(&format!("{label}, embedded API"), d, e));
         }
+        if args.has("frontdoor") && durability == Durability::Sync && !nodelay {
+            // The OpenAI front door: the direct client's very requests, at
+            // 400 requests/s (open loop), then 32 clients as fast as they go.
+            let front = baton.front_door()?;
+            let n = args.sessions;
+            let rate = 400.0;
+            let label = format!("front door, open {rate:.0}/s, {n} clients");
+            progress(&format!("direct {label}"));
+            let d = open_loop(
+                spec(args, format!("direct {label}"), &direct, None, n, None),
+                rate,
+            )
+            .await?;
+            progress(&format!("baton {dname} {label}"));
+            let b = open_loop(
+                spec(
+                    args,
+                    format!("baton {dname} {label}"),
+                    &front,
+                    Some(dname),
+                    n,
+                    Some(&baton.handle),
+                ),
+                rate,
+            )
+            .await?;
+            report.comparisons.push(compare(&label, d, b));
+            let label = "front door, closed, 32 clients".to_string();
+            progress(&format!("direct {label}"));
+            let d = closed_loop(spec(
+                args,
+                format!("direct {label}"),
+                &direct,
+                None,
+                32,
+                None,
+            ))
+            .await?;
+            progress(&format!("baton {dname} {label}"));
+            let b = closed_loop(spec(
+                args,
+                format!("baton {dname} {label}"),
+                &front,
+                Some(dname),
+                32,
+                Some(&baton.handle),
+            ))
+            .await?;
+            report.comparisons.push(compare(&label, d, b));
+        }
         baton.stop().await?;
     }
     Ok(())

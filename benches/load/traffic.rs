@@ -25,6 +25,13 @@ pub(crate) enum Target {
         client: reqwest::Client,
         url: Arc<str>,
     },
+    /// Baton's OpenAI-compatible front door: the same requests as the
+    /// direct client, to the route `model`.
+    FrontDoor {
+        client: reqwest::Client,
+        url: Arc<str>,
+        model: Arc<str>,
+    },
     Grpc {
         clients: Arc<Vec<SessionsClient<Channel>>>,
     },
@@ -37,6 +44,7 @@ impl Target {
     fn name(&self) -> &'static str {
         match self {
             Target::Direct { .. } => "direct",
+            Target::FrontDoor { .. } => "baton-front-door",
             Target::Grpc { .. } => "baton-grpc",
             Target::Embedded { .. } => "baton-embedded",
         }
@@ -51,6 +59,7 @@ enum Conn {
     Direct {
         client: reqwest::Client,
         url: Arc<str>,
+        model: Arc<str>,
         history: Vec<Value>,
     },
     Grpc {
@@ -76,6 +85,13 @@ impl Slot {
             Target::Direct { client, url } => Conn::Direct {
                 client: client.clone(),
                 url: url.clone(),
+                model: MODEL.into(),
+                history: Vec::new(),
+            },
+            Target::FrontDoor { client, url, model } => Conn::Direct {
+                client: client.clone(),
+                url: url.clone(),
+                model: model.clone(),
                 history: Vec::new(),
             },
             Target::Grpc { clients } => {
@@ -104,10 +120,11 @@ impl Slot {
             Conn::Direct {
                 client,
                 url,
+                model,
                 history,
             } => {
                 history.push(json!({"role": "user", "content": content}));
-                let body = json!({"model": MODEL, "messages": history, "stream": false});
+                let body = json!({"model": &**model, "messages": history, "stream": false});
                 let resp = client
                     .post(&**url)
                     .json(&body)

@@ -148,7 +148,7 @@ impl Actor for SessionActor {
             }
             SessionMsg::ModelDelta { call, delta } => ctx.on_delta(&myself, call, delta),
             SessionMsg::CloseOutput { seq } => ctx.on_close_output(&myself, seq),
-            SessionMsg::RouteEvent { call, event } => ctx.on_route_event(call, *event),
+            SessionMsg::RouteEvent { call, event } => ctx.on_route_event(&myself, call, *event),
             SessionMsg::ModelDone {
                 call,
                 result,

@@ -462,7 +462,12 @@ impl SessionCtx {
         self.commit(myself, vec![kind], false);
     }
 
-    pub fn on_route_event(&mut self, call: u64, event: baton_routing::RouteEvent) {
+    pub fn on_route_event(
+        &mut self,
+        myself: &ActorRef<SessionMsg>,
+        call: u64,
+        event: baton_routing::RouteEvent,
+    ) {
         let Some(turn) = self.current_call(call) else {
             return;
         };
@@ -476,8 +481,14 @@ impl SessionCtx {
         };
         // Written with the next batch (a delta or the answer): no write of
         // its own on the hot path. A crash before that loses only the record
-        // of a call that is then issued again.
+        // of a call that is then issued again. Unless it closes a stretch of
+        // output clients already have: that is journaled now (a client that
+        // joined mid-stretch waits for it).
+        let streaming = self.outbox.live.is_some();
         self.stage(kind);
+        if streaming {
+            self.flush(myself, false);
+        }
     }
 
     pub fn on_done(
@@ -529,7 +540,9 @@ impl SessionCtx {
                 let Some((routed, sent)) =
                     self.hold_for_checks(myself, turn, routed, latency_ms, sent)
                 else {
-                    // Released when its output checks are answered.
+                    // Released when its output checks are answered; the
+                    // output streamed so far is journaled now.
+                    self.flush(myself, false);
                     return;
                 };
                 self.answer_kinds(turn, routed, latency_ms, &sent)

@@ -12,8 +12,9 @@
 //!   own. They stream to subscribers as they come, and are journaled as
 //!   one record per stretch of output (`sessions.output_record_ms` /
 //!   `output_record_bytes`): a turn costs a handful of records whatever the
-//!   answer's length. A crash loses at most the stretch not yet written,
-//!   which the interrupted turn's re-issued call replaces anyway.
+//!   answer's length. A crash (or a shutdown mid-answer) loses at most the
+//!   stretch not yet written, which the interrupted turn's re-issued call
+//!   replaces anyway.
 
 use std::time::Duration;
 

@@ -11,22 +11,25 @@ use serde_json::Value;
 
 use crate::args::Args;
 use crate::baton::{Baton, data_dir, durability_name};
-use crate::report::{IdleRss, Persisted, Report, compare, progress, writer_delta};
+use crate::report::{IdleRss, Persisted, Report, RunResult, compare, progress, writer_delta};
 use crate::sys::{dir_size, rss_kib};
 use crate::traffic::{RunSpec, Target, closed_loop, open_loop};
 
 // ---------------------------------------------------------------------------
 // 2 + 3. Latency (direct vs Baton) and throughput
 
-fn spec<'a>(
+/// One measured run of `target`: an open loop at `rate`, or a closed loop.
+async fn run(
     args: &Args,
     label: String,
-    target: &'a Target,
+    target: &Target,
     durability: Option<&'static str>,
     sessions: usize,
-    runtime: Option<&'a RuntimeHandle>,
-) -> RunSpec<'a> {
-    RunSpec {
+    runtime: Option<&RuntimeHandle>,
+    rate: Option<f64>,
+) -> Result<RunResult> {
+    progress(&label);
+    let spec = RunSpec {
         label,
         target,
         durability,
@@ -35,6 +38,10 @@ fn spec<'a>(
         duration: args.duration,
         turns_per_session: args.turns_per_session,
         runtime,
+    };
+    match rate {
+        Some(rate) => open_loop(spec, rate).await,
+        None => closed_loop(spec).await,
     }
 }
 
@@ -62,90 +69,60 @@ pub(crate) async fn latency_and_throughput(
         };
         let baton = Baton::start(&args.data_dir, durability, upstream, nodelay).await?;
         let grpc = baton.grpc(4).await?;
-        if args.has("latency") {
-            // Open loop at the target rate: the added-latency comparison.
-            let n = args.sessions;
-            let label = format!("open {:.0}/s, {n} sessions", args.rate);
-            progress(&format!("direct {label}"));
-            let d = open_loop(
-                spec(args, format!("direct {label}"), &direct, None, n, None),
-                args.rate,
-            )
-            .await?;
-            progress(&format!("baton {dname} {label}"));
-            let b = open_loop(
-                spec(
+        let h = Some(&baton.handle);
+        // The direct client and Baton (`target`) under the same traffic.
+        let versus = |label: String, target: &Target, n: usize, rate: Option<f64>| {
+            let target = target.clone();
+            let direct = direct.clone();
+            async move {
+                let d = run(
+                    args,
+                    format!("direct {label}"),
+                    &direct,
+                    None,
+                    n,
+                    None,
+                    rate,
+                )
+                .await?;
+                let b = run(
                     args,
                     format!("baton {dname} {label}"),
-                    &grpc,
+                    &target,
                     Some(dname),
                     n,
-                    Some(&baton.handle),
-                ),
-                args.rate,
-            )
-            .await?;
+                    h,
+                    rate,
+                )
+                .await?;
+                Ok::<_, anyhow::Error>((label, d, b))
+            }
+        };
+        if args.has("latency") {
+            let n = args.sessions;
+            // Open loop at the target rate: the added-latency comparison.
+            let label = format!("open {:.0}/s, {n} sessions", args.rate);
+            let (label, d, b) = versus(label, &grpc, n, Some(args.rate)).await?;
             report.comparisons.push(compare(&label, d, b));
-
             // Closed loop at the same session count.
-            let label = format!("closed, {n} sessions");
-            progress(&format!("direct {label}"));
-            let d = closed_loop(spec(
-                args,
-                format!("direct {label}"),
-                &direct,
-                None,
-                n,
-                None,
-            ))
-            .await?;
-            progress(&format!("baton {dname} {label}"));
-            let b = closed_loop(spec(
-                args,
-                format!("baton {dname} {label}"),
-                &grpc,
-                Some(dname),
-                n,
-                Some(&baton.handle),
-            ))
-            .await?;
+            let (label, d, b) = versus(format!("closed, {n} sessions"), &grpc, n, None).await?;
             report.comparisons.push(compare(&label, d, b));
         }
         if args.has("throughput") && durability == Durability::Sync {
             let n = args.concurrency;
-            let label = format!("closed, {n} sessions");
-            progress(&format!("direct {label}"));
-            let d = closed_loop(spec(
-                args,
-                format!("direct {label}"),
-                &direct,
-                None,
-                n,
-                None,
-            ))
-            .await?;
-            progress(&format!("baton {dname} {label} (gRPC)"));
-            let b = closed_loop(spec(
-                args,
-                format!("baton {dname} {label}"),
-                &grpc,
-                Some(dname),
-                n,
-                Some(&baton.handle),
-            ))
-            .await?;
+            let (label, d, b) = versus(format!("closed, {n} sessions"), &grpc, n, None).await?;
             let embedded = Target::Embedded {
                 handle: baton.handle.clone(),
             };
-            progress(&format!("baton {dname} {label} (embedded)"));
-            let e = closed_loop(spec(
+            let e = run(
                 args,
                 format!("baton-embedded {dname} {label}"),
                 &embedded,
                 Some(dname),
                 n,
-                Some(&baton.handle),
-            ))
+                h,
+                None,
+            )
             .await?;
             report.comparisons.push(compare(&label, d.clone(), b));
             report
@@ -156,50 +133,12 @@ pub(crate) async fn latency_and_throughput(
             // The OpenAI front door: the direct client's very requests, at
             // 400 requests/s (open loop), then 32 clients as fast as they go.
             let front = baton.front_door()?;
-            let n = args.sessions;
-            let rate = 400.0;
+            let (n, rate) = (args.sessions, 400.0);
             let label = format!("front door, open {rate:.0}/s, {n} clients");
-            progress(&format!("direct {label}"));
-            let d = open_loop(
-                spec(args, format!("direct {label}"), &direct, None, n, None),
-                rate,
-            )
-            .await?;
-            progress(&format!("baton {dname} {label}"));
-            let b = open_loop(
-                spec(
-                    args,
-                    format!("baton {dname} {label}"),
-                    &front,
-                    Some(dname),
-                    n,
-                    Some(&baton.handle),
-                ),
-                rate,
-            )
-            .await?;
+            let (label, d, b) = versus(label, &front, n, Some(rate)).await?;
             report.comparisons.push(compare(&label, d, b));
             let label = "front door, closed, 32 clients".to_string();
-            progress(&format!("direct {label}"));
-            let d = closed_loop(spec(
-                args,
-                format!("direct {label}"),
-                &direct,
-                None,
-                32,
-                None,
-            ))
-            .await?;
-            progress(&format!("baton {dname} {label}"));
-            let b = closed_loop(spec(
-                args,
-                format!("baton {dname} {label}"),
-                &front,
-                Some(dname),
-                32,
-                Some(&baton.handle),
-            ))
-            .await?;
+            let (label, d, b) = versus(label, &front, 32, None).await?;
             report.comparisons.push(compare(&label, d, b));
         }
         baton.stop().await?;

@@ -67,11 +67,20 @@ impl Batch {
         self.sync
     }
 
-    /// Append journal record `seq` of `session`.
-    pub fn append(&mut self, session: &SessionId, seq: u64, at_unix_ms: u64, kind: &EventKind) {
+    /// Append journal record `seq` of `session`; the bytes of its value
+    /// (and out-of-line payload) as written.
+    pub fn append(
+        &mut self,
+        session: &SessionId,
+        seq: u64,
+        at_unix_ms: u64,
+        kind: &EventKind,
+    ) -> usize {
         let enc = codec::encode_record(session, seq, at_unix_ms, kind, PAYLOAD_INLINE_LIMIT);
+        let mut bytes = 0;
         if let Some((key, value)) = enc.payload {
             let value = self.sealed(CF_PAYLOADS, &key, value);
+            bytes += value.len();
             self.ops.push(Op::Put {
                 cf: CF_PAYLOADS,
                 key,
@@ -80,11 +89,13 @@ impl Batch {
         }
         let key = keys::journal_key(session, seq).to_vec();
         let value = self.sealed(CF_JOURNAL, &key, enc.record);
+        bytes += value.len();
         self.ops.push(Op::Put {
             cf: CF_JOURNAL,
             key,
             value,
         });
+        bytes
     }
 
     /// Write the session's metadata, moving its status index entry from

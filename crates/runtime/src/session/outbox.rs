@@ -68,17 +68,23 @@ pub(crate) struct LiveText {
 
 /// A record or a fragment on its way to the subscribers.
 enum Pending {
-    /// A record; `live` when its text was streamed as fragments.
+    /// A record; `live` when its text was streamed as fragments; `bytes`
+    /// as journaled.
     Record {
         event: SessionEvent,
         live: bool,
+        bytes: usize,
     },
     Fragment(SessionEvent),
 }
 
 /// What [`Outbox::release`] hands back, in order.
 pub(crate) enum Released {
-    Record { event: SessionEvent, live: bool },
+    Record {
+        event: SessionEvent,
+        live: bool,
+        bytes: usize,
+    },
     Fragment(SessionEvent),
 }
 
@@ -142,12 +148,13 @@ impl Outbox {
     }
 
     /// Move the staged records to pending, showing each to `write` (which
-    /// adds it to the batch) on the way.
-    pub fn hand_over(&mut self, mut write: impl FnMut(&SessionEvent)) {
+    /// adds it to the batch and says how many bytes it wrote) on the way.
+    pub fn hand_over(&mut self, mut write: impl FnMut(&SessionEvent) -> usize) {
         for event in self.staged.drain(..) {
-            write(&event);
+            let bytes = write(&event);
             let live = self.staged_live.contains(&event.seq);
-            self.pending.push_back(Pending::Record { event, live });
+            self.pending
+                .push_back(Pending::Record { event, live, bytes });
         }
         self.staged_live.clear();
     }
@@ -208,9 +215,9 @@ impl Outbox {
                 break;
             }
             match self.pending.pop_front() {
-                Some(Pending::Record { event, live }) => {
+                Some(Pending::Record { event, live, bytes }) => {
                     self.released_seq = event.seq;
-                    released.push(Released::Record { event, live });
+                    released.push(Released::Record { event, live, bytes });
                 }
                 Some(Pending::Fragment(event)) => released.push(Released::Fragment(event)),
                 None => break,
@@ -219,25 +226,37 @@ impl Outbox {
         released
     }
 
-    /// Send a released record to the subscribers that want it (a `live`
-    /// one only to those that did not get its fragments).
-    pub fn deliver(&mut self, event: &SessionEvent, live: bool) {
-        self.send(event, false, |s| !live || event.seq < s.fragments_from);
+    /// Send a released record (`bytes` as journaled) to the subscribers
+    /// that want it (a `live` one only to those that did not get its
+    /// fragments).
+    pub fn deliver(&mut self, event: &SessionEvent, live: bool, bytes: usize) {
+        self.send(event, false, bytes, |s| {
+            !live || event.seq < s.fragments_from
+        });
     }
 
-    /// Send a fragment to the subscribers that stream its record's text.
+    /// Send a fragment (counted as its text) to the subscribers that
+    /// stream its record's text.
     pub fn deliver_fragment(&mut self, event: &SessionEvent) {
-        self.send(event, true, |s| event.seq >= s.fragments_from);
+        let bytes = match &event.kind {
+            baton_types::EventKind::OutputDelta { text, .. } => text.len(),
+            _ => 0,
+        };
+        self.send(event, true, bytes, |s| event.seq >= s.fragments_from);
     }
 
-    fn send(&mut self, event: &SessionEvent, fragment: bool, wants: impl Fn(&Subscriber) -> bool) {
+    fn send(
+        &mut self,
+        event: &SessionEvent,
+        fragment: bool,
+        bytes: usize,
+        wants: impl Fn(&Subscriber) -> bool,
+    ) {
         let max_bytes = self.max_bytes;
-        let mut size = None;
         self.subscribers.retain(|s| {
             if !wants(s) || s.turn.is_some_and(|t| event.turn() != Some(t)) {
                 return !s.tx.is_closed();
             }
-            let bytes = *size.get_or_insert_with(|| event_bytes(event));
             // Over its byte limit: cut, as when over its count (a single
             // event larger than the limit still goes to an empty queue).
             let queued = s.queued_bytes.load(Ordering::Relaxed);
@@ -285,11 +304,4 @@ impl Outbox {
         self.pending.clear();
         self.live = None;
     }
-}
-
-/// What an event counts against a subscriber's byte limit: its size as
-/// journaled (protobuf), the payload's included.
-fn event_bytes(e: &SessionEvent) -> usize {
-    let enc = baton_store::encode_record(&e.session_id, e.seq, e.at_unix_ms, &e.kind, usize::MAX);
-    enc.record.len() + enc.payload.map_or(0, |(k, v)| k.len() + v.len())
 }

@@ -210,10 +210,11 @@ impl SessionCtx {
                 // Policies' classifier and evaluator calls are spent too.
                 priced += usd;
             }
-            batch.append(&id, e.seq, e.at_unix_ms, &e.kind);
+            let bytes = batch.append(&id, e.seq, e.at_unix_ms, &e.kind);
             if auditing && crate::audit::is_audited(&e.kind) {
                 audited = e.seq;
             }
+            bytes
         });
         if audited > 0 {
             // With the records: a crash cannot leave them out of the audit trail.
@@ -297,9 +298,9 @@ impl SessionCtx {
             .any(|r| matches!(r, Released::Record { event, .. } if event.ends_turn()));
         for r in released {
             match r {
-                Released::Record { event, live } => {
+                Released::Record { event, live, bytes } => {
                     self.released(&event);
-                    self.outbox.deliver(&event, live);
+                    self.outbox.deliver(&event, live, bytes);
                 }
                 Released::Fragment(event) => self.outbox.deliver_fragment(&event),
             }

@@ -339,7 +339,7 @@ async fn the_trail_holds_what_the_docs_list() {
     let dir = tempfile::tempdir().unwrap();
     let data = dir.path().join("data");
     let toml = format!(
-        "backup_dir = {:?}\n{}\n[[models]]\nname = \"judge\"\nprovider = \"openai\"\nbase_url = {:?}\nmodel = \"judge-model\"\n\n[quality]\nevaluator = \"judge\"\nsample = 1.0\n\n[tools.builtin]\ncalculator = true\ncurrent_time = true\n\n[[gates.policies]]\nname = \"review_math\"\nkind = \"before_tool\"\ntools = [\"calculator\"]\nreviewers = \"ops\"\n\n[[policies]]\nname = \"pii\"\nstage = \"input\"\n[[policies.rules]]\nname = \"contacts\"\ndetect = [\"email\"]\noutcome = \"redact\"\n",
+        "backup_dir = {:?}\n{}\n[[models]]\nname = \"judge\"\nprovider = \"openai\"\nbase_url = {:?}\nmodel = \"judge-model\"\n\n[[models]]\nname = \"vectors\"\nprovider = \"echo\"\ncapabilities = [\"embeddings\"]\n\n[quality]\nevaluator = \"judge\"\nsample = 1.0\n\n[tools.builtin]\ncalculator = true\ncurrent_time = true\n\n[[gates.policies]]\nname = \"review_math\"\nkind = \"before_tool\"\ntools = [\"calculator\"]\nreviewers = \"ops\"\n\n[[policies]]\nname = \"pii\"\nstage = \"input\"\n[[policies.rules]]\nname = \"contacts\"\ndetect = [\"email\"]\noutcome = \"redact\"\n",
         dir.path().display().to_string(),
         fake_model_toml(&fake.base_url(), false),
         judge.base_url(),
@@ -454,6 +454,14 @@ async fn the_trail_holds_what_the_docs_list() {
         .json(&serde_json::json!({"model": "fake", "messages": [
             {"role": "system", "content": "be brief"},
             {"role": "user", "content": "hello front door, I am jane@example.com"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+    // Embeddings: one embedding_call record, the email redacted before it left.
+    let r = reqwest::Client::new()
+        .post(format!("{}/v1/embeddings", server.http_url().unwrap()))
+        .json(&serde_json::json!({"model": "vectors", "input": ["mail jane@example.com"]}))
         .send()
         .await
         .unwrap();

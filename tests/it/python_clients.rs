@@ -10,7 +10,7 @@ use baton_testkit::{BatonProcess, process::write_config};
 use crate::access::{create_key_for, offline_key};
 use crate::common::bin;
 
-fn python() -> PathBuf {
+pub(crate) fn python() -> PathBuf {
     let p = std::env::var_os("BATON_TEST_PYTHON")
         .map(PathBuf::from)
         .unwrap_or_else(|| {

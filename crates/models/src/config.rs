@@ -166,6 +166,10 @@ pub enum Capability {
     JsonSchema,
     /// Streamed output.
     Streaming,
+    /// Text embeddings (`POST /v1/embeddings`); `openai` and `echo`
+    /// endpoints only, and not among the defaults: an embedding model is
+    /// declared as one.
+    Embeddings,
 }
 
 impl Capability {
@@ -175,6 +179,7 @@ impl Capability {
             Capability::Vision => "vision",
             Capability::JsonSchema => "json_schema",
             Capability::Streaming => "streaming",
+            Capability::Embeddings => "embeddings",
         }
     }
 }
@@ -412,6 +417,13 @@ impl EndpointConfig {
     /// [`Self::estimate_cost_usd`] with the input tokens already estimated
     /// (a router pricing one request at many endpoints counts them once).
     pub fn estimate_cost_usd_for(&self, input_tokens: u64, req: &ModelRequest) -> Option<f64> {
+        if req.embed.is_some() {
+            // Embeddings are billed for their input only.
+            return self.cost_usd(Usage {
+                input_tokens,
+                output_tokens: 0,
+            });
+        }
         let output_tokens = req
             .max_output_tokens
             .or(self.max_output_tokens)
@@ -464,6 +476,17 @@ impl EndpointConfig {
                     return Err(self.invalid("script_file", "required for provider scripted"));
                 }
             }
+        }
+        if self.capabilities.contains(&Capability::Embeddings)
+            && !matches!(self.provider, ProviderKind::Openai | ProviderKind::Echo)
+        {
+            return Err(self.invalid(
+                "capabilities",
+                format!(
+                    "embeddings needs provider openai or echo; provider {} has no embeddings API",
+                    self.provider.as_str()
+                ),
+            ));
         }
         if self.script_file.is_some() && self.provider != ProviderKind::Scripted {
             return Err(self.invalid(
@@ -620,6 +643,33 @@ mod tests {
         .unwrap_err();
         assert!(err.to_string().contains("attempts"), "{err}");
         assert!(parse(serde_json::json!({"name": "e", "provider": "bard"})).is_err());
+    }
+
+    #[test]
+    fn only_openai_and_echo_endpoints_may_declare_embeddings() {
+        for (provider, extra, ok) in [
+            ("echo", serde_json::json!({}), true),
+            (
+                "openai",
+                serde_json::json!({"base_url": "http://x/v1", "model": "m"}),
+                true,
+            ),
+            ("anthropic", serde_json::json!({"model": "m"}), false),
+        ] {
+            let mut v = serde_json::json!({"name": "e", "provider": provider,
+                "capabilities": ["embeddings"]});
+            for (k, x) in extra.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            let r = parse(v).unwrap().validate();
+            assert_eq!(r.is_ok(), ok, "{provider}: {r:?}");
+            if let Err(e) = r {
+                assert!(e.to_string().contains("capabilities"), "{e}");
+                assert!(e.to_string().contains("no embeddings API"), "{e}");
+            }
+        }
+        let defaults = parse(serde_json::json!({"name": "e", "provider": "echo"})).unwrap();
+        assert!(!defaults.capabilities.contains(&Capability::Embeddings));
     }
 
     #[test]

@@ -91,7 +91,12 @@ impl Endpoint {
         let outcome = tokio::select! {
             biased;
             _ = cancel.cancelled() => return Err(Error::Cancelled),
-            r = run_with_timeout(timeout, self.inner.provider.complete(req, deltas)) => r,
+            r = run_with_timeout(timeout, async {
+                match &req.embed {
+                    Some(_) => self.inner.provider.embed(req).await,
+                    None => self.inner.provider.complete(req, deltas).await,
+                }
+            }) => r,
         };
         match outcome {
             Ok(mut resp) => {
@@ -180,6 +185,7 @@ mod tests {
                     model: "m".into(),
                     attempts: 0,
                     confidence: None,
+                    embeddings: None,
                 }),
             }
         }

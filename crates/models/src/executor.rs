@@ -548,6 +548,7 @@ mod tests {
                 model: "gated".into(),
                 attempts: 0,
                 confidence: None,
+                embeddings: None,
             })
         }
     }

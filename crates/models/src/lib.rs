@@ -75,6 +75,32 @@ pub struct ModelRequest {
     /// rest only. Set by the router to resume a stream that broke after its
     /// text reached the caller; only for endpoints that can continue.
     pub continue_from: Option<String>,
+    /// An embeddings request instead of a completion: the texts to embed
+    /// (also in `messages`, one user message each, so that routing's token
+    /// estimates and data-class rules see them). Routed like a completion
+    /// to endpoints with the `embeddings` capability; the vectors come
+    /// back in [`ModelResponse::embeddings`].
+    pub embed: Option<std::sync::Arc<EmbedInput>>,
+}
+
+/// What an embeddings request asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EmbedInput {
+    /// The texts, one vector each, in order.
+    pub input: Vec<String>,
+    /// The vectors' length, for models that can shorten them.
+    pub dimensions: Option<u32>,
+}
+
+impl ModelRequest {
+    /// An embeddings request for `input`.
+    pub fn embeddings(input: Vec<String>, dimensions: Option<u32>) -> Self {
+        let messages = input.iter().map(|t| Message::user(t.clone())).collect();
+        Self {
+            embed: Some(std::sync::Arc::new(EmbedInput { input, dimensions })),
+            ..Self::new(messages)
+        }
+    }
 }
 
 /// Read an api key from the environment variable `env` or the file `file`
@@ -155,6 +181,7 @@ impl ModelRequest {
             json_schema: None,
             api_key: None,
             continue_from: None,
+            embed: None,
         }
     }
 
@@ -206,6 +233,9 @@ pub struct ModelResponse {
     /// mean of its token probabilities); for `scripted`, the step's
     /// `confidence`. `None` when the provider gives nothing to go on.
     pub confidence: Option<f64>,
+    /// The vectors of an embeddings request, one per input in order
+    /// (`None` for completions).
+    pub embeddings: Option<std::sync::Arc<Vec<Vec<f32>>>>,
 }
 
 /// A piece of streamed output.
@@ -234,6 +264,17 @@ pub trait Provider: Send + Sync + std::fmt::Debug {
         req: &ModelRequest,
         deltas: Option<&DeltaSink>,
     ) -> Result<ModelResponse, ProviderError>;
+
+    /// One embeddings attempt for `req` (whose [`ModelRequest::embed`] is
+    /// set): the vectors in [`ModelResponse::embeddings`], the input tokens
+    /// in its usage. Providers without an embeddings API refuse.
+    async fn embed(&self, req: &ModelRequest) -> Result<ModelResponse, ProviderError> {
+        let _ = req;
+        Err(ProviderError::new(
+            ProviderErrorKind::InvalidRequest,
+            format!("provider {} has no embeddings API", self.kind()),
+        ))
+    }
 }
 
 /// Whitespace-separated words of `text`: the token estimate used by `echo`

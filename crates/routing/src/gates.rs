@@ -109,6 +109,7 @@ mod tests {
             model: "m".into(),
             attempts: 1,
             confidence,
+            embeddings: None,
         }
     }
 

@@ -27,6 +27,9 @@ pub fn required_capabilities(req: &ModelRequest, needs_vision: bool) -> Vec<Capa
     if needs_vision {
         caps.push(Capability::Vision);
     }
+    if req.embed.is_some() {
+        caps.push(Capability::Embeddings);
+    }
     caps
 }
 

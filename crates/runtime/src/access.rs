@@ -183,7 +183,7 @@ impl Caller {
             .collect()
     }
 
-    fn require(&self, role: AccessRole) -> Result<()> {
+    pub(crate) fn require(&self, role: AccessRole) -> Result<()> {
         if self.who.has(role) {
             Ok(())
         } else {
@@ -209,7 +209,7 @@ impl Caller {
 
     /// The tenant's configuration (a tenant not in `[[tenants]]` has no
     /// limits of its own; the server's still apply).
-    fn tenant(&self) -> Option<&TenantConfig> {
+    pub(crate) fn tenant(&self) -> Option<&TenantConfig> {
         self.rt
             .shared()
             .config
@@ -219,7 +219,7 @@ impl Caller {
     }
 
     /// Refused when the tenant has spent its day's or month's budget.
-    fn within_budget(&self) -> Result<()> {
+    pub(crate) fn within_budget(&self) -> Result<()> {
         let Some(t) = self.tenant() else {
             return Ok(());
         };

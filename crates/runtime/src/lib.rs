@@ -36,6 +36,7 @@ mod audit;
 mod builder;
 mod checks;
 mod config;
+mod embed;
 mod error;
 mod failed;
 mod gate_api;
@@ -65,6 +66,7 @@ pub use builder::{Runtime, RuntimeBuilder};
 pub use config::{
     BusyPolicy, RuntimeConfig, SessionsConfig, StoreConfig, SupervisionConfig, ToolsConfig,
 };
+pub use embed::{EmbedCall, Embedded};
 pub use error::{ConfigError, Error, Result};
 pub use gates::{GateDecision, GateList, GateQuery, GateRecord, GateStatus};
 pub use handle::RuntimeHandle;

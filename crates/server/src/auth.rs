@@ -137,6 +137,7 @@ pub const HTTP_ACCESS: &[(&str, &str, Need)] = &[
     // Usage and cost of every tenant.
     ("GET", "/metrics", OPERATOR),
     ("POST", "/v1/chat/completions", CLIENT),
+    ("POST", "/v1/embeddings", CLIENT),
     ("GET", "/v1/models", CLIENT),
     ("GET", "/v1/models/{model}", CLIENT),
     // Checked by the delivery's HMAC signature instead (docs/flows.md).

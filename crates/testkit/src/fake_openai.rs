@@ -3,6 +3,7 @@
 //! It listens on `127.0.0.1:0`, serves `POST /v1/chat/completions` both as
 //! JSON (`stream: false`) and as SSE (`stream: true`, usage in the final
 //! chunk when `stream_options.include_usage` is set, then `data: [DONE]`),
+//! and `POST /v1/embeddings` (see [`fake_embedding`]),
 //! and records every request body and its headers. Replies, scripted
 //! replies, faults and the down switch work as described in
 //! [`crate::fake_model`], whose types are re-exported here. When the request
@@ -85,7 +86,9 @@ impl Deref for FakeOpenAi {
 impl FakeOpenAi {
     /// Start on `127.0.0.1:0` with the default [`Behavior`].
     pub async fn start() -> io::Result<FakeOpenAi> {
-        let router = Router::new().route("/v1/chat/completions", post(chat_completions));
+        let router = Router::new()
+            .route("/v1/chat/completions", post(chat_completions))
+            .route("/v1/embeddings", post(embeddings));
         Ok(FakeOpenAi {
             server: FakeServer::start(router).await?,
         })
@@ -294,6 +297,67 @@ fn sse_frame(data: &str) -> Bytes {
 fn openai_error(status: StatusCode, message: &str) -> Response {
     let body = json!({"error": {"message": message, "type": "invalid_request_error"}});
     (status, axum::Json(body)).into_response()
+}
+
+/// The vector the fake server gives `text`: `dimensions` (default 4)
+/// numbers, the first the text's length in bytes, then its word count, then
+/// zeros — so a test can tell which vector belongs to which input.
+pub fn fake_embedding(text: &str, dimensions: Option<u64>) -> Vec<f32> {
+    let n = dimensions.unwrap_or(4).max(1) as usize;
+    let mut v = vec![0f32; n];
+    v[0] = text.len() as f32;
+    if n > 1 {
+        v[1] = words(text) as f32;
+    }
+    v
+}
+
+/// `POST /v1/embeddings`: a [`fake_embedding`] per input, in reverse
+/// order of `index` (clients must sort by it), usage one token per word.
+/// Faults, delays and the down switch apply as for chat completions.
+async fn embeddings(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(conn): ConnectInfo<ConnCtl>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let incoming = match shared.intake(&conn, &headers, &body, openai_error).await {
+        Ok(incoming) => incoming,
+        Err(resp) => return resp,
+    };
+    let (body, fault) = (incoming.body, incoming.fault);
+    let texts: Vec<String> = match &body["input"] {
+        Value::String(s) => vec![s.clone()],
+        Value::Array(items) if items.iter().all(Value::is_string) => items
+            .iter()
+            .filter_map(|t| t.as_str().map(str::to_string))
+            .collect(),
+        _ => {
+            return openai_error(
+                StatusCode::BAD_REQUEST,
+                "'input' must be a string or strings",
+            );
+        }
+    };
+    let behavior = shared.behavior_for(&fault);
+    if let Err(resp) = shared.wait(behavior.delay, &conn).await {
+        return resp;
+    }
+    let dims = body["dimensions"].as_u64();
+    let data: Vec<Value> = texts
+        .iter()
+        .enumerate()
+        .rev()
+        .map(|(i, t)| json!({"object": "embedding", "index": i, "embedding": fake_embedding(t, dims)}))
+        .collect();
+    let tokens: u64 = texts.iter().map(|t| words(t)).sum();
+    axum::Json(json!({
+        "object": "list",
+        "data": data,
+        "model": body["model"],
+        "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+    }))
+    .into_response()
 }
 
 async fn chat_completions(

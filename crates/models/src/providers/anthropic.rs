@@ -567,6 +567,7 @@ impl Answer {
             model: model.to_string(),
             attempts: 1,
             confidence: None,
+            embeddings: None,
         })
     }
 }

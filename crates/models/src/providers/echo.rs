@@ -85,8 +85,67 @@ impl Provider for EchoProvider {
             model: self.model.clone(),
             attempts: 1,
             confidence: None,
+            embeddings: None,
         })
     }
+
+    /// Vectors of [`ECHO_DIMENSIONS`] (or the requested number of)
+    /// dimensions by feature hashing: each word adds ±1 to one dimension
+    /// chosen by its hash, then the vector is scaled to unit length. Texts
+    /// sharing words point the same way; the same text always gets the same
+    /// vector.
+    async fn embed(&self, req: &ModelRequest) -> Result<ModelResponse, ProviderError> {
+        if !self.delay.is_zero() {
+            tokio::time::sleep(self.delay).await;
+        }
+        let Some(input) = &req.embed else {
+            return Err(ProviderError::new(
+                crate::ProviderErrorKind::InvalidRequest,
+                "not an embeddings request",
+            ));
+        };
+        let dims = input.dimensions.map_or(ECHO_DIMENSIONS, |d| d as usize);
+        let vectors: Vec<Vec<f32>> = input.input.iter().map(|t| hashed(t, dims)).collect();
+        Ok(ModelResponse {
+            usage: Usage {
+                input_tokens: input.input.iter().map(|t| count_words(t)).sum(),
+                output_tokens: 0,
+            },
+            message: Message::assistant(String::new()),
+            finish_reason: FinishReason::Stop,
+            model: self.model.clone(),
+            attempts: 1,
+            confidence: None,
+            embeddings: Some(std::sync::Arc::new(vectors)),
+        })
+    }
+}
+
+/// The length of an `echo` endpoint's vectors when a request names none.
+pub const ECHO_DIMENSIONS: usize = 8;
+
+/// `text` as a unit vector of `dims` dimensions (all zeros for no words).
+fn hashed(text: &str, dims: usize) -> Vec<f32> {
+    let mut v = vec![0f32; dims];
+    if dims == 0 {
+        return v;
+    }
+    for word in text.split_whitespace() {
+        // FNV-1a, so that the vectors are the same on every machine.
+        let h = word
+            .to_lowercase()
+            .bytes()
+            .fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+            });
+        let i = (h % dims as u64) as usize;
+        v[i] += if h >> 63 == 0 { 1.0 } else { -1.0 };
+    }
+    let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if norm > 0.0 {
+        v.iter_mut().for_each(|x| *x /= norm);
+    }
+    v
 }
 
 #[cfg(test)]
@@ -97,6 +156,37 @@ mod tests {
 
     use super::*;
     use crate::echo_default;
+
+    #[tokio::test]
+    async fn echo_vectors_are_unit_length_stable_and_of_the_asked_length() {
+        let p = EchoProvider::new(&echo_default());
+        let req = ModelRequest::embeddings(
+            vec!["red apple".into(), "red apple".into(), "blue sky".into()],
+            None,
+        );
+        let r = p.embed(&req).await.unwrap();
+        let v = r.embeddings.unwrap();
+        assert_eq!(v.len(), 3);
+        assert_eq!(v[0].len(), ECHO_DIMENSIONS);
+        assert_eq!(v[0], v[1]);
+        assert_ne!(v[0], v[2]);
+        let norm: f32 = v[2].iter().map(|x| x * x).sum::<f32>().sqrt();
+        assert!((norm - 1.0).abs() < 1e-5, "{norm}");
+        assert_eq!(r.usage.input_tokens, 6);
+        let r = p
+            .embed(&ModelRequest::embeddings(vec!["a".into()], Some(32)))
+            .await
+            .unwrap();
+        assert_eq!(r.embeddings.unwrap()[0].len(), 32);
+        // Completions are unchanged, and a provider without embeddings refuses.
+        assert!(
+            p.complete(&request(), None)
+                .await
+                .unwrap()
+                .embeddings
+                .is_none()
+        );
+    }
 
     fn request() -> ModelRequest {
         ModelRequest::new(vec![

@@ -3,6 +3,7 @@
 
 pub mod anthropic;
 pub mod echo;
+mod embeddings;
 mod http;
 pub mod openai;
 pub mod scripted;

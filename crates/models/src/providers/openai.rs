@@ -64,6 +64,8 @@ use crate::{
 pub struct OpenAiProvider {
     client: reqwest::Client,
     url: String,
+    /// `{base_url}/embeddings`.
+    embeddings_url: String,
     model: String,
     api_key: Option<SecretString>,
     stream: bool,
@@ -103,6 +105,7 @@ impl OpenAiProvider {
         Ok(Self {
             client: http::client(cfg, timeouts)?,
             url: format!("{}/chat/completions", base.trim_end_matches('/')),
+            embeddings_url: format!("{}/embeddings", base.trim_end_matches('/')),
             model: cfg.model.clone(),
             api_key,
             stream: cfg.stream,
@@ -229,6 +232,7 @@ impl OpenAiProvider {
                 .unwrap_or_else(|| self.model.clone()),
             attempts: 1,
             confidence: logprobs.confidence(),
+            embeddings: None,
         })
     }
 
@@ -288,6 +292,26 @@ impl OpenAiProvider {
 impl Provider for OpenAiProvider {
     fn kind(&self) -> &'static str {
         "openai"
+    }
+
+    async fn embed(&self, req: &ModelRequest) -> Result<ModelResponse, ProviderError> {
+        let key = req
+            .api_key
+            .as_ref()
+            .map(|k| k.expose())
+            .or(self.api_key.as_ref().map(|k| k.expose_secret()));
+        super::embeddings::call(
+            super::embeddings::Target {
+                client: &self.client,
+                url: &self.embeddings_url,
+                model: &self.model,
+                api_key: key,
+                timeouts: self.timeouts,
+                status_error,
+            },
+            req,
+        )
+        .await
     }
 
     async fn complete(
@@ -637,6 +661,7 @@ impl StreamAccumulator {
             model: self.model.unwrap_or_else(|| configured_model.to_string()),
             attempts: 1,
             confidence: self.logprobs.confidence(),
+            embeddings: None,
         })
     }
 }

@@ -267,6 +267,7 @@ impl Provider for ScriptedProvider {
             model: self.model.clone(),
             attempts: 1,
             confidence: step.confidence.filter(|c| (0.0..=1.0).contains(c)),
+            embeddings: None,
         })
     }
 }

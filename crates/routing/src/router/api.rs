@@ -191,6 +191,16 @@ impl Router {
         let Some(route) = self.inner.routes.get(&call.route).cloned() else {
             return Err(RouteError::unknown_route(&call.route));
         };
+        if call.request.embed.is_some() && route.cfg.strategy == crate::config::Strategy::Cascade {
+            // A cascade's gates judge answers; vectors have none to judge.
+            return Err(RouteError::new(
+                super::types::RouteErrorKind::InvalidRequest,
+                format!(
+                    "route {} is a cascade, whose quality gates judge text answers; embeddings need a route of another strategy",
+                    route.name()
+                ),
+            ));
+        }
         let started = Instant::now();
         let span = tracing::info_span!(
             "route.call",

@@ -529,6 +529,7 @@ impl Provider for Flaky {
                 model: "m".into(),
                 attempts: 0,
                 confidence: None,
+                embeddings: None,
             }),
         }
     }

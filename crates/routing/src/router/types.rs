@@ -157,7 +157,8 @@ pub struct RouteError {
 }
 
 impl RouteError {
-    pub(super) fn new(kind: RouteErrorKind, message: impl Into<String>) -> Self {
+    /// An error of `kind`, with no attempts, endpoint or cost.
+    pub fn new(kind: RouteErrorKind, message: impl Into<String>) -> Self {
         Self {
             kind,
             message: message.into(),

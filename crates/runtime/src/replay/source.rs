@@ -91,6 +91,7 @@ impl StepSource for ReplaySource {
                     model: a.model,
                     attempts: 1,
                     confidence: None,
+                    embeddings: None,
                 },
                 endpoint: a.endpoint,
                 attempts: 1,

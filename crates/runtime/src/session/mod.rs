@@ -39,4 +39,5 @@ mod write;
 pub(crate) use actor::{SessionActor, SessionArgs};
 pub(crate) use msg::{Notice, Notify, SessionMsg};
 pub(crate) use outbox::{Queued, Subscription};
+pub(crate) use policy::mask;
 pub use view::SessionView;

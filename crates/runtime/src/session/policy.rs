@@ -32,7 +32,7 @@ pub(crate) enum Screened {
 
 /// `text` with each of `found` (in order, without overlaps) replaced by
 /// `[removed: KIND]`.
-fn mask(text: &str, found: &[Finding]) -> String {
+pub(crate) fn mask(text: &str, found: &[Finding]) -> String {
     let mut out = String::with_capacity(text.len());
     let mut at = 0;
     for f in found {

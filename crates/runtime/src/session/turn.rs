@@ -179,6 +179,7 @@ impl SessionCtx {
             // The router sets a tenant's own key per attempt.
             api_key: None,
             continue_from: None,
+            embed: None,
         };
         (request, input)
     }

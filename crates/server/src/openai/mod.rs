@@ -47,6 +47,7 @@
 //! | file | what |
 //! |---|---|
 //! | `handlers.rs` | the two endpoints: parse, start the session, send the turn, answer |
+//! | `embeddings.rs` | `POST /v1/embeddings`: the request checked, the vectors as floats or base64 |
 //! | `request.rs` | the request body and Baton's headers, checked, as a [`ChatRequest`] |
 //! | `response.rs` | a finished turn as a `chat.completion` |
 //! | `stream.rs` | session events as `chat.completion.chunk` SSE frames |
@@ -55,6 +56,7 @@
 //! | `headers.rs` | Baton's request and response headers |
 //! | [`types`] | OpenAI's wire shapes as serde types |
 
+mod embeddings;
 mod error;
 mod handlers;
 mod headers;
@@ -64,6 +66,7 @@ mod stream;
 mod turn;
 pub mod types;
 
+pub use embeddings::{CALL_HEADER, EmbeddingsRequest, embeddings, parse_embeddings};
 pub use error::{ApiError, RETRACTED_MESSAGE, runtime_error, turn_failed_error};
 pub use handlers::{chat_completions, model_json, models};
 pub use headers::{

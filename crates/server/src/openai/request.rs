@@ -160,27 +160,7 @@ fn check(req: &ChatCompletionRequest, headers: &HeaderMap) -> Result<ChatRequest
             metadata.insert(k.clone(), v.clone());
         }
     }
-    let budget_usd = match header_str(headers, BUDGET_HEADER)? {
-        None => None,
-        Some(s) => match s.parse::<f64>() {
-            Ok(b) if b.is_finite() && b >= 0.0 => Some(b),
-            _ => {
-                return Err(ApiError::invalid(
-                    BUDGET_HEADER,
-                    format!("{s:?} is not a non-negative number of USD"),
-                ));
-            }
-        },
-    };
-    let data_classes = header_str(headers, DATA_CLASSES_HEADER)?
-        .map(|s| {
-            s.split(',')
-                .map(str::trim)
-                .filter(|c| !c.is_empty())
-                .map(str::to_string)
-                .collect()
-        })
-        .unwrap_or_default();
+    let (budget_usd, data_classes) = baton_headers(headers)?;
     Ok(ChatRequest {
         model,
         system_prompt: system.join("\n\n"),
@@ -577,6 +557,33 @@ fn generation(
     g.validate()
         .map_err(|(field, problem)| ApiError::invalid(field, problem))?;
     Ok(g)
+}
+
+/// Baton's request headers: the budget in USD and the data classes the
+/// content carries.
+pub(super) fn baton_headers(headers: &HeaderMap) -> Result<(Option<f64>, Vec<String>), ApiError> {
+    let budget_usd = match header_str(headers, BUDGET_HEADER)? {
+        None => None,
+        Some(s) => match s.parse::<f64>() {
+            Ok(b) if b.is_finite() && b >= 0.0 => Some(b),
+            _ => {
+                return Err(ApiError::invalid(
+                    BUDGET_HEADER,
+                    format!("{s:?} is not a non-negative number of USD"),
+                ));
+            }
+        },
+    };
+    let data_classes = header_str(headers, DATA_CLASSES_HEADER)?
+        .map(|s| {
+            s.split(',')
+                .map(str::trim)
+                .filter(|c| !c.is_empty())
+                .map(str::to_string)
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((budget_usd, data_classes))
 }
 
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {

@@ -26,6 +26,7 @@ mod privacy;
 mod provider_keys;
 mod python_clients;
 mod quality;
+mod responses;
 mod retention;
 mod routing;
 mod snapshots;

@@ -36,6 +36,7 @@ mod audit;
 mod builder;
 mod checks;
 mod config;
+mod conversation;
 mod embed;
 mod error;
 mod failed;
@@ -66,6 +67,7 @@ pub use builder::{Runtime, RuntimeBuilder};
 pub use config::{
     BusyPolicy, RuntimeConfig, SessionsConfig, StoreConfig, SupervisionConfig, ToolsConfig,
 };
+pub use conversation::TurnConversation;
 pub use embed::{EmbedCall, Embedded};
 pub use error::{ConfigError, Error, Result};
 pub use gates::{GateDecision, GateList, GateQuery, GateRecord, GateStatus};

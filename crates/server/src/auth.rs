@@ -138,6 +138,7 @@ pub const HTTP_ACCESS: &[(&str, &str, Need)] = &[
     ("GET", "/metrics", OPERATOR),
     ("POST", "/v1/chat/completions", CLIENT),
     ("POST", "/v1/embeddings", CLIENT),
+    ("POST", "/v1/responses", CLIENT),
     ("GET", "/v1/models", CLIENT),
     ("GET", "/v1/models/{model}", CLIENT),
     // Checked by the delivery's HMAC signature instead (docs/flows.md).

@@ -6,6 +6,7 @@
 //! | `GET /metrics` | every metric, OpenMetrics text ([`baton_metrics::CONTENT_TYPE`]) |
 //! | `GET /healthz` | `ok` while the server runs; while the audit trail cannot be written, `audit trail failing: …` (200 with `audit.on_failure = continue`, 503 with `block`) |
 //! | `POST /v1/chat/completions` | OpenAI Chat Completions, one one-shot session per call |
+//! | `POST /v1/responses` | OpenAI Responses; a response is a turn of a durable session, `previous_response_id` continues it |
 //! | `POST /v1/embeddings` | OpenAI Embeddings, routed to endpoints with the `embeddings` capability |
 //! | `GET /v1/models`, `GET /v1/models/{model}` | the routes, as OpenAI models |
 //! | `POST /hooks/{name}` | a webhook trigger of a flow (HMAC-signed; 202 with the run id) |
@@ -44,6 +45,7 @@ pub fn router(
         .route("/healthz", get(healthz))
         .route("/v1/chat/completions", post(chat_completions))
         .route("/v1/embeddings", post(embeddings))
+        .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
         .route("/v1/models/{model}", get(model))
         .route_layer(axum::middleware::from_fn_with_state(auth, http_auth))
@@ -171,6 +173,15 @@ async fn chat_completions(
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
     openai::chat_completions(runtime.as_caller(who), headers, body).await
+}
+
+async fn responses(
+    State(runtime): State<RuntimeHandle>,
+    Extension(who): Extension<Principal>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    openai::responses(runtime.as_caller(who), headers, body).await
 }
 
 async fn embeddings(

@@ -24,6 +24,8 @@ pub struct SessionView {
     /// Seq of the last durable event.
     pub last_seq: u64,
     pub turns_completed: u64,
+    /// The number of the last turn accepted (0 = none yet).
+    pub last_turn: u64,
     /// Whether the actor is in memory (always true when answered by the actor).
     pub live: bool,
     /// Tool calls of the current step without a result yet.
@@ -51,6 +53,7 @@ impl SessionView {
             usage: s.usage,
             last_seq: released_seq,
             turns_completed: s.turns_completed,
+            last_turn: s.last_turn,
             live: true,
             pending_tools: s
                 .current

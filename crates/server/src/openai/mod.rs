@@ -47,6 +47,9 @@
 //! | file | what |
 //! |---|---|
 //! | `handlers.rs` | the two endpoints: parse, start the session, send the turn, answer |
+//! | `responses.rs` | `POST /v1/responses`: a response is a turn; `previous_response_id` continues the session (in place or branched) |
+//! | `responses_request.rs` | the Responses body, translated to the chat shape and checked by `request.rs` |
+//! | `responses_stream.rs` | a turn's events as a `response` object and as `response.*` SSE events |
 //! | `embeddings.rs` | `POST /v1/embeddings`: the request checked, the vectors as floats or base64 |
 //! | `request.rs` | the request body and Baton's headers, checked, as a [`ChatRequest`] |
 //! | `response.rs` | a finished turn as a `chat.completion` |
@@ -62,6 +65,9 @@ mod handlers;
 mod headers;
 mod request;
 mod response;
+mod responses;
+mod responses_request;
+mod responses_stream;
 mod stream;
 mod turn;
 pub mod types;
@@ -74,3 +80,5 @@ pub use headers::{
     SESSION_HEADER,
 };
 pub use request::{ChatRequest, parse_request};
+pub use responses::responses;
+pub use responses_request::{ResponsesRequest, parse_response_id, parse_responses, response_id};

@@ -921,9 +921,14 @@ async fn bad_requests_get_openai_style_errors_and_reach_no_model() {
     assert_eq!(status, 413);
     assert_eq!(err["code"], "request_too_large");
 
-    let (status, err) = error_of(fd.get("/v1/embeddings").await).await;
+    let (status, err) = error_of(fd.get("/v1/audio/speech").await).await;
     assert_eq!(status, 404);
     assert_eq!(err["code"], "not_found");
+    let r = fd.get("/v1/embeddings").await;
+    assert_eq!(r.headers()["allow"], "POST");
+    let (status, err) = error_of(r).await;
+    assert_eq!(status, 405);
+    assert_eq!(err["code"], "method_not_allowed");
     let r = fd.get("/healthz").await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.text().await.unwrap(), "ok");

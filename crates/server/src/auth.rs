@@ -565,6 +565,24 @@ pub async fn http_auth(
         .map(|p| p.as_str().to_string())
         .unwrap_or_default();
     let Some(need) = http_need(req.method(), &route) else {
+        let allowed: Vec<&str> = HTTP_ACCESS
+            .iter()
+            .filter(|(_, p, _)| *p == route)
+            .map(|(m, _, _)| *m)
+            .collect();
+        if !allowed.is_empty() {
+            let mut resp = crate::openai::ApiError::new(
+                axum::http::StatusCode::METHOD_NOT_ALLOWED,
+                "invalid_request_error",
+                format!("{} {route}: use {}", req.method(), allowed.join(" or ")),
+            )
+            .code("method_not_allowed")
+            .into_response();
+            if let Ok(v) = axum::http::HeaderValue::from_str(&allowed.join(", ")) {
+                resp.headers_mut().insert(axum::http::header::ALLOW, v);
+            }
+            return resp;
+        }
         return Denied::Forbidden(format!(
             "{} {route} has no declared access requirement; refusing it",
             req.method()

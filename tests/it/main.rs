@@ -10,6 +10,7 @@ mod audit;
 mod cli;
 mod common;
 mod crash;
+mod disk_full;
 mod embeddings;
 mod flow_examples;
 mod flow_triggers;

@@ -32,6 +32,7 @@
 //! | `baton_journal_fsyncs_total` | | fsyncs made by the writer |
 //! | `baton_audit_write_failures_total` | | failed flushes of the audit trail |
 //! | `baton_audit_failing` | | 1 while the audit trail cannot be written |
+//! | `baton_disk_low` | | 1 while the data directory is below `store.min_free_bytes` (new work refused) |
 //! | `baton_gates_pending` | | gates waiting for a decision |
 //! | `baton_tool_calls_total` | tool, outcome | tool calls |
 //! | `baton_tool_duration_seconds` | tool | tool call latency |
@@ -98,6 +99,7 @@ pub struct Metrics {
     fsyncs: Counter,
     audit_failures: Counter,
     audit_failing: Gauge,
+    disk_low: Gauge,
     gates_pending: Gauge,
     tool_calls: Family<L2, Counter>,
     policy_checks: Family<L2, Counter>,
@@ -152,6 +154,7 @@ impl Metrics {
             fsyncs: Counter::default(),
             audit_failures: Counter::default(),
             audit_failing: Gauge::default(),
+            disk_low: Gauge::default(),
             gates_pending: Gauge::default(),
             tool_calls: Family::default(),
             policy_checks: Family::default(),
@@ -280,6 +283,11 @@ impl Metrics {
             "audit_failing",
             "1 while the audit trail cannot be written",
             m.audit_failing.clone(),
+        );
+        r.register(
+            "disk_low",
+            "1 while the data directory is below store.min_free_bytes (new work refused)",
+            m.disk_low.clone(),
         );
         r.register(
             "gates_pending",
@@ -519,6 +527,10 @@ impl Metrics {
 
     pub fn audit_failing(&self, failing: bool) {
         self.audit_failing.set(i64::from(failing));
+    }
+
+    pub fn disk_low(&self, low: bool) {
+        self.disk_low.set(i64::from(low));
     }
 
     pub fn gates_pending_add(&self, delta: i64) {

@@ -185,6 +185,7 @@ impl RuntimeBuilder {
         if !unfinished.is_empty() {
             spawn_recovery(&handle, unfinished);
         }
+        spawn_disk_watch(&handle);
         handle.spawn_gate_timeouts();
         handle.spawn_retention();
         handle.spawn_quality();
@@ -320,6 +321,28 @@ fn spawn_audit_confirmer(shared: &Arc<Shared>, stop: tokio_util::sync::Cancellat
 /// (each is woken, and the next waits until it has loaded and re-issued
 /// its work), so requests arriving during recovery queue behind a bounded
 /// number of loads instead of behind all of them.
+/// Read the data directory's free space every `store.disk_check_ms`.
+fn spawn_disk_watch(handle: &RuntimeHandle) {
+    let shared = handle.inner.shared.clone();
+    let stop = handle.inner.stop.clone();
+    let every = std::time::Duration::from_millis(shared.config.store.disk_check_ms.max(10));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tokio::time::sleep(every) => {}
+            }
+            let s = shared.clone();
+            if tokio::task::spawn_blocking(move || s.disk.check())
+                .await
+                .is_err()
+            {
+                return;
+            }
+        }
+    });
+}
+
 fn spawn_recovery(handle: &RuntimeHandle, ids: Vec<SessionId>) {
     use futures::StreamExt;
     let n = ids.len();

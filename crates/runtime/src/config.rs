@@ -52,6 +52,17 @@ pub struct StoreConfig {
     pub max_backlog_bytes: u64,
     /// The same for records queued for the audit trail.
     pub max_audit_backlog: u64,
+    /// Below this many free bytes on the data directory's filesystem, new
+    /// sessions and messages are refused (`UNAVAILABLE`, health not
+    /// serving) and the ballast is released, so that RocksDB never runs
+    /// out of room under Baton's own load; 0 = no floor.
+    pub min_free_bytes: u64,
+    /// Space allocated in the data directory at start (`BATON_BALLAST`)
+    /// and released when free space falls below `min_free_bytes`, so that
+    /// running work can finish; taken again once space returns. 0 = none.
+    pub ballast_bytes: u64,
+    /// How often the free space is read, in milliseconds.
+    pub disk_check_ms: u64,
 }
 
 impl Default for StoreConfig {
@@ -64,6 +75,9 @@ impl Default for StoreConfig {
             audit_key_file: None,
             max_backlog_bytes: 256 * 1024 * 1024,
             max_audit_backlog: 100_000,
+            min_free_bytes: 128 * 1024 * 1024,
+            ballast_bytes: 64 * 1024 * 1024,
+            disk_check_ms: 1000,
         }
     }
 }

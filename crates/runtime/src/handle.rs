@@ -193,6 +193,27 @@ impl RuntimeHandle {
         self.inner.shared.audit_health.failing()
     }
 
+    /// Why new work is refused because the data directory is low on
+    /// space, while it is (see [`crate::disk`]).
+    pub fn disk_low(&self) -> Option<String> {
+        self.inner.shared.disk.low()
+    }
+
+    /// Why new sessions and messages are refused now, if they are: the
+    /// data directory low on space, or the audit trail failing under
+    /// `audit.on_failure = block`. Health checks report it.
+    pub fn refusing_work(&self) -> Option<String> {
+        if let Some(why) = self.disk_low() {
+            return Some(why);
+        }
+        if self.audit_on_failure() == crate::AuditOnFailure::Block {
+            return self
+                .audit_failing()
+                .map(|r| format!("audit trail failing: {r}"));
+        }
+        None
+    }
+
     /// What the runtime does while the audit trail cannot be written.
     pub fn audit_on_failure(&self) -> crate::AuditOnFailure {
         self.inner.shared.audit_health.on_failure

@@ -60,6 +60,8 @@ pub(crate) struct Shared {
     pub check_cache: crate::checks::CheckCache,
     /// Quality scoring and drift watches (`[quality]`).
     pub quality: Arc<crate::quality::Quality>,
+    /// The data directory's free space (see [`crate::disk`]).
+    pub disk: crate::disk::DiskGuard,
 }
 
 /// What the runtime reads back at start about principals and tenants.
@@ -79,6 +81,9 @@ impl Shared {
     /// / `store.max_audit_backlog` (work already running goes on; what it
     /// writes is bounded by it).
     pub(crate) fn admit(&self) -> crate::Result<()> {
+        if let Some(why) = self.disk.low() {
+            return Err(crate::Error::Unavailable(why));
+        }
         self.audit_health.admit()?;
         let cfg = &self.config.store;
         let (writes, bytes) = self.store.backlog();
@@ -122,7 +127,13 @@ impl Shared {
             router: router.clone(),
             tools: tools.executor.clone(),
         });
+        let disk = crate::disk::DiskGuard::new(
+            &config.store.data_dir,
+            config.store.min_free_bytes,
+            config.store.ballast_bytes,
+        );
         Shared {
+            disk,
             store,
             router,
             tools,

@@ -4,7 +4,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /metrics` | every metric, OpenMetrics text ([`baton_metrics::CONTENT_TYPE`]) |
-//! | `GET /healthz` | `ok` while the server runs; while the audit trail cannot be written, `audit trail failing: …` (200 with `audit.on_failure = continue`, 503 with `block`) |
+//! | `GET /healthz` | `ok` while the server runs; 503 with the reason while new work is refused (data directory below `store.min_free_bytes`, audit trail failing with `audit.on_failure = block`); `audit trail failing: …` with 200 under `continue` |
 //! | `POST /v1/chat/completions` | OpenAI Chat Completions, one one-shot session per call |
 //! | `POST /v1/responses` | OpenAI Responses; a response is a turn of a durable session, `previous_response_id` continues it |
 //! | `POST /v1/embeddings` | OpenAI Embeddings, routed to endpoints with the `embeddings` capability |
@@ -151,18 +151,17 @@ async fn metrics() -> Response {
         .into_response()
 }
 
-/// `ok`; while the audit trail cannot be written it says so, and with
-/// `audit.on_failure = block` (new work refused) it is 503.
+/// `ok`; 503 with the reason while new work is refused (the data
+/// directory low on space, or the audit trail failing under
+/// `audit.on_failure = block`); 200 naming the failure while the audit
+/// trail fails under `continue`.
 async fn healthz(State(runtime): State<RuntimeHandle>) -> Response {
+    if let Some(why) = runtime.refusing_work() {
+        return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
+    }
     match runtime.audit_failing() {
         None => "ok".into_response(),
-        Some(reason) => {
-            let status = match runtime.audit_on_failure() {
-                baton_runtime::AuditOnFailure::Block => StatusCode::SERVICE_UNAVAILABLE,
-                baton_runtime::AuditOnFailure::Continue => StatusCode::OK,
-            };
-            (status, format!("audit trail failing: {reason}")).into_response()
-        }
+        Some(reason) => format!("audit trail failing: {reason}").into_response(),
     }
 }
 

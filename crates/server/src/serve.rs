@@ -45,22 +45,20 @@ pub async fn serve(
     serve_with(runtime, None, listener, section, auth, shutdown).await
 }
 
-/// While the audit trail cannot be written and `audit.on_failure = block`
-/// (new sessions and messages refused), Sessions (and Flows) report
-/// NOT_SERVING on the standard health service; SERVING again once it can.
+/// While new sessions and messages are refused (the data directory low on
+/// space, or the audit trail failing under `audit.on_failure = block`),
+/// Sessions (and Flows) report NOT_SERVING on the standard health service;
+/// SERVING again once they are taken.
 fn watch_audit_health(
     runtime: RuntimeHandle,
     health: tonic_health::server::HealthReporter,
     flows: bool,
 ) {
-    if runtime.audit_on_failure() != baton_runtime::AuditOnFailure::Block {
-        return;
-    }
     tokio::spawn(async move {
         let mut serving = true;
         loop {
             tokio::time::sleep(std::time::Duration::from_millis(500)).await;
-            let now = runtime.audit_failing().is_none();
+            let now = runtime.refusing_work().is_none();
             if now == serving {
                 continue;
             }

@@ -1,0 +1,256 @@
+//! The data directory's disk fills up under load (a size-limited tmpfs; CI
+//! runs as root): new work is refused with UNAVAILABLE naming the cause,
+//! health says so, nothing acknowledged is lost or half-written, and the
+//! server takes work again by itself once space returns — then SIGKILL,
+//! and every acknowledged answer is in the journal exactly once.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use baton::proto::v1;
+use baton::types::EventKind;
+use baton_testkit::BatonProcess;
+use baton_testkit::process::write_config;
+use futures::StreamExt;
+
+use crate::common::*;
+
+/// What one client saw: the messages whose turn completed, and the
+/// refusals (status code and message).
+#[derive(Default)]
+struct Seen {
+    acknowledged: Vec<String>,
+    refused: Vec<(tonic::Code, String)>,
+}
+
+/// Send turns to one session until `stop`; a refused send is retried.
+async fn client_loop(url: String, session: String, worker: usize, stop: Arc<AtomicBool>) -> Seen {
+    let mut client = v1::sessions_client::SessionsClient::connect(url)
+        .await
+        .unwrap();
+    let mut seen = Seen::default();
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        let text = format!("w{worker} m{n}");
+        let r = client
+            .send_message(v1::SendMessageRequest {
+                session_id: session.clone(),
+                content: text.clone(),
+                review: false,
+                images: Vec::new(),
+            })
+            .await;
+        match r {
+            Err(status) => {
+                seen.refused
+                    .push((status.code(), status.message().to_string()));
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            Ok(stream) => {
+                let mut stream = stream.into_inner();
+                while let Some(Ok(e)) = stream.next().await {
+                    let e = baton::proto::convert::event_from_proto(e).unwrap();
+                    if e.ends_turn() {
+                        if matches!(e.kind, EventKind::TurnCompleted { .. }) {
+                            seen.acknowledged.push(text.clone());
+                        }
+                        break;
+                    }
+                }
+                n += 1;
+            }
+        }
+    }
+    seen
+}
+
+async fn health(server: &BatonProcess) -> (u16, String) {
+    let r = reqwest::get(format!("{}/healthz", server.http_url().unwrap()))
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+async fn wait_for(what: &str, mut f: impl AsyncFnMut() -> bool) {
+    for _ in 0..200 {
+        if f().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+/// Fill the disk in 1 MiB steps (as another program writing would) until
+/// less than `floor` bytes are free; the filler's path.
+fn fill_until(disk: &SmallDisk, floor: u64) -> std::path::PathBuf {
+    use std::io::Write;
+    let filler = disk.path.join("filler");
+    let mut f = std::fs::File::create(&filler).unwrap();
+    let chunk = vec![7u8; 1 << 20];
+    while baton::disk::free_bytes(&disk.path).unwrap() >= floor {
+        if f.write_all(&chunk).is_err() {
+            break;
+        }
+        f.sync_all().unwrap();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    filler
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_data_disk_refuses_new_work_loses_nothing_and_recovers_by_itself() {
+    let dir = tempfile::tempdir().unwrap();
+    let disk = SmallDisk::mount(dir.path().join("datafs"), "256m");
+    let data = disk.path.join("data");
+    let toml = format!(
+        r#"min_free_bytes = 16777216
+ballast_bytes = 16777216
+disk_check_ms = 50
+
+[[models]]
+name = "echo"
+provider = "echo"
+
+[audit]
+dir = {:?}
+"#,
+        dir.path().join("audit").display().to_string()
+    );
+    let config = write_config(dir.path(), &data, &toml).unwrap();
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    assert!(data.join(baton::disk::BALLAST_FILE).exists());
+    let mut client = server.client().await.unwrap();
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        sessions.push(start(&mut client, "echo").await);
+    }
+
+    // Load, then the disk fills to below the floor.
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| tokio::spawn(client_loop(server.url(), s.clone(), i, stop.clone())))
+        .collect();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let filler = {
+        let d = &disk;
+        tokio::task::block_in_place(|| fill_until(d, 8 << 20))
+    };
+    wait_for("health to report the full disk", async || {
+        health(&server).await.0 == 503
+    })
+    .await;
+    let (_, text) = health(&server).await;
+    assert!(text.contains("store.min_free_bytes"), "{text}");
+    assert_eq!(metric(&server, "baton_disk_low").await, 1.0);
+    assert!(
+        !data.join(baton::disk::BALLAST_FILE).exists(),
+        "the ballast was released for the work running"
+    );
+    let e = client
+        .start_session(v1::StartSessionRequest {
+            route: "echo".into(),
+            ..Default::default()
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(e.code(), tonic::Code::Unavailable);
+    assert!(e.message().contains("bytes free"), "{}", e.message());
+    // gRPC health says the same.
+    let mut h = tonic_health::pb::health_client::HealthClient::new(
+        tonic::transport::Channel::from_shared(server.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    );
+    let st = h
+        .check(tonic_health::pb::HealthCheckRequest {
+            service: "baton.v1.Sessions".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .status;
+    assert_eq!(
+        st,
+        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // Space returns: the server takes work again by itself.
+    std::fs::remove_file(&filler).unwrap();
+    wait_for("the server to serve again", async || {
+        health(&server).await.0 == 200
+    })
+    .await;
+    assert_eq!(metric(&server, "baton_disk_low").await, 0.0);
+    assert!(data.join(baton::disk::BALLAST_FILE).exists());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut acknowledged: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut refused = Vec::new();
+    for (w, s) in workers.into_iter().zip(&sessions) {
+        let seen = w.await.unwrap();
+        acknowledged.insert(s.clone(), seen.acknowledged);
+        refused.extend(seen.refused);
+    }
+    assert!(!refused.is_empty(), "the load met the full disk");
+    for (code, message) in &refused {
+        assert_eq!(*code, tonic::Code::Unavailable, "{message}");
+        assert!(message.contains("min_free_bytes"), "{message}");
+    }
+    let total: usize = acknowledged.values().map(Vec::len).sum();
+    assert!(total > 20, "turns were answered before and after: {total}");
+
+    // SIGKILL: every acknowledged answer is in the journal, once, in order.
+    server.kill9().await.unwrap();
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    let mut client = server.client().await.unwrap();
+    for (s, acked) in &acknowledged {
+        let session = get(&mut client, s).await;
+        let users: Vec<String> = session
+            .messages
+            .iter()
+            .filter(|m| m.role == v1::Role::User as i32)
+            .map(|m| m.content.clone())
+            .collect();
+        let answers: Vec<String> = session
+            .messages
+            .iter()
+            .filter(|m| m.role == v1::Role::Assistant as i32)
+            .map(|m| m.content.clone())
+            .collect();
+        // The acknowledged turns are a prefix of what the journal holds
+        // (a turn journaled but not yet acknowledged when the load stopped
+        // may follow), each answered once.
+        assert!(users.len() >= acked.len(), "{s}: {users:?} vs {acked:?}");
+        assert_eq!(&users[..acked.len()], &acked[..], "{s}");
+        for (u, a) in users.iter().zip(&answers) {
+            assert_eq!(a, u, "echo answers its message once");
+        }
+        let mut unique = users.clone();
+        unique.dedup();
+        assert_eq!(unique, users, "{s}: no message twice");
+    }
+    let out = std::process::Command::new(bin())
+        .args([
+            "audit",
+            "verify",
+            "--dir",
+            dir.path().join("audit").to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    server.terminate().await.unwrap();
+}

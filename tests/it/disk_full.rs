@@ -168,18 +168,18 @@ dir = {:?}
             .await
             .unwrap(),
     );
-    let st = h
-        .check(tonic_health::pb::HealthCheckRequest {
-            service: "baton.v1.Sessions".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner()
-        .status;
-    assert_eq!(
-        st,
-        tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
-    );
+    wait_for("gRPC health to say NOT_SERVING", async || {
+        let st = h
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: "baton.v1.Sessions".into(),
+            })
+            .await
+            .unwrap()
+            .into_inner()
+            .status;
+        st == tonic_health::pb::health_check_response::ServingStatus::NotServing as i32
+    })
+    .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
 
     // Space returns: the server takes work again by itself.

@@ -321,22 +321,25 @@ fn spawn_audit_confirmer(shared: &Arc<Shared>, stop: tokio_util::sync::Cancellat
 /// (each is woken, and the next waits until it has loaded and re-issued
 /// its work), so requests arriving during recovery queue behind a bounded
 /// number of loads instead of behind all of them.
-/// Read the data directory's free space every `store.disk_check_ms`.
+/// Read the data directory's free space every `store.disk_check_ms`
+/// (holding the runtime only while it reads: a dropped runtime closes its
+/// store at once).
 fn spawn_disk_watch(handle: &RuntimeHandle) {
-    let shared = handle.inner.shared.clone();
+    let every =
+        std::time::Duration::from_millis(handle.inner.shared.config.store.disk_check_ms.max(10));
+    let shared = Arc::downgrade(&handle.inner.shared);
     let stop = handle.inner.stop.clone();
-    let every = std::time::Duration::from_millis(shared.config.store.disk_check_ms.max(10));
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = tokio::time::sleep(every) => {}
             }
-            let s = shared.clone();
-            if tokio::task::spawn_blocking(move || s.disk.check())
-                .await
-                .is_err()
-            {
+            let Some(s) = shared.upgrade() else {
+                return;
+            };
+            let checked = tokio::task::spawn_blocking(move || s.disk.check()).await;
+            if checked.is_err() {
                 return;
             }
         }

@@ -231,6 +231,29 @@ async fn responses_continue_durable_sessions_from_the_python_sdk_across_sigkill(
             "after restart"
         ]
     );
+    // A continuation that declares a data class the conversation lacks is
+    // not run in place under the session's labels: it branches, carrying
+    // the class, and no endpoint here is certified for it.
+    let before = fake.requests();
+    let r = reqwest::Client::new()
+        .post(format!("{http}/v1/responses"))
+        .header("x-baton-data-classes", "phi")
+        .json(
+            &json!({"model": "fake", "instructions": "be brief", "input": "my diagnosis",
+            "previous_response_id": cont[0]["id"],
+            "tools": [{"type": "function", "name": "lookup", "description": "Look a fact up.",
+                "parameters": {"type": "object", "properties": {"q": {"type": "string"}},
+                    "required": ["q"]}}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "{}", r.text().await.unwrap());
+    assert_eq!(
+        fake.requests(),
+        before,
+        "nothing reached the uncertified endpoint"
+    );
     baton.terminate().await.unwrap();
 
     // The store: false call is in the audit trail (its answer and the

@@ -47,6 +47,11 @@ pub fn static_exclusion(
             return Some(format!("lacks capability {}", cap.as_str()));
         }
     }
+    if req.embed.is_none() && cfg.capabilities == [Capability::Embeddings] {
+        // Declared with `embeddings` alone: an embedding model, which
+        // cannot answer a conversation.
+        return Some("an embeddings-only endpoint".into());
+    }
     if let Some(window) = cfg.context_window {
         let output = u64::from(req.max_output_tokens.or(cfg.max_output_tokens).unwrap_or(0));
         let needed = input_tokens.saturating_add(output);

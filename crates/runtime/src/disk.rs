@@ -132,7 +132,10 @@ impl DiskGuard {
             return;
         }
         if has_ballast {
-            if was_low {
+            // Without a ballast to take back, the same margin keeps the
+            // floor from flapping.
+            let margin = self.ballast.max(self.min_free / 8);
+            if was_low && free >= self.min_free.saturating_add(margin) {
                 self.recovered(free);
             }
             return;
@@ -147,8 +150,8 @@ impl DiskGuard {
                         self.recovered(free);
                     }
                 }
-                Err(e) if e.kind() == std::io::ErrorKind::StorageFull => {
-                    tracing::debug!(error = %e, "no room for the disk ballast yet");
+                Err(e) if e.kind() != std::io::ErrorKind::Unsupported => {
+                    tracing::warn!(error = %e, "cannot allocate the disk ballast yet");
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, dir = %self.dir.display(), "cannot allocate the disk ballast; the free-space floor holds without one");

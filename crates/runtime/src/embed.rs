@@ -124,6 +124,25 @@ impl Caller {
             }
             hits.extend(v.hits.into_iter().map(|h| (i, h)));
         }
+        // The call and its accounting run to the end even when the caller
+        // goes away: what was spent is counted and audited.
+        let me = self.clone();
+        let task =
+            tokio::spawn(async move { me.route_embedding(call, classes, hits, tenant).await });
+        task.await
+            .map_err(|e| Error::Internal(format!("the embeddings task failed: {e}")))
+    }
+
+    /// Route an embeddings call whose checks passed, count its spend and
+    /// audit it.
+    async fn route_embedding(
+        &self,
+        call: EmbedCall,
+        classes: Vec<String>,
+        hits: Vec<(usize, baton_types::PolicyHit)>,
+        tenant: String,
+    ) -> std::result::Result<Embedded, RouteError> {
+        let shared = self.runtime().shared();
         let id = SessionId::new();
         let request = ModelRequest::embeddings(call.input, call.dimensions);
         let routed = shared
@@ -170,7 +189,7 @@ impl Caller {
             &hits,
             outcome,
         );
-        Ok(routed.and_then(|r| {
+        routed.and_then(|r| {
             let vectors = r.response.embeddings.clone().ok_or_else(|| {
                 RouteError::new(
                     baton_routing::RouteErrorKind::Exhausted,
@@ -186,7 +205,7 @@ impl Caller {
                 cost_usd: r.cost_usd,
                 attempts: r.attempts,
             })
-        }))
+        })
     }
 
     /// Tokens against the tenant's and the caller's per-minute limits, cost

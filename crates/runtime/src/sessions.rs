@@ -630,6 +630,20 @@ impl RuntimeHandle {
         review: bool,
         by: String,
     ) -> Result<EventStream> {
+        self.send_message_after(id, message, review, by, None).await
+    }
+
+    /// [`Self::send_message_by`], accepted only if the session is idle and
+    /// its last turn is `after_turn` (when given): FAILED_PRECONDITION
+    /// otherwise, with nothing sent.
+    pub(crate) async fn send_message_after(
+        &self,
+        id: SessionId,
+        message: Message,
+        review: bool,
+        by: String,
+        after_turn: Option<u64>,
+    ) -> Result<EventStream> {
         self.shared().admit()?;
         let limits = &self.shared().config.sessions;
         match message.role {
@@ -669,6 +683,7 @@ impl RuntimeHandle {
                 message,
                 review,
                 by,
+                after_turn,
                 reply,
             })
             .await?;

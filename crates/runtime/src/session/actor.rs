@@ -68,9 +68,10 @@ impl Actor for SessionActor {
                 message,
                 review,
                 by,
+                after_turn,
                 reply,
             } => {
-                let _ = reply.send(ctx.send(&myself, message, review, by));
+                let _ = reply.send(ctx.send(&myself, message, review, by, after_turn));
             }
             SessionMsg::Subscribe { after_seq, reply } => {
                 let _ = reply.send(ctx.subscribe(after_seq));

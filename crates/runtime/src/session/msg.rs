@@ -20,6 +20,9 @@ pub(crate) enum SessionMsg {
         review: bool,
         /// The principal that sent it ([`baton_types::Principal::label`]).
         by: String,
+        /// Accept it only if the session is idle and its last turn is this
+        /// one (a client continuing exactly that conversation).
+        after_turn: Option<u64>,
         reply: RpcReplyPort<Result<Subscription>>,
     },
     DecideGate {

@@ -25,10 +25,24 @@ impl SessionCtx {
         message: Message,
         review: bool,
         by: String,
+        after_turn: Option<u64>,
     ) -> Result<Subscription> {
         self.ensure_found()?;
         let id = self.env.id;
         let state = &self.durable.state;
+        if let Some(t) = after_turn
+            && (state.last_turn != t || state.current.is_some() || !state.queued.is_empty())
+        {
+            return Err(Error::FailedPrecondition(format!(
+                "session {id} moved on from turn {t} (its last turn is {}{})",
+                state.last_turn,
+                if state.current.is_some() {
+                    ", running"
+                } else {
+                    ""
+                }
+            )));
+        }
         if let Some(reason) = &state.failed {
             return Err(Error::FailedPrecondition(format!(
                 "session {id} has failed: {reason}"

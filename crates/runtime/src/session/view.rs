@@ -33,6 +33,10 @@ pub struct SessionView {
     pub allowed_tools: Vec<String>,
     pub client_tools: Vec<baton_types::ToolDefinition>,
     pub max_steps: u32,
+    /// Data classes the session's content is labelled with.
+    pub data_classes: Vec<String>,
+    /// The session's own budget, if it has one.
+    pub budget_usd: Option<f64>,
 }
 
 impl SessionView {
@@ -69,6 +73,8 @@ impl SessionView {
             allowed_tools: s.allowed_tools.clone(),
             client_tools: s.client_tools.clone(),
             max_steps: s.max_steps,
+            data_classes: s.data_classes.clone(),
+            budget_usd: s.budget_usd,
         }
     }
 }

@@ -411,16 +411,24 @@ pub(super) fn stream_answer(
     tokio::spawn(async move {
         let mut frames = tracker.start();
         let mut done = false;
-        loop {
+        'stream: loop {
             for f in frames.drain(..) {
                 if tx.send(Ok(f)).await.is_err() {
-                    return; // the client went away: the guard cancels the turn
+                    // The client went away: the guard cancels the turn.
+                    break 'stream;
                 }
             }
             if done {
+                guard.disarm();
                 break;
             }
-            match next_event(&mut events, id).await {
+            let next = tokio::select! {
+                // A client that leaves while nothing is sent (a gate holds
+                // the answer) is noticed at once.
+                _ = tx.closed() => break 'stream,
+                next = next_event(&mut events, id) => next,
+            };
+            match next {
                 Ok(kind) => match tracker.on_event(kind, &mut frames) {
                     Outcome::More => {}
                     Outcome::Completed => done = true,
@@ -435,7 +443,7 @@ pub(super) fn stream_answer(
                 }
             }
         }
-        guard.disarm();
+        drop(guard);
         drop(tx);
         if let Some(caller) = erase {
             forget(&caller, id).await;

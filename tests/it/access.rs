@@ -507,6 +507,10 @@ async fn keys_roles_and_tenants_hold_on_every_rpc_and_route_and_survive_sigkill(
     let http = server.http_url().unwrap();
     let web = reqwest::Client::new();
     for (method, route, need) in baton_server::auth::HTTP_ACCESS {
+        if route.starts_with("/ui") {
+            console_route(&http, method, route, *need, &acme_reviewer).await;
+            continue;
+        }
         let url = format!(
             "{http}{}",
             route.replace("{model}", "echo").replace("{name}", "nope")
@@ -589,6 +593,61 @@ async fn keys_roles_and_tenants_hold_on_every_rpc_and_route_and_survive_sigkill(
     assert_eq!(r.status().as_u16(), 429);
     assert!(r.headers().get("retry-after").is_some());
     server.terminate().await.unwrap();
+}
+
+/// A console route: its credential is the sign-in cookie, never a bearer
+/// token. Without a sign-in a page redirects to the sign-in form and a
+/// post is refused (401), whatever `authorization` says; the public ones
+/// answer.
+async fn console_route(
+    http: &str,
+    method: &str,
+    route: &str,
+    need: baton_server::auth::Need,
+    bearer: &str,
+) {
+    let web = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = format!(
+        "{http}{}",
+        route.replace("{id}", "x").replace("{file}", "app.css")
+    );
+    for auth in [None, Some(bearer)] {
+        let mut r = web.request(method.parse().unwrap(), &url);
+        if let Some(k) = auth {
+            r = r.bearer_auth(k);
+        }
+        if method == "POST" {
+            r = r
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("credential=nope&csrf=x");
+        }
+        let resp = r.send().await.unwrap();
+        let status = resp.status().as_u16();
+        let location = resp
+            .headers()
+            .get("location")
+            .map(|l| l.to_str().unwrap().to_string())
+            .unwrap_or_default();
+        let what = format!("{method} {route} with {auth:?}: {status} {location}");
+        match (need == baton_server::auth::Need::Anyone, method, route) {
+            (true, "GET", "/ui") => {
+                assert_eq!((status, location.as_str()), (303, "/ui/gates"), "{what}")
+            }
+            (true, "POST", "/ui/login") => assert_eq!(status, 401, "{what}"),
+            (true, "POST", "/ui/logout") => {
+                assert_eq!((status, location.as_str()), (303, "/ui/login"), "{what}")
+            }
+            (true, _, _) => assert_eq!(status, 200, "{what}"),
+            (false, "GET", _) => {
+                assert_eq!(status, 303, "{what}");
+                assert!(location.starts_with("/ui/login?next="), "{what}");
+            }
+            (false, _, _) => assert_eq!(status, 401, "{what}"),
+        }
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

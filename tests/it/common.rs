@@ -70,6 +70,20 @@ pub async fn turn(client: &mut Client, session_id: &str, text: &str) -> Vec<Sess
     read_until(&mut s, |e| e.ends_turn()).await
 }
 
+/// The text of the last assistant message among `events`.
+pub fn answer(events: &[SessionEvent]) -> String {
+    events
+        .iter()
+        .rev()
+        .find_map(|e| match &e.kind {
+            baton::types::EventKind::AssistantMessage { message, .. } => {
+                Some(message.content.clone())
+            }
+            _ => None,
+        })
+        .unwrap_or_default()
+}
+
 pub fn kinds(events: &[SessionEvent]) -> Vec<&'static str> {
     events.iter().map(|e| e.kind.name()).collect()
 }

@@ -105,17 +105,6 @@ fn sent(fake: &FakeOpenAi) -> String {
         .join("\n")
 }
 
-fn answer(events: &[SessionEvent]) -> String {
-    events
-        .iter()
-        .rev()
-        .find_map(|e| match &e.kind {
-            EventKind::AssistantMessage { message, .. } => Some(message.content.clone()),
-            _ => None,
-        })
-        .unwrap_or_default()
-}
-
 fn failure(events: &[SessionEvent]) -> (String, String) {
     match events.last().map(|e| &e.kind) {
         Some(EventKind::TurnFailed { reason, code, .. }) => {

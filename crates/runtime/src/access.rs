@@ -521,11 +521,12 @@ impl Caller {
         self.rt.list_gates(q).await
     }
 
-    /// One gate and its context.
+    /// One gate and its context: a reviewer sees those of its groups (as
+    /// in [`Caller::list_gates`]); any other answers NOT_FOUND.
     pub async fn get_gate(&self, gate_id: &str) -> Result<(GateRecord, Vec<Message>)> {
         self.require_any(&[AccessRole::Reviewer, AccessRole::Operator])?;
         let (gate, context) = self.rt.get_gate(gate_id).await?;
-        if !self.may_review(&gate).await? {
+        if !self.sees_gate(&gate).await {
             return Err(gate_not_found(gate_id));
         }
         Ok((gate, context))

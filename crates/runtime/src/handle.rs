@@ -214,6 +214,12 @@ impl RuntimeHandle {
         None
     }
 
+    /// Resolves once [`RuntimeHandle::shutdown`] has stopped the runtime:
+    /// long-lived streams outside the actors (watches) end on it.
+    pub fn stopped(&self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.inner.stop.clone().cancelled_owned()
+    }
+
     /// What the runtime does while the audit trail cannot be written.
     pub fn audit_on_failure(&self) -> crate::AuditOnFailure {
         self.inner.shared.audit_health.on_failure

@@ -143,6 +143,21 @@ pub const HTTP_ACCESS: &[(&str, &str, Need)] = &[
     ("GET", "/v1/models/{model}", CLIENT),
     // Checked by the delivery's HMAC signature instead (docs/flows.md).
     ("POST", "/hooks/{name}", Need::Anyone),
+    // The web console: its pages take the sign-in cookie as credential
+    // (docs/console.md); signing in and out, the redirect to the first
+    // page and the static assets need none.
+    ("GET", "/ui", Need::Anyone),
+    ("GET", "/ui/assets/{file}", Need::Anyone),
+    ("GET", "/ui/login", Need::Anyone),
+    ("POST", "/ui/login", Need::Anyone),
+    ("POST", "/ui/logout", Need::Anyone),
+    ("GET", "/ui/gates", REVIEWER_OR_OPERATOR),
+    ("GET", "/ui/gates/events", REVIEWER_OR_OPERATOR),
+    ("GET", "/ui/gates/{id}", REVIEWER_OR_OPERATOR),
+    ("POST", "/ui/gates/{id}", REVIEWER),
+    ("GET", "/ui/sessions", OPERATOR),
+    ("GET", "/ui/sessions/{id}", OPERATOR),
+    ("POST", "/ui/sessions/{id}/fork", OPERATOR),
 ];
 
 /// The requirement of a gRPC method path (`/package.Service/Method`).
@@ -251,6 +266,8 @@ struct Inner {
     enabled: bool,
     jwt: Option<baton_auth::jwt::JwtVerifier>,
     certs: Vec<baton_auth::tls::CertClient>,
+    /// The web console's sign-ins (its routes' credential).
+    console: crate::console_session::ConsoleSessions,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -286,6 +303,7 @@ impl Authenticator {
                 enabled: section.enabled,
                 jwt,
                 certs: section.mtls_clients.clone(),
+                console: Default::default(),
             }),
         })
     }
@@ -301,6 +319,7 @@ impl Authenticator {
                 enabled: false,
                 jwt: None,
                 certs: Vec::new(),
+                console: Default::default(),
             }),
         }
     }
@@ -308,6 +327,26 @@ impl Authenticator {
     /// Whether credentials are required.
     pub fn enabled(&self) -> bool {
         self.inner.enabled
+    }
+
+    /// The web console's sign-ins.
+    pub fn console(&self) -> &crate::console_session::ConsoleSessions {
+        &self.inner.console
+    }
+
+    /// Whether a principal authenticated earlier (a console sign-in) may
+    /// still act: its API key not revoked or expired since.
+    pub fn still_valid(&self, who: &Principal) -> Result<(), Denied> {
+        if who.via != AuthMethod::ApiKey {
+            return Ok(());
+        }
+        let record =
+            self.inner.runtime.api_key(&who.id).ok_or_else(|| {
+                Denied::Unauthenticated(format!("API key {} was revoked", who.id))
+            })?;
+        record
+            .usable_at(baton_types::now_unix_ms())
+            .map_err(Denied::Unauthenticated)
     }
 
     /// Who calls, from the `authorization` header or the client certificate.
@@ -589,6 +628,9 @@ pub async fn http_auth(
         ))
         .http();
     };
+    if need != Need::Anyone && route.starts_with("/ui") {
+        return console_auth(&auth, need, req, next).await;
+    }
     if need != Need::Anyone {
         let (who, guard) = match auth.authorize(need, req.headers(), None).await {
             Ok(admitted) => admitted,
@@ -599,4 +641,66 @@ pub async fn http_auth(
         return resp.map(|b| axum::body::Body::new(crate::inflight::Guarded::new(b, guard)));
     }
     next.run(req).await
+}
+
+/// The web console's routes: the credential is the sign-in cookie (see
+/// [`crate::console_session`]); without one a page asks to sign in. A
+/// state-changing request must come from the console's own pages: its
+/// `Origin`, when the browser sends one, is this server. Then the same
+/// role check, rate limits and open-call count as every other route; the
+/// handler finds the [`Principal`] and the sign-in (its CSRF token) in the
+/// request's extensions.
+async fn console_auth(auth: &Authenticator, need: Need, mut req: Request, next: Next) -> Response {
+    let refuse = |status: StatusCode, message: String| {
+        (
+            status,
+            [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+            message,
+        )
+            .into_response()
+    };
+    let Some(sign_in) = auth.console().get(req.headers()) else {
+        if req.method() == Method::GET {
+            let back = req
+                .uri()
+                .path_and_query()
+                .map(|p| p.as_str().to_string())
+                .unwrap_or_default();
+            let to = format!(
+                "/ui/login?next={}",
+                crate::console_session::query_escape(&back)
+            );
+            return (StatusCode::SEE_OTHER, [(header::LOCATION, to)]).into_response();
+        }
+        return refuse(
+            StatusCode::UNAUTHORIZED,
+            "not signed in to the console (or the sign-in expired): sign in at /ui/login".into(),
+        );
+    };
+    if req.method() != Method::GET && !crate::console_session::same_origin(req.headers()) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "cross-origin request refused: the Origin header is not this server".into(),
+        );
+    }
+    let checked = auth
+        .still_valid(&sign_in.who)
+        .and_then(|()| Authenticator::check(need, &sign_in.who))
+        .and_then(|()| auth.admit(&sign_in.who))
+        .and_then(|()| auth.open_call(&sign_in.who));
+    let guard = match checked {
+        Ok(g) => g,
+        Err(Denied::Unauthenticated(m)) => {
+            auth.console().close(req.headers());
+            return refuse(
+                StatusCode::UNAUTHORIZED,
+                format!("{m}: sign in again at /ui/login"),
+            );
+        }
+        Err(d) => return d.http(),
+    };
+    req.extensions_mut().insert(sign_in.who.clone());
+    req.extensions_mut().insert(sign_in);
+    let resp = next.run(req).await;
+    resp.map(|b| axum::body::Body::new(crate::inflight::Guarded::new(b, guard)))
 }

@@ -10,6 +10,7 @@
 //! | `POST /v1/embeddings` | OpenAI Embeddings, routed to endpoints with the `embeddings` capability |
 //! | `GET /v1/models`, `GET /v1/models/{model}` | the routes, as OpenAI models |
 //! | `POST /hooks/{name}` | a webhook trigger of a flow (HMAC-signed; 202 with the run id) |
+//! | `/ui/…` | the web console ([`crate::console`], docs/console.md) |
 
 use std::future::Future;
 
@@ -39,6 +40,7 @@ pub fn router(
     section: &HttpSection,
     auth: Authenticator,
 ) -> Router {
+    let console_tls = crate::console::ConsoleTls(section.tls.is_some());
     Router::new()
         .route("/hooks/{name}", post(hook))
         .route("/metrics", get(metrics))
@@ -48,9 +50,15 @@ pub fn router(
         .route("/v1/responses", post(responses))
         .route("/v1/models", get(models))
         .route("/v1/models/{model}", get(model))
-        .route_layer(axum::middleware::from_fn_with_state(auth, http_auth))
+        .merge(crate::console::routes())
+        .route_layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            http_auth,
+        ))
         .fallback(not_found)
         .layer(Extension(flows))
+        .layer(Extension(console_tls))
+        .layer(Extension(auth))
         .layer(DefaultBodyLimit::max(section.max_request_bytes))
         // A request body that stalls longer than this between two pieces
         // fails (400) instead of holding the connection.

@@ -22,6 +22,8 @@ pub mod audit;
 pub mod auth;
 mod config;
 mod config_origin;
+mod console;
+pub mod console_session;
 mod flows;
 mod gates;
 mod http;

@@ -1,0 +1,183 @@
+//! Sign-ins of the web console ([`crate::console`]): a random token in an
+//! `HttpOnly`, `SameSite=Strict` cookie names a server-side entry holding
+//! the principal that signed in and the sign-in's CSRF token.
+//!
+//! Entries live in memory only: a restart signs everyone out (the console
+//! asks for the credential again), and the store never holds a token: only
+//! its SHA-256.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use axum::http::{HeaderMap, header};
+use baton_types::{Principal, now_unix_ms};
+use sha2::{Digest, Sha256};
+
+/// The cookie's name.
+pub const COOKIE: &str = "baton_console";
+
+/// How long a sign-in lasts.
+pub const TTL_MS: u64 = 8 * 3600 * 1000;
+
+/// Most sign-ins held at once; the oldest go first beyond it.
+const MAX_ENTRIES: usize = 10_000;
+
+/// One signed-in browser.
+#[derive(Debug, Clone)]
+pub struct ConsoleSignIn {
+    pub who: Principal,
+    /// Sent back with every state-changing form.
+    pub csrf: String,
+    pub expires_unix_ms: u64,
+}
+
+/// The console's sign-ins, by the SHA-256 of their cookie token.
+#[derive(Debug, Default)]
+pub struct ConsoleSessions {
+    entries: Mutex<HashMap<[u8; 32], ConsoleSignIn>>,
+}
+
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
+}
+
+/// 32 random bytes from the OS, hex.
+pub fn random_token() -> Result<String, String> {
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| format!("no randomness from the OS: {e}"))?;
+    Ok(b.iter().map(|x| format!("{x:02x}")).collect())
+}
+
+impl ConsoleSessions {
+    /// Sign `who` in until `expires_unix_ms`; the cookie token.
+    pub fn open(&self, who: Principal, expires_unix_ms: u64) -> Result<String, String> {
+        let token = random_token()?;
+        let entry = ConsoleSignIn {
+            who,
+            csrf: random_token()?,
+            expires_unix_ms,
+        };
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let now = now_unix_ms();
+        map.retain(|_, e| e.expires_unix_ms > now);
+        if map.len() >= MAX_ENTRIES
+            && let Some(oldest) = map
+                .iter()
+                .min_by_key(|(_, e)| e.expires_unix_ms)
+                .map(|(k, _)| *k)
+        {
+            map.remove(&oldest);
+        }
+        map.insert(digest(&token), entry);
+        Ok(token)
+    }
+
+    /// The live sign-in a request's cookie names.
+    pub fn get(&self, headers: &HeaderMap) -> Option<ConsoleSignIn> {
+        let token = cookie_token(headers)?;
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        let key = digest(token);
+        match map.get(&key) {
+            Some(e) if e.expires_unix_ms > now_unix_ms() => Some(e.clone()),
+            Some(_) => {
+                map.remove(&key);
+                None
+            }
+            None => None,
+        }
+    }
+
+    /// Sign the request's browser out.
+    pub fn close(&self, headers: &HeaderMap) {
+        if let Some(token) = cookie_token(headers) {
+            let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+            map.remove(&digest(token));
+        }
+    }
+}
+
+/// The console cookie's value, from any `cookie` header.
+pub fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .find_map(|kv| {
+            let (k, v) = kv.trim().split_once('=')?;
+            (k == COOKIE && !v.is_empty()).then_some(v)
+        })
+}
+
+/// Whether a request's `Origin` (when sent) is the server it reached
+/// (its `Host`): browsers send `Origin` with every form post, so a page of
+/// another site cannot post to the console even with the cookie.
+pub fn same_origin(headers: &HeaderMap) -> bool {
+    let Some(origin) = headers.get(header::ORIGIN) else {
+        return true;
+    };
+    let host = headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    match (origin.to_str().ok().and_then(|o| o.split_once("://")), host) {
+        (Some((_, o)), Some(h)) => o.eq_ignore_ascii_case(h),
+        _ => false,
+    }
+}
+
+/// `s` escaped for a URL query value.
+pub fn query_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' | b'/' => {
+                out.push(b as char)
+            }
+            _ => out.push_str(&format!("%{b:02X}")),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sign_in_is_found_by_its_cookie_only_until_it_expires_or_closes() {
+        let s = ConsoleSessions::default();
+        let who = Principal::local();
+        let token = s.open(who.clone(), now_unix_ms() + 60_000).unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            format!("a=b; {COOKIE}={token}; c=d").parse().unwrap(),
+        );
+        let got = s.get(&h).unwrap();
+        assert_eq!(got.who, who);
+        assert_eq!(got.csrf.len(), 64);
+        let mut wrong = HeaderMap::new();
+        wrong.insert(
+            header::COOKIE,
+            format!("{COOKIE}=00{token}").parse().unwrap(),
+        );
+        assert!(s.get(&wrong).is_none());
+        s.close(&h);
+        assert!(s.get(&h).is_none());
+        let old = s.open(who, now_unix_ms().saturating_sub(1)).unwrap();
+        h.insert(header::COOKIE, format!("{COOKIE}={old}").parse().unwrap());
+        assert!(s.get(&h).is_none(), "expired");
+    }
+
+    #[test]
+    fn only_this_servers_origin_may_post() {
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "127.0.0.1:8080".parse().unwrap());
+        assert!(same_origin(&h), "no Origin: not a cross-site browser post");
+        h.insert(header::ORIGIN, "http://127.0.0.1:8080".parse().unwrap());
+        assert!(same_origin(&h));
+        for o in ["http://evil.example", "null", "http://127.0.0.1:8081"] {
+            h.insert(header::ORIGIN, o.parse().unwrap());
+            assert!(!same_origin(&h), "{o}");
+        }
+        assert_eq!(query_escape("/ui/gates?a=b&c"), "/ui/gates%3Fa%3Db%26c");
+    }
+}

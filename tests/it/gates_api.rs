@@ -294,6 +294,87 @@ async fn pending_gates_page_and_filter() {
     server.stop().await;
 }
 
+/// The reviewers' queue order: gates with a deadline first, nearest first,
+/// then the others newest first, paged without repeats or gaps.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_queue_lists_nearest_deadline_then_newest() {
+    let fake = FakeOpenAi::start().await.unwrap();
+    let mut c = config(&fake);
+    c.gates.policies = vec![
+        policy(POLICY, &["fake"]),
+        serde_json::from_value(serde_json::json!({
+            "name": "due", "kind": "final_answer", "reviewers": "support-leads",
+            "routes": ["other"], "timeout_ms": 3_600_000,
+        }))
+        .unwrap(),
+    ];
+    let server = TestServer::start(c).await.unwrap();
+    let mut client = server.client().await.unwrap();
+    let mut g = gates(&server).await;
+    // Opened in this order: open, due (sooner), open, due (later).
+    let mut ids = Vec::new();
+    let mut streams = Vec::new();
+    for (i, route) in ["fake", "other", "fake", "other"].iter().enumerate() {
+        fake.push_reply(ScriptedReply::Text(format!("draft {i}")));
+        let id = start(&mut client, route).await;
+        let mut stream = send(&mut client, &id, &format!("question {i}")).await;
+        ids.push(until_gate(&mut stream).await);
+        streams.push(stream);
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let want = vec![
+        ids[1].clone(),
+        ids[3].clone(),
+        ids[2].clone(),
+        ids[0].clone(),
+    ];
+    let queue = |size: u32, token: String| v1::ListGatesRequest {
+        status: v1::GateStatus::Pending as i32,
+        page_size: size,
+        page_token: token,
+        order: v1::GateOrder::Queue as i32,
+        ..Default::default()
+    };
+    for size in [1, 3, 4, 10] {
+        let mut seen = Vec::new();
+        let mut token = String::new();
+        for _ in 0..6 {
+            let page = g
+                .list_gates(queue(size, token.clone()))
+                .await
+                .unwrap()
+                .into_inner();
+            seen.extend(page.gates.into_iter().map(|g| g.gate_id));
+            token = page.next_page_token;
+            if token.is_empty() {
+                break;
+            }
+        }
+        assert_eq!(seen, want, "page size {size}");
+    }
+    // A decided gate leaves the queue; its neighbours keep their places.
+    g.decide_gate(decide(&ids[3], v1::GateDecision::Approve, "alice", ""))
+        .await
+        .unwrap();
+    let page = g
+        .list_gates(queue(10, String::new()))
+        .await
+        .unwrap()
+        .into_inner();
+    let seen: Vec<_> = page.gates.into_iter().map(|g| g.gate_id).collect();
+    assert_eq!(seen, vec![ids[1].clone(), ids[2].clone(), ids[0].clone()]);
+    // The queue takes no policy filter, and only its own tokens.
+    let mut bad = queue(10, String::new());
+    bad.policy = POLICY.into();
+    let e = g.list_gates(bad).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("queue"), "{}", e.message());
+    let e = g.list_gates(queue(10, ids[0].clone())).await.unwrap_err();
+    assert_eq!(e.code(), tonic::Code::InvalidArgument);
+    assert!(e.message().contains("page_token"), "{}", e.message());
+    server.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rejected_answer_goes_back_to_the_model_with_the_reason() {
     let fake = FakeOpenAi::start().await.unwrap();

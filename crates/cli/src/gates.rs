@@ -10,7 +10,7 @@ use crate::print::{duration, one_line, until};
 
 #[derive(Debug, clap::Subcommand)]
 pub enum GateCommand {
-    /// List gates, oldest first.
+    /// List gates, oldest first (or with --queue, as reviewers see them).
     List {
         /// pending or decided (default: both).
         #[arg(long)]
@@ -25,6 +25,10 @@ pub enum GateCommand {
         page_size: u32,
         #[arg(long, default_value = "")]
         page_token: String,
+        /// Pending gates in the reviewers' queue order: nearest deadline
+        /// first, then newest (no --session or --policy).
+        #[arg(long)]
+        queue: bool,
     },
     /// Show a gate: what it holds (the subject) and the session's recent
     /// conversation.
@@ -81,6 +85,7 @@ pub async fn run(conn: Conn, cmd: GateCommand) -> anyhow::Result<()> {
             policy,
             page_size,
             page_token,
+            queue,
         } => {
             let status = match status.as_deref() {
                 None => v1::GateStatus::Unspecified,
@@ -96,6 +101,11 @@ pub async fn run(conn: Conn, cmd: GateCommand) -> anyhow::Result<()> {
                     policy,
                     page_size,
                     page_token,
+                    order: if queue {
+                        v1::GateOrder::Queue
+                    } else {
+                        v1::GateOrder::Opened
+                    } as i32,
                 })
                 .await
                 .map_err(rpc_error)?

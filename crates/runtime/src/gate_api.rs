@@ -3,45 +3,56 @@
 
 use std::time::Instant;
 
-use baton_types::{GateId, GateRecord, Message, now_unix_ms};
+use baton_store::gates::QueuePos;
+use baton_types::{GateId, GateRecord, GateStatus, Message, now_unix_ms};
 
 use crate::error::{Error, Result};
-use crate::gates::{GateDecision, GateList, GateQuery, already_decided, parse_gate_id};
+use crate::gates::{GateDecision, GateList, GateOrder, GateQuery, already_decided, parse_gate_id};
 use crate::handle::RuntimeHandle;
 use crate::paging::{page_size, page_token};
 use crate::session::SessionMsg;
 
 impl RuntimeHandle {
-    /// A page of gates (by status, session, policy), from the gate indexes.
+    /// A page of gates (by status, session, policy), from the gate indexes,
+    /// in the order `q.order` asks for.
     pub async fn list_gates(&self, q: GateQuery) -> Result<GateList> {
         let size = page_size(q.page_size)?;
-        let after = page_token(q.page_token.as_deref(), |t| t.parse::<GateId>().ok())?;
         let filter = baton_store::gates::GateFilter {
             status: q.status,
             session: q.session,
-            policy: q.policy.filter(|p| !p.is_empty()),
+            policy: q.policy.clone().filter(|p| !p.is_empty()),
         };
-        let store = &self.shared().store;
-        if q.tenant.is_none() && q.groups.is_none() {
-            let page = store.list_gates(filter, after, size).await?;
-            return Ok(GateList {
-                gates: page.gates,
-                next_page_token: page.next_after.map(|a| a.to_string()),
-            });
-        }
+        let mut cursor = match q.order {
+            GateOrder::Opened => {
+                Cursor::Opened(page_token(q.page_token.as_deref(), |t| t.parse().ok())?)
+            }
+            GateOrder::Queue => {
+                if filter.status.is_some_and(|s| s != GateStatus::Pending)
+                    || filter.session.is_some()
+                    || filter.policy.is_some()
+                {
+                    return Err(Error::InvalidArgument(
+                        "the queue order lists pending gates only, with no session or policy filter"
+                            .into(),
+                    ));
+                }
+                Cursor::Queue(page_token(q.page_token.as_deref(), QueuePos::parse)?)
+            }
+        };
         // Filtered by tenant or group: read pages until this one is full.
         let mut tenants: std::collections::HashMap<baton_types::SessionId, bool> =
             Default::default();
         let mut gates = Vec::new();
-        let mut cursor = after;
         let next = loop {
-            let page = store.list_gates(filter.clone(), cursor, size).await?;
+            let (page, more) = self.gate_page(&filter, cursor, size).await?;
             let mut last = None;
-            for g in page.gates {
-                last = Some(g.gate_id);
+            let mut left_over = false;
+            for g in page {
                 if gates.len() == size {
+                    left_over = true;
                     break;
                 }
+                last = Some(cursor.at(&g));
                 let group_ok = q
                     .groups
                     .as_ref()
@@ -51,7 +62,9 @@ impl RuntimeHandle {
                     Some(t) => match tenants.get(&g.session) {
                         Some(ok) => *ok,
                         None => {
-                            let ok = store
+                            let ok = self
+                                .shared()
+                                .store
                                 .load_meta(g.session)
                                 .await?
                                 .is_some_and(|m| &m.tenant == t);
@@ -65,16 +78,40 @@ impl RuntimeHandle {
                 }
             }
             if gates.len() == size {
-                break gates.last().map(|g| g.gate_id);
+                break (left_over || more)
+                    .then(|| gates.last().map(|g| cursor.at(g)))
+                    .flatten();
             }
-            match page.next_after {
-                Some(n) => cursor = Some(last.unwrap_or(n)),
-                None => break None,
+            match (more, last) {
+                (true, Some(l)) => cursor = l,
+                _ => break None,
             }
         };
         Ok(GateList {
             gates,
-            next_page_token: next.map(|a| a.to_string()),
+            next_page_token: next.map(|c| c.token()).filter(|t| !t.is_empty()),
+        })
+    }
+
+    /// One page of the store's gates after `cursor`, and whether more follow.
+    async fn gate_page(
+        &self,
+        filter: &baton_store::gates::GateFilter,
+        cursor: Cursor,
+        size: usize,
+    ) -> Result<(Vec<GateRecord>, bool)> {
+        let store = &self.shared().store;
+        Ok(match cursor {
+            Cursor::Opened(after) => {
+                let p = store.list_gates(filter.clone(), after, size).await?;
+                let more = p.next_after.is_some();
+                (p.gates, more)
+            }
+            Cursor::Queue(after) => {
+                let p = store.gate_queue(after, size).await?;
+                let more = p.next_after.is_some();
+                (p.gates, more)
+            }
         })
     }
 
@@ -174,5 +211,29 @@ impl RuntimeHandle {
                 }
             }
         });
+    }
+}
+
+/// Where a walk of the gate indexes stands, in one of the two orders.
+#[derive(Debug, Clone, Copy)]
+enum Cursor {
+    Opened(Option<GateId>),
+    Queue(Option<QueuePos>),
+}
+
+impl Cursor {
+    /// The place of `gate` in this cursor's order.
+    fn at(self, gate: &GateRecord) -> Cursor {
+        match self {
+            Cursor::Opened(_) => Cursor::Opened(Some(gate.gate_id)),
+            Cursor::Queue(_) => Cursor::Queue(Some(QueuePos::of(gate))),
+        }
+    }
+
+    fn token(self) -> String {
+        match self {
+            Cursor::Opened(a) => a.map(|a| a.to_string()).unwrap_or_default(),
+            Cursor::Queue(a) => a.map(QueuePos::to_token).unwrap_or_default(),
+        }
     }
 }

@@ -560,6 +560,20 @@ pub struct GateQuery {
     /// Default 50, at most 1000.
     pub page_size: u32,
     pub page_token: Option<String>,
+    /// The order of the page (and the form of its tokens).
+    pub order: GateOrder,
+}
+
+/// The order of a [`GateQuery`]'s pages.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum GateOrder {
+    /// By gate id: the order gates opened in.
+    #[default]
+    Opened,
+    /// The reviewers' queue: pending gates only, those with a deadline
+    /// first (nearest first), then the others newest first. Takes no
+    /// session or policy filter.
+    Queue,
 }
 
 /// A page of gates.

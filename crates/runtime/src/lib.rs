@@ -71,7 +71,7 @@ pub use config::{
 pub use conversation::TurnConversation;
 pub use embed::{EmbedCall, Embedded};
 pub use error::{ConfigError, Error, Result};
-pub use gates::{GateDecision, GateList, GateQuery, GateRecord, GateStatus};
+pub use gates::{GateDecision, GateList, GateOrder, GateQuery, GateRecord, GateStatus};
 pub use handle::RuntimeHandle;
 pub use inspect::{ActorNode, BackupInfo, JournalPage, StateView};
 pub use privacy::{Erasure, PrivacyConfig, audit_aad, open_keyring};

@@ -6,7 +6,7 @@ use std::pin::Pin;
 use baton_proto::convert;
 use baton_proto::v1::{self, gates_server::Gates};
 use baton_runtime::RuntimeHandle;
-use baton_runtime::gates::{GateDecision, GateQuery, GateRecord, GateStatus};
+use baton_runtime::gates::{GateDecision, GateOrder, GateQuery, GateRecord, GateStatus};
 use baton_types::{Message, SessionId};
 use futures::Stream;
 use tokio::sync::broadcast::error::RecvError;
@@ -156,6 +156,16 @@ impl Gates for GatesService {
                 groups: None,
                 page_size: r.page_size,
                 page_token: (!r.page_token.is_empty()).then_some(r.page_token),
+                order: match v1::GateOrder::try_from(r.order) {
+                    Ok(v1::GateOrder::Opened) => GateOrder::Opened,
+                    Ok(v1::GateOrder::Queue) => GateOrder::Queue,
+                    Err(_) => {
+                        return Err(Status::invalid_argument(format!(
+                            "order: unknown gate order {}",
+                            r.order
+                        )));
+                    }
+                },
             })
             .await
             .map_err(|e| status(&e))?;

@@ -335,3 +335,121 @@ pub(crate) fn due_blocking(
     }
     Ok(out)
 }
+
+/// A place in the reviewers' queue of pending gates: gates with a deadline
+/// first, nearest deadline first (the `gt` index), then gates without one,
+/// newest first (the `gp` index backwards; ids are UUID v7).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueuePos {
+    Deadline(u64, GateId),
+    Open(GateId),
+}
+
+impl QueuePos {
+    /// The place of `gate` in the queue.
+    pub fn of(gate: &GateRecord) -> QueuePos {
+        if gate.deadline_unix_ms > 0 {
+            QueuePos::Deadline(gate.deadline_unix_ms, gate.gate_id)
+        } else {
+            QueuePos::Open(gate.gate_id)
+        }
+    }
+
+    /// As a page token: `d<deadline>.<id>` or `o<id>`.
+    pub fn to_token(self) -> String {
+        match self {
+            QueuePos::Deadline(d, id) => format!("d{d}.{id}"),
+            QueuePos::Open(id) => format!("o{id}"),
+        }
+    }
+
+    /// A token made by [`QueuePos::to_token`]; none for anything else.
+    pub fn parse(token: &str) -> Option<QueuePos> {
+        if let Some(rest) = token.strip_prefix('d') {
+            let (d, id) = rest.split_once('.')?;
+            return Some(QueuePos::Deadline(d.parse().ok()?, id.parse().ok()?));
+        }
+        Some(QueuePos::Open(token.strip_prefix('o')?.parse().ok()?))
+    }
+}
+
+/// One page of the queue.
+#[derive(Debug, Clone)]
+pub struct QueuePage {
+    pub gates: Vec<GateRecord>,
+    /// Pass as `after` for the next page.
+    pub next_after: Option<QueuePos>,
+}
+
+/// A page of pending gates in queue order after `after`, read from the
+/// deadline and pending indexes (no sort of the whole queue).
+pub(crate) fn queue_blocking(
+    db: &DB,
+    ring: Option<&crate::seal::Keyring>,
+    after: Option<QueuePos>,
+    limit: usize,
+) -> Result<QueuePage> {
+    let cf = cf_handle(db, CF_INDEXES)?;
+    let mut gates: Vec<GateRecord> = Vec::new();
+    let mut more = false;
+    let gate_at = |k: &[u8], at: usize| -> Result<Option<GateRecord>> {
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&k[at..at + 16]);
+        Ok(get_blocking(db, ring, GateId::from_bytes(id))?
+            .filter(|g| g.status() == GateStatus::Pending))
+    };
+    if !matches!(after, Some(QueuePos::Open(_))) {
+        let start = match after {
+            Some(QueuePos::Deadline(d, id)) => key(b"gt", &[&d.to_be_bytes(), id.as_bytes()]),
+            _ => b"gt".to_vec(),
+        };
+        for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+            let (k, _) = item?;
+            if !k.starts_with(b"gt") {
+                break;
+            }
+            if k.len() != 2 + 8 + 16 || (after.is_some() && *k == *start) {
+                continue;
+            }
+            let Some(g) = gate_at(&k, 10)? else { continue };
+            if gates.len() == limit {
+                more = true;
+                break;
+            }
+            gates.push(g);
+        }
+    }
+    if !more {
+        let prefix = status_prefix(GateStatus::Pending);
+        let start = match after {
+            Some(QueuePos::Open(id)) => key(prefix, &[id.as_bytes()]),
+            _ => key(prefix, &[&[0xff; 17]]),
+        };
+        for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Reverse)) {
+            let (k, _) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if k.len() != prefix.len() + 16 || *k == *start {
+                continue;
+            }
+            let Some(g) = gate_at(&k, prefix.len())? else {
+                continue;
+            };
+            if g.deadline_unix_ms > 0 {
+                continue;
+            }
+            if gates.len() == limit {
+                more = true;
+                break;
+            }
+            gates.push(g);
+        }
+    }
+    let next_after = if more {
+        gates.last().map(QueuePos::of)
+    } else {
+        None
+    };
+    Ok(QueuePage { gates, next_after })
+}

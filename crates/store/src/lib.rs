@@ -577,6 +577,18 @@ impl Store {
             .await
     }
 
+    /// A page of the reviewers' queue of pending gates: nearest deadline
+    /// first, then (without a deadline) newest first.
+    pub async fn gate_queue(
+        &self,
+        after: Option<gates::QueuePos>,
+        limit: usize,
+    ) -> Result<gates::QueuePage> {
+        let ring = self.inner.options.keyring.clone();
+        self.blocking(move |db| gates::queue_blocking(db, ring.as_deref(), after, limit))
+            .await
+    }
+
     /// How many gates are pending (for the `gates_pending` gauge at start).
     pub async fn count_pending_gates(&self) -> Result<u64> {
         self.blocking(gates::count_pending_blocking).await

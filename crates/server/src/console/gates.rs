@@ -9,7 +9,7 @@ use axum::body::{Body, Bytes};
 use axum::extract::{Extension, Path, Query, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use baton_runtime::gates::{GateDecision, GateQuery, GateRecord, GateStatus};
+use baton_runtime::gates::{GateDecision, GateOrder, GateQuery, GateRecord, GateStatus};
 use baton_runtime::{Caller, RuntimeHandle};
 use baton_types::{AccessRole, now_unix_ms};
 use serde::Deserialize;
@@ -19,25 +19,16 @@ use super::html::{self, esc, respond, see_other};
 use super::{bad_csrf, csrf_ok, error_status};
 use crate::console_session::ConsoleSignIn;
 
-/// Most pending gates one queue page lists.
-const QUEUE_MAX: u32 = 1000;
+/// Pending gates one queue page lists.
+const QUEUE_PAGE: u32 = 100;
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct QueueQuery {
     /// `rows`: only the table's rows (the live refresh).
     fragment: String,
-}
-
-/// Nearest deadline first (gates without one after), then newest.
-fn queue_order(gates: &mut [GateRecord]) {
-    gates.sort_by_key(|g| {
-        (
-            g.deadline_unix_ms == 0,
-            g.deadline_unix_ms,
-            std::cmp::Reverse(g.opened_at_unix_ms),
-        )
-    });
+    /// Where the page starts (a token of the previous page).
+    after: String,
 }
 
 fn short(s: &str, max: usize) -> String {
@@ -85,12 +76,14 @@ pub(crate) async fn queue(
     let list = caller
         .list_gates(GateQuery {
             status: Some(GateStatus::Pending),
-            page_size: QUEUE_MAX,
+            page_size: QUEUE_PAGE,
+            page_token: (!q.after.is_empty()).then(|| q.after.clone()),
+            order: GateOrder::Queue,
             ..Default::default()
         })
         .await;
-    let (mut gates, more) = match list {
-        Ok(l) => (l.gates, l.next_page_token.is_some()),
+    let (gates, next) = match list {
+        Ok(l) => (l.gates, l.next_page_token),
         Err(e) => {
             return respond(
                 error_status(&e),
@@ -98,18 +91,31 @@ pub(crate) async fn queue(
             );
         }
     };
-    queue_order(&mut gates);
     let body = rows(&gates);
     if q.fragment == "rows" {
         return respond(StatusCode::OK, body);
     }
-    let more = if more {
-        format!("<p>Showing the first {QUEUE_MAX} pending gates.</p>")
-    } else {
+    let here = if q.after.is_empty() {
         String::new()
+    } else {
+        esc(&format!(
+            "&after={}",
+            crate::console_session::query_escape(&q.after)
+        ))
+    };
+    let more = match next {
+        Some(t) => format!(
+            r#"<nav class="pager" aria-label="Pages"><a href="/ui/gates">First page</a> <a href="/ui/gates?after={}" rel="next">Next {QUEUE_PAGE}</a></nav>"#,
+            esc(&crate::console_session::query_escape(&t))
+        ),
+        None if !q.after.is_empty() => {
+            r#"<nav class="pager" aria-label="Pages"><a href="/ui/gates">First page</a></nav>"#
+                .to_string()
+        }
+        None => String::new(),
     };
     let page = format!(
-        r#"<h1>Gates waiting for a decision</h1><p id="live" class="live" aria-live="polite">Updates as gates open and are decided.</p>{more}<table class="list"><caption>Pending gates, nearest deadline first, then newest</caption><thead><tr><th scope="col">Policy</th><th scope="col">Kind</th><th scope="col">Reviewers</th><th scope="col">Why</th><th scope="col">Opened</th><th scope="col">Deadline</th></tr></thead><tbody id="gate-rows" data-live-gates="/ui/gates?fragment=rows">{body}</tbody></table>"#
+        r#"<h1>Gates waiting for a decision</h1><p id="live" class="live" aria-live="polite">Updates as gates open and are decided.</p><table class="list"><caption>Pending gates, nearest deadline first, then newest</caption><thead><tr><th scope="col">Policy</th><th scope="col">Kind</th><th scope="col">Reviewers</th><th scope="col">Why</th><th scope="col">Opened</th><th scope="col">Deadline</th></tr></thead><tbody id="gate-rows" data-live-gates="/ui/gates?fragment=rows{here}">{body}</tbody></table>{more}"#
     );
     respond(StatusCode::OK, html::page("Gates", Some(&sign_in), &page))
 }

@@ -66,6 +66,7 @@ impl Baton {
                     http_listener,
                     Default::default(),
                     baton_server::Authenticator::disabled(handle.clone()),
+                    None,
                     async {
                         let _ = http_stopped.await;
                     },

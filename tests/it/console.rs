@@ -484,6 +484,129 @@ async fn reviewers_and_operators_work_in_a_real_browser_and_a_crash_loses_no_gat
         "the state now differs from the state at the gate"
     );
 
+    // Replay A from its page: the report, as the Inspect API's replay has it.
+    b.click(&b.find("#replay").await.unwrap()).await.unwrap();
+    let t = b
+        .wait_text("the replay report", |t| t.contains("Replay of"))
+        .await
+        .unwrap();
+    let verdict = b
+        .text(&b.find("#replay-verdict").await.unwrap())
+        .await
+        .unwrap();
+    let report = InspectClient::new(channel(&server).await)
+        .replay_session(authed(
+            &operator,
+            v1::ReplaySessionRequest {
+                session_id: a.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        verdict.starts_with("Diverged"),
+        report.diverged,
+        "{verdict} vs {report:?}"
+    );
+    let compared = b
+        .text(&b.find("#replay-compared").await.unwrap())
+        .await
+        .unwrap();
+    assert_eq!(compared, report.compared.to_string(), "{t}");
+    assert!(report.compared > 0);
+
+    // Routes and models: the fake endpoint's breaker, its calls in the
+    // last hour, and a chart of them.
+    b.goto(&format!("{http}/ui/routes")).await.unwrap();
+    let row = b.find(r#"tr[data-endpoint="fake"]"#).await.unwrap();
+    let cells = b.text(&row).await.unwrap();
+    assert!(cells.contains("closed"), "{cells}");
+    let calls: u64 = b
+        .run(r#"return document.querySelector('tr[data-endpoint="fake"] td:nth-child(4)').textContent"#)
+        .await
+        .unwrap()
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(calls >= 4, "A, B and their continuations at least: {calls}");
+    let bars = b
+        .run(
+            r#"return document.querySelectorAll('tr[data-endpoint="fake"] svg rect.calls').length"#,
+        )
+        .await
+        .unwrap();
+    assert!(bars.as_u64().unwrap() >= 1, "{bars}");
+    b.find(r#"tr[data-route="fake"]"#).await.unwrap();
+    b.screenshot(&shots().join("routes.png")).await.unwrap();
+
+    // Audit: verify the chain, then export A's records and check the file
+    // offline with the public key the page shows.
+    b.goto(&format!("{http}/ui/audit")).await.unwrap();
+    b.wait_text("no verification yet", |t| t.contains("Not verified"))
+        .await
+        .unwrap();
+    b.click(
+        &b.find("form[action='/ui/audit/verify'] button")
+            .await
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let t = b
+        .wait_text("the chain verified", |t| t.contains("Intact:"))
+        .await
+        .unwrap();
+    assert!(
+        t.contains("Verified") && t.contains("by api_key:bk_"),
+        "{t}"
+    );
+    b.screenshot(&shots().join("audit.png")).await.unwrap();
+    let public_key = b.text(&b.find("#public-key").await.unwrap()).await.unwrap();
+    let export = b
+        .run_async(&format!(
+            "const done = arguments[arguments.length - 1]; fetch('/ui/audit/export?session={a}').then(r => r.text().then(t => done([r.status, r.headers.get('content-disposition'), t])))"
+        ))
+        .await
+        .unwrap();
+    assert_eq!(export[0], 200, "{export}");
+    assert!(
+        export[1].as_str().unwrap().starts_with("attachment"),
+        "{export}"
+    );
+    let jsonl = export[2].as_str().unwrap();
+    let records: Vec<serde_json::Value> = jsonl
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(records.len() >= 3, "{jsonl}");
+    assert!(
+        records.iter().all(|r| r["session_id"] == a.as_str()),
+        "{jsonl}"
+    );
+    let file = dir.path().join("a.jsonl");
+    std::fs::write(&file, jsonl).unwrap();
+    let out = std::process::Command::new(bin())
+        .args(["audit", "verify", "--export"])
+        .arg(&file)
+        .args(["--public-key", &public_key])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A bad time is named; another tenant's session is not found.
+    let bad = b
+        .run_async("const done = arguments[arguments.length - 1]; fetch('/ui/audit/export?since=yesterday').then(r => r.text().then(t => done([r.status, t])))")
+        .await
+        .unwrap();
+    assert_eq!(bad[0], 422, "{bad}");
+    assert!(bad[1].as_str().unwrap().contains("since"), "{bad}");
+
     // SIGKILL with E pending: after the restart the browser signs in again
     // and E waits in the queue; approving it lets its session finish.
     server.kill9().await.unwrap();

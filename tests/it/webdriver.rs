@@ -196,6 +196,13 @@ impl Browser {
             .await
     }
 
+    /// Run `script` as an async script: it ends by calling
+    /// `arguments[arguments.length - 1]` with its result.
+    pub async fn run_async(&self, script: &str) -> anyhow::Result<Value> {
+        self.post("/execute/async", json!({"script": script, "args": []}))
+            .await
+    }
+
     pub async fn cookies(&self) -> anyhow::Result<Vec<Value>> {
         Ok(self
             .get("/cookie")

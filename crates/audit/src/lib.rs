@@ -108,5 +108,7 @@ pub use crate::event::AuditEvent;
 pub use crate::export_check::{ExportReport, verify_export};
 pub use crate::format::{HEAD_FILE, LOG_FILE};
 pub use crate::keys::{parse_public_key_hex, public_key_hex, public_key_path, read_public_key};
-pub use crate::verify::{BadRecord, ExportFilter, VerifyReport, export, verify};
+pub use crate::verify::{
+    BadRecord, ExportFilter, VerifyReport, export, export_anchored, verify, verify_anchored,
+};
 pub use crate::writer::{AuditConfig, AuditLog};

@@ -4,7 +4,7 @@
 use std::convert::Infallible;
 use std::fmt;
 use std::fs::File;
-use std::io::{self, BufRead, BufReader, Write};
+use std::io::{self, BufRead, BufReader, Read, Write};
 use std::path::Path;
 
 use ed25519_dalek::VerifyingKey;
@@ -170,10 +170,31 @@ pub(crate) fn walk<R: BufRead, E>(
 /// Verifies the log in `dir` against `public_key`: every line's format, seq,
 /// chain link, hash and signature, then that the log reaches the signed head.
 pub fn verify(dir: &Path, public_key: &VerifyingKey) -> VerifyReport {
-    match scan(dir, public_key, |_| Ok::<(), Infallible>(())) {
+    match scan(dir, public_key, Reach::All, |_| Ok::<(), Infallible>(())) {
         Ok(report) => report,
         Err(never) => match never {},
     }
+}
+
+/// As [`verify`], but only up to the record the signed head names: for the
+/// log of a running server, whose records after the head may be half
+/// written at this moment. Records after the head are not read (flush the
+/// log first to anchor everything appended so far).
+pub fn verify_anchored(dir: &Path, public_key: &VerifyingKey) -> VerifyReport {
+    match scan(dir, public_key, Reach::Head, |_| Ok::<(), Infallible>(())) {
+        Ok(report) => report,
+        Err(never) => match never {},
+    }
+}
+
+/// How much of the log a scan reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Reach {
+    /// To the end of the file.
+    All,
+    /// To the end of the record the signed head names (all of it without a
+    /// valid head).
+    Head,
 }
 
 /// Verifies while handing each good record to `on_record`; an error from
@@ -181,6 +202,7 @@ pub fn verify(dir: &Path, public_key: &VerifyingKey) -> VerifyReport {
 fn scan<E>(
     dir: &Path,
     key: &VerifyingKey,
+    reach: Reach,
     on_record: impl FnMut(&GoodRecord<'_>) -> std::result::Result<(), E>,
 ) -> std::result::Result<VerifyReport, E> {
     let mut report = VerifyReport::default();
@@ -217,8 +239,12 @@ fn scan<E>(
             return Ok(report);
         }
     };
+    let limit = match (&head, reach) {
+        (Some(h), Reach::Head) => h.bytes,
+        _ => u64::MAX,
+    };
     let (cur, first_bad) = match walk(
-        BufReader::with_capacity(1 << 16, file),
+        BufReader::with_capacity(1 << 16, file.take(limit)),
         key,
         Cursor::START,
         head.as_ref(),
@@ -291,9 +317,33 @@ pub fn export(
     filter: &ExportFilter,
     out: &mut impl Write,
 ) -> Result<u64> {
+    export_scan(dir, public_key, filter, Reach::All, |_| true, out)
+}
+
+/// As [`export`], for the log of a running server: only up to the signed
+/// head (as [`verify_anchored`]), and only records for which `keep` (given
+/// the record's session id, if any) says yes — e.g. one tenant's sessions.
+pub fn export_anchored(
+    dir: &Path,
+    public_key: &VerifyingKey,
+    filter: &ExportFilter,
+    keep: impl FnMut(Option<&str>) -> bool,
+    out: &mut impl Write,
+) -> Result<u64> {
+    export_scan(dir, public_key, filter, Reach::Head, keep, out)
+}
+
+fn export_scan(
+    dir: &Path,
+    public_key: &VerifyingKey,
+    filter: &ExportFilter,
+    reach: Reach,
+    mut keep: impl FnMut(Option<&str>) -> bool,
+    out: &mut impl Write,
+) -> Result<u64> {
     let mut count = 0u64;
-    let report = scan(dir, public_key, |rec| {
-        if !filter.matches(rec) {
+    let report = scan(dir, public_key, reach, |rec| {
+        if !filter.matches(rec) || !keep(rec.body.session_id.as_deref()) {
             return Ok(());
         }
         let open = rec.body_bytes.strip_suffix(b"}").unwrap_or(rec.body_bytes);

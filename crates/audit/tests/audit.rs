@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use baton_audit::{
     AuditConfig, AuditError, AuditEvent, AuditLog, ExportFilter, HEAD_FILE, LOG_FILE, VerifyingKey,
-    export, public_key_path, read_public_key, verify,
+    export, export_anchored, public_key_path, read_public_key, verify, verify_anchored,
 };
 use ed25519_dalek::{Signature, Verifier};
 use serde_json::{Value, json};
@@ -596,4 +596,61 @@ async fn concurrent_appends_from_8_tasks_are_gap_free() {
         *slot = Some(i);
     }
     assert_eq!(seen.len(), 8000);
+}
+
+/// A running server's log: the record being written after the head is not
+/// read by the anchored walks, which still catch tampering before it, and
+/// the anchored export keeps only what `keep` admits.
+#[tokio::test]
+async fn anchored_walks_stop_at_the_head_of_a_live_log() {
+    let (_tmp, dir, key) = build(30).await;
+    let log_path = dir.join(LOG_FILE);
+    let mut torn = fs::read(&log_path).unwrap();
+    torn.extend_from_slice(b"{\"seq\":31,\"ts_unix_ms\":5,\"kind\":\"tool_c");
+    fs::write(&log_path, &torn).unwrap();
+    assert!(!verify(&dir, &key).ok(), "the whole file has a torn tail");
+    let report = verify_anchored(&dir, &key);
+    assert!(report.ok(), "{report}");
+    assert_eq!((report.records, report.head_seq), (30, Some(30)));
+
+    let mut out = Vec::new();
+    let n = export_anchored(
+        &dir,
+        &key,
+        &ExportFilter::default(),
+        |s| s == Some("a"),
+        &mut out,
+    )
+    .unwrap();
+    assert_eq!(n, 10, "events 0, 3, …, 27 are session a's");
+    let lines: Vec<Value> = String::from_utf8(out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.len(), 10);
+    assert!(lines.iter().all(|l| l["session_id"] == "a"));
+
+    // A changed byte inside the anchored part is still found.
+    let starts = line_starts(&torn);
+    let at = starts[4] as usize + 20;
+    torn[at] ^= 1;
+    fs::write(&log_path, &torn).unwrap();
+    let report = verify_anchored(&dir, &key);
+    assert_eq!(
+        report.first_bad.map(|b| b.line),
+        Some(5),
+        "{:?}",
+        report.head_seq
+    );
+    assert!(
+        export_anchored(
+            &dir,
+            &key,
+            &ExportFilter::default(),
+            |_| true,
+            &mut Vec::new()
+        )
+        .is_err()
+    );
 }

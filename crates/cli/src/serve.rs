@@ -200,6 +200,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                     l,
                     config.http.clone(),
                     auth.clone(),
+                    audit.clone(),
                     stopped,
                 )
                 .await

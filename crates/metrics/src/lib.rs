@@ -41,6 +41,8 @@
 //! | `baton_quality_alerts_total` | endpoint, signal | drift alerts raised (`score`, `error_rate`, `latency_p95`) |
 //! | `baton_policy_checks_total` | check, answer | classifier and evaluator calls of policies (`label`, `pass`, `fail`, `error`) |
 
+pub mod live;
+
 use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
 
@@ -109,6 +111,7 @@ pub struct Metrics {
     tool_duration: Family<L1, Histogram, fn() -> Histogram>,
     rehydrations: Family<L1, Counter>,
     records_replayed: Counter,
+    live: live::Live,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -164,6 +167,7 @@ impl Metrics {
             tool_duration: Family::new_with_constructor(latency_histogram),
             rehydrations: Family::default(),
             records_replayed: Counter::default(),
+            live: live::Live::default(),
             registry: Registry::default(),
         };
         let r = &mut registry;
@@ -343,7 +347,16 @@ impl Metrics {
         out
     }
 
+    /// The last hour per endpoint, route and tenant (the console's view).
+    pub fn live(&self) -> &live::Live {
+        &self.live
+    }
+
     pub fn model_attempt(&self, endpoint: &str, route: &str, outcome: &str, seconds: f64) {
+        if outcome != "hedge_lost" && outcome != "cancelled" {
+            self.live
+                .call(live::Kind::Endpoint, endpoint, outcome == "ok", seconds);
+        }
         self.attempt_duration
             .get_or_create(&[("endpoint", endpoint.into()), ("outcome", outcome.into())])
             .observe(seconds);
@@ -365,6 +378,10 @@ impl Metrics {
     }
 
     pub fn route_call(&self, route: &str, outcome: &str, seconds: f64) {
+        if outcome != "cancelled" {
+            self.live
+                .call(live::Kind::Route, route, outcome == "ok", seconds);
+        }
         self.route_duration
             .get_or_create(&[("route", route.into()), ("outcome", outcome.into())])
             .observe(seconds);
@@ -400,6 +417,8 @@ impl Metrics {
             self.cost
                 .get_or_create(&[("endpoint", endpoint.into()), ("route", route.into())])
                 .inc_by(cost_usd);
+            self.live.cost(live::Kind::Endpoint, endpoint, cost_usd);
+            self.live.cost(live::Kind::Route, route, cost_usd);
         }
     }
 
@@ -444,6 +463,7 @@ impl Metrics {
             self.tenant_cost
                 .get_or_create(&[("tenant", tenant.into())])
                 .inc_by(cost_usd);
+            self.live.cost(live::Kind::Tenant, tenant, cost_usd);
         }
     }
 

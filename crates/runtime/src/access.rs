@@ -573,6 +573,14 @@ impl Caller {
         groups_ok && self.may_review(gate).await.unwrap_or(false)
     }
 
+    /// Whether the caller may inspect session `id` (an operator of its
+    /// tenant, or an admin): for reads served outside the runtime, such as
+    /// a session's records in the audit trail.
+    pub async fn check_inspect(&self, id: SessionId) -> Result<()> {
+        self.require(AccessRole::Operator)?;
+        self.own(id).await
+    }
+
     /// A session's full state (inspection).
     pub async fn session_state(&self, id: SessionId) -> Result<StateView> {
         self.require(AccessRole::Operator)?;

@@ -158,6 +158,11 @@ pub const HTTP_ACCESS: &[(&str, &str, Need)] = &[
     ("GET", "/ui/sessions", OPERATOR),
     ("GET", "/ui/sessions/{id}", OPERATOR),
     ("POST", "/ui/sessions/{id}/fork", OPERATOR),
+    ("POST", "/ui/sessions/{id}/replay", OPERATOR),
+    ("GET", "/ui/routes", OPERATOR),
+    ("GET", "/ui/audit", OPERATOR),
+    ("POST", "/ui/audit/verify", OPERATOR),
+    ("GET", "/ui/audit/export", OPERATOR),
 ];
 
 /// The requirement of a gRPC method path (`/package.Service/Method`).

@@ -39,8 +39,10 @@ pub fn router(
     flows: Option<baton_flows::Flows>,
     section: &HttpSection,
     auth: Authenticator,
+    audit: Option<baton_audit::AuditLog>,
 ) -> Router {
     let console_tls = crate::console::ConsoleTls(section.tls.is_some());
+    let console_audit = crate::console::ConsoleAudit::new(audit);
     Router::new()
         .route("/hooks/{name}", post(hook))
         .route("/metrics", get(metrics))
@@ -58,6 +60,7 @@ pub fn router(
         .fallback(not_found)
         .layer(Extension(flows))
         .layer(Extension(console_tls))
+        .layer(Extension(console_audit))
         .layer(Extension(auth))
         .layer(DefaultBodyLimit::max(section.max_request_bytes))
         // A request body that stalls longer than this between two pieces
@@ -72,16 +75,18 @@ pub fn router(
 }
 
 /// Serve HTTP until `shutdown` resolves, then drain open requests (stop the
-/// runtime first: that ends open streams). `auth` checks every route.
+/// runtime first: that ends open streams). `auth` checks every route;
+/// `audit` is the trail the console verifies and exports (none: off).
 pub async fn serve_http(
     runtime: RuntimeHandle,
     flows: Option<baton_flows::Flows>,
     listener: TcpListener,
     section: HttpSection,
     auth: Authenticator,
+    audit: Option<baton_audit::AuditLog>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), crate::serve::Error> {
-    let app = router(runtime, flows, &section, auth);
+    let app = router(runtime, flows, &section, auth, audit);
     if let Some(tls) = &section.tls {
         let config = baton_auth::tls::rustls_server_config(tls, &[b"http/1.1"])
             .map_err(|e| crate::serve::Error::Tls(format!("http.{e}")))?;

@@ -10,9 +10,13 @@
 //! reaches a page only through [`html::esc`], and the content policy runs
 //! no script but the console's own.
 
+mod audit;
 mod gates;
 mod html;
+mod routes;
 mod sessions;
+
+pub use audit::ConsoleAudit;
 
 use axum::extract::{Extension, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -46,6 +50,11 @@ pub fn routes() -> Router<RuntimeHandle> {
         .route("/ui/sessions", get(sessions::list))
         .route("/ui/sessions/{id}", get(sessions::show))
         .route("/ui/sessions/{id}/fork", post(sessions::fork))
+        .route("/ui/sessions/{id}/replay", post(sessions::replay))
+        .route("/ui/routes", get(routes::page))
+        .route("/ui/audit", get(audit::page))
+        .route("/ui/audit/verify", post(audit::verify))
+        .route("/ui/audit/export", get(audit::export))
 }
 
 /// Whether a posted form's CSRF token is the sign-in's.
@@ -228,7 +237,7 @@ async fn login(
 #[derive(Debug, Default, Deserialize)]
 #[serde(default)]
 pub(crate) struct CsrfForm {
-    csrf: String,
+    pub(crate) csrf: String,
 }
 
 async fn logout(

@@ -230,7 +230,7 @@ pub(crate) async fn show(
 <dl class="facts"><dt>Status</dt><dd id="state-status">{status}</dd><dt>Route</dt><dd>{route}</dd><dt>Tenant</dt><dd>{tenant}</dd><dt>Turns</dt><dd>{turns} accepted, {done} completed, {failed} failed, {cancelled} cancelled</dd><dt>Messages</dt><dd id="state-messages">{n_messages}</dd><dt>Tokens</dt><dd>{tin} in, {tout} out</dd><dt>Cost</dt><dd>${cost:.6}</dd></dl>
 <h3>Conversation</h3>{conversation}
 <details><summary>Full state</summary><pre>{full}</pre></details>
-<form method="post" action="/ui/sessions/{eid}/fork" class="inline">{csrf}<input type="hidden" name="at_seq" value="{at_seq}"><button type="submit" id="fork">Fork a new session from seq {at_seq}</button></form></section>
+<form method="post" action="/ui/sessions/{eid}/fork" class="inline">{csrf}<input type="hidden" name="at_seq" value="{at_seq}"><button type="submit" id="fork">Fork a new session from seq {at_seq}</button></form> <form method="post" action="/ui/sessions/{eid}/replay" class="inline">{csrf}<button type="submit" id="replay">Replay against the recording</button></form></section>
 <section aria-labelledby="timeline"><h2 id="timeline">Timeline</h2><table class="list timeline"><caption>Journal records in order; a seq shows the state there</caption><thead><tr><th scope="col">Seq</th><th scope="col">Time</th><th scope="col">Turn</th><th scope="col">Record</th><th scope="col">Details</th></tr></thead><tbody>{rows}</tbody></table><nav class="pages" aria-label="Pages">{next}</nav></section>"#,
         eid = esc(&id),
         at_seq = state.at_seq,
@@ -293,4 +293,64 @@ pub(crate) async fn fork(
         Ok(info) => see_other(&format!("/ui/sessions/{}", info.id)),
         Err(e) => error_page(&sign_in, &e),
     }
+}
+
+/// `POST /ui/sessions/{id}/replay`: re-run the session's turns with its
+/// recorded model answers and tool results as a new session, and show the
+/// report: records compared and the first divergence, if any.
+pub(crate) async fn replay(
+    State(rt): State<RuntimeHandle>,
+    Extension(sign_in): Extension<ConsoleSignIn>,
+    Path(id): Path<String>,
+    Form(form): Form<super::CsrfForm>,
+) -> Response {
+    if !csrf_ok(&sign_in, &form.csrf) {
+        return bad_csrf();
+    }
+    let sid = match id.parse::<SessionId>() {
+        Ok(s) => s,
+        Err(e) => {
+            let e = baton_runtime::Error::InvalidArgument(format!("session id {id:?}: {e}"));
+            return error_page(&sign_in, &e);
+        }
+    };
+    let r = match rt.as_caller(sign_in.who.clone()).replay(sid).await {
+        Ok(r) => r,
+        Err(e) => return error_page(&sign_in, &e),
+    };
+    let verdict = match (&r.divergence, &r.stopped) {
+        (None, None) => format!(
+            r#"<p class="status ok" id="replay-verdict">Same: the replay reproduced all {} compared records of {} turns.</p>"#,
+            r.compared, r.turns
+        ),
+        (None, Some(why)) => format!(
+            r#"<p class="status unknown" id="replay-verdict">No divergence in {} compared records, but the replay stopped early: {}</p>"#,
+            r.compared,
+            esc(why)
+        ),
+        (Some(_), _) => r#"<p class="status bad" id="replay-verdict">Diverged: the replay differs from the recording.</p>"#.to_string(),
+    };
+    let divergence = match &r.divergence {
+        Some(d) => format!(
+            r#"<h2>First difference</h2><p>At compared record {} (recorded seq {}, replayed seq {}).</p><div class="decide"><div><h3>Recorded</h3><pre>{}</pre></div><div><h3>Replayed</h3><pre>{}</pre></div></div>"#,
+            d.index,
+            d.source_seq
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "none: the replay produced more".into()),
+            d.replay_seq
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "none: the replay produced fewer".into()),
+            esc(&html::pretty_json(&d.expected)),
+            esc(&html::pretty_json(&d.actual)),
+        ),
+        None => String::new(),
+    };
+    let body = format!(
+        r#"<p><a href="/ui/sessions/{src}">← Session {src}</a></p><h1>Replay of <code>{src}</code></h1>{verdict}<dl class="facts"><dt>Turns</dt><dd>{turns}</dd><dt>Records compared</dt><dd id="replay-compared">{compared}</dd><dt>Ran as session</dt><dd><a href="/ui/sessions/{rep}">{rep}</a></dd></dl>{divergence}"#,
+        src = esc(&r.source.to_string()),
+        rep = esc(&r.replay.to_string()),
+        turns = r.turns,
+        compared = r.compared,
+    );
+    respond(StatusCode::OK, html::page("Replay", Some(&sign_in), &body))
 }

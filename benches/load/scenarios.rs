@@ -246,10 +246,9 @@ pub(crate) async fn persisted(args: &Args) -> Result<Persisted> {
     loop {
         let page = h
             .list(ListQuery {
-                status: None,
-                tenant: None,
                 page_size: 1000,
                 page_token: token,
+                ..Default::default()
             })
             .await?;
         listed += page.sessions.len() as u64;

@@ -194,6 +194,15 @@ pub enum SessionCommand {
         page_size: u32,
         #[arg(long, default_value = "")]
         page_token: String,
+        /// Only sessions on this route.
+        #[arg(long, default_value = "")]
+        route: String,
+        /// Only the sessions of this flow's steps.
+        #[arg(long, default_value = "")]
+        flow: String,
+        /// Newest first.
+        #[arg(long)]
+        newest_first: bool,
     },
     /// Cancel the running turn.
     Cancel { session_id: String },
@@ -347,6 +356,9 @@ pub async fn run(conn: Conn, cmd: SessionCommand) -> anyhow::Result<()> {
             status,
             page_size,
             page_token,
+            route,
+            flow,
+            newest_first,
         } => {
             let status = match status.as_deref() {
                 None => 0,
@@ -360,6 +372,9 @@ pub async fn run(conn: Conn, cmd: SessionCommand) -> anyhow::Result<()> {
                     status,
                     page_size,
                     page_token,
+                    route,
+                    flow,
+                    newest_first,
                 })
                 .await
                 .map_err(rpc_error)?

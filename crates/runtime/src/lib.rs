@@ -80,8 +80,9 @@ pub use replay::{Divergence, ReplayReport};
 pub use retention::RetentionConfig;
 pub use session::SessionView;
 pub use sessions::{
-    HOLD_METADATA_KEY, HoldTerms, ListQuery, MAX_IDEMPOTENCY_KEY_BYTES, MAX_METADATA_BYTES,
-    MAX_METADATA_ENTRIES, MAX_STEPS_LIMIT, SessionInfo, SessionList, SessionSummary, StartSession,
+    HOLD_METADATA_KEY, HoldTerms, LIST_SCAN_CAP, ListQuery, MAX_IDEMPOTENCY_KEY_BYTES,
+    MAX_METADATA_BYTES, MAX_METADATA_ENTRIES, MAX_STEPS_LIMIT, SessionInfo, SessionList,
+    SessionSummary, StartSession,
 };
 pub use state::{CurrentTurn, PendingGate, PendingTool, QueuedTurn, SessionState};
 pub use stream::EventStream;

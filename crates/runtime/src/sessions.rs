@@ -100,11 +100,21 @@ pub struct ListQuery {
     pub status: Option<SessionStatus>,
     /// Only this tenant's sessions (a [`crate::Caller`] sets its own).
     pub tenant: Option<String>,
+    /// Only sessions on this route.
+    pub route: Option<String>,
+    /// Only the sessions of this flow's steps.
+    pub flow: Option<String>,
+    /// Newest first instead of oldest first.
+    pub newest_first: bool,
     /// Default 50, at most 1000.
     pub page_size: u32,
     /// The `next_page_token` of the previous page.
     pub page_token: Option<String>,
 }
+
+/// Most sessions one page reads when filtering by route or flow (which
+/// have no index): a sparse filter ends a page early, with a token to go on.
+pub const LIST_SCAN_CAP: usize = 10_000;
 
 /// One session in a listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -120,7 +130,9 @@ pub struct SessionSummary {
 #[derive(Debug, Clone)]
 pub struct SessionList {
     pub sessions: Vec<SessionSummary>,
-    /// `None` on the last page.
+    /// `None` on the last page. Filtered by route or flow, a page can be
+    /// short (even empty) and still have a token: it stopped after reading
+    /// [`LIST_SCAN_CAP`] sessions.
     pub next_page_token: Option<String>,
 }
 
@@ -699,11 +711,21 @@ impl RuntimeHandle {
     pub async fn list(&self, q: ListQuery) -> Result<SessionList> {
         let size = page_size(q.page_size)?;
         let after = page_token(q.page_token.as_deref(), |t| t.parse::<SessionId>().ok())?;
-        let store = &self.shared().store;
-        let page = match q.tenant {
-            Some(t) => store.list_tenant_sessions(t, q.status, after, size).await?,
-            None => store.list_sessions(q.status, after, size).await?,
-        };
+        let unindexed = q.route.is_some() || q.flow.is_some();
+        let page = self
+            .shared()
+            .store
+            .scan_sessions(baton_store::session_list::SessionScan {
+                tenant: q.tenant,
+                status: q.status,
+                route: q.route.filter(|r| !r.is_empty()),
+                flow: q.flow.filter(|f| !f.is_empty()),
+                after,
+                limit: size,
+                newest_first: q.newest_first,
+                max_scan: if unindexed { LIST_SCAN_CAP } else { 0 },
+            })
+            .await?;
         Ok(SessionList {
             sessions: page
                 .sessions

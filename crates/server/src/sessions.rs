@@ -189,6 +189,9 @@ impl Sessions for SessionsService {
             .list(ListQuery {
                 status: status_filter,
                 tenant: None,
+                route: (!r.route.is_empty()).then_some(r.route),
+                flow: (!r.flow.is_empty()).then_some(r.flow),
+                newest_first: r.newest_first,
                 page_size: r.page_size,
                 page_token: (!r.page_token.is_empty()).then_some(r.page_token),
             })

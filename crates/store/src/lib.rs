@@ -29,6 +29,7 @@ pub mod gates;
 pub mod keys;
 pub mod runs;
 pub mod seal;
+pub mod session_list;
 pub mod snapshot;
 mod writer;
 
@@ -452,6 +453,13 @@ impl Store {
             .await
     }
 
+    /// A page of sessions by tenant, status, route and flow, in either
+    /// order, reading at most `scan.max_scan` entries.
+    pub async fn scan_sessions(&self, scan: session_list::SessionScan) -> Result<SessionPage> {
+        self.blocking(move |db| session_list::scan_blocking(db, &scan))
+            .await
+    }
+
     /// Number of `tenant`'s sessions (a scan of its index keys).
     pub async fn count_tenant_sessions(&self, tenant: String) -> Result<u64> {
         self.blocking(move |db| {
@@ -625,7 +633,7 @@ impl Drop for Inner {
     }
 }
 
-fn load_meta_blocking(db: &DB, session: SessionId) -> Result<Option<SessionMeta>> {
+pub(crate) fn load_meta_blocking(db: &DB, session: SessionId) -> Result<Option<SessionMeta>> {
     match db.get_cf(writer::cf_handle(db, CF_SESSIONS)?, session.as_bytes())? {
         Some(bytes) => codec::decode_meta(session, &bytes).map(Some),
         None => Ok(None),
@@ -696,64 +704,15 @@ fn list_sessions_blocking(
     after: Option<SessionId>,
     limit: usize,
 ) -> Result<SessionPage> {
-    let mut sessions = Vec::new();
-    let mut more = false;
-    match status {
-        None => {
-            let cf = writer::cf_handle(db, CF_SESSIONS)?;
-            let start = after.map(|a| a.as_bytes().to_vec()).unwrap_or_default();
-            for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
-                let (k, v) = item?;
-                let Some(id) = keys::session_from_slice(&k) else {
-                    continue;
-                };
-                if Some(id) == after {
-                    continue;
-                }
-                if sessions.len() == limit {
-                    more = true;
-                    break;
-                }
-                sessions.push((id, codec::decode_meta(id, &v)?));
-            }
-        }
-        Some(status) => {
-            let cf = writer::cf_handle(db, CF_INDEXES)?;
-            let prefix = keys::status_index_prefix(status);
-            let start = match after {
-                Some(a) => keys::status_index_key(status, &a).to_vec(),
-                None => prefix.to_vec(),
-            };
-            for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
-                let (k, _) = item?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
-                let Some(id) = keys::session_from_slice(&k[2..]) else {
-                    continue;
-                };
-                if Some(id) == after {
-                    continue;
-                }
-                if sessions.len() == limit {
-                    more = true;
-                    break;
-                }
-                if let Some(meta) = load_meta_blocking(db, id)? {
-                    sessions.push((id, meta));
-                }
-            }
-        }
-    }
-    let next_after = if more {
-        sessions.last().map(|(id, _)| *id)
-    } else {
-        None
-    };
-    Ok(SessionPage {
-        sessions,
-        next_after,
-    })
+    session_list::scan_blocking(
+        db,
+        &session_list::SessionScan {
+            status,
+            after,
+            limit,
+            ..Default::default()
+        },
+    )
 }
 
 fn list_tenant_blocking(
@@ -763,46 +722,16 @@ fn list_tenant_blocking(
     after: Option<SessionId>,
     limit: usize,
 ) -> Result<SessionPage> {
-    let cf = writer::cf_handle(db, CF_INDEXES)?;
-    let prefix = keys::tenant_index_prefix(tenant);
-    let start = match after {
-        Some(a) => keys::tenant_index_key(tenant, &a),
-        None => prefix.clone(),
-    };
-    let mut sessions = Vec::new();
-    let mut more = false;
-    for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
-        let (k, _) = item?;
-        if !k.starts_with(&prefix) {
-            break;
-        }
-        let Some(id) = keys::session_from_slice(&k[prefix.len()..]) else {
-            continue;
-        };
-        if Some(id) == after {
-            continue;
-        }
-        let Some(meta) = load_meta_blocking(db, id)? else {
-            continue;
-        };
-        if status.is_some_and(|s| s != meta.status) {
-            continue;
-        }
-        if sessions.len() == limit {
-            more = true;
-            break;
-        }
-        sessions.push((id, meta));
-    }
-    let next_after = if more {
-        sessions.last().map(|(id, _)| *id)
-    } else {
-        None
-    };
-    Ok(SessionPage {
-        sessions,
-        next_after,
-    })
+    session_list::scan_blocking(
+        db,
+        &session_list::SessionScan {
+            tenant: Some(tenant.to_string()),
+            status,
+            after,
+            limit,
+            ..Default::default()
+        },
+    )
 }
 
 /// Sessions stored before tenants have no tenant index entry: add one for

@@ -231,6 +231,115 @@ async fn listing_is_paged_and_filtered_by_the_status_index() {
     assert_eq!(store.count_sessions().await.unwrap(), 25);
 }
 
+/// Every page of a scan, following its tokens.
+async fn scan_all(store: &Store, mut q: session_list::SessionScan) -> (Vec<SessionId>, usize) {
+    let mut seen = Vec::new();
+    let mut pages = 0;
+    loop {
+        let page = store.scan_sessions(q.clone()).await.unwrap();
+        pages += 1;
+        assert!(page.sessions.len() <= q.limit);
+        seen.extend(page.sessions.iter().map(|(id, _)| *id));
+        match page.next_after {
+            Some(a) => q.after = Some(a),
+            None => return (seen, pages),
+        }
+        assert!(pages < 1000, "the scan ends");
+    }
+}
+
+#[tokio::test]
+async fn scans_go_either_way_filter_by_route_and_flow_and_stop_at_their_cap() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Durability::Buffered);
+    let mut all = Vec::new();
+    let mut b = Batch::new();
+    for i in 0..40 {
+        let s = SessionId::new();
+        let mut m = meta(if i % 4 == 0 {
+            SessionStatus::Running
+        } else {
+            SessionStatus::Idle
+        });
+        m.tenant = if i % 2 == 0 { "acme" } else { "globex" }.into();
+        m.route = if i % 3 == 0 { "cheap" } else { "smart" }.into();
+        if i % 10 == 7 {
+            m.metadata.insert("flow".into(), "triage".into());
+        }
+        b.put_meta(&s, &m, None);
+        all.push((s, m));
+    }
+    store.write(b).await.unwrap();
+    let ids = |f: &dyn Fn(&SessionMeta) -> bool| -> Vec<SessionId> {
+        all.iter()
+            .filter(|(_, m)| f(m))
+            .map(|(id, _)| *id)
+            .collect()
+    };
+    let q = |limit| session_list::SessionScan {
+        limit,
+        ..Default::default()
+    };
+    // Oldest first and newest first, through every source.
+    let (seen, _) = scan_all(&store, q(7)).await;
+    assert_eq!(seen, ids(&|_| true));
+    let mut newest = ids(&|_| true);
+    newest.reverse();
+    let (seen, _) = scan_all(
+        &store,
+        session_list::SessionScan {
+            newest_first: true,
+            ..q(7)
+        },
+    )
+    .await;
+    assert_eq!(seen, newest);
+    let mut want = ids(&|m| m.tenant == "acme" && m.status == SessionStatus::Running);
+    want.reverse();
+    let scan = session_list::SessionScan {
+        tenant: Some("acme".into()),
+        status: Some(SessionStatus::Running),
+        newest_first: true,
+        ..q(3)
+    };
+    assert_eq!(scan_all(&store, scan).await.0, want);
+    let mut want = ids(&|m| m.status == SessionStatus::Idle);
+    want.reverse();
+    let scan = session_list::SessionScan {
+        status: Some(SessionStatus::Idle),
+        newest_first: true,
+        ..q(5)
+    };
+    assert_eq!(scan_all(&store, scan).await.0, want);
+    // Route and flow filters, alone and with a tenant.
+    let scan = session_list::SessionScan {
+        route: Some("cheap".into()),
+        ..q(4)
+    };
+    assert_eq!(scan_all(&store, scan).await.0, ids(&|m| m.route == "cheap"));
+    let scan = session_list::SessionScan {
+        tenant: Some("globex".into()),
+        flow: Some("triage".into()),
+        ..q(50)
+    };
+    let want =
+        ids(&|m| m.tenant == "globex" && m.metadata.get("flow").is_some_and(|f| f == "triage"));
+    assert_eq!(want.len(), 4);
+    assert_eq!(scan_all(&store, scan).await.0, want);
+    // A cap of 6 entries a page: short pages with tokens, every match once.
+    let scan = session_list::SessionScan {
+        flow: Some("triage".into()),
+        max_scan: 6,
+        ..q(50)
+    };
+    let (seen, pages) = scan_all(&store, scan).await;
+    assert_eq!(
+        seen,
+        ids(&|m| m.metadata.get("flow").is_some_and(|f| f == "triage"))
+    );
+    assert!(pages >= 7, "40 sessions, 6 a page: {pages} pages");
+}
+
 #[tokio::test]
 async fn deleting_a_session_removes_every_trace_and_nothing_else() {
     let dir = tempfile::tempdir().unwrap();

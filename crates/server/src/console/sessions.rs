@@ -29,6 +29,8 @@ const STATUSES: [SessionStatus; 4] = [
 #[serde(default)]
 pub(crate) struct ListParams {
     status: String,
+    route: String,
+    flow: String,
     /// Admins only: another tenant's sessions.
     tenant: String,
     page: String,
@@ -65,6 +67,9 @@ pub(crate) async fn list(
         .list(ListQuery {
             status,
             tenant: (!p.tenant.is_empty()).then(|| p.tenant.clone()),
+            route: (!p.route.is_empty()).then(|| p.route.clone()),
+            flow: (!p.flow.is_empty()).then(|| p.flow.clone()),
+            newest_first: true,
             page_size: PAGE,
             page_token: (!p.page.is_empty()).then(|| p.page.clone()),
         })
@@ -111,11 +116,16 @@ pub(crate) async fn list(
             })
             .collect()
     };
+    let filters = format!(
+        "status={}&amp;tenant={}&amp;route={}&amp;flow={}",
+        query_escape(&p.status),
+        query_escape(&p.tenant),
+        query_escape(&p.route),
+        query_escape(&p.flow)
+    );
     let next = match &list.next_page_token {
         Some(t) => format!(
-            r#"<a href="/ui/sessions?status={}&amp;tenant={}&amp;page={}" rel="next">Next page</a>"#,
-            query_escape(&p.status),
-            query_escape(&p.tenant),
+            r#"<a href="/ui/sessions?{filters}&amp;page={}" rel="next">Older sessions</a>"#,
             query_escape(t)
         ),
         None => String::new(),
@@ -123,14 +133,23 @@ pub(crate) async fn list(
     let first = if p.page.is_empty() {
         String::new()
     } else {
+        format!(r#"<a href="/ui/sessions?{filters}">Newest</a> "#)
+    };
+    let route = esc(&p.route);
+    let flow = esc(&p.flow);
+    let short = if list.next_page_token.is_some()
+        && (list.sessions.len() as u32) < PAGE
+        && !(p.route.is_empty() && p.flow.is_empty())
+    {
         format!(
-            r#"<a href="/ui/sessions?status={}&amp;tenant={}">First page</a> "#,
-            query_escape(&p.status),
-            query_escape(&p.tenant)
+            " (this page stopped after reading {} sessions: the route and flow filters have no index; go on with older sessions)",
+            baton_runtime::LIST_SCAN_CAP
         )
+    } else {
+        String::new()
     };
     let body = format!(
-        r#"<h1>Sessions</h1><form method="get" action="/ui/sessions" class="filters"><label for="status">Status</label><select id="status" name="status">{options}</select>{tenant_filter}<button type="submit">Filter</button></form><table class="list"><caption>Sessions, newest first</caption><thead><tr><th scope="col">Session</th><th scope="col">Status</th><th scope="col">Route</th><th scope="col">Created</th></tr></thead><tbody>{rows}</tbody></table><nav class="pages" aria-label="Pages">{first}{next}</nav>"#
+        r#"<h1>Sessions</h1><form method="get" action="/ui/sessions" class="filters"><label for="status">Status</label><select id="status" name="status">{options}</select><label for="route">Route</label><input id="route" name="route" value="{route}" size="12"><label for="flow">Flow</label><input id="flow" name="flow" value="{flow}" size="12">{tenant_filter}<button type="submit">Filter</button></form><table class="list"><caption>Sessions, newest first{short}</caption><thead><tr><th scope="col">Session</th><th scope="col">Status</th><th scope="col">Route</th><th scope="col">Created</th></tr></thead><tbody>{rows}</tbody></table><nav class="pages" aria-label="Pages">{first}{next}</nav>"#
     );
     respond(
         StatusCode::OK,

@@ -205,7 +205,18 @@ async fn decide_by_api(server: &BatonProcess, key: &str, gate: &str) {
 async fn reviewers_and_operators_work_in_a_real_browser_and_a_crash_loses_no_gate() {
     let fake = FakeOpenAi::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let toml = format!("{}\n{CONFIG}", fake_model_toml(&fake.base_url(), false));
+    let flows_dir = dir.path().join("flows");
+    std::fs::create_dir_all(&flows_dir).unwrap();
+    std::fs::write(
+        flows_dir.join("doubler.toml"),
+        "name = \"doubler\"\n[[steps]]\nid = \"double\"\nkind = \"transform\"\nexpr = \".input.n * 2\"\n",
+    )
+    .unwrap();
+    let toml = format!(
+        "{}\n{CONFIG}\n[flows]\ndir = {:?}\n",
+        fake_model_toml(&fake.base_url(), false),
+        flows_dir.display().to_string()
+    );
     let config = write_config(dir.path(), &dir.path().join("data"), &toml).unwrap();
     let client = key(&config, "acme", "client", "");
     let finance = key(&config, "acme", "reviewer", "finance");
@@ -606,6 +617,57 @@ async fn reviewers_and_operators_work_in_a_real_browser_and_a_crash_loses_no_gat
         .unwrap();
     assert_eq!(bad[0], 422, "{bad}");
     assert!(bad[1].as_str().unwrap().contains("since"), "{bad}");
+
+    // A flow run: listed, its state at the end and at its first record,
+    // and its replay.
+    let run = v1::flows_client::FlowsClient::new(channel(&server).await)
+        .start_run(authed(
+            &client,
+            v1::StartRunRequest {
+                flow: "doubler".into(),
+                input_json: "{\"n\": 21}".into(),
+                idempotency_key: String::new(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner()
+        .run_id;
+    b.goto(&format!("{http}/ui/runs?flow=doubler"))
+        .await
+        .unwrap();
+    b.wait_text("the run listed", |t| t.contains(&run))
+        .await
+        .unwrap();
+    for i in 0.. {
+        b.goto(&format!("{http}/ui/runs/{run}")).await.unwrap();
+        let status = b.text(&b.find("#run-status").await.unwrap()).await.unwrap();
+        if status == "completed" {
+            break;
+        }
+        assert!(i < 100, "the run did not complete: {status}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let steps = b.text(&b.find("#run-steps").await.unwrap()).await.unwrap();
+    assert!(
+        steps.contains("\"double\"") && steps.contains("42"),
+        "{steps}"
+    );
+    b.click(&b.find("#seq-1 a").await.unwrap()).await.unwrap();
+    b.wait_text("the run's first record", |t| t.contains("State at seq 1"))
+        .await
+        .unwrap();
+    let steps = b.text(&b.find("#run-steps").await.unwrap()).await.unwrap();
+    assert_eq!(steps, "none", "no step had run at seq 1");
+    b.click(&b.find("#replay").await.unwrap()).await.unwrap();
+    let t = b
+        .wait_text("the run's replay", |t| t.contains("Replay of run"))
+        .await
+        .unwrap();
+    assert!(
+        t.contains("Same: the replay reproduced all 1 compared"),
+        "{t}"
+    );
 
     // SIGKILL with E pending: after the restart the browser signs in again
     // and E waits in the queue; approving it lets its session finish.

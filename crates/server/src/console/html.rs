@@ -63,7 +63,7 @@ pub fn page(title: &str, sign_in: Option<&ConsoleSignIn>, body: &str) -> String 
         Some(s) => format!(
             r#"<header class="top"><nav aria-label="Console"><a href="/ui/gates">Gates</a>{}</nav><div class="who"><span>{}</span><form method="post" action="/ui/logout">{}<button type="submit">Sign out</button></form></div></header>"#,
             if s.who.has(baton_types::AccessRole::Operator) {
-                r#"<a href="/ui/sessions">Sessions</a><a href="/ui/routes">Routes</a><a href="/ui/audit">Audit</a>"#
+                r#"<a href="/ui/sessions">Sessions</a><a href="/ui/runs">Runs</a><a href="/ui/routes">Routes</a><a href="/ui/audit">Audit</a>"#
             } else {
                 ""
             },

@@ -14,6 +14,7 @@ mod audit;
 mod gates;
 mod html;
 mod routes;
+mod runs;
 mod sessions;
 
 pub use audit::ConsoleAudit;
@@ -51,6 +52,9 @@ pub fn routes() -> Router<RuntimeHandle> {
         .route("/ui/sessions/{id}", get(sessions::show))
         .route("/ui/sessions/{id}/fork", post(sessions::fork))
         .route("/ui/sessions/{id}/replay", post(sessions::replay))
+        .route("/ui/runs", get(runs::list))
+        .route("/ui/runs/{id}", get(runs::show))
+        .route("/ui/runs/{id}/replay", post(runs::replay))
         .route("/ui/routes", get(routes::page))
         .route("/ui/audit", get(audit::page))
         .route("/ui/audit/verify", post(audit::verify))

@@ -44,16 +44,16 @@ fn no_flows(sign_in: &ConsoleSignIn) -> Response {
     )
 }
 
-fn parse_run(sign_in: &ConsoleSignIn, id: &str) -> Result<RunId, Response> {
+fn parse_run(sign_in: &ConsoleSignIn, id: &str) -> Result<RunId, Box<Response>> {
     id.parse::<RunId>().map_err(|e| {
-        respond(
+        Box::new(respond(
             StatusCode::BAD_REQUEST,
             html::page(
                 "Runs",
                 Some(sign_in),
                 &html::alert(&format!("run id {id:?}: {e}")),
             ),
-        )
+        ))
     })
 }
 
@@ -219,7 +219,7 @@ pub(crate) async fn show(
     };
     let run = match parse_run(&sign_in, &id) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let view = match flows.get_run(run, p.at, &sign_in.who).await {
         Ok(v) => v,
@@ -300,7 +300,7 @@ pub(crate) async fn replay(
     };
     let run = match parse_run(&sign_in, &id) {
         Ok(r) => r,
-        Err(r) => return r,
+        Err(r) => return *r,
     };
     let r = match flows.replay(run, false, &sign_in.who).await {
         Ok(r) => r,

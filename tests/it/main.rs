@@ -10,6 +10,7 @@ mod audit;
 mod cli;
 mod common;
 mod console;
+mod console_oidc;
 mod crash;
 mod disk_full;
 mod embeddings;

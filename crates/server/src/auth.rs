@@ -41,6 +41,9 @@ pub struct AuthSection {
     pub allow_unauthenticated_remote: bool,
     /// JWT bearer tokens from an external identity provider (`[auth.jwt]`).
     pub jwt: Option<baton_auth::jwt::JwtSettings>,
+    /// Console sign-in through the identity provider's login page
+    /// (`[auth.oidc]`; needs `[auth.jwt]`).
+    pub oidc: Option<crate::console_session::OidcSettings>,
     /// Principals of client certificates (mutual TLS on gRPC, with
     /// `server.tls.client_ca_file`), by subject common name
     /// (`[[auth.mtls_clients]]`: `subject`, `tenant`, `roles`, `groups`).
@@ -56,6 +59,7 @@ impl Default for AuthSection {
             enabled: false,
             allow_unauthenticated_remote: false,
             jwt: None,
+            oidc: None,
             mtls_clients: Vec::new(),
             max_calls_per_principal: 256,
         }
@@ -151,6 +155,8 @@ pub const HTTP_ACCESS: &[(&str, &str, Need)] = &[
     ("GET", "/ui/login", Need::Anyone),
     ("POST", "/ui/login", Need::Anyone),
     ("POST", "/ui/logout", Need::Anyone),
+    ("GET", "/ui/oidc/start", Need::Anyone),
+    ("GET", "/ui/oidc/callback", Need::Anyone),
     ("GET", "/ui/gates", REVIEWER_OR_OPERATOR),
     ("GET", "/ui/gates/events", REVIEWER_OR_OPERATOR),
     ("GET", "/ui/gates/{id}", REVIEWER_OR_OPERATOR),
@@ -276,6 +282,8 @@ struct Inner {
     certs: Vec<baton_auth::tls::CertClient>,
     /// The web console's sign-ins (its routes' credential).
     console: crate::console_session::ConsoleSessions,
+    /// `[auth.oidc]`, when the console signs in through the provider.
+    oidc: Option<crate::console_session::OidcSettings>,
 }
 
 impl std::fmt::Debug for Authenticator {
@@ -289,6 +297,13 @@ impl std::fmt::Debug for Authenticator {
 impl Authenticator {
     /// From `[auth]` (loads the JWKS when JWTs are configured).
     pub async fn new(runtime: RuntimeHandle, section: &AuthSection) -> Result<Self, String> {
+        let oidc = match &section.oidc {
+            Some(o) if section.enabled => {
+                o.check(section.jwt.is_some())?;
+                Some(o.clone())
+            }
+            _ => None,
+        };
         let jwt = match &section.jwt {
             Some(s) if section.enabled => Some(
                 baton_auth::jwt::JwtVerifier::new(s.clone())
@@ -312,6 +327,7 @@ impl Authenticator {
                 jwt,
                 certs: section.mtls_clients.clone(),
                 console: Default::default(),
+                oidc,
             }),
         })
     }
@@ -328,6 +344,7 @@ impl Authenticator {
                 jwt: None,
                 certs: Vec::new(),
                 console: Default::default(),
+                oidc: None,
             }),
         }
     }
@@ -340,6 +357,11 @@ impl Authenticator {
     /// The web console's sign-ins.
     pub fn console(&self) -> &crate::console_session::ConsoleSessions {
         &self.inner.console
+    }
+
+    /// `[auth.oidc]`, when the console signs in through the provider.
+    pub fn oidc(&self) -> Option<&crate::console_session::OidcSettings> {
+        self.inner.oidc.as_ref()
     }
 
     /// Whether a principal authenticated earlier (a console sign-in) may

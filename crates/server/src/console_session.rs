@@ -98,6 +98,11 @@ impl ConsoleSessions {
 
 /// The console cookie's value, from any `cookie` header.
 pub fn cookie_token(headers: &HeaderMap) -> Option<&str> {
+    cookie(headers, COOKIE)
+}
+
+/// The value of the request's cookie `name`, when it has one.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .iter()
@@ -105,8 +110,93 @@ pub fn cookie_token(headers: &HeaderMap) -> Option<&str> {
         .flat_map(|v| v.split(';'))
         .find_map(|kv| {
             let (k, v) = kv.trim().split_once('=')?;
-            (k == COOKIE && !v.is_empty()).then_some(v)
+            (k == name && !v.is_empty()).then_some(v)
         })
+}
+
+/// `[auth.oidc]`: signing in to the console through the identity
+/// provider's own login page (OpenID Connect authorization code flow with
+/// PKCE). The token it returns is checked by `[auth.jwt]` like any bearer
+/// token, so that section is required too.
+#[derive(Debug, Clone, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OidcSettings {
+    /// Shown on the sign-in button ("Sign in with …").
+    #[serde(default = "default_oidc_name")]
+    pub name: String,
+    /// The provider's authorization endpoint (the browser is sent there).
+    pub authorization_endpoint: String,
+    /// The provider's token endpoint (Baton exchanges the code there).
+    pub token_endpoint: String,
+    pub client_id: String,
+    /// The environment variable holding the client secret, for a
+    /// confidential client; none for a public client (PKCE alone).
+    #[serde(default)]
+    pub client_secret_env: Option<String>,
+    /// This server's `/ui/oidc/callback` as browsers reach it, registered
+    /// with the provider (e.g. `https://baton.example.com/ui/oidc/callback`).
+    pub redirect_uri: String,
+    /// Scopes asked for (default `openid`).
+    #[serde(default = "default_oidc_scopes")]
+    pub scopes: String,
+    /// Which token of the provider's answer signs in: `id_token` (default;
+    /// its `nonce` must be the one sent) or `access_token`.
+    #[serde(default = "default_oidc_token")]
+    pub token: String,
+}
+
+fn default_oidc_name() -> String {
+    "the identity provider".into()
+}
+fn default_oidc_scopes() -> String {
+    "openid".into()
+}
+fn default_oidc_token() -> String {
+    "id_token".into()
+}
+
+impl OidcSettings {
+    /// The settings' errors, naming the field (`auth.oidc.<field>`).
+    pub fn check(&self, has_jwt: bool) -> Result<(), String> {
+        if !has_jwt {
+            return Err(
+                "auth.oidc: needs [auth.jwt] (issuer, audience, keys), which checks the token the provider returns"
+                    .into(),
+            );
+        }
+        for (field, url) in [
+            ("authorization_endpoint", &self.authorization_endpoint),
+            ("token_endpoint", &self.token_endpoint),
+            ("redirect_uri", &self.redirect_uri),
+        ] {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(format!("auth.oidc.{field}: {url:?} is not an http(s) URL"));
+            }
+        }
+        if !self.redirect_uri.ends_with("/ui/oidc/callback") {
+            return Err(format!(
+                "auth.oidc.redirect_uri: {:?} must be this server's /ui/oidc/callback",
+                self.redirect_uri
+            ));
+        }
+        if self.client_id.is_empty() {
+            return Err("auth.oidc.client_id: required".into());
+        }
+        if self.token != "id_token" && self.token != "access_token" {
+            return Err(format!(
+                "auth.oidc.token: {:?} is not id_token or access_token",
+                self.token
+            ));
+        }
+        if let Some(var) = &self.client_secret_env
+            && std::env::var(var).is_err()
+        {
+            return Err(format!(
+                "auth.oidc.client_secret_env: the environment variable {var} is not set"
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Whether a request's `Origin` (when sent) is the server it reached
@@ -179,5 +269,38 @@ mod tests {
             assert!(!same_origin(&h), "{o}");
         }
         assert_eq!(query_escape("/ui/gates?a=b&c"), "/ui/gates%3Fa%3Db%26c");
+    }
+
+    #[test]
+    fn oidc_settings_are_checked_by_field() {
+        let ok: OidcSettings = serde_json::from_value(serde_json::json!({
+            "authorization_endpoint": "https://idp/authorize",
+            "token_endpoint": "https://idp/token",
+            "client_id": "c",
+            "redirect_uri": "https://baton/ui/oidc/callback",
+        }))
+        .unwrap();
+        assert_eq!(ok.check(true), Ok(()));
+        assert!(ok.check(false).unwrap_err().contains("[auth.jwt]"));
+        let mut bad = ok.clone();
+        bad.redirect_uri = "https://baton/elsewhere".into();
+        assert!(
+            bad.check(true)
+                .unwrap_err()
+                .starts_with("auth.oidc.redirect_uri")
+        );
+        let mut bad = ok.clone();
+        bad.token_endpoint = "ftp://idp".into();
+        assert!(
+            bad.check(true)
+                .unwrap_err()
+                .starts_with("auth.oidc.token_endpoint")
+        );
+        let mut bad = ok.clone();
+        bad.token = "refresh_token".into();
+        assert!(bad.check(true).unwrap_err().starts_with("auth.oidc.token"));
+        let mut bad = ok;
+        bad.client_secret_env = Some("BATON_TEST_SURELY_UNSET_VARIABLE".into());
+        assert!(bad.check(true).unwrap_err().contains("is not set"));
     }
 }

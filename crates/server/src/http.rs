@@ -61,6 +61,7 @@ pub fn router(
         .layer(Extension(flows))
         .layer(Extension(console_tls))
         .layer(Extension(console_audit))
+        .layer(Extension(crate::console::ConsoleOidc::new()))
         .layer(Extension(auth))
         .layer(DefaultBodyLimit::max(section.max_request_bytes))
         // A request body that stalls longer than this between two pieces

@@ -13,11 +13,13 @@
 mod audit;
 mod gates;
 mod html;
+mod oidc;
 mod routes;
 mod runs;
 mod sessions;
 
 pub use audit::ConsoleAudit;
+pub use oidc::ConsoleOidc;
 
 use axum::extract::{Extension, Query};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
@@ -45,6 +47,8 @@ pub fn routes() -> Router<RuntimeHandle> {
         .route("/ui/assets/{file}", get(asset))
         .route("/ui/login", get(login_form).post(login))
         .route("/ui/logout", post(logout))
+        .route("/ui/oidc/start", get(oidc::start))
+        .route("/ui/oidc/callback", get(oidc::callback))
         .route("/ui/gates", get(gates::queue))
         .route("/ui/gates/events", get(gates::events))
         .route("/ui/gates/{id}", get(gates::show).post(gates::decide))
@@ -109,7 +113,7 @@ pub(crate) struct NextQuery {
 }
 
 /// Where to go after signing in: a console page, never another site.
-fn next_page(next: &str) -> &str {
+pub(crate) fn next_page(next: &str) -> &str {
     if next.starts_with("/ui/") && !next.starts_with("//") && !next.contains('\\') {
         next
     } else {
@@ -117,7 +121,15 @@ fn next_page(next: &str) -> &str {
     }
 }
 
-fn login_page(auth: &Authenticator, next: &str, error: Option<&str>) -> String {
+pub(crate) fn login_page(auth: &Authenticator, next: &str, error: Option<&str>) -> String {
+    let provider = match auth.oidc() {
+        Some(o) => format!(
+            r#"<p><a class="button" id="oidc" href="/ui/oidc/start?next={}">Sign in with {}</a></p><p>Or with a key or token:</p>"#,
+            esc(&crate::console_session::query_escape(next_page(next))),
+            esc(&o.name)
+        ),
+        None => String::new(),
+    };
     let note = if auth.enabled() {
         "Sign in with a Baton API key (<code>bk_…</code>) holding the reviewer, operator or admin role, or with a token from the configured identity provider."
     } else {
@@ -127,7 +139,7 @@ fn login_page(auth: &Authenticator, next: &str, error: Option<&str>) -> String {
         "Sign in",
         None,
         &format!(
-            r#"<h1>Sign in</h1>{}<p>{note}</p><form method="post" action="/ui/login" class="stack"><input type="hidden" name="next" value="{}"><label for="credential">API key or token</label><input id="credential" name="credential" type="password" autocomplete="off" {}><button type="submit">Sign in</button></form>"#,
+            r#"<h1>Sign in</h1>{}{provider}<p>{note}</p><form method="post" action="/ui/login" class="stack"><input type="hidden" name="next" value="{}"><label for="credential">API key or token</label><input id="credential" name="credential" type="password" autocomplete="off" {}><button type="submit">Sign in</button></form>"#,
             error.map(html::alert).unwrap_or_default(),
             esc(next_page(next)),
             if auth.enabled() { "required" } else { "" },
@@ -153,15 +165,22 @@ pub(crate) struct LoginForm {
     next: String,
 }
 
-/// The `exp` of a JWT (already verified), in Unix milliseconds.
-fn jwt_expiry_ms(token: &str) -> Option<u64> {
+/// The claims of a JWT (its signature checked elsewhere).
+pub(crate) fn jwt_claims(token: &str) -> Option<serde_json::Value> {
     use base64::Engine as _;
     let payload = token.split('.').nth(1)?;
     let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
         .decode(payload.trim_end_matches('='))
         .ok()?;
-    let claims: serde_json::Value = serde_json::from_slice(&bytes).ok()?;
-    claims.get("exp")?.as_u64().map(|s| s.saturating_mul(1000))
+    serde_json::from_slice(&bytes).ok()
+}
+
+/// The `exp` of a JWT (already verified), in Unix milliseconds.
+pub(crate) fn jwt_expiry_ms(token: &str) -> Option<u64> {
+    jwt_claims(token)?
+        .get("exp")?
+        .as_u64()
+        .map(|s| s.saturating_mul(1000))
 }
 
 /// Roles that have a page in the console.
@@ -213,29 +232,42 @@ async fn login(
     } else {
         Principal::local()
     };
+    let cookie = match open_sign_in(&auth, tls, who, expires) {
+        Ok(c) => c,
+        Err((status, m)) => return fail(status, &m),
+    };
+    let mut r = see_other(next_page(&form.next));
+    r.headers_mut().insert(header::SET_COOKIE, cookie);
+    r
+}
+
+/// Sign `who` in until `expires` (when it holds a console role): the
+/// `Set-Cookie` value of the sign-in.
+pub(crate) fn open_sign_in(
+    auth: &Authenticator,
+    tls: ConsoleTls,
+    who: Principal,
+    expires: u64,
+) -> Result<HeaderValue, (StatusCode, String)> {
     if !has_console_role(&who) {
-        return fail(
+        return Err((
             StatusCode::FORBIDDEN,
-            &format!(
+            format!(
                 "{} holds no console role: the console is for reviewers, operators and admins",
                 who.label()
             ),
-        );
+        ));
     }
-    let token = match auth.console().open(who, expires) {
-        Ok(t) => t,
-        Err(e) => return fail(StatusCode::SERVICE_UNAVAILABLE, &e),
-    };
+    let token = auth
+        .console()
+        .open(who, expires)
+        .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e))?;
     let max_age = expires.saturating_sub(now_unix_ms()) / 1000;
     let cookie = format!(
         "{COOKIE}={token}; Path=/ui; HttpOnly; SameSite=Strict; Max-Age={max_age}{}",
         if tls.0 { "; Secure" } else { "" }
     );
-    let mut r = see_other(next_page(&form.next));
-    if let Ok(v) = HeaderValue::from_str(&cookie) {
-        r.headers_mut().insert(header::SET_COOKIE, v);
-    }
-    r
+    HeaderValue::from_str(&cookie).map_err(|e| (StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
 #[derive(Debug, Default, Deserialize)]

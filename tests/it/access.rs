@@ -637,6 +637,10 @@ async fn console_route(
                 assert_eq!((status, location.as_str()), (303, "/ui/gates"), "{what}")
             }
             (true, "POST", "/ui/login") => assert_eq!(status, 401, "{what}"),
+            // No [auth.oidc] on this server: the sign-in page says so.
+            (true, "GET", "/ui/oidc/start" | "/ui/oidc/callback") => {
+                assert_eq!(status, 404, "{what}")
+            }
             (true, "POST", "/ui/logout") => {
                 assert_eq!((status, location.as_str()), (303, "/ui/login"), "{what}")
             }

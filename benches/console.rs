@@ -142,6 +142,16 @@ async fn time_page(
     Ok((times, size))
 }
 
+async fn get_text(web: &reqwest::Client, url: &str, cookie: &str) -> Result<String> {
+    Ok(web
+        .get(url)
+        .header("cookie", cookie)
+        .send()
+        .await?
+        .text()
+        .await?)
+}
+
 #[tokio::main]
 async fn main() -> Result<()> {
     let a = args()?;
@@ -368,13 +378,7 @@ async fn main() -> Result<()> {
     );
 
     // Off the page path: verifying the whole chain, and exports.
-    let page = web
-        .get(format!("{base}/ui/audit"))
-        .header("cookie", &operator)
-        .send()
-        .await?
-        .text()
-        .await?;
+    let page = get_text(&web, &format!("{base}/ui/audit"), &operator).await?;
     let csrf = page
         .split(r#"name="csrf" value=""#)
         .nth(1)
@@ -391,13 +395,7 @@ async fn main() -> Result<()> {
         .send()
         .await?;
     let verify_ms = t.elapsed().as_secs_f64() * 1000.0;
-    let page = web
-        .get(format!("{base}/ui/audit"))
-        .header("cookie", &operator)
-        .send()
-        .await?
-        .text()
-        .await?;
+    let page = get_text(&web, &format!("{base}/ui/audit"), &operator).await?;
     let verdict = page
         .split(r#"id="chain-status">"#)
         .nth(1)

@@ -203,6 +203,22 @@ impl Browser {
             .await
     }
 
+    /// `GET path` from the page (its cookies, its origin): the status, the
+    /// `content-disposition` header (empty when none) and the body.
+    pub async fn fetch(&self, path: &str) -> anyhow::Result<(u64, String, String)> {
+        let v = self
+            .run_async(&format!(
+                "const done = arguments[arguments.length - 1]; fetch({}).then(r => r.text().then(t => done([r.status, r.headers.get('content-disposition') || '', t])))",
+                serde_json::to_string(path)?
+            ))
+            .await?;
+        Ok((
+            v[0].as_u64().context("no status")?,
+            v[1].as_str().unwrap_or_default().to_string(),
+            v[2].as_str().unwrap_or_default().to_string(),
+        ))
+    }
+
     pub async fn cookies(&self) -> anyhow::Result<Vec<Value>> {
         Ok(self
             .get("/cookie")

@@ -193,12 +193,13 @@ pub struct GateFilter {
     pub policy: Option<String>,
 }
 
-/// One page of gates.
+/// One page of gates; `P` is where the next page starts (a gate id, or a
+/// place in the queue).
 #[derive(Debug, Clone)]
-pub struct GatePage {
+pub struct GatePage<P = GateId> {
     pub gates: Vec<GateRecord>,
     /// Pass as `after` for the next page.
-    pub next_after: Option<GateId>,
+    pub next_after: Option<P>,
 }
 
 /// A gate record; none when it is absent, or sealed under an erased
@@ -374,12 +375,7 @@ impl QueuePos {
 }
 
 /// One page of the queue.
-#[derive(Debug, Clone)]
-pub struct QueuePage {
-    pub gates: Vec<GateRecord>,
-    /// Pass as `after` for the next page.
-    pub next_after: Option<QueuePos>,
-}
+pub type QueuePage = GatePage<QueuePos>;
 
 /// A page of pending gates in queue order after `after`, read from the
 /// deadline and pending indexes (no sort of the whole queue).

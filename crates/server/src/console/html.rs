@@ -110,6 +110,24 @@ pub fn messages(list: &[baton_types::Message]) -> String {
     out
 }
 
+/// `<option>`s of a select, (value, label) each, `selected` marked.
+pub fn options<'a>(
+    choices: impl IntoIterator<Item = (&'a str, &'a str)>,
+    selected: &str,
+) -> String {
+    choices
+        .into_iter()
+        .map(|(v, label)| {
+            format!(
+                r#"<option value="{}"{}>{}</option>"#,
+                esc(v),
+                if v == selected { " selected" } else { "" },
+                esc(label)
+            )
+        })
+        .collect()
+}
+
 /// An error banner (announced to screen readers).
 pub fn alert(message: &str) -> String {
     format!(r#"<p class="error" role="alert">{}</p>"#, esc(message))

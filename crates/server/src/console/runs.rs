@@ -105,26 +105,15 @@ pub(crate) async fn list(
         Ok(p) => p,
         Err(e) => return error_page(&sign_in, &e),
     };
-    let options: String = std::iter::once(("", "any"))
-        .chain(STATUSES.iter().map(|s| (s.as_str(), s.as_str())))
-        .map(|(v, label)| {
-            format!(
-                r#"<option value="{v}"{}>{label}</option>"#,
-                if v == p.status { " selected" } else { "" }
-            )
-        })
-        .collect();
-    let flow_options: String = std::iter::once(String::new())
-        .chain(flows.list_flows().into_iter().map(|f| f.name))
-        .map(|f| {
-            format!(
-                r#"<option value="{v}"{sel}>{label}</option>"#,
-                v = esc(&f),
-                sel = if f == p.flow { " selected" } else { "" },
-                label = if f.is_empty() { "any".into() } else { esc(&f) },
-            )
-        })
-        .collect();
+    let options = html::options(
+        std::iter::once(("", "any")).chain(STATUSES.iter().map(|s| (s.as_str(), s.as_str()))),
+        &p.status,
+    );
+    let names: Vec<String> = flows.list_flows().into_iter().map(|f| f.name).collect();
+    let flow_options = html::options(
+        std::iter::once(("", "any")).chain(names.iter().map(|n| (n.as_str(), n.as_str()))),
+        &p.flow,
+    );
     let rows: String = if page.runs.is_empty() {
         r#"<tr><td colspan="5" class="empty">No runs.</td></tr>"#.into()
     } else {

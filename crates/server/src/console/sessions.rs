@@ -36,6 +36,14 @@ pub(crate) struct ListParams {
     page: String,
 }
 
+/// The session id of a path, or the page naming what is wrong with it.
+fn session_id(sign_in: &ConsoleSignIn, id: &str) -> Result<SessionId, Box<Response>> {
+    id.parse::<SessionId>().map_err(|e| {
+        let e = baton_runtime::Error::InvalidArgument(format!("session id {id:?}: {e}"));
+        Box::new(error_page(sign_in, &e))
+    })
+}
+
 fn error_page(sign_in: &ConsoleSignIn, e: &baton_runtime::Error) -> Response {
     respond(
         error_status(e),
@@ -78,15 +86,10 @@ pub(crate) async fn list(
         Ok(l) => l,
         Err(e) => return error_page(&sign_in, &e),
     };
-    let options: String = std::iter::once(("", "any"))
-        .chain(STATUSES.iter().map(|s| (s.as_str(), s.as_str())))
-        .map(|(v, label)| {
-            format!(
-                r#"<option value="{v}"{}>{label}</option>"#,
-                if v == p.status { " selected" } else { "" }
-            )
-        })
-        .collect();
+    let options = html::options(
+        std::iter::once(("", "any")).chain(STATUSES.iter().map(|s| (s.as_str(), s.as_str()))),
+        &p.status,
+    );
     let tenant_filter = if sign_in.who.is_admin() {
         format!(
             r#"<label for="tenant">Tenant</label><input id="tenant" name="tenant" value="{}">"#,
@@ -211,12 +214,9 @@ pub(crate) async fn show(
     Path(id): Path<String>,
     Query(p): Query<ShowParams>,
 ) -> Response {
-    let sid = match id.parse::<SessionId>() {
+    let sid = match session_id(&sign_in, &id) {
         Ok(s) => s,
-        Err(e) => {
-            let e = baton_runtime::Error::InvalidArgument(format!("session id {id:?}: {e}"));
-            return error_page(&sign_in, &e);
-        }
+        Err(page) => return *page,
     };
     let caller = rt.as_caller(sign_in.who.clone());
     let state = match p.at {
@@ -297,12 +297,9 @@ pub(crate) async fn fork(
     if !csrf_ok(&sign_in, &form.csrf) {
         return bad_csrf();
     }
-    let sid = match id.parse::<SessionId>() {
+    let sid = match session_id(&sign_in, &id) {
         Ok(s) => s,
-        Err(e) => {
-            let e = baton_runtime::Error::InvalidArgument(format!("session id {id:?}: {e}"));
-            return error_page(&sign_in, &e);
-        }
+        Err(page) => return *page,
     };
     match rt
         .as_caller(sign_in.who.clone())
@@ -326,12 +323,9 @@ pub(crate) async fn replay(
     if !csrf_ok(&sign_in, &form.csrf) {
         return bad_csrf();
     }
-    let sid = match id.parse::<SessionId>() {
+    let sid = match session_id(&sign_in, &id) {
         Ok(s) => s,
-        Err(e) => {
-            let e = baton_runtime::Error::InvalidArgument(format!("session id {id:?}: {e}"));
-            return error_page(&sign_in, &e);
-        }
+        Err(page) => return *page,
     };
     let r = match rt.as_caller(sign_in.who.clone()).replay(sid).await {
         Ok(r) => r,

@@ -27,10 +27,13 @@ pub(crate) fn python() -> PathBuf {
     p
 }
 
-fn run(script: &str, envs: &[(&str, String)]) -> String {
+/// Run `examples/python/<script>` with `args` and `envs`: its stdout (it
+/// must succeed).
+pub(crate) fn run_with(script: &str, args: &[&str], envs: &[(&str, String)]) -> String {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/python/").to_string() + script;
     let out = std::process::Command::new(python())
         .arg(&path)
+        .args(args)
         .envs(envs.iter().map(|(k, v)| (*k, v.as_str())))
         .output()
         .unwrap();
@@ -41,6 +44,22 @@ fn run(script: &str, envs: &[(&str, String)]) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     text
+}
+
+fn run(script: &str, envs: &[(&str, String)]) -> String {
+    run_with(script, &[], envs)
+}
+
+/// [`run_with`], its output read as one JSON value a line.
+pub(crate) fn json_lines(
+    script: &str,
+    args: &[&str],
+    envs: &[(&str, String)],
+) -> Vec<serde_json::Value> {
+    run_with(script, args, envs)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,25 +14,11 @@ use serde_json::{Value, json};
 use crate::common::*;
 
 fn sdk(http: &str, args: &[&str]) -> Vec<Value> {
-    let out = std::process::Command::new(crate::python_clients::python())
-        .arg(concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/examples/python/openai_responses.py"
-        ))
-        .args(args)
-        .env("BATON_HTTP", http)
-        .env("BATON_MODEL", "fake")
-        .output()
-        .unwrap();
-    let text = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(
-        out.status.success(),
-        "{text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    text.lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect()
+    crate::python_clients::json_lines(
+        "openai_responses.py",
+        args,
+        &[("BATON_HTTP", http.into()), ("BATON_MODEL", "fake".into())],
+    )
 }
 
 /// The session and turn of a response id.

@@ -313,9 +313,38 @@ fn with_seq(e: &baton_types::SessionEvent) -> serde_json::Value {
 #[derive(Debug, Default)]
 pub(crate) struct AuditCursor {
     noted: std::sync::Mutex<std::collections::HashMap<SessionId, u64>>,
+    /// Records kept in the store until confirmed (`put_audit_record`).
+    records: std::sync::Mutex<Vec<SessionId>>,
+}
+
+/// An audit record no journal holds, as the store keeps it until the
+/// trail confirms it.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) struct KeptRecord {
+    pub kind: String,
+    pub actor: Option<String>,
+    pub data: serde_json::Value,
 }
 
 impl AuditCursor {
+    /// Record `id` was handed to the sink and is kept in the store until
+    /// the next good flush.
+    pub(crate) fn note_record(&self, id: SessionId) {
+        self.records
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .push(id);
+    }
+
+    fn take_records(&self) -> Vec<SessionId> {
+        std::mem::take(
+            &mut *self
+                .records
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner),
+        )
+    }
+
     pub(crate) fn note(&self, session: SessionId, seq: u64) {
         let mut m = self
             .noted
@@ -347,11 +376,14 @@ pub(crate) async fn confirm(
     privacy: &crate::privacy::PrivacyConfig,
 ) -> baton_store::Result<()> {
     let noted = cursor.take();
+    let records = cursor.take_records();
     let failing = health.failing().is_some();
-    if noted.is_empty() && !failing {
+    if noted.is_empty() && records.is_empty() && !failing {
         return Ok(());
     }
     if let Err(e) = sink.flush().await {
+        // The kept records stay in the store: the recovery after the next
+        // good flush appends them again.
         health.fail(e);
         return Ok(());
     }
@@ -368,6 +400,9 @@ pub(crate) async fn confirm(
     let mut batch = baton_store::Batch::unsynced();
     for (session, seq) in &noted {
         batch.put_audit_done(session, *seq);
+    }
+    for id in &records {
+        batch.delete_audit_record(id);
     }
     store.write(batch).await
 }
@@ -445,6 +480,22 @@ pub(crate) async fn recover(
         if after != u64::MAX {
             batch.put_audit_done(&session, pending);
         }
+    }
+    // Records no journal holds, kept until confirmed.
+    for (id, bytes) in store.pending_audit_records().await? {
+        match serde_json::from_slice::<KeptRecord>(&bytes) {
+            Ok(mut r) => {
+                if let Some(o) = r.data.as_object_mut() {
+                    o.insert("recovered".into(), true.into());
+                }
+                sink.record(&r.kind, None, r.actor.as_deref(), r.data);
+                appended += 1;
+            }
+            Err(e) => {
+                tracing::error!(record = %id, error = %e, "audit trail: a kept record cannot be read; dropped");
+            }
+        }
+        batch.delete_audit_record(&id);
     }
     if appended > 0 {
         sink.flush().await.map_err(RecoverError::Audit)?;

@@ -179,8 +179,7 @@ impl Caller {
             .as_ref()
             .map(|r| r.response.usage)
             .unwrap_or_default();
-        self.count_spend(id, &tenant, usage, cost).await;
-        self.audit_embedding(
+        let audit = self.embedding_audit(
             id,
             &call.route,
             &routed,
@@ -189,6 +188,7 @@ impl Caller {
             &hits,
             outcome,
         );
+        self.count_spend(id, &tenant, usage, cost, audit).await;
         routed.and_then(|r| {
             let vectors = r.response.embeddings.clone().ok_or_else(|| {
                 RouteError::new(
@@ -209,9 +209,19 @@ impl Caller {
     }
 
     /// Tokens against the tenant's and the caller's per-minute limits, cost
-    /// against the tenant's day and month: written before the answer, so a
-    /// crash cannot forget what was spent.
-    async fn count_spend(&self, id: SessionId, tenant: &str, usage: Usage, cost: Option<f64>) {
+    /// against the tenant's day and month, and the call's audit record:
+    /// written before the answer, so a crash cannot forget what was spent,
+    /// nor keep the call from the audit trail (the record is kept in the
+    /// store until the trail confirms it, and appended again at the next
+    /// start if a crash came first).
+    async fn count_spend(
+        &self,
+        id: SessionId,
+        tenant: &str,
+        usage: Usage,
+        cost: Option<f64>,
+        audit: Option<crate::audit::KeptRecord>,
+    ) {
         let shared = self.runtime().shared();
         let tokens = usage.input_tokens + usage.output_tokens;
         if tokens > 0 {
@@ -227,8 +237,8 @@ impl Caller {
         if tokens > 0 || usd > 0.0 {
             baton_metrics::metrics().tenant_usage(tenant, usage.input_tokens, 0, usd);
         }
+        let mut batch = baton_store::Batch::new();
         if usd > 0.0 {
-            let mut batch = baton_store::Batch::new();
             for (period, total) in
                 shared
                     .tenant_spend
@@ -236,14 +246,31 @@ impl Caller {
             {
                 batch.put_tenant_spend(tenant, &period, &id, total);
             }
-            if let Err(e) = shared.store.write(batch).await {
-                tracing::error!(call = %id, error = %e, "cannot record an embeddings call's spend");
+        }
+        if let Some(r) = &audit {
+            batch.put_audit_record(&id, serde_json::to_vec(r).unwrap_or_default());
+        }
+        if batch.is_empty() {
+            return;
+        }
+        let kept = match shared.store.write(batch).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::error!(call = %id, error = %e, "cannot record an embeddings call's spend and audit record");
+                false
+            }
+        };
+        if let (Some(r), Some(sink)) = (audit, &shared.audit) {
+            sink.record(&r.kind, None, r.actor.as_deref(), r.data);
+            if kept {
+                shared.audit_cursor.note_record(id);
             }
         }
     }
 
+    /// The call's `embedding_call` audit record (none without a trail).
     #[allow(clippy::too_many_arguments)]
-    fn audit_embedding(
+    fn embedding_audit(
         &self,
         id: SessionId,
         route: &str,
@@ -252,10 +279,8 @@ impl Caller {
         classes: &[String],
         hits: &[(usize, baton_types::PolicyHit)],
         outcome: &str,
-    ) {
-        let Some(audit) = &self.runtime().shared().audit else {
-            return;
-        };
+    ) -> Option<crate::audit::KeptRecord> {
+        self.runtime().shared().audit.as_ref()?;
         let mut data = serde_json::json!({
             "call": id.to_string(),
             "route": route,
@@ -284,11 +309,10 @@ impl Caller {
                 data["attempts"] = e.attempts.into();
             }
         }
-        audit.record(
-            "embedding_call",
-            None,
-            Some(&self.principal().label()),
+        Some(crate::audit::KeptRecord {
+            kind: "embedding_call".into(),
+            actor: Some(self.principal().label()),
             data,
-        );
+        })
     }
 }

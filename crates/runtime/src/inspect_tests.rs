@@ -442,6 +442,91 @@ async fn audit_records_lost_before_a_crash_are_appended_at_the_next_start() {
     rt.shutdown().await;
 }
 
+/// An audit record no journal holds (an embeddings call's) is kept in the
+/// store with its write until the trail confirms it: after a crash first,
+/// the next start appends it (recovered) and drops it; once confirmed it is
+/// never appended again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kept_audit_records_are_appended_after_a_crash_and_dropped_once_confirmed() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder(config(dir.path(), 16))
+        .start()
+        .await
+        .unwrap();
+    let kept = SessionId::new();
+    let record = crate::audit::KeptRecord {
+        kind: "embedding_call".into(),
+        actor: Some("api_key:bk_1".into()),
+        data: json!({"call": kept.to_string(), "outcome": "ok"}),
+    };
+    let mut b = baton_store::Batch::new();
+    b.put_audit_record(&kept, serde_json::to_vec(&record).unwrap());
+    rt.shared().store.write(b).await.unwrap();
+    rt.shutdown().await;
+    drop(rt);
+
+    let sink = Arc::new(Sink::default());
+    let rt = Runtime::builder(config(dir.path(), 16))
+        .with_audit(sink.clone())
+        .start()
+        .await
+        .unwrap();
+    let records = sink.records.lock().unwrap().clone();
+    let mine: Vec<_> = records
+        .iter()
+        .filter(|r| r.2["call"] == kept.to_string())
+        .collect();
+    assert_eq!(mine.len(), 1, "{records:?}");
+    assert_eq!(mine[0].0, "embedding_call");
+    assert_eq!(mine[0].2["recovered"], true);
+    assert!(
+        rt.shared()
+            .store
+            .pending_audit_records()
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // A record confirmed by a good flush is dropped from the store.
+    let confirmed = SessionId::new();
+    let mut b = baton_store::Batch::new();
+    b.put_audit_record(&confirmed, serde_json::to_vec(&record).unwrap());
+    rt.shared().store.write(b).await.unwrap();
+    rt.shared().audit_cursor.note_record(confirmed);
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !rt
+        .shared()
+        .store
+        .pending_audit_records()
+        .await
+        .unwrap()
+        .is_empty()
+    {
+        assert!(std::time::Instant::now() < deadline, "never confirmed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    rt.shutdown().await;
+    drop(rt);
+
+    let again = Arc::new(Sink::default());
+    let rt = Runtime::builder(config(dir.path(), 16))
+        .with_audit(again.clone())
+        .start()
+        .await
+        .unwrap();
+    assert!(
+        again
+            .records
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|r| r.0 != "embedding_call"),
+        "appended twice"
+    );
+    rt.shutdown().await;
+}
+
 /// A failed audit write confirms nothing: the trail is marked failing,
 /// `on_failure = block` refuses new sessions and messages with UNAVAILABLE
 /// naming the cause, and once it can be written every record it missed

@@ -155,6 +155,25 @@ impl Batch {
         });
     }
 
+    /// An audit record no journal holds (an embeddings call): kept with the
+    /// write it belongs to until the audit trail confirms it, so that a
+    /// crash before then appends it again at the next start.
+    pub fn put_audit_record(&mut self, id: &SessionId, record: Vec<u8>) {
+        self.push(Op::Put {
+            cf: CF_INDEXES,
+            key: keys::audit_key(b'q', id),
+            value: record,
+        });
+    }
+
+    /// The audit trail holds the record now.
+    pub fn delete_audit_record(&mut self, id: &SessionId) {
+        self.push(Op::Delete {
+            cf: CF_INDEXES,
+            key: keys::audit_key(b'q', id),
+        });
+    }
+
     /// Record `route`'s total spend in USD (route budgets survive restarts).
     pub fn put_route_spend(&mut self, route: &str, total_usd: f64) {
         let mut key = vec![keys::ROUTE_SPEND_PREFIX];

@@ -362,6 +362,30 @@ impl Store {
         .await
     }
 
+    /// Audit records no journal holds, not yet confirmed in the audit
+    /// trail (see [`Batch::put_audit_record`]), by id.
+    pub async fn pending_audit_records(&self) -> Result<Vec<(SessionId, Vec<u8>)>> {
+        self.blocking(|db| {
+            let cf = writer::cf_handle(db, CF_INDEXES)?;
+            let prefix = [keys::AUDIT_PREFIX, b'q'];
+            let mut out = Vec::new();
+            for item in db.iterator_cf(
+                cf,
+                rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
+            ) {
+                let (k, v) = item?;
+                if !k.starts_with(&prefix) {
+                    break;
+                }
+                if let Some(id) = keys::session_from_slice(&k[2..]) {
+                    out.push((id, v.to_vec()));
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Sessions whose journal has records the audit trail may lack:
     /// `(session, audited up to, must be audited up to)` where the first is
     /// below the second.

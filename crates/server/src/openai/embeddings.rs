@@ -116,21 +116,7 @@ pub fn parse_embeddings(
     body: &[u8],
     limits: &SessionsConfig,
 ) -> Result<EmbeddingsRequest, ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            format!("the request body is not valid JSON: {e}"),
-        )
-        .code("invalid_json")
-    })?;
-    let Some(o) = v.as_object() else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "the request body must be a JSON object",
-        ));
-    };
+    let o = &ApiError::json_object(body)?;
     let model = match o.get("model") {
         Some(Value::String(s)) if !s.is_empty() => s.clone(),
         None => return Err(ApiError::invalid("model", "is required")),

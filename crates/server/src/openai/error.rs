@@ -85,6 +85,28 @@ impl ApiError {
     }
 
     /// A 404 for a `model` that is no Baton route.
+    /// A request body as a JSON object, or the error saying what it is not.
+    pub fn json_object(
+        body: &[u8],
+    ) -> Result<serde_json::Map<String, serde_json::Value>, ApiError> {
+        let v: serde_json::Value = serde_json::from_slice(body).map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                format!("the request body is not valid JSON: {e}"),
+            )
+            .code("invalid_json")
+        })?;
+        match v {
+            serde_json::Value::Object(o) => Ok(o),
+            _ => Err(ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "invalid_request_error",
+                "the request body must be a JSON object",
+            )),
+        }
+    }
+
     pub fn model_not_found(model: &str, routes: &[String]) -> Self {
         Self::new(
             StatusCode::NOT_FOUND,

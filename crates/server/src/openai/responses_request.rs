@@ -82,21 +82,7 @@ impl Origins {
 
 /// Parse and check a Responses body and Baton's headers.
 pub fn parse_responses(body: &[u8], headers: &HeaderMap) -> Result<ResponsesRequest, ApiError> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| {
-        ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            format!("the request body is not valid JSON: {e}"),
-        )
-        .code("invalid_json")
-    })?;
-    let Some(o) = v.as_object() else {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            "invalid_request_error",
-            "the request body must be a JSON object",
-        ));
-    };
+    let o = &ApiError::json_object(body)?;
     let given = |k: &str| o.get(k).filter(|v| !v.is_null());
     if given("conversation").is_some() {
         return Err(ApiError::invalid(

@@ -12,8 +12,7 @@
 
 use std::convert::Infallible;
 
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderValue, header};
+use axum::body::Bytes;
 use axum::response::{IntoResponse, Response};
 use baton_runtime::{Caller, EventStream};
 use baton_types::{EventKind, FinishReason, SessionId, ToolCall, Usage};
@@ -449,19 +448,7 @@ pub(super) fn stream_answer(
             forget(&caller, id).await;
         }
     });
-    let mut resp = Response::new(Body::from_stream(
-        tokio_stream::wrappers::ReceiverStream::new(rx),
-    ));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Some(v) = header_value(&id.to_string()) {
-        h.insert(SESSION_HEADER, v);
-    }
-    resp
+    super::turn::sse_response(rx, id)
 }
 
 /// Delete the session of a `store: false` response once it was answered:

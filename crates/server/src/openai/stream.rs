@@ -2,16 +2,14 @@
 
 use std::convert::Infallible;
 
-use axum::body::{Body, Bytes};
-use axum::http::{HeaderValue, header};
+use axum::body::Bytes;
 use axum::response::Response;
 use baton_runtime::EventStream;
 use baton_types::{EventKind, SessionId};
 use serde::Serialize;
 
 use super::error::{ApiError, retracted_error, turn_ended_error};
-use super::headers::SESSION_HEADER;
-use super::turn::{CancelOnDrop, Completion, header_value, next_event};
+use super::turn::{CancelOnDrop, Completion, next_event};
 use super::types::{ChatCompletionChunk, ChunkChoice, ChunkObject, Delta, FinishReason};
 
 /// Turns session events into `chat.completion.chunk` SSE frames.
@@ -239,19 +237,7 @@ pub(super) async fn stream_response(
             };
         }
     });
-    let mut resp = Response::new(Body::from_stream(
-        tokio_stream::wrappers::ReceiverStream::new(rx),
-    ));
-    let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    if let Some(v) = header_value(&id.to_string()) {
-        h.insert(SESSION_HEADER, v);
-    }
-    Ok(resp)
+    Ok(super::turn::sse_response(rx, id))
 }
 
 #[cfg(test)]

@@ -54,6 +54,28 @@ impl Drop for CancelOnDrop {
     }
 }
 
+/// A server-sent events response from the frames `rx` yields, with the
+/// session's id in its header.
+pub(crate) fn sse_response(
+    rx: tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, std::convert::Infallible>>,
+    id: SessionId,
+) -> axum::response::Response {
+    use axum::http::header;
+    let mut resp = axum::response::Response::new(axum::body::Body::from_stream(
+        tokio_stream::wrappers::ReceiverStream::new(rx),
+    ));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    if let Some(v) = header_value(&id.to_string()) {
+        h.insert(super::headers::SESSION_HEADER, v);
+    }
+    resp
+}
+
 pub(super) fn header_value(s: &str) -> Option<HeaderValue> {
     HeaderValue::from_str(s).ok()
 }

@@ -345,7 +345,23 @@ impl RuntimeHandle {
             id,
             &meta.metadata,
         )?;
-        let mut batch = Batch::new();
+        // A one-shot session (a front-door call) exists for its one turn:
+        // nobody learns of it before that turn is accepted, and the turn's
+        // synced write makes this one durable with it (the journal's log is
+        // one sequence; a sync covers every write before it). So it costs
+        // no fsync of its own. A crash in between loses a session no one
+        // was told of, with no turn.
+        let deferred = new.idempotency_key.is_none()
+            && new.status == SessionStatus::Idle
+            && matches!(
+                events.first().map(|e| &e.kind),
+                Some(EventKind::SessionStarted { one_shot: true, .. })
+            );
+        let mut batch = if deferred {
+            Batch::unsynced()
+        } else {
+            Batch::new()
+        };
         batch.seal_with(seal.clone());
         batch.put_meta(&id, &meta, None);
         for e in &events {

@@ -33,6 +33,8 @@
 //! | `baton_audit_write_failures_total` | | failed flushes of the audit trail |
 //! | `baton_audit_failing` | | 1 while the audit trail cannot be written |
 //! | `baton_disk_low` | | 1 while the data directory is below `store.min_free_bytes` (new work refused) |
+//! | `baton_store_cache_bytes` | | bytes in the store's shared block cache (at most `store.cache_bytes`) |
+//! | `baton_store_memtable_bytes` | | bytes of the store's memtables (flushed past `store.memtable_bytes`) |
 //! | `baton_gates_pending` | | gates waiting for a decision |
 //! | `baton_tool_calls_total` | tool, outcome | tool calls |
 //! | `baton_tool_duration_seconds` | tool | tool call latency |
@@ -102,6 +104,8 @@ pub struct Metrics {
     audit_failures: Counter,
     audit_failing: Gauge,
     disk_low: Gauge,
+    store_cache: Gauge,
+    store_memtables: Gauge,
     gates_pending: Gauge,
     tool_calls: Family<L2, Counter>,
     policy_checks: Family<L2, Counter>,
@@ -158,6 +162,8 @@ impl Metrics {
             audit_failures: Counter::default(),
             audit_failing: Gauge::default(),
             disk_low: Gauge::default(),
+            store_cache: Gauge::default(),
+            store_memtables: Gauge::default(),
             gates_pending: Gauge::default(),
             tool_calls: Family::default(),
             policy_checks: Family::default(),
@@ -292,6 +298,16 @@ impl Metrics {
             "disk_low",
             "1 while the data directory is below store.min_free_bytes (new work refused)",
             m.disk_low.clone(),
+        );
+        r.register(
+            "store_cache_bytes",
+            "Bytes in the store's shared block cache",
+            m.store_cache.clone(),
+        );
+        r.register(
+            "store_memtable_bytes",
+            "Bytes of the store's memtables",
+            m.store_memtables.clone(),
         );
         r.register(
             "gates_pending",
@@ -465,6 +481,14 @@ impl Metrics {
                 .inc_by(cost_usd);
             self.live.cost(live::Kind::Tenant, tenant, cost_usd);
         }
+    }
+
+    /// The store's memory: its block cache and its memtables, in bytes.
+    pub fn store_memory(&self, cache_bytes: u64, memtable_bytes: u64) {
+        self.store_cache
+            .set(i64::try_from(cache_bytes).unwrap_or(i64::MAX));
+        self.store_memtables
+            .set(i64::try_from(memtable_bytes).unwrap_or(i64::MAX));
     }
 
     pub fn sessions_live(&self, n: i64) {

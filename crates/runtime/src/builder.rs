@@ -119,6 +119,8 @@ impl RuntimeBuilder {
             config.compile_policies(&config.route_names_with(&in_code), &policy_classifiers)?,
         );
         let mut opts = StoreOptions::new(config.store.data_dir.clone(), config.store.durability);
+        opts.cache_bytes = usize::try_from(config.store.cache_bytes).unwrap_or(usize::MAX);
+        opts.memtable_bytes = usize::try_from(config.store.memtable_bytes).unwrap_or(usize::MAX);
         opts.keyring = {
             let (privacy, data_dir) = (config.privacy.clone(), config.store.data_dir.clone());
             tokio::task::spawn_blocking(move || crate::privacy::open_keyring(&privacy, &data_dir))

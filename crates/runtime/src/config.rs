@@ -63,6 +63,12 @@ pub struct StoreConfig {
     pub ballast_bytes: u64,
     /// How often the free space is read, in milliseconds.
     pub disk_check_ms: u64,
+    /// The store's block cache, shared by all its column families and
+    /// holding their index blocks too, in bytes.
+    pub cache_bytes: u64,
+    /// Most bytes the store's memtables hold together; past it the
+    /// largest is flushed.
+    pub memtable_bytes: u64,
 }
 
 impl Default for StoreConfig {
@@ -78,6 +84,8 @@ impl Default for StoreConfig {
             min_free_bytes: 128 * 1024 * 1024,
             ballast_bytes: 64 * 1024 * 1024,
             disk_check_ms: 1000,
+            cache_bytes: baton_store::DEFAULT_CACHE_BYTES as u64,
+            memtable_bytes: baton_store::DEFAULT_MEMTABLE_BYTES as u64,
         }
     }
 }

@@ -71,6 +71,12 @@ impl RuntimeHandle {
         self.inner.shared.store.writer_stats()
     }
 
+    /// What the store holds in memory: its shared block cache and its
+    /// memtables, each bounded by `[store]` settings.
+    pub fn store_memory(&self) -> baton_store::StoreMemory {
+        self.inner.shared.store.memory()
+    }
+
     /// The registered server-side tools.
     pub fn tools(&self) -> Vec<baton_tools::ToolSpec> {
         self.inner.shared.tools.registry.specs()

@@ -154,7 +154,10 @@ async fn serve_connections<L>(
     graceful.shutdown().await;
 }
 
-async fn metrics() -> Response {
+async fn metrics(State(runtime): State<RuntimeHandle>) -> Response {
+    // Read when scraped: RocksDB's own figures, not Baton's counters.
+    let store = runtime.store_memory();
+    baton_metrics::metrics().store_memory(store.cache_bytes, store.memtable_bytes);
     (
         [(
             header::CONTENT_TYPE,

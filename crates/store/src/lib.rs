@@ -92,7 +92,18 @@ pub struct StoreOptions {
     /// Subject keys, when values are sealed ([`seal`]): reads open sealed
     /// values with it.
     pub keyring: Option<Arc<seal::Keyring>>,
+    /// The one block cache every column family shares, index blocks
+    /// included, in bytes.
+    pub cache_bytes: usize,
+    /// Most bytes all column families' memtables hold together before the
+    /// largest is flushed.
+    pub memtable_bytes: usize,
 }
+
+/// [`StoreOptions::cache_bytes`]' default: 64 MiB.
+pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
+/// [`StoreOptions::memtable_bytes`]' default: 64 MiB.
+pub const DEFAULT_MEMTABLE_BYTES: usize = 64 << 20;
 
 impl StoreOptions {
     pub fn new(path: impl Into<PathBuf>, durability: Durability) -> Self {
@@ -100,8 +111,22 @@ impl StoreOptions {
             path: path.into(),
             durability,
             keyring: None,
+            cache_bytes: DEFAULT_CACHE_BYTES,
+            memtable_bytes: DEFAULT_MEMTABLE_BYTES,
         }
     }
+}
+
+/// What the store holds in memory ([`Store::memory`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct StoreMemory {
+    /// Bytes in the shared block cache (data, index and filter blocks).
+    pub cache_bytes: u64,
+    /// Bytes of all column families' memtables, flushing ones included.
+    pub memtable_bytes: u64,
+    /// Bytes of table readers outside the cache (should stay near 0: index
+    /// and filter blocks are in the cache).
+    pub table_readers_bytes: u64,
 }
 
 /// What a sealed value stored at `key` of column family `cf` is bound to.
@@ -131,6 +156,8 @@ struct Inner {
     writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<WriterStats>,
     options: StoreOptions,
+    /// The block cache every column family shares.
+    cache: rocksdb::Cache,
 }
 
 /// The store. Cheap to clone.
@@ -166,9 +193,22 @@ impl Store {
         db_opts.set_recycle_log_file_num(4);
         db_opts.set_keep_log_file_num(8);
         db_opts.increase_parallelism(2);
-        let cfs = COLUMN_FAMILIES
-            .iter()
-            .map(|name| ColumnFamilyDescriptor::new(*name, Options::default()));
+        // One memory budget, whatever the data's size or the number of
+        // column families: by default each column family would get its own
+        // block cache and two 64 MiB memtables, and index blocks would live
+        // outside any cache, so memory grew with the store.
+        let cache = rocksdb::Cache::new_lru_cache(options.cache_bytes);
+        let mut table = rocksdb::BlockBasedOptions::default();
+        table.set_block_cache(&cache);
+        table.set_cache_index_and_filter_blocks(true);
+        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
+        db_opts.set_block_based_table_factory(&table);
+        db_opts.set_db_write_buffer_size(options.memtable_bytes);
+        let cfs = COLUMN_FAMILIES.iter().map(|name| {
+            let mut cf = Options::default();
+            cf.set_block_based_table_factory(&table);
+            ColumnFamilyDescriptor::new(*name, cf)
+        });
         let db = Arc::new(DB::open_cf_descriptors(&db_opts, &options.path, cfs)?);
         build_tenant_index(&db)?;
         let stats = Arc::new(WriterStats::default());
@@ -189,8 +229,27 @@ impl Store {
                 writer_thread: std::sync::Mutex::new(Some(thread)),
                 stats,
                 options,
+                cache,
             }),
         })
+    }
+
+    /// What the store holds in memory now.
+    pub fn memory(&self) -> StoreMemory {
+        let db = &self.inner.db;
+        let mut m = StoreMemory {
+            cache_bytes: self.inner.cache.get_usage() as u64,
+            ..Default::default()
+        };
+        for name in COLUMN_FAMILIES.iter().copied().chain(["default"]) {
+            let Some(cf) = db.cf_handle(name) else {
+                continue;
+            };
+            let prop = |p: &str| db.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
+            m.memtable_bytes += prop("rocksdb.cur-size-all-mem-tables");
+            m.table_readers_bytes += prop("rocksdb.estimate-table-readers-mem");
+        }
+        m
     }
 
     pub fn path(&self) -> &Path {

@@ -665,3 +665,69 @@ async fn sealed_sessions_leave_no_plaintext_and_are_unreadable_once_erased() {
     let err = store.read_journal(s, 0, 10).await.unwrap_err();
     assert!(err.to_string().contains("no keyring"), "{err}");
 }
+
+#[tokio::test]
+async fn memory_stays_within_one_cache_and_one_memtable_budget() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut opts = StoreOptions::new(dir.path(), Durability::Buffered);
+    opts.cache_bytes = 1 << 20;
+    opts.memtable_bytes = 1 << 20;
+    let store = Store::open(opts).unwrap();
+    // 16 MiB of records over 64 sessions: 16 times the memtable budget.
+    let by = "x".repeat(4096);
+    let sessions: Vec<_> = (0..64).map(|_| SessionId::new()).collect();
+    for seq in 1..=64u64 {
+        let mut b = Batch::new();
+        for s in &sessions {
+            b.append(
+                s,
+                seq,
+                seq,
+                &EventKind::TurnCancelled {
+                    by: by.clone(),
+                    turn: seq,
+                },
+            );
+        }
+        store.write(b).await.unwrap();
+    }
+    // Flushed past the budget: RocksDB checks it on each write and flushes
+    // in the background, so small writes go on while we wait, as they
+    // would in a live server.
+    let mut m = store.memory();
+    for i in 0..100u64 {
+        if m.memtable_bytes < 6 << 20 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        let mut b = Batch::new();
+        b.append(
+            &SessionId::new(),
+            1,
+            i,
+            &EventKind::TurnCancelled {
+                by: String::new(),
+                turn: i,
+            },
+        );
+        store.write(b).await.unwrap();
+        m = store.memory();
+    }
+    assert!(
+        m.memtable_bytes < 6 << 20,
+        "memtables hold {} bytes after 16 MiB written with a 1 MiB budget",
+        m.memtable_bytes
+    );
+    // Everything read back through the one small cache.
+    for s in &sessions {
+        let records = store.read_journal(*s, 0, 100).await.unwrap();
+        assert_eq!(records.len(), 64);
+    }
+    let m = store.memory();
+    assert!(m.cache_bytes > 0, "nothing went through the cache: {m:?}");
+    assert!(
+        m.cache_bytes <= 2 << 20,
+        "the cache holds {} bytes with a 1 MiB budget",
+        m.cache_bytes
+    );
+}

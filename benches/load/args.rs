@@ -22,12 +22,16 @@ Options (default in brackets; --quick values in braces):
   --idle-sessions N       live idle sessions for the RSS measurement [10000] {500}
   --persisted N           persisted sessions to create [100000] {2000}
   --fsync-iters N         samples per fsync-floor test [2000] {200}
+  --calls N               front-door calls of the flat phase [1000000] {5000}
+  --audit                 run Baton with the signed audit trail on (as `[audit] dir` does)
   --data-dir PATH         where temporary data dirs go [system temp dir]
   --child                 (internal) run as a memory phase's fresh child process
-  --phases LIST           comma-separated subset of fsync,latency,throughput,frontdoor,nodelay,rss,oneshot,persisted [all]
+  --phases LIST           comma-separated subset of fsync,latency,throughput,frontdoor,nodelay,rss,oneshot,persisted,flat
+                          [all but flat]
                           (frontdoor: the OpenAI front door against the direct client, 400/s and 32 clients)
                           (oneshot: the rss phase with one-shot sessions, as the front door makes)
                           (nodelay: repeat the gRPC runs with TCP_NODELAY on the server's sockets)
+                          (flat: memory and live sessions sampled over --calls stateless front-door calls)
 ";
 
 #[derive(Debug, Clone)]
@@ -45,6 +49,10 @@ pub(crate) struct Args {
     pub(crate) idle_sessions: usize,
     pub(crate) persisted: usize,
     pub(crate) fsync_iters: usize,
+    /// Front-door calls of the flat phase.
+    pub(crate) calls: usize,
+    /// The signed audit trail on.
+    pub(crate) audit: bool,
     pub(crate) data_dir: PathBuf,
     pub(crate) phases: Vec<String>,
 }
@@ -64,6 +72,8 @@ impl Args {
             idle_sessions: 10_000,
             persisted: 100_000,
             fsync_iters: 2000,
+            calls: 1_000_000,
+            audit: false,
             data_dir: std::env::temp_dir(),
             phases: [
                 "fsync",
@@ -87,6 +97,7 @@ impl Args {
             a.idle_sessions = 500;
             a.persisted = 2000;
             a.fsync_iters = 200;
+            a.calls = 5000;
         }
         a
     }
@@ -110,6 +121,7 @@ impl Args {
                 // `cargo bench` passes --bench to harness-less benches.
                 "--bench" | "--quick" => {}
                 "--json" => a.json = true,
+                "--audit" => a.audit = true,
                 "--child" => a.child = true,
                 "--sessions" => a.sessions = positive(&value()?, &key)?,
                 "--concurrency" => a.concurrency = positive(&value()?, &key)?,
@@ -120,6 +132,7 @@ impl Args {
                 "--idle-sessions" => a.idle_sessions = positive(&value()?, &key)?,
                 "--persisted" => a.persisted = positive(&value()?, &key)?,
                 "--fsync-iters" => a.fsync_iters = positive(&value()?, &key)?,
+                "--calls" => a.calls = positive(&value()?, &key)?,
                 "--data-dir" => a.data_dir = PathBuf::from(value()?),
                 "--phases" => {
                     a.phases = value()?.split(',').map(|s| s.trim().to_string()).collect()

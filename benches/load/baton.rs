@@ -19,7 +19,9 @@ pub(crate) struct Baton {
     http: std::net::SocketAddr,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     server: tokio::task::JoinHandle<()>,
-    _dir: tempfile::TempDir,
+    /// The signed audit trail, when the bench runs with `--audit`.
+    audit: Option<baton_audit::AuditLog>,
+    dir: tempfile::TempDir,
 }
 
 pub(crate) fn data_dir(parent: &Path, what: &str) -> Result<tempfile::TempDir> {
@@ -34,6 +36,7 @@ impl Baton {
         durability: Durability,
         upstream: std::net::SocketAddr,
         server_nodelay: bool,
+        audit: bool,
     ) -> Result<Baton> {
         let dir = data_dir(parent, durability_name(durability))?;
         let mut cfg = RuntimeConfig::with_data_dir(dir.path());
@@ -41,7 +44,19 @@ impl Baton {
         cfg.models = vec![upstream_endpoint(upstream)];
         cfg.sessions.default_route = "upstream".into();
         cfg.sessions.passivate_after_ms = 3_600_000;
-        let handle = Runtime::builder(cfg).start().await?;
+        let mut builder = Runtime::builder(cfg);
+        let audit = if audit {
+            // The signed audit trail, as `baton serve` runs it with
+            // `[audit] dir` set: every record hash-chained and signed.
+            let log = baton_audit::AuditLog::open(baton_audit::AuditConfig::in_dir(
+                dir.path().join("audit"),
+            ))?;
+            builder = builder.with_audit(Arc::new(baton_server::audit::SignedAudit(log.clone())));
+            Some(log)
+        } else {
+            None
+        };
+        let handle = builder.start().await?;
         let listener = if server_nodelay {
             // Linux copies TCP_NODELAY from a listening socket to the sockets
             // it accepts: the server then writes without Nagle's delay.
@@ -89,7 +104,8 @@ impl Baton {
             http,
             stop: Some(stop),
             server,
-            _dir: dir,
+            audit,
+            dir,
         })
     }
 
@@ -123,7 +139,15 @@ impl Baton {
         }
         let _ = tokio::time::timeout(Duration::from_secs(10), &mut self.server).await;
         self.handle.shutdown().await;
+        if let Some(audit) = self.audit.take() {
+            audit.close()?;
+        }
         Ok(())
+    }
+
+    /// The data dir (the store, and the audit log under `audit/`).
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
     }
 }
 

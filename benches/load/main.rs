@@ -16,6 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod args;
 mod baton;
+mod flat;
 mod report;
 mod scenarios;
 mod sys;
@@ -64,6 +65,14 @@ async fn run(args: Args, upstream: std::net::SocketAddr) -> Result<Report> {
             idle_rss(&args, true).await?
         } else {
             serde_json::from_value(in_child(&args, "oneshot").await?["one_shot_rss"].take())?
+        });
+    }
+    if args.has("flat") {
+        progress(&format!("memory over {} front-door calls", args.calls));
+        report.flat = Some(if args.child {
+            flat::flat(&args, upstream).await?
+        } else {
+            serde_json::from_value(in_child(&args, "flat").await?["flat"].take())?
         });
     }
     if args.has("persisted") {

@@ -197,6 +197,8 @@ pub(crate) struct Report {
     /// The same with one-shot sessions (front-door calls).
     pub(crate) one_shot_rss: Option<IdleRss>,
     pub(crate) persisted: Option<Persisted>,
+    /// Memory over many stateless front-door calls.
+    pub(crate) flat: Option<crate::flat::Flat>,
     pub(crate) total_secs: f64,
 }
 
@@ -336,6 +338,52 @@ pub(crate) fn render(r: &Report, args: &Args) -> String {
             i.kib_per_session,
             i.live_before,
             i.live_after,
+        );
+    }
+    if let Some(f) = &r.flat {
+        let _ = writeln!(
+            s,
+            "\n-- 4c. Memory over {} stateless front-door calls ({} clients, audit trail {}) --",
+            f.calls,
+            f.clients,
+            if f.audit { "on" } else { "off" }
+        );
+        let _ = writeln!(
+            s,
+            "{:.0} s, {:.0} calls/s, {} errors{}; RSS at start {} KiB",
+            f.secs,
+            f.calls_per_sec,
+            f.errors,
+            f.first_error
+                .as_deref()
+                .map(|e| format!(" (first: {e})"))
+                .unwrap_or_default(),
+            f.rss_start_kib
+        );
+        let _ = writeln!(
+            s,
+            "{:>10} {:>8} {:>10} {:>6} {:>10} {:>10} {:>10}",
+            "calls", "secs", "RSS KiB", "live", "cache KiB", "memt KiB", "readers"
+        );
+        for x in &f.samples {
+            let _ = writeln!(
+                s,
+                "{:>10} {:>8.1} {:>10} {:>6} {:>10} {:>10} {:>10}",
+                x.calls,
+                x.secs,
+                x.rss_kib,
+                x.live_sessions,
+                x.store.cache_bytes >> 10,
+                x.store.memtable_bytes >> 10,
+                x.store.table_readers_bytes >> 10
+            );
+        }
+        let _ = writeln!(
+            s,
+            "RSS growth from a tenth of the way to the end: {} KiB; data dir {} MB (audit {} MB)",
+            f.growth_after_tenth_kib,
+            f.data_dir_bytes / 1_000_000,
+            f.audit_dir_bytes / 1_000_000
         );
     }
     if let Some(i) = &r.idle_rss {

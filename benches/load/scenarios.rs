@@ -67,7 +67,7 @@ pub(crate) async fn latency_and_throughput(
         } else {
             durability_name(durability)
         };
-        let baton = Baton::start(&args.data_dir, durability, upstream, nodelay).await?;
+        let baton = Baton::start(&args.data_dir, durability, upstream, nodelay, args.audit).await?;
         let grpc = baton.grpc(4).await?;
         let h = Some(&baton.handle);
         // The direct client and Baton (`target`) under the same traffic.
@@ -292,6 +292,8 @@ pub(crate) async fn in_child(args: &Args, phase: &str) -> Result<Value> {
         .args(["--child", "--json", "--phases", phase])
         .args(["--idle-sessions", &args.idle_sessions.to_string()])
         .args(["--persisted", &args.persisted.to_string()])
+        .args(["--calls", &args.calls.to_string()])
+        .args(args.audit.then_some("--audit"))
         .arg("--data-dir")
         .arg(&args.data_dir)
         .stderr(std::process::Stdio::inherit())

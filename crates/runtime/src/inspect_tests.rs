@@ -87,6 +87,36 @@ async fn replay_of_an_unchanged_session_is_identical() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_compares_a_journal_longer_than_a_page() {
+    let dir = tempfile::tempdir().unwrap();
+    // The built-in echo endpoint; 150 turns make about 600 compared records,
+    // more than one page (512) of the replay's journal.
+    let rt = Runtime::builder(RuntimeConfig::with_data_dir(dir.path()))
+        .start()
+        .await
+        .unwrap();
+    let s = rt.start_session(StartSession::default()).await.unwrap();
+    for i in 0..150 {
+        let t = run_turn(&rt, s.id, &format!("message {i}")).await;
+        assert!(matches!(
+            t.last().unwrap().kind,
+            EventKind::TurnCompleted { .. }
+        ));
+    }
+    let journal = rt.journal_page(s.id, 0, 10_000).await.unwrap().events;
+    let comparable = journal
+        .iter()
+        .filter(|e| super::replay::normalized(&e.kind).is_some())
+        .count() as u64;
+    assert!(comparable > 512, "{comparable} records to compare");
+    let report = rt.replay(s.id).await.unwrap();
+    assert!(report.divergence.is_none(), "{report:?}");
+    assert_eq!(report.turns, 150);
+    assert_eq!(report.compared, comparable, "{report:?}");
+    rt.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replay_reports_the_first_divergence_after_a_change() {
     let dir = tempfile::tempdir().unwrap();
     let rt = Runtime::builder(config(dir.path(), 16))

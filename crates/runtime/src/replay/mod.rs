@@ -9,6 +9,8 @@
 //! [`StepSource`]: crate::source::StepSource
 
 mod recording;
+#[cfg(test)]
+pub(crate) use recording::normalized;
 mod run;
 mod source;
 

@@ -14,7 +14,7 @@ use crate::gates::GateDecision;
 /// was decided and by whom, not by their random ids, deadlines or
 /// escalations (how long a gate waited is not replayed), and not by the
 /// principal that sent a turn (the replayer sends them again).
-pub(super) fn normalized(kind: &EventKind) -> Option<serde_json::Value> {
+pub(crate) fn normalized(kind: &EventKind) -> Option<serde_json::Value> {
     use serde_json::json;
     Some(match kind {
         EventKind::SessionStarted { .. }

@@ -149,39 +149,15 @@ impl RuntimeHandle {
                 return Err(e);
             }
         };
-        let replayed = read_all(store, replay_id).await?;
+        // Compared page by page as the replay's journal is read (before a
+        // stopped replay's cancellation: those records are the replay's
+        // own, not the recording's), so neither journal is held twice.
+        let compared = compare(store, &source, replay_id).await;
         if let Some(why) = &stopped {
             tracing::info!(source = %id, replay = %replay_id, "replay stopped early: {why}");
-            // Compared first: the cancellation's records are the replay's
-            // own, not the recording's.
             self.end_replay_turn(replay_id).await;
         }
-        let a: Vec<_> = source
-            .iter()
-            .filter_map(|e| normalized(&e.kind).map(|v| (e.seq, v)))
-            .collect();
-        let b: Vec<_> = replayed
-            .iter()
-            .filter_map(|e| normalized(&e.kind).map(|v| (e.seq, v)))
-            .collect();
-        let mut divergence = None;
-        let n = a.len().max(b.len());
-        let mut compared = 0;
-        for i in 0..n {
-            let (x, y) = (a.get(i), b.get(i));
-            if x.map(|v| &v.1) == y.map(|v| &v.1) {
-                compared += 1;
-                continue;
-            }
-            divergence = Some(Divergence {
-                index: i as u64,
-                source_seq: x.map(|v| v.0),
-                replay_seq: y.map(|v| v.0),
-                expected: x.map(|v| v.1.to_string()).unwrap_or_default(),
-                actual: y.map(|v| v.1.to_string()).unwrap_or_default(),
-            });
-            break;
-        }
+        let (compared, divergence) = compared?;
         Ok(ReplayReport {
             source: id,
             replay: replay_id,
@@ -293,4 +269,56 @@ impl RuntimeHandle {
         };
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), ended).await;
     }
+}
+
+/// The recording's and the replay's compared records in order, the replay's
+/// read a page at a time: how many matched, and the first difference.
+async fn compare(
+    store: &baton_store::Store,
+    source: &[baton_types::SessionEvent],
+    replay: SessionId,
+) -> Result<(u64, Option<Divergence>)> {
+    let mut expected = source
+        .iter()
+        .filter_map(|e| normalized(&e.kind).map(|v| (e.seq, v)));
+    let mut compared = 0u64;
+    let mut after = 0;
+    loop {
+        let page = store.read_journal(replay, after, 512).await?;
+        let Some(last) = page.last().map(|e| e.seq) else {
+            break;
+        };
+        after = last;
+        for e in page {
+            let Some(actual) = normalized(&e.kind) else {
+                continue;
+            };
+            let x = expected.next();
+            if x.as_ref().map(|v| &v.1) == Some(&actual) {
+                compared += 1;
+                continue;
+            }
+            return Ok((
+                compared,
+                Some(Divergence {
+                    index: compared,
+                    source_seq: x.as_ref().map(|v| v.0),
+                    replay_seq: Some(e.seq),
+                    expected: x.map(|v| v.1.to_string()).unwrap_or_default(),
+                    actual: actual.to_string(),
+                }),
+            ));
+        }
+    }
+    // The replay ended first: the recording's next record is the difference.
+    Ok((
+        compared,
+        expected.next().map(|(seq, v)| Divergence {
+            index: compared,
+            source_seq: Some(seq),
+            replay_seq: None,
+            expected: v.to_string(),
+            actual: String::new(),
+        }),
+    ))
 }

@@ -296,8 +296,12 @@ pub(crate) async fn in_child(args: &Args, phase: &str) -> Result<Value> {
         .args(args.audit.then_some("--audit"))
         .arg("--data-dir")
         .arg(&args.data_dir)
+        // `output()` would capture stderr whatever is set here: spawn, so
+        // the child's progress and errors reach the terminal.
+        .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::inherit())
-        .output()
+        .spawn()?
+        .wait_with_output()
         .await?;
     if !out.status.success() {
         bail!("the {phase} child process failed: {}", out.status);

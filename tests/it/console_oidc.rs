@@ -154,7 +154,19 @@ async fn reviewers_sign_in_through_the_identity_providers_login_page() {
     }));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    // The provider's OpenID configuration: Baton takes the token endpoint
+    // from it; its authorization endpoint is overridden by the config.
+    let discovery = serde_json::json!({
+        "issuer": "https://idp.test",
+        "authorization_endpoint": format!("http://localhost:{port}/not-this-one"),
+        "token_endpoint": format!("http://127.0.0.1:{port}/token"),
+        "jwks_uri": format!("http://127.0.0.1:{port}/jwks"),
+    });
     let app = Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(move || async move { axum::Json(discovery) }),
+        )
         .route("/authorize", get(authorize))
         .route("/back/ui/oidc/callback", get(back))
         .route("/token", post(token))
@@ -180,8 +192,8 @@ jwks_file = {jwks:?}
 
 [auth.oidc]
 name = "Test IdP"
+discovery_url = "http://127.0.0.1:{port}/.well-known/openid-configuration"
 authorization_endpoint = "http://localhost:{port}/authorize"
-token_endpoint = "http://127.0.0.1:{port}/token"
 client_id = "{CLIENT}"
 client_secret_env = "TEST_OIDC_SECRET"
 redirect_uri = "http://localhost:{port}/back/ui/oidc/callback"

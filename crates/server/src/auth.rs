@@ -299,8 +299,12 @@ impl Authenticator {
     pub async fn new(runtime: RuntimeHandle, section: &AuthSection) -> Result<Self, String> {
         let oidc = match &section.oidc {
             Some(o) if section.enabled => {
+                let mut o = o.clone();
+                if let Some(jwt) = &section.jwt {
+                    o.discover(&jwt.issuer).await?;
+                }
                 o.check(section.jwt.is_some())?;
-                Some(o.clone())
+                Some(o)
             }
             _ => None,
         };

@@ -124,9 +124,17 @@ pub struct OidcSettings {
     /// Shown on the sign-in button ("Sign in with …").
     #[serde(default = "default_oidc_name")]
     pub name: String,
+    /// The provider's OpenID configuration document
+    /// (`<issuer>/.well-known/openid-configuration`), read at start: the
+    /// endpoints below that are not set come from it, and its `issuer`
+    /// must be `[auth.jwt] issuer`.
+    #[serde(default)]
+    pub discovery_url: Option<String>,
     /// The provider's authorization endpoint (the browser is sent there).
+    #[serde(default)]
     pub authorization_endpoint: String,
     /// The provider's token endpoint (Baton exchanges the code there).
+    #[serde(default)]
     pub token_endpoint: String,
     pub client_id: String,
     /// The environment variable holding the client secret, for a
@@ -155,7 +163,74 @@ fn default_oidc_token() -> String {
     "id_token".into()
 }
 
+/// Largest OpenID configuration document read.
+const MAX_DISCOVERY_BYTES: usize = 1 << 20;
+
 impl OidcSettings {
+    /// Fill the endpoints not configured from `discovery_url`'s document,
+    /// whose `issuer` must be `issuer` (`[auth.jwt] issuer`). Nothing to do
+    /// without a `discovery_url`.
+    pub async fn discover(&mut self, issuer: &str) -> Result<(), String> {
+        #[derive(serde::Deserialize)]
+        struct Document {
+            issuer: String,
+            authorization_endpoint: String,
+            token_endpoint: String,
+        }
+        let Some(url) = self.discovery_url.clone() else {
+            return Ok(());
+        };
+        if !(url.starts_with("https://") || url.starts_with("http://")) {
+            return Err(format!(
+                "auth.oidc.discovery_url: {url:?} is not an http(s) URL"
+            ));
+        }
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(std::time::Duration::from_secs(10))
+            .build()
+            .map_err(|e| format!("auth.oidc.discovery_url: no HTTP client: {e}"))?;
+        let fail = |why: String| format!("auth.oidc.discovery_url: {url}: {why}");
+        let mut resp = http
+            .get(&url)
+            .header(header::ACCEPT, "application/json")
+            .send()
+            .await
+            .map_err(|e| fail(format!("cannot be read: {}", e.without_url())))?;
+        if !resp.status().is_success() {
+            return Err(fail(format!("answered {}", resp.status())));
+        }
+        let mut bytes = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| fail(format!("the answer broke off: {}", e.without_url())))?
+        {
+            if bytes.len() + chunk.len() > MAX_DISCOVERY_BYTES {
+                return Err(fail("the document is larger than 1 MiB".into()));
+            }
+            bytes.extend_from_slice(&chunk);
+        }
+        let doc: Document = serde_json::from_slice(&bytes).map_err(|e| {
+            fail(format!(
+                "not an OpenID configuration (issuer, authorization_endpoint, token_endpoint): {e}"
+            ))
+        })?;
+        if doc.issuer.trim_end_matches('/') != issuer.trim_end_matches('/') {
+            return Err(fail(format!(
+                "its issuer {:?} is not [auth.jwt] issuer {issuer:?}",
+                doc.issuer
+            )));
+        }
+        if self.authorization_endpoint.is_empty() {
+            self.authorization_endpoint = doc.authorization_endpoint;
+        }
+        if self.token_endpoint.is_empty() {
+            self.token_endpoint = doc.token_endpoint;
+        }
+        Ok(())
+    }
+
     /// The settings' errors, naming the field (`auth.oidc.<field>`).
     pub fn check(&self, has_jwt: bool) -> Result<(), String> {
         if !has_jwt {
@@ -169,6 +244,13 @@ impl OidcSettings {
             ("token_endpoint", &self.token_endpoint),
             ("redirect_uri", &self.redirect_uri),
         ] {
+            if url.is_empty() {
+                return Err(if field == "redirect_uri" {
+                    format!("auth.oidc.{field}: required")
+                } else {
+                    format!("auth.oidc.{field}: required (or set auth.oidc.discovery_url)")
+                });
+            }
             if !(url.starts_with("https://") || url.starts_with("http://")) {
                 return Err(format!("auth.oidc.{field}: {url:?} is not an http(s) URL"));
             }
@@ -302,5 +384,62 @@ mod tests {
         let mut bad = ok;
         bad.client_secret_env = Some("BATON_TEST_SURELY_UNSET_VARIABLE".into());
         assert!(bad.check(true).unwrap_err().contains("is not set"));
+    }
+
+    #[tokio::test]
+    async fn discovery_fills_the_endpoints_not_configured_and_checks_the_issuer() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let doc = serde_json::json!({
+            "issuer": "https://idp.example/",
+            "authorization_endpoint": "https://idp.example/authorize",
+            "token_endpoint": "https://idp.example/token",
+        });
+        let app = axum::Router::new()
+            .route(
+                "/.well-known/openid-configuration",
+                axum::routing::get(move || async move { axum::Json(doc) }),
+            )
+            .route(
+                "/not-json",
+                axum::routing::get(|| async { "<html>login</html>" }),
+            );
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let mut o: OidcSettings = serde_json::from_value(serde_json::json!({
+            "discovery_url": format!("{base}/.well-known/openid-configuration"),
+            "authorization_endpoint": "https://idp.example/custom-authorize",
+            "client_id": "c",
+            "redirect_uri": "https://baton/ui/oidc/callback",
+        }))
+        .unwrap();
+        assert!(
+            o.check(true)
+                .unwrap_err()
+                .contains("token_endpoint: required")
+        );
+        let configured = o.clone();
+        o.discover("https://idp.example").await.unwrap();
+        assert_eq!(o.token_endpoint, "https://idp.example/token");
+        assert_eq!(
+            o.authorization_endpoint,
+            "https://idp.example/custom-authorize"
+        );
+        assert_eq!(o.check(true), Ok(()));
+        // Another provider's document is refused, naming both issuers.
+        let mut other = configured.clone();
+        let e = other
+            .discover("https://elsewhere.example")
+            .await
+            .unwrap_err();
+        assert!(e.contains("is not [auth.jwt] issuer"), "{e}");
+        // So is what is not a configuration document, or nothing at all.
+        let mut page = configured.clone();
+        page.discovery_url = Some(format!("{base}/not-json"));
+        let e = page.discover("https://idp.example").await.unwrap_err();
+        assert!(e.contains("not an OpenID configuration"), "{e}");
+        let mut missing = configured;
+        missing.discovery_url = Some(format!("{base}/nothing-here"));
+        let e = missing.discover("https://idp.example").await.unwrap_err();
+        assert!(e.contains("answered 404"), "{e}");
     }
 }

@@ -163,8 +163,29 @@ fn default_oidc_token() -> String {
     "id_token".into()
 }
 
-/// Largest OpenID configuration document read.
-const MAX_DISCOVERY_BYTES: usize = 1 << 20;
+/// Largest answer read from the identity provider (its OpenID
+/// configuration, its token endpoint).
+pub(crate) const MAX_PROVIDER_ANSWER: usize = 1 << 20;
+
+/// `resp`'s body, refused past `max` bytes; the error says what happened to
+/// "the answer" (`broke off: …`, `is larger than … MiB`).
+pub(crate) async fn read_capped(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<Vec<u8>, String> {
+    let mut bytes = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| format!("broke off: {}", e.without_url()))?
+    {
+        if bytes.len() + chunk.len() > max {
+            return Err(format!("is larger than {} MiB", max >> 20));
+        }
+        bytes.extend_from_slice(&chunk);
+    }
+    Ok(bytes)
+}
 
 impl OidcSettings {
     /// Fill the endpoints not configured from `discovery_url`'s document,
@@ -190,8 +211,9 @@ impl OidcSettings {
             .timeout(std::time::Duration::from_secs(10))
             .build()
             .map_err(|e| format!("auth.oidc.discovery_url: no HTTP client: {e}"))?;
-        let fail = |why: String| format!("auth.oidc.discovery_url: {url}: {why}");
-        let mut resp = http
+        let shown = baton_types::redact_url(&url);
+        let fail = |why: String| format!("auth.oidc.discovery_url: {shown}: {why}");
+        let resp = http
             .get(&url)
             .header(header::ACCEPT, "application/json")
             .send()
@@ -200,17 +222,9 @@ impl OidcSettings {
         if !resp.status().is_success() {
             return Err(fail(format!("answered {}", resp.status())));
         }
-        let mut bytes = Vec::new();
-        while let Some(chunk) = resp
-            .chunk()
+        let bytes = read_capped(resp, MAX_PROVIDER_ANSWER)
             .await
-            .map_err(|e| fail(format!("the answer broke off: {}", e.without_url())))?
-        {
-            if bytes.len() + chunk.len() > MAX_DISCOVERY_BYTES {
-                return Err(fail("the document is larger than 1 MiB".into()));
-            }
-            bytes.extend_from_slice(&chunk);
-        }
+            .map_err(|why| fail(format!("the answer {why}")))?;
         let doc: Document = serde_json::from_slice(&bytes).map_err(|e| {
             fail(format!(
                 "not an OpenID configuration (issuer, authorization_endpoint, token_endpoint): {e}"

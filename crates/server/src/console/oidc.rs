@@ -25,7 +25,9 @@ use subtle::ConstantTimeEq;
 use super::html::{self, esc, respond, see_other};
 use super::{ConsoleTls, login_page, next_page, open_sign_in};
 use crate::auth::Authenticator;
-use crate::console_session::{OidcSettings, TTL_MS, cookie, query_escape, random_token};
+use crate::console_session::{
+    MAX_PROVIDER_ANSWER, OidcSettings, TTL_MS, cookie, query_escape, random_token, read_capped,
+};
 
 /// The cookie binding a pending sign-in to the browser that started it.
 const STATE_COOKIE: &str = "baton_oidc";
@@ -33,8 +35,6 @@ const STATE_COOKIE: &str = "baton_oidc";
 const PENDING_MS: u64 = 10 * 60 * 1000;
 /// Most sign-ins pending at once.
 const MAX_PENDING: usize = 10_000;
-/// Largest token endpoint answer read.
-const MAX_TOKEN_RESPONSE: usize = 1 << 20;
 
 #[derive(Debug, Clone)]
 struct Pending {
@@ -210,7 +210,7 @@ async fn exchange(
         .map(|(k, v)| format!("{k}={}", query_escape(v)))
         .collect::<Vec<_>>()
         .join("&");
-    let mut resp = http
+    let resp = http
         .post(&o.token_endpoint)
         .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
         .header(header::ACCEPT, "application/json")
@@ -219,17 +219,9 @@ async fn exchange(
         .await
         .map_err(|e| format!("the token endpoint cannot be reached: {}", e.without_url()))?;
     let status = resp.status();
-    let mut bytes = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
+    let bytes = read_capped(resp, MAX_PROVIDER_ANSWER)
         .await
-        .map_err(|e| format!("the token endpoint's answer broke off: {}", e.without_url()))?
-    {
-        if bytes.len() + chunk.len() > MAX_TOKEN_RESPONSE {
-            return Err("the token endpoint's answer is larger than 1 MiB".into());
-        }
-        bytes.extend_from_slice(&chunk);
-    }
+        .map_err(|why| format!("the token endpoint's answer {why}"))?;
     let answer: TokenAnswer = serde_json::from_slice(&bytes).map_err(|e| {
         format!("the token endpoint answered {status} with something that is not JSON: {e}")
     })?;

@@ -21,7 +21,7 @@ use crate::deps::{Deps, RunCtx};
 use crate::error::{Error, Result};
 use crate::exec::{Exec, PassOutcome, Stop};
 use crate::log::RunLog;
-use crate::record::{RunEvent, RunId, RunStatus};
+use crate::record::{RunEvent, RunId, RunMeta, RunStatus};
 
 /// Restarts of one run's actor before the run is marked failed.
 const MAX_RESTARTS: u32 = 3;
@@ -108,19 +108,37 @@ impl RunState {
         self.exec.as_ref().map(|e| e.log.clone())
     }
 
-    /// The run ended: it no longer counts against its flow's limit, and a
-    /// waiting parent wakes.
-    async fn ended(&mut self) {
-        if let Some(log) = self.log()
-            && let Some(s) = self.deps.starter()
-        {
-            let meta = log.meta().await;
+    /// End the run with its last record: its slot under the flow's limit
+    /// is freed before the record is written (whoever reads the run as
+    /// ended can start another), taken back if the write fails; then a
+    /// waiting parent wakes and the actor passivates.
+    async fn end(
+        &mut self,
+        log: &Arc<RunLog>,
+        event: RunEvent,
+        update: impl FnOnce(&mut RunMeta),
+    ) -> Result<u64> {
+        let meta = log.meta().await;
+        let starter = self.deps.starter();
+        if let Some(s) = &starter {
             s.ended(&meta.flow);
-            if let Some((parent, _)) = meta.parent {
-                s.wake(parent);
+        }
+        let seq = match log.append_with(event, true, update).await {
+            Ok(seq) => seq,
+            Err(e) => {
+                if let Some(s) = &starter {
+                    s.not_ended(&meta.flow);
+                }
+                return Err(e);
             }
+        };
+        if let Some(s) = &starter
+            && let Some((parent, _)) = meta.parent
+        {
+            s.wake(parent);
         }
         self.passivate();
+        Ok(seq)
     }
 }
 
@@ -333,13 +351,13 @@ impl Actor for RunActor {
                         cancel_step_sessions(&exec, in_flight, by).await;
                     });
                 }
-                let r = log
-                    .append_with(
+                let r = st
+                    .end(
+                        &log,
                         RunEvent::RunCancelled {
                             by,
                             reason: reason.clone(),
                         },
-                        true,
                         |m| {
                             m.status = RunStatus::Cancelled;
                             m.reason = if reason.is_empty() {
@@ -353,7 +371,6 @@ impl Actor for RunActor {
                     .await
                     .map(|_| ());
                 let _ = reply.send(r);
-                st.ended().await;
             }
         }
         Ok(())
@@ -406,11 +423,11 @@ impl RunActor {
     ) -> std::result::Result<(), ActorProcessingErr> {
         match outcome {
             PassOutcome::Completed(output) => {
-                log.append_with(
+                st.end(
+                    log,
                     RunEvent::RunCompleted {
                         output: output.clone(),
                     },
-                    true,
                     |m| {
                         m.status = RunStatus::Completed;
                         m.output = output;
@@ -418,16 +435,14 @@ impl RunActor {
                     },
                 )
                 .await?;
-                st.ended().await;
             }
             PassOutcome::Stopped(Stop::Failed { path, error }) => {
                 let reason = format!("step {path:?}: {error}");
-                log.append_with(RunEvent::RunFailed { path, error }, true, |m| {
+                st.end(log, RunEvent::RunFailed { path, error }, |m| {
                     m.status = RunStatus::Failed;
                     m.reason = reason;
                 })
                 .await?;
-                st.ended().await;
             }
             PassOutcome::Stopped(Stop::Attention { reason, .. }) => {
                 log.update_meta(|m| {
@@ -721,23 +736,31 @@ async fn fail_run(deps: &Deps, run: RunId, error: &str) {
             memo,
         );
         let reason = format!("the run's actor failed {MAX_RESTARTS} times; the last: {error}");
-        log.append_with(
-            RunEvent::RunFailed {
-                path: String::new(),
-                error: reason.clone(),
-            },
-            true,
-            |m| {
-                m.status = RunStatus::Failed;
-                m.reason = reason;
-                m.wake_at_unix_ms = 0;
-            },
-        )
-        .await?;
-        if let Some(s) = deps.starter() {
+        // The slot frees before the last record is written (as `RunState::end`).
+        let starter = deps.starter();
+        if let Some(s) = &starter {
             s.ended(&flow);
         }
-        Ok(())
+        let written = log
+            .append_with(
+                RunEvent::RunFailed {
+                    path: String::new(),
+                    error: reason.clone(),
+                },
+                true,
+                |m| {
+                    m.status = RunStatus::Failed;
+                    m.reason = reason;
+                    m.wake_at_unix_ms = 0;
+                },
+            )
+            .await;
+        if written.is_err()
+            && let Some(s) = &starter
+        {
+            s.not_ended(&flow);
+        }
+        written.map(|_| ())
     }
     .await;
     if let Err(e) = r {

@@ -45,8 +45,13 @@ pub trait Starter: Send + Sync {
     fn start(&self, req: StartRun, by: Principal) -> BoxFuture<'_, Result<Started>>;
     /// Wake a passivated run (a child finished).
     fn wake(&self, run: RunId);
-    /// A run of `flow` ended (it no longer counts against the flow's limit).
+    /// A run of `flow` is ending (it no longer counts against the flow's
+    /// limit). Called before its last record is written, so that whoever
+    /// reads the run as ended finds its slot free.
     fn ended(&self, flow: &str);
+    /// The last record of a run of `flow` could not be written: it counts
+    /// against the limit again.
+    fn not_ended(&self, flow: &str);
 }
 
 /// Shared by every run.

@@ -976,4 +976,9 @@ impl Starter for Inner {
             *n = n.saturating_sub(1);
         }
     }
+
+    fn not_ended(&self, flow: &str) {
+        let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
+        *active.entry(flow.to_string()).or_default() += 1;
+    }
 }

@@ -17,6 +17,7 @@ mod embeddings;
 mod flow_examples;
 mod flow_triggers;
 mod flows;
+mod fork_crash;
 mod front_door;
 mod gate_crash;
 mod gates_api;

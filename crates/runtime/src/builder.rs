@@ -183,6 +183,7 @@ impl RuntimeBuilder {
             }
             spawn_audit_confirmer(shared, handle.inner.stop.clone());
         }
+        crate::copy::drop_unfinished(&store).await?;
         let unfinished = store.sessions_with_status(SessionStatus::Running).await?;
         if !unfinished.is_empty() {
             spawn_recovery(&handle, unfinished);

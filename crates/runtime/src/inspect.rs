@@ -357,11 +357,6 @@ impl RuntimeHandle {
         };
         let mut metadata = src_meta.metadata.clone();
         metadata.insert("forked_from".into(), format!("{id}@{at_seq}"));
-        let records = read_upto(store, id, at_seq)
-            .await?
-            .into_iter()
-            .map(|e| (e.at_unix_ms, e.kind))
-            .collect();
         // Running at `at_seq`: the fork picks up where the source was then,
         // as recovery does at start-up.
         self.create_session(NewSession {
@@ -370,7 +365,8 @@ impl RuntimeHandle {
             metadata,
             idempotency_key: None,
             status: view.state.status(),
-            records,
+            records: Vec::new(),
+            copy_from: Some((id, at_seq)),
             audit: (
                 "fork_session",
                 serde_json::json!({ "from": id.to_string(), "at_seq": at_seq }),
@@ -483,31 +479,4 @@ impl RuntimeHandle {
             sessions,
         })
     }
-}
-
-/// The session's journal records, in order.
-pub(crate) async fn read_all(
-    store: &baton_store::Store,
-    id: SessionId,
-) -> Result<Vec<SessionEvent>> {
-    read_upto(store, id, u64::MAX).await
-}
-
-/// The session's journal records with seq <= `upto`, in order.
-pub(crate) async fn read_upto(
-    store: &baton_store::Store,
-    id: SessionId,
-    upto: u64,
-) -> Result<Vec<SessionEvent>> {
-    let mut out = Vec::new();
-    let mut after = 0;
-    while after < upto {
-        let page = store.read_journal(id, after, 512).await?;
-        let Some(last) = page.last().map(|e| e.seq) else {
-            break;
-        };
-        out.extend(page.into_iter().filter(|e| e.seq <= upto));
-        after = last;
-    }
-    Ok(out)
 }

@@ -37,6 +37,7 @@ mod builder;
 mod checks;
 mod config;
 mod conversation;
+mod copy;
 pub mod disk;
 mod embed;
 mod error;

@@ -146,8 +146,11 @@ pub(crate) struct NewSession {
     /// Its status after `records` (the fold of them).
     pub status: SessionStatus,
     /// Its first records (seq 1, 2, ...) with their times: a
-    /// `SessionStarted`, or a fork's copy of another journal.
+    /// `SessionStarted`.
     pub records: Vec<(u64, EventKind)>,
+    /// A fork: records 1..=seq of this session, copied a page at a time
+    /// before `records` ([`crate::copy`]).
+    pub copy_from: Option<(SessionId, u64)>,
     /// The admin action it is audited as, with its data.
     pub audit: (&'static str, serde_json::Value),
     /// The tenant it belongs to.
@@ -275,6 +278,7 @@ impl RuntimeHandle {
             idempotency_key: key,
             status: SessionStatus::Idle,
             records: vec![(now_unix_ms(), started)],
+            copy_from: None,
             audit: ("start_session", serde_json::json!({ "route": route })),
             tenant: tenant.to_string(),
             by: by.to_string(),
@@ -327,17 +331,6 @@ impl RuntimeHandle {
             status_reason: String::new(),
             updated_at_unix_ms: now,
         };
-        let events: Vec<SessionEvent> = new
-            .records
-            .into_iter()
-            .enumerate()
-            .map(|(i, (at, kind))| SessionEvent {
-                session_id: id,
-                seq: i as u64 + 1,
-                at_unix_ms: at,
-                kind,
-            })
-            .collect();
         let seal = crate::privacy::seal_key(
             &shared.store,
             &shared.config.privacy,
@@ -345,6 +338,23 @@ impl RuntimeHandle {
             id,
             &meta.metadata,
         )?;
+        let copied = match new.copy_from {
+            Some((src, upto)) => {
+                crate::copy::copy_journal(&shared.store, src, upto, id, seal.clone()).await?
+            }
+            None => crate::copy::Copied::default(),
+        };
+        let events: Vec<SessionEvent> = new
+            .records
+            .into_iter()
+            .enumerate()
+            .map(|(i, (at, kind))| SessionEvent {
+                session_id: id,
+                seq: copied.last_seq + i as u64 + 1,
+                at_unix_ms: at,
+                kind,
+            })
+            .collect();
         // A one-shot session (a front-door call) exists for its one turn:
         // nobody learns of it before that turn is accepted, and the turn's
         // synced write makes this one durable with it (the journal's log is
@@ -364,6 +374,9 @@ impl RuntimeHandle {
         };
         batch.seal_with(seal.clone());
         batch.put_meta(&id, &meta, None);
+        if copied.last_seq > 0 {
+            batch.delete_copying(&id);
+        }
         for e in &events {
             batch.append(&id, e.seq, e.at_unix_ms, &e.kind);
         }
@@ -374,15 +387,34 @@ impl RuntimeHandle {
             .iter()
             .filter(|e| audit::is_audited(&e.kind))
             .map(|e| e.seq)
-            .max();
+            .max()
+            .or(copied.audited);
         if let (Some(seq), Some(_)) = (audited, &shared.audit) {
             // With the records: a crash cannot leave them out of the audit trail.
             batch.put_audit_pending(&id, seq);
         }
-        shared.store.write(batch).await?;
+        if let Err(e) = shared.store.write(batch).await {
+            if copied.last_seq > 0 {
+                crate::copy::drop_copy(&shared.store, id).await;
+            }
+            return Err(e.into());
+        }
         let (action, data) = new.audit;
         self.audit_admin(action, Some(id), data, &new.by);
         if let (Some(seq), Some(sink)) = (audited, &shared.audit) {
+            if let Some(upto) = copied.audited
+                && let Err(e) = crate::copy::audit_copied(
+                    &shared.store,
+                    sink.as_ref(),
+                    id,
+                    upto,
+                    seal.as_deref(),
+                )
+                .await
+            {
+                // Pending in the store: the next start appends them.
+                tracing::warn!(session = %id, error = %e, "cannot read a fork's journal for the audit trail; it is appended at the next start");
+            }
             for e in &events {
                 audit::record_event(sink.as_ref(), e, false, seal.as_deref());
             }

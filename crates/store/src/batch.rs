@@ -213,6 +213,39 @@ impl Batch {
         });
     }
 
+    /// `session`'s journal is being copied in pages: its records come
+    /// before its metadata. Written with the first page.
+    pub fn put_copying(&mut self, session: &SessionId) {
+        self.ops.push(Op::Put {
+            cf: CF_INDEXES,
+            key: keys::copy_key(session),
+            value: Vec::new(),
+        });
+    }
+
+    /// The copy is whole: written with the session's metadata.
+    pub fn delete_copying(&mut self, session: &SessionId) {
+        self.ops.push(Op::Delete {
+            cf: CF_INDEXES,
+            key: keys::copy_key(session),
+        });
+    }
+
+    /// Drop what a copy that did not finish wrote: `session`'s journal and
+    /// payload records and its mark (it has no metadata or index entries).
+    pub fn drop_copy(&mut self, session: &SessionId) {
+        let from = keys::journal_key(session, 0).to_vec();
+        let to = keys::journal_key(session, u64::MAX).to_vec();
+        for cf in [CF_JOURNAL, CF_PAYLOADS] {
+            self.ops.push(Op::DeleteRange {
+                cf,
+                from: from.clone(),
+                to: to.clone(),
+            });
+        }
+        self.delete_copying(session);
+    }
+
     /// Remove every trace of a session.
     pub fn delete_session(&mut self, session: &SessionId, meta: &SessionMeta) {
         let from = keys::journal_key(session, 0).to_vec();

@@ -9,6 +9,7 @@
 //! | `indexes` | `i` ++ idempotency key | session id (16) |
 //! | `indexes` | `t` ++ tenant ++ 0 ++ session id (16) | empty — sessions by tenant |
 //! | `indexes` | `k` ++ key id | API key record (JSON) |
+//! | `indexes` | `c` ++ session id (16) | empty — a journal being copied (fork) |
 //! | `snapshots` | session id (16) | version (1) ++ seq (8) ++ bincode state |
 
 use baton_types::{SessionId, SessionStatus};
@@ -23,6 +24,19 @@ pub const AUDIT_PREFIX: u8 = b'a';
 /// `indexes` key of a session's audit cursor (`p`ending or `u`p to).
 pub fn audit_key(which: u8, session: &SessionId) -> Vec<u8> {
     let mut k = vec![AUDIT_PREFIX, which];
+    k.extend_from_slice(session.as_bytes());
+    k
+}
+
+/// `indexes` key prefix of a session whose journal is being copied (a
+/// fork of a long journal, written in pages): its records are there, its
+/// metadata not yet. What is marked at start-up is a copy a crash cut
+/// short, and is dropped.
+pub const COPY_PREFIX: u8 = b'c';
+
+/// `indexes` key of a session being copied.
+pub fn copy_key(session: &SessionId) -> Vec<u8> {
+    let mut k = vec![COPY_PREFIX];
     k.extend_from_slice(session.as_bytes());
     k
 }

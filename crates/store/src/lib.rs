@@ -616,6 +616,26 @@ impl Store {
         .await
     }
 
+    /// Sessions whose journal copy did not finish ([`Batch::put_copying`]).
+    pub async fn unfinished_copies(&self) -> Result<Vec<SessionId>> {
+        self.blocking(|db| {
+            let cf = writer::cf_handle(db, CF_INDEXES)?;
+            let prefix = [keys::COPY_PREFIX];
+            let mut out = Vec::new();
+            for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+                let (k, _) = item?;
+                if k.first() != Some(&keys::COPY_PREFIX) {
+                    break;
+                }
+                if let Some(id) = keys::session_from_slice(&k[1..]) {
+                    out.push(id);
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Every session with `status` (used at start-up to find unfinished turns).
     pub async fn sessions_with_status(&self, status: SessionStatus) -> Result<Vec<SessionId>> {
         self.blocking(move |db| {

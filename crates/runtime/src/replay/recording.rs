@@ -142,119 +142,143 @@ pub(super) struct Recording {
     gates: HashMap<GateSlot, bool>,
 }
 
-impl Recording {
-    pub(super) fn read(source: &[SessionEvent]) -> Recording {
-        let mut out = Recording::default();
-        let mut slots = SlotCounter::default();
-        let mut by_id: HashMap<GateId, GateSlot> = HashMap::new();
-        let mut client_calls: HashSet<&str> = HashSet::new();
-        let mut cancelled: HashSet<u64> = HashSet::new();
-        let mut at = 0u64;
-        for (i, e) in source.iter().enumerate() {
-            let mut action = None;
-            match &e.kind {
-                EventKind::GateOpened {
-                    turn,
-                    gate_id,
-                    kind,
-                    point,
-                    call_id,
-                    ..
-                } => {
-                    let slot = slots.next(*turn, *kind, *point, call_id);
-                    out.gates.insert(slot.clone(), false);
-                    by_id.insert(*gate_id, slot);
-                }
-                EventKind::GateDecided {
-                    turn,
-                    gate_id,
-                    decision,
-                    reviewer,
-                    reason,
-                    edited,
-                    ..
-                } => {
-                    if let Some(slot) = by_id.get(gate_id) {
-                        out.gates.insert(slot.clone(), true);
-                        if closed_by_cancel(source, i) {
-                            // One cancel closes all the turn's gates.
-                            if cancelled.insert(*turn) {
-                                action = Some(Action::Cancel { slot: slot.clone() });
-                            }
-                        } else {
-                            let decision = match decision {
-                                Decision::Approve => GateDecision::Approve,
-                                Decision::Reject => GateDecision::Reject,
-                                Decision::Edit => GateDecision::Edit(edited.clone()),
-                            };
-                            action = Some(Action::Decide {
-                                slot: slot.clone(),
-                                decision,
-                                reviewer: reviewer.clone(),
-                                reason: reason.clone(),
-                            });
-                        }
-                    }
-                }
-                EventKind::ToolCallRequested {
-                    call_id,
-                    client_side: true,
-                    ..
-                } => {
-                    client_calls.insert(call_id);
-                }
-                // Results of server-side calls are answered by call id
-                // instead (`ReplaySource::tools`).
-                EventKind::ToolResult {
-                    call_id,
-                    output,
-                    is_error,
-                    ..
-                } if client_calls.remove(call_id.as_str()) => {
-                    action = Some(Action::Submit {
-                        call_id: call_id.clone(),
-                        outcome: if *is_error {
-                            Err(output.clone())
-                        } else {
-                            Ok(output.clone())
-                        },
-                    });
-                }
-                _ => {}
-            }
-            if let (Some(action), Some(turn)) = (action, e.turn()) {
-                out.actions.push(RecordedAction { turn, at, action });
-            }
-            if normalized(&e.kind).is_some() {
-                at += 1;
-            }
-        }
-        out
-    }
+/// Builds a [`Recording`] from the recorded journal read in order, a
+/// record at a time ([`Self::push`]), so the journal need not be held.
+#[derive(Debug, Default)]
+pub(super) struct RecordingReader {
+    out: Recording,
+    slots: SlotCounter,
+    by_id: HashMap<GateId, GateSlot>,
+    client_calls: HashSet<String>,
+    cancelled: HashSet<u64>,
+    /// Compared records so far.
+    at: u64,
+    /// Gate decisions not yet placed: whether a rejection was a cancel's is
+    /// known from the first record after them that is not a decision.
+    held: Vec<SessionEvent>,
 }
 
-/// Whether the `GateDecided` at `i` was written by a cancellation of its
-/// turn: a cancel rejects the turn's open gates right before its
-/// `TurnCancelled`, while a reviewer's or timeout's rejection is followed by
-/// its effect (a tool error, a failed turn, a new model call).
-fn closed_by_cancel(source: &[SessionEvent], i: usize) -> bool {
-    let Some(EventKind::GateDecided {
-        turn,
-        decision,
-        by_timeout: false,
-        ..
-    }) = source.get(i).map(|e| &e.kind)
-    else {
-        return false;
-    };
-    *decision == Decision::Reject
-        && source
-            .iter()
-            .skip(i + 1)
-            .find(|e| !matches!(e.kind, EventKind::GateDecided { .. }))
-            .is_some_and(
-                |e| matches!(e.kind, EventKind::TurnCancelled { turn: t, .. } if t == *turn),
-            )
+impl RecordingReader {
+    /// Take in the recording's next record.
+    pub(super) fn push(&mut self, e: &SessionEvent) {
+        if matches!(e.kind, EventKind::GateDecided { .. }) {
+            self.held.push(e.clone());
+            return;
+        }
+        self.place_held(Some(&e.kind));
+        self.take(e, false);
+    }
+
+    /// The recording, once every record was pushed.
+    pub(super) fn finish(mut self) -> Recording {
+        self.place_held(None);
+        self.out
+    }
+
+    /// The held decisions, now that the record after them (`next`, none at
+    /// the journal's end) is known: a rejection (not by timeout) followed
+    /// by its turn's `TurnCancelled` was written by the cancel.
+    fn place_held(&mut self, next: Option<&EventKind>) {
+        for e in std::mem::take(&mut self.held) {
+            let by_cancel = match (&e.kind, next) {
+                (
+                    EventKind::GateDecided {
+                        turn,
+                        decision: Decision::Reject,
+                        by_timeout: false,
+                        ..
+                    },
+                    Some(EventKind::TurnCancelled { turn: t, .. }),
+                ) => t == turn,
+                _ => false,
+            };
+            self.take(&e, by_cancel);
+        }
+    }
+
+    fn take(&mut self, e: &SessionEvent, by_cancel: bool) {
+        let mut action = None;
+        match &e.kind {
+            EventKind::GateOpened {
+                turn,
+                gate_id,
+                kind,
+                point,
+                call_id,
+                ..
+            } => {
+                let slot = self.slots.next(*turn, *kind, *point, call_id);
+                self.out.gates.insert(slot.clone(), false);
+                self.by_id.insert(*gate_id, slot);
+            }
+            EventKind::GateDecided {
+                turn,
+                gate_id,
+                decision,
+                reviewer,
+                reason,
+                edited,
+                ..
+            } => {
+                if let Some(slot) = self.by_id.get(gate_id) {
+                    self.out.gates.insert(slot.clone(), true);
+                    if by_cancel {
+                        // One cancel closes all the turn's gates.
+                        if self.cancelled.insert(*turn) {
+                            action = Some(Action::Cancel { slot: slot.clone() });
+                        }
+                    } else {
+                        let decision = match decision {
+                            Decision::Approve => GateDecision::Approve,
+                            Decision::Reject => GateDecision::Reject,
+                            Decision::Edit => GateDecision::Edit(edited.clone()),
+                        };
+                        action = Some(Action::Decide {
+                            slot: slot.clone(),
+                            decision,
+                            reviewer: reviewer.clone(),
+                            reason: reason.clone(),
+                        });
+                    }
+                }
+            }
+            EventKind::ToolCallRequested {
+                call_id,
+                client_side: true,
+                ..
+            } => {
+                self.client_calls.insert(call_id.clone());
+            }
+            // Results of server-side calls are answered by call id
+            // instead (`ReplaySource`).
+            EventKind::ToolResult {
+                call_id,
+                output,
+                is_error,
+                ..
+            } if self.client_calls.remove(call_id.as_str()) => {
+                action = Some(Action::Submit {
+                    call_id: call_id.clone(),
+                    outcome: if *is_error {
+                        Err(output.clone())
+                    } else {
+                        Ok(output.clone())
+                    },
+                });
+            }
+            _ => {}
+        }
+        if let (Some(action), Some(turn)) = (action, e.turn()) {
+            self.out.actions.push(RecordedAction {
+                turn,
+                at: self.at,
+                action,
+            });
+        }
+        if normalized(&e.kind).is_some() {
+            self.at += 1;
+        }
+    }
 }
 
 /// A recorded action aimed at the replay session.

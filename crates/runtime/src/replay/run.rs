@@ -3,17 +3,21 @@
 
 use baton_types::{EventKind, SessionId, SessionStatus, now_unix_ms};
 
-use super::recording::{Apply, Feeder, Next, Recording, normalized};
+use std::collections::{HashMap, VecDeque};
+
+use super::recording::{Apply, Feeder, Next, RecordingReader, normalized};
 use super::source::ReplaySource;
 use super::{Divergence, ReplayReport};
 use crate::error::{Error, Result};
 use crate::handle::RuntimeHandle;
-use crate::inspect::read_all;
 use crate::sessions::NewSession;
 use crate::state::PendingTool;
 
 /// How long a replay waits for its session's next record before it gives up.
 const REPLAY_RECORD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Records of a journal read at a time.
+const PAGE: u64 = 256;
 
 impl RuntimeHandle {
     /// Re-run a recorded session deterministically: a new session (kept,
@@ -47,13 +51,14 @@ impl RuntimeHandle {
         let Some(meta) = store.load_meta(id).await? else {
             return Err(Error::SessionNotFound(id));
         };
-        let source = read_all(store, id).await?;
-        let Some(first) = source.first() else {
+        // The recording as it is now: a live session may write on.
+        let upto = store.last_seq(id).await?;
+        let Some(first) = store.read_journal_range(id, 0, 1).await?.into_iter().next() else {
             return Err(Error::FailedPrecondition(format!(
                 "session {id} has an empty journal"
             )));
         };
-        let mut started = first.kind.clone();
+        let mut started = first.kind;
         let EventKind::SessionStarted {
             route,
             system_prompt,
@@ -71,16 +76,33 @@ impl RuntimeHandle {
         *replay_of = Some(id.to_string());
         *started_by = by.clone();
         let (route, system_prompt) = (route.clone(), system_prompt.clone());
-        let turns: Vec<_> = source
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::TurnAccepted {
-                    message, review, ..
-                } => Some((message.clone(), *review)),
-                _ => None,
-            })
-            .collect();
-        let mut feeder = Feeder::new(Recording::read(&source));
+        // One pass over the recording, a page at a time: what it did from
+        // outside, where its turns and tool results are. Their content is
+        // read again when the replay needs it, so it is never all held.
+        let mut recording = RecordingReader::default();
+        let mut turns: Vec<(u64, bool)> = Vec::new();
+        let mut tools: HashMap<String, u64> = HashMap::new();
+        let mut after = 0;
+        while after < upto {
+            let page = store
+                .read_journal_range(id, after, upto.min(after + PAGE))
+                .await?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            after = last;
+            for e in &page {
+                recording.push(e);
+                match &e.kind {
+                    EventKind::TurnAccepted { review, .. } => turns.push((e.seq, *review)),
+                    EventKind::ToolResult { call_id, .. } => {
+                        tools.insert(call_id.clone(), e.seq);
+                    }
+                    _ => {}
+                }
+            }
+        }
+        let mut feeder = Feeder::new(recording.finish());
         let mut metadata = meta.metadata.clone();
         metadata.insert("replay_of".into(), id.to_string());
         // The replay session (its actor starts at its first turn, after its
@@ -93,6 +115,7 @@ impl RuntimeHandle {
                 idempotency_key: None,
                 status: SessionStatus::Idle,
                 records: vec![(now_unix_ms(), started)],
+                copy_from: None,
                 audit: (
                     "replay_session",
                     serde_json::json!({ "source": id.to_string() }),
@@ -102,13 +125,15 @@ impl RuntimeHandle {
             })
             .await?
             .id;
-        self.inner
-            .shared
-            .replays_insert(replay_id, std::sync::Arc::new(ReplaySource::read(&source)));
+        self.inner.shared.replays_insert(
+            replay_id,
+            std::sync::Arc::new(ReplaySource::new(store.clone(), id, upto, tools)),
+        );
         let outcome = async {
             let mut replayed_turns = 0u64;
             let mut stopped = None;
-            'turns: for (message, review) in turns {
+            'turns: for (seq, review) in turns {
+                let message = turn_message(store, id, seq).await?;
                 let mut events = self.send_message(replay_id, message, review).await?;
                 replayed_turns += 1;
                 use futures::StreamExt;
@@ -152,7 +177,7 @@ impl RuntimeHandle {
         // Compared page by page as the replay's journal is read (before a
         // stopped replay's cancellation: those records are the replay's
         // own, not the recording's), so neither journal is held twice.
-        let compared = compare(store, &source, replay_id).await;
+        let compared = compare(store, id, upto, replay_id).await;
         if let Some(why) = &stopped {
             tracing::info!(source = %id, replay = %replay_id, "replay stopped early: {why}");
             self.end_replay_turn(replay_id).await;
@@ -271,54 +296,101 @@ impl RuntimeHandle {
     }
 }
 
-/// The recording's and the replay's compared records in order, the replay's
-/// read a page at a time: how many matched, and the first difference.
-async fn compare(
+/// The message of the recording's `TurnAccepted` at `seq`.
+async fn turn_message(
     store: &baton_store::Store,
-    source: &[baton_types::SessionEvent],
-    replay: SessionId,
-) -> Result<(u64, Option<Divergence>)> {
-    let mut expected = source
-        .iter()
-        .filter_map(|e| normalized(&e.kind).map(|v| (e.seq, v)));
-    let mut compared = 0u64;
-    let mut after = 0;
-    loop {
-        let page = store.read_journal(replay, after, 512).await?;
-        let Some(last) = page.last().map(|e| e.seq) else {
-            break;
-        };
-        after = last;
-        for e in page {
-            let Some(actual) = normalized(&e.kind) else {
-                continue;
-            };
-            let x = expected.next();
-            if x.as_ref().map(|v| &v.1) == Some(&actual) {
-                compared += 1;
-                continue;
-            }
-            return Ok((
-                compared,
-                Some(Divergence {
-                    index: compared,
-                    source_seq: x.as_ref().map(|v| v.0),
-                    replay_seq: Some(e.seq),
-                    expected: x.map(|v| v.1.to_string()).unwrap_or_default(),
-                    actual: actual.to_string(),
-                }),
-            ));
+    id: SessionId,
+    seq: u64,
+) -> Result<baton_types::Message> {
+    let page = store
+        .read_journal_range(id, seq.saturating_sub(1), seq)
+        .await?;
+    page.into_iter()
+        .find_map(|e| match e.kind {
+            EventKind::TurnAccepted { message, .. } => Some(message),
+            _ => None,
+        })
+        .ok_or_else(|| {
+            Error::Internal(format!(
+                "session {id}'s record {seq} is no longer the turn it was"
+            ))
+        })
+}
+
+/// A journal's compared records ([`normalized`]) in order, read a page at
+/// a time.
+struct Compared<'a> {
+    store: &'a baton_store::Store,
+    id: SessionId,
+    upto: u64,
+    after: u64,
+    page: VecDeque<(u64, serde_json::Value)>,
+}
+
+impl<'a> Compared<'a> {
+    fn new(store: &'a baton_store::Store, id: SessionId, upto: u64) -> Self {
+        Compared {
+            store,
+            id,
+            upto,
+            after: 0,
+            page: VecDeque::new(),
         }
     }
-    // The replay ended first: the recording's next record is the difference.
-    Ok((
-        compared,
-        expected.next().map(|(seq, v)| Divergence {
-            index: compared,
-            source_seq: Some(seq),
-            replay_seq: None,
-            expected: v.to_string(),
-            actual: String::new(),
-        }),
-    ))
+
+    async fn next(&mut self) -> Result<Option<(u64, serde_json::Value)>> {
+        while self.page.is_empty() && self.after < self.upto {
+            let page = self
+                .store
+                .read_journal_range(
+                    self.id,
+                    self.after,
+                    self.upto.min(self.after.saturating_add(PAGE)),
+                )
+                .await?;
+            let Some(last) = page.last().map(|e| e.seq) else {
+                break;
+            };
+            self.after = last;
+            self.page.extend(
+                page.iter()
+                    .filter_map(|e| normalized(&e.kind).map(|v| (e.seq, v))),
+            );
+        }
+        Ok(self.page.pop_front())
+    }
+}
+
+/// The recording's (up to `upto`) and the replay's compared records in
+/// order, both read a page at a time: how many matched, and the first
+/// difference.
+async fn compare(
+    store: &baton_store::Store,
+    source: SessionId,
+    upto: u64,
+    replay: SessionId,
+) -> Result<(u64, Option<Divergence>)> {
+    let mut expected = Compared::new(store, source, upto);
+    let mut actual = Compared::new(store, replay, u64::MAX);
+    let mut compared = 0u64;
+    loop {
+        let a = actual.next().await?;
+        let x = expected.next().await?;
+        match (x, a) {
+            (None, None) => return Ok((compared, None)),
+            (Some(x), Some(a)) if x.1 == a.1 => compared += 1,
+            (x, a) => {
+                return Ok((
+                    compared,
+                    Some(Divergence {
+                        index: compared,
+                        source_seq: x.as_ref().map(|v| v.0),
+                        replay_seq: a.as_ref().map(|v| v.0),
+                        expected: x.map(|v| v.1.to_string()).unwrap_or_default(),
+                        actual: a.map(|v| v.1.to_string()).unwrap_or_default(),
+                    }),
+                ));
+            }
+        }
+    }
 }

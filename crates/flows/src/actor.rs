@@ -670,11 +670,21 @@ impl Actor for RunSupervisor {
                 };
                 let held = st.live.remove(&run).map(|e| e.held).unwrap_or_default();
                 let n = st.restarts.entry(run).or_default();
-                *n += 1;
-                tracing::warn!(run = %run, error = %err, restarts = *n, "a run's actor failed");
+                // While the store cannot be written (a full disk, a failing
+                // fsync) the run is not at fault: it keeps its restarts and
+                // tries again once a second.
+                let store_failing = st.deps.store.write_failing().is_some();
+                if !store_failing {
+                    *n += 1;
+                }
+                tracing::warn!(run = %run, error = %err, restarts = *n, store_failing, "a run's actor failed");
                 if *n <= MAX_RESTARTS {
                     let me = myself.clone();
-                    let delay = Duration::from_millis(200 << *n);
+                    let delay = if store_failing {
+                        Duration::from_secs(1)
+                    } else {
+                        Duration::from_millis(200 << *n)
+                    };
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
                         let _ = me.cast(SupMsg::Activate(run));

@@ -33,6 +33,7 @@
 //! | `baton_audit_write_failures_total` | | failed flushes of the audit trail |
 //! | `baton_audit_failing` | | 1 while the audit trail cannot be written |
 //! | `baton_disk_low` | | 1 while the data directory is below `store.min_free_bytes` (new work refused) |
+//! | `baton_store_write_failing` | | 1 while the store's writes fail (a full disk, a failing fsync; new work refused) |
 //! | `baton_store_cache_bytes` | | bytes in the store's shared block cache (at most `store.cache_bytes`) |
 //! | `baton_store_memtable_bytes` | | bytes of the store's memtables (flushed past `store.memtable_bytes`) |
 //! | `baton_gates_pending` | | gates waiting for a decision |
@@ -104,6 +105,7 @@ pub struct Metrics {
     audit_failures: Counter,
     audit_failing: Gauge,
     disk_low: Gauge,
+    store_write_failing: Gauge,
     store_cache: Gauge,
     store_memtables: Gauge,
     gates_pending: Gauge,
@@ -162,6 +164,7 @@ impl Metrics {
             audit_failures: Counter::default(),
             audit_failing: Gauge::default(),
             disk_low: Gauge::default(),
+            store_write_failing: Gauge::default(),
             store_cache: Gauge::default(),
             store_memtables: Gauge::default(),
             gates_pending: Gauge::default(),
@@ -298,6 +301,11 @@ impl Metrics {
             "disk_low",
             "1 while the data directory is below store.min_free_bytes (new work refused)",
             m.disk_low.clone(),
+        );
+        r.register(
+            "store_write_failing",
+            "1 while the store's writes fail (new work refused)",
+            m.store_write_failing.clone(),
         );
         r.register(
             "store_cache_bytes",
@@ -575,6 +583,10 @@ impl Metrics {
 
     pub fn disk_low(&self, low: bool) {
         self.disk_low.set(i64::from(low));
+    }
+
+    pub fn store_write_failing(&self, failing: bool) {
+        self.store_write_failing.set(i64::from(failing));
     }
 
     pub fn gates_pending_add(&self, delta: i64) {

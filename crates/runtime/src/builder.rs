@@ -324,9 +324,9 @@ fn spawn_audit_confirmer(shared: &Arc<Shared>, stop: tokio_util::sync::Cancellat
 /// (each is woken, and the next waits until it has loaded and re-issued
 /// its work), so requests arriving during recovery queue behind a bounded
 /// number of loads instead of behind all of them.
-/// Read the data directory's free space every `store.disk_check_ms`
-/// (holding the runtime only while it reads: a dropped runtime closes its
-/// store at once).
+/// Read the data directory's free space every `store.disk_check_ms`, and
+/// probe the store while its writes fail (holding the runtime only while
+/// it reads: a dropped runtime closes its store at once).
 fn spawn_disk_watch(handle: &RuntimeHandle) {
     let every =
         std::time::Duration::from_millis(handle.inner.shared.config.store.disk_check_ms.max(10));
@@ -341,6 +341,13 @@ fn spawn_disk_watch(handle: &RuntimeHandle) {
             let Some(s) = shared.upgrade() else {
                 return;
             };
+            // While the store's writes fail (the disk filled between two
+            // checks, a failing fsync), try one: its success ends it.
+            if s.store.write_failing().is_some()
+                && let Err(e) = s.store.probe().await
+            {
+                tracing::debug!(error = %e, "the store still cannot be written");
+            }
             let checked = tokio::task::spawn_blocking(move || s.disk.check()).await;
             if checked.is_err() {
                 return;

@@ -140,9 +140,16 @@ impl RuntimeHandle {
                 "session {id} did not answer within {} ms",
                 timeout.as_millis()
             ))),
-            Ok(Err(_)) => Err(Error::Unavailable(format!(
-                "session {id} restarted before answering; the request may or may not have been applied: check with GetSession or ResumeSession"
-            ))),
+            Ok(Err(_)) => Err(Error::Unavailable(
+                match self.inner.shared.write_failing() {
+                    Some(why) => format!(
+                        "session {id} restarted before answering, because {why}; the request may or may not have been applied: check with GetSession or ResumeSession"
+                    ),
+                    None => format!(
+                        "session {id} restarted before answering; the request may or may not have been applied: check with GetSession or ResumeSession"
+                    ),
+                },
+            )),
             Ok(Ok(r)) => r,
         }
     }
@@ -206,9 +213,12 @@ impl RuntimeHandle {
     }
 
     /// Why new sessions and messages are refused now, if they are: the
-    /// data directory low on space, or the audit trail failing under
+    /// store's writes failing, the data directory low on space, or the audit trail failing under
     /// `audit.on_failure = block`. Health checks report it.
     pub fn refusing_work(&self) -> Option<String> {
+        if let Some(why) = self.inner.shared.write_failing() {
+            return Some(why);
+        }
         if let Some(why) = self.disk_low() {
             return Some(why);
         }

@@ -74,13 +74,28 @@ pub(crate) struct Ledgers {
 }
 
 impl Shared {
+    /// Why new work is refused because the store's writes fail, while
+    /// they do (see [`baton_store::Store::write_failing`]).
+    pub(crate) fn write_failing(&self) -> Option<String> {
+        self.store.write_failing().map(|e| {
+            format!(
+                "the data directory {} cannot be written ({e}): new sessions and messages are refused until a write succeeds again",
+                self.config.store.data_dir.display()
+            )
+        })
+    }
+
     /// The check every start of new work (a session, a message) makes:
-    /// refused with `UNAVAILABLE` naming the cause while the audit trail
+    /// refused with `UNAVAILABLE` naming the cause while the store's writes
+    /// fail or its disk is below the floor, while the audit trail
     /// fails under `audit.on_failure = block`, or while the journal writer
     /// or the audit trail is further behind than `store.max_backlog_bytes`
     /// / `store.max_audit_backlog` (work already running goes on; what it
     /// writes is bounded by it).
     pub(crate) fn admit(&self) -> crate::Result<()> {
+        if let Some(why) = self.write_failing() {
+            return Err(crate::Error::Unavailable(why));
+        }
         if let Some(why) = self.disk.low() {
             return Err(crate::Error::Unavailable(why));
         }

@@ -372,6 +372,26 @@ impl SupervisorState {
         queue: Vec<SessionMsg>,
     ) {
         let cfg = &self.shared.config.supervision;
+        if self.shared.store.write_failing().is_some() {
+            // The store cannot be written (a full disk, a failing fsync):
+            // the session is not at fault and keeps its restarts. It
+            // restarts from its journal once writes may succeed again.
+            self.down.insert(id, queue);
+            self.stats.restarts_total += 1;
+            *self.restart_counts.entry(id).or_insert(0) += 1;
+            baton_metrics::metrics().actor_restart("session");
+            let wait = self
+                .shared
+                .config
+                .store
+                .disk_check_ms
+                .max(cfg.initial_backoff_ms);
+            tracing::warn!(session = %id, %reason, wait_ms = wait, "session actor failed while the store cannot be written; restarting when it can");
+            myself.send_after(Duration::from_millis(wait), move || {
+                SupervisorMsg::Respawn(id)
+            });
+            return;
+        }
         let window = Duration::from_millis(cfg.restart_window_ms);
         let track = self.restarts.entry(id).or_insert(RestartTrack {
             count: 0,

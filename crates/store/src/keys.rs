@@ -41,6 +41,9 @@ pub fn copy_key(session: &SessionId) -> Vec<u8> {
     k
 }
 
+/// `indexes` key written by [`crate::Store::probe`] (empty value).
+pub const PROBE_KEY: &[u8] = b"~probe";
+
 /// `indexes` key prefix of a route's total spend (`b` ++ route name -> f64 BE).
 pub const ROUTE_SPEND_PREFIX: u8 = b'b';
 

@@ -305,6 +305,29 @@ impl Store {
         }
     }
 
+    /// Why writes fail, while they do: the error of the last write (a full
+    /// disk, a failing fsync). `None` once a write succeeds again.
+    pub fn write_failing(&self) -> Option<String> {
+        self.inner
+            .stats
+            .failing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Try a small synced write (while writes fail, to learn when they
+    /// succeed again; its success clears [`Self::write_failing`]).
+    pub async fn probe(&self) -> Result<()> {
+        let mut batch = Batch::new();
+        batch.push(Op::Put {
+            cf: CF_INDEXES,
+            key: keys::PROBE_KEY.to_vec(),
+            value: Vec::new(),
+        });
+        self.write(batch).await
+    }
+
     /// Writes handed to the writer and not yet written: (requests, bytes of
     /// their keys and values).
     pub fn backlog(&self) -> (u64, u64) {

@@ -67,6 +67,9 @@ pub struct WriterStats {
     /// Requests handed to the writer and not yet written, and their bytes.
     pub queued_requests: AtomicU64,
     pub queued_bytes: AtomicU64,
+    /// The error of the last write, while writes fail (a full disk, a
+    /// failing fsync); cleared by the next write that succeeds.
+    pub failing: std::sync::Mutex<Option<String>>,
 }
 
 /// A copy of the writer's counters at one moment.
@@ -108,6 +111,7 @@ pub(crate) fn run(
             }
         }
         let (result, synced) = write_group(&db, &group, durability, &stats);
+        note_outcome(&stats, &result);
         let m = baton_metrics::metrics();
         m.journal_batch(group.len(), synced);
         for req in &group {
@@ -128,6 +132,30 @@ pub(crate) fn run(
         }
     }
     tracing::debug!("store writer thread stopped");
+}
+
+/// Keep the state of writes: failing from a failed write on, until one
+/// succeeds. Logged once each way.
+fn note_outcome(stats: &WriterStats, result: &Result<()>) {
+    let mut failing = stats
+        .failing
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    match result {
+        Ok(()) => {
+            if failing.take().is_some() {
+                tracing::info!("the store is written again");
+                baton_metrics::metrics().store_write_failing(false);
+            }
+        }
+        Err(e) => {
+            if failing.is_none() {
+                tracing::error!(error = %e, "the store cannot be written");
+                baton_metrics::metrics().store_write_failing(true);
+            }
+            *failing = Some(e.to_string());
+        }
+    }
 }
 
 fn write_group(

@@ -138,9 +138,13 @@ async fn main() -> anyhow::Result<()> {
         .with_state(baton.clone());
     let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
     println!("ticket service on http://{}", listener.local_addr()?);
+    // Ctrl-C: Baton refuses new messages (503 through `api_error`) while
+    // the answers in progress finish, for up to 10 s; then axum stops.
+    let draining = baton.clone();
     axum::serve(listener, app)
-        .with_graceful_shutdown(async {
+        .with_graceful_shutdown(async move {
             let _ = tokio::signal::ctrl_c().await;
+            draining.drain(std::time::Duration::from_secs(10)).await;
         })
         .await?;
     baton.shutdown().await;

@@ -13,6 +13,7 @@ mod console;
 mod console_oidc;
 mod crash;
 mod disk_full;
+mod drain;
 mod embeddings;
 mod flow_examples;
 mod flow_triggers;

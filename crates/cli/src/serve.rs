@@ -163,15 +163,24 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     println!("baton listening on {addr}");
     std::io::stdout().flush()?;
 
-    // On SIGTERM/Ctrl-C the runtime stops first: live event streams then end
-    // with UNAVAILABLE ("resume with after_seq = N"), so the servers' graceful
-    // drain does not wait forever on ResumeSession streams or SSE streams.
+    // On SIGTERM/Ctrl-C the runtime drains first: new work is refused and
+    // health says not serving, while the answers clients wait for (a
+    // SendMessage stream, a front-door call) finish, for up to
+    // server.shutdown_grace_ms (a second signal cuts it short). Then the
+    // runtime stops: live event streams end with UNAVAILABLE ("resume with
+    // after_seq = N"), so the servers' graceful drain does not wait forever
+    // on ResumeSession streams or SSE streams.
     let rt = runtime.clone();
     let fl = flows.clone();
+    let grace = std::time::Duration::from_millis(config.server.shutdown_grace_ms);
     let (stopped_tx, mut stopped_rx) = tokio::sync::watch::channel(false);
     let shutdown = async move {
         shutdown_signal().await;
         tracing::info!("shutting down");
+        tokio::select! {
+            _ = rt.drain(grace) => {}
+            _ = shutdown_signal() => tracing::warn!("second signal: stopping without finishing the answers in progress"),
+        }
         fl.shutdown().await;
         rt.shutdown().await;
         let _ = stopped_tx.send(true);

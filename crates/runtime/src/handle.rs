@@ -212,10 +212,13 @@ impl RuntimeHandle {
         self.inner.shared.disk.low()
     }
 
-    /// Why new sessions and messages are refused now, if they are: the
-    /// store's writes failing, the data directory low on space, or the audit trail failing under
+    /// Why new sessions and messages are refused now, if they are: a
+    /// drain for a stop ([`Self::drain`]), the store's writes failing, the data directory low on space, or the audit trail failing under
     /// `audit.on_failure = block`. Health checks report it.
     pub fn refusing_work(&self) -> Option<String> {
+        if let Some(why) = self.inner.shared.drain.refusing() {
+            return Some(why);
+        }
         if let Some(why) = self.inner.shared.write_failing() {
             return Some(why);
         }
@@ -260,6 +263,33 @@ impl RuntimeHandle {
 
     /// Stop every actor and the executors, and flush the store. Unfinished
     /// turns resume at the next start.
+    /// The first half of a graceful stop: from now on new sessions and
+    /// messages are refused with `UNAVAILABLE` (and health checks say not
+    /// serving), while the turns clients are waiting on go on; returns once
+    /// none is left or after `grace`, with the number still open. Gate
+    /// decisions and tool results are still taken, so that those turns can
+    /// end. [`Self::shutdown`] then stops the rest; a turn still running
+    /// resumes at the next start.
+    pub async fn drain(&self, grace: std::time::Duration) -> usize {
+        let shared = &self.inner.shared;
+        let open = shared.drain.open();
+        tracing::info!(
+            answers_in_progress = open,
+            grace_ms = grace.as_millis() as u64,
+            "draining: refusing new work, finishing the answers in progress"
+        );
+        let left = shared.drain.run(grace).await;
+        if left > 0 {
+            tracing::warn!(
+                answers_in_progress = left,
+                "drain: the grace period ended with answers in progress; their turns resume at the next start"
+            );
+        } else {
+            tracing::info!("drained: no answer in progress");
+        }
+        left
+    }
+
     pub async fn shutdown(&self) {
         self.inner.supervisor.stop(Some("shutdown".into()));
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {

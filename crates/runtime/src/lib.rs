@@ -39,6 +39,7 @@ mod config;
 mod conversation;
 mod copy;
 pub mod disk;
+mod drain;
 mod embed;
 mod error;
 mod failed;

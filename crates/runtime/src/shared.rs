@@ -62,6 +62,8 @@ pub(crate) struct Shared {
     pub quality: Arc<crate::quality::Quality>,
     /// The data directory's free space (see [`crate::disk`]).
     pub disk: crate::disk::DiskGuard,
+    /// A graceful stop (see [`crate::drain`]).
+    pub drain: crate::drain::Drain,
 }
 
 /// What the runtime reads back at start about principals and tenants.
@@ -86,13 +88,17 @@ impl Shared {
     }
 
     /// The check every start of new work (a session, a message) makes:
-    /// refused with `UNAVAILABLE` naming the cause while the store's writes
+    /// refused with `UNAVAILABLE` naming the cause while the server drains
+    /// for a stop, while the store's writes
     /// fail or its disk is below the floor, while the audit trail
     /// fails under `audit.on_failure = block`, or while the journal writer
     /// or the audit trail is further behind than `store.max_backlog_bytes`
     /// / `store.max_audit_backlog` (work already running goes on; what it
     /// writes is bounded by it).
     pub(crate) fn admit(&self) -> crate::Result<()> {
+        if let Some(why) = self.drain.refusing() {
+            return Err(crate::Error::Unavailable(why));
+        }
         if let Some(why) = self.write_failing() {
             return Err(crate::Error::Unavailable(why));
         }
@@ -149,6 +155,7 @@ impl Shared {
         );
         Shared {
             disk,
+            drain: Default::default(),
             store,
             router,
             tools,

@@ -27,6 +27,9 @@ pub type EventStream = Pin<Box<dyn Stream<Item = Result<SessionEvent>> + Send>>;
 struct UntilTurnEnd {
     inner: EventStream,
     ended: bool,
+    /// Counted as an answer being waited for (a graceful stop waits for it)
+    /// until the turn's end is read or the stream dropped.
+    answering: crate::drain::Answering,
 }
 
 impl Stream for UntilTurnEnd {
@@ -38,6 +41,9 @@ impl Stream for UntilTurnEnd {
         }
         let item = std::task::ready!(Pin::new(&mut self.inner).poll_next(cx));
         self.ended = matches!(&item, Some(Ok(e)) if e.ends_turn());
+        if self.ended || !matches!(&item, Some(Ok(_))) {
+            self.answering.done();
+        }
         Poll::Ready(item)
     }
 }
@@ -148,6 +154,7 @@ impl RuntimeHandle {
         Box::pin(UntilTurnEnd {
             inner: Box::pin(events),
             ended: false,
+            answering: self.shared().drain.answering(),
         })
     }
 }

@@ -40,6 +40,9 @@ pub struct ServerSection {
     /// not answered within `keepalive_timeout_ms`.
     pub keepalive_interval_ms: u64,
     pub keepalive_timeout_ms: u64,
+    /// On SIGTERM, how long (ms) the answers in progress may take to finish
+    /// while new work is refused, before the server stops (0: at once).
+    pub shutdown_grace_ms: u64,
 }
 
 impl Default for ServerSection {
@@ -52,6 +55,7 @@ impl Default for ServerSection {
             max_concurrent_streams: 256,
             keepalive_interval_ms: 30_000,
             keepalive_timeout_ms: 10_000,
+            shutdown_grace_ms: 10_000,
         }
     }
 }
@@ -228,6 +232,15 @@ impl BatonConfig {
             return Err(RuntimeConfigError::new(
                 "server.max_request_bytes",
                 "must be greater than 0",
+            ));
+        }
+        if self.server.shutdown_grace_ms > 3_600_000 {
+            return Err(RuntimeConfigError::new(
+                "server.shutdown_grace_ms",
+                format!(
+                    "{} ms is more than an hour; a stop that long is not a graceful one",
+                    self.server.shutdown_grace_ms
+                ),
             ));
         }
         address("http.listen", &self.http.listen, "127.0.0.1:8080")?;

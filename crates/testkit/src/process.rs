@@ -124,7 +124,13 @@ impl BatonProcess {
     }
 
     /// SIGTERM the process and wait for a graceful exit.
-    pub async fn terminate(mut self) -> anyhow::Result<std::process::ExitStatus> {
+    pub async fn terminate(self) -> anyhow::Result<std::process::ExitStatus> {
+        self.sigterm().await?;
+        self.wait_exit(Duration::from_secs(30)).await
+    }
+
+    /// Send SIGTERM and return at once (the process drains, then exits).
+    pub async fn sigterm(&self) -> anyhow::Result<()> {
         let pid = self.child.id().context("process already gone")?;
         let status = Command::new("kill")
             .arg("-TERM")
@@ -132,7 +138,12 @@ impl BatonProcess {
             .status()
             .await?;
         anyhow::ensure!(status.success(), "kill -TERM failed");
-        Ok(tokio::time::timeout(Duration::from_secs(30), self.child.wait()).await??)
+        Ok(())
+    }
+
+    /// Wait for the process to exit, for at most `within`.
+    pub async fn wait_exit(mut self, within: Duration) -> anyhow::Result<std::process::ExitStatus> {
+        Ok(tokio::time::timeout(within, self.child.wait()).await??)
     }
 
     /// What the process wrote to stderr so far.

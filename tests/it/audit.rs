@@ -762,7 +762,27 @@ async fn a_full_audit_disk_is_surfaced_blocks_new_work_and_loses_nothing() {
     let mut health = healthz(&server).await;
     for i in 0..20 {
         let text = format!("second-{i}");
-        turn(&mut client, &id, &text).await;
+        // The trail anchors (fsync, signed head) within 200 ms of a write,
+        // so the failure may surface between the health check and the next
+        // turn: then that turn is refused, naming it.
+        match client
+            .send_message(baton::proto::v1::SendMessageRequest {
+                session_id: id.clone(),
+                content: text.clone(),
+                ..Default::default()
+            })
+            .await
+        {
+            Err(refused) => {
+                assert_eq!(refused.code(), tonic::Code::Unavailable, "{refused:?}");
+                assert!(refused.message().contains("audit trail"), "{refused:?}");
+                health = healthz(&server).await;
+                break;
+            }
+            Ok(events) => {
+                read_until(&mut events.into_inner(), |e| e.ends_turn()).await;
+            }
+        }
         texts.push(text);
         for _ in 0..20 {
             health = healthz(&server).await;

@@ -52,8 +52,12 @@
 //!   `{"seq":N,"hash":"<64 hex>","bytes":B}`: the seq and hash of the last
 //!   durable record and the length of `audit.log` just after it (seq 0, 64
 //!   zeros and 0 for an empty log). `<sig>` is the hex ed25519 signature over
-//!   the JSON bytes. It is rewritten after every batch: temp file, fsync,
-//!   rename, fsync of the directory.
+//!   the JSON bytes. Records are written in batches as they come; the log
+//!   is fsynced and the head rewritten (temp file, fsync, rename, fsync of
+//!   the directory) on every [`AuditLog::flush`], at shutdown, and at most
+//!   200 ms after a record was written — one fsync and one head per
+//!   interval, not per batch. Records after the head's seq are valid but
+//!   not yet anchored.
 //!
 //! The key file ([`AuditConfig::key_file`], by default `<dir>/audit.key`)
 //! holds the 32-byte ed25519 seed as 64 hex digits, mode 0600; `<key

@@ -8,7 +8,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
@@ -22,6 +22,9 @@ use crate::verify::{self, Cursor, WalkError};
 
 /// At most this many events go into one write; the rest wait for the next.
 const MAX_BATCH: usize = 8192;
+/// Longest a written record waits for its fsync and the signed head when
+/// nobody flushes (a flush anchors at once).
+const ANCHOR_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
 /// Where the audit log lives and how it is written.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -32,8 +35,9 @@ pub struct AuditConfig {
     /// The signing key (hex seed); generated if missing, with its public key
     /// in `<key_file>.pub`.
     pub key_file: PathBuf,
-    /// fsync the log, the head and the directory after each batch. Turn off
-    /// only for tests: without it a machine crash can lose recent records.
+    /// fsync the log, the head and the directory when records are anchored
+    /// (see the crate docs). Turn off only for tests: without it a machine
+    /// crash can lose recent records.
     #[serde(default = "default_sync")]
     pub sync: bool,
 }
@@ -149,6 +153,7 @@ impl AuditLog {
             file,
             key,
             cursor,
+            anchored: cursor,
             sync: cfg.sync,
             poisoned: None,
             unreported: None,
@@ -170,6 +175,7 @@ impl AuditLog {
                 }),
             );
             writer.write_batch(vec![event])?;
+            writer.anchor()?;
         }
         let (tx, rx) = mpsc::channel();
         let queued = Arc::new(std::sync::atomic::AtomicU64::new(0));
@@ -417,8 +423,11 @@ struct Writer {
     dir: PathBuf,
     file: File,
     key: SigningKey,
-    /// The last durable record.
+    /// The last record written.
     cursor: Cursor,
+    /// The last record anchored: fsynced (when `sync`) and named by the
+    /// signed head.
+    anchored: Cursor,
     sync: bool,
     /// Set when the log may no longer match `cursor` (a failed fsync or a
     /// failed rollback): every later batch fails with this.
@@ -435,12 +444,28 @@ impl Writer {
         rx: &mpsc::Receiver<Msg>,
         queued: &std::sync::atomic::AtomicU64,
     ) -> std::result::Result<(), String> {
+        // When the records written since the last anchor (none: all are
+        // anchored) were first left unanchored.
+        let mut unanchored_since: Option<Instant> = None;
         loop {
             let mut events = Vec::new();
             let mut flushes = Vec::new();
             let mut shutdown = false;
-            let mut next = rx.recv().ok();
-            if next.is_none() {
+            let mut next = match unanchored_since {
+                None => rx.recv().ok(),
+                // Wake to anchor them in time even if nothing else comes.
+                Some(since) => {
+                    match rx.recv_timeout(ANCHOR_EVERY.saturating_sub(since.elapsed())) {
+                        Ok(m) => Some(m),
+                        Err(mpsc::RecvTimeoutError::Timeout) => None,
+                        Err(mpsc::RecvTimeoutError::Disconnected) => {
+                            shutdown = true;
+                            None
+                        }
+                    }
+                }
+            };
+            if next.is_none() && unanchored_since.is_none() {
                 shutdown = true; // every handle is gone
             }
             while let Some(msg) = next {
@@ -477,6 +502,25 @@ impl Writer {
                     msg
                 })
             };
+            if result.is_ok() && self.cursor.seq != self.anchored.seq {
+                unanchored_since.get_or_insert_with(Instant::now);
+            }
+            // Anchor (fsync, signed head) for a flush, at shutdown, and at
+            // most ANCHOR_EVERY after a record was written: one fsync of the
+            // log and one head per interval instead of per batch.
+            if let Some(since) = unanchored_since
+                && (!flushes.is_empty() || shutdown || since.elapsed() >= ANCHOR_EVERY)
+            {
+                let anchored = self.anchor().map_err(|e| {
+                    let msg = e.to_string();
+                    tracing::error!(dir = %self.dir.display(), error = %msg, "audit log: anchoring the records written failed (the next flush reports it)");
+                    msg
+                });
+                unanchored_since = None;
+                if let Err(e) = anchored {
+                    result = Err(e);
+                }
+            }
             if let Err(e) = &result {
                 self.unreported.get_or_insert_with(|| e.clone());
             }
@@ -495,9 +539,9 @@ impl Writer {
         }
     }
 
-    /// Writes `events` as one write, one fsync and one head update. On a
-    /// failed write the file is cut back to the last durable record, so the
-    /// log stays valid and the batch is lost.
+    /// Writes `events` as one write (anchored later, by [`Self::anchor`]).
+    /// On a failed write the file is cut back to the last record written,
+    /// so the log stays valid and the batch is lost.
     fn write_batch(&mut self, events: Vec<AuditEvent>) -> Result<()> {
         if let Some(p) = &self.poisoned {
             return Err(AuditError::Write(p.clone()));
@@ -528,16 +572,28 @@ impl Writer {
             }
             return Err(io_err("write", &log_path, e));
         }
+        self.cursor = cur;
+        Ok(())
+    }
+
+    /// Makes every record written durable (fsync, when `sync`) and anchors
+    /// it with the signed head.
+    fn anchor(&mut self) -> Result<()> {
+        if let Some(p) = &self.poisoned {
+            return Err(AuditError::Write(p.clone()));
+        }
         if self.sync
             && let Err(e) = self.file.sync_data()
         {
             // After a failed fsync the kernel may have dropped the pages:
             // nothing written since the last good fsync can be trusted.
+            let log_path = self.dir.join(LOG_FILE);
             self.poisoned = Some(format!("fsync of {} failed: {e}", log_path.display()));
             return Err(io_err("fsync", &log_path, e));
         }
-        self.cursor = cur;
-        self.write_head()
+        self.write_head()?;
+        self.anchored = self.cursor;
+        Ok(())
     }
 
     /// Writes the signed head for `cursor`: temp file, fsync, rename, fsync

@@ -654,3 +654,27 @@ async fn anchored_walks_stop_at_the_head_of_a_live_log() {
         .is_err()
     );
 }
+
+#[tokio::test]
+async fn records_are_anchored_within_the_interval_without_a_flush() {
+    let (tmp, dir, key) = build(3).await;
+    let log = AuditLog::open(config(tmp.path())).unwrap();
+    for i in 3..8 {
+        log.append(event(i));
+    }
+    // Nobody flushes: the writer anchors them by itself (fsync and signed
+    // head) at most 200 ms after the first was written.
+    let mut anchored = None;
+    for _ in 0..100 {
+        let report = verify(&dir, &key);
+        if report.head_seq == Some(8) {
+            anchored = Some(report);
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let report = anchored.expect("the head reached the last record without a flush");
+    assert!(report.ok(), "{report}");
+    assert_eq!((report.records, report.unanchored), (8, 0));
+    log.close().unwrap();
+}

@@ -22,8 +22,9 @@ pub struct AuditSection {
     /// missing, its public key beside it in `<key_file>.pub`; default
     /// `<dir>/audit.key`. Keep it readable by Baton only (it is created 0600).
     pub key_file: Option<PathBuf>,
-    /// fsync after every batch (default). Off loses the last records on a
-    /// machine crash (not on a process crash).
+    /// fsync when records are anchored (default; every flush and at most
+    /// 200 ms after a write). Off loses the last records on a machine crash
+    /// (not on a process crash).
     pub sync: bool,
     /// While the trail cannot be written (disk full, I/O errors):
     /// `continue` (default) keeps serving and appends what it missed once it

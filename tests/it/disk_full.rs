@@ -102,41 +102,52 @@ fn fill_until(disk: &SmallDisk, floor: u64) -> std::path::PathBuf {
     filler
 }
 
+/// The config of a disk test: the echo model, the audit trail outside the
+/// small disk, and the `[store]` lines given.
+fn disk_config(dir: &std::path::Path, data: &std::path::Path, store: &str) -> std::path::PathBuf {
+    let toml = format!(
+        "{store}\n[[models]]\nname = \"echo\"\nprovider = \"echo\"\n\n[audit]\ndir = {:?}\n",
+        dir.join("audit").display().to_string()
+    );
+    write_config(dir, data, &toml).unwrap()
+}
+
+/// Four sessions, each with a client sending turns until the flag is set.
+async fn load(
+    server: &BatonProcess,
+    client: &mut Client,
+) -> (
+    Vec<String>,
+    Arc<AtomicBool>,
+    Vec<tokio::task::JoinHandle<Seen>>,
+) {
+    let mut sessions = Vec::new();
+    for _ in 0..4 {
+        sessions.push(start(client, "echo").await);
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers = sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| tokio::spawn(client_loop(server.url(), s.clone(), i, stop.clone())))
+        .collect();
+    (sessions, stop, workers)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_data_disk_refuses_new_work_loses_nothing_and_recovers_by_itself() {
     let dir = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(dir.path().join("datafs"), "256m");
     let data = disk.path.join("data");
-    let toml = format!(
-        r#"min_free_bytes = 16777216
-ballast_bytes = 16777216
-disk_check_ms = 50
-
-[[models]]
-name = "echo"
-provider = "echo"
-
-[audit]
-dir = {:?}
-"#,
-        dir.path().join("audit").display().to_string()
+    let config = disk_config(
+        dir.path(),
+        &data,
+        "min_free_bytes = 16777216\nballast_bytes = 16777216\ndisk_check_ms = 50\n",
     );
-    let config = write_config(dir.path(), &data, &toml).unwrap();
     let server = BatonProcess::start(bin(), &config).await.unwrap();
     assert!(data.join(baton::disk::BALLAST_FILE).exists());
     let mut client = server.client().await.unwrap();
-    let mut sessions = Vec::new();
-    for _ in 0..4 {
-        sessions.push(start(&mut client, "echo").await);
-    }
-
-    // Load, then the disk fills to below the floor.
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = sessions
-        .iter()
-        .enumerate()
-        .map(|(i, s)| tokio::spawn(client_loop(server.url(), s.clone(), i, stop.clone())))
-        .collect();
+    let (sessions, stop, workers) = load(&server, &mut client).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let filler = {
         let d = &disk;
@@ -283,33 +294,14 @@ async fn a_disk_filled_to_the_last_byte_between_checks_recovers_without_a_restar
     let dir = tempfile::tempdir().unwrap();
     let disk = SmallDisk::mount(dir.path().join("datafs"), "128m");
     let data = disk.path.join("data");
-    let toml = format!(
-        r#"min_free_bytes = 0
-ballast_bytes = 0
-disk_check_ms = 100
-
-[[models]]
-name = "echo"
-provider = "echo"
-
-[audit]
-dir = {:?}
-"#,
-        dir.path().join("audit").display().to_string()
+    let config = disk_config(
+        dir.path(),
+        &data,
+        "min_free_bytes = 0\nballast_bytes = 0\ndisk_check_ms = 100\n",
     );
-    let config = write_config(dir.path(), &data, &toml).unwrap();
     let server = BatonProcess::start(bin(), &config).await.unwrap();
     let mut client = server.client().await.unwrap();
-    let mut sessions = Vec::new();
-    for _ in 0..4 {
-        sessions.push(start(&mut client, "echo").await);
-    }
-    let stop = Arc::new(AtomicBool::new(false));
-    let workers: Vec<_> = sessions
-        .iter()
-        .enumerate()
-        .map(|(i, s)| tokio::spawn(client_loop(server.url(), s.clone(), i, stop.clone())))
-        .collect();
+    let (sessions, stop, workers) = load(&server, &mut client).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let filler = tokio::task::block_in_place(|| disk.fill());
     wait_for("health to report the failing store", async || {

@@ -75,7 +75,7 @@ const OUTPUT_TOOL: &str = "output";
 #[derive(Clone)]
 pub struct AnthropicProvider {
     client: reqwest::Client,
-    url: String,
+    url: reqwest::Url,
     model: String,
     api_key: Option<SecretString>,
     stream: bool,
@@ -86,7 +86,7 @@ pub struct AnthropicProvider {
 impl fmt::Debug for AnthropicProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("AnthropicProvider")
-            .field("url", &self.url)
+            .field("url", &self.url.as_str())
             .field("model", &self.model)
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
             .field("stream", &self.stream)
@@ -109,9 +109,12 @@ impl AnthropicProvider {
             return Err(cfg.invalid("model", "required for provider anthropic"));
         }
         let timeouts = Timeouts::from_config(cfg);
+        // Parsed once here, not on every request.
+        let url = reqwest::Url::parse(&format!("{}/messages", base.trim_end_matches('/')))
+            .map_err(|e| cfg.invalid("base_url", format!("{base:?} is not a URL: {e}")))?;
         Ok(Self {
             client: http::client(cfg, timeouts)?,
-            url: format!("{}/messages", base.trim_end_matches('/')),
+            url,
             model: cfg.model.clone(),
             api_key,
             stream: cfg.stream,
@@ -303,7 +306,7 @@ impl Provider for AnthropicProvider {
     ) -> Result<ModelResponse, ProviderError> {
         let mut rb = self
             .client
-            .post(&self.url)
+            .post(self.url.clone())
             .json(&self.body(req)?)
             .header("anthropic-version", API_VERSION);
         // A tenant's own key, when the call carries one, replaces the endpoint's.
@@ -916,13 +919,13 @@ mod tests {
     #[test]
     fn the_default_url_and_a_required_model() {
         let p = provider(true);
-        assert_eq!(p.url, "https://api.anthropic.com/v1/messages");
+        assert_eq!(p.url.as_str(), "https://api.anthropic.com/v1/messages");
         let mut cfg = EndpointConfig::new("c", crate::ProviderKind::Anthropic);
         assert!(AnthropicProvider::new(&cfg, None).is_err());
         cfg.model = "m".into();
         cfg.base_url = Some("http://127.0.0.1:9/v1/".into());
         assert_eq!(
-            AnthropicProvider::new(&cfg, None).unwrap().url,
+            AnthropicProvider::new(&cfg, None).unwrap().url.as_str(),
             "http://127.0.0.1:9/v1/messages"
         );
     }

@@ -12,7 +12,7 @@ use crate::{ModelRequest, ModelResponse, ProviderError, ProviderErrorKind};
 /// Where an embeddings request goes.
 pub(super) struct Target<'a> {
     pub client: &'a reqwest::Client,
-    pub url: &'a str,
+    pub url: &'a reqwest::Url,
     pub model: &'a str,
     /// The bearer token (a tenant's own key, or the endpoint's).
     pub api_key: Option<&'a str>,
@@ -60,7 +60,7 @@ pub(super) async fn call(
     if let Some(d) = input.dimensions {
         body["dimensions"] = json!(d);
     }
-    let mut rb = t.client.post(t.url).json(&body);
+    let mut rb = t.client.post(t.url.clone()).json(&body);
     if let Some(key) = t.api_key {
         rb = rb.bearer_auth(key);
     }

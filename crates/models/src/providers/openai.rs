@@ -63,9 +63,9 @@ use crate::{
 #[derive(Clone)]
 pub struct OpenAiProvider {
     client: reqwest::Client,
-    url: String,
+    url: reqwest::Url,
     /// `{base_url}/embeddings`.
-    embeddings_url: String,
+    embeddings_url: reqwest::Url,
     model: String,
     api_key: Option<SecretString>,
     stream: bool,
@@ -78,7 +78,7 @@ pub struct OpenAiProvider {
 impl fmt::Debug for OpenAiProvider {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("OpenAiProvider")
-            .field("url", &self.url)
+            .field("url", &self.url.as_str())
             .field("model", &self.model)
             .field("api_key", &self.api_key.as_ref().map(|_| "[redacted]"))
             .field("stream", &self.stream)
@@ -102,10 +102,15 @@ impl OpenAiProvider {
             .as_deref()
             .ok_or_else(|| cfg.invalid("base_url", "required for provider openai"))?;
         let timeouts = Timeouts::from_config(cfg);
+        // Parsed once here, not on every request.
+        let url = |path: &str| {
+            reqwest::Url::parse(&format!("{}/{path}", base.trim_end_matches('/')))
+                .map_err(|e| cfg.invalid("base_url", format!("{base:?} is not a URL: {e}")))
+        };
         Ok(Self {
             client: http::client(cfg, timeouts)?,
-            url: format!("{}/chat/completions", base.trim_end_matches('/')),
-            embeddings_url: format!("{}/embeddings", base.trim_end_matches('/')),
+            url: url("chat/completions")?,
+            embeddings_url: url("embeddings")?,
             model: cfg.model.clone(),
             api_key,
             stream: cfg.stream,
@@ -319,7 +324,7 @@ impl Provider for OpenAiProvider {
         req: &ModelRequest,
         deltas: Option<&DeltaSink>,
     ) -> Result<ModelResponse, ProviderError> {
-        let mut rb = self.client.post(&self.url).json(&self.body(req)?);
+        let mut rb = self.client.post(self.url.clone()).json(&self.body(req)?);
         // A tenant's own key, when the call carries one, replaces the endpoint's.
         if let Some(key) = &req.api_key {
             rb = rb.bearer_auth(key.expose());
@@ -923,7 +928,7 @@ mod tests {
         let mut cfg = EndpointConfig::openai("e", "http://127.0.0.1:1/v1/", "gpt-x");
         cfg.max_output_tokens = Some(100);
         let p = OpenAiProvider::new(&cfg, None).unwrap();
-        assert_eq!(p.url, "http://127.0.0.1:1/v1/chat/completions");
+        assert_eq!(p.url.as_str(), "http://127.0.0.1:1/v1/chat/completions");
         let mut call = assistant(
             String::new(),
             vec![ToolCall {

@@ -516,9 +516,13 @@ impl Writer {
                     tracing::error!(dir = %self.dir.display(), error = %msg, "audit log: anchoring the records written failed (the next flush reports it)");
                     msg
                 });
-                unanchored_since = None;
-                if let Err(e) = anchored {
-                    result = Err(e);
+                match anchored {
+                    Ok(()) => unanchored_since = None,
+                    // Tried again at the next interval or flush.
+                    Err(e) => {
+                        unanchored_since = Some(Instant::now());
+                        result = Err(e);
+                    }
                 }
             }
             if let Err(e) = &result {

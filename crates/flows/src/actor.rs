@@ -685,8 +685,13 @@ impl Actor for RunSupervisor {
                     } else {
                         Duration::from_millis(200 << *n)
                     };
+                    let store = st.deps.store.clone();
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
+                        // Not into a store that still cannot be written.
+                        while store.write_failing().is_some() {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                        }
                         let _ = me.cast(SupMsg::Activate(run));
                     });
                     // Messages held for it go to its successor.

@@ -101,11 +101,25 @@ pub fn prepare(step: &Step, data: &Value) -> Result<Value, String> {
 /// What a performed step gives back.
 pub enum Outcome {
     Done(Value),
+    /// The runtime refused for now (draining for a stop, the store or its
+    /// disk unwritable, the audit trail blocking, a backlog): the step is
+    /// tried again later, not failed.
+    Later(String),
     /// A gate waits for its decision; the step is looked at again when a
     /// decision comes (or after `GATE_RECHECK_MS`).
     Pending,
     /// A child run was started; the step waits for it.
     Child(crate::record::RunId),
+}
+
+/// A runtime error as a step's outcome: `UNAVAILABLE` passes (see
+/// [`Outcome::Later`]); anything else fails the attempt.
+fn refusal(e: baton_runtime::Error) -> Result<Outcome, String> {
+    if e.code() == baton_types::ErrorCode::Unavailable {
+        Ok(Outcome::Later(e.to_string()))
+    } else {
+        Err(e.to_string())
+    }
 }
 
 /// Perform `step` with its prepared `input`.
@@ -118,12 +132,8 @@ pub async fn perform(
     input: &Value,
 ) -> Result<Outcome, String> {
     match &step.kind {
-        StepKind::Model(m) => model(deps, ctx, m, path, attempt, input, false)
-            .await
-            .map(Outcome::Done),
-        StepKind::Agent(m) => model(deps, ctx, m, path, attempt, input, true)
-            .await
-            .map(Outcome::Done),
+        StepKind::Model(m) => model(deps, ctx, m, path, attempt, input, false).await,
+        StepKind::Agent(m) => model(deps, ctx, m, path, attempt, input, true).await,
         StepKind::Tool { tool, .. } => {
             let args = input.get("arguments").cloned().unwrap_or(json!({}));
             let text = deps.rt.call_tool(tool, &args).await?;
@@ -214,6 +224,10 @@ async fn start_child(
 /// woken (a decision wakes it; this covers a missed wake-up).
 pub const GATE_RECHECK_MS: u64 = 300_000;
 
+/// How long a step the runtime refused for now ([`Outcome::Later`]) waits
+/// before it is tried again.
+pub const REFUSED_RETRY_MS: u64 = 1_000;
+
 /// The policy name of a flow's gate: `flow:<run>:<step path>`.
 pub fn gate_policy(run: crate::record::RunId, path: &str) -> String {
     format!("flow:{run}:{path}")
@@ -277,7 +291,10 @@ async fn gate(
         }),
         ..step_session(ctx, path, attempt)
     };
-    let info = caller.start_session(req).await.map_err(|e| e.to_string())?;
+    let info = match caller.start_session(req).await {
+        Ok(info) => info,
+        Err(e) => return refusal(e),
+    };
     let view = caller.get(info.id).await.map_err(|e| e.to_string())?;
     let sent = view.turns_completed > 0
         || view.current_turn != 0
@@ -285,12 +302,10 @@ async fn gate(
         || !view.messages.is_empty();
     if !sent {
         // The turn is durable when this answers; its gate opens next.
-        drop(
-            caller
-                .send_with(info.id, subject.to_string(), false)
-                .await
-                .map_err(|e| e.to_string())?,
-        );
+        match caller.send_with(info.id, subject.to_string(), false).await {
+            Ok(events) => drop(events),
+            Err(e) => return refusal(e),
+        }
         return Ok(Outcome::Pending);
     }
     let gates = deps
@@ -334,7 +349,7 @@ async fn model(
     attempt: u32,
     input: &Value,
     agent: bool,
-) -> Result<Value, String> {
+) -> Result<Outcome, String> {
     let caller = deps.rt.as_caller(ctx.principal.clone());
     let text = |k: &str| input.get(k).and_then(Value::as_str).map(str::to_string);
     let prompt = text("prompt").unwrap_or_default();
@@ -350,22 +365,31 @@ async fn model(
         },
         ..step_session(ctx, path, attempt)
     };
-    let info = caller.start_session(req).await.map_err(|e| e.to_string())?;
+    let info = match caller.start_session(req).await {
+        Ok(info) => info,
+        Err(e) => return refusal(e),
+    };
     let view = caller.get(info.id).await.map_err(|e| e.to_string())?;
     if view.turns_completed == 0 {
-        let mut events = if view.current_turn != 0 {
-            caller.resume(info.id, 0).await.map_err(|e| e.to_string())?
+        let started = if view.current_turn != 0 {
+            caller.resume(info.id, 0).await
         } else {
-            caller
-                .send_with(info.id, prompt, false)
-                .await
-                .map_err(|e| e.to_string())?
+            caller.send_with(info.id, prompt, false).await
+        };
+        let mut events = match started {
+            Ok(events) => events,
+            Err(e) => return refusal(e),
         };
         loop {
             let Some(ev) = events.next().await else {
                 return Err("the session's event stream ended before its turn did".into());
             };
-            let ev = ev.map_err(|e| e.to_string())?;
+            // A stream cut by a restart or a stop: the step session goes
+            // on, and the step finds it again by its key.
+            let ev = match ev {
+                Ok(ev) => ev,
+                Err(e) => return refusal(e),
+            };
             match ev.kind {
                 EventKind::TurnCompleted { .. } => break,
                 EventKind::TurnFailed { reason, code, .. } => {
@@ -388,9 +412,10 @@ async fn model(
         Some((_, schema)) => {
             baton_governance::json::schema_check(schema, &answer)?;
             baton_governance::json::answer_json(&answer)
+                .map(Outcome::Done)
                 .ok_or_else(|| "json_schema: the answer is not valid JSON".to_string())
         }
-        None => Ok(Value::String(answer)),
+        None => Ok(Outcome::Done(Value::String(answer))),
     }
 }
 

@@ -632,6 +632,12 @@ impl Exec {
                         wake_at: Some(now_unix_ms().saturating_add(effects::GATE_RECHECK_MS)),
                     });
                 }
+                Ok(Outcome::Later(why)) => {
+                    tracing::info!(run = %self.ctx.run, step = path, reason = %why, "the runtime refused the step for now; trying again later");
+                    return Err(Stop::Suspend {
+                        wake_at: Some(now_unix_ms().saturating_add(effects::REFUSED_RETRY_MS)),
+                    });
+                }
                 Ok(Outcome::Done(v)) => {
                     self.complete(path, kind, v.clone(), None, !idempotent)
                         .await?;

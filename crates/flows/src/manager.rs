@@ -979,6 +979,9 @@ impl Starter for Inner {
 
     fn not_ended(&self, flow: &str) {
         let mut active = self.active.lock().unwrap_or_else(|p| p.into_inner());
-        *active.entry(flow.to_string()).or_default() += 1;
+        // As `ended`: a flow without an entry is not counted.
+        if let Some(n) = active.get_mut(flow) {
+            *n += 1;
+        }
     }
 }

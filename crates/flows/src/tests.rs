@@ -1076,3 +1076,50 @@ fn gate_steps_check_their_fields() {
     assert!(e.contains("timeout_ms"), "{e}");
     Flow::from_toml(&format!("{base}reviewers = \"x\"\nsubject = \".input\"\n")).expect("valid");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_step_the_runtime_refuses_for_now_waits_instead_of_failing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let flow = || {
+        FlowBuilder::new("ask")
+            .step(StepBuilder::model("say", "hello {{ .input.name }}").route("echo"))
+            .build()
+            .expect("flow")
+    };
+    let rt = runtime(dir.path()).await;
+    let flows = Flows::start(rt.clone(), config(), vec![flow()])
+        .await
+        .expect("flows");
+    // A stop has begun: the runtime refuses new sessions (UNAVAILABLE).
+    assert_eq!(rt.drain(Duration::ZERO).await, 0);
+    let id = start(&flows, "ask", json!({"name": "Ada"})).await;
+    let m = until_status(&flows, id, RunStatus::Waiting).await;
+    assert!(m.wake_at_unix_ms > 0, "it tries again later");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let m = flows.meta(id, &by()).await.expect("meta");
+    assert!(!m.status.is_terminal(), "{:?} {}", m.status, m.reason);
+    assert!(
+        !kinds(&flows, id)
+            .await
+            .iter()
+            .any(|k| k.starts_with("fail:")),
+        "no failed attempt"
+    );
+    flows.shutdown().await;
+    rt.shutdown().await;
+    drop((flows, rt));
+
+    // After the restart the run goes on and completes.
+    let rt = runtime(dir.path()).await;
+    let flows = Flows::start(rt.clone(), config(), vec![flow()])
+        .await
+        .expect("flows");
+    let m = until_status(&flows, id, RunStatus::Completed).await;
+    assert!(
+        m.output.as_str().is_some_and(|s| s.contains("hello Ada")),
+        "{}",
+        m.output
+    );
+    flows.shutdown().await;
+    rt.shutdown().await;
+}

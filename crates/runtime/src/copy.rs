@@ -40,6 +40,13 @@ pub(crate) async fn copy_journal(
     dst: SessionId,
     seal: Option<Arc<SealKey>>,
 ) -> Result<Copied> {
+    // A caller that goes away mid-copy (a cancelled request) drops this
+    // future: the guard drops what was written.
+    let mut guard = CopyGuard {
+        store: store.clone(),
+        dst,
+        armed: false,
+    };
     let r = async {
         let mut copied = Copied::default();
         while copied.last_seq < upto {
@@ -51,7 +58,13 @@ pub(crate) async fn copy_journal(
                 )
                 .await?;
             if page.is_empty() {
-                break;
+                // The source lost records while it was copied (deleted,
+                // erased): no fork of half a journal.
+                return Err(crate::error::Error::FailedPrecondition(format!(
+                    "session {src}'s journal ends at seq {} while it was copied up to {upto}: \
+                     it was deleted meanwhile",
+                    copied.last_seq
+                )));
             }
             let mut batch = Batch::unsynced();
             batch.seal_with(seal.clone());
@@ -66,6 +79,7 @@ pub(crate) async fn copy_journal(
                 copied.last_seq = e.seq;
             }
             store.write(batch).await?;
+            guard.armed = true;
             if copied.last_seq < upto {
                 crate::failpoint("fork_between_pages");
             }
@@ -73,10 +87,29 @@ pub(crate) async fn copy_journal(
         Ok(copied)
     }
     .await;
+    guard.armed = false;
     if r.is_err() {
         drop_copy(store, dst).await;
     }
     r
+}
+
+/// Drops a copy whose future was dropped part-way (in the background).
+struct CopyGuard {
+    store: Store,
+    dst: SessionId,
+    armed: bool,
+}
+
+impl Drop for CopyGuard {
+    fn drop(&mut self) {
+        if self.armed
+            && let Ok(rt) = tokio::runtime::Handle::try_current()
+        {
+            let (store, dst) = (self.store.clone(), self.dst);
+            rt.spawn(async move { drop_copy(&store, dst).await });
+        }
+    }
 }
 
 /// Drop a copy that will not be finished; if that fails, the next start

@@ -28,7 +28,7 @@ impl Answering {
     /// The answer ended (its turn's last event was read).
     pub(crate) fn done(&mut self) {
         if let Some(n) = self.0.take() {
-            n.fetch_sub(1, Ordering::Relaxed);
+            n.fetch_sub(1, Ordering::SeqCst);
         }
     }
 }
@@ -41,13 +41,13 @@ impl Drop for Answering {
 
 impl Drain {
     pub(crate) fn answering(&self) -> Answering {
-        self.answering.fetch_add(1, Ordering::Relaxed);
+        self.answering.fetch_add(1, Ordering::SeqCst);
         Answering(Some(self.answering.clone()))
     }
 
     /// Why new work is refused, while a drain runs.
     pub(crate) fn refusing(&self) -> Option<String> {
-        self.draining.load(Ordering::Relaxed).then(|| {
+        self.draining.load(Ordering::SeqCst).then(|| {
             "the server is shutting down: new sessions and messages are refused \
              (the answers in progress are being finished); retry on another server \
              or after the restart"
@@ -56,13 +56,13 @@ impl Drain {
     }
 
     pub(crate) fn open(&self) -> usize {
-        self.answering.load(Ordering::Relaxed)
+        self.answering.load(Ordering::SeqCst)
     }
 
     /// Refuse new work from now on, then wait until no answer is being
     /// waited for or `grace` has passed; the answers still open.
     pub(crate) async fn run(&self, grace: Duration) -> usize {
-        self.draining.store(true, Ordering::Relaxed);
+        self.draining.store(true, Ordering::SeqCst);
         let deadline = tokio::time::Instant::now() + grace;
         loop {
             let open = self.open();

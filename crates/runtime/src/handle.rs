@@ -261,8 +261,6 @@ impl RuntimeHandle {
         self.route(id, SessionMsg::InjectFault)
     }
 
-    /// Stop every actor and the executors, and flush the store. Unfinished
-    /// turns resume at the next start.
     /// The first half of a graceful stop: from now on new sessions and
     /// messages are refused with `UNAVAILABLE` (and health checks say not
     /// serving), while the turns clients are waiting on go on; returns once
@@ -290,6 +288,8 @@ impl RuntimeHandle {
         left
     }
 
+    /// Stop every actor and the executors, and flush the store. Unfinished
+    /// turns resume at the next start.
     pub async fn shutdown(&self) {
         self.inner.supervisor.stop(Some("shutdown".into()));
         let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {

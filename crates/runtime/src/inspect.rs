@@ -333,6 +333,8 @@ impl RuntimeHandle {
         at_seq: u64,
         by: String,
     ) -> Result<SessionInfo> {
+        // New work, as a start is: refused while draining or unwritable.
+        self.inner.shared.admit()?;
         let view = self.state_at(id, at_seq).await?;
         if view.at_seq != at_seq {
             return Err(Error::InvalidArgument(format!(

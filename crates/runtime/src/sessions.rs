@@ -402,23 +402,30 @@ impl RuntimeHandle {
         let (action, data) = new.audit;
         self.audit_admin(action, Some(id), data, &new.by);
         if let (Some(seq), Some(sink)) = (audited, &shared.audit) {
-            if let Some(upto) = copied.audited
-                && let Err(e) = crate::copy::audit_copied(
-                    &shared.store,
-                    sink.as_ref(),
-                    id,
-                    upto,
-                    seal.as_deref(),
-                )
-                .await
-            {
-                // Pending in the store: the next start appends them.
-                tracing::warn!(session = %id, error = %e, "cannot read a fork's journal for the audit trail; it is appended at the next start");
-            }
+            let copied_audited = match copied.audited {
+                Some(upto) => {
+                    crate::copy::audit_copied(
+                        &shared.store,
+                        sink.as_ref(),
+                        id,
+                        upto,
+                        seal.as_deref(),
+                    )
+                    .await
+                }
+                None => Ok(()),
+            };
             for e in &events {
                 audit::record_event(sink.as_ref(), e, false, seal.as_deref());
             }
-            shared.audit_cursor.note(id, seq);
+            match copied_audited {
+                Ok(()) => shared.audit_cursor.note(id, seq),
+                // Not confirmed: the pending mark written with the records
+                // stays, and the next start appends them.
+                Err(e) => {
+                    tracing::warn!(session = %id, error = %e, "cannot read a fork's journal for the audit trail; it is appended at the next start")
+                }
+            }
         }
         if new.status == SessionStatus::Running {
             // As recovery does at start-up: the session picks up its work.
@@ -704,6 +711,9 @@ impl RuntimeHandle {
         by: String,
         after_turn: Option<u64>,
     ) -> Result<EventStream> {
+        // Counted as an answer being waited for before the drain check, so
+        // that a drain starting now either refuses it or waits for it.
+        let answering = self.shared().drain.answering();
         self.shared().admit()?;
         let limits = &self.shared().config.sessions;
         match message.role {
@@ -747,7 +757,7 @@ impl RuntimeHandle {
                 reply,
             })
             .await?;
-        Ok(self.stream(id, sub))
+        Ok(self.stream(id, sub, Some(answering)))
     }
 
     /// The session as its actor holds it (rehydrating it if passivated).

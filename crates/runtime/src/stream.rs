@@ -58,12 +58,19 @@ impl RuntimeHandle {
         let sub = self
             .ask_read(id, |reply| SessionMsg::Subscribe { after_seq, reply })
             .await?;
-        Ok(self.stream(id, sub))
+        Ok(self.stream(id, sub, None))
     }
 
     /// The stream of a subscription: its history range read from the
     /// journal in pages, then its live events.
-    pub(crate) fn stream(&self, id: SessionId, sub: Subscription) -> EventStream {
+    /// A turn's stream counts as an answer being waited for (`answering`,
+    /// taken by the caller before it was admitted, or here).
+    pub(crate) fn stream(
+        &self,
+        id: SessionId,
+        sub: Subscription,
+        answering: Option<crate::drain::Answering>,
+    ) -> EventStream {
         let store = self.shared().store.clone();
         let ends_with_turn = sub.turn.is_some();
         // Live events count against the subscriber's byte limit until the
@@ -154,7 +161,7 @@ impl RuntimeHandle {
         Box::pin(UntilTurnEnd {
             inner: Box::pin(events),
             ended: false,
-            answering: self.shared().drain.answering(),
+            answering: answering.unwrap_or_else(|| self.shared().drain.answering()),
         })
     }
 }

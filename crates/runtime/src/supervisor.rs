@@ -21,6 +21,10 @@ pub(crate) enum SupervisorMsg {
     Route(SessionId, SessionMsg),
     /// Spawn the session again (after a restart backoff, or once it is marked failed).
     Respawn(SessionId),
+    /// Respawn once the store can be written again (checked every
+    /// `store.disk_check_ms`): a session that failed on a failing store
+    /// waits for it instead of re-issuing its work into it.
+    RespawnWhenWritable(SessionId),
     /// Periodic: passivate sessions idle for longer than the configured time.
     Sweep,
     /// An actor asks to be passivated now (unknown or deleted session).
@@ -131,6 +135,16 @@ impl Actor for SessionSupervisor {
                     st.forward(id, queue);
                 } else {
                     st.spawn(&myself, id, queue).await;
+                }
+            }
+            SupervisorMsg::RespawnWhenWritable(id) => {
+                if st.shared.store.write_failing().is_some() {
+                    let wait = st.shared.config.store.disk_check_ms.max(10);
+                    myself.send_after(Duration::from_millis(wait), move || {
+                        SupervisorMsg::RespawnWhenWritable(id)
+                    });
+                } else {
+                    let _ = myself.cast(SupervisorMsg::Respawn(id));
                 }
             }
             SupervisorMsg::Sweep => st.sweep(),
@@ -386,9 +400,9 @@ impl SupervisorState {
                 .store
                 .disk_check_ms
                 .max(cfg.initial_backoff_ms);
-            tracing::warn!(session = %id, %reason, wait_ms = wait, "session actor failed while the store cannot be written; restarting when it can");
+            tracing::warn!(session = %id, %reason, "session actor failed while the store cannot be written; restarting once it can");
             myself.send_after(Duration::from_millis(wait), move || {
-                SupervisorMsg::Respawn(id)
+                SupervisorMsg::RespawnWhenWritable(id)
             });
             return;
         }

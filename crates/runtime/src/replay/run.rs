@@ -47,6 +47,8 @@ impl RuntimeHandle {
     /// [`Self::replay`] by principal `by`: the replay session is started by
     /// `by`, in the recording's tenant.
     pub(crate) async fn replay_by(&self, id: SessionId, by: String) -> Result<ReplayReport> {
+        // New work, as a start is: refused while draining or unwritable.
+        self.inner.shared.admit()?;
         let store = &self.inner.shared.store;
         let Some(meta) = store.load_meta(id).await? else {
             return Err(Error::SessionNotFound(id));

@@ -57,7 +57,8 @@ fn watch_audit_health(
     tokio::spawn(async move {
         let mut serving = true;
         loop {
-            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            // Often enough that a drain for a stop shows before it ends.
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
             let now = runtime.refusing_work().is_none();
             if now == serving {
                 continue;

@@ -67,11 +67,20 @@ fn config(dir: &std::path::Path) -> Result<RuntimeConfig> {
             "name": "open", "kind": "data_rule", "reviewers": "ops",
             "pattern": "HOLD-OPEN", "applies_to": "input",
         }))?,
+        serde_json::from_value(serde_json::json!({
+            "name": "legal", "kind": "data_rule", "reviewers": "legal",
+            "pattern": "HOLD-LEGAL", "applies_to": "input",
+        }))?,
     ];
-    c.tenants = vec![serde_json::from_value(serde_json::json!({
-        "name": baton_types::DEFAULT_TENANT, "key_requests_per_second": 1e9, "key_burst": 1000000,
-        "requests_per_second": 1e9, "burst": 1000000,
-    }))?];
+    c.tenants = [baton_types::DEFAULT_TENANT, "globex"]
+        .into_iter()
+        .map(|name| {
+            serde_json::from_value(serde_json::json!({
+                "name": name, "key_requests_per_second": 1e9, "key_burst": 1000000,
+                "requests_per_second": 1e9, "burst": 1000000,
+            }))
+        })
+        .collect::<Result<_, _>>()?;
     Ok(c)
 }
 
@@ -142,6 +151,25 @@ async fn time_page(
     Ok((times, size))
 }
 
+/// Gates of the "legal" group (the oldest ones).
+const LEGAL_GATES: usize = 10;
+
+/// Send `text` to session `id` and wait for its gate to open.
+async fn open_gate(
+    h: &baton_runtime::RuntimeHandle,
+    id: baton_types::SessionId,
+    text: &str,
+) -> Result<()> {
+    let mut s = h.send_with(id, text.into(), false).await?;
+    while let Some(e) = s.next().await {
+        let e = e?;
+        if e.kind.name() == "gate_opened" {
+            return Ok(());
+        }
+    }
+    bail!("session {id}: the turn ended without a gate")
+}
+
 async fn get_text(web: &reqwest::Client, url: &str, cookie: &str) -> Result<String> {
     Ok(web
         .get(url)
@@ -198,7 +226,14 @@ async fn main() -> Result<()> {
         .take(a.gates)
         .copied()
         .collect();
-    futures::stream::iter(gated.iter().enumerate())
+    // The oldest few gates are for another group ("legal", no deadline):
+    // last in the queue, so its reviewer's first page reads past every
+    // other pending gate (the worst case of a group-filtered queue).
+    let legal = LEGAL_GATES.min(gated.len());
+    for id in &gated[..legal] {
+        open_gate(&runtime, *id, "please HOLD-LEGAL this").await?;
+    }
+    futures::stream::iter(gated.iter().enumerate().skip(legal))
         .map(|(i, id)| {
             let h = runtime.clone();
             let text = if i % 2 == 0 {
@@ -206,16 +241,7 @@ async fn main() -> Result<()> {
             } else {
                 "please HOLD-OPEN this"
             };
-            async move {
-                let mut s = h.send_with(*id, text.into(), false).await?;
-                while let Some(e) = s.next().await {
-                    let e = e?;
-                    if e.kind.name() == "gate_opened" {
-                        return Ok(());
-                    }
-                }
-                bail!("session {id}: the turn ended without a gate")
-            }
+            async move { open_gate(&h, *id, text).await }
         })
         .buffer_unordered(256)
         .collect::<Vec<Result<()>>>()
@@ -230,13 +256,30 @@ async fn main() -> Result<()> {
 
     // Keys, the HTTP server, sign-ins.
     let mut secrets = Vec::new();
-    for (name, role, groups) in [
-        ("operator", AccessRole::Operator, vec![]),
-        ("reviewer", AccessRole::Reviewer, vec!["ops".to_string()]),
+    for (name, tenant, role, groups) in [
+        (
+            "operator",
+            baton_types::DEFAULT_TENANT,
+            AccessRole::Operator,
+            vec![],
+        ),
+        (
+            "reviewer",
+            baton_types::DEFAULT_TENANT,
+            AccessRole::Reviewer,
+            vec!["ops".to_string()],
+        ),
+        (
+            "legal",
+            baton_types::DEFAULT_TENANT,
+            AccessRole::Reviewer,
+            vec!["legal".to_string()],
+        ),
+        ("globex", "globex", AccessRole::Operator, vec![]),
     ] {
         let (record, secret) = new_key(
             name.into(),
-            baton_types::DEFAULT_TENANT.into(),
+            tenant.into(),
             vec![role],
             groups,
             0,
@@ -269,9 +312,11 @@ async fn main() -> Result<()> {
         .build()?;
     let operator = sign_in(&web, &base, &secrets[0]).await?;
     let reviewer = sign_in(&web, &base, &secrets[1]).await?;
+    let legal_reviewer = sign_in(&web, &base, &secrets[2]).await?;
+    let globex = sign_in(&web, &base, &secrets[3]).await?;
 
-    // Tokens for pages deep in the lists: the queue's 50th page (of 100),
-    // the sessions list's 1000th (of 2000).
+    // Tokens for pages deep in the lists: the queue after its first 1,000
+    // gates (page 11 of 100), the sessions list at its middle.
     // (And the whole queue, as a check: every gate once, in queue order.)
     let mut pending = 0;
     let mut token = None;
@@ -322,6 +367,13 @@ async fn main() -> Result<()> {
             format!("/ui/gates?after={deep_gate_token}"),
         ),
         ("gate page", &reviewer, format!("/ui/gates/{gate}")),
+        (
+            "gate queue, group of 10 gates",
+            &legal_reviewer,
+            "/ui/gates".into(),
+        ),
+        ("gate queue, another tenant", &globex, "/ui/gates".into()),
+        ("sessions, another tenant", &globex, "/ui/sessions".into()),
         ("sessions, first page", &operator, "/ui/sessions".into()),
         (
             "sessions, by status",

@@ -486,6 +486,12 @@ async fn reviewers_and_operators_work_in_a_real_browser_and_a_crash_loses_no_gat
         shown,
         state["messages"].as_array().unwrap().len().to_string()
     );
+    // A fork where the gate is pending is refused, with the reason.
+    b.click(&b.find("#fork").await.unwrap()).await.unwrap();
+    b.wait_text("the fork refused", |t| t.contains("has a gate pending"))
+        .await
+        .unwrap();
+    assert!(!b.find_all("[role=alert]").await.unwrap().is_empty());
     b.goto(&format!("{http}/ui/sessions/{a}")).await.unwrap();
     let now = b
         .text(&b.find("#state-messages").await.unwrap())
@@ -495,6 +501,77 @@ async fn reviewers_and_operators_work_in_a_real_browser_and_a_crash_loses_no_gat
         now, shown,
         "the state now differs from the state at the gate"
     );
+    // The prompt's markup is text here too, and inert.
+    let t = b.page_text().await.unwrap();
+    assert!(t.contains("<script>window.__xss=1</script>"), "{t}");
+    assert_eq!(
+        b.run("return typeof window.__xss").await.unwrap(),
+        "undefined"
+    );
+    assert!(
+        b.find_all("main script, main img")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    // The timeline reads without opening the records: who decided the gate
+    // and why, where the answer came from and what it said.
+    let what = |kind: &str| {
+        format!(
+            "return [...document.querySelectorAll('tbody tr')].filter(r => r.querySelector('code')?.textContent === '{kind}').map(r => r.querySelector('td.what').textContent)"
+        )
+    };
+    let decided = b.run(&what("gate_decided")).await.unwrap();
+    let decided = decided[0].as_str().unwrap_or_default();
+    assert!(
+        decided.contains("approve by api_key:") && decided.contains("looks right"),
+        "{decided}"
+    );
+    let answers = b.run(&what("assistant_message")).await.unwrap();
+    let last = answers
+        .as_array()
+        .unwrap()
+        .last()
+        .unwrap()
+        .as_str()
+        .unwrap();
+    assert!(
+        last.starts_with("fake (") && last.contains("The answer is 42."),
+        "{last}"
+    );
+    // Fork from now: a new session holding A's conversation.
+    b.click(&b.find("#fork").await.unwrap()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let forked = loop {
+        let url = b.url().await.unwrap();
+        if !url.ends_with(&a) && url.contains("/ui/sessions/") {
+            break url;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no fork: {url}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let forked = forked.rsplit('/').next().unwrap().to_string();
+    assert_ne!(forked, a);
+    assert_eq!(
+        b.text(&b.find("#state-messages").await.unwrap())
+            .await
+            .unwrap(),
+        now,
+        "the fork holds A's messages"
+    );
+    let info = InspectClient::new(channel(&server).await)
+        .get_session_state(authed(
+            &operator,
+            v1::GetSessionStateRequest {
+                session_id: forked.clone(),
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    let state: serde_json::Value = serde_json::from_str(&info.state_json).unwrap();
+    assert_eq!(state["messages"].as_array().unwrap().len().to_string(), now);
+    b.goto(&format!("{http}/ui/sessions/{a}")).await.unwrap();
 
     // Replay A from its page: the report, as the Inspect API's replay has it.
     b.click(&b.find("#replay").await.unwrap()).await.unwrap();
@@ -645,6 +722,7 @@ async fn reviewers_and_operators_work_in_a_real_browser_and_a_crash_loses_no_gat
         steps.contains("\"double\"") && steps.contains("42"),
         "{steps}"
     );
+    b.screenshot(&shots().join("run.png")).await.unwrap();
     b.click(&b.find("#seq-1 a").await.unwrap()).await.unwrap();
     b.wait_text("the run's first record", |t| t.contains("State at seq 1"))
         .await

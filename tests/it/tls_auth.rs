@@ -257,6 +257,32 @@ roles = ["client"]
         .await
         .unwrap();
     assert_eq!(r.status().as_u16(), 200, "{}", r.text().await.unwrap());
+    // The console over TLS: its sign-in cookie is Secure as well as
+    // HttpOnly and SameSite=Strict.
+    let reviewer_jwt = token(serde_json::json!({
+        "iss": "https://idp.test", "aud": "baton", "sub": "rev",
+        "tenant": "acme", "roles": "reviewer", "exp": now + 600,
+    }));
+    let r = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .post(format!("{https}/ui/login"))
+        .header("origin", &https)
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("credential={reviewer_jwt}&next=%2Fui%2Fgates"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 303);
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    for attribute in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/ui"] {
+        assert!(
+            cookie.split("; ").any(|a| a == attribute),
+            "{attribute} in {cookie}"
+        );
+    }
     // The baton CLI over mutual TLS.
     let out = tokio::process::Command::new(bin())
         .args(["session", "start", "--server"])

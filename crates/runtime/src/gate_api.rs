@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use baton_store::gates::QueuePos;
+use baton_store::gates::{QueuePos, QueueScope};
 use baton_types::{GateId, GateRecord, GateStatus, Message, now_unix_ms};
 
 use crate::error::{Error, Result};
@@ -36,7 +36,28 @@ impl RuntimeHandle {
                             .into(),
                     ));
                 }
-                Cursor::Queue(page_token(q.page_token.as_deref(), QueuePos::parse)?)
+                let after = page_token(q.page_token.as_deref(), QueuePos::parse)?;
+                // A tenant's or a reviewer's queue: from its own index
+                // entries, whatever other tenants and groups have pending.
+                if let Some(tenant) = &q.tenant {
+                    let scopes = match &q.groups {
+                        None => vec![QueueScope::Tenant(tenant.clone())],
+                        Some(groups) => {
+                            let mut g: Vec<&str> = groups.iter().map(String::as_str).collect();
+                            g.push("");
+                            g.sort_unstable();
+                            g.dedup();
+                            g.into_iter()
+                                .map(|group| QueueScope::Group {
+                                    tenant: tenant.clone(),
+                                    group: group.to_string(),
+                                })
+                                .collect()
+                        }
+                    };
+                    return self.scoped_queue(scopes, after, size).await;
+                }
+                Cursor::Queue(after)
             }
         };
         // Filtered by tenant or group: read pages until this one is full.
@@ -59,6 +80,7 @@ impl RuntimeHandle {
                     .is_none_or(|gs| g.reviewers.is_empty() || gs.contains(&g.reviewers));
                 let tenant_ok = match &q.tenant {
                     None => true,
+                    Some(t) if !g.tenant.is_empty() => &g.tenant == t,
                     Some(t) => match tenants.get(&g.session) {
                         Some(ok) => *ok,
                         None => {
@@ -90,6 +112,38 @@ impl RuntimeHandle {
         Ok(GateList {
             gates,
             next_page_token: next.map(|c| c.token()).filter(|t| !t.is_empty()),
+        })
+    }
+
+    /// A page of the queue merged from `scopes` (each in queue order).
+    async fn scoped_queue(
+        &self,
+        scopes: Vec<QueueScope>,
+        after: Option<QueuePos>,
+        size: usize,
+    ) -> Result<GateList> {
+        let store = &self.shared().store;
+        let mut gates = Vec::new();
+        let mut more = false;
+        for scope in scopes {
+            let page = store.gate_queue_in(scope, after, size).await?;
+            more |= page.next_after.is_some();
+            gates.extend(page.gates);
+        }
+        gates.sort_by(queue_order);
+        gates.dedup_by_key(|g| g.gate_id);
+        if gates.len() > size {
+            gates.truncate(size);
+            more = true;
+        }
+        let next_page_token = if more {
+            gates.last().map(|g| QueuePos::of(g).to_token())
+        } else {
+            None
+        };
+        Ok(GateList {
+            gates,
+            next_page_token,
         })
     }
 
@@ -215,6 +269,17 @@ impl RuntimeHandle {
 }
 
 /// Where a walk of the gate indexes stands, in one of the two orders.
+/// The queue's order: gates with a deadline first, nearest first (then by
+/// id), then the others newest first.
+fn queue_order(a: &GateRecord, b: &GateRecord) -> std::cmp::Ordering {
+    match (a.deadline_unix_ms, b.deadline_unix_ms) {
+        (0, 0) => b.gate_id.cmp(&a.gate_id),
+        (0, _) => std::cmp::Ordering::Greater,
+        (_, 0) => std::cmp::Ordering::Less,
+        (x, y) => (x, a.gate_id).cmp(&(y, b.gate_id)),
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 enum Cursor {
     Opened(Option<GateId>),

@@ -299,6 +299,13 @@ impl OidcSettings {
 /// (its `Host`): browsers send `Origin` with every form post, so a page of
 /// another site cannot post to the console even with the cookie.
 pub fn same_origin(headers: &HeaderMap) -> bool {
+    // A browser says where a request comes from (Fetch Metadata) even
+    // where it sends no Origin: only this origin, or the user typing.
+    if let Some(site) = headers.get("sec-fetch-site") {
+        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
+            return false;
+        }
+    }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;
     };
@@ -363,6 +370,17 @@ mod tests {
         for o in ["http://evil.example", "null", "http://127.0.0.1:8081"] {
             h.insert(header::ORIGIN, o.parse().unwrap());
             assert!(!same_origin(&h), "{o}");
+        }
+        // No Origin, but the browser says it came from another site.
+        h.remove(header::ORIGIN);
+        for (site, ok) in [
+            ("cross-site", false),
+            ("same-site", false),
+            ("same-origin", true),
+            ("none", true),
+        ] {
+            h.insert("sec-fetch-site", site.parse().unwrap());
+            assert_eq!(same_origin(&h), ok, "{site}");
         }
         assert_eq!(query_escape("/ui/gates?a=b&c"), "/ui/gates%3Fa%3Db%26c");
     }

@@ -13,6 +13,13 @@
 //! | `gP` ++ policy ++ 0 ++ status ++ gate id | gates by policy and status |
 //! | `gQ` ++ policy ++ 0 ++ gate id | gates by policy |
 //! | `gt` ++ deadline (u64 BE) ++ gate id | deadlines of pending gates |
+//! | `gu` ++ tenant ++ 0 ++ deadline ++ gate id | a tenant's pending gates with a deadline |
+//! | `gv` ++ tenant ++ 0 ++ gate id | a tenant's pending gates without one |
+//! | `gw` ++ tenant ++ 0 ++ group ++ 0 ++ deadline ++ gate id | the same for one reviewer group |
+//! | `gx` ++ tenant ++ 0 ++ group ++ 0 ++ gate id | |
+//!
+//! The last four serve a reviewer's or an operator's queue from its own
+//! entries, however many gates other groups and tenants have pending.
 
 use baton_proto::journal::v1 as pb;
 use baton_types::{
@@ -66,6 +73,7 @@ pub(crate) fn encode(r: &GateRecord) -> Vec<u8> {
         decided_at_unix_ms: o.map(|o| o.decided_at_unix_ms).unwrap_or_default(),
         by_timeout: o.is_some_and(|o| o.by_timeout),
         escalations: r.escalations,
+        tenant: r.tenant.clone(),
     }
     .encode_to_vec()
 }
@@ -114,6 +122,7 @@ pub(crate) fn decode(gate_id: GateId, bytes: &[u8]) -> Result<GateRecord> {
         on_timeout: TimeoutAction::parse(&g.on_timeout).map_err(newer)?,
         escalations: g.escalations,
         outcome,
+        tenant: g.tenant,
     })
 }
 
@@ -137,7 +146,104 @@ fn index_keys(r: &GateRecord) -> Vec<Vec<u8>> {
     if status == GateStatus::Pending && r.deadline_unix_ms > 0 {
         keys.push(key(b"gt", &[&r.deadline_unix_ms.to_be_bytes(), id]));
     }
+    if status == GateStatus::Pending && !r.tenant.is_empty() {
+        keys.extend(scoped_keys(
+            &r.tenant,
+            &r.reviewers,
+            r.deadline_unix_ms,
+            r.gate_id,
+        ));
+    }
     keys
+}
+
+/// Whose queue: a tenant's, or one reviewer group's in a tenant (`""`:
+/// the gates any reviewer may decide).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum QueueScope {
+    Tenant(String),
+    Group { tenant: String, group: String },
+}
+
+impl QueueScope {
+    /// The (deadline, no deadline) index prefixes of the scope.
+    fn prefixes(&self) -> (Vec<u8>, Vec<u8>) {
+        match self {
+            QueueScope::Tenant(t) => (
+                key(b"gu", &[t.as_bytes(), &[0]]),
+                key(b"gv", &[t.as_bytes(), &[0]]),
+            ),
+            QueueScope::Group { tenant, group } => (
+                key(b"gw", &[tenant.as_bytes(), &[0], group.as_bytes(), &[0]]),
+                key(b"gx", &[tenant.as_bytes(), &[0], group.as_bytes(), &[0]]),
+            ),
+        }
+    }
+}
+
+/// The scoped queue entries of a pending gate (tenant and group).
+fn scoped_keys(tenant: &str, group: &str, deadline: u64, id: GateId) -> Vec<Vec<u8>> {
+    let mut out = Vec::with_capacity(2);
+    for scope in [
+        QueueScope::Tenant(tenant.to_string()),
+        QueueScope::Group {
+            tenant: tenant.to_string(),
+            group: group.to_string(),
+        },
+    ] {
+        let (due, open) = scope.prefixes();
+        out.push(if deadline > 0 {
+            key(&due, &[&deadline.to_be_bytes(), id.as_bytes()])
+        } else {
+            key(&open, &[id.as_bytes()])
+        });
+    }
+    out
+}
+
+/// Gate records stored before they carried their tenant have no scoped
+/// queue entries: write them once, from the sessions' metadata (marked
+/// done in the same write).
+pub(crate) fn build_queue_index(db: &DB, ring: Option<&crate::seal::Keyring>) -> Result<()> {
+    let indexes = cf_handle(db, CF_INDEXES)?;
+    if db
+        .get_cf(indexes, crate::keys::GATE_QUEUE_INDEX_MARKER)?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let prefix = status_prefix(GateStatus::Pending);
+    let mut batch = rocksdb::WriteBatch::default();
+    for item in db.iterator_cf(indexes, IteratorMode::From(prefix, Direction::Forward)) {
+        let (k, _) = item?;
+        if !k.starts_with(prefix) {
+            break;
+        }
+        if k.len() != prefix.len() + 16 {
+            continue;
+        }
+        let mut id = [0u8; 16];
+        id.copy_from_slice(&k[prefix.len()..]);
+        let Some(g) = get_blocking(db, ring, GateId::from_bytes(id))? else {
+            continue;
+        };
+        let tenant = if g.tenant.is_empty() {
+            match crate::load_meta_blocking(db, g.session)? {
+                Some(m) => m.tenant,
+                None => continue,
+            }
+        } else {
+            g.tenant.clone()
+        };
+        for k in scoped_keys(&tenant, &g.reviewers, g.deadline_unix_ms, g.gate_id) {
+            batch.put_cf(indexes, k, g.session.as_bytes());
+        }
+    }
+    batch.put_cf(indexes, crate::keys::GATE_QUEUE_INDEX_MARKER, []);
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    db.write_opt(batch, &opts)?;
+    Ok(())
 }
 
 impl Batch {
@@ -385,6 +491,37 @@ pub(crate) fn queue_blocking(
     after: Option<QueuePos>,
     limit: usize,
 ) -> Result<QueuePage> {
+    queue_in_blocking(
+        db,
+        ring,
+        (b"gt", status_prefix(GateStatus::Pending)),
+        after,
+        limit,
+    )
+}
+
+/// [`queue_blocking`] of one scope's entries only.
+pub(crate) fn scoped_queue_blocking(
+    db: &DB,
+    ring: Option<&crate::seal::Keyring>,
+    scope: &QueueScope,
+    after: Option<QueuePos>,
+    limit: usize,
+) -> Result<QueuePage> {
+    let (due, open) = scope.prefixes();
+    queue_in_blocking(db, ring, (&due, &open), after, limit)
+}
+
+/// The queue read from a deadline index (`due` ++ deadline ++ id, forward)
+/// and a pending index (`open` ++ id, backwards, skipping gates with a
+/// deadline).
+fn queue_in_blocking(
+    db: &DB,
+    ring: Option<&crate::seal::Keyring>,
+    (due, open): (&[u8], &[u8]),
+    after: Option<QueuePos>,
+    limit: usize,
+) -> Result<QueuePage> {
     let cf = cf_handle(db, CF_INDEXES)?;
     let mut gates: Vec<GateRecord> = Vec::new();
     let mut more = false;
@@ -396,18 +533,20 @@ pub(crate) fn queue_blocking(
     };
     if !matches!(after, Some(QueuePos::Open(_))) {
         let start = match after {
-            Some(QueuePos::Deadline(d, id)) => key(b"gt", &[&d.to_be_bytes(), id.as_bytes()]),
-            _ => b"gt".to_vec(),
+            Some(QueuePos::Deadline(d, id)) => key(due, &[&d.to_be_bytes(), id.as_bytes()]),
+            _ => due.to_vec(),
         };
         for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
             let (k, _) = item?;
-            if !k.starts_with(b"gt") {
+            if !k.starts_with(due) {
                 break;
             }
-            if k.len() != 2 + 8 + 16 || (after.is_some() && *k == *start) {
+            if k.len() != due.len() + 8 + 16 || (after.is_some() && *k == *start) {
                 continue;
             }
-            let Some(g) = gate_at(&k, 10)? else { continue };
+            let Some(g) = gate_at(&k, due.len() + 8)? else {
+                continue;
+            };
             if gates.len() == limit {
                 more = true;
                 break;
@@ -416,7 +555,7 @@ pub(crate) fn queue_blocking(
         }
     }
     if !more {
-        let prefix = status_prefix(GateStatus::Pending);
+        let prefix = open;
         let start = match after {
             Some(QueuePos::Open(id)) => key(prefix, &[id.as_bytes()]),
             _ => key(prefix, &[&[0xff; 17]]),

@@ -155,6 +155,9 @@ pub fn api_key_key(id: &str) -> Vec<u8> {
 /// `indexes` key marking that the tenant index covers every session
 /// (written once, by the first start that built it).
 pub const TENANT_INDEX_MARKER: &[u8] = b"~tenant-index-v1";
+/// Set once the pending gates' scoped queue entries were written
+/// (`gates::build_queue_index`).
+pub const GATE_QUEUE_INDEX_MARKER: &[u8] = b"~gate-queue-index-v1";
 
 #[cfg(test)]
 mod tests {

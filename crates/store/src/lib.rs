@@ -211,6 +211,7 @@ impl Store {
         });
         let db = Arc::new(DB::open_cf_descriptors(&db_opts, &options.path, cfs)?);
         build_tenant_index(&db)?;
+        gates::build_queue_index(&db, options.keyring.as_deref())?;
         let stats = Arc::new(WriterStats::default());
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = {
@@ -721,6 +722,21 @@ impl Store {
         let ring = self.inner.options.keyring.clone();
         self.blocking(move |db| gates::queue_blocking(db, ring.as_deref(), after, limit))
             .await
+    }
+
+    /// [`Store::gate_queue`] of one tenant's or one reviewer group's
+    /// pending gates, from their own index entries.
+    pub async fn gate_queue_in(
+        &self,
+        scope: gates::QueueScope,
+        after: Option<gates::QueuePos>,
+        limit: usize,
+    ) -> Result<gates::QueuePage> {
+        let ring = self.inner.options.keyring.clone();
+        self.blocking(move |db| {
+            gates::scoped_queue_blocking(db, ring.as_deref(), &scope, after, limit)
+        })
+        .await
     }
 
     /// How many gates are pending (for the `gates_pending` gauge at start).

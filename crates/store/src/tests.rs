@@ -451,6 +451,7 @@ fn gate(n: u8, session: SessionId, policy: &str, status: GateStatus, deadline: u
         deadline_unix_ms: deadline,
         on_timeout: TimeoutAction::Reject,
         escalations: 0,
+        tenant: "acme".into(),
         outcome: (status == GateStatus::Decided).then(|| GateOutcome {
             decision: Decision::Approve,
             reviewer: "ana".into(),
@@ -569,6 +570,97 @@ async fn gates_page_stably_by_any_filter_and_deadlines_are_found() {
         store.get_gate(decided.gate_id).await.unwrap().unwrap(),
         decided
     );
+}
+
+#[tokio::test]
+async fn a_tenants_and_a_groups_queue_come_from_their_own_entries_in_queue_order() {
+    use GateStatus::*;
+    use gates::{QueuePos, QueueScope};
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Durability::Buffered);
+    let s = SessionId::new();
+    let with = |n: u8, tenant: &str, group: &str, deadline: u64| GateRecord {
+        tenant: tenant.into(),
+        reviewers: group.into(),
+        ..gate(n, s, "p", Pending, deadline)
+    };
+    let all = vec![
+        with(1, "acme", "ops", 0),
+        with(2, "acme", "legal", 0),
+        with(3, "globex", "ops", 0),
+        with(4, "acme", "ops", 30),
+        with(5, "acme", "ops", 0),
+        with(6, "acme", "ops", 20),
+        with(7, "acme", "", 0),
+        // Stored before gates carried their tenant: no scoped entries.
+        with(8, "", "ops", 0),
+    ];
+    let mut b = Batch::new();
+    for g in &all {
+        b.put_gate(g, None);
+    }
+    store.write(b).await.unwrap();
+    let walk = |scope: QueueScope| {
+        let store = store.clone();
+        async move {
+            let mut ids = Vec::new();
+            let mut after: Option<QueuePos> = None;
+            loop {
+                let page = store.gate_queue_in(scope.clone(), after, 2).await.unwrap();
+                ids.extend(page.gates.iter().map(|g| g.gate_id.as_bytes()[15]));
+                match page.next_after {
+                    Some(a) => after = Some(a),
+                    None => return ids,
+                }
+            }
+        }
+    };
+    let ops = QueueScope::Group {
+        tenant: "acme".into(),
+        group: "ops".into(),
+    };
+    assert_eq!(walk(ops.clone()).await, vec![6, 4, 5, 1]);
+    assert_eq!(
+        walk(QueueScope::Tenant("acme".into())).await,
+        vec![6, 4, 7, 5, 2, 1]
+    );
+    assert_eq!(walk(QueueScope::Tenant("globex".into())).await, vec![3]);
+    // Decided: out of its queues.
+    let mut b = Batch::new();
+    let decided = GateRecord {
+        outcome: gate(5, s, "p", Decided, 0).outcome,
+        ..all[4].clone()
+    };
+    b.put_gate(&decided, Some(&all[4]));
+    store.write(b).await.unwrap();
+    assert_eq!(walk(ops.clone()).await, vec![6, 4, 1]);
+    // A data dir from before: at its next open, gate 8 gets its entries
+    // from its session's tenant.
+    let mut b = Batch::new();
+    b.put_meta(
+        &s,
+        &SessionMeta {
+            tenant: "acme".into(),
+            ..meta(SessionStatus::Running)
+        },
+        None,
+    );
+    store.write(b).await.unwrap();
+    let db = &store.inner.db;
+    db.delete_cf(
+        writer::cf_handle(db, CF_INDEXES).unwrap(),
+        keys::GATE_QUEUE_INDEX_MARKER,
+    )
+    .unwrap();
+    drop(store);
+    let store = open(dir.path(), Durability::Buffered);
+    let page = store.gate_queue_in(ops, None, 10).await.unwrap();
+    let ids: Vec<u8> = page
+        .gates
+        .iter()
+        .map(|g| g.gate_id.as_bytes()[15])
+        .collect();
+    assert_eq!(ids, vec![6, 4, 8, 1]);
 }
 
 /// Every byte under the store's directory, as one buffer (a raw search).

@@ -115,6 +115,10 @@ pub struct GateRecord {
     pub escalations: u32,
     /// `None` while pending.
     pub outcome: Option<GateOutcome>,
+    /// The tenant of the gate's session (empty in records stored before
+    /// gates carried it: the session's metadata has it).
+    #[serde(default)]
+    pub tenant: String,
 }
 
 impl GateRecord {

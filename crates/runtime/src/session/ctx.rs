@@ -185,8 +185,14 @@ impl SessionCtx {
 }
 
 /// The index record of a pending gate.
-pub(crate) fn pending_record(session: SessionId, turn: u64, g: &PendingGate) -> GateRecord {
+pub(crate) fn pending_record(
+    session: SessionId,
+    tenant: &str,
+    turn: u64,
+    g: &PendingGate,
+) -> GateRecord {
     GateRecord {
+        tenant: tenant.to_string(),
         gate_id: g.gate_id,
         session,
         turn,

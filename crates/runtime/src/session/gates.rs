@@ -102,7 +102,7 @@ impl SessionCtx {
         let Some(g) = current.gates.iter().find(|g| g.gate_id == gate_id) else {
             return;
         };
-        let record = pending_record(self.env.id, current.turn, g);
+        let record = pending_record(self.env.id, &self.durable.state.tenant, current.turn, g);
         let previous = self.gates.records.insert(gate_id, record.clone());
         self.gates.staged.push((record, previous));
     }

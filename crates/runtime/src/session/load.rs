@@ -85,9 +85,10 @@ impl SessionCtx {
         self.outbox.released_seq = self.durable.state.last_seq;
         if let Some(c) = &self.durable.state.current {
             for g in &c.gates {
-                self.gates
-                    .records
-                    .insert(g.gate_id, pending_record(id, c.turn, g));
+                self.gates.records.insert(
+                    g.gate_id,
+                    pending_record(id, &self.durable.state.tenant, c.turn, g),
+                );
             }
         }
         Ok(())

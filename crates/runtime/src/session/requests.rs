@@ -1,6 +1,6 @@
 //! Requests from clients: send a turn, subscribe, cancel, delete.
 
-use baton_types::{Decision, EventKind, GateOutcome, Message, now_unix_ms};
+use baton_types::{Decision, EventKind, GateOutcome, GateRecord, Message, now_unix_ms};
 use ractor::ActorRef;
 
 use super::ctx::SessionCtx;
@@ -166,8 +166,18 @@ impl SessionCtx {
                 usize::MAX,
             )
             .await?;
-        for g in &gates.gates {
-            batch.delete_gate(g);
+        for g in gates.gates {
+            // Records stored before gates carried their tenant: their
+            // scoped queue entries are the session's tenant's.
+            let g = if g.tenant.is_empty() {
+                GateRecord {
+                    tenant: meta.tenant.clone(),
+                    ..g
+                }
+            } else {
+                g
+            };
+            batch.delete_gate(&g);
         }
         // Sealed under a key of its own (the session is its own subject):
         // the key goes too, so its audit records and any copy (backups)

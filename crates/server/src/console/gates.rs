@@ -230,7 +230,11 @@ async fn render(
     let decide = if pending && sign_in.who.has(AccessRole::Reviewer) {
         forms(&g, sign_in, form)
     } else if pending {
-        r#"<p data-watch-gate="">Only a reviewer of this gate's group can decide it.</p>"#.into()
+        // Watched all the same: a decision taken elsewhere shows at once.
+        format!(
+            r#"<p data-watch-gate="{}">Only a reviewer of this gate's group can decide it.</p>"#,
+            esc(&g.gate_id.to_string())
+        )
     } else {
         decision_html(&g)
     };

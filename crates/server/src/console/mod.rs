@@ -17,6 +17,7 @@ mod oidc;
 mod routes;
 mod runs;
 mod sessions;
+mod timeline;
 
 pub use audit::ConsoleAudit;
 pub use oidc::ConsoleOidc;

@@ -192,7 +192,7 @@ fn timeline(id: &str, events: &[SessionEvent], at: Option<u64>) -> String {
             let details = serde_json::to_string_pretty(&e.kind).unwrap_or_default();
             let here = at == Some(e.seq);
             format!(
-                r#"<tr class="{cat}{cur}" id="seq-{seq}"><td><a href="/ui/sessions/{id}?at={seq}" aria-label="state at seq {seq}">{seq}</a></td><td>{time}</td><td>{turn}</td><td><code>{kind}</code></td><td><details><summary>details</summary><pre>{details}</pre></details></td></tr>"#,
+                r#"<tr class="{cat}{cur}" id="seq-{seq}"><td><a href="/ui/sessions/{id}?at={seq}" aria-label="state at seq {seq}">{seq}</a></td><td>{time}</td><td>{turn}</td><td><code>{kind}</code></td><td class="what">{what}</td><td><details><summary>record</summary><pre>{details}</pre></details></td></tr>"#,
                 cat = category(e),
                 cur = if here { " here" } else { "" },
                 seq = e.seq,
@@ -200,6 +200,7 @@ fn timeline(id: &str, events: &[SessionEvent], at: Option<u64>) -> String {
                 time = esc(&html::time(e.at_unix_ms)),
                 turn = e.turn().map(|t| t.to_string()).unwrap_or_default(),
                 kind = esc(e.kind.name()),
+                what = esc(&super::timeline::summary(&e.kind)),
                 details = esc(&details),
             )
         })
@@ -234,10 +235,13 @@ pub(crate) async fn show(
     let s = &state.state;
     let id = sid.to_string();
     let full = serde_json::to_string_pretty(s).unwrap_or_default();
+    // Paging the timeline keeps the state shown (`at`).
+    let at_param = p.at.map(|a| format!("&at={a}")).unwrap_or_default();
     let next = match page.next_after_seq {
         Some(n) => format!(
-            r#"<a href="/ui/sessions/{}?after={n}" rel="next">Later records</a>"#,
-            esc(&id)
+            r#"<a href="/ui/sessions/{}?after={n}{}" rel="next">Later records</a>"#,
+            esc(&id),
+            esc(&at_param)
         ),
         None => String::new(),
     };
@@ -250,7 +254,7 @@ pub(crate) async fn show(
 <h3>Conversation</h3>{conversation}
 <details><summary>Full state</summary><pre>{full}</pre></details>
 <form method="post" action="/ui/sessions/{eid}/fork" class="inline">{csrf}<input type="hidden" name="at_seq" value="{at_seq}"><button type="submit" id="fork">Fork a new session from seq {at_seq}</button></form> <form method="post" action="/ui/sessions/{eid}/replay" class="inline">{csrf}<button type="submit" id="replay">Replay against the recording</button></form></section>
-<section aria-labelledby="timeline"><h2 id="timeline">Timeline</h2><table class="list timeline"><caption>Journal records in order; a seq shows the state there</caption><thead><tr><th scope="col">Seq</th><th scope="col">Time</th><th scope="col">Turn</th><th scope="col">Record</th><th scope="col">Details</th></tr></thead><tbody>{rows}</tbody></table><nav class="pages" aria-label="Pages">{next}</nav></section>"#,
+<section aria-labelledby="timeline"><h2 id="timeline">Timeline</h2><table class="list timeline"><caption>Journal records in order; a seq shows the state there</caption><thead><tr><th scope="col">Seq</th><th scope="col">Time</th><th scope="col">Turn</th><th scope="col">Record</th><th scope="col">What</th><th scope="col">Details</th></tr></thead><tbody>{rows}</tbody></table><nav class="pages" aria-label="Pages">{next}</nav></section>"#,
         eid = esc(&id),
         at_seq = state.at_seq,
         last = page.last_seq,

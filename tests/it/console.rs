@@ -539,6 +539,10 @@ async fn reviewers_and_operators_work_in_a_real_browser_and_a_crash_loses_no_gat
         last.starts_with("fake (") && last.contains("The answer is 42."),
         "{last}"
     );
+    b.run("document.getElementById('timeline').scrollIntoView(); return 1")
+        .await
+        .unwrap();
+    b.screenshot(&shots().join("timeline.png")).await.unwrap();
     // Fork from now: a new session holding A's conversation.
     b.click(&b.find("#fork").await.unwrap()).await.unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

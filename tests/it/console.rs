@@ -536,7 +536,7 @@ async fn reviewers_and_operators_work_in_a_real_browser_and_a_crash_loses_no_gat
         .as_str()
         .unwrap();
     assert!(
-        last.starts_with("fake (") && last.contains("The answer is 42."),
+        last.contains("assistant [fake/") && last.contains("The answer is 42."),
         "{last}"
     );
     b.run("document.getElementById('timeline').scrollIntoView(); return 1")

@@ -301,10 +301,10 @@ impl OidcSettings {
 pub fn same_origin(headers: &HeaderMap) -> bool {
     // A browser says where a request comes from (Fetch Metadata) even
     // where it sends no Origin: only this origin, or the user typing.
-    if let Some(site) = headers.get("sec-fetch-site") {
-        if !matches!(site.as_bytes(), b"same-origin" | b"none") {
-            return false;
-        }
+    if let Some(site) = headers.get("sec-fetch-site")
+        && !matches!(site.as_bytes(), b"same-origin" | b"none")
+    {
+        return false;
     }
     let Some(origin) = headers.get(header::ORIGIN) else {
         return true;

@@ -16,6 +16,7 @@
 //! assert_eq!(m.text(), "hello");
 //! ```
 
+pub mod describe;
 mod error;
 mod event;
 mod gate;

@@ -17,7 +17,6 @@ mod oidc;
 mod routes;
 mod runs;
 mod sessions;
-mod timeline;
 
 pub use audit::ConsoleAudit;
 pub use oidc::ConsoleOidc;

@@ -200,7 +200,7 @@ fn timeline(id: &str, events: &[SessionEvent], at: Option<u64>) -> String {
                 time = esc(&html::time(e.at_unix_ms)),
                 turn = e.turn().map(|t| t.to_string()).unwrap_or_default(),
                 kind = esc(e.kind.name()),
-                what = esc(&super::timeline::summary(&e.kind)),
+                what = esc(&e.kind.describe()),
                 details = esc(&details),
             )
         })

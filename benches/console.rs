@@ -6,11 +6,15 @@
 //! timed from request to the last byte of the body (so loopback and HTTP
 //! parsing are included: the figure is an upper bound on server time).
 //!
-//! Run with: cargo bench --bench console -- [--sessions N] [--gates N] [--requests N]
+//! Flow runs too (`--runs`, half waiting on a one-hour timer, half
+//! completed), for the runs pages.
+//!
+//! Run with: cargo bench --bench console -- [--sessions N] [--gates N] [--runs N] [--requests N]
 
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
+use baton_flows::{FlowBuilder, Flows, FlowsConfig, StartRun, StepBuilder};
 use baton_runtime::{Durability, Runtime, RuntimeConfig, StartSession};
 use baton_server::{AuthSection, Authenticator, new_key};
 use baton_types::AccessRole;
@@ -23,6 +27,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 struct Args {
     sessions: usize,
     gates: usize,
+    runs: usize,
     requests: usize,
 }
 
@@ -30,6 +35,7 @@ fn args() -> Result<Args> {
     let mut a = Args {
         sessions: 100_000,
         gates: 10_000,
+        runs: 10_000,
         requests: 200,
     };
     let mut it = std::env::args().skip(1);
@@ -39,6 +45,7 @@ fn args() -> Result<Args> {
         match flag.as_str() {
             "--sessions" => a.sessions = value()?,
             "--gates" => a.gates = value()?,
+            "--runs" => a.runs = value()?,
             "--requests" => a.requests = value()?,
             "--bench" => {}
             other => bail!("unknown argument {other}"),
@@ -254,6 +261,55 @@ async fn main() -> Result<()> {
         t.elapsed().as_secs_f64()
     );
 
+    // Flow runs: half wait on a timer, half complete at once.
+    let t = Instant::now();
+    let flows = Flows::start(
+        runtime.clone(),
+        FlowsConfig {
+            inline_wait_ms: 0,
+            ..FlowsConfig::default()
+        },
+        vec![
+            FlowBuilder::new("later")
+                .step(StepBuilder::wait_for("pause", "1h"))
+                .build()?,
+            FlowBuilder::new("double")
+                .step(StepBuilder::transform("d", ".input.n * 2"))
+                .build()?,
+        ],
+    )
+    .await?;
+    let by = baton_types::Principal::embedded();
+    let runs = futures::stream::iter(0..a.runs)
+        .map(|i| {
+            let (flows, by) = (flows.clone(), by.clone());
+            async move {
+                let started = flows
+                    .start_run(
+                        StartRun {
+                            flow: if i % 2 == 0 { "later" } else { "double" }.into(),
+                            input: serde_json::json!({ "n": i }),
+                            ..StartRun::default()
+                        },
+                        &by,
+                    )
+                    .await?;
+                anyhow::Ok(started.id)
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<Result<Vec<_>>>()?;
+    audit.flush().await?;
+    println!(
+        "{} flow runs started in {:.2} s",
+        runs.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let run = runs.first().map(|r| r.to_string()).unwrap_or_default();
+
     // Keys, the HTTP server, sign-ins.
     let mut secrets = Vec::new();
     for (name, tenant, role, groups) in [
@@ -297,7 +353,7 @@ async fn main() -> Result<()> {
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = tokio::spawn(baton_server::serve_http(
         runtime.clone(),
-        None,
+        Some(flows.clone()),
         listener,
         Default::default(),
         auth,
@@ -400,6 +456,14 @@ async fn main() -> Result<()> {
             &operator,
             format!("/ui/sessions/{session}?at=1"),
         ),
+        ("runs, first page", &operator, "/ui/runs".into()),
+        ("runs of a flow", &operator, "/ui/runs?flow=double".into()),
+        (
+            "runs by status",
+            &operator,
+            "/ui/runs?status=waiting".into(),
+        ),
+        ("a run's page", &operator, format!("/ui/runs/{run}")),
         ("routes and models", &operator, "/ui/routes".into()),
         ("audit", &operator, "/ui/audit".into()),
     ];
@@ -482,6 +546,7 @@ async fn main() -> Result<()> {
             body.len()
         );
     }
+    flows.shutdown().await;
     runtime.shutdown().await;
     let _ = stop.send(());
     let _ = server.await;

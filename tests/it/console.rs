@@ -185,6 +185,24 @@ async fn wait_rows(b: &Browser, what: &str, want: impl Fn(&[String]) -> bool) ->
     }
 }
 
+/// The prompt's markup shows on the page as text and never ran: no
+/// script set its marker, no element came of it. The page's text.
+async fn inert_markup(b: &Browser) -> String {
+    let t = b.page_text().await.unwrap();
+    assert!(t.contains("<script>window.__xss=1</script>"), "{t}");
+    assert_eq!(
+        b.run("return typeof window.__xss").await.unwrap(),
+        "undefined"
+    );
+    assert!(
+        b.find_all("main script, main img")
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    t
+}
+
 async fn decide_by_api(server: &BatonProcess, key: &str, gate: &str) {
     GatesClient::new(channel(server).await)
         .decide_gate(authed(
@@ -282,19 +300,8 @@ async fn reviewers_and_operators_work_in_a_real_browser_and_a_crash_loses_no_gat
 
     // A's page: the markup is text, and inert.
     b.goto(&format!("{http}/ui/gates/{gate_a}")).await.unwrap();
-    let t = b.page_text().await.unwrap();
-    assert!(t.contains("<script>window.__xss=1</script>"), "{t}");
+    let t = inert_markup(&b).await;
     assert!(t.contains("review_math") && t.contains("calculator"), "{t}");
-    assert_eq!(
-        b.run("return typeof window.__xss").await.unwrap(),
-        "undefined"
-    );
-    assert!(
-        b.find_all("main script, main img")
-            .await
-            .unwrap()
-            .is_empty()
-    );
     b.screenshot(&shots().join("gate.png")).await.unwrap();
 
     // An edit that is not valid arguments: the error, the gate still pending.
@@ -502,18 +509,7 @@ async fn reviewers_and_operators_work_in_a_real_browser_and_a_crash_loses_no_gat
         "the state now differs from the state at the gate"
     );
     // The prompt's markup is text here too, and inert.
-    let t = b.page_text().await.unwrap();
-    assert!(t.contains("<script>window.__xss=1</script>"), "{t}");
-    assert_eq!(
-        b.run("return typeof window.__xss").await.unwrap(),
-        "undefined"
-    );
-    assert!(
-        b.find_all("main script, main img")
-            .await
-            .unwrap()
-            .is_empty()
-    );
+    inert_markup(&b).await;
     // The timeline reads without opening the records: who decided the gate
     // and why, where the answer came from and what it said.
     let what = |kind: &str| {

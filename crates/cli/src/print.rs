@@ -62,9 +62,16 @@ impl Printer {
     }
 }
 
-/// One readable line for an event: `#seq` and [`EventKind::describe`].
+/// One readable line for an event: `#seq` and [`EventKind::describe`]; an
+/// opened gate with how to decide it from here.
 pub fn describe(e: &SessionEvent) -> String {
-    format!("#{:<4} {}", e.seq, e.kind.describe())
+    let mut d = format!("#{:<4} {}", e.seq, e.kind.describe());
+    if let EventKind::GateOpened { gate_id, .. } = &e.kind {
+        d.push_str(&format!(
+            "\n      decide with: baton gates approve|reject|edit {gate_id} --reviewer NAME"
+        ));
+    }
+    d
 }
 
 pub fn status_name(status: i32) -> &'static str {

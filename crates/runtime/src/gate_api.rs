@@ -115,35 +115,17 @@ impl RuntimeHandle {
         })
     }
 
-    /// A page of the queue merged from `scopes` (each in queue order).
+    /// A page of the queue of `scopes`.
     async fn scoped_queue(
         &self,
         scopes: Vec<QueueScope>,
         after: Option<QueuePos>,
         size: usize,
     ) -> Result<GateList> {
-        let store = &self.shared().store;
-        let mut gates = Vec::new();
-        let mut more = false;
-        for scope in scopes {
-            let page = store.gate_queue_in(scope, after, size).await?;
-            more |= page.next_after.is_some();
-            gates.extend(page.gates);
-        }
-        gates.sort_by(queue_order);
-        gates.dedup_by_key(|g| g.gate_id);
-        if gates.len() > size {
-            gates.truncate(size);
-            more = true;
-        }
-        let next_page_token = if more {
-            gates.last().map(|g| QueuePos::of(g).to_token())
-        } else {
-            None
-        };
+        let page = self.shared().store.gate_queue(scopes, after, size).await?;
         Ok(GateList {
-            gates,
-            next_page_token,
+            gates: page.gates,
+            next_page_token: page.next_after.map(QueuePos::to_token),
         })
     }
 
@@ -162,7 +144,7 @@ impl RuntimeHandle {
                 (p.gates, more)
             }
             Cursor::Queue(after) => {
-                let p = store.gate_queue(after, size).await?;
+                let p = store.gate_queue(vec![QueueScope::All], after, size).await?;
                 let more = p.next_after.is_some();
                 (p.gates, more)
             }
@@ -269,17 +251,6 @@ impl RuntimeHandle {
 }
 
 /// Where a walk of the gate indexes stands, in one of the two orders.
-/// The queue's order: gates with a deadline first, nearest first (then by
-/// id), then the others newest first.
-fn queue_order(a: &GateRecord, b: &GateRecord) -> std::cmp::Ordering {
-    match (a.deadline_unix_ms, b.deadline_unix_ms) {
-        (0, 0) => b.gate_id.cmp(&a.gate_id),
-        (0, _) => std::cmp::Ordering::Greater,
-        (_, 0) => std::cmp::Ordering::Less,
-        (x, y) => (x, a.gate_id).cmp(&(y, b.gate_id)),
-    }
-}
-
 #[derive(Debug, Clone, Copy)]
 enum Cursor {
     Opened(Option<GateId>),

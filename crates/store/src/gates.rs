@@ -157,10 +157,11 @@ fn index_keys(r: &GateRecord) -> Vec<Vec<u8>> {
     keys
 }
 
-/// Whose queue: a tenant's, or one reviewer group's in a tenant (`""`:
-/// the gates any reviewer may decide).
+/// Whose queue: everyone's, a tenant's, or one reviewer group's in a
+/// tenant (`""`: the gates any reviewer may decide).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum QueueScope {
+    All,
     Tenant(String),
     Group { tenant: String, group: String },
 }
@@ -169,6 +170,7 @@ impl QueueScope {
     /// The (deadline, no deadline) index prefixes of the scope.
     fn prefixes(&self) -> (Vec<u8>, Vec<u8>) {
         match self {
+            QueueScope::All => (b"gt".to_vec(), status_prefix(GateStatus::Pending).to_vec()),
             QueueScope::Tenant(t) => (
                 key(b"gu", &[t.as_bytes(), &[0]]),
                 key(b"gv", &[t.as_bytes(), &[0]]),
@@ -452,6 +454,26 @@ pub enum QueuePos {
     Open(GateId),
 }
 
+/// Queue order: deadlines first, nearest first; then the others, newest
+/// first.
+impl Ord for QueuePos {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        use std::cmp::Ordering::{Greater, Less};
+        match (self, other) {
+            (QueuePos::Deadline(d, a), QueuePos::Deadline(e, b)) => (d, a).cmp(&(e, b)),
+            (QueuePos::Deadline(..), QueuePos::Open(_)) => Less,
+            (QueuePos::Open(_), QueuePos::Deadline(..)) => Greater,
+            (QueuePos::Open(a), QueuePos::Open(b)) => b.cmp(a),
+        }
+    }
+}
+
+impl PartialOrd for QueuePos {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl QueuePos {
     /// The place of `gate` in the queue.
     pub fn of(gate: &GateRecord) -> QueuePos {
@@ -483,33 +505,36 @@ impl QueuePos {
 /// One page of the queue.
 pub type QueuePage = GatePage<QueuePos>;
 
-/// A page of pending gates in queue order after `after`, read from the
-/// deadline and pending indexes (no sort of the whole queue).
+/// A page of pending gates in queue order after `after`, from the
+/// deadline and pending indexes of `scopes` (no sort of the whole queue):
+/// each scope's next `limit`, merged. Scopes are disjoint (a gate has one
+/// tenant and one group), so no gate comes twice.
 pub(crate) fn queue_blocking(
     db: &DB,
     ring: Option<&crate::seal::Keyring>,
+    scopes: &[QueueScope],
     after: Option<QueuePos>,
     limit: usize,
 ) -> Result<QueuePage> {
-    queue_in_blocking(
-        db,
-        ring,
-        (b"gt", status_prefix(GateStatus::Pending)),
-        after,
-        limit,
-    )
-}
-
-/// [`queue_blocking`] of one scope's entries only.
-pub(crate) fn scoped_queue_blocking(
-    db: &DB,
-    ring: Option<&crate::seal::Keyring>,
-    scope: &QueueScope,
-    after: Option<QueuePos>,
-    limit: usize,
-) -> Result<QueuePage> {
-    let (due, open) = scope.prefixes();
-    queue_in_blocking(db, ring, (&due, &open), after, limit)
+    let mut gates = Vec::new();
+    let mut more = false;
+    for scope in scopes {
+        let (due, open) = scope.prefixes();
+        let page = queue_in_blocking(db, ring, (&due, &open), after, limit)?;
+        more |= page.next_after.is_some();
+        gates.extend(page.gates);
+    }
+    gates.sort_by_key(QueuePos::of);
+    if gates.len() > limit {
+        gates.truncate(limit);
+        more = true;
+    }
+    let next_after = if more {
+        gates.last().map(QueuePos::of)
+    } else {
+        None
+    };
+    Ok(QueuePage { gates, next_after })
 }
 
 /// The queue read from a deadline index (`due` ++ deadline ++ id, forward)

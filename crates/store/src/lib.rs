@@ -712,31 +712,19 @@ impl Store {
             .await
     }
 
-    /// A page of the reviewers' queue of pending gates: nearest deadline
-    /// first, then (without a deadline) newest first.
+    /// A page of the reviewers' queue of pending gates — nearest deadline
+    /// first, then (without a deadline) newest first — of `scopes`
+    /// (everyone's, a tenant's, reviewer groups'), each read from its own
+    /// index entries.
     pub async fn gate_queue(
         &self,
+        scopes: Vec<gates::QueueScope>,
         after: Option<gates::QueuePos>,
         limit: usize,
     ) -> Result<gates::QueuePage> {
         let ring = self.inner.options.keyring.clone();
-        self.blocking(move |db| gates::queue_blocking(db, ring.as_deref(), after, limit))
+        self.blocking(move |db| gates::queue_blocking(db, ring.as_deref(), &scopes, after, limit))
             .await
-    }
-
-    /// [`Store::gate_queue`] of one tenant's or one reviewer group's
-    /// pending gates, from their own index entries.
-    pub async fn gate_queue_in(
-        &self,
-        scope: gates::QueueScope,
-        after: Option<gates::QueuePos>,
-        limit: usize,
-    ) -> Result<gates::QueuePage> {
-        let ring = self.inner.options.keyring.clone();
-        self.blocking(move |db| {
-            gates::scoped_queue_blocking(db, ring.as_deref(), &scope, after, limit)
-        })
-        .await
     }
 
     /// How many gates are pending (for the `gates_pending` gauge at start).

@@ -600,13 +600,13 @@ async fn a_tenants_and_a_groups_queue_come_from_their_own_entries_in_queue_order
         b.put_gate(g, None);
     }
     store.write(b).await.unwrap();
-    let walk = |scope: QueueScope| {
+    let walk = |scopes: Vec<QueueScope>| {
         let store = store.clone();
         async move {
             let mut ids = Vec::new();
             let mut after: Option<QueuePos> = None;
             loop {
-                let page = store.gate_queue_in(scope.clone(), after, 2).await.unwrap();
+                let page = store.gate_queue(scopes.clone(), after, 2).await.unwrap();
                 ids.extend(page.gates.iter().map(|g| g.gate_id.as_bytes()[15]));
                 match page.next_after {
                     Some(a) => after = Some(a),
@@ -619,12 +619,25 @@ async fn a_tenants_and_a_groups_queue_come_from_their_own_entries_in_queue_order
         tenant: "acme".into(),
         group: "ops".into(),
     };
-    assert_eq!(walk(ops.clone()).await, vec![6, 4, 5, 1]);
+    assert_eq!(walk(vec![ops.clone()]).await, vec![6, 4, 5, 1]);
     assert_eq!(
-        walk(QueueScope::Tenant("acme".into())).await,
+        walk(vec![QueueScope::Tenant("acme".into())]).await,
         vec![6, 4, 7, 5, 2, 1]
     );
-    assert_eq!(walk(QueueScope::Tenant("globex".into())).await, vec![3]);
+    assert_eq!(
+        walk(vec![QueueScope::Tenant("globex".into())]).await,
+        vec![3]
+    );
+    // A reviewer of ops: its group's and anyone's, merged in queue order.
+    let anyone = QueueScope::Group {
+        tenant: "acme".into(),
+        group: String::new(),
+    };
+    assert_eq!(walk(vec![ops.clone(), anyone]).await, vec![6, 4, 7, 5, 1]);
+    assert_eq!(
+        walk(vec![QueueScope::All]).await,
+        vec![6, 4, 8, 7, 5, 3, 2, 1]
+    );
     // Decided: out of its queues.
     let mut b = Batch::new();
     let decided = GateRecord {
@@ -633,7 +646,7 @@ async fn a_tenants_and_a_groups_queue_come_from_their_own_entries_in_queue_order
     };
     b.put_gate(&decided, Some(&all[4]));
     store.write(b).await.unwrap();
-    assert_eq!(walk(ops.clone()).await, vec![6, 4, 1]);
+    assert_eq!(walk(vec![ops.clone()]).await, vec![6, 4, 1]);
     // A data dir from before: at its next open, gate 8 gets its entries
     // from its session's tenant.
     let mut b = Batch::new();
@@ -654,7 +667,7 @@ async fn a_tenants_and_a_groups_queue_come_from_their_own_entries_in_queue_order
     .unwrap();
     drop(store);
     let store = open(dir.path(), Durability::Buffered);
-    let page = store.gate_queue_in(ops, None, 10).await.unwrap();
+    let page = store.gate_queue(vec![ops], None, 10).await.unwrap();
     let ids: Vec<u8> = page
         .gates
         .iter()

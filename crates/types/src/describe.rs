@@ -256,9 +256,6 @@ impl EventKind {
                         until(*deadline_unix_ms, crate::now_unix_ms())
                     ));
                 }
-                d.push_str(&format!(
-                    "\n      decide with: baton gates approve|reject|edit {gate_id} --reviewer NAME"
-                ));
                 d
             }
             EventKind::GateDecided {

@@ -43,6 +43,7 @@ mod drain;
 mod embed;
 mod error;
 mod failed;
+mod fresh;
 mod gate_api;
 pub mod gates;
 mod handle;

@@ -399,6 +399,15 @@ impl RuntimeHandle {
             }
             return Err(e.into());
         }
+        if deferred {
+            // Its actor starts from what was just written (see crate::fresh).
+            let mut state = crate::state::SessionState::new(id);
+            for e in &events {
+                state.apply(e.seq, e.at_unix_ms, &e.kind);
+            }
+            state.metadata = meta.metadata.clone();
+            shared.fresh.put(id, meta, state, seal.clone());
+        }
         let (action, data) = new.audit;
         self.audit_admin(action, Some(id), data, &new.by);
         if let (Some(seq), Some(sink)) = (audited, &shared.audit) {

@@ -64,6 +64,8 @@ pub(crate) struct Shared {
     pub disk: crate::disk::DiskGuard,
     /// A graceful stop (see [`crate::drain`]).
     pub drain: crate::drain::Drain,
+    /// Sessions just created, for their first actor (see [`crate::fresh`]).
+    pub fresh: crate::fresh::FreshSessions,
 }
 
 /// What the runtime reads back at start about principals and tenants.
@@ -156,6 +158,7 @@ impl Shared {
         Shared {
             disk,
             drain: Default::default(),
+            fresh: Default::default(),
             store,
             router,
             tools,

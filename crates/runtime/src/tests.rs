@@ -395,6 +395,7 @@ async fn one_shot_sessions_leave_memory_when_their_turn_ends() {
     let kept = rt.start_session(StartSession::default()).await.unwrap();
     collect(rt.send(kept.id, "stay".into()).await.unwrap()).await;
     let mut ids = Vec::new();
+    let before = rt.writer_stats();
     for i in 0..50 {
         let s = rt
             .start_session(StartSession {
@@ -407,6 +408,12 @@ async fn one_shot_sessions_leave_memory_when_their_turn_ends() {
         assert_eq!(events.last().unwrap().kind.name(), "turn_completed");
         ids.push(s.id);
     }
+    // One fsync a call: the session's creation and its turn are written
+    // unsynced and made durable by the answer's synced write.
+    let synced = rt.writer_stats().synced_groups - before.synced_groups;
+    assert!(synced <= 50, "{synced} synced writes for 50 one-shot calls");
+    // Each actor started from what its creation wrote, taken once.
+    assert_eq!(rt.inner.shared.fresh.len(), 0);
     // Only the ordinary session stays live (the idle timeout is an hour).
     wait_for(|| async { rt.stats().await.unwrap().live_sessions == 1 }).await;
     assert!(rt.stats().await.unwrap().passivations_total >= 50);

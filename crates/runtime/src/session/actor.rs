@@ -102,7 +102,11 @@ impl Actor for SessionActor {
             SessionMsg::Wake => ctx.pump(&myself),
             SessionMsg::Passivate => {
                 if ctx.is_idle() {
-                    ctx.write_snapshot().await?;
+                    // A one-shot session's few records load faster than a
+                    // snapshot is written.
+                    if !ctx.durable.state.one_shot {
+                        ctx.write_snapshot().await?;
+                    }
                     myself.stop(Some("passivated".into()));
                 } else {
                     (ctx.env.notify)(Notice::PassivateDeclined(ctx.id()));

@@ -12,6 +12,16 @@ impl SessionCtx {
     /// it, then every journal record after the snapshot's seq.
     pub async fn load(&mut self) -> Result<(), ActorProcessingErr> {
         let id = self.env.id;
+        if let Some(fresh) = self.env.shared.fresh.take(id) {
+            // Just created: what was written, without reading it back.
+            self.durable.found = true;
+            self.env.seal = fresh.seal;
+            self.durable.state = fresh.state;
+            self.durable.meta = Some(fresh.meta);
+            self.durable.snapshot_seq = 0;
+            self.outbox.released_seq = self.durable.state.last_seq;
+            return Ok(());
+        }
         let store = self.env.shared.store.clone();
         // Writes a previous incarnation of this actor queued are applied first.
         store.barrier().await?;

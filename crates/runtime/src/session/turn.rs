@@ -265,6 +265,9 @@ impl SessionCtx {
             self.model.turn_started = Some((turn, tokio::time::Instant::now()));
         }
         self.turn_span(turn);
+        // A one-shot session's call is durable with its answer (see
+        // `send` in requests.rs).
+        let sync = !self.durable.state.one_shot;
         self.commit(
             myself,
             vec![EventKind::ModelCallStarted {
@@ -273,7 +276,7 @@ impl SessionCtx {
                 endpoint: route,
                 reason,
             }],
-            true,
+            sync,
         );
         self.dispatch(myself, turn, request, data_classes, redaction);
         true

@@ -166,6 +166,64 @@ async fn unsynced_batches_never_fsync_and_buffered_mode_never_fsyncs() {
     assert_eq!(store.read_journal(s, 0, 10).await.unwrap().len(), 1);
 }
 
+use std::time::Duration;
+
+fn cancelled(session: SessionId, seq: u64, mut batch: Batch) -> Batch {
+    batch.append(
+        &session,
+        seq,
+        0,
+        &EventKind::TurnCancelled {
+            by: String::new(),
+            turn: seq,
+        },
+    );
+    batch
+}
+
+#[tokio::test]
+async fn a_deferred_fsync_is_shared_with_the_next_synced_write_or_done_when_due() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Durability::Sync);
+    let s = SessionId::new();
+    // Deferred for up to a minute, then a synced write: one fsync covers
+    // both, and the deferred one is answered with it, not at its deadline.
+    let deferred = store.write(cancelled(
+        s,
+        1,
+        Batch::synced_within(Duration::from_secs(60)),
+    ));
+    // An unsynced write in between is answered on its own.
+    store
+        .write(cancelled(s, 2, Batch::unsynced()))
+        .await
+        .unwrap();
+    assert_eq!(store.writer_stats().synced_groups, 0);
+    let synced = store.write(cancelled(s, 3, Batch::new()));
+    tokio::time::timeout(Duration::from_secs(30), async {
+        synced.await.unwrap();
+        deferred.await.unwrap();
+    })
+    .await
+    .expect("the deferred write waited for its deadline instead of the synced one");
+    assert_eq!(store.writer_stats().synced_groups, 1);
+    // Alone, it is synced when due.
+    store
+        .write(cancelled(s, 4, Batch::synced_within(Duration::from_millis(5))))
+        .await
+        .unwrap();
+    assert_eq!(store.writer_stats().synced_groups, 2);
+    assert_eq!(store.read_journal(s, 0, 10).await.unwrap().len(), 4);
+    // Buffered mode never fsyncs, deferred or not.
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), Durability::Buffered);
+    store
+        .write(cancelled(s, 1, Batch::synced_within(Duration::from_secs(60))))
+        .await
+        .unwrap();
+    assert_eq!(store.writer_stats().synced_groups, 0);
+}
+
 #[tokio::test]
 async fn listing_is_paged_and_filtered_by_the_status_index() {
     let dir = tempfile::tempdir().unwrap();

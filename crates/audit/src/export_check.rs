@@ -1,11 +1,12 @@
 //! Checking an exported file (JSONL from [`crate::export`]) without the log:
 //! what a third party holding only the export and the public key can prove.
 //!
-//! Each line is a record's exact body bytes with `"hash"` and `"sig"`
-//! appended as its last two members. For every line: the body is a valid
-//! record, `hash = sha256(prev || body)`, and the signature over the hash
-//! verifies with the key — so the record is unaltered and was written by the
-//! key's holder. Across lines: seqs strictly increase, and where two records
+//! Each line is a record's exact body bytes with `"hash"` and `"sig"` (and,
+//! for a record signed with its batch, `"proof"`) appended as its last
+//! members. For every line: the body is a valid record, `hash = sha256(prev
+//! || body)`, and the signature over the hash (or over the root its proof
+//! leads to) verifies with the key — so the record is unaltered and was
+//! written by the key's holder. Across lines: seqs strictly increase, and where two records
 //! are adjacent in the log (seq n and n + 1) the second's `prev` is the
 //! first's hash. A filtered export (one session, a time range) leaves gaps
 //! where other records were; those are counted, not refused. What an export
@@ -74,35 +75,59 @@ impl fmt::Display for ExportReport {
     }
 }
 
-/// `,"hash":"<64 hex>","sig":"<128 hex>"}` — the suffix export appends.
-const SUFFIX_LEN: usize = 9 + 64 + 9 + 128 + 2;
+/// `,"hash":"<64 hex>","sig":"<128 hex>"` — what export appends to every
+/// record's body, then `,"proof":"<proof>"` for a record signed with its
+/// batch, then the closing `}`.
+const HASH_SIG_LEN: usize = 9 + 64 + 9 + 128;
 
-/// One export line split into the record's body bytes, hash and signature.
+/// One export line split into the record's body bytes, hash, signature
+/// and, for a record signed with its batch, inclusion proof.
 struct Exported {
     body: Vec<u8>,
     hash: [u8; 32],
     sig: [u8; 64],
+    proof: Option<Vec<u8>>,
+}
+
+/// True for the bytes a proof is written with.
+fn proof_byte(b: u8) -> bool {
+    b.is_ascii_digit() || (b'a'..=b'f').contains(&b) || b == b',' || b == b'/'
 }
 
 fn split_line(line: &[u8]) -> Result<Exported, String> {
-    if line.len() < SUFFIX_LEN + 2 {
+    const MISSING: &str = "does not end with \"hash\" and \"sig\" members";
+    let inner = line
+        .strip_suffix(b"\"}".as_slice())
+        .ok_or("does not end with a string member and }")?;
+    // The last member's value: proof or signature bytes back to its quote
+    // (neither contains a quote, so this is where the member starts).
+    let start = inner.iter().rposition(|&b| !proof_byte(b)).ok_or(MISSING)?;
+    let (before, value) = inner.split_at(start + 1);
+    let (rest, proof) = match before.strip_suffix(b"\",\"proof\":\"".as_slice()) {
+        Some(rest) => (rest, Some(value.to_vec())),
+        None => (inner, None),
+    };
+    if rest.len() < HASH_SIG_LEN + 2 {
         return Err("too short to be an exported record".into());
     }
-    let (head, suffix) = line.split_at(line.len() - SUFFIX_LEN);
+    let (head, suffix) = rest.split_at(rest.len() - HASH_SIG_LEN);
     let hash_hex = suffix
         .strip_prefix(b",\"hash\":\"".as_slice())
         .and_then(|s| s.get(..64))
-        .ok_or("does not end with \"hash\" and \"sig\" members")?;
-    let rest = &suffix[9 + 64..];
-    let sig_hex = rest
+        .ok_or(MISSING)?;
+    let sig_hex = suffix[9 + 64..]
         .strip_prefix(b"\",\"sig\":\"".as_slice())
-        .and_then(|s| s.strip_suffix(b"\"}".as_slice()))
-        .ok_or("does not end with \"hash\" and \"sig\" members")?;
+        .ok_or(MISSING)?;
     let hash = from_hex::<32>(hash_hex).ok_or("hash is not 64 lowercase hex digits")?;
     let sig = from_hex::<64>(sig_hex).ok_or("sig is not 128 lowercase hex digits")?;
     let mut body = head.to_vec();
     body.push(b'}');
-    Ok(Exported { body, hash, sig })
+    Ok(Exported {
+        body,
+        hash,
+        sig,
+        proof,
+    })
 }
 
 /// Checks an exported file against `public_key` (see the module docs).
@@ -123,6 +148,7 @@ pub fn verify_export(reader: impl BufRead, public_key: &VerifyingKey) -> ExportR
                  body: body_bytes,
                  hash,
                  sig,
+                 proof,
              }| {
                 let body: BodyIn = serde_json::from_slice(&body_bytes)
                     .map_err(|e| format!("body is not a valid record: {e}"))?;
@@ -131,12 +157,7 @@ pub fn verify_export(reader: impl BufRead, public_key: &VerifyingKey) -> ExportR
                 if format::record_hash(&prev, &body_bytes) != hash {
                     return Err("hash mismatch: body or prev was altered".into());
                 }
-                let sig = ed25519_dalek::Signature::from_bytes(&sig);
-                if public_key.verify_strict(&hash, &sig).is_err() {
-                    return Err(
-                        "signature invalid: forged, altered, or signed by another key".into(),
-                    );
-                }
+                format::check_signature(&hash, &sig, proof.as_deref(), public_key)?;
                 Ok((body.seq, prev, hash))
             },
         );

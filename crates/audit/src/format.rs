@@ -101,10 +101,24 @@ pub fn from_hex<const N: usize>(s: &[u8]) -> Option<[u8; N]> {
 }
 
 /// Encodes record `seq` of `event` (whose `ts_unix_ms` the writer has
-/// filled in) following a record whose hash is `prev`; returns the line with
-/// its trailing newline, and its hash.
+/// filled in) following a record whose hash is `prev`, signed on its own;
+/// returns the line with its trailing newline, and its hash.
+#[cfg(test)]
 pub(crate) fn encode_record(
     key: &SigningKey,
+    seq: u64,
+    prev: &[u8; 32],
+    ts_unix_ms: u64,
+    event: &AuditEvent,
+) -> Result<(Vec<u8>, [u8; 32]), serde_json::Error> {
+    let (body, hash) = encode_body(seq, prev, ts_unix_ms, event)?;
+    let sig = key.sign(&hash).to_bytes();
+    Ok((finish_line(body, &hash, &sig, None), hash))
+}
+
+/// The body of record `seq` of `event` following a record whose hash is
+/// `prev`, and its hash.
+pub(crate) fn encode_body(
     seq: u64,
     prev: &[u8; 32],
     ts_unix_ms: u64,
@@ -121,15 +135,51 @@ pub(crate) fn encode_record(
     };
     let body_bytes = serde_json::to_vec(&body)?;
     let hash = record_hash(prev, &body_bytes);
-    let sig = key.sign(&hash);
-    let mut line = body_bytes;
-    line.reserve(1 + 64 + 1 + 128 + 1);
+    Ok((body_bytes, hash))
+}
+
+/// A record's line: `<body>\t<hash>\t<sig>` and, for a record signed
+/// with its batch, `\t<proof>`; with its trailing newline.
+pub(crate) fn finish_line(
+    body: Vec<u8>,
+    hash: &[u8; 32],
+    sig: &[u8; 64],
+    proof: Option<&str>,
+) -> Vec<u8> {
+    let mut line = body;
+    line.reserve(1 + 64 + 1 + 128 + 1 + proof.map_or(0, |p| p.len() + 1));
     line.push(b'\t');
-    line.extend_from_slice(to_hex(&hash).as_bytes());
+    line.extend_from_slice(to_hex(hash).as_bytes());
     line.push(b'\t');
-    line.extend_from_slice(to_hex(&sig.to_bytes()).as_bytes());
+    line.extend_from_slice(to_hex(sig).as_bytes());
+    if let Some(p) = proof {
+        line.push(b'\t');
+        line.extend_from_slice(p.as_bytes());
+    }
     line.push(b'\n');
-    Ok((line, hash))
+    line
+}
+
+/// Checks a record's signature: over its hash, or, with a proof, over the
+/// root of its batch's tree that the proof leads to.
+pub(crate) fn check_signature(
+    hash: &[u8; 32],
+    sig: &[u8; 64],
+    proof: Option<&[u8]>,
+    key: &VerifyingKey,
+) -> Result<(), &'static str> {
+    let sig = Signature::from_bytes(sig);
+    let signed = match proof {
+        None => key.verify_strict(hash, &sig),
+        Some(p) => {
+            let (index, count, path) = crate::batch::decode_proof(p)
+                .ok_or("malformed proof: expected <index>/<count> and 64-hex sibling hashes")?;
+            let root = crate::batch::root_of(index, count, hash, &path)
+                .ok_or("proof does not fit its place in a batch (index, count or length)")?;
+            key.verify_strict(&crate::batch::signed_message(&root), &sig)
+        }
+    };
+    signed.map_err(|_| "signature invalid: forged, altered, or signed by another key")
 }
 
 /// A record line that passed every check.
@@ -139,6 +189,8 @@ pub(crate) struct GoodRecord<'a> {
     pub body: BodyIn,
     pub hash: [u8; 32],
     pub sig_hex: &'a [u8],
+    /// The inclusion proof of a record signed with its batch.
+    pub proof: Option<&'a [u8]>,
 }
 
 /// Why a line failed, and the seq its body claims if it got that far.
@@ -164,12 +216,16 @@ pub(crate) fn check_line<'a>(
     key: &VerifyingKey,
 ) -> Result<GoodRecord<'a>, LineError> {
     let mut parts = line.split(|&b| b == b'\t');
-    let (Some(body_bytes), Some(hash_hex), Some(sig_hex), None) =
-        (parts.next(), parts.next(), parts.next(), parts.next())
-    else {
+    let (Some(body_bytes), Some(hash_hex), Some(sig_hex), proof, None) = (
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+        parts.next(),
+    ) else {
         return Err(fail(
             None,
-            "malformed line: expected exactly <body>\\t<hash>\\t<sig>",
+            "malformed line: expected exactly <body>\\t<hash>\\t<sig>[\\t<proof>]",
         ));
     };
     let Some(stored_hash) = from_hex::<32>(hash_hex) else {
@@ -209,18 +265,13 @@ pub(crate) fn check_line<'a>(
     if hash != stored_hash {
         return Err(fail(seq, "hash mismatch: body or prev was altered"));
     }
-    let sig = Signature::from_bytes(&sig_bytes);
-    if key.verify_strict(&hash, &sig).is_err() {
-        return Err(fail(
-            seq,
-            "signature invalid: forged, altered, or signed by another key",
-        ));
-    }
+    check_signature(&hash, &sig_bytes, proof, key).map_err(|reason| fail(seq, reason))?;
     Ok(GoodRecord {
         body_bytes,
         body,
         hash,
         sig_hex,
+        proof,
     })
 }
 
@@ -322,6 +373,55 @@ mod tests {
             bad[i] ^= 0x01;
             assert!(check_line(&bad, 1, &GENESIS, &vk).is_err(), "byte {i}");
         }
+    }
+
+    #[test]
+    fn batch_signed_records_check_on_their_own_and_any_change_fails() {
+        let vk = key().verifying_key();
+        let mut prev = GENESIS;
+        let mut records = Vec::new();
+        for i in 1..=3u64 {
+            let event = AuditEvent::new("tool_call", serde_json::json!({ "i": i }));
+            let (body, hash) = encode_body(i, &prev, 42, &event).unwrap();
+            records.push((body, hash, prev));
+            prev = hash;
+        }
+        let hashes: Vec<[u8; 32]> = records.iter().map(|r| r.1).collect();
+        let (root, proofs) = crate::batch::tree(&hashes);
+        let sig = key().sign(&crate::batch::signed_message(&root)).to_bytes();
+        let lines: Vec<Vec<u8>> = records
+            .iter()
+            .zip(&proofs)
+            .enumerate()
+            .map(|(i, ((body, hash, _), path))| {
+                let proof = crate::batch::encode_proof(i, 3, path);
+                finish_line(body.clone(), hash, &sig, Some(&proof))
+            })
+            .collect();
+        for (i, (line, (_, hash, prev))) in lines.iter().zip(&records).enumerate() {
+            let content = &line[..line.len() - 1];
+            let good = check_line(content, i as u64 + 1, prev, &vk).unwrap();
+            assert_eq!(good.hash, *hash);
+            assert!(good.proof.is_some());
+        }
+        // The second record, every byte flipped in turn (its proof too).
+        let content = &lines[1][..lines[1].len() - 1];
+        for i in 0..content.len() {
+            let mut bad = content.to_vec();
+            bad[i] ^= 0x01;
+            assert!(check_line(&bad, 2, &records[1].2, &vk).is_err(), "byte {i}");
+        }
+        // Another record's proof, or the batch signature as a record's own.
+        let mut swapped = records[1].0.clone();
+        swapped.push(b'\t');
+        swapped.extend_from_slice(to_hex(&records[1].1).as_bytes());
+        swapped.push(b'\t');
+        swapped.extend_from_slice(to_hex(&sig).as_bytes());
+        assert!(check_line(&swapped, 2, &records[1].2, &vk).is_err());
+        let other = crate::batch::encode_proof(0, 3, &proofs[0]);
+        swapped.push(b'\t');
+        swapped.extend_from_slice(other.as_bytes());
+        assert!(check_line(&swapped, 2, &records[1].2, &vk).is_err());
     }
 
     #[test]

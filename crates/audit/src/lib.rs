@@ -31,6 +31,7 @@
 //!
 //!   ```text
 //!   <body> TAB <hash> TAB <sig> LF
+//!   <body> TAB <hash> TAB <sig> TAB <proof> LF
 //!   ```
 //!
 //!   `<body>` is compact JSON (no spaces, so never a raw tab or newline) with
@@ -45,8 +46,14 @@
 //!   the `<hash>` of the previous record (64 zeros for seq 1).
 //!   `<hash>` is the lowercase hex of `sha256(prev_hash_bytes || body_bytes)`,
 //!   where `prev_hash_bytes` are the 32 raw bytes of the previous hash and
-//!   `body_bytes` are the body exactly as written. `<sig>` is the lowercase
-//!   hex of the ed25519 signature over the 32 raw hash bytes.
+//!   `body_bytes` are the body exactly as written. A record written alone
+//!   has three fields: `<sig>` is the lowercase hex of the ed25519
+//!   signature over the 32 raw hash bytes. Records written together (up to
+//!   256) share one signature and have four: `<sig>` is over
+//!   `"baton-audit-batch\0" || root`, the root of a Merkle tree over their
+//!   hashes (RFC 9162 §2.1.1), and `<proof>` is `<index>/<count>` then
+//!   `,<64 hex>` per sibling hash from the record's leaf up — its inclusion
+//!   proof, so each record verifies on its own (see the `batch` module).
 //!
 //! * `audit.head` — one line, `<json> TAB <sig> LF`, where `<json>` is
 //!   `{"seq":N,"hash":"<64 hex>","bytes":B}`: the seq and hash of the last
@@ -72,7 +79,8 @@
 //! be a JSON object with exactly the members above; its `seq` must be the
 //! previous one plus one and its `prev` the previous record's hash; the hash
 //! recomputed over the exact bytes must match; the signature must verify
-//! (strict ed25519). The last line must end in a newline. Then the head: its
+//! (strict ed25519; for a four-field line, over the root its proof leads
+//! to). The last line must end in a newline. Then the head: its
 //! signature must verify, the log must reach its seq, and the record at that
 //! seq must have its hash and end at its byte length. Valid records after the
 //! head's seq (a crash between the log's fsync and the head's rename) are
@@ -97,6 +105,7 @@
 //! A log that is being written may be read mid-write; `verify` then reports a
 //! partial last line. Verify a closed log, or rerun.
 
+mod batch;
 mod error;
 mod event;
 mod export_check;

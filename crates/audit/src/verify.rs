@@ -352,6 +352,10 @@ fn export_scan(
         out.write_all(format::to_hex(&rec.hash).as_bytes())?;
         out.write_all(b"\",\"sig\":\"")?;
         out.write_all(rec.sig_hex)?;
+        if let Some(proof) = rec.proof {
+            out.write_all(b"\",\"proof\":\"")?;
+            out.write_all(proof)?;
+        }
         out.write_all(b"\"}\n")?;
         count += 1;
         Ok(())

@@ -10,7 +10,7 @@ use std::sync::{Arc, mpsc};
 use std::thread::JoinHandle;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use ed25519_dalek::{SigningKey, VerifyingKey};
+use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
@@ -22,6 +22,11 @@ use crate::verify::{self, Cursor, WalkError};
 
 /// At most this many events go into one write; the rest wait for the next.
 const MAX_BATCH: usize = 8192;
+/// How long the writer lets events gather after the first of a batch: one
+/// signature and one write for all of them, and one wake-up of this
+/// thread, instead of one per event. A flush that comes meanwhile waits at
+/// most this long.
+const GATHER: std::time::Duration = std::time::Duration::from_millis(5);
 /// Longest a written record waits for its fsync and the signed head when
 /// nobody flushes (a flush anchors at once).
 const ANCHOR_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
@@ -468,6 +473,12 @@ impl Writer {
             if next.is_none() && unanchored_since.is_none() {
                 shutdown = true; // every handle is gone
             }
+            if matches!(next, Some(Msg::Event(_))) {
+                // Let the events that follow gather: they are written, and
+                // signed, together (records are anchored later anyway),
+                // and senders meanwhile wake nobody.
+                std::thread::sleep(GATHER);
+            }
             while let Some(msg) = next {
                 match msg {
                     Msg::Event(e) => events.push(e),
@@ -550,22 +561,47 @@ impl Writer {
         if let Some(p) = &self.poisoned {
             return Err(AuditError::Write(p.clone()));
         }
-        let mut buf = Vec::with_capacity(events.len() * 400);
         let mut cur = self.cursor;
+        let mut records = Vec::with_capacity(events.len());
         for event in &events {
             let ts = event.ts_unix_ms.unwrap_or_else(now_ms);
-            match format::encode_record(&self.key, cur.seq + 1, &cur.hash, ts, event) {
-                Ok((line, hash)) => {
+            match format::encode_body(cur.seq + 1, &cur.hash, ts, event) {
+                Ok((body, hash)) => {
                     cur.seq += 1;
                     cur.hash = hash;
-                    cur.offset += line.len() as u64;
-                    buf.extend_from_slice(&line);
+                    records.push((body, hash));
                 }
                 Err(e) => {
                     tracing::error!(kind = %event.kind, error = %e, "audit event not encodable; skipped")
                 }
             }
         }
+        // One signature per run of records (see crate::batch); a record
+        // written alone is signed on its own.
+        let mut buf = Vec::with_capacity(events.len() * 600);
+        while !records.is_empty() {
+            let rest = records.split_off(records.len().min(crate::batch::MAX_TREE));
+            let run = std::mem::replace(&mut records, rest);
+            let n = run.len();
+            if n == 1 {
+                for (body, hash) in run {
+                    let sig = self.key.sign(&hash).to_bytes();
+                    buf.extend_from_slice(&format::finish_line(body, &hash, &sig, None));
+                }
+                continue;
+            }
+            let hashes: Vec<[u8; 32]> = run.iter().map(|(_, h)| *h).collect();
+            let (root, proofs) = crate::batch::tree(&hashes);
+            let sig = self
+                .key
+                .sign(&crate::batch::signed_message(&root))
+                .to_bytes();
+            for (i, ((body, hash), path)) in run.into_iter().zip(&proofs).enumerate() {
+                let proof = crate::batch::encode_proof(i, n, path);
+                buf.extend_from_slice(&format::finish_line(body, &hash, &sig, Some(&proof)));
+            }
+        }
+        cur.offset += buf.len() as u64;
         let log_path = self.dir.join(LOG_FILE);
         if let Err(e) = self.file.write_all(&buf) {
             if let Err(e2) = self.file.set_len(self.cursor.offset) {

@@ -454,7 +454,11 @@ fn recheck_exported(line: &str, key: &VerifyingKey) -> Value {
     let obj: Value = serde_json::from_str(line).unwrap();
     let hash = obj["hash"].as_str().unwrap();
     let sig = obj["sig"].as_str().unwrap();
-    let suffix = format!(",\"hash\":\"{hash}\",\"sig\":\"{sig}\"}}");
+    let proof = obj.get("proof").and_then(Value::as_str);
+    let suffix = match proof {
+        Some(p) => format!(",\"hash\":\"{hash}\",\"sig\":\"{sig}\",\"proof\":\"{p}\"}}"),
+        None => format!(",\"hash\":\"{hash}\",\"sig\":\"{sig}\"}}"),
+    };
     let body = format!("{}}}", line.strip_suffix(&suffix).unwrap());
     let prev = obj["prev"].as_str().unwrap();
     let mut h = Sha256::new();
@@ -463,8 +467,52 @@ fn recheck_exported(line: &str, key: &VerifyingKey) -> Value {
     let digest: [u8; 32] = h.finalize().into();
     assert_eq!(decode_hex(hash), digest);
     let sig = Signature::from_slice(&decode_hex(sig)).unwrap();
-    key.verify(&digest, &sig).unwrap();
+    match proof {
+        None => key.verify(&digest, &sig).unwrap(),
+        Some(p) => {
+            let mut message = b"baton-audit-batch\0".to_vec();
+            message.extend_from_slice(&inclusion_root(p, &digest));
+            key.verify(&message, &sig).unwrap();
+        }
+    }
     obj
+}
+
+fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
+
+/// The root an inclusion proof `<index>/<count>,<hex>...` leads to, by
+/// the iterative algorithm of RFC 9162 §2.1.3.2 (the writer builds the tree
+/// recursively: two formulations that must agree).
+fn inclusion_root(proof: &str, record_hash: &[u8; 32]) -> [u8; 32] {
+    let mut parts = proof.split(',');
+    let (index, count) = parts.next().unwrap().split_once('/').unwrap();
+    let (index, count): (u64, u64) = (index.parse().unwrap(), count.parse().unwrap());
+    assert!(index < count);
+    let (mut f, mut s) = (index, count - 1);
+    let mut r = sha256(&[&[0], record_hash]);
+    for p in parts {
+        let p = decode_hex(p);
+        assert_ne!(s, 0, "proof too long");
+        if f & 1 == 1 || f == s {
+            r = sha256(&[&[1], &p, &r]);
+            while f & 1 == 0 && f != 0 {
+                f >>= 1;
+                s >>= 1;
+            }
+        } else {
+            r = sha256(&[&[1], &r, &p]);
+        }
+        f >>= 1;
+        s >>= 1;
+    }
+    assert_eq!(s, 0, "proof too short");
+    r
 }
 
 fn decode_hex(s: &str) -> Vec<u8> {
@@ -489,6 +537,8 @@ async fn export_filters_by_session_and_time_and_can_be_reverified() {
 
     let (n, all) = run_export(&dir, &key, ExportFilter::default());
     assert_eq!(n, 30);
+    // Records appended together are signed together, each with its proof.
+    assert!(all.iter().any(|o| o.get("proof").is_some()));
     assert_eq!(all[4]["seq"], json!(5));
     assert_eq!(all[4]["kind"], json!("tool_call"));
 

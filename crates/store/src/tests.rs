@@ -209,7 +209,11 @@ async fn a_deferred_fsync_is_shared_with_the_next_synced_write_or_done_when_due(
     assert_eq!(store.writer_stats().synced_groups, 1);
     // Alone, it is synced when due.
     store
-        .write(cancelled(s, 4, Batch::synced_within(Duration::from_millis(5))))
+        .write(cancelled(
+            s,
+            4,
+            Batch::synced_within(Duration::from_millis(5)),
+        ))
         .await
         .unwrap();
     assert_eq!(store.writer_stats().synced_groups, 2);
@@ -218,7 +222,11 @@ async fn a_deferred_fsync_is_shared_with_the_next_synced_write_or_done_when_due(
     let dir = tempfile::tempdir().unwrap();
     let store = open(dir.path(), Durability::Buffered);
     store
-        .write(cancelled(s, 1, Batch::synced_within(Duration::from_secs(60))))
+        .write(cancelled(
+            s,
+            1,
+            Batch::synced_within(Duration::from_secs(60)),
+        ))
         .await
         .unwrap();
     assert_eq!(store.writer_stats().synced_groups, 0);

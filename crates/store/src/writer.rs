@@ -138,8 +138,8 @@ pub(crate) fn run(
         // A group with a synced request that may not wait is synced, and
         // covers every deferred one; otherwise the deferrable ones are
         // written now and answered when a sync covers them.
-        let must_sync = durability == Durability::Sync
-            && group.iter().any(|r| r.sync && r.within.is_none());
+        let must_sync =
+            durability == Durability::Sync && group.iter().any(|r| r.sync && r.within.is_none());
         let (result, synced) = write_group(&db, &group, must_sync, &stats);
         note_outcome(&stats, &result);
         let m = baton_metrics::metrics();

@@ -21,9 +21,6 @@ pub struct Batch {
     /// When false the batch is written to the WAL without waiting for an fsync
     /// even in `sync` mode (provisional data such as output deltas).
     pub(crate) sync: bool,
-    /// A synced batch whose fsync may wait this long for a later synced
-    /// write to share it (see [`Batch::synced_within`]).
-    pub(crate) within: Option<std::time::Duration>,
     /// Journal records, payloads, snapshots and gate records added while
     /// set are sealed under this subject key.
     seal: Option<Arc<seal::SealKey>>,
@@ -35,21 +32,7 @@ impl Batch {
         Self {
             ops: Vec::new(),
             sync: true,
-            within: None,
             seal: None,
-        }
-    }
-
-    /// A batch acknowledged once it is durable, like [`Batch::new`], that
-    /// is written at once but whose fsync may wait up to `within` for a
-    /// later synced write, which then makes both durable with one fsync.
-    /// For records nobody waits on before the next synced write comes
-    /// (a turn's start, before an answer that is usually quick): the
-    /// acknowledgement comes later, never before the records are durable.
-    pub fn synced_within(within: std::time::Duration) -> Self {
-        Self {
-            within: Some(within),
-            ..Self::new()
         }
     }
 

@@ -285,7 +285,6 @@ impl Store {
                     .send(writer::WriteReq {
                         ops: batch.ops,
                         sync: batch.sync,
-                        within: batch.within.filter(|_| batch.sync),
                         done,
                         queued_at: std::time::Instant::now(),
                         bytes,

@@ -49,8 +49,6 @@ impl Op {
 pub(crate) struct WriteReq {
     pub ops: Vec<Op>,
     pub sync: bool,
-    /// A synced request whose fsync may wait this long for a later one.
-    pub within: Option<std::time::Duration>,
     pub done: oneshot::Sender<Result<()>>,
     /// When the request was handed to the writer (append latency metric).
     pub queued_at: Instant,
@@ -97,14 +95,6 @@ impl WriterStats {
 /// Most requests folded into one group; bounds the latency of the first one.
 const MAX_GROUP: usize = 4096;
 
-/// Synced requests written and waiting for a later fsync to cover them
-/// ([`crate::Batch::synced_within`]), and the latest moment to sync them.
-#[derive(Default)]
-struct Deferred {
-    reqs: Vec<WriteReq>,
-    due: Option<Instant>,
-}
-
 pub(crate) fn run(
     db: Arc<DB>,
     rx: std::sync::mpsc::Receiver<WriteReq>,
@@ -112,22 +102,7 @@ pub(crate) fn run(
     stats: Arc<WriterStats>,
 ) {
     let mut group: Vec<WriteReq> = Vec::with_capacity(64);
-    let mut deferred = Deferred::default();
-    loop {
-        let first = match deferred.due {
-            Some(due) => match rx.recv_timeout(due.saturating_duration_since(Instant::now())) {
-                Ok(r) => r,
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    sync_deferred(&db, &mut deferred, &stats);
-                    continue;
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
-            },
-            None => match rx.recv() {
-                Ok(r) => r,
-                Err(_) => break,
-            },
-        };
+    while let Ok(first) = rx.recv() {
         group.push(first);
         while group.len() < MAX_GROUP {
             match rx.try_recv() {
@@ -135,15 +110,13 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
-        // A group with a synced request that may not wait is synced, and
-        // covers every deferred one; otherwise the deferrable ones are
-        // written now and answered when a sync covers them.
-        let must_sync =
-            durability == Durability::Sync && group.iter().any(|r| r.sync && r.within.is_none());
-        let (result, synced) = write_group(&db, &group, must_sync, &stats);
+        let (result, synced) = write_group(&db, &group, durability, &stats);
         note_outcome(&stats, &result);
         let m = baton_metrics::metrics();
         m.journal_batch(group.len(), synced);
+        for req in &group {
+            m.journal_append(req.queued_at.elapsed().as_secs_f64());
+        }
         stats.groups.fetch_add(1, Ordering::Relaxed);
         stats
             .requests
@@ -153,49 +126,12 @@ pub(crate) fn run(
         stats
             .queued_requests
             .fetch_sub(group.len() as u64, Ordering::Relaxed);
-        if synced || result.is_err() {
-            // Durable (or failed) with this group: answered with it.
-            group.append(&mut deferred.reqs);
-            deferred.due = None;
-        }
         for req in group.drain(..) {
-            if result.is_ok() && !synced && durability == Durability::Sync && req.sync {
-                let due = req.queued_at + req.within.unwrap_or_default();
-                deferred.due = Some(deferred.due.map_or(due, |d| d.min(due)));
-                deferred.reqs.push(req);
-                continue;
-            }
-            answer(req, &result);
+            // The caller may have gone away; its write is done regardless.
+            let _ = req.done.send(result.clone());
         }
-    }
-    if !deferred.reqs.is_empty() {
-        sync_deferred(&db, &mut deferred, &stats);
     }
     tracing::debug!("store writer thread stopped");
-}
-
-/// Answer a request: its write is done (the caller may have gone away).
-fn answer(req: WriteReq, result: &Result<()>) {
-    baton_metrics::metrics().journal_append(req.queued_at.elapsed().as_secs_f64());
-    let _ = req.done.send(result.clone());
-}
-
-/// No synced write came to cover the deferred requests in time: sync the
-/// WAL for them.
-fn sync_deferred(db: &DB, deferred: &mut Deferred, stats: &WriterStats) {
-    let started = Instant::now();
-    let result = db.flush_wal(true).map_err(Error::from);
-    note_outcome(stats, &result);
-    if result.is_ok() {
-        stats.synced_groups.fetch_add(1, Ordering::Relaxed);
-        stats
-            .synced_write_micros
-            .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-    }
-    deferred.due = None;
-    for req in deferred.reqs.drain(..) {
-        answer(req, &result);
-    }
 }
 
 /// Keep the state of writes: failing from a failed write on, until one
@@ -222,21 +158,28 @@ fn note_outcome(stats: &WriterStats, result: &Result<()>) {
     }
 }
 
-fn write_group(db: &DB, group: &[WriteReq], sync: bool, stats: &WriterStats) -> (Result<()>, bool) {
-    let mut synced = false;
-    let r = write_group_inner(db, group, sync, stats, &mut synced);
-    (r, synced)
+fn write_group(
+    db: &DB,
+    group: &[WriteReq],
+    durability: Durability,
+    stats: &WriterStats,
+) -> (Result<()>, bool) {
+    let mut sync = false;
+    let r = write_group_inner(db, group, durability, stats, &mut sync);
+    (r, sync)
 }
 
 fn write_group_inner(
     db: &DB,
     group: &[WriteReq],
-    sync: bool,
+    durability: Durability,
     stats: &WriterStats,
     synced: &mut bool,
 ) -> Result<()> {
     let mut batch = WriteBatch::default();
+    let mut sync = false;
     for req in group {
+        sync |= req.sync;
         for op in &req.ops {
             match op {
                 Op::Put { cf, key, value } => batch.put_cf(cf_handle(db, cf)?, key, value),
@@ -247,6 +190,7 @@ fn write_group_inner(
             }
         }
     }
+    let sync = sync && durability == Durability::Sync;
     let mut opts = WriteOptions::default();
     opts.set_sync(sync);
     let started = Instant::now();

@@ -120,10 +120,8 @@ impl Actor for SessionActor {
                     // The journal's state is unknown: restart from disk.
                     return Err(format!("journal write of session {} failed: {e}", ctx.id()).into());
                 }
-                if let Some(upto) = ctx.outbox.write_done(upto) {
-                    ctx.on_written(upto);
-                    ctx.start_durable_tools(&myself, upto);
-                }
+                ctx.on_written(upto);
+                ctx.start_durable_tools(&myself, upto);
             }
             SessionMsg::SubmitToolResult {
                 call_id,

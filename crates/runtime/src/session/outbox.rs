@@ -109,11 +109,6 @@ pub(crate) struct Outbox {
     /// Replies sent once the record at that seq is durable.
     acks: Vec<(u64, RpcReplyPort<Result<u64>>)>,
     gate_acks: Vec<(u64, GateRecord, RpcReplyPort<Result<GateRecord>>)>,
-    /// Writes handed to the writer, in order: the last seq each covers,
-    /// and whether it is done. A write's records are released only once
-    /// every write before it is done too (a synced write whose fsync may
-    /// wait can finish after an unsynced one handed over later).
-    writes: VecDeque<(u64, bool)>,
 }
 
 impl Outbox {
@@ -199,25 +194,6 @@ impl Outbox {
     /// Everything up to `upto` is durable: answer the requests that waited
     /// for it and return the events now released, in order (hand each to
     /// [`Outbox::deliver`] once its side effects are done).
-    /// A write covering records up to `upto` was handed to the writer.
-    pub fn write_started(&mut self, upto: u64) {
-        self.writes.push_back((upto, false));
-    }
-
-    /// The write covering records up to `upto` is done: how far records
-    /// may now be released (every write before it done too), if further.
-    pub fn write_done(&mut self, upto: u64) -> Option<u64> {
-        if let Some(w) = self.writes.iter_mut().find(|(u, _)| *u == upto) {
-            w.1 = true;
-        }
-        let mut through = None;
-        while let Some(&(u, true)) = self.writes.front() {
-            through = Some(u);
-            self.writes.pop_front();
-        }
-        through
-    }
-
     pub fn release(&mut self, upto: u64) -> Vec<Released> {
         let (ready, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.acks)
             .into_iter()
@@ -313,7 +289,6 @@ impl Outbox {
             && self.staged.is_empty()
             && self.live.is_none()
             && self.pending.is_empty()
-            && self.writes.is_empty()
             && self.acks.is_empty()
             && self.gate_acks.is_empty()
     }

@@ -78,9 +78,15 @@ impl SessionCtx {
             by,
         });
         // Written with the turn's ModelCallStarted by pump(), or here when
-        // the turn waits (see `turn_start_durability`).
+        // the turn waits. A one-shot session's (a front-door call's) turn
+        // is durable with its answer: nobody is told of it before, and the
+        // answer's synced write covers these records too (the write-ahead
+        // log is one sequence). A process crash keeps them (they are in the
+        // log); a machine crash before the answer loses a call nobody was
+        // answered.
         self.pump(myself);
-        self.flush_as(myself, self.turn_start_durability());
+        let sync = !self.durable.state.one_shot;
+        self.flush(myself, sync);
         Ok(sub)
     }
 

@@ -265,13 +265,19 @@ impl SessionCtx {
             self.model.turn_started = Some((turn, tokio::time::Instant::now()));
         }
         self.turn_span(turn);
-        self.stage(EventKind::ModelCallStarted {
-            turn,
-            attempt,
-            endpoint: route,
-            reason,
-        });
-        self.flush_as(myself, self.turn_start_durability());
+        // A one-shot session's call is durable with its answer (see
+        // `send` in requests.rs).
+        let sync = !self.durable.state.one_shot;
+        self.commit(
+            myself,
+            vec![EventKind::ModelCallStarted {
+                turn,
+                attempt,
+                endpoint: route,
+                reason,
+            }],
+            sync,
+        );
         self.dispatch(myself, turn, request, data_classes, redaction);
         true
     }

@@ -3,18 +3,11 @@
 //!
 //! Write-ahead rules, as built:
 //! * `TurnAccepted` + `ModelCallStarted` are handed to the writer and the
-//!   model call is dispatched right away. Their fsync may wait up to
-//!   [`TURN_START_SYNC_WITHIN`] for the answer's: a quick answer makes both
-//!   durable with one fsync, a slow one finds them synced already (the
-//!   wait and the fsync overlap the model call). A one-shot session's are
-//!   written unsynced and made durable by its answer's write. If the write
-//!   fails the actor fails, and the answer is dropped with it.
+//!   model call is dispatched right away: its fsync overlaps the model call.
+//!   If the write fails the actor fails, and the answer is dropped with it.
 //! * `AssistantMessage` + `TurnCompleted` go out in one batch; the client
 //!   sees them only after that batch is durable — one fsync on the critical
 //!   path after the model answers.
-//! * Records are released in order: a write's only once every write handed
-//!   over before it is done (a deferred fsync can finish after an unsynced
-//!   write handed over later).
 //! * Output deltas are provisional and written without an fsync of their
 //!   own. They stream to subscribers as they come, and are journaled as
 //!   one record per stretch of output (`sessions.output_record_ms` /
@@ -32,26 +25,6 @@ use ractor::ActorRef;
 use super::ctx::SessionCtx;
 use super::msg::SessionMsg;
 use super::outbox::{LiveText, Released};
-
-/// How durable a write must be before its records are released.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Durability {
-    /// fsynced before release.
-    Synced,
-    /// fsynced before release; the fsync may wait this long for the next
-    /// synced write to share it (see `baton_store::Batch::synced_within`).
-    SyncedWithin(Duration),
-    /// In the write-ahead log (a process crash keeps it, a machine crash
-    /// may not): provisional records, and what a later synced write covers.
-    Unsynced,
-}
-
-/// How long a turn's first records (`TurnAccepted`, `ModelCallStarted`)
-/// may wait for their fsync: a quick answer's synced write then makes them
-/// durable with it, one fsync a turn. A slower answer finds them synced
-/// already (the wait overlaps the model call); either way the client sees
-/// them only once durable.
-pub(crate) const TURN_START_SYNC_WITHIN: Duration = Duration::from_millis(2);
 
 impl SessionCtx {
     /// Model output text of `turn`'s `attempt`: streamed to subscribers
@@ -184,21 +157,6 @@ impl SessionCtx {
         });
     }
 
-    /// How a turn's first records are written. A one-shot session's (a
-    /// front-door call's) are durable with its answer: nobody is told of
-    /// them before, and the answer's synced write covers them (the
-    /// write-ahead log is one sequence; a process crash keeps them, a
-    /// machine crash before the answer loses a call nobody was answered).
-    /// Other sessions' are synced, sharing the answer's fsync when it
-    /// comes quickly ([`TURN_START_SYNC_WITHIN`]).
-    pub fn turn_start_durability(&self) -> Durability {
-        if self.durable.state.one_shot {
-            Durability::Unsynced
-        } else {
-            Durability::SyncedWithin(TURN_START_SYNC_WITHIN)
-        }
-    }
-
     /// Stage records and write everything staged as one batch.
     pub fn commit(&mut self, myself: &ActorRef<SessionMsg>, kinds: Vec<EventKind>, sync: bool) {
         for kind in kinds {
@@ -211,19 +169,6 @@ impl SessionCtx {
     /// now and then, a snapshot) to the writer as one batch; `Written` comes
     /// back when it is durable (or, unsynced, in the WAL).
     pub fn flush(&mut self, myself: &ActorRef<SessionMsg>, sync: bool) {
-        self.flush_as(
-            myself,
-            if sync {
-                Durability::Synced
-            } else {
-                Durability::Unsynced
-            },
-        );
-    }
-
-    /// [`Self::flush`], with the durability the records need.
-    pub fn flush_as(&mut self, myself: &ActorRef<SessionMsg>, durability: Durability) {
-        let sync = durability != Durability::Unsynced;
         if self.outbox.staged.is_empty() {
             return;
         }
@@ -234,10 +179,10 @@ impl SessionCtx {
             return;
         }
         let id = self.env.id;
-        let mut batch = match durability {
-            Durability::Synced => Batch::new(),
-            Durability::SyncedWithin(within) => Batch::synced_within(within),
-            Durability::Unsynced => Batch::unsynced(),
+        let mut batch = if sync {
+            Batch::new()
+        } else {
+            Batch::unsynced()
         };
         batch.seal_with(self.env.seal.clone());
         let mut audited = 0;
@@ -324,7 +269,6 @@ impl SessionCtx {
             batch.put_gate(&record, previous.as_ref());
             self.gates.pending.push_back((upto, record));
         }
-        self.outbox.write_started(upto);
         let write = self.env.shared.store.write(batch);
         let me = myself.clone();
         tokio::spawn(async move {

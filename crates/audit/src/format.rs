@@ -172,7 +172,7 @@ pub(crate) fn check_signature(
     let signed = match proof {
         None => key.verify_strict(hash, &sig),
         Some(p) => {
-            let (index, count, path) = crate::batch::decode_proof(p)
+            let (index, count, path) = decode_proof(p)
                 .ok_or("malformed proof: expected <index>/<count> and 64-hex sibling hashes")?;
             let root = crate::batch::root_of(index, count, hash, &path)
                 .ok_or("proof does not fit its place in a batch (index, count or length)")?;
@@ -180,6 +180,37 @@ pub(crate) fn check_signature(
         }
     };
     signed.map_err(|_| "signature invalid: forged, altered, or signed by another key")
+}
+
+/// A proof as written: `<index>/<count>` then `,<64 hex>` per sibling.
+pub(crate) fn encode_proof(index: usize, count: usize, path: &[[u8; 32]]) -> String {
+    let mut s = format!("{index}/{count}");
+    for h in path {
+        s.push(',');
+        s.push_str(&to_hex(h));
+    }
+    s
+}
+
+/// A decimal without a sign or leading zeros.
+fn number(s: &[u8]) -> Option<usize> {
+    if s.is_empty() || s.len() > 3 || (s.len() > 1 && s[0] == b'0') {
+        return None;
+    }
+    std::str::from_utf8(s).ok()?.parse().ok()
+}
+
+/// Parses a proof strictly (every byte has one accepted value).
+pub(crate) fn decode_proof(s: &[u8]) -> Option<(usize, usize, Vec<[u8; 32]>)> {
+    let mut parts = s.split(|&b| b == b',');
+    let place = parts.next()?;
+    let slash = place.iter().position(|&b| b == b'/')?;
+    let index = number(&place[..slash])?;
+    let count = number(&place[slash + 1..])?;
+    let path = parts
+        .map(from_hex::<32>)
+        .collect::<Option<Vec<[u8; 32]>>>()?;
+    Some((index, count, path))
 }
 
 /// A record line that passed every check.
@@ -394,7 +425,7 @@ mod tests {
             .zip(&proofs)
             .enumerate()
             .map(|(i, ((body, hash, _), path))| {
-                let proof = crate::batch::encode_proof(i, 3, path);
+                let proof = encode_proof(i, 3, path);
                 finish_line(body.clone(), hash, &sig, Some(&proof))
             })
             .collect();
@@ -418,10 +449,40 @@ mod tests {
         swapped.push(b'\t');
         swapped.extend_from_slice(to_hex(&sig).as_bytes());
         assert!(check_line(&swapped, 2, &records[1].2, &vk).is_err());
-        let other = crate::batch::encode_proof(0, 3, &proofs[0]);
+        let other = encode_proof(0, 3, &proofs[0]);
         swapped.push(b'\t');
         swapped.extend_from_slice(other.as_bytes());
         assert!(check_line(&swapped, 2, &records[1].2, &vk).is_err());
+    }
+
+    #[test]
+    fn proofs_parse_strictly() {
+        let h = to_hex(&[0xab; 32]);
+        assert!(decode_proof(format!("1/2,{h}").as_bytes()).is_some());
+        for bad in [
+            format!("01/2,{h}"),
+            format!("1/02,{h}"),
+            format!("1-2,{h}"),
+            format!("1/2,{}", h.to_uppercase()),
+            format!("1/2,{h},"),
+            format!("/2,{h}"),
+            format!("1/2;{h}"),
+        ] {
+            assert!(decode_proof(bad.as_bytes()).is_none(), "{bad}");
+        }
+        assert_eq!(crate::batch::root_of(2, 2, &[0; 32], &[[0; 32]]), None);
+        assert_eq!(crate::batch::root_of(0, 1, &[0; 32], &[]), None);
+        assert_eq!(
+            crate::batch::root_of(0, crate::batch::MAX_TREE + 1, &[0; 32], &[[0; 32]; 9]),
+            None
+        );
+    }
+
+    #[test]
+    fn proofs_round_trip() {
+        let path = [[1u8; 32], [0xcd; 32]];
+        let text = encode_proof(3, 17, &path);
+        assert_eq!(decode_proof(text.as_bytes()), Some((3, 17, path.to_vec())));
     }
 
     #[test]

@@ -597,7 +597,7 @@ impl Writer {
                 .sign(&crate::batch::signed_message(&root))
                 .to_bytes();
             for (i, ((body, hash), path)) in run.into_iter().zip(&proofs).enumerate() {
-                let proof = crate::batch::encode_proof(i, n, path);
+                let proof = format::encode_proof(i, n, path);
                 buf.extend_from_slice(&format::finish_line(body, &hash, &sig, Some(&proof)));
             }
         }

@@ -78,15 +78,9 @@ impl SessionCtx {
             by,
         });
         // Written with the turn's ModelCallStarted by pump(), or here when
-        // the turn waits. A one-shot session's (a front-door call's) turn
-        // is durable with its answer: nobody is told of it before, and the
-        // answer's synced write covers these records too (the write-ahead
-        // log is one sequence). A process crash keeps them (they are in the
-        // log); a machine crash before the answer loses a call nobody was
-        // answered.
+        // the turn waits.
         self.pump(myself);
-        let sync = !self.durable.state.one_shot;
-        self.flush(myself, sync);
+        self.flush(myself, self.turn_start_synced());
         Ok(sub)
     }
 

@@ -265,9 +265,7 @@ impl SessionCtx {
             self.model.turn_started = Some((turn, tokio::time::Instant::now()));
         }
         self.turn_span(turn);
-        // A one-shot session's call is durable with its answer (see
-        // `send` in requests.rs).
-        let sync = !self.durable.state.one_shot;
+        let sync = self.turn_start_synced();
         self.commit(
             myself,
             vec![EventKind::ModelCallStarted {

@@ -5,6 +5,8 @@
 //! * `TurnAccepted` + `ModelCallStarted` are handed to the writer and the
 //!   model call is dispatched right away: its fsync overlaps the model call.
 //!   If the write fails the actor fails, and the answer is dropped with it.
+//!   A one-shot session (a front-door call) writes them unsynced
+//!   ([`SessionCtx::turn_start_synced`]): its answer's fsync covers them.
 //! * `AssistantMessage` + `TurnCompleted` go out in one batch; the client
 //!   sees them only after that batch is durable — one fsync on the critical
 //!   path after the model answers.
@@ -155,6 +157,16 @@ impl SessionCtx {
             at_unix_ms: now,
             kind,
         });
+    }
+
+    /// Whether a turn's first records (`TurnAccepted`, `ModelCallStarted`)
+    /// are synced. Not for a one-shot session (a front-door call): nobody
+    /// is told of its turn before the answer, and the answer's synced write
+    /// covers these records too (the write-ahead log is one sequence). A
+    /// process crash keeps them (they are in the log); a machine crash
+    /// before the answer loses a call nobody was answered.
+    pub fn turn_start_synced(&self) -> bool {
+        !self.durable.state.one_shot
     }
 
     /// Stage records and write everything staged as one batch.

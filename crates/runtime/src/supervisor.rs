@@ -300,6 +300,7 @@ impl SupervisorState {
             shared: self.shared.clone(),
             notify,
             activity: activity.clone(),
+            after_failure: self.restart_counts.contains_key(&id),
         };
         match Actor::spawn_linked(None, SessionActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
@@ -342,7 +343,8 @@ impl SupervisorState {
     /// rare; busy ones decline and stay live.
     fn enforce_cap(&mut self) {
         let cap = self.shared.config.sessions.max_live_sessions;
-        if cap == 0 {
+        // Counting is a scan of every live session: only when it can matter.
+        if cap == 0 || self.live.len() <= cap {
             return;
         }
         let active = self.live.values().filter(|e| !e.passivating).count();

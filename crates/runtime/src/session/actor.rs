@@ -17,6 +17,8 @@ pub(crate) struct SessionArgs {
     pub shared: Arc<Shared>,
     pub notify: Notify,
     pub activity: Arc<AtomicU64>,
+    /// See [`Env::after_failure`].
+    pub after_failure: bool,
 }
 
 pub(crate) struct SessionActor;
@@ -38,6 +40,7 @@ impl Actor for SessionActor {
             notify: args.notify,
             activity: args.activity,
             seal: None,
+            after_failure: args.after_failure,
         }))
     }
 

@@ -24,6 +24,12 @@ pub(crate) struct Env {
     /// The subject key the session's content is sealed with (`[privacy]`
     /// encryption), set when it loads.
     pub seal: Option<Arc<baton_store::seal::SealKey>>,
+    /// An earlier actor of this session failed in this process, and may
+    /// have left writes queued at the store's writer: loading waits for
+    /// them first. An actor that passivated had none left (it stops only
+    /// once idle, every write of it confirmed), and after a restart there
+    /// was no earlier actor.
+    pub after_failure: bool,
 }
 
 /// The session's durable state as this actor holds it.

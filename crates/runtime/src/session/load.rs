@@ -23,8 +23,10 @@ impl SessionCtx {
             return Ok(());
         }
         let store = self.env.shared.store.clone();
-        // Writes a previous incarnation of this actor queued are applied first.
-        store.barrier().await?;
+        if self.env.after_failure {
+            // Writes the failed actor queued are applied first.
+            store.barrier().await?;
+        }
         let meta = match store.load_meta(id).await {
             Ok(Some(m)) => m,
             Ok(None) => return Ok(()),
@@ -65,15 +67,19 @@ impl SessionCtx {
         self.durable.snapshot_seq = from;
         let mut after = from;
         let mut replayed = 0u64;
+        const PAGE: usize = 1024;
         let load_result = loop {
-            match store.read_journal(id, after, 1024).await {
-                Ok(events) if events.is_empty() => break Ok(()),
+            match store.read_journal(id, after, PAGE).await {
                 Ok(events) => {
                     for e in &events {
                         state.apply(e.seq, e.at_unix_ms, &e.kind);
                     }
                     replayed += events.len() as u64;
                     after = state.last_seq;
+                    if events.len() < PAGE {
+                        // A short page is the journal's end.
+                        break Ok(());
+                    }
                 }
                 Err(e) => break Err(e),
             }

@@ -22,7 +22,7 @@ struct BodyOut<'a> {
     kind: &'a str,
     session_id: Option<&'a str>,
     actor: Option<&'a str>,
-    data: &'a serde_json::Value,
+    data: &'a serde_json::value::RawValue,
     prev: String,
 }
 
@@ -385,7 +385,8 @@ mod tests {
             kind: "tool_call".into(),
             session_id: Some("s1".into()),
             actor: None,
-            data: serde_json::json!({"tool": "search", "n": 3}),
+            data: serde_json::value::to_raw_value(&serde_json::json!({"tool": "search", "n": 3}))
+                .unwrap(),
             ts_unix_ms: None,
         };
         let (line, hash) = encode_record(&key(), 1, &GENESIS, 42, &event).unwrap();

@@ -74,7 +74,7 @@
 //! # Verification
 //!
 //! [`verify`] reads the log line by line. A line must split on tabs into
-//! exactly three fields; the hash and signature must be lowercase hex of the
+//! three fields, or four with a proof; the hash and signature must be lowercase hex of the
 //! right length (so each byte has exactly one accepted value); the body must
 //! be a JSON object with exactly the members above; its `seq` must be the
 //! previous one plus one and its `prev` the previous record's hash; the hash

@@ -27,6 +27,21 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug + 'static {
     /// be. The runtime then keeps the journal records it reported since
     /// the last good flush pending, and appends them again once a flush
     /// succeeds: nothing journaled goes missing from the trail.
+    /// [`Self::record`] with the data as JSON text, serialised once by the
+    /// runtime (every journal record it audits comes this way). Sinks that
+    /// write text take it as it is; by default it is parsed back into a
+    /// value for [`Self::record`].
+    fn record_json(
+        &self,
+        kind: &str,
+        session: Option<SessionId>,
+        actor: Option<&str>,
+        data: Box<serde_json::value::RawValue>,
+    ) {
+        let value = serde_json::from_str(data.get()).unwrap_or_default();
+        self.record(kind, session, actor, value);
+    }
+
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
 
     /// Events recorded and not yet taken for writing: past
@@ -135,16 +150,16 @@ pub(crate) fn record_event(
     recovered: bool,
     seal: Option<&baton_store::seal::SealKey>,
 ) {
-    if let Some((kind, actor, mut data)) = audit_record(e) {
-        if recovered && let Some(o) = data.as_object_mut() {
+    if let Some((kind, actor, mut data)) = crate::audit_data::audit_record(e) {
+        if recovered {
             // Appended again at start-up after a crash: the original may or
             // may not have reached the log (same session and seq).
-            o.insert("recovered".into(), true.into());
+            data = crate::audit_data::mark_recovered(data);
         }
         if let Some(key) = seal {
-            data = crate::privacy::seal_audit(key, e.session_id, e.seq, data);
+            data = crate::privacy::seal_audit(key, e.session_id, e.seq, &data);
         }
-        sink.record(
+        sink.record_json(
             kind,
             Some(e.session_id),
             Some(actor.unwrap_or("runtime")),
@@ -164,148 +179,6 @@ pub(crate) fn is_audited(kind: &baton_types::EventKind) -> bool {
             | K::TurnCompleted { .. }
             | K::OutputRetracted { .. }
     )
-}
-
-type Record<'a> = (&'static str, Option<&'a str>, serde_json::Value);
-
-/// The principal a record names as its actor (none for the runtime's own).
-fn actor(by: &str) -> Option<&str> {
-    (!by.is_empty()).then_some(by)
-}
-
-fn audit_record(e: &baton_types::SessionEvent) -> Option<Record<'_>> {
-    use baton_types::EventKind as K;
-    let (kind, actor, data) = match &e.kind {
-        K::SessionStarted {
-            route,
-            system_prompt,
-            allowed_tools,
-            client_tools,
-            max_steps,
-            budget_usd,
-            data_classes,
-            one_shot,
-            history,
-            generation,
-            replay_of,
-            tenant,
-            by,
-        } => (
-            "session_started",
-            actor(by),
-            serde_json::json!({
-                "seq": e.seq, "route": route, "system_prompt": system_prompt,
-                "allowed_tools": allowed_tools,
-                "client_tools": client_tools.iter().map(|t| &t.name).collect::<Vec<_>>(),
-                "max_steps": max_steps, "budget_usd": budget_usd, "data_classes": data_classes,
-                "one_shot": one_shot, "history": history, "generation": generation,
-                "replay_of": replay_of, "tenant": tenant,
-            }),
-        ),
-        K::TurnAccepted {
-            turn, message, by, ..
-        } => (
-            "model_input",
-            actor(by),
-            serde_json::json!({ "seq": e.seq, "turn": turn, "message": message }),
-        ),
-        K::AssistantMessage {
-            turn,
-            message,
-            usage,
-            endpoint,
-            model,
-            finish_reason,
-            latency_ms,
-            cost_usd,
-            attempts,
-            schema_validated,
-            output_resumed,
-        } => (
-            "model_call",
-            None,
-            serde_json::json!({
-                "seq": e.seq, "turn": turn, "endpoint": endpoint, "model": model,
-                "response": message, "usage": usage, "finish_reason": finish_reason,
-                "latency_ms": latency_ms, "cost_usd": cost_usd, "attempts": attempts,
-                "schema_validated": schema_validated,
-                "output_resumed": output_resumed.as_str(),
-            }),
-        ),
-        K::RoutingDecided { turn, decision } => (
-            "routing_decision",
-            None,
-            serde_json::json!({ "seq": e.seq, "turn": turn, "decision": decision }),
-        ),
-        K::AttemptFailed { turn, failure } => (
-            "model_attempt_failed",
-            None,
-            serde_json::json!({ "seq": e.seq, "turn": turn, "failure": failure }),
-        ),
-        K::ToolCallRequested {
-            turn,
-            call_id,
-            name,
-            arguments,
-            client_side,
-        } => (
-            "tool_call_requested",
-            None,
-            serde_json::json!({
-                "seq": e.seq, "turn": turn, "call_id": call_id, "name": name,
-                "arguments": arguments, "client_side": client_side,
-            }),
-        ),
-        K::ToolResult {
-            turn,
-            call_id,
-            name,
-            output,
-            is_error,
-            latency_ms,
-            by,
-        } => (
-            "tool_call",
-            actor(by),
-            serde_json::json!({
-                "seq": e.seq, "turn": turn, "call_id": call_id, "name": name,
-                "output": output, "is_error": is_error, "latency_ms": latency_ms,
-            }),
-        ),
-        K::GateOpened { .. } | K::GateEscalated { .. } | K::NeedsAttention { .. } => {
-            ("policy_decision", None, with_seq(e))
-        }
-        K::GateDecided { reviewer, .. } => ("gate_decision", Some(reviewer.as_str()), with_seq(e)),
-        // Kinds and positions of what matched, never the matched text.
-        K::PolicyEvaluated { .. } => ("policy_evaluation", None, with_seq(e)),
-        K::QualityScored { .. } => ("quality_score", None, with_seq(e)),
-        K::TurnFailed { turn, reason, code } => (
-            "turn_failed",
-            None,
-            serde_json::json!({ "seq": e.seq, "turn": turn, "reason": reason, "code": code }),
-        ),
-        K::TurnCancelled { turn, by } => (
-            "turn_cancelled",
-            actor(by),
-            serde_json::json!({ "seq": e.seq, "turn": turn }),
-        ),
-        K::SessionFailed { reason } => (
-            "session_failed",
-            None,
-            serde_json::json!({ "seq": e.seq, "reason": reason }),
-        ),
-        _ => return None,
-    };
-    Some((kind, actor, data))
-}
-
-/// The record's JSON (its `type` and fields) with its `seq`.
-fn with_seq(e: &baton_types::SessionEvent) -> serde_json::Value {
-    let mut v = serde_json::to_value(&e.kind).unwrap_or_default();
-    if let Some(o) = v.as_object_mut() {
-        o.insert("seq".into(), e.seq.into());
-    }
-    v
 }
 
 /// Which journal records have been handed to the audit sink and not yet

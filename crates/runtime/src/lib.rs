@@ -33,6 +33,7 @@
 mod access;
 mod apikeys;
 mod audit;
+mod audit_data;
 mod builder;
 mod checks;
 mod config;

@@ -248,15 +248,16 @@ pub(crate) fn seal_audit(
     key: &SealKey,
     session: SessionId,
     seq: u64,
-    data: serde_json::Value,
-) -> serde_json::Value {
+    data: &serde_json::value::RawValue,
+) -> Box<serde_json::value::RawValue> {
     use base64::Engine;
     let aad = audit_aad(session, seq);
-    let sealed = key.seal(&aad, data.to_string().as_bytes());
-    serde_json::json!({
+    let sealed = key.seal(&aad, data.get().as_bytes());
+    serde_json::value::to_raw_value(&serde_json::json!({
         "seq": seq,
         "sealed": base64::engine::general_purpose::STANDARD.encode(sealed),
-    })
+    }))
+    .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned())
 }
 
 /// What a sealed audit record's data is bound to.

@@ -79,6 +79,23 @@ impl AuditSink for SignedAudit {
         self.0.append(ev);
     }
 
+    fn record_json(
+        &self,
+        kind: &str,
+        session: Option<SessionId>,
+        actor: Option<&str>,
+        data: Box<serde_json::value::RawValue>,
+    ) {
+        let mut ev = AuditEvent::from_json(kind, data);
+        if let Some(s) = session {
+            ev = ev.session(s.to_string());
+        }
+        if let Some(a) = actor {
+            ev = ev.actor(a);
+        }
+        self.0.append(ev);
+    }
+
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>> {
         Box::pin(async move { self.0.flush().await.map_err(|e| e.to_string()) })
     }

@@ -10,7 +10,15 @@
 //! * `new work`: kill to the restarted server accepting a new session's
 //!   turn (its `TurnAccepted` durable and streamed back), while it recovers
 //!   the others;
-//! * `resumed`: kill to the last interrupted turn's `TurnCompleted`;
+//! * `resumed`: kill to the last interrupted turn's `TurnCompleted`. By
+//!   default every client resumes its session at once after the restart
+//!   and waits on the stream (10,000 streams is itself load on the bench's
+//!   side of the machine). With `--no-clients` nobody resumes: the bench
+//!   only polls `ListSessions(status = RUNNING)` until none is left, then
+//!   reads each session's journal to take the latest `TurnCompleted`
+//!   time (the server's clock, same machine) and to count lost and
+//!   duplicated answers — the server's own recovery, measured without
+//!   10,000 clients on the same two cores;
 //! * lost: acknowledged turns missing after the restart (RPO: must be 0);
 //! * duplicated: turns with more than one recorded answer (must be 0).
 //!
@@ -21,10 +29,13 @@
 //! same session with its snapshot removed (the whole journal folded: what
 //! every load did before snapshots could be read), in the same run.
 //!
-//! Run with: cargo bench --bench recovery -- [--sessions N] [--rounds N] [--model-delay-ms N]
+//! With `BATON_BENCH_PERF=FILE` in the environment, `perf record -g`
+//! samples the restarted server over the recovery into FILE.
+//!
+//! Run with: cargo bench --bench recovery -- [--sessions N] [--rounds N] [--model-delay-ms N] [--no-clients]
 //!           cargo bench --bench recovery -- --long-session 10000 [--rounds N]
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, Result, bail};
 use baton_proto::v1::{self, session_event::Kind};
@@ -37,6 +48,7 @@ struct Opts {
     rounds: usize,
     model_delay_ms: u64,
     long_session: Option<u64>,
+    no_clients: bool,
 }
 
 fn opts() -> Result<Opts> {
@@ -45,6 +57,7 @@ fn opts() -> Result<Opts> {
         rounds: 5,
         model_delay_ms: 200,
         long_session: None,
+        no_clients: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
@@ -59,6 +72,7 @@ fn opts() -> Result<Opts> {
             "--rounds" => o.rounds = num("--rounds")? as usize,
             "--model-delay-ms" => o.model_delay_ms = num("--model-delay-ms")?,
             "--long-session" => o.long_session = Some(num("--long-session")?),
+            "--no-clients" => o.no_clients = true,
             "--bench" => {}
             other => bail!("unknown option {other}"),
         }
@@ -120,21 +134,102 @@ async fn round(o: &Opts) -> Result<Round> {
         ..Behavior::default()
     });
     let killed = Instant::now();
+    let killed_unix_ms = unix_ms();
     server.kill9().await?;
     let server = BatonProcess::start(bin, &config).await?;
     let serving = killed.elapsed();
+    // BATON_BENCH_PERF=FILE: a sampled profile of the restarted server over
+    // the recovery (the model's time plus 3 s), for `perf report -i FILE`.
+    let _perf = match (std::env::var("BATON_BENCH_PERF"), server.pid()) {
+        (Ok(file), Some(pid)) => Some(
+            tokio::process::Command::new("perf")
+                .args(["record", "-F", "999", "-g", "-o", &file, "-p"])
+                .arg(pid.to_string())
+                .args(["--", "sleep"])
+                .arg(format!("{}", o.model_delay_ms / 1000 + 3))
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .kill_on_drop(false)
+                .spawn()?,
+        ),
+        _ => None,
+    };
     let client = server.client().await?;
     // New work, accepted while the others recover.
     let first = {
         accepted(&mut client.clone(), "a new question".into()).await?;
         killed.elapsed()
     };
-    let mut waits = Vec::new();
     // At most 500 streams to one connection, as clients spread out.
     let mut clients = vec![client.clone()];
     for _ in 1..ids.len().div_ceil(500) {
         clients.push(server.client().await?);
     }
+    if o.no_clients {
+        // How fast the model calls are issued again, as the fake sees them.
+        let before = o.sessions + 1;
+        let mut issued = Vec::new();
+        let deadline = Instant::now() + Duration::from_millis(o.model_delay_ms + 120_000);
+        while running(&mut client.clone()).await? {
+            let n = fake.requests().saturating_sub(before);
+            if issued.last().is_none_or(|(_, m)| *m < o.sessions) {
+                issued.push((killed.elapsed().as_millis(), n));
+            }
+            if Instant::now() > deadline {
+                bail!("sessions still running two minutes after the restart");
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let polled = killed.elapsed();
+        // Nothing is running any more: read each journal, a few at a time.
+        let mut lost = 0;
+        let mut duplicated = 0;
+        let mut last_ms = 0u64;
+        for chunk in ids.chunks(64) {
+            let reads = chunk.iter().enumerate().map(|(i, id)| {
+                let c = clients[i % clients.len()].clone();
+                // A turn that was lost never completes: its stream stays open.
+                tokio::time::timeout(Duration::from_secs(30), outcome(c, id.clone()))
+            });
+            for r in futures::future::join_all(reads).await {
+                let Ok(r) = r else {
+                    lost += 1;
+                    continue;
+                };
+                let (accepted, answers, done_ms) = r?;
+                lost += usize::from(accepted != 1);
+                duplicated += usize::from(answers > 1);
+                last_ms = last_ms.max(done_ms);
+            }
+        }
+        let resumed = Duration::from_millis(last_ms.saturating_sub(killed_unix_ms));
+        eprintln!(
+            "  (no clients: the running list was empty after {:.0} ms)",
+            polled.as_secs_f64() * 1e3
+        );
+        let every: Vec<String> = issued
+            .iter()
+            .step_by(10)
+            .map(|(ms, n)| format!("{ms} ms: {n}"))
+            .collect();
+        eprintln!(
+            "  model calls issued again since the kill: {}",
+            every.join(", ")
+        );
+        for l in server.log().lines().filter(|l| l.contains("recovery")) {
+            eprintln!("  server: {l}");
+        }
+        drop(client);
+        server.terminate().await?;
+        return Ok(Round {
+            serving,
+            first,
+            resumed,
+            lost,
+            duplicated,
+        });
+    }
+    let mut waits = Vec::new();
     for (i, id) in ids.iter().enumerate() {
         let mut c = clients[i / 500].clone();
         let id = id.clone();
@@ -192,6 +287,54 @@ async fn round(o: &Opts) -> Result<Round> {
         lost,
         duplicated,
     })
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// Whether any session still has a turn running (one index read).
+async fn running(
+    client: &mut v1::sessions_client::SessionsClient<tonic::transport::Channel>,
+) -> Result<bool> {
+    let page = client
+        .list_sessions(v1::ListSessionsRequest {
+            status: v1::SessionStatus::Running as i32,
+            page_size: 1,
+            ..Default::default()
+        })
+        .await?
+        .into_inner();
+    Ok(!page.sessions.is_empty())
+}
+
+/// A session's journal read from the start to its turn's end: turns
+/// accepted, answers recorded, and when (server clock, Unix ms) the turn
+/// completed.
+async fn outcome(
+    mut c: v1::sessions_client::SessionsClient<tonic::transport::Channel>,
+    id: String,
+) -> Result<(usize, usize, u64)> {
+    let mut s = c
+        .resume_session(v1::ResumeSessionRequest {
+            session_id: id.clone(),
+            after_seq: 0,
+        })
+        .await?
+        .into_inner();
+    let (mut accepted, mut answers) = (0usize, 0usize);
+    while let Some(e) = s.next().await {
+        let e = e?;
+        match e.kind {
+            Some(Kind::TurnAccepted(_)) => accepted += 1,
+            Some(Kind::AssistantMessage(_)) => answers += 1,
+            Some(Kind::TurnCompleted(_)) => return Ok((accepted, answers, e.at_unix_ms)),
+            _ => {}
+        }
+    }
+    bail!("session {id}: its journal has no completed turn")
 }
 
 /// A new session sent `text`, once its turn is acknowledged (its

@@ -146,6 +146,11 @@ impl BatonProcess {
         Ok(tokio::time::timeout(within, self.child.wait()).await??)
     }
 
+    /// The process id, while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+
     /// What the process wrote to stderr so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.stderr_path).unwrap_or_default()

@@ -6,6 +6,7 @@ pub mod echo;
 mod embeddings;
 mod http;
 pub mod openai;
+mod openai_wire;
 pub mod scripted;
 
 pub use anthropic::AnthropicProvider;

@@ -53,6 +53,7 @@ use tokio::time::Instant;
 use super::http::{
     self, ByteStream, SseError, SseReader, Timeouts, Wait, error_text, malformed, read_api_key,
 };
+use super::openai_wire::{SentBody, SentMessage};
 use crate::{
     Continuation, Delta, DeltaSink, EndpointConfig, ModelRequest, ModelResponse, Provider,
     ProviderError, ProviderErrorKind, Result,
@@ -121,17 +122,27 @@ impl OpenAiProvider {
         })
     }
 
-    /// The request body; an error when a tool definition cannot be sent.
+    /// The request body as a value (what tests read).
+    #[cfg(test)]
     fn body(&self, req: &ModelRequest) -> Result<Value, ProviderError> {
-        let mut messages: Vec<Value> = req.messages.iter().map(wire_message).collect();
-        let mut continue_final = false;
+        serde_json::to_value(self.wire_body(req)?)
+            .map_err(|e| malformed(format!("cannot serialise the request: {e}")))
+    }
+
+    /// The request body; an error when a tool definition cannot be sent.
+    fn wire_body<'a>(&'a self, req: &'a ModelRequest) -> Result<SentBody<'a>, ProviderError> {
+        let mut messages: Vec<SentMessage<'_>> = req.messages.iter().map(SentMessage::of).collect();
+        let mut body = serde_json::Map::new();
         if let Some(start) = &req.continue_from {
             // The answer so far as the final assistant message, for the
             // server to continue in the way the endpoint declares.
-            let mut m = json!({"role": "assistant", "content": start});
             match self.continuation {
-                Continuation::Prefix => m["prefix"] = json!(true),
-                Continuation::ContinueFinalMessage => continue_final = true,
+                Continuation::Prefix => messages.push(SentMessage::partial_answer(start, true)),
+                Continuation::ContinueFinalMessage => {
+                    messages.push(SentMessage::partial_answer(start, false));
+                    body.insert("continue_final_message".into(), json!(true));
+                    body.insert("add_generation_prompt".into(), json!(false));
+                }
                 Continuation::None | Continuation::Prefill => {
                     return Err(ProviderError::new(
                         ProviderErrorKind::InvalidRequest,
@@ -139,34 +150,24 @@ impl OpenAiProvider {
                     ));
                 }
             }
-            messages.push(m);
-        }
-        let mut body = json!({
-            "model": self.model,
-            "messages": messages,
-            "stream": self.stream,
-        });
-        if continue_final {
-            body["continue_final_message"] = json!(true);
-            body["add_generation_prompt"] = json!(false);
         }
         if self.stream {
-            body["stream_options"] = json!({"include_usage": true});
+            body.insert("stream_options".into(), json!({"include_usage": true}));
         }
         if let Some(max) = req.max_output_tokens.or(self.max_output_tokens) {
-            body["max_tokens"] = json!(max);
+            body.insert("max_tokens".into(), json!(max));
         }
         if let Some(t) = req.temperature {
-            body["temperature"] = json!(http::wire_f32(t));
+            body.insert("temperature".into(), json!(http::wire_f32(t)));
         }
         if let Some(p) = req.top_p {
-            body["top_p"] = json!(http::wire_f32(p));
+            body.insert("top_p".into(), json!(http::wire_f32(p)));
         }
         if !req.stop.is_empty() {
-            body["stop"] = json!(req.stop);
+            body.insert("stop".into(), json!(req.stop));
         }
         if self.logprobs {
-            body["logprobs"] = json!(true);
+            body.insert("logprobs".into(), json!(true));
         }
         if !req.tools.is_empty() {
             let tools = req
@@ -174,23 +175,34 @@ impl OpenAiProvider {
                 .iter()
                 .map(wire_tool)
                 .collect::<Result<Vec<Value>, ProviderError>>()?;
-            body["tools"] = Value::Array(tools);
-            match &req.tool_choice {
-                ToolChoice::Auto => {}
-                ToolChoice::None => body["tool_choice"] = json!("none"),
-                ToolChoice::Required => body["tool_choice"] = json!("required"),
+            body.insert("tools".into(), Value::Array(tools));
+            let choice = match &req.tool_choice {
+                ToolChoice::Auto => None,
+                ToolChoice::None => Some(json!("none")),
+                ToolChoice::Required => Some(json!("required")),
                 ToolChoice::Tool(name) => {
-                    body["tool_choice"] = json!({"type": "function", "function": {"name": name}});
+                    Some(json!({"type": "function", "function": {"name": name}}))
                 }
+            };
+            if let Some(c) = choice {
+                body.insert("tool_choice".into(), c);
             }
         }
         if let Some(schema) = &req.json_schema {
-            body["response_format"] = json!({
-                "type": "json_schema",
-                "json_schema": {"name": "output", "schema": schema, "strict": true},
-            });
+            body.insert(
+                "response_format".into(),
+                json!({
+                    "type": "json_schema",
+                    "json_schema": {"name": "output", "schema": schema, "strict": true},
+                }),
+            );
         }
-        Ok(body)
+        Ok(SentBody {
+            model: &self.model,
+            messages,
+            stream: self.stream,
+            rest: body,
+        })
     }
 
     /// A whole (non-streamed) JSON answer.
@@ -324,7 +336,10 @@ impl Provider for OpenAiProvider {
         req: &ModelRequest,
         deltas: Option<&DeltaSink>,
     ) -> Result<ModelResponse, ProviderError> {
-        let mut rb = self.client.post(self.url.clone()).json(&self.body(req)?);
+        let mut rb = self
+            .client
+            .post(self.url.clone())
+            .json(&self.wire_body(req)?);
         // A tenant's own key, when the call carries one, replaces the endpoint's.
         if let Some(key) = &req.api_key {
             rb = rb.bearer_auth(key.expose());
@@ -356,46 +371,6 @@ impl Provider for OpenAiProvider {
             self.parse_json(&bytes)
         }
     }
-}
-
-fn wire_message(m: &Message) -> Value {
-    let mut o = json!({"role": m.role.as_str(), "content": m.content});
-    if !m.tool_calls.is_empty() {
-        let calls: Vec<Value> = m
-            .tool_calls
-            .iter()
-            .map(|c| {
-                json!({
-                    "id": c.id,
-                    "type": "function",
-                    "function": {"name": c.name, "arguments": c.arguments},
-                })
-            })
-            .collect();
-        o["tool_calls"] = Value::Array(calls);
-        if m.content.is_empty() {
-            o["content"] = Value::Null;
-        }
-    }
-    if let Some(id) = &m.tool_call_id {
-        o["tool_call_id"] = json!(id);
-    }
-    if !m.images.is_empty() {
-        // Content parts: the text, then each image.
-        let mut parts = Vec::with_capacity(m.images.len() + 1);
-        if !m.content.is_empty() {
-            parts.push(json!({"type": "text", "text": m.content}));
-        }
-        for image in &m.images {
-            let mut url = json!({"url": image.url});
-            if let Some(detail) = &image.detail {
-                url["detail"] = json!(detail);
-            }
-            parts.push(json!({"type": "image_url", "image_url": url}));
-        }
-        o["content"] = Value::Array(parts);
-    }
-    o
 }
 
 /// A tool definition in the Chat Completions shape. Its parameters must be

@@ -69,14 +69,12 @@ impl AuditSink for SignedAudit {
         actor: Option<&str>,
         data: serde_json::Value,
     ) {
-        let mut ev = AuditEvent::new(kind, data);
-        if let Some(s) = session {
-            ev = ev.session(s.to_string());
+        match serde_json::value::to_raw_value(&data) {
+            Ok(raw) => self.record_json(kind, session, actor, raw),
+            Err(e) => {
+                tracing::error!(kind, error = %e, "an audit record's data cannot be serialised")
+            }
         }
-        if let Some(a) = actor {
-            ev = ev.actor(a);
-        }
-        self.0.append(ev);
     }
 
     fn record_json(

@@ -202,6 +202,9 @@ async fn round(o: &Opts) -> Result<Round> {
                 last_ms = last_ms.max(done_ms);
             }
         }
+        if last_ms == 0 {
+            bail!("no interrupted turn was found completed ({lost} lost)");
+        }
         let resumed = Duration::from_millis(last_ms.saturating_sub(killed_unix_ms));
         eprintln!(
             "  (no clients: the running list was empty after {:.0} ms)",

@@ -22,11 +22,6 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug + 'static {
         data: serde_json::Value,
     );
 
-    /// Resolves once everything recorded before it is durable; an error
-    /// (naming the cause: disk full, an I/O error) when some of it may not
-    /// be. The runtime then keeps the journal records it reported since
-    /// the last good flush pending, and appends them again once a flush
-    /// succeeds: nothing journaled goes missing from the trail.
     /// [`Self::record`] with the data as JSON text, serialised once by the
     /// runtime (every journal record it audits comes this way). Sinks that
     /// write text take it as it is; by default it is parsed back into a
@@ -43,6 +38,11 @@ pub trait AuditSink: Send + Sync + std::fmt::Debug + 'static {
         self.record(kind, session, actor, value);
     }
 
+    /// Resolves once everything recorded before it is durable; an error
+    /// (naming the cause: disk full, an I/O error) when some of it may not
+    /// be. The runtime then keeps the journal records it reported since
+    /// the last good flush pending, and appends them again once a flush
+    /// succeeds: nothing journaled goes missing from the trail.
     fn flush(&self) -> Pin<Box<dyn Future<Output = Result<(), String>> + Send + '_>>;
 
     /// Events recorded and not yet taken for writing: past

@@ -3,7 +3,9 @@
 //!
 //! The data is serialised once, straight from the record's fields, with no
 //! tree of `serde_json` values built and dropped per record (that was most
-//! of the trail's cost per model call). Members are in alphabetical order.
+//! of the trail's cost per model call). Members are in alphabetical order
+//! (a record appended again after a crash ends with `"recovered": true`);
+//! inside nested objects they come in their types' field order.
 
 use baton_types::{
     AttemptFailure, EventKind, FinishReason, Generation, Message, RoutingDecision, SessionEvent,

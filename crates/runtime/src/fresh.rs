@@ -1,10 +1,9 @@
 //! Sessions just created, handed to their first actor without a read.
 //!
 //! A front-door call creates a one-shot session and sends its one message
-//! at once. Its actor would otherwise wait for the store's writer (the
-//! barrier) and read back the metadata, snapshot and journal that
-//! `create_session` has just written: five thread hand-offs on the call's
-//! critical path. Instead `create_session` leaves the state it wrote here
+//! at once. Its actor would otherwise read back the metadata, snapshot
+//! and journal that `create_session` has just written: thread hand-offs
+//! to the blocking pool on the call's critical path. Instead `create_session` leaves the state it wrote here
 //! and the actor's first load takes it.
 //!
 //! Only correct while nothing else writes the session before its actor

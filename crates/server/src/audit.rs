@@ -69,12 +69,11 @@ impl AuditSink for SignedAudit {
         actor: Option<&str>,
         data: serde_json::Value,
     ) {
-        match serde_json::value::to_raw_value(&data) {
-            Ok(raw) => self.record_json(kind, session, actor, raw),
-            Err(e) => {
-                tracing::error!(kind, error = %e, "an audit record's data cannot be serialised")
-            }
-        }
+        // A value always serialises; were it not to, the record is still
+        // appended, with null data (as `AuditEvent::new` does).
+        let raw = serde_json::value::to_raw_value(&data)
+            .unwrap_or_else(|_| serde_json::value::RawValue::NULL.to_owned());
+        self.record_json(kind, session, actor, raw);
     }
 
     fn record_json(

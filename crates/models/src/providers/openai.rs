@@ -122,13 +122,6 @@ impl OpenAiProvider {
         })
     }
 
-    /// The request body as a value (what tests read).
-    #[cfg(test)]
-    fn body(&self, req: &ModelRequest) -> Result<Value, ProviderError> {
-        serde_json::to_value(self.wire_body(req)?)
-            .map_err(|e| malformed(format!("cannot serialise the request: {e}")))
-    }
-
     /// The request body; an error when a tool definition cannot be sent.
     fn wire_body<'a>(&'a self, req: &'a ModelRequest) -> Result<SentBody<'a>, ProviderError> {
         let mut messages: Vec<SentMessage<'_>> = req.messages.iter().map(SentMessage::of).collect();
@@ -843,6 +836,18 @@ struct ToolCallDelta {
 #[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 mod tests {
     use super::*;
+
+    /// The request body as a value, as it is sent.
+    trait Body {
+        fn body(&self, req: &ModelRequest) -> Result<Value, ProviderError>;
+    }
+
+    impl Body for OpenAiProvider {
+        fn body(&self, req: &ModelRequest) -> Result<Value, ProviderError> {
+            serde_json::to_value(self.wire_body(req)?)
+                .map_err(|e| malformed(format!("cannot serialise the request: {e}")))
+        }
+    }
 
     #[test]
     fn tool_call_fragments_are_reassembled_by_index() {

@@ -31,8 +31,9 @@ impl AuditEvent {
     /// An event of `kind` with `data`, no session or actor, stamped when
     /// appended.
     pub fn new(kind: impl Into<String>, data: serde_json::Value) -> Self {
+        // serde_json writes compact text: nothing to check.
         let data = serde_json::value::to_raw_value(&data).unwrap_or_else(|_| null());
-        Self::from_json(kind, data)
+        Self::compact(kind, data)
     }
 
     /// An event whose data is JSON text already (serialised once by the
@@ -47,6 +48,11 @@ impl AuditEvent {
                 .and_then(|v| serde_json::value::to_raw_value(&v))
                 .unwrap_or_else(|_| null())
         };
+        Self::compact(kind, data)
+    }
+
+    /// An event whose data is known to be compact.
+    fn compact(kind: impl Into<String>, data: Box<RawValue>) -> Self {
         Self {
             kind: kind.into(),
             session_id: None,

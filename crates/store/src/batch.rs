@@ -7,7 +7,7 @@ use std::sync::Arc;
 use baton_types::{EventKind, SessionId, SessionStatus};
 
 use crate::codec::{self, SessionMeta};
-use crate::writer::Op;
+use crate::engine::Op;
 use crate::{
     CF_INDEXES, CF_JOURNAL, CF_PAYLOADS, CF_SESSIONS, CF_SNAPSHOTS, PAYLOAD_INLINE_LIMIT, keys,
     seal, seal_aad,

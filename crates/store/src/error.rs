@@ -22,6 +22,14 @@ pub enum Error {
     /// A record refers to a payload that is missing.
     #[error("payload of journal record {seq} of session {session} is missing")]
     MissingPayload { session: SessionId, seq: u64 },
+    /// The database cannot be reached now (connection refused or broken):
+    /// a later try may succeed.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
+    /// The store's configuration cannot be used (a bad URL, a schema
+    /// newer than this build, an operation the backend does not offer).
+    #[error("store configuration: {0}")]
+    Config(String),
     /// The writer thread has stopped (the store is shutting down or crashed).
     #[error("the store is closed")]
     Closed,
@@ -44,7 +52,8 @@ pub enum Error {
 impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::Closed => ErrorCode::Unavailable,
+            Error::Closed | Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::Config(_) => ErrorCode::FailedPrecondition,
             Error::Erased(_) => ErrorCode::FailedPrecondition,
             _ => ErrorCode::Internal,
         }

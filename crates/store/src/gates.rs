@@ -27,9 +27,8 @@ use baton_types::{
     TimeoutAction,
 };
 use prost::Message as _;
-use rocksdb::{DB, Direction, IteratorMode};
 
-use crate::writer::{Op, cf_handle};
+use crate::engine::{Dir, Engine, Op, Seek};
 use crate::{Batch, CF_GATES, CF_INDEXES, Error, Result};
 
 /// The status byte in index keys and records, and the status index prefix.
@@ -206,21 +205,20 @@ fn scoped_keys(tenant: &str, group: &str, deadline: u64, id: GateId) -> Vec<Vec<
 /// Gate records stored before they carried their tenant have no scoped
 /// queue entries: write them once, from the sessions' metadata (marked
 /// done in the same write).
-pub(crate) fn build_queue_index(db: &DB, ring: Option<&crate::seal::Keyring>) -> Result<()> {
-    let indexes = cf_handle(db, CF_INDEXES)?;
+pub(crate) fn build_queue_index(
+    db: &dyn Engine,
+    ring: Option<&crate::seal::Keyring>,
+) -> Result<()> {
     if db
-        .get_cf(indexes, crate::keys::GATE_QUEUE_INDEX_MARKER)?
+        .get(CF_INDEXES, crate::keys::GATE_QUEUE_INDEX_MARKER)?
         .is_some()
     {
         return Ok(());
     }
     let prefix = status_prefix(GateStatus::Pending);
-    let mut batch = rocksdb::WriteBatch::default();
-    for item in db.iterator_cf(indexes, IteratorMode::From(prefix, Direction::Forward)) {
+    let mut ops = Vec::new();
+    for item in db.walk_prefix(CF_INDEXES, prefix)? {
         let (k, _) = item?;
-        if !k.starts_with(prefix) {
-            break;
-        }
         if k.len() != prefix.len() + 16 {
             continue;
         }
@@ -237,15 +235,20 @@ pub(crate) fn build_queue_index(db: &DB, ring: Option<&crate::seal::Keyring>) ->
         } else {
             g.tenant.clone()
         };
-        for k in scoped_keys(&tenant, &g.reviewers, g.deadline_unix_ms, g.gate_id) {
-            batch.put_cf(indexes, k, g.session.as_bytes());
+        for key in scoped_keys(&tenant, &g.reviewers, g.deadline_unix_ms, g.gate_id) {
+            ops.push(Op::Put {
+                cf: CF_INDEXES,
+                key,
+                value: g.session.as_bytes().to_vec(),
+            });
         }
     }
-    batch.put_cf(indexes, crate::keys::GATE_QUEUE_INDEX_MARKER, []);
-    let mut opts = rocksdb::WriteOptions::default();
-    opts.set_sync(true);
-    db.write_opt(batch, &opts)?;
-    Ok(())
+    ops.push(Op::Put {
+        cf: CF_INDEXES,
+        key: crate::keys::GATE_QUEUE_INDEX_MARKER.to_vec(),
+        value: Vec::new(),
+    });
+    db.write(&[&ops], true)
 }
 
 impl Batch {
@@ -313,11 +316,11 @@ pub struct GatePage<P = GateId> {
 /// A gate record; none when it is absent, or sealed under an erased
 /// subject key (an erased subject's gates are gone from every list).
 pub(crate) fn get_blocking(
-    db: &DB,
+    db: &dyn Engine,
     ring: Option<&crate::seal::Keyring>,
     gate_id: GateId,
 ) -> Result<Option<GateRecord>> {
-    match db.get_cf(cf_handle(db, CF_GATES)?, gate_id.as_bytes())? {
+    match db.get(CF_GATES, gate_id.as_bytes())? {
         Some(v) => match crate::unseal(ring, CF_GATES, gate_id.as_bytes(), v) {
             Ok(v) => decode(gate_id, &v).map(Some),
             Err(Error::Erased(_)) => Ok(None),
@@ -331,17 +334,11 @@ pub(crate) fn get_blocking(
 /// gate id and is ordered by it within its prefix (and with no filter, the
 /// gates column family itself is keyed by id), so pages are stable.
 /// The number of pending gates (keys of the `gp` index; values not read).
-pub(crate) fn count_pending_blocking(db: &DB) -> Result<u64> {
+pub(crate) fn count_pending_blocking(db: &dyn Engine) -> Result<u64> {
     let prefix = status_prefix(GateStatus::Pending);
     let mut n = 0;
-    for item in db.iterator_cf(
-        cf_handle(db, CF_INDEXES)?,
-        IteratorMode::From(prefix, Direction::Forward),
-    ) {
+    for item in db.walk_prefix(CF_INDEXES, prefix)? {
         let (k, _) = item?;
-        if !k.starts_with(prefix) {
-            break;
-        }
         if k.len() == prefix.len() + 16 {
             n += 1;
         }
@@ -350,13 +347,13 @@ pub(crate) fn count_pending_blocking(db: &DB) -> Result<u64> {
 }
 
 pub(crate) fn list_blocking(
-    db: &DB,
+    db: &dyn Engine,
     ring: Option<&crate::seal::Keyring>,
     filter: &GateFilter,
     after: Option<GateId>,
     limit: usize,
 ) -> Result<GatePage> {
-    let (cf, prefix): (&str, Vec<u8>) = if let Some(s) = &filter.session {
+    let (cf, prefix): (&'static str, Vec<u8>) = if let Some(s) = &filter.session {
         (CF_INDEXES, key(b"gs", &[s.as_bytes()]))
     } else if let Some(p) = &filter.policy {
         match filter.status {
@@ -378,10 +375,7 @@ pub(crate) fn list_blocking(
     };
     let mut gates = Vec::new();
     let mut more = false;
-    for item in db.iterator_cf(
-        cf_handle(db, cf)?,
-        IteratorMode::From(&start, Direction::Forward),
-    ) {
+    for item in db.walk(cf, Seek::At(&start, Dir::Forward))? {
         let (k, _) = item?;
         if !k.starts_with(&prefix) {
             break;
@@ -419,14 +413,13 @@ pub(crate) fn list_blocking(
 
 /// Pending gates whose deadline is at or before `now`, oldest deadline first.
 pub(crate) fn due_blocking(
-    db: &DB,
+    db: &dyn Engine,
     ring: Option<&crate::seal::Keyring>,
     now_unix_ms: u64,
     limit: usize,
 ) -> Result<Vec<GateRecord>> {
-    let cf = cf_handle(db, CF_INDEXES)?;
     let mut out = Vec::new();
-    for item in db.iterator_cf(cf, IteratorMode::From(b"gt", Direction::Forward)) {
+    for item in db.walk(CF_INDEXES, Seek::At(b"gt", Dir::Forward))? {
         let (k, _) = item?;
         if !k.starts_with(b"gt") || k.len() != 2 + 8 + 16 || out.len() >= limit {
             break;
@@ -510,7 +503,7 @@ pub type QueuePage = GatePage<QueuePos>;
 /// each scope's next `limit`, merged. Scopes are disjoint (a gate has one
 /// tenant and one group), so no gate comes twice.
 pub(crate) fn queue_blocking(
-    db: &DB,
+    db: &dyn Engine,
     ring: Option<&crate::seal::Keyring>,
     scopes: &[QueueScope],
     after: Option<QueuePos>,
@@ -541,13 +534,12 @@ pub(crate) fn queue_blocking(
 /// and a pending index (`open` ++ id, backwards, skipping gates with a
 /// deadline).
 fn queue_in_blocking(
-    db: &DB,
+    db: &dyn Engine,
     ring: Option<&crate::seal::Keyring>,
     (due, open): (&[u8], &[u8]),
     after: Option<QueuePos>,
     limit: usize,
 ) -> Result<QueuePage> {
-    let cf = cf_handle(db, CF_INDEXES)?;
     let mut gates: Vec<GateRecord> = Vec::new();
     let mut more = false;
     let gate_at = |k: &[u8], at: usize| -> Result<Option<GateRecord>> {
@@ -561,7 +553,7 @@ fn queue_in_blocking(
             Some(QueuePos::Deadline(d, id)) => key(due, &[&d.to_be_bytes(), id.as_bytes()]),
             _ => due.to_vec(),
         };
-        for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+        for item in db.walk(CF_INDEXES, Seek::At(&start, Dir::Forward))? {
             let (k, _) = item?;
             if !k.starts_with(due) {
                 break;
@@ -585,7 +577,7 @@ fn queue_in_blocking(
             Some(QueuePos::Open(id)) => key(prefix, &[id.as_bytes()]),
             _ => key(prefix, &[&[0xff; 17]]),
         };
-        for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Reverse)) {
+        for item in db.walk(CF_INDEXES, Seek::At(&start, Dir::Reverse))? {
             let (k, _) = item?;
             if !k.starts_with(prefix) {
                 break;

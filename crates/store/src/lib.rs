@@ -1,10 +1,14 @@
-//! Baton's durable storage on RocksDB.
+//! Baton's durable storage: RocksDB embedded (the default), or PostgreSQL.
 //!
 //! The journal is the truth: a session's state is its latest snapshot plus the
-//! journal records after it. This crate owns the column families, the record
+//! journal records after it. This crate owns the key spaces, the record
 //! encoding (protobuf, versioned, evolvable), snapshots (bincode, rebuildable),
-//! the indexes, and the group-commit writer thread. All RocksDB I/O happens on
-//! the writer thread or on tokio's blocking pool, never on an async worker.
+//! the indexes, and the group-commit writer thread. What it needs of a
+//! database is the small contract of [`engine::Engine`] (ordered keys, one
+//! atomic write per group), met by [`rocks::RocksEngine`] and
+//! [`postgres::PgEngine`]; every layout, index and page is one code path on
+//! both. All database I/O happens on the writer thread or on tokio's
+//! blocking pool, never on an async worker.
 //!
 //! ```no_run
 //! # async fn demo() -> baton_store::Result<()> {
@@ -24,9 +28,13 @@
 
 mod batch;
 mod codec;
+pub mod engine;
 mod error;
 pub mod gates;
 pub mod keys;
+pub mod migrate;
+pub mod postgres;
+pub mod rocks;
 pub mod runs;
 pub mod seal;
 pub mod session_list;
@@ -38,14 +46,14 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use baton_types::{GateId, GateRecord, SessionEvent, SessionId, SessionStatus};
-use rocksdb::{ColumnFamilyDescriptor, DB, Direction, IteratorMode, Options};
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
 pub use batch::Batch;
 pub use codec::{META_VERSION, RECORD_VERSION, SessionMeta, decode_record, encode_record};
+pub use engine::{Dir, Engine, Op, Seek};
 pub use error::{Error, Result};
-pub use writer::{Op, WriterStats, WriterStatsSnapshot};
+pub use writer::{WriterStats, WriterStatsSnapshot};
 
 pub const CF_SESSIONS: &str = "sessions";
 pub const CF_JOURNAL: &str = "journal";
@@ -98,6 +106,9 @@ pub struct StoreOptions {
     /// Most bytes all column families' memtables hold together before the
     /// largest is flushed.
     pub memtable_bytes: usize,
+    /// Keep everything in this PostgreSQL database instead of RocksDB at
+    /// `path` (which then holds only what is local to the node).
+    pub postgres: Option<postgres::PgOptions>,
 }
 
 /// [`StoreOptions::cache_bytes`]' default: 64 MiB.
@@ -113,6 +124,7 @@ impl StoreOptions {
             keyring: None,
             cache_bytes: DEFAULT_CACHE_BYTES,
             memtable_bytes: DEFAULT_MEMTABLE_BYTES,
+            postgres: None,
         }
     }
 }
@@ -151,13 +163,11 @@ pub(crate) fn unseal(
 }
 
 struct Inner {
-    db: Arc<DB>,
+    db: Arc<dyn Engine>,
     writer: std::sync::Mutex<Option<std::sync::mpsc::Sender<writer::WriteReq>>>,
     writer_thread: std::sync::Mutex<Option<std::thread::JoinHandle<()>>>,
     stats: Arc<WriterStats>,
     options: StoreOptions,
-    /// The block cache every column family shares.
-    cache: rocksdb::Cache,
 }
 
 /// The store. Cheap to clone.
@@ -183,35 +193,29 @@ pub struct SessionPage {
 }
 
 impl Store {
-    /// Open (or create) the store at `options.path`.
+    /// Open (or create) the store: on RocksDB at `options.path`, or in
+    /// the PostgreSQL database `options.postgres` names (its schema brought
+    /// up to date).
     pub fn open(options: StoreOptions) -> Result<Store> {
-        let mut db_opts = Options::default();
-        db_opts.create_if_missing(true);
-        db_opts.create_missing_column_families(true);
-        // Reuse WAL files: an fsync of a preallocated, recycled file does not
-        // also have to persist file-size metadata.
-        db_opts.set_recycle_log_file_num(4);
-        db_opts.set_keep_log_file_num(8);
-        db_opts.increase_parallelism(2);
-        // One memory budget, whatever the data's size or the number of
-        // column families: by default each column family would get its own
-        // block cache and two 64 MiB memtables, and index blocks would live
-        // outside any cache, so memory grew with the store.
-        let cache = rocksdb::Cache::new_lru_cache(options.cache_bytes);
-        let mut table = rocksdb::BlockBasedOptions::default();
-        table.set_block_cache(&cache);
-        table.set_cache_index_and_filter_blocks(true);
-        table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-        db_opts.set_block_based_table_factory(&table);
-        db_opts.set_db_write_buffer_size(options.memtable_bytes);
-        let cfs = COLUMN_FAMILIES.iter().map(|name| {
-            let mut cf = Options::default();
-            cf.set_block_based_table_factory(&table);
-            ColumnFamilyDescriptor::new(*name, cf)
-        });
-        let db = Arc::new(DB::open_cf_descriptors(&db_opts, &options.path, cfs)?);
-        build_tenant_index(&db)?;
-        gates::build_queue_index(&db, options.keyring.as_deref())?;
+        let engine: Arc<dyn Engine> = match &options.postgres {
+            Some(pg) => Arc::new(off_runtime(|| postgres::PgEngine::open(pg.clone()))?),
+            None => Arc::new(rocks::RocksEngine::open(
+                &options.path,
+                options.cache_bytes,
+                options.memtable_bytes,
+            )?),
+        };
+        Store::with_engine(engine, options)
+    }
+
+    /// The store on `engine` (a database opened by the caller); `options`
+    /// give durability and the keyring (its path names the store in logs).
+    pub fn with_engine(engine: Arc<dyn Engine>, options: StoreOptions) -> Result<Store> {
+        let db = engine;
+        off_runtime(|| {
+            build_tenant_index(&*db)?;
+            gates::build_queue_index(&*db, options.keyring.as_deref())
+        })?;
         let stats = Arc::new(WriterStats::default());
         let (tx, rx) = std::sync::mpsc::channel();
         let thread = {
@@ -230,27 +234,18 @@ impl Store {
                 writer_thread: std::sync::Mutex::new(Some(thread)),
                 stats,
                 options,
-                cache,
             }),
         })
     }
 
     /// What the store holds in memory now.
     pub fn memory(&self) -> StoreMemory {
-        let db = &self.inner.db;
-        let mut m = StoreMemory {
-            cache_bytes: self.inner.cache.get_usage() as u64,
-            ..Default::default()
-        };
-        for name in COLUMN_FAMILIES.iter().copied().chain(["default"]) {
-            let Some(cf) = db.cf_handle(name) else {
-                continue;
-            };
-            let prop = |p: &str| db.property_int_value_cf(cf, p).ok().flatten().unwrap_or(0);
-            m.memtable_bytes += prop("rocksdb.cur-size-all-mem-tables");
-            m.table_readers_bytes += prop("rocksdb.estimate-table-readers-mem");
-        }
-        m
+        self.inner.db.memory()
+    }
+
+    /// The database under the store: `"rocksdb"` or `"postgres"`.
+    pub fn backend(&self) -> &'static str {
+        self.inner.db.backend()
     }
 
     pub fn path(&self) -> &Path {
@@ -360,10 +355,10 @@ impl Store {
     pub(crate) async fn blocking<T, F>(&self, f: F) -> Result<T>
     where
         T: Send + 'static,
-        F: FnOnce(&DB) -> Result<T> + Send + 'static,
+        F: FnOnce(&dyn Engine) -> Result<T> + Send + 'static,
     {
         let db = self.inner.db.clone();
-        tokio::task::spawn_blocking(move || f(&db))
+        tokio::task::spawn_blocking(move || f(&*db))
             .await
             .map_err(|e| Error::Rocks(format!("blocking read task failed: {e}")))?
     }
@@ -419,11 +414,9 @@ impl Store {
     /// The stored snapshot bytes of a session, if any (opened when sealed).
     pub async fn load_snapshot(&self, session: SessionId) -> Result<Option<Vec<u8>>> {
         let ring = self.inner.options.keyring.clone();
-        self.blocking(move |db| {
-            match db.get_cf(writer::cf_handle(db, CF_SNAPSHOTS)?, session.as_bytes())? {
-                Some(v) => unseal(ring.as_deref(), CF_SNAPSHOTS, session.as_bytes(), v).map(Some),
-                None => Ok(None),
-            }
+        self.blocking(move |db| match db.get(CF_SNAPSHOTS, session.as_bytes())? {
+            Some(v) => unseal(ring.as_deref(), CF_SNAPSHOTS, session.as_bytes(), v).map(Some),
+            None => Ok(None),
         })
         .await
     }
@@ -436,10 +429,7 @@ impl Store {
     /// The session an idempotency key maps to.
     pub async fn find_idempotency(&self, key: String) -> Result<Option<SessionId>> {
         self.blocking(move |db| {
-            let v = db.get_cf(
-                writer::cf_handle(db, CF_INDEXES)?,
-                keys::idempotency_key(&key),
-            )?;
+            let v = db.get(CF_INDEXES, &keys::idempotency_key(&key))?;
             Ok(v.and_then(|v| keys::session_from_slice(&v)))
         })
         .await
@@ -449,17 +439,10 @@ impl Store {
     /// trail (see [`Batch::put_audit_record`]), by id.
     pub async fn pending_audit_records(&self) -> Result<Vec<(SessionId, Vec<u8>)>> {
         self.blocking(|db| {
-            let cf = writer::cf_handle(db, CF_INDEXES)?;
             let prefix = [keys::AUDIT_PREFIX, b'q'];
             let mut out = Vec::new();
-            for item in db.iterator_cf(
-                cf,
-                rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-            ) {
+            for item in db.walk_prefix(CF_INDEXES, &prefix)? {
                 let (k, v) = item?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
                 if let Some(id) = keys::session_from_slice(&k[2..]) {
                     out.push((id, v.to_vec()));
                 }
@@ -474,19 +457,11 @@ impl Store {
     /// below the second.
     pub async fn audit_backlog(&self) -> Result<Vec<(SessionId, u64, u64)>> {
         self.blocking(|db| {
-            let cf = writer::cf_handle(db, CF_INDEXES)?;
             let read = |which: u8| -> Result<std::collections::HashMap<SessionId, u64>> {
                 let prefix = [keys::AUDIT_PREFIX, which];
                 let mut out = std::collections::HashMap::new();
-                let iter = db.iterator_cf(
-                    cf,
-                    rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-                );
-                for item in iter {
+                for item in db.walk_prefix(CF_INDEXES, &prefix)? {
                     let (k, v) = item?;
-                    if !k.starts_with(&prefix) {
-                        break;
-                    }
                     if let (Some(id), Ok(bytes)) = (
                         keys::session_from_slice(&k[2..]),
                         <[u8; 8]>::try_from(&v[..]),
@@ -512,18 +487,10 @@ impl Store {
     /// Every route's recorded total spend in USD.
     pub async fn route_spends(&self) -> Result<std::collections::HashMap<String, f64>> {
         self.blocking(|db| {
-            let cf = writer::cf_handle(db, CF_INDEXES)?;
             let prefix = [keys::ROUTE_SPEND_PREFIX];
             let mut out = std::collections::HashMap::new();
-            let iter = db.iterator_cf(
-                cf,
-                rocksdb::IteratorMode::From(&prefix, rocksdb::Direction::Forward),
-            );
-            for item in iter {
+            for item in db.walk_prefix(CF_INDEXES, &prefix)? {
                 let (k, v) = item?;
-                if k.first() != Some(&keys::ROUTE_SPEND_PREFIX) {
-                    break;
-                }
                 if let (Ok(name), Ok(bytes)) =
                     (std::str::from_utf8(&k[1..]), <[u8; 8]>::try_from(&v[..]))
                 {
@@ -571,13 +538,9 @@ impl Store {
     pub async fn count_tenant_sessions(&self, tenant: String) -> Result<u64> {
         self.blocking(move |db| {
             let prefix = keys::tenant_index_prefix(&tenant);
-            let cf = writer::cf_handle(db, CF_INDEXES)?;
             let mut n = 0;
-            for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
-                let (k, _) = item?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
+            for item in db.walk_prefix(CF_INDEXES, &prefix)? {
+                item?;
                 n += 1;
             }
             Ok(n)
@@ -588,14 +551,10 @@ impl Store {
     /// Every recorded tenant spend: (tenant, period, session, USD).
     pub async fn tenant_spends(&self) -> Result<Vec<(String, String, SessionId, f64)>> {
         self.blocking(|db| {
-            let cf = writer::cf_handle(db, CF_INDEXES)?;
             let prefix = [keys::TENANT_SPEND_PREFIX];
             let mut out = Vec::new();
-            for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+            for item in db.walk_prefix(CF_INDEXES, &prefix)? {
                 let (k, v) = item?;
-                if k.first() != Some(&keys::TENANT_SPEND_PREFIX) {
-                    break;
-                }
                 let rest = &k[1..];
                 let Some(t) = rest.iter().position(|b| *b == 0) else {
                     continue;
@@ -625,14 +584,10 @@ impl Store {
     /// Every stored API key record (JSON), by key id.
     pub async fn api_keys(&self) -> Result<Vec<(String, Vec<u8>)>> {
         self.blocking(|db| {
-            let cf = writer::cf_handle(db, CF_INDEXES)?;
             let prefix = [keys::API_KEY_PREFIX];
             let mut out = Vec::new();
-            for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+            for item in db.walk_prefix(CF_INDEXES, &prefix)? {
                 let (k, v) = item?;
-                if k.first() != Some(&keys::API_KEY_PREFIX) {
-                    break;
-                }
                 out.push((String::from_utf8_lossy(&k[1..]).into_owned(), v.to_vec()));
             }
             Ok(out)
@@ -643,14 +598,10 @@ impl Store {
     /// Sessions whose journal copy did not finish ([`Batch::put_copying`]).
     pub async fn unfinished_copies(&self) -> Result<Vec<SessionId>> {
         self.blocking(|db| {
-            let cf = writer::cf_handle(db, CF_INDEXES)?;
             let prefix = [keys::COPY_PREFIX];
             let mut out = Vec::new();
-            for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+            for item in db.walk_prefix(CF_INDEXES, &prefix)? {
                 let (k, _) = item?;
-                if k.first() != Some(&keys::COPY_PREFIX) {
-                    break;
-                }
                 if let Some(id) = keys::session_from_slice(&k[1..]) {
                     out.push(id);
                 }
@@ -664,13 +615,9 @@ impl Store {
     pub async fn sessions_with_status(&self, status: SessionStatus) -> Result<Vec<SessionId>> {
         self.blocking(move |db| {
             let prefix = keys::status_index_prefix(status);
-            let cf = writer::cf_handle(db, CF_INDEXES)?;
             let mut out = Vec::new();
-            for item in db.iterator_cf(cf, IteratorMode::From(&prefix, Direction::Forward)) {
+            for item in db.walk_prefix(CF_INDEXES, &prefix)? {
                 let (k, _) = item?;
-                if !k.starts_with(&prefix) {
-                    break;
-                }
                 if let Some(id) = keys::session_from_slice(&k[2..]) {
                     out.push(id);
                 }
@@ -684,7 +631,7 @@ impl Store {
     pub async fn count_sessions(&self) -> Result<u64> {
         self.blocking(|db| {
             let mut n = 0;
-            for item in db.iterator_cf(writer::cf_handle(db, CF_SESSIONS)?, IteratorMode::Start) {
+            for item in db.walk(CF_SESSIONS, Seek::First)? {
                 item?;
                 n += 1;
             }
@@ -741,13 +688,22 @@ impl Store {
 
     /// Create a consistent checkpoint (hard-linked copy) of the store at `dir`.
     pub async fn checkpoint(&self, dir: PathBuf) -> Result<()> {
-        self.blocking(move |db| {
-            let cp = rocksdb::checkpoint::Checkpoint::new(db)?;
-            cp.create_checkpoint(&dir)?;
-            Ok(())
-        })
-        .await
+        self.blocking(move |db| db.checkpoint(&dir)).await
     }
+}
+
+/// Run `f` on a thread of its own, outside any async runtime the caller
+/// may be on: a database client that blocks (PostgreSQL's) must not block
+/// an async worker, and cannot run inside one.
+fn off_runtime<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    std::thread::scope(|s| {
+        std::thread::Builder::new()
+            .name("baton-store-open".into())
+            .spawn_scoped(s, f)
+            .map_err(|e| Error::Rocks(format!("cannot start a thread: {e}")))?
+            .join()
+            .map_err(|_| Error::Rocks("opening the store failed (a thread panicked)".into()))?
+    })
 }
 
 impl Drop for Inner {
@@ -763,32 +719,33 @@ impl Drop for Inner {
     }
 }
 
-pub(crate) fn load_meta_blocking(db: &DB, session: SessionId) -> Result<Option<SessionMeta>> {
-    match db.get_cf(writer::cf_handle(db, CF_SESSIONS)?, session.as_bytes())? {
+pub(crate) fn load_meta_blocking(
+    db: &dyn Engine,
+    session: SessionId,
+) -> Result<Option<SessionMeta>> {
+    match db.get(CF_SESSIONS, session.as_bytes())? {
         Some(bytes) => codec::decode_meta(session, &bytes).map(Some),
         None => Ok(None),
     }
 }
 
 fn read_journal_blocking(
-    db: &DB,
+    db: &dyn Engine,
     ring: Option<&seal::Keyring>,
     session: SessionId,
     after_seq: u64,
     upto_seq: u64,
     limit: usize,
 ) -> Result<Vec<SessionEvent>> {
-    let cf = writer::cf_handle(db, CF_JOURNAL)?;
-    let payloads = writer::cf_handle(db, CF_PAYLOADS)?;
     let start = keys::journal_key(&session, after_seq.saturating_add(1));
     let mut out = Vec::new();
     let mut load = |k: &[u8]| -> Result<Option<Vec<u8>>> {
-        match db.get_cf(payloads, k)? {
+        match db.get(CF_PAYLOADS, k)? {
             Some(v) => unseal(ring, CF_PAYLOADS, k, v).map(Some),
             None => Ok(None),
         }
     };
-    for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+    for item in db.walk(CF_JOURNAL, Seek::At(&start, Dir::Forward))? {
         if out.len() >= limit {
             break;
         }
@@ -811,13 +768,9 @@ fn read_journal_blocking(
     Ok(out)
 }
 
-fn last_seq_blocking(db: &DB, session: SessionId) -> Result<u64> {
-    let cf = writer::cf_handle(db, CF_JOURNAL)?;
+fn last_seq_blocking(db: &dyn Engine, session: SessionId) -> Result<u64> {
     let end = keys::journal_key(&session, u64::MAX);
-    if let Some(item) = db
-        .iterator_cf(cf, IteratorMode::From(&end, Direction::Reverse))
-        .next()
-    {
+    if let Some(item) = db.walk(CF_JOURNAL, Seek::At(&end, Dir::Reverse))?.next() {
         let (k, _) = item?;
         if let Some((sid, seq)) = keys::split_journal_key(&k)
             && sid == session
@@ -829,7 +782,7 @@ fn last_seq_blocking(db: &DB, session: SessionId) -> Result<u64> {
 }
 
 fn list_sessions_blocking(
-    db: &DB,
+    db: &dyn Engine,
     status: Option<SessionStatus>,
     after: Option<SessionId>,
     limit: usize,
@@ -846,7 +799,7 @@ fn list_sessions_blocking(
 }
 
 fn list_tenant_blocking(
-    db: &DB,
+    db: &dyn Engine,
     tenant: &str,
     status: Option<SessionStatus>,
     after: Option<SessionId>,
@@ -866,25 +819,29 @@ fn list_tenant_blocking(
 
 /// Sessions stored before tenants have no tenant index entry: add one for
 /// every session, once (a marker records that it was done).
-fn build_tenant_index(db: &DB) -> Result<()> {
-    let indexes = writer::cf_handle(db, CF_INDEXES)?;
-    if db.get_cf(indexes, keys::TENANT_INDEX_MARKER)?.is_some() {
+fn build_tenant_index(db: &dyn Engine) -> Result<()> {
+    if db.get(CF_INDEXES, keys::TENANT_INDEX_MARKER)?.is_some() {
         return Ok(());
     }
-    let mut batch = rocksdb::WriteBatch::default();
-    for item in db.iterator_cf(writer::cf_handle(db, CF_SESSIONS)?, IteratorMode::Start) {
+    let mut ops = Vec::new();
+    for item in db.walk(CF_SESSIONS, Seek::First)? {
         let (k, v) = item?;
         let Some(id) = keys::session_from_slice(&k) else {
             continue;
         };
         let meta = codec::decode_meta(id, &v)?;
-        batch.put_cf(indexes, keys::tenant_index_key(&meta.tenant, &id), []);
+        ops.push(Op::Put {
+            cf: CF_INDEXES,
+            key: keys::tenant_index_key(&meta.tenant, &id),
+            value: Vec::new(),
+        });
     }
-    batch.put_cf(indexes, keys::TENANT_INDEX_MARKER, []);
-    let mut opts = rocksdb::WriteOptions::default();
-    opts.set_sync(true);
-    db.write_opt(batch, &opts)?;
-    Ok(())
+    ops.push(Op::Put {
+        cf: CF_INDEXES,
+        key: keys::TENANT_INDEX_MARKER.to_vec(),
+        value: Vec::new(),
+    });
+    db.write(&[&ops], true)
 }
 
 #[cfg(test)]

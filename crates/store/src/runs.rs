@@ -12,9 +12,7 @@
 //! Journal keys sort by run then seq, so one run's journal is one range
 //! scan and deleting a run is one range delete.
 
-use rocksdb::{DB, Direction, IteratorMode};
-
-use crate::writer::{self, Op};
+use crate::engine::{Dir, Engine, Op, Seek};
 use crate::{Batch, Result, Store};
 
 /// Run records, keyed by run id.
@@ -85,8 +83,7 @@ impl Batch {
 impl Store {
     /// Run `run`'s record.
     pub async fn load_run(&self, run: [u8; 16]) -> Result<Option<Vec<u8>>> {
-        self.blocking(move |db| Ok(db.get_cf(writer::cf_handle(db, CF_RUNS)?, run)?))
-            .await
+        self.blocking(move |db| db.get(CF_RUNS, &run)).await
     }
 
     /// Run `run`'s journal records with `after_seq < seq`, at most `limit`,
@@ -103,8 +100,7 @@ impl Store {
 
     /// One run index entry.
     pub async fn get_run_index(&self, key: Vec<u8>) -> Result<Option<Vec<u8>>> {
-        self.blocking(move |db| Ok(db.get_cf(writer::cf_handle(db, CF_RUN_INDEX)?, key)?))
-            .await
+        self.blocking(move |db| db.get(CF_RUN_INDEX, &key)).await
     }
 
     /// Run index entries whose key starts with `prefix`, in key order,
@@ -131,15 +127,14 @@ impl Store {
 }
 
 fn read_run_journal_blocking(
-    db: &DB,
+    db: &dyn Engine,
     run: [u8; 16],
     after_seq: u64,
     limit: usize,
 ) -> Result<Vec<(u64, Vec<u8>)>> {
-    let cf = writer::cf_handle(db, CF_RUN_JOURNAL)?;
     let from = journal_key(&run, after_seq.saturating_add(1));
     let mut out = Vec::new();
-    for item in db.iterator_cf(cf, IteratorMode::From(&from, Direction::Forward)) {
+    for item in db.walk(CF_RUN_JOURNAL, Seek::At(&from, Dir::Forward))? {
         let (k, v) = item?;
         if k.len() != 24 || k[..16] != run {
             break;
@@ -155,13 +150,12 @@ fn read_run_journal_blocking(
 }
 
 fn scan_blocking(
-    db: &DB,
-    cf: &str,
+    db: &dyn Engine,
+    cf: &'static str,
     prefix: &[u8],
     after: Option<Vec<u8>>,
     limit: usize,
 ) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
-    let cf = writer::cf_handle(db, cf)?;
     let start = match &after {
         Some(a) => {
             // The first key after `a`: `a` followed by a zero byte.
@@ -172,7 +166,7 @@ fn scan_blocking(
         None => prefix.to_vec(),
     };
     let mut out = Vec::new();
-    for item in db.iterator_cf(cf, IteratorMode::From(&start, Direction::Forward)) {
+    for item in db.walk(cf, Seek::At(&start, Dir::Forward))? {
         let (k, v) = item?;
         if !k.starts_with(prefix) {
             break;

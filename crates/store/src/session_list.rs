@@ -4,10 +4,9 @@
 //! cap on the entries one page may read.
 
 use baton_types::{SessionId, SessionStatus};
-use rocksdb::{DB, Direction, IteratorMode};
 
 use crate::codec::{self, SessionMeta};
-use crate::writer::cf_handle;
+use crate::engine::{Dir, Engine, Seek};
 use crate::{CF_INDEXES, CF_SESSIONS, Result, SessionPage, keys};
 
 /// Which sessions a page lists, and how.
@@ -42,9 +41,9 @@ impl SessionScan {
     }
 }
 
-pub(crate) fn scan_blocking(db: &DB, q: &SessionScan) -> Result<SessionPage> {
+pub(crate) fn scan_blocking(db: &dyn Engine, q: &SessionScan) -> Result<SessionPage> {
     // The source: its column family and the key prefix before the id.
-    let (cf, prefix): (&str, Vec<u8>) = match (&q.tenant, q.status) {
+    let (cf, prefix): (&'static str, Vec<u8>) = match (&q.tenant, q.status) {
         (Some(t), _) => (CF_INDEXES, keys::tenant_index_prefix(t)),
         (None, Some(s)) => (CF_INDEXES, keys::status_index_prefix(s).to_vec()),
         (None, None) => (CF_SESSIONS, Vec::new()),
@@ -56,20 +55,20 @@ pub(crate) fn scan_blocking(db: &DB, q: &SessionScan) -> Result<SessionPage> {
         None => {}
     }
     let direction = if q.newest_first {
-        Direction::Reverse
+        Dir::Reverse
     } else {
-        Direction::Forward
+        Dir::Forward
     };
     let mode = if prefix.is_empty() && q.after.is_none() && q.newest_first {
-        IteratorMode::End
+        Seek::Last
     } else {
-        IteratorMode::From(&start, direction)
+        Seek::At(&start, direction)
     };
     let mut sessions = Vec::new();
     let mut scanned = 0usize;
     let mut last_seen = None;
     let mut more = false;
-    for item in db.iterator_cf(cf_handle(db, cf)?, mode) {
+    for item in db.walk(cf, mode)? {
         let (k, v) = item?;
         if !k.starts_with(&prefix) {
             break;

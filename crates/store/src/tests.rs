@@ -7,9 +7,82 @@ use baton_types::{
 
 use super::*;
 
-fn open(dir: &Path, durability: Durability) -> Store {
-    Store::open(StoreOptions::new(dir, durability)).unwrap()
+fn open(place: &Place, durability: Durability) -> Store {
+    Store::open(place.options(durability)).unwrap()
 }
+
+/// Where one test's store lives: a RocksDB directory, or a database of
+/// its own on the PostgreSQL server this test binary shares.
+struct Place {
+    dir: tempfile::TempDir,
+    postgres: Option<String>,
+}
+
+static PG: std::sync::OnceLock<Result<baton_pgtest::PgServer, String>> = std::sync::OnceLock::new();
+
+impl Place {
+    fn rocksdb() -> Place {
+        Place {
+            dir: tempfile::tempdir().unwrap(),
+            postgres: None,
+        }
+    }
+
+    fn postgres() -> Place {
+        let server = match PG.get_or_init(baton_pgtest::PgServer::start) {
+            Ok(s) => s,
+            Err(e) => panic!("cannot start PostgreSQL: {e}"),
+        };
+        Place {
+            dir: tempfile::tempdir().unwrap(),
+            postgres: Some(server.database().unwrap()),
+        }
+    }
+
+    /// A new, empty place on the same backend.
+    fn another(&self) -> Place {
+        match self.postgres {
+            None => Place::rocksdb(),
+            Some(_) => Place::postgres(),
+        }
+    }
+
+    fn options(&self, durability: Durability) -> StoreOptions {
+        let mut o = StoreOptions::new(self.dir.path(), durability);
+        o.postgres = self.postgres.clone().map(postgres::PgOptions::new);
+        o
+    }
+}
+
+/// Each named test, run once on each backend (`name::rocksdb`,
+/// `name::postgres`): one suite, two databases.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn rocksdb() {
+                super::$name(super::Place::rocksdb()).await
+            }
+
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                super::$name(super::Place::postgres()).await
+            }
+        }
+    )*};
+}
+
+on_both_backends!(
+    records_survive_reopen_in_order,
+    concurrent_writers_share_group_commits,
+    unsynced_batches_never_fsync_and_buffered_mode_never_fsyncs,
+    listing_is_paged_and_filtered_by_the_status_index,
+    scans_go_either_way_filter_by_route_and_flow_and_stop_at_their_cap,
+    deleting_a_session_removes_every_trace_and_nothing_else,
+    a_corrupt_record_is_reported_with_session_and_seq,
+    gates_page_stably_by_any_filter_and_deadlines_are_found,
+    a_tenants_and_a_groups_queue_come_from_their_own_entries_in_queue_order,
+);
 
 fn meta(status: SessionStatus) -> SessionMeta {
     SessionMeta {
@@ -25,12 +98,10 @@ fn meta(status: SessionStatus) -> SessionMeta {
     }
 }
 
-#[tokio::test]
-async fn records_survive_reopen_in_order() {
-    let dir = tempfile::tempdir().unwrap();
+async fn records_survive_reopen_in_order(place: Place) {
     let s = SessionId::new();
     {
-        let store = open(dir.path(), Durability::Sync);
+        let store = open(&place, Durability::Sync);
         let mut b = Batch::new();
         b.put_meta(&s, &meta(SessionStatus::Idle), None);
         b.append(
@@ -78,7 +149,7 @@ async fn records_survive_reopen_in_order() {
         store.write(b).await.unwrap();
         store.close();
     }
-    let store = open(dir.path(), Durability::Sync);
+    let store = open(&place, Durability::Sync);
     let events = store.read_journal(s, 0, 100).await.unwrap();
     assert_eq!(
         events.iter().map(|e| e.seq).collect::<Vec<_>>(),
@@ -98,10 +169,8 @@ async fn records_survive_reopen_in_order() {
     );
 }
 
-#[tokio::test]
-async fn concurrent_writers_share_group_commits() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), Durability::Sync);
+async fn concurrent_writers_share_group_commits(place: Place) {
+    let store = open(&place, Durability::Sync);
     let mut tasks = Vec::new();
     for i in 0..400u64 {
         let store = store.clone();
@@ -129,10 +198,8 @@ async fn concurrent_writers_share_group_commits() {
     assert_eq!(stats.groups, stats.synced_groups);
 }
 
-#[tokio::test]
-async fn unsynced_batches_never_fsync_and_buffered_mode_never_fsyncs() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), Durability::Sync);
+async fn unsynced_batches_never_fsync_and_buffered_mode_never_fsyncs(place: Place) {
+    let store = open(&place, Durability::Sync);
     let s = SessionId::new();
     let mut b = Batch::unsynced();
     b.append(
@@ -149,8 +216,8 @@ async fn unsynced_batches_never_fsync_and_buffered_mode_never_fsyncs() {
     assert_eq!(store.writer_stats().synced_groups, 0);
     drop(store);
 
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), Durability::Buffered);
+    let place = place.another();
+    let store = open(&place, Durability::Buffered);
     let mut b = Batch::new();
     b.append(
         &s,
@@ -166,10 +233,8 @@ async fn unsynced_batches_never_fsync_and_buffered_mode_never_fsyncs() {
     assert_eq!(store.read_journal(s, 0, 10).await.unwrap().len(), 1);
 }
 
-#[tokio::test]
-async fn listing_is_paged_and_filtered_by_the_status_index() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), Durability::Buffered);
+async fn listing_is_paged_and_filtered_by_the_status_index(place: Place) {
+    let store = open(&place, Durability::Buffered);
     let mut ids = Vec::new();
     let mut b = Batch::new();
     for i in 0..25 {
@@ -248,10 +313,8 @@ async fn scan_all(store: &Store, mut q: session_list::SessionScan) -> (Vec<Sessi
     }
 }
 
-#[tokio::test]
-async fn scans_go_either_way_filter_by_route_and_flow_and_stop_at_their_cap() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), Durability::Buffered);
+async fn scans_go_either_way_filter_by_route_and_flow_and_stop_at_their_cap(place: Place) {
+    let store = open(&place, Durability::Buffered);
     let mut all = Vec::new();
     let mut b = Batch::new();
     for i in 0..40 {
@@ -340,10 +403,8 @@ async fn scans_go_either_way_filter_by_route_and_flow_and_stop_at_their_cap() {
     assert!(pages >= 7, "40 sessions, 6 a page: {pages} pages");
 }
 
-#[tokio::test]
-async fn deleting_a_session_removes_every_trace_and_nothing_else() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), Durability::Sync);
+async fn deleting_a_session_removes_every_trace_and_nothing_else(place: Place) {
+    let store = open(&place, Durability::Sync);
     let (a, b_id) = (SessionId::new(), SessionId::new());
     let mut m = meta(SessionStatus::Idle);
     m.idempotency_key = Some("k1".into());
@@ -379,10 +440,8 @@ async fn deleting_a_session_removes_every_trace_and_nothing_else() {
     assert!(store.load_snapshot(b_id).await.unwrap().is_some());
 }
 
-#[tokio::test]
-async fn a_corrupt_record_is_reported_with_session_and_seq() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), Durability::Sync);
+async fn a_corrupt_record_is_reported_with_session_and_seq(place: Place) {
+    let store = open(&place, Durability::Sync);
     let s = SessionId::new();
     let mut b = Batch::new();
     b.append(
@@ -415,7 +474,7 @@ async fn a_corrupt_record_is_reported_with_session_and_seq() {
 #[tokio::test]
 async fn checkpoint_is_a_readable_copy() {
     let dir = tempfile::tempdir().unwrap();
-    let store = open(&dir.path().join("db"), Durability::Sync);
+    let store = Store::open(StoreOptions::new(dir.path().join("db"), Durability::Sync)).unwrap();
     let s = SessionId::new();
     let mut b = Batch::new();
     b.append(
@@ -429,7 +488,7 @@ async fn checkpoint_is_a_readable_copy() {
     );
     store.write(b).await.unwrap();
     store.checkpoint(dir.path().join("cp")).await.unwrap();
-    let copy = open(&dir.path().join("cp"), Durability::Sync);
+    let copy = Store::open(StoreOptions::new(dir.path().join("cp"), Durability::Sync)).unwrap();
     assert_eq!(copy.read_journal(s, 0, 10).await.unwrap().len(), 1);
 }
 
@@ -463,12 +522,10 @@ fn gate(n: u8, session: SessionId, policy: &str, status: GateStatus, deadline: u
     }
 }
 
-#[tokio::test]
-async fn gates_page_stably_by_any_filter_and_deadlines_are_found() {
+async fn gates_page_stably_by_any_filter_and_deadlines_are_found(place: Place) {
     use GateStatus::*;
     use gates::GateFilter;
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), Durability::Buffered);
+    let store = open(&place, Durability::Buffered);
     let (s1, s2) = (SessionId::new(), SessionId::new());
     // Interleaved statuses, policies and sessions.
     let all = vec![
@@ -572,12 +629,10 @@ async fn gates_page_stably_by_any_filter_and_deadlines_are_found() {
     );
 }
 
-#[tokio::test]
-async fn a_tenants_and_a_groups_queue_come_from_their_own_entries_in_queue_order() {
+async fn a_tenants_and_a_groups_queue_come_from_their_own_entries_in_queue_order(place: Place) {
     use GateStatus::*;
     use gates::{QueuePos, QueueScope};
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), Durability::Buffered);
+    let store = open(&place, Durability::Buffered);
     let s = SessionId::new();
     let with = |n: u8, tenant: &str, group: &str, deadline: u64| GateRecord {
         tenant: tenant.into(),
@@ -659,14 +714,14 @@ async fn a_tenants_and_a_groups_queue_come_from_their_own_entries_in_queue_order
         None,
     );
     store.write(b).await.unwrap();
-    let db = &store.inner.db;
-    db.delete_cf(
-        writer::cf_handle(db, CF_INDEXES).unwrap(),
-        keys::GATE_QUEUE_INDEX_MARKER,
-    )
-    .unwrap();
+    let mut unmark = Batch::new();
+    unmark.push(Op::Delete {
+        cf: CF_INDEXES,
+        key: keys::GATE_QUEUE_INDEX_MARKER.to_vec(),
+    });
+    store.write(unmark).await.unwrap();
     drop(store);
-    let store = open(dir.path(), Durability::Buffered);
+    let store = open(&place, Durability::Buffered);
     let page = store.gate_queue(vec![ops], None, 10).await.unwrap();
     let ids: Vec<u8> = page
         .gates
@@ -766,7 +821,7 @@ async fn sealed_sessions_leave_no_plaintext_and_are_unreadable_once_erased() {
     // Without a keyring, a sealed store says why it cannot read.
     store.close();
     drop(store);
-    let store = open(dir.path(), Durability::Sync);
+    let store = Store::open(StoreOptions::new(dir.path(), Durability::Sync)).unwrap();
     let err = store.read_journal(s, 0, 10).await.unwrap_err();
     assert!(err.to_string().contains("no keyring"), "{err}");
 }
@@ -835,4 +890,358 @@ async fn memory_stays_within_one_cache_and_one_memtable_budget() {
         "the cache holds {} bytes with a 1 MiB budget",
         m.cache_bytes
     );
+}
+
+/// A small deterministic generator (xorshift64*), so that a failure
+/// repeats.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Keys of 0 to 4 bytes from {0x00, 0x01, 0x7f, 0xff}: short keys,
+    /// prefixes of each other, and the bytes where signed or text orders
+    /// would differ from unsigned byte order.
+    fn key(&mut self) -> Vec<u8> {
+        let len = self.below(5) as usize;
+        (0..len)
+            .map(|_| [0x00, 0x01, 0x7f, 0xff][self.below(4) as usize])
+            .collect()
+    }
+}
+
+/// Every key of `cf` from `seek`, as a `Vec`.
+fn walk_all(db: &dyn Engine, cf: &'static str, seek: Seek<'_>) -> Vec<(Vec<u8>, Vec<u8>)> {
+    db.walk(cf, seek)
+        .unwrap()
+        .map(|item| {
+            let (k, v) = item.unwrap();
+            (k.into_vec(), v.into_vec())
+        })
+        .collect()
+}
+
+/// The contract, checked by difference: the same random groups of puts,
+/// deletes and range deletes applied to RocksDB and to PostgreSQL leave
+/// the same keys, and every walk — from either end, from any key, either
+/// way, across page boundaries — yields the same entries in the same
+/// order.
+#[test]
+fn both_engines_keep_the_same_keys_in_the_same_order() {
+    let rocks_dir = tempfile::tempdir().unwrap();
+    let rocks = rocks::RocksEngine::open(rocks_dir.path(), 8 << 20, 8 << 20).unwrap();
+    let pg = postgres::PgEngine::open(postgres::PgOptions::new(
+        Place::postgres().postgres.unwrap(),
+    ))
+    .unwrap();
+    let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+    for round in 0..60 {
+        let mut groups: Vec<Vec<Op>> = Vec::new();
+        for _ in 0..=rng.below(3) {
+            let mut ops = Vec::new();
+            for _ in 0..rng.below(40) {
+                let cf = [CF_INDEXES, CF_JOURNAL][rng.below(2) as usize];
+                ops.push(match rng.below(10) {
+                    0..=6 => Op::Put {
+                        cf,
+                        key: rng.key(),
+                        value: round.to_string().into_bytes(),
+                    },
+                    7 | 8 => Op::Delete { cf, key: rng.key() },
+                    _ => {
+                        let (a, b) = (rng.key(), rng.key());
+                        Op::DeleteRange {
+                            cf,
+                            from: a.clone().min(b.clone()),
+                            to: a.max(b),
+                        }
+                    }
+                });
+            }
+            groups.push(ops);
+        }
+        let groups: Vec<&[Op]> = groups.iter().map(|g| &g[..]).collect();
+        let sync = rng.below(2) == 0;
+        rocks.write(&groups, sync).unwrap();
+        pg.write(&groups, sync).unwrap();
+    }
+    // Enough keys under one prefix to need several pages of a walk.
+    let many: Vec<Op> = (0..3000u32)
+        .map(|i| Op::Put {
+            cf: CF_JOURNAL,
+            key: [&[0x42u8][..], &i.to_be_bytes()].concat(),
+            value: vec![1; (i % 7) as usize],
+        })
+        .collect();
+    rocks.write(&[&many], true).unwrap();
+    pg.write(&[&many], true).unwrap();
+
+    for cf in [CF_INDEXES, CF_JOURNAL] {
+        let all = walk_all(&rocks, cf, Seek::First);
+        assert!(!all.is_empty());
+        assert_eq!(all, walk_all(&pg, cf, Seek::First), "{cf} from the start");
+        assert_eq!(
+            walk_all(&rocks, cf, Seek::Last),
+            walk_all(&pg, cf, Seek::Last),
+            "{cf} from the end"
+        );
+        for _ in 0..40 {
+            let mut at = rng.key();
+            if rng.below(3) == 0 {
+                at = [&[0x42u8][..], &(rng.below(3200) as u32).to_be_bytes()].concat();
+            }
+            for dir in [Dir::Forward, Dir::Reverse] {
+                assert_eq!(
+                    walk_all(&rocks, cf, Seek::At(&at, dir)),
+                    walk_all(&pg, cf, Seek::At(&at, dir)),
+                    "{cf} from {at:?} {dir:?}"
+                );
+            }
+            assert_eq!(rocks.get(cf, &at).unwrap(), pg.get(cf, &at).unwrap());
+        }
+        let prefix = [0x42u8];
+        let a: Vec<_> = (&rocks as &dyn Engine)
+            .walk_prefix(cf, &prefix)
+            .unwrap()
+            .map(|i| i.unwrap().0)
+            .collect();
+        let b: Vec<_> = (&pg as &dyn Engine)
+            .walk_prefix(cf, &prefix)
+            .unwrap()
+            .map(|i| i.unwrap().0)
+            .collect();
+        assert_eq!(a, b);
+    }
+}
+
+#[test]
+fn a_second_writer_on_one_database_is_refused_by_name() {
+    let url = Place::postgres().postgres.unwrap();
+    let mut options = postgres::PgOptions::new(url.clone());
+    options.connect_timeout = std::time::Duration::from_millis(300);
+    let first = postgres::PgEngine::open(options.clone()).unwrap();
+    assert_eq!(first.schema_version().unwrap(), 1);
+    let err = postgres::PgEngine::open(options.clone()).unwrap_err();
+    assert!(
+        err.to_string().contains("another Baton node is writing"),
+        "{err}"
+    );
+    drop(first);
+    // Once the first is gone, the database is free again.
+    postgres::PgEngine::open(options).unwrap();
+}
+
+#[test]
+fn a_bad_url_is_a_clear_error_not_a_panic() {
+    let err =
+        postgres::PgEngine::open(postgres::PgOptions::new("postgresql://a:b@[::1")).unwrap_err();
+    assert!(err.to_string().contains("[store] url"), "{err}");
+    let mut refused = postgres::PgOptions::new("postgresql://baton@127.0.0.1:1/x");
+    refused.connect_timeout = std::time::Duration::from_millis(300);
+    let err = postgres::PgEngine::open(refused).unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert_eq!(err.code(), baton_types::ErrorCode::Unavailable);
+}
+
+/// The database goes away under a store and comes back: writes fail
+/// (named, `Unavailable`) meanwhile and nothing acknowledged is lost; the
+/// store writes and reads again by itself once it is back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_on_postgres_rides_out_a_database_restart() {
+    let server = baton_pgtest::PgServer::start().unwrap();
+    let url = server.database().unwrap();
+    let place = Place {
+        dir: tempfile::tempdir().unwrap(),
+        postgres: Some(url),
+    };
+    let store = open(&place, Durability::Sync);
+    let s = SessionId::new();
+    let cancelled = |turn| EventKind::TurnCancelled {
+        by: String::new(),
+        turn,
+    };
+    let mut acked = 0u64;
+    for seq in 1..=20 {
+        let mut b = Batch::new();
+        b.append(&s, seq, seq, &cancelled(seq));
+        store.write(b).await.unwrap();
+        acked = seq;
+    }
+    server.stop().unwrap();
+    let mut b = Batch::new();
+    b.append(&s, 21, 21, &cancelled(21));
+    let err = store.write(b).await.unwrap_err();
+    assert!(matches!(err, Error::Unavailable(_)), "{err:?}");
+    assert!(store.write_failing().is_some());
+    let err = store.read_journal(s, 0, 100).await.unwrap_err();
+    assert_eq!(err.code(), baton_types::ErrorCode::Unavailable, "{err}");
+
+    server.restart().unwrap();
+    // The first write after the restart may meet a connection the server
+    // closed; the store reconnects, and the next one goes through.
+    let mut written = false;
+    for _ in 0..50 {
+        let mut b = Batch::new();
+        b.append(&s, 21, 21, &cancelled(21));
+        if store.write(b).await.is_ok() {
+            written = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(written, "the store did not write again: {}", server.log());
+    assert!(store.write_failing().is_none());
+    let mut events = Vec::new();
+    for _ in 0..50 {
+        match store.read_journal(s, 0, 100).await {
+            Ok(e) => {
+                events = e;
+                break;
+            }
+            Err(_) => tokio::time::sleep(std::time::Duration::from_millis(100)).await,
+        }
+    }
+    let seqs: Vec<u64> = events.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, (1..=acked + 1).collect::<Vec<_>>());
+}
+
+/// `baton migrate-store`'s copy: everything of a RocksDB store arrives in
+/// PostgreSQL and reads the same through the store; a database that
+/// already holds data is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rocksdb_store_copies_into_postgres_and_reads_the_same() {
+    let from = Place::rocksdb();
+    let store = open(&from, Durability::Sync);
+    let mut ids = Vec::new();
+    for i in 0..30u64 {
+        let s = SessionId::new();
+        let mut b = Batch::new();
+        b.put_meta(&s, &meta(SessionStatus::Idle), None);
+        b.append(
+            &s,
+            1,
+            i,
+            &EventKind::TurnAccepted {
+                by: String::new(),
+                turn: 1,
+                // Some out of line, in the payloads key space.
+                message: Message::user("x".repeat(if i % 3 == 0 { 20_000 } else { 10 })),
+                review: false,
+            },
+        );
+        store.write(b).await.unwrap();
+        ids.push(s);
+    }
+    store.close();
+    drop(store);
+
+    let to = Place::postgres();
+    let (dir, url) = (from.dir.path().to_path_buf(), to.postgres.clone().unwrap());
+    let copied = tokio::task::spawn_blocking(move || {
+        let source = rocks::RocksEngine::open(&dir, 8 << 20, 8 << 20).unwrap();
+        let dest = postgres::PgEngine::open(postgres::PgOptions::new(url)).unwrap();
+        let copied = migrate::copy_store(&source, &dest, |_, _, _| {}).unwrap();
+        // Again: the destination holds data now.
+        let err = migrate::copy_store(&source, &dest, |_, _, _| {}).unwrap_err();
+        assert!(err.to_string().contains("not empty"), "{err}");
+        copied
+    })
+    .await
+    .unwrap();
+    let by_space: BTreeMap<&str, u64> = copied.key_spaces.iter().map(|k| (k.0, k.1)).collect();
+    assert_eq!(by_space[CF_SESSIONS], 30);
+    assert_eq!(by_space[CF_JOURNAL], 30);
+    assert_eq!(by_space[CF_PAYLOADS], 10);
+
+    let store = open(&to, Durability::Sync);
+    assert_eq!(store.count_sessions().await.unwrap(), 30);
+    for s in &ids {
+        let events = store.read_journal(*s, 0, 10).await.unwrap();
+        assert_eq!(events.len(), 1);
+    }
+    let page = store.list_sessions(None, None, 100).await.unwrap();
+    let mut want = ids.clone();
+    want.sort();
+    assert_eq!(page.sessions.iter().map(|p| p.0).collect::<Vec<_>>(), want);
+}
+
+/// The writer's epoch: a writer whose connection broke writes again when
+/// nobody else wrote in between, and is fenced for good when another
+/// writer opened the database meanwhile (even one that has left since).
+#[test]
+fn a_writer_that_lost_its_connection_is_fenced_once_another_wrote() {
+    let url = Place::postgres().postgres.unwrap();
+    let db = url
+        .rsplit('/')
+        .next()
+        .and_then(|s| s.split('?').next())
+        .unwrap()
+        .to_string();
+    let server = PG.get().unwrap().as_ref().unwrap();
+    let cut = || {
+        server
+            .psql(&format!(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+                 WHERE datname = '{db}' AND pid <> pg_backend_pid()"
+            ))
+            .unwrap()
+    };
+    let put = |n: u8| Op::Put {
+        cf: CF_INDEXES,
+        key: vec![n],
+        value: vec![n],
+    };
+    let mut options = postgres::PgOptions::new(url);
+    options.connect_timeout = std::time::Duration::from_millis(500);
+    let a = postgres::PgEngine::open(options.clone()).unwrap();
+    a.write(&[&[put(1)]], true).unwrap();
+
+    // Cut alone: A reconnects, finds its own epoch, writes on.
+    cut();
+    let mut wrote = false;
+    for _ in 0..20 {
+        if a.write(&[&[put(2)]], true).is_ok() {
+            wrote = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        wrote,
+        "the writer did not come back after its connection was cut"
+    );
+
+    // Cut, and another writer in between: A is fenced.
+    cut();
+    let b = {
+        let mut b = None;
+        for _ in 0..20 {
+            if let Ok(e) = postgres::PgEngine::open(options.clone()) {
+                b = Some(e);
+                break;
+            }
+        }
+        b.expect("a second writer once the first one's connection was cut")
+    };
+    b.write(&[&[put(3)]], true).unwrap();
+    drop(b);
+    // The first write meets the cut connection; the next ones reconnect
+    // and find the epoch moved on.
+    assert!(a.write(&[&[put(4)]], true).is_err());
+    for _ in 0..3 {
+        let err = a.write(&[&[put(4)]], true).unwrap_err();
+        assert!(err.to_string().contains("fenced"), "{err}");
+        assert_eq!(err.code(), baton_types::ErrorCode::Unavailable);
+    }
+    assert_eq!(a.get(CF_INDEXES, &[4]).unwrap(), None);
+    assert_eq!(a.get(CF_INDEXES, &[3]).unwrap(), Some(vec![3]));
 }

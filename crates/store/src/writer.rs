@@ -2,7 +2,8 @@
 //!
 //! Callers hand it write requests over a channel and await a oneshot. The
 //! thread drains every request waiting at that moment into one RocksDB
-//! `WriteBatch` and writes it with a single WAL append — and a single fsync
+//! atomic write of the engine (one RocksDB `WriteBatch` with a single WAL
+//! append, one PostgreSQL transaction) — and a single fsync or commit flush
 //! when any request in the group asked for durability. Concurrent sessions
 //! therefore share fsyncs, and no tokio worker ever blocks on disk.
 
@@ -10,41 +11,10 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use rocksdb::{DB, WriteBatch, WriteOptions};
 use tokio::sync::oneshot;
 
-use crate::{Durability, Error, Result};
-
-/// One operation inside a write request.
-#[derive(Debug, Clone)]
-pub enum Op {
-    Put {
-        cf: &'static str,
-        key: Vec<u8>,
-        value: Vec<u8>,
-    },
-    Delete {
-        cf: &'static str,
-        key: Vec<u8>,
-    },
-    DeleteRange {
-        cf: &'static str,
-        from: Vec<u8>,
-        to: Vec<u8>,
-    },
-}
-
-impl Op {
-    /// Bytes of its keys and value.
-    pub fn bytes(&self) -> u64 {
-        let n = match self {
-            Op::Put { key, value, .. } => key.len() + value.len(),
-            Op::Delete { key, .. } => key.len(),
-            Op::DeleteRange { from, to, .. } => from.len() + to.len(),
-        };
-        n as u64
-    }
-}
+use crate::engine::{Engine, Op};
+use crate::{Durability, Result};
 
 pub(crate) struct WriteReq {
     pub ops: Vec<Op>,
@@ -96,7 +66,7 @@ impl WriterStats {
 const MAX_GROUP: usize = 4096;
 
 pub(crate) fn run(
-    db: Arc<DB>,
+    db: Arc<dyn Engine>,
     rx: std::sync::mpsc::Receiver<WriteReq>,
     durability: Durability,
     stats: Arc<WriterStats>,
@@ -110,7 +80,7 @@ pub(crate) fn run(
                 Err(_) => break,
             }
         }
-        let (result, synced) = write_group(&db, &group, durability, &stats);
+        let (result, synced) = write_group(&*db, &group, durability, &stats);
         note_outcome(&stats, &result);
         let m = baton_metrics::metrics();
         m.journal_batch(group.len(), synced);
@@ -159,53 +129,21 @@ fn note_outcome(stats: &WriterStats, result: &Result<()>) {
 }
 
 fn write_group(
-    db: &DB,
+    db: &dyn Engine,
     group: &[WriteReq],
     durability: Durability,
     stats: &WriterStats,
 ) -> (Result<()>, bool) {
-    let mut sync = false;
-    let r = write_group_inner(db, group, durability, stats, &mut sync);
-    (r, sync)
-}
-
-fn write_group_inner(
-    db: &DB,
-    group: &[WriteReq],
-    durability: Durability,
-    stats: &WriterStats,
-    synced: &mut bool,
-) -> Result<()> {
-    let mut batch = WriteBatch::default();
-    let mut sync = false;
-    for req in group {
-        sync |= req.sync;
-        for op in &req.ops {
-            match op {
-                Op::Put { cf, key, value } => batch.put_cf(cf_handle(db, cf)?, key, value),
-                Op::Delete { cf, key } => batch.delete_cf(cf_handle(db, cf)?, key),
-                Op::DeleteRange { cf, from, to } => {
-                    batch.delete_range_cf(cf_handle(db, cf)?, from, to)
-                }
-            }
-        }
-    }
-    let sync = sync && durability == Durability::Sync;
-    let mut opts = WriteOptions::default();
-    opts.set_sync(sync);
+    let sync = durability == Durability::Sync && group.iter().any(|r| r.sync);
+    let ops: Vec<&[Op]> = group.iter().map(|r| &r.ops[..]).collect();
     let started = Instant::now();
-    db.write_opt(batch, &opts)?;
-    *synced = sync;
-    if sync {
+    let result = db.write(&ops, sync);
+    if result.is_ok() && sync {
         stats.synced_groups.fetch_add(1, Ordering::Relaxed);
         stats
             .synced_write_micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
     }
-    Ok(())
-}
-
-pub(crate) fn cf_handle<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily> {
-    db.cf_handle(name)
-        .ok_or_else(|| Error::Rocks(format!("column family {name} is missing")))
+    let synced = result.is_ok() && sync;
+    (result, synced)
 }

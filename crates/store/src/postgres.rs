@@ -1,0 +1,689 @@
+//! The shared backend: PostgreSQL (and databases speaking its protocol),
+//! for several Baton nodes on one database.
+//!
+//! Each key space is a table `baton_<name> (key bytea primary key, value
+//! bytea not null)`; `bytea` compares as unsigned bytes, shorter first, as
+//! RocksDB's default comparator does, so every key layout and walk of the
+//! store holds unchanged. A group of writes is one transaction:
+//! puts become one `INSERT … SELECT unnest(…) ON CONFLICT DO UPDATE` per
+//! table and deletes one `DELETE … = ANY(…)`, so a group commit of many
+//! sessions' turns costs a few statements and one commit (with
+//! `synchronous_commit = off` for writes that asked for no flush).
+//!
+//! The schema is versioned in `baton_schema`; [`PgEngine::open`] applies
+//! what is missing under an advisory lock, so nodes starting together
+//! migrate once. Reads take a connection from a bounded pool for one
+//! statement (a walk reads page by page and holds none between pages); the
+//! writer thread keeps its own connection. A connection that breaks is
+//! dropped and the next call opens a new one, so the store serves again by
+//! itself once the database is back.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::path::Path;
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::time::Duration;
+
+use postgres::{Client, NoTls, Statement};
+
+use crate::engine::{Dir, Engine, Entry, Op, Seek, Walk};
+use crate::{COLUMN_FAMILIES, Error, Result};
+
+/// How to reach the database.
+#[derive(Clone)]
+pub struct PgOptions {
+    /// A libpq-style URL or key=value string
+    /// (`postgresql://user:password@host:5432/db`).
+    pub url: String,
+    /// Most connections reads use at once (the writer has its own).
+    pub pool_size: usize,
+    /// How long opening a connection may take.
+    pub connect_timeout: Duration,
+}
+
+impl std::fmt::Debug for PgOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The URL may hold a password.
+        f.debug_struct("PgOptions")
+            .field("pool_size", &self.pool_size)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PgOptions {
+    pub fn new(url: impl Into<String>) -> Self {
+        Self {
+            url: url.into(),
+            pool_size: 8,
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// The versions of the schema, in order; each applied once, in one
+/// transaction with its record in `baton_schema`.
+const MIGRATIONS: &[(i32, &str)] = &[(
+    1,
+    "key spaces as tables of ordered bytea keys; the writer's epoch",
+)];
+
+/// One connection and the statements prepared on it.
+struct Conn {
+    client: Client,
+    stmts: HashMap<(&'static str, Sql), Statement>,
+}
+
+/// The statements of one key space.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum Sql {
+    Get,
+    /// A page of a walk: direction, and whether the bound is inclusive
+    /// (`None`: no bound).
+    Page(Dir, Option<bool>),
+    Upsert,
+    DeleteKeys,
+    DeleteRange,
+}
+
+fn table(cf: &str) -> String {
+    format!("baton_{cf}")
+}
+
+fn sql(cf: &str, which: Sql) -> String {
+    let t = table(cf);
+    match which {
+        Sql::Get => format!("SELECT value FROM {t} WHERE key = $1"),
+        Sql::Page(dir, bound) => {
+            let (cmp, order) = match (dir, bound) {
+                (Dir::Forward, Some(true)) => ("key >= $1", "ASC"),
+                (Dir::Forward, Some(false)) => ("key > $1", "ASC"),
+                (Dir::Reverse, Some(true)) => ("key <= $1", "DESC"),
+                (Dir::Reverse, Some(false)) => ("key < $1", "DESC"),
+                (Dir::Forward, None) => ("$1::bytea IS NULL", "ASC"),
+                (Dir::Reverse, None) => ("$1::bytea IS NULL", "DESC"),
+            };
+            format!("SELECT key, value FROM {t} WHERE {cmp} ORDER BY key {order} LIMIT $2")
+        }
+        Sql::Upsert => format!(
+            "INSERT INTO {t} (key, value) SELECT * FROM unnest($1::bytea[], $2::bytea[]) \
+             ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+        ),
+        Sql::DeleteKeys => format!("DELETE FROM {t} WHERE key = ANY($1::bytea[])"),
+        Sql::DeleteRange => format!("DELETE FROM {t} WHERE key >= $1 AND key < $2"),
+    }
+}
+
+impl Conn {
+    fn open(options: &PgOptions) -> Result<Conn> {
+        let mut config: postgres::Config = options
+            .url
+            .parse()
+            .map_err(|e| Error::Config(format!("[store] url: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(options.connect_timeout);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("baton");
+        }
+        // A database that stops answering (a hung server, a partition) must
+        // fail calls rather than hang them: TCP keepalives and a bound on
+        // unacknowledged data on our side; on the server's side, keepalives
+        // for this session (so that it drops a node that vanished, and the
+        // writer lock with it, in about 25 s) and a statement timeout.
+        config
+            .keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3)
+            .tcp_user_timeout(Duration::from_secs(30));
+        let mut client = config.connect(NoTls).map_err(db_error)?;
+        client
+            .batch_execute(
+                "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
+                 SET tcp_keepalives_count = 3; SET statement_timeout = '60s'",
+            )
+            .map_err(db_error)?;
+        Ok(Conn {
+            client,
+            stmts: HashMap::new(),
+        })
+    }
+
+    fn stmt(&mut self, cf: &'static str, which: Sql) -> Result<Statement> {
+        if let Some(s) = self.stmts.get(&(cf, which)) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(&sql(cf, which)).map_err(db_error)?;
+        self.stmts.insert((cf, which), s.clone());
+        Ok(s)
+    }
+}
+
+/// A database error as the store's: `Unavailable` when a later try may
+/// succeed — the connection is gone or cannot be made, the server is
+/// shutting down, starting, out of resources (53xxx: disk full, memory,
+/// connections), read-only (a standby after a failover), or the
+/// transaction lost a serialization race or deadlock — else a storage
+/// error with the server's message and SQLSTATE.
+fn db_error(e: postgres::Error) -> Error {
+    match e.as_db_error() {
+        Some(db) => {
+            let code = db.code().code();
+            let text = format!("postgres: {} {code}: {}", db.severity(), db.message());
+            let retryable = code.starts_with("08")
+                || code.starts_with("57P")
+                || code.starts_with("53")
+                || code.starts_with("40")
+                || code == "25006";
+            if retryable {
+                Error::Unavailable(text)
+            } else {
+                Error::Rocks(text)
+            }
+        }
+        None => {
+            let io = std::error::Error::source(&e)
+                .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
+            if e.is_closed() || io || e.to_string().contains("timed out") {
+                Error::Unavailable(format!("postgres: {e}"))
+            } else {
+                Error::Rocks(format!("postgres: {e}"))
+            }
+        }
+    }
+}
+
+/// The read connections: at most `pool_size` open, idle ones kept.
+struct Pool {
+    options: PgOptions,
+    state: Mutex<PoolState>,
+    freed: Condvar,
+}
+
+struct PoolState {
+    idle: Vec<Conn>,
+    open: usize,
+}
+
+impl Pool {
+    fn take(&self) -> Result<Conn> {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            if let Some(c) = st.idle.pop() {
+                return Ok(c);
+            }
+            if st.open < self.options.pool_size.max(1) {
+                st.open += 1;
+                drop(st);
+                return Conn::open(&self.options).inspect_err(|_| self.forget());
+            }
+            let (next, waited) = self
+                .freed
+                .wait_timeout(st, self.options.connect_timeout)
+                .unwrap_or_else(PoisonError::into_inner);
+            st = next;
+            if waited.timed_out() && st.idle.is_empty() && st.open >= self.options.pool_size.max(1)
+            {
+                return Err(Error::Unavailable(format!(
+                    "postgres: all {} read connections busy for {} ms",
+                    self.options.pool_size,
+                    self.options.connect_timeout.as_millis()
+                )));
+            }
+        }
+    }
+
+    /// Give a connection back (dropped when it broke).
+    fn give(&self, conn: Conn) {
+        if conn.client.is_closed() {
+            self.forget();
+            return;
+        }
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.idle.push(conn);
+        drop(st);
+        self.freed.notify_one();
+    }
+
+    fn forget(&self) {
+        let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.open = st.open.saturating_sub(1);
+        drop(st);
+        self.freed.notify_one();
+    }
+
+    /// Run a read on a pooled connection. A read that fails because its
+    /// connection was dead (the database restarted since it was last used)
+    /// is tried once more on a new one: reads change nothing.
+    fn with<T>(&self, mut f: impl FnMut(&mut Conn) -> Result<T>) -> Result<T> {
+        let mut conn = self.take()?;
+        let mut out = f(&mut conn);
+        if out.is_err() && conn.client.is_closed() {
+            self.give(conn);
+            conn = self.take()?;
+            out = f(&mut conn);
+        }
+        self.give(conn);
+        out
+    }
+}
+
+/// A PostgreSQL database as an [`Engine`].
+pub struct PgEngine {
+    /// This engine's turn as the database's writer (`baton_writer.epoch`,
+    /// raised by each opening): after its connection broke, it writes
+    /// again only if no other opening came in between.
+    epoch: i64,
+    pool: Pool,
+    /// The writer thread's connection (opened on first use, and again
+    /// after it broke).
+    writer: Mutex<Option<Conn>>,
+}
+
+impl std::fmt::Debug for PgEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgEngine").finish_non_exhaustive()
+    }
+}
+
+impl Drop for PgEngine {
+    fn drop(&mut self) {
+        // A connection closes by blocking on its own small runtime, which
+        // cannot happen on an async worker (where the last clone of a
+        // store is often dropped): they are closed on a thread of their
+        // own, and waited for, so that the writer lock is free on return.
+        let mut conns: Vec<Conn> = std::mem::take(
+            &mut self
+                .pool
+                .state
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .idle,
+        );
+        if let Some(w) = self
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            conns.push(w);
+        }
+        if conns.is_empty() {
+            return;
+        }
+        if let Ok(closer) = std::thread::Builder::new()
+            .name("baton-pg-close".into())
+            .spawn(move || drop(conns))
+        {
+            let _ = closer.join();
+        }
+    }
+}
+
+impl PgEngine {
+    /// Connect, and bring the schema up to date.
+    pub fn open(options: PgOptions) -> Result<PgEngine> {
+        let mut conn = Conn::open(&options)?;
+        // The lock first: a node that is refused changes nothing, the
+        // schema included. A node that just stopped may not have left
+        // yet: wait for it a little before refusing.
+        let deadline = std::time::Instant::now() + options.connect_timeout;
+        while !take_writer_lock(&mut conn)? {
+            if std::time::Instant::now() >= deadline {
+                return Err(Error::Config(format!(
+                    "another Baton node is writing to this database (it holds advisory lock \
+                     {WRITER_LOCK}): one node per database until nodes share one by \
+                     session ownership"
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        migrate(&mut conn.client)?;
+        let epoch = next_epoch(&mut conn)?;
+        let engine = PgEngine {
+            epoch,
+            pool: Pool {
+                options,
+                state: Mutex::new(PoolState {
+                    idle: Vec::new(),
+                    open: 0,
+                }),
+                freed: Condvar::new(),
+            },
+            writer: Mutex::new(Some(conn)),
+        };
+        Ok(engine)
+    }
+
+    /// The schema version the database is at.
+    pub fn schema_version(&self) -> Result<i32> {
+        self.pool.with(|c| {
+            let row = c
+                .client
+                .query_one("SELECT coalesce(max(version), 0) FROM baton_schema", &[])
+                .map_err(db_error)?;
+            row.try_get(0).map_err(db_error)
+        })
+    }
+}
+
+/// Become the database's writer: raise the epoch (the lock is held).
+fn next_epoch(conn: &mut Conn) -> Result<i64> {
+    let row = conn
+        .client
+        .query_one(
+            "UPDATE baton_writer SET epoch = epoch + 1, since = now() WHERE id = 1 \
+             RETURNING epoch",
+            &[],
+        )
+        .map_err(db_error)?;
+    row.try_get(0).map_err(db_error)
+}
+
+/// The writer's epoch as the database has it.
+fn current_epoch(conn: &mut Conn) -> Result<i64> {
+    let row = conn
+        .client
+        .query_one("SELECT epoch FROM baton_writer WHERE id = 1", &[])
+        .map_err(db_error)?;
+    row.try_get(0).map_err(db_error)
+}
+
+/// The advisory lock the writing node holds on its writer connection: one
+/// writer per database. It goes with the connection, so a node whose
+/// connection broke writes again only once it has it back, and a node
+/// that died frees it.
+const WRITER_LOCK: i64 = 7_424_012;
+
+fn take_writer_lock(conn: &mut Conn) -> Result<bool> {
+    let row = conn
+        .client
+        .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
+        .map_err(db_error)?;
+    row.try_get(0).map_err(db_error)
+}
+
+fn migrate(client: &mut Client) -> Result<()> {
+    let mut tx = client.transaction().map_err(db_error)?;
+    // One node migrates; the others wait here, then find nothing to do.
+    // Nothing is created when it exists, so that a user without CREATE
+    // can run a node on a schema already in place.
+    tx.batch_execute("SELECT pg_advisory_xact_lock(7424011)")
+        .map_err(db_error)?;
+    let exists: bool = tx
+        .query_one("SELECT to_regclass('baton_schema') IS NOT NULL", &[])
+        .map_err(db_error)?
+        .try_get(0)
+        .map_err(db_error)?;
+    if !exists {
+        tx.batch_execute(
+            "CREATE TABLE baton_schema (version integer PRIMARY KEY, \
+             description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())",
+        )
+        .map_err(db_error)?;
+    }
+    let at: i32 = tx
+        .query_one("SELECT coalesce(max(version), 0) FROM baton_schema", &[])
+        .map_err(db_error)?
+        .try_get(0)
+        .map_err(db_error)?;
+    let latest = MIGRATIONS.last().map_or(0, |m| m.0);
+    if at > latest {
+        return Err(Error::Config(format!(
+            "the database's schema is version {at}, newer than this Baton knows ({latest}): \
+             upgrade Baton"
+        )));
+    }
+    for (version, description) in MIGRATIONS.iter().filter(|m| m.0 > at) {
+        if *version == 1 {
+            for cf in COLUMN_FAMILIES {
+                tx.batch_execute(&format!(
+                    "CREATE TABLE IF NOT EXISTS {} (key bytea PRIMARY KEY, value bytea NOT NULL)",
+                    table(cf)
+                ))
+                .map_err(db_error)?;
+            }
+            tx.batch_execute(
+                "CREATE TABLE IF NOT EXISTS baton_writer (id integer PRIMARY KEY, \
+                 epoch bigint NOT NULL, since timestamptz NOT NULL DEFAULT now()); \
+                 INSERT INTO baton_writer (id, epoch) VALUES (1, 0) ON CONFLICT DO NOTHING",
+            )
+            .map_err(db_error)?;
+        }
+        tx.execute(
+            "INSERT INTO baton_schema (version, description) VALUES ($1, $2)",
+            &[version, description],
+        )
+        .map_err(db_error)?;
+    }
+    tx.commit().map_err(db_error)
+}
+
+/// Writes of one group not yet sent, per key space: the last value of
+/// each key (`None`: deleted).
+type Pending<'a> = BTreeMap<&'static str, BTreeMap<&'a [u8], Option<&'a [u8]>>>;
+
+type Prepared = HashMap<(&'static str, Sql), Statement>;
+
+fn prepared<'a>(stmts: &'a Prepared, cf: &'static str, which: Sql) -> Result<&'a Statement> {
+    stmts
+        .get(&(cf, which))
+        .ok_or_else(|| Error::Rocks(format!("postgres: no prepared statement for {cf}")))
+}
+
+fn send_pending(stmts: &Prepared, tx: &mut Client, pending: &mut Pending<'_>) -> Result<()> {
+    for (cf, keys) in std::mem::take(pending) {
+        let mut put_keys = Vec::new();
+        let mut put_values = Vec::new();
+        let mut deleted = Vec::new();
+        for (k, v) in keys {
+            match v {
+                Some(v) => {
+                    put_keys.push(k);
+                    put_values.push(v);
+                }
+                None => deleted.push(k),
+            }
+        }
+        if !deleted.is_empty() {
+            tx.execute(prepared(stmts, cf, Sql::DeleteKeys)?, &[&deleted])
+                .map_err(db_error)?;
+        }
+        if !put_keys.is_empty() {
+            tx.execute(prepared(stmts, cf, Sql::Upsert)?, &[&put_keys, &put_values])
+                .map_err(db_error)?;
+        }
+    }
+    Ok(())
+}
+
+/// One group of writes as one transaction.
+fn write_on(conn: &mut Conn, groups: &[&[Op]], sync: bool) -> Result<()> {
+    // Every statement the group needs is prepared before the transaction
+    // borrows the connection.
+    let mut stmts = Prepared::new();
+    for op in groups.iter().flat_map(|ops| ops.iter()) {
+        let (cf, which): (&'static str, &[Sql]) = match op {
+            Op::Put { cf, .. } | Op::Delete { cf, .. } => (cf, &[Sql::Upsert, Sql::DeleteKeys]),
+            Op::DeleteRange { cf, .. } => (cf, &[Sql::DeleteRange]),
+        };
+        for w in which {
+            if let std::collections::hash_map::Entry::Vacant(slot) = stmts.entry((cf, *w)) {
+                slot.insert(conn.stmt(cf, *w)?);
+            }
+        }
+    }
+    // BEGIN (with the flush setting in the same round trip), the writes,
+    // COMMIT; a failure rolls back.
+    conn.client
+        .batch_execute(if sync {
+            "BEGIN"
+        } else {
+            "BEGIN; SET LOCAL synchronous_commit = off"
+        })
+        .map_err(db_error)?;
+    let out = write_in_transaction(&mut conn.client, &stmts, groups)
+        .and_then(|()| conn.client.batch_execute("COMMIT").map_err(db_error));
+    if out.is_err() && !conn.client.is_closed() {
+        let _ = conn.client.batch_execute("ROLLBACK");
+    }
+    out
+}
+
+fn write_in_transaction(tx: &mut Client, stmts: &Prepared, groups: &[&[Op]]) -> Result<()> {
+    let mut pending = Pending::new();
+    for op in groups.iter().flat_map(|ops| ops.iter()) {
+        match op {
+            Op::Put { cf, key, value } => {
+                pending.entry(cf).or_default().insert(key, Some(value));
+            }
+            Op::Delete { cf, key } => {
+                pending.entry(cf).or_default().insert(key, None);
+            }
+            Op::DeleteRange { cf, from, to } => {
+                // What came before the range is sent first, so it is
+                // deleted too.
+                send_pending(stmts, tx, &mut pending)?;
+                tx.execute(prepared(stmts, cf, Sql::DeleteRange)?, &[from, to])
+                    .map_err(db_error)?;
+            }
+        }
+    }
+    send_pending(stmts, tx, &mut pending)?;
+    Ok(())
+}
+
+/// Rows of one page of a walk, as entries.
+fn page_rows(rows: Vec<postgres::Row>) -> Result<VecDeque<Entry>> {
+    rows.into_iter()
+        .map(|r| {
+            let k: Vec<u8> = r.try_get(0).map_err(db_error)?;
+            let v: Vec<u8> = r.try_get(1).map_err(db_error)?;
+            Ok((k.into_boxed_slice(), v.into_boxed_slice()))
+        })
+        .collect()
+}
+
+/// Walks read 16 rows first (most stop early: the last record of a
+/// journal, one page of a list), then up to this many at a time.
+const MAX_PAGE: i64 = 1024;
+
+struct PgWalk<'a> {
+    engine: &'a PgEngine,
+    cf: &'static str,
+    dir: Dir,
+    /// Where the next page starts: a key and whether it is included;
+    /// `None` before the first page of a walk from either end.
+    from: Option<(Vec<u8>, bool)>,
+    rows: VecDeque<Entry>,
+    page: i64,
+    done: bool,
+}
+
+impl PgWalk<'_> {
+    fn fetch(&mut self) -> Result<()> {
+        let which = Sql::Page(self.dir, self.from.as_ref().map(|f| f.1));
+        let key: Option<&[u8]> = self.from.as_ref().map(|f| &f.0[..]);
+        let (cf, page) = (self.cf, self.page);
+        let rows = self.engine.pool.with(|c| {
+            let s = c.stmt(cf, which)?;
+            c.client.query(&s, &[&key, &page]).map_err(db_error)
+        })?;
+        let got = rows.len() as i64;
+        self.rows = page_rows(rows)?;
+        self.done = got < self.page;
+        if let Some((k, _)) = self.rows.back() {
+            self.from = Some((k.to_vec(), false));
+        }
+        self.page = (self.page * 4).min(MAX_PAGE);
+        Ok(())
+    }
+}
+
+impl Iterator for PgWalk<'_> {
+    type Item = Result<Entry>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.rows.is_empty() {
+            if self.done {
+                return None;
+            }
+            if let Err(e) = self.fetch() {
+                self.done = true;
+                return Some(Err(e));
+            }
+        }
+        self.rows.pop_front().map(Ok)
+    }
+}
+
+impl Engine for PgEngine {
+    fn backend(&self) -> &'static str {
+        "postgres"
+    }
+
+    fn get(&self, cf: &'static str, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        self.pool.with(|c| {
+            let s = c.stmt(cf, Sql::Get)?;
+            let row = c.client.query_opt(&s, &[&key]).map_err(db_error)?;
+            row.map(|r| r.try_get(0).map_err(db_error)).transpose()
+        })
+    }
+
+    fn walk<'a>(&'a self, cf: &'static str, from: Seek<'a>) -> Result<Walk<'a>> {
+        let (dir, from) = match from {
+            Seek::First => (Dir::Forward, None),
+            Seek::Last => (Dir::Reverse, None),
+            Seek::At(k, dir) => (dir, Some((k.to_vec(), true))),
+        };
+        Ok(Box::new(PgWalk {
+            engine: self,
+            cf,
+            dir,
+            from,
+            rows: VecDeque::new(),
+            page: 16,
+            done: false,
+        }))
+    }
+
+    fn write(&self, groups: &[&[Op]], sync: bool) -> Result<()> {
+        let mut slot = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut conn = match slot.take() {
+            Some(c) if !c.client.is_closed() => c,
+            _ => {
+                let mut c = Conn::open(&self.pool.options)?;
+                if !take_writer_lock(&mut c)? {
+                    // Held by another node, or still by this node's old
+                    // session until the server drops it (its keepalives).
+                    return Err(Error::Unavailable(
+                        "the database's writer lock is held elsewhere (another node, or \
+                         this node's broken connection until the server drops it)"
+                            .into(),
+                    ));
+                }
+                let now = current_epoch(&mut c)?;
+                if now != self.epoch {
+                    return Err(Error::Unavailable(format!(
+                        "fenced: another Baton node became this database's writer (epoch \
+                         {now}, ours {}) while the connection was down; restart this node",
+                        self.epoch
+                    )));
+                }
+                c
+            }
+        };
+        let out = write_on(&mut conn, groups, sync);
+        if !conn.client.is_closed() {
+            *slot = Some(conn);
+        }
+        out
+    }
+
+    fn checkpoint(&self, _dir: &Path) -> Result<()> {
+        Err(Error::Config(
+            "a store on PostgreSQL is backed up by the database's own tools \
+             (pg_dump, continuous archiving), not by `baton backup`"
+                .into(),
+        ))
+    }
+}

@@ -24,6 +24,8 @@ Options (default in brackets; --quick values in braces):
   --fsync-iters N         samples per fsync-floor test [2000] {200}
   --calls N               front-door calls of the flat phase [1000000] {5000}
   --audit                 run Baton with the signed audit trail on (as `[audit] dir` does)
+  --postgres              keep the store on a private PostgreSQL server (initdb'd by the
+                          bench; synchronous commit) instead of RocksDB
   --data-dir PATH         where temporary data dirs go [system temp dir]
   --child                 (internal) run as a memory phase's fresh child process
   --phases LIST           comma-separated subset of fsync,latency,throughput,frontdoor,nodelay,rss,oneshot,persisted,flat
@@ -53,6 +55,8 @@ pub(crate) struct Args {
     pub(crate) calls: usize,
     /// The signed audit trail on.
     pub(crate) audit: bool,
+    /// Keep the store on a private PostgreSQL server.
+    pub(crate) postgres: bool,
     pub(crate) data_dir: PathBuf,
     pub(crate) phases: Vec<String>,
 }
@@ -74,6 +78,7 @@ impl Args {
             fsync_iters: 2000,
             calls: 1_000_000,
             audit: false,
+            postgres: false,
             data_dir: std::env::temp_dir(),
             phases: [
                 "fsync",
@@ -122,6 +127,7 @@ impl Args {
                 "--bench" | "--quick" => {}
                 "--json" => a.json = true,
                 "--audit" => a.audit = true,
+                "--postgres" => a.postgres = true,
                 "--child" => a.child = true,
                 "--sessions" => a.sessions = positive(&value()?, &key)?,
                 "--concurrency" => a.concurrency = positive(&value()?, &key)?,

@@ -24,6 +24,11 @@ pub(crate) struct Baton {
     dir: tempfile::TempDir,
 }
 
+/// With `--postgres`: the private PostgreSQL server every instance gets a
+/// database of its own on (synchronous commit, fsync on).
+pub(crate) static POSTGRES: std::sync::OnceLock<baton_pgtest::PgServer> =
+    std::sync::OnceLock::new();
+
 pub(crate) fn data_dir(parent: &Path, what: &str) -> Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new()
         .prefix(&format!("baton-load-{what}-"))
@@ -41,6 +46,10 @@ impl Baton {
         let dir = data_dir(parent, durability_name(durability))?;
         let mut cfg = RuntimeConfig::with_data_dir(dir.path());
         cfg.store.durability = durability;
+        if let Some(pg) = POSTGRES.get() {
+            cfg.store.backend = baton_runtime::StoreBackend::Postgres;
+            cfg.store.postgres.url = Some(pg.database().map_err(anyhow::Error::msg)?);
+        }
         cfg.models = vec![upstream_endpoint(upstream)];
         cfg.sessions.default_route = "upstream".into();
         cfg.sessions.passivate_after_ms = 3_600_000;

@@ -89,6 +89,11 @@ async fn run(args: Args, upstream: std::net::SocketAddr) -> Result<Report> {
 
 fn main() -> Result<()> {
     let args = Args::parse()?;
+    if args.postgres {
+        let server = baton_pgtest::PgServer::start().map_err(anyhow::Error::msg)?;
+        eprintln!("store: PostgreSQL on 127.0.0.1:{}", server.port());
+        let _ = baton::POSTGRES.set(server);
+    }
     if let Ok(f) = std::env::var("LOAD_TRACE_FILE") {
         let file = std::fs::File::create(f)?;
         tracing_subscriber::fmt()

@@ -323,6 +323,11 @@ fn documented() -> (Vec<(String, Vec<String>)>, Vec<String>) {
 /// in it, under the documented kind, with its seq.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_trail_holds_what_the_docs_list() {
+    if rocksdb_only(
+        "it takes an online backup (`baton backup`), which a store on PostgreSQL leaves to the database's own tools",
+    ) {
+        return;
+    }
     use baton::proto::v1::{self, gates_client::GatesClient, inspect_client::InspectClient};
     use baton::types::ToolCall;
     use baton_testkit::fake_model::{Fault, ScriptedReply};

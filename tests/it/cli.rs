@@ -99,3 +99,80 @@ async fn session_commands_print_readable_and_json_output() {
     let out = baton(&server, &["get", &id]).await;
     assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
 }
+
+/// `baton migrate-store`: a RocksDB data dir a server wrote is copied into
+/// PostgreSQL; a server on the database then serves the same sessions and
+/// goes on with them; a second copy into the now non-empty database is
+/// refused, naming why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_migrates_into_postgres_and_the_server_goes_on_there() {
+    use crate::common::{get, start, turn};
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    // Written by hand (not write_config, which may put the store on the
+    // shared database): the source must be RocksDB.
+    let models = "[[models]]\nname = \"echo\"\nprovider = \"echo\"\n";
+    let rocks = dir.path().join("rocks.toml");
+    std::fs::write(
+        &rocks,
+        format!(
+            "[store]\ndata_dir = {:?}\n\n{models}",
+            data.display().to_string()
+        ),
+    )
+    .unwrap();
+    let server = BatonProcess::start(bin(), &rocks).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    let a = start(&mut c, "echo").await;
+    turn(&mut c, &a, "before the move").await;
+    let b = start(&mut c, "echo").await;
+    server.terminate().await.unwrap();
+
+    let pg = baton_pgtest::PgServer::start().unwrap();
+    let url = pg.database().unwrap();
+    let on_pg = dir.path().join("pg.toml");
+    std::fs::write(
+        &on_pg,
+        format!(
+            "[store]\ndata_dir = {:?}\nbackend = \"postgres\"\npostgres = {{ url_env = \"MIGRATE_TEST_DB_URL\" }}\n\n{models}",
+            dir.path().join("node").display().to_string()
+        ),
+    )
+    .unwrap();
+    let migrate = || {
+        std::process::Command::new(bin())
+            .args(["migrate-store", "--json", "--from"])
+            .arg(&data)
+            .arg("--config")
+            .arg(&on_pg)
+            .env("MIGRATE_TEST_DB_URL", &url)
+            .output()
+            .unwrap()
+    };
+    let out = migrate();
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["key_spaces"]["sessions"]["keys"], 2, "{v}");
+    assert!(
+        v["key_spaces"]["journal"]["keys"].as_u64().unwrap() >= 5,
+        "{v}"
+    );
+    let again = migrate();
+    assert!(!again.status.success());
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("not empty"),
+        "{again:?}"
+    );
+
+    let server = BatonProcess::start_with_env(bin(), &on_pg, &[("MIGRATE_TEST_DB_URL", &url)])
+        .await
+        .unwrap();
+    let mut c = server.client().await.unwrap();
+    let s = get(&mut c, &a).await;
+    let texts: Vec<&str> = s.messages.iter().map(|m| m.content.as_str()).collect();
+    assert_eq!(texts, vec!["before the move", "before the move"]);
+    turn(&mut c, &b, "after the move").await;
+    let s = get(&mut c, &b).await;
+    assert_eq!(s.messages.len(), 2);
+    server.terminate().await.unwrap();
+}

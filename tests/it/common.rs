@@ -242,3 +242,28 @@ impl Drop for SmallDisk {
             .status();
     }
 }
+
+/// The store of a stopped server whose data dir is `data`, opened offline:
+/// RocksDB in the dir, or (with `BATON_TEST_STORE=postgres`) the database
+/// that stands for it.
+pub async fn open_store_offline(data: &std::path::Path) -> baton_store::Store {
+    let mut opts = baton_store::StoreOptions::new(data, baton_store::Durability::Sync);
+    opts.postgres = baton_pgtest::database_for(data)
+        .map(|url| baton_store::postgres::PgOptions::new(url.unwrap()));
+    tokio::task::spawn_blocking(move || baton_store::Store::open(opts))
+        .await
+        .unwrap()
+        .unwrap()
+}
+
+/// For a test of what only the embedded store has (its data dir's disk, its
+/// online backups): true, after saying so, when this run keeps the store
+/// on PostgreSQL (`BATON_TEST_STORE=postgres`), where the test does not
+/// apply; the caller returns.
+pub fn rocksdb_only(why: &str) -> bool {
+    let skip = baton_pgtest::on_postgres();
+    if skip {
+        eprintln!("not run with the store on PostgreSQL: {why}");
+    }
+    skip
+}

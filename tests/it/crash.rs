@@ -167,19 +167,19 @@ async fn a_corrupted_record_fails_only_its_session_with_a_clear_reason() {
     turn(&mut client, &healthy, "hello").await;
     server.kill9().await.unwrap();
 
-    // Overwrite the victim's record seq 3 with bytes that do not decode.
+    // Overwrite the victim's record seq 3 with bytes that do not decode
+    // (through the store's own write path: on either backend).
     {
-        let mut opts = rocksdb::Options::default();
-        opts.create_if_missing(false);
-        let db = rocksdb::DB::open_cf(&opts, &data, baton_store::COLUMN_FAMILIES).unwrap();
-        let cf = db.cf_handle(baton_store::CF_JOURNAL).unwrap();
+        let store = open_store_offline(&data).await;
         let id: baton::SessionId = victim.parse().unwrap();
-        db.put_cf(
-            cf,
-            baton_store::keys::journal_key(&id, 3),
-            [0xff, 0x01, 0x02],
-        )
-        .unwrap();
+        let mut b = baton_store::Batch::new();
+        b.push(baton_store::Op::Put {
+            cf: baton_store::CF_JOURNAL,
+            key: baton_store::keys::journal_key(&id, 3).to_vec(),
+            value: vec![0xff, 0x01, 0x02],
+        });
+        store.write(b).await.unwrap();
+        store.close();
     }
 
     let server = BatonProcess::start(bin(), &config).await.unwrap();

@@ -132,11 +132,7 @@ async fn a_fork_cut_short_by_a_crash_leaves_nothing_and_one_that_answered_surviv
     server.terminate().await.unwrap();
     {
         // Offline: the copy's records and its mark are gone.
-        let store = baton_store::Store::open(baton_store::StoreOptions::new(
-            &data,
-            baton_store::Durability::Sync,
-        ))
-        .unwrap();
+        let store = open_store_offline(&data).await;
         assert!(store.read_journal(half, 0, 10).await.unwrap().is_empty());
         assert!(store.unfinished_copies().await.unwrap().is_empty());
         assert_eq!(store.last_seq(source.parse().unwrap()).await.unwrap(), last);

@@ -43,9 +43,13 @@ pub async fn run(args: ExportArgs) -> anyhow::Result<()> {
     let ring = baton_runtime::open_keyring(&config.privacy, &config.store.data_dir)
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let opener = ring.clone();
+    // The configured store: the data dir's RocksDB, or the PostgreSQL
+    // database of [store.postgres].
+    let postgres = config.store.postgres_options()?;
     let store = tokio::task::spawn_blocking(move || {
         let mut opts = StoreOptions::new(dir, Durability::Sync);
         opts.keyring = opener;
+        opts.postgres = postgres;
         Store::open(opts)
     })
     .await?

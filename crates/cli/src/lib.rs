@@ -127,6 +127,19 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Copy a RocksDB data dir into the PostgreSQL database the config's
+    /// [store.postgres] names (offline: no server on either; the database
+    /// must hold no Baton data yet). Then set store.backend = "postgres".
+    MigrateStore {
+        /// The RocksDB data dir to copy [default: the config's store.data_dir].
+        #[arg(long)]
+        from: Option<PathBuf>,
+        #[command(flatten)]
+        config: settings::ConfigArgs,
+        /// Print JSON instead of readable text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Verify or export a signed audit log, or print its public key
     /// (offline: reads the files, no server needed).
     Audit {
@@ -178,6 +191,9 @@ pub fn main() -> ExitCode {
                 force,
                 json,
             } => ops::restore(from, config, force, json).await,
+            Command::MigrateStore { from, config, json } => {
+                ops::migrate_store(from, config, json).await
+            }
             Command::Audit { command } => audit::run(command),
             Command::Export(args) => export::run(args).await,
             Command::Demo { data_dir } => demo::run(data_dir).await,

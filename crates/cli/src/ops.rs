@@ -98,6 +98,13 @@ pub async fn restore(
             from.display()
         );
     }
+    if config_store_is_postgres(&config)? {
+        bail!(
+            "the configured store is on PostgreSQL (store.backend = \"postgres\"): a backup \
+             restores into a RocksDB data dir only; restore the database with its own tools \
+             (pg_restore, point-in-time recovery)"
+        );
+    }
     let occupied = match std::fs::read_dir(&data_dir) {
         Ok(mut entries) => entries.next().is_some(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
@@ -267,6 +274,74 @@ async fn check(dir: &Path) -> anyhow::Result<Restored> {
         bytes,
         audit: dir.join("audit").is_dir(),
     })
+}
+
+/// `baton migrate-store`: the data dir's RocksDB store copied into the
+/// configured PostgreSQL database, checked key space by key space.
+pub async fn migrate_store(
+    from: Option<PathBuf>,
+    config: crate::settings::ConfigArgs,
+    json: bool,
+) -> anyhow::Result<()> {
+    let cfg = config.load()?;
+    let from = from.unwrap_or_else(|| cfg.store.data_dir.clone());
+    let mut store_cfg = cfg.store.clone();
+    store_cfg.backend = baton_runtime::StoreBackend::Postgres;
+    let pg = store_cfg
+        .postgres_options()?
+        .context("no database configured")?;
+    if !from.join("CURRENT").is_file() {
+        bail!("{} holds no RocksDB store", from.display());
+    }
+    let copied = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+        let source = baton_store::rocks::RocksEngine::open(
+            &from,
+            baton_store::DEFAULT_CACHE_BYTES,
+            baton_store::DEFAULT_MEMTABLE_BYTES,
+        )
+        .with_context(|| {
+            format!(
+                "cannot open {} (is a server running on it?)",
+                from.display()
+            )
+        })?;
+        let dest = baton_store::postgres::PgEngine::open(pg).context("cannot open the database")?;
+        let copied = baton_store::migrate::copy_store(&source, &dest, |cf, keys, b| {
+            if !json {
+                println!("{cf:<12} {keys:>10} keys  {}", bytes(b));
+            }
+        })?;
+        Ok(copied)
+    })
+    .await??;
+    if json {
+        let spaces: serde_json::Map<String, serde_json::Value> = copied
+            .key_spaces
+            .iter()
+            .map(|(cf, k, b)| {
+                (
+                    (*cf).to_string(),
+                    serde_json::json!({"keys": k, "bytes": b}),
+                )
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::json!({"keys": copied.keys(), "bytes": copied.bytes(), "key_spaces": spaces})
+        );
+    } else {
+        println!(
+            "copied {} keys ({}); now set store.backend = \"postgres\" and start the server",
+            copied.keys(),
+            bytes(copied.bytes())
+        );
+    }
+    Ok(())
+}
+
+/// Whether the config puts the store on PostgreSQL.
+fn config_store_is_postgres(config: &crate::settings::ConfigArgs) -> anyhow::Result<bool> {
+    Ok(config.load()?.store.backend == baton_runtime::StoreBackend::Postgres)
 }
 
 /// `512 B`, `3.4 KiB`, `12.0 MiB`, `1.2 GiB`.

@@ -20,8 +20,19 @@ fn echo(name: &str) -> EndpointConfig {
     c
 }
 
-async fn runtime(dir: &std::path::Path) -> RuntimeHandle {
+/// A config on `dir`; with `BATON_TEST_STORE=postgres`, on the PostgreSQL
+/// database standing for it.
+fn test_config(dir: impl Into<std::path::PathBuf>) -> RuntimeConfig {
     let mut c = RuntimeConfig::with_data_dir(dir);
+    if let Some(url) = baton_pgtest::database_for(&c.store.data_dir) {
+        c.store.backend = baton_runtime::StoreBackend::Postgres;
+        c.store.postgres.url = Some(url.expect("a PostgreSQL server"));
+    }
+    c
+}
+
+async fn runtime(dir: &std::path::Path) -> RuntimeHandle {
+    let mut c = test_config(dir);
     c.models = vec![echo("echo")];
     c.sessions.default_route = "echo".into();
     Runtime::builder(c).start().await.expect("runtime")
@@ -612,7 +623,7 @@ async fn watch_streams_records_in_order_and_ends_with_the_run_and_cancel_ends_it
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tool_agent_emit_and_wait_until_steps() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let mut c = RuntimeConfig::with_data_dir(dir.path());
+    let mut c = test_config(dir.path());
     c.models = vec![echo("echo")];
     c.sessions.default_route = "echo".into();
     c.tools.builtin.calculator = true;

@@ -121,6 +121,7 @@ impl RuntimeBuilder {
         let mut opts = StoreOptions::new(config.store.data_dir.clone(), config.store.durability);
         opts.cache_bytes = usize::try_from(config.store.cache_bytes).unwrap_or(usize::MAX);
         opts.memtable_bytes = usize::try_from(config.store.memtable_bytes).unwrap_or(usize::MAX);
+        opts.postgres = config.store.postgres_options()?;
         opts.keyring = {
             let (privacy, data_dir) = (config.privacy.clone(), config.store.data_dir.clone());
             tokio::task::spawn_blocking(move || crate::privacy::open_keyring(&privacy, &data_dir))
@@ -342,8 +343,10 @@ fn spawn_disk_watch(handle: &RuntimeHandle) {
                 return;
             };
             // While the store's writes fail (the disk filled between two
-            // checks, a failing fsync), try one: its success ends it.
-            if s.store.write_failing().is_some()
+            // checks, a failing fsync, the database gone), try one: its
+            // success ends it. A store in a database is tried each time, so
+            // that health says the database is gone before work finds out.
+            if (s.store.write_failing().is_some() || s.store.backend() == "postgres")
                 && let Err(e) = s.store.probe().await
             {
                 tracing::debug!(error = %e, "the store still cannot be written");

@@ -29,8 +29,14 @@ pub enum BusyPolicy {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct StoreConfig {
-    /// RocksDB directory.
+    /// Where the node keeps what it keeps itself: the RocksDB store (with
+    /// the default backend), the audit trail, subject keys, the ballast.
     pub data_dir: PathBuf,
+    /// `rocksdb` (embedded in `data_dir`, the default) or `postgres` (the
+    /// database `[store.postgres]` names).
+    pub backend: StoreBackend,
+    /// The database, when `backend = "postgres"`.
+    pub postgres: PostgresConfig,
     /// `sync` (fsync before acknowledging, group commit) or `buffered`
     /// (WAL written, not fsynced: survives a process crash, not a power loss).
     pub durability: Durability,
@@ -71,10 +77,119 @@ pub struct StoreConfig {
     pub memtable_bytes: u64,
 }
 
+/// The database under the store.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum StoreBackend {
+    #[default]
+    Rocksdb,
+    Postgres,
+}
+
+/// `[store.postgres]`: how to reach the database. The URL holds the
+/// password, so it comes from the environment or a file; `url` itself is
+/// for URLs without one (a local socket with peer authentication, a
+/// password in `PGPASSWORD`'s stead is not read).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PostgresConfig {
+    /// The URL (`postgresql://user@host:5432/db`), when it holds no secret.
+    pub url: Option<String>,
+    /// The environment variable holding the URL.
+    pub url_env: Option<String>,
+    /// A file holding the URL (a mounted secret).
+    pub url_file: Option<PathBuf>,
+    /// Most connections the node's reads use at once (its writer has one
+    /// more of its own).
+    pub pool_size: usize,
+    /// How long opening a connection may take, in milliseconds.
+    pub connect_timeout_ms: u64,
+}
+
+impl Default for PostgresConfig {
+    fn default() -> Self {
+        Self {
+            url: None,
+            url_env: None,
+            url_file: None,
+            pool_size: 8,
+            connect_timeout_ms: 5000,
+        }
+    }
+}
+
+impl StoreConfig {
+    /// The PostgreSQL database to open, with `backend = "postgres"`; a
+    /// wrong or missing URL source is named.
+    pub fn postgres_options(
+        &self,
+    ) -> std::result::Result<Option<baton_store::postgres::PgOptions>, crate::ConfigError> {
+        if self.backend != StoreBackend::Postgres {
+            return Ok(None);
+        }
+        let pg = &self.postgres;
+        let field = |f: &str| format!("store.postgres.{f}");
+        let sources = [
+            pg.url.is_some(),
+            pg.url_env.is_some(),
+            pg.url_file.is_some(),
+        ];
+        if sources.iter().filter(|s| **s).count() != 1 {
+            return Err(crate::ConfigError::new(
+                "store.postgres",
+                "backend = \"postgres\" needs exactly one of url, url_env, url_file",
+            ));
+        }
+        let url = if let Some(url) = &pg.url {
+            url.trim().to_string()
+        } else if let Some(var) = &pg.url_env {
+            std::env::var(var)
+                .map_err(|_| {
+                    crate::ConfigError::new(
+                        field("url_env"),
+                        format!("environment variable {var} is not set"),
+                    )
+                })?
+                .trim()
+                .to_string()
+        } else if let Some(path) = &pg.url_file {
+            std::fs::read_to_string(path)
+                .map_err(|e| {
+                    crate::ConfigError::new(
+                        field("url_file"),
+                        format!("cannot read {}: {e}", path.display()),
+                    )
+                })?
+                .trim()
+                .to_string()
+        } else {
+            String::new()
+        };
+        if url.is_empty() {
+            return Err(crate::ConfigError::new(
+                "store.postgres",
+                "the database URL is empty",
+            ));
+        }
+        if pg.pool_size == 0 {
+            return Err(crate::ConfigError::new(
+                field("pool_size"),
+                "must be at least 1",
+            ));
+        }
+        let mut o = baton_store::postgres::PgOptions::new(url);
+        o.pool_size = pg.pool_size;
+        o.connect_timeout = std::time::Duration::from_millis(pg.connect_timeout_ms.max(1));
+        Ok(Some(o))
+    }
+}
+
 impl Default for StoreConfig {
     fn default() -> Self {
         Self {
             data_dir: PathBuf::from("./baton-data"),
+            backend: StoreBackend::Rocksdb,
+            postgres: PostgresConfig::default(),
             durability: Durability::Sync,
             backup_dir: None,
             audit_dir: None,
@@ -558,6 +673,21 @@ impl RuntimeConfig {
 }
 
 #[cfg(test)]
+impl RuntimeConfig {
+    /// [`Self::with_data_dir`] for this crate's tests: with
+    /// `BATON_TEST_STORE=postgres` the store is a PostgreSQL database that
+    /// stands for `dir` (the same one each time `dir` is named).
+    pub(crate) fn for_test(dir: impl Into<PathBuf>) -> Self {
+        let mut c = Self::with_data_dir(dir);
+        if let Some(url) = baton_pgtest::database_for(&c.store.data_dir) {
+            c.store.backend = StoreBackend::Postgres;
+            c.store.postgres.url = Some(url.unwrap());
+        }
+        c
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
@@ -733,5 +863,53 @@ mod tests {
         assert!(err.to_string().contains("busy_polcy"), "{err}");
         let ok: RuntimeConfig = toml::from_str("[sessions]\nbusy_policy = \"reject\"\n").unwrap();
         assert_eq!(ok.sessions.busy_policy, BusyPolicy::Reject);
+    }
+
+    #[test]
+    fn the_postgres_store_names_a_missing_or_unreadable_url() {
+        let mut c = StoreConfig {
+            backend: StoreBackend::Postgres,
+            ..StoreConfig::default()
+        };
+        let err = |c: &StoreConfig| c.postgres_options().unwrap_err().to_string();
+        assert!(
+            err(&c).contains(
+                "store.postgres: backend = \"postgres\" needs exactly one of url, url_env, url_file"
+            ),
+            "{}",
+            err(&c)
+        );
+        c.postgres.url_env = Some("BATON_UNSET_IN_TESTS_PG_URL".into());
+        assert!(
+            err(&c).contains(
+                "store.postgres.url_env: environment variable BATON_UNSET_IN_TESTS_PG_URL is not set"
+            ),
+            "{}",
+            err(&c)
+        );
+        c.postgres.url = Some("postgresql://x@h/db".into());
+        assert!(err(&c).contains("exactly one"), "{}", err(&c));
+        c.postgres.url_env = None;
+        c.postgres.url = None;
+        c.postgres.url_file = Some("/nonexistent/pg-url".into());
+        assert!(
+            err(&c).contains("store.postgres.url_file: cannot read /nonexistent/pg-url"),
+            "{}",
+            err(&c)
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("url");
+        std::fs::write(&file, "postgresql://baton:s3cret@db:5432/baton\n").unwrap();
+        c.postgres.url_file = Some(file);
+        c.postgres.pool_size = 3;
+        let o = c.postgres_options().unwrap().unwrap();
+        assert_eq!(o.url, "postgresql://baton:s3cret@db:5432/baton");
+        assert_eq!(o.pool_size, 3);
+        // The URL's password stays out of debug output.
+        assert!(!format!("{o:?}").contains("s3cret"));
+        c.postgres.pool_size = 0;
+        assert!(err(&c).contains("store.postgres.pool_size"), "{}", err(&c));
+        c.backend = StoreBackend::Rocksdb;
+        assert!(c.postgres_options().unwrap().is_none());
     }
 }

@@ -24,7 +24,7 @@ async fn setup(
     let dir = tempfile::tempdir().unwrap();
     let script_path = dir.path().join("script.json");
     std::fs::write(&script_path, script.to_string()).unwrap();
-    let mut cfg = RuntimeConfig::with_data_dir(dir.path().join("data"));
+    let mut cfg = RuntimeConfig::for_test(dir.path().join("data"));
     let mut model = EndpointConfig::scripted("agent", &script_path);
     model.stream = false;
     model.price_input_per_mtok = Some(10.0);

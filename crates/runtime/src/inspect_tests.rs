@@ -26,7 +26,7 @@ fn script() -> serde_json::Value {
 fn config(dir: &std::path::Path, max_steps: u32) -> RuntimeConfig {
     let script_path = dir.join("script.json");
     std::fs::write(&script_path, script().to_string()).unwrap();
-    let mut cfg = RuntimeConfig::with_data_dir(dir.join("data"));
+    let mut cfg = RuntimeConfig::for_test(dir.join("data"));
     let mut model = EndpointConfig::scripted("agent", &script_path);
     model.stream = false;
     cfg.models = vec![model];
@@ -91,7 +91,7 @@ async fn replay_compares_a_journal_longer_than_a_page() {
     let dir = tempfile::tempdir().unwrap();
     // The built-in echo endpoint; 150 turns make about 600 compared records,
     // more than one page (512) of the replay's journal.
-    let rt = Runtime::builder(RuntimeConfig::with_data_dir(dir.path()))
+    let rt = Runtime::builder(RuntimeConfig::for_test(dir.path()))
         .start()
         .await
         .unwrap();
@@ -679,7 +679,7 @@ impl Rig {
         policies: &str,
         tweak: impl FnOnce(&mut RuntimeConfig),
     ) -> RuntimeHandle {
-        let mut cfg = RuntimeConfig::with_data_dir(self.dir.path().join("data"));
+        let mut cfg = RuntimeConfig::for_test(self.dir.path().join("data"));
         cfg.models = vec![openai_endpoint("agent", &self.model.base_url(), false)];
         cfg.sessions.default_route = "agent".into();
         cfg.tools.builtin.current_time = true;

@@ -70,7 +70,8 @@ pub use baton_governance::{BoxFuture, Classifier as PolicyClassifier};
 pub use baton_store::{Durability, WriterStatsSnapshot};
 pub use builder::{Runtime, RuntimeBuilder};
 pub use config::{
-    BusyPolicy, RuntimeConfig, SessionsConfig, StoreConfig, SupervisionConfig, ToolsConfig,
+    BusyPolicy, PostgresConfig, RuntimeConfig, SessionsConfig, StoreBackend, StoreConfig,
+    SupervisionConfig, ToolsConfig,
 };
 pub use conversation::TurnConversation;
 pub use embed::{EmbedCall, Embedded};

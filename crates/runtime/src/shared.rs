@@ -82,9 +82,13 @@ impl Shared {
     /// they do (see [`baton_store::Store::write_failing`]).
     pub(crate) fn write_failing(&self) -> Option<String> {
         self.store.write_failing().map(|e| {
+            let what = if self.store.backend() == "postgres" {
+                "the store's database".to_string()
+            } else {
+                format!("the data directory {}", self.config.store.data_dir.display())
+            };
             format!(
-                "the data directory {} cannot be written ({e}): new sessions and messages are refused until a write succeeds again",
-                self.config.store.data_dir.display()
+                "{what} cannot be written ({e}): new sessions and messages are refused until a write succeeds again"
             )
         })
     }

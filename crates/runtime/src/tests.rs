@@ -16,7 +16,7 @@ fn echo(name: &str, delay_ms: u64) -> EndpointConfig {
 }
 
 fn config(dir: &std::path::Path) -> RuntimeConfig {
-    let mut c = RuntimeConfig::with_data_dir(dir);
+    let mut c = RuntimeConfig::for_test(dir);
     c.models = vec![echo("echo", 0), echo("slow", 60_000)];
     c.sessions.default_route = "echo".into();
     c
@@ -164,7 +164,13 @@ async fn an_unfinished_turn_is_resumed_at_start() {
         s.id
     };
     {
-        let store = Store::open(StoreOptions::new(dir.path(), Durability::Sync)).unwrap();
+        let store_cfg = config(dir.path()).store;
+        let mut opts = StoreOptions::new(dir.path(), Durability::Sync);
+        opts.postgres = store_cfg.postgres_options().unwrap();
+        let store = tokio::task::spawn_blocking(move || Store::open(opts))
+            .await
+            .unwrap()
+            .unwrap();
         let mut meta = store.load_meta(id).await.unwrap().unwrap();
         let mut b = Batch::new();
         b.append(
@@ -452,7 +458,7 @@ async fn a_tool_that_finishes_after_delete_writes_nothing() {
         .to_string(),
     )
     .unwrap();
-    let mut cfg = RuntimeConfig::with_data_dir(dir.path().join("data"));
+    let mut cfg = RuntimeConfig::for_test(dir.path().join("data"));
     let mut model = EndpointConfig::scripted("agent", &script);
     model.stream = false;
     cfg.models = vec![model];
@@ -588,7 +594,7 @@ async fn a_turn_stream_ends_right_after_its_last_event() {
 async fn sessions_that_name_no_route_use_the_resolved_default_route() {
     // One endpoint and no sessions.default_route: that endpoint.
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = RuntimeConfig::with_data_dir(dir.path());
+    let mut cfg = RuntimeConfig::for_test(dir.path());
     cfg.models = vec![echo("solo", 0)];
     let rt = Runtime::builder(cfg).start().await.unwrap();
     let s = rt.start_session(StartSession::default()).await.unwrap();
@@ -600,7 +606,7 @@ async fn sessions_that_name_no_route_use_the_resolved_default_route() {
 
     // Several and none chosen: the runtime does not start, and says why.
     let dir = tempfile::tempdir().unwrap();
-    let mut cfg = RuntimeConfig::with_data_dir(dir.path());
+    let mut cfg = RuntimeConfig::for_test(dir.path());
     cfg.models = vec![echo("a", 0), echo("b", 0)];
     let err = Runtime::builder(cfg).start().await.err().unwrap();
     assert_eq!(
@@ -797,5 +803,21 @@ async fn new_work_waits_for_a_journal_writer_that_fell_behind() {
     let events = collect(rt.send(s.id, "hello".into()).await.unwrap()).await;
     assert_eq!(events.last().unwrap().kind.name(), "turn_completed");
     rt.start_session(StartSession::default()).await.unwrap();
+    rt.shutdown().await;
+}
+
+/// The suite runs on the backend asked for: `BATON_TEST_STORE=postgres`
+/// really puts the store on PostgreSQL (so the suite's second run is not
+/// RocksDB again).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_suite_runs_on_the_backend_it_was_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let rt = Runtime::builder(config(dir.path())).start().await.unwrap();
+    let want = if baton_pgtest::on_postgres() {
+        "postgres"
+    } else {
+        "rocksdb"
+    };
+    assert_eq!(rt.store().backend(), want);
     rt.shutdown().await;
 }

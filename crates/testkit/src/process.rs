@@ -158,11 +158,22 @@ impl BatonProcess {
 }
 
 /// Write a config file for a child process: a data dir and model endpoints
-/// as TOML text (for example `[[models]]` tables).
+/// as TOML text (for example `[[models]]` tables). With
+/// `BATON_TEST_STORE=postgres` the store goes on a private PostgreSQL
+/// server's database instead (see `baton_pgtest::database_for`).
 pub fn write_config(dir: &Path, data_dir: &Path, extra_toml: &str) -> anyhow::Result<PathBuf> {
     let path = dir.join("baton.toml");
+    // With BATON_TEST_STORE=postgres, the store is the PostgreSQL database
+    // standing for the data dir (the same one when a test restarts on it).
+    let backend = match baton_pgtest::database_for(data_dir) {
+        Some(url) => format!(
+            "backend = \"postgres\"\npostgres = {{ url = {:?} }}\n",
+            url.map_err(anyhow::Error::msg)?
+        ),
+        None => String::new(),
+    };
     let text = format!(
-        "[store]\ndata_dir = {:?}\n\n{extra_toml}\n",
+        "[store]\ndata_dir = {:?}\n{backend}\n{extra_toml}\n",
         data_dir.display().to_string()
     );
     std::fs::write(&path, text)?;

@@ -112,6 +112,23 @@ fn disk_config(dir: &std::path::Path, data: &std::path::Path, store: &str) -> st
     write_config(dir, data, &toml).unwrap()
 }
 
+/// Stop the load: what was acknowledged, per session, and every refusal.
+async fn end_load(
+    stop: &AtomicBool,
+    workers: Vec<tokio::task::JoinHandle<Seen>>,
+    sessions: &[String],
+) -> (BTreeMap<String, Vec<String>>, Vec<(tonic::Code, String)>) {
+    stop.store(true, Ordering::SeqCst);
+    let mut acknowledged: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut refused = Vec::new();
+    for (w, s) in workers.into_iter().zip(sessions) {
+        let seen = w.await.unwrap();
+        acknowledged.insert(s.clone(), seen.acknowledged);
+        refused.extend(seen.refused);
+    }
+    (acknowledged, refused)
+}
+
 /// Four sessions, each with a client sending turns until the flag is set.
 async fn load(
     server: &BatonProcess,
@@ -209,14 +226,7 @@ async fn a_full_data_disk_refuses_new_work_loses_nothing_and_recovers_by_itself(
     assert_eq!(metric(&server, "baton_disk_low").await, 0.0);
     assert!(data.join(baton::disk::BALLAST_FILE).exists());
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut acknowledged: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut refused = Vec::new();
-    for (w, s) in workers.into_iter().zip(&sessions) {
-        let seen = w.await.unwrap();
-        acknowledged.insert(s.clone(), seen.acknowledged);
-        refused.extend(seen.refused);
-    }
+    let (acknowledged, refused) = end_load(&stop, workers, &sessions).await;
     assert!(!refused.is_empty(), "the load met the full disk");
     for (code, message) in &refused {
         assert_eq!(*code, tonic::Code::Unavailable, "{message}");
@@ -345,14 +355,7 @@ async fn a_disk_filled_to_the_last_byte_between_checks_recovers_without_a_restar
     .await;
     assert_eq!(metric(&server, "baton_store_write_failing").await, 0.0);
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut acknowledged: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut refused = Vec::new();
-    for (w, s) in workers.into_iter().zip(&sessions) {
-        let seen = w.await.unwrap();
-        acknowledged.insert(s.clone(), seen.acknowledged);
-        refused.extend(seen.refused);
-    }
+    let (mut acknowledged, refused) = end_load(&stop, workers, &sessions).await;
     assert!(!refused.is_empty(), "the load met the full disk");
     for (code, message) in &refused {
         assert_eq!(*code, tonic::Code::Unavailable, "{message}");
@@ -426,14 +429,7 @@ async fn the_database_stopped_under_load_refuses_new_work_loses_nothing_and_reco
     .await;
     start(&mut client, "echo").await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    stop.store(true, Ordering::SeqCst);
-    let mut acknowledged: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    let mut refused = Vec::new();
-    for (w, s) in workers.into_iter().zip(&sessions) {
-        let seen = w.await.unwrap();
-        acknowledged.insert(s.clone(), seen.acknowledged);
-        refused.extend(seen.refused);
-    }
+    let (acknowledged, refused) = end_load(&stop, workers, &sessions).await;
     assert!(!refused.is_empty(), "the load met the stopped database");
     for (code, message) in &refused {
         assert_eq!(*code, tonic::Code::Unavailable, "{message}");

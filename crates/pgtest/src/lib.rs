@@ -23,6 +23,8 @@ pub struct PgServer {
     port: u16,
     /// Who the server runs as, when not the current user.
     user: Option<String>,
+    /// Whether it speaks TLS (with a certificate of its own for 127.0.0.1).
+    tls: bool,
 }
 
 /// What went wrong starting or using the server.
@@ -92,6 +94,21 @@ fn free_port() -> Result<u16, Error> {
 impl PgServer {
     /// Start a new server (a few seconds: initdb, then start).
     pub fn start() -> Result<PgServer, Error> {
+        Self::start_inner(false)
+    }
+
+    /// Start a server that speaks TLS too, with a self-signed certificate
+    /// for `127.0.0.1` ([`Self::certificate`]), made with `openssl`.
+    pub fn start_with_tls() -> Result<PgServer, Error> {
+        Self::start_inner(true)
+    }
+
+    /// The server's certificate (PEM), which is its own CA.
+    pub fn certificate(&self) -> PathBuf {
+        self.dir.path().join("server.crt")
+    }
+
+    fn start_inner(tls: bool) -> Result<PgServer, Error> {
         let bin = bin_dir()?;
         let dir = tempfile::Builder::new()
             .prefix("baton-pg-")
@@ -114,6 +131,7 @@ impl PgServer {
             bin,
             port: 0,
             user,
+            tls,
         };
         let data = server.data_dir();
         server.run(
@@ -129,6 +147,9 @@ impl PgServer {
                 "--no-sync",
             ],
         )?;
+        if tls {
+            server.make_certificate()?;
+        }
         server.port = free_port()?;
         server.pg_ctl_start()?;
         server.watchdog()?;
@@ -166,14 +187,59 @@ impl PgServer {
         Ok(())
     }
 
+    /// A self-signed certificate and key for 127.0.0.1, readable by the
+    /// server's user only.
+    fn make_certificate(&self) -> Result<(), Error> {
+        let key = self.dir.path().join("server.key");
+        let out = Command::new("openssl")
+            .args([
+                "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+            ])
+            .args([
+                "-subj",
+                "/CN=127.0.0.1",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ])
+            .arg("-keyout")
+            .arg(&key)
+            .arg("-out")
+            .arg(self.certificate())
+            .output()
+            .map_err(|e| format!("openssl: {e}"))?;
+        if !out.status.success() {
+            return Err(format!(
+                "openssl req failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            ));
+        }
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o600))
+            .map_err(|e| e.to_string())?;
+        if let Some(u) = &self.user {
+            let (uid, gid) = uid_gid(u)?;
+            for f in [&key, &self.certificate()] {
+                std::os::unix::fs::chown(f, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+
     fn pg_ctl_start(&self) -> Result<(), Error> {
         let data = self.data_dir();
-        let opts = format!(
+        let mut opts = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='{}' \
              -c max_connections=200 -c fsync=on",
             self.port,
             path_str(self.dir.path())?
         );
+        if self.tls {
+            opts.push_str(&format!(
+                " -c ssl=on -c ssl_cert_file='{}' -c ssl_key_file='{}'",
+                path_str(&self.certificate())?,
+                path_str(&self.dir.path().join("server.key"))?
+            ));
+        }
         let log = self.dir.path().join("server.log");
         self.run(
             "pg_ctl",

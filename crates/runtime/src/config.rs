@@ -104,6 +104,10 @@ pub struct PostgresConfig {
     pub pool_size: usize,
     /// How long opening a connection may take, in milliseconds.
     pub connect_timeout_ms: u64,
+    /// A PEM file of certificate authorities for the database's TLS
+    /// certificate, besides the system's. TLS is asked for in the URL
+    /// (`sslmode=require`); the certificate and host name are verified.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for PostgresConfig {
@@ -114,6 +118,7 @@ impl Default for PostgresConfig {
             url_file: None,
             pool_size: 8,
             connect_timeout_ms: 5000,
+            ca_file: None,
         }
     }
 }
@@ -180,6 +185,7 @@ impl StoreConfig {
         let mut o = baton_store::postgres::PgOptions::new(url);
         o.pool_size = pg.pool_size;
         o.connect_timeout = std::time::Duration::from_millis(pg.connect_timeout_ms.max(1));
+        o.ca_file = pg.ca_file.clone();
         Ok(Some(o))
     }
 }

@@ -23,7 +23,7 @@ use std::path::Path;
 use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
-use postgres::{Client, NoTls, Statement};
+use postgres::{Client, Statement};
 
 use crate::engine::{Dir, Engine, Entry, Op, Seek, Walk};
 use crate::{COLUMN_FAMILIES, Error, Result};
@@ -38,6 +38,13 @@ pub struct PgOptions {
     pub pool_size: usize,
     /// How long opening a connection may take.
     pub connect_timeout: Duration,
+    /// A PEM file of certificate authorities the database's certificate
+    /// is checked against, besides the system's (a private CA). TLS itself
+    /// is asked for in the URL: `sslmode=require` (refuse a plain
+    /// connection), `prefer` (the default: TLS when the server offers it),
+    /// `disable`. The certificate and host name are always verified when
+    /// TLS is used.
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for PgOptions {
@@ -55,6 +62,7 @@ impl PgOptions {
             url: url.into(),
             pool_size: 8,
             connect_timeout: Duration::from_secs(5),
+            ca_file: None,
         }
     }
 }
@@ -112,6 +120,31 @@ fn sql(cf: &str, which: Sql) -> String {
     }
 }
 
+/// The TLS connector of a connection: the system's roots, and the CA
+/// file's when one is set.
+fn tls(options: &PgOptions) -> Result<postgres_native_tls::MakeTlsConnector> {
+    let mut builder = native_tls::TlsConnector::builder();
+    if let Some(path) = &options.ca_file {
+        let pem = std::fs::read(path).map_err(|e| {
+            Error::Config(format!(
+                "[store.postgres] ca_file: cannot read {}: {e}",
+                path.display()
+            ))
+        })?;
+        let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| {
+            Error::Config(format!(
+                "[store.postgres] ca_file: {} is not a PEM certificate: {e}",
+                path.display()
+            ))
+        })?;
+        builder.add_root_certificate(cert);
+    }
+    let connector = builder
+        .build()
+        .map_err(|e| Error::Config(format!("[store.postgres] TLS: {e}")))?;
+    Ok(postgres_native_tls::MakeTlsConnector::new(connector))
+}
+
 impl Conn {
     fn open(options: &PgOptions) -> Result<Conn> {
         let mut config: postgres::Config = options
@@ -135,7 +168,7 @@ impl Conn {
             .keepalives_interval(Duration::from_secs(5))
             .keepalives_retries(3)
             .tcp_user_timeout(Duration::from_secs(30));
-        let mut client = config.connect(NoTls).map_err(db_error)?;
+        let mut client = config.connect(tls(options)?).map_err(db_error)?;
         client
             .batch_execute(
                 "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
@@ -183,10 +216,18 @@ fn db_error(e: postgres::Error) -> Error {
         None => {
             let io = std::error::Error::source(&e)
                 .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
-            if e.is_closed() || io || e.to_string().contains("timed out") {
-                Error::Unavailable(format!("postgres: {e}"))
+            // The client's message with its causes ("error performing TLS
+            // handshake: … certificate verify failed").
+            let mut text = format!("postgres: {e}");
+            let mut cause = std::error::Error::source(&e);
+            while let Some(c) = cause {
+                text.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            if e.is_closed() || io || text.contains("timed out") {
+                Error::Unavailable(text)
             } else {
-                Error::Rocks(format!("postgres: {e}"))
+                Error::Rocks(text)
             }
         }
     }
@@ -352,6 +393,21 @@ impl PgEngine {
             writer: Mutex::new(Some(conn)),
         };
         Ok(engine)
+    }
+
+    /// Whether a read connection to the database is encrypted (TLS), as
+    /// the server sees it.
+    pub fn connection_is_encrypted(&self) -> Result<bool> {
+        self.pool.with(|c| {
+            let row = c
+                .client
+                .query_one(
+                    "SELECT coalesce((SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()), false)",
+                    &[],
+                )
+                .map_err(db_error)?;
+            row.try_get(0).map_err(db_error)
+        })
     }
 
     /// The schema version the database is at.

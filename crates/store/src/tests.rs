@@ -1245,3 +1245,32 @@ fn a_writer_that_lost_its_connection_is_fenced_once_another_wrote() {
     assert_eq!(a.get(CF_INDEXES, &[4]).unwrap(), None);
     assert_eq!(a.get(CF_INDEXES, &[3]).unwrap(), Some(vec![3]));
 }
+
+/// TLS to the database: with `sslmode=require` and the server's CA the
+/// connection is encrypted (the server says so); without the CA the
+/// certificate is refused, naming why; a plain server refuses `require`.
+#[test]
+fn tls_to_the_database_is_verified_and_required_when_asked() {
+    let server = baton_pgtest::PgServer::start_with_tls().unwrap();
+    let url = format!("{}&sslmode=require", server.database().unwrap());
+    let mut options = postgres::PgOptions::new(url.clone());
+    options.ca_file = Some(server.certificate());
+    let engine = postgres::PgEngine::open(options).unwrap();
+    assert!(engine.connection_is_encrypted().unwrap());
+    drop(engine);
+
+    let err = postgres::PgEngine::open(postgres::PgOptions::new(url)).unwrap_err();
+    assert!(
+        err.to_string().to_lowercase().contains("certificate"),
+        "{err}"
+    );
+
+    let plain = Place::postgres().postgres.unwrap();
+    let err =
+        postgres::PgEngine::open(postgres::PgOptions::new(format!("{plain}&sslmode=require")))
+            .unwrap_err();
+    assert!(
+        err.to_string().contains("TLS") || err.to_string().contains("SSL"),
+        "{err}"
+    );
+}

@@ -249,6 +249,12 @@ api_key_file = {strict_an:?}
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The records that started the call are written while the call runs
+    // (the write overlaps it, see docs/architecture.md); what this test
+    // checks holds once they are written, which a commit on PostgreSQL
+    // takes a few milliseconds longer than RocksDB's WAL append: let them
+    // land before the kill.
+    tokio::time::sleep(Duration::from_millis(300)).await;
     server.kill9().await.unwrap();
     drop(stream.message().await);
     let server = BatonProcess::start(bin(), &config).await.unwrap();

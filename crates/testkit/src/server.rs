@@ -44,10 +44,16 @@ impl TestServer {
     }
 
     async fn start_inner(
-        config: RuntimeConfig,
+        mut config: RuntimeConfig,
         tools: Vec<std::sync::Arc<dyn baton_tools::Tool>>,
         dir: Option<tempfile::TempDir>,
     ) -> anyhow::Result<TestServer> {
+        // With BATON_TEST_STORE=postgres, the store is the PostgreSQL
+        // database standing for the data dir (as for child processes).
+        if let Some(url) = baton_pgtest::database_for(&config.store.data_dir) {
+            config.store.backend = baton_runtime::StoreBackend::Postgres;
+            config.store.postgres.url = Some(url.map_err(anyhow::Error::msg)?);
+        }
         let mut builder = Runtime::builder(config);
         for t in tools {
             builder = builder.with_tool(t);

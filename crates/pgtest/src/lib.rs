@@ -313,9 +313,14 @@ impl PgServer {
 
     /// Run SQL on the `postgres` database with `psql`.
     pub fn psql(&self, sql: &str) -> Result<String, Error> {
+        self.psql_in("postgres", sql)
+    }
+
+    /// Run `sql` in database `db`; its output, rows unaligned.
+    pub fn psql_in(&self, db: &str, sql: &str) -> Result<String, Error> {
         let out = Command::new(self.bin.join("psql"))
             .args(["-X", "-q", "-A", "-t", "-v", "ON_ERROR_STOP=1"])
-            .args(["-d", &self.url("postgres"), "-c", sql])
+            .args(["-d", &self.url(db), "-c", sql])
             .stdin(Stdio::null())
             .output()
             .map_err(|e| format!("psql: {e}"))?;

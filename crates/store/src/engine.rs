@@ -116,6 +116,12 @@ pub trait Engine: Send + Sync + 'static {
 
     /// A consistent copy of everything at `dir` (backups).
     fn checkpoint(&self, dir: &Path) -> Result<()>;
+
+    /// This node's standing among the nodes sharing the database (its
+    /// writer lease); `None` for a database of its own (RocksDB).
+    fn node_status(&self) -> Option<crate::member::NodeStatus> {
+        None
+    }
 }
 
 impl dyn Engine {

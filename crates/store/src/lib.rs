@@ -32,7 +32,9 @@ pub mod engine;
 mod error;
 pub mod gates;
 pub mod keys;
+pub mod member;
 pub mod migrate;
+mod pgconn;
 pub mod postgres;
 pub mod rocks;
 pub mod runs;
@@ -241,6 +243,12 @@ impl Store {
     /// What the store holds in memory now.
     pub fn memory(&self) -> StoreMemory {
         self.inner.db.memory()
+    }
+
+    /// This node's standing among the nodes sharing the database (its
+    /// writer lease, whether the database answers); `None` on RocksDB.
+    pub fn node_status(&self) -> Option<member::NodeStatus> {
+        self.inner.db.node_status()
     }
 
     /// The database under the store: `"rocksdb"` or `"postgres"`.

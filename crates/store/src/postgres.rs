@@ -21,58 +21,27 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Condvar, Mutex, PoisonError};
-use std::time::Duration;
 
 use postgres::{Client, Statement};
 
 use crate::engine::{Dir, Engine, Entry, Op, Seek, Walk};
+use crate::member::{self, Member, NodeStatus};
+use crate::pgconn::{self, db_error};
+pub use crate::pgconn::{NodeOptions, PgOptions, check_node_id, default_node_id};
 use crate::{COLUMN_FAMILIES, Error, Result};
-
-/// How to reach the database.
-#[derive(Clone)]
-pub struct PgOptions {
-    /// A libpq-style URL or key=value string
-    /// (`postgresql://user:password@host:5432/db`).
-    pub url: String,
-    /// Most connections reads use at once (the writer has its own).
-    pub pool_size: usize,
-    /// How long opening a connection may take.
-    pub connect_timeout: Duration,
-    /// A PEM file of certificate authorities the database's certificate
-    /// is checked against, besides the system's (a private CA). TLS itself
-    /// is asked for in the URL: `sslmode=require` (refuse a plain
-    /// connection), `prefer` (the default: TLS when the server offers it),
-    /// `disable`. The certificate and host name are always verified when
-    /// TLS is used.
-    pub ca_file: Option<std::path::PathBuf>,
-}
-
-impl std::fmt::Debug for PgOptions {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        // The URL may hold a password.
-        f.debug_struct("PgOptions")
-            .field("pool_size", &self.pool_size)
-            .finish_non_exhaustive()
-    }
-}
-
-impl PgOptions {
-    pub fn new(url: impl Into<String>) -> Self {
-        Self {
-            url: url.into(),
-            pool_size: 8,
-            connect_timeout: Duration::from_secs(5),
-            ca_file: None,
-        }
-    }
-}
 
 /// The versions of the schema, in order; each applied once, in one
 /// transaction with its record in `baton_schema`.
-const MIGRATIONS: &[(i32, &str)] = &[(
-    1,
-    "key spaces as tables of ordered bytea keys; the writer's epoch",
-)];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (
+        1,
+        "key spaces as tables of ordered bytea keys; the writer's epoch",
+    ),
+    (
+        2,
+        "nodes, their heartbeats and the writer lease; baton_fence(epoch)",
+    ),
+];
 
 /// One connection and the statements prepared on it.
 struct Conn {
@@ -120,63 +89,10 @@ fn sql(cf: &str, which: Sql) -> String {
     }
 }
 
-/// The TLS connector of a connection: the system's roots, and the CA
-/// file's when one is set.
-fn tls(options: &PgOptions) -> Result<postgres_native_tls::MakeTlsConnector> {
-    let mut builder = native_tls::TlsConnector::builder();
-    if let Some(path) = &options.ca_file {
-        let pem = std::fs::read(path).map_err(|e| {
-            Error::Config(format!(
-                "[store.postgres] ca_file: cannot read {}: {e}",
-                path.display()
-            ))
-        })?;
-        let cert = native_tls::Certificate::from_pem(&pem).map_err(|e| {
-            Error::Config(format!(
-                "[store.postgres] ca_file: {} is not a PEM certificate: {e}",
-                path.display()
-            ))
-        })?;
-        builder.add_root_certificate(cert);
-    }
-    let connector = builder
-        .build()
-        .map_err(|e| Error::Config(format!("[store.postgres] TLS: {e}")))?;
-    Ok(postgres_native_tls::MakeTlsConnector::new(connector))
-}
-
 impl Conn {
     fn open(options: &PgOptions) -> Result<Conn> {
-        let mut config: postgres::Config = options
-            .url
-            .parse()
-            .map_err(|e| Error::Config(format!("[store] url: {e}")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(options.connect_timeout);
-        }
-        if config.get_application_name().is_none() {
-            config.application_name("baton");
-        }
-        // A database that stops answering (a hung server, a partition) must
-        // fail calls rather than hang them: TCP keepalives and a bound on
-        // unacknowledged data on our side; on the server's side, keepalives
-        // for this session (so that it drops a node that vanished, and the
-        // writer lock with it, in about 25 s) and a statement timeout.
-        config
-            .keepalives(true)
-            .keepalives_idle(Duration::from_secs(10))
-            .keepalives_interval(Duration::from_secs(5))
-            .keepalives_retries(3)
-            .tcp_user_timeout(Duration::from_secs(30));
-        let mut client = config.connect(tls(options)?).map_err(db_error)?;
-        client
-            .batch_execute(
-                "SET tcp_keepalives_idle = 10; SET tcp_keepalives_interval = 5; \
-                 SET tcp_keepalives_count = 3; SET statement_timeout = '60s'",
-            )
-            .map_err(db_error)?;
         Ok(Conn {
-            client,
+            client: pgconn::connect(options)?,
             stmts: HashMap::new(),
         })
     }
@@ -188,48 +104,6 @@ impl Conn {
         let s = self.client.prepare(&sql(cf, which)).map_err(db_error)?;
         self.stmts.insert((cf, which), s.clone());
         Ok(s)
-    }
-}
-
-/// A database error as the store's: `Unavailable` when a later try may
-/// succeed — the connection is gone or cannot be made, the server is
-/// shutting down, starting, out of resources (53xxx: disk full, memory,
-/// connections), read-only (a standby after a failover), or the
-/// transaction lost a serialization race or deadlock — else a storage
-/// error with the server's message and SQLSTATE.
-fn db_error(e: postgres::Error) -> Error {
-    match e.as_db_error() {
-        Some(db) => {
-            let code = db.code().code();
-            let text = format!("postgres: {} {code}: {}", db.severity(), db.message());
-            let retryable = code.starts_with("08")
-                || code.starts_with("57P")
-                || code.starts_with("53")
-                || code.starts_with("40")
-                || code == "25006";
-            if retryable {
-                Error::Unavailable(text)
-            } else {
-                Error::Rocks(text)
-            }
-        }
-        None => {
-            let io = std::error::Error::source(&e)
-                .is_some_and(|s| s.downcast_ref::<std::io::Error>().is_some());
-            // The client's message with its causes ("error performing TLS
-            // handshake: … certificate verify failed").
-            let mut text = format!("postgres: {e}");
-            let mut cause = std::error::Error::source(&e);
-            while let Some(c) = cause {
-                text.push_str(&format!(": {c}"));
-                cause = c.source();
-            }
-            if e.is_closed() || io || text.contains("timed out") {
-                Error::Unavailable(text)
-            } else {
-                Error::Rocks(text)
-            }
-        }
     }
 }
 
@@ -310,14 +184,13 @@ impl Pool {
 
 /// A PostgreSQL database as an [`Engine`].
 pub struct PgEngine {
-    /// This engine's turn as the database's writer (`baton_writer.epoch`,
-    /// raised by each opening): after its connection broke, it writes
-    /// again only if no other opening came in between.
-    epoch: i64,
     pool: Pool,
     /// The writer thread's connection (opened on first use, and again
     /// after it broke).
     writer: Mutex<Option<Conn>>,
+    /// This node's membership and writer lease: every write is fenced by
+    /// its epoch. Dropped after the connections (giving the lease up).
+    member: Member,
 }
 
 impl std::fmt::Debug for PgEngine {
@@ -361,27 +234,15 @@ impl Drop for PgEngine {
 }
 
 impl PgEngine {
-    /// Connect, and bring the schema up to date.
+    /// Connect, bring the schema up to date, join the database's nodes
+    /// and take the writer lease (see [`crate::member`]): a standby
+    /// (`options.node.wait_for_lease`) waits here until it is its turn.
     pub fn open(options: PgOptions) -> Result<PgEngine> {
         let mut conn = Conn::open(&options)?;
-        // The lock first: a node that is refused changes nothing, the
-        // schema included. A node that just stopped may not have left
-        // yet: wait for it a little before refusing.
-        let deadline = std::time::Instant::now() + options.connect_timeout;
-        while !take_writer_lock(&mut conn)? {
-            if std::time::Instant::now() >= deadline {
-                return Err(Error::Config(format!(
-                    "another Baton node is writing to this database (it holds advisory lock \
-                     {WRITER_LOCK}): one node per database until nodes share one by \
-                     session ownership"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
         migrate(&mut conn.client)?;
-        let epoch = next_epoch(&mut conn)?;
+        let member = Member::join(&options)?;
+        writer_settings(&mut conn, &options)?;
         let engine = PgEngine {
-            epoch,
             pool: Pool {
                 options,
                 state: Mutex::new(PoolState {
@@ -391,8 +252,14 @@ impl PgEngine {
                 freed: Condvar::new(),
             },
             writer: Mutex::new(Some(conn)),
+            member,
         };
         Ok(engine)
+    }
+
+    /// This node's standing: its lease, and whether the database answers.
+    pub fn node_status(&self) -> NodeStatus {
+        self.member.status()
     }
 
     /// Whether a read connection to the database is encrypted (TLS), as
@@ -422,40 +289,16 @@ impl PgEngine {
     }
 }
 
-/// Become the database's writer: raise the epoch (the lock is held).
-fn next_epoch(conn: &mut Conn) -> Result<i64> {
-    let row = conn
-        .client
-        .query_one(
-            "UPDATE baton_writer SET epoch = epoch + 1, since = now() WHERE id = 1 \
-             RETURNING epoch",
-            &[],
-        )
-        .map_err(db_error)?;
-    row.try_get(0).map_err(db_error)
-}
-
-/// The writer's epoch as the database has it.
-fn current_epoch(conn: &mut Conn) -> Result<i64> {
-    let row = conn
-        .client
-        .query_one("SELECT epoch FROM baton_writer WHERE id = 1", &[])
-        .map_err(db_error)?;
-    row.try_get(0).map_err(db_error)
-}
-
-/// The advisory lock the writing node holds on its writer connection: one
-/// writer per database. It goes with the connection, so a node whose
-/// connection broke writes again only once it has it back, and a node
-/// that died frees it.
-const WRITER_LOCK: i64 = 7_424_012;
-
-fn take_writer_lock(conn: &mut Conn) -> Result<bool> {
-    let row = conn
-        .client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&WRITER_LOCK])
-        .map_err(db_error)?;
-    row.try_get(0).map_err(db_error)
+/// The writer's connection: a transaction it leaves open (its node
+/// paused mid-write) is ended by the server after a lease's time, so that
+/// it never holds the lease row from a node taking over.
+fn writer_settings(conn: &mut Conn, options: &PgOptions) -> Result<()> {
+    let ms = options.node.lease.as_millis().max(1);
+    conn.client
+        .batch_execute(&format!(
+            "SET idle_in_transaction_session_timeout = '{ms}ms'"
+        ))
+        .map_err(db_error)
 }
 
 fn migrate(client: &mut Client) -> Result<()> {
@@ -505,6 +348,9 @@ fn migrate(client: &mut Client) -> Result<()> {
             )
             .map_err(db_error)?;
         }
+        if *version == 2 {
+            tx.batch_execute(member::SCHEMA).map_err(db_error)?;
+        }
         tx.execute(
             "INSERT INTO baton_schema (version, description) VALUES ($1, $2)",
             &[version, description],
@@ -553,7 +399,7 @@ fn send_pending(stmts: &Prepared, tx: &mut Client, pending: &mut Pending<'_>) ->
 }
 
 /// One group of writes as one transaction.
-fn write_on(conn: &mut Conn, groups: &[&[Op]], sync: bool) -> Result<()> {
+fn write_on(conn: &mut Conn, epoch: i64, groups: &[&[Op]], sync: bool) -> Result<()> {
     // Every statement the group needs is prepared before the transaction
     // borrows the connection.
     let mut stmts = Prepared::new();
@@ -568,15 +414,25 @@ fn write_on(conn: &mut Conn, groups: &[&[Op]], sync: bool) -> Result<()> {
             }
         }
     }
-    // BEGIN (with the flush setting in the same round trip), the writes,
+    // BEGIN with the flush setting and the fence in the same round trip
+    // (the lease row share-locked until COMMIT: a node taking over waits
+    // for this write, and every later write of ours fails), the writes,
     // COMMIT; a failure rolls back.
-    conn.client
-        .batch_execute(if sync {
-            "BEGIN"
-        } else {
-            "BEGIN; SET LOCAL synchronous_commit = off"
-        })
-        .map_err(db_error)?;
+    let flush = if sync {
+        ""
+    } else {
+        "SET LOCAL synchronous_commit = off; "
+    };
+    let begun = conn
+        .client
+        .batch_execute(&format!("BEGIN; {flush}SELECT baton_fence({epoch})"))
+        .map_err(db_error);
+    if let Err(e) = begun {
+        if !conn.client.is_closed() {
+            let _ = conn.client.batch_execute("ROLLBACK");
+        }
+        return Err(e);
+    }
     let out = write_in_transaction(&mut conn.client, &stmts, groups)
         .and_then(|()| conn.client.batch_execute("COMMIT").map_err(db_error));
     if out.is_err() && !conn.client.is_closed() {
@@ -703,36 +559,28 @@ impl Engine for PgEngine {
     }
 
     fn write(&self, groups: &[&[Op]], sync: bool) -> Result<()> {
+        if let Some(lost) = self.member.status().lost {
+            return Err(Error::Unavailable(format!("fenced: {lost}")));
+        }
         let mut slot = self.writer.lock().unwrap_or_else(PoisonError::into_inner);
         let mut conn = match slot.take() {
             Some(c) if !c.client.is_closed() => c,
             _ => {
+                // The fence decides whether this node may still write.
                 let mut c = Conn::open(&self.pool.options)?;
-                if !take_writer_lock(&mut c)? {
-                    // Held by another node, or still by this node's old
-                    // session until the server drops it (its keepalives).
-                    return Err(Error::Unavailable(
-                        "the database's writer lock is held elsewhere (another node, or \
-                         this node's broken connection until the server drops it)"
-                            .into(),
-                    ));
-                }
-                let now = current_epoch(&mut c)?;
-                if now != self.epoch {
-                    return Err(Error::Unavailable(format!(
-                        "fenced: another Baton node became this database's writer (epoch \
-                         {now}, ours {}) while the connection was down; restart this node",
-                        self.epoch
-                    )));
-                }
+                writer_settings(&mut c, &self.pool.options)?;
                 c
             }
         };
-        let out = write_on(&mut conn, groups, sync);
+        let out = write_on(&mut conn, self.member.epoch(), groups, sync);
         if !conn.client.is_closed() {
             *slot = Some(conn);
         }
         out
+    }
+
+    fn node_status(&self) -> Option<NodeStatus> {
+        Some(self.member.status())
     }
 
     fn checkpoint(&self, _dir: &Path) -> Result<()> {

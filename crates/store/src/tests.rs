@@ -1029,7 +1029,7 @@ fn a_second_writer_on_one_database_is_refused_by_name() {
     let mut options = postgres::PgOptions::new(url.clone());
     options.connect_timeout = std::time::Duration::from_millis(300);
     let first = postgres::PgEngine::open(options.clone()).unwrap();
-    assert_eq!(first.schema_version().unwrap(), 1);
+    assert_eq!(first.schema_version().unwrap(), 2);
     let err = postgres::PgEngine::open(options.clone()).unwrap_err();
     assert!(
         err.to_string().contains("another Baton node is writing"),
@@ -1174,11 +1174,32 @@ async fn a_rocksdb_store_copies_into_postgres_and_reads_the_same() {
     assert_eq!(page.sessions.iter().map(|p| p.0).collect::<Vec<_>>(), want);
 }
 
-/// The writer's epoch: a writer whose connection broke writes again when
-/// nobody else wrote in between, and is fenced for good when another
-/// writer opened the database meanwhile (even one that has left since).
+fn node(url: &str, id: &str, lease_ms: u64, heartbeat_ms: u64) -> postgres::PgOptions {
+    let mut options = postgres::PgOptions::new(url.to_string());
+    options.connect_timeout = std::time::Duration::from_millis(500);
+    options.node.id = id.into();
+    options.node.grpc_addr = format!("{id}.grpc:1");
+    options.node.lease = std::time::Duration::from_millis(lease_ms);
+    options.node.heartbeat = std::time::Duration::from_millis(heartbeat_ms);
+    options
+}
+
+fn put(n: u8) -> Op {
+    Op::Put {
+        cf: CF_INDEXES,
+        key: vec![n],
+        value: vec![n],
+    }
+}
+
+/// The writer lease fences writes: a writer whose connection broke writes
+/// again while its lease holds; once its lease lapsed its writes are
+/// refused ("lapsed"), and once another node took the lease they are
+/// refused for good ("another node took it"), whatever the old writer
+/// believes — the paused-node case, with the pause played by a lease
+/// that is not renewed.
 #[test]
-fn a_writer_that_lost_its_connection_is_fenced_once_another_wrote() {
+fn a_writer_is_fenced_by_its_lease() {
     let url = Place::postgres().postgres.unwrap();
     let db = url
         .rsplit('/')
@@ -1187,26 +1208,19 @@ fn a_writer_that_lost_its_connection_is_fenced_once_another_wrote() {
         .unwrap()
         .to_string();
     let server = PG.get().unwrap().as_ref().unwrap();
-    let cut = || {
-        server
-            .psql(&format!(
-                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
-                 WHERE datname = '{db}' AND pid <> pg_backend_pid()"
-            ))
-            .unwrap()
-    };
-    let put = |n: u8| Op::Put {
-        cf: CF_INDEXES,
-        key: vec![n],
-        value: vec![n],
-    };
-    let mut options = postgres::PgOptions::new(url);
-    options.connect_timeout = std::time::Duration::from_millis(500);
-    let a = postgres::PgEngine::open(options.clone()).unwrap();
+    // A renews rarely: the test decides when its lease ends.
+    let a = postgres::PgEngine::open(node(&url, "a", 60_000, 60_000)).unwrap();
+    assert_eq!(a.schema_version().unwrap(), 2);
     a.write(&[&[put(1)]], true).unwrap();
 
-    // Cut alone: A reconnects, finds its own epoch, writes on.
-    cut();
+    // Its writer connection cut: A reconnects and writes on.
+    server
+        .psql(&format!(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = '{db}' AND pid <> pg_backend_pid() \
+             AND query NOT LIKE '%baton_nodes%' AND query NOT LIKE '%pg_try_advisory_lock%'"
+        ))
+        .unwrap();
     let mut wrote = false;
     for _ in 0..20 {
         if a.write(&[&[put(2)]], true).is_ok() {
@@ -1220,30 +1234,87 @@ fn a_writer_that_lost_its_connection_is_fenced_once_another_wrote() {
         "the writer did not come back after its connection was cut"
     );
 
-    // Cut, and another writer in between: A is fenced.
-    cut();
-    let b = {
-        let mut b = None;
-        for _ in 0..20 {
-            if let Ok(e) = postgres::PgEngine::open(options.clone()) {
-                b = Some(e);
-                break;
-            }
-        }
-        b.expect("a second writer once the first one's connection was cut")
-    };
-    b.write(&[&[put(3)]], true).unwrap();
-    drop(b);
-    // The first write meets the cut connection; the next ones reconnect
-    // and find the epoch moved on.
-    assert!(a.write(&[&[put(4)]], true).is_err());
+    // The lease lapses (A "paused"): refused, and nothing written.
+    server
+        .psql_in(
+            &db,
+            "UPDATE baton_writer SET expires_at = clock_timestamp() - interval '1 second'",
+        )
+        .unwrap();
+    let err = a.write(&[&[put(3)]], true).unwrap_err();
+    assert!(err.to_string().contains("lapsed"), "{err}");
+    assert_eq!(err.code(), baton_types::ErrorCode::Unavailable);
+    assert_eq!(a.get(CF_INDEXES, &[3]).unwrap(), None);
+
+    // B takes the expired lease; A is refused for good, B writes.
+    let b = postgres::PgEngine::open(node(&url, "b", 5_000, 200)).unwrap();
+    assert!(b.node_status().epoch > a.node_status().epoch);
     for _ in 0..3 {
         let err = a.write(&[&[put(4)]], true).unwrap_err();
+        assert!(err.to_string().contains("another node took it"), "{err}");
         assert!(err.to_string().contains("fenced"), "{err}");
-        assert_eq!(err.code(), baton_types::ErrorCode::Unavailable);
     }
-    assert_eq!(a.get(CF_INDEXES, &[4]).unwrap(), None);
-    assert_eq!(a.get(CF_INDEXES, &[3]).unwrap(), Some(vec![3]));
+    b.write(&[&[put(5)]], true).unwrap();
+    assert_eq!(b.get(CF_INDEXES, &[4]).unwrap(), None);
+    assert_eq!(b.get(CF_INDEXES, &[5]).unwrap(), Some(vec![5]));
+    assert_eq!(b.get(CF_INDEXES, &[2]).unwrap(), Some(vec![2]));
+    // A's heartbeat finds the lease gone and says so.
+    drop(a);
+    drop(b);
+}
+
+/// Membership: a standby waits for the lease while the holder lives (the
+/// holder's renewals keep it), takes it the moment the holder leaves, and
+/// the directory shows who holds it and which nodes are alive.
+#[test]
+fn a_standby_takes_over_when_the_holder_leaves() {
+    let url = Place::postgres().postgres.unwrap();
+    let a = postgres::PgEngine::open(node(&url, "a", 600, 100)).unwrap();
+    let mut dir = member::Directory::new(postgres::PgOptions::new(url.clone()));
+    let h = dir.holder().unwrap().unwrap();
+    assert_eq!(
+        (h.node_id.as_str(), h.grpc_addr.as_str()),
+        ("a", "a.grpc:1")
+    );
+    // Without waiting, B is refused naming the holder.
+    let err = postgres::PgEngine::open(node(&url, "b", 600, 100)).unwrap_err();
+    assert!(err.to_string().contains("\"a\" at \"a.grpc:1\""), "{err}");
+    let standby = {
+        let mut o = node(&url, "b", 600, 100);
+        o.node.wait_for_lease = true;
+        std::thread::spawn(move || postgres::PgEngine::open(o))
+    };
+    // Several leases long: A renews, B waits.
+    std::thread::sleep(std::time::Duration::from_millis(2_000));
+    assert!(
+        !standby.is_finished(),
+        "the standby took a lease that was renewed"
+    );
+    let nodes = dir.nodes().unwrap();
+    let ids: Vec<_> = nodes
+        .iter()
+        .map(|n| (n.node_id.as_str(), n.live, n.holds_lease.is_some()))
+        .collect();
+    assert_eq!(ids, [("a", true, true), ("b", true, false)]);
+    a.write(&[&[put(1)]], true).unwrap();
+    let epoch_a = a.node_status().epoch;
+    let left = std::time::Instant::now();
+    drop(a);
+    let b = standby.join().unwrap().unwrap();
+    assert!(
+        left.elapsed() < std::time::Duration::from_millis(1_500),
+        "{:?}",
+        left.elapsed()
+    );
+    assert_eq!(b.node_status().epoch, epoch_a + 1);
+    assert_eq!(dir.holder().unwrap().unwrap().node_id, "b");
+    b.write(&[&[put(2)]], true).unwrap();
+    let nodes = dir.nodes().unwrap();
+    let ids: Vec<_> = nodes
+        .iter()
+        .map(|n| (n.node_id.as_str(), n.live, n.holds_lease.is_some()))
+        .collect();
+    assert_eq!(ids, [("a", false, false), ("b", true, true)]);
 }
 
 /// TLS to the database: with `sslmode=require` and the server's CA the

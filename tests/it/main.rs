@@ -8,6 +8,7 @@
 mod access;
 mod audit;
 mod cli;
+mod cluster;
 mod common;
 mod console;
 mod console_oidc;

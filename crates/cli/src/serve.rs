@@ -89,6 +89,52 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     check_exposure(&config)?;
     let telemetry = baton_telemetry::init(&config.telemetry).context("telemetry")?;
 
+    // A node of a cluster listens (forwarding to the lease holder) before
+    // it holds the lease; it may wait there for as long as the holder lives.
+    let cluster = config.store.backend == baton_runtime::StoreBackend::Postgres
+        && config.cluster.enabled;
+    let mut bound = None;
+    let mut standby = None;
+    if cluster {
+        let (listener, http_listener) = bind(&config).await?;
+        let (addr, http_addr) = (
+            listener.local_addr()?,
+            http_listener.as_ref().map(|l| l.local_addr()).transpose()?,
+        );
+        config.cluster.advertise = Some(baton_runtime::ClusterConfig::advertised(
+            config.cluster.advertise.as_deref(),
+            addr,
+            "cluster.advertise",
+        )?);
+        if let Some(h) = http_addr {
+            config.cluster.advertise_http = Some(baton_runtime::ClusterConfig::advertised(
+                config.cluster.advertise_http.as_deref(),
+                h,
+                "cluster.advertise_http",
+            )?);
+        }
+        let pg = config
+            .runtime()
+            .postgres_options()?
+            .context("[store] backend = \"postgres\" needs [store.postgres]")?;
+        let node = pg.node.clone();
+        let mut ports = vec![(baton_server::forward::Port::Grpc, listener)];
+        if let Some(h) = http_listener {
+            ports.push((baton_server::forward::Port::Http, h));
+        }
+        standby = Some(baton_server::forward::Standby::start(
+            pg,
+            node.id.clone(),
+            ports,
+            node.heartbeat,
+        ));
+        tracing::info!(node = %node.id, %addr, "joining the cluster: forwarding to the lease holder until this node holds the lease");
+        if let Some(a) = http_addr {
+            println!("baton http listening on {a}");
+        }
+        println!("baton listening on {addr}");
+        std::io::stdout().flush()?;
+    }
     let mut builder = Runtime::builder(config.runtime());
     let audit = if config.audit.enabled {
         let cfg = config.audit.resolve(&config.store.data_dir);
@@ -106,7 +152,34 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     } else {
         None
     };
-    let runtime = builder.start().await?;
+    let runtime = if cluster {
+        tokio::select! {
+            r = builder.start() => r?,
+            _ = shutdown_signal() => {
+                // Still waiting for the lease (in a blocking open): nothing
+                // of this node's to drain or flush.
+                tracing::info!("stopped while standing by");
+                std::process::exit(0);
+            }
+        }
+    } else {
+        builder.start().await?
+    };
+    if let Some(standby) = standby.take() {
+        let mut ports = standby.stop().await;
+        let http = ports
+            .iter()
+            .position(|(p, _)| *p == baton_server::forward::Port::Http)
+            .map(|i| ports.remove(i).1);
+        let grpc = ports.pop().map(|p| p.1).context("the gRPC listener")?;
+        bound = Some((grpc, http));
+        println!("baton holding the writer lease");
+        std::io::stdout().flush()?;
+    }
+    if let Some(status) = runtime.node_status() {
+        tracing::info!(node = %status.node_id, epoch = status.epoch, "this node holds the database's writer lease");
+        watch_lease(runtime.clone());
+    }
     if let Some(log) = &audit {
         log.append(
             baton_audit::AuditEvent::new(
@@ -135,33 +208,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             anyhow::bail!(e);
         }
     };
-    let listener = tokio::net::TcpListener::bind(&config.server.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
-    let addr = listener.local_addr()?;
-    let http_listener = if config.http.enabled {
-        match tokio::net::TcpListener::bind(&config.http.listen).await {
-            Ok(l) => Some(l),
+    let announce = bound.is_none();
+    let (listener, http_listener) = match bound {
+        Some(b) => b,
+        None => match bind(&config).await {
+            Ok(b) => b,
             Err(e) => {
                 runtime.shutdown().await;
-                return Err(anyhow::Error::new(e).context(format!(
-                    "cannot listen on {} (http.listen)",
-                    config.http.listen
-                )));
+                return Err(e);
             }
-        }
-    } else {
-        None
+        },
     };
+    let addr = listener.local_addr()?;
     let http_addr = http_listener.as_ref().map(|l| l.local_addr()).transpose()?;
     tracing::info!(auth = auth.enabled(), %addr, http = ?http_addr, data_dir = %config.store.data_dir.display(), durability = ?config.store.durability, routes = ?runtime.routes(), "baton serving");
     // Scripts and tests read these lines to learn the ports; the gRPC line
-    // comes last.
-    if let Some(a) = http_addr {
-        println!("baton http listening on {a}");
+    // comes last. (A node of a cluster said them when it began forwarding.)
+    if announce {
+        if let Some(a) = http_addr {
+            println!("baton http listening on {a}");
+        }
+        println!("baton listening on {addr}");
+        std::io::stdout().flush()?;
     }
-    println!("baton listening on {addr}");
-    std::io::stdout().flush()?;
 
     // On SIGTERM/Ctrl-C the runtime drains first: new work is refused and
     // health says not serving, while the answers clients wait for (a
@@ -240,6 +309,41 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     tracing::info!("stopped");
     let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
     served.map(|_| ())
+}
+
+/// Bind the gRPC listener, and the HTTP one when it is on.
+async fn bind(
+    config: &baton_server::BatonConfig,
+) -> anyhow::Result<(tokio::net::TcpListener, Option<tokio::net::TcpListener>)> {
+    let listener = tokio::net::TcpListener::bind(&config.server.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", config.server.listen))?;
+    let http = if config.http.enabled {
+        Some(
+            tokio::net::TcpListener::bind(&config.http.listen)
+                .await
+                .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?,
+        )
+    } else {
+        None
+    };
+    Ok((listener, http))
+}
+
+/// A node that lost its writer lease to another node may no longer write
+/// anything: it stops at once (exit status 75), so that its supervisor
+/// starts it again as a standby.
+fn watch_lease(runtime: baton_runtime::RuntimeHandle) {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            if let Some(lost) = runtime.node_status().and_then(|s| s.lost) {
+                tracing::error!(%lost, "fenced: stopping this node");
+                eprintln!("baton: fenced: {lost}; stopping (start it again to stand by)");
+                std::process::exit(75);
+            }
+        }
+    });
 }
 
 async fn shutdown_signal() {

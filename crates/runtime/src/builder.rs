@@ -121,7 +121,7 @@ impl RuntimeBuilder {
         let mut opts = StoreOptions::new(config.store.data_dir.clone(), config.store.durability);
         opts.cache_bytes = usize::try_from(config.store.cache_bytes).unwrap_or(usize::MAX);
         opts.memtable_bytes = usize::try_from(config.store.memtable_bytes).unwrap_or(usize::MAX);
-        opts.postgres = config.store.postgres_options()?;
+        opts.postgres = config.postgres_options()?;
         opts.keyring = {
             let (privacy, data_dir) = (config.privacy.clone(), config.store.data_dir.clone());
             tokio::task::spawn_blocking(move || crate::privacy::open_keyring(&privacy, &data_dir))

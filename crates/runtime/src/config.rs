@@ -375,9 +375,23 @@ pub struct RuntimeConfig {
     pub quality: crate::quality::QualityConfig,
     /// Encryption at rest by data subject and erasure (`[privacy]`).
     pub privacy: crate::privacy::PrivacyConfig,
+    /// This node among several on one PostgreSQL database (`[cluster]`).
+    pub cluster: crate::cluster::ClusterConfig,
 }
 
 impl RuntimeConfig {
+    /// The PostgreSQL database to open, with `store.backend = "postgres"`,
+    /// and this node as `[cluster]` describes it.
+    pub fn postgres_options(
+        &self,
+    ) -> std::result::Result<Option<baton_store::postgres::PgOptions>, crate::ConfigError> {
+        let Some(mut o) = self.store.postgres_options()? else {
+            return Ok(None);
+        };
+        o.node = self.cluster.node_options()?;
+        Ok(Some(o))
+    }
+
     /// A config with a data dir and defaults for everything else.
     pub fn with_data_dir(dir: impl Into<PathBuf>) -> Self {
         let mut c = Self::default();

@@ -212,6 +212,14 @@ impl RuntimeHandle {
         self.inner.shared.disk.low()
     }
 
+    /// This node's standing among the nodes on its PostgreSQL database:
+    /// its id, the epoch of the writer lease it holds, when it last renewed
+    /// it, whether the database answers, and whether the lease was lost to
+    /// another node. `None` on RocksDB.
+    pub fn node_status(&self) -> Option<baton_store::member::NodeStatus> {
+        self.inner.shared.store.node_status()
+    }
+
     /// Why new sessions and messages are refused now, if they are: a
     /// drain for a stop ([`Self::drain`]), the store's writes failing, the data directory low on space, or the audit trail failing under
     /// `audit.on_failure = block`. Health checks report it.

@@ -36,6 +36,7 @@ mod audit;
 mod audit_data;
 mod builder;
 mod checks;
+mod cluster;
 mod config;
 mod conversation;
 mod copy;
@@ -69,6 +70,7 @@ pub use audit::{AuditOnFailure, AuditSink};
 pub use baton_governance::{BoxFuture, Classifier as PolicyClassifier};
 pub use baton_store::{Durability, WriterStatsSnapshot};
 pub use builder::{Runtime, RuntimeBuilder};
+pub use cluster::ClusterConfig;
 pub use config::{
     BusyPolicy, PostgresConfig, RuntimeConfig, SessionsConfig, StoreBackend, StoreConfig,
     SupervisionConfig, ToolsConfig,

@@ -81,6 +81,11 @@ impl Shared {
     /// Why new work is refused because the store's writes fail, while
     /// they do (see [`baton_store::Store::write_failing`]).
     pub(crate) fn write_failing(&self) -> Option<String> {
+        if let Some(lost) = self.store.node_status().and_then(|s| s.lost) {
+            return Some(format!(
+                "{lost}: this node may no longer write, and refuses all new work"
+            ));
+        }
         self.store.write_failing().map(|e| {
             let what = if self.store.backend() == "postgres" {
                 "the store's database".to_string()

@@ -135,6 +135,9 @@ pub struct BatonConfig {
     pub telemetry: baton_telemetry::TelemetryConfig,
     /// Flow definitions and runs (`[flows]`), see docs/flows.md.
     pub flows: baton_flows::FlowsConfig,
+    /// This node among several on one PostgreSQL database (`[cluster]`),
+    /// see docs/scaling.md.
+    pub cluster: baton_runtime::ClusterConfig,
 }
 
 /// A config that could not be loaded. Every message reads `ORIGIN: FIELD:
@@ -292,6 +295,7 @@ impl BatonConfig {
             retention: self.retention.clone(),
             quality: self.quality.clone(),
             privacy: self.privacy.clone(),
+            cluster: self.cluster.clone(),
         }
     }
 

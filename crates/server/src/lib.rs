@@ -25,6 +25,7 @@ mod config_origin;
 mod console;
 pub mod console_session;
 mod flows;
+pub mod forward;
 mod gates;
 mod http;
 mod inflight;

@@ -219,6 +219,19 @@ impl std::fmt::Debug for Directory {
     }
 }
 
+impl Drop for Directory {
+    fn drop(&mut self) {
+        // A connection closes by blocking on its own small runtime, which
+        // cannot happen on an async worker (where a directory is often
+        // dropped): it is closed on a thread of its own.
+        if let Some(c) = self.client.take() {
+            let _ = std::thread::Builder::new()
+                .name("baton-pg-close".into())
+                .spawn(move || drop(c));
+        }
+    }
+}
+
 impl Directory {
     pub fn new(options: PgOptions) -> Self {
         Self {

@@ -1,0 +1,453 @@
+//! Several nodes on one PostgreSQL database (docs/scaling.md): the real
+//! binary three times on loopback, a private PostgreSQL server, the fake
+//! model over real HTTP. One node holds the writer lease and owns every
+//! session; the others forward to it and take over when it dies (SIGKILL)
+//! or is paused past its lease (SIGSTOP), recovering as a restart does.
+//!
+//! These tests start their own database, so they run once, in the
+//! RocksDB pass of the suite (the second pass would repeat them as is).
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use baton::proto::v1;
+use baton::types::EventKind;
+use baton_testkit::fake_model::Behavior;
+use baton_testkit::{BatonProcess, FakeOpenAi};
+use futures::StreamExt;
+
+use crate::common::*;
+
+struct Cluster {
+    pg: baton_pgtest::PgServer,
+    db: String,
+    /// Kept when a test fails, for the nodes' logs; removed on success.
+    dir: tempfile::TempDir,
+    url: String,
+    model: String,
+}
+
+impl Cluster {
+    fn new(model: &str) -> Cluster {
+        let pg = baton_pgtest::PgServer::start().unwrap();
+        let url = pg.database().unwrap();
+        let db = url
+            .rsplit('/')
+            .next()
+            .and_then(|s| s.split('?').next())
+            .unwrap()
+            .to_string();
+        Cluster {
+            pg,
+            db,
+            dir: tempfile::Builder::new()
+                .prefix("baton-cluster-")
+                .disable_cleanup(true)
+                .tempdir()
+                .unwrap(),
+            url,
+            model: model.to_string(),
+        }
+    }
+
+    fn config(&self, node: &str, lease_ms: u64) -> std::path::PathBuf {
+        let dir = self.dir.path().join(node);
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("baton.toml");
+        std::fs::write(
+            &path,
+            format!(
+                "[store]\ndata_dir = {:?}\nbackend = \"postgres\"\n\
+                 postgres = {{ url = {:?}, connect_timeout_ms = 1000 }}\n\n\
+                 [cluster]\nenabled = true\nnode_id = {node:?}\nlease_ms = {lease_ms}\n\
+                 heartbeat_ms = 200\n\n[audit]\ndir = {:?}\n\n{}",
+                dir.join("data").display().to_string(),
+                self.url,
+                dir.join("audit").display().to_string(),
+                self.model,
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    /// The lease's holder and epoch, as the database has them (none
+    /// before the first node created the schema).
+    fn holder(&self) -> (String, i64) {
+        let Ok(out) = self.pg.psql_in(
+            &self.db,
+            "SELECT coalesce(holder, '') || ' ' || epoch FROM baton_writer",
+        ) else {
+            return (String::new(), 0);
+        };
+        let (h, e) = out.trim().split_once(' ').unwrap_or(("", "0"));
+        (h.to_string(), e.parse().unwrap_or(0))
+    }
+
+    async fn wait_for_holder(&self, pred: impl Fn(&str) -> bool) -> (String, i64) {
+        for _ in 0..400 {
+            let h = self.holder();
+            if pred(&h.0) {
+                return h;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        panic!("no node took the lease: {:?}", self.holder());
+    }
+
+    async fn start(&self, node: &str, lease_ms: u64) -> BatonProcess {
+        BatonProcess::start(bin(), &self.config(node, lease_ms))
+            .await
+            .unwrap()
+    }
+
+    fn audit_verifies(&self, node: &str) {
+        let out = std::process::Command::new(bin())
+            .args(["audit", "verify", "--dir"])
+            .arg(self.dir.path().join(node).join("audit"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{node}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("the nodes' logs are kept in {}", self.dir.path().display());
+        } else {
+            let _ = std::fs::remove_dir_all(self.dir.path());
+        }
+    }
+}
+
+fn skip() -> bool {
+    if baton_pgtest::on_postgres() {
+        eprintln!("skipped in the PostgreSQL pass: it starts its own database, and ran in the first");
+        return true;
+    }
+    false
+}
+
+/// Wait until `node` serves as the lease holder (until then its port
+/// forwards, to the paused holder too).
+async fn serving(node: &BatonProcess) {
+    for _ in 0..400 {
+        if node.log().contains("baton serving") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("the node did not begin serving: {}", node.log());
+}
+
+/// What one client saw.
+#[derive(Default)]
+struct Seen {
+    acknowledged: Vec<String>,
+    /// When its first turn after the kill completed.
+    resumed: Option<Instant>,
+}
+
+/// Send turns to one session until `stop`, through `nodes` in turn: on a
+/// failure (the node died, its forwarded connection broke, a turn cut)
+/// move to the next node and go on with a new message.
+async fn client_loop(
+    nodes: Vec<String>,
+    first: usize,
+    session: String,
+    worker: usize,
+    stop: Arc<AtomicBool>,
+    killed: Arc<std::sync::Mutex<Option<Instant>>>,
+) -> Seen {
+    let mut seen = Seen::default();
+    let mut at = first;
+    let mut client = None;
+    let mut n = 0;
+    while !stop.load(Ordering::SeqCst) {
+        if client.is_none() {
+            let connect =
+                v1::sessions_client::SessionsClient::connect(nodes[at % nodes.len()].clone());
+            match tokio::time::timeout(Duration::from_secs(15), connect).await {
+                Err(_) => panic!("{session}: connecting to node {} hung", at % nodes.len()),
+                Ok(Ok(c)) => client = Some(c),
+                Ok(Err(_)) => {
+                    at += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    continue;
+                }
+            }
+        }
+        let Some(c) = client.as_mut() else { continue };
+        let text = format!("w{worker} m{n}");
+        n += 1;
+        let call = async {
+            let Ok(stream) = c
+                .send_message(v1::SendMessageRequest {
+                    session_id: session.clone(),
+                    content: text.clone(),
+                    review: false,
+                    images: Vec::new(),
+                })
+                .await
+            else {
+                return false;
+            };
+            let mut stream = stream.into_inner();
+            while let Some(Ok(e)) = stream.next().await {
+                let e = baton::proto::convert::event_from_proto(e).unwrap();
+                if e.ends_turn() {
+                    return matches!(e.kind, EventKind::TurnCompleted { .. });
+                }
+            }
+            false
+        };
+        // A call must end (answered, or cut when its node died), never hang.
+        let Ok(completed) = tokio::time::timeout(Duration::from_secs(15), call).await else {
+            panic!("{session}: {text:?} through node {} hung", at % nodes.len());
+        };
+        if completed {
+            seen.acknowledged.push(text);
+            let kill = *killed.lock().unwrap();
+            if seen.resumed.is_none() && kill.is_some() {
+                seen.resumed = Some(Instant::now());
+            }
+        } else {
+            client = None;
+            at += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    seen
+}
+
+/// Every acknowledged turn is in its session's journal once and in order,
+/// each answered once, and no acknowledged answer was asked of the model
+/// twice.
+async fn check_sessions(
+    node: &BatonProcess,
+    acknowledged: &BTreeMap<String, Vec<String>>,
+    fake: &FakeOpenAi,
+) {
+    let mut asked: BTreeMap<String, usize> = BTreeMap::new();
+    for body in fake.received() {
+        let last = body["messages"]
+            .as_array()
+            .and_then(|m| m.iter().rev().find(|m| m["role"] == "user"))
+            .and_then(|m| m["content"].as_str())
+            .unwrap_or_default()
+            .to_string();
+        *asked.entry(last).or_default() += 1;
+    }
+    let mut client = node.client().await.unwrap();
+    for (s, acked) in acknowledged {
+        let session = get(&mut client, s).await;
+        let users: Vec<String> = session
+            .messages
+            .iter()
+            .filter(|m| m.role == v1::Role::User as i32)
+            .map(|m| m.content.clone())
+            .collect();
+        let answers: Vec<String> = session
+            .messages
+            .iter()
+            .filter(|m| m.role == v1::Role::Assistant as i32)
+            .map(|m| m.content.clone())
+            .collect();
+        let mut rest = users.iter();
+        for a in acked {
+            assert!(
+                rest.any(|u| u == a),
+                "{s}: acknowledged {a:?} is not in the journal in order: {users:?}"
+            );
+            assert_eq!(asked.get(a), Some(&1), "{s}: {a:?} was asked of the model once");
+        }
+        let distinct: std::collections::BTreeSet<_> = users.iter().collect();
+        assert_eq!(distinct.len(), users.len(), "{s}: no message twice: {users:?}");
+        let want: Vec<String> = users.iter().map(|u| format!("echo: {u}")).collect();
+        assert_eq!(answers, want, "{s}: each message answered once");
+    }
+}
+
+/// Three nodes on one database. Sessions are started and driven through
+/// every node (the standbys forward to the holder). The holder is killed
+/// with SIGKILL under load: another node takes the lease, recovers every
+/// session as a restart does, and the clients go on through the
+/// survivors. Nothing acknowledged is lost, duplicated or asked of the
+/// model again; the time from the kill until every session answered again
+/// is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_survive_the_holder_killed_under_load() {
+    if skip() {
+        return;
+    }
+    let fake = FakeOpenAi::start().await.unwrap();
+    fake.set_behavior(Behavior {
+        delay: Duration::from_millis(20),
+        ..Behavior::default()
+    });
+    let cluster = Cluster::new(&fake_model_toml(&fake.base_url(), true));
+    let n0 = cluster.start("n0", 2_000).await;
+    let (_, epoch0) = cluster.wait_for_holder(|h| h == "n0").await;
+    let n1 = cluster.start("n1", 2_000).await;
+    let n2 = cluster.start("n2", 2_000).await;
+    let nodes = [&n0, &n1, &n2];
+    let urls: Vec<String> = nodes.iter().map(|n| n.url()).collect();
+
+    // Sessions started through each node; each client begins on a node of
+    // its own.
+    let mut sessions = Vec::new();
+    for i in 0..6 {
+        let mut c = nodes[i % 3].client().await.unwrap();
+        sessions.push(start(&mut c, "").await);
+    }
+    // The standbys answered with the holder's sessions.
+    let mut via_n2 = n2.client().await.unwrap();
+    assert_eq!(get(&mut via_n2, &sessions[0]).await.session_id, sessions[0]);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(std::sync::Mutex::new(None));
+    let workers: Vec<_> = sessions
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            tokio::spawn(client_loop(
+                urls.clone(),
+                i % 3,
+                s.clone(),
+                i,
+                stop.clone(),
+                killed.clone(),
+            ))
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let kill = Instant::now();
+    *killed.lock().unwrap() = Some(kill);
+    n0.kill9().await.unwrap();
+    let (holder, epoch1) = cluster.wait_for_holder(|h| h == "n1" || h == "n2").await;
+    assert!(epoch1 > epoch0);
+    let took = kill.elapsed();
+    // Load on the survivors until every session answered again, and a
+    // little after.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut acknowledged = BTreeMap::new();
+    let mut resumed = Vec::new();
+    for (w, s) in workers.into_iter().zip(&sessions) {
+        let seen = w.await.unwrap();
+        assert!(!seen.acknowledged.is_empty(), "{s}: no turn answered");
+        resumed.push(
+            seen.resumed
+                .unwrap_or_else(|| panic!("{s}: never answered after the kill"))
+                .duration_since(kill),
+        );
+        acknowledged.insert(s.clone(), seen.acknowledged);
+    }
+    let total: usize = acknowledged.values().map(Vec::len).sum();
+    let slowest = resumed.iter().max().unwrap();
+    eprintln!(
+        "cluster: {total} turns acknowledged; lease taken by {holder} {} ms after the SIGKILL; \
+         every session answering again within {} ms",
+        took.as_millis(),
+        slowest.as_millis()
+    );
+    let survivor = if holder == "n1" { &n1 } else { &n2 };
+    check_sessions(survivor, &acknowledged, &fake).await;
+    // Read through the other survivor too: the same journal.
+    let other = if holder == "n1" { &n2 } else { &n1 };
+    check_sessions(other, &acknowledged, &fake).await;
+    cluster.audit_verifies("n0");
+    n1.terminate().await.unwrap();
+    n2.terminate().await.unwrap();
+    cluster.audit_verifies(&holder);
+}
+
+/// A holder paused with SIGSTOP past its lease while a turn is at the
+/// model: a standby takes over and finishes the turn; the paused node,
+/// resumed, has the answer it was waiting for but its write is refused by
+/// the fence and it stops itself (status 75). The session has one writer:
+/// each message answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_holder_is_fenced_when_it_wakes() {
+    if skip() {
+        return;
+    }
+    let fake = FakeOpenAi::start().await.unwrap();
+    let cluster = Cluster::new(&fake_model_toml(&fake.base_url(), true));
+    let n0 = cluster.start("n0", 1_500).await;
+    cluster.wait_for_holder(|h| h == "n0").await;
+    let n1 = cluster.start("n1", 1_500).await;
+    let mut c0 = n0.client().await.unwrap();
+    let id = start(&mut c0, "").await;
+    turn(&mut c0, &id, "first").await;
+
+    // The next turn waits at the model; the holder is paused meanwhile.
+    fake.set_behavior(Behavior {
+        delay: Duration::from_millis(3_000),
+        ..Behavior::default()
+    });
+    let mut s = send(&mut c0, &id, "second").await;
+    read_until(&mut s, |e| e.kind.name() == "model_call_started").await;
+    // Its opening records land (the write overlaps the call).
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = n0.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let paused = Instant::now();
+    let (holder, _) = cluster.wait_for_holder(|h| h == "n1").await;
+    assert_eq!(holder, "n1");
+    eprintln!(
+        "cluster: lease taken from the paused holder {} ms after the pause",
+        paused.elapsed().as_millis()
+    );
+    // n1 recovers the turn and finishes it (the model asked again: no
+    // answer was recorded before the pause).
+    serving(&n1).await;
+    let mut c1 = n1.client().await.unwrap();
+    let mut done = false;
+    for _ in 0..200 {
+        let got = get(&mut c1, &id).await;
+        if texts(&got).contains(&"echo: second".to_string()) {
+            done = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(done, "the new holder did not finish the turn");
+
+    // The paused node wakes with its answer; its write is refused.
+    fake.set_behavior(Behavior::default());
+    signal("-CONT");
+    let status = n0.wait_exit(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(status.code(), Some(75), "the fenced node stops itself");
+    let log = std::fs::read_to_string(cluster.dir.path().join("n0").join("baton-0.log")).unwrap();
+    assert!(log.contains("fenced"), "{log}");
+
+    let got = get(&mut c1, &id).await;
+    assert_eq!(
+        texts(&got),
+        ["first", "echo: first", "second", "echo: second"],
+        "one writer: each message answered once"
+    );
+    // The session goes on under the new holder.
+    let t = turn(&mut c1, &id, "third").await;
+    assert_eq!(answer(&t), "echo: third");
+    n1.terminate().await.unwrap();
+    cluster.audit_verifies("n1");
+}

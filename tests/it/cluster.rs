@@ -130,7 +130,9 @@ impl Drop for Cluster {
 
 fn skip() -> bool {
     if baton_pgtest::on_postgres() {
-        eprintln!("skipped in the PostgreSQL pass: it starts its own database, and ran in the first");
+        eprintln!(
+            "skipped in the PostgreSQL pass: it starts its own database, and ran in the first"
+        );
         return true;
     }
     false
@@ -146,6 +148,42 @@ async fn serving(node: &BatonProcess) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("the node did not begin serving: {}", node.log());
+}
+
+/// `baton inspect actors --json` through `node`.
+async fn inspect_actors(node: &BatonProcess) -> serde_json::Value {
+    let out = tokio::process::Command::new(bin())
+        .args(["inspect", "actors", "--json", "--server", &node.url()])
+        .output()
+        .await
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// The nodes of an actor tree's `cluster` child: id and status.
+fn cluster_members(tree: &serde_json::Value) -> Vec<(String, String)> {
+    let cluster = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["kind"] == "cluster")
+        .unwrap_or_else(|| panic!("no cluster in {tree}"));
+    cluster["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| {
+            (
+                n["name"].as_str().unwrap().to_string(),
+                n["status"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect()
 }
 
 /// What one client saw.
@@ -267,10 +305,18 @@ async fn check_sessions(
                 rest.any(|u| u == a),
                 "{s}: acknowledged {a:?} is not in the journal in order: {users:?}"
             );
-            assert_eq!(asked.get(a), Some(&1), "{s}: {a:?} was asked of the model once");
+            assert_eq!(
+                asked.get(a),
+                Some(&1),
+                "{s}: {a:?} was asked of the model once"
+            );
         }
         let distinct: std::collections::BTreeSet<_> = users.iter().collect();
-        assert_eq!(distinct.len(), users.len(), "{s}: no message twice: {users:?}");
+        assert_eq!(
+            distinct.len(),
+            users.len(),
+            "{s}: no message twice: {users:?}"
+        );
         let want: Vec<String> = users.iter().map(|u| format!("echo: {u}")).collect();
         assert_eq!(answers, want, "{s}: each message answered once");
     }
@@ -311,6 +357,31 @@ async fn three_nodes_survive_the_holder_killed_under_load() {
     // The standbys answered with the holder's sessions.
     let mut via_n2 = n2.client().await.unwrap();
     assert_eq!(get(&mut via_n2, &sessions[0]).await.session_id, sessions[0]);
+    // Inspection through a standby: the holder owns the actors, and the
+    // database lists the three nodes.
+    let tree = inspect_actors(&n2).await;
+    assert_eq!(tree["detail"]["node"], "n0", "{tree}");
+    let members = cluster_members(&tree);
+    assert_eq!(
+        members,
+        [
+            ("n0".to_string(), "holds_lease".to_string()),
+            ("n1".into(), "standby".into()),
+            ("n2".into(), "standby".into())
+        ],
+        "{tree}"
+    );
+    // Health on the holder (through a standby's HTTP port) names it.
+    let health = reqwest::get(format!("{}/healthz", n1.http_url().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        health.starts_with("ok\nnode n0 holds the writer lease (epoch"),
+        "{health}"
+    );
 
     let stop = Arc::new(AtomicBool::new(false));
     let killed = Arc::new(std::sync::Mutex::new(None));
@@ -361,6 +432,14 @@ async fn three_nodes_survive_the_holder_killed_under_load() {
         slowest.as_millis()
     );
     let survivor = if holder == "n1" { &n1 } else { &n2 };
+    let tree = inspect_actors(survivor).await;
+    assert_eq!(tree["detail"]["node"], holder.as_str(), "{tree}");
+    let members = cluster_members(&tree);
+    assert!(
+        members.contains(&("n0".to_string(), "gone".to_string()))
+            && members.contains(&(holder.clone(), "holds_lease".to_string())),
+        "{tree}"
+    );
     check_sessions(survivor, &acknowledged, &fake).await;
     // Read through the other survivor too: the same journal.
     let other = if holder == "n1" { &n2 } else { &n1 };

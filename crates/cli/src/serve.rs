@@ -91,8 +91,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
     // A node of a cluster listens (forwarding to the lease holder) before
     // it holds the lease; it may wait there for as long as the holder lives.
-    let cluster = config.store.backend == baton_runtime::StoreBackend::Postgres
-        && config.cluster.enabled;
+    let cluster =
+        config.store.backend == baton_runtime::StoreBackend::Postgres && config.cluster.enabled;
     let mut bound = None;
     let mut standby = None;
     if cluster {
@@ -322,7 +322,9 @@ async fn bind(
         Some(
             tokio::net::TcpListener::bind(&config.http.listen)
                 .await
-                .with_context(|| format!("cannot listen on {} (http.listen)", config.http.listen))?,
+                .with_context(|| {
+                    format!("cannot listen on {} (http.listen)", config.http.listen)
+                })?,
         )
     } else {
         None

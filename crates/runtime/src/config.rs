@@ -498,6 +498,16 @@ impl RuntimeConfig {
         classifiers: &[(String, Arc<dyn DataClassifier>)],
         policy_classifiers: &[&str],
     ) -> Result<(), ConfigError> {
+        if self.cluster.enabled && self.privacy.encryption {
+            // Subject keys live in a keystore on the node's own disk: a
+            // node taking over could not open what another sealed.
+            return Err(ConfigError::new(
+                "cluster.enabled",
+                "cannot be combined with [privacy] encryption yet: subject keys are kept in \
+                 each node's own keys_dir, so a node taking over could not open what another \
+                 sealed (see docs/scaling.md)",
+            ));
+        }
         let s = &self.sessions;
         let positive = [
             ("sessions.max_message_bytes", s.max_message_bytes as u64),
@@ -710,6 +720,7 @@ impl RuntimeConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::ClusterConfig;
 
     #[test]
     fn defaults_validate_and_use_echo() {
@@ -931,5 +942,58 @@ mod tests {
         assert!(err(&c).contains("store.postgres.pool_size"), "{}", err(&c));
         c.backend = StoreBackend::Rocksdb;
         assert!(c.postgres_options().unwrap().is_none());
+    }
+
+    #[test]
+    fn cluster_settings_are_checked_and_reach_the_store() {
+        let text = "[store]\nbackend = \"postgres\"\npostgres = { url = \"postgresql://x@h/db\" }\n\
+                    [cluster]\nenabled = true\nnode_id = \"node-a\"\nadvertise = \"10.0.0.1:50051\"\n\
+                    lease_ms = 6000\nheartbeat_ms = 500\n";
+        let c: RuntimeConfig = toml::from_str(text).unwrap();
+        let o = c.postgres_options().unwrap().unwrap();
+        assert_eq!(o.node.id, "node-a");
+        assert_eq!(o.node.grpc_addr, "10.0.0.1:50051");
+        assert_eq!(o.node.lease, std::time::Duration::from_millis(6000));
+        assert!(o.node.wait_for_lease);
+        let err = |t: &str| {
+            let c: RuntimeConfig = toml::from_str(t).unwrap();
+            c.postgres_options().unwrap_err().to_string()
+        };
+        let bad_id = text.replace("node-a", "node a");
+        assert!(
+            err(&bad_id).starts_with("cluster.node_id: node id \"node a\" may hold only"),
+            "{}",
+            err(&bad_id)
+        );
+        let short = text.replace("lease_ms = 6000", "lease_ms = 1000");
+        assert!(
+            err(&short).starts_with("cluster.lease_ms: must be at least three heartbeats"),
+            "{}",
+            err(&short)
+        );
+        // Without [cluster] the node id is the host's and a second node is
+        // refused rather than kept waiting.
+        let single: RuntimeConfig =
+            toml::from_str(&text[..text.find("[cluster]").unwrap()]).unwrap();
+        let o = single.postgres_options().unwrap().unwrap();
+        assert!(!o.node.wait_for_lease);
+        assert!(!o.node.id.is_empty());
+        // Subject keys are per node: refused together, naming why.
+        let mut with_privacy = c.clone();
+        with_privacy.privacy.encryption = true;
+        let e = with_privacy
+            .validate_with(&[], &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("cluster.enabled: cannot be combined with [privacy] encryption"),
+            "{e}"
+        );
+        assert!(
+            ClusterConfig::advertised(None, "0.0.0.0:1".parse().unwrap(), "cluster.advertise")
+                .unwrap_err()
+                .to_string()
+                .starts_with("cluster.advertise: needed when the listener binds the wildcard")
+        );
     }
 }

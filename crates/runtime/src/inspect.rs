@@ -93,6 +93,42 @@ impl RuntimeHandle {
 
         let mut root = ActorNode::new("runtime", "runtime", "baton", "running");
         root.uptime_ms = uptime;
+        root.detail
+            .insert("store".into(), shared.store.backend().to_string());
+        // On a shared database this node owns every live actor below (it
+        // holds the writer lease); the database's nodes are listed too.
+        if let Some(node) = shared.store.node_status() {
+            root.detail.insert("node".into(), node.node_id.clone());
+            root.detail
+                .insert("lease_epoch".into(), node.epoch.to_string());
+            root.detail.insert(
+                "lease_renewed_ms_ago".into(),
+                node.renewed_ms_ago.to_string(),
+            );
+            let store = shared.store.clone();
+            let rows = tokio::task::spawn_blocking(move || store.cluster_nodes())
+                .await
+                .map_err(|e| Error::Internal(format!("node listing task failed: {e}")))?
+                .map_err(Error::from)?;
+            let mut cluster = ActorNode::new("cluster", "cluster", "nodes", "running");
+            for r in rows {
+                let status = match (r.live, r.holds_lease) {
+                    (_, Some(_)) => "holds_lease",
+                    (true, None) => "standby",
+                    (false, None) => "gone",
+                };
+                let mut n = ActorNode::new("node", r.node_id.clone(), r.node_id, status);
+                n.detail.insert("grpc".into(), r.grpc_addr);
+                n.detail.insert("http".into(), r.http_addr);
+                n.detail
+                    .insert("heartbeat_ms_ago".into(), r.heartbeat_ms_ago.to_string());
+                if let Some(e) = r.holds_lease {
+                    n.detail.insert("lease_epoch".into(), e.to_string());
+                }
+                cluster.children.push(n);
+            }
+            root.children.push(cluster);
+        }
 
         let mut sup = ActorNode::new(
             "session_supervisor",

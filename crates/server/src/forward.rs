@@ -131,10 +131,7 @@ async fn accept_loop(
 ) -> TcpListener {
     let own_addr = listener.local_addr().ok();
     loop {
-        let ours = known
-            .borrow()
-            .as_ref()
-            .is_some_and(|h| h.node_id == own_id);
+        let ours = known.borrow().as_ref().is_some_and(|h| h.node_id == own_id);
         if ours {
             until_stopped(&mut stopped).await;
             return listener;

@@ -176,10 +176,29 @@ async fn healthz(State(runtime): State<RuntimeHandle>) -> Response {
     if let Some(why) = runtime.refusing_work() {
         return (StatusCode::SERVICE_UNAVAILABLE, why).into_response();
     }
-    match runtime.audit_failing() {
-        None => "ok".into_response(),
-        Some(reason) => format!("audit trail failing: {reason}").into_response(),
+    let mut body = match runtime.audit_failing() {
+        None => "ok".to_string(),
+        Some(reason) => format!("audit trail failing: {reason}"),
+    };
+    // A node of a cluster says which it is and how its lease stands.
+    if runtime.config().cluster.enabled {
+        if let Some(n) = runtime.node_status() {
+            body.push_str(&format!(
+                "\nnode {} holds the writer lease (epoch {}), renewed {} ms ago (lease {} ms); \
+                 the database {}",
+                n.node_id,
+                n.epoch,
+                n.renewed_ms_ago,
+                n.lease_ms,
+                if n.database_ok {
+                    "answers"
+                } else {
+                    "does not answer"
+                }
+            ));
+        }
     }
+    body.into_response()
 }
 
 async fn chat_completions(

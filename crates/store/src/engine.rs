@@ -122,6 +122,12 @@ pub trait Engine: Send + Sync + 'static {
     fn node_status(&self) -> Option<crate::member::NodeStatus> {
         None
     }
+
+    /// Every node the shared database knows; empty for a database of its
+    /// own.
+    fn cluster_nodes(&self) -> Result<Vec<crate::member::NodeRow>> {
+        Ok(Vec::new())
+    }
 }
 
 impl dyn Engine {

@@ -251,6 +251,13 @@ impl Store {
         self.inner.db.node_status()
     }
 
+    /// Every node the shared database knows (its id, addresses, heartbeat,
+    /// whether it lives and holds the lease); empty on RocksDB. Blocks:
+    /// call it off the async workers.
+    pub fn cluster_nodes(&self) -> Result<Vec<member::NodeRow>> {
+        self.inner.db.cluster_nodes()
+    }
+
     /// The database under the store: `"rocksdb"` or `"postgres"`.
     pub fn backend(&self) -> &'static str {
         self.inner.db.backend()

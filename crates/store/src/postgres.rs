@@ -583,6 +583,10 @@ impl Engine for PgEngine {
         Some(self.member.status())
     }
 
+    fn cluster_nodes(&self) -> Result<Vec<member::NodeRow>> {
+        self.pool.with(|c| member::nodes(&mut c.client))
+    }
+
     fn checkpoint(&self, _dir: &Path) -> Result<()> {
         Err(Error::Config(
             "a store on PostgreSQL is backed up by the database's own tools \

@@ -181,22 +181,22 @@ async fn healthz(State(runtime): State<RuntimeHandle>) -> Response {
         Some(reason) => format!("audit trail failing: {reason}"),
     };
     // A node of a cluster says which it is and how its lease stands.
-    if runtime.config().cluster.enabled {
-        if let Some(n) = runtime.node_status() {
-            body.push_str(&format!(
-                "\nnode {} holds the writer lease (epoch {}), renewed {} ms ago (lease {} ms); \
+    if runtime.config().cluster.enabled
+        && let Some(n) = runtime.node_status()
+    {
+        body.push_str(&format!(
+            "\nnode {} holds the writer lease (epoch {}), renewed {} ms ago (lease {} ms); \
                  the database {}",
-                n.node_id,
-                n.epoch,
-                n.renewed_ms_ago,
-                n.lease_ms,
-                if n.database_ok {
-                    "answers"
-                } else {
-                    "does not answer"
-                }
-            ));
-        }
+            n.node_id,
+            n.epoch,
+            n.renewed_ms_ago,
+            n.lease_ms,
+            if n.database_ok {
+                "answers"
+            } else {
+                "does not answer"
+            }
+        ));
     }
     body.into_response()
 }

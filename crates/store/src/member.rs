@@ -536,13 +536,13 @@ fn keep(shared: Arc<Shared>, client: Client) {
         .unwrap_or_else(PoisonError::into_inner)
         .lost
         .is_some();
-    if let (Some(mut c), false) = (client, lost) {
-        if !c.is_closed() {
-            let _ = c.execute(
-                "UPDATE baton_writer SET holder = NULL, expires_at = '-infinity' \
-                 WHERE id = 1 AND epoch = $1",
-                &[&shared.epoch],
-            );
-        }
+    if let (Some(mut c), false) = (client, lost)
+        && !c.is_closed()
+    {
+        let _ = c.execute(
+            "UPDATE baton_writer SET holder = NULL, expires_at = '-infinity' \
+             WHERE id = 1 AND epoch = $1",
+            &[&shared.epoch],
+        );
     }
 }

@@ -115,24 +115,28 @@ pub struct Holder {
     pub expires_in_ms: i64,
 }
 
-/// Take the lease if it is free, ours, expired, or held by a dead node.
+/// Take the lease if it is free, ours, expired, or held by a dead node —
+/// the last two only once the database has been up for two heartbeats: a
+/// database that restarted dropped every node's connection (and lock),
+/// and its holder gets that long to come back before anyone takes over.
 const ACQUIRE: &str = "
 UPDATE baton_writer w
    SET epoch = w.epoch + 1, holder = $1, since = now(),
        expires_at = clock_timestamp() + $2::float8 * interval '1 second'
  WHERE w.id = 1 AND (
        w.holder IS NULL OR w.holder = $1
-    OR w.expires_at < clock_timestamp()
-    OR NOT EXISTS (SELECT 1 FROM baton_nodes n WHERE n.node_id = w.holder)
-    OR EXISTS (
-        SELECT 1 FROM baton_nodes n
-         WHERE n.node_id = w.holder
-           AND n.heartbeat_at < clock_timestamp() - $3::float8 * interval '1 second'
-           AND NOT EXISTS (
-               SELECT 1 FROM pg_locks l
-                WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
-                  AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                  AND l.classid::int8 = 7424013 AND l.objid::int8 = n.lock_key::int8)))
+    OR (pg_postmaster_start_time() < clock_timestamp() - $3::float8 * interval '1 second' AND (
+           w.expires_at < clock_timestamp()
+        OR NOT EXISTS (SELECT 1 FROM baton_nodes n WHERE n.node_id = w.holder)
+        OR EXISTS (
+            SELECT 1 FROM baton_nodes n
+             WHERE n.node_id = w.holder
+               AND n.heartbeat_at < clock_timestamp() - $3::float8 * interval '1 second'
+               AND NOT EXISTS (
+                   SELECT 1 FROM pg_locks l
+                    WHERE l.locktype = 'advisory' AND l.granted AND l.objsubid = 2
+                      AND l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                      AND l.classid::int8 = 7424013 AND l.objid::int8 = n.lock_key::int8)))))
 RETURNING w.epoch";
 
 const LIVE: &str = "EXISTS (
@@ -274,6 +278,20 @@ fn take_node_lock(client: &mut Client, id: &str) -> Result<bool> {
     row.try_get(0).map_err(db_error)
 }
 
+/// A new member connection holding this node's lock again.
+fn reconnect(options: &PgOptions) -> Result<Client> {
+    let mut c = member_connection(options)?;
+    if take_node_lock(&mut c, &options.node.id)? {
+        Ok(c)
+    } else {
+        Err(Error::Unavailable(format!(
+            "node id {:?}: its lock is still held (by this node's broken connection until \
+             the server drops it, or by another process)",
+            options.node.id
+        )))
+    }
+}
+
 fn member_connection(options: &PgOptions) -> Result<Client> {
     let mut client = pgconn::connect(options)?;
     // A taking waits for a write in progress on the lease row; never for
@@ -375,15 +393,15 @@ impl Member {
                 // A taking that waited too long on the row (a write of the
                 // holder's in progress, or a transaction a paused holder
                 // left open): try again.
+                // The database gone (a standby waits it out): connect
+                // again, and take this node's lock again, before the next
+                // try.
                 Err(e) if node.wait_for_lease => {
                     tracing::debug!(error = %e, "taking the writer lease failed; trying again");
                     if client.is_closed() {
-                        client = member_connection(options)?;
-                        if !take_node_lock(&mut client, &node.id)? {
-                            return Err(Error::Unavailable(format!(
-                                "node id {:?} was taken by another process while reconnecting",
-                                node.id
-                            )));
+                        match reconnect(options) {
+                            Ok(c) => client = c,
+                            Err(e) => tracing::debug!(error = %e, "standby: cannot reconnect yet"),
                         }
                     }
                 }
@@ -489,15 +507,7 @@ fn keep(shared: Arc<Shared>, client: Client) {
         }
         let c = match client.take() {
             Some(c) if !c.is_closed() => Ok(c),
-            _ => member_connection(&shared.options).and_then(|mut c| {
-                if take_node_lock(&mut c, &node.id)? {
-                    Ok(c)
-                } else {
-                    Err(Error::Unavailable(
-                        "this node's lock is still held by its broken connection".into(),
-                    ))
-                }
-            }),
+            _ => reconnect(&shared.options),
         };
         let sent = Instant::now();
         let out = c.and_then(|mut c| {

@@ -163,7 +163,7 @@ pub(crate) fn connect(options: &PgOptions) -> Result<Client> {
     // fail calls rather than hang them: TCP keepalives and a bound on
     // unacknowledged data on our side; on the server's side, keepalives
     // for this session (so that it drops a node that vanished, and the
-    // writer lock with it, in about 25 s) and a statement timeout.
+    // node lock with it, in about 25 s) and a statement timeout.
     config
         .keepalives(true)
         .keepalives_idle(Duration::from_secs(10))

@@ -204,7 +204,7 @@ impl Drop for PgEngine {
         // A connection closes by blocking on its own small runtime, which
         // cannot happen on an async worker (where the last clone of a
         // store is often dropped): they are closed on a thread of their
-        // own, and waited for, so that the writer lock is free on return.
+        // own, and waited for, before the lease is given up.
         let mut conns: Vec<Conn> = std::mem::take(
             &mut self
                 .pool

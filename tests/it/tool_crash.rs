@@ -149,12 +149,14 @@ async fn an_idempotent_tool_is_rerun_after_a_crash_and_a_recorded_result_never_i
         "the idempotent call ran again after the crash"
     );
     wait_until("the hanging model call", || fake.requests() == 2).await;
-    // The records that started the call are written while the call runs
-    // (the write overlaps it, see docs/architecture.md); what this test
-    // checks holds once they are written, which a commit on PostgreSQL
-    // takes a few milliseconds longer than RocksDB's WAL append: let them
-    // land before the kill.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // On RocksDB the records that started the model call are written
+    // while the call runs (the write overlaps it, see
+    // docs/architecture.md): let them land before the kill. On PostgreSQL
+    // the call waits for their commit, so the kill comes the moment the
+    // model sees it: the turn must be in the journal then.
+    if !baton_pgtest::on_postgres() {
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
     // Crash 2: the tool result is recorded; the model call is in flight.
     server.kill9().await.unwrap();
 

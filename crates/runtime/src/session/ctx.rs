@@ -69,6 +69,9 @@ pub(crate) struct ModelWork {
     /// What checks cost that is not journaled yet (with the next
     /// `PolicyEvaluated`).
     pub check_cost_usd: f64,
+    /// The last seq known durable (set by the writes' tasks): on
+    /// PostgreSQL a model call waits here for its `ModelCallStarted`.
+    pub durable_seq: Arc<tokio::sync::watch::Sender<u64>>,
 }
 
 /// A model call this actor issued.

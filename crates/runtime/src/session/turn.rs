@@ -276,7 +276,16 @@ impl SessionCtx {
             }],
             sync,
         );
-        self.dispatch(myself, turn, request, data_classes, redaction);
+        // On RocksDB the call overlaps the write (its WAL append takes
+        // microseconds); on PostgreSQL it waits for the commit, so that a
+        // crash never leaves a call out whose turn the journal lacks.
+        let hold = (sync && shared.store.backend() == "postgres").then(|| {
+            (
+                self.model.durable_seq.subscribe(),
+                self.durable.state.last_seq,
+            )
+        });
+        self.dispatch(myself, turn, request, data_classes, redaction, hold);
         true
     }
 
@@ -307,6 +316,7 @@ impl SessionCtx {
         request: ModelRequest,
         found_classes: Vec<String>,
         redaction: Option<super::redaction::Redaction>,
+        hold: Option<(tokio::sync::watch::Receiver<u64>, u64)>,
     ) {
         self.model.next_call += 1;
         let call = self.model.next_call;
@@ -379,6 +389,13 @@ impl SessionCtx {
         let started = Instant::now();
         let span = self.turn_span(turn);
         tokio::spawn(async move {
+            if let Some((mut durable, upto)) = hold {
+                // The actor stopped (its write failed): no call.
+                match durable.wait_for(|d| *d >= upto).await {
+                    Ok(r) => drop(r),
+                    Err(_) => return,
+                }
+            }
             let routed = answer.instrument(span);
             tokio::pin!(routed);
             let mut deltas_open = true;

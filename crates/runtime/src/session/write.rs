@@ -283,8 +283,18 @@ impl SessionCtx {
         }
         let write = self.env.shared.store.write(batch);
         let me = myself.clone();
+        let durable = self.model.durable_seq.clone();
         tokio::spawn(async move {
             let result = write.await;
+            if result.is_ok() {
+                durable.send_if_modified(|d| {
+                    let later = upto > *d;
+                    if later {
+                        *d = upto;
+                    }
+                    later
+                });
+            }
             let _ = me.cast(SessionMsg::Written { upto, result });
         });
     }

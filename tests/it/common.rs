@@ -267,3 +267,41 @@ pub fn rocksdb_only(why: &str) -> bool {
     }
     skip
 }
+
+/// Every acknowledged turn (per session, in the order acknowledged) is in
+/// its session's journal once and in order (with turns whose outcome a
+/// client was not told between them), no message twice, and each message
+/// answered once with `answer(message)`.
+pub async fn assert_acknowledged_once(
+    client: &mut Client,
+    acknowledged: &std::collections::BTreeMap<String, Vec<String>>,
+    answer: impl Fn(&str) -> String,
+) {
+    for (s, acked) in acknowledged {
+        let session = get(client, s).await;
+        let of = |role: v1::Role| -> Vec<String> {
+            session
+                .messages
+                .iter()
+                .filter(|m| m.role == role as i32)
+                .map(|m| m.content.clone())
+                .collect()
+        };
+        let (users, answers) = (of(v1::Role::User), of(v1::Role::Assistant));
+        let mut rest = users.iter();
+        for a in acked {
+            assert!(
+                rest.any(|u| u == a),
+                "{s}: acknowledged {a:?} is not in the journal in order: {users:?}"
+            );
+        }
+        let distinct: std::collections::BTreeSet<_> = users.iter().collect();
+        assert_eq!(
+            distinct.len(),
+            users.len(),
+            "{s}: no message twice: {users:?}"
+        );
+        let want: Vec<String> = users.iter().map(|u| answer(u)).collect();
+        assert_eq!(answers, want, "{s}: each message answered once");
+    }
+}

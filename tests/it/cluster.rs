@@ -33,12 +33,7 @@ impl Cluster {
     fn new(model: &str) -> Cluster {
         let pg = baton_pgtest::PgServer::start().unwrap();
         let url = pg.database().unwrap();
-        let db = url
-            .rsplit('/')
-            .next()
-            .and_then(|s| s.split('?').next())
-            .unwrap()
-            .to_string();
+        let db = baton_pgtest::PgServer::database_name(&url);
         Cluster {
             pg,
             db,

@@ -311,6 +311,15 @@ impl PgServer {
         Ok(self.url(&name))
     }
 
+    /// The database a URL of [`Self::database`] names.
+    pub fn database_name(url: &str) -> String {
+        url.rsplit('/')
+            .next()
+            .and_then(|s| s.split('?').next())
+            .unwrap_or_default()
+            .to_string()
+    }
+
     /// Run SQL on the `postgres` database with `psql`.
     pub fn psql(&self, sql: &str) -> Result<String, Error> {
         self.psql_in("postgres", sql)

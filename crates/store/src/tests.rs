@@ -1201,12 +1201,7 @@ fn put(n: u8) -> Op {
 #[test]
 fn a_writer_is_fenced_by_its_lease() {
     let url = Place::postgres().postgres.unwrap();
-    let db = url
-        .rsplit('/')
-        .next()
-        .and_then(|s| s.split('?').next())
-        .unwrap()
-        .to_string();
+    let db = baton_pgtest::PgServer::database_name(&url);
     let server = PG.get().unwrap().as_ref().unwrap();
     // A renews rarely: the test decides when its lease ends.
     let a = postgres::PgEngine::open(node(&url, "a", 60_000, 60_000)).unwrap();

@@ -354,7 +354,16 @@ async fn three_nodes_survive_the_holder_killed_under_load() {
     assert_eq!(get(&mut via_n2, &sessions[0]).await.session_id, sessions[0]);
     // Inspection through a standby: the holder owns the actors, and the
     // database lists the three nodes.
-    let tree = inspect_actors(&n2).await;
+    // (A standby joins the database's nodes just after it says it
+    // listens.)
+    let mut tree = inspect_actors(&n2).await;
+    for _ in 0..100 {
+        if cluster_members(&tree).len() == 3 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        tree = inspect_actors(&n2).await;
+    }
     assert_eq!(tree["detail"]["node"], "n0", "{tree}");
     let members = cluster_members(&tree);
     assert_eq!(

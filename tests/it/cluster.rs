@@ -591,3 +591,58 @@ async fn a_database_restart_keeps_the_holder_and_loses_nothing() {
     n0.terminate().await.unwrap();
     cluster.audit_verifies("n0");
 }
+
+/// A flow run whose idempotent HTTP step is in flight when the holder is
+/// SIGKILLed, started through the standby: the standby takes over and
+/// finishes the run as a restart would — the recorded model answer not
+/// asked again, the idempotent GET re-run once, the POST sent once, every
+/// step completed once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flow_run_in_flight_moves_to_the_standby() {
+    use std::sync::atomic::Ordering::SeqCst;
+    if skip() {
+        return;
+    }
+    let fake = FakeOpenAi::start().await.unwrap();
+    fake.push_reply(baton_testkit::ScriptedReply::Text("{\"total\": 12}".into()));
+    let erp = crate::flows::erp().await;
+    erp.slow.store(true, SeqCst);
+    let shared = tempfile::tempdir().unwrap();
+    let cluster = Cluster::new(&crate::flows::flows_toml(shared.path(), &fake, &erp));
+    let n0 = cluster.start("n0", 2_000).await;
+    cluster.wait_for_holder(|h| h == "n0").await;
+    let n1 = cluster.start("n1", 2_000).await;
+    let mut c = crate::flows::flows_client(&n1).await;
+    let id = crate::flows::start_run(
+        &mut c,
+        "invoice",
+        serde_json::json!({"text": "total 12 EUR"}),
+    )
+    .await;
+    crate::flows::wait_until("the lookup to reach the ERP", || erp.hits.load(SeqCst) == 1).await;
+    n0.kill9().await.unwrap();
+    erp.slow.store(false, SeqCst);
+    cluster.wait_for_holder(|h| h == "n1").await;
+    serving(&n1).await;
+    let mut c = crate::flows::flows_client(&n1).await;
+    let run = crate::flows::until_status(&mut c, &id, "completed").await;
+    let output: serde_json::Value = serde_json::from_str(&run.output_json).unwrap();
+    assert_eq!(
+        output,
+        serde_json::json!({"total": 12, "po": "PO-7", "posted": 200})
+    );
+    assert_eq!(
+        fake.requests(),
+        1,
+        "the recorded model answer was not asked again"
+    );
+    assert_eq!(erp.hits.load(SeqCst), 3, "GET re-run once, POST once");
+    let recs = crate::flows::records(&mut c, &id).await;
+    let done = |path: &str| {
+        recs.iter()
+            .filter(|(t, r)| t == "step_completed" && r["path"] == path)
+            .count()
+    };
+    assert_eq!((done("extract"), done("lookup"), done("post")), (1, 1, 1));
+    n1.terminate().await.unwrap();
+}

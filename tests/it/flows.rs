@@ -20,14 +20,14 @@ use crate::common::*;
 
 /// A small ERP: counts hits; hangs while `slow` (any request) or
 /// `slow_post` (POSTs) is set.
-struct Erp {
-    hits: Arc<AtomicUsize>,
-    slow: Arc<AtomicBool>,
+pub(crate) struct Erp {
+    pub(crate) hits: Arc<AtomicUsize>,
+    pub(crate) slow: Arc<AtomicBool>,
     slow_post: Arc<AtomicBool>,
     host: String,
 }
 
-async fn erp() -> Erp {
+pub(crate) async fn erp() -> Erp {
     #[derive(Clone)]
     struct S {
         hits: Arc<AtomicUsize>,
@@ -105,6 +105,12 @@ expr = '"woke"'
 "#;
 
 fn setup(dir: &std::path::Path, fake: &FakeOpenAi, erp: &Erp) -> std::path::PathBuf {
+    write_config(dir, &dir.join("data"), &flows_toml(dir, fake, erp)).unwrap()
+}
+
+/// The flows (in `dir/flows`) and the model of these tests, as config
+/// TOML.
+pub(crate) fn flows_toml(dir: &std::path::Path, fake: &FakeOpenAi, erp: &Erp) -> String {
     let flows = dir.join("flows");
     std::fs::create_dir_all(&flows).unwrap();
     std::fs::write(
@@ -113,17 +119,12 @@ fn setup(dir: &std::path::Path, fake: &FakeOpenAi, erp: &Erp) -> std::path::Path
     )
     .unwrap();
     std::fs::write(flows.join("nap.toml"), NAP).unwrap();
-    write_config(
-        dir,
-        &dir.join("data"),
-        &format!(
-            "{}\n[flows]\ndir = {:?}\ninline_wait_ms = 0\ntimer_poll_ms = 50\n[flows.http]\nallowed_hosts = [{:?}]\n",
-            fake_model_toml(&fake.base_url(), false),
-            flows.display().to_string(),
-            erp.host
-        ),
+    format!(
+        "{}\n[flows]\ndir = {:?}\ninline_wait_ms = 0\ntimer_poll_ms = 50\n[flows.http]\nallowed_hosts = [{:?}]\n",
+        fake_model_toml(&fake.base_url(), false),
+        flows.display().to_string(),
+        erp.host
     )
-    .unwrap()
 }
 
 pub(crate) async fn flows_client(server: &BatonProcess) -> FlowsClient<Channel> {

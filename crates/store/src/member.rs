@@ -384,6 +384,18 @@ impl Member {
                 ],
             )
             .map_err(db_error)?;
+        // Nodes gone for a day (their process ended, their id not used
+        // since) leave the listing.
+        client
+            .execute(
+                &format!(
+                    "DELETE FROM baton_nodes n WHERE n.node_id <> $1 \
+                     AND n.heartbeat_at < clock_timestamp() - interval '1 day' AND NOT {LIVE} \
+                     AND NOT EXISTS (SELECT 1 FROM baton_writer w WHERE w.holder = n.node_id)"
+                ),
+                &[&node.id],
+            )
+            .map_err(db_error)?;
         let mut announced = false;
         let epoch = loop {
             let renewed = Instant::now();

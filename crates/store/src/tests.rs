@@ -1310,6 +1310,26 @@ fn a_standby_takes_over_when_the_holder_leaves() {
         .map(|n| (n.node_id.as_str(), n.live, n.holds_lease.is_some()))
         .collect();
     assert_eq!(ids, [("a", false, false), ("b", true, true)]);
+
+    // A node gone for more than a day leaves the listing when another
+    // starts; a live one stays however old its row.
+    let server = PG.get().unwrap().as_ref().unwrap();
+    server
+        .psql_in(
+            &baton_pgtest::PgServer::database_name(&url),
+            "UPDATE baton_nodes SET heartbeat_at = now() - interval '2 days'",
+        )
+        .unwrap();
+    let err = postgres::PgEngine::open(node(&url, "c", 600, 100)).unwrap_err();
+    assert!(err.to_string().contains("\"b\""), "{err}");
+    let ids: Vec<_> = dir
+        .nodes()
+        .unwrap()
+        .into_iter()
+        .map(|n| n.node_id)
+        .collect();
+    assert_eq!(ids, ["b", "c"]);
+    drop(b);
 }
 
 /// TLS to the database: with `sslmode=require` and the server's CA the

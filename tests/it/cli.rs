@@ -100,10 +100,11 @@ async fn session_commands_print_readable_and_json_output() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("NotFound"));
 }
 
-/// `baton migrate-store`: a RocksDB data dir a server wrote is copied into
-/// PostgreSQL; a server on the database then serves the same sessions and
-/// goes on with them; a second copy into the now non-empty database is
-/// refused, naming why.
+/// `baton migrate-store`: a RocksDB data dir a server wrote, sealed
+/// (`[privacy] encryption`), is copied into PostgreSQL with its keystore
+/// (`keystore = "database"`); a server on the database then opens and
+/// serves the same sessions and goes on with them; a second copy into the
+/// now non-empty database is refused, naming why.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_migrates_into_postgres_and_the_server_goes_on_there() {
     use crate::common::{get, start, turn};
@@ -111,7 +112,17 @@ async fn a_data_dir_migrates_into_postgres_and_the_server_goes_on_there() {
     let data = dir.path().join("data");
     // Written by hand (not write_config, which may put the store on the
     // shared database): the source must be RocksDB.
-    let models = "[[models]]\nname = \"echo\"\nprovider = \"echo\"\n";
+    let master = dir.path().join("master.key");
+    std::fs::write(
+        &master,
+        "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff",
+    )
+    .unwrap();
+    let privacy = format!(
+        "[privacy]\nencryption = true\nmaster_key_file = {:?}\n",
+        master.display().to_string()
+    );
+    let models = format!("[[models]]\nname = \"echo\"\nprovider = \"echo\"\n\n{privacy}");
     let rocks = dir.path().join("rocks.toml");
     std::fs::write(
         &rocks,
@@ -134,7 +145,7 @@ async fn a_data_dir_migrates_into_postgres_and_the_server_goes_on_there() {
     std::fs::write(
         &on_pg,
         format!(
-            "[store]\ndata_dir = {:?}\nbackend = \"postgres\"\npostgres = {{ url_env = \"MIGRATE_TEST_DB_URL\" }}\n\n{models}",
+            "[store]\ndata_dir = {:?}\nbackend = \"postgres\"\npostgres = {{ url_env = \"MIGRATE_TEST_DB_URL\" }}\n\n{models}keystore = \"database\"\n",
             dir.path().join("node").display().to_string()
         ),
     )
@@ -157,6 +168,8 @@ async fn a_data_dir_migrates_into_postgres_and_the_server_goes_on_there() {
         v["key_spaces"]["journal"]["keys"].as_u64().unwrap() >= 5,
         "{v}"
     );
+    // Two subjects (each session its own): a key list and a key each.
+    assert_eq!(v["subject_keys"], 4, "{v}");
     let again = migrate();
     assert!(!again.status.success());
     assert!(

@@ -4,6 +4,10 @@
 //! session; the others forward to it and take over when it dies (SIGKILL)
 //! or is paused past its lease (SIGSTOP), recovering as a restart does.
 //!
+//! Every node seals what it stores per data subject (`[privacy]
+//! encryption`), with the subject keys in the database (`keystore =
+//! "database"`): a node taking over opens what another sealed.
+//!
 //! These tests start their own database, so they run once, in the
 //! RocksDB pass of the suite (the second pass would repeat them as is).
 
@@ -51,16 +55,24 @@ impl Cluster {
         let dir = self.dir.path().join(node);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("baton.toml");
+        let master = self.dir.path().join("master.key");
+        std::fs::write(
+            &master,
+            "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff\n",
+        )
+        .unwrap();
         std::fs::write(
             &path,
             format!(
                 "[store]\ndata_dir = {:?}\nbackend = \"postgres\"\n\
                  postgres = {{ url = {:?}, connect_timeout_ms = 1000 }}\n\n\
                  [cluster]\nenabled = true\nnode_id = {node:?}\nlease_ms = {lease_ms}\n\
-                 heartbeat_ms = 200\n\n[audit]\ndir = {:?}\n\n{}",
+                 heartbeat_ms = 200\n\n[audit]\ndir = {:?}\n\n\
+                 [privacy]\nencryption = true\nkeystore = \"database\"\nmaster_key_file = {:?}\n\n{}",
                 dir.join("data").display().to_string(),
                 self.url,
                 dir.join("audit").display().to_string(),
+                master.display().to_string(),
                 self.model,
             ),
         )
@@ -436,6 +448,50 @@ async fn three_nodes_survive_the_holder_killed_under_load() {
     let other = if holder == "n1" { &n2 } else { &n1 };
     check_sessions(other, &acknowledged, &fake, true).await;
     cluster.audit_verifies("n0");
+
+    // Sealed in the database, one key per session (its own subject), kept
+    // there for every node.
+    let sql = |q: &str| {
+        cluster
+            .pg
+            .psql_in(&cluster.db, q)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let plain = "SELECT count(*) FROM baton_journal \
+                 WHERE position(convert_to('echo: ', 'UTF8') in value) > 0";
+    assert_eq!(sql(plain), "0", "plaintext answers in the journal");
+    let keys = "SELECT count(*) FROM baton_keys WHERE key >= 'k/'::bytea AND key < 'k0'::bytea";
+    assert_eq!(sql(keys), "6");
+    // Erased through a standby (forwarded to the holder): gone for the
+    // whole cluster, its key destroyed in the database.
+    let gone = &sessions[0];
+    let out = std::process::Command::new(bin())
+        .args(["erase", "--subject", &format!("session:{gone}"), "--json"])
+        .args(["--server", &other.url()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    // (The session's key went with the session, as a deletion does.)
+    assert_eq!(r["sessions_deleted"], 1, "{r}");
+    assert_eq!(sql(keys), "5");
+    let marker = format!(
+        "SELECT count(*) FROM baton_keys WHERE key = \
+         convert_to('e/', 'UTF8') || sha256(convert_to('session:{gone}', 'UTF8'))"
+    );
+    assert_eq!(sql(&marker), "1", "the erasure is recorded in the database");
+    for node in [survivor, other] {
+        let mut c = node.client().await.unwrap();
+        let err = c
+            .get_session(v1::GetSessionRequest {
+                session_id: gone.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    }
     n1.terminate().await.unwrap();
     n2.terminate().await.unwrap();
     cluster.audit_verifies(&holder);

@@ -293,7 +293,21 @@ pub async fn migrate_store(
     if !from.join("CURRENT").is_file() {
         bail!("{} holds no RocksDB store", from.display());
     }
-    let copied = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
+    // Sealed content moves with its subject keys when they are to be kept
+    // in the database: the keystore of the source's keys_dir is copied too.
+    let keystore = (cfg.privacy.encryption
+        && cfg.privacy.keystore == baton_runtime::Keystore::Database)
+        .then(|| cfg.privacy.keys_dir(&from));
+    if let Some(dir) = &keystore
+        && !dir.join("CURRENT").is_file()
+    {
+        bail!(
+            "privacy.keystore is \"database\", but {} holds no keystore to copy (set \
+             privacy.keys_dir to the source's)",
+            dir.display()
+        );
+    }
+    let (copied, keys) = tokio::task::spawn_blocking(move || -> anyhow::Result<_> {
         let source = baton_store::rocks::RocksEngine::open(
             &from,
             baton_store::DEFAULT_CACHE_BYTES,
@@ -311,7 +325,22 @@ pub async fn migrate_store(
                 println!("{cf:<12} {keys:>10} keys  {}", bytes(b));
             }
         })?;
-        Ok(copied)
+        let keys = match &keystore {
+            Some(dir) => {
+                let n = baton_store::seal::copy_keystore(dir, &dest)
+                    .with_context(|| format!("cannot copy the keystore {}", dir.display()))?;
+                if !json {
+                    println!(
+                        "{:<12} {n:>10} keys  (from {})",
+                        "subject keys",
+                        dir.display()
+                    );
+                }
+                Some(n)
+            }
+            None => None,
+        };
+        Ok((copied, keys))
     })
     .await??;
     if json {
@@ -327,7 +356,7 @@ pub async fn migrate_store(
             .collect();
         println!(
             "{}",
-            serde_json::json!({"keys": copied.keys(), "bytes": copied.bytes(), "key_spaces": spaces})
+            serde_json::json!({"keys": copied.keys(), "bytes": copied.bytes(), "key_spaces": spaces, "subject_keys": keys})
         );
     } else {
         println!(

@@ -156,7 +156,8 @@ impl PgServer {
         Ok(server)
     }
 
-    fn data_dir(&self) -> PathBuf {
+    /// The server's data directory (its files, for raw searches).
+    pub fn data_dir(&self) -> PathBuf {
         self.dir.path().join("data")
     }
 

@@ -498,14 +498,27 @@ impl RuntimeConfig {
         classifiers: &[(String, Arc<dyn DataClassifier>)],
         policy_classifiers: &[&str],
     ) -> Result<(), ConfigError> {
-        if self.cluster.enabled && self.privacy.encryption {
-            // Subject keys live in a keystore on the node's own disk: a
-            // node taking over could not open what another sealed.
+        if self.cluster.enabled
+            && self.privacy.encryption
+            && self.privacy.keystore == crate::privacy::Keystore::Dir
+        {
+            // A keystore on the node's own disk: a node taking over could
+            // not open what another sealed.
             return Err(ConfigError::new(
-                "cluster.enabled",
-                "cannot be combined with [privacy] encryption yet: subject keys are kept in \
-                 each node's own keys_dir, so a node taking over could not open what another \
-                 sealed (see docs/scaling.md)",
+                "privacy.keystore",
+                "a cluster with [privacy] encryption keeps subject keys in the database: set \
+                 keystore = \"database\" (a keys_dir is each node's own, so a node taking \
+                 over could not open what another sealed)",
+            ));
+        }
+        if self.privacy.encryption
+            && self.privacy.keystore == crate::privacy::Keystore::Database
+            && self.store.backend != crate::StoreBackend::Postgres
+        {
+            return Err(ConfigError::new(
+                "privacy.keystore",
+                "\"database\" needs store.backend = \"postgres\"; a RocksDB store keeps subject \
+                 keys in keys_dir",
             ));
         }
         let s = &self.sessions;
@@ -978,15 +991,31 @@ mod tests {
         let o = single.postgres_options().unwrap().unwrap();
         assert!(!o.node.wait_for_lease);
         assert!(!o.node.id.is_empty());
-        // Subject keys are per node: refused together, naming why.
+        // Subject keys in each node's keys_dir: refused, naming the fix;
+        // in the database: accepted.
         let mut with_privacy = c.clone();
         with_privacy.privacy.encryption = true;
+        with_privacy.privacy.master_key_env = Some("BATON_MASTER_KEY".into());
         let e = with_privacy
             .validate_with(&[], &[], &[])
             .unwrap_err()
             .to_string();
         assert!(
-            e.starts_with("cluster.enabled: cannot be combined with [privacy] encryption"),
+            e.starts_with("privacy.keystore: a cluster with [privacy] encryption keeps"),
+            "{e}"
+        );
+        with_privacy.privacy.keystore = crate::privacy::Keystore::Database;
+        with_privacy.validate_with(&[], &[], &[]).unwrap();
+        // Keys in the database need the store there.
+        let mut on_rocks = with_privacy.clone();
+        on_rocks.cluster.enabled = false;
+        on_rocks.store.backend = crate::StoreBackend::Rocksdb;
+        let e = on_rocks
+            .validate_with(&[], &[], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("privacy.keystore: \"database\" needs store.backend"),
             "{e}"
         );
         assert!(

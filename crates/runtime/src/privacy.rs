@@ -43,6 +43,21 @@ pub struct PrivacyConfig {
     /// Where subject keys are kept; default: next to the data dir
     /// (`<data_dir>.keys`). Never inside a backup.
     pub keys_dir: Option<PathBuf>,
+    /// Which keystore: `dir` (a RocksDB of its own in `keys_dir`, the
+    /// default) or `database` (the table `baton_keys` of the store's
+    /// PostgreSQL database, shared by every node: what a cluster needs).
+    pub keystore: Keystore,
+}
+
+/// `[privacy] keystore`.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Keystore {
+    /// A RocksDB of its own in `keys_dir`, on the node.
+    #[default]
+    Dir,
+    /// The store's PostgreSQL database.
+    Database,
 }
 
 impl PrivacyConfig {
@@ -130,7 +145,7 @@ pub(crate) fn validate(c: &PrivacyConfig, data_dir: &Path) -> Result<(), ConfigE
         ));
     }
     let keys = c.keys_dir(data_dir);
-    if keys.starts_with(data_dir) {
+    if c.keystore == Keystore::Dir && keys.starts_with(data_dir) {
         return Err(ConfigError::new(
             "privacy.keys_dir",
             format!(
@@ -194,6 +209,10 @@ pub fn open_keyring(c: &PrivacyConfig, data_dir: &Path) -> Result<Option<Arc<Key
         &c.previous_master_key_env,
         &c.previous_master_key_file,
     )?;
+    if c.keystore == Keystore::Database {
+        // Bound to the database when the store opens on it.
+        return Ok(Some(Arc::new(Keyring::in_database(master, previous))));
+    }
     let dir = c.keys_dir(data_dir);
     std::fs::create_dir_all(&dir).map_err(|e| {
         Error::from(ConfigError::new(

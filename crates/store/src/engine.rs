@@ -114,6 +114,13 @@ pub trait Engine: Send + Sync + 'static {
         StoreMemory::default()
     }
 
+    /// Rewrite key space `cf` so that no file of the database keeps what
+    /// was deleted from it (the subject keys of an erasure). Where the
+    /// key space is not kept by this engine, nothing to do.
+    fn compact(&self, _cf: &'static str) -> Result<()> {
+        Ok(())
+    }
+
     /// A consistent copy of everything at `dir` (backups).
     fn checkpoint(&self, dir: &Path) -> Result<()>;
 

@@ -215,6 +215,9 @@ impl Store {
     pub fn with_engine(engine: Arc<dyn Engine>, options: StoreOptions) -> Result<Store> {
         let db = engine;
         off_runtime(|| {
+            if let Some(ring) = &options.keyring {
+                ring.attach(&db)?;
+            }
             build_tenant_index(&*db)?;
             gates::build_queue_index(&*db, options.keyring.as_deref())
         })?;
@@ -719,6 +722,19 @@ fn off_runtime<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
             .join()
             .map_err(|_| Error::Rocks("opening the store failed (a thread panicked)".into()))?
     })
+}
+
+/// Run `f`, which blocks on a database client that cannot run on an
+/// async worker (PostgreSQL's), from wherever the caller is: directly off
+/// any runtime, in `block_in_place` on a multi-threaded one (the worker's
+/// other tasks move on), on a thread of its own on a current-thread one.
+pub(crate) fn blocking<T: Send>(f: impl FnOnce() -> Result<T> + Send) -> Result<T> {
+    use tokio::runtime::{Handle, RuntimeFlavor};
+    match Handle::try_current() {
+        Err(_) => f(),
+        Ok(h) if h.runtime_flavor() == RuntimeFlavor::MultiThread => tokio::task::block_in_place(f),
+        Ok(_) => off_runtime(f),
+    }
 }
 
 impl Drop for Inner {

@@ -41,6 +41,7 @@ const MIGRATIONS: &[(i32, &str)] = &[
         2,
         "nodes, their heartbeats and the writer lease; baton_fence(epoch)",
     ),
+    (3, "subject keys kept in the database (baton_keys)"),
 ];
 
 /// One connection and the statements prepared on it.
@@ -351,6 +352,13 @@ fn migrate(client: &mut Client) -> Result<()> {
         if *version == 2 {
             tx.batch_execute(member::SCHEMA).map_err(db_error)?;
         }
+        if *version == 3 {
+            tx.batch_execute(&format!(
+                "CREATE TABLE IF NOT EXISTS {} (key bytea PRIMARY KEY, value bytea NOT NULL)",
+                table(crate::seal::KEYS_CF)
+            ))
+            .map_err(db_error)?;
+        }
         tx.execute(
             "INSERT INTO baton_schema (version, description) VALUES ($1, $2)",
             &[version, description],
@@ -585,6 +593,21 @@ impl Engine for PgEngine {
 
     fn cluster_nodes(&self) -> Result<Vec<member::NodeRow>> {
         self.pool.with(|c| member::nodes(&mut c.client))
+    }
+
+    fn compact(&self, cf: &'static str) -> Result<()> {
+        // VACUUM FULL writes the live rows into a new file and removes the
+        // old one, dead rows (deleted keys) with it.
+        self.pool.with(|c| {
+            c.client
+                .batch_execute(&format!("VACUUM FULL {}", table(cf)))
+                .map_err(|e| {
+                    Error::Unavailable(format!(
+                        "cannot rewrite {} (VACUUM FULL needs the table's owner): {e}",
+                        table(cf)
+                    ))
+                })
+        })
     }
 
     fn checkpoint(&self, _dir: &Path) -> Result<()> {

@@ -32,17 +32,33 @@
 //! associated data: the key id); `e/<hash>` → when it was erased. Erasing
 //! deletes `s/` and `k/` entries in one synced batch, then flushes and
 //! compacts the keystore so no table file keeps the wrapped keys.
+//!
+//! The keystore is kept in one of two places:
+//!
+//! - [`Keyring::open`]: a RocksDB of its own in a directory on the node
+//!   (the default), outside the data dir and so outside its backups;
+//! - [`Keyring::in_database`]: the key space `keys` of the store's own
+//!   PostgreSQL database (table `baton_keys`), so that every node sharing
+//!   the database opens what another sealed. Its writes are fenced by the
+//!   writer lease like every other write; erasing rewrites the table
+//!   (`VACUUM FULL`) so no live data file keeps a wrapped key. The
+//!   database's backups and WAL archive do keep them (wrapped): see
+//!   docs/privacy.md for what that means for erasure.
 
 use std::collections::HashMap;
 use std::path::Path;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 
 use ring::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKey};
 use ring::rand::{SecureRandom, SystemRandom};
 use rocksdb::{DB, Options, WriteBatch, WriteOptions};
 use sha2::{Digest, Sha256};
 
+use crate::engine::{Engine, Op};
 use crate::{Error, Result};
+
+/// The key space of a keystore kept in the store's database.
+pub const KEYS_CF: &str = "keys";
 
 /// The first byte of a sealed value.
 pub const SEALED: u8 = 0xB7;
@@ -200,10 +216,23 @@ pub fn subject_hash(subject: &str) -> [u8; 32] {
     Sha256::digest(subject.as_bytes()).into()
 }
 
+/// Where a keyring keeps its wrapped keys.
+enum Place {
+    /// A RocksDB of its own.
+    Own(DB),
+    /// The `keys` key space of the store's database, once a store is open
+    /// on it ([`Keyring::attach`]); weak, so that closing the store closes
+    /// the database (and gives up its lease) whoever still holds the ring.
+    Database(Mutex<Option<Weak<dyn Engine>>>),
+}
+
 /// Subject keys, wrapped by the master key, in their own store.
 pub struct Keyring {
-    db: DB,
+    place: Place,
     master: MasterKey,
+    /// A master key being rotated out, until the keys are wrapped again
+    /// (at [`Keyring::attach`] for a keystore in the database).
+    previous: Mutex<Option<MasterKey>>,
     by_id: Mutex<HashMap<KeyId, Option<Arc<SealKey>>>>,
     by_subject: Mutex<HashMap<[u8; 32], Arc<SealKey>>>,
     /// Held across a keystore read and the writes that depend on it
@@ -214,7 +243,10 @@ pub struct Keyring {
 
 impl std::fmt::Debug for Keyring {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "Keyring({})", self.db.path().display())
+        match &self.place {
+            Place::Own(db) => write!(f, "Keyring({})", db.path().display()),
+            Place::Database(_) => f.write_str("Keyring(the store's database)"),
+        }
     }
 }
 
@@ -242,34 +274,144 @@ impl Keyring {
         opts.set_wal_ttl_seconds(0);
         opts.set_wal_size_limit_mb(0);
         let db = DB::open(&opts, dir)?;
-        let ring = Keyring {
-            db,
-            master,
-            by_id: Mutex::new(HashMap::new()),
-            by_subject: Mutex::new(HashMap::new()),
-            keystore: Mutex::new(()),
-        };
-        ring.check_and_rewrap(previous.as_ref())?;
+        let ring = Keyring::with_place(Place::Own(db), master, previous);
+        ring.check_and_rewrap()?;
         Ok(ring)
     }
 
-    /// Every wrapped key opens under the master key; those that open only
-    /// under `previous` are wrapped again.
-    fn check_and_rewrap(&self, previous: Option<&MasterKey>) -> Result<()> {
-        let mut batch = WriteBatch::default();
-        let mut rewrapped = 0usize;
-        for item in self.db.prefix_iterator(b"k/") {
-            let (k, v) = item?;
-            if !k.starts_with(b"k/") {
-                break;
+    /// A keystore in the key space `keys` of the store's database: usable
+    /// once a store on PostgreSQL is opened with it, which checks every
+    /// key against the master key (and wraps again those under
+    /// `previous`) before the store reads anything.
+    pub fn in_database(master: MasterKey, previous: Option<MasterKey>) -> Keyring {
+        Keyring::with_place(Place::Database(Mutex::new(None)), master, previous)
+    }
+
+    fn with_place(place: Place, master: MasterKey, previous: Option<MasterKey>) -> Keyring {
+        Keyring {
+            place,
+            master,
+            previous: Mutex::new(previous),
+            by_id: Mutex::new(HashMap::new()),
+            by_subject: Mutex::new(HashMap::new()),
+            keystore: Mutex::new(()),
+        }
+    }
+
+    /// Whether the keys are kept in the store's database.
+    pub fn in_the_database(&self) -> bool {
+        matches!(self.place, Place::Database(_))
+    }
+
+    /// Bind a keystore kept in the database to the store opened on
+    /// `engine`; a keystore of its own is left as it is.
+    pub(crate) fn attach(&self, engine: &Arc<dyn Engine>) -> Result<()> {
+        let Place::Database(slot) = &self.place else {
+            return Ok(());
+        };
+        if engine.backend() != "postgres" {
+            return Err(Error::Config(format!(
+                "subject keys kept in the database need the store on PostgreSQL, not {}: \
+                 a RocksDB store keeps them in a keys directory of their own",
+                engine.backend()
+            )));
+        }
+        *slot.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::downgrade(engine));
+        let _held = self.keystore.lock().unwrap_or_else(PoisonError::into_inner);
+        self.check_and_rewrap()
+    }
+
+    /// The database of a keystore kept there.
+    fn engine(slot: &Mutex<Option<Weak<dyn Engine>>>) -> Result<Arc<dyn Engine>> {
+        slot.lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+            .and_then(Weak::upgrade)
+            .ok_or_else(|| {
+                Error::Keys(
+                    "the keystore is in the store's database, and no store is open on it".into(),
+                )
+            })
+    }
+
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        match &self.place {
+            Place::Own(db) => Ok(db.get(key)?),
+            Place::Database(slot) => crate::blocking(|| Keyring::engine(slot)?.get(KEYS_CF, key)),
+        }
+    }
+
+    /// Every wrapped key: `(k/<id>, wrapped)`.
+    fn wrapped_keys(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+        let mut out = Vec::new();
+        match &self.place {
+            Place::Own(db) => {
+                for item in db.prefix_iterator(b"k/") {
+                    let (k, v) = item?;
+                    if !k.starts_with(b"k/") {
+                        break;
+                    }
+                    out.push((k.to_vec(), v.to_vec()));
+                }
             }
+            Place::Database(slot) => crate::blocking(|| {
+                let engine = Keyring::engine(slot)?;
+                for item in engine.walk_prefix(KEYS_CF, b"k/")? {
+                    let (k, v) = item?;
+                    out.push((k.into_vec(), v.into_vec()));
+                }
+                Ok(())
+            })?,
+        }
+        Ok(out)
+    }
+
+    /// Apply puts (`Some`) and deletes (`None`) at once, durably.
+    fn write_synced(&self, writes: Vec<(Vec<u8>, Option<Vec<u8>>)>) -> Result<()> {
+        match &self.place {
+            Place::Own(db) => {
+                let mut batch = WriteBatch::default();
+                for (k, v) in writes {
+                    match v {
+                        Some(v) => batch.put(k, v),
+                        None => batch.delete(k),
+                    }
+                }
+                let mut wo = WriteOptions::default();
+                wo.set_sync(true);
+                db.write_opt(batch, &wo)?;
+            }
+            Place::Database(slot) => {
+                let ops: Vec<Op> = writes
+                    .into_iter()
+                    .map(|(key, v)| match v {
+                        Some(value) => Op::Put {
+                            cf: KEYS_CF,
+                            key,
+                            value,
+                        },
+                        None => Op::Delete { cf: KEYS_CF, key },
+                    })
+                    .collect();
+                crate::blocking(|| Keyring::engine(slot)?.write(&[&ops], true))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Every wrapped key opens under the master key; those that open only
+    /// under the previous one are wrapped again.
+    fn check_and_rewrap(&self) -> Result<()> {
+        let previous = self.previous.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut writes = Vec::new();
+        for (k, v) in self.wrapped_keys()? {
             let id: KeyId = k[2..]
                 .try_into()
                 .map_err(|_| Error::Keys("a keystore entry has a malformed key id".into()))?;
             if unwrap_key(&self.master, &id, &v).is_ok() {
                 continue;
             }
-            let Some(prev) = previous else {
+            let Some(prev) = previous.as_ref() else {
                 return Err(Error::Keys(format!(
                     "subject key {} does not open under the master key (a wrong master key, or a rotation without the previous one)",
                     hex(&id)
@@ -281,23 +423,19 @@ impl Keyring {
                     hex(&id)
                 ))
             })?;
-            batch.put(&k, wrap_key(&self.master, &id, &v[..32], &raw)?);
-            rewrapped += 1;
+            let hash = v
+                .get(..32)
+                .ok_or_else(|| Error::Keys(format!("subject key {} is malformed", hex(&id))))?;
+            writes.push((k.clone(), Some(wrap_key(&self.master, &id, hash, &raw)?)));
         }
+        let rewrapped = writes.len();
         if rewrapped > 0 {
-            self.write_synced(batch)?;
+            self.write_synced(writes)?;
             tracing::info!(
                 keys = rewrapped,
                 "subject keys wrapped under the new master key"
             );
         }
-        Ok(())
-    }
-
-    fn write_synced(&self, batch: WriteBatch) -> Result<()> {
-        let mut wo = WriteOptions::default();
-        wo.set_sync(true);
-        self.db.write_opt(batch, &wo)?;
         Ok(())
     }
 
@@ -321,7 +459,7 @@ impl Keyring {
         {
             return Ok(k.clone());
         }
-        let ids = self.db.get(subject_key(&hash))?.unwrap_or_default();
+        let ids = self.get(&subject_key(&hash))?.unwrap_or_default();
         let key = match ids.chunks_exact(KEY_ID_LEN).last() {
             Some(last) => {
                 let mut id = [0u8; KEY_ID_LEN];
@@ -346,11 +484,11 @@ impl Keyring {
         rng.fill(&mut id)
             .and_then(|()| rng.fill(&mut raw))
             .map_err(|_| Error::Keys("the system's random source failed".into()))?;
-        let mut batch = WriteBatch::default();
-        batch.put(id_key(&id), wrap_key(&self.master, &id, hash, &raw)?);
-        batch.put(subject_key(hash), [ids, id.as_slice()].concat());
-        batch.delete(erased_key(hash));
-        self.write_synced(batch)?;
+        self.write_synced(vec![
+            (id_key(&id), Some(wrap_key(&self.master, &id, hash, &raw)?)),
+            (subject_key(hash), Some([ids, id.as_slice()].concat())),
+            (erased_key(hash), None),
+        ])?;
         let key = Arc::new(SealKey {
             id,
             key: aes_key(&raw)?,
@@ -379,7 +517,7 @@ impl Keyring {
 
     /// [`Self::by_id`] from the keystore, with the keystore lock held.
     fn load_id(&self, id: &KeyId) -> Result<Option<Arc<SealKey>>> {
-        let key = match self.db.get(id_key(id))? {
+        let key = match self.get(&id_key(id))? {
             Some(v) => {
                 let mut raw = unwrap_key(&self.master, id, &v)?;
                 let key = Arc::new(SealKey {
@@ -421,18 +559,18 @@ impl Keyring {
     pub fn forget(&self, subject: &str) -> Result<bool> {
         let _held = self.keystore.lock().unwrap_or_else(PoisonError::into_inner);
         let hash = subject_hash(subject);
-        let ids = self.db.get(subject_key(&hash))?.unwrap_or_default();
-        let mut batch = WriteBatch::default();
-        for id in ids.chunks_exact(KEY_ID_LEN) {
-            batch.delete([b"k/".as_slice(), id].concat());
-        }
-        batch.delete(subject_key(&hash));
+        let ids = self.get(&subject_key(&hash))?.unwrap_or_default();
+        let mut writes: Vec<(Vec<u8>, Option<Vec<u8>>)> = ids
+            .chunks_exact(KEY_ID_LEN)
+            .map(|id| ([b"k/".as_slice(), id].concat(), None))
+            .collect();
+        writes.push((subject_key(&hash), None));
         let at = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        batch.put(erased_key(&hash), at.to_le_bytes());
-        self.write_synced(batch)?;
+        writes.push((erased_key(&hash), Some(at.to_le_bytes().to_vec())));
+        self.write_synced(writes)?;
         {
             let mut by_id = self.by_id.lock().unwrap_or_else(PoisonError::into_inner);
             for id in ids.chunks_exact(KEY_ID_LEN) {
@@ -448,17 +586,70 @@ impl Keyring {
         Ok(!ids.is_empty())
     }
 
-    /// Flush and compact the keystore: no table file keeps deleted keys.
+    /// Flush and compact the keystore: no table file keeps deleted keys
+    /// (in the database: the table rewritten, its old file removed).
     pub fn compact(&self) -> Result<()> {
-        self.db.flush()?;
-        self.db.compact_range::<&[u8], &[u8]>(None, None);
-        Ok(())
+        match &self.place {
+            Place::Own(db) => {
+                db.flush()?;
+                db.compact_range::<&[u8], &[u8]>(None, None);
+                Ok(())
+            }
+            Place::Database(slot) => crate::blocking(|| Keyring::engine(slot)?.compact(KEYS_CF)),
+        }
     }
 
     /// Whether `subject` was erased (and has no key since).
     pub fn is_erased(&self, subject: &str) -> Result<bool> {
-        Ok(self.db.get(erased_key(&subject_hash(subject)))?.is_some())
+        Ok(self.get(&erased_key(&subject_hash(subject)))?.is_some())
     }
+}
+
+/// Copy the keystore at `dir` (a RocksDB of its own, not in use) into the
+/// key space `keys` of `to`, which must hold none: the wrapped keys move
+/// as they are (the same master key opens them). Checked key by key
+/// afterwards; returns how many entries were copied.
+pub fn copy_keystore(dir: &Path, to: &dyn Engine) -> Result<u64> {
+    if let Some(item) = to.walk(KEYS_CF, crate::engine::Seek::First)?.next() {
+        item?;
+        return Err(Error::Config(
+            "the destination already holds subject keys: copy into an empty database".into(),
+        ));
+    }
+    let db = DB::open_for_read_only(&Options::default(), dir, false)?;
+    let mut entries = Vec::new();
+    for item in db.iterator(rocksdb::IteratorMode::Start) {
+        let (k, v) = item?;
+        entries.push((k.into_vec(), v.into_vec()));
+    }
+    let ops: Vec<Op> = entries
+        .iter()
+        .map(|(k, v)| Op::Put {
+            cf: KEYS_CF,
+            key: k.clone(),
+            value: v.clone(),
+        })
+        .collect();
+    for chunk in ops.chunks(1000) {
+        to.write(&[chunk], true)?;
+    }
+    let mut copied = to.walk(KEYS_CF, crate::engine::Seek::First)?;
+    for (k, v) in &entries {
+        match copied.next().transpose()? {
+            Some((k2, v2)) if *k2 == **k && *v2 == **v => {}
+            _ => {
+                return Err(Error::Config(format!(
+                    "the copied keystore does not match its source at key {k:02x?}"
+                )));
+            }
+        }
+    }
+    if copied.next().is_some() {
+        return Err(Error::Config(
+            "the copied keystore holds more than its source".into(),
+        ));
+    }
+    Ok(entries.len() as u64)
 }
 
 /// `subject hash (32) | nonce (12) | AES-256-GCM(master, key) + tag`, the

@@ -1029,7 +1029,7 @@ fn a_second_writer_on_one_database_is_refused_by_name() {
     let mut options = postgres::PgOptions::new(url.clone());
     options.connect_timeout = std::time::Duration::from_millis(300);
     let first = postgres::PgEngine::open(options.clone()).unwrap();
-    assert_eq!(first.schema_version().unwrap(), 2);
+    assert_eq!(first.schema_version().unwrap(), 3);
     let err = postgres::PgEngine::open(options.clone()).unwrap_err();
     assert!(
         err.to_string().contains("another Baton node is writing"),
@@ -1205,7 +1205,7 @@ fn a_writer_is_fenced_by_its_lease() {
     let server = PG.get().unwrap().as_ref().unwrap();
     // A renews rarely: the test decides when its lease ends.
     let a = postgres::PgEngine::open(node(&url, "a", 60_000, 60_000)).unwrap();
-    assert_eq!(a.schema_version().unwrap(), 2);
+    assert_eq!(a.schema_version().unwrap(), 3);
     a.write(&[&[put(1)]], true).unwrap();
 
     // Its writer connection cut: A reconnects and writes on.
@@ -1359,4 +1359,202 @@ fn tls_to_the_database_is_verified_and_required_when_asked() {
         err.to_string().contains("TLS") || err.to_string().contains("SSL"),
         "{err}"
     );
+}
+
+const M1: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+const M2: &str = "ffeeddccbbaa99887766554433221100ffeeddccbbaa99887766554433221100";
+
+fn master(hex: &str) -> seal::MasterKey {
+    seal::MasterKey::from_hex(hex).unwrap()
+}
+
+/// A session of `subject` with one sealed turn saying `text`.
+async fn sealed_session(store: &Store, subject: &str, text: &str) -> SessionId {
+    let ring = store.keyring().unwrap();
+    let s = SessionId::new();
+    let mut b = Batch::new();
+    b.seal_with(Some(ring.for_subject(subject).unwrap()));
+    b.put_meta(&s, &meta(SessionStatus::Idle), None);
+    b.append(
+        &s,
+        1,
+        10,
+        &EventKind::TurnAccepted {
+            turn: 1,
+            message: Message::user(text),
+            review: false,
+            by: String::new(),
+        },
+    );
+    store.write(b).await.unwrap();
+    s
+}
+
+fn with_ring(place: &Place, ring: &Arc<seal::Keyring>) -> Result<Store> {
+    let mut opts = place.options(Durability::Sync);
+    opts.keyring = Some(ring.clone());
+    Store::open(opts)
+}
+
+/// The bytes of a table's current data file (after a checkpoint).
+fn table_file(server: &baton_pgtest::PgServer, db: &str, table: &str) -> (String, Vec<u8>) {
+    server.psql_in(db, "CHECKPOINT").unwrap();
+    let rel = server
+        .psql_in(db, &format!("SELECT pg_relation_filepath('{table}')"))
+        .unwrap();
+    let rel = rel.trim().to_string();
+    let bytes = std::fs::read(server.data_dir().join(&rel)).unwrap_or_default();
+    (rel, bytes)
+}
+
+fn unhex(text: &str) -> Vec<u8> {
+    (0..text.len() / 2)
+        .map(|i| u8::from_str_radix(&text[2 * i..2 * i + 2], 16).unwrap())
+        .collect()
+}
+
+/// Subject keys kept in the database: another process on the same
+/// database opens what the first sealed; an erasure there destroys the
+/// key in the table's files too; a rotation wraps them again; a RocksDB
+/// store refuses them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subject_keys_in_the_database_are_shared_and_erased_there() {
+    let place = Place::postgres();
+    let url = place.postgres.clone().unwrap();
+    let db = baton_pgtest::PgServer::database_name(&url);
+    let server = PG.get().unwrap().as_ref().unwrap();
+
+    let ring = Arc::new(seal::Keyring::in_database(master(M1), None));
+    assert!(ring.for_subject("cust-1").is_err(), "no store open yet");
+    let store = with_ring(&place, &ring).unwrap();
+    let a = sealed_session(&store, "cust-1", "MARKER-one").await;
+    let b = sealed_session(&store, "cust-2", "MARKER-two").await;
+    store.close();
+    drop(store);
+    // The store closed: the ring no longer reaches the database.
+    assert!(ring.by_id(&[0u8; 16]).is_err());
+
+    // Another node (a new process: a new ring, same master key) reads both.
+    let ring = Arc::new(seal::Keyring::in_database(master(M1), None));
+    let store = with_ring(&place, &ring).unwrap();
+    for (s, text) in [(a, "MARKER-one"), (b, "MARKER-two")] {
+        let events = store.read_journal(s, 0, 10).await.unwrap();
+        assert!(format!("{:?}", events[0].kind).contains(text));
+    }
+    let wrapped = |subject: &str| {
+        let hash: String = seal::subject_hash(subject)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        server
+            .psql_in(
+                &db,
+                &format!(
+                    "SELECT encode(value, 'hex') FROM baton_keys \
+                     WHERE key >= 'k/'::bytea AND key < 'k0'::bytea \
+                     AND substring(value from 1 for 32) = '\\x{hash}'::bytea"
+                ),
+            )
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let key_one = unhex(&wrapped("cust-1"));
+    assert_eq!(
+        key_one.len(),
+        32 + 12 + 32 + 16,
+        "one wrapped key for cust-1"
+    );
+    let (before, file) = table_file(server, &db, "baton_keys");
+    assert!(
+        file.windows(key_one.len()).any(|w| w == key_one),
+        "the wrapped key is in the table's file before the erasure"
+    );
+
+    // Erased on this node: unreadable, and gone from the table's files.
+    assert!(ring.erase("cust-1").unwrap());
+    assert!(matches!(
+        store.read_journal(a, 0, 10).await,
+        Err(Error::Erased(_))
+    ));
+    assert!(wrapped("cust-1").is_empty());
+    let (after, file) = table_file(server, &db, "baton_keys");
+    assert_ne!(before, after, "the table was rewritten");
+    let old = std::fs::read(server.data_dir().join(&before)).unwrap_or_default();
+    for bytes in [&file, &old] {
+        assert!(
+            !bytes.windows(key_one.len()).any(|w| w == key_one),
+            "an erased key is left in a data file"
+        );
+    }
+    store.close();
+    drop(store);
+
+    // A third node sees the erasure; a rotation wraps the keys again.
+    let ring = Arc::new(seal::Keyring::in_database(master(M2), Some(master(M1))));
+    let store = with_ring(&place, &ring).unwrap();
+    assert!(ring.is_erased("cust-1").unwrap());
+    assert!(matches!(
+        store.read_journal(a, 0, 10).await,
+        Err(Error::Erased(_))
+    ));
+    assert_eq!(store.read_journal(b, 0, 10).await.unwrap().len(), 1);
+    store.close();
+    drop(store);
+    let ring = Arc::new(seal::Keyring::in_database(master(M1), None));
+    let err = with_ring(&place, &ring).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("does not open under the master key"),
+        "{err}"
+    );
+
+    // Keys in the database need the store there.
+    let ring = Arc::new(seal::Keyring::in_database(master(M1), None));
+    let err = with_ring(&Place::rocksdb(), &ring).unwrap_err();
+    assert!(
+        err.to_string().contains("need the store on PostgreSQL"),
+        "{err}"
+    );
+}
+
+/// `migrate-store` with sealed data: the store and its keystore copied
+/// into PostgreSQL read there with the same master key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_store_and_its_keystore_move_into_postgres() {
+    let from = Place::rocksdb();
+    let keys = tempfile::tempdir().unwrap();
+    let ring = Arc::new(seal::Keyring::open(keys.path(), master(M1), None).unwrap());
+    let store = with_ring(&from, &ring).unwrap();
+    let a = sealed_session(&store, "cust-1", "MARKER-moved").await;
+    store.close();
+    drop(store);
+    drop(ring);
+
+    let to = Place::postgres();
+    let (dir, url, keys_dir) = (
+        from.dir.path().to_path_buf(),
+        to.postgres.clone().unwrap(),
+        keys.path().to_path_buf(),
+    );
+    let n = tokio::task::spawn_blocking(move || {
+        let source = rocks::RocksEngine::open(&dir, 8 << 20, 8 << 20).unwrap();
+        let dest = postgres::PgEngine::open(postgres::PgOptions::new(url)).unwrap();
+        migrate::copy_store(&source, &dest, |_, _, _| {}).unwrap();
+        let n = seal::copy_keystore(&keys_dir, &dest).unwrap();
+        let err = seal::copy_keystore(&keys_dir, &dest).unwrap_err();
+        assert!(
+            err.to_string().contains("already holds subject keys"),
+            "{err}"
+        );
+        n
+    })
+    .await
+    .unwrap();
+    assert_eq!(n, 2, "the subject's key list and its wrapped key");
+    let ring = Arc::new(seal::Keyring::in_database(master(M1), None));
+    let store = with_ring(&to, &ring).unwrap();
+    let events = store.read_journal(a, 0, 10).await.unwrap();
+    assert!(format!("{:?}", events[0].kind).contains("MARKER-moved"));
+    assert!(!ring.is_erased("cust-1").unwrap());
 }

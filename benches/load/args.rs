@@ -26,6 +26,8 @@ Options (default in brackets; --quick values in braces):
   --audit                 run Baton with the signed audit trail on (as `[audit] dir` does)
   --postgres              keep the store on a private PostgreSQL server (initdb'd by the
                           bench; synchronous commit) instead of RocksDB
+  --pg-delay-us N         with --postgres: N µs added each way between Baton and the
+                          database (a delay line on loopback), as across a network [0]
   --data-dir PATH         where temporary data dirs go [system temp dir]
   --child                 (internal) run as a memory phase's fresh child process
   --phases LIST           comma-separated subset of fsync,latency,throughput,frontdoor,nodelay,rss,oneshot,persisted,flat
@@ -57,6 +59,8 @@ pub(crate) struct Args {
     pub(crate) audit: bool,
     /// Keep the store on a private PostgreSQL server.
     pub(crate) postgres: bool,
+    /// Microseconds added each way between Baton and the database.
+    pub(crate) pg_delay_us: u64,
     pub(crate) data_dir: PathBuf,
     pub(crate) phases: Vec<String>,
 }
@@ -79,6 +83,7 @@ impl Args {
             calls: 1_000_000,
             audit: false,
             postgres: false,
+            pg_delay_us: 0,
             data_dir: std::env::temp_dir(),
             phases: [
                 "fsync",
@@ -128,6 +133,7 @@ impl Args {
                 "--json" => a.json = true,
                 "--audit" => a.audit = true,
                 "--postgres" => a.postgres = true,
+                "--pg-delay-us" => a.pg_delay_us = positive(&value()?, &key)? as u64,
                 "--child" => a.child = true,
                 "--sessions" => a.sessions = positive(&value()?, &key)?,
                 "--concurrency" => a.concurrency = positive(&value()?, &key)?,

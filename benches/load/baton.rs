@@ -28,6 +28,8 @@ pub(crate) struct Baton {
 /// database of its own on (synchronous commit, fsync on).
 pub(crate) static POSTGRES: std::sync::OnceLock<baton_pgtest::PgServer> =
     std::sync::OnceLock::new();
+/// With `--pg-delay-us`: the port of the delay line in front of it.
+pub(crate) static PG_VIA: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
 
 pub(crate) fn data_dir(parent: &Path, what: &str) -> Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new()
@@ -48,7 +50,14 @@ impl Baton {
         cfg.store.durability = durability;
         if let Some(pg) = POSTGRES.get() {
             cfg.store.backend = baton_runtime::StoreBackend::Postgres;
-            cfg.store.postgres.url = Some(pg.database().map_err(anyhow::Error::msg)?);
+            let mut url = pg.database().map_err(anyhow::Error::msg)?;
+            if let Some(via) = PG_VIA.get() {
+                url = url.replace(
+                    &format!("127.0.0.1:{}/", pg.port()),
+                    &format!("127.0.0.1:{via}/"),
+                );
+            }
+            cfg.store.postgres.url = Some(url);
         }
         cfg.models = vec![upstream_endpoint(upstream)];
         cfg.sessions.default_route = "upstream".into();

@@ -16,6 +16,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod args;
 mod baton;
+mod delay;
 mod flat;
 mod report;
 mod scenarios;
@@ -92,6 +93,17 @@ fn main() -> Result<()> {
     if args.postgres {
         let server = baton_pgtest::PgServer::start().map_err(anyhow::Error::msg)?;
         eprintln!("store: PostgreSQL on 127.0.0.1:{}", server.port());
+        if args.pg_delay_us > 0 {
+            let via = delay::start(
+                ([127, 0, 0, 1], server.port()).into(),
+                Duration::from_micros(args.pg_delay_us),
+            )?;
+            eprintln!(
+                "store: reached through a delay line on {via}, {} µs each way",
+                args.pg_delay_us
+            );
+            let _ = baton::PG_VIA.set(via.port());
+        }
         let _ = baton::POSTGRES.set(server);
     }
     if let Ok(f) = std::env::var("LOAD_TRACE_FILE") {

@@ -522,7 +522,8 @@ async fn a_paused_holder_is_fenced_when_it_wakes() {
         ..Behavior::default()
     });
     let mut s = send(&mut c0, &id, "second").await;
-    read_until(&mut s, |e| e.kind.name() == "model_call_started").await;
+    let seen = read_until(&mut s, |e| e.kind.name() == "model_call_started").await;
+    let last_seen = seen.last().map(|e| e.seq).unwrap();
     // Its opening records land (the write overlaps the call).
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = n0.pid().unwrap().to_string();
@@ -543,19 +544,33 @@ async fn a_paused_holder_is_fenced_when_it_wakes() {
         paused.elapsed().as_millis()
     );
     // n1 recovers the turn and finishes it (the model asked again: no
-    // answer was recorded before the pause).
+    // answer was recorded before the pause). The client's stream, stuck
+    // on the paused node, resumes on n1 from the last seq it saw: the
+    // next record on, none skipped or repeated, to the turn's end.
     serving(&n1).await;
     let mut c1 = n1.client().await.unwrap();
-    let mut done = false;
-    for _ in 0..200 {
-        let got = get(&mut c1, &id).await;
-        if texts(&got).contains(&"echo: second".to_string()) {
-            done = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert!(done, "the new holder did not finish the turn");
+    let mut resumed = c1
+        .resume_session(v1::ResumeSessionRequest {
+            session_id: id.clone(),
+            after_seq: last_seen,
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let rest = read_until(&mut resumed, |e| e.ends_turn()).await;
+    assert_eq!(rest.first().map(|e| e.seq), Some(last_seen + 1), "{rest:?}");
+    assert!(
+        rest.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "{rest:?}"
+    );
+    assert!(
+        matches!(
+            rest.last().map(|e| &e.kind),
+            Some(EventKind::TurnCompleted { .. })
+        ),
+        "{rest:?}"
+    );
+    assert_eq!(answer(&rest), "echo: second");
 
     // The paused node wakes with its answer; its write is refused.
     fake.set_behavior(Behavior::default());

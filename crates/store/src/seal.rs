@@ -298,11 +298,6 @@ impl Keyring {
         }
     }
 
-    /// Whether the keys are kept in the store's database.
-    pub fn in_the_database(&self) -> bool {
-        matches!(self.place, Place::Database(_))
-    }
-
     /// Bind a keystore kept in the database to the store opened on
     /// `engine`; a keystore of its own is left as it is.
     pub(crate) fn attach(&self, engine: &Arc<dyn Engine>) -> Result<()> {

@@ -549,14 +549,7 @@ async fn a_paused_holder_is_fenced_when_it_wakes() {
     // next record on, none skipped or repeated, to the turn's end.
     serving(&n1).await;
     let mut c1 = n1.client().await.unwrap();
-    let mut resumed = c1
-        .resume_session(v1::ResumeSessionRequest {
-            session_id: id.clone(),
-            after_seq: last_seen,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut resumed = resume(&mut c1, &id, last_seen).await;
     let rest = read_until(&mut resumed, |e| e.ends_turn()).await;
     assert_eq!(rest.first().map(|e| e.seq), Some(last_seen + 1), "{rest:?}");
     assert!(

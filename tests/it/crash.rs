@@ -59,14 +59,7 @@ async fn sigkill_during_a_slow_model_call_loses_and_duplicates_nothing() {
     // Restart on the same data dir: turn 2's call is re-issued, turn 3 follows.
     let server = BatonProcess::start(bin(), &config).await.unwrap();
     let mut client = server.client().await.unwrap();
-    let mut resumed = client
-        .resume_session(v1::ResumeSessionRequest {
-            session_id: id.clone(),
-            after_seq: last_seen,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut resumed = resume(&mut client, &id, last_seen).await;
     let mut completed = 0;
     let rest = read_until(&mut resumed, |e| {
         if e.kind.name() == "turn_completed" {

@@ -160,14 +160,7 @@ async fn a_failover_survives_sigkill_and_every_decision_is_journaled_once() {
     backup.set_behavior(Behavior::default());
     let server = BatonProcess::start(bin(), &config).await.unwrap();
     let mut client = server.client().await.unwrap();
-    let mut r = client
-        .resume_session(v1::ResumeSessionRequest {
-            session_id: id.clone(),
-            after_seq: last_seen,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut r = resume(&mut client, &id, last_seen).await;
     let rest = read_until(&mut r, |e| e.ends_turn()).await;
     assert_eq!(
         rest.last().unwrap().kind.name(),

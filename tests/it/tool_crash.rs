@@ -87,14 +87,7 @@ async fn resume_from(
     after: u64,
     stop: impl FnMut(&SessionEvent) -> bool,
 ) -> Vec<SessionEvent> {
-    let mut s = client
-        .resume_session(v1::ResumeSessionRequest {
-            session_id: id.into(),
-            after_seq: after,
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let mut s = resume(client, id, after).await;
     read_until(&mut s, stop).await
 }
 

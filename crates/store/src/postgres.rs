@@ -470,18 +470,10 @@ fn write_on(conn: &mut Conn, epoch: i64, groups: &[&[Op]], sync: bool) -> Result
 fn write_one_statement(conn: &mut Conn, epoch: i64, groups: &[&[Op]], sync: bool) -> Result<()> {
     let mut pending = Pending::new();
     for op in groups.iter().flat_map(|ops| ops.iter()) {
-        match op {
-            Op::Put { cf, key, value } => {
-                pending.entry(cf).or_default().insert(key, Some(value));
-            }
-            Op::Delete { cf, key } => {
-                pending.entry(cf).or_default().insert(key, None);
-            }
-            Op::DeleteRange { .. } => {
-                return Err(Error::Rocks(
-                    "postgres: a range delete in a one-statement write".into(),
-                ));
-            }
+        if !pend(&mut pending, op) {
+            return Err(Error::Rocks(
+                "postgres: a range delete in a one-statement write".into(),
+            ));
         }
     }
     /// One key space's part: its deleted keys, its put keys and values.
@@ -559,24 +551,35 @@ fn write_one_statement(conn: &mut Conn, epoch: i64, groups: &[&[Op]], sync: bool
 fn write_in_transaction(tx: &mut Client, stmts: &Prepared, groups: &[&[Op]]) -> Result<()> {
     let mut pending = Pending::new();
     for op in groups.iter().flat_map(|ops| ops.iter()) {
-        match op {
-            Op::Put { cf, key, value } => {
-                pending.entry(cf).or_default().insert(key, Some(value));
-            }
-            Op::Delete { cf, key } => {
-                pending.entry(cf).or_default().insert(key, None);
-            }
-            Op::DeleteRange { cf, from, to } => {
-                // What came before the range is sent first, so it is
-                // deleted too.
-                send_pending(stmts, tx, &mut pending)?;
-                tx.execute(prepared(stmts, cf, Sql::DeleteRange)?, &[from, to])
-                    .map_err(db_error)?;
-            }
+        if pend(&mut pending, op) {
+            continue;
+        }
+        if let Op::DeleteRange { cf, from, to } = op {
+            // What came before the range is sent first, so it is deleted
+            // too.
+            send_pending(stmts, tx, &mut pending)?;
+            tx.execute(prepared(stmts, cf, Sql::DeleteRange)?, &[from, to])
+                .map_err(db_error)?;
         }
     }
     send_pending(stmts, tx, &mut pending)?;
     Ok(())
+}
+
+/// Note a put or delete in `pending` (a key's last write wins); false for
+/// a range delete, which the caller handles in order.
+fn pend<'a>(pending: &mut Pending<'a>, op: &'a Op) -> bool {
+    match op {
+        Op::Put { cf, key, value } => {
+            pending.entry(cf).or_default().insert(key, Some(value));
+            true
+        }
+        Op::Delete { cf, key } => {
+            pending.entry(cf).or_default().insert(key, None);
+            true
+        }
+        Op::DeleteRange { .. } => false,
+    }
 }
 
 /// Rows of one page of a walk, as entries.

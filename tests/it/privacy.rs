@@ -303,3 +303,114 @@ async fn an_erased_subject_is_unreadable_everywhere_and_erasure_survives_sigkill
         );
     }
 }
+
+/// The same erasure with the subject keys in the store's PostgreSQL
+/// database (`keystore = "database"`, as a cluster runs): nothing stored in
+/// plaintext; an erasure cut by a crash after the sessions went is redone
+/// after the restart, its keys then gone from the database; another
+/// customer's session reads through a SIGKILL and a restart. Runs in the
+/// PostgreSQL pass of the suite (its keys go in that pass's database).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_keys_in_the_database_an_erasure_cut_by_a_crash_is_redone() {
+    if !baton_pgtest::on_postgres() {
+        eprintln!("run in the PostgreSQL pass: its keys go in the store's database");
+        return;
+    }
+    let fake = FakeOpenAi::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let master = dir.path().join("master.key");
+    std::fs::write(&master, format!("{MASTER}\n")).unwrap();
+    let toml = format!(
+        "{}\n[privacy]\nencryption = true\nkeystore = \"database\"\nmaster_key_file = {:?}\n\
+         subject_field = \"customer_id\"\n",
+        fake_model_toml(&fake.base_url(), false),
+        master.display().to_string()
+    );
+    let config = write_config(dir.path(), &data, &toml).unwrap();
+    let url = baton_pgtest::database_for(&data).unwrap().unwrap();
+    let db = baton_pgtest::PgServer::database_name(&url);
+    let sql = |q: &str| {
+        baton_pgtest::shared()
+            .unwrap()
+            .psql_in(&db, q)
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let server = BatonProcess::start_with_env(
+        bin(),
+        &config,
+        &[("BATON_FAILPOINT", "erase_after_sessions")],
+    )
+    .await
+    .unwrap();
+    let mut c = server.client().await.unwrap();
+    let a = session(&mut c, "cust-7", "MARKER-7A my card is 4111").await;
+    let b = session(&mut c, "cust-7", "MARKER-7B second visit").await;
+    let other = session(&mut c, "cust-9", "MARKER-9 other customer").await;
+    for table in ["baton_journal", "baton_snapshots", "baton_payloads"] {
+        assert_eq!(
+            sql(&format!(
+                "SELECT count(*) FROM {table} \
+                 WHERE position(convert_to('MARKER-', 'UTF8') in value) > 0"
+            )),
+            "0",
+            "plaintext in {table}"
+        );
+    }
+    let wrapped = "SELECT count(*) FROM baton_keys WHERE key >= 'k/'::bytea AND key < 'k0'::bytea";
+    assert_eq!(sql(wrapped), "2", "one key per customer");
+
+    // Cut after the sessions are deleted, before the keys go.
+    let out = baton(&["erase", "--subject", "cust-7", "--server", &server.url()]);
+    assert!(!out.status.success(), "{out:?}");
+    drop(server);
+    assert_eq!(sql(wrapped), "2", "the keys outlived the crash");
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    for id in [&a, &b] {
+        assert_eq!(
+            content(&mut c, id).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+    }
+    let out = baton(&[
+        "erase",
+        "--subject",
+        "cust-7",
+        "--json",
+        "--server",
+        &server.url(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["keys_destroyed"], true, "{r}");
+    assert_eq!(sql(wrapped), "1", "only cust-9's key is left");
+    let hash = "sha256(convert_to('subject:cust-7', 'UTF8'))";
+    assert_eq!(
+        sql(&format!(
+            "SELECT count(*) FROM baton_keys WHERE key = convert_to('s/', 'UTF8') || {hash}"
+        )),
+        "0"
+    );
+    assert_eq!(
+        sql(&format!(
+            "SELECT count(*) FROM baton_keys WHERE key = convert_to('e/', 'UTF8') || {hash}"
+        )),
+        "1"
+    );
+
+    // Through a SIGKILL and a restart: customer 9 reads and goes on;
+    // customer 7 comes back with a new key.
+    server.kill9().await.unwrap();
+    let server = BatonProcess::start(bin(), &config).await.unwrap();
+    let mut c = server.client().await.unwrap();
+    assert!(content(&mut c, &other).await.unwrap().contains("MARKER-9"));
+    let t = turn(&mut c, &other, "MARKER-9 again").await;
+    assert_eq!(kinds(&t).last(), Some(&"turn_completed"));
+    let back = session(&mut c, "cust-7", "MARKER-7C back").await;
+    assert!(content(&mut c, &back).await.unwrap().contains("MARKER-7C"));
+    assert_eq!(sql(wrapped), "2");
+    server.terminate().await.unwrap();
+}

@@ -413,4 +413,19 @@ async fn with_keys_in_the_database_an_erasure_cut_by_a_crash_is_redone() {
     assert!(content(&mut c, &back).await.unwrap().contains("MARKER-7C"));
     assert_eq!(sql(wrapped), "2");
     server.terminate().await.unwrap();
+
+    // The offline export opens the keys in the database too.
+    let out = baton(&[
+        "export",
+        "--subject",
+        "cust-9",
+        "--field",
+        "customer_id",
+        "--config",
+        config.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let doc: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let journal = doc["sessions"][0]["journal"].to_string();
+    assert!(journal.contains("MARKER-9 again"), "{doc}");
 }

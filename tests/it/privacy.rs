@@ -41,6 +41,14 @@ fn baton(args: &[&str]) -> std::process::Output {
         .expect("run baton")
 }
 
+/// `baton erase --subject SUBJECT --json` against `server`, which must
+/// succeed: what it reports.
+fn erased(server: &str, subject: &str) -> serde_json::Value {
+    let out = baton(&["erase", "--subject", subject, "--json", "--server", server]);
+    assert!(out.status.success(), "{out:?}");
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
 async fn session(c: &mut Client, customer: &str, text: &str) -> String {
     let id = c
         .start_session(v1::StartSessionRequest {
@@ -177,30 +185,13 @@ async fn an_erased_subject_is_unreadable_everywhere_and_erasure_survives_sigkill
         );
     }
     // Redone: the keys go (nothing left to delete).
-    let out = baton(&[
-        "erase",
-        "--subject",
-        "cust-7",
-        "--json",
-        "--server",
-        &server.url(),
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = erased(&server.url(), "cust-7");
     assert_eq!(r["sessions_deleted"], 0, "{r}");
     assert_eq!(r["keys_destroyed"], true, "{r}");
     assert!(content(&mut c, &other).await.unwrap().contains("MARKER-9"));
     // A session that is its own subject, with its fork.
     assert!(content(&mut c, &fork).await.unwrap().contains("MARKER-S"));
-    let out = baton(&[
-        "erase",
-        "--subject",
-        &format!("session:{solo}"),
-        "--json",
-        "--server",
-        &server.url(),
-    ]);
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = erased(&server.url(), &format!("session:{solo}"));
     assert_eq!(r["sessions_deleted"], 2, "{r}");
     // Deleting a session that is its own subject destroys its key too.
     assert!(
@@ -375,16 +366,7 @@ async fn with_keys_in_the_database_an_erasure_cut_by_a_crash_is_redone() {
             tonic::Code::NotFound
         );
     }
-    let out = baton(&[
-        "erase",
-        "--subject",
-        "cust-7",
-        "--json",
-        "--server",
-        &server.url(),
-    ]);
-    assert!(out.status.success(), "{out:?}");
-    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let r = erased(&server.url(), "cust-7");
     assert_eq!(r["keys_destroyed"], true, "{r}");
     assert_eq!(sql(wrapped), "1", "only cust-9's key is left");
     let hash = "sha256(convert_to('subject:cust-7', 'UTF8'))";

@@ -411,12 +411,14 @@ fn send_pending(stmts: &Prepared, tx: &mut Client, pending: &mut Pending<'_>) ->
 
 /// One group of writes as one transaction.
 fn write_on(conn: &mut Conn, epoch: i64, groups: &[&[Op]], sync: bool) -> Result<()> {
-    let ranges = groups
+    // Without a range delete (nearly every group): one statement.
+    let mut pending = Pending::new();
+    if groups
         .iter()
         .flat_map(|ops| ops.iter())
-        .any(|op| matches!(op, Op::DeleteRange { .. }));
-    if !ranges {
-        return write_one_statement(conn, epoch, groups, sync);
+        .all(|op| pend(&mut pending, op))
+    {
+        return write_one_statement(conn, epoch, &pending, sync);
     }
     // Every statement the group needs is prepared before the transaction
     // borrows the connection.
@@ -459,23 +461,20 @@ fn write_on(conn: &mut Conn, epoch: i64, groups: &[&[Op]], sync: bool) -> Result
     out
 }
 
-/// A group without range deletes (nearly every group) as one statement,
-/// in one round trip: the fence and every key space's deletes and upserts
+/// A group without range deletes, coalesced into `pending`, as one
+/// statement, in one round trip: the fence and every key space's deletes and upserts
 /// as parts of one `WITH`, committed by itself (unsynced: with
 /// `synchronous_commit` off for that transaction). Its parts see one
 /// snapshot and touch disjoint rows (a key's last write wins before
 /// anything is sent), so their order does not matter; a fence that
 /// refuses aborts the whole statement. On a database across a network a
 /// commit costs one round trip instead of one per statement.
-fn write_one_statement(conn: &mut Conn, epoch: i64, groups: &[&[Op]], sync: bool) -> Result<()> {
-    let mut pending = Pending::new();
-    for op in groups.iter().flat_map(|ops| ops.iter()) {
-        if !pend(&mut pending, op) {
-            return Err(Error::Rocks(
-                "postgres: a range delete in a one-statement write".into(),
-            ));
-        }
-    }
+fn write_one_statement(
+    conn: &mut Conn,
+    epoch: i64,
+    pending: &Pending<'_>,
+    sync: bool,
+) -> Result<()> {
     /// One key space's part: its deleted keys, its put keys and values.
     struct Part<'a> {
         cf: &'static str,
@@ -484,7 +483,7 @@ fn write_one_statement(conn: &mut Conn, epoch: i64, groups: &[&[Op]], sync: bool
         val: Vec<&'a [u8]>,
     }
     let mut arrays = Vec::new();
-    for (cf, keys) in &pending {
+    for (cf, keys) in pending {
         let mut part = Part {
             cf,
             del: Vec::new(),

@@ -6,7 +6,7 @@
 //! copy is checked afterwards by walking both sides again side by side,
 //! key by key and value by value.
 
-use crate::engine::{Engine, Op, Seek};
+use crate::engine::{Engine, Entry, Op, Seek};
 use crate::{COLUMN_FAMILIES, Error, Result};
 
 /// Most bytes of keys and values one batch of a copy writes.
@@ -30,11 +30,12 @@ impl Copied {
     }
 }
 
-/// Walk `cf` on both sides together: the first key whose presence or
-/// value differs, if any.
-fn first_difference(a: &dyn Engine, b: &dyn Engine, cf: &'static str) -> Result<Option<Vec<u8>>> {
-    let mut left = a.walk(cf, Seek::First)?;
-    let mut right = b.walk(cf, Seek::First)?;
+/// Walk two key orders together: the first key whose presence or value
+/// differs, if any.
+pub(crate) fn first_difference(
+    mut left: impl Iterator<Item = Result<Entry>>,
+    mut right: impl Iterator<Item = Result<Entry>>,
+) -> Result<Option<Vec<u8>>> {
     loop {
         match (left.next().transpose()?, right.next().transpose()?) {
             (None, None) => return Ok(None),
@@ -68,30 +69,9 @@ pub fn copy_store(
     }
     let mut copied = Copied::default();
     for cf in COLUMN_FAMILIES {
-        let (mut keys, mut bytes) = (0u64, 0u64);
-        let mut ops = Vec::new();
-        let mut batch_bytes = 0u64;
-        for item in from.walk(cf, Seek::First)? {
-            let (k, v) = item?;
-            let op = Op::Put {
-                cf,
-                key: k.into_vec(),
-                value: v.into_vec(),
-            };
-            keys += 1;
-            bytes += op.bytes();
-            batch_bytes += op.bytes();
-            ops.push(op);
-            if ops.len() >= BATCH_KEYS || batch_bytes >= BATCH_BYTES {
-                to.write(&[&ops], true)?;
-                ops.clear();
-                batch_bytes = 0;
-            }
-        }
-        if !ops.is_empty() {
-            to.write(&[&ops], true)?;
-        }
-        if let Some(key) = first_difference(from, to, cf)? {
+        let (keys, bytes) = copy_entries(from.walk(cf, Seek::First)?, to, cf)?;
+        if let Some(key) = first_difference(from.walk(cf, Seek::First)?, to.walk(cf, Seek::First)?)?
+        {
             return Err(Error::Config(format!(
                 "the copy of key space {cf} does not match the source at key {key:02x?}"
             )));
@@ -100,4 +80,37 @@ pub fn copy_store(
         copied.key_spaces.push((cf, keys, bytes));
     }
     Ok(copied)
+}
+
+/// Write `entries`, in key order, into key space `cf` of `to` in synced
+/// batches: how many keys, and their bytes of keys and values.
+pub(crate) fn copy_entries(
+    entries: impl Iterator<Item = Result<Entry>>,
+    to: &dyn Engine,
+    cf: &'static str,
+) -> Result<(u64, u64)> {
+    let (mut keys, mut bytes) = (0u64, 0u64);
+    let mut ops = Vec::new();
+    let mut batch_bytes = 0u64;
+    for item in entries {
+        let (k, v) = item?;
+        let op = Op::Put {
+            cf,
+            key: k.into_vec(),
+            value: v.into_vec(),
+        };
+        keys += 1;
+        bytes += op.bytes();
+        batch_bytes += op.bytes();
+        ops.push(op);
+        if ops.len() >= BATCH_KEYS || batch_bytes >= BATCH_BYTES {
+            to.write(&[&ops], true)?;
+            ops.clear();
+            batch_bytes = 0;
+        }
+    }
+    if !ops.is_empty() {
+        to.write(&[&ops], true)?;
+    }
+    Ok((keys, bytes))
 }

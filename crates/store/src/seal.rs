@@ -612,39 +612,18 @@ pub fn copy_keystore(dir: &Path, to: &dyn Engine) -> Result<u64> {
         ));
     }
     let db = DB::open_for_read_only(&Options::default(), dir, false)?;
-    let mut entries = Vec::new();
-    for item in db.iterator(rocksdb::IteratorMode::Start) {
-        let (k, v) = item?;
-        entries.push((k.into_vec(), v.into_vec()));
+    let source = || {
+        db.iterator(rocksdb::IteratorMode::Start)
+            .map(|item| item.map_err(Error::from))
+    };
+    let (keys, _) = crate::migrate::copy_entries(source(), to, KEYS_CF)?;
+    let copied = to.walk(KEYS_CF, crate::engine::Seek::First)?;
+    if let Some(key) = crate::migrate::first_difference(source(), copied)? {
+        return Err(Error::Config(format!(
+            "the copied keystore does not match its source at key {key:02x?}"
+        )));
     }
-    let ops: Vec<Op> = entries
-        .iter()
-        .map(|(k, v)| Op::Put {
-            cf: KEYS_CF,
-            key: k.clone(),
-            value: v.clone(),
-        })
-        .collect();
-    for chunk in ops.chunks(1000) {
-        to.write(&[chunk], true)?;
-    }
-    let mut copied = to.walk(KEYS_CF, crate::engine::Seek::First)?;
-    for (k, v) in &entries {
-        match copied.next().transpose()? {
-            Some((k2, v2)) if *k2 == **k && *v2 == **v => {}
-            _ => {
-                return Err(Error::Config(format!(
-                    "the copied keystore does not match its source at key {k:02x?}"
-                )));
-            }
-        }
-    }
-    if copied.next().is_some() {
-        return Err(Error::Config(
-            "the copied keystore holds more than its source".into(),
-        ));
-    }
-    Ok(entries.len() as u64)
+    Ok(keys)
 }
 
 /// `subject hash (32) | nonce (12) | AES-256-GCM(master, key) + tag`, the

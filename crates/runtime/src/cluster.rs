@@ -81,6 +81,9 @@ impl ClusterConfig {
             lease: Duration::from_millis(self.lease_ms),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             wait_for_lease: self.enabled,
+            // The server runs the writer lease: sessions owned one by one
+            // exist in the store only so far (docs/scaling.md).
+            ownership: baton_store::postgres::Ownership::Writer,
         })
     }
 

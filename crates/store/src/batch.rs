@@ -24,6 +24,9 @@ pub struct Batch {
     /// Journal records, payloads, snapshots and gate records added while
     /// set are sealed under this subject key.
     seal: Option<Arc<seal::SealKey>>,
+    /// What the batch named to the fence so far ([`Op::Owned`]): session
+    /// ids, and run owner keys ([`crate::runs::owner_key`]).
+    owned: Vec<Vec<u8>>,
 }
 
 impl Batch {
@@ -33,6 +36,7 @@ impl Batch {
             ops: Vec::new(),
             sync: true,
             seal: None,
+            owned: Vec::new(),
         }
     }
 
@@ -48,6 +52,23 @@ impl Batch {
         match &self.seal {
             Some(k) => k.seal(&seal_aad(cf, key), &value),
             None => value,
+        }
+    }
+
+    /// The batch writes `session`: where nodes own sessions one by one,
+    /// it lands only if this node owns it ([`Op::Owned`]). Named once.
+    pub(crate) fn own(&mut self, session: &SessionId) {
+        self.own_key(session.as_bytes());
+    }
+
+    /// The batch writes what `key` names (a session id, or a run's owner
+    /// key). Named once.
+    pub(crate) fn own_key(&mut self, key: &[u8]) {
+        if !self.owned.iter().any(|k| k == key) {
+            self.owned.push(key.to_vec());
+            self.ops.push(Op::Owned {
+                session: key.to_vec(),
+            });
         }
     }
 
@@ -76,6 +97,7 @@ impl Batch {
         at_unix_ms: u64,
         kind: &EventKind,
     ) -> usize {
+        self.own(session);
         let enc = codec::encode_record(session, seq, at_unix_ms, kind, PAYLOAD_INLINE_LIMIT);
         let mut bytes = 0;
         if let Some((key, value)) = enc.payload {
@@ -106,6 +128,7 @@ impl Batch {
         meta: &SessionMeta,
         previous: Option<SessionStatus>,
     ) {
+        self.own(session);
         if let Some(prev) = previous
             && prev != meta.status
         {
@@ -195,6 +218,7 @@ impl Batch {
 
     /// Store a snapshot of a session's state as of `seq`.
     pub fn put_snapshot(&mut self, session: &SessionId, encoded: Vec<u8>) {
+        self.own(session);
         let key = session.as_bytes().to_vec();
         let value = self.sealed(CF_SNAPSHOTS, &key, encoded);
         self.ops.push(Op::Put {
@@ -248,6 +272,7 @@ impl Batch {
 
     /// Remove every trace of a session.
     pub fn delete_session(&mut self, session: &SessionId, meta: &SessionMeta) {
+        self.own(session);
         let from = keys::journal_key(session, 0).to_vec();
         let to = keys::journal_key(session, u64::MAX).to_vec();
         for cf in [CF_JOURNAL, CF_PAYLOADS] {

@@ -41,6 +41,13 @@ pub enum Op {
         from: Vec<u8>,
         to: Vec<u8>,
     },
+    /// Writes nothing: the group is for this session (its id's bytes; a
+    /// flow run's [`crate::runs::owner_key`]), so where nodes own sessions
+    /// one by one it lands only if this node owns it ([`crate::owners`]).
+    /// A database of one node ignores it.
+    Owned {
+        session: Vec<u8>,
+    },
 }
 
 impl Op {
@@ -50,6 +57,7 @@ impl Op {
             Op::Put { key, value, .. } => key.len() + value.len(),
             Op::Delete { key, .. } => key.len(),
             Op::DeleteRange { from, to, .. } => from.len() + to.len(),
+            Op::Owned { .. } => 0,
         };
         n as u64
     }
@@ -128,6 +136,28 @@ pub trait Engine: Send + Sync + 'static {
     /// writer lease); `None` for a database of its own (RocksDB).
     fn node_status(&self) -> Option<crate::member::NodeStatus> {
         None
+    }
+
+    /// Claim `session` for this node before working on it. A database of
+    /// its own, or a node holding the whole database, owns every session.
+    fn claim(&self, _session: &[u8]) -> Result<crate::owners::Claim> {
+        Ok(crate::owners::Claim::Ours)
+    }
+
+    /// Give `session` up (passivated): it has no owner until claimed.
+    fn release(&self, _session: &[u8]) -> Result<()> {
+        Ok(())
+    }
+
+    /// Sessions and runs whose owner is gone (at most `limit`): what a
+    /// surviving node claims and recovers. Empty where one node owns all.
+    fn orphaned(&self, _limit: usize) -> Result<Vec<Vec<u8>>> {
+        Ok(Vec::new())
+    }
+
+    /// The owner of `session` as the shared database has it.
+    fn owner(&self, _session: &[u8]) -> Result<Option<crate::owners::Owner>> {
+        Ok(None)
     }
 
     /// Every node the shared database knows; empty for a database of its

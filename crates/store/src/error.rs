@@ -26,6 +26,10 @@ pub enum Error {
     /// a later try may succeed.
     #[error("the database is unavailable: {0}")]
     Unavailable(String),
+    /// A write named a session another node owns (or nobody does): it was
+    /// refused, and nothing of it landed. The session belongs elsewhere.
+    #[error("not this node's session: {0}")]
+    NotOwner(String),
     /// The store's configuration cannot be used (a bad URL, a schema
     /// newer than this build, an operation the backend does not offer).
     #[error("store configuration: {0}")]
@@ -52,7 +56,7 @@ pub enum Error {
 impl Error {
     pub fn code(&self) -> ErrorCode {
         match self {
-            Error::Closed | Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::Closed | Error::Unavailable(_) | Error::NotOwner(_) => ErrorCode::Unavailable,
             Error::Config(_) => ErrorCode::FailedPrecondition,
             Error::Erased(_) => ErrorCode::FailedPrecondition,
             _ => ErrorCode::Internal,

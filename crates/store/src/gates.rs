@@ -254,6 +254,7 @@ pub(crate) fn build_queue_index(
 impl Batch {
     /// Write a gate's state, moving its index entries from `previous`.
     pub fn put_gate(&mut self, record: &GateRecord, previous: Option<&GateRecord>) {
+        self.own(&record.session);
         let new_keys = index_keys(record);
         if let Some(prev) = previous {
             for k in index_keys(prev) {

@@ -34,6 +34,7 @@ pub mod gates;
 pub mod keys;
 pub mod member;
 pub mod migrate;
+pub mod owners;
 mod pgconn;
 pub mod postgres;
 pub mod rocks;
@@ -259,6 +260,33 @@ impl Store {
     /// call it off the async workers.
     pub fn cluster_nodes(&self) -> Result<Vec<member::NodeRow>> {
         self.inner.db.cluster_nodes()
+    }
+
+    /// Claim `session` for this node before working on it: where nodes
+    /// own sessions one by one ([`postgres::Ownership::Sessions`]), it is
+    /// this node's unless another live node owns it (then named, with its
+    /// addresses); everywhere else, always this node's.
+    pub async fn claim(&self, session: SessionId) -> Result<owners::Claim> {
+        self.blocking(move |db| db.claim(session.as_bytes())).await
+    }
+
+    /// Give `session` up once its actor stopped and its writes are done:
+    /// it has no owner until the next claim.
+    pub async fn release(&self, session: SessionId) -> Result<()> {
+        self.blocking(move |db| db.release(session.as_bytes()))
+            .await
+    }
+
+    /// Sessions and runs (their owner keys: a session id's 16 bytes, or
+    /// [`runs::owner_key`]) whose owner is gone, at most `limit`: what a
+    /// surviving node claims and recovers. Empty where one node owns all.
+    pub async fn orphaned(&self, limit: usize) -> Result<Vec<Vec<u8>>> {
+        self.blocking(move |db| db.orphaned(limit)).await
+    }
+
+    /// The node owning `session` as the shared database has it.
+    pub async fn owner(&self, session: SessionId) -> Result<Option<owners::Owner>> {
+        self.blocking(move |db| db.owner(session.as_bytes())).await
     }
 
     /// The database under the store: `"rocksdb"` or `"postgres"`.

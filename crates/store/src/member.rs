@@ -27,7 +27,8 @@ use std::time::{Duration, Instant};
 
 use postgres::Client;
 
-use crate::pgconn::{self, NodeOptions, PgOptions, db_error};
+use crate::owners;
+use crate::pgconn::{self, NodeOptions, Ownership, PgOptions, db_error};
 use crate::{Error, Result};
 
 /// The advisory-lock class of node locks: `(NODE_LOCK_CLASS, node_key(id))`.
@@ -101,6 +102,10 @@ pub struct NodeRow {
     pub live: bool,
     /// It holds the writer lease (and at which epoch).
     pub holds_lease: Option<i64>,
+    /// Its epoch as a node owning sessions one by one, and how many it
+    /// owns at that epoch (0 in writer mode).
+    pub epoch: i64,
+    pub sessions_owned: i64,
 }
 
 /// The node holding the writer lease.
@@ -189,7 +194,9 @@ pub fn nodes(client: &mut Client) -> Result<Vec<NodeRow>> {
                  (extract(epoch FROM (clock_timestamp() - n.heartbeat_at)) * 1000)::int8, \
                  {LIVE}, \
                  (SELECT w.epoch FROM baton_writer w WHERE w.id = 1 AND w.holder = n.node_id \
-                   AND w.expires_at > '-infinity') \
+                   AND w.expires_at > '-infinity'), n.epoch, \
+                 (SELECT count(*) FROM baton_owners o WHERE o.node_id = n.node_id \
+                   AND o.epoch = n.epoch) \
                  FROM baton_nodes n ORDER BY n.node_id"
             ),
             &[],
@@ -204,6 +211,8 @@ pub fn nodes(client: &mut Client) -> Result<Vec<NodeRow>> {
                 heartbeat_ms_ago: r.try_get(3).map_err(db_error)?,
                 live: r.try_get(4).map_err(db_error)?,
                 holds_lease: r.try_get(5).map_err(db_error)?,
+                epoch: r.try_get(6).map_err(db_error)?,
+                sessions_owned: r.try_get(7).map_err(db_error)?,
             })
         })
         .collect()
@@ -396,6 +405,14 @@ impl Member {
                 &[&node.id],
             )
             .map_err(db_error)?;
+        if node.ownership == Ownership::Sessions {
+            owners::refuse_beside_writer(&mut client)?;
+            let renewed = Instant::now();
+            let epoch = owners::join(&mut client, node)?;
+            tracing::info!(node = %node.id, epoch, "joined: this node owns the sessions it claims");
+            return Self::start(options, client, epoch, renewed);
+        }
+        owners::refuse_beside_owners(&mut client, &node.id)?;
         let mut announced = false;
         let epoch = loop {
             let renewed = Instant::now();
@@ -438,6 +455,11 @@ impl Member {
         };
         let (epoch, renewed) = epoch;
         tracing::info!(node = %node.id, epoch, "holding the database's writer lease");
+        Self::start(options, client, epoch, renewed)
+    }
+
+    /// Keep the lease from here on: the heartbeat thread.
+    fn start(options: &PgOptions, client: Client, epoch: i64, renewed: Instant) -> Result<Member> {
         let shared = Arc::new(Shared {
             options: options.clone(),
             epoch,
@@ -523,7 +545,10 @@ fn keep(shared: Arc<Shared>, client: Client) {
         };
         let sent = Instant::now();
         let out = c.and_then(|mut c| {
-            let r = renew(&mut c, node, shared.epoch);
+            let r = match node.ownership {
+                Ownership::Writer => renew(&mut c, node, shared.epoch),
+                Ownership::Sessions => owners::renew(&mut c, node, shared.epoch),
+            };
             client = Some(c);
             r
         });
@@ -535,10 +560,17 @@ fn keep(shared: Arc<Shared>, client: Client) {
             }
             Ok(false) => {
                 st.database_ok = true;
-                let msg = format!(
-                    "node {:?} lost the writer lease (epoch {}): another node took over",
-                    node.id, shared.epoch
-                );
+                let msg = match node.ownership {
+                    Ownership::Writer => format!(
+                        "node {:?} lost the writer lease (epoch {}): another node took over",
+                        node.id, shared.epoch
+                    ),
+                    Ownership::Sessions => format!(
+                        "node {:?} lost its lease (epoch {}): it lapsed or another node fenced \
+                         it, and its sessions may be owned elsewhere",
+                        node.id, shared.epoch
+                    ),
+                };
                 tracing::error!("{msg}");
                 st.lost = Some(msg);
             }
@@ -561,10 +593,16 @@ fn keep(shared: Arc<Shared>, client: Client) {
     if let (Some(mut c), false) = (client, lost)
         && !c.is_closed()
     {
-        let _ = c.execute(
-            "UPDATE baton_writer SET holder = NULL, expires_at = '-infinity' \
-             WHERE id = 1 AND epoch = $1",
-            &[&shared.epoch],
-        );
+        let _ = match node.ownership {
+            Ownership::Writer => c
+                .execute(
+                    "UPDATE baton_writer SET holder = NULL, expires_at = '-infinity' \
+                     WHERE id = 1 AND epoch = $1",
+                    &[&shared.epoch],
+                )
+                .map(drop)
+                .map_err(db_error),
+            Ownership::Sessions => owners::leave(&mut c, node, shared.epoch),
+        };
     }
 }

@@ -72,6 +72,22 @@ pub struct NodeOptions {
     /// Wait for the lease as long as it takes (a standby); otherwise give
     /// up after the connect timeout, naming the node that holds it.
     pub wait_for_lease: bool,
+    /// What this node owns: the whole database under the writer lease, or
+    /// the sessions it claims one by one (see [`crate::owners`]).
+    pub ownership: Ownership,
+}
+
+/// How the nodes on one database share its sessions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Ownership {
+    /// One node at a time holds the writer lease and with it every session
+    /// and run; the others stand by.
+    #[default]
+    Writer,
+    /// Every node holds a lease of its own and owns the sessions it
+    /// claimed; every write names its sessions and is refused unless this
+    /// node owns each of them at its epoch.
+    Sessions,
 }
 
 impl Default for NodeOptions {
@@ -83,6 +99,7 @@ impl Default for NodeOptions {
             lease: Duration::from_secs(10),
             heartbeat: Duration::from_secs(1),
             wait_for_lease: false,
+            ownership: Ownership::Writer,
         }
     }
 }
@@ -184,6 +201,10 @@ pub(crate) fn connect(options: &PgOptions) -> Result<Client> {
 /// the writer lease at the epoch it names.
 pub(crate) const FENCED: &str = "BF001";
 
+/// The SQLSTATE `baton_fence_owned` raises when a write names a session
+/// this node does not own.
+pub(crate) const NOT_OWNER: &str = "BF002";
+
 /// A database error as the store's: `Unavailable` when a later try may
 /// succeed — the connection is gone or cannot be made, the server is
 /// shutting down, starting, out of resources (53xxx: disk full, memory,
@@ -200,6 +221,9 @@ pub(crate) fn db_error(e: postgres::Error) -> Error {
                      must stop)",
                     db.message()
                 ));
+            }
+            if code == NOT_OWNER {
+                return Error::NotOwner(db.message().to_string());
             }
             let text = format!("postgres: {} {code}: {}", db.severity(), db.message());
             let retryable = code.starts_with("08")

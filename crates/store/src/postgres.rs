@@ -26,8 +26,9 @@ use postgres::{Client, Statement};
 
 use crate::engine::{Dir, Engine, Entry, Op, Seek, Walk};
 use crate::member::{self, Member, NodeStatus};
+use crate::owners::{self, Claim, Owner};
 use crate::pgconn::{self, db_error};
-pub use crate::pgconn::{NodeOptions, PgOptions, check_node_id, default_node_id};
+pub use crate::pgconn::{NodeOptions, Ownership, PgOptions, check_node_id, default_node_id};
 use crate::{COLUMN_FAMILIES, Error, Result};
 
 /// The versions of the schema, in order; each applied once, in one
@@ -42,6 +43,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
         "nodes, their heartbeats and the writer lease; baton_fence(epoch)",
     ),
     (3, "subject keys kept in the database (baton_keys)"),
+    (
+        4,
+        "sessions owned one node each: node leases, baton_owners, baton_claim, \
+         baton_fence_owned",
+    ),
 ];
 
 /// One connection and the statements prepared on it.
@@ -362,6 +368,9 @@ fn migrate(client: &mut Client) -> Result<()> {
             ))
             .map_err(db_error)?;
         }
+        if *version == 4 {
+            tx.batch_execute(owners::SCHEMA).map_err(db_error)?;
+        }
         tx.execute(
             "INSERT INTO baton_schema (version, description) VALUES ($1, $2)",
             &[version, description],
@@ -409,8 +418,49 @@ fn send_pending(stmts: &Prepared, tx: &mut Client, pending: &mut Pending<'_>) ->
     Ok(())
 }
 
+/// What a group's write is conditional on (the fence it runs first).
+enum Fence<'a> {
+    /// The writer lease, at this epoch.
+    Writer(i64),
+    /// This node's own lease at its epoch, and its ownership of each
+    /// session the group names ([`Op::Owned`]).
+    Owned {
+        node: &'a str,
+        epoch: i64,
+        sessions: Vec<&'a [u8]>,
+    },
+}
+
+impl Fence<'_> {
+    /// The fence as a statement of its own, its values written out (the
+    /// transaction path): node ids hold only `[A-Za-z0-9._-]`, sessions are
+    /// sent in hex.
+    fn statement(&self) -> String {
+        match self {
+            Fence::Writer(epoch) => format!("SELECT baton_fence({epoch})"),
+            Fence::Owned {
+                node,
+                epoch,
+                sessions,
+            } => {
+                let ids: Vec<String> = sessions
+                    .iter()
+                    .map(|s| {
+                        let hex: String = s.iter().map(|b| format!("{b:02x}")).collect();
+                        format!("decode('{hex}', 'hex')")
+                    })
+                    .collect();
+                format!(
+                    "SELECT baton_fence_owned('{node}', {epoch}, ARRAY[{}]::bytea[])",
+                    ids.join(", ")
+                )
+            }
+        }
+    }
+}
+
 /// One group of writes as one transaction.
-fn write_on(conn: &mut Conn, epoch: i64, groups: &[&[Op]], sync: bool) -> Result<()> {
+fn write_on(conn: &mut Conn, fence: &Fence<'_>, groups: &[&[Op]], sync: bool) -> Result<()> {
     // Without a range delete (nearly every group): one statement.
     let mut pending = Pending::new();
     if groups
@@ -418,7 +468,7 @@ fn write_on(conn: &mut Conn, epoch: i64, groups: &[&[Op]], sync: bool) -> Result
         .flat_map(|ops| ops.iter())
         .all(|op| pend(&mut pending, op))
     {
-        return write_one_statement(conn, epoch, &pending, sync);
+        return write_one_statement(conn, fence, &pending, sync);
     }
     // Every statement the group needs is prepared before the transaction
     // borrows the connection.
@@ -427,6 +477,7 @@ fn write_on(conn: &mut Conn, epoch: i64, groups: &[&[Op]], sync: bool) -> Result
         let (cf, which): (&'static str, &[Sql]) = match op {
             Op::Put { cf, .. } | Op::Delete { cf, .. } => (cf, &[Sql::Upsert, Sql::DeleteKeys]),
             Op::DeleteRange { cf, .. } => (cf, &[Sql::DeleteRange]),
+            Op::Owned { .. } => continue,
         };
         for w in which {
             if let std::collections::hash_map::Entry::Vacant(slot) = stmts.entry((cf, *w)) {
@@ -445,7 +496,7 @@ fn write_on(conn: &mut Conn, epoch: i64, groups: &[&[Op]], sync: bool) -> Result
     };
     let begun = conn
         .client
-        .batch_execute(&format!("BEGIN; {flush}SELECT baton_fence({epoch})"))
+        .batch_execute(&format!("BEGIN; {flush}{}", fence.statement()))
         .map_err(db_error);
     if let Err(e) = begun {
         if !conn.client.is_closed() {
@@ -471,7 +522,7 @@ fn write_on(conn: &mut Conn, epoch: i64, groups: &[&[Op]], sync: bool) -> Result
 /// commit costs one round trip instead of one per statement.
 fn write_one_statement(
     conn: &mut Conn,
-    epoch: i64,
+    fence: &Fence<'_>,
     pending: &Pending<'_>,
     sync: bool,
 ) -> Result<()> {
@@ -501,11 +552,23 @@ fn write_one_statement(
         }
         arrays.push(part);
     }
-    let mut text = String::from("WITH f AS (SELECT baton_fence($1::bigint))");
+    let (mut text, mut params): (String, Vec<&(dyn postgres::types::ToSql + Sync)>) = match fence {
+        Fence::Writer(epoch) => (
+            "WITH f AS (SELECT baton_fence($1::bigint))".into(),
+            vec![epoch],
+        ),
+        Fence::Owned {
+            node,
+            epoch,
+            sessions,
+        } => (
+            "WITH f AS (SELECT baton_fence_owned($1::text, $2::bigint, $3::bytea[]))".into(),
+            vec![node, epoch, sessions],
+        ),
+    };
     if !sync {
         text.push_str(", s AS (SELECT set_config('synchronous_commit', 'off', true))");
     }
-    let mut params: Vec<&(dyn postgres::types::ToSql + Sync)> = vec![&epoch];
     for (i, Part { cf, del, put, val }) in arrays.iter().enumerate() {
         let t = table(cf);
         if !del.is_empty() {
@@ -578,6 +641,8 @@ fn pend<'a>(pending: &mut Pending<'a>, op: &'a Op) -> bool {
             true
         }
         Op::DeleteRange { .. } => false,
+        // The fence checks it; nothing to write.
+        Op::Owned { .. } => true,
     }
 }
 
@@ -689,7 +754,26 @@ impl Engine for PgEngine {
                 c
             }
         };
-        let out = write_on(&mut conn, self.member.epoch(), groups, sync);
+        let node = &self.pool.options.node;
+        let fence = match node.ownership {
+            Ownership::Writer => Fence::Writer(self.member.epoch()),
+            Ownership::Sessions => {
+                let sessions: std::collections::BTreeSet<&[u8]> = groups
+                    .iter()
+                    .flat_map(|ops| ops.iter())
+                    .filter_map(|op| match op {
+                        Op::Owned { session } => Some(&session[..]),
+                        _ => None,
+                    })
+                    .collect();
+                Fence::Owned {
+                    node: &node.id,
+                    epoch: self.member.epoch(),
+                    sessions: sessions.into_iter().collect(),
+                }
+            }
+        };
+        let out = write_on(&mut conn, &fence, groups, sync);
         if !conn.client.is_closed() {
             *slot = Some(conn);
         }
@@ -698,6 +782,44 @@ impl Engine for PgEngine {
 
     fn node_status(&self) -> Option<NodeStatus> {
         Some(self.member.status())
+    }
+
+    fn claim(&self, session: &[u8]) -> Result<Claim> {
+        let node = &self.pool.options.node;
+        if node.ownership == Ownership::Writer {
+            // The lease holder owns every session.
+            return Ok(Claim::Ours);
+        }
+        if let Some(lost) = self.member.status().lost {
+            return Err(Error::Unavailable(format!("fenced: {lost}")));
+        }
+        let epoch = self.member.epoch();
+        self.pool
+            .with(|c| owners::claim(&mut c.client, node, epoch, session))
+    }
+
+    fn release(&self, session: &[u8]) -> Result<()> {
+        let node = &self.pool.options.node;
+        if node.ownership == Ownership::Writer {
+            return Ok(());
+        }
+        let epoch = self.member.epoch();
+        self.pool
+            .with(|c| owners::release(&mut c.client, node, epoch, session))
+    }
+
+    fn orphaned(&self, limit: usize) -> Result<Vec<Vec<u8>>> {
+        let node = &self.pool.options.node;
+        if node.ownership == Ownership::Writer {
+            return Ok(Vec::new());
+        }
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.pool
+            .with(|c| owners::orphaned(&mut c.client, node, limit))
+    }
+
+    fn owner(&self, session: &[u8]) -> Result<Option<Owner>> {
+        self.pool.with(|c| owners::owner(&mut c.client, session))
     }
 
     fn cluster_nodes(&self) -> Result<Vec<member::NodeRow>> {

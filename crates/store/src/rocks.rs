@@ -97,6 +97,7 @@ impl Engine for RocksEngine {
                     Op::DeleteRange { cf, from, to } => {
                         batch.delete_range_cf(self.cf(cf)?, from, to)
                     }
+                    Op::Owned { .. } => {}
                 }
             }
         }

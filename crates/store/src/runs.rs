@@ -29,9 +29,20 @@ fn journal_key(run: &[u8; 16], seq: u64) -> Vec<u8> {
     k
 }
 
+/// What a run is claimed and fenced under where nodes own sessions and
+/// runs one by one ([`crate::owners`]): `r` and its id, 17 bytes, so that
+/// it never equals a session id (16).
+pub fn owner_key(run: &[u8; 16]) -> Vec<u8> {
+    let mut k = Vec::with_capacity(17);
+    k.push(b'r');
+    k.extend_from_slice(run);
+    k
+}
+
 impl Batch {
     /// Put run `run`'s record.
     pub fn put_run(&mut self, run: &[u8; 16], record: Vec<u8>) {
+        self.own_key(&owner_key(run));
         self.push(Op::Put {
             cf: CF_RUNS,
             key: run.to_vec(),
@@ -41,6 +52,7 @@ impl Batch {
 
     /// Append record `seq` to run `run`'s journal.
     pub fn append_run(&mut self, run: &[u8; 16], seq: u64, record: Vec<u8>) {
+        self.own_key(&owner_key(run));
         self.push(Op::Put {
             cf: CF_RUN_JOURNAL,
             key: journal_key(run, seq),
@@ -68,6 +80,7 @@ impl Batch {
     /// Remove run `run`'s record and journal (its index entries are the
     /// caller's to remove).
     pub fn delete_run(&mut self, run: &[u8; 16]) {
+        self.own_key(&owner_key(run));
         self.push(Op::Delete {
             cf: CF_RUNS,
             key: run.to_vec(),
@@ -81,6 +94,17 @@ impl Batch {
 }
 
 impl Store {
+    /// Claim run `run` for this node before working on it (as
+    /// [`Store::claim`] a session).
+    pub async fn claim_run(&self, run: [u8; 16]) -> Result<crate::owners::Claim> {
+        self.blocking(move |db| db.claim(&owner_key(&run))).await
+    }
+
+    /// Give run `run` up (finished, or waiting with no actor).
+    pub async fn release_run(&self, run: [u8; 16]) -> Result<()> {
+        self.blocking(move |db| db.release(&owner_key(&run))).await
+    }
+
     /// Run `run`'s record.
     pub async fn load_run(&self, run: [u8; 16]) -> Result<Option<Vec<u8>>> {
         self.blocking(move |db| db.get(CF_RUNS, &run)).await

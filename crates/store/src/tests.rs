@@ -1029,7 +1029,7 @@ fn a_second_writer_on_one_database_is_refused_by_name() {
     let mut options = postgres::PgOptions::new(url.clone());
     options.connect_timeout = std::time::Duration::from_millis(300);
     let first = postgres::PgEngine::open(options.clone()).unwrap();
-    assert_eq!(first.schema_version().unwrap(), 3);
+    assert_eq!(first.schema_version().unwrap(), 4);
     let err = postgres::PgEngine::open(options.clone()).unwrap_err();
     assert!(
         err.to_string().contains("another Baton node is writing"),
@@ -1205,7 +1205,7 @@ fn a_writer_is_fenced_by_its_lease() {
     let server = PG.get().unwrap().as_ref().unwrap();
     // A renews rarely: the test decides when its lease ends.
     let a = postgres::PgEngine::open(node(&url, "a", 60_000, 60_000)).unwrap();
-    assert_eq!(a.schema_version().unwrap(), 3);
+    assert_eq!(a.schema_version().unwrap(), 4);
     a.write(&[&[put(1)]], true).unwrap();
 
     // Its writer connection cut: A reconnects and writes on.
@@ -1557,4 +1557,256 @@ async fn a_sealed_store_and_its_keystore_move_into_postgres() {
     let events = store.read_journal(a, 0, 10).await.unwrap();
     assert!(format!("{:?}", events[0].kind).contains("MARKER-moved"));
     assert!(!ring.is_erased("cust-1").unwrap());
+}
+
+fn owning(url: &str, id: &str, lease_ms: u64, heartbeat_ms: u64) -> postgres::PgOptions {
+    let mut options = node(url, id, lease_ms, heartbeat_ms);
+    options.node.ownership = postgres::Ownership::Sessions;
+    options
+}
+
+fn owned(s: &SessionId) -> Op {
+    Op::Owned {
+        session: s.as_bytes().to_vec(),
+    }
+}
+
+/// The backend holding this node's lock (its member connection) is cut:
+/// for the database, its process died.
+fn kill_node_connection(server: &baton_pgtest::PgServer, db: &str, id: &str) {
+    server
+        .psql_in(
+            db,
+            &format!(
+                "SELECT count(pg_terminate_backend(l.pid)) FROM pg_locks l \
+                 WHERE l.locktype = 'advisory' AND l.classid::int8 = 7424013 \
+                 AND l.objid::int8 = {}",
+                member::node_key(id)
+            ),
+        )
+        .unwrap();
+}
+
+/// Sessions owned one node each: claims go to the first live claimer;
+/// writes naming a session land only on its owner's node (the whole group
+/// refused otherwise, on the one-statement path and the transaction path
+/// alike); a release frees a session at once; a node whose lease lapsed
+/// is refused, fenced by the first claim of one of its sessions, and
+/// never writes or claims again; a dead process's sessions are taken
+/// after two heartbeats; a clean leave frees everything; and the two
+/// ownership modes never share a database.
+#[test]
+fn nodes_own_sessions_one_by_one_and_every_write_is_fenced_by_its_owner() {
+    use owners::Claim;
+    let url = Place::postgres().postgres.unwrap();
+    let db = baton_pgtest::PgServer::database_name(&url);
+    let server = PG.get().unwrap().as_ref().unwrap();
+    // A renews rarely: the test decides when its lease ends.
+    let a = postgres::PgEngine::open(owning(&url, "a", 60_000, 60_000)).unwrap();
+    let b = postgres::PgEngine::open(owning(&url, "b", 5_000, 200)).unwrap();
+    assert_eq!(a.schema_version().unwrap(), 4);
+    let (s1, s2) = (SessionId::new(), SessionId::new());
+    assert_eq!(a.claim(s1.as_bytes()).unwrap(), Claim::Ours);
+    assert_eq!(
+        a.claim(s1.as_bytes()).unwrap(),
+        Claim::Ours,
+        "claimed again"
+    );
+    match b.claim(s1.as_bytes()).unwrap() {
+        Claim::Owned(o) => assert_eq!((&o.node_id[..], &o.grpc_addr[..]), ("a", "a.grpc:1")),
+        Claim::Ours => panic!("two owners of one session"),
+    }
+    assert_eq!(b.claim(s2.as_bytes()).unwrap(), Claim::Ours);
+
+    // Both write their own sessions at once.
+    std::thread::scope(|scope| {
+        for (engine, s, base) in [(&a, s1, 0u8), (&b, s2, 100u8)] {
+            scope.spawn(move || {
+                for i in 0..50u8 {
+                    engine.write(&[&[owned(&s), put(base + i)]], true).unwrap();
+                }
+            });
+        }
+    });
+    assert_eq!(a.get(CF_INDEXES, &[149]).unwrap(), Some(vec![149]));
+    assert_eq!(b.get(CF_INDEXES, &[49]).unwrap(), Some(vec![49]));
+
+    // Both claim the same new sessions at once: each has one owner.
+    let racing: Vec<SessionId> = (0..40).map(|_| SessionId::new()).collect();
+    let (got_a, got_b) = std::thread::scope(|scope| {
+        let claims = |engine: &'static str| {
+            let engine = if engine == "a" { &a } else { &b };
+            let racing = &racing;
+            scope.spawn(move || {
+                racing
+                    .iter()
+                    .map(|s| engine.claim(s.as_bytes()).unwrap() == Claim::Ours)
+                    .collect::<Vec<bool>>()
+            })
+        };
+        let (ta, tb) = (claims("a"), claims("b"));
+        (ta.join().unwrap(), tb.join().unwrap())
+    });
+    for (i, (x, y)) in got_a.iter().zip(&got_b).enumerate() {
+        assert!(x ^ y, "session {i}: claimed by a: {x}, by b: {y}");
+    }
+    for s in &racing {
+        a.release(s.as_bytes()).unwrap();
+        b.release(s.as_bytes()).unwrap();
+    }
+    assert_eq!(b.owner(racing[0].as_bytes()).unwrap(), None);
+
+    // B naming A's session: the whole group is refused, its own session's
+    // write too. A session nobody owns is refused the same way.
+    let err = b
+        .write(&[&[owned(&s2), put(200)], &[owned(&s1), put(201)]], true)
+        .unwrap_err();
+    assert!(matches!(err, Error::NotOwner(_)), "{err:?}");
+    assert!(err.to_string().contains("(its owner: a)"), "{err}");
+    assert_eq!(err.code(), baton_types::ErrorCode::Unavailable);
+    assert_eq!(a.get(CF_INDEXES, &[200]).unwrap(), None);
+    assert_eq!(a.get(CF_INDEXES, &[201]).unwrap(), None);
+    let nobody = SessionId::new();
+    let err = b.write(&[&[owned(&nobody), put(202)]], true).unwrap_err();
+    assert!(err.to_string().contains("(its owner: none)"), "{err}");
+    // A write naming no session passes on the node's lease alone.
+    b.write(&[&[put(203)]], true).unwrap();
+    // The transaction path (a range delete) is fenced the same way.
+    let range = Op::DeleteRange {
+        cf: CF_INDEXES,
+        from: vec![0],
+        to: vec![10],
+    };
+    let err = b.write(&[&[owned(&s1), range.clone()]], true).unwrap_err();
+    assert!(matches!(err, Error::NotOwner(_)), "{err:?}");
+    assert_eq!(a.get(CF_INDEXES, &[5]).unwrap(), Some(vec![5]));
+    a.write(&[&[owned(&s1), range]], true).unwrap();
+    assert_eq!(a.get(CF_INDEXES, &[5]).unwrap(), None);
+
+    // A passivates s1: nobody owns it, and B claims it at once.
+    a.release(s1.as_bytes()).unwrap();
+    assert_eq!(b.owner(s1.as_bytes()).unwrap(), None);
+    assert_eq!(b.claim(s1.as_bytes()).unwrap(), Claim::Ours);
+    let err = a.write(&[&[owned(&s1), put(204)]], true).unwrap_err();
+    assert!(err.to_string().contains("(its owner: b)"), "{err}");
+
+    // A's lease lapses (A "paused"): its writes are refused; B's claim of
+    // one of A's sessions fences A (its epoch raised) and takes it. The
+    // database may have started less than two of B's heartbeats ago:
+    // until then nobody takes anything.
+    let s3 = SessionId::new();
+    assert_eq!(a.claim(s3.as_bytes()).unwrap(), Claim::Ours);
+    let epoch_a = a.node_status().epoch;
+    server
+        .psql_in(
+            &db,
+            "UPDATE baton_nodes SET lease_until = clock_timestamp() - interval '1 second' \
+             WHERE node_id = 'a'",
+        )
+        .unwrap();
+    let err = a.write(&[&[owned(&s3), put(205)]], true).unwrap_err();
+    assert!(err.to_string().contains("lapsed"), "{err}");
+    let mut taken = false;
+    for _ in 0..40 {
+        if b.claim(s3.as_bytes()).unwrap() == Claim::Ours {
+            taken = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        taken,
+        "the session of a node whose lease lapsed was not taken"
+    );
+    for _ in 0..2 {
+        let err = a.write(&[&[put(206)]], true).unwrap_err();
+        assert!(err.to_string().contains("was fenced"), "{err}");
+    }
+    let err = a.claim(SessionId::new().as_bytes()).unwrap_err();
+    assert!(err.to_string().contains("claims nothing"), "{err}");
+    assert_eq!(a.get(CF_INDEXES, &[206]).unwrap(), None);
+    let nodes = b.cluster_nodes().unwrap();
+    let row = |id: &str| nodes.iter().find(|n| n.node_id == id).unwrap().clone();
+    assert_eq!(row("a").epoch, epoch_a + 1, "A was not fenced");
+    assert_eq!((row("a").sessions_owned, row("b").sessions_owned), (0, 3));
+    drop(a);
+
+    // A's id comes back at a new epoch and owns nothing of before; B
+    // still owns its sessions.
+    let a = postgres::PgEngine::open(owning(&url, "a", 5_000, 200)).unwrap();
+    assert!(a.node_status().epoch > epoch_a + 1);
+    assert!(matches!(a.claim(s1.as_bytes()).unwrap(), Claim::Owned(o) if o.node_id == "b"));
+
+    // A process that died (its lock freed; no heartbeat since): after two
+    // heartbeats its sessions are taken, without waiting for its lease.
+    let c = postgres::PgEngine::open(owning(&url, "c", 60_000, 60_000)).unwrap();
+    let s4 = SessionId::new();
+    assert_eq!(c.claim(s4.as_bytes()).unwrap(), Claim::Ours);
+    assert!(matches!(a.claim(s4.as_bytes()).unwrap(), Claim::Owned(o) if o.node_id == "c"));
+    assert!(a.orphaned(100).unwrap().is_empty());
+    kill_node_connection(server, &db, "c");
+    let died = std::time::Instant::now();
+    while a.orphaned(100).unwrap().is_empty() {
+        assert!(
+            died.elapsed() < std::time::Duration::from_secs(5),
+            "not orphaned"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert_eq!(a.orphaned(100).unwrap(), [s4.as_bytes().to_vec()]);
+    assert_eq!(a.claim(s4.as_bytes()).unwrap(), Claim::Ours);
+    assert!(a.orphaned(100).unwrap().is_empty());
+    let err = c.write(&[&[owned(&s4), put(207)]], true).unwrap_err();
+    assert!(err.to_string().contains("was fenced"), "{err}");
+    drop(c);
+
+    // B leaves cleanly: what it owned is free at once.
+    drop(b);
+    assert_eq!(a.owner(s2.as_bytes()).unwrap(), None);
+    assert_eq!(a.claim(s2.as_bytes()).unwrap(), Claim::Ours);
+    a.write(&[&[owned(&s2), put(208)]], true).unwrap();
+
+    // The two modes never share a database.
+    let err = postgres::PgEngine::open(node(&url, "w", 5_000, 200)).unwrap_err();
+    assert!(err.to_string().contains("one by one"), "{err}");
+    drop(a);
+    let w = postgres::PgEngine::open(node(&url, "w", 5_000, 200)).unwrap();
+    let err = postgres::PgEngine::open(owning(&url, "d", 5_000, 200)).unwrap_err();
+    assert!(err.to_string().contains("writer lease"), "{err}");
+    drop(w);
+}
+
+/// A batch names to the fence each session and run it writes, once:
+/// journal appends, metadata, snapshots, gates, deletions, run records and
+/// run journals; index-only writes name nothing.
+#[test]
+fn a_batch_names_each_session_and_run_it_writes_once() {
+    let (s, t) = (SessionId::new(), SessionId::new());
+    let run = [9u8; 16];
+    let mut b = Batch::new();
+    let delta = EventKind::OutputDelta {
+        turn: 1,
+        attempt: 1,
+        text: "x".into(),
+    };
+    for seq in 1..=3 {
+        b.append(&s, seq, 0, &delta);
+    }
+    b.put_meta(&s, &meta(SessionStatus::Idle), None);
+    b.put_snapshot(&t, vec![1]);
+    b.put_run(&run, vec![1]);
+    b.append_run(&run, 1, vec![2]);
+    b.put_run_index(vec![1], vec![]);
+    b.put_api_key("k", vec![]);
+    let named: Vec<&[u8]> = b
+        .ops
+        .iter()
+        .filter_map(|op| match op {
+            Op::Owned { session } => Some(&session[..]),
+            _ => None,
+        })
+        .collect();
+    let run_key = runs::owner_key(&run);
+    assert_eq!(named, [&s.as_bytes()[..], &t.as_bytes()[..], &run_key[..]]);
+    assert_eq!(run_key.len(), 17);
 }

@@ -162,6 +162,7 @@ impl Batch {
     /// The journal records of `session` up to `seq` must reach the audit
     /// trail (written with those records, so a crash cannot separate them).
     pub fn put_audit_pending(&mut self, session: &SessionId, seq: u64) {
+        self.own(session);
         self.push(Op::Put {
             cf: CF_INDEXES,
             key: keys::audit_key(b'p', session),
@@ -171,6 +172,7 @@ impl Batch {
 
     /// The audit trail holds `session`'s records up to `seq`.
     pub fn put_audit_done(&mut self, session: &SessionId, seq: u64) {
+        self.own(session);
         self.push(Op::Put {
             cf: CF_INDEXES,
             key: keys::audit_key(b'u', session),
@@ -182,6 +184,7 @@ impl Batch {
     /// write it belongs to until the audit trail confirms it, so that a
     /// crash before then appends it again at the next start.
     pub fn put_audit_record(&mut self, id: &SessionId, record: Vec<u8>) {
+        self.own(id);
         self.push(Op::Put {
             cf: CF_INDEXES,
             key: keys::audit_key(b'q', id),
@@ -191,6 +194,7 @@ impl Batch {
 
     /// The audit trail holds the record now.
     pub fn delete_audit_record(&mut self, id: &SessionId) {
+        self.own(id);
         self.push(Op::Delete {
             cf: CF_INDEXES,
             key: keys::audit_key(b'q', id),
@@ -209,6 +213,7 @@ impl Batch {
     }
 
     pub fn put_idempotency(&mut self, key: &str, session: &SessionId) {
+        self.own(session);
         self.ops.push(Op::Put {
             cf: CF_INDEXES,
             key: keys::idempotency_key(key),
@@ -231,6 +236,7 @@ impl Batch {
     /// Drop a session's snapshot: its next load folds the whole journal
     /// (benchmarks, and a snapshot an operator no longer trusts).
     pub fn delete_snapshot(&mut self, session: &SessionId) {
+        self.own(session);
         self.ops.push(Op::Delete {
             cf: CF_SNAPSHOTS,
             key: session.as_bytes().to_vec(),
@@ -240,6 +246,7 @@ impl Batch {
     /// `session`'s journal is being copied in pages: its records come
     /// before its metadata. Written with the first page.
     pub fn put_copying(&mut self, session: &SessionId) {
+        self.own(session);
         self.ops.push(Op::Put {
             cf: CF_INDEXES,
             key: keys::copy_key(session),
@@ -249,6 +256,7 @@ impl Batch {
 
     /// The copy is whole: written with the session's metadata.
     pub fn delete_copying(&mut self, session: &SessionId) {
+        self.own(session);
         self.ops.push(Op::Delete {
             cf: CF_INDEXES,
             key: keys::copy_key(session),
@@ -258,6 +266,7 @@ impl Batch {
     /// Drop what a copy that did not finish wrote: `session`'s journal and
     /// payload records and its mark (it has no metadata or index entries).
     pub fn drop_copy(&mut self, session: &SessionId) {
+        self.own(session);
         let from = keys::journal_key(session, 0).to_vec();
         let to = keys::journal_key(session, u64::MAX).to_vec();
         for cf in [CF_JOURNAL, CF_PAYLOADS] {
@@ -321,6 +330,7 @@ impl Batch {
         session: &SessionId,
         total_usd: f64,
     ) {
+        self.own(session);
         self.ops.push(Op::Put {
             cf: CF_INDEXES,
             key: keys::tenant_spend_key(tenant, period, session),

@@ -284,6 +284,7 @@ impl Batch {
 
     /// Remove a gate and its index entries (when its session is deleted).
     pub fn delete_gate(&mut self, record: &GateRecord) {
+        self.own(&record.session);
         for k in index_keys(record) {
             self.push(Op::Delete {
                 cf: CF_INDEXES,

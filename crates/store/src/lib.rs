@@ -270,9 +270,12 @@ impl Store {
         self.blocking(move |db| db.claim(session.as_bytes())).await
     }
 
-    /// Give `session` up once its actor stopped and its writes are done:
-    /// it has no owner until the next claim.
+    /// Give `session` up once its actor stopped: it has no owner until the
+    /// next claim. Every write handed to the writer before it (one whose
+    /// caller went away included) lands first, so no write of this node
+    /// can follow another node's claim; a write after it is refused.
     pub async fn release(&self, session: SessionId) -> Result<()> {
+        self.barrier().await?;
         self.blocking(move |db| db.release(session.as_bytes()))
             .await
     }

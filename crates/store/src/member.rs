@@ -154,14 +154,23 @@ fn secs(d: Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// Take the writer lease if [`ACQUIRE`] allows it — and no node owning
+/// sessions one by one is live: both checked under the mode lock that such
+/// nodes join under, so the two modes never write at once.
 fn try_acquire(client: &mut Client, node: &NodeOptions) -> Result<Option<i64>> {
-    let row = client
+    let mut tx = client.transaction().map_err(db_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&owners::MODE_LOCK])
+        .map_err(db_error)?;
+    owners::refuse_beside_owners(&mut tx, &node.id)?;
+    let row = tx
         .query_opt(
             ACQUIRE,
             &[&node.id, &secs(node.lease), &secs(node.heartbeat * 2)],
         )
         .map_err(db_error)?;
-    row.map(|r| r.try_get(0).map_err(db_error)).transpose()
+    let epoch = row.map(|r| r.try_get(0).map_err(db_error)).transpose()?;
+    tx.commit().map_err(db_error)?;
+    Ok(epoch)
 }
 
 /// The holder of the writer lease, if any.
@@ -406,13 +415,26 @@ impl Member {
             )
             .map_err(db_error)?;
         if node.ownership == Ownership::Sessions {
-            owners::refuse_beside_writer(&mut client)?;
-            let renewed = Instant::now();
-            let epoch = owners::join(&mut client, node)?;
+            // A lock wait (a dead process's transaction still open on this
+            // node's row) or a broken connection: try again until the
+            // connect timeout.
+            let (epoch, renewed) = loop {
+                let renewed = Instant::now();
+                match owners::join(&mut client, node) {
+                    Ok(epoch) => break (epoch, renewed),
+                    Err(Error::Unavailable(e)) if Instant::now() < deadline => {
+                        tracing::debug!(error = %e, "joining failed; trying again");
+                        if client.is_closed() {
+                            client = reconnect(options)?;
+                        }
+                        std::thread::sleep(Duration::from_millis(100));
+                    }
+                    Err(e) => return Err(e),
+                }
+            };
             tracing::info!(node = %node.id, epoch, "joined: this node owns the sessions it claims");
             return Self::start(options, client, epoch, renewed);
         }
-        owners::refuse_beside_owners(&mut client, &node.id)?;
         let mut announced = false;
         let epoch = loop {
             let renewed = Instant::now();
@@ -425,7 +447,7 @@ impl Member {
                 // The database gone (a standby waits it out): connect
                 // again, and take this node's lock again, before the next
                 // try.
-                Err(e) if node.wait_for_lease => {
+                Err(e) if node.wait_for_lease && !matches!(e, Error::Config(_)) => {
                     tracing::debug!(error = %e, "taking the writer lease failed; trying again");
                     if client.is_closed() {
                         match reconnect(options) {

@@ -25,7 +25,7 @@
 //!   named session its own at that epoch. Fencing a node updates its row,
 //!   so it waits for a write in progress and every later write fails.
 
-use postgres::Client;
+use postgres::{Client, GenericClient};
 
 use crate::pgconn::{NodeOptions, db_error};
 use crate::{Error, Result};
@@ -41,6 +41,9 @@ CREATE TABLE IF NOT EXISTS baton_owners (
     epoch bigint NOT NULL,
     since timestamptz NOT NULL DEFAULT now());
 CREATE INDEX IF NOT EXISTS baton_owners_by_node ON baton_owners (node_id, epoch);
+-- Node epochs come from one sequence: never reused, even by a node whose
+-- row was dropped and came back.
+CREATE SEQUENCE IF NOT EXISTS baton_node_epochs;
 
 CREATE OR REPLACE FUNCTION baton_node_gone(n baton_nodes, stale float8) RETURNS boolean
 LANGUAGE sql STABLE AS $gone$
@@ -82,17 +85,28 @@ BEGIN
             RETURN QUERY SELECT me, e;
             RETURN;
         END IF;
-        SELECT * INTO n FROM baton_nodes x WHERE x.node_id = o.node_id FOR UPDATE;
+        -- A live owner's row is read without a lock (its writes share-lock
+        -- it); it is locked only to fence an owner that looks gone, and
+        -- checked again under the lock.
+        SELECT * INTO n FROM baton_nodes x WHERE x.node_id = o.node_id;
         known := FOUND;
+        IF known AND n.epoch = o.epoch AND NOT baton_node_gone(n, stale) THEN
+            RETURN QUERY SELECT o.node_id, o.epoch;
+            RETURN;
+        END IF;
         IF known AND n.epoch = o.epoch THEN
-            IF NOT baton_node_gone(n, stale) THEN
+            SELECT * INTO n FROM baton_nodes x WHERE x.node_id = o.node_id FOR UPDATE;
+            IF n.epoch = o.epoch AND NOT baton_node_gone(n, stale) THEN
                 RETURN QUERY SELECT o.node_id, o.epoch;
                 RETURN;
             END IF;
-            -- Its owner is gone: fenced for good, so that it never writes
-            -- again, before its session changes hands.
-            UPDATE baton_nodes x SET epoch = x.epoch + 1, lease_until = '-infinity'
-             WHERE x.node_id = o.node_id;
+            IF n.epoch = o.epoch THEN
+                -- Its owner is gone: fenced for good, so that it never
+                -- writes again, before its session changes hands.
+                UPDATE baton_nodes x SET epoch = nextval('baton_node_epochs'),
+                       lease_until = '-infinity'
+                 WHERE x.node_id = o.node_id;
+            END IF;
         END IF;
         UPDATE baton_owners x SET node_id = me, epoch = e, since = now() WHERE x.session = s;
         RETURN QUERY SELECT me, e;
@@ -153,18 +167,30 @@ fn secs(d: std::time::Duration) -> f64 {
     d.as_secs_f64()
 }
 
+/// The advisory lock under which a node joins owning sessions, and a
+/// node in writer mode takes the writer lease: each checks that no node of
+/// the other mode is live, and acts, while holding it.
+pub(crate) const MODE_LOCK: i64 = 7_424_012;
+
 /// Join under a new epoch: this node's earlier process (dead: its node
 /// lock was free) is fenced by it, and what it owned may be claimed.
+/// Refused while a node holds the writer lease.
 pub(crate) fn join(client: &mut Client, node: &NodeOptions) -> Result<i64> {
-    let row = client
+    let mut tx = client.transaction().map_err(db_error)?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&MODE_LOCK])
+        .map_err(db_error)?;
+    refuse_beside_writer(&mut tx)?;
+    let row = tx
         .query_one(
-            "UPDATE baton_nodes SET epoch = epoch + 1, \
+            "UPDATE baton_nodes SET epoch = nextval('baton_node_epochs'), \
              lease_until = clock_timestamp() + $2::float8 * interval '1 second' \
              WHERE node_id = $1 RETURNING epoch",
             &[&node.id, &secs(node.lease)],
         )
         .map_err(db_error)?;
-    row.try_get(0).map_err(db_error)
+    let epoch = row.try_get(0).map_err(db_error)?;
+    tx.commit().map_err(db_error)?;
+    Ok(epoch)
 }
 
 /// Heartbeat and renew this node's lease: `false` once it is over (the
@@ -186,14 +212,20 @@ pub(crate) fn renew(client: &mut Client, node: &NodeOptions, epoch: i64) -> Resu
 /// A clean stop: every session this node still owns is given up, and its
 /// lease ends now, so that other nodes claim at once.
 pub(crate) fn leave(client: &mut Client, node: &NodeOptions, epoch: i64) -> Result<()> {
-    client
-        .execute(
-            "WITH r AS (DELETE FROM baton_owners WHERE node_id = $1 AND epoch = $2) \
-             UPDATE baton_nodes SET lease_until = '-infinity' WHERE node_id = $1 AND epoch = $2",
-            &[&node.id, &epoch],
-        )
-        .map_err(db_error)?;
-    Ok(())
+    // The owner rows first, then the node's row: the order a claim locks
+    // them in.
+    let mut tx = client.transaction().map_err(db_error)?;
+    tx.execute(
+        "DELETE FROM baton_owners WHERE node_id = $1 AND epoch = $2",
+        &[&node.id, &epoch],
+    )
+    .map_err(db_error)?;
+    tx.execute(
+        "UPDATE baton_nodes SET lease_until = '-infinity' WHERE node_id = $1 AND epoch = $2",
+        &[&node.id, &epoch],
+    )
+    .map_err(db_error)?;
+    tx.commit().map_err(db_error)
 }
 
 /// Claim `session` for this node at `epoch` (see the module).
@@ -288,7 +320,7 @@ pub(crate) fn orphaned(
 /// A node in writer mode holds the database: a node owning sessions may
 /// not join beside it (and the reverse), since the writer's writes are not
 /// fenced by session.
-pub(crate) fn refuse_beside_writer(client: &mut Client) -> Result<()> {
+fn refuse_beside_writer(client: &mut impl GenericClient) -> Result<()> {
     let row = client
         .query_opt(
             "SELECT holder FROM baton_writer WHERE id = 1 AND holder IS NOT NULL \
@@ -308,7 +340,7 @@ pub(crate) fn refuse_beside_writer(client: &mut Client) -> Result<()> {
 
 /// Nodes owning sessions one by one are live on this database: a node in
 /// writer mode may not take the database beside them.
-pub(crate) fn refuse_beside_owners(client: &mut Client, me: &str) -> Result<()> {
+pub(crate) fn refuse_beside_owners(client: &mut impl GenericClient, me: &str) -> Result<()> {
     let row = client
         .query_opt(
             "SELECT node_id FROM baton_nodes WHERE node_id <> $1 \

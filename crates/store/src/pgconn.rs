@@ -208,8 +208,9 @@ pub(crate) const NOT_OWNER: &str = "BF002";
 /// A database error as the store's: `Unavailable` when a later try may
 /// succeed — the connection is gone or cannot be made, the server is
 /// shutting down, starting, out of resources (53xxx: disk full, memory,
-/// connections), read-only (a standby after a failover), or the
-/// transaction lost a serialization race or deadlock — else a storage
+/// connections), read-only (a standby after a failover), the
+/// transaction lost a serialization race or deadlock, or a lock wait timed
+/// out — else a storage
 /// error with the server's message and SQLSTATE.
 pub(crate) fn db_error(e: postgres::Error) -> Error {
     match e.as_db_error() {
@@ -230,7 +231,9 @@ pub(crate) fn db_error(e: postgres::Error) -> Error {
                 || code.starts_with("57P")
                 || code.starts_with("53")
                 || code.starts_with("40")
-                || code == "25006";
+                || code == "25006"
+                // A lock wait timed out (lock_timeout).
+                || code == "55P03";
             if retryable {
                 Error::Unavailable(text)
             } else {

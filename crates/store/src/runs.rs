@@ -102,6 +102,7 @@ impl Store {
 
     /// Give run `run` up (finished, or waiting with no actor).
     pub async fn release_run(&self, run: [u8; 16]) -> Result<()> {
+        self.barrier().await?;
         self.blocking(move |db| db.release(&owner_key(&run))).await
     }
 

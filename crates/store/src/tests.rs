@@ -1727,14 +1727,15 @@ fn nodes_own_sessions_one_by_one_and_every_write_is_fenced_by_its_owner() {
     assert_eq!(a.get(CF_INDEXES, &[206]).unwrap(), None);
     let nodes = b.cluster_nodes().unwrap();
     let row = |id: &str| nodes.iter().find(|n| n.node_id == id).unwrap().clone();
-    assert_eq!(row("a").epoch, epoch_a + 1, "A was not fenced");
+    let fenced_at = row("a").epoch;
+    assert!(fenced_at > epoch_a, "A was not fenced");
     assert_eq!((row("a").sessions_owned, row("b").sessions_owned), (0, 3));
     drop(a);
 
     // A's id comes back at a new epoch and owns nothing of before; B
     // still owns its sessions.
     let a = postgres::PgEngine::open(owning(&url, "a", 5_000, 200)).unwrap();
-    assert!(a.node_status().epoch > epoch_a + 1);
+    assert!(a.node_status().epoch > fenced_at);
     assert!(matches!(a.claim(s1.as_bytes()).unwrap(), Claim::Owned(o) if o.node_id == "b"));
 
     // A process that died (its lock freed; no heartbeat since): after two
@@ -1777,8 +1778,9 @@ fn nodes_own_sessions_one_by_one_and_every_write_is_fenced_by_its_owner() {
 }
 
 /// A batch names to the fence each session and run it writes, once:
-/// journal appends, metadata, snapshots, gates, deletions, run records and
-/// run journals; index-only writes name nothing.
+/// journal appends, metadata, snapshots, gates, idempotency keys, copies,
+/// deletions, run records and run journals; writes of no session (run
+/// indexes, API keys) name nothing.
 #[test]
 fn a_batch_names_each_session_and_run_it_writes_once() {
     let (s, t) = (SessionId::new(), SessionId::new());
@@ -1798,6 +1800,9 @@ fn a_batch_names_each_session_and_run_it_writes_once() {
     b.append_run(&run, 1, vec![2]);
     b.put_run_index(vec![1], vec![]);
     b.put_api_key("k", vec![]);
+    let u = SessionId::new();
+    b.put_idempotency("key", &s);
+    b.drop_copy(&u);
     let named: Vec<&[u8]> = b
         .ops
         .iter()
@@ -1807,6 +1812,83 @@ fn a_batch_names_each_session_and_run_it_writes_once() {
         })
         .collect();
     let run_key = runs::owner_key(&run);
-    assert_eq!(named, [&s.as_bytes()[..], &t.as_bytes()[..], &run_key[..]]);
+    assert_eq!(
+        named,
+        [
+            &s.as_bytes()[..],
+            &t.as_bytes()[..],
+            &run_key[..],
+            &u.as_bytes()[..]
+        ]
+    );
     assert_eq!(run_key.len(), 17);
+}
+
+/// Through the store's group commit: writes for a session owned elsewhere
+/// fail alone (their group is written again request by request), the
+/// owned sessions' writes in the same groups land, and the store is not
+/// reported failing; a writer-mode standby is refused while a node owning
+/// sessions is live, and a writer-mode node starts once they left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_write_for_a_session_owned_elsewhere_fails_alone_and_the_modes_stay_apart() {
+    use owners::Claim;
+    let place = Place::postgres();
+    let url = place.postgres.clone().unwrap();
+    let mut options = place.options(Durability::Sync);
+    options.postgres = Some(owning(&url, "a", 5_000, 200));
+    let store = Store::open(options).unwrap();
+    // The sync client never runs on an async worker.
+    use tokio::task::block_in_place as blocking;
+    let other = blocking(|| postgres::PgEngine::open(owning(&url, "b", 5_000, 200))).unwrap();
+    let (mine, theirs) = (SessionId::new(), SessionId::new());
+    assert_eq!(store.claim(mine).await.unwrap(), Claim::Ours);
+    assert_eq!(
+        blocking(|| other.claim(theirs.as_bytes())).unwrap(),
+        Claim::Ours
+    );
+    let delta = EventKind::OutputDelta {
+        turn: 1,
+        attempt: 1,
+        text: "x".into(),
+    };
+    // 200 writes at once (they share groups), one in ten for B's session.
+    let writes: Vec<_> = (1..=200u64)
+        .map(|seq| {
+            let s = if seq % 10 == 0 { theirs } else { mine };
+            let mut b = Batch::new();
+            b.append(&s, seq, 0, &delta);
+            (s, store.write(b))
+        })
+        .collect();
+    for (s, w) in writes {
+        match (s == mine, w.await) {
+            (true, Ok(())) | (false, Err(Error::NotOwner(_))) => {}
+            (owned, out) => panic!("owned: {owned}: {out:?}"),
+        }
+    }
+    assert_eq!(store.write_failing(), None);
+    let page = store.read_journal(mine, 0, 1000).await.unwrap();
+    assert_eq!(page.len(), 180);
+    assert!(store.read_journal(theirs, 0, 10).await.unwrap().is_empty());
+
+    // A writer-mode standby is refused while nodes owning sessions live
+    // (checked at every try to take the lease, under the mode lock).
+    let standby = {
+        let mut o = node(&url, "w", 5_000, 200);
+        o.node.wait_for_lease = true;
+        tokio::task::spawn_blocking(move || postgres::PgEngine::open(o).map(drop))
+    };
+    let err = standby.await.unwrap().unwrap_err();
+    assert!(err.to_string().contains("one by one"), "{err}");
+    store.release(mine).await.unwrap();
+    store.close();
+    blocking(|| {
+        drop(store);
+        drop(other);
+    });
+    let w = blocking(|| postgres::PgEngine::open(node(&url, "w", 5_000, 200))).unwrap();
+    blocking(|| {
+        w.write(&[&[put(1)]], true).unwrap();
+        drop(w);
+    });
 }

@@ -14,7 +14,7 @@ use std::time::Instant;
 use tokio::sync::oneshot;
 
 use crate::engine::{Engine, Op};
-use crate::{Durability, Result};
+use crate::{Durability, Error, Result};
 
 pub(crate) struct WriteReq {
     pub ops: Vec<Op>,
@@ -81,7 +81,15 @@ pub(crate) fn run(
             }
         }
         let (result, synced) = write_group(&*db, &group, durability, &stats);
-        note_outcome(&stats, &result);
+        let results = one_by_one_if_not_owner(&*db, &group, durability, result);
+        // A write refused because its session is another node's is that
+        // write's error, not the store failing.
+        let outcome = results
+            .iter()
+            .find(|r| r.is_err() && !matches!(r, Err(Error::NotOwner(_))))
+            .cloned()
+            .unwrap_or(Ok(()));
+        note_outcome(&stats, &outcome);
         let m = baton_metrics::metrics();
         m.journal_batch(group.len(), synced);
         for req in &group {
@@ -96,9 +104,9 @@ pub(crate) fn run(
         stats
             .queued_requests
             .fetch_sub(group.len() as u64, Ordering::Relaxed);
-        for req in group.drain(..) {
+        for (req, result) in group.drain(..).zip(results) {
             // The caller may have gone away; its write is done regardless.
-            let _ = req.done.send(result.clone());
+            let _ = req.done.send(result);
         }
     }
     tracing::debug!("store writer thread stopped");
@@ -125,6 +133,25 @@ fn note_outcome(stats: &WriterStats, result: &Result<()>) {
             }
             *failing = Some(e.to_string());
         }
+    }
+}
+
+/// Each request's result. A group refused because one of its requests
+/// named a session this node does not own ([`Error::NotOwner`]) — where
+/// nodes own sessions one by one — is written again one request at a
+/// time, so that only the requests for sessions owned elsewhere fail.
+fn one_by_one_if_not_owner(
+    db: &dyn Engine,
+    group: &[WriteReq],
+    durability: Durability,
+    result: Result<()>,
+) -> Vec<Result<()>> {
+    match result {
+        Err(Error::NotOwner(_)) if group.len() > 1 => group
+            .iter()
+            .map(|r| db.write(&[&r.ops[..]], durability == Durability::Sync && r.sync))
+            .collect(),
+        result => vec![result; group.len()],
     }
 }
 

@@ -1892,3 +1892,250 @@ async fn a_write_for_a_session_owned_elsewhere_fails_alone_and_the_modes_stay_ap
         drop(w);
     });
 }
+
+/// The node process [`a_paused_owner_is_fenced_when_it_wakes`] starts: it
+/// claims one session and appends to it as fast as it can, printing each
+/// acknowledged seq, until a write is refused. Does nothing when run by
+/// itself.
+#[test]
+#[ignore = "a child process of a_paused_owner_is_fenced_when_it_wakes"]
+fn owner_child_process() {
+    let (Ok(url), Ok(session)) = (
+        std::env::var("BATON_OWNER_CHILD_URL"),
+        std::env::var("BATON_OWNER_CHILD_SESSION"),
+    ) else {
+        return;
+    };
+    let session: SessionId = session.parse().unwrap();
+    let engine = postgres::PgEngine::open(owning(&url, "a", 1_000, 200)).unwrap();
+    assert_eq!(
+        engine.claim(session.as_bytes()).unwrap(),
+        owners::Claim::Ours
+    );
+    println!("claimed");
+    for seq in 1.. {
+        let mut b = Batch::new();
+        b.append(&session, seq, 0, &child_record("a"));
+        match engine.write(&[&b.ops[..]], true) {
+            Ok(()) => println!("acked {seq}"),
+            Err(e) => {
+                println!("refused {seq}: {e}");
+                return;
+            }
+        }
+    }
+}
+
+fn child_record(by: &str) -> EventKind {
+    EventKind::OutputDelta {
+        turn: 1,
+        attempt: 1,
+        text: by.into(),
+    }
+}
+
+/// A real node process owning a session is paused (SIGSTOP) mid-writes
+/// past its lease: another node claims the session (fencing it), reads
+/// every acknowledged record and appends its own; resumed (SIGCONT), the
+/// paused process's next write is refused, and nothing of it lands — no
+/// record of the new owner is overwritten.
+/// A node process running [`owner_child_process`] on `session`: its
+/// output lines, and signals to it (killed when dropped).
+struct OwnerChild {
+    child: std::process::Child,
+    lines: std::sync::mpsc::Receiver<String>,
+    /// The last seq it printed as acknowledged.
+    last: u64,
+}
+
+impl OwnerChild {
+    fn start(url: &str, session: SessionId) -> OwnerChild {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "tests::owner_child_process",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("BATON_OWNER_CHILD_URL", url)
+            .env("BATON_OWNER_CHILD_SESSION", session.to_string())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let (tx, lines) = std::sync::mpsc::channel::<String>();
+        let out = child.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(out).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        OwnerChild {
+            child,
+            lines,
+            last: 0,
+        }
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.id().to_string();
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig} {pid}");
+    }
+
+    /// Wait until it acknowledged `n` writes.
+    fn wait_for(&mut self, n: u64) {
+        while self.last < n {
+            let line = self
+                .lines
+                .recv_timeout(std::time::Duration::from_secs(20))
+                .expect("the child stopped writing");
+            self.last = acked(&line).unwrap_or(self.last);
+        }
+    }
+
+    /// Take in what it printed until it fell silent.
+    fn drain(&mut self) {
+        while let Ok(line) = self
+            .lines
+            .recv_timeout(std::time::Duration::from_millis(300))
+        {
+            self.last = acked(&line).unwrap_or(self.last);
+        }
+    }
+}
+
+impl Drop for OwnerChild {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn acked(line: &str) -> Option<u64> {
+    line.strip_prefix("acked ").and_then(|n| n.parse().ok())
+}
+
+/// `session`'s journal as (seq, writer) pairs.
+fn owner_journal(engine: &postgres::PgEngine, session: SessionId) -> Vec<(u64, String)> {
+    read_journal_blocking(engine, None, session, 0, u64::MAX, 100_000)
+        .unwrap()
+        .into_iter()
+        .map(|e| match e.kind {
+            EventKind::OutputDelta { text, .. } => (e.seq, text),
+            other => panic!("{other:?}"),
+        })
+        .collect()
+}
+
+/// Claim `session` on `engine` until it is ours: the time it took.
+fn claim_until_ours(engine: &postgres::PgEngine, session: SessionId) -> std::time::Duration {
+    let since = std::time::Instant::now();
+    while engine.claim(session.as_bytes()).unwrap() != owners::Claim::Ours {
+        assert!(
+            since.elapsed() < std::time::Duration::from_secs(10),
+            "never taken"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    since.elapsed()
+}
+
+/// The records of a dead or fenced owner: every acknowledged one, in
+/// order, by it (one more may have landed unprinted).
+fn check_taken_over(journal: &[(u64, String)], acknowledged: u64) {
+    let n = journal.len() as u64;
+    assert!(
+        n == acknowledged || n == acknowledged + 1,
+        "{n} records, {acknowledged} acknowledged"
+    );
+    assert!(
+        journal
+            .iter()
+            .enumerate()
+            .all(|(i, (seq, by))| *seq == i as u64 + 1 && by == "a")
+    );
+}
+
+#[test]
+fn a_paused_owner_is_fenced_when_it_wakes() {
+    let url = Place::postgres().postgres.unwrap();
+    let b = postgres::PgEngine::open(owning(&url, "b", 1_000, 200)).unwrap();
+    let session = SessionId::new();
+    let mut child = OwnerChild::start(&url, session);
+    child.wait_for(200);
+    child.signal("-STOP");
+    let stopped = std::time::Instant::now();
+    child.drain();
+    // Its lease lapses; the claim fences it.
+    claim_until_ours(&b, session);
+    eprintln!(
+        "paused owner: its session taken {} ms after SIGSTOP (lease 1,000 ms)",
+        stopped.elapsed().as_millis()
+    );
+    let before = owner_journal(&b, session);
+    check_taken_over(&before, child.last);
+    let n = before.len() as u64;
+    for seq in n + 1..=n + 20 {
+        let mut batch = Batch::new();
+        batch.append(&session, seq, 0, &child_record("b"));
+        b.write(&[&batch.ops[..]], true).unwrap();
+    }
+    child.signal("-CONT");
+    let mut refused = None;
+    while let Ok(line) = child.lines.recv_timeout(std::time::Duration::from_secs(20)) {
+        // A write in flight at the pause may be acknowledged late: it
+        // landed before the takeover (the claim waited for it).
+        if let Some(seq) = acked(&line) {
+            assert!(
+                seq <= n,
+                "a write after the takeover was acknowledged: {line}"
+            );
+        }
+        if line.starts_with("refused ") {
+            refused = Some(line);
+            break;
+        }
+    }
+    let refused = refused.expect("the resumed owner neither wrote nor was refused");
+    assert!(refused.contains("fenced"), "{refused}");
+    let after = owner_journal(&b, session);
+    assert_eq!(after.len() as u64, n + 20);
+    assert!(after[..n as usize] == before[..]);
+    assert!(
+        after[n as usize..].iter().all(|(_, by)| by == "b"),
+        "{:?}",
+        &after[n as usize..]
+    );
+}
+
+/// A real node process owning a session is killed (SIGKILL) mid-writes:
+/// another node takes the session after two of its heartbeats — not a
+/// lease — finds every acknowledged record, and goes on.
+#[test]
+fn a_killed_owners_session_is_taken_after_two_heartbeats() {
+    let url = Place::postgres().postgres.unwrap();
+    let b = postgres::PgEngine::open(owning(&url, "b", 1_000, 200)).unwrap();
+    let session = SessionId::new();
+    let mut child = OwnerChild::start(&url, session);
+    child.wait_for(200);
+    child.signal("-KILL");
+    let killed = std::time::Instant::now();
+    claim_until_ours(&b, session);
+    eprintln!(
+        "killed owner: its session taken {} ms after SIGKILL (heartbeat 200 ms)",
+        killed.elapsed().as_millis()
+    );
+    child.drain();
+    let journal = owner_journal(&b, session);
+    check_taken_over(&journal, child.last);
+    let n = journal.len() as u64;
+    let mut batch = Batch::new();
+    batch.append(&session, n + 1, 0, &child_record("b"));
+    b.write(&[&batch.ops[..]], true).unwrap();
+    assert_eq!(owner_journal(&b, session).len() as u64, n + 1);
+}

@@ -138,6 +138,12 @@ pub trait Engine: Send + Sync + 'static {
         None
     }
 
+    /// Whether this node owns sessions one by one (claims and releases go
+    /// to the database); otherwise it owns every session it can write.
+    fn claims(&self) -> bool {
+        false
+    }
+
     /// Claim `session` for this node before working on it. A database of
     /// its own, or a node holding the whole database, owns every session.
     fn claim(&self, _session: &[u8]) -> Result<crate::owners::Claim> {

@@ -784,6 +784,10 @@ impl Engine for PgEngine {
         Some(self.member.status())
     }
 
+    fn claims(&self) -> bool {
+        self.pool.options.node.ownership == Ownership::Sessions
+    }
+
     fn claim(&self, session: &[u8]) -> Result<Claim> {
         let node = &self.pool.options.node;
         if node.ownership == Ownership::Writer {

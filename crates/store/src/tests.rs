@@ -2139,3 +2139,23 @@ fn a_killed_owners_session_is_taken_after_two_heartbeats() {
     b.write(&[&batch.ops[..]], true).unwrap();
     assert_eq!(owner_journal(&b, session).len() as u64, n + 1);
 }
+
+/// Where one node owns everything (RocksDB; PostgreSQL under the writer
+/// lease), every session is this node's: claims, releases and the orphan
+/// listing ask nothing of the database.
+#[tokio::test]
+async fn where_one_node_owns_everything_every_claim_is_ours() {
+    for place in [Place::rocksdb(), Place::postgres()] {
+        let store = open(&place, Durability::Sync);
+        let s = SessionId::new();
+        assert_eq!(store.claim(s).await.unwrap(), owners::Claim::Ours);
+        assert_eq!(store.claim_run([1; 16]).await.unwrap(), owners::Claim::Ours);
+        store.release(s).await.unwrap();
+        assert!(store.orphaned(10).await.unwrap().is_empty());
+        let mut b = Batch::new();
+        b.append(&s, 1, 0, &child_record("a"));
+        store.write(b).await.unwrap();
+        assert_eq!(store.last_seq(s).await.unwrap(), 1);
+        store.close();
+    }
+}

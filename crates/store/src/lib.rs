@@ -10,6 +10,11 @@
 //! both. All database I/O happens on the writer thread or on tokio's
 //! blocking pool, never on an async worker.
 //!
+//! On PostgreSQL several nodes share one database ([`member`]): one holds
+//! the writer lease and owns every session, or ([`owners`]) every node owns
+//! the sessions it claimed, and every write is fenced by the owner of each
+//! session it names.
+//!
 //! ```no_run
 //! # async fn demo() -> baton_store::Result<()> {
 //! use baton_store::{Batch, Durability, Store, StoreOptions};

@@ -9,7 +9,7 @@
 //!   an expiry on the database's clock renewed with every heartbeat;
 //! - a session is owned by the node named in its row of `baton_owners`,
 //!   at that node's epoch. A node **claims** a session before it works on
-//!   it ([`claim`]): it gets the session when nobody owns it, when its
+//!   it ([`crate::Store::claim`]): it gets the session when nobody owns it, when its
 //!   owner's epoch is over (the owner restarted, or was fenced), or when
 //!   its owner is gone — its lease expired, or its process is dead (its
 //!   node lock free and its heartbeat two heartbeats old), the last two
@@ -17,7 +17,7 @@
 //!   session from a gone node first **fences** that node: its epoch is
 //!   raised, so it never writes or renews again, and every session it
 //!   owned may be claimed. A node gives a session up when it passivates
-//!   it ([`release`]): a passivated session has no owner;
+//!   it ([`crate::Store::release`]): a passivated session has no owner;
 //! - every write names the sessions it touches (`Op::Owned`), and
 //!   `baton_fence_owned(node, epoch, sessions)` — part of the write's one
 //!   statement — share-locks the node's row and refuses the whole write

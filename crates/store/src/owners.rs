@@ -12,13 +12,15 @@
 //!   it ([`crate::Store::claim`]): it gets the session when nobody owns it, when its
 //!   owner's epoch is over (the owner restarted, or was fenced), or when
 //!   its owner is gone — its lease expired, or its process is dead (its
-//!   node lock free and its heartbeat two heartbeats old), the last two
+//!   node lock free and its heartbeat older than two of the claimer's
+//!   heartbeats), the last two
 //!   only once the database has been up for two heartbeats. Taking a
 //!   session from a gone node first **fences** that node: its epoch is
 //!   raised, so it never writes or renews again, and every session it
 //!   owned may be claimed. A node gives a session up when it passivates
 //!   it ([`crate::Store::release`]): a passivated session has no owner;
-//! - every write names the sessions it touches (`Op::Owned`), and
+//! - a batch names the sessions (and runs) it writes (`Op::Owned`; writes
+//!   of no session name nothing and pass on the node's lease), and
 //!   `baton_fence_owned(node, epoch, sessions)` — part of the write's one
 //!   statement — share-locks the node's row and refuses the whole write
 //!   unless the node's epoch is current, its lease unexpired, and every

@@ -1778,9 +1778,9 @@ fn nodes_own_sessions_one_by_one_and_every_write_is_fenced_by_its_owner() {
 }
 
 /// A batch names to the fence each session and run it writes, once:
-/// journal appends, metadata, snapshots, gates, idempotency keys, copies,
-/// deletions, run records and run journals; writes of no session (run
-/// indexes, API keys) name nothing.
+/// journal appends, metadata, snapshots, idempotency keys, copies, run
+/// records and run journals; writes of no session (run indexes, API keys)
+/// name nothing.
 #[test]
 fn a_batch_names_each_session_and_run_it_writes_once() {
     let (s, t) = (SessionId::new(), SessionId::new());

@@ -170,24 +170,34 @@ async fn forward(
     own_id: &str,
     own_addr: Option<std::net::SocketAddr>,
 ) -> std::io::Result<()> {
-    let holder = tokio::time::timeout(WAIT_FOR_HOLDER, known.wait_for(|h| h.is_some()))
-        .await
-        .ok()
-        .and_then(|r| r.ok().and_then(|h| h.clone()));
-    let Some(holder) = holder else {
-        return Err(std::io::Error::other("no node holds the writer lease"));
+    let holder = match tokio::time::timeout(WAIT_FOR_HOLDER, known.wait_for(|h| h.is_some())).await
+    {
+        Ok(Ok(h)) => h.clone(),
+        // The lookups ended while this connection waited: the standby
+        // stops only once this node holds the lease and its servers run,
+        // so the connection is theirs.
+        Ok(Err(_)) => None,
+        Err(_) => return Err(std::io::Error::other("no node holds the writer lease")),
     };
     // Accepted just before this node took the lease: into its own listen
     // queue, for its own servers.
-    let to = match (port, holder.node_id == own_id, own_addr) {
-        (_, true, Some(a)) => a.to_string(),
-        (Port::Grpc, _, _) => holder.grpc_addr.clone(),
-        (Port::Http, _, _) => holder.http_addr.clone(),
+    let holder_id = holder
+        .as_ref()
+        .map_or_else(|| own_id.to_string(), |h| h.node_id.clone());
+    let to = match (port, &holder, own_addr) {
+        (_, None, Some(a)) => a.to_string(),
+        (_, Some(h), Some(a)) if h.node_id == own_id => a.to_string(),
+        (_, None, None) => {
+            return Err(std::io::Error::other(
+                "this node took the writer lease, and its own address is unknown",
+            ));
+        }
+        (Port::Grpc, Some(h), _) => h.grpc_addr.clone(),
+        (Port::Http, Some(h), _) => h.http_addr.clone(),
     };
     if to.is_empty() {
         return Err(std::io::Error::other(format!(
-            "node {} advertises no address for this port",
-            holder.node_id
+            "node {holder_id} advertises no address for this port"
         )));
     }
     let mut upstream = TcpStream::connect(&to).await?;
@@ -203,7 +213,7 @@ async fn forward(
                 std::future::pending::<()>().await;
             }
             let now = known.borrow().as_ref().map(|h| h.node_id.clone());
-            if now.as_deref() != Some(holder.node_id.as_str()) {
+            if now.as_deref() != Some(holder_id.as_str()) {
                 return now;
             }
         }
@@ -213,7 +223,7 @@ async fn forward(
             copied?;
         }
         now = moved => {
-            tracing::info!(from = %holder.node_id, to = ?now, "the lease moved: cutting a connection forwarded to its former holder");
+            tracing::info!(from = %holder_id, to = ?now, "the lease moved: cutting a connection forwarded to its former holder");
         }
     }
     Ok(())

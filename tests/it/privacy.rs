@@ -49,6 +49,26 @@ fn erased(server: &str, subject: &str) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).unwrap()
 }
 
+/// The server with erasures cut by a failpoint after the sessions are
+/// deleted, and three sessions on it: two of customer 7 (`MARKER-7A`,
+/// `MARKER-7B`), one of customer 9 (`MARKER-9`).
+async fn start_with_three_sessions(
+    config: &std::path::Path,
+) -> (BatonProcess, Client, [String; 3]) {
+    let server = BatonProcess::start_with_env(
+        bin(),
+        config,
+        &[("BATON_FAILPOINT", "erase_after_sessions")],
+    )
+    .await
+    .unwrap();
+    let mut c = server.client().await.unwrap();
+    let a = session(&mut c, "cust-7", "MARKER-7A my card is 4111").await;
+    let b = session(&mut c, "cust-7", "MARKER-7B second visit").await;
+    let other = session(&mut c, "cust-9", "MARKER-9 other customer").await;
+    (server, c, [a, b, other])
+}
+
 async fn session(c: &mut Client, customer: &str, text: &str) -> String {
     let id = c
         .start_session(v1::StartSessionRequest {
@@ -95,20 +115,9 @@ async fn an_erased_subject_is_unreadable_everywhere_and_erasure_survives_sigkill
         fake_model_toml(&fake.base_url(), false),
     );
     let config = write_config(dir.path(), &data, &toml).unwrap();
-    let server = BatonProcess::start_with_env(
-        bin(),
-        &config,
-        &[("BATON_FAILPOINT", "erase_after_sessions")],
-    )
-    .await
-    .unwrap();
-    let mut c = server.client().await.unwrap();
-
     // Two sessions of customer 7, one of customer 9; the fake echoes the
     // message, so answers carry the markers too.
-    let a = session(&mut c, "cust-7", "MARKER-7A my card is 4111").await;
-    let b = session(&mut c, "cust-7", "MARKER-7B second visit").await;
-    let other = session(&mut c, "cust-9", "MARKER-9 other customer").await;
+    let (server, mut c, [a, b, other]) = start_with_three_sessions(&config).await;
     // No customer: the session is its own subject, with a key of its own.
     let solo = c
         .start_session(v1::StartSessionRequest::default())
@@ -329,17 +338,7 @@ async fn with_keys_in_the_database_an_erasure_cut_by_a_crash_is_redone() {
             .trim()
             .to_string()
     };
-    let server = BatonProcess::start_with_env(
-        bin(),
-        &config,
-        &[("BATON_FAILPOINT", "erase_after_sessions")],
-    )
-    .await
-    .unwrap();
-    let mut c = server.client().await.unwrap();
-    let a = session(&mut c, "cust-7", "MARKER-7A my card is 4111").await;
-    let b = session(&mut c, "cust-7", "MARKER-7B second visit").await;
-    let other = session(&mut c, "cust-9", "MARKER-9 other customer").await;
+    let (server, _c, [a, b, other]) = start_with_three_sessions(&config).await;
     for table in ["baton_journal", "baton_snapshots", "baton_payloads"] {
         assert_eq!(
             sql(&format!(

@@ -245,12 +245,7 @@ pub(crate) fn claim(
             &[&session, &node.id, &epoch, &secs(node.heartbeat * 2)],
         )
         .map_err(db_error)?;
-    let owner = Owner {
-        node_id: row.try_get(0).map_err(db_error)?,
-        epoch: row.try_get(1).map_err(db_error)?,
-        grpc_addr: row.try_get(2).map_err(db_error)?,
-        http_addr: row.try_get(3).map_err(db_error)?,
-    };
+    let owner = owner_row(&row)?;
     if owner.node_id == node.id && owner.epoch == epoch {
         Ok(Claim::Ours)
     } else {
@@ -287,15 +282,17 @@ pub fn owner(client: &mut Client, session: &[u8]) -> Result<Option<Owner>> {
             &[&session],
         )
         .map_err(db_error)?;
-    row.map(|r| {
-        Ok(Owner {
-            node_id: r.try_get(0).map_err(db_error)?,
-            epoch: r.try_get(1).map_err(db_error)?,
-            grpc_addr: r.try_get(2).map_err(db_error)?,
-            http_addr: r.try_get(3).map_err(db_error)?,
-        })
+    row.as_ref().map(owner_row).transpose()
+}
+
+/// An owner from a row of (node id, epoch, gRPC address, HTTP address).
+fn owner_row(r: &postgres::Row) -> Result<Owner> {
+    Ok(Owner {
+        node_id: r.try_get(0).map_err(db_error)?,
+        epoch: r.try_get(1).map_err(db_error)?,
+        grpc_addr: r.try_get(2).map_err(db_error)?,
+        http_addr: r.try_get(3).map_err(db_error)?,
     })
-    .transpose()
 }
 
 /// Sessions (and runs) whose owner is gone or whose owner's epoch is

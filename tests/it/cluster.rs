@@ -24,17 +24,19 @@ use futures::StreamExt;
 
 use crate::common::*;
 
-struct Cluster {
-    pg: baton_pgtest::PgServer,
-    db: String,
+pub(crate) struct Cluster {
+    pub(crate) pg: baton_pgtest::PgServer,
+    pub(crate) db: String,
     /// Kept when a test fails, for the nodes' logs; removed on success.
-    dir: tempfile::TempDir,
+    pub(crate) dir: tempfile::TempDir,
     url: String,
     model: String,
+    /// More `[cluster]` settings for every node.
+    pub(crate) cluster_extra: String,
 }
 
 impl Cluster {
-    fn new(model: &str) -> Cluster {
+    pub(crate) fn new(model: &str) -> Cluster {
         let pg = baton_pgtest::PgServer::start().unwrap();
         let url = pg.database().unwrap();
         let db = baton_pgtest::PgServer::database_name(&url);
@@ -48,6 +50,7 @@ impl Cluster {
                 .unwrap(),
             url,
             model: model.to_string(),
+            cluster_extra: String::new(),
         }
     }
 
@@ -67,10 +70,11 @@ impl Cluster {
                 "[store]\ndata_dir = {:?}\nbackend = \"postgres\"\n\
                  postgres = {{ url = {:?}, connect_timeout_ms = 1000 }}\n\n\
                  [cluster]\nenabled = true\nnode_id = {node:?}\nlease_ms = {lease_ms}\n\
-                 heartbeat_ms = 200\n\n[audit]\ndir = {:?}\n\n\
+                 heartbeat_ms = 200\n{}\n[audit]\ndir = {:?}\n\n\
                  [privacy]\nencryption = true\nkeystore = \"database\"\nmaster_key_file = {:?}\n\n{}",
                 dir.join("data").display().to_string(),
                 self.url,
+                self.cluster_extra,
                 dir.join("audit").display().to_string(),
                 master.display().to_string(),
                 self.model,
@@ -104,13 +108,13 @@ impl Cluster {
         panic!("no node took the lease: {:?}", self.holder());
     }
 
-    async fn start(&self, node: &str, lease_ms: u64) -> BatonProcess {
+    pub(crate) async fn start(&self, node: &str, lease_ms: u64) -> BatonProcess {
         BatonProcess::start(bin(), &self.config(node, lease_ms))
             .await
             .unwrap()
     }
 
-    fn audit_verifies(&self, node: &str) {
+    pub(crate) fn audit_verifies(&self, node: &str) {
         let out = std::process::Command::new(bin())
             .args(["audit", "verify", "--dir"])
             .arg(self.dir.path().join(node).join("audit"))
@@ -135,7 +139,7 @@ impl Drop for Cluster {
     }
 }
 
-fn skip() -> bool {
+pub(crate) fn skip() -> bool {
     if baton_pgtest::on_postgres() {
         eprintln!(
             "skipped in the PostgreSQL pass: it starts its own database, and ran in the first"
@@ -158,7 +162,7 @@ async fn serving(node: &BatonProcess) {
 }
 
 /// `baton inspect actors --json` through `node`.
-async fn inspect_actors(node: &BatonProcess) -> serde_json::Value {
+pub(crate) async fn inspect_actors(node: &BatonProcess) -> serde_json::Value {
     let out = tokio::process::Command::new(bin())
         .args(["inspect", "actors", "--json", "--server", &node.url()])
         .output()
@@ -173,7 +177,7 @@ async fn inspect_actors(node: &BatonProcess) -> serde_json::Value {
 }
 
 /// The nodes of an actor tree's `cluster` child: id and status.
-fn cluster_members(tree: &serde_json::Value) -> Vec<(String, String)> {
+pub(crate) fn cluster_members(tree: &serde_json::Value) -> Vec<(String, String)> {
     let cluster = tree["children"]
         .as_array()
         .unwrap()
@@ -195,10 +199,10 @@ fn cluster_members(tree: &serde_json::Value) -> Vec<(String, String)> {
 
 /// What one client saw.
 #[derive(Default)]
-struct Seen {
-    acknowledged: Vec<String>,
+pub(crate) struct Seen {
+    pub(crate) acknowledged: Vec<String>,
     /// When its first turn after the kill completed.
-    resumed: Option<Instant>,
+    pub(crate) resumed: Option<Instant>,
 }
 
 /// Send turns to one session until `stop`, through `nodes` in turn: on a
@@ -277,7 +281,7 @@ async fn client_loop(
 /// each answered once, and (with `asked_once`) no acknowledged answer was
 /// asked of the model twice. (A write that failed while the database was
 /// down leaves its answer unrecorded: that turn may be asked again.)
-async fn check_sessions(
+pub(crate) async fn check_sessions(
     node: &BatonProcess,
     acknowledged: &BTreeMap<String, Vec<String>>,
     fake: &FakeOpenAi,
@@ -307,7 +311,7 @@ async fn check_sessions(
 /// Clients sending turns to `sessions`, each through `urls` from node
 /// `i % urls.len()` on; `marker` is set by the test at the moment after
 /// which each client notes its first answer.
-fn spawn_load(
+pub(crate) fn spawn_load(
     urls: &[String],
     sessions: &[String],
     stop: &Arc<AtomicBool>,

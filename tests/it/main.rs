@@ -28,6 +28,7 @@ mod grpc_api;
 mod inspect;
 mod layout;
 mod output_records;
+mod owners;
 mod privacy;
 mod provider_keys;
 mod python_clients;

@@ -93,9 +93,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     // it holds the lease; it may wait there for as long as the holder lives.
     let cluster =
         config.store.backend == baton_runtime::StoreBackend::Postgres && config.cluster.enabled;
+    // Nodes owning sessions one by one all serve: none stands by.
+    let owning = cluster && config.cluster.ownership == baton_runtime::ClusterOwnership::Sessions;
+    if owning && config.server.tls.is_some() {
+        anyhow::bail!(
+            "cluster.ownership = \"sessions\" with [server.tls]: nodes forward calls to a \
+             session's owner over plaintext gRPC so far; run the nodes without TLS on a private \
+             network (docs/scaling.md)"
+        );
+    }
     let mut bound = None;
     let mut standby = None;
-    if cluster {
+    if owning {
+        // Bound first, to advertise the ports in the node's row; calls
+        // wait in the listen queue until the runtime serves them.
+        let (listener, http_listener) = bind(&config).await?;
+        config.cluster.advertise = Some(baton_runtime::ClusterConfig::advertised(
+            config.cluster.advertise.as_deref(),
+            listener.local_addr()?,
+            "cluster.advertise",
+        )?);
+        if let Some(h) = &http_listener {
+            config.cluster.advertise_http = Some(baton_runtime::ClusterConfig::advertised(
+                config.cluster.advertise_http.as_deref(),
+                h.local_addr()?,
+                "cluster.advertise_http",
+            )?);
+        }
+        bound = Some((listener, http_listener));
+    } else if cluster {
         let (listener, http_listener) = bind(&config).await?;
         let (addr, http_addr) = (
             listener.local_addr()?,
@@ -177,7 +203,12 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         std::io::stdout().flush()?;
     }
     if let Some(status) = runtime.node_status() {
-        tracing::info!(node = %status.node_id, epoch = status.epoch, "this node holds the database's writer lease");
+        if owning {
+            baton_server::owner::set_node_id(&status.node_id);
+            tracing::info!(node = %status.node_id, epoch = status.epoch, "this node owns the sessions it loads (cluster.ownership = \"sessions\")");
+        } else {
+            tracing::info!(node = %status.node_id, epoch = status.epoch, "this node holds the database's writer lease");
+        }
         watch_lease(runtime.clone());
     }
     if let Some(log) = &audit {
@@ -193,14 +224,27 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .actor("server"),
         );
     }
-    let flows =
+    // Flow runs are not owned one by one yet (their timers, schedules and
+    // queue consumers would fire on every node): nodes owning sessions
+    // serve no flows, and say so when flows are configured.
+    let flows = if owning {
+        if config.flows.dir.is_some() {
+            runtime.shutdown().await;
+            anyhow::bail!(
+                "flows.dir is set, but nodes with cluster.ownership = \"sessions\" run no flows \
+                 yet: use the writer lease (the default) for flows (docs/scaling.md)"
+            );
+        }
+        None
+    } else {
         match baton_flows::Flows::start(runtime.clone(), config.flows.clone(), Vec::new()).await {
-            Ok(f) => f,
+            Ok(f) => Some(f),
             Err(e) => {
                 runtime.shutdown().await;
                 anyhow::bail!("flows: {e}");
             }
-        };
+        }
+    };
     let auth = match baton_server::Authenticator::new(runtime.clone(), &config.auth).await {
         Ok(a) => a,
         Err(e) => {
@@ -208,7 +252,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             anyhow::bail!(e);
         }
     };
-    let announce = bound.is_none();
+    let announce = bound.is_none() || owning;
     let (listener, http_listener) = match bound {
         Some(b) => b,
         None => match bind(&config).await {
@@ -250,14 +294,16 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             _ = rt.drain(grace) => {}
             _ = shutdown_signal() => tracing::warn!("second signal: stopping without finishing the answers in progress"),
         }
-        fl.shutdown().await;
+        if let Some(fl) = fl {
+            fl.shutdown().await;
+        }
         rt.shutdown().await;
         let _ = stopped_tx.send(true);
     };
     let grpc = async {
         baton_server::serve_with(
             runtime.clone(),
-            Some(flows.clone()),
+            flows.clone(),
             listener,
             config.server.clone(),
             auth.clone(),
@@ -274,7 +320,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
                 };
                 baton_server::serve_http(
                     runtime.clone(),
-                    Some(flows.clone()),
+                    flows.clone(),
                     l,
                     config.http.clone(),
                     auth.clone(),
@@ -289,7 +335,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let served = tokio::try_join!(grpc, http);
     if served.is_err() {
-        flows.shutdown().await;
+        if let Some(flows) = &flows {
+            flows.shutdown().await;
+        }
         runtime.shutdown().await;
     }
     drop(flows);

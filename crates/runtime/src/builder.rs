@@ -5,7 +5,7 @@ use std::sync::Arc;
 use baton_models::{Endpoint, EndpointConfig, ExecutorHandle, ModelRegistry};
 use baton_store::{Batch, Store, StoreOptions};
 use baton_tools::{Tool, ToolExecutor, ToolRegistry};
-use baton_types::{SessionId, SessionStatus};
+use baton_types::SessionStatus;
 use ractor::Actor;
 use tokio::sync::Mutex;
 
@@ -14,7 +14,6 @@ use crate::config::RuntimeConfig;
 use crate::error::{Error, Result};
 use crate::gates::{self, DataClassifier};
 use crate::handle::{HandleInner, RuntimeHandle};
-use crate::session::SessionMsg;
 use crate::shared::{Shared, ToolsRuntime};
 use crate::supervisor::SessionSupervisor;
 
@@ -187,7 +186,10 @@ impl RuntimeBuilder {
         crate::copy::drop_unfinished(&store).await?;
         let unfinished = store.sessions_with_status(SessionStatus::Running).await?;
         if !unfinished.is_empty() {
-            spawn_recovery(&handle, unfinished);
+            crate::recovery::spawn_recovery(&handle, unfinished);
+        }
+        if store.claims() {
+            crate::recovery::spawn_takeover(&handle);
         }
         spawn_disk_watch(&handle);
         handle.spawn_gate_timeouts();
@@ -356,51 +358,5 @@ fn spawn_disk_watch(handle: &RuntimeHandle) {
                 return;
             }
         }
-    });
-}
-
-fn spawn_recovery(handle: &RuntimeHandle, ids: Vec<SessionId>) {
-    use futures::StreamExt;
-    let n = ids.len();
-    let at_once = handle.config().sessions.recovery_concurrency;
-    tracing::info!(
-        sessions = n,
-        at_once,
-        "resuming sessions with unfinished turns"
-    );
-    let weak = Arc::downgrade(&handle.inner);
-    let started = std::time::Instant::now();
-    tokio::spawn(async move {
-        let failed = futures::stream::iter(ids)
-            .map(|id| {
-                let weak = weak.clone();
-                async move {
-                    let Some(inner) = weak.upgrade() else {
-                        return Ok(());
-                    };
-                    let handle = RuntimeHandle { inner };
-                    handle.route(id, SessionMsg::Wake).map_err(|e| (id, e))?;
-                    // Answered once the actor has loaded and taken the wake.
-                    handle
-                        .ask(id, |reply| SessionMsg::Get { reply })
-                        .await
-                        .map(|_| ())
-                        .map_err(|e| (id, e))
-                }
-            })
-            .buffer_unordered(at_once)
-            .filter_map(|r: std::result::Result<(), (SessionId, Error)>| async move {
-                let (id, e) = r.err()?;
-                tracing::warn!(session = %id, error = %e, "recovery: the session did not resume");
-                Some(())
-            })
-            .count()
-            .await;
-        tracing::info!(
-            sessions = n,
-            failed,
-            took_ms = started.elapsed().as_millis() as u64,
-            "recovery: sessions with unfinished turns resumed"
-        );
     });
 }

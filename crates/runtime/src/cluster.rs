@@ -30,6 +30,20 @@ pub struct ClusterConfig {
     pub lease_ms: u64,
     /// How often nodes heartbeat and the holder renews, in ms.
     pub heartbeat_ms: u64,
+    /// `"writer"` (the default): one node holds the writer lease and owns
+    /// every session and run, the others stand by. `"sessions"`: every
+    /// node serves, and each session is owned by the node that loaded it
+    /// until it passivates; calls for it reach that node.
+    pub ownership: Ownership,
+}
+
+/// How the nodes of a cluster share the sessions (`cluster.ownership`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Ownership {
+    #[default]
+    Writer,
+    Sessions,
 }
 
 impl Default for ClusterConfig {
@@ -41,6 +55,7 @@ impl Default for ClusterConfig {
             advertise_http: None,
             lease_ms: 10_000,
             heartbeat_ms: 1_000,
+            ownership: Ownership::Writer,
         }
     }
 }
@@ -74,6 +89,12 @@ impl ClusterConfig {
                 ),
             ));
         }
+        if self.ownership == Ownership::Sessions && !self.enabled {
+            return Err(ConfigError::new(
+                "cluster.ownership",
+                "\"sessions\" is for the nodes of a cluster: set cluster.enabled = true",
+            ));
+        }
         Ok(baton_store::postgres::NodeOptions {
             id,
             grpc_addr: self.advertise.clone().unwrap_or_default(),
@@ -81,9 +102,10 @@ impl ClusterConfig {
             lease: Duration::from_millis(self.lease_ms),
             heartbeat: Duration::from_millis(self.heartbeat_ms),
             wait_for_lease: self.enabled,
-            // The server runs the writer lease: sessions owned one by one
-            // exist in the store only so far (docs/scaling.md).
-            ownership: baton_store::postgres::Ownership::Writer,
+            ownership: match self.ownership {
+                Ownership::Writer => baton_store::postgres::Ownership::Writer,
+                Ownership::Sessions => baton_store::postgres::Ownership::Sessions,
+            },
         })
     }
 

@@ -29,6 +29,14 @@ pub enum Error {
     },
     #[error("{0}")]
     Unavailable(String),
+    /// The session (or run) is owned by another live node of the cluster
+    /// (`[cluster] ownership = "sessions"`): the servers forward the call
+    /// there; an embedding caller may retry on that node.
+    #[error("session {session} is owned by node {} ({}); call it there", owner.node_id, if owner.grpc_addr.is_empty() { "no advertised address" } else { owner.grpc_addr.as_str() })]
+    OwnedElsewhere {
+        session: SessionId,
+        owner: baton_store::owners::Owner,
+    },
     #[error("{0}")]
     DeadlineExceeded(String),
     #[error("invalid configuration: {0}")]
@@ -48,7 +56,7 @@ impl Error {
             Error::AlreadyExists(_) => ErrorCode::AlreadyExists,
             Error::PermissionDenied(_) => ErrorCode::PermissionDenied,
             Error::ResourceExhausted(_) | Error::RateLimited { .. } => ErrorCode::ResourceExhausted,
-            Error::Unavailable(_) => ErrorCode::Unavailable,
+            Error::Unavailable(_) | Error::OwnedElsewhere { .. } => ErrorCode::Unavailable,
             Error::DeadlineExceeded(_) => ErrorCode::DeadlineExceeded,
             Error::Config(_) => ErrorCode::InvalidArgument,
             Error::Store(e) => e.code(),

@@ -114,6 +114,9 @@ impl RuntimeHandle {
             for r in rows {
                 let status = match (r.live, r.holds_lease) {
                     (_, Some(_)) => "holds_lease",
+                    // `cluster.ownership = "sessions"`: each node owns
+                    // the sessions it loaded.
+                    (true, None) if r.epoch > 0 => "owns_sessions",
                     (true, None) => "standby",
                     (false, None) => "gone",
                 };
@@ -124,6 +127,11 @@ impl RuntimeHandle {
                     .insert("heartbeat_ms_ago".into(), r.heartbeat_ms_ago.to_string());
                 if let Some(e) = r.holds_lease {
                     n.detail.insert("lease_epoch".into(), e.to_string());
+                }
+                if r.epoch > 0 {
+                    n.detail.insert("node_epoch".into(), r.epoch.to_string());
+                    n.detail
+                        .insert("sessions_owned".into(), r.sessions_owned.to_string());
                 }
                 cluster.children.push(n);
             }

@@ -53,6 +53,7 @@ mod inspect;
 mod paging;
 mod privacy;
 mod quality;
+mod recovery;
 mod replay;
 mod retention;
 mod session;
@@ -70,7 +71,7 @@ pub use audit::{AuditOnFailure, AuditSink};
 pub use baton_governance::{BoxFuture, Classifier as PolicyClassifier};
 pub use baton_store::{Durability, WriterStatsSnapshot};
 pub use builder::{Runtime, RuntimeBuilder};
-pub use cluster::ClusterConfig;
+pub use cluster::{ClusterConfig, Ownership as ClusterOwnership};
 pub use config::{
     BusyPolicy, PostgresConfig, RuntimeConfig, SessionsConfig, StoreBackend, StoreConfig,
     SupervisionConfig, ToolsConfig,

@@ -319,6 +319,12 @@ impl RuntimeHandle {
     pub(crate) async fn create_session(&self, new: NewSession) -> Result<SessionInfo> {
         let shared = self.shared();
         let id = SessionId::new();
+        // Where nodes own sessions one by one, the node creating a session
+        // owns it (a new id: nobody else does) until it passivates; nothing
+        // is asked of the database elsewhere.
+        if let baton_store::owners::Claim::Owned(owner) = shared.store.claim(id).await? {
+            return Err(Error::OwnedElsewhere { session: id, owner });
+        }
         let now = now_unix_ms();
         let meta = SessionMeta {
             tenant: new.tenant,

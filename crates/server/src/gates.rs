@@ -193,6 +193,7 @@ impl Gates for GatesService {
         req: Request<v1::DecideGateRequest>,
     ) -> Result<Response<v1::Gate>, Status> {
         let mut who = crate::auth::principal(&req)?;
+        let onward = crate::owner::Onward::of(&req);
         let r = req.into_inner();
         // The reviewer is the authenticated principal. Without
         // authentication (loopback only) the caller may name itself; the
@@ -203,11 +204,17 @@ impl Gates for GatesService {
         let caller = self.runtime.as_caller(who);
         let id = gate_id(&r.gate_id)?;
         let decision = decision(&r)?;
-        let gate = caller
-            .decide_gate(id, decision, r.reason)
-            .await
-            .map_err(|e| status(&e))?;
-        Ok(Response::new(gate_to_proto(&gate, &[])))
+        match caller.decide_gate(id, decision, r.reason.clone()).await {
+            Ok(gate) => Ok(Response::new(gate_to_proto(&gate, &[]))),
+            // The gate's session is owned by another node: decided there.
+            Err(e) => {
+                let addr = onward.owner(e)?;
+                crate::owner::gates(&addr)?
+                    .decide_gate(onward.request(r))
+                    .await
+                    .map_err(|s| crate::owner::unreachable(&addr, s))
+            }
+        }
     }
 
     type WatchGatesStream = GateResultStream;

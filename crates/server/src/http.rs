@@ -184,8 +184,14 @@ async fn healthz(State(runtime): State<RuntimeHandle>) -> Response {
     if runtime.config().cluster.enabled
         && let Some(n) = runtime.node_status()
     {
+        let holds =
+            if runtime.config().cluster.ownership == baton_runtime::ClusterOwnership::Sessions {
+                "owns the sessions it loaded under its lease"
+            } else {
+                "holds the writer lease"
+            };
         body.push_str(&format!(
-            "\nnode {} holds the writer lease (epoch {}), renewed {} ms ago (lease {} ms); \
+            "\nnode {} {holds} (epoch {}), renewed {} ms ago (lease {} ms); \
                  the database {}",
             n.node_id,
             n.epoch,

@@ -31,6 +31,7 @@ mod http;
 mod inflight;
 mod inspect;
 pub mod openai;
+pub mod owner;
 mod ratelimit;
 mod serve;
 mod sessions;

@@ -10,6 +10,7 @@ use baton_types::SessionId;
 use futures::{Stream, StreamExt};
 use tonic::{Request, Response, Status};
 
+use crate::owner::{self, Onward};
 use crate::status::status;
 
 /// The Sessions service over a runtime.
@@ -134,21 +135,32 @@ impl Sessions for SessionsService {
         req: Request<v1::SendMessageRequest>,
     ) -> Result<Response<Self::SendMessageStream>, Status> {
         let caller = self.caller(&req)?;
+        let onward = Onward::of(&req);
         let r = req.into_inner();
         let id = session_id("session_id", &r.session_id)?;
-        let stream = if r.images.is_empty() {
-            caller.send_with(id, r.content, r.review).await
+        let sent = if r.images.is_empty() {
+            caller.send_with(id, r.content.clone(), r.review).await
         } else {
-            let mut message = baton_types::Message::user(r.content);
+            let mut message = baton_types::Message::user(r.content.clone());
             message.images = r
                 .images
-                .into_iter()
+                .iter()
+                .cloned()
                 .map(convert::image_from_proto)
                 .collect();
             caller.send_message(id, message, r.review).await
+        };
+        match sent {
+            Ok(stream) => Ok(Response::new(to_grpc(stream))),
+            Err(e) => {
+                let addr = onward.owner(e)?;
+                let s = owner::sessions(&addr)?
+                    .send_message(onward.request(r))
+                    .await
+                    .map_err(|s| owner::unreachable(&addr, s))?;
+                Ok(Response::new(Box::pin(s.into_inner())))
+            }
         }
-        .map_err(|e| status(&e))?;
-        Ok(Response::new(to_grpc(stream)))
     }
 
     type ResumeSessionStream = EventResultStream;
@@ -158,13 +170,20 @@ impl Sessions for SessionsService {
         req: Request<v1::ResumeSessionRequest>,
     ) -> Result<Response<Self::ResumeSessionStream>, Status> {
         let caller = self.caller(&req)?;
+        let onward = Onward::of(&req);
         let r = req.into_inner();
         let id = session_id("session_id", &r.session_id)?;
-        let stream = caller
-            .resume(id, r.after_seq)
-            .await
-            .map_err(|e| status(&e))?;
-        Ok(Response::new(to_grpc(stream)))
+        match caller.resume(id, r.after_seq).await {
+            Ok(stream) => Ok(Response::new(to_grpc(stream))),
+            Err(e) => {
+                let addr = onward.owner(e)?;
+                let s = owner::sessions(&addr)?
+                    .resume_session(onward.request(r))
+                    .await
+                    .map_err(|s| owner::unreachable(&addr, s))?;
+                Ok(Response::new(Box::pin(s.into_inner())))
+            }
+        }
     }
 
     async fn get_session(
@@ -172,9 +191,19 @@ impl Sessions for SessionsService {
         req: Request<v1::GetSessionRequest>,
     ) -> Result<Response<v1::Session>, Status> {
         let caller = self.caller(&req)?;
-        let id = session_id("session_id", &req.into_inner().session_id)?;
-        let view = caller.get(id).await.map_err(|e| status(&e))?;
-        Ok(Response::new(view_to_proto(view)))
+        let onward = Onward::of(&req);
+        let r = req.into_inner();
+        let id = session_id("session_id", &r.session_id)?;
+        match caller.get(id).await {
+            Ok(view) => Ok(Response::new(view_to_proto(view))),
+            Err(e) => {
+                let addr = onward.owner(e)?;
+                owner::sessions(&addr)?
+                    .get_session(onward.request(r))
+                    .await
+                    .map_err(|s| owner::unreachable(&addr, s))
+            }
+        }
     }
 
     async fn list_sessions(
@@ -218,12 +247,22 @@ impl Sessions for SessionsService {
         req: Request<v1::CancelTurnRequest>,
     ) -> Result<Response<v1::CancelTurnResponse>, Status> {
         let caller = self.caller(&req)?;
-        let id = session_id("session_id", &req.into_inner().session_id)?;
-        let turn = caller.cancel(id).await.map_err(|e| status(&e))?;
-        Ok(Response::new(v1::CancelTurnResponse {
-            cancelled: turn.is_some(),
-            turn: turn.unwrap_or(0),
-        }))
+        let onward = Onward::of(&req);
+        let r = req.into_inner();
+        let id = session_id("session_id", &r.session_id)?;
+        match caller.cancel(id).await {
+            Ok(turn) => Ok(Response::new(v1::CancelTurnResponse {
+                cancelled: turn.is_some(),
+                turn: turn.unwrap_or(0),
+            })),
+            Err(e) => {
+                let addr = onward.owner(e)?;
+                owner::sessions(&addr)?
+                    .cancel_turn(onward.request(r))
+                    .await
+                    .map_err(|s| owner::unreachable(&addr, s))
+            }
+        }
     }
 
     async fn submit_tool_result(
@@ -231,9 +270,10 @@ impl Sessions for SessionsService {
         req: Request<v1::SubmitToolResultRequest>,
     ) -> Result<Response<v1::SubmitToolResultResponse>, Status> {
         let caller = self.caller(&req)?;
+        let onward = Onward::of(&req);
         let r = req.into_inner();
         let id = session_id("session_id", &r.session_id)?;
-        let outcome = match r.outcome {
+        let outcome = match r.outcome.clone() {
             Some(v1::submit_tool_result_request::Outcome::Output(o)) => Ok(o),
             Some(v1::submit_tool_result_request::Outcome::Error(e)) => Err(e),
             None => {
@@ -242,11 +282,19 @@ impl Sessions for SessionsService {
                 ));
             }
         };
-        let seq = caller
-            .submit_tool_result(id, r.call_id, outcome)
+        match caller
+            .submit_tool_result(id, r.call_id.clone(), outcome)
             .await
-            .map_err(|e| status(&e))?;
-        Ok(Response::new(v1::SubmitToolResultResponse { seq }))
+        {
+            Ok(seq) => Ok(Response::new(v1::SubmitToolResultResponse { seq })),
+            Err(e) => {
+                let addr = onward.owner(e)?;
+                owner::sessions(&addr)?
+                    .submit_tool_result(onward.request(r))
+                    .await
+                    .map_err(|s| owner::unreachable(&addr, s))
+            }
+        }
     }
 
     async fn delete_session(
@@ -254,8 +302,18 @@ impl Sessions for SessionsService {
         req: Request<v1::DeleteSessionRequest>,
     ) -> Result<Response<v1::DeleteSessionResponse>, Status> {
         let caller = self.caller(&req)?;
-        let id = session_id("session_id", &req.into_inner().session_id)?;
-        caller.delete(id).await.map_err(|e| status(&e))?;
-        Ok(Response::new(v1::DeleteSessionResponse {}))
+        let onward = Onward::of(&req);
+        let r = req.into_inner();
+        let id = session_id("session_id", &r.session_id)?;
+        match caller.delete(id).await {
+            Ok(()) => Ok(Response::new(v1::DeleteSessionResponse {})),
+            Err(e) => {
+                let addr = onward.owner(e)?;
+                owner::sessions(&addr)?
+                    .delete_session(onward.request(r))
+                    .await
+                    .map_err(|s| owner::unreachable(&addr, s))
+            }
+        }
     }
 }

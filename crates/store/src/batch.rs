@@ -171,8 +171,13 @@ impl Batch {
     }
 
     /// The audit trail holds `session`'s records up to `seq`.
+    ///
+    /// Names no session for the owners' fence: the node confirming is the
+    /// one whose audit trail took the records, often after the session
+    /// passivated and was released. A cursor is only ever behind the
+    /// journal, so a stale one appends records again (`"recovered"`,
+    /// at least once) and loses none; the node's lease still fences it.
     pub fn put_audit_done(&mut self, session: &SessionId, seq: u64) {
-        self.own(session);
         self.push(Op::Put {
             cf: CF_INDEXES,
             key: keys::audit_key(b'u', session),
@@ -183,8 +188,10 @@ impl Batch {
     /// An audit record no journal holds (an embeddings call): kept with the
     /// write it belongs to until the audit trail confirms it, so that a
     /// crash before then appends it again at the next start.
+    ///
+    /// `id` is the call's, which no node claims: it names nothing for the
+    /// owners' fence (the node's lease still fences it).
     pub fn put_audit_record(&mut self, id: &SessionId, record: Vec<u8>) {
-        self.own(id);
         self.push(Op::Put {
             cf: CF_INDEXES,
             key: keys::audit_key(b'q', id),
@@ -194,7 +201,6 @@ impl Batch {
 
     /// The audit trail holds the record now.
     pub fn delete_audit_record(&mut self, id: &SessionId) {
-        self.own(id);
         self.push(Op::Delete {
             cf: CF_INDEXES,
             key: keys::audit_key(b'q', id),
@@ -323,6 +329,10 @@ impl Batch {
 
     /// Record `session`'s total spend in `period` for its tenant (written
     /// with the record that priced it).
+    ///
+    /// Names nothing for the owners' fence itself: a session's spend goes
+    /// with its journal record, which names the session, and an embeddings
+    /// call's id (its "session" here) is nobody's to claim.
     pub fn put_tenant_spend(
         &mut self,
         tenant: &str,
@@ -330,7 +340,6 @@ impl Batch {
         session: &SessionId,
         total_usd: f64,
     ) {
-        self.own(session);
         self.ops.push(Op::Put {
             cf: CF_INDEXES,
             key: keys::tenant_spend_key(tenant, period, session),

@@ -291,6 +291,13 @@ impl Store {
             .await
     }
 
+    /// Whether this node owns sessions one by one, beside other live nodes
+    /// ([`postgres::Ownership::Sessions`]): [`Self::claim`] and
+    /// [`Self::release`] ask the database only then.
+    pub fn claims(&self) -> bool {
+        self.inner.db.claims()
+    }
+
     /// Sessions and runs (their owner keys: a session id's 16 bytes, or
     /// [`runs::owner_key`]) whose owner is gone, at most `limit`: what a
     /// surviving node claims and recovers. Empty where one node owns all.

@@ -1803,6 +1803,12 @@ fn a_batch_names_each_session_and_run_it_writes_once() {
     let u = SessionId::new();
     b.put_idempotency("key", &s);
     b.drop_copy(&u);
+    // An embeddings call's id, and audit confirmations, name nothing.
+    let call = SessionId::new();
+    b.put_tenant_spend("t", "2026-12", &call, 1.0);
+    b.put_audit_record(&call, vec![1]);
+    b.delete_audit_record(&call);
+    b.put_audit_done(&call, 3);
     let named: Vec<&[u8]> = b
         .ops
         .iter()

@@ -51,7 +51,8 @@ impl Actor for SessionActor {
     ) -> Result<(), ActorProcessingErr> {
         ctx.load().await?;
         if !ctx.durable.found {
-            // Unknown (or deleted) session: answer what is queued, then go.
+            // Unknown (or deleted) session, or one owned by another node:
+            // answer what is queued, then go.
             (ctx.env.notify)(Notice::Passivate(ctx.id()));
         } else {
             ctx.pump(&myself);
@@ -109,6 +110,17 @@ impl Actor for SessionActor {
                     // snapshot is written.
                     if !ctx.durable.state.one_shot {
                         ctx.write_snapshot().await?;
+                    }
+                    if ctx.durable.owner.is_none() {
+                        // A passivated session has no owner: any node may
+                        // load it next. The release waits for this actor's
+                        // writes first; a successor this supervisor spawns
+                        // claims it again after this stop. One that fails
+                        // leaves the session owned by this live node,
+                        // which loads it again when asked.
+                        if let Err(e) = ctx.env.shared.store.release(ctx.id()).await {
+                            tracing::warn!(session = %ctx.id(), error = %e, "cannot release the passivated session");
+                        }
                     }
                     myself.stop(Some("passivated".into()));
                 } else {

@@ -40,6 +40,10 @@ pub(crate) struct Durable {
     pub meta: Option<SessionMeta>,
     /// The seq of the last snapshot written (or loaded).
     pub snapshot_seq: u64,
+    /// Another live node owns the session (`[cluster] ownership =
+    /// "sessions"`): this actor loaded nothing, answers every request with
+    /// [`crate::Error::OwnedElsewhere`], and passivates without releasing.
+    pub owner: Option<baton_store::owners::Owner>,
 }
 
 /// The model call in flight and the current turn's timing and tracing.
@@ -145,6 +149,7 @@ impl SessionCtx {
         SessionCtx {
             durable: Durable {
                 found: false,
+                owner: None,
                 state: SessionState::new(env.id),
                 meta: None,
                 snapshot_seq: 0,

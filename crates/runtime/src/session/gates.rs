@@ -182,6 +182,10 @@ impl SessionCtx {
         reason: String,
         reply: RpcReplyPort<Result<GateRecord>>,
     ) {
+        if let Err(e @ crate::Error::OwnedElsewhere { .. }) = self.ensure_found() {
+            let _ = reply.send(Err(e));
+            return;
+        }
         let Some((turn, gate)) = self.durable.state.pending_gate(gate_id) else {
             let _ = reply.send(Err(self.not_pending(gate_id).await));
             return;

@@ -27,6 +27,15 @@ impl SessionCtx {
             // Writes the failed actor queued are applied first.
             store.barrier().await?;
         }
+        // Sessions owned one node each (`[cluster] ownership = "sessions"`):
+        // this node works on the session only once it owns it, and its
+        // writes pass the store's fence only while it does. Elsewhere (one
+        // node, or the writer lease) this asks nothing of the database.
+        if let baton_store::owners::Claim::Owned(owner) = store.claim(id).await? {
+            tracing::debug!(session = %id, owner = %owner.node_id, "session owned by another node");
+            self.durable.owner = Some(owner);
+            return Ok(());
+        }
         let meta = match store.load_meta(id).await {
             Ok(Some(m)) => m,
             Ok(None) => return Ok(()),

@@ -11,6 +11,12 @@ use crate::error::{Error, Result};
 
 impl SessionCtx {
     pub fn ensure_found(&self) -> Result<()> {
+        if let Some(owner) = &self.durable.owner {
+            return Err(Error::OwnedElsewhere {
+                session: self.env.id,
+                owner: owner.clone(),
+            });
+        }
         if self.durable.found {
             Ok(())
         } else {

@@ -1,0 +1,280 @@
+//! Several nodes on one PostgreSQL database, each session owned by one of
+//! them (`[cluster] ownership = "sessions"`, docs/scaling.md): the real
+//! binary three times on loopback, a private PostgreSQL server, the fake
+//! model over real HTTP. Every node serves; a session belongs to the node
+//! that created or loaded it, and calls for it through another node are
+//! forwarded there over gRPC. A node killed with SIGKILL loses its
+//! sessions to the survivors, which recover them as a restart does; a
+//! node paused past its lease is fenced, and stops itself when it wakes.
+//!
+//! Like `cluster`, these start their own database and run once, in the
+//! RocksDB pass of the suite.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use baton::types::EventKind;
+use baton_testkit::FakeOpenAi;
+use baton_testkit::fake_model::Behavior;
+
+use crate::cluster::{Cluster, check_sessions, cluster_members, inspect_actors, skip, spawn_load};
+use crate::common::*;
+
+fn owning_cluster(model: &str) -> Cluster {
+    let mut c = Cluster::new(model);
+    c.cluster_extra = "ownership = \"sessions\"\n".into();
+    c
+}
+
+/// How many sessions each node owns, as the database has it.
+fn owners(cluster: &Cluster) -> BTreeMap<String, usize> {
+    let out = cluster
+        .pg
+        .psql_in(
+            &cluster.db,
+            "SELECT node_id || ' ' || count(*) FROM baton_owners GROUP BY node_id",
+        )
+        .unwrap();
+    out.lines()
+        .filter_map(|l| l.trim().split_once(' '))
+        .map(|(n, c)| (n.to_string(), c.parse().unwrap()))
+        .collect()
+}
+
+/// The owner of `session` in the database ("" for none).
+fn owner_of(cluster: &Cluster, session: &str) -> String {
+    let id: baton::types::SessionId = session.parse().unwrap();
+    let hex: String = id.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    cluster
+        .pg
+        .psql_in(
+            &cluster.db,
+            &format!("SELECT node_id FROM baton_owners WHERE session = '\\x{hex}'::bytea"),
+        )
+        .unwrap()
+        .trim()
+        .to_string()
+}
+
+/// Three nodes owning sessions. Sessions are started through each node
+/// (and owned by it), then driven through the others (forwarded to the
+/// owner). One owner is killed with SIGKILL under load: the survivors
+/// take its sessions over after two heartbeats and recover them as a
+/// restart does, and the clients go on through the survivors. Nothing
+/// acknowledged is lost, duplicated or asked of the model again; the
+/// time from the kill until every session answered again is printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_owning_sessions_survive_one_killed_under_load() {
+    if skip() {
+        return;
+    }
+    let fake = FakeOpenAi::start().await.unwrap();
+    fake.set_behavior(Behavior {
+        delay: Duration::from_millis(20),
+        ..Behavior::default()
+    });
+    let cluster = owning_cluster(&fake_model_toml(&fake.base_url(), true));
+    let n0 = cluster.start("n0", 2_000).await;
+    let n1 = cluster.start("n1", 2_000).await;
+    let n2 = cluster.start("n2", 2_000).await;
+    let nodes = [&n0, &n1, &n2];
+    let names = ["n0", "n1", "n2"];
+
+    // Each node owns the sessions it started.
+    let mut sessions = Vec::new();
+    for i in 0..6 {
+        let mut c = nodes[i % 3].client().await.unwrap();
+        sessions.push(start(&mut c, "").await);
+    }
+    for (i, s) in sessions.iter().enumerate() {
+        assert_eq!(owner_of(&cluster, s), names[i % 3], "{s}");
+    }
+    // Read and driven through a node that does not own it: forwarded.
+    let mut via_n1 = n1.client().await.unwrap();
+    assert_eq!(get(&mut via_n1, &sessions[0]).await.session_id, sessions[0]);
+    let t = turn(&mut via_n1, &sessions[0], "through n1").await;
+    assert_eq!(answer(&t), "echo: through n1");
+    assert_eq!(
+        owner_of(&cluster, &sessions[0]),
+        "n0",
+        "forwarded, not moved"
+    );
+    // Inspection lists the nodes, each owning sessions; health says so.
+    let tree = inspect_actors(&n2).await;
+    assert_eq!(
+        cluster_members(&tree),
+        [
+            ("n0".to_string(), "owns_sessions".to_string()),
+            ("n1".into(), "owns_sessions".into()),
+            ("n2".into(), "owns_sessions".into())
+        ],
+        "{tree}"
+    );
+    let health = reqwest::get(format!("{}/healthz", n1.http_url().unwrap()))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        health.starts_with("ok\nnode n1 owns the sessions it loaded under its lease (epoch"),
+        "{health}"
+    );
+    // A call for an unknown session is answered as such, wherever it goes.
+    let err = via_n1
+        .get_session(baton::proto::v1::GetSessionRequest {
+            session_id: baton::types::SessionId::new().to_string(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+
+    // Each client begins on a node that does not own its session.
+    let urls: Vec<String> = [&n1, &n2, &n0].iter().map(|n| n.url()).collect();
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed = Arc::new(std::sync::Mutex::new(None));
+    let workers = spawn_load(&urls, &sessions, &stop, &killed);
+    tokio::time::sleep(Duration::from_millis(1_500)).await;
+
+    let kill = Instant::now();
+    *killed.lock().unwrap() = Some(kill);
+    n0.kill9().await.unwrap();
+    // n0's sessions are taken over by the survivors.
+    let mut taken = None;
+    for _ in 0..400 {
+        let by = owners(&cluster);
+        if !by.contains_key("n0") {
+            taken = Some(kill.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let taken = taken.unwrap_or_else(|| panic!("n0 still owns: {:?}", owners(&cluster)));
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut acknowledged = BTreeMap::new();
+    let mut resumed = Vec::new();
+    for (w, s) in workers.into_iter().zip(&sessions) {
+        let seen = w.await.unwrap();
+        assert!(!seen.acknowledged.is_empty(), "{s}: no turn answered");
+        resumed.push(
+            seen.resumed
+                .unwrap_or_else(|| panic!("{s}: never answered after the kill"))
+                .duration_since(kill),
+        );
+        acknowledged.insert(s.clone(), seen.acknowledged);
+    }
+    let total: usize = acknowledged.values().map(Vec::len).sum();
+    eprintln!(
+        "owners: {total} turns acknowledged; the killed node's sessions taken {} ms after the \
+         SIGKILL; every session answering again within {} ms",
+        taken.as_millis(),
+        resumed.iter().max().unwrap().as_millis()
+    );
+    for (i, s) in sessions.iter().enumerate() {
+        let o = owner_of(&cluster, s);
+        assert!(
+            o.is_empty() || o == "n1" || o == "n2",
+            "{s}: owned by {o:?}"
+        );
+        if i % 3 == 0 {
+            assert_ne!(o, "n0");
+        }
+    }
+    check_sessions(&n1, &acknowledged, &fake, true).await;
+    check_sessions(&n2, &acknowledged, &fake, true).await;
+    cluster.audit_verifies("n0");
+    n1.terminate().await.unwrap();
+    n2.terminate().await.unwrap();
+    // A node that leaves hands back what it owned.
+    assert!(owners(&cluster).is_empty(), "{:?}", owners(&cluster));
+    cluster.audit_verifies("n1");
+    cluster.audit_verifies("n2");
+}
+
+/// An owner paused with SIGSTOP past its lease while a turn of its session
+/// is at the model: another node takes the session over (fencing the
+/// paused node) and finishes the turn; the paused node, resumed, has the
+/// answer it was waiting for, but its write is refused by the fence and
+/// it stops itself (status 75). The session has one writer: each message
+/// answered once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_is_fenced_and_its_session_has_one_writer() {
+    if skip() {
+        return;
+    }
+    let fake = FakeOpenAi::start().await.unwrap();
+    let cluster = owning_cluster(&fake_model_toml(&fake.base_url(), true));
+    let n0 = cluster.start("n0", 1_500).await;
+    let n1 = cluster.start("n1", 1_500).await;
+    let mut c0 = n0.client().await.unwrap();
+    let id = start(&mut c0, "").await;
+    turn(&mut c0, &id, "first").await;
+    assert_eq!(owner_of(&cluster, &id), "n0");
+
+    fake.set_behavior(Behavior {
+        delay: Duration::from_millis(3_000),
+        ..Behavior::default()
+    });
+    let mut s = send(&mut c0, &id, "second").await;
+    let seen = read_until(&mut s, |e| e.kind.name() == "model_call_started").await;
+    let last_seen = seen.last().map(|e| e.seq).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = n0.pid().unwrap().to_string();
+    let signal = |sig: &str| {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill {sig}");
+    };
+    signal("-STOP");
+    let paused = Instant::now();
+    for _ in 0..400 {
+        if owner_of(&cluster, &id) == "n1" {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert_eq!(owner_of(&cluster, &id), "n1");
+    eprintln!(
+        "owners: session taken from the paused owner {} ms after the pause",
+        paused.elapsed().as_millis()
+    );
+    // n1 finished the turn; the client resumes on n1 from the last seq it
+    // saw: the next record on, none skipped or repeated.
+    let mut c1 = n1.client().await.unwrap();
+    let mut resumed = resume(&mut c1, &id, last_seen).await;
+    let rest = read_until(&mut resumed, |e| e.ends_turn()).await;
+    assert_eq!(rest.first().map(|e| e.seq), Some(last_seen + 1), "{rest:?}");
+    assert!(
+        rest.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "{rest:?}"
+    );
+    assert!(
+        matches!(
+            rest.last().map(|e| &e.kind),
+            Some(EventKind::TurnCompleted { .. })
+        ),
+        "{rest:?}"
+    );
+    assert_eq!(answer(&rest), "echo: second");
+
+    fake.set_behavior(Behavior::default());
+    signal("-CONT");
+    let status = n0.wait_exit(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(status.code(), Some(75), "the fenced node stops itself");
+    let got = get(&mut c1, &id).await;
+    assert_eq!(
+        texts(&got),
+        ["first", "echo: first", "second", "echo: second"],
+        "one writer: each message answered once"
+    );
+    let t = turn(&mut c1, &id, "third").await;
+    assert_eq!(answer(&t), "echo: third");
+    n1.terminate().await.unwrap();
+    cluster.audit_verifies("n1");
+}

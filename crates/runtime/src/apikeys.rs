@@ -79,6 +79,24 @@ impl KeyRing {
         })
     }
 
+    /// Read every stored key again: where several nodes serve at once
+    /// (`cluster.ownership = "sessions"`), a key created, rotated or
+    /// revoked through another node is known here from the next refresh.
+    /// Records are never deleted (a revocation is a record), so one known
+    /// here and not yet read back stays.
+    pub(crate) async fn refresh(&self, store: &Store) -> Result<()> {
+        let fresh = KeyRing::load(store).await?;
+        let read = fresh
+            .keys
+            .into_inner()
+            .unwrap_or_else(PoisonError::into_inner);
+        self.keys
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .extend(read);
+        Ok(())
+    }
+
     pub(crate) fn get(&self, id: &str) -> Option<ApiKeyRecord> {
         self.keys
             .read()

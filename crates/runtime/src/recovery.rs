@@ -81,8 +81,9 @@ pub(crate) fn spawn_recovery(handle: &RuntimeHandle, ids: Vec<SessionId>) {
 /// How many orphaned sessions one round takes over at most.
 const TAKEOVER_PAGE: usize = 1024;
 
-/// Where nodes own sessions one by one: every heartbeat, claim and resume
-/// the sessions whose owner is gone (its process died, or its lease lapsed
+/// Where nodes own sessions one by one: every heartbeat, read the API keys
+/// again (another node may have created or revoked one), and claim and
+/// resume the sessions whose owner is gone (its process died, or its lease lapsed
 /// and it was fenced). Several survivors may look at once: each session's
 /// claim has one winner, and the others find it owned and leave it.
 pub(crate) fn spawn_takeover(handle: &RuntimeHandle) {
@@ -100,6 +101,11 @@ pub(crate) fn spawn_takeover(handle: &RuntimeHandle) {
             };
             let handle = RuntimeHandle { inner };
             let store = handle.inner.shared.store.clone();
+            // The other nodes create and revoke API keys too: this node's
+            // ring follows the database within a heartbeat.
+            if let Err(e) = handle.inner.shared.keys.refresh(&store).await {
+                tracing::warn!(error = %e, "cannot read the API keys again");
+            }
             let orphaned = match store.orphaned(TAKEOVER_PAGE).await {
                 Ok(keys) => keys,
                 Err(e) => {

@@ -333,6 +333,28 @@ pub(crate) fn spawn_load(
         .collect()
 }
 
+/// What the clients of [`spawn_load`] saw, by session, and how long after
+/// `kill` each answered again; every session answered before and after.
+pub(crate) async fn collect(
+    workers: Vec<tokio::task::JoinHandle<Seen>>,
+    sessions: &[String],
+    kill: Instant,
+) -> (BTreeMap<String, Vec<String>>, Vec<Duration>) {
+    let mut acknowledged = BTreeMap::new();
+    let mut resumed = Vec::new();
+    for (w, s) in workers.into_iter().zip(sessions) {
+        let seen = w.await.unwrap();
+        assert!(!seen.acknowledged.is_empty(), "{s}: no turn answered");
+        resumed.push(
+            seen.resumed
+                .unwrap_or_else(|| panic!("{s}: never answered after the kill"))
+                .duration_since(kill),
+        );
+        acknowledged.insert(s.clone(), seen.acknowledged);
+    }
+    (acknowledged, resumed)
+}
+
 /// Three nodes on one database. Sessions are started and driven through
 /// every node (the standbys forward to the holder). The holder is killed
 /// with SIGKILL under load: another node takes the lease, recovers every
@@ -418,18 +440,7 @@ async fn three_nodes_survive_the_holder_killed_under_load() {
     // little after.
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop.store(true, Ordering::SeqCst);
-    let mut acknowledged = BTreeMap::new();
-    let mut resumed = Vec::new();
-    for (w, s) in workers.into_iter().zip(&sessions) {
-        let seen = w.await.unwrap();
-        assert!(!seen.acknowledged.is_empty(), "{s}: no turn answered");
-        resumed.push(
-            seen.resumed
-                .unwrap_or_else(|| panic!("{s}: never answered after the kill"))
-                .duration_since(kill),
-        );
-        acknowledged.insert(s.clone(), seen.acknowledged);
-    }
+    let (acknowledged, resumed) = collect(workers, &sessions, kill).await;
     let total: usize = acknowledged.values().map(Vec::len).sum();
     let slowest = resumed.iter().max().unwrap();
     eprintln!(
@@ -501,6 +512,40 @@ async fn three_nodes_survive_the_holder_killed_under_load() {
     cluster.audit_verifies(&holder);
 }
 
+/// Send `sig` (`-STOP`, `-CONT`) to the process `pid`.
+pub(crate) fn signal(pid: u32, sig: &str) {
+    let ok = std::process::Command::new("kill")
+        .args([sig, &pid.to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill {sig}");
+}
+
+/// Resume `id` through `c` after `last_seen`, to the turn's end: the next
+/// record on, none skipped or repeated, and the turn completed.
+pub(crate) async fn resume_to_turn_end(
+    c: &mut Client,
+    id: &str,
+    last_seen: u64,
+) -> Vec<baton::types::SessionEvent> {
+    let mut resumed = resume(c, id, last_seen).await;
+    let rest = read_until(&mut resumed, |e| e.ends_turn()).await;
+    assert_eq!(rest.first().map(|e| e.seq), Some(last_seen + 1), "{rest:?}");
+    assert!(
+        rest.windows(2).all(|w| w[1].seq == w[0].seq + 1),
+        "{rest:?}"
+    );
+    assert!(
+        matches!(
+            rest.last().map(|e| &e.kind),
+            Some(EventKind::TurnCompleted { .. })
+        ),
+        "{rest:?}"
+    );
+    rest
+}
+
 /// A holder paused with SIGSTOP past its lease while a turn is at the
 /// model: a standby takes over and finishes the turn; the paused node,
 /// resumed, has the answer it was waiting for but its write is refused by
@@ -530,15 +575,8 @@ async fn a_paused_holder_is_fenced_when_it_wakes() {
     let last_seen = seen.last().map(|e| e.seq).unwrap();
     // Its opening records land (the write overlaps the call).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = n0.pid().unwrap().to_string();
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    };
+    let pid = n0.pid().unwrap();
+    let signal = |sig: &str| signal(pid, sig);
     signal("-STOP");
     let paused = Instant::now();
     let (holder, _) = cluster.wait_for_holder(|h| h == "n1").await;
@@ -553,20 +591,7 @@ async fn a_paused_holder_is_fenced_when_it_wakes() {
     // next record on, none skipped or repeated, to the turn's end.
     serving(&n1).await;
     let mut c1 = n1.client().await.unwrap();
-    let mut resumed = resume(&mut c1, &id, last_seen).await;
-    let rest = read_until(&mut resumed, |e| e.ends_turn()).await;
-    assert_eq!(rest.first().map(|e| e.seq), Some(last_seen + 1), "{rest:?}");
-    assert!(
-        rest.windows(2).all(|w| w[1].seq == w[0].seq + 1),
-        "{rest:?}"
-    );
-    assert!(
-        matches!(
-            rest.last().map(|e| &e.kind),
-            Some(EventKind::TurnCompleted { .. })
-        ),
-        "{rest:?}"
-    );
+    let rest = resume_to_turn_end(&mut c1, &id, last_seen).await;
     assert_eq!(answer(&rest), "echo: second");
 
     // The paused node wakes with its answer; its write is refused.

@@ -15,11 +15,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use baton::types::EventKind;
 use baton_testkit::FakeOpenAi;
 use baton_testkit::fake_model::Behavior;
 
-use crate::cluster::{Cluster, check_sessions, cluster_members, inspect_actors, skip, spawn_load};
+use crate::cluster::{
+    Cluster, check_sessions, cluster_members, collect, inspect_actors, resume_to_turn_end, signal,
+    skip, spawn_load,
+};
 use crate::common::*;
 
 fn owning_cluster(model: &str) -> Cluster {
@@ -154,18 +156,7 @@ async fn three_nodes_owning_sessions_survive_one_killed_under_load() {
     let taken = taken.unwrap_or_else(|| panic!("n0 still owns: {:?}", owners(&cluster)));
     tokio::time::sleep(Duration::from_secs(4)).await;
     stop.store(true, Ordering::SeqCst);
-    let mut acknowledged = BTreeMap::new();
-    let mut resumed = Vec::new();
-    for (w, s) in workers.into_iter().zip(&sessions) {
-        let seen = w.await.unwrap();
-        assert!(!seen.acknowledged.is_empty(), "{s}: no turn answered");
-        resumed.push(
-            seen.resumed
-                .unwrap_or_else(|| panic!("{s}: never answered after the kill"))
-                .duration_since(kill),
-        );
-        acknowledged.insert(s.clone(), seen.acknowledged);
-    }
+    let (acknowledged, resumed) = collect(workers, &sessions, kill).await;
     let total: usize = acknowledged.values().map(Vec::len).sum();
     eprintln!(
         "owners: {total} turns acknowledged; the killed node's sessions taken {} ms after the \
@@ -222,15 +213,8 @@ async fn a_paused_owner_is_fenced_and_its_session_has_one_writer() {
     let seen = read_until(&mut s, |e| e.kind.name() == "model_call_started").await;
     let last_seen = seen.last().map(|e| e.seq).unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = n0.pid().unwrap().to_string();
-    let signal = |sig: &str| {
-        let ok = std::process::Command::new("kill")
-            .args([sig, &pid])
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill {sig}");
-    };
+    let pid = n0.pid().unwrap();
+    let signal = |sig: &str| signal(pid, sig);
     signal("-STOP");
     let paused = Instant::now();
     for _ in 0..400 {
@@ -247,20 +231,7 @@ async fn a_paused_owner_is_fenced_and_its_session_has_one_writer() {
     // n1 finished the turn; the client resumes on n1 from the last seq it
     // saw: the next record on, none skipped or repeated.
     let mut c1 = n1.client().await.unwrap();
-    let mut resumed = resume(&mut c1, &id, last_seen).await;
-    let rest = read_until(&mut resumed, |e| e.ends_turn()).await;
-    assert_eq!(rest.first().map(|e| e.seq), Some(last_seen + 1), "{rest:?}");
-    assert!(
-        rest.windows(2).all(|w| w[1].seq == w[0].seq + 1),
-        "{rest:?}"
-    );
-    assert!(
-        matches!(
-            rest.last().map(|e| &e.kind),
-            Some(EventKind::TurnCompleted { .. })
-        ),
-        "{rest:?}"
-    );
+    let rest = resume_to_turn_end(&mut c1, &id, last_seen).await;
     assert_eq!(answer(&rest), "echo: second");
 
     fake.set_behavior(Behavior::default());

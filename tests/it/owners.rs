@@ -124,6 +124,69 @@ async fn three_nodes_owning_sessions_survive_one_killed_under_load() {
         health.starts_with("ok\nnode n1 owns the sessions it loaded under its lease (epoch"),
         "{health}"
     );
+    // The front door: a conversation begun on n0 is being continued there
+    // (its session live on n0, the model slow); a second continuation of
+    // the same response through n2 finds the session owned by n0 and is
+    // forwarded there over HTTP, where it loses the race to continue in
+    // place and branches, as on one node.
+    let web = reqwest::Client::new();
+    let respond = |node: &baton_testkit::BatonProcess, body: serde_json::Value| {
+        web.post(format!("{}/v1/responses", node.http_url().unwrap()))
+            .json(&body)
+            .send()
+    };
+    let first = respond(
+        &n0,
+        serde_json::json!({"model": "fake", "input": "door one"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.status(), 200);
+    let door = first.headers()["x-baton-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let first: serde_json::Value = first.json().await.unwrap();
+    fake.set_behavior(Behavior {
+        delay: Duration::from_millis(2_000),
+        ..Behavior::default()
+    });
+    let in_place = tokio::spawn(respond(
+        &n0,
+        serde_json::json!({"model": "fake", "input": "door two", "previous_response_id": first["id"]}),
+    ));
+    let mut live = false;
+    for _ in 0..100 {
+        if owner_of(&cluster, &door) == "n0" {
+            live = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(live, "the continuation on n0 holds the session");
+    let branched = respond(
+        &n2,
+        serde_json::json!({"model": "fake", "input": "door three", "previous_response_id": first["id"]}),
+    )
+    .await
+    .unwrap();
+    let status = branched.status();
+    let branch = branched.headers().get("x-baton-session-id").cloned();
+    let body = branched.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("echo: door three"), "{body}");
+    assert_ne!(
+        branch.as_ref().and_then(|v| v.to_str().ok()),
+        Some(door.as_str()),
+        "branched: {body}"
+    );
+    let in_place = in_place.await.unwrap().unwrap();
+    assert_eq!(in_place.headers()["x-baton-session-id"], door.as_str());
+    assert!(in_place.text().await.unwrap().contains("echo: door two"));
+    fake.set_behavior(Behavior {
+        delay: Duration::from_millis(20),
+        ..Behavior::default()
+    });
     // A call for an unknown session is answered as such, wherever it goes.
     let err = via_n1
         .get_session(baton::proto::v1::GetSessionRequest {

@@ -243,9 +243,33 @@ async fn start_router(
     let pending = store.count_pending_gates().await?;
     baton_metrics::metrics().gates_pending_set(i64::try_from(pending).unwrap_or(i64::MAX));
     let persist = store.clone();
+    // Where several nodes serve at once (`cluster.ownership = "sessions"`),
+    // each writes its own part of a route's spend: its ledger's total less
+    // what the others had spent when it started.
+    let others: Option<(String, std::collections::HashMap<String, f64>)> = match store
+        .node_status()
+        .filter(|_| store.claims())
+    {
+        Some(node) => {
+            let own = store.route_spends_of(&node.node_id).await?;
+            let others = spent
+                .iter()
+                .map(|(route, all)| (route.clone(), all - own.get(route).copied().unwrap_or(0.0)))
+                .collect();
+            Some((node.node_id, others))
+        }
+        None => None,
+    };
     let on_spend: baton_routing::OnSpend = Arc::new(move |route: &str, total: f64| {
         let mut b = Batch::unsynced();
-        b.put_route_spend(route, total);
+        match &others {
+            Some((node, others)) => b.put_node_route_spend(
+                route,
+                node,
+                total - others.get(route).copied().unwrap_or(0.0),
+            ),
+            None => b.put_route_spend(route, total),
+        }
         let write = persist.write(b);
         tokio::spawn(async move {
             if let Err(e) = write.await {

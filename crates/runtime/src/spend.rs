@@ -78,6 +78,23 @@ impl TenantSpend {
             .collect()
     }
 
+    /// `session`'s recorded spend in `period`, read when this node loads
+    /// it: where nodes own sessions one by one, another node may have
+    /// added to it since this one read it. The higher total is kept (a
+    /// session's spend in a period only grows), so that this node's next
+    /// write goes on from it rather than from a stale one.
+    pub(crate) fn sync(&self, tenant: &str, period: &str, session: SessionId, usd: f64) {
+        let mut table = self.periods.lock().unwrap_or_else(PoisonError::into_inner);
+        let p = table
+            .entry((tenant.to_string(), period.to_string()))
+            .or_default();
+        let s = p.sessions.entry(session).or_default();
+        if usd > *s {
+            p.total += usd - *s;
+            *s = usd;
+        }
+    }
+
     /// What `tenant` spent in `period`.
     pub(crate) fn spent(&self, tenant: &str, period: &str) -> f64 {
         self.periods
@@ -207,5 +224,23 @@ mod tests {
         assert_eq!(s.spent("acme", "d2026-12-03"), 3.0);
         assert_eq!(s.spent("acme", "m2026-12"), 3.0);
         assert_eq!(s.spent("acme", "d2026-12-04"), 0.0);
+    }
+
+    #[test]
+    fn a_session_priced_elsewhere_goes_on_from_the_higher_total() {
+        let s = TenantSpend::default();
+        let t = 1_764_720_000_000; // 2025-12-03
+        let [day, _] = periods(t);
+        let a = SessionId::new();
+        s.add("acme", a, 1.0, t);
+        // Another node took the session to 3.0; this node loads it again.
+        s.sync("acme", &day, a, 3.0);
+        assert_eq!(s.spent("acme", &day), 3.0);
+        // A stale (lower) record changes nothing.
+        s.sync("acme", &day, a, 2.0);
+        assert_eq!(s.spent("acme", &day), 3.0);
+        // The next write goes on from 3.0, not from 1.0.
+        assert_eq!(s.add("acme", a, 0.5, t)[0], (day.clone(), 3.5));
+        assert_eq!(s.spent("acme", &day), 3.5);
     }
 }

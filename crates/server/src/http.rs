@@ -43,7 +43,9 @@ pub fn router(
 ) -> Router {
     let console_tls = crate::console::ConsoleTls(section.tls.is_some());
     let console_audit = crate::console::ConsoleAudit::new(audit);
-    Router::new()
+    let owning = runtime.config().cluster.enabled
+        && runtime.config().cluster.ownership == baton_runtime::ClusterOwnership::Sessions;
+    let app = Router::new()
         .route("/hooks/{name}", post(hook))
         .route("/metrics", get(metrics))
         .route("/healthz", get(healthz))
@@ -62,8 +64,18 @@ pub fn router(
         .layer(Extension(console_tls))
         .layer(Extension(console_audit))
         .layer(Extension(crate::console::ConsoleOidc::new()))
-        .layer(Extension(auth))
-        .layer(DefaultBodyLimit::max(section.max_request_bytes))
+        .layer(Extension(auth));
+    // Where nodes own sessions one by one, a front-door call for a session
+    // another node owns goes there (crate::owner).
+    let app = if owning {
+        app.layer(axum::middleware::from_fn_with_state(
+            section.max_request_bytes,
+            crate::owner::forward_http,
+        ))
+    } else {
+        app
+    };
+    app.layer(DefaultBodyLimit::max(section.max_request_bytes))
         // A request body that stalls longer than this between two pieces
         // fails (400) instead of holding the connection.
         .layer(tower_http::map_request_body::MapRequestBodyLayer::new(

@@ -136,3 +136,111 @@ pub(crate) fn unreachable(addr: &str, s: Status) -> Status {
         s
     }
 }
+
+/// A response extension: the call belongs to the node at this HTTP
+/// address (set where an HTTP handler's runtime call answered
+/// [`Error::OwnedElsewhere`]); [`forward_http`] sends the request there.
+#[derive(Debug, Clone)]
+pub(crate) struct ForwardTo(pub String);
+
+/// The owner's HTTP address in `err`, when the request may go there.
+pub(crate) fn http_owner(err: &Error) -> Option<ForwardTo> {
+    match err {
+        Error::OwnedElsewhere { owner, .. } if !owner.http_addr.is_empty() => {
+            Some(ForwardTo(owner.http_addr.clone()))
+        }
+        _ => None,
+    }
+}
+
+/// Request headers that do not travel with a forwarded HTTP request
+/// (hop by hop, or made again for the new connection).
+const HOP_BY_HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "transfer-encoding",
+    "te",
+    "upgrade",
+    "host",
+    "content-length",
+];
+
+/// HTTP middleware (where nodes own sessions one by one): the request's
+/// body is kept (up to `max_bytes`, as the routes allow), and when the
+/// handler's answer says another node owns the session
+/// ([`ForwardTo`]), the same request goes there with the caller's
+/// headers, and its answer, streamed, is this one. A request that was
+/// forwarded already is answered here, whatever it says.
+pub(crate) async fn forward_http(
+    axum::extract::State(max_bytes): axum::extract::State<usize>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if req.headers().contains_key(FORWARDED_BY) {
+        return next.run(req).await;
+    }
+    let (parts, body) = req.into_parts();
+    let bytes = match axum::body::to_bytes(body, max_bytes).await {
+        Ok(b) => b,
+        Err(e) => {
+            return (
+                axum::http::StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the request body cannot be read: {e}"),
+            )
+                .into_response();
+        }
+    };
+    let (method, uri, headers) = (
+        parts.method.clone(),
+        parts.uri.clone(),
+        parts.headers.clone(),
+    );
+    let resp = next
+        .run(axum::extract::Request::from_parts(
+            parts,
+            axum::body::Body::from(bytes.clone()),
+        ))
+        .await;
+    let Some(ForwardTo(addr)) = resp.extensions().get::<ForwardTo>().cloned() else {
+        return resp;
+    };
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let mut out = http_client()
+        .request(method, format!("http://{addr}{path}"))
+        .body(bytes);
+    for (name, value) in &headers {
+        if !HOP_BY_HOP.contains(&name.as_str()) {
+            out = out.header(name, value);
+        }
+    }
+    out = out.header(FORWARDED_BY, node_id());
+    match out.send().await {
+        Ok(answer) => {
+            let mut back = axum::response::Response::builder().status(answer.status());
+            for (name, value) in answer.headers() {
+                if !HOP_BY_HOP.contains(&name.as_str()) {
+                    back = back.header(name, value);
+                }
+            }
+            back.body(axum::body::Body::from_stream(answer.bytes_stream()))
+                .unwrap_or(resp)
+        }
+        Err(e) => {
+            tracing::warn!(owner = %addr, error = %e, "cannot forward an HTTP request to the session's owner");
+            // The handler's own answer: 503, naming the owner.
+            resp
+        }
+    }
+}
+
+/// One HTTP client for every forwarded request (connections kept per owner).
+fn http_client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .build()
+            .unwrap_or_default()
+    })
+}

@@ -207,6 +207,22 @@ impl Batch {
         });
     }
 
+    /// Record node `node`'s own part of `route`'s spend in USD, where
+    /// several nodes serve at once (`cluster.ownership = "sessions"`):
+    /// each writes its own key, and [`crate::Store::route_spends`] adds
+    /// them up, so that no node overwrites another's total.
+    pub fn put_node_route_spend(&mut self, route: &str, node: &str, total_usd: f64) {
+        let mut key = vec![keys::ROUTE_SPEND_PREFIX];
+        key.extend_from_slice(route.as_bytes());
+        key.push(0);
+        key.extend_from_slice(node.as_bytes());
+        self.push(Op::Put {
+            cf: CF_INDEXES,
+            key,
+            value: total_usd.to_be_bytes().to_vec(),
+        });
+    }
+
     /// Record `route`'s total spend in USD (route budgets survive restarts).
     pub fn put_route_spend(&mut self, route: &str, total_usd: f64) {
         let mut key = vec![keys::ROUTE_SPEND_PREFIX];

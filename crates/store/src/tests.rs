@@ -82,6 +82,7 @@ on_both_backends!(
     a_corrupt_record_is_reported_with_session_and_seq,
     gates_page_stably_by_any_filter_and_deadlines_are_found,
     a_tenants_and_a_groups_queue_come_from_their_own_entries_in_queue_order,
+    route_spend_parts_of_several_nodes_add_up_and_tenant_spend_is_read_per_session,
 );
 
 fn meta(status: SessionStatus) -> SessionMeta {
@@ -96,6 +97,55 @@ fn meta(status: SessionStatus) -> SessionMeta {
         status_reason: String::new(),
         updated_at_unix_ms: 1,
     }
+}
+
+/// Where several nodes serve at once, each writes its own part of a
+/// route's spend: the parts (and the one total a lone node writes) add up,
+/// a node reads its own back, and writing one part leaves the others. A
+/// session's spend in a period is read by key.
+async fn route_spend_parts_of_several_nodes_add_up_and_tenant_spend_is_read_per_session(
+    place: Place,
+) {
+    let store = open(&place, Durability::Sync);
+    let mut b = Batch::new();
+    b.put_route_spend("fast", 1.0);
+    b.put_node_route_spend("fast", "n0", 2.0);
+    b.put_node_route_spend("fast", "n1", 4.0);
+    b.put_node_route_spend("slow", "n1", 8.0);
+    let (s, t) = (SessionId::new(), SessionId::new());
+    b.put_tenant_spend("acme", "d2026-12-07", &s, 0.25);
+    b.put_tenant_spend("acme", "m2026-12", &s, 0.75);
+    store.write(b).await.unwrap();
+    let all = store.route_spends().await.unwrap();
+    assert_eq!(all.get("fast"), Some(&7.0));
+    assert_eq!(all.get("slow"), Some(&8.0));
+    assert_eq!(all.len(), 2);
+    let n1 = store.route_spends_of("n1").await.unwrap();
+    assert_eq!(n1.get("fast"), Some(&4.0));
+    assert_eq!(n1.get("slow"), Some(&8.0));
+    assert_eq!(store.route_spends_of("n2").await.unwrap().len(), 0);
+    let mut b = Batch::new();
+    b.put_node_route_spend("fast", "n0", 3.0);
+    store.write(b).await.unwrap();
+    assert_eq!(store.route_spends().await.unwrap().get("fast"), Some(&8.0));
+    assert_eq!(
+        store.tenant_spend_of("acme", "m2026-12", s).await.unwrap(),
+        Some(0.75)
+    );
+    assert_eq!(
+        store
+            .tenant_spend_of("acme", "d2026-12-07", t)
+            .await
+            .unwrap(),
+        None
+    );
+    assert_eq!(
+        store
+            .tenant_spend_of("globex", "m2026-12", s)
+            .await
+            .unwrap(),
+        None
+    );
 }
 
 async fn records_survive_reopen_in_order(place: Place) {

@@ -96,6 +96,16 @@ impl SessionCtx {
         baton_metrics::metrics()
             .session_rehydrated(if from_snapshot { "snapshot" } else { "journal" }, replayed);
         state.metadata = meta.metadata.clone();
+        if store.claims() {
+            // Another node may have priced turns of this session since
+            // this node's ledger read its spend.
+            let shared = &self.env.shared;
+            for period in crate::spend::periods(baton_types::now_unix_ms()) {
+                if let Some(usd) = store.tenant_spend_of(&meta.tenant, &period, id).await? {
+                    shared.tenant_spend.sync(&meta.tenant, &period, id, usd);
+                }
+            }
+        }
         if meta.status == SessionStatus::Failed && state.failed.is_none() {
             state.failed = Some(meta.status_reason.clone());
         }

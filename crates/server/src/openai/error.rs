@@ -28,6 +28,11 @@ pub struct ApiError {
     /// Seconds to wait before retrying (sent as `Retry-After`); a
     /// `NonZeroU32` keeps the error small (clippy's `result_large_err`).
     pub retry_after_secs: Option<std::num::NonZeroU32>,
+    /// The HTTP address of the node owning the session the call is for,
+    /// where nodes own sessions one by one: the request is forwarded there
+    /// ([`crate::owner::forward_http`]). Boxed: the error stays small
+    /// (clippy's `result_large_err`).
+    pub owner_http: Option<Box<String>>,
 }
 
 impl ApiError {
@@ -40,6 +45,7 @@ impl ApiError {
             code: None,
             session: None,
             retry_after_secs: None,
+            owner_http: None,
         }
     }
 
@@ -147,6 +153,9 @@ impl IntoResponse for ApiError {
                 HeaderValue::from(secs.get()),
             );
         }
+        if let Some(addr) = self.owner_http {
+            resp.extensions_mut().insert(crate::owner::ForwardTo(*addr));
+        }
         resp
     }
 }
@@ -160,7 +169,8 @@ pub fn runtime_error(err: &baton_runtime::Error) -> ApiError {
         400..=499 => "invalid_request_error",
         _ => "server_error",
     };
-    let e = ApiError::new(status, kind, err.to_string()).code(code.as_str());
+    let mut e = ApiError::new(status, kind, err.to_string()).code(code.as_str());
+    e.owner_http = crate::owner::http_owner(err).map(|f| Box::new(f.0));
     match err.retry_after_secs() {
         Some(secs) => e.retry_after(secs),
         None => e,

@@ -187,6 +187,47 @@ async fn three_nodes_owning_sessions_survive_one_killed_under_load() {
         delay: Duration::from_millis(20),
         ..Behavior::default()
     });
+    // One idempotency key, started through the three nodes at once (four
+    // calls each, retried while another node is creating it): one session.
+    let mut calls = Vec::new();
+    for i in 0..12 {
+        let url = nodes[i % 3].url();
+        calls.push(tokio::spawn(async move {
+            let mut c = baton::proto::v1::sessions_client::SessionsClient::connect(url)
+                .await
+                .unwrap();
+            for _ in 0..200 {
+                match c
+                    .start_session(baton::proto::v1::StartSessionRequest {
+                        idempotency_key: "one-key".into(),
+                        ..Default::default()
+                    })
+                    .await
+                {
+                    Ok(r) => {
+                        let r = r.into_inner();
+                        return (r.session_id, r.created);
+                    }
+                    Err(s) if s.code() == tonic::Code::Unavailable => {
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                    Err(s) => panic!("{s}"),
+                }
+            }
+            panic!("the key stayed busy");
+        }));
+    }
+    let mut started = Vec::new();
+    for c in calls {
+        started.push(c.await.unwrap());
+    }
+    let ids: std::collections::BTreeSet<&String> = started.iter().map(|(id, _)| id).collect();
+    assert_eq!(ids.len(), 1, "{started:?}");
+    assert_eq!(
+        started.iter().filter(|(_, created)| *created).count(),
+        1,
+        "{started:?}"
+    );
     // A call for an unknown session is answered as such, wherever it goes.
     let err = via_n1
         .get_session(baton::proto::v1::GetSessionRequest {

@@ -113,8 +113,22 @@ pub(crate) fn spawn_takeover(handle: &RuntimeHandle) {
                     continue;
                 }
             };
-            // Sessions only: a run's key is 17 bytes (runs are the flows'
-            // to take over).
+            // A gone node's claims of idempotency keys it was creating
+            // under: taken and given up, so the key is free again (its
+            // session, if written, is found by its index entry).
+            for k in orphaned
+                .iter()
+                .filter(|k| baton_store::creations::is_creation_key(k))
+            {
+                let taken = store.claim_owner_key(k.clone()).await;
+                if matches!(taken, Ok(baton_store::owners::Claim::Ours))
+                    && let Err(e) = store.release_owner_key(k.clone()).await
+                {
+                    tracing::warn!(error = %e, "cannot free a gone node's idempotency key claim");
+                }
+            }
+            // Sessions: 16 bytes (a run's key is 17, and runs are the
+            // flows' to take over).
             let ids: Vec<SessionId> = orphaned
                 .iter()
                 .filter_map(|k| <[u8; 16]>::try_from(k.as_slice()).ok())

@@ -256,13 +256,27 @@ impl RuntimeHandle {
             tenant: tenant.to_string(),
             by: by.to_string(),
         };
-        // Serialise creations that share a key, so that exactly one creates.
+        // Serialise creations that share a key, so that exactly one creates:
+        // in this process by a lock, and across the nodes owning sessions
+        // one by one by a claim of the key (nothing asked elsewhere).
         let _guard = match &key {
             Some(k) => {
                 let slot = fnv1a(k.as_bytes()) % self.inner.idempotency_locks.len();
                 let guard = self.inner.idempotency_locks[slot].lock().await;
-                if let Some(id) = shared.store.find_idempotency(k.clone()).await? {
-                    let shown = req.idempotency_key.as_deref().unwrap_or_default();
+                let shown = req.idempotency_key.as_deref().unwrap_or_default();
+                if let baton_store::owners::Claim::Owned(o) = shared.store.claim_creation(k).await?
+                {
+                    return Err(Error::Unavailable(format!(
+                        "node {} is starting the session of idempotency key {shown:?} at this \
+                         moment; retry to get it",
+                        o.node_id
+                    )));
+                }
+                let found = shared.store.find_idempotency(k.clone()).await;
+                if !matches!(found, Ok(None)) {
+                    self.release_creation(k).await;
+                }
+                if let Some(id) = found? {
                     return self
                         .existing_session(shown, id, &started, &req.metadata)
                         .await;
@@ -271,19 +285,35 @@ impl RuntimeHandle {
             }
             None => None,
         };
-        self.create_session(NewSession {
-            route: route.clone(),
-            system_prompt: req.system_prompt,
-            metadata: req.metadata,
-            idempotency_key: key,
-            status: SessionStatus::Idle,
-            records: vec![(now_unix_ms(), started)],
-            copy_from: None,
-            audit: ("start_session", serde_json::json!({ "route": route })),
-            tenant: tenant.to_string(),
-            by: by.to_string(),
-        })
-        .await
+        let created = self
+            .create_session(NewSession {
+                route: route.clone(),
+                system_prompt: req.system_prompt,
+                metadata: req.metadata,
+                idempotency_key: key.clone(),
+                status: SessionStatus::Idle,
+                records: vec![(now_unix_ms(), started)],
+                copy_from: None,
+                audit: ("start_session", serde_json::json!({ "route": route })),
+                tenant: tenant.to_string(),
+                by: by.to_string(),
+            })
+            .await;
+        if let Some(k) = &key {
+            // Written (its index entry with it) or not to be: any node
+            // finds it from here on.
+            self.release_creation(k).await;
+        }
+        created
+    }
+
+    /// Give up the claim of an idempotency key's creation. One that fails
+    /// leaves the key claimed by this live node: others are told to retry
+    /// until it is taken over as a gone node's would be.
+    async fn release_creation(&self, key: &str) {
+        if let Err(e) = self.shared().store.release_creation(key).await {
+            tracing::warn!(error = %e, "cannot release the claim of an idempotency key");
+        }
     }
 
     /// The session an idempotency key created, if it was created with the

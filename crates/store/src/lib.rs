@@ -33,6 +33,7 @@
 
 mod batch;
 mod codec;
+pub mod creations;
 pub mod engine;
 mod error;
 pub mod gates;

@@ -54,7 +54,7 @@ impl Cluster {
         }
     }
 
-    fn config(&self, node: &str, lease_ms: u64) -> std::path::PathBuf {
+    pub(crate) fn config(&self, node: &str, lease_ms: u64) -> std::path::PathBuf {
         let dir = self.dir.path().join(node);
         std::fs::create_dir_all(&dir).unwrap();
         let path = dir.join("baton.toml");

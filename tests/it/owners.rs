@@ -353,3 +353,72 @@ async fn a_paused_owner_is_fenced_and_its_session_has_one_writer() {
     n1.terminate().await.unwrap();
     cluster.audit_verifies("n1");
 }
+
+/// Nodes owning sessions with TLS on their gRPC and HTTP ports: a call
+/// through a node that does not own the session is forwarded to the owner
+/// over TLS, trusting `cluster.peer_ca_file`; a node with mutual TLS in
+/// that mode, or TLS without the CA, is refused at start, naming the key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn calls_are_forwarded_to_the_owner_over_tls() {
+    use crate::tls_auth::{ca, leaf, tls_channel, write};
+    if skip() {
+        return;
+    }
+    let fake = FakeOpenAi::start().await.unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let authority = ca("Baton Nodes CA");
+    let (cert, key) = leaf(&authority, "baton", &["localhost", "127.0.0.1"]);
+    let ca_pem = authority.cert.pem();
+    let (c, k, a) = (
+        write(tmp.path(), "node.pem", &cert),
+        write(tmp.path(), "node.key", &key),
+        write(tmp.path(), "ca.pem", &ca_pem),
+    );
+    let tls = format!(
+        "\n[server.tls]\ncert_file = {c:?}\nkey_file = {k:?}\n\n\
+         [http.tls]\ncert_file = {c:?}\nkey_file = {k:?}\n"
+    );
+    let mut cluster = owning_cluster(&format!("{}{tls}", fake_model_toml(&fake.base_url(), true)));
+    // Without the CA, a node refuses to start, naming the key.
+    let refused = refused_start(&cluster, "n9").await;
+    assert!(refused.contains("cluster.peer_ca_file"), "{refused}");
+    cluster.cluster_extra = format!("ownership = \"sessions\"\npeer_ca_file = {a:?}\n");
+    let n0 = cluster.start("n0", 2_000).await;
+    let n1 = cluster.start("n1", 2_000).await;
+    let client = |url: String| {
+        let ca_pem = ca_pem.clone();
+        async move {
+            baton::proto::v1::sessions_client::SessionsClient::new(
+                tls_channel(&url, &ca_pem, None).await.unwrap(),
+            )
+        }
+    };
+    let mut c0 = client(n0.url()).await;
+    let id = start(&mut c0, "").await;
+    assert_eq!(owner_of(&cluster, &id), "n0");
+    let mut c1 = client(n1.url()).await;
+    let t = turn(&mut c1, &id, "over tls").await;
+    assert_eq!(answer(&t), "echo: over tls");
+    assert_eq!(get(&mut c1, &id).await.session_id, id);
+    assert_eq!(owner_of(&cluster, &id), "n0", "forwarded, not moved");
+    n0.terminate().await.unwrap();
+    n1.terminate().await.unwrap();
+}
+
+/// Start node `node`, which must refuse to: what it printed.
+async fn refused_start(cluster: &Cluster, node: &str) -> String {
+    let out = tokio::process::Command::new(crate::common::bin())
+        .arg("serve")
+        .arg("--config")
+        .arg(cluster.config(node, 2_000))
+        .args(["--listen", "127.0.0.1:0", "--http-listen", "127.0.0.1:0"])
+        .output()
+        .await
+        .unwrap();
+    assert!(!out.status.success());
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}

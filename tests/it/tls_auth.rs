@@ -14,12 +14,12 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
 use crate::common::bin;
 
-struct Ca {
-    cert: rcgen::Certificate,
+pub(crate) struct Ca {
+    pub(crate) cert: rcgen::Certificate,
     key: KeyPair,
 }
 
-fn ca(name: &str) -> Ca {
+pub(crate) fn ca(name: &str) -> Ca {
     let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
     p.distinguished_name.push(DnType::CommonName, name);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -29,7 +29,7 @@ fn ca(name: &str) -> Ca {
 }
 
 /// A certificate signed by `ca`: (cert PEM, key PEM).
-fn leaf(ca: &Ca, cn: &str, sans: &[&str]) -> (String, String) {
+pub(crate) fn leaf(ca: &Ca, cn: &str, sans: &[&str]) -> (String, String) {
     let mut p =
         CertificateParams::new(sans.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
     p.distinguished_name.push(DnType::CommonName, cn);
@@ -38,13 +38,13 @@ fn leaf(ca: &Ca, cn: &str, sans: &[&str]) -> (String, String) {
     (cert.pem(), key.serialize_pem())
 }
 
-fn write(dir: &Path, name: &str, text: &str) -> String {
+pub(crate) fn write(dir: &Path, name: &str, text: &str) -> String {
     let p = dir.join(name);
     std::fs::write(&p, text).unwrap();
     p.display().to_string()
 }
 
-async fn tls_channel(
+pub(crate) async fn tls_channel(
     url: &str,
     ca_pem: &str,
     client: Option<(&str, &str)>,

@@ -95,12 +95,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         config.store.backend == baton_runtime::StoreBackend::Postgres && config.cluster.enabled;
     // Nodes owning sessions one by one all serve: none stands by.
     let owning = cluster && config.cluster.ownership == baton_runtime::ClusterOwnership::Sessions;
-    if owning && config.server.tls.is_some() {
-        anyhow::bail!(
-            "cluster.ownership = \"sessions\" with [server.tls]: nodes forward calls to a \
-             session's owner over plaintext gRPC so far; run the nodes without TLS on a private \
-             network (docs/scaling.md)"
-        );
+    if owning {
+        baton_server::owner::configure(peers(&config)?);
     }
     let mut bound = None;
     let mut standby = None;
@@ -204,7 +200,6 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     }
     if let Some(status) = runtime.node_status() {
         if owning {
-            baton_server::owner::set_node_id(&status.node_id);
             tracing::info!(node = %status.node_id, epoch = status.epoch, "this node owns the sessions it loads (cluster.ownership = \"sessions\")");
         } else {
             tracing::info!(node = %status.node_id, epoch = status.epoch, "this node holds the database's writer lease");
@@ -383,6 +378,45 @@ async fn bind(
 /// A node that lost its writer lease to another node may no longer write
 /// anything: it stops at once (exit status 75), so that its supervisor
 /// starts it again as a standby.
+/// How a node owning sessions reaches the others to forward calls: over
+/// TLS where its own ports speak it, trusting `cluster.peer_ca_file`. A
+/// forwarded call carries the caller's `authorization` header, not a
+/// client certificate: mutual TLS (`client_ca_file`) is refused here.
+fn peers(config: &baton_server::BatonConfig) -> anyhow::Result<baton_server::owner::Peers> {
+    let node_id = config.cluster.node_options()?.id;
+    let mut ca = None;
+    for (section, tls) in [
+        ("server.tls", &config.server.tls),
+        ("http.tls", &config.http.tls),
+    ] {
+        let Some(tls) = tls else { continue };
+        if tls.client_ca_file.is_some() {
+            anyhow::bail!(
+                "{section}.client_ca_file with cluster.ownership = \"sessions\": a call forwarded \
+                 to a session's owner carries the caller's authorization header, not its client \
+                 certificate; use API keys or tokens, or the writer lease (docs/scaling.md)"
+            );
+        }
+        if ca.is_none() {
+            let Some(path) = &config.cluster.peer_ca_file else {
+                anyhow::bail!(
+                    "cluster.peer_ca_file is needed with [{section}] and cluster.ownership = \
+                     \"sessions\": the CA that signed the other nodes' certificates, which this \
+                     node trusts when it forwards a call to a session's owner"
+                );
+            };
+            ca = Some(std::fs::read(path).with_context(|| {
+                format!("cluster.peer_ca_file: cannot read {}", path.display())
+            })?);
+        }
+    }
+    Ok(baton_server::owner::Peers {
+        node_id,
+        grpc_ca: config.server.tls.as_ref().and(ca.clone()),
+        http_ca: config.http.tls.as_ref().and(ca),
+    })
+}
+
 fn watch_lease(runtime: baton_runtime::RuntimeHandle) {
     tokio::spawn(async move {
         loop {

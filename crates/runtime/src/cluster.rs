@@ -35,6 +35,11 @@ pub struct ClusterConfig {
     /// node serves, and each session is owned by the node that loaded it
     /// until it passivates; calls for it reach that node.
     pub ownership: Ownership,
+    /// With `ownership = "sessions"` and `[server.tls]` or `[http.tls]`:
+    /// PEM of the CA (or CAs) that signed the other nodes' server
+    /// certificates, trusted when this node forwards a call to a session's
+    /// owner.
+    pub peer_ca_file: Option<std::path::PathBuf>,
 }
 
 /// How the nodes of a cluster share the sessions (`cluster.ownership`).
@@ -56,6 +61,7 @@ impl Default for ClusterConfig {
             lease_ms: 10_000,
             heartbeat_ms: 1_000,
             ownership: Ownership::Writer,
+            peer_ca_file: None,
         }
     }
 }

@@ -83,14 +83,26 @@ impl Onward {
 
 /// This node's id as forwarded calls name it.
 fn node_id() -> String {
-    NODE.get().cloned().unwrap_or_default()
+    PEERS.get().map(|p| p.node_id.clone()).unwrap_or_default()
 }
 
-static NODE: OnceLock<String> = OnceLock::new();
+/// How this node reaches the others.
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    /// This node's id, named by the calls it forwards.
+    pub node_id: String,
+    /// The nodes' gRPC ports speak TLS (`[server.tls]`): PEM of the CA
+    /// that signed their certificates.
+    pub grpc_ca: Option<Vec<u8>>,
+    /// The same for their HTTP ports (`[http.tls]`).
+    pub http_ca: Option<Vec<u8>>,
+}
 
-/// Set this node's id, named by the calls it forwards (once, at start).
-pub fn set_node_id(id: &str) {
-    let _ = NODE.set(id.to_string());
+static PEERS: OnceLock<Peers> = OnceLock::new();
+
+/// Set how this node reaches the others (once, at start, before serving).
+pub fn configure(peers: Peers) {
+    let _ = PEERS.set(peers);
 }
 
 /// One connection (HTTP/2, multiplexed) per owner address, made on first
@@ -102,11 +114,23 @@ fn channel(addr: &str) -> Result<Channel, Status> {
     if let Some(c) = map.get(addr) {
         return Ok(c.clone());
     }
-    let endpoint = Endpoint::from_shared(format!("http://{addr}")).map_err(|e| {
+    let unusable = |e: &dyn std::fmt::Display| {
         Status::unavailable(format!(
             "the owning node's address {addr:?} is not usable: {e}"
         ))
-    })?;
+    };
+    let ca = PEERS.get().and_then(|p| p.grpc_ca.clone());
+    let scheme = if ca.is_some() { "https" } else { "http" };
+    let mut endpoint =
+        Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| unusable(&e))?;
+    if let Some(ca) = ca {
+        endpoint = endpoint
+            .tls_config(
+                tonic::transport::ClientTlsConfig::new()
+                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
+            )
+            .map_err(|e| unusable(&e))?;
+    }
     let c = endpoint
         .connect_timeout(std::time::Duration::from_secs(5))
         .connect_lazy();
@@ -206,8 +230,13 @@ pub(crate) async fn forward_http(
         return resp;
     };
     let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let scheme = if PEERS.get().is_some_and(|p| p.http_ca.is_some()) {
+        "https"
+    } else {
+        "http"
+    };
     let mut out = http_client()
-        .request(method, format!("http://{addr}{path}"))
+        .request(method, format!("{scheme}://{addr}{path}"))
         .body(bytes);
     for (name, value) in &headers {
         if !HOP_BY_HOP.contains(&name.as_str()) {
@@ -238,9 +267,15 @@ pub(crate) async fn forward_http(
 fn http_client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .connect_timeout(std::time::Duration::from_secs(5))
-            .build()
-            .unwrap_or_default()
+        let mut b = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
+        if let Some(ca) = PEERS.get().and_then(|p| p.http_ca.as_deref()) {
+            match reqwest::Certificate::from_pem(ca) {
+                Ok(c) => b = b.add_root_certificate(c),
+                Err(e) => {
+                    tracing::error!(error = %e, "cluster.peer_ca_file is not a PEM certificate")
+                }
+            }
+        }
+        b.build().unwrap_or_default()
     })
 }

@@ -26,6 +26,9 @@ Options (default in brackets; --quick values in braces):
   --audit                 run Baton with the signed audit trail on (as `[audit] dir` does)
   --postgres              keep the store on a private PostgreSQL server (initdb'd by the
                           bench; synchronous commit) instead of RocksDB
+  --owning                with --postgres: Baton as one node owning its sessions one by one
+                          (`[cluster] ownership = \"sessions\"`: a claim per new session,
+                          every write fenced by its owner) instead of alone on the database
   --pg-delay-us N         with --postgres: N µs added each way between Baton and the
                           database (a delay line on loopback), as across a network [0]
   --data-dir PATH         where temporary data dirs go [system temp dir]
@@ -59,6 +62,7 @@ pub(crate) struct Args {
     pub(crate) audit: bool,
     /// Keep the store on a private PostgreSQL server.
     pub(crate) postgres: bool,
+    pub(crate) owning: bool,
     /// Microseconds added each way between Baton and the database.
     pub(crate) pg_delay_us: u64,
     pub(crate) data_dir: PathBuf,
@@ -83,6 +87,7 @@ impl Args {
             calls: 1_000_000,
             audit: false,
             postgres: false,
+            owning: false,
             pg_delay_us: 0,
             data_dir: std::env::temp_dir(),
             phases: [
@@ -133,6 +138,7 @@ impl Args {
                 "--json" => a.json = true,
                 "--audit" => a.audit = true,
                 "--postgres" => a.postgres = true,
+                "--owning" => a.owning = true,
                 "--pg-delay-us" => a.pg_delay_us = positive(&value()?, &key)? as u64,
                 "--child" => a.child = true,
                 "--sessions" => a.sessions = positive(&value()?, &key)?,

@@ -31,6 +31,9 @@ pub(crate) static POSTGRES: std::sync::OnceLock<baton_pgtest::PgServer> =
 /// With `--pg-delay-us`: the port of the delay line in front of it.
 pub(crate) static PG_VIA: std::sync::OnceLock<u16> = std::sync::OnceLock::new();
 
+/// With `--owning`: every instance is a node owning its sessions one by one.
+pub(crate) static OWNING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 pub(crate) fn data_dir(parent: &Path, what: &str) -> Result<tempfile::TempDir> {
     Ok(tempfile::Builder::new()
         .prefix(&format!("baton-load-{what}-"))
@@ -58,6 +61,11 @@ impl Baton {
                 );
             }
             cfg.store.postgres.url = Some(url);
+            if OWNING.load(std::sync::atomic::Ordering::Relaxed) {
+                cfg.cluster.enabled = true;
+                cfg.cluster.node_id = Some("bench".into());
+                cfg.cluster.ownership = baton_runtime::ClusterOwnership::Sessions;
+            }
         }
         cfg.models = vec![upstream_endpoint(upstream)];
         cfg.sessions.default_route = "upstream".into();

@@ -90,6 +90,12 @@ async fn run(args: Args, upstream: std::net::SocketAddr) -> Result<Report> {
 
 fn main() -> Result<()> {
     let args = Args::parse()?;
+    if args.owning {
+        if !args.postgres {
+            anyhow::bail!("--owning needs --postgres");
+        }
+        baton::OWNING.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
     if args.postgres {
         let server = baton_pgtest::PgServer::start().map_err(anyhow::Error::msg)?;
         eprintln!("store: PostgreSQL on 127.0.0.1:{}", server.port());

@@ -422,3 +422,78 @@ async fn refused_start(cluster: &Cluster, node: &str) -> String {
         String::from_utf8_lossy(&out.stderr)
     )
 }
+
+/// The database restarted under load, down for longer than the nodes'
+/// leases, with two nodes each owning sessions: both report it (health 503
+/// naming the database), neither is fenced or takes the other's sessions
+/// when it returns (both renew within the restart's grace), the clients
+/// are served again by themselves, and nothing acknowledged is lost or
+/// doubled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_restart_keeps_every_owner_and_loses_nothing() {
+    if skip() {
+        return;
+    }
+    let fake = FakeOpenAi::start().await.unwrap();
+    let cluster = owning_cluster(&fake_model_toml(&fake.base_url(), true));
+    let n0 = cluster.start("n0", 1_500).await;
+    let n1 = cluster.start("n1", 1_500).await;
+    let mut sessions = Vec::new();
+    for i in 0..4 {
+        let mut c = [&n0, &n1][i % 2].client().await.unwrap();
+        sessions.push(start(&mut c, "").await);
+    }
+    let before: Vec<String> = sessions.iter().map(|s| owner_of(&cluster, s)).collect();
+    assert_eq!(before, ["n0", "n1", "n0", "n1"]);
+    // Each client drives a session through the node that does not own it.
+    let urls = vec![n1.url(), n0.url()];
+    let stop = Arc::new(AtomicBool::new(false));
+    let marked = Arc::new(std::sync::Mutex::new(None));
+    let workers = spawn_load(&urls, &sessions, &stop, &marked);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+
+    cluster.pg.stop().unwrap();
+    for node in [&n0, &n1] {
+        let mut down = (0, String::new());
+        for _ in 0..100 {
+            let r = reqwest::get(format!("{}/healthz", node.http_url().unwrap()))
+                .await
+                .unwrap();
+            down = (r.status().as_u16(), r.text().await.unwrap());
+            if down.0 == 503 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert_eq!(down.0, 503, "{down:?}");
+        assert!(down.1.contains("database"), "{down:?}");
+    }
+    // Down for longer than the leases.
+    tokio::time::sleep(Duration::from_millis(2_500)).await;
+    cluster.pg.restart().unwrap();
+    *marked.lock().unwrap() = Some(Instant::now());
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    stop.store(true, Ordering::SeqCst);
+    let mut acknowledged = BTreeMap::new();
+    for (w, s) in workers.into_iter().zip(&sessions) {
+        let seen = w.await.unwrap();
+        assert!(
+            seen.resumed.is_some(),
+            "{s}: never answered after the restart"
+        );
+        acknowledged.insert(s.clone(), seen.acknowledged);
+    }
+    let after: Vec<String> = sessions.iter().map(|s| owner_of(&cluster, s)).collect();
+    assert_eq!(after, before, "every session kept its owner");
+    for node in [&n0, &n1] {
+        let r = reqwest::get(format!("{}/healthz", node.http_url().unwrap()))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    check_sessions(&n1, &acknowledged, &fake, false).await;
+    n1.terminate().await.unwrap();
+    n0.terminate().await.unwrap();
+    cluster.audit_verifies("n0");
+    cluster.audit_verifies("n1");
+}

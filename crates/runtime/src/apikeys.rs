@@ -83,17 +83,23 @@ impl KeyRing {
     /// (`cluster.ownership = "sessions"`), a key created, rotated or
     /// revoked through another node is known here from the next refresh.
     /// Records are never deleted (a revocation is a record), so one known
-    /// here and not yet read back stays.
+    /// here and not yet read back stays; and a revocation made here while
+    /// the keys were being read is not undone by the older record read.
     pub(crate) async fn refresh(&self, store: &Store) -> Result<()> {
         let fresh = KeyRing::load(store).await?;
         let read = fresh
             .keys
             .into_inner()
             .unwrap_or_else(PoisonError::into_inner);
-        self.keys
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .extend(read);
+        let mut keys = self.keys.write().unwrap_or_else(PoisonError::into_inner);
+        for (id, record) in read {
+            let undoes_revocation = keys.get(&id).is_some_and(|known| {
+                known.revoked_at_unix_ms != 0 && record.revoked_at_unix_ms == 0
+            });
+            if !undoes_revocation {
+                keys.insert(id, record);
+            }
+        }
         Ok(())
     }
 

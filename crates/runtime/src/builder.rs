@@ -237,6 +237,11 @@ async fn start_router(
     // Route spend is recorded with every settlement (an unsynced write;
     // the journal's AssistantMessage records hold the exact costs) and
     // read back here, so route budgets hold across restarts.
+    if !store.claims() {
+        // A database that nodes owning sessions wrote before: their parts
+        // become the one total this node keeps.
+        store.fold_route_spends().await?;
+    }
     let spent = store.route_spends().await?;
     // Gates pending from before this start count too: sessions open
     // and decide gates from here on by +1/-1.

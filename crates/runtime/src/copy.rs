@@ -124,9 +124,24 @@ pub(crate) async fn drop_copy(store: &Store, dst: SessionId) {
 
 /// At start-up: drop the copies a crash cut short. Returns how many.
 pub(crate) async fn drop_unfinished(store: &Store) -> Result<usize> {
-    let unfinished = store.unfinished_copies().await?;
+    let mut unfinished = store.unfinished_copies().await?;
     if unfinished.is_empty() {
         return Ok(0);
+    }
+    // Where nodes own sessions one by one, a copy in progress on another
+    // live node is that node's: only those this node may claim (a gone
+    // node's, or nobody's) are dropped, then given up.
+    if store.claims() {
+        let mut mine = Vec::new();
+        for id in unfinished {
+            if let baton_store::owners::Claim::Ours = store.claim(id).await? {
+                mine.push(id);
+            }
+        }
+        unfinished = mine;
+        if unfinished.is_empty() {
+            return Ok(0);
+        }
     }
     let mut batch = Batch::new();
     for id in &unfinished {
@@ -134,6 +149,9 @@ pub(crate) async fn drop_unfinished(store: &Store) -> Result<usize> {
         tracing::info!(session = %id, "dropping a journal copy (fork) a crash cut short");
     }
     store.write(batch).await?;
+    for id in &unfinished {
+        store.release(*id).await?;
+    }
     Ok(unfinished.len())
 }
 

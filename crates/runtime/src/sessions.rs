@@ -350,11 +350,27 @@ impl RuntimeHandle {
         let shared = self.shared();
         let id = SessionId::new();
         // Where nodes own sessions one by one, the node creating a session
-        // owns it (a new id: nobody else does) until it passivates; nothing
-        // is asked of the database elsewhere.
+        // claims it first (a new id: nobody else does); nothing is asked of
+        // the database elsewhere. An idle session nothing activates has no
+        // owner once written, as a passivated one: the claim is given up,
+        // and so it is when the creation fails. One with work (woken here)
+        // or a one-shot session (its actor loads what was just written,
+        // without claiming) stays this node's until its actor passivates.
         if let baton_store::owners::Claim::Owned(owner) = shared.store.claim(id).await? {
             return Err(Error::OwnedElsewhere { session: id, owner });
         }
+        let created = self.create_claimed(id, new).await;
+        let keep = matches!(&created, Ok((info, fresh)) if *fresh || info.status == SessionStatus::Running);
+        if !keep && let Err(e) = shared.store.release(id).await {
+            tracing::warn!(session = %id, error = %e, "cannot release a new session's claim");
+        }
+        created.map(|(info, _)| info)
+    }
+
+    /// [`Self::create_session`] once `id` is claimed: the session, and
+    /// whether its actor will load it from [`crate::fresh`].
+    async fn create_claimed(&self, id: SessionId, new: NewSession) -> Result<(SessionInfo, bool)> {
+        let shared = self.shared();
         let now = now_unix_ms();
         let meta = SessionMeta {
             tenant: new.tenant,
@@ -476,11 +492,14 @@ impl RuntimeHandle {
             // As recovery does at start-up: the session picks up its work.
             self.route(id, SessionMsg::Wake)?;
         }
-        Ok(SessionInfo {
-            id,
-            status: new.status,
-            created: true,
-        })
+        Ok((
+            SessionInfo {
+                id,
+                status: new.status,
+                created: true,
+            },
+            deferred,
+        ))
     }
 
     /// Every field of a start request, each error naming its field.

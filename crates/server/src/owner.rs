@@ -189,8 +189,8 @@ const HOP_BY_HOP: [&str; 7] = [
     "content-length",
 ];
 
-/// HTTP middleware (where nodes own sessions one by one): the request's
-/// body is kept (up to `max_bytes`, as the routes allow), and when the
+/// HTTP middleware (where nodes own sessions one by one), for `POST
+/// /v1/responses`: the request's body is kept (up to `max_bytes`, as the routes allow), and when the
 /// handler's answer says another node owns the session
 /// ([`ForwardTo`]), the same request goes there with the caller's
 /// headers, and its answer, streamed, is this one. A request that was
@@ -201,7 +201,13 @@ pub(crate) async fn forward_http(
     next: axum::middleware::Next,
 ) -> axum::response::Response {
     use axum::response::IntoResponse;
-    if req.headers().contains_key(FORWARDED_BY) {
+    // Only a Responses call continues a session that may be live on
+    // another node (the other front-door calls make sessions of their
+    // own); no other body is held here, before authentication.
+    if req.headers().contains_key(FORWARDED_BY)
+        || req.method() != axum::http::Method::POST
+        || req.uri().path() != "/v1/responses"
+    {
         return next.run(req).await;
     }
     let (parts, body) = req.into_parts();

@@ -223,6 +223,18 @@ impl Batch {
         });
     }
 
+    /// Drop node `node`'s part of `route`'s spend (folded into the total).
+    pub fn delete_node_route_spend(&mut self, route: &str, node: &str) {
+        let mut key = vec![keys::ROUTE_SPEND_PREFIX];
+        key.extend_from_slice(route.as_bytes());
+        key.push(0);
+        key.extend_from_slice(node.as_bytes());
+        self.push(Op::Delete {
+            cf: CF_INDEXES,
+            key,
+        });
+    }
+
     /// Record `route`'s total spend in USD (route budgets survive restarts).
     pub fn put_route_spend(&mut self, route: &str, total_usd: f64) {
         let mut key = vec![keys::ROUTE_SPEND_PREFIX];

@@ -211,23 +211,18 @@ pub(crate) fn renew(client: &mut Client, node: &NodeOptions, epoch: i64) -> Resu
     Ok(n == 1)
 }
 
-/// A clean stop: every session this node still owns is given up, and its
-/// lease ends now, so that other nodes claim at once.
+/// A clean stop: the node's lease ends now, so that other nodes claim its
+/// sessions at once. Its owner rows stay: the sessions it still held
+/// (a turn the drain's grace cut short among them) are then what
+/// [`orphaned`] lists, and survivors resume them as after a crash.
 pub(crate) fn leave(client: &mut Client, node: &NodeOptions, epoch: i64) -> Result<()> {
-    // The owner rows first, then the node's row: the order a claim locks
-    // them in.
-    let mut tx = client.transaction().map_err(db_error)?;
-    tx.execute(
-        "DELETE FROM baton_owners WHERE node_id = $1 AND epoch = $2",
-        &[&node.id, &epoch],
-    )
-    .map_err(db_error)?;
-    tx.execute(
-        "UPDATE baton_nodes SET lease_until = '-infinity' WHERE node_id = $1 AND epoch = $2",
-        &[&node.id, &epoch],
-    )
-    .map_err(db_error)?;
-    tx.commit().map_err(db_error)
+    client
+        .execute(
+            "UPDATE baton_nodes SET lease_until = '-infinity' WHERE node_id = $1 AND epoch = $2",
+            &[&node.id, &epoch],
+        )
+        .map_err(db_error)?;
+    Ok(())
 }
 
 /// Claim `session` for this node at `epoch` (see the module).

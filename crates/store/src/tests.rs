@@ -128,6 +128,16 @@ async fn route_spend_parts_of_several_nodes_add_up_and_tenant_spend_is_read_per_
     b.put_node_route_spend("fast", "n0", 3.0);
     store.write(b).await.unwrap();
     assert_eq!(store.route_spends().await.unwrap().get("fast"), Some(&8.0));
+    // Under the writer lease again: the parts fold into one total each.
+    store.fold_route_spends().await.unwrap();
+    let folded = store.route_spends().await.unwrap();
+    assert_eq!(folded.get("fast"), Some(&8.0));
+    assert_eq!(folded.get("slow"), Some(&8.0));
+    assert_eq!(store.route_spends_of("n1").await.unwrap().len(), 0);
+    let mut b = Batch::new();
+    b.put_route_spend("fast", 9.0);
+    store.write(b).await.unwrap();
+    assert_eq!(store.route_spends().await.unwrap().get("fast"), Some(&9.0));
     assert_eq!(
         store.tenant_spend_of("acme", "m2026-12", s).await.unwrap(),
         Some(0.75)
@@ -1643,7 +1653,7 @@ fn kill_node_connection(server: &baton_pgtest::PgServer, db: &str, id: &str) {
 /// alike); a release frees a session at once; a node whose lease lapsed
 /// is refused, fenced by the first claim of one of its sessions, and
 /// never writes or claims again; a dead process's sessions are taken
-/// after two heartbeats; a clean leave frees everything; and the two
+/// after two heartbeats; a clean leave orphans everything at once; and the two
 /// ownership modes never share a database.
 #[test]
 fn nodes_own_sessions_one_by_one_and_every_write_is_fenced_by_its_owner() {
@@ -1811,9 +1821,15 @@ fn nodes_own_sessions_one_by_one_and_every_write_is_fenced_by_its_owner() {
     assert!(err.to_string().contains("was fenced"), "{err}");
     drop(c);
 
-    // B leaves cleanly: what it owned is free at once.
+    // B leaves cleanly: its lease ends, and what it owned is orphaned at
+    // once (its rows stay, for survivors to resume what it held), and
+    // claimed at once.
     drop(b);
-    assert_eq!(a.owner(s2.as_bytes()).unwrap(), None);
+    assert!(
+        a.orphaned(100).unwrap().contains(&s2.as_bytes().to_vec()),
+        "{:?}",
+        a.orphaned(100)
+    );
     assert_eq!(a.claim(s2.as_bytes()).unwrap(), Claim::Ours);
     a.write(&[&[owned(&s2), put(208)]], true).unwrap();
 

@@ -597,22 +597,51 @@ async fn a_paused_holder_is_fenced_when_it_wakes() {
     // The paused node wakes with its answer; its write is refused.
     fake.set_behavior(Behavior::default());
     signal("-CONT");
-    let status = n0.wait_exit(Duration::from_secs(20)).await.unwrap();
-    assert_eq!(status.code(), Some(75), "the fenced node stops itself");
-    let log = std::fs::read_to_string(cluster.dir.path().join("n0").join("baton-0.log")).unwrap();
-    assert!(log.contains("fenced"), "{log}");
+    let log = cluster.dir.path().join("n0").join("baton-0.log");
+    woken_node_is_fenced(n0, &log, &mut c1, &id).await;
+    n1.terminate().await.unwrap();
+    cluster.audit_verifies("n1");
+}
 
-    let got = get(&mut c1, &id).await;
+/// A node paused and resumed stops itself (status 75, its log saying it
+/// was fenced), and session `id` holds each of its messages answered
+/// once ("first", then "second" finished by the node that took over), and
+/// goes on through `c`.
+pub(crate) async fn woken_node_is_fenced(
+    node: BatonProcess,
+    log: &std::path::Path,
+    c: &mut Client,
+    id: &str,
+) {
+    let status = node.wait_exit(Duration::from_secs(20)).await.unwrap();
+    assert_eq!(status.code(), Some(75), "the fenced node stops itself");
+    let log = std::fs::read_to_string(log).unwrap();
+    assert!(log.contains("fenced"), "{log}");
+    let got = get(c, id).await;
     assert_eq!(
         texts(&got),
         ["first", "echo: first", "second", "echo: second"],
         "one writer: each message answered once"
     );
-    // The session goes on under the new holder.
-    let t = turn(&mut c1, &id, "third").await;
+    let t = turn(c, id, "third").await;
     assert_eq!(answer(&t), "echo: third");
-    n1.terminate().await.unwrap();
-    cluster.audit_verifies("n1");
+}
+
+/// Poll `node`'s health until it answers `status` (at most 5 s): its
+/// status and text.
+pub(crate) async fn health_until(node: &BatonProcess, status: u16) -> (u16, String) {
+    let mut seen = (0, String::new());
+    for _ in 0..100 {
+        let r = reqwest::get(format!("{}/healthz", node.http_url().unwrap()))
+            .await
+            .unwrap();
+        seen = (r.status().as_u16(), r.text().await.unwrap());
+        if seen.0 == status {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    seen
 }
 
 /// The database restarted under a loaded cluster, down longer than the
@@ -642,20 +671,7 @@ async fn a_database_restart_keeps_the_holder_and_loses_nothing() {
     tokio::time::sleep(Duration::from_millis(800)).await;
 
     cluster.pg.stop().unwrap();
-    let health = async || {
-        let r = reqwest::get(format!("{}/healthz", n0.http_url().unwrap()))
-            .await
-            .unwrap();
-        (r.status().as_u16(), r.text().await.unwrap())
-    };
-    let mut down = (0, String::new());
-    for _ in 0..100 {
-        down = health().await;
-        if down.0 == 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let down = health_until(&n0, 503).await;
     assert_eq!(down.0, 503, "{down:?}");
     assert!(down.1.contains("database"), "{down:?}");
     // Down for longer than the lease.
@@ -678,7 +694,7 @@ async fn a_database_restart_keeps_the_holder_and_loses_nothing() {
         ("n0".to_string(), epoch),
         "the lease stayed with its holder"
     );
-    assert_eq!(health().await.0, 200);
+    assert_eq!(health_until(&n0, 200).await.0, 200);
     check_sessions(&n1, &acknowledged, &fake, false).await;
     n1.terminate().await.unwrap();
     n0.terminate().await.unwrap();

@@ -19,8 +19,8 @@ use baton_testkit::FakeOpenAi;
 use baton_testkit::fake_model::Behavior;
 
 use crate::cluster::{
-    Cluster, check_sessions, cluster_members, collect, inspect_actors, resume_to_turn_end, signal,
-    skip, spawn_load,
+    Cluster, check_sessions, cluster_members, collect, health_until, inspect_actors,
+    resume_to_turn_end, signal, skip, spawn_load, woken_node_is_fenced,
 };
 use crate::common::*;
 
@@ -353,16 +353,8 @@ async fn a_paused_owner_is_fenced_and_its_session_has_one_writer() {
 
     fake.set_behavior(Behavior::default());
     signal("-CONT");
-    let status = n0.wait_exit(Duration::from_secs(20)).await.unwrap();
-    assert_eq!(status.code(), Some(75), "the fenced node stops itself");
-    let got = get(&mut c1, &id).await;
-    assert_eq!(
-        texts(&got),
-        ["first", "echo: first", "second", "echo: second"],
-        "one writer: each message answered once"
-    );
-    let t = turn(&mut c1, &id, "third").await;
-    assert_eq!(answer(&t), "echo: third");
+    let log = cluster.dir.path().join("n0").join("baton-0.log");
+    woken_node_is_fenced(n0, &log, &mut c1, &id).await;
     n1.terminate().await.unwrap();
     cluster.audit_verifies("n1");
 }
@@ -470,17 +462,7 @@ async fn a_database_restart_keeps_every_owner_and_loses_nothing() {
 
     cluster.pg.stop().unwrap();
     for node in [&n0, &n1] {
-        let mut down = (0, String::new());
-        for _ in 0..100 {
-            let r = reqwest::get(format!("{}/healthz", node.http_url().unwrap()))
-                .await
-                .unwrap();
-            down = (r.status().as_u16(), r.text().await.unwrap());
-            if down.0 == 503 {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let down = health_until(node, 503).await;
         assert_eq!(down.0, 503, "{down:?}");
         assert!(down.1.contains("database"), "{down:?}");
     }
@@ -502,10 +484,7 @@ async fn a_database_restart_keeps_every_owner_and_loses_nothing() {
     let after: Vec<String> = sessions.iter().map(|s| owner_of(&cluster, s)).collect();
     assert_eq!(after, before, "every session kept its owner");
     for node in [&n0, &n1] {
-        let r = reqwest::get(format!("{}/healthz", node.http_url().unwrap()))
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        assert_eq!(health_until(node, 200).await.0, 200);
     }
     check_sessions(&n1, &acknowledged, &fake, false).await;
     n1.terminate().await.unwrap();

@@ -128,65 +128,8 @@ async fn three_nodes_owning_sessions_survive_one_killed_under_load() {
         health.starts_with("ok\nnode n1 owns the sessions it loaded under its lease (epoch"),
         "{health}"
     );
-    // The front door: a conversation begun on n0 is being continued there
-    // (its session live on n0, the model slow); a second continuation of
-    // the same response through n2 finds the session owned by n0 and is
-    // forwarded there over HTTP, where it loses the race to continue in
-    // place and branches, as on one node.
-    let web = reqwest::Client::new();
-    let respond = |node: &baton_testkit::BatonProcess, body: serde_json::Value| {
-        web.post(format!("{}/v1/responses", node.http_url().unwrap()))
-            .json(&body)
-            .send()
-    };
-    let first = respond(
-        &n0,
-        serde_json::json!({"model": "fake", "input": "door one"}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(first.status(), 200);
-    let door = first.headers()["x-baton-session-id"]
-        .to_str()
-        .unwrap()
-        .to_string();
-    let first: serde_json::Value = first.json().await.unwrap();
-    fake.set_behavior(Behavior {
-        delay: Duration::from_millis(2_000),
-        ..Behavior::default()
-    });
-    let in_place = tokio::spawn(respond(
-        &n0,
-        serde_json::json!({"model": "fake", "input": "door two", "previous_response_id": first["id"]}),
-    ));
-    let mut live = false;
-    for _ in 0..100 {
-        if owner_of(&cluster, &door) == "n0" {
-            live = true;
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    assert!(live, "the continuation on n0 holds the session");
-    let branched = respond(
-        &n2,
-        serde_json::json!({"model": "fake", "input": "door three", "previous_response_id": first["id"]}),
-    )
-    .await
-    .unwrap();
-    let status = branched.status();
-    let branch = branched.headers().get("x-baton-session-id").cloned();
-    let body = branched.text().await.unwrap();
-    assert_eq!(status, 200, "{body}");
-    assert!(body.contains("echo: door three"), "{body}");
-    assert_ne!(
-        branch.as_ref().and_then(|v| v.to_str().ok()),
-        Some(door.as_str()),
-        "branched: {body}"
-    );
-    let in_place = in_place.await.unwrap().unwrap();
-    assert_eq!(in_place.headers()["x-baton-session-id"], door.as_str());
-    assert!(in_place.text().await.unwrap().contains("echo: door two"));
+    // The front door: a racing continuation forwarded over HTTP.
+    responses_race(&cluster, &fake, reqwest::Client::new(), &n0, &n2, "http").await;
     fake.set_behavior(Behavior {
         delay: Duration::from_millis(20),
         ..Behavior::default()
@@ -407,6 +350,12 @@ async fn calls_are_forwarded_to_the_owner_over_tls() {
     assert_eq!(answer(&t), "echo: over tls");
     assert_eq!(get(&mut c1, &id).await.session_id, id);
     assert_eq!(owner_of(&cluster, &id), "n0", "forwarded, not moved");
+    // The front door over HTTPS: a racing continuation forwarded over TLS.
+    let web = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(ca_pem.as_bytes()).unwrap())
+        .build()
+        .unwrap();
+    responses_race(&cluster, &fake, web, &n0, &n1, "https").await;
     n0.terminate().await.unwrap();
     n1.terminate().await.unwrap();
 }
@@ -491,4 +440,76 @@ async fn a_database_restart_keeps_every_owner_and_loses_nothing() {
     n0.terminate().await.unwrap();
     cluster.audit_verifies("n0");
     cluster.audit_verifies("n1");
+}
+
+/// The front door: a conversation begun on `owner` is being continued
+/// there (its session live on `owner`, the model slow); a second
+/// continuation of the same response through `other` finds the session
+/// owned by `owner` and is forwarded there over HTTP (`scheme`), where it
+/// loses the race to continue in place and branches, as on one node.
+async fn responses_race(
+    cluster: &Cluster,
+    fake: &FakeOpenAi,
+    web: reqwest::Client,
+    owner: &baton_testkit::BatonProcess,
+    other: &baton_testkit::BatonProcess,
+    scheme: &str,
+) {
+    let respond = |node: &baton_testkit::BatonProcess, body: serde_json::Value| {
+        let url = node.http_url().unwrap().replacen("http", scheme, 1);
+        web.post(format!("{url}/v1/responses")).json(&body).send()
+    };
+    let first = respond(
+        owner,
+        serde_json::json!({"model": "fake", "input": "door one"}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(first.status(), 200);
+    let door = first.headers()["x-baton-session-id"]
+        .to_str()
+        .unwrap()
+        .to_string();
+    let first: serde_json::Value = first.json().await.unwrap();
+    let name = owner_of(cluster, &door);
+    fake.set_behavior(Behavior {
+        delay: Duration::from_millis(2_000),
+        ..Behavior::default()
+    });
+    let in_place = tokio::spawn(respond(
+        owner,
+        serde_json::json!({"model": "fake", "input": "door two", "previous_response_id": first["id"]}),
+    ));
+    let mut live = String::new();
+    for _ in 0..100 {
+        live = owner_of(cluster, &door);
+        if !live.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !live.is_empty() && name.is_empty(),
+        "the continuation holds the session ({live:?}; before it {name:?})"
+    );
+    let branched = respond(
+        other,
+        serde_json::json!({"model": "fake", "input": "door three", "previous_response_id": first["id"]}),
+    )
+    .await
+    .unwrap();
+    let status = branched.status();
+    let branch = branched.headers().get("x-baton-session-id").cloned();
+    let body = branched.text().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("echo: door three"), "{body}");
+    assert_ne!(
+        branch.as_ref().and_then(|v| v.to_str().ok()),
+        Some(door.as_str()),
+        "branched: {body}"
+    );
+    let in_place = in_place.await.unwrap().unwrap();
+    assert_eq!(in_place.headers()["x-baton-session-id"], door.as_str());
+    assert!(in_place.text().await.unwrap().contains("echo: door two"));
+    fake.set_behavior(Behavior::default());
 }

@@ -18,10 +18,11 @@ use crate::error::Error;
 use crate::handle::RuntimeHandle;
 use crate::session::SessionMsg;
 
-/// Wake each of `ids` (at most `sessions.recovery_concurrency` at once) and
-/// wait until its actor loaded. Returns how many resumed here, and how many
-/// turned out owned by another node.
-async fn resume(handle: &RuntimeHandle, ids: Vec<SessionId>) -> (usize, usize, usize) {
+/// Wake each of `ids` (at most `sessions.recovery_concurrency` at once),
+/// wait until its actor loaded, and log `done` with how many resumed here,
+/// turned out owned by another node, or failed.
+async fn resume(handle: &RuntimeHandle, ids: Vec<SessionId>, done: &'static str) {
+    let (n, started) = (ids.len(), std::time::Instant::now());
     let at_once = handle.config().sessions.recovery_concurrency;
     let weak = Arc::downgrade(&handle.inner);
     let outcomes: Vec<Result<(), Error>> = futures::stream::iter(ids)
@@ -51,7 +52,14 @@ async fn resume(handle: &RuntimeHandle, ids: Vec<SessionId>) -> (usize, usize, u
         .filter(|r| matches!(r, Err(Error::OwnedElsewhere { .. })))
         .count();
     let failed = outcomes.iter().filter(|r| r.is_err()).count() - elsewhere;
-    (outcomes.len() - failed - elsewhere, elsewhere, failed)
+    tracing::info!(
+        sessions = n,
+        resumed = n - failed - elsewhere,
+        owned_elsewhere = elsewhere,
+        failed,
+        took_ms = started.elapsed().as_millis() as u64,
+        "{done}"
+    );
 }
 
 /// At start: resume the sessions whose turns were unfinished when this
@@ -64,17 +72,13 @@ pub(crate) fn spawn_recovery(handle: &RuntimeHandle, ids: Vec<SessionId>) {
         "resuming sessions with unfinished turns"
     );
     let handle = handle.clone();
-    let started = std::time::Instant::now();
     tokio::spawn(async move {
-        let (resumed, elsewhere, failed) = resume(&handle, ids).await;
-        tracing::info!(
-            sessions = n,
-            resumed,
-            owned_elsewhere = elsewhere,
-            failed,
-            took_ms = started.elapsed().as_millis() as u64,
-            "recovery: sessions with unfinished turns resumed"
-        );
+        resume(
+            &handle,
+            ids,
+            "recovery: sessions with unfinished turns resumed",
+        )
+        .await;
     });
 }
 
@@ -137,17 +141,12 @@ pub(crate) fn spawn_takeover(handle: &RuntimeHandle) {
             if ids.is_empty() {
                 continue;
             }
-            let started = std::time::Instant::now();
-            let n = ids.len();
-            let (resumed, elsewhere, failed) = resume(&handle, ids).await;
-            tracing::info!(
-                sessions = n,
-                resumed,
-                owned_elsewhere = elsewhere,
-                failed,
-                took_ms = started.elapsed().as_millis() as u64,
-                "took over the sessions of a node that is gone"
-            );
+            resume(
+                &handle,
+                ids,
+                "took over the sessions of a node that is gone",
+            )
+            .await;
         }
     });
 }

@@ -212,36 +212,26 @@ impl Batch {
     /// each writes its own key, and [`crate::Store::route_spends`] adds
     /// them up, so that no node overwrites another's total.
     pub fn put_node_route_spend(&mut self, route: &str, node: &str, total_usd: f64) {
-        let mut key = vec![keys::ROUTE_SPEND_PREFIX];
-        key.extend_from_slice(route.as_bytes());
-        key.push(0);
-        key.extend_from_slice(node.as_bytes());
         self.push(Op::Put {
             cf: CF_INDEXES,
-            key,
+            key: keys::route_spend_key(route, Some(node)),
             value: total_usd.to_be_bytes().to_vec(),
         });
     }
 
     /// Drop node `node`'s part of `route`'s spend (folded into the total).
     pub fn delete_node_route_spend(&mut self, route: &str, node: &str) {
-        let mut key = vec![keys::ROUTE_SPEND_PREFIX];
-        key.extend_from_slice(route.as_bytes());
-        key.push(0);
-        key.extend_from_slice(node.as_bytes());
         self.push(Op::Delete {
             cf: CF_INDEXES,
-            key,
+            key: keys::route_spend_key(route, Some(node)),
         });
     }
 
     /// Record `route`'s total spend in USD (route budgets survive restarts).
     pub fn put_route_spend(&mut self, route: &str, total_usd: f64) {
-        let mut key = vec![keys::ROUTE_SPEND_PREFIX];
-        key.extend_from_slice(route.as_bytes());
         self.push(Op::Put {
             cf: CF_INDEXES,
-            key,
+            key: keys::route_spend_key(route, None),
             value: total_usd.to_be_bytes().to_vec(),
         });
     }

@@ -29,11 +29,7 @@ impl Store {
     /// Claim the creation of what idempotency key `key` names (see the
     /// module docs).
     pub async fn claim_creation(&self, key: &str) -> Result<Claim> {
-        if !self.inner.db.claims() {
-            return Ok(Claim::Ours);
-        }
-        let k = creation_key(key);
-        self.blocking(move |db| db.claim(&k)).await
+        self.claim_owner_key(creation_key(key)).await
     }
 
     /// Give the creation of `key` up (the session written, or not to be).
@@ -41,8 +37,9 @@ impl Store {
         self.release_owner_key(creation_key(key)).await
     }
 
-    /// Give up an owner key as it is (a gone node's creation, found by
-    /// [`Store::orphaned`], once claimed).
+    /// Give up an owner key as it is (a session's, a run's, a creation's):
+    /// every write handed to the writer before it lands first. Nothing is
+    /// asked of the database where one node owns everything.
     pub async fn release_owner_key(&self, k: Vec<u8>) -> Result<()> {
         if !self.inner.db.claims() {
             return Ok(());
@@ -51,7 +48,8 @@ impl Store {
         self.blocking(move |db| db.release(&k)).await
     }
 
-    /// Claim an owner key as it is.
+    /// Claim an owner key as it is; where one node owns everything, always
+    /// this node's.
     pub async fn claim_owner_key(&self, k: Vec<u8>) -> Result<Claim> {
         if !self.inner.db.claims() {
             return Ok(Claim::Ours);

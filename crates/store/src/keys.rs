@@ -47,6 +47,18 @@ pub const PROBE_KEY: &[u8] = b"~probe";
 /// `indexes` key prefix of a route's total spend (`b` ++ route name -> f64 BE).
 pub const ROUTE_SPEND_PREFIX: u8 = b'b';
 
+/// `indexes` key of `route`'s spend: the one total a lone node keeps, or
+/// node `node`'s own part of it (a node id holds no NUL).
+pub fn route_spend_key(route: &str, node: Option<&str>) -> Vec<u8> {
+    let mut k = vec![ROUTE_SPEND_PREFIX];
+    k.extend_from_slice(route.as_bytes());
+    if let Some(node) = node {
+        k.push(0);
+        k.extend_from_slice(node.as_bytes());
+    }
+    k
+}
+
 pub fn journal_key(session: &SessionId, seq: u64) -> [u8; 24] {
     let mut k = [0u8; 24];
     k[..16].copy_from_slice(session.as_bytes());

@@ -274,10 +274,7 @@ impl Store {
     /// this node's unless another live node owns it (then named, with its
     /// addresses); everywhere else, always this node's.
     pub async fn claim(&self, session: SessionId) -> Result<owners::Claim> {
-        if !self.inner.db.claims() {
-            return Ok(owners::Claim::Ours);
-        }
-        self.blocking(move |db| db.claim(session.as_bytes())).await
+        self.claim_owner_key(session.as_bytes().to_vec()).await
     }
 
     /// Give `session` up once its actor stopped: it has no owner until the
@@ -285,12 +282,7 @@ impl Store {
     /// caller went away included) lands first, so no write of this node
     /// can follow another node's claim; a write after it is refused.
     pub async fn release(&self, session: SessionId) -> Result<()> {
-        if !self.inner.db.claims() {
-            return Ok(());
-        }
-        self.barrier().await?;
-        self.blocking(move |db| db.release(session.as_bytes()))
-            .await
+        self.release_owner_key(session.as_bytes().to_vec()).await
     }
 
     /// Whether this node owns sessions one by one, beside other live nodes

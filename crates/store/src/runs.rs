@@ -97,19 +97,12 @@ impl Store {
     /// Claim run `run` for this node before working on it (as
     /// [`Store::claim`] a session).
     pub async fn claim_run(&self, run: [u8; 16]) -> Result<crate::owners::Claim> {
-        if !self.inner.db.claims() {
-            return Ok(crate::owners::Claim::Ours);
-        }
-        self.blocking(move |db| db.claim(&owner_key(&run))).await
+        self.claim_owner_key(owner_key(&run)).await
     }
 
     /// Give run `run` up (finished, or waiting with no actor).
     pub async fn release_run(&self, run: [u8; 16]) -> Result<()> {
-        if !self.inner.db.claims() {
-            return Ok(());
-        }
-        self.barrier().await?;
-        self.blocking(move |db| db.release(&owner_key(&run))).await
+        self.release_owner_key(owner_key(&run)).await
     }
 
     /// Run `run`'s record.

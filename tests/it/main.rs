@@ -28,6 +28,7 @@ mod grpc_api;
 mod inspect;
 mod layout;
 mod output_records;
+mod owner_flows;
 mod owners;
 mod privacy;
 mod provider_keys;

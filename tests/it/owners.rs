@@ -24,7 +24,7 @@ use crate::cluster::{
 };
 use crate::common::*;
 
-fn owning_cluster(model: &str) -> Cluster {
+pub(crate) fn owning_cluster(model: &str) -> Cluster {
     let mut c = Cluster::new(model);
     c.cluster_extra = "ownership = \"sessions\"\n".into();
     c
@@ -46,7 +46,7 @@ fn owners(cluster: &Cluster) -> BTreeMap<String, usize> {
 }
 
 /// The owner of `session` in the database ("" for none).
-fn owner_of(cluster: &Cluster, session: &str) -> String {
+pub(crate) fn owner_of(cluster: &Cluster, session: &str) -> String {
     let id: baton::types::SessionId = session.parse().unwrap();
     let hex: String = id.as_bytes().iter().map(|b| format!("{b:02x}")).collect();
     cluster

@@ -219,25 +219,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             .actor("server"),
         );
     }
-    // Flow runs are not owned one by one yet (their timers, schedules and
-    // queue consumers would fire on every node): nodes owning sessions
-    // serve no flows, and say so when flows are configured.
-    let flows = if owning {
-        if config.flows.dir.is_some() {
-            runtime.shutdown().await;
-            anyhow::bail!(
-                "flows.dir is set, but nodes with cluster.ownership = \"sessions\" run no flows \
-                 yet: use the writer lease (the default) for flows (docs/scaling.md)"
-            );
-        }
-        None
+    // Where nodes own sessions one by one, one node at a time runs the
+    // flows (the one holding the flows lease); the others forward their
+    // calls and webhook deliveries to it and take the lease over when it
+    // is gone (baton_flows::Lead).
+    let started = if owning {
+        baton_flows::Lead::contend(runtime.clone(), config.flows.clone(), Vec::new()).await
     } else {
-        match baton_flows::Flows::start(runtime.clone(), config.flows.clone(), Vec::new()).await {
-            Ok(f) => Some(f),
-            Err(e) => {
-                runtime.shutdown().await;
-                anyhow::bail!("flows: {e}");
-            }
+        baton_flows::Flows::start(runtime.clone(), config.flows.clone(), Vec::new())
+            .await
+            .map(baton_flows::Lead::from)
+    };
+    let flows = match started {
+        Ok(f) => f,
+        Err(e) => {
+            runtime.shutdown().await;
+            anyhow::bail!("flows: {e}");
         }
     };
     let auth = match baton_server::Authenticator::new(runtime.clone(), &config.auth).await {
@@ -289,9 +286,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             _ = rt.drain(grace) => {}
             _ = shutdown_signal() => tracing::warn!("second signal: stopping without finishing the answers in progress"),
         }
-        if let Some(fl) = fl {
-            fl.shutdown().await;
-        }
+        fl.shutdown().await;
         rt.shutdown().await;
         let _ = stopped_tx.send(true);
     };
@@ -330,9 +325,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let served = tokio::try_join!(grpc, http);
     if served.is_err() {
-        if let Some(flows) = &flows {
-            flows.shutdown().await;
-        }
+        flows.shutdown().await;
         runtime.shutdown().await;
     }
     drop(flows);

@@ -165,6 +165,9 @@ impl Actor for RunActor {
             stopping: false,
         };
         let deps = args.deps;
+        // Where nodes own sessions one by one, the run is this node's
+        // while its actor lives (its writes are fenced by the claim).
+        claim(&deps, args.run).await?;
         let Some((meta, memo)) = RunLog::load(&deps.store, args.run).await? else {
             st.passivate();
             return Ok(st);
@@ -387,6 +390,11 @@ impl Actor for RunActor {
         if let Some(s) = st.sleeper.take() {
             s.abort();
         }
+        // Given up once every write of it landed; its successor (spawned
+        // after this returns) claims it again.
+        if let Err(e) = st.deps.store.release_run(st.run.bytes()).await {
+            tracing::warn!(run = %st.run, error = %e, "cannot give a passivated run up");
+        }
         Ok(())
     }
 }
@@ -561,7 +569,28 @@ impl SupState {
                     },
                 );
             }
-            Err(e) => tracing::error!(run = %run, error = %e, "cannot start a run's actor"),
+            Err(e) => {
+                // Its store was unreachable, or (where nodes own sessions
+                // one by one) it is still another node's for a moment:
+                // tried again shortly, a few times, its messages kept.
+                let n = self.restarts.entry(run).or_default();
+                *n += 1;
+                tracing::warn!(run = %run, error = %e, attempts = *n, "cannot start a run's actor");
+                if *n <= MAX_RESTARTS {
+                    let (me, delay) = (myself.clone(), Duration::from_millis(200 << *n));
+                    tokio::spawn(async move {
+                        tokio::time::sleep(delay).await;
+                        if held.is_empty() {
+                            let _ = me.cast(SupMsg::Activate(run));
+                        }
+                        for m in held {
+                            let _ = me.cast(SupMsg::Route(run, m));
+                        }
+                    });
+                } else {
+                    self.restarts.remove(&run);
+                }
+            }
         }
     }
 }
@@ -722,6 +751,18 @@ impl Actor for RunSupervisor {
     }
 }
 
+/// Claim `run` for this node (always this node's where one node owns
+/// everything); a run another live node owns is not worked on here.
+async fn claim(deps: &Deps, run: RunId) -> Result<()> {
+    match deps.store.claim_run(run.bytes()).await? {
+        baton_store::owners::Claim::Ours => Ok(()),
+        baton_store::owners::Claim::Owned(o) => Err(Error::Unavailable(format!(
+            "run {run} is owned by node {} ({})",
+            o.node_id, o.grpc_addr
+        ))),
+    }
+}
+
 /// A waiting run that works again.
 async fn mark_running(log: &RunLog) -> Result<()> {
     log.update_meta(|m| {
@@ -736,6 +777,7 @@ async fn mark_running(log: &RunLog) -> Result<()> {
 /// Mark a run whose actor keeps failing as failed.
 async fn fail_run(deps: &Deps, run: RunId, error: &str) {
     let r = async {
+        claim(deps, run).await?;
         let Some((meta, memo)) = RunLog::load(&deps.store, run).await? else {
             return Ok::<(), Error>(());
         };
@@ -780,5 +822,8 @@ async fn fail_run(deps: &Deps, run: RunId, error: &str) {
     .await;
     if let Err(e) = r {
         tracing::error!(run = %run, error = %e, "cannot mark a failing run failed");
+    }
+    if let Err(e) = deps.store.release_run(run.bytes()).await {
+        tracing::warn!(run = %run, error = %e, "cannot give a failed run up");
     }
 }

@@ -23,6 +23,10 @@ pub enum Error {
     Unauthenticated(String),
     #[error("{0}")]
     FailedPrecondition(String),
+    /// Not here, or not now (another node holds the flows lease, or owns
+    /// the run for a moment): retry.
+    #[error("{0}")]
+    Unavailable(String),
     /// A limit was reached; try again after the hint.
     #[error("{message}")]
     ResourceExhausted {
@@ -61,6 +65,7 @@ impl Error {
             Error::NotFound(_) => ErrorCode::NotFound,
             Error::Unauthenticated(_) => ErrorCode::Unauthenticated,
             Error::FailedPrecondition(_) => ErrorCode::FailedPrecondition,
+            Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::ResourceExhausted { .. } => ErrorCode::ResourceExhausted,
             Error::Store(e) => e.code(),
             Error::Runtime(e) => e.code(),

@@ -7,6 +7,7 @@
 //! | `t/<wake_at u64 BE><run>` | – | timers of waiting runs |
 //! | `i/<tenant>\0<key>` | run | idempotency keys of `StartRun` |
 //! | `d/<source>\0<delivery id>` | run | deliveries of triggers (at most one run each) |
+//! | `w/<run>` | – | wake-ups asked by nodes that do not run the flows ([`crate::Lead`]) |
 //!
 //! `<run>` is the run id's 16 bytes; UUIDv7 ids sort by creation time.
 
@@ -42,6 +43,16 @@ pub const TIMER_PREFIX: &[u8] = b"t/";
 pub fn timer_key(at_unix_ms: u64, run: RunId) -> Vec<u8> {
     let mut k = TIMER_PREFIX.to_vec();
     k.extend_from_slice(&at_unix_ms.to_be_bytes());
+    k.extend_from_slice(&run.bytes());
+    k
+}
+
+pub const WAKE_PREFIX: &[u8] = b"w/";
+
+/// A wake-up of `run` asked through the store: the node running the
+/// flows activates the run and deletes the key.
+pub fn wake_key(run: RunId) -> Vec<u8> {
+    let mut k = WAKE_PREFIX.to_vec();
     k.extend_from_slice(&run.bytes());
     k
 }

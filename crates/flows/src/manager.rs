@@ -12,7 +12,6 @@ use baton_types::{Principal, now_unix_ms};
 use futures::Stream;
 use futures::future::BoxFuture;
 use ractor::{Actor, ActorRef, RpcReplyPort};
-use secrecy::ExposeSecret;
 use serde_json::Value;
 use tokio::sync::broadcast::error::RecvError;
 
@@ -129,55 +128,38 @@ impl Flows {
     /// Start the service over `rt`'s store: load the definitions (refusing
     /// to start on one that does not check), recover the runs that were
     /// running, and start the timer and reload loops.
+    ///
+    /// Where nodes own sessions one by one (`[cluster] ownership =
+    /// "sessions"`), one node at a time runs the flows: start them with
+    /// [`crate::Lead::contend`] there, which calls this on the node that
+    /// holds the flows lease; this refuses.
     pub async fn start(rt: RuntimeHandle, config: FlowsConfig, code: Vec<Flow>) -> Result<Flows> {
-        let catalog = Catalog::open(config.dir.clone(), code)?;
-        let mut secrets = HashMap::new();
-        for (name, src) in &config.secrets {
-            secrets.insert(name.clone(), src.resolve(&format!("flows.secrets.{name}"))?);
+        if rt.store().claims() {
+            return Err(Error::FailedPrecondition(
+                "nodes own sessions one by one here (cluster.ownership = \"sessions\"): one \
+                 node at a time runs the flows, under the flows lease; start them with \
+                 baton_flows::Lead::contend"
+                    .into(),
+            ));
         }
-        let needs_flow = |what: &str, name: &str, flow: &str| -> Result<()> {
-            if catalog.get(flow).is_none() {
-                return Err(Error::InvalidArgument(format!(
-                    "flows.{what}[{name}].flow: flow {flow:?} is not defined"
-                )));
-            }
-            Ok(())
-        };
-        let mut hooks = HashMap::new();
-        for h in &config.webhooks {
-            needs_flow("webhooks", &h.name, &h.flow)?;
-            let secret = h
-                .secret
-                .resolve(&format!("flows.webhooks[{}].secret", h.name))?;
-            let hook = crate::webhook::Hook::new(h.clone(), secret.expose_secret().as_bytes())?;
-            if hooks.insert(h.name.clone(), hook).is_some() {
-                return Err(Error::InvalidArgument(format!(
-                    "flows.webhooks: {:?} is defined twice",
-                    h.name
-                )));
-            }
-        }
-        let mut schedules = Vec::new();
-        for sc in &config.schedules {
-            needs_flow("schedules", &sc.name, &sc.flow)?;
-            schedules.push(crate::schedule::Schedule::new(sc.clone())?);
-        }
-        let mut sinks: HashMap<String, Arc<dyn crate::broker::QueueSink>> = HashMap::new();
-        let mut consumers = Vec::new();
-        for q in &config.queues {
-            check_name(&q.name).map_err(|p| {
-                Error::InvalidArgument(format!("flows.queues[{}].name: {p}", q.name))
-            })?;
-            sinks.insert(q.name.clone(), Arc::new(crate::queue::RedisSink::new(q)?));
-            if let Some(flow) = &q.flow {
-                needs_flow("queues", &q.name, flow)?;
-                let input = crate::expr::Expr::parse(q.input.as_deref().unwrap_or(".payload"))
-                    .map_err(|p| {
-                        Error::InvalidArgument(format!("flows.queues[{}].input: {p}", q.name))
-                    })?;
-                consumers.push((q.clone(), input));
-            }
-        }
+        Self::start_held(rt, config, code).await
+    }
+
+    /// [`Flows::start`] where this node may run the flows (it holds the
+    /// flows lease, or one node owns everything).
+    pub(crate) async fn start_held(
+        rt: RuntimeHandle,
+        config: FlowsConfig,
+        code: Vec<Flow>,
+    ) -> Result<Flows> {
+        let crate::prepare::Prepared {
+            catalog,
+            secrets,
+            hooks,
+            schedules,
+            sinks,
+            consumers,
+        } = crate::prepare::prepare(&config, code)?;
         let vars =
             serde_json::to_value(&config.vars).map_err(|e| Error::Internal(e.to_string()))?;
         let deps = Arc::new(Deps {
@@ -832,6 +814,27 @@ async fn fire_timers(inner: &Inner, recent: &mut HashMap<RunId, u64>) -> Result<
         recent.insert(run, now);
         let _ = inner.sup.cast(SupMsg::Activate(run));
     }
+    // Wake-ups other nodes asked for (a flow gate decided there), where
+    // nodes own sessions one by one: elsewhere no other node runs.
+    let store = &inner.deps.store;
+    if !store.claims() {
+        return Ok(());
+    }
+    let wakes = store
+        .scan_run_index(index::WAKE_PREFIX.to_vec(), None, 256)
+        .await?;
+    if !wakes.is_empty() {
+        let mut batch = Batch::new();
+        for (k, _) in &wakes {
+            batch.delete_run_index(k.clone());
+        }
+        store.write(batch).await?;
+        for (k, _) in wakes {
+            if let Some(run) = RunId::from_bytes(&k[index::WAKE_PREFIX.len()..]) {
+                let _ = inner.sup.cast(SupMsg::Activate(run));
+            }
+        }
+    }
     Ok(())
 }
 
@@ -951,9 +954,24 @@ impl Inner {
         if let Some(k) = delivery_index {
             batch.put_run_index(k, id.bytes().to_vec());
         }
-        if let Err(e) = store.write(batch).await {
+        // Where nodes own sessions one by one, the new run is this node's
+        // before its first record is written (its actor claims it again).
+        let claimed = match store.claim_run(id.bytes()).await {
+            Ok(baton_store::owners::Claim::Ours) => Ok(()),
+            Ok(baton_store::owners::Claim::Owned(o)) => Err(Error::Internal(format!(
+                "new run {id} is claimed by node {} already",
+                o.node_id
+            ))),
+            Err(e) => Err(e.into()),
+        };
+        let written = match claimed {
+            Ok(()) => store.write(batch).await.map_err(Error::from),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = written {
             self.ended(&flow.name);
-            return Err(e.into());
+            let _ = store.release_run(id.bytes()).await;
+            return Err(e);
         }
         crate::log::audit(&self.deps.rt, &meta, &started);
         let _ = self.sup.cast(SupMsg::Activate(id));

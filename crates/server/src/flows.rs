@@ -1,26 +1,82 @@
-//! The `baton.v1.Flows` service over [`baton_flows::Flows`].
+//! The `baton.v1.Flows` service over [`baton_flows::Flows`], where this
+//! node runs the flows; where another node holds the flows lease (nodes
+//! owning sessions one by one, see [`baton_flows::Lead`]), every call is
+//! forwarded there with the caller's credentials, streams included.
 
 use std::pin::Pin;
 
-use baton_flows::{Flows, RunId, RunMeta, RunQuery, RunRecord, RunStatus, RunView, StartRun};
+use baton_flows::{Flows, Holder, Lead, RunId, RunMeta, RunQuery, RunRecord, RunStatus, RunView, StartRun};
 use baton_proto::v1::{self, flows_server};
 use baton_types::Principal;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
+use baton_proto::v1::flows_client::FlowsClient;
+use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
+use crate::owner::Onward;
 use crate::status::grpc_code;
 
 /// The Flows service.
 #[derive(Clone)]
 pub struct FlowsService {
-    flows: Flows,
+    lead: Lead,
 }
 
 impl FlowsService {
-    pub fn new(flows: Flows) -> Self {
-        Self { flows }
+    pub fn new(lead: impl Into<Lead>) -> Self {
+        Self { lead: lead.into() }
     }
+}
+
+/// Where a call is answered.
+enum At {
+    Here(Flows),
+    /// The holder's address, a client of it, and the call's credentials.
+    Node(String, FlowsClient<Channel>, Onward),
+}
+
+impl FlowsService {
+    /// The flows here, or the node to forward the call to (a call that
+    /// was forwarded already is answered UNAVAILABLE rather than sent on:
+    /// the lease moved meanwhile, and the client retries).
+    fn at<T>(&self, req: &Request<T>) -> Result<At, Status> {
+        let holder = self
+            .lead
+            .holder()
+            .ok_or_else(|| Status::unimplemented("flows are not served by this server"))?;
+        match holder {
+            Holder::Here(f) => Ok(At::Here(f)),
+            Holder::Node {
+                node_id, grpc_addr, ..
+            } => {
+                let onward = Onward::of(req);
+                if onward.forwarded() || grpc_addr.is_empty() {
+                    return Err(Status::unavailable(format!(
+                        "the flows run on node {node_id:?}, not here; retry"
+                    )));
+                }
+                let client = crate::owner::flows(&grpc_addr)?;
+                Ok(At::Node(grpc_addr, client, onward))
+            }
+            Holder::Nobody(why) => Err(Status::unavailable(format!("{why}; retry"))),
+        }
+    }
+}
+
+/// Send the call on to the flows' node, and its answer back.
+macro_rules! forward {
+    ($self:ident, $req:ident, $method:ident) => {
+        match $self.at(&$req)? {
+            At::Here(f) => f,
+            At::Node(addr, mut client, onward) => {
+                return client
+                    .$method(onward.request($req.into_inner()))
+                    .await
+                    .map_err(|s| crate::owner::unreachable(&addr, s));
+            }
+        }
+    };
 }
 
 /// A flows error as a gRPC status, with `retry-after` for limits.
@@ -114,9 +170,8 @@ pub fn record_to_proto(r: &RunRecord) -> v1::RunRecord {
 type RecordStream = Pin<Box<dyn Stream<Item = Result<v1::RunRecord, Status>> + Send>>;
 
 impl FlowsService {
-    async fn current(&self, id: RunId, who: &Principal) -> Result<v1::Run, Status> {
-        let v = self
-            .flows
+    async fn current(flows: &Flows, id: RunId, who: &Principal) -> Result<v1::Run, Status> {
+        let v = flows
             .get_run(id, None, who)
             .await
             .map_err(|e| flow_status(&e))?;
@@ -130,10 +185,10 @@ impl flows_server::Flows for FlowsService {
         &self,
         req: Request<v1::ListFlowsRequest>,
     ) -> Result<Response<v1::ListFlowsResponse>, Status> {
+        let flows = forward!(self, req, list_flows);
         crate::auth::principal(&req)?;
         Ok(Response::new(v1::ListFlowsResponse {
-            flows: self
-                .flows
+            flows: flows
                 .list_flows()
                 .into_iter()
                 .map(|f| v1::FlowInfo {
@@ -145,7 +200,7 @@ impl flows_server::Flows for FlowsService {
                     active_runs: f.active_runs,
                 })
                 .collect(),
-            errors: self.flows.definition_errors(),
+            errors: flows.definition_errors(),
         }))
     }
 
@@ -153,13 +208,13 @@ impl flows_server::Flows for FlowsService {
         &self,
         req: Request<v1::StartRunRequest>,
     ) -> Result<Response<v1::StartRunResponse>, Status> {
+        let flows = forward!(self, req, start_run);
         let who = crate::auth::principal(&req)?;
         let r = req.into_inner();
         if r.flow.trim().is_empty() {
             return Err(Status::invalid_argument("flow is required"));
         }
-        let started = self
-            .flows
+        let started = flows
             .start_run(
                 StartRun {
                     flow: r.flow,
@@ -179,12 +234,12 @@ impl flows_server::Flows for FlowsService {
     }
 
     async fn get_run(&self, req: Request<v1::GetRunRequest>) -> Result<Response<v1::Run>, Status> {
+        let flows = forward!(self, req, get_run);
         let who = crate::auth::principal(&req)?;
         let r = req.into_inner();
         let id = run_id(&r.run_id)?;
         let at = (r.at_seq > 0).then_some(r.at_seq);
-        let v = self
-            .flows
+        let v = flows
             .get_run(id, at, &who)
             .await
             .map_err(|e| flow_status(&e))?;
@@ -195,6 +250,7 @@ impl flows_server::Flows for FlowsService {
         &self,
         req: Request<v1::ListRunsRequest>,
     ) -> Result<Response<v1::ListRunsResponse>, Status> {
+        let flows = forward!(self, req, list_runs);
         let who = crate::auth::principal(&req)?;
         let r = req.into_inner();
         let status = match r.status.as_str() {
@@ -205,8 +261,7 @@ impl flows_server::Flows for FlowsService {
                 ))
             })?),
         };
-        let page = self
-            .flows
+        let page = flows
             .list_runs(
                 RunQuery {
                     flow: (!r.flow.is_empty()).then_some(r.flow),
@@ -231,10 +286,20 @@ impl flows_server::Flows for FlowsService {
         req: Request<v1::WatchRunRequest>,
     ) -> Result<Response<RecordStream>, Status> {
         let who = crate::auth::principal(&req)?;
+        let flows = match self.at(&req)? {
+            At::Here(f) => f,
+            At::Node(addr, mut client, onward) => {
+                let s = client
+                    .watch_run(onward.request(req.into_inner()))
+                    .await
+                    .map_err(|s| crate::owner::unreachable(&addr, s))?
+                    .into_inner();
+                return Ok(Response::new(Box::pin(s)));
+            }
+        };
         let r = req.into_inner();
         let id = run_id(&r.run_id)?;
-        let s = self
-            .flows
+        let s = flows
             .watch(id, r.after_seq, &who)
             .await
             .map_err(|e| flow_status(&e))?;
@@ -248,28 +313,29 @@ impl flows_server::Flows for FlowsService {
         &self,
         req: Request<v1::CancelRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
+        let flows = forward!(self, req, cancel_run);
         let who = crate::auth::principal(&req)?;
         let r = req.into_inner();
         let id = run_id(&r.run_id)?;
-        self.flows
+        flows
             .cancel(id, &r.reason, &who)
             .await
             .map_err(|e| flow_status(&e))?;
-        Ok(Response::new(self.current(id, &who).await?))
+        Ok(Response::new(Self::current(&flows, id, &who).await?))
     }
 
     async fn signal_run(
         &self,
         req: Request<v1::SignalRunRequest>,
     ) -> Result<Response<v1::SignalRunResponse>, Status> {
+        let flows = forward!(self, req, signal_run);
         let who = crate::auth::principal(&req)?;
         let r = req.into_inner();
         let id = run_id(&r.run_id)?;
         if r.name.trim().is_empty() {
             return Err(Status::invalid_argument("name is required"));
         }
-        let seq = self
-            .flows
+        let seq = flows
             .signal(
                 id,
                 &r.name,
@@ -285,22 +351,24 @@ impl flows_server::Flows for FlowsService {
         &self,
         req: Request<v1::ResolveRunRequest>,
     ) -> Result<Response<v1::Run>, Status> {
+        let flows = forward!(self, req, resolve_run);
         let who = crate::auth::principal(&req)?;
         let r = req.into_inner();
         let id = run_id(&r.run_id)?;
-        self.flows
+        flows
             .resolve(id, &r.action, &who)
             .await
             .map_err(|e| flow_status(&e))?;
-        Ok(Response::new(self.current(id, &who).await?))
+        Ok(Response::new(Self::current(&flows, id, &who).await?))
     }
 
     async fn reload_flows(
         &self,
         req: Request<v1::ReloadFlowsRequest>,
     ) -> Result<Response<v1::ReloadFlowsResponse>, Status> {
+        let flows = forward!(self, req, reload_flows);
         crate::auth::principal(&req)?;
-        let r = self.flows.reload().map_err(|e| flow_status(&e))?;
+        let r = flows.reload().map_err(|e| flow_status(&e))?;
         Ok(Response::new(v1::ReloadFlowsResponse {
             changed: r.changed,
             removed: r.removed,
@@ -312,11 +380,11 @@ impl flows_server::Flows for FlowsService {
         &self,
         req: Request<v1::ReplayRunRequest>,
     ) -> Result<Response<v1::ReplayRunResponse>, Status> {
+        let flows = forward!(self, req, replay_run);
         let who = crate::auth::principal(&req)?;
         let r = req.into_inner();
         let id = run_id(&r.run_id)?;
-        let report = self
-            .flows
+        let report = flows
             .replay(id, r.current_version, &who)
             .await
             .map_err(|e| flow_status(&e))?;

@@ -36,7 +36,7 @@ use crate::openai::{self, ApiError};
 /// `section.max_request_bytes` get 413.
 pub fn router(
     runtime: RuntimeHandle,
-    flows: Option<baton_flows::Flows>,
+    flows: impl Into<baton_flows::Lead>,
     section: &HttpSection,
     auth: Authenticator,
     audit: Option<baton_audit::AuditLog>,
@@ -60,7 +60,7 @@ pub fn router(
             http_auth,
         ))
         .fallback(not_found)
-        .layer(Extension(flows))
+        .layer(Extension(flows.into()))
         .layer(Extension(console_tls))
         .layer(Extension(console_audit))
         .layer(Extension(crate::console::ConsoleOidc::new()))
@@ -92,14 +92,14 @@ pub fn router(
 /// `audit` is the trail the console verifies and exports (none: off).
 pub async fn serve_http(
     runtime: RuntimeHandle,
-    flows: Option<baton_flows::Flows>,
+    flows: impl Into<baton_flows::Lead>,
     listener: TcpListener,
     section: HttpSection,
     auth: Authenticator,
     audit: Option<baton_audit::AuditLog>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), crate::serve::Error> {
-    let app = router(runtime, flows, &section, auth, audit);
+    let app = router(runtime, flows.into(), &section, auth, audit);
     if let Some(tls) = &section.tls {
         let config = baton_auth::tls::rustls_server_config(tls, &[b"http/1.1"])
             .map_err(|e| crate::serve::Error::Tls(format!("http.{e}")))?;
@@ -269,7 +269,7 @@ async fn model(
 /// `POST /hooks/{name}`: a webhook delivery; checked by its HMAC
 /// signature (not by an API key), 202 with the run it started.
 async fn hook(
-    Extension(flows): Extension<Option<baton_flows::Flows>>,
+    Extension(lead): Extension<baton_flows::Lead>,
     Path(name): Path<String>,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -288,12 +288,38 @@ async fn hook(
         }
         r
     };
-    let Some(flows) = flows else {
-        return error(
-            baton_types::ErrorCode::NotFound,
-            format!("no webhook {name:?}: flows are not served here"),
-            None,
-        );
+    let flows = match lead.holder() {
+        None => {
+            return error(
+                baton_types::ErrorCode::NotFound,
+                format!("no webhook {name:?}: flows are not served here"),
+                None,
+            );
+        }
+        Some(baton_flows::Holder::Here(flows)) => flows,
+        // Another node runs the flows (nodes owning sessions one by one):
+        // `crate::owner::forward_http` sends the delivery there.
+        Some(baton_flows::Holder::Node {
+            node_id, http_addr, ..
+        }) => {
+            let mut r = error(
+                baton_types::ErrorCode::Unavailable,
+                format!("the flows run on node {node_id:?} ({http_addr}); retry"),
+                Some(1),
+            );
+            if !http_addr.is_empty() {
+                r.extensions_mut()
+                    .insert(crate::owner::ForwardTo(http_addr));
+            }
+            return r;
+        }
+        Some(baton_flows::Holder::Nobody(why)) => {
+            return error(
+                baton_types::ErrorCode::Unavailable,
+                format!("{why}; retry"),
+                Some(1),
+            );
+        }
     };
     let body = match body {
         Ok(b) => b,

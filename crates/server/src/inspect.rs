@@ -22,7 +22,7 @@ const MAX_JOURNAL_PAGE: u32 = 1000;
 pub struct InspectService {
     runtime: RuntimeHandle,
     /// Flows served beside the runtime: their live runs join the actor tree.
-    flows: Option<baton_flows::Flows>,
+    flows: baton_flows::Lead,
 }
 
 impl InspectService {
@@ -34,13 +34,13 @@ impl InspectService {
     pub fn new(runtime: RuntimeHandle) -> Self {
         Self {
             runtime,
-            flows: None,
+            flows: baton_flows::Lead::default(),
         }
     }
 
     /// Show the runs of `flows` in the actor tree.
-    pub fn with_flows(mut self, flows: Option<baton_flows::Flows>) -> Self {
-        self.flows = flows;
+    pub fn with_flows(mut self, flows: impl Into<baton_flows::Lead>) -> Self {
+        self.flows = flows.into();
         self
     }
 }
@@ -125,8 +125,8 @@ impl Inspect for InspectService {
         _req: Request<v1::ListActorsRequest>,
     ) -> Result<Response<v1::ListActorsResponse>, Status> {
         let mut root = self.runtime.actor_tree().await.map_err(|e| status(&e))?;
-        if let Some(flows) = &self.flows {
-            root.children.push(runs_node(flows, root.uptime_ms).await?);
+        if let Some(flows) = self.flows.here() {
+            root.children.push(runs_node(&flows, root.uptime_ms).await?);
         }
         Ok(Response::new(v1::ListActorsResponse {
             root: Some(actor_to_proto(&root)),

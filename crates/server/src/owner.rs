@@ -17,6 +17,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, OnceLock, PoisonError};
 
+use baton_proto::v1::flows_client::FlowsClient;
 use baton_proto::v1::gates_client::GatesClient;
 use baton_proto::v1::sessions_client::SessionsClient;
 use baton_runtime::Error;
@@ -63,6 +64,11 @@ impl Onward {
             }
             _ => Err(status(&err)),
         }
+    }
+
+    /// Whether the call was forwarded here by another node.
+    pub(crate) fn forwarded(&self) -> bool {
+        self.metadata.get(FORWARDED_BY).is_some()
     }
 
     /// `msg` as a call to the owner, from this node.
@@ -148,6 +154,11 @@ pub(crate) fn gates(addr: &str) -> Result<GatesClient<Channel>, Status> {
     Ok(GatesClient::new(channel(addr)?))
 }
 
+/// A Flows client of the node at `addr`.
+pub(crate) fn flows(addr: &str) -> Result<FlowsClient<Channel>, Status> {
+    Ok(FlowsClient::new(channel(addr)?))
+}
+
 /// A forwarded call's failure to reach the owner, said as such.
 pub(crate) fn unreachable(addr: &str, s: Status) -> Status {
     if s.code() == tonic::Code::Unavailable && s.message().contains("transport") {
@@ -190,7 +201,8 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 /// HTTP middleware (where nodes own sessions one by one), for `POST
-/// /v1/responses`: the request's body is kept (up to `max_bytes`, as the routes allow), and when the
+/// /v1/responses` and webhook deliveries (`POST /hooks/…`, for the node
+/// running the flows): the request's body is kept (up to `max_bytes`, as the routes allow), and when the
 /// handler's answer says another node owns the session
 /// ([`ForwardTo`]), the same request goes there with the caller's
 /// headers, and its answer, streamed, is this one. A request that was
@@ -204,9 +216,10 @@ pub(crate) async fn forward_http(
     // Only a Responses call continues a session that may be live on
     // another node (the other front-door calls make sessions of their
     // own); no other body is held here, before authentication.
+    // A webhook delivery goes to the node that runs the flows.
     if req.headers().contains_key(FORWARDED_BY)
         || req.method() != axum::http::Method::POST
-        || req.uri().path() != "/v1/responses"
+        || (req.uri().path() != "/v1/responses" && !req.uri().path().starts_with("/hooks/"))
     {
         return next.run(req).await;
     }

@@ -2,7 +2,7 @@
 
 use std::future::Future;
 
-use baton_flows::Flows;
+use baton_flows::Lead;
 use baton_proto::v1::admin_server::AdminServer;
 use baton_proto::v1::flows_server::FlowsServer;
 use baton_proto::v1::gates_server::GatesServer;
@@ -42,7 +42,15 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), Error> {
     let auth = Authenticator::disabled(runtime.clone());
-    serve_with(runtime, None, listener, section, auth, shutdown).await
+    serve_with(
+        runtime,
+        baton_flows::Lead::default(),
+        listener,
+        section,
+        auth,
+        shutdown,
+    )
+    .await
 }
 
 /// While new sessions and messages are refused (the data directory low on
@@ -87,7 +95,7 @@ fn watch_audit_health(
 /// the `baton.v1.Flows` service when `flows` is given.
 pub async fn serve_with(
     runtime: RuntimeHandle,
-    flows: Option<Flows>,
+    flows: impl Into<Lead>,
     listener: TcpListener,
     section: ServerSection,
     auth: Authenticator,
@@ -100,9 +108,10 @@ pub async fn serve_with(
     health.set_serving::<GatesServer<GatesService>>().await;
     health.set_serving::<InspectServer<InspectService>>().await;
     health.set_serving::<AdminServer<AdminService>>().await;
-    let flows_for_inspect = flows.clone();
-    let flows = flows.map(|f| {
-        FlowsServer::new(FlowsService::new(f)).max_decoding_message_size(section.max_request_bytes)
+    let lead: Lead = flows.into();
+    let flows_for_inspect = lead.clone();
+    let flows = lead.serves().then(|| {
+        FlowsServer::new(FlowsService::new(lead)).max_decoding_message_size(section.max_request_bytes)
     });
     if flows.is_some() {
         health.set_serving::<FlowsServer<FlowsService>>().await;

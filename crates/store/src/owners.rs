@@ -292,7 +292,9 @@ fn owner_row(r: &postgres::Row) -> Result<Owner> {
 
 /// Sessions (and runs) whose owner is gone or whose owner's epoch is
 /// over, at most `limit`: what a surviving node claims and recovers after
-/// another died, paused past its lease or was fenced.
+/// another died, paused past its lease or was fenced. Sessions come
+/// first: other keys (runs, creations, the flows lease) are taken by
+/// whoever needs them, and never crowd sessions out of a page.
 pub(crate) fn orphaned(
     client: &mut Client,
     node: &NodeOptions,
@@ -302,7 +304,7 @@ pub(crate) fn orphaned(
         .query(
             "SELECT o.session FROM baton_owners o LEFT JOIN baton_nodes n ON n.node_id = o.node_id \
              WHERE n.node_id IS NULL OR n.epoch <> o.epoch OR baton_node_gone(n, $1) \
-             ORDER BY o.session LIMIT $2",
+             ORDER BY length(o.session) <> 16, o.session LIMIT $2",
             &[&secs(node.heartbeat * 2), &limit],
         )
         .map_err(db_error)?;

@@ -5,7 +5,7 @@ use axum::Form;
 use axum::extract::{Extension, Path, Query};
 use axum::http::StatusCode;
 use axum::response::Response;
-use baton_flows::{Flows, RunId, RunQuery, RunRecord, RunStatus};
+use baton_flows::{Holder, Lead, RunId, RunQuery, RunRecord, RunStatus};
 use serde::Deserialize;
 
 use super::html::{self, esc, respond};
@@ -33,15 +33,25 @@ fn error_page(sign_in: &ConsoleSignIn, e: &baton_flows::Error) -> Response {
     )
 }
 
-fn no_flows(sign_in: &ConsoleSignIn) -> Response {
-    respond(
-        StatusCode::NOT_FOUND,
-        html::page(
-            "Runs",
-            Some(sign_in),
-            &html::alert("flows are not served by this server"),
+/// The page where this node does not run the flows: none served, or
+/// another node runs them (nodes owning sessions one by one), named.
+fn no_flows(sign_in: &ConsoleSignIn, lead: &Lead) -> Response {
+    let (code, text) = match lead.holder() {
+        Some(Holder::Node {
+            node_id, http_addr, ..
+        }) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the flows run on node {node_id} ({http_addr}): open this console there"
+            ),
         ),
-    )
+        Some(Holder::Nobody(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}; retry")),
+        _ => (
+            StatusCode::NOT_FOUND,
+            "flows are not served by this server".to_string(),
+        ),
+    };
+    respond(code, html::page("Runs", Some(sign_in), &html::alert(&text)))
 }
 
 fn parse_run(sign_in: &ConsoleSignIn, id: &str) -> Result<RunId, Box<Response>> {
@@ -67,12 +77,12 @@ pub(crate) struct ListParams {
 
 /// `GET /ui/runs`: the caller's tenant's runs, by flow and status.
 pub(crate) async fn list(
-    Extension(flows): Extension<Option<Flows>>,
+    Extension(lead): Extension<Lead>,
     Extension(sign_in): Extension<ConsoleSignIn>,
     Query(p): Query<ListParams>,
 ) -> Response {
-    let Some(flows) = flows else {
-        return no_flows(&sign_in);
+    let Some(flows) = lead.here() else {
+        return no_flows(&sign_in, &lead);
     };
     let status = match p.status.as_str() {
         "" => None,
@@ -198,13 +208,13 @@ fn json_list<V: serde::Serialize>(map: &std::collections::BTreeMap<String, V>) -
 /// `GET /ui/runs/{id}`: the run's state (at the end, or `?at=` a seq) and
 /// its journal.
 pub(crate) async fn show(
-    Extension(flows): Extension<Option<Flows>>,
+    Extension(lead): Extension<Lead>,
     Extension(sign_in): Extension<ConsoleSignIn>,
     Path(id): Path<String>,
     Query(p): Query<ShowParams>,
 ) -> Response {
-    let Some(flows) = flows else {
-        return no_flows(&sign_in);
+    let Some(flows) = lead.here() else {
+        return no_flows(&sign_in, &lead);
     };
     let run = match parse_run(&sign_in, &id) {
         Ok(r) => r,
@@ -276,7 +286,7 @@ pub(crate) async fn show(
 /// `POST /ui/runs/{id}/replay`: re-run the recorded run over the version
 /// it ran, with its recorded step results; the report.
 pub(crate) async fn replay(
-    Extension(flows): Extension<Option<Flows>>,
+    Extension(lead): Extension<Lead>,
     Extension(sign_in): Extension<ConsoleSignIn>,
     Path(id): Path<String>,
     Form(form): Form<CsrfForm>,
@@ -284,8 +294,8 @@ pub(crate) async fn replay(
     if !csrf_ok(&sign_in, &form.csrf) {
         return bad_csrf();
     }
-    let Some(flows) = flows else {
-        return no_flows(&sign_in);
+    let Some(flows) = lead.here() else {
+        return no_flows(&sign_in, &lead);
     };
     let run = match parse_run(&sign_in, &id) {
         Ok(r) => r,

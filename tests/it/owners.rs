@@ -107,6 +107,18 @@ async fn three_nodes_owning_sessions_survive_one_killed_under_load() {
         "n0",
         "forwarded, not moved"
     );
+    // Its live state too: read from the owner's actor.
+    let state = baton::proto::v1::inspect_client::InspectClient::connect(n1.url())
+        .await
+        .unwrap()
+        .get_session_state(baton::proto::v1::GetSessionStateRequest {
+            session_id: sessions[0].clone(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert!(state.live, "the owner's live actor answered");
+    assert!(state.state_json.contains("through n1"), "{}", state.state_json);
     // Inspection lists the nodes, each owning sessions; health says so.
     let tree = inspect_actors(&n2).await;
     assert_eq!(

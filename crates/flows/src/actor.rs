@@ -544,6 +544,8 @@ pub struct SupState {
     live: HashMap<RunId, Entry>,
     by_actor: HashMap<ActorId, RunId>,
     restarts: HashMap<RunId, u32>,
+    /// Activations whose actor could not start, tried again a few times.
+    spawn_failures: HashMap<RunId, u32>,
 }
 
 impl SupState {
@@ -555,6 +557,7 @@ impl SupState {
         };
         match Actor::spawn_linked(None, RunActor, args, myself.get_cell()).await {
             Ok((actor, _)) => {
+                self.spawn_failures.remove(&run);
                 self.by_actor.insert(actor.get_id(), run);
                 for m in held {
                     let _ = actor.cast(m);
@@ -573,7 +576,7 @@ impl SupState {
                 // Its store was unreachable, or (where nodes own sessions
                 // one by one) it is still another node's for a moment:
                 // tried again shortly, a few times, its messages kept.
-                let n = self.restarts.entry(run).or_default();
+                let n = self.spawn_failures.entry(run).or_default();
                 *n += 1;
                 tracing::warn!(run = %run, error = %e, attempts = *n, "cannot start a run's actor");
                 if *n <= MAX_RESTARTS {
@@ -588,7 +591,7 @@ impl SupState {
                         }
                     });
                 } else {
-                    self.restarts.remove(&run);
+                    self.spawn_failures.remove(&run);
                 }
             }
         }
@@ -610,6 +613,7 @@ impl Actor for RunSupervisor {
             live: HashMap::new(),
             by_actor: HashMap::new(),
             restarts: HashMap::new(),
+            spawn_failures: HashMap::new(),
         })
     }
 

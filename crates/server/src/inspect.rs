@@ -138,8 +138,25 @@ impl Inspect for InspectService {
         req: Request<v1::GetSessionStateRequest>,
     ) -> Result<Response<v1::SessionStateView>, Status> {
         let caller = self.caller(&req)?;
-        let id = session_id("session_id", &req.into_inner().session_id)?;
+        let onward = crate::owner::Onward::of(&req);
+        let r = req.into_inner();
+        let id = session_id("session_id", &r.session_id)?;
         let view = caller.session_state(id).await.map_err(|e| status(&e))?;
+        // Not live here: where nodes own sessions one by one, the live
+        // state is the owner's (the journal here has only what committed).
+        if !view.live
+            && let Some(addr) = crate::owner::owner_elsewhere(&self.runtime, id, &onward).await
+        {
+            match crate::owner::inspect(&addr)?
+                .get_session_state(onward.request(r))
+                .await
+            {
+                Ok(live) => return Ok(live),
+                Err(s) => {
+                    tracing::debug!(owner = %addr, error = %s, "the session's owner did not answer; its state from the journal")
+                }
+            }
+        }
         Ok(Response::new(view_to_proto(&view)?))
     }
 

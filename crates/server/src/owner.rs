@@ -19,6 +19,7 @@ use std::sync::{Mutex, OnceLock, PoisonError};
 
 use baton_proto::v1::flows_client::FlowsClient;
 use baton_proto::v1::gates_client::GatesClient;
+use baton_proto::v1::inspect_client::InspectClient;
 use baton_proto::v1::sessions_client::SessionsClient;
 use baton_runtime::Error;
 use tonic::metadata::{MetadataMap, MetadataValue};
@@ -152,6 +153,27 @@ pub(crate) fn sessions(addr: &str) -> Result<SessionsClient<Channel>, Status> {
 /// A Gates client of the node at `addr`.
 pub(crate) fn gates(addr: &str) -> Result<GatesClient<Channel>, Status> {
     Ok(GatesClient::new(channel(addr)?))
+}
+
+/// The gRPC address of the node owning `session` where that is not this
+/// node (nodes owning sessions one by one; the call not forwarded here
+/// already): for calls that read a session without loading it.
+pub(crate) async fn owner_elsewhere(
+    runtime: &baton_runtime::RuntimeHandle,
+    session: baton_types::SessionId,
+    onward: &Onward,
+) -> Option<String> {
+    let store = runtime.store();
+    if !store.claims() || onward.forwarded() {
+        return None;
+    }
+    let owner = store.owner(session).await.ok()??;
+    (owner.node_id != node_id() && !owner.grpc_addr.is_empty()).then_some(owner.grpc_addr)
+}
+
+/// An Inspect client of the node at `addr`.
+pub(crate) fn inspect(addr: &str) -> Result<InspectClient<Channel>, Status> {
+    Ok(InspectClient::new(channel(addr)?))
 }
 
 /// A Flows client of the node at `addr`.

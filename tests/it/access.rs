@@ -57,7 +57,7 @@ pub(crate) fn offline_key(config: &Path, tenant: &str, roles: &[&str]) -> (Strin
     )
 }
 
-fn with_key<T>(key: &str, msg: T) -> tonic::Request<T> {
+pub(crate) fn with_key<T>(key: &str, msg: T) -> tonic::Request<T> {
     let mut r = tonic::Request::new(msg);
     r.metadata_mut()
         .insert("authorization", format!("Bearer {key}").parse().unwrap());

@@ -29,6 +29,7 @@ mod inspect;
 mod layout;
 mod output_records;
 mod owner_flows;
+mod owner_ledgers;
 mod owners;
 mod privacy;
 mod provider_keys;

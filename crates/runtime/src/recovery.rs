@@ -86,7 +86,8 @@ pub(crate) fn spawn_recovery(handle: &RuntimeHandle, ids: Vec<SessionId>) {
 const TAKEOVER_PAGE: usize = 1024;
 
 /// Where nodes own sessions one by one: every heartbeat, read the API keys
-/// again (another node may have created or revoked one), and claim and
+/// again (another node may have created or revoked one), exchange the
+/// tenants' spend with the other nodes, and claim and
 /// resume the sessions whose owner is gone (its process died, or its lease lapsed
 /// and it was fenced). Several survivors may look at once: each session's
 /// claim has one winner, and the others find it owned and leave it.
@@ -109,6 +110,10 @@ pub(crate) fn spawn_takeover(handle: &RuntimeHandle) {
             // ring follows the database within a heartbeat.
             if let Err(e) = handle.inner.shared.keys.refresh(&store).await {
                 tracing::warn!(error = %e, "cannot read the API keys again");
+            }
+            // Tenants' budgets hold against the cluster's spend.
+            if let Err(e) = handle.inner.shared.tenant_spend.exchange(&store).await {
+                tracing::warn!(error = %e, "cannot exchange the tenants' spend with the other nodes");
             }
             let orphaned = match store.orphaned(TAKEOVER_PAGE).await {
                 Ok(keys) => keys,

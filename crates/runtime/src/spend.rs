@@ -5,6 +5,12 @@
 //! batch as the priced `AssistantMessage` record, under its own key, so the
 //! totals survive SIGKILL exactly (a session's writes are ordered; the
 //! sum over sessions needs no cross-session ordering). Read back at start.
+//!
+//! Where several nodes serve at once (`[cluster] ownership = "sessions"`)
+//! each node also keeps its own part of each tenant's spend per period
+//! (what it added), publishes it every heartbeat and reads the others'
+//! ([`TenantSpend::exchange`]): a tenant's budget is checked against the
+//! cluster's spend as of the last heartbeat, not one node's.
 
 use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
@@ -20,10 +26,24 @@ struct Period {
     sessions: HashMap<SessionId, f64>,
 }
 
+/// A tenant's spend in a period split by node, where several serve.
+#[derive(Default, Clone, Copy)]
+struct Parts {
+    /// What this node added (exact, in memory).
+    mine: f64,
+    /// What this node last wrote of `mine`.
+    published: f64,
+    /// The other nodes' parts, as last read.
+    others: f64,
+}
+
 /// Spend by (tenant, period).
 #[derive(Default)]
 pub(crate) struct TenantSpend {
     periods: Mutex<HashMap<(String, String), Period>>,
+    /// Where several nodes serve at once: this node's id.
+    node: Option<String>,
+    parts: Mutex<HashMap<(String, String), Parts>>,
 }
 
 impl std::fmt::Debug for TenantSpend {
@@ -49,9 +69,73 @@ impl TenantSpend {
             p.total += usd;
             p.sessions.insert(session, usd);
         }
-        Ok(TenantSpend {
+        let node = store
+            .node_status()
+            .filter(|_| store.claims())
+            .map(|n| n.node_id);
+        let spend = TenantSpend {
             periods: Mutex::new(table),
-        })
+            node,
+            parts: Mutex::new(HashMap::new()),
+        };
+        if spend.node.is_some() {
+            spend.exchange(store).await?;
+        }
+        Ok(spend)
+    }
+
+    /// Where several nodes serve at once: write this node's parts of the
+    /// current day's and month's spend that grew, and read the others'
+    /// (every heartbeat, and at start, when this node's own parts written
+    /// by its previous process are taken up). One task does it, so a
+    /// part's writes land in order.
+    pub(crate) async fn exchange(&self, store: &Store) -> Result<()> {
+        let Some(me) = &self.node else {
+            return Ok(());
+        };
+        let current = periods(baton_types::now_unix_ms());
+        let mut batch = baton_store::Batch::unsynced();
+        let mut wrote = Vec::new();
+        {
+            let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
+            parts.retain(|(_, period), _| current.contains(period));
+            for ((tenant, period), p) in parts.iter() {
+                if p.mine > p.published {
+                    batch.put_tenant_node_spend(period, tenant, me, p.mine);
+                    wrote.push(((tenant.clone(), period.clone()), p.mine));
+                }
+            }
+        }
+        if !batch.is_empty() {
+            store.write(batch).await?;
+        }
+        let mut read = Vec::new();
+        for period in &current {
+            read.push((period.clone(), store.tenant_node_spends(period).await?));
+        }
+        let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
+        for (key, usd) in wrote {
+            if let Some(p) = parts.get_mut(&key) {
+                p.published = p.published.max(usd);
+            }
+        }
+        for p in parts.values_mut() {
+            p.others = 0.0;
+        }
+        for (period, rows) in read {
+            for (tenant, node, usd) in rows {
+                let p = parts.entry((tenant, period.clone())).or_default();
+                if node == *me {
+                    // Written by this node's previous process (or by this
+                    // one): never below what it recorded.
+                    p.mine = p.mine.max(usd);
+                    p.published = p.published.max(usd);
+                } else {
+                    p.others += usd;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Add `usd` spent by `session` of `tenant` at `unix_ms`; its new
@@ -63,6 +147,12 @@ impl TenantSpend {
         usd: f64,
         unix_ms: u64,
     ) -> Vec<(String, f64)> {
+        if self.node.is_some() {
+            let mut parts = self.parts.lock().unwrap_or_else(PoisonError::into_inner);
+            for period in periods(unix_ms) {
+                parts.entry((tenant.to_string(), period)).or_default().mine += usd;
+            }
+        }
         let mut table = self.periods.lock().unwrap_or_else(PoisonError::into_inner);
         periods(unix_ms)
             .into_iter()
@@ -95,13 +185,25 @@ impl TenantSpend {
         }
     }
 
-    /// What `tenant` spent in `period`.
+    /// What `tenant` spent in `period`: the sum of the sessions' spend
+    /// this node knows of, or, where several nodes serve, the nodes' parts
+    /// (its own exact, the others' as of the last heartbeat) when that is
+    /// more.
     pub(crate) fn spent(&self, tenant: &str, period: &str) -> f64 {
-        self.periods
+        let key = (tenant.to_string(), period.to_string());
+        let known = self
+            .periods
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .get(&(tenant.to_string(), period.to_string()))
-            .map_or(0.0, |p| p.total)
+            .get(&key)
+            .map_or(0.0, |p| p.total);
+        let cluster = self
+            .parts
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(&key)
+            .map_or(0.0, |p| p.mine + p.others);
+        known.max(cluster)
     }
 }
 

@@ -219,6 +219,18 @@ impl Batch {
         });
     }
 
+    /// Record node `node`'s own part of `tenant`'s spend in `period` (what
+    /// it added), where several nodes serve at once: each node reads the
+    /// others' parts to check a tenant's budget against the cluster's
+    /// spend ([`crate::Store::tenant_node_spends`]).
+    pub fn put_tenant_node_spend(&mut self, period: &str, tenant: &str, node: &str, usd: f64) {
+        self.push(Op::Put {
+            cf: CF_INDEXES,
+            key: keys::tenant_node_spend_key(period, tenant, node),
+            value: usd.to_be_bytes().to_vec(),
+        });
+    }
+
     /// Drop node `node`'s part of `route`'s spend (folded into the total).
     pub fn delete_node_route_spend(&mut self, route: &str, node: &str) {
         self.push(Op::Delete {

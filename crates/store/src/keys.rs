@@ -155,6 +155,31 @@ pub fn tenant_spend_key(tenant: &str, period: &str, session: &SessionId) -> Vec<
     k
 }
 
+/// `indexes` key prefix of each node's part of tenants' spend per period,
+/// where nodes own sessions one by one: `P` ++ period ++ 0 ++ tenant ++ 0
+/// ++ node id -> what that node added to the tenant's spend in the
+/// period (f64 BE). The period comes first, so that a node reads every
+/// tenant's parts of the current day and month in two short scans.
+pub const TENANT_NODE_SPEND_PREFIX: u8 = b'P';
+
+/// The prefix of every node's part of every tenant's spend in `period`.
+pub fn tenant_node_spend_prefix(period: &str) -> Vec<u8> {
+    let mut k = vec![TENANT_NODE_SPEND_PREFIX];
+    k.extend_from_slice(period.as_bytes());
+    k.push(0);
+    k
+}
+
+/// Node `node`'s part of `tenant`'s spend in `period` (a tenant name and
+/// a node id hold no NUL).
+pub fn tenant_node_spend_key(period: &str, tenant: &str, node: &str) -> Vec<u8> {
+    let mut k = tenant_node_spend_prefix(period);
+    k.extend_from_slice(tenant.as_bytes());
+    k.push(0);
+    k.extend_from_slice(node.as_bytes());
+    k
+}
+
 /// `indexes` key prefix of API key records.
 pub const API_KEY_PREFIX: u8 = b'k';
 

@@ -114,6 +114,32 @@ impl Store {
         .await
     }
 
+    /// Every node's part of every tenant's spend in `period`, as
+    /// (tenant, node, USD) ([`Batch::put_tenant_node_spend`]).
+    pub async fn tenant_node_spends(&self, period: &str) -> Result<Vec<(String, String, f64)>> {
+        let prefix = keys::tenant_node_spend_prefix(period);
+        self.blocking(move |db| {
+            let mut out = Vec::new();
+            for item in db.walk_prefix(CF_INDEXES, &prefix)? {
+                let (k, v) = item?;
+                let rest = &k[prefix.len()..];
+                let (Some(t), Ok(bytes)) = (
+                    rest.iter().position(|b| *b == 0),
+                    <[u8; 8]>::try_from(&v[..]),
+                ) else {
+                    continue;
+                };
+                out.push((
+                    String::from_utf8_lossy(&rest[..t]).into_owned(),
+                    String::from_utf8_lossy(&rest[t + 1..]).into_owned(),
+                    f64::from_be_bytes(bytes),
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Under the writer lease: fold the parts of each route's spend that
     /// nodes owning sessions wrote into the one total a lone node keeps
     /// (one batch), so that the total it writes from here on is not added

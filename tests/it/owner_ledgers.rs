@@ -1,7 +1,8 @@
-//! Tenants' budgets where nodes own sessions one by one (`[cluster]
-//! ownership = "sessions"`, docs/scaling.md): each node publishes its part
-//! of every tenant's spend every heartbeat and reads the others', so a
-//! budget spent through one node holds on the others. The real binary
+//! Tenants' budgets and token rates where nodes own sessions one by one
+//! (`[cluster] ownership = "sessions"`, docs/scaling.md): each node
+//! publishes its part of every tenant's spend and its last minute's token
+//! use every heartbeat and reads the others', so a budget or rate used up
+//! through one node holds on the others. The real binary
 //! twice on loopback, a private PostgreSQL server, API keys in the
 //! database.
 
@@ -19,6 +20,9 @@ const TOML: &str = r#"
 [auth]
 enabled = true
 
+[sessions]
+default_route = "echo"
+
 [[models]]
 name = "echo"
 provider = "echo"
@@ -27,7 +31,57 @@ price_input_per_mtok = 1000000.0
 [[tenants]]
 name = "spender"
 daily_budget_usd = 5.0
+
+[[tenants]]
+name = "chatty"
+tokens_per_minute = 1
+
+[[tenants]]
+name = "wide"
+
+[[routes]]
+name = "capped"
+strategy = "fallback"
+endpoints = ["echo"]
+budget_usd = 5.0
 "#;
+
+/// One turn of session `id` through `node` as `key`: its events.
+async fn turn_as(
+    node: &baton_testkit::BatonProcess,
+    key: &str,
+    id: &str,
+    text: &str,
+) -> Vec<baton::types::SessionEvent> {
+    let mut s = node
+        .client()
+        .await
+        .unwrap()
+        .send_message(with_key(
+            key,
+            v1::SendMessageRequest {
+                session_id: id.into(),
+                content: text.into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    read_until(&mut s, |e| e.ends_turn()).await
+}
+
+/// Whether a turn's events end in a refusal by a budget.
+fn refused_by_budget(events: &[baton::types::SessionEvent]) -> Option<String> {
+    match &events.last()?.kind {
+        baton::types::EventKind::TurnFailed { code, reason, .. }
+            if code.as_str() == "budget_exhausted" =>
+        {
+            Some(reason.clone())
+        }
+        _ => None,
+    }
+}
 
 async fn start(
     node: &baton_testkit::BatonProcess,
@@ -44,9 +98,10 @@ async fn start(
 /// A tenant spends its daily budget through sessions n0 owns; n1, which
 /// never loaded them, refuses the tenant's next session within a
 /// heartbeat or two (with the exchange of spend disabled, it started it).
+/// The same for a tenant's tokens per minute, and for a route's budget.
 /// The spend survives n0's SIGKILL: n1 still refuses after it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_tenants_budget_spent_through_one_node_holds_on_the_others() {
+async fn a_tenants_budget_and_rate_used_through_one_node_hold_on_the_others() {
     if skip() {
         return;
     }
@@ -112,6 +167,114 @@ async fn a_tenants_budget_spent_through_one_node_holds_on_the_others() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(last.is_none(), "n1 still starts sessions: {last:?}");
+    // Tokens per minute: one turn on n0 uses the tenant's minute; n1
+    // refuses its next session within a couple of heartbeats.
+    let chatty = create_key_for(&n0, &admin, "chatty", &["client"]).await;
+    let mut cid = None;
+    for _ in 0..100 {
+        if let Ok(id) = start(&n0, &chatty).await {
+            cid = Some(id);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let cid = cid.expect("n0 knows the key");
+    let mut s = c
+        .send_message(with_key(
+            &chatty,
+            v1::SendMessageRequest {
+                session_id: cid,
+                content: "a few tokens".into(),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap()
+        .into_inner();
+    read_until(&mut s, |e| e.ends_turn()).await;
+    let mut last = None;
+    for _ in 0..50 {
+        match start(&n1, &chatty).await {
+            Err(e) if e.code() == Code::ResourceExhausted => {
+                assert!(e.message().contains("tokens_per_minute"), "{}", e.message());
+                last = None;
+                break;
+            }
+            other => last = Some(other),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(last.is_none(), "n1 still starts chatty's sessions: {last:?}");
+    // A route's budget: spent through n0, it holds on n1 within a couple
+    // of heartbeats (each node writes its own part of the route's spend).
+    let wide = create_key_for(&n0, &admin, "wide", &["client"]).await;
+    let route = v1::StartSessionRequest {
+        route: "capped".into(),
+        ..Default::default()
+    };
+    let mut on_n0 = None;
+    for _ in 0..100 {
+        if let Ok(r) = n0
+            .client()
+            .await
+            .unwrap()
+            .start_session(with_key(&wide, route.clone()))
+            .await
+        {
+            on_n0 = Some(r.into_inner().session_id);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let on_n0 = on_n0.expect("n0 knows the key");
+    let mut spent = None;
+    for _ in 1..=10 {
+        // One token in, one out, a dollar a turn (plus the history).
+        let t = turn_as(&n0, &wide, &on_n0, "x").await;
+        if let Some(reason) = refused_by_budget(&t) {
+            spent = Some(reason);
+            break;
+        }
+    }
+    let reason = spent.expect("the route's budget runs out on n0");
+    assert!(reason.contains("route capped"), "{reason}");
+    let mut on_n1 = None;
+    for _ in 0..100 {
+        // n1 reads the new key within a heartbeat.
+        match n1
+            .client()
+            .await
+            .unwrap()
+            .start_session(with_key(&wide, route.clone()))
+            .await
+        {
+            Ok(r) => {
+                on_n1 = Some(r.into_inner().session_id);
+                break;
+            }
+            Err(e) if e.code() == Code::Unauthenticated => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    let on_n1 = on_n1.expect("n1 knows the key");
+    // A few heartbeats on, n1's ledger counts n0's spend: its refusal of
+    // a turn whose estimate is over the limit anyway names the spend (on
+    // its own, n1 would say "spent $0").
+    tokio::time::sleep(Duration::from_millis(1_000)).await;
+    let first = turn_as(&n1, &wide, &on_n1, "n1's first turn").await;
+    let reason = refused_by_budget(&first)
+        .unwrap_or_else(|| panic!("n1 still calls the route: {first:?}"));
+    assert!(reason.contains("route capped"), "{reason}");
+    let spent: f64 = reason
+        .split("spent $")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("{reason}"));
+    assert!(spent > 0.0, "n0's spend counts on n1: {reason}");
+    assert_eq!(owner_of(&cluster, &on_n1), "n1");
     // The parts are in the database: after n0's SIGKILL, n1 still refuses.
     n0.kill9().await.unwrap();
     tokio::time::sleep(Duration::from_millis(1_000)).await;

@@ -98,6 +98,9 @@ struct State {
     routes: HashMap<String, RouteSpend>,
     /// In-flight reservations per session; an entry goes when it reaches 0.
     sessions: HashMap<String, Pico>,
+    /// Where several nodes serve at once: what the others spent per route
+    /// beyond what this ledger started from, as last read.
+    elsewhere: HashMap<String, Pico>,
 }
 
 struct Inner {
@@ -162,6 +165,7 @@ impl BudgetLedger {
                 state: Mutex::new(State {
                     routes,
                     sessions: HashMap::new(),
+                    elsewhere: HashMap::new(),
                 }),
                 on_change,
             }),
@@ -185,6 +189,24 @@ impl BudgetLedger {
         to_usd(self.lock().routes.get(route).map_or(0, |s| s.reserved))
     }
 
+    /// Where several nodes serve at once: the other nodes spent `usd` on
+    /// `route` beyond what this ledger started from. Counted against the
+    /// route's limit, never recorded as this node's spend.
+    pub fn set_spent_elsewhere(&self, route: &str, usd: f64) {
+        let mut state = self.lock();
+        let pico = to_pico(usd.max(0.0));
+        if pico == 0 {
+            state.elsewhere.remove(route);
+        } else {
+            state.elsewhere.insert(route.to_string(), pico);
+        }
+    }
+
+    /// What the other nodes spent on `route` beyond this ledger's start.
+    pub fn route_spent_elsewhere_usd(&self, route: &str) -> f64 {
+        to_usd(self.lock().elsewhere.get(route).copied().unwrap_or(0))
+    }
+
     /// Check without reserving.
     pub fn check(&self, req: &ReserveRequest<'_>) -> Result<(), BudgetRejection> {
         let state = self.lock();
@@ -196,6 +218,7 @@ impl BudgetLedger {
         if let Some(limit) = req.route_limit_usd {
             let s = state.routes.get(req.route);
             let (spent, reserved) = s.map_or((0, 0), |s| (s.spent, s.reserved));
+            let spent = spent + state.elsewhere.get(req.route).copied().unwrap_or(0);
             if spent + reserved + amount > to_pico(limit) {
                 return Err(BudgetRejection {
                     scope: BudgetScope::Route,
@@ -439,5 +462,35 @@ mod tests {
             ledger.lock().sessions.is_empty(),
             "entries go with their reservations"
         );
+    }
+
+    #[test]
+    fn other_nodes_spend_counts_against_the_limit_but_is_not_reported_as_ours() {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let s = seen.clone();
+        let cb: OnSpend = Arc::new(move |route: &str, total: f64| {
+            s.lock().unwrap().push((route.to_string(), total));
+        });
+        let ledger = BudgetLedger::new(HashMap::from([("r".to_string(), 1.0)]), Some(cb));
+        let req = |amount_usd| ReserveRequest {
+            route: "r",
+            route_limit_usd: Some(5.0),
+            session: None,
+            session_extra_usd: 0.0,
+            amount_usd,
+        };
+        assert!(ledger.check(&req(3.5)).is_ok());
+        ledger.set_spent_elsewhere("r", 1.0);
+        let refused = ledger.check(&req(3.5)).unwrap_err();
+        assert_eq!(refused.spent_usd, 2.0, "ours and the others'");
+        assert_eq!(ledger.route_spent_elsewhere_usd("r"), 1.0);
+        ledger.reserve(&req(1.0)).unwrap().settle(1.0);
+        assert_eq!(
+            seen.lock().unwrap().last().cloned(),
+            Some(("r".to_string(), 2.0)),
+            "what this node writes leaves the others' out"
+        );
+        ledger.set_spent_elsewhere("r", 0.0);
+        assert!(ledger.check(&req(3.0)).is_ok());
     }
 }

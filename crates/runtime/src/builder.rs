@@ -131,7 +131,7 @@ impl RuntimeBuilder {
             .await
             .map_err(|e| Error::Internal(format!("store open task failed: {e}")))??;
         let models = start_models(&config, self.endpoints).await?;
-        let router = match start_router(&config, &store, models.clone()).await {
+        let (router, route_base) = match start_router(&config, &store, models.clone()).await {
             Ok(r) => r,
             Err(e) => {
                 models.stop().await;
@@ -156,6 +156,7 @@ impl RuntimeBuilder {
             crate::shared::Ledgers {
                 keys,
                 tenant_spend,
+                route_base,
                 own_keys,
                 policies,
                 policy_classifiers: self.policy_classifiers.into_iter().collect(),
@@ -233,7 +234,7 @@ async fn start_router(
     config: &RuntimeConfig,
     store: &Store,
     models: ModelRegistry,
-) -> Result<baton_routing::Router> {
+) -> Result<(baton_routing::Router, Option<crate::spend::RouteBase>)> {
     // Route spend is recorded with every settlement (an unsynced write;
     // the journal's AssistantMessage records hold the exact costs) and
     // read back here, so route budgets hold across restarts.
@@ -265,6 +266,10 @@ async fn start_router(
         }
         None => None,
     };
+    let route_base = others.as_ref().map(|(node, at_start)| crate::spend::RouteBase {
+        node: node.clone(),
+        at_start: at_start.clone(),
+    });
     let on_spend: baton_routing::OnSpend = Arc::new(move |route: &str, total: f64| {
         let mut b = Batch::unsynced();
         match &others {
@@ -284,8 +289,9 @@ async fn start_router(
     });
     let budgets = baton_routing::BudgetLedger::new(spent, Some(on_spend));
     // The routes and the default route were checked with the config.
-    baton_routing::Router::new(config.routes.clone(), models, budgets)
-        .map_err(|e| Error::Config(e.to_string()))
+    let router = baton_routing::Router::new(config.routes.clone(), models, budgets)
+        .map_err(|e| Error::Config(e.to_string()))?;
+    Ok((router, route_base))
 }
 
 /// The tool registry (built-ins, tools built in code, MCP servers) and the

@@ -112,8 +112,24 @@ pub(crate) fn spawn_takeover(handle: &RuntimeHandle) {
                 tracing::warn!(error = %e, "cannot read the API keys again");
             }
             // Tenants' budgets hold against the cluster's spend.
-            if let Err(e) = handle.inner.shared.tenant_spend.exchange(&store).await {
+            let shared = &handle.inner.shared;
+            if let Err(e) = shared.tenant_spend.exchange(&store).await {
                 tracing::warn!(error = %e, "cannot exchange the tenants' spend with the other nodes");
+            }
+            if let Some(base) = &shared.route_base
+                && let Err(e) =
+                    crate::spend::exchange_route_spend(&store, base, shared.router.budgets()).await
+            {
+                tracing::warn!(error = %e, "cannot read the other nodes' route spend");
+            }
+            if let Err(e) = crate::spend::exchange_tokens(
+                &store,
+                &shared.tenant_tokens,
+                &shared.principal_tokens,
+            )
+            .await
+            {
+                tracing::warn!(error = %e, "cannot exchange the token use with the other nodes");
             }
             let orphaned = match store.orphaned(TAKEOVER_PAGE).await {
                 Ok(keys) => keys,

@@ -46,6 +46,9 @@ pub(crate) struct Shared {
     pub keys: crate::apikeys::KeyRing,
     /// Tenants' spend per day and month (see [`crate::spend`]).
     pub tenant_spend: crate::spend::TenantSpend,
+    /// Where several nodes serve at once: the other nodes' route spend
+    /// when this one started (see [`crate::spend::exchange_route_spend`]).
+    pub route_base: Option<crate::spend::RouteBase>,
     /// Tenants' tokens in the last minute.
     pub tenant_tokens: crate::spend::TokenMeter,
     /// Principals' tokens in the last minute (by principal label).
@@ -72,6 +75,7 @@ pub(crate) struct Shared {
 pub(crate) struct Ledgers {
     pub keys: crate::apikeys::KeyRing,
     pub tenant_spend: crate::spend::TenantSpend,
+    pub route_base: Option<crate::spend::RouteBase>,
     pub own_keys: HashMap<String, Arc<baton_routing::OwnKeys>>,
     pub policies: Arc<baton_governance::Policies>,
     pub policy_classifiers: HashMap<String, Arc<dyn baton_governance::Classifier>>,
@@ -182,6 +186,7 @@ impl Shared {
             epoch: Instant::now(),
             keys: ledgers.keys,
             tenant_spend: ledgers.tenant_spend,
+            route_base: ledgers.route_base,
             tenant_tokens: Default::default(),
             principal_tokens: Default::default(),
             own_keys: ledgers.own_keys,

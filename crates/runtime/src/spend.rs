@@ -210,9 +210,17 @@ impl TenantSpend {
 /// Tokens (input and output) each tenant's model calls used in the last
 /// minute, for `tokens_per_minute`. In memory: a restart forgets the last
 /// minute, which costs at most one minute's allowance.
+///
+/// Where several nodes serve at once, each publishes its use every
+/// heartbeat and adds the others' ([`exchange_tokens`]): a limit holds
+/// across the cluster as of the last heartbeat.
 #[derive(Debug, Default)]
 pub(crate) struct TokenMeter {
     windows: Mutex<HashMap<String, std::collections::VecDeque<(std::time::Instant, u64)>>>,
+    /// The other nodes' use in the last minute, by key, as last read.
+    others: Mutex<HashMap<String, u64>>,
+    /// This node's use, by key, as it last published it.
+    published: Mutex<HashMap<String, u64>>,
 }
 
 /// Seconds from `now_ms` until the period (`dYYYY-MM-DD` or `mYYYY-MM`,
@@ -254,7 +262,9 @@ impl TokenMeter {
     pub(crate) fn used(&self, tenant: &str, now: std::time::Instant) -> (u64, std::time::Duration) {
         let mut w = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(q) = w.get_mut(tenant) else {
-            return (0, std::time::Duration::ZERO);
+            // Only the other nodes' use, if any: when it leaves their
+            // windows is not known here.
+            return (self.others(tenant), std::time::Duration::ZERO);
         };
         while q
             .front()
@@ -262,12 +272,124 @@ impl TokenMeter {
         {
             q.pop_front();
         }
-        let total = q.iter().map(|(_, n)| n).sum();
+        let total: u64 = q.iter().map(|(_, n)| n).sum();
         let wait = q.front().map_or(std::time::Duration::ZERO, |(t, _)| {
             MINUTE.saturating_sub(now.duration_since(*t))
         });
-        (total, wait)
+        let others = self.others(tenant);
+        (total + others, wait)
     }
+
+    fn others(&self, key: &str) -> u64 {
+        self.others
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get(key)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// This node's use in the last minute of every key whose use changed
+    /// since it was last published (0: none any more).
+    fn changed(&self, now: std::time::Instant) -> Vec<(String, u64)> {
+        let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut published = self.published.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut out = Vec::new();
+        windows.retain(|key, q| {
+            while q
+                .front()
+                .is_some_and(|(t, _)| now.duration_since(*t) >= MINUTE)
+            {
+                q.pop_front();
+            }
+            let used: u64 = q.iter().map(|(_, n)| n).sum();
+            if published.get(key).copied().unwrap_or(0) != used {
+                out.push((key.clone(), used));
+            }
+            !q.is_empty()
+        });
+        // Keys whose window emptied and went away: published as none.
+        for (key, used) in published.iter() {
+            if *used > 0 && !windows.contains_key(key) && !out.iter().any(|(k, _)| k == key) {
+                out.push((key.clone(), 0));
+            }
+        }
+        for (key, used) in &out {
+            if *used == 0 {
+                published.remove(key);
+            } else {
+                published.insert(key.clone(), *used);
+            }
+        }
+        out
+    }
+}
+
+/// Where several nodes serve at once: this node's id and the others'
+/// spend per route when it started (its ledger began from their sum).
+#[derive(Debug, Clone)]
+pub(crate) struct RouteBase {
+    pub node: String,
+    pub at_start: HashMap<String, f64>,
+}
+
+/// Where several nodes serve at once: read what the other nodes have
+/// spent per route since this one started, and count it against the
+/// routes' budgets here (each node writes its own part of a route's
+/// spend; see the router's ledger). Every heartbeat.
+pub(crate) async fn exchange_route_spend(
+    store: &Store,
+    base: &RouteBase,
+    ledger: &baton_routing::BudgetLedger,
+) -> Result<()> {
+    let all = store.route_spends().await?;
+    let mine = store.route_spends_of(&base.node).await?;
+    for (route, total) in all {
+        let others = total - mine.get(&route).copied().unwrap_or(0.0);
+        let since = others - base.at_start.get(&route).copied().unwrap_or(0.0);
+        ledger.set_spent_elsewhere(&route, since);
+    }
+    Ok(())
+}
+
+/// Where several nodes serve at once: publish this node's token use of
+/// the last minute (tenants' and keys') where it changed, and read the
+/// other nodes' (what a gone node published stops counting a minute
+/// after it counted it). Every heartbeat, from one task.
+pub(crate) async fn exchange_tokens(
+    store: &Store,
+    tenants: &TokenMeter,
+    keys: &TokenMeter,
+) -> Result<()> {
+    let Some(me) = store.node_status().filter(|_| store.claims()).map(|n| n.node_id) else {
+        return Ok(());
+    };
+    let (now, now_ms) = (std::time::Instant::now(), baton_types::now_unix_ms());
+    let mut batch = baton_store::Batch::unsynced();
+    for (meter, m) in [(b't', tenants), (b'p', keys)] {
+        for (key, used) in m.changed(now) {
+            batch.put_node_tokens(&me, meter, &key, used, now_ms);
+        }
+    }
+    if !batch.is_empty() {
+        store.write(batch).await?;
+    }
+    let mut others: [HashMap<String, u64>; 2] = Default::default();
+    for (node, meter, key, tokens, at) in store.node_tokens().await? {
+        if node == me || now_ms.saturating_sub(at) >= MINUTE.as_millis() as u64 {
+            continue;
+        }
+        let i = match meter {
+            b't' => 0,
+            b'p' => 1,
+            _ => continue,
+        };
+        *others[i].entry(key).or_default() += tokens;
+    }
+    let [t, k] = others;
+    *tenants.others.lock().unwrap_or_else(PoisonError::into_inner) = t;
+    *keys.others.lock().unwrap_or_else(PoisonError::into_inner) = k;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -312,6 +434,25 @@ mod tests {
             50
         );
         assert_eq!(m.used("globex", t0).0, 0);
+    }
+
+    #[test]
+    fn a_meter_publishes_what_changed_and_adds_the_others_use() {
+        let m = TokenMeter::default();
+        let t0 = std::time::Instant::now();
+        m.add("acme", 100, t0);
+        assert_eq!(m.changed(t0), vec![("acme".to_string(), 100)]);
+        assert!(m.changed(t0).is_empty(), "published already");
+        m.others
+            .lock()
+            .unwrap()
+            .extend([("acme".to_string(), 7), ("globex".to_string(), 3)]);
+        assert_eq!(m.used("acme", t0).0, 107);
+        assert_eq!(m.used("globex", t0).0, 3, "only the others' use");
+        // The window empties: published as none, once.
+        let later = t0 + std::time::Duration::from_secs(61);
+        assert_eq!(m.changed(later), vec![("acme".to_string(), 0)]);
+        assert!(m.changed(later).is_empty());
     }
 
     #[test]

@@ -231,6 +231,31 @@ impl Batch {
         });
     }
 
+    /// Record node `node`'s token use in the last minute under `meter` and
+    /// `key`, counted at `at_unix_ms` ([`crate::Store::node_tokens`]);
+    /// none: the key is dropped.
+    pub fn put_node_tokens(
+        &mut self,
+        node: &str,
+        meter: u8,
+        key: &str,
+        tokens: u64,
+        at_unix_ms: u64,
+    ) {
+        let k = keys::node_tokens_key(node, meter, key);
+        if tokens == 0 {
+            self.push(Op::Delete { cf: CF_INDEXES, key: k });
+            return;
+        }
+        let mut value = tokens.to_be_bytes().to_vec();
+        value.extend_from_slice(&at_unix_ms.to_be_bytes());
+        self.push(Op::Put {
+            cf: CF_INDEXES,
+            key: k,
+            value,
+        });
+    }
+
     /// Drop node `node`'s part of `route`'s spend (folded into the total).
     pub fn delete_node_route_spend(&mut self, route: &str, node: &str) {
         self.push(Op::Delete {

@@ -180,6 +180,23 @@ pub fn tenant_node_spend_key(period: &str, tenant: &str, node: &str) -> Vec<u8> 
     k
 }
 
+/// `indexes` key prefix of each node's token use in the last minute,
+/// where nodes own sessions one by one: `M` ++ node id ++ 0 ++ meter
+/// (`t` a tenant's, `p` a key's) ++ meter key -> tokens (u64 BE) and when
+/// they were counted (unix ms, u64 BE). Each node writes its own and reads
+/// the others', for `tokens_per_minute` across the cluster.
+pub const NODE_TOKENS_PREFIX: u8 = b'M';
+
+/// Node `node`'s token use under `meter` and `key`.
+pub fn node_tokens_key(node: &str, meter: u8, key: &str) -> Vec<u8> {
+    let mut k = vec![NODE_TOKENS_PREFIX];
+    k.extend_from_slice(node.as_bytes());
+    k.push(0);
+    k.push(meter);
+    k.extend_from_slice(key.as_bytes());
+    k
+}
+
 /// `indexes` key prefix of API key records.
 pub const API_KEY_PREFIX: u8 = b'k';
 

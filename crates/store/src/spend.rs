@@ -140,6 +140,38 @@ impl Store {
         .await
     }
 
+    /// Every node's token use in the last minute, as (node, meter, meter
+    /// key, tokens, counted at unix ms) ([`Batch::put_node_tokens`]).
+    pub async fn node_tokens(&self) -> Result<Vec<(String, u8, String, u64, u64)>> {
+        self.blocking(|db| {
+            let prefix = [keys::NODE_TOKENS_PREFIX];
+            let mut out = Vec::new();
+            for item in db.walk_prefix(CF_INDEXES, &prefix)? {
+                let (k, v) = item?;
+                let rest = &k[1..];
+                let Some(n) = rest.iter().position(|b| *b == 0) else {
+                    continue;
+                };
+                let (Some(meter), Ok(tokens), Ok(at)) = (
+                    rest.get(n + 1).copied(),
+                    v.get(..8).unwrap_or_default().try_into().map(u64::from_be_bytes),
+                    v.get(8..16).unwrap_or_default().try_into().map(u64::from_be_bytes),
+                ) else {
+                    continue;
+                };
+                out.push((
+                    String::from_utf8_lossy(&rest[..n]).into_owned(),
+                    meter,
+                    String::from_utf8_lossy(&rest[n + 2..]).into_owned(),
+                    tokens,
+                    at,
+                ));
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     /// Under the writer lease: fold the parts of each route's spend that
     /// nodes owning sessions wrote into the one total a lone node keeps
     /// (one batch), so that the total it writes from here on is not added

@@ -28,6 +28,7 @@ mod grpc_api;
 mod inspect;
 mod layout;
 mod output_records;
+mod owner_console;
 mod owner_flows;
 mod owner_ledgers;
 mod owners;

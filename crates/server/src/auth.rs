@@ -316,6 +316,13 @@ impl Authenticator {
             ),
             _ => None,
         };
+        // Nodes owning sessions one by one forward console requests to
+        // each other: every node knows every sign-in.
+        let console = if runtime.store().claims() {
+            crate::console_session::ConsoleSessions::shared(runtime.store().clone())
+        } else {
+            Default::default()
+        };
         Ok(Self {
             inner: Arc::new(Inner {
                 limiter: Default::default(),
@@ -330,7 +337,9 @@ impl Authenticator {
                 enabled: section.enabled,
                 jwt,
                 certs: section.mtls_clients.clone(),
-                console: Default::default(),
+                // Nodes owning sessions one by one forward console
+                // requests to each other: every node knows every sign-in.
+                console,
                 oidc,
             }),
         })
@@ -693,7 +702,7 @@ async fn console_auth(auth: &Authenticator, need: Need, mut req: Request, next: 
         )
             .into_response()
     };
-    let Some(sign_in) = auth.console().get(req.headers()) else {
+    let Some(sign_in) = auth.console().get(req.headers()).await else {
         if req.method() == Method::GET {
             let back = req
                 .uri()
@@ -725,7 +734,7 @@ async fn console_auth(auth: &Authenticator, need: Need, mut req: Request, next: 
     let guard = match checked {
         Ok(g) => g,
         Err(Denied::Unauthenticated(m)) => {
-            auth.console().close(req.headers());
+            auth.console().close(req.headers()).await;
             return refuse(
                 StatusCode::UNAUTHORIZED,
                 format!("{m}: sign in again at /ui/login"),

@@ -2,9 +2,10 @@
 //! `HttpOnly`, `SameSite=Strict` cookie names a server-side entry holding
 //! the principal that signed in and the sign-in's CSRF token.
 //!
-//! Entries live in memory only: a restart signs everyone out (the console
-//! asks for the credential again), and the store never holds a token: only
-//! its SHA-256.
+//! Entries live in memory: a restart signs everyone out (the console asks
+//! for the credential again). Where several nodes serve at once they live
+//! in the database instead, shared by the nodes; it never holds a token,
+//! only its SHA-256.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -23,7 +24,7 @@ pub const TTL_MS: u64 = 8 * 3600 * 1000;
 const MAX_ENTRIES: usize = 10_000;
 
 /// One signed-in browser.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
 pub struct ConsoleSignIn {
     pub who: Principal,
     /// Sent back with every state-changing form.
@@ -31,10 +32,14 @@ pub struct ConsoleSignIn {
     pub expires_unix_ms: u64,
 }
 
-/// The console's sign-ins, by the SHA-256 of their cookie token.
+/// The console's sign-ins, by the SHA-256 of their cookie token: in
+/// memory, or, where several nodes serve at once (`[cluster] ownership =
+/// "sessions"`), in the database, so that every node knows every sign-in
+/// (and a sign-out through one node holds on all).
 #[derive(Debug, Default)]
 pub struct ConsoleSessions {
     entries: Mutex<HashMap<[u8; 32], ConsoleSignIn>>,
+    shared: Option<baton_store::Store>,
 }
 
 fn digest(token: &str) -> [u8; 32] {
@@ -49,14 +54,45 @@ pub fn random_token() -> Result<String, String> {
 }
 
 impl ConsoleSessions {
+    /// Sign-ins kept in `store`'s database, shared by the nodes.
+    pub fn shared(store: baton_store::Store) -> Self {
+        ConsoleSessions {
+            entries: Mutex::default(),
+            shared: Some(store),
+        }
+    }
+
     /// Sign `who` in until `expires_unix_ms`; the cookie token.
-    pub fn open(&self, who: Principal, expires_unix_ms: u64) -> Result<String, String> {
+    pub async fn open(&self, who: Principal, expires_unix_ms: u64) -> Result<String, String> {
         let token = random_token()?;
         let entry = ConsoleSignIn {
             who,
             csrf: random_token()?,
             expires_unix_ms,
         };
+        if let Some(store) = &self.shared {
+            let now = now_unix_ms();
+            let mut batch = baton_store::Batch::new();
+            // Expired sign-ins go as new ones come.
+            let all = store
+                .console_sign_ins()
+                .await
+                .map_err(|e| format!("cannot read the console's sign-ins: {e}"))?;
+            for (d, record) in &all {
+                let expired = serde_json::from_slice::<ConsoleSignIn>(record)
+                    .map_or(true, |e| e.expires_unix_ms <= now);
+                if expired {
+                    batch.delete_console_sign_in(d);
+                }
+            }
+            let record = serde_json::to_vec(&entry).map_err(|e| e.to_string())?;
+            batch.put_console_sign_in(&digest(&token), record);
+            store
+                .write(batch)
+                .await
+                .map_err(|e| format!("cannot record the sign-in: {e}"))?;
+            return Ok(token);
+        }
         let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let now = now_unix_ms();
         map.retain(|_, e| e.expires_unix_ms > now);
@@ -73,10 +109,23 @@ impl ConsoleSessions {
     }
 
     /// The live sign-in a request's cookie names.
-    pub fn get(&self, headers: &HeaderMap) -> Option<ConsoleSignIn> {
+    pub async fn get(&self, headers: &HeaderMap) -> Option<ConsoleSignIn> {
         let token = cookie_token(headers)?;
-        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         let key = digest(token);
+        if let Some(store) = &self.shared {
+            // Read each time: a sign-out through another node holds here.
+            let record = match store.console_sign_in(key).await {
+                Ok(r) => r?,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot read a console sign-in");
+                    return None;
+                }
+            };
+            return serde_json::from_slice::<ConsoleSignIn>(&record)
+                .ok()
+                .filter(|e| e.expires_unix_ms > now_unix_ms());
+        }
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         match map.get(&key) {
             Some(e) if e.expires_unix_ms > now_unix_ms() => Some(e.clone()),
             Some(_) => {
@@ -88,11 +137,21 @@ impl ConsoleSessions {
     }
 
     /// Sign the request's browser out.
-    pub fn close(&self, headers: &HeaderMap) {
-        if let Some(token) = cookie_token(headers) {
-            let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
-            map.remove(&digest(token));
+    pub async fn close(&self, headers: &HeaderMap) {
+        let Some(token) = cookie_token(headers) else {
+            return;
+        };
+        let key = digest(token);
+        if let Some(store) = &self.shared {
+            let mut batch = baton_store::Batch::new();
+            batch.delete_console_sign_in(&key);
+            if let Err(e) = store.write(batch).await {
+                tracing::warn!(error = %e, "cannot drop a console sign-in");
+            }
+            return;
         }
+        let mut map = self.entries.lock().unwrap_or_else(|p| p.into_inner());
+        map.remove(&key);
     }
 }
 
@@ -334,17 +393,15 @@ pub fn query_escape(s: &str) -> String {
 mod tests {
     use super::*;
 
-    #[test]
-    fn a_sign_in_is_found_by_its_cookie_only_until_it_expires_or_closes() {
-        let s = ConsoleSessions::default();
+    async fn found_until_expired_or_closed(s: &ConsoleSessions) {
         let who = Principal::local();
-        let token = s.open(who.clone(), now_unix_ms() + 60_000).unwrap();
+        let token = s.open(who.clone(), now_unix_ms() + 60_000).await.unwrap();
         let mut h = HeaderMap::new();
         h.insert(
             header::COOKIE,
             format!("a=b; {COOKIE}={token}; c=d").parse().unwrap(),
         );
-        let got = s.get(&h).unwrap();
+        let got = s.get(&h).await.unwrap();
         assert_eq!(got.who, who);
         assert_eq!(got.csrf.len(), 64);
         let mut wrong = HeaderMap::new();
@@ -352,12 +409,45 @@ mod tests {
             header::COOKIE,
             format!("{COOKIE}=00{token}").parse().unwrap(),
         );
-        assert!(s.get(&wrong).is_none());
-        s.close(&h);
-        assert!(s.get(&h).is_none());
-        let old = s.open(who, now_unix_ms().saturating_sub(1)).unwrap();
+        assert!(s.get(&wrong).await.is_none());
+        s.close(&h).await;
+        assert!(s.get(&h).await.is_none());
+        let old = s.open(who, now_unix_ms().saturating_sub(1)).await.unwrap();
         h.insert(header::COOKIE, format!("{COOKIE}={old}").parse().unwrap());
-        assert!(s.get(&h).is_none(), "expired");
+        assert!(s.get(&h).await.is_none(), "expired");
+    }
+
+    #[tokio::test]
+    async fn a_sign_in_is_found_by_its_cookie_only_until_it_expires_or_closes() {
+        found_until_expired_or_closed(&ConsoleSessions::default()).await;
+    }
+
+    /// Kept in a store (as nodes owning sessions keep them): the same,
+    /// seen through a second handle on that store; the store holds the
+    /// token's digest only, and an expired sign-in goes with the next one.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_shared_sign_in_is_found_through_any_handle_of_its_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = baton_store::StoreOptions::new(dir.path(), baton_store::Durability::Sync);
+        let store = tokio::task::spawn_blocking(move || baton_store::Store::open(opts))
+            .await
+            .unwrap()
+            .unwrap();
+        let (a, b) = (
+            ConsoleSessions::shared(store.clone()),
+            ConsoleSessions::shared(store.clone()),
+        );
+        found_until_expired_or_closed(&a).await;
+        let token = a.open(Principal::local(), now_unix_ms() + 60_000).await.unwrap();
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, format!("{COOKIE}={token}").parse().unwrap());
+        assert!(b.get(&h).await.is_some(), "seen by the other handle");
+        let all = store.console_sign_ins().await.unwrap();
+        assert_eq!(all.len(), 1, "the expired one went");
+        assert_eq!(all[0].0, digest(&token));
+        assert!(!String::from_utf8_lossy(&all[0].1).contains(&token));
+        b.close(&h).await;
+        assert!(a.get(&h).await.is_none(), "signed out through the other");
     }
 
     #[test]

@@ -17,6 +17,10 @@ const DEFAULT_JOURNAL_PAGE: u32 = 100;
 /// The most journal records one page may ask for.
 const MAX_JOURNAL_PAGE: u32 = 1000;
 
+/// Most sessions of one subject an erasure deletes on other nodes (one
+/// pass over the subject's sessions each) before it gives up.
+const MAX_ERASED_ELSEWHERE: u64 = 1_000;
+
 /// The Inspect service over a runtime.
 #[derive(Clone)]
 pub struct InspectService {
@@ -263,19 +267,41 @@ impl Inspect for InspectService {
         req: Request<v1::EraseSubjectRequest>,
     ) -> Result<Response<v1::EraseSubjectResponse>, Status> {
         let caller = self.caller(&req)?;
+        let onward = crate::owner::Onward::of(&req);
         let r = req.into_inner();
         if r.subject.trim().is_empty() {
             return Err(Status::invalid_argument(
                 "subject is required: a value of [privacy] subject_field, or session:<id>",
             ));
         }
-        let e = caller
-            .erase_subject(&r.tenant, &r.subject)
-            .await
-            .map_err(|e| status(&e))?;
+        // Where nodes own sessions one by one, a subject's session live on
+        // another node is deleted there (DeleteSession, forwarded with the
+        // caller's credentials), and the erasure goes on: its keys are
+        // destroyed once every session is gone.
+        let mut deleted_elsewhere = 0u64;
+        let e = loop {
+            match caller.erase_subject(&r.tenant, &r.subject).await {
+                Ok(e) => break e,
+                Err(err) => {
+                    let baton_runtime::Error::OwnedElsewhere { session, .. } = &err else {
+                        return Err(status(&err));
+                    };
+                    if deleted_elsewhere >= MAX_ERASED_ELSEWHERE {
+                        return Err(status(&err));
+                    }
+                    let session_id = session.to_string();
+                    let addr = onward.owner(err)?;
+                    crate::owner::sessions(&addr)?
+                        .delete_session(onward.request(v1::DeleteSessionRequest { session_id }))
+                        .await
+                        .map_err(|s| crate::owner::unreachable(&addr, s))?;
+                    deleted_elsewhere += 1;
+                }
+            }
+        };
         Ok(Response::new(v1::EraseSubjectResponse {
             keys_destroyed: e.keys_destroyed,
-            sessions_deleted: e.sessions_deleted,
+            sessions_deleted: e.sessions_deleted + deleted_elsewhere,
         }))
     }
 

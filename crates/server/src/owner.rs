@@ -223,8 +223,8 @@ const HOP_BY_HOP: [&str; 7] = [
 ];
 
 /// HTTP middleware (where nodes own sessions one by one), for `POST
-/// /v1/responses` and webhook deliveries (`POST /hooks/…`, for the node
-/// running the flows): the request's body is kept (up to `max_bytes`, as the routes allow), and when the
+/// /v1/responses`, webhook deliveries (`POST /hooks/…`, for the node
+/// running the flows) and the console's gate and run pages: the request's body is kept (up to `max_bytes`, as the routes allow), and when the
 /// handler's answer says another node owns the session
 /// ([`ForwardTo`]), the same request goes there with the caller's
 /// headers, and its answer, streamed, is this one. A request that was
@@ -238,10 +238,14 @@ pub(crate) async fn forward_http(
     // Only a Responses call continues a session that may be live on
     // another node (the other front-door calls make sessions of their
     // own); no other body is held here, before authentication.
-    // A webhook delivery goes to the node that runs the flows.
+    // A webhook delivery goes to the node that runs the flows; a console
+    // page or form to the node owning its session or running the flows
+    // (console sign-ins are shared by the nodes in this mode).
+    let path = req.uri().path();
+    let post = req.method() == axum::http::Method::POST;
+    let console = path.starts_with("/ui/gates/") || path.starts_with("/ui/runs");
     if req.headers().contains_key(FORWARDED_BY)
-        || req.method() != axum::http::Method::POST
-        || (req.uri().path() != "/v1/responses" && !req.uri().path().starts_with("/hooks/"))
+        || !(console || (post && (path == "/v1/responses" || path.starts_with("/hooks/"))))
     {
         return next.run(req).await;
     }
@@ -280,7 +284,9 @@ pub(crate) async fn forward_http(
         .request(method, format!("{scheme}://{addr}{path}"))
         .body(bytes);
     for (name, value) in &headers {
-        if !HOP_BY_HOP.contains(&name.as_str()) {
+        // The Host the caller named goes too: the console checks a form's
+        // Origin against it.
+        if !HOP_BY_HOP.contains(&name.as_str()) || name == axum::http::header::HOST {
             out = out.header(name, value);
         }
     }
@@ -308,7 +314,10 @@ pub(crate) async fn forward_http(
 fn http_client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
     CLIENT.get_or_init(|| {
-        let mut b = reqwest::Client::builder().connect_timeout(std::time::Duration::from_secs(5));
+        // The owner's answer goes back as it is: a redirect included.
+        let mut b = reqwest::Client::builder()
+            .connect_timeout(std::time::Duration::from_secs(5))
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(ca) = PEERS.get().and_then(|p| p.http_ca.as_deref()) {
             match reqwest::Certificate::from_pem(ca) {
                 Ok(c) => b = b.add_root_certificate(c),

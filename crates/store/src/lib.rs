@@ -33,6 +33,7 @@
 
 mod batch;
 mod codec;
+pub mod console;
 pub mod creations;
 pub mod engine;
 mod error;

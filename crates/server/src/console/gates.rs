@@ -210,10 +210,17 @@ async fn render(
     let (g, context) = match caller.get_gate(id).await {
         Ok(found) => found,
         Err(e) => {
-            return respond(
+            let mut page = respond(
                 error_status(&e),
                 html::page("Gate", Some(sign_in), &html::alert(&e.to_string())),
             );
+            // The gate's session is live on another node (nodes owning
+            // sessions one by one): the request is sent there
+            // (`crate::owner::forward_http`), the sign-in shared.
+            if let Some(to) = crate::owner::http_owner(&e) {
+                page.extensions_mut().insert(to);
+            }
+            return page;
         }
     };
     let status = error.as_ref().map(|(s, _)| *s).unwrap_or(StatusCode::OK);
@@ -339,7 +346,15 @@ pub(crate) async fn decide(
                 baton_types::ErrorCode::InvalidArgument => StatusCode::UNPROCESSABLE_ENTITY,
                 _ => error_status(&e),
             };
-            render(&caller, &sign_in, &id, Some((status, e.to_string())), &form).await
+            let forward = crate::owner::http_owner(&e);
+            let mut page =
+                render(&caller, &sign_in, &id, Some((status, e.to_string())), &form).await;
+            // The gate's session is live on another node: the decision
+            // goes there (as the page does, in `render`).
+            if let Some(to) = forward {
+                page.extensions_mut().insert(to);
+            }
+            page
         }
     }
 }

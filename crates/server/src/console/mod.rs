@@ -152,7 +152,7 @@ async fn login_form(
     Query(q): Query<NextQuery>,
     headers: HeaderMap,
 ) -> Response {
-    if auth.console().get(&headers).is_some() {
+    if auth.console().get(&headers).await.is_some() {
         return see_other(next_page(&q.next));
     }
     respond(StatusCode::OK, login_page(&auth, &q.next, None))
@@ -232,7 +232,7 @@ async fn login(
     } else {
         Principal::local()
     };
-    let cookie = match open_sign_in(&auth, tls, who, expires) {
+    let cookie = match open_sign_in(&auth, tls, who, expires).await {
         Ok(c) => c,
         Err((status, m)) => return fail(status, &m),
     };
@@ -243,7 +243,7 @@ async fn login(
 
 /// Sign `who` in until `expires` (when it holds a console role): the
 /// `Set-Cookie` value of the sign-in.
-pub(crate) fn open_sign_in(
+pub(crate) async fn open_sign_in(
     auth: &Authenticator,
     tls: ConsoleTls,
     who: Principal,
@@ -261,6 +261,7 @@ pub(crate) fn open_sign_in(
     let token = auth
         .console()
         .open(who, expires)
+        .await
         .map_err(|e| (StatusCode::SERVICE_UNAVAILABLE, e))?;
     let max_age = expires.saturating_sub(now_unix_ms()) / 1000;
     let cookie = format!(
@@ -282,13 +283,13 @@ async fn logout(
     headers: HeaderMap,
     Form(form): Form<CsrfForm>,
 ) -> Response {
-    let Some(sign_in) = auth.console().get(&headers) else {
+    let Some(sign_in) = auth.console().get(&headers).await else {
         return see_other("/ui/login");
     };
     if !same_origin(&headers) || !csrf_ok(&sign_in, &form.csrf) {
         return bad_csrf();
     }
-    auth.console().close(&headers);
+    auth.console().close(&headers).await;
     let mut r = see_other("/ui/login");
     let cookie = format!(
         "{COOKIE}=; Path=/ui; HttpOnly; SameSite=Strict; Max-Age=0{}",

@@ -333,7 +333,7 @@ pub(crate) async fn callback(
     let expires = super::jwt_expiry_ms(&token)
         .unwrap_or(u64::MAX)
         .min(now_unix_ms() + TTL_MS);
-    let signed_in = match open_sign_in(&auth, tls, who, expires) {
+    let signed_in = match open_sign_in(&auth, tls, who, expires).await {
         Ok(c) => c,
         Err((status, m)) => return refused(&auth, status, &m),
     };

@@ -34,17 +34,30 @@ fn error_page(sign_in: &ConsoleSignIn, e: &baton_flows::Error) -> Response {
 }
 
 /// The page where this node does not run the flows: none served, or
-/// another node runs them (nodes owning sessions one by one), named.
+/// another node runs them (nodes owning sessions one by one), where the
+/// request is forwarded.
 fn no_flows(sign_in: &ConsoleSignIn, lead: &Lead) -> Response {
     let (code, text) = match lead.holder() {
         Some(Holder::Node {
             node_id, http_addr, ..
-        }) => (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!(
-                "the flows run on node {node_id} ({http_addr}): open this console there"
-            ),
-        ),
+        }) => {
+            // Sent there (`crate::owner::forward_http`), the sign-in shared.
+            let mut r = respond(
+                StatusCode::SERVICE_UNAVAILABLE,
+                html::page(
+                    "Runs",
+                    Some(sign_in),
+                    &html::alert(&format!(
+                        "the flows run on node {node_id} ({http_addr}), which cannot be reached; retry"
+                    )),
+                ),
+            );
+            if !http_addr.is_empty() {
+                r.extensions_mut()
+                    .insert(crate::owner::ForwardTo(http_addr));
+            }
+            return r;
+        }
         Some(Holder::Nobody(why)) => (StatusCode::SERVICE_UNAVAILABLE, format!("{why}; retry")),
         _ => (
             StatusCode::NOT_FOUND,

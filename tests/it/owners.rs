@@ -119,6 +119,32 @@ async fn three_nodes_owning_sessions_survive_one_killed_under_load() {
         .into_inner();
     assert!(state.live, "the owner's live actor answered");
     assert!(state.state_json.contains("through n1"), "{}", state.state_json);
+    // A subject erased through n1 whose session n0 holds live: deleted on
+    // n0 (forwarded), then its key destroyed; gone on every node.
+    let mut via_n0 = n0.client().await.unwrap();
+    let doomed = start(&mut via_n0, "").await;
+    turn(&mut via_n0, &doomed, "forget me").await;
+    assert_eq!(owner_of(&cluster, &doomed), "n0");
+    let out = std::process::Command::new(bin())
+        .args(["erase", "--subject", &format!("session:{doomed}"), "--json"])
+        .args(["--server", &n1.url()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(r["sessions_deleted"], 1, "{r}");
+    for node in nodes {
+        let err = node
+            .client()
+            .await
+            .unwrap()
+            .get_session(baton::proto::v1::GetSessionRequest {
+                session_id: doomed.clone(),
+            })
+            .await
+            .unwrap_err();
+        assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+    }
     // Inspection lists the nodes, each owning sessions; health says so.
     let tree = inspect_actors(&n2).await;
     assert_eq!(

@@ -104,20 +104,26 @@ async fn a_gate_decided_in_the_console_of_another_node_goes_to_the_owner() {
     let (_, admin) = offline_key(&cluster.config("n0", 2_000), "default", &["admin"]);
     let n0 = cluster.start("n0", 2_000).await;
     let n1 = cluster.start("n1", 2_000).await;
-    let created = AdminClient::new(tonic::transport::Channel::from_shared(n0.url()).unwrap().connect().await.unwrap())
-        .create_key(with_key(
-            &admin,
-            v1::CreateKeyRequest {
-                name: "reviewer".into(),
-                tenant: "default".into(),
-                roles: vec!["client".into(), "reviewer".into()],
-                groups: vec!["support".into()],
-                expires_at_unix_ms: 0,
-            },
-        ))
-        .await
-        .unwrap()
-        .into_inner();
+    let created = AdminClient::new(
+        tonic::transport::Channel::from_shared(n0.url())
+            .unwrap()
+            .connect()
+            .await
+            .unwrap(),
+    )
+    .create_key(with_key(
+        &admin,
+        v1::CreateKeyRequest {
+            name: "reviewer".into(),
+            tenant: "default".into(),
+            roles: vec!["client".into(), "reviewer".into()],
+            groups: vec!["support".into()],
+            expires_at_unix_ms: 0,
+        },
+    ))
+    .await
+    .unwrap()
+    .into_inner();
     let key = created.secret;
     // A turn on n0 whose answer waits for a reviewer: the session is n0's.
     let mut c = n0.client().await.unwrap();
@@ -162,7 +168,7 @@ async fn a_gate_decided_in_the_console_of_another_node_goes_to_the_owner() {
         .header("cookie", &cookie)
         .header("origin", &h1)
         .header("content-type", "application/x-www-form-urlencoded")
-            .body(form(&[("csrf", token.as_str()), ("decision", "approve")]))
+        .body(form(&[("csrf", token.as_str()), ("decision", "approve")]))
         .send()
         .await
         .unwrap();
@@ -173,7 +179,10 @@ async fn a_gate_decided_in_the_console_of_another_node_goes_to_the_owner() {
         .map(|l| l.to_str().unwrap().to_string());
     let body = r.text().await.unwrap();
     assert_eq!(status, 303, "{body}");
-    assert_eq!(location.as_deref(), Some(format!("/ui/gates/{gate}").as_str()));
+    assert_eq!(
+        location.as_deref(),
+        Some(format!("/ui/gates/{gate}").as_str())
+    );
     // Decided on n0, by the reviewer; the turn went on there.
     let rest = read_until(&mut s, |e| e.ends_turn()).await;
     assert!(
@@ -198,7 +207,7 @@ async fn a_gate_decided_in_the_console_of_another_node_goes_to_the_owner() {
         .header("cookie", &cookie)
         .header("origin", &h0)
         .header("content-type", "application/x-www-form-urlencoded")
-            .body(form(&[("csrf", token.as_str())]))
+        .body(form(&[("csrf", token.as_str())]))
         .send()
         .await
         .unwrap();

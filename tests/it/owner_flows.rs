@@ -122,7 +122,11 @@ async fn flow_runs_go_to_the_flows_node_and_move_when_it_is_killed() {
     let cluster = owning_cluster(&model);
     let n0 = cluster.start("n0", 2_000).await;
     let n1 = cluster.start("n1", 2_000).await;
-    assert_eq!(flows_node(&cluster), "n0", "the first node holds the flows lease");
+    assert_eq!(
+        flows_node(&cluster),
+        "n0",
+        "the first node holds the flows lease"
+    );
     let mut c = flows_client(&n1).await;
 
     // A gate decided through n1 on its passivated session: the run on n0
@@ -191,12 +195,19 @@ async fn flow_runs_go_to_the_flows_node_and_move_when_it_is_killed() {
     erp.slow.store(true, SeqCst);
     let invoice = start_run(&mut c, "invoice", json!({"text": "total 12 EUR"})).await;
     wait_until("the lookup to reach the ERP", || erp.hits.load(SeqCst) == 1).await;
-    assert_eq!(run_owner(&cluster, &invoice), "n0", "the working run is n0's");
+    assert_eq!(
+        run_owner(&cluster, &invoice),
+        "n0",
+        "the working run is n0's"
+    );
 
     n0.kill9().await.unwrap();
     let killed = Instant::now();
     erp.slow.store(false, SeqCst);
-    wait_until("n1 to take the flows lease", || flows_node(&cluster) == "n1").await;
+    wait_until("n1 to take the flows lease", || {
+        flows_node(&cluster) == "n1"
+    })
+    .await;
     println!(
         "the flows lease moved {} ms after the SIGKILL",
         killed.elapsed().as_millis()
@@ -208,7 +219,11 @@ async fn flow_runs_go_to_the_flows_node_and_move_when_it_is_killed() {
     );
     let output: Value = serde_json::from_str(&run.output_json).unwrap();
     assert_eq!(output, json!({"total": 12, "po": "PO-7", "posted": 200}));
-    assert_eq!(fake.requests(), 1, "the recorded model answer was not asked again");
+    assert_eq!(
+        fake.requests(),
+        1,
+        "the recorded model answer was not asked again"
+    );
     assert_eq!(erp.hits.load(SeqCst), 3, "GET re-run once, POST once");
     let mut c = flows_client(&n1).await;
     let recs = records(&mut c, &invoice).await;
@@ -230,9 +245,17 @@ async fn flow_runs_go_to_the_flows_node_and_move_when_it_is_killed() {
     let recs = records(&mut c, &nap).await;
     assert_eq!((done(&recs, "sleep"), done(&recs, "after")), (1, 1));
     for id in [&approve, &nap, &invoice] {
-        assert_eq!(run_owner(&cluster, id), "", "run {id} ended and was given up");
+        assert_eq!(
+            run_owner(&cluster, id),
+            "",
+            "run {id} ended and was given up"
+        );
     }
     n1.terminate().await.unwrap();
-    assert_eq!(flows_node(&cluster), "", "a clean stop gives the flows lease up");
+    assert_eq!(
+        flows_node(&cluster),
+        "",
+        "a clean stop gives the flows lease up"
+    );
     cluster.audit_verifies("n1");
 }

@@ -83,10 +83,7 @@ fn refused_by_budget(events: &[baton::types::SessionEvent]) -> Option<String> {
     }
 }
 
-async fn start(
-    node: &baton_testkit::BatonProcess,
-    key: &str,
-) -> Result<String, tonic::Status> {
+async fn start(node: &baton_testkit::BatonProcess, key: &str) -> Result<String, tonic::Status> {
     node.client()
         .await
         .unwrap()
@@ -204,7 +201,10 @@ async fn a_tenants_budget_and_rate_used_through_one_node_hold_on_the_others() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(last.is_none(), "n1 still starts chatty's sessions: {last:?}");
+    assert!(
+        last.is_none(),
+        "n1 still starts chatty's sessions: {last:?}"
+    );
     // A route's budget: spent through n0, it holds on n1 within a couple
     // of heartbeats (each node writes its own part of the route's spend).
     let wide = create_key_for(&n0, &admin, "wide", &["client"]).await;
@@ -264,8 +264,8 @@ async fn a_tenants_budget_and_rate_used_through_one_node_hold_on_the_others() {
     // its own, n1 would say "spent $0").
     tokio::time::sleep(Duration::from_millis(1_000)).await;
     let first = turn_as(&n1, &wide, &on_n1, "n1's first turn").await;
-    let reason = refused_by_budget(&first)
-        .unwrap_or_else(|| panic!("n1 still calls the route: {first:?}"));
+    let reason =
+        refused_by_budget(&first).unwrap_or_else(|| panic!("n1 still calls the route: {first:?}"));
     assert!(reason.contains("route capped"), "{reason}");
     let spent: f64 = reason
         .split("spent $")

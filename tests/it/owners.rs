@@ -118,7 +118,11 @@ async fn three_nodes_owning_sessions_survive_one_killed_under_load() {
         .unwrap()
         .into_inner();
     assert!(state.live, "the owner's live actor answered");
-    assert!(state.state_json.contains("through n1"), "{}", state.state_json);
+    assert!(
+        state.state_json.contains("through n1"),
+        "{}",
+        state.state_json
+    );
     // A subject erased through n1 whose session n0 holds live: deleted on
     // n0 (forwarded), then its key destroyed; gone on every node.
     let mut via_n0 = n0.client().await.unwrap();

@@ -185,7 +185,8 @@ async fn try_hold(
             }
         },
         Claim::Owned(o) => {
-            let changed = !matches!(&*tx.borrow(), Holder::Node { node_id, .. } if *node_id == o.node_id);
+            let changed =
+                !matches!(&*tx.borrow(), Holder::Node { node_id, .. } if *node_id == o.node_id);
             if changed {
                 tracing::info!(node = %o.node_id, "the flows run on another node: their calls are forwarded there");
             }

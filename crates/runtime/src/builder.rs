@@ -266,10 +266,12 @@ async fn start_router(
         }
         None => None,
     };
-    let route_base = others.as_ref().map(|(node, at_start)| crate::spend::RouteBase {
-        node: node.clone(),
-        at_start: at_start.clone(),
-    });
+    let route_base = others
+        .as_ref()
+        .map(|(node, at_start)| crate::spend::RouteBase {
+            node: node.clone(),
+            at_start: at_start.clone(),
+        });
     let on_spend: baton_routing::OnSpend = Arc::new(move |route: &str, total: f64| {
         let mut b = Batch::unsynced();
         match &others {

@@ -293,7 +293,10 @@ impl TokenMeter {
     /// since it was last published (0: none any more).
     fn changed(&self, now: std::time::Instant) -> Vec<(String, u64)> {
         let mut windows = self.windows.lock().unwrap_or_else(PoisonError::into_inner);
-        let mut published = self.published.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut published = self
+            .published
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
         let mut out = Vec::new();
         windows.retain(|key, q| {
             while q
@@ -361,7 +364,11 @@ pub(crate) async fn exchange_tokens(
     tenants: &TokenMeter,
     keys: &TokenMeter,
 ) -> Result<()> {
-    let Some(me) = store.node_status().filter(|_| store.claims()).map(|n| n.node_id) else {
+    let Some(me) = store
+        .node_status()
+        .filter(|_| store.claims())
+        .map(|n| n.node_id)
+    else {
         return Ok(());
     };
     let (now, now_ms) = (std::time::Instant::now(), baton_types::now_unix_ms());
@@ -387,7 +394,10 @@ pub(crate) async fn exchange_tokens(
         *others[i].entry(key).or_default() += tokens;
     }
     let [t, k] = others;
-    *tenants.others.lock().unwrap_or_else(PoisonError::into_inner) = t;
+    *tenants
+        .others
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner) = t;
     *keys.others.lock().unwrap_or_else(PoisonError::into_inner) = k;
     Ok(())
 }

@@ -438,7 +438,10 @@ mod tests {
             ConsoleSessions::shared(store.clone()),
         );
         found_until_expired_or_closed(&a).await;
-        let token = a.open(Principal::local(), now_unix_ms() + 60_000).await.unwrap();
+        let token = a
+            .open(Principal::local(), now_unix_ms() + 60_000)
+            .await
+            .unwrap();
         let mut h = HeaderMap::new();
         h.insert(header::COOKIE, format!("{COOKIE}={token}").parse().unwrap());
         assert!(b.get(&h).await.is_some(), "seen by the other handle");

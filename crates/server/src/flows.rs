@@ -5,12 +5,14 @@
 
 use std::pin::Pin;
 
-use baton_flows::{Flows, Holder, Lead, RunId, RunMeta, RunQuery, RunRecord, RunStatus, RunView, StartRun};
+use baton_flows::{
+    Flows, Holder, Lead, RunId, RunMeta, RunQuery, RunRecord, RunStatus, RunView, StartRun,
+};
+use baton_proto::v1::flows_client::FlowsClient;
 use baton_proto::v1::{self, flows_server};
 use baton_types::Principal;
 use futures::{Stream, StreamExt};
 use serde_json::Value;
-use baton_proto::v1::flows_client::FlowsClient;
 use tonic::transport::Channel;
 use tonic::{Request, Response, Status};
 
@@ -33,7 +35,7 @@ impl FlowsService {
 enum At {
     Here(Flows),
     /// The holder's address, a client of it, and the call's credentials.
-    Node(String, FlowsClient<Channel>, Onward),
+    Node(Box<(String, FlowsClient<Channel>, Onward)>),
 }
 
 impl FlowsService {
@@ -57,7 +59,7 @@ impl FlowsService {
                     )));
                 }
                 let client = crate::owner::flows(&grpc_addr)?;
-                Ok(At::Node(grpc_addr, client, onward))
+                Ok(At::Node(Box::new((grpc_addr, client, onward))))
             }
             Holder::Nobody(why) => Err(Status::unavailable(format!("{why}; retry"))),
         }
@@ -69,7 +71,8 @@ macro_rules! forward {
     ($self:ident, $req:ident, $method:ident) => {
         match $self.at(&$req)? {
             At::Here(f) => f,
-            At::Node(addr, mut client, onward) => {
+            At::Node(node) => {
+                let (addr, mut client, onward) = *node;
                 return client
                     .$method(onward.request($req.into_inner()))
                     .await
@@ -288,7 +291,8 @@ impl flows_server::Flows for FlowsService {
         let who = crate::auth::principal(&req)?;
         let flows = match self.at(&req)? {
             At::Here(f) => f,
-            At::Node(addr, mut client, onward) => {
+            At::Node(node) => {
+                let (addr, mut client, onward) = *node;
                 let s = client
                     .watch_run(onward.request(req.into_inner()))
                     .await

@@ -111,7 +111,8 @@ pub async fn serve_with(
     let lead: Lead = flows.into();
     let flows_for_inspect = lead.clone();
     let flows = lead.serves().then(|| {
-        FlowsServer::new(FlowsService::new(lead)).max_decoding_message_size(section.max_request_bytes)
+        FlowsServer::new(FlowsService::new(lead))
+            .max_decoding_message_size(section.max_request_bytes)
     });
     if flows.is_some() {
         health.set_serving::<FlowsServer<FlowsService>>().await;

@@ -244,7 +244,10 @@ impl Batch {
     ) {
         let k = keys::node_tokens_key(node, meter, key);
         if tokens == 0 {
-            self.push(Op::Delete { cf: CF_INDEXES, key: k });
+            self.push(Op::Delete {
+                cf: CF_INDEXES,
+                key: k,
+            });
             return;
         }
         let mut value = tokens.to_be_bytes().to_vec();

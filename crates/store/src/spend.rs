@@ -154,8 +154,14 @@ impl Store {
                 };
                 let (Some(meter), Ok(tokens), Ok(at)) = (
                     rest.get(n + 1).copied(),
-                    v.get(..8).unwrap_or_default().try_into().map(u64::from_be_bytes),
-                    v.get(8..16).unwrap_or_default().try_into().map(u64::from_be_bytes),
+                    v.get(..8)
+                        .unwrap_or_default()
+                        .try_into()
+                        .map(u64::from_be_bytes),
+                    v.get(8..16)
+                        .unwrap_or_default()
+                        .try_into()
+                        .map(u64::from_be_bytes),
                 ) else {
                     continue;
                 };

@@ -270,8 +270,20 @@ async fn three_nodes_owning_sessions_survive_one_killed_under_load() {
     check_sessions(&n1, &acknowledged, &fake, true).await;
     check_sessions(&n2, &acknowledged, &fake, true).await;
     cluster.audit_verifies("n0");
+    let audited = audited_records(&n1, &sessions).await;
     n1.terminate().await.unwrap();
     n2.terminate().await.unwrap();
+    // Every audited record is in some node's trail: what n0 had handed to
+    // its trail and not confirmed when it was killed was appended again by
+    // the node that took its session over.
+    let trails = trail_records(&cluster, &["n0", "n1", "n2"]);
+    let missing: Vec<_> = audited.iter().filter(|r| !trails.contains(*r)).collect();
+    assert!(
+        missing.is_empty(),
+        "{} of {} audited records in no trail: {missing:?}",
+        missing.len(),
+        audited.len()
+    );
     // Nodes that left own nothing any more: their rows stay, orphaned, for
     // a node that starts to resume what they held.
     let live = cluster
@@ -285,6 +297,69 @@ async fn three_nodes_owning_sessions_survive_one_killed_under_load() {
     assert_eq!(live.trim(), "0");
     cluster.audit_verifies("n1");
     cluster.audit_verifies("n2");
+}
+
+/// The audited records of `sessions`' journals, read through `node`, as
+/// (session, seq).
+async fn audited_records(
+    node: &baton_testkit::BatonProcess,
+    sessions: &[String],
+) -> std::collections::BTreeSet<(String, u64)> {
+    const NOT_AUDITED: [&str; 5] = [
+        "model_call_started",
+        "output_delta",
+        "tool_call_started",
+        "turn_completed",
+        "output_retracted",
+    ];
+    let mut c = baton::proto::v1::inspect_client::InspectClient::connect(node.url())
+        .await
+        .unwrap();
+    let mut out = std::collections::BTreeSet::new();
+    for s in sessions {
+        let mut after = 0;
+        loop {
+            let page = c
+                .get_journal(baton::proto::v1::GetJournalRequest {
+                    session_id: s.clone(),
+                    after_seq: after,
+                    page_size: 1000,
+                })
+                .await
+                .unwrap()
+                .into_inner();
+            for r in &page.records {
+                if !NOT_AUDITED.contains(&r.kind.as_str()) {
+                    out.insert((s.clone(), r.seq));
+                }
+            }
+            if page.next_after_seq == 0 {
+                break;
+            }
+            after = page.next_after_seq;
+        }
+    }
+    out
+}
+
+/// The journal records (session, seq) in the nodes' audit trails.
+fn trail_records(cluster: &Cluster, nodes: &[&str]) -> std::collections::BTreeSet<(String, u64)> {
+    let mut out = std::collections::BTreeSet::new();
+    for node in nodes {
+        let export = std::process::Command::new(bin())
+            .args(["audit", "export", "--dir"])
+            .arg(cluster.dir.path().join(node).join("audit"))
+            .output()
+            .unwrap();
+        assert!(export.status.success(), "{export:?}");
+        for line in String::from_utf8_lossy(&export.stdout).lines() {
+            let r: serde_json::Value = serde_json::from_str(line).unwrap();
+            if let (Some(s), Some(seq)) = (r["session_id"].as_str(), r["data"]["seq"].as_u64()) {
+                out.insert((s.to_string(), seq));
+            }
+        }
+    }
+    out
 }
 
 /// An owner paused with SIGSTOP past its lease while a turn of its session

@@ -281,6 +281,95 @@ pub(crate) async fn confirm(
     store.write(batch).await
 }
 
+/// The nodes other than this one that live, by id, with their epochs
+/// (where nodes own sessions one by one; otherwise none).
+async fn live_other_nodes(
+    store: &baton_store::Store,
+) -> baton_store::Result<std::collections::HashMap<String, i64>> {
+    let Some(me) = store.node_status().filter(|_| store.claims()) else {
+        return Ok(Default::default());
+    };
+    let s = store.clone();
+    let rows = tokio::task::spawn_blocking(move || s.cluster_nodes())
+        .await
+        .map_err(|e| baton_store::Error::Unavailable(format!("node list task: {e}")))??;
+    Ok(rows
+        .into_iter()
+        .filter(|n| n.live && n.node_id != me.node_id)
+        .map(|n| (n.node_id, n.epoch))
+        .collect())
+}
+
+/// Hand the sink session `session`'s audited records after `done` up to
+/// `pending`, marked recovered: how many, and whether all were read (an
+/// undecodable journal stops it, reported to the trail).
+async fn append_backlog(
+    sink: &dyn AuditSink,
+    store: &baton_store::Store,
+    session: baton_types::SessionId,
+    done: u64,
+    pending: u64,
+    seal: Option<&baton_store::seal::SealKey>,
+) -> (u64, bool) {
+    let (mut after, mut appended) = (done, 0);
+    while after < pending {
+        let page = match store.read_journal(session, after, 512).await {
+            Ok(p) => p,
+            Err(e) => {
+                // An undecodable journal fails only its own session
+                // (when it is next loaded); its audit backlog stays
+                // pending and is retried at the next start.
+                tracing::error!(session = %session, error = %e, "audit trail: cannot read the journal to recover its records");
+                sink.record(
+                    "audit_recovery_failed",
+                    Some(session),
+                    Some("runtime"),
+                    serde_json::json!({ "after_seq": after, "upto_seq": pending, "reason": e.to_string() }),
+                );
+                return (appended, false);
+            }
+        };
+        let Some(last) = page.last().map(|e| e.seq) else {
+            break;
+        };
+        for e in page.iter().filter(|e| e.seq <= pending) {
+            if is_audited(&e.kind) {
+                record_event(sink, e, true, seal);
+                appended += 1;
+            }
+        }
+        after = last;
+    }
+    (appended, true)
+}
+
+/// Where nodes own sessions one by one, a session this node just loaded
+/// may have a backlog its previous owner handed to its own trail and never
+/// confirmed (it died): appended again to this node's trail, marked
+/// recovered, and confirmed, before this node's own records move the
+/// confirmation past them. Nothing to do for almost every session.
+pub(crate) async fn recover_session(
+    sink: &dyn AuditSink,
+    store: &baton_store::Store,
+    session: baton_types::SessionId,
+    seal: Option<&baton_store::seal::SealKey>,
+) -> Result<u64, RecoverError> {
+    let Some((done, pending)) = store.audit_backlog_of(session).await? else {
+        return Ok(0);
+    };
+    let (appended, complete) = append_backlog(sink, store, session, done, pending, seal).await;
+    if appended > 0 {
+        sink.flush().await.map_err(RecoverError::Audit)?;
+        tracing::warn!(session = %session, records = appended, "audit trail: re-appended the records of a session's previous owner");
+    }
+    if complete {
+        let mut batch = baton_store::Batch::unsynced();
+        batch.put_audit_done(&session, pending);
+        store.write(batch).await?;
+    }
+    Ok(appended)
+}
+
 /// Why the backlog could not be appended again.
 pub(crate) enum RecoverError {
     /// The store could not be read or written.
@@ -308,7 +397,17 @@ pub(crate) async fn recover(
     let backlog = store.audit_backlog().await?;
     let mut appended = 0;
     let mut batch = baton_store::Batch::unsynced();
+    // Where nodes own sessions one by one, a session another live node
+    // owns is that node's to append and confirm (its own trail): only
+    // the others' (no owner, or a gone one) are appended here.
+    let live_elsewhere = live_other_nodes(store).await?;
     for (session, done, pending) in backlog {
+        if !live_elsewhere.is_empty()
+            && let Some(o) = store.owner(session).await?
+            && live_elsewhere.get(&o.node_id) == Some(&o.epoch)
+        {
+            continue;
+        }
         // Sealed again under the session's subject key, as when it was new.
         let seal = match store.load_meta(session).await? {
             Some(meta) => crate::privacy::existing_seal_key(
@@ -321,37 +420,10 @@ pub(crate) async fn recover(
             .map_err(|e| baton_store::Error::Keys(e.to_string()))?,
             None => None,
         };
-        let mut after = done;
-        while after < pending {
-            let page = match store.read_journal(session, after, 512).await {
-                Ok(p) => p,
-                Err(e) => {
-                    // An undecodable journal fails only its own session
-                    // (when it is next loaded); its audit backlog stays
-                    // pending and is retried at the next start.
-                    tracing::error!(session = %session, error = %e, "audit trail: cannot read the journal to recover its records");
-                    sink.record(
-                        "audit_recovery_failed",
-                        Some(session),
-                        Some("runtime"),
-                        serde_json::json!({ "after_seq": after, "upto_seq": pending, "reason": e.to_string() }),
-                    );
-                    after = u64::MAX;
-                    break;
-                }
-            };
-            let Some(last) = page.last().map(|e| e.seq) else {
-                break;
-            };
-            for e in page.iter().filter(|e| e.seq <= pending) {
-                if is_audited(&e.kind) {
-                    record_event(sink, e, true, seal.as_deref());
-                    appended += 1;
-                }
-            }
-            after = last;
-        }
-        if after != u64::MAX {
+        let (n, complete) =
+            append_backlog(sink, store, session, done, pending, seal.as_deref()).await;
+        appended += n;
+        if complete {
             batch.put_audit_done(&session, pending);
         }
     }

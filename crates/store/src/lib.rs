@@ -31,6 +31,7 @@
 //! # Ok(()) }
 //! ```
 
+mod audit_cursor;
 mod batch;
 mod codec;
 pub mod console;

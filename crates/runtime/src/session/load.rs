@@ -105,6 +105,24 @@ impl SessionCtx {
                     shared.tenant_spend.sync(&meta.tenant, &period, id, usd);
                 }
             }
+            // A previous owner that died may have left records its trail
+            // never confirmed: this node's trail takes them.
+            if let Some(sink) = &shared.audit
+                && let Err(e) = crate::audit::recover_session(
+                    sink.as_ref(),
+                    &store,
+                    id,
+                    self.env.seal.as_deref(),
+                )
+                .await
+            {
+                match e {
+                    crate::audit::RecoverError::Store(e) => return Err(e.into()),
+                    crate::audit::RecoverError::Audit(e) => {
+                        tracing::warn!(session = %id, error = %e, "audit trail: cannot append a previous owner's records; they stay pending");
+                    }
+                }
+            }
         }
         if meta.status == SessionStatus::Failed && state.failed.is_none() {
             state.failed = Some(meta.status_reason.clone());

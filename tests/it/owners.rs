@@ -630,3 +630,40 @@ async fn responses_race(
     assert!(in_place.text().await.unwrap().contains("echo: door two"));
     fake.set_behavior(Behavior::default());
 }
+
+/// A database that nodes owning sessions used goes back to the writer
+/// lease: the same nodes start in writer mode (one holds the lease, the
+/// other stands by), and inspection labels them so (a node's epoch left
+/// from the earlier mode does not make it `owns_sessions`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_database_of_owning_nodes_goes_back_to_the_writer_lease() {
+    if skip() {
+        return;
+    }
+    let mut cluster = owning_cluster("[[models]]\nname = \"echo\"\nprovider = \"echo\"\n");
+    let n0 = cluster.start("n0", 2_000).await;
+    let n1 = cluster.start("n1", 2_000).await;
+    let mut c = n1.client().await.unwrap();
+    let s = start(&mut c, "").await;
+    turn(&mut c, &s, "before").await;
+    n0.terminate().await.unwrap();
+    n1.terminate().await.unwrap();
+    cluster.cluster_extra = String::new();
+    let n0 = cluster.start("n0", 2_000).await;
+    let n1 = cluster.start("n1", 2_000).await;
+    let tree = inspect_actors(&n0).await;
+    assert_eq!(
+        cluster_members(&tree),
+        [
+            ("n0".to_string(), "holds_lease".to_string()),
+            ("n1".into(), "standby".into())
+        ],
+        "{tree}"
+    );
+    // The session goes on under the lease, through the standby.
+    let mut c = n1.client().await.unwrap();
+    let t = turn(&mut c, &s, "after").await;
+    assert_eq!(answer(&t), "after");
+    n1.terminate().await.unwrap();
+    n0.terminate().await.unwrap();
+}

@@ -111,12 +111,16 @@ impl RuntimeHandle {
                 .map_err(|e| Error::Internal(format!("node listing task failed: {e}")))?
                 .map_err(Error::from)?;
             let mut cluster = ActorNode::new("cluster", "cluster", "nodes", "running");
+            // The nodes of one database all run in this node's mode (a
+            // node of the other mode is refused): a node's epoch left from
+            // an earlier run in the other mode says nothing.
+            let owning = shared.store.claims();
             for r in rows {
                 let status = match (r.live, r.holds_lease) {
                     (_, Some(_)) => "holds_lease",
                     // `cluster.ownership = "sessions"`: each node owns
                     // the sessions it loaded.
-                    (true, None) if r.epoch > 0 => "owns_sessions",
+                    (true, None) if owning => "owns_sessions",
                     (true, None) => "standby",
                     (false, None) => "gone",
                 };
@@ -128,7 +132,7 @@ impl RuntimeHandle {
                 if let Some(e) = r.holds_lease {
                     n.detail.insert("lease_epoch".into(), e.to_string());
                 }
-                if r.epoch > 0 {
+                if owning && r.epoch > 0 {
                     n.detail.insert("node_epoch".into(), r.epoch.to_string());
                     n.detail
                         .insert("sessions_owned".into(), r.sessions_owned.to_string());

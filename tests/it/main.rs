@@ -31,6 +31,7 @@ mod output_records;
 mod owner_console;
 mod owner_flows;
 mod owner_ledgers;
+mod owner_mtls;
 mod owners;
 mod privacy;
 mod provider_keys;

@@ -478,7 +478,7 @@ async fn calls_are_forwarded_to_the_owner_over_tls() {
 }
 
 /// Start node `node`, which must refuse to: what it printed.
-async fn refused_start(cluster: &Cluster, node: &str) -> String {
+pub(crate) async fn refused_start(cluster: &Cluster, node: &str) -> String {
     let out = tokio::process::Command::new(crate::common::bin())
         .arg("serve")
         .arg("--config")

@@ -368,27 +368,21 @@ async fn bind(
     Ok((listener, http))
 }
 
-/// A node that lost its writer lease to another node may no longer write
-/// anything: it stops at once (exit status 75), so that its supervisor
-/// starts it again as a standby.
 /// How a node owning sessions reaches the others to forward calls: over
-/// TLS where its own ports speak it, trusting `cluster.peer_ca_file`. A
-/// forwarded call carries the caller's `authorization` header, not a
-/// client certificate: mutual TLS (`client_ca_file`) is refused here.
+/// TLS where its own ports speak it, trusting `cluster.peer_ca_file`. With
+/// mutual TLS (`client_ca_file`) it presents `cluster.peer_cert_file` to
+/// the others, which then take the caller's certificate it forwards.
 fn peers(config: &baton_server::BatonConfig) -> anyhow::Result<baton_server::owner::Peers> {
     let node_id = config.cluster.node_options()?.id;
     let mut ca = None;
+    let mut mutual = None;
     for (section, tls) in [
         ("server.tls", &config.server.tls),
         ("http.tls", &config.http.tls),
     ] {
         let Some(tls) = tls else { continue };
-        if tls.client_ca_file.is_some() {
-            anyhow::bail!(
-                "{section}.client_ca_file with cluster.ownership = \"sessions\": a call forwarded \
-                 to a session's owner carries the caller's authorization header, not its client \
-                 certificate; use API keys or tokens, or the writer lease (docs/scaling.md)"
-            );
+        if tls.client_ca_file.is_some() && mutual.is_none() {
+            mutual = Some(section);
         }
         if ca.is_none() {
             let Some(path) = &config.cluster.peer_ca_file else {
@@ -403,13 +397,43 @@ fn peers(config: &baton_server::BatonConfig) -> anyhow::Result<baton_server::own
             })?);
         }
     }
+    let identity = match (
+        mutual,
+        &config.cluster.peer_cert_file,
+        &config.cluster.peer_key_file,
+    ) {
+        (None, _, _) => None,
+        (Some(_), Some(cert), Some(key)) => {
+            let read = |field: &str, p: &std::path::Path| {
+                std::fs::read(p)
+                    .with_context(|| format!("cluster.{field}: cannot read {}", p.display()))
+            };
+            Some(
+                baton_server::owner::PeerIdentity::from_pem(
+                    read("peer_cert_file", cert)?,
+                    read("peer_key_file", key)?,
+                )
+                .map_err(anyhow::Error::msg)?,
+            )
+        }
+        (Some(section), _, _) => anyhow::bail!(
+            "cluster.peer_cert_file and cluster.peer_key_file are needed with \
+             {section}.client_ca_file and cluster.ownership = \"sessions\": the certificate \
+             (signed by a CA of client_ca_file) every node presents when it forwards a call, \
+             with the caller's certificate, to a session's owner"
+        ),
+    };
     Ok(baton_server::owner::Peers {
         node_id,
         grpc_ca: config.server.tls.as_ref().and(ca.clone()),
         http_ca: config.http.tls.as_ref().and(ca),
+        identity,
     })
 }
 
+/// A node that lost its writer lease to another node may no longer write
+/// anything: it stops at once (exit status 75), so that its supervisor
+/// starts it again as a standby.
 fn watch_lease(runtime: baton_runtime::RuntimeHandle) {
     tokio::spawn(async move {
         loop {

@@ -40,6 +40,15 @@ pub struct ClusterConfig {
     /// certificates, trusted when this node forwards a call to a session's
     /// owner.
     pub peer_ca_file: Option<std::path::PathBuf>,
+    /// With `ownership = "sessions"` and mutual TLS on gRPC
+    /// (`server.tls.client_ca_file`): the certificate (PEM) every node
+    /// presents when it forwards a call to another, signed by a CA of the
+    /// nodes' `client_ca_file`. A node takes a forwarded caller's
+    /// certificate (`x-baton-client-cert-bin`) only on a connection that
+    /// presents this certificate.
+    pub peer_cert_file: Option<std::path::PathBuf>,
+    /// Its private key (PEM).
+    pub peer_key_file: Option<std::path::PathBuf>,
 }
 
 /// How the nodes of a cluster share the sessions (`cluster.ownership`).
@@ -62,6 +71,8 @@ impl Default for ClusterConfig {
             heartbeat_ms: 1_000,
             ownership: Ownership::Writer,
             peer_ca_file: None,
+            peer_cert_file: None,
+            peer_key_file: None,
         }
     }
 }

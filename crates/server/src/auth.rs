@@ -401,6 +401,30 @@ impl Authenticator {
         if !self.inner.enabled {
             return Ok(Principal::local());
         }
+        // A call another node forwarded (nodes owning sessions one by
+        // one, mutual TLS): its caller's certificate, checked by that
+        // node's TLS, taken only from a node (its own certificate).
+        if let Some(v) = headers.get(crate::owner::CLIENT_CERT) {
+            if !peer_cert.is_some_and(crate::owner::is_peer) {
+                return Err(Denied::Unauthenticated(format!(
+                    "{} is taken only from another Baton node (cluster.peer_cert_file)",
+                    crate::owner::CLIENT_CERT
+                )));
+            }
+            use base64::Engine as _;
+            // Binary metadata travels as base64, padded or not.
+            let text = v.as_bytes().trim_ascii();
+            let unpadded = text
+                .strip_suffix(b"==")
+                .or(text.strip_suffix(b"="))
+                .unwrap_or(text);
+            let der = base64::engine::general_purpose::STANDARD_NO_PAD
+                .decode(unpadded)
+                .map_err(|_| {
+                    Denied::Unauthenticated(format!("{}: not base64", crate::owner::CLIENT_CERT))
+                })?;
+            return baton_auth::tls::principal_from_cert(&der, &self.inner.certs).map_err(denied);
+        }
         if let Some(value) = headers.get(header::AUTHORIZATION) {
             let value = value.to_str().map_err(|_| {
                 Denied::Unauthenticated("the authorization header is not valid text".into())

@@ -48,6 +48,18 @@ impl Onward {
                 metadata.insert(key, v.clone());
             }
         }
+        // A caller known by its client certificate (mutual TLS, checked
+        // by this node's TLS): the certificate goes along, for the owner
+        // to take from this node (see `is_peer`).
+        if metadata.get("authorization").is_none()
+            && let Some(certs) = req.peer_certs()
+            && let Some(leaf) = certs.first()
+        {
+            metadata.insert_bin(
+                CLIENT_CERT,
+                tonic::metadata::MetadataValue::from_bytes(leaf.as_ref()),
+            );
+        }
         if let Some(v) = req.metadata().get(FORWARDED_BY) {
             metadata.insert(FORWARDED_BY, v.clone());
         }
@@ -80,6 +92,9 @@ impl Onward {
                 req.metadata_mut().insert(key, v.clone());
             }
         }
+        if let Some(v) = self.metadata.get_bin(CLIENT_CERT) {
+            req.metadata_mut().insert_bin(CLIENT_CERT, v.clone());
+        }
         let me = node_id();
         if let Ok(v) = MetadataValue::try_from(me.as_str()) {
             req.metadata_mut().insert(FORWARDED_BY, v);
@@ -103,6 +118,61 @@ pub struct Peers {
     pub grpc_ca: Option<Vec<u8>>,
     /// The same for their HTTP ports (`[http.tls]`).
     pub http_ca: Option<Vec<u8>>,
+    /// With mutual TLS: the certificate every node presents to the others
+    /// (`cluster.peer_cert_file`).
+    pub identity: Option<PeerIdentity>,
+}
+
+/// The certificate and key the nodes present to each other when mutual
+/// TLS is on; a node takes a forwarded caller's certificate
+/// ([`CLIENT_CERT`]) only on a connection that presents this certificate.
+#[derive(Clone)]
+pub struct PeerIdentity {
+    cert_pem: Vec<u8>,
+    key_pem: Vec<u8>,
+    /// The leaf certificate, DER.
+    leaf: Vec<u8>,
+}
+
+impl std::fmt::Debug for PeerIdentity {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PeerIdentity")
+    }
+}
+
+impl PeerIdentity {
+    /// From the PEM of a certificate (its chain, leaf first) and its key.
+    pub fn from_pem(cert_pem: Vec<u8>, key_pem: Vec<u8>) -> Result<Self, String> {
+        use tokio_rustls::rustls::pki_types::{CertificateDer, pem::PemObject};
+        let leaf = CertificateDer::pem_slice_iter(&cert_pem)
+            .next()
+            .ok_or("cluster.peer_cert_file: no certificate in it (a PEM CERTIFICATE block)")?
+            .map_err(|e| format!("cluster.peer_cert_file: {e}"))?
+            .as_ref()
+            .to_vec();
+        if !String::from_utf8_lossy(&key_pem).contains("PRIVATE KEY") {
+            return Err("cluster.peer_key_file: no PEM private key in it".into());
+        }
+        Ok(PeerIdentity {
+            cert_pem,
+            key_pem,
+            leaf,
+        })
+    }
+}
+
+/// The metadata key of a forwarded caller's client certificate (DER), sent
+/// by the node that took the call over mutual TLS.
+pub const CLIENT_CERT: &str = "x-baton-client-cert-bin";
+
+/// Whether a connection's client certificate is the nodes' own
+/// (`cluster.peer_cert_file`): only then is a forwarded caller's
+/// certificate taken.
+pub(crate) fn is_peer(cert_der: &[u8]) -> bool {
+    PEERS
+        .get()
+        .and_then(|p| p.identity.as_ref())
+        .is_some_and(|i| i.leaf == cert_der)
 }
 
 static PEERS: OnceLock<Peers> = OnceLock::new();
@@ -131,12 +201,15 @@ fn channel(addr: &str) -> Result<Channel, Status> {
     let mut endpoint =
         Endpoint::from_shared(format!("{scheme}://{addr}")).map_err(|e| unusable(&e))?;
     if let Some(ca) = ca {
-        endpoint = endpoint
-            .tls_config(
-                tonic::transport::ClientTlsConfig::new()
-                    .ca_certificate(tonic::transport::Certificate::from_pem(ca)),
-            )
-            .map_err(|e| unusable(&e))?;
+        let mut tls = tonic::transport::ClientTlsConfig::new()
+            .ca_certificate(tonic::transport::Certificate::from_pem(ca));
+        if let Some(i) = PEERS.get().and_then(|p| p.identity.as_ref()) {
+            tls = tls.identity(tonic::transport::Identity::from_pem(
+                &i.cert_pem,
+                &i.key_pem,
+            ));
+        }
+        endpoint = endpoint.tls_config(tls).map_err(|e| unusable(&e))?;
     }
     let c = endpoint
         .connect_timeout(std::time::Duration::from_secs(5))
@@ -323,6 +396,15 @@ fn http_client() -> &'static reqwest::Client {
                 Ok(c) => b = b.add_root_certificate(c),
                 Err(e) => {
                     tracing::error!(error = %e, "cluster.peer_ca_file is not a PEM certificate")
+                }
+            }
+            // With mutual TLS on the HTTP port, the nodes' certificate.
+            if let Some(i) = PEERS.get().and_then(|p| p.identity.as_ref()) {
+                match reqwest::Identity::from_pkcs8_pem(&i.cert_pem, &i.key_pem) {
+                    Ok(id) => b = b.identity(id),
+                    Err(e) => {
+                        tracing::error!(error = %e, "cluster.peer_cert_file / peer_key_file unusable")
+                    }
                 }
             }
         }

@@ -513,6 +513,9 @@ pub enum SupMsg {
     Declined(RunId),
     /// The runs in memory.
     Live(RpcReplyPort<Vec<LiveRun>>),
+    /// Start the run's actor again (its first start failed), with the
+    /// messages held for it.
+    Respawn(RunId, Vec<RunMsg>),
 }
 
 /// A run whose actor is in memory, for inspection.
@@ -583,12 +586,7 @@ impl SupState {
                     let (me, delay) = (myself.clone(), Duration::from_millis(200 << *n));
                     tokio::spawn(async move {
                         tokio::time::sleep(delay).await;
-                        if held.is_empty() {
-                            let _ = me.cast(SupMsg::Activate(run));
-                        }
-                        for m in held {
-                            let _ = me.cast(SupMsg::Route(run, m));
-                        }
+                        let _ = me.cast(SupMsg::Respawn(run, held));
                     });
                 } else {
                     self.spawn_failures.remove(&run);
@@ -656,6 +654,21 @@ impl Actor for RunSupervisor {
                     }
                 }
             }
+            SupMsg::Respawn(run, held) => match st.live.get_mut(&run) {
+                // Started meanwhile (activated again): the messages go to it.
+                Some(e) => {
+                    for m in held {
+                        if e.passivating {
+                            e.held.push(m);
+                        } else if let Err(ractor::MessagingErr::SendErr(m)) =
+                            e.actor.send_message(m)
+                        {
+                            e.held.push(m);
+                        }
+                    }
+                }
+                None => st.spawn(&myself, run, held).await,
+            },
             SupMsg::Live(reply) => {
                 let mut runs: Vec<LiveRun> = st
                     .live

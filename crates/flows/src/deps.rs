@@ -70,6 +70,8 @@ pub struct Deps {
     /// Compiled definitions by (name, version): runs of older versions
     /// compile theirs once.
     pub compiled: Mutex<HashMap<(String, String), Arc<Flow>>>,
+    /// The flows are stopping: new runs are refused.
+    pub stopping: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Deps {

@@ -31,8 +31,8 @@ use crate::def::Flow;
 use crate::error::Result;
 use crate::manager::Flows;
 
-/// The owner key of the flows lease: never a session's (16 bytes), a run's
-/// or a creation's (17).
+/// The owner key of the flows lease: never a session's (16 bytes), and
+/// its first byte is neither a run's (`r`) nor a creation's (`i`).
 pub const LEASE_KEY: &[u8] = b"baton-flows-lease";
 
 /// Who runs the flows, as this node knows it.
@@ -56,6 +56,8 @@ pub enum Holder {
 #[derive(Clone, Default)]
 pub struct Lead {
     state: Option<watch::Receiver<Holder>>,
+    /// Where the lease is contended: who holds it, as this node says.
+    tx: Option<Arc<watch::Sender<Holder>>>,
     tasks: Arc<Mutex<Vec<tokio::task::JoinHandle<()>>>>,
     /// Set where the lease is contended: given up at shutdown.
     rt: Option<RuntimeHandle>,
@@ -96,18 +98,27 @@ impl Lead {
         let (tx, state) = watch::channel(Holder::Nobody(
             "no node holds the flows lease at this moment".into(),
         ));
+        let tx = Arc::new(tx);
         try_hold(&rt, &config, &code, &tx).await?;
         let period = Duration::from_millis(rt.config().cluster.heartbeat_ms.max(10));
-        let held = rt.clone();
+        let (held, sender) = (rt.clone(), tx.clone());
         let contend = tokio::spawn(async move {
             loop {
                 tokio::time::sleep(period).await;
-                if matches!(*tx.borrow(), Holder::Here(_)) {
-                    // Held for as long as this node's lease lives.
-                    return;
-                }
-                if let Err(e) = try_hold(&held, &config, &code, &tx).await {
-                    tracing::warn!(error = %e, "cannot take the flows lease");
+                let here = match &*sender.borrow() {
+                    Holder::Here(f) => Some(f.clone()),
+                    _ => None,
+                };
+                match here {
+                    // Held for as long as this node's lease lives; runs a
+                    // gone node left claimed (its actors stopped without
+                    // giving them up) are activated here, which takes them.
+                    Some(flows) => activate_orphans(&held, &flows).await,
+                    None => {
+                        if let Err(e) = try_hold(&held, &config, &code, &sender).await {
+                            tracing::warn!(error = %e, "cannot take the flows lease");
+                        }
+                    }
                 }
             }
         });
@@ -118,6 +129,7 @@ impl Lead {
         ));
         Ok(Lead {
             state: Some(state),
+            tx: Some(tx),
             tasks: Arc::new(Mutex::new(vec![contend, wakes])),
             rt: Some(rt),
         })
@@ -153,6 +165,11 @@ impl Lead {
             t.abort();
         }
         if let Some(flows) = self.here() {
+            // Calls are no longer taken here: they are answered "retry"
+            // until another node holds the lease.
+            if let Some(tx) = &self.tx {
+                tx.send_replace(Holder::Nobody("the flows' node is stopping".into()));
+            }
             flows.shutdown().await;
             if let Some(rt) = &self.rt
                 && let Err(e) = rt.store().release_owner_key(LEASE_KEY.to_vec()).await
@@ -196,6 +213,26 @@ async fn try_hold(
                 http_addr: o.http_addr,
             });
             Ok(())
+        }
+    }
+}
+
+/// Activate the runs whose claims a gone node left (orphaned `r` owner
+/// keys): their actors claim them here and go on.
+async fn activate_orphans(rt: &RuntimeHandle, flows: &Flows) {
+    let keys = match rt.store().orphaned(1024).await {
+        Ok(k) => k,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot look for runs a gone node left");
+            return;
+        }
+    };
+    for k in keys {
+        if k.len() == 17
+            && k[0] == b'r'
+            && let Some(run) = crate::record::RunId::from_bytes(&k[1..])
+        {
+            flows.activate(run);
         }
     }
 }

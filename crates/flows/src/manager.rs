@@ -176,6 +176,7 @@ impl Flows {
             vars,
             queues: sinks,
             compiled: Mutex::new(HashMap::new()),
+            stopping: Default::default(),
         });
         for f in catalog.list() {
             deps.remember(f);
@@ -196,7 +197,10 @@ impl Flows {
             Arc::downgrade(&inner) as std::sync::Weak<dyn Starter>;
         let _ = deps.starter.set(weak);
         let flows = Flows { inner };
-        flows.recover().await?;
+        if let Err(e) = flows.recover().await {
+            flows.inner.sup.stop(None);
+            return Err(e);
+        }
         flows.spawn_loops();
         let mut tasks = Vec::new();
         tasks.push(tokio::spawn(wake_on_gate_decisions(
@@ -331,6 +335,11 @@ impl Flows {
 
     /// Stop the loops and every run's actor (runs resume at the next start).
     pub async fn shutdown(&self) {
+        // New runs are refused from here on (their actors would not start).
+        self.inner
+            .deps
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         for t in self
             .inner
             .tasks
@@ -345,6 +354,11 @@ impl Flows {
             .sup
             .stop_and_wait(Some("shutdown".into()), Some(Duration::from_secs(10)))
             .await;
+    }
+
+    /// Activate run `id` (one a gone node left claimed).
+    pub(crate) fn activate(&self, id: RunId) {
+        let _ = self.inner.sup.cast(SupMsg::Activate(id));
     }
 
     /// Read the definitions directory again now.
@@ -840,6 +854,11 @@ async fn fire_timers(inner: &Inner, recent: &mut HashMap<RunId, u64>) -> Result<
 
 impl Inner {
     async fn start_run(&self, req: StartRun, by: &Principal) -> Result<Started> {
+        if self.deps.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(Error::Unavailable(
+                "the flows are stopping on this node; retry".into(),
+            ));
+        }
         let flow = self
             .catalog
             .get(&req.flow)

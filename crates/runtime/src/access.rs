@@ -635,6 +635,19 @@ impl Caller {
         self.rt.erase_subject_by(tenant, subject, &self.label).await
     }
 
+    /// One pass of [`Self::erase_subject`]: what it deleted here, the
+    /// sessions live on other nodes it left, and the erasure once none is.
+    pub async fn erase_subject_pass(
+        &self,
+        tenant: &str,
+        subject: &str,
+    ) -> Result<crate::privacy::ErasurePass> {
+        self.require(AccessRole::Admin)?;
+        self.rt
+            .erase_subject_pass(tenant, subject, &self.label)
+            .await
+    }
+
     pub async fn backup(&self, dest: std::path::PathBuf) -> Result<BackupInfo> {
         self.require(AccessRole::Admin)?;
         let Some(root) = self.rt.shared().config.store.backup_dir.clone() else {

@@ -228,6 +228,15 @@ impl AuditCursor {
         *e = (*e).max(seq);
     }
 
+    /// Whether records of `session` were handed to the sink by this node
+    /// and not yet confirmed.
+    pub(crate) fn holds(&self, session: SessionId) -> bool {
+        self.noted
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains_key(&session)
+    }
+
     fn take(&self) -> std::collections::HashMap<SessionId, u64> {
         std::mem::take(
             &mut *self
@@ -350,10 +359,16 @@ async fn append_backlog(
 /// confirmation past them. Nothing to do for almost every session.
 pub(crate) async fn recover_session(
     sink: &dyn AuditSink,
+    cursor: &AuditCursor,
     store: &baton_store::Store,
     session: baton_types::SessionId,
     seal: Option<&baton_store::seal::SealKey>,
 ) -> Result<u64, RecoverError> {
+    // Handed to this node's own trail (an actor that failed and was
+    // started again): its confirmer confirms them.
+    if cursor.holds(session) {
+        return Ok(0);
+    }
     let Some((done, pending)) = store.audit_backlog_of(session).await? else {
         return Ok(0);
     };

@@ -82,7 +82,7 @@ pub use error::{ConfigError, Error, Result};
 pub use gates::{GateDecision, GateList, GateOrder, GateQuery, GateRecord, GateStatus};
 pub use handle::RuntimeHandle;
 pub use inspect::{ActorNode, BackupInfo, JournalPage, StateView};
-pub use privacy::{Erasure, Keystore, PrivacyConfig, audit_aad, open_keyring};
+pub use privacy::{Erasure, ErasurePass, Keystore, PrivacyConfig, audit_aad, open_keyring};
 pub use quality::QualityConfig;
 pub use replay::{Divergence, ReplayReport};
 pub use retention::RetentionConfig;

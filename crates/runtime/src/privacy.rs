@@ -289,6 +289,17 @@ pub fn audit_aad(session: SessionId, seq: u64) -> Vec<u8> {
     .concat()
 }
 
+/// One pass of an erasure where sessions may be live on other nodes.
+#[derive(Debug)]
+pub struct ErasurePass {
+    /// Sessions deleted by this pass.
+    pub sessions_deleted: u64,
+    /// Sessions of the subject live on other nodes, left to them.
+    pub elsewhere: Vec<(SessionId, baton_store::owners::Owner)>,
+    /// The erasure, once no session was left elsewhere (keys destroyed).
+    pub erasure: Option<Erasure>,
+}
+
 /// What an erasure did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Erasure {
@@ -308,13 +319,32 @@ impl crate::handle::RuntimeHandle {
     }
 
     /// [`Self::erase_subject`] of a subject of `tenant` (a customer id
-    /// names a subject within its tenant), by principal `by`.
+    /// names a subject within its tenant), by principal `by`. A session of
+    /// it live on another node is named as [`Error::OwnedElsewhere`]
+    /// (delete it there, then erase again).
     pub(crate) async fn erase_subject_by(
         &self,
         tenant: &str,
         name: &str,
         by: &str,
     ) -> Result<Erasure> {
+        let pass = self.erase_subject_pass(tenant, name, by).await?;
+        match (pass.erasure, pass.elsewhere.into_iter().next()) {
+            (Some(e), _) => Ok(e),
+            (None, Some((session, owner))) => Err(Error::OwnedElsewhere { session, owner }),
+            (None, None) => Err(Error::Internal("an erasure pass ended with nothing".into())),
+        }
+    }
+
+    /// One pass of an erasure: every session of the subject this node can
+    /// delete is deleted; when none is left elsewhere, the keys are
+    /// destroyed too ([`ErasurePass::erasure`]).
+    pub(crate) async fn erase_subject_pass(
+        &self,
+        tenant: &str,
+        name: &str,
+        by: &str,
+    ) -> Result<ErasurePass> {
         let shared = self.inner.shared.clone();
         let Some(ring) = shared.store.keyring().cloned() else {
             return Err(Error::FailedPrecondition(
@@ -383,12 +413,24 @@ impl crate::handle::RuntimeHandle {
         // becomes unreadable. A crash in between leaves the erasure to be
         // redone: the sessions are gone, the keys not yet.
         let mut sessions_deleted = 0;
+        let mut elsewhere = Vec::new();
         for id in doomed {
             match self.delete_uncompacted(id, by).await {
                 Ok(()) => sessions_deleted += 1,
                 Err(Error::SessionNotFound(_) | Error::NotFoundDetail(_)) => {}
+                // Live on another node (nodes owning sessions one by one):
+                // deleted there, then the erasure goes on (its keys are
+                // destroyed once no session is left).
+                Err(Error::OwnedElsewhere { session, owner }) => elsewhere.push((session, owner)),
                 Err(e) => return Err(e),
             }
+        }
+        if !elsewhere.is_empty() {
+            return Ok(ErasurePass {
+                sessions_deleted,
+                elsewhere,
+                erasure: None,
+            });
         }
         crate::failpoint("erase_after_sessions");
         let r = ring.clone();
@@ -414,9 +456,13 @@ impl crate::handle::RuntimeHandle {
             by,
         );
         tracing::info!(subject_sha256 = %hash, keys_destroyed, sessions_deleted, "data subject erased");
-        Ok(Erasure {
-            keys_destroyed,
+        Ok(ErasurePass {
             sessions_deleted,
+            elsewhere,
+            erasure: Some(Erasure {
+                keys_destroyed,
+                sessions_deleted,
+            }),
         })
     }
 }

@@ -299,12 +299,12 @@ async fn hook(
         Some(baton_flows::Holder::Here(flows)) => flows,
         // Another node runs the flows (nodes owning sessions one by one):
         // `crate::owner::forward_http` sends the delivery there.
-        Some(baton_flows::Holder::Node {
-            node_id, http_addr, ..
-        }) => {
+        Some(baton_flows::Holder::Node { http_addr, .. }) => {
+            // (The caller is not authenticated here: no node is named.)
             let mut r = error(
                 baton_types::ErrorCode::Unavailable,
-                format!("the flows run on node {node_id:?} ({http_addr}); retry"),
+                "the flows run on another node, which cannot be reached at this moment; retry"
+                    .into(),
                 Some(1),
             );
             if !http_addr.is_empty() {

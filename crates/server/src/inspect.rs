@@ -17,9 +17,9 @@ const DEFAULT_JOURNAL_PAGE: u32 = 100;
 /// The most journal records one page may ask for.
 const MAX_JOURNAL_PAGE: u32 = 1000;
 
-/// Most sessions of one subject an erasure deletes on other nodes (one
-/// pass over the subject's sessions each) before it gives up.
-const MAX_ERASED_ELSEWHERE: u64 = 1_000;
+/// Passes of an erasure (each deletes what it can here and sends the
+/// rest to the nodes holding them live) before it gives up.
+const MAX_ERASURE_PASSES: u32 = 5;
 
 /// The Inspect service over a runtime.
 #[derive(Clone)]
@@ -278,30 +278,44 @@ impl Inspect for InspectService {
         // another node is deleted there (DeleteSession, forwarded with the
         // caller's credentials), and the erasure goes on: its keys are
         // destroyed once every session is gone.
-        let mut deleted_elsewhere = 0u64;
+        let mut deleted = 0u64;
+        let mut passes = 0;
         let e = loop {
-            match caller.erase_subject(&r.tenant, &r.subject).await {
-                Ok(e) => break e,
-                Err(err) => {
-                    let baton_runtime::Error::OwnedElsewhere { session, .. } = &err else {
-                        return Err(status(&err));
-                    };
-                    if deleted_elsewhere >= MAX_ERASED_ELSEWHERE {
-                        return Err(status(&err));
-                    }
-                    let session_id = session.to_string();
-                    let addr = onward.owner(err)?;
-                    crate::owner::sessions(&addr)?
-                        .delete_session(onward.request(v1::DeleteSessionRequest { session_id }))
-                        .await
-                        .map_err(|s| crate::owner::unreachable(&addr, s))?;
-                    deleted_elsewhere += 1;
+            let pass = caller
+                .erase_subject_pass(&r.tenant, &r.subject)
+                .await
+                .map_err(|e| status(&e))?;
+            deleted += pass.sessions_deleted;
+            if let Some(e) = pass.erasure {
+                break e;
+            }
+            passes += 1;
+            if passes > MAX_ERASURE_PASSES {
+                return Err(Status::unavailable(format!(
+                    "{deleted} sessions of the subject were deleted, but some stay live on other \
+                     nodes after {MAX_ERASURE_PASSES} passes; erase again"
+                )));
+            }
+            for (session, owner) in pass.elsewhere {
+                let err = baton_runtime::Error::OwnedElsewhere { session, owner };
+                let addr = onward.owner(err)?;
+                match crate::owner::sessions(&addr)?
+                    .delete_session(onward.request(v1::DeleteSessionRequest {
+                        session_id: session.to_string(),
+                    }))
+                    .await
+                {
+                    Ok(_) => deleted += 1,
+                    // Gone meanwhile (its owner passivated it, and another
+                    // deleted it): the next pass finds it or not.
+                    Err(s) if s.code() == tonic::Code::NotFound => {}
+                    Err(s) => return Err(crate::owner::unreachable(&addr, s)),
                 }
             }
         };
         Ok(Response::new(v1::EraseSubjectResponse {
             keys_destroyed: e.keys_destroyed,
-            sessions_deleted: e.sessions_deleted + deleted_elsewhere,
+            sessions_deleted: deleted,
         }))
     }
 

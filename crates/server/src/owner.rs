@@ -316,7 +316,8 @@ pub(crate) async fn forward_http(
     // (console sign-ins are shared by the nodes in this mode).
     let path = req.uri().path();
     let post = req.method() == axum::http::Method::POST;
-    let console = path.starts_with("/ui/gates/") || path.starts_with("/ui/runs");
+    let console =
+        path.starts_with("/ui/gates/") || path == "/ui/runs" || path.starts_with("/ui/runs/");
     if req.headers().contains_key(FORWARDED_BY)
         || !(console || (post && (path == "/v1/responses" || path.starts_with("/hooks/"))))
     {

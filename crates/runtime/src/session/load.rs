@@ -110,6 +110,7 @@ impl SessionCtx {
             if let Some(sink) = &shared.audit
                 && let Err(e) = crate::audit::recover_session(
                     sink.as_ref(),
+                    &shared.audit_cursor,
                     &store,
                     id,
                     self.env.seal.as_deref(),

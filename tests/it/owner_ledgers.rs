@@ -46,6 +46,32 @@ endpoints = ["echo"]
 budget_usd = 5.0
 "#;
 
+/// A session started through `node` as `key` with `req`, once the node
+/// knows the key (a key made through another node is read within a
+/// heartbeat).
+async fn start_when_known(
+    node: &baton_testkit::BatonProcess,
+    key: &str,
+    req: v1::StartSessionRequest,
+) -> String {
+    for _ in 0..100 {
+        match node
+            .client()
+            .await
+            .unwrap()
+            .start_session(with_key(key, req.clone()))
+            .await
+        {
+            Ok(r) => return r.into_inner().session_id,
+            Err(e) if e.code() == Code::Unauthenticated => {
+                tokio::time::sleep(Duration::from_millis(50)).await
+            }
+            Err(e) => panic!("{e:?}"),
+        }
+    }
+    panic!("the node never knew the key");
+}
+
 /// One turn of session `id` through `node` as `key`: its events.
 async fn turn_as(
     node: &baton_testkit::BatonProcess,
@@ -109,17 +135,7 @@ async fn a_tenants_budget_and_rate_used_through_one_node_hold_on_the_others() {
     let n1 = cluster.start("n1", 2_000).await;
     let key = create_key_for(&n0, &admin, "spender", &["client"]).await;
     // n1 reads the new key within a heartbeat.
-    let mut early = None;
-    for _ in 0..100 {
-        match start(&n1, &key).await {
-            Ok(id) => {
-                early = Some(id);
-                break;
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
-        }
-    }
-    early.expect("n1 knows the key");
+    start_when_known(&n1, &key, v1::StartSessionRequest::default()).await;
     let id = start(&n0, &key).await.unwrap();
     // Each turn costs a dollar per input token: a few turns spend it all,
     // on n0.
@@ -167,15 +183,7 @@ async fn a_tenants_budget_and_rate_used_through_one_node_hold_on_the_others() {
     // Tokens per minute: one turn on n0 uses the tenant's minute; n1
     // refuses its next session within a couple of heartbeats.
     let chatty = create_key_for(&n0, &admin, "chatty", &["client"]).await;
-    let mut cid = None;
-    for _ in 0..100 {
-        if let Ok(id) = start(&n0, &chatty).await {
-            cid = Some(id);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let cid = cid.expect("n0 knows the key");
+    let cid = start_when_known(&n0, &chatty, v1::StartSessionRequest::default()).await;
     let mut s = c
         .send_message(with_key(
             &chatty,
@@ -212,21 +220,7 @@ async fn a_tenants_budget_and_rate_used_through_one_node_hold_on_the_others() {
         route: "capped".into(),
         ..Default::default()
     };
-    let mut on_n0 = None;
-    for _ in 0..100 {
-        if let Ok(r) = n0
-            .client()
-            .await
-            .unwrap()
-            .start_session(with_key(&wide, route.clone()))
-            .await
-        {
-            on_n0 = Some(r.into_inner().session_id);
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let on_n0 = on_n0.expect("n0 knows the key");
+    let on_n0 = start_when_known(&n0, &wide, route.clone()).await;
     let mut spent = None;
     for _ in 1..=10 {
         // One token in, one out, a dollar a turn (plus the history).
@@ -238,27 +232,7 @@ async fn a_tenants_budget_and_rate_used_through_one_node_hold_on_the_others() {
     }
     let reason = spent.expect("the route's budget runs out on n0");
     assert!(reason.contains("route capped"), "{reason}");
-    let mut on_n1 = None;
-    for _ in 0..100 {
-        // n1 reads the new key within a heartbeat.
-        match n1
-            .client()
-            .await
-            .unwrap()
-            .start_session(with_key(&wide, route.clone()))
-            .await
-        {
-            Ok(r) => {
-                on_n1 = Some(r.into_inner().session_id);
-                break;
-            }
-            Err(e) if e.code() == Code::Unauthenticated => {
-                tokio::time::sleep(Duration::from_millis(50)).await
-            }
-            Err(e) => panic!("{e:?}"),
-        }
-    }
-    let on_n1 = on_n1.expect("n1 knows the key");
+    let on_n1 = start_when_known(&n1, &wide, route.clone()).await;
     // A few heartbeats on, n1's ledger counts n0's spend: its refusal of
     // a turn whose estimate is over the limit anyway names the spend (on
     // its own, n1 would say "spent $0").

@@ -49,6 +49,7 @@ mod record;
 mod replay;
 mod schedule;
 mod spec;
+mod views;
 mod webhook;
 
 pub use actor::LiveRun;
@@ -63,13 +64,14 @@ pub use deps::{StartRun, Started};
 pub use error::{Error, Result};
 pub use expr::{Expr, Template};
 pub use lead::{Holder, LEASE_KEY, Lead};
-pub use manager::{FlowInfo, Flows, RunPage, RunQuery, RunView};
+pub use manager::Flows;
 pub use queue::{RedisSink, RedisSource};
 pub use record::{RunEvent, RunId, RunMeta, RunRecord, RunStatus};
 pub use replay::ReplayReport;
 pub use spec::{
     BranchSpec, CaseSpec, EmitTarget, FlowSpec, JoinSpec, OnError, StepKindName, StepSpec,
 };
+pub use views::{FlowInfo, RunPage, RunQuery, RunView};
 pub use webhook::sign as sign_webhook;
 
 #[cfg(test)]

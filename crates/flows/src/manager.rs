@@ -2,7 +2,7 @@
 //! timer and reload loops, and the API (start, get, list, watch, signal,
 //! cancel) that gRPC, the CLI, triggers and embedders use.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -25,6 +25,7 @@ use crate::index;
 use crate::log::{Memo, Watchers};
 use crate::record::{self, RECORD_VERSION, RunEvent, RunId, RunMeta, RunRecord, RunStatus};
 use crate::replay::ReplayReport;
+use crate::views::{FlowInfo, RunPage, RunQuery, RunView};
 
 /// Longest idempotency key or delivery id, in bytes.
 pub const MAX_KEY_BYTES: usize = 256;
@@ -34,55 +35,6 @@ pub const MAX_PAYLOAD_BYTES: usize = 1024 * 1024;
 const ACTOR_TIMEOUT: Duration = Duration::from_secs(30);
 /// Lock stripes for starts with an idempotency key or delivery id.
 const STRIPES: usize = 64;
-
-/// A flow as `ListFlows` shows it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct FlowInfo {
-    pub name: String,
-    pub version: String,
-    pub description: String,
-    pub steps: usize,
-    pub max_active_runs: Option<u32>,
-    /// Unfinished runs of it (running, waiting or needing attention).
-    pub active_runs: u32,
-}
-
-/// One run as `GetRun` shows it.
-#[derive(Debug, Clone)]
-pub struct RunView {
-    pub meta: RunMeta,
-    /// The journal's last seq (or the seq it was read at).
-    pub seq: u64,
-    /// The input it started with.
-    pub input: Value,
-    /// Completed steps' outputs, by path.
-    pub steps: BTreeMap<String, Value>,
-    /// Steps started and not finished, by path (attempt).
-    pub in_flight: BTreeMap<String, u32>,
-    /// Pending timers, by path.
-    pub timers: BTreeMap<String, u64>,
-    /// Signals received and not consumed: (seq, name).
-    pub pending_signals: Vec<(u64, String)>,
-    /// The status at `seq` (the record's status when read at the end).
-    pub status_at_seq: RunStatus,
-}
-
-/// A filter and page of [`Flows::list_runs`].
-#[derive(Debug, Clone, Default)]
-pub struct RunQuery {
-    pub flow: Option<String>,
-    pub status: Option<RunStatus>,
-    /// Default 50, at most 1000.
-    pub page_size: u32,
-    pub page_token: Option<String>,
-}
-
-/// A page of runs.
-#[derive(Debug, Clone)]
-pub struct RunPage {
-    pub runs: Vec<RunMeta>,
-    pub next_page_token: Option<String>,
-}
 
 struct Inner {
     deps: Arc<Deps>,

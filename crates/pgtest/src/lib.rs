@@ -9,6 +9,8 @@
 //! server shared by a whole test binary (a `static`) is not left behind.
 //!
 //! Each test takes its own database with [`PgServer::database`].
+//! `BATON_PG_OPTIONS` adds server options (`-c name=value ...`) to every
+//! server started, for profiling runs.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -240,6 +242,12 @@ impl PgServer {
                 path_str(&self.certificate())?,
                 path_str(&self.dir.path().join("server.key"))?
             ));
+        }
+        // Extra settings for a profiling run, e.g. `-c
+        // shared_preload_libraries=pg_stat_statements`.
+        if let Ok(extra) = std::env::var("BATON_PG_OPTIONS") {
+            opts.push(' ');
+            opts.push_str(&extra);
         }
         let log = self.dir.path().join("server.log");
         self.run(

@@ -403,13 +403,15 @@ impl Member {
             )
             .map_err(db_error)?;
         // Nodes gone for a day (their process ended, their id not used
-        // since) leave the listing.
+        // since) leave the listing, once they own nothing (a survivor
+        // finds what a node left through its row: `owners::orphaned`).
         client
             .execute(
                 &format!(
                     "DELETE FROM baton_nodes n WHERE n.node_id <> $1 \
                      AND n.heartbeat_at < clock_timestamp() - interval '1 day' AND NOT {LIVE} \
-                     AND NOT EXISTS (SELECT 1 FROM baton_writer w WHERE w.holder = n.node_id)"
+                     AND NOT EXISTS (SELECT 1 FROM baton_writer w WHERE w.holder = n.node_id) \
+                     AND NOT EXISTS (SELECT 1 FROM baton_owners o WHERE o.node_id = n.node_id)"
                 ),
                 &[&node.id],
             )

@@ -48,6 +48,11 @@ const MIGRATIONS: &[(i32, &str)] = &[
         "sessions owned one node each: node leases, baton_owners, baton_claim, \
          baton_fence_owned",
     ),
+    (
+        5,
+        "the ownership fence looks sessions up by their key only; every owner row names a \
+         node row",
+    ),
 ];
 
 /// One connection and the statements prepared on it.
@@ -370,6 +375,15 @@ fn migrate(client: &mut Client) -> Result<()> {
         }
         if *version == 4 {
             tx.batch_execute(owners::SCHEMA).map_err(db_error)?;
+        }
+        if *version == 4 || *version == 5 {
+            // Made with the schema of 4, made again in 5 (a database at 4
+            // has the fence that scanned the node's sessions).
+            tx.batch_execute(owners::FENCE).map_err(db_error)?;
+        }
+        if *version == 5 {
+            tx.batch_execute(owners::NODE_ROWS_OF_OWNERS)
+                .map_err(db_error)?;
         }
         tx.execute(
             "INSERT INTO baton_schema (version, description) VALUES ($1, $2)",

@@ -1089,7 +1089,7 @@ fn a_second_writer_on_one_database_is_refused_by_name() {
     let mut options = postgres::PgOptions::new(url.clone());
     options.connect_timeout = std::time::Duration::from_millis(300);
     let first = postgres::PgEngine::open(options.clone()).unwrap();
-    assert_eq!(first.schema_version().unwrap(), 4);
+    assert_eq!(first.schema_version().unwrap(), 5);
     let err = postgres::PgEngine::open(options.clone()).unwrap_err();
     assert!(
         err.to_string().contains("another Baton node is writing"),
@@ -1265,7 +1265,7 @@ fn a_writer_is_fenced_by_its_lease() {
     let server = PG.get().unwrap().as_ref().unwrap();
     // A renews rarely: the test decides when its lease ends.
     let a = postgres::PgEngine::open(node(&url, "a", 60_000, 60_000)).unwrap();
-    assert_eq!(a.schema_version().unwrap(), 4);
+    assert_eq!(a.schema_version().unwrap(), 5);
     a.write(&[&[put(1)]], true).unwrap();
 
     // Its writer connection cut: A reconnects and writes on.
@@ -1631,6 +1631,107 @@ fn owned(s: &SessionId) -> Op {
     }
 }
 
+/// A claim, the fence of every group and a session's release find
+/// sessions by the primary key of `baton_owners`, even with the plans a connection caches
+/// while the table is nearly empty (a node's first writes). Such a plan
+/// used to take `baton_owners_by_node` for `node_id = me AND epoch = e`:
+/// every group then scanned every session its node owned. The plans are
+/// read from `auto_explain`, with generic plans forced.
+#[test]
+fn the_fence_and_a_release_look_sessions_up_by_their_key() {
+    let url = Place::postgres().postgres.unwrap();
+    let options = owning(&url, "a", 60_000, 60_000);
+    let a = postgres::PgEngine::open(options.clone()).unwrap();
+    assert_eq!(a.schema_version().unwrap(), 5);
+    let plans = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let mut config: ::postgres::Config = url.parse().unwrap();
+    config.notice_callback({
+        let plans = plans.clone();
+        move |n| plans.lock().unwrap().push(n.message().to_string())
+    });
+    let mut c = config.connect(::postgres::NoTls).unwrap();
+    c.batch_execute(
+        "LOAD 'auto_explain'; SET auto_explain.log_min_duration = 0; \
+         SET auto_explain.log_nested_statements = on; SET client_min_messages = log; \
+         SET plan_cache_mode = force_generic_plan",
+    )
+    .unwrap();
+    let epoch: i64 = c
+        .query_one("SELECT epoch FROM baton_nodes WHERE node_id = 'a'", &[])
+        .unwrap()
+        .get(0);
+    let s = SessionId::new();
+    assert_eq!(
+        owners::claim(&mut c, &options.node, epoch, s.as_bytes()).unwrap(),
+        owners::Claim::Ours
+    );
+    plans.lock().unwrap().clear();
+    assert_eq!(
+        owners::claim(&mut c, &options.node, epoch, s.as_bytes()).unwrap(),
+        owners::Claim::Ours,
+        "claimed again"
+    );
+    let ids: Vec<&[u8]> = vec![s.as_bytes()];
+    c.execute("SELECT baton_fence_owned('a', $1, $2)", &[&epoch, &ids])
+        .unwrap();
+    owners::release(&mut c, &options.node, epoch, s.as_bytes()).unwrap();
+    let plans = plans.lock().unwrap().join("\n");
+    assert!(
+        plans.matches("baton_owners_pkey").count() >= 3,
+        "the claim's, the fence's and the release's plans: {plans}"
+    );
+    assert!(!plans.contains("baton_owners_by_node"), "{plans}");
+    assert_eq!(a.owner(s.as_bytes()).unwrap(), None, "released");
+}
+
+/// What survivors recover is found from node rows: a live node's rows at
+/// an epoch that is over, and (migration 5) the rows of a node whose row an
+/// earlier version dropped; sessions before other keys, at most `limit`.
+#[test]
+fn orphans_are_found_from_node_rows_and_old_epochs() {
+    let url = Place::postgres().postgres.unwrap();
+    let a = postgres::PgEngine::open(owning(&url, "a", 60_000, 200)).unwrap();
+    let mut c = ::postgres::Client::connect(&url, ::postgres::NoTls).unwrap();
+    let (s1, s2, s3) = (SessionId::new(), SessionId::new(), SessionId::new());
+    for s in [&s1, &s3] {
+        assert_eq!(a.claim(s.as_bytes()).unwrap(), owners::Claim::Ours);
+    }
+    assert!(a.orphaned(10).unwrap().is_empty());
+    // s1's row is at an epoch of A's that is over.
+    c.execute(
+        "UPDATE baton_owners SET epoch = epoch - 1 WHERE session = $1",
+        &[&s1.as_bytes().as_slice()],
+    )
+    .unwrap();
+    assert_eq!(a.orphaned(10).unwrap(), [s1.as_bytes().to_vec()]);
+    // A node row dropped under its owner rows (a session and a run key),
+    // and the database taken back to schema 4.
+    let run_key: &[u8] = b"r/some-run";
+    for key in [s2.as_bytes().as_slice(), run_key] {
+        c.execute(
+            "INSERT INTO baton_owners (session, node_id, epoch) VALUES ($1, 'ghost', 3)",
+            &[&key],
+        )
+        .unwrap();
+    }
+    c.batch_execute("DELETE FROM baton_schema WHERE version = 5")
+        .unwrap();
+    assert_eq!(a.orphaned(10).unwrap(), [s1.as_bytes().to_vec()], "not found before 5");
+    drop(a);
+    let a = postgres::PgEngine::open(owning(&url, "a", 60_000, 200)).unwrap();
+    assert_eq!(a.schema_version().unwrap(), 5);
+    // A came back at a new epoch: s3, of its last one, is over too.
+    let mut sessions: Vec<Vec<u8>> = [&s1, &s2, &s3]
+        .iter()
+        .map(|s| s.as_bytes().to_vec())
+        .collect();
+    sessions.sort();
+    let mut want = sessions.clone();
+    want.push(run_key.to_vec());
+    assert_eq!(a.orphaned(10).unwrap(), want, "sessions first");
+    assert_eq!(a.orphaned(3).unwrap(), sessions);
+}
+
 /// The backend holding this node's lock (its member connection) is cut:
 /// for the database, its process died.
 fn kill_node_connection(server: &baton_pgtest::PgServer, db: &str, id: &str) {
@@ -1664,7 +1765,7 @@ fn nodes_own_sessions_one_by_one_and_every_write_is_fenced_by_its_owner() {
     // A renews rarely: the test decides when its lease ends.
     let a = postgres::PgEngine::open(owning(&url, "a", 60_000, 60_000)).unwrap();
     let b = postgres::PgEngine::open(owning(&url, "b", 5_000, 200)).unwrap();
-    assert_eq!(a.schema_version().unwrap(), 4);
+    assert_eq!(a.schema_version().unwrap(), 5);
     let (s1, s2) = (SessionId::new(), SessionId::new());
     assert_eq!(a.claim(s1.as_bytes()).unwrap(), Claim::Ours);
     assert_eq!(

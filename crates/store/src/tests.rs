@@ -1716,7 +1716,11 @@ fn orphans_are_found_from_node_rows_and_old_epochs() {
     }
     c.batch_execute("DELETE FROM baton_schema WHERE version = 5")
         .unwrap();
-    assert_eq!(a.orphaned(10).unwrap(), [s1.as_bytes().to_vec()], "not found before 5");
+    assert_eq!(
+        a.orphaned(10).unwrap(),
+        [s1.as_bytes().to_vec()],
+        "not found before 5"
+    );
     drop(a);
     let a = postgres::PgEngine::open(owning(&url, "a", 60_000, 200)).unwrap();
     assert_eq!(a.schema_version().unwrap(), 5);

@@ -265,18 +265,27 @@ pub(crate) fn leave(client: &mut Client, node: &NodeOptions, epoch: i64) -> Resu
     Ok(())
 }
 
-/// Claim `session` for this node at `epoch` (see the module).
-pub(crate) fn claim(
+/// The statement of a claim: prepared once per connection by the engine
+/// ([`claim`] takes it as text or prepared).
+pub(crate) const CLAIM: &str = "SELECT c.owner_node, c.owner_epoch, coalesce(n.grpc_addr, ''), \
+     coalesce(n.http_addr, '') \
+     FROM baton_claim($1, $2, $3, $4) c LEFT JOIN baton_nodes n ON n.node_id = c.owner_node";
+
+/// Claim `session` for this node at `epoch` (see the module), with
+/// [`CLAIM`].
+pub(crate) fn claim<S>(
     client: &mut Client,
+    statement: &S,
     node: &NodeOptions,
     epoch: i64,
     session: &[u8],
-) -> Result<Claim> {
+) -> Result<Claim>
+where
+    S: postgres::ToStatement + ?Sized,
+{
     let row = client
         .query_one(
-            "SELECT c.owner_node, c.owner_epoch, coalesce(n.grpc_addr, ''), \
-             coalesce(n.http_addr, '') \
-             FROM baton_claim($1, $2, $3, $4) c LEFT JOIN baton_nodes n ON n.node_id = c.owner_node",
+            statement,
             &[&session, &node.id, &epoch, &secs(node.heartbeat * 2)],
         )
         .map_err(db_error)?;
@@ -288,27 +297,30 @@ pub(crate) fn claim(
     }
 }
 
-/// Give `session` up (its actor passivated, its writes done): it has no
-/// owner until the next claim. Nothing happens when it is not this
-/// node's at `epoch`.
-pub(crate) fn release(
+/// The statement of a release, by the primary key only (see [`FENCE`]):
+/// a plan cached on an empty table would take the node's index and scan
+/// every session it owns. Committed without waiting for the flush: a
+/// release a database crash lost leaves the session this node's (claimed
+/// again at once by it, or taken over if it is gone).
+pub(crate) const RELEASE: &str = "WITH f AS (SELECT set_config('synchronous_commit', 'off', true)) \
+     DELETE FROM baton_owners o USING f WHERE o.session = $1 \
+     AND (o.node_id, o.epoch) IS NOT DISTINCT FROM ($2, $3)";
+
+/// Give `session` up (its actor passivated, its writes done), with
+/// [`RELEASE`]: it has no owner until the next claim. Nothing happens
+/// when it is not this node's at `epoch`.
+pub(crate) fn release<S>(
     client: &mut Client,
+    statement: &S,
     node: &NodeOptions,
     epoch: i64,
     session: &[u8],
-) -> Result<()> {
+) -> Result<()>
+where
+    S: postgres::ToStatement + ?Sized,
+{
     client
-        .execute(
-            // By the primary key only (see [`FENCE`]): a plan cached on an
-            // empty table would take the node's index and scan every
-            // session it owns. Committed without waiting for the flush: a
-            // release a database crash lost leaves the session this node's
-            // (claimed again at once by it, or taken over if it is gone).
-            "WITH f AS (SELECT set_config('synchronous_commit', 'off', true)) \
-             DELETE FROM baton_owners o USING f WHERE o.session = $1 \
-             AND (o.node_id, o.epoch) IS NOT DISTINCT FROM ($2, $3)",
-            &[&session, &node.id, &epoch],
-        )
+        .execute(statement, &[&session, &node.id, &epoch])
         .map_err(db_error)?;
     Ok(())
 }

@@ -120,6 +120,17 @@ impl Conn {
         self.stmts.insert((cf, which), s.clone());
         Ok(s)
     }
+
+    /// A statement of fixed text (a claim, a release), prepared once on
+    /// this connection: one round trip a call instead of two.
+    fn cached(&mut self, text: &'static str) -> Result<Statement> {
+        if let Some(s) = self.groups.get(text) {
+            return Ok(s.clone());
+        }
+        let s = self.client.prepare(text).map_err(db_error)?;
+        self.groups.insert(text.to_string(), s.clone());
+        Ok(s)
+    }
 }
 
 /// The read connections: at most `pool_size` open, idle ones kept.
@@ -812,8 +823,10 @@ impl Engine for PgEngine {
             return Err(Error::Unavailable(format!("fenced: {lost}")));
         }
         let epoch = self.member.epoch();
-        self.pool
-            .with(|c| owners::claim(&mut c.client, node, epoch, session))
+        self.pool.with(|c| {
+            let stmt = c.cached(owners::CLAIM)?;
+            owners::claim(&mut c.client, &stmt, node, epoch, session)
+        })
     }
 
     fn release(&self, session: &[u8]) -> Result<()> {
@@ -822,8 +835,10 @@ impl Engine for PgEngine {
             return Ok(());
         }
         let epoch = self.member.epoch();
-        self.pool
-            .with(|c| owners::release(&mut c.client, node, epoch, session))
+        self.pool.with(|c| {
+            let stmt = c.cached(owners::RELEASE)?;
+            owners::release(&mut c.client, &stmt, node, epoch, session)
+        })
     }
 
     fn orphaned(&self, limit: usize) -> Result<Vec<Vec<u8>>> {

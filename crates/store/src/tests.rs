@@ -1662,19 +1662,19 @@ fn the_fence_and_a_release_look_sessions_up_by_their_key() {
         .get(0);
     let s = SessionId::new();
     assert_eq!(
-        owners::claim(&mut c, &options.node, epoch, s.as_bytes()).unwrap(),
+        owners::claim(&mut c, owners::CLAIM, &options.node, epoch, s.as_bytes()).unwrap(),
         owners::Claim::Ours
     );
     plans.lock().unwrap().clear();
     assert_eq!(
-        owners::claim(&mut c, &options.node, epoch, s.as_bytes()).unwrap(),
+        owners::claim(&mut c, owners::CLAIM, &options.node, epoch, s.as_bytes()).unwrap(),
         owners::Claim::Ours,
         "claimed again"
     );
     let ids: Vec<&[u8]> = vec![s.as_bytes()];
     c.execute("SELECT baton_fence_owned('a', $1, $2)", &[&epoch, &ids])
         .unwrap();
-    owners::release(&mut c, &options.node, epoch, s.as_bytes()).unwrap();
+    owners::release(&mut c, owners::RELEASE, &options.node, epoch, s.as_bytes()).unwrap();
     let plans = plans.lock().unwrap().join("\n");
     assert!(
         plans.matches("baton_owners_pkey").count() >= 3,

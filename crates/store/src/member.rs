@@ -550,11 +550,19 @@ fn keep(shared: Arc<Shared>, client: Client) {
     let node = &shared.options.node;
     let mut client = Some(client);
     loop {
+        // Without a connection (the database down or restarting), try
+        // again soon rather than a heartbeat later: after a restart every
+        // node has two heartbeats to renew before others may take over.
+        let wait = if client.as_ref().is_some_and(|c| !c.is_closed()) {
+            node.heartbeat
+        } else {
+            node.heartbeat.min(Duration::from_millis(50))
+        };
         {
             let st = shared.state.lock().unwrap_or_else(PoisonError::into_inner);
             let (st, _) = shared
                 .wake
-                .wait_timeout_while(st, node.heartbeat, |s| !s.stop)
+                .wait_timeout_while(st, wait, |s| !s.stop)
                 .unwrap_or_else(PoisonError::into_inner);
             if st.stop {
                 break;
